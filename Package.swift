@@ -1,0 +1,31 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "dbrecovery",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "dbbackup", targets: ["dbbackup"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+    ],
+    targets: [
+        .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .target(name: "PostgresClient", dependencies: ["CLibPQ"]),
+        .target(name: "Gzip", dependencies: ["CZlib"]),
+        .target(name: "BackupStorage", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
+        .target(name: "RecoveryKit", dependencies: [
+            "PostgresClient", "Gzip", "BackupStorage",
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
+        .target(name: "RecoveryCommands", dependencies: [
+            "RecoveryKit",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "dbbackup", dependencies: ["RecoveryCommands"]),
+    ],
+    swiftLanguageModes: [.v5]
+)

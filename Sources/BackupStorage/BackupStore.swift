@@ -1,0 +1,113 @@
+import Foundation
+
+/// One place where backups live: a local directory or an S3 prefix, with the same key layout.
+///
+/// Keys are relative, `/`-separated paths such as `backups/<id>/manifest.json`. Nothing above
+/// this protocol knows which backend it holds.
+public protocol BackupStore: AnyObject {
+    /// Where this store points, for messages (never holds credentials).
+    var location: String { get }
+
+    /// Every object whose key starts with `prefix`, in key order.
+    ///
+    /// - Throws: `StorageError`.
+    func list(prefix: String) throws -> [StoredObject]
+
+    /// Reads a small object whole (manifests, lock records).
+    ///
+    /// - Throws: `StorageError.notFound` if it does not exist.
+    func read(_ key: String) throws -> Data
+
+    /// Writes a small object atomically: readers see the old object or the new one, never a part.
+    ///
+    /// - Throws: `StorageError`; on failure nothing is left under `key`.
+    func write(_ key: String, contents: Data) throws
+
+    /// Opens a streaming writer. Nothing is visible under `key` until `commit()` succeeds.
+    ///
+    /// - Throws: `StorageError`.
+    func makeWriter(_ key: String) throws -> ObjectWriter
+
+    /// Opens a streaming reader.
+    ///
+    /// - Throws: `StorageError.notFound` if it does not exist.
+    func makeReader(_ key: String) throws -> ObjectReader
+
+    /// Deletes objects in the given order; missing ones are not an error.
+    ///
+    /// - Important: order matters to callers: manifests are deleted before data, so that a crash
+    ///   half-way leaves garbage, never a backup that looks whole.
+    /// - Throws: `StorageError`.
+    func delete(_ keys: [String]) throws
+
+    /// Takes the repository's writer lock without waiting.
+    ///
+    /// - Parameter holder: who is asking (command, pid), shown to whoever finds it locked.
+    /// - Returns: the lock, released when the value is released or `release()` is called.
+    /// - Throws: `StorageError` of kind `.locked` naming the current holder.
+    func lock(holder: LockHolder) throws -> RepositoryLock
+}
+
+/// One stored object as listed.
+public struct StoredObject: Sendable, Equatable {
+    public let key: String
+    public let size: UInt64
+    public let modified: Date?
+    /// Storage class (S3); nil for local files.
+    public let storageClass: String?
+
+    public init(key: String, size: UInt64, modified: Date?, storageClass: String? = nil) {
+        self.key = key
+        self.size = size
+        self.modified = modified
+        self.storageClass = storageClass
+    }
+}
+
+/// A streaming upload. Call `write` repeatedly, then `commit()` exactly once, or `abort()`.
+public protocol ObjectWriter: AnyObject {
+    /// Appends bytes.
+    /// - Throws: `StorageError` (disk full, connection lost after retries).
+    func write(_ bytes: UnsafeRawBufferPointer) throws
+    /// Makes the object durable and visible under its key.
+    /// - Throws: `StorageError`; then nothing is visible.
+    func commit() throws
+    /// Discards everything written; safe to call after a failure or twice.
+    func abort()
+}
+
+/// A streaming download.
+public protocol ObjectReader: AnyObject {
+    /// Fills `buffer` from the object; returns 0 at the end.
+    /// - Throws: `StorageError`.
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int
+    /// Releases the underlying file or connection.
+    func close()
+}
+
+/// Who holds (or wants) a repository lock.
+public struct LockHolder: Codable, Sendable, Equatable, CustomStringConvertible {
+    public var command: String
+    public var pid: Int32
+    public var host: String
+    public var since: Date
+
+    public init(command: String, pid: Int32 = ProcessInfo.processInfo.processIdentifier,
+                host: String = ProcessInfo.processInfo.hostName, since: Date = Date()) {
+        self.command = command
+        self.pid = pid
+        self.host = host
+        self.since = since
+    }
+
+    public var description: String {
+        let formatter = ISO8601DateFormatter()
+        return "\(command) (pid \(pid) on \(host), since \(formatter.string(from: since)))"
+    }
+}
+
+/// A held repository lock.
+public protocol RepositoryLock: AnyObject {
+    /// Releases the lock; also happens when the process exits, however it exits.
+    func release()
+}

@@ -1,0 +1,313 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A repository in a local directory: files 0600, directories 0700, every commit fsynced.
+public final class LocalStore: BackupStore {
+    /// Absolute path of the repository's root directory.
+    public let root: String
+
+    public var location: String { root }
+
+    /// Opens (and if needed creates) a repository directory.
+    ///
+    /// - Parameters:
+    ///   - root: absolute or relative path.
+    ///   - create: create the directory (mode 0700) when missing.
+    /// - Throws: `StorageError` when the path is not a usable directory.
+    public init(root: String, create: Bool) throws {
+        let absolute = root.hasPrefix("/") ? root : FileManager.default.currentDirectoryPath + "/" + root
+        self.root = Self.normalise(absolute)
+        var info = stat()
+        if stat(self.root, &info) != 0 {
+            let code = errno
+            guard code == ENOENT, create else {
+                throw Self.error(code, path: self.root, doing: "open repository")
+            }
+            try Self.makeDirectories(self.root)
+        } else if info.st_mode & S_IFMT != S_IFDIR {
+            throw StorageError(.invalidLocation, object: self.root, message: "repository path is not a directory",
+                               hint: "point --repo at a directory")
+        }
+        if access(self.root, W_OK | X_OK) != 0 && !create {
+            // Read-only use (list, restore) is fine; writers find out when they write.
+        }
+    }
+
+    public func list(prefix: String) throws -> [StoredObject] {
+        var objects: [StoredObject] = []
+        try walk(directory: root, relative: "", prefix: prefix, into: &objects)
+        return objects.sorted { $0.key < $1.key }
+    }
+
+    public func read(_ key: String) throws -> Data {
+        let path = try self.path(for: key)
+        guard let handle = FileHandle(forReadingAtPath: path) else {
+            throw Self.error(errno, path: path, doing: "read")
+        }
+        defer { try? handle.close() }
+        do {
+            return try handle.readToEnd() ?? Data()
+        } catch {
+            throw StorageError(.io, object: path, message: "read failed: \(error.localizedDescription)")
+        }
+    }
+
+    public func write(_ key: String, contents: Data) throws {
+        let writer = try makeWriter(key)
+        do {
+            try contents.withUnsafeBytes { try writer.write($0) }
+            try writer.commit()
+        } catch {
+            writer.abort()
+            throw error
+        }
+    }
+
+    public func makeWriter(_ key: String) throws -> ObjectWriter {
+        let path = try self.path(for: key)
+        let directory = (path as NSString).deletingLastPathComponent
+        try Self.makeDirectories(directory)
+        return try LocalFileWriter(finalPath: path)
+    }
+
+    public func makeReader(_ key: String) throws -> ObjectReader {
+        let path = try self.path(for: key)
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { throw Self.error(errno, path: path, doing: "open") }
+        return LocalFileReader(descriptor: descriptor, path: path)
+    }
+
+    public func delete(_ keys: [String]) throws {
+        var touchedDirectories: [String] = []
+        for key in keys {
+            let path = try self.path(for: key)
+            if unlink(path) != 0 && errno != ENOENT {
+                throw Self.error(errno, path: path, doing: "delete")
+            }
+            let directory = (path as NSString).deletingLastPathComponent
+            if touchedDirectories.last != directory { touchedDirectories.append(directory) }
+            // Make each deletion durable before the next, so the order callers chose survives a crash.
+            Self.syncDirectory(directory)
+        }
+        // Remove directories that became empty (a backup folder after its last file), deepest first.
+        for directory in touchedDirectories.sorted(by: { $0.count > $1.count }) {
+            var current = directory
+            while current.count > root.count, rmdir(current) == 0 {
+                current = (current as NSString).deletingLastPathComponent
+            }
+        }
+    }
+
+    public func lock(holder: LockHolder) throws -> RepositoryLock {
+        let directory = root + "/locks"
+        try Self.makeDirectories(directory)
+        return try LocalRepositoryLock(path: directory + "/repository.lock", holder: holder)
+    }
+
+    // MARK: - Paths
+
+    /// Maps a key to a path, refusing keys that could escape the repository.
+    func path(for key: String) throws -> String {
+        let parts = key.split(separator: "/", omittingEmptySubsequences: false)
+        guard !key.isEmpty, !key.hasPrefix("/"), !parts.contains(where: { $0 == ".." || $0 == "." || $0.isEmpty }) else {
+            throw StorageError(.invalidLocation, object: key, message: "invalid object key")
+        }
+        return root + "/" + key
+    }
+
+    private func walk(directory: String, relative: String, prefix: String, into objects: inout [StoredObject]) throws {
+        guard let stream = opendir(directory) else {
+            if errno == ENOENT { return }
+            throw Self.error(errno, path: directory, doing: "list")
+        }
+        defer { closedir(stream) }
+        while let entry = readdir(stream) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
+            }
+            if name == "." || name == ".." { continue }
+            let key = relative.isEmpty ? name : relative + "/" + name
+            // Skip subtrees that cannot match the prefix.
+            guard key.hasPrefix(prefix) || prefix.hasPrefix(key + "/") else { continue }
+            var info = stat()
+            guard lstat(directory + "/" + name, &info) == 0 else { continue }
+            if info.st_mode & S_IFMT == S_IFDIR {
+                try walk(directory: directory + "/" + name, relative: key, prefix: prefix, into: &objects)
+            } else if info.st_mode & S_IFMT == S_IFREG, key.hasPrefix(prefix) {
+                let modified = Date(timeIntervalSince1970: Double(info.st_mtim.tv_sec) + Double(info.st_mtim.tv_nsec) / 1e9)
+                objects.append(StoredObject(key: key, size: UInt64(info.st_size), modified: modified))
+            }
+        }
+    }
+
+    private static func normalise(_ path: String) -> String {
+        var components: [Substring] = []
+        for part in path.split(separator: "/") where part != "." {
+            if part == ".." { _ = components.popLast() } else { components.append(part) }
+        }
+        return "/" + components.joined(separator: "/")
+    }
+
+    static func makeDirectories(_ path: String) throws {
+        var current = ""
+        for part in path.split(separator: "/") {
+            current += "/" + part
+            if mkdir(current, 0o700) != 0 && errno != EEXIST {
+                throw error(errno, path: current, doing: "create directory")
+            }
+        }
+    }
+
+    static func syncDirectory(_ path: String) {
+        let descriptor = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard descriptor >= 0 else { return }
+        fsync(descriptor)
+        close(descriptor)
+    }
+
+    /// Turns an errno into a `StorageError` that says what to do.
+    static func error(_ code: Int32, path: String, doing operation: String) -> StorageError {
+        let reason = String(cString: strerror(code))
+        switch code {
+        case ENOENT:
+            return StorageError(.notFound, object: path, message: "\(operation): no such file or directory")
+        case EACCES, EPERM:
+            return StorageError(.permissionDenied, object: path, message: "\(operation): permission denied",
+                                hint: "run as the user that owns the repository, or fix its permissions (directories 0700, files 0600)")
+        case ENOSPC, EDQUOT:
+            return StorageError(.diskFull, object: path, message: "\(operation): no space left on device",
+                                hint: "free space on the repository's file system (dbprune removes old backups), then run again")
+        case EROFS:
+            return StorageError(.readOnly, object: path, message: "\(operation): read-only file system",
+                                hint: "remount the repository read-write or choose another --repo")
+        case ENOTDIR:
+            return StorageError(.invalidLocation, object: path, message: "\(operation): a path component is not a directory",
+                                hint: "point --repo at a directory")
+        default:
+            return StorageError(.io, object: path, message: "\(operation): \(reason)")
+        }
+    }
+}
+
+/// Writes to `<final>.partial-<pid>` and renames on commit, fsyncing file and directory.
+final class LocalFileWriter: ObjectWriter {
+    private let finalPath: String
+    private let temporaryPath: String
+    private var descriptor: Int32
+    private var done = false
+
+    init(finalPath: String) throws {
+        self.finalPath = finalPath
+        temporaryPath = finalPath + ".partial-\(getpid())"
+        descriptor = open(temporaryPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard descriptor >= 0 else { throw LocalStore.error(errno, path: temporaryPath, doing: "create") }
+    }
+
+    deinit { abort() }
+
+    func write(_ bytes: UnsafeRawBufferPointer) throws {
+        guard var base = bytes.baseAddress else { return }
+        var remaining = bytes.count
+        while remaining > 0 {
+            let written = Glibc.write(descriptor, base, remaining)
+            if written < 0 {
+                if errno == EINTR { continue }
+                throw LocalStore.error(errno, path: finalPath, doing: "write")
+            }
+            remaining -= written
+            base += written
+        }
+    }
+
+    func commit() throws {
+        guard !done else { return }
+        if fsync(descriptor) != 0 { throw LocalStore.error(errno, path: finalPath, doing: "fsync") }
+        if close(descriptor) != 0 { throw LocalStore.error(errno, path: finalPath, doing: "close") }
+        descriptor = -1
+        if rename(temporaryPath, finalPath) != 0 { throw LocalStore.error(errno, path: finalPath, doing: "rename") }
+        done = true
+        LocalStore.syncDirectory((finalPath as NSString).deletingLastPathComponent)
+    }
+
+    func abort() {
+        guard !done else { return }
+        done = true
+        if descriptor >= 0 { close(descriptor) }
+        descriptor = -1
+        unlink(temporaryPath)
+    }
+}
+
+final class LocalFileReader: ObjectReader {
+    private var descriptor: Int32
+    private let path: String
+
+    init(descriptor: Int32, path: String) {
+        self.descriptor = descriptor
+        self.path = path
+    }
+
+    deinit { close() }
+
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        while true {
+            let count = Glibc.read(descriptor, buffer.baseAddress, buffer.count)
+            if count >= 0 { return count }
+            if errno != EINTR { throw LocalStore.error(errno, path: path, doing: "read") }
+        }
+    }
+
+    func close() {
+        if descriptor >= 0 { Glibc.close(descriptor) }
+        descriptor = -1
+    }
+}
+
+/// An exclusive `flock` on `locks/repository.lock`; the kernel drops it if the process dies.
+final class LocalRepositoryLock: RepositoryLock {
+    private var descriptor: Int32
+
+    init(path: String, holder: LockHolder) throws {
+        descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard descriptor >= 0 else { throw LocalStore.error(errno, path: path, doing: "open lock file") }
+        if flock(descriptor, LOCK_EX | LOCK_NB) != 0 {
+            let code = errno
+            let current = Self.readHolder(descriptor)
+            Glibc.close(descriptor)
+            descriptor = -1
+            guard code == EWOULDBLOCK else { throw LocalStore.error(code, path: path, doing: "lock") }
+            let who = current.map { "\($0)" } ?? "another process"
+            throw StorageError(.locked, object: path, message: "repository is locked by \(who)",
+                               hint: "wait for it to finish; the lock is released automatically when that process exits")
+        }
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .iso8601
+        let record = (try? encoder.encode(holder)) ?? Data()
+        ftruncate(descriptor, 0)
+        _ = record.withUnsafeBytes { pwrite(descriptor, $0.baseAddress, $0.count, 0) }
+        fsync(descriptor)
+    }
+
+    deinit { release() }
+
+    func release() {
+        guard descriptor >= 0 else { return }
+        ftruncate(descriptor, 0)
+        flock(descriptor, LOCK_UN)
+        Glibc.close(descriptor)
+        descriptor = -1
+    }
+
+    private static func readHolder(_ descriptor: Int32) -> LockHolder? {
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let count = buffer.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress, $0.count, 0) }
+        guard count > 0 else { return nil }
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        return try? decoder.decode(LockHolder.self, from: Data(buffer[0..<count]))
+    }
+}

@@ -1,0 +1,81 @@
+internal import CZlib
+
+/// Streams bytes through zlib's deflate into a gzip stream that stock `gzip -d` reads.
+///
+/// Push-based: call `write(_:)` with each chunk of input and `finish()` once; every compressed
+/// chunk is handed to `sink` as soon as zlib produces it, so memory stays bounded.
+public final class GzipCompressor {
+    /// Total bytes given to `write(_:)`.
+    public private(set) var bytesIn: UInt64 = 0
+    /// Total compressed bytes handed to the sink.
+    public private(set) var bytesOut: UInt64 = 0
+
+    private let zstream: ZStream
+    private let sink: (UnsafeRawBufferPointer) throws -> Void
+    private var output: UnsafeMutableRawBufferPointer
+    private var finished = false
+
+    /// Creates a compressor.
+    ///
+    /// - Parameters:
+    ///   - level: zlib level, 0 (store) to 9 (smallest); 6 matches `gzip -6`.
+    ///   - outputChunkSize: size of the buffer handed to `sink`.
+    ///   - sink: receives compressed bytes; valid only during the call.
+    /// - Throws: `GzipError` if zlib cannot be initialised or the level is out of range.
+    public init(level: Int = 6, outputChunkSize: Int = 256 * 1024,
+                sink: @escaping (UnsafeRawBufferPointer) throws -> Void) throws {
+        guard (0...9).contains(level) else {
+            throw GzipError(kind: .library, operation: "deflateInit2", message: "compression level \(level) is outside 0...9")
+        }
+        zstream = try ZStream(deflateLevel: Int32(level))
+        self.sink = sink
+        output = .allocate(byteCount: outputChunkSize, alignment: 16)
+    }
+
+    deinit { output.deallocate() }
+
+    /// Compresses one chunk of input.
+    ///
+    /// - Throws: `GzipError`, or whatever `sink` throws.
+    public func write(_ bytes: UnsafeRawBufferPointer) throws {
+        precondition(!finished, "write after finish")
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return }
+        bytesIn += UInt64(bytes.count)
+        let stream = zstream.stream
+        stream.pointee.next_in = UnsafeMutablePointer(mutating: base.assumingMemoryBound(to: Bytef.self))
+        stream.pointee.avail_in = uInt(bytes.count)
+        while stream.pointee.avail_in > 0 {
+            try deflateStep(flush: Z_NO_FLUSH)
+        }
+    }
+
+    /// Convenience for `[UInt8]` input.
+    public func write(_ bytes: [UInt8]) throws {
+        try bytes.withUnsafeBytes { try write($0) }
+    }
+
+    /// Flushes the last compressed bytes and the gzip trailer (CRC-32 and length).
+    ///
+    /// - Throws: `GzipError`, or whatever `sink` throws.
+    public func finish() throws {
+        guard !finished else { return }
+        finished = true
+        zstream.stream.pointee.next_in = nil
+        zstream.stream.pointee.avail_in = 0
+        while try deflateStep(flush: Z_FINISH) != Z_STREAM_END {}
+    }
+
+    @discardableResult
+    private func deflateStep(flush: Int32) throws -> Int32 {
+        let stream = zstream.stream
+        stream.pointee.next_out = output.baseAddress!.assumingMemoryBound(to: Bytef.self)
+        stream.pointee.avail_out = uInt(output.count)
+        let code = try zstream.check(deflate(stream, flush), "deflate")
+        let produced = output.count - Int(stream.pointee.avail_out)
+        if produced > 0 {
+            bytesOut += UInt64(produced)
+            try sink(UnsafeRawBufferPointer(rebasing: output[0..<produced]))
+        }
+        return code
+    }
+}

@@ -1,0 +1,82 @@
+internal import CZlib
+
+/// Streams gzip input back to the original bytes, accepting multi-member files (as `gzip -d` does).
+///
+/// Push-based: feed compressed chunks to `write(_:)`; decompressed bytes go to `sink`.
+/// `finish()` fails if the input stopped before a member's trailer, so a truncated file is
+/// never mistaken for a short one.
+public final class GzipDecompressor {
+    /// Compressed bytes consumed.
+    public private(set) var bytesIn: UInt64 = 0
+    /// Decompressed bytes handed to the sink.
+    public private(set) var bytesOut: UInt64 = 0
+    /// Number of complete gzip members seen.
+    public private(set) var membersCompleted = 0
+
+    private let zstream: ZStream
+    private let sink: (UnsafeRawBufferPointer) throws -> Void
+    private var output: UnsafeMutableRawBufferPointer
+    /// True between the end of one member and the first byte of the next.
+    private var atMemberBoundary = true
+
+    /// Creates a decompressor.
+    ///
+    /// - Parameters:
+    ///   - outputChunkSize: size of the buffer handed to `sink`.
+    ///   - sink: receives decompressed bytes; valid only during the call.
+    /// - Throws: `GzipError` if zlib cannot be initialised.
+    public init(outputChunkSize: Int = 256 * 1024, sink: @escaping (UnsafeRawBufferPointer) throws -> Void) throws {
+        zstream = try ZStream(inflate: ())
+        self.sink = sink
+        output = .allocate(byteCount: outputChunkSize, alignment: 16)
+    }
+
+    deinit { output.deallocate() }
+
+    /// Decompresses one chunk of gzip input.
+    ///
+    /// - Throws: `GzipError.corrupt` on damaged data, or whatever `sink` throws.
+    public func write(_ bytes: UnsafeRawBufferPointer) throws {
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return }
+        bytesIn += UInt64(bytes.count)
+        let stream = zstream.stream
+        stream.pointee.next_in = UnsafeMutablePointer(mutating: base.assumingMemoryBound(to: Bytef.self))
+        stream.pointee.avail_in = uInt(bytes.count)
+        while stream.pointee.avail_in > 0 {
+            if atMemberBoundary { atMemberBoundary = false }
+            stream.pointee.next_out = output.baseAddress!.assumingMemoryBound(to: Bytef.self)
+            stream.pointee.avail_out = uInt(output.count)
+            let code = try zstream.check(inflate(stream, Z_NO_FLUSH), "inflate")
+            let produced = output.count - Int(stream.pointee.avail_out)
+            if produced > 0 {
+                bytesOut += UInt64(produced)
+                try sink(UnsafeRawBufferPointer(rebasing: output[0..<produced]))
+            }
+            if code == Z_STREAM_END {
+                membersCompleted += 1
+                atMemberBoundary = true
+                // Another member may follow; inflateReset keeps the allocation and starts over.
+                try zstream.check(inflateReset(stream), "inflateReset")
+            } else if code == Z_BUF_ERROR && produced == 0 && stream.pointee.avail_in > 0 {
+                throw GzipError(kind: .corrupt, operation: "inflate", message: "no progress decoding gzip data")
+            }
+        }
+    }
+
+    /// Convenience for `[UInt8]` input.
+    public func write(_ bytes: [UInt8]) throws {
+        try bytes.withUnsafeBytes { try write($0) }
+    }
+
+    /// Confirms the input ended exactly at the end of a gzip member.
+    ///
+    /// - Throws: `GzipError.truncated` if a member was cut short or no member was seen.
+    public func finish() throws {
+        guard atMemberBoundary, membersCompleted > 0 else {
+            throw GzipError(kind: .truncated, operation: "inflate",
+                            message: membersCompleted == 0 && bytesIn == 0
+                                ? "empty input is not a gzip stream"
+                                : "gzip stream ends before its trailer (file truncated)")
+        }
+    }
+}

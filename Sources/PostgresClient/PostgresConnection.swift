@@ -1,0 +1,160 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Foundation
+internal import CLibPQ
+
+/// One libpq connection. Not thread-safe: use it from one thread at a time.
+///
+/// Deliberately narrow (connect, query with text parameters, a few typed decoders): libpq does
+/// the talking for row counts, snapshots, locks and migrations; pg_dump and psql do the rest.
+public final class PostgresConnection {
+    private var handle: OpaquePointer?
+    /// The target this connection was opened with (for messages; never includes the password).
+    public let target: ConnectionTarget
+
+    /// Opens a connection, failing fast rather than hanging on an unreachable host.
+    ///
+    /// - Parameters:
+    ///   - target: where to connect.
+    ///   - applicationName: shown in `pg_stat_activity`, so operators can see who holds what.
+    ///   - connectTimeoutSeconds: used unless the target sets `connect_timeout` itself.
+    /// - Throws: `PostgresError.connection` with libpq's reason.
+    public init(target: ConnectionTarget, applicationName: String = "dbrecovery",
+                connectTimeoutSeconds: Int = 10) throws {
+        self.target = target
+        var effective = target
+        if target.value("connect_timeout") == nil {
+            effective = effective.with("connect_timeout", String(connectTimeoutSeconds))
+        }
+        if target.value("application_name") == nil {
+            effective = effective.with("application_name", applicationName)
+        }
+        let keywords = effective.parameters.map { strdup($0.keyword) } + [nil]
+        let values = effective.parameters.map { strdup($0.value) } + [nil]
+        defer {
+            keywords.forEach { free($0) }
+            values.forEach { free($0) }
+        }
+        let connection = keywords.map { UnsafePointer($0) }.withUnsafeBufferPointer { keywordPointers in
+            values.map { UnsafePointer($0) }.withUnsafeBufferPointer { valuePointers in
+                PQconnectdbParams(keywordPointers.baseAddress, valuePointers.baseAddress, 0)
+            }
+        }
+        guard let connection, PQstatus(connection) == CONNECTION_OK else {
+            let message = connection.map { String(cString: PQerrorMessage($0)) } ?? "out of memory"
+            PQfinish(connection)
+            throw PostgresError(kind: .connection, operation: "connect to \(target.redactedDescription)",
+                                message: Self.firstMeaningfulLine(message))
+        }
+        handle = connection
+        // Our own notices (e.g. "table does not exist, skipping") are not the operator's business.
+        PQsetNoticeProcessor(connection, { _, _ in }, nil)
+    }
+
+    deinit { close() }
+
+    /// Closes the connection; further use throws.
+    public func close() {
+        if let handle { PQfinish(handle) }
+        handle = nil
+    }
+
+    /// The server's backend process id (as in `pg_stat_activity.pid`).
+    public var backendPID: Int32 {
+        handle.map { PQbackendPID($0) } ?? 0
+    }
+
+    /// The server's version number, e.g. 150018 for 15.18.
+    public var serverVersionNumber: Int {
+        handle.map { Int(PQserverVersion($0)) } ?? 0
+    }
+
+    /// Runs one statement with text parameters (`$1`, `$2`, …) and returns all its rows.
+    ///
+    /// - Parameters:
+    ///   - sql: a single statement.
+    ///   - parameters: text values; nil is SQL NULL.
+    /// - Returns: the rows, decoded as text.
+    /// - Throws: `PostgresError.query` with the server's SQLSTATE, message, detail and hint.
+    @discardableResult
+    public func query(_ sql: String, _ parameters: [String?] = []) throws -> QueryResult {
+        guard let handle else {
+            throw PostgresError(kind: .connection, operation: Self.summary(of: sql), message: "connection is closed")
+        }
+        let cParameters = parameters.map { $0.map { strdup($0) } ?? nil }
+        defer { cParameters.forEach { free($0) } }
+        let result = cParameters.map { UnsafePointer($0) }.withUnsafeBufferPointer { buffer in
+            PQexecParams(handle, sql, Int32(parameters.count), nil, buffer.baseAddress, nil, nil, 0)
+        }
+        defer { PQclear(result) }
+        let status = PQresultStatus(result)
+        guard status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK else {
+            throw error(from: result, sql: sql)
+        }
+        return QueryResult(copying: result)
+    }
+
+    /// Runs a script of one or more statements without parameters (simple query protocol).
+    ///
+    /// - Throws: `PostgresError.query` for the first failing statement.
+    public func execute(script sql: String) throws {
+        guard let handle else {
+            throw PostgresError(kind: .connection, operation: Self.summary(of: sql), message: "connection is closed")
+        }
+        let result = PQexec(handle, sql)
+        defer { PQclear(result) }
+        let status = PQresultStatus(result)
+        guard status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK || status == PGRES_EMPTY_QUERY else {
+            throw error(from: result, sql: sql)
+        }
+    }
+
+    /// Quotes an identifier the way the server expects (`"my table"`).
+    public func quoteIdentifier(_ identifier: String) -> String {
+        "\"" + identifier.replacingAll("\"", with: "\"\"") + "\""
+    }
+
+    private func error(from result: OpaquePointer?, sql: String) -> PostgresError {
+        func field(_ code: Int32) -> String? {
+            guard let result, let value = PQresultErrorField(result, code) else { return nil }
+            return String(cString: value)
+        }
+        let fallback = handle.map { String(cString: PQerrorMessage($0)) } ?? "unknown error"
+        let brokenConnection = handle.map { PQstatus($0) != CONNECTION_OK } ?? true
+        return PostgresError(
+            kind: brokenConnection ? .connection : .query,
+            operation: Self.summary(of: sql),
+            message: field(Int32(UInt8(ascii: "M"))) ?? Self.firstMeaningfulLine(fallback),
+            sqlState: field(Int32(UInt8(ascii: "C"))),
+            detail: field(Int32(UInt8(ascii: "D"))),
+            serverHint: field(Int32(UInt8(ascii: "H"))))
+    }
+
+    private static func summary(of sql: String) -> String {
+        let words = sql.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" }).prefix(4)
+        return words.joined(separator: " ")
+    }
+
+    private static func firstMeaningfulLine(_ message: String) -> String {
+        // libpq writes `connection to server at "h", port p failed: <reason>` and then advice lines;
+        // the reason is what matters, the target is already named by our operation text.
+        let first = message.split(separator: "\n").first { !$0.allSatisfy(\.isWhitespace) }.map(String.init) ?? message
+        if let range = first.range(of: " failed: ", options: .backwards) {
+            return String(first[range.upperBound...]).trimmingTrailingNewlines()
+        }
+        return first.trimmingTrailingNewlines()
+    }
+}
+
+extension String {
+    func replacingAll(_ target: Character, with replacement: String) -> String {
+        var output = ""
+        for character in self {
+            if character == target { output += replacement } else { output.append(character) }
+        }
+        return output
+    }
+}

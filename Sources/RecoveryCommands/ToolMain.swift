@@ -1,0 +1,56 @@
+import ArgumentParser
+import BackupStorage
+import Foundation
+import Gzip
+import PostgresClient
+import RecoveryKit
+
+extension ParsableCommand {
+    /// Parses the command line, runs the command and exits with a code from the `ExitStatus` table.
+    ///
+    /// Errors are printed as one line, `<tool>: error: <message>`, followed by `HINT: <what to do>`.
+    public static func runAsTool(_ arguments: [String]? = nil) -> Never {
+        // A dead pipe to pg_dump or psql must surface as EPIPE, not kill us silently.
+        signal(SIGPIPE, SIG_IGN)
+        let code = runReturningCode(arguments, standardError: FileHandle.standardError)
+        Glibc.exit(code)
+    }
+
+    /// Runs the command in-process and returns its exit code (used by tests).
+    public static func runReturningCode(_ arguments: [String]?, standardError: FileHandle) -> Int32 {
+        let tool = configuration.commandName ?? "dbrecovery"
+        do {
+            var command = try parseAsRoot(arguments)
+            try command.run()
+            return ExitStatus.success.rawValue
+        } catch let error where error is RecoveryError || error is PostgresError || error is StorageError || error is GzipError {
+            let classified = RecoveryError.classify(error)
+            var text = "\(tool): error: \(classified.message)\n"
+            if let hint = classified.hint { text += "HINT: \(hint)\n" }
+            standardError.write(Data(text.utf8))
+            return classified.code.rawValue
+        } catch {
+            let parserCode = exitCode(for: error)
+            let message = fullMessage(for: error)
+            if parserCode == ArgumentParser.ExitCode.success {
+                print(message)
+                return ExitStatus.success.rawValue
+            }
+            standardError.write(Data("\(tool): error: \(message)\n".utf8))
+            return parserCode == ArgumentParser.ExitCode.validationFailure ? ExitStatus.usage.rawValue : parserCode.rawValue
+        }
+    }
+}
+
+/// Prints a value as pretty JSON on stdout.
+func printJSON<T: Encodable>(_ value: T) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    encoder.keyEncodingStrategy = .convertToSnakeCase
+    encoder.dateEncodingStrategy = .custom { date, encoder in
+        var container = encoder.singleValueContainer()
+        try container.encode(Timestamp.format(date))
+    }
+    let data = try encoder.encode(value)
+    print(String(decoding: data, as: UTF8.self))
+}

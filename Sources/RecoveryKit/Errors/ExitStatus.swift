@@ -1,0 +1,64 @@
+/// The one table of exit codes shared by all five executables. Stable: never renumber.
+///
+/// Mirrored in README.md ("Exit codes"); a test checks the two agree.
+public enum ExitStatus: Int32, CaseIterable, Sendable {
+    case success = 0
+    /// Anything not covered below. For `dbrestore wal-fetch` only: the segment is not in the archive.
+    case failure = 1
+    /// A flag or value is malformed or missing.
+    case usage = 2
+    /// A configuration or policy file is unreadable or invalid.
+    case configuration = 3
+    /// The database server is unreachable or refused the credentials.
+    case databaseUnavailable = 10
+    /// A statement failed on the server (including missing privileges).
+    case databaseError = 11
+    /// A PostgreSQL program we run (pg_dump, psql, pg_basebackup) is missing or failed.
+    case toolFailed = 12
+    /// The repository cannot be read or written (permissions, disk full, I/O).
+    case repositoryError = 20
+    /// Another process holds the repository lock.
+    case repositoryLocked = 21
+    /// No backup matches (unknown id, empty repository).
+    case backupNotFound = 22
+    /// A backup's files or manifest are damaged (checksum, gzip, unreadable manifest).
+    case backupCorrupt = 23
+    /// Live row counts differ from the manifest.
+    case verificationMismatch = 30
+    /// A restore stopped before the swap; the target database is unchanged.
+    case restoreFailed = 31
+    /// A migration failed and was rolled back.
+    case migrationFailed = 40
+    /// Another dbmigrate holds the migration lock.
+    case migrationLocked = 41
+    /// The migration plan was refused in pre-flight; nothing ran.
+    case migrationRefused = 42
+    /// Some repositories succeeded and some failed.
+    case partial = 50
+    /// Interrupted by SIGINT or SIGTERM; nothing left looking valid.
+    case interrupted = 130
+
+    /// Short name, as printed in `--json` error objects and in the README table.
+    public var name: String {
+        switch self {
+        case .success: return "success"
+        case .failure: return "failure"
+        case .usage: return "usage"
+        case .configuration: return "configuration"
+        case .databaseUnavailable: return "database-unavailable"
+        case .databaseError: return "database-error"
+        case .toolFailed: return "tool-failed"
+        case .repositoryError: return "repository-error"
+        case .repositoryLocked: return "repository-locked"
+        case .backupNotFound: return "backup-not-found"
+        case .backupCorrupt: return "backup-corrupt"
+        case .verificationMismatch: return "verification-mismatch"
+        case .restoreFailed: return "restore-failed"
+        case .migrationFailed: return "migration-failed"
+        case .migrationLocked: return "migration-locked"
+        case .migrationRefused: return "migration-refused"
+        case .partial: return "partial"
+        case .interrupted: return "interrupted"
+        }
+    }
+}

@@ -1,0 +1,147 @@
+import Foundation
+
+/// What a backup holds and how to check it. Written last: its presence makes a backup exist.
+///
+/// Versioned JSON; never holds a password.
+public struct BackupManifest: Codable, Equatable, Sendable {
+    /// The format this build writes and reads.
+    public static let currentFormatVersion = 1
+    /// Repository-relative file name of a manifest within its backup folder.
+    public static let fileName = "manifest.json"
+
+    public enum Kind: String, Codable, Sendable { case logical, physical }
+
+    public struct Tool: Codable, Equatable, Sendable {
+        public var name: String
+        public var version: String
+    }
+
+    public struct Database: Codable, Equatable, Sendable {
+        public var name: String
+        public var serverVersion: String
+        public var systemIdentifier: String?
+    }
+
+    /// Exact row count of one table, taken in the dump's snapshot.
+    public struct TableRowCount: Codable, Equatable, Sendable, Hashable {
+        public var schema: String
+        public var name: String
+        public var rows: Int64
+
+        public init(schema: String, name: String, rows: Int64) {
+            self.schema = schema
+            self.name = name
+            self.rows = rows
+        }
+
+        /// `schema.name`, as printed in reports.
+        public var qualifiedName: String { "\(schema).\(name)" }
+    }
+
+    /// One stored file of the backup.
+    public struct File: Codable, Equatable, Sendable {
+        /// Name within the backup folder, e.g. `dump.sql.gz`.
+        public var name: String
+        public var rawBytes: UInt64
+        public var storedBytes: UInt64
+        /// sha256 of the stored (compressed) bytes, lower-case hex.
+        public var sha256: String
+        public var compression: String
+        public var compressionLevel: Int
+    }
+
+    public var formatVersion: Int
+    public var id: String
+    public var kind: Kind
+    public var tool: Tool
+    public var database: Database
+    public var startedAt: Date
+    public var finishedAt: Date
+    public var tags: [String]
+    public var release: String?
+    public var pinned: Bool
+    /// `schema_version` at capture, if the table exists.
+    public var schemaVersion: String?
+    /// The exported snapshot pg_dump ran in.
+    public var snapshot: String?
+    public var tables: [TableRowCount]
+    public var files: [File]
+
+    /// Total rows across all tables.
+    public var totalRows: Int64 { tables.reduce(0) { $0 + $1.rows } }
+    /// Total stored bytes across all files.
+    public var storedBytes: UInt64 { files.reduce(0) { $0 + $1.storedBytes } }
+    /// Total uncompressed bytes across all files.
+    public var rawBytes: UInt64 { files.reduce(0) { $0 + $1.rawBytes } }
+
+    /// The repository key of this backup's folder.
+    public var folderKey: String { "backups/\(id)" }
+
+    /// The repository key of one of this backup's files.
+    public func key(of file: File) -> String { "\(folderKey)/\(file.name)" }
+
+    // MARK: - Encoding
+
+    /// Encodes as pretty-printed, key-sorted JSON (stable diffs, readable by hand).
+    public func encoded() throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        encoder.dateEncodingStrategy = .custom { date, encoder in
+            var container = encoder.singleValueContainer()
+            try container.encode(Timestamp.format(date))
+        }
+        return try encoder.encode(self)
+    }
+
+    /// Decodes a manifest, refusing unknown format versions with a clear message.
+    ///
+    /// - Throws: `RecoveryError(.backupCorrupt)` for unreadable JSON or an unknown format version.
+    public static func decode(_ data: Data, source: String) throws -> BackupManifest {
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        decoder.dateDecodingStrategy = .custom { decoder in
+            let text = try decoder.singleValueContainer().decode(String.self)
+            guard let date = Timestamp.parse(text) else {
+                throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "bad timestamp '\(text)'"))
+            }
+            return date
+        }
+        struct VersionOnly: Decodable { var formatVersion: Int? }
+        guard let version = try? decoder.decode(VersionOnly.self, from: data) else {
+            throw RecoveryError(.backupCorrupt, "manifest \(source) is not valid JSON",
+                                hint: "the backup cannot be trusted; restore another one, and let dbprune report it")
+        }
+        guard let formatVersion = version.formatVersion else {
+            throw RecoveryError(.backupCorrupt, "manifest \(source) has no format_version")
+        }
+        guard formatVersion == currentFormatVersion else {
+            throw RecoveryError(.backupCorrupt,
+                                "manifest \(source) has format version \(formatVersion); this dbrecovery reads version \(currentFormatVersion)",
+                                hint: formatVersion > currentFormatVersion ? "upgrade dbrecovery to read this backup" : nil)
+        }
+        do {
+            return try decoder.decode(BackupManifest.self, from: data)
+        } catch let DecodingError.keyNotFound(key, _) {
+            throw RecoveryError(.backupCorrupt, "manifest \(source) lacks field '\(key.stringValue)'")
+        } catch {
+            throw RecoveryError(.backupCorrupt, "manifest \(source) is malformed: \(error)")
+        }
+    }
+}
+
+/// UTC timestamps as ISO 8601 with milliseconds, one format everywhere.
+public enum Timestamp {
+    private static let withFraction: ISO8601DateFormatter = {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return formatter
+    }()
+    private static let plain = ISO8601DateFormatter()
+
+    public static func format(_ date: Date) -> String { withFraction.string(from: date) }
+
+    public static func parse(_ text: String) -> Date? {
+        withFraction.date(from: text) ?? plain.date(from: text)
+    }
+}

@@ -1,0 +1,97 @@
+import BackupStorage
+import Foundation
+
+/// The backups in one repository, read from their manifests.
+public struct Catalog {
+    /// One backup folder that has a manifest: either a readable manifest or the reason it is not.
+    public struct Entry: Sendable {
+        public let id: String
+        public let manifest: BackupManifest?
+        /// Why the manifest could not be used (garbage JSON, unknown version).
+        public let problem: String?
+    }
+
+    public let store: BackupStore
+
+    public init(store: BackupStore) {
+        self.store = store
+    }
+
+    /// Every backup folder with a manifest, newest first. Folders without one are in-progress or
+    /// garbage and are not listed.
+    ///
+    /// - Throws: `StorageError` if the repository cannot be listed.
+    public func entries() throws -> [Entry] {
+        let objects = try store.list(prefix: "backups/")
+        var entries: [Entry] = []
+        for object in objects {
+            let parts = object.key.split(separator: "/")
+            guard parts.count == 3, parts[2] == Substring(BackupManifest.fileName) else { continue }
+            let id = String(parts[1])
+            do {
+                let manifest = try BackupManifest.decode(try store.read(object.key), source: object.key)
+                entries.append(Entry(id: id, manifest: manifest, problem: nil))
+            } catch let error as RecoveryError {
+                entries.append(Entry(id: id, manifest: nil, problem: error.message))
+            }
+        }
+        return entries.sorted { $0.id > $1.id }
+    }
+
+    /// Readable manifests, newest first.
+    public func manifests() throws -> [BackupManifest] {
+        try entries().compactMap(\.manifest)
+    }
+
+    /// Finds one backup by `latest`, a full id or an unambiguous id prefix.
+    ///
+    /// - Throws: `RecoveryError(.backupNotFound)` suggesting the nearest ids, or
+    ///   `.backupCorrupt` if that backup's manifest is unreadable.
+    public func resolve(_ reference: String) throws -> BackupManifest {
+        let all = try entries()
+        guard !all.isEmpty else {
+            throw RecoveryError(.backupNotFound, "repository \(store.location) holds no backups",
+                                hint: "take one with: dbbackup --repo \(store.location)")
+        }
+        let chosen: Entry
+        if reference == "latest" {
+            guard let newest = all.first(where: { $0.manifest != nil }) else {
+                throw RecoveryError(.backupCorrupt, "no backup in \(store.location) has a readable manifest")
+            }
+            chosen = newest
+        } else if let exact = all.first(where: { $0.id == reference }) {
+            chosen = exact
+        } else {
+            let matches = all.filter { $0.id.hasPrefix(reference) }
+            if matches.count == 1 {
+                chosen = matches[0]
+            } else if matches.count > 1 {
+                throw RecoveryError(.backupNotFound, "backup id '\(reference)' is ambiguous: \(matches.prefix(5).map(\.id).joined(separator: ", "))",
+                                    hint: "give more characters of the id")
+            } else {
+                let nearest = all.map(\.id).sorted { Self.distance($0, reference) < Self.distance($1, reference) }.prefix(3)
+                throw RecoveryError(.backupNotFound, "no backup '\(reference)' in \(store.location)",
+                                    hint: "nearest ids: \(nearest.joined(separator: ", ")); dbrestore list shows all")
+            }
+        }
+        guard let manifest = chosen.manifest else {
+            throw RecoveryError(.backupCorrupt, "backup \(chosen.id): \(chosen.problem ?? "manifest unreadable")")
+        }
+        return manifest
+    }
+
+    /// Levenshtein distance, for suggesting ids after a typo.
+    static func distance(_ a: String, _ b: String) -> Int {
+        let a = Array(a), b = Array(b)
+        if a.isEmpty { return b.count }
+        var previous = Array(0...b.count)
+        for i in 1...a.count {
+            var current = [i] + Array(repeating: 0, count: b.count)
+            for j in stride(from: 1, through: b.count, by: 1) {
+                current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
+            }
+            previous = current
+        }
+        return previous[b.count]
+    }
+}

@@ -1,0 +1,32 @@
+import BackupStorage
+import Foundation
+
+/// Opens the store behind a `--repo` address.
+public enum Repository {
+    /// Opens a repository.
+    ///
+    /// - Parameters:
+    ///   - address: a path, `file://` URL or `s3://bucket/prefix`.
+    ///   - create: create a missing local directory (backups do; restores and listings do not).
+    /// - Throws: `RecoveryError` naming the address and the fix.
+    public static func open(_ address: String, create: Bool) throws -> BackupStore {
+        let location: RepositoryLocation
+        do {
+            location = try RepositoryLocation(parsing: address)
+        } catch let error as StorageError {
+            throw RecoveryError(.usage, "invalid --repo '\(address)': \(error.message)", hint: error.hint)
+        }
+        switch location {
+        case .local(let path):
+            do {
+                return try LocalStore(root: path, create: create)
+            } catch let error as StorageError where error.kind == .notFound && !create {
+                throw RecoveryError(.repositoryError, "repository \(path) does not exist",
+                                    hint: "check --repo (or BACKUP_REPO); dbbackup creates it on its first backup")
+            }
+        case .s3:
+            throw RecoveryError(.usage, "S3 repositories ('\(address)') are not supported by this build",
+                                hint: "use a local directory for --repo")
+        }
+    }
+}

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Start or stop a throwaway PostgreSQL cluster in a directory of its own.
+#
+#   scripts/pg-sandbox.sh start DIR [--archive-command CMD]   prints URL=, PASSWORD=, PORT=, PID=, SOCKET=
+#   scripts/pg-sandbox.sh stop DIR                             stops the server this script started there, by PID
+#
+# The cluster listens on 127.0.0.1 on a free port, requires a password (scram-sha-256) and keeps
+# its socket inside DIR. As root it runs as the `postgres` user, since the server refuses root.
+set -euo pipefail
+
+usage() { echo "usage: $0 start DIR [--archive-command CMD] | stop DIR" >&2; exit 2; }
+[ $# -ge 2 ] || usage
+action=$1; dir=$2; shift 2
+
+pg_bin=${PG_BIN:-}
+if [ -z "$pg_bin" ]; then
+  for candidate in /usr/lib/postgresql/15/bin $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+    if [ -x "$candidate/initdb" ]; then pg_bin=$candidate; break; fi
+  done
+fi
+[ -n "$pg_bin" ] && [ -x "$pg_bin/initdb" ] || {
+  echo "pg-sandbox: initdb not found; install the server with: apt-get install postgresql-15 (or run scripts/setup.sh)" >&2
+  exit 12
+}
+
+as_owner() {
+  if [ "$(id -u)" = 0 ]; then
+    setpriv --reuid=postgres --regid=postgres --init-groups --reset-env -- env PATH="$pg_bin:/usr/bin:/bin" "$@"
+  else
+    "$@"
+  fi
+}
+
+case $action in
+start)
+  archive_command=""
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --archive-command) archive_command=$2; shift 2 ;;
+      *) usage ;;
+    esac
+  done
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd)
+  mkdir -p "$dir/socket"
+  password=$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 20)
+  umask 077
+  printf '%s\n' "$password" > "$dir/password"
+  if [ "$(id -u)" = 0 ]; then
+    chown postgres:postgres "$dir" "$dir/socket" "$dir/password"
+    chmod 755 "$dir"
+  fi
+  as_owner "$pg_bin/initdb" -D "$dir/data" -U postgres --auth=scram-sha-256 --pwfile="$dir/password" \
+    --encoding=UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
+  for attempt in 1 2 3 4 5; do
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    {
+      echo "port = $port"
+      echo "listen_addresses = '127.0.0.1'"
+      echo "unix_socket_directories = '$dir/socket'"
+      echo "fsync = off"
+      echo "synchronous_commit = off"
+      echo "max_connections = 50"
+      echo "wal_level = replica"
+      echo "max_wal_senders = 4"
+      if [ -n "$archive_command" ]; then
+        echo "archive_mode = on"
+        echo "archive_command = '$archive_command'"
+      fi
+    } > "$dir/data/postgresql.auto.conf"
+    if as_owner "$pg_bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null 2>&1; then
+      pid=$(head -1 "$dir/data/postmaster.pid")
+      echo "$pid" > "$dir/server.pid"
+      echo "URL=postgresql://postgres@127.0.0.1:$port/postgres"
+      echo "PASSWORD=$password"
+      echo "PORT=$port"
+      echo "PID=$pid"
+      echo "SOCKET=$dir/socket"
+      exit 0
+    fi
+  done
+  echo "pg-sandbox: the server did not start; see $dir/server.log" >&2
+  tail -5 "$dir/server.log" >&2 || true
+  exit 1
+  ;;
+stop)
+  [ -f "$dir/server.pid" ] || exit 0
+  pid=$(cat "$dir/server.pid")
+  # Only the postmaster this script started: its PID, and only while it is that data directory's.
+  if kill -0 "$pid" 2>/dev/null && [ "$(head -1 "$dir/data/postmaster.pid" 2>/dev/null)" = "$pid" ]; then
+    kill -INT "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -QUIT "$pid" 2>/dev/null || true
+  fi
+  rm -f "$dir/server.pid"
+  ;;
+*) usage ;;
+esac
