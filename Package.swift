@@ -6,6 +6,8 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "dbbackup", targets: ["dbbackup"]),
+        .executable(name: "dbrestore", targets: ["dbrestore"]),
+        .executable(name: "dbverify", targets: ["dbverify"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -26,6 +28,11 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "dbbackup", dependencies: ["RecoveryCommands"]),
+        .executableTarget(name: "dbrestore", dependencies: ["RecoveryCommands"]),
+        .executableTarget(name: "dbverify", dependencies: ["RecoveryCommands"]),
+        .target(name: "TestSupport", dependencies: ["RecoveryKit"], path: "Tests/TestSupport"),
+        .testTarget(name: "GzipTests", dependencies: ["Gzip"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["RecoveryKit", "BackupStorage", "TestSupport"]),
     ],
     swiftLanguageModes: [.v5]
 )

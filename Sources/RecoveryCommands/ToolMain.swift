@@ -31,26 +31,19 @@ extension ParsableCommand {
             return classified.code.rawValue
         } catch {
             let parserCode = exitCode(for: error)
-            let message = fullMessage(for: error)
             if parserCode == ArgumentParser.ExitCode.success {
-                print(message)
+                print(fullMessage(for: error))
                 return ExitStatus.success.rawValue
             }
-            standardError.write(Data("\(tool): error: \(message)\n".utf8))
+            var message = message(for: error)
+            if message.hasPrefix("Error: ") { message.removeFirst("Error: ".count) }
+            standardError.write(Data("\(tool): error: \(message)\nHINT: \(tool) --help shows every option with examples\n".utf8))
             return parserCode == ArgumentParser.ExitCode.validationFailure ? ExitStatus.usage.rawValue : parserCode.rawValue
         }
     }
 }
 
-/// Prints a value as pretty JSON on stdout.
+/// Prints a value as JSON on stdout, in the toolkit's one JSON style.
 func printJSON<T: Encodable>(_ value: T) throws {
-    let encoder = JSONEncoder()
-    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-    encoder.keyEncodingStrategy = .convertToSnakeCase
-    encoder.dateEncodingStrategy = .custom { date, encoder in
-        var container = encoder.singleValueContainer()
-        try container.encode(Timestamp.format(date))
-    }
-    let data = try encoder.encode(value)
-    print(String(decoding: data, as: UTF8.self))
+    print(try JSONOutput.string(value))
 }

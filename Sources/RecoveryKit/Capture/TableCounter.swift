@@ -40,7 +40,7 @@ public enum TableCounter {
         if columns.contains("applied_at") {
             var sql = "SELECT version::text FROM schema_version"
             if columns.contains("state") { sql += " WHERE state = 'applied'" }
-            return try connection.query(sql + " ORDER BY applied_at DESC LIMIT 1").scalar
+            return try connection.query(sql + " ORDER BY applied_at DESC, version DESC LIMIT 1").scalar
         }
         return try connection.query("SELECT max(version)::text FROM schema_version").scalar
     }

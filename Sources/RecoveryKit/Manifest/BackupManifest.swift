@@ -84,29 +84,14 @@ public struct BackupManifest: Codable, Equatable, Sendable {
 
     /// Encodes as pretty-printed, key-sorted JSON (stable diffs, readable by hand).
     public func encoded() throws -> Data {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        encoder.keyEncodingStrategy = .convertToSnakeCase
-        encoder.dateEncodingStrategy = .custom { date, encoder in
-            var container = encoder.singleValueContainer()
-            try container.encode(Timestamp.format(date))
-        }
-        return try encoder.encode(self)
+        try JSONOutput.encoder().encode(self)
     }
 
     /// Decodes a manifest, refusing unknown format versions with a clear message.
     ///
     /// - Throws: `RecoveryError(.backupCorrupt)` for unreadable JSON or an unknown format version.
     public static func decode(_ data: Data, source: String) throws -> BackupManifest {
-        let decoder = JSONDecoder()
-        decoder.keyDecodingStrategy = .convertFromSnakeCase
-        decoder.dateDecodingStrategy = .custom { decoder in
-            let text = try decoder.singleValueContainer().decode(String.self)
-            guard let date = Timestamp.parse(text) else {
-                throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "bad timestamp '\(text)'"))
-            }
-            return date
-        }
+        let decoder = JSONOutput.decoder()
         struct VersionOnly: Decodable { var formatVersion: Int? }
         guard let version = try? decoder.decode(VersionOnly.self, from: data) else {
             throw RecoveryError(.backupCorrupt, "manifest \(source) is not valid JSON",

@@ -1,0 +1,29 @@
+import Foundation
+
+/// One row of `dbrestore list`.
+public struct BackupListing: Codable, Sendable {
+    public var id: String
+    public var takenAt: Date?
+    public var kind: String?
+    public var storedBytes: UInt64?
+    public var rows: Int64?
+    public var schemaVersion: String?
+    public var release: String?
+    public var pinned: Bool?
+    public var tags: [String]
+    /// Why the manifest cannot be read, for a damaged backup.
+    public var problem: String?
+
+    /// Every backup of a repository, newest first, damaged ones included with their problem.
+    public static func load(repository: String) throws -> [BackupListing] {
+        let store = try Repository.open(repository, create: false)
+        return try Catalog(store: store).entries().map { entry in
+            guard let manifest = entry.manifest else {
+                return BackupListing(id: entry.id, tags: [], problem: entry.problem)
+            }
+            return BackupListing(id: manifest.id, takenAt: manifest.startedAt, kind: manifest.kind.rawValue,
+                                 storedBytes: manifest.storedBytes, rows: manifest.totalRows, schemaVersion: manifest.schemaVersion,
+                                 release: manifest.release, pinned: manifest.pinned, tags: manifest.tags, problem: nil)
+        }
+    }
+}

@@ -1,0 +1,83 @@
+import BackupStorage
+import Foundation
+import Gzip
+import PostgresClient
+
+/// Replays a logical backup's dump into one database through `psql`, in one transaction that is
+/// committed only after the stored file's sha256 has been checked at the end of the stream.
+enum DumpApplier {
+    /// Streams `backups/<id>/dump.sql.gz` → sha256 + gunzip → `psql -v ON_ERROR_STOP=1`.
+    ///
+    /// - Important: on a checksum mismatch, a gzip error or a psql error the transaction is never
+    ///   committed (psql is killed before it sees COMMIT), so nothing is applied.
+    /// - Throws: `RecoveryError` (`.backupCorrupt`, `.toolFailed`) or `StorageError`.
+    static func apply(_ manifest: BackupManifest, from store: BackupStore, into target: ConnectionTarget,
+                      tools: PostgresTools, progress: ProgressObserver?) throws {
+        guard manifest.kind == .logical, let file = manifest.files.first(where: { $0.name == LogicalCapture.dumpFileName }) else {
+            throw RecoveryError(.usage, "backup \(manifest.id) is a \(manifest.kind.rawValue) backup; a logical restore needs a logical one",
+                                hint: "restore physical backups with dbrestore --pitr")
+        }
+        let psql = try tools.path(of: "psql")
+        let reader = try store.makeReader(manifest.key(of: file))
+        defer { reader.close() }
+
+        let child = try ChildProcess(
+            executable: psql, arguments: ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password", "-o", "/dev/null"],
+            environment: target.childEnvironment, stdin: .pipe, stdout: .null, stderr: .pipe)
+        let errors = OutputCollector(descriptor: child.standardError)
+        var committed = false
+        defer {
+            if !committed {
+                child.send(SIGKILL)
+                child.waitForExit()
+            }
+        }
+
+        func psqlFailure() -> RecoveryError {
+            child.closeStandardInput()
+            let termination = child.waitForExit()
+            let reason = errors.mostRelevantLine() ?? termination.description
+            return RecoveryError(.restoreFailed, "psql failed while replaying backup \(manifest.id): \(reason)",
+                                 hint: "nothing was applied; the target database is unchanged")
+        }
+
+        var digest = StreamingDigest()
+        var storedBytes: UInt64 = 0
+        let decompressor = try GzipDecompressor { plain in try child.writeToStandardInput(plain) }
+        do {
+            try Array("BEGIN;\n".utf8).withUnsafeBytes { try child.writeToStandardInput($0) }
+            try ObjectStreaming.forEachChunk(of: reader) { chunk in
+                digest.update(chunk)
+                storedBytes += UInt64(chunk.count)
+                try decompressor.write(chunk)
+                progress?.progress(phase: "restore", bytes: storedBytes)
+            }
+            try decompressor.finish()
+        } catch let error as GzipError {
+            progress?.finished()
+            throw RecoveryError(.backupCorrupt, "backup \(manifest.id) is damaged: \(error)",
+                                hint: "nothing was applied; dbrestore --emergency picks the newest backup that verifies")
+        } catch let error as RecoveryError where error.code == .toolFailed {
+            progress?.finished()
+            throw psqlFailure()
+        }
+        progress?.finished()
+        guard storedBytes == file.storedBytes, digest.hexDigest() == file.sha256 else {
+            throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name) does not match its sha256 (file damaged)",
+                                hint: "nothing was applied; dbrestore --emergency picks the newest backup that verifies")
+        }
+        do {
+            try Array("COMMIT;\n".utf8).withUnsafeBytes { try child.writeToStandardInput($0) }
+        } catch {
+            throw psqlFailure()
+        }
+        child.closeStandardInput()
+        let termination = child.waitForExit()
+        committed = true
+        guard termination.succeeded else {
+            let reason = errors.mostRelevantLine() ?? termination.description
+            throw RecoveryError(.restoreFailed, "psql failed while replaying backup \(manifest.id): \(reason)",
+                                hint: "nothing was applied; the target database is unchanged")
+        }
+    }
+}

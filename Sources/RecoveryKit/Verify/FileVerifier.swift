@@ -1,0 +1,101 @@
+import BackupStorage
+import Foundation
+import Gzip
+
+/// Re-reads a backup's stored files and checks them against the manifest, without a database.
+public enum FileVerifier {
+    /// How deep to look.
+    public enum Depth: Sendable {
+        /// sha256 and stored size only: fast, catches any changed byte.
+        case checksum
+        /// sha256, stored size, and the whole gzip stream decompressed (raw size and CRC).
+        case full
+    }
+
+    /// The verdict on one file.
+    public struct FileResult: Codable, Sendable {
+        public var name: String
+        public var ok: Bool
+        public var problem: String?
+    }
+
+    /// The verdict on one backup.
+    public struct Report: Codable, Sendable {
+        public var id: String
+        public var files: [FileResult]
+        public var ok: Bool { files.allSatisfy(\.ok) }
+        /// The first problem, for one-line messages.
+        public var firstProblem: String? { files.first { !$0.ok }.map { "\($0.name): \($0.problem ?? "damaged")" } }
+    }
+
+    /// Checks every file of a backup.
+    ///
+    /// - Returns: a report; damage is reported in it, not thrown.
+    /// - Throws: `StorageError` only when the repository itself cannot be read.
+    public static func verify(_ manifest: BackupManifest, in store: BackupStore, depth: Depth = .full,
+                              progress: ProgressObserver? = nil) throws -> Report {
+        var results: [FileResult] = []
+        for file in manifest.files {
+            results.append(try verify(file, key: manifest.key(of: file), in: store, depth: depth, progress: progress))
+        }
+        return Report(id: manifest.id, files: results)
+    }
+
+    private static func verify(_ file: BackupManifest.File, key: String, in store: BackupStore, depth: Depth,
+                               progress: ProgressObserver?) throws -> FileResult {
+        let reader: ObjectReader
+        do {
+            reader = try store.makeReader(key)
+        } catch let error as StorageError where error.kind == .notFound {
+            return FileResult(name: file.name, ok: false, problem: "file is missing")
+        } catch let error as StorageError where error.kind == .archived {
+            return FileResult(name: file.name, ok: false, problem: "archived: \(error.message)")
+        }
+        defer { reader.close() }
+        var digest = StreamingDigest()
+        var stored: UInt64 = 0
+        let decompressor = depth == .full ? try GzipDecompressor { _ in } : nil
+        var gzipProblem: String?
+        try ObjectStreaming.forEachChunk(of: reader) { chunk in
+            digest.update(chunk)
+            stored += UInt64(chunk.count)
+            if gzipProblem == nil, let decompressor {
+                do { try decompressor.write(chunk) } catch { gzipProblem = "\(error)" }
+            }
+            progress?.progress(phase: "verify \(file.name)", bytes: stored)
+        }
+        progress?.finished()
+        if stored != file.storedBytes {
+            return FileResult(name: file.name, ok: false,
+                              problem: "size is \(stored) bytes, manifest says \(file.storedBytes) (truncated or replaced)")
+        }
+        if digest.hexDigest() != file.sha256 {
+            return FileResult(name: file.name, ok: false, problem: "sha256 does not match the manifest (file damaged)")
+        }
+        if let decompressor {
+            if gzipProblem == nil {
+                do { try decompressor.finish() } catch { gzipProblem = "\(error)" }
+            }
+            if let gzipProblem { return FileResult(name: file.name, ok: false, problem: "gzip stream: \(gzipProblem)") }
+            if decompressor.bytesOut != file.rawBytes {
+                return FileResult(name: file.name, ok: false,
+                                  problem: "decompresses to \(decompressor.bytesOut) bytes, manifest says \(file.rawBytes)")
+            }
+        }
+        return FileResult(name: file.name, ok: true, problem: nil)
+    }
+}
+
+/// Streaming over stored objects in bounded chunks.
+public enum ObjectStreaming {
+    /// Calls `body` with each chunk of the object until its end.
+    public static func forEachChunk(of reader: ObjectReader, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: PipeReader.chunkSize, alignment: 16)
+        defer { buffer.deallocate() }
+        while true {
+            let count = try reader.read(into: buffer)
+            if count == 0 { return }
+            try body(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
+        }
+    }
+}

@@ -1,0 +1,72 @@
+import PostgresClient
+
+/// Compares a live database's exact row counts with a backup's manifest.
+public enum RowCountVerifier {
+    public enum Status: String, Codable, Sendable {
+        case ok, mismatch, missing, extra
+    }
+
+    /// One table's comparison.
+    public struct TableResult: Codable, Sendable, Equatable {
+        public var table: String
+        public var expected: Int64?
+        public var actual: Int64?
+        public var status: Status
+        /// actual − expected, when both are known.
+        public var difference: Int64? {
+            guard let expected, let actual else { return nil }
+            return actual - expected
+        }
+    }
+
+    /// The whole comparison.
+    public struct Report: Codable, Sendable {
+        public var backupID: String
+        public var database: String
+        public var tables: [TableResult]
+        public var ok: Bool { tables.allSatisfy { $0.status == .ok } }
+        public var problems: [TableResult] { tables.filter { $0.status != .ok } }
+
+        /// One line naming the first few differences, e.g. `public.users: expected 10, found 9`.
+        public var summary: String {
+            if ok { return "all \(tables.count) tables match the manifest" }
+            let described = problems.prefix(3).map { result -> String in
+                switch result.status {
+                case .missing: return "\(result.table) is missing"
+                case .extra: return "\(result.table) is not in the backup"
+                default: return "\(result.table): expected \(result.expected ?? 0), found \(result.actual ?? 0)"
+                }
+            }
+            let more = problems.count > 3 ? " and \(problems.count - 3) more" : ""
+            return described.joined(separator: "; ") + more
+        }
+    }
+
+    /// Counts rows on `connection` and compares them with `manifest`.
+    ///
+    /// - Throws: `PostgresError` if counting fails.
+    public static func verify(_ manifest: BackupManifest, on connection: PostgresConnection) throws -> Report {
+        let live = try TableCounter.countRows(on: connection)
+        return compare(expected: manifest.tables, actual: live, backupID: manifest.id,
+                       database: connection.target.databaseName)
+    }
+
+    /// The pure comparison (unit-tested without a server).
+    public static func compare(expected: [BackupManifest.TableRowCount], actual: [BackupManifest.TableRowCount],
+                               backupID: String, database: String) -> Report {
+        let expectedByName = Dictionary(expected.map { ($0.qualifiedName, $0.rows) }, uniquingKeysWith: { first, _ in first })
+        let actualByName = Dictionary(actual.map { ($0.qualifiedName, $0.rows) }, uniquingKeysWith: { first, _ in first })
+        let names = Set(expectedByName.keys).union(actualByName.keys).sorted()
+        let results = names.map { name -> TableResult in
+            let want = expectedByName[name], have = actualByName[name]
+            let status: Status
+            switch (want, have) {
+            case let (want?, have?): status = want == have ? .ok : .mismatch
+            case (_?, nil): status = .missing
+            default: status = .extra
+            }
+            return TableResult(table: name, expected: want, actual: have, status: status)
+        }
+        return Report(backupID: backupID, database: database, tables: results)
+    }
+}

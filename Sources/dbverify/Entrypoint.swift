@@ -1,0 +1,3 @@
+import RecoveryCommands
+
+VerifyCommand.runAsTool()

@@ -1,0 +1,107 @@
+import Foundation
+import Gzip
+import XCTest
+
+final class GzipRoundTripTests: XCTestCase {
+    private func compress(_ input: [UInt8], level: Int = 6, chunk: Int = 65_536) throws -> [UInt8] {
+        var output: [UInt8] = []
+        let compressor = try GzipCompressor(level: level) { output.append(contentsOf: $0) }
+        var offset = 0
+        while offset < input.count {
+            let end = min(offset + chunk, input.count)
+            try input[offset..<end].withUnsafeBytes { try compressor.write($0) }
+            offset = end
+        }
+        try compressor.finish()
+        XCTAssertEqual(compressor.bytesIn, UInt64(input.count))
+        XCTAssertEqual(compressor.bytesOut, UInt64(output.count))
+        return output
+    }
+
+    private func decompress(_ input: [UInt8], chunk: Int = 7_919) throws -> [UInt8] {
+        var output: [UInt8] = []
+        let decompressor = try GzipDecompressor { output.append(contentsOf: $0) }
+        var offset = 0
+        while offset < input.count {
+            let end = min(offset + chunk, input.count)
+            try input[offset..<end].withUnsafeBytes { try decompressor.write($0) }
+            offset = end
+        }
+        try decompressor.finish()
+        return output
+    }
+
+    private func randomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
+        var state = seed
+        return (0..<count).map { _ in
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return UInt8(truncatingIfNeeded: state >> 33)
+        }
+    }
+
+    private func textBytes(_ count: Int) -> [UInt8] {
+        let line = Array("INSERT INTO public.users VALUES (42, 'someone@example.com', '2024-01-15 10:00:00');\n".utf8)
+        return (0..<count).map { line[$0 % line.count] }
+    }
+
+    func testRoundTripsManySizesAndKinds() throws {
+        let inputs: [(String, [UInt8])] = [
+            ("empty", []),
+            ("one byte", [0x41]),
+            ("text 100 KiB", textBytes(100 * 1024)),
+            ("text 5 MiB", textBytes(5 * 1024 * 1024 + 17)),
+            ("incompressible 3 MiB", randomBytes(3 * 1024 * 1024 + 3, seed: 7)),
+        ]
+        for (name, input) in inputs {
+            for level in [1, 6, 9] {
+                let compressed = try compress(input, level: level)
+                XCTAssertEqual(try decompress(compressed), input, "\(name) at level \(level)")
+            }
+        }
+    }
+
+    func testOutputIsReadByStockGzip() throws {
+        let input = textBytes(2 * 1024 * 1024) + randomBytes(300_000, seed: 3)
+        let directory = NSTemporaryDirectory() + "gzip-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/data.gz"
+        FileManager.default.createFile(atPath: path, contents: Data(try compress(input)))
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = ["-c", "gzip -t '\(path)' && gzip -dc '\(path)' | cmp - '\(path).raw'"]
+        FileManager.default.createFile(atPath: path + ".raw", contents: Data(input))
+        try process.run()
+        process.waitUntilExit()
+        XCTAssertEqual(process.terminationStatus, 0, "gzip -t / gzip -dc disagree with our output")
+    }
+
+    func testReadsMultiMemberFiles() throws {
+        let first = textBytes(70_000), second = randomBytes(10_000, seed: 11), third = textBytes(1)
+        let joined = try compress(first) + compress(second) + compress(third)
+        XCTAssertEqual(try decompress(joined, chunk: 1_000), first + second + third)
+    }
+
+    func testTruncatedStreamIsRejected() throws {
+        let compressed = try compress(textBytes(200_000))
+        for cut in [1, 10, compressed.count / 2, compressed.count - 1] {
+            XCTAssertThrowsError(try decompress(Array(compressed[0..<cut])), "cut at \(cut)") { error in
+                XCTAssertEqual((error as? GzipError)?.kind, .truncated, "cut at \(cut): \(error)")
+            }
+        }
+        XCTAssertThrowsError(try decompress([]))
+    }
+
+    func testFlippedByteIsRejected() throws {
+        var compressed = try compress(randomBytes(100_000, seed: 5))
+        compressed[compressed.count / 2] ^= 0x01
+        XCTAssertThrowsError(try decompress(compressed)) { error in
+            XCTAssertEqual((error as? GzipError)?.kind, .corrupt)
+        }
+    }
+
+    func testInvalidLevelIsRefused() {
+        XCTAssertThrowsError(try GzipCompressor(level: 10) { _ in })
+        XCTAssertThrowsError(try GzipCompressor(level: -1) { _ in })
+    }
+}

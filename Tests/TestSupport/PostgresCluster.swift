@@ -1,0 +1,115 @@
+import Foundation
+import PostgresClient
+import RecoveryKit
+import XCTest
+
+/// A throwaway PostgreSQL cluster for the tests, started by `scripts/pg-sandbox.sh` on a free
+/// loopback port and stopped by its PID when the test process exits.
+public final class PostgresCluster: @unchecked Sendable {
+    public let directory: String
+    /// URL without the password (the password travels in `PGPASSWORD`, as operators should do it).
+    public let url: String
+    public let password: String
+    public let port: Int
+
+    private static let lock = NSLock()
+    private static let startedLock = NSLock()
+    nonisolated(unsafe) private static var started: [PostgresCluster] = []
+    nonisolated(unsafe) private static var sharedCluster: PostgresCluster?
+
+    /// The cluster shared by all tests in this process, started on first use.
+    public static func shared() throws -> PostgresCluster {
+        lock.lock()
+        defer { lock.unlock() }
+        if let sharedCluster { return sharedCluster }
+        let cluster = try PostgresCluster()
+        sharedCluster = cluster
+        return cluster
+    }
+
+    /// Starts a new cluster (for tests that need their own server settings).
+    ///
+    /// - Parameter archiveCommand: sets `archive_mode = on` with this `archive_command`.
+    public init(archiveCommand: String? = nil) throws {
+        directory = TestPaths.temporaryDirectory(prefix: "pg")
+        var arguments = ["start", directory]
+        if let archiveCommand { arguments += ["--archive-command", archiveCommand] }
+        let result = try TestProcess.run(TestPaths.repositoryRoot + "/scripts/pg-sandbox.sh", arguments)
+        guard result.status == 0 else {
+            throw XCTSkip.failure("could not start PostgreSQL (install it with scripts/setup.sh): \(result.standardError)")
+        }
+        var values: [String: String] = [:]
+        for line in result.standardOutput.split(separator: "\n") {
+            let parts = line.split(separator: "=", maxSplits: 1).map(String.init)
+            if parts.count == 2 { values[parts[0]] = parts[1] }
+        }
+        url = values["URL"] ?? ""
+        password = values["PASSWORD"] ?? ""
+        port = Int(values["PORT"] ?? "") ?? 0
+        Self.startedLock.lock()
+        if Self.started.isEmpty { atexit { PostgresCluster.stopAll() } }
+        Self.started.append(self)
+        Self.startedLock.unlock()
+    }
+
+    /// Stops this cluster (by the PID the sandbox script recorded).
+    public func stop() {
+        _ = try? TestProcess.run(TestPaths.repositoryRoot + "/scripts/pg-sandbox.sh", ["stop", directory])
+    }
+
+    static func stopAll() {
+        for cluster in started { cluster.stop() }
+        started.removeAll()
+    }
+
+    /// The URL for one database of this cluster.
+    public func url(database: String) -> String {
+        "postgresql://postgres@127.0.0.1:\(port)/\(database)"
+    }
+
+    /// The same URL with the password written into it (to prove it never leaks).
+    public func urlWithPassword(database: String) -> String {
+        url(database: database).replacingOccurrences(of: "postgres@", with: "postgres:\(password)@")
+    }
+
+    /// Environment that lets child tools authenticate.
+    public var environment: [String: String] { ["PGPASSWORD": password] }
+
+    /// Opens a libpq connection to one database.
+    public func connect(database: String = "postgres") throws -> PostgresConnection {
+        try PostgresConnection(target: try ConnectionTarget(url(database: database)).with("password", password),
+                               applicationName: "dbrecovery-tests")
+    }
+
+    /// Creates a fresh, uniquely named database and returns its name.
+    public func createDatabase(prefix: String = "t") throws -> String {
+        let name = "\(prefix)_\(UInt32.random(in: 0...UInt32.max))"
+        let connection = try connect()
+        try connection.execute(script: "CREATE DATABASE \(name)")
+        return name
+    }
+
+    /// Runs SQL in a database and returns the first column of the first row.
+    @discardableResult
+    public func scalar(_ sql: String, database: String) throws -> String? {
+        try connect(database: database).query(sql).scalar
+    }
+
+    /// Whether a database exists.
+    public func databaseExists(_ name: String) throws -> Bool {
+        try connect().query("SELECT 1 FROM pg_database WHERE datname = $1", [name]).rows.count == 1
+    }
+
+    /// Exact row counts of every user table in a database.
+    public func rowCounts(database: String) throws -> [String: Int64] {
+        let counts = try TableCounter.countRows(on: try connect(database: database))
+        return Dictionary(uniqueKeysWithValues: counts.map { ($0.qualifiedName, $0.rows) })
+    }
+}
+
+extension XCTSkip {
+    /// Integration tests never skip silently: a missing server is a failure that says what to install.
+    static func failure(_ message: String) -> Error {
+        NSError(domain: "dbrecovery.tests", code: 1, userInfo: [NSLocalizedDescriptionKey: message])
+    }
+}

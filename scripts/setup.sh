@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs everything dbrecovery needs on Debian 12 (PostgreSQL 15, libpq, zlib, the S3 test server)
+# and builds the five executables. Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(postgresql-15 postgresql-client-15 libpq-dev zlib1g-dev pkg-config pigz pgbackrest time util-linux gzip)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null || { echo "setup: need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
+    sudo=sudo
+  fi
+  echo "setup: installing ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  # The Debian package would create and start a cluster of its own; we only want the binaries.
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The S3-compatible server the tests run on loopback.
+if ! python3 -c 'import moto, flask, flask_cors' 2>/dev/null || ! command -v moto_server >/dev/null; then
+  echo "setup: installing moto (S3 test server) from PyPI" >&2
+  python3 -m pip install -q 'moto==5.2.1' flask flask-cors
+fi
+
+swift build 2>&1 | tail -1
+echo "setup: done; executables are in $(swift build --show-bin-path)" >&2
