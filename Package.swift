@@ -32,6 +32,11 @@ let package = Package(
         .executableTarget(name: "dbverify", dependencies: ["RecoveryCommands"]),
         .target(name: "TestSupport", dependencies: ["RecoveryKit"], path: "Tests/TestSupport"),
         .testTarget(name: "GzipTests", dependencies: ["Gzip"]),
+        .testTarget(name: "PostgresClientTests", dependencies: ["PostgresClient"]),
+        .testTarget(name: "BackupStorageTests", dependencies: ["BackupStorage"]),
+        .testTarget(name: "RecoveryKitTests", dependencies: ["RecoveryKit", "BackupStorage"]),
+        .testTarget(name: "RecoveryCommandsTests", dependencies: ["RecoveryCommands", "RecoveryKit",
+                                                                  .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .testTarget(name: "IntegrationTests", dependencies: ["RecoveryKit", "BackupStorage", "TestSupport"]),
     ],
     swiftLanguageModes: [.v5]

@@ -1,0 +1,75 @@
+import BackupStorage
+import Foundation
+import XCTest
+
+final class LocalStoreTests: XCTestCase {
+    var root: String!
+    var store: LocalStore!
+
+    override func setUpWithError() throws {
+        root = NSTemporaryDirectory() + "store-\(UUID().uuidString)/repo"
+        store = try LocalStore(root: root, create: true)
+    }
+
+    private func mode(_ path: String) throws -> Int? {
+        try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int
+    }
+
+    func testWriterIsInvisibleUntilCommitAndModesArePrivate() throws {
+        let writer = try store.makeWriter("backups/a/data")
+        try [UInt8](repeating: 7, count: 1000).withUnsafeBytes { try writer.write($0) }
+        XCTAssertEqual(try store.list(prefix: "backups/").map(\.key).filter { !$0.contains(".partial-") }, [])
+        try writer.commit()
+        XCTAssertEqual(try store.list(prefix: "backups/").map(\.key), ["backups/a/data"])
+        XCTAssertEqual(try store.list(prefix: "backups/")[0].size, 1000)
+        XCTAssertEqual(try mode(root + "/backups/a/data"), 0o600)
+        XCTAssertEqual(try mode(root + "/backups/a"), 0o700)
+        XCTAssertEqual(try mode(root), 0o700)
+    }
+
+    func testAbortLeavesNothing() throws {
+        let writer = try store.makeWriter("backups/b/data")
+        try [UInt8](repeating: 1, count: 10).withUnsafeBytes { try writer.write($0) }
+        writer.abort()
+        XCTAssertEqual(try store.list(prefix: "").map(\.key), [])
+    }
+
+    func testReadsBackWhatWasWrittenAndDeletesInOrder() throws {
+        try store.write("backups/c/manifest.json", contents: Data("{}".utf8))
+        try store.write("backups/c/dump.sql.gz", contents: Data([1, 2]))
+        XCTAssertEqual(try store.read("backups/c/manifest.json"), Data("{}".utf8))
+        try store.delete(["backups/c/manifest.json", "backups/c/dump.sql.gz", "backups/c/never-existed"])
+        XCTAssertEqual(try store.list(prefix: "").map(\.key), [])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: root + "/backups/c"), "empty backup folder should go")
+        XCTAssertThrowsError(try store.read("backups/c/manifest.json")) { error in
+            XCTAssertEqual((error as? StorageError)?.kind, .notFound)
+        }
+    }
+
+    func testRefusesKeysThatEscapeTheRepository() {
+        for key in ["../x", "a/../../x", "/etc/passwd", "", "a//b", "./a"] {
+            XCTAssertThrowsError(try store.write(key, contents: Data()), key)
+        }
+    }
+
+    func testSecondLockFailsAndNamesTheHolder() throws {
+        let first = try store.lock(holder: LockHolder(command: "dbbackup", pid: 1234, host: "db1"))
+        XCTAssertThrowsError(try store.lock(holder: LockHolder(command: "dbprune"))) { error in
+            let error = error as? StorageError
+            XCTAssertEqual(error?.kind, .locked)
+            XCTAssertTrue(error?.message.contains("dbbackup (pid 1234 on db1") ?? false, error?.message ?? "")
+        }
+        first.release()
+        let second = try store.lock(holder: LockHolder(command: "dbprune"))
+        second.release()
+    }
+
+    func testRepositoryAddressesParse() throws {
+        XCTAssertEqual(try RepositoryLocation(parsing: "/var/backups"), .local(path: "/var/backups"))
+        XCTAssertEqual(try RepositoryLocation(parsing: "file:///var/my%20backups"), .local(path: "/var/my backups"))
+        XCTAssertEqual(try RepositoryLocation(parsing: "s3://bucket/some/prefix/"), .s3(bucket: "bucket", prefix: "some/prefix"))
+        for bad in ["", "file://relative", "ftp://host/x", "s3://ab"] {
+            XCTAssertThrowsError(try RepositoryLocation(parsing: bad), bad)
+        }
+    }
+}

@@ -1,0 +1,241 @@
+import BackupStorage
+import Foundation
+import RecoveryKit
+import TestSupport
+import XCTest
+
+/// `dbrestore` and `dbverify` against a real PostgreSQL cluster.
+final class RestoreTests: XCTestCase {
+    var cluster: PostgresCluster!
+    var database: String!
+    var repository: String!
+
+    override func setUpWithError() throws {
+        cluster = try PostgresCluster.shared()
+        database = try cluster.createDatabase(prefix: "restore")
+        repository = TestPaths.temporaryDirectory(prefix: "repo") + "/repo"
+        try cluster.connect(database: database).execute(script: """
+            CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL);
+            CREATE TABLE meetings (id serial PRIMARY KEY, user_id bigint REFERENCES users, title text);
+            INSERT INTO users SELECT g, 'user' || g || '@example.com' FROM generate_series(1, 300) g;
+            INSERT INTO meetings (user_id, title) SELECT 1 + g % 300, 'm' || g FROM generate_series(1, 900) g;
+            """)
+    }
+
+    private var common: [String] { ["--database-url", cluster.url(database: database), "--repo", repository] }
+
+    @discardableResult
+    private func backup(_ extra: [String] = []) throws -> String {
+        let result = try TestProcess.tool("dbbackup", common + extra, cluster: cluster)
+        XCTAssertEqual(result.status, 0, result.standardError)
+        return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    private func tool(_ name: String, _ arguments: [String]) throws -> TestProcess.Result {
+        try TestProcess.tool(name, arguments, cluster: cluster)
+    }
+
+    private func manifest(_ id: String) throws -> BackupManifest {
+        try Catalog(store: try LocalStore(root: repository, create: false)).resolve(id)
+    }
+
+    private func databases(like pattern: String) throws -> [String] {
+        try cluster.connect().query("SELECT datname FROM pg_database WHERE datname LIKE $1 ORDER BY 1", [pattern]).rows.compactMap { $0[0] }
+    }
+
+    private func expectedCounts(_ id: String) throws -> [String: Int64] {
+        Dictionary(uniqueKeysWithValues: try manifest(id).tables.map { ($0.qualifiedName, $0.rows) })
+    }
+
+    private func flipByte(in id: String) throws {
+        let path = "\(repository!)/backups/\(id)/dump.sql.gz"
+        var data = try Data(contentsOf: URL(fileURLWithPath: path))
+        data[data.count / 2] ^= 0x20
+        try data.write(to: URL(fileURLWithPath: path))
+    }
+
+    func testEmergencyRestoreAfterDamageKeepsTheDamagedDatabaseAside() throws {
+        let id = try backup(["--release", "v1.2.3"])
+        let damage = try cluster.connect(database: database)
+        try damage.execute(script: """
+            DELETE FROM meetings WHERE id % 2 = 0;
+            ALTER TABLE meetings DROP CONSTRAINT meetings_user_id_fkey;
+            DROP TABLE users;
+            CREATE TABLE junk (x int);
+            INSERT INTO junk VALUES (1);
+            """)
+        damage.close()
+        let incident = TestPaths.temporaryDirectory(prefix: "incident") + "/incident.json"
+        let result = try tool("dbrestore", common + ["--emergency", "--release", "v1.2.3", "--incident-file", incident])
+        XCTAssertEqual(result.status, 0, result.standardError)
+        XCTAssertTrue(result.standardOutput.contains("restored \(database!) from backup \(id)"), result.standardOutput)
+
+        XCTAssertEqual(try cluster.rowCounts(database: database), try expectedCounts(id))
+        let aside = try databases(like: "\(database!)_pre_restore_%")
+        XCTAssertEqual(aside.count, 1)
+        XCTAssertEqual(try cluster.rowCounts(database: aside[0]), ["public.meetings": 450, "public.junk": 1], "damage must be kept intact")
+        XCTAssertEqual(try databases(like: "\(database!)_restore_%"), [], "no scratch database may be left")
+
+        let record = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: incident))) as? [String: Any]
+        XCTAssertEqual((record?["plan"] as? [String: Any])?["backup_id"] as? String, id)
+        XCTAssertEqual(record?["outcome"] as? String, "restored")
+        XCTAssertGreaterThanOrEqual((record?["timeline"] as? [Any])?.count ?? 0, 4)
+        XCTAssertEqual(try FileManager.default.attributesOfItem(atPath: incident)[.posixPermissions] as? Int, 0o600)
+    }
+
+    func testDamagedNewestBackupIsRefusedByNormalRestoreAndSkippedByEmergency() throws {
+        let good = try backup()
+        try cluster.connect(database: database).execute(script: "INSERT INTO users VALUES (1000, 'late@example.com')")
+        sleep(1)
+        let bad = try backup()
+        try flipByte(in: bad)
+        try cluster.connect(database: database).execute(script: "DELETE FROM meetings")
+        let before = try cluster.rowCounts(database: database)
+
+        let refused = try tool("dbrestore", common + [bad, "--yes"])
+        XCTAssertEqual(refused.status, ExitStatus.backupCorrupt.rawValue, refused.standardError)
+        XCTAssertTrue(refused.standardError.contains(bad), refused.standardError)
+        XCTAssertEqual(try cluster.rowCounts(database: database), before, "a refused restore must change nothing")
+        XCTAssertEqual(try databases(like: "\(database!)_%"), [], "no scratch or aside database after a refused restore")
+
+        let files = try tool("dbverify", ["--files", bad, "--repo", repository])
+        XCTAssertEqual(files.status, ExitStatus.backupCorrupt.rawValue)
+        XCTAssertTrue(files.standardError.contains("sha256"), files.standardError)
+        XCTAssertEqual(try tool("dbverify", ["--files", good, "--repo", repository]).status, 0)
+
+        let emergency = try tool("dbrestore", common + ["--emergency"])
+        XCTAssertEqual(emergency.status, 0, emergency.standardError)
+        XCTAssertTrue(emergency.standardError.contains("skip backup \(bad)"), emergency.standardError)
+        XCTAssertTrue(emergency.standardOutput.contains("from backup \(good)"), emergency.standardOutput)
+        XCTAssertEqual(try cluster.rowCounts(database: database), try expectedCounts(good))
+        let incidents = try FileManager.default.contentsOfDirectory(atPath: repository + "/incidents")
+        XCTAssertEqual(incidents.count, 1)
+        let record = try String(contentsOfFile: repository + "/incidents/" + incidents[0], encoding: .utf8)
+        XCTAssertTrue(record.contains(bad) && record.contains("sha256"), "incident record must name the skipped backup and why")
+    }
+
+    func testReplacedDumpWithValidGzipIsRefusedAtEndOfStreamAndNothingIsApplied() throws {
+        let id = try backup()
+        // Same SQL, recompressed: a valid gzip stream whose sha256 no longer matches the manifest.
+        let path = "\(repository!)/backups/\(id)/dump.sql.gz"
+        XCTAssertEqual(try TestProcess.shell("gunzip -c '\(path)' | gzip -1 > '\(path).new' && mv '\(path).new' '\(path)'").status, 0)
+        let missing = "never_\(UInt32.random(in: 0...UInt32.max))"
+        let result = try tool("dbrestore", [id, "--yes", "--repo", repository, "--database-url", cluster.url(database: missing)])
+        XCTAssertEqual(result.status, ExitStatus.backupCorrupt.rawValue, result.standardError)
+        XCTAssertTrue(result.standardError.contains("sha256"), result.standardError)
+        XCTAssertFalse(try cluster.databaseExists(missing))
+        XCTAssertEqual(try databases(like: "\(missing)_%"), [])
+    }
+
+    func testRestoreSucceedsWhileClientsHoldConnections() throws {
+        let id = try backup()
+        try cluster.connect(database: database).execute(script: "DELETE FROM meetings")
+        let clients = try (0..<3).map { _ in try cluster.connect(database: database) }
+        try clients[0].execute(script: "BEGIN; SELECT count(*) FROM users")   // an open transaction, too
+        let result = try tool("dbrestore", common + ["latest", "--yes"])
+        XCTAssertEqual(result.status, 0, result.standardError)
+        XCTAssertEqual(try cluster.rowCounts(database: database), try expectedCounts(id))
+        XCTAssertEqual(try databases(like: "\(database!)_pre_restore_%").count, 1)
+        // New clients can connect to both the restored and the kept database.
+        XCTAssertEqual(try cluster.scalar("SELECT 1", database: try databases(like: "\(database!)_pre_restore_%")[0]), "1")
+        _ = clients
+    }
+
+    func testVerifyNamesTheTableAndTheDifference() throws {
+        let id = try backup()
+        XCTAssertEqual(try tool("dbverify", common + [id]).status, 0)
+        try cluster.connect(database: database).execute(script: "DELETE FROM meetings WHERE id = 5")
+        let result = try tool("dbverify", common + [id])
+        XCTAssertEqual(result.status, ExitStatus.verificationMismatch.rawValue)
+        XCTAssertTrue(result.standardOutput.contains("public.meetings") && result.standardOutput.contains("MISMATCH (-1)"), result.standardOutput)
+        XCTAssertTrue(result.standardError.contains("public.meetings: expected 900, found 899"), result.standardError)
+
+        let json = try tool("dbverify", common + [id, "--json"])
+        XCTAssertEqual(json.status, ExitStatus.verificationMismatch.rawValue)
+        let object = try JSONSerialization.jsonObject(with: Data(json.standardOutput.utf8)) as? [String: Any]
+        let tables = object?["tables"] as? [[String: Any]] ?? []
+        let meetings = tables.first { $0["table"] as? String == "public.meetings" }
+        XCTAssertEqual(meetings?["status"] as? String, "mismatch")
+        XCTAssertEqual(meetings?["actual"] as? Int, 899)
+    }
+
+    func testDrillLeavesNoScratchDatabaseOnSuccessOrFailure() throws {
+        let id = try backup()
+        let passed = try tool("dbrestore", common + ["--drill"])
+        XCTAssertEqual(passed.status, 0, passed.standardError)
+        XCTAssertTrue(passed.standardOutput.contains("drill passed"), passed.standardOutput)
+        XCTAssertEqual(try databases(like: "\(database!)_%"), [])
+
+        // Make the manifest disagree with the dump: the drill must fail and still clean up.
+        let path = "\(repository!)/backups/\(id)/manifest.json"
+        let text = try String(contentsOfFile: path, encoding: .utf8).replacingOccurrences(of: "\"rows\" : 900", with: "\"rows\" : 901")
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        let failed = try tool("dbrestore", common + ["--drill"])
+        XCTAssertEqual(failed.status, ExitStatus.restoreFailed.rawValue, failed.standardError)
+        XCTAssertTrue(failed.standardError.contains("public.meetings: expected 901, found 900"), failed.standardError)
+        XCTAssertEqual(try databases(like: "\(database!)_%"), [])
+    }
+
+    func testDryRunAndListChangeNothing() throws {
+        let id = try backup(["--tag", "nightly", "--release", "v9"])
+        try cluster.connect(database: database).execute(script: "DELETE FROM meetings")
+        let before = try cluster.rowCounts(database: database)
+        let plan = try tool("dbrestore", common + ["latest", "--dry-run"])
+        XCTAssertEqual(plan.status, 0, plan.standardError)
+        XCTAssertTrue(plan.standardOutput.contains(id) && plan.standardOutput.contains("_pre_restore_"), plan.standardOutput)
+        XCTAssertEqual(try cluster.rowCounts(database: database), before)
+        XCTAssertEqual(try databases(like: "\(database!)_%"), [])
+
+        let list = try tool("dbrestore", ["list", "--repo", repository, "--json"])
+        XCTAssertEqual(list.status, 0, list.standardError)
+        let rows = try JSONSerialization.jsonObject(with: Data(list.standardOutput.utf8)) as? [[String: Any]]
+        XCTAssertEqual(rows?.first?["id"] as? String, id)
+        XCTAssertEqual(rows?.first?["release"] as? String, "v9")
+        XCTAssertEqual(rows?.first?["tags"] as? [String], ["nightly"])
+    }
+
+    func testErrorsHaveDistinctCodesAndChangeNothing() throws {
+        let id = try backup()
+        let before = try cluster.rowCounts(database: database)
+
+        let unknown = try tool("dbrestore", common + [String(id.dropLast()) + "z", "--yes"])
+        XCTAssertEqual(unknown.status, ExitStatus.backupNotFound.rawValue)
+        XCTAssertTrue(unknown.standardError.contains("nearest ids: \(id)"), unknown.standardError)
+
+        let emptyRepository = TestPaths.temporaryDirectory(prefix: "empty")
+        let empty = try tool("dbrestore", ["--emergency", "--database-url", cluster.url(database: database), "--repo", emptyRepository])
+        XCTAssertEqual(empty.status, ExitStatus.backupNotFound.rawValue, empty.standardError)
+
+        let missingRepository = try tool("dbrestore", ["list", "--repo", "/nonexistent/repo"])
+        XCTAssertEqual(missingRepository.status, ExitStatus.repositoryError.rawValue, missingRepository.standardError)
+
+        let unreachable = try tool("dbrestore", ["latest", "--yes", "--repo", repository, "--database-url", "postgresql://postgres@127.0.0.1:1/x"])
+        XCTAssertEqual(unreachable.status, ExitStatus.databaseUnavailable.rawValue)
+
+        let admin = try cluster.connect()
+        let role = "weak_\(UInt32.random(in: 0...UInt32.max))"
+        try admin.execute(script: "CREATE ROLE \(role) LOGIN PASSWORD '\(cluster.password)'")
+        let weakURL = cluster.url(database: database).replacingOccurrences(of: "postgres@", with: "\(role)@")
+        let weak = try tool("dbrestore", ["latest", "--yes", "--repo", repository, "--database-url", weakURL])
+        XCTAssertEqual(weak.status, ExitStatus.databaseError.rawValue, weak.standardError)
+        XCTAssertTrue(weak.standardError.contains("CREATEDB"), weak.standardError)
+
+        let conflicting = try tool("dbrestore", common + ["--emergency", "--drill"])
+        XCTAssertEqual(conflicting.status, ExitStatus.usage.rawValue)
+
+        for result in [unknown, empty, missingRepository, unreachable, weak, conflicting] {
+            XCTAssertLessThanOrEqual(result.standardError.split(separator: "\n").filter { !$0.hasPrefix("[") }.count, 2, result.standardError)
+        }
+        XCTAssertEqual(try cluster.rowCounts(database: database), before)
+        XCTAssertEqual(try databases(like: "\(database!)_%"), [])
+    }
+
+    func testRestoreCreatesAMissingTargetDatabase() throws {
+        let id = try backup()
+        let missing = "fresh_\(UInt32.random(in: 0...UInt32.max))"
+        let result = try tool("dbrestore", ["latest", "--yes", "--repo", repository, "--database-url", cluster.url(database: missing)])
+        XCTAssertEqual(result.status, 0, result.standardError)
+        XCTAssertEqual(try cluster.rowCounts(database: missing), try expectedCounts(id))
+        XCTAssertEqual(try databases(like: "\(missing)_%"), [])
+    }
+}

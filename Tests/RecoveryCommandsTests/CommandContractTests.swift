@@ -1,0 +1,47 @@
+import ArgumentParser
+import Foundation
+@testable import RecoveryCommands
+import RecoveryKit
+import XCTest
+
+final class CommandContractTests: XCTestCase {
+    static let commands: [(String, ParsableCommand.Type)] = [
+        ("dbbackup", BackupCommand.self), ("dbrestore", RestoreCommand.self), ("dbverify", VerifyCommand.self),
+    ]
+
+    func testEveryHelpHasExamples() {
+        for (name, command) in Self.commands {
+            let help = command.helpMessage(columns: 120)
+            XCTAssertTrue(help.contains("Examples:"), "\(name) --help has no examples")
+            XCTAssertTrue(help.contains(name), name)
+        }
+    }
+
+    func testReadmeExitCodeTableMatchesTheCode() throws {
+        let readme = try String(contentsOfFile: TestPathsForCommands.repositoryRoot + "/README.md", encoding: .utf8)
+        var documented: [Int32: String] = [:]
+        for line in readme.split(separator: "\n") where line.hasPrefix("| ") {
+            let cells = line.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
+            if cells.count >= 2, let code = Int32(cells[0]) { documented[code] = cells[1] }
+        }
+        let inCode = Dictionary(uniqueKeysWithValues: ExitStatus.allCases.map { ($0.rawValue, $0.name) })
+        XCTAssertEqual(documented, inCode)
+    }
+
+    func testUsageErrorsExitWithTheUsageCode() {
+        let sink = FileHandle(forWritingAtPath: "/dev/null")!
+        XCTAssertEqual(BackupCommand.runReturningCode(["--compression-level", "11", "--repo", "/tmp/x"], standardError: sink), ExitStatus.usage.rawValue)
+        XCTAssertEqual(BackupCommand.runReturningCode(["--no-such-flag"], standardError: sink), ExitStatus.usage.rawValue)
+        XCTAssertEqual(RestoreCommand.runReturningCode(["--emergency", "--drill", "--repo", "/tmp/x"], standardError: sink), ExitStatus.usage.rawValue)
+        XCTAssertEqual(VerifyCommand.runReturningCode(["all", "--repo", "/tmp/x"], standardError: sink), ExitStatus.usage.rawValue)
+        XCTAssertEqual(BackupCommand.runReturningCode(["--repo", "ftp://x/y"], standardError: sink), ExitStatus.usage.rawValue)
+    }
+}
+
+enum TestPathsForCommands {
+    static let repositoryRoot: String = {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        return url.path
+    }()
+}
