@@ -8,6 +8,7 @@ let package = Package(
         .executable(name: "dbbackup", targets: ["dbbackup"]),
         .executable(name: "dbrestore", targets: ["dbrestore"]),
         .executable(name: "dbverify", targets: ["dbverify"]),
+        .executable(name: "dbmigrate", targets: ["dbmigrate"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -30,6 +31,7 @@ let package = Package(
         .executableTarget(name: "dbbackup", dependencies: ["RecoveryCommands"]),
         .executableTarget(name: "dbrestore", dependencies: ["RecoveryCommands"]),
         .executableTarget(name: "dbverify", dependencies: ["RecoveryCommands"]),
+        .executableTarget(name: "dbmigrate", dependencies: ["RecoveryCommands"]),
         .target(name: "TestSupport", dependencies: ["RecoveryKit"], path: "Tests/TestSupport"),
         .testTarget(name: "GzipTests", dependencies: ["Gzip"]),
         .testTarget(name: "PostgresClientTests", dependencies: ["PostgresClient"]),

@@ -7,6 +7,7 @@ import XCTest
 final class CommandContractTests: XCTestCase {
     static let commands: [(String, ParsableCommand.Type)] = [
         ("dbbackup", BackupCommand.self), ("dbrestore", RestoreCommand.self), ("dbverify", VerifyCommand.self),
+        ("dbmigrate", MigrateCommand.self),
     ]
 
     func testEveryHelpHasExamples() {
@@ -35,6 +36,9 @@ final class CommandContractTests: XCTestCase {
         XCTAssertEqual(RestoreCommand.runReturningCode(["--emergency", "--drill", "--repo", "/tmp/x"], standardError: sink), ExitStatus.usage.rawValue)
         XCTAssertEqual(VerifyCommand.runReturningCode(["all", "--repo", "/tmp/x"], standardError: sink), ExitStatus.usage.rawValue)
         XCTAssertEqual(BackupCommand.runReturningCode(["--repo", "ftp://x/y"], standardError: sink), ExitStatus.usage.rawValue)
+        XCTAssertEqual(MigrateCommand.runReturningCode(["down", "--to", "1", "--steps", "2"], standardError: sink), ExitStatus.usage.rawValue)
+        XCTAssertEqual(MigrateCommand.runReturningCode(["down", "--steps", "-1"], standardError: sink), ExitStatus.usage.rawValue)
+        XCTAssertEqual(MigrateCommand.runReturningCode(["resolve", "3"], standardError: sink), ExitStatus.usage.rawValue)
     }
 }
 

@@ -1,0 +1,212 @@
+import ArgumentParser
+import Foundation
+import RecoveryKit
+
+/// `dbmigrate`: migrations up and down against `schema_version`.
+public struct MigrateCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "dbmigrate",
+        abstract: "Apply and revert schema migrations against a schema_version table, safely.",
+        discussion: """
+        Migrations live in a directory (default ./migrations) as <version>_<name>.up.sql and \
+        <version>_<name>.down.sql. Header directives: -- dbmigrate:no-transaction, -- dbmigrate:irreversible.
+
+        Examples:
+          dbmigrate status
+          dbmigrate up --release v1.3.0
+          dbmigrate down --to-release v1.2.3 --repo /var/backups/app --dry-run
+          dbmigrate down --steps 1 --repo /var/backups/app --yes
+          dbmigrate resolve 12 --mark-reverted
+        """,
+        subcommands: [Status.self, Up.self, Down.self, Verify.self, Resolve.self])
+
+    public init() {}
+
+    /// Options every subcommand shares.
+    public struct Common: ParsableArguments {
+        @Option(name: .customLong("dir"), help: ArgumentHelp("Migrations directory.", valueName: "dir"))
+        public var directory = "migrations"
+
+        @Option(name: .customLong("lock-wait"), help: ArgumentHelp("Seconds to wait for another dbmigrate's lock.", valueName: "seconds"))
+        public var lockWait: Double = 30
+
+        public init() {}
+
+        func configuration(_ connection: ConnectionOptions, release: String? = nil, perStep: Bool = false,
+                           lockTimeout: String = "10s", statementTimeout: String = "15min") throws -> MigrationConfiguration {
+            MigrationConfiguration(target: try connection.target(), directory: directory, release: release, perStep: perStep,
+                                   lockWaitSeconds: lockWait, lockTimeout: lockTimeout, statementTimeout: statementTimeout)
+        }
+
+        public func validate() throws {
+            guard lockWait >= 0 && lockWait <= 86_400 else { throw ValidationError("--lock-wait must be between 0 and 86400 seconds") }
+        }
+    }
+
+    /// Options of the commands that run SQL.
+    public struct Running: ParsableArguments {
+        @Flag(name: .customLong("dry-run"), help: "Print the plan and the full SQL, change nothing.")
+        public var dryRun = false
+        @Flag(name: [.short, .long], help: "Do not ask for confirmation.")
+        public var yes = false
+        @Flag(name: .customLong("per-step"), help: "One transaction per step instead of one for the whole plan.")
+        public var perStep = false
+        @Option(name: .customLong("lock-timeout"), help: ArgumentHelp("lock_timeout for migration statements.", valueName: "interval"))
+        public var lockTimeout = "10s"
+        @Option(name: .customLong("statement-timeout"), help: ArgumentHelp("statement_timeout for migration statements.", valueName: "interval"))
+        public var statementTimeout = "15min"
+
+        public init() {}
+
+        func confirm(_ plan: MigrationPlan) throws {
+            guard !yes && isatty(0) == 1 else { return }
+            FileHandle.standardError.write(Data((plan.lines(includingSQL: false).joined(separator: "\n") + "\nProceed? [y/N] ").utf8))
+            guard let answer = readLine(), ["y", "yes"].contains(answer.lowercased()) else {
+                throw RecoveryError(.migrationRefused, "cancelled; nothing was changed")
+            }
+        }
+    }
+
+    static func render(_ plan: MigrationPlan, _ report: MigrationReport?, dryRun: Bool, output: OutputOptions) throws {
+        struct Result: Encodable { var plan: MigrationPlan; var report: MigrationReport? }
+        if output.json { return try printJSON(Result(plan: plan, report: report)) }
+        if dryRun {
+            print(plan.lines(includingSQL: true).joined(separator: "\n"))
+            return
+        }
+        guard let report else {
+            print("nothing to do: database is at version \(plan.fromVersion.map(String.init) ?? "none")")
+            return
+        }
+        plan.warnings.forEach { output.note("WARNING: \($0)") }
+        report.warnings.filter { !plan.warnings.contains($0) }.forEach { output.note("warning: \($0)") }
+        var line = "\(report.direction == .up ? "upgraded" : "downgraded") from \(report.fromVersion.map(String.init) ?? "none") to \(report.toVersion.map(String.init) ?? "none") (\(report.steps.count) step\(report.steps.count == 1 ? "" : "s"), \(String(format: "%.1f", report.durationSeconds)) s)"
+        if let backup = report.backupID { line += "; backup \(backup)" }
+        if let point = report.restorePoint { line += "; restore point \(point)" }
+        print(line)
+    }
+
+    public struct Status: ParsableCommand {
+        public static let configuration = CommandConfiguration(abstract: "Show applied and pending versions, and drift.")
+        @OptionGroup(title: "Connection") var connection: ConnectionOptions
+        @OptionGroup var common: Common
+        @OptionGroup(title: "Output") var output: OutputOptions
+        public init() {}
+
+        public func run() throws {
+            let rows = try Migrations.status(try common.configuration(connection))
+            if output.json { return try printJSON(rows) }
+            var table = TextTable("VERSION", "NAME", "STATE", "APPLIED AT (UTC)", "RELEASE", "NOTES")
+            for row in rows {
+                table.add(String(row.version), row.name, row.state, row.appliedAt.map { String(Timestamp.format($0).prefix(19)) } ?? "-",
+                          row.release ?? "-", row.notes.joined(separator: "; "))
+            }
+            print(table.rendered)
+        }
+    }
+
+    public struct Up: ParsableCommand {
+        public static let configuration = CommandConfiguration(abstract: "Apply pending migrations (up to --to).")
+        @OptionGroup(title: "Connection") var connection: ConnectionOptions
+        @OptionGroup var common: Common
+        @OptionGroup var running: Running
+        @Option(help: ArgumentHelp("Stop at this version.", valueName: "version")) var to: Int64?
+        @Option(help: ArgumentHelp("The release applying these migrations, recorded for down --to-release.", valueName: "release")) var release: String?
+        @OptionGroup(title: "Output") var output: OutputOptions
+        public init() {}
+
+        public func validate() throws {
+            if let to, to < 0 { throw ValidationError("--to \(to) must be a version number of 0 or more") }
+        }
+
+        public func run() throws {
+            let configuration = try common.configuration(connection, release: release, perStep: running.perStep,
+                                                         lockTimeout: running.lockTimeout, statementTimeout: running.statementTimeout)
+            let (plan, report) = try Migrations.up(configuration, to: to, dryRun: running.dryRun, confirm: running.confirm)
+            try MigrateCommand.render(plan, report, dryRun: running.dryRun, output: output)
+        }
+    }
+
+    public struct Down: ParsableCommand {
+        public static let configuration = CommandConfiguration(
+            abstract: "Revert migrations: pre-flight the whole plan, back up, then revert in one transaction.",
+            discussion: "Exactly one of --to, --steps, --to-release. A backup tagged pre-downgrade is taken first (needs --repo or BACKUP_REPO) unless --no-backup.")
+        @OptionGroup(title: "Connection") var connection: ConnectionOptions
+        @OptionGroup var common: Common
+        @OptionGroup var running: Running
+        @Option(help: ArgumentHelp("Revert every applied version above this one.", valueName: "version")) var to: Int64?
+        @Option(help: ArgumentHelp("Revert the N most recently applied versions.", valueName: "n")) var steps: Int?
+        @Option(name: .customLong("to-release"), help: ArgumentHelp("Return to the versions present when this release was migrated.", valueName: "release"))
+        var toRelease: String?
+        @Flag(name: .customLong("no-backup"), help: "Do not take a backup first (not recommended).") var noBackup = false
+        @Option(help: ArgumentHelp("Recorded in the log as the release doing the downgrade.", valueName: "release")) var release: String?
+        @OptionGroup(title: "Repository") var repository: RepositoryOptions
+        @OptionGroup(title: "Output") var output: OutputOptions
+        public init() {}
+
+        public func validate() throws {
+            let chosen = [to != nil, steps != nil, toRelease != nil].filter { $0 }.count
+            guard chosen == 1 else { throw ValidationError("give exactly one of --to VERSION, --steps N or --to-release RELEASE") }
+            if let to, to < 0 { throw ValidationError("--to \(to) must be a version number of 0 or more") }
+            if let steps, steps < 1 { throw ValidationError("--steps \(steps) must be 1 or more") }
+        }
+
+        public func run() throws {
+            let configuration = try common.configuration(connection, release: release, perStep: running.perStep,
+                                                         lockTimeout: running.lockTimeout, statementTimeout: running.statementTimeout)
+            let selection: DowngradeSelection = to.map { .toVersion($0) } ?? steps.map { .steps($0) } ?? .toRelease(toRelease ?? "")
+            var backupRepository: String?
+            if !noBackup {
+                do {
+                    backupRepository = try repository.address()
+                } catch {
+                    throw RecoveryError(.usage, "a downgrade takes a backup first, but no repository is given",
+                                        hint: "pass --repo DIR (or set BACKUP_REPO), or --no-backup to skip it")
+                }
+            }
+            let (plan, report) = try Migrations.down(configuration, selection: selection, backupRepository: backupRepository,
+                                                     tools: connection.tools, dryRun: running.dryRun, confirm: running.confirm)
+            try MigrateCommand.render(plan, report, dryRun: running.dryRun, output: output)
+        }
+    }
+
+    public struct Verify: ParsableCommand {
+        public static let configuration = CommandConfiguration(abstract: "Check applied versions against their files (edited, missing, mid-flight).")
+        @OptionGroup(title: "Connection") var connection: ConnectionOptions
+        @OptionGroup var common: Common
+        @OptionGroup(title: "Output") var output: OutputOptions
+        public init() {}
+
+        public func run() throws {
+            let problems = try Migrations.verify(try common.configuration(connection))
+            if output.json { try printJSON(problems) } else {
+                problems.forEach { print("version \($0.version) (\($0.name)): \($0.state); \($0.notes.joined(separator: "; "))") }
+            }
+            guard problems.isEmpty else {
+                throw RecoveryError(.verificationMismatch, "\(problems.count) applied version(s) differ from their files",
+                                    hint: "restore the edited files from version control, or resolve mid-flight versions with dbmigrate resolve")
+            }
+            if !output.json { print("all applied versions match their files") }
+        }
+    }
+
+    public struct Resolve: ParsableCommand {
+        public static let configuration = CommandConfiguration(
+            abstract: "Mark a version applied or reverted by hand (audited), after checking the schema yourself.")
+        @Argument(help: ArgumentHelp("The version to resolve.", valueName: "version")) var version: Int64
+        @Flag(name: .customLong("mark-applied")) var markApplied = false
+        @Flag(name: .customLong("mark-reverted")) var markReverted = false
+        @OptionGroup(title: "Connection") var connection: ConnectionOptions
+        @OptionGroup var common: Common
+        public init() {}
+
+        public func validate() throws {
+            guard markApplied != markReverted else { throw ValidationError("give exactly one of --mark-applied or --mark-reverted") }
+        }
+
+        public func run() throws {
+            try Migrations.resolve(try common.configuration(connection), version: version, applied: markApplied)
+            print("version \(version) marked \(markApplied ? "applied" : "reverted"); recorded in schema_version_log")
+        }
+    }
+}

@@ -1,0 +1,144 @@
+import Foundation
+import PostgresClient
+
+/// A plan shown before anything runs (`--dry-run`, the prompt).
+public struct MigrationPlan: Codable, Sendable {
+    public var direction: MigrationStep.Direction
+    public var fromVersion: Int64?
+    public var toVersion: Int64?
+    public var steps: [MigrationStep]
+    public var singleTransaction: Bool
+    /// A backup will be taken first (downgrades, unless --no-backup).
+    public var takesBackup: Bool
+    public var warnings: [String]
+    /// Versions the release had that are not applied now (down --to-release only).
+    public var notes: [String]
+
+    /// The plan for a person, with or without the full SQL.
+    public func lines(includingSQL: Bool) -> [String] {
+        var lines = ["\(direction == .up ? "upgrade" : "downgrade") from version \(fromVersion.map(String.init) ?? "none") to \(toVersion.map(String.init) ?? "none"): \(steps.count) step\(steps.count == 1 ? "" : "s"), \(singleTransaction ? "one transaction" : "one transaction per step")"]
+        if takesBackup { lines.append("a backup (tag pre-downgrade) and a restore point are taken first") }
+        for note in notes { lines.append("note: \(note)") }
+        for warning in warnings { lines.append("WARNING: \(warning)") }
+        for step in steps {
+            lines.append("\(step.direction.rawValue) \(step.version) \(step.name)\(step.noTransaction ? " (no transaction)" : "")  [\((step.path as NSString).lastPathComponent)]")
+            if includingSQL {
+                lines.append(contentsOf: step.sql.split(separator: "\n", omittingEmptySubsequences: false).map { "    " + $0 })
+            }
+        }
+        return lines
+    }
+}
+
+/// Which applied versions a downgrade reverts.
+public enum DowngradeSelection: Sendable {
+    case toVersion(Int64)
+    case steps(Int)
+    case toRelease(String)
+}
+
+/// The entry points of `dbmigrate`.
+public enum Migrations {
+    /// `dbmigrate status`.
+    public static func status(_ configuration: MigrationConfiguration) throws -> [MigrationStatus] {
+        let runner = try MigrationRunner(configuration)
+        return MigrationPlanner.status(available: try MigrationDirectory.load(configuration.directory), applied: try runner.applied())
+    }
+
+    /// `dbmigrate verify`: applied versions whose files changed or disappeared.
+    public static func verify(_ configuration: MigrationConfiguration) throws -> [MigrationStatus] {
+        try status(configuration).filter { row in
+            row.state == "applying" || row.state == "reverting"
+                || (row.state != "pending" && row.notes.contains { $0 == "up file edited since applied" || $0 == "file missing" })
+        }
+    }
+
+    /// `dbmigrate up`.
+    ///
+    /// - Parameters:
+    ///   - confirm: shown the plan before anything runs; throw to cancel.
+    /// - Returns: the plan and, unless `dryRun`, the report.
+    public static func up(_ configuration: MigrationConfiguration, to target: Int64?, dryRun: Bool,
+                          confirm: (MigrationPlan) throws -> Void) throws -> (MigrationPlan, MigrationReport?) {
+        let runner = try MigrationRunner(configuration)
+        return try runner.withLock {
+            let started = Date()
+            let applied = try runner.applied()
+            let steps = try MigrationPlanner.planUp(available: try MigrationDirectory.load(configuration.directory), applied: applied, to: target)
+            let current = applied.map(\.version).max()
+            let plan = MigrationPlan(direction: .up, fromVersion: current, toVersion: steps.last?.version ?? current, steps: steps,
+                                     singleTransaction: !configuration.perStep, takesBackup: false, warnings: [], notes: [])
+            if dryRun { return (plan, nil) }
+            if steps.isEmpty {
+                if let release = configuration.release { try runner.recordRelease(release, version: current) }
+            } else {
+                try confirm(plan)
+                try runner.run(steps, backupID: nil)
+            }
+            return (plan, MigrationReport(direction: .up, fromVersion: current, toVersion: plan.toVersion, steps: steps.map(\.version),
+                                          backupID: nil, restorePoint: nil, warnings: [], durationSeconds: Date().timeIntervalSince(started)))
+        }
+    }
+
+    /// `dbmigrate down`: pre-flight the whole plan, back up, set a restore point, then revert.
+    ///
+    /// - Important: nothing runs unless every step passes pre-flight; with one transaction (the
+    ///   default) the database ends at the target or unchanged.
+    /// - Parameters:
+    ///   - backupRepository: where the pre-downgrade backup goes; nil means no backup (`--no-backup`).
+    ///   - confirm: shown the plan before anything runs; throw to cancel.
+    public static func down(_ configuration: MigrationConfiguration, selection: DowngradeSelection, backupRepository: String?,
+                            tools: PostgresTools, dryRun: Bool, confirm: (MigrationPlan) throws -> Void) throws -> (MigrationPlan, MigrationReport?) {
+        let runner = try MigrationRunner(configuration)
+        return try runner.withLock {
+            let started = Date()
+            let available = try MigrationDirectory.load(configuration.directory)
+            let applied = try runner.applied()
+            let appliedVersions = Set(applied.map(\.version))
+            var notes: [String] = []
+            let reverting: Set<Int64>
+            switch selection {
+            case .toVersion(let version):
+                reverting = appliedVersions.filter { $0 > version }
+            case .steps(let count):
+                reverting = Set(applied.sorted { ($0.appliedAt, $0.version) > ($1.appliedAt, $1.version) }.prefix(count).map(\.version))
+            case .toRelease(let release):
+                let wanted = try MigrationPlanner.versions(atRelease: release, log: try runner.log())
+                reverting = appliedVersions.subtracting(wanted)
+                let missing = wanted.subtracting(appliedVersions).sorted()
+                if !missing.isEmpty {
+                    notes.append("release \(release) also had version(s) \(missing.map(String.init).joined(separator: ", ")), not applied now; run dbmigrate up --to afterwards if needed")
+                }
+            }
+            let steps = try MigrationPlanner.planDown(available: available, applied: applied, reverting: reverting,
+                                                      singleTransaction: !configuration.perStep)
+            let current = applied.map(\.version).max()
+            let remaining = appliedVersions.subtracting(reverting).max()
+            let plan = MigrationPlan(direction: .down, fromVersion: current, toVersion: remaining, steps: steps,
+                                     singleTransaction: !configuration.perStep, takesBackup: backupRepository != nil && !steps.isEmpty,
+                                     warnings: runner.destructiveWarnings(steps), notes: notes)
+            if dryRun || steps.isEmpty { return (plan, nil) }
+            try confirm(plan)
+            var backupID: String?
+            if let backupRepository {
+                let manifest = try LogicalCapture.run(LogicalCaptureConfiguration(
+                    target: configuration.target, repository: backupRepository, tags: ["pre-downgrade"],
+                    release: configuration.release, tools: tools))
+                backupID = manifest.id
+            }
+            let point = runner.createRestorePoint("dbmigrate-down-\(current.map(String.init) ?? "0")-to-\(remaining.map(String.init) ?? "0")-\(Int(Date().timeIntervalSince1970))")
+            try runner.run(steps, backupID: backupID)
+            return (plan, MigrationReport(direction: .down, fromVersion: current, toVersion: remaining, steps: steps.map(\.version),
+                                          backupID: backupID, restorePoint: point.name,
+                                          warnings: plan.warnings + [point.warning].compactMap { $0 },
+                                          durationSeconds: Date().timeIntervalSince(started)))
+        }
+    }
+
+    /// `dbmigrate resolve V --mark-applied|--mark-reverted`.
+    public static func resolve(_ configuration: MigrationConfiguration, version: Int64, applied: Bool) throws {
+        let runner = try MigrationRunner(configuration)
+        let migration = try MigrationDirectory.load(configuration.directory).first { $0.version == version }
+        try runner.withLock { try runner.resolve(version, applied: applied, migration: migration) }
+    }
+}

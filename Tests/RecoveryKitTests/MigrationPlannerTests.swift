@@ -1,0 +1,88 @@
+import Foundation
+@testable import RecoveryKit
+import XCTest
+
+final class MigrationPlannerTests: XCTestCase {
+    private func script(_ sql: String, noTransaction: Bool = false, irreversible: Bool = false) -> Migration.Script {
+        Migration.Script(path: "/m/x.sql", sql: sql, sha256: "sha-\(sql)", noTransaction: noTransaction, irreversible: irreversible)
+    }
+
+    private func migration(_ version: Int64, down: String? = "SELECT 1", irreversible: Bool = false) -> Migration {
+        Migration(version: version, name: "m\(version)", up: script("up \(version)"),
+                  down: down.map { script($0, irreversible: irreversible) })
+    }
+
+    private func applied(_ version: Int64, at seconds: Double, state: String = "applied") -> AppliedMigration {
+        AppliedMigration(version: version, name: "m\(version)", upSHA256: "sha-up \(version)", appliedAt: Date(timeIntervalSince1970: seconds), state: state)
+    }
+
+    func testSplitsStatementsRespectingQuotesDollarQuotesAndComments() {
+        let sql = """
+            -- header; with a semicolon
+            CREATE TABLE "a;b" (x text DEFAULT 'it''s; fine');
+            /* block; comment */ CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $body$ SELECT 1; $body$;
+            SELECT $1;;
+            -- trailing comment only
+            """
+        XCTAssertEqual(SQLStatements.split(sql), [
+            "-- header; with a semicolon\nCREATE TABLE \"a;b\" (x text DEFAULT 'it''s; fine')",
+            "/* block; comment */ CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $body$ SELECT 1; $body$",
+            "SELECT $1",
+        ])
+        XCTAssertEqual(SQLStatements.split("-- only a comment\n"), [])
+    }
+
+    func testDownRevertsInAppliedOrderNewestFirst() throws {
+        let available = [migration(1), migration(2), migration(3)]
+        // Version 2 was applied after version 3 (e.g. resolved by hand): applied order wins.
+        let rows = [applied(1, at: 10), applied(3, at: 20), applied(2, at: 30)]
+        let steps = try MigrationPlanner.planDown(available: available, applied: rows, reverting: [2, 3], singleTransaction: true)
+        XCTAssertEqual(steps.map(\.version), [2, 3])
+        XCTAssertTrue(steps.allSatisfy { $0.direction == .down })
+    }
+
+    func testDownPreflightCollectsEveryProblem() {
+        let available = [migration(1), migration(2, down: nil), migration(3, irreversible: true), migration(4, down: "-- nothing")]
+        var rows = [applied(1, at: 1), applied(2, at: 2), applied(3, at: 3), applied(4, at: 4)]
+        rows[0].upSHA256 = "edited"
+        XCTAssertThrowsError(try MigrationPlanner.planDown(available: available, applied: rows, reverting: [1, 2, 3, 4], singleTransaction: true)) { error in
+            let error = error as? RecoveryError
+            XCTAssertEqual(error?.code, .migrationRefused)
+            for expected in ["version 2 (m2): no down file", "version 3 (m3): marked -- dbmigrate:irreversible",
+                             "version 4 (m4): down file is empty", "version 1 (m1): x.sql was edited"] {
+                XCTAssertTrue(error?.message.contains(expected) ?? false, "\(expected) in \(error?.message ?? "")")
+            }
+        }
+    }
+
+    func testMidFlightBlocksEveryPlan() {
+        let rows = [applied(1, at: 1, state: "applying")]
+        XCTAssertThrowsError(try MigrationPlanner.planUp(available: [migration(1), migration(2)], applied: rows))
+        XCTAssertThrowsError(try MigrationPlanner.planDown(available: [migration(1)], applied: rows, reverting: [], singleTransaction: true))
+    }
+
+    func testUpRefusesOutOfOrderAndPlansPending() throws {
+        XCTAssertEqual(try MigrationPlanner.planUp(available: [migration(1), migration(2), migration(3)], applied: [applied(1, at: 1)], to: 2).map(\.version), [2])
+        XCTAssertThrowsError(try MigrationPlanner.planUp(available: [migration(1), migration(2), migration(3)], applied: [applied(1, at: 1), applied(3, at: 2)]))
+    }
+
+    func testVersionsAtReleaseReplayTheLog() throws {
+        let log = [
+            MigrationLogEntry(id: 1, version: 1, action: "up", release: "v1"),
+            MigrationLogEntry(id: 2, version: 2, action: "up", release: "v1"),
+            MigrationLogEntry(id: 3, version: 3, action: "up", release: "v2"),
+            MigrationLogEntry(id: 4, version: 3, action: "down", release: nil),
+            MigrationLogEntry(id: 5, version: 2, action: "release", release: "v3"),
+        ]
+        XCTAssertEqual(try MigrationPlanner.versions(atRelease: "v1", log: log), [1, 2])
+        XCTAssertEqual(try MigrationPlanner.versions(atRelease: "v2", log: log), [1, 2, 3])
+        XCTAssertEqual(try MigrationPlanner.versions(atRelease: "v3", log: log), [1, 2])
+        XCTAssertThrowsError(try MigrationPlanner.versions(atRelease: "v9", log: log))
+    }
+
+    func testFindsDestructiveStatements() {
+        XCTAssertEqual(DestructiveStatements.targets(in: "DROP TABLE IF EXISTS a, b CASCADE; ALTER TABLE ONLY users DROP COLUMN IF EXISTS name, DROP COLUMN age;"), [
+            .init(table: "a"), .init(table: "b"), .init(table: "users", column: "name"), .init(table: "users", column: "age"),
+        ])
+    }
+}
