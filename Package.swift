@@ -9,10 +9,12 @@ let package = Package(
         .executable(name: "dbrestore", targets: ["dbrestore"]),
         .executable(name: "dbverify", targets: ["dbverify"]),
         .executable(name: "dbmigrate", targets: ["dbmigrate"]),
+        .executable(name: "dbprune", targets: ["dbprune"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
     ],
     targets: [
         .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
@@ -23,6 +25,7 @@ let package = Package(
         .target(name: "RecoveryKit", dependencies: [
             "PostgresClient", "Gzip", "BackupStorage",
             .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "TOMLKit", package: "TOMLKit"),
         ]),
         .target(name: "RecoveryCommands", dependencies: [
             "RecoveryKit",
@@ -32,6 +35,7 @@ let package = Package(
         .executableTarget(name: "dbrestore", dependencies: ["RecoveryCommands"]),
         .executableTarget(name: "dbverify", dependencies: ["RecoveryCommands"]),
         .executableTarget(name: "dbmigrate", dependencies: ["RecoveryCommands"]),
+        .executableTarget(name: "dbprune", dependencies: ["RecoveryCommands"]),
         .target(name: "TestSupport", dependencies: ["RecoveryKit"], path: "Tests/TestSupport"),
         .testTarget(name: "GzipTests", dependencies: ["Gzip"]),
         .testTarget(name: "PostgresClientTests", dependencies: ["PostgresClient"]),

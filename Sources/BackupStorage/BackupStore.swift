@@ -8,6 +8,9 @@ public protocol BackupStore: AnyObject {
     /// Where this store points, for messages (never holds credentials).
     var location: String { get }
 
+    /// The optional operations this backend supports.
+    var features: StoreFeatures { get }
+
     /// Every object whose key starts with `prefix`, in key order.
     ///
     /// - Throws: `StorageError`.
@@ -40,12 +43,30 @@ public protocol BackupStore: AnyObject {
     /// - Throws: `StorageError`.
     func delete(_ keys: [String]) throws
 
+    /// Moves an object to another storage class (S3 `GLACIER`), keeping its key and content.
+    ///
+    /// - Throws: `StorageError(.invalidLocation)` on a backend without `.storageClasses`.
+    func changeStorageClass(_ key: String, to storageClass: String) throws
+
     /// Takes the repository's writer lock without waiting.
     ///
     /// - Parameter holder: who is asking (command, pid), shown to whoever finds it locked.
     /// - Returns: the lock, released when the value is released or `release()` is called.
     /// - Throws: `StorageError` of kind `.locked` naming the current holder.
     func lock(holder: LockHolder) throws -> RepositoryLock
+}
+
+/// Optional capabilities of a store.
+public struct StoreFeatures: OptionSet, Sendable {
+    public let rawValue: Int
+    public init(rawValue: Int) { self.rawValue = rawValue }
+
+    /// Writes become visible by an atomic rename (local files).
+    public static let atomicRename = StoreFeatures(rawValue: 1 << 0)
+    /// Durability can be forced with fsync (local files).
+    public static let fsync = StoreFeatures(rawValue: 1 << 1)
+    /// Objects have storage classes that can be changed (S3).
+    public static let storageClasses = StoreFeatures(rawValue: 1 << 2)
 }
 
 /// One stored object as listed.

@@ -12,6 +12,8 @@ public final class LocalStore: BackupStore {
 
     public var location: String { root }
 
+    public var features: StoreFeatures { [.atomicRename, .fsync] }
+
     /// Opens (and if needed creates) a repository directory.
     ///
     /// - Parameters:
@@ -100,6 +102,11 @@ public final class LocalStore: BackupStore {
                 current = (current as NSString).deletingLastPathComponent
             }
         }
+    }
+
+    public func changeStorageClass(_ key: String, to storageClass: String) throws {
+        throw StorageError(.invalidLocation, object: root, message: "local repositories have no storage classes",
+                           hint: "glacier_after applies to S3 repositories; remove it from the [local] tier")
     }
 
     public func lock(holder: LockHolder) throws -> RepositoryLock {

@@ -8,6 +8,7 @@ final class CommandContractTests: XCTestCase {
     static let commands: [(String, ParsableCommand.Type)] = [
         ("dbbackup", BackupCommand.self), ("dbrestore", RestoreCommand.self), ("dbverify", VerifyCommand.self),
         ("dbmigrate", MigrateCommand.self),
+        ("dbprune", PruneCommand.self),
     ]
 
     func testEveryHelpHasExamples() {

@@ -3,6 +3,12 @@ import Foundation
 
 /// Opens the store behind a `--repo` address.
 public enum Repository {
+    /// The retention tier of a repository address: `local` or `s3`.
+    public static func tierName(_ address: String) throws -> String {
+        if case .s3 = try RepositoryLocation(parsing: address) { return "s3" }
+        return "local"
+    }
+
     /// Opens a repository.
     ///
     /// - Parameters:

@@ -1,0 +1,113 @@
+import BackupStorage
+import Foundation
+
+/// Settings of one `dbprune` run.
+public struct PruneConfiguration {
+    public var repository: String
+    public var policy: RetentionPolicy
+    public var dryRun: Bool
+    public var now: Date
+
+    public init(repository: String, policy: RetentionPolicy = .builtIn, dryRun: Bool = false, now: Date = Date()) {
+        self.repository = repository
+        self.policy = policy
+        self.dryRun = dryRun
+        self.now = now
+    }
+}
+
+/// What a prune run decided and did.
+public struct PruneReport: Codable, Sendable {
+    /// One backup folder without a manifest.
+    public struct Garbage: Codable, Sendable {
+        public var folder: String
+        public var ageHours: Double
+        public var action: String
+    }
+
+    public var repository: String
+    public var tier: String
+    public var dryRun: Bool
+    public var decisions: [RetentionDecision]
+    /// Backups whose manifest cannot be read: never deleted, always reported.
+    public var unreadable: [String]
+    public var garbage: [Garbage]
+    public var kept: Int { decisions.filter { $0.action != .delete }.count }
+    public var deleted: Int { decisions.filter { $0.action == .delete }.count }
+}
+
+/// Applies a retention policy to one repository.
+public enum Pruner {
+    /// Plans and (unless dry-run) applies retention.
+    ///
+    /// - Important: deletes manifest first, then data, so a crash half-way leaves garbage, never a
+    ///   backup that looks whole. Pinned backups, the newest backup that verifies and backups with an
+    ///   unreadable manifest are never deleted.
+    /// - Throws: `RecoveryError`; `StorageError` if the repository cannot be read or is locked.
+    public static func run(_ configuration: PruneConfiguration, progress: ProgressObserver? = nil) throws -> PruneReport {
+        let store = try Repository.open(configuration.repository, create: false)
+        let lock = configuration.dryRun ? nil : try store.lock(holder: LockHolder(command: "dbprune"))
+        defer { lock?.release() }
+        let tierName = try Repository.tierName(configuration.repository)
+        let tier = tierName == "s3" ? configuration.policy.s3 : configuration.policy.local
+
+        let objects = try store.list(prefix: "backups/")
+        let entries = try Catalog(store: store).entries()
+        let manifests = entries.compactMap(\.manifest)
+        var newestVerified: String?
+        for manifest in manifests {
+            if try FileVerifier.verify(manifest, in: store, depth: .checksum, progress: progress).ok {
+                newestVerified = manifest.id
+                break
+            }
+        }
+        let classes = Dictionary(objects.map { ($0.key, $0.storageClass) }, uniquingKeysWith: { first, _ in first })
+        let candidates = manifests.map { manifest in
+            RetentionCandidate(id: manifest.id, takenAt: manifest.startedAt, pinned: manifest.pinned,
+                               storageClass: manifest.files.first.flatMap { classes[manifest.key(of: $0)] ?? nil })
+        }
+        let decisions = try RetentionPlanner.plan(candidates, tier: tier, snapshots: configuration.policy.snapshots,
+                                                  newestVerified: newestVerified, now: configuration.now)
+        let garbage = findGarbage(objects: objects, withManifest: Set(entries.map(\.id)), policy: configuration.policy, now: configuration.now)
+
+        if !configuration.dryRun {
+            let byID = Dictionary(uniqueKeysWithValues: manifests.map { ($0.id, $0) })
+            for decision in decisions where decision.action == .delete {
+                guard let manifest = byID[decision.id] else { continue }
+                let folder = manifest.folderKey + "/"
+                let others = objects.map(\.key).filter { $0.hasPrefix(folder) && $0 != folder + BackupManifest.fileName }
+                try store.delete([folder + BackupManifest.fileName] + others)
+            }
+            for decision in decisions where decision.action == .moveToGlacier {
+                guard let manifest = byID[decision.id] else { continue }
+                for file in manifest.files {
+                    try store.changeStorageClass(manifest.key(of: file), to: "GLACIER")
+                }
+            }
+            for item in garbage where item.action == "delete" {
+                try store.delete(objects.map(\.key).filter { $0.hasPrefix(item.folder + "/") })
+            }
+        }
+        let unreadable = entries.filter { $0.manifest == nil }.map { "\($0.id): \($0.problem ?? "unreadable")" }
+        return PruneReport(repository: store.location, tier: tierName, dryRun: configuration.dryRun, decisions: decisions,
+                           unreadable: unreadable, garbage: garbage)
+    }
+
+    /// Folders under `backups/` that have no manifest: removed once older than the grace period.
+    static func findGarbage(objects: [StoredObject], withManifest: Set<String>, policy: RetentionPolicy, now: Date) -> [PruneReport.Garbage] {
+        var newestChange: [String: Date] = [:]
+        for object in objects {
+            let parts = object.key.split(separator: "/")
+            guard parts.count >= 3 else { continue }
+            let folder = "backups/\(parts[1])"
+            guard !withManifest.contains(String(parts[1])) else { continue }
+            let modified = object.modified ?? now
+            newestChange[folder] = max(newestChange[folder] ?? .distantPast, modified)
+        }
+        return newestChange.keys.sorted().map { folder in
+            let age = now.timeIntervalSince(newestChange[folder] ?? now)
+            return PruneReport.Garbage(folder: folder, ageHours: (age / 360).rounded() / 10,
+                                       action: age >= policy.garbageGracePeriod.seconds ? "delete" : "keep (within grace period)")
+        }
+    }
+}

@@ -1,0 +1,3 @@
+import RecoveryCommands
+
+PruneCommand.runAsTool()

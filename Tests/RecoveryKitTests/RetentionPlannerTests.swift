@@ -1,0 +1,152 @@
+import Foundation
+@testable import RecoveryKit
+import XCTest
+
+final class RetentionPlannerTests: XCTestCase {
+    private let none = RetentionPolicy.Tier(keepLast: 0, keepWithin: nil, glacierAfter: nil, snapshots: true)
+
+    private func date(_ text: String) -> Date {
+        let formatter = ISO8601DateFormatter()
+        return formatter.date(from: text.count == 10 ? text + "T12:00:00Z" : text)!
+    }
+
+    private func backups(_ times: [String]) -> [RetentionCandidate] {
+        times.enumerated().map { index, time in RetentionCandidate(id: "b\(String(format: "%02d", index))-\(time)", takenAt: date(time)) }
+    }
+
+    private func kept(_ candidates: [RetentionCandidate], tier: RetentionPolicy.Tier? = nil, daily: Int = 0, weekly: Int = 0,
+                      monthly: Int = 0, zone: String = "UTC", now: String = "2030-01-01") throws -> [String: [String]] {
+        let decisions = try RetentionPlanner.plan(candidates, tier: tier ?? none,
+                                                  snapshots: .init(daily: daily, weekly: weekly, monthly: monthly, timeZone: zone),
+                                                  newestVerified: nil, now: date(now))
+        var result: [String: [String]] = [:]
+        for decision in decisions where decision.action != .delete {
+            result[String(decision.id.split(separator: "-", maxSplits: 1)[1])] = decision.keptBy
+        }
+        return result
+    }
+
+    func testSeveralBackupsPerDayKeepTheNewestOfEachDay() throws {
+        let list = backups(["2024-03-03T10:00:00Z", "2024-03-03T08:00:00Z", "2024-03-02T23:00:00Z", "2024-03-02T01:00:00Z", "2024-03-01T12:00:00Z"])
+        XCTAssertEqual(try kept(list, daily: 2), ["2024-03-03T10:00:00Z": ["daily #1"], "2024-03-02T23:00:00Z": ["daily #2"]])
+    }
+
+    func testEmptyDaysAreSkippedNotCounted() throws {
+        let list = backups(["2024-03-10", "2024-03-07", "2024-03-01", "2024-02-20"])
+        XCTAssertEqual(try kept(list, daily: 3), ["2024-03-10": ["daily #1"], "2024-03-07": ["daily #2"], "2024-03-01": ["daily #3"]])
+    }
+
+    func testARuleWithSlotsLeftAlsoKeepsTheOldest() throws {
+        let list = backups(["2024-03-10T12:00:00Z", "2024-03-10T06:00:00Z", "2024-03-07T12:00:00Z", "2024-03-07T06:00:00Z"])
+        XCTAssertEqual(try kept(list, daily: 5), ["2024-03-10T12:00:00Z": ["daily #1"], "2024-03-07T12:00:00Z": ["daily #2"],
+                                                  "2024-03-07T06:00:00Z": ["daily oldest"]])
+    }
+
+    func testISOWeeksSpanTheYearBoundary() throws {
+        // 2020-12-28 (Mon) … 2021-01-03 (Sun) is ISO week 2020-W53; 2021-01-04 starts 2021-W01.
+        let list = backups(["2021-01-04", "2021-01-03", "2020-12-31", "2020-12-28", "2020-12-27"])
+        XCTAssertEqual(try kept(list, weekly: 2), ["2021-01-04": ["weekly #1"], "2021-01-03": ["weekly #2"]])
+        XCTAssertEqual(try kept(list, weekly: 3), ["2021-01-04": ["weekly #1"], "2021-01-03": ["weekly #2"], "2020-12-27": ["weekly #3"]])
+    }
+
+    func testDailyWeeklyAndMonthlyOverlapAndCountIndependently() throws {
+        let days = (0..<12).map { offset in
+            let day = Calendar(identifier: .gregorian).date(byAdding: .day, value: -offset, to: date("2024-02-05"))!
+            return String(ISO8601DateFormatter().string(from: day).prefix(10))
+        }
+        XCTAssertEqual(try kept(backups(days), daily: 2, weekly: 2, monthly: 2), [
+            "2024-02-05": ["daily #1", "weekly #1", "monthly #1"],
+            "2024-02-04": ["daily #2", "weekly #2"],
+            "2024-01-31": ["monthly #2"],
+        ])
+    }
+
+    func testKeepLastOverlapsDaily() throws {
+        let tier = RetentionPolicy.Tier(keepLast: 3, keepWithin: nil, glacierAfter: nil, snapshots: true)
+        let list = backups(["2024-03-03T10:00:00Z", "2024-03-03T08:00:00Z", "2024-03-03T06:00:00Z", "2024-03-02", "2024-03-01"])
+        XCTAssertEqual(try kept(list, tier: tier, daily: 2), [
+            "2024-03-03T10:00:00Z": ["last #1", "daily #1"], "2024-03-03T08:00:00Z": ["last #2"],
+            "2024-03-03T06:00:00Z": ["last #3"], "2024-03-02": ["daily #2"],
+        ])
+    }
+
+    func testEqualTimestampsBreakByIDWhateverTheInputOrder() throws {
+        let tier = RetentionPolicy.Tier(keepLast: 1, keepWithin: nil, glacierAfter: nil, snapshots: false)
+        let a = RetentionCandidate(id: "20240301T120000Z-aaaa", takenAt: date("2024-03-01"))
+        let b = RetentionCandidate(id: "20240301T120000Z-bbbb", takenAt: date("2024-03-01"))
+        for order in [[a, b], [b, a]] {
+            let decisions = try RetentionPlanner.plan(order, tier: tier, snapshots: .init(daily: 0, weekly: 0, monthly: 0, timeZone: "UTC"),
+                                                      newestVerified: nil, now: date("2024-04-01"))
+            XCTAssertEqual(decisions.map(\.action), [.keep, .delete])
+            XCTAssertEqual(decisions[0].id, b.id)
+        }
+    }
+
+    func testTimeZoneMovesTheDayBoundary() throws {
+        // 23:30 UTC on the 1st is 00:30 on the 2nd in Berlin; 22:30 UTC is still the 1st there.
+        let list = backups(["2024-03-01T23:30:00Z", "2024-03-01T22:30:00Z", "2024-03-01T12:00:00Z"])
+        XCTAssertEqual(try kept(list, daily: 2, zone: "UTC"),
+                       ["2024-03-01T23:30:00Z": ["daily #1"], "2024-03-01T12:00:00Z": ["daily oldest"]])
+        XCTAssertEqual(try kept(list, daily: 2, zone: "Europe/Berlin"),
+                       ["2024-03-01T23:30:00Z": ["daily #1"], "2024-03-01T22:30:00Z": ["daily #2"]])
+    }
+
+    func testPinnedAndNewestVerifiedAreAlwaysKeptAndGlacierAfterMovesOldOnes() throws {
+        let tier = RetentionPolicy.Tier(keepLast: 1, keepWithin: RetentionDuration(hours: 24 * 90, text: "90d"),
+                                        glacierAfter: RetentionDuration(hours: 24 * 30, text: "30d"), snapshots: false)
+        var list = backups(["2024-06-01", "2024-05-20", "2024-04-01", "2024-01-01"])
+        list[3].pinned = true
+        let decisions = try RetentionPlanner.plan(list, tier: tier, snapshots: .init(daily: 0, weekly: 0, monthly: 0, timeZone: "UTC"),
+                                                  newestVerified: list[1].id, now: date("2024-06-02"))
+        XCTAssertEqual(decisions.map(\.action), [.keep, .keep, .moveToGlacier, .moveToGlacier])
+        XCTAssertEqual(decisions[1].keptBy, ["within 90d", "newest verified"])
+        XCTAssertEqual(decisions[3].keptBy, ["pinned"])
+    }
+
+    func testAPolicyThatKeepsNothingIsRefused() {
+        let tier = RetentionPolicy.Tier(keepLast: 0, keepWithin: nil, glacierAfter: nil, snapshots: false)
+        XCTAssertThrowsError(try RetentionPlanner.plan(backups(["2024-01-01"]), tier: tier,
+                                                       snapshots: .init(daily: 0, weekly: 0, monthly: 0, timeZone: "UTC"),
+                                                       newestVerified: nil, now: Date())) { error in
+            XCTAssertEqual((error as? RecoveryError)?.code, .configuration)
+        }
+    }
+}
+
+final class RetentionPolicyTests: XCTestCase {
+    static let root: String = {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        return url.path
+    }()
+
+    func testTheShippedDefaultFileEqualsTheBuiltInPolicy() throws {
+        XCTAssertEqual(try RetentionPolicy.load(path: Self.root + "/retention/default.toml"), RetentionPolicy.builtIn)
+    }
+
+    func testTyposAreErrorsThatNameTheKey() {
+        let cases: [(String, String)] = [
+            ("[local]\nkeep_lst = 3", "unknown key [local] keep_lst"),
+            ("[local]\nkeep_last = -1", "[local] keep_last must be a whole number"),
+            ("[s3]\nglacier_after = \"30x\"", "is not a duration"),
+            ("[snapshot]\ndaily = 1", "unknown key snapshot"),
+            ("[snapshots]\ntime_zone = \"Mars/Olympus\"", "not a known time zone"),
+            ("[local\n", "not valid TOML"),
+        ]
+        for (text, expected) in cases {
+            XCTAssertThrowsError(try RetentionPolicy.parse(text, source: "p.toml"), text) { error in
+                let error = error as? RecoveryError
+                XCTAssertEqual(error?.code, .configuration)
+                XCTAssertTrue(error?.message.contains(expected) ?? false, "\(expected) not in \(error?.message ?? "")")
+            }
+        }
+    }
+
+    func testPartialFilesOverrideOnlyWhatTheyName() throws {
+        let policy = try RetentionPolicy.parse("[local]\nkeep_last = 3\n[snapshots]\ndaily = 1", source: "p")
+        XCTAssertEqual(policy.local.keepLast, 3)
+        XCTAssertEqual(policy.snapshots.daily, 1)
+        XCTAssertEqual(policy.snapshots.weekly, 4)
+        XCTAssertEqual(policy.s3, RetentionPolicy.builtIn.s3)
+    }
+}
