@@ -1,16 +1,20 @@
 internal import CZlib
 
-/// Streams bytes through zlib's deflate into a gzip stream that stock `gzip -d` reads.
+/// Streams bytes through zlib's deflate into one gzip stream that stock `gzip -d` reads, on one
+/// core or several.
 ///
-/// Push-based: call `write(_:)` with each chunk of input and `finish()` once; every compressed
-/// chunk is handed to `sink` as soon as zlib produces it, so memory stays bounded.
+/// Push-based: call `write(_:)` with each chunk of input and `finish()` once; compressed bytes are
+/// handed to `sink` in order as soon as they are ready, so memory stays bounded (with `jobs` > 1:
+/// about 2 × jobs blocks of `blockSize`).
 public final class GzipCompressor {
     /// Total bytes given to `write(_:)`.
     public private(set) var bytesIn: UInt64 = 0
     /// Total compressed bytes handed to the sink.
-    public private(set) var bytesOut: UInt64 = 0
+    public var bytesOut: UInt64 { parallel?.bytesOut ?? serialBytesOut }
 
-    private let zstream: ZStream
+    private var serialBytesOut: UInt64 = 0
+    private let zstream: ZStream?
+    private let parallel: ParallelDeflate?
     private let sink: (UnsafeRawBufferPointer) throws -> Void
     private var output: UnsafeMutableRawBufferPointer
     private var finished = false
@@ -19,15 +23,23 @@ public final class GzipCompressor {
     ///
     /// - Parameters:
     ///   - level: zlib level, 0 (store) to 9 (smallest); 6 matches `gzip -6`.
-    ///   - outputChunkSize: size of the buffer handed to `sink`.
+    ///   - jobs: cores to compress on; 1 compresses on the calling thread.
+    ///   - blockSize: with `jobs` > 1, the input block each core compresses at a time.
+    ///   - outputChunkSize: size of the buffer handed to `sink` (one core).
     ///   - sink: receives compressed bytes; valid only during the call.
     /// - Throws: `GzipError` if zlib cannot be initialised or the level is out of range.
-    public init(level: Int = 6, outputChunkSize: Int = 256 * 1024,
+    public init(level: Int = 6, jobs: Int = 1, blockSize: Int = 1 << 20, outputChunkSize: Int = 256 * 1024,
                 sink: @escaping (UnsafeRawBufferPointer) throws -> Void) throws {
         guard (0...9).contains(level) else {
             throw GzipError(kind: .library, operation: "deflateInit2", message: "compression level \(level) is outside 0...9")
         }
-        zstream = try ZStream(deflateLevel: Int32(level))
+        if jobs > 1 {
+            zstream = nil
+            parallel = ParallelDeflate(level: level, jobs: jobs, blockSize: max(blockSize, 64 * 1024), sink: sink)
+        } else {
+            zstream = try ZStream(deflateLevel: Int32(level))
+            parallel = nil
+        }
         self.sink = sink
         output = .allocate(byteCount: outputChunkSize, alignment: 16)
     }
@@ -41,7 +53,8 @@ public final class GzipCompressor {
         precondition(!finished, "write after finish")
         guard let base = bytes.baseAddress, bytes.count > 0 else { return }
         bytesIn += UInt64(bytes.count)
-        let stream = zstream.stream
+        if let parallel { return try parallel.write(bytes) }
+        guard let stream = zstream?.stream else { return }
         stream.pointee.next_in = UnsafeMutablePointer(mutating: base.assumingMemoryBound(to: Bytef.self))
         stream.pointee.avail_in = uInt(bytes.count)
         while stream.pointee.avail_in > 0 {
@@ -60,6 +73,8 @@ public final class GzipCompressor {
     public func finish() throws {
         guard !finished else { return }
         finished = true
+        if let parallel { return try parallel.finish() }
+        guard let zstream else { return }
         zstream.stream.pointee.next_in = nil
         zstream.stream.pointee.avail_in = 0
         while try deflateStep(flush: Z_FINISH) != Z_STREAM_END {}
@@ -67,13 +82,14 @@ public final class GzipCompressor {
 
     @discardableResult
     private func deflateStep(flush: Int32) throws -> Int32 {
+        guard let zstream else { return Z_STREAM_END }
         let stream = zstream.stream
         stream.pointee.next_out = output.baseAddress!.assumingMemoryBound(to: Bytef.self)
         stream.pointee.avail_out = uInt(output.count)
         let code = try zstream.check(deflate(stream, flush), "deflate")
         let produced = output.count - Int(stream.pointee.avail_out)
         if produced > 0 {
-            bytesOut += UInt64(produced)
+            serialBytesOut += UInt64(produced)
             try sink(UnsafeRawBufferPointer(rebasing: output[0..<produced]))
         }
         return code

@@ -35,11 +35,17 @@ public struct BackupCommand: ParsableCommand {
     @Option(name: .customLong("compression-level"), help: ArgumentHelp("gzip level, 0 (none) to 9 (smallest).", valueName: "n"))
     public var compressionLevel = 6
 
+    @Option(name: .customLong("jobs"), help: ArgumentHelp("Cores to compress on (default: all of them).", valueName: "n"))
+    public var jobs = ProcessInfo.processInfo.activeProcessorCount
+
     @OptionGroup(title: "Output") public var output: OutputOptions
 
     public init() {}
 
     public func validate() throws {
+        guard (1...256).contains(jobs) else {
+            throw ValidationError("--jobs \(jobs) must be between 1 and 256")
+        }
         guard (0...9).contains(compressionLevel) else {
             throw ValidationError("--compression-level \(compressionLevel) is outside 0...9; use 1 (fastest) to 9 (smallest), 6 is the default")
         }
@@ -51,7 +57,7 @@ public struct BackupCommand: ParsableCommand {
     public func run() throws {
         let configuration = LogicalCaptureConfiguration(
             target: try connection.target(), repository: try repository.address(), tags: tags, release: release,
-            pinned: pin, compressionLevel: compressionLevel, tools: connection.tools)
+            pinned: pin, compressionLevel: compressionLevel, jobs: jobs, tools: connection.tools)
         let manifest = try LogicalCapture.run(configuration, progress: output.progress)
         let summary = BackupSummary(manifest: manifest, repository: configuration.repository)
         if output.json {

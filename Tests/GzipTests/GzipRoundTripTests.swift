@@ -3,9 +3,9 @@ import Gzip
 import XCTest
 
 final class GzipRoundTripTests: XCTestCase {
-    private func compress(_ input: [UInt8], level: Int = 6, chunk: Int = 65_536) throws -> [UInt8] {
+    private func compress(_ input: [UInt8], level: Int = 6, chunk: Int = 65_536, jobs: Int = 1, blockSize: Int = 1 << 20) throws -> [UInt8] {
         var output: [UInt8] = []
-        let compressor = try GzipCompressor(level: level) { output.append(contentsOf: $0) }
+        let compressor = try GzipCompressor(level: level, jobs: jobs, blockSize: blockSize) { output.append(contentsOf: $0) }
         var offset = 0
         while offset < input.count {
             let end = min(offset + chunk, input.count)
@@ -60,20 +60,53 @@ final class GzipRoundTripTests: XCTestCase {
         }
     }
 
-    func testOutputIsReadByStockGzip() throws {
-        let input = textBytes(2 * 1024 * 1024) + randomBytes(300_000, seed: 3)
+    func testParallelCompressionRoundTripsAsOneMemberAndKeepsTheRatio() throws {
+        let inputs: [(String, [UInt8])] = [
+            ("empty", []), ("one byte", [7]), ("exactly one block", textBytes(65_536)),
+            ("text 3.3 MiB", textBytes(3_400_000)), ("incompressible 1 MiB", randomBytes(1 << 20, seed: 9)),
+        ]
+        for (name, input) in inputs {
+            for jobs in [2, 3] {
+                let compressed = try compress(input, level: 6, chunk: 100_000, jobs: jobs, blockSize: 65_536)
+                var members = 0
+                var output: [UInt8] = []
+                let decompressor = try GzipDecompressor { output.append(contentsOf: $0) }
+                try compressed.withUnsafeBytes { try decompressor.write($0) }
+                try decompressor.finish()
+                members = decompressor.membersCompleted
+                XCTAssertEqual(output, input, "\(name), \(jobs) jobs")
+                XCTAssertEqual(members, 1, "\(name): one gzip member")
+            }
+        }
+        let text = textBytes(4_000_000) + randomBytes(200_000, seed: 4)
+        let serial = try compress(text, level: 6).count
+        let parallel = try compress(text, level: 6, jobs: 2, blockSize: 128 * 1024).count
+        XCTAssertLessThan(Double(parallel), Double(serial) * 1.02, "parallel output within 2% of serial gzip -6")
+    }
+
+    func testParallelOutputIsReadByStockGzip() throws {
+        try checkWithStockGzip(try compress(textBytes(3 * 1024 * 1024) + randomBytes(500_000, seed: 8), jobs: 2, blockSize: 200_000),
+                               expected: textBytes(3 * 1024 * 1024) + randomBytes(500_000, seed: 8))
+    }
+
+    private func checkWithStockGzip(_ compressed: [UInt8], expected input: [UInt8]) throws {
         let directory = NSTemporaryDirectory() + "gzip-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let path = directory + "/data.gz"
-        FileManager.default.createFile(atPath: path, contents: Data(try compress(input)))
+        FileManager.default.createFile(atPath: path, contents: Data(compressed))
+        FileManager.default.createFile(atPath: path + ".raw", contents: Data(input))
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/bin/sh")
         process.arguments = ["-c", "gzip -t '\(path)' && gzip -dc '\(path)' | cmp - '\(path).raw'"]
-        FileManager.default.createFile(atPath: path + ".raw", contents: Data(input))
         try process.run()
         process.waitUntilExit()
         XCTAssertEqual(process.terminationStatus, 0, "gzip -t / gzip -dc disagree with our output")
+    }
+
+    func testOutputIsReadByStockGzip() throws {
+        let input = textBytes(2 * 1024 * 1024) + randomBytes(300_000, seed: 3)
+        try checkWithStockGzip(try compress(input), expected: input)
     }
 
     func testReadsMultiMemberFiles() throws {

@@ -11,10 +11,14 @@ public struct LogicalCaptureConfiguration {
     public var release: String?
     public var pinned: Bool
     public var compressionLevel: Int
+    /// Cores to compress on.
+    public var jobs: Int
     public var tools: PostgresTools
 
     public init(target: ConnectionTarget, repository: String, tags: [String] = [], release: String? = nil,
-                pinned: Bool = false, compressionLevel: Int = 6, tools: PostgresTools = PostgresTools()) {
+                pinned: Bool = false, compressionLevel: Int = 6, jobs: Int = ProcessInfo.processInfo.activeProcessorCount,
+                tools: PostgresTools = PostgresTools()) {
+        self.jobs = max(1, jobs)
         self.target = target
         self.repository = repository
         self.tags = tags
@@ -96,7 +100,7 @@ public enum LogicalCapture {
         let errors = OutputCollector(descriptor: dump.standardError)
 
         var digest = StreamingDigest()
-        let compressor = try GzipCompressor(level: configuration.compressionLevel) { chunk in
+        let compressor = try GzipCompressor(level: configuration.compressionLevel, jobs: configuration.jobs) { chunk in
             digest.update(chunk)
             try writer.write(chunk)
         }
