@@ -35,17 +35,30 @@ public struct ConnectionOptions: ParsableArguments {
 /// `--repo`, the same in every tool.
 public struct RepositoryOptions: ParsableArguments {
     @Option(name: .customLong("repo"), help: ArgumentHelp(
-        "Backup repository: a directory or file:///path (default: $BACKUP_REPO).", valueName: "repository"))
+        "Backup repository: a directory, file:///path or s3://bucket/prefix (default: $BACKUP_REPO, then s3://$BACKUP_S3_BUCKET).",
+        valueName: "repository"))
     public var repository: String?
+
+    @Option(name: .customLong("s3-endpoint"), help: ArgumentHelp(
+        "S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, then AWS).", valueName: "url"))
+    public var s3Endpoint: String?
+
+    @Option(name: .customLong("s3-region"), help: ArgumentHelp("S3 region (default: $AWS_REGION, then us-east-1).", valueName: "region"))
+    public var s3Region: String?
 
     public init() {}
 
-    /// The repository address from the flag, then `BACKUP_REPO`.
+    /// The repository address from the flag, then `BACKUP_REPO`, then `BACKUP_S3_BUCKET`.
+    ///
+    /// S3 flags are handed to the storage layer through the environment variables it reads, so that
+    /// a flag and its variable can never mean different things.
     public func address() throws -> String {
+        if let s3Endpoint { setenv("AWS_ENDPOINT_URL_S3", s3Endpoint, 1) }
+        if let s3Region { setenv("AWS_REGION", s3Region, 1) }
+        let environment = ProcessInfo.processInfo.environment
         if let repository { return repository }
-        if let fromEnvironment = ProcessInfo.processInfo.environment["BACKUP_REPO"], !fromEnvironment.isEmpty {
-            return fromEnvironment
-        }
+        if let fromEnvironment = environment["BACKUP_REPO"], !fromEnvironment.isEmpty { return fromEnvironment }
+        if let bucket = environment["BACKUP_S3_BUCKET"], !bucket.isEmpty { return "s3://\(bucket)" }
         throw RecoveryError(.usage, "no backup repository given", hint: "pass --repo /path/to/repository or set BACKUP_REPO")
     }
 }

@@ -76,7 +76,9 @@ public enum Pruner {
                 guard let manifest = byID[decision.id] else { continue }
                 let folder = manifest.folderKey + "/"
                 let others = objects.map(\.key).filter { $0.hasPrefix(folder) && $0 != folder + BackupManifest.fileName }
-                try store.delete([folder + BackupManifest.fileName] + others)
+                // Two calls: a store may delete one batch in any order, and the manifest must go first.
+                try store.delete([folder + BackupManifest.fileName])
+                try store.delete(others)
             }
             for decision in decisions where decision.action == .moveToGlacier {
                 guard let manifest = byID[decision.id] else { continue }

@@ -30,9 +30,12 @@ public enum Repository {
                 throw RecoveryError(.repositoryError, "repository \(path) does not exist",
                                     hint: "check --repo (or BACKUP_REPO); dbbackup creates it on its first backup")
             }
-        case .s3:
-            throw RecoveryError(.usage, "S3 repositories ('\(address)') are not supported by this build",
-                                hint: "use a local directory for --repo")
+        case .s3(let bucket, let prefix):
+            do {
+                return S3Store(configuration: try S3Settings.configuration(bucket: bucket), prefix: prefix)
+            } catch let error as StorageError {
+                throw RecoveryError(.usage, "cannot use \(address): \(error.message)", hint: error.hint)
+            }
         }
     }
 }

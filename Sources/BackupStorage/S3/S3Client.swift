@@ -1,0 +1,247 @@
+import Crypto
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+#if canImport(FoundationXML)
+import FoundationXML
+#endif
+
+/// Where and how to reach one S3 bucket.
+public struct S3Configuration: Sendable {
+    public var bucket: String
+    public var region: String
+    /// Custom endpoint (`--s3-endpoint`, `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`); nil means AWS.
+    public var endpoint: URL?
+    /// Path-style (`endpoint/bucket/key`) rather than virtual-hosted (`bucket.endpoint/key`).
+    public var pathStyle: Bool
+    public var credentials: AWSCredentials
+    /// Multipart part size in bytes (at least 5 MiB, S3's minimum for all but the last part).
+    public var partSize: Int
+    /// Parts uploaded at once; also the number of parts held in memory.
+    public var concurrency: Int
+    /// `AES256` or `aws:kms`, sent as `x-amz-server-side-encryption`.
+    public var serverSideEncryption: String?
+    public var kmsKeyID: String?
+    /// Attempts per request (and per part) before giving up.
+    public var maxAttempts: Int
+    /// Seconds before one request is abandoned and retried.
+    public var requestTimeout: TimeInterval
+
+    public static let minimumPartSize = 5 * 1024 * 1024
+
+    public init(bucket: String, region: String = "us-east-1", endpoint: URL? = nil, pathStyle: Bool? = nil,
+                credentials: AWSCredentials, partSize: Int = 16 * 1024 * 1024, concurrency: Int = 4,
+                serverSideEncryption: String? = nil, kmsKeyID: String? = nil, maxAttempts: Int = 6, requestTimeout: TimeInterval = 60) {
+        self.bucket = bucket
+        self.region = region
+        self.endpoint = endpoint
+        self.pathStyle = pathStyle ?? (endpoint != nil || bucket.contains("."))
+        self.credentials = credentials
+        self.partSize = partSize
+        self.concurrency = concurrency
+        self.serverSideEncryption = serverSideEncryption
+        self.kmsKeyID = kmsKeyID
+        self.maxAttempts = maxAttempts
+        self.requestTimeout = requestTimeout
+    }
+}
+
+/// An S3 response with its body read whole (every response we ask for is bounded: a part, a
+/// range, a listing page).
+struct S3Response {
+    var status: Int
+    var headers: [String: String]
+    var body: Data
+
+    func header(_ name: String) -> String? {
+        headers.first { $0.key.lowercased() == name.lowercased() }?.value
+    }
+}
+
+/// A minimal, synchronous S3 REST client: SigV4, retries with backoff and jitter, XML errors.
+final class S3Client: @unchecked Sendable {
+    let configuration: S3Configuration
+    private let signer: SigV4Signer
+    private let session: URLSession
+
+    init(_ configuration: S3Configuration) {
+        self.configuration = configuration
+        signer = SigV4Signer(credentials: configuration.credentials, region: configuration.region)
+        let sessionConfiguration = URLSessionConfiguration.ephemeral
+        sessionConfiguration.timeoutIntervalForRequest = configuration.requestTimeout
+        sessionConfiguration.httpMaximumConnectionsPerHost = max(2, configuration.concurrency + 1)
+        session = URLSession(configuration: sessionConfiguration)
+    }
+
+    /// The public URL-ish name of an object, for messages.
+    func describe(_ key: String) -> String { "s3://\(configuration.bucket)/\(key)" }
+
+    /// Sends one request, retrying 5xx, SlowDown, dropped connections and timeouts.
+    ///
+    /// - Parameter acceptable: statuses that are answers rather than errors (e.g. 404 for HEAD).
+    /// - Throws: `StorageError(.remote)` with S3's code and message, or when retries ran out.
+    func send(_ method: String, key: String?, query: [(String, String)] = [], headers: [String: String] = [:],
+              body: Data? = nil, acceptable: Set<Int> = []) throws -> S3Response {
+        var attempt = 0
+        var lastProblem = ""
+        while true {
+            attempt += 1
+            do {
+                let response = try sendOnce(method, key: key, query: query, headers: headers, body: body)
+                if (200..<300).contains(response.status) || acceptable.contains(response.status) { return response }
+                let (code, message) = Self.parseError(response.body)
+                let retryable = response.status >= 500 || code == "SlowDown" || code == "RequestTimeout" || code == "InternalError"
+                lastProblem = "\(method) \(key.map(describe) ?? "s3://\(configuration.bucket)") answered \(response.status) \(code ?? "")\(message.map { ": \($0)" } ?? "")"
+                if !retryable || attempt >= configuration.maxAttempts {
+                    throw StorageError(code == "InvalidObjectState" ? .archived : response.status == 404 ? .notFound
+                                           : response.status == 403 ? .permissionDenied : .remote,
+                                       object: key.map(describe) ?? "s3://\(configuration.bucket)", message: lastProblem,
+                                       hint: Self.hint(for: code, key: key, bucket: configuration.bucket))
+                }
+            } catch let error as URLError {
+                lastProblem = "\(method) \(key.map(describe) ?? configuration.bucket): \(error.localizedDescription) (\(error.code.rawValue))"
+                if attempt >= configuration.maxAttempts {
+                    throw StorageError(.remote, object: key.map(describe) ?? "s3://\(configuration.bucket)",
+                                       message: "gave up after \(attempt) attempts: \(lastProblem)",
+                                       hint: "check the endpoint, network and credentials; nothing half-written is visible")
+                }
+            }
+            // Exponential backoff with full jitter: 0.1 s, 0.2 s, 0.4 s … capped at 5 s.
+            let ceiling = min(5.0, 0.1 * pow(2.0, Double(attempt - 1)))
+            Thread.sleep(forTimeInterval: Double.random(in: ceiling / 2...ceiling))
+        }
+    }
+
+    private func sendOnce(_ method: String, key: String?, query: [(String, String)], headers: [String: String], body: Data?) throws -> S3Response {
+        let (url, host, encodedPath) = address(key: key, query: query)
+        var request = URLRequest(url: url)
+        request.httpMethod = method
+        var signedHeaders = headers
+        signedHeaders["host"] = host
+        if let body { signedHeaders["content-length"] = String(body.count) }
+        let payloadHash = body.map { Data(SHA256.hash(data: $0)).map { String(format: "%02x", $0) }.joined() } ?? SigV4Signer.emptyPayloadHash
+        let added = signer.sign(.init(method: method, encodedPath: encodedPath, query: query, headers: signedHeaders, payloadHash: payloadHash), at: Date())
+        for (name, value) in signedHeaders.merging(added, uniquingKeysWith: { _, new in new }) where name != "host" {
+            request.setValue(value, forHTTPHeaderField: name)
+        }
+        // FoundationNetworking would otherwise add form encoding to POSTs and decode gzip bodies.
+        if body != nil && headers["content-type"] == nil { request.setValue("application/octet-stream", forHTTPHeaderField: "Content-Type") }
+        request.setValue("identity", forHTTPHeaderField: "Accept-Encoding")
+        request.httpBody = body ?? (method == "PUT" || method == "POST" ? Data() : nil)
+
+        final class Outcome: @unchecked Sendable { var value: (Data?, URLResponse?, Error?) = (nil, nil, nil) }
+        let done = DispatchSemaphore(value: 0)
+        let outcome = Outcome()
+        let task = session.dataTask(with: request) { data, response, error in
+            outcome.value = (data, response, error)
+            done.signal()
+        }
+        task.resume()
+        done.wait()
+        let result = outcome.value
+        if let error = result.2 as? URLError { throw error }
+        if let error = result.2 { throw URLError(.unknown, userInfo: [NSLocalizedDescriptionKey: "\(error)"]) }
+        guard let http = result.1 as? HTTPURLResponse else { throw URLError(.badServerResponse) }
+        var responseHeaders: [String: String] = [:]
+        for (name, value) in http.allHeaderFields { responseHeaders["\(name)"] = "\(value)" }
+        return S3Response(status: http.statusCode, headers: responseHeaders, body: result.0 ?? Data())
+    }
+
+    /// URL, Host header value and canonical path of a request.
+    func address(key: String?, query: [(String, String)]) -> (URL, String, String) {
+        let endpoint = configuration.endpoint ?? URL(string: "https://s3.\(configuration.region).amazonaws.com")!
+        let scheme = endpoint.scheme ?? "https"
+        var host = endpoint.host ?? "s3.amazonaws.com"
+        if !configuration.pathStyle { host = "\(configuration.bucket).\(host)" }
+        if let port = endpoint.port { host += ":\(port)" }
+        var path = configuration.pathStyle ? "/\(SigV4Signer.encode(configuration.bucket))" : ""
+        if let key { path += "/" + SigV4Signer.encode(key, keepSlash: true) } else if path.isEmpty { path = "/" }
+        let queryText = query.map { $0.1.isEmpty && ["uploads", "delete", "lifecycle"].contains($0.0) ? $0.0 : "\(SigV4Signer.encode($0.0))=\(SigV4Signer.encode($0.1))" }
+            .joined(separator: "&")
+        let url = URL(string: "\(scheme)://\(host)\(path)\(queryText.isEmpty ? "" : "?" + queryText)")!
+        return (url, host, path)
+    }
+
+    // MARK: - Errors
+
+    static func parseError(_ body: Data) -> (String?, String?) {
+        let document = XMLNode.parse(body)
+        return (document?.first("Code")?.text, document?.first("Message")?.text)
+    }
+
+    static func hint(for code: String?, key: String?, bucket: String) -> String? {
+        switch code {
+        case "InvalidObjectState":
+            return "the object is archived in GLACIER: start a restore with aws s3api restore-object --bucket \(bucket) --key \(key ?? "KEY") --restore-request Days=2, then retry when it completes"
+        case "NoSuchBucket": return "create the bucket or fix the s3:// address"
+        case "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch":
+            return "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the ~/.aws/credentials profile) and the bucket policy"
+        default: return nil
+        }
+    }
+}
+
+/// A tiny XML tree, enough for S3's responses.
+final class XMLNode {
+    let name: String
+    var text = ""
+    var children: [XMLNode] = []
+
+    init(name: String) { self.name = name }
+
+    static func parse(_ data: Data) -> XMLNode? {
+        guard !data.isEmpty else { return nil }
+        let builder = Builder()
+        let parser = XMLParser(data: data)
+        parser.delegate = builder
+        return parser.parse() ? builder.root : nil
+    }
+
+    /// First descendant with this name (depth first).
+    func first(_ name: String) -> XMLNode? {
+        for child in children {
+            if child.name == name { return child }
+            if let found = child.first(name) { return found }
+        }
+        return nil
+    }
+
+    /// Direct children with this name.
+    func all(_ name: String) -> [XMLNode] { children.filter { $0.name == name } }
+
+    /// Text of a direct child.
+    func value(_ name: String) -> String? { children.first { $0.name == name }?.text }
+
+    private final class Builder: NSObject, XMLParserDelegate {
+        var root: XMLNode?
+        var stack: [XMLNode] = []
+
+        func parser(_ parser: XMLParser, didStartElement elementName: String, namespaceURI: String?, qualifiedName: String?,
+                    attributes: [String: String] = [:]) {
+            let node = XMLNode(name: elementName)
+            stack.last?.children.append(node)
+            if root == nil { root = node }
+            stack.append(node)
+        }
+
+        func parser(_ parser: XMLParser, foundCharacters string: String) {
+            stack.last?.text += string
+        }
+
+        func parser(_ parser: XMLParser, didEndElement elementName: String, namespaceURI: String?, qualifiedName: String?) {
+            _ = stack.popLast()
+        }
+    }
+}
+
+/// XML escaping for request bodies.
+func xmlEscape(_ text: String) -> String {
+    text.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
+        .replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "\"", with: "&quot;")
+}
+
+/// Base64 of the MD5 of a body (`Content-MD5`, required by DeleteObjects and PutBucketLifecycle).
+func contentMD5(_ body: Data) -> String {
+    Data(Insecure.MD5.hash(data: body)).base64EncodedString()
+}

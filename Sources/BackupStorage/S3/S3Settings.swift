@@ -1,0 +1,69 @@
+import Foundation
+
+/// S3 settings from the environment, the way the AWS CLI reads them: `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, else the `~/.aws/credentials` profile
+/// (`AWS_PROFILE`, default `default`); `AWS_REGION` / `AWS_DEFAULT_REGION`;
+/// `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`. Ours: `DBRECOVERY_S3_PART_SIZE_MB`,
+/// `DBRECOVERY_S3_SSE` (`AES256` or `aws:kms`), `DBRECOVERY_S3_KMS_KEY_ID`.
+public enum S3Settings {
+    /// Builds the configuration of one bucket.
+    ///
+    /// - Throws: `StorageError(.invalidLocation)` when no credentials can be found or a value is malformed.
+    public static func configuration(bucket: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> S3Configuration {
+        func value(_ name: String) -> String? { environment[name].flatMap { $0.isEmpty ? nil : $0 } }
+        var credentials: AWSCredentials?
+        if let key = value("AWS_ACCESS_KEY_ID"), let secret = value("AWS_SECRET_ACCESS_KEY") {
+            credentials = AWSCredentials(accessKeyID: key, secretAccessKey: secret, sessionToken: value("AWS_SESSION_TOKEN"))
+        } else {
+            let file = value("AWS_SHARED_CREDENTIALS_FILE") ?? ((value("HOME") ?? NSHomeDirectory()) + "/.aws/credentials")
+            credentials = profile(value("AWS_PROFILE") ?? "default", in: file)
+        }
+        guard let credentials else {
+            throw StorageError(.invalidLocation, object: "s3://\(bucket)", message: "no AWS credentials found",
+                               hint: "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials (AWS_PROFILE)")
+        }
+        var endpoint: URL?
+        if let text = value("AWS_ENDPOINT_URL_S3") ?? value("AWS_ENDPOINT_URL") {
+            guard let url = URL(string: text), let scheme = url.scheme, ["http", "https"].contains(scheme), url.host != nil else {
+                throw StorageError(.invalidLocation, object: text, message: "S3 endpoint is not an http(s) URL",
+                                   hint: "write --s3-endpoint http://host:port")
+            }
+            endpoint = url
+        }
+        var partSize = 16 * 1024 * 1024
+        if let text = value("DBRECOVERY_S3_PART_SIZE_MB") {
+            guard let megabytes = Int(text), megabytes >= 5, megabytes <= 5 * 1024 else {
+                throw StorageError(.invalidLocation, object: "DBRECOVERY_S3_PART_SIZE_MB", message: "part size \(text) MiB is outside 5...5120",
+                                   hint: "S3 needs parts of at least 5 MiB")
+            }
+            partSize = megabytes * 1024 * 1024
+        }
+        let sse = value("DBRECOVERY_S3_SSE")
+        if let sse, !["AES256", "aws:kms"].contains(sse) {
+            throw StorageError(.invalidLocation, object: "DBRECOVERY_S3_SSE", message: "server-side encryption '\(sse)' is not AES256 or aws:kms")
+        }
+        return S3Configuration(bucket: bucket, region: value("AWS_REGION") ?? value("AWS_DEFAULT_REGION") ?? "us-east-1",
+                               endpoint: endpoint, pathStyle: value("DBRECOVERY_S3_ADDRESSING").map { $0 != "virtual" },
+                               credentials: credentials, partSize: partSize, serverSideEncryption: sse,
+                               kmsKeyID: value("DBRECOVERY_S3_KMS_KEY_ID"))
+    }
+
+    /// Reads one profile of an AWS credentials file (INI).
+    static func profile(_ name: String, in path: String) -> AWSCredentials? {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
+        var section = ""
+        var values: [String: String] = [:]
+        for raw in text.split(separator: "\n") {
+            let line = raw.trimmingCharacters(in: .whitespaces)
+            if line.hasPrefix("#") || line.hasPrefix(";") || line.isEmpty { continue }
+            if line.hasPrefix("[") && line.hasSuffix("]") {
+                section = String(line.dropFirst().dropLast()).trimmingCharacters(in: .whitespaces)
+                continue
+            }
+            guard section == name, let equals = line.firstIndex(of: "=") else { continue }
+            values[line[..<equals].trimmingCharacters(in: .whitespaces)] = line[line.index(after: equals)...].trimmingCharacters(in: .whitespaces)
+        }
+        guard let key = values["aws_access_key_id"], let secret = values["aws_secret_access_key"] else { return nil }
+        return AWSCredentials(accessKeyID: key, secretAccessKey: secret, sessionToken: values["aws_session_token"])
+    }
+}

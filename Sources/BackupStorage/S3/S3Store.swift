@@ -1,0 +1,348 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A repository under an S3 prefix, with the same key layout as on disk.
+///
+/// Large objects are uploaded with multipart upload (parts of `partSize`, at most `concurrency` in
+/// flight and in memory) and read back with ranged GETs of one part each, so memory never grows
+/// with the object. Nothing is visible under a key until its upload completes.
+public final class S3Store: BackupStore {
+    let client: S3Client
+    /// Key prefix inside the bucket, without leading or trailing slash (may be empty).
+    public let prefix: String
+
+    public var location: String { prefix.isEmpty ? "s3://\(client.configuration.bucket)" : "s3://\(client.configuration.bucket)/\(prefix)" }
+    public var features: StoreFeatures { [.storageClasses] }
+
+    public init(configuration: S3Configuration, prefix: String) {
+        client = S3Client(configuration)
+        self.prefix = prefix
+    }
+
+    func fullKey(_ key: String) -> String { prefix.isEmpty ? key : "\(prefix)/\(key)" }
+
+    private func relativeKey(_ full: String) -> String {
+        prefix.isEmpty ? full : String(full.dropFirst(prefix.count + 1))
+    }
+
+    private var sseHeaders: [String: String] {
+        var headers: [String: String] = [:]
+        if let sse = client.configuration.serverSideEncryption { headers["x-amz-server-side-encryption"] = sse }
+        if let key = client.configuration.kmsKeyID { headers["x-amz-server-side-encryption-aws-kms-key-id"] = key }
+        return headers
+    }
+
+    // MARK: - BackupStore
+
+    public func list(prefix listPrefix: String) throws -> [StoredObject] {
+        var objects: [StoredObject] = []
+        var token: String?
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        repeat {
+            var query = [("list-type", "2"), ("prefix", fullKey(listPrefix))]
+            if let token { query.append(("continuation-token", token)) }
+            let response = try client.send("GET", key: nil, query: query)
+            guard let document = XMLNode.parse(response.body) else {
+                throw StorageError(.remote, object: location, message: "ListObjectsV2 answered with unreadable XML")
+            }
+            for item in document.all("Contents") {
+                guard let key = item.value("Key") else { continue }
+                let modified = item.value("LastModified").flatMap { formatter.date(from: $0) ?? ISO8601DateFormatter().date(from: $0) }
+                objects.append(StoredObject(key: relativeKey(key), size: UInt64(item.value("Size") ?? "0") ?? 0, modified: modified,
+                                            storageClass: item.value("StorageClass")))
+            }
+            token = document.value("IsTruncated") == "true" ? document.value("NextContinuationToken") : nil
+        } while token != nil
+        return objects.sorted { $0.key < $1.key }
+    }
+
+    public func read(_ key: String) throws -> Data {
+        try client.send("GET", key: fullKey(key)).body
+    }
+
+    public func write(_ key: String, contents: Data) throws {
+        var headers = sseHeaders
+        headers["content-type"] = "application/octet-stream"
+        _ = try client.send("PUT", key: fullKey(key), headers: headers, body: contents)
+    }
+
+    public func makeWriter(_ key: String) throws -> ObjectWriter {
+        S3MultipartWriter(store: self, key: fullKey(key), extraHeaders: sseHeaders)
+    }
+
+    public func makeReader(_ key: String) throws -> ObjectReader {
+        let head = try client.send("HEAD", key: fullKey(key), acceptable: [404])
+        guard head.status != 404 else {
+            throw StorageError(.notFound, object: client.describe(fullKey(key)), message: "no such object")
+        }
+        if let storageClass = head.header("x-amz-storage-class"), ["GLACIER", "DEEP_ARCHIVE"].contains(storageClass),
+           !(head.header("x-amz-restore")?.contains("ongoing-request=\"false\"") ?? false) {
+            throw StorageError(.archived, object: client.describe(fullKey(key)), message: "archived: needs a restore request (storage class \(storageClass))",
+                               hint: S3Client.hint(for: "InvalidObjectState", key: fullKey(key), bucket: client.configuration.bucket))
+        }
+        let size = UInt64(head.header("Content-Length") ?? "0") ?? 0
+        return S3RangeReader(client: client, key: fullKey(key), size: size, chunkSize: client.configuration.partSize)
+    }
+
+    public func delete(_ keys: [String]) throws {
+        var start = 0
+        while start < keys.count {
+            let batch = keys[start..<min(start + 1000, keys.count)]
+            start += batch.count
+            let body = Data(("<Delete><Quiet>true</Quiet>" + batch.map { "<Object><Key>\(xmlEscape(fullKey($0)))</Key></Object>" }.joined()
+                             + "</Delete>").utf8)
+            let response = try client.send("POST", key: nil, query: [("delete", "")],
+                                           headers: ["content-type": "application/xml", "content-md5": contentMD5(body)], body: body)
+            if let failure = XMLNode.parse(response.body)?.all("Error").first {
+                throw StorageError(.remote, object: client.describe(failure.value("Key") ?? ""),
+                                   message: "delete failed: \(failure.value("Code") ?? "") \(failure.value("Message") ?? "")")
+            }
+        }
+    }
+
+    public func changeStorageClass(_ key: String, to storageClass: String) throws {
+        let full = fullKey(key)
+        var headers = sseHeaders
+        headers["x-amz-copy-source"] = "/\(client.configuration.bucket)/\(SigV4Signer.encode(full, keepSlash: true))"
+        headers["x-amz-storage-class"] = storageClass
+        headers["x-amz-metadata-directive"] = "COPY"
+        do {
+            _ = try client.send("PUT", key: full, headers: headers)
+        } catch let error as StorageError {
+            // A retried copy whose first attempt already took effect finds the source archived: check.
+            let head = try client.send("HEAD", key: full, acceptable: [404])
+            guard head.header("x-amz-storage-class") == storageClass else { throw error }
+        }
+    }
+
+    public func lock(holder: LockHolder) throws -> RepositoryLock {
+        try S3RepositoryLock(store: self, holder: holder)
+    }
+
+    // MARK: - Lifecycle
+
+    /// The bucket's lifecycle configuration as XML, or nil when it has none.
+    public func lifecycleConfiguration() throws -> String? {
+        let response = try client.send("GET", key: nil, query: [("lifecycle", "")], acceptable: [404])
+        return response.status == 404 ? nil : String(decoding: response.body, as: UTF8.self)
+    }
+
+    /// Replaces the bucket's lifecycle configuration.
+    public func putLifecycleConfiguration(_ xml: String) throws {
+        let body = Data(xml.utf8)
+        _ = try client.send("PUT", key: nil, query: [("lifecycle", "")],
+                            headers: ["content-type": "application/xml", "content-md5": contentMD5(body)], body: body)
+    }
+
+    /// Multipart uploads still open under this prefix (an interrupted upload would show here).
+    public func openMultipartUploads() throws -> [String] {
+        let response = try client.send("GET", key: nil, query: [("uploads", ""), ("prefix", prefix)])
+        return XMLNode.parse(response.body)?.all("Upload").compactMap { $0.value("Key") } ?? []
+    }
+}
+
+/// Buffers one part at a time; small objects become one PUT, large ones a multipart upload with
+/// parts sent concurrently (bounded), aborted on any failure.
+final class S3MultipartWriter: ObjectWriter, @unchecked Sendable {
+    private let store: S3Store
+    private let key: String
+    private let extraHeaders: [String: String]
+    private var buffer = Data()
+    private var uploadID: String?
+    private var partNumber = 0
+    private var etags: [Int: String] = [:]
+    private var failure: Error?
+    private let lock = NSLock()
+    private let slots: DispatchSemaphore
+    private let group = DispatchGroup()
+    private var finished = false
+
+    init(store: S3Store, key: String, extraHeaders: [String: String]) {
+        self.store = store
+        self.key = key
+        self.extraHeaders = extraHeaders
+        slots = DispatchSemaphore(value: max(1, store.client.configuration.concurrency))
+        buffer.reserveCapacity(store.client.configuration.partSize)
+    }
+
+    deinit { abort() }
+
+    func write(_ bytes: UnsafeRawBufferPointer) throws {
+        try throwIfFailed()
+        let partSize = store.client.configuration.partSize
+        var offset = 0
+        while offset < bytes.count {
+            let take = min(partSize - buffer.count, bytes.count - offset)
+            buffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + take)]))
+            offset += take
+            if buffer.count == partSize { try sendPart() }
+        }
+    }
+
+    func commit() throws {
+        guard !finished else { return }
+        do {
+            if uploadID == nil {
+                var headers = extraHeaders
+                headers["content-type"] = "application/octet-stream"
+                _ = try store.client.send("PUT", key: key, headers: headers, body: buffer)
+            } else {
+                if !buffer.isEmpty { try sendPart() }
+                group.wait()
+                try throwIfFailed()
+                let parts = etags.keys.sorted().map { "<Part><PartNumber>\($0)</PartNumber><ETag>\(xmlEscape(etags[$0] ?? ""))</ETag></Part>" }
+                let body = Data(("<CompleteMultipartUpload>" + parts.joined() + "</CompleteMultipartUpload>").utf8)
+                let response = try store.client.send("POST", key: key, query: [("uploadId", uploadID ?? "")],
+                                                     headers: ["content-type": "application/xml"], body: body)
+                // S3 can answer 200 with an error document inside.
+                if let code = XMLNode.parse(response.body).flatMap({ $0.name == "Error" ? $0.value("Code") : nil }) {
+                    throw StorageError(.remote, object: store.client.describe(key), message: "CompleteMultipartUpload failed: \(code)")
+                }
+            }
+            finished = true
+            buffer = Data()
+        } catch {
+            abort()
+            throw error
+        }
+    }
+
+    func abort() {
+        guard !finished else { return }
+        finished = true
+        group.wait()
+        buffer = Data()
+        if let uploadID {
+            _ = try? store.client.send("DELETE", key: key, query: [("uploadId", uploadID)], acceptable: [404])
+        }
+    }
+
+    private func sendPart() throws {
+        if uploadID == nil {
+            var headers = extraHeaders
+            headers["content-type"] = "application/octet-stream"
+            let response = try store.client.send("POST", key: key, query: [("uploads", "")], headers: headers)
+            guard let id = XMLNode.parse(response.body)?.first("UploadId")?.text else {
+                throw StorageError(.remote, object: store.client.describe(key), message: "CreateMultipartUpload returned no UploadId")
+            }
+            uploadID = id
+        }
+        partNumber += 1
+        let number = partNumber
+        let body = buffer
+        buffer = Data()
+        buffer.reserveCapacity(store.client.configuration.partSize)
+        slots.wait()
+        try throwIfFailed()
+        group.enter()
+        let uploadID = self.uploadID ?? ""
+        DispatchQueue.global().async { [self] in
+            defer {
+                slots.signal()
+                group.leave()
+            }
+            do {
+                let response = try store.client.send("PUT", key: key, query: [("partNumber", String(number)), ("uploadId", uploadID)],
+                                                     headers: ["content-type": "application/octet-stream"], body: body)
+                lock.lock()
+                etags[number] = response.header("ETag") ?? ""
+                lock.unlock()
+            } catch {
+                lock.lock()
+                if failure == nil { failure = error }
+                lock.unlock()
+            }
+        }
+    }
+
+    private func throwIfFailed() throws {
+        lock.lock()
+        let error = failure
+        lock.unlock()
+        if let error { throw error }
+    }
+}
+
+/// Reads an object with sequential ranged GETs, one chunk in memory at a time; each range is
+/// retried on its own.
+final class S3RangeReader: ObjectReader {
+    private let client: S3Client
+    private let key: String
+    private let size: UInt64
+    private let chunkSize: Int
+    private var offset: UInt64 = 0
+    private var chunk = Data()
+    private var position = 0
+
+    init(client: S3Client, key: String, size: UInt64, chunkSize: Int) {
+        self.client = client
+        self.key = key
+        self.size = size
+        self.chunkSize = chunkSize
+    }
+
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        if position == chunk.count {
+            guard offset < size else { return 0 }
+            let end = min(size, offset + UInt64(chunkSize)) - 1
+            chunk = try client.send("GET", key: key, headers: ["range": "bytes=\(offset)-\(end)"]).body
+            guard chunk.count == Int(end - offset + 1) else {
+                throw StorageError(.remote, object: client.describe(key), message: "ranged GET returned \(chunk.count) bytes, expected \(end - offset + 1)")
+            }
+            offset = end + 1
+            position = 0
+        }
+        let count = min(buffer.count, chunk.count - position)
+        chunk.withUnsafeBytes { source in
+            buffer.baseAddress!.copyMemory(from: source.baseAddress! + position, byteCount: count)
+        }
+        position += count
+        return count
+    }
+
+    func close() {
+        chunk = Data()
+    }
+}
+
+/// A lock object `locks/repository.lock` created with `If-None-Match: *`. A lock left by a process
+/// that died on this host is taken over; one from another host must be removed by hand.
+final class S3RepositoryLock: RepositoryLock {
+    private let store: S3Store
+    private var held = true
+    static let key = "locks/repository.lock"
+
+    init(store: S3Store, holder: LockHolder) throws {
+        self.store = store
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .iso8601
+        let body = try encoder.encode(holder)
+        for _ in 0..<2 {
+            let response = try store.client.send("PUT", key: store.fullKey(Self.key),
+                                                  headers: ["content-type": "application/json", "if-none-match": "*"], body: body, acceptable: [412])
+            if response.status != 412 { return }
+            let decoder = JSONDecoder()
+            decoder.dateDecodingStrategy = .iso8601
+            let current = try? decoder.decode(LockHolder.self, from: store.read(Self.key))
+            if let current, current.host == holder.host, kill(current.pid, 0) != 0, errno == ESRCH {
+                try store.delete([Self.key])   // its process is gone: a stale lock
+                continue
+            }
+            let who = current.map { "\($0)" } ?? "another process"
+            throw StorageError(.locked, object: store.location + "/" + Self.key, message: "repository is locked by \(who)",
+                               hint: "wait for it to finish; if that process is gone for good, delete \(store.location)/\(Self.key)")
+        }
+        throw StorageError(.locked, object: store.location + "/" + Self.key, message: "repository lock could not be taken")
+    }
+
+    deinit { release() }
+
+    func release() {
+        guard held else { return }
+        held = false
+        try? store.delete([Self.key])
+    }
+}

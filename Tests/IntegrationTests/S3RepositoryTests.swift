@@ -1,0 +1,90 @@
+import BackupStorage
+import Foundation
+import RecoveryKit
+import TestSupport
+import XCTest
+
+/// dbbackup, dbverify and dbrestore with an `s3://` repository on a real S3-compatible server.
+final class S3RepositoryTests: XCTestCase {
+    var cluster: PostgresCluster!
+    var s3: S3Server!
+    var database: String!
+    var bucket: String!
+
+    override func setUpWithError() throws {
+        cluster = try PostgresCluster.shared()
+        s3 = try S3Server.shared()
+        bucket = try s3.createBucket()
+        database = try cluster.createDatabase(prefix: "s3")
+        // About 24 MB of incompressible data: more than three 5 MiB parts after gzip.
+        try cluster.connect(database: database).execute(script: """
+            CREATE TABLE blobs (id int PRIMARY KEY, data bytea);
+            INSERT INTO blobs SELECT g, decode(string_agg(md5(g::text || ':' || i::text), ''), 'hex')
+            FROM generate_series(1, 3000) g, generate_series(1, 500) i GROUP BY g;
+            CREATE TABLE users (id int PRIMARY KEY, email text);
+            INSERT INTO users SELECT g, 'u' || g FROM generate_series(1, 1000) g;
+            """)
+    }
+
+    private var repository: String { "s3://\(bucket!)/prod/app" }
+
+    private func tool(_ name: String, _ arguments: [String], endpoint: String? = nil) throws -> TestProcess.Result {
+        try TestProcess.tool(name, arguments, cluster: cluster, environment: s3.environment(endpoint: endpoint))
+    }
+
+    private func store() throws -> S3Store {
+        S3Store(configuration: try S3Settings.configuration(bucket: bucket, environment: s3.environment()), prefix: "prod/app")
+    }
+
+    func testBackupOfSeveralPartsIsListedVerifiedAndRestored() throws {
+        let backup = try tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository, "--json"])
+        XCTAssertEqual(backup.status, 0, backup.standardError)
+        let summary = try JSONSerialization.jsonObject(with: Data(backup.standardOutput.utf8)) as? [String: Any]
+        let id = try XCTUnwrap(summary?["id"] as? String)
+        XCTAssertGreaterThan(summary?["stored_bytes"] as? Int ?? 0, 3 * 5 * 1024 * 1024, "needs more than three 5 MiB parts")
+        XCTAssertEqual(try store().openMultipartUploads(), [])
+
+        let list = try tool("dbrestore", ["list", "--repo", repository, "--json"])
+        XCTAssertEqual(list.status, 0, list.standardError)
+        XCTAssertTrue(list.standardOutput.contains(id))
+
+        let files = try tool("dbverify", ["--files", "latest", "--repo", repository])
+        XCTAssertEqual(files.status, 0, files.standardError + files.standardOutput)
+
+        let target = "restored_\(UInt32.random(in: 0...UInt32.max))"
+        let restore = try tool("dbrestore", [id, "--yes", "--repo", repository, "--database-url", cluster.url(database: target)])
+        XCTAssertEqual(restore.status, 0, restore.standardError)
+        XCTAssertEqual(try cluster.rowCounts(database: target), ["public.blobs": 3000, "public.users": 1000])
+    }
+
+    func testInjectedFaultsNeitherFailNorCorruptTheBackup() throws {
+        let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--fail-every", "4", "--drop-every", "7"])
+        defer { proxy.stop() }
+        let backup = try tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository], endpoint: proxy.endpoint)
+        XCTAssertEqual(backup.status, 0, backup.standardError)
+        // Checked straight against the server, not through the proxy.
+        let files = try tool("dbverify", ["--files", "latest", "--repo", repository])
+        XCTAssertEqual(files.status, 0, files.standardError + files.standardOutput)
+        XCTAssertEqual(try store().openMultipartUploads(), [])
+        let target = "faulty_\(UInt32.random(in: 0...UInt32.max))"
+        let restore = try tool("dbrestore", ["latest", "--yes", "--repo", repository, "--database-url", cluster.url(database: target)],
+                               endpoint: proxy.endpoint)
+        XCTAssertEqual(restore.status, 0, restore.standardError)
+        XCTAssertEqual(try cluster.rowCounts(database: target)["public.blobs"], 3000)
+    }
+
+    func testServerGoneForGoodFailsCleanlyWithoutManifestOrOpenUpload() throws {
+        let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--fail-parts-after", "1"])
+        defer { proxy.stop() }
+        let backup = try tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository], endpoint: proxy.endpoint)
+        XCTAssertEqual(backup.status, ExitStatus.repositoryError.rawValue, backup.standardError)
+        XCTAssertTrue(backup.standardError.contains("503"), backup.standardError)
+        XCTAssertFalse(try store().list(prefix: "backups/").contains { $0.key.hasSuffix("manifest.json") })
+        XCTAssertEqual(try store().openMultipartUploads(), [], "the failed upload must be aborted")
+        XCTAssertFalse(try store().list(prefix: "locks/").contains { $0.key.hasSuffix("repository.lock") }, "lock released")
+
+        let unreachable = try tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository],
+                                   endpoint: "http://127.0.0.1:1")
+        XCTAssertEqual(unreachable.status, ExitStatus.repositoryError.rawValue, unreachable.standardError)
+    }
+}

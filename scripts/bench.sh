@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Benchmarks dbrecovery against the tools it replaces, side by side in one run on this machine.
+#
+#   scripts/bench.sh [--scale S] [--reps N]
+#
+# Builds release binaries, starts a sandbox cluster, makes a deterministic dataset (pgbench tables
+# plus a table of text, jsonb, bytea, numeric and timestamptz; about S GiB, default 1), then runs
+# every contender alternately, N times each (default 3), under /usr/bin/time, and prints medians of
+# wall time, CPU time and peak RSS with ratios. The table goes to bench/results.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scale=1
+reps=3
+while [ $# -gt 0 ]; do
+  case $1 in
+    --scale) scale=$2; shift 2 ;;
+    --reps) reps=$2; shift 2 ;;
+    *) echo "usage: $0 [--scale S] [--reps N]" >&2; exit 2 ;;
+  esac
+done
+for tool in pigz pgbench /usr/bin/time python3; do
+  command -v "$tool" >/dev/null || [ -x "$tool" ] || { echo "bench: $tool is missing; run scripts/setup.sh" >&2; exit 12; }
+done
+
+swift build -c release 2>&1 | grep -E "error|Compiling|Build" | tail -1
+bin=$(swift build -c release --show-bin-path)
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+work=$(mktemp -d /tmp/dbrecovery-bench.XXXXXX)
+chmod 755 "$work"
+cleanup() { scripts/pg-sandbox.sh stop "$work/cluster" || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+eval "$(scripts/pg-sandbox.sh start "$work/cluster" | sed 's/^/SANDBOX_/')"
+export PGPASSWORD=$SANDBOX_PASSWORD
+base="postgresql://postgres@127.0.0.1:$SANDBOX_PORT"
+psql -q -X "$base/postgres" -c "CREATE DATABASE bench" -c "CREATE DATABASE bench_small"
+
+make_dataset() {  # database, scale
+  local pgbench_scale mixed_rows
+  pgbench_scale=$(python3 -c "print(max(1, round(40 * $2)))")
+  mixed_rows=$(python3 -c "print(max(1000, round(1200000 * $2)))")
+  "$pg_bin/pgbench" -i -q -s "$pgbench_scale" "$base/$1" >/dev/null 2>&1
+  psql -q -X -v ON_ERROR_STOP=1 "$base/$1" <<SQL
+SELECT setseed(0.42);
+CREATE TABLE mixed (id bigint PRIMARY KEY, title text, doc jsonb, blob bytea, amount numeric(14,4), at timestamptz);
+INSERT INTO mixed
+SELECT g, 'item ' || g || ' ' || md5(g::text),
+       jsonb_build_object('id', g, 'tags', jsonb_build_array('a' || g % 7, 'b' || g % 11), 'note', repeat(md5((g * 3)::text), 2)),
+       decode(md5(g::text) || md5((g + 1)::text), 'hex'),
+       (g * 12.3456)::numeric(14,4),
+       timestamptz '2024-01-01 00:00:00+00' + g * interval '37 seconds'
+FROM generate_series(1, $mixed_rows) g;
+VACUUM ANALYZE;
+SQL
+}
+echo "bench: building the dataset (scale $scale)" >&2
+make_dataset bench "$scale"
+make_dataset bench_small "$(python3 -c "print($scale / 4)")"
+db_size=$(psql -X -A -t "$base/postgres" -c "SELECT pg_size_pretty(pg_database_size('bench'))")
+dump_size=$("$pg_bin/pg_dump" "$base/bench" | wc -c)
+
+results="$work/results.tsv"
+: > "$results"
+# measure NAME COMMAND...: runs under /usr/bin/time, appends name, wall, cpu, rss (KiB), output bytes.
+measure() {
+  local name=$1; shift
+  rm -rf "$work/out" && mkdir -p "$work/out"
+  /usr/bin/time -f "%e %U %S %M" -o "$work/time" bash -c "$*" >/dev/null 2>"$work/err" || { echo "bench: $name failed:" >&2; tail -3 "$work/err" >&2; exit 1; }
+  read -r wall user sys rss < "$work/time"
+  local size
+  size=$(du -sb "$work/out" | cut -f1)
+  echo -e "$name\t$wall\t$(python3 -c "print($user + $sys)")\t$rss\t$size" >> "$results"
+}
+restore_db() { psql -q -X "$base/postgres" -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1"; }
+
+"$pg_bin/pg_dump" -Fc -Z6 -f "$work/bench.dump" "$base/bench"
+"$pg_bin/pg_dump" "$base/bench" | gzip -6 > "$work/bench.sql.gz"
+"$bin/dbbackup" --database-url "$base/bench" --repo "$work/restore-repo" -q >/dev/null
+
+for rep in $(seq 1 "$reps"); do
+  echo "bench: repetition $rep of $reps" >&2
+  measure "pg_dump > /dev/null (floor)" "'$pg_bin/pg_dump' '$base/bench' > /dev/null"
+  measure "pg_dump | gzip -6" "'$pg_bin/pg_dump' '$base/bench' | gzip -6 > '$work/out/d.gz'"
+  measure "pg_dump | pigz -6 -p 2" "'$pg_bin/pg_dump' '$base/bench' | pigz -6 -p 2 > '$work/out/d.gz'"
+  measure "pg_dump -Fc -Z6" "'$pg_bin/pg_dump' -Fc -Z6 -f '$work/out/d.dump' '$base/bench'"
+  measure "dbbackup" "'$bin/dbbackup' -q --database-url '$base/bench' --repo '$work/out/repo'"
+  measure "dbbackup --compression-level 1" "'$bin/dbbackup' -q --compression-level 1 --database-url '$base/bench' --repo '$work/out/repo'"
+  measure "dbbackup (small dataset)" "'$bin/dbbackup' -q --database-url '$base/bench_small' --repo '$work/out/repo'"
+  restore_db r1
+  measure "gunzip -c | psql" "gunzip -c '$work/bench.sql.gz' | psql -q -X -o /dev/null '$base/r1'"
+  restore_db r2
+  measure "pg_restore -j 2" "'$pg_bin/pg_restore' -j 2 -d '$base/r2' '$work/bench.dump'"
+  psql -q -X "$base/postgres" -c "DROP DATABASE IF EXISTS r3 WITH (FORCE)" -c "CREATE DATABASE r3"
+  measure "dbrestore (checksum + row counts + swap)" "'$bin/dbrestore' latest -q --yes --repo '$work/restore-repo' --database-url '$base/r3'"
+  psql -q -X "$base/postgres" -c "SELECT format('DROP DATABASE %I', datname) FROM pg_database WHERE datname LIKE 'r3_pre_restore_%'" -A -t | psql -q -X "$base/postgres" >/dev/null
+done
+
+python3 - "$results" "$scale" "$reps" "$db_size" "$dump_size" > "$work/results.md" <<'PY'
+import statistics, sys, platform, subprocess, os
+path, scale, reps, db_size, dump_size = sys.argv[1:6]
+rows = {}
+for line in open(path):
+    name, wall, cpu, rss, size = line.rstrip("\n").split("\t")
+    rows.setdefault(name, []).append((float(wall), float(cpu), int(rss), int(size)))
+med = {name: tuple(statistics.median(v[i] for v in values) for i in range(4)) for name, values in rows.items()}
+def ratio(a, b): return med[a][0] / med[b][0]
+def md(text): return text.replace("|", "\\|")
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+mem = next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "0")
+print(f"# dbrecovery benchmark\n")
+print(f"Machine: {os.cpu_count()} cores ({cpu}), {int(mem)//1024} MiB RAM, {platform.platform()}  ")
+print(f"Dataset: scale {scale}, database {db_size}, plain dump {int(dump_size)/1e6:.0f} MB; {reps} repetitions, medians.\n")
+print("| contender | wall s | CPU s | peak RSS MiB | output MB |")
+print("| --- | ---: | ---: | ---: | ---: |")
+for name, (wall, cpu_s, rss, size) in med.items():
+    print(f"| {md(name)} | {wall:.2f} | {cpu_s:.2f} | {rss/1024:.1f} | {size/1e6:.1f} |")
+print("\n## Ratios against the targets\n")
+checks = [
+    ("dbbackup / pg_dump | pigz -6 -p 2", ratio("dbbackup", "pg_dump | pigz -6 -p 2"), 0.95),
+    ("dbbackup / pg_dump | gzip -6", ratio("dbbackup", "pg_dump | gzip -6"), 0.65),
+    ("dbbackup size / gzip -6 size", med["dbbackup"][3] / med["pg_dump | gzip -6"][3], 1.02),
+    ("dbbackup -1 / pg_dump > /dev/null", ratio("dbbackup --compression-level 1", "pg_dump > /dev/null (floor)"), 1.25),
+    ("dbrestore / gunzip -c | psql", ratio("dbrestore (checksum + row counts + swap)", "gunzip -c | psql"), 1.0),
+    ("dbbackup peak RSS MiB (full)", med["dbbackup"][2] / 1024, 64),
+    ("dbbackup peak RSS MiB (quarter)", med["dbbackup (small dataset)"][2] / 1024, 64),
+]
+print("| ratio | measured | target | met |")
+print("| --- | ---: | ---: | :---: |")
+for name, value, target in checks:
+    print(f"| {md(name)} | {value:.2f} | ≤ {target} | {'yes' if value <= target else 'NO'} |")
+print("\nNot measured yet: `dbbackup --physical` against `pg_basebackup -Ft -D - | gzip` and `pgbackrest backup` (physical backups are not built yet).")
+PY
+mkdir -p bench
+cp "$work/results.md" bench/results.md
+cat bench/results.md
