@@ -46,7 +46,7 @@ public final class S3Server: @unchecked Sendable {
         let name = "bucket-\(UInt32.random(in: 0...UInt32.max))"
         let result = try TestProcess.run("/usr/bin/env", ["python3", "-c", """
             import urllib.request
-            urllib.request.urlopen(urllib.request.Request('\(endpoint)/\(name)', method='PUT', headers={'Authorization': 'x'}))
+            urllib.request.urlopen(urllib.request.Request('\(endpoint)/\(name)', method='PUT', headers={'Authorization': 'AWS4-HMAC-SHA256 Credential=AKIDTESTING/20240101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0'}))
             """])
         guard result.status == 0 else { throw XCTSkipFailure.message("could not create bucket: \(result.standardError)") }
         return name

@@ -236,7 +236,13 @@ final class S3MultipartWriter: ObjectWriter, @unchecked Sendable {
         buffer = Data()
         buffer.reserveCapacity(store.client.configuration.partSize)
         slots.wait()
-        try throwIfFailed()
+        do {
+            try throwIfFailed()
+        } catch {
+            // Give the slot back: libdispatch traps if a semaphore dies below its initial value.
+            slots.signal()
+            throw error
+        }
         group.enter()
         let uploadID = self.uploadID ?? ""
         DispatchQueue.global().async { [self] in
