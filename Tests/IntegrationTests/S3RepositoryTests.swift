@@ -57,6 +57,26 @@ final class S3RepositoryTests: XCTestCase {
         XCTAssertEqual(try cluster.rowCounts(database: target), ["public.blobs": 3000, "public.users": 1000])
     }
 
+    func testVirtualHostedAddressingAndServerSideEncryption() throws {
+        // libcurl resolves *.localhost itself, so bucket.localhost reaches the loopback server.
+        let endpoint = s3.endpoint.replacingOccurrences(of: "127.0.0.1", with: "localhost")
+        var environment = s3.environment(endpoint: endpoint)
+        environment["DBRECOVERY_S3_ADDRESSING"] = "virtual"
+        environment["DBRECOVERY_S3_SSE"] = "AES256"
+        let backup = try TestProcess.tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository, "--json"],
+                                          cluster: cluster, environment: environment)
+        XCTAssertEqual(backup.status, 0, backup.standardError)
+        let id = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(backup.standardOutput.utf8)) as? [String: Any])?["id"] as? String)
+        let head = try TestProcess.run("/usr/bin/env", ["python3", "-c", """
+            import urllib.request
+            r = urllib.request.urlopen(urllib.request.Request('\(s3.endpoint)/\(bucket!)/prod/app/backups/\(id)/dump.sql.gz', method='HEAD',
+                headers={'Authorization': 'AWS4-HMAC-SHA256 Credential=A/20240101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0'}))
+            print(r.headers.get('x-amz-server-side-encryption'))
+            """])
+        XCTAssertEqual(head.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines), "AES256", head.standardError)
+        XCTAssertEqual(try tool("dbverify", ["--files", id, "--repo", repository]).status, 0)
+    }
+
     func testInjectedFaultsNeitherFailNorCorruptTheBackup() throws {
         let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--fail-every", "4", "--drop-every", "7"])
         defer { proxy.stop() }
