@@ -27,7 +27,7 @@ bin=$(swift build -c release --show-bin-path)
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 work=$(mktemp -d /tmp/dbrecovery-bench.XXXXXX)
 chmod 755 "$work"
-cleanup() { scripts/pg-sandbox.sh stop "$work/cluster" || true; rm -rf "$work"; }
+cleanup() { scripts/pg-sandbox.sh stop "$work/cluster" || true; scripts/s3-sandbox.sh stop "$work/s3" || true; rm -rf "$work"; }
 trap cleanup EXIT
 
 eval "$(scripts/pg-sandbox.sh start "$work/cluster" | sed 's/^/SANDBOX_/')"
@@ -59,6 +59,11 @@ make_dataset bench_small "$(python3 -c "print($scale / 4)")"
 db_size=$(psql -X -A -t "$base/postgres" -c "SELECT pg_size_pretty(pg_database_size('bench'))")
 dump_size=$("$pg_bin/pg_dump" "$base/bench" | wc -c)
 
+# The S3 side: moto on loopback, parts of 8 MiB, for peak memory of a backup to S3 at two sizes.
+eval "$(scripts/s3-sandbox.sh start "$work/s3" | sed 's/^/S3_/')"
+python3 -c "import urllib.request; urllib.request.urlopen(urllib.request.Request('$S3_ENDPOINT/bench', method='PUT', headers={'Authorization': 'AWS4-HMAC-SHA256 Credential=A/20240101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0'}))"
+s3_env="AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_ENDPOINT_URL_S3=$S3_ENDPOINT DBRECOVERY_S3_PART_SIZE_MB=8"
+
 results="$work/results.tsv"
 : > "$results"
 # measure NAME COMMAND...: runs under /usr/bin/time, appends name, wall, cpu, rss (KiB), output bytes.
@@ -86,6 +91,8 @@ for rep in $(seq 1 "$reps"); do
   measure "dbbackup" "'$bin/dbbackup' -q --database-url '$base/bench' --repo '$work/out/repo'"
   measure "dbbackup --compression-level 1" "'$bin/dbbackup' -q --compression-level 1 --database-url '$base/bench' --repo '$work/out/repo'"
   measure "dbbackup (small dataset)" "'$bin/dbbackup' -q --database-url '$base/bench_small' --repo '$work/out/repo'"
+  measure "dbbackup to S3" "env $s3_env '$bin/dbbackup' -q --database-url '$base/bench' --repo s3://bench/full"
+  measure "dbbackup to S3 (small dataset)" "env $s3_env '$bin/dbbackup' -q --database-url '$base/bench_small' --repo s3://bench/small"
   restore_db r1
   measure "gunzip -c | psql" "gunzip -c '$work/bench.sql.gz' | psql -q -X -o /dev/null '$base/r1'"
   restore_db r2
@@ -123,6 +130,8 @@ checks = [
     ("dbrestore / gunzip -c | psql", ratio("dbrestore (checksum + row counts + swap)", "gunzip -c | psql"), 1.0),
     ("dbbackup peak RSS MiB (full)", med["dbbackup"][2] / 1024, 64),
     ("dbbackup peak RSS MiB (quarter)", med["dbbackup (small dataset)"][2] / 1024, 64),
+    ("dbbackup to S3 peak RSS MiB (full)", med["dbbackup to S3"][2] / 1024, 128),
+    ("dbbackup to S3 peak RSS MiB (quarter)", med["dbbackup to S3 (small dataset)"][2] / 1024, 128),
 ]
 print("| ratio | measured | target | met |")
 print("| --- | ---: | ---: | :---: |")

@@ -27,13 +27,34 @@ public struct PruneCommand: ParsableCommand {
     @Flag(name: .customLong("dry-run"), help: "Print the plan and change nothing.")
     var dryRun = false
 
+    @Flag(name: .customLong("apply-lifecycle"), help: "S3 only: write the equivalent bucket lifecycle rule for this prefix (with --dry-run: show the difference only).")
+    var applyLifecycle = false
+
+    @Option(name: .customLong("as-of"), help: ArgumentHelp("Judge ages as of this time (ISO 8601), to preview a future prune.", valueName: "time"))
+    var asOf: String?
+
     @OptionGroup(title: "Output") var output: OutputOptions
 
     public init() {}
 
+    public func validate() throws {
+        if let asOf, Timestamp.parse(asOf) == nil {
+            throw ValidationError("--as-of '\(asOf)' is not an ISO 8601 time; write e.g. 2026-12-01T02:00:00Z")
+        }
+    }
+
     public func run() throws {
         let policy = try self.policy.map { try RetentionPolicy.load(path: $0) } ?? .builtIn
-        let report = try Pruner.run(PruneConfiguration(repository: try repository.address(), policy: policy, dryRun: dryRun),
+        if applyLifecycle {
+            let change = try LifecycleRule.apply(repository: try repository.address(), policy: policy, dryRun: dryRun)
+            if output.json { return try printJSON(change) }
+            print("current rule: \(change.currentRule ?? "(none)")")
+            print("new rule:     \(change.newRule)")
+            print(!change.changed ? "lifecycle rule is already up to date" : change.applied ? "lifecycle rule written to \(change.bucketLocation)" : "dry run: nothing written")
+            return
+        }
+        let now = asOf.flatMap(Timestamp.parse) ?? Date()
+        let report = try Pruner.run(PruneConfiguration(repository: try repository.address(), policy: policy, dryRun: dryRun, now: now),
                                     progress: output.progress)
         if output.json {
             try printJSON(report)

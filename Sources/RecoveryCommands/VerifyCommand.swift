@@ -45,13 +45,19 @@ public struct VerifyCommand: ParsableCommand {
             if output.json { try printJSON(reports) } else {
                 var table = TextTable("BACKUP", "FILE", "STATUS")
                 for report in reports {
-                    for file in report.files { table.add(report.id, file.name, file.ok ? "ok" : "DAMAGED: \(file.problem ?? "")") }
+                    for file in report.files {
+                        table.add(report.id, file.name, file.ok ? "ok" : file.archived ? "ARCHIVED: \(file.problem ?? "")" : "DAMAGED: \(file.problem ?? "")")
+                    }
                 }
                 print(table.rendered)
             }
-            if let bad = reports.first(where: { !$0.ok }) {
+            if let bad = reports.first(where: { !$0.ok && !$0.onlyArchived }) {
                 throw RecoveryError(.backupCorrupt, "backup \(bad.id) is damaged: \(bad.firstProblem ?? "")",
                                     hint: "do not restore it; dbrestore --emergency skips damaged backups")
+            }
+            if let archived = reports.first(where: { $0.onlyArchived }) {
+                throw RecoveryError(.backupArchived, "backup \(archived.id) is archived: needs a restore request",
+                                    hint: archived.files.first { $0.archived }?.problem)
             }
             return
         }

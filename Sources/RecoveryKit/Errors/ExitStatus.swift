@@ -23,6 +23,8 @@ public enum ExitStatus: Int32, CaseIterable, Sendable {
     case backupNotFound = 22
     /// A backup's files or manifest are damaged (checksum, gzip, unreadable manifest).
     case backupCorrupt = 23
+    /// A backup's files are archived (S3 GLACIER) and need a restore request before use.
+    case backupArchived = 24
     /// Live row counts differ from the manifest.
     case verificationMismatch = 30
     /// A restore stopped before the swap; the target database is unchanged.
@@ -52,6 +54,7 @@ public enum ExitStatus: Int32, CaseIterable, Sendable {
         case .repositoryLocked: return "repository-locked"
         case .backupNotFound: return "backup-not-found"
         case .backupCorrupt: return "backup-corrupt"
+        case .backupArchived: return "backup-archived"
         case .verificationMismatch: return "verification-mismatch"
         case .restoreFailed: return "restore-failed"
         case .migrationFailed: return "migration-failed"

@@ -46,7 +46,7 @@ public struct RecoveryError: Error, CustomStringConvertible, Sendable {
             switch error.kind {
             case .locked: code = .repositoryLocked
             case .notFound: code = .repositoryError
-            case .archived: code = .backupNotFound
+            case .archived: code = .backupArchived
             default: code = .repositoryError
             }
             return RecoveryError(code, "repository \(error.description)", hint: error.hint)

@@ -17,6 +17,8 @@ public enum FileVerifier {
         public var name: String
         public var ok: Bool
         public var problem: String?
+        /// The file is intact but archived (S3 GLACIER): it needs a restore request, it is not damaged.
+        public var archived: Bool = false
     }
 
     /// The verdict on one backup.
@@ -24,6 +26,8 @@ public enum FileVerifier {
         public var id: String
         public var files: [FileResult]
         public var ok: Bool { files.allSatisfy(\.ok) }
+        /// Not ok only because files are archived.
+        public var onlyArchived: Bool { !ok && files.allSatisfy { $0.ok || $0.archived } }
         /// The first problem, for one-line messages.
         public var firstProblem: String? { files.first { !$0.ok }.map { "\($0.name): \($0.problem ?? "damaged")" } }
     }
@@ -49,7 +53,7 @@ public enum FileVerifier {
         } catch let error as StorageError where error.kind == .notFound {
             return FileResult(name: file.name, ok: false, problem: "file is missing")
         } catch let error as StorageError where error.kind == .archived {
-            return FileResult(name: file.name, ok: false, problem: "archived: \(error.message)")
+            return FileResult(name: file.name, ok: false, problem: "\(error.message); \(error.hint ?? "")", archived: true)
         }
         defer { reader.close() }
         var digest = StreamingDigest()
