@@ -66,6 +66,9 @@ public struct PruneCommand: ParsableCommand {
             }
             for item in report.garbage { table.add(item.folder.replacingOccurrences(of: "backups/", with: ""), String(format: "%.1fh", item.ageHours), "-", "garbage: \(item.action)", "no manifest") }
             print(table.rendered)
+            if report.wal.kept + report.wal.delete.count > 0 || report.wal.oldestNeeded != nil {
+                output.note("WAL: \(report.wal.note); \(dryRun ? "would delete" : "deleted") \(report.wal.delete.count), kept \(report.wal.kept)")
+            }
             let verb = dryRun ? "would keep" : "kept"
             output.note("\(dryRun ? "dry run: " : "")\(report.tier) tier: \(verb) \(report.kept), \(dryRun ? "would delete" : "deleted") \(report.deleted)")
         }

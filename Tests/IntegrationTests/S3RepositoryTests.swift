@@ -1,4 +1,4 @@
-import BackupStorage
+@testable import BackupStorage
 import Foundation
 import RecoveryKit
 import TestSupport
@@ -75,6 +75,17 @@ final class S3RepositoryTests: XCTestCase {
             """])
         XCTAssertEqual(head.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines), "AES256", head.standardError)
         XCTAssertEqual(try tool("dbverify", ["--files", id, "--repo", repository]).status, 0)
+    }
+
+    func testListingFollowsContinuationTokensAndDeletesInBatches() throws {
+        let store = try store()
+        store.listPageSize = 7
+        let keys = (0..<23).map { String(format: "backups/20260101T0000%02dZ-0000/file", $0) }
+        for key in keys { try store.write(key, contents: Data(key.utf8)) }
+        XCTAssertEqual(try store.list(prefix: "backups/").map(\.key), keys)
+        XCTAssertEqual(try store.read(keys[5]), Data(keys[5].utf8))
+        try store.delete(keys)
+        XCTAssertEqual(try store.list(prefix: "backups/").map(\.key), [])
     }
 
     func testInjectedFaultsNeitherFailNorCorruptTheBackup() throws {

@@ -21,6 +21,16 @@ final class BackupManifestTests: XCTestCase {
         XCTAssertTrue(text.contains("\"started_at\" : \"2023-11-14T22:13:20.250Z\""))
     }
 
+    func testPhysicalFieldsRoundTrip() throws {
+        var manifest = Self.sample()
+        manifest.kind = .physical
+        manifest.physical = .init(startLsn: "0/2000028", stopLsn: "0/2000100", timeline: 1,
+                                  firstWalSegment: "000000010000000000000002", lastWalSegment: "000000010000000000000002")
+        let text = String(decoding: try manifest.encoded(), as: UTF8.self)
+        XCTAssertTrue(text.contains("\"first_wal_segment\" : \"000000010000000000000002\""), text)
+        XCTAssertEqual(try BackupManifest.decode(try manifest.encoded(), source: "test"), manifest)
+    }
+
     func testRefusesGarbageMissingFieldsAndUnknownVersions() throws {
         let cases: [(String, String)] = [
             ("{not json", "not valid JSON"),

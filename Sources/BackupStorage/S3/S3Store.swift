@@ -12,6 +12,8 @@ public final class S3Store: BackupStore {
     let client: S3Client
     /// Key prefix inside the bucket, without leading or trailing slash (may be empty).
     public let prefix: String
+    /// Keys per ListObjectsV2 page (S3's maximum is 1000; tests use less to exercise continuation).
+    var listPageSize = 1000
 
     public var location: String { prefix.isEmpty ? "s3://\(client.configuration.bucket)" : "s3://\(client.configuration.bucket)/\(prefix)" }
     public var features: StoreFeatures { [.storageClasses] }
@@ -42,7 +44,7 @@ public final class S3Store: BackupStore {
         let formatter = ISO8601DateFormatter()
         formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         repeat {
-            var query = [("list-type", "2"), ("prefix", fullKey(listPrefix))]
+            var query = [("list-type", "2"), ("prefix", fullKey(listPrefix)), ("max-keys", String(listPageSize))]
             if let token { query.append(("continuation-token", token)) }
             let response = try client.send("GET", key: nil, query: query)
             guard let document = XMLNode.parse(response.body) else {

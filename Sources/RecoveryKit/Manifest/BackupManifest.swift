@@ -50,6 +50,26 @@ public struct BackupManifest: Codable, Equatable, Sendable {
         public var compressionLevel: Int
     }
 
+    /// Where a physical base backup starts and stops in the WAL. (Property names avoid acronyms in
+    /// capitals so that the snake_case JSON keys decode back to them.)
+    public struct Physical: Codable, Equatable, Sendable {
+        public var startLsn: String
+        public var stopLsn: String
+        public var timeline: Int
+        /// The first WAL segment a restore of this backup needs (e.g. `000000010000000000000003`).
+        public var firstWalSegment: String
+        /// The last WAL segment needed for a consistent restore.
+        public var lastWalSegment: String
+
+        public init(startLsn: String, stopLsn: String, timeline: Int, firstWalSegment: String, lastWalSegment: String) {
+            self.startLsn = startLsn
+            self.stopLsn = stopLsn
+            self.timeline = timeline
+            self.firstWalSegment = firstWalSegment
+            self.lastWalSegment = lastWalSegment
+        }
+    }
+
     public var formatVersion: Int
     public var id: String
     public var kind: Kind
@@ -66,6 +86,8 @@ public struct BackupManifest: Codable, Equatable, Sendable {
     public var snapshot: String?
     public var tables: [TableRowCount]
     public var files: [File]
+    /// For physical backups: the WAL range they need.
+    public var physical: Physical? = nil
 
     /// Total rows across all tables.
     public var totalRows: Int64 { tables.reduce(0) { $0 + $1.rows } }

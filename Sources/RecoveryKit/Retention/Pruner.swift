@@ -32,6 +32,7 @@ public struct PruneReport: Codable, Sendable {
     /// Backups whose manifest cannot be read: never deleted, always reported.
     public var unreadable: [String]
     public var garbage: [Garbage]
+    public var wal: WALRetention.Plan
     public var kept: Int { decisions.filter { $0.action != .delete }.count }
     public var deleted: Int { decisions.filter { $0.action == .delete }.count }
 }
@@ -45,7 +46,11 @@ public enum Pruner {
     ///   unreadable manifest are never deleted.
     /// - Throws: `RecoveryError`; `StorageError` if the repository cannot be read or is locked.
     public static func run(_ configuration: PruneConfiguration, progress: ProgressObserver? = nil) throws -> PruneReport {
-        let store = try Repository.open(configuration.repository, create: false)
+        try run(configuration, store: try Repository.open(configuration.repository, create: false), progress: progress)
+    }
+
+    /// The same on an already open store (tests wrap a real store to observe the order of deletions).
+    public static func run(_ configuration: PruneConfiguration, store: BackupStore, progress: ProgressObserver? = nil) throws -> PruneReport {
         let lock = configuration.dryRun ? nil : try store.lock(holder: LockHolder(command: "dbprune"))
         defer { lock?.release() }
         let tierName = try Repository.tierName(configuration.repository)
@@ -69,6 +74,9 @@ public enum Pruner {
         let decisions = try RetentionPlanner.plan(candidates, tier: tier, snapshots: configuration.policy.snapshots,
                                                   newestVerified: newestVerified, now: configuration.now)
         let garbage = findGarbage(objects: objects, withManifest: Set(entries.map(\.id)), policy: configuration.policy, now: configuration.now)
+        let keptIDs = Set(decisions.filter { $0.action != .delete }.map(\.id))
+        let wal = WALRetention.plan(keys: try store.list(prefix: "wal/").map(\.key),
+                                    keptPhysical: manifests.filter { keptIDs.contains($0.id) }.compactMap(\.physical))
 
         if !configuration.dryRun {
             let byID = Dictionary(uniqueKeysWithValues: manifests.map { ($0.id, $0) })
@@ -89,10 +97,12 @@ public enum Pruner {
             for item in garbage where item.action == "delete" {
                 try store.delete(objects.map(\.key).filter { $0.hasPrefix(item.folder + "/") })
             }
+            // WAL last: the base backups it belonged to are gone by now.
+            try store.delete(wal.delete)
         }
         let unreadable = entries.filter { $0.manifest == nil }.map { "\($0.id): \($0.problem ?? "unreadable")" }
         return PruneReport(repository: store.location, tier: tierName, dryRun: configuration.dryRun, decisions: decisions,
-                           unreadable: unreadable, garbage: garbage)
+                           unreadable: unreadable, garbage: garbage, wal: wal)
     }
 
     /// Folders under `backups/` that have no manifest: removed once older than the grace period.
