@@ -2,23 +2,38 @@ import ArgumentParser
 import Foundation
 import RecoveryKit
 
-/// `dbbackup`: take a snapshot-consistent logical backup into a repository.
+/// `dbbackup`: backups (logical or physical) and WAL archiving.
 public struct BackupCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "dbbackup",
-        abstract: "Take a snapshot-consistent, gzip-compressed logical backup of one database.",
+        abstract: "Back up a PostgreSQL database: logical dumps, physical base backups, WAL archiving.",
         discussion: """
-        Runs pg_dump inside an exported snapshot, counts every table's rows in that same snapshot, \
-        and streams the dump through gzip into <repo>/backups/<id>/dump.sql.gz. The manifest is \
-        written last: a backup that did not finish never looks like one. Prints the backup id.
+        Logical (default): runs pg_dump inside an exported snapshot, counts every table's rows in that \
+        same snapshot, and streams the dump through gzip into <repo>/backups/<id>/dump.sql.gz. \
+        Physical (--physical): streams pg_basebackup's tar into <repo>/backups/<id>/base.tar.gz for \
+        point-in-time recovery with the WAL that `dbbackup wal-push` archives. The manifest is written \
+        last: a backup that did not finish never looks like one. Prints the backup id.
 
         Examples:
           dbbackup --database-url postgresql://app@db1/app --repo /var/backups/app
           DATABASE_URL=postgresql://app@db1/app BACKUP_REPO=/var/backups/app dbbackup --tag nightly
           dbbackup --repo /var/backups/app --tag pre-deploy --release v1.3.0 --pin --json
+          dbbackup --physical --repo s3://acme-backups/prod
+          archive_command = 'dbbackup wal-push %p --repo /var/backups/app'     (postgresql.conf)
 
         The dump is plain SQL: gunzip -c dump.sql.gz | psql restores it by hand if you must.
-        """)
+        """,
+        subcommands: [CaptureCommand.self, WALPushCommand.self],
+        defaultSubcommand: CaptureCommand.self)
+
+    public init() {}
+}
+
+/// `dbbackup [capture]`: one backup.
+public struct CaptureCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "capture",
+        abstract: "Take one backup (the default subcommand): logical, or physical with --physical.")
 
     @OptionGroup(title: "Connection") public var connection: ConnectionOptions
     @OptionGroup(title: "Repository") public var repository: RepositoryOptions
@@ -31,6 +46,9 @@ public struct BackupCommand: ParsableCommand {
 
     @Flag(help: "Pin the backup: dbprune never deletes it.")
     public var pin = false
+
+    @Flag(help: "Physical base backup (pg_basebackup) for point-in-time recovery, instead of a logical dump.")
+    public var physical = false
 
     @Option(name: .customLong("compression-level"), help: ArgumentHelp("gzip level, 0 (none) to 9 (smallest).", valueName: "n"))
     public var compressionLevel = 6
@@ -58,7 +76,8 @@ public struct BackupCommand: ParsableCommand {
         let configuration = LogicalCaptureConfiguration(
             target: try connection.target(), repository: try repository.address(), tags: tags, release: release,
             pinned: pin, compressionLevel: compressionLevel, jobs: jobs, tools: connection.tools)
-        let manifest = try LogicalCapture.run(configuration, progress: output.progress)
+        let manifest = physical ? try PhysicalCapture.run(configuration, progress: output.progress)
+            : try LogicalCapture.run(configuration, progress: output.progress)
         let summary = BackupSummary(manifest: manifest, repository: configuration.repository)
         if output.json {
             try printJSON(summary)
@@ -66,5 +85,28 @@ public struct BackupCommand: ParsableCommand {
             print(manifest.id)
             if isatty(2) == 1 { output.note(summary.humanDescription) }
         }
+    }
+}
+
+/// `dbbackup wal-push <path>`: PostgreSQL's `archive_command`.
+public struct WALPushCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "wal-push",
+        abstract: "Archive one WAL file (for archive_command = 'dbbackup wal-push %p --repo …').",
+        discussion: """
+        Compresses and checksums the file and stores it under wal/<timeline>/ atomically, durable \
+        before exit 0. Pushing a file that is already archived with the same content succeeds; with \
+        different content it fails loudly and keeps the archived copy.
+        """)
+
+    @Argument(help: ArgumentHelp("Path of the WAL file (%p).", valueName: "path"))
+    public var path: String
+
+    @OptionGroup(title: "Repository") public var repository: RepositoryOptions
+
+    public init() {}
+
+    public func run() throws {
+        _ = try WALArchive.push(path: path, repository: try repository.address())
     }
 }

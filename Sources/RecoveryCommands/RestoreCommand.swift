@@ -17,8 +17,10 @@ public struct RestoreCommand: ParsableCommand {
           dbrestore --emergency                      # 3 a.m.: no questions, newest backup that verifies
           dbrestore --emergency --release v1.2.3     # newest good backup taken at that release
           dbrestore --drill --json                   # monthly restore drill from cron
+          dbrestore --pitr --pgdata /srv/pg/restored --target-time '2024-01-15 10:00:00' --port 5433 --start
+          restore_command = 'dbrestore wal-fetch %f %p --repo /var/backups/app'      (written by --pitr)
         """,
-        subcommands: [RestoreBackupCommand.self, ListCommand.self],
+        subcommands: [RestoreBackupCommand.self, ListCommand.self, WALFetchCommand.self],
         defaultSubcommand: RestoreBackupCommand.self)
 
     public init() {}
@@ -64,11 +66,56 @@ public struct RestoreBackupCommand: ParsableCommand {
     @Option(name: .customLong("incident-file"), help: ArgumentHelp("With --emergency: where to write the incident record.", valueName: "path"))
     public var incidentFile: String?
 
+    @Flag(help: "Point-in-time recovery from a physical base backup and the WAL archive into --pgdata.")
+    public var pitr = false
+
+    @Option(help: ArgumentHelp("With --pitr: the new data directory (must be empty or new, unless --move-aside).", valueName: "dir"))
+    public var pgdata: String?
+
+    @Option(name: .customLong("target-time"), help: ArgumentHelp("With --pitr: recover to this time ('2024-01-15 10:00:00' is UTC; or ISO 8601 with offset).", valueName: "time"))
+    public var targetTime: String?
+
+    @Option(name: .customLong("target-lsn"), help: ArgumentHelp("With --pitr: recover to this WAL position (X/Y).", valueName: "lsn"))
+    public var targetLSN: String?
+
+    @Option(name: .customLong("target-name"), help: ArgumentHelp("With --pitr: recover to this restore point (pg_create_restore_point).", valueName: "name"))
+    public var targetName: String?
+
+    @Option(name: .customLong("target"), help: ArgumentHelp("With --pitr: 'latest' replays all archived WAL.", valueName: "latest"))
+    public var target: String?
+
+    @Option(help: ArgumentHelp("With --pitr: port of the restored server.", valueName: "port"))
+    public var port: Int?
+
+    @Flag(help: "With --pitr: start the server, follow recovery to promotion, report rows.")
+    public var start = false
+
+    @Flag(name: .customLong("move-aside"), help: "With --pitr: rename a non-empty --pgdata out of the way first.")
+    public var moveAside = false
+
     @OptionGroup(title: "Output") public var output: OutputOptions
 
     public init() {}
 
     public func validate() throws {
+        let targets = [targetTime, targetLSN, targetName, target].compactMap { $0 }
+        if pitr {
+            guard pgdata != nil else { throw ValidationError("--pitr needs --pgdata DIR, the data directory to restore into") }
+            guard targets.count == 1 else {
+                throw ValidationError("--pitr needs exactly one of --target-time, --target-lsn, --target-name or --target latest")
+            }
+            if let target, target != "latest" { throw ValidationError("--target accepts only 'latest'") }
+            if let targetTime, Self.parseTime(targetTime) == nil {
+                throw ValidationError("--target-time '\(targetTime)' is not a time; write 2024-01-15 10:00:00 (UTC) or 2024-01-15T10:00:00+02:00")
+            }
+            if let targetLSN, WALSegmentName.parseLSN(targetLSN) == nil { throw ValidationError("--target-lsn '\(targetLSN)' is not an LSN like 0/3000060") }
+            if let port, !(1...65535).contains(port) { throw ValidationError("--port \(port) is not a TCP port") }
+            if emergency || drill || backup != nil { throw ValidationError("--pitr chooses the base backup itself; drop the backup id, --emergency and --drill") }
+            return
+        }
+        if !targets.isEmpty || pgdata != nil || start || moveAside || port != nil {
+            throw ValidationError("--pgdata, --target-*, --port, --start and --move-aside go with --pitr")
+        }
         if emergency && drill { throw ValidationError("--emergency and --drill cannot be combined; choose one") }
         if (emergency || drill) && backup != nil && backup != "latest" {
             throw ValidationError("--\(emergency ? "emergency" : "drill") chooses the newest good backup itself; drop '\(backup ?? "")' or drop the flag")
@@ -79,7 +126,54 @@ public struct RestoreBackupCommand: ParsableCommand {
         if incidentFile != nil && !emergency { throw ValidationError("--incident-file goes with --emergency") }
     }
 
+    /// `2024-01-15 10:00:00` (UTC), with optional fraction and offset, or ISO 8601.
+    static func parseTime(_ text: String) -> Date? {
+        if let date = Timestamp.parse(text) { return date }
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "UTC")
+        for format in ["yyyy-MM-dd HH:mm:ss", "yyyy-MM-dd HH:mm:ss.SSS", "yyyy-MM-dd HH:mm:ssXXX", "yyyy-MM-dd HH:mm:ss.SSSXXX", "yyyy-MM-dd'T'HH:mm:ss"] {
+            formatter.dateFormat = format
+            if let date = formatter.date(from: text) { return date }
+        }
+        return nil
+    }
+
+    private func runPITR() throws {
+        let recoveryTarget: RecoveryTarget = targetTime.flatMap(Self.parseTime).map { .time($0) }
+            ?? targetLSN.flatMap(WALSegmentName.parseLSN).map { .lsn($0) } ?? targetName.map { .name($0) } ?? .latest
+        let executable = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
+        let directory = pgdata.map { $0.hasPrefix("/") ? $0 : FileManager.default.currentDirectoryPath + "/" + $0 } ?? ""
+        let configuration = PITRConfiguration(repository: try repository.address(), dataDirectory: directory, target: recoveryTarget,
+                                              port: port, start: start, moveAside: moveAside, tools: connection.tools,
+                                              connection: try connection.target(), dbrestorePath: executable)
+        let plan = try PointInTimeRestore.plan(configuration)
+        if dryRun {
+            if output.json { try printJSON(plan) } else { print(plan.lines.joined(separator: "\n")) }
+            return
+        }
+        plan.skipped.forEach { output.note("skipped base backup \($0.id): \($0.reason)") }
+        let timeline = Timeline { step in
+            guard !output.quiet && !output.json else { return }
+            let seconds = step.seconds.map { String(format: " (%.2f s)", $0) } ?? ""
+            output.note("[\(Timestamp.format(step.at))] \(step.step): \(step.outcome)\(seconds)")
+        }
+        let report = try PointInTimeRestore.execute(plan, configuration, timeline: timeline, progress: output.progress)
+        if output.json { return try printJSON(report) }
+        if !report.started {
+            print("restored base backup \(plan.backupID) into \(directory) with recovery to \(plan.target); start it with: pg_ctl -D \(directory) start")
+            return
+        }
+        print("recovered to \(plan.target) and promoted; last replayed transaction: \(report.lastReplayedTransaction.map(Timestamp.format) ?? "none")")
+        var table = TextTable("DATABASE", "TABLE", "ROWS")
+        for (database, tables) in report.databases.sorted(by: { $0.key < $1.key }) {
+            for table0 in tables { table.add(database, table0.qualifiedName, String(table0.rows)) }
+        }
+        print(table.rendered)
+    }
+
     public func run() throws {
+        if pitr { return try runPITR() }
         let mode: RestoreConfiguration.Mode = emergency ? .emergency : drill ? .drill : .normal
         let configuration = RestoreConfiguration(
             mode: mode, target: try connection.target(), repository: try repository.address(), backup: backup ?? "latest",
@@ -158,5 +252,34 @@ public struct ListCommand: ParsableCommand {
                       item.tags.joined(separator: ","))
         }
         print(table.rendered)
+    }
+}
+
+/// `dbrestore wal-fetch <name> <path>`: PostgreSQL's `restore_command`.
+public struct WALFetchCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "wal-fetch",
+        abstract: "Fetch one archived WAL file (for restore_command = 'dbrestore wal-fetch %f %p --repo …').",
+        discussion: """
+        Exit 0: fetched, verified and renamed into place. Exit 1: not in the archive (PostgreSQL ends \
+        recovery there). Exit 126: it exists but could not be fetched or verified (PostgreSQL stops \
+        recovery rather than ending it early).
+        """)
+
+    @Argument(help: ArgumentHelp("WAL file name (%f).", valueName: "name")) public var name: String
+    @Argument(help: ArgumentHelp("Where PostgreSQL wants it (%p).", valueName: "path")) public var path: String
+    @OptionGroup(title: "Repository") public var repository: RepositoryOptions
+
+    public init() {}
+
+    public func run() throws {
+        let found: Bool
+        do {
+            found = try WALArchive.fetch(name: name, destination: path, repository: try repository.address())
+        } catch {
+            let cause = RecoveryError.classify(error)
+            throw RecoveryError(.walFetchFailed, "cannot fetch WAL file \(name): \(cause.message)", hint: cause.hint)
+        }
+        guard found else { throw RecoveryError(.failure, "WAL file \(name) is not in the archive") }
     }
 }

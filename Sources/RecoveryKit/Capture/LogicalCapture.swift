@@ -71,8 +71,10 @@ public enum LogicalCapture {
         let tables = try TableCounter.countRows(on: connection)
         let schemaVersion = try TableCounter.schemaVersion(on: connection)
 
-        let file = try streamDump(pgDump: pgDump, snapshot: snapshot, configuration: configuration,
-                                  store: store, key: "backups/\(id)/\(dumpFileName)", progress: progress)
+        let (file, _) = try StreamCapture.run(
+            executable: pgDump, arguments: ["--snapshot=\(snapshot)", "--format=plain", "--no-password"],
+            environment: configuration.target.childEnvironment, store: store, key: "backups/\(id)/\(dumpFileName)",
+            level: configuration.compressionLevel, jobs: configuration.jobs, progress: progress, phase: "dump")
         try connection.execute(script: "COMMIT")
 
         let manifest = BackupManifest(
@@ -83,50 +85,5 @@ public enum LogicalCapture {
             pinned: configuration.pinned, schemaVersion: schemaVersion, snapshot: snapshot, tables: tables, files: [file])
         try store.write("backups/\(id)/\(BackupManifest.fileName)", contents: try manifest.encoded())
         return manifest
-    }
-
-    /// Runs pg_dump in the exported snapshot and streams its output through gzip into the store.
-    private static func streamDump(pgDump: String, snapshot: String, configuration: LogicalCaptureConfiguration,
-                                   store: BackupStore, key: String, progress: ProgressObserver?) throws -> BackupManifest.File {
-        let writer = try store.makeWriter(key)
-        var committed = false
-        defer { if !committed { writer.abort() } }
-
-        let dump = try ChildProcess(
-            executable: pgDump,
-            arguments: ["--snapshot=\(snapshot)", "--format=plain", "--no-password"],
-            environment: configuration.target.childEnvironment,
-            stdin: .null, stdout: .pipe, stderr: .pipe)
-        let errors = OutputCollector(descriptor: dump.standardError)
-
-        var digest = StreamingDigest()
-        let compressor = try GzipCompressor(level: configuration.compressionLevel, jobs: configuration.jobs) { chunk in
-            digest.update(chunk)
-            try writer.write(chunk)
-        }
-        do {
-            try PipeReader.forEachChunk(of: dump.standardOutput, description: "pg_dump output") { chunk in
-                try compressor.write(chunk)
-                progress?.progress(phase: "dump", bytes: compressor.bytesIn)
-            }
-            try compressor.finish()
-        } catch {
-            dump.send(SIGTERM)
-            dump.waitForExit()
-            progress?.finished()
-            throw error
-        }
-        let termination = dump.waitForExit()
-        progress?.finished()
-        guard termination.succeeded else {
-            let reason = errors.mostRelevantLine() ?? "no message"
-            throw RecoveryError(.toolFailed, "pg_dump \(termination.description): \(reason)",
-                                hint: "fix the cause above and run dbbackup again; nothing was stored")
-        }
-        try writer.commit()
-        committed = true
-        return BackupManifest.File(name: (key as NSString).lastPathComponent, rawBytes: compressor.bytesIn,
-                                   storedBytes: compressor.bytesOut, sha256: digest.hexDigest(),
-                                   compression: "gzip", compressionLevel: configuration.compressionLevel)
     }
 }

@@ -37,6 +37,9 @@ public enum ExitStatus: Int32, CaseIterable, Sendable {
     case migrationRefused = 42
     /// Some repositories succeeded and some failed.
     case partial = 50
+    /// `dbrestore wal-fetch` found the segment but could not fetch or verify it. Above 125, so
+    /// PostgreSQL stops recovery instead of treating the segment as the end of the archive.
+    case walFetchFailed = 126
     /// Interrupted by SIGINT or SIGTERM; nothing left looking valid.
     case interrupted = 130
 
@@ -61,6 +64,7 @@ public enum ExitStatus: Int32, CaseIterable, Sendable {
         case .migrationLocked: return "migration-locked"
         case .migrationRefused: return "migration-refused"
         case .partial: return "partial"
+        case .walFetchFailed: return "wal-fetch-failed"
         case .interrupted: return "interrupted"
         }
     }

@@ -1,0 +1,87 @@
+import BackupStorage
+import Foundation
+import PostgresClient
+
+/// A physical base backup: `pg_basebackup` tar stream (WAL left to the archive) gzip-streamed into
+/// `backups/<id>/base.tar.gz`, with the WAL range it needs in the manifest.
+public enum PhysicalCapture {
+    public static let baseFileName = "base.tar.gz"
+
+    /// Takes one base backup.
+    ///
+    /// - Important: the manifest is written last; it records the first and last WAL segment the
+    ///   backup needs, which `wal-push` must have archived for a restore.
+    /// - Throws: `RecoveryError`, `PostgresError` or `StorageError`.
+    public static func run(_ configuration: LogicalCaptureConfiguration, progress: ProgressObserver? = nil) throws -> BackupManifest {
+        let pgBasebackup = try configuration.tools.path(of: "pg_basebackup")
+        let store = try Repository.open(configuration.repository, create: true)
+        let lock = try store.lock(holder: LockHolder(command: "dbbackup --physical"))
+        defer { lock.release() }
+        let startedAt = Date()
+        let id = BackupID.make(at: startedAt)
+        let connection = try PostgresConnection(target: configuration.target, applicationName: "dbbackup")
+        defer { connection.close() }
+        let facts = try connection.query("""
+            SELECT current_database(), current_setting('server_version'),
+                   (SELECT system_identifier::text FROM pg_catalog.pg_control_system()),
+                   current_setting('wal_segment_size'), current_setting('archive_mode'),
+                   (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint())::text
+            """).rows[0]
+        guard try facts.string(4) != "off" else {
+            throw RecoveryError(.databaseError, "archive_mode is off on \(configuration.target.redactedDescription), so a base backup could never be recovered",
+                                hint: "set archive_mode = on and archive_command = 'dbbackup wal-push %p --repo \(configuration.repository)', restart, then take the base backup")
+        }
+        let segmentSize = parseSize(try facts.string(3))
+        // pg_basebackup writing to stdout does not print its WAL range; backup_label and the WAL-Ranges
+        // at the end of backup_manifest inside the stream hold it.
+        let scanner = TarScanner(wanted: ["backup_label": 4096, "backup_manifest": 8192])
+        let (file, _) = try StreamCapture.run(
+            executable: pgBasebackup,
+            arguments: ["--pgdata=-", "--format=tar", "--wal-method=none", "--checkpoint=fast", "--no-password",
+                        "--label=dbrecovery \(id)"],
+            environment: configuration.target.childEnvironment, store: store, key: "backups/\(id)/\(baseFileName)",
+            level: configuration.compressionLevel, jobs: configuration.jobs, progress: progress, phase: "base backup",
+            observe: scanner.consume)
+        let label = scanner.text("backup_label") ?? ""
+        let manifestTail = scanner.text("backup_manifest") ?? ""
+        var stopText = value(in: manifestTail, after: "\"End-LSN\": \"", until: "\"")
+        if stopText == nil { stopText = try connection.query("SELECT pg_current_wal_lsn()::text").scalar }
+        guard let startText = value(in: label, after: "START WAL LOCATION: ", until: " "), let startLSN = WALSegmentName.parseLSN(startText),
+              let stopText, let stopLSN = WALSegmentName.parseLSN(stopText) else {
+            try? store.delete(["backups/\(id)/\(baseFileName)"])
+            throw RecoveryError(.toolFailed, "pg_basebackup's stream held no backup_label with a WAL start point",
+                                hint: "this pg_basebackup is not one we know; nothing was stored")
+        }
+        let labelTimeline = value(in: label, after: "START TIMELINE: ", until: "\n").flatMap { Int($0) }
+        let checkpointTimeline = Int(facts[5] ?? "") ?? 1
+        let timeline = labelTimeline ?? checkpointTimeline
+        let physical = BackupManifest.Physical(
+            startLsn: WALSegmentName.formatLSN(startLSN), stopLsn: WALSegmentName.formatLSN(stopLSN), timeline: timeline,
+            firstWalSegment: WALSegmentName.segment(containing: startLSN, timeline: timeline, segmentSize: segmentSize),
+            lastWalSegment: WALSegmentName.segment(containing: stopLSN > 0 ? stopLSN - 1 : 0, timeline: timeline, segmentSize: segmentSize))
+        var manifest = BackupManifest(
+            formatVersion: BackupManifest.currentFormatVersion, id: id, kind: .physical,
+            tool: .init(name: "dbbackup", version: DBRecoveryVersion.current),
+            database: .init(name: try facts.string(0), serverVersion: try facts.string(1), systemIdentifier: facts[2]),
+            startedAt: startedAt, finishedAt: Date(), tags: configuration.tags, release: configuration.release,
+            pinned: configuration.pinned, schemaVersion: try TableCounter.schemaVersion(on: connection), snapshot: nil, tables: [], files: [file])
+        manifest.physical = physical
+        try store.write("backups/\(id)/\(BackupManifest.fileName)", contents: try manifest.encoded())
+        return manifest
+    }
+
+    /// `16MB` → bytes.
+    static func parseSize(_ text: String) -> UInt64 {
+        let digits = UInt64(text.prefix { $0.isNumber }) ?? 16
+        if text.hasSuffix("GB") { return digits << 30 }
+        if text.hasSuffix("kB") { return digits << 10 }
+        return digits << 20
+    }
+
+    /// The text between `marker` and `terminator` in `text`.
+    static func value(in text: String, after marker: String, until terminator: Character) -> String? {
+        guard let range = text.range(of: marker, options: .backwards) else { return nil }
+        let value = text[range.upperBound...].prefix { $0 != terminator && $0 != "\n" }
+        return value.isEmpty ? nil : String(value)
+    }
+}

@@ -1,0 +1,55 @@
+import BackupStorage
+import Foundation
+import Gzip
+
+/// Streams a child program's stdout through gzip into one repository object: the one path every
+/// capture (pg_dump, pg_basebackup) takes, with sha256 and sizes computed on the way.
+enum StreamCapture {
+    /// Runs the program and stores its output under `key`.
+    ///
+    /// - Important: the object becomes visible only if the program succeeded and the store committed it.
+    /// - Returns: the file entry for the manifest and the program's stderr (its last 16 KiB).
+    /// - Throws: `RecoveryError(.toolFailed)` with the program's own message, or the store's error.
+    static func run(executable: String, arguments: [String], environment: [String: String], store: BackupStore, key: String,
+                    level: Int, jobs: Int, progress: ProgressObserver?, phase: String,
+                    observe: ((UnsafeRawBufferPointer) -> Void)? = nil) throws -> (BackupManifest.File, String) {
+        let writer = try store.makeWriter(key)
+        var committed = false
+        defer { if !committed { writer.abort() } }
+
+        let child = try ChildProcess(executable: executable, arguments: arguments, environment: environment,
+                                     stdin: .null, stdout: .pipe, stderr: .pipe)
+        let errors = OutputCollector(descriptor: child.standardError)
+        let name = (executable as NSString).lastPathComponent
+        var digest = StreamingDigest()
+        let compressor = try GzipCompressor(level: level, jobs: jobs) { chunk in
+            digest.update(chunk)
+            try writer.write(chunk)
+        }
+        do {
+            try PipeReader.forEachChunk(of: child.standardOutput, description: "\(name) output") { chunk in
+                observe?(chunk)
+                try compressor.write(chunk)
+                progress?.progress(phase: phase, bytes: compressor.bytesIn)
+            }
+            try compressor.finish()
+        } catch {
+            child.send(SIGTERM)
+            child.waitForExit()
+            progress?.finished()
+            throw error
+        }
+        let termination = child.waitForExit()
+        progress?.finished()
+        guard termination.succeeded else {
+            let reason = errors.mostRelevantLine() ?? "no message"
+            throw RecoveryError(.toolFailed, "\(name) \(termination.description): \(reason)",
+                                hint: "fix the cause above and run dbbackup again; nothing was stored")
+        }
+        try writer.commit()
+        committed = true
+        let file = BackupManifest.File(name: (key as NSString).lastPathComponent, rawBytes: compressor.bytesIn,
+                                       storedBytes: compressor.bytesOut, sha256: digest.hexDigest(), compression: "gzip", compressionLevel: level)
+        return (file, errors.finish())
+    }
+}

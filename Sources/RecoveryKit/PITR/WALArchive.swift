@@ -1,0 +1,88 @@
+import BackupStorage
+import Foundation
+import Gzip
+
+/// `archive_command` and `restore_command`: WAL files gzip-compressed under `wal/<timeline>/`.
+public enum WALArchive {
+    /// The repository key of a WAL file (`wal/00000001/000000010000000000000003.gz`).
+    public static func key(for name: String) throws -> String {
+        guard let timeline = WALSegmentName.timeline(of: name), !name.contains("/"), name.count <= 64 else {
+            throw RecoveryError(.usage, "'\(name)' is not a WAL file name",
+                                hint: "archive_command passes %p (a path ending in the segment name) and restore_command %f")
+        }
+        return "wal/\(timeline)/\(name).gz"
+    }
+
+    /// What `wal-push` did.
+    public enum PushOutcome: String, Codable, Sendable {
+        case stored
+        /// The same content was already archived (a retry after a crash): success.
+        case alreadyArchived = "already-archived"
+    }
+
+    /// Archives one WAL file: gzip, store atomically (fsync / completed upload), before returning.
+    ///
+    /// - Important: a file already archived with different content is never overwritten.
+    /// - Throws: `RecoveryError` when the file cannot be read, differs from the stored copy, or the
+    ///   repository fails; PostgreSQL then keeps the segment and retries.
+    public static func push(path: String, repository: String) throws -> PushOutcome {
+        let name = (path as NSString).lastPathComponent
+        let key = try key(for: name)
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw RecoveryError(.failure, "cannot read WAL file \(path)", hint: "archive_command must pass %p, relative to the data directory")
+        }
+        let store = try Repository.open(repository, create: true)
+        if let existing = try? store.read(key) {
+            let stored = try decompress(existing, name: name)
+            if stored == data { return .alreadyArchived }
+            throw RecoveryError(.repositoryError,
+                                "WAL file \(name) is already archived in \(store.location) with DIFFERENT content; the archived copy was kept",
+                                hint: "two clusters may be archiving into one repository; give each its own --repo")
+        }
+        var compressed = Data()
+        let compressor = try GzipCompressor(level: 1) { compressed.append(contentsOf: $0) }
+        try data.withUnsafeBytes { try compressor.write($0) }
+        try compressor.finish()
+        try store.write(key, contents: compressed)
+        return .stored
+    }
+
+    /// Fetches one WAL file for `restore_command`: download, verify (gzip CRC and length),
+    /// decompress to a temporary file, rename to `destination`.
+    ///
+    /// - Returns: false when the file is not in the archive (recovery ends there).
+    /// - Throws: any other failure, which must stop recovery rather than end it early.
+    public static func fetch(name: String, destination: String, repository: String) throws -> Bool {
+        let key = try key(for: name)
+        let store = try Repository.open(repository, create: false)
+        let compressed: Data
+        do {
+            compressed = try store.read(key)
+        } catch let error as StorageError where error.kind == .notFound {
+            return false
+        }
+        let data = try decompress(compressed, name: name)
+        let temporary = destination + ".dbrecovery-partial"
+        guard FileManager.default.createFile(atPath: temporary, contents: data) else {
+            throw RecoveryError(.failure, "cannot write \(temporary)")
+        }
+        guard rename(temporary, destination) == 0 else {
+            unlink(temporary)
+            throw RecoveryError(.failure, "cannot rename \(temporary) to \(destination): \(String(cString: strerror(errno)))")
+        }
+        return true
+    }
+
+    static func decompress(_ compressed: Data, name: String) throws -> Data {
+        var output = Data()
+        do {
+            let decompressor = try GzipDecompressor { output.append(contentsOf: $0) }
+            try compressed.withUnsafeBytes { try decompressor.write($0) }
+            try decompressor.finish()
+        } catch let error as GzipError {
+            throw RecoveryError(.backupCorrupt, "archived WAL file \(name) is damaged: \(error)",
+                                hint: "this segment cannot be replayed; recovery can only reach the point before it")
+        }
+        return output
+    }
+}

@@ -1,0 +1,156 @@
+import BackupStorage
+import Foundation
+import PostgresClient
+import RecoveryKit
+import TestSupport
+import XCTest
+
+/// Base backups, WAL archiving through `dbbackup wal-push`, and `dbrestore --pitr` on real clusters.
+final class PointInTimeRecoveryTests: XCTestCase {
+    /// Runs one of our tools as the PostgreSQL OS user when the tests run as root (the server and
+    /// its archive_command run as that user, and so must whoever owns the archive and data directories).
+    private func asOwner(_ tool: String, _ arguments: [String], cluster: PostgresCluster, environment: [String: String] = [:]) throws -> TestProcess.Result {
+        var merged = cluster.environment
+        merged.merge(environment) { _, new in new }
+        if getuid() == 0 {
+            return try TestProcess.run("/usr/bin/setpriv", ["--reuid=postgres", "--regid=postgres", "--init-groups", TestPaths.executable(tool)] + arguments,
+                                       environment: merged)
+        }
+        return try TestProcess.run(TestPaths.executable(tool), arguments, environment: merged)
+    }
+
+    private func ownedDirectory(_ prefix: String) -> String {
+        let path = TestPaths.temporaryDirectory(prefix: prefix)
+        if getuid() == 0 { chownToPostgres(path) }
+        return path
+    }
+
+    private func chownToPostgres(_ path: String) {
+        _ = try? TestProcess.run("/bin/chown", ["-R", "postgres:postgres", path])
+    }
+
+    private func freePort() throws -> Int {
+        let result = try TestProcess.run("/usr/bin/env", ["python3", "-c", "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"])
+        return Int(result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+    }
+
+    /// Stops a server dbrestore started, by the PID in its postmaster.pid.
+    private func stopServer(_ directory: String) {
+        guard let text = try? String(contentsOfFile: directory + "/postmaster.pid", encoding: .utf8),
+              let pid = Int32(text.split(separator: "\n").first ?? "") else { return }
+        kill(pid, SIGINT)
+        for _ in 0..<100 where kill(pid, 0) == 0 { usleep(100_000) }
+    }
+
+    private func waitForArchive(_ connection: PostgresConnection) throws {
+        let segment = try connection.query("SELECT pg_walfile_name(pg_switch_wal())").scalar ?? ""
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline {
+            let last = try connection.query("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver").scalar ?? ""
+            if last >= segment { return }
+            usleep(100_000)
+        }
+        XCTFail("WAL segment \(segment) was never archived")
+    }
+
+    private func recover(_ target: [String], repository: String, cluster: PostgresCluster, environment: [String: String] = [:]) throws -> (TestProcess.Result, String, Int) {
+        let parent = ownedDirectory("pitr-target")
+        let directory = parent + "/data"
+        let port = try freePort()
+        let result = try asOwner("dbrestore", ["--pitr", "--pgdata", directory, "--repo", repository, "--port", String(port), "--start", "--json",
+                                               "--database-url", "postgresql://postgres@127.0.0.1/postgres"] + target,
+                                 cluster: cluster, environment: environment)
+        return (result, directory, port)
+    }
+
+    private func counts(port: Int, database: String, cluster: PostgresCluster) throws -> [String: String] {
+        let connection = try PostgresConnection(target: try ConnectionTarget("postgresql://postgres@127.0.0.1:\(port)/\(database)").with("password", cluster.password))
+        return Dictionary(uniqueKeysWithValues: try connection.query("SELECT batch, count(*)::text FROM items GROUP BY batch").rows.map { ($0[0] ?? "", $0[1] ?? "") })
+    }
+
+    func testRecoverToTimeNameAndLatestThenRefuseWhatCannotBeReached() throws {
+        let repository = ownedDirectory("wal-repo") + "/repo"
+        let cluster = try PostgresCluster(archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
+        defer { cluster.stop() }
+        let database = try cluster.createDatabase(prefix: "pitr")
+        let connection = try cluster.connect(database: database)
+        try connection.execute(script: "CREATE TABLE items (id serial PRIMARY KEY, batch text)")
+
+        let base = try asOwner("dbbackup", ["--physical", "--database-url", cluster.url(database: database), "--repo", repository, "--json"], cluster: cluster)
+        XCTAssertEqual(base.status, 0, base.standardError)
+        let summary = try JSONSerialization.jsonObject(with: Data(base.standardOutput.utf8)) as? [String: Any]
+        XCTAssertEqual(summary?["kind"] as? String, "physical")
+
+        try connection.execute(script: "INSERT INTO items (batch) SELECT 'A' FROM generate_series(1, 100)")
+        usleep(300_000)
+        let targetTime = try connection.query("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS')").scalar ?? ""
+        usleep(1_100_000)
+        try connection.execute(script: "INSERT INTO items (batch) SELECT 'B' FROM generate_series(1, 50)")
+        try connection.query("SELECT pg_create_restore_point('after_b')")
+        try connection.execute(script: "INSERT INTO items (batch) SELECT 'C' FROM generate_series(1, 25)")
+        try waitForArchive(connection)
+
+        // Archiving the same segment twice succeeds; different content under its name fails, original kept.
+        let archived = try FileManager.default.contentsOfDirectory(atPath: repository + "/wal/00000001").sorted().first { $0.hasSuffix(".gz") && !$0.contains(".backup") }!
+        let segmentName = String(archived.dropLast(3))
+        let original = try Data(contentsOf: URL(fileURLWithPath: repository + "/wal/00000001/" + archived))
+        let scratch = ownedDirectory("wal-copy")
+        XCTAssertEqual(try asOwner("dbrestore", ["wal-fetch", segmentName, scratch + "/" + segmentName, "--repo", repository], cluster: cluster).status, 0)
+        let again = try asOwner("dbbackup", ["wal-push", scratch + "/" + segmentName, "--repo", repository], cluster: cluster)
+        XCTAssertEqual(again.status, 0, again.standardError)
+        var forged = try Data(contentsOf: URL(fileURLWithPath: scratch + "/" + segmentName))
+        forged[100] ^= 0xFF
+        try forged.write(to: URL(fileURLWithPath: scratch + "/" + segmentName))
+        let conflict = try asOwner("dbbackup", ["wal-push", scratch + "/" + segmentName, "--repo", repository], cluster: cluster)
+        XCTAssertNotEqual(conflict.status, 0)
+        XCTAssertTrue(conflict.standardError.contains("DIFFERENT content"), conflict.standardError)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: repository + "/wal/00000001/" + archived)), original)
+        let missing = try asOwner("dbrestore", ["wal-fetch", "0000000100000000000000FF", scratch + "/x", "--repo", repository], cluster: cluster)
+        XCTAssertEqual(missing.status, 1)
+
+        // To the time between A and B.
+        let (toTime, timeDirectory, timePort) = try recover(["--target-time", targetTime], repository: repository, cluster: cluster)
+        defer { stopServer(timeDirectory) }
+        XCTAssertEqual(toTime.status, 0, toTime.standardError)
+        XCTAssertEqual(try counts(port: timePort, database: database, cluster: cluster), ["A": "100"])
+        let report = try JSONSerialization.jsonObject(with: Data(toTime.standardOutput.utf8)) as? [String: Any]
+        XCTAssertEqual(report?["promoted"] as? Bool, true)
+        XCTAssertNotNil(report?["last_replayed_transaction"] as? String)
+
+        // To the named restore point: A and B, not C.
+        let (toName, nameDirectory, namePort) = try recover(["--target-name", "after_b"], repository: repository, cluster: cluster)
+        defer { stopServer(nameDirectory) }
+        XCTAssertEqual(toName.status, 0, toName.standardError)
+        XCTAssertEqual(try counts(port: namePort, database: database, cluster: cluster), ["A": "100", "B": "50"])
+
+        // To the end of the archive: everything.
+        let (latest, latestDirectory, latestPort) = try recover(["--target", "latest"], repository: repository, cluster: cluster)
+        defer { stopServer(latestDirectory) }
+        XCTAssertEqual(latest.status, 0, latest.standardError)
+        XCTAssertEqual(try counts(port: latestPort, database: database, cluster: cluster), ["A": "100", "B": "50", "C": "25"])
+
+        // Refusals, each before anything is written.
+        let nowhere = ownedDirectory("pitr-refused") + "/data"
+        let before = try asOwner("dbrestore", ["--pitr", "--pgdata", nowhere, "--repo", repository, "--target-time", "2001-01-01 00:00:00"], cluster: cluster)
+        XCTAssertEqual(before.status, ExitStatus.backupNotFound.rawValue, before.standardError)
+        XCTAssertTrue(before.standardError.contains("before the oldest base backup"), before.standardError)
+        let future = try asOwner("dbrestore", ["--pitr", "--pgdata", nowhere, "--repo", repository, "--target-time", "2999-01-01 00:00:00"], cluster: cluster)
+        XCTAssertEqual(future.status, ExitStatus.backupNotFound.rawValue, future.standardError)
+        XCTAssertTrue(future.standardError.contains("beyond the archived WAL"), future.standardError)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: nowhere))
+
+        let occupied = try asOwner("dbrestore", ["--pitr", "--pgdata", latestDirectory, "--repo", repository, "--target", "latest"], cluster: cluster)
+        XCTAssertEqual(occupied.status, ExitStatus.usage.rawValue, occupied.standardError)
+        XCTAssertTrue(occupied.standardError.contains("--move-aside"), occupied.standardError)
+
+        // A segment missing in the middle of the archive is found by the plan.
+        let gapped = ownedDirectory("wal-gap") + "/repo"
+        XCTAssertEqual(try TestProcess.run("/bin/cp", ["-a", repository, gapped]).status, 0)
+        let segments = try FileManager.default.contentsOfDirectory(atPath: gapped + "/wal/00000001").filter { $0.count == 27 }.sorted()
+        XCTAssertGreaterThanOrEqual(segments.count, 3, "\(segments)")
+        try FileManager.default.removeItem(atPath: gapped + "/wal/00000001/" + segments[segments.count - 2])
+        let gap = try asOwner("dbrestore", ["--pitr", "--pgdata", nowhere, "--repo", gapped, "--target", "latest", "--dry-run"], cluster: cluster)
+        XCTAssertEqual(gap.status, ExitStatus.backupNotFound.rawValue, gap.standardError)
+        XCTAssertTrue(gap.standardError.contains(String(segments[segments.count - 2].dropLast(3))), gap.standardError)
+    }
+}
