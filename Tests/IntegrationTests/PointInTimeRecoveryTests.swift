@@ -68,6 +68,31 @@ final class PointInTimeRecoveryTests: XCTestCase {
         return Dictionary(uniqueKeysWithValues: try connection.query("SELECT batch, count(*)::text FROM items GROUP BY batch").rows.map { ($0[0] ?? "", $0[1] ?? "") })
     }
 
+    func testTheWholeFlowWorksWithAnS3Repository() throws {
+        let s3 = try S3Server.shared()
+        let bucket = try s3.createBucket()
+        let repository = "s3://\(bucket)/pitr"
+        let environment = s3.environment()
+        let assignments = environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+        let cluster = try PostgresCluster(archiveCommand: "\(assignments) \(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
+        defer { cluster.stop() }
+        let database = try cluster.createDatabase(prefix: "pitrs3")
+        let connection = try cluster.connect(database: database)
+        try connection.execute(script: "CREATE TABLE items (id serial PRIMARY KEY, batch text)")
+        let base = try asOwner("dbbackup", ["--physical", "--database-url", cluster.url(database: database), "--repo", repository],
+                               cluster: cluster, environment: environment)
+        XCTAssertEqual(base.status, 0, base.standardError)
+        try connection.execute(script: "INSERT INTO items (batch) SELECT 'A' FROM generate_series(1, 10)")
+        try connection.query("SELECT pg_create_restore_point('before_b')")
+        try connection.execute(script: "INSERT INTO items (batch) SELECT 'B' FROM generate_series(1, 5)")
+        try waitForArchive(connection)
+
+        let (result, directory, port) = try recover(["--target-name", "before_b"], repository: repository, cluster: cluster, environment: environment)
+        defer { stopServer(directory) }
+        XCTAssertEqual(result.status, 0, result.standardError)
+        XCTAssertEqual(try counts(port: port, database: database, cluster: cluster), ["A": "10"])
+    }
+
     func testRecoverToTimeNameAndLatestThenRefuseWhatCannotBeReached() throws {
         let repository = ownedDirectory("wal-repo") + "/repo"
         let cluster = try PostgresCluster(archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")

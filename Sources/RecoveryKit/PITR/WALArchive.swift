@@ -32,7 +32,13 @@ public enum WALArchive {
             throw RecoveryError(.failure, "cannot read WAL file \(path)", hint: "archive_command must pass %p, relative to the data directory")
         }
         let store = try Repository.open(repository, create: true)
-        if let existing = try? store.read(key) {
+        let existing: Data?
+        do {
+            existing = try store.read(key)
+        } catch let error as StorageError where error.kind == .notFound {
+            existing = nil
+        }
+        if let existing {
             let stored = try decompress(existing, name: name)
             if stored == data { return .alreadyArchived }
             throw RecoveryError(.repositoryError,
