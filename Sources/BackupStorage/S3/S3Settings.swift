@@ -3,7 +3,8 @@ import Foundation
 /// S3 settings from the environment, the way the AWS CLI reads them: `AWS_ACCESS_KEY_ID`,
 /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, else the `~/.aws/credentials` profile
 /// (`AWS_PROFILE`, default `default`); `AWS_REGION` / `AWS_DEFAULT_REGION`;
-/// `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`. Ours: `DBRECOVERY_S3_PART_SIZE_MB`,
+/// `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`. Ours: `DBRECOVERY_S3_PART_SIZE_MB`, `DBRECOVERY_S3_CONCURRENCY`
+/// (parts in flight, default 4; memory is about (concurrency + 1) × part size),
 /// `DBRECOVERY_S3_SSE` (`AES256` or `aws:kms`), `DBRECOVERY_S3_KMS_KEY_ID`.
 public enum S3Settings {
     /// Builds the configuration of one bucket.
@@ -38,13 +39,20 @@ public enum S3Settings {
             }
             partSize = megabytes * 1024 * 1024
         }
+        var concurrency = 4
+        if let text = value("DBRECOVERY_S3_CONCURRENCY") {
+            guard let number = Int(text), (1...64).contains(number) else {
+                throw StorageError(.invalidLocation, object: "DBRECOVERY_S3_CONCURRENCY", message: "concurrency \(text) is outside 1...64")
+            }
+            concurrency = number
+        }
         let sse = value("DBRECOVERY_S3_SSE")
         if let sse, !["AES256", "aws:kms"].contains(sse) {
             throw StorageError(.invalidLocation, object: "DBRECOVERY_S3_SSE", message: "server-side encryption '\(sse)' is not AES256 or aws:kms")
         }
         return S3Configuration(bucket: bucket, region: value("AWS_REGION") ?? value("AWS_DEFAULT_REGION") ?? "us-east-1",
                                endpoint: endpoint, pathStyle: value("DBRECOVERY_S3_ADDRESSING").map { $0 != "virtual" },
-                               credentials: credentials, partSize: partSize, serverSideEncryption: sse,
+                               credentials: credentials, partSize: partSize, concurrency: concurrency, serverSideEncryption: sse,
                                kmsKeyID: value("DBRECOVERY_S3_KMS_KEY_ID"))
     }
 
