@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# The newcomer's tour. With no DATABASE_URL it starts a sandbox PostgreSQL cluster with sample data,
-# backs it up, lists and checks the backup, damages the database and restores it, then cleans up.
+# The newcomer's tour. With no DATABASE_URL it starts a sandbox PostgreSQL cluster with sample data
+# and walks the whole cycle: backup, prune (dry run), migrate up and down, an accident, emergency
+# restore, verify — printing what each step did — then removes everything it made.
 # With DATABASE_URL set it only takes a backup of that database into $BACKUP_REPO (or ./backups).
+# DBRECOVERY_BIN=DIR uses already built executables instead of building.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-swift build 2>&1 | grep -E "error|Build" | tail -1
-bin=$(swift build --show-bin-path)
+if [ -n "${DBRECOVERY_BIN:-}" ]; then
+  bin=$DBRECOVERY_BIN
+else
+  swift build 2>&1 | grep -E "error|Build" | tail -1
+  bin=$(swift build --show-bin-path)
+fi
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 if [ -n "${DATABASE_URL:-}" ]; then
@@ -50,6 +56,10 @@ sed -n '1,200p' "$BACKUP_REPO/backups/$id/manifest.json" | grep -E '"(name|rows|
 step "restoring by hand still works: gunzip -c dump.sql.gz | psql"
 echo "gunzip -c $BACKUP_REPO/backups/$id/dump.sql.gz | head -3:"
 { gunzip -c "$BACKUP_REPO/backups/$id/dump.sql.gz" | grep -v -e '^--' -e '^$' | head -3; } || true
+step "dbprune --dry-run   (which backups the retention policy keeps, and why)"
+"$bin/dbbackup" --tag nightly --quiet >/dev/null
+"$bin/dbprune" --dry-run
+
 if [ -x "$bin/dbrestore" ]; then
   step "dbrestore list"
   "$bin/dbrestore" list
@@ -66,4 +76,23 @@ if [ -x "$bin/dbrestore" ]; then
   step "the damaged database was kept, renamed aside"
   psql -X -A -t "postgresql://postgres@127.0.0.1:$SANDBOX_PORT/postgres" -c "SELECT datname FROM pg_database WHERE datname LIKE 'app%' ORDER BY 1"
 fi
+step "dbmigrate up --release v2.0.0   (a deploy with two migrations)"
+mkdir -p "$work/migrations"
+cat > "$work/migrations/0004_meeting_rooms.up.sql" <<'SQL'
+ALTER TABLE meetings ADD COLUMN room text;
+SQL
+echo "ALTER TABLE meetings DROP COLUMN room;" > "$work/migrations/0004_meeting_rooms.down.sql"
+cat > "$work/migrations/0005_user_names.up.sql" <<'SQL'
+ALTER TABLE users ADD COLUMN display_name text;
+UPDATE users SET display_name = 'User ' || id;
+SQL
+echo "ALTER TABLE users DROP COLUMN display_name;" > "$work/migrations/0005_user_names.down.sql"
+"$bin/dbmigrate" up --dir "$work/migrations" --release v2.0.0 --yes
+"$bin/dbmigrate" status --dir "$work/migrations"
+step "dbmigrate down --steps 1 --dry-run   (the plan and the full SQL, with a warning for data it drops)"
+"$bin/dbmigrate" down --steps 1 --dir "$work/migrations" --dry-run
+step "dbmigrate down --steps 1   (backup tagged pre-downgrade first, then one transaction)"
+"$bin/dbmigrate" down --steps 1 --dir "$work/migrations" --yes
+psql -X -A -t "$DATABASE_URL" -c "SELECT 'schema version now: ' || version FROM schema_version ORDER BY applied_at DESC LIMIT 1"
+
 step "done; the sandbox is removed on exit"

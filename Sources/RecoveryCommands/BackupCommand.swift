@@ -57,6 +57,7 @@ public struct CaptureCommand: ParsableCommand {
     public var jobs = ProcessInfo.processInfo.activeProcessorCount
 
     @OptionGroup(title: "Output") public var output: OutputOptions
+    @OptionGroup(title: "Configuration") public var config: ConfigOptions
 
     public init() {}
 
@@ -73,12 +74,17 @@ public struct CaptureCommand: ParsableCommand {
     }
 
     public func run() throws {
+        if try config.printIfAsked(connection: connection, repository: repository) { return }
+        output.begin("dbbackup", labels: ["kind": physical ? "physical" : "logical"])
         let configuration = LogicalCaptureConfiguration(
             target: try connection.target(), repository: try repository.address(), tags: tags, release: release,
             pinned: pin, compressionLevel: compressionLevel, jobs: jobs, tools: connection.tools)
         let manifest = physical ? try PhysicalCapture.run(configuration, progress: output.progress)
             : try LogicalCapture.run(configuration, progress: output.progress)
         let summary = BackupSummary(manifest: manifest, repository: configuration.repository)
+        output.succeeded(["backup_raw_bytes": Double(manifest.rawBytes), "backup_stored_bytes": Double(manifest.storedBytes),
+                          "backup_rows": Double(manifest.totalRows), "backup_tables": Double(manifest.tables.count)],
+                         summary: summary.humanDescription)
         if output.json {
             try printJSON(summary)
         } else {
@@ -103,10 +109,12 @@ public struct WALPushCommand: ParsableCommand {
     public var path: String
 
     @OptionGroup(title: "Repository") public var repository: RepositoryOptions
+    @OptionGroup(title: "Configuration") public var config: ConfigOptions
 
     public init() {}
 
     public func run() throws {
+        if try config.printIfAsked(connection: nil, repository: repository) { return }
         _ = try WALArchive.push(path: path, repository: try repository.address())
     }
 }

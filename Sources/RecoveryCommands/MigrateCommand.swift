@@ -24,8 +24,10 @@ public struct MigrateCommand: ParsableCommand {
 
     /// Options every subcommand shares.
     public struct Common: ParsableArguments {
-        @Option(name: .customLong("dir"), help: ArgumentHelp("Migrations directory.", valueName: "dir"))
-        public var directory = "migrations"
+        @Option(name: .customLong("dir"), help: ArgumentHelp("Migrations directory (default: ./migrations, or [migrations] dir in the config file).", valueName: "dir"))
+        public var directoryFlag: String?
+
+        var directory: String { directoryFlag ?? (try? ConfigFile.current()?.migrationsDirectory) ?? nil ?? "migrations" }
 
         @Option(name: .customLong("lock-wait"), help: ArgumentHelp("Seconds to wait for another dbmigrate's lock.", valueName: "seconds"))
         public var lockWait: Double = 30
@@ -90,10 +92,12 @@ public struct MigrateCommand: ParsableCommand {
         public static let configuration = CommandConfiguration(abstract: "Show applied and pending versions, and drift.")
         @OptionGroup(title: "Connection") var connection: ConnectionOptions
         @OptionGroup var common: Common
+        @OptionGroup(title: "Configuration") var config: ConfigOptions
         @OptionGroup(title: "Output") var output: OutputOptions
         public init() {}
 
         public func run() throws {
+            if try config.printIfAsked(connection: connection, repository: nil) { return }
             let rows = try Migrations.status(try common.configuration(connection))
             if output.json { return try printJSON(rows) }
             var table = TextTable("VERSION", "NAME", "STATE", "APPLIED AT (UTC)", "RELEASE", "NOTES")
@@ -109,6 +113,7 @@ public struct MigrateCommand: ParsableCommand {
         public static let configuration = CommandConfiguration(abstract: "Apply pending migrations (up to --to).")
         @OptionGroup(title: "Connection") var connection: ConnectionOptions
         @OptionGroup var common: Common
+        @OptionGroup(title: "Configuration") var config: ConfigOptions
         @OptionGroup var running: Running
         @Option(help: ArgumentHelp("Stop at this version.", valueName: "version")) var to: Int64?
         @Option(help: ArgumentHelp("The release applying these migrations, recorded for down --to-release.", valueName: "release")) var release: String?
@@ -120,6 +125,7 @@ public struct MigrateCommand: ParsableCommand {
         }
 
         public func run() throws {
+            if try config.printIfAsked(connection: connection, repository: nil) { return }
             let configuration = try common.configuration(connection, release: release, perStep: running.perStep,
                                                          lockTimeout: running.lockTimeout, statementTimeout: running.statementTimeout)
             let (plan, report) = try Migrations.up(configuration, to: to, dryRun: running.dryRun, confirm: running.confirm)
@@ -133,6 +139,7 @@ public struct MigrateCommand: ParsableCommand {
             discussion: "Exactly one of --to, --steps, --to-release. A backup tagged pre-downgrade is taken first (needs --repo or BACKUP_REPO) unless --no-backup.")
         @OptionGroup(title: "Connection") var connection: ConnectionOptions
         @OptionGroup var common: Common
+        @OptionGroup(title: "Configuration") var config: ConfigOptions
         @OptionGroup var running: Running
         @Option(help: ArgumentHelp("Revert every applied version above this one.", valueName: "version")) var to: Int64?
         @Option(help: ArgumentHelp("Revert the N most recently applied versions.", valueName: "n")) var steps: Int?
@@ -152,6 +159,7 @@ public struct MigrateCommand: ParsableCommand {
         }
 
         public func run() throws {
+            if try config.printIfAsked(connection: connection, repository: nil) { return }
             let configuration = try common.configuration(connection, release: release, perStep: running.perStep,
                                                          lockTimeout: running.lockTimeout, statementTimeout: running.statementTimeout)
             let selection: DowngradeSelection = to.map { .toVersion($0) } ?? steps.map { .steps($0) } ?? .toRelease(toRelease ?? "")
@@ -174,10 +182,12 @@ public struct MigrateCommand: ParsableCommand {
         public static let configuration = CommandConfiguration(abstract: "Check applied versions against their files (edited, missing, mid-flight).")
         @OptionGroup(title: "Connection") var connection: ConnectionOptions
         @OptionGroup var common: Common
+        @OptionGroup(title: "Configuration") var config: ConfigOptions
         @OptionGroup(title: "Output") var output: OutputOptions
         public init() {}
 
         public func run() throws {
+            if try config.printIfAsked(connection: connection, repository: nil) { return }
             let problems = try Migrations.verify(try common.configuration(connection))
             if output.json { try printJSON(problems) } else {
                 problems.forEach { print("version \($0.version) (\($0.name)): \($0.state); \($0.notes.joined(separator: "; "))") }
@@ -198,6 +208,7 @@ public struct MigrateCommand: ParsableCommand {
         @Flag(name: .customLong("mark-reverted")) var markReverted = false
         @OptionGroup(title: "Connection") var connection: ConnectionOptions
         @OptionGroup var common: Common
+        @OptionGroup(title: "Configuration") var config: ConfigOptions
         public init() {}
 
         public func validate() throws {
@@ -205,6 +216,7 @@ public struct MigrateCommand: ParsableCommand {
         }
 
         public func run() throws {
+            if try config.printIfAsked(connection: connection, repository: nil) { return }
             try Migrations.resolve(try common.configuration(connection), version: version, applied: markApplied)
             print("version \(version) marked \(markApplied ? "applied" : "reverted"); recorded in schema_version_log")
         }

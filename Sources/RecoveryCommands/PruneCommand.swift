@@ -34,6 +34,7 @@ public struct PruneCommand: ParsableCommand {
     var asOf: String?
 
     @OptionGroup(title: "Output") var output: OutputOptions
+    @OptionGroup(title: "Configuration") var config: ConfigOptions
 
     public init() {}
 
@@ -44,7 +45,11 @@ public struct PruneCommand: ParsableCommand {
     }
 
     public func run() throws {
-        let policy = try self.policy.map { try RetentionPolicy.load(path: $0) } ?? .builtIn
+        let policyPath = ResolvedSetting.resolve("retention.policy", flag: policy, flagName: "--policy", environment: ["DBRECOVERY_POLICY"],
+                                                 file: try ConfigFile.current()?.policy, filePath: try ConfigFile.current()?.path, fileKey: "[retention] policy")
+        if try config.printIfAsked(connection: nil, repository: repository, extra: [policyPath]) { return }
+        output.begin("dbprune")
+        let policy = try policyPath.value.map { try RetentionPolicy.load(path: $0) } ?? .builtIn
         if applyLifecycle {
             let change = try LifecycleRule.apply(repository: try repository.address(), policy: policy, dryRun: dryRun)
             if output.json { return try printJSON(change) }
@@ -71,6 +76,10 @@ public struct PruneCommand: ParsableCommand {
             }
             let verb = dryRun ? "would keep" : "kept"
             output.note("\(dryRun ? "dry run: " : "")\(report.tier) tier: \(verb) \(report.kept), \(dryRun ? "would delete" : "deleted") \(report.deleted)")
+        }
+        if !dryRun && report.unreadable.isEmpty {
+            output.succeeded(["prune_kept": Double(report.kept), "prune_deleted": Double(report.deleted), "prune_wal_deleted": Double(report.wal.delete.count)],
+                             summary: "kept \(report.kept), deleted \(report.deleted)")
         }
         if !report.unreadable.isEmpty {
             throw RecoveryError(.backupCorrupt, "\(report.unreadable.count) backup(s) have unreadable manifests and were left alone: \(report.unreadable.joined(separator: "; "))",

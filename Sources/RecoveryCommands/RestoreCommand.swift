@@ -92,6 +92,7 @@ public struct RestoreBackupCommand: ParsableCommand {
 
     @Flag(name: .customLong("move-aside"), help: "With --pitr: rename a non-empty --pgdata out of the way first.")
     public var moveAside = false
+    @OptionGroup(title: "Configuration") public var config: ConfigOptions
 
     @OptionGroup(title: "Output") public var output: OutputOptions
 
@@ -173,6 +174,8 @@ public struct RestoreBackupCommand: ParsableCommand {
     }
 
     public func run() throws {
+        if try config.printIfAsked(connection: connection, repository: repository) { return }
+        output.begin("dbrestore", labels: ["mode": pitr ? "pitr" : emergency ? "emergency" : drill ? "drill" : "restore"])
         if pitr { return try runPITR() }
         let mode: RestoreConfiguration.Mode = emergency ? .emergency : drill ? .drill : .normal
         let configuration = RestoreConfiguration(
@@ -197,6 +200,8 @@ public struct RestoreBackupCommand: ParsableCommand {
             plan.skipped.forEach { output.note("skipped backup \($0.id): \($0.reason)") }
         }
         let report = try LogicalRestore.execute(plan, configuration, timeline: timeline, progress: output.progress)
+        output.succeeded(["restore_duration_seconds": report.durationSeconds, "restore_verified_tables": Double(report.verification?.tables.count ?? 0)],
+                         summary: "\(report.outcome) from backup \(plan.backupID) in \(String(format: "%.1f", report.durationSeconds)) s")
         if output.json {
             try printJSON(report)
             return
@@ -227,10 +232,12 @@ public struct ListCommand: ParsableCommand {
 
     @OptionGroup(title: "Repository") public var repository: RepositoryOptions
     @OptionGroup(title: "Output") public var output: OutputOptions
+    @OptionGroup(title: "Configuration") public var config: ConfigOptions
 
     public init() {}
 
     public func run() throws {
+        if try config.printIfAsked(connection: nil, repository: repository) { return }
         let listing = try BackupListing.load(repository: try repository.address())
         if output.json {
             try printJSON(listing)
@@ -269,10 +276,12 @@ public struct WALFetchCommand: ParsableCommand {
     @Argument(help: ArgumentHelp("WAL file name (%f).", valueName: "name")) public var name: String
     @Argument(help: ArgumentHelp("Where PostgreSQL wants it (%p).", valueName: "path")) public var path: String
     @OptionGroup(title: "Repository") public var repository: RepositoryOptions
+    @OptionGroup(title: "Configuration") public var config: ConfigOptions
 
     public init() {}
 
     public func run() throws {
+        if try config.printIfAsked(connection: nil, repository: repository) { return }
         let found: Bool
         do {
             found = try WALArchive.fetch(name: name, destination: path, repository: try repository.address())

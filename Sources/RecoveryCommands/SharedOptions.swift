@@ -18,9 +18,10 @@ public struct ConnectionOptions: ParsableArguments {
 
     public init() {}
 
-    /// The connection target from the flag, then `DATABASE_URL`, then libpq's own defaults.
+    /// The connection target from the flag, then `DATABASE_URL`, then the config file, then libpq's
+    /// own defaults (PG* variables, ~/.pgpass).
     public func target() throws -> ConnectionTarget {
-        let text = databaseURL ?? ProcessInfo.processInfo.environment["DATABASE_URL"].flatMap { $0.isEmpty ? nil : $0 }
+        let text = try databaseURLSetting().value
         do {
             return try ConnectionTarget(text)
         } catch {
@@ -28,8 +29,20 @@ public struct ConnectionOptions: ParsableArguments {
         }
     }
 
+    func databaseURLSetting() throws -> ResolvedSetting {
+        let config = try ConfigFile.current()
+        return ResolvedSetting.resolve("database_url", flag: databaseURL, flagName: "--database-url", environment: ["DATABASE_URL"],
+                                       file: config?.databaseURL, filePath: config?.path, fileKey: "database_url")
+    }
+
+    func pgBinSetting() throws -> ResolvedSetting {
+        let config = try ConfigFile.current()
+        return ResolvedSetting.resolve("pg_bin", flag: pgBin, flagName: "--pg-bin", environment: ["PG_BIN"],
+                                       file: config?.pgBin, filePath: config?.path, fileKey: "pg_bin")
+    }
+
     /// Where the PostgreSQL programs are.
-    public var tools: PostgresTools { PostgresTools(directory: pgBin) }
+    public var tools: PostgresTools { PostgresTools(directory: (try? pgBinSetting().value) ?? nil) }
 }
 
 /// `--repo`, the same in every tool.
@@ -53,17 +66,36 @@ public struct RepositoryOptions: ParsableArguments {
     /// S3 flags are handed to the storage layer through the environment variables it reads, so that
     /// a flag and its variable can never mean different things.
     public func address() throws -> String {
-        if let s3Endpoint { setenv("AWS_ENDPOINT_URL_S3", s3Endpoint, 1) }
-        if let s3Region { setenv("AWS_REGION", s3Region, 1) }
-        let environment = ProcessInfo.processInfo.environment
-        if let repository { return repository }
-        if let fromEnvironment = environment["BACKUP_REPO"], !fromEnvironment.isEmpty { return fromEnvironment }
-        if let bucket = environment["BACKUP_S3_BUCKET"], !bucket.isEmpty { return "s3://\(bucket)" }
-        throw RecoveryError(.usage, "no backup repository given", hint: "pass --repo /path/to/repository or set BACKUP_REPO")
+        let settings = try self.settings()
+        if let endpoint = settings[1].value { setenv("AWS_ENDPOINT_URL_S3", endpoint, 1) }
+        if let region = settings[2].value { setenv("AWS_REGION", region, 1) }
+        guard let address = settings[0].value else {
+            throw RecoveryError(.usage, "no backup repository given",
+                                hint: "pass --repo /path/to/repository, set BACKUP_REPO, or repo in /etc/dbrecovery/config.toml")
+        }
+        return address
+    }
+
+    /// Repository, S3 endpoint and region, each with its source.
+    func settings() throws -> [ResolvedSetting] {
+        let config = try ConfigFile.current()
+        var repositorySetting = ResolvedSetting.resolve("repo", flag: repository, flagName: "--repo", environment: ["BACKUP_REPO"],
+                                                        file: config?.repository, filePath: config?.path, fileKey: "repo")
+        if repositorySetting.source.hasPrefix("flag") == false && repositorySetting.source.hasPrefix("environment") == false,
+           let bucket = ProcessInfo.processInfo.environment["BACKUP_S3_BUCKET"], !bucket.isEmpty {
+            repositorySetting = ResolvedSetting(name: "repo", value: "s3://\(bucket)", source: "environment BACKUP_S3_BUCKET")
+        }
+        return [
+            repositorySetting,
+            ResolvedSetting.resolve("s3.endpoint", flag: s3Endpoint, flagName: "--s3-endpoint", environment: ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"],
+                                    file: config?.s3Endpoint, filePath: config?.path, fileKey: "[s3] endpoint"),
+            ResolvedSetting.resolve("s3.region", flag: s3Region, flagName: "--s3-region", environment: ["AWS_REGION", "AWS_DEFAULT_REGION"],
+                                    file: config?.s3Region, filePath: config?.path, fileKey: "[s3] region"),
+        ]
     }
 }
 
-/// `--json` and `--quiet`, the same in every tool.
+/// `--json`, `--quiet` and monitoring, the same in every tool.
 public struct OutputOptions: ParsableArguments {
     @Flag(name: .long, help: "Print one JSON document on stdout instead of text.")
     public var json = false
@@ -71,7 +103,31 @@ public struct OutputOptions: ParsableArguments {
     @Flag(name: [.short, .long], help: "No progress or summary on stderr; errors are still printed.")
     public var quiet = false
 
+    @Option(name: .customLong("metrics-file"), help: ArgumentHelp(
+        "Write Prometheus metrics of this run here, atomically (node_exporter textfile collector).", valueName: "path"))
+    public var metricsFile: String?
+
+    @Option(name: .customLong("notify-url"), help: ArgumentHelp("POST a JSON event here when the run fails.", valueName: "url"))
+    public var notifyURL: String?
+
+    @Flag(name: .customLong("notify-on-success"), help: "With --notify-url: also post when the run succeeds.")
+    public var notifyOnSuccess = false
+
     public init() {}
+
+    /// Starts reporting this run to `--metrics-file` / `--notify-url` (or the config file's).
+    public func begin(_ tool: String, labels: [String: String] = [:]) {
+        let config = try? ConfigFile.current()
+        let metrics = metricsFile ?? config?.metricsFile
+        let notify = notifyURL ?? ProcessInfo.processInfo.environment["DBRECOVERY_NOTIFY_URL"] ?? config?.notifyURL
+        guard metrics != nil || notify != nil else { return }
+        RunReporter.current = RunReporter(tool: tool, metricsFile: metrics, notifyURL: notify, notifyOnSuccess: notifyOnSuccess, labels: labels)
+    }
+
+    /// Records a successful run for monitoring.
+    public func succeeded(_ values: [String: Double], summary: String) {
+        RunReporter.current?.succeeded(values, summary: summary)
+    }
 
     /// A progress line on stderr when it is a terminal and output is not quiet or JSON.
     public var progress: ProgressObserver? { TerminalProgress.ifTerminal(quiet: quiet || json) }
@@ -79,5 +135,41 @@ public struct OutputOptions: ParsableArguments {
     /// Writes a human line to stderr unless quiet.
     public func note(_ text: String) {
         if !quiet { FileHandle.standardError.write(Data((text + "\n").utf8)) }
+    }
+}
+
+/// `--config` and `--print-config`, the same in every tool.
+public struct ConfigOptions: ParsableArguments {
+    @Option(name: .customLong("config"), help: ArgumentHelp(
+        "Config file (default: /etc/dbrecovery/config.toml if present). Flags win over environment, environment over this file.",
+        valueName: "path"))
+    public var configFile: String?
+
+    @Flag(name: .customLong("print-config"), help: "Print the resolved settings, secrets masked, and where each came from; then exit.")
+    public var printConfig = false
+
+    public init() {}
+
+    /// With `--print-config`, prints the settings this command would use and returns true.
+    public func printIfAsked(connection: ConnectionOptions?, repository: RepositoryOptions?, extra: [ResolvedSetting] = []) throws -> Bool {
+        guard printConfig else { return false }
+        var settings: [ResolvedSetting] = []
+        if let connection { settings += [try connection.databaseURLSetting(), try connection.pgBinSetting()] }
+        if let repository { settings += try repository.settings() }
+        settings += extra
+        let environment = ProcessInfo.processInfo.environment
+        for name in ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD", "PGPASSFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                     "AWS_SESSION_TOKEN", "AWS_PROFILE"] where environment[name] != nil {
+            settings.append(ResolvedSetting(name: name, value: environment[name], source: "environment \(name)"))
+        }
+        let config = try ConfigFile.current()
+        settings.append(ResolvedSetting(name: "config_file", value: config?.path, source: config == nil ? "none found" : "loaded"))
+        var table = TextTable("SETTING", "VALUE", "SOURCE")
+        for setting in settings {
+            let masked = setting.name == "AWS_ACCESS_KEY_ID" ? setting.value.map { String($0.prefix(4)) + "…" } : SecretMask.mask(setting.name, setting.value)
+            table.add(setting.name, masked ?? "-", setting.source)
+        }
+        print(table.rendered)
+        return true
     }
 }

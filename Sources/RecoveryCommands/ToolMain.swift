@@ -19,12 +19,20 @@ extension ParsableCommand {
     /// Runs the command in-process and returns its exit code (used by tests).
     public static func runReturningCode(_ arguments: [String]?, standardError: FileHandle) -> Int32 {
         let tool = configuration.commandName ?? "dbrecovery"
+        // --config must be known before any option group resolves its fallbacks.
+        let argv = arguments ?? Array(CommandLine.arguments.dropFirst())
+        if let index = argv.firstIndex(of: "--config"), index + 1 < argv.count {
+            setenv("DBRECOVERY_CONFIG", argv[index + 1], 1)
+        } else if let inline = argv.first(where: { $0.hasPrefix("--config=") }) {
+            setenv("DBRECOVERY_CONFIG", String(inline.dropFirst("--config=".count)), 1)
+        }
         do {
             var command = try parseAsRoot(arguments)
             try command.run()
             return ExitStatus.success.rawValue
         } catch let error where error is RecoveryError || error is PostgresError || error is StorageError || error is GzipError {
             let classified = RecoveryError.classify(error)
+            RunReporter.current?.failed(classified)
             var text = "\(tool): error: \(classified.message)\n"
             if let hint = classified.hint { text += "HINT: \(hint)\n" }
             standardError.write(Data(text.utf8))

@@ -31,6 +31,7 @@ public struct VerifyCommand: ParsableCommand {
     @OptionGroup(title: "Connection") public var connection: ConnectionOptions
     @OptionGroup(title: "Repository") public var repository: RepositoryOptions
     @OptionGroup(title: "Output") public var output: OutputOptions
+    @OptionGroup(title: "Configuration") public var config: ConfigOptions
 
     public init() {}
 
@@ -39,6 +40,8 @@ public struct VerifyCommand: ParsableCommand {
     }
 
     public func run() throws {
+        if try config.printIfAsked(connection: files ? nil : connection, repository: repository) { return }
+        output.begin("dbverify", labels: ["check": files ? "files" : "rows"])
         let address = try repository.address()
         if files {
             let reports = try BackupVerification.files(repository: address, backup: backup, progress: output.progress)
@@ -55,6 +58,7 @@ public struct VerifyCommand: ParsableCommand {
                 throw RecoveryError(.backupCorrupt, "backup \(bad.id) is damaged: \(bad.firstProblem ?? "")",
                                     hint: "do not restore it; dbrestore --emergency skips damaged backups")
             }
+            output.succeeded(["verify_ok": 1, "verify_backups": Double(reports.count)], summary: "\(reports.count) backup(s) verify")
             if let archived = reports.first(where: { $0.onlyArchived }) {
                 throw RecoveryError(.backupArchived, "backup \(archived.id) is archived: needs a restore request",
                                     hint: archived.files.first { $0.archived }?.problem)
@@ -75,6 +79,7 @@ public struct VerifyCommand: ParsableCommand {
             throw RecoveryError(.verificationMismatch, "\(report.database) does not match backup \(report.backupID): \(report.summary)",
                                 hint: "if this follows a restore, restore again; otherwise the data changed since the backup")
         }
+        output.succeeded(["verify_ok": 1, "verify_tables": Double(report.tables.count)], summary: report.summary)
         if !output.json { output.note("\(report.database) matches backup \(report.backupID): \(report.summary)") }
     }
 }

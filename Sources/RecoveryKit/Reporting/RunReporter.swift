@@ -1,0 +1,120 @@
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// Reports how a run ended to monitoring: a Prometheus textfile (`--metrics-file`, for
+/// node_exporter's textfile collector) and a JSON event posted to `--notify-url`.
+public final class RunReporter: @unchecked Sendable {
+    /// The reporter of this process's run, if the command asked for one.
+    nonisolated(unsafe) public static var current: RunReporter?
+
+    public let tool: String
+    public let metricsFile: String?
+    public let notifyURL: String?
+    public let notifyOnSuccess: Bool
+    public let labels: [String: String]
+    private let started = Date()
+
+    public init(tool: String, metricsFile: String?, notifyURL: String?, notifyOnSuccess: Bool, labels: [String: String]) {
+        self.tool = tool
+        self.metricsFile = metricsFile
+        self.notifyURL = notifyURL
+        self.notifyOnSuccess = notifyOnSuccess
+        self.labels = labels
+    }
+
+    /// Records success with the run's own numbers (bytes, rows, kept/deleted …).
+    public func succeeded(_ values: [String: Double], summary: String) {
+        writeMetrics(success: true, code: 0, values: values)
+        if notifyOnSuccess { notify(status: "success", code: 0, message: summary, hint: nil) }
+    }
+
+    /// Records failure; the last success time in the metrics file is kept.
+    public func failed(_ error: RecoveryError) {
+        writeMetrics(success: false, code: error.code.rawValue, values: [:])
+        notify(status: "failure", code: error.code.rawValue, message: error.message, hint: error.hint)
+    }
+
+    // MARK: - Metrics
+
+    private func writeMetrics(success: Bool, code: Int32, values: [String: Double]) {
+        guard let metricsFile else { return }
+        let labelText = (["tool": tool].merging(labels) { first, _ in first })
+            .sorted { $0.key < $1.key }.map { "\($0.key)=\"\(Self.escape($0.value))\"" }.joined(separator: ",")
+        let now = Date().timeIntervalSince1970
+        let previousSuccess = success ? now : Self.previousValue(in: metricsFile, metric: "dbrecovery_last_success_timestamp_seconds")
+        var lines = [
+            "# HELP dbrecovery_last_run_success 1 if the last run succeeded, else 0.",
+            "# TYPE dbrecovery_last_run_success gauge",
+            "dbrecovery_last_run_success{\(labelText)} \(success ? 1 : 0)",
+            "# HELP dbrecovery_last_exit_code Exit code of the last run (README: Exit codes).",
+            "# TYPE dbrecovery_last_exit_code gauge",
+            "dbrecovery_last_exit_code{\(labelText)} \(code)",
+            "# HELP dbrecovery_last_run_timestamp_seconds When the last run ended.",
+            "# TYPE dbrecovery_last_run_timestamp_seconds gauge",
+            "dbrecovery_last_run_timestamp_seconds{\(labelText)} \(Self.number(now))",
+            "# HELP dbrecovery_last_run_duration_seconds How long the last run took.",
+            "# TYPE dbrecovery_last_run_duration_seconds gauge",
+            "dbrecovery_last_run_duration_seconds{\(labelText)} \(Self.number(Date().timeIntervalSince(started)))",
+        ]
+        if let previousSuccess {
+            lines += ["# HELP dbrecovery_last_success_timestamp_seconds When a run last succeeded; alert when it gets old.",
+                      "# TYPE dbrecovery_last_success_timestamp_seconds gauge",
+                      "dbrecovery_last_success_timestamp_seconds{\(labelText)} \(Self.number(previousSuccess))"]
+        }
+        for (name, value) in values.sorted(by: { $0.key < $1.key }) {
+            lines += ["# TYPE dbrecovery_\(name) gauge", "dbrecovery_\(name){\(labelText)} \(Self.number(value))"]
+        }
+        let temporary = metricsFile + ".tmp-\(getpid())"
+        do {
+            try (lines.joined(separator: "\n") + "\n").write(toFile: temporary, atomically: false, encoding: .utf8)
+            guard rename(temporary, metricsFile) == 0 else { throw RecoveryError(.failure, String(cString: strerror(errno))) }
+        } catch {
+            unlink(temporary)
+            FileHandle.standardError.write(Data("\(tool): warning: cannot write metrics file \(metricsFile): \(error)\n".utf8))
+        }
+    }
+
+    static func previousValue(in path: String, metric: String) -> Double? {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
+        return text.split(separator: "\n").first { $0.hasPrefix(metric + "{") }.flatMap { $0.split(separator: " ").last }.flatMap { Double($0) }
+    }
+
+    static func number(_ value: Double) -> String {
+        value == value.rounded() && abs(value) < 1e15 ? String(Int64(value)) : String(format: "%.3f", value)
+    }
+
+    static func escape(_ text: String) -> String {
+        text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"").replacingOccurrences(of: "\n", with: " ")
+    }
+
+    // MARK: - Notification
+
+    private func notify(status: String, code: Int32, message: String, hint: String?) {
+        guard let notifyURL, let url = URL(string: notifyURL) else { return }
+        struct Event: Encodable {
+            var tool: String, status: String, exitCode: Int32, message: String, hint: String?, host: String, at: Date, durationSeconds: Double, labels: [String: String]
+        }
+        let event = Event(tool: tool, status: status, exitCode: code, message: message, hint: hint, host: ProcessInfo.processInfo.hostName,
+                          at: Date(), durationSeconds: Date().timeIntervalSince(started), labels: labels)
+        guard let body = try? JSONOutput.encoder().encode(event) else { return }
+        var request = URLRequest(url: url, timeoutInterval: 10)
+        request.httpMethod = "POST"
+        request.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        request.httpBody = body
+        let done = DispatchSemaphore(value: 0)
+        final class Box: @unchecked Sendable { var problem: String? }
+        let box = Box()
+        URLSession.shared.dataTask(with: request) { _, response, error in
+            if let error { box.problem = "\(error.localizedDescription)" } else if let http = response as? HTTPURLResponse, !(200..<300).contains(http.statusCode) {
+                box.problem = "HTTP \(http.statusCode)"
+            }
+            done.signal()
+        }.resume()
+        if done.wait(timeout: .now() + 15) == .timedOut { box.problem = "timed out" }
+        if let problem = box.problem {
+            FileHandle.standardError.write(Data("\(tool): warning: notification to \(url.host ?? "?") failed: \(problem)\n".utf8))
+        }
+    }
+}

@@ -1,0 +1,184 @@
+import Foundation
+import RecoveryKit
+import TestSupport
+import XCTest
+
+/// The cron, pipeline and runbook scripts, configuration and monitoring, against a real cluster.
+final class OperationsTests: XCTestCase {
+    var cluster: PostgresCluster!
+    var database: String!
+    var repository: String!
+
+    override func setUpWithError() throws {
+        cluster = try PostgresCluster.shared()
+        database = try cluster.createDatabase(prefix: "ops")
+        repository = TestPaths.temporaryDirectory(prefix: "repo") + "/repo"
+        try cluster.connect(database: database).execute(script: """
+            CREATE TABLE users (id int PRIMARY KEY, email text);
+            INSERT INTO users SELECT g, 'u' || g FROM generate_series(1, 40) g;
+            """)
+    }
+
+    private var environment: [String: String] {
+        ["DATABASE_URL": cluster.url(database: database), "BACKUP_REPO": repository, "DBRECOVERY_BIN": TestPaths.productsDirectory,
+         "PGPASSWORD": cluster.password]
+    }
+
+    private func script(_ path: String, _ arguments: [String] = [], environment extra: [String: String] = [:]) throws -> TestProcess.Result {
+        try TestProcess.run("/bin/bash", [TestPaths.repositoryRoot + "/scripts/" + path] + arguments,
+                            environment: environment.merging(extra) { _, new in new })
+    }
+
+    func testNightlyBackupIsSilentOnSuccessWritesMetricsAndSummarisesFailure() throws {
+        let metrics = TestPaths.temporaryDirectory(prefix: "metrics")
+        let result = try script("nightly-backup.sh", environment: ["METRICS_DIR": metrics, "DRILL_DAY": "always"])
+        XCTAssertEqual(result.status, 0, result.standardError)
+        XCTAssertEqual(result.standardOutput, "")
+        XCTAssertEqual(result.standardError, "", "cron mails any output: success must be silent")
+        let backup = try String(contentsOfFile: metrics + "/dbrecovery_backup.prom", encoding: .utf8)
+        XCTAssertTrue(backup.contains("dbrecovery_last_run_success{kind=\"logical\",tool=\"dbbackup\"} 1"), backup)
+        XCTAssertTrue(backup.contains("dbrecovery_backup_rows{kind=\"logical\",tool=\"dbbackup\"} 40"), backup)
+        XCTAssertTrue(backup.contains("dbrecovery_last_success_timestamp_seconds"), backup)
+        let prune = try String(contentsOfFile: metrics + "/dbrecovery_prune.prom", encoding: .utf8)
+        XCTAssertTrue(prune.contains("dbrecovery_prune_kept{tool=\"dbprune\"} 1"), prune)
+        let drill = try String(contentsOfFile: metrics + "/dbrecovery_drill.prom", encoding: .utf8)
+        XCTAssertTrue(drill.contains("dbrecovery_last_run_success{mode=\"drill\",tool=\"dbrestore\"} 1"), drill)
+        let lastSuccess = backup.split(separator: "\n").first { $0.hasPrefix("dbrecovery_last_success_timestamp_seconds") }
+
+        let failed = try script("nightly-backup.sh", environment: ["METRICS_DIR": metrics, "PGPASSWORD": "wrong"])
+        XCTAssertEqual(failed.status, ExitStatus.databaseUnavailable.rawValue)
+        XCTAssertTrue(failed.standardError.contains("nightly backup FAILED at step 'backup' (exit code 10)"), failed.standardError)
+        XCTAssertTrue(failed.standardError.contains("password authentication failed"), failed.standardError)
+        XCTAssertFalse(failed.standardError.contains(cluster.password))
+        let after = try String(contentsOfFile: metrics + "/dbrecovery_backup.prom", encoding: .utf8)
+        XCTAssertTrue(after.contains("dbrecovery_last_run_success{kind=\"logical\",tool=\"dbbackup\"} 0"), after)
+        XCTAssertTrue(after.contains("dbrecovery_last_exit_code{kind=\"logical\",tool=\"dbbackup\"} 10"), after)
+        XCTAssertEqual(after.split(separator: "\n").first { $0.hasPrefix("dbrecovery_last_success_timestamp_seconds") }, lastSuccess,
+                       "a failure keeps the last success time, so staleness alerts keep working")
+    }
+
+    func testPreDeploySnapshotPrintsThePinnedTaggedBackup() throws {
+        let result = try script("pre-deploy-snapshot.sh", ["--release", "v1.3.0"])
+        XCTAssertEqual(result.status, 0, result.standardError)
+        let id = result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+        let manifest = try BackupManifest.decode(try Data(contentsOf: URL(fileURLWithPath: "\(repository!)/backups/\(id)/manifest.json")), source: id)
+        XCTAssertEqual(manifest.tags, ["pre-deploy"])
+        XCTAssertEqual(manifest.release, "v1.3.0")
+        XCTAssertTrue(manifest.pinned)
+
+        let json = try script("pre-deploy-snapshot.sh", ["--release", "v1.3.1", "--json"])
+        XCTAssertEqual(json.status, 0, json.standardError)
+        XCTAssertEqual((try JSONSerialization.jsonObject(with: Data(json.standardOutput.utf8)) as? [String: Any])?["release"] as? String, "v1.3.1")
+
+        let missing = try script("pre-deploy-snapshot.sh")
+        XCTAssertEqual(missing.status, ExitStatus.usage.rawValue)
+        XCTAssertTrue(missing.standardError.contains("--release"), missing.standardError)
+    }
+
+    func testRunbookRollbackDryRunChangesNothingAndEmergencyRestoresThatRelease() throws {
+        let migrations = TestPaths.temporaryDirectory(prefix: "migrations")
+        try "CREATE TABLE a (x int);".write(toFile: migrations + "/0001_a.up.sql", atomically: true, encoding: .utf8)
+        try "DROP TABLE a;".write(toFile: migrations + "/0001_a.down.sql", atomically: true, encoding: .utf8)
+        try "CREATE TABLE b (x int);".write(toFile: migrations + "/0002_b.up.sql", atomically: true, encoding: .utf8)
+        try "DROP TABLE b;".write(toFile: migrations + "/0002_b.down.sql", atomically: true, encoding: .utf8)
+        let migrate = { (arguments: [String]) in
+            try TestProcess.tool("dbmigrate", arguments + ["--dir", migrations], environment: self.environment)
+        }
+        XCTAssertEqual(try migrate(["up", "--to", "1", "--release", "v1.2.3"]).status, 0)
+        XCTAssertEqual(try script("pre-deploy-snapshot.sh", ["--release", "v1.2.3"]).status, 0)
+        XCTAssertEqual(try migrate(["up", "--release", "v1.3.0"]).status, 0)
+
+        let plan = try script("rollback/database-rollback.sh", ["--version", "v1.2.3", "--dry-run"], environment: ["MIGRATIONS_DIR": migrations])
+        XCTAssertEqual(plan.status, 0, plan.standardError)
+        XCTAssertTrue(plan.standardOutput.contains("downgrade from version 2 to 1") && plan.standardOutput.contains("DROP TABLE b;"), plan.standardOutput)
+        XCTAssertEqual(try cluster.scalar("SELECT max(version) FROM schema_version", database: database), "2", "--dry-run changes nothing")
+        XCTAssertEqual(try cluster.scalar("SELECT to_regclass('b') IS NOT NULL", database: database), "t")
+
+        let rollback = try script("rollback/database-rollback.sh", ["--version", "v1.2.3"], environment: ["MIGRATIONS_DIR": migrations])
+        XCTAssertEqual(rollback.status, 0, rollback.standardError)
+        XCTAssertEqual(try cluster.scalar("SELECT version FROM schema_version ORDER BY applied_at DESC LIMIT 1", database: database), "1")
+
+        try cluster.connect(database: database).execute(script: "DELETE FROM users")
+        let emergency = try script("rollback/database-rollback.sh", ["--version", "v1.2.3", "--emergency"])
+        XCTAssertEqual(emergency.status, 0, emergency.standardError)
+        XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM users", database: database), "40")
+
+        let procedures = try script("rollback/backup-procedures.sh", ["list"])
+        XCTAssertEqual(procedures.status, 0, procedures.standardError)
+        XCTAssertTrue(procedures.standardOutput.contains("v1.2.3"), procedures.standardOutput)
+        XCTAssertEqual(try script("rollback/backup-procedures.sh", ["bogus"]).status, 2)
+    }
+
+    func testTheNewcomerTourRunsToCompletion() throws {
+        let result = try TestProcess.run("/bin/bash", [TestPaths.repositoryRoot + "/scripts/try.sh"],
+                                         environment: ["DBRECOVERY_BIN": TestPaths.productsDirectory, "DATABASE_URL": "", "BACKUP_REPO": ""])
+        XCTAssertEqual(result.status, 0, result.standardError + result.standardOutput.suffix(2000))
+        for expected in ["backup id:", "dbprune --dry-run", "restored app from backup", "matches backup", "downgraded from 5 to 4", "app_pre_restore_"] {
+            XCTAssertTrue((result.standardOutput + result.standardError).contains(expected), "missing '\(expected)'")
+        }
+    }
+
+    func testPrintConfigNeverShowsASecretAndFollowsPrecedence() throws {
+        let config = TestPaths.temporaryDirectory(prefix: "config") + "/config.toml"
+        try """
+            database_url = "postgresql://filer:file-secret-pw@db9/fromfile"
+            repo = "/srv/from-file"
+            [s3]
+            region = "eu-north-1"
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        let secrets = ["DATABASE_URL": "postgresql://app:url-secret-pw@db1/app", "PGPASSWORD": "pg-secret-pw",
+                       "AWS_SECRET_ACCESS_KEY": "aws-secret-key", "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE123", "AWS_SESSION_TOKEN": "session-secret"]
+        let commands: [(String, [String])] = [("dbbackup", []), ("dbrestore", []), ("dbrestore", ["list"]), ("dbverify", []),
+                                              ("dbprune", []), ("dbmigrate", ["status"]), ("dbbackup", ["wal-push", "x"])]
+        for (tool, arguments) in commands {
+            let result = try TestProcess.tool(tool, arguments + ["--print-config", "--config", config], environment: secrets)
+            XCTAssertEqual(result.status, 0, "\(tool) \(arguments): \(result.standardError)")
+            for secret in ["url-secret-pw", "pg-secret-pw", "aws-secret-key", "session-secret", "file-secret-pw"] {
+                XCTAssertFalse(result.standardOutput.contains(secret) || result.standardError.contains(secret), "\(tool) printed \(secret)")
+            }
+        }
+        let precedence = try TestProcess.tool("dbbackup", ["--print-config", "--config", config, "--repo", "/srv/from-flag"],
+                                              environment: ["DATABASE_URL": "", "BACKUP_REPO": "/srv/from-env"])
+        XCTAssertTrue(precedence.standardOutput.contains("/srv/from-flag") && precedence.standardOutput.contains("flag --repo"), precedence.standardOutput)
+        XCTAssertTrue(precedence.standardOutput.contains("postgresql://filer:****@db9/fromfile"), precedence.standardOutput)
+        XCTAssertTrue(precedence.standardOutput.contains("eu-north-1"), precedence.standardOutput)
+        let fromEnvironment = try TestProcess.tool("dbbackup", ["--print-config", "--config", config], environment: ["BACKUP_REPO": "/srv/from-env"])
+        XCTAssertTrue(fromEnvironment.standardOutput.contains("environment BACKUP_REPO"), fromEnvironment.standardOutput)
+
+        let typo = TestPaths.temporaryDirectory(prefix: "config") + "/bad.toml"
+        try "repo_path = \"/x\"\n".write(toFile: typo, atomically: true, encoding: .utf8)
+        let bad = try TestProcess.tool("dbrestore", ["list", "--config", typo])
+        XCTAssertEqual(bad.status, ExitStatus.configuration.rawValue)
+        XCTAssertTrue(bad.standardError.contains("unknown key repo_path"), bad.standardError)
+    }
+
+    func testFailuresArePostedToTheNotifyURL() throws {
+        let directory = TestPaths.temporaryDirectory(prefix: "hook")
+        let server = try ChildProcess(executable: "/usr/bin/env", arguments: ["python3", "-c", """
+            import http.server, sys
+            class H(http.server.BaseHTTPRequestHandler):
+                def do_POST(self):
+                    body = self.rfile.read(int(self.headers['Content-Length']))
+                    open('\(directory)/event.json', 'wb').write(body)
+                    self.send_response(204); self.end_headers()
+                def log_message(self, *a): pass
+            s = http.server.HTTPServer(('127.0.0.1', 0), H)
+            print(s.server_address[1], flush=True)
+            s.handle_request()
+            """], stdin: .null, stdout: .pipe, stderr: .null)
+        defer { server.send(SIGTERM); server.waitForExit() }
+        var line = ""
+        var byte: UInt8 = 0
+        while read(server.standardOutput, &byte, 1) == 1, byte != 10 { line.append(Character(UnicodeScalar(byte))) }
+        let result = try TestProcess.tool("dbbackup", ["--notify-url", "http://127.0.0.1:\(line)/hook", "--repo", repository,
+                                                       "--database-url", cluster.url(database: database)],
+                                          environment: ["PGPASSWORD": "wrong"])
+        XCTAssertEqual(result.status, ExitStatus.databaseUnavailable.rawValue)
+        server.waitForExit()
+        let event = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: directory + "/event.json"))) as? [String: Any]
+        XCTAssertEqual(event?["tool"] as? String, "dbbackup")
+        XCTAssertEqual(event?["status"] as? String, "failure")
+        XCTAssertEqual(event?["exit_code"] as? Int, 10)
+        XCTAssertTrue((event?["message"] as? String)?.contains("password authentication failed") ?? false)
+    }
+}

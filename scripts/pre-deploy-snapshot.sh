@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The deploy pipeline's "always create a backup" step: a pinned backup tagged pre-deploy and the
+# release about to be deployed. Prints the backup id on stdout (--json: the backup summary).
+#
+#   scripts/pre-deploy-snapshot.sh --release v1.3.0 [--json]
+#
+# Rollback path if the deploy goes wrong:
+#   scripts/rollback/database-rollback.sh --version <previous release> --dry-run   # the plan
+#   scripts/rollback/database-rollback.sh --version <previous release>             # migrate down
+#   scripts/rollback/database-rollback.sh --version <previous release> --emergency # restore the backup
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+release=""; json=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    --release) release=${2:-}; shift 2 ;;
+    --json) json=(--json); shift ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "pre-deploy-snapshot: unknown argument '$1'; usage: --release vX.Y.Z [--json]" >&2; exit 2 ;;
+  esac
+done
+[ -n "$release" ] || { echo "pre-deploy-snapshot: --release vX.Y.Z is required (the release about to be deployed)" >&2; exit 2; }
+exec "$(dbrecovery_bin dbbackup)" --tag pre-deploy --release "$release" --pin --quiet "${json[@]}"
