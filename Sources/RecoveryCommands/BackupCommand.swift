@@ -77,10 +77,11 @@ public struct CaptureCommand: ParsableCommand {
         if try config.printIfAsked(connection: connection, repository: repository) { return }
         output.begin("dbbackup", labels: ["kind": physical ? "physical" : "logical"])
         let configuration = LogicalCaptureConfiguration(
-            target: try connection.target(), repository: try repository.address(), tags: tags, release: release,
+            target: try connection.target(), repositories: try repository.addresses(), tags: tags, release: release,
             pinned: pin, compressionLevel: compressionLevel, jobs: jobs, tools: connection.tools)
-        let manifest = physical ? try PhysicalCapture.run(configuration, progress: output.progress)
+        let result = physical ? try PhysicalCapture.run(configuration, progress: output.progress)
             : try LogicalCapture.run(configuration, progress: output.progress)
+        let manifest = result.manifest
         let summary = BackupSummary(manifest: manifest, repository: configuration.repository)
         output.succeeded(["backup_raw_bytes": Double(manifest.rawBytes), "backup_stored_bytes": Double(manifest.storedBytes),
                           "backup_rows": Double(manifest.totalRows), "backup_tables": Double(manifest.tables.count)],
@@ -90,6 +91,12 @@ public struct CaptureCommand: ParsableCommand {
         } else {
             print(manifest.id)
             if isatty(2) == 1 { output.note(summary.humanDescription) }
+        }
+        if !result.failed.isEmpty {
+            throw RecoveryError(.partial,
+                                "backup \(manifest.id) is stored in \(result.stored.joined(separator: ", ")) but FAILED in "
+                                    + result.failed.map { "\($0.address) (\($0.error.message))" }.joined(separator: "; "),
+                                hint: "the stored copies are complete and verified by their checksums; fix the failed repository and run again")
         }
     }
 }
@@ -115,6 +122,23 @@ public struct WALPushCommand: ParsableCommand {
 
     public func run() throws {
         if try config.printIfAsked(connection: nil, repository: repository) { return }
-        _ = try WALArchive.push(path: path, repository: try repository.address())
+        let addresses = try repository.addresses()
+        if addresses.count == 1 {
+            _ = try WALArchive.push(path: path, repository: addresses[0])
+            return
+        }
+        var failures: [String] = []
+        for address in addresses {
+            do {
+                _ = try WALArchive.push(path: path, repository: address)
+            } catch {
+                failures.append("\(address): \(RecoveryError.classify(error).message)")
+            }
+        }
+        if !failures.isEmpty {
+            // PostgreSQL retries the whole archive_command; repositories that already hold the file succeed again.
+            throw RecoveryError(.partial, "WAL file \((path as NSString).lastPathComponent) was not archived in " + failures.joined(separator: "; "),
+                                hint: "PostgreSQL keeps the file and retries; fix the repository named above")
+        }
     }
 }

@@ -30,6 +30,9 @@ public struct PruneCommand: ParsableCommand {
     @Flag(name: .customLong("apply-lifecycle"), help: "S3 only: write the equivalent bucket lifecycle rule for this prefix (with --dry-run: show the difference only).")
     var applyLifecycle = false
 
+    @Flag(name: .customLong("all-repos"), help: "Prune every repository in the config file's [repositories], each by its own tier.")
+    var allRepos = false
+
     @Option(name: .customLong("as-of"), help: ArgumentHelp("Judge ages as of this time (ISO 8601), to preview a future prune.", valueName: "time"))
     var asOf: String?
 
@@ -59,31 +62,47 @@ public struct PruneCommand: ParsableCommand {
             return
         }
         let now = asOf.flatMap(Timestamp.parse) ?? Date()
-        let report = try Pruner.run(PruneConfiguration(repository: try repository.address(), policy: policy, dryRun: dryRun, now: now),
-                                    progress: output.progress)
+        var addresses = try repository.addresses()
+        if allRepos {
+            guard let named = try ConfigFile.current()?.repositories, !named.isEmpty else {
+                throw RecoveryError(.usage, "--all-repos needs [repositories] in the config file", hint: "or give --repo once per repository")
+            }
+            addresses = named.keys.sorted().compactMap { named[$0] }
+        }
+        var reports: [PruneReport] = []
+        for address in addresses {
+            reports.append(try Pruner.run(PruneConfiguration(repository: address, policy: policy, dryRun: dryRun, now: now), progress: output.progress))
+        }
         if output.json {
-            try printJSON(report)
-        } else {
-            var table = TextTable("ID", "AGE", "CLASS", "ACTION", "KEPT BY")
-            for decision in report.decisions {
-                table.add(decision.id, String(format: "%.1fd", decision.ageDays), decision.storageClass ?? "-",
-                          decision.action.rawValue, decision.keptBy.joined(separator: ", "))
-            }
-            for item in report.garbage { table.add(item.folder.replacingOccurrences(of: "backups/", with: ""), String(format: "%.1fh", item.ageHours), "-", "garbage: \(item.action)", "no manifest") }
-            print(table.rendered)
-            if report.wal.kept + report.wal.delete.count > 0 || report.wal.oldestNeeded != nil {
-                output.note("WAL: \(report.wal.note); \(dryRun ? "would delete" : "deleted") \(report.wal.delete.count), kept \(report.wal.kept)")
-            }
-            let verb = dryRun ? "would keep" : "kept"
-            output.note("\(dryRun ? "dry run: " : "")\(report.tier) tier: \(verb) \(report.kept), \(dryRun ? "would delete" : "deleted") \(report.deleted)")
+            if reports.count == 1 { try printJSON(reports[0]) } else { try printJSON(reports) }
         }
-        if !dryRun && report.unreadable.isEmpty {
-            output.succeeded(["prune_kept": Double(report.kept), "prune_deleted": Double(report.deleted), "prune_wal_deleted": Double(report.wal.delete.count)],
-                             summary: "kept \(report.kept), deleted \(report.deleted)")
+        for report in reports { try render(report, header: reports.count > 1) }
+        let unreadable = reports.flatMap(\.unreadable)
+        if !dryRun && unreadable.isEmpty {
+            output.succeeded(["prune_kept": Double(reports.map(\.kept).reduce(0, +)), "prune_deleted": Double(reports.map(\.deleted).reduce(0, +)),
+                              "prune_wal_deleted": Double(reports.map { $0.wal.delete.count }.reduce(0, +))],
+                             summary: reports.map { "\($0.repository): kept \($0.kept), deleted \($0.deleted)" }.joined(separator: "; "))
         }
-        if !report.unreadable.isEmpty {
-            throw RecoveryError(.backupCorrupt, "\(report.unreadable.count) backup(s) have unreadable manifests and were left alone: \(report.unreadable.joined(separator: "; "))",
+        if !unreadable.isEmpty {
+            throw RecoveryError(.backupCorrupt, "\(unreadable.count) backup(s) have unreadable manifests and were left alone: \(unreadable.joined(separator: "; "))",
                                 hint: "inspect them; delete the folder by hand once you are sure it is not needed")
         }
+    }
+
+    private func render(_ report: PruneReport, header: Bool) throws {
+        if output.json { return }
+        if header { print("== \(report.repository) (\(report.tier) tier)") }
+        var table = TextTable("ID", "AGE", "CLASS", "ACTION", "KEPT BY")
+        for decision in report.decisions {
+            table.add(decision.id, String(format: "%.1fd", decision.ageDays), decision.storageClass ?? "-",
+                      decision.action.rawValue, decision.keptBy.joined(separator: ", "))
+        }
+        for item in report.garbage { table.add(item.folder.replacingOccurrences(of: "backups/", with: ""), String(format: "%.1fh", item.ageHours), "-", "garbage: \(item.action)", "no manifest") }
+        print(table.rendered)
+        if report.wal.kept + report.wal.delete.count > 0 || report.wal.oldestNeeded != nil {
+            output.note("WAL: \(report.wal.note); \(dryRun ? "would delete" : "deleted") \(report.wal.delete.count), kept \(report.wal.kept)")
+        }
+        let verb = dryRun ? "would keep" : "kept"
+        output.note("\(dryRun ? "dry run: " : "")\(report.tier) tier: \(verb) \(report.kept), \(dryRun ? "would delete" : "deleted") \(report.deleted)")
     }
 }

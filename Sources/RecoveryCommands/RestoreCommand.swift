@@ -179,7 +179,7 @@ public struct RestoreBackupCommand: ParsableCommand {
         if pitr { return try runPITR() }
         let mode: RestoreConfiguration.Mode = emergency ? .emergency : drill ? .drill : .normal
         let configuration = RestoreConfiguration(
-            mode: mode, target: try connection.target(), repository: try repository.address(), backup: backup ?? "latest",
+            mode: mode, target: try connection.target(), repositories: try repository.addresses(), backup: backup ?? "latest",
             release: release, dryRun: dryRun, tools: connection.tools, incidentFile: incidentFile)
         let timeline = Timeline { step in
             guard !output.quiet && !output.json else { return }
@@ -212,6 +212,7 @@ public struct RestoreBackupCommand: ParsableCommand {
             print("drill passed: backup \(plan.backupID) restored and verified (\(report.verification?.tables.count ?? 0) tables) in \(seconds) s; scratch database dropped")
         default:
             var line = "restored \(plan.targetDatabase) from backup \(plan.backupID) in \(seconds) s; row counts verified"
+            if configuration.repositories.count > 1 { line += "; read from \(plan.repository)" }
             if let kept = plan.keptAs { line += "; previous database kept as \(kept)" }
             print(line)
             if let incident = report.incidentFile { print("incident record: \(incident)") }

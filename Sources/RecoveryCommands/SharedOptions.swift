@@ -48,9 +48,12 @@ public struct ConnectionOptions: ParsableArguments {
 /// `--repo`, the same in every tool.
 public struct RepositoryOptions: ParsableArguments {
     @Option(name: .customLong("repo"), help: ArgumentHelp(
-        "Backup repository: a directory, file:///path or s3://bucket/prefix (default: $BACKUP_REPO, then s3://$BACKUP_S3_BUCKET).",
+        "Backup repository: a directory, file:///path or s3://bucket/prefix (default: $BACKUP_REPO, then s3://$BACKUP_S3_BUCKET). Repeat it to write one backup to several repositories at once.",
         valueName: "repository"))
-    public var repository: String?
+    public var repositories: [String] = []
+
+    /// The first `--repo`, for commands that read one repository.
+    var repository: String? { repositories.first }
 
     @Option(name: .customLong("s3-endpoint"), help: ArgumentHelp(
         "S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, then AWS).", valueName: "url"))
@@ -74,6 +77,22 @@ public struct RepositoryOptions: ParsableArguments {
                                 hint: "pass --repo /path/to/repository, set BACKUP_REPO, or repo in /etc/dbrecovery/config.toml")
         }
         return address
+    }
+
+    /// Every repository given (`--repo` repeated), else the single resolved one; local ones first,
+    /// since they are the fastest to read.
+    public func addresses() throws -> [String] {
+        var all: [String]
+        if repositories.count > 1 {
+            all = repositories
+        } else if repositories.isEmpty, let named = try ConfigFile.current()?.repositories, !named.isEmpty,
+                  (try settings()[0]).value == nil {
+            // No --repo, BACKUP_REPO or repo: the config file's [repositories], all of them.
+            all = named.keys.sorted().compactMap { named[$0] }
+        } else {
+            all = [try address()]
+        }
+        return all.filter { !$0.hasPrefix("s3://") } + all.filter { $0.hasPrefix("s3://") }
     }
 
     /// Repository, S3 endpoint and region, each with its source.

@@ -6,7 +6,9 @@ import PostgresClient
 /// Everything a logical backup needs to know, resolved from flags, environment and config.
 public struct LogicalCaptureConfiguration {
     public var target: ConnectionTarget
-    public var repository: String
+    /// Every repository to write to (the first is the primary one named in messages).
+    public var repositories: [String]
+    public var repository: String { repositories[0] }
     public var tags: [String]
     public var release: String?
     public var pinned: Bool
@@ -15,12 +17,12 @@ public struct LogicalCaptureConfiguration {
     public var jobs: Int
     public var tools: PostgresTools
 
-    public init(target: ConnectionTarget, repository: String, tags: [String] = [], release: String? = nil,
+    public init(target: ConnectionTarget, repositories: [String], tags: [String] = [], release: String? = nil,
                 pinned: Bool = false, compressionLevel: Int = 6, jobs: Int = ProcessInfo.processInfo.activeProcessorCount,
                 tools: PostgresTools = PostgresTools()) {
         self.jobs = max(1, jobs)
         self.target = target
-        self.repository = repository
+        self.repositories = repositories
         self.tags = tags
         self.release = release
         self.pinned = pinned
@@ -48,15 +50,14 @@ public enum LogicalCapture {
     ///   - progress: told of bytes read from pg_dump.
     /// - Returns: the manifest written.
     /// - Throws: `RecoveryError`, `PostgresError` or `StorageError`; classify with `RecoveryError.classify`.
-    public static func run(_ configuration: LogicalCaptureConfiguration, progress: ProgressObserver? = nil) throws -> BackupManifest {
+    public static func run(_ configuration: LogicalCaptureConfiguration, progress: ProgressObserver? = nil) throws -> CaptureResult {
         guard (0...9).contains(configuration.compressionLevel) else {
             throw RecoveryError(.usage, "compression level \(configuration.compressionLevel) is outside 0...9",
                                 hint: "pass --compression-level between 0 (none) and 9 (smallest); 6 is the default")
         }
         let pgDump = try configuration.tools.path(of: "pg_dump")
-        let store = try Repository.open(configuration.repository, create: true)
-        let lock = try store.lock(holder: LockHolder(command: "dbbackup"))
-        defer { lock.release() }
+        let targets = try CaptureTargets(addresses: configuration.repositories, command: "dbbackup")
+        defer { targets.releaseLocks() }
 
         let startedAt = Date()
         let id = BackupID.make(at: startedAt)
@@ -73,7 +74,7 @@ public enum LogicalCapture {
 
         let (file, _) = try StreamCapture.run(
             executable: pgDump, arguments: ["--snapshot=\(snapshot)", "--format=plain", "--no-password"],
-            environment: configuration.target.childEnvironment, store: store, key: "backups/\(id)/\(dumpFileName)",
+            environment: configuration.target.childEnvironment, targets: targets, key: "backups/\(id)/\(dumpFileName)",
             level: configuration.compressionLevel, jobs: configuration.jobs, progress: progress, phase: "dump")
         try connection.execute(script: "COMMIT")
 
@@ -83,7 +84,7 @@ public enum LogicalCapture {
             database: .init(name: try facts.string(0), serverVersion: try facts.string(1), systemIdentifier: facts[2]),
             startedAt: startedAt, finishedAt: Date(), tags: configuration.tags, release: configuration.release,
             pinned: configuration.pinned, schemaVersion: schemaVersion, snapshot: snapshot, tables: tables, files: [file])
-        try store.write("backups/\(id)/\(BackupManifest.fileName)", contents: try manifest.encoded())
-        return manifest
+        try targets.writeManifests(manifest)
+        return CaptureResult(manifest: manifest, stored: targets.succeeded, failed: targets.failures)
     }
 }

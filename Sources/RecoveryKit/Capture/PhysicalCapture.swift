@@ -12,11 +12,10 @@ public enum PhysicalCapture {
     /// - Important: the manifest is written last; it records the first and last WAL segment the
     ///   backup needs, which `wal-push` must have archived for a restore.
     /// - Throws: `RecoveryError`, `PostgresError` or `StorageError`.
-    public static func run(_ configuration: LogicalCaptureConfiguration, progress: ProgressObserver? = nil) throws -> BackupManifest {
+    public static func run(_ configuration: LogicalCaptureConfiguration, progress: ProgressObserver? = nil) throws -> CaptureResult {
         let pgBasebackup = try configuration.tools.path(of: "pg_basebackup")
-        let store = try Repository.open(configuration.repository, create: true)
-        let lock = try store.lock(holder: LockHolder(command: "dbbackup --physical"))
-        defer { lock.release() }
+        let targets = try CaptureTargets(addresses: configuration.repositories, command: "dbbackup --physical")
+        defer { targets.releaseLocks() }
         let startedAt = Date()
         let id = BackupID.make(at: startedAt)
         let connection = try PostgresConnection(target: configuration.target, applicationName: "dbbackup")
@@ -39,7 +38,7 @@ public enum PhysicalCapture {
             executable: pgBasebackup,
             arguments: ["--pgdata=-", "--format=tar", "--wal-method=none", "--checkpoint=fast", "--no-password",
                         "--label=dbrecovery \(id)"],
-            environment: configuration.target.childEnvironment, store: store, key: "backups/\(id)/\(baseFileName)",
+            environment: configuration.target.childEnvironment, targets: targets, key: "backups/\(id)/\(baseFileName)",
             level: configuration.compressionLevel, jobs: configuration.jobs, progress: progress, phase: "base backup",
             observe: scanner.consume)
         let label = scanner.text("backup_label") ?? ""
@@ -48,7 +47,7 @@ public enum PhysicalCapture {
         if stopText == nil { stopText = try connection.query("SELECT pg_current_wal_lsn()::text").scalar }
         guard let startText = value(in: label, after: "START WAL LOCATION: ", until: " "), let startLSN = WALSegmentName.parseLSN(startText),
               let stopText, let stopLSN = WALSegmentName.parseLSN(stopText) else {
-            try? store.delete(["backups/\(id)/\(baseFileName)"])
+            targets.delete(["backups/\(id)/\(baseFileName)"])
             throw RecoveryError(.toolFailed, "pg_basebackup's stream held no backup_label with a WAL start point",
                                 hint: "this pg_basebackup is not one we know; nothing was stored")
         }
@@ -66,8 +65,8 @@ public enum PhysicalCapture {
             startedAt: startedAt, finishedAt: Date(), tags: configuration.tags, release: configuration.release,
             pinned: configuration.pinned, schemaVersion: try TableCounter.schemaVersion(on: connection), snapshot: nil, tables: [], files: [file])
         manifest.physical = physical
-        try store.write("backups/\(id)/\(BackupManifest.fileName)", contents: try manifest.encoded())
-        return manifest
+        try targets.writeManifests(manifest)
+        return CaptureResult(manifest: manifest, stored: targets.succeeded, failed: targets.failures)
     }
 
     /// `16MB` → bytes.

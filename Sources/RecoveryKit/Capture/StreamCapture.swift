@@ -10,12 +10,12 @@ enum StreamCapture {
     /// - Important: the object becomes visible only if the program succeeded and the store committed it.
     /// - Returns: the file entry for the manifest and the program's stderr (its last 16 KiB).
     /// - Throws: `RecoveryError(.toolFailed)` with the program's own message, or the store's error.
-    static func run(executable: String, arguments: [String], environment: [String: String], store: BackupStore, key: String,
+    static func run(executable: String, arguments: [String], environment: [String: String], targets: CaptureTargets, key: String,
                     level: Int, jobs: Int, progress: ProgressObserver?, phase: String,
                     observe: ((UnsafeRawBufferPointer) -> Void)? = nil) throws -> (BackupManifest.File, String) {
-        let writer = try store.makeWriter(key)
+        try targets.openWriters(key)
         var committed = false
-        defer { if !committed { writer.abort() } }
+        defer { if !committed { targets.abort() } }
 
         let child = try ChildProcess(executable: executable, arguments: arguments, environment: environment,
                                      stdin: .null, stdout: .pipe, stderr: .pipe)
@@ -24,7 +24,7 @@ enum StreamCapture {
         var digest = StreamingDigest()
         let compressor = try GzipCompressor(level: level, jobs: jobs) { chunk in
             digest.update(chunk)
-            try writer.write(chunk)
+            try targets.write(chunk)
         }
         do {
             try PipeReader.forEachChunk(of: child.standardOutput, description: "\(name) output") { chunk in
@@ -46,7 +46,7 @@ enum StreamCapture {
             throw RecoveryError(.toolFailed, "\(name) \(termination.description): \(reason)",
                                 hint: "fix the cause above and run dbbackup again; nothing was stored")
         }
-        try writer.commit()
+        try targets.commit()
         committed = true
         let file = BackupManifest.File(name: (key as NSString).lastPathComponent, rawBytes: compressor.bytesIn,
                                        storedBytes: compressor.bytesOut, sha256: digest.hexDigest(), compression: "gzip", compressionLevel: level)

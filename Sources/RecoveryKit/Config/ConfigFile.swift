@@ -14,6 +14,8 @@ public struct ConfigFile: Equatable, Sendable {
     public var migrationsDirectory: String?
     public var metricsFile: String?
     public var notifyURL: String?
+    /// `[repositories]`: named repositories (e.g. `local`, `offsite`) that one backup run writes to.
+    public var repositories: [String: String] = [:]
 
     /// The default location, used when it exists.
     public static let defaultPath = "/etc/dbrecovery/config.toml"
@@ -38,7 +40,7 @@ public struct ConfigFile: Equatable, Sendable {
             throw RecoveryError(.configuration, "config file \(path) is not valid TOML at line \(error.source.begin.line): \(error.description)")
         }
         let known: [String: [String]] = ["": ["database_url", "repo", "pg_bin", "metrics_file", "notify_url"], "s3": ["endpoint", "region"],
-                                         "retention": ["policy"], "migrations": ["dir"]]
+                                         "retention": ["policy"], "migrations": ["dir"], "repositories": []]
         var config = ConfigFile(path: path)
         func text(_ value: TOMLValueConvertible, _ key: String) throws -> String {
             guard let text = value.string else { throw RecoveryError(.configuration, "config file \(path): \(key) must be a string") }
@@ -47,7 +49,11 @@ public struct ConfigFile: Equatable, Sendable {
         for key in table.keys {
             if let section = table[key]?.table {
                 guard let allowed = known[key] else {
-                    throw RecoveryError(.configuration, "config file \(path): unknown section [\(key)]", hint: "sections: [s3], [retention], [migrations]")
+                    throw RecoveryError(.configuration, "config file \(path): unknown section [\(key)]", hint: "sections: [s3], [retention], [migrations], [repositories]")
+                }
+                if key == "repositories" {
+                    for name in section.keys { config.repositories[name] = try text(section[name]!, "[repositories] \(name)") }
+                    continue
                 }
                 for inner in section.keys {
                     guard allowed.contains(inner), let value = section[inner] else {

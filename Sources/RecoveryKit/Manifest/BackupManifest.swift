@@ -88,6 +88,8 @@ public struct BackupManifest: Codable, Equatable, Sendable {
     public var files: [File]
     /// For physical backups: the WAL range they need.
     public var physical: Physical? = nil
+    /// Other repositories written by the same run, holding the same backup.
+    public var otherRepositories: [String]? = nil
 
     /// Total rows across all tables.
     public var totalRows: Int64 { tables.reduce(0) { $0 + $1.rows } }

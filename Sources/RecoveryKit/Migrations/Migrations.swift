@@ -121,10 +121,10 @@ public enum Migrations {
             try confirm(plan)
             var backupID: String?
             if let backupRepository {
-                let manifest = try LogicalCapture.run(LogicalCaptureConfiguration(
-                    target: configuration.target, repository: backupRepository, tags: ["pre-downgrade"],
+                let result = try LogicalCapture.run(LogicalCaptureConfiguration(
+                    target: configuration.target, repositories: [backupRepository], tags: ["pre-downgrade"],
                     release: configuration.release, tools: tools))
-                backupID = manifest.id
+                backupID = result.manifest.id
             }
             let point = runner.createRestorePoint("dbmigrate-down-\(current.map(String.init) ?? "0")-to-\(remaining.map(String.init) ?? "0")-\(Int(Date().timeIntervalSince1970))")
             try runner.run(steps, backupID: backupID)

@@ -18,6 +18,7 @@ public struct BackupSummary: Codable, Sendable {
     public var release: String?
     public var pinned: Bool
     public var files: [BackupManifest.File]
+    public var otherRepositories: [String]?
 
     public init(manifest: BackupManifest, repository: String) {
         id = manifest.id
@@ -36,6 +37,7 @@ public struct BackupSummary: Codable, Sendable {
         release = manifest.release
         pinned = manifest.pinned
         files = manifest.files
+        otherRepositories = manifest.otherRepositories
     }
 
     /// One line for a person: `backup X of app: 12 tables, 1.2M rows, 80 MiB → 12 MiB in 3.2 s`.

@@ -15,7 +15,9 @@ public struct RestoreConfiguration {
 
     public var mode: Mode
     public var target: ConnectionTarget
-    public var repository: String
+    /// Repositories to restore from, fastest (local) first; the first with a verifying copy is used.
+    public var repositories: [String]
+    public var repository: String { repositories[0] }
     /// `latest`, an id or an id prefix (normal mode).
     public var backup: String
     /// Only backups taken at this release (emergency and drill).
@@ -25,11 +27,11 @@ public struct RestoreConfiguration {
     /// Where to write the incident record (emergency); default `<repo>/incidents/<time>.json`.
     public var incidentFile: String?
 
-    public init(mode: Mode, target: ConnectionTarget, repository: String, backup: String = "latest", release: String? = nil,
+    public init(mode: Mode, target: ConnectionTarget, repositories: [String], backup: String = "latest", release: String? = nil,
                 dryRun: Bool = false, tools: PostgresTools = PostgresTools(), incidentFile: String? = nil) {
         self.mode = mode
         self.target = target
-        self.repository = repository
+        self.repositories = repositories
         self.backup = backup
         self.release = release
         self.dryRun = dryRun
@@ -46,6 +48,8 @@ public struct RestorePlan: Codable, Sendable {
     }
 
     public var mode: RestoreConfiguration.Mode
+    /// The repository the backup is read from.
+    public var repository: String
     public var backupID: String
     public var backupTakenAt: Date
     public var backupRelease: String?
@@ -66,6 +70,7 @@ public struct RestorePlan: Codable, Sendable {
         lines.append("backup:   \(backupID) taken \(Timestamp.format(backupTakenAt))"
                      + (backupRelease.map { ", release \($0)" } ?? "") + (backupSchemaVersion.map { ", schema version \($0)" } ?? "")
                      + ", \(backupRows) rows")
+        lines.append("from:     \(repository)")
         lines.append("server:   \(server)")
         lines.append("1. create scratch database \(scratchDatabase) and replay the dump into it (one transaction, sha256 checked)")
         lines.append("2. check every table's row count in \(scratchDatabase) against the manifest")
@@ -102,9 +107,8 @@ public enum LogicalRestore {
     ///
     /// - Throws: `RecoveryError` (`.backupNotFound`, `.backupCorrupt`, `.databaseUnavailable`, …).
     public static func plan(_ configuration: RestoreConfiguration, timeline: Timeline? = nil) throws -> RestorePlan {
-        let store = try Repository.open(configuration.repository, create: false)
         let database = configuration.target.databaseName
-        let (manifest, skipped) = try chooseBackup(configuration, store: store, timeline: timeline)
+        let (manifest, repository, skipped) = try chooseBackup(configuration, timeline: timeline)
         let admin = try connectToMaintenance(configuration.target)
         defer { admin.close() }
         let exists = try databaseExists(database, on: admin)
@@ -112,7 +116,7 @@ public enum LogicalRestore {
         let stamp = compactTimestamp(Date())
         let scratchPurpose = configuration.mode == .drill ? "drill" : "restore"
         return RestorePlan(
-            mode: configuration.mode, backupID: manifest.id, backupTakenAt: manifest.startedAt,
+            mode: configuration.mode, repository: repository, backupID: manifest.id, backupTakenAt: manifest.startedAt,
             backupRelease: manifest.release, backupSchemaVersion: manifest.schemaVersion, backupRows: manifest.totalRows,
             server: configuration.target.redactedDescription, targetDatabase: database, targetExists: exists,
             scratchDatabase: identifier(database, suffix: "_\(scratchPurpose)_\(stamp)"),
@@ -127,7 +131,7 @@ public enum LogicalRestore {
     /// - Throws: `RecoveryError`; the report of a failed emergency restore is still written.
     public static func execute(_ plan: RestorePlan, _ configuration: RestoreConfiguration, timeline: Timeline,
                                progress: ProgressObserver? = nil) throws -> RestoreReport {
-        let store = try Repository.open(configuration.repository, create: false)
+        let store = try Repository.open(plan.repository, create: false)
         var verification: RowCountVerifier.Report?
         func report(_ outcome: String) -> RestoreReport {
             let finished = Date()
@@ -198,43 +202,69 @@ public enum LogicalRestore {
 
     // MARK: - Choosing the backup
 
-    private static func chooseBackup(_ configuration: RestoreConfiguration, store: BackupStore,
-                                     timeline: Timeline?) throws -> (BackupManifest, [RestorePlan.Skipped]) {
-        let catalog = Catalog(store: store)
-        if configuration.mode == .normal {
-            let manifest = try catalog.resolve(configuration.backup)
+    /// Picks the backup and the repository to read it from.
+    ///
+    /// One repository, normal mode: the named backup, checked while it streams. Otherwise every
+    /// candidate (newest first; in normal mode only the named one) is checked in each repository
+    /// that holds it, fastest first, until a copy verifies; the others are reported with the reason.
+    private static func chooseBackup(_ configuration: RestoreConfiguration, timeline: Timeline?) throws -> (BackupManifest, String, [RestorePlan.Skipped]) {
+        var stores: [(String, BackupStore)] = []
+        var skipped: [RestorePlan.Skipped] = []
+        var openError: Error?
+        for address in configuration.repositories {
+            do { stores.append((address, try Repository.open(address, create: false))) } catch {
+                openError = openError ?? error
+                skipped.append(.init(id: "-", reason: "repository \(address) unavailable: \(RecoveryError.classify(error).message)"))
+            }
+        }
+        guard !stores.isEmpty else { throw openError ?? RecoveryError(.usage, "no repository given") }
+        if configuration.mode == .normal && stores.count == 1 {
+            let manifest = try Catalog(store: stores[0].1).resolve(configuration.backup)
             guard manifest.kind == .logical else {
                 throw RecoveryError(.usage, "backup \(manifest.id) is a physical backup",
                                     hint: "restore it with dbrestore --pitr, or name a logical backup")
             }
-            return (manifest, [])
+            return (manifest, stores[0].0, [])
         }
-        var skipped: [RestorePlan.Skipped] = []
-        let entries = try catalog.entries()
-        guard !entries.isEmpty else {
-            throw RecoveryError(.backupNotFound, "repository \(store.location) holds no backups",
+        // Candidate ids, newest first, with the repositories that hold each.
+        var holders: [String: [(String, BackupStore, Catalog.Entry)]] = [:]
+        for (address, store) in stores {
+            let catalog = Catalog(store: store)
+            if configuration.mode == .normal {
+                guard let manifest = try? catalog.resolve(configuration.backup) else { continue }
+                holders[manifest.id, default: []].append((address, store, Catalog.Entry(id: manifest.id, manifest: manifest, problem: nil)))
+            } else {
+                for entry in try catalog.entries() { holders[entry.id, default: []].append((address, store, entry)) }
+            }
+        }
+        guard !holders.isEmpty else {
+            if configuration.mode == .normal { _ = try Catalog(store: stores[0].1).resolve(configuration.backup) }
+            throw RecoveryError(.backupNotFound, "no backups in \(stores.map(\.0).joined(separator: ", "))",
                                 hint: "there is nothing to restore from; check --repo (or BACKUP_REPO)")
         }
-        for entry in entries {
-            guard let manifest = entry.manifest else {
-                skipped.append(.init(id: entry.id, reason: entry.problem ?? "manifest unreadable"))
-                continue
+        for id in holders.keys.sorted(by: >) {
+            for (address, store, entry) in holders[id] ?? [] {
+                let label = stores.count > 1 ? "\(id) in \(address)" : id
+                guard let manifest = entry.manifest else {
+                    skipped.append(.init(id: label, reason: entry.problem ?? "manifest unreadable"))
+                    continue
+                }
+                guard manifest.kind == .logical else { continue }
+                if let release = configuration.release, manifest.release != release { continue }
+                // Checksums only: fast, and a damaged file is caught again while streaming.
+                let check = try FileVerifier.verify(manifest, in: store, depth: .checksum)
+                if check.ok {
+                    timeline?.note("chose backup \(manifest.id) from \(address) (files verify)")
+                    return (manifest, address, skipped)
+                }
+                let reason = check.firstProblem ?? "files do not verify"
+                skipped.append(.init(id: label, reason: reason))
+                timeline?.note("skip backup \(label)", outcome: reason)
             }
-            guard manifest.kind == .logical else { continue }
-            if let release = configuration.release, manifest.release != release { continue }
-            // Checksums only: fast, and a damaged file is caught again while streaming.
-            let check = try FileVerifier.verify(manifest, in: store, depth: .checksum)
-            if check.ok {
-                timeline?.note("chose backup \(manifest.id) (files verify)")
-                return (manifest, skipped)
-            }
-            let reason = check.firstProblem ?? "files do not verify"
-            skipped.append(.init(id: manifest.id, reason: reason))
-            timeline?.note("skip backup \(manifest.id)", outcome: reason)
         }
         let scope = configuration.release.map { " taken at release \($0)" } ?? ""
-        throw RecoveryError(.backupNotFound,
-                            "no backup\(scope) in \(store.location) verifies (\(skipped.count) skipped: \(skipped.prefix(3).map { "\($0.id): \($0.reason)" }.joined(separator: "; ")))",
+        throw RecoveryError(configuration.mode == .normal ? .backupCorrupt : .backupNotFound,
+                            "no backup\(scope) in \(stores.map(\.0).joined(separator: ", ")) verifies (\(skipped.count) skipped: \(skipped.prefix(3).map { "\($0.id): \($0.reason)" }.joined(separator: "; ")))",
                             hint: configuration.release == nil ? "dbverify --files checks each backup; check another repository"
                                 : "drop --release to consider every backup")
     }

@@ -1,0 +1,143 @@
+import BackupStorage
+import Foundation
+
+/// The repositories one capture writes to: one stream, compressed once, fanned out to each.
+///
+/// A repository that fails (cannot be locked, a write, the commit, the manifest) is dropped and its
+/// upload aborted; the others go on. Each gets its own manifest, written only after its own copy
+/// is complete, naming the other repositories that hold the backup.
+final class CaptureTargets {
+    struct Target {
+        let address: String
+        let store: BackupStore
+        var lock: RepositoryLock?
+        var writer: ObjectWriter?
+        var failure: RecoveryError?
+    }
+
+    private(set) var targets: [Target] = []
+
+    /// Opens and locks every repository.
+    ///
+    /// - Throws: the first repository's error when none can be used.
+    init(addresses: [String], command: String) throws {
+        var firstError: Error?
+        for address in addresses {
+            do {
+                let store = try Repository.open(address, create: true)
+                let lock = try store.lock(holder: LockHolder(command: command))
+                targets.append(Target(address: address, store: store, lock: lock))
+            } catch {
+                firstError = firstError ?? error
+                if addresses.count == 1 { throw error }
+                targets.append(Target(address: address, store: FailedStore(address: address), failure: RecoveryError.classify(error)))
+            }
+        }
+        if live.isEmpty, let firstError { throw firstError }
+    }
+
+    deinit { releaseLocks() }
+
+    var live: [Int] { targets.indices.filter { targets[$0].failure == nil } }
+    var succeeded: [String] { live.map { targets[$0].address } }
+    var failures: [(address: String, error: RecoveryError)] {
+        targets.compactMap { target in target.failure.map { (target.address, $0) } }
+    }
+
+    /// Opens a writer for `key` in every live repository.
+    func openWriters(_ key: String) throws {
+        for index in live {
+            do { targets[index].writer = try targets[index].store.makeWriter(key) } catch { fail(index, error) }
+        }
+        try requireOne()
+    }
+
+    /// Writes one chunk to every live repository.
+    func write(_ chunk: UnsafeRawBufferPointer) throws {
+        for index in live {
+            do { try targets[index].writer?.write(chunk) } catch { fail(index, error) }
+        }
+        try requireOne()
+    }
+
+    /// Commits every live writer.
+    func commit() throws {
+        for index in live {
+            do { try targets[index].writer?.commit() } catch { fail(index, error) }
+            targets[index].writer = nil
+        }
+        try requireOne()
+    }
+
+    /// Aborts every open writer (the capture failed).
+    func abort() {
+        for index in targets.indices {
+            targets[index].writer?.abort()
+            targets[index].writer = nil
+        }
+    }
+
+    /// Deletes `keys` everywhere they were committed (a capture that failed after committing data).
+    func delete(_ keys: [String]) {
+        for index in live { try? targets[index].store.delete(keys) }
+    }
+
+    /// Writes each live repository's manifest, naming the others that hold the backup.
+    func writeManifests(_ manifest: BackupManifest) throws {
+        for index in live {
+            var copy = manifest
+            let others = succeeded.filter { $0 != targets[index].address }
+            copy.otherRepositories = others.isEmpty ? nil : others
+            do {
+                try targets[index].store.write("\(manifest.folderKey)/\(BackupManifest.fileName)", contents: try copy.encoded())
+            } catch {
+                fail(index, error)
+            }
+        }
+        try requireOne()
+    }
+
+    func releaseLocks() {
+        for index in targets.indices {
+            targets[index].lock?.release()
+            targets[index].lock = nil
+        }
+    }
+
+    private func fail(_ index: Int, _ error: Error) {
+        targets[index].writer?.abort()
+        targets[index].writer = nil
+        targets[index].failure = RecoveryError.classify(error)
+    }
+
+    private func requireOne() throws {
+        if live.isEmpty, let first = targets.first?.failure {
+            throw targets.count == 1 ? first : RecoveryError(first.code, "every repository failed: " + failures.map { "\($0.address): \($0.error.message)" }.joined(separator: "; "), hint: first.hint)
+        }
+    }
+}
+
+/// Stands in for a repository that could not be opened, so the list of targets stays complete.
+private final class FailedStore: BackupStore {
+    let location: String
+    init(address: String) { location = address }
+    var features: StoreFeatures { [] }
+    private func unavailable() -> StorageError { StorageError(.io, object: location, message: "repository unavailable") }
+    func list(prefix: String) throws -> [StoredObject] { throw unavailable() }
+    func read(_ key: String) throws -> Data { throw unavailable() }
+    func write(_ key: String, contents: Data) throws { throw unavailable() }
+    func makeWriter(_ key: String) throws -> ObjectWriter { throw unavailable() }
+    func makeReader(_ key: String) throws -> ObjectReader { throw unavailable() }
+    func delete(_ keys: [String]) throws { throw unavailable() }
+    func changeStorageClass(_ key: String, to storageClass: String) throws { throw unavailable() }
+    func lock(holder: LockHolder) throws -> RepositoryLock { throw unavailable() }
+}
+
+/// The outcome of a capture to one or more repositories.
+public struct CaptureResult: Sendable {
+    public var manifest: BackupManifest
+    /// Repositories that hold the backup.
+    public var stored: [String]
+    /// Repositories that failed, with why.
+    public var failed: [(address: String, error: RecoveryError)]
+}
