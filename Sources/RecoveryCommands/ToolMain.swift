@@ -12,6 +12,15 @@ extension ParsableCommand {
     public static func runAsTool(_ arguments: [String]? = nil) -> Never {
         // A dead pipe to pg_dump or psql must surface as EPIPE, not kill us silently.
         signal(SIGPIPE, SIG_IGN)
+        #if canImport(Glibc)
+        // Every thread (compressors, S3 part uploads) would otherwise get its own malloc arena and
+        // peak RSS would creep with run length; two arenas keep memory flat.
+        // mallopt is declared in <malloc.h>, which Swift's Glibc module does not export. M_ARENA_MAX is -8.
+        if let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "mallopt") {
+            typealias Mallopt = @convention(c) (Int32, Int32) -> Int32
+            _ = unsafeBitCast(symbol, to: Mallopt.self)(-8, 2)
+        }
+        #endif
         let code = runReturningCode(arguments, standardError: FileHandle.standardError)
         Glibc.exit(code)
     }

@@ -6,6 +6,12 @@ import PostgresClient
 /// Replays a logical backup's dump into one database through `psql`, in one transaction that is
 /// committed only after the stored file's sha256 has been checked at the end of the stream.
 enum DumpApplier {
+    /// `maintenance_work_mem` for the restore's index builds (`DBRECOVERY_RESTORE_MAINTENANCE_WORK_MEM`).
+    static var maintenanceWorkMem: String {
+        let value = ProcessInfo.processInfo.environment["DBRECOVERY_RESTORE_MAINTENANCE_WORK_MEM"] ?? "256MB"
+        return value.allSatisfy { $0.isLetter || $0.isNumber } ? value : "256MB"
+    }
+
     /// Streams `backups/<id>/dump.sql.gz` → sha256 + gunzip → `psql -v ON_ERROR_STOP=1`.
     ///
     /// - Important: on a checksum mismatch, a gzip error or a psql error the transaction is never
@@ -45,7 +51,10 @@ enum DumpApplier {
         var storedBytes: UInt64 = 0
         let decompressor = try GzipDecompressor { plain in try child.writeToStandardInput(plain) }
         do {
-            try Array("BEGIN;\n".utf8).withUnsafeBytes { try child.writeToStandardInput($0) }
+            // The restore goes into a fresh scratch database that nobody else uses: give its index builds
+            // more memory than the server's default, for this session only.
+            let prologue = "BEGIN;\nSET LOCAL maintenance_work_mem = '\(maintenanceWorkMem)';\nSET LOCAL synchronous_commit = off;\n"
+            try Array(prologue.utf8).withUnsafeBytes { try child.writeToStandardInput($0) }
             try ObjectStreaming.forEachChunk(of: reader) { chunk in
                 digest.update(chunk)
                 storedBytes += UInt64(chunk.count)
