@@ -154,11 +154,7 @@ public struct RestoreBackupCommand: ParsableCommand {
             return
         }
         plan.skipped.forEach { output.note("skipped base backup \($0.id): \($0.reason)") }
-        let timeline = Timeline { step in
-            guard !output.quiet && !output.json else { return }
-            let seconds = step.seconds.map { String(format: " (%.2f s)", $0) } ?? ""
-            output.note("[\(Timestamp.format(step.at))] \(step.step): \(step.outcome)\(seconds)")
-        }
+        let timeline = output.timeline()
         let report = try PointInTimeRestore.execute(plan, configuration, timeline: timeline, progress: output.progress)
         if output.json { return try printJSON(report) }
         if !report.started {
@@ -181,11 +177,7 @@ public struct RestoreBackupCommand: ParsableCommand {
         let configuration = RestoreConfiguration(
             mode: mode, target: try connection.target(), repositories: try repository.addresses(), backup: backup ?? "latest",
             release: release, dryRun: dryRun, tools: connection.tools, incidentFile: incidentFile)
-        let timeline = Timeline { step in
-            guard !output.quiet && !output.json else { return }
-            let seconds = step.seconds.map { String(format: " (%.2f s)", $0) } ?? ""
-            output.note("[\(Timestamp.format(step.at))] \(step.step): \(step.outcome)\(seconds)")
-        }
+        let timeline = output.timeline()
         let plan = try LogicalRestore.plan(configuration, timeline: timeline)
         if dryRun {
             if output.json { try printJSON(plan) } else { print(plan.lines.joined(separator: "\n")) }

@@ -151,6 +151,15 @@ public struct OutputOptions: ParsableArguments {
     /// A progress line on stderr when it is a terminal and output is not quiet or JSON.
     public var progress: ProgressObserver? { TerminalProgress.ifTerminal(quiet: quiet || json) }
 
+    /// A timeline that prints each step on stderr as it ends (unless quiet or JSON).
+    public func timeline() -> Timeline {
+        Timeline { step in
+            guard !quiet && !json else { return }
+            let seconds = step.seconds.map { String(format: " (%.2f s)", $0) } ?? ""
+            note("[\(Timestamp.format(step.at))] \(step.step): \(step.outcome)\(seconds)")
+        }
+    }
+
     /// Writes a human line to stderr unless quiet.
     public func note(_ text: String) {
         if !quiet { FileHandle.standardError.write(Data((text + "\n").utf8)) }

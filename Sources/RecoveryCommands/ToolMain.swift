@@ -13,12 +13,16 @@ extension ParsableCommand {
         // A dead pipe to pg_dump or psql must surface as EPIPE, not kill us silently.
         signal(SIGPIPE, SIG_IGN)
         #if canImport(Glibc)
-        // Every thread (compressors, S3 part uploads) would otherwise get its own malloc arena and
-        // peak RSS would creep with run length; two arenas keep memory flat.
+        // Every thread (compressors, S3 part uploads) would otherwise get its own malloc arena, and
+        // glibc would raise its mmap threshold after the first freed 1 MiB block and start carving
+        // blocks from the heap; both made peak RSS creep with the dump's size. Two arenas and a fixed
+        // 128 KiB threshold (large buffers always mmapped, returned on free) keep it flat.
         // mallopt is declared in <malloc.h>, which Swift's Glibc module does not export. M_ARENA_MAX is -8.
         if let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "mallopt") {
             typealias Mallopt = @convention(c) (Int32, Int32) -> Int32
-            _ = unsafeBitCast(symbol, to: Mallopt.self)(-8, 2)
+            let mallopt = unsafeBitCast(symbol, to: Mallopt.self)
+            _ = mallopt(-8, 2)            // M_ARENA_MAX
+            _ = mallopt(-3, 128 * 1024)   // M_MMAP_THRESHOLD
         }
         #endif
         let code = runReturningCode(arguments, standardError: FileHandle.standardError)

@@ -89,7 +89,7 @@ final class S3RepositoryTests: XCTestCase {
     }
 
     func testInjectedFaultsNeitherFailNorCorruptTheBackup() throws {
-        let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--fail-every", "4", "--drop-every", "7"])
+        let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--fail-every", "5", "--drop-every", "11"])
         defer { proxy.stop() }
         let backup = try tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository], endpoint: proxy.endpoint)
         XCTAssertEqual(backup.status, 0, backup.standardError)

@@ -38,11 +38,7 @@ public final class PostgresCluster: @unchecked Sendable {
         guard result.status == 0 else {
             throw XCTSkip.failure("could not start PostgreSQL (install it with scripts/setup.sh): \(result.standardError)")
         }
-        var values: [String: String] = [:]
-        for line in result.standardOutput.split(separator: "\n") {
-            let parts = line.split(separator: "=", maxSplits: 1).map(String.init)
-            if parts.count == 2 { values[parts[0]] = parts[1] }
-        }
+        let values = TestProcess.keyValues(result.standardOutput)
         url = values["URL"] ?? ""
         password = values["PASSWORD"] ?? ""
         port = Int(values["PORT"] ?? "") ?? 0

@@ -28,11 +28,7 @@ public final class S3Server: @unchecked Sendable {
         guard result.status == 0 else {
             throw XCTSkipFailure.message("could not start moto_server (install it with scripts/setup.sh): \(result.standardError)")
         }
-        var values: [String: String] = [:]
-        for line in result.standardOutput.split(separator: "\n") {
-            let parts = line.split(separator: "=", maxSplits: 1).map(String.init)
-            if parts.count == 2 { values[parts[0]] = parts[1] }
-        }
+        let values = TestProcess.keyValues(result.standardOutput)
         endpoint = values["ENDPOINT"] ?? ""
         port = Int(values["PORT"] ?? "") ?? 0
     }

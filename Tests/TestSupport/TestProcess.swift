@@ -71,6 +71,16 @@ public enum TestProcess {
                                 stdin: .null, stdout: .null, stderr: .pipe)
     }
 
+    /// `KEY=VALUE` lines of a sandbox script's output.
+    public static func keyValues(_ output: String) -> [String: String] {
+        var values: [String: String] = [:]
+        for line in output.split(separator: "\n") {
+            let parts = line.split(separator: "=", maxSplits: 1).map(String.init)
+            if parts.count == 2 { values[parts[0]] = parts[1] }
+        }
+        return values
+    }
+
     /// Runs a shell pipeline (for the by-hand paths operators use: `gunzip -c | psql`).
     public static func shell(_ script: String, environment: [String: String] = [:]) throws -> Result {
         try run("/bin/bash", ["-c", script], environment: environment)

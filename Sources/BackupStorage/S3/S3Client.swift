@@ -32,7 +32,7 @@ public struct S3Configuration: Sendable {
 
     public init(bucket: String, region: String = "us-east-1", endpoint: URL? = nil, pathStyle: Bool? = nil,
                 credentials: AWSCredentials, partSize: Int = 16 * 1024 * 1024, concurrency: Int = 4,
-                serverSideEncryption: String? = nil, kmsKeyID: String? = nil, maxAttempts: Int = 6, requestTimeout: TimeInterval = 60) {
+                serverSideEncryption: String? = nil, kmsKeyID: String? = nil, maxAttempts: Int = 8, requestTimeout: TimeInterval = 60) {
         self.bucket = bucket
         self.region = region
         self.endpoint = endpoint

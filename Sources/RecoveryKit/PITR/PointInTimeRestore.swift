@@ -234,33 +234,19 @@ public enum PointInTimeRestore {
         let tar = ["/usr/bin/tar", "/bin/tar"].first { FileManager.default.isExecutableFile(atPath: $0) } ?? "/bin/tar"
         let child = try ChildProcess(executable: tar, arguments: ["-x", "-f", "-", "-C", directory], stdin: .pipe, stdout: .null, stderr: .pipe)
         let errors = OutputCollector(descriptor: child.standardError)
-        let reader = try store.makeReader(manifest.key(of: file))
-        defer { reader.close() }
-        var digest = StreamingDigest()
-        var stored: UInt64 = 0
-        let decompressor = try GzipDecompressor { try child.writeToStandardInput($0) }
         do {
-            try ObjectStreaming.forEachChunk(of: reader) { chunk in
-                digest.update(chunk)
-                stored += UInt64(chunk.count)
-                try decompressor.write(chunk)
-                progress?.progress(phase: "extract", bytes: stored)
+            try StoredFileStream.decompress(file, of: manifest, from: store, phase: "extract", progress: progress) { plain in
+                try child.writeToStandardInput(plain)
             }
-            try decompressor.finish()
         } catch {
             child.send(SIGKILL)
             child.waitForExit()
-            progress?.finished()
-            throw error is GzipError ? RecoveryError(.backupCorrupt, "base backup \(manifest.id) is damaged: \(error)") : error
+            throw error
         }
-        progress?.finished()
         child.closeStandardInput()
         let termination = child.waitForExit()
         guard termination.succeeded else {
             throw RecoveryError(.toolFailed, "tar \(termination.description) extracting \(manifest.id): \(errors.lastLine() ?? "")")
-        }
-        guard stored == file.storedBytes, digest.hexDigest() == file.sha256 else {
-            throw RecoveryError(.backupCorrupt, "base backup \(manifest.id) does not match its sha256 (file damaged)")
         }
     }
 

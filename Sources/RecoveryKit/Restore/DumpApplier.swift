@@ -24,8 +24,6 @@ enum DumpApplier {
                                 hint: "restore physical backups with dbrestore --pitr")
         }
         let psql = try tools.path(of: "psql")
-        let reader = try store.makeReader(manifest.key(of: file))
-        defer { reader.close() }
 
         let child = try ChildProcess(
             executable: psql, arguments: ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password", "-o", "/dev/null"],
@@ -47,33 +45,16 @@ enum DumpApplier {
                                  hint: "nothing was applied; the target database is unchanged")
         }
 
-        var digest = StreamingDigest()
-        var storedBytes: UInt64 = 0
-        let decompressor = try GzipDecompressor { plain in try child.writeToStandardInput(plain) }
         do {
             // The restore goes into a fresh scratch database that nobody else uses: give its index builds
             // more memory than the server's default, for this session only.
             let prologue = "BEGIN;\nSET LOCAL maintenance_work_mem = '\(maintenanceWorkMem)';\nSET LOCAL synchronous_commit = off;\n"
             try Array(prologue.utf8).withUnsafeBytes { try child.writeToStandardInput($0) }
-            try ObjectStreaming.forEachChunk(of: reader) { chunk in
-                digest.update(chunk)
-                storedBytes += UInt64(chunk.count)
-                try decompressor.write(chunk)
-                progress?.progress(phase: "restore", bytes: storedBytes)
+            try StoredFileStream.decompress(file, of: manifest, from: store, phase: "restore", progress: progress) { plain in
+                try child.writeToStandardInput(plain)
             }
-            try decompressor.finish()
-        } catch let error as GzipError {
-            progress?.finished()
-            throw RecoveryError(.backupCorrupt, "backup \(manifest.id) is damaged: \(error)",
-                                hint: "nothing was applied; dbrestore --emergency picks the newest backup that verifies")
         } catch let error as RecoveryError where error.code == .toolFailed {
-            progress?.finished()
             throw psqlFailure()
-        }
-        progress?.finished()
-        guard storedBytes == file.storedBytes, digest.hexDigest() == file.sha256 else {
-            throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name) does not match its sha256 (file damaged)",
-                                hint: "nothing was applied; dbrestore --emergency picks the newest backup that verifies")
         }
         do {
             try Array("COMMIT;\n".utf8).withUnsafeBytes { try child.writeToStandardInput($0) }

@@ -1,0 +1,39 @@
+import BackupStorage
+import Gzip
+
+/// Reads one stored backup file back: sha256 and size checked, gzip decompressed into `sink`.
+/// The one read path of every restore (logical replay, base backup extraction).
+enum StoredFileStream {
+    /// Streams `file` of `manifest` from `store`, decompressed, into `sink`.
+    ///
+    /// - Important: the checksum is known only at the end of the stream. Callers must not make
+    ///   what they wrote permanent (COMMIT, starting a server) before this returns.
+    /// - Throws: `RecoveryError(.backupCorrupt)` for damaged gzip data or a size or sha256 that
+    ///   differs from the manifest; whatever `sink` or the store throws.
+    static func decompress(_ file: BackupManifest.File, of manifest: BackupManifest, from store: BackupStore, phase: String,
+                           progress: ProgressObserver?, into sink: @escaping (UnsafeRawBufferPointer) throws -> Void) throws {
+        let hint = "nothing was applied from it; dbrestore --emergency picks the newest backup that verifies"
+        let reader = try store.makeReader(manifest.key(of: file))
+        defer {
+            reader.close()
+            progress?.finished()
+        }
+        var digest = StreamingDigest()
+        var stored: UInt64 = 0
+        let decompressor = try GzipDecompressor(sink: sink)
+        do {
+            try ObjectStreaming.forEachChunk(of: reader) { chunk in
+                digest.update(chunk)
+                stored += UInt64(chunk.count)
+                try decompressor.write(chunk)
+                progress?.progress(phase: phase, bytes: stored)
+            }
+            try decompressor.finish()
+        } catch let error as GzipError {
+            throw RecoveryError(.backupCorrupt, "backup \(manifest.id) is damaged: \(file.name): \(error)", hint: hint)
+        }
+        guard stored == file.storedBytes, digest.hexDigest() == file.sha256 else {
+            throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name) does not match its sha256 (file damaged)", hint: hint)
+        }
+    }
+}
