@@ -230,6 +230,18 @@ final class RestoreTests: XCTestCase {
         XCTAssertEqual(try databases(like: "\(database!)_%"), [])
     }
 
+    func testASecondRestoreOfTheSameDatabaseFailsNamingTheFirst() throws {
+        _ = try backup()
+        let holder = try cluster.connect()
+        try holder.query("SELECT pg_advisory_lock(hashtext($1))", ["dbrestore:" + database])
+        let result = try tool("dbrestore", common + ["latest", "--yes"])
+        XCTAssertEqual(result.status, ExitStatus.restoreFailed.rawValue, result.standardError)
+        XCTAssertTrue(result.standardError.contains("another restore of \(database!) is running (pid \(holder.backendPID)"), result.standardError)
+        XCTAssertEqual(try databases(like: "\(database!)_%"), [], "the loser changes nothing")
+        holder.close()
+        XCTAssertEqual(try tool("dbrestore", common + ["latest", "--yes"]).status, 0)
+    }
+
     func testRestoreCreatesAMissingTargetDatabase() throws {
         let id = try backup()
         let missing = "fresh_\(UInt32.random(in: 0...UInt32.max))"

@@ -159,6 +159,7 @@ public enum LogicalRestore {
         let manifest = try Catalog(store: store).resolve(plan.backupID)
         let admin = try connectToMaintenance(configuration.target)
         defer { admin.close() }
+        if configuration.mode != .drill { try lockTarget(plan.targetDatabase, on: admin) }
 
         let scratch = plan.scratchDatabase
         var scratchExists = false
@@ -278,6 +279,23 @@ public enum LogicalRestore {
 
     private static func databaseExists(_ name: String, on connection: PostgresConnection) throws -> Bool {
         try connection.query("SELECT 1 FROM pg_database WHERE datname = $1", [name]).rows.count == 1
+    }
+
+    /// One restore per target database at a time: a session-level advisory lock on the target's name,
+    /// released when the connection closes, however the process ends.
+    ///
+    /// - Throws: `RecoveryError(.restoreFailed)` naming the session that holds it.
+    private static func lockTarget(_ database: String, on connection: PostgresConnection) throws {
+        let key = "dbrestore:" + database
+        guard try connection.query("SELECT pg_try_advisory_lock(hashtext($1))", [key]).scalar == "t" else {
+            let holder = try connection.query("""
+                SELECT a.pid, coalesce(nullif(a.application_name, ''), '?') FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                WHERE l.locktype = 'advisory' AND l.granted AND l.objid = (hashtext($1)::bigint & 4294967295)::oid LIMIT 1
+                """, [key]).rows.first
+            throw RecoveryError(.restoreFailed,
+                                "another restore of \(database) is running (pid \(holder?[0] ?? "?"), application \(holder?[1] ?? "?")); nothing was changed",
+                                hint: "wait for it to finish; two restores of one database would swap over each other")
+        }
     }
 
     /// Refuses before anything changes when the role cannot create or rename the databases.
