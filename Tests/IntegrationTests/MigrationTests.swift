@@ -122,7 +122,7 @@ final class MigrationTests: XCTestCase {
         XCTAssertTrue(result.standardError.contains("pid \(holder.backendPID)"), result.standardError)
         XCTAssertTrue(result.standardError.contains("dbrecovery-tests"), result.standardError)
         XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(started), 1)
-        XCTAssertEqual(try versions(), [])
+        XCTAssertEqual(try cluster.scalar("SELECT to_regclass('schema_version') IS NULL", database: database), "t", "the loser changed nothing")
         try holder.query("SELECT pg_advisory_unlock($1)", [String(MigrationRunner.advisoryLockKey)])
         XCTAssertEqual(try migrate(["up"]).status, 0)
 

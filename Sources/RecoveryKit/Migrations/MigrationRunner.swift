@@ -47,12 +47,22 @@ public final class MigrationRunner {
     public let configuration: MigrationConfiguration
     let connection: PostgresConnection
 
-    /// Connects and creates the bookkeeping tables if they do not exist yet.
+    /// Connects. The bookkeeping tables are created only when something is about to be recorded,
+    /// so a refused or read-only command changes nothing.
     ///
-    /// - Throws: `PostgresError` when the server is unreachable or the tables cannot be created.
+    /// - Throws: `PostgresError` when the server is unreachable.
     public init(_ configuration: MigrationConfiguration) throws {
         self.configuration = configuration
         connection = try PostgresConnection(target: configuration.target, applicationName: "dbmigrate")
+    }
+
+    /// True once `schema_version` exists.
+    private func hasTables() throws -> Bool {
+        try connection.query("SELECT to_regclass('schema_version_log') IS NOT NULL AND to_regclass('schema_version') IS NOT NULL").scalar == "t"
+    }
+
+    /// Creates (or completes) the bookkeeping tables.
+    func ensureTables() throws {
         // Two first runs at once would race on CREATE TABLE IF NOT EXISTS; a transaction-level lock
         // (another key than the migration lock, so a long migration does not block `status`) serialises them.
         try connection.execute(script: """
@@ -91,7 +101,8 @@ public final class MigrationRunner {
 
     /// Rows of `schema_version`, oldest first.
     public func applied() throws -> [AppliedMigration] {
-        try connection.query("""
+        guard try hasTables() else { return [] }
+        return try connection.query("""
             SELECT version, name, up_sha256, down_sha256, to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), release, state
             FROM schema_version ORDER BY applied_at, version
             """).rows.map { row in
@@ -102,7 +113,8 @@ public final class MigrationRunner {
 
     /// The append-only log, oldest first.
     public func log() throws -> [MigrationLogEntry] {
-        try connection.query("SELECT id, version, action, release FROM schema_version_log ORDER BY id").rows.map { row in
+        guard try hasTables() else { return [] }
+        return try connection.query("SELECT id, version, action, release FROM schema_version_log ORDER BY id").rows.map { row in
             MigrationLogEntry(id: try row.int64(0), version: row[1].flatMap { Int64($0) }, action: try row.string(2), release: row[3])
         }
     }
@@ -141,6 +153,7 @@ public final class MigrationRunner {
     /// - Important: on failure in one transaction, nothing of the plan remains applied.
     /// - Throws: `RecoveryError(.migrationFailed)` naming the step, the statement and the SQLSTATE.
     public func run(_ steps: [MigrationStep], backupID: String?) throws {
+        try ensureTables()
         try connection.execute(script: """
             SET lock_timeout = \(Self.literal(configuration.lockTimeout));
             SET statement_timeout = \(Self.literal(configuration.statementTimeout))
@@ -234,12 +247,14 @@ public final class MigrationRunner {
 
     /// Records that `release` was deployed with nothing to migrate, so `down --to-release` knows its state.
     public func recordRelease(_ release: String, version: Int64?) throws {
+        try ensureTables()
         try connection.query("INSERT INTO schema_version_log (version, action, release) VALUES ($1, 'release', $2)",
                              [version.map(String.init), release])
     }
 
     /// Marks a version applied or reverted by hand, after an operator checked the schema.
     public func resolve(_ version: Int64, applied: Bool, migration: Migration?) throws {
+        try ensureTables()
         try connection.execute(script: "BEGIN")
         do {
             if applied {

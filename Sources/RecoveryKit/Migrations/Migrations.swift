@@ -41,8 +41,9 @@ public enum DowngradeSelection: Sendable {
 public enum Migrations {
     /// `dbmigrate status`.
     public static func status(_ configuration: MigrationConfiguration) throws -> [MigrationStatus] {
+        let available = try MigrationDirectory.load(configuration.directory)
         let runner = try MigrationRunner(configuration)
-        return MigrationPlanner.status(available: try MigrationDirectory.load(configuration.directory), applied: try runner.applied())
+        return MigrationPlanner.status(available: available, applied: try runner.applied())
     }
 
     /// `dbmigrate verify`: applied versions whose files changed or disappeared.
@@ -60,11 +61,12 @@ public enum Migrations {
     /// - Returns: the plan and, unless `dryRun`, the report.
     public static func up(_ configuration: MigrationConfiguration, to target: Int64?, dryRun: Bool,
                           confirm: (MigrationPlan) throws -> Void) throws -> (MigrationPlan, MigrationReport?) {
+        let available = try MigrationDirectory.load(configuration.directory)
         let runner = try MigrationRunner(configuration)
         return try runner.withLock {
             let started = Date()
             let applied = try runner.applied()
-            let steps = try MigrationPlanner.planUp(available: try MigrationDirectory.load(configuration.directory), applied: applied, to: target)
+            let steps = try MigrationPlanner.planUp(available: available, applied: applied, to: target)
             let current = applied.map(\.version).max()
             let plan = MigrationPlan(direction: .up, fromVersion: current, toVersion: steps.last?.version ?? current, steps: steps,
                                      singleTransaction: !configuration.perStep, takesBackup: false, warnings: [], notes: [])
@@ -89,10 +91,10 @@ public enum Migrations {
     ///   - confirm: shown the plan before anything runs; throw to cancel.
     public static func down(_ configuration: MigrationConfiguration, selection: DowngradeSelection, backupRepository: String?,
                             tools: PostgresTools, dryRun: Bool, confirm: (MigrationPlan) throws -> Void) throws -> (MigrationPlan, MigrationReport?) {
+        let available = try MigrationDirectory.load(configuration.directory)
         let runner = try MigrationRunner(configuration)
         return try runner.withLock {
             let started = Date()
-            let available = try MigrationDirectory.load(configuration.directory)
             let applied = try runner.applied()
             let appliedVersions = Set(applied.map(\.version))
             var notes: [String] = []
