@@ -102,6 +102,9 @@ public struct PruneCommand: ParsableCommand {
         if report.wal.kept + report.wal.delete.count > 0 || report.wal.oldestNeeded != nil {
             output.note("WAL: \(report.wal.note); \(dryRun ? "would delete" : "deleted") \(report.wal.delete.count), kept \(report.wal.kept)")
         }
+        for problem in report.unverified {
+            output.note("warning: backup \(problem) — kept only if a rule keeps it; dbverify --files tells more")
+        }
         let verb = dryRun ? "would keep" : "kept"
         output.note("\(dryRun ? "dry run: " : "")\(report.tier) tier: \(verb) \(report.kept), \(dryRun ? "would delete" : "deleted") \(report.deleted)")
     }

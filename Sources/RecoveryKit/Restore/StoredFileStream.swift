@@ -13,7 +13,12 @@ enum StoredFileStream {
     static func decompress(_ file: BackupManifest.File, of manifest: BackupManifest, from store: BackupStore, phase: String,
                            progress: ProgressObserver?, into sink: @escaping (UnsafeRawBufferPointer) throws -> Void) throws {
         let hint = "nothing was applied from it; dbrestore --emergency picks the newest backup that verifies"
-        let reader = try store.makeReader(manifest.key(of: file))
+        let reader: ObjectReader
+        do {
+            reader = try store.makeReader(manifest.key(of: file))
+        } catch let error as StorageError where error.kind == .notFound {
+            throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name), named in its manifest, is missing", hint: hint)
+        }
         defer {
             reader.close()
             progress?.finished()

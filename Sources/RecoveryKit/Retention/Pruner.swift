@@ -33,6 +33,8 @@ public struct PruneReport: Codable, Sendable {
     public var unreadable: [String]
     public var garbage: [Garbage]
     public var wal: WALRetention.Plan
+    /// Backups newer than the newest one that verifies, with why they do not.
+    public var unverified: [String]
     public var kept: Int { decisions.filter { $0.action != .delete }.count }
     public var deleted: Int { decisions.filter { $0.action == .delete }.count }
 }
@@ -60,11 +62,14 @@ public enum Pruner {
         let entries = try Catalog(store: store).entries()
         let manifests = entries.compactMap(\.manifest)
         var newestVerified: String?
+        var unverified: [String] = []
         for manifest in manifests {
-            if try FileVerifier.verify(manifest, in: store, depth: .checksum, progress: progress).ok {
+            let check = try FileVerifier.verify(manifest, in: store, depth: .checksum, progress: progress)
+            if check.ok {
                 newestVerified = manifest.id
                 break
             }
+            unverified.append("\(manifest.id): \(check.firstProblem ?? "does not verify")")
         }
         let classes = Dictionary(objects.map { ($0.key, $0.storageClass) }, uniquingKeysWith: { first, _ in first })
         let candidates = manifests.map { manifest in
@@ -102,7 +107,7 @@ public enum Pruner {
         }
         let unreadable = entries.filter { $0.manifest == nil }.map { "\($0.id): \($0.problem ?? "unreadable")" }
         return PruneReport(repository: store.location, tier: tierName, dryRun: configuration.dryRun, decisions: decisions,
-                           unreadable: unreadable, garbage: garbage, wal: wal)
+                           unreadable: unreadable, garbage: garbage, wal: wal, unverified: unverified)
     }
 
     /// Folders under `backups/` that have no manifest: removed once older than the grace period.
