@@ -176,6 +176,7 @@ public final class MigrationRunner {
                 let started = Date()
                 try execute(step)
                 try record(step, milliseconds: Int64(Date().timeIntervalSince(started) * 1000), backupID: backupID)
+                CrashPoint.reached("migrate:between-steps")
             }
             try connection.execute(script: "COMMIT")
         } catch {

@@ -159,7 +159,10 @@ public enum LogicalRestore {
         let manifest = try Catalog(store: store).resolve(plan.backupID)
         let admin = try connectToMaintenance(configuration.target)
         defer { admin.close() }
-        if configuration.mode != .drill { try lockTarget(plan.targetDatabase, on: admin) }
+        if configuration.mode != .drill {
+            try lockTarget(plan.targetDatabase, on: admin)
+            try repairAfterCrash(plan.targetDatabase, on: admin, timeline: timeline)
+        }
 
         let scratch = plan.scratchDatabase
         var scratchExists = false
@@ -298,6 +301,22 @@ public enum LogicalRestore {
         }
     }
 
+    /// Undoes what a restore killed half-way left (we hold the target's lock, so none is running):
+    /// a target closed to connections during its swap is reopened, and its scratch databases dropped.
+    private static func repairAfterCrash(_ database: String, on connection: PostgresConnection, timeline: Timeline) throws {
+        let closed = try connection.query("SELECT 1 FROM pg_database WHERE datname = $1 AND NOT datallowconn", [database]).rows.count == 1
+        if closed {
+            try connection.execute(script: "ALTER DATABASE \(connection.quoteIdentifier(database)) ALLOW_CONNECTIONS true")
+            timeline.note("reopened \(database) to connections (left closed by a restore that was killed)")
+        }
+        let prefix = identifier(database, suffix: "_restore_")
+        let leftovers = try connection.query("SELECT datname FROM pg_database WHERE starts_with(datname, $1)", [prefix]).rows.compactMap { $0[0] }
+        for name in leftovers where name.dropFirst(prefix.count).allSatisfy({ $0.isNumber || $0 == "_" }) {
+            try connection.execute(script: "DROP DATABASE IF EXISTS \(connection.quoteIdentifier(name)) WITH (FORCE)")
+            timeline.note("dropped \(name), the scratch database of a restore that was killed")
+        }
+    }
+
     /// Refuses before anything changes when the role cannot create or rename the databases.
     private static func checkPrivileges(on connection: PostgresConnection, target: String, targetExists: Bool,
                                         mode: RestoreConfiguration.Mode) throws {
@@ -328,6 +347,7 @@ public enum LogicalRestore {
         let quotedAside = admin.quoteIdentifier(keepAs)
         // New connections are refused first, so that ending sessions is not a race we lose.
         try admin.execute(script: "ALTER DATABASE \(quotedTarget) ALLOW_CONNECTIONS false")
+        CrashPoint.reached("restore:during-swap")
         var lastError: Error?
         for _ in 0..<20 {
             try admin.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", [target])

@@ -91,6 +91,7 @@ public enum Pruner {
                 let others = objects.map(\.key).filter { $0.hasPrefix(folder) && $0 != folder + BackupManifest.fileName }
                 // Two calls: a store may delete one batch in any order, and the manifest must go first.
                 try store.delete([folder + BackupManifest.fileName])
+                CrashPoint.reached("prune:between-deletes")
                 try store.delete(others)
             }
             for decision in decisions where decision.action == .moveToGlacier {
