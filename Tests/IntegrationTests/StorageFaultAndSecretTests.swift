@@ -1,0 +1,78 @@
+import Foundation
+import RecoveryKit
+import TestSupport
+import XCTest
+
+/// A full disk, and secrets: the password must appear nowhere we write or print.
+final class StorageFaultAndSecretTests: XCTestCase {
+    func testADiskFullWhileWritingFailsCleanly() throws {
+        guard getuid() == 0 else {
+            XCTFail("the disk-full test mounts a 3 MiB tmpfs and needs root (run the suite as root, as CI does)")
+            return
+        }
+        let cluster = try PostgresCluster.shared()
+        let database = try cluster.createDatabase(prefix: "full")
+        try cluster.connect(database: database).execute(script: """
+            CREATE TABLE blobs AS SELECT g, decode(string_agg(md5(g::text || ':' || i::text), ''), 'hex') AS d
+            FROM generate_series(1, 500) g, generate_series(1, 500) i GROUP BY g
+            """)
+        let mountPoint = TestPaths.temporaryDirectory(prefix: "tmpfs")
+        XCTAssertEqual(try TestProcess.run("/bin/mount", ["-t", "tmpfs", "-o", "size=3m", "tmpfs", mountPoint]).status, 0)
+        defer { _ = try? TestProcess.run("/bin/umount", [mountPoint]) }
+        let repository = mountPoint + "/repo"
+        let result = try TestProcess.tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository], cluster: cluster)
+        XCTAssertEqual(result.status, ExitStatus.repositoryError.rawValue, result.standardError)
+        XCTAssertTrue(result.standardError.contains("no space left on device"), result.standardError)
+        XCTAssertTrue(result.standardError.contains("HINT: free space"), result.standardError)
+        let left = (FileManager.default.enumerator(atPath: repository)?.allObjects as? [String] ?? []).filter { $0.hasSuffix(".gz") || $0.contains("partial") || $0.hasSuffix("manifest.json") }
+        XCTAssertEqual(left, [], "no manifest and no half-written file remain")
+    }
+
+    func testThePasswordAppearsInNoOutputFileOrChildArgv() throws {
+        let cluster = try PostgresCluster.shared()
+        let database = try cluster.createDatabase(prefix: "secret")
+        try cluster.connect(database: database).execute(script: "CREATE TABLE t AS SELECT g FROM generate_series(1, 100000) g")
+        let work = TestPaths.temporaryDirectory(prefix: "secret")
+        let repository = work + "/repo"
+        let url = cluster.urlWithPassword(database: database)
+        let environment = ["PGPASSWORD": "", "DATABASE_URL": url, "BACKUP_REPO": repository]
+        var outputs: [String] = []
+        let record = { (result: TestProcess.Result) in outputs += [result.standardOutput, result.standardError] }
+
+        record(try TestProcess.tool("dbbackup", ["--json", "--metrics-file", work + "/backup.prom"], environment: environment))
+        record(try TestProcess.tool("dbverify", ["latest", "--json"], environment: environment))
+        record(try TestProcess.tool("dbprune", ["--metrics-file", work + "/prune.prom"], environment: environment))
+        record(try TestProcess.tool("dbrestore", ["list"], environment: environment))
+        record(try TestProcess.tool("dbbackup", ["--print-config"], environment: environment))
+        record(try TestProcess.tool("dbrestore", ["--drill", "--metrics-file", work + "/drill.prom"], environment: environment))
+        record(try TestProcess.tool("dbbackup", ["--database-url", url.replacingOccurrences(of: cluster.password, with: cluster.password + "x")],
+                                    environment: environment))   // a failing run prints its error
+
+        // An emergency restore, watching psql's argv while it runs.
+        let restore = try ChildProcess(executable: TestPaths.executable("dbrestore"), arguments: ["--emergency", "--incident-file", work + "/incident.json"],
+                                       environment: environment, stdin: .null, stdout: .pipe, stderr: .pipe)
+        let restoreOutput = OutputCollector(descriptor: restore.standardOutput)
+        let restoreErrors = OutputCollector(descriptor: restore.standardError)
+        var arguments: [String] = []
+        while kill(restore.pid, 0) == 0 && !waitpidNoHang(restore.pid) {
+            for pid in childPIDs(of: restore.pid) {
+                arguments.append((try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8)) ?? "")
+            }
+            usleep(2_000)
+        }
+        XCTAssertEqual(restore.waitForExit().exitCode, 0, restoreErrors.finish())
+        outputs += [restoreOutput.finish(), restoreErrors.finish()]
+        for argv in arguments { XCTAssertFalse(argv.contains(cluster.password), "password on a child's argv: \(argv)") }
+
+        for (index, text) in outputs.enumerated() {
+            XCTAssertFalse(text.contains(cluster.password), "output \(index) shows the password")
+        }
+        let written = (FileManager.default.enumerator(atPath: work)?.allObjects as? [String] ?? [])
+            .filter { $0.hasSuffix(".json") || $0.hasSuffix(".prom") || $0.hasSuffix(".lock") }
+        XCTAssertGreaterThanOrEqual(written.count, 5, "\(written)")
+        for file in written {
+            let text = (try? String(contentsOfFile: work + "/" + file, encoding: .utf8)) ?? ""
+            XCTAssertFalse(text.contains(cluster.password), "\(file) holds the password")
+        }
+    }
+}
