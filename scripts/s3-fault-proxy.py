@@ -3,16 +3,17 @@
 503 SlowDown, cuts some connections without an answer, and can fail every part upload after a
 number of successful ones (the server "gone for good" for data). One request per connection.
 
-    s3-fault-proxy.py --upstream PORT [--fail-every N] [--drop-every M] [--fail-parts-after K]
+    s3-fault-proxy.py --upstream PORT [--fail-every N] [--drop-every M] [--fail-parts-after K] [--delay S]
 
 Prints PORT=<listening port> once ready. Counts are per proxy run; it stops on SIGTERM."""
-import argparse, socket, socketserver, sys, threading
+import argparse, socket, socketserver, sys, threading, time
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--upstream", type=int, required=True)
 parser.add_argument("--fail-every", type=int, default=0)
 parser.add_argument("--drop-every", type=int, default=0)
 parser.add_argument("--fail-parts-after", type=int, default=-1)
+parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait before answering each request")
 args = parser.parse_args()
 lock = threading.Lock()
 state = {"requests": 0, "parts": 0}
@@ -47,6 +48,8 @@ class Handler(socketserver.BaseRequestHandler):
         if request is None:
             return
         head, body = request
+        if args.delay:
+            time.sleep(args.delay)
         first = head.split(b"\r\n")[0]
         is_part = first.startswith(b"PUT ") and b"partNumber=" in first
         with lock:

@@ -104,6 +104,21 @@ final class S3RepositoryTests: XCTestCase {
         XCTAssertEqual(try cluster.rowCounts(database: target)["public.blobs"], 3000)
     }
 
+    func testASlowServerHitsTheRequestTimeoutAndFailsCleanly() throws {
+        let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--delay", "3"])
+        defer { proxy.stop() }
+        var environment = s3.environment(endpoint: proxy.endpoint)
+        environment["DBRECOVERY_S3_TIMEOUT_SECONDS"] = "1"
+        environment["DBRECOVERY_S3_MAX_ATTEMPTS"] = "2"
+        let started = Date()
+        let backup = try TestProcess.tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository],
+                                          cluster: cluster, environment: environment)
+        XCTAssertEqual(backup.status, ExitStatus.repositoryError.rawValue, backup.standardError)
+        XCTAssertTrue(backup.standardError.contains("gave up after 2 attempts"), backup.standardError)
+        XCTAssertLessThan(Date().timeIntervalSince(started), 30, "timeouts are honoured, not waited out")
+        XCTAssertFalse(try store().list(prefix: "backups/").contains { $0.key.hasSuffix("manifest.json") })
+    }
+
     func testServerGoneForGoodFailsCleanlyWithoutManifestOrOpenUpload() throws {
         let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--fail-parts-after", "1"])
         defer { proxy.stop() }

@@ -28,6 +28,33 @@ final class StorageFaultAndSecretTests: XCTestCase {
         XCTAssertEqual(left, [], "no manifest and no half-written file remain")
     }
 
+    func testAReadOnlyRepositoryRefusesWritesAndStillRestores() throws {
+        guard getuid() == 0 else {
+            XCTFail("the read-only test remounts a tmpfs read-only and needs root (run the suite as root, as CI does)")
+            return
+        }
+        let cluster = try PostgresCluster.shared()
+        let database = try cluster.createDatabase(prefix: "readonly")
+        try cluster.connect(database: database).execute(script: "CREATE TABLE t AS SELECT g FROM generate_series(1, 100) g")
+        let mountPoint = TestPaths.temporaryDirectory(prefix: "tmpfs")
+        XCTAssertEqual(try TestProcess.run("/bin/mount", ["-t", "tmpfs", "-o", "size=16m", "tmpfs", mountPoint]).status, 0)
+        defer { _ = try? TestProcess.run("/bin/umount", [mountPoint]) }
+        let repository = mountPoint + "/repo"
+        XCTAssertEqual(try TestProcess.tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository], cluster: cluster).status, 0)
+        XCTAssertEqual(try TestProcess.run("/bin/mount", ["-o", "remount,ro", mountPoint]).status, 0)
+
+        let backup = try TestProcess.tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository], cluster: cluster)
+        XCTAssertEqual(backup.status, ExitStatus.repositoryError.rawValue, backup.standardError)
+        XCTAssertTrue(backup.standardError.contains("read-only file system"), backup.standardError)
+        let prune = try TestProcess.tool("dbprune", ["--repo", repository])
+        XCTAssertEqual(prune.status, ExitStatus.repositoryError.rawValue, prune.standardError)
+        // Reading still works: the DBA can restore from a repository mounted read-only.
+        XCTAssertEqual(try TestProcess.tool("dbverify", ["--files", "latest", "--repo", repository]).status, 0)
+        let target = "fromro_\(UInt32.random(in: 0...UInt32.max))"
+        let restore = try TestProcess.tool("dbrestore", ["latest", "--yes", "--repo", repository, "--database-url", cluster.url(database: target)], cluster: cluster)
+        XCTAssertEqual(restore.status, 0, restore.standardError)
+    }
+
     func testThePasswordAppearsInNoOutputFileOrChildArgv() throws {
         let cluster = try PostgresCluster.shared()
         let database = try cluster.createDatabase(prefix: "secret")

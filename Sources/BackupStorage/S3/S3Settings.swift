@@ -4,7 +4,8 @@ import Foundation
 /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, else the `~/.aws/credentials` profile
 /// (`AWS_PROFILE`, default `default`); `AWS_REGION` / `AWS_DEFAULT_REGION`;
 /// `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`. Ours: `DBRECOVERY_S3_PART_SIZE_MB`, `DBRECOVERY_S3_CONCURRENCY`
-/// (parts in flight, default 4; memory is about (concurrency + 1) × part size),
+/// (parts in flight, default 4; memory is about (concurrency + 1) × part size), `DBRECOVERY_S3_MAX_ATTEMPTS`
+/// (default 8), `DBRECOVERY_S3_TIMEOUT_SECONDS` (per request, default 60),
 /// `DBRECOVERY_S3_SSE` (`AES256` or `aws:kms`), `DBRECOVERY_S3_KMS_KEY_ID`.
 public enum S3Settings {
     /// Builds the configuration of one bucket.
@@ -46,6 +47,12 @@ public enum S3Settings {
             }
             concurrency = number
         }
+        let attempts = Int(value("DBRECOVERY_S3_MAX_ATTEMPTS") ?? "") ?? 8
+        let timeout = Double(value("DBRECOVERY_S3_TIMEOUT_SECONDS") ?? "") ?? 60
+        guard (1...50).contains(attempts), timeout > 0, timeout <= 3600 else {
+            throw StorageError(.invalidLocation, object: "DBRECOVERY_S3_MAX_ATTEMPTS / DBRECOVERY_S3_TIMEOUT_SECONDS",
+                               message: "attempts must be 1...50 and the timeout 0...3600 seconds")
+        }
         let sse = value("DBRECOVERY_S3_SSE")
         if let sse, !["AES256", "aws:kms"].contains(sse) {
             throw StorageError(.invalidLocation, object: "DBRECOVERY_S3_SSE", message: "server-side encryption '\(sse)' is not AES256 or aws:kms")
@@ -53,7 +60,7 @@ public enum S3Settings {
         return S3Configuration(bucket: bucket, region: value("AWS_REGION") ?? value("AWS_DEFAULT_REGION") ?? "us-east-1",
                                endpoint: endpoint, pathStyle: value("DBRECOVERY_S3_ADDRESSING").map { $0 != "virtual" },
                                credentials: credentials, partSize: partSize, concurrency: concurrency, serverSideEncryption: sse,
-                               kmsKeyID: value("DBRECOVERY_S3_KMS_KEY_ID"))
+                               kmsKeyID: value("DBRECOVERY_S3_KMS_KEY_ID"), maxAttempts: attempts, requestTimeout: timeout)
     }
 
     /// Reads one profile of an AWS credentials file (INI).
