@@ -76,9 +76,10 @@ public struct CaptureCommand: ParsableCommand {
     public func run() throws {
         if try config.printIfAsked(connection: connection, repository: repository) { return }
         output.begin("dbbackup", labels: ["kind": physical ? "physical" : "logical"])
-        let configuration = LogicalCaptureConfiguration(
+        var configuration = LogicalCaptureConfiguration(
             target: try connection.target(), repositories: try repository.addresses(), tags: tags, release: release,
             pinned: pin, compressionLevel: compressionLevel, jobs: jobs, tools: connection.tools)
+        configuration.key = try repository.cipherKey()
         let result = physical ? try PhysicalCapture.run(configuration, progress: output.progress)
             : try LogicalCapture.run(configuration, progress: output.progress)
         let manifest = result.manifest
@@ -124,13 +125,13 @@ public struct WALPushCommand: ParsableCommand {
         if try config.printIfAsked(connection: nil, repository: repository) { return }
         let addresses = try repository.addresses()
         if addresses.count == 1 {
-            _ = try WALArchive.push(path: path, repository: addresses[0])
+            _ = try WALArchive.push(path: path, repository: addresses[0], key: try repository.cipherKey())
             return
         }
         var failures: [String] = []
         for address in addresses {
             do {
-                _ = try WALArchive.push(path: path, repository: address)
+                _ = try WALArchive.push(path: path, repository: address, key: try repository.cipherKey())
             } catch {
                 failures.append("\(address): \(RecoveryError.classify(error).message)")
             }

@@ -173,7 +173,8 @@ public struct MigrateCommand: ParsableCommand {
                 }
             }
             let (plan, report) = try Migrations.down(configuration, selection: selection, backupRepository: backupRepository,
-                                                     tools: connection.tools, dryRun: running.dryRun, confirm: running.confirm)
+                                                     tools: connection.tools, key: try repository.cipherKey(), dryRun: running.dryRun,
+                                                     confirm: running.confirm)
             try MigrateCommand.render(plan, report, dryRun: running.dryRun, output: output)
         }
     }

@@ -145,9 +145,10 @@ public struct RestoreBackupCommand: ParsableCommand {
             ?? targetLSN.flatMap(WALSegmentName.parseLSN).map { .lsn($0) } ?? targetName.map { .name($0) } ?? .latest
         let executable = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
         let directory = pgdata.map { $0.hasPrefix("/") ? $0 : FileManager.default.currentDirectoryPath + "/" + $0 } ?? ""
-        let configuration = PITRConfiguration(repository: try repository.address(), dataDirectory: directory, target: recoveryTarget,
+        var configuration = PITRConfiguration(repository: try repository.address(), dataDirectory: directory, target: recoveryTarget,
                                               port: port, start: start, moveAside: moveAside, tools: connection.tools,
                                               connection: try connection.target(), dbrestorePath: executable)
+        configuration.key = try repository.cipherKey()
         let plan = try PointInTimeRestore.plan(configuration)
         if dryRun {
             if output.json { try printJSON(plan) } else { print(plan.lines.joined(separator: "\n")) }
@@ -174,9 +175,10 @@ public struct RestoreBackupCommand: ParsableCommand {
         output.begin("dbrestore", labels: ["mode": pitr ? "pitr" : emergency ? "emergency" : drill ? "drill" : "restore"])
         if pitr { return try runPITR() }
         let mode: RestoreConfiguration.Mode = emergency ? .emergency : drill ? .drill : .normal
-        let configuration = RestoreConfiguration(
+        var configuration = RestoreConfiguration(
             mode: mode, target: try connection.target(), repositories: try repository.addresses(), backup: backup ?? "latest",
             release: release, dryRun: dryRun, tools: connection.tools, incidentFile: incidentFile)
+        configuration.key = try repository.cipherKey()
         let timeline = output.timeline()
         let plan = try LogicalRestore.plan(configuration, timeline: timeline)
         if dryRun {
@@ -277,7 +279,7 @@ public struct WALFetchCommand: ParsableCommand {
         if try config.printIfAsked(connection: nil, repository: repository) { return }
         let found: Bool
         do {
-            found = try WALArchive.fetch(name: name, destination: path, repository: try repository.address())
+            found = try WALArchive.fetch(name: name, destination: path, repository: try repository.address(), key: try repository.cipherKey())
         } catch {
             let cause = RecoveryError.classify(error)
             throw RecoveryError(.walFetchFailed, "cannot fetch WAL file \(name): \(cause.message)", hint: cause.hint)

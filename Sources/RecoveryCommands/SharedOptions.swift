@@ -62,6 +62,16 @@ public struct RepositoryOptions: ParsableArguments {
     @Option(name: .customLong("s3-region"), help: ArgumentHelp("S3 region (default: $AWS_REGION, then us-east-1).", valueName: "region"))
     public var s3Region: String?
 
+    @Option(name: .customLong("encryption-key-file"), help: ArgumentHelp(
+        "Encrypt (and read) backups and WAL with AES-256-GCM using the key in this file (default: $DBRECOVERY_ENCRYPTION_KEY). The key is never stored in the repository.",
+        valueName: "path"))
+    public var encryptionKeyFile: String?
+
+    /// The repository cipher key, if one was given.
+    public func cipherKey() throws -> RepositoryKey? {
+        try RepositoryKey.load(file: encryptionKeyFile)
+    }
+
     public init() {}
 
     /// The repository address from the flag, then `BACKUP_REPO`, then `BACKUP_S3_BUCKET`.

@@ -44,7 +44,7 @@ public struct VerifyCommand: ParsableCommand {
         output.begin("dbverify", labels: ["check": files ? "files" : "rows"])
         let address = try repository.address()
         if files {
-            let reports = try BackupVerification.files(repository: address, backup: backup, progress: output.progress)
+            let reports = try BackupVerification.files(repository: address, backup: backup, key: try repository.cipherKey(), progress: output.progress)
             if output.json { try printJSON(reports) } else {
                 var table = TextTable("BACKUP", "FILE", "STATUS")
                 for report in reports {

@@ -15,6 +15,8 @@ public struct LogicalCaptureConfiguration {
     public var compressionLevel: Int
     /// Cores to compress on.
     public var jobs: Int
+    /// Encrypt the stored files with this key (repository cipher), if any.
+    public var key: RepositoryKey? = nil
     public var tools: PostgresTools
 
     public init(target: ConnectionTarget, repositories: [String], tags: [String] = [], release: String? = nil,
@@ -75,7 +77,7 @@ public enum LogicalCapture {
         let (file, _) = try StreamCapture.run(
             executable: pgDump, arguments: ["--snapshot=\(snapshot)", "--format=plain", "--no-password"],
             environment: configuration.target.childEnvironment, targets: targets, key: "backups/\(id)/\(dumpFileName)",
-            level: configuration.compressionLevel, jobs: configuration.jobs, progress: progress, phase: "dump")
+            level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "dump")
         try connection.execute(script: "COMMIT")
 
         let manifest = BackupManifest(

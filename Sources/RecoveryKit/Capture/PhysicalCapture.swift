@@ -39,7 +39,7 @@ public enum PhysicalCapture {
             arguments: ["--pgdata=-", "--format=tar", "--wal-method=none", "--checkpoint=fast", "--no-password",
                         "--label=dbrecovery \(id)"],
             environment: configuration.target.childEnvironment, targets: targets, key: "backups/\(id)/\(baseFileName)",
-            level: configuration.compressionLevel, jobs: configuration.jobs, progress: progress, phase: "base backup",
+            level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "base backup",
             observe: scanner.consume)
         let label = scanner.text("backup_label") ?? ""
         let manifestTail = scanner.text("backup_manifest") ?? ""

@@ -10,10 +10,10 @@ enum StreamCapture {
     /// - Important: the object becomes visible only if the program succeeded and the store committed it.
     /// - Returns: the file entry for the manifest and the program's stderr (its last 16 KiB).
     /// - Throws: `RecoveryError(.toolFailed)` with the program's own message, or the store's error.
-    static func run(executable: String, arguments: [String], environment: [String: String], targets: CaptureTargets, key: String,
-                    level: Int, jobs: Int, progress: ProgressObserver?, phase: String,
+    static func run(executable: String, arguments: [String], environment: [String: String], targets: CaptureTargets, key storeKey: String,
+                    level: Int, jobs: Int, key: RepositoryKey? = nil, progress: ProgressObserver?, phase: String,
                     observe: ((UnsafeRawBufferPointer) -> Void)? = nil) throws -> (BackupManifest.File, String) {
-        try targets.openWriters(key)
+        try targets.openWriters(storeKey)
         var committed = false
         defer { if !committed { targets.abort() } }
 
@@ -22,9 +22,16 @@ enum StreamCapture {
         let errors = OutputCollector(descriptor: child.standardError)
         let name = (executable as NSString).lastPathComponent
         var digest = StreamingDigest()
-        let compressor = try GzipCompressor(level: level, jobs: jobs) { chunk in
+        var storedBytes: UInt64 = 0
+        let store = { (chunk: UnsafeRawBufferPointer) throws in
             digest.update(chunk)
+            storedBytes += UInt64(chunk.count)
             try targets.write(chunk)
+        }
+        // Compressed bytes go to the stores directly, or through the repository cipher first.
+        let encryptor = try key.map { try StreamEncryptor(key: $0, object: storeKey, sink: store) }
+        let compressor = try GzipCompressor(level: level, jobs: jobs) { chunk in
+            if let encryptor { try encryptor.write(chunk) } else { try store(chunk) }
         }
         do {
             try PipeReader.forEachChunk(of: child.standardOutput, description: "\(name) output") { chunk in
@@ -33,6 +40,7 @@ enum StreamCapture {
                 progress?.progress(phase: phase, bytes: compressor.bytesIn)
             }
             try compressor.finish()
+            try encryptor?.finish()
         } catch {
             child.send(SIGTERM)
             child.waitForExit()
@@ -48,8 +56,9 @@ enum StreamCapture {
         }
         try targets.commit()
         committed = true
-        let file = BackupManifest.File(name: (key as NSString).lastPathComponent, rawBytes: compressor.bytesIn,
-                                       storedBytes: compressor.bytesOut, sha256: digest.hexDigest(), compression: "gzip", compressionLevel: level)
+        var file = BackupManifest.File(name: (storeKey as NSString).lastPathComponent, rawBytes: compressor.bytesIn,
+                                       storedBytes: storedBytes, sha256: digest.hexDigest(), compression: "gzip", compressionLevel: level)
+        file.encryptionKeyFingerprint = key?.fingerprint
         return (file, errors.finish())
     }
 }

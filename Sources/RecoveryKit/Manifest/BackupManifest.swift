@@ -48,6 +48,8 @@ public struct BackupManifest: Codable, Equatable, Sendable {
         public var sha256: String
         public var compression: String
         public var compressionLevel: Int
+        /// Set when the file is encrypted (AES-256-GCM): the key's fingerprint, never the key.
+        public var encryptionKeyFingerprint: String? = nil
     }
 
     /// Where a physical base backup starts and stops in the WAL. (Property names avoid acronyms in

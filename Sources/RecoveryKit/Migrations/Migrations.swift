@@ -90,7 +90,8 @@ public enum Migrations {
     ///   - backupRepository: where the pre-downgrade backup goes; nil means no backup (`--no-backup`).
     ///   - confirm: shown the plan before anything runs; throw to cancel.
     public static func down(_ configuration: MigrationConfiguration, selection: DowngradeSelection, backupRepository: String?,
-                            tools: PostgresTools, dryRun: Bool, confirm: (MigrationPlan) throws -> Void) throws -> (MigrationPlan, MigrationReport?) {
+                            tools: PostgresTools, key: RepositoryKey? = nil, dryRun: Bool,
+                            confirm: (MigrationPlan) throws -> Void) throws -> (MigrationPlan, MigrationReport?) {
         let available = try MigrationDirectory.load(configuration.directory)
         let runner = try MigrationRunner(configuration)
         return try runner.withLock {
@@ -123,9 +124,10 @@ public enum Migrations {
             try confirm(plan)
             var backupID: String?
             if let backupRepository {
-                let result = try LogicalCapture.run(LogicalCaptureConfiguration(
-                    target: configuration.target, repositories: [backupRepository], tags: ["pre-downgrade"],
-                    release: configuration.release, tools: tools))
+                var capture = LogicalCaptureConfiguration(target: configuration.target, repositories: [backupRepository],
+                                                          tags: ["pre-downgrade"], release: configuration.release, tools: tools)
+                capture.key = key
+                let result = try LogicalCapture.run(capture)
                 backupID = result.manifest.id
             }
             let point = runner.createRestorePoint("dbmigrate-down-\(current.map(String.init) ?? "0")-to-\(remaining.map(String.init) ?? "0")-\(Int(Date().timeIntervalSince1970))")

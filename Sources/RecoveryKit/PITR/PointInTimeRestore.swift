@@ -35,6 +35,8 @@ public struct PITRConfiguration {
     public var dbrestorePath: String
     /// How long `--start` waits for recovery to finish.
     public var startTimeoutSeconds: Double
+    /// The repository cipher key, for encrypted backups.
+    public var key: RepositoryKey? = nil
 
     public init(repository: String, dataDirectory: String, target: RecoveryTarget, port: Int? = nil, start: Bool = false,
                 moveAside: Bool = false, tools: PostgresTools = PostgresTools(), connection: ConnectionTarget,
@@ -202,7 +204,7 @@ public enum PointInTimeRestore {
         }
         try timeline.step("extract base backup \(manifest.id) into \(directory)") {
             do {
-                try extract(manifest, from: store, into: directory, progress: progress)
+                try extract(manifest, from: store, into: directory, key: configuration.key, progress: progress)
             } catch {
                 try? FileManager.default.removeItem(atPath: directory)
                 throw error
@@ -225,7 +227,8 @@ public enum PointInTimeRestore {
     }
 
     /// base.tar.gz → sha256 + gunzip → `tar -x`.
-    private static func extract(_ manifest: BackupManifest, from store: BackupStore, into directory: String, progress: ProgressObserver?) throws {
+    private static func extract(_ manifest: BackupManifest, from store: BackupStore, into directory: String, key: RepositoryKey?,
+                                progress: ProgressObserver?) throws {
         guard let file = manifest.files.first(where: { $0.name == PhysicalCapture.baseFileName }) else {
             throw RecoveryError(.backupCorrupt, "backup \(manifest.id) has no \(PhysicalCapture.baseFileName)")
         }
@@ -235,7 +238,7 @@ public enum PointInTimeRestore {
         let child = try ChildProcess(executable: tar, arguments: ["-x", "-f", "-", "-C", directory], stdin: .pipe, stdout: .null, stderr: .pipe)
         let errors = OutputCollector(descriptor: child.standardError)
         do {
-            try StoredFileStream.decompress(file, of: manifest, from: store, phase: "extract", progress: progress) { plain in
+            try StoredFileStream.decompress(file, of: manifest, from: store, key: key, phase: "extract", progress: progress) { plain in
                 try child.writeToStandardInput(plain)
             }
         } catch {

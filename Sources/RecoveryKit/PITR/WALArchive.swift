@@ -25,7 +25,7 @@ public enum WALArchive {
     /// - Important: a file already archived with different content is never overwritten.
     /// - Throws: `RecoveryError` when the file cannot be read, differs from the stored copy, or the
     ///   repository fails; PostgreSQL then keeps the segment and retries.
-    public static func push(path: String, repository: String) throws -> PushOutcome {
+    public static func push(path: String, repository: String, key cipherKey: RepositoryKey? = nil) throws -> PushOutcome {
         let name = (path as NSString).lastPathComponent
         let key = try key(for: name)
         guard let data = FileManager.default.contents(atPath: path) else {
@@ -39,7 +39,7 @@ public enum WALArchive {
             existing = nil
         }
         if let existing {
-            let stored = try decompress(existing, name: name)
+            let stored = try decompress(existing, name: name, objectKey: key, cipherKey: cipherKey)
             if stored == data { return .alreadyArchived }
             throw RecoveryError(.repositoryError,
                                 "WAL file \(name) is already archived in \(store.location) with DIFFERENT content; the archived copy was kept",
@@ -49,6 +49,13 @@ public enum WALArchive {
         let compressor = try GzipCompressor(level: 1) { compressed.append(contentsOf: $0) }
         try data.withUnsafeBytes { try compressor.write($0) }
         try compressor.finish()
+        if let cipherKey {
+            var encrypted = Data()
+            let encryptor = try StreamEncryptor(key: cipherKey, object: key) { encrypted.append(contentsOf: $0) }
+            try compressed.withUnsafeBytes { try encryptor.write($0) }
+            try encryptor.finish()
+            compressed = encrypted
+        }
         try store.write(key, contents: compressed)
         return .stored
     }
@@ -58,7 +65,7 @@ public enum WALArchive {
     ///
     /// - Returns: false when the file is not in the archive (recovery ends there).
     /// - Throws: any other failure, which must stop recovery rather than end it early.
-    public static func fetch(name: String, destination: String, repository: String) throws -> Bool {
+    public static func fetch(name: String, destination: String, repository: String, key cipherKey: RepositoryKey? = nil) throws -> Bool {
         let key = try key(for: name)
         let store = try Repository.open(repository, create: false)
         let compressed: Data
@@ -67,7 +74,7 @@ public enum WALArchive {
         } catch let error as StorageError where error.kind == .notFound {
             return false
         }
-        let data = try decompress(compressed, name: name)
+        let data = try decompress(compressed, name: name, objectKey: key, cipherKey: cipherKey)
         let temporary = destination + ".dbrecovery-partial"
         guard FileManager.default.createFile(atPath: temporary, contents: data) else {
             throw RecoveryError(.failure, "cannot write \(temporary)")
@@ -79,11 +86,21 @@ public enum WALArchive {
         return true
     }
 
-    static func decompress(_ compressed: Data, name: String) throws -> Data {
+    static func decompress(_ stored: Data, name: String, objectKey: String, cipherKey: RepositoryKey?) throws -> Data {
         var output = Data()
         do {
             let decompressor = try GzipDecompressor { output.append(contentsOf: $0) }
-            try compressed.withUnsafeBytes { try decompressor.write($0) }
+            if stored.starts(with: RepositoryKey.magic) {
+                guard let cipherKey else {
+                    throw RecoveryError(.configuration, "archived WAL file \(name) is encrypted and no key was given",
+                                        hint: "pass --encryption-key-file FILE or set DBRECOVERY_ENCRYPTION_KEY in restore_command's environment")
+                }
+                let decryptor = StreamDecryptor(key: cipherKey, object: objectKey) { try decompressor.write($0) }
+                try stored.withUnsafeBytes { try decryptor.write($0) }
+                try decryptor.finish()
+            } else {
+                try stored.withUnsafeBytes { try decompressor.write($0) }
+            }
             try decompressor.finish()
         } catch let error as GzipError {
             throw RecoveryError(.backupCorrupt, "archived WAL file \(name) is damaged: \(error)",

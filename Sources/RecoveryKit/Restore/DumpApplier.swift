@@ -18,7 +18,7 @@ enum DumpApplier {
     ///   committed (psql is killed before it sees COMMIT), so nothing is applied.
     /// - Throws: `RecoveryError` (`.backupCorrupt`, `.toolFailed`) or `StorageError`.
     static func apply(_ manifest: BackupManifest, from store: BackupStore, into target: ConnectionTarget,
-                      tools: PostgresTools, progress: ProgressObserver?) throws {
+                      tools: PostgresTools, key: RepositoryKey?, progress: ProgressObserver?) throws {
         guard manifest.kind == .logical, let file = manifest.files.first(where: { $0.name == LogicalCapture.dumpFileName }) else {
             throw RecoveryError(.usage, "backup \(manifest.id) is a \(manifest.kind.rawValue) backup; a logical restore needs a logical one",
                                 hint: "restore physical backups with dbrestore --pitr")
@@ -50,7 +50,7 @@ enum DumpApplier {
             // more memory than the server's default, for this session only.
             let prologue = "BEGIN;\nSET LOCAL maintenance_work_mem = '\(maintenanceWorkMem)';\nSET LOCAL synchronous_commit = off;\n"
             try Array(prologue.utf8).withUnsafeBytes { try child.writeToStandardInput($0) }
-            try StoredFileStream.decompress(file, of: manifest, from: store, phase: "restore", progress: progress) { plain in
+            try StoredFileStream.decompress(file, of: manifest, from: store, key: key, phase: "restore", progress: progress) { plain in
                 try child.writeToStandardInput(plain)
             }
         } catch let error as RecoveryError where error.code == .toolFailed {

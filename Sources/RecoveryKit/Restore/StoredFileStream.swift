@@ -10,9 +10,10 @@ enum StoredFileStream {
     ///   what they wrote permanent (COMMIT, starting a server) before this returns.
     /// - Throws: `RecoveryError(.backupCorrupt)` for damaged gzip data or a size or sha256 that
     ///   differs from the manifest; whatever `sink` or the store throws.
-    static func decompress(_ file: BackupManifest.File, of manifest: BackupManifest, from store: BackupStore, phase: String,
+    static func decompress(_ file: BackupManifest.File, of manifest: BackupManifest, from store: BackupStore, key: RepositoryKey?, phase: String,
                            progress: ProgressObserver?, into sink: @escaping (UnsafeRawBufferPointer) throws -> Void) throws {
         let hint = "nothing was applied from it; dbrestore --emergency picks the newest backup that verifies"
+        let decryptKey = try StoredFileStream.key(for: file, of: manifest, given: key)
         let reader: ObjectReader
         do {
             reader = try store.makeReader(manifest.key(of: file))
@@ -26,13 +27,15 @@ enum StoredFileStream {
         var digest = StreamingDigest()
         var stored: UInt64 = 0
         let decompressor = try GzipDecompressor(sink: sink)
+        let decryptor = decryptKey.map { key in StreamDecryptor(key: key, object: manifest.key(of: file)) { try decompressor.write($0) } }
         do {
             try ObjectStreaming.forEachChunk(of: reader) { chunk in
                 digest.update(chunk)
                 stored += UInt64(chunk.count)
-                try decompressor.write(chunk)
+                if let decryptor { try decryptor.write(chunk) } else { try decompressor.write(chunk) }
                 progress?.progress(phase: phase, bytes: stored)
             }
+            try decryptor?.finish()
             try decompressor.finish()
         } catch let error as GzipError {
             throw RecoveryError(.backupCorrupt, "backup \(manifest.id) is damaged: \(file.name): \(error)", hint: hint)
@@ -40,5 +43,22 @@ enum StoredFileStream {
         guard stored == file.storedBytes, digest.hexDigest() == file.sha256 else {
             throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name) does not match its sha256 (file damaged)", hint: hint)
         }
+    }
+
+    /// The key an encrypted file needs, checked against the fingerprint in its manifest.
+    ///
+    /// - Throws: `RecoveryError(.configuration)` when the file is encrypted and no key, or another
+    ///   key, was given.
+    static func key(for file: BackupManifest.File, of manifest: BackupManifest, given key: RepositoryKey?) throws -> RepositoryKey? {
+        guard let fingerprint = file.encryptionKeyFingerprint else { return nil }
+        guard let key else {
+            throw RecoveryError(.configuration, "backup \(manifest.id) is encrypted (key \(fingerprint)) and no key was given",
+                                hint: "pass --encryption-key-file FILE or set DBRECOVERY_ENCRYPTION_KEY")
+        }
+        guard key.fingerprint == fingerprint else {
+            throw RecoveryError(.configuration, "backup \(manifest.id) was encrypted with another key (fingerprint \(fingerprint), given \(key.fingerprint))",
+                                hint: "use the key the backup was taken with")
+        }
+        return key
     }
 }

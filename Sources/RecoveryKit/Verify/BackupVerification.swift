@@ -5,7 +5,7 @@ public enum BackupVerification {
     /// Checks the stored files of one backup, or of `all`.
     ///
     /// - Throws: `RecoveryError` when the repository or backup cannot be found.
-    public static func files(repository: String, backup: String, progress: ProgressObserver? = nil) throws -> [FileVerifier.Report] {
+    public static func files(repository: String, backup: String, key: RepositoryKey? = nil, progress: ProgressObserver? = nil) throws -> [FileVerifier.Report] {
         let store = try Repository.open(repository, create: false)
         let catalog = Catalog(store: store)
         if backup == "all" {
@@ -13,10 +13,10 @@ public enum BackupVerification {
                 guard let manifest = entry.manifest else {
                     return FileVerifier.Report(id: entry.id, files: [.init(name: BackupManifest.fileName, ok: false, problem: entry.problem)])
                 }
-                return try FileVerifier.verify(manifest, in: store, progress: progress)
+                return try FileVerifier.verify(manifest, in: store, cipherKey: key, progress: progress)
             }
         }
-        return [try FileVerifier.verify(try catalog.resolve(backup), in: store, progress: progress)]
+        return [try FileVerifier.verify(try catalog.resolve(backup), in: store, cipherKey: key, progress: progress)]
     }
 
     /// Compares the live database's row counts with one backup's manifest.

@@ -37,16 +37,23 @@ public enum FileVerifier {
     /// - Returns: a report; damage is reported in it, not thrown.
     /// - Throws: `StorageError` only when the repository itself cannot be read.
     public static func verify(_ manifest: BackupManifest, in store: BackupStore, depth: Depth = .full,
-                              progress: ProgressObserver? = nil) throws -> Report {
+                              cipherKey: RepositoryKey? = nil, progress: ProgressObserver? = nil) throws -> Report {
         var results: [FileResult] = []
         for file in manifest.files {
-            results.append(try verify(file, key: manifest.key(of: file), in: store, depth: depth, progress: progress))
+            // An encrypted file without its key can still be checked against its sha256.
+            let key = file.encryptionKeyFingerprint == nil ? nil : cipherKey
+            let fileDepth = file.encryptionKeyFingerprint != nil && key == nil ? .checksum : depth
+            if let key, key.fingerprint != file.encryptionKeyFingerprint {
+                results.append(FileResult(name: file.name, ok: false, problem: "encrypted with another key (fingerprint \(file.encryptionKeyFingerprint ?? ""))"))
+                continue
+            }
+            results.append(try verify(file, key: manifest.key(of: file), in: store, depth: fileDepth, cipherKey: key, progress: progress))
         }
         return Report(id: manifest.id, files: results)
     }
 
     private static func verify(_ file: BackupManifest.File, key: String, in store: BackupStore, depth: Depth,
-                               progress: ProgressObserver?) throws -> FileResult {
+                               cipherKey: RepositoryKey?, progress: ProgressObserver?) throws -> FileResult {
         let reader: ObjectReader
         do {
             reader = try store.makeReader(key)
@@ -59,12 +66,15 @@ public enum FileVerifier {
         var digest = StreamingDigest()
         var stored: UInt64 = 0
         let decompressor = depth == .full ? try GzipDecompressor { _ in } : nil
+        let decryptor = decompressor.flatMap { inflater in cipherKey.map { StreamDecryptor(key: $0, object: key) { try inflater.write($0) } } }
         var gzipProblem: String?
         try ObjectStreaming.forEachChunk(of: reader) { chunk in
             digest.update(chunk)
             stored += UInt64(chunk.count)
             if gzipProblem == nil, let decompressor {
-                do { try decompressor.write(chunk) } catch { gzipProblem = "\(error)" }
+                do {
+                    if let decryptor { try decryptor.write(chunk) } else { try decompressor.write(chunk) }
+                } catch { gzipProblem = "\(error)" }
             }
             progress?.progress(phase: "verify \(file.name)", bytes: stored)
         }
@@ -78,7 +88,10 @@ public enum FileVerifier {
         }
         if let decompressor {
             if gzipProblem == nil {
-                do { try decompressor.finish() } catch { gzipProblem = "\(error)" }
+                do {
+                    try decryptor?.finish()
+                    try decompressor.finish()
+                } catch { gzipProblem = "\(error)" }
             }
             if let gzipProblem { return FileResult(name: file.name, ok: false, problem: "gzip stream: \(gzipProblem)") }
             if decompressor.bytesOut != file.rawBytes {
