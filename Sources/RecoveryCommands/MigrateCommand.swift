@@ -60,6 +60,11 @@ public struct MigrateCommand: ParsableCommand {
 
         public init() {}
 
+        /// The run's configuration: the shared options plus this command's transaction and timeout choices.
+        func configuration(_ common: Common, _ connection: ConnectionOptions, release: String?) throws -> MigrationConfiguration {
+            try common.configuration(connection, release: release, perStep: perStep, lockTimeout: lockTimeout, statementTimeout: statementTimeout)
+        }
+
         func confirm(_ plan: MigrationPlan) throws {
             guard !yes && isatty(0) == 1 else { return }
             FileHandle.standardError.write(Data((plan.lines(includingSQL: false).joined(separator: "\n") + "\nProceed? [y/N] ").utf8))
@@ -126,8 +131,7 @@ public struct MigrateCommand: ParsableCommand {
 
         public func run() throws {
             if try config.printIfAsked(connection: connection, repository: nil) { return }
-            let configuration = try common.configuration(connection, release: release, perStep: running.perStep,
-                                                         lockTimeout: running.lockTimeout, statementTimeout: running.statementTimeout)
+            let configuration = try running.configuration(common, connection, release: release)
             let (plan, report) = try Migrations.up(configuration, to: to, dryRun: running.dryRun, confirm: running.confirm)
             try MigrateCommand.render(plan, report, dryRun: running.dryRun, output: output)
         }
@@ -160,8 +164,7 @@ public struct MigrateCommand: ParsableCommand {
 
         public func run() throws {
             if try config.printIfAsked(connection: connection, repository: nil) { return }
-            let configuration = try common.configuration(connection, release: release, perStep: running.perStep,
-                                                         lockTimeout: running.lockTimeout, statementTimeout: running.statementTimeout)
+            let configuration = try running.configuration(common, connection, release: release)
             let selection: DowngradeSelection = to.map { .toVersion($0) } ?? steps.map { .steps($0) } ?? .toRelease(toRelease ?? "")
             var backupRepository: String?
             if !noBackup {

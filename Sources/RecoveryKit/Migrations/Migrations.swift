@@ -61,11 +61,7 @@ public enum Migrations {
     /// - Returns: the plan and, unless `dryRun`, the report.
     public static func up(_ configuration: MigrationConfiguration, to target: Int64?, dryRun: Bool,
                           confirm: (MigrationPlan) throws -> Void) throws -> (MigrationPlan, MigrationReport?) {
-        let available = try MigrationDirectory.load(configuration.directory)
-        let runner = try MigrationRunner(configuration)
-        return try runner.withLock {
-            let started = Date()
-            let applied = try runner.applied()
+        return try locked(configuration) { available, runner, applied, started in
             let steps = try MigrationPlanner.planUp(available: available, applied: applied, to: target)
             let current = applied.map(\.version).max()
             let plan = MigrationPlan(direction: .up, fromVersion: current, toVersion: steps.last?.version ?? current, steps: steps,
@@ -92,11 +88,7 @@ public enum Migrations {
     public static func down(_ configuration: MigrationConfiguration, selection: DowngradeSelection, backupRepository: String?,
                             tools: PostgresTools, key: RepositoryKey? = nil, dryRun: Bool,
                             confirm: (MigrationPlan) throws -> Void) throws -> (MigrationPlan, MigrationReport?) {
-        let available = try MigrationDirectory.load(configuration.directory)
-        let runner = try MigrationRunner(configuration)
-        return try runner.withLock {
-            let started = Date()
-            let applied = try runner.applied()
+        return try locked(configuration) { available, runner, applied, started in
             let appliedVersions = Set(applied.map(\.version))
             var notes: [String] = []
             let reverting: Set<Int64>
@@ -137,6 +129,15 @@ public enum Migrations {
                                           warnings: plan.warnings + [point.warning].compactMap { $0 },
                                           durationSeconds: Date().timeIntervalSince(started)))
         }
+    }
+
+    /// Reads the migration files (before connecting, so a bad directory changes nothing), then runs
+    /// `body` under the migration lock with what is applied now.
+    private static func locked<T>(_ configuration: MigrationConfiguration,
+                                  _ body: ([Migration], MigrationRunner, [AppliedMigration], Date) throws -> T) throws -> T {
+        let available = try MigrationDirectory.load(configuration.directory)
+        let runner = try MigrationRunner(configuration)
+        return try runner.withLock { try body(available, runner, try runner.applied(), Date()) }
     }
 
     /// `dbmigrate resolve V --mark-applied|--mark-reverted`.
