@@ -28,7 +28,7 @@ let package = Package(
             .product(name: "TOMLKit", package: "TOMLKit"),
         ]),
         .target(name: "RecoveryCommands", dependencies: [
-            "RecoveryKit",
+            "RecoveryKit", "Gzip",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "dbbackup", dependencies: ["RecoveryCommands"]),

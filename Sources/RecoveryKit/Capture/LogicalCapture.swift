@@ -20,7 +20,7 @@ public struct LogicalCaptureConfiguration {
     public var tools: PostgresTools
 
     public init(target: ConnectionTarget, repositories: [String], tags: [String] = [], release: String? = nil,
-                pinned: Bool = false, compressionLevel: Int = 6, jobs: Int = ProcessInfo.processInfo.activeProcessorCount,
+                pinned: Bool = false, compressionLevel: Int = GzipCompressor.defaultLevel, jobs: Int = ProcessInfo.processInfo.activeProcessorCount,
                 tools: PostgresTools = PostgresTools()) {
         self.jobs = max(1, jobs)
         self.target = target
@@ -42,9 +42,10 @@ public enum LogicalCapture {
     /// Takes one logical backup.
     ///
     /// Order: lock the repository; open a REPEATABLE READ READ ONLY transaction and export its
-    /// snapshot; count rows and read `schema_version` in it; stream `pg_dump --snapshot` through
-    /// gzip into `backups/<id>/dump.sql.gz` (sha256 and sizes computed on the way); commit the data
-    /// file (fsync, rename); write the manifest last.
+    /// snapshot; stream `pg_dump --snapshot` through gzip into `backups/<id>/dump.sql.gz` (sha256
+    /// and sizes computed on the way) while
+    /// counting rows and reading `schema_version` in the same snapshot on the exporting connection;
+    /// commit the data file (fsync, rename) once both are done; write the manifest last.
     ///
     /// - Important: on any failure no manifest is written, so nothing half-done looks like a backup.
     /// - Parameters:
@@ -55,7 +56,7 @@ public enum LogicalCapture {
     public static func run(_ configuration: LogicalCaptureConfiguration, progress: ProgressObserver? = nil) throws -> CaptureResult {
         guard (0...9).contains(configuration.compressionLevel) else {
             throw RecoveryError(.usage, "compression level \(configuration.compressionLevel) is outside 0...9",
-                                hint: "pass --compression-level between 0 (none) and 9 (smallest); 6 is the default")
+                                hint: "pass --compression-level between 0 (none) and 9 (smallest); \(GzipCompressor.defaultLevel) is the default")
         }
         let pgDump = try configuration.tools.path(of: "pg_dump")
         let targets = try CaptureTargets(addresses: configuration.repositories, command: "dbbackup")
@@ -71,13 +72,18 @@ public enum LogicalCapture {
             SELECT current_database(), current_setting('server_version'),
                    (SELECT system_identifier::text FROM pg_catalog.pg_control_system())
             """).rows[0]
-        let tables = try TableCounter.countRows(on: connection)
-        let schemaVersion = try TableCounter.schemaVersion(on: connection)
+        // The exact counts come from the same snapshot, counted on its own connection while pg_dump
+        // streams it: the server scans while this process compresses. The data file is committed only
+        // once the counts are in, so a failed count leaves nothing behind.
+        let counting = Background { (try TableCounter.countRows(on: connection), try TableCounter.schemaVersion(on: connection)) }
+        defer { counting.join() }
 
         let (file, _) = try StreamCapture.run(
             executable: pgDump, arguments: ["--snapshot=\(snapshot)", "--format=plain", "--no-password"],
             environment: configuration.target.childEnvironment, targets: targets, key: "backups/\(id)/\(dumpFileName)",
-            level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "dump")
+            level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "dump",
+            beforeCommit: { _ = try counting.wait() })
+        let (tables, schemaVersion) = try counting.wait()
         try connection.execute(script: "COMMIT")
 
         let manifest = BackupManifest(

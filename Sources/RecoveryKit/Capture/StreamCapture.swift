@@ -12,7 +12,7 @@ enum StreamCapture {
     /// - Throws: `RecoveryError(.toolFailed)` with the program's own message, or the store's error.
     static func run(executable: String, arguments: [String], environment: [String: String], targets: CaptureTargets, key storeKey: String,
                     level: Int, jobs: Int, key: RepositoryKey? = nil, progress: ProgressObserver?, phase: String,
-                    observe: ((UnsafeRawBufferPointer) -> Void)? = nil) throws -> (BackupManifest.File, String) {
+                    observe: ((UnsafeRawBufferPointer) -> Void)? = nil, beforeCommit: () throws -> Void = {}) throws -> (BackupManifest.File, String) {
         try targets.openWriters(storeKey)
         var committed = false
         defer { if !committed { targets.abort() } }
@@ -54,6 +54,7 @@ enum StreamCapture {
             throw RecoveryError(.toolFailed, "\(name) \(termination.description): \(reason)",
                                 hint: "fix the cause above and run dbbackup again; nothing was stored")
         }
+        try beforeCommit()
         try targets.commit()
         committed = true
         var file = BackupManifest.File(name: (storeKey as NSString).lastPathComponent, rawBytes: compressor.bytesIn,
