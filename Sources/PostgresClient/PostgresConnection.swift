@@ -9,9 +9,12 @@ internal import CLibPQ
 /// One libpq connection. Not thread-safe: use it from one thread at a time.
 ///
 /// Deliberately narrow (connect, query with text parameters, a few typed decoders): libpq does
-/// the talking for row counts, snapshots, locks and migrations; pg_dump and psql do the rest.
+/// the talking for row counts, snapshots, locks, migrations and restores (COPY FROM STDIN);
+/// pg_dump and pg_basebackup do the rest.
 public final class PostgresConnection {
     private var handle: OpaquePointer?
+    /// The COPY statement in progress, for error messages.
+    private var copyStatement = ""
     /// The target this connection was opened with (for messages; never includes the password).
     public let target: ConnectionTarget
 
@@ -110,6 +113,65 @@ public final class PostgresConnection {
         guard status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK || status == PGRES_EMPTY_QUERY else {
             throw error(from: result, sql: sql)
         }
+    }
+
+    /// Starts `COPY … FROM STDIN`; send rows with `putCopyData(_:)` and end with `endCopy()`.
+    ///
+    /// - Throws: `PostgresError.query` if the server refuses the statement.
+    public func beginCopy(_ sql: String) throws {
+        guard let handle else {
+            throw PostgresError(kind: .connection, operation: Self.summary(of: sql), message: "connection is closed")
+        }
+        let result = PQexec(handle, sql)
+        defer { PQclear(result) }
+        guard PQresultStatus(result) == PGRES_COPY_IN else {
+            throw error(from: result, sql: sql)
+        }
+        copyStatement = sql
+    }
+
+    /// Sends COPY data (whole rows in the COPY text format) for the COPY started by `beginCopy(_:)`.
+    ///
+    /// - Throws: `PostgresError.connection` if the connection broke; row errors surface at `endCopy()`.
+    public func putCopyData(_ bytes: UnsafeRawBufferPointer) throws {
+        guard let handle, let base = bytes.baseAddress else { return }
+        var offset = 0
+        while offset < bytes.count {
+            let length = min(bytes.count - offset, 1 << 30)
+            let sent = PQputCopyData(handle, base.advanced(by: offset).assumingMemoryBound(to: CChar.self), Int32(length))
+            guard sent == 1 else {
+                throw PostgresError(kind: .connection, operation: Self.summary(of: copyStatement),
+                                    message: Self.firstMeaningfulLine(String(cString: PQerrorMessage(handle))))
+            }
+            offset += length
+        }
+    }
+
+    /// Ends the COPY started by `beginCopy(_:)`.
+    ///
+    /// - Returns: the number of rows the server stored.
+    /// - Throws: `PostgresError.query` with the server's reason (e.g. a malformed row).
+    @discardableResult
+    public func endCopy() throws -> Int64 {
+        guard let handle else {
+            throw PostgresError(kind: .connection, operation: Self.summary(of: copyStatement), message: "connection is closed")
+        }
+        guard PQputCopyEnd(handle, nil) == 1 else {
+            throw PostgresError(kind: .connection, operation: Self.summary(of: copyStatement),
+                                message: Self.firstMeaningfulLine(String(cString: PQerrorMessage(handle))))
+        }
+        var rows: Int64 = 0
+        var failure: PostgresError?
+        while let result = PQgetResult(handle) {
+            if PQresultStatus(result) == PGRES_COMMAND_OK {
+                rows = Int64(String(cString: PQcmdTuples(result))) ?? 0
+            } else if failure == nil {
+                failure = error(from: result, sql: copyStatement)
+            }
+            PQclear(result)
+        }
+        if let failure { throw failure }
+        return rows
     }
 
     /// Quotes an identifier the way the server expects (`"my table"`).

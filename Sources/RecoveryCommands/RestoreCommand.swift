@@ -32,9 +32,11 @@ public struct RestoreBackupCommand: ParsableCommand {
         commandName: "restore",
         abstract: "Restore a backup into the database named by --database-url (the default subcommand).",
         discussion: """
-        Steps: create a scratch database; stream the dump into it through psql in one transaction, \
-        committed only if the file's sha256 matches; check every table's row count against the \
-        manifest; end sessions on the target, rename it aside, rename the scratch database into place.
+        Steps: create a scratch database; stream the dump into it, the schema first, then the rows \
+        over --jobs connections (like pg_restore -j), committed only once the file's sha256 has \
+        matched at the end of the stream, then indexes and constraints, several at once; check every \
+        table's row count against the manifest; end sessions on the target, rename it aside, rename \
+        the scratch database into place.
 
         --emergency: no prompt; picks the newest backup whose files verify, says which it skipped and \
         why, prints a timeline and writes an incident record (JSON) to --incident-file or \
@@ -92,6 +94,10 @@ public struct RestoreBackupCommand: ParsableCommand {
 
     @Flag(name: .customLong("move-aside"), help: "With --pitr: rename a non-empty --pgdata out of the way first.")
     public var moveAside = false
+
+    @Option(name: .customLong("jobs"), help: ArgumentHelp("Connections that load rows and build indexes at once (default: cores).", valueName: "n"))
+    public var jobs = ProcessInfo.processInfo.activeProcessorCount
+
     @OptionGroup(title: "Configuration") public var config: ConfigOptions
 
     @OptionGroup(title: "Output") public var output: OutputOptions
@@ -99,6 +105,7 @@ public struct RestoreBackupCommand: ParsableCommand {
     public init() {}
 
     public func validate() throws {
+        guard (1...64).contains(jobs) else { throw ValidationError("--jobs \(jobs) must be between 1 and 64") }
         let targets = [targetTime, targetLSN, targetName, target].compactMap { $0 }
         if pitr {
             guard pgdata != nil else { throw ValidationError("--pitr needs --pgdata DIR, the data directory to restore into") }
@@ -179,6 +186,7 @@ public struct RestoreBackupCommand: ParsableCommand {
             mode: mode, target: try connection.target(), repositories: try repository.addresses(), backup: backup ?? "latest",
             release: release, dryRun: dryRun, tools: connection.tools, incidentFile: incidentFile)
         configuration.key = try repository.cipherKey()
+        configuration.jobs = jobs
         let timeline = output.timeline()
         let plan = try LogicalRestore.plan(configuration, timeline: timeline)
         if dryRun {

@@ -75,7 +75,7 @@ final class StorageFaultAndSecretTests: XCTestCase {
         record(try TestProcess.tool("dbbackup", ["--database-url", url.replacingOccurrences(of: cluster.password, with: cluster.password + "x")],
                                     environment: environment))   // a failing run prints its error
 
-        // An emergency restore, watching psql's argv while it runs.
+        // An emergency restore, watching the argv of any child it starts while it runs.
         let restore = try ChildProcess(executable: TestPaths.executable("dbrestore"), arguments: ["--emergency", "--incident-file", work + "/incident.json"],
                                        environment: environment, stdin: .null, stdout: .pipe, stderr: .pipe)
         let restoreOutput = OutputCollector(descriptor: restore.standardOutput)

@@ -16,18 +16,20 @@ final class MigrationPlannerTests: XCTestCase {
         AppliedMigration(version: version, name: "m\(version)", upSHA256: "sha-up \(version)", appliedAt: Date(timeIntervalSince1970: seconds), state: state)
     }
 
-    func testSplitsStatementsRespectingQuotesDollarQuotesAndComments() {
+    func testSplitsStatementsRespectingQuotesDollarQuotesAndCommentsLeavingLineCommentsOut() {
         let sql = """
             -- header; with a semicolon
             CREATE TABLE "a;b" (x text DEFAULT 'it''s; fine');
             /* block; comment */ CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $body$ SELECT 1; $body$;
             SELECT $1;;
+            SELECT E'it\\'s; escaped', a$b$c FROM t;
             -- trailing comment only
             """
         XCTAssertEqual(SQLStatements.split(sql), [
-            "-- header; with a semicolon\nCREATE TABLE \"a;b\" (x text DEFAULT 'it''s; fine')",
+            "CREATE TABLE \"a;b\" (x text DEFAULT 'it''s; fine')",
             "/* block; comment */ CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $body$ SELECT 1; $body$",
             "SELECT $1",
+            "SELECT E'it\\'s; escaped', a$b$c FROM t",
         ])
         XCTAssertEqual(SQLStatements.split("-- only a comment\n"), [])
     }

@@ -28,6 +28,8 @@ public struct RestoreConfiguration {
     public var incidentFile: String?
     /// The repository cipher key, for encrypted backups.
     public var key: RepositoryKey? = nil
+    /// Connections that load rows and build indexes at once.
+    public var jobs = ProcessInfo.processInfo.activeProcessorCount
 
     public init(mode: Mode, target: ConnectionTarget, repositories: [String], backup: String = "latest", release: String? = nil,
                 dryRun: Bool = false, tools: PostgresTools = PostgresTools(), incidentFile: String? = nil) {
@@ -178,7 +180,7 @@ public enum LogicalRestore {
         }
         try timeline.step("replay backup \(manifest.id) into \(scratch) (\(ByteCount.format(manifest.storedBytes)))") {
             try DumpApplier.apply(manifest, from: store, into: configuration.target.with(database: scratch),
-                                  tools: configuration.tools, key: configuration.key, progress: progress)
+                                  jobs: configuration.jobs, key: configuration.key, progress: progress)
         }
         let counts = try timeline.step("verify row counts of \(manifest.tables.count) tables in \(scratch)") { () -> RowCountVerifier.Report in
             let connection = try PostgresConnection(target: configuration.target.with(database: scratch), applicationName: "dbrestore")
