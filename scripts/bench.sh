@@ -114,6 +114,7 @@ for rep in $(seq 1 "$reps"); do
   measure "pg_dump | pigz -6 -p 2" "'$pg_bin/pg_dump' '$base/bench' | pigz -6 -p 2 > '$work/out/d.gz'"
   measure "pg_dump -Fc -Z6" "'$pg_bin/pg_dump' -Fc -Z6 -f '$work/out/d.dump' '$base/bench'"
   measure "dbbackup" "'$bin/dbbackup' -q --database-url '$base/bench' --repo '$work/out/repo'"
+  measure "dbbackup --compression-level 6" "'$bin/dbbackup' -q --compression-level 6 --database-url '$base/bench' --repo '$work/out/repo'"
   measure "dbbackup --compression-level 1" "'$bin/dbbackup' -q --compression-level 1 --database-url '$base/bench' --repo '$work/out/repo'"
   measure "dbbackup (small dataset)" "'$bin/dbbackup' -q --database-url '$base/bench_small' --repo '$work/out/repo'"
   measure "dbbackup to S3" "env $s3_env '$bin/dbbackup' -q --database-url '$base/bench' --repo s3://bench/full"
@@ -131,7 +132,8 @@ for rep in $(seq 1 "$reps"); do
   psql -q -X "$base/postgres" -c "SELECT format('DROP DATABASE %I', datname) FROM pg_database WHERE datname LIKE 'r3_pre_restore_%'" -A -t | psql -q -X "$base/postgres" >/dev/null
 done
 
-python3 - "$results" "$scale" "$reps" "$db_size" "$dump_size" > "$work/results.md" <<'PY'
+default_level=$("$bin/dbbackup" capture --help | tr -s ' \n' ' ' | sed 's/.*--compression-level <n>//' | grep -o '(default: [0-9])' | head -1 | tr -dc '0-9')
+DEFAULT_LEVEL=$default_level python3 - "$results" "$scale" "$reps" "$db_size" "$dump_size" > "$work/results.md" <<'PY'
 import statistics, sys, platform, subprocess, os
 path, scale, reps, db_size, dump_size = sys.argv[1:6]
 rows = {}
@@ -155,6 +157,7 @@ checks = [
     ("dbbackup / pg_dump | pigz -6 -p 2", ratio("dbbackup", "pg_dump | pigz -6 -p 2"), 0.95),
     ("dbbackup / pg_dump | gzip -6", ratio("dbbackup", "pg_dump | gzip -6"), 0.65),
     ("dbbackup size / gzip -6 size", med["dbbackup"][3] / med["pg_dump | gzip -6"][3], 1.02),
+    ("dbbackup -6 / pg_dump | pigz -6 -p 2 (same level as the peers)", ratio("dbbackup --compression-level 6", "pg_dump | pigz -6 -p 2"), 1.0),
     ("dbbackup -1 / pg_dump > /dev/null", ratio("dbbackup --compression-level 1", "pg_dump > /dev/null (floor)"), 1.25),
     ("dbrestore / gunzip -c | psql", ratio("dbrestore (checksum + row counts + swap)", "gunzip -c | psql"), 1.0),
     ("dbbackup peak RSS MiB (full)", med["dbbackup"][2] / 1024, 64),
@@ -168,7 +171,8 @@ print("| ratio | measured | target | met |")
 print("| --- | ---: | ---: | :---: |")
 for name, value, target in checks:
     print(f"| {md(name)} | {value:.2f} | ≤ {target} | {'yes' if value <= target else 'NO'} |")
-print("\nThe issue sets no target for physical backups; 1.0 (as fast as the peer) is shown as the bar.")
+print(f"\ndbbackup's default level is {os.environ.get('DEFAULT_LEVEL', '?')}: as small as gzip -6 on dumps (see the size ratio) for about a quarter less CPU.")
+print("The issue sets no target for physical backups or for level 6 against pigz; 1.0 (as fast as the peer) is shown as the bar.")
 PY
 mkdir -p bench
 cp "$work/results.md" bench/results.md
