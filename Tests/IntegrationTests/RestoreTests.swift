@@ -292,6 +292,7 @@ final class RestoreTests: XCTestCase {
             INSERT INTO public.children SELECT g, 1 + g % 500, 'label ' || g FROM generate_series(1, 3000) g;
             INSERT INTO public.events SELECT g, date '2024-06-01' + g % 400, jsonb_build_object('g', g) FROM generate_series(1, 2000) g;
             REFRESH MATERIALIZED VIEW public.totals;
+            SELECT lo_from_bytea(0, convert_to('a large object; with a semicolon', 'UTF8'));
             """#)
         let url = cluster.url(database: source)
         let backup = try tool("dbbackup", ["--database-url", url, "--repo", repository])
@@ -313,7 +314,8 @@ final class RestoreTests: XCTestCase {
             let digest = "SELECT count(*) || ':' || md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM \(table) t"
             XCTAssertEqual(try cluster.scalar(digest, database: restored), try cluster.scalar(digest, database: source), table)
         }
-        for probe in ["SELECT last_value FROM public.tickets", "SELECT public.tricky(3)", "SELECT obj_description('données.élément'::regclass)"] {
+        for probe in ["SELECT last_value FROM public.tickets", "SELECT public.tricky(3)", "SELECT obj_description('données.élément'::regclass)",
+                      "SELECT string_agg(convert_from(lo_get(oid), 'UTF8'), ',') FROM pg_largeobject_metadata"] {
             XCTAssertEqual(try cluster.scalar(probe, database: restored), try cluster.scalar(probe, database: source), probe)
         }
     }
