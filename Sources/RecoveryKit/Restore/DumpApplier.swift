@@ -62,6 +62,8 @@ final class ParallelLoader {
     private var dataStarted = false
     private var copyStatement: String?
     private var rows: [UInt8] = []
+    /// Row buffers handed back by the workers, reused (a fresh 1 MiB buffer per run costs 256 page faults).
+    private let spares = BufferPool()
     /// Statements after the rows, run once the rows are committed.
     private var postData: [String] = []
     private static let runSize = 1 << 20
@@ -140,12 +142,11 @@ final class ParallelLoader {
             let connection = try Self.connect(target)
             for setting in settings { try run(setting, on: connection) }
             try run("BEGIN", on: connection)
-            workers.append(CopyWorker(connection: connection, backupID: backupID))
+            workers.append(CopyWorker(connection: connection, backupID: backupID, spares: spares))
         }
         let worker = workers.min { $0.queuedBytes < $1.queuedBytes }!
         try worker.submit(copyStatement, rows: rows)
-        rows = []
-        rows.reserveCapacity(Self.runSize + 64 * 1024)
+        rows = spares.take(capacity: Self.runSize + 64 * 1024)
     }
 
     /// Index and key builds on different tables at once, over up to `jobs` connections; builds on
@@ -258,9 +259,12 @@ private final class CopyWorker: @unchecked Sendable {
     /// Bytes waiting before `submit` blocks: keeps memory bounded when the server is the slower side.
     private static let maximumQueued = 4 << 20
 
-    init(connection: PostgresConnection, backupID: String) {
+    private let spares: BufferPool
+
+    init(connection: PostgresConnection, backupID: String, spares: BufferPool) {
         self.connection = connection
         self.backupID = backupID
+        self.spares = spares
         Thread.detachNewThread { [self] in
             run()
             done.signal()
@@ -315,15 +319,17 @@ private final class CopyWorker: @unchecked Sendable {
                 condition.unlock()
                 break
             }
-            let item = queue.removeFirst()
+            var item = queue.removeFirst()
             let healthy = failure == nil
             condition.unlock()
             var error: Error?
             if healthy {
                 do { try load(item.statement, item.rows) } catch let caught { error = caught }
             }
+            let size = item.rows.count
+            spares.give(&item.rows)
             condition.withLock {
-                queued -= item.rows.count
+                queued -= size
                 if let error, failure == nil { failure = error }
                 condition.broadcast()
             }
@@ -352,5 +358,26 @@ private final class CopyWorker: @unchecked Sendable {
 
     private func describe(_ error: Error, _ statement: String) -> Error {
         DumpApplier.failure(error, in: statement, backupID: backupID)
+    }
+}
+
+/// A few emptied byte buffers kept for reuse between threads.
+private final class BufferPool: @unchecked Sendable {
+    private let lock = NSLock()
+    private var buffers: [[UInt8]] = []
+
+    func take(capacity: Int) -> [UInt8] {
+        if let buffer = lock.withLock({ buffers.popLast() }) { return buffer }
+        var buffer: [UInt8] = []
+        buffer.reserveCapacity(capacity)
+        return buffer
+    }
+
+    /// Takes the buffer (leaving an empty one): it must be the only reference, or a copy is kept.
+    func give(_ buffer: inout [UInt8]) {
+        buffer.removeAll(keepingCapacity: true)
+        let kept = buffer
+        buffer = []
+        lock.withLock { if buffers.count < 16 { buffers.append(kept) } }
     }
 }
