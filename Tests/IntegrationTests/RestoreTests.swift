@@ -319,4 +319,42 @@ final class RestoreTests: XCTestCase {
             XCTAssertEqual(try cluster.scalar(probe, database: restored), try cluster.scalar(probe, database: source), probe)
         }
     }
+
+    /// A dump the server rejects part-way — a row that does not parse (COPY, on a loading
+    /// connection), a duplicate key (a post-data build run side by side) — fails the restore with
+    /// the statement and the server's reason; the target and the server are left as they were.
+    func testServerErrorsMidReplayFailCleanlyAndChangeNothing() throws {
+        let before = try cluster.rowCounts(database: database)
+        for (name, edit) in [("bad row", "s/^7\\tuser7@example.com$/seven\\tuser7@example.com/"),
+                             ("duplicate key", "s/^8\\tuser8@example.com$/7\\tuser8@example.com/")] {
+            let id = try backup()
+            // Edit the dump and re-seal the manifest, so only the server can object.
+            let folder = "\(repository!)/backups/\(id)"
+            let reseal = try TestProcess.shell("""
+                set -e
+                gunzip -c '\(folder)/dump.sql.gz' | sed -E '\(edit)' | gzip > '\(folder)/edited.gz'
+                mv '\(folder)/edited.gz' '\(folder)/dump.sql.gz'
+                python3 - '\(folder)' <<'PY'
+                import hashlib, json, os, sys, gzip
+                folder = sys.argv[1]
+                data = open(os.path.join(folder, "dump.sql.gz"), "rb").read()
+                manifest = json.load(open(os.path.join(folder, "manifest.json")))
+                entry = manifest["files"][0]
+                entry.update(sha256=hashlib.sha256(data).hexdigest(), stored_bytes=len(data), raw_bytes=len(gzip.decompress(data)))
+                json.dump(manifest, open(os.path.join(folder, "manifest.json"), "w"))
+                PY
+                gunzip -c '\(folder)/dump.sql.gz' | grep -c -P '^(seven|7)\\tuser[78]@example.com$'
+                """)
+            XCTAssertEqual(reseal.status, 0, reseal.standardError)
+            XCTAssertEqual(reseal.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines), name == "bad row" ? "1" : "2", name)
+
+            let result = try tool("dbrestore", common + [id, "--yes", "--jobs", "2"])
+            XCTAssertEqual(result.status, ExitStatus.restoreFailed.rawValue, "\(name): \(result.standardError)")
+            let expected = name == "bad row" ? "invalid input syntax for type bigint" : "could not create unique index"
+            XCTAssertTrue(result.standardError.contains(expected), "\(name): \(result.standardError)")
+            XCTAssertTrue(result.standardError.contains("failed at `"), "names the statement: \(result.standardError)")
+            XCTAssertEqual(try cluster.rowCounts(database: database), before, "\(name): target untouched")
+            XCTAssertEqual(try databases(like: "\(database!)_%"), [], "\(name): no scratch database left")
+        }
+    }
 }
