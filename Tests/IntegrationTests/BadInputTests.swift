@@ -35,6 +35,8 @@ final class BadInputTests: XCTestCase {
             ("dbrestore", ["--emergency", "--drill"], usage, "cannot be combined"),
             ("dbrestore", ["latest", "--release", "v1"], usage, "--release"),
             ("dbrestore", ["latest", "--incident-file", "/tmp/x.json"], usage, "--incident-file"),
+            ("dbrestore", ["latest", "--yes", "--jobs", "0"], usage, "--jobs"),
+            ("dbrestore", ["latest", "--yes", "--jobs", "-3"], usage, "--jobs"),
             ("dbrestore", ["--pitr"], usage, "--pgdata"),
             ("dbrestore", ["--pitr", "--pgdata", pgdata, "--target-time", "yesterday"], usage, "--target-time"),
             ("dbrestore", ["--pitr", "--pgdata", pgdata, "--target-time", "2024-13-45 99:00:00"], usage, "--target-time"),
