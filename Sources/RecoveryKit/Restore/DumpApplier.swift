@@ -144,7 +144,7 @@ final class ParallelLoader {
             try run("BEGIN", on: connection)
             workers.append(CopyWorker(connection: connection, backupID: backupID, spares: spares))
         }
-        let worker = workers.min { $0.queuedBytes < $1.queuedBytes }!
+        guard let worker = workers.min(by: { $0.queuedBytes < $1.queuedBytes }) else { return }
         try worker.submit(copyStatement, rows: rows)
         rows = spares.take(capacity: Self.runSize + 64 * 1024)
     }

@@ -59,7 +59,7 @@ public enum RetentionPlanner {
         }
         if tier.snapshots {
             var calendar = Calendar(identifier: .iso8601)
-            calendar.timeZone = TimeZone(identifier: snapshots.timeZone) ?? TimeZone(identifier: "UTC")!
+            calendar.timeZone = TimeZone(identifier: snapshots.timeZone) ?? TimeZone(secondsFromGMT: 0) ?? .current
             let rules: [(String, Int, (Date) -> Int)] = [
                 ("daily", snapshots.daily, { date in
                     let c = calendar.dateComponents([.year, .month, .day], from: date)

@@ -22,7 +22,8 @@ final class Background<Value>: @unchecked Sendable {
             done.wait()
             joined = true
         }
-        return try result!.get()
+        guard let result else { preconditionFailure("Background work signalled without a result") }
+        return try result.get()
     }
 
     /// Blocks until the work has finished, ignoring its outcome (for cleanup paths).
