@@ -84,9 +84,7 @@ public final class PostgresConnection {
     /// - Throws: `PostgresError.query` with the server's SQLSTATE, message, detail and hint.
     @discardableResult
     public func query(_ sql: String, _ parameters: [String?] = []) throws -> QueryResult {
-        guard let handle else {
-            throw PostgresError(kind: .connection, operation: Self.summary(of: sql), message: "connection is closed")
-        }
+        let handle = try openHandle(for: sql)
         let cParameters = parameters.map { $0.map { strdup($0) } ?? nil }
         defer { cParameters.forEach { free($0) } }
         let result = cParameters.map { UnsafePointer($0) }.withUnsafeBufferPointer { buffer in
@@ -104,29 +102,14 @@ public final class PostgresConnection {
     ///
     /// - Throws: `PostgresError.query` for the first failing statement.
     public func execute(script sql: String) throws {
-        guard let handle else {
-            throw PostgresError(kind: .connection, operation: Self.summary(of: sql), message: "connection is closed")
-        }
-        let result = PQexec(handle, sql)
-        defer { PQclear(result) }
-        let status = PQresultStatus(result)
-        guard status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK || status == PGRES_EMPTY_QUERY else {
-            throw error(from: result, sql: sql)
-        }
+        try exec(sql, expecting: [PGRES_COMMAND_OK, PGRES_TUPLES_OK, PGRES_EMPTY_QUERY])
     }
 
     /// Starts `COPY … FROM STDIN`; send rows with `putCopyData(_:)` and end with `endCopy()`.
     ///
     /// - Throws: `PostgresError.query` if the server refuses the statement.
     public func beginCopy(_ sql: String) throws {
-        guard let handle else {
-            throw PostgresError(kind: .connection, operation: Self.summary(of: sql), message: "connection is closed")
-        }
-        let result = PQexec(handle, sql)
-        defer { PQclear(result) }
-        guard PQresultStatus(result) == PGRES_COPY_IN else {
-            throw error(from: result, sql: sql)
-        }
+        try exec(sql, expecting: [PGRES_COPY_IN])
         copyStatement = sql
     }
 
@@ -134,15 +117,13 @@ public final class PostgresConnection {
     ///
     /// - Throws: `PostgresError.connection` if the connection broke; row errors surface at `endCopy()`.
     public func putCopyData(_ bytes: UnsafeRawBufferPointer) throws {
-        guard let handle, let base = bytes.baseAddress else { return }
+        let handle = try openHandle(for: copyStatement)
+        guard let base = bytes.baseAddress else { return }
         var offset = 0
         while offset < bytes.count {
             let length = min(bytes.count - offset, 1 << 30)
             let sent = PQputCopyData(handle, base.advanced(by: offset).assumingMemoryBound(to: CChar.self), Int32(length))
-            guard sent == 1 else {
-                throw PostgresError(kind: .connection, operation: Self.summary(of: copyStatement),
-                                    message: Self.firstMeaningfulLine(String(cString: PQerrorMessage(handle))))
-            }
+            guard sent == 1 else { throw brokenConnection(handle, during: copyStatement) }
             offset += length
         }
     }
@@ -153,13 +134,8 @@ public final class PostgresConnection {
     /// - Throws: `PostgresError.query` with the server's reason (e.g. a malformed row).
     @discardableResult
     public func endCopy() throws -> Int64 {
-        guard let handle else {
-            throw PostgresError(kind: .connection, operation: Self.summary(of: copyStatement), message: "connection is closed")
-        }
-        guard PQputCopyEnd(handle, nil) == 1 else {
-            throw PostgresError(kind: .connection, operation: Self.summary(of: copyStatement),
-                                message: Self.firstMeaningfulLine(String(cString: PQerrorMessage(handle))))
-        }
+        let handle = try openHandle(for: copyStatement)
+        guard PQputCopyEnd(handle, nil) == 1 else { throw brokenConnection(handle, during: copyStatement) }
         var rows: Int64 = 0
         var failure: PostgresError?
         while let result = PQgetResult(handle) {
@@ -177,6 +153,28 @@ public final class PostgresConnection {
     /// Quotes an identifier the way the server expects (`"my table"`).
     public func quoteIdentifier(_ identifier: String) -> String {
         "\"" + identifier.replacingAll("\"", with: "\"\"") + "\""
+    }
+
+    private func openHandle(for sql: String) throws -> OpaquePointer {
+        guard let handle else {
+            throw PostgresError(kind: .connection, operation: Self.summary(of: sql), message: "connection is closed")
+        }
+        return handle
+    }
+
+    /// Runs `sql` with the simple query protocol; any status but `statuses` is an error.
+    private func exec(_ sql: String, expecting statuses: [ExecStatusType]) throws {
+        let handle = try openHandle(for: sql)
+        let result = PQexec(handle, sql)
+        defer { PQclear(result) }
+        guard statuses.contains(PQresultStatus(result)) else {
+            throw error(from: result, sql: sql)
+        }
+    }
+
+    private func brokenConnection(_ handle: OpaquePointer, during sql: String) -> PostgresError {
+        PostgresError(kind: .connection, operation: Self.summary(of: sql),
+                      message: Self.firstMeaningfulLine(String(cString: PQerrorMessage(handle))))
     }
 
     private func error(from result: OpaquePointer?, sql: String) -> PostgresError {

@@ -184,9 +184,8 @@ public struct RestoreBackupCommand: ParsableCommand {
         let mode: RestoreConfiguration.Mode = emergency ? .emergency : drill ? .drill : .normal
         var configuration = RestoreConfiguration(
             mode: mode, target: try connection.target(), repositories: try repository.addresses(), backup: backup ?? "latest",
-            release: release, dryRun: dryRun, tools: connection.tools, incidentFile: incidentFile)
+            release: release, dryRun: dryRun, jobs: jobs, incidentFile: incidentFile)
         configuration.key = try repository.cipherKey()
-        configuration.jobs = jobs
         let timeline = output.timeline()
         let plan = try LogicalRestore.plan(configuration, timeline: timeline)
         if dryRun {

@@ -43,9 +43,9 @@ public enum LogicalCapture {
     ///
     /// Order: lock the repository; open a REPEATABLE READ READ ONLY transaction and export its
     /// snapshot; stream `pg_dump --snapshot` through gzip into `backups/<id>/dump.sql.gz` (sha256
-    /// and sizes computed on the way) while
-    /// counting rows and reading `schema_version` in the same snapshot on the exporting connection;
-    /// commit the data file (fsync, rename) once both are done; write the manifest last.
+    /// and sizes computed on the way) while counting rows and reading `schema_version` in the same
+    /// snapshot on the exporting connection; commit the data file (fsync, rename) once both are
+    /// done; write the manifest last.
     ///
     /// - Important: on any failure no manifest is written, so nothing half-done looks like a backup.
     /// - Parameters:

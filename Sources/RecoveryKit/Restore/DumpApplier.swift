@@ -129,6 +129,13 @@ final class ParallelLoader {
         }
     }
 
+    /// Another connection to the database being restored, with the dump's session settings so far.
+    private func openConnection() throws -> PostgresConnection {
+        let connection = try Self.connect(target)
+        for setting in settings { try run(setting, on: connection) }
+        return connection
+    }
+
     /// Stops everything without committing (open transactions roll back as connections close).
     func abandon() {
         for worker in workers { worker.cancel() }
@@ -139,8 +146,7 @@ final class ParallelLoader {
     private func dispatchRows() throws {
         guard !rows.isEmpty, let copyStatement else { return }
         if workers.count < jobs, workers.allSatisfy({ $0.queuedBytes > 0 }) {
-            let connection = try Self.connect(target)
-            for setting in settings { try run(setting, on: connection) }
+            let connection = try openConnection()
             try run("BEGIN", on: connection)
             workers.append(CopyWorker(connection: connection, backupID: backupID, spares: spares))
         }
@@ -164,11 +170,7 @@ final class ParallelLoader {
         let lanes = min(jobs, groups.count)
         var connections = [main]
         defer { connections.dropFirst().forEach { $0.close() } }
-        while connections.count < lanes {
-            let connection = try Self.connect(target)
-            for setting in settings { try run(setting, on: connection) }
-            connections.append(connection)
-        }
+        while connections.count < lanes { connections.append(try openConnection()) }
         let state = BatchState(groups: groups)
         let failures = (1..<max(1, lanes)).map { lane in
             Background { try state.drain(on: connections[lane], loader: self) }
@@ -252,8 +254,7 @@ private final class CopyWorker: @unchecked Sendable {
     private var closed = false
     private var cancelled = false
     private var failure: Error?
-    private let done = DispatchSemaphore(value: 0)
-    private var joined = false
+    private var loop: Background<Void>?
     /// The COPY this connection has open.
     private var openCopy: String?
     /// Bytes waiting before `submit` blocks: keeps memory bounded when the server is the slower side.
@@ -265,10 +266,7 @@ private final class CopyWorker: @unchecked Sendable {
         self.connection = connection
         self.backupID = backupID
         self.spares = spares
-        Thread.detachNewThread { [self] in
-            run()
-            done.signal()
-        }
+        loop = Background { [self] in run() }
     }
 
     var queuedBytes: Int { condition.withLock { queued } }
@@ -289,8 +287,8 @@ private final class CopyWorker: @unchecked Sendable {
             closed = true
             condition.broadcast()
         }
-        join()
-        if let failure { throw failure }
+        loop?.join()
+        if let failure = condition.withLock({ failure }) { throw failure }
     }
 
     /// Stops after the current run; the open transaction rolls back when the connection closes.
@@ -300,15 +298,8 @@ private final class CopyWorker: @unchecked Sendable {
             cancelled = true
             condition.broadcast()
         }
-        join()
+        loop?.join()
         connection.close()
-    }
-
-    private func join() {
-        if !joined {
-            done.wait()
-            joined = true
-        }
     }
 
     private func run() {
@@ -334,11 +325,11 @@ private final class CopyWorker: @unchecked Sendable {
                 condition.broadcast()
             }
         }
-        guard !cancelled, failure == nil, let statement = openCopy else { return }
+        guard condition.withLock({ !cancelled && failure == nil }), let statement = openCopy else { return }
         do {
             try connection.endCopy()
         } catch {
-            condition.withLock { failure = describe(error, statement) }
+            condition.withLock { failure = DumpApplier.failure(error, in: statement, backupID: backupID) }
         }
     }
 
@@ -352,12 +343,8 @@ private final class CopyWorker: @unchecked Sendable {
             }
             try rows.withUnsafeBytes { try connection.putCopyData($0) }
         } catch {
-            throw describe(error, openCopy ?? statement)
+            throw DumpApplier.failure(error, in: openCopy ?? statement, backupID: backupID)
         }
-    }
-
-    private func describe(_ error: Error, _ statement: String) -> Error {
-        DumpApplier.failure(error, in: statement, backupID: backupID)
     }
 }
 

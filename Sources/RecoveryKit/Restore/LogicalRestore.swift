@@ -23,23 +23,22 @@ public struct RestoreConfiguration {
     /// Only backups taken at this release (emergency and drill).
     public var release: String?
     public var dryRun: Bool
-    public var tools: PostgresTools
     /// Where to write the incident record (emergency); default `<repo>/incidents/<time>.json`.
     public var incidentFile: String?
     /// The repository cipher key, for encrypted backups.
     public var key: RepositoryKey? = nil
     /// Connections that load rows and build indexes at once.
-    public var jobs = ProcessInfo.processInfo.activeProcessorCount
+    public var jobs: Int
 
     public init(mode: Mode, target: ConnectionTarget, repositories: [String], backup: String = "latest", release: String? = nil,
-                dryRun: Bool = false, tools: PostgresTools = PostgresTools(), incidentFile: String? = nil) {
+                dryRun: Bool = false, jobs: Int = ProcessInfo.processInfo.activeProcessorCount, incidentFile: String? = nil) {
         self.mode = mode
         self.target = target
         self.repositories = repositories
         self.backup = backup
         self.release = release
         self.dryRun = dryRun
-        self.tools = tools
+        self.jobs = max(1, jobs)
         self.incidentFile = incidentFile
     }
 }
