@@ -10,6 +10,8 @@ public struct MigrationPlan: Codable, Sendable {
     public var singleTransaction: Bool
     /// A backup will be taken first (downgrades, unless --no-backup).
     public var takesBackup: Bool
+    /// A restore point will be created first (downgrades whose role and server allow it).
+    public var createsRestorePoint: Bool
     public var warnings: [String]
     /// Versions the release had that are not applied now (down --to-release only).
     public var notes: [String]
@@ -17,7 +19,14 @@ public struct MigrationPlan: Codable, Sendable {
     /// The plan for a person, with or without the full SQL.
     public func lines(includingSQL: Bool) -> [String] {
         var lines = ["\(direction == .up ? "upgrade" : "downgrade") from version \(fromVersion.map(String.init) ?? "none") to \(toVersion.map(String.init) ?? "none"): \(steps.count) step\(steps.count == 1 ? "" : "s"), \(singleTransaction ? "one transaction" : "one transaction per step")"]
-        if takesBackup { lines.append("a backup (tag pre-downgrade) and a restore point are taken first") }
+        if direction == .down && !steps.isEmpty {
+            switch (takesBackup, createsRestorePoint) {
+            case (true, true): lines.append("first: a backup (tag pre-downgrade), then a restore point")
+            case (true, false): lines.append("first: a backup (tag pre-downgrade); no restore point (see the warning)")
+            case (false, true): lines.append("first: a restore point; no backup (--no-backup)")
+            case (false, false): lines.append("no backup (--no-backup) and no restore point (see the warning)")
+            }
+        }
         for note in notes { lines.append("note: \(note)") }
         for warning in warnings { lines.append("WARNING: \(warning)") }
         for step in steps {
@@ -62,19 +71,22 @@ public enum Migrations {
     public static func up(_ configuration: MigrationConfiguration, to target: Int64?, dryRun: Bool,
                           confirm: (MigrationPlan) throws -> Void) throws -> (MigrationPlan, MigrationReport?) {
         return try locked(configuration) { available, runner, applied, started in
-            let steps = try MigrationPlanner.planUp(available: available, applied: applied, to: target)
+            let steps = try MigrationPlanner.planUp(available: available, applied: applied, to: target,
+                                                    singleTransaction: !configuration.perStep, serverVersion: runner.serverVersion)
             let current = applied.map(\.version).max()
             let plan = MigrationPlan(direction: .up, fromVersion: current, toVersion: steps.last?.version ?? current, steps: steps,
-                                     singleTransaction: !configuration.perStep, takesBackup: false, warnings: [], notes: [])
+                                     singleTransaction: !configuration.perStep, takesBackup: false, createsRestorePoint: false,
+                                     warnings: [], notes: adoptionNotes(applied))
             if dryRun { return (plan, nil) }
             if steps.isEmpty {
-                if let release = configuration.release { try runner.recordRelease(release, version: current) }
+                if let release = configuration.release { try runner.recordRelease(release, version: current, available: available) }
             } else {
                 try confirm(plan)
-                try runner.run(steps, backupID: nil)
+                try runner.run(steps, backupID: nil, available: available)
             }
             return (plan, MigrationReport(direction: .up, fromVersion: current, toVersion: plan.toVersion, steps: steps.map(\.version),
-                                          backupID: nil, restorePoint: nil, warnings: [], durationSeconds: Date().timeIntervalSince(started)))
+                                          backupID: nil, restorePoint: nil, warnings: [], serverMessages: runner.serverMessages,
+                                          durationSeconds: Date().timeIntervalSince(started)))
         }
     }
 
@@ -84,9 +96,13 @@ public enum Migrations {
     ///   default) the database ends at the target or unchanged.
     /// - Parameters:
     ///   - backupRepository: where the pre-downgrade backup goes; nil means no backup (`--no-backup`).
+    ///   - progress: told how far the pre-downgrade backup has got.
     ///   - confirm: shown the plan before anything runs; throw to cancel.
+    /// - Throws: `RecoveryError(.migrationRefused)` before anything runs when a step fails pre-flight,
+    ///   the backup could not be taken (missing privileges), or `requireRestorePoint` is set and no
+    ///   restore point can be created.
     public static func down(_ configuration: MigrationConfiguration, selection: DowngradeSelection, backupRepository: String?,
-                            tools: PostgresTools, key: RepositoryKey? = nil, dryRun: Bool,
+                            tools: PostgresTools, key: RepositoryKey? = nil, dryRun: Bool, progress: ProgressObserver? = nil,
                             confirm: (MigrationPlan) throws -> Void) throws -> (MigrationPlan, MigrationReport?) {
         return try locked(configuration) { available, runner, applied, started in
             let appliedVersions = Set(applied.map(\.version))
@@ -106,12 +122,29 @@ public enum Migrations {
                 }
             }
             let steps = try MigrationPlanner.planDown(available: available, applied: applied, reverting: reverting,
-                                                      singleTransaction: !configuration.perStep)
+                                                      singleTransaction: !configuration.perStep, serverVersion: runner.serverVersion)
             let current = applied.map(\.version).max()
             let remaining = appliedVersions.subtracting(reverting).max()
+            var warnings = runner.destructiveWarnings(steps)
+            var restorePointProblem: String?
+            if !steps.isEmpty {
+                if backupRepository != nil, let problem = try runner.backupProblem() {
+                    throw RecoveryError(.migrationRefused, "refused before running anything: \(problem)",
+                                        hint: "nothing was changed; grant the privilege (or pass --no-backup to go without a backup), then run again")
+                }
+                restorePointProblem = try runner.restorePointProblem()
+                if let problem = restorePointProblem {
+                    if configuration.requireRestorePoint {
+                        throw RecoveryError(.migrationRefused, "refused before running anything (--require-restore-point): no restore point can be created: \(problem)",
+                                            hint: "nothing was changed; fix it as described, or drop --require-restore-point to revert without one")
+                    }
+                    warnings.append("no restore point will be created: \(problem); the downgrade would go ahead without one (--require-restore-point refuses instead)")
+                }
+            }
             let plan = MigrationPlan(direction: .down, fromVersion: current, toVersion: remaining, steps: steps,
                                      singleTransaction: !configuration.perStep, takesBackup: backupRepository != nil && !steps.isEmpty,
-                                     warnings: runner.destructiveWarnings(steps), notes: notes)
+                                     createsRestorePoint: !steps.isEmpty && restorePointProblem == nil,
+                                     warnings: warnings, notes: notes + adoptionNotes(applied))
             if dryRun || steps.isEmpty { return (plan, nil) }
             try confirm(plan)
             var backupID: String?
@@ -119,14 +152,19 @@ public enum Migrations {
                 var capture = LogicalCaptureConfiguration(target: configuration.target, repositories: [backupRepository],
                                                           tags: ["pre-downgrade"], release: configuration.release, tools: tools)
                 capture.key = key
-                let result = try LogicalCapture.run(capture)
+                let result = try LogicalCapture.run(capture, progress: progress)
+                progress?.finished()
                 backupID = result.manifest.id
             }
             let point = runner.createRestorePoint("dbmigrate-down-\(current.map(String.init) ?? "0")-to-\(remaining.map(String.init) ?? "0")-\(Int(Date().timeIntervalSince1970))")
-            try runner.run(steps, backupID: backupID)
+            if let warning = point.warning, configuration.requireRestorePoint {
+                throw RecoveryError(.migrationRefused, "nothing was reverted (--require-restore-point): \(warning)",
+                                    hint: backupID.map { "backup \($0) was taken and stays; fix the restore point, then run again" } ?? "fix the restore point, then run again")
+            }
+            try runner.run(steps, backupID: backupID, available: available)
             return (plan, MigrationReport(direction: .down, fromVersion: current, toVersion: remaining, steps: steps.map(\.version),
                                           backupID: backupID, restorePoint: point.name,
-                                          warnings: plan.warnings + [point.warning].compactMap { $0 },
+                                          warnings: plan.warnings + [point.warning].compactMap { $0 }, serverMessages: runner.serverMessages,
                                           durationSeconds: Date().timeIntervalSince(started)))
         }
     }
@@ -142,8 +180,28 @@ public enum Migrations {
 
     /// `dbmigrate resolve V --mark-applied|--mark-reverted`.
     public static func resolve(_ configuration: MigrationConfiguration, version: Int64, applied: Bool) throws {
-        let runner = try MigrationRunner(configuration)
-        let migration = try MigrationDirectory.load(configuration.directory).first { $0.version == version }
-        try runner.withLock { try runner.resolve(version, applied: applied, migration: migration) }
+        try locked(configuration) { available, runner, _, _ in
+            try runner.resolve(version, applied: applied, available: available)
+        }
+    }
+
+    /// `dbmigrate baseline --version N`: for a database whose `schema_version` is missing or empty,
+    /// records every version on disk up to N (and N itself) as applied without running it.
+    ///
+    /// - Returns: the versions recorded.
+    /// - Throws: `RecoveryError(.migrationRefused)` when `schema_version` already holds versions.
+    public static func baseline(_ configuration: MigrationConfiguration, version: Int64) throws -> [Int64] {
+        try locked(configuration) { available, runner, _, _ in
+            let versions = Array(Set(available.map(\.version).filter { $0 <= version } + [version])).sorted()
+            try runner.baseline(versions, available: available)
+            return versions
+        }
+    }
+
+    /// Says which applied versions were found in `schema_version` rather than applied by dbmigrate.
+    private static func adoptionNotes(_ applied: [AppliedMigration]) -> [String] {
+        let adopted = applied.filter(\.adopted).map(\.version)
+        guard !adopted.isEmpty else { return [] }
+        return ["version(s) \(MigrationRunner.list(adopted)) were applied before dbmigrate (adopted from schema_version)"]
     }
 }
