@@ -196,9 +196,14 @@ public struct MigrateCommand: ParsableCommand {
                                         hint: "pass --repo DIR (or set BACKUP_REPO), or --no-backup to skip it")
                 }
             }
+            let progress = output.progress
             let (plan, report) = try Migrations.down(configuration, selection: selection, backupRepository: backupRepository,
                                                      tools: connection.tools, key: try repository.cipherKey(), dryRun: running.dryRun,
-                                                     progress: output.progress) { try running.confirm($0, destructive: true) }
+                                                     progress: progress) { plan in
+                try running.confirm(plan, destructive: true)
+                // On a terminal, say what the next seconds are spent on before the dump's progress line starts.
+                if plan.takesBackup && progress != nil { output.note("taking a backup (tag pre-downgrade) before reverting…") }
+            }
             try MigrateCommand.render(plan, report, dryRun: running.dryRun, output: output)
         }
     }

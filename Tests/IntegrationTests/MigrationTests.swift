@@ -169,6 +169,19 @@ final class MigrationTests: XCTestCase {
         XCTAssertEqual(try cluster.scalar("SELECT backup_id FROM schema_version_log WHERE action = 'down' LIMIT 1", database: database), backupID)
     }
 
+    func testTheBackupBeforeADowngradeShowsProgressOnATerminal() throws {
+        XCTAssertEqual(try migrate(["up"]).status, 0)
+        try cluster.connect(database: database).execute(script: "INSERT INTO audit (note) SELECT repeat('x', 200) FROM generate_series(1, 20000)")
+        // script(1) gives the command a terminal, as an operator's shell would.
+        let command = [TestPaths.executable("dbmigrate"), "down", "--steps", "1", "--yes", "--database-url", cluster.url(database: database),
+                       "--dir", migrations, "--repo", repository].map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
+        let result = try TestProcess.run("/usr/bin/script", ["-qec", command, "/dev/null"], environment: cluster.environment)
+        XCTAssertEqual(result.status, 0, result.standardOutput + result.standardError)
+        XCTAssertTrue(result.standardOutput.contains("taking a backup (tag pre-downgrade) before reverting"), result.standardOutput)
+        XCTAssertTrue(result.standardOutput.contains("dump: "), "the dump's progress line: \(result.standardOutput)")
+        XCTAssertTrue(result.standardOutput.contains("downgraded from 4 to 3"), result.standardOutput)
+    }
+
     func testNonTransactionalFailureBlocksUntilResolved() throws {
         try "-- dbmigrate:no-transaction\nCREATE INDEX CONCURRENTLY users_email ON users (email);\nSELECT 1 / 0;".write(
             toFile: migrations + "/0005_email_index.up.sql", atomically: true, encoding: .utf8)
