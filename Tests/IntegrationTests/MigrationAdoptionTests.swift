@@ -84,9 +84,11 @@ final class MigrationAdoptionTests: XCTestCase {
         XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM pg_class WHERE relname IN ('dbmigrate_versions', 'schema_version_log', 'audit')", database: database), "0")
         try Self.files["0004_audit.up.sql"]?.write(toFile: migrations + "/0004_audit.up.sql", atomically: true, encoding: .utf8)
 
-        let up = try migrate(["up"])
+        let up = try migrate(["up", "--release", "v2"])
         XCTAssertEqual(up.status, 0, up.standardError)
         XCTAssertTrue(up.standardOutput.contains("upgraded from 3 to 5 (2 steps"), up.standardOutput)
+        XCTAssertEqual(try cluster.scalar("SELECT string_agg(version || ':' || coalesce(release, '-'), ',' ORDER BY version) FROM dbmigrate_versions", database: database),
+                       "1:-,2:-,3:-,4:v2,5:v2", "release v2 applied 4 and 5, not the adopted versions")
         XCTAssertEqual(try cluster.scalar(Self.runbookQuery, database: database), "5")
         XCTAssertEqual(try dump(["--table=schema_version"], database: database), userTable, "the user's table is never altered")
         let kept = try cluster.connect(database: database).query("SELECT version, applied_at FROM schema_version WHERE version <= 3 ORDER BY version").rows.map(\.values)

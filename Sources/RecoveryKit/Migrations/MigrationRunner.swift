@@ -233,12 +233,13 @@ public final class MigrationRunner {
     }
 
     /// Records `version` as applied before dbmigrate, with its file's checksum when there is a file.
+    /// No release: whichever release this run deploys did not apply it.
     private func adopt(_ version: Int64, file: Migration?, action: String, detail: String) throws {
         try connection.query("""
-            INSERT INTO \(Self.recordTable) (version, name, up_sha256, down_sha256, adopted, release) VALUES ($1, $2, $3, $4, true, $5)
-            """, [String(version), file?.name ?? "", file?.up.sha256, file?.down?.sha256, configuration.release])
-        try connection.query("INSERT INTO \(Self.logTable) (version, name, action, release, sha256, detail) VALUES ($1, $2, $3, $4, $5, $6)",
-                             [String(version), file?.name, action, configuration.release, file?.up.sha256, detail])
+            INSERT INTO \(Self.recordTable) (version, name, up_sha256, down_sha256, adopted) VALUES ($1, $2, $3, $4, true)
+            """, [String(version), file?.name ?? "", file?.up.sha256, file?.down?.sha256])
+        try connection.query("INSERT INTO \(Self.logTable) (version, name, action, sha256, detail) VALUES ($1, $2, $3, $4, $5)",
+                             [String(version), file?.name, action, file?.up.sha256, detail])
     }
 
     // MARK: - Locking

@@ -76,7 +76,7 @@ public enum Migrations {
             let current = applied.map(\.version).max()
             let plan = MigrationPlan(direction: .up, fromVersion: current, toVersion: steps.last?.version ?? current, steps: steps,
                                      singleTransaction: !configuration.perStep, takesBackup: false, createsRestorePoint: false,
-                                     warnings: [], notes: adoptionNotes(applied))
+                                     warnings: [], notes: [])
             if dryRun { return (plan, nil) }
             if steps.isEmpty {
                 if let release = configuration.release { try runner.recordRelease(release, version: current, available: available) }
@@ -144,7 +144,7 @@ public enum Migrations {
             let plan = MigrationPlan(direction: .down, fromVersion: current, toVersion: remaining, steps: steps,
                                      singleTransaction: !configuration.perStep, takesBackup: backupRepository != nil && !steps.isEmpty,
                                      createsRestorePoint: !steps.isEmpty && restorePointProblem == nil,
-                                     warnings: warnings, notes: notes + adoptionNotes(applied))
+                                     warnings: warnings, notes: notes)
             if dryRun || steps.isEmpty { return (plan, nil) }
             try confirm(plan)
             var backupID: String?
@@ -196,12 +196,5 @@ public enum Migrations {
             try runner.baseline(versions, available: available)
             return versions
         }
-    }
-
-    /// Says which applied versions were found in `schema_version` rather than applied by dbmigrate.
-    private static func adoptionNotes(_ applied: [AppliedMigration]) -> [String] {
-        let adopted = applied.filter(\.adopted).map(\.version)
-        guard !adopted.isEmpty else { return [] }
-        return ["version(s) \(MigrationRunner.list(adopted)) were applied before dbmigrate (adopted from schema_version)"]
     }
 }
