@@ -149,6 +149,17 @@ final class MigrationAdoptionTests: XCTestCase {
         XCTAssertEqual(rows.filter { $0["adopted"] as? Bool == true }.map { $0["version"] as? Int }, [1, 2])
     }
 
+    func testAVersionTheUsersColumnCannotHoldIsRefusedBeforeAnythingRuns() throws {
+        try databaseAtVersion3ByHand(versionType: "int")
+        try "CREATE TABLE stamped (x int);".write(toFile: migrations + "/20261126093000_stamped.up.sql", atomically: true, encoding: .utf8)
+        let before = try dump([], database: database)
+        let result = try migrate(["up"])
+        XCTAssertEqual(result.status, ExitStatus.migrationRefused.rawValue, result.standardError)
+        XCTAssertTrue(result.standardError.contains("version 20261126093000 does not fit public.schema_version.version, which is integer"), result.standardError)
+        XCTAssertTrue(result.standardError.contains("ALTER COLUMN version TYPE bigint"), result.standardError)
+        XCTAssertEqual(try dump([], database: database), before)
+    }
+
     func testBaselineRecordsAMissingTableAndRefusesAFilledOne() throws {
         let connection = try cluster.connect(database: database)
         for version in 1...2 {

@@ -53,6 +53,14 @@ final class MigrationFileTests: XCTestCase {
         XCTAssertTrue(error.message.contains("0003_d.down.sql does not match its up file 0003_c.up.sql"), error.message)
     }
 
+    func testInvalidUTF8AndOversizedVersionsAreRefused() throws {
+        try Data([0x53, 0x45, 0x4C, 0x45, 0x43, 0x54, 0x20, 0x27, 0xE9, 0x27, 0x3B]).write(to: URL(fileURLWithPath: directory + "/0001_latin1.up.sql"))
+        XCTAssertTrue(refusal()?.message.contains("0001_latin1.up.sql is not valid UTF-8") ?? false, refusal()?.message ?? "")
+        try FileManager.default.removeItem(atPath: directory + "/0001_latin1.up.sql")
+        try write(["99999999999999999999_big.up.sql": "SELECT 1;"])
+        XCTAssertTrue(refusal()?.message.contains("version too large") ?? false, refusal()?.message ?? "")
+    }
+
     func testEmptyFilesAreRefused() throws {
         try write(["0001_a.up.sql": "", "0002_b.up.sql": "-- nothing yet\n  \n", "0002_b.down.sql": "DROP TABLE b;", "0003_c.up.sql": "SELECT 1;", "0003_c.down.sql": "\n"])
         let error = try XCTUnwrap(refusal())

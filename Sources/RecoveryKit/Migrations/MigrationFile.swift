@@ -50,11 +50,19 @@ public enum MigrationDirectory {
             }
             let stem = file.dropLast(isUp ? 7 : 9)
             let digits = stem.prefix { $0.isASCII && $0.isNumber }
+            if !digits.isEmpty && Int64(digits) == nil {
+                throw RecoveryError(.configuration, "migration file \(file) has a version too large for a 64-bit integer",
+                                    hint: "use a version of at most 19 digits, e.g. a date stamp like 20261126093000")
+            }
             guard let version = Int64(digits), stem.dropFirst(digits.count).first == "_" else {
                 throw RecoveryError(.configuration, "migration file \(file) does not start with <version>_",
                                     hint: "name it like 0007_add_users.\(isUp ? "up" : "down").sql")
             }
             let script = try loadScript(directory + "/" + file)
+            if script.sql.unicodeScalars.contains("\u{FFFD}"),
+               let raw = FileManager.default.contents(atPath: directory + "/" + file), String(data: raw, encoding: .utf8) == nil {
+                problems.append("\(file) is not valid UTF-8 (convert it, e.g. iconv -f latin1 -t utf-8)")
+            }
             if script.isEmpty && !(script.irreversible && !isUp) {
                 problems.append("\(file) has no SQL statement (empty, or only comments)")
             }

@@ -110,6 +110,15 @@ public final class MigrationRunner {
         return table
     }
 
+    /// Refuses versions that `schema_version.version` cannot hold (an `integer` column and a
+    /// date-stamped version like 20261126093000), before anything runs.
+    public func checkCapacity(for versions: [Int64]) throws {
+        guard let table = try versionTable(), let highest = versions.max(), highest > table.largestVersion else { return }
+        let type = table.columns.first { $0.name == "version" }?.type ?? "?"
+        throw RecoveryError(.migrationRefused, "refused before running anything: version \(highest) does not fit \(table.qualifiedName).version, which is \(type) (at most \(table.largestVersion))",
+                            hint: "nothing was changed; widen the column: psql -c 'ALTER TABLE \(table.qualifiedName) ALTER COLUMN version TYPE bigint'")
+    }
+
     private func exists(_ table: String) throws -> Bool {
         try connection.query("SELECT to_regclass($1) IS NOT NULL", [table]).scalar == "t"
     }
@@ -342,10 +351,16 @@ public final class MigrationRunner {
                          recorded: [Int64], backupID: String?) -> RecoveryError {
         let step = ended.step
         let file = (step.path as NSString).lastPathComponent
-        let outcome = (try? connection.query("SELECT txid_status($1::bigint)", [transactionID]).scalar) ?? nil
-        let committed = outcome.map { $0 == "committed" } ?? !TransactionControl.rollsBack(ended.statement)
         // Whatever was left open after a chained transaction control statement belongs to nobody.
         if connection.transactionState != .idle { _ = try? connection.execute(script: "ROLLBACK") }
+        var outcome = (try? connection.query("SELECT txid_status($1::bigint)", [transactionID]).scalar) ?? nil
+        if outcome == "in progress", let gid = (try? connection.query(
+            "SELECT gid FROM pg_prepared_xacts WHERE transaction::text::bigint = $1::bigint % 4294967296 AND database = current_database()",
+            [transactionID]).scalar) ?? nil {
+            // PREPARE TRANSACTION parked it, holding its locks until someone ends it: this run does.
+            if (try? connection.execute(script: "ROLLBACK PREPARED \(Self.literal(gid))")) != nil { outcome = "aborted" }
+        }
+        let committed = outcome.map { $0 == "committed" } ?? !TransactionControl.rollsBack(ended.statement)
         let excerpt = ended.statement.split(separator: "\n").joined(separator: " ").prefix(80)
         var message = "\(step.direction.rawValue) step \(step.version) (\(step.name)) ended dbmigrate's transaction at statement \(ended.statementIndex) `\(excerpt)` (\(file)\(ended.line > 0 ? " line \(ended.line)" : "")), which was \(committed ? "committed" : "rolled back")"
         let applied = done + (committed ? recorded : [])
@@ -551,12 +566,14 @@ public final class MigrationRunner {
         return nil
     }
 
-    /// Why a backup (pg_dump of the whole database) would fail for this session, with the fix; nil when it would not.
+    /// Why a backup would fail for this session, with the fix; nil when it would not. pg_dump locks and
+    /// reads every table and sequence (views and foreign tables only by definition), and the row
+    /// counts read every table.
     public func backupProblem() throws -> String? {
         let rows = try connection.query("""
             SELECT format('%I.%I', n.nspname, c.relname), n.nspname::text
             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE c.relkind IN ('r', 'p', 'm', 'S', 'v', 'f') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+            WHERE c.relkind IN ('r', 'p', 'S') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
               AND n.nspname !~ '^pg_(toast|temp)' AND c.relpersistence <> 't'
               AND (NOT has_schema_privilege(n.oid, 'USAGE') OR NOT has_table_privilege(c.oid, 'SELECT'))
             ORDER BY 1

@@ -73,6 +73,7 @@ public enum Migrations {
         return try locked(configuration) { available, runner, applied, started in
             let steps = try MigrationPlanner.planUp(available: available, applied: applied, to: target,
                                                     singleTransaction: !configuration.perStep, serverVersion: runner.serverVersion)
+            try runner.checkCapacity(for: steps.map(\.version))
             let current = applied.map(\.version).max()
             let plan = MigrationPlan(direction: .up, fromVersion: current, toVersion: steps.last?.version ?? current, steps: steps,
                                      singleTransaction: !configuration.perStep, takesBackup: false, createsRestorePoint: false,
@@ -193,6 +194,7 @@ public enum Migrations {
     public static func baseline(_ configuration: MigrationConfiguration, version: Int64) throws -> [Int64] {
         try locked(configuration) { available, runner, _, _ in
             let versions = Array(Set(available.map(\.version).filter { $0 <= version } + [version])).sorted()
+            try runner.checkCapacity(for: versions)
             try runner.baseline(versions, available: available)
             return versions
         }

@@ -47,6 +47,15 @@ public struct VersionTable: Sendable, Equatable {
         return ["name", "up_sha256", "down_sha256", "state", "release"].allSatisfy(names.contains)
     }
 
+    /// The largest version the `version` column can hold.
+    public var largestVersion: Int64 {
+        switch columns.first(where: { $0.name == "version" })?.type {
+        case "smallint": return Int64(Int16.max)
+        case "integer": return Int64(Int32.max)
+        default: return Int64.max
+        }
+    }
+
     /// Why dbmigrate cannot use this table, with the one command that makes it usable; nil when usable.
     ///
     /// Usable: a table (not a view) with an integer `version`, a `timestamp`/`timestamptz`
