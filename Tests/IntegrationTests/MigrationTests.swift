@@ -182,6 +182,18 @@ final class MigrationTests: XCTestCase {
         XCTAssertTrue(result.standardOutput.contains("downgraded from 4 to 3"), result.standardOutput)
     }
 
+    func testAMigrationThatChangesSearchPathCannotRedirectTheBookkeeping() throws {
+        let other = TestPaths.temporaryDirectory(prefix: "migrations")
+        try "CREATE SCHEMA app;\nCREATE TABLE app.schema_version (version int, applied_at timestamptz);\nSET search_path = app;".write(
+            toFile: other + "/0001_app.up.sql", atomically: true, encoding: .utf8)
+        try "CREATE TABLE t2 (x int);".write(toFile: other + "/0002_t2.up.sql", atomically: true, encoding: .utf8)
+        let result = try TestProcess.tool("dbmigrate", ["up", "--per-step", "--database-url", cluster.url(database: database), "--dir", other], cluster: cluster)
+        XCTAssertEqual(result.status, 0, result.standardError)
+        XCTAssertEqual(try cluster.scalar("SELECT string_agg(version::text, ',' ORDER BY version) FROM public.schema_version", database: database), "1,2")
+        XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM app.schema_version", database: database), "0")
+        XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM public.dbmigrate_versions", database: database), "2")
+    }
+
     func testNonTransactionalFailureBlocksUntilResolved() throws {
         try "-- dbmigrate:no-transaction\nCREATE INDEX CONCURRENTLY users_email ON users (email);\nSELECT 1 / 0;".write(
             toFile: migrations + "/0005_email_index.up.sql", atomically: true, encoding: .utf8)

@@ -65,6 +65,15 @@ public final class MigrationRunner {
 
     public let configuration: MigrationConfiguration
     let connection: PostgresConnection
+    /// Where the bookkeeping tables are (or will be created), schema-qualified once at connect time,
+    /// so that a migration's own `SET search_path` cannot send a record elsewhere.
+    private let names: Bookkeeping
+
+    private struct Bookkeeping {
+        var versions: String
+        var records: String
+        var log: String
+    }
     /// Every NOTICE and WARNING the server sent during migration statements, in order.
     public private(set) var serverMessages: [String] = []
 
@@ -75,6 +84,16 @@ public final class MigrationRunner {
     public init(_ configuration: MigrationConfiguration) throws {
         self.configuration = configuration
         connection = try PostgresConnection(target: configuration.target, applicationName: "dbmigrate")
+        func qualified(parameter index: Int) -> String {
+            """
+            coalesce((SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                      WHERE c.oid = to_regclass($\(index))), format('%I.%I', coalesce(current_schema(), 'public'), $\(index)::text))
+            """
+        }
+        let row = try connection.query("SELECT \(qualified(parameter: 1)), \(qualified(parameter: 2)), \(qualified(parameter: 3))",
+                                       [VersionTable.name, Self.recordTable, Self.logTable]).rows.first
+        names = Bookkeeping(versions: try row?.string(0) ?? VersionTable.name, records: try row?.string(1) ?? Self.recordTable,
+                            log: try row?.string(2) ?? Self.logTable)
     }
 
     deinit { connection.close() }
@@ -92,7 +111,7 @@ public final class MigrationRunner {
             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
             WHERE c.oid = to_regclass($1) ORDER BY a.attnum
-            """, [VersionTable.name]).rows
+            """, [names.versions]).rows
         guard let first = rows.first else { return nil }
         let columns = rows.compactMap { row -> VersionTable.Column? in
             guard let name = row[2], let type = row[3] else { return nil }
@@ -129,10 +148,10 @@ public final class MigrationRunner {
     /// - Throws: `RecoveryError(.migrationRefused)` when `schema_version` has a shape dbmigrate cannot use.
     public func applied() throws -> [AppliedMigration] {
         guard let table = try usableVersionTable() else { return [] }
-        let hasRecords = try exists(Self.recordTable)
+        let hasRecords = try exists(names.records)
         let records: String
         if hasRecords {
-            records = Self.recordTable
+            records = names.records
         } else if table.hasEarlierDbmigrateColumns {
             records = Self.earlierRecords(table)
         } else {
@@ -141,7 +160,7 @@ public final class MigrationRunner {
         let applying = hasRecords ? """
             UNION ALL
             SELECT m.version, m.name, m.up_sha256, m.down_sha256, extract(epoch FROM m.recorded_at)::float8, m.release, m.state, m.adopted
-            FROM \(Self.recordTable) m WHERE m.state = 'applying' AND NOT EXISTS (SELECT 1 FROM \(table.qualifiedName) s WHERE s.version = m.version)
+            FROM \(names.records) m WHERE m.state = 'applying' AND NOT EXISTS (SELECT 1 FROM \(table.qualifiedName) s WHERE s.version = m.version)
             """ : ""
         return try connection.query("""
             SELECT version, name, up_sha256, down_sha256, epoch::text, release, state, adopted::text FROM (
@@ -170,8 +189,8 @@ public final class MigrationRunner {
 
     /// The append-only log, oldest first.
     public func log() throws -> [MigrationLogEntry] {
-        guard try exists(Self.logTable) else { return [] }
-        return try connection.query("SELECT id, version, action, release FROM \(Self.logTable) ORDER BY id").rows.map { row in
+        guard try exists(names.log) else { return [] }
+        return try connection.query("SELECT id, version, action, release FROM \(names.log) ORDER BY id").rows.map { row in
             MigrationLogEntry(id: try row.int64(0), version: row[1].flatMap { Int64($0) }, action: try row.string(2), release: row[3])
         }
     }
@@ -185,16 +204,16 @@ public final class MigrationRunner {
         if let existing = try usableVersionTable() {
             table = existing
         } else {
-            try connection.execute(script: "CREATE TABLE \(VersionTable.name) (version bigint PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT clock_timestamp())")
+            try connection.execute(script: "CREATE TABLE \(names.versions) (version bigint PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT clock_timestamp())")
             guard let created = try versionTable() else {
                 throw RecoveryError(.databaseError, "schema_version was created but cannot be found on the search_path",
                                     hint: "check search_path for the role dbmigrate connects as (SHOW search_path)")
             }
             table = created
         }
-        if !(try exists(Self.recordTable)) {
+        if !(try exists(names.records)) {
             try connection.execute(script: """
-                CREATE TABLE \(Self.recordTable) (
+                CREATE TABLE \(names.records) (
                     version bigint PRIMARY KEY,
                     name text NOT NULL DEFAULT '',
                     up_sha256 text,
@@ -205,18 +224,18 @@ public final class MigrationRunner {
                     applied_by text NOT NULL DEFAULT current_user,
                     execution_ms bigint,
                     release text);
-                COMMENT ON TABLE \(Self.recordTable) IS 'dbmigrate: what it knows of each version in schema_version (which it never alters beyond adding and removing rows)'
+                COMMENT ON TABLE \(names.records) IS 'dbmigrate: what it knows of each version in schema_version (which it never alters beyond adding and removing rows)'
                 """)
             if table.hasEarlierDbmigrateColumns {
                 try connection.execute(script: """
-                    INSERT INTO \(Self.recordTable) (version, name, up_sha256, down_sha256, release, state, adopted, recorded_at)
+                    INSERT INTO \(names.records) (version, name, up_sha256, down_sha256, release, state, adopted, recorded_at)
                     SELECT version, name, up_sha256, down_sha256, release, state, adopted, recorded_at FROM \(Self.earlierRecords(table)) earlier
                     """)
             }
         }
-        if !(try exists(Self.logTable)) {
+        if !(try exists(names.log)) {
             try connection.execute(script: """
-                CREATE TABLE \(Self.logTable) (
+                CREATE TABLE \(names.log) (
                     id bigserial PRIMARY KEY,
                     at timestamptz NOT NULL DEFAULT clock_timestamp(),
                     version bigint,
@@ -232,7 +251,7 @@ public final class MigrationRunner {
         }
         let unrecorded = try connection.query("""
             SELECT DISTINCT version::bigint FROM \(table.qualifiedName) s
-            WHERE version IS NOT NULL AND NOT EXISTS (SELECT 1 FROM \(Self.recordTable) m WHERE m.version = s.version) ORDER BY 1
+            WHERE version IS NOT NULL AND NOT EXISTS (SELECT 1 FROM \(names.records) m WHERE m.version = s.version) ORDER BY 1
             """).rows.compactMap { $0[0].flatMap { Int64($0) } }
         let files = Dictionary(uniqueKeysWithValues: available.map { ($0.version, $0) })
         for version in unrecorded {
@@ -245,9 +264,9 @@ public final class MigrationRunner {
     /// No release: whichever release this run deploys did not apply it.
     private func adopt(_ version: Int64, file: Migration?, action: String, detail: String) throws {
         try connection.query("""
-            INSERT INTO \(Self.recordTable) (version, name, up_sha256, down_sha256, adopted) VALUES ($1, $2, $3, $4, true)
+            INSERT INTO \(names.records) (version, name, up_sha256, down_sha256, adopted) VALUES ($1, $2, $3, $4, true)
             """, [String(version), file?.name ?? "", file?.up.sha256, file?.down?.sha256])
-        try connection.query("INSERT INTO \(Self.logTable) (version, name, action, sha256, detail) VALUES ($1, $2, $3, $4, $5)",
+        try connection.query("INSERT INTO \(names.log) (version, name, action, sha256, detail) VALUES ($1, $2, $3, $4, $5)",
                              [String(version), file?.name, action, file?.up.sha256, detail])
     }
 
@@ -426,7 +445,7 @@ public final class MigrationRunner {
     /// Marks a step whose statements run (or ran) outside a recorded transaction: `applying` or `reverting`.
     private func markMidFlight(_ step: MigrationStep, state: String) throws {
         try connection.query("""
-            INSERT INTO \(Self.recordTable) (version, name, up_sha256, down_sha256, state, release) VALUES ($1, $2, $3, $4, $5, $6)
+            INSERT INTO \(names.records) (version, name, up_sha256, down_sha256, state, release) VALUES ($1, $2, $3, $4, $5, $6)
             ON CONFLICT (version) DO UPDATE SET state = EXCLUDED.state
             """, [String(step.version), step.name, step.direction == .up ? step.sha256 : nil, step.downSHA256, state, configuration.release])
     }
@@ -466,29 +485,29 @@ public final class MigrationRunner {
     private func record(_ step: MigrationStep, milliseconds: Int64, backupID: String?) throws {
         let version = String(step.version)
         if step.direction == .up {
-            try connection.query("INSERT INTO \(VersionTable.name) (version, applied_at) VALUES ($1, clock_timestamp())", [version])
+            try connection.query("INSERT INTO \(names.versions) (version, applied_at) VALUES ($1, clock_timestamp())", [version])
             try connection.query("""
-                INSERT INTO \(Self.recordTable) (version, name, up_sha256, down_sha256, state, adopted, execution_ms, release)
+                INSERT INTO \(names.records) (version, name, up_sha256, down_sha256, state, adopted, execution_ms, release)
                 VALUES ($1, $2, $3, $4, 'applied', false, $5, $6)
                 ON CONFLICT (version) DO UPDATE SET name = EXCLUDED.name, up_sha256 = EXCLUDED.up_sha256, down_sha256 = EXCLUDED.down_sha256,
                     state = 'applied', adopted = false, recorded_at = clock_timestamp(), applied_by = current_user,
                     execution_ms = EXCLUDED.execution_ms, release = EXCLUDED.release
                 """, [version, step.name, step.sha256, step.downSHA256, String(milliseconds), configuration.release])
         } else {
-            try connection.query("DELETE FROM \(VersionTable.name) WHERE version = $1", [version])
-            try connection.query("DELETE FROM \(Self.recordTable) WHERE version = $1", [version])
+            try connection.query("DELETE FROM \(names.versions) WHERE version = $1", [version])
+            try connection.query("DELETE FROM \(names.records) WHERE version = $1", [version])
         }
         try connection.query("""
-            INSERT INTO \(Self.logTable) (version, name, action, release, backup_id, execution_ms, sha256)
+            INSERT INTO \(names.log) (version, name, action, release, backup_id, execution_ms, sha256)
             VALUES ($1, $2, $3, $4, $5, $6, $7)
             """, [version, step.name, step.direction.rawValue, configuration.release, backupID, String(milliseconds), step.sha256])
     }
 
     private func logFailure(_ error: Error, backupID: String?) {
         // Only into a log that exists: a first run that failed must leave the database as it was.
-        guard (try? exists(Self.logTable)) == true else { return }
+        guard (try? exists(names.log)) == true else { return }
         // The failure itself is being reported to the operator; losing its log row is the lesser harm.
-        _ = try? connection.query("INSERT INTO \(Self.logTable) (action, release, backup_id, detail) VALUES ('failed', $1, $2, $3)",
+        _ = try? connection.query("INSERT INTO \(names.log) (action, release, backup_id, detail) VALUES ('failed', $1, $2, $3)",
                                   [configuration.release, backupID, RecoveryError.classify(error).message])
     }
 
@@ -496,7 +515,7 @@ public final class MigrationRunner {
     public func recordRelease(_ release: String, version: Int64?, available: [Migration]) throws {
         try inTransaction {
             _ = try prepareBookkeeping(available)
-            try connection.query("INSERT INTO \(Self.logTable) (version, action, release) VALUES ($1, 'release', $2)",
+            try connection.query("INSERT INTO \(names.log) (version, action, release) VALUES ($1, 'release', $2)",
                                  [version.map(String.init), release])
         }
     }
@@ -512,19 +531,19 @@ public final class MigrationRunner {
                                         hint: "put its <version>_<name>.up.sql back, or check the version number (dbmigrate status)")
                 }
                 try connection.query("""
-                    INSERT INTO \(VersionTable.name) (version, applied_at)
-                    SELECT $1::bigint, clock_timestamp() WHERE NOT EXISTS (SELECT 1 FROM \(VersionTable.name) WHERE version = $1::bigint)
+                    INSERT INTO \(names.versions) (version, applied_at)
+                    SELECT $1::bigint, clock_timestamp() WHERE NOT EXISTS (SELECT 1 FROM \(names.versions) WHERE version = $1::bigint)
                     """, [String(version)])
                 try connection.query("""
-                    INSERT INTO \(Self.recordTable) (version, name, up_sha256, down_sha256, release, state) VALUES ($1, $2, $3, $4, $5, 'applied')
+                    INSERT INTO \(names.records) (version, name, up_sha256, down_sha256, release, state) VALUES ($1, $2, $3, $4, $5, 'applied')
                     ON CONFLICT (version) DO UPDATE SET state = 'applied', name = EXCLUDED.name, up_sha256 = EXCLUDED.up_sha256,
                         down_sha256 = EXCLUDED.down_sha256
                     """, [String(version), migration.name, migration.up.sha256, migration.down?.sha256, configuration.release])
             } else {
-                try connection.query("DELETE FROM \(VersionTable.name) WHERE version = $1", [String(version)])
-                try connection.query("DELETE FROM \(Self.recordTable) WHERE version = $1", [String(version)])
+                try connection.query("DELETE FROM \(names.versions) WHERE version = $1", [String(version)])
+                try connection.query("DELETE FROM \(names.records) WHERE version = $1", [String(version)])
             }
-            try connection.query("INSERT INTO \(Self.logTable) (version, name, action, release, sha256, detail) VALUES ($1, $2, $3, $4, $5, 'manual resolution')",
+            try connection.query("INSERT INTO \(names.log) (version, name, action, release, sha256, detail) VALUES ($1, $2, $3, $4, $5, 'manual resolution')",
                                  [String(version), migration?.name, applied ? "resolve-applied" : "resolve-reverted", configuration.release,
                                   applied ? migration?.up.sha256 : nil])
         }
@@ -543,7 +562,7 @@ public final class MigrationRunner {
         try inTransaction {
             _ = try prepareBookkeeping(available)
             for version in versions.sorted() {
-                try connection.query("INSERT INTO \(VersionTable.name) (version, applied_at) VALUES ($1, clock_timestamp())", [String(version)])
+                try connection.query("INSERT INTO \(names.versions) (version, applied_at) VALUES ($1, clock_timestamp())", [String(version)])
                 try adopt(version, file: files[version], action: "baseline", detail: "dbmigrate baseline")
             }
         }
