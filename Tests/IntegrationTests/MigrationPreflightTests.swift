@@ -189,6 +189,13 @@ final class MigrationPreflightTests: XCTestCase {
         XCTAssertTrue(unreadable.standardError.contains("GRANT pg_read_all_data TO \(role)"), unreadable.standardError)
 
         try admin.execute(script: "GRANT pg_read_all_data TO \(role); GRANT EXECUTE ON FUNCTION pg_create_restore_point(text) TO \(role)")
+        // A repository that cannot be created is named before anything runs, too.
+        let file = TestPaths.temporaryDirectory(prefix: "notadir") + "/file"
+        try "x".write(toFile: file, atomically: true, encoding: .utf8)
+        let blocked = try migrate(["down", "--to", "0", "--dry-run", "--repo", file + "/repo"], url: url)
+        XCTAssertEqual(blocked.status, ExitStatus.migrationRefused.rawValue, blocked.standardError)
+        XCTAssertTrue(blocked.standardError.contains("the pre-downgrade backup would fail: \(file) is a file"), blocked.standardError)
+
         let granted = try migrate(["down", "--to", "0", "--dry-run", "--repo", repository], url: url)
         XCTAssertEqual(granted.status, 0, granted.standardError)
         XCTAssertFalse(granted.standardOutput.contains("WARNING"), granted.standardOutput)

@@ -1,3 +1,4 @@
+import BackupStorage
 import Foundation
 import PostgresClient
 
@@ -129,9 +130,9 @@ public enum Migrations {
             var warnings = runner.destructiveWarnings(steps)
             var restorePointProblem: String?
             if !steps.isEmpty {
-                if backupRepository != nil, let problem = try runner.backupProblem() {
+                if let backupRepository, let problem = try repositoryProblem(backupRepository) ?? runner.backupProblem() {
                     throw RecoveryError(.migrationRefused, "refused before running anything: \(problem)",
-                                        hint: "nothing was changed; grant the privilege (or pass --no-backup to go without a backup), then run again")
+                                        hint: "nothing was changed; fix it as described (or pass --no-backup to go without a backup), then run again")
                 }
                 restorePointProblem = try runner.restorePointProblem()
                 if let problem = restorePointProblem {
@@ -168,6 +169,25 @@ public enum Migrations {
                                           warnings: plan.warnings + [point.warning].compactMap { $0 }, serverMessages: runner.serverMessages,
                                           durationSeconds: Date().timeIntervalSince(started)))
         }
+    }
+
+    /// Why a backup into a local repository could not be written (the nearest existing folder on
+    /// the way is a file, or not writable); nil when it can, and for S3, which only a write can tell.
+    private static func repositoryProblem(_ address: String) -> String? {
+        // A malformed address was refused with its own message when the command read --repo.
+        guard case .local(let path)? = try? RepositoryLocation(parsing: address) else { return nil }
+        var existing = (path as NSString).standardizingPath
+        var isDirectory: ObjCBool = false
+        while !FileManager.default.fileExists(atPath: existing, isDirectory: &isDirectory) && existing != "/" {
+            existing = (existing as NSString).deletingLastPathComponent
+        }
+        if !isDirectory.boolValue {
+            return "the pre-downgrade backup would fail: \(existing) is a file, so repository \(path) cannot be created; pass another --repo (or --no-backup)"
+        }
+        if access(existing, W_OK | X_OK) != 0 {
+            return "the pre-downgrade backup would fail: \(existing) is not writable (\(String(cString: strerror(errno)))); pass a writable --repo (or --no-backup)"
+        }
+        return nil
     }
 
     /// Reads the migration files (before connecting, so a bad directory changes nothing), then runs
