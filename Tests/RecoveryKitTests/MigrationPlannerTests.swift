@@ -122,6 +122,10 @@ final class MigrationPlannerTests: XCTestCase {
         XCTAssertEqual(try MigrationPlanner.planUp(available: concurrent, applied: [first]).map(\.version), [2],
                        "a no-transaction step alone is its own plan")
         XCTAssertThrowsError(try MigrationPlanner.planUp(available: [migration(1, "VACUUM;")], applied: []))
+        XCTAssertEqual(try MigrationPlanner.planUp(available: [migration(1, "VACUUM;", noTransaction: true)], applied: []).count, 1)
+        XCTAssertThrowsError(try MigrationPlanner.planUp(available: [migration(1, "COPY t FROM STDIN;", noTransaction: true)], applied: [])) { error in
+            XCTAssertTrue((error as? RecoveryError)?.message.contains("line 1: `COPY … FROM STDIN` needs a client") ?? false)
+        }
     }
 
     func testAdoptedVersionsShowAsAppliedAndAdopted() {

@@ -180,15 +180,15 @@ public enum MigrationPlanner {
         for step in steps {
             let label = "version \(step.version) (\(step.name))"
             let file = (step.path as NSString).lastPathComponent
-            if step.noTransaction {
-                if singleTransaction && steps.count > 1 {
-                    problems.append("\(label): \(file) is marked -- dbmigrate:no-transaction and cannot share the plan's one transaction; run with --per-step")
-                }
-                continue
+            if step.noTransaction && singleTransaction && steps.count > 1 {
+                problems.append("\(label): \(file) is marked -- dbmigrate:no-transaction and cannot share the plan's one transaction; run with --per-step")
             }
-            for violation in TransactionControl.violations(in: step.sql, serverVersion: serverVersion) {
+            for violation in TransactionControl.violations(in: step.sql, serverVersion: serverVersion)
+            where !step.noTransaction || violation.kind == .needsClientData {
                 let place = violation.line > 0 ? "\(file) line \(violation.line)" : "\(file) statement \(violation.statement)"
                 switch violation.kind {
+                case .needsClientData:
+                    problems.append("\(place): `\(violation.what)` needs a client streaming the data, which dbmigrate does not do; write the rows as INSERT statements (or COPY from a file on the server)")
                 case .transactionControl:
                     problems.append("\(place): `\(violation.what)` would end or split dbmigrate's transaction; remove it (dbmigrate runs every step in a transaction of its own), or, if the file must manage its transactions, put -- dbmigrate:no-transaction on its first line")
                 case .cannotRunInTransaction:

@@ -3,7 +3,7 @@ import Foundation
 /// Finds statements that must not run inside the transaction dbmigrate wraps a step in: transaction
 /// control (`BEGIN`, `COMMIT`, `ROLLBACK`, `SAVEPOINT`, …), which would end or split the runner's
 /// transaction, and statements the server refuses inside a transaction block (`VACUUM`,
-/// `CREATE INDEX CONCURRENTLY`, …).
+/// `CREATE INDEX CONCURRENTLY`, …); and `COPY … FROM STDIN`, which no step can run.
 ///
 /// Pure: classifies the statements `SQLStatements.split(_:)` yields by their leading keywords.
 /// `BEGIN ATOMIC` bodies stay inside their `CREATE FUNCTION` statement, so they are never seen here.
@@ -15,6 +15,8 @@ public enum TransactionControl {
             case transactionControl
             /// The server refuses it inside a transaction block.
             case cannotRunInTransaction
+            /// Needs a client to stream data in or out (`COPY … FROM STDIN`), which a migration runner is not.
+            case needsClientData
         }
 
         public var kind: Kind
@@ -70,6 +72,8 @@ public enum TransactionControl {
         case "RELEASE": return control("RELEASE SAVEPOINT")
         case "PREPARE" where second == "TRANSACTION": return control("PREPARE TRANSACTION")
         case "VACUUM": return outside("VACUUM")
+        case "COPY" where words.contains("STDIN") || words.contains("STDOUT"):
+            return (.needsClientData, words.contains("STDIN") ? "COPY … FROM STDIN" : "COPY … TO STDOUT")
         case "REINDEX":
             if words.contains("CONCURRENTLY") { return outside("REINDEX CONCURRENTLY") }
             if let kind = words.dropFirst().first(where: { $0 != "(" && $0 != "VERBOSE" }), ["DATABASE", "SYSTEM"].contains(kind) {
