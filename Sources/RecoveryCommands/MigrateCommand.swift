@@ -224,7 +224,7 @@ public struct MigrateCommand: ParsableCommand {
             }
             guard problems.isEmpty else {
                 throw RecoveryError(.verificationMismatch, "\(problems.count) applied version(s) differ from their files",
-                                    hint: "restore the edited files from version control, or resolve mid-flight versions with dbmigrate resolve")
+                                    hint: "restore the edited files from version control, or accept an edit with dbmigrate resolve VERSION --mark-applied (dbmigrate up shows both checksums); resolve mid-flight versions with dbmigrate resolve")
             }
             if !output.json { print("all applied versions match their files") }
         }
