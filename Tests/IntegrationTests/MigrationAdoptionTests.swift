@@ -72,7 +72,11 @@ final class MigrationAdoptionTests: XCTestCase {
         let rows = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(json.standardOutput.utf8)) as? [[String: Any]])
         XCTAssertEqual(rows.map { $0["adopted"] as? Bool }, [true, true, true, false, false])
         XCTAssertEqual(rows.map { $0["state"] as? String }, ["applied", "applied", "applied", "pending", "pending"])
-        XCTAssertNil(try cluster.scalar("SELECT to_regclass('dbmigrate_versions')::text", database: database), "status changes nothing")
+        let dryRun = try migrate(["up", "--dry-run"])
+        XCTAssertEqual(dryRun.status, 0, dryRun.standardError)
+        XCTAssertTrue(dryRun.standardOutput.contains("note: keeps public.schema_version as it is and adopts version(s) 1, 2, 3 found there; creates public.dbmigrate_versions and public.schema_version_log"),
+                      dryRun.standardOutput)
+        XCTAssertNil(try cluster.scalar("SELECT to_regclass('dbmigrate_versions')::text", database: database), "status and dry runs change nothing")
 
         // A failing first run leaves the database exactly as it was: no column, no table, no row.
         try "CREATE TABLE audit (id int); SELECT 1 / 0;".write(toFile: migrations + "/0004_audit.up.sql", atomically: true, encoding: .utf8)

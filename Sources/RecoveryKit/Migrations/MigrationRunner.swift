@@ -195,6 +195,26 @@ public final class MigrationRunner {
         }
     }
 
+    /// What the first recording will add to the bookkeeping, for the plan: tables it creates and
+    /// versions it adopts. Empty once dbmigrate keeps records here.
+    public func bookkeepingNotes() throws -> [String] {
+        var notes: [String] = []
+        guard let table = try usableVersionTable() else {
+            return ["creates \(names.versions) (version, applied_at), \(names.records) and \(names.log) in the same transaction"]
+        }
+        if try exists(names.records) {
+            let unrecorded = try connection.query("""
+                SELECT DISTINCT version::bigint FROM \(table.qualifiedName) s
+                WHERE version IS NOT NULL AND NOT EXISTS (SELECT 1 FROM \(names.records) m WHERE m.version = s.version) ORDER BY 1
+                """).rows.compactMap { $0[0] }
+            if !unrecorded.isEmpty { notes.append("adopts version(s) \(unrecorded.joined(separator: ", ")) found in \(table.qualifiedName)") }
+        } else {
+            let versions = try connection.query("SELECT string_agg(v::text, ', ' ORDER BY v) FROM (SELECT DISTINCT version::bigint AS v FROM \(table.qualifiedName) WHERE version IS NOT NULL) d").scalar
+            notes.append("keeps \(table.qualifiedName) as it is\(versions.map { " and adopts version(s) \($0) found there" } ?? ""); creates \(names.records) and \(names.log) for dbmigrate's own records, in the same transaction")
+        }
+        return notes
+    }
+
     /// Creates what is missing of the bookkeeping and adopts versions `schema_version` holds that
     /// dbmigrate has no record of. Runs inside the caller's transaction, which records something.
     ///

@@ -78,7 +78,7 @@ public enum Migrations {
             let current = applied.map(\.version).max()
             let plan = MigrationPlan(direction: .up, fromVersion: current, toVersion: steps.last?.version ?? current, steps: steps,
                                      singleTransaction: !configuration.perStep, takesBackup: false, createsRestorePoint: false,
-                                     warnings: [], notes: [])
+                                     warnings: [], notes: steps.isEmpty ? [] : try runner.bookkeepingNotes())
             if dryRun { return (plan, nil) }
             if steps.isEmpty {
                 if let release = configuration.release { try runner.recordRelease(release, version: current, available: available) }
@@ -146,7 +146,7 @@ public enum Migrations {
             let plan = MigrationPlan(direction: .down, fromVersion: current, toVersion: remaining, steps: steps,
                                      singleTransaction: !configuration.perStep, takesBackup: backupRepository != nil && !steps.isEmpty,
                                      createsRestorePoint: !steps.isEmpty && restorePointProblem == nil,
-                                     warnings: warnings, notes: notes)
+                                     warnings: warnings, notes: notes + (steps.isEmpty ? [] : try runner.bookkeepingNotes()))
             if dryRun || steps.isEmpty { return (plan, nil) }
             try confirm(plan)
             var backupID: String?
