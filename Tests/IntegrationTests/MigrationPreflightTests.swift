@@ -109,6 +109,16 @@ final class MigrationPreflightTests: XCTestCase {
         XCTAssertEqual(try relations(), "", "rolled back: not even the bookkeeping remains")
     }
 
+    func testAProcedureThatCommitsFailsCleanlyAndPointsToNoTransaction() throws {
+        try cluster.connect(database: database).execute(script: "CREATE PROCEDURE committing() LANGUAGE plpgsql AS $$ BEGIN CREATE TABLE p (x int); COMMIT; END $$")
+        try write(["0001_a.up.sql": "CREATE TABLE a (x int);\nCALL committing();"])
+        let result = try migrate(["up"])
+        XCTAssertEqual(result.status, ExitStatus.migrationFailed.rawValue, result.standardError)
+        XCTAssertTrue(result.standardError.contains("SQLSTATE 2D000"), result.standardError)
+        XCTAssertTrue(result.standardError.contains("the whole plan was rolled back; the database is unchanged; this statement must run outside a transaction"), result.standardError)
+        XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM pg_class WHERE relname IN ('a', 'p', 'schema_version')", database: database), "0")
+    }
+
     func testServerWarningsAndNoticesAreShown() throws {
         try write(["0001_a.up.sql": "CREATE TABLE a (x int);\nDO $$ BEGIN RAISE WARNING 'careful: %', 42; RAISE NOTICE 'fyi'; END $$;"])
         let result = try migrate(["up", "--json"])

@@ -488,11 +488,16 @@ public final class MigrationRunner {
                 try connection.execute(script: statement)
             } catch let error as PostgresError {
                 let excerpt = statement.split(separator: "\n").joined(separator: " ").prefix(120)
+                var hint = configuration.perStep || step.noTransaction
+                    ? "earlier steps stay done; fix the migration and run again (dbmigrate status shows where it stands)"
+                    : "the whole plan was rolled back; the database is unchanged"
+                // 25001: cannot run inside a transaction block; 2D000: a procedure tried to commit.
+                if ["25001", "2D000"].contains(error.sqlState ?? ""), !step.noTransaction {
+                    hint += "; this statement must run outside a transaction: move it to a file whose first line is -- dbmigrate:no-transaction"
+                }
                 throw RecoveryError(.migrationFailed,
                                     "\(step.direction.rawValue) step \(step.version) (\(step.name)) failed at statement \(current.index) `\(excerpt)` (\(file)\(current.line > 0 ? " line \(current.line)" : "")): \(error.message) (SQLSTATE \(error.sqlState ?? "?"))",
-                                    hint: configuration.perStep || step.noTransaction
-                                        ? "earlier steps stay done; fix the migration and run again (dbmigrate status shows where it stands)"
-                                        : "the whole plan was rolled back; the database is unchanged")
+                                    hint: hint)
             }
             if let transactionID {
                 var same = connection.transactionState == .inTransaction
