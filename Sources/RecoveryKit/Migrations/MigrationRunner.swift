@@ -368,7 +368,12 @@ public final class MigrationRunner {
                 recorded.append(step.version)
                 CrashPoint.reached("migrate:between-steps")
             }
-            try connection.execute(script: "COMMIT")
+            do {
+                try connection.execute(script: "COMMIT")
+            } catch let error as PostgresError where error.kind == .connection {
+                throw RecoveryError(.databaseUnavailable, "the connection was lost while committing version(s) \(Self.list(recorded)): whether the server committed them is unknown (\(error.message))",
+                                    hint: "once the server is back, dbmigrate status shows what is applied: each version's record commits together with its schema change, or neither does")
+            }
         } catch let ended as TransactionEnded {
             throw explain(ended, transactionID: transactionID, plan: plan, done: done, recorded: recorded, backupID: backupID)
         } catch {
