@@ -80,5 +80,10 @@ final class TransactionControlTests: XCTestCase {
         XCTAssertEqual(found.map(\.what), ["BEGIN", "COMMIT", "VACUUM"])
         XCTAssertEqual(found.map(\.line), [2, 5, 6])
         XCTAssertEqual(found.map(\.statement), [1, 3, 5])
+
+        // A statement that still carries its leading comment is placed at its code, not at the comment.
+        var locator = TransactionControl.LineLocator("SELECT 1;\n-- why\nCOMMIT;\n")
+        XCTAssertEqual(locator.line(of: "SELECT 1"), 1)
+        XCTAssertEqual(locator.line(of: "-- why\nCOMMIT"), 3)
     }
 }

@@ -175,8 +175,10 @@ public enum TransactionControl {
 
         /// The 1-based line of `statement`'s first line, searching on from the previous statement; 0 if not found.
         mutating func line(of statement: String) -> Int {
-            let firstLine = statement.split(separator: "\n", maxSplits: 1, omittingEmptySubsequences: true).first
-                .map { $0.trimmingCharacters(in: .whitespacesAndNewlines) } ?? ""
+            // The first line with code (a splitter may keep leading `--` comments in the statement).
+            let firstLine = statement.split(whereSeparator: \.isNewline)
+                .map { $0.trimmingCharacters(in: .whitespaces) }
+                .first { !$0.isEmpty && !$0.hasPrefix("--") } ?? ""
             let needle = Array(firstLine.utf8)
             guard !needle.isEmpty, needle.count <= text.count else { return 0 }
             var position = cursor
