@@ -155,7 +155,6 @@ public enum Migrations {
                                                           tags: ["pre-downgrade"], release: configuration.release, tools: tools)
                 capture.key = key
                 let result = try LogicalCapture.run(capture, progress: progress)
-                progress?.finished()
                 backupID = result.manifest.id
             }
             let point = runner.createRestorePoint("dbmigrate-down-\(current.map(String.init) ?? "0")-to-\(remaining.map(String.init) ?? "0")-\(Int(Date().timeIntervalSince1970))")
