@@ -126,6 +126,18 @@ final class MigrationAdoptionTests: XCTestCase {
         XCTAssertEqual(try cluster.scalar(Self.runbookQuery, database: database), "5")
     }
 
+    func testAFirstRunKilledMidPlanLeavesTheUsersTableAsItWas() throws {
+        try databaseAtVersion3ByHand()
+        let before = try dump([], database: database)
+        let killed = try TestProcess.tool("dbmigrate", ["up", "--database-url", cluster.url(database: database), "--dir", migrations],
+                                          cluster: cluster, environment: ["DBRECOVERY_CRASH_AT": "migrate:between-steps"])
+        XCTAssertEqual(killed.status, 128 + SIGKILL, killed.standardError)
+        XCTAssertEqual(try dump([], database: database), before, "no bookkeeping table, no row, no column")
+        let next = try migrate(["up"])
+        XCTAssertEqual(next.status, 0, next.standardError)
+        XCTAssertEqual(try cluster.scalar(Self.runbookQuery, database: database), "5")
+    }
+
     func testAnUnusableTableIsRefusedShowingTheTableAndTheCommandThatAdoptsIt() throws {
         try cluster.connect(database: database).execute(script: """
             CREATE TABLE schema_version (version text, installed_on timestamptz);

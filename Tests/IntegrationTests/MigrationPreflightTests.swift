@@ -126,6 +126,16 @@ final class MigrationPreflightTests: XCTestCase {
         XCTAssertTrue(result.standardError.contains("server WARNING from 0001_a.up.sql statement 2 (line 2): careful: 42"), result.standardError)
         XCTAssertTrue(result.standardError.contains("server NOTICE from 0001_a.up.sql statement 2 (line 2): fyi"), result.standardError)
         XCTAssertTrue(result.standardOutput.contains("careful: 42"), "in the --json report too: \(result.standardOutput)")
+
+        // A loop of notices is shown as it comes, and the report keeps a bounded number of them.
+        try write(["0002_loop.up.sql": "DO $$ BEGIN FOR i IN 1..250 LOOP RAISE NOTICE 'n %', i; END LOOP; END $$;"])
+        let loop = try migrate(["up", "--json"])
+        XCTAssertEqual(loop.status, 0, loop.standardError)
+        XCTAssertTrue(loop.standardError.contains("statement 1 (line 1): n 250"), loop.standardError.suffix(300).description)
+        let report = (try JSONSerialization.jsonObject(with: Data(loop.standardOutput.utf8)) as? [String: Any])?["report"] as? [String: Any]
+        let messages = try XCTUnwrap(report?["server_messages"] as? [String])
+        XCTAssertEqual(messages.count, 201)
+        XCTAssertEqual(messages.last, "… and 50 more")
     }
 
     func testDuplicateOrphanedAndEmptyMigrationFilesAreRefusedBeforeConnecting() throws {

@@ -74,8 +74,14 @@ public final class MigrationRunner {
         var records: String
         var log: String
     }
-    /// Every NOTICE and WARNING the server sent during migration statements, in order.
-    public private(set) var serverMessages: [String] = []
+    /// The NOTICEs and WARNINGs the server sent during migration statements, in order (the first
+    /// `keptServerMessages`, then a count: a loop raising notices must not grow memory without bound).
+    public var serverMessages: [String] {
+        droppedServerMessages == 0 ? keptMessages : keptMessages + ["… and \(droppedServerMessages) more"]
+    }
+    private var keptMessages: [String] = []
+    private var droppedServerMessages = 0
+    static let keptServerMessages = 200
 
     /// Connects. The bookkeeping tables are created only when something is about to be recorded,
     /// so a refused or read-only command changes nothing.
@@ -483,8 +489,9 @@ public final class MigrationRunner {
         var current = (index: 0, line: 0)
         connection.onNotice = { [weak self] notice in
             let text = "\(notice.severity) from \(file) statement \(current.index)\(current.line > 0 ? " (line \(current.line))" : ""): \(notice.message)"
-            self?.serverMessages.append(text)
-            self?.configuration.onServerMessage?(text)
+            guard let self else { return }
+            if self.keptMessages.count < Self.keptServerMessages { self.keptMessages.append(text) } else { self.droppedServerMessages += 1 }
+            self.configuration.onServerMessage?(text)
         }
         defer { connection.onNotice = nil }
         for (offset, statement) in SQLStatements.split(step.sql).enumerated() {
