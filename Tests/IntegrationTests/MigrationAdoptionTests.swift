@@ -138,6 +138,18 @@ final class MigrationAdoptionTests: XCTestCase {
         XCTAssertEqual(try cluster.scalar(Self.runbookQuery, database: database), "5")
     }
 
+    func testRowsWithoutAppliedAtAreWarnedAboutBecauseTheRunbookQueryWouldListThemFirst() throws {
+        try databaseAtVersion3ByHand()
+        try cluster.connect(database: database).execute(script: "ALTER TABLE schema_version ALTER COLUMN applied_at DROP NOT NULL; UPDATE schema_version SET applied_at = NULL WHERE version = 2")
+        let plan = try migrate(["up", "--dry-run"])
+        XCTAssertEqual(plan.status, 0, plan.standardError)
+        XCTAssertTrue(plan.standardOutput.contains("WARNING: public.schema_version has no applied_at for version(s) 2"), plan.standardOutput)
+        XCTAssertTrue(plan.standardOutput.contains("UPDATE public.schema_version SET applied_at = '<when>' WHERE version = 2"), plan.standardOutput)
+        let up = try migrate(["up"])
+        XCTAssertEqual(up.status, 0, up.standardError)
+        XCTAssertTrue(up.standardError.contains("WARNING: public.schema_version has no applied_at for version(s) 2"), up.standardError)
+    }
+
     func testAnUnusableTableIsRefusedShowingTheTableAndTheCommandThatAdoptsIt() throws {
         try cluster.connect(database: database).execute(script: """
             CREATE TABLE schema_version (version text, installed_on timestamptz);

@@ -170,7 +170,7 @@ public final class MigrationRunner {
             """ : ""
         return try connection.query("""
             SELECT version, name, up_sha256, down_sha256, epoch::text, release, state, adopted::text FROM (
-                SELECT s.version, coalesce(m.name, '') AS name, m.up_sha256, m.down_sha256, extract(epoch FROM s.applied_at)::float8 AS epoch,
+                SELECT s.version, coalesce(m.name, '') AS name, m.up_sha256, m.down_sha256, CASE WHEN isfinite(s.applied_at) THEN extract(epoch FROM s.applied_at)::float8 END AS epoch,
                        m.release, coalesce(m.state, 'applied') AS state, coalesce(m.adopted, true) AS adopted
                 FROM (SELECT version::bigint AS version, max(applied_at::timestamptz) AS applied_at
                       FROM \(table.qualifiedName) WHERE version IS NOT NULL GROUP BY 1) s
@@ -219,6 +219,18 @@ public final class MigrationRunner {
             notes.append("keeps \(table.qualifiedName) as it is\(versions.map { " and adopts version(s) \($0) found there" } ?? ""); creates \(names.records) and \(names.log) for dbmigrate's own records, in the same transaction")
         }
         return notes
+    }
+
+    /// Rows of `schema_version` that make the runbooks' `ORDER BY applied_at DESC LIMIT 1` wrong:
+    /// a NULL `applied_at` sorts first, before the version really applied last.
+    public func versionTableWarnings() throws -> [String] {
+        guard let table = try usableVersionTable(),
+              let versions = try connection.query("""
+                  SELECT string_agg(v::text, ', ' ORDER BY v) FROM (SELECT DISTINCT version::bigint AS v FROM \(table.qualifiedName)
+                  WHERE applied_at IS NULL AND version IS NOT NULL) d
+                  """).scalar else { return [] }
+        let first = versions.split(separator: ",").first.map(String.init) ?? versions
+        return ["\(table.qualifiedName) has no applied_at for version(s) \(versions), so the runbook query (ORDER BY applied_at DESC LIMIT 1) returns one of them instead of the current version; give each the time it was applied (in version order), e.g. psql -c \"UPDATE \(table.qualifiedName) SET applied_at = '<when>' WHERE version = \(first)\""]
     }
 
     /// Creates what is missing of the bookkeeping and adopts versions `schema_version` holds that

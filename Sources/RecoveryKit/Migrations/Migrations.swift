@@ -78,7 +78,7 @@ public enum Migrations {
             let current = applied.map(\.version).max()
             let plan = MigrationPlan(direction: .up, fromVersion: current, toVersion: steps.last?.version ?? current, steps: steps,
                                      singleTransaction: !configuration.perStep, takesBackup: false, createsRestorePoint: false,
-                                     warnings: [], notes: steps.isEmpty ? [] : try runner.bookkeepingNotes())
+                                     warnings: try runner.versionTableWarnings(), notes: steps.isEmpty ? [] : try runner.bookkeepingNotes())
             if dryRun { return (plan, nil) }
             if steps.isEmpty {
                 if let release = configuration.release { try runner.recordRelease(release, version: current, available: available) }
@@ -127,7 +127,7 @@ public enum Migrations {
                                                       singleTransaction: !configuration.perStep, serverVersion: runner.serverVersion)
             let current = applied.map(\.version).max()
             let remaining = appliedVersions.subtracting(reverting).max()
-            var warnings = runner.destructiveWarnings(steps)
+            var warnings = try runner.versionTableWarnings() + runner.destructiveWarnings(steps)
             var restorePointProblem: String?
             if !steps.isEmpty {
                 if let backupRepository, let problem = try repositoryProblem(backupRepository) ?? runner.backupProblem() {
