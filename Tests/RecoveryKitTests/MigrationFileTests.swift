@@ -38,6 +38,12 @@ final class MigrationFileTests: XCTestCase {
         XCTAssertEqual(migrations[1].down?.irreversible, true, "an irreversible down file may hold no statement")
     }
 
+    func testAByteOrderMarkIsNotPartOfTheSQL() throws {
+        try Data([0xEF, 0xBB, 0xBF] + Array("CREATE TABLE a (x int);".utf8)).write(to: URL(fileURLWithPath: directory + "/0001_a.up.sql"))
+        let migration = try XCTUnwrap(try MigrationDirectory.load(directory).first)
+        XCTAssertEqual(SQLStatements.split(migration.up.sql), ["CREATE TABLE a (x int)"])
+    }
+
     func testDuplicateDownFilesAreRefused() throws {
         try write(["0001_a.up.sql": "SELECT 1;", "0001_a.down.sql": "SELECT 2;", "0001_a_fix.down.sql": "SELECT 3;"])
         let error = try XCTUnwrap(refusal())

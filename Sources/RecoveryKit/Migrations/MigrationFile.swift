@@ -99,7 +99,9 @@ public enum MigrationDirectory {
             throw RecoveryError(.configuration, "migration file \(path) cannot be read",
                                 hint: "check the file's permissions (the user running dbmigrate must be able to read it)")
         }
-        let sql = String(decoding: data, as: UTF8.self)
+        var sql = String(decoding: data, as: UTF8.self)
+        // A byte-order mark (some Windows editors write one) is not SQL; the checksum still covers the file's bytes.
+        if sql.hasPrefix("\u{FEFF}") { sql.removeFirst() }
         var digest = StreamingDigest()
         data.withUnsafeBytes { digest.update($0) }
         let header = sql.split(whereSeparator: \.isNewline).prefix { $0.hasPrefix("--") || $0.allSatisfy(\.isWhitespace) }
