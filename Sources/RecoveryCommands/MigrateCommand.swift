@@ -97,7 +97,7 @@ public struct MigrateCommand: ParsableCommand {
             print(plan.lines(includingSQL: true).joined(separator: "\n"))
             return
         }
-        guard let report else {
+        guard let report, !report.steps.isEmpty else {
             print("nothing to do: database is at version \(plan.fromVersion.map(String.init) ?? "none")")
             return
         }

@@ -35,6 +35,8 @@ final class VersionTableTests: XCTestCase {
 
         let view = VersionTable(qualifiedName: "public.schema_version", kind: "v", columns: [column("version", "integer"), column("applied_at", "timestamp with time zone")])
         XCTAssertTrue(view.refusal()?.message.contains("is a view") ?? false)
+        XCTAssertEqual(view.refusal()?.hint,
+                       "nothing was changed; move it aside with: psql -c 'ALTER VIEW public.schema_version RENAME TO schema_version_old' — then record the version the database is at: dbmigrate baseline --version N")
     }
 
     func testEarlierDbmigrateColumnsAreRecognised() {

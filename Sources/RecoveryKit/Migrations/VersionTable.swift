@@ -65,8 +65,8 @@ public struct VersionTable: Sendable, Equatable {
         let described = "\(qualifiedName) (" + columns.map { "\($0.name) \($0.type)" }.joined(separator: ", ") + ")"
         guard kind == "r" || kind == "p" else {
             let what = ["v": "a view", "m": "a materialized view", "f": "a foreign table"][kind] ?? "not a table"
-            return (["\(described) is \(what)"],
-                    "ALTER \(kind == "v" ? "VIEW" : kind == "m" ? "MATERIALIZED VIEW" : kind == "f" ? "FOREIGN TABLE" : "TABLE") \(qualifiedName) RENAME TO schema_version_old; then dbmigrate baseline --version <the version the database is at>")
+            let keyword = ["v": "VIEW", "m": "MATERIALIZED VIEW", "f": "FOREIGN TABLE"][kind] ?? "TABLE"
+            return (["\(described) is \(what)"], "psql -c 'ALTER \(keyword) \(qualifiedName) RENAME TO schema_version_old'")
         }
         var problems: [String] = []
         var renames: [String] = []
@@ -109,8 +109,10 @@ public struct VersionTable: Sendable, Equatable {
     /// The refusal for an unusable table; nil when usable.
     public func refusal() -> RecoveryError? {
         guard let (problems, fix) = unusableReason() else { return nil }
-        return RecoveryError(.migrationRefused, "schema_version cannot be adopted: " + problems.joined(separator: "; "),
-                             hint: "nothing was changed; adopt it with: \(fix) — then dbmigrate status lists its rows as applied (adopted)")
+        let hint = kind == "r" || kind == "p"
+            ? "nothing was changed; adopt it with: \(fix) — then dbmigrate status lists its rows as applied (adopted)"
+            : "nothing was changed; move it aside with: \(fix) — then record the version the database is at: dbmigrate baseline --version N"
+        return RecoveryError(.migrationRefused, "schema_version cannot be adopted: " + problems.joined(separator: "; "), hint: hint)
     }
 
     /// An identifier as SQL text, quoted only when it needs to be.
