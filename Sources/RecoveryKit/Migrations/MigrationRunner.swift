@@ -415,11 +415,13 @@ public final class MigrationRunner {
         let file = (step.path as NSString).lastPathComponent
         // Whatever was left open after a chained transaction control statement belongs to nobody.
         if connection.transactionState != .idle { _ = try? connection.execute(script: "ROLLBACK") }
+        // The server's word on the outcome; if it cannot be asked, the statement itself says which way it went.
         var outcome = (try? connection.query("SELECT txid_status($1::bigint)", [transactionID]).scalar) ?? nil
         if outcome == "in progress", let gid = (try? connection.query(
             "SELECT gid FROM pg_prepared_xacts WHERE transaction::text::bigint = $1::bigint % 4294967296 AND database = current_database()",
             [transactionID]).scalar) ?? nil {
-            // PREPARE TRANSACTION parked it, holding its locks until someone ends it: this run does.
+            // PREPARE TRANSACTION parked it, holding its locks until someone ends it: this run does. If that
+            // fails the outcome stays "in progress", reported below as not committed, with the gid left to end by hand.
             if (try? connection.execute(script: "ROLLBACK PREPARED \(Self.literal(gid))")) != nil { outcome = "aborted" }
         }
         let committed = outcome.map { $0 == "committed" } ?? !TransactionControl.rollsBack(ended.statement)
@@ -459,6 +461,7 @@ public final class MigrationRunner {
         do {
             try execute(step, transactionID: nil)
             if connection.transactionState != .idle {
+                // The error below is the news; a ROLLBACK that fails means the connection is gone, which rolls back too.
                 _ = try? connection.execute(script: "ROLLBACK")
                 throw RecoveryError(.migrationFailed, "\(step.direction.rawValue) step \(step.version) (\(step.name)) left a transaction open at its end; it was rolled back",
                                     hint: "end every BEGIN in \((step.path as NSString).lastPathComponent) with COMMIT; then check the schema and run dbmigrate resolve \(step.version)")
