@@ -417,16 +417,18 @@ public final class MigrationRunner {
         if connection.transactionState != .idle { _ = try? connection.execute(script: "ROLLBACK") }
         // The server's word on the outcome; if it cannot be asked, the statement itself says which way it went.
         var outcome = (try? connection.query("SELECT txid_status($1::bigint)", [transactionID]).scalar) ?? nil
+        var stillPrepared: String?
         if outcome == "in progress", let gid = (try? connection.query(
             "SELECT gid FROM pg_prepared_xacts WHERE transaction::text::bigint = $1::bigint % 4294967296 AND database = current_database()",
             [transactionID]).scalar) ?? nil {
             // PREPARE TRANSACTION parked it, holding its locks until someone ends it: this run does. If that
             // fails the outcome stays "in progress", reported below as not committed, with the gid left to end by hand.
-            if (try? connection.execute(script: "ROLLBACK PREPARED \(Self.literal(gid))")) != nil { outcome = "aborted" }
+            if (try? connection.execute(script: "ROLLBACK PREPARED \(Self.literal(gid))")) != nil { outcome = "aborted" } else { stillPrepared = gid }
         }
         let committed = outcome.map { $0 == "committed" } ?? !TransactionControl.rollsBack(ended.statement)
         let excerpt = ended.statement.split(separator: "\n").joined(separator: " ").prefix(80)
-        var message = "\(step.direction.rawValue) step \(step.version) (\(step.name)) ended dbmigrate's transaction at statement \(ended.statementIndex) `\(excerpt)` (\(file)\(ended.line > 0 ? " line \(ended.line)" : "")), which was \(committed ? "committed" : "rolled back")"
+        let fate = committed ? "committed" : stillPrepared.map { "prepared and is still open: end it with ROLLBACK PREPARED \(Self.literal($0))" } ?? "rolled back"
+        var message = "\(step.direction.rawValue) step \(step.version) (\(step.name)) ended dbmigrate's transaction at statement \(ended.statementIndex) `\(excerpt)` (\(file)\(ended.line > 0 ? " line \(ended.line)" : "")), which was \(fate)"
         let applied = done + (committed ? recorded : [])
         message += applied.isEmpty ? "; nothing of the plan is applied" : "; applied and recorded: version(s) \(Self.list(applied))"
         let hint: String
