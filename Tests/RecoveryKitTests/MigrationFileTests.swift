@@ -44,6 +44,15 @@ final class MigrationFileTests: XCTestCase {
         XCTAssertEqual(SQLStatements.split(migration.up.sql), ["CREATE TABLE a (x int)"])
     }
 
+    func testHiddenFilesAreIgnoredAndMiscasedOnesRefused() throws {
+        try write(["0001_a.up.sql": "SELECT 1;", "._0001_a.up.sql": "\u{0}", ".0002_b.up.sql.swp": "x"])
+        XCTAssertEqual(try MigrationDirectory.load(directory).map(\.version), [1])
+        try write(["0002_b.UP.SQL": "SELECT 2;"])
+        XCTAssertThrowsError(try MigrationDirectory.load(directory)) { error in
+            XCTAssertTrue((error as? RecoveryError)?.message.contains("0002_b.UP.SQL is neither .up.sql nor .down.sql") ?? false)
+        }
+    }
+
     func testDuplicateDownFilesAreRefused() throws {
         try write(["0001_a.up.sql": "SELECT 1;", "0001_a.down.sql": "SELECT 2;", "0001_a_fix.down.sql": "SELECT 3;"])
         let error = try XCTUnwrap(refusal())

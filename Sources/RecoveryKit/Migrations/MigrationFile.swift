@@ -42,7 +42,8 @@ public enum MigrationDirectory {
         var ups: [Int64: [Entry]] = [:]
         var downs: [Int64: [Entry]] = [:]
         var problems: [String] = []
-        for file in names.sorted() where file.hasSuffix(".sql") {
+        // Hidden files (editor and AppleDouble leftovers) are not migrations; any other *.sql, in any case, must be one.
+        for file in names.sorted() where !file.hasPrefix(".") && file.lowercased().hasSuffix(".sql") {
             let isUp: Bool
             if file.hasSuffix(".up.sql") { isUp = true } else if file.hasSuffix(".down.sql") { isUp = false } else {
                 throw RecoveryError(.configuration, "migration file \(file) is neither .up.sql nor .down.sql",
