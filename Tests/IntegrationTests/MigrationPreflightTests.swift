@@ -119,6 +119,17 @@ final class MigrationPreflightTests: XCTestCase {
         XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM pg_class WHERE relname IN ('a', 'p', 'schema_version')", database: database), "0")
     }
 
+    func testAFailingStatementWithAPasswordNeverShowsIt() throws {
+        try write(["0001_a.up.sql": "CREATE TABLE a (x int);", "0002_role.up.sql": "CREATE ROLE pg_reserved_name LOGIN PASSWORD 'hunter2-secret';"])
+        XCTAssertEqual(try migrate(["up", "--to", "1"]).status, 0)
+        let result = try migrate(["up"])
+        XCTAssertEqual(result.status, ExitStatus.migrationFailed.rawValue, result.standardError)
+        XCTAssertTrue(result.standardError.contains("PASSWORD '…'"), result.standardError)
+        XCTAssertFalse(result.standardError.contains("hunter2"), result.standardError)
+        XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM schema_version_log WHERE detail LIKE '%hunter2%'", database: database), "0")
+        XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM schema_version_log WHERE action = 'failed'", database: database), "1")
+    }
+
     func testServerWarningsAndNoticesAreShown() throws {
         try write(["0001_a.up.sql": "CREATE TABLE a (x int);\nDO $$ BEGIN RAISE WARNING 'careful: %', 42; RAISE NOTICE 'fyi'; END $$;"])
         let result = try migrate(["up", "--json"])

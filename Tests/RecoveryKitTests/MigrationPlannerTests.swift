@@ -141,6 +141,15 @@ final class MigrationPlannerTests: XCTestCase {
         XCTAssertEqual(rows[2].notes, ["file missing"])
     }
 
+    func testStatementExcerptsNeverShowPasswords() {
+        XCTAssertEqual(MigrationRunner.excerpt("CREATE ROLE app LOGIN\nPASSWORD 's3cr''et' VALID UNTIL 'infinity'", length: 200),
+                       "CREATE ROLE app LOGIN PASSWORD '…' VALID UNTIL 'infinity'")
+        XCTAssertEqual(MigrationRunner.excerpt("ALTER USER MAPPING FOR app SERVER s OPTIONS (SET password 'x')", length: 200),
+                       "ALTER USER MAPPING FOR app SERVER s OPTIONS (SET password '…')")
+        XCTAssertEqual(MigrationRunner.excerpt("ALTER ROLE a PASSWORD $p$x$p$", length: 200), "ALTER ROLE a PASSWORD '…'")
+        XCTAssertEqual(MigrationRunner.excerpt("SELECT 1", length: 5), "SELEC")
+    }
+
     func testFindsDestructiveStatements() {
         XCTAssertEqual(DestructiveStatements.targets(in: "DROP TABLE IF EXISTS a, b CASCADE; ALTER TABLE ONLY users DROP COLUMN IF EXISTS name, DROP COLUMN age;"), [
             .init(table: "a"), .init(table: "b"), .init(table: "users", column: "name"), .init(table: "users", column: "age"),

@@ -426,7 +426,7 @@ public final class MigrationRunner {
             if (try? connection.execute(script: "ROLLBACK PREPARED \(Self.literal(gid))")) != nil { outcome = "aborted" } else { stillPrepared = gid }
         }
         let committed = outcome.map { $0 == "committed" } ?? !TransactionControl.rollsBack(ended.statement)
-        let excerpt = ended.statement.split(separator: "\n").joined(separator: " ").prefix(80)
+        let excerpt = Self.excerpt(ended.statement, length: 80)
         let fate = committed ? "committed" : stillPrepared.map { "prepared and is still open: end it with ROLLBACK PREPARED \(Self.literal($0))" } ?? "rolled back"
         var message = "\(step.direction.rawValue) step \(step.version) (\(step.name)) ended dbmigrate's transaction at statement \(ended.statementIndex) `\(excerpt)` (\(file)\(ended.line > 0 ? " line \(ended.line)" : "")), which was \(fate)"
         let applied = done + (committed ? recorded : [])
@@ -516,7 +516,7 @@ public final class MigrationRunner {
             do {
                 try connection.execute(script: statement)
             } catch let error as PostgresError {
-                let excerpt = statement.split(separator: "\n").joined(separator: " ").prefix(120)
+                let excerpt = Self.excerpt(statement, length: 120)
                 var hint = configuration.perStep || step.noTransaction
                     ? "earlier steps stay done; fix the migration and run again (dbmigrate status shows where it stands)"
                     : "the whole plan was rolled back; the database is unchanged"
@@ -691,6 +691,15 @@ public final class MigrationRunner {
     static func literal(_ text: String) -> String { "'" + text.replacingOccurrences(of: "'", with: "''") + "'" }
 
     static func milliseconds(since start: Date) -> Int64 { Int64((Date().timeIntervalSince(start) * 1000).rounded()) }
+
+    /// A statement on one line for messages and the log, cut to `length`, with password literals
+    /// (`PASSWORD '…'` of CREATE/ALTER ROLE, USER MAPPING options) masked: errors never show secrets.
+    static func excerpt(_ statement: String, length: Int) -> String {
+        let line = statement.split(whereSeparator: \.isNewline).joined(separator: " ")
+        let masked = line.replacingOccurrences(of: #"(?i)(password\s*=?\s*)(E?'(?:[^']|'')*'|\$[A-Za-z_]*\$.*?\$[A-Za-z_]*\$)"#,
+                                               with: "$1'…'", options: .regularExpression)
+        return String(masked.prefix(length))
+    }
 
     /// `1, 2, 5` for messages.
     static func list(_ versions: [Int64]) -> String { versions.map(String.init).joined(separator: ", ") }
