@@ -53,8 +53,32 @@ public final class PostgresConnection {
                                 message: Self.firstMeaningfulLine(message))
         }
         handle = connection
-        // Our own notices (e.g. "table does not exist, skipping") are not the operator's business.
-        PQsetNoticeProcessor(connection, { _, _ in }, nil)
+        // Notices go to `onNotice` (dropped while it is nil: our own "skipping" notices are not the
+        // operator's business). Unretained: libpq only calls back during calls made through `self`.
+        PQsetNoticeReceiver(connection, { context, result in
+            guard let context, let result else { return }
+            let connection = Unmanaged<PostgresConnection>.fromOpaque(context).takeUnretainedValue()
+            guard let onNotice = connection.onNotice else { return }
+            func field(_ code: UInt8) -> String? { PQresultErrorField(result, Int32(code)).map { String(cString: $0) } }
+            onNotice(PostgresNotice(severity: field(UInt8(ascii: "V")) ?? field(UInt8(ascii: "S")) ?? "NOTICE",
+                                    message: field(UInt8(ascii: "M")) ?? ""))
+        }, Unmanaged.passUnretained(self).toOpaque())
+    }
+
+    /// Called with every NOTICE and WARNING the server sends while this is set; nil drops them.
+    public var onNotice: ((PostgresNotice) -> Void)?
+
+    /// Whether the session is inside a transaction block (libpq's `PQtransactionStatus`), so a caller
+    /// can notice a transaction that a statement ended behind its back.
+    public var transactionState: TransactionState {
+        guard let handle else { return .unknown }
+        switch PQtransactionStatus(handle) {
+        case PQTRANS_IDLE: return .idle
+        case PQTRANS_INTRANS: return .inTransaction
+        case PQTRANS_INERROR: return .failedTransaction
+        case PQTRANS_ACTIVE: return .active
+        default: return .unknown
+        }
     }
 
     deinit { close() }
@@ -207,6 +231,18 @@ public final class PostgresConnection {
         }
         return first.trimmingTrailingNewlines()
     }
+}
+
+/// A NOTICE or WARNING sent by the server (e.g. "there is no transaction in progress").
+public struct PostgresNotice: Sendable, Equatable {
+    /// `NOTICE`, `WARNING`, `INFO`, … (not localized).
+    public var severity: String
+    public var message: String
+}
+
+/// Where a session stands with respect to a transaction block.
+public enum TransactionState: Sendable, Equatable {
+    case idle, active, inTransaction, failedTransaction, unknown
 }
 
 extension String {
