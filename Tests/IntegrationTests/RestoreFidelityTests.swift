@@ -97,6 +97,51 @@ final class RestoreFidelityTests: XCTestCase {
         }
     }
 
+    /// The splitter against psql itself: a script of statements psql keeps whole or cuts is run
+    /// through psql with `log_statement = all`; the server must have received exactly the
+    /// statements `SQLStatements.split(bytes:)` finds.
+    func testSplitterCutsExactlyWherePsqlCuts() throws {
+        let database = try cluster.createDatabase(prefix: "split")
+        let script = TestPaths.repositoryRoot + "/Tests/Fixtures/fidelity/splitting.sql"
+        let marker = "split-marker-\(UUID().uuidString)"
+        let logPath = cluster.directory + "/server.log"
+        var environment = cluster.environment
+        environment["PGOPTIONS"] = "-c log_statement=all"
+        let result = try TestProcess.shell("""
+            { echo "SELECT '\(marker)';"; cat '\(script)'; } | '\(try program("psql"))' -X -q -d '\(cluster.url(database: database))' >/dev/null
+            """, environment: environment)
+        XCTAssertEqual(result.status, 0, result.standardError)
+        XCTAssertFalse(result.standardError.contains("ERROR"), "every statement of the script is valid SQL: \(result.standardError)")
+        // Log records of psql's backend after the marker: "<time> UTC [pid] LOG:  statement: <text, maybe over lines>".
+        let log = try Data(contentsOf: URL(fileURLWithPath: logPath))
+        let text = String(decoding: log, as: UTF8.self)
+        let recordStart = try NSRegularExpression(pattern: "^\\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\d\\.\\d+ \\S+ \\[(\\d+)\\] ", options: [.anchorsMatchLines])
+        let nsText = text as NSString
+        let starts = recordStart.matches(in: text, range: NSRange(location: 0, length: nsText.length))
+        var records: [(pid: String, body: String)] = []
+        for (index, match) in starts.enumerated() {
+            let end = index + 1 < starts.count ? starts[index + 1].range.location : nsText.length
+            let body = nsText.substring(with: NSRange(location: match.range.upperBound, length: end - match.range.upperBound))
+            // The server indents the lines after the first of a message with a tab.
+            records.append((nsText.substring(with: match.range(at: 1)), String(body.dropLast()).replacingOccurrences(of: "\n\t", with: "\n")))
+        }
+        let prefix = "LOG:  statement: "
+        guard let first = records.lastIndex(where: { $0.body == prefix + "SELECT '\(marker)';" }) else {
+            return XCTFail("the marker statement is not in \(logPath)")
+        }
+        let pid = records[first].pid
+        let received = records[(first + 1)...].filter { $0.pid == pid && $0.body.hasPrefix(prefix) }.map { record -> String in
+            var statement = Substring(record.body.dropFirst(prefix.count))
+            while let last = statement.last, last == ";" || last.isWhitespace { statement = statement.dropLast() }
+            return String(statement)
+        }
+        let ours = SQLStatements.split(bytes: Array(try Data(contentsOf: URL(fileURLWithPath: script)))).map { String(decoding: $0, as: UTF8.self) }
+        XCTAssertEqual(ours.count, received.count, "statement count")
+        for (index, (mine, theirs)) in zip(ours, received).enumerated() {
+            XCTAssertEqual(mine, theirs, "statement \(index + 1)")
+        }
+    }
+
     // MARK: - Helpers
 
     /// A step of building the corpus failed: the test cannot go on (and fails, never skips).

@@ -108,10 +108,10 @@ final class SQLLexerTests: XCTestCase {
                        ["CREATE TABLE \"a;b\" (\"x\"\"; y\" int, \"--\" int, \"/*\" int)", "SELECT 1"])
     }
 
-    func testCommentsNestedBlockCommentsKeptLineCommentsDropped() {
+    func testCommentsBeforeAStatementDroppedInsideKept() {
         XCTAssertEqual(split("/* a /* b; */ c; */ SELECT 1; SELECT 2 /* ; */;"), ["/* a /* b; */ c; */ SELECT 1", "SELECT 2 /* ; */"])
-        XCTAssertEqual(split("SELECT 1 -- ; not here\n, 2; -- after\n"), ["SELECT 1 \n, 2"])
-        XCTAssertEqual(split("SELECT 1 +-- comment\n 2;"), ["SELECT 1 +\n 2"])
+        XCTAssertEqual(split("-- before\nSELECT 1 -- ; not here\n, 2; -- after\n"), ["SELECT 1 -- ; not here\n, 2"])
+        XCTAssertEqual(split("SELECT 1 +-- comment\n 2;"), ["SELECT 1 +-- comment\n 2"])
         // Statements of nothing but comments are not statements.
         XCTAssertEqual(split("/* only; */;\n-- only\n;"), [])
         XCTAssertEqual(split("SELECT '--', '/*';"), ["SELECT '--', '/*'"])

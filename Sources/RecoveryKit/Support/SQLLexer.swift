@@ -5,7 +5,8 @@
 /// Fed one line at a time (without its `\n`), as psql reads a script. A statement ends at a
 /// semicolon outside quotes, comments, parentheses and `BEGIN … END` bodies of
 /// `CREATE [OR REPLACE] FUNCTION|PROCEDURE`. Like psql, the lexer
-/// - drops `--` comments and leading whitespace, keeps `/* … */` comments (nested);
+/// - drops whitespace and `--` comments before a statement, keeps them inside one (psql ≥ 15),
+///   and keeps `/* … */` comments (nested);
 /// - joins lines with `\n`, and skips empty lines unless inside a quoted token;
 /// - knows `'…'` (with `''`), `E'…'` (backslash escapes), `U&'…'`, `B'…'`, `X'…'`, `N'…'`,
 ///   `"…"`, `U&"…"`, `$tag$…$tag$`, string continuation across a newline, and
@@ -177,9 +178,11 @@ struct SQLLexer {
                     if buffer.isEmpty { skip(index, to: end) }
                     index = end
                 case UInt8(ascii: "-") where byte(index + 1) == UInt8(ascii: "-"):
+                    // Since PostgreSQL 15 psql keeps `--` comments inside a statement (not before one).
                     var end = index + 2
                     while end < count, line[end] != UInt8(ascii: "\n"), line[end] != UInt8(ascii: "\r") { end += 1 }
-                    skip(index, to: end)
+                    echo(upTo: index)
+                    if buffer.isEmpty { skip(index, to: end) }
                     index = end
                 case UInt8(ascii: "/") where byte(index + 1) == UInt8(ascii: "*"):
                     state = .blockComment
@@ -256,8 +259,10 @@ struct SQLLexer {
     }
 
     /// Every statement of a whole script (lines split at `\n`), for callers that hold all of it.
+    /// Like psql, it reads the strings after `SET standard_conforming_strings = off` with escapes.
     static func statements(in script: [UInt8], recognizesMetaCommands: Bool = false) -> [[UInt8]] {
         var lexer = SQLLexer(recognizesMetaCommands: recognizesMetaCommands)
+        var settings = SessionSettings()
         var statements: [[UInt8]] = []
         script.withUnsafeBytes { text in
             var lineStart = 0
@@ -270,7 +275,10 @@ struct SQLLexer {
                     var offset = 0
                     while offset < line.count {
                         let (piece, next) = lexer.next(in: line, from: offset)
-                        if case .statement(let statement)? = piece { statements.append(statement) }
+                        if case .statement(let statement)? = piece {
+                            statements.append(statement)
+                            if settings.absorb(statement) { lexer.standardConformingStrings = settings.standardConformingStrings }
+                        }
                         offset = next
                     }
                 }
