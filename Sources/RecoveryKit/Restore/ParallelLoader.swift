@@ -38,6 +38,8 @@ final class ParallelLoader {
         case .copyStart(let statement):
             if !dataStarted {
                 dataStarted = true
+                // In the dump's client encoding, so that table names come back as COPY spells them.
+                try main.use(statement.settings)
                 serialTables = try tablesThatMustLoadAlone()
             }
             copies += 1
