@@ -54,6 +54,8 @@ final class SessionSettingsTests: XCTestCase {
         XCTAssertTrue(SessionSettings().standardConformingStrings)
         XCTAssertFalse(settings(["SET standard_conforming_strings = off"]).standardConformingStrings)
         XCTAssertFalse(settings(["SET standard_conforming_strings TO 'false'"]).standardConformingStrings)
+        XCTAssertFalse(settings(["SET SESSION standard_conforming_strings = OFF"]).standardConformingStrings)
+        XCTAssertTrue(settings(["SET standard_conforming_strings = DEFAULT"]).standardConformingStrings)
         XCTAssertFalse(settings(["SELECT pg_catalog.set_config('standard_conforming_strings', 'off', false)"]).standardConformingStrings)
         XCTAssertTrue(settings(["SET standard_conforming_strings = off", "SET standard_conforming_strings = on"]).standardConformingStrings)
         XCTAssertTrue(settings(["SET standard_conforming_strings = off", "RESET standard_conforming_strings"]).standardConformingStrings)

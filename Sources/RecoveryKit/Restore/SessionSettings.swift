@@ -56,22 +56,10 @@ struct SessionSettings: Equatable {
 
     /// Whether plain `'…'` strings are standard (no backslash escapes) under these settings.
     var standardConformingStrings: Bool {
-        guard let statement = self["standard_conforming_strings"] else { return true }
-        var words = Words(statement)
-        let value: [UInt8]?
-        if words.keyword() == "select" {
-            // set_config('standard_conforming_strings', 'off', false)
-            value = Self.literals(in: statement).dropFirst().first
-        } else {
-            while let word = words.keyword(), word != "standard_conforming_strings" {}
-            words.skipSpace()
-            if words.take(UInt8(ascii: "=")) || words.keyword() == "to" {}
-            words.skipSpace()
-            value = words.value()
-        }
-        guard let value else { return true }
+        guard let statement = self["standard_conforming_strings"], let value = Self.value(setBy: statement) else { return true }
+        // The spellings of false that the server's boolean parser accepts (and DEFAULT, which is on).
         let text = String(decoding: value, as: UTF8.self).lowercased()
-        return !["off", "false", "no", "0", "of", "f", "n"].contains(text)
+        return !["off", "of", "false", "fals", "fal", "fa", "f", "no", "n", "0"].contains(text)
     }
 
     /// The statements that take a connection whose dump settings are `current` to these.
@@ -144,6 +132,16 @@ struct SessionSettings: Equatable {
         default:
             return nil
         }
+    }
+
+    /// The value a setting statement gives: `SET name {=|TO} value` or `set_config('name', 'value', false)`.
+    private static func value(setBy statement: [UInt8]) -> [UInt8]? {
+        var words = Words(statement)
+        if words.keyword() == "select" { return literals(in: statement).dropFirst().first }
+        if words.keyword() == "session" { _ = words.keyword() }
+        words.skipSpace()
+        if !words.take(UInt8(ascii: "=")) { _ = words.keyword() }
+        return words.value()
     }
 
     /// The contents of the plain `'…'` literals of a statement (`''` undoubled).

@@ -67,9 +67,6 @@ struct SQLLexer {
         self.recognizesMetaCommands = recognizesMetaCommands
     }
 
-    /// True while a statement has begun and not ended.
-    var inStatement: Bool { !buffer.isEmpty || state != .initial && state != .quoteStop }
-
     /// Starts the next line, as psql's main loop does: an empty line outside a quoted token is
     /// skipped; otherwise a newline joins it to a statement in progress.
     ///
