@@ -178,17 +178,13 @@ public final class PostgresConnection {
 
     /// Runs `sql` with the simple query protocol; any status but `statuses` is an error.
     private func exec(_ sql: String, expecting statuses: [ExecStatusType]) throws {
-        let handle = try openHandle(for: sql)
-        let result = PQexec(handle, sql)
-        defer { PQclear(result) }
-        guard statuses.contains(PQresultStatus(result)) else {
-            throw error(from: result, sql: sql)
-        }
+        try exec(bytes: Array(sql.utf8), describedAs: sql, expecting: statuses)
     }
 
-    /// `exec` for text that must not go through `String` (it is in the client encoding).
-    private func exec(bytes sql: [UInt8], expecting statuses: [ExecStatusType]) throws {
-        let description = String(decoding: sql.prefix(200), as: UTF8.self)
+    /// The one place statements are sent: bytes as they are (text in the client encoding, which
+    /// need not be UTF-8), described in errors by `description`.
+    private func exec(bytes sql: [UInt8], describedAs description: String? = nil, expecting statuses: [ExecStatusType]) throws {
+        let description = description ?? String(decoding: sql.prefix(200), as: UTF8.self)
         let handle = try openHandle(for: description)
         let terminated = sql + [0]
         let result = terminated.withUnsafeBytes { PQexec(handle, $0.bindMemory(to: CChar.self).baseAddress) }
