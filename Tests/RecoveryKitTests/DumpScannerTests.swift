@@ -157,6 +157,13 @@ final class DumpScannerTests: XCTestCase {
         }
     }
 
+    func testTheTableOfACopyIsReadAsWritten() {
+        XCTAssertEqual(ParallelLoader.copyTarget(Array("COPY public.t (id, note) FROM stdin".utf8)), Array("public.t".utf8))
+        XCTAssertEqual(ParallelLoader.copyTarget(Array("COPY \"Sales; Q1\".\"order \"\"lines\"\" x\" (id) FROM stdin".utf8)),
+                       Array("\"Sales; Q1\".\"order \"\"lines\"\" x\"".utf8))
+        XCTAssertEqual(ParallelLoader.copyTarget([0x43, 0x4F, 0x50, 0x59, 0x20, 0x63, 0xE9, 0x20, 0x46]), [0x63, 0xE9])
+    }
+
     func testIndexAndKeyBuildsAreGroupedByTable() {
         XCTAssertEqual(ParallelLoader.parallelKey("CREATE INDEX a ON public.t USING btree (x)"), "public.t")
         XCTAssertEqual(ParallelLoader.parallelKey("CREATE UNIQUE INDEX a ON ONLY public.p USING btree (x)"), "public.p")

@@ -31,7 +31,7 @@ final class ParallelLoader {
         switch event {
         case .statement(let statement):
             if !dataStarted || statement.sql.starts(with: "SELECT pg_catalog.setval(".utf8) {
-                try main.run(statement)
+                try runAlone(statement, on: main)
             } else {
                 postData.append(statement)
             }
@@ -71,9 +71,9 @@ final class ParallelLoader {
             if batch.count > 1 {
                 try runConcurrently(batch)
             } else if let single = batch.first {
-                try runRetryingDeadlock(single.statement, on: main)
+                try runAlone(single.statement, on: main)
             } else {
-                try runRetryingDeadlock(postData[index], on: main)
+                try runAlone(postData[index], on: main)
                 index += 1
             }
         }
@@ -218,10 +218,11 @@ final class ParallelLoader {
             do { try failure.wait() } catch { firstError = firstError ?? error }
         }
         if let firstError { throw firstError }
-        for statement in state.deadlocked { try runRetryingDeadlock(statement, on: main) }
+        for statement in state.deadlocked { try runAlone(statement, on: main) }
     }
 
-    private func runRetryingDeadlock(_ statement: DumpScanner.Statement, on connection: LoaderConnection) throws {
+    /// Runs a statement with nothing beside it; every server error (a deadlock too) names the statement.
+    private func runAlone(_ statement: DumpScanner.Statement, on connection: LoaderConnection) throws {
         do {
             try connection.run(statement)
         } catch {
