@@ -33,6 +33,10 @@ final class RestoreFidelityTests: XCTestCase {
         XCTAssertTrue(plain.contains("SET standard_conforming_strings = off;"), "the dump exercises backslash escapes in plain strings")
         XCTAssertTrue(plain.contains("BEGIN ATOMIC") && plain.contains("DO ( INSERT"), "the dump holds the statements psql keeps whole")
 
+        // A drill replays the same way (it failed on BEGIN ATOMIC bodies, leaving no restorable backup).
+        let drill = try tool("dbrestore", ["--drill", "--jobs", "4", "--repo", repository, "--database-url", cluster.url(database: source)])
+        XCTAssertEqual(drill.status, 0, "--drill: \(drill.standardError)")
+
         let replay = try replayWithPsql(dump)
         let expected = try normalisedDump(of: replay, name: "replay")
         for jobs in [1, 4] {
