@@ -46,4 +46,15 @@ SELECT
 7; SELECT $q$ $q$; SELECT E'\\'' x'''; SELECT 8 /* ; */;
 CREATE FUNCTION split_i(a integer, "begin" integer) RETURNS integer LANGUAGE sql BEGIN ATOMIC SELECT a + "begin"; END; SELECT 9;
 CREATE TABLE "split;--""/*" ("$$" integer, "x'" integer);
+SELECT $é$ a; $é$, $a_1$ b; $a_1$;
+SELECT E'ends with a backslash \
+continues; here';
+SELECT a$b FROM (SELECT 1 AS a$b) s;
+CREATE FUNCTION split_j(a integer) RETURNS integer LANGUAGE sql BEGIN ATOMIC SELECT (CASE WHEN a > 0 THEN (SELECT 1) END); SELECT CASE WHEN true THEN 2 END; END;
+SET standard_conforming_strings = off;
+SELECT 'x\\'';'' y', E'z\';';
+SET standard_conforming_strings = on;
+SELECT 10;
+SELECT
+11;
 SELECT 4
