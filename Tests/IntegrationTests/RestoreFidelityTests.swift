@@ -105,8 +105,61 @@ final class RestoreFidelityTests: XCTestCase {
     /// through psql with `log_statement = all`; the server must have received exactly the
     /// statements `SQLStatements.split(bytes:)` finds.
     func testSplitterCutsExactlyWherePsqlCuts() throws {
-        let database = try cluster.createDatabase(prefix: "split")
         let script = TestPaths.repositoryRoot + "/Tests/Fixtures/fidelity/splitting.sql"
+        let (received, errors) = try statementsPsqlSends(script)
+        XCTAssertFalse(errors.contains("ERROR"), "every statement of the script is valid SQL: \(errors)")
+        assertSameStatements(try splitByUs(script), received)
+    }
+
+    /// The same against generated scripts: random runs of keywords, quotes, dollar quotes,
+    /// comments, parentheses, `BEGIN ATOMIC` bodies and semicolons (no backslashes: outside quotes
+    /// psql would take them for meta-commands). Statements of nothing but comments, which psql sends
+    /// and the splitter leaves out (the server does nothing with them), are not compared.
+    func testSplitterCutsWherePsqlCutsOnGeneratedScripts() throws {
+        let pieces = ["SELECT", "CREATE", "FUNCTION", "PROCEDURE", "OR", "REPLACE", "BEGIN", "ATOMIC", "END", "CASE",
+                      "(", ")", ";", ";", ";", ";", "x", "1", "1e", "1e5x", ".5", "é", "$1", "a$b", "-", "/", "*", ",", " ",
+                      "\t", "\n", "\r", "create function f() begin atomic select 1;", "end;",
+                      "create or replace procedure p() begin atomic select case when 1 then 2 end; end;",
+                      "'a;b'", "'it''s'", "E'x'';'", "U&'q;'", "\"id;\"", "$$ ; $$", "$a$;$a$", "/* ; /* ; */ ; */",
+                      "-- ; comment\n", "'", "$$", "/*", "*/", "\"", "E'", "b'", "x'", "n'", "u&", "$é$"]
+        var state: UInt64 = 0x5EED
+        func random(_ bound: Int) -> Int {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Int((state >> 33) % UInt64(bound))
+        }
+        var lines: [String] = []
+        for index in 0..<900 {
+            let tokens = (0...random(10)).map { _ in pieces[random(pieces.count)] }
+            lines.append(tokens.joined(separator: random(2) == 0 ? " " : ""))
+            // Now and then, close whatever is open, so that the script goes on producing statements.
+            if index % 5 == 0 { lines.append("*/ */ */ ' \" $$ $a$ $é$ ) ) ) end end end ;") }
+        }
+        let script = scratch + "/generated.sql"
+        try (lines.joined(separator: "\n") + "\n").write(toFile: script, atomically: true, encoding: .utf8)
+        let received = try statementsPsqlSends(script).statements.filter { !Self.isOnlyComments($0) }
+        XCTAssertGreaterThan(received.count, 100, "the generated script is made of many statements")
+        assertSameStatements(try splitByUs(script), received)
+    }
+
+    /// The statements `SQLStatements.split(bytes:)` finds, without their semicolons.
+    private func splitByUs(_ script: String) throws -> [String] {
+        SQLStatements.split(bytes: Array(try Data(contentsOf: URL(fileURLWithPath: script)))).map {
+            Self.withoutTrailingSemicolons(String(decoding: $0, as: UTF8.self))
+        }.filter { !$0.isEmpty }
+    }
+
+    private func assertSameStatements(_ ours: [String], _ received: [String], file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(ours.count, received.count, "statement count", file: file, line: line)
+        for (index, (mine, theirs)) in zip(ours, received).enumerated() where mine != theirs {
+            XCTFail("statement \(index + 1): we send\n\(mine)\npsql sent\n\(theirs)", file: file, line: line)
+            return
+        }
+    }
+
+    /// Runs a script through psql with `log_statement = all` and reads what the server received from
+    /// its log (empty statements left out); also returns psql's standard error.
+    private func statementsPsqlSends(_ script: String) throws -> (statements: [String], errors: String) {
+        let database = try cluster.createDatabase(prefix: "split")
         let marker = "split-marker-\(UUID().uuidString)"
         let logPath = cluster.directory + "/server.log"
         var environment = cluster.environment
@@ -115,10 +168,9 @@ final class RestoreFidelityTests: XCTestCase {
             { echo "SELECT '\(marker)';"; cat '\(script)'; } | '\(try program("psql"))' -X -q -d '\(cluster.url(database: database))' >/dev/null
             """, environment: environment)
         XCTAssertEqual(result.status, 0, result.standardError)
-        XCTAssertFalse(result.standardError.contains("ERROR"), "every statement of the script is valid SQL: \(result.standardError)")
-        // Log records of psql's backend after the marker: "<time> UTC [pid] LOG:  statement: <text, maybe over lines>".
-        let log = try Data(contentsOf: URL(fileURLWithPath: logPath))
-        let text = String(decoding: log, as: UTF8.self)
+        // Log records: "<time> UTC [pid] LOG:  statement: <text, maybe over lines>"; a statement the
+        // server could not parse appears only as "STATEMENT:  <text>" after its ERROR.
+        let text = String(decoding: try Data(contentsOf: URL(fileURLWithPath: logPath)), as: UTF8.self)
         let recordStart = try NSRegularExpression(pattern: "^\\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\d\\.\\d+ \\S+ \\[(\\d+)\\] ", options: [.anchorsMatchLines])
         let nsText = text as NSString
         let starts = recordStart.matches(in: text, range: NSRange(location: 0, length: nsText.length))
@@ -129,20 +181,51 @@ final class RestoreFidelityTests: XCTestCase {
             // The server indents the lines after the first of a message with a tab.
             records.append((nsText.substring(with: match.range(at: 1)), String(body.dropLast()).replacingOccurrences(of: "\n\t", with: "\n")))
         }
-        let prefix = "LOG:  statement: "
-        guard let first = records.lastIndex(where: { $0.body == prefix + "SELECT '\(marker)';" }) else {
-            return XCTFail("the marker statement is not in \(logPath)")
+        let logged = "LOG:  statement: ", failed = "STATEMENT:  "
+        guard let first = records.lastIndex(where: { $0.body == logged + "SELECT '\(marker)';" }) else {
+            throw SetupFailure(message: "the marker statement is not in \(logPath)")
         }
         let pid = records[first].pid
-        let received = records[(first + 1)...].filter { $0.pid == pid && $0.body.hasPrefix(prefix) }.map { record -> String in
-            var statement = Substring(record.body.dropFirst(prefix.count))
-            while let last = statement.last, last == ";" || last.isWhitespace { statement = statement.dropLast() }
-            return String(statement)
+        var statements: [String] = []
+        var lastLogged: String?
+        for record in records[(first + 1)...] where record.pid == pid {
+            if record.body.hasPrefix(logged) {
+                lastLogged = String(record.body.dropFirst(logged.count))
+                statements.append(lastLogged ?? "")
+            } else if record.body.hasPrefix(failed) {
+                let statement = String(record.body.dropFirst(failed.count))
+                if statement != lastLogged { statements.append(statement) }
+                lastLogged = nil
+            }
         }
-        let ours = SQLStatements.split(bytes: Array(try Data(contentsOf: URL(fileURLWithPath: script)))).map { String(decoding: $0, as: UTF8.self) }
-        XCTAssertEqual(ours.count, received.count, "statement count")
-        for (index, (mine, theirs)) in zip(ours, received).enumerated() {
-            XCTAssertEqual(mine, theirs, "statement \(index + 1)")
+        return (statements.map(Self.withoutTrailingSemicolons).filter { !$0.isEmpty }, result.standardError)
+    }
+
+    private static func withoutTrailingSemicolons(_ statement: String) -> String {
+        var text = Substring(statement)
+        while let last = text.last, last == ";" || last.isWhitespace { text = text.dropLast() }
+        return String(text)
+    }
+
+    /// Whether a statement is nothing but comments and whitespace.
+    private static func isOnlyComments(_ statement: String) -> Bool {
+        var rest = Substring(statement)
+        while true {
+            rest = rest.drop { $0.isWhitespace }
+            if rest.hasPrefix("--") {
+                rest = rest.drop { !$0.isNewline }
+            } else if rest.hasPrefix("/*") {
+                var depth = 0
+                while !rest.isEmpty {
+                    if rest.hasPrefix("/*") { depth += 1; rest = rest.dropFirst(2) } else if rest.hasPrefix("*/") {
+                        depth -= 1
+                        rest = rest.dropFirst(2)
+                        if depth == 0 { break }
+                    } else { rest = rest.dropFirst() }
+                }
+            } else {
+                return rest.isEmpty
+            }
         }
     }
 
