@@ -149,6 +149,59 @@ ALTER LARGE OBJECT 424242 OWNER TO fidelity_owner;
 GRANT SELECT ON LARGE OBJECT 424242 TO fidelity_reader;
 CREATE EVENT TRIGGER fidelity_ddl ON ddl_command_end EXECUTE FUNCTION public.on_ddl();
 
+-- More kinds: sequences, foreign data, text search, collations, conversions, operator classes,
+-- statistics, access methods, storage options, index kinds, constraint and statement triggers.
+CREATE SEQUENCE public.tickets AS integer START WITH 7 INCREMENT BY 3 MAXVALUE 1000 CYCLE;
+SELECT setval('public.tickets', 42);
+CREATE EXTENSION file_fdw;
+CREATE SERVER fidelity_files FOREIGN DATA WRAPPER file_fdw;
+CREATE USER MAPPING FOR fidelity_reader SERVER fidelity_files;
+CREATE FOREIGN TABLE public.outside (line text) SERVER fidelity_files OPTIONS (filename '/dev/null', format 'text');
+CREATE TEXT SEARCH DICTIONARY public.fidelity_dict (TEMPLATE = simple, STOPWORDS = english);
+CREATE TEXT SEARCH CONFIGURATION public.fidelity_search (COPY = english);
+ALTER TEXT SEARCH CONFIGURATION public.fidelity_search ALTER MAPPING FOR asciiword WITH public.fidelity_dict;
+CREATE COLLATION public.fidelity_c (locale = 'C');
+CREATE CONVERSION public.fidelity_conversion FOR 'LATIN1' TO 'UTF8' FROM iso8859_1_to_utf8;
+CREATE FUNCTION public.reverse_cmp(integer, integer) RETURNS integer LANGUAGE sql IMMUTABLE AS 'SELECT btint4cmp($2, $1)';
+CREATE OPERATOR CLASS public.int4_reverse_ops FOR TYPE integer USING btree AS
+    OPERATOR 1 >, OPERATOR 2 >=, OPERATOR 3 =, OPERATOR 4 <=, OPERATOR 5 <, FUNCTION 1 public.reverse_cmp(integer, integer);
+CREATE ACCESS METHOD fidelity_heap TYPE TABLE HANDLER heap_tableam_handler;
+CREATE TABLE public.shapes (
+    id integer NOT NULL,
+    name text COMPRESSION pglz COLLATE public.fidelity_c,
+    at timestamptz,
+    area double precision,
+    point point
+) USING fidelity_heap WITH (fillfactor = 70);
+ALTER TABLE public.shapes ALTER COLUMN area SET STATISTICS 500;
+ALTER TABLE public.shapes REPLICA IDENTITY FULL;
+CREATE UNIQUE INDEX shapes_id ON public.shapes (id) INCLUDE (name);
+ALTER TABLE public.shapes CLUSTER ON shapes_id;
+CREATE INDEX shapes_at_brin ON public.shapes USING brin (at);
+CREATE INDEX shapes_name_hash ON public.shapes USING hash (name);
+CREATE INDEX shapes_point_spgist ON public.shapes USING spgist (point);
+CREATE INDEX shapes_large ON public.shapes (area) WHERE area > 100;
+CREATE INDEX shapes_reverse ON public.shapes (id public.int4_reverse_ops);
+CREATE STATISTICS public.shapes_stats (dependencies, ndistinct) ON id, area FROM public.shapes;
+CREATE UNLOGGED TABLE public.scratchpad (note text);
+CREATE TABLE public.no_columns ();
+CREATE FUNCTION public.count_changes() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
+BEGIN
+  INSERT INTO public.audit SELECT 'changed: ' || count(*) FROM new_rows;
+  RETURN NULL;
+END
+$$;
+CREATE TRIGGER shapes_changes AFTER INSERT ON public.shapes REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION public.count_changes();
+CREATE FUNCTION public.check_shape() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+CREATE CONSTRAINT TRIGGER shapes_check AFTER INSERT ON public.shapes DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION public.check_shape();
+CREATE FUNCTION public.tidy(a text) RETURNS text LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF COST 5
+    RETURN btrim(a);
+INSERT INTO public.shapes SELECT g, 'shape ' || g, timestamptz '2024-01-01' + g * interval '1 hour', g * 1.5, point(g, g)
+FROM generate_series(1, 2000) g;
+INSERT INTO public.scratchpad VALUES ('unlogged; but dumped');
+
 -- Text full of quotes, backslashes, \.-looking lines, CR/LF, tabs and non-ASCII; a 10 MB value.
 CREATE TABLE public.texts (id integer, body text, raw bytea);
 INSERT INTO public.texts VALUES
