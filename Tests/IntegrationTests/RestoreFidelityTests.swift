@@ -108,21 +108,59 @@ final class RestoreFidelityTests: XCTestCase {
             XCTAssertTrue(dump.contains(0xE9), "\(encoding): the dump holds the byte 0xE9 (é), not UTF-8")
             for jobs in [1, 4] {
                 let loaded = try createDatabase("enc_loaded", encoding: encoding)
-                let target = try ConnectionTarget(cluster.url(database: loaded)).with("password", cluster.password)
-                let loader = try ParallelLoader(target: target, jobs: jobs, backupID: "test")
-                defer { loader.abandon() }
-                let scanner = DumpScanner { try loader.handle($0) }
-                // Odd-sized chunks: lines and characters are cut anywhere.
-                var offset = 0
-                while offset < dump.count {
-                    let end = min(dump.count, offset + 4093)
-                    try dump[offset..<end].withUnsafeBytes { try scanner.write($0) }
-                    offset = end
-                }
-                try scanner.finish()
-                try loader.finish()
+                try load(dump, into: loaded, jobs: jobs)
                 try assertSameDump(try normalisedDump(of: loaded, name: loaded), expected, "\(encoding) --jobs \(jobs)")
             }
+        }
+    }
+
+    /// A dump that switches roles (`pg_dump --use-set-session-authorization`: each object, its rows
+    /// and its index created as its owner), replayed by the loader over 1 and 4 connections, gives
+    /// the same database as psql: every connection takes on the role in force where a statement stood.
+    func testLoaderRunsEachStatementAsTheRoleInForceWhereItStood() throws {
+        try createRolesAndTablespaces()
+        let source = try cluster.createDatabase(prefix: "roles")
+        let script = scratch + "/roles.sql"
+        try """
+            CREATE SCHEMA owned AUTHORIZATION fidelity_owner;
+            SET ROLE fidelity_owner;
+            CREATE TABLE owned.items (id integer PRIMARY KEY, note text);
+            CREATE INDEX items_note ON owned.items (note);
+            INSERT INTO owned.items SELECT g, 'note ' || g FROM generate_series(1, 30000) g;
+            CREATE FUNCTION owned.whoami() RETURNS text LANGUAGE sql RETURN current_user;
+            CREATE TABLE owned.made_by (id integer, made_by text DEFAULT owned.whoami());
+            INSERT INTO owned.made_by (id) VALUES (1);
+            RESET ROLE;
+            CREATE TABLE public.plain (id integer PRIMARY KEY, body text);
+            INSERT INTO public.plain SELECT g, repeat('p', g % 50) FROM generate_series(1, 30000) g;
+            GRANT SELECT ON owned.items TO fidelity_reader;
+            """.write(toFile: script, atomically: true, encoding: .utf8)
+        try psql(file: script, database: source)
+        let dumpPath = scratch + "/roles.dump.sql"
+        let dumped = try TestProcess.shell("'\(try program("pg_dump"))' --use-set-session-authorization '\(cluster.url(database: source))' > '\(dumpPath)'",
+                                           environment: cluster.environment)
+        XCTAssertEqual(dumped.status, 0, dumped.standardError)
+        let dump = try Data(contentsOf: URL(fileURLWithPath: dumpPath))
+        XCTAssertTrue(String(decoding: dump, as: UTF8.self).contains("SET SESSION AUTHORIZATION 'fidelity_owner';"))
+        // The owner creates its own schema, as in the source (database privileges are not in the dump).
+        func createDatabaseForOwner(_ prefix: String) throws -> String {
+            let name = try cluster.createDatabase(prefix: prefix)
+            try cluster.connect().execute(script: "GRANT CREATE ON DATABASE \(name) TO fidelity_owner")
+            return name
+        }
+        let replay = try createDatabaseForOwner("roles_replay")
+        let replayed = try TestProcess.shell("'\(try program("psql"))' -X -q -v ON_ERROR_STOP=1 -f '\(dumpPath)' -d '\(cluster.url(database: replay))' >/dev/null",
+                                             environment: cluster.environment)
+        XCTAssertEqual(replayed.status, 0, replayed.standardError)
+        let expected = try normalisedDump(of: replay, name: replay)
+        for jobs in [1, 4] {
+            let loaded = try createDatabaseForOwner("roles_loaded")
+            try load(dump, into: loaded, jobs: jobs)
+            try assertSameDump(try normalisedDump(of: loaded, name: loaded), expected, "--jobs \(jobs)")
+            XCTAssertEqual(try cluster.scalar("""
+                SELECT string_agg(pg_get_userbyid(relowner), ',' ORDER BY relname) FROM pg_class
+                WHERE relname IN ('items', 'made_by', 'plain')
+                """, database: loaded), "fidelity_owner,fidelity_owner,postgres", "--jobs \(jobs): created by their owners")
         }
     }
 
@@ -275,6 +313,23 @@ final class RestoreFidelityTests: XCTestCase {
             """#
         return [("LATIN1", "UTF8", latin1), ("SQL_ASCII", "SQL_ASCII", sqlASCII)]
     }()
+
+    /// Replays a plain dump with the restore's loader (`DumpScanner` + `ParallelLoader`), fed in
+    /// odd-sized chunks so that lines and characters are cut anywhere.
+    private func load(_ dump: Data, into database: String, jobs: Int) throws {
+        let target = try ConnectionTarget(cluster.url(database: database)).with("password", cluster.password)
+        let loader = try ParallelLoader(target: target, jobs: jobs, backupID: "test")
+        defer { loader.abandon() }
+        let scanner = DumpScanner { try loader.handle($0) }
+        var offset = 0
+        while offset < dump.count {
+            let end = min(dump.count, offset + 4093)
+            try dump[offset..<end].withUnsafeBytes { try scanner.write($0) }
+            offset = end
+        }
+        try scanner.finish()
+        try loader.finish()
+    }
 
     private func createDatabase(_ prefix: String, encoding: String) throws -> String {
         let name = "\(prefix)_\(UInt32.random(in: 0...UInt32.max))"
