@@ -129,12 +129,26 @@ public final class PostgresConnection {
         try exec(sql, expecting: [PGRES_COMMAND_OK, PGRES_TUPLES_OK, PGRES_EMPTY_QUERY])
     }
 
+    /// Runs a script given as bytes, sent exactly as they are: they are read by the server in the
+    /// connection's `client_encoding`, which need not be UTF-8.
+    ///
+    /// - Throws: `PostgresError.query` for the first failing statement.
+    public func execute(bytes sql: [UInt8]) throws {
+        try exec(bytes: sql, expecting: [PGRES_COMMAND_OK, PGRES_TUPLES_OK, PGRES_EMPTY_QUERY])
+    }
+
     /// Starts `COPY … FROM STDIN`; send rows with `putCopyData(_:)` and end with `endCopy()`.
     ///
     /// - Throws: `PostgresError.query` if the server refuses the statement.
     public func beginCopy(_ sql: String) throws {
         try exec(sql, expecting: [PGRES_COPY_IN])
         copyStatement = sql
+    }
+
+    /// `beginCopy(_:)` with the statement as bytes, sent exactly as they are (see `execute(bytes:)`).
+    public func beginCopy(bytes sql: [UInt8]) throws {
+        try exec(bytes: sql, expecting: [PGRES_COPY_IN])
+        copyStatement = String(decoding: sql, as: UTF8.self)
     }
 
     /// Sends COPY data (whole rows in the COPY text format) for the COPY started by `beginCopy(_:)`.
@@ -188,11 +202,19 @@ public final class PostgresConnection {
 
     /// Runs `sql` with the simple query protocol; any status but `statuses` is an error.
     private func exec(_ sql: String, expecting statuses: [ExecStatusType]) throws {
-        let handle = try openHandle(for: sql)
-        let result = PQexec(handle, sql)
+        try exec(bytes: Array(sql.utf8), describedAs: sql, expecting: statuses)
+    }
+
+    /// The one place statements are sent: bytes as they are (text in the client encoding, which
+    /// need not be UTF-8), described in errors by `description`.
+    private func exec(bytes sql: [UInt8], describedAs description: String? = nil, expecting statuses: [ExecStatusType]) throws {
+        let description = description ?? String(decoding: sql.prefix(200), as: UTF8.self)
+        let handle = try openHandle(for: description)
+        let terminated = sql + [0]
+        let result = terminated.withUnsafeBytes { PQexec(handle, $0.bindMemory(to: CChar.self).baseAddress) }
         defer { PQclear(result) }
         guard statuses.contains(PQresultStatus(result)) else {
-            throw error(from: result, sql: sql)
+            throw error(from: result, sql: description)
         }
     }
 
