@@ -37,7 +37,9 @@ final class PackagingTests: XCTestCase {
         _ = try requireTool("systemd-analyze", package: "systemd")
         _ = try requireTool("man", package: "man-db")
         let prefix = temporary("prefix") + "/with space"
-        let install = try TestProcess.run("/bin/bash", [TestPaths.repositoryRoot + "/scripts/install.sh", "--prefix", prefix])
+        // --bin-dir: the suite already built the executables (and holds the build lock while it runs).
+        let install = try TestProcess.run("/bin/bash", [TestPaths.repositoryRoot + "/scripts/install.sh", "--prefix", prefix,
+                                                        "--bin-dir", TestPaths.productsDirectory])
         XCTAssertEqual(install.status, 0, install.standardError)
 
         let tools = ["dbbackup", "dbrestore", "dbverify", "dbprune", "dbmigrate"]
@@ -57,7 +59,7 @@ final class PackagingTests: XCTestCase {
         // The units point into the prefix and pass systemd's own checks (man pages found through MANPATH).
         let units = prefix + "/lib/systemd/system"
         let service = try String(contentsOfFile: units + "/dbrecovery-nightly.service", encoding: .utf8)
-        XCTAssertTrue(service.contains("ExecStart=\(prefix)/share/dbrecovery/scripts/nightly-backup.sh"), service)
+        XCTAssertTrue(service.contains("ExecStart=\"\(prefix)/share/dbrecovery/scripts/nightly-backup.sh\""), service)
         let verify = try bash("cd \"$1\" && systemd-analyze verify ./*.service ./*.timer", [units],
                               environment: ["MANPATH": prefix + "/share/man"])
         XCTAssertEqual(verify.status, 0, verify.standardError)
@@ -80,6 +82,17 @@ final class PackagingTests: XCTestCase {
         let again = try TestProcess.run("/bin/bash", [TestPaths.repositoryRoot + "/scripts/install.sh", "--uninstall", "--prefix", prefix])
         XCTAssertEqual(again.status, 2, "a second --uninstall has nothing to remove and says so")
         XCTAssertTrue(again.standardError.contains("nothing to uninstall"), again.standardError)
+    }
+
+    func testHelpMatchesTheReviewedSnapshotsBehindTheManualPages() throws {
+        for tool in ["dbbackup", "dbrestore", "dbverify", "dbprune", "dbmigrate"] {
+            let live = try TestProcess.tool(tool, ["--experimental-dump-help"])
+            XCTAssertEqual(live.status, 0, live.standardError)
+            let snapshot = try String(contentsOfFile: "\(TestPaths.repositoryRoot)/docs/man/\(tool).help.json", encoding: .utf8)
+            XCTAssertEqual(live.standardOutput, snapshot,
+                           "\(tool)'s options or help changed: review the change and run scripts/generate-man.sh (it rewrites docs/man)")
+            XCTAssertTrue(FileManager.default.fileExists(atPath: "\(TestPaths.repositoryRoot)/docs/man/\(tool).1"))
+        }
     }
 
     func testAlertRulesLoadAndEveryMetricsFileTheToolsWritePassesPromtool() throws {
