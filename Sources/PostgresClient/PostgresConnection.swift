@@ -4,6 +4,7 @@ import Glibc
 import Darwin
 #endif
 import Foundation
+import ProcessSignals
 internal import CLibPQ
 
 /// One libpq connection. Not thread-safe: use it from one thread at a time.
@@ -17,6 +18,8 @@ public final class PostgresConnection {
     private var copyStatement = ""
     /// The target this connection was opened with (for messages; never includes the password).
     public let target: ConnectionTarget
+    /// `PQcancel` on the running statement when a signal interrupts the run.
+    private var interruptHook: InterruptHook?
 
     /// Opens a connection, failing fast rather than hanging on an unreachable host.
     ///
@@ -49,10 +52,17 @@ public final class PostgresConnection {
         guard let connection, PQstatus(connection) == CONNECTION_OK else {
             let message = connection.map { String(cString: PQerrorMessage($0)) } ?? "out of memory"
             PQfinish(connection)
-            throw PostgresError(kind: .connection, operation: "connect to \(target.redactedDescription)",
-                                message: Self.firstMeaningfulLine(message))
+            let reason = Self.firstMeaningfulLine(message)
+            // "invalid port number", "invalid sslmode value", …: the URL is malformed, the server was never asked.
+            let malformed = reason.hasPrefix("invalid ") && !reason.hasPrefix("invalid password")
+            throw Interruption.explain(PostgresError(kind: malformed ? .invalidConnectionString : .connection,
+                                                     operation: "connect to \(target.redactedDescription)", message: reason))
         }
         handle = connection
+        if let cancel = PQgetCancel(connection) {
+            let canceller = Canceller(cancel)
+            interruptHook = Interruption.onInterrupt { canceller.cancel() }
+        }
         // Our own notices (e.g. "table does not exist, skipping") are not the operator's business.
         PQsetNoticeProcessor(connection, { _, _ in }, nil)
     }
@@ -61,6 +71,9 @@ public final class PostgresConnection {
 
     /// Closes the connection; further use throws.
     public func close() {
+        // Removing the hook waits for a PQcancel in flight, so the handle it names is still open then.
+        interruptHook?.remove()
+        interruptHook = nil
         if let handle { PQfinish(handle) }
         handle = nil
     }
@@ -93,7 +106,7 @@ public final class PostgresConnection {
         defer { PQclear(result) }
         let status = PQresultStatus(result)
         guard status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK else {
-            throw error(from: result, sql: sql)
+            throw failure(from: result, sql: sql)
         }
         return QueryResult(copying: result)
     }
@@ -123,7 +136,7 @@ public final class PostgresConnection {
         while offset < bytes.count {
             let length = min(bytes.count - offset, 1 << 30)
             let sent = PQputCopyData(handle, base.advanced(by: offset).assumingMemoryBound(to: CChar.self), Int32(length))
-            guard sent == 1 else { throw brokenConnection(handle, during: copyStatement) }
+            guard sent == 1 else { throw Interruption.explain(brokenConnection(handle, during: copyStatement)) }
             offset += length
         }
     }
@@ -135,18 +148,18 @@ public final class PostgresConnection {
     @discardableResult
     public func endCopy() throws -> Int64 {
         let handle = try openHandle(for: copyStatement)
-        guard PQputCopyEnd(handle, nil) == 1 else { throw brokenConnection(handle, during: copyStatement) }
+        guard PQputCopyEnd(handle, nil) == 1 else { throw Interruption.explain(brokenConnection(handle, during: copyStatement)) }
         var rows: Int64 = 0
-        var failure: PostgresError?
+        var firstFailure: Error?
         while let result = PQgetResult(handle) {
             if PQresultStatus(result) == PGRES_COMMAND_OK {
                 rows = Int64(String(cString: PQcmdTuples(result))) ?? 0
-            } else if failure == nil {
-                failure = error(from: result, sql: copyStatement)
+            } else if firstFailure == nil {
+                firstFailure = failure(from: result, sql: copyStatement)
             }
             PQclear(result)
         }
-        if let failure { throw failure }
+        if let firstFailure { throw firstFailure }
         return rows
     }
 
@@ -168,8 +181,19 @@ public final class PostgresConnection {
         let result = PQexec(handle, sql)
         defer { PQclear(result) }
         guard statuses.contains(PQresultStatus(result)) else {
-            throw error(from: result, sql: sql)
+            throw failure(from: result, sql: sql)
         }
+    }
+
+    /// The error a failed statement throws: `InterruptedError` when a signal cancelled it; for a lock
+    /// timeout, the server's error naming the sessions that held or queued the lock.
+    private func failure(from result: OpaquePointer?, sql: String) -> Error {
+        let failure = error(from: result, sql: sql)
+        if Interruption.isRequested { return Interruption.explain(failure) }
+        if failure.sqlState == PostgresError.lockNotAvailable {
+            return failure.with(blockingSessions: LockBlockers.describe(target: target))
+        }
+        return failure
     }
 
     private func brokenConnection(_ handle: OpaquePointer, during sql: String) -> PostgresError {
@@ -193,7 +217,7 @@ public final class PostgresConnection {
             serverHint: field(Int32(UInt8(ascii: "H"))))
     }
 
-    private static func summary(of sql: String) -> String {
+    static func summary(of sql: String) -> String {
         let words = sql.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" }).prefix(4)
         return words.joined(separator: " ")
     }
@@ -206,6 +230,23 @@ public final class PostgresConnection {
             return String(first[range.upperBound...]).trimmingTrailingNewlines()
         }
         return first.trimmingTrailingNewlines()
+    }
+}
+
+/// libpq's cancel handle for one connection. `PQcancel` is thread-safe (it opens its own socket),
+/// so the signal thread may call it while the connection's own thread waits for a result.
+private final class Canceller: @unchecked Sendable {
+    // Safe: `handle` is immutable, and freed only in deinit, after the interrupt hook that calls
+    // `cancel()` was removed (`InterruptHook.remove()` waits for a running hook).
+    private let handle: OpaquePointer
+
+    init(_ handle: OpaquePointer) { self.handle = handle }
+
+    deinit { PQfreeCancel(handle) }
+
+    func cancel() {
+        var buffer = [CChar](repeating: 0, count: 256)
+        _ = PQcancel(handle, &buffer, Int32(buffer.count))
     }
 }
 

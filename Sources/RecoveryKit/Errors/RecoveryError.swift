@@ -1,6 +1,9 @@
 import BackupStorage
+import Crypto
+import Foundation
 import Gzip
 import PostgresClient
+import ProcessSignals
 
 /// An error of the recovery domain: a stable exit code, a one-line message naming the object,
 /// and a hint saying what to do next.
@@ -19,11 +22,24 @@ public struct RecoveryError: Error, CustomStringConvertible, Sendable {
 
     /// Classifies any error from the lower modules into the exit-code table, with a hint.
     ///
-    /// This is the one place where library errors meet the exit codes.
+    /// This is the one place where library errors meet the exit codes. Once a signal asked the run
+    /// to stop, every failure is the interruption's (a killed child, a cancelled statement): exit 130.
     public static func classify(_ error: Error) -> RecoveryError {
+        if let signal = Interruption.signal {
+            return interrupted(by: signal)
+        }
         switch error {
         case let error as RecoveryError:
             return error
+        case let error as InterruptedError:
+            return interrupted(by: error.signal)
+        case let error as PostgresError where error.sqlState == PostgresError.lockNotAvailable:
+            let blockers = error.blockingSessions.map { "; blocked by \($0)" } ?? "; the blocking session has ended since"
+            return RecoveryError(.lockTimeout, "\(error.operation): waited longer than --lock-wait for a lock\(blockers)",
+                                 hint: "end or wait for the session named (SELECT pg_terminate_backend(pid) ends it), or raise --lock-wait, then run again")
+        case let error as PostgresError where error.sqlState == PostgresError.queryCanceled:
+            return RecoveryError(.databaseError, "\(error.operation): ran longer than statement_timeout and was cancelled (SQLSTATE 57014)",
+                                 hint: "look for what slowed the server (pg_stat_activity), or raise statement_timeout for this role, then run again")
         case let error as PostgresError:
             switch error.kind {
             case .connection:
@@ -50,11 +66,52 @@ public struct RecoveryError: Error, CustomStringConvertible, Sendable {
             default: code = .repositoryError
             }
             return RecoveryError(code, "repository \(error.description)", hint: error.hint)
+        case let error as GzipError where error.kind == .compression:
+            return RecoveryError(.failure, "compressing failed: \(error.description)",
+                                 hint: "zlib could not compress (usually out of memory: check free memory and ulimit -v); nothing was stored, run again")
         case let error as GzipError:
             return RecoveryError(.backupCorrupt, "compressed data is damaged: \(error.description)",
                                  hint: "run dbverify --files to check every backup; restore an older one")
+        case let error as CryptoKitError:
+            return RecoveryError(.backupCorrupt, "decryption failed (\(error)): the data was altered or the key is not the one it was encrypted with",
+                                 hint: "check --encryption-key-file (or DBRECOVERY_ENCRYPTION_KEY) is this repository's key; dbverify --files finds damaged files")
+        case let error as DecodingError:
+            return RecoveryError(.backupCorrupt, "a stored JSON document is unreadable: \(describe(error))",
+                                 hint: "run dbverify --files to find the damaged backup; restore another one")
+        case let error as EncodingError:
+            return RecoveryError(.failure, "could not encode a JSON document: \(error)",
+                                 hint: "this is a bug in dbrecovery; report the message above")
+        case let error as CocoaError:
+            let path = (error.userInfo[NSFilePathErrorKey] as? String) ?? error.url?.path ?? "a file"
+            let reason = (error.userInfo[NSUnderlyingErrorKey] as? NSError).map { String(cString: strerror(Int32($0.code))) }
+                ?? error.localizedDescription
+            return RecoveryError(.repositoryError, "cannot \(error.isFileWriteError ? "write" : "read") \(path): \(reason)",
+                                 hint: "check that \(path) exists, that this user may \(error.isFileWriteError ? "write" : "read") it, and free space")
         default:
-            return RecoveryError(.failure, "\(error)")
+            return RecoveryError(.failure, "\(error)", hint: ExitStatus.failure.defaultHint)
         }
     }
+
+    /// The error a signal turns a run into: what was cleaned up and what was kept, on one line.
+    static func interrupted(by signal: Int32) -> RecoveryError {
+        let (cleaned, kept) = CleanupLog.entries
+        let removed = cleaned.isEmpty ? "nothing of this run was left to remove" : "removed " + cleaned.joined(separator: ", ")
+        let keptText = kept.isEmpty ? "kept every backup and database that existed before the run" : "kept " + kept.joined(separator: ", ")
+        return RecoveryError(.interrupted, "interrupted by \(Interruption.name(of: signal)): \(removed); \(keptText)",
+                             hint: "run the command again when ready; a second signal exits at once and leaves clean-up to the next run")
+    }
+
+    private static func describe(_ error: DecodingError) -> String {
+        switch error {
+        case .dataCorrupted(let context): return context.debugDescription
+        case .keyNotFound(let key, _): return "missing field \(key.stringValue)"
+        case .typeMismatch(_, let context), .valueNotFound(_, let context):
+            return "field \(context.codingPath.map(\.stringValue).joined(separator: ".")): \(context.debugDescription)"
+        @unknown default: return "\(error)"
+        }
+    }
+}
+
+extension CocoaError {
+    fileprivate var isFileWriteError: Bool { (CocoaError.Code.fileWriteUnknown.rawValue...CocoaError.Code.fileWriteVolumeReadOnly.rawValue).contains(code.rawValue) }
 }

@@ -28,4 +28,15 @@ final class Background<Value>: @unchecked Sendable {
 
     /// Blocks until the work has finished, ignoring its outcome (for cleanup paths).
     func join() { _ = try? wait() }
+
+    /// Blocks until the work has finished and returns its error, if it failed: the root cause when
+    /// another failure (a child program's) was only its consequence.
+    func failure() -> Error? {
+        do {
+            _ = try wait()
+            return nil
+        } catch {
+            return error
+        }
+    }
 }

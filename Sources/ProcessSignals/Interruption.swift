@@ -1,0 +1,206 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Foundation
+internal import CSignalPipe
+
+/// SIGINT, SIGTERM and SIGHUP turned into a run's cancellation.
+///
+/// The first signal sets a process-wide flag and, on a dedicated thread, runs the hooks that make
+/// blocked work return: child programs are sent SIGTERM, running libpq statements are cancelled
+/// (`PQcancel`). The code that was blocked then fails, sees `isRequested` (or calls `check()`), throws
+/// `InterruptedError`, and the run unwinds through its ordinary error paths, which remove what it
+/// made. The tool exits 130. A second signal exits 130 at once, from the signal handler.
+///
+/// Process-wide by nature (a signal is delivered to the process, not to a value), so this is the
+/// one deliberate exception to "no process-global state" (DESIGN.md).
+public enum Interruption {
+    private static let registry = HookRegistry()
+
+    /// Installs the signal handlers and starts the thread that runs the hooks. Call once, first thing
+    /// in `main`; later calls do nothing.
+    ///
+    /// - Parameter tool: named in the message printed when a second signal ends the run at once.
+    public static func installSignalHandlers(tool: String) {
+        registry.install(tool: tool)
+    }
+
+    /// The first signal received, if any.
+    public static var signal: Int32? {
+        let number = CSignalPipe_received()
+        return number == 0 ? nil : Int32(number)
+    }
+
+    /// True once a signal asked the run to stop.
+    public static var isRequested: Bool { CSignalPipe_received() != 0 }
+
+    /// Throws `InterruptedError` if a signal asked the run to stop; call it where a loop can stop.
+    public static func check() throws {
+        if let signal { throw InterruptedError(signal: signal) }
+    }
+
+    /// `error` unchanged, or `InterruptedError` when a signal is what made it happen.
+    ///
+    /// Used where a failure (a killed child, a cancelled statement, a closed pipe) is the consequence
+    /// of the interruption rather than a problem of its own.
+    public static func explain(_ error: Error) -> Error {
+        if error is InterruptedError { return error }
+        if let signal { return InterruptedError(signal: signal, cause: "\(error)") }
+        return error
+    }
+
+    /// Registers work to run once, on the signal thread, when the first signal arrives: it must only
+    /// make blocked work return (send a signal, cancel a statement), never clean up itself.
+    ///
+    /// - Returns: a registration; call `remove()` (or let it go) when the work it guards is over.
+    ///   A hook registered after the signal does not run (it belongs to clean-up work).
+    public static func onInterrupt(_ hook: @escaping @Sendable () -> Void) -> InterruptHook {
+        InterruptHook(registry: registry, identifier: registry.add(hook))
+    }
+
+    /// `SIGTERM`, `SIGINT`, `SIGHUP` or `signal N`.
+    public static func name(of signal: Int32) -> String {
+        switch signal {
+        case SIGINT: return "SIGINT"
+        case SIGTERM: return "SIGTERM"
+        case SIGHUP: return "SIGHUP"
+        default: return "signal \(signal)"
+        }
+    }
+}
+
+/// A run was stopped by a signal. Classified as exit 130.
+public struct InterruptedError: Error, CustomStringConvertible, Sendable {
+    public let signal: Int32
+    /// The failure the interruption caused, for `--verbose`-style diagnostics; never shown as the reason.
+    public let cause: String?
+
+    public init(signal: Int32, cause: String? = nil) {
+        self.signal = signal
+        self.cause = cause
+    }
+
+    public var description: String { "interrupted by \(Interruption.name(of: signal))" }
+}
+
+/// One registered interrupt hook; removes itself when released.
+public final class InterruptHook: @unchecked Sendable {
+    // Safe: `registry` is itself locked, and `identifier` is immutable.
+    private let registry: HookRegistry
+    private let identifier: Int
+
+    fileprivate init(registry: HookRegistry, identifier: Int) {
+        self.registry = registry
+        self.identifier = identifier
+    }
+
+    deinit { remove() }
+
+    /// Unregisters the hook; when it is running right now, waits until it has finished, so that what
+    /// it acts on (a PID, a cancel handle) may be released safely afterwards.
+    public func remove() { registry.remove(identifier) }
+}
+
+/// What a run cleaned up and what it kept, for the one line printed when a signal ends it.
+public enum CleanupLog {
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var cleanedItems: [String] = []
+    nonisolated(unsafe) private static var keptItems: [String] = []
+
+    /// Records something of this run that was removed or undone (a partial file, an upload, a lock).
+    public static func cleaned(_ item: String) {
+        lock.lock()
+        defer { lock.unlock() }
+        if !cleanedItems.contains(item) { cleanedItems.append(item) }
+    }
+
+    /// Records something deliberately left in place (the untouched target database, a finished backup).
+    public static func kept(_ item: String) {
+        lock.lock()
+        defer { lock.unlock() }
+        if !keptItems.contains(item) { keptItems.append(item) }
+    }
+
+    /// Everything recorded so far.
+    public static var entries: (cleaned: [String], kept: [String]) {
+        lock.lock()
+        defer { lock.unlock() }
+        return (cleanedItems, keptItems)
+    }
+}
+
+/// Hooks by identifier, and the thread that runs them when the pipe says a signal came.
+private final class HookRegistry: @unchecked Sendable {
+    // Safe: every mutable field is read and written under `lock`.
+    private let lock = NSCondition()
+    private var hooks: [Int: @Sendable () -> Void] = [:]
+    private var nextIdentifier = 0
+    private var fired = false
+    private var running: Int?
+    private var installed = false
+
+    func install(tool: String) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !installed else { return }
+        installed = true
+        let descriptor = CSignalPipe_install("\n\(tool): second signal: exiting at once; clean-up skipped, the next run repairs what is left\n")
+        guard descriptor >= 0 else {
+            FileHandle.standardError.write(Data("\(tool): warning: cannot install signal handlers: \(String(cString: strerror(errno)))\n".utf8))
+            return
+        }
+        let thread = Thread { [self] in
+            var byte: UInt8 = 0
+            while true {
+                let count = read(descriptor, &byte, 1)
+                if count < 0 && errno == EINTR { continue }
+                if count <= 0 { return }
+                runHooks()
+            }
+        }
+        thread.name = "dbrecovery.signals"
+        thread.start()
+    }
+
+    func add(_ hook: @escaping @Sendable () -> Void) -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        nextIdentifier += 1
+        if !fired { hooks[nextIdentifier] = hook }
+        return nextIdentifier
+    }
+
+    func remove(_ identifier: Int) {
+        lock.lock()
+        defer { lock.unlock() }
+        hooks.removeValue(forKey: identifier)
+        while running == identifier { lock.wait() }
+    }
+
+    private func runHooks() {
+        lock.lock()
+        guard !fired else {
+            lock.unlock()
+            return
+        }
+        fired = true
+        let identifiers = hooks.keys.sorted()
+        lock.unlock()
+        for identifier in identifiers {
+            lock.lock()
+            guard let hook = hooks.removeValue(forKey: identifier) else {
+                lock.unlock()
+                continue
+            }
+            running = identifier
+            lock.unlock()
+            hook()
+            lock.lock()
+            running = nil
+            lock.broadcast()
+            lock.unlock()
+        }
+    }
+}
