@@ -109,14 +109,15 @@ public enum CleanupLog {
     nonisolated(unsafe) private static var cleanedItems: [String] = []
     nonisolated(unsafe) private static var keptItems: [String] = []
 
-    /// Records something of this run that was removed or undone (a partial file, an upload, a lock).
+    /// Records, as a phrase such as "removed the partial backups/X/dump.sql.gz" or "released the
+    /// repository lock", something of this run that was removed or undone.
     public static func cleaned(_ item: String) {
         lock.lock()
         defer { lock.unlock() }
         if !cleanedItems.contains(item) { cleanedItems.append(item) }
     }
 
-    /// Records something deliberately left in place (the untouched target database, a finished backup).
+    /// Records, as a noun phrase such as "database app unchanged", something deliberately left in place.
     public static func kept(_ item: String) {
         lock.lock()
         defer { lock.unlock() }

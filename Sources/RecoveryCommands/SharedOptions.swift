@@ -31,8 +31,11 @@ public struct ConnectionOptions: ParsableArguments {
 
     /// `lock_timeout` (from `--lock-wait`) and `statement_timeout` for every session the tool opens.
     public var sessionLimits: SessionLimits {
-        SessionLimits(lockWaitSeconds: lockWait.flatMap(SessionLimits.parseDuration) ?? SessionLimits.defaultLockWaitSeconds)
+        SessionLimits(lockWaitSeconds: explicitLockWaitSeconds ?? SessionLimits.defaultLockWaitSeconds)
     }
+
+    /// `--lock-wait` in seconds, when given.
+    public var explicitLockWaitSeconds: Int? { lockWait.flatMap(SessionLimits.parseDuration) }
 
     /// The connection target from the flag, then `DATABASE_URL`, then the config file, then libpq's
     /// own defaults (PG* variables, ~/.pgpass); with the session limits in its options.

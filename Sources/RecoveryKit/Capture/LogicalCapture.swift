@@ -65,7 +65,7 @@ public enum LogicalCapture {
         let targets = try CaptureTargets(addresses: configuration.repositories, command: "dbbackup")
         defer {
             targets.releaseLocks()
-            if Interruption.isRequested { CleanupLog.cleaned("the repository lock") }
+            if Interruption.isRequested { CleanupLog.cleaned("released the repository lock") }
         }
 
         let startedAt = Date()
@@ -121,7 +121,7 @@ public enum LogicalCapture {
             try targets.writeManifests(manifest)
         } catch {
             targets.delete([dumpKey])
-            if Interruption.isRequested { CleanupLog.cleaned(dumpKey) }
+            if Interruption.isRequested { CleanupLog.cleaned("removed \(dumpKey)") }
             throw error
         }
         return CaptureResult(manifest: manifest, stored: targets.succeeded, failed: targets.failures)

@@ -18,7 +18,7 @@ public enum PhysicalCapture {
         let targets = try CaptureTargets(addresses: configuration.repositories, command: "dbbackup --physical")
         defer {
             targets.releaseLocks()
-            if Interruption.isRequested { CleanupLog.cleaned("the repository lock") }
+            if Interruption.isRequested { CleanupLog.cleaned("released the repository lock") }
         }
         let startedAt = Date()
         let id = BackupID.make(at: startedAt)
@@ -53,7 +53,7 @@ public enum PhysicalCapture {
                               segmentSize: segmentSize, scanner: scanner, file: file, targets: targets)
         } catch {
             targets.delete([baseKey])
-            if Interruption.isRequested { CleanupLog.cleaned(baseKey) }
+            if Interruption.isRequested { CleanupLog.cleaned("removed \(baseKey)") }
             throw error
         }
     }

@@ -26,7 +26,7 @@ enum StreamCapture {
         defer {
             if !committed {
                 targets.abort()
-                if Interruption.isRequested { CleanupLog.cleaned("the partial \(storeKey)") }
+                if Interruption.isRequested { CleanupLog.cleaned("removed the partial \(storeKey)") }
             }
         }
 

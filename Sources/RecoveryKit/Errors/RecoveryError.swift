@@ -83,10 +83,12 @@ public struct RecoveryError: Error, CustomStringConvertible, Sendable {
                                  hint: "this is a bug in dbrecovery; report the message above")
         case let error as CocoaError:
             let path = (error.userInfo[NSFilePathErrorKey] as? String) ?? error.url?.path ?? "a file"
-            let reason = (error.userInfo[NSUnderlyingErrorKey] as? NSError).map { String(cString: strerror(Int32($0.code))) }
-                ?? error.localizedDescription
-            return RecoveryError(.repositoryError, "cannot \(error.isFileWriteError ? "write" : "read") \(path): \(reason)",
-                                 hint: "check that \(path) exists, that this user may \(error.isFileWriteError ? "write" : "read") it, and free space")
+            let underlying = (error.userInfo[NSUnderlyingErrorKey] as? NSError).flatMap { $0.domain == NSPOSIXErrorDomain ? $0.code : nil }
+            let reason = underlying.map { String(cString: strerror(Int32($0))) }
+                ?? error.localizedDescription.replacingOccurrences(of: "The operation could not be completed. ", with: "")
+            let verb = error.isFileReadError ? "read" : error.isFileWriteError ? "write" : "use"
+            return RecoveryError(.repositoryError, "cannot \(verb) \(path): \(reason)",
+                                 hint: "check that \(path) and its directory exist, that this user may \(verb == "use" ? "read and write" : verb) them, and free space")
         default:
             return RecoveryError(.failure, "\(error)", hint: ExitStatus.failure.defaultHint)
         }
@@ -95,7 +97,7 @@ public struct RecoveryError: Error, CustomStringConvertible, Sendable {
     /// The error a signal turns a run into: what was cleaned up and what was kept, on one line.
     static func interrupted(by signal: Int32) -> RecoveryError {
         let (cleaned, kept) = CleanupLog.entries
-        let removed = cleaned.isEmpty ? "nothing of this run was left to remove" : "removed " + cleaned.joined(separator: ", ")
+        let removed = cleaned.isEmpty ? "nothing of this run was left to remove" : cleaned.joined(separator: ", ")
         let keptText = kept.isEmpty ? "kept every backup and database that existed before the run" : "kept " + kept.joined(separator: ", ")
         return RecoveryError(.interrupted, "interrupted by \(Interruption.name(of: signal)): \(removed); \(keptText)",
                              hint: "run the command again when ready; a second signal exits at once and leaves clean-up to the next run")
@@ -113,5 +115,7 @@ public struct RecoveryError: Error, CustomStringConvertible, Sendable {
 }
 
 extension CocoaError {
-    fileprivate var isFileWriteError: Bool { (CocoaError.Code.fileWriteUnknown.rawValue...CocoaError.Code.fileWriteVolumeReadOnly.rawValue).contains(code.rawValue) }
+    /// Foundation's file-reading codes are 256…511, its file-writing codes 512…767.
+    fileprivate var isFileReadError: Bool { (256..<512).contains(code.rawValue) }
+    fileprivate var isFileWriteError: Bool { (512..<768).contains(code.rawValue) }
 }

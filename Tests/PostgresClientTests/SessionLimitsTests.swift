@@ -1,0 +1,22 @@
+import PostgresClient
+import XCTest
+
+final class SessionLimitsTests: XCTestCase {
+    func testDurationsParseWithAndWithoutUnits() {
+        XCTAssertEqual(SessionLimits.parseDuration("90"), 90)
+        XCTAssertEqual(SessionLimits.parseDuration("90s"), 90)
+        XCTAssertEqual(SessionLimits.parseDuration("5m"), 300)
+        XCTAssertEqual(SessionLimits.parseDuration("1h"), 3600)
+        for bad in ["", "0", "-5", "5x", "m", "1.5m", "99999999999999999999", "9223372036854775807h", "8d", "30 s"] {
+            XCTAssertNil(SessionLimits.parseDuration(bad), bad)
+        }
+    }
+
+    func testLimitsGoIntoTheOptionsAndKeepTheOperatorsOwn() throws {
+        let plain = SessionLimits(lockWaitSeconds: 30).applied(to: try ConnectionTarget("postgresql://app@db/app"))
+        XCTAssertEqual(plain.value("options"), "-c lock_timeout=30000 -c statement_timeout=43200000")
+        XCTAssertEqual(plain.childEnvironment["PGOPTIONS"], "-c lock_timeout=30000 -c statement_timeout=43200000")
+        let own = SessionLimits(lockWaitSeconds: 30).applied(to: try ConnectionTarget("host=db options='-c lock_timeout=1s -c search_path=x'"))
+        XCTAssertEqual(own.value("options"), "-c lock_timeout=1s -c search_path=x -c statement_timeout=43200000")
+    }
+}
