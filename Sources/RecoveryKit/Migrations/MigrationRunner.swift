@@ -1,5 +1,6 @@
 import Foundation
 import PostgresClient
+import ProcessSignals
 
 /// Settings of one `dbmigrate` run.
 public struct MigrationConfiguration {
@@ -173,11 +174,13 @@ public final class MigrationRunner {
         try connection.execute(script: "BEGIN")
         do {
             for step in steps {
+                try Interruption.check()
                 let started = Date()
                 try execute(step)
                 try record(step, milliseconds: Int64(Date().timeIntervalSince(started) * 1000), backupID: backupID)
                 CrashPoint.reached("migrate:between-steps")
             }
+            try Interruption.check()   // a signal before COMMIT rolls the whole plan back
             try connection.execute(script: "COMMIT")
         } catch {
             _ = try? connection.execute(script: "ROLLBACK")
