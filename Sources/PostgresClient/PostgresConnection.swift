@@ -20,6 +20,8 @@ public final class PostgresConnection {
     public let target: ConnectionTarget
     /// `PQcancel` on the running statement when a signal interrupts the run.
     private var interruptHook: InterruptHook?
+    /// Knows whether a statement is running, so that only a running one is ever cancelled.
+    private var canceller: Canceller?
 
     /// Opens a connection, failing fast rather than hanging on an unreachable host.
     ///
@@ -61,7 +63,8 @@ public final class PostgresConnection {
         handle = connection
         if let cancel = PQgetCancel(connection) {
             let canceller = Canceller(cancel)
-            interruptHook = Interruption.onInterrupt { canceller.cancel() }
+            self.canceller = canceller
+            interruptHook = Interruption.onInterrupt { canceller.cancelRunningStatement() }
         }
         // Our own notices (e.g. "table does not exist, skipping") are not the operator's business.
         PQsetNoticeProcessor(connection, { _, _ in }, nil)
@@ -76,6 +79,7 @@ public final class PostgresConnection {
         interruptHook = nil
         if let handle { PQfinish(handle) }
         handle = nil
+        canceller = nil
     }
 
     /// The server's backend process id (as in `pg_stat_activity.pid`).
@@ -98,6 +102,8 @@ public final class PostgresConnection {
     @discardableResult
     public func query(_ sql: String, _ parameters: [String?] = []) throws -> QueryResult {
         let handle = try openHandle(for: sql)
+        canceller?.statementStarts()
+        defer { canceller?.statementEnds() }
         let cParameters = parameters.map { $0.map { strdup($0) } ?? nil }
         defer { cParameters.forEach { free($0) } }
         let result = cParameters.map { UnsafePointer($0) }.withUnsafeBufferPointer { buffer in
@@ -124,6 +130,8 @@ public final class PostgresConnection {
     public func beginCopy(_ sql: String) throws {
         try exec(sql, expecting: [PGRES_COPY_IN])
         copyStatement = sql
+        // The COPY runs until endCopy(): cancellable all along.
+        canceller?.statementStarts()
     }
 
     /// Sends COPY data (whole rows in the COPY text format) for the COPY started by `beginCopy(_:)`.
@@ -148,6 +156,7 @@ public final class PostgresConnection {
     @discardableResult
     public func endCopy() throws -> Int64 {
         let handle = try openHandle(for: copyStatement)
+        defer { canceller?.statementEnds() }
         guard PQputCopyEnd(handle, nil) == 1 else { throw Interruption.explain(brokenConnection(handle, during: copyStatement)) }
         var rows: Int64 = 0
         var firstFailure: Error?
@@ -178,6 +187,8 @@ public final class PostgresConnection {
     /// Runs `sql` with the simple query protocol; any status but `statuses` is an error.
     private func exec(_ sql: String, expecting statuses: [ExecStatusType]) throws {
         let handle = try openHandle(for: sql)
+        canceller?.statementStarts()
+        defer { canceller?.statementEnds() }
         let result = PQexec(handle, sql)
         defer { PQclear(result) }
         guard statuses.contains(PQresultStatus(result)) else {
@@ -233,18 +244,42 @@ public final class PostgresConnection {
     }
 }
 
-/// libpq's cancel handle for one connection. `PQcancel` is thread-safe (it opens its own socket),
-/// so the signal thread may call it while the connection's own thread waits for a result.
+/// libpq's cancel handle for one connection, and whether a statement is running on it.
+///
+/// Only a running statement is cancelled: a cancel request that reached an idle connection could
+/// otherwise land on the clean-up statement that comes next (a scratch database's DROP). The lock is
+/// held while `PQcancel` runs, and `PQcancel` returns once the server has signalled the backend, so a
+/// statement that ends meanwhile cannot be followed by a new one before the request was handled (an
+/// idle backend drops it).
 private final class Canceller: @unchecked Sendable {
-    // Safe: `handle` is immutable, and freed only in deinit, after the interrupt hook that calls
-    // `cancel()` was removed (`InterruptHook.remove()` waits for a running hook).
+    // Safe: `handle` is immutable and freed only in deinit, after the interrupt hook calling
+    // `cancelRunningStatement()` was removed (`InterruptHook.remove()` waits for a running hook);
+    // `running` is only touched under `lock`.
     private let handle: OpaquePointer
+    private let lock = NSLock()
+    private var running = 0
 
     init(_ handle: OpaquePointer) { self.handle = handle }
 
     deinit { PQfreeCancel(handle) }
 
-    func cancel() {
+    func statementStarts() {
+        lock.lock()
+        running += 1
+        lock.unlock()
+    }
+
+    func statementEnds() {
+        lock.lock()
+        running = max(0, running - 1)
+        lock.unlock()
+    }
+
+    /// `PQcancel` (thread-safe: it opens its own socket) if a statement is running.
+    func cancelRunningStatement() {
+        lock.lock()
+        defer { lock.unlock() }
+        guard running > 0 else { return }
         var buffer = [CChar](repeating: 0, count: 256)
         _ = PQcancel(handle, &buffer, Int32(buffer.count))
     }

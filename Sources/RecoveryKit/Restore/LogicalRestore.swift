@@ -1,6 +1,7 @@
 import BackupStorage
 import Foundation
 import PostgresClient
+import ProcessSignals
 
 /// What a restore should do, resolved from flags and environment.
 public struct RestoreConfiguration {
@@ -355,6 +356,7 @@ public enum LogicalRestore {
         for _ in 0..<20 {
             try admin.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", [target])
             do {
+                try Interruption.check()   // interrupted: reopen the target below, keep it as it was
                 try admin.execute(script: """
                     BEGIN;
                     ALTER DATABASE \(quotedTarget) RENAME TO \(quotedAside);
