@@ -8,8 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# No force-unwrap, try! or as! in Sources: each is a crash without a message.
-perl scripts/lint-unwraps.pl Sources
+# No force-unwrap, try! or as! in Sources: each is a crash without a message. Checked first, reported
+# again at the end; the tests still run, so one finding does not hide the others.
+lint_status=0
+perl scripts/lint-unwraps.pl Sources || lint_status=1
 
 # A build failure fails the suite (its errors are printed), never hidden behind a filter.
 build_log=$(mktemp)
@@ -37,11 +39,16 @@ for pidfile in $(find "$root" -maxdepth 3 \( -name server.pid -o -name moto.pid 
     moto.pid) scripts/s3-sandbox.sh stop "$dir" || true ;;
   esac
 done
-leftovers=$(find "$root" -mindepth 1 -maxdepth 1 2>/dev/null | sort)
+# SwiftPM's own lock files and TemporaryDirectory.* folders are its bookkeeping, not the tests'.
+leftovers=$(find "$root" -mindepth 1 -maxdepth 1 ! -name '_*.lock' ! -name 'TemporaryDirectory.*' 2>/dev/null | sort)
 if [ -n "$leftovers" ]; then
   echo "test.sh: the tests left $(echo "$leftovers" | wc -l) entries in $root (tests must remove what they create, also on failure):" >&2
   echo "$leftovers" | head -20 | sed 's/^/  /' >&2
   if [ "$status" = 0 ]; then status=1; fi
 fi
 rm -rf "$root"
+if [ "$lint_status" != 0 ]; then
+  echo "test.sh: failed: force-unwrap, try! or as! in Sources (listed at the start)" >&2
+  if [ "$status" = 0 ]; then status=1; fi
+fi
 exit "$status"
