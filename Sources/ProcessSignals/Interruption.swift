@@ -139,7 +139,8 @@ private final class HookRegistry: @unchecked Sendable {
     private var hooks: [Int: @Sendable () -> Void] = [:]
     private var nextIdentifier = 0
     private var fired = false
-    private var running: Int?
+    /// Hooks running now; `remove` waits for its own to finish.
+    private var running: Set<Int> = []
     private var installed = false
 
     func install(tool: String) {
@@ -177,9 +178,11 @@ private final class HookRegistry: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         hooks.removeValue(forKey: identifier)
-        while running == identifier { lock.wait() }
+        while running.contains(identifier) { lock.wait() }
     }
 
+    /// Runs every hook at once, each on its own thread: a `PQcancel` to a server that does not answer
+    /// must not delay the SIGTERM to a child.
     private func runHooks() {
         lock.lock()
         guard !fired else {
@@ -187,21 +190,18 @@ private final class HookRegistry: @unchecked Sendable {
             return
         }
         fired = true
-        let identifiers = hooks.keys.sorted()
+        let pending = hooks
+        hooks.removeAll()
+        running = Set(pending.keys)
         lock.unlock()
-        for identifier in identifiers {
-            lock.lock()
-            guard let hook = hooks.removeValue(forKey: identifier) else {
+        for (identifier, hook) in pending {
+            Thread.detachNewThread { [self] in
+                hook()
+                lock.lock()
+                running.remove(identifier)
+                lock.broadcast()
                 lock.unlock()
-                continue
             }
-            running = identifier
-            lock.unlock()
-            hook()
-            lock.lock()
-            running = nil
-            lock.broadcast()
-            lock.unlock()
         }
     }
 }

@@ -140,6 +140,7 @@ public final class MigrationRunner {
                 throw RecoveryError(.migrationLocked, "another migration holds the lock: \(who)",
                                     hint: "wait for it to finish, or if it is stuck: SELECT pg_terminate_backend(<pid>)")
             }
+            try Interruption.check()
             usleep(200_000)
         }
         defer { _ = try? connection.query("SELECT pg_advisory_unlock($1)", [String(Self.advisoryLockKey)]) }

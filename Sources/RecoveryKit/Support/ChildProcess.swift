@@ -82,7 +82,8 @@ public final class ChildProcess {
             case .pipe:
                 var ends: [Int32] = [-1, -1]
                 guard pipe(&ends) == 0 else {
-                    throw RecoveryError(.toolFailed, "unable to create a pipe for \(executable): \(String(cString: strerror(errno)))")
+                    throw RecoveryError(.toolFailed, "unable to create a pipe for \(executable): \(String(cString: strerror(errno)))",
+                                        hint: "the process is out of file descriptors or memory (ulimit -n); run again when the system has recovered")
                 }
                 // Both ends close on exec in the child; dup2 onto 0/1/2 clears the flag for the child's copy.
                 _ = fcntl(ends[0], F_SETFD, FD_CLOEXEC)
@@ -197,7 +198,8 @@ public final class ChildProcess {
             let written = write(standardInput, base, remaining)
             if written < 0 {
                 if errno == EINTR { continue }
-                throw RecoveryError(.toolFailed, "\((executable as NSString).lastPathComponent) stopped reading its input: \(String(cString: strerror(errno)))")
+                throw RecoveryError(.toolFailed, "\((executable as NSString).lastPathComponent) stopped reading its input: \(String(cString: strerror(errno)))",
+                                    hint: "the program ended early; its own error message, above, says why")
             }
             remaining -= written
             base += written
