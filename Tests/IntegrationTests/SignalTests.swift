@@ -131,7 +131,10 @@ final class SignalTests: XCTestCase {
         }
         let policy = TestPaths.temporaryDirectory(prefix: "policy") + "/p.toml"
         try "[local]\nkeep_last = 1\n".write(toFile: policy, atomically: true, encoding: .utf8)
-        let run = try interrupt("dbprune", ["--repo", repository, "--policy", policy], environment: ["DBRECOVERY_SIGNAL_AT": "prune:between-deletes"],
+        // A deleting dbprune without a terminal needs --yes where the tool knows the flag (issue 16).
+        let confirm = try tool("dbprune", ["--help"]).standardOutput.contains("--yes") ? ["--yes"] : []
+        let prune = ["--repo", repository, "--policy", policy] + confirm
+        let run = try interrupt("dbprune", prune, environment: ["DBRECOVERY_SIGNAL_AT": "prune:between-deletes"],
                                 signal: SIGTERM, trigger: .none)
         assertInterrupted(run, signal: SIGTERM, cell: "prune")
         let entries = try Catalog(store: try LocalStore(root: repository, create: false)).entries()
@@ -139,7 +142,7 @@ final class SignalTests: XCTestCase {
         for entry in entries {
             XCTAssertEqual(try tool("dbverify", ["--files", entry.id, "--repo", repository]).status, 0, "prune: \(entry.id) is no longer whole")
         }
-        let next = try tool("dbprune", ["--repo", repository, "--policy", policy])
+        let next = try tool("dbprune", prune)
         XCTAssertEqual(next.status, 0, "prune: the next run: \(next.standardError)")
         XCTAssertEqual(try Catalog(store: try LocalStore(root: repository, create: false)).entries().count, 1)
     }
