@@ -15,8 +15,6 @@ extension ParsableCommand {
     public static func runAsTool(_ arguments: [String]? = nil) -> Never {
         // A dead pipe to pg_dump or psql must surface as EPIPE, not kill us silently.
         signal(SIGPIPE, SIG_IGN)
-        // Before any other thread starts, so that the handlers are in place for all of them.
-        Interruption.installSignalHandlers(tool: configuration.commandName ?? "dbrecovery")
         #if canImport(Glibc)
         // Every thread (compressors, S3 part uploads) would otherwise get its own malloc arena, and
         // glibc would raise its mmap threshold after the first freed 1 MiB block and start carving
@@ -30,6 +28,8 @@ extension ParsableCommand {
             _ = mallopt(-3, 128 * 1024)   // M_MMAP_THRESHOLD
         }
         #endif
+        // Before the command starts any thread or child; after mallopt, so the signal thread's arena counts.
+        Interruption.installSignalHandlers(tool: configuration.commandName ?? "dbrecovery")
         let code = runReturningCode(arguments, standardError: FileHandle.standardError)
         Glibc.exit(code)
     }

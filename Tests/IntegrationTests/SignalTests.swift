@@ -169,6 +169,37 @@ final class SignalTests: XCTestCase {
         XCTAssertEqual(next.status, 0, "migrate down: the next run (the advisory lock must be free): \(next.standardError)")
     }
 
+    /// A connect that hangs (a server that accepts TCP and never answers) cannot be cancelled: the
+    /// first signal (SIGHUP here) waits for it, a second one ends the run at once, exit 130.
+    func testASecondSignalExitsAtOnce() throws {
+        let silent = try ChildProcess(executable: "/usr/bin/env", arguments: ["python3", "-c", """
+            import socket, sys, time
+            s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(16)
+            print(s.getsockname()[1], flush=True); time.sleep(60)
+            """], stdin: .null, stdout: .pipe, stderr: .null)
+        defer {
+            silent.send(SIGKILL)
+            silent.waitForExit()
+        }
+        var line = ""
+        var byte: UInt8 = 0
+        while read(silent.standardOutput, &byte, 1) == 1, byte != 10 { line.append(Character(UnicodeScalar(byte))) }
+        let port = try XCTUnwrap(Int(line), "the silent server did not start")
+        let process = try TestProcess.start("dbmigrate", ["status", "--database-url", "postgresql://app@127.0.0.1:\(port)/app",
+                                                          "--dir", TestPaths.temporaryDirectory(prefix: "migrations")])
+        let watcher = StandardErrorWatcher(descriptor: process.standardError)
+        usleep(500_000)
+        process.send(SIGHUP)
+        usleep(500_000)
+        let second = Date()
+        process.send(SIGINT)
+        let termination = process.waitForExit()
+        watcher.waitForEnd()
+        XCTAssertEqual(termination.exitCode, ExitStatus.interrupted.rawValue, watcher.text)
+        XCTAssertLessThan(Date().timeIntervalSince(second), 2, "the second signal must end the run at once")
+        XCTAssertTrue(watcher.text.contains("second signal"), watcher.text)
+    }
+
     // MARK: - Running and interrupting
 
     enum Trigger {
