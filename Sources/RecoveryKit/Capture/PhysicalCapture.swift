@@ -90,12 +90,13 @@ public enum PhysicalCapture {
         return CaptureResult(manifest: manifest, stored: targets.succeeded, failed: targets.failures)
     }
 
-    /// `16MB` → bytes.
+    /// `16MB` → bytes. Anything that is not a plausible segment size (1 MB to 1 GB, as PostgreSQL
+    /// allows) falls back to the 16 MB default rather than becoming a divisor of zero or an overflow.
     static func parseSize(_ text: String) -> UInt64 {
-        let digits = UInt64(text.prefix { $0.isNumber }) ?? 16
-        if text.hasSuffix("GB") { return digits << 30 }
-        if text.hasSuffix("kB") { return digits << 10 }
-        return digits << 20
+        let fallback: UInt64 = 16 << 20
+        guard let digits = UInt64(text.prefix { $0.isASCII && $0.isNumber }), digits > 0, digits <= 1 << 20 else { return fallback }
+        let bytes = text.hasSuffix("GB") ? digits << 30 : text.hasSuffix("kB") ? digits << 10 : digits << 20
+        return ((1 << 20)...(1 << 30)).contains(bytes) ? bytes : fallback
     }
 
     /// The text between `marker` and `terminator` in `text`.
