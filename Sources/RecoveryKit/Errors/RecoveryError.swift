@@ -97,7 +97,7 @@ public struct RecoveryError: Error, CustomStringConvertible, Sendable {
     /// The error a signal turns a run into: what was cleaned up and what was kept, on one line.
     static func interrupted(by signal: Int32) -> RecoveryError {
         let (cleaned, kept) = CleanupLog.entries
-        let removed = cleaned.isEmpty ? "nothing of this run was left to remove" : cleaned.joined(separator: ", ")
+        let removed = cleaned.isEmpty ? "nothing of this run needed removing" : cleaned.joined(separator: ", ")
         let keptText = kept.isEmpty ? "kept every backup and database that existed before the run" : "kept " + kept.joined(separator: ", ")
         return RecoveryError(.interrupted, "interrupted by \(Interruption.name(of: signal)): \(removed); \(keptText)",
                              hint: "run the command again when ready; a second signal exits at once and leaves clean-up to the next run")

@@ -185,6 +185,7 @@ public final class MigrationRunner {
             try connection.execute(script: "COMMIT")
         } catch {
             _ = try? connection.execute(script: "ROLLBACK")
+            if Interruption.isRequested { CleanupLog.cleaned("rolled back the migration (nothing applied)") }
             logFailure(error, backupID: backupID)
             throw error
         }

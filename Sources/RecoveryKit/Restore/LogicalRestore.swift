@@ -173,6 +173,7 @@ public enum LogicalRestore {
         defer {
             // A scratch database left behind would be a trap: drop it unless it became the target.
             if scratchExists { _ = try? admin.execute(script: "DROP DATABASE IF EXISTS \(admin.quoteIdentifier(scratch)) WITH (FORCE)") }
+            if scratchExists && Interruption.isRequested { CleanupLog.cleaned("dropped the scratch database \(scratch)") }
         }
         try timeline.step("create scratch database \(scratch)") {
             try admin.execute(script: "CREATE DATABASE \(admin.quoteIdentifier(scratch)) TEMPLATE template0")
