@@ -40,6 +40,16 @@ for pidfile in $(find "$root" -maxdepth 3 \( -name server.pid -o -name moto.pid 
   esac
 done
 # SwiftPM's own lock files and TemporaryDirectory.* folders are its bookkeeping, not the tests'.
+# A server a test started itself (dbrestore --pitr) is stopped by the PID in its postmaster.pid, and
+# only if that process runs on that very data directory.
+for pidfile in $(find "$root" -maxdepth 5 -name postmaster.pid 2>/dev/null); do
+  dir=$(dirname "$pidfile")
+  pid=$(head -1 "$pidfile" 2>/dev/null || true)
+  if [ -n "$pid" ] && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$dir"; then
+    echo "test.sh: stopping PostgreSQL $pid left running in $dir" >&2
+    kill -QUIT "$pid" 2>/dev/null || true
+  fi
+done
 leftovers=$(find "$root" -mindepth 1 -maxdepth 1 ! -name '_*.lock' ! -name 'TemporaryDirectory.*' 2>/dev/null | sort)
 if [ -n "$leftovers" ]; then
   echo "test.sh: the tests left $(echo "$leftovers" | wc -l) entries in $root (tests must remove what they create, also on failure):" >&2
