@@ -60,6 +60,15 @@ public enum Interruption {
         InterruptHook(registry: registry, identifier: registry.add(hook))
     }
 
+    /// Runs `body` (a blocking read of the operator's answer) so that a signal ends the process at
+    /// once, exit 130: a prompt has nothing to clean up, and a read restarted after the signal would
+    /// otherwise ignore Ctrl-C until Enter.
+    public static func atPrompt<T>(_ body: () throws -> T) rethrows -> T {
+        registry.setPrompting(true)
+        defer { registry.setPrompting(false) }
+        return try body()
+    }
+
     /// `SIGTERM`, `SIGINT`, `SIGHUP` or `signal N`.
     public static func name(of signal: Int32) -> String {
         switch signal {
@@ -142,12 +151,15 @@ private final class HookRegistry: @unchecked Sendable {
     /// Hooks running now; `remove` waits for its own to finish.
     private var running: Set<Int> = []
     private var installed = false
+    private var prompting = false
+    private var tool = "dbrecovery"
 
     func install(tool: String) {
         lock.lock()
         defer { lock.unlock() }
         guard !installed else { return }
         installed = true
+        self.tool = tool
         let descriptor = CSignalPipe_install("\n\(tool): second signal: exiting at once; clean-up skipped, the next run repairs what is left\n")
         guard descriptor >= 0 else {
             FileHandle.standardError.write(Data("\(tool): warning: cannot install signal handlers: \(String(cString: strerror(errno)))\n".utf8))
@@ -164,6 +176,19 @@ private final class HookRegistry: @unchecked Sendable {
         }
         thread.name = "dbrecovery.signals"
         thread.start()
+    }
+
+    func setPrompting(_ value: Bool) {
+        lock.lock()
+        defer { lock.unlock() }
+        prompting = value
+        if value && fired { exitAtPrompt() }
+    }
+
+    /// Called with `lock` held.
+    private func exitAtPrompt() -> Never {
+        FileHandle.standardError.write(Data("\n\(tool): error: interrupted at the prompt; nothing was changed\nHINT: run the command again when ready\n".utf8))
+        exit(130)
     }
 
     func add(_ hook: @escaping @Sendable () -> Void) -> Int {
@@ -190,6 +215,7 @@ private final class HookRegistry: @unchecked Sendable {
             return
         }
         fired = true
+        if prompting && installed { exitAtPrompt() }
         let pending = hooks
         hooks.removeAll()
         running = Set(pending.keys)

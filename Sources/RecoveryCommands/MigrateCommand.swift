@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ProcessSignals
 import RecoveryKit
 
 /// `dbmigrate`: migrations up and down against `schema_version`.
@@ -64,7 +65,7 @@ public struct MigrateCommand: ParsableCommand {
         func confirm(_ plan: MigrationPlan) throws {
             guard !yes && isatty(0) == 1 else { return }
             FileHandle.standardError.write(Data((plan.lines(includingSQL: false).joined(separator: "\n") + "\nProceed? [y/N] ").utf8))
-            guard let answer = readLine(), ["y", "yes"].contains(answer.lowercased()) else {
+            guard let answer = Interruption.atPrompt({ readLine() }), ["y", "yes"].contains(answer.lowercased()) else {
                 throw RecoveryError(.migrationRefused, "cancelled; nothing was changed")
             }
         }

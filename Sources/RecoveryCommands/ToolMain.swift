@@ -57,7 +57,7 @@ extension ParsableCommand {
             return reportParserError(error, tool: tool, standardError: standardError)
         } catch {
             // Every other error reaches the exit-code table, with its own message and a hint.
-            let classified = RecoveryError.classify(error)
+            let classified = RecoveryError.classify(error).withCleanupSummary()
             RunReporter.current?.failed(classified)
             var text = "\(tool): error: \(classified.message)\n"
             text += "HINT: \(classified.hint ?? classified.code.defaultHint)\n"

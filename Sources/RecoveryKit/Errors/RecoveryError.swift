@@ -94,13 +94,20 @@ public struct RecoveryError: Error, CustomStringConvertible, Sendable {
         }
     }
 
-    /// The error a signal turns a run into: what was cleaned up and what was kept, on one line.
+    /// The error a signal turns a run into (as a timeline step records it).
     static func interrupted(by signal: Int32) -> RecoveryError {
+        RecoveryError(.interrupted, "interrupted by \(Interruption.name(of: signal))",
+                      hint: "run the command again when ready; a second signal exits at once and leaves clean-up to the next run")
+    }
+
+    /// The run's last word when a signal ended it: the interruption, then what its error paths removed
+    /// and what was kept, on one line.
+    public func withCleanupSummary() -> RecoveryError {
+        guard code == .interrupted else { return self }
         let (cleaned, kept) = CleanupLog.entries
         let removed = cleaned.isEmpty ? "nothing of this run needed removing" : cleaned.joined(separator: ", ")
         let keptText = kept.isEmpty ? "kept every backup and database that existed before the run" : "kept " + kept.joined(separator: ", ")
-        return RecoveryError(.interrupted, "interrupted by \(Interruption.name(of: signal)): \(removed); \(keptText)",
-                             hint: "run the command again when ready; a second signal exits at once and leaves clean-up to the next run")
+        return RecoveryError(code, "\(message): \(removed); \(keptText)", hint: hint)
     }
 
     private static func describe(_ error: DecodingError) -> String {
