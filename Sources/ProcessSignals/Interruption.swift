@@ -188,7 +188,8 @@ private final class HookRegistry: @unchecked Sendable {
     /// Called with `lock` held.
     private func exitAtPrompt() -> Never {
         FileHandle.standardError.write(Data("\n\(tool): error: interrupted at the prompt; nothing was changed\nHINT: run the command again when ready\n".utf8))
-        exit(130)
+        // _exit, not exit: the main thread is inside readLine holding stdin's lock.
+        _exit(130)
     }
 
     func add(_ hook: @escaping @Sendable () -> Void) -> Int {
