@@ -1,7 +1,8 @@
 import Foundation
 
 /// `lock_timeout` and `statement_timeout` for every session a tool opens, so that no run waits forever
-/// behind a lock or a stuck statement.
+/// behind a lock or a stuck statement (and no `idle_in_transaction_session_timeout`, which would end
+/// the snapshot connection while pg_dump streams).
 ///
 /// Carried in the connection target's `options` (`-c lock_timeout=… -c statement_timeout=…`), so that
 /// every connection made from the target — and libpq programs given its environment (`PGOPTIONS`) —
@@ -30,6 +31,9 @@ public struct SessionLimits: Sendable, Equatable {
         var options: [String] = []
         if !existing.contains("lock_timeout") { options.append("-c lock_timeout=\(Self.milliseconds(lockWaitSeconds))") }
         if !existing.contains("statement_timeout") { options.append("-c statement_timeout=\(Self.milliseconds(statementSeconds))") }
+        // The snapshot connection sits idle in its transaction while pg_dump streams (pg_dump turns this
+        // off for its own session too); a server-wide idle timeout would kill it and fail the backup.
+        if !existing.contains("idle_in_transaction_session_timeout") { options.append("-c idle_in_transaction_session_timeout=0") }
         guard !options.isEmpty else { return target }
         return target.with("options", ([existing] + options).filter { !$0.isEmpty }.joined(separator: " "))
     }

@@ -14,9 +14,10 @@ final class SessionLimitsTests: XCTestCase {
 
     func testLimitsGoIntoTheOptionsAndKeepTheOperatorsOwn() throws {
         let plain = SessionLimits(lockWaitSeconds: 30).applied(to: try ConnectionTarget("postgresql://app@db/app"))
-        XCTAssertEqual(plain.value("options"), "-c lock_timeout=30000 -c statement_timeout=43200000")
-        XCTAssertEqual(plain.childEnvironment["PGOPTIONS"], "-c lock_timeout=30000 -c statement_timeout=43200000")
+        let expected = "-c lock_timeout=30000 -c statement_timeout=43200000 -c idle_in_transaction_session_timeout=0"
+        XCTAssertEqual(plain.value("options"), expected)
+        XCTAssertEqual(plain.childEnvironment["PGOPTIONS"], expected)
         let own = SessionLimits(lockWaitSeconds: 30).applied(to: try ConnectionTarget("host=db options='-c lock_timeout=1s -c search_path=x'"))
-        XCTAssertEqual(own.value("options"), "-c lock_timeout=1s -c search_path=x -c statement_timeout=43200000")
+        XCTAssertEqual(own.value("options"), "-c lock_timeout=1s -c search_path=x -c statement_timeout=43200000 -c idle_in_transaction_session_timeout=0")
     }
 }
