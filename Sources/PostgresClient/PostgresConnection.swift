@@ -82,6 +82,12 @@ public final class PostgresConnection {
         canceller = nil
     }
 
+    /// Asks the server to cancel the statement running on this connection, if any; safe to call from
+    /// another thread while the connection's own thread waits for the result (which then fails).
+    public func cancelRunningStatement() {
+        canceller?.cancelRunningStatement()
+    }
+
     /// The server's backend process id (as in `pg_stat_activity.pid`).
     public var backendPID: Int32 {
         handle.map { PQbackendPID($0) } ?? 0

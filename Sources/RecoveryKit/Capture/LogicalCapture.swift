@@ -96,7 +96,13 @@ public enum LogicalCapture {
         } catch {
             // A count that failed first (no SELECT privilege, a lock timeout) aborts the snapshot, and
             // pg_dump then reports only "could not import the requested snapshot": the count's error is the cause.
-            if !Interruption.isRequested, let cause = counting.failure() { throw cause }
+            if !Interruption.isRequested, let cause = counting.failure(within: 1) { throw cause }
+            // Otherwise stop counting: nobody will use the counts, and a large database would keep us for
+            // hours. (A cancel that falls between two counts is lost, hence the retries.)
+            for _ in 0..<20 where !counting.finished(within: 0) {
+                connection.cancelRunningStatement()
+                if counting.finished(within: 0.5) { break }
+            }
             throw error
         }
         let (tables, schemaVersion): ([BackupManifest.TableRowCount], String?)
