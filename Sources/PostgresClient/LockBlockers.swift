@@ -3,8 +3,8 @@
 /// Asked right after the timeout, on a connection of its own (the timed-out transaction is aborted):
 /// sessions of the same database that hold or queue an `ACCESS EXCLUSIVE` lock, the only mode that
 /// blocks a plain read such as a dump or a row count, and the sessions those wait for in turn
-/// (typically an `ALTER TABLE` queued behind a long transaction). Statements are shown by their first
-/// words only, so no literal in them (a password in `ALTER ROLE`) reaches a log.
+/// (typically an `ALTER TABLE` queued behind a long transaction). Statements are shown by their leading
+/// keywords and names only, never a literal (a password in `ALTER ROLE`, a value in `UPDATE … SET`).
 public enum LockBlockers {
     /// One line such as `pid 4242 (user app, application psql, waiting for AccessExclusiveLock on
     /// public.orders: ALTER TABLE orders ADD), which waits for pid 4100 (user app, idle in transaction)`.
@@ -27,7 +27,7 @@ public enum LockBlockers {
         var descriptions: [String] = []
         for row in holders.rows {
             let pid = row[0] ?? "?", user = row[1] ?? "?", application = row[2] ?? "?", state = row[3] ?? "?"
-            let granted = row[4] == "true", relation = row[5] ?? "?", statement = PostgresConnection.summary(of: row[6] ?? "")
+            let granted = row[4] == "true", relation = row[5] ?? "?", statement = statementHead(row[6] ?? "")
             let what = granted ? "holding AccessExclusiveLock on \(relation)" : "waiting for AccessExclusiveLock on \(relation)"
             var text = "pid \(pid) (user \(user), application \(application), \(state), \(what)\(statement.isEmpty ? "" : ": \(statement)"))"
             let upstream = (row[7] ?? "").split(separator: ",").map(String.init)
@@ -41,5 +41,13 @@ public enum LockBlockers {
             descriptions.append(text)
         }
         return descriptions.joined(separator: "; ")
+    }
+
+    /// The first words of a statement up to the first that is not a plain keyword or name (a literal,
+    /// an operator, a parameter), at most four: `ALTER TABLE orders ADD`, `UPDATE users SET`.
+    static func statementHead(_ sql: String) -> String {
+        let words = sql.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" || $0 == "\r" })
+        let plain = words.prefix { word in word.allSatisfy { $0.isLetter || $0.isNumber || $0 == "_" || $0 == "." } }
+        return plain.prefix(4).joined(separator: " ")
     }
 }
