@@ -86,6 +86,9 @@ public struct InterruptedError: Error, CustomStringConvertible, Sendable {
     /// The failure the interruption caused, for `--verbose`-style diagnostics; never shown as the reason.
     public let cause: String?
 
+    /// - Parameters:
+    ///   - signal: the signal that stopped the run.
+    ///   - cause: the failure it caused, kept for diagnostics only.
     public init(signal: Int32, cause: String? = nil) {
         self.signal = signal
         self.cause = cause

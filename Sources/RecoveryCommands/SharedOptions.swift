@@ -23,6 +23,7 @@ public struct ConnectionOptions: ParsableArguments {
 
     public init() {}
 
+    /// Refuses a `--lock-wait` that is not a duration (exit 2, naming the flag and the form it takes).
     public func validate() throws {
         if let lockWait, SessionLimits.parseDuration(lockWait) == nil {
             throw ValidationError("--lock-wait '\(lockWait)' is not a duration: write 90s, 5m or 1h (1 second to 7 days)")
