@@ -89,8 +89,8 @@ final class SignalTests: XCTestCase {
         try cluster.connect(database: target).execute(script: "CREATE TABLE keep_me (id int); INSERT INTO keep_me VALUES (1)")
         let arguments = ["latest", "--yes", "--jobs", "1", "--repo", repository, "--database-url", cluster.url(database: target)]
         let cells: [(String, Int32, Trigger, [String: String])] = [
-            ("restore load", SIGTERM, .line("create scratch database", jitter: 0.0...0.4), [:]),
-            ("restore load", SIGINT, .line("create scratch database", jitter: 0.1...0.6), [:]),
+            ("restore load", SIGTERM, .line("create scratch database", jitter: 0.0...0.2), [:]),
+            ("restore load", SIGINT, .line("create scratch database", jitter: 0.05...0.3), [:]),
             ("restore verify", SIGTERM, .line("replay backup", jitter: 0.0...0.0), [:]),
             ("restore swap", SIGTERM, .none, ["DBRECOVERY_SIGNAL_AT": "restore:during-swap"]),
             ("restore swap", SIGINT, .none, ["DBRECOVERY_SIGNAL_AT": "restore:during-swap", "DBRECOVERY_SIGNAL": "INT"]),
@@ -113,7 +113,7 @@ final class SignalTests: XCTestCase {
         let arguments = ["--drill", "--jobs", "1", "--repo", repository, "--database-url", cluster.url(database: database)]
         for signal in [SIGTERM, SIGINT] {
             let databasesBefore = try databaseNames()
-            let run = try interrupt("dbrestore", arguments, signal: signal, trigger: .line("create scratch database", jitter: 0.0...0.5))
+            let run = try interrupt("dbrestore", arguments, signal: signal, trigger: .line("create scratch database", jitter: 0.0...0.3))
             assertInterrupted(run, signal: signal, cell: "drill")
             XCTAssertEqual(try databaseNames(), databasesBefore, "drill \(name(signal)): a drill database was left")
             try assertOpen(database, cell: "drill \(name(signal))")
