@@ -145,7 +145,8 @@ private final class HookRegistry: @unchecked Sendable {
                 let count = read(descriptor, &byte, 1)
                 if count < 0 && errno == EINTR { continue }
                 if count <= 0 { return }
-                runHooks()
+                // Only a signal this process received (never a byte from a child between fork and exec).
+                if CSignalPipe_received() != 0 { runHooks() }
             }
         }
         thread.name = "dbrecovery.signals"
