@@ -208,7 +208,7 @@ public final class PostgresConnection {
         let failure = error(from: result, sql: sql)
         if Interruption.isRequested { return Interruption.explain(failure) }
         if failure.sqlState == PostgresError.lockNotAvailable {
-            return failure.with(blockingSessions: LockBlockers.describe(target: target))
+            return failure.with(blockingSessions: LockBlockers.describe(target: target, excluding: [backendPID]))
         }
         return failure
     }

@@ -20,7 +20,8 @@ public struct PostgresError: Error, CustomStringConvertible, Sendable {
     public let sqlState: String?
     public let detail: String?
     public let serverHint: String?
-    /// For a lock timeout: who held or queued the lock we waited for, as found right after (`LockBlockers`).
+    /// For a lock timeout: "blocked by …", the sessions that held or queued the lock we waited for, as
+    /// found right after (`LockBlockers`).
     public private(set) var blockingSessions: String?
 
     /// SQLSTATE of `lock_timeout` (and `NOWAIT`) failures.
@@ -48,6 +49,7 @@ public struct PostgresError: Error, CustomStringConvertible, Sendable {
     public var description: String {
         var text = "\(operation): \(message)"
         if let sqlState { text += " (SQLSTATE \(sqlState))" }
+        if let blockingSessions { text += "; \(blockingSessions)" }
         return text
     }
 

@@ -56,7 +56,7 @@ final class RecoveryErrorTests: XCTestCase {
 
     func testALockTimeoutNamesTheBlockerWithItsOwnCode() {
         let error = PostgresError(kind: .query, operation: "SELECT count(*) FROM t", message: "canceling statement due to lock timeout",
-                                  sqlState: PostgresError.lockNotAvailable).with(blockingSessions: "pid 42 (user app, application psql, active)")
+                                  sqlState: PostgresError.lockNotAvailable).with(blockingSessions: "blocked by pid 42 (user app, application psql, active)")
         let classified = RecoveryError.classify(error)
         XCTAssertEqual(classified.code, .lockTimeout)
         XCTAssertTrue(classified.message.contains("pid 42"), classified.message)

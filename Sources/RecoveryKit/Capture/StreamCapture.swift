@@ -67,7 +67,7 @@ enum StreamCapture {
         guard termination.succeeded else {
             let reason = errors.mostRelevantLine() ?? "no message"
             if let lockWait, let relation = lockWaitFailure(errors.finish()) {
-                let blockers = LockBlockers.describe(target: lockWait.target).map { "; blocked by \($0)" } ?? "; the blocking session has ended since"
+                let blockers = LockBlockers.describe(target: lockWait.target).map { "; \($0)" } ?? "; the blocking session has ended since"
                 throw RecoveryError(.lockTimeout, "\(name) waited longer than --lock-wait (\(lockWait.seconds) s) for a lock on \(relation)\(blockers)",
                                     hint: "end or wait for the session named (SELECT pg_terminate_backend(pid) ends it), or raise --lock-wait; nothing was stored")
             }

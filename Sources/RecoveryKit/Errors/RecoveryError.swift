@@ -34,7 +34,7 @@ public struct RecoveryError: Error, CustomStringConvertible, Sendable {
         case let error as InterruptedError:
             return interrupted(by: error.signal)
         case let error as PostgresError where error.sqlState == PostgresError.lockNotAvailable:
-            let blockers = error.blockingSessions.map { "; blocked by \($0)" } ?? "; the blocking session has ended since"
+            let blockers = error.blockingSessions.map { "; \($0)" } ?? "; the blocking session has ended since"
             return RecoveryError(.lockTimeout, "\(error.operation): waited longer than --lock-wait for a lock\(blockers)",
                                  hint: "end or wait for the session named (SELECT pg_terminate_backend(pid) ends it), or raise --lock-wait, then run again")
         case let error as PostgresError where error.sqlState == PostgresError.queryCanceled:
