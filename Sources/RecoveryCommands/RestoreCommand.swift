@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ProcessSignals
 import RecoveryKit
 
 /// `dbrestore`: verified restores, emergency restores, drills, and the backup listing.
@@ -194,7 +195,7 @@ public struct RestoreBackupCommand: ParsableCommand {
         }
         if mode == .normal && !yes && isatty(0) == 1 {
             FileHandle.standardError.write(Data((plan.lines.joined(separator: "\n") + "\nProceed? [y/N] ").utf8))
-            guard let answer = readLine(), ["y", "yes"].contains(answer.lowercased()) else {
+            guard let answer = Interruption.atPrompt({ readLine() }), ["y", "yes"].contains(answer.lowercased()) else {
                 throw RecoveryError(.restoreFailed, "restore cancelled; nothing was changed")
             }
         } else if !output.json {

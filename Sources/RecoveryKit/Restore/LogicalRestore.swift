@@ -1,6 +1,7 @@
 import BackupStorage
 import Foundation
 import PostgresClient
+import ProcessSignals
 
 /// What a restore should do, resolved from flags and environment.
 public struct RestoreConfiguration {
@@ -172,6 +173,7 @@ public enum LogicalRestore {
         defer {
             // A scratch database left behind would be a trap: drop it unless it became the target.
             if scratchExists { _ = try? admin.execute(script: "DROP DATABASE IF EXISTS \(admin.quoteIdentifier(scratch)) WITH (FORCE)") }
+            if scratchExists && Interruption.isRequested { CleanupLog.cleaned("dropped the scratch database \(scratch)") }
         }
         try timeline.step("create scratch database \(scratch)") {
             try admin.execute(script: "CREATE DATABASE \(admin.quoteIdentifier(scratch)) TEMPLATE template0")
@@ -355,6 +357,7 @@ public enum LogicalRestore {
         for _ in 0..<20 {
             try admin.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", [target])
             do {
+                try Interruption.check()   // interrupted: reopen the target below, keep it as it was
                 try admin.execute(script: """
                     BEGIN;
                     ALTER DATABASE \(quotedTarget) RENAME TO \(quotedAside);

@@ -1,5 +1,6 @@
 import BackupStorage
 import Foundation
+import ProcessSignals
 
 /// Settings of one `dbprune` run.
 public struct PruneConfiguration {
@@ -86,6 +87,7 @@ public enum Pruner {
         if !configuration.dryRun {
             let byID = Dictionary(uniqueKeysWithValues: manifests.map { ($0.id, $0) })
             for decision in decisions where decision.action == .delete {
+                try Interruption.check()   // between backups, never between a manifest and its data
                 guard let manifest = byID[decision.id] else { continue }
                 let folder = manifest.folderKey + "/"
                 let others = objects.map(\.key).filter { $0.hasPrefix(folder) && $0 != folder + BackupManifest.fileName }
@@ -95,6 +97,7 @@ public enum Pruner {
                 try store.delete(others)
             }
             for decision in decisions where decision.action == .moveToGlacier {
+                try Interruption.check()
                 guard let manifest = byID[decision.id] else { continue }
                 for file in manifest.files {
                     try store.changeStorageClass(manifest.key(of: file), to: "GLACIER")
