@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -93,7 +94,7 @@ public final class LocalStore: BackupStore {
             let directory = (path as NSString).deletingLastPathComponent
             if touchedDirectories.last != directory { touchedDirectories.append(directory) }
             // Make each deletion durable before the next, so the order callers chose survives a crash.
-            Self.syncDirectory(directory)
+            try Self.syncDirectory(directory)
         }
         // Remove directories that became empty (a backup folder after its last file), deepest first.
         for directory in touchedDirectories.sorted(by: { $0.count > $1.count }) {
@@ -109,10 +110,54 @@ public final class LocalStore: BackupStore {
                            hint: "glacier_after applies to S3 repositories; remove it from the [local] tier")
     }
 
-    public func lock(holder: LockHolder) throws -> RepositoryLock {
-        let directory = root + "/locks"
+    public func create(_ key: String, contents: Data) throws -> Bool {
+        let path = try self.path(for: key)
+        let directory = (path as NSString).deletingLastPathComponent
         try Self.makeDirectories(directory)
-        return try LocalRepositoryLock(path: directory + "/repository.lock", holder: holder)
+        // Write and fsync a private file, then link() it under the final name: link never replaces
+        // an existing file, so of two racing creators exactly one succeeds.
+        let writer = try LocalFileWriter(finalPath: path)
+        defer { writer.abort() }
+        try contents.withUnsafeBytes { try writer.write($0) }
+        return try writer.commitIfAbsent()
+    }
+
+    public func readVersioned(_ key: String) throws -> VersionedObject {
+        let contents = try read(key)
+        return VersionedObject(contents: contents, version: Self.version(of: contents))
+    }
+
+    public func delete(_ key: String, ifVersion version: String) throws -> Bool {
+        let path = try self.path(for: key)
+        // Every conditional delete of this repository holds one flock, so the read, the compare
+        // and the unlink are one step for the others; the kernel drops it if we die.
+        let guardDirectory = root + "/locks"
+        try Self.makeDirectories(guardDirectory)
+        let guardPath = guardDirectory + "/.conditional-delete"
+        let descriptor = open(guardPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard descriptor >= 0 else { throw Self.error(errno, path: guardPath, doing: "open") }
+        defer { Glibc.close(descriptor) }
+        while flock(descriptor, LOCK_EX) != 0 {
+            guard errno == EINTR else { throw Self.error(errno, path: guardPath, doing: "lock") }
+        }
+        let current: Data
+        do {
+            current = try read(key)
+        } catch let error as StorageError where error.kind == .notFound {
+            return false
+        }
+        guard Self.version(of: current) == version else { return false }
+        if unlink(path) != 0 {
+            if errno == ENOENT { return false }
+            throw Self.error(errno, path: path, doing: "delete")
+        }
+        try Self.syncDirectory((path as NSString).deletingLastPathComponent)
+        return true
+    }
+
+    /// A local object's version: the sha256 of its contents (lock records hold a unique token).
+    private static func version(of contents: Data) -> String {
+        SHA256.hash(data: contents).map { String(format: "%02x", $0) }.joined()
     }
 
     // MARK: - Paths
@@ -169,11 +214,16 @@ public final class LocalStore: BackupStore {
         }
     }
 
-    static func syncDirectory(_ path: String) {
+    /// Makes a directory's entries (a rename, a new or deleted file) durable.
+    ///
+    /// - Throws: `StorageError` when the directory cannot be opened or fsync fails: invariant 1
+    ///   (a backup exists only when durable) rests on it.
+    static func syncDirectory(_ path: String) throws {
         let descriptor = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard descriptor >= 0 else { return }
-        fsync(descriptor)
-        close(descriptor)
+        guard descriptor >= 0 else { throw error(errno, path: path, doing: "open directory for fsync") }
+        defer { close(descriptor) }
+        // EINVAL: the file system cannot sync directories (some FUSE/network mounts); nothing to do.
+        if fsync(descriptor) != 0 && errno != EINVAL { throw error(errno, path: path, doing: "fsync directory") }
     }
 
     /// Turns an errno into a `StorageError` that says what to do.
@@ -200,7 +250,7 @@ public final class LocalStore: BackupStore {
     }
 }
 
-/// Writes to `<final>.partial-<pid>` and renames on commit, fsyncing file and directory.
+/// Writes to `<final>.partial-<pid>-<random>` and renames on commit, fsyncing file and directory.
 final class LocalFileWriter: ObjectWriter {
     private let finalPath: String
     private let temporaryPath: String
@@ -209,8 +259,9 @@ final class LocalFileWriter: ObjectWriter {
 
     init(finalPath: String) throws {
         self.finalPath = finalPath
-        temporaryPath = finalPath + ".partial-\(getpid())"
-        descriptor = open(temporaryPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        // The pid tells the next run whose file this is; the random part keeps threads apart.
+        temporaryPath = finalPath + ".partial-\(getpid())-\(String(UInt32.random(in: 0...UInt32.max), radix: 16))"
+        descriptor = open(temporaryPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard descriptor >= 0 else { throw LocalStore.error(errno, path: temporaryPath, doing: "create") }
     }
 
@@ -237,7 +288,24 @@ final class LocalFileWriter: ObjectWriter {
         descriptor = -1
         if rename(temporaryPath, finalPath) != 0 { throw LocalStore.error(errno, path: finalPath, doing: "rename") }
         done = true
-        LocalStore.syncDirectory((finalPath as NSString).deletingLastPathComponent)
+        try LocalStore.syncDirectory((finalPath as NSString).deletingLastPathComponent)
+    }
+
+    /// Like `commit()`, but publishes with `link()`, which never replaces an existing file.
+    ///
+    /// - Returns: false (and nothing changed) when `finalPath` already exists.
+    func commitIfAbsent() throws -> Bool {
+        if fsync(descriptor) != 0 { throw LocalStore.error(errno, path: finalPath, doing: "fsync") }
+        if close(descriptor) != 0 { throw LocalStore.error(errno, path: finalPath, doing: "close") }
+        descriptor = -1
+        if link(temporaryPath, finalPath) != 0 {
+            let code = errno
+            if code == EEXIST { return false }
+            throw LocalStore.error(code, path: finalPath, doing: "link")
+        }
+        // The temporary name goes in abort(); the final name is now durable only with the directory.
+        try LocalStore.syncDirectory((finalPath as NSString).deletingLastPathComponent)
+        return true
     }
 
     func abort() {
@@ -271,50 +339,5 @@ final class LocalFileReader: ObjectReader {
     func close() {
         if descriptor >= 0 { Glibc.close(descriptor) }
         descriptor = -1
-    }
-}
-
-/// An exclusive `flock` on `locks/repository.lock`; the kernel drops it if the process dies.
-final class LocalRepositoryLock: RepositoryLock {
-    private var descriptor: Int32
-
-    init(path: String, holder: LockHolder) throws {
-        descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        guard descriptor >= 0 else { throw LocalStore.error(errno, path: path, doing: "open lock file") }
-        if flock(descriptor, LOCK_EX | LOCK_NB) != 0 {
-            let code = errno
-            let current = Self.readHolder(descriptor)
-            Glibc.close(descriptor)
-            descriptor = -1
-            guard code == EWOULDBLOCK else { throw LocalStore.error(code, path: path, doing: "lock") }
-            let who = current.map { "\($0)" } ?? "another process"
-            throw StorageError(.locked, object: path, message: "repository is locked by \(who)",
-                               hint: "wait for it to finish; the lock is released automatically when that process exits")
-        }
-        let encoder = JSONEncoder()
-        encoder.dateEncodingStrategy = .iso8601
-        let record = (try? encoder.encode(holder)) ?? Data()
-        ftruncate(descriptor, 0)
-        _ = record.withUnsafeBytes { pwrite(descriptor, $0.baseAddress, $0.count, 0) }
-        fsync(descriptor)
-    }
-
-    deinit { release() }
-
-    func release() {
-        guard descriptor >= 0 else { return }
-        ftruncate(descriptor, 0)
-        flock(descriptor, LOCK_UN)
-        Glibc.close(descriptor)
-        descriptor = -1
-    }
-
-    private static func readHolder(_ descriptor: Int32) -> LockHolder? {
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        let count = buffer.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress, $0.count, 0) }
-        guard count > 0 else { return nil }
-        let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = .iso8601
-        return try? decoder.decode(LockHolder.self, from: Data(buffer[0..<count]))
     }
 }

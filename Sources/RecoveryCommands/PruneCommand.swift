@@ -102,6 +102,10 @@ public struct PruneCommand: ParsableCommand {
         if report.wal.kept + report.wal.delete.count > 0 || report.wal.oldestNeeded != nil {
             output.note("WAL: \(report.wal.note); \(dryRun ? "would delete" : "deleted") \(report.wal.delete.count), kept \(report.wal.kept)")
         }
+        for item in report.beingRead {
+            output.note("kept backup \(item) (a restore is streaming it; the next dbprune deletes it)")
+        }
+        for note in report.notes { output.note(note) }
         for problem in report.unverified {
             output.note("warning: backup \(problem) — kept only if a rule keeps it; dbverify --files tells more")
         }

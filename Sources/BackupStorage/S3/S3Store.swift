@@ -120,8 +120,35 @@ public final class S3Store: BackupStore {
         }
     }
 
-    public func lock(holder: LockHolder) throws -> RepositoryLock {
-        try S3RepositoryLock(store: self, holder: holder)
+    public func create(_ key: String, contents: Data) throws -> Bool {
+        var headers = sseHeaders
+        headers["content-type"] = "application/octet-stream"
+        headers["if-none-match"] = "*"
+        // 409 ConditionalRequestConflict: another conditional write to the key is in flight; ask again.
+        for _ in 0..<5 {
+            let response = try client.send("PUT", key: fullKey(key), headers: headers, body: contents, acceptable: [409, 412])
+            if response.status == 412 { return false }
+            if response.status != 409 { return true }
+            Thread.sleep(forTimeInterval: Double.random(in: 0.05...0.2))
+        }
+        throw StorageError(.remote, object: client.describe(fullKey(key)), message: "conditional PUT kept conflicting with another writer",
+                           hint: "another process is writing the same object; run again")
+    }
+
+    public func readVersioned(_ key: String) throws -> VersionedObject {
+        let response = try client.send("GET", key: fullKey(key))
+        guard let etag = response.header("ETag") else {
+            throw StorageError(.remote, object: client.describe(fullKey(key)), message: "GET answered without an ETag",
+                               hint: "the S3 endpoint does not support conditional requests, which repository locks need")
+        }
+        return VersionedObject(contents: response.body, version: etag)
+    }
+
+    public func delete(_ key: String, ifVersion version: String) throws -> Bool {
+        // A retry after a lost reply finds the object gone (404): then it was this call that deleted it,
+        // or its owner; either way it is not ours to report.
+        let response = try client.send("DELETE", key: fullKey(key), headers: ["if-match": version], acceptable: [404, 412])
+        return (200..<300).contains(response.status)
     }
 
     // MARK: - Lifecycle
@@ -313,44 +340,5 @@ final class S3RangeReader: ObjectReader {
 
     func close() {
         chunk = Data()
-    }
-}
-
-/// A lock object `locks/repository.lock` created with `If-None-Match: *`. A lock left by a process
-/// that died on this host is taken over; one from another host must be removed by hand.
-final class S3RepositoryLock: RepositoryLock {
-    private let store: S3Store
-    private var held = true
-    static let key = "locks/repository.lock"
-
-    init(store: S3Store, holder: LockHolder) throws {
-        self.store = store
-        let encoder = JSONEncoder()
-        encoder.dateEncodingStrategy = .iso8601
-        let body = try encoder.encode(holder)
-        for _ in 0..<2 {
-            let response = try store.client.send("PUT", key: store.fullKey(Self.key),
-                                                  headers: ["content-type": "application/json", "if-none-match": "*"], body: body, acceptable: [412])
-            if response.status != 412 { return }
-            let decoder = JSONDecoder()
-            decoder.dateDecodingStrategy = .iso8601
-            let current = try? decoder.decode(LockHolder.self, from: store.read(Self.key))
-            if let current, current.host == holder.host, kill(current.pid, 0) != 0, errno == ESRCH {
-                try store.delete([Self.key])   // its process is gone: a stale lock
-                continue
-            }
-            let who = current.map { "\($0)" } ?? "another process"
-            throw StorageError(.locked, object: store.location + "/" + Self.key, message: "repository is locked by \(who)",
-                               hint: "wait for it to finish; if that process is gone for good, delete \(store.location)/\(Self.key)")
-        }
-        throw StorageError(.locked, object: store.location + "/" + Self.key, message: "repository lock could not be taken")
-    }
-
-    deinit { release() }
-
-    func release() {
-        guard held else { return }
-        held = false
-        try? store.delete([Self.key])
     }
 }

@@ -99,7 +99,10 @@ final class CaptureTargets {
 
     func releaseLocks() {
         for index in targets.indices {
-            targets[index].lock?.release()
+            // Reported, not dropped: a lock left behind blocks (or misleads) the next run.
+            do { try targets[index].lock?.release() } catch {
+                FileHandle.standardError.write(Data("warning: \(targets[index].address): the repository lock was not released: \(error)\n".utf8))
+            }
             targets[index].lock = nil
         }
     }
@@ -130,7 +133,9 @@ private final class FailedStore: BackupStore {
     func makeReader(_ key: String) throws -> ObjectReader { throw unavailable() }
     func delete(_ keys: [String]) throws { throw unavailable() }
     func changeStorageClass(_ key: String, to storageClass: String) throws { throw unavailable() }
-    func lock(holder: LockHolder) throws -> RepositoryLock { throw unavailable() }
+    func create(_ key: String, contents: Data) throws -> Bool { throw unavailable() }
+    func readVersioned(_ key: String) throws -> VersionedObject { throw unavailable() }
+    func delete(_ key: String, ifVersion version: String) throws -> Bool { throw unavailable() }
 }
 
 /// The outcome of a capture to one or more repositories.

@@ -35,6 +35,10 @@ public struct PruneReport: Codable, Sendable {
     public var wal: WALRetention.Plan
     /// Backups newer than the newest one that verifies, with why they do not.
     public var unverified: [String]
+    /// Backups the plan would delete but a restore is reading (reader lock): kept this time.
+    public var beingRead: [String] = []
+    /// What the run cleaned up or could not (stale locks removed, a failed lock release).
+    public var notes: [String] = []
     public var kept: Int { decisions.filter { $0.action != .delete }.count }
     public var deleted: Int { decisions.filter { $0.action == .delete }.count }
 }
@@ -53,13 +57,36 @@ public enum Pruner {
 
     /// The same on an already open store (tests wrap a real store to observe the order of deletions).
     public static func run(_ configuration: PruneConfiguration, store: BackupStore, progress: ProgressObserver? = nil) throws -> PruneReport {
-        let lock = configuration.dryRun ? nil : try store.lock(holder: LockHolder(command: "dbprune"))
-        defer { lock?.release() }
+        let lock = configuration.dryRun ? nil : try StoreLock.exclusive(in: store, holder: LockHolder(command: "dbprune"))
+        var report: PruneReport
+        do {
+            report = try prune(configuration, store: store, progress: progress)
+        } catch {
+            // The prune failure is what the operator must see; a release failure too, on the same line.
+            do { try lock?.release() } catch let releaseError {
+                throw RecoveryError(RecoveryError.classify(error).code,
+                                    "\(RecoveryError.classify(error).message); also, the lock was not released: \(releaseError)",
+                                    hint: RecoveryError.classify(error).hint)
+            }
+            throw error
+        }
+        report.notes += (lock?.reclaimed ?? []).map { "removed the stale lock of \($0) (process gone)" }
+        do { try lock?.release() } catch { report.notes.append("warning: the repository lock was not released: \(error)") }
+        return report
+    }
+
+    private static func prune(_ configuration: PruneConfiguration, store: BackupStore, progress: ProgressObserver?) throws -> PruneReport {
         let tierName = try Repository.tierName(configuration.repository)
         let tier = tierName == "s3" ? configuration.policy.s3 : configuration.policy.local
 
         let objects = try store.list(prefix: "backups/")
-        let entries = try Catalog(store: store).entries()
+        // A manifest copied into another folder (cp -a X X-copy) names a backup that is not its
+        // folder's: acting on it would delete the wrong folder, so it counts as unreadable.
+        let entries = try Catalog(store: store).entries().map { entry -> Catalog.Entry in
+            guard let manifest = entry.manifest, manifest.id != entry.id else { return entry }
+            return Catalog.Entry(id: entry.id, manifest: nil,
+                                 problem: "manifest names backup \(manifest.id) but lies in folder backups/\(entry.id) (a copied folder?)")
+        }
         let manifests = entries.compactMap(\.manifest)
         var newestVerified: String?
         var unverified: [String] = []
@@ -83,19 +110,39 @@ public enum Pruner {
         let wal = WALRetention.plan(keys: try store.list(prefix: "wal/").map(\.key),
                                     keptPhysical: manifests.filter { keptIDs.contains($0.id) }.compactMap(\.physical))
 
+        var beingRead: [String] = []
+        var notes: [String] = []
         if !configuration.dryRun {
-            let byID = Dictionary(uniqueKeysWithValues: manifests.map { ($0.id, $0) })
+            let byID = Dictionary(manifests.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
             for decision in decisions where decision.action == .delete {
                 guard let manifest = byID[decision.id] else { continue }
+                if let readers = try readers(of: manifest.id, in: store, notes: &notes) {
+                    beingRead.append("\(manifest.id): being read by \(readers)")
+                    continue
+                }
                 let folder = manifest.folderKey + "/"
-                let others = objects.map(\.key).filter { $0.hasPrefix(folder) && $0 != folder + BackupManifest.fileName }
+                let manifestKey = folder + BackupManifest.fileName
+                let others = objects.map(\.key).filter { $0.hasPrefix(folder) && $0 != manifestKey }
+                let manifestBytes = try store.read(manifestKey)
                 // Two calls: a store may delete one batch in any order, and the manifest must go first.
-                try store.delete([folder + BackupManifest.fileName])
+                try store.delete([manifestKey])
                 CrashPoint.reached("prune:between-deletes")
+                // A restore registers as a reader before it reads the manifest: one that read it before
+                // the delete is visible now. Put the manifest back and keep the backup for it.
+                if let readers = try readers(of: manifest.id, in: store, notes: &notes) {
+                    try store.write(manifestKey, contents: manifestBytes)
+                    beingRead.append("\(manifest.id): being read by \(readers)")
+                    continue
+                }
                 try store.delete(others)
             }
             for decision in decisions where decision.action == .moveToGlacier {
                 guard let manifest = byID[decision.id] else { continue }
+                // An archived object cannot be read: a running restore would fail half-way.
+                if let readers = try readers(of: manifest.id, in: store, notes: &notes) {
+                    beingRead.append("\(manifest.id): being read by \(readers)")
+                    continue
+                }
                 for file in manifest.files {
                     try store.changeStorageClass(manifest.key(of: file), to: "GLACIER")
                 }
@@ -107,8 +154,18 @@ public enum Pruner {
             try store.delete(wal.delete)
         }
         let unreadable = entries.filter { $0.manifest == nil }.map { "\($0.id): \($0.problem ?? "unreadable")" }
-        return PruneReport(repository: store.location, tier: tierName, dryRun: configuration.dryRun, decisions: decisions,
-                           unreadable: unreadable, garbage: garbage, wal: wal, unverified: unverified)
+        var report = PruneReport(repository: store.location, tier: tierName, dryRun: configuration.dryRun, decisions: decisions,
+                                 unreadable: unreadable, garbage: garbage, wal: wal, unverified: unverified)
+        report.beingRead = beingRead
+        report.notes = notes
+        return report
+    }
+
+    /// The live readers of a backup as one phrase, or nil when none; stale reader records are removed and noted.
+    private static func readers(of backupID: String, in store: BackupStore, notes: inout [String]) throws -> String? {
+        let found = try StoreLock.readers(of: backupID, in: store)
+        notes += found.reclaimed.map { "removed the stale reader lock of \($0) on backup \(backupID) (process gone)" }
+        return found.live.isEmpty ? nil : found.live.map { "\($0)" }.joined(separator: ", ")
     }
 
     /// Folders under `backups/` that have no manifest: removed once older than the grace period.
