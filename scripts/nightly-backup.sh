@@ -29,7 +29,7 @@ run_step() {  # name, command...
 }
 
 run_step backup "$dbbackup" --tag nightly --quiet $(metrics backup)
-run_step prune "$dbprune" --quiet $(metrics prune)
+run_step prune "$dbprune" --yes --quiet $(metrics prune)
 drill_day=${DRILL_DAY:-01}
 if [ "$drill_day" = always ] || { [ "$drill_day" != never ] && [ "$(date +%d)" = "$drill_day" ]; }; then
   run_step drill "$dbrestore" --drill --quiet $(metrics drill)

@@ -192,11 +192,9 @@ public struct RestoreBackupCommand: ParsableCommand {
             if output.json { try printJSON(plan) } else { print(plan.lines.joined(separator: "\n")) }
             return
         }
-        if mode == .normal && !yes && isatty(0) == 1 {
-            FileHandle.standardError.write(Data((plan.lines.joined(separator: "\n") + "\nProceed? [y/N] ").utf8))
-            guard let answer = readLine(), ["y", "yes"].contains(answer.lowercased()) else {
-                throw RecoveryError(.restoreFailed, "restore cancelled; nothing was changed")
-            }
+        if mode == .normal && !yes {
+            // Destructive without an explicit yes only at a terminal; never from cron, ssh without a tty or CI.
+            try Confirmation.ask(plan.lines.joined(separator: "\n"), refusal: "dbrestore would replace database \(plan.targetDatabase) with backup \(plan.backupID)")
         } else if !output.json {
             plan.skipped.forEach { output.note("skipped backup \($0.id): \($0.reason)") }
         }

@@ -59,9 +59,9 @@ final class LocalStoreTests: XCTestCase {
             XCTAssertEqual(error?.kind, .locked)
             XCTAssertTrue(error?.message.contains("dbbackup (pid 1234 on db1") ?? false, error?.message ?? "")
         }
-        first.release()
+        try first.release()
         let second = try store.lock(holder: LockHolder(command: "dbprune"))
-        second.release()
+        try second.release()
     }
 
     func testRepositoryAddressesParse() throws {

@@ -46,7 +46,7 @@ final class StorageFaultAndSecretTests: XCTestCase {
         let backup = try TestProcess.tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository], cluster: cluster)
         XCTAssertEqual(backup.status, ExitStatus.repositoryError.rawValue, backup.standardError)
         XCTAssertTrue(backup.standardError.contains("read-only file system"), backup.standardError)
-        let prune = try TestProcess.tool("dbprune", ["--repo", repository])
+        let prune = try TestProcess.tool("dbprune", ["--yes", "--repo", repository])
         XCTAssertEqual(prune.status, ExitStatus.repositoryError.rawValue, prune.standardError)
         // Reading still works: the DBA can restore from a repository mounted read-only.
         XCTAssertEqual(try TestProcess.tool("dbverify", ["--files", "latest", "--repo", repository]).status, 0)
@@ -68,7 +68,7 @@ final class StorageFaultAndSecretTests: XCTestCase {
 
         record(try TestProcess.tool("dbbackup", ["--json", "--metrics-file", work + "/backup.prom"], environment: environment))
         record(try TestProcess.tool("dbverify", ["latest", "--json"], environment: environment))
-        record(try TestProcess.tool("dbprune", ["--metrics-file", work + "/prune.prom"], environment: environment))
+        record(try TestProcess.tool("dbprune", ["--yes", "--metrics-file", work + "/prune.prom"], environment: environment))
         record(try TestProcess.tool("dbrestore", ["list"], environment: environment))
         record(try TestProcess.tool("dbbackup", ["--print-config"], environment: environment))
         record(try TestProcess.tool("dbrestore", ["--drill", "--metrics-file", work + "/drill.prom"], environment: environment))

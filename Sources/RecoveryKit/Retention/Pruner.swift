@@ -7,12 +7,17 @@ public struct PruneConfiguration {
     public var policy: RetentionPolicy
     public var dryRun: Bool
     public var now: Date
+    /// Called with the plan (under the lock, before anything is deleted) when the run would delete
+    /// something; throwing stops the run with nothing changed. Nil: no confirmation needed.
+    public var confirm: ((PruneReport) throws -> Void)?
 
-    public init(repository: String, policy: RetentionPolicy = .builtIn, dryRun: Bool = false, now: Date = Date()) {
+    public init(repository: String, policy: RetentionPolicy = .builtIn, dryRun: Bool = false, now: Date = Date(),
+                confirm: ((PruneReport) throws -> Void)? = nil) {
         self.repository = repository
         self.policy = policy
         self.dryRun = dryRun
         self.now = now
+        self.confirm = confirm
     }
 }
 
@@ -110,6 +115,13 @@ public enum Pruner {
         let wal = WALRetention.plan(keys: try store.list(prefix: "wal/").map(\.key),
                                     keptPhysical: manifests.filter { keptIDs.contains($0.id) }.compactMap(\.physical))
 
+        let unreadable = entries.filter { $0.manifest == nil }.map { "\($0.id): \($0.problem ?? "unreadable")" }
+        var report = PruneReport(repository: store.location, tier: tierName, dryRun: configuration.dryRun, decisions: decisions,
+                                 unreadable: unreadable, garbage: garbage, wal: wal, unverified: unverified)
+        if !configuration.dryRun, let confirm = configuration.confirm,
+           report.deleted > 0 || !wal.delete.isEmpty || garbage.contains(where: { $0.action == "delete" }) {
+            try confirm(report)
+        }
         var beingRead: [String] = []
         var notes: [String] = []
         if !configuration.dryRun {
@@ -153,9 +165,6 @@ public enum Pruner {
             // WAL last: the base backups it belonged to are gone by now.
             try store.delete(wal.delete)
         }
-        let unreadable = entries.filter { $0.manifest == nil }.map { "\($0.id): \($0.problem ?? "unreadable")" }
-        var report = PruneReport(repository: store.location, tier: tierName, dryRun: configuration.dryRun, decisions: decisions,
-                                 unreadable: unreadable, garbage: garbage, wal: wal, unverified: unverified)
         report.beingRead = beingRead
         report.notes = notes
         return report
