@@ -67,9 +67,25 @@ public struct RepositoryOptions: ParsableArguments {
         valueName: "path"))
     public var encryptionKeyFile: String?
 
+    @Flag(name: .customLong("allow-mixed-encryption"), help: ArgumentHelp(
+        "Store plaintext in a repository that holds encrypted backups, or encrypted data in a plaintext one (refused otherwise)."))
+    public var allowMixedEncryption = false
+
     /// The repository cipher key, if one was given.
     public func cipherKey() throws -> RepositoryKey? {
         try RepositoryKey.load(file: encryptionKeyFile)
+    }
+
+    /// The key to write with, once every repository written to has been checked to hold data of
+    /// the same kind (encrypted with this key, or plaintext), unless `--allow-mixed-encryption`.
+    ///
+    /// - Throws: `RecoveryError(.usage)` naming the repository and the mismatch.
+    public func keyForWriting(to addresses: [String]) throws -> RepositoryKey? {
+        let key = try cipherKey()
+        for address in addresses {
+            try RepositoryEncryption.checkWrite(to: try Repository.open(address, create: true), key: key, allowMixed: allowMixedEncryption)
+        }
+        return key
     }
 
     public init() {}

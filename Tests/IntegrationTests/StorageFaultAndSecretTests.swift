@@ -102,4 +102,53 @@ final class StorageFaultAndSecretTests: XCTestCase {
             XCTAssertFalse(text.contains(cluster.password), "\(file) holds the password")
         }
     }
+
+    /// Issue 16 E7: a malformed connection string never reaches output (stderr, the notify event),
+    /// and `--print-config` masks the password however the URL spells it.
+    func testMalformedConnectionStringsAreNeverEchoed() throws {
+        let secret = "TopSecret" + String(UInt32.random(in: 0...UInt32.max))
+        let malformed = [
+            "postgresql://app:\(secret)@[::1/app",                      // unterminated IPv6 host: libpq quotes the whole URL
+            "postgresql://app:\(secret)%zz@db1/app",                    // bad percent-encoding: quotes the token
+            "postgresql://app@db1/app?password=\(secret)&\(secret)",      // query parameter without '='
+            "postgresql://app@db1/app?pass%77ord=\(secret)%zz",          // percent-encoded keyword, bad value
+            "host=db1 password=\(secret) \(secret)",                      // conninfo word without '='
+            "host=db1 \(secret)=x",                                      // unknown keyword (a password typed as one)
+        ]
+        let directory = TestPaths.temporaryDirectory(prefix: "hook")
+        let server = try ChildProcess(executable: "/usr/bin/env", arguments: ["python3", "-c", """
+            import http.server
+            class H(http.server.BaseHTTPRequestHandler):
+                def do_POST(self):
+                    body = self.rfile.read(int(self.headers['Content-Length']))
+                    open('\(directory)/events.json', 'ab').write(body + b"\\n")
+                    self.send_response(204); self.end_headers()
+                def log_message(self, *a): pass
+            s = http.server.HTTPServer(('127.0.0.1', 0), H)
+            print(s.server_address[1], flush=True)
+            s.serve_forever()
+            """], stdin: .null, stdout: .pipe, stderr: .null)
+        defer { server.send(SIGTERM); server.waitForExit() }
+        var port = ""
+        var byte: UInt8 = 0
+        while read(server.standardOutput, &byte, 1) == 1, byte != 10 { port.append(Character(UnicodeScalar(byte))) }
+        let repository = TestPaths.temporaryDirectory(prefix: "secretrepo") + "/repo"
+        for url in malformed {
+            let result = try TestProcess.tool("dbbackup", ["--repo", repository, "--notify-url", "http://127.0.0.1:\(port)/hook"],
+                                              environment: ["DATABASE_URL": url])
+            XCTAssertEqual(result.status, ExitStatus.usage.rawValue, "\(url): \(result.standardError)")
+            XCTAssertTrue(result.standardError.contains("invalid database URL"), result.standardError)
+            XCTAssertFalse(result.standardError.contains(secret) || result.standardOutput.contains(secret), "\(url) echoed: \(result.standardError)")
+        }
+        let events = (try? String(contentsOfFile: directory + "/events.json", encoding: .utf8)) ?? ""
+        XCTAssertEqual(events.components(separatedBy: "\"exit_code\"").count - 1, malformed.count, events)
+        XCTAssertFalse(events.contains(secret), "the notify event holds the password: \(events)")
+
+        for url in ["postgresql://app@db1/app?pass%77ord=\(secret)", "postgresql://app@db1/app?password=\(secret)",
+                    "postgresql://app:\(secret)@db1/app", "host=db1 password='\(secret) x'", "host=db1 password = \(secret)"] + malformed {
+            let printed = try TestProcess.tool("dbbackup", ["--print-config"], environment: ["DATABASE_URL": url])
+            XCTAssertEqual(printed.status, 0, printed.standardError)
+            XCTAssertFalse(printed.standardOutput.contains(secret) || printed.standardError.contains(secret), "--print-config showed \(url): \(printed.standardOutput)")
+        }
+    }
 }

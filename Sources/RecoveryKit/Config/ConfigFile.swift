@@ -123,8 +123,10 @@ public enum SecretMask {
         let masked = maskPassword(in: value)
         // libpq re-reads what would be shown: a password spelled any other way (`?pass%77ord=`) is
         // still found there, and then only the parsed, redacted form is shown.
-        if lower == "database_url", let leaked = try? ConnectionTarget(masked).value("password"), leaked != "****" {
-            return ConnectionTarget.displayable(value)
+        if lower == "database_url" {
+            // What libpq cannot parse is not shown at all: its pieces could be anything, a password included.
+            guard (try? ConnectionTarget(value)) != nil else { return ConnectionTarget.displayable(value) }
+            if let leaked = try? ConnectionTarget(masked).value("password"), leaked != "****" { return ConnectionTarget.displayable(value) }
         }
         return masked
     }
