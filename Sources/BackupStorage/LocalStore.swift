@@ -42,7 +42,8 @@ public final class LocalStore: BackupStore {
 
     public func list(prefix: String) throws -> [StoredObject] {
         var objects: [StoredObject] = []
-        try walk(directory: root, relative: "", prefix: prefix, into: &objects)
+        var visited: Set<[UInt64]> = []
+        try walk(directory: root, relative: "", prefix: prefix, into: &objects, visited: &visited)
         return objects.sorted { $0.key < $1.key }
     }
 
@@ -74,7 +75,7 @@ public final class LocalStore: BackupStore {
         let path = try self.path(for: key)
         let directory = (path as NSString).deletingLastPathComponent
         try Self.makeDirectories(directory)
-        return try LocalFileWriter(finalPath: path)
+        return try LocalFileWriter(finalPath: path, root: root)
     }
 
     public func makeReader(_ key: String) throws -> ObjectReader {
@@ -116,7 +117,7 @@ public final class LocalStore: BackupStore {
         try Self.makeDirectories(directory)
         // Write and fsync a private file, then link() it under the final name: link never replaces
         // an existing file, so of two racing creators exactly one succeeds.
-        let writer = try LocalFileWriter(finalPath: path)
+        let writer = try LocalFileWriter(finalPath: path, root: root)
         defer { writer.abort() }
         try contents.withUnsafeBytes { try writer.write($0) }
         return try writer.commitIfAbsent()
@@ -171,7 +172,15 @@ public final class LocalStore: BackupStore {
         return root + "/" + key
     }
 
-    private func walk(directory: String, relative: String, prefix: String, into objects: inout [StoredObject]) throws {
+    /// Symlinks inside the repository are followed (a symlinked `backups/` is common when it lives
+    /// on another disk), for every command alike, since every command lists through here; a
+    /// directory reached twice (a symlink loop) is listed once.
+    private func walk(directory: String, relative: String, prefix: String, into objects: inout [StoredObject],
+                      visited: inout Set<[UInt64]>) throws {
+        var directoryInfo = stat()
+        if stat(directory, &directoryInfo) == 0 {
+            guard visited.insert([UInt64(directoryInfo.st_dev), UInt64(directoryInfo.st_ino)]).inserted else { return }
+        }
         guard let stream = opendir(directory) else {
             if errno == ENOENT { return }
             throw Self.error(errno, path: directory, doing: "list")
@@ -179,16 +188,16 @@ public final class LocalStore: BackupStore {
         defer { closedir(stream) }
         while let entry = readdir(stream) {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
+                raw.bindMemory(to: CChar.self).baseAddress.map { String(cString: $0) } ?? ""
             }
-            if name == "." || name == ".." { continue }
+            if name.isEmpty || name == "." || name == ".." { continue }
             let key = relative.isEmpty ? name : relative + "/" + name
             // Skip subtrees that cannot match the prefix.
             guard key.hasPrefix(prefix) || prefix.hasPrefix(key + "/") else { continue }
             var info = stat()
-            guard lstat(directory + "/" + name, &info) == 0 else { continue }
+            guard stat(directory + "/" + name, &info) == 0 else { continue }   // a dangling symlink lists as nothing
             if info.st_mode & S_IFMT == S_IFDIR {
-                try walk(directory: directory + "/" + name, relative: key, prefix: prefix, into: &objects)
+                try walk(directory: directory + "/" + name, relative: key, prefix: prefix, into: &objects, visited: &visited)
             } else if info.st_mode & S_IFMT == S_IFREG, key.hasPrefix(prefix) {
                 let modified = Date(timeIntervalSince1970: Double(info.st_mtim.tv_sec) + Double(info.st_mtim.tv_nsec) / 1e9)
                 objects.append(StoredObject(key: key, size: UInt64(info.st_size), modified: modified))
@@ -257,8 +266,13 @@ final class LocalFileWriter: ObjectWriter {
     private var descriptor: Int32
     private var done = false
 
-    init(finalPath: String) throws {
+    /// The folder to remove on abort if that leaves it empty (never the repository's root).
+    private let emptyFolder: String?
+
+    init(finalPath: String, root: String) throws {
         self.finalPath = finalPath
+        let folder = (finalPath as NSString).deletingLastPathComponent
+        emptyFolder = folder == root ? nil : folder
         // The pid tells the next run whose file this is; the random part keeps threads apart.
         temporaryPath = finalPath + ".partial-\(getpid())-\(String(UInt32.random(in: 0...UInt32.max), radix: 16))"
         descriptor = open(temporaryPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
@@ -314,6 +328,9 @@ final class LocalFileWriter: ObjectWriter {
         if descriptor >= 0 { close(descriptor) }
         descriptor = -1
         unlink(temporaryPath)
+        // A failed backup's folder must not linger empty; rmdir fails (and that is right) if anything
+        // else is in it, such as a file another writer committed.
+        if let emptyFolder { rmdir(emptyFolder) }
     }
 }
 
