@@ -68,6 +68,14 @@ public protocol BackupStore: AnyObject {
     /// - Returns: true when this call deleted that version; false when the object changed or is gone.
     /// - Throws: `StorageError`.
     func delete(_ key: String, ifVersion version: String) throws -> Bool
+
+    /// Removes what runs killed before `cutoff` left behind: local `*.partial-<pid>-*` files of
+    /// processes that are gone, open S3 multipart uploads under the prefix. Called by the holder of
+    /// the writer lock, so no other writer's work is in flight.
+    ///
+    /// - Returns: one line per item removed, and per item that could not be (never dropped silently).
+    /// - Throws: `StorageError` when the repository cannot be listed.
+    func removeLeftovers(before cutoff: Date) throws -> [String]
 }
 
 /// A small object read together with the version that conditional operations compare.
@@ -130,7 +138,9 @@ public protocol ObjectWriter: AnyObject {
     /// - Throws: `StorageError`; then nothing is visible.
     func commit() throws
     /// Discards everything written; safe to call after a failure or twice.
-    func abort()
+    /// - Throws: `StorageError` when what was written could not be discarded (an S3 multipart
+    ///   upload left open); the next writer-lock holder removes it.
+    func abort() throws
 }
 
 /// A streaming download.
@@ -185,6 +195,10 @@ public struct LockHolder: Codable, Sendable, Equatable, CustomStringConvertible 
 
 /// A held repository lock.
 public protocol RepositoryLock: AnyObject {
+    /// What taking the lock cleaned up (stale locks reclaimed, leftovers of killed runs removed),
+    /// one line each, for the run to say.
+    var notes: [String] { get }
+
     /// Releases the lock: deletes the lock record only if it is still this owner's.
     ///
     /// - Throws: `StorageError` when the record could not be deleted or was no longer ours

@@ -66,7 +66,7 @@ public final class LocalStore: BackupStore {
             try contents.withUnsafeBytes { try writer.write($0) }
             try writer.commit()
         } catch {
-            writer.abort()
+            try? writer.abort()   // local aborts do not fail; a leftover is removed by the next writer
             throw error
         }
     }
@@ -118,7 +118,7 @@ public final class LocalStore: BackupStore {
         // Write and fsync a private file, then link() it under the final name: link never replaces
         // an existing file, so of two racing creators exactly one succeeds.
         let writer = try LocalFileWriter(finalPath: path, root: root)
-        defer { writer.abort() }
+        defer { writer.abort() }   // removes the temporary name
         try contents.withUnsafeBytes { try writer.write($0) }
         return try writer.commitIfAbsent()
     }
@@ -154,6 +154,25 @@ public final class LocalStore: BackupStore {
         }
         try Self.syncDirectory((path as NSString).deletingLastPathComponent)
         return true
+    }
+
+    public func removeLeftovers(before cutoff: Date) throws -> [String] {
+        var lines: [String] = []
+        for object in try list(prefix: "") {
+            guard let marker = object.key.range(of: ".partial-", options: .backwards),
+                  let pid = Int32(object.key[marker.upperBound...].prefix { $0 != "-" }), pid > 0,
+                  (object.modified ?? cutoff) < cutoff else { continue }
+            // Only a writer whose process is gone: a live wal-push (which takes no lock) keeps its file.
+            guard kill(pid, 0) != 0 && errno == ESRCH else { continue }
+            let path = root + "/" + object.key
+            if unlink(path) == 0 || errno == ENOENT {
+                lines.append("removed \(object.key) (\(object.size) bytes), left by killed process \(pid)")
+                rmdir((path as NSString).deletingLastPathComponent)   // its backup folder, if now empty
+            } else {
+                lines.append("could not remove \(object.key), left by killed process \(pid): \(String(cString: strerror(errno)))")
+            }
+        }
+        return lines
     }
 
     /// A local object's version: the sha256 of its contents (lock records hold a unique token).

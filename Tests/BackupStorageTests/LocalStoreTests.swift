@@ -30,7 +30,7 @@ final class LocalStoreTests: XCTestCase {
     func testAbortLeavesNothing() throws {
         let writer = try store.makeWriter("backups/b/data")
         try [UInt8](repeating: 1, count: 10).withUnsafeBytes { try writer.write($0) }
-        writer.abort()
+        try writer.abort()
         XCTAssertEqual(try store.list(prefix: "").map(\.key), [])
     }
 

@@ -51,6 +51,7 @@ final class PrunerOrderTests: XCTestCase {
         func create(_ key: String, contents: Data) throws -> Bool { try inner.create(key, contents: contents) }
         func readVersioned(_ key: String) throws -> VersionedObject { try inner.readVersioned(key) }
         func delete(_ key: String, ifVersion version: String) throws -> Bool { try inner.delete(key, ifVersion: version) }
+        func removeLeftovers(before cutoff: Date) throws -> [String] { try inner.removeLeftovers(before: cutoff) }
     }
 
     func testManifestGoesFirstAndWALFollowsTheKeptBaseBackups() throws {

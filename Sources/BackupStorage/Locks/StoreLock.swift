@@ -26,6 +26,12 @@ public final class StoreLock: RepositoryLock {
     public let holder: LockHolder
     /// Stale records removed while taking this lock, for the run's report.
     public let reclaimed: [LockHolder]
+    /// Leftovers of killed runs removed after taking the writer lock (or why one could not be).
+    public private(set) var leftovers: [String] = []
+
+    public var notes: [String] {
+        reclaimed.map { "removed the stale lock of \($0) (process gone)" } + leftovers
+    }
     private var held = true
 
     private init(store: BackupStore, key: String, holder: LockHolder, reclaimed: [LockHolder]) {
@@ -49,7 +55,7 @@ public final class StoreLock: RepositoryLock {
         var reclaimed: [LockHolder] = []
         for _ in 0..<5 {
             if try store.create(writerKey, contents: record) {
-                return StoreLock(store: store, key: writerKey, holder: holder, reclaimed: reclaimed)
+                return try StoreLock(store: store, key: writerKey, holder: holder, reclaimed: reclaimed).removingLeftovers()
             }
             let current: VersionedObject
             do {
@@ -60,7 +66,7 @@ public final class StoreLock: RepositoryLock {
             let found = decode(current.contents)
             if let found, found.token == holder.token {
                 // Our create took effect but its reply was lost; the retry found our own record.
-                return StoreLock(store: store, key: writerKey, holder: holder, reclaimed: reclaimed)
+                return try StoreLock(store: store, key: writerKey, holder: holder, reclaimed: reclaimed).removingLeftovers()
             }
             guard isStale(current.contents, found) else {
                 throw lockedError(store: store, holder: found)
@@ -71,6 +77,13 @@ public final class StoreLock: RepositoryLock {
         throw StorageError(.locked, object: store.location + "/" + writerKey,
                            message: "repository lock could not be taken: it changed hands 5 times while we tried",
                            hint: "several runs are starting at once; run again when they are done")
+    }
+
+    /// With the writer lock held, nothing of another writer is in flight: what is older than this
+    /// lock and belongs to no live process was left by a killed run.
+    private func removingLeftovers() throws -> StoreLock {
+        leftovers = try store.removeLeftovers(before: holder.since)
+        return self
     }
 
     /// Registers a reader of one backup (a restore streaming it). Never waits for the writer lock.

@@ -166,10 +166,55 @@ public final class S3Store: BackupStore {
                             headers: ["content-type": "application/xml", "content-md5": contentMD5(body)], body: body)
     }
 
-    /// Multipart uploads still open under this prefix (an interrupted upload would show here).
+    /// Keys of the multipart uploads still open under this prefix (an interrupted upload shows here).
     public func openMultipartUploads() throws -> [String] {
-        let response = try client.send("GET", key: nil, query: [("uploads", ""), ("prefix", prefix)])
-        return XMLNode.parse(response.body)?.all("Upload").compactMap { $0.value("Key") } ?? []
+        try multipartUploads().map(\.key)
+    }
+
+    /// One open multipart upload.
+    struct OpenUpload {
+        let key: String
+        let uploadID: String
+        let initiated: Date?
+    }
+
+    /// Every open multipart upload under this prefix (ListMultipartUploads, all pages).
+    func multipartUploads() throws -> [OpenUpload] {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        var uploads: [OpenUpload] = []
+        var markers: (key: String, upload: String)?
+        repeat {
+            var query = [("uploads", ""), ("prefix", prefix.isEmpty ? "" : prefix + "/")]
+            if let markers { query += [("key-marker", markers.key), ("upload-id-marker", markers.upload)] }
+            let response = try client.send("GET", key: nil, query: query)
+            guard let document = XMLNode.parse(response.body) else {
+                throw StorageError(.remote, object: location, message: "ListMultipartUploads answered with unreadable XML")
+            }
+            for item in document.all("Upload") {
+                guard let key = item.value("Key"), let id = item.value("UploadId") else { continue }
+                let initiated = item.value("Initiated").flatMap { formatter.date(from: $0) ?? ISO8601DateFormatter().date(from: $0) }
+                uploads.append(OpenUpload(key: key, uploadID: id, initiated: initiated))
+            }
+            markers = nil
+            if document.value("IsTruncated") == "true", let key = document.value("NextKeyMarker"), let upload = document.value("NextUploadIdMarker") {
+                markers = (key, upload)
+            }
+        } while markers != nil
+        return uploads
+    }
+
+    public func removeLeftovers(before cutoff: Date) throws -> [String] {
+        var lines: [String] = []
+        for upload in try multipartUploads() where (upload.initiated ?? .distantFuture) < cutoff {
+            do {
+                _ = try client.send("DELETE", key: upload.key, query: [("uploadId", upload.uploadID)], acceptable: [404])
+                lines.append("aborted an open multipart upload of \(relativeKey(upload.key)) left by an interrupted run")
+            } catch {
+                lines.append("could not abort the open multipart upload of \(relativeKey(upload.key)): \(error)")
+            }
+        }
+        return lines
     }
 }
 
@@ -197,7 +242,10 @@ final class S3MultipartWriter: ObjectWriter, @unchecked Sendable {
         buffer.reserveCapacity(store.client.configuration.partSize)
     }
 
-    deinit { abort() }
+    deinit {
+        // Callers abort explicitly and report; an upload still open here is removed by the next run.
+        try? abort()
+    }
 
     func write(_ bytes: UnsafeRawBufferPointer) throws {
         try throwIfFailed()
@@ -234,18 +282,27 @@ final class S3MultipartWriter: ObjectWriter, @unchecked Sendable {
             finished = true
             buffer = Data()
         } catch {
-            abort()
+            do { try abort() } catch let abortError as StorageError {
+                // Both matter: why the upload failed, and that it is still open.
+                let cause = error as? StorageError
+                throw StorageError(cause?.kind ?? .remote, object: store.client.describe(key),
+                                   message: "\(cause?.message ?? "\(error)"); \(abortError.message)", hint: abortError.hint)
+            }
             throw error
         }
     }
 
-    func abort() {
+    func abort() throws {
         guard !finished else { return }
         finished = true
         group.wait()
         buffer = Data()
-        if let uploadID {
-            _ = try? store.client.send("DELETE", key: key, query: [("uploadId", uploadID)], acceptable: [404])
+        guard let uploadID else { return }
+        do {
+            _ = try store.client.send("DELETE", key: key, query: [("uploadId", uploadID)], acceptable: [404])
+        } catch {
+            throw StorageError(.remote, object: store.client.describe(key), message: "the multipart upload could not be aborted (\(error))",
+                               hint: "the next dbbackup or dbprune on this repository aborts it")
         }
     }
 

@@ -26,6 +26,7 @@ final class CaptureTargets {
             do {
                 let store = try Repository.open(address, create: true)
                 let lock = try store.lock(holder: LockHolder(command: command))
+                for note in lock.notes { FileHandle.standardError.write(Data("\(address): \(note)\n".utf8)) }
                 targets.append(Target(address: address, store: store, lock: lock))
             } catch {
                 firstError = firstError ?? error
@@ -72,8 +73,7 @@ final class CaptureTargets {
     /// Aborts every open writer (the capture failed).
     func abort() {
         for index in targets.indices {
-            targets[index].writer?.abort()
-            targets[index].writer = nil
+            abortWriter(index)
         }
     }
 
@@ -107,9 +107,16 @@ final class CaptureTargets {
         }
     }
 
-    private func fail(_ index: Int, _ error: Error) {
-        targets[index].writer?.abort()
+    /// Aborts one writer; a failed abort is reported, not dropped (the next writer lock removes it).
+    private func abortWriter(_ index: Int) {
+        do { try targets[index].writer?.abort() } catch {
+            FileHandle.standardError.write(Data("warning: \(targets[index].address): \(error)\n".utf8))
+        }
         targets[index].writer = nil
+    }
+
+    private func fail(_ index: Int, _ error: Error) {
+        abortWriter(index)
         targets[index].failure = RecoveryError.classify(error)
     }
 
@@ -136,6 +143,7 @@ private final class FailedStore: BackupStore {
     func create(_ key: String, contents: Data) throws -> Bool { throw unavailable() }
     func readVersioned(_ key: String) throws -> VersionedObject { throw unavailable() }
     func delete(_ key: String, ifVersion version: String) throws -> Bool { throw unavailable() }
+    func removeLeftovers(before cutoff: Date) throws -> [String] { throw unavailable() }
 }
 
 /// The outcome of a capture to one or more repositories.

@@ -75,7 +75,7 @@ public enum Pruner {
             }
             throw error
         }
-        report.notes += (lock?.reclaimed ?? []).map { "removed the stale lock of \($0) (process gone)" }
+        report.notes = (lock?.notes ?? []) + report.notes
         do { try lock?.release() } catch { report.notes.append("warning: the repository lock was not released: \(error)") }
         return report
     }
