@@ -52,6 +52,14 @@ final class LocalStoreTests: XCTestCase {
         }
     }
 
+    /// Issue 19: a failed (aborted) write leaves no empty backup folder behind.
+    func testAnAbortedWriteLeavesNoEmptyFolder() throws {
+        let writer = try store.makeWriter("backups/20260101T000000Z-gone/dump.sql.gz")
+        try Data([1, 2, 3]).withUnsafeBytes { try writer.write($0) }
+        try writer.abort()
+        XCTAssertFalse(FileManager.default.fileExists(atPath: store.root + "/backups/20260101T000000Z-gone"))
+    }
+
     func testSecondLockFailsAndNamesTheHolder() throws {
         let first = try store.lock(holder: LockHolder(command: "dbbackup", pid: 1234, host: "db1"))
         XCTAssertThrowsError(try store.lock(holder: LockHolder(command: "dbprune"))) { error in

@@ -151,4 +151,43 @@ final class StorageFaultAndSecretTests: XCTestCase {
             XCTAssertFalse(printed.standardOutput.contains(secret) || printed.standardError.contains(secret), "--print-config showed \(url): \(printed.standardOutput)")
         }
     }
+
+    /// Issue 19: a disk full when the manifest is written (here: no inode left for it) leaves no
+    /// complete data file behind, and a failed backup leaves no empty folder. Every inode budget is
+    /// tried, from too few for anything to enough for the whole backup, so one of them runs out
+    /// exactly at the manifest.
+    func testADiskFullAtTheManifestLeavesNoDataFileAndNoEmptyFolder() throws {
+        guard getuid() == 0 else {
+            XCTFail("the disk-full test mounts a tmpfs and needs root (run the suite as root, as CI does)")
+            return
+        }
+        let cluster = try PostgresCluster.shared()
+        let database = try cluster.createDatabase(prefix: "inodes")
+        try cluster.connect(database: database).execute(script: "CREATE TABLE t AS SELECT generate_series(1, 1000) g")
+        var succeeded = false
+        var failures = 0
+        var failedAtManifest = false
+        for inodes in 4...24 where !succeeded {
+            let mountPoint = TestPaths.temporaryDirectory(prefix: "inodes")
+            XCTAssertEqual(try TestProcess.run("/bin/mount", ["-t", "tmpfs", "-o", "size=8m,nr_inodes=\(inodes)", "tmpfs", mountPoint]).status, 0)
+            defer {
+                _ = try? TestProcess.run("/bin/umount", [mountPoint])
+                try? FileManager.default.removeItem(atPath: mountPoint)
+            }
+            let repository = mountPoint + "/repo"
+            let result = try TestProcess.tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository], cluster: cluster)
+            if result.status == 0 {
+                succeeded = true
+                continue
+            }
+            failures += 1
+            failedAtManifest = failedAtManifest || result.standardError.contains("manifest.json")
+            XCTAssertEqual(result.status, ExitStatus.repositoryError.rawValue, "nr_inodes=\(inodes): \(result.standardError)")
+            let left = FileManager.default.enumerator(atPath: repository + "/backups")?.allObjects as? [String] ?? []
+            XCTAssertEqual(left, [], "nr_inodes=\(inodes): a failed backup left \(left)")
+        }
+        XCTAssertTrue(succeeded, "the largest inode budget should fit the whole backup")
+        XCTAssertGreaterThan(failures, 2)
+        XCTAssertTrue(failedAtManifest, "no inode budget ran out exactly at the manifest")
+    }
 }

@@ -105,8 +105,19 @@ public final class S3Store: BackupStore {
         }
     }
 
+    /// Above this size CopyObject is refused by S3 (5 GiB): the storage class changes with a
+    /// multipart copy instead (tests lower it).
+    var copyObjectLimit: UInt64 = 5 * 1024 * 1024 * 1024
+    /// Bytes per UploadPartCopy request of a multipart copy.
+    var copyPartSize: UInt64 = 512 * 1024 * 1024
+
     public func changeStorageClass(_ key: String, to storageClass: String) throws {
         let full = fullKey(key)
+        let head = try client.send("HEAD", key: full, acceptable: [404])
+        guard head.status != 404 else { throw StorageError(.notFound, object: client.describe(full), message: "no such object") }
+        if head.header("x-amz-storage-class") == storageClass { return }
+        let size = UInt64(head.header("Content-Length") ?? "0") ?? 0
+        if size > copyObjectLimit { return try multipartCopy(full, size: size, to: storageClass) }
         var headers = sseHeaders
         headers["x-amz-copy-source"] = "/\(client.configuration.bucket)/\(SigV4Signer.encode(full, keepSlash: true))"
         headers["x-amz-storage-class"] = storageClass
@@ -154,6 +165,53 @@ public final class S3Store: BackupStore {
     // MARK: - Lifecycle
 
     /// The bucket's lifecycle configuration as XML, or nil when it has none.
+    /// Copies an object onto itself in another storage class with UploadPartCopy, for objects
+    /// CopyObject cannot take; the upload is aborted (and a failed abort reported) on any failure.
+    private func multipartCopy(_ full: String, size: UInt64, to storageClass: String) throws {
+        var headers = sseHeaders
+        headers["content-type"] = "application/octet-stream"
+        headers["x-amz-storage-class"] = storageClass
+        let created = try client.send("POST", key: full, query: [("uploads", "")], headers: headers)
+        guard let uploadID = XMLNode.parse(created.body)?.first("UploadId")?.text else {
+            throw StorageError(.remote, object: client.describe(full), message: "CreateMultipartUpload returned no UploadId")
+        }
+        let source = "/\(client.configuration.bucket)/\(SigV4Signer.encode(full, keepSlash: true))"
+        do {
+            var parts: [String] = []
+            var offset: UInt64 = 0
+            while offset < size {
+                let end = min(size, offset + copyPartSize) - 1
+                let number = parts.count + 1
+                let response = try client.send("PUT", key: full, query: [("partNumber", String(number)), ("uploadId", uploadID)],
+                                               headers: ["x-amz-copy-source": source, "x-amz-copy-source-range": "bytes=\(offset)-\(end)"])
+                guard let etag = XMLNode.parse(response.body)?.first("ETag")?.text else {
+                    throw StorageError(.remote, object: client.describe(full), message: "UploadPartCopy of part \(number) returned no ETag")
+                }
+                parts.append("<Part><PartNumber>\(number)</PartNumber><ETag>\(xmlEscape(etag))</ETag></Part>")
+                offset = end + 1
+            }
+            let body = Data(("<CompleteMultipartUpload>" + parts.joined() + "</CompleteMultipartUpload>").utf8)
+            do {
+                let response = try client.send("POST", key: full, query: [("uploadId", uploadID)], headers: ["content-type": "application/xml"], body: body)
+                if let code = XMLNode.parse(response.body).flatMap({ $0.name == "Error" ? $0.value("Code") : nil }) {
+                    throw StorageError(.remote, object: client.describe(full), message: "CompleteMultipartUpload of the copy failed: \(code)")
+                }
+            } catch let error as StorageError {
+                // A retried Complete whose first attempt took effect may find the upload gone: check.
+                guard try client.send("HEAD", key: full, acceptable: [404]).header("x-amz-storage-class") == storageClass else { throw error }
+            }
+        } catch {
+            do {
+                _ = try client.send("DELETE", key: full, query: [("uploadId", uploadID)], acceptable: [404])
+            } catch let abortError {
+                throw StorageError(.remote, object: client.describe(full),
+                                   message: "storage class change failed (\(error)); its multipart upload could not be aborted (\(abortError))",
+                                   hint: "the next dbbackup or dbprune on this repository aborts it")
+            }
+            throw error
+        }
+    }
+
     public func lifecycleConfiguration() throws -> String? {
         let response = try client.send("GET", key: nil, query: [("lifecycle", "")], acceptable: [404])
         return response.status == 404 ? nil : String(decoding: response.body, as: UTF8.self)

@@ -91,6 +91,10 @@ final class CaptureTargets {
             do {
                 try targets[index].store.write("\(manifest.folderKey)/\(BackupManifest.fileName)", contents: try copy.encoded())
             } catch {
+                // Without its manifest the data is garbage (a disk full here): remove it now, not a day later.
+                do { try targets[index].store.delete(manifest.files.map { manifest.key(of: $0) }) } catch let cleanup {
+                    FileHandle.standardError.write(Data("warning: \(targets[index].address): the data of the failed backup was left: \(cleanup)\n".utf8))
+                }
                 fail(index, error)
             }
         }
