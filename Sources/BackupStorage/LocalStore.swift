@@ -152,7 +152,10 @@ public final class LocalStore: BackupStore {
             if errno == ENOENT { return false }
             throw Self.error(errno, path: path, doing: "delete")
         }
-        try Self.syncDirectory((path as NSString).deletingLastPathComponent)
+        let folder = (path as NSString).deletingLastPathComponent
+        try Self.syncDirectory(folder)
+        // A reader lock's folder (locks/readers/<id>) goes with its last record.
+        if folder != root && folder != guardDirectory { rmdir(folder) }
         return true
     }
 

@@ -1,4 +1,5 @@
 import ArgumentParser
+import BackupStorage
 import Foundation
 import PostgresClient
 import RecoveryKit
@@ -83,7 +84,12 @@ public struct RepositoryOptions: ParsableArguments {
     public func keyForWriting(to addresses: [String]) throws -> RepositoryKey? {
         let key = try cipherKey()
         for address in addresses {
-            try RepositoryEncryption.checkWrite(to: try Repository.open(address, create: true), key: key, allowMixed: allowMixedEncryption)
+            do {
+                try RepositoryEncryption.checkWrite(to: try Repository.open(address, create: true), key: key, allowMixed: allowMixedEncryption)
+            } catch is StorageError {
+                // Unreachable or unwritable: the capture meets the same failure and handles it per
+                // repository (the others still get the backup, exit 50), so it is not decided here.
+            }
         }
         return key
     }

@@ -199,6 +199,9 @@ public enum PointInTimeRestore {
     public static func execute(_ plan: PITRPlan, _ configuration: PITRConfiguration, timeline: Timeline,
                                progress: ProgressObserver? = nil) throws -> PITRReport {
         let store = try Repository.open(configuration.repository, create: false)
+        // A reader lock before the manifest is read: dbprune leaves the base backup alone meanwhile.
+        let reading = try StoreLock.sharedIfWritable(in: store, backupID: plan.backupID, holder: LockHolder(command: "dbrestore --pitr"))
+        defer { try? reading?.release() }   // a leftover reader record only delays pruning; dbprune removes it once we are gone
         let manifest = try Catalog(store: store).resolve(plan.backupID)
         let directory = configuration.dataDirectory
         if let aside = plan.moveAsideTo {
