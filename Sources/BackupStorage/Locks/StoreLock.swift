@@ -55,6 +55,19 @@ public final class StoreLock: RepositoryLock {
         var reclaimed: [LockHolder] = []
         for _ in 0..<5 {
             if try store.create(writerKey, contents: record) {
+                // Read it back: an S3-compatible server that ignores If-None-Match would let a racing
+                // create overwrite ours, and two runs would each believe they hold the lock.
+                let stored: VersionedObject?
+                do {
+                    stored = try store.readVersioned(writerKey)
+                } catch let error as StorageError where error.kind == .notFound {
+                    stored = nil
+                }
+                guard let stored, let owner = decode(stored.contents), owner.token == holder.token else {
+                    throw StorageError(.locked, object: store.location + "/" + writerKey,
+                                       message: "repository is locked by \(stored.flatMap { decode($0.contents) }.map { "\($0)" } ?? "another process") (its record replaced ours right after we created it)",
+                                       hint: "the storage must honour conditional writes (S3 If-None-Match); with it, this cannot happen")
+                }
                 return try StoreLock(store: store, key: writerKey, holder: holder, reclaimed: reclaimed).removingLeftovers()
             }
             let current: VersionedObject
