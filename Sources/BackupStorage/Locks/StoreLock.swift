@@ -123,10 +123,11 @@ public final class StoreLock: RepositoryLock {
         }
     }
 
-    /// The live readers of a backup; stale reader records found on the way are removed and returned.
+    /// The live readers of a backup; stale reader records found on the way are removed (unless
+    /// `removeStale` is false, as in a dry run) and returned.
     ///
     /// - Throws: `StorageError` when the lock folder cannot be listed or a stale record not removed.
-    public static func readers(of backupID: String, in store: BackupStore) throws -> (live: [LockHolder], reclaimed: [LockHolder]) {
+    public static func readers(of backupID: String, in store: BackupStore, removeStale: Bool = true) throws -> (live: [LockHolder], reclaimed: [LockHolder]) {
         var live: [LockHolder] = []
         var reclaimed: [LockHolder] = []
         for object in try store.list(prefix: readerPrefix(backupID)) where object.key.hasSuffix(".json") {
@@ -138,7 +139,11 @@ public final class StoreLock: RepositoryLock {
             }
             let found = decode(current.contents)
             if isStale(current.contents, found) {
-                if try store.delete(object.key, ifVersion: current.version), let found { reclaimed.append(found) }
+                if !removeStale {
+                    if let found { reclaimed.append(found) }
+                } else if try store.delete(object.key, ifVersion: current.version), let found {
+                    reclaimed.append(found)
+                }
             } else {
                 // An unreadable record counts as a reader: keeping a backup is the safe mistake.
                 live.append(found ?? LockHolder(command: "unknown reader", pid: 0, host: "?", since: object.modified ?? Date(), token: ""))

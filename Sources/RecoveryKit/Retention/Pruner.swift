@@ -108,12 +108,25 @@ public enum Pruner {
             RetentionCandidate(id: manifest.id, takenAt: manifest.startedAt, pinned: manifest.pinned,
                                storageClass: manifest.files.first.flatMap { classes[manifest.key(of: $0)] ?? nil })
         }
-        let decisions = try RetentionPlanner.plan(candidates, tier: tier, snapshots: configuration.policy.snapshots,
+        var decisions = try RetentionPlanner.plan(candidates, tier: tier, snapshots: configuration.policy.snapshots,
                                                   newestVerified: newestVerified, now: configuration.now)
+        var beingRead: [String] = []
+        var notes: [String] = []
+        // A backup a restore is reading is kept this time, and the WAL it needs with it.
+        for index in decisions.indices where decisions[index].action != .keep {
+            if let readers = try readers(of: decisions[index].id, in: store, removeStale: !configuration.dryRun, notes: &notes) {
+                beingRead.append("\(decisions[index].id): being read by \(readers)")
+                decisions[index].action = .keep
+                decisions[index].keptBy.append("being read")
+            }
+        }
         let garbage = findGarbage(objects: objects, withManifest: Set(entries.map(\.id)), policy: configuration.policy, now: configuration.now)
-        let keptIDs = Set(decisions.filter { $0.action != .delete }.map(\.id))
-        let wal = WALRetention.plan(keys: try store.list(prefix: "wal/").map(\.key),
-                                    keptPhysical: manifests.filter { keptIDs.contains($0.id) }.compactMap(\.physical))
+        let walKeys = try store.list(prefix: "wal/").map(\.key)
+        func walPlan() -> WALRetention.Plan {
+            let keptIDs = Set(decisions.filter { $0.action != .delete }.map(\.id))
+            return WALRetention.plan(keys: walKeys, keptPhysical: manifests.filter { keptIDs.contains($0.id) }.compactMap(\.physical))
+        }
+        var wal = walPlan()
 
         let unreadable = entries.filter { $0.manifest == nil }.map { "\($0.id): \($0.problem ?? "unreadable")" }
         var report = PruneReport(repository: store.location, tier: tierName, dryRun: configuration.dryRun, decisions: decisions,
@@ -122,16 +135,10 @@ public enum Pruner {
            report.deleted > 0 || !wal.delete.isEmpty || garbage.contains(where: { $0.action == "delete" }) {
             try confirm(report)
         }
-        var beingRead: [String] = []
-        var notes: [String] = []
         if !configuration.dryRun {
             let byID = Dictionary(manifests.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
-            for decision in decisions where decision.action == .delete {
+            for (index, decision) in decisions.enumerated() where decision.action == .delete {
                 guard let manifest = byID[decision.id] else { continue }
-                if let readers = try readers(of: manifest.id, in: store, notes: &notes) {
-                    beingRead.append("\(manifest.id): being read by \(readers)")
-                    continue
-                }
                 let folder = manifest.folderKey + "/"
                 let manifestKey = folder + BackupManifest.fileName
                 let others = objects.map(\.key).filter { $0.hasPrefix(folder) && $0 != manifestKey }
@@ -141,20 +148,19 @@ public enum Pruner {
                 CrashPoint.reached("prune:between-deletes")
                 // A restore registers as a reader before it reads the manifest: one that read it before
                 // the delete is visible now. Put the manifest back and keep the backup for it.
-                if let readers = try readers(of: manifest.id, in: store, notes: &notes) {
+                if let readers = try readers(of: manifest.id, in: store, removeStale: true, notes: &notes) {
                     try store.write(manifestKey, contents: manifestBytes)
                     beingRead.append("\(manifest.id): being read by \(readers)")
+                    decisions[index].action = .keep
+                    decisions[index].keptBy.append("being read")
                     continue
                 }
                 try store.delete(others)
             }
+            // Readers that arrived during the deletions keep their WAL too.
+            wal = walPlan()
             for decision in decisions where decision.action == .moveToGlacier {
                 guard let manifest = byID[decision.id] else { continue }
-                // An archived object cannot be read: a running restore would fail half-way.
-                if let readers = try readers(of: manifest.id, in: store, notes: &notes) {
-                    beingRead.append("\(manifest.id): being read by \(readers)")
-                    continue
-                }
                 for file in manifest.files {
                     try store.changeStorageClass(manifest.key(of: file), to: "GLACIER")
                 }
@@ -165,15 +171,17 @@ public enum Pruner {
             // WAL last: the base backups it belonged to are gone by now.
             try store.delete(wal.delete)
         }
+        report.decisions = decisions
+        report.wal = wal
         report.beingRead = beingRead
         report.notes = notes
         return report
     }
 
     /// The live readers of a backup as one phrase, or nil when none; stale reader records are removed and noted.
-    private static func readers(of backupID: String, in store: BackupStore, notes: inout [String]) throws -> String? {
-        let found = try StoreLock.readers(of: backupID, in: store)
-        notes += found.reclaimed.map { "removed the stale reader lock of \($0) on backup \(backupID) (process gone)" }
+    private static func readers(of backupID: String, in store: BackupStore, removeStale: Bool, notes: inout [String]) throws -> String? {
+        let found = try StoreLock.readers(of: backupID, in: store, removeStale: removeStale)
+        notes += found.reclaimed.map { "\(removeStale ? "removed" : "would remove") the stale reader lock of \($0) on backup \(backupID) (process gone)" }
         return found.live.isEmpty ? nil : found.live.map { "\($0)" }.joined(separator: ", ")
     }
 
