@@ -337,6 +337,11 @@ final class LocalFileWriter: ObjectWriter {
         if link(temporaryPath, finalPath) != 0 {
             let code = errno
             if code == EEXIST { return false }
+            if code == EPERM || code == EOPNOTSUPP || code == ENOSYS {
+                // vfat, some FUSE and SMB mounts: no hard links, hence no create-if-absent.
+                throw StorageError(.io, object: finalPath, message: "the file system does not support hard links, which repository locks and WAL archiving need",
+                                   hint: "put the repository on a local POSIX file system (ext4, xfs, zfs) or NFS")
+            }
             throw LocalStore.error(code, path: finalPath, doing: "link")
         }
         // The temporary name goes in abort(); the final name is now durable only with the directory.
