@@ -446,8 +446,10 @@ final class S3RangeReader: ObjectReader {
             position = 0
         }
         let count = min(buffer.count, chunk.count - position)
+        guard count > 0, let destination = buffer.baseAddress else { return 0 }
         chunk.withUnsafeBytes { source in
-            buffer.baseAddress!.copyMemory(from: source.baseAddress! + position, byteCount: count)
+            guard let origin = source.baseAddress else { return }
+            destination.copyMemory(from: origin + position, byteCount: count)
         }
         position += count
         return count

@@ -378,6 +378,7 @@ public enum PointInTimeRestore {
             return String(line[range.upperBound...].prefix(24))
         }.last
         let missing = restored.flatMap { WALSegmentName.next(after: $0) }.map { " (last segment replayed: \(restored ?? ""); \($0) was not in the archive)" } ?? ""
-        return String(fatal[(fatal.range(of: "FATAL:") ?? fatal.range(of: "PANIC:"))!.lowerBound...]) + missing
+        let start = (fatal.range(of: "FATAL:") ?? fatal.range(of: "PANIC:"))?.lowerBound ?? fatal.startIndex
+        return String(fatal[start...]) + missing
     }
 }
