@@ -136,6 +136,34 @@ final class LockTests: XCTestCase {
         }
     }
 
+    /// Issue 19: an S3 lock release or multipart abort that fails is reported to the caller, never
+    /// swallowed (the server goes away between taking the lock and releasing it).
+    func testFailedReleasesAndAbortsAreReported() throws {
+        let bucket = try s3.createBucket()
+        let proxy = try FaultProxy(upstreamPort: s3.port, arguments: [])
+        var environment = s3.environment(endpoint: proxy.endpoint)
+        environment["DBRECOVERY_S3_MAX_ATTEMPTS"] = "2"
+        let store = S3Store(configuration: try S3Settings.configuration(bucket: bucket, environment: environment), prefix: "gone")
+        let lock = try store.lock(holder: LockHolder(command: "dbbackup"))
+        let writer = try store.makeWriter("backups/x/dump.sql.gz")
+        let part = Data(repeating: 1, count: 5 * 1024 * 1024 + 1)
+        try part.withUnsafeBytes { try writer.write($0) }
+        Thread.sleep(forTimeInterval: 1)
+        proxy.stop()
+        XCTAssertThrowsError(try writer.abort()) { error in
+            XCTAssertTrue("\(error)".contains("could not be aborted"), "\(error)")
+            XCTAssertTrue((error as? StorageError)?.hint?.contains("next dbbackup or dbprune") ?? false, "\(error)")
+        }
+        XCTAssertThrowsError(try lock.release(), "a failed release must be reported")
+        // The server itself still holds both: the next writer removes the upload and says so.
+        let next = S3Store(configuration: try S3Settings.configuration(bucket: bucket, environment: s3.environment()), prefix: "gone")
+        try next.delete([StoreLock.writerKey])
+        let again = try StoreLock.exclusive(in: next, holder: LockHolder(command: "dbprune"))
+        XCTAssertEqual(again.leftovers.count, 1, "\(again.leftovers)")
+        XCTAssertEqual(try next.openMultipartUploads(), [])
+        try again.release()
+    }
+
     /// Issue 16 E5: a restore streaming a backup holds a reader lock; dbprune keeps that backup and
     /// says so, and deletes it on its next run once the restore is done.
     func testPruneSkipsABackupThatARestoreIsReading() throws {
