@@ -14,6 +14,12 @@ public enum RepositoryLocation: Equatable, Sendable, CustomStringConvertible {
             throw StorageError(.invalidLocation, object: "--repo", message: "repository address is empty",
                                hint: "pass --repo /path/to/repository, --repo file:///path or --repo s3://bucket/prefix")
         }
+        // Bytes that are not UTF-8 reach us already replaced by U+FFFD: using the result would put
+        // the backup in another directory than the one named, so refuse instead.
+        if text.unicodeScalars.contains("\u{FFFD}") {
+            throw StorageError(.invalidLocation, object: "--repo", message: "repository path contains bytes that are not UTF-8",
+                               hint: "rename the directory, or point --repo at a symlink with a UTF-8 name")
+        }
         if text.hasPrefix("file://") {
             let path = String(text.dropFirst("file://".count))
             guard path.hasPrefix("/") else {

@@ -93,6 +93,12 @@ final class StorageRepairTests: XCTestCase {
         XCTAssertEqual(try backup(spaced).status, 0)
         XCTAssertTrue(FileManager.default.fileExists(atPath: spaced + "/backups"), "the backup went to 'repo ' (trailing space kept)")
         XCTAssertFalse(FileManager.default.fileExists(atPath: parent + "/repo"))
+        // A name that is not UTF-8 cannot be used byte-exact: refused, nothing written anywhere.
+        let latin1 = try TestProcess.shell("cd '\(parent)' && '\(TestPaths.executable("dbbackup"))' --database-url '\(cluster.url(database: database))' --repo $'caf\\xe9'",
+                                           environment: cluster.environment)
+        XCTAssertEqual(latin1.status, ExitStatus.usage.rawValue, latin1.standardError)
+        XCTAssertTrue(latin1.standardError.contains("not UTF-8"), latin1.standardError)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: parent).sorted(), ["repo "])
 
         // <repo>/backups is a symlink to another disk: every command sees the same backups.
         let repository = parent + "/linked"
