@@ -114,13 +114,22 @@ public final class LocalStore: BackupStore {
     public func create(_ key: String, contents: Data) throws -> Bool {
         let path = try self.path(for: key)
         let directory = (path as NSString).deletingLastPathComponent
-        try Self.makeDirectories(directory)
-        // Write and fsync a private file, then link() it under the final name: link never replaces
-        // an existing file, so of two racing creators exactly one succeeds.
-        let writer = try LocalFileWriter(finalPath: path, root: root)
-        defer { writer.abort() }   // removes the temporary name
-        try contents.withUnsafeBytes { try writer.write($0) }
-        return try writer.commitIfAbsent()
+        var attempt = 0
+        while true {
+            attempt += 1
+            try Self.makeDirectories(directory)
+            // Write and fsync a private file, then link() it under the final name: link never replaces
+            // an existing file, so of two racing creators exactly one succeeds.
+            let writer: LocalFileWriter
+            do {
+                writer = try LocalFileWriter(finalPath: path, root: root)
+            } catch let error as StorageError where error.kind == .notFound && attempt < 3 {
+                continue   // the folder was removed as empty (a released reader lock's) just now: make it again
+            }
+            defer { writer.abort() }   // removes the temporary name
+            try contents.withUnsafeBytes { try writer.write($0) }
+            return try writer.commitIfAbsent()
+        }
     }
 
     public func readVersioned(_ key: String) throws -> VersionedObject {
@@ -170,7 +179,9 @@ public final class LocalStore: BackupStore {
             let path = root + "/" + object.key
             if unlink(path) == 0 || errno == ENOENT {
                 lines.append("removed \(object.key) (\(object.size) bytes), left by killed process \(pid)")
-                rmdir((path as NSString).deletingLastPathComponent)   // its backup folder, if now empty
+                if object.key.hasPrefix("backups/") {
+                    rmdir((path as NSString).deletingLastPathComponent)   // its backup folder, if now empty
+                }
             } else {
                 lines.append("could not remove \(object.key), left by killed process \(pid): \(String(cString: strerror(errno)))")
             }

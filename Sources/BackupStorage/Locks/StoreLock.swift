@@ -68,7 +68,7 @@ public final class StoreLock: RepositoryLock {
                                        message: "repository is locked by \(stored.flatMap { decode($0.contents) }.map { "\($0)" } ?? "another process") (its record replaced ours right after we created it)",
                                        hint: "the storage must honour conditional writes (S3 If-None-Match); with it, this cannot happen")
                 }
-                return try StoreLock(store: store, key: writerKey, holder: holder, reclaimed: reclaimed).removingLeftovers()
+                return StoreLock(store: store, key: writerKey, holder: holder, reclaimed: reclaimed).removingLeftovers()
             }
             let current: VersionedObject
             do {
@@ -79,7 +79,7 @@ public final class StoreLock: RepositoryLock {
             let found = decode(current.contents)
             if let found, found.token == holder.token {
                 // Our create took effect but its reply was lost; the retry found our own record.
-                return try StoreLock(store: store, key: writerKey, holder: holder, reclaimed: reclaimed).removingLeftovers()
+                return StoreLock(store: store, key: writerKey, holder: holder, reclaimed: reclaimed).removingLeftovers()
             }
             guard isStale(current.contents, found) else {
                 throw lockedError(store: store, holder: found)
@@ -94,8 +94,14 @@ public final class StoreLock: RepositoryLock {
 
     /// With the writer lock held, nothing of another writer is in flight: what is older than this
     /// lock and belongs to no live process was left by a killed run.
-    private func removingLeftovers() throws -> StoreLock {
-        leftovers = try store.removeLeftovers(before: holder.since)
+    private func removingLeftovers() -> StoreLock {
+        do {
+            leftovers = try store.removeLeftovers(before: holder.since)
+        } catch {
+            // Clean-up is a courtesy to the next run, not a condition of this one (a bucket policy may
+            // not allow listing uploads): said, not fatal.
+            leftovers = ["could not look for leftovers of interrupted runs: \(error)"]
+        }
         return self
     }
 
