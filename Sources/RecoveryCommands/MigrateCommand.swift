@@ -75,15 +75,8 @@ public struct MigrateCommand: ParsableCommand {
         /// `--yes` is refused (exit 2): cron and CI must say yes explicitly.
         func confirm(_ plan: MigrationPlan, destructive: Bool) throws {
             guard !yes else { return }
-            guard isatty(0) == 1 else {
-                guard destructive else { return }
-                throw RecoveryError(.usage, "dbmigrate \(plan.direction.rawValue) would revert \(plan.steps.count) version(s) and needs an explicit yes, but there is no terminal to ask on; nothing was changed",
-                                    hint: "add --yes to proceed (check the plan first with --dry-run)")
-            }
-            FileHandle.standardError.write(Data((plan.lines(includingSQL: false).joined(separator: "\n") + "\nProceed? [y/N] ").utf8))
-            guard let answer = Interruption.atPrompt({ readLine() }), ["y", "yes"].contains(answer.lowercased()) else {
-                throw RecoveryError(.migrationRefused, "cancelled; nothing was changed")
-            }
+            try Confirmation.ask(plan.lines(includingSQL: false).joined(separator: "\n"),
+                                 refusal: "dbmigrate \(plan.direction.rawValue) would revert \(plan.steps.count) version(s)", required: destructive)
         }
     }
 
