@@ -50,7 +50,7 @@ final class DatabasePropertiesTests: XCTestCase {
             INSERT INTO café (id) VALUES (1);
             INSERT INTO café VALUES (2, 'Ærøskøbing', 'ça va'), (3, 'naïve façade', 'tristesse');
             """)
-        let backup = try tool("dbbackup", ["--database-url", cluster.url(database: source), "--repo", repository])
+        let backup = try tool("dbbackup", ["--database-url", cluster.url(database: source), "--repo", repository!])
         XCTAssertEqual(backup.status, 0, backup.standardError)
         let id = backup.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
         let manifest = try Catalog(store: try LocalStore(root: repository, create: false)).resolve(id)
@@ -66,14 +66,14 @@ final class DatabasePropertiesTests: XCTestCase {
         XCTAssertEqual(replayed.status, 0, replayed.standardError)
 
         let restored = "latin_copy_\(UInt32.random(in: 0...UInt32.max))"
-        let restore = try tool("dbrestore", [id, "--yes", "--jobs", "2", "--repo", repository, "--database-url", cluster.url(database: restored)])
+        let restore = try tool("dbrestore", [id, "--yes", "--jobs", "2", "--repo", repository!, "--database-url", cluster.url(database: restored)])
         XCTAssertEqual(restore.status, 0, restore.standardError)
         XCTAssertEqual(try encoding(restored), "LATIN1 C C", "encoding and locale are the source's")
         XCTAssertEqual(try dump(restored), try dump(replay), "identical to the psql replay, schema and data")
         XCTAssertEqual(try cluster.scalar("SELECT string_agg(nom || '/' || h, ',' ORDER BY id) FROM café", database: restored),
                        "Zoë/gaîté,Ærøskøbing/ça va,naïve façade/tristesse")
         XCTAssertEqual(try cluster.scalar("SELECT obj_description('café'::regclass)", database: restored), "crème brûlée")
-        let verify = try tool("dbverify", ["--database-url", cluster.url(database: restored), "--repo", repository])
+        let verify = try tool("dbverify", ["--database-url", cluster.url(database: restored), "--repo", repository!])
         XCTAssertEqual(verify.status, 0, verify.standardError + verify.standardOutput)
     }
 
@@ -122,7 +122,7 @@ final class DatabasePropertiesTests: XCTestCase {
         try cluster.connect(database: database).execute(script: "CREATE TABLE t AS SELECT g FROM generate_series(1, 100) g")
         let expected = try properties(database)
         XCTAssertTrue(expected[5].contains("\(reader):CONNECT:false"), "\(expected)")
-        let common = ["--database-url", cluster.url(database: database), "--repo", repository]
+        let common = ["--database-url", cluster.url(database: database), "--repo", repository!]
         XCTAssertEqual(try tool("dbbackup", common).status, 0)
 
         // Drift after the backup, which the restore must undo.
@@ -149,7 +149,7 @@ final class DatabasePropertiesTests: XCTestCase {
     func testOldManifestWithoutPropertiesRestoresWithAWarning() throws {
         let database = try cluster.createDatabase(prefix: "oldmanifest")
         try cluster.connect(database: database).execute(script: "CREATE TABLE t AS SELECT g FROM generate_series(1, 10) g")
-        let common = ["--database-url", cluster.url(database: database), "--repo", repository]
+        let common = ["--database-url", cluster.url(database: database), "--repo", repository!]
         let backup = try tool("dbbackup", common)
         XCTAssertEqual(backup.status, 0, backup.standardError)
         let id = backup.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
