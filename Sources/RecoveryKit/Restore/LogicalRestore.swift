@@ -204,7 +204,13 @@ public enum LogicalRestore {
                     timeline.note("skip backup \(plan.backupID)", outcome: reason)
                     verification = nil
                     let tried = Set(plan.skipped.map(\.id))
-                    let next = try CandidateSelection.choose(configuration, excluding: tried, skipped: plan.skipped, depth: .checksum, timeline: timeline)
+                    let next: CandidateSelection.Choice
+                    do {
+                        next = try CandidateSelection.choose(configuration, excluding: tried, skipped: plan.skipped, depth: .checksum, timeline: timeline)
+                    } catch let none as RecoveryError where none.code == .backupNotFound {
+                        // At least one candidate was tried and failed: the run failed as a restore.
+                        throw RecoveryError(.restoreFailed, none.message, hint: "\(plan.targetDatabase) was not touched; " + (none.hint ?? ""))
+                    }
                     plan.choose(next)
                     plan.warnings.forEach { timeline.note("warning: \($0)") }
                     store = try Repository.open(plan.repository, create: false)
