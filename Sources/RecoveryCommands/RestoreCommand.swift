@@ -229,9 +229,10 @@ public struct RestoreBackupCommand: ParsableCommand {
             if configuration.repositories.count > 1 { line += "; read from \(report.plan.repository)" }
             if let kept = report.plan.keptAs { line += "; previous database kept as \(kept)" }
             print(line)
-            let copies = report.plan.preRestoreCopies + (report.plan.keptAs == nil ? 0 : 1)
-            if copies > 1 {
-                output.note("\(copies) pre-restore copies of \(plan.targetDatabase) exist (earlier ones hold \(ByteCount.format(UInt64(max(0, report.plan.preRestoreBytes))))); dbrestore cleanup drops old ones")
+            let copies = report.plan.preRestoreCopies
+            if copies > 0 {
+                output.note("\(copies) pre-restore cop\(copies == 1 ? "y" : "ies") of \(plan.targetDatabase) exist\(copies == 1 ? "s" : ""), holding "
+                            + "\(ByteCount.format(UInt64(max(0, report.plan.preRestoreBytes)))); dbrestore cleanup drops old ones")
             }
             if let incident = report.incidentFile { print("incident record: \(incident)") }
         }

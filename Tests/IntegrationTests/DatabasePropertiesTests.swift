@@ -97,7 +97,7 @@ final class DatabasePropertiesTests: XCTestCase {
         let admin = try cluster.connect()
         let row = try admin.query("""
             SELECT pg_get_userbyid(d.datdba)::text, d.datconnlimit::text, coalesce(shobj_description(d.oid, 'pg_database'), '-'),
-                   d.datallowconn::text, pg_encoding_to_char(d.encoding)
+                   d.datallowconn::text, pg_encoding_to_char(d.encoding), d.datlocprovider::text, coalesce(d.daticulocale, '-')
             FROM pg_database d WHERE d.datname = $1
             """, [database]).rows[0]
         let acl = try admin.query("""
@@ -116,7 +116,7 @@ final class DatabasePropertiesTests: XCTestCase {
     }
 
     /// Reproduction: owner, `REVOKE CONNECT … FROM PUBLIC`, comment, `ALTER DATABASE … SET`,
-    /// per-role settings and the connection limit were lost in the swap — the restored database was
+    /// per-role settings, the connection limit and the ICU locale were lost in the swap — the restored database was
     /// owned by the restoring user and anyone could connect again.
     func testOwnerPrivilegesCommentSettingsAndLimitSurviveTheSwap() throws {
         let suffix = UInt32.random(in: 0...UInt32.max)
@@ -124,7 +124,7 @@ final class DatabasePropertiesTests: XCTestCase {
         let database = "props_\(suffix)"
         let admin = try cluster.connect()
         try admin.execute(script: "CREATE ROLE \(owner) LOGIN; CREATE ROLE \(reader) LOGIN")
-        try admin.execute(script: "CREATE DATABASE \(database) OWNER \(owner) CONNECTION LIMIT 7")
+        try admin.execute(script: "CREATE DATABASE \(database) OWNER \(owner) CONNECTION LIMIT 7 TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'fr-FR'")
         try admin.execute(script: """
             REVOKE CONNECT, TEMPORARY ON DATABASE \(database) FROM PUBLIC;
             GRANT CONNECT ON DATABASE \(database) TO \(reader);
@@ -136,7 +136,8 @@ final class DatabasePropertiesTests: XCTestCase {
             """)
         try cluster.connect(database: database).execute(script: "CREATE TABLE t AS SELECT g FROM generate_series(1, 100) g")
         let expected = try properties(database)
-        XCTAssertTrue(expected[5].contains("\(reader):CONNECT:false"), "\(expected)")
+        XCTAssertTrue(expected[7].contains("\(reader):CONNECT:false") && !expected[7].contains("PUBLIC"), "\(expected)")
+        XCTAssertEqual(Array(expected[5...6]), ["i", "fr-FR"], "an ICU database")
         let common = ["--database-url", cluster.url(database: database), "--repo", repository!]
         XCTAssertEqual(try tool("dbbackup", common).status, 0)
 

@@ -216,6 +216,12 @@ public enum LogicalRestore {
                     store = try Repository.open(plan.repository, create: false)
                 }
             }
+            if configuration.mode != .drill {
+                // What the operator now keeps around, this restore's copy included.
+                let copies = try ToolDatabases.list(on: admin, target: plan.targetDatabase).filter { $0.marker.kind == .preRestore }
+                plan.preRestoreCopies = copies.count
+                plan.preRestoreBytes = copies.reduce(0) { $0 + $1.sizeBytes }
+            }
             var finished = report(outcome)
             if configuration.mode == .emergency {
                 finished.incidentFile = try? writeIncident(finished, configuration: configuration, store: store)
