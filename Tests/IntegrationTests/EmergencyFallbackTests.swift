@@ -100,6 +100,28 @@ final class EmergencyFallbackTests: XCTestCase {
         XCTAssertEqual(skipped.count, 5, "\(skipped)")
     }
 
+    /// No candidate left to try: the run fails, and the incident record still names every backup
+    /// passed over and why.
+    func testEmergencyWithNoUsableBackupStillWritesTheIncidentRecord() throws {
+        let ids = [try backup(), try backup()]
+        for id in ids {
+            let path = "\(repository!)/backups/\(id)/dump.sql.gz"
+            var data = try Data(contentsOf: URL(fileURLWithPath: path))
+            data[data.count / 2] ^= 0x20
+            try data.write(to: URL(fileURLWithPath: path))
+        }
+        let incident = TestPaths.temporaryDirectory(prefix: "incident") + "/incident.json"
+        let emergency = try tool("dbrestore", common + ["--emergency", "--incident-file", incident])
+        XCTAssertEqual(emergency.status, ExitStatus.backupNotFound.rawValue, emergency.standardError)
+        XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM t", database: database), "200", "the target is untouched")
+        let record = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: incident))) as? [String: Any]
+        XCTAssertTrue((record?["outcome"] as? String)?.hasPrefix("failed: no backup") ?? false, "\(record ?? [:])")
+        let steps = (record?["timeline"] as? [[String: Any]] ?? []).map { "\($0["step"] ?? ""): \($0["outcome"] ?? "")" }
+        for id in ids {
+            XCTAssertTrue(steps.contains { $0.contains("skip backup \(id)") && $0.contains("sha256") }, "\(id) in \(steps)")
+        }
+    }
+
     /// When the target server itself fails, the run stops instead of trying every candidate.
     func testAnUnreachableServerStopsTheSearch() throws {
         _ = try backup()

@@ -139,7 +139,13 @@ public enum LogicalRestore {
     /// - Throws: `RecoveryError` (`.backupNotFound`, `.backupCorrupt`, `.databaseUnavailable`, …).
     public static func plan(_ configuration: RestoreConfiguration, timeline: Timeline? = nil) throws -> RestorePlan {
         let database = configuration.target.databaseName
-        let choice = try CandidateSelection.choose(configuration, depth: configuration.dryRun ? .full : .checksum, timeline: timeline)
+        let choice: CandidateSelection.Choice
+        do {
+            choice = try CandidateSelection.choose(configuration, depth: configuration.dryRun ? .full : .checksum, timeline: timeline)
+        } catch {
+            if configuration.mode == .emergency && !configuration.dryRun, let timeline { recordFailedSearch(error, configuration, timeline: timeline) }
+            throw error
+        }
         let admin = try connectToMaintenance(configuration.target)
         defer { admin.close() }
         let exists = try databaseExists(database, on: admin)
@@ -370,16 +376,44 @@ public enum LogicalRestore {
         return String(format: "%04d%02d%02d_%02d%02d%02d", c.year ?? 0, c.month ?? 0, c.day ?? 0, c.hour ?? 0, c.minute ?? 0, c.second ?? 0)
     }
 
-    private static func writeIncident(_ report: RestoreReport, configuration: RestoreConfiguration, store: BackupStore) throws -> String {
-        let data = try JSONOutput.encoder().encode(report)
+    private static func writeIncident<Record: Encodable>(_ record: Record, startedAt: Date, configuration: RestoreConfiguration,
+                                                         store: BackupStore) throws -> String {
+        let data = try JSONOutput.encoder().encode(record)
         if let path = configuration.incidentFile {
             try data.write(to: URL(fileURLWithPath: path), options: .atomic)
             chmod(path, 0o600)
             return path
         }
-        let key = "incidents/\(compactTimestamp(report.startedAt))-emergency-restore.json"
+        let key = "incidents/\(compactTimestamp(startedAt))-emergency-restore.json"
         try store.write(key, contents: data)
         return "\(store.location)/\(key)"
+    }
+
+    private static func writeIncident(_ report: RestoreReport, configuration: RestoreConfiguration, store: BackupStore) throws -> String {
+        try writeIncident(report, startedAt: report.startedAt, configuration: configuration, store: store)
+    }
+
+    /// The incident record of an emergency restore that found no candidate to try: what failed and
+    /// the timeline, which names every backup passed over and why.
+    private struct FailedSearch: Encodable {
+        var startedAt: Date
+        var outcome: String
+        var timeline: [Timeline.Step]
+    }
+
+    /// Writes the incident record of an emergency whose search found nothing, into the first
+    /// repository that can be opened (or `--incident-file`); best effort: the search's error is the
+    /// one the operator needs.
+    private static func recordFailedSearch(_ error: Error, _ configuration: RestoreConfiguration, timeline: Timeline) {
+        let record = FailedSearch(startedAt: timeline.startedAt, outcome: "failed: \(RecoveryError.classify(error).message)", timeline: timeline.steps)
+        for address in configuration.repositories {
+            guard let store = try? Repository.open(address, create: false) else { continue }  // unavailable: try the next
+            if let written = try? writeIncident(record, startedAt: record.startedAt, configuration: configuration, store: store) {
+                timeline.note("incident record written to \(written)")
+                return
+            }
+        }
+        timeline.note("write the incident record", outcome: "failed: no repository or --incident-file could take it")
     }
 }
 
