@@ -185,8 +185,7 @@ final class RestoreSafetyTests: XCTestCase {
     /// removes them. `dbrestore cleanup` drops old ones — only those a restore marked.
     func testCleanupDropsOnlyMarkedPreRestoreCopies() throws {
         try backup()
-        for round in 0..<3 {
-            if round > 0 { sleep(1) }   // pre-restore names carry the time to the second
+        for round in 0..<3 {   // within one second or not: each kept copy gets a name of its own
             let restore = try tool("dbrestore", common + ["latest", "--yes"])
             XCTAssertEqual(restore.status, 0, restore.standardError)
             if round == 2 { XCTAssertTrue(restore.standardError.contains("3 pre-restore copies of \(database!) exist"), restore.standardError) }
@@ -217,8 +216,7 @@ final class RestoreSafetyTests: XCTestCase {
     /// `[restore] keep_pre_restore` in the config file sets the default of `dbrestore cleanup`.
     func testCleanupReadsKeepPreRestoreFromTheConfigFile() throws {
         try backup()
-        for round in 0..<2 {
-            if round > 0 { sleep(1) }
+        for _ in 0..<2 {
             XCTAssertEqual(try tool("dbrestore", common + ["latest", "--yes"]).status, 0)
         }
         let config = TestPaths.temporaryDirectory(prefix: "config") + "/config.toml"

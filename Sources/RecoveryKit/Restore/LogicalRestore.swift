@@ -155,8 +155,8 @@ public enum LogicalRestore {
         var plan = RestorePlan(
             mode: configuration.mode, repository: choice.repository, backupID: "", backupTakenAt: Date(), backupRows: 0,
             server: configuration.target.redactedDescription, targetDatabase: database, targetExists: exists,
-            scratchDatabase: identifier(database, suffix: "_\(scratchPurpose)_\(stamp)"),
-            keptAs: exists && configuration.mode != .drill ? identifier(database, suffix: "_pre_restore_\(stamp)") : nil,
+            scratchDatabase: try unusedIdentifier(database, suffix: "_\(scratchPurpose)_\(stamp)", on: admin),
+            keptAs: exists && configuration.mode != .drill ? try unusedIdentifier(database, suffix: "_pre_restore_\(stamp)", on: admin) : nil,
             skipped: [])
         plan.choose(choice)
         if configuration.dryRun {
@@ -367,6 +367,18 @@ public enum LogicalRestore {
         var head = base
         while (head + suffix).utf8.count > 63 { head.removeLast() }
         return head + suffix
+    }
+
+    /// `identifier(base, suffix:)`, or with `_2`, `_3`, … added when a database of that name exists
+    /// (two restores within one second, or a user database that happens to have the name).
+    static func unusedIdentifier(_ base: String, suffix: String, on connection: PostgresConnection) throws -> String {
+        var candidate = identifier(base, suffix: suffix)
+        var counter = 2
+        while try databaseExists(candidate, on: connection) {
+            candidate = identifier(base, suffix: suffix + "_\(counter)")
+            counter += 1
+        }
+        return candidate
     }
 
     static func compactTimestamp(_ date: Date) -> String {
