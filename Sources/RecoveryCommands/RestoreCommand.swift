@@ -211,7 +211,6 @@ public struct RestoreBackupCommand: ParsableCommand {
             }
         } else if !output.json {
             plan.skipped.forEach { output.note("skipped backup \($0.id): \($0.reason)") }
-            plan.warnings.forEach { output.note("warning: \($0)") }
         }
         let report = try LogicalRestore.execute(plan, configuration, timeline: timeline, progress: output.progress)
         output.succeeded(["restore_duration_seconds": report.durationSeconds, "restore_verified_tables": Double(report.verification?.tables.count ?? 0)],

@@ -80,8 +80,9 @@ enum DatabaseSwap {
         }
         if let comment = properties.comment { statements.append("COMMENT ON DATABASE \(quoted) IS \(SQLText.literal(comment))") }
         if properties.connectionLimit != -1 { statements.append("ALTER DATABASE \(quoted) CONNECTION LIMIT \(properties.connectionLimit)") }
+        for statement in statements { try admin.execute(script: statement) }
         for entry in properties.settings {
-            statements.append("ALTER DATABASE \(quoted) SET \(try settingClause(entry, on: admin))")
+            try applySetting("ALTER DATABASE \(quoted) SET \(try settingClause(entry, on: admin))", entry: entry, on: admin, warnings: &warnings)
         }
         for role in properties.roleSettings {
             guard present.contains(role.role) else {
@@ -89,11 +90,21 @@ enum DatabaseSwap {
                 continue
             }
             for entry in role.settings {
-                statements.append("ALTER ROLE \(admin.quoteIdentifier(role.role)) IN DATABASE \(quoted) SET \(try settingClause(entry, on: admin))")
+                try applySetting("ALTER ROLE \(admin.quoteIdentifier(role.role)) IN DATABASE \(quoted) SET \(try settingClause(entry, on: admin))",
+                                 entry: entry, on: admin, warnings: &warnings)
             }
         }
-        for statement in statements { try admin.execute(script: statement) }
         return warnings
+    }
+
+    /// Runs one `… SET` statement; a parameter this server does not know (42704, e.g. one removed in
+    /// a newer PostgreSQL) becomes a warning rather than a refused restore, as it would in a psql replay.
+    private static func applySetting(_ statement: String, entry: String, on admin: PostgresConnection, warnings: inout [String]) throws {
+        do {
+            try admin.execute(script: statement)
+        } catch let error as PostgresError where error.sqlState == "42704" {
+            warnings.append("setting \(entry) not restored: \(error.message)")
+        }
     }
 
     private struct GranteeKey: Hashable {

@@ -195,7 +195,7 @@ public enum LogicalRestore {
             defer { admin.close() }
             try lockTarget(plan.targetDatabase, on: admin)
             try ToolDatabases.repair(plan.targetDatabase, on: admin, timeline: timeline)
-            plan.warnings.forEach { timeline.note("warning: \($0)") }
+            plan.warnings.forEach { timeline.note("backup \(plan.backupID)", outcome: "warning: \($0)") }
             var outcome: String
             while true {
                 var reachedSwap = false
@@ -218,7 +218,10 @@ public enum LogicalRestore {
                         throw RecoveryError(.restoreFailed, none.message, hint: "\(plan.targetDatabase) was not touched; " + (none.hint ?? ""))
                     }
                     plan.choose(next)
-                    plan.warnings.forEach { timeline.note("warning: \($0)") }
+                    // A fresh name, in case the failed candidate's scratch database could not be dropped.
+                    plan.scratchDatabase = try unusedIdentifier(plan.targetDatabase,
+                                                                suffix: "_\(configuration.mode == .drill ? "drill" : "restore")_\(compactTimestamp(Date()))", on: admin)
+                    plan.warnings.forEach { timeline.note("backup \(plan.backupID)", outcome: "warning: \($0)") }
                     store = try Repository.open(plan.repository, create: false)
                 }
             }
@@ -298,7 +301,7 @@ public enum LogicalRestore {
             let warnings = try timeline.step("give \(scratch) the database properties of backup \(manifest.id)") {
                 try DatabaseSwap.apply(properties, to: scratch, on: admin)
             }
-            warnings.forEach { timeline.note("warning: \($0)") }
+            warnings.forEach { timeline.note("database properties of \(scratch)", outcome: "warning: \($0)") }
         }
         reachedSwap = true
         try timeline.step(plan.keptAs.map { "swap: \(plan.targetDatabase) → \($0), \(scratch) → \(plan.targetDatabase)" }
