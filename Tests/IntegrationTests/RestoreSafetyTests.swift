@@ -90,6 +90,20 @@ final class RestoreSafetyTests: XCTestCase {
         XCTAssertEqual(try allowsConnections(long), "true")
     }
 
+    /// Reproduction (issue 19): a killed `--drill` left `<db>_drill_<time>` forever. It is marked, so
+    /// the next drill (or restore, or cleanup) drops it.
+    func testKilledDrillLeavesAMarkedDatabaseTheNextRunDrops() throws {
+        try backup()
+        let killed = try TestProcess.tool("dbrestore", common + ["--drill"], cluster: cluster, environment: ["DBRECOVERY_CRASH_AT": "restore:after-verify"])
+        XCTAssertEqual(killed.status, 128 + SIGKILL)
+        let left = try databases(like: "\(database!)_drill_%")
+        XCTAssertEqual(left.count, 1, "the killed drill left its database")
+        let next = try tool("dbrestore", common + ["--drill"])
+        XCTAssertEqual(next.status, 0, next.standardError)
+        XCTAssertTrue(next.standardError.contains("dropped \(left[0]), the drill database"), next.standardError)
+        XCTAssertEqual(try databases(like: "\(database!)_%"), [])
+    }
+
     /// Holds the target with a prepared transaction, which `pg_terminate_backend` cannot end.
     private func prepareTransaction(on name: String) throws -> String {
         let gid = "held_by_test_\(UInt32.random(in: 0...UInt32.max))"

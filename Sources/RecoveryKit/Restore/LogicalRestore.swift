@@ -289,6 +289,7 @@ public enum LogicalRestore {
             return result
         }
         verified(counts)
+        CrashPoint.reached("restore:after-verify")
         // Further checks of the scratch database against the backup (schema fingerprint) go here.
         if configuration.mode == .drill {
             try timeline.step("drop scratch database \(scratch)") {

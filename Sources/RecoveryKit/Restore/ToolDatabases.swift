@@ -84,7 +84,10 @@ enum ToolDatabases {
     /// Every marked database on the server (optionally only those about one target).
     static func list(on connection: PostgresConnection, target: String? = nil) throws -> [Marked] {
         let rows = try connection.query("""
-            SELECT d.datname::text, d.oid::text, substr(u.entry, length($1) + 2), d.datallowconn, pg_catalog.pg_database_size(d.oid)::text
+            SELECT d.datname::text, d.oid::text, substr(u.entry, length($1) + 2), d.datallowconn,
+                   -- the size needs CONNECT on the database (or pg_read_all_stats); unknown is 0, never an error
+                   CASE WHEN pg_catalog.has_database_privilege(d.oid, 'CONNECT') OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
+                        THEN pg_catalog.pg_database_size(d.oid)::text END
             FROM pg_catalog.pg_db_role_setting s
             JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase
             CROSS JOIN LATERAL unnest(s.setconfig) AS u(entry)
@@ -94,7 +97,7 @@ enum ToolDatabases {
         return try rows.compactMap { row in
             guard let marker = Marker.parse(try row.string(2)), target == nil || marker.target == target else { return nil }
             return Marked(name: try row.string(0), oid: try row.string(1), marker: marker, allowsConnections: try row.bool(3),
-                          sizeBytes: Int64(try row.string(4)) ?? 0)
+                          sizeBytes: row[4].flatMap { Int64($0) } ?? 0)
         }
     }
 
