@@ -91,6 +91,22 @@ public struct DatabaseProperties: Codable, Equatable, Sendable {
             connectionLimit: Int(try row.int64(8)), allowConnections: try row.bool(9), settings: settings, roleSettings: roleSettings)
     }
 
+    /// A copy to show (`--dry-run`, the prompt, JSON plans, incident records): values of settings
+    /// whose name suggests a secret (`app.jwt_secret`, `*password*`, `*token*`, `*key*`) masked. The
+    /// restore itself applies the manifest's own values.
+    public var maskedForDisplay: DatabaseProperties {
+        func mask(_ entry: String) -> String {
+            guard let equals = entry.firstIndex(of: "=") else { return entry }
+            let name = entry[..<equals].lowercased()
+            let secret = ["password", "passwd", "secret", "token", "key", "credential"].contains { name.contains($0) }
+            return secret ? String(entry[...equals]) + "********" : entry
+        }
+        var copy = self
+        copy.settings = settings.map(mask)
+        copy.roleSettings = roleSettings.map { RoleSettings(role: $0.role, settings: $0.settings.map(mask)) }
+        return copy
+    }
+
     /// The properties as lines for a person (`--dry-run`, the prompt).
     public var lines: [String] {
         var lines = ["encoding \(encoding), collate \(collate), ctype \(ctype), provider \(localeProvider)"

@@ -67,7 +67,8 @@ public struct RestorePlan: Codable, Sendable {
     /// Where the current database will be kept (nil when it does not exist, or in a drill).
     public var keptAs: String?
     public var skipped: [Skipped]
-    /// The database properties the restored database gets (nil: the backup did not record them).
+    /// The database properties the restored database gets, secret-looking setting values masked
+    /// (nil: the backup did not record them).
     public var databaseProperties: DatabaseProperties?
     /// What this restore cannot restore, said before it starts.
     public var warnings: [String] = []
@@ -444,7 +445,7 @@ extension RestorePlan {
         backupSchemaVersion = manifest.schemaVersion
         backupRows = manifest.totalRows
         skipped = choice.skipped
-        databaseProperties = manifest.databaseProperties
+        databaseProperties = manifest.databaseProperties?.maskedForDisplay
         warnings = manifest.databaseProperties != nil || mode == .drill ? [] : [
             "backup \(manifest.id) was taken by \(manifest.tool.name) \(manifest.tool.version), which did not record database properties: "
             + "the owner, privileges, comment, settings, connection limit, encoding and locale of \(targetDatabase) cannot be restored "
