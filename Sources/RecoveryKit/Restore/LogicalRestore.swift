@@ -109,7 +109,7 @@ public struct RestorePlan: Codable, Sendable {
         lines += warnings.map { "warning: \($0)" }
         if preRestoreCopies > 0 {
             lines.append("note: \(preRestoreCopies) pre-restore cop\(preRestoreCopies == 1 ? "y" : "ies") of \(targetDatabase) kept by earlier restores"
-                         + " hold \(ByteCount.format(UInt64(max(0, preRestoreBytes)))); dbrestore cleanup drops old ones")
+                         + " hold\(preRestoreCopies == 1 ? "s" : "") \(ByteCount.format(UInt64(max(0, preRestoreBytes)))); dbrestore cleanup drops old ones")
         }
         return lines
     }
