@@ -91,13 +91,13 @@ public struct RestorePlan: Codable, Sendable {
         var steps = ["create scratch database \(scratchDatabase)" + (databaseProperties.map { " (encoding \($0.encoding), locale \($0.collate))" } ?? "")
                      + " and replay the dump into it (sha256 checked)",
                      "check every table's row count in \(scratchDatabase) against the manifest"]
+        if let databaseProperties {
+            steps.append("give \(scratchDatabase) the database properties of the backup:\n" + databaseProperties.lines.map { "     " + $0 }.joined(separator: "\n"))
+        }
         switch mode {
         case .drill:
             steps.append("drop \(scratchDatabase); \(targetDatabase) is not touched")
         default:
-            if let databaseProperties {
-                steps.append("give \(scratchDatabase) the database properties of the backup:\n" + databaseProperties.lines.map { "     " + $0 }.joined(separator: "\n"))
-            }
             if let keptAs {
                 steps.append("end sessions on \(targetDatabase), rename it to \(keptAs) (kept, never dropped)")
                 steps.append("rename \(scratchDatabase) to \(targetDatabase)")
@@ -290,6 +290,15 @@ public enum LogicalRestore {
             return result
         }
         verified(counts)
+        // The properties go on once the rows are in (settings such as default_transaction_read_only or
+        // statement_timeout must not reach the loading sessions) and before any check that reads the
+        // database as a new session does — pg_dump renders strings by standard_conforming_strings.
+        if let properties = manifest.databaseProperties {
+            let warnings = try timeline.step("give \(scratch) the database properties of backup \(manifest.id)") {
+                try DatabaseSwap.apply(properties, to: scratch, on: admin)
+            }
+            warnings.forEach { timeline.note("database properties of \(scratch)", outcome: "warning: \($0)") }
+        }
         CrashPoint.reached("restore:after-verify")
         // Further checks of the scratch database against the backup (schema fingerprint) go here.
         if configuration.mode == .drill {
@@ -298,12 +307,6 @@ public enum LogicalRestore {
                 scratchExists = false
             }
             return "drill passed"
-        }
-        if let properties = manifest.databaseProperties {
-            let warnings = try timeline.step("give \(scratch) the database properties of backup \(manifest.id)") {
-                try DatabaseSwap.apply(properties, to: scratch, on: admin)
-            }
-            warnings.forEach { timeline.note("database properties of \(scratch)", outcome: "warning: \($0)") }
         }
         reachedSwap = true
         try timeline.step(plan.keptAs.map { "swap: \(plan.targetDatabase) → \($0), \(scratch) → \(plan.targetDatabase)" }
