@@ -17,7 +17,7 @@ public struct RestoreCommand: ParsableCommand {
           dbrestore --emergency                      # 3 a.m.: no questions, newest backup that verifies
           dbrestore --emergency --release v1.2.3     # newest good backup taken at that release
           dbrestore --drill --json                   # monthly restore drill from cron
-          dbrestore cleanup --dry-run                # old <db>_pre_restore_<time> copies that would be dropped
+          dbrestore cleanup --dry-run                # old <db>_pre_restore_<time> copies that would be dropped (--yes drops them)
           dbrestore --pitr --pgdata /srv/pg/restored --target-time '2024-01-15 10:00:00' --port 5433 --start
           restore_command = 'dbrestore wal-fetch %f %p --repo /var/backups/app'      (written by --pitr)
         """,
@@ -296,7 +296,7 @@ public struct CleanupCommand: ParsableCommand {
 
         Examples:
           dbrestore cleanup --database-url postgresql://postgres@db1/app --dry-run
-          dbrestore cleanup --keep 2 --keep-within 14d --json
+          dbrestore cleanup --keep 2 --keep-within 14d --yes --json
         """)
 
     @OptionGroup(title: "Connection") public var connection: ConnectionOptions
@@ -310,12 +310,18 @@ public struct CleanupCommand: ParsableCommand {
     @Flag(name: .customLong("dry-run"), help: "Show what would be dropped; change nothing.")
     public var dryRun = false
 
+    @Flag(name: [.short, .long], help: "Drop them: cleanup drops databases only when told so.")
+    public var yes = false
+
     @OptionGroup(title: "Output") public var output: OutputOptions
     @OptionGroup(title: "Configuration") public var config: ConfigOptions
 
     public init() {}
 
     public func validate() throws {
+        if !dryRun && !yes && !config.printConfig {
+            throw ValidationError("dbrestore cleanup drops databases: add --yes to drop the old pre-restore copies, or --dry-run to see which it would drop")
+        }
         if let keep, !(0...1000).contains(keep) { throw ValidationError("--keep \(keep) must be between 0 and 1000") }
         if let keepWithin, Self.age(keepWithin) == nil { throw ValidationError("--keep-within '\(keepWithin)' is not an age; write e.g. 36h, 7d or 2w") }
     }

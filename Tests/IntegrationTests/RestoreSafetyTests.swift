@@ -59,7 +59,7 @@ final class RestoreSafetyTests: XCTestCase {
         XCTAssertFalse(restore.standardError.contains("dropped"), restore.standardError)
         let drill = try tool("dbrestore", common + ["--drill"])
         XCTAssertEqual(drill.status, 0, drill.standardError)
-        let cleanup = try tool("dbrestore", ["cleanup", "--database-url", cluster.url(database: database), "--keep", "0", "--keep-within", "0h"])
+        let cleanup = try tool("dbrestore", ["cleanup", "--yes", "--database-url", cluster.url(database: database), "--keep", "0", "--keep-within", "0h"])
         XCTAssertEqual(cleanup.status, 0, cleanup.standardError)
         for name in foreign {
             XCTAssertEqual(try cluster.scalar("SELECT keep FROM precious", database: name), "1", "\(name) must be untouched")
@@ -220,7 +220,11 @@ final class RestoreSafetyTests: XCTestCase {
         XCTAssertFalse(copies.contains { $0["name"] as? String == lookalike }, "an unmarked database is not even listed")
         XCTAssertEqual(try databases(like: "\(database!)_pre_restore_%").count, 4, "--dry-run drops nothing")
 
-        let cleanup = try tool("dbrestore", cleanupArguments)
+        let unconfirmed = try tool("dbrestore", cleanupArguments)
+        XCTAssertEqual(unconfirmed.status, ExitStatus.usage.rawValue, "dropping needs --yes: \(unconfirmed.standardError)")
+        XCTAssertTrue(unconfirmed.standardError.contains("--yes"), unconfirmed.standardError)
+        XCTAssertEqual(try databases(like: "\(database!)_pre_restore_%").count, 4)
+        let cleanup = try tool("dbrestore", cleanupArguments + ["--yes"])
         XCTAssertEqual(cleanup.status, 0, cleanup.standardError)
         XCTAssertEqual(try databases(like: "\(database!)_pre_restore_%"), [lookalike, marked.sorted().last ?? ""].sorted(),
                        "the newest marked copy and the look-alike remain")
@@ -235,12 +239,12 @@ final class RestoreSafetyTests: XCTestCase {
         }
         let config = TestPaths.temporaryDirectory(prefix: "config") + "/config.toml"
         try "[restore]\nkeep_pre_restore = 0\nkeep_pre_restore_within = \"0h\"\n".write(toFile: config, atomically: true, encoding: .utf8)
-        let cleanup = try tool("dbrestore", ["cleanup", "--database-url", cluster.url(database: database), "--config", config])
+        let cleanup = try tool("dbrestore", ["cleanup", "--yes", "--database-url", cluster.url(database: database), "--config", config])
         XCTAssertEqual(cleanup.status, 0, cleanup.standardError)
         XCTAssertEqual(try databases(like: "\(database!)_pre_restore_%"), [])
 
         try "[restore]\nkeep_pre_restore = \"many\"\n".write(toFile: config, atomically: true, encoding: .utf8)
-        let bad = try tool("dbrestore", ["cleanup", "--database-url", cluster.url(database: database), "--config", config])
+        let bad = try tool("dbrestore", ["cleanup", "--yes", "--database-url", cluster.url(database: database), "--config", config])
         XCTAssertEqual(bad.status, ExitStatus.configuration.rawValue, bad.standardError)
         XCTAssertTrue(bad.standardError.contains("keep_pre_restore must be a whole number"), bad.standardError)
     }
