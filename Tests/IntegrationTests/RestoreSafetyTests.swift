@@ -104,6 +104,29 @@ final class RestoreSafetyTests: XCTestCase {
         XCTAssertEqual(try databases(like: "\(database!)_%"), [])
     }
 
+    /// A marked database renamed by hand since (a scratch database an operator put in place after a
+    /// killed restore, a pre-restore copy renamed to keep it) is never dropped by repair or clean-up.
+    func testMarkedDatabasesRenamedByHandAreLeftAlone() throws {
+        try backup()
+        let killed = try TestProcess.tool("dbrestore", common + ["latest", "--yes"], cluster: cluster, environment: ["DBRECOVERY_CRASH_AT": "restore:after-verify"])
+        XCTAssertEqual(killed.status, 128 + SIGKILL)
+        let scratch = try databases(like: "\(database!)_restore_%")
+        XCTAssertEqual(scratch.count, 1)
+        let rescued = "\(database!)_rescued"
+        try cluster.connect().execute(script: "ALTER DATABASE \(scratch[0]) RENAME TO \(rescued)")
+        XCTAssertEqual(try tool("dbrestore", common + ["latest", "--yes"]).status, 0)
+        let copies = try databases(like: "\(database!)_pre_restore_%")
+        XCTAssertEqual(copies.count, 1)
+        let kept = "\(database!)_kept_copy"
+        try cluster.connect().execute(script: "ALTER DATABASE \(copies[0]) RENAME TO \(kept)")
+        let cleanup = try tool("dbrestore", ["cleanup", "--yes", "--database-url", cluster.url(database: database), "--keep", "0", "--keep-within", "0h"])
+        XCTAssertEqual(cleanup.status, 0, cleanup.standardError)
+        XCTAssertTrue(cleanup.standardOutput.contains("renamed since it was set aside"), cleanup.standardOutput)
+        XCTAssertTrue(try cluster.databaseExists(rescued), "a scratch database renamed by hand stays")
+        XCTAssertTrue(try cluster.databaseExists(kept), "a pre-restore copy renamed by hand stays")
+        XCTAssertEqual(try count(rescued), "500")
+    }
+
     /// Holds the target with a prepared transaction, which `pg_terminate_backend` cannot end.
     private func prepareTransaction(on name: String) throws -> String {
         let gid = "held_by_test_\(UInt32.random(in: 0...UInt32.max))"

@@ -11,6 +11,8 @@ final class ToolDatabasesTests: XCTestCase {
         XCTAssertTrue(json.contains("\"kind\":\"pre_restore\""), json)
         XCTAssertTrue(json.contains("\"closed_for_swap\":true"), json)
         XCTAssertEqual(ToolDatabases.Marker.parse(json), marker)
+        marker.database = "app_pre_restore_20261124_020000"
+        XCTAssertTrue(marker.json.contains("\"database\":\"app_pre_restore_20261124_020000\""), marker.json)
         XCTAssertNil(ToolDatabases.Marker.parse("set by hand"))
         XCTAssertNil(ToolDatabases.Marker.parse("{\"kind\":\"mine\",\"target\":\"x\",\"at\":\"\"}"))
     }

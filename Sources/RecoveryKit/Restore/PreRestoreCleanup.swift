@@ -69,7 +69,9 @@ public enum PreRestoreCleanup {
         for (copy, reason) in zip(copies, keep) {
             var entry = PreRestoreCleanupReport.Copy(name: copy.name, setAsideAt: copy.marker.date, replacedBy: copy.marker.backup,
                                                      sizeBytes: copy.sizeBytes, action: .kept, reason: reason ?? "")
-            if reason == nil {
+            if reason == nil && !copy.keepsItsName {
+                entry.reason = "renamed since it was set aside as \(copy.marker.database ?? "?"): kept"
+            } else if reason == nil {
                 entry.reason = "older than the newest \(configuration.keep)" + (configuration.keepWithin.map { " and than \($0)" } ?? "")
                 if configuration.dryRun {
                     entry.action = .wouldDrop

@@ -36,6 +36,10 @@ enum ToolDatabases {
         var at: String
         /// Set while the database is closed to connections for a swap; the next run reopens it.
         var closedForSwap: Bool? = nil
+        /// The name the database had when the record was written. A marked database renamed since
+        /// (an operator keeping a copy, or putting a scratch database in place by hand) is someone's
+        /// decision: repair and clean-up leave it alone.
+        var database: String? = nil
 
         init(_ kind: Kind, target: String, backup: String?, at: Date = Date()) {
             self.kind = kind
@@ -67,13 +71,18 @@ enum ToolDatabases {
         var marker: Marker
         var allowsConnections: Bool
         var sizeBytes: Int64
+
+        /// Still under the name the tool gave it (not renamed by hand since).
+        var keepsItsName: Bool { marker.database == name }
     }
 
     static let parameter = DatabaseProperties.markerParameter
 
-    /// `ALTER DATABASE <name> SET dbrecovery.marker = '<json>'`.
+    /// `ALTER DATABASE <name> SET dbrecovery.marker = '<json>'`, the record naming `database`.
     static func markStatement(_ database: String, _ marker: Marker, on connection: PostgresConnection) -> String {
-        "ALTER DATABASE \(connection.quoteIdentifier(database)) SET \(parameter) = \(SQLText.literal(marker.json))"
+        var named = marker
+        named.database = database
+        return "ALTER DATABASE \(connection.quoteIdentifier(database)) SET \(parameter) = \(SQLText.literal(named.json))"
     }
 
     /// `ALTER DATABASE <name> RESET dbrecovery.marker`.
@@ -138,6 +147,10 @@ enum ToolDatabases {
         for database in try list(on: connection, target: target) {
             switch database.marker.kind {
             case .scratch, .drill:
+                guard database.keepsItsName else {
+                    timeline.note("left \(database.name) alone", outcome: "marked as \(database.marker.kind.rawValue) database \(database.marker.database ?? "?") of \(target), renamed since")
+                    continue
+                }
                 try connection.execute(script: "DROP DATABASE IF EXISTS \(connection.quoteIdentifier(database.name)) WITH (FORCE)")
                 timeline.note("dropped \(database.name), the \(database.marker.kind == .drill ? "drill" : "scratch") database of a restore that was killed")
             case .target, .restored, .preRestore:
