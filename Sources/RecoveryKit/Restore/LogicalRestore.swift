@@ -234,14 +234,26 @@ public enum LogicalRestore {
             }
             var finished = report(outcome)
             if configuration.mode == .emergency {
-                finished.incidentFile = try? writeIncident(finished, configuration: configuration, store: store)
+                finished.incidentFile = recordIncident(finished, configuration: configuration, store: store, timeline: timeline)
             }
             return finished
         } catch {
             if configuration.mode == .emergency {
-                _ = try? writeIncident(report("failed: \(RecoveryError.classify(error).message)"), configuration: configuration, store: store)
+                _ = recordIncident(report("failed: \(RecoveryError.classify(error).message)"), configuration: configuration, store: store, timeline: timeline)
             }
             throw error
+        }
+    }
+
+    /// Writes the incident record; a failure to write it is said on the timeline (and so on stderr),
+    /// never allowed to turn a restore that worked into a failed one.
+    private static func recordIncident(_ report: RestoreReport, configuration: RestoreConfiguration, store: BackupStore,
+                                       timeline: Timeline) -> String? {
+        do {
+            return try writeIncident(report, configuration: configuration, store: store)
+        } catch {
+            timeline.note("write the incident record", outcome: "failed: \(RecoveryError.classify(error).message)")
+            return nil
         }
     }
 
@@ -250,6 +262,7 @@ public enum LogicalRestore {
     private static func isCandidateFailure(_ error: Error, admin: PostgresConnection) -> Bool {
         if let error = error as? RecoveryError, [.interrupted, .databaseUnavailable].contains(error.code) { return false }
         if let error = error as? PostgresError, error.kind == .connection { return false }
+        // The probe's own error is not interesting: a server that cannot answer SELECT 1 stops the run.
         return (try? admin.query("SELECT 1").scalar) == "1"
     }
 

@@ -54,12 +54,14 @@ enum ToolDatabases {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
             encoder.keyEncodingStrategy = .convertToSnakeCase
+            // Encoding strings and a Bool cannot fail; "{}" would parse as no marker, the safe side.
             return (try? encoder.encode(self)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
         }
 
         static func parse(_ text: String) -> Marker? {
             let decoder = JSONDecoder()
             decoder.keyDecodingStrategy = .convertFromSnakeCase
+            // Text that is not our record (set by hand, another version) means "not ours": never touched.
             return try? decoder.decode(Marker.self, from: Data(text.utf8))
         }
     }
