@@ -91,19 +91,21 @@ enum DatabaseSwap {
             }
             for entry in role.settings {
                 try applySetting("ALTER ROLE \(admin.quoteIdentifier(role.role)) IN DATABASE \(quoted) SET \(try settingClause(entry, on: admin))",
-                                 entry: entry, on: admin, warnings: &warnings)
+                                 entry: "\(entry) for role \(role.role)", on: admin, warnings: &warnings)
             }
         }
         return warnings
     }
 
-    /// Runs one `… SET` statement; a parameter this server does not know (42704, e.g. one removed in
-    /// a newer PostgreSQL) becomes a warning rather than a refused restore, as it would in a psql replay.
+    /// Runs one `… SET` statement. A parameter this server does not know (42704, e.g. one removed in
+    /// a newer PostgreSQL) or one this role may not set (42501: a superuser-only parameter, another
+    /// role's settings without CREATEROLE) becomes a warning naming it rather than a refused restore,
+    /// as it would be an error line in a psql replay.
     private static func applySetting(_ statement: String, entry: String, on admin: PostgresConnection, warnings: inout [String]) throws {
         do {
             try admin.execute(script: statement)
-        } catch let error as PostgresError where error.sqlState == "42704" {
-            warnings.append("setting \(entry) not restored: \(error.message)")
+        } catch let error as PostgresError where error.sqlState == "42704" || error.sqlState == "42501" {
+            warnings.append("setting \(entry) not restored: \(error.message)" + (error.sqlState == "42501" ? " (restore as a superuser to keep it)" : ""))
         }
     }
 
