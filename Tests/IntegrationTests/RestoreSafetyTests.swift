@@ -127,6 +127,34 @@ final class RestoreSafetyTests: XCTestCase {
         XCTAssertEqual(try count(rescued), "500")
     }
 
+    /// A restoring role that is no superuser (CREATEDB, owner of the target) must be allowed to mark
+    /// what it creates, or it is refused before anything changes; granted, it restores, and database
+    /// settings it may not set are named as warnings.
+    func testANonSuperuserRestoresOnceItMayMarkItsDatabases() throws {
+        let role = "restorer_\(UInt32.random(in: 0...UInt32.max))"
+        let owned = "owned_\(UInt32.random(in: 0...UInt32.max))"
+        let admin = try cluster.connect()
+        try admin.execute(script: "CREATE ROLE \(role) LOGIN CREATEDB PASSWORD '\(cluster.password)'")
+        try admin.execute(script: "CREATE DATABASE \(owned) OWNER \(role)")
+        try admin.execute(script: "ALTER DATABASE \(owned) SET log_statement = 'ddl'")
+        let url = cluster.url(database: owned).replacingOccurrences(of: "postgres@", with: "\(role)@")
+        try cluster.connect(database: owned).execute(script: "CREATE TABLE t AS SELECT 1 AS x; ALTER TABLE t OWNER TO \(role)")
+        let arguments = ["--database-url", url, "--repo", repository!]
+        XCTAssertEqual(try tool("dbbackup", arguments).status, 0)
+
+        let refused = try tool("dbrestore", arguments + ["latest", "--yes"])
+        XCTAssertEqual(refused.status, ExitStatus.databaseError.rawValue, refused.standardError)
+        XCTAssertTrue(refused.standardError.contains("GRANT SET ON PARAMETER dbrecovery.marker TO \(role)"), refused.standardError)
+        XCTAssertEqual(try databases(like: "\(owned)_%"), [], "refused before anything changed")
+
+        try admin.execute(script: "GRANT SET ON PARAMETER dbrecovery.marker TO \(role)")
+        let restore = try tool("dbrestore", arguments + ["latest", "--yes"])
+        XCTAssertEqual(restore.status, 0, restore.standardError)
+        XCTAssertTrue(restore.standardError.contains("setting log_statement=ddl not restored: permission denied"), restore.standardError)
+        XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM t", database: owned), "1")
+        XCTAssertEqual(try databases(like: "\(owned)_pre_restore_%").count, 1)
+    }
+
     /// Holds the target with a prepared transaction, which `pg_terminate_backend` cannot end.
     private func prepareTransaction(on name: String) throws -> String {
         let gid = "held_by_test_\(UInt32.random(in: 0...UInt32.max))"
