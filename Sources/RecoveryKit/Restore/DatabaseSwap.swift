@@ -46,7 +46,8 @@ enum DatabaseSwap {
     /// Gives `database` the recorded owner, privileges, comment, settings and connection limit.
     ///
     /// Roles that do not exist on this server are skipped, each with a warning (a backup restored
-    /// into another cluster); everything else that fails stops the restore before the swap.
+    /// into another cluster), and so are settings the server does not know or this role may not set;
+    /// anything else that fails (owner, privileges, comment, limit) stops the restore before the swap.
     ///
     /// - Returns: warnings naming what was not applied.
     /// - Throws: `PostgresError` when the server refuses a statement.
