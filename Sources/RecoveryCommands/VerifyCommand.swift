@@ -11,19 +11,22 @@ public struct VerifyCommand: ParsableCommand {
         discussion: """
         Without --files: counts every table's rows in the live database and compares them with the \
         counts recorded in the backup's own snapshot. Exit 0 when all match, 30 on any difference, \
-        missing or extra table.
+        missing or extra table. Without a backup id: the backup the database was restored from, when \
+        dbrestore put it in place, else the newest.
         With --files: re-reads the stored files, checks size, sha256 and the whole gzip stream. No \
         database needed. Exit 23 if any file is damaged.
 
         Examples:
+          dbverify --database-url postgresql://postgres@db1/app --repo /var/backups/app   # after dbrestore <id>: checks <id>
           dbverify latest --database-url postgresql://postgres@db1/app --repo /var/backups/app
           dbverify 20261124T020000Z-3fa2 --json
           dbverify --files latest --repo /var/backups/app
           dbverify --files all            # every backup in the repository
         """)
 
-    @Argument(help: ArgumentHelp("Backup id, unique id prefix, 'latest', or with --files also 'all'.", valueName: "backup"))
-    public var backup: String = "latest"
+    @Argument(help: ArgumentHelp("Backup id, unique id prefix, 'latest', or with --files also 'all' (default: the backup the database was restored from, else latest).",
+                                 valueName: "backup"))
+    public var backup: String?
 
     @Flag(help: "Check the stored files (size, sha256, gzip stream) instead of a database.")
     public var files = false
@@ -44,7 +47,7 @@ public struct VerifyCommand: ParsableCommand {
         output.begin("dbverify", labels: ["check": files ? "files" : "rows"])
         let address = try repository.address()
         if files {
-            let reports = try BackupVerification.files(repository: address, backup: backup, key: try repository.cipherKey(), progress: output.progress)
+            let reports = try BackupVerification.files(repository: address, backup: backup ?? "latest", key: try repository.cipherKey(), progress: output.progress)
             if output.json { try printJSON(reports) } else {
                 var table = TextTable("BACKUP", "FILE", "STATUS")
                 for report in reports {
@@ -67,6 +70,7 @@ public struct VerifyCommand: ParsableCommand {
         }
         let report = try BackupVerification.rowCounts(repository: address, backup: backup, target: try connection.target())
         if output.json { try printJSON(report) } else {
+            if let basis = report.basis { output.note("comparing \(report.database) with backup \(report.backupID) (\(basis))") }
             var table = TextTable("TABLE", "EXPECTED", "ACTUAL", "STATUS")
             for row in report.tables {
                 let status = row.status == .mismatch ? "MISMATCH (\(row.difference.map { $0 > 0 ? "+\($0)" : "\($0)" } ?? ""))"

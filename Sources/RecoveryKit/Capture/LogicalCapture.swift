@@ -78,6 +78,8 @@ public enum LogicalCapture {
             SELECT current_database(), current_setting('server_version'),
                    (SELECT system_identifier::text FROM pg_catalog.pg_control_system())
             """).rows[0]
+        // Read before the counter starts: the connection serves one thread at a time.
+        let properties = try DatabaseProperties.read(on: connection)
         // The exact counts come from the same snapshot, counted on its own connection while pg_dump
         // streams it: the server scans while this process compresses. The data file is committed only
         // once the counts are in, so a failed count leaves nothing behind.
@@ -119,7 +121,8 @@ public enum LogicalCapture {
             tool: .init(name: "dbbackup", version: DBRecoveryVersion.current),
             database: .init(name: try facts.string(0), serverVersion: try facts.string(1), systemIdentifier: facts[2]),
             startedAt: startedAt, finishedAt: Date(), tags: configuration.tags, release: configuration.release,
-            pinned: configuration.pinned, schemaVersion: schemaVersion, snapshot: snapshot, tables: tables, files: [file])
+            pinned: configuration.pinned, schemaVersion: schemaVersion, snapshot: snapshot, tables: tables, files: [file],
+            databaseProperties: properties)
         CrashPoint.reached("capture:after-data")
         do {
             // Past this point the backup exists: a signal that came first still cancels it.
