@@ -77,21 +77,25 @@ public enum LogicalCapture {
         // once the counts are in, so a failed count leaves nothing behind.
         let counting = Background { (try TableCounter.countRows(on: connection), try TableCounter.schemaVersion(on: connection)) }
         defer { counting.join() }
+        // The schema fingerprint, from a schema-only pg_dump in the same snapshot (Verify/SchemaVerifier.swift).
+        let fingerprinting = Background { try SchemaVerifier.fingerprint(pgDump: pgDump, target: configuration.target, snapshot: snapshot) }
+        defer { fingerprinting.join() }
 
         let (file, _) = try StreamCapture.run(
             executable: pgDump, arguments: ["--snapshot=\(snapshot)", "--format=plain", "--no-password"],
             environment: configuration.target.childEnvironment, targets: targets, key: "backups/\(id)/\(dumpFileName)",
             level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "dump",
-            beforeCommit: { _ = try counting.wait() })
+            beforeCommit: { _ = try counting.wait(); _ = try fingerprinting.wait() })
         let (tables, schemaVersion) = try counting.wait()
         try connection.execute(script: "COMMIT")
 
-        let manifest = BackupManifest(
+        var manifest = BackupManifest(
             formatVersion: BackupManifest.currentFormatVersion, id: id, kind: .logical,
             tool: .init(name: "dbbackup", version: DBRecoveryVersion.current),
             database: .init(name: try facts.string(0), serverVersion: try facts.string(1), systemIdentifier: facts[2]),
             startedAt: startedAt, finishedAt: Date(), tags: configuration.tags, release: configuration.release,
             pinned: configuration.pinned, schemaVersion: schemaVersion, snapshot: snapshot, tables: tables, files: [file])
+        manifest.schemaFingerprint = try fingerprinting.wait()
         CrashPoint.reached("capture:after-data")
         try targets.writeManifests(manifest)
         return CaptureResult(manifest: manifest, stored: targets.succeeded, failed: targets.failures)

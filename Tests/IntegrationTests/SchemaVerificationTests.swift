@@ -1,0 +1,183 @@
+import BackupStorage
+import Foundation
+import RecoveryKit
+import TestSupport
+import XCTest
+
+/// Schema verification against a real PostgreSQL cluster: the fingerprint recorded by `dbbackup`,
+/// checked by `dbrestore` (normal, `--drill`, `--emergency`) before the swap and by `dbverify --schema`.
+final class SchemaVerificationTests: XCTestCase {
+    var cluster: PostgresCluster!
+    var database: String!
+    var repository: String!
+    var role: String!
+
+    override func setUpWithError() throws {
+        cluster = try PostgresCluster.shared()
+        database = try cluster.createDatabase(prefix: "schema")
+        repository = TestPaths.temporaryDirectory(prefix: "repo") + "/repo"
+        role = "fp_role_\(UInt32.random(in: 0...UInt32.max))"
+        try cluster.connect().execute(script: "CREATE ROLE \(role!) NOLOGIN")
+        // A schema with many kinds of object, including text that looks like comments and blank lines.
+        try cluster.connect(database: database).execute(script: """
+            CREATE SCHEMA billing AUTHORIZATION \(role!);
+            CREATE TYPE mood AS ENUM ('sad', 'ok');
+            ALTER TYPE mood ADD VALUE 'happy';
+            CREATE DOMAIN email_address AS text CHECK (VALUE LIKE '%@%');
+            CREATE TABLE users (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, email email_address NOT NULL, mood mood,
+                                name text, lname text GENERATED ALWAYS AS (lower(name)) STORED);
+            CREATE INDEX users_email ON users (email);
+            CREATE UNIQUE INDEX users_lname ON users (lname) WHERE lname IS NOT NULL;
+            CREATE TABLE billing.invoices (id serial PRIMARY KEY, user_id bigint REFERENCES users DEFERRABLE INITIALLY DEFERRED,
+                                           amount numeric CHECK (amount >= 0), at timestamptz DEFAULT now());
+            ALTER TABLE billing.invoices OWNER TO \(role!);
+            CREATE TABLE events (id int, at date NOT NULL) PARTITION BY RANGE (at);
+            CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+            CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+            CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $_$
+            BEGIN
+
+              -- semicolons; and $$ inside
+              NEW.name := coalesce(NEW.name, 'x;y');
+              RETURN NEW;
+            END $_$;
+            CREATE TRIGGER users_touch BEFORE INSERT ON users FOR EACH ROW EXECUTE FUNCTION touch();
+            CREATE VIEW user_moods AS SELECT mood, count(*) FROM users GROUP BY mood;
+            CREATE MATERIALIZED VIEW invoice_totals AS SELECT user_id, sum(amount) FROM billing.invoices GROUP BY user_id;
+            CREATE RULE users_log AS ON DELETE TO users DO ALSO INSERT INTO events VALUES (OLD.id::int, '2024-06-01');
+            ALTER TABLE billing.invoices ENABLE ROW LEVEL SECURITY;
+            ALTER TABLE billing.invoices FORCE ROW LEVEL SECURITY;
+            CREATE POLICY own ON billing.invoices USING (user_id > 0);
+            COMMENT ON TABLE users IS 'people; with ''quotes''
+
+            -- and a comment-looking line';
+            GRANT SELECT ON users TO \(role!);
+            ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO \(role!);
+            INSERT INTO users (email, mood, name) SELECT 'u' || g || '@x', 'ok', 'N' || g FROM generate_series(1, 200) g;
+            INSERT INTO billing.invoices (user_id, amount) SELECT 1 + g % 200, g FROM generate_series(1, 400) g;
+            INSERT INTO events VALUES (1, '2024-02-02'), (2, '2025-03-03');
+            REFRESH MATERIALIZED VIEW invoice_totals;
+            """)
+    }
+
+    private var common: [String] { ["--database-url", cluster.url(database: database), "--repo", repository] }
+
+    private func tool(_ name: String, _ arguments: [String], environment: [String: String] = [:]) throws -> TestProcess.Result {
+        try TestProcess.tool(name, arguments, cluster: cluster, environment: environment)
+    }
+
+    private func backup() throws -> String {
+        let result = try tool("dbbackup", common)
+        XCTAssertEqual(result.status, 0, result.standardError)
+        return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    private func manifest(_ id: String) throws -> BackupManifest {
+        try Catalog(store: try LocalStore(root: repository, create: false)).resolve(id)
+    }
+
+    private func databases(like pattern: String) throws -> [String] {
+        try cluster.connect().query("SELECT datname FROM pg_database WHERE datname LIKE $1 ORDER BY 1", [pattern]).rows.compactMap { $0[0] }
+    }
+
+    private func fingerprint(of name: String) throws -> SchemaFingerprint {
+        let connection = try cluster.connect(database: name)
+        defer { connection.close() }
+        return try SchemaVerifier.fingerprint(pgDump: try PostgresTools().path(of: "pg_dump"), target: connection.target)
+    }
+
+    func testTheFingerprintEqualsAPsqlReplaysAndARestorePassesIt() throws {
+        let id = try backup()
+        guard let recorded = try manifest(id).schemaFingerprint else { return XCTFail("the manifest has no schema fingerprint") }
+        let kinds = Set(recorded.objects.map(\.type))
+        for kind in ["TABLE", "INDEX", "FUNCTION", "TRIGGER", "VIEW", "MATERIALIZED VIEW", "RULE", "POLICY", "COMMENT", "ACL", "DEFAULT ACL",
+                     "TYPE", "DOMAIN", "SCHEMA", "FK CONSTRAINT", "TABLE ATTACH", "SEQUENCE"] {
+            XCTAssertTrue(kinds.contains(kind), "no \(kind) in \(kinds.sorted())")
+        }
+        XCTAssertEqual(recorded, try fingerprint(of: database), "the snapshot's schema is the live one when nothing changed")
+
+        // The yardstick: a psql replay of the same dump has the same fingerprint.
+        let replay = try cluster.createDatabase(prefix: "replay")
+        let dump = "\(repository!)/backups/\(id)/dump.sql.gz"
+        let psql = try TestProcess.shell("gunzip -c '\(dump)' | psql -v ON_ERROR_STOP=1 -q -X '\(cluster.url(database: replay))'",
+                                         environment: cluster.environment)
+        XCTAssertEqual(psql.status, 0, psql.standardError)
+        XCTAssertEqual(try fingerprint(of: replay).sha256, recorded.sha256)
+
+        try cluster.connect(database: database).execute(script: "DROP INDEX users_lname; DELETE FROM events")
+        let restored = try tool("dbrestore", common + [id, "--yes"])
+        XCTAssertEqual(restored.status, 0, restored.standardError)
+        XCTAssertTrue(restored.standardError.contains("verify schema of \(database!)_restore_"), restored.standardError)
+        XCTAssertEqual(try fingerprint(of: database).sha256, recorded.sha256)
+        let verified = try tool("dbverify", common + ["--schema", id])
+        XCTAssertEqual(verified.status, 0, verified.standardError)
+        XCTAssertTrue(verified.standardError.contains("all \(recorded.objects.count) schema objects match"), verified.standardError)
+
+        let drill = try tool("dbrestore", common + ["--drill"])
+        XCTAssertEqual(drill.status, 0, drill.standardError)
+        XCTAssertTrue(drill.standardError.contains("verify schema of \(database!)_drill_"), drill.standardError)
+    }
+
+    func testARestoreMissingAnIndexIsRefusedBeforeTheSwapNamingTheIndex() throws {
+        let id = try backup()
+        try cluster.connect(database: database).execute(script: "DELETE FROM events WHERE id = 2")
+        let before = try cluster.rowCounts(database: database)
+        let broken = [RestoreFaultHook.variable: "public.users_email"]
+
+        for mode in [[id, "--yes"], ["--drill"], ["--emergency"]] {
+            let result = try tool("dbrestore", common + mode, environment: broken)
+            XCTAssertEqual(result.status, ExitStatus.restoreFailed.rawValue, "\(mode): \(result.standardError)")
+            XCTAssertTrue(result.standardError.contains("restored schema does not match backup \(id): index users_email in schema public is missing"),
+                          "\(mode): \(result.standardError)")
+            XCTAssertTrue(result.standardError.contains("HINT: the target database was not touched"), result.standardError)
+            XCTAssertEqual(try cluster.rowCounts(database: database), before, "\(mode): the target must be untouched")
+            XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM pg_indexes WHERE indexname = 'users_email'", database: database), "1")
+            XCTAssertEqual(try databases(like: "\(database!)_%"), [], "\(mode): no scratch or aside database may be left")
+        }
+        // The incident record of the failed emergency restore names the index too.
+        let incidents = try FileManager.default.contentsOfDirectory(atPath: repository + "/incidents")
+        XCTAssertEqual(incidents.count, 1)
+        let record = try String(contentsOfFile: repository + "/incidents/" + incidents[0], encoding: .utf8)
+        XCTAssertTrue(record.contains("schema difference: index users_email in schema public is missing"), record)
+    }
+
+    func testVerifySchemaDetectsAnAddedColumnAndNamesTheTable() throws {
+        let id = try backup()
+        XCTAssertEqual(try tool("dbverify", common + ["--schema"]).status, 0)
+        try cluster.connect(database: database).execute(script: "ALTER TABLE billing.invoices ADD COLUMN note text; CREATE TABLE scratchpad (x int)")
+        let result = try tool("dbverify", common + ["--schema", "latest"])
+        XCTAssertEqual(result.status, ExitStatus.verificationMismatch.rawValue, result.standardError)
+        XCTAssertTrue(result.standardError.contains("schema of \(database!) does not match backup \(id)"), result.standardError)
+        XCTAssertTrue(result.standardError.contains("table invoices in schema billing differs"), result.standardError)
+        let lines = result.standardOutput.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true).joined(separator: " ") }
+        XCTAssertTrue(lines.contains("CHANGED TABLE billing invoices"), result.standardOutput)
+        XCTAssertTrue(lines.contains("EXTRA TABLE public scratchpad"), result.standardOutput)
+
+        let json = try tool("dbverify", common + ["--schema", id, "--json"])
+        XCTAssertEqual(json.status, ExitStatus.verificationMismatch.rawValue)
+        let object = try JSONSerialization.jsonObject(with: Data(json.standardOutput.utf8)) as? [String: Any]
+        XCTAssertEqual(object?["ok"] as? Bool, false)
+        let differences = object?["differences"] as? [[String: Any]] ?? []
+        XCTAssertEqual(differences.map { "\($0["change"] ?? "") \($0["type"] ?? "") \($0["schema"] ?? "") \($0["name"] ?? "")" }.sorted(),
+                       ["changed TABLE billing invoices", "extra TABLE public scratchpad"])
+
+        XCTAssertEqual(try tool("dbverify", common + ["--schema", "--files"]).status, ExitStatus.usage.rawValue)
+    }
+
+    func testABackupWithoutAFingerprintRestoresWithAWarning() throws {
+        let id = try backup()
+        // What a backup taken before schema fingerprints looks like.
+        let path = "\(repository!)/backups/\(id)/manifest.json"
+        var object = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any] ?? [:]
+        XCTAssertNotNil(object.removeValue(forKey: "schema_fingerprint"))
+        try JSONSerialization.data(withJSONObject: object).write(to: URL(fileURLWithPath: path))
+
+        let restored = try tool("dbrestore", common + [id, "--yes"])
+        XCTAssertEqual(restored.status, 0, restored.standardError)
+        XCTAssertTrue(restored.standardError.contains("not verified: backup \(id) has no schema fingerprint"), restored.standardError)
+
+        let verify = try tool("dbverify", common + ["--schema", id])
+        XCTAssertEqual(verify.status, ExitStatus.backupNotFound.rawValue, verify.standardError)
+        XCTAssertTrue(verify.standardError.contains("has no schema fingerprint"), verify.standardError)
+    }
+}
