@@ -159,7 +159,8 @@ final class SchemaVerificationTests: XCTestCase {
         XCTAssertEqual(object?["ok"] as? Bool, false)
         let differences = object?["differences"] as? [[String: Any]] ?? []
         XCTAssertEqual(differences.map { "\($0["change"] ?? "") \($0["type"] ?? "") \($0["schema"] ?? "") \($0["name"] ?? "")" }.sorted(),
-                       ["changed TABLE billing invoices", "extra TABLE public scratchpad"])
+                       ["changed TABLE billing invoices", "extra ACL public TABLE scratchpad", "extra TABLE public scratchpad"],
+                       "the new table gets the default privileges' grant, and that is named too")
 
         XCTAssertEqual(try tool("dbverify", common + ["--schema", "--files"]).status, ExitStatus.usage.rawValue)
     }
