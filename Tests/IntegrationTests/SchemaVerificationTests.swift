@@ -130,6 +130,7 @@ final class SchemaVerificationTests: XCTestCase {
             XCTAssertTrue(result.standardError.contains("restored schema does not match backup \(id): index users_email in schema public is missing"),
                           "\(mode): \(result.standardError)")
             XCTAssertTrue(result.standardError.contains("HINT: the target database was not touched"), result.standardError)
+            XCTAssertTrue(result.standardError.contains("] schema difference: index users_email in schema public is missing\n"), result.standardError)
             XCTAssertEqual(try cluster.rowCounts(database: database), before, "\(mode): the target must be untouched")
             XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM pg_indexes WHERE indexname = 'users_email'", database: database), "1")
             XCTAssertEqual(try databases(like: "\(database!)_%"), [], "\(mode): no scratch or aside database may be left")
@@ -138,7 +139,7 @@ final class SchemaVerificationTests: XCTestCase {
         let incidents = try FileManager.default.contentsOfDirectory(atPath: repository + "/incidents")
         XCTAssertEqual(incidents.count, 1)
         let record = try String(contentsOfFile: repository + "/incidents/" + incidents[0], encoding: .utf8)
-        XCTAssertTrue(record.contains("schema difference: index users_email in schema public is missing"), record)
+        XCTAssertTrue(record.contains("schema difference") && record.contains("\"index users_email in schema public is missing\""), record)
     }
 
     func testVerifySchemaDetectsAnAddedColumnAndNamesTheTable() throws {

@@ -81,7 +81,7 @@ public enum SchemaVerifier {
             let report = compare(expected: expected, actual: actual, backupID: manifest.id, database: scratch.databaseName)
             guard report.ok else {
                 for difference in report.differences.prefix(100) {
-                    timeline.note("schema difference: \(difference.description)", outcome: difference.change.rawValue)
+                    timeline.note("schema difference", outcome: difference.description)
                 }
                 throw RecoveryError(.restoreFailed, "restored schema does not match backup \(manifest.id): \(report.summary)",
                                     hint: "the target database was not touched; try an older backup"
