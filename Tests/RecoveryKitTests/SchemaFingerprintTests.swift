@@ -213,7 +213,7 @@ final class SchemaFingerprintTests: XCTestCase {
     func testEncodingsAreComparedAsBytes() {
         // The preamble's client_encoding is part of the schema: a LATIN1 database restored as UTF8 differs.
         XCTAssertEqual(differences(Self.dump, Self.dump.replacingOccurrences(of: "'UTF8'", with: "'LATIN1'")),
-                       ["settings (before the first object) differs"])
+                       ["the dump's session settings (client_encoding, standard_conforming_strings) differ"])
         // Names in a LATIN1 dump (é = 0xE9, invalid UTF-8) are read as Latin-1; bytes are hashed untouched.
         var latin1 = Array("SET client_encoding = 'LATIN1';\n--\n-- Name: caf".utf8) + [0xE9]
         latin1 += Array("; Type: TABLE; Schema: public; Owner: o\n--\n\nCREATE TABLE public.caf".utf8) + [0xE9] + Array(" (x text DEFAULT 'Zo".utf8) + [0xEB] + Array("');\n".utf8)

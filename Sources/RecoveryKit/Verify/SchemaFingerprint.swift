@@ -53,6 +53,9 @@ public struct SchemaFingerprint: Codable, Equatable, Sendable {
 
         /// `index users_email in schema public is missing`, as printed in reports.
         public var description: String {
+            if type == SchemaFingerprint.settingsType {
+                return "the dump's session settings (client_encoding, standard_conforming_strings) " + (change == .changed ? "differ" : "are \(change.rawValue)")
+            }
             let object = Object(type: type, schema: schema, name: name, sha256: "").label
             switch change {
             case .missing: return "\(object) is missing"

@@ -104,7 +104,10 @@ public enum SchemaVerifier {
                                     : "backup \(manifest.id) has no schema fingerprint (taken before dbbackup recorded one)",
                                 hint: "name a logical backup taken by this dbbackup version (dbrestore list shows them)")
         }
-        let actual = try fingerprint(pgDump: try tools.path(of: "pg_dump"), target: target)
+        let pgDump = try tools.path(of: "pg_dump")
+        // Connect first, so that an unreachable server or wrong password gets its own exit code and hint.
+        try PostgresConnection(target: target, applicationName: "dbverify").close()
+        let actual = try fingerprint(pgDump: pgDump, target: target)
         return compare(expected: expected, actual: actual, backupID: manifest.id, database: target.databaseName)
     }
 
