@@ -118,6 +118,38 @@ final class SchemaVerificationTests: XCTestCase {
         XCTAssertTrue(drill.standardError.contains("verify schema of \(database!)_drill_"), drill.standardError)
     }
 
+    func testTheFingerprintIsTakenInTheDumpsOwnSnapshot() throws {
+        // A pg_dump that starts its schema-only run 3 s late: the schema changes meanwhile, after the
+        // backup's snapshot was exported. Dumping in that snapshot, it must not see the change.
+        let bin = TestPaths.temporaryDirectory(prefix: "slow-pg-dump")
+        let real = try PostgresTools().path(of: "pg_dump")
+        try """
+            #!/bin/sh
+            case " $* " in *" --schema-only "*) sleep 3 ;; esac
+            exec '\(real)' "$@"
+
+            """.write(toFile: bin + "/pg_dump", atomically: true, encoding: .utf8)
+        chmod(bin + "/pg_dump", 0o755)
+        let running = try TestProcess.start("dbbackup", common, cluster: cluster, environment: ["PG_BIN": bin])
+        let observer = try cluster.connect()
+        var dumping = false
+        for _ in 0..<100 where !dumping {
+            usleep(50_000)
+            dumping = try observer.query("SELECT 1 FROM pg_stat_activity WHERE datname = $1 AND application_name = 'pg_dump'",
+                                         [database]).rows.count > 0
+        }
+        XCTAssertTrue(dumping, "the data pg_dump should have started in the exported snapshot")
+        try cluster.connect(database: database).execute(script: "CREATE TABLE late (x int)")
+        XCTAssertEqual(running.waitForExit().exitCode, 0)
+
+        let taken = try manifest("latest")
+        XCTAssertEqual(taken.schemaFingerprint?.objects.contains { $0.name == "late" }, false, "the schema dump saw a table created after the snapshot")
+        XCTAssertFalse(taken.tables.contains { $0.name == "late" })
+        let result = try tool("dbverify", common + ["--schema", taken.id])
+        XCTAssertEqual(result.status, ExitStatus.verificationMismatch.rawValue, result.standardError)
+        XCTAssertTrue(result.standardError.contains("table late in schema public is not in the backup"), result.standardError)
+    }
+
     func testARestoreMissingAnIndexIsRefusedBeforeTheSwapNamingTheIndex() throws {
         let id = try backup()
         try cluster.connect(database: database).execute(script: "DELETE FROM events WHERE id = 2")
