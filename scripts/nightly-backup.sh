@@ -13,7 +13,11 @@ dbrestore=$(dbrecovery_bin dbrestore) || exit 12
 log=$(mktemp /tmp/dbrecovery-nightly.XXXXXX)
 trap 'rm -f "$log"' EXIT
 
-metrics() { [ -n "${METRICS_DIR:-}" ] && echo "--metrics-file $METRICS_DIR/dbrecovery_$1.prom"; }
+# The metrics option for one step, as an array (METRICS_DIR may contain spaces).
+metrics_for() {  # step name
+  metrics=()
+  if [ -n "${METRICS_DIR:-}" ]; then metrics=(--metrics-file "$METRICS_DIR/dbrecovery_$1.prom"); fi
+}
 run_step() {  # name, command...
   local name=$1; shift
   "$@" >>"$log" 2>&1
@@ -28,10 +32,10 @@ run_step() {  # name, command...
   fi
 }
 
-run_step backup "$dbbackup" --tag nightly --quiet $(metrics backup)
-run_step prune "$dbprune" --quiet $(metrics prune)
+metrics_for backup; run_step backup "$dbbackup" --tag nightly --quiet "${metrics[@]}"
+metrics_for prune; run_step prune "$dbprune" --quiet "${metrics[@]}"
 drill_day=${DRILL_DAY:-01}
 if [ "$drill_day" = always ] || { [ "$drill_day" != never ] && [ "$(date +%d)" = "$drill_day" ]; }; then
-  run_step drill "$dbrestore" --drill --quiet $(metrics drill)
+  metrics_for drill; run_step drill "$dbrestore" --drill --quiet "${metrics[@]}"
 fi
 exit 0

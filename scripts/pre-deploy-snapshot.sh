@@ -13,7 +13,10 @@ source "$(dirname "$0")/lib.sh"
 release=""; json=()
 while [ $# -gt 0 ]; do
   case $1 in
-    --release) release=${2:-}; shift 2 ;;
+    --release)
+      [ $# -ge 2 ] && [ -n "$2" ] || { echo "pre-deploy-snapshot: --release needs a value, e.g. --release v1.3.0" >&2; exit 2; }
+      release=$2; shift 2 ;;
+    --release=*) release=${1#--release=}; shift ;;
     --json) json=(--json); shift ;;
     -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "pre-deploy-snapshot: unknown argument '$1'; usage: --release vX.Y.Z [--json]" >&2; exit 2 ;;
