@@ -95,8 +95,8 @@ public enum LogicalCapture {
             database: .init(name: try facts.string(0), serverVersion: try facts.string(1), systemIdentifier: facts[2]),
             startedAt: startedAt, finishedAt: Date(), tags: configuration.tags, release: configuration.release,
             pinned: configuration.pinned, schemaVersion: schemaVersion, snapshot: snapshot, tables: tables, files: [file])
-        manifest.schemaFingerprint = try fingerprinting.wait()
         CrashPoint.reached("capture:after-data")
+        manifest.schemaFingerprint = try fingerprinting.wait()
         try targets.writeManifests(manifest)
         return CaptureResult(manifest: manifest, stored: targets.succeeded, failed: targets.failures)
     }

@@ -23,14 +23,14 @@ public struct RestoreConfiguration {
     /// Only backups taken at this release (emergency and drill).
     public var release: String?
     public var dryRun: Bool
+    /// Where pg_dump is found (schema verification runs `pg_dump --schema-only` on the scratch database).
+    public var tools = PostgresTools()
     /// Where to write the incident record (emergency); default `<repo>/incidents/<time>.json`.
     public var incidentFile: String?
     /// The repository cipher key, for encrypted backups.
     public var key: RepositoryKey? = nil
     /// Connections that load rows and build indexes at once.
     public var jobs: Int
-    /// Where pg_dump is found (schema verification runs `pg_dump --schema-only` on the scratch database).
-    public var tools = PostgresTools()
 
     public init(mode: Mode, target: ConnectionTarget, repositories: [String], backup: String = "latest", release: String? = nil,
                 dryRun: Bool = false, jobs: Int = ProcessInfo.processInfo.activeProcessorCount, incidentFile: String? = nil) {
@@ -78,7 +78,7 @@ public struct RestorePlan: Codable, Sendable {
         lines.append("from:     \(repository)")
         lines.append("server:   \(server)")
         lines.append("1. create scratch database \(scratchDatabase) and replay the dump into it (one transaction, sha256 checked)")
-        lines.append("2. check every table's row count and the schema fingerprint of \(scratchDatabase) against the manifest")
+        lines.append("2. check every table's row count in \(scratchDatabase) against the manifest")
         switch mode {
         case .drill:
             lines.append("3. drop \(scratchDatabase); \(targetDatabase) is not touched")
