@@ -93,11 +93,12 @@ public enum SchemaVerifier {
 
     /// `dbverify --schema`: compares the live database `target` with one backup's fingerprint.
     ///
+    /// - Parameter backup: an id, prefix or `latest` (nil means `latest`).
     /// - Throws: `RecoveryError(.backupNotFound)` when the backup has no fingerprint; repository,
     ///   database and pg_dump errors.
-    public static func verify(repository: String, backup: String, target: ConnectionTarget, tools: PostgresTools) throws -> Report {
+    public static func verify(repository: String, backup: String?, target: ConnectionTarget, tools: PostgresTools) throws -> Report {
         let store = try Repository.open(repository, create: false)
-        let manifest = try Catalog(store: store).resolve(backup)
+        let manifest = try Catalog(store: store).resolve(backup ?? "latest")
         guard let expected = manifest.schemaFingerprint else {
             throw RecoveryError(.backupNotFound, manifest.kind == .physical
                                     ? "backup \(manifest.id) is a physical backup; only logical backups record a schema fingerprint"
