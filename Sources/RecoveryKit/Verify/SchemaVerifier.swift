@@ -41,8 +41,12 @@ public enum SchemaVerifier {
     public static func fingerprint(pgDump: String, target: ConnectionTarget, snapshot: String? = nil) throws -> SchemaFingerprint {
         var arguments = ["--schema-only", "--no-password"]
         if let snapshot { arguments.append("--snapshot=\(snapshot)") }
-        let child = try ChildProcess(executable: pgDump, arguments: arguments, environment: target.childEnvironment,
-                                     stdin: .null, stdout: .pipe, stderr: .pipe)
+        // pg_dump writes in the database's own encoding unless told otherwise; a PGCLIENTENCODING in
+        // the environment (or client_encoding in the URL) would make the same schema hash differently.
+        var environment = target.childEnvironment
+        environment.removeValue(forKey: "PGCLIENTENCODING")
+        let child = try ChildProcess(executable: pgDump, arguments: arguments, environment: environment,
+                                     removingEnvironment: ["PGCLIENTENCODING"], stdin: .null, stdout: .pipe, stderr: .pipe)
         let errors = OutputCollector(descriptor: child.standardError)
         var normalizer = SchemaNormalizer()
         do {
