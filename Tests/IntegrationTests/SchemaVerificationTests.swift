@@ -151,6 +151,45 @@ final class SchemaVerificationTests: XCTestCase {
         XCTAssertTrue(result.standardError.contains("table late in schema public is not in the backup"), result.standardError)
     }
 
+    func testAFailedDataDumpStopsTheSchemaDumpInsteadOfWaitingForIt() throws {
+        // The schema dump queues behind a lock; the data dump fails at once. dbbackup must fail at
+        // once too, not wait for the lock.
+        let bin = TestPaths.temporaryDirectory(prefix: "failing-pg-dump")
+        let real = try PostgresTools().path(of: "pg_dump")
+        try """
+            #!/bin/sh
+            case " $* " in *" --schema-only "*) exec '\(real)' "$@" ;; esac
+            echo "pg_dump: error: simulated failure" >&2
+            exit 1
+
+            """.write(toFile: bin + "/pg_dump", atomically: true, encoding: .utf8)
+        chmod(bin + "/pg_dump", 0o755)
+        // The partitioned parent alone: pg_dump locks it, the row counter (partitions only) does not.
+        let blocker = try cluster.connect(database: database)
+        try blocker.execute(script: "BEGIN; LOCK TABLE ONLY events IN ACCESS EXCLUSIVE MODE")
+        let running = try TestProcess.start("dbbackup", common, cluster: cluster, environment: ["PG_BIN": bin])
+        let ended = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var status: Int32?
+        DispatchQueue.global().async {
+            status = running.waitForExit().exitCode
+            ended.signal()
+        }
+        let inTime = ended.wait(timeout: .now() + 10) == .success
+        try blocker.execute(script: "ROLLBACK")
+        if !inTime { ended.wait() }
+        XCTAssertTrue(inTime, "dbbackup waited for the schema dump's lock after the data dump had failed")
+        XCTAssertEqual(status, ExitStatus.toolFailed.rawValue)
+        XCTAssertEqual(try TestProcess.shell("find '\(repository!)' -name manifest.json 2>/dev/null").standardOutput, "", "no backup may exist")
+        // Its server session notices the client is gone once the lock is granted: give it a moment.
+        var sessions = "?"
+        for _ in 0..<50 where sessions != "0" {
+            sessions = try cluster.scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump' AND datname = '\(database!)'",
+                                          database: "postgres") ?? "?"
+            if sessions != "0" { usleep(100_000) }
+        }
+        XCTAssertEqual(sessions, "0", "the schema dump must be gone")
+    }
+
     func testARestoreMissingAnIndexIsRefusedBeforeTheSwapNamingTheIndex() throws {
         let id = try backup()
         try cluster.connect(database: database).execute(script: "DELETE FROM events WHERE id = 2")

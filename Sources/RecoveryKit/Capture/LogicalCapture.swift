@@ -77,15 +77,15 @@ public enum LogicalCapture {
         // once the counts are in, so a failed count leaves nothing behind.
         let counting = Background { (try TableCounter.countRows(on: connection), try TableCounter.schemaVersion(on: connection)) }
         defer { counting.join() }
-        // The schema fingerprint, from a schema-only pg_dump in the same snapshot (Verify/SchemaVerifier.swift).
-        let fingerprinting = Background { try SchemaVerifier.fingerprint(pgDump: pgDump, target: configuration.target, snapshot: snapshot) }
-        defer { fingerprinting.join() }
+        // The schema fingerprint, from a schema-only pg_dump in the same snapshot (Verify/SchemaDump.swift).
+        let schemaDump = try SchemaDump(pgDump: pgDump, target: configuration.target, snapshot: snapshot)
+        defer { schemaDump.cancel() }
 
         let (file, _) = try StreamCapture.run(
             executable: pgDump, arguments: ["--snapshot=\(snapshot)", "--format=plain", "--no-password"],
             environment: configuration.target.childEnvironment, targets: targets, key: "backups/\(id)/\(dumpFileName)",
             level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "dump",
-            beforeCommit: { _ = try counting.wait(); _ = try fingerprinting.wait() })
+            beforeCommit: { _ = try counting.wait(); _ = try schemaDump.finish() })
         let (tables, schemaVersion) = try counting.wait()
         try connection.execute(script: "COMMIT")
 
@@ -96,7 +96,7 @@ public enum LogicalCapture {
             startedAt: startedAt, finishedAt: Date(), tags: configuration.tags, release: configuration.release,
             pinned: configuration.pinned, schemaVersion: schemaVersion, snapshot: snapshot, tables: tables, files: [file])
         CrashPoint.reached("capture:after-data")
-        manifest.schemaFingerprint = try fingerprinting.wait()
+        manifest.schemaFingerprint = try schemaDump.finish()
         try targets.writeManifests(manifest)
         return CaptureResult(manifest: manifest, stored: targets.succeeded, failed: targets.failures)
     }

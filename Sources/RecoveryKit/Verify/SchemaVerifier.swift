@@ -39,29 +39,7 @@ public enum SchemaVerifier {
     ///   - snapshot: an exported snapshot to dump in (a backup's), or nil for the database as it is now.
     /// - Throws: `RecoveryError(.toolFailed)` with pg_dump's own message.
     public static func fingerprint(pgDump: String, target: ConnectionTarget, snapshot: String? = nil) throws -> SchemaFingerprint {
-        var arguments = ["--schema-only", "--no-password"]
-        if let snapshot { arguments.append("--snapshot=\(snapshot)") }
-        // pg_dump writes in the database's own encoding unless told otherwise; a PGCLIENTENCODING in
-        // the environment (or client_encoding in the URL) would make the same schema hash differently.
-        var environment = target.childEnvironment
-        environment.removeValue(forKey: "PGCLIENTENCODING")
-        let child = try ChildProcess(executable: pgDump, arguments: arguments, environment: environment,
-                                     removingEnvironment: ["PGCLIENTENCODING"], stdin: .null, stdout: .pipe, stderr: .pipe)
-        let errors = OutputCollector(descriptor: child.standardError)
-        var normalizer = SchemaNormalizer()
-        do {
-            try PipeReader.forEachChunk(of: child.standardOutput, description: "pg_dump --schema-only output") { normalizer.write($0) }
-        } catch {
-            child.send(SIGTERM)
-            child.waitForExit()
-            throw error
-        }
-        let termination = child.waitForExit()
-        guard termination.succeeded else {
-            throw RecoveryError(.toolFailed, "pg_dump --schema-only of \(target.databaseName) \(termination.description): \(errors.mostRelevantLine() ?? "no message")",
-                                hint: "fix the cause above and run again")
-        }
-        return normalizer.finish()
+        try SchemaDump(pgDump: pgDump, target: target, snapshot: snapshot).finish()
     }
 
     /// Checks a restored scratch database against the backup before the swap; a backup without a

@@ -1,0 +1,69 @@
+import Foundation
+import PostgresClient
+
+/// One `pg_dump --schema-only` run, read into a `SchemaFingerprint` on a thread of its own, so a
+/// backup can take it side by side with the data dump, in the same snapshot, and stop it when the
+/// data dump fails instead of waiting for it (it may be queued behind a lock).
+///
+/// `@unchecked Sendable`: `running` is read and written only under `lock`, and the child is reaped
+/// (its PID released) by the reading thread only after it has cleared `running` under that lock, so
+/// `cancel()` never signals a PID that could belong to another process.
+final class SchemaDump: @unchecked Sendable {
+    private let lock = NSLock()
+    private var running = true
+    private let pid: pid_t
+    private var work: Background<SchemaFingerprint>?
+
+    /// Starts pg_dump.
+    ///
+    /// - Parameters:
+    ///   - pgDump: the pg_dump program.
+    ///   - target: the database; its password travels in the child's environment, never in argv.
+    ///   - snapshot: an exported snapshot to dump in (a backup's), or nil for the database as it is now.
+    /// - Throws: `RecoveryError(.toolFailed)` if pg_dump cannot be started.
+    init(pgDump: String, target: ConnectionTarget, snapshot: String?) throws {
+        var arguments = ["--schema-only", "--no-password"]
+        if let snapshot { arguments.append("--snapshot=\(snapshot)") }
+        // pg_dump writes in the database's own encoding unless told otherwise; a PGCLIENTENCODING in
+        // the environment (or client_encoding in the URL) would make the same schema hash differently.
+        var environment = target.childEnvironment
+        environment.removeValue(forKey: "PGCLIENTENCODING")
+        let child = try ChildProcess(executable: pgDump, arguments: arguments, environment: environment,
+                                     removingEnvironment: ["PGCLIENTENCODING"], stdin: .null, stdout: .pipe, stderr: .pipe)
+        pid = child.pid
+        let database = target.databaseName
+        work = Background { [self] in
+            let errors = OutputCollector(descriptor: child.standardError)
+            var normalizer = SchemaNormalizer()
+            let read = Result { try PipeReader.forEachChunk(of: child.standardOutput, description: "pg_dump --schema-only output") { normalizer.write($0) } }
+            lock.lock()
+            if case .failure = read { kill(pid, SIGTERM) }
+            running = false
+            lock.unlock()
+            let termination = child.waitForExit()
+            try read.get()
+            guard termination.succeeded else {
+                throw RecoveryError(.toolFailed, "pg_dump --schema-only of \(database) \(termination.description): \(errors.mostRelevantLine() ?? "no message")",
+                                    hint: "fix the cause above and run again")
+            }
+            return normalizer.finish()
+        }
+    }
+
+    /// Waits for pg_dump to finish and returns the fingerprint.
+    ///
+    /// - Throws: `RecoveryError(.toolFailed)` with pg_dump's own message, or the read error.
+    func finish() throws -> SchemaFingerprint {
+        guard let work else { throw RecoveryError(.failure, "schema dump was not started") }
+        return try work.wait()
+    }
+
+    /// Stops pg_dump if it is still running and waits for the reading thread; its outcome is dropped
+    /// (this is the clean-up path of a run that already failed).
+    func cancel() {
+        lock.lock()
+        if running { kill(pid, SIGTERM) }
+        lock.unlock()
+        work?.join()
+    }
+}
