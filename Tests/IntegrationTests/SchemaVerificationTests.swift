@@ -119,6 +119,35 @@ final class SchemaVerificationTests: XCTestCase {
         XCTAssertTrue(drill.standardError.contains("verify schema of \(database!)_drill_"), drill.standardError)
     }
 
+    func testDatabaseLevelSettingsDoNotChangeTheFingerprint() throws {
+        // Settings that change how pg_dump prints the same schema. A restore applies them to the new
+        // database separately (after the checks), and a psql replay never does.
+        try cluster.connect(database: database).execute(script: #"""
+            CREATE TABLE printed (b bytea DEFAULT '\x00ff'::bytea, t timestamptz DEFAULT '2024-01-15 10:00:00+00', m money DEFAULT 1.5,
+                                  i interval DEFAULT '1 day 2 hours', s text DEFAULT E'back\\slash');
+            CREATE VIEW printed_view AS SELECT b, t, s || E'\\n' AS s FROM printed;
+            COMMENT ON COLUMN printed.s IS E'a \\ backslash';
+            """#)
+        try cluster.connect().execute(script: """
+            ALTER DATABASE \(database!) SET standard_conforming_strings = off;
+            ALTER DATABASE \(database!) SET quote_all_identifiers = on;
+            ALTER DATABASE \(database!) SET timezone = 'Asia/Tokyo';
+            ALTER DATABASE \(database!) SET bytea_output = escape;
+            ALTER DATABASE \(database!) SET intervalstyle = 'iso_8601';
+            ALTER DATABASE \(database!) SET lc_monetary = 'C.UTF-8';
+            """)
+        let id = try backup()
+        let replay = try cluster.createDatabase(prefix: "replay")
+        let psql = try TestProcess.shell("gunzip -c '\(repository!)/backups/\(id)/dump.sql.gz' | psql -v ON_ERROR_STOP=1 -q -X '\(cluster.url(database: replay))'",
+                                         environment: cluster.environment)
+        XCTAssertEqual(psql.status, 0, psql.standardError)
+        let recorded = try manifest(id).schemaFingerprint
+        let replayed = try fingerprint(of: replay)
+        XCTAssertEqual(replayed.sha256, recorded?.sha256, "\(recorded?.differences(from: replayed).map(\.description) ?? [])")
+        let drill = try tool("dbrestore", common + ["--drill"])
+        XCTAssertEqual(drill.status, 0, drill.standardError)
+    }
+
     func testTheFingerprintIsTakenInTheDumpsOwnSnapshot() throws {
         // A pg_dump that starts its schema-only run 3 s late: the schema changes meanwhile, after the
         // backup's snapshot was exported. Dumping in that snapshot, it must not see the change.

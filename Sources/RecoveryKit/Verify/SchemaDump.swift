@@ -14,6 +14,16 @@ final class SchemaDump: @unchecked Sendable {
     private let pid: pid_t
     private var work: Background<SchemaFingerprint>?
 
+    /// Settings that change how pg_dump writes one and the same schema, pinned for its session so that
+    /// database- and role-level values (`ALTER DATABASE … SET`, restored separately, and after the check)
+    /// do not show through: `standard_conforming_strings = off` turns '…' into E'…' strings,
+    /// `quote_all_identifiers` quotes every name in view bodies, `TimeZone`, `bytea_output`,
+    /// `lc_monetary`, `DateStyle`, `IntervalStyle` and `extra_float_digits` change how constants in
+    /// defaults and view bodies are printed. Startup options win over those levels.
+    static let pinnedSettings = ["standard_conforming_strings=on", "quote_all_identifiers=off", "TimeZone=UTC", "bytea_output=hex",
+                                 "lc_monetary=C", "DateStyle=ISO", "IntervalStyle=postgres", "extra_float_digits=3"]
+        .map { "-c " + $0 }.joined(separator: " ")
+
     /// Starts pg_dump.
     ///
     /// - Parameters:
@@ -28,6 +38,8 @@ final class SchemaDump: @unchecked Sendable {
         // the environment (or client_encoding in the URL) would make the same schema hash differently.
         var environment = target.childEnvironment
         environment.removeValue(forKey: "PGCLIENTENCODING")
+        let options = environment["PGOPTIONS"] ?? ProcessInfo.processInfo.environment["PGOPTIONS"]
+        environment["PGOPTIONS"] = [options, Self.pinnedSettings].compactMap { $0 }.joined(separator: " ")
         let child = try ChildProcess(executable: pgDump, arguments: arguments, environment: environment,
                                      removingEnvironment: ["PGCLIENTENCODING"], stdin: .null, stdout: .pipe, stderr: .pipe)
         pid = child.pid
