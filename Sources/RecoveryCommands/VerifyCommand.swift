@@ -9,7 +9,7 @@ public struct VerifyCommand: ParsableCommand {
         commandName: "dbverify",
         abstract: "Check a database against a backup's manifest, or a backup's files against their checksums.",
         discussion: """
-        Without --files: counts every table's rows in the live database and compares them with the \
+        Without --files or --schema: counts every table's rows in the live database and compares them with the \
         counts recorded in the backup's own snapshot. Exit 0 when all match, 30 on any difference, \
         missing or extra table.
         With --files: re-reads the stored files, checks size, sha256 and the whole gzip stream. No \
