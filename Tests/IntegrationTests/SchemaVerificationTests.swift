@@ -148,6 +148,45 @@ final class SchemaVerificationTests: XCTestCase {
         XCTAssertEqual(drill.status, 0, drill.standardError)
     }
 
+    func testAPoolerRefusingStartupOptionsStillGetsAFingerprintAndOtherFailuresStopTheBackup() throws {
+        let real = try PostgresTools().path(of: "pg_dump")
+        // What pg_dump says through PgBouncer when startup options are not in ignore_startup_parameters.
+        let pooler = TestPaths.temporaryDirectory(prefix: "pooler-pg-dump")
+        try """
+            #!/bin/sh
+            if [ -n "$PGOPTIONS" ]; then
+              echo 'pg_dump: error: connection to server at "127.0.0.1", port 6432 failed: FATAL:  unsupported startup parameter: options' >&2
+              exit 1
+            fi
+            exec '\(real)' "$@"
+
+            """.write(toFile: pooler + "/pg_dump", atomically: true, encoding: .utf8)
+        chmod(pooler + "/pg_dump", 0o755)
+        let backup = try tool("dbbackup", common, environment: ["PG_BIN": pooler])
+        XCTAssertEqual(backup.status, 0, backup.standardError)
+        let id = backup.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+        XCTAssertEqual(try manifest(id).schemaFingerprint?.sha256, try fingerprint(of: database).sha256)
+        let verify = try tool("dbverify", common + ["--schema", id], environment: ["PG_BIN": pooler])
+        XCTAssertEqual(verify.status, 0, verify.standardError)
+        let drill = try tool("dbrestore", common + ["--drill"], environment: ["PG_BIN": pooler])
+        XCTAssertEqual(drill.status, 0, drill.standardError)
+
+        // Any other failure of the schema dump fails the backup, naming it; nothing is stored.
+        let failing = TestPaths.temporaryDirectory(prefix: "failing-schema-dump")
+        try """
+            #!/bin/sh
+            case " $* " in *" --schema-only "*) echo 'pg_dump: error: query failed: ERROR:  permission denied for table secrets' >&2; exit 1 ;; esac
+            exec '\(real)' "$@"
+
+            """.write(toFile: failing + "/pg_dump", atomically: true, encoding: .utf8)
+        chmod(failing + "/pg_dump", 0o755)
+        let failed = try tool("dbbackup", common, environment: ["PG_BIN": failing])
+        XCTAssertEqual(failed.status, ExitStatus.toolFailed.rawValue, failed.standardError)
+        XCTAssertTrue(failed.standardError.contains("pg_dump --schema-only of \(database!) exited with status 1: pg_dump: error: query failed: ERROR:  permission denied for table secrets"),
+                      failed.standardError)
+        XCTAssertEqual(try Catalog(store: try LocalStore(root: repository, create: false)).entries().map(\.id), [id], "the failed run left no backup")
+    }
+
     func testTheFingerprintIsTakenInTheDumpsOwnSnapshot() throws {
         // A pg_dump that starts its schema-only run 3 s late: the schema changes meanwhile, after the
         // backup's snapshot was exported. Dumping in that snapshot, it must not see the change.
