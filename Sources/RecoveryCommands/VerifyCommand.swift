@@ -9,7 +9,7 @@ public struct VerifyCommand: ParsableCommand {
         commandName: "dbverify",
         abstract: "Check a database against a backup's manifest, or a backup's files against their checksums.",
         discussion: """
-        Without --files or --schema: counts every table's rows in the live database and compares them with the \
+        Without --files or --schema (--rows): counts every table's rows in the live database and compares them with the \
         counts recorded in the backup's own snapshot. Exit 0 when all match, 30 on any difference, \
         missing or extra table.
         With --files: re-reads the stored files, checks size, sha256 and the whole gzip stream. No \
@@ -29,11 +29,21 @@ public struct VerifyCommand: ParsableCommand {
     @Argument(help: ArgumentHelp("Backup id, unique id prefix, 'latest', or with --files also 'all'.", valueName: "backup"))
     public var backup: String = "latest"
 
-    @Flag(help: "Check the stored files (size, sha256, gzip stream) instead of a database.")
-    public var files = false
+    /// What `dbverify` checks: one mode per run.
+    public enum Check: String, EnumerableFlag {
+        case rows, files, schema
 
-    @Flag(help: "Compare the live database's schema (pg_dump --schema-only) with the backup's schema fingerprint.")
-    public var schema = false
+        public static func help(for value: Check) -> ArgumentHelp? {
+            switch value {
+            case .rows: return "Compare the live database's row counts with the backup's."
+            case .files: return "Check the stored files (size, sha256, gzip stream) instead of a database."
+            case .schema: return "Compare the live database's schema (pg_dump --schema-only) with the backup's schema fingerprint."
+            }
+        }
+    }
+
+    @Flag public var check: Check = .rows
+    var files: Bool { check == .files }
 
     @OptionGroup(title: "Connection") public var connection: ConnectionOptions
     @OptionGroup(title: "Repository") public var repository: RepositoryOptions
@@ -43,15 +53,14 @@ public struct VerifyCommand: ParsableCommand {
     public init() {}
 
     public func validate() throws {
-        if files && schema { throw ValidationError("--files and --schema check different things; choose one") }
         if backup == "all" && !files { throw ValidationError("'all' goes with --files; name one backup to compare a database against") }
     }
 
     public func run() throws {
         if try config.printIfAsked(connection: files ? nil : connection, repository: repository) { return }
-        output.begin("dbverify", labels: ["check": files ? "files" : schema ? "schema" : "rows"])
+        output.begin("dbverify", labels: ["check": check.rawValue])
         let address = try repository.address()
-        if schema { return try runSchema(repository: address) }
+        if check == .schema { return try runSchema(repository: address) }
         if files {
             let reports = try BackupVerification.files(repository: address, backup: backup, key: try repository.cipherKey(), progress: output.progress)
             if output.json { try printJSON(reports) } else {
