@@ -53,8 +53,8 @@ public enum SchemaVerifier {
     public static func verifyRestore(_ manifest: BackupManifest, scratch: ConnectionTarget, tools: PostgresTools,
                                      timeline: Timeline) throws -> Report? {
         guard let expected = manifest.schemaFingerprint else {
-            timeline.note("schema of \(scratch.databaseName) not verified: backup \(manifest.id) has no schema fingerprint (taken before dbbackup recorded one)",
-                          outcome: "warning")
+            timeline.note("warning: schema of \(scratch.databaseName) not verified",
+                          outcome: "backup \(manifest.id) has no schema fingerprint (taken before dbbackup recorded one)")
             return nil
         }
         return try timeline.step("verify schema of \(scratch.databaseName) (\(expected.objects.count) objects) against backup \(manifest.id)") {
