@@ -85,6 +85,9 @@ public enum LogicalCapture {
         // once the counts are in, so a failed count leaves nothing behind.
         let counting = Background { (try TableCounter.countRows(on: connection), try TableCounter.schemaVersion(on: connection)) }
         defer { counting.join() }
+        // The schema fingerprint, from a schema-only pg_dump in the same snapshot (Verify/SchemaDump.swift).
+        let schemaDump = try SchemaDump(pgDump: pgDump, target: configuration.target, snapshot: snapshot)
+        defer { schemaDump.cancel() }
 
         let dumpKey = "backups/\(id)/\(dumpFileName)"
         let file: BackupManifest.File
@@ -94,7 +97,7 @@ public enum LogicalCapture {
                 arguments: ["--snapshot=\(snapshot)", "--format=plain", "--no-password", "--lock-wait-timeout=\(configuration.lockWaitSeconds * 1000)"],
                 environment: configuration.target.childEnvironment, targets: targets, key: dumpKey,
                 level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "dump",
-                lockWait: (configuration.target, configuration.lockWaitSeconds), beforeCommit: { _ = try counting.wait() })
+                lockWait: (configuration.target, configuration.lockWaitSeconds), beforeCommit: { _ = try counting.wait(); _ = try schemaDump.finish() })
         } catch {
             // A count that failed first (no SELECT privilege, a lock timeout) aborts the snapshot, and
             // pg_dump then reports only "could not import the requested snapshot": the count's error is the cause.
@@ -116,7 +119,7 @@ public enum LogicalCapture {
             throw error
         }
 
-        let manifest = BackupManifest(
+        var manifest = BackupManifest(
             formatVersion: BackupManifest.currentFormatVersion, id: id, kind: .logical,
             tool: .init(name: "dbbackup", version: DBRecoveryVersion.current),
             database: .init(name: try facts.string(0), serverVersion: try facts.string(1), systemIdentifier: facts[2]),
@@ -127,6 +130,7 @@ public enum LogicalCapture {
         do {
             // Past this point the backup exists: a signal that came first still cancels it.
             try Interruption.check()
+            manifest.schemaFingerprint = try schemaDump.finish()
             try targets.writeManifests(manifest)
         } catch {
             targets.delete([dumpKey])

@@ -24,6 +24,8 @@ public struct RestoreConfiguration {
     /// Only backups taken at this release (emergency and drill).
     public var release: String?
     public var dryRun: Bool
+    /// Where pg_dump is found (schema verification runs `pg_dump --schema-only` on the scratch database).
+    public var tools = PostgresTools()
     /// Where to write the incident record (emergency); default `<repo>/incidents/<time>.json`.
     public var incidentFile: String?
     /// The repository cipher key, for encrypted backups.
@@ -318,7 +320,7 @@ public enum LogicalRestore {
             warnings.forEach { timeline.note("database properties of \(scratch)", outcome: "warning: \($0)") }
         }
         CrashPoint.reached("restore:after-verify")
-        // Further checks of the scratch database against the backup (schema fingerprint) go here.
+        try SchemaVerifier.verifyRestore(manifest, scratch: configuration.target.with(database: scratch), tools: configuration.tools, timeline: timeline)
         if configuration.mode == .drill {
             try timeline.step("drop scratch database \(scratch)") {
                 try admin.execute(script: "DROP DATABASE \(admin.quoteIdentifier(scratch)) WITH (FORCE)")
