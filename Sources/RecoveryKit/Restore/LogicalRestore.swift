@@ -248,6 +248,22 @@ public enum LogicalRestore {
         }
     }
 
+    /// The manifest of a backup this run has just registered as a reader of. A `dbprune` that
+    /// checked for readers before we registered may be deleting it right now: it deletes the
+    /// manifest first, looks for readers again, sees us and puts the manifest back. So a manifest
+    /// that is missing at this moment is looked for again for a few seconds before giving up.
+    private static func resolveAsReader(_ id: String, in store: BackupStore) throws -> BackupManifest {
+        var attempt = 0
+        while true {
+            do {
+                return try Catalog(store: store).resolve(id)
+            } catch where attempt < 10 && !Interruption.isRequested {
+                attempt += 1
+                usleep(300_000)
+            }
+        }
+    }
+
     /// Writes the incident record; a failure to write it is said on the timeline (and so on stderr),
     /// never allowed to turn a restore that worked into a failed one.
     private static func recordIncident(_ report: RestoreReport, configuration: RestoreConfiguration, store: BackupStore,
@@ -275,7 +291,7 @@ public enum LogicalRestore {
         // A reader lock before the manifest is read: dbprune leaves a backup alone while it is read.
         let reading = try StoreLock.sharedIfWritable(in: store, backupID: plan.backupID, holder: LockHolder(command: "dbrestore"))
         defer { try? reading?.release() }   // a leftover reader record only delays pruning; dbprune removes it once we are gone
-        let manifest = try Catalog(store: store).resolve(plan.backupID)
+        let manifest = try resolveAsReader(plan.backupID, in: store)
         let scratch = plan.scratchDatabase
         var scratchExists = false
         defer {
