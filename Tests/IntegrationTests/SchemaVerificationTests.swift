@@ -259,6 +259,28 @@ final class SchemaVerificationTests: XCTestCase {
         XCTAssertEqual(sessions, "0", "the schema dump must be gone")
     }
 
+    func testALockTimeoutInTheURLBoundsTheSchemaDumpsWait() throws {
+        let id = try backup()
+        let blocker = try cluster.connect(database: database)
+        try blocker.execute(script: "BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        let bounded = cluster.url(database: database) + "?options=-c%20lock_timeout%3D1000"
+        var result: TestProcess.Result?
+        let ended = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async { [repository] in
+            result = try? TestProcess.tool("dbverify", ["--schema", id, "--database-url", bounded, "--repo", repository ?? ""], cluster: self.cluster)
+            ended.signal()
+        }
+        // pg_dump turns lock_timeout off for itself: without --lock-wait-timeout it would wait for ever.
+        let inTime = ended.wait(timeout: .now() + 20) == .success
+        try blocker.execute(script: "ROLLBACK")
+        if !inTime { ended.wait() }
+        XCTAssertTrue(inTime, "pg_dump waited past the URL's lock_timeout")
+        XCTAssertEqual(result?.status, ExitStatus.toolFailed.rawValue, result?.standardError ?? "")
+        // pg_dump bounds its table locks with a statement timeout.
+        XCTAssertTrue(result?.standardError.contains("pg_dump --schema-only of \(database!) exited with status 1") == true
+                      && result?.standardError.contains("canceling statement due to statement timeout") == true, result?.standardError ?? "")
+    }
+
     func testARestoreMissingAnIndexIsRefusedBeforeTheSwapNamingTheIndex() throws {
         let id = try backup()
         try cluster.connect(database: database).execute(script: "DELETE FROM events WHERE id = 2")
