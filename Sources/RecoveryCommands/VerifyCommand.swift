@@ -11,7 +11,8 @@ public struct VerifyCommand: ParsableCommand {
         discussion: """
         Without --files or --schema (--rows): counts every table's rows in the live database and compares them with the \
         counts recorded in the backup's own snapshot. Exit 0 when all match, 30 on any difference, \
-        missing or extra table.
+        missing or extra table. Without a backup id: the backup the database was restored from, when \
+        dbrestore put it in place, else the newest.
         With --files: re-reads the stored files, checks size, sha256 and the whole gzip stream. No \
         database needed. Exit 23 if any file is damaged.
         With --schema: runs pg_dump --schema-only on the live database and compares it, object by \
@@ -19,6 +20,7 @@ public struct VerifyCommand: ParsableCommand {
         differing objects (missing, extra, changed) on any difference.
 
         Examples:
+          dbverify --database-url postgresql://postgres@db1/app --repo /var/backups/app   # after dbrestore <id>: checks <id>
           dbverify latest --database-url postgresql://postgres@db1/app --repo /var/backups/app
           dbverify 20261124T020000Z-3fa2 --json
           dbverify --files latest --repo /var/backups/app
@@ -26,8 +28,9 @@ public struct VerifyCommand: ParsableCommand {
           dbverify --schema latest        # has the schema drifted since the last backup?
         """)
 
-    @Argument(help: ArgumentHelp("Backup id, unique id prefix, 'latest', or with --files also 'all'.", valueName: "backup"))
-    public var backup: String = "latest"
+    @Argument(help: ArgumentHelp("Backup id, unique id prefix, 'latest', or with --files also 'all' (default: the backup the database was restored from, else latest).",
+                                 valueName: "backup"))
+    public var backup: String?
 
     /// What `dbverify` checks: one mode per run.
     public enum Check: String, EnumerableFlag {
@@ -62,7 +65,7 @@ public struct VerifyCommand: ParsableCommand {
         let address = try repository.address()
         if check == .schema { return try runSchema(repository: address) }
         if files {
-            let reports = try BackupVerification.files(repository: address, backup: backup, key: try repository.cipherKey(), progress: output.progress)
+            let reports = try BackupVerification.files(repository: address, backup: backup ?? "latest", key: try repository.cipherKey(), progress: output.progress)
             if output.json { try printJSON(reports) } else {
                 var table = TextTable("BACKUP", "FILE", "STATUS")
                 for report in reports {
@@ -85,6 +88,7 @@ public struct VerifyCommand: ParsableCommand {
         }
         let report = try BackupVerification.rowCounts(repository: address, backup: backup, target: try connection.target())
         if output.json { try printJSON(report) } else {
+            if let basis = report.basis { output.note("comparing \(report.database) with backup \(report.backupID) (\(basis))") }
             var table = TextTable("TABLE", "EXPECTED", "ACTUAL", "STATUS")
             for row in report.tables {
                 let status = row.status == .mismatch ? "MISMATCH (\(row.difference.map { $0 > 0 ? "+\($0)" : "\($0)" } ?? ""))"
