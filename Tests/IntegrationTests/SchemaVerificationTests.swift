@@ -150,14 +150,15 @@ final class SchemaVerificationTests: XCTestCase {
 
     func testAPoolerRefusingStartupOptionsStillGetsAFingerprintAndOtherFailuresStopTheBackup() throws {
         let real = try PostgresTools().path(of: "pg_dump")
-        // What pg_dump says through PgBouncer when startup options are not in ignore_startup_parameters.
+        // What pg_dump says through PgBouncer when startup options are not in ignore_startup_parameters
+        // (refused here only for the options the schema dump adds, whatever else the run passes).
         let pooler = TestPaths.temporaryDirectory(prefix: "pooler-pg-dump")
         try """
             #!/bin/sh
-            if [ -n "$PGOPTIONS" ]; then
+            case "$PGOPTIONS" in *quote_all_identifiers*)
               echo 'pg_dump: error: connection to server at "127.0.0.1", port 6432 failed: FATAL:  unsupported startup parameter: options' >&2
-              exit 1
-            fi
+              exit 1 ;;
+            esac
             exec '\(real)' "$@"
 
             """.write(toFile: pooler + "/pg_dump", atomically: true, encoding: .utf8)
@@ -256,6 +257,28 @@ final class SchemaVerificationTests: XCTestCase {
             if sessions != "0" { usleep(100_000) }
         }
         XCTAssertEqual(sessions, "0", "the schema dump must be gone")
+    }
+
+    func testALockTimeoutInTheURLBoundsTheSchemaDumpsWait() throws {
+        let id = try backup()
+        let blocker = try cluster.connect(database: database)
+        try blocker.execute(script: "BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        let bounded = cluster.url(database: database) + "?options=-c%20lock_timeout%3D1000"
+        var result: TestProcess.Result?
+        let ended = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async { [repository] in
+            result = try? TestProcess.tool("dbverify", ["--schema", id, "--database-url", bounded, "--repo", repository ?? ""], cluster: self.cluster)
+            ended.signal()
+        }
+        // pg_dump turns lock_timeout off for itself: without --lock-wait-timeout it would wait for ever.
+        let inTime = ended.wait(timeout: .now() + 20) == .success
+        try blocker.execute(script: "ROLLBACK")
+        if !inTime { ended.wait() }
+        XCTAssertTrue(inTime, "pg_dump waited past the URL's lock_timeout")
+        XCTAssertEqual(result?.status, ExitStatus.toolFailed.rawValue, result?.standardError ?? "")
+        // pg_dump bounds its table locks with a statement timeout.
+        XCTAssertTrue(result?.standardError.contains("pg_dump --schema-only of \(database!) exited with status 1") == true
+                      && result?.standardError.contains("canceling statement due to statement timeout") == true, result?.standardError ?? "")
     }
 
     func testARestoreMissingAnIndexIsRefusedBeforeTheSwapNamingTheIndex() throws {

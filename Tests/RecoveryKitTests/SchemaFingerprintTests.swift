@@ -268,6 +268,15 @@ final class SchemaFingerprintTests: XCTestCase {
         XCTAssertEqual(report.versionNote?.contains("pg_dump 15.18 (Debian 15.18-0+deb12u1), this one with 16.4"), true, report.versionNote ?? "")
     }
 
+    func testALockTimeoutInTheStartupOptionsBecomesPgDumpsLockWait() {
+        XCTAssertEqual(SchemaDump.lockWait(in: "-c lock_timeout=2000 -c statement_timeout=5000"), "2000")
+        XCTAssertEqual(SchemaDump.lockWait(in: "-c statement_timeout=0 -clock_timeout=5s"), "5s")
+        XCTAssertEqual(SchemaDump.lockWait(in: "--lock_timeout='1min'"), "1min")
+        XCTAssertNil(SchemaDump.lockWait(in: "-c lock_timeout=0"), "0 means no limit")
+        XCTAssertNil(SchemaDump.lockWait(in: "-c statement_timeout=100"))
+        XCTAssertNil(SchemaDump.lockWait(in: nil))
+    }
+
     func testManifestsWithoutAFingerprintStillDecode() throws {
         var manifest = BackupManifestTests.sample()
         XCTAssertNil(try BackupManifest.decode(try manifest.encoded(), source: "old").schemaFingerprint)

@@ -335,8 +335,8 @@ public enum LogicalRestore {
             }
             warnings.forEach { timeline.note("database properties of \(scratch)", outcome: "warning: \($0)") }
         }
-        CrashPoint.reached("restore:after-verify")
         try SchemaVerifier.verifyRestore(manifest, scratch: configuration.target.with(database: scratch), tools: configuration.tools, timeline: timeline)
+        CrashPoint.reached("restore:after-verify")
         if configuration.mode == .drill {
             try timeline.step("drop scratch database \(scratch)") {
                 try admin.execute(script: "DROP DATABASE \(admin.quoteIdentifier(scratch)) WITH (FORCE)")

@@ -70,12 +70,22 @@ final class SchemaDump: @unchecked Sendable {
         // the environment (or client_encoding in the URL) would make the same schema hash differently.
         var environment = target.childEnvironment
         environment.removeValue(forKey: "PGCLIENTENCODING")
+        let options = environment["PGOPTIONS"] ?? ProcessInfo.processInfo.environment["PGOPTIONS"]
+        if let wait = lockWait(in: options) { arguments.append("--lock-wait-timeout=\(wait)") }
         if pinned {
-            let options = environment["PGOPTIONS"] ?? ProcessInfo.processInfo.environment["PGOPTIONS"]
             environment["PGOPTIONS"] = [options, pinnedSettings].compactMap { $0 }.joined(separator: " ")
         }
         return try ChildProcess(executable: pgDump, arguments: arguments, environment: environment,
                                 removingEnvironment: ["PGCLIENTENCODING"], stdin: .null, stdout: .pipe, stderr: .pipe)
+    }
+
+    /// The `lock_timeout` in startup options (`-c lock_timeout=5s`), if any: pg_dump turns `lock_timeout`
+    /// off for its own session, so a bound the operator (or the run) set would not reach its table
+    /// locks unless it is passed as `--lock-wait-timeout`.
+    static func lockWait(in options: String?) -> String? {
+        guard let options, let range = options.range(of: #"lock_timeout=[^\s]+"#, options: .regularExpression) else { return nil }
+        let value = options[range].dropFirst("lock_timeout=".count).trimmingCharacters(in: CharacterSet(charactersIn: "'\""))
+        return value.isEmpty || value == "0" ? nil : value
     }
 
     /// Reads one pg_dump to its end (on the background thread) and reaps it.
