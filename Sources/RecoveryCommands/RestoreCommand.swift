@@ -200,6 +200,7 @@ public struct RestoreBackupCommand: ParsableCommand {
             release: release, dryRun: dryRun, jobs: jobs, incidentFile: incidentFile)
         configuration.key = try repository.cipherKey()
         configuration.swapTimeout = TimeInterval(swapTimeout)
+        configuration.tools = connection.tools   // --pg-bin / PG_BIN: the pg_dump that fingerprints the restored schema
         let timeline = output.timeline()
         let plan = try LogicalRestore.plan(configuration, timeline: timeline)
         if dryRun {
