@@ -188,8 +188,12 @@ final class SignalTests: XCTestCase {
         let process = try TestProcess.start("dbmigrate", ["status", "--database-url", "postgresql://app@127.0.0.1:\(port)/app",
                                                           "--dir", TestPaths.temporaryDirectory(prefix: "migrations")])
         let watcher = StandardErrorWatcher(descriptor: process.standardError)
+        // SIGHUP, unless this test runs under nohup: an ignored SIGHUP is inherited, and stays ignored.
+        var current = sigaction()
+        sigaction(SIGHUP, nil, &current)
+        let ignored = unsafeBitCast(current.__sigaction_handler.sa_handler, to: Int.self) == 1   // SIG_IGN
         usleep(500_000)
-        process.send(SIGHUP)
+        process.send(ignored ? SIGTERM : SIGHUP)
         usleep(500_000)
         let second = Date()
         process.send(SIGINT)
