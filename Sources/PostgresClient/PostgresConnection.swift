@@ -66,8 +66,32 @@ public final class PostgresConnection {
             self.canceller = canceller
             interruptHook = Interruption.onInterrupt { canceller.cancelRunningStatement() }
         }
-        // Our own notices (e.g. "table does not exist, skipping") are not the operator's business.
-        PQsetNoticeProcessor(connection, { _, _ in }, nil)
+        // Notices go to `onNotice` (dropped while it is nil: our own "skipping" notices are not the
+        // operator's business). Unretained: libpq only calls back during calls made through `self`.
+        PQsetNoticeReceiver(connection, { context, result in
+            guard let context, let result else { return }
+            let connection = Unmanaged<PostgresConnection>.fromOpaque(context).takeUnretainedValue()
+            guard let onNotice = connection.onNotice else { return }
+            func field(_ code: UInt8) -> String? { PQresultErrorField(result, Int32(code)).map { String(cString: $0) } }
+            onNotice(PostgresNotice(severity: field(UInt8(ascii: "V")) ?? field(UInt8(ascii: "S")) ?? "NOTICE",
+                                    message: field(UInt8(ascii: "M")) ?? ""))
+        }, Unmanaged.passUnretained(self).toOpaque())
+    }
+
+    /// Called with every NOTICE and WARNING the server sends while this is set; nil drops them.
+    public var onNotice: ((PostgresNotice) -> Void)?
+
+    /// Whether the session is inside a transaction block (libpq's `PQtransactionStatus`), so a caller
+    /// can notice a transaction that a statement ended behind its back.
+    public var transactionState: TransactionState {
+        guard let handle else { return .unknown }
+        switch PQtransactionStatus(handle) {
+        case PQTRANS_IDLE: return .idle
+        case PQTRANS_INTRANS: return .inTransaction
+        case PQTRANS_INERROR: return .failedTransaction
+        case PQTRANS_ACTIVE: return .active
+        default: return .unknown
+        }
     }
 
     deinit { close() }
@@ -130,6 +154,14 @@ public final class PostgresConnection {
         try exec(sql, expecting: [PGRES_COMMAND_OK, PGRES_TUPLES_OK, PGRES_EMPTY_QUERY])
     }
 
+    /// Runs a script given as bytes, sent exactly as they are: they are read by the server in the
+    /// connection's `client_encoding`, which need not be UTF-8.
+    ///
+    /// - Throws: `PostgresError.query` for the first failing statement.
+    public func execute(bytes sql: [UInt8]) throws {
+        try exec(bytes: sql, expecting: [PGRES_COMMAND_OK, PGRES_TUPLES_OK, PGRES_EMPTY_QUERY])
+    }
+
     /// Starts `COPY … FROM STDIN`; send rows with `putCopyData(_:)` and end with `endCopy()`.
     ///
     /// - Throws: `PostgresError.query` if the server refuses the statement.
@@ -138,6 +170,12 @@ public final class PostgresConnection {
         copyStatement = sql
         // The COPY runs until endCopy(): cancellable all along.
         canceller?.statementStarts()
+    }
+
+    /// `beginCopy(_:)` with the statement as bytes, sent exactly as they are (see `execute(bytes:)`).
+    public func beginCopy(bytes sql: [UInt8]) throws {
+        try exec(bytes: sql, expecting: [PGRES_COPY_IN])
+        copyStatement = String(decoding: sql, as: UTF8.self)
     }
 
     /// Sends COPY data (whole rows in the COPY text format) for the COPY started by `beginCopy(_:)`.
@@ -192,13 +230,21 @@ public final class PostgresConnection {
 
     /// Runs `sql` with the simple query protocol; any status but `statuses` is an error.
     private func exec(_ sql: String, expecting statuses: [ExecStatusType]) throws {
-        let handle = try openHandle(for: sql)
+        try exec(bytes: Array(sql.utf8), describedAs: sql, expecting: statuses)
+    }
+
+    /// The one place statements are sent: bytes as they are (text in the client encoding, which
+    /// need not be UTF-8), described in errors by `description`; cancellable while it runs.
+    private func exec(bytes sql: [UInt8], describedAs description: String? = nil, expecting statuses: [ExecStatusType]) throws {
+        let description = description ?? String(decoding: sql.prefix(200), as: UTF8.self)
+        let handle = try openHandle(for: description)
         canceller?.statementStarts()
         defer { canceller?.statementEnds() }
-        let result = PQexec(handle, sql)
+        let terminated = sql + [0]
+        let result = terminated.withUnsafeBytes { PQexec(handle, $0.bindMemory(to: CChar.self).baseAddress) }
         defer { PQclear(result) }
         guard statuses.contains(PQresultStatus(result)) else {
-            throw failure(from: result, sql: sql)
+            throw failure(from: result, sql: description)
         }
     }
 
@@ -248,6 +294,18 @@ public final class PostgresConnection {
         }
         return first.trimmingTrailingNewlines()
     }
+}
+
+/// A NOTICE or WARNING sent by the server (e.g. "there is no transaction in progress").
+public struct PostgresNotice: Sendable, Equatable {
+    /// `NOTICE`, `WARNING`, `INFO`, … (not localized).
+    public var severity: String
+    public var message: String
+}
+
+/// Where a session stands with respect to a transaction block.
+public enum TransactionState: Sendable, Equatable {
+    case idle, active, inTransaction, failedTransaction, unknown
 }
 
 /// libpq's cancel handle for one connection, and whether a statement is running on it.

@@ -1,4 +1,5 @@
 import ArgumentParser
+import BackupStorage
 import Foundation
 import PostgresClient
 import RecoveryKit
@@ -87,9 +88,30 @@ public struct RepositoryOptions: ParsableArguments {
         valueName: "path"))
     public var encryptionKeyFile: String?
 
+    @Flag(name: .customLong("allow-mixed-encryption"), help: ArgumentHelp(
+        "Store plaintext in a repository that holds encrypted backups, or encrypted data in a plaintext one (refused otherwise)."))
+    public var allowMixedEncryption = false
+
     /// The repository cipher key, if one was given.
     public func cipherKey() throws -> RepositoryKey? {
         try RepositoryKey.load(file: encryptionKeyFile)
+    }
+
+    /// The key to write with, once every repository written to has been checked to hold data of
+    /// the same kind (encrypted with this key, or plaintext), unless `--allow-mixed-encryption`.
+    ///
+    /// - Throws: `RecoveryError(.usage)` naming the repository and the mismatch.
+    public func keyForWriting(to addresses: [String]) throws -> RepositoryKey? {
+        let key = try cipherKey()
+        for address in addresses {
+            do {
+                try RepositoryEncryption.checkWrite(to: try Repository.open(address, create: true), key: key, allowMixed: allowMixedEncryption)
+            } catch is StorageError {
+                // Unreachable or unwritable: the capture meets the same failure and handles it per
+                // repository (the others still get the backup, exit 50), so it is not decided here.
+            }
+        }
+        return key
     }
 
     public init() {}

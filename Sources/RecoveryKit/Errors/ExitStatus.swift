@@ -9,6 +9,8 @@ public enum ExitStatus: Int32, CaseIterable, Sendable {
     case usage = 2
     /// A configuration or policy file is unreadable or invalid.
     case configuration = 3
+    /// The operator answered no at a confirmation prompt; nothing was changed.
+    case declined = 4
     /// The database server is unreachable or refused the credentials.
     case databaseUnavailable = 10
     /// A statement failed on the server (including missing privileges).
@@ -52,6 +54,7 @@ public enum ExitStatus: Int32, CaseIterable, Sendable {
         case .failure: return "failure"
         case .usage: return "usage"
         case .configuration: return "configuration"
+        case .declined: return "declined"
         case .databaseUnavailable: return "database-unavailable"
         case .databaseError: return "database-error"
         case .toolFailed: return "tool-failed"

@@ -160,6 +160,9 @@ public enum LogicalRestore {
 
     private static func runSteps(_ plan: RestorePlan, _ configuration: RestoreConfiguration, store: BackupStore, timeline: Timeline,
                                  progress: ProgressObserver?, verified: (RowCountVerifier.Report) -> Void) throws -> String {
+        // A reader lock before the manifest is read: dbprune leaves a backup alone while it is read.
+        let reading = try StoreLock.sharedIfWritable(in: store, backupID: plan.backupID, holder: LockHolder(command: "dbrestore"))
+        defer { try? reading?.release() }   // a leftover reader record only delays pruning; dbprune removes it once we are gone
         let manifest = try Catalog(store: store).resolve(plan.backupID)
         let admin = try connectToMaintenance(configuration.target)
         defer { admin.close() }
