@@ -32,24 +32,24 @@ TMPDIR="$root/" swift test --skip-build --disable-swift-testing "$@" || status=$
 
 # A test process that crashed cannot stop its servers: stop them here, by the PIDs the sandbox
 # scripts recorded, and count it as something left behind.
-for pidfile in $(find "$root" -maxdepth 3 \( -name server.pid -o -name moto.pid \) 2>/dev/null); do
+while IFS= read -r -d '' pidfile; do
   dir=$(dirname "$pidfile")
   case $(basename "$pidfile") in
     server.pid) scripts/pg-sandbox.sh stop "$dir" || true ;;
     moto.pid) scripts/s3-sandbox.sh stop "$dir" || true ;;
   esac
-done
+done < <(find "$root" -maxdepth 3 \( -name server.pid -o -name moto.pid \) -print0 2>/dev/null)
 # SwiftPM's own lock files and TemporaryDirectory.* folders are its bookkeeping, not the tests'.
 # A server a test started itself (dbrestore --pitr) is stopped by the PID in its postmaster.pid, and
 # only if that process runs on that very data directory.
-for pidfile in $(find "$root" -maxdepth 5 -name postmaster.pid 2>/dev/null); do
+while IFS= read -r -d '' pidfile; do
   dir=$(dirname "$pidfile")
   pid=$(head -1 "$pidfile" 2>/dev/null || true)
   if [ -n "$pid" ] && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$dir"; then
     echo "test.sh: stopping PostgreSQL $pid left running in $dir" >&2
     kill -QUIT "$pid" 2>/dev/null || true
   fi
-done
+done < <(find "$root" -maxdepth 5 -name postmaster.pid -print0 2>/dev/null)
 leftovers=$(find "$root" -mindepth 1 -maxdepth 1 ! -name '_*.lock' ! -name 'TemporaryDirectory.*' 2>/dev/null | sort)
 if [ -n "$leftovers" ]; then
   echo "test.sh: the tests left $(echo "$leftovers" | wc -l) entries in $root (tests must remove what they create, also on failure):" >&2

@@ -40,6 +40,12 @@ public final class PostgresConnection {
         if target.value("application_name") == nil {
             effective = effective.with("application_name", applicationName)
         }
+        // Text is decoded as UTF-8 on this side, so the server must send UTF-8 whatever the database's
+        // encoding (a LATIN1 table `café` would otherwise come back as invalid UTF-8 and be garbled).
+        // A restore's dump sets its own client_encoding on the connections that replay it.
+        if target.value("client_encoding") == nil {
+            effective = effective.with("client_encoding", "UTF8")
+        }
         let keywords = effective.parameters.map { strdup($0.keyword) } + [nil]
         let values = effective.parameters.map { strdup($0.value) } + [nil]
         defer {

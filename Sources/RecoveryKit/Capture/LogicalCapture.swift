@@ -78,11 +78,16 @@ public enum LogicalCapture {
             SELECT current_database(), current_setting('server_version'),
                    (SELECT system_identifier::text FROM pg_catalog.pg_control_system())
             """).rows[0]
+        // Read before the counter starts: the connection serves one thread at a time.
+        let properties = try DatabaseProperties.read(on: connection)
         // The exact counts come from the same snapshot, counted on its own connection while pg_dump
         // streams it: the server scans while this process compresses. The data file is committed only
         // once the counts are in, so a failed count leaves nothing behind.
         let counting = Background { (try TableCounter.countRows(on: connection), try TableCounter.schemaVersion(on: connection)) }
         defer { counting.join() }
+        // The schema fingerprint, from a schema-only pg_dump in the same snapshot (Verify/SchemaDump.swift).
+        let schemaDump = try SchemaDump(pgDump: pgDump, target: configuration.target, snapshot: snapshot)
+        defer { schemaDump.cancel() }
 
         let dumpKey = "backups/\(id)/\(dumpFileName)"
         let file: BackupManifest.File
@@ -92,7 +97,7 @@ public enum LogicalCapture {
                 arguments: ["--snapshot=\(snapshot)", "--format=plain", "--no-password", "--lock-wait-timeout=\(configuration.lockWaitSeconds * 1000)"],
                 environment: configuration.target.childEnvironment, targets: targets, key: dumpKey,
                 level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "dump",
-                lockWait: (configuration.target, configuration.lockWaitSeconds), beforeCommit: { _ = try counting.wait() })
+                lockWait: (configuration.target, configuration.lockWaitSeconds), beforeCommit: { _ = try counting.wait(); _ = try schemaDump.finish() })
         } catch {
             // A count that failed first (no SELECT privilege, a lock timeout) aborts the snapshot, and
             // pg_dump then reports only "could not import the requested snapshot": the count's error is the cause.
@@ -114,16 +119,18 @@ public enum LogicalCapture {
             throw error
         }
 
-        let manifest = BackupManifest(
+        var manifest = BackupManifest(
             formatVersion: BackupManifest.currentFormatVersion, id: id, kind: .logical,
             tool: .init(name: "dbbackup", version: DBRecoveryVersion.current),
             database: .init(name: try facts.string(0), serverVersion: try facts.string(1), systemIdentifier: facts[2]),
             startedAt: startedAt, finishedAt: Date(), tags: configuration.tags, release: configuration.release,
-            pinned: configuration.pinned, schemaVersion: schemaVersion, snapshot: snapshot, tables: tables, files: [file])
+            pinned: configuration.pinned, schemaVersion: schemaVersion, snapshot: snapshot, tables: tables, files: [file],
+            databaseProperties: properties)
         CrashPoint.reached("capture:after-data")
         do {
             // Past this point the backup exists: a signal that came first still cancels it.
             try Interruption.check()
+            manifest.schemaFingerprint = try schemaDump.finish()
             try targets.writeManifests(manifest)
         } catch {
             targets.delete([dumpKey])

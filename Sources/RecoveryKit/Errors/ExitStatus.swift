@@ -83,7 +83,7 @@ public enum ExitStatus: Int32, CaseIterable, Sendable {
         case .failure: return "run the command again with the same arguments; if it repeats, report the message above"
         case .usage: return "--help shows every option with examples"
         case .configuration: return "fix the file named above (--print-config shows what is used and from where)"
-        case .declined: return "nothing was changed; run the command again and answer yes, or pass --yes"
+        case .declined: return "nothing was changed; run it again and answer y, or pass --yes after checking --dry-run"
         case .databaseUnavailable: return "check that the server is running and the URL is right (pg_isready can tell)"
         case .databaseError: return "fix the cause the server gave above and run the command again"
         case .toolFailed: return "check the PostgreSQL client programs (--pg-bin) and the message above, then run again"

@@ -5,7 +5,8 @@ import ProcessSignals
 /// copes. Armed only by `DBRECOVERY_CRASH_AT=<name>`; a no-op otherwise.
 ///
 /// Points: `capture:after-data` (data committed, no manifest yet), `prune:between-deletes` (a
-/// manifest deleted, its data not yet), `restore:during-swap` (target closed to new connections, not
+/// manifest deleted, its data not yet), `restore:after-verify` (scratch or drill database loaded and
+/// verified, not yet swapped or dropped), `restore:during-swap` (target closed to new connections, not
 /// yet renamed), `migrate:between-steps` (first step of a one-transaction plan done, not committed).
 ///
 /// `DBRECOVERY_SIGNAL_AT=<name>` (with `DBRECOVERY_SIGNAL=INT`, `TERM` or `HUP`; TERM by default) makes
