@@ -55,6 +55,10 @@ int CSignalPipe_install(const char *second_signal_message) {
     sigaddset(&action.sa_mask, SIGHUP);
     int signals[] = {SIGINT, SIGTERM, SIGHUP};
     for (int index = 0; index < 3; index++) {
+        /* A signal the parent ignores stays ignored, as the shell convention goes: `nohup` ignores
+           SIGHUP, and a background job of a script ignores SIGINT. */
+        struct sigaction current;
+        if (sigaction(signals[index], NULL, &current) == 0 && current.sa_handler == SIG_IGN) continue;
         if (sigaction(signals[index], &action, NULL) != 0) return -1;
     }
     return pipe_ends[0];

@@ -8,7 +8,7 @@ internal import CSignalPipe
 
 /// SIGINT, SIGTERM and SIGHUP turned into a run's cancellation.
 ///
-/// The first signal sets a process-wide flag and, on a dedicated thread, runs the hooks that make
+/// The first signal sets a process-wide flag and, from a dedicated thread, runs the hooks that make
 /// blocked work return: child programs are sent SIGTERM, running libpq statements are cancelled
 /// (`PQcancel`). The code that was blocked then fails, sees `isRequested` (or calls `check()`), throws
 /// `InterruptedError`, and the run unwinds through its ordinary error paths, which remove what it
@@ -51,7 +51,7 @@ public enum Interruption {
         return error
     }
 
-    /// Registers work to run once, on the signal thread, when the first signal arrives: it must only
+    /// Registers work to run once, on a thread of its own, when the first signal arrives: it must only
     /// make blocked work return (send a signal, cancel a statement), never clean up itself.
     ///
     /// - Returns: a registration; call `remove()` (or let it go) when the work it guards is over.

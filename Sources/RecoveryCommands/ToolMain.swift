@@ -53,7 +53,8 @@ extension ParsableCommand {
         do {
             try command.run()
             return ExitStatus.success.rawValue
-        } catch let error where error is ValidationError || error is CleanExit || error is ArgumentParser.ExitCode {
+        } catch let error where isArgumentParserError(error) {
+            // `--help` and `help` parse into a HelpCommand whose run() throws the help request.
             return reportParserError(error, tool: tool, standardError: standardError)
         } catch {
             // Every other error reaches the exit-code table, with its own message and a hint.
@@ -64,6 +65,13 @@ extension ParsableCommand {
             standardError.write(Data(text.utf8))
             return classified.code.rawValue
         }
+    }
+
+    /// Whether swift-argument-parser threw `error` (a help request, a validation failure, a clean exit),
+    /// as opposed to the command's own work.
+    private static func isArgumentParserError(_ error: Error) -> Bool {
+        error is ValidationError || error is CleanExit || error is ArgumentParser.ExitCode
+            || String(reflecting: type(of: error)).hasPrefix("ArgumentParser.")
     }
 
     /// Prints an argument-parser error (or `--help`) and returns its exit code: usage errors are 2.

@@ -67,3 +67,18 @@ final class ConnectionErrorContractTests: XCTestCase {
                        ExitStatus.usage.rawValue)
     }
 }
+
+final class HelpContractTests: XCTestCase {
+    /// `--help`, `-h` and `help` print the help and exit 0 in every tool (they parse into a command
+    /// whose run() throws the help request, which must not be reported as a failure).
+    func testHelpExitsZeroInEveryTool() {
+        let sink = FileHandle(forWritingAtPath: "/dev/null") ?? FileHandle.standardError
+        for (name, command) in CommandContractTests.commands {
+            // `help` is a subcommand only where there are subcommands (elsewhere it is a positional value).
+            let requests = command.configuration.subcommands.isEmpty ? [["--help"], ["-h"]] : [["--help"], ["-h"], ["help"]]
+            for arguments in requests {
+                XCTAssertEqual(command.runReturningCode(arguments, standardError: sink), ExitStatus.success.rawValue, "\(name) \(arguments)")
+            }
+        }
+    }
+}

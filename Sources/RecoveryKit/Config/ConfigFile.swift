@@ -58,7 +58,7 @@ public struct ConfigFile: Equatable, Sendable {
                     throw RecoveryError(.configuration, "config file \(path): unknown section [\(key)]", hint: "sections: [s3], [retention], [migrations], [restore], [repositories]")
                 }
                 if key == "repositories" {
-                    for name in section.keys { config.repositories[name] = try text(section[name]!, "[repositories] \(name)") }
+                    for (name, value) in section { config.repositories[name] = try text(value, "[repositories] \(name)") }
                     continue
                 }
                 for inner in section.keys {
@@ -81,9 +81,10 @@ public struct ConfigFile: Equatable, Sendable {
                 }
                 continue
             }
-            guard let value = table[key], known[""]!.contains(key) else {
+            let topLevel = known[""] ?? []
+            guard let value = table[key], topLevel.contains(key) else {
                 throw RecoveryError(.configuration, "config file \(path): unknown key \(key)",
-                                    hint: "allowed: \(known[""]!.joined(separator: ", ")) and sections [s3], [retention], [migrations]")
+                                    hint: "allowed: \(topLevel.joined(separator: ", ")) and sections [s3], [retention], [migrations]")
             }
             switch key {
             case "database_url": config.databaseURL = try text(value, key)

@@ -115,7 +115,6 @@ public final class ChildProcess {
         sigaddset(&defaults, SIGPIPE)
         sigaddset(&defaults, SIGINT)
         sigaddset(&defaults, SIGTERM)
-        sigaddset(&defaults, SIGHUP)
         posix_spawnattr_setsigdefault(&attributes, &defaults)
         var emptyMask = sigset_t()
         sigemptyset(&emptyMask)
