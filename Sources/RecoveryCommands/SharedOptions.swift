@@ -88,30 +88,9 @@ public struct RepositoryOptions: ParsableArguments {
         valueName: "path"))
     public var encryptionKeyFile: String?
 
-    @Flag(name: .customLong("allow-mixed-encryption"), help: ArgumentHelp(
-        "Store plaintext in a repository that holds encrypted backups, or encrypted data in a plaintext one (refused otherwise)."))
-    public var allowMixedEncryption = false
-
     /// The repository cipher key, if one was given.
     public func cipherKey() throws -> RepositoryKey? {
         try RepositoryKey.load(file: encryptionKeyFile)
-    }
-
-    /// The key to write with, once every repository written to has been checked to hold data of
-    /// the same kind (encrypted with this key, or plaintext), unless `--allow-mixed-encryption`.
-    ///
-    /// - Throws: `RecoveryError(.usage)` naming the repository and the mismatch.
-    public func keyForWriting(to addresses: [String]) throws -> RepositoryKey? {
-        let key = try cipherKey()
-        for address in addresses {
-            do {
-                try RepositoryEncryption.checkWrite(to: try Repository.open(address, create: true), key: key, allowMixed: allowMixedEncryption)
-            } catch is StorageError {
-                // Unreachable or unwritable: the capture meets the same failure and handles it per
-                // repository (the others still get the backup, exit 50), so it is not decided here.
-            }
-        }
-        return key
     }
 
     public init() {}
@@ -163,6 +142,32 @@ public struct RepositoryOptions: ParsableArguments {
             ResolvedSetting.resolve("s3.region", flag: s3Region, flagName: "--s3-region", environment: ["AWS_REGION", "AWS_DEFAULT_REGION"],
                                     file: config?.s3Region, filePath: config?.path, fileKey: "[s3] region"),
         ]
+    }
+}
+
+/// `--allow-mixed-encryption`, for the commands that store data (dbbackup, wal-push).
+public struct EncryptionWriteOptions: ParsableArguments {
+    @Flag(name: .customLong("allow-mixed-encryption"), help: ArgumentHelp(
+        "Store plaintext in a repository that holds encrypted backups, or encrypted data in a plaintext one (refused otherwise)."))
+    public var allowMixedEncryption = false
+
+    public init() {}
+
+    /// The key to write with, once every repository written to has been checked to hold data of
+    /// the same kind (encrypted with this key, or plaintext), unless `--allow-mixed-encryption`.
+    ///
+    /// - Throws: `RecoveryError(.usage)` naming the repository and the mismatch.
+    public func key(from repository: RepositoryOptions, writingTo addresses: [String]) throws -> RepositoryKey? {
+        let key = try repository.cipherKey()
+        for address in addresses {
+            do {
+                try RepositoryEncryption.checkWrite(to: try Repository.open(address, create: true), key: key, allowMixed: allowMixedEncryption)
+            } catch is StorageError {
+                // Unreachable or unwritable: the capture meets the same failure and handles it per
+                // repository (the others still get the backup, exit 50), so it is not decided here.
+            }
+        }
+        return key
     }
 }
 
