@@ -10,7 +10,7 @@ case $action in
 start)
   command -v moto_server >/dev/null || { echo "s3-sandbox: moto_server not found; run scripts/setup.sh (pip install moto==5.2.1 flask flask-cors)" >&2; exit 12; }
   mkdir -p "$dir"
-  for attempt in 1 2 3; do
+  for _ in 1 2 3; do
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
     moto_server -H 127.0.0.1 -p "$port" >"$dir/moto.log" 2>&1 &
     pid=$!

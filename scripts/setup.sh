@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(postgresql-15 postgresql-client-15 libpq-dev zlib1g-dev pkg-config pigz pgbackrest time util-linux gzip)
+# prometheus (promtool), shellcheck, systemd (systemd-analyze) and man-db check what scripts/install.sh ships.
+packages=(postgresql-15 postgresql-client-15 libpq-dev zlib1g-dev pkg-config pigz pgbackrest time util-linux gzip
+          prometheus shellcheck systemd man-db)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

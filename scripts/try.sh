@@ -76,7 +76,7 @@ if [ -x "$bin/dbrestore" ]; then
   step "the damaged database was kept, renamed aside"
   psql -X -A -t "postgresql://postgres@127.0.0.1:$SANDBOX_PORT/postgres" -c "SELECT datname FROM pg_database WHERE datname LIKE 'app%' ORDER BY 1"
 fi
-step "dbmigrate up --release v2.0.0   (a deploy with two migrations)"
+step "dbmigrate up --release v2.0.0   (a deploy with two migrations; versions 1-3 already in schema_version are adopted, not re-run)"
 mkdir -p "$work/migrations"
 cat > "$work/migrations/0004_meeting_rooms.up.sql" <<'SQL'
 ALTER TABLE meetings ADD COLUMN room text;
@@ -93,6 +93,7 @@ step "dbmigrate down --steps 1 --dry-run   (the plan and the full SQL, with a wa
 "$bin/dbmigrate" down --steps 1 --dir "$work/migrations" --dry-run
 step "dbmigrate down --steps 1   (backup tagged pre-downgrade first, then one transaction)"
 "$bin/dbmigrate" down --steps 1 --dir "$work/migrations" --yes
+echo "the runbook's query: SELECT version, applied_at FROM schema_version ORDER BY applied_at DESC LIMIT 1"
 psql -X -A -t "$DATABASE_URL" -c "SELECT 'schema version now: ' || version FROM schema_version ORDER BY applied_at DESC LIMIT 1"
 
 step "done; the sandbox is removed on exit"

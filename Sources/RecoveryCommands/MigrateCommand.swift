@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ProcessSignals
 import RecoveryKit
 
 /// `dbmigrate`: migrations up and down against `schema_version`.
@@ -10,6 +11,8 @@ public struct MigrateCommand: ParsableCommand {
         discussion: """
         Migrations live in a directory (default ./migrations) as <version>_<name>.up.sql and \
         <version>_<name>.down.sql. Header directives: -- dbmigrate:no-transaction, -- dbmigrate:irreversible.
+        An existing schema_version (version, applied_at) table is adopted as it is: its versions count \
+        as applied. dbmigrate keeps its own records in dbmigrate_versions and schema_version_log.
 
         Examples:
           dbmigrate status
@@ -17,8 +20,9 @@ public struct MigrateCommand: ParsableCommand {
           dbmigrate down --to-release v1.2.3 --repo /var/backups/app --dry-run
           dbmigrate down --steps 1 --repo /var/backups/app --yes
           dbmigrate resolve 12 --mark-reverted
+          dbmigrate baseline --version 3
         """,
-        subcommands: [Status.self, Up.self, Down.self, Verify.self, Resolve.self])
+        subcommands: [Status.self, Up.self, Down.self, Verify.self, Resolve.self, Baseline.self])
 
     public init() {}
 
@@ -29,20 +33,16 @@ public struct MigrateCommand: ParsableCommand {
 
         var directory: String { directoryFlag ?? (try? ConfigFile.current()?.migrationsDirectory) ?? nil ?? "migrations" }
 
-        @Option(name: .customLong("lock-wait"), help: ArgumentHelp("Seconds to wait for another dbmigrate's lock.", valueName: "seconds"))
-        public var lockWait: Double = 30
-
         public init() {}
 
         func configuration(_ connection: ConnectionOptions, release: String? = nil, perStep: Bool = false,
                            lockTimeout: String = "10s", statementTimeout: String = "15min") throws -> MigrationConfiguration {
             MigrationConfiguration(target: try connection.target(), directory: directory, release: release, perStep: perStep,
-                                   lockWaitSeconds: lockWait, lockTimeout: lockTimeout, statementTimeout: statementTimeout)
+                                   // --lock-wait (ConnectionOptions) also bounds the wait for another dbmigrate's lock; 30 s unless given.
+                                   lockWaitSeconds: Double(connection.explicitLockWaitSeconds ?? 30),
+                                   lockTimeout: lockTimeout, statementTimeout: statementTimeout)
         }
 
-        public func validate() throws {
-            guard lockWait >= 0 && lockWait <= 86_400 else { throw ValidationError("--lock-wait must be between 0 and 86400 seconds") }
-        }
     }
 
     /// Options of the commands that run SQL.
@@ -60,17 +60,23 @@ public struct MigrateCommand: ParsableCommand {
 
         public init() {}
 
-        /// The run's configuration: the shared options plus this command's transaction and timeout choices.
-        func configuration(_ common: Common, _ connection: ConnectionOptions, release: String?) throws -> MigrationConfiguration {
-            try common.configuration(connection, release: release, perStep: perStep, lockTimeout: lockTimeout, statementTimeout: statementTimeout)
+        /// The run's configuration: the shared options plus this command's transaction and timeout
+        /// choices; the server's notices and warnings go to stderr as they arrive.
+        func configuration(_ common: Common, _ connection: ConnectionOptions, release: String?, output: OutputOptions,
+                           requireRestorePoint: Bool = false) throws -> MigrationConfiguration {
+            var configuration = try common.configuration(connection, release: release, perStep: perStep, lockTimeout: lockTimeout,
+                                                         statementTimeout: statementTimeout)
+            configuration.requireRestorePoint = requireRestorePoint
+            configuration.onServerMessage = { output.note("server \($0)") }
+            return configuration
         }
 
-        func confirm(_ plan: MigrationPlan) throws {
-            guard !yes && isatty(0) == 1 else { return }
-            FileHandle.standardError.write(Data((plan.lines(includingSQL: false).joined(separator: "\n") + "\nProceed? [y/N] ").utf8))
-            guard let answer = readLine(), ["y", "yes"].contains(answer.lowercased()) else {
-                throw RecoveryError(.migrationRefused, "cancelled; nothing was changed")
-            }
+        /// Asks on a terminal unless `--yes`. A destructive plan with no terminal to ask on and no
+        /// `--yes` is refused (exit 2): cron and CI must say yes explicitly.
+        func confirm(_ plan: MigrationPlan, destructive: Bool) throws {
+            guard !yes else { return }
+            try Confirmation.ask(plan.lines(includingSQL: false).joined(separator: "\n"),
+                                 refusal: "dbmigrate \(plan.direction.rawValue) would revert \(plan.steps.count) version(s)", required: destructive)
         }
     }
 
@@ -81,7 +87,7 @@ public struct MigrateCommand: ParsableCommand {
             print(plan.lines(includingSQL: true).joined(separator: "\n"))
             return
         }
-        guard let report else {
+        guard let report, !report.steps.isEmpty else {
             print("nothing to do: database is at version \(plan.fromVersion.map(String.init) ?? "none")")
             return
         }
@@ -107,8 +113,9 @@ public struct MigrateCommand: ParsableCommand {
             if output.json { return try printJSON(rows) }
             var table = TextTable("VERSION", "NAME", "STATE", "APPLIED AT (UTC)", "RELEASE", "NOTES")
             for row in rows {
-                table.add(String(row.version), row.name, row.state, row.appliedAt.map { String(Timestamp.format($0).prefix(19)) } ?? "-",
-                          row.release ?? "-", row.notes.joined(separator: "; "))
+                table.add(String(row.version), row.name, row.adopted ? "\(row.state) (adopted)" : row.state,
+                          row.appliedAt.map { String(Timestamp.format($0).prefix(19)) } ?? "-",
+                          row.release ?? "-", row.notes.filter { $0 != "adopted" }.joined(separator: "; "))
             }
             print(table.rendered)
         }
@@ -131,8 +138,8 @@ public struct MigrateCommand: ParsableCommand {
 
         public func run() throws {
             if try config.printIfAsked(connection: connection, repository: nil) { return }
-            let configuration = try running.configuration(common, connection, release: release)
-            let (plan, report) = try Migrations.up(configuration, to: to, dryRun: running.dryRun, confirm: running.confirm)
+            let configuration = try running.configuration(common, connection, release: release, output: output)
+            let (plan, report) = try Migrations.up(configuration, to: to, dryRun: running.dryRun) { try running.confirm($0, destructive: false) }
             try MigrateCommand.render(plan, report, dryRun: running.dryRun, output: output)
         }
     }
@@ -150,6 +157,9 @@ public struct MigrateCommand: ParsableCommand {
         @Option(name: .customLong("to-release"), help: ArgumentHelp("Return to the versions present when this release was migrated.", valueName: "release"))
         var toRelease: String?
         @Flag(name: .customLong("no-backup"), help: "Do not take a backup first (not recommended).") var noBackup = false
+        @Flag(name: .customLong("require-restore-point"),
+              help: "Refuse to revert when no restore point can be created (missing privilege, wal_level = minimal, standby), instead of warning.")
+        var requireRestorePoint = false
         @Option(help: ArgumentHelp("Recorded in the log as the release doing the downgrade.", valueName: "release")) var release: String?
         @OptionGroup(title: "Repository") var repository: RepositoryOptions
         @OptionGroup(title: "Output") var output: OutputOptions
@@ -164,7 +174,8 @@ public struct MigrateCommand: ParsableCommand {
 
         public func run() throws {
             if try config.printIfAsked(connection: connection, repository: nil) { return }
-            let configuration = try running.configuration(common, connection, release: release)
+            let configuration = try running.configuration(common, connection, release: release, output: output,
+                                                          requireRestorePoint: requireRestorePoint)
             let selection: DowngradeSelection = to.map { .toVersion($0) } ?? steps.map { .steps($0) } ?? .toRelease(toRelease ?? "")
             var backupRepository: String?
             if !noBackup {
@@ -175,9 +186,14 @@ public struct MigrateCommand: ParsableCommand {
                                         hint: "pass --repo DIR (or set BACKUP_REPO), or --no-backup to skip it")
                 }
             }
+            let progress = output.progress
             let (plan, report) = try Migrations.down(configuration, selection: selection, backupRepository: backupRepository,
                                                      tools: connection.tools, key: try repository.cipherKey(), dryRun: running.dryRun,
-                                                     confirm: running.confirm)
+                                                     progress: progress) { plan in
+                try running.confirm(plan, destructive: true)
+                // On a terminal, say what the next seconds are spent on before the dump's progress line starts.
+                if plan.takesBackup && progress != nil { output.note("taking a backup (tag pre-downgrade) before reverting…") }
+            }
             try MigrateCommand.render(plan, report, dryRun: running.dryRun, output: output)
         }
     }
@@ -198,7 +214,7 @@ public struct MigrateCommand: ParsableCommand {
             }
             guard problems.isEmpty else {
                 throw RecoveryError(.verificationMismatch, "\(problems.count) applied version(s) differ from their files",
-                                    hint: "restore the edited files from version control, or resolve mid-flight versions with dbmigrate resolve")
+                                    hint: "restore the edited files from version control, or accept an edit with dbmigrate resolve VERSION --mark-applied (dbmigrate up shows both checksums); resolve mid-flight versions with dbmigrate resolve")
             }
             if !output.json { print("all applied versions match their files") }
         }
@@ -223,6 +239,30 @@ public struct MigrateCommand: ParsableCommand {
             if try config.printIfAsked(connection: connection, repository: nil) { return }
             try Migrations.resolve(try common.configuration(connection), version: version, applied: markApplied)
             print("version \(version) marked \(markApplied ? "applied" : "reverted"); recorded in schema_version_log")
+        }
+    }
+
+    public struct Baseline: ParsableCommand {
+        public static let configuration = CommandConfiguration(
+            abstract: "Record versions up to --version as applied without running them (schema_version missing or empty).",
+            discussion: "For a database whose schema already matches the migrations up to VERSION but that has no schema_version rows. A schema_version that already holds rows needs no baseline: its versions are adopted as they are.")
+        @Option(help: ArgumentHelp("The version the database is at: it and every version on disk below it are recorded.", valueName: "version"))
+        var version: Int64
+        @OptionGroup(title: "Connection") var connection: ConnectionOptions
+        @OptionGroup var common: Common
+        @OptionGroup(title: "Configuration") var config: ConfigOptions
+        @OptionGroup(title: "Output") var output: OutputOptions
+        public init() {}
+
+        public func validate() throws {
+            if version < 0 { throw ValidationError("--version \(version) must be a version number of 0 or more") }
+        }
+
+        public func run() throws {
+            if try config.printIfAsked(connection: connection, repository: nil) { return }
+            let recorded = try Migrations.baseline(try common.configuration(connection), version: version)
+            if output.json { return try printJSON(["baselined": recorded]) }
+            print("recorded version(s) \(recorded.map(String.init).joined(separator: ", ")) as applied (baseline) without running them; dbmigrate up applies what comes after \(version)")
         }
     }
 }

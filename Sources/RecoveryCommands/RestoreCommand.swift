@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ProcessSignals
 import RecoveryKit
 
 /// `dbrestore`: verified restores, emergency restores, drills, and the backup listing.
@@ -161,12 +162,13 @@ public struct RestoreBackupCommand: ParsableCommand {
     private func runPITR() throws {
         let recoveryTarget: RecoveryTarget = targetTime.flatMap(Self.parseTime).map { .time($0) }
             ?? targetLSN.flatMap(WALSegmentName.parseLSN).map { .lsn($0) } ?? targetName.map { .name($0) } ?? .latest
-        let executable = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
+        let executable = PointInTimeRestore.runningExecutable()
         let directory = pgdata.map { $0.hasPrefix("/") ? $0 : FileManager.default.currentDirectoryPath + "/" + $0 } ?? ""
         var configuration = PITRConfiguration(repository: try repository.address(), dataDirectory: directory, target: recoveryTarget,
                                               port: port, start: start, moveAside: moveAside, tools: connection.tools,
                                               connection: try connection.target(), dbrestorePath: executable)
         configuration.key = try repository.cipherKey()
+        configuration.keyFile = repository.encryptionKeyFile
         let plan = try PointInTimeRestore.plan(configuration)
         if dryRun {
             if output.json { try printJSON(plan) } else { print(plan.lines.joined(separator: "\n")) }
@@ -204,11 +206,9 @@ public struct RestoreBackupCommand: ParsableCommand {
             if output.json { try printJSON(plan) } else { print(plan.lines.joined(separator: "\n")) }
             return
         }
-        if mode == .normal && !yes && isatty(0) == 1 {
-            FileHandle.standardError.write(Data((plan.lines.joined(separator: "\n") + "\nProceed? [y/N] ").utf8))
-            guard let answer = readLine(), ["y", "yes"].contains(answer.lowercased()) else {
-                throw RecoveryError(.restoreFailed, "restore cancelled; nothing was changed")
-            }
+        if mode == .normal && !yes {
+            // Destructive without an explicit yes only at a terminal; never from cron, ssh without a tty or CI.
+            try Confirmation.ask(plan.lines.joined(separator: "\n"), refusal: "dbrestore would replace database \(plan.targetDatabase) with backup \(plan.backupID)")
         } else if !output.json {
             plan.skipped.forEach { output.note("skipped backup \($0.id): \($0.reason)") }
         }
@@ -378,15 +378,33 @@ public struct WALFetchCommand: ParsableCommand {
         recovery rather than ending it early).
         """)
 
-    @Argument(help: ArgumentHelp("WAL file name (%f).", valueName: "name")) public var name: String
-    @Argument(help: ArgumentHelp("Where PostgreSQL wants it (%p).", valueName: "path")) public var path: String
+    @Argument(help: ArgumentHelp("WAL file name (%f).", valueName: "name")) public var name: String?
+    @Argument(help: ArgumentHelp("Where PostgreSQL wants it (%p).", valueName: "path")) public var path: String?
     @OptionGroup(title: "Repository") public var repository: RepositoryOptions
     @OptionGroup(title: "Configuration") public var config: ConfigOptions
+    /// Anything else on the line (an unquoted path split at a space, a misspelt flag), refused in validate().
+    @Argument(parsing: .allUnrecognized, help: .hidden) var unexpected: [String] = []
 
     public init() {}
 
+    /// A usage error here exits 126, not 2: PostgreSQL reads any code below 126 from restore_command
+    /// as "not in the archive" and may end recovery early at a segment that does exist. (Checked in
+    /// run(), since errors from validate() are re-coded by the argument parser.)
+    func refuseUsageErrors() throws {
+        if !unexpected.isEmpty {
+            throw RecoveryError(.walFetchFailed, "unexpected arguments \(unexpected.map { "'\($0)'" }.joined(separator: " ")); recovery must stop here",
+                                hint: "shell-quote every value in restore_command (dbrestore --pitr writes it quoted)")
+        }
+        if !config.printConfig && (name == nil || path == nil) {
+            throw RecoveryError(.walFetchFailed, "wal-fetch needs the WAL file name and the destination path; recovery must stop here",
+                                hint: "restore_command = 'dbrestore wal-fetch %f %p --repo …'")
+        }
+    }
+
     public func run() throws {
+        try refuseUsageErrors()
         if try config.printIfAsked(connection: nil, repository: repository) { return }
+        guard let name, let path else { return }   // refuseUsageErrors() refused this already
         let found: Bool
         do {
             found = try WALArchive.fetch(name: name, destination: path, repository: try repository.address(), key: try repository.cipherKey())

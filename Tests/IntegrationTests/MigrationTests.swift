@@ -54,9 +54,14 @@ final class MigrationTests: XCTestCase {
     func testUpDownUpMatchesTheSchemaBuiltDirectly() throws {
         XCTAssertEqual(try migrate(["up", "--release", "v1"]).status, 0)
         XCTAssertEqual(try versions(), ["1", "2", "3", "4"])
+        // A fresh database gets the runbooks' two-column table; dbmigrate's own records live apart.
+        XCTAssertEqual(try cluster.scalar("SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute WHERE attrelid = 'schema_version'::regclass AND attnum > 0", database: database),
+                       "version,applied_at")
+        XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM dbmigrate_versions WHERE NOT adopted AND up_sha256 IS NOT NULL", database: database), "4")
+        XCTAssertEqual(try cluster.scalar("SELECT version FROM schema_version ORDER BY applied_at DESC LIMIT 1", database: database), "4")
         let head = try schema(database)
 
-        let down = try migrate(["down", "--to", "2", "--no-backup"])
+        let down = try migrate(["down", "--to", "2", "--no-backup", "--yes"])
         XCTAssertEqual(down.status, 0, down.standardError)
         XCTAssertEqual(try versions(), ["1", "2"])
         // The runbook's own check gives the current version.
@@ -76,14 +81,15 @@ final class MigrationTests: XCTestCase {
         // Applying with the broken down file recorded is fine: only the down file changed.
         XCTAssertEqual(try migrate(["up"]).status, 0)
         let schemaBefore = try schema(database)
-        let rowsBefore = try cluster.connect(database: database).query("SELECT version, name, up_sha256, applied_at, state FROM schema_version ORDER BY version").rows.map(\.values)
+        let bookkeeping = "SELECT s.version, s.applied_at, m.name, m.up_sha256, m.state FROM schema_version s JOIN dbmigrate_versions m USING (version) ORDER BY version"
+        let rowsBefore = try cluster.connect(database: database).query(bookkeeping).rows.map(\.values)
 
-        let result = try migrate(["down", "--to", "1", "--no-backup"])
+        let result = try migrate(["down", "--to", "1", "--no-backup", "--yes"])
         XCTAssertEqual(result.status, ExitStatus.migrationFailed.rawValue, result.standardError)
         XCTAssertTrue(result.standardError.contains("down step 3 (user_names) failed at statement 2 `SELECT 1 / 0`"), result.standardError)
         XCTAssertTrue(result.standardError.contains("SQLSTATE 22012"), result.standardError)
         XCTAssertEqual(try schema(database), schemaBefore)
-        XCTAssertEqual(try cluster.connect(database: database).query("SELECT version, name, up_sha256, applied_at, state FROM schema_version ORDER BY version").rows.map(\.values), rowsBefore)
+        XCTAssertEqual(try cluster.connect(database: database).query(bookkeeping).rows.map(\.values), rowsBefore)
         XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM schema_version_log WHERE action = 'failed'", database: database), "1")
     }
 
@@ -96,7 +102,7 @@ final class MigrationTests: XCTestCase {
         try "-- dbmigrate:irreversible\nSELECT 1;".write(toFile: migrations + "/0003_user_names.down.sql", atomically: true, encoding: .utf8)
         try "CREATE TABLE meetings (id serial PRIMARY KEY); -- edited".write(toFile: migrations + "/0002_meetings.up.sql", atomically: true, encoding: .utf8)
 
-        let result = try TestProcess.tool("dbmigrate", ["down", "--to", "0", "--database-url", cluster.url(database: database), "--dir", migrations,
+        let result = try TestProcess.tool("dbmigrate", ["down", "--to", "0", "--yes", "--database-url", cluster.url(database: database), "--dir", migrations,
                                                         "--repo", repository], cluster: cluster)
         XCTAssertEqual(result.status, ExitStatus.migrationRefused.rawValue, result.standardError)
         for expected in ["version 4 (audit): no down file", "version 3 (user_names): marked -- dbmigrate:irreversible",
@@ -163,20 +169,48 @@ final class MigrationTests: XCTestCase {
         XCTAssertEqual(try cluster.scalar("SELECT backup_id FROM schema_version_log WHERE action = 'down' LIMIT 1", database: database), backupID)
     }
 
+    func testTheBackupBeforeADowngradeShowsProgressOnATerminal() throws {
+        XCTAssertEqual(try migrate(["up"]).status, 0)
+        try cluster.connect(database: database).execute(script: "INSERT INTO audit (note) SELECT repeat('x', 200) FROM generate_series(1, 20000)")
+        // script(1) gives the command a terminal, as an operator's shell would.
+        let command = [TestPaths.executable("dbmigrate"), "down", "--steps", "1", "--yes", "--database-url", cluster.url(database: database),
+                       "--dir", migrations, "--repo", repository].map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
+        let result = try TestProcess.run("/usr/bin/script", ["-qec", command, "/dev/null"], environment: cluster.environment)
+        XCTAssertEqual(result.status, 0, result.standardOutput + result.standardError)
+        XCTAssertTrue(result.standardOutput.contains("taking a backup (tag pre-downgrade) before reverting"), result.standardOutput)
+        XCTAssertTrue(result.standardOutput.contains("dump: "), "the dump's progress line: \(result.standardOutput)")
+        XCTAssertTrue(result.standardOutput.contains("downgraded from 4 to 3"), result.standardOutput)
+    }
+
+    func testAMigrationThatChangesSearchPathCannotRedirectTheBookkeeping() throws {
+        let other = TestPaths.temporaryDirectory(prefix: "migrations")
+        try "CREATE SCHEMA app;\nCREATE TABLE app.schema_version (version int, applied_at timestamptz);\nSET search_path = app;".write(
+            toFile: other + "/0001_app.up.sql", atomically: true, encoding: .utf8)
+        try "CREATE TABLE t2 (x int);".write(toFile: other + "/0002_t2.up.sql", atomically: true, encoding: .utf8)
+        let result = try TestProcess.tool("dbmigrate", ["up", "--per-step", "--database-url", cluster.url(database: database), "--dir", other], cluster: cluster)
+        XCTAssertEqual(result.status, 0, result.standardError)
+        XCTAssertEqual(try cluster.scalar("SELECT string_agg(version::text, ',' ORDER BY version) FROM public.schema_version", database: database), "1,2")
+        XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM app.schema_version", database: database), "0")
+        XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM public.dbmigrate_versions", database: database), "2")
+    }
+
     func testNonTransactionalFailureBlocksUntilResolved() throws {
         try "-- dbmigrate:no-transaction\nCREATE INDEX CONCURRENTLY users_email ON users (email);\nSELECT 1 / 0;".write(
             toFile: migrations + "/0005_email_index.up.sql", atomically: true, encoding: .utf8)
         try "DROP INDEX users_email;".write(toFile: migrations + "/0005_email_index.down.sql", atomically: true, encoding: .utf8)
         let failed = try migrate(["up", "--per-step"])
         XCTAssertEqual(failed.status, ExitStatus.migrationFailed.rawValue, failed.standardError)
-        XCTAssertEqual(try cluster.scalar("SELECT state FROM schema_version WHERE version = 5", database: database), "applying")
+        XCTAssertEqual(try cluster.scalar("SELECT state FROM dbmigrate_versions WHERE version = 5", database: database), "applying")
+        XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM schema_version WHERE version = 5", database: database), "0",
+                       "the runbook table never shows a half-applied version")
 
         let blocked = try migrate(["up"])
         XCTAssertEqual(blocked.status, ExitStatus.migrationRefused.rawValue)
         XCTAssertTrue(blocked.standardError.contains("dbmigrate resolve 5"), blocked.standardError)
 
         XCTAssertEqual(try migrate(["resolve", "5", "--mark-applied"]).status, 0)
-        XCTAssertEqual(try cluster.scalar("SELECT state FROM schema_version WHERE version = 5", database: database), "applied")
+        XCTAssertEqual(try cluster.scalar("SELECT state FROM dbmigrate_versions WHERE version = 5", database: database), "applied")
+        XCTAssertEqual(try cluster.scalar("SELECT version FROM schema_version ORDER BY applied_at DESC LIMIT 1", database: database), "5")
         XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM schema_version_log WHERE action = 'resolve-applied'", database: database), "1")
         let status = try migrate(["status", "--json"])
         XCTAssertEqual(status.status, 0)

@@ -50,3 +50,20 @@ enum TestPathsForCommands {
         return url.path
     }()
 }
+
+final class ConnectionErrorContractTests: XCTestCase {
+    /// A malformed port is the operator's typo, not an unreachable server: exit 2, not 10.
+    func testAMalformedPortIsAUsageError() throws {
+        let sink = FileHandle(forWritingAtPath: "/dev/null") ?? FileHandle.standardError
+        let repository = NSTemporaryDirectory() + "port-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: repository) }
+        XCTAssertEqual(BackupCommand.runReturningCode(["--database-url", "postgresql://app@127.0.0.1:54x2/app", "--repo", repository],
+                                                      standardError: sink), ExitStatus.usage.rawValue)
+    }
+
+    func testABadLockWaitIsAUsageError() {
+        let sink = FileHandle(forWritingAtPath: "/dev/null") ?? FileHandle.standardError
+        XCTAssertEqual(BackupCommand.runReturningCode(["--lock-wait", "forever", "--repo", "/nonexistent"], standardError: sink),
+                       ExitStatus.usage.rawValue)
+    }
+}

@@ -52,18 +52,29 @@ final class DumpScannerTests: XCTestCase {
 
     /// Events with adjacent row runs merged (how rows are cut into runs depends on the chunks).
     private func scan(_ text: String, chunk: Int) throws -> [Seen] {
+        try scan(bytes: Array(text.utf8), chunk: chunk).seen
+    }
+
+    /// Events, and the statements with the settings they carry.
+    private func scan(bytes: [UInt8], chunk: Int) throws -> (seen: [Seen], statements: [DumpScanner.Statement], rows: [UInt8]) {
         var seen: [Seen] = []
+        var statements: [DumpScanner.Statement] = []
+        var rows: [UInt8] = []
         let scanner = DumpScanner { event in
             switch event {
-            case .statement(let sql): seen.append(.statement(sql))
-            case .copyStart(let sql): seen.append(.copyStart(sql))
+            case .statement(let statement):
+                seen.append(.statement(statement.text))
+                statements.append(statement)
+            case .copyStart(let statement):
+                seen.append(.copyStart(statement.text))
+                statements.append(statement)
             case .copyRows(let bytes):
+                rows.append(contentsOf: bytes)
                 let text = String(decoding: bytes, as: UTF8.self)
                 if case .rows(let before)? = seen.last { seen[seen.count - 1] = .rows(before + text) } else { seen.append(.rows(text)) }
             case .copyEnd: seen.append(.copyEnd)
             }
         }
-        let bytes = Array(text.utf8)
         var offset = 0
         while offset < bytes.count {
             let end = min(bytes.count, offset + chunk)
@@ -71,13 +82,12 @@ final class DumpScannerTests: XCTestCase {
             offset = end
         }
         try scanner.finish()
-        return seen
+        return (seen, statements, rows)
     }
 
     func testEventsAreTheSameForEveryChunkSize() throws {
+        // Session settings are not statements of their own: they travel with the statements after them.
         let expected: [Seen] = [
-            .statement("SET statement_timeout = 0"),
-            .statement("SELECT pg_catalog.set_config('search_path', '', false)"),
             .statement("CREATE FUNCTION public.f() RETURNS text\n    LANGUAGE sql\n    AS $_$SELECT 'COPY x FROM stdin;\n\\.\n;'$_$"),
             .statement("CREATE TABLE public.t (id integer, note text DEFAULT E'it\\'s; -- not a comment')"),
             .copyStart("COPY public.t (id, note) FROM stdin"),
@@ -93,6 +103,47 @@ final class DumpScannerTests: XCTestCase {
         }
     }
 
+    func testEveryStatementCarriesTheSettingsInForceWhereItStood() throws {
+        let dump = """
+            SET default_tablespace = '';
+            CREATE TABLE public.a (id int);
+            COPY public.a (id) FROM stdin;
+            1
+            \\.
+            SET default_tablespace = ts2;
+            CREATE INDEX a_id ON public.a USING btree (id);
+            SET default_tablespace = '';
+            RESET default_tablespace;
+            ALTER TABLE ONLY public.a ADD CONSTRAINT a_pkey PRIMARY KEY (id);
+
+            """
+        let statements = try scan(bytes: Array(dump.utf8), chunk: 5).statements
+        XCTAssertEqual(statements.map(\.text), ["CREATE TABLE public.a (id int)", "COPY public.a (id) FROM stdin",
+                                                "CREATE INDEX a_id ON public.a USING btree (id)",
+                                                "ALTER TABLE ONLY public.a ADD CONSTRAINT a_pkey PRIMARY KEY (id)"])
+        let tablespaces = statements.map { $0.settings["default_tablespace"].map { String(decoding: $0, as: UTF8.self) } }
+        XCTAssertEqual(tablespaces, ["SET default_tablespace = ''", "SET default_tablespace = ''", "SET default_tablespace = ts2", nil])
+    }
+
+    func testStandardConformingStringsOffChangesHowStringsAreRead() throws {
+        let dump = "SET standard_conforming_strings = off;\nSELECT 'a\\'; b';\nSET standard_conforming_strings = on;\nSELECT 'c\\';\n"
+        XCTAssertEqual(try scan(dump, chunk: 3), [.statement("SELECT 'a\\'; b'"), .statement("SELECT 'c\\'")])
+    }
+
+    func testBytesOfStatementsAndRowsAreUntouched() throws {
+        // LATIN1: SET client_encoding, a default 'Zoë', a row with ë and a CR LF line.
+        let create: [UInt8] = Array("CREATE TABLE public.caf".utf8) + [0xE9] + Array(" (n text DEFAULT 'Zo".utf8) + [0xEB] + Array("')".utf8)
+        let rows: [UInt8] = Array("Zo".utf8) + [0xEB, 0x0D, 0x0A] + Array("\\.x\n".utf8)
+        let dump = Array("SET client_encoding = 'LATIN1';\n".utf8) + create + Array(";\nCOPY public.caf".utf8) + [0xE9]
+            + Array(" (n) FROM stdin;\n".utf8) + rows + Array("\\.\r\n".utf8)
+        for chunk in [1, 4, 1 << 16] {
+            let scanned = try scan(bytes: dump, chunk: chunk)
+            XCTAssertEqual(scanned.statements.first?.sql, create)
+            XCTAssertEqual(scanned.statements.first?.settings["client_encoding"], Array("SET client_encoding = 'LATIN1'".utf8))
+            XCTAssertEqual(scanned.rows, rows, "rows end at the line that is exactly \\. (CR LF allowed)")
+        }
+    }
+
     func testOtherMetaCommandsAreRefused() {
         XCTAssertThrowsError(try scan("SET a = 1;\n\\! rm -rf /\n", chunk: 5)) { error in
             XCTAssertEqual((error as? RecoveryError)?.code, .backupCorrupt)
@@ -104,6 +155,13 @@ final class DumpScannerTests: XCTestCase {
         XCTAssertThrowsError(try scan("COPY public.t (id) FROM stdin;\n1\n2\n", chunk: 4)) { error in
             XCTAssertEqual((error as? RecoveryError)?.code, .backupCorrupt)
         }
+    }
+
+    func testTheTableOfACopyIsReadAsWritten() {
+        XCTAssertEqual(ParallelLoader.copyTarget(Array("COPY public.t (id, note) FROM stdin".utf8)), Array("public.t".utf8))
+        XCTAssertEqual(ParallelLoader.copyTarget(Array("COPY \"Sales; Q1\".\"order \"\"lines\"\" x\" (id) FROM stdin".utf8)),
+                       Array("\"Sales; Q1\".\"order \"\"lines\"\" x\"".utf8))
+        XCTAssertEqual(ParallelLoader.copyTarget([0x43, 0x4F, 0x50, 0x59, 0x20, 0x63, 0xE9, 0x20, 0x46]), [0x63, 0xE9])
     }
 
     func testIndexAndKeyBuildsAreGroupedByTable() {

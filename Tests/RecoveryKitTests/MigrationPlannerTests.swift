@@ -82,6 +82,74 @@ final class MigrationPlannerTests: XCTestCase {
         XCTAssertThrowsError(try MigrationPlanner.versions(atRelease: "v9", log: log))
     }
 
+    func testDriftNamesTheFileWhenItWasAppliedBothChecksumsAndTheCommands() throws {
+        var row = applied(1, at: 1_700_000_000)
+        row.upSHA256 = "aaaa"
+        let file = Migration(version: 1, name: "m1", up: Migration.Script(path: "/m/0001_m1.up.sql", sql: "x", sha256: "bbbb", noTransaction: false, irreversible: false), down: nil)
+        let drift = try XCTUnwrap(MigrationPlanner.drift(row, file))
+        for expected in ["0001_m1.up.sql was edited after it was applied", "applied 2023-11-14T22:13:20", "sha256 then aaaa, now bbbb",
+                         "dbmigrate resolve 1 --mark-applied", "git checkout -- /m/0001_m1.up.sql"] {
+            XCTAssertTrue(drift.contains(expected), "\(expected) in \(drift)")
+        }
+        row.upSHA256 = nil
+        XCTAssertNil(MigrationPlanner.drift(row, file), "an adopted version without a checksum cannot drift")
+        XCTAssertThrowsError(try MigrationPlanner.planUp(available: [file], applied: [applied(1, at: 1)])) { error in
+            XCTAssertTrue((error as? RecoveryError)?.message.contains("dbmigrate resolve 1 --mark-applied") ?? false)
+        }
+    }
+
+    func testTransactionControlAndNoTransactionStepsArePlannedSafely() {
+        func migration(_ version: Int64, _ sql: String, noTransaction: Bool = false) -> Migration {
+            Migration(version: version, name: "m\(version)",
+                      up: Migration.Script(path: "/m/000\(version)_m\(version).up.sql", sql: sql, sha256: "s\(version)", noTransaction: noTransaction, irreversible: false),
+                      down: nil)
+        }
+        let committing = [migration(1, "BEGIN;\nCREATE TABLE a (x int);\nCOMMIT;"), migration(2, "CREATE TABLE b (x int);")]
+        XCTAssertThrowsError(try MigrationPlanner.planUp(available: committing, applied: [])) { error in
+            let error = error as? RecoveryError
+            XCTAssertEqual(error?.code, .migrationRefused)
+            for expected in ["0001_m1.up.sql line 1: `BEGIN`", "0001_m1.up.sql line 3: `COMMIT`", "-- dbmigrate:no-transaction"] {
+                XCTAssertTrue(error?.message.contains(expected) ?? false, "\(expected) in \(error?.message ?? "")")
+            }
+        }
+        let concurrent = [migration(1, "CREATE TABLE a (x int);"), migration(2, "CREATE INDEX CONCURRENTLY i ON a (x);", noTransaction: true)]
+        XCTAssertThrowsError(try MigrationPlanner.planUp(available: concurrent, applied: [])) { error in
+            XCTAssertTrue((error as? RecoveryError)?.message.contains("--per-step") ?? false)
+        }
+        XCTAssertEqual(try MigrationPlanner.planUp(available: concurrent, applied: [], singleTransaction: false).map(\.version), [1, 2])
+        var first = applied(1, at: 1)
+        first.upSHA256 = "s1"
+        XCTAssertEqual(try MigrationPlanner.planUp(available: concurrent, applied: [first]).map(\.version), [2],
+                       "a no-transaction step alone is its own plan")
+        XCTAssertThrowsError(try MigrationPlanner.planUp(available: [migration(1, "VACUUM;")], applied: []))
+        XCTAssertEqual(try MigrationPlanner.planUp(available: [migration(1, "VACUUM;", noTransaction: true)], applied: []).count, 1)
+        XCTAssertThrowsError(try MigrationPlanner.planUp(available: [migration(1, "COPY t FROM STDIN;", noTransaction: true)], applied: [])) { error in
+            XCTAssertTrue((error as? RecoveryError)?.message.contains("line 1: `COPY … FROM STDIN` needs a client") ?? false)
+        }
+    }
+
+    func testAdoptedVersionsShowAsAppliedAndAdopted() {
+        var adopted = applied(1, at: 1)
+        adopted.adopted = true
+        adopted.upSHA256 = nil
+        adopted.name = ""
+        let rows = MigrationPlanner.status(available: [migration(1), migration(2)], applied: [adopted, applied(3, at: 2)])
+        XCTAssertEqual(rows.map(\.state), ["applied", "pending", "applied"])
+        XCTAssertEqual(rows.map(\.adopted), [true, false, false])
+        XCTAssertEqual(rows[0].name, "m1", "the file names an adopted version")
+        XCTAssertEqual(rows[0].notes, ["adopted"])
+        XCTAssertEqual(rows[2].notes, ["file missing"])
+    }
+
+    func testStatementExcerptsNeverShowPasswords() {
+        XCTAssertEqual(MigrationRunner.excerpt("CREATE ROLE app LOGIN\nPASSWORD 's3cr''et' VALID UNTIL 'infinity'", length: 200),
+                       "CREATE ROLE app LOGIN PASSWORD '…' VALID UNTIL 'infinity'")
+        XCTAssertEqual(MigrationRunner.excerpt("ALTER USER MAPPING FOR app SERVER s OPTIONS (SET password 'x')", length: 200),
+                       "ALTER USER MAPPING FOR app SERVER s OPTIONS (SET password '…')")
+        XCTAssertEqual(MigrationRunner.excerpt("ALTER ROLE a PASSWORD $p$x$p$", length: 200), "ALTER ROLE a PASSWORD '…'")
+        XCTAssertEqual(MigrationRunner.excerpt("SELECT 1", length: 5), "SELEC")
+    }
+
     func testFindsDestructiveStatements() {
         XCTAssertEqual(DestructiveStatements.targets(in: "DROP TABLE IF EXISTS a, b CASCADE; ALTER TABLE ONLY users DROP COLUMN IF EXISTS name, DROP COLUMN age;"), [
             .init(table: "a"), .init(table: "b"), .init(table: "users", column: "name"), .init(table: "users", column: "age"),

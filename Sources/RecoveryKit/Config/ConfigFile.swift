@@ -1,3 +1,4 @@
+import PostgresClient
 import Foundation
 import TOMLKit
 
@@ -131,7 +132,15 @@ public enum SecretMask {
         guard let value else { return nil }
         let lower = name.lowercased()
         if lower.contains("secret") || lower.contains("password") || lower.contains("token") { return value.isEmpty ? "" : "****" }
-        return maskPassword(in: value)
+        let masked = maskPassword(in: value)
+        // libpq re-reads what would be shown: a password spelled any other way (`?pass%77ord=`) is
+        // still found there, and then only the parsed, redacted form is shown.
+        if lower == "database_url" {
+            // What libpq cannot parse is not shown at all: its pieces could be anything, a password included.
+            guard (try? ConnectionTarget(value)) != nil else { return ConnectionTarget.displayable(value) }
+            if let leaked = try? ConnectionTarget(masked).value("password"), leaked != "****" { return ConnectionTarget.displayable(value) }
+        }
+        return masked
     }
 
     /// `postgresql://u:pw@h/db` → `postgresql://u:****@h/db`; `password=pw` → `password=****`.

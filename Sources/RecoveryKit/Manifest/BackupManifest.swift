@@ -92,6 +92,9 @@ public struct BackupManifest: Codable, Equatable, Sendable {
     public var physical: Physical? = nil
     /// Other repositories written by the same run, holding the same backup.
     public var otherRepositories: [String]? = nil
+    /// Logical backups: the schema as `pg_dump --schema-only` saw it in the dump's snapshot, checked
+    /// by every restore before the swap (see `SchemaVerifier`). Absent in backups taken before it existed.
+    public var schemaFingerprint: SchemaFingerprint? = nil
 
     // MARK: Database-level facts (recorded since issue 14; nil in older manifests)
 

@@ -26,8 +26,10 @@ public struct Migration: Sendable, Equatable {
 public enum MigrationDirectory {
     /// Loads every migration, ordered by numeric version.
     ///
-    /// - Throws: `RecoveryError(.configuration)` for a missing directory, a duplicate version, a
-    ///   down file without an up file, or a file name that does not follow the pattern.
+    /// Nothing connects before this returns, so a broken directory changes nothing.
+    /// - Throws: `RecoveryError(.configuration)` for a missing directory or a file name that does not
+    ///   follow the pattern; `RecoveryError(.migrationRefused)` listing every duplicate version,
+    ///   down file without its up file, and file with no SQL statement.
     public static func load(_ directory: String) throws -> [Migration] {
         let names: [String]
         do {
@@ -36,51 +38,76 @@ public enum MigrationDirectory {
             throw RecoveryError(.configuration, "migrations directory \(directory) cannot be read",
                                 hint: "pass --dir DIR (default ./migrations) holding <version>_<name>.up.sql files")
         }
-        var ups: [Int64: (String, Migration.Script)] = [:]
-        var downs: [Int64: (String, Migration.Script)] = [:]
-        for file in names.sorted() where file.hasSuffix(".sql") {
-            let direction: String
-            if file.hasSuffix(".up.sql") { direction = "up" } else if file.hasSuffix(".down.sql") { direction = "down" } else {
+        typealias Entry = (file: String, prefix: String, name: String, script: Migration.Script)
+        var ups: [Int64: [Entry]] = [:]
+        var downs: [Int64: [Entry]] = [:]
+        var problems: [String] = []
+        // Hidden files (editor and AppleDouble leftovers) are not migrations; any other *.sql, in any case, must be one.
+        for file in names.sorted() where !file.hasPrefix(".") && file.lowercased().hasSuffix(".sql") {
+            let isUp: Bool
+            if file.hasSuffix(".up.sql") { isUp = true } else if file.hasSuffix(".down.sql") { isUp = false } else {
                 throw RecoveryError(.configuration, "migration file \(file) is neither .up.sql nor .down.sql",
                                     hint: "rename it to <version>_<name>.up.sql or <version>_<name>.down.sql")
             }
-            let stem = file.dropLast(direction == "up" ? 7 : 9)
-            let digits = stem.prefix { $0.isNumber }
+            let stem = file.dropLast(isUp ? 7 : 9)
+            let digits = stem.prefix { $0.isASCII && $0.isNumber }
+            if !digits.isEmpty && Int64(digits) == nil {
+                throw RecoveryError(.configuration, "migration file \(file) has a version too large for a 64-bit integer",
+                                    hint: "use a version of at most 19 digits, e.g. a date stamp like 20261126093000")
+            }
             guard let version = Int64(digits), stem.dropFirst(digits.count).first == "_" else {
                 throw RecoveryError(.configuration, "migration file \(file) does not start with <version>_",
-                                    hint: "name it like 0007_add_users.\(direction).sql")
+                                    hint: "name it like 0007_add_users.\(isUp ? "up" : "down").sql")
             }
-            let name = String(stem.dropFirst(digits.count + 1))
-            let path = directory + "/" + file
-            let script = try loadScript(path)
-            if direction == "up" {
-                if let existing = ups[version] {
-                    throw RecoveryError(.configuration, "migration version \(version) appears twice: \(existing.0) and \(name)")
-                }
-                ups[version] = (name, script)
-            } else {
-                downs[version] = (name, script)
+            let script = try loadScript(directory + "/" + file)
+            if script.sql.unicodeScalars.contains("\u{FFFD}"),
+               let raw = FileManager.default.contents(atPath: directory + "/" + file), String(data: raw, encoding: .utf8) == nil {
+                problems.append("\(file) is not valid UTF-8 (convert it, e.g. iconv -f latin1 -t utf-8)")
+            }
+            if script.isEmpty && !(script.irreversible && !isUp) {
+                problems.append("\(file) has no SQL statement (empty, or only comments)")
+            }
+            let entry = (file: file, prefix: String(digits), name: String(stem.dropFirst(digits.count + 1)), script: script)
+            if isUp { ups[version, default: []].append(entry) } else { downs[version, default: []].append(entry) }
+        }
+        for (version, files) in ups where files.count > 1 {
+            problems.append("version \(version) has \(files.count) up files: \(files.map(\.file).joined(separator: ", "))")
+        }
+        for (version, files) in downs {
+            if files.count > 1 {
+                problems.append("version \(version) has \(files.count) down files: \(files.map(\.file).joined(separator: ", "))")
+            }
+            guard let up = ups[version]?.first else {
+                problems.append(files.map { "\($0.file) has no up file (\($0.prefix)_\($0.name).up.sql)" }.joined(separator: "; "))
+                continue
+            }
+            for file in files where file.name != up.name && (ups[version]?.count ?? 0) == 1 {
+                problems.append("\(file.file) does not match its up file \(up.file) (\(up.prefix)_\(up.name).down.sql expected)")
             }
         }
-        for (version, down) in downs where ups[version] == nil {
-            throw RecoveryError(.configuration, "down file for version \(version) (\(down.1.path)) has no up file")
+        if !problems.isEmpty {
+            throw RecoveryError(.migrationRefused, "migrations directory \(directory) refused before connecting: " + problems.sorted().joined(separator: "; "),
+                                hint: "keep exactly one <version>_<name>.up.sql (and at most one matching .down.sql) per version, each with SQL in it; mark a down file that must never run with -- dbmigrate:irreversible")
         }
-        return ups.keys.sorted().map { version in
-            let (name, up) = ups[version]!
-            return Migration(version: version, name: name, up: up, down: downs[version]?.1)
+        return ups.keys.sorted().compactMap { version in
+            guard let up = ups[version]?.first else { return nil }
+            return Migration(version: version, name: up.name, up: up.script, down: downs[version]?.first?.script)
         }
     }
 
     static func loadScript(_ path: String) throws -> Migration.Script {
         guard let data = FileManager.default.contents(atPath: path) else {
-            throw RecoveryError(.configuration, "migration file \(path) cannot be read")
+            throw RecoveryError(.configuration, "migration file \(path) cannot be read",
+                                hint: "check the file's permissions (the user running dbmigrate must be able to read it)")
         }
-        let sql = String(decoding: data, as: UTF8.self)
+        var sql = String(decoding: data, as: UTF8.self)
+        // A byte-order mark (some Windows editors write one) is not SQL; the checksum still covers the file's bytes.
+        if sql.hasPrefix("\u{FEFF}") { sql.removeFirst() }
         var digest = StreamingDigest()
         data.withUnsafeBytes { digest.update($0) }
-        let header = sql.split(separator: "\n").prefix { $0.hasPrefix("--") || $0.allSatisfy(\.isWhitespace) }
+        let header = sql.split(whereSeparator: \.isNewline).prefix { $0.hasPrefix("--") || $0.allSatisfy(\.isWhitespace) }
         func has(_ directive: String) -> Bool {
-            header.contains { $0.replacingOccurrences(of: " ", with: "").lowercased() == "--dbmigrate:\(directive)" }
+            header.contains { $0.replacingOccurrences(of: " ", with: "").trimmingCharacters(in: .whitespacesAndNewlines).lowercased() == "--dbmigrate:\(directive)" }
         }
         return Migration.Script(path: path, sql: sql, sha256: digest.hexDigest(),
                                 noTransaction: has("no-transaction"), irreversible: has("irreversible"))

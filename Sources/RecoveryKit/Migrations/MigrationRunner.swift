@@ -1,5 +1,6 @@
 import Foundation
 import PostgresClient
+import ProcessSignals
 
 /// Settings of one `dbmigrate` run.
 public struct MigrationConfiguration {
@@ -14,9 +15,14 @@ public struct MigrationConfiguration {
     public var lockTimeout: String
     /// `statement_timeout` for the migration statements.
     public var statementTimeout: String
+    /// A downgrade that cannot create its restore point is refused instead of warned about.
+    public var requireRestorePoint: Bool
+    /// Told each NOTICE or WARNING the server sends while a migration statement runs, as it arrives.
+    public var onServerMessage: ((String) -> Void)?
 
     public init(target: ConnectionTarget, directory: String, release: String? = nil, perStep: Bool = false,
-                lockWaitSeconds: Double = 30, lockTimeout: String = "10s", statementTimeout: String = "15min") {
+                lockWaitSeconds: Double = 30, lockTimeout: String = "10s", statementTimeout: String = "15min",
+                requireRestorePoint: Bool = false, onServerMessage: ((String) -> Void)? = nil) {
         self.target = target
         self.directory = directory
         self.release = release
@@ -24,6 +30,8 @@ public struct MigrationConfiguration {
         self.lockWaitSeconds = lockWaitSeconds
         self.lockTimeout = lockTimeout
         self.statementTimeout = statementTimeout
+        self.requireRestorePoint = requireRestorePoint
+        self.onServerMessage = onServerMessage
     }
 }
 
@@ -36,16 +44,45 @@ public struct MigrationReport: Codable, Sendable {
     public var backupID: String?
     public var restorePoint: String?
     public var warnings: [String]
+    /// NOTICEs and WARNINGs the server sent while the migrations ran.
+    public var serverMessages: [String]
     public var durationSeconds: Double
 }
 
 /// Applies and reverts migrations on a server under a session-level advisory lock.
+///
+/// Bookkeeping: the runbooks' `schema_version (version, applied_at)` holds one row per applied
+/// version and is only ever inserted into (apply) and deleted from (revert); an existing one is
+/// adopted as it is. dbmigrate's own record of each version lives in `dbmigrate_versions`, its
+/// history in `schema_version_log`. All three are created in the transaction that records the first
+/// migration, so a refused, failed or read-only run leaves the database as it found it.
 public final class MigrationRunner {
     /// Advisory lock key: "dbmigrat" in ASCII, so operators can recognise it in pg_locks.
     public static let advisoryLockKey: Int64 = 0x6462_6D69_6772_6174
+    /// dbmigrate's own per-version record.
+    public static let recordTable = "dbmigrate_versions"
+    /// dbmigrate's append-only history.
+    public static let logTable = "schema_version_log"
 
     public let configuration: MigrationConfiguration
     let connection: PostgresConnection
+    /// Where the bookkeeping tables are (or will be created), schema-qualified once at connect time,
+    /// so that a migration's own `SET search_path` cannot send a record elsewhere.
+    private let names: Bookkeeping
+
+    private struct Bookkeeping {
+        var versions: String
+        var records: String
+        var log: String
+    }
+    /// The NOTICEs and WARNINGs the server sent during migration statements, in order (the first
+    /// `keptServerMessages`, then a count: a loop raising notices must not grow memory without bound).
+    public var serverMessages: [String] {
+        droppedServerMessages == 0 ? keptMessages : keptMessages + ["… and \(droppedServerMessages) more"]
+    }
+    private var keptMessages: [String] = []
+    private var droppedServerMessages = 0
+    static let keptServerMessages = 200
 
     /// Connects. The bookkeeping tables are created only when something is about to be recorded,
     /// so a refused or read-only command changes nothing.
@@ -54,69 +91,222 @@ public final class MigrationRunner {
     public init(_ configuration: MigrationConfiguration) throws {
         self.configuration = configuration
         connection = try PostgresConnection(target: configuration.target, applicationName: "dbmigrate")
-    }
-
-    /// True once `schema_version` exists.
-    private func hasTables() throws -> Bool {
-        try connection.query("SELECT to_regclass('schema_version_log') IS NOT NULL AND to_regclass('schema_version') IS NOT NULL").scalar == "t"
-    }
-
-    /// Creates (or completes) the bookkeeping tables.
-    func ensureTables() throws {
-        // Two first runs at once would race on CREATE TABLE IF NOT EXISTS; a transaction-level lock
-        // (another key than the migration lock, so a long migration does not block `status`) serialises them.
-        try connection.execute(script: """
-            SET client_min_messages = warning;
-            BEGIN;
-            SELECT pg_advisory_xact_lock(\(Self.advisoryLockKey + 1));
-            CREATE TABLE IF NOT EXISTS schema_version (version bigint PRIMARY KEY);
-            ALTER TABLE schema_version
-                ADD COLUMN IF NOT EXISTS name text NOT NULL DEFAULT '',
-                ADD COLUMN IF NOT EXISTS up_sha256 text NOT NULL DEFAULT '',
-                ADD COLUMN IF NOT EXISTS down_sha256 text,
-                ADD COLUMN IF NOT EXISTS applied_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-                ADD COLUMN IF NOT EXISTS applied_by text NOT NULL DEFAULT current_user,
-                ADD COLUMN IF NOT EXISTS execution_ms bigint,
-                ADD COLUMN IF NOT EXISTS release text,
-                ADD COLUMN IF NOT EXISTS state text NOT NULL DEFAULT 'applied';
-            CREATE TABLE IF NOT EXISTS schema_version_log (
-                id bigserial PRIMARY KEY,
-                at timestamptz NOT NULL DEFAULT clock_timestamp(),
-                version bigint,
-                name text,
-                action text NOT NULL,
-                release text,
-                backup_id text,
-                by_user text NOT NULL DEFAULT current_user,
-                execution_ms bigint,
-                sha256 text,
-                detail text);
-            COMMIT;
-            """)
+        func qualified(parameter index: Int) -> String {
+            """
+            coalesce((SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                      WHERE c.oid = to_regclass($\(index))), format('%I.%I', coalesce(current_schema(), 'public'), $\(index)::text))
+            """
+        }
+        let row = try connection.query("SELECT \(qualified(parameter: 1)), \(qualified(parameter: 2)), \(qualified(parameter: 3))",
+                                       [VersionTable.name, Self.recordTable, Self.logTable]).rows.first
+        names = Bookkeeping(versions: try row?.string(0) ?? VersionTable.name, records: try row?.string(1) ?? Self.recordTable,
+                            log: try row?.string(2) ?? Self.logTable)
     }
 
     deinit { connection.close() }
 
+    /// `server_version_num` of the server.
+    public var serverVersion: Int { connection.serverVersionNumber }
+
     // MARK: - Reading state
 
-    /// Rows of `schema_version`, oldest first.
-    public func applied() throws -> [AppliedMigration] {
-        guard try hasTables() else { return [] }
-        return try connection.query("""
-            SELECT version, name, up_sha256, down_sha256, to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), release, state
-            FROM schema_version ORDER BY applied_at, version
-            """).rows.map { row in
-            AppliedMigration(version: try row.int64(0), name: try row.string(1), upSHA256: try row.string(2), downSHA256: row[3],
-                             appliedAt: Self.parseTimestamp(try row.string(4)), release: row[5], state: try row.string(6))
+    /// `schema_version` as it is now (the one `search_path` finds), nil when there is none.
+    public func versionTable() throws -> VersionTable? {
+        let rows = try connection.query("""
+            SELECT format('%I.%I', n.nspname, c.relname), c.relkind::text, a.attname::text, format_type(a.atttypid, a.atttypmod),
+                   a.attnotnull::text, (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '')::text
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+            WHERE c.oid = to_regclass($1) ORDER BY a.attnum
+            """, [names.versions]).rows
+        guard let first = rows.first else { return nil }
+        let columns = rows.compactMap { row -> VersionTable.Column? in
+            guard let name = row[2], let type = row[3] else { return nil }
+            return VersionTable.Column(name: name, type: type, notNull: row[4] == "true", filledByServer: row[5] == "true")
         }
+        return VersionTable(qualifiedName: try first.string(0), kind: try first.string(1), columns: columns)
+    }
+
+    /// `schema_version` when dbmigrate can use it; nil when there is none.
+    ///
+    /// - Throws: `RecoveryError(.migrationRefused)` showing the table and the command that adopts it.
+    func usableVersionTable() throws -> VersionTable? {
+        guard let table = try versionTable() else { return nil }
+        if let refusal = table.refusal() { throw refusal }
+        return table
+    }
+
+    /// Refuses versions that `schema_version.version` cannot hold (an `integer` column and a
+    /// date-stamped version like 20261126093000), before anything runs.
+    public func checkCapacity(for versions: [Int64]) throws {
+        guard let table = try versionTable(), let highest = versions.max(), highest > table.largestVersion else { return }
+        let type = table.columns.first { $0.name == "version" }?.type ?? "?"
+        throw RecoveryError(.migrationRefused, "refused before running anything: version \(highest) does not fit \(table.qualifiedName).version, which is \(type) (at most \(table.largestVersion))",
+                            hint: "nothing was changed; widen the column: psql -c 'ALTER TABLE \(table.qualifiedName) ALTER COLUMN version TYPE bigint'")
+    }
+
+    private func exists(_ table: String) throws -> Bool {
+        try connection.query("SELECT to_regclass($1) IS NOT NULL", [table]).scalar == "t"
+    }
+
+    /// Applied (and mid-flight) versions, oldest first: every version in `schema_version` (adopted
+    /// when dbmigrate has no record of it) plus versions a failed no-transaction step left `applying`.
+    ///
+    /// - Throws: `RecoveryError(.migrationRefused)` when `schema_version` has a shape dbmigrate cannot use.
+    public func applied() throws -> [AppliedMigration] {
+        guard let table = try usableVersionTable() else { return [] }
+        let hasRecords = try exists(names.records)
+        let records: String
+        if hasRecords {
+            records = names.records
+        } else if table.hasEarlierDbmigrateColumns {
+            records = Self.earlierRecords(table)
+        } else {
+            records = "(SELECT NULL::bigint AS version, NULL::text AS name, NULL::text AS up_sha256, NULL::text AS down_sha256, NULL::text AS release, NULL::text AS state, NULL::boolean AS adopted, NULL::timestamptz AS recorded_at WHERE false)"
+        }
+        let applying = hasRecords ? """
+            UNION ALL
+            SELECT m.version, m.name, m.up_sha256, m.down_sha256, extract(epoch FROM m.recorded_at)::float8, m.release, m.state, m.adopted
+            FROM \(names.records) m WHERE m.state = 'applying' AND NOT EXISTS (SELECT 1 FROM \(table.qualifiedName) s WHERE s.version = m.version)
+            """ : ""
+        return try connection.query("""
+            SELECT version, name, up_sha256, down_sha256, epoch::text, release, state, adopted::text FROM (
+                SELECT s.version, coalesce(m.name, '') AS name, m.up_sha256, m.down_sha256, CASE WHEN isfinite(s.applied_at) THEN extract(epoch FROM s.applied_at)::float8 END AS epoch,
+                       m.release, coalesce(m.state, 'applied') AS state, coalesce(m.adopted, true) AS adopted
+                FROM (SELECT version::bigint AS version, max(applied_at::timestamptz) AS applied_at
+                      FROM \(table.qualifiedName) WHERE version IS NOT NULL GROUP BY 1) s
+                LEFT JOIN \(records) m ON m.version = s.version
+                \(applying)
+            ) rows ORDER BY epoch NULLS FIRST, version
+            """).rows.map { row in
+            AppliedMigration(version: try row.int64(0), name: row[1] ?? "", upSHA256: row[2], downSHA256: row[3],
+                             appliedAt: Date(timeIntervalSince1970: row[4].flatMap(Double.init) ?? 0), release: row[5],
+                             state: try row.string(6), adopted: row[7] == "true")
+        }
+    }
+
+    /// The columns an earlier dbmigrate kept in `schema_version` itself, read as its records.
+    private static func earlierRecords(_ table: VersionTable) -> String {
+        """
+        (SELECT DISTINCT ON (version) version::bigint AS version, name, nullif(up_sha256, '') AS up_sha256, down_sha256, release,
+                state, false AS adopted, applied_at::timestamptz AS recorded_at
+         FROM \(table.qualifiedName) WHERE version IS NOT NULL ORDER BY version, applied_at DESC)
+        """
     }
 
     /// The append-only log, oldest first.
     public func log() throws -> [MigrationLogEntry] {
-        guard try hasTables() else { return [] }
-        return try connection.query("SELECT id, version, action, release FROM schema_version_log ORDER BY id").rows.map { row in
+        guard try exists(names.log) else { return [] }
+        return try connection.query("SELECT id, version, action, release FROM \(names.log) ORDER BY id").rows.map { row in
             MigrationLogEntry(id: try row.int64(0), version: row[1].flatMap { Int64($0) }, action: try row.string(2), release: row[3])
         }
+    }
+
+    /// What the first recording will add to the bookkeeping, for the plan: tables it creates and
+    /// versions it adopts. Empty once dbmigrate keeps records here.
+    public func bookkeepingNotes() throws -> [String] {
+        var notes: [String] = []
+        guard let table = try usableVersionTable() else {
+            return ["creates \(names.versions) (version, applied_at), \(names.records) and \(names.log) in the same transaction"]
+        }
+        if try exists(names.records) {
+            let unrecorded = try connection.query("""
+                SELECT DISTINCT version::bigint FROM \(table.qualifiedName) s
+                WHERE version IS NOT NULL AND NOT EXISTS (SELECT 1 FROM \(names.records) m WHERE m.version = s.version) ORDER BY 1
+                """).rows.compactMap { $0[0] }
+            if !unrecorded.isEmpty { notes.append("adopts version(s) \(unrecorded.joined(separator: ", ")) found in \(table.qualifiedName)") }
+        } else {
+            let versions = try connection.query("SELECT string_agg(v::text, ', ' ORDER BY v) FROM (SELECT DISTINCT version::bigint AS v FROM \(table.qualifiedName) WHERE version IS NOT NULL) d").scalar
+            notes.append("keeps \(table.qualifiedName) as it is\(versions.map { " and adopts version(s) \($0) found there" } ?? ""); creates \(names.records) and \(names.log) for dbmigrate's own records, in the same transaction")
+        }
+        return notes
+    }
+
+    /// Rows of `schema_version` that make the runbooks' `ORDER BY applied_at DESC LIMIT 1` wrong:
+    /// a NULL `applied_at` sorts first, before the version really applied last.
+    public func versionTableWarnings() throws -> [String] {
+        guard let table = try usableVersionTable(),
+              let versions = try connection.query("""
+                  SELECT string_agg(v::text, ', ' ORDER BY v) FROM (SELECT DISTINCT version::bigint AS v FROM \(table.qualifiedName)
+                  WHERE applied_at IS NULL AND version IS NOT NULL) d
+                  """).scalar else { return [] }
+        let first = versions.split(separator: ",").first.map(String.init) ?? versions
+        return ["\(table.qualifiedName) has no applied_at for version(s) \(versions), so the runbook query (ORDER BY applied_at DESC LIMIT 1) returns one of them instead of the current version; give each the time it was applied (in version order), e.g. psql -c \"UPDATE \(table.qualifiedName) SET applied_at = '<when>' WHERE version = \(first)\""]
+    }
+
+    /// Creates what is missing of the bookkeeping and adopts versions `schema_version` holds that
+    /// dbmigrate has no record of. Runs inside the caller's transaction, which records something.
+    ///
+    /// - Returns: the qualified name of `schema_version`.
+    private func prepareBookkeeping(_ available: [Migration]) throws -> String {
+        let table: VersionTable
+        if let existing = try usableVersionTable() {
+            table = existing
+        } else {
+            try connection.execute(script: "CREATE TABLE \(names.versions) (version bigint PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT clock_timestamp())")
+            guard let created = try versionTable() else {
+                throw RecoveryError(.databaseError, "schema_version was created but cannot be found on the search_path",
+                                    hint: "check search_path for the role dbmigrate connects as (SHOW search_path)")
+            }
+            table = created
+        }
+        if !(try exists(names.records)) {
+            try connection.execute(script: """
+                CREATE TABLE \(names.records) (
+                    version bigint PRIMARY KEY,
+                    name text NOT NULL DEFAULT '',
+                    up_sha256 text,
+                    down_sha256 text,
+                    state text NOT NULL DEFAULT 'applied' CHECK (state IN ('applied', 'applying', 'reverting')),
+                    adopted boolean NOT NULL DEFAULT false,
+                    recorded_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+                    applied_by text NOT NULL DEFAULT current_user,
+                    execution_ms bigint,
+                    release text);
+                COMMENT ON TABLE \(names.records) IS 'dbmigrate: what it knows of each version in schema_version (which it never alters beyond adding and removing rows)'
+                """)
+            if table.hasEarlierDbmigrateColumns {
+                try connection.execute(script: """
+                    INSERT INTO \(names.records) (version, name, up_sha256, down_sha256, release, state, adopted, recorded_at)
+                    SELECT version, name, up_sha256, down_sha256, release, state, adopted, recorded_at FROM \(Self.earlierRecords(table)) earlier
+                    """)
+            }
+        }
+        if !(try exists(names.log)) {
+            try connection.execute(script: """
+                CREATE TABLE \(names.log) (
+                    id bigserial PRIMARY KEY,
+                    at timestamptz NOT NULL DEFAULT clock_timestamp(),
+                    version bigint,
+                    name text,
+                    action text NOT NULL,
+                    release text,
+                    backup_id text,
+                    by_user text NOT NULL DEFAULT current_user,
+                    execution_ms bigint,
+                    sha256 text,
+                    detail text)
+                """)
+        }
+        let unrecorded = try connection.query("""
+            SELECT DISTINCT version::bigint FROM \(table.qualifiedName) s
+            WHERE version IS NOT NULL AND NOT EXISTS (SELECT 1 FROM \(names.records) m WHERE m.version = s.version) ORDER BY 1
+            """).rows.compactMap { $0[0].flatMap { Int64($0) } }
+        let files = Dictionary(uniqueKeysWithValues: available.map { ($0.version, $0) })
+        for version in unrecorded {
+            try adopt(version, file: files[version], action: "adopt", detail: "found in schema_version")
+        }
+        return table.qualifiedName
+    }
+
+    /// Records `version` as applied before dbmigrate, with its file's checksum when there is a file.
+    /// No release: whichever release this run deploys did not apply it.
+    private func adopt(_ version: Int64, file: Migration?, action: String, detail: String) throws {
+        try connection.query("""
+            INSERT INTO \(names.records) (version, name, up_sha256, down_sha256, adopted) VALUES ($1, $2, $3, $4, true)
+            """, [String(version), file?.name ?? "", file?.up.sha256, file?.down?.sha256])
+        try connection.query("INSERT INTO \(names.log) (version, name, action, sha256, detail) VALUES ($1, $2, $3, $4, $5)",
+                             [String(version), file?.name, action, file?.up.sha256, detail])
     }
 
     // MARK: - Locking
@@ -139,8 +329,10 @@ public final class MigrationRunner {
                 throw RecoveryError(.migrationLocked, "another migration holds the lock: \(who)",
                                     hint: "wait for it to finish, or if it is stuck: SELECT pg_terminate_backend(<pid>)")
             }
+            try Interruption.check()
             usleep(200_000)
         }
+        // The lock also goes with the connection; an unlock that fails here changes nothing that matters.
         defer { _ = try? connection.query("SELECT pg_advisory_unlock($1)", [String(Self.advisoryLockKey)]) }
         return try body()
     }
@@ -150,76 +342,201 @@ public final class MigrationRunner {
     /// Runs planned steps: one transaction for the whole plan, or one per step (`perStep`, and always
     /// for a no-transaction step, which is marked `applying` / `reverting` while it runs).
     ///
+    /// After every statement of a transactional step the runner checks it is still inside its own
+    /// transaction; if a statement ended it, the run stops and says what was and was not applied.
     /// - Important: on failure in one transaction, nothing of the plan remains applied.
+    /// - Parameters:
+    ///   - available: the migrations directory, for adopting versions found in `schema_version`.
     /// - Throws: `RecoveryError(.migrationFailed)` naming the step, the statement and the SQLSTATE.
-    public func run(_ steps: [MigrationStep], backupID: String?) throws {
-        try ensureTables()
+    public func run(_ steps: [MigrationStep], backupID: String?, available: [Migration]) throws {
         try connection.execute(script: """
             SET lock_timeout = \(Self.literal(configuration.lockTimeout));
             SET statement_timeout = \(Self.literal(configuration.statementTimeout))
             """)
-        if configuration.perStep {
-            for step in steps { try runInOwnTransaction([step], backupID: backupID) }
-        } else {
-            try runInOwnTransaction(steps, backupID: backupID)
+        let groups = configuration.perStep || steps.count == 1 ? steps.map { [$0] } : [steps]
+        var done: [Int64] = []
+        for group in groups {
+            if group.count == 1, group[0].noTransaction {
+                try runWithoutTransaction(group[0], backupID: backupID, available: available)
+            } else {
+                try runInTransaction(group, plan: steps, done: done, backupID: backupID, available: available)
+            }
+            done += group.map(\.version)
         }
     }
 
-    private func runInOwnTransaction(_ steps: [MigrationStep], backupID: String?) throws {
-        if steps.count == 1, steps[0].noTransaction {
-            try runWithoutTransaction(steps[0], backupID: backupID)
-            return
-        }
+    /// A statement ended the runner's transaction (COMMIT, ROLLBACK, … that pre-flight did not see).
+    private struct TransactionEnded: Error {
+        var step: MigrationStep
+        var statementIndex: Int
+        var statement: String
+        var line: Int
+    }
+
+    private func runInTransaction(_ group: [MigrationStep], plan: [MigrationStep], done: [Int64],
+                                  backupID: String?, available: [Migration]) throws {
         try connection.execute(script: "BEGIN")
+        var transactionID = ""
+        var recorded: [Int64] = []
         do {
-            for step in steps {
+            transactionID = try connection.query("SELECT txid_current()::text").scalar ?? ""
+            _ = try prepareBookkeeping(available)
+            for step in group {
+                try Interruption.check()
                 let started = Date()
-                try execute(step)
-                try record(step, milliseconds: Int64(Date().timeIntervalSince(started) * 1000), backupID: backupID)
+                try execute(step, transactionID: transactionID)
+                try record(step, milliseconds: Self.milliseconds(since: started), backupID: backupID)
+                recorded.append(step.version)
                 CrashPoint.reached("migrate:between-steps")
             }
-            try connection.execute(script: "COMMIT")
+            try Interruption.check()   // a signal before COMMIT rolls the whole plan back
+            do {
+                try connection.execute(script: "COMMIT")
+            } catch let error as PostgresError where error.kind == .connection {
+                throw RecoveryError(.databaseUnavailable, "the connection was lost while committing version(s) \(Self.list(recorded)): whether the server committed them is unknown (\(error.message))",
+                                    hint: "once the server is back, dbmigrate status shows what is applied: each version's record commits together with its schema change, or neither does")
+            }
+        } catch let ended as TransactionEnded {
+            throw explain(ended, transactionID: transactionID, plan: plan, done: done, recorded: recorded, backupID: backupID)
         } catch {
+            // The error being thrown is what matters; a ROLLBACK that fails means the connection is gone,
+            // which rolls the transaction back just the same.
             _ = try? connection.execute(script: "ROLLBACK")
+            if Interruption.isRequested { CleanupLog.cleaned("rolled back the migration (nothing applied)") }
             logFailure(error, backupID: backupID)
+            if let failure = error as? RecoveryError, failure.code == .migrationFailed, !done.isEmpty {
+                throw RecoveryError(.migrationFailed, failure.message,
+                                    hint: "version(s) \(Self.list(done)) were applied in transactions of their own (--per-step) and stay applied; the failing step was rolled back; fix it and run again")
+            }
             throw error
         }
     }
 
-    private func runWithoutTransaction(_ step: MigrationStep, backupID: String?) throws {
-        let started = Date()
-        if step.direction == .up {
-            try connection.query("INSERT INTO schema_version (version, name, up_sha256, release, state) VALUES ($1, $2, $3, $4, 'applying')",
-                                 [String(step.version), step.name, step.sha256, configuration.release])
+    /// The error for a transaction a statement ended: committed or rolled back (the server says which),
+    /// what was applied and recorded, what took effect unrecorded (now marked mid-flight), what did not run.
+    private func explain(_ ended: TransactionEnded, transactionID: String, plan: [MigrationStep], done: [Int64],
+                         recorded: [Int64], backupID: String?) -> RecoveryError {
+        let step = ended.step
+        let file = (step.path as NSString).lastPathComponent
+        // Whatever was left open after a chained transaction control statement belongs to nobody.
+        if connection.transactionState != .idle { _ = try? connection.execute(script: "ROLLBACK") }
+        // The server's word on the outcome; if it cannot be asked, the statement itself says which way it went.
+        var outcome = (try? connection.query("SELECT txid_status($1::bigint)", [transactionID]).scalar) ?? nil
+        var stillPrepared: String?
+        if outcome == "in progress", let gid = (try? connection.query(
+            "SELECT gid FROM pg_prepared_xacts WHERE transaction::text::bigint = $1::bigint % 4294967296 AND database = current_database()",
+            [transactionID]).scalar) ?? nil {
+            // PREPARE TRANSACTION parked it, holding its locks until someone ends it: this run does. If that
+            // fails the outcome stays "in progress", reported below as not committed, with the gid left to end by hand.
+            if (try? connection.execute(script: "ROLLBACK PREPARED \(Self.literal(gid))")) != nil { outcome = "aborted" } else { stillPrepared = gid }
+        }
+        let committed = outcome.map { $0 == "committed" } ?? !TransactionControl.rollsBack(ended.statement)
+        let excerpt = Self.excerpt(ended.statement, length: 80)
+        let fate = committed ? "committed" : stillPrepared.map { "prepared and is still open: end it with ROLLBACK PREPARED \(Self.literal($0))" } ?? "rolled back"
+        var message = "\(step.direction.rawValue) step \(step.version) (\(step.name)) ended dbmigrate's transaction at statement \(ended.statementIndex) `\(excerpt)` (\(file)\(ended.line > 0 ? " line \(ended.line)" : "")), which was \(fate)"
+        let applied = done + (committed ? recorded : [])
+        message += applied.isEmpty ? "; nothing of the plan is applied" : "; applied and recorded: version(s) \(Self.list(applied))"
+        let hint: String
+        if committed {
+            let mark = step.direction == .up ? "applying" : "reverting"
+            message += "; statements 1–\(ended.statementIndex) of \(file) took effect but version \(step.version) is not recorded as \(step.direction == .up ? "applied" : "reverted") (marked \(mark))"
+            do {
+                try connection.execute(script: "BEGIN")
+                try markMidFlight(step, state: mark)
+                try connection.execute(script: "COMMIT")
+            } catch {
+                // Reported in the message: the operator must then check by hand.
+                _ = try? connection.execute(script: "ROLLBACK")
+                message += " (marking it failed: \(RecoveryError.classify(error).message))"
+            }
+            hint = "check the schema against \(file), finish or undo its statements by hand, then run dbmigrate resolve \(step.version) --mark-\(step.direction == .up ? "applied" : "reverted") (or the opposite); remove the transaction control from the file first"
         } else {
-            try connection.query("UPDATE schema_version SET state = 'reverting' WHERE version = $1", [String(step.version)])
+            hint = "remove the transaction control from \(file) (dbmigrate runs each step in a transaction of its own) and run again"
+        }
+        let notRun = plan.drop { $0.version != step.version }.dropFirst().map(\.version)
+        message += "; not run: the rest of \(file)" + (notRun.isEmpty ? "" : ", version(s) \(Self.list(notRun))")
+        logFailure(RecoveryError(.migrationFailed, message), backupID: backupID)
+        return RecoveryError(.migrationFailed, message, hint: hint)
+    }
+
+    private func runWithoutTransaction(_ step: MigrationStep, backupID: String?, available: [Migration]) throws {
+        let started = Date()
+        try inTransaction {
+            _ = try prepareBookkeeping(available)
+            try markMidFlight(step, state: step.direction == .up ? "applying" : "reverting")
         }
         do {
-            try execute(step)
+            try execute(step, transactionID: nil)
+            if connection.transactionState != .idle {
+                // The error below is the news; a ROLLBACK that fails means the connection is gone, which rolls back too.
+                _ = try? connection.execute(script: "ROLLBACK")
+                throw RecoveryError(.migrationFailed, "\(step.direction.rawValue) step \(step.version) (\(step.name)) left a transaction open at its end; it was rolled back",
+                                    hint: "end every BEGIN in \((step.path as NSString).lastPathComponent) with COMMIT; then check the schema and run dbmigrate resolve \(step.version)")
+            }
         } catch {
             logFailure(error, backupID: backupID)
             throw error
         }
-        try connection.execute(script: "BEGIN")
-        if step.direction == .up {
-            try connection.query("DELETE FROM schema_version WHERE version = $1", [String(step.version)])
+        try inTransaction {
+            try record(step, milliseconds: Self.milliseconds(since: started), backupID: backupID)
         }
-        try record(step, milliseconds: Int64(Date().timeIntervalSince(started) * 1000), backupID: backupID)
-        try connection.execute(script: "COMMIT")
     }
 
-    /// Runs each statement of a step, naming the failing one.
-    private func execute(_ step: MigrationStep) throws {
-        for (index, statement) in SQLStatements.split(step.sql).enumerated() {
+    /// Runs `body` in a transaction of its own, rolled back if it throws.
+    private func inTransaction(_ body: () throws -> Void) throws {
+        try connection.execute(script: "BEGIN")
+        do {
+            try body()
+            try connection.execute(script: "COMMIT")
+        } catch {
+            // The original error explains the failure; a failed ROLLBACK means the connection is gone.
+            _ = try? connection.execute(script: "ROLLBACK")
+            throw error
+        }
+    }
+
+    /// Marks a step whose statements run (or ran) outside a recorded transaction: `applying` or `reverting`.
+    private func markMidFlight(_ step: MigrationStep, state: String) throws {
+        try connection.query("""
+            INSERT INTO \(names.records) (version, name, up_sha256, down_sha256, state, release) VALUES ($1, $2, $3, $4, $5, $6)
+            ON CONFLICT (version) DO UPDATE SET state = EXCLUDED.state
+            """, [String(step.version), step.name, step.direction == .up ? step.sha256 : nil, step.downSHA256, state, configuration.release])
+    }
+
+    /// Runs each statement of a step, naming the failing one; shows the server's notices; in a
+    /// transaction (`transactionID`), checks after each statement that the transaction is still ours.
+    private func execute(_ step: MigrationStep, transactionID: String?) throws {
+        let file = (step.path as NSString).lastPathComponent
+        var locator = TransactionControl.LineLocator(step.sql)
+        var current = (index: 0, line: 0)
+        connection.onNotice = { [weak self] notice in
+            let text = "\(notice.severity) from \(file) statement \(current.index)\(current.line > 0 ? " (line \(current.line))" : ""): \(notice.message)"
+            guard let self else { return }
+            if self.keptMessages.count < Self.keptServerMessages { self.keptMessages.append(text) } else { self.droppedServerMessages += 1 }
+            self.configuration.onServerMessage?(text)
+        }
+        defer { connection.onNotice = nil }
+        for (offset, statement) in SQLStatements.split(step.sql).enumerated() {
+            current = (offset + 1, locator.line(of: statement))
             do {
                 try connection.execute(script: statement)
             } catch let error as PostgresError {
-                let excerpt = statement.split(separator: "\n").joined(separator: " ").prefix(120)
+                let excerpt = Self.excerpt(statement, length: 120)
+                var hint = configuration.perStep || step.noTransaction
+                    ? "earlier steps stay done; fix the migration and run again (dbmigrate status shows where it stands)"
+                    : "the whole plan was rolled back; the database is unchanged"
+                // 25001: cannot run inside a transaction block; 2D000: a procedure tried to commit.
+                if ["25001", "2D000"].contains(error.sqlState ?? ""), !step.noTransaction {
+                    hint += "; this statement must run outside a transaction: move it to a file whose first line is -- dbmigrate:no-transaction"
+                }
                 throw RecoveryError(.migrationFailed,
-                                    "\(step.direction.rawValue) step \(step.version) (\(step.name)) failed at statement \(index + 1) `\(excerpt)`: \(error.message) (SQLSTATE \(error.sqlState ?? "?"))",
-                                    hint: configuration.perStep || step.noTransaction
-                                        ? "earlier steps stay done; fix the migration and run again (dbmigrate status shows where it stands)"
-                                        : "the whole plan was rolled back; the database is unchanged")
+                                    "\(step.direction.rawValue) step \(step.version) (\(step.name)) failed at statement \(current.index) `\(excerpt)` (\(file)\(current.line > 0 ? " line \(current.line)" : "")): \(error.message) (SQLSTATE \(error.sqlState ?? "?"))",
+                                    hint: hint)
+            }
+            if let transactionID {
+                var same = connection.transactionState == .inTransaction
+                if same { same = try connection.query("SELECT txid_current_if_assigned()::text").scalar == transactionID }
+                if !same { throw TransactionEnded(step: step, statementIndex: current.index, statement: statement, line: current.line) }
             }
         }
     }
@@ -227,55 +544,126 @@ public final class MigrationRunner {
     private func record(_ step: MigrationStep, milliseconds: Int64, backupID: String?) throws {
         let version = String(step.version)
         if step.direction == .up {
-            let downSHA = (try? MigrationDirectory.load(configuration.directory))?.first { $0.version == step.version }?.down?.sha256
+            try connection.query("INSERT INTO \(names.versions) (version, applied_at) VALUES ($1, clock_timestamp())", [version])
             try connection.query("""
-                INSERT INTO schema_version (version, name, up_sha256, down_sha256, applied_at, execution_ms, release, state)
-                VALUES ($1, $2, $3, $4, clock_timestamp(), $5, $6, 'applied')
-                """, [version, step.name, step.sha256, downSHA, String(milliseconds), configuration.release])
+                INSERT INTO \(names.records) (version, name, up_sha256, down_sha256, state, adopted, execution_ms, release)
+                VALUES ($1, $2, $3, $4, 'applied', false, $5, $6)
+                ON CONFLICT (version) DO UPDATE SET name = EXCLUDED.name, up_sha256 = EXCLUDED.up_sha256, down_sha256 = EXCLUDED.down_sha256,
+                    state = 'applied', adopted = false, recorded_at = clock_timestamp(), applied_by = current_user,
+                    execution_ms = EXCLUDED.execution_ms, release = EXCLUDED.release
+                """, [version, step.name, step.sha256, step.downSHA256, String(milliseconds), configuration.release])
         } else {
-            try connection.query("DELETE FROM schema_version WHERE version = $1", [version])
+            try connection.query("DELETE FROM \(names.versions) WHERE version = $1", [version])
+            try connection.query("DELETE FROM \(names.records) WHERE version = $1", [version])
         }
         try connection.query("""
-            INSERT INTO schema_version_log (version, name, action, release, backup_id, execution_ms, sha256)
+            INSERT INTO \(names.log) (version, name, action, release, backup_id, execution_ms, sha256)
             VALUES ($1, $2, $3, $4, $5, $6, $7)
             """, [version, step.name, step.direction.rawValue, configuration.release, backupID, String(milliseconds), step.sha256])
     }
 
     private func logFailure(_ error: Error, backupID: String?) {
-        _ = try? connection.query("INSERT INTO schema_version_log (action, release, backup_id, detail) VALUES ('failed', $1, $2, $3)",
+        // Only into a log that exists: a first run that failed must leave the database as it was.
+        guard (try? exists(names.log)) == true else { return }
+        // The failure itself is being reported to the operator; losing its log row is the lesser harm.
+        _ = try? connection.query("INSERT INTO \(names.log) (action, release, backup_id, detail) VALUES ('failed', $1, $2, $3)",
                                   [configuration.release, backupID, RecoveryError.classify(error).message])
     }
 
     /// Records that `release` was deployed with nothing to migrate, so `down --to-release` knows its state.
-    public func recordRelease(_ release: String, version: Int64?) throws {
-        try ensureTables()
-        try connection.query("INSERT INTO schema_version_log (version, action, release) VALUES ($1, 'release', $2)",
-                             [version.map(String.init), release])
+    public func recordRelease(_ release: String, version: Int64?, available: [Migration]) throws {
+        try inTransaction {
+            _ = try prepareBookkeeping(available)
+            try connection.query("INSERT INTO \(names.log) (version, action, release) VALUES ($1, 'release', $2)",
+                                 [version.map(String.init), release])
+        }
     }
 
     /// Marks a version applied or reverted by hand, after an operator checked the schema.
-    public func resolve(_ version: Int64, applied: Bool, migration: Migration?) throws {
-        try ensureTables()
-        try connection.execute(script: "BEGIN")
-        do {
+    public func resolve(_ version: Int64, applied: Bool, available: [Migration]) throws {
+        let migration = available.first { $0.version == version }
+        try inTransaction {
+            _ = try prepareBookkeeping(available)
             if applied {
                 guard let migration else {
-                    throw RecoveryError(.migrationRefused, "version \(version) is not in the migrations directory, so it cannot be marked applied")
+                    throw RecoveryError(.migrationRefused, "version \(version) is not in the migrations directory, so it cannot be marked applied",
+                                        hint: "put its <version>_<name>.up.sql back, or check the version number (dbmigrate status)")
                 }
                 try connection.query("""
-                    INSERT INTO schema_version (version, name, up_sha256, down_sha256, release, state) VALUES ($1, $2, $3, $4, $5, 'applied')
-                    ON CONFLICT (version) DO UPDATE SET state = 'applied', up_sha256 = EXCLUDED.up_sha256
+                    INSERT INTO \(names.versions) (version, applied_at)
+                    SELECT $1::bigint, clock_timestamp() WHERE NOT EXISTS (SELECT 1 FROM \(names.versions) WHERE version = $1::bigint)
+                    """, [String(version)])
+                try connection.query("""
+                    INSERT INTO \(names.records) (version, name, up_sha256, down_sha256, release, state) VALUES ($1, $2, $3, $4, $5, 'applied')
+                    ON CONFLICT (version) DO UPDATE SET state = 'applied', name = EXCLUDED.name, up_sha256 = EXCLUDED.up_sha256,
+                        down_sha256 = EXCLUDED.down_sha256
                     """, [String(version), migration.name, migration.up.sha256, migration.down?.sha256, configuration.release])
             } else {
-                try connection.query("DELETE FROM schema_version WHERE version = $1", [String(version)])
+                try connection.query("DELETE FROM \(names.versions) WHERE version = $1", [String(version)])
+                try connection.query("DELETE FROM \(names.records) WHERE version = $1", [String(version)])
             }
-            try connection.query("INSERT INTO schema_version_log (version, name, action, release, detail) VALUES ($1, $2, $3, $4, 'manual resolution')",
-                                 [String(version), migration?.name, applied ? "resolve-applied" : "resolve-reverted", configuration.release])
-            try connection.execute(script: "COMMIT")
-        } catch {
-            _ = try? connection.execute(script: "ROLLBACK")
-            throw error
+            try connection.query("INSERT INTO \(names.log) (version, name, action, release, sha256, detail) VALUES ($1, $2, $3, $4, $5, 'manual resolution')",
+                                 [String(version), migration?.name, applied ? "resolve-applied" : "resolve-reverted", configuration.release,
+                                  applied ? migration?.up.sha256 : nil])
         }
+    }
+
+    /// Records `versions` as applied without running them, into an empty or missing `schema_version`.
+    ///
+    /// - Throws: `RecoveryError(.migrationRefused)` when versions are already recorded.
+    public func baseline(_ versions: [Int64], available: [Migration]) throws {
+        let current = try applied()
+        guard current.isEmpty else {
+            throw RecoveryError(.migrationRefused, "schema_version already holds version(s) \(Self.list(current.map(\.version))); baseline is for a database whose schema_version is missing or empty",
+                                hint: "nothing was changed; versions found in schema_version count as applied (adopted) without a baseline: dbmigrate status shows them")
+        }
+        let files = Dictionary(uniqueKeysWithValues: available.map { ($0.version, $0) })
+        try inTransaction {
+            _ = try prepareBookkeeping(available)
+            for version in versions.sorted() {
+                try connection.query("INSERT INTO \(names.versions) (version, applied_at) VALUES ($1, clock_timestamp())", [String(version)])
+                try adopt(version, file: files[version], action: "baseline", detail: "dbmigrate baseline")
+            }
+        }
+    }
+
+    // MARK: - What a downgrade needs
+
+    /// Why `pg_create_restore_point` would fail for this session, with the fix; nil when it would work.
+    public func restorePointProblem() throws -> String? {
+        guard let row = try connection.query("""
+            SELECT current_user::text, has_function_privilege('pg_catalog.pg_create_restore_point(text)', 'EXECUTE')::text,
+                   current_setting('wal_level'), pg_is_in_recovery()::text
+            """).rows.first else { return nil }
+        let user = row[0] ?? "?"
+        if row[3] == "true" { return "the server is a standby (in recovery), where restore points cannot be created; run dbmigrate against the primary" }
+        if row[2] == "minimal" { return "wal_level is minimal, which has no restore points; set wal_level = replica in postgresql.conf and restart" }
+        if row[1] != "true" {
+            return "role \(user) may not call pg_create_restore_point (PostgreSQL allows it to superusers, or by grant); as a superuser run: GRANT EXECUTE ON FUNCTION pg_create_restore_point(text) TO \(VersionTable.quoted(user))"
+        }
+        return nil
+    }
+
+    /// Why a backup would fail for this session, with the fix; nil when it would not. pg_dump locks and
+    /// reads every table and sequence (views and foreign tables only by definition), and the row
+    /// counts read every table.
+    public func backupProblem() throws -> String? {
+        let rows = try connection.query("""
+            SELECT format('%I.%I', n.nspname, c.relname), n.nspname::text
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relkind IN ('r', 'p', 'S') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+              AND n.nspname !~ '^pg_(toast|temp)' AND c.relpersistence <> 't'
+              AND (NOT has_schema_privilege(n.oid, 'USAGE') OR NOT has_table_privilege(c.oid, 'SELECT'))
+            ORDER BY 1
+            """).rows
+        guard !rows.isEmpty else { return nil }
+        let user = try connection.query("SELECT current_user::text").scalar ?? "?"
+        let names = rows.compactMap { $0[0] }
+        let shown = names.prefix(5).joined(separator: ", ") + (names.count > 5 ? " and \(names.count - 5) more" : "")
+        let fix = serverVersion >= 140_000
+            ? "GRANT pg_read_all_data TO \(VersionTable.quoted(user))"
+            : Set(rows.compactMap { $0[1] }).sorted().map { "GRANT USAGE ON SCHEMA \(VersionTable.quoted($0)) TO \(VersionTable.quoted(user)); GRANT SELECT ON ALL TABLES IN SCHEMA \(VersionTable.quoted($0)) TO \(VersionTable.quoted(user)); GRANT SELECT ON ALL SEQUENCES IN SCHEMA \(VersionTable.quoted($0)) TO \(VersionTable.quoted(user))" }.joined(separator: "; ")
+        return "the pre-downgrade backup would fail: role \(user) cannot read \(shown); as a superuser run: \(fix) (or pass --no-backup)"
     }
 
     /// Creates a named restore point for point-in-time recovery; nil with the reason when the server refuses.
@@ -307,47 +695,17 @@ public final class MigrationRunner {
 
     static func literal(_ text: String) -> String { "'" + text.replacingOccurrences(of: "'", with: "''") + "'" }
 
-    static func parseTimestamp(_ text: String) -> Date {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return formatter.date(from: text) ?? Date(timeIntervalSince1970: 0)
-    }
-}
+    static func milliseconds(since start: Date) -> Int64 { Int64((Date().timeIntervalSince(start) * 1000).rounded()) }
 
-/// Finds `DROP TABLE t` and `ALTER TABLE t DROP COLUMN c` in a script (for warnings only).
-enum DestructiveStatements {
-    struct Target: Equatable {
-        var table: String
-        var column: String?
+    /// A statement on one line for messages and the log, cut to `length`, with password literals
+    /// (`PASSWORD '…'` of CREATE/ALTER ROLE, USER MAPPING options) masked: errors never show secrets.
+    static func excerpt(_ statement: String, length: Int) -> String {
+        let line = statement.split(whereSeparator: \.isNewline).joined(separator: " ")
+        let masked = line.replacingOccurrences(of: #"(?i)(password\s*=?\s*)(E?'(?:[^']|'')*'|\$[A-Za-z_]*\$.*?\$[A-Za-z_]*\$)"#,
+                                               with: "$1'…'", options: .regularExpression)
+        return String(masked.prefix(length))
     }
 
-    static func targets(in sql: String) -> [Target] {
-        var targets: [Target] = []
-        for statement in SQLStatements.split(sql) {
-            let words = statement.split(whereSeparator: { $0.isWhitespace || $0 == "," }).map(String.init)
-            let upper = words.map { $0.uppercased() }
-            if upper.starts(with: ["DROP", "TABLE"]) {
-                var names = Array(words.dropFirst(2))
-                if names.first?.uppercased() == "IF" { names = Array(names.dropFirst(2)) }
-                for name in names where !["CASCADE", "RESTRICT"].contains(name.uppercased()) {
-                    targets.append(Target(table: name, column: nil))
-                }
-            } else if upper.starts(with: ["ALTER", "TABLE"]) {
-                var rest = Array(words.dropFirst(2))
-                if rest.first?.uppercased() == "IF" { rest = Array(rest.dropFirst(2)) }
-                if rest.first?.uppercased() == "ONLY" { rest = Array(rest.dropFirst()) }
-                guard let table = rest.first else { continue }
-                var index = 1
-                while index < rest.count {
-                    if rest[index].uppercased() == "DROP", index + 1 < rest.count, rest[index + 1].uppercased() == "COLUMN" {
-                        var column = index + 2
-                        if column < rest.count, rest[column].uppercased() == "IF" { column += 2 }
-                        if column < rest.count { targets.append(Target(table: table, column: rest[column].trimmingCharacters(in: CharacterSet(charactersIn: "\"")))) }
-                    }
-                    index += 1
-                }
-            }
-        }
-        return targets
-    }
+    /// `1, 2, 5` for messages.
+    static func list(_ versions: [Int64]) -> String { versions.map(String.init).joined(separator: ", ") }
 }

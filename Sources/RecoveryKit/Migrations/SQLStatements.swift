@@ -1,23 +1,18 @@
 import Foundation
 
-/// Splits a SQL script into statements at top-level semicolons, respecting quotes, dollar quotes
-/// and comments, so that a failure can name the exact statement.
+/// Splits a SQL script into statements where psql would (`SQLLexer`), so that a failure can name
+/// the exact statement.
 public enum SQLStatements {
-    /// The statements of `script`, trimmed, without empty ones and without comment-only ones.
+    /// The statements of `script`, trimmed, without their semicolons, without empty ones and
+    /// without comment-only ones. A backslash is an ordinary character here: migrations are SQL,
+    /// not psql scripts.
     public static func split(_ script: String) -> [String] {
-        var lexer = SQLLexer()
-        var statements: [String] = []
-        var utf8 = Array(script.utf8)
-        utf8.append(UInt8(ascii: "\n"))
-        utf8.withUnsafeBytes { text in
-            var offset = 0
-            while offset < text.count {
-                let (statement, next) = lexer.next(text, from: offset)
-                if let statement { statements.append(statement) }
-                offset = next
-            }
-        }
-        if let last = lexer.finish() { statements.append(last) }
-        return statements
+        SQLLexer.statements(in: Array(script.utf8)).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// The statements of `script` as bytes, exactly as they would reach the server (no decoding:
+    /// the script may be in any server encoding).
+    public static func split(bytes script: [UInt8]) -> [[UInt8]] {
+        SQLLexer.statements(in: script)
     }
 }

@@ -64,7 +64,8 @@ public final class RunReporter: @unchecked Sendable {
                       "dbrecovery_last_success_timestamp_seconds{\(labelText)} \(Self.number(previousSuccess))"]
         }
         for (name, value) in values.sorted(by: { $0.key < $1.key }) {
-            lines += ["# TYPE dbrecovery_\(name) gauge", "dbrecovery_\(name){\(labelText)} \(Self.number(value))"]
+            lines += ["# HELP dbrecovery_\(name) \(Self.help(for: name, tool: tool))",
+                      "# TYPE dbrecovery_\(name) gauge", "dbrecovery_\(name){\(labelText)} \(Self.number(value))"]
         }
         let temporary = metricsFile + ".tmp-\(getpid())"
         do {
@@ -74,6 +75,25 @@ public final class RunReporter: @unchecked Sendable {
             unlink(temporary)
             FileHandle.standardError.write(Data("\(tool): warning: cannot write metrics file \(metricsFile): \(error)\n".utf8))
         }
+    }
+
+    /// The HELP text of a run's own number (promtool's lint wants one on every metric).
+    static func help(for name: String, tool: String) -> String {
+        let known = [
+            "backup_raw_bytes": "Uncompressed size of the last backup.",
+            "backup_stored_bytes": "Stored (compressed, maybe encrypted) size of the last backup.",
+            "backup_tables": "Tables in the last backup.",
+            "backup_rows": "Rows in the last backup (exact, from the dump's snapshot).",
+            "prune_kept": "Backups kept by the last prune.",
+            "prune_deleted": "Backups deleted by the last prune.",
+            "prune_wal_deleted": "WAL files deleted by the last prune (no kept base backup needed them).",
+            "restore_duration_seconds": "How long the last restore (or drill) took, swap included.",
+            "restore_verified_tables": "Tables whose row counts the last restore verified.",
+            "verify_ok": "1 if the last verification passed.",
+            "verify_backups": "Backups whose files the last verification re-checked.",
+            "verify_tables": "Tables whose row counts the last verification compared.",
+        ]
+        return known[name] ?? "\(name.replacingOccurrences(of: "_", with: " ")) reported by the last \(tool) run."
     }
 
     static func previousValue(in path: String, metric: String) -> Double? {

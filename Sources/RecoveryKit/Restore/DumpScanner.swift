@@ -1,21 +1,43 @@
 import Foundation
 
-/// Reads a plain-format pg_dump stream and tells its consumer what it contains, in order:
-/// SQL statements, and for each `COPY … FROM stdin;` the COPY statement followed by its rows.
+/// Reads a plain-format pg_dump stream the way psql does and tells its consumer what it contains,
+/// in order: SQL statements, and for each `COPY … FROM stdin;` the COPY statement followed by its
+/// rows — all as bytes, never decoded (a dump may be LATIN1 or SQL_ASCII).
+///
+/// Statements are split by `SQLLexer` (psql's own rules). Session settings (`SET …`,
+/// `set_config(…, false)`, roles) are not handed over as statements: every statement carries the
+/// `SessionSettings` in force where it stood, so that whoever runs it, wherever, runs it as psql would.
 ///
 /// Streaming and bounded: bytes arrive in chunks of any size; only an unfinished line is carried
 /// between chunks. Rows are handed over in runs of whole lines, never one call per row.
 /// psql's `\restrict` / `\unrestrict` lines (pg_dump ≥ 15.14) are skipped: nothing here runs psql
 /// meta-commands, which is what they guard against. Any other meta-command is refused.
 final class DumpScanner {
+    /// A statement of the dump and the session settings in force where it stood.
+    struct Statement {
+        /// The statement's bytes, as psql would send them (without the semicolon).
+        var sql: [UInt8]
+        var settings: SessionSettings
+
+        /// The statement for messages: its first line, at most 80 bytes, decoded leniently.
+        var excerpt: String {
+            let firstLine = sql.prefix { $0 != UInt8(ascii: "\n") }.prefix(80)
+            return String(decoding: firstLine, as: UTF8.self)
+        }
+
+        /// The statement decoded leniently, for recognising its kind (never sent anywhere).
+        var text: String { String(decoding: sql, as: UTF8.self) }
+    }
+
     enum Event {
-        case statement(String)
-        case copyStart(String)
+        case statement(Statement)
+        case copyStart(Statement)
         case copyRows(UnsafeRawBufferPointer)
         case copyEnd
     }
 
-    private var lexer = SQLLexer()
+    private var lexer = SQLLexer(recognizesMetaCommands: true)
+    private var settings = SessionSettings()
     private var inCopy = false
     private var carry: [UInt8] = []
     private let consumer: (Event) throws -> Void
@@ -48,7 +70,7 @@ final class DumpScanner {
         if end < chunk.count { carry.append(contentsOf: UnsafeRawBufferPointer(rebasing: chunk[end...])) }
     }
 
-    /// Ends the dump.
+    /// Ends the dump; a last statement without a semicolon is handed over, as psql sends it.
     ///
     /// - Throws: `RecoveryError(.backupCorrupt)` if it ends inside COPY rows.
     func finish() throws {
@@ -61,11 +83,10 @@ final class DumpScanner {
         guard !inCopy else {
             throw RecoveryError(.backupCorrupt, "the dump ends inside COPY data (no \\. line)", hint: "the backup is incomplete; restore another one")
         }
-        if let last = lexer.finish() { try consumer(.statement(last)) }
+        if let last = lexer.finish() { try statement(last) }
     }
 
-    /// Handles whole lines (`text` ends with a newline). SQL is fed to the lexer one line at a
-    /// time, so a meta-command line is seen as such.
+    /// Handles whole lines (`text` ends with a newline), one at a time as psql reads them.
     private func lines(_ text: UnsafeRawBufferPointer) throws {
         var offset = 0
         while offset < text.count {
@@ -73,57 +94,81 @@ final class DumpScanner {
                 offset = try copyRows(text, from: offset)
                 continue
             }
-            let lineEnd = (Self.find(UInt8(ascii: "\n"), in: text, from: offset) ?? (text.count - 1)) + 1
-            defer { offset = lineEnd }
-            if !lexer.inStatement, text[offset] == UInt8(ascii: "\\") {
-                try metaCommand(UnsafeRawBufferPointer(rebasing: text[offset..<lineEnd]))
-                continue
-            }
-            let line = UnsafeRawBufferPointer(rebasing: text[offset..<lineEnd])
+            let newline = Self.find(UInt8(ascii: "\n"), in: text, from: offset) ?? text.count
+            defer { offset = newline + 1 }
+            let line = UnsafeRawBufferPointer(rebasing: text[offset..<newline])
+            guard lexer.startLine(empty: line.isEmpty) else { continue }
             var position = 0
             while position < line.count {
-                let (statement, next) = lexer.next(line, from: position)
+                let (piece, next) = lexer.next(in: line, from: position)
                 position = next
-                guard let statement else { continue }
-                if Self.isCopyFromStdin(statement) {
-                    // Rows start on the next line.
-                    try consumer(.copyStart(statement))
-                    inCopy = true
+                switch piece {
+                case nil:
                     break
+                case .metaCommand(let range)?:
+                    try metaCommand(UnsafeRawBufferPointer(rebasing: line[range]))
+                case .statement(let sql)?:
+                    if try statement(sql) {
+                        // COPY rows start on the next line (psql reads them from there).
+                        position = line.count
+                    }
                 }
-                try consumer(.statement(statement))
             }
         }
+    }
+
+    /// Hands over one statement, or takes it into the session settings.
+    ///
+    /// - Returns: whether it began COPY rows.
+    @discardableResult
+    private func statement(_ sql: [UInt8]) throws -> Bool {
+        if settings.absorb(sql) {
+            lexer.standardConformingStrings = settings.standardConformingStrings
+            return false
+        }
+        let statement = Statement(sql: sql, settings: settings)
+        if Self.isCopyFromStdin(sql) {
+            try consumer(.copyStart(statement))
+            inCopy = true
+            return true
+        }
+        try consumer(.statement(statement))
+        return false
     }
 
     /// Hands over rows up to the `\.` line; returns where the text after them starts.
     private func copyRows(_ text: UnsafeRawBufferPointer, from start: Int) throws -> Int {
         var line = start
         while line < text.count {
-            if text[line] == UInt8(ascii: "\\"), line + 1 < text.count, text[line + 1] == UInt8(ascii: "."),
-               line + 2 < text.count, text[line + 2] == UInt8(ascii: "\n") || text[line + 2] == UInt8(ascii: "\r") {
+            let newline = Self.find(UInt8(ascii: "\n"), in: text, from: line) ?? (text.count - 1)
+            // psql ends the rows at a line that is exactly `\.` (or `\.` CR).
+            let length = newline - line
+            if text[line] == UInt8(ascii: "\\"), length == 2 || length == 3, text[line + 1] == UInt8(ascii: "."),
+               length == 2 || text[line + 2] == UInt8(ascii: "\r") {
                 if line > start { try consumer(.copyRows(UnsafeRawBufferPointer(rebasing: text[start..<line]))) }
                 try consumer(.copyEnd)
                 inCopy = false
-                return (Self.find(UInt8(ascii: "\n"), in: text, from: line) ?? (text.count - 1)) + 1
+                return newline + 1
             }
-            line = (Self.find(UInt8(ascii: "\n"), in: text, from: line) ?? (text.count - 1)) + 1
+            line = newline + 1
         }
         if text.count > start { try consumer(.copyRows(UnsafeRawBufferPointer(rebasing: text[start..<text.count]))) }
         return text.count
     }
 
     private func metaCommand(_ line: UnsafeRawBufferPointer) throws {
-        let text = String(decoding: line, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-        let command = text.split(separator: " ").first.map(String.init) ?? text
+        var end = 0
+        while end < line.count, !SQLLexer.isSpace(line[end]) { end += 1 }
+        let command = String(decoding: UnsafeRawBufferPointer(rebasing: line[0..<end]), as: UTF8.self)
         guard command == "\\restrict" || command == "\\unrestrict" else {
             throw RecoveryError(.backupCorrupt, "the dump contains the psql meta-command \(command), which dbrestore does not run",
                                 hint: "restore this dump by hand with psql after reviewing it")
         }
     }
 
-    private static func isCopyFromStdin(_ statement: String) -> Bool {
-        statement.hasPrefix("COPY ") && statement.hasSuffix(" FROM stdin")
+    /// pg_dump's `COPY name (columns) FROM stdin` (the lexer has dropped the semicolon).
+    static func isCopyFromStdin(_ sql: [UInt8]) -> Bool {
+        sql.starts(with: "COPY ".utf8) && sql.reversed().starts(with: " FROM stdin".utf8.reversed())
     }
 
     private static func find(_ byte: UInt8, in text: UnsafeRawBufferPointer, from offset: Int) -> Int? {

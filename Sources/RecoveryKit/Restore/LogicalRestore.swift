@@ -1,6 +1,7 @@
 import BackupStorage
 import Foundation
 import PostgresClient
+import ProcessSignals
 
 /// What a restore should do, resolved from flags and environment.
 public struct RestoreConfiguration {
@@ -23,6 +24,8 @@ public struct RestoreConfiguration {
     /// Only backups taken at this release (emergency and drill).
     public var release: String?
     public var dryRun: Bool
+    /// Where pg_dump is found (schema verification runs `pg_dump --schema-only` on the scratch database).
+    public var tools = PostgresTools()
     /// Where to write the incident record (emergency); default `<repo>/incidents/<time>.json`.
     public var incidentFile: String?
     /// The repository cipher key, for encrypted backups.
@@ -269,6 +272,9 @@ public enum LogicalRestore {
     private static func runSteps(_ plan: RestorePlan, _ configuration: RestoreConfiguration, store: BackupStore, admin: PostgresConnection,
                                  timeline: Timeline, progress: ProgressObserver?, reachedSwap: inout Bool,
                                  verified: (RowCountVerifier.Report) -> Void) throws -> String {
+        // A reader lock before the manifest is read: dbprune leaves a backup alone while it is read.
+        let reading = try StoreLock.sharedIfWritable(in: store, backupID: plan.backupID, holder: LockHolder(command: "dbrestore"))
+        defer { try? reading?.release() }   // a leftover reader record only delays pruning; dbprune removes it once we are gone
         let manifest = try Catalog(store: store).resolve(plan.backupID)
         let scratch = plan.scratchDatabase
         var scratchExists = false
@@ -277,6 +283,7 @@ public enum LogicalRestore {
             if scratchExists {
                 do {
                     try admin.execute(script: "DROP DATABASE IF EXISTS \(admin.quoteIdentifier(scratch)) WITH (FORCE)")
+                    if Interruption.isRequested { CleanupLog.cleaned("dropped the scratch database \(scratch)") }
                 } catch {
                     timeline.note("drop scratch database \(scratch)", outcome: "failed: \(RecoveryError.classify(error).message); it is marked, the next dbrestore drops it")
                 }
@@ -313,7 +320,7 @@ public enum LogicalRestore {
             warnings.forEach { timeline.note("database properties of \(scratch)", outcome: "warning: \($0)") }
         }
         CrashPoint.reached("restore:after-verify")
-        // Further checks of the scratch database against the backup (schema fingerprint) go here.
+        try SchemaVerifier.verifyRestore(manifest, scratch: configuration.target.with(database: scratch), tools: configuration.tools, timeline: timeline)
         if configuration.mode == .drill {
             try timeline.step("drop scratch database \(scratch)") {
                 try admin.execute(script: "DROP DATABASE \(admin.quoteIdentifier(scratch)) WITH (FORCE)")

@@ -1,0 +1,70 @@
+import Foundation
+import PostgresClient
+
+/// One connection of a restore, with the dump's session settings it has in force, so that each
+/// statement runs under the settings written before it in the dump, whichever connection runs it.
+///
+/// Not thread-safe: one thread at a time, like the `PostgresConnection` it wraps.
+final class LoaderConnection {
+    let connection: PostgresConnection
+    /// The backup being restored, for messages.
+    let backupID: String
+    private var applied = SessionSettings()
+
+    /// Opens a connection to the database being restored.
+    ///
+    /// - Throws: `PostgresError` if it cannot connect.
+    init(target: ConnectionTarget, backupID: String) throws {
+        connection = try PostgresConnection(target: target, applicationName: "dbrestore")
+        self.backupID = backupID
+        // A fresh scratch database nobody else uses: index builds may take more memory, and a lost
+        // commit is a failed restore that is run again, so no need to wait for the WAL flush.
+        try connection.execute(script: "SET maintenance_work_mem = '\(DumpApplier.maintenanceWorkMem)'; SET synchronous_commit = off")
+    }
+
+    /// Brings the connection to `settings` (only what differs from what it has).
+    ///
+    /// - Throws: `RecoveryError(.restoreFailed)` naming the setting the server refused.
+    func use(_ settings: SessionSettings) throws {
+        for statement in settings.statements(from: applied) {
+            do {
+                try connection.execute(bytes: statement)
+            } catch {
+                throw DumpApplier.failure(error, in: DumpScanner.Statement(sql: statement, settings: settings).excerpt, backupID: backupID)
+            }
+        }
+        applied = settings
+    }
+
+    /// Runs a statement of the dump under the settings in force where it stood.
+    ///
+    /// - Throws: `RecoveryError(.restoreFailed)` naming the statement and the server's reason.
+    /// A deadlock the server reports is thrown as the `PostgresError` it is, for the caller to retry.
+    func run(_ statement: DumpScanner.Statement) throws {
+        try use(statement.settings)
+        do {
+            try connection.execute(bytes: statement.sql)
+        } catch let error as PostgresError where error.sqlState == Self.deadlockDetected {
+            throw error
+        } catch {
+            throw DumpApplier.failure(error, in: statement.excerpt, backupID: backupID)
+        }
+    }
+
+    /// Starts a COPY of the dump under the settings in force where it stood.
+    ///
+    /// - Throws: `RecoveryError(.restoreFailed)` naming the statement and the server's reason.
+    func beginCopy(_ statement: DumpScanner.Statement) throws {
+        try use(statement.settings)
+        do {
+            try connection.beginCopy(bytes: statement.sql)
+        } catch {
+            throw DumpApplier.failure(error, in: statement.excerpt, backupID: backupID)
+        }
+    }
+
+    func close() { connection.close() }
+
+    /// SQLSTATE 40P01.
+    static let deadlockDetected = "40P01"
+}

@@ -1,0 +1,136 @@
+import Foundation
+import RecoveryKit
+import TestSupport
+import XCTest
+
+/// What a packager and an operator's monitoring get: scripts/install.sh and --uninstall, man pages,
+/// completions, systemd units, Prometheus rules and metrics files, shellcheck-clean scripts.
+final class PackagingTests: XCTestCase {
+    private var cleanup: [String] = []
+
+    override func tearDown() {
+        for path in cleanup { try? FileManager.default.removeItem(atPath: path) }
+        cleanup = []
+    }
+
+    private func temporary(_ prefix: String) -> String {
+        let path = TestPaths.temporaryDirectory(prefix: prefix)
+        cleanup.append(path)
+        return path
+    }
+
+    /// Runs a bash script with positional arguments ($1 …), so paths with spaces need no quoting games.
+    private func bash(_ script: String, _ arguments: [String] = [], environment: [String: String] = [:]) throws -> TestProcess.Result {
+        try TestProcess.run("/bin/bash", ["-c", script, "bash"] + arguments, environment: environment)
+    }
+
+    private func requireTool(_ name: String, package: String) throws -> String {
+        let result = try bash("command -v \"$1\"", [name])
+        guard result.status == 0 else {
+            throw NSError(domain: "dbrecovery.tests", code: 1, userInfo: [NSLocalizedDescriptionKey:
+                "\(name) is missing: install the Debian package \(package) (scripts/setup.sh does)"])
+        }
+        return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    func testInstallPutsEveryPieceInPlaceAndUninstallRemovesExactlyThat() throws {
+        _ = try requireTool("systemd-analyze", package: "systemd")
+        _ = try requireTool("man", package: "man-db")
+        let prefix = temporary("prefix") + "/with space"
+        // --bin-dir: the suite already built the executables (and holds the build lock while it runs).
+        let install = try TestProcess.run("/bin/bash", [TestPaths.repositoryRoot + "/scripts/install.sh", "--prefix", prefix,
+                                                        "--bin-dir", TestPaths.productsDirectory])
+        XCTAssertEqual(install.status, 0, install.standardError)
+
+        let tools = ["dbbackup", "dbrestore", "dbverify", "dbprune", "dbmigrate"]
+        for tool in tools {
+            let version = try TestProcess.run(prefix + "/bin/" + tool, ["--help"])
+            XCTAssertEqual(version.status, 0, "\(tool) --help: \(version.standardError)")
+            let page = try TestProcess.run("/usr/bin/man", ["-M", prefix + "/share/man", "-P", "cat", tool],
+                                           environment: ["MANWIDTH": "100", "LC_ALL": "C.UTF-8"])
+            XCTAssertEqual(page.status, 0, "man \(tool): \(page.standardError)")
+            XCTAssertTrue(page.standardOutput.contains("SYNOPSIS"), "man \(tool) has no SYNOPSIS: \(page.standardOutput.prefix(300))")
+            let completion = try bash("source \"$1/share/bash-completion/completions/$2\" && complete -p \"$2\"", [prefix, tool])
+            XCTAssertEqual(completion.status, 0, "bash completion for \(tool): \(completion.standardError)")
+            XCTAssertTrue(FileManager.default.fileExists(atPath: "\(prefix)/share/zsh/site-functions/_\(tool)"))
+            XCTAssertTrue(FileManager.default.fileExists(atPath: "\(prefix)/share/fish/vendor_completions.d/\(tool).fish"))
+        }
+
+        // The units point into the prefix and pass systemd's own checks (man pages found through MANPATH).
+        let units = prefix + "/lib/systemd/system"
+        let service = try String(contentsOfFile: units + "/dbrecovery-nightly.service", encoding: .utf8)
+        XCTAssertTrue(service.contains("ExecStart=\"\(prefix)/share/dbrecovery/scripts/nightly-backup.sh\""), service)
+        let verify = try bash("cd \"$1\" && systemd-analyze verify ./*.service ./*.timer", [units],
+                              environment: ["MANPATH": prefix + "/share/man"])
+        XCTAssertEqual(verify.status, 0, verify.standardError)
+        XCTAssertEqual(verify.standardError.trimmingCharacters(in: .whitespacesAndNewlines), "", "systemd-analyze complained")
+
+        // The installed wrapper scripts find the installed binaries without PATH or DBRECOVERY_BIN.
+        let found = try bash("source \"$1/share/dbrecovery/scripts/lib.sh\" && dbrecovery_bin dbbackup", [prefix],
+                             environment: ["PATH": "/usr/bin:/bin"])
+        XCTAssertEqual(found.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines).hasSuffix("/bin/dbbackup"), true, found.standardError)
+
+        // The example config is one every tool accepts.
+        let config = try TestProcess.run(prefix + "/bin/dbbackup", ["--print-config", "--config", prefix + "/share/dbrecovery/config.example.toml"])
+        XCTAssertEqual(config.status, 0, config.standardError)
+
+        let uninstall = try TestProcess.run("/bin/bash", [TestPaths.repositoryRoot + "/scripts/install.sh", "--uninstall", "--prefix", prefix])
+        XCTAssertEqual(uninstall.status, 0, uninstall.standardError)
+        let left = try FileManager.default.contentsOfDirectory(atPath: prefix)
+        XCTAssertEqual(left, [], "--uninstall left \(left)")
+
+        let again = try TestProcess.run("/bin/bash", [TestPaths.repositoryRoot + "/scripts/install.sh", "--uninstall", "--prefix", prefix])
+        XCTAssertEqual(again.status, 2, "a second --uninstall has nothing to remove and says so")
+        XCTAssertTrue(again.standardError.contains("nothing to uninstall"), again.standardError)
+    }
+
+    func testHelpMatchesTheReviewedSnapshotsBehindTheManualPages() throws {
+        for tool in ["dbbackup", "dbrestore", "dbverify", "dbprune", "dbmigrate"] {
+            let live = try TestProcess.tool(tool, ["--experimental-dump-help"])
+            XCTAssertEqual(live.status, 0, live.standardError)
+            let snapshot = try String(contentsOfFile: "\(TestPaths.repositoryRoot)/docs/man/\(tool).help.json", encoding: .utf8)
+            XCTAssertEqual(live.standardOutput, snapshot,
+                           "\(tool)'s options or help changed: review the change and run scripts/generate-man.sh (it rewrites docs/man)")
+            XCTAssertTrue(FileManager.default.fileExists(atPath: "\(TestPaths.repositoryRoot)/docs/man/\(tool).1"))
+        }
+    }
+
+    func testAlertRulesLoadAndEveryMetricsFileTheToolsWritePassesPromtool() throws {
+        let promtool = try requireTool("promtool", package: "prometheus")
+        let rules = try TestProcess.run(promtool, ["check", "rules", TestPaths.repositoryRoot + "/contrib/prometheus/dbrecovery.rules.yml"])
+        XCTAssertEqual(rules.status, 0, rules.standardOutput + rules.standardError)
+
+        let cluster = try PostgresCluster.shared()
+        let database = try cluster.createDatabase(prefix: "pkg")
+        try cluster.connect(database: database).execute(script: "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10);")
+        let repository = temporary("repo") + "/repo"
+        let metrics = temporary("metrics") + "/text file"
+        try FileManager.default.createDirectory(atPath: metrics, withIntermediateDirectories: true)
+        let environment = ["DATABASE_URL": cluster.url(database: database), "BACKUP_REPO": repository,
+                           "DBRECOVERY_BIN": TestPaths.productsDirectory, "PGPASSWORD": cluster.password,
+                           "METRICS_DIR": metrics, "DRILL_DAY": "always"]
+        let nightly = try TestProcess.run("/bin/bash", [TestPaths.repositoryRoot + "/scripts/nightly-backup.sh"], environment: environment)
+        XCTAssertEqual(nightly.status, 0, nightly.standardError)
+        // A failed run writes metrics too (and keeps the last success time).
+        let failed = try TestProcess.tool("dbverify", ["no-such-backup", "--repo", repository, "--metrics-file", metrics + "/dbrecovery_verify.prom"],
+                                          cluster: cluster, environment: ["DATABASE_URL": cluster.url(database: database)])
+        XCTAssertNotEqual(failed.status, 0)
+
+        let files = try FileManager.default.contentsOfDirectory(atPath: metrics).filter { $0.hasSuffix(".prom") }.sorted()
+        XCTAssertEqual(files, ["dbrecovery_backup.prom", "dbrecovery_drill.prom", "dbrecovery_prune.prom", "dbrecovery_verify.prom"])
+        for file in files {
+            let check = try TestProcess.run(promtool, ["check", "metrics"], input: try Data(contentsOf: URL(fileURLWithPath: metrics + "/" + file)))
+            XCTAssertEqual(check.status, 0, "\(file): \(check.standardOutput)\(check.standardError)")
+        }
+    }
+
+    func testScriptsAreShellcheckClean() throws {
+        let shellcheck = try requireTool("shellcheck", package: "shellcheck")
+        let scripts = try bash("cd \"$1\" && ls scripts/*.sh scripts/rollback/*.sh .ci/run", [TestPaths.repositoryRoot])
+        let paths = scripts.standardOutput.split(separator: "\n").map(String.init)
+        XCTAssertGreaterThan(paths.count, 8)
+        let check = try bash("cd \"$1\" && shellcheck=$2 && shift 2 && \"$shellcheck\" -x -S warning \"$@\"",
+                             [TestPaths.repositoryRoot, shellcheck] + paths)
+        XCTAssertEqual(check.status, 0, check.standardOutput)
+    }
+}

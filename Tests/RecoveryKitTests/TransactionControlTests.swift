@@ -1,0 +1,89 @@
+import Foundation
+@testable import RecoveryKit
+import XCTest
+
+final class TransactionControlTests: XCTestCase {
+    private func what(_ statement: String, serverVersion: Int? = 150_000) -> String? {
+        TransactionControl.classify(statement, serverVersion: serverVersion)?.1
+    }
+
+    func testTransactionControlAndItsSynonymsAreFound() {
+        XCTAssertEqual(what("COMMIT"), "COMMIT")
+        XCTAssertEqual(what("commit work"), "COMMIT")
+        XCTAssertEqual(what("END"), "END")
+        XCTAssertEqual(what("end transaction"), "END")
+        XCTAssertEqual(what("ABORT"), "ABORT")
+        XCTAssertEqual(what("COMMIT AND CHAIN"), "COMMIT AND CHAIN")
+        XCTAssertEqual(what("START TRANSACTION ISOLATION LEVEL SERIALIZABLE"), "START TRANSACTION")
+        XCTAssertEqual(what("BEGIN"), "BEGIN")
+        XCTAssertEqual(what("/* c */ BEGIN WORK"), "BEGIN")
+        XCTAssertEqual(what("ROLLBACK"), "ROLLBACK")
+        XCTAssertEqual(what("ROLLBACK TO SAVEPOINT a"), "ROLLBACK TO SAVEPOINT")
+        XCTAssertEqual(what("SAVEPOINT a"), "SAVEPOINT")
+        XCTAssertEqual(what("RELEASE SAVEPOINT a"), "RELEASE SAVEPOINT")
+        XCTAssertEqual(what("PREPARE TRANSACTION 'x'"), "PREPARE TRANSACTION")
+        XCTAssertEqual(TransactionControl.classify("COMMIT", serverVersion: nil)?.0, .transactionControl)
+        XCTAssertTrue(TransactionControl.rollsBack("ABORT"))
+        XCTAssertTrue(TransactionControl.rollsBack("rollback"))
+        XCTAssertFalse(TransactionControl.rollsBack("ROLLBACK TO SAVEPOINT a"))
+        XCTAssertFalse(TransactionControl.rollsBack("COMMIT"))
+    }
+
+    func testStatementsThatCannotRunInATransactionAreFound() {
+        XCTAssertEqual(what("CREATE INDEX CONCURRENTLY i ON t (x)"), "CREATE INDEX CONCURRENTLY")
+        XCTAssertEqual(what("create unique index concurrently i on t (x)"), "CREATE INDEX CONCURRENTLY")
+        XCTAssertEqual(what("DROP INDEX CONCURRENTLY i"), "DROP INDEX CONCURRENTLY")
+        XCTAssertEqual(what("REINDEX (VERBOSE) TABLE CONCURRENTLY t"), "REINDEX CONCURRENTLY")
+        XCTAssertEqual(what("REINDEX DATABASE app"), "REINDEX DATABASE")
+        XCTAssertEqual(what("VACUUM ANALYZE t"), "VACUUM")
+        XCTAssertEqual(what("CREATE DATABASE x"), "CREATE DATABASE")
+        XCTAssertEqual(what("ALTER SYSTEM SET work_mem = '64MB'"), "ALTER SYSTEM")
+        XCTAssertEqual(what("ALTER TABLE p DETACH PARTITION p1 CONCURRENTLY"), "ALTER TABLE … DETACH PARTITION CONCURRENTLY")
+        XCTAssertEqual(what("ALTER TYPE mood ADD VALUE 'meh'", serverVersion: 110_000), "ALTER TYPE … ADD VALUE (before PostgreSQL 12)")
+        XCTAssertNil(what("ALTER TYPE mood ADD VALUE 'meh'", serverVersion: 150_000))
+        XCTAssertEqual(TransactionControl.classify("VACUUM", serverVersion: nil)?.0, .cannotRunInTransaction)
+        XCTAssertEqual(TransactionControl.classify("COPY t (x) FROM stdin", serverVersion: nil)?.0, .needsClientData)
+        XCTAssertEqual(what("COPY (SELECT 1) TO STDOUT WITH (FORMAT csv)"), "COPY … TO STDOUT")
+        XCTAssertNil(what("COPY t FROM '/srv/data.csv'"))
+    }
+
+    func testOrdinaryStatementsAndLookAlikesPass() {
+        for statement in [
+            "CREATE TABLE commit (x int)",
+            "SELECT 'COMMIT'",
+            "INSERT INTO t VALUES ($$COMMIT$$)",
+            "DO $$ BEGIN PERFORM 1; END $$",
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END",
+            "CREATE INDEX i ON t (x)",
+            "REFRESH MATERIALIZED VIEW CONCURRENTLY v",
+            "REINDEX TABLE t",
+            "CLUSTER t USING i",
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            "ALTER TABLE t ADD COLUMN concurrently int",
+            "-- COMMIT\nSELECT 1",
+            "BEGIN ATOMIC SELECT 1; END",
+        ] {
+            XCTAssertNil(what(statement), statement)
+        }
+    }
+
+    func testViolationsNameTheLineOfEachStatement() {
+        let sql = """
+            -- header
+            BEGIN;
+            CREATE TABLE a (x int);
+
+            /* done */ COMMIT;
+            SELECT 1; VACUUM a;
+            """
+        let found = TransactionControl.violations(in: sql, serverVersion: 150_000)
+        XCTAssertEqual(found.map(\.what), ["BEGIN", "COMMIT", "VACUUM"])
+        XCTAssertEqual(found.map(\.line), [2, 5, 6])
+        XCTAssertEqual(found.map(\.statement), [1, 3, 5])
+
+        // A statement that still carries its leading comment is placed at its code, not at the comment.
+        var locator = TransactionControl.LineLocator("SELECT 1;\n-- why\nCOMMIT;\n")
+        XCTAssertEqual(locator.line(of: "SELECT 1"), 1)
+        XCTAssertEqual(locator.line(of: "-- why\nCOMMIT"), 3)
+    }
+}
