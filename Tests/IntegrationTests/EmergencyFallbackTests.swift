@@ -122,6 +122,22 @@ final class EmergencyFallbackTests: XCTestCase {
         }
     }
 
+    /// A signal during a candidate's restore ends the run (exit 130); it is not that candidate's
+    /// failure, so no older backup is tried.
+    func testASignalDuringACandidateEndsTheRunInsteadOfTryingTheNext() throws {
+        let older = try backup()
+        let newer = try backup()
+        let incident = TestPaths.temporaryDirectory(prefix: "incident") + "/incident.json"
+        let result = try TestProcess.tool("dbrestore", common + ["--emergency", "--incident-file", incident], cluster: cluster,
+                                          environment: ["DBRECOVERY_SIGNAL_AT": "restore:after-verify"])
+        XCTAssertEqual(result.status, ExitStatus.interrupted.rawValue, result.standardError)
+        XCTAssertFalse(result.standardError.contains("skip backup \(newer)"), result.standardError)
+        XCTAssertFalse(result.standardError.contains(older), "the older backup is not tried: \(result.standardError)")
+        XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM t", database: database), "200")
+        XCTAssertEqual(try cluster.connect().query("SELECT count(*) FROM pg_database WHERE datname LIKE $1", ["\(database!)_%"]).scalar, "0",
+                       "the scratch database was dropped")
+    }
+
     /// When the target server itself fails, the run stops instead of trying every candidate.
     func testAnUnreachableServerStopsTheSearch() throws {
         _ = try backup()

@@ -39,8 +39,8 @@ final class RestoreFidelityTests: XCTestCase {
         XCTAssertEqual(drill.status, 0, "--drill: \(drill.standardError)")
 
         let replay = try replayWithPsql(dump)
-        // dbrestore also carries the database's own settings over (issue 14 item 5); a psql replay
-        // does not, so the replay gets the source's by hand before both are dumped the same way.
+        // dbrestore keeps the source's database properties (issue 14.5), this setting among them, and
+        // pg_dump renders strings by it: the psql reference gets it too, as `pg_dump --create` would give it.
         try cluster.connect().execute(script: "ALTER DATABASE \(replay) SET standard_conforming_strings = off")
         let expected = try normalisedDump(of: replay, name: "replay")
         for jobs in [1, 4] {

@@ -279,7 +279,8 @@ public enum LogicalRestore {
     /// A failure that is the candidate's own, so an older backup may still restore: anything but an
     /// interruption or a server that no longer answers.
     private static func isCandidateFailure(_ error: Error, admin: PostgresConnection) -> Bool {
-        if let error = error as? RecoveryError, [.interrupted, .databaseUnavailable].contains(error.code) { return false }
+        // An interruption ends the run (whatever error the cancelled work surfaced as), never the candidate.
+        if Interruption.isRequested || [.interrupted, .databaseUnavailable].contains(RecoveryError.classify(error).code) { return false }
         if let error = error as? PostgresError, error.kind == .connection { return false }
         // The probe's own error is not interesting: a server that cannot answer SELECT 1 stops the run.
         return (try? admin.query("SELECT 1").scalar) == "1"
