@@ -172,16 +172,15 @@ public final class PostgresConnection {
     ///
     /// - Throws: `PostgresError.query` if the server refuses the statement.
     public func beginCopy(_ sql: String) throws {
-        try exec(sql, expecting: [PGRES_COPY_IN])
-        copyStatement = sql
-        // The COPY runs until endCopy(): cancellable all along.
-        canceller?.statementStarts()
+        try beginCopy(bytes: Array(sql.utf8))
     }
 
     /// `beginCopy(_:)` with the statement as bytes, sent exactly as they are (see `execute(bytes:)`).
     public func beginCopy(bytes sql: [UInt8]) throws {
         try exec(bytes: sql, expecting: [PGRES_COPY_IN])
         copyStatement = String(decoding: sql, as: UTF8.self)
+        // The COPY runs until endCopy(): cancellable all along.
+        canceller?.statementStarts()
     }
 
     /// Sends COPY data (whole rows in the COPY text format) for the COPY started by `beginCopy(_:)`.

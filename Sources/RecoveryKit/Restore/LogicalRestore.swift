@@ -201,12 +201,21 @@ public enum LogicalRestore {
             try ToolDatabases.repair(plan.targetDatabase, on: admin, timeline: timeline)
             plan.warnings.forEach { timeline.note("backup \(plan.backupID)", outcome: "warning: \($0)") }
             var outcome: String
+            var latestGone = 0
             while true {
                 var reachedSwap = false
                 do {
                     outcome = try runSteps(plan, configuration, store: store, admin: admin, timeline: timeline, progress: progress,
                                            reachedSwap: &reachedSwap) { verification = $0 }
                     break
+                } catch let gone as RecoveryError where gone.code == .backupNotFound && configuration.mode == .normal
+                            && configuration.backup == "latest" && latestGone < 3 {
+                    // `latest` was pruned between the plan and the reader lock (newer backups came in
+                    // meanwhile): the newest one now is what was asked for. Nothing was created yet.
+                    latestGone += 1
+                    timeline.note("backup \(plan.backupID)", outcome: "\(gone.message); taking the newest again")
+                    plan.choose(try CandidateSelection.choose(configuration, depth: .checksum, timeline: timeline))
+                    store = try Repository.open(plan.repository, create: false)
                 } catch {
                     guard configuration.mode != .normal, !reachedSwap, isCandidateFailure(error, admin: admin) else { throw error }
                     let reason = RecoveryError.classify(error).message
@@ -292,7 +301,13 @@ public enum LogicalRestore {
         // A reader lock before the manifest is read: dbprune leaves a backup alone while it is read.
         let reading = try StoreLock.sharedIfWritable(in: store, backupID: plan.backupID, holder: LockHolder(command: "dbrestore"))
         defer { try? reading?.release() }   // a leftover reader record only delays pruning; dbprune removes it once we are gone
-        let manifest = try resolveAsReader(plan.backupID, in: store)
+        let manifest: BackupManifest
+        do {
+            manifest = try resolveAsReader(plan.backupID, in: store)
+        } catch let error as StorageError where error.kind == .notFound {
+            throw RecoveryError(.backupNotFound, "backup \(plan.backupID) was removed (by dbprune?) before this restore could read it",
+                                hint: "restore another backup; nothing was changed")
+        }
         let scratch = plan.scratchDatabase
         var scratchExists = false
         defer {
