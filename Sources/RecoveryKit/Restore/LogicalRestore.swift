@@ -279,6 +279,7 @@ public enum LogicalRestore {
     /// A failure that is the candidate's own, so an older backup may still restore: anything but an
     /// interruption or a server that no longer answers.
     private static func isCandidateFailure(_ error: Error, admin: PostgresConnection) -> Bool {
+        if error is InterruptedError || Interruption.isRequested { return false }   // a signal ends the run, not the candidate
         if let error = error as? RecoveryError, [.interrupted, .databaseUnavailable].contains(error.code) { return false }
         if let error = error as? PostgresError, error.kind == .connection { return false }
         // The probe's own error is not interesting: a server that cannot answer SELECT 1 stops the run.
