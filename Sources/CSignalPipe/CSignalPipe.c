@@ -64,6 +64,11 @@ int CSignalPipe_install(const char *second_signal_message) {
     return pipe_ends[0];
 }
 
+void CSignalPipe_record(int number) {
+    int expected = 0;
+    if (atomic_compare_exchange_strong(&first_signal, &expected, number)) atomic_fetch_add(&signal_count, 1);
+}
+
 int CSignalPipe_received(void) {
     return atomic_load(&first_signal);
 }

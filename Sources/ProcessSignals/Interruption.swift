@@ -60,6 +60,13 @@ public enum Interruption {
         InterruptHook(registry: registry, identifier: registry.add(hook))
     }
 
+    /// Records a signal that a critical section held off and handled itself (the swap): the run is
+    /// interrupted from now on, but the hooks do not run, since what runs now is that section's own
+    /// clean-up, which a late `PQcancel` or SIGTERM would break.
+    public static func recordHandled(_ signal: Int32) {
+        CSignalPipe_record(signal)
+    }
+
     /// Runs `body` (a blocking read of the operator's answer) so that a signal ends the process at
     /// once, exit 130: a prompt has nothing to clean up, and a read restarted after the signal would
     /// otherwise ignore Ctrl-C until Enter.

@@ -108,6 +108,25 @@ final class SignalTests: XCTestCase {
         XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM events", database: target), "300000")
     }
 
+    /// `--emergency` tries older backups when one fails, but an interruption is not a backup's failure:
+    /// the run stops at once, and no second candidate is tried.
+    func testEmergencyRestoreInterruptedTriesNoOtherCandidate() throws {
+        for _ in 0..<2 {
+            XCTAssertEqual(try tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository]).status, 0)
+            sleep(1)
+        }
+        let target = try cluster.createDatabase(prefix: "emergency")
+        let databasesBefore = try databaseNames()
+        let run = try interrupt("dbrestore", ["--emergency", "--jobs", "1", "--repo", repository, "--database-url", cluster.url(database: target)],
+                                signal: SIGTERM, trigger: .line("create scratch database", jitter: 0.0...0.2))
+        assertInterrupted(run, signal: SIGTERM, cell: "emergency")
+        XCTAssertFalse(run.standardError.contains("skip backup"), "emergency: the interrupted candidate was skipped for the next: \(run.standardError)")
+        XCTAssertEqual(run.standardError.components(separatedBy: "create scratch database").count - 1, 1,
+                       "emergency: a second candidate was tried after the signal: \(run.standardError)")
+        XCTAssertEqual(try databaseNames(), databasesBefore, "emergency: databases created or dropped")
+        try assertOpen(target, cell: "emergency")
+    }
+
     func testDrillInterruptedDropsItsDrillDatabase() throws {
         XCTAssertEqual(try tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository]).status, 0)
         let arguments = ["--drill", "--jobs", "1", "--repo", repository, "--database-url", cluster.url(database: database)]

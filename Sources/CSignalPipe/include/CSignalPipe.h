@@ -9,6 +9,10 @@
 /// installed. Idempotent: later calls return the same descriptor.
 int CSignalPipe_install(const char *second_signal_message);
 
+/// Records `number` as the run's first signal (if none was) without running the hooks: for a signal
+/// that code holding signals off handled itself. A later signal then exits at once, as a second one.
+void CSignalPipe_record(int number);
+
 /// The number of the first signal received, or 0.
 int CSignalPipe_received(void);
 

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import ProcessSignals
 
 /// Holds off SIGINT, SIGTERM and SIGHUP for a critical section (the swap, while the target is
 /// closed to connections): a signal is recorded instead of ending the process, the section sees it
@@ -48,7 +49,9 @@ final class SignalDeferral {
                 passOn = handler > 1 || old.sa_flags & Int32(SA_SIGINFO) != 0   // 0 is SIG_DFL, 1 is SIG_IGN
             }
         }
-        if let pending, passOn { raise(pending) }
+        // Our own handler (ProcessSignals) is told without running its hooks: what runs next is the
+        // section's clean-up (the scratch DROP), which a late PQcancel would cancel.
+        if let pending, passOn { Interruption.recordHandled(pending) }
     }
 
     /// `SIGTERM`, `SIGINT`, `SIGHUP`.
