@@ -539,7 +539,7 @@ public final class MigrationRunner {
     private func record(_ step: MigrationStep, milliseconds: Int64, backupID: String?) throws {
         let version = String(step.version)
         if step.direction == .up {
-            try connection.query("INSERT INTO \(names.versions) (version, applied_at) VALUES ($1, clock_timestamp())", [version])
+            try insertVersionRow(step.version)
             try connection.query("""
                 INSERT INTO \(names.records) (version, name, up_sha256, down_sha256, state, adopted, execution_ms, release)
                 VALUES ($1, $2, $3, $4, 'applied', false, $5, $6)
@@ -555,6 +555,20 @@ public final class MigrationRunner {
             INSERT INTO \(names.log) (version, name, action, release, backup_id, execution_ms, sha256)
             VALUES ($1, $2, $3, $4, $5, $6, $7)
             """, [version, step.name, step.direction.rawValue, configuration.release, backupID, String(milliseconds), step.sha256])
+    }
+
+    /// Adds `version`'s row to `schema_version`, with an `applied_at` later than every row already
+    /// there, so the runbooks' `ORDER BY applied_at DESC LIMIT 1` (and `down --steps`) finds it as the
+    /// current version even when existing rows are ahead of this session's clock (a `timestamp
+    /// without time zone` written in UTC by an application while the server's TimeZone is local, a
+    /// clock that was ahead) or the column keeps whole seconds (`timestamp(0)`), where versions
+    /// applied within one second would tie.
+    private func insertVersionRow(_ version: Int64) throws {
+        let step = try versionTable()?.appliedAtResolution ?? "1 microsecond"
+        try connection.query("""
+            INSERT INTO \(names.versions) (version, applied_at)
+            SELECT $1, greatest(clock_timestamp(), (SELECT max(applied_at) FROM \(names.versions) WHERE isfinite(applied_at)) + $2::interval)
+            """, [String(version), step])
     }
 
     private func logFailure(_ error: Error, backupID: String?) {
@@ -584,10 +598,9 @@ public final class MigrationRunner {
                     throw RecoveryError(.migrationRefused, "version \(version) is not in the migrations directory, so it cannot be marked applied",
                                         hint: "put its <version>_<name>.up.sql back, or check the version number (dbmigrate status)")
                 }
-                try connection.query("""
-                    INSERT INTO \(names.versions) (version, applied_at)
-                    SELECT $1::bigint, clock_timestamp() WHERE NOT EXISTS (SELECT 1 FROM \(names.versions) WHERE version = $1::bigint)
-                    """, [String(version)])
+                if try connection.query("SELECT 1 FROM \(names.versions) WHERE version = $1", [String(version)]).rows.isEmpty {
+                    try insertVersionRow(version)
+                }
                 try connection.query("""
                     INSERT INTO \(names.records) (version, name, up_sha256, down_sha256, release, state) VALUES ($1, $2, $3, $4, $5, 'applied')
                     ON CONFLICT (version) DO UPDATE SET state = 'applied', name = EXCLUDED.name, up_sha256 = EXCLUDED.up_sha256,
@@ -616,7 +629,7 @@ public final class MigrationRunner {
         try inTransaction {
             _ = try prepareBookkeeping(available)
             for version in versions.sorted() {
-                try connection.query("INSERT INTO \(names.versions) (version, applied_at) VALUES ($1, clock_timestamp())", [String(version)])
+                try insertVersionRow(version)
                 try adopt(version, file: files[version], action: "baseline", detail: "dbmigrate baseline")
             }
         }
