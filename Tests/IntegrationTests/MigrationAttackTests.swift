@@ -82,4 +82,74 @@ final class MigrationAttackTests: XCTestCase {
         XCTAssertEqual(try cluster.scalar("SELECT count(DISTINCT applied_at) FROM schema_version", database: database), "5")
         XCTAssertEqual(try runbook(), "5")
     }
+
+    /// Files that `SET ROLE` so their objects belong to the application (and set a search_path): as with
+    /// psql running each file, the next file starts as the role that connected, and dbmigrate's own
+    /// records are written as that role, not refused as the migration's role.
+    func testAStepThatSetsARoleOrSearchPathEndsItWithTheStep() throws {
+        let role = "owner_\(database!)"
+        try cluster.connect(database: database).execute(script: """
+            CREATE ROLE \(role) NOLOGIN; GRANT CREATE ON SCHEMA public TO \(role); CREATE SCHEMA elsewhere;
+            """)
+        addTeardownBlock { [cluster, database] in _ = try? cluster?.connect(database: database ?? "postgres").execute(script: "DROP OWNED BY \(role) CASCADE; DROP ROLE IF EXISTS \(role)") }
+        try write([
+            "0001_owned.up.sql": "SET ROLE \(role);\nSET search_path = elsewhere, public;\nCREATE TABLE owned (x int);\n",
+            "0001_owned.down.sql": "DROP TABLE owned;",
+            "0002_mine.up.sql": "CREATE TABLE mine (x int);",
+            "0002_mine.down.sql": "DROP TABLE mine;",
+        ])
+        for arguments in [["up"], ["up", "--per-step"]] {
+            let up = try migrate(arguments)
+            XCTAssertEqual(up.status, 0, "\(arguments): \(up.standardError)")
+            XCTAssertEqual(try cluster.scalar("SELECT tableowner || ':' || schemaname FROM pg_tables WHERE tablename = 'owned'", database: database), "\(role):public")
+            XCTAssertEqual(try cluster.scalar("SELECT tableowner || ':' || schemaname FROM pg_tables WHERE tablename = 'mine'", database: database), "postgres:public")
+            XCTAssertEqual(try runbook(), "2")
+            let down = try migrate(["down", "--to", "0", "--no-backup", "--yes"])
+            XCTAssertEqual(down.status, 0, "\(arguments): \(down.standardError)")
+            XCTAssertNil(try cluster.scalar("SELECT tablename FROM pg_tables WHERE tablename IN ('owned', 'mine') LIMIT 1", database: database))
+        }
+    }
+
+    /// A role that may run the migrations' SQL elsewhere but not keep dbmigrate's records: the dry run
+    /// and the real run refuse alike, before anything runs, naming the grants; a role that cannot read
+    /// the records is told the grant instead of a bare "permission denied".
+    func testARoleThatCannotRecordIsRefusedByTheDryRunAndTheRealRunNamingTheGrants() throws {
+        let role = "weak_\(UUID().uuidString.prefix(8).lowercased())"
+        let admin = try cluster.connect(database: database)
+        try admin.execute(script: "CREATE ROLE \(role) LOGIN PASSWORD '\(cluster.password)'")
+        addTeardownBlock { [cluster, database] in
+            _ = try? cluster?.connect(database: database ?? "postgres").execute(script: "DROP OWNED BY \(role)")
+            _ = try? cluster?.connect().execute(script: "DROP ROLE IF EXISTS \(role)")
+        }
+        let url = cluster.url(database: database).replacingOccurrences(of: "postgres@", with: "\(role)@")
+        func weak(_ arguments: [String]) throws -> TestProcess.Result {
+            try TestProcess.tool("dbmigrate", arguments + ["--database-url", url, "--dir", migrations], cluster: cluster)
+        }
+        try writeTables(1...2)
+        for arguments in [["up", "--dry-run"], ["up"]] {
+            let refused = try weak(arguments)
+            XCTAssertEqual(refused.status, ExitStatus.migrationRefused.rawValue, "\(arguments): \(refused.standardError)")
+            XCTAssertTrue(refused.standardError.contains("GRANT CREATE ON SCHEMA public TO \(role)"), refused.standardError)
+        }
+        XCTAssertNil(try cluster.scalar("SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace LIMIT 1", database: database))
+
+        XCTAssertEqual(try migrate(["up", "--to", "1"]).status, 0)
+        let unreadable = try weak(["status"])
+        XCTAssertEqual(unreadable.status, ExitStatus.databaseError.rawValue, unreadable.standardError)
+        XCTAssertTrue(unreadable.standardError.contains("GRANT SELECT ON public.schema_version, public.dbmigrate_versions, public.schema_version_log TO \(role)"),
+                      unreadable.standardError)
+        try admin.execute(script: "GRANT SELECT ON schema_version, dbmigrate_versions, schema_version_log TO \(role)")
+        XCTAssertEqual(try weak(["status"]).status, 0)
+        for arguments in [["up", "--dry-run"], ["up"]] {
+            let refused = try weak(arguments)
+            XCTAssertEqual(refused.status, ExitStatus.migrationRefused.rawValue, "\(arguments): \(refused.standardError)")
+            XCTAssertTrue(refused.standardError.contains("GRANT SELECT, INSERT ON public.schema_version TO \(role)"), refused.standardError)
+            XCTAssertTrue(refused.standardError.contains("GRANT USAGE ON SEQUENCE public.schema_version_log_id_seq TO \(role)"), refused.standardError)
+        }
+        let down = try weak(["down", "--to", "0", "--no-backup", "--dry-run"])
+        XCTAssertEqual(down.status, ExitStatus.migrationRefused.rawValue, down.standardError)
+        XCTAssertTrue(down.standardError.contains("GRANT SELECT, DELETE ON public.schema_version TO \(role)"), down.standardError)
+        XCTAssertEqual(try runbook(), "1")
+        XCTAssertNil(try cluster.scalar("SELECT to_regclass('t2')::text", database: database))
+    }
 }

@@ -154,6 +154,7 @@ public final class MigrationRunner {
     /// - Throws: `RecoveryError(.migrationRefused)` when `schema_version` has a shape dbmigrate cannot use.
     public func applied() throws -> [AppliedMigration] {
         guard let table = try usableVersionTable() else { return [] }
+        try checkReadable()
         let hasRecords = try exists(names.records)
         let records: String
         if hasRecords {
@@ -182,6 +183,21 @@ public final class MigrationRunner {
                              appliedAt: Date(timeIntervalSince1970: row[4].flatMap(Double.init) ?? 0), release: row[5],
                              state: try row.string(6), adopted: row[7] == "true")
         }
+    }
+
+    /// Refuses, naming the grant, a role that cannot read the bookkeeping (rather than the server's
+    /// bare "permission denied" halfway through a query).
+    ///
+    /// - Throws: `RecoveryError(.databaseError)`.
+    private func checkReadable() throws {
+        let tables: [String] = [names.versions, names.records, names.log]
+        let unreadable = try tables.filter { table in
+            try connection.query("SELECT to_regclass($1) IS NOT NULL AND NOT has_table_privilege(to_regclass($1), 'SELECT')", [table]).scalar == "t"
+        }
+        guard !unreadable.isEmpty else { return }
+        let user = VersionTable.quoted(try connection.query("SELECT current_user::text").scalar ?? "?")
+        throw RecoveryError(.databaseError, "role \(user) may not read \(unreadable.joined(separator: ", ")), where dbmigrate keeps what is applied; nothing was changed",
+                            hint: "as the tables' owner or a superuser run: GRANT SELECT ON \(unreadable.joined(separator: ", ")) TO \(user) (up and down also need INSERT, UPDATE, DELETE on them; the dry run lists what is missing)")
     }
 
     /// The columns an earlier dbmigrate kept in `schema_version` itself, read as its records.
@@ -347,10 +363,7 @@ public final class MigrationRunner {
     ///   - available: the migrations directory, for adopting versions found in `schema_version`.
     /// - Throws: `RecoveryError(.migrationFailed)` naming the step, the statement and the SQLSTATE.
     public func run(_ steps: [MigrationStep], backupID: String?, available: [Migration]) throws {
-        try connection.execute(script: """
-            SET lock_timeout = \(Self.literal(configuration.lockTimeout));
-            SET statement_timeout = \(Self.literal(configuration.statementTimeout))
-            """)
+        try resetSession()
         let groups = configuration.perStep || steps.count == 1 ? steps.map { [$0] } : [steps]
         var done: [Int64] = []
         for group in groups {
@@ -415,6 +428,8 @@ public final class MigrationRunner {
         let file = (step.path as NSString).lastPathComponent
         // Whatever was left open after a chained transaction control statement belongs to nobody.
         if connection.transactionState != .idle { _ = try? connection.execute(script: "ROLLBACK") }
+        // Marked and logged as the role that connected, whatever the step SET (a failed reset shows up as a failed mark).
+        _ = try? resetSession()
         // The server's word on the outcome; if it cannot be asked, the statement itself says which way it went.
         var outcome = (try? connection.query("SELECT txid_status($1::bigint)", [transactionID]).scalar) ?? nil
         var stillPrepared: String?
@@ -469,6 +484,8 @@ public final class MigrationRunner {
                                     hint: "end every BEGIN in \((step.path as NSString).lastPathComponent) with COMMIT; then check the schema and run dbmigrate resolve \(step.version)")
             }
         } catch {
+            // A step's SET ROLE must not keep the failure out of the log; if the reset fails, so does the log row.
+            _ = try? resetSession()
             logFailure(error, backupID: backupID)
             throw error
         }
@@ -534,6 +551,20 @@ public final class MigrationRunner {
                 if !same { throw TransactionEnded(step: step, statementIndex: current.index, statement: statement, line: current.line) }
             }
         }
+        try resetSession()
+    }
+
+    /// Returns the session to how dbmigrate connected, with its timeouts: what a step `SET` (a role to
+    /// own its objects, a search_path, a timeout) ends with the step, as it would with psql running
+    /// each file in a session of its own, and the bookkeeping is written as the role that connected.
+    /// Inside a transaction the reset is part of it, as the step's own `SET`s were.
+    private func resetSession() throws {
+        try connection.execute(script: """
+            RESET ALL;
+            RESET ROLE;
+            SET lock_timeout = \(Self.literal(configuration.lockTimeout));
+            SET statement_timeout = \(Self.literal(configuration.statementTimeout))
+            """)
     }
 
     private func record(_ step: MigrationStep, milliseconds: Int64, backupID: String?) throws {
@@ -636,6 +667,38 @@ public final class MigrationRunner {
     }
 
     // MARK: - What a downgrade needs
+
+    /// What this role may not do that recording `direction`'s steps needs, each with the grant that
+    /// fixes it: create the bookkeeping tables that do not exist yet, and read and write the ones that
+    /// do. Empty when recording would work, so a dry run and the real run both refuse before anything runs.
+    public func bookkeepingProblems(_ direction: MigrationStep.Direction) throws -> [String] {
+        let user = VersionTable.quoted(try connection.query("SELECT current_user::text").scalar ?? "?")
+        var problems: [String] = []
+        var missingCreate: [String: [String]] = [:]
+        let needs = [(names.versions, direction == .up ? ["SELECT", "INSERT"] : ["SELECT", "DELETE"]),
+                     (names.records, ["SELECT", "INSERT", "UPDATE", "DELETE"]), (names.log, ["SELECT", "INSERT"])]
+        for (table, privileges) in needs {
+            guard try exists(table) else {
+                if let row = try connection.query("SELECT (parse_ident($1))[1], has_schema_privilege((parse_ident($1))[1], 'CREATE')::text", [table]).rows.first,
+                   row[1] != "true", let schema = row[0] {
+                    missingCreate[schema, default: []].append(table)
+                }
+                continue
+            }
+            let lacking = try privileges.filter { try connection.query("SELECT has_table_privilege($1, $2)::text", [table, $0]).scalar != "true" }
+            if !lacking.isEmpty {
+                problems.append("role \(user) lacks \(lacking.joined(separator: ", ")) on \(table); as its owner or a superuser run: GRANT \(privileges.joined(separator: ", ")) ON \(table) TO \(user)")
+            }
+            if table == names.log, let sequence = try connection.query("SELECT pg_get_serial_sequence($1, 'id')", [table]).scalar,
+               try connection.query("SELECT has_sequence_privilege($1, 'USAGE')::text", [sequence]).scalar != "true" {
+                problems.append("role \(user) lacks USAGE on \(sequence); as its owner or a superuser run: GRANT USAGE ON SEQUENCE \(sequence) TO \(user)")
+            }
+        }
+        for (schema, tables) in missingCreate.sorted(by: { $0.key < $1.key }) {
+            problems.append("role \(user) may not create \(tables.joined(separator: ", ")) in schema \(schema); as its owner or a superuser run: GRANT CREATE ON SCHEMA \(VersionTable.quoted(schema)) TO \(user)")
+        }
+        return problems
+    }
 
     /// Why `pg_create_restore_point` would fail for this session, with the fix; nil when it would work.
     public func restorePointProblem() throws -> String? {

@@ -75,6 +75,7 @@ public enum Migrations {
             let steps = try MigrationPlanner.planUp(available: available, applied: applied, to: target,
                                                     singleTransaction: !configuration.perStep, serverVersion: runner.serverVersion)
             try runner.checkCapacity(for: steps.map(\.version))
+            if !steps.isEmpty { try refuseUnlessRecordable(.up, runner) }
             let current = applied.map(\.version).max()
             let plan = MigrationPlan(direction: .up, fromVersion: current, toVersion: steps.last?.version ?? current, steps: steps,
                                      singleTransaction: !configuration.perStep, takesBackup: false, createsRestorePoint: false,
@@ -130,6 +131,7 @@ public enum Migrations {
             var warnings = try runner.versionTableWarnings() + runner.destructiveWarnings(steps)
             var restorePointProblem: String?
             if !steps.isEmpty {
+                try refuseUnlessRecordable(.down, runner)
                 if let backupRepository, let problem = try repositoryProblem(backupRepository) ?? runner.backupProblem() {
                     throw RecoveryError(.migrationRefused, "refused before running anything: \(problem)",
                                         hint: "nothing was changed; fix it as described (or pass --no-backup to go without a backup), then run again")
@@ -168,6 +170,14 @@ public enum Migrations {
                                           warnings: plan.warnings + [point.warning].compactMap { $0 }, serverMessages: runner.serverMessages,
                                           durationSeconds: Date().timeIntervalSince(started)))
         }
+    }
+
+    /// Refuses, in the dry run as in the real run, a plan whose steps the role could run but not record.
+    private static func refuseUnlessRecordable(_ direction: MigrationStep.Direction, _ runner: MigrationRunner) throws {
+        let problems = try runner.bookkeepingProblems(direction)
+        guard !problems.isEmpty else { return }
+        throw RecoveryError(.migrationRefused, "refused before running anything: dbmigrate could not record the \(direction == .up ? "upgrade" : "downgrade"): " + problems.joined(separator: "; "),
+                            hint: "nothing was changed; grant as described (or connect as the role that owns the schema), then run again")
     }
 
     /// Why a backup into a local repository could not be written (the nearest existing folder on
