@@ -152,4 +152,32 @@ final class MigrationAttackTests: XCTestCase {
         XCTAssertEqual(try runbook(), "1")
         XCTAssertNil(try cluster.scalar("SELECT to_regclass('t2')::text", database: database))
     }
+
+    /// A checkout that only changed line endings or added a byte-order mark (git autocrlf, a Windows
+    /// editor) is not an edit: psql runs the file the same. A real edit still is.
+    func testLineEndingsAndAByteOrderMarkAreNotAnEditButAChangeIsOne() throws {
+        try writeTables(1...3)
+        let crlf = "-- users\r\nCREATE TABLE users (\r\n  id int -- key; kept\r\n);\r\n"
+        try write(["0002_t2.up.sql": crlf])
+        XCTAssertEqual(try migrate(["up", "--to", "2"]).status, 0)
+
+        try write(["0001_t1.up.sql": "\u{FEFF}CREATE TABLE t1 (x int);", "0002_t2.up.sql": crlf.replacingOccurrences(of: "\r\n", with: "\n")])
+        let verify = try migrate(["verify"])
+        XCTAssertEqual(verify.status, 0, verify.standardOutput + verify.standardError)
+        let up = try migrate(["up"])
+        XCTAssertEqual(up.status, 0, up.standardError)
+        XCTAssertEqual(try runbook(), "3")
+
+        // A record an earlier dbmigrate made from the bytes of a CRLF file still matches that file.
+        var digest = StreamingDigest()
+        Data(crlf.utf8).withUnsafeBytes { digest.update($0) }
+        try write(["0002_t2.up.sql": crlf])
+        try cluster.connect(database: database).execute(script: "UPDATE dbmigrate_versions SET up_sha256 = '\(digest.hexDigest())' WHERE version = 2")
+        XCTAssertEqual(try migrate(["verify"]).status, 0)
+
+        try write(["0002_t2.up.sql": crlf.replacingOccurrences(of: "id int", with: "id bigint")])
+        let edited = try migrate(["up"])
+        XCTAssertEqual(edited.status, ExitStatus.migrationRefused.rawValue, edited.standardError)
+        XCTAssertTrue(edited.standardError.contains("0002_t2.up.sql was edited after it was applied"), edited.standardError)
+    }
 }
