@@ -180,4 +180,23 @@ final class MigrationAttackTests: XCTestCase {
         XCTAssertEqual(edited.status, ExitStatus.migrationRefused.rawValue, edited.standardError)
         XCTAssertTrue(edited.standardError.contains("0002_t2.up.sql was edited after it was applied"), edited.standardError)
     }
+
+    /// psql commits each statement of `ALTER TYPE … ADD VALUE` before a later file uses the value; in
+    /// the plan's one transaction the server refuses the use. The failure says how to run it instead.
+    func testAnEnumValueAddedAndUsedInOnePlanPointsToPerStep() throws {
+        try write([
+            "0001_color.up.sql": "CREATE TYPE color AS ENUM ('red');",
+            "0002_blue.up.sql": "ALTER TYPE color ADD VALUE 'blue';",
+            "0003_paint.up.sql": "CREATE TABLE paint (c color DEFAULT 'blue');",
+        ])
+        let failed = try migrate(["up"])
+        XCTAssertEqual(failed.status, ExitStatus.migrationFailed.rawValue, failed.standardError)
+        XCTAssertTrue(failed.standardError.contains("the whole plan was rolled back; the database is unchanged; a new enum value cannot be used in the transaction that added it"),
+                      failed.standardError)
+        XCTAssertTrue(failed.standardError.contains("run with --per-step"), failed.standardError)
+        XCTAssertNil(try cluster.scalar("SELECT to_regtype('color')::text", database: database))
+        let perStep = try migrate(["up", "--per-step"])
+        XCTAssertEqual(perStep.status, 0, perStep.standardError)
+        XCTAssertEqual(try runbook(), "3")
+    }
 }

@@ -541,6 +541,10 @@ public final class MigrationRunner {
                 if ["25001", "2D000"].contains(error.sqlState ?? ""), !step.noTransaction {
                     hint += "; this statement must run outside a transaction: move it to a file whose first line is -- dbmigrate:no-transaction"
                 }
+                // 55P04: a value ALTER TYPE … ADD VALUE added is used in the transaction that added it.
+                if error.sqlState == "55P04" {
+                    hint += "; a new enum value cannot be used in the transaction that added it: put the ALTER TYPE … ADD VALUE in an earlier file than its first use and run with --per-step (each file commits on its own, as psql would)"
+                }
                 throw RecoveryError(.migrationFailed,
                                     "\(step.direction.rawValue) step \(step.version) (\(step.name)) failed at statement \(current.index) `\(excerpt)` (\(file)\(current.line > 0 ? " line \(current.line)" : "")): \(error.message) (SQLSTATE \(error.sqlState ?? "?"))",
                                     hint: hint)
