@@ -95,7 +95,7 @@ final class MigrationAttackTests: XCTestCase {
         try write([
             "0001_owned.up.sql": "SET ROLE \(role);\nSET search_path = elsewhere, public;\nCREATE TABLE owned (x int);\n",
             "0001_owned.down.sql": "DROP TABLE owned;",
-            "0002_mine.up.sql": "CREATE TABLE mine (x int);",
+            "0002_mine.up.sql": "CREATE TABLE mine (x int);\nSET SESSION AUTHORIZATION \(role);",
             "0002_mine.down.sql": "DROP TABLE mine;",
         ])
         for arguments in [["up"], ["up", "--per-step"]] {

@@ -559,12 +559,13 @@ public final class MigrationRunner {
     }
 
     /// Returns the session to how dbmigrate connected, with its timeouts: what a step `SET` (a role to
-    /// own its objects, a search_path, a timeout) ends with the step, as it would with psql running
+    /// own its objects, a session authorization, a search_path, a timeout) ends with the step, as it would with psql running
     /// each file in a session of its own, and the bookkeeping is written as the role that connected.
     /// Inside a transaction the reset is part of it, as the step's own `SET`s were.
     private func resetSession() throws {
         try connection.execute(script: """
             RESET ALL;
+            RESET SESSION AUTHORIZATION;
             RESET ROLE;
             SET lock_timeout = \(Self.literal(configuration.lockTimeout));
             SET statement_timeout = \(Self.literal(configuration.statementTimeout))
