@@ -198,5 +198,15 @@ final class MigrationAttackTests: XCTestCase {
         let perStep = try migrate(["up", "--per-step"])
         XCTAssertEqual(perStep.status, 0, perStep.standardError)
         XCTAssertEqual(try runbook(), "3")
+
+        // With --per-step, a failing step's own advice survives next to what stays applied.
+        try write(["0004_fine.up.sql": "CREATE TABLE fine (x int);", "0005_commits.up.sql": "DO $$ BEGIN PERFORM 1; COMMIT; END $$;",
+                   "0006_later.up.sql": "CREATE TABLE later (x int);"])
+        let commits = try migrate(["up", "--per-step"])
+        XCTAssertEqual(commits.status, ExitStatus.migrationFailed.rawValue, commits.standardError)
+        XCTAssertTrue(commits.standardError.contains("invalid transaction termination (SQLSTATE 2D000)"), commits.standardError)
+        XCTAssertTrue(commits.standardError.contains("version(s) 4 were applied in transactions of their own (--per-step) and stay applied; the failing step was rolled back; fix it and run again (dbmigrate status shows where it stands); this statement must run outside a transaction: move it to a file whose first line is -- dbmigrate:no-transaction"),
+                      commits.standardError)
+        XCTAssertEqual(try runbook(), "4")
     }
 }

@@ -413,8 +413,10 @@ public final class MigrationRunner {
             _ = try? connection.execute(script: "ROLLBACK")
             logFailure(error, backupID: backupID)
             if let failure = error as? RecoveryError, failure.code == .migrationFailed, !done.isEmpty {
+                // Keep the statement's own advice (what to move where), after what stays applied.
+                let advice = failure.hint.map { $0.hasPrefix(Self.perStepHint) ? String($0.dropFirst(Self.perStepHint.count)) : "; " + $0 } ?? ""
                 throw RecoveryError(.migrationFailed, failure.message,
-                                    hint: "version(s) \(Self.list(done)) were applied in transactions of their own (--per-step) and stay applied; the failing step was rolled back; fix it and run again")
+                                    hint: "version(s) \(Self.list(done)) were applied in transactions of their own (--per-step) and stay applied; the failing step was rolled back; fix it and run again (dbmigrate status shows where it stands)" + advice)
             }
             throw error
         }
@@ -534,9 +536,7 @@ public final class MigrationRunner {
                 try connection.execute(script: statement)
             } catch let error as PostgresError {
                 let excerpt = Self.excerpt(statement, length: 120)
-                var hint = configuration.perStep || step.noTransaction
-                    ? "earlier steps stay done; fix the migration and run again (dbmigrate status shows where it stands)"
-                    : "the whole plan was rolled back; the database is unchanged"
+                var hint = configuration.perStep || step.noTransaction ? Self.perStepHint : "the whole plan was rolled back; the database is unchanged"
                 // 25001: cannot run inside a transaction block; 2D000: a procedure tried to commit.
                 if ["25001", "2D000"].contains(error.sqlState ?? ""), !step.noTransaction {
                     hint += "; this statement must run outside a transaction: move it to a file whose first line is -- dbmigrate:no-transaction"
@@ -772,6 +772,9 @@ public final class MigrationRunner {
     static func literal(_ text: String) -> String { "'" + text.replacingOccurrences(of: "'", with: "''") + "'" }
 
     static func milliseconds(since start: Date) -> Int64 { Int64((Date().timeIntervalSince(start) * 1000).rounded()) }
+
+    /// The hint of a failed statement when earlier steps were committed on their own.
+    static let perStepHint = "earlier steps stay done; fix the migration and run again (dbmigrate status shows where it stands)"
 
     /// A statement on one line for messages and the log, cut to `length`, with password literals
     /// (`PASSWORD '…'` of CREATE/ALTER ROLE, USER MAPPING options) masked: errors never show secrets.
