@@ -80,7 +80,8 @@ public struct CaptureCommand: ParsableCommand {
         var configuration = LogicalCaptureConfiguration(
             target: try connection.target(), repositories: try repository.addresses(), tags: tags, release: release,
             pinned: pin, compressionLevel: compressionLevel, jobs: jobs, tools: connection.tools)
-        configuration.key = try repository.cipherKey()
+        configuration.key = try repository.keyForWriting(to: configuration.repositories)
+        configuration.lockWaitSeconds = connection.sessionLimits.lockWaitSeconds
         let result = physical ? try PhysicalCapture.run(configuration, progress: output.progress)
             : try LogicalCapture.run(configuration, progress: output.progress)
         let manifest = result.manifest
@@ -126,13 +127,13 @@ public struct WALPushCommand: ParsableCommand {
         if try config.printIfAsked(connection: nil, repository: repository) { return }
         let addresses = try repository.addresses()
         if addresses.count == 1 {
-            _ = try WALArchive.push(path: path, repository: addresses[0], key: try repository.cipherKey())
+            _ = try WALArchive.push(path: path, repository: addresses[0], key: try repository.keyForWriting(to: addresses))
             return
         }
         var failures: [String] = []
         for address in addresses {
             do {
-                _ = try WALArchive.push(path: path, repository: address, key: try repository.cipherKey())
+                _ = try WALArchive.push(path: path, repository: address, key: try repository.keyForWriting(to: [address]))
             } catch {
                 failures.append("\(address): \(RecoveryError.classify(error).message)")
             }
