@@ -209,4 +209,21 @@ final class MigrationAttackTests: XCTestCase {
                       commits.standardError)
         XCTAssertEqual(try runbook(), "4")
     }
+
+    /// The dry run prints the full SQL (often into CI logs): a password in a migration is masked there,
+    /// in text and in --json, as it is in errors.
+    func testTheDryRunNeverPrintsAPasswordFromAMigration() throws {
+        let role = "login_\(UUID().uuidString.prefix(8).lowercased())"
+        try write(["0001_role.up.sql": "CREATE ROLE \(role) LOGIN PASSWORD 'hunter2-secret';\nALTER ROLE \(role) WITH ENCRYPTED PASSWORD $p$other-secret$p$;\n"])
+        addTeardownBlock { [cluster] in _ = try? cluster?.connect().execute(script: "DROP ROLE IF EXISTS \(role)") }
+        for arguments in [["up", "--dry-run"], ["up", "--dry-run", "--json"]] {
+            let dryRun = try migrate(arguments)
+            XCTAssertEqual(dryRun.status, 0, dryRun.standardError)
+            XCTAssertTrue(dryRun.standardOutput.contains("CREATE ROLE \(role) LOGIN PASSWORD '…'"), dryRun.standardOutput)
+            XCTAssertFalse(dryRun.standardOutput.contains("secret"), dryRun.standardOutput)
+        }
+        let up = try migrate(["up"])
+        XCTAssertEqual(up.status, 0, up.standardError)
+        XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM pg_roles WHERE rolname = '\(role)'", database: database), "1")
+    }
 }

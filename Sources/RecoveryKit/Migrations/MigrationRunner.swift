@@ -784,10 +784,14 @@ public final class MigrationRunner {
     /// A statement on one line for messages and the log, cut to `length`, with password literals
     /// (`PASSWORD '…'` of CREATE/ALTER ROLE, USER MAPPING options) masked: errors never show secrets.
     static func excerpt(_ statement: String, length: Int) -> String {
-        let line = statement.split(whereSeparator: \.isNewline).joined(separator: " ")
-        let masked = line.replacingOccurrences(of: #"(?i)(password\s*=?\s*)(E?'(?:[^']|'')*'|\$[A-Za-z_]*\$.*?\$[A-Za-z_]*\$)"#,
-                                               with: "$1'…'", options: .regularExpression)
-        return String(masked.prefix(length))
+        String(maskingPasswords(statement.split(whereSeparator: \.isNewline).joined(separator: " ")).prefix(length))
+    }
+
+    /// `sql` with the literal after each `PASSWORD` (CREATE/ALTER ROLE, USER MAPPING options) shown
+    /// as `'…'`: what dbmigrate prints of a migration (errors, the dry run's SQL) never shows a secret.
+    public static func maskingPasswords(_ sql: String) -> String {
+        sql.replacingOccurrences(of: #"(?i)(password\s*=?\s*)(E?'(?:[^']|'')*'|\$[A-Za-z_]*\$.*?\$[A-Za-z_]*\$)"#,
+                                 with: "$1'…'", options: .regularExpression)
     }
 
     /// `1, 2, 5` for messages.

@@ -17,7 +17,18 @@ public struct MigrationPlan: Codable, Sendable {
     /// Versions the release had that are not applied now (down --to-release only).
     public var notes: [String]
 
-    /// The plan for a person, with or without the full SQL.
+    /// The plan as shown (`--json`): each step's SQL with its passwords masked.
+    public var shown: MigrationPlan {
+        var plan = self
+        plan.steps = steps.map { step in
+            var step = step
+            step.sql = MigrationRunner.maskingPasswords(step.sql)
+            return step
+        }
+        return plan
+    }
+
+    /// The plan for a person, with or without the full SQL (passwords masked).
     public func lines(includingSQL: Bool) -> [String] {
         var lines = ["\(direction == .up ? "upgrade" : "downgrade") from version \(fromVersion.map(String.init) ?? "none") to \(toVersion.map(String.init) ?? "none"): \(steps.count) step\(steps.count == 1 ? "" : "s"), \(singleTransaction ? "one transaction" : "one transaction per step")"]
         if direction == .down && !steps.isEmpty {
@@ -33,7 +44,7 @@ public struct MigrationPlan: Codable, Sendable {
         for step in steps {
             lines.append("\(step.direction.rawValue) \(step.version) \(step.name)\(step.noTransaction ? " (no transaction)" : "")  [\((step.path as NSString).lastPathComponent)]")
             if includingSQL {
-                lines.append(contentsOf: step.sql.split(separator: "\n", omittingEmptySubsequences: false).map { "    " + $0 })
+                lines.append(contentsOf: MigrationRunner.maskingPasswords(step.sql).split(separator: "\n", omittingEmptySubsequences: false).map { "    " + $0 })
             }
         }
         return lines
