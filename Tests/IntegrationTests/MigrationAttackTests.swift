@@ -226,4 +226,43 @@ final class MigrationAttackTests: XCTestCase {
         XCTAssertEqual(up.status, 0, up.standardError)
         XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM pg_roles WHERE rolname = '\(role)'", database: database), "1")
     }
+
+    /// SIGTERM during a --per-step run: the step that was running is rolled back, and the one-line
+    /// summary says which versions committed before it instead of "nothing applied"; a no-transaction
+    /// step cut short says it is left mid-flight and how to resolve it.
+    func testASignalDuringAPerStepRunSaysWhatStayedApplied() throws {
+        try write(["0001_fast.up.sql": "CREATE TABLE fast (x int);", "0002_slow.up.sql": "CREATE TABLE slow (x int);\nSELECT pg_sleep(30);"])
+        let perStep = try interrupt(["up", "--per-step"])
+        XCTAssertTrue(perStep.contains("rolled back the step that was running (version(s) 2)"), perStep)
+        XCTAssertTrue(perStep.contains("kept version(s) 1 applied before the signal"), perStep)
+        XCTAssertFalse(perStep.contains("nothing applied"), perStep)
+        XCTAssertEqual(try runbook(), "1")
+        XCTAssertNil(try cluster.scalar("SELECT to_regclass('slow')::text", database: database))
+
+        try write(["0002_slow.up.sql": "-- dbmigrate:no-transaction\nCREATE TABLE slow (x int);\nSELECT pg_sleep(30);"])
+        let midFlight = try interrupt(["up", "--per-step"])
+        XCTAssertTrue(midFlight.contains("kept version 2 marked applying"), midFlight)
+        XCTAssertTrue(midFlight.contains("dbmigrate resolve 2 --mark-applied or --mark-reverted"), midFlight)
+        let status = try migrate(["status"])
+        XCTAssertTrue(status.standardOutput.split(separator: "\n").contains { $0.hasPrefix("2 ") && $0.contains("applying") }, status.standardOutput)
+    }
+
+    /// Starts dbmigrate, sends SIGTERM once its `pg_sleep(30)` runs, and returns its stderr after checking it exited 130.
+    private func interrupt(_ arguments: [String]) throws -> String {
+        let process = try TestProcess.start("dbmigrate", arguments + ["--database-url", cluster.url(database: database), "--dir", migrations],
+                                            cluster: cluster)
+        let errors = OutputCollector(descriptor: process.standardError, limit: 64 * 1024)
+        var ready = false
+        for _ in 0..<200 where !ready {
+            usleep(100_000)
+            ready = try cluster.scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = '\(database!)' AND query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()",
+                                       database: "postgres") == "1"
+        }
+        XCTAssertTrue(ready, "the run reached the slow step")
+        process.send(SIGTERM)
+        let termination = process.waitForExit()
+        let stderr = errors.finish()
+        XCTAssertEqual(termination.exitCode, ExitStatus.interrupted.rawValue, stderr)
+        return stderr
+    }
 }

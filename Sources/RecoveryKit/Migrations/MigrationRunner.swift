@@ -369,10 +369,18 @@ public final class MigrationRunner {
         let groups = configuration.perStep || steps.count == 1 ? steps.map { [$0] } : [steps]
         var done: [Int64] = []
         for group in groups {
-            if group.count == 1, group[0].noTransaction {
-                try runWithoutTransaction(group[0], backupID: backupID, available: available)
-            } else {
-                try runInTransaction(group, plan: steps, done: done, backupID: backupID, available: available)
+            do {
+                if group.count == 1, group[0].noTransaction {
+                    try runWithoutTransaction(group[0], backupID: backupID, available: available)
+                } else {
+                    try runInTransaction(group, plan: steps, done: done, backupID: backupID, available: available)
+                }
+            } catch {
+                // A signal's one-line summary must not say "nothing applied" when earlier steps committed.
+                if Interruption.isRequested && !done.isEmpty {
+                    CleanupLog.kept("version(s) \(Self.list(done)) \(steps[0].direction == .up ? "applied" : "reverted") before the signal, each in a transaction of its own (dbmigrate status shows them)")
+                }
+                throw error
             }
             done += group.map(\.version)
         }
@@ -415,7 +423,9 @@ public final class MigrationRunner {
             // The error being thrown is what matters; a ROLLBACK that fails means the connection is gone,
             // which rolls the transaction back just the same.
             _ = try? connection.execute(script: "ROLLBACK")
-            if Interruption.isRequested { CleanupLog.cleaned("rolled back the migration (nothing applied)") }
+            if Interruption.isRequested {
+                CleanupLog.cleaned(done.isEmpty ? "rolled back the migration (nothing applied)" : "rolled back the step that was running (version(s) \(Self.list(group.map(\.version))))")
+            }
             logFailure(error, backupID: backupID)
             if let failure = error as? RecoveryError, failure.code == .migrationFailed, !done.isEmpty {
                 // Keep the statement's own advice (what to move where), after what stays applied.
@@ -491,6 +501,9 @@ public final class MigrationRunner {
                                     hint: "end every BEGIN in \((step.path as NSString).lastPathComponent) with COMMIT; then check the schema and run dbmigrate resolve \(step.version)")
             }
         } catch {
+            if Interruption.isRequested {
+                CleanupLog.kept("version \(step.version) marked \(step.direction == .up ? "applying" : "reverting"): its statements run outside a transaction and may have partly taken effect; check the schema, then dbmigrate resolve \(step.version) --mark-applied or --mark-reverted")
+            }
             // A step's SET ROLE must not keep the failure out of the log; if the reset fails, so does the log row.
             _ = try? resetSession()
             logFailure(error, backupID: backupID)
