@@ -82,7 +82,7 @@ public struct MigrateCommand: ParsableCommand {
 
     static func render(_ plan: MigrationPlan, _ report: MigrationReport?, dryRun: Bool, output: OutputOptions) throws {
         struct Result: Encodable { var plan: MigrationPlan; var report: MigrationReport? }
-        if output.json { return try printJSON(Result(plan: plan, report: report)) }
+        if output.json { return try printJSON(Result(plan: plan.shown, report: report)) }
         if dryRun {
             print(plan.lines(includingSQL: true).joined(separator: "\n"))
             return
