@@ -33,6 +33,9 @@ public struct Catalog {
                 entries.append(Entry(id: id, manifest: manifest, problem: nil))
             } catch let error as RecoveryError {
                 entries.append(Entry(id: id, manifest: nil, problem: error.message))
+            } catch let error as StorageError where error.kind == .notFound {
+                // Deleted between the listing and the read (a concurrent dbprune): that backup is gone.
+                continue
             }
         }
         return entries.sorted { $0.id > $1.id }
