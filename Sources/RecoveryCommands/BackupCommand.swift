@@ -82,6 +82,7 @@ public struct CaptureCommand: ParsableCommand {
             target: try connection.target(), repositories: try repository.addresses(), tags: tags, release: release,
             pinned: pin, compressionLevel: compressionLevel, jobs: jobs, tools: connection.tools)
         configuration.key = try encryption.key(from: repository, writingTo: configuration.repositories)
+        configuration.lockWaitSeconds = connection.sessionLimits.lockWaitSeconds
         let result = physical ? try PhysicalCapture.run(configuration, progress: output.progress)
             : try LogicalCapture.run(configuration, progress: output.progress)
         let manifest = result.manifest

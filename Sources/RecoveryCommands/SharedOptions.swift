@@ -17,14 +17,34 @@ public struct ConnectionOptions: ParsableArguments {
         valueName: "dir"))
     public var pgBin: String?
 
+    @Option(name: .customLong("lock-wait"), help: ArgumentHelp(
+        "Longest wait for a lock another session holds, e.g. 90s, 5m, 1h (default: 5m); then fail naming that session.",
+        valueName: "duration"))
+    public var lockWait: String?
+
     public init() {}
 
+    /// Refuses a `--lock-wait` that is not a duration (exit 2, naming the flag and the form it takes).
+    public func validate() throws {
+        if let lockWait, SessionLimits.parseDuration(lockWait) == nil {
+            throw ValidationError("--lock-wait '\(lockWait)' is not a duration: write 90s, 5m or 1h (1 second to 7 days)")
+        }
+    }
+
+    /// `lock_timeout` (from `--lock-wait`) and `statement_timeout` for every session the tool opens.
+    public var sessionLimits: SessionLimits {
+        SessionLimits(lockWaitSeconds: explicitLockWaitSeconds ?? SessionLimits.defaultLockWaitSeconds)
+    }
+
+    /// `--lock-wait` in seconds, when given.
+    public var explicitLockWaitSeconds: Int? { lockWait.flatMap(SessionLimits.parseDuration) }
+
     /// The connection target from the flag, then `DATABASE_URL`, then the config file, then libpq's
-    /// own defaults (PG* variables, ~/.pgpass).
+    /// own defaults (PG* variables, ~/.pgpass); with the session limits in its options.
     public func target() throws -> ConnectionTarget {
         let text = try databaseURLSetting().value
         do {
-            return try ConnectionTarget(text)
+            return sessionLimits.applied(to: try ConnectionTarget(text))
         } catch {
             throw RecoveryError.classify(error)
         }

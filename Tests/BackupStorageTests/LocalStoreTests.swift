@@ -8,6 +8,8 @@ final class LocalStoreTests: XCTestCase {
 
     override func setUpWithError() throws {
         root = NSTemporaryDirectory() + "store-\(UUID().uuidString)/repo"
+        let top = (root as NSString).deletingLastPathComponent
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: top) }
         store = try LocalStore(root: root, create: true)
     }
 

@@ -19,6 +19,7 @@ final class S3SettingsTests: XCTestCase {
 
     func testCredentialsFileProfiles() throws {
         let path = NSTemporaryDirectory() + "credentials-\(UUID().uuidString)"
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: path) }
         try """
             [default]
             aws_access_key_id = DEFAULTKEY

@@ -56,6 +56,7 @@ final class PrunerOrderTests: XCTestCase {
 
     func testManifestGoesFirstAndWALFollowsTheKeptBaseBackups() throws {
         let root = NSTemporaryDirectory() + "pruner-\(UUID().uuidString)"
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: root) }
         let store = RecordingStore(try LocalStore(root: root, create: true))
         let data = Data("base".utf8)
         var digest = StreamingDigest()

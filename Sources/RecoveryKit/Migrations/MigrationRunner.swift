@@ -1,5 +1,6 @@
 import Foundation
 import PostgresClient
+import ProcessSignals
 
 /// Settings of one `dbmigrate` run.
 public struct MigrationConfiguration {
@@ -328,6 +329,7 @@ public final class MigrationRunner {
                 throw RecoveryError(.migrationLocked, "another migration holds the lock: \(who)",
                                     hint: "wait for it to finish, or if it is stuck: SELECT pg_terminate_backend(<pid>)")
             }
+            try Interruption.check()
             usleep(200_000)
         }
         // The lock also goes with the connection; an unlock that fails here changes nothing that matters.
@@ -380,12 +382,14 @@ public final class MigrationRunner {
             transactionID = try connection.query("SELECT txid_current()::text").scalar ?? ""
             _ = try prepareBookkeeping(available)
             for step in group {
+                try Interruption.check()
                 let started = Date()
                 try execute(step, transactionID: transactionID)
                 try record(step, milliseconds: Self.milliseconds(since: started), backupID: backupID)
                 recorded.append(step.version)
                 CrashPoint.reached("migrate:between-steps")
             }
+            try Interruption.check()   // a signal before COMMIT rolls the whole plan back
             do {
                 try connection.execute(script: "COMMIT")
             } catch let error as PostgresError where error.kind == .connection {
@@ -398,6 +402,7 @@ public final class MigrationRunner {
             // The error being thrown is what matters; a ROLLBACK that fails means the connection is gone,
             // which rolls the transaction back just the same.
             _ = try? connection.execute(script: "ROLLBACK")
+            if Interruption.isRequested { CleanupLog.cleaned("rolled back the migration (nothing applied)") }
             logFailure(error, backupID: backupID)
             if let failure = error as? RecoveryError, failure.code == .migrationFailed, !done.isEmpty {
                 throw RecoveryError(.migrationFailed, failure.message,

@@ -2,6 +2,7 @@ import BackupStorage
 import Foundation
 import Gzip
 import PostgresClient
+import ProcessSignals
 
 /// Where recovery should stop.
 public enum RecoveryTarget: Sendable, Equatable, CustomStringConvertible {
@@ -355,6 +356,7 @@ public enum PointInTimeRestore {
                 guard Date() < deadline else {
                     throw RecoveryError(.restoreFailed, "recovery did not finish within \(Int(configuration.startTimeoutSeconds)) s", hint: "see \(log)")
                 }
+                try Interruption.check()
                 usleep(200_000)
             }
         }

@@ -1,5 +1,6 @@
 import BackupStorage
 import Foundation
+import ProcessSignals
 
 /// Settings of one `dbprune` run.
 public struct PruneConfiguration {
@@ -138,6 +139,7 @@ public enum Pruner {
         if !configuration.dryRun {
             let byID = Dictionary(manifests.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
             for (index, decision) in decisions.enumerated() where decision.action == .delete {
+                try Interruption.check()   // between backups, never between a manifest and its data
                 guard let manifest = byID[decision.id] else { continue }
                 let folder = manifest.folderKey + "/"
                 let manifestKey = folder + BackupManifest.fileName
@@ -160,6 +162,7 @@ public enum Pruner {
             // Readers that arrived during the deletions keep their WAL too.
             wal = walPlan()
             for decision in decisions where decision.action == .moveToGlacier {
+                try Interruption.check()
                 guard let manifest = byID[decision.id] else { continue }
                 for file in manifest.files {
                     try store.changeStorageClass(manifest.key(of: file), to: "GLACIER")
