@@ -32,12 +32,14 @@ final class ConcurrencyTests: XCTestCase {
         var outcomes: [String: Int] = [:]
         for round in 0..<20 {
             let target = "race_target_\(round)_\(UInt32.random(in: 0...UInt32.max))"
-            let commands: [(String, [String])] = [
+            let ordered: [(String, [String])] = [
                 ("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository]),
                 ("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository]),
                 ("dbprune", ["--yes", "--repo", repository, "--policy", policy]),
                 ("dbrestore", ["latest", "--yes", "--jobs", "1", "--repo", repository, "--database-url", cluster.url(database: target)]),
             ]
+            // Every other round the prune and the restore start first.
+            let commands = round % 2 == 0 ? ordered : Array(ordered.reversed())
             // Started within half a second of each other, in a different order each round, so that
             // sometimes they collide at the lock and sometimes one runs into another's middle.
             var processes: [ChildProcess] = []
@@ -73,7 +75,7 @@ final class ConcurrencyTests: XCTestCase {
         XCTAssertEqual(try direct.list(prefix: "locks/").map(\.key), [], "every lock was released")
         // The race must really have been run: backups and prunes both got through, and both were turned away.
         XCTAssertGreaterThanOrEqual(outcomes["dbbackup 0"] ?? 0, 5, "\(outcomes)")
-        XCTAssertGreaterThanOrEqual(outcomes["dbprune 0"] ?? 0, 3, "\(outcomes)")
+        XCTAssertGreaterThanOrEqual(outcomes["dbprune 0"] ?? 0, 2, "\(outcomes)")
         XCTAssertGreaterThanOrEqual((outcomes["dbbackup 21"] ?? 0) + (outcomes["dbprune 21"] ?? 0), 5, "\(outcomes)")
         print("concurrency outcomes: \(outcomes.sorted { $0.key < $1.key })")
     }

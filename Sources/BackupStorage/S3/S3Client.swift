@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import ProcessSignals
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
@@ -81,12 +82,16 @@ final class S3Client: @unchecked Sendable {
     ///
     /// - Parameter acceptable: statuses that are answers rather than errors (e.g. 404 for HEAD).
     /// - Throws: `StorageError(.remote)` with S3's code and message, or when retries ran out.
+    ///   - interruptible: a data transfer (part upload, ranged read) that a SIGINT/SIGTERM ends
+    ///     before its next attempt; clean-up requests (aborts, lock releases) leave it false so that
+    ///     they still run after the signal.
     func send(_ method: String, key: String?, query: [(String, String)] = [], headers: [String: String] = [:],
-              body: Data? = nil, acceptable: Set<Int> = []) throws -> S3Response {
+              body: Data? = nil, acceptable: Set<Int> = [], interruptible: Bool = false) throws -> S3Response {
         var attempt = 0
         var lastProblem = ""
         while true {
             attempt += 1
+            if interruptible { try Interruption.check() }
             do {
                 let response = try sendOnce(method, key: key, query: query, headers: headers, body: body)
                 if (200..<300).contains(response.status) || acceptable.contains(response.status) { return response }

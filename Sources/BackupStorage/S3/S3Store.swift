@@ -396,7 +396,7 @@ final class S3MultipartWriter: ObjectWriter, @unchecked Sendable {
             }
             do {
                 let response = try store.client.send("PUT", key: key, query: [("partNumber", String(number)), ("uploadId", uploadID)],
-                                                     headers: ["content-type": "application/octet-stream"], body: body)
+                                                     headers: ["content-type": "application/octet-stream"], body: body, interruptible: true)
                 lock.lock()
                 etags[number] = response.header("ETag") ?? ""
                 lock.unlock()
@@ -438,7 +438,7 @@ final class S3RangeReader: ObjectReader {
         if position == chunk.count {
             guard offset < size else { return 0 }
             let end = min(size, offset + UInt64(chunkSize)) - 1
-            chunk = try client.send("GET", key: key, headers: ["range": "bytes=\(offset)-\(end)"]).body
+            chunk = try client.send("GET", key: key, headers: ["range": "bytes=\(offset)-\(end)"], interruptible: true).body
             guard chunk.count == Int(end - offset + 1) else {
                 throw StorageError(.remote, object: client.describe(key), message: "ranged GET returned \(chunk.count) bytes, expected \(end - offset + 1)")
             }
