@@ -65,6 +65,37 @@ final class DatabasePropertiesTests: XCTestCase {
         XCTAssertTrue(verify.standardOutput.contains("public.café"), verify.standardOutput)
     }
 
+    /// Reproduction: a SQL_ASCII database whose table names hold bytes that are not UTF-8 (pg_dump backs
+    /// it up; dbbackup failed with "invalid byte sequence for encoding UTF8" because the row counter
+    /// asked the server to convert the names). Two names differing in one such byte stay two tables.
+    func testSQLASCIIDatabaseWithNonUTF8TableNamesIsBackedUpRestoredAndVerified() throws {
+        let source = "sqlascii_\(UInt32.random(in: 0...UInt32.max))"
+        try cluster.connect().execute(script: "CREATE DATABASE \(source) ENCODING 'SQL_ASCII' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'")
+        let connection = try cluster.connect(database: source)
+        try connection.execute(script: "SET client_encoding = SQL_ASCII")
+        let named: (UInt8) -> [UInt8] = { Array("\"caf".utf8) + [$0] + Array("\"".utf8) }
+        try connection.execute(bytes: Array("CREATE TABLE ".utf8) + named(0xE9) + Array(" (v text); CREATE TABLE ".utf8) + named(0xE8)
+                                   + Array(" (v text); INSERT INTO ".utf8) + named(0xE9) + Array(" VALUES ('a'), ('b');".utf8))
+        connection.close()
+        let backup = try tool("dbbackup", ["--database-url", cluster.url(database: source), "--repo", repository!])
+        XCTAssertEqual(backup.status, 0, backup.standardError)
+        let id = backup.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+        let manifest = try Catalog(store: try LocalStore(root: repository, create: false)).resolve(id)
+        XCTAssertEqual(manifest.tables, [.init(schema: "public", name: "caf\u{E8}", rows: 0), .init(schema: "public", name: "caf\u{E9}", rows: 2)],
+                       "one character per byte that is not UTF-8, so the two names stay apart")
+
+        let restored = "sqlascii_copy_\(UInt32.random(in: 0...UInt32.max))"
+        let restore = try tool("dbrestore", [id, "--yes", "--repo", repository!, "--database-url", cluster.url(database: restored)])
+        XCTAssertEqual(restore.status, 0, restore.standardError)
+        XCTAssertEqual(try encoding(restored), "SQL_ASCII C C")
+        XCTAssertEqual(try cluster.scalar("""
+            SELECT string_agg(encode(convert_to(relname::text, 'SQL_ASCII'), 'hex'), ',' ORDER BY relname)
+            FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace
+            """, database: restored), "636166e8,636166e9", "the names' bytes come back as they were")
+        let verify = try tool("dbverify", ["--database-url", cluster.url(database: restored), "--repo", repository!, id])
+        XCTAssertEqual(verify.status, 0, verify.standardError + verify.standardOutput)
+    }
+
     /// Reproduction: a LATIN1 database restored as UTF8 (the scratch database was created with the
     /// server's default encoding): the result differs from a psql replay of the same dump.
     func testLatin1DatabaseRestoresWithItsEncodingLikeAPsqlReplay() throws {

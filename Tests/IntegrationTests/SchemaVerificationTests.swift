@@ -148,6 +148,24 @@ final class SchemaVerificationTests: XCTestCase {
         XCTAssertEqual(drill.status, 0, drill.standardError)
     }
 
+    /// Reproduction (PostgreSQL's regression database has several): a table given a parent with
+    /// `ALTER TABLE … INHERIT` comes back with the parent's columns first, from a psql replay just the
+    /// same, and the schema check refused every restore of such a database (exit 31, even --emergency).
+    func testATableThatInheritedLaterRestoresAndPassesTheSchemaCheck() throws {
+        try cluster.connect(database: database).execute(script: """
+            CREATE TABLE parent (a int, b int);
+            CREATE TABLE child (b int, a int, c int);
+            ALTER TABLE child INHERIT parent;
+            INSERT INTO child VALUES (1, 2, 3);
+            """)
+        let backup = try tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository!])
+        XCTAssertEqual(backup.status, 0, backup.standardError)
+        let restored = "inherit_copy_\(UInt32.random(in: 0...UInt32.max))"
+        let restore = try tool("dbrestore", ["latest", "--yes", "--jobs", "1", "--repo", repository!, "--database-url", cluster.url(database: restored)])
+        XCTAssertEqual(restore.status, 0, restore.standardError)
+        XCTAssertEqual(try cluster.scalar("SELECT a || ',' || b || ',' || c FROM child", database: restored), "2,1,3")
+    }
+
     func testAPoolerRefusingStartupOptionsStillGetsAFingerprintAndOtherFailuresStopTheBackup() throws {
         let real = try PostgresTools().path(of: "pg_dump")
         // What pg_dump says through PgBouncer when startup options are not in ignore_startup_parameters

@@ -123,6 +123,21 @@ final class SchemaFingerprintTests: XCTestCase {
         XCTAssertEqual(Set(objects.map(\.sha256)).count, objects.count, "every object hashes its own text")
     }
 
+    /// `ALTER TABLE child INHERIT parent` leaves child's columns in its own order; replaying pg_dump's
+    /// `CREATE TABLE child (…) INHERITS (parent)` puts the parent's first (psql does the same), so an
+    /// inheriting table's columns count as a set. Any other table's column order still counts.
+    func testAnInheritingTablesColumnOrderDoesNotCountAndOthersDoes() {
+        func table(_ columns: [String], inherits: Bool) -> String {
+            "--\n-- Name: child; Type: TABLE; Schema: public; Owner: postgres\n--\n\nCREATE TABLE public.child (\n"
+                + columns.map { "    \($0)" }.joined(separator: ",\n") + "\n)" + (inherits ? "\nINHERITS (public.parent);\n" : ";\n")
+        }
+        let source = ["b integer", "a integer", "c integer"], replayed = ["a integer", "b integer", "c integer"]
+        XCTAssertEqual(fingerprint(table(source, inherits: true)).sha256, fingerprint(table(replayed, inherits: true)).sha256)
+        XCTAssertNotEqual(fingerprint(table(source, inherits: false)).sha256, fingerprint(table(replayed, inherits: false)).sha256)
+        XCTAssertNotEqual(fingerprint(table(source, inherits: true)).sha256, fingerprint(table(["a integer", "b text", "c integer"], inherits: true)).sha256,
+                          "a changed column still counts")
+    }
+
     func testRestrictKeysCommentsAndBlankLinesBetweenStatementsDoNotCount() {
         let other = Self.dump
             .replacingOccurrences(of: "vQVIpo9zHCnk4hbxIQwI1JJDNLCQR7UfGiIcOl7IZVnKRPWqKylvPIRHjdpVe8X", with: "AnotherRandomKeyEveryRun")

@@ -8,23 +8,58 @@ public enum TableCounter {
     /// - Returns: counts sorted by schema and table name.
     /// - Throws: `PostgresError` on any failure.
     public static func countRows(on connection: PostgresConnection) throws -> [BackupManifest.TableRowCount] {
+        // Names come back hex-encoded and go back as an oid, never as text: a SQL_ASCII database may
+        // hold names whose bytes no client encoding can carry (the server refuses to convert them),
+        // and pg_dump backs such a database up all the same. Everywhere else the bytes are UTF-8.
         let tables = try connection.query("""
-            SELECT n.nspname, c.relname
+            SELECT c.oid::text,
+                   pg_catalog.encode(pg_catalog.convert_to(n.nspname::text, e.name), 'hex'),
+                   pg_catalog.encode(pg_catalog.convert_to(c.relname::text, e.name), 'hex')
             FROM pg_catalog.pg_class c
             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            CROSS JOIN (SELECT CASE pg_catalog.getdatabaseencoding() WHEN 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END AS name) e
             WHERE c.relkind = 'r'
               AND n.nspname NOT IN ('pg_catalog', 'information_schema')
               AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
                               WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
-            ORDER BY 1, 2
+            ORDER BY n.nspname, c.relname
             """)
         return try tables.rows.map { row in
-            let schema = try row.string(0), name = try row.string(1)
-            let count = try connection.query(
-                "SELECT count(*) FROM \(connection.quoteIdentifier(schema)).\(connection.quoteIdentifier(name))")
-            return BackupManifest.TableRowCount(schema: schema, name: name, rows: Int64(count.scalar ?? "0") ?? 0)
+            let oid = try row.string(0)
+            let schema = name(fromHex: try row.string(1)), table = name(fromHex: try row.string(2))
+            // The server quotes the name itself (format %I), so its bytes never leave it.
+            let counted = try connection.query("""
+                SELECT pg_catalog.query_to_xml(pg_catalog.format('SELECT count(*) AS n FROM %I.%I', n.nspname, c.relname), false, true, '')
+                FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                WHERE c.oid = $1::oid
+                """, [oid]).scalar ?? ""
+            guard let open = counted.range(of: "<n>"), let close = counted.range(of: "</n>", range: open.upperBound..<counted.endIndex),
+                  let rows = Int64(counted[open.upperBound..<close.lowerBound]) else {
+                throw PostgresError(kind: .query, operation: "count the rows of \(schema).\(table)",
+                                    message: "the table disappeared while it was being counted, or its count could not be read")
+            }
+            return BackupManifest.TableRowCount(schema: schema, name: table, rows: rows)
         }
+    }
+
+    /// A name from its bytes in hex: UTF-8 when they are (every encoding but SQL_ASCII is converted
+    /// to it), else one character per byte, so that distinct names stay distinct.
+    static func name(fromHex hex: String) -> String {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(hex.utf8.count / 2)
+        var high: UInt8?
+        for character in hex.utf8 {
+            let nibble: UInt8
+            switch character {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): nibble = character - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): nibble = character - UInt8(ascii: "a") + 10
+            default: continue
+            }
+            if let first = high { bytes.append(first << 4 | nibble); high = nil } else { high = nibble }
+        }
+        if let text = String(validating: bytes, as: UTF8.self) { return text }
+        return String(String.UnicodeScalarView(bytes.map { Unicode.Scalar($0) }))
     }
 
     /// The current migration version from `schema_version`, if that table exists.

@@ -18,7 +18,13 @@ import Foundation
 /// from one table to the next; it is left out as a line and counted instead in every table and
 /// materialised view it is in force for, so a missing object does not make its neighbour look changed.
 ///
-/// Memory: one line at a time (plus one digest and one entry per object).
+/// A table that inherits (`CREATE TABLE … ( … ) INHERITS (…)`) has its column lines compared as a
+/// set: pg_dump writes them in the table's own column order, but replaying that statement puts the
+/// parents' columns first, so a table made by `ALTER TABLE … INHERIT` comes back (from psql just
+/// the same) with its columns reordered. Every other table's column order counts.
+///
+/// Memory: one line at a time (plus one digest and one entry per object, and the column lines of
+/// the table being read).
 public struct SchemaNormalizer {
     private enum State: Equatable {
         case code
@@ -46,6 +52,10 @@ public struct SchemaNormalizer {
     private var objects: [SchemaFingerprint.Object] = []
     private var pgDumpVersion: String?
     private var serverVersion: String?
+    /// The column lines of the `CREATE TABLE` being read, held until it is known whether it inherits.
+    private var tableColumns: [[UInt8]]?
+    /// The `)` line that closed them, held until the next line says whether `INHERITS (` follows.
+    private var tableClose: [UInt8]?
 
     public init() {}
 
@@ -73,6 +83,7 @@ public struct SchemaNormalizer {
             carry.removeAll()
             line(last)
         }
+        flushTable(inherits: false)
         close(current)
         return SchemaFingerprint(objects: objects, pgDumpVersion: pgDumpVersion, serverVersion: serverVersion)
     }
@@ -80,6 +91,17 @@ public struct SchemaNormalizer {
     // MARK: - Lines
 
     private mutating func line(_ bytes: [UInt8]) {
+        if tableClose != nil {
+            flushTable(inherits: state == .code && bytes.starts(with: Self.inherits))
+        } else if tableColumns != nil {
+            if state == .code && bytes.first == UInt8(ascii: ")") {
+                tableClose = bytes
+            } else {
+                tableColumns?.append(bytes)
+            }
+            scan(bytes)
+            return
+        }
         if state == .code {
             let text = bytes.drop { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") }
             if text.allSatisfy({ $0 == UInt8(ascii: "\n") || $0 == UInt8(ascii: "\r") || $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") }) {
@@ -103,8 +125,29 @@ public struct SchemaNormalizer {
                 namesAreUTF8 = bytes.starts(with: Self.clientEncoding + Array("'UTF8'".utf8))
             }
         }
+        let opensTable = state == .code && Self.createTable.contains { bytes.starts(with: $0) } && bytes.suffix(3).elementsEqual(Array(" (\n".utf8))
         hash(bytes)
         scan(bytes)
+        if opensTable && state == .code { tableColumns = [] }
+    }
+
+    /// Hashes the held column lines and their closing line: as they stand, or, for a table that
+    /// inherits, sorted without their trailing commas.
+    private mutating func flushTable(inherits: Bool) {
+        guard var columns = tableColumns else { return }
+        if inherits {
+            columns = columns.map { line in
+                var line = line
+                if line.last == UInt8(ascii: "\n") { line.removeLast() }
+                if line.last == UInt8(ascii: "\r") { line.removeLast() }
+                if line.last == UInt8(ascii: ",") { line.removeLast() }
+                return line + [UInt8(ascii: "\n")]
+            }.sorted { $0.lexicographicallyPrecedes($1) }
+        }
+        columns.forEach { hash($0) }
+        if let tableClose { hash(tableClose) }
+        tableColumns = nil
+        tableClose = nil
     }
 
     /// A comment line between statements: an object header starts the next object; the version
@@ -244,6 +287,8 @@ public struct SchemaNormalizer {
     }
 
     private static let commentStart = Array("--".utf8)
+    private static let inherits = Array("INHERITS (".utf8)
+    private static let createTable = [Array("CREATE TABLE ".utf8), Array("CREATE UNLOGGED TABLE ".utf8)]
     private static let restrict = Array("\\restrict ".utf8)
     private static let unrestrict = Array("\\unrestrict ".utf8)
     private static let defaultTablespace = Array("SET default_tablespace = ".utf8)
