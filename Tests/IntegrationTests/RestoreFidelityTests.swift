@@ -56,6 +56,7 @@ final class RestoreFidelityTests: XCTestCase {
                 "children_label=fidelity_ts2,order_lines_amount=fidelity_ts2,order_lines_email=-,order_lines_tag_trgm=fidelity_ts1,élément_pkey=fidelity_ts2",
                 "--jobs \(jobs): indexes in the tablespace in force where they stood")
             XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM public.accounts_transfers", database: restored), "21", "--jobs \(jobs)")
+            XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM public.accounts_spans", database: restored), "21", "--jobs \(jobs)")
         }
     }
 

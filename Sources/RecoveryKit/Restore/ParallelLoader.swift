@@ -111,7 +111,8 @@ final class ParallelLoader {
     }
 
     /// Tables whose rows psql's order matters for: a CHECK constraint, a domain of one of their
-    /// columns or a generated column calls a function that is user-defined or not immutable — it
+    /// columns (also inside arrays, composites, ranges and multiranges) or a generated column
+    /// calls a function that is user-defined or not immutable — it
     /// may read other tables, which psql has loaded and committed (and only those) by then.
     private func tablesThatMustLoadAlone() throws -> Set<[UInt8]> {
         let sql = """
@@ -128,6 +129,9 @@ final class ParallelLoader {
                     UNION ALL SELECT a.atttypid FROM pg_catalog.pg_attribute a
                         WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
                     UNION ALL SELECT r.rngsubtype FROM pg_catalog.pg_range r WHERE r.rngtypid = t.oid
+                    UNION ALL SELECT d.refobjid FROM pg_catalog.pg_depend d
+                        WHERE t.typtype = 'm' AND d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.objid = t.oid
+                          AND d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.deptype = 'i'
                 ) AS inner_types(type)
             ), expressions(relation, expression) AS (
                 SELECT conrelid, conbin::pg_catalog.text FROM pg_catalog.pg_constraint WHERE contype = 'c' AND conrelid <> 0
