@@ -19,16 +19,20 @@ let package = Package(
     targets: [
         .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
-        .target(name: "PostgresClient", dependencies: ["CLibPQ"]),
+        // Signals: a C handler (async-signal-safe: an atomic store and a pipe write) and the Swift
+        // cancellation every layer observes; depends on nothing else, so every module may use it.
+        .target(name: "CSignalPipe"),
+        .target(name: "ProcessSignals", dependencies: ["CSignalPipe"]),
+        .target(name: "PostgresClient", dependencies: ["CLibPQ", "ProcessSignals"]),
         .target(name: "Gzip", dependencies: ["CZlib"]),
-        .target(name: "BackupStorage", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
+        .target(name: "BackupStorage", dependencies: ["ProcessSignals", .product(name: "Crypto", package: "swift-crypto")]),
         .target(name: "RecoveryKit", dependencies: [
-            "PostgresClient", "Gzip", "BackupStorage",
+            "PostgresClient", "Gzip", "BackupStorage", "ProcessSignals",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "TOMLKit", package: "TOMLKit"),
         ]),
         .target(name: "RecoveryCommands", dependencies: [
-            "RecoveryKit", "Gzip",
+            "RecoveryKit", "Gzip", "ProcessSignals",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "dbbackup", dependencies: ["RecoveryCommands"]),
@@ -40,10 +44,10 @@ let package = Package(
         .testTarget(name: "GzipTests", dependencies: ["Gzip"]),
         .testTarget(name: "PostgresClientTests", dependencies: ["PostgresClient"]),
         .testTarget(name: "BackupStorageTests", dependencies: ["BackupStorage"]),
-        .testTarget(name: "RecoveryKitTests", dependencies: ["RecoveryKit", "BackupStorage"]),
+        .testTarget(name: "RecoveryKitTests", dependencies: ["RecoveryKit", "BackupStorage", "ProcessSignals"]),
         .testTarget(name: "RecoveryCommandsTests", dependencies: ["RecoveryCommands", "RecoveryKit",
                                                                   .product(name: "ArgumentParser", package: "swift-argument-parser")]),
-        .testTarget(name: "IntegrationTests", dependencies: ["RecoveryKit", "BackupStorage", "TestSupport"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["RecoveryKit", "BackupStorage", "TestSupport", "PostgresClient"]),
     ],
     swiftLanguageModes: [.v5]
 )

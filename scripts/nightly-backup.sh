@@ -33,7 +33,7 @@ run_step() {  # name, command...
 }
 
 metrics_for backup; run_step backup "$dbbackup" --tag nightly --quiet "${metrics[@]}"
-metrics_for prune; run_step prune "$dbprune" --quiet "${metrics[@]}"
+metrics_for prune; run_step prune "$dbprune" --yes --quiet "${metrics[@]}"
 drill_day=${DRILL_DAY:-01}
 if [ "$drill_day" = always ] || { [ "$drill_day" != never ] && [ "$(date +%d)" = "$drill_day" ]; }; then
   metrics_for drill; run_step drill "$dbrestore" --drill --quiet "${metrics[@]}"

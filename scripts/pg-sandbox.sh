@@ -63,6 +63,7 @@ start)
       echo "max_connections = 50"
       echo "wal_level = replica"
       echo "max_wal_senders = 4"
+      echo "max_prepared_transactions = 10"   # the swap tests hold a target open with one
       if [ -n "$archive_command" ]; then
         echo "archive_mode = on"
         echo "archive_command = '$archive_command'"

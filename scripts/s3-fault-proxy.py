@@ -3,7 +3,11 @@
 503 SlowDown, cuts some connections without an answer, and can fail every part upload after a
 number of successful ones (the server "gone for good" for data). One request per connection.
 
-    s3-fault-proxy.py --upstream PORT [--fail-every N] [--drop-every M] [--fail-parts-after K] [--delay S]
+    s3-fault-proxy.py --upstream PORT [--fail-every N] [--drop-every M] [--lose-reply-every L]
+                      [--fail-parts-after K] [--delay S]
+
+--lose-reply-every L forwards every L-th request to the server (so it takes effect) and then cuts
+the connection without the answer: the client sees a lost reply and retries.
 
 Prints PORT=<listening port> once ready. Counts are per proxy run; it stops on SIGTERM."""
 import argparse, socket, socketserver, sys, threading, time
@@ -12,6 +16,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--upstream", type=int, required=True)
 parser.add_argument("--fail-every", type=int, default=0)
 parser.add_argument("--drop-every", type=int, default=0)
+parser.add_argument("--lose-reply-every", type=int, default=0)
 parser.add_argument("--fail-parts-after", type=int, default=-1)
 parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait before answering each request")
 args = parser.parse_args()
@@ -71,6 +76,13 @@ class Handler(socketserver.BaseRequestHandler):
         lines = [l for l in lines if not l.lower().startswith(b"connection:")] + [b"Connection: close"]
         upstream = socket.create_connection(("127.0.0.1", args.upstream))
         upstream.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+        if args.lose_reply_every and number % args.lose_reply_every == 0:
+            # Let the server finish the request (it has taken effect), then lose its answer.
+            while upstream.recv(65536):
+                pass
+            upstream.close()
+            self.request.shutdown(socket.SHUT_RDWR)
+            return
         while True:
             chunk = upstream.recv(65536)
             if not chunk:

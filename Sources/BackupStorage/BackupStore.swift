@@ -48,12 +48,56 @@ public protocol BackupStore: AnyObject {
     /// - Throws: `StorageError(.invalidLocation)` on a backend without `.storageClasses`.
     func changeStorageClass(_ key: String, to storageClass: String) throws
 
-    /// Takes the repository's writer lock without waiting.
+    /// Writes a small object only if nothing exists under `key` (S3 `If-None-Match: *`, a local
+    /// `link()`): of two concurrent calls exactly one returns true.
+    ///
+    /// - Important: after a lost reply the retried request finds its own object and returns false;
+    ///   callers compare what is stored with what they meant to write.
+    /// - Returns: true when this call stored `contents`; false when an object was already there.
+    /// - Throws: `StorageError`; on failure nothing new is left under `key`.
+    func create(_ key: String, contents: Data) throws -> Bool
+
+    /// Reads a small object whole with its version (S3 ETag, a digest locally), for `delete(_:ifVersion:)`.
+    ///
+    /// - Throws: `StorageError.notFound` if it does not exist.
+    func readVersioned(_ key: String) throws -> VersionedObject
+
+    /// Deletes `key` only while it still holds the version read earlier (S3 `If-Match` on
+    /// DeleteObject; locally under an exclusive `flock` shared by every conditional delete).
+    ///
+    /// - Returns: true when this call deleted that version; false when the object changed or is gone.
+    /// - Throws: `StorageError`.
+    func delete(_ key: String, ifVersion version: String) throws -> Bool
+
+    /// Removes what runs killed before `cutoff` left behind: local `*.partial-<pid>-*` files of
+    /// processes that are gone, open S3 multipart uploads under the prefix. Called by the holder of
+    /// the writer lock, so no other writer's work is in flight.
+    ///
+    /// - Returns: one line per item removed, and per item that could not be (never dropped silently).
+    /// - Throws: `StorageError` when the repository cannot be listed.
+    func removeLeftovers(before cutoff: Date) throws -> [String]
+}
+
+/// A small object read together with the version that conditional operations compare.
+public struct VersionedObject: Sendable {
+    public let contents: Data
+    public let version: String
+
+    public init(contents: Data, version: String) {
+        self.contents = contents
+        self.version = version
+    }
+}
+
+extension BackupStore {
+    /// Takes the repository's writer lock without waiting (see `StoreLock.exclusive`).
     ///
     /// - Parameter holder: who is asking (command, pid), shown to whoever finds it locked.
-    /// - Returns: the lock, released when the value is released or `release()` is called.
+    /// - Returns: the lock; call `release()` and report what it throws.
     /// - Throws: `StorageError` of kind `.locked` naming the current holder.
-    func lock(holder: LockHolder) throws -> RepositoryLock
+    public func lock(holder: LockHolder) throws -> RepositoryLock {
+        try StoreLock.exclusive(in: self, holder: holder)
+    }
 }
 
 /// Optional capabilities of a store.
@@ -94,7 +138,9 @@ public protocol ObjectWriter: AnyObject {
     /// - Throws: `StorageError`; then nothing is visible.
     func commit() throws
     /// Discards everything written; safe to call after a failure or twice.
-    func abort()
+    /// - Throws: `StorageError` when what was written could not be discarded (an S3 multipart
+    ///   upload left open); the next writer-lock holder removes it.
+    func abort() throws
 }
 
 /// A streaming download.
@@ -112,13 +158,33 @@ public struct LockHolder: Codable, Sendable, Equatable, CustomStringConvertible 
     public var pid: Int32
     public var host: String
     public var since: Date
+    /// Unique per acquisition: how an owner recognises its own lock (also after a lost reply).
+    public var token: String
+    /// Start time of `pid` in clock ticks since boot (`/proc/<pid>/stat`), so that a reused pid
+    /// is not mistaken for the holder; nil when unknown (other systems, older records).
+    public var processStart: UInt64?
 
     public init(command: String, pid: Int32 = ProcessInfo.processInfo.processIdentifier,
-                host: String = ProcessInfo.processInfo.hostName, since: Date = Date()) {
+                host: String = ProcessInfo.processInfo.hostName, since: Date = Date(), token: String = UUID().uuidString) {
         self.command = command
         self.pid = pid
         self.host = host
         self.since = since
+        self.token = token
+        processStart = ProcessLiveness.startTime(of: pid)
+    }
+
+    private enum CodingKeys: String, CodingKey { case command, pid, host, since, token, processStart }
+
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        command = try container.decode(String.self, forKey: .command)
+        pid = try container.decode(Int32.self, forKey: .pid)
+        host = try container.decode(String.self, forKey: .host)
+        since = try container.decode(Date.self, forKey: .since)
+        // Records written before owner tokens existed have none: they can never match ours.
+        token = try container.decodeIfPresent(String.self, forKey: .token) ?? ""
+        processStart = try container.decodeIfPresent(UInt64.self, forKey: .processStart)
     }
 
     public var description: String {
@@ -129,6 +195,13 @@ public struct LockHolder: Codable, Sendable, Equatable, CustomStringConvertible 
 
 /// A held repository lock.
 public protocol RepositoryLock: AnyObject {
-    /// Releases the lock; also happens when the process exits, however it exits.
-    func release()
+    /// What taking the lock cleaned up (stale locks reclaimed, leftovers of killed runs removed),
+    /// one line each, for the run to say.
+    var notes: [String] { get }
+
+    /// Releases the lock: deletes the lock record only if it is still this owner's.
+    ///
+    /// - Throws: `StorageError` when the record could not be deleted or was no longer ours
+    ///   (callers report it: a lock that outlives its run blocks the next one).
+    func release() throws
 }

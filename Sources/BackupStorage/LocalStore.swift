@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -41,7 +42,8 @@ public final class LocalStore: BackupStore {
 
     public func list(prefix: String) throws -> [StoredObject] {
         var objects: [StoredObject] = []
-        try walk(directory: root, relative: "", prefix: prefix, into: &objects)
+        var visited: Set<[UInt64]> = []
+        try walk(directory: root, relative: "", prefix: prefix, into: &objects, visited: &visited)
         return objects.sorted { $0.key < $1.key }
     }
 
@@ -64,7 +66,7 @@ public final class LocalStore: BackupStore {
             try contents.withUnsafeBytes { try writer.write($0) }
             try writer.commit()
         } catch {
-            writer.abort()
+            try? writer.abort()   // local aborts do not fail; a leftover is removed by the next writer
             throw error
         }
     }
@@ -73,7 +75,7 @@ public final class LocalStore: BackupStore {
         let path = try self.path(for: key)
         let directory = (path as NSString).deletingLastPathComponent
         try Self.makeDirectories(directory)
-        return try LocalFileWriter(finalPath: path)
+        return try LocalFileWriter(finalPath: path, root: root)
     }
 
     public func makeReader(_ key: String) throws -> ObjectReader {
@@ -93,7 +95,7 @@ public final class LocalStore: BackupStore {
             let directory = (path as NSString).deletingLastPathComponent
             if touchedDirectories.last != directory { touchedDirectories.append(directory) }
             // Make each deletion durable before the next, so the order callers chose survives a crash.
-            Self.syncDirectory(directory)
+            try Self.syncDirectory(directory)
         }
         // Remove directories that became empty (a backup folder after its last file), deepest first.
         for directory in touchedDirectories.sorted(by: { $0.count > $1.count }) {
@@ -109,10 +111,87 @@ public final class LocalStore: BackupStore {
                            hint: "glacier_after applies to S3 repositories; remove it from the [local] tier")
     }
 
-    public func lock(holder: LockHolder) throws -> RepositoryLock {
-        let directory = root + "/locks"
-        try Self.makeDirectories(directory)
-        return try LocalRepositoryLock(path: directory + "/repository.lock", holder: holder)
+    public func create(_ key: String, contents: Data) throws -> Bool {
+        let path = try self.path(for: key)
+        let directory = (path as NSString).deletingLastPathComponent
+        var attempt = 0
+        while true {
+            attempt += 1
+            try Self.makeDirectories(directory)
+            // Write and fsync a private file, then link() it under the final name: link never replaces
+            // an existing file, so of two racing creators exactly one succeeds.
+            let writer: LocalFileWriter
+            do {
+                writer = try LocalFileWriter(finalPath: path, root: root)
+            } catch let error as StorageError where error.kind == .notFound && attempt < 3 {
+                continue   // the folder was removed as empty (a released reader lock's) just now: make it again
+            }
+            defer { writer.abort() }   // removes the temporary name
+            try contents.withUnsafeBytes { try writer.write($0) }
+            return try writer.commitIfAbsent()
+        }
+    }
+
+    public func readVersioned(_ key: String) throws -> VersionedObject {
+        let contents = try read(key)
+        return VersionedObject(contents: contents, version: Self.version(of: contents))
+    }
+
+    public func delete(_ key: String, ifVersion version: String) throws -> Bool {
+        let path = try self.path(for: key)
+        // Every conditional delete of this repository holds one flock, so the read, the compare
+        // and the unlink are one step for the others; the kernel drops it if we die.
+        let guardDirectory = root + "/locks"
+        try Self.makeDirectories(guardDirectory)
+        let guardPath = guardDirectory + "/.conditional-delete"
+        let descriptor = open(guardPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard descriptor >= 0 else { throw Self.error(errno, path: guardPath, doing: "open") }
+        defer { Glibc.close(descriptor) }
+        while flock(descriptor, LOCK_EX) != 0 {
+            guard errno == EINTR else { throw Self.error(errno, path: guardPath, doing: "lock") }
+        }
+        let current: Data
+        do {
+            current = try read(key)
+        } catch let error as StorageError where error.kind == .notFound {
+            return false
+        }
+        guard Self.version(of: current) == version else { return false }
+        if unlink(path) != 0 {
+            if errno == ENOENT { return false }
+            throw Self.error(errno, path: path, doing: "delete")
+        }
+        let folder = (path as NSString).deletingLastPathComponent
+        try Self.syncDirectory(folder)
+        // A reader lock's folder (locks/readers/<id>) goes with its last record.
+        if folder != root && folder != guardDirectory { rmdir(folder) }
+        return true
+    }
+
+    public func removeLeftovers(before cutoff: Date) throws -> [String] {
+        var lines: [String] = []
+        for object in try list(prefix: "") {
+            guard let marker = object.key.range(of: ".partial-", options: .backwards),
+                  let pid = Int32(object.key[marker.upperBound...].prefix { $0 != "-" }), pid > 0,
+                  (object.modified ?? cutoff) < cutoff else { continue }
+            // Only a writer whose process is gone: a live wal-push (which takes no lock) keeps its file.
+            guard kill(pid, 0) != 0 && errno == ESRCH else { continue }
+            let path = root + "/" + object.key
+            if unlink(path) == 0 || errno == ENOENT {
+                lines.append("removed \(object.key) (\(object.size) bytes), left by killed process \(pid)")
+                if object.key.hasPrefix("backups/") {
+                    rmdir((path as NSString).deletingLastPathComponent)   // its backup folder, if now empty
+                }
+            } else {
+                lines.append("could not remove \(object.key), left by killed process \(pid): \(String(cString: strerror(errno)))")
+            }
+        }
+        return lines
+    }
+
+    /// A local object's version: the sha256 of its contents (lock records hold a unique token).
+    private static func version(of contents: Data) -> String {
+        SHA256.hash(data: contents).map { String(format: "%02x", $0) }.joined()
     }
 
     // MARK: - Paths
@@ -126,7 +205,15 @@ public final class LocalStore: BackupStore {
         return root + "/" + key
     }
 
-    private func walk(directory: String, relative: String, prefix: String, into objects: inout [StoredObject]) throws {
+    /// Symlinks inside the repository are followed (a symlinked `backups/` is common when it lives
+    /// on another disk), for every command alike, since every command lists through here; a
+    /// directory reached twice (a symlink loop) is listed once.
+    private func walk(directory: String, relative: String, prefix: String, into objects: inout [StoredObject],
+                      visited: inout Set<[UInt64]>) throws {
+        var directoryInfo = stat()
+        if stat(directory, &directoryInfo) == 0 {
+            guard visited.insert([UInt64(directoryInfo.st_dev), UInt64(directoryInfo.st_ino)]).inserted else { return }
+        }
         guard let stream = opendir(directory) else {
             if errno == ENOENT { return }
             throw Self.error(errno, path: directory, doing: "list")
@@ -134,16 +221,16 @@ public final class LocalStore: BackupStore {
         defer { closedir(stream) }
         while let entry = readdir(stream) {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
+                raw.bindMemory(to: CChar.self).baseAddress.map { String(cString: $0) } ?? ""
             }
-            if name == "." || name == ".." { continue }
+            if name.isEmpty || name == "." || name == ".." { continue }
             let key = relative.isEmpty ? name : relative + "/" + name
             // Skip subtrees that cannot match the prefix.
             guard key.hasPrefix(prefix) || prefix.hasPrefix(key + "/") else { continue }
             var info = stat()
-            guard lstat(directory + "/" + name, &info) == 0 else { continue }
+            guard stat(directory + "/" + name, &info) == 0 else { continue }   // a dangling symlink lists as nothing
             if info.st_mode & S_IFMT == S_IFDIR {
-                try walk(directory: directory + "/" + name, relative: key, prefix: prefix, into: &objects)
+                try walk(directory: directory + "/" + name, relative: key, prefix: prefix, into: &objects, visited: &visited)
             } else if info.st_mode & S_IFMT == S_IFREG, key.hasPrefix(prefix) {
                 let modified = Date(timeIntervalSince1970: Double(info.st_mtim.tv_sec) + Double(info.st_mtim.tv_nsec) / 1e9)
                 objects.append(StoredObject(key: key, size: UInt64(info.st_size), modified: modified))
@@ -169,11 +256,16 @@ public final class LocalStore: BackupStore {
         }
     }
 
-    static func syncDirectory(_ path: String) {
+    /// Makes a directory's entries (a rename, a new or deleted file) durable.
+    ///
+    /// - Throws: `StorageError` when the directory cannot be opened or fsync fails: invariant 1
+    ///   (a backup exists only when durable) rests on it.
+    static func syncDirectory(_ path: String) throws {
         let descriptor = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard descriptor >= 0 else { return }
-        fsync(descriptor)
-        close(descriptor)
+        guard descriptor >= 0 else { throw error(errno, path: path, doing: "open directory for fsync") }
+        defer { close(descriptor) }
+        // EINVAL: the file system cannot sync directories (some FUSE/network mounts); nothing to do.
+        if fsync(descriptor) != 0 && errno != EINVAL { throw error(errno, path: path, doing: "fsync directory") }
     }
 
     /// Turns an errno into a `StorageError` that says what to do.
@@ -200,17 +292,23 @@ public final class LocalStore: BackupStore {
     }
 }
 
-/// Writes to `<final>.partial-<pid>` and renames on commit, fsyncing file and directory.
+/// Writes to `<final>.partial-<pid>-<random>` and renames on commit, fsyncing file and directory.
 final class LocalFileWriter: ObjectWriter {
     private let finalPath: String
     private let temporaryPath: String
     private var descriptor: Int32
     private var done = false
 
-    init(finalPath: String) throws {
+    /// The folder to remove on abort if that leaves it empty (never the repository's root).
+    private let emptyFolder: String?
+
+    init(finalPath: String, root: String) throws {
         self.finalPath = finalPath
-        temporaryPath = finalPath + ".partial-\(getpid())"
-        descriptor = open(temporaryPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        let folder = (finalPath as NSString).deletingLastPathComponent
+        emptyFolder = folder == root ? nil : folder
+        // The pid tells the next run whose file this is; the random part keeps threads apart.
+        temporaryPath = finalPath + ".partial-\(getpid())-\(String(UInt32.random(in: 0...UInt32.max), radix: 16))"
+        descriptor = open(temporaryPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard descriptor >= 0 else { throw LocalStore.error(errno, path: temporaryPath, doing: "create") }
     }
 
@@ -237,7 +335,29 @@ final class LocalFileWriter: ObjectWriter {
         descriptor = -1
         if rename(temporaryPath, finalPath) != 0 { throw LocalStore.error(errno, path: finalPath, doing: "rename") }
         done = true
-        LocalStore.syncDirectory((finalPath as NSString).deletingLastPathComponent)
+        try LocalStore.syncDirectory((finalPath as NSString).deletingLastPathComponent)
+    }
+
+    /// Like `commit()`, but publishes with `link()`, which never replaces an existing file.
+    ///
+    /// - Returns: false (and nothing changed) when `finalPath` already exists.
+    func commitIfAbsent() throws -> Bool {
+        if fsync(descriptor) != 0 { throw LocalStore.error(errno, path: finalPath, doing: "fsync") }
+        if close(descriptor) != 0 { throw LocalStore.error(errno, path: finalPath, doing: "close") }
+        descriptor = -1
+        if link(temporaryPath, finalPath) != 0 {
+            let code = errno
+            if code == EEXIST { return false }
+            if code == EPERM || code == EOPNOTSUPP || code == ENOSYS {
+                // vfat, some FUSE and SMB mounts: no hard links, hence no create-if-absent.
+                throw StorageError(.io, object: finalPath, message: "the file system does not support hard links, which repository locks and WAL archiving need",
+                                   hint: "put the repository on a local POSIX file system (ext4, xfs, zfs) or NFS")
+            }
+            throw LocalStore.error(code, path: finalPath, doing: "link")
+        }
+        // The temporary name goes in abort(); the final name is now durable only with the directory.
+        try LocalStore.syncDirectory((finalPath as NSString).deletingLastPathComponent)
+        return true
     }
 
     func abort() {
@@ -246,6 +366,9 @@ final class LocalFileWriter: ObjectWriter {
         if descriptor >= 0 { close(descriptor) }
         descriptor = -1
         unlink(temporaryPath)
+        // A failed backup's folder must not linger empty; rmdir fails (and that is right) if anything
+        // else is in it, such as a file another writer committed.
+        if let emptyFolder { rmdir(emptyFolder) }
     }
 }
 
@@ -271,50 +394,5 @@ final class LocalFileReader: ObjectReader {
     func close() {
         if descriptor >= 0 { Glibc.close(descriptor) }
         descriptor = -1
-    }
-}
-
-/// An exclusive `flock` on `locks/repository.lock`; the kernel drops it if the process dies.
-final class LocalRepositoryLock: RepositoryLock {
-    private var descriptor: Int32
-
-    init(path: String, holder: LockHolder) throws {
-        descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        guard descriptor >= 0 else { throw LocalStore.error(errno, path: path, doing: "open lock file") }
-        if flock(descriptor, LOCK_EX | LOCK_NB) != 0 {
-            let code = errno
-            let current = Self.readHolder(descriptor)
-            Glibc.close(descriptor)
-            descriptor = -1
-            guard code == EWOULDBLOCK else { throw LocalStore.error(code, path: path, doing: "lock") }
-            let who = current.map { "\($0)" } ?? "another process"
-            throw StorageError(.locked, object: path, message: "repository is locked by \(who)",
-                               hint: "wait for it to finish; the lock is released automatically when that process exits")
-        }
-        let encoder = JSONEncoder()
-        encoder.dateEncodingStrategy = .iso8601
-        let record = (try? encoder.encode(holder)) ?? Data()
-        ftruncate(descriptor, 0)
-        _ = record.withUnsafeBytes { pwrite(descriptor, $0.baseAddress, $0.count, 0) }
-        fsync(descriptor)
-    }
-
-    deinit { release() }
-
-    func release() {
-        guard descriptor >= 0 else { return }
-        ftruncate(descriptor, 0)
-        flock(descriptor, LOCK_UN)
-        Glibc.close(descriptor)
-        descriptor = -1
-    }
-
-    private static func readHolder(_ descriptor: Int32) -> LockHolder? {
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        let count = buffer.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress, $0.count, 0) }
-        guard count > 0 else { return nil }
-        let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = .iso8601
-        return try? decoder.decode(LockHolder.self, from: Data(buffer[0..<count]))
     }
 }

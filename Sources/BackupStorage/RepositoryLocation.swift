@@ -9,35 +9,41 @@ public enum RepositoryLocation: Equatable, Sendable, CustomStringConvertible {
     ///
     /// - Throws: `StorageError.invalidLocation` naming the problem and the accepted forms.
     public init(parsing text: String) throws {
-        let trimmed = text.trimmingCharacters(in: " ")
-        if trimmed.isEmpty {
+        // Byte-exact: a trailing space is part of a directory name, not noise to trim away.
+        if text.allSatisfy({ $0 == " " }) {
             throw StorageError(.invalidLocation, object: "--repo", message: "repository address is empty",
                                hint: "pass --repo /path/to/repository, --repo file:///path or --repo s3://bucket/prefix")
         }
-        if trimmed.hasPrefix("file://") {
-            let path = String(trimmed.dropFirst("file://".count))
+        // Bytes that are not UTF-8 reach us already replaced by U+FFFD: using the result would put
+        // the backup in another directory than the one named, so refuse instead.
+        if text.unicodeScalars.contains("\u{FFFD}") {
+            throw StorageError(.invalidLocation, object: "--repo", message: "repository path contains bytes that are not UTF-8",
+                               hint: "rename the directory, or point --repo at a symlink with a UTF-8 name")
+        }
+        if text.hasPrefix("file://") {
+            let path = String(text.dropFirst("file://".count))
             guard path.hasPrefix("/") else {
-                throw StorageError(.invalidLocation, object: trimmed, message: "file:// URL must hold an absolute path",
+                throw StorageError(.invalidLocation, object: text, message: "file:// URL must hold an absolute path",
                                    hint: "write file:///absolute/path (three slashes)")
             }
             self = .local(path: path.removingPercentEscapes())
-        } else if trimmed.hasPrefix("s3://") {
-            let rest = trimmed.dropFirst("s3://".count)
+        } else if text.hasPrefix("s3://") {
+            let rest = text.dropFirst("s3://".count)
             let bucket = String(rest.prefix { $0 != "/" })
             var prefix = String(rest.dropFirst(bucket.count))
             while prefix.hasPrefix("/") { prefix.removeFirst() }
             while prefix.hasSuffix("/") { prefix.removeLast() }
             guard bucket.count >= 3 else {
-                throw StorageError(.invalidLocation, object: trimmed, message: "S3 bucket name must have at least 3 characters",
+                throw StorageError(.invalidLocation, object: text, message: "S3 bucket name must have at least 3 characters",
                                    hint: "write s3://bucket/prefix")
             }
             self = .s3(bucket: bucket, prefix: prefix)
-        } else if let scheme = trimmed.range(of: "://") {
-            throw StorageError(.invalidLocation, object: trimmed,
-                               message: "unsupported repository scheme '\(trimmed[..<scheme.lowerBound])'",
+        } else if let scheme = text.range(of: "://") {
+            throw StorageError(.invalidLocation, object: text,
+                               message: "unsupported repository scheme '\(text[..<scheme.lowerBound])'",
                                hint: "use a path, file:///path or s3://bucket/prefix")
         } else {
-            self = .local(path: trimmed)
+            self = .local(path: text)
         }
     }
 
@@ -50,13 +56,6 @@ public enum RepositoryLocation: Equatable, Sendable, CustomStringConvertible {
 }
 
 extension String {
-    func trimmingCharacters(in character: Character) -> String {
-        var text = Substring(self)
-        while text.first == character { text.removeFirst() }
-        while text.last == character { text.removeLast() }
-        return String(text)
-    }
-
     func removingPercentEscapes() -> String {
         guard contains("%") else { return self }
         var bytes: [UInt8] = []

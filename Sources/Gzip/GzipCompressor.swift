@@ -36,7 +36,7 @@ public final class GzipCompressor {
     public init(level: Int = GzipCompressor.defaultLevel, jobs: Int = 1, blockSize: Int = 1 << 20, outputChunkSize: Int = 256 * 1024,
                 sink: @escaping (UnsafeRawBufferPointer) throws -> Void) throws {
         guard (0...9).contains(level) else {
-            throw GzipError(kind: .library, operation: "deflateInit2", message: "compression level \(level) is outside 0...9")
+            throw GzipError(kind: .compression, operation: "deflateInit2", message: "compression level \(level) is outside 0...9")
         }
         if jobs > 1 {
             zstream = nil
@@ -46,7 +46,7 @@ public final class GzipCompressor {
             parallel = nil
         }
         self.sink = sink
-        output = .allocate(byteCount: outputChunkSize, alignment: 16)
+        output = .allocate(byteCount: max(4096, outputChunkSize), alignment: 16)
     }
 
     deinit { output.deallocate() }
@@ -89,7 +89,7 @@ public final class GzipCompressor {
     private func deflateStep(flush: Int32) throws -> Int32 {
         guard let zstream else { return Z_STREAM_END }
         let stream = zstream.stream
-        stream.pointee.next_out = output.baseAddress!.assumingMemoryBound(to: Bytef.self)
+        stream.pointee.next_out = output.baseAddress?.assumingMemoryBound(to: Bytef.self)
         stream.pointee.avail_out = uInt(output.count)
         let code = try zstream.check(deflate(stream, flush), "deflate")
         let produced = output.count - Int(stream.pointee.avail_out)

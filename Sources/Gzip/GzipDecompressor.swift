@@ -28,7 +28,7 @@ public final class GzipDecompressor {
     public init(outputChunkSize: Int = 256 * 1024, sink: @escaping (UnsafeRawBufferPointer) throws -> Void) throws {
         zstream = try ZStream(inflate: ())
         self.sink = sink
-        output = .allocate(byteCount: outputChunkSize, alignment: 16)
+        output = .allocate(byteCount: max(4096, outputChunkSize), alignment: 16)
     }
 
     deinit { output.deallocate() }
@@ -44,7 +44,7 @@ public final class GzipDecompressor {
         stream.pointee.avail_in = uInt(bytes.count)
         while stream.pointee.avail_in > 0 {
             if atMemberBoundary { atMemberBoundary = false }
-            stream.pointee.next_out = output.baseAddress!.assumingMemoryBound(to: Bytef.self)
+            stream.pointee.next_out = output.baseAddress?.assumingMemoryBound(to: Bytef.self)
             stream.pointee.avail_out = uInt(output.count)
             let code = try zstream.check(inflate(stream, Z_NO_FLUSH), "inflate")
             let produced = output.count - Int(stream.pointee.avail_out)

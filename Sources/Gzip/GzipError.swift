@@ -6,8 +6,11 @@ public struct GzipError: Error, CustomStringConvertible, Sendable {
         case corrupt
         /// The stream ended before the gzip trailer.
         case truncated
-        /// zlib itself failed (out of memory, bad parameters).
+        /// zlib itself failed while decompressing (out of memory, bad parameters).
         case library
+        /// zlib failed while compressing (out of memory, bad parameters): nothing is wrong with any
+        /// stored data, the capture could not be written.
+        case compression
     }
 
     public let kind: Kind

@@ -1,4 +1,5 @@
 import Dispatch
+import Foundation
 internal import CZlib
 
 /// Compresses a stream on several cores into ONE gzip member, the way pigz does: the input is cut
@@ -10,6 +11,8 @@ internal import CZlib
 /// Memory is allocated once: a fixed set of slots (2 × jobs), each with its input and output
 /// buffers and its own zlib stream, is reused block after block. (A profile of the first version,
 /// which allocated fresh buffers per block, showed about 500 page faults per MiB of input.)
+/// At most `jobs` blocks compress at once: block k runs on serial lane k mod jobs; the other slots
+/// only wait, filled, to be written out.
 final class ParallelDeflate {
     /// One block's buffers and zlib state; owned by the writer except while a worker compresses it.
     private final class Slot: @unchecked Sendable {
@@ -48,7 +51,7 @@ final class ParallelDeflate {
         /// (or the final block marker). Runs on a worker.
         func compress() {
             guard ready, deflateReset(stream) == Z_OK else {
-                error = GzipError(kind: .library, operation: "deflateInit2", message: "cannot initialise zlib")
+                error = GzipError(kind: .compression, operation: "deflateInit2", message: "cannot initialise zlib")
                 return
             }
             if dictionaryCount > 0 {
@@ -64,7 +67,7 @@ final class ParallelDeflate {
                 code = deflate(stream, isLast ? Z_FINISH : Z_SYNC_FLUSH)
             } while code == Z_OK && stream.pointee.avail_out > 0 && (isLast || stream.pointee.avail_in > 0)
             if isLast ? code != Z_STREAM_END : stream.pointee.avail_in > 0 {
-                error = GzipError(kind: .library, operation: "deflate", message: "zlib stopped with code \(code)")
+                error = GzipError(kind: .compression, operation: "deflate", message: "zlib stopped with code \(code)")
             }
             outputCount = output.count - Int(stream.pointee.avail_out)
         }
@@ -75,7 +78,12 @@ final class ParallelDeflate {
     private let level: Int32
     private let blockSize: Int
     private let maximumInFlight: Int
-    private let queue = DispatchQueue(label: "dbrecovery.gzip", attributes: .concurrent)
+    /// One serial queue per job: `jobs` lanes, so never more than `jobs` blocks compress at once.
+    private let lanes: [DispatchQueue]
+    private var blocksSubmitted = 0
+    private let concurrency = ConcurrencyGauge()
+    /// The most blocks ever compressing at the same time (at most `jobs`; for tests).
+    var peakConcurrentBlocks: Int { concurrency.peak }
     private let sink: (UnsafeRawBufferPointer) throws -> Void
     /// The block being filled by `write(_:)`.
     private var current: Slot?
@@ -92,6 +100,7 @@ final class ParallelDeflate {
         self.blockSize = blockSize
         // Enough blocks in flight to keep every core busy while the oldest is written out; bounded memory.
         maximumInFlight = max(2, jobs * 2)
+        lanes = (0..<max(1, jobs)).map { DispatchQueue(label: "dbrecovery.gzip.\($0)") }
         self.sink = sink
     }
 
@@ -148,8 +157,13 @@ final class ParallelDeflate {
             current = next
         }
         inFlight.append(slot)
-        queue.async {
+        let lane = lanes[blocksSubmitted % lanes.count]
+        blocksSubmitted += 1
+        let concurrency = self.concurrency
+        lane.async {
+            concurrency.enter()
             slot.compress()
+            concurrency.leave()
             slot.done.signal()
         }
     }
@@ -173,5 +187,32 @@ final class ParallelDeflate {
     private func emit(_ bytes: UnsafeRawBufferPointer) throws {
         bytesOut += UInt64(bytes.count)
         try sink(bytes)
+    }
+}
+
+/// Counts blocks compressing right now and remembers the peak.
+private final class ConcurrencyGauge: @unchecked Sendable {
+    // Safe: both counters are only touched under `lock`.
+    private let lock = NSLock()
+    private var current = 0
+    private var highest = 0
+
+    func enter() {
+        lock.lock()
+        current += 1
+        highest = max(highest, current)
+        lock.unlock()
+    }
+
+    func leave() {
+        lock.lock()
+        current -= 1
+        lock.unlock()
+    }
+
+    var peak: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return highest
     }
 }

@@ -40,7 +40,7 @@ final class ZStream {
         case Z_DATA_ERROR:
             throw GzipError(kind: .corrupt, operation: operation, message: zlibMessage(default: "invalid gzip data"))
         default:
-            throw GzipError(kind: .library, operation: operation, message: zlibMessage(default: "zlib error \(code)"))
+            throw GzipError(kind: direction == .deflate ? .compression : .library, operation: operation, message: zlibMessage(default: "zlib error \(code)"))
         }
     }
 

@@ -30,7 +30,7 @@ public struct ConnectionTarget: Sendable, Equatable {
             let reason = errorMessage.map { String(cString: $0) } ?? "out of memory"
             PQfreemem(errorMessage)
             throw PostgresError(kind: .invalidConnectionString, operation: "parse database URL",
-                                message: reason.trimmingTrailingNewlines())
+                                message: Self.withoutEchoedInput(reason.trimmingTrailingNewlines()))
         }
         defer { PQconninfoFree(options) }
         var parameters: [(String, String)] = []
@@ -88,6 +88,26 @@ public struct ConnectionTarget: Sendable, Equatable {
             if let name = environmentNames[keyword] { environment[name] = value }
         }
         return environment
+    }
+
+    /// libpq's parse error without the pieces of input it quotes (`invalid URI query parameter:
+    /// "…"` may quote a password, or the whole URL): the kind of problem stays, the input goes.
+    static func withoutEchoedInput(_ message: String) -> String {
+        if message.hasPrefix("missing \"=\" after") {
+            return "missing \"=\" after a keyword in the connection string (the input is not shown: it may hold a password)"
+        }
+        guard let quote = message.firstIndex(of: "\"") else { return message }
+        var kept = String(message[..<quote])
+        while let last = kept.last, last == " " || last == ":" { kept.removeLast() }
+        return (kept.isEmpty ? "malformed connection string" : kept) + " (the input is not shown: it may hold a password)"
+    }
+
+    /// A connection string as it may be shown (`--print-config`): parsed by libpq, so that every
+    /// spelling of the password keyword (`password=`, `?password=`, `?pass%77ord=`, `:pw@`) is
+    /// caught, and printed as `user@host:port/database` plus `password ****` when one was given.
+    public static func displayable(_ connectionString: String) -> String {
+        guard let target = try? ConnectionTarget(connectionString) else { return "(not a valid connection string; not shown)" }
+        return target.redactedDescription + (target.value("password") != nil ? " password ****" : "")
     }
 
     /// `user@host:port/database`, never the password; for messages and logs.

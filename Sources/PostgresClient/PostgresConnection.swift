@@ -4,6 +4,7 @@ import Glibc
 import Darwin
 #endif
 import Foundation
+import ProcessSignals
 internal import CLibPQ
 
 /// One libpq connection. Not thread-safe: use it from one thread at a time.
@@ -17,6 +18,10 @@ public final class PostgresConnection {
     private var copyStatement = ""
     /// The target this connection was opened with (for messages; never includes the password).
     public let target: ConnectionTarget
+    /// `PQcancel` on the running statement when a signal interrupts the run.
+    private var interruptHook: InterruptHook?
+    /// Knows whether a statement is running, so that only a running one is ever cancelled.
+    private var canceller: Canceller?
 
     /// Opens a connection, failing fast rather than hanging on an unreachable host.
     ///
@@ -35,6 +40,12 @@ public final class PostgresConnection {
         if target.value("application_name") == nil {
             effective = effective.with("application_name", applicationName)
         }
+        // Text is decoded as UTF-8 on this side, so the server must send UTF-8 whatever the database's
+        // encoding (a LATIN1 table `café` would otherwise come back as invalid UTF-8 and be garbled).
+        // A restore's dump sets its own client_encoding on the connections that replay it.
+        if target.value("client_encoding") == nil {
+            effective = effective.with("client_encoding", "UTF8")
+        }
         let keywords = effective.parameters.map { strdup($0.keyword) } + [nil]
         let values = effective.parameters.map { strdup($0.value) } + [nil]
         defer {
@@ -49,10 +60,18 @@ public final class PostgresConnection {
         guard let connection, PQstatus(connection) == CONNECTION_OK else {
             let message = connection.map { String(cString: PQerrorMessage($0)) } ?? "out of memory"
             PQfinish(connection)
-            throw PostgresError(kind: .connection, operation: "connect to \(target.redactedDescription)",
-                                message: Self.firstMeaningfulLine(message))
+            let reason = Self.firstMeaningfulLine(message)
+            // "invalid port number", "invalid sslmode value", …: the URL is malformed, the server was never asked.
+            let malformed = reason.hasPrefix("invalid ") && !reason.hasPrefix("invalid password")
+            throw Interruption.explain(PostgresError(kind: malformed ? .invalidConnectionString : .connection,
+                                                     operation: "connect to \(target.redactedDescription)", message: reason))
         }
         handle = connection
+        if let cancel = PQgetCancel(connection) {
+            let canceller = Canceller(cancel)
+            self.canceller = canceller
+            interruptHook = Interruption.onInterrupt { canceller.cancelRunningStatement() }
+        }
         // Notices go to `onNotice` (dropped while it is nil: our own "skipping" notices are not the
         // operator's business). Unretained: libpq only calls back during calls made through `self`.
         PQsetNoticeReceiver(connection, { context, result in
@@ -85,8 +104,18 @@ public final class PostgresConnection {
 
     /// Closes the connection; further use throws.
     public func close() {
+        // Removing the hook waits for a PQcancel in flight, so the handle it names is still open then.
+        interruptHook?.remove()
+        interruptHook = nil
         if let handle { PQfinish(handle) }
         handle = nil
+        canceller = nil
+    }
+
+    /// Asks the server to cancel the statement running on this connection, if any; safe to call from
+    /// another thread while the connection's own thread waits for the result (which then fails).
+    public func cancelRunningStatement() {
+        canceller?.cancelRunningStatement()
     }
 
     /// The server's backend process id (as in `pg_stat_activity.pid`).
@@ -109,6 +138,8 @@ public final class PostgresConnection {
     @discardableResult
     public func query(_ sql: String, _ parameters: [String?] = []) throws -> QueryResult {
         let handle = try openHandle(for: sql)
+        canceller?.statementStarts()
+        defer { canceller?.statementEnds() }
         let cParameters = parameters.map { $0.map { strdup($0) } ?? nil }
         defer { cParameters.forEach { free($0) } }
         let result = cParameters.map { UnsafePointer($0) }.withUnsafeBufferPointer { buffer in
@@ -117,7 +148,7 @@ public final class PostgresConnection {
         defer { PQclear(result) }
         let status = PQresultStatus(result)
         guard status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK else {
-            throw error(from: result, sql: sql)
+            throw failure(from: result, sql: sql)
         }
         return QueryResult(copying: result)
     }
@@ -141,14 +172,15 @@ public final class PostgresConnection {
     ///
     /// - Throws: `PostgresError.query` if the server refuses the statement.
     public func beginCopy(_ sql: String) throws {
-        try exec(sql, expecting: [PGRES_COPY_IN])
-        copyStatement = sql
+        try beginCopy(bytes: Array(sql.utf8))
     }
 
     /// `beginCopy(_:)` with the statement as bytes, sent exactly as they are (see `execute(bytes:)`).
     public func beginCopy(bytes sql: [UInt8]) throws {
         try exec(bytes: sql, expecting: [PGRES_COPY_IN])
         copyStatement = String(decoding: sql, as: UTF8.self)
+        // The COPY runs until endCopy(): cancellable all along.
+        canceller?.statementStarts()
     }
 
     /// Sends COPY data (whole rows in the COPY text format) for the COPY started by `beginCopy(_:)`.
@@ -161,7 +193,7 @@ public final class PostgresConnection {
         while offset < bytes.count {
             let length = min(bytes.count - offset, 1 << 30)
             let sent = PQputCopyData(handle, base.advanced(by: offset).assumingMemoryBound(to: CChar.self), Int32(length))
-            guard sent == 1 else { throw brokenConnection(handle, during: copyStatement) }
+            guard sent == 1 else { throw Interruption.explain(brokenConnection(handle, during: copyStatement)) }
             offset += length
         }
     }
@@ -173,18 +205,19 @@ public final class PostgresConnection {
     @discardableResult
     public func endCopy() throws -> Int64 {
         let handle = try openHandle(for: copyStatement)
-        guard PQputCopyEnd(handle, nil) == 1 else { throw brokenConnection(handle, during: copyStatement) }
+        defer { canceller?.statementEnds() }
+        guard PQputCopyEnd(handle, nil) == 1 else { throw Interruption.explain(brokenConnection(handle, during: copyStatement)) }
         var rows: Int64 = 0
-        var failure: PostgresError?
+        var firstFailure: Error?
         while let result = PQgetResult(handle) {
             if PQresultStatus(result) == PGRES_COMMAND_OK {
                 rows = Int64(String(cString: PQcmdTuples(result))) ?? 0
-            } else if failure == nil {
-                failure = error(from: result, sql: copyStatement)
+            } else if firstFailure == nil {
+                firstFailure = failure(from: result, sql: copyStatement)
             }
             PQclear(result)
         }
-        if let failure { throw failure }
+        if let firstFailure { throw firstFailure }
         return rows
     }
 
@@ -206,16 +239,29 @@ public final class PostgresConnection {
     }
 
     /// The one place statements are sent: bytes as they are (text in the client encoding, which
-    /// need not be UTF-8), described in errors by `description`.
+    /// need not be UTF-8), described in errors by `description`; cancellable while it runs.
     private func exec(bytes sql: [UInt8], describedAs description: String? = nil, expecting statuses: [ExecStatusType]) throws {
         let description = description ?? String(decoding: sql.prefix(200), as: UTF8.self)
         let handle = try openHandle(for: description)
+        canceller?.statementStarts()
+        defer { canceller?.statementEnds() }
         let terminated = sql + [0]
         let result = terminated.withUnsafeBytes { PQexec(handle, $0.bindMemory(to: CChar.self).baseAddress) }
         defer { PQclear(result) }
         guard statuses.contains(PQresultStatus(result)) else {
-            throw error(from: result, sql: description)
+            throw failure(from: result, sql: description)
         }
+    }
+
+    /// The error a failed statement throws: `InterruptedError` when a signal cancelled it; for a lock
+    /// timeout, the server's error naming the sessions that held or queued the lock.
+    private func failure(from result: OpaquePointer?, sql: String) -> Error {
+        let failure = error(from: result, sql: sql)
+        if Interruption.isRequested { return Interruption.explain(failure) }
+        if failure.sqlState == PostgresError.lockNotAvailable {
+            return failure.with(blockingSessions: LockBlockers.describe(target: target, excluding: [backendPID]))
+        }
+        return failure
     }
 
     private func brokenConnection(_ handle: OpaquePointer, during sql: String) -> PostgresError {
@@ -239,7 +285,7 @@ public final class PostgresConnection {
             serverHint: field(Int32(UInt8(ascii: "H"))))
     }
 
-    private static func summary(of sql: String) -> String {
+    static func summary(of sql: String) -> String {
         let words = sql.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" }).prefix(4)
         return words.joined(separator: " ")
     }
@@ -265,6 +311,47 @@ public struct PostgresNotice: Sendable, Equatable {
 /// Where a session stands with respect to a transaction block.
 public enum TransactionState: Sendable, Equatable {
     case idle, active, inTransaction, failedTransaction, unknown
+}
+
+/// libpq's cancel handle for one connection, and whether a statement is running on it.
+///
+/// Only a running statement is cancelled: a cancel request that reached an idle connection could
+/// otherwise land on the clean-up statement that comes next (a scratch database's DROP). The lock is
+/// held while `PQcancel` runs, and `PQcancel` returns once the server has signalled the backend, so a
+/// statement that ends meanwhile cannot be followed by a new one before the request was handled (an
+/// idle backend drops it).
+private final class Canceller: @unchecked Sendable {
+    // Safe: `handle` is immutable and freed only in deinit, after the interrupt hook calling
+    // `cancelRunningStatement()` was removed (`InterruptHook.remove()` waits for a running hook);
+    // `running` is only touched under `lock`.
+    private let handle: OpaquePointer
+    private let lock = NSLock()
+    private var running = 0
+
+    init(_ handle: OpaquePointer) { self.handle = handle }
+
+    deinit { PQfreeCancel(handle) }
+
+    func statementStarts() {
+        lock.lock()
+        running += 1
+        lock.unlock()
+    }
+
+    func statementEnds() {
+        lock.lock()
+        running = max(0, running - 1)
+        lock.unlock()
+    }
+
+    /// `PQcancel` (thread-safe: it opens its own socket) if a statement is running.
+    func cancelRunningStatement() {
+        lock.lock()
+        defer { lock.unlock() }
+        guard running > 0 else { return }
+        var buffer = [CChar](repeating: 0, count: 256)
+        _ = PQcancel(handle, &buffer, Int32(buffer.count))
+    }
 }
 
 extension String {

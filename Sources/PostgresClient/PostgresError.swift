@@ -20,6 +20,21 @@ public struct PostgresError: Error, CustomStringConvertible, Sendable {
     public let sqlState: String?
     public let detail: String?
     public let serverHint: String?
+    /// For a lock timeout: "blocked by …", the sessions that held or queued the lock we waited for, as
+    /// found right after (`LockBlockers`).
+    public private(set) var blockingSessions: String?
+
+    /// SQLSTATE of `lock_timeout` (and `NOWAIT`) failures.
+    public static let lockNotAvailable = "55P03"
+    /// SQLSTATE of a cancelled statement (`statement_timeout`, `PQcancel`).
+    public static let queryCanceled = "57014"
+
+    /// The same error, naming the sessions that blocked the statement.
+    public func with(blockingSessions: String?) -> PostgresError {
+        var copy = self
+        copy.blockingSessions = blockingSessions
+        return copy
+    }
 
     public init(kind: Kind, operation: String, message: String, sqlState: String? = nil,
                 detail: String? = nil, serverHint: String? = nil) {
@@ -34,6 +49,7 @@ public struct PostgresError: Error, CustomStringConvertible, Sendable {
     public var description: String {
         var text = "\(operation): \(message)"
         if let sqlState { text += " (SQLSTATE \(sqlState))" }
+        if let blockingSessions { text += "; \(blockingSessions)" }
         return text
     }
 

@@ -38,6 +38,7 @@ public struct CaptureCommand: ParsableCommand {
 
     @OptionGroup(title: "Connection") public var connection: ConnectionOptions
     @OptionGroup(title: "Repository") public var repository: RepositoryOptions
+    @OptionGroup(title: "Repository") public var encryption: EncryptionWriteOptions
 
     @Option(name: .customLong("tag"), help: ArgumentHelp("Label the backup (repeatable), e.g. nightly, pre-deploy.", valueName: "tag"))
     public var tags: [String] = []
@@ -80,7 +81,8 @@ public struct CaptureCommand: ParsableCommand {
         var configuration = LogicalCaptureConfiguration(
             target: try connection.target(), repositories: try repository.addresses(), tags: tags, release: release,
             pinned: pin, compressionLevel: compressionLevel, jobs: jobs, tools: connection.tools)
-        configuration.key = try repository.cipherKey()
+        configuration.key = try encryption.key(from: repository, writingTo: configuration.repositories)
+        configuration.lockWaitSeconds = connection.sessionLimits.lockWaitSeconds
         let result = physical ? try PhysicalCapture.run(configuration, progress: output.progress)
             : try LogicalCapture.run(configuration, progress: output.progress)
         let manifest = result.manifest
@@ -118,6 +120,7 @@ public struct WALPushCommand: ParsableCommand {
     public var path: String
 
     @OptionGroup(title: "Repository") public var repository: RepositoryOptions
+    @OptionGroup(title: "Repository") public var encryption: EncryptionWriteOptions
     @OptionGroup(title: "Configuration") public var config: ConfigOptions
 
     public init() {}
@@ -126,13 +129,13 @@ public struct WALPushCommand: ParsableCommand {
         if try config.printIfAsked(connection: nil, repository: repository) { return }
         let addresses = try repository.addresses()
         if addresses.count == 1 {
-            _ = try WALArchive.push(path: path, repository: addresses[0], key: try repository.cipherKey())
+            _ = try WALArchive.push(path: path, repository: addresses[0], key: try encryption.key(from: repository, writingTo: addresses))
             return
         }
         var failures: [String] = []
         for address in addresses {
             do {
-                _ = try WALArchive.push(path: path, repository: address, key: try repository.cipherKey())
+                _ = try WALArchive.push(path: path, repository: address, key: try encryption.key(from: repository, writingTo: [address]))
             } catch {
                 failures.append("\(address): \(RecoveryError.classify(error).message)")
             }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ProcessSignals
 import RecoveryKit
 
 /// `dbmigrate`: migrations up and down against `schema_version`.
@@ -32,20 +33,16 @@ public struct MigrateCommand: ParsableCommand {
 
         var directory: String { directoryFlag ?? (try? ConfigFile.current()?.migrationsDirectory) ?? nil ?? "migrations" }
 
-        @Option(name: .customLong("lock-wait"), help: ArgumentHelp("Seconds to wait for another dbmigrate's lock.", valueName: "seconds"))
-        public var lockWait: Double = 30
-
         public init() {}
 
         func configuration(_ connection: ConnectionOptions, release: String? = nil, perStep: Bool = false,
                            lockTimeout: String = "10s", statementTimeout: String = "15min") throws -> MigrationConfiguration {
             MigrationConfiguration(target: try connection.target(), directory: directory, release: release, perStep: perStep,
-                                   lockWaitSeconds: lockWait, lockTimeout: lockTimeout, statementTimeout: statementTimeout)
+                                   // --lock-wait (ConnectionOptions) also bounds the wait for another dbmigrate's lock; 30 s unless given.
+                                   lockWaitSeconds: Double(connection.explicitLockWaitSeconds ?? 30),
+                                   lockTimeout: lockTimeout, statementTimeout: statementTimeout)
         }
 
-        public func validate() throws {
-            guard lockWait >= 0 && lockWait <= 86_400 else { throw ValidationError("--lock-wait must be between 0 and 86400 seconds") }
-        }
     }
 
     /// Options of the commands that run SQL.
@@ -78,21 +75,14 @@ public struct MigrateCommand: ParsableCommand {
         /// `--yes` is refused (exit 2): cron and CI must say yes explicitly.
         func confirm(_ plan: MigrationPlan, destructive: Bool) throws {
             guard !yes else { return }
-            guard isatty(0) == 1 else {
-                guard destructive else { return }
-                throw RecoveryError(.usage, "dbmigrate \(plan.direction.rawValue) would revert \(plan.steps.count) version(s) and needs an explicit yes, but there is no terminal to ask on; nothing was changed",
-                                    hint: "add --yes to proceed (check the plan first with --dry-run)")
-            }
-            FileHandle.standardError.write(Data((plan.lines(includingSQL: false).joined(separator: "\n") + "\nProceed? [y/N] ").utf8))
-            guard let answer = readLine(), ["y", "yes"].contains(answer.lowercased()) else {
-                throw RecoveryError(.migrationRefused, "cancelled; nothing was changed")
-            }
+            try Confirmation.ask(plan.lines(includingSQL: false).joined(separator: "\n"),
+                                 refusal: "dbmigrate \(plan.direction.rawValue) would revert \(plan.steps.count) version(s)", required: destructive)
         }
     }
 
     static func render(_ plan: MigrationPlan, _ report: MigrationReport?, dryRun: Bool, output: OutputOptions) throws {
         struct Result: Encodable { var plan: MigrationPlan; var report: MigrationReport? }
-        if output.json { return try printJSON(Result(plan: plan, report: report)) }
+        if output.json { return try printJSON(Result(plan: plan.shown, report: report)) }
         if dryRun {
             print(plan.lines(includingSQL: true).joined(separator: "\n"))
             return

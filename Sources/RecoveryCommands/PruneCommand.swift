@@ -15,7 +15,7 @@ public struct PruneCommand: ParsableCommand {
 
         Examples:
           dbprune --repo /var/backups/app --dry-run      # what would go, and which rule keeps the rest
-          dbprune --repo /var/backups/app                # nightly, after dbbackup
+          dbprune --repo /var/backups/app --yes          # nightly, after dbbackup (no terminal: --yes needed)
           dbprune --repo /var/backups/app --policy /etc/dbrecovery/retention.toml --json
         """)
 
@@ -26,6 +26,9 @@ public struct PruneCommand: ParsableCommand {
 
     @Flag(name: .customLong("dry-run"), help: "Print the plan and change nothing.")
     var dryRun = false
+
+    @Flag(name: [.short, .long], help: "Delete without asking (needed when stdin is not a terminal: cron, scripts).")
+    var yes = false
 
     @Flag(name: .customLong("apply-lifecycle"), help: "S3 only: write the equivalent bucket lifecycle rule for this prefix (with --dry-run: show the difference only).")
     var applyLifecycle = false
@@ -71,7 +74,13 @@ public struct PruneCommand: ParsableCommand {
         }
         var reports: [PruneReport] = []
         for address in addresses {
-            reports.append(try Pruner.run(PruneConfiguration(repository: address, policy: policy, dryRun: dryRun, now: now), progress: output.progress))
+            let confirm: ((PruneReport) throws -> Void)? = yes ? nil : { plan in
+                let deletions = "\(plan.deleted) backup(s), \(plan.garbage.filter { $0.action == "delete" }.count) garbage folder(s) and \(plan.wal.delete.count) WAL file(s)"
+                try Confirmation.ask("dbprune will delete \(deletions) from \(plan.repository) (dbprune --dry-run lists them)",
+                                     refusal: "dbprune would delete \(deletions) from \(plan.repository)")
+            }
+            reports.append(try Pruner.run(PruneConfiguration(repository: address, policy: policy, dryRun: dryRun, now: now, confirm: confirm),
+                                          progress: output.progress))
         }
         if output.json {
             if reports.count == 1 { try printJSON(reports[0]) } else { try printJSON(reports) }
@@ -102,6 +111,10 @@ public struct PruneCommand: ParsableCommand {
         if report.wal.kept + report.wal.delete.count > 0 || report.wal.oldestNeeded != nil {
             output.note("WAL: \(report.wal.note); \(dryRun ? "would delete" : "deleted") \(report.wal.delete.count), kept \(report.wal.kept)")
         }
+        for item in report.beingRead {
+            output.note("kept backup \(item) (a restore is streaming it; the next dbprune deletes it)")
+        }
+        for note in report.notes { output.note(note) }
         for problem in report.unverified {
             output.note("warning: backup \(problem) — kept only if a rule keeps it; dbverify --files tells more")
         }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ProcessSignals
 import RecoveryKit
 
 /// `dbrestore`: verified restores, emergency restores, drills, and the backup listing.
@@ -17,10 +18,11 @@ public struct RestoreCommand: ParsableCommand {
           dbrestore --emergency                      # 3 a.m.: no questions, newest backup that verifies
           dbrestore --emergency --release v1.2.3     # newest good backup taken at that release
           dbrestore --drill --json                   # monthly restore drill from cron
+          dbrestore cleanup --dry-run                # old <db>_pre_restore_<time> copies that would be dropped (--yes drops them)
           dbrestore --pitr --pgdata /srv/pg/restored --target-time '2024-01-15 10:00:00' --port 5433 --start
           restore_command = 'dbrestore wal-fetch %f %p --repo /var/backups/app'      (written by --pitr)
         """,
-        subcommands: [RestoreBackupCommand.self, ListCommand.self, WALFetchCommand.self],
+        subcommands: [RestoreBackupCommand.self, ListCommand.self, CleanupCommand.self, WALFetchCommand.self],
         defaultSubcommand: RestoreBackupCommand.self)
 
     public init() {}
@@ -42,6 +44,12 @@ public struct RestoreBackupCommand: ParsableCommand {
         why, prints a timeline and writes an incident record (JSON) to --incident-file or \
         <repo>/incidents/.
         --drill: restore into a scratch database, verify, drop it; reports the time taken (your RTO).
+        --emergency and --drill skip a backup that fails in any way of its own (unreadable, invalid \
+        manifest, replay error, row counts that differ) and try the next older one.
+
+        The restored database gets the backup's encoding, locale, owner, privileges, comment, settings \
+        and connection limit. Sessions on the target that do not end within --swap-timeout stop the \
+        swap; the target is left unchanged and open.
         """)
 
     @Argument(help: ArgumentHelp("Backup id, unique id prefix, or 'latest'.", valueName: "backup"))
@@ -98,6 +106,9 @@ public struct RestoreBackupCommand: ParsableCommand {
     @Option(name: .customLong("jobs"), help: ArgumentHelp("Connections that load rows and build indexes at once (default: cores).", valueName: "n"))
     public var jobs = ProcessInfo.processInfo.activeProcessorCount
 
+    @Option(name: .customLong("swap-timeout"), help: ArgumentHelp("Seconds to wait for sessions on the target to end at the swap.", valueName: "seconds"))
+    public var swapTimeout = 30
+
     @OptionGroup(title: "Configuration") public var config: ConfigOptions
 
     @OptionGroup(title: "Output") public var output: OutputOptions
@@ -106,6 +117,7 @@ public struct RestoreBackupCommand: ParsableCommand {
 
     public func validate() throws {
         guard (1...64).contains(jobs) else { throw ValidationError("--jobs \(jobs) must be between 1 and 64") }
+        guard (1...3600).contains(swapTimeout) else { throw ValidationError("--swap-timeout \(swapTimeout) must be between 1 and 3600 seconds") }
         let targets = [targetTime, targetLSN, targetName, target].compactMap { $0 }
         if pitr {
             guard pgdata != nil else { throw ValidationError("--pitr needs --pgdata DIR, the data directory to restore into") }
@@ -150,12 +162,13 @@ public struct RestoreBackupCommand: ParsableCommand {
     private func runPITR() throws {
         let recoveryTarget: RecoveryTarget = targetTime.flatMap(Self.parseTime).map { .time($0) }
             ?? targetLSN.flatMap(WALSegmentName.parseLSN).map { .lsn($0) } ?? targetName.map { .name($0) } ?? .latest
-        let executable = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
+        let executable = PointInTimeRestore.runningExecutable()
         let directory = pgdata.map { $0.hasPrefix("/") ? $0 : FileManager.default.currentDirectoryPath + "/" + $0 } ?? ""
         var configuration = PITRConfiguration(repository: try repository.address(), dataDirectory: directory, target: recoveryTarget,
                                               port: port, start: start, moveAside: moveAside, tools: connection.tools,
                                               connection: try connection.target(), dbrestorePath: executable)
         configuration.key = try repository.cipherKey()
+        configuration.keyFile = repository.encryptionKeyFile
         let plan = try PointInTimeRestore.plan(configuration)
         if dryRun {
             if output.json { try printJSON(plan) } else { print(plan.lines.joined(separator: "\n")) }
@@ -186,23 +199,23 @@ public struct RestoreBackupCommand: ParsableCommand {
             mode: mode, target: try connection.target(), repositories: try repository.addresses(), backup: backup ?? "latest",
             release: release, dryRun: dryRun, jobs: jobs, incidentFile: incidentFile)
         configuration.key = try repository.cipherKey()
+        configuration.swapTimeout = TimeInterval(swapTimeout)
+        configuration.tools = connection.tools   // --pg-bin / PG_BIN: the pg_dump that fingerprints the restored schema
         let timeline = output.timeline()
         let plan = try LogicalRestore.plan(configuration, timeline: timeline)
         if dryRun {
             if output.json { try printJSON(plan) } else { print(plan.lines.joined(separator: "\n")) }
             return
         }
-        if mode == .normal && !yes && isatty(0) == 1 {
-            FileHandle.standardError.write(Data((plan.lines.joined(separator: "\n") + "\nProceed? [y/N] ").utf8))
-            guard let answer = readLine(), ["y", "yes"].contains(answer.lowercased()) else {
-                throw RecoveryError(.restoreFailed, "restore cancelled; nothing was changed")
-            }
+        if mode == .normal && !yes {
+            // Destructive without an explicit yes only at a terminal; never from cron, ssh without a tty or CI.
+            try Confirmation.ask(plan.lines.joined(separator: "\n"), refusal: "dbrestore would replace database \(plan.targetDatabase) with backup \(plan.backupID)")
         } else if !output.json {
             plan.skipped.forEach { output.note("skipped backup \($0.id): \($0.reason)") }
         }
         let report = try LogicalRestore.execute(plan, configuration, timeline: timeline, progress: output.progress)
         output.succeeded(["restore_duration_seconds": report.durationSeconds, "restore_verified_tables": Double(report.verification?.tables.count ?? 0)],
-                         summary: "\(report.outcome) from backup \(plan.backupID) in \(String(format: "%.1f", report.durationSeconds)) s")
+                         summary: "\(report.outcome) from backup \(report.plan.backupID) in \(String(format: "%.1f", report.durationSeconds)) s")
         if output.json {
             try printJSON(report)
             return
@@ -210,12 +223,17 @@ public struct RestoreBackupCommand: ParsableCommand {
         let seconds = String(format: "%.1f", report.durationSeconds)
         switch mode {
         case .drill:
-            print("drill passed: backup \(plan.backupID) restored and verified (\(report.verification?.tables.count ?? 0) tables) in \(seconds) s; scratch database dropped")
+            print("drill passed: backup \(report.plan.backupID) restored and verified (\(report.verification?.tables.count ?? 0) tables) in \(seconds) s; scratch database dropped")
         default:
-            var line = "restored \(plan.targetDatabase) from backup \(plan.backupID) in \(seconds) s; row counts verified"
-            if configuration.repositories.count > 1 { line += "; read from \(plan.repository)" }
-            if let kept = plan.keptAs { line += "; previous database kept as \(kept)" }
+            var line = "restored \(plan.targetDatabase) from backup \(report.plan.backupID) in \(seconds) s; row counts verified"
+            if configuration.repositories.count > 1 { line += "; read from \(report.plan.repository)" }
+            if let kept = report.plan.keptAs { line += "; previous database kept as \(kept)" }
             print(line)
+            let copies = report.plan.preRestoreCopies
+            if copies > 0 {
+                output.note("\(copies) pre-restore cop\(copies == 1 ? "y" : "ies") of \(plan.targetDatabase) exist\(copies == 1 ? "s" : ""), holding "
+                            + "\(ByteCount.format(UInt64(max(0, report.plan.preRestoreBytes)))); dbrestore cleanup drops old ones")
+            }
             if let incident = report.incidentFile { print("incident record: \(incident)") }
         }
     }
@@ -264,6 +282,92 @@ public struct ListCommand: ParsableCommand {
     }
 }
 
+/// `dbrestore cleanup`: drop old pre-restore copies.
+public struct CleanupCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "cleanup",
+        abstract: "Drop old <db>_pre_restore_<time> copies that earlier restores kept (only those dbrestore marked).",
+        discussion: """
+        Every restore keeps the database it replaced as <db>_pre_restore_<time>. This keeps the newest \
+        --keep copies and any younger than --keep-within, and drops the rest. Only databases dbrestore \
+        marked as its own pre-restore copies are considered, never a name that merely looks like one. \
+        Scratch databases of killed restores are dropped and a target a killed swap left closed is \
+        reopened first. Defaults: [restore] keep_pre_restore and keep_pre_restore_within in the \
+        config file, else 1 and 7d.
+
+        Examples:
+          dbrestore cleanup --database-url postgresql://postgres@db1/app --dry-run
+          dbrestore cleanup --keep 2 --keep-within 14d --yes --json
+        """)
+
+    @OptionGroup(title: "Connection") public var connection: ConnectionOptions
+
+    @Option(help: ArgumentHelp("Keep this many of the newest copies.", valueName: "n"))
+    public var keep: Int?
+
+    @Option(name: .customLong("keep-within"), help: ArgumentHelp("Also keep copies younger than this (h, d or w, e.g. 7d).", valueName: "age"))
+    public var keepWithin: String?
+
+    @Flag(name: .customLong("dry-run"), help: "Show what would be dropped; change nothing.")
+    public var dryRun = false
+
+    @Flag(name: [.short, .long], help: "Drop them: cleanup drops databases only when told so.")
+    public var yes = false
+
+    @OptionGroup(title: "Output") public var output: OutputOptions
+    @OptionGroup(title: "Configuration") public var config: ConfigOptions
+
+    public init() {}
+
+    public func validate() throws {
+        if !dryRun && !yes && !config.printConfig {
+            throw ValidationError("dbrestore cleanup drops databases: add --yes to drop the old pre-restore copies, or --dry-run to see which it would drop")
+        }
+        if let keep, !(0...1000).contains(keep) { throw ValidationError("--keep \(keep) must be between 0 and 1000") }
+        if let keepWithin, Self.age(keepWithin) == nil { throw ValidationError("--keep-within '\(keepWithin)' is not an age; write e.g. 36h, 7d or 2w") }
+    }
+
+    static func age(_ text: String) -> RetentionDuration? {
+        text.count <= 6 ? RetentionDuration.parse(text) : nil
+    }
+
+    public func run() throws {
+        if try config.printIfAsked(connection: connection, repository: nil) { return }
+        output.begin("dbrestore", labels: ["mode": "cleanup"])
+        let file = try ConfigFile.current()
+        let within: RetentionDuration?
+        if let text = keepWithin ?? file?.keepPreRestoreWithin {
+            guard let parsed = Self.age(text) else {
+                throw RecoveryError(.configuration, "[restore] keep_pre_restore_within '\(text)' is not an age", hint: "write e.g. 36h, 7d or 2w")
+            }
+            within = parsed
+        } else {
+            within = PreRestoreCleanupConfiguration.defaultKeepWithin
+        }
+        let configuration = PreRestoreCleanupConfiguration(target: try connection.target(),
+                                                           keep: keep ?? file?.keepPreRestore ?? PreRestoreCleanupConfiguration.defaultKeep,
+                                                           keepWithin: within, dryRun: dryRun)
+        let report = try PreRestoreCleanup.run(configuration)
+        output.succeeded(["cleanup_dropped_bytes": Double(report.droppedBytes)], summary: "\(report.copies.count) pre-restore copies")
+        if output.json { return try printJSON(report) }
+        report.repairs.forEach { output.note($0) }
+        guard !report.copies.isEmpty else {
+            output.note("no pre-restore copies of \(report.database)")
+            return
+        }
+        var table = TextTable("DATABASE", "SET ASIDE (UTC)", "SIZE", "ACTION", "WHY")
+        for copy in report.copies {
+            table.add(copy.name, copy.setAsideAt.map { String(Timestamp.format($0).prefix(19)).replacingOccurrences(of: "T", with: " ") } ?? "-",
+                      ByteCount.format(UInt64(max(0, copy.sizeBytes))), copy.action.rawValue, copy.reason)
+        }
+        print(table.rendered)
+        if let failed = report.copies.first(where: { $0.action == .failed }) {
+            throw RecoveryError(.databaseError, "could not drop \(failed.name): \(failed.reason)",
+                                hint: "end the sessions connected to it and run dbrestore cleanup again")
+        }
+    }
+}
+
 /// `dbrestore wal-fetch <name> <path>`: PostgreSQL's `restore_command`.
 public struct WALFetchCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
@@ -275,15 +379,33 @@ public struct WALFetchCommand: ParsableCommand {
         recovery rather than ending it early).
         """)
 
-    @Argument(help: ArgumentHelp("WAL file name (%f).", valueName: "name")) public var name: String
-    @Argument(help: ArgumentHelp("Where PostgreSQL wants it (%p).", valueName: "path")) public var path: String
+    @Argument(help: ArgumentHelp("WAL file name (%f).", valueName: "name")) public var name: String?
+    @Argument(help: ArgumentHelp("Where PostgreSQL wants it (%p).", valueName: "path")) public var path: String?
     @OptionGroup(title: "Repository") public var repository: RepositoryOptions
     @OptionGroup(title: "Configuration") public var config: ConfigOptions
+    /// Anything else on the line (an unquoted path split at a space, a misspelt flag), refused in validate().
+    @Argument(parsing: .allUnrecognized, help: .hidden) var unexpected: [String] = []
 
     public init() {}
 
+    /// A usage error here exits 126, not 2: PostgreSQL reads any code below 126 from restore_command
+    /// as "not in the archive" and may end recovery early at a segment that does exist. (Checked in
+    /// run(), since errors from validate() are re-coded by the argument parser.)
+    func refuseUsageErrors() throws {
+        if !unexpected.isEmpty {
+            throw RecoveryError(.walFetchFailed, "unexpected arguments \(unexpected.map { "'\($0)'" }.joined(separator: " ")); recovery must stop here",
+                                hint: "shell-quote every value in restore_command (dbrestore --pitr writes it quoted)")
+        }
+        if !config.printConfig && (name == nil || path == nil) {
+            throw RecoveryError(.walFetchFailed, "wal-fetch needs the WAL file name and the destination path; recovery must stop here",
+                                hint: "restore_command = 'dbrestore wal-fetch %f %p --repo …'")
+        }
+    }
+
     public func run() throws {
+        try refuseUsageErrors()
         if try config.printIfAsked(connection: nil, repository: repository) { return }
+        guard let name, let path else { return }   // refuseUsageErrors() refused this already
         let found: Bool
         do {
             found = try WALArchive.fetch(name: name, destination: path, repository: try repository.address(), key: try repository.cipherKey())

@@ -1,4 +1,5 @@
 import ArgumentParser
+import BackupStorage
 import Foundation
 import PostgresClient
 import RecoveryKit
@@ -16,14 +17,34 @@ public struct ConnectionOptions: ParsableArguments {
         valueName: "dir"))
     public var pgBin: String?
 
+    @Option(name: .customLong("lock-wait"), help: ArgumentHelp(
+        "Longest wait for a lock another session holds, e.g. 90s, 5m, 1h (default: 5m); then fail naming that session.",
+        valueName: "duration"))
+    public var lockWait: String?
+
     public init() {}
 
+    /// Refuses a `--lock-wait` that is not a duration (exit 2, naming the flag and the form it takes).
+    public func validate() throws {
+        if let lockWait, SessionLimits.parseDuration(lockWait) == nil {
+            throw ValidationError("--lock-wait '\(lockWait)' is not a duration: write 90s, 5m or 1h (1 second to 7 days)")
+        }
+    }
+
+    /// `lock_timeout` (from `--lock-wait`) and `statement_timeout` for every session the tool opens.
+    public var sessionLimits: SessionLimits {
+        SessionLimits(lockWaitSeconds: explicitLockWaitSeconds ?? SessionLimits.defaultLockWaitSeconds)
+    }
+
+    /// `--lock-wait` in seconds, when given.
+    public var explicitLockWaitSeconds: Int? { lockWait.flatMap(SessionLimits.parseDuration) }
+
     /// The connection target from the flag, then `DATABASE_URL`, then the config file, then libpq's
-    /// own defaults (PG* variables, ~/.pgpass).
+    /// own defaults (PG* variables, ~/.pgpass); with the session limits in its options.
     public func target() throws -> ConnectionTarget {
         let text = try databaseURLSetting().value
         do {
-            return try ConnectionTarget(text)
+            return sessionLimits.applied(to: try ConnectionTarget(text))
         } catch {
             throw RecoveryError.classify(error)
         }
@@ -121,6 +142,32 @@ public struct RepositoryOptions: ParsableArguments {
             ResolvedSetting.resolve("s3.region", flag: s3Region, flagName: "--s3-region", environment: ["AWS_REGION", "AWS_DEFAULT_REGION"],
                                     file: config?.s3Region, filePath: config?.path, fileKey: "[s3] region"),
         ]
+    }
+}
+
+/// `--allow-mixed-encryption`, for the commands that store data (dbbackup, wal-push).
+public struct EncryptionWriteOptions: ParsableArguments {
+    @Flag(name: .customLong("allow-mixed-encryption"), help: ArgumentHelp(
+        "Store plaintext in a repository that holds encrypted backups, or encrypted data in a plaintext one (refused otherwise)."))
+    public var allowMixedEncryption = false
+
+    public init() {}
+
+    /// The key to write with, once every repository written to has been checked to hold data of
+    /// the same kind (encrypted with this key, or plaintext), unless `--allow-mixed-encryption`.
+    ///
+    /// - Throws: `RecoveryError(.usage)` naming the repository and the mismatch.
+    public func key(from repository: RepositoryOptions, writingTo addresses: [String]) throws -> RepositoryKey? {
+        let key = try repository.cipherKey()
+        for address in addresses {
+            do {
+                try RepositoryEncryption.checkWrite(to: try Repository.open(address, create: true), key: key, allowMixed: allowMixedEncryption)
+            } catch is StorageError {
+                // Unreachable or unwritable: the capture meets the same failure and handles it per
+                // repository (the others still get the backup, exit 50), so it is not decided here.
+            }
+        }
+        return key
     }
 }
 

@@ -3,12 +3,15 @@ import BackupStorage
 import Foundation
 import Gzip
 import PostgresClient
+import ProcessSignals
 import RecoveryKit
 
 extension ParsableCommand {
     /// Parses the command line, runs the command and exits with a code from the `ExitStatus` table.
     ///
     /// Errors are printed as one line, `<tool>: error: <message>`, followed by `HINT: <what to do>`.
+    /// SIGINT, SIGTERM and SIGHUP stop the run through its error paths (clean-up included) and exit 130;
+    /// a second one exits 130 at once.
     public static func runAsTool(_ arguments: [String]? = nil) -> Never {
         // A dead pipe to pg_dump or psql must surface as EPIPE, not kill us silently.
         signal(SIGPIPE, SIG_IGN)
@@ -25,6 +28,8 @@ extension ParsableCommand {
             _ = mallopt(-3, 128 * 1024)   // M_MMAP_THRESHOLD
         }
         #endif
+        // Before the command starts any thread or child; after mallopt, so the signal thread's arena counts.
+        Interruption.installSignalHandlers(tool: configuration.commandName ?? "dbrecovery")
         let code = runReturningCode(arguments, standardError: FileHandle.standardError)
         Glibc.exit(code)
     }
@@ -39,28 +44,47 @@ extension ParsableCommand {
         } else if let inline = argv.first(where: { $0.hasPrefix("--config=") }) {
             setenv("DBRECOVERY_CONFIG", String(inline.dropFirst("--config=".count)), 1)
         }
+        var command: ParsableCommand
         do {
-            var command = try parseAsRoot(arguments)
+            command = try parseAsRoot(arguments)
+        } catch {
+            return reportParserError(error, tool: tool, standardError: standardError)
+        }
+        do {
             try command.run()
             return ExitStatus.success.rawValue
-        } catch let error where error is RecoveryError || error is PostgresError || error is StorageError || error is GzipError {
-            let classified = RecoveryError.classify(error)
+        } catch let error where isArgumentParserError(error) {
+            // `--help` and `help` parse into a HelpCommand whose run() throws the help request.
+            return reportParserError(error, tool: tool, standardError: standardError)
+        } catch {
+            // Every other error reaches the exit-code table, with its own message and a hint.
+            let classified = RecoveryError.classify(error).withCleanupSummary()
             RunReporter.current?.failed(classified)
             var text = "\(tool): error: \(classified.message)\n"
-            if let hint = classified.hint { text += "HINT: \(hint)\n" }
+            text += "HINT: \(classified.hint ?? classified.code.defaultHint)\n"
             standardError.write(Data(text.utf8))
             return classified.code.rawValue
-        } catch {
-            let parserCode = exitCode(for: error)
-            if parserCode == ArgumentParser.ExitCode.success {
-                print(fullMessage(for: error))
-                return ExitStatus.success.rawValue
-            }
-            var message = message(for: error)
-            if message.hasPrefix("Error: ") { message.removeFirst("Error: ".count) }
-            standardError.write(Data("\(tool): error: \(message)\nHINT: \(tool) --help shows every option with examples\n".utf8))
-            return parserCode == ArgumentParser.ExitCode.validationFailure ? ExitStatus.usage.rawValue : parserCode.rawValue
         }
+    }
+
+    /// Whether swift-argument-parser threw `error` (a help request, a validation failure, a clean exit),
+    /// as opposed to the command's own work.
+    private static func isArgumentParserError(_ error: Error) -> Bool {
+        error is ValidationError || error is CleanExit || error is ArgumentParser.ExitCode
+            || String(reflecting: type(of: error)).hasPrefix("ArgumentParser.")
+    }
+
+    /// Prints an argument-parser error (or `--help`) and returns its exit code: usage errors are 2.
+    private static func reportParserError(_ error: Error, tool: String, standardError: FileHandle) -> Int32 {
+        let parserCode = exitCode(for: error)
+        if parserCode == ArgumentParser.ExitCode.success {
+            print(fullMessage(for: error))
+            return ExitStatus.success.rawValue
+        }
+        var message = message(for: error)
+        if message.hasPrefix("Error: ") { message.removeFirst("Error: ".count) }
+        standardError.write(Data("\(tool): error: \(message)\nHINT: \(tool) --help shows every option with examples\n".utf8))
+        return parserCode == ArgumentParser.ExitCode.validationFailure ? ExitStatus.usage.rawValue : parserCode.rawValue
     }
 }
 

@@ -9,24 +9,44 @@ public struct VerifyCommand: ParsableCommand {
         commandName: "dbverify",
         abstract: "Check a database against a backup's manifest, or a backup's files against their checksums.",
         discussion: """
-        Without --files: counts every table's rows in the live database and compares them with the \
+        Without --files or --schema (--rows): counts every table's rows in the live database and compares them with the \
         counts recorded in the backup's own snapshot. Exit 0 when all match, 30 on any difference, \
-        missing or extra table.
+        missing or extra table. Without a backup id: the backup the database was restored from, when \
+        dbrestore put it in place, else the newest.
         With --files: re-reads the stored files, checks size, sha256 and the whole gzip stream. No \
         database needed. Exit 23 if any file is damaged.
+        With --schema: runs pg_dump --schema-only on the live database and compares it, object by \
+        object, with the schema fingerprint the backup recorded in its own snapshot. Exit 30 and the \
+        differing objects (missing, extra, changed) on any difference.
 
         Examples:
+          dbverify --database-url postgresql://postgres@db1/app --repo /var/backups/app   # after dbrestore <id>: checks <id>
           dbverify latest --database-url postgresql://postgres@db1/app --repo /var/backups/app
           dbverify 20261124T020000Z-3fa2 --json
           dbverify --files latest --repo /var/backups/app
           dbverify --files all            # every backup in the repository
+          dbverify --schema latest        # has the schema drifted since the last backup?
         """)
 
-    @Argument(help: ArgumentHelp("Backup id, unique id prefix, 'latest', or with --files also 'all'.", valueName: "backup"))
-    public var backup: String = "latest"
+    @Argument(help: ArgumentHelp("Backup id, unique id prefix, 'latest', or with --files also 'all' (default: the backup the database was restored from, else latest).",
+                                 valueName: "backup"))
+    public var backup: String?
 
-    @Flag(help: "Check the stored files (size, sha256, gzip stream) instead of a database.")
-    public var files = false
+    /// What `dbverify` checks: one mode per run.
+    public enum Check: String, EnumerableFlag {
+        case rows, files, schema
+
+        public static func help(for value: Check) -> ArgumentHelp? {
+            switch value {
+            case .rows: return "Compare the live database's row counts with the backup's."
+            case .files: return "Check the stored files (size, sha256, gzip stream) instead of a database."
+            case .schema: return "Compare the live database's schema (pg_dump --schema-only) with the backup's schema fingerprint."
+            }
+        }
+    }
+
+    @Flag public var check: Check = .rows
+    var files: Bool { check == .files }
 
     @OptionGroup(title: "Connection") public var connection: ConnectionOptions
     @OptionGroup(title: "Repository") public var repository: RepositoryOptions
@@ -41,10 +61,11 @@ public struct VerifyCommand: ParsableCommand {
 
     public func run() throws {
         if try config.printIfAsked(connection: files ? nil : connection, repository: repository) { return }
-        output.begin("dbverify", labels: ["check": files ? "files" : "rows"])
+        output.begin("dbverify", labels: ["check": check.rawValue])
         let address = try repository.address()
+        if check == .schema { return try runSchema(repository: address) }
         if files {
-            let reports = try BackupVerification.files(repository: address, backup: backup, key: try repository.cipherKey(), progress: output.progress)
+            let reports = try BackupVerification.files(repository: address, backup: backup ?? "latest", key: try repository.cipherKey(), progress: output.progress)
             if output.json { try printJSON(reports) } else {
                 var table = TextTable("BACKUP", "FILE", "STATUS")
                 for report in reports {
@@ -67,6 +88,7 @@ public struct VerifyCommand: ParsableCommand {
         }
         let report = try BackupVerification.rowCounts(repository: address, backup: backup, target: try connection.target())
         if output.json { try printJSON(report) } else {
+            if let basis = report.basis { output.note("comparing \(report.database) with backup \(report.backupID) (\(basis))") }
             var table = TextTable("TABLE", "EXPECTED", "ACTUAL", "STATUS")
             for row in report.tables {
                 let status = row.status == .mismatch ? "MISMATCH (\(row.difference.map { $0 > 0 ? "+\($0)" : "\($0)" } ?? ""))"
@@ -80,6 +102,25 @@ public struct VerifyCommand: ParsableCommand {
                                 hint: "if this follows a restore, restore again; otherwise the data changed since the backup")
         }
         output.succeeded(["verify_ok": 1, "verify_tables": Double(report.tables.count)], summary: report.summary)
+        if !output.json { output.note("\(report.database) matches backup \(report.backupID): \(report.summary)") }
+    }
+
+    /// `--schema`: the live database's schema against the backup's fingerprint.
+    private func runSchema(repository address: String) throws {
+        let report = try SchemaVerifier.verify(repository: address, backup: backup, target: try connection.target(), tools: connection.tools)
+        if output.json { try printJSON(report) } else if !report.ok {
+            var table = TextTable("CHANGE", "TYPE", "SCHEMA", "NAME")
+            for difference in report.differences {
+                table.add(difference.change.rawValue.uppercased(), difference.type, difference.schema, difference.name)
+            }
+            print(table.rendered)
+        }
+        guard report.ok else {
+            throw RecoveryError(.verificationMismatch, "schema of \(report.database) does not match backup \(report.backupID): \(report.summary)",
+                                hint: (report.versionNote.map { $0 + "; " } ?? "")
+                                    + "if this follows a restore, restore again; otherwise the schema changed since the backup")
+        }
+        output.succeeded(["verify_ok": 1, "verify_schema_objects": Double(report.actualObjects)], summary: report.summary)
         if !output.json { output.note("\(report.database) matches backup \(report.backupID): \(report.summary)") }
     }
 }

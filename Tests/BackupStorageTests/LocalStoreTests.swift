@@ -8,6 +8,8 @@ final class LocalStoreTests: XCTestCase {
 
     override func setUpWithError() throws {
         root = NSTemporaryDirectory() + "store-\(UUID().uuidString)/repo"
+        let top = (root as NSString).deletingLastPathComponent
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: top) }
         store = try LocalStore(root: root, create: true)
     }
 
@@ -30,7 +32,7 @@ final class LocalStoreTests: XCTestCase {
     func testAbortLeavesNothing() throws {
         let writer = try store.makeWriter("backups/b/data")
         try [UInt8](repeating: 1, count: 10).withUnsafeBytes { try writer.write($0) }
-        writer.abort()
+        try writer.abort()
         XCTAssertEqual(try store.list(prefix: "").map(\.key), [])
     }
 
@@ -52,6 +54,14 @@ final class LocalStoreTests: XCTestCase {
         }
     }
 
+    /// Issue 19: a failed (aborted) write leaves no empty backup folder behind.
+    func testAnAbortedWriteLeavesNoEmptyFolder() throws {
+        let writer = try store.makeWriter("backups/20260101T000000Z-gone/dump.sql.gz")
+        try Data([1, 2, 3]).withUnsafeBytes { try writer.write($0) }
+        try writer.abort()
+        XCTAssertFalse(FileManager.default.fileExists(atPath: store.root + "/backups/20260101T000000Z-gone"))
+    }
+
     func testSecondLockFailsAndNamesTheHolder() throws {
         let first = try store.lock(holder: LockHolder(command: "dbbackup", pid: 1234, host: "db1"))
         XCTAssertThrowsError(try store.lock(holder: LockHolder(command: "dbprune"))) { error in
@@ -59,9 +69,9 @@ final class LocalStoreTests: XCTestCase {
             XCTAssertEqual(error?.kind, .locked)
             XCTAssertTrue(error?.message.contains("dbbackup (pid 1234 on db1") ?? false, error?.message ?? "")
         }
-        first.release()
+        try first.release()
         let second = try store.lock(holder: LockHolder(command: "dbprune"))
-        second.release()
+        try second.release()
     }
 
     func testRepositoryAddressesParse() throws {

@@ -40,7 +40,7 @@ final class CrashTests: XCTestCase {
         for _ in 0..<3 { XCTAssertEqual(try run("dbbackup", backupArguments).status, 0); sleep(1) }
         let policy = TestPaths.temporaryDirectory(prefix: "policy") + "/p.toml"
         try "[local]\nkeep_last = 1\n".write(toFile: policy, atomically: true, encoding: .utf8)
-        let killed = try run("dbprune", ["--repo", repository, "--policy", policy], crashAt: "prune:between-deletes")
+        let killed = try run("dbprune", ["--yes", "--repo", repository, "--policy", policy], crashAt: "prune:between-deletes")
         XCTAssertEqual(killed.status, 128 + SIGKILL)
         let store = try LocalStore(root: repository, create: false)
         let entries = try Catalog(store: store).entries()
@@ -48,7 +48,7 @@ final class CrashTests: XCTestCase {
         for entry in entries {
             XCTAssertEqual(try TestProcess.tool("dbverify", ["--files", entry.id, "--repo", repository]).status, 0, "what still looks like a backup is one")
         }
-        let again = try run("dbprune", ["--repo", repository, "--policy", policy])
+        let again = try run("dbprune", ["--yes", "--repo", repository, "--policy", policy])
         XCTAssertEqual(again.status, 0, again.standardError)
         XCTAssertEqual(try Catalog(store: store).entries().count, 1)
     }

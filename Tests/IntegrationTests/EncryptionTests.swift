@@ -1,3 +1,4 @@
+import BackupStorage
 import Foundation
 import RecoveryKit
 import TestSupport
@@ -82,5 +83,42 @@ final class EncryptionTests: XCTestCase {
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: work + "/out")), bytes)
         let withoutKey = try TestProcess.tool("dbrestore", ["wal-fetch", "000000010000000000000007", work + "/out2", "--repo", repository])
         XCTAssertEqual(withoutKey.status, ExitStatus.walFetchFailed.rawValue, "a missing key must stop recovery, not end it")
+    }
+
+    /// Issue 16 E8: a repository that holds encrypted backups refuses plaintext (backup and
+    /// wal-push) without --allow-mixed-encryption, and a plaintext one refuses encrypted data.
+    func testEncryptedRepositoryRefusesPlaintextAndTheReverse() throws {
+        let cluster = try PostgresCluster.shared()
+        let database = try cluster.createDatabase(prefix: "mixed")
+        try cluster.connect(database: database).execute(script: "CREATE TABLE t AS SELECT generate_series(1, 10) g")
+        let work = TestPaths.temporaryDirectory(prefix: "mixed")
+        let keyFile = work + "/k"
+        try "mixed-key-material-0123456789".write(toFile: keyFile, atomically: true, encoding: .utf8)
+        let otherKey = work + "/other"
+        try "another-key-material-987654321".write(toFile: otherKey, atomically: true, encoding: .utf8)
+        let segment = work + "/000000010000000000000003"
+        try Data((0..<50_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }).write(to: URL(fileURLWithPath: segment))
+        let url = cluster.url(database: database)
+
+        let encrypted = work + "/encrypted"
+        XCTAssertEqual(try TestProcess.tool("dbbackup", ["--database-url", url, "--repo", encrypted, "--encryption-key-file", keyFile], cluster: cluster).status, 0)
+        for (arguments, what) in [(["--database-url", url, "--repo", encrypted], "backup"), (["wal-push", segment, "--repo", encrypted], "wal-push"),
+                                  (["--database-url", url, "--repo", encrypted, "--encryption-key-file", otherKey], "backup with another key")] {
+            let refused = try TestProcess.tool("dbbackup", arguments, cluster: cluster)
+            XCTAssertEqual(refused.status, ExitStatus.usage.rawValue, "\(what): \(refused.standardError)")
+            XCTAssertTrue(refused.standardError.contains("--allow-mixed-encryption"), refused.standardError)
+        }
+        XCTAssertEqual(try Catalog(store: try LocalStore(root: encrypted, create: false)).entries().count, 1, "a refused backup stored nothing")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: encrypted + "/wal"), "a refused wal-push stored nothing")
+        XCTAssertEqual(try TestProcess.tool("dbbackup", ["wal-push", segment, "--repo", encrypted, "--allow-mixed-encryption"]).status, 0)
+
+        // Plaintext repositories, including one written before the record existed, refuse encrypted data.
+        let plain = work + "/plain"
+        XCTAssertEqual(try TestProcess.tool("dbbackup", ["--database-url", url, "--repo", plain], cluster: cluster).status, 0)
+        try FileManager.default.removeItem(atPath: plain + "/" + RepositoryEncryption.key)
+        let mixed = try TestProcess.tool("dbbackup", ["wal-push", segment, "--repo", plain, "--encryption-key-file", keyFile])
+        XCTAssertEqual(mixed.status, ExitStatus.usage.rawValue, mixed.standardError)
+        XCTAssertTrue(mixed.standardError.contains("holds unencrypted backups"), mixed.standardError)
+        XCTAssertEqual(try TestProcess.tool("dbbackup", ["--database-url", url, "--repo", plain], cluster: cluster).status, 0)
     }
 }

@@ -175,7 +175,7 @@ final class MigrationPreflightTests: XCTestCase {
         XCTAssertEqual(try migrate(["up"]).status, 0)
         let refused = try migrate(["down", "--to", "0", "--no-backup"])
         XCTAssertEqual(refused.status, ExitStatus.usage.rawValue, refused.standardError)
-        XCTAssertTrue(refused.standardError.contains("no terminal to ask on"), refused.standardError)
+        XCTAssertTrue(refused.standardError.contains("stdin is not a terminal to confirm it"), refused.standardError)
         XCTAssertTrue(refused.standardError.contains("HINT: add --yes"), refused.standardError)
         XCTAssertEqual(try cluster.scalar("SELECT to_regclass('a') IS NOT NULL", database: database), "t")
         XCTAssertEqual(try migrate(["down", "--to", "0", "--no-backup", "--dry-run"]).status, 0, "a dry run needs no yes")

@@ -131,6 +131,6 @@ final class PackagingTests: XCTestCase {
         XCTAssertGreaterThan(paths.count, 8)
         let check = try bash("cd \"$1\" && shellcheck=$2 && shift 2 && \"$shellcheck\" -x -S warning \"$@\"",
                              [TestPaths.repositoryRoot, shellcheck] + paths)
-        XCTAssertEqual(check.status, 0, check.standardOutput)
+        XCTAssertEqual(check.status, 0, check.standardOutput + check.standardError)
     }
 }

@@ -178,4 +178,57 @@ final class PointInTimeRecoveryTests: XCTestCase {
         XCTAssertEqual(gap.status, ExitStatus.backupNotFound.rawValue, gap.standardError)
         XCTAssertTrue(gap.standardError.contains(String(segments[segments.count - 2].dropLast(3))), gap.standardError)
     }
+
+    /// Issue 16 E6: the restore_command --pitr writes works wherever the tool works: dbrestore found
+    /// on PATH and run from another directory, an encrypted repository whose key came from a file,
+    /// a repository path with spaces, quotes and a percent sign.
+    func testRestoreCommandWorksFromPATHWithAKeyFileAndAnAwkwardPath() throws {
+        let parent = ownedDirectory("pitr-quoting")
+        let plain = parent + "/plain-repo"
+        // archive_command sits inside a single-quoted setting: it archives into the plain name, and
+        // the restore reads the same directory through a name that needs every kind of quoting.
+        let awkward = parent + "/it's a \"repo\" 100% done"
+        try FileManager.default.createDirectory(atPath: plain, withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: awkward, withDestinationPath: plain)
+        let keyFile = parent + "/wal key.txt"
+        try ("pitr-key-" + UUID().uuidString).write(toFile: keyFile, atomically: true, encoding: .utf8)
+        chmod(keyFile, 0o600)
+        chownToPostgres(parent)
+        let archive = "\"\(TestPaths.executable("dbbackup"))\" wal-push %p --repo \"\(plain)\" --encryption-key-file \"\(keyFile)\""
+        let cluster = try PostgresCluster(archiveCommand: archive)
+        defer { cluster.stop() }
+        let database = try cluster.createDatabase(prefix: "pitrq")
+        let connection = try cluster.connect(database: database)
+        try connection.execute(script: "CREATE TABLE items (id serial PRIMARY KEY, batch text)")
+        let base = try asOwner("dbbackup", ["--physical", "--database-url", cluster.url(database: database), "--repo", plain,
+                                            "--encryption-key-file", keyFile], cluster: cluster)
+        XCTAssertEqual(base.status, 0, base.standardError)
+        try connection.execute(script: "INSERT INTO items (batch) SELECT 'A' FROM generate_series(1, 20)")
+        try waitForArchive(connection)
+
+        // The key by value cannot reach restore_command: refused before anything is written.
+        let byValue = ownedDirectory("pitr-by-value") + "/data"
+        let refused = try asOwner("dbrestore", ["--pitr", "--pgdata", byValue, "--repo", awkward, "--target", "latest"], cluster: cluster,
+                                  environment: ["DBRECOVERY_ENCRYPTION_KEY": try String(contentsOfFile: keyFile, encoding: .utf8)])
+        XCTAssertEqual(refused.status, ExitStatus.usage.rawValue, refused.standardError)
+        XCTAssertTrue(refused.standardError.contains("--encryption-key-file"), refused.standardError)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: byValue))
+
+        // dbrestore found on PATH, started from / (argv[0] is the bare name).
+        let directory = ownedDirectory("pitr-target") + "/data"
+        let port = try freePort()
+        let quoted = ["dbrestore", "--pitr", "--pgdata", directory, "--repo", awkward, "--encryption-key-file", keyFile, "--target", "latest",
+                      "--port", String(port), "--start", "--database-url", "postgresql://postgres@127.0.0.1/postgres"]
+            .map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
+        var environment = cluster.environment
+        environment["PATH"] = TestPaths.productsDirectory + ":/usr/bin:/bin"
+        let launcher = getuid() == 0 ? ["/usr/bin/setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "/bin/sh"] : ["/bin/sh"]
+        let result = try TestProcess.run(launcher[0], Array(launcher.dropFirst()) + ["-c", "cd / && exec " + quoted], environment: environment)
+        defer { stopServer(directory) }
+        XCTAssertEqual(result.status, 0, result.standardError)
+        let settings = (try? String(contentsOfFile: directory + "/postgresql.auto.conf", encoding: .utf8)) ?? ""
+        XCTAssertTrue(settings.contains("restore_command = '''\(TestPaths.productsDirectory)"), settings)
+        XCTAssertTrue(settings.contains("--encryption-key-file"), settings)
+        XCTAssertEqual(try counts(port: port, database: database, cluster: cluster), ["A": "20"])
+    }
 }

@@ -71,7 +71,7 @@ final class PruneTests: XCTestCase {
         XCTAssertEqual(decisions.first { $0["id"] as? String == all[25] }?["kept_by"] as? [String], ["pinned"])
         XCTAssertEqual(decisions.first { $0["id"] as? String == all[0] }?["kept_by"] as? [String], ["last #1", "newest verified"])
 
-        let result = try TestProcess.tool("dbprune", ["--repo", repository])
+        let result = try TestProcess.tool("dbprune", ["--yes", "--repo", repository])
         XCTAssertEqual(result.status, 0, result.standardError)
         XCTAssertTrue(result.standardOutput.contains("last #10"), result.standardOutput)
         XCTAssertEqual(try ids(), expected)
@@ -82,7 +82,7 @@ final class PruneTests: XCTestCase {
         }
 
         // A second run has nothing left to delete.
-        let again = try TestProcess.tool("dbprune", ["--repo", repository, "--json"])
+        let again = try TestProcess.tool("dbprune", ["--yes", "--repo", repository, "--json"])
         XCTAssertEqual(again.status, 0)
         XCTAssertEqual(try ids(), expected)
     }
@@ -98,13 +98,13 @@ final class PruneTests: XCTestCase {
 
         let store = try LocalStore(root: repository, create: false)
         let lock = try store.lock(holder: LockHolder(command: "dbbackup", pid: 999, host: "db1"))
-        let locked = try TestProcess.tool("dbprune", ["--repo", repository])
+        let locked = try TestProcess.tool("dbprune", ["--yes", "--repo", repository])
         XCTAssertEqual(locked.status, ExitStatus.repositoryLocked.rawValue)
         XCTAssertTrue(locked.standardError.contains("pid 999"), locked.standardError)
         XCTAssertEqual(try ids(), all)
-        lock.release()
+        try lock.release()
 
-        let result = try TestProcess.tool("dbprune", ["--repo", repository])
+        let result = try TestProcess.tool("dbprune", ["--yes", "--repo", repository])
         XCTAssertEqual(result.status, ExitStatus.backupCorrupt.rawValue, result.standardError)
         XCTAssertTrue(result.standardError.contains(all[30]), result.standardError)
         XCTAssertEqual(Set(try ids()), Set(Array(all.prefix(11)) + [all[25], all[30]]))
@@ -114,7 +114,7 @@ final class PruneTests: XCTestCase {
         let policy = TestPaths.temporaryDirectory(prefix: "policy") + "/p.toml"
         try "[local]\nkeep_last = 2\nkeep_monthy = 3\n".write(toFile: policy, atomically: true, encoding: .utf8)
         let before = listing()
-        let result = try TestProcess.tool("dbprune", ["--repo", repository, "--policy", policy])
+        let result = try TestProcess.tool("dbprune", ["--yes", "--repo", repository, "--policy", policy])
         XCTAssertEqual(result.status, ExitStatus.configuration.rawValue)
         XCTAssertTrue(result.standardError.contains("unknown key [local] keep_monthy"), result.standardError)
         XCTAssertEqual(listing(), before)

@@ -39,6 +39,9 @@ final class RestoreFidelityTests: XCTestCase {
         XCTAssertEqual(drill.status, 0, "--drill: \(drill.standardError)")
 
         let replay = try replayWithPsql(dump)
+        // dbrestore keeps the source's database properties (issue 14.5), this setting among them, and
+        // pg_dump renders strings by it: the psql reference gets it too, as `pg_dump --create` would give it.
+        try cluster.connect().execute(script: "ALTER DATABASE \(replay) SET standard_conforming_strings = off")
         let expected = try normalisedDump(of: replay, name: "replay")
         for jobs in [1, 4] {
             let restored = "corpus_jobs\(jobs)_\(UInt32.random(in: 0...UInt32.max))"
@@ -57,6 +60,8 @@ final class RestoreFidelityTests: XCTestCase {
                 "--jobs \(jobs): indexes in the tablespace in force where they stood")
             XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM public.accounts_transfers", database: restored), "21", "--jobs \(jobs)")
             XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM public.accounts_spans", database: restored), "21", "--jobs \(jobs)")
+            XCTAssertEqual(try cluster.scalar("SHOW standard_conforming_strings", database: restored), "off",
+                           "--jobs \(jobs): the source database's own setting survives the restore")
         }
     }
 

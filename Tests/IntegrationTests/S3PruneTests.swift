@@ -62,7 +62,7 @@ final class S3PruneTests: XCTestCase {
         XCTAssertEqual(dryRun.status, 0, dryRun.standardError)
         XCTAssertEqual(try classes(), before, "--dry-run changes nothing")
 
-        let result = try TestProcess.tool("dbprune", ["--repo", repository, "--as-of", now, "--json"], environment: s3.environment())
+        let result = try TestProcess.tool("dbprune", ["--yes", "--repo", repository, "--as-of", now, "--json"], environment: s3.environment())
         XCTAssertEqual(result.status, 0, result.standardError)
         let after = try classes()
         // 120 days: past 90, and March's monthly slot goes to the newer 91-day backup.
@@ -85,7 +85,7 @@ final class S3PruneTests: XCTestCase {
         XCTAssertTrue(verify.standardOutput.contains("restore-object"), verify.standardOutput)
 
         // A second run changes nothing more (already GLACIER, nothing new to delete).
-        let again = try TestProcess.tool("dbprune", ["--repo", repository, "--as-of", now], environment: s3.environment())
+        let again = try TestProcess.tool("dbprune", ["--yes", "--repo", repository, "--as-of", now], environment: s3.environment())
         XCTAssertEqual(again.status, 0, again.standardError)
         XCTAssertEqual(try classes(), after)
     }

@@ -46,7 +46,7 @@ final class StorageFaultAndSecretTests: XCTestCase {
         let backup = try TestProcess.tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository], cluster: cluster)
         XCTAssertEqual(backup.status, ExitStatus.repositoryError.rawValue, backup.standardError)
         XCTAssertTrue(backup.standardError.contains("read-only file system"), backup.standardError)
-        let prune = try TestProcess.tool("dbprune", ["--repo", repository])
+        let prune = try TestProcess.tool("dbprune", ["--yes", "--repo", repository])
         XCTAssertEqual(prune.status, ExitStatus.repositoryError.rawValue, prune.standardError)
         // Reading still works: the DBA can restore from a repository mounted read-only.
         XCTAssertEqual(try TestProcess.tool("dbverify", ["--files", "latest", "--repo", repository]).status, 0)
@@ -68,7 +68,7 @@ final class StorageFaultAndSecretTests: XCTestCase {
 
         record(try TestProcess.tool("dbbackup", ["--json", "--metrics-file", work + "/backup.prom"], environment: environment))
         record(try TestProcess.tool("dbverify", ["latest", "--json"], environment: environment))
-        record(try TestProcess.tool("dbprune", ["--metrics-file", work + "/prune.prom"], environment: environment))
+        record(try TestProcess.tool("dbprune", ["--yes", "--metrics-file", work + "/prune.prom"], environment: environment))
         record(try TestProcess.tool("dbrestore", ["list"], environment: environment))
         record(try TestProcess.tool("dbbackup", ["--print-config"], environment: environment))
         record(try TestProcess.tool("dbrestore", ["--drill", "--metrics-file", work + "/drill.prom"], environment: environment))
@@ -101,5 +101,93 @@ final class StorageFaultAndSecretTests: XCTestCase {
             let text = (try? String(contentsOfFile: work + "/" + file, encoding: .utf8)) ?? ""
             XCTAssertFalse(text.contains(cluster.password), "\(file) holds the password")
         }
+    }
+
+    /// Issue 16 E7: a malformed connection string never reaches output (stderr, the notify event),
+    /// and `--print-config` masks the password however the URL spells it.
+    func testMalformedConnectionStringsAreNeverEchoed() throws {
+        let secret = "TopSecret" + String(UInt32.random(in: 0...UInt32.max))
+        let malformed = [
+            "postgresql://app:\(secret)@[::1/app",                      // unterminated IPv6 host: libpq quotes the whole URL
+            "postgresql://app:\(secret)%zz@db1/app",                    // bad percent-encoding: quotes the token
+            "postgresql://app@db1/app?password=\(secret)&\(secret)",      // query parameter without '='
+            "postgresql://app@db1/app?pass%77ord=\(secret)%zz",          // percent-encoded keyword, bad value
+            "host=db1 password=\(secret) \(secret)",                      // conninfo word without '='
+            "host=db1 \(secret)=x",                                      // unknown keyword (a password typed as one)
+        ]
+        let directory = TestPaths.temporaryDirectory(prefix: "hook")
+        let server = try ChildProcess(executable: "/usr/bin/env", arguments: ["python3", "-c", """
+            import http.server
+            class H(http.server.BaseHTTPRequestHandler):
+                def do_POST(self):
+                    body = self.rfile.read(int(self.headers['Content-Length']))
+                    open('\(directory)/events.json', 'ab').write(body + b"\\n")
+                    self.send_response(204); self.end_headers()
+                def log_message(self, *a): pass
+            s = http.server.HTTPServer(('127.0.0.1', 0), H)
+            print(s.server_address[1], flush=True)
+            s.serve_forever()
+            """], stdin: .null, stdout: .pipe, stderr: .null)
+        defer { server.send(SIGTERM); server.waitForExit() }
+        var port = ""
+        var byte: UInt8 = 0
+        while read(server.standardOutput, &byte, 1) == 1, byte != 10 { port.append(Character(UnicodeScalar(byte))) }
+        let repository = TestPaths.temporaryDirectory(prefix: "secretrepo") + "/repo"
+        for url in malformed {
+            let result = try TestProcess.tool("dbbackup", ["--repo", repository, "--notify-url", "http://127.0.0.1:\(port)/hook"],
+                                              environment: ["DATABASE_URL": url])
+            XCTAssertEqual(result.status, ExitStatus.usage.rawValue, "\(url): \(result.standardError)")
+            XCTAssertTrue(result.standardError.contains("invalid database URL"), result.standardError)
+            XCTAssertFalse(result.standardError.contains(secret) || result.standardOutput.contains(secret), "\(url) echoed: \(result.standardError)")
+        }
+        let events = (try? String(contentsOfFile: directory + "/events.json", encoding: .utf8)) ?? ""
+        XCTAssertEqual(events.components(separatedBy: "\"exit_code\"").count - 1, malformed.count, events)
+        XCTAssertFalse(events.contains(secret), "the notify event holds the password: \(events)")
+
+        for url in ["postgresql://app@db1/app?pass%77ord=\(secret)", "postgresql://app@db1/app?password=\(secret)",
+                    "postgresql://app:\(secret)@db1/app", "host=db1 password='\(secret) x'", "host=db1 password = \(secret)"] + malformed {
+            let printed = try TestProcess.tool("dbbackup", ["--print-config"], environment: ["DATABASE_URL": url])
+            XCTAssertEqual(printed.status, 0, printed.standardError)
+            XCTAssertFalse(printed.standardOutput.contains(secret) || printed.standardError.contains(secret), "--print-config showed \(url): \(printed.standardOutput)")
+        }
+    }
+
+    /// Issue 19: a disk full when the manifest is written (here: no inode left for it) leaves no
+    /// complete data file behind, and a failed backup leaves no empty folder. Every inode budget is
+    /// tried, from too few for anything to enough for the whole backup, so one of them runs out
+    /// exactly at the manifest.
+    func testADiskFullAtTheManifestLeavesNoDataFileAndNoEmptyFolder() throws {
+        guard getuid() == 0 else {
+            XCTFail("the disk-full test mounts a tmpfs and needs root (run the suite as root, as CI does)")
+            return
+        }
+        let cluster = try PostgresCluster.shared()
+        let database = try cluster.createDatabase(prefix: "inodes")
+        try cluster.connect(database: database).execute(script: "CREATE TABLE t AS SELECT generate_series(1, 1000) g")
+        var succeeded = false
+        var failures = 0
+        var failedAtManifest = false
+        for inodes in 4...24 where !succeeded {
+            let mountPoint = TestPaths.temporaryDirectory(prefix: "inodes")
+            XCTAssertEqual(try TestProcess.run("/bin/mount", ["-t", "tmpfs", "-o", "size=8m,nr_inodes=\(inodes)", "tmpfs", mountPoint]).status, 0)
+            defer {
+                _ = try? TestProcess.run("/bin/umount", [mountPoint])
+                try? FileManager.default.removeItem(atPath: mountPoint)
+            }
+            let repository = mountPoint + "/repo"
+            let result = try TestProcess.tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository], cluster: cluster)
+            if result.status == 0 {
+                succeeded = true
+                continue
+            }
+            failures += 1
+            failedAtManifest = failedAtManifest || result.standardError.contains("manifest.json")
+            XCTAssertEqual(result.status, ExitStatus.repositoryError.rawValue, "nr_inodes=\(inodes): \(result.standardError)")
+            let left = FileManager.default.enumerator(atPath: repository + "/backups")?.allObjects as? [String] ?? []
+            XCTAssertEqual(left, [], "nr_inodes=\(inodes): a failed backup left \(left)")
+        }
+        XCTAssertTrue(succeeded, "the largest inode budget should fit the whole backup")
+        XCTAssertGreaterThan(failures, 2)
+        XCTAssertTrue(failedAtManifest, "no inode budget ran out exactly at the manifest")
     }
 }

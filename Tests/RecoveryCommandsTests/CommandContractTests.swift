@@ -50,3 +50,35 @@ enum TestPathsForCommands {
         return url.path
     }()
 }
+
+final class ConnectionErrorContractTests: XCTestCase {
+    /// A malformed port is the operator's typo, not an unreachable server: exit 2, not 10.
+    func testAMalformedPortIsAUsageError() throws {
+        let sink = FileHandle(forWritingAtPath: "/dev/null") ?? FileHandle.standardError
+        let repository = NSTemporaryDirectory() + "port-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: repository) }
+        XCTAssertEqual(BackupCommand.runReturningCode(["--database-url", "postgresql://app@127.0.0.1:54x2/app", "--repo", repository],
+                                                      standardError: sink), ExitStatus.usage.rawValue)
+    }
+
+    func testABadLockWaitIsAUsageError() {
+        let sink = FileHandle(forWritingAtPath: "/dev/null") ?? FileHandle.standardError
+        XCTAssertEqual(BackupCommand.runReturningCode(["--lock-wait", "forever", "--repo", "/nonexistent"], standardError: sink),
+                       ExitStatus.usage.rawValue)
+    }
+}
+
+final class HelpContractTests: XCTestCase {
+    /// `--help`, `-h` and `help` print the help and exit 0 in every tool (they parse into a command
+    /// whose run() throws the help request, which must not be reported as a failure).
+    func testHelpExitsZeroInEveryTool() {
+        let sink = FileHandle(forWritingAtPath: "/dev/null") ?? FileHandle.standardError
+        for (name, command) in CommandContractTests.commands {
+            // `help` is a subcommand only where there are subcommands (elsewhere it is a positional value).
+            let requests = command.configuration.subcommands.isEmpty ? [["--help"], ["-h"]] : [["--help"], ["-h"], ["help"]]
+            for arguments in requests {
+                XCTAssertEqual(command.runReturningCode(arguments, standardError: sink), ExitStatus.success.rawValue, "\(name) \(arguments)")
+            }
+        }
+    }
+}

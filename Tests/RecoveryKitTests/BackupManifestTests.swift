@@ -78,4 +78,39 @@ final class BackupManifestTests: XCTestCase {
         XCTAssertEqual(LogicalRestore.identifier(long, suffix: "_pre_restore_20261124_020000").utf8.count, 63)
         XCTAssertEqual(LogicalRestore.identifier("app", suffix: "_x"), "app_x")
     }
+
+    /// A manifest naming a file outside its folder, an id that is a path, or no file at all is
+    /// damaged or hostile: refused like garbage JSON, so every tool reports it and goes on.
+    func testRefusesPathsOutsideTheBackupFolderAndEmptyFileLists() throws {
+        var escaping = Self.sample()
+        escaping.files[0].name = "../../etc/passwd"
+        var nested = Self.sample()
+        nested.files[0].name = "a/dump.sql.gz"
+        var badID = Self.sample(id: "../x")
+        badID.release = nil
+        var empty = Self.sample()
+        empty.files = []
+        for (manifest, expected) in [(escaping, "outside its backup folder"), (nested, "outside its backup folder"),
+                                     (badID, "invalid id"), (empty, "lists no files")] {
+            XCTAssertThrowsError(try BackupManifest.decode(try manifest.encoded(), source: "m.json")) { error in
+                let error = error as? RecoveryError
+                XCTAssertEqual(error?.code, .backupCorrupt)
+                XCTAssertTrue(error?.message.contains(expected) ?? false, error?.message ?? "")
+            }
+        }
+    }
+
+    /// Manifests written before database properties were recorded still decode (the field is nil).
+    func testOlderManifestsWithoutDatabasePropertiesDecode() throws {
+        var manifest = Self.sample()
+        manifest.databaseProperties = DatabaseProperties(
+            encoding: "LATIN1", collate: "C", ctype: "C", localeProvider: "libc", providerLocale: nil, owner: "app",
+            privileges: [.init(grantee: nil, privilege: "CONNECT", grantable: false)], comment: "c", connectionLimit: 5,
+            allowConnections: true, settings: ["work_mem=12MB"], roleSettings: [.init(role: "r", settings: ["statement_timeout=5s"])])
+        XCTAssertEqual(try BackupManifest.decode(try manifest.encoded(), source: "m.json"), manifest)
+        var object = try JSONSerialization.jsonObject(with: try manifest.encoded()) as? [String: Any] ?? [:]
+        object.removeValue(forKey: "database_properties")
+        let old = try BackupManifest.decode(try JSONSerialization.data(withJSONObject: object), source: "m.json")
+        XCTAssertNil(old.databaseProperties)
+    }
 }

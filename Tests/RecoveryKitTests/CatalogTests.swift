@@ -7,7 +7,9 @@ final class CatalogTests: XCTestCase {
     var store: LocalStore!
 
     override func setUpWithError() throws {
-        store = try LocalStore(root: NSTemporaryDirectory() + "catalog-\(UUID().uuidString)", create: true)
+        let root = NSTemporaryDirectory() + "catalog-\(UUID().uuidString)"
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: root) }
+        store = try LocalStore(root: root, create: true)
     }
 
     private func add(_ id: String) throws {

@@ -45,4 +45,16 @@ final class RepositoryCipherTests: XCTestCase {
         XCTAssertThrowsError(try decrypt(sealed, key: try RepositoryKey(material: Data("another-key-material!".utf8))))
         XCTAssertThrowsError(try RepositoryKey(material: Data("short".utf8)))
     }
+
+    /// Issue 19: a (corrupted) header declaring a frame larger than the frame size is refused at
+    /// once, before anything is buffered towards it.
+    func testAFrameLongerThanTheFrameSizeIsRefusedAtOnce() throws {
+        let sealed = try encrypt(Data(repeating: 1, count: 100))
+        var forged = Data(sealed.prefix(RepositoryKey.magic.count))
+        forged += [0xFF, 0xFF, 0xFF, 0xF0]   // declares almost 4 GiB
+        forged += Data(repeating: 0, count: 64)
+        XCTAssertThrowsError(try decrypt(forged)) { error in
+            XCTAssertTrue("\(error)".contains("more than the"), "\(error)")
+        }
+    }
 }

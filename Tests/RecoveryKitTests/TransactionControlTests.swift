@@ -86,4 +86,9 @@ final class TransactionControlTests: XCTestCase {
         XCTAssertEqual(locator.line(of: "SELECT 1"), 1)
         XCTAssertEqual(locator.line(of: "-- why\nCOMMIT"), 3)
     }
+
+    func testAKeywordInAnEarlierCommentIsNotTakenForTheStatement() {
+        let sql = "CREATE TABLE a (x int); -- then COMMIT\n\nCOMMIT;\r\n/* BEGIN; was here */\r\nBEGIN;\nSELECT 1;;\nEND;"
+        XCTAssertEqual(TransactionControl.violations(in: sql, serverVersion: 150_000).map(\.line), [3, 5, 7])
+    }
 }

@@ -48,11 +48,15 @@ final class PrunerOrderTests: XCTestCase {
             try inner.delete(keys)
         }
         func changeStorageClass(_ key: String, to storageClass: String) throws { try inner.changeStorageClass(key, to: storageClass) }
-        func lock(holder: LockHolder) throws -> RepositoryLock { try inner.lock(holder: holder) }
+        func create(_ key: String, contents: Data) throws -> Bool { try inner.create(key, contents: contents) }
+        func readVersioned(_ key: String) throws -> VersionedObject { try inner.readVersioned(key) }
+        func delete(_ key: String, ifVersion version: String) throws -> Bool { try inner.delete(key, ifVersion: version) }
+        func removeLeftovers(before cutoff: Date) throws -> [String] { try inner.removeLeftovers(before: cutoff) }
     }
 
     func testManifestGoesFirstAndWALFollowsTheKeptBaseBackups() throws {
         let root = NSTemporaryDirectory() + "pruner-\(UUID().uuidString)"
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: root) }
         let store = RecordingStore(try LocalStore(root: root, create: true))
         let data = Data("base".utf8)
         var digest = StreamingDigest()

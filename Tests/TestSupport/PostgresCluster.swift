@@ -54,8 +54,11 @@ public final class PostgresCluster: @unchecked Sendable {
     }
 
     static func stopAll() {
-        for cluster in started { cluster.stop() }
+        startedLock.lock()
+        let clusters = started
         started.removeAll()
+        startedLock.unlock()
+        for cluster in clusters { cluster.stop() }
     }
 
     /// The URL for one database of this cluster.

@@ -18,8 +18,17 @@ public final class S3Server: @unchecked Sendable {
         if let sharedServer { return sharedServer }
         let server = try S3Server()
         sharedServer = server
-        atexit { S3Server.sharedServer?.stop() }
+        atexit { S3Server.stopShared() }
         return server
+    }
+
+    /// Stops the shared server, if one was started (idempotent).
+    static func stopShared() {
+        lock.lock()
+        let server = sharedServer
+        sharedServer = nil
+        lock.unlock()
+        server?.stop()
     }
 
     init() throws {

@@ -18,13 +18,39 @@ public enum TestPaths {
     /// Absolute path of one of our executables.
     public static func executable(_ name: String) -> String { productsDirectory + "/" + name }
 
+    private static let createdLock = NSLock()
+    nonisolated(unsafe) private static var created: [String] = []
+
     /// A new empty directory under the system temporary directory, world-traversable so that the
     /// `postgres` user can use it when the tests run as root.
+    ///
+    /// Removed when the test process exits, passing or failing (after the servers in it are stopped):
+    /// `scripts/test.sh` fails the suite if anything is left in its temporary root.
     public static func temporaryDirectory(prefix: String) -> String {
         let path = NSTemporaryDirectory() + "dbrecovery-\(prefix)-\(UUID().uuidString.prefix(8))"
         try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true,
                                                  attributes: [.posixPermissions: 0o755])
+        createdLock.lock()
+        if created.isEmpty { atexit { TestPaths.removeEverything() } }
+        created.append(path)
+        createdLock.unlock()
         return path
+    }
+
+    /// Removes one directory made by `temporaryDirectory(prefix:)` now (a test that cleans up early).
+    public static func remove(_ path: String) {
+        try? FileManager.default.removeItem(atPath: path)
+    }
+
+    /// Stops every server the tests started, then removes every temporary directory.
+    static func removeEverything() {
+        PostgresCluster.stopAll()
+        S3Server.stopShared()
+        createdLock.lock()
+        let paths = created
+        created.removeAll()
+        createdLock.unlock()
+        for path in paths { try? FileManager.default.removeItem(atPath: path) }
     }
 }
 

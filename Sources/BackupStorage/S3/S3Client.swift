@@ -114,7 +114,7 @@ final class S3Client: @unchecked Sendable {
     }
 
     private func sendOnce(_ method: String, key: String?, query: [(String, String)], headers: [String: String], body: Data?) throws -> S3Response {
-        let (url, host, encodedPath) = address(key: key, query: query)
+        let (url, host, encodedPath) = try address(key: key, query: query)
         var request = URLRequest(url: url)
         request.httpMethod = method
         var signedHeaders = headers
@@ -149,8 +149,11 @@ final class S3Client: @unchecked Sendable {
     }
 
     /// URL, Host header value and canonical path of a request.
-    func address(key: String?, query: [(String, String)]) -> (URL, String, String) {
-        let endpoint = configuration.endpoint ?? URL(string: "https://s3.\(configuration.region).amazonaws.com")!
+    func address(key: String?, query: [(String, String)]) throws -> (URL, String, String) {
+        guard let endpoint = configuration.endpoint ?? URL(string: "https://s3.\(configuration.region).amazonaws.com") else {
+            throw StorageError(.invalidLocation, object: "s3://\(configuration.bucket)", message: "region '\(configuration.region)' makes no endpoint URL",
+                               hint: "set AWS_REGION to a region name such as us-east-1")
+        }
         let scheme = endpoint.scheme ?? "https"
         var host = endpoint.host ?? "s3.amazonaws.com"
         if !configuration.pathStyle { host = "\(configuration.bucket).\(host)" }
@@ -159,7 +162,10 @@ final class S3Client: @unchecked Sendable {
         if let key { path += "/" + SigV4Signer.encode(key, keepSlash: true) } else if path.isEmpty { path = "/" }
         let queryText = query.map { $0.1.isEmpty && ["uploads", "delete", "lifecycle"].contains($0.0) ? $0.0 : "\(SigV4Signer.encode($0.0))=\(SigV4Signer.encode($0.1))" }
             .joined(separator: "&")
-        let url = URL(string: "\(scheme)://\(host)\(path)\(queryText.isEmpty ? "" : "?" + queryText)")!
+        guard let url = URL(string: "\(scheme)://\(host)\(path)\(queryText.isEmpty ? "" : "?" + queryText)") else {
+            throw StorageError(.invalidLocation, object: key.map(describe) ?? "s3://\(configuration.bucket)", message: "cannot form a request URL",
+                               hint: "check the bucket name, region and endpoint")
+        }
         return (url, host, path)
     }
 

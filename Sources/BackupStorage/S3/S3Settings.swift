@@ -57,7 +57,12 @@ public enum S3Settings {
         if let sse, !["AES256", "aws:kms"].contains(sse) {
             throw StorageError(.invalidLocation, object: "DBRECOVERY_S3_SSE", message: "server-side encryption '\(sse)' is not AES256 or aws:kms")
         }
-        return S3Configuration(bucket: bucket, region: value("AWS_REGION") ?? value("AWS_DEFAULT_REGION") ?? "us-east-1",
+        let region = value("AWS_REGION") ?? value("AWS_DEFAULT_REGION") ?? "us-east-1"
+        guard region.utf8.allSatisfy({ (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || $0 == UInt8(ascii: "-") }) else {
+            throw StorageError(.invalidLocation, object: "AWS_REGION", message: "region is not a region name (lower-case letters, digits and '-')",
+                               hint: "write e.g. AWS_REGION=us-east-1 or --s3-region eu-west-1")
+        }
+        return S3Configuration(bucket: bucket, region: region,
                                endpoint: endpoint, pathStyle: value("DBRECOVERY_S3_ADDRESSING").map { $0 != "virtual" },
                                credentials: credentials, partSize: partSize, concurrency: concurrency, serverSideEncryption: sse,
                                kmsKeyID: value("DBRECOVERY_S3_KMS_KEY_ID"), maxAttempts: attempts, requestTimeout: timeout)

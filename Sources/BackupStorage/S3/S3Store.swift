@@ -105,8 +105,19 @@ public final class S3Store: BackupStore {
         }
     }
 
+    /// Above this size CopyObject is refused by S3 (5 GiB): the storage class changes with a
+    /// multipart copy instead (tests lower it).
+    var copyObjectLimit: UInt64 = 5 * 1024 * 1024 * 1024
+    /// Bytes per UploadPartCopy request of a multipart copy.
+    var copyPartSize: UInt64 = 512 * 1024 * 1024
+
     public func changeStorageClass(_ key: String, to storageClass: String) throws {
         let full = fullKey(key)
+        let head = try client.send("HEAD", key: full, acceptable: [404])
+        guard head.status != 404 else { throw StorageError(.notFound, object: client.describe(full), message: "no such object") }
+        if head.header("x-amz-storage-class") == storageClass { return }
+        let size = UInt64(head.header("Content-Length") ?? "0") ?? 0
+        if size > copyObjectLimit { return try multipartCopy(full, size: size, to: storageClass) }
         var headers = sseHeaders
         headers["x-amz-copy-source"] = "/\(client.configuration.bucket)/\(SigV4Signer.encode(full, keepSlash: true))"
         headers["x-amz-storage-class"] = storageClass
@@ -120,13 +131,87 @@ public final class S3Store: BackupStore {
         }
     }
 
-    public func lock(holder: LockHolder) throws -> RepositoryLock {
-        try S3RepositoryLock(store: self, holder: holder)
+    public func create(_ key: String, contents: Data) throws -> Bool {
+        var headers = sseHeaders
+        headers["content-type"] = "application/octet-stream"
+        headers["if-none-match"] = "*"
+        // 409 ConditionalRequestConflict: another conditional write to the key is in flight; ask again.
+        for _ in 0..<5 {
+            let response = try client.send("PUT", key: fullKey(key), headers: headers, body: contents, acceptable: [409, 412])
+            if response.status == 412 { return false }
+            if response.status != 409 { return true }
+            Thread.sleep(forTimeInterval: Double.random(in: 0.05...0.2))
+        }
+        throw StorageError(.remote, object: client.describe(fullKey(key)), message: "conditional PUT kept conflicting with another writer",
+                           hint: "another process is writing the same object; run again")
+    }
+
+    public func readVersioned(_ key: String) throws -> VersionedObject {
+        let response = try client.send("GET", key: fullKey(key))
+        guard let etag = response.header("ETag") else {
+            throw StorageError(.remote, object: client.describe(fullKey(key)), message: "GET answered without an ETag",
+                               hint: "the S3 endpoint does not support conditional requests, which repository locks need")
+        }
+        return VersionedObject(contents: response.body, version: etag)
+    }
+
+    public func delete(_ key: String, ifVersion version: String) throws -> Bool {
+        // A retry after a lost reply finds the object gone (404): then it was this call that deleted it,
+        // or its owner; either way it is not ours to report.
+        let response = try client.send("DELETE", key: fullKey(key), headers: ["if-match": version], acceptable: [404, 412])
+        return (200..<300).contains(response.status)
     }
 
     // MARK: - Lifecycle
 
     /// The bucket's lifecycle configuration as XML, or nil when it has none.
+    /// Copies an object onto itself in another storage class with UploadPartCopy, for objects
+    /// CopyObject cannot take; the upload is aborted (and a failed abort reported) on any failure.
+    private func multipartCopy(_ full: String, size: UInt64, to storageClass: String) throws {
+        var headers = sseHeaders
+        headers["content-type"] = "application/octet-stream"
+        headers["x-amz-storage-class"] = storageClass
+        let created = try client.send("POST", key: full, query: [("uploads", "")], headers: headers)
+        guard let uploadID = XMLNode.parse(created.body)?.first("UploadId")?.text else {
+            throw StorageError(.remote, object: client.describe(full), message: "CreateMultipartUpload returned no UploadId")
+        }
+        let source = "/\(client.configuration.bucket)/\(SigV4Signer.encode(full, keepSlash: true))"
+        do {
+            var parts: [String] = []
+            var offset: UInt64 = 0
+            while offset < size {
+                let end = min(size, offset + copyPartSize) - 1
+                let number = parts.count + 1
+                let response = try client.send("PUT", key: full, query: [("partNumber", String(number)), ("uploadId", uploadID)],
+                                               headers: ["x-amz-copy-source": source, "x-amz-copy-source-range": "bytes=\(offset)-\(end)"])
+                guard let etag = XMLNode.parse(response.body)?.first("ETag")?.text else {
+                    throw StorageError(.remote, object: client.describe(full), message: "UploadPartCopy of part \(number) returned no ETag")
+                }
+                parts.append("<Part><PartNumber>\(number)</PartNumber><ETag>\(xmlEscape(etag))</ETag></Part>")
+                offset = end + 1
+            }
+            let body = Data(("<CompleteMultipartUpload>" + parts.joined() + "</CompleteMultipartUpload>").utf8)
+            do {
+                let response = try client.send("POST", key: full, query: [("uploadId", uploadID)], headers: ["content-type": "application/xml"], body: body)
+                if let code = XMLNode.parse(response.body).flatMap({ $0.name == "Error" ? $0.value("Code") : nil }) {
+                    throw StorageError(.remote, object: client.describe(full), message: "CompleteMultipartUpload of the copy failed: \(code)")
+                }
+            } catch let error as StorageError {
+                // A retried Complete whose first attempt took effect may find the upload gone: check.
+                guard try client.send("HEAD", key: full, acceptable: [404]).header("x-amz-storage-class") == storageClass else { throw error }
+            }
+        } catch {
+            do {
+                _ = try client.send("DELETE", key: full, query: [("uploadId", uploadID)], acceptable: [404])
+            } catch let abortError {
+                throw StorageError(.remote, object: client.describe(full),
+                                   message: "storage class change failed (\(error)); its multipart upload could not be aborted (\(abortError))",
+                                   hint: "the next dbbackup or dbprune on this repository aborts it")
+            }
+            throw error
+        }
+    }
+
     public func lifecycleConfiguration() throws -> String? {
         let response = try client.send("GET", key: nil, query: [("lifecycle", "")], acceptable: [404])
         return response.status == 404 ? nil : String(decoding: response.body, as: UTF8.self)
@@ -139,10 +224,55 @@ public final class S3Store: BackupStore {
                             headers: ["content-type": "application/xml", "content-md5": contentMD5(body)], body: body)
     }
 
-    /// Multipart uploads still open under this prefix (an interrupted upload would show here).
+    /// Keys of the multipart uploads still open under this prefix (an interrupted upload shows here).
     public func openMultipartUploads() throws -> [String] {
-        let response = try client.send("GET", key: nil, query: [("uploads", ""), ("prefix", prefix)])
-        return XMLNode.parse(response.body)?.all("Upload").compactMap { $0.value("Key") } ?? []
+        try multipartUploads().map(\.key)
+    }
+
+    /// One open multipart upload.
+    struct OpenUpload {
+        let key: String
+        let uploadID: String
+        let initiated: Date?
+    }
+
+    /// Every open multipart upload under this prefix (ListMultipartUploads, all pages).
+    func multipartUploads() throws -> [OpenUpload] {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        var uploads: [OpenUpload] = []
+        var markers: (key: String, upload: String)?
+        repeat {
+            var query = [("uploads", ""), ("prefix", prefix.isEmpty ? "" : prefix + "/")]
+            if let markers { query += [("key-marker", markers.key), ("upload-id-marker", markers.upload)] }
+            let response = try client.send("GET", key: nil, query: query)
+            guard let document = XMLNode.parse(response.body) else {
+                throw StorageError(.remote, object: location, message: "ListMultipartUploads answered with unreadable XML")
+            }
+            for item in document.all("Upload") {
+                guard let key = item.value("Key"), let id = item.value("UploadId") else { continue }
+                let initiated = item.value("Initiated").flatMap { formatter.date(from: $0) ?? ISO8601DateFormatter().date(from: $0) }
+                uploads.append(OpenUpload(key: key, uploadID: id, initiated: initiated))
+            }
+            markers = nil
+            if document.value("IsTruncated") == "true", let key = document.value("NextKeyMarker"), let upload = document.value("NextUploadIdMarker") {
+                markers = (key, upload)
+            }
+        } while markers != nil
+        return uploads
+    }
+
+    public func removeLeftovers(before cutoff: Date) throws -> [String] {
+        var lines: [String] = []
+        for upload in try multipartUploads() where (upload.initiated ?? .distantFuture) < cutoff {
+            do {
+                _ = try client.send("DELETE", key: upload.key, query: [("uploadId", upload.uploadID)], acceptable: [404])
+                lines.append("aborted an open multipart upload of \(relativeKey(upload.key)) left by an interrupted run")
+            } catch {
+                lines.append("could not abort the open multipart upload of \(relativeKey(upload.key)): \(error)")
+            }
+        }
+        return lines
     }
 }
 
@@ -170,7 +300,10 @@ final class S3MultipartWriter: ObjectWriter, @unchecked Sendable {
         buffer.reserveCapacity(store.client.configuration.partSize)
     }
 
-    deinit { abort() }
+    deinit {
+        // Callers abort explicitly and report; an upload still open here is removed by the next run.
+        try? abort()
+    }
 
     func write(_ bytes: UnsafeRawBufferPointer) throws {
         try throwIfFailed()
@@ -207,18 +340,27 @@ final class S3MultipartWriter: ObjectWriter, @unchecked Sendable {
             finished = true
             buffer = Data()
         } catch {
-            abort()
+            do { try abort() } catch let abortError as StorageError {
+                // Both matter: why the upload failed, and that it is still open.
+                let cause = error as? StorageError
+                throw StorageError(cause?.kind ?? .remote, object: store.client.describe(key),
+                                   message: "\(cause?.message ?? "\(error)"); \(abortError.message)", hint: abortError.hint)
+            }
             throw error
         }
     }
 
-    func abort() {
+    func abort() throws {
         guard !finished else { return }
         finished = true
         group.wait()
         buffer = Data()
-        if let uploadID {
-            _ = try? store.client.send("DELETE", key: key, query: [("uploadId", uploadID)], acceptable: [404])
+        guard let uploadID else { return }
+        do {
+            _ = try store.client.send("DELETE", key: key, query: [("uploadId", uploadID)], acceptable: [404])
+        } catch {
+            throw StorageError(.remote, object: store.client.describe(key), message: "the multipart upload could not be aborted (\(error))",
+                               hint: "the next dbbackup or dbprune on this repository aborts it")
         }
     }
 
@@ -304,8 +446,10 @@ final class S3RangeReader: ObjectReader {
             position = 0
         }
         let count = min(buffer.count, chunk.count - position)
+        guard count > 0, let destination = buffer.baseAddress else { return 0 }
         chunk.withUnsafeBytes { source in
-            buffer.baseAddress!.copyMemory(from: source.baseAddress! + position, byteCount: count)
+            guard let origin = source.baseAddress else { return }
+            destination.copyMemory(from: origin + position, byteCount: count)
         }
         position += count
         return count
@@ -313,44 +457,5 @@ final class S3RangeReader: ObjectReader {
 
     func close() {
         chunk = Data()
-    }
-}
-
-/// A lock object `locks/repository.lock` created with `If-None-Match: *`. A lock left by a process
-/// that died on this host is taken over; one from another host must be removed by hand.
-final class S3RepositoryLock: RepositoryLock {
-    private let store: S3Store
-    private var held = true
-    static let key = "locks/repository.lock"
-
-    init(store: S3Store, holder: LockHolder) throws {
-        self.store = store
-        let encoder = JSONEncoder()
-        encoder.dateEncodingStrategy = .iso8601
-        let body = try encoder.encode(holder)
-        for _ in 0..<2 {
-            let response = try store.client.send("PUT", key: store.fullKey(Self.key),
-                                                  headers: ["content-type": "application/json", "if-none-match": "*"], body: body, acceptable: [412])
-            if response.status != 412 { return }
-            let decoder = JSONDecoder()
-            decoder.dateDecodingStrategy = .iso8601
-            let current = try? decoder.decode(LockHolder.self, from: store.read(Self.key))
-            if let current, current.host == holder.host, kill(current.pid, 0) != 0, errno == ESRCH {
-                try store.delete([Self.key])   // its process is gone: a stale lock
-                continue
-            }
-            let who = current.map { "\($0)" } ?? "another process"
-            throw StorageError(.locked, object: store.location + "/" + Self.key, message: "repository is locked by \(who)",
-                               hint: "wait for it to finish; if that process is gone for good, delete \(store.location)/\(Self.key)")
-        }
-        throw StorageError(.locked, object: store.location + "/" + Self.key, message: "repository lock could not be taken")
-    }
-
-    deinit { release() }
-
-    func release() {
-        guard held else { return }
-        held = false
-        try? store.delete([Self.key])
     }
 }

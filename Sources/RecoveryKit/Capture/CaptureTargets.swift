@@ -26,6 +26,7 @@ final class CaptureTargets {
             do {
                 let store = try Repository.open(address, create: true)
                 let lock = try store.lock(holder: LockHolder(command: command))
+                for note in lock.notes { FileHandle.standardError.write(Data("\(address): \(note)\n".utf8)) }
                 targets.append(Target(address: address, store: store, lock: lock))
             } catch {
                 firstError = firstError ?? error
@@ -72,8 +73,7 @@ final class CaptureTargets {
     /// Aborts every open writer (the capture failed).
     func abort() {
         for index in targets.indices {
-            targets[index].writer?.abort()
-            targets[index].writer = nil
+            abortWriter(index)
         }
     }
 
@@ -91,6 +91,10 @@ final class CaptureTargets {
             do {
                 try targets[index].store.write("\(manifest.folderKey)/\(BackupManifest.fileName)", contents: try copy.encoded())
             } catch {
+                // Without its manifest the data is garbage (a disk full here): remove it now, not a day later.
+                do { try targets[index].store.delete(manifest.files.map { manifest.key(of: $0) }) } catch let cleanup {
+                    FileHandle.standardError.write(Data("warning: \(targets[index].address): the data of the failed backup was left: \(cleanup)\n".utf8))
+                }
                 fail(index, error)
             }
         }
@@ -99,14 +103,24 @@ final class CaptureTargets {
 
     func releaseLocks() {
         for index in targets.indices {
-            targets[index].lock?.release()
+            // Reported, not dropped: a lock left behind blocks (or misleads) the next run.
+            do { try targets[index].lock?.release() } catch {
+                FileHandle.standardError.write(Data("warning: \(targets[index].address): the repository lock was not released: \(error)\n".utf8))
+            }
             targets[index].lock = nil
         }
     }
 
-    private func fail(_ index: Int, _ error: Error) {
-        targets[index].writer?.abort()
+    /// Aborts one writer; a failed abort is reported, not dropped (the next writer lock removes it).
+    private func abortWriter(_ index: Int) {
+        do { try targets[index].writer?.abort() } catch {
+            FileHandle.standardError.write(Data("warning: \(targets[index].address): \(error)\n".utf8))
+        }
         targets[index].writer = nil
+    }
+
+    private func fail(_ index: Int, _ error: Error) {
+        abortWriter(index)
         targets[index].failure = RecoveryError.classify(error)
     }
 
@@ -130,7 +144,10 @@ private final class FailedStore: BackupStore {
     func makeReader(_ key: String) throws -> ObjectReader { throw unavailable() }
     func delete(_ keys: [String]) throws { throw unavailable() }
     func changeStorageClass(_ key: String, to storageClass: String) throws { throw unavailable() }
-    func lock(holder: LockHolder) throws -> RepositoryLock { throw unavailable() }
+    func create(_ key: String, contents: Data) throws -> Bool { throw unavailable() }
+    func readVersioned(_ key: String) throws -> VersionedObject { throw unavailable() }
+    func delete(_ key: String, ifVersion version: String) throws -> Bool { throw unavailable() }
+    func removeLeftovers(before cutoff: Date) throws -> [String] { throw unavailable() }
 }
 
 /// The outcome of a capture to one or more repositories.

@@ -2,6 +2,7 @@ import BackupStorage
 import Foundation
 import Gzip
 import PostgresClient
+import ProcessSignals
 
 /// Everything a logical backup needs to know, resolved from flags, environment and config.
 public struct LogicalCaptureConfiguration {
@@ -18,6 +19,8 @@ public struct LogicalCaptureConfiguration {
     /// Encrypt the stored files with this key (repository cipher), if any.
     public var key: RepositoryKey? = nil
     public var tools: PostgresTools
+    /// `--lock-wait`: pg_dump's `--lock-wait-timeout` (the target's sessions carry it as `lock_timeout`).
+    public var lockWaitSeconds = SessionLimits.defaultLockWaitSeconds
 
     public init(target: ConnectionTarget, repositories: [String], tags: [String] = [], release: String? = nil,
                 pinned: Bool = false, compressionLevel: Int = GzipCompressor.defaultLevel, jobs: Int = ProcessInfo.processInfo.activeProcessorCount,
@@ -60,7 +63,10 @@ public enum LogicalCapture {
         }
         let pgDump = try configuration.tools.path(of: "pg_dump")
         let targets = try CaptureTargets(addresses: configuration.repositories, command: "dbbackup")
-        defer { targets.releaseLocks() }
+        defer {
+            targets.releaseLocks()
+            if Interruption.isRequested { CleanupLog.cleaned("released the repository lock") }
+        }
 
         let startedAt = Date()
         let id = BackupID.make(at: startedAt)
@@ -72,28 +78,65 @@ public enum LogicalCapture {
             SELECT current_database(), current_setting('server_version'),
                    (SELECT system_identifier::text FROM pg_catalog.pg_control_system())
             """).rows[0]
+        // Read before the counter starts: the connection serves one thread at a time.
+        let properties = try DatabaseProperties.read(on: connection)
         // The exact counts come from the same snapshot, counted on its own connection while pg_dump
         // streams it: the server scans while this process compresses. The data file is committed only
         // once the counts are in, so a failed count leaves nothing behind.
         let counting = Background { (try TableCounter.countRows(on: connection), try TableCounter.schemaVersion(on: connection)) }
         defer { counting.join() }
+        // The schema fingerprint, from a schema-only pg_dump in the same snapshot (Verify/SchemaDump.swift).
+        let schemaDump = try SchemaDump(pgDump: pgDump, target: configuration.target, snapshot: snapshot)
+        defer { schemaDump.cancel() }
 
-        let (file, _) = try StreamCapture.run(
-            executable: pgDump, arguments: ["--snapshot=\(snapshot)", "--format=plain", "--no-password"],
-            environment: configuration.target.childEnvironment, targets: targets, key: "backups/\(id)/\(dumpFileName)",
-            level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "dump",
-            beforeCommit: { _ = try counting.wait() })
-        let (tables, schemaVersion) = try counting.wait()
-        try connection.execute(script: "COMMIT")
+        let dumpKey = "backups/\(id)/\(dumpFileName)"
+        let file: BackupManifest.File
+        do {
+            (file, _) = try StreamCapture.run(
+                executable: pgDump,
+                arguments: ["--snapshot=\(snapshot)", "--format=plain", "--no-password", "--lock-wait-timeout=\(configuration.lockWaitSeconds * 1000)"],
+                environment: configuration.target.childEnvironment, targets: targets, key: dumpKey,
+                level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "dump",
+                lockWait: (configuration.target, configuration.lockWaitSeconds), beforeCommit: { _ = try counting.wait(); _ = try schemaDump.finish() })
+        } catch {
+            // A count that failed first (no SELECT privilege, a lock timeout) aborts the snapshot, and
+            // pg_dump then reports only "could not import the requested snapshot": the count's error is the cause.
+            if !Interruption.isRequested, let cause = counting.failure(within: 1) { throw cause }
+            // Otherwise stop counting: nobody will use the counts, and a large database would keep us for
+            // hours. (A cancel that falls between two counts is lost, hence the retries.)
+            for _ in 0..<20 where !counting.finished(within: 0) {
+                connection.cancelRunningStatement()
+                if counting.finished(within: 0.5) { break }
+            }
+            throw error
+        }
+        let (tables, schemaVersion): ([BackupManifest.TableRowCount], String?)
+        do {
+            (tables, schemaVersion) = try counting.wait()
+            try connection.execute(script: "COMMIT")
+        } catch {
+            targets.delete([dumpKey])
+            throw error
+        }
 
-        let manifest = BackupManifest(
+        var manifest = BackupManifest(
             formatVersion: BackupManifest.currentFormatVersion, id: id, kind: .logical,
             tool: .init(name: "dbbackup", version: DBRecoveryVersion.current),
             database: .init(name: try facts.string(0), serverVersion: try facts.string(1), systemIdentifier: facts[2]),
             startedAt: startedAt, finishedAt: Date(), tags: configuration.tags, release: configuration.release,
-            pinned: configuration.pinned, schemaVersion: schemaVersion, snapshot: snapshot, tables: tables, files: [file])
+            pinned: configuration.pinned, schemaVersion: schemaVersion, snapshot: snapshot, tables: tables, files: [file],
+            databaseProperties: properties)
         CrashPoint.reached("capture:after-data")
-        try targets.writeManifests(manifest)
+        do {
+            // Past this point the backup exists: a signal that came first still cancels it.
+            try Interruption.check()
+            manifest.schemaFingerprint = try schemaDump.finish()
+            try targets.writeManifests(manifest)
+        } catch {
+            targets.delete([dumpKey])
+            if Interruption.isRequested { CleanupLog.cleaned("removed \(dumpKey)") }
+            throw error
+        }
         return CaptureResult(manifest: manifest, stored: targets.succeeded, failed: targets.failures)
     }
 }

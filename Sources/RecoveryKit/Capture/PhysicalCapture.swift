@@ -1,6 +1,7 @@
 import BackupStorage
 import Foundation
 import PostgresClient
+import ProcessSignals
 
 /// A physical base backup: `pg_basebackup` tar stream (WAL left to the archive) gzip-streamed into
 /// `backups/<id>/base.tar.gz`, with the WAL range it needs in the manifest.
@@ -15,7 +16,10 @@ public enum PhysicalCapture {
     public static func run(_ configuration: LogicalCaptureConfiguration, progress: ProgressObserver? = nil) throws -> CaptureResult {
         let pgBasebackup = try configuration.tools.path(of: "pg_basebackup")
         let targets = try CaptureTargets(addresses: configuration.repositories, command: "dbbackup --physical")
-        defer { targets.releaseLocks() }
+        defer {
+            targets.releaseLocks()
+            if Interruption.isRequested { CleanupLog.cleaned("released the repository lock") }
+        }
         let startedAt = Date()
         let id = BackupID.make(at: startedAt)
         let connection = try PostgresConnection(target: configuration.target, applicationName: "dbbackup")
@@ -34,20 +38,36 @@ public enum PhysicalCapture {
         // pg_basebackup writing to stdout does not print its WAL range; backup_label and the WAL-Ranges
         // at the end of backup_manifest inside the stream hold it.
         let scanner = TarScanner(wanted: ["backup_label": 4096, "backup_manifest": 8192])
+        let baseKey = "backups/\(id)/\(baseFileName)"
         let (file, _) = try StreamCapture.run(
             executable: pgBasebackup,
             arguments: ["--pgdata=-", "--format=tar", "--wal-method=none", "--checkpoint=fast", "--no-password",
                         "--label=dbrecovery \(id)"],
-            environment: configuration.target.childEnvironment, targets: targets, key: "backups/\(id)/\(baseFileName)",
+            environment: configuration.target.childEnvironment, targets: targets, key: baseKey,
             level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "base backup",
             observe: scanner.consume)
+        // From here on the data file is committed: any failure (a signal included) must remove it,
+        // since without a manifest nothing would ever list or prune it.
+        do {
+            return try finish(configuration, id: id, startedAt: startedAt, connection: connection, facts: facts,
+                              segmentSize: segmentSize, scanner: scanner, file: file, targets: targets)
+        } catch {
+            targets.delete([baseKey])
+            if Interruption.isRequested { CleanupLog.cleaned("removed \(baseKey)") }
+            throw error
+        }
+    }
+
+    /// Reads the WAL range from the captured stream and writes the manifests.
+    private static func finish(_ configuration: LogicalCaptureConfiguration, id: String, startedAt: Date, connection: PostgresConnection,
+                               facts: QueryResult.Row, segmentSize: UInt64, scanner: TarScanner, file: BackupManifest.File,
+                               targets: CaptureTargets) throws -> CaptureResult {
         let label = scanner.text("backup_label") ?? ""
         let manifestTail = scanner.text("backup_manifest") ?? ""
         var stopText = value(in: manifestTail, after: "\"End-LSN\": \"", until: "\"")
         if stopText == nil { stopText = try connection.query("SELECT pg_current_wal_lsn()::text").scalar }
         guard let startText = value(in: label, after: "START WAL LOCATION: ", until: " "), let startLSN = WALSegmentName.parseLSN(startText),
               let stopText, let stopLSN = WALSegmentName.parseLSN(stopText) else {
-            targets.delete(["backups/\(id)/\(baseFileName)"])
             throw RecoveryError(.toolFailed, "pg_basebackup's stream held no backup_label with a WAL start point",
                                 hint: "this pg_basebackup is not one we know; nothing was stored")
         }
@@ -65,16 +85,18 @@ public enum PhysicalCapture {
             startedAt: startedAt, finishedAt: Date(), tags: configuration.tags, release: configuration.release,
             pinned: configuration.pinned, schemaVersion: try TableCounter.schemaVersion(on: connection), snapshot: nil, tables: [], files: [file])
         manifest.physical = physical
+        try Interruption.check()
         try targets.writeManifests(manifest)
         return CaptureResult(manifest: manifest, stored: targets.succeeded, failed: targets.failures)
     }
 
-    /// `16MB` → bytes.
+    /// `16MB` → bytes. Anything that is not a plausible segment size (1 MB to 1 GB, as PostgreSQL
+    /// allows) falls back to the 16 MB default rather than becoming a divisor of zero or an overflow.
     static func parseSize(_ text: String) -> UInt64 {
-        let digits = UInt64(text.prefix { $0.isNumber }) ?? 16
-        if text.hasSuffix("GB") { return digits << 30 }
-        if text.hasSuffix("kB") { return digits << 10 }
-        return digits << 20
+        let fallback: UInt64 = 16 << 20
+        guard let digits = UInt64(text.prefix { $0.isASCII && $0.isNumber }), digits > 0, digits <= 1 << 20 else { return fallback }
+        let bytes = text.hasSuffix("GB") ? digits << 30 : text.hasSuffix("kB") ? digits << 10 : digits << 20
+        return ((1 << 20)...(1 << 30)).contains(bytes) ? bytes : fallback
     }
 
     /// The text between `marker` and `terminator` in `text`.

@@ -1,6 +1,8 @@
 import BackupStorage
 import Foundation
 import Gzip
+import PostgresClient
+import ProcessSignals
 
 /// Streams a child program's stdout through gzip into one repository object: the one path every
 /// capture (pg_dump, pg_basebackup) takes, with sha256 and sizes computed on the way.
@@ -8,14 +10,25 @@ enum StreamCapture {
     /// Runs the program and stores its output under `key`.
     ///
     /// - Important: the object becomes visible only if the program succeeded and the store committed it.
+    ///   An interruption (SIGINT, SIGTERM, SIGHUP) stops the program and aborts the partial object.
+    /// - Parameters:
+    ///   - lockWait: for pg_dump: the target and `--lock-wait`, to name the session that blocked it
+    ///     when it gave up waiting for a table lock.
     /// - Returns: the file entry for the manifest and the program's stderr (its last 16 KiB).
-    /// - Throws: `RecoveryError(.toolFailed)` with the program's own message, or the store's error.
+    /// - Throws: `RecoveryError(.toolFailed)` with the program's own message, `RecoveryError(.lockTimeout)`,
+    ///   `InterruptedError`, or the store's error.
     static func run(executable: String, arguments: [String], environment: [String: String], targets: CaptureTargets, key storeKey: String,
                     level: Int, jobs: Int, key: RepositoryKey? = nil, progress: ProgressObserver?, phase: String,
+                    lockWait: (target: ConnectionTarget, seconds: Int)? = nil,
                     observe: ((UnsafeRawBufferPointer) -> Void)? = nil, beforeCommit: () throws -> Void = {}) throws -> (BackupManifest.File, String) {
         try targets.openWriters(storeKey)
         var committed = false
-        defer { if !committed { targets.abort() } }
+        defer {
+            if !committed {
+                targets.abort()
+                if Interruption.isRequested { CleanupLog.cleaned("removed the partial \(storeKey)") }
+            }
+        }
 
         let child = try ChildProcess(executable: executable, arguments: arguments, environment: environment,
                                      stdin: .null, stdout: .pipe, stderr: .pipe)
@@ -49,17 +62,42 @@ enum StreamCapture {
         }
         let termination = child.waitForExit()
         progress?.finished()
+        // A child stopped by our forwarded SIGTERM ends like a failure (or, at worst, like a short stream).
+        try Interruption.check()
         guard termination.succeeded else {
             let reason = errors.mostRelevantLine() ?? "no message"
+            if let lockWait, let relation = lockWaitFailure(errors.finish()) {
+                let blockers = LockBlockers.describe(target: lockWait.target).map { "; \($0)" } ?? "; the blocking session has ended since"
+                throw RecoveryError(.lockTimeout, "\(name) waited longer than --lock-wait (\(lockWait.seconds) s) for a lock on \(relation)\(blockers)",
+                                    hint: "end or wait for the session named (SELECT pg_terminate_backend(pid) ends it), or raise --lock-wait; nothing was stored")
+            }
             throw RecoveryError(.toolFailed, "\(name) \(termination.description): \(reason)",
                                 hint: "fix the cause above and run dbbackup again; nothing was stored")
         }
         try beforeCommit()
+        try Interruption.check()
         try targets.commit()
         committed = true
         var file = BackupManifest.File(name: (storeKey as NSString).lastPathComponent, rawBytes: compressor.bytesIn,
                                        storedBytes: storedBytes, sha256: digest.hexDigest(), compression: "gzip", compressionLevel: level)
         file.encryptionKeyFingerprint = key?.fingerprint
         return (file, errors.finish())
+    }
+
+    /// The table pg_dump gave up locking (`--lock-wait-timeout` runs its LOCK TABLE under a
+    /// statement_timeout), from its stderr; nil when it failed for another reason.
+    static func lockWaitFailure(_ stderr: String) -> String? {
+        let timedOut = stderr.contains("canceling statement due to statement timeout") || stderr.contains("canceling statement due to lock timeout")
+            || stderr.contains("could not obtain lock on relation")
+        guard timedOut else { return nil }
+        if let start = stderr.range(of: "LOCK TABLE ") {
+            let relation = stderr[start.upperBound...].prefix { $0 != " " && $0 != "\n" }
+            if !relation.isEmpty { return String(relation) }
+        }
+        if let start = stderr.range(of: "could not obtain lock on relation \"") {
+            let relation = stderr[start.upperBound...].prefix { $0 != "\"" }
+            if !relation.isEmpty { return String(relation) }
+        }
+        return "a table"
     }
 }

@@ -1,3 +1,4 @@
+import PostgresClient
 import Foundation
 import TOMLKit
 
@@ -14,6 +15,10 @@ public struct ConfigFile: Equatable, Sendable {
     public var migrationsDirectory: String?
     public var metricsFile: String?
     public var notifyURL: String?
+    /// `[restore] keep_pre_restore`: pre-restore copies `dbrestore cleanup` keeps per database (newest first).
+    public var keepPreRestore: Int?
+    /// `[restore] keep_pre_restore_within`: `dbrestore cleanup` also keeps copies younger than this (e.g. `7d`).
+    public var keepPreRestoreWithin: String?
     /// `[repositories]`: named repositories (e.g. `local`, `offsite`) that one backup run writes to.
     public var repositories: [String: String] = [:]
 
@@ -40,7 +45,8 @@ public struct ConfigFile: Equatable, Sendable {
             throw RecoveryError(.configuration, "config file \(path) is not valid TOML at line \(error.source.begin.line): \(error.description)")
         }
         let known: [String: [String]] = ["": ["database_url", "repo", "pg_bin", "metrics_file", "notify_url"], "s3": ["endpoint", "region"],
-                                         "retention": ["policy"], "migrations": ["dir"], "repositories": []]
+                                         "retention": ["policy"], "migrations": ["dir"], "repositories": [],
+                                         "restore": ["keep_pre_restore", "keep_pre_restore_within"]]
         var config = ConfigFile(path: path)
         func text(_ value: TOMLValueConvertible, _ key: String) throws -> String {
             guard let text = value.string else { throw RecoveryError(.configuration, "config file \(path): \(key) must be a string") }
@@ -49,10 +55,10 @@ public struct ConfigFile: Equatable, Sendable {
         for key in table.keys {
             if let section = table[key]?.table {
                 guard let allowed = known[key] else {
-                    throw RecoveryError(.configuration, "config file \(path): unknown section [\(key)]", hint: "sections: [s3], [retention], [migrations], [repositories]")
+                    throw RecoveryError(.configuration, "config file \(path): unknown section [\(key)]", hint: "sections: [s3], [retention], [migrations], [restore], [repositories]")
                 }
                 if key == "repositories" {
-                    for name in section.keys { config.repositories[name] = try text(section[name]!, "[repositories] \(name)") }
+                    for (name, value) in section { config.repositories[name] = try text(value, "[repositories] \(name)") }
                     continue
                 }
                 for inner in section.keys {
@@ -63,14 +69,22 @@ public struct ConfigFile: Equatable, Sendable {
                     case ("s3", "endpoint"): config.s3Endpoint = try text(value, inner)
                     case ("s3", "region"): config.s3Region = try text(value, inner)
                     case ("retention", "policy"): config.policy = try text(value, inner)
+                    case ("restore", "keep_pre_restore"):
+                        guard let count = value.int, count >= 0 else {
+                            throw RecoveryError(.configuration, "config file \(path): [restore] keep_pre_restore must be a whole number ≥ 0",
+                                                hint: "e.g. keep_pre_restore = 2")
+                        }
+                        config.keepPreRestore = count
+                    case ("restore", "keep_pre_restore_within"): config.keepPreRestoreWithin = try text(value, inner)
                     default: config.migrationsDirectory = try text(value, inner)
                     }
                 }
                 continue
             }
-            guard let value = table[key], known[""]!.contains(key) else {
+            let topLevel = known[""] ?? []
+            guard let value = table[key], topLevel.contains(key) else {
                 throw RecoveryError(.configuration, "config file \(path): unknown key \(key)",
-                                    hint: "allowed: \(known[""]!.joined(separator: ", ")) and sections [s3], [retention], [migrations]")
+                                    hint: "allowed: \(topLevel.joined(separator: ", ")) and sections [s3], [retention], [migrations]")
             }
             switch key {
             case "database_url": config.databaseURL = try text(value, key)
@@ -119,7 +133,15 @@ public enum SecretMask {
         guard let value else { return nil }
         let lower = name.lowercased()
         if lower.contains("secret") || lower.contains("password") || lower.contains("token") { return value.isEmpty ? "" : "****" }
-        return maskPassword(in: value)
+        let masked = maskPassword(in: value)
+        // libpq re-reads what would be shown: a password spelled any other way (`?pass%77ord=`) is
+        // still found there, and then only the parsed, redacted form is shown.
+        if lower == "database_url" {
+            // What libpq cannot parse is not shown at all: its pieces could be anything, a password included.
+            guard (try? ConnectionTarget(value)) != nil else { return ConnectionTarget.displayable(value) }
+            if let leaked = try? ConnectionTarget(masked).value("password"), leaked != "****" { return ConnectionTarget.displayable(value) }
+        }
+        return masked
     }
 
     /// `postgresql://u:pw@h/db` → `postgresql://u:****@h/db`; `password=pw` → `password=****`.

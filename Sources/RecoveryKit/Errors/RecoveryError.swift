@@ -1,6 +1,9 @@
 import BackupStorage
+import Crypto
+import Foundation
 import Gzip
 import PostgresClient
+import ProcessSignals
 
 /// An error of the recovery domain: a stable exit code, a one-line message naming the object,
 /// and a hint saying what to do next.
@@ -19,11 +22,24 @@ public struct RecoveryError: Error, CustomStringConvertible, Sendable {
 
     /// Classifies any error from the lower modules into the exit-code table, with a hint.
     ///
-    /// This is the one place where library errors meet the exit codes.
+    /// This is the one place where library errors meet the exit codes. Once a signal asked the run
+    /// to stop, every failure is the interruption's (a killed child, a cancelled statement): exit 130.
     public static func classify(_ error: Error) -> RecoveryError {
+        if let signal = Interruption.signal {
+            return interrupted(by: signal)
+        }
         switch error {
         case let error as RecoveryError:
             return error
+        case let error as InterruptedError:
+            return interrupted(by: error.signal)
+        case let error as PostgresError where error.sqlState == PostgresError.lockNotAvailable:
+            let blockers = error.blockingSessions.map { "; \($0)" } ?? "; the blocking session has ended since"
+            return RecoveryError(.lockTimeout, "\(error.operation): waited longer than --lock-wait for a lock\(blockers)",
+                                 hint: "end or wait for the session named (SELECT pg_terminate_backend(pid) ends it), or raise --lock-wait, then run again")
+        case let error as PostgresError where error.sqlState == PostgresError.queryCanceled:
+            return RecoveryError(.databaseError, "\(error.operation): ran longer than statement_timeout and was cancelled (SQLSTATE 57014)",
+                                 hint: "look for what slowed the server (pg_stat_activity), or raise statement_timeout for this role, then run again")
         case let error as PostgresError:
             switch error.kind {
             case .connection:
@@ -50,11 +66,63 @@ public struct RecoveryError: Error, CustomStringConvertible, Sendable {
             default: code = .repositoryError
             }
             return RecoveryError(code, "repository \(error.description)", hint: error.hint)
+        case let error as GzipError where error.kind == .compression:
+            return RecoveryError(.failure, "compressing failed: \(error.description)",
+                                 hint: "zlib could not compress (usually out of memory: check free memory and ulimit -v); nothing was stored, run again")
         case let error as GzipError:
             return RecoveryError(.backupCorrupt, "compressed data is damaged: \(error.description)",
                                  hint: "run dbverify --files to check every backup; restore an older one")
+        case let error as CryptoKitError:
+            return RecoveryError(.backupCorrupt, "decryption failed (\(error)): the data was altered or the key is not the one it was encrypted with",
+                                 hint: "check --encryption-key-file (or DBRECOVERY_ENCRYPTION_KEY) is this repository's key; dbverify --files finds damaged files")
+        case let error as DecodingError:
+            return RecoveryError(.backupCorrupt, "a stored JSON document is unreadable: \(describe(error))",
+                                 hint: "run dbverify --files to find the damaged backup; restore another one")
+        case let error as EncodingError:
+            return RecoveryError(.failure, "could not encode a JSON document: \(error)",
+                                 hint: "this is a bug in dbrecovery; report the message above")
+        case let error as CocoaError:
+            let path = (error.userInfo[NSFilePathErrorKey] as? String) ?? error.url?.path ?? "a file"
+            let underlying = (error.userInfo[NSUnderlyingErrorKey] as? NSError).flatMap { $0.domain == NSPOSIXErrorDomain ? $0.code : nil }
+            let reason = underlying.map { String(cString: strerror(Int32($0))) }
+                ?? error.localizedDescription.replacingOccurrences(of: "The operation could not be completed. ", with: "")
+            let verb = error.isFileReadError ? "read" : error.isFileWriteError ? "write" : "use"
+            return RecoveryError(.repositoryError, "cannot \(verb) \(path): \(reason)",
+                                 hint: "check that \(path) and its directory exist, that this user may \(verb == "use" ? "read and write" : verb) them, and free space")
         default:
-            return RecoveryError(.failure, "\(error)")
+            return RecoveryError(.failure, "\(error)", hint: ExitStatus.failure.defaultHint)
         }
     }
+
+    /// The error a signal turns a run into (as a timeline step records it).
+    static func interrupted(by signal: Int32) -> RecoveryError {
+        RecoveryError(.interrupted, "interrupted by \(Interruption.name(of: signal))",
+                      hint: "run the command again when ready; a second signal exits at once and leaves clean-up to the next run")
+    }
+
+    /// The run's last word when a signal ended it: the interruption, then what its error paths removed
+    /// and what was kept, on one line.
+    public func withCleanupSummary() -> RecoveryError {
+        guard code == .interrupted else { return self }
+        let (cleaned, kept) = CleanupLog.entries
+        let removed = cleaned.isEmpty ? "nothing of this run needed removing" : cleaned.joined(separator: ", ")
+        let keptText = kept.isEmpty ? "kept every backup and database that existed before the run" : "kept " + kept.joined(separator: ", ")
+        return RecoveryError(code, "\(message): \(removed); \(keptText)", hint: hint)
+    }
+
+    private static func describe(_ error: DecodingError) -> String {
+        switch error {
+        case .dataCorrupted(let context): return context.debugDescription
+        case .keyNotFound(let key, _): return "missing field \(key.stringValue)"
+        case .typeMismatch(_, let context), .valueNotFound(_, let context):
+            return "field \(context.codingPath.map(\.stringValue).joined(separator: ".")): \(context.debugDescription)"
+        @unknown default: return "\(error)"
+        }
+    }
+}
+
+extension CocoaError {
+    /// Foundation's file-reading codes are 256…511, its file-writing codes 512…767.
+    fileprivate var isFileReadError: Bool { (256..<512).contains(code.rawValue) }
+    fileprivate var isFileWriteError: Bool { (512..<768).contains(code.rawValue) }
 }

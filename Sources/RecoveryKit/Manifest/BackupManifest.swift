@@ -92,6 +92,15 @@ public struct BackupManifest: Codable, Equatable, Sendable {
     public var physical: Physical? = nil
     /// Other repositories written by the same run, holding the same backup.
     public var otherRepositories: [String]? = nil
+    /// Logical backups: the schema as `pg_dump --schema-only` saw it in the dump's snapshot, checked
+    /// by every restore before the swap (see `SchemaVerifier`). Absent in backups taken before it existed.
+    public var schemaFingerprint: SchemaFingerprint? = nil
+
+    // MARK: Database-level facts (recorded since issue 14; nil in older manifests)
+
+    /// The database's own properties (encoding, locale, owner, privileges, comment, settings),
+    /// which a plain dump does not carry. Nil in backups taken before they were recorded.
+    public var databaseProperties: DatabaseProperties? = nil
 
     /// Total rows across all tables.
     public var totalRows: Int64 { tables.reduce(0) { $0 + $1.rows } }
@@ -131,13 +140,39 @@ public struct BackupManifest: Codable, Equatable, Sendable {
                                 "manifest \(source) has format version \(formatVersion); this dbrecovery reads version \(currentFormatVersion)",
                                 hint: formatVersion > currentFormatVersion ? "upgrade dbrecovery to read this backup" : nil)
         }
+        let manifest: BackupManifest
         do {
-            return try decoder.decode(BackupManifest.self, from: data)
+            manifest = try decoder.decode(BackupManifest.self, from: data)
         } catch let DecodingError.keyNotFound(key, _) {
             throw RecoveryError(.backupCorrupt, "manifest \(source) lacks field '\(key.stringValue)'")
         } catch {
             throw RecoveryError(.backupCorrupt, "manifest \(source) is malformed: \(error)")
         }
+        try manifest.validateNames(source: source)
+        return manifest
+    }
+
+    /// Refuses a manifest whose id or file names would leave its own folder (`../../etc/passwd`,
+    /// `a/b`) or that names no file at all: such a manifest is damaged or hostile, never a backup.
+    ///
+    /// - Throws: `RecoveryError(.backupCorrupt)` naming the bad value.
+    func validateNames(source: String) throws {
+        let hint = "the backup cannot be trusted; restore another one (dbrestore --emergency skips it)"
+        guard Self.isPlainName(id) else {
+            throw RecoveryError(.backupCorrupt, "manifest \(source) has an invalid id '\(id)'", hint: hint)
+        }
+        guard !files.isEmpty else {
+            throw RecoveryError(.backupCorrupt, "manifest \(source) lists no files", hint: hint)
+        }
+        for file in files where !Self.isPlainName(file.name) {
+            throw RecoveryError(.backupCorrupt, "manifest \(source) names a file outside its backup folder: '\(file.name)'", hint: hint)
+        }
+    }
+
+    /// One path component: not empty, not `.` or `..`, no `/`, `\\` or control characters.
+    static func isPlainName(_ name: String) -> Bool {
+        !name.isEmpty && name != "." && name != ".." && name.utf8.count <= 255
+            && !name.unicodeScalars.contains { $0 == "/" || $0 == "\\" || $0.value < 0x20 || $0.value == 0x7F }
     }
 }
 

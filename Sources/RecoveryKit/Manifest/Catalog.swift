@@ -33,6 +33,10 @@ public struct Catalog {
                 entries.append(Entry(id: id, manifest: manifest, problem: nil))
             } catch let error as RecoveryError {
                 entries.append(Entry(id: id, manifest: nil, problem: error.message))
+            } catch let error as StorageError where error.kind == .notFound {
+                // Deleted (dbprune) between the listing and the read: the backup no longer exists,
+                // exactly as if the listing had come a moment later.
+                continue
             }
         }
         return entries.sorted { $0.id > $1.id }

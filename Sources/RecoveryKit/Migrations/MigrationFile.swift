@@ -6,7 +6,12 @@ public struct Migration: Sendable, Equatable {
     public struct Script: Sendable, Equatable {
         public var path: String
         public var sql: String
+        /// sha256 of the text with its line endings as LF and without a byte-order mark, so that a
+        /// checkout that only changed line endings (git autocrlf, an editor) is not an edit.
         public var sha256: String
+        /// sha256 of the file's bytes as they are, which dbmigrate recorded before it ignored line
+        /// endings: a record holding it still matches. Nil where the two are the same.
+        public var bytesSHA256: String? = nil
         /// `-- dbmigrate:no-transaction`: run outside a transaction (e.g. CREATE INDEX CONCURRENTLY).
         public var noTransaction: Bool
         /// `-- dbmigrate:irreversible`: must never be run backwards.
@@ -101,15 +106,18 @@ public enum MigrationDirectory {
                                 hint: "check the file's permissions (the user running dbmigrate must be able to read it)")
         }
         var sql = String(decoding: data, as: UTF8.self)
-        // A byte-order mark (some Windows editors write one) is not SQL; the checksum still covers the file's bytes.
+        // A byte-order mark (some Windows editors write one) is not SQL, and not part of the checksum.
         if sql.hasPrefix("\u{FEFF}") { sql.removeFirst() }
+        var bytesDigest = StreamingDigest()
+        data.withUnsafeBytes { bytesDigest.update($0) }
         var digest = StreamingDigest()
-        data.withUnsafeBytes { digest.update($0) }
+        Data(sql.replacingOccurrences(of: "\r\n", with: "\n").utf8).withUnsafeBytes { digest.update($0) }
         let header = sql.split(whereSeparator: \.isNewline).prefix { $0.hasPrefix("--") || $0.allSatisfy(\.isWhitespace) }
         func has(_ directive: String) -> Bool {
             header.contains { $0.replacingOccurrences(of: " ", with: "").trimmingCharacters(in: .whitespacesAndNewlines).lowercased() == "--dbmigrate:\(directive)" }
         }
-        return Migration.Script(path: path, sql: sql, sha256: digest.hexDigest(),
+        let sha256 = digest.hexDigest(), bytesSHA256 = bytesDigest.hexDigest()
+        return Migration.Script(path: path, sql: sql, sha256: sha256, bytesSHA256: bytesSHA256 == sha256 ? nil : bytesSHA256,
                                 noTransaction: has("no-transaction"), irreversible: has("irreversible"))
     }
 }

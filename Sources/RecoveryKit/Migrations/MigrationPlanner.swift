@@ -161,10 +161,10 @@ public enum MigrationPlanner {
     }
 
     /// How an applied file's edit explains itself: which file, applied when, old and new checksums,
-    /// and the commands that accept or undo the edit; nil when the file is as applied (or the
-    /// version was adopted without a checksum).
+    /// and the commands that accept or undo the edit; nil when the file is as applied, line endings
+    /// and a byte-order mark aside (or the version was adopted without a checksum).
     public static func drift(_ row: AppliedMigration, _ file: Migration) -> String? {
-        guard let recorded = row.upSHA256, recorded != file.up.sha256 else { return nil }
+        guard let recorded = row.upSHA256, recorded != file.up.sha256, recorded != file.up.bytesSHA256 else { return nil }
         let name = (file.up.path as NSString).lastPathComponent
         return "version \(row.version) (\(row.name.isEmpty ? file.name : row.name)): \(name) was edited after it was applied"
             + " (applied \(Timestamp.format(row.appliedAt)); sha256 then \(recorded), now \(file.up.sha256));"

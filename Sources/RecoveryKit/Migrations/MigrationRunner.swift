@@ -1,5 +1,6 @@
 import Foundation
 import PostgresClient
+import ProcessSignals
 
 /// Settings of one `dbmigrate` run.
 public struct MigrationConfiguration {
@@ -154,6 +155,7 @@ public final class MigrationRunner {
     /// - Throws: `RecoveryError(.migrationRefused)` when `schema_version` has a shape dbmigrate cannot use.
     public func applied() throws -> [AppliedMigration] {
         guard let table = try usableVersionTable() else { return [] }
+        try checkReadable()
         let hasRecords = try exists(names.records)
         let records: String
         if hasRecords {
@@ -182,6 +184,21 @@ public final class MigrationRunner {
                              appliedAt: Date(timeIntervalSince1970: row[4].flatMap(Double.init) ?? 0), release: row[5],
                              state: try row.string(6), adopted: row[7] == "true")
         }
+    }
+
+    /// Refuses, naming the grant, a role that cannot read the bookkeeping (rather than the server's
+    /// bare "permission denied" halfway through a query).
+    ///
+    /// - Throws: `RecoveryError(.databaseError)`.
+    private func checkReadable() throws {
+        let tables: [String] = [names.versions, names.records, names.log]
+        let unreadable = try tables.filter { table in
+            try connection.query("SELECT to_regclass($1) IS NOT NULL AND NOT has_table_privilege(to_regclass($1), 'SELECT')", [table]).scalar == "t"
+        }
+        guard !unreadable.isEmpty else { return }
+        let user = VersionTable.quoted(try connection.query("SELECT current_user::text").scalar ?? "?")
+        throw RecoveryError(.databaseError, "role \(user) may not read \(unreadable.joined(separator: ", ")), where dbmigrate keeps what is applied; nothing was changed",
+                            hint: "as the tables' owner or a superuser run: GRANT SELECT ON \(unreadable.joined(separator: ", ")) TO \(user) (up and down also need INSERT, UPDATE, DELETE on them; the dry run lists what is missing)")
     }
 
     /// The columns an earlier dbmigrate kept in `schema_version` itself, read as its records.
@@ -328,6 +345,7 @@ public final class MigrationRunner {
                 throw RecoveryError(.migrationLocked, "another migration holds the lock: \(who)",
                                     hint: "wait for it to finish, or if it is stuck: SELECT pg_terminate_backend(<pid>)")
             }
+            try Interruption.check()
             usleep(200_000)
         }
         // The lock also goes with the connection; an unlock that fails here changes nothing that matters.
@@ -347,17 +365,22 @@ public final class MigrationRunner {
     ///   - available: the migrations directory, for adopting versions found in `schema_version`.
     /// - Throws: `RecoveryError(.migrationFailed)` naming the step, the statement and the SQLSTATE.
     public func run(_ steps: [MigrationStep], backupID: String?, available: [Migration]) throws {
-        try connection.execute(script: """
-            SET lock_timeout = \(Self.literal(configuration.lockTimeout));
-            SET statement_timeout = \(Self.literal(configuration.statementTimeout))
-            """)
+        try resetSession()
         let groups = configuration.perStep || steps.count == 1 ? steps.map { [$0] } : [steps]
         var done: [Int64] = []
         for group in groups {
-            if group.count == 1, group[0].noTransaction {
-                try runWithoutTransaction(group[0], backupID: backupID, available: available)
-            } else {
-                try runInTransaction(group, plan: steps, done: done, backupID: backupID, available: available)
+            do {
+                if group.count == 1, group[0].noTransaction {
+                    try runWithoutTransaction(group[0], backupID: backupID, available: available)
+                } else {
+                    try runInTransaction(group, plan: steps, done: done, backupID: backupID, available: available)
+                }
+            } catch {
+                // A signal's one-line summary must not say "nothing applied" when earlier steps committed.
+                if Interruption.isRequested && !done.isEmpty {
+                    CleanupLog.kept("version(s) \(Self.list(done)) \(steps[0].direction == .up ? "applied" : "reverted") before the signal, each in a transaction of its own (dbmigrate status shows them)")
+                }
+                throw error
             }
             done += group.map(\.version)
         }
@@ -380,12 +403,14 @@ public final class MigrationRunner {
             transactionID = try connection.query("SELECT txid_current()::text").scalar ?? ""
             _ = try prepareBookkeeping(available)
             for step in group {
+                try Interruption.check()
                 let started = Date()
                 try execute(step, transactionID: transactionID)
                 try record(step, milliseconds: Self.milliseconds(since: started), backupID: backupID)
                 recorded.append(step.version)
                 CrashPoint.reached("migrate:between-steps")
             }
+            try Interruption.check()   // a signal before COMMIT rolls the whole plan back
             do {
                 try connection.execute(script: "COMMIT")
             } catch let error as PostgresError where error.kind == .connection {
@@ -398,10 +423,15 @@ public final class MigrationRunner {
             // The error being thrown is what matters; a ROLLBACK that fails means the connection is gone,
             // which rolls the transaction back just the same.
             _ = try? connection.execute(script: "ROLLBACK")
+            if Interruption.isRequested {
+                CleanupLog.cleaned(done.isEmpty ? "rolled back the migration (nothing applied)" : "rolled back the step that was running (version(s) \(Self.list(group.map(\.version))))")
+            }
             logFailure(error, backupID: backupID)
             if let failure = error as? RecoveryError, failure.code == .migrationFailed, !done.isEmpty {
+                // Keep the statement's own advice (what to move where), after what stays applied.
+                let advice = failure.hint.map { $0.hasPrefix(Self.perStepHint) ? String($0.dropFirst(Self.perStepHint.count)) : "; " + $0 } ?? ""
                 throw RecoveryError(.migrationFailed, failure.message,
-                                    hint: "version(s) \(Self.list(done)) were applied in transactions of their own (--per-step) and stay applied; the failing step was rolled back; fix it and run again")
+                                    hint: "version(s) \(Self.list(done)) were applied in transactions of their own (--per-step) and stay applied; the failing step was rolled back; fix it and run again (dbmigrate status shows where it stands)" + advice)
             }
             throw error
         }
@@ -415,6 +445,8 @@ public final class MigrationRunner {
         let file = (step.path as NSString).lastPathComponent
         // Whatever was left open after a chained transaction control statement belongs to nobody.
         if connection.transactionState != .idle { _ = try? connection.execute(script: "ROLLBACK") }
+        // Marked and logged as the role that connected, whatever the step SET (a failed reset shows up as a failed mark).
+        _ = try? resetSession()
         // The server's word on the outcome; if it cannot be asked, the statement itself says which way it went.
         var outcome = (try? connection.query("SELECT txid_status($1::bigint)", [transactionID]).scalar) ?? nil
         var stillPrepared: String?
@@ -469,6 +501,11 @@ public final class MigrationRunner {
                                     hint: "end every BEGIN in \((step.path as NSString).lastPathComponent) with COMMIT; then check the schema and run dbmigrate resolve \(step.version)")
             }
         } catch {
+            if Interruption.isRequested {
+                CleanupLog.kept("version \(step.version) marked \(step.direction == .up ? "applying" : "reverting"): its statements run outside a transaction and may have partly taken effect; check the schema, then dbmigrate resolve \(step.version) --mark-applied or --mark-reverted")
+            }
+            // A step's SET ROLE must not keep the failure out of the log; if the reset fails, so does the log row.
+            _ = try? resetSession()
             logFailure(error, backupID: backupID)
             throw error
         }
@@ -517,12 +554,14 @@ public final class MigrationRunner {
                 try connection.execute(script: statement)
             } catch let error as PostgresError {
                 let excerpt = Self.excerpt(statement, length: 120)
-                var hint = configuration.perStep || step.noTransaction
-                    ? "earlier steps stay done; fix the migration and run again (dbmigrate status shows where it stands)"
-                    : "the whole plan was rolled back; the database is unchanged"
+                var hint = configuration.perStep || step.noTransaction ? Self.perStepHint : "the whole plan was rolled back; the database is unchanged"
                 // 25001: cannot run inside a transaction block; 2D000: a procedure tried to commit.
                 if ["25001", "2D000"].contains(error.sqlState ?? ""), !step.noTransaction {
                     hint += "; this statement must run outside a transaction: move it to a file whose first line is -- dbmigrate:no-transaction"
+                }
+                // 55P04: a value ALTER TYPE … ADD VALUE added is used in the transaction that added it.
+                if error.sqlState == "55P04" {
+                    hint += "; a new enum value cannot be used in the transaction that added it: put the ALTER TYPE … ADD VALUE in an earlier file than its first use and run with --per-step (each file commits on its own, as psql would)"
                 }
                 throw RecoveryError(.migrationFailed,
                                     "\(step.direction.rawValue) step \(step.version) (\(step.name)) failed at statement \(current.index) `\(excerpt)` (\(file)\(current.line > 0 ? " line \(current.line)" : "")): \(error.message) (SQLSTATE \(error.sqlState ?? "?"))",
@@ -534,12 +573,27 @@ public final class MigrationRunner {
                 if !same { throw TransactionEnded(step: step, statementIndex: current.index, statement: statement, line: current.line) }
             }
         }
+        try resetSession()
+    }
+
+    /// Returns the session to how dbmigrate connected, with its timeouts: what a step `SET` (a role to
+    /// own its objects, a session authorization, a search_path, a timeout) ends with the step, as it would with psql running
+    /// each file in a session of its own, and the bookkeeping is written as the role that connected.
+    /// Inside a transaction the reset is part of it, as the step's own `SET`s were.
+    private func resetSession() throws {
+        try connection.execute(script: """
+            RESET ALL;
+            RESET SESSION AUTHORIZATION;
+            RESET ROLE;
+            SET lock_timeout = \(Self.literal(configuration.lockTimeout));
+            SET statement_timeout = \(Self.literal(configuration.statementTimeout))
+            """)
     }
 
     private func record(_ step: MigrationStep, milliseconds: Int64, backupID: String?) throws {
         let version = String(step.version)
         if step.direction == .up {
-            try connection.query("INSERT INTO \(names.versions) (version, applied_at) VALUES ($1, clock_timestamp())", [version])
+            try insertVersionRow(step.version)
             try connection.query("""
                 INSERT INTO \(names.records) (version, name, up_sha256, down_sha256, state, adopted, execution_ms, release)
                 VALUES ($1, $2, $3, $4, 'applied', false, $5, $6)
@@ -555,6 +609,20 @@ public final class MigrationRunner {
             INSERT INTO \(names.log) (version, name, action, release, backup_id, execution_ms, sha256)
             VALUES ($1, $2, $3, $4, $5, $6, $7)
             """, [version, step.name, step.direction.rawValue, configuration.release, backupID, String(milliseconds), step.sha256])
+    }
+
+    /// Adds `version`'s row to `schema_version`, with an `applied_at` later than every row already
+    /// there, so the runbooks' `ORDER BY applied_at DESC LIMIT 1` (and `down --steps`) finds it as the
+    /// current version even when existing rows are ahead of this session's clock (a `timestamp
+    /// without time zone` written in UTC by an application while the server's TimeZone is local, a
+    /// clock that was ahead) or the column keeps whole seconds (`timestamp(0)`), where versions
+    /// applied within one second would tie.
+    private func insertVersionRow(_ version: Int64) throws {
+        let step = try versionTable()?.appliedAtResolution ?? "1 microsecond"
+        try connection.query("""
+            INSERT INTO \(names.versions) (version, applied_at)
+            SELECT $1, greatest(clock_timestamp(), (SELECT max(applied_at) FROM \(names.versions) WHERE isfinite(applied_at)) + $2::interval)
+            """, [String(version), step])
     }
 
     private func logFailure(_ error: Error, backupID: String?) {
@@ -584,10 +652,9 @@ public final class MigrationRunner {
                     throw RecoveryError(.migrationRefused, "version \(version) is not in the migrations directory, so it cannot be marked applied",
                                         hint: "put its <version>_<name>.up.sql back, or check the version number (dbmigrate status)")
                 }
-                try connection.query("""
-                    INSERT INTO \(names.versions) (version, applied_at)
-                    SELECT $1::bigint, clock_timestamp() WHERE NOT EXISTS (SELECT 1 FROM \(names.versions) WHERE version = $1::bigint)
-                    """, [String(version)])
+                if try connection.query("SELECT 1 FROM \(names.versions) WHERE version = $1", [String(version)]).rows.isEmpty {
+                    try insertVersionRow(version)
+                }
                 try connection.query("""
                     INSERT INTO \(names.records) (version, name, up_sha256, down_sha256, release, state) VALUES ($1, $2, $3, $4, $5, 'applied')
                     ON CONFLICT (version) DO UPDATE SET state = 'applied', name = EXCLUDED.name, up_sha256 = EXCLUDED.up_sha256,
@@ -616,13 +683,45 @@ public final class MigrationRunner {
         try inTransaction {
             _ = try prepareBookkeeping(available)
             for version in versions.sorted() {
-                try connection.query("INSERT INTO \(names.versions) (version, applied_at) VALUES ($1, clock_timestamp())", [String(version)])
+                try insertVersionRow(version)
                 try adopt(version, file: files[version], action: "baseline", detail: "dbmigrate baseline")
             }
         }
     }
 
     // MARK: - What a downgrade needs
+
+    /// What this role may not do that recording `direction`'s steps needs, each with the grant that
+    /// fixes it: create the bookkeeping tables that do not exist yet, and read and write the ones that
+    /// do. Empty when recording would work, so a dry run and the real run both refuse before anything runs.
+    public func bookkeepingProblems(_ direction: MigrationStep.Direction) throws -> [String] {
+        let user = VersionTable.quoted(try connection.query("SELECT current_user::text").scalar ?? "?")
+        var problems: [String] = []
+        var missingCreate: [String: [String]] = [:]
+        let needs = [(names.versions, direction == .up ? ["SELECT", "INSERT"] : ["SELECT", "DELETE"]),
+                     (names.records, ["SELECT", "INSERT", "UPDATE", "DELETE"]), (names.log, ["SELECT", "INSERT"])]
+        for (table, privileges) in needs {
+            guard try exists(table) else {
+                if let row = try connection.query("SELECT (parse_ident($1))[1], has_schema_privilege((parse_ident($1))[1], 'CREATE')::text", [table]).rows.first,
+                   row[1] != "true", let schema = row[0] {
+                    missingCreate[schema, default: []].append(table)
+                }
+                continue
+            }
+            let lacking = try privileges.filter { try connection.query("SELECT has_table_privilege($1, $2)::text", [table, $0]).scalar != "true" }
+            if !lacking.isEmpty {
+                problems.append("role \(user) lacks \(lacking.joined(separator: ", ")) on \(table); as its owner or a superuser run: GRANT \(privileges.joined(separator: ", ")) ON \(table) TO \(user)")
+            }
+            if table == names.log, let sequence = try connection.query("SELECT pg_get_serial_sequence($1, 'id')", [table]).scalar,
+               try connection.query("SELECT has_sequence_privilege($1, 'USAGE')::text", [sequence]).scalar != "true" {
+                problems.append("role \(user) lacks USAGE on \(sequence); as its owner or a superuser run: GRANT USAGE ON SEQUENCE \(sequence) TO \(user)")
+            }
+        }
+        for (schema, tables) in missingCreate.sorted(by: { $0.key < $1.key }) {
+            problems.append("role \(user) may not create \(tables.joined(separator: ", ")) in schema \(schema); as its owner or a superuser run: GRANT CREATE ON SCHEMA \(VersionTable.quoted(schema)) TO \(user)")
+        }
+        return problems
+    }
 
     /// Why `pg_create_restore_point` would fail for this session, with the fix; nil when it would work.
     public func restorePointProblem() throws -> String? {
@@ -692,13 +791,20 @@ public final class MigrationRunner {
 
     static func milliseconds(since start: Date) -> Int64 { Int64((Date().timeIntervalSince(start) * 1000).rounded()) }
 
+    /// The hint of a failed statement when earlier steps were committed on their own.
+    static let perStepHint = "earlier steps stay done; fix the migration and run again (dbmigrate status shows where it stands)"
+
     /// A statement on one line for messages and the log, cut to `length`, with password literals
     /// (`PASSWORD '…'` of CREATE/ALTER ROLE, USER MAPPING options) masked: errors never show secrets.
     static func excerpt(_ statement: String, length: Int) -> String {
-        let line = statement.split(whereSeparator: \.isNewline).joined(separator: " ")
-        let masked = line.replacingOccurrences(of: #"(?i)(password\s*=?\s*)(E?'(?:[^']|'')*'|\$[A-Za-z_]*\$.*?\$[A-Za-z_]*\$)"#,
-                                               with: "$1'…'", options: .regularExpression)
-        return String(masked.prefix(length))
+        String(maskingPasswords(statement.split(whereSeparator: \.isNewline).joined(separator: " ")).prefix(length))
+    }
+
+    /// `sql` with the literal after each `PASSWORD` (CREATE/ALTER ROLE, USER MAPPING options) shown
+    /// as `'…'`: what dbmigrate prints of a migration (errors, the dry run's SQL) never shows a secret.
+    public static func maskingPasswords(_ sql: String) -> String {
+        sql.replacingOccurrences(of: #"(?i)(password\s*=?\s*)(E?'(?:[^']|'')*'|\$[A-Za-z_]*\$.*?\$[A-Za-z_]*\$)"#,
+                                 with: "$1'…'", options: .regularExpression)
     }
 
     /// `1, 2, 5` for messages.

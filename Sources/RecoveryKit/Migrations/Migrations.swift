@@ -17,7 +17,18 @@ public struct MigrationPlan: Codable, Sendable {
     /// Versions the release had that are not applied now (down --to-release only).
     public var notes: [String]
 
-    /// The plan for a person, with or without the full SQL.
+    /// The plan as shown (`--json`): each step's SQL with its passwords masked.
+    public var shown: MigrationPlan {
+        var plan = self
+        plan.steps = steps.map { step in
+            var step = step
+            step.sql = MigrationRunner.maskingPasswords(step.sql)
+            return step
+        }
+        return plan
+    }
+
+    /// The plan for a person, with or without the full SQL (passwords masked).
     public func lines(includingSQL: Bool) -> [String] {
         var lines = ["\(direction == .up ? "upgrade" : "downgrade") from version \(fromVersion.map(String.init) ?? "none") to \(toVersion.map(String.init) ?? "none"): \(steps.count) step\(steps.count == 1 ? "" : "s"), \(singleTransaction ? "one transaction" : "one transaction per step")"]
         if direction == .down && !steps.isEmpty {
@@ -33,7 +44,7 @@ public struct MigrationPlan: Codable, Sendable {
         for step in steps {
             lines.append("\(step.direction.rawValue) \(step.version) \(step.name)\(step.noTransaction ? " (no transaction)" : "")  [\((step.path as NSString).lastPathComponent)]")
             if includingSQL {
-                lines.append(contentsOf: step.sql.split(separator: "\n", omittingEmptySubsequences: false).map { "    " + $0 })
+                lines.append(contentsOf: MigrationRunner.maskingPasswords(step.sql).split(separator: "\n", omittingEmptySubsequences: false).map { "    " + $0 })
             }
         }
         return lines
@@ -75,6 +86,7 @@ public enum Migrations {
             let steps = try MigrationPlanner.planUp(available: available, applied: applied, to: target,
                                                     singleTransaction: !configuration.perStep, serverVersion: runner.serverVersion)
             try runner.checkCapacity(for: steps.map(\.version))
+            if !steps.isEmpty { try refuseUnlessRecordable(.up, runner) }
             let current = applied.map(\.version).max()
             let plan = MigrationPlan(direction: .up, fromVersion: current, toVersion: steps.last?.version ?? current, steps: steps,
                                      singleTransaction: !configuration.perStep, takesBackup: false, createsRestorePoint: false,
@@ -130,6 +142,7 @@ public enum Migrations {
             var warnings = try runner.versionTableWarnings() + runner.destructiveWarnings(steps)
             var restorePointProblem: String?
             if !steps.isEmpty {
+                try refuseUnlessRecordable(.down, runner)
                 if let backupRepository, let problem = try repositoryProblem(backupRepository) ?? runner.backupProblem() {
                     throw RecoveryError(.migrationRefused, "refused before running anything: \(problem)",
                                         hint: "nothing was changed; fix it as described (or pass --no-backup to go without a backup), then run again")
@@ -168,6 +181,14 @@ public enum Migrations {
                                           warnings: plan.warnings + [point.warning].compactMap { $0 }, serverMessages: runner.serverMessages,
                                           durationSeconds: Date().timeIntervalSince(started)))
         }
+    }
+
+    /// Refuses, in the dry run as in the real run, a plan whose steps the role could run but not record.
+    private static func refuseUnlessRecordable(_ direction: MigrationStep.Direction, _ runner: MigrationRunner) throws {
+        let problems = try runner.bookkeepingProblems(direction)
+        guard !problems.isEmpty else { return }
+        throw RecoveryError(.migrationRefused, "refused before running anything: dbmigrate could not record the \(direction == .up ? "upgrade" : "downgrade"): " + problems.joined(separator: "; "),
+                            hint: "nothing was changed; grant as described (or connect as the role that owns the schema), then run again")
     }
 
     /// Why a backup into a local repository could not be written (the nearest existing folder on

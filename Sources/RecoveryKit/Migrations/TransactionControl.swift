@@ -173,23 +173,79 @@ public enum TransactionControl {
 
         init(_ text: String) { self.text = Array(text.utf8) }
 
-        /// The 1-based line of `statement`'s first line, searching on from the previous statement; 0 if not found.
+        /// The 1-based line where `statement`'s first token (after any leading comments) is, searching
+        /// on from the previous statement; 0 if not found.
+        ///
+        /// The statement is found whole (the splitter yields it verbatim), so a keyword that also
+        /// appears in an earlier comment (`-- then COMMIT`) is not mistaken for it.
         mutating func line(of statement: String) -> Int {
-            // The first line with code (a splitter may keep leading `--` comments in the statement).
+            let whole = Array(statement.utf8)
+            // The statement's code starts at the next token after the previous statement (past its
+            // semicolon and any comments); a keyword inside those comments is never it.
+            let body = whole[Self.firstToken(whole[...])...]
+            var start = cursor
+            while true {
+                start = Self.firstToken(text[start...])
+                guard start < text.count, text[start] == UInt8(ascii: ";") else { break }
+                start += 1
+            }
+            if !body.isEmpty, text[start...].starts(with: body) {
+                cursor = start + body.count
+                return 1 + Self.newlines(text[0..<start])
+            }
+            if let position = find(whole) {
+                cursor = position + whole.count
+                return 1 + Self.newlines(text[0..<position]) + Self.newlines(whole[0..<Self.firstToken(whole[...])])
+            }
+            // Not verbatim (should not happen): the first line with code, searched for on its own.
             let firstLine = statement.split(whereSeparator: \.isNewline)
                 .map { $0.trimmingCharacters(in: .whitespaces) }
                 .first { !$0.isEmpty && !$0.hasPrefix("--") } ?? ""
             let needle = Array(firstLine.utf8)
-            guard !needle.isEmpty, needle.count <= text.count else { return 0 }
+            guard let position = find(needle) else { return 0 }
+            cursor = position + needle.count
+            return 1 + Self.newlines(text[0..<position])
+        }
+
+        /// Where `needle` next occurs from the cursor on.
+        private func find(_ needle: [UInt8]) -> Int? {
+            guard !needle.isEmpty, needle.count <= text.count else { return nil }
             var position = cursor
             while position + needle.count <= text.count {
-                if text[position] == needle[0] && Array(text[position..<(position + needle.count)]) == needle {
-                    cursor = position + needle.count
-                    return 1 + text[0..<position].reduce(0) { $0 + ($1 == UInt8(ascii: "\n") ? 1 : 0) }
-                }
+                if text[position] == needle[0] && text[position..<(position + needle.count)].elementsEqual(needle) { return position }
                 position += 1
             }
-            return 0
+            return nil
+        }
+
+        private static func newlines(_ bytes: ArraySlice<UInt8>) -> Int {
+            bytes.reduce(0) { $0 + ($1 == UInt8(ascii: "\n") ? 1 : 0) }
+        }
+
+        /// Index of the first byte that is neither whitespace nor inside a `--` or `/* */` comment
+        /// (`endIndex` when there is none).
+        static func firstToken(_ bytes: ArraySlice<UInt8>) -> Int {
+            var index = bytes.startIndex
+            func at(_ offset: Int) -> UInt8? { offset < bytes.endIndex ? bytes[offset] : nil }
+            while index < bytes.endIndex {
+                let byte = bytes[index]
+                if byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") || byte == UInt8(ascii: "\n") || byte == UInt8(ascii: "\r") {
+                    index += 1
+                } else if byte == UInt8(ascii: "-") && at(index + 1) == UInt8(ascii: "-") {
+                    while index < bytes.endIndex && bytes[index] != UInt8(ascii: "\n") { index += 1 }
+                } else if byte == UInt8(ascii: "/") && at(index + 1) == UInt8(ascii: "*") {
+                    var depth = 1
+                    index += 2
+                    while index < bytes.endIndex && depth > 0 {
+                        if bytes[index] == UInt8(ascii: "*") && at(index + 1) == UInt8(ascii: "/") { depth -= 1; index += 2 }
+                        else if bytes[index] == UInt8(ascii: "/") && at(index + 1) == UInt8(ascii: "*") { depth += 1; index += 2 }
+                        else { index += 1 }
+                    }
+                } else {
+                    return index
+                }
+            }
+            return min(index, bytes.endIndex)
         }
     }
 }

@@ -56,6 +56,15 @@ public struct VersionTable: Sendable, Equatable {
         }
     }
 
+    /// The smallest step `applied_at` can tell apart, as interval text: `1 second` for `timestamp(0)`,
+    /// `1 microsecond` for a column of full precision.
+    public var appliedAtResolution: String {
+        guard let type = columns.first(where: { $0.name == "applied_at" })?.type,
+              let open = type.firstIndex(of: "("), let close = type[open...].firstIndex(of: ")"),
+              let digits = Int(type[type.index(after: open)..<close]), (0...6).contains(digits) else { return "1 microsecond" }
+        return "\((0..<(6 - digits)).reduce(1) { value, _ in value * 10 }) microseconds"
+    }
+
     /// Why dbmigrate cannot use this table, with the one command that makes it usable; nil when usable.
     ///
     /// Usable: a table (not a view) with an integer `version`, a `timestamp`/`timestamptz`

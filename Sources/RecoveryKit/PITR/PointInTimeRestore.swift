@@ -2,6 +2,7 @@ import BackupStorage
 import Foundation
 import Gzip
 import PostgresClient
+import ProcessSignals
 
 /// Where recovery should stop.
 public enum RecoveryTarget: Sendable, Equatable, CustomStringConvertible {
@@ -37,6 +38,8 @@ public struct PITRConfiguration {
     public var startTimeoutSeconds: Double
     /// The repository cipher key, for encrypted backups.
     public var key: RepositoryKey? = nil
+    /// The file `key` came from: `restore_command` passes this path on, never the key itself.
+    public var keyFile: String? = nil
 
     public init(repository: String, dataDirectory: String, target: RecoveryTarget, port: Int? = nil, start: Bool = false,
                 moveAside: Bool = false, tools: PostgresTools = PostgresTools(), connection: ConnectionTarget,
@@ -100,6 +103,10 @@ public enum PointInTimeRestore {
     /// - Throws: `RecoveryError` naming why no base backup qualifies (before the oldest backup,
     ///   beyond the archived WAL, a missing segment), or a non-empty data directory.
     public static func plan(_ configuration: PITRConfiguration) throws -> PITRPlan {
+        if configuration.key != nil && configuration.keyFile == nil {
+            throw RecoveryError(.usage, "--pitr with an encrypted repository needs the key in a file: the restored server's restore_command must read it too",
+                                hint: "pass --encryption-key-file FILE (readable by the PostgreSQL server's user) instead of DBRECOVERY_ENCRYPTION_KEY")
+        }
         let store = try Repository.open(configuration.repository, create: false)
         let backups = try Catalog(store: store).manifests().filter { $0.kind == .physical && $0.physical != nil }
         guard !backups.isEmpty else {
@@ -193,6 +200,9 @@ public enum PointInTimeRestore {
     public static func execute(_ plan: PITRPlan, _ configuration: PITRConfiguration, timeline: Timeline,
                                progress: ProgressObserver? = nil) throws -> PITRReport {
         let store = try Repository.open(configuration.repository, create: false)
+        // A reader lock before the manifest is read: dbprune leaves the base backup alone meanwhile.
+        let reading = try StoreLock.sharedIfWritable(in: store, backupID: plan.backupID, holder: LockHolder(command: "dbrestore --pitr"))
+        defer { try? reading?.release() }   // a leftover reader record only delays pruning; dbprune removes it once we are gone
         let manifest = try Catalog(store: store).resolve(plan.backupID)
         let directory = configuration.dataDirectory
         if let aside = plan.moveAsideTo {
@@ -253,13 +263,33 @@ public enum PointInTimeRestore {
         }
     }
 
+    /// The `restore_command` line: the running executable's absolute path, every value shell-quoted
+    /// (and `%` doubled, which PostgreSQL would otherwise expand), the key by file, never by value.
+    static func restoreCommand(_ configuration: PITRConfiguration) -> String {
+        func absolute(_ path: String) -> String {
+            path.hasPrefix("/") || path.hasPrefix("s3://") || path.hasPrefix("file://") ? path : FileManager.default.currentDirectoryPath + "/" + path
+        }
+        func shell(_ text: String) -> String {
+            "'" + text.replacingOccurrences(of: "'", with: "'\\''").replacingOccurrences(of: "%", with: "%%") + "'"
+        }
+        var words = [shell(configuration.dbrestorePath), "wal-fetch", "%f", "%p", "--repo", shell(absolute(configuration.repository))]
+        if let keyFile = configuration.keyFile { words += ["--encryption-key-file", shell(absolute(keyFile))] }
+        return words.joined(separator: " ")
+    }
+
+    /// Absolute path of the running executable (`/proc/self/exe`), whatever argv[0] and the
+    /// current directory were; falls back to argv[0] resolved where there is no `/proc`.
+    public static func runningExecutable() -> String {
+        if let path = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"), path.hasPrefix("/") { return path }
+        return URL(fileURLWithPath: CommandLine.arguments.first ?? "dbrestore").resolvingSymlinksInPath().path
+    }
+
     private static func writeRecoverySettings(_ configuration: PITRConfiguration, backupID: String) throws {
         let directory = configuration.dataDirectory
-        let quote = { (text: String) in "'" + text.replacingOccurrences(of: "'", with: "''") + "'" }
-        let repository = configuration.repository.hasPrefix("s3://") || configuration.repository.hasPrefix("/")
-            ? configuration.repository : FileManager.default.currentDirectoryPath + "/" + configuration.repository
+        // postgresql.conf strings process backslash escapes and take '' for a quote.
+        let quote = { (text: String) in "'" + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "''") + "'" }
         var lines = ["", "# Added by dbrestore --pitr at \(Timestamp.format(Date())) from base backup \(backupID).",
-                     "restore_command = \(quote("\(configuration.dbrestorePath) wal-fetch %f %p --repo \(repository)"))",
+                     "restore_command = \(quote(restoreCommand(configuration)))",
                      "recovery_target_action = 'promote'",
                      "recovery_target_timeline = 'latest'",
                      "# The restored cluster must not archive into the repository it was restored from.",
@@ -326,6 +356,7 @@ public enum PointInTimeRestore {
                 guard Date() < deadline else {
                     throw RecoveryError(.restoreFailed, "recovery did not finish within \(Int(configuration.startTimeoutSeconds)) s", hint: "see \(log)")
                 }
+                try Interruption.check()
                 usleep(200_000)
             }
         }
@@ -349,6 +380,7 @@ public enum PointInTimeRestore {
             return String(line[range.upperBound...].prefix(24))
         }.last
         let missing = restored.flatMap { WALSegmentName.next(after: $0) }.map { " (last segment replayed: \(restored ?? ""); \($0) was not in the archive)" } ?? ""
-        return String(fatal[(fatal.range(of: "FATAL:") ?? fatal.range(of: "PANIC:"))!.lowerBound...]) + missing
+        let start = (fatal.range(of: "FATAL:") ?? fatal.range(of: "PANIC:"))?.lowerBound ?? fatal.startIndex
+        return String(fatal[start...]) + missing
     }
 }

@@ -32,18 +32,10 @@ public enum WALArchive {
             throw RecoveryError(.failure, "cannot read WAL file \(path)", hint: "archive_command must pass %p, relative to the data directory")
         }
         let store = try Repository.open(repository, create: true)
-        let existing: Data?
-        do {
-            existing = try store.read(key)
-        } catch let error as StorageError where error.kind == .notFound {
-            existing = nil
-        }
-        if let existing {
-            let stored = try decompress(existing, name: name, objectKey: key, cipherKey: cipherKey)
-            if stored == data { return .alreadyArchived }
-            throw RecoveryError(.repositoryError,
-                                "WAL file \(name) is already archived in \(store.location) with DIFFERENT content; the archived copy was kept",
-                                hint: "two clusters may be archiving into one repository; give each its own --repo")
+        // A retry of an archived segment is common (PostgreSQL retries after any failure): answer it
+        // without compressing and uploading the file again.
+        if let outcome = try compareWithArchived(data, name: name, objectKey: key, store: store, cipherKey: cipherKey) {
+            return outcome
         }
         var compressed = Data()
         let compressor = try GzipCompressor(level: 1) { compressed.append(contentsOf: $0) }
@@ -56,8 +48,32 @@ public enum WALArchive {
             try encryptor.finish()
             compressed = encrypted
         }
-        try store.write(key, contents: compressed)
-        return .stored
+        // Created only if absent (link() locally, If-None-Match on S3): of two concurrent pushes of one
+        // name exactly one stores its copy; the other compares with what won.
+        if try store.create(key, contents: compressed) { return .stored }
+        guard let outcome = try compareWithArchived(data, name: name, objectKey: key, store: store, cipherKey: cipherKey) else {
+            throw RecoveryError(.repositoryError, "WAL file \(name) was archived and removed again while we stored it",
+                                hint: "something deletes from \(store.location)/wal while archiving runs; PostgreSQL will retry")
+        }
+        return outcome
+    }
+
+    /// `.alreadyArchived` when the archive holds exactly `data` under `objectKey`, nil when it holds nothing.
+    ///
+    /// - Throws: `RecoveryError(.repositoryError)` when it holds different content (which is kept).
+    private static func compareWithArchived(_ data: Data, name: String, objectKey: String, store: BackupStore,
+                                            cipherKey: RepositoryKey?) throws -> PushOutcome? {
+        let existing: Data
+        do {
+            existing = try store.read(objectKey)
+        } catch let error as StorageError where error.kind == .notFound {
+            return nil
+        }
+        let stored = try decompress(existing, name: name, objectKey: objectKey, cipherKey: cipherKey)
+        if stored == data { return .alreadyArchived }
+        throw RecoveryError(.repositoryError,
+                            "WAL file \(name) is already archived in \(store.location) with DIFFERENT content; the archived copy was kept",
+                            hint: "two clusters may be archiving into one repository; give each its own --repo")
     }
 
     /// Fetches one WAL file for `restore_command`: download, verify (gzip CRC and length),

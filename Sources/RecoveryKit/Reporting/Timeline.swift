@@ -1,4 +1,5 @@
 import Foundation
+import ProcessSignals
 
 /// A record of what a long operation did and when: printed live for the operator and kept for the
 /// incident record.
@@ -30,6 +31,7 @@ public final class Timeline {
     /// Runs `body` as a named step, recording its duration and whether it failed.
     @discardableResult
     public func step<T>(_ name: String, _ body: () throws -> T) throws -> T {
+        try Interruption.check()   // an interrupted run starts no new step
         let start = Date()
         do {
             let value = try body()

@@ -1,6 +1,7 @@
 import BackupStorage
 import Foundation
 import PostgresClient
+import ProcessSignals
 
 /// What a restore should do, resolved from flags and environment.
 public struct RestoreConfiguration {
@@ -23,12 +24,16 @@ public struct RestoreConfiguration {
     /// Only backups taken at this release (emergency and drill).
     public var release: String?
     public var dryRun: Bool
+    /// Where pg_dump is found (schema verification runs `pg_dump --schema-only` on the scratch database).
+    public var tools = PostgresTools()
     /// Where to write the incident record (emergency); default `<repo>/incidents/<time>.json`.
     public var incidentFile: String?
     /// The repository cipher key, for encrypted backups.
     public var key: RepositoryKey? = nil
     /// Connections that load rows and build indexes at once.
     public var jobs: Int
+    /// How long the swap waits for the target's sessions to end before it gives up (target unchanged).
+    public var swapTimeout: TimeInterval = 30
 
     public init(mode: Mode, target: ConnectionTarget, repositories: [String], backup: String = "latest", release: String? = nil,
                 dryRun: Bool = false, jobs: Int = ProcessInfo.processInfo.activeProcessorCount, incidentFile: String? = nil) {
@@ -65,6 +70,16 @@ public struct RestorePlan: Codable, Sendable {
     /// Where the current database will be kept (nil when it does not exist, or in a drill).
     public var keptAs: String?
     public var skipped: [Skipped]
+    /// The database properties the restored database gets, secret-looking setting values masked
+    /// (nil: the backup did not record them).
+    public var databaseProperties: DatabaseProperties?
+    /// What this restore cannot restore, said before it starts.
+    public var warnings: [String] = []
+    /// `--dry-run`: what was checked of the backup's files.
+    public var filesChecked: String?
+    /// Pre-restore copies of the target kept by earlier restores, and their size.
+    public var preRestoreCopies: Int = 0
+    public var preRestoreBytes: Int64 = 0
 
     /// The plan as lines for a person.
     public var lines: [String] {
@@ -74,19 +89,30 @@ public struct RestorePlan: Codable, Sendable {
                      + (backupRelease.map { ", release \($0)" } ?? "") + (backupSchemaVersion.map { ", schema version \($0)" } ?? "")
                      + ", \(backupRows) rows")
         lines.append("from:     \(repository)")
+        if let filesChecked { lines.append("files:    \(filesChecked)") }
         lines.append("server:   \(server)")
-        lines.append("1. create scratch database \(scratchDatabase) and replay the dump into it (one transaction, sha256 checked)")
-        lines.append("2. check every table's row count in \(scratchDatabase) against the manifest")
+        var steps = ["create scratch database \(scratchDatabase)" + (databaseProperties.map { " (encoding \($0.encoding), locale \($0.collate))" } ?? "")
+                     + " and replay the dump into it (sha256 checked)",
+                     "check every table's row count in \(scratchDatabase) against the manifest"]
+        if let databaseProperties {
+            steps.append("give \(scratchDatabase) the database properties of the backup:\n" + databaseProperties.lines.map { "     " + $0 }.joined(separator: "\n"))
+        }
         switch mode {
         case .drill:
-            lines.append("3. drop \(scratchDatabase); \(targetDatabase) is not touched")
+            steps.append("drop \(scratchDatabase); \(targetDatabase) is not touched")
         default:
             if let keptAs {
-                lines.append("3. end sessions on \(targetDatabase), rename it to \(keptAs) (kept, never dropped)")
-                lines.append("4. rename \(scratchDatabase) to \(targetDatabase)")
+                steps.append("end sessions on \(targetDatabase), rename it to \(keptAs) (kept, never dropped)")
+                steps.append("rename \(scratchDatabase) to \(targetDatabase)")
             } else {
-                lines.append("3. \(targetDatabase) does not exist: rename \(scratchDatabase) to \(targetDatabase)")
+                steps.append("\(targetDatabase) does not exist: rename \(scratchDatabase) to \(targetDatabase)")
             }
+        }
+        lines += steps.enumerated().map { "\($0.offset + 1). \($0.element)" }
+        lines += warnings.map { "warning: \($0)" }
+        if preRestoreCopies > 0 {
+            lines.append("note: \(preRestoreCopies) pre-restore cop\(preRestoreCopies == 1 ? "y" : "ies") of \(targetDatabase) kept by earlier restores"
+                         + " hold\(preRestoreCopies == 1 ? "s" : "") \(ByteCount.format(UInt64(max(0, preRestoreBytes)))); dbrestore cleanup drops old ones")
         }
         return lines
     }
@@ -105,36 +131,61 @@ public struct RestoreReport: Codable, Sendable {
 }
 
 /// Verified logical restore: into a scratch database, verified there, then swapped in.
+///
+/// The pieces: `CandidateSelection` picks the backup (and the next older one when a candidate fails
+/// in `--emergency` or `--drill`), `DatabaseSwap` creates the scratch database as the source was,
+/// gives it the source's properties and swaps it in, `ToolDatabases` marks what the tool made and
+/// repairs what a killed run left.
 public enum LogicalRestore {
-    /// Works out the plan without changing anything.
+    /// Works out the plan without changing anything. With `dryRun`, the chosen backup's files are
+    /// read in full (sha256 and the whole gzip stream).
     ///
     /// - Throws: `RecoveryError` (`.backupNotFound`, `.backupCorrupt`, `.databaseUnavailable`, …).
     public static func plan(_ configuration: RestoreConfiguration, timeline: Timeline? = nil) throws -> RestorePlan {
         let database = configuration.target.databaseName
-        let (manifest, repository, skipped) = try chooseBackup(configuration, timeline: timeline)
+        let choice: CandidateSelection.Choice
+        do {
+            choice = try CandidateSelection.choose(configuration, depth: configuration.dryRun ? .full : .checksum, timeline: timeline)
+        } catch {
+            if configuration.mode == .emergency && !configuration.dryRun, let timeline { recordFailedSearch(error, configuration, timeline: timeline) }
+            throw error
+        }
         let admin = try connectToMaintenance(configuration.target)
         defer { admin.close() }
         let exists = try databaseExists(database, on: admin)
         try checkPrivileges(on: admin, target: database, targetExists: exists, mode: configuration.mode)
         let stamp = compactTimestamp(Date())
         let scratchPurpose = configuration.mode == .drill ? "drill" : "restore"
-        return RestorePlan(
-            mode: configuration.mode, repository: repository, backupID: manifest.id, backupTakenAt: manifest.startedAt,
-            backupRelease: manifest.release, backupSchemaVersion: manifest.schemaVersion, backupRows: manifest.totalRows,
+        var plan = RestorePlan(
+            mode: configuration.mode, repository: choice.repository, backupID: "", backupTakenAt: Date(), backupRows: 0,
             server: configuration.target.redactedDescription, targetDatabase: database, targetExists: exists,
-            scratchDatabase: identifier(database, suffix: "_\(scratchPurpose)_\(stamp)"),
-            keptAs: exists && configuration.mode != .drill ? identifier(database, suffix: "_pre_restore_\(stamp)") : nil,
-            skipped: skipped)
+            scratchDatabase: try unusedIdentifier(database, suffix: "_\(scratchPurpose)_\(stamp)", on: admin),
+            keptAs: exists && configuration.mode != .drill ? try unusedIdentifier(database, suffix: "_pre_restore_\(stamp)", on: admin) : nil,
+            skipped: [])
+        plan.choose(choice)
+        if configuration.dryRun {
+            plan.filesChecked = "\(choice.manifest.files.map(\.name).joined(separator: ", ")) verified: size, sha256 and the whole gzip stream"
+        }
+        let copies = try ToolDatabases.list(on: admin, target: database).filter { $0.marker.kind == .preRestore }
+        plan.preRestoreCopies = copies.count
+        plan.preRestoreBytes = copies.reduce(0) { $0 + $1.sizeBytes }
+        return plan
     }
 
     /// Carries out a plan made by `plan(_:)`.
+    ///
+    /// In `--emergency` and `--drill`, a candidate that fails for any reason of its own (replay
+    /// error, row counts that do not match, files that turn out damaged) is dropped with its scratch
+    /// database, recorded in the plan's `skipped` with the reason, and the next older candidate is
+    /// tried, until one restores and verifies or none is left. A failure of the server itself, or of
+    /// the swap, stops the run.
     ///
     /// - Important: the current database is renamed aside, never dropped. Any failure before the
     ///   swap drops only the scratch database and leaves the target as it was.
     /// - Throws: `RecoveryError`; the report of a failed emergency restore is still written.
     public static func execute(_ plan: RestorePlan, _ configuration: RestoreConfiguration, timeline: Timeline,
                                progress: ProgressObserver? = nil) throws -> RestoreReport {
-        let store = try Repository.open(plan.repository, create: false)
+        var plan = plan
         var verification: RowCountVerifier.Report?
         func report(_ outcome: String) -> RestoreReport {
             let finished = Date()
@@ -142,39 +193,138 @@ public enum LogicalRestore {
                                  durationSeconds: (finished.timeIntervalSince(timeline.startedAt) * 1000).rounded() / 1000,
                                  verification: verification, timeline: timeline.steps, incidentFile: nil, outcome: outcome)
         }
+        var store = try Repository.open(plan.repository, create: false)
         do {
-            let outcome = try runSteps(plan, configuration, store: store, timeline: timeline, progress: progress) { verification = $0 }
+            let admin = try connectToMaintenance(configuration.target)
+            defer { admin.close() }
+            try lockTarget(plan.targetDatabase, on: admin)
+            try ToolDatabases.repair(plan.targetDatabase, on: admin, timeline: timeline)
+            plan.warnings.forEach { timeline.note("backup \(plan.backupID)", outcome: "warning: \($0)") }
+            var outcome: String
+            var latestGone = 0
+            while true {
+                var reachedSwap = false
+                do {
+                    outcome = try runSteps(plan, configuration, store: store, admin: admin, timeline: timeline, progress: progress,
+                                           reachedSwap: &reachedSwap) { verification = $0 }
+                    break
+                } catch let gone as RecoveryError where gone.code == .backupNotFound && configuration.mode == .normal
+                            && configuration.backup == "latest" && latestGone < 3 {
+                    // `latest` was pruned between the plan and the reader lock (newer backups came in
+                    // meanwhile): the newest one now is what was asked for. Nothing was created yet.
+                    latestGone += 1
+                    timeline.note("backup \(plan.backupID)", outcome: "\(gone.message); taking the newest again")
+                    plan.choose(try CandidateSelection.choose(configuration, depth: .checksum, timeline: timeline))
+                    store = try Repository.open(plan.repository, create: false)
+                } catch {
+                    guard configuration.mode != .normal, !reachedSwap, isCandidateFailure(error, admin: admin) else { throw error }
+                    let reason = RecoveryError.classify(error).message
+                    plan.skipped.append(.init(id: plan.backupID, reason: reason))
+                    timeline.note("skip backup \(plan.backupID)", outcome: reason)
+                    verification = nil
+                    let tried = Set(plan.skipped.map(\.id))
+                    let next: CandidateSelection.Choice
+                    do {
+                        next = try CandidateSelection.choose(configuration, excluding: tried, skipped: plan.skipped, depth: .checksum, timeline: timeline)
+                    } catch let none as RecoveryError where none.code == .backupNotFound {
+                        // At least one candidate was tried and failed: the run failed as a restore.
+                        throw RecoveryError(.restoreFailed, none.message, hint: "\(plan.targetDatabase) was not touched; " + (none.hint ?? ""))
+                    }
+                    plan.choose(next)
+                    // A fresh name, in case the failed candidate's scratch database could not be dropped.
+                    plan.scratchDatabase = try unusedIdentifier(plan.targetDatabase,
+                                                                suffix: "_\(configuration.mode == .drill ? "drill" : "restore")_\(compactTimestamp(Date()))", on: admin)
+                    plan.warnings.forEach { timeline.note("backup \(plan.backupID)", outcome: "warning: \($0)") }
+                    store = try Repository.open(plan.repository, create: false)
+                }
+            }
+            if configuration.mode != .drill {
+                // What the operator now keeps around, this restore's copy included.
+                let copies = try ToolDatabases.list(on: admin, target: plan.targetDatabase).filter { $0.marker.kind == .preRestore }
+                plan.preRestoreCopies = copies.count
+                plan.preRestoreBytes = copies.reduce(0) { $0 + $1.sizeBytes }
+            }
             var finished = report(outcome)
             if configuration.mode == .emergency {
-                finished.incidentFile = try? writeIncident(finished, configuration: configuration, store: store)
+                finished.incidentFile = recordIncident(finished, configuration: configuration, store: store, timeline: timeline)
             }
             return finished
         } catch {
             if configuration.mode == .emergency {
-                _ = try? writeIncident(report("failed: \(RecoveryError.classify(error).message)"), configuration: configuration, store: store)
+                _ = recordIncident(report("failed: \(RecoveryError.classify(error).message)"), configuration: configuration, store: store, timeline: timeline)
             }
             throw error
         }
     }
 
-    private static func runSteps(_ plan: RestorePlan, _ configuration: RestoreConfiguration, store: BackupStore, timeline: Timeline,
-                                 progress: ProgressObserver?, verified: (RowCountVerifier.Report) -> Void) throws -> String {
-        let manifest = try Catalog(store: store).resolve(plan.backupID)
-        let admin = try connectToMaintenance(configuration.target)
-        defer { admin.close() }
-        if configuration.mode != .drill {
-            try lockTarget(plan.targetDatabase, on: admin)
-            try repairAfterCrash(plan.targetDatabase, on: admin, timeline: timeline)
+    /// The manifest of a backup this run has just registered as a reader of. A `dbprune` that
+    /// checked for readers before we registered may be deleting it right now: it deletes the
+    /// manifest first, looks for readers again, sees us and puts the manifest back. So a manifest
+    /// that is missing at this moment is looked for again for a few seconds before giving up.
+    private static func resolveAsReader(_ id: String, in store: BackupStore) throws -> BackupManifest {
+        var attempt = 0
+        while true {
+            do {
+                return try Catalog(store: store).resolve(id)
+            } catch where attempt < 10 && !Interruption.isRequested {
+                attempt += 1
+                usleep(300_000)
+            }
         }
+    }
 
+    /// Writes the incident record; a failure to write it is said on the timeline (and so on stderr),
+    /// never allowed to turn a restore that worked into a failed one.
+    private static func recordIncident(_ report: RestoreReport, configuration: RestoreConfiguration, store: BackupStore,
+                                       timeline: Timeline) -> String? {
+        do {
+            return try writeIncident(report, configuration: configuration, store: store)
+        } catch {
+            timeline.note("write the incident record", outcome: "failed: \(RecoveryError.classify(error).message)")
+            return nil
+        }
+    }
+
+    /// A failure that is the candidate's own, so an older backup may still restore: anything but an
+    /// interruption or a server that no longer answers.
+    private static func isCandidateFailure(_ error: Error, admin: PostgresConnection) -> Bool {
+        // An interruption ends the run (whatever error the cancelled work surfaced as), never the candidate.
+        if Interruption.isRequested || [.interrupted, .databaseUnavailable].contains(RecoveryError.classify(error).code) { return false }
+        if let error = error as? PostgresError, error.kind == .connection { return false }
+        // The probe's own error is not interesting: a server that cannot answer SELECT 1 stops the run.
+        return (try? admin.query("SELECT 1").scalar) == "1"
+    }
+
+    private static func runSteps(_ plan: RestorePlan, _ configuration: RestoreConfiguration, store: BackupStore, admin: PostgresConnection,
+                                 timeline: Timeline, progress: ProgressObserver?, reachedSwap: inout Bool,
+                                 verified: (RowCountVerifier.Report) -> Void) throws -> String {
+        // A reader lock before the manifest is read: dbprune leaves a backup alone while it is read.
+        let reading = try StoreLock.sharedIfWritable(in: store, backupID: plan.backupID, holder: LockHolder(command: "dbrestore"))
+        defer { try? reading?.release() }   // a leftover reader record only delays pruning; dbprune removes it once we are gone
+        let manifest: BackupManifest
+        do {
+            manifest = try resolveAsReader(plan.backupID, in: store)
+        } catch let error as StorageError where error.kind == .notFound {
+            throw RecoveryError(.backupNotFound, "backup \(plan.backupID) was removed (by dbprune?) before this restore could read it",
+                                hint: "restore another backup; nothing was changed")
+        }
         let scratch = plan.scratchDatabase
         var scratchExists = false
         defer {
             // A scratch database left behind would be a trap: drop it unless it became the target.
-            if scratchExists { _ = try? admin.execute(script: "DROP DATABASE IF EXISTS \(admin.quoteIdentifier(scratch)) WITH (FORCE)") }
+            if scratchExists {
+                do {
+                    try admin.execute(script: "DROP DATABASE IF EXISTS \(admin.quoteIdentifier(scratch)) WITH (FORCE)")
+                    if Interruption.isRequested { CleanupLog.cleaned("dropped the scratch database \(scratch)") }
+                } catch {
+                    timeline.note("drop scratch database \(scratch)", outcome: "failed: \(RecoveryError.classify(error).message); it is marked, the next dbrestore drops it")
+                }
+            }
         }
+        let kind: ToolDatabases.Marker.Kind = configuration.mode == .drill ? .drill : .scratch
         try timeline.step("create scratch database \(scratch)") {
-            try admin.execute(script: "CREATE DATABASE \(admin.quoteIdentifier(scratch)) TEMPLATE template0")
+            try DatabaseSwap.createScratch(scratch, marker: .init(kind, target: plan.targetDatabase, backup: manifest.id),
+                                           properties: manifest.databaseProperties, on: admin)
             scratchExists = true
         }
         try timeline.step("replay backup \(manifest.id) into \(scratch) (\(ByteCount.format(manifest.storedBytes)))") {
@@ -192,6 +342,17 @@ public enum LogicalRestore {
             return result
         }
         verified(counts)
+        // The properties go on once the rows are in (settings such as default_transaction_read_only or
+        // statement_timeout must not reach the loading sessions) and before any check that reads the
+        // database as a new session does — pg_dump renders strings by standard_conforming_strings.
+        if let properties = manifest.databaseProperties {
+            let warnings = try timeline.step("give \(scratch) the database properties of backup \(manifest.id)") {
+                try DatabaseSwap.apply(properties, to: scratch, on: admin)
+            }
+            warnings.forEach { timeline.note("database properties of \(scratch)", outcome: "warning: \($0)") }
+        }
+        try SchemaVerifier.verifyRestore(manifest, scratch: configuration.target.with(database: scratch), tools: configuration.tools, timeline: timeline)
+        CrashPoint.reached("restore:after-verify")
         if configuration.mode == .drill {
             try timeline.step("drop scratch database \(scratch)") {
                 try admin.execute(script: "DROP DATABASE \(admin.quoteIdentifier(scratch)) WITH (FORCE)")
@@ -199,86 +360,20 @@ public enum LogicalRestore {
             }
             return "drill passed"
         }
+        reachedSwap = true
         try timeline.step(plan.keptAs.map { "swap: \(plan.targetDatabase) → \($0), \(scratch) → \(plan.targetDatabase)" }
                           ?? "rename \(scratch) → \(plan.targetDatabase)") {
-            try swap(admin: admin, target: plan.targetDatabase, scratch: scratch, keepAs: plan.keptAs)
+            try DatabaseSwap.swap(admin: admin, target: plan.targetDatabase, scratch: scratch, keepAs: plan.keptAs, backupID: manifest.id,
+                                  allowConnections: manifest.databaseProperties?.allowConnections ?? true,
+                                  timeout: configuration.swapTimeout, timeline: timeline)
             scratchExists = false
         }
         return "restored"
     }
 
-    // MARK: - Choosing the backup
-
-    /// Picks the backup and the repository to read it from.
-    ///
-    /// One repository, normal mode: the named backup, checked while it streams. Otherwise every
-    /// candidate (newest first; in normal mode only the named one) is checked in each repository
-    /// that holds it, fastest first, until a copy verifies; the others are reported with the reason.
-    private static func chooseBackup(_ configuration: RestoreConfiguration, timeline: Timeline?) throws -> (BackupManifest, String, [RestorePlan.Skipped]) {
-        var stores: [(String, BackupStore)] = []
-        var skipped: [RestorePlan.Skipped] = []
-        var openError: Error?
-        for address in configuration.repositories {
-            do { stores.append((address, try Repository.open(address, create: false))) } catch {
-                openError = openError ?? error
-                skipped.append(.init(id: "-", reason: "repository \(address) unavailable: \(RecoveryError.classify(error).message)"))
-            }
-        }
-        guard !stores.isEmpty else { throw openError ?? RecoveryError(.usage, "no repository given") }
-        if configuration.mode == .normal && stores.count == 1 {
-            let manifest = try Catalog(store: stores[0].1).resolve(configuration.backup)
-            guard manifest.kind == .logical else {
-                throw RecoveryError(.usage, "backup \(manifest.id) is a physical backup",
-                                    hint: "restore it with dbrestore --pitr, or name a logical backup")
-            }
-            return (manifest, stores[0].0, [])
-        }
-        // Candidate ids, newest first, with the repositories that hold each.
-        var holders: [String: [(String, BackupStore, Catalog.Entry)]] = [:]
-        for (address, store) in stores {
-            let catalog = Catalog(store: store)
-            if configuration.mode == .normal {
-                guard let manifest = try? catalog.resolve(configuration.backup) else { continue }
-                holders[manifest.id, default: []].append((address, store, Catalog.Entry(id: manifest.id, manifest: manifest, problem: nil)))
-            } else {
-                for entry in try catalog.entries() { holders[entry.id, default: []].append((address, store, entry)) }
-            }
-        }
-        guard !holders.isEmpty else {
-            if configuration.mode == .normal { _ = try Catalog(store: stores[0].1).resolve(configuration.backup) }
-            throw RecoveryError(.backupNotFound, "no backups in \(stores.map(\.0).joined(separator: ", "))",
-                                hint: "there is nothing to restore from; check --repo (or BACKUP_REPO)")
-        }
-        for id in holders.keys.sorted(by: >) {
-            for (address, store, entry) in holders[id] ?? [] {
-                let label = stores.count > 1 ? "\(id) in \(address)" : id
-                guard let manifest = entry.manifest else {
-                    skipped.append(.init(id: label, reason: entry.problem ?? "manifest unreadable"))
-                    continue
-                }
-                guard manifest.kind == .logical else { continue }
-                if let release = configuration.release, manifest.release != release { continue }
-                // Checksums only: fast, and a damaged file is caught again while streaming.
-                let check = try FileVerifier.verify(manifest, in: store, depth: .checksum)
-                if check.ok {
-                    timeline?.note("chose backup \(manifest.id) from \(address) (files verify)")
-                    return (manifest, address, skipped)
-                }
-                let reason = check.firstProblem ?? "files do not verify"
-                skipped.append(.init(id: label, reason: reason))
-                timeline?.note("skip backup \(label)", outcome: reason)
-            }
-        }
-        let scope = configuration.release.map { " taken at release \($0)" } ?? ""
-        throw RecoveryError(configuration.mode == .normal ? .backupCorrupt : .backupNotFound,
-                            "no backup\(scope) in \(stores.map(\.0).joined(separator: ", ")) verifies (\(skipped.count) skipped: \(skipped.prefix(3).map { "\($0.id): \($0.reason)" }.joined(separator: "; ")))",
-                            hint: configuration.release == nil ? "dbverify --files checks each backup; check another repository"
-                                : "drop --release to consider every backup")
-    }
-
     // MARK: - Server-side steps
 
-    private static func connectToMaintenance(_ target: ConnectionTarget) throws -> PostgresConnection {
+    static func connectToMaintenance(_ target: ConnectionTarget) throws -> PostgresConnection {
         let maintenance = target.databaseName == "postgres" ? "template1" : "postgres"
         return try PostgresConnection(target: target.with(database: maintenance), applicationName: "dbrestore")
     }
@@ -287,11 +382,11 @@ public enum LogicalRestore {
         try connection.query("SELECT 1 FROM pg_database WHERE datname = $1", [name]).rows.count == 1
     }
 
-    /// One restore per target database at a time: a session-level advisory lock on the target's name,
-    /// released when the connection closes, however the process ends.
+    /// One restore, drill or clean-up per target database at a time: a session-level advisory lock
+    /// on the target's name, released when the connection closes, however the process ends.
     ///
     /// - Throws: `RecoveryError(.restoreFailed)` naming the session that holds it.
-    private static func lockTarget(_ database: String, on connection: PostgresConnection) throws {
+    static func lockTarget(_ database: String, on connection: PostgresConnection) throws {
         let key = "dbrestore:" + database
         guard try connection.query("SELECT pg_try_advisory_lock(hashtext($1))", [key]).scalar == "t" else {
             let holder = try connection.query("""
@@ -304,23 +399,7 @@ public enum LogicalRestore {
         }
     }
 
-    /// Undoes what a restore killed half-way left (we hold the target's lock, so none is running):
-    /// a target closed to connections during its swap is reopened, and its scratch databases dropped.
-    private static func repairAfterCrash(_ database: String, on connection: PostgresConnection, timeline: Timeline) throws {
-        let closed = try connection.query("SELECT 1 FROM pg_database WHERE datname = $1 AND NOT datallowconn", [database]).rows.count == 1
-        if closed {
-            try connection.execute(script: "ALTER DATABASE \(connection.quoteIdentifier(database)) ALLOW_CONNECTIONS true")
-            timeline.note("reopened \(database) to connections (left closed by a restore that was killed)")
-        }
-        let prefix = identifier(database, suffix: "_restore_")
-        let leftovers = try connection.query("SELECT datname FROM pg_database WHERE starts_with(datname, $1)", [prefix]).rows.compactMap { $0[0] }
-        for name in leftovers where name.dropFirst(prefix.count).allSatisfy({ $0.isNumber || $0 == "_" }) {
-            try connection.execute(script: "DROP DATABASE IF EXISTS \(connection.quoteIdentifier(name)) WITH (FORCE)")
-            timeline.note("dropped \(name), the scratch database of a restore that was killed")
-        }
-    }
-
-    /// Refuses before anything changes when the role cannot create or rename the databases.
+    /// Refuses before anything changes when the role cannot create, mark or rename the databases.
     private static func checkPrivileges(on connection: PostgresConnection, target: String, targetExists: Bool,
                                         mode: RestoreConfiguration.Mode) throws {
         let role = try connection.query("""
@@ -331,6 +410,7 @@ public enum LogicalRestore {
             throw RecoveryError(.databaseError, "role \(user) may not create databases, which a verified restore needs",
                                 hint: "connect as a superuser or grant it: ALTER ROLE \(user) CREATEDB")
         }
+        try ToolDatabases.requireMarkPrivilege(on: connection)
         if targetExists && mode != .drill && !superuser {
             let owner = try connection.query("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1", [target]).scalar
             guard owner == user else {
@@ -338,48 +418,6 @@ public enum LogicalRestore {
                                     hint: "connect as \(owner ?? "the owner") or a superuser")
             }
         }
-    }
-
-    /// Ends sessions on the target and swaps the databases in one transaction.
-    private static func swap(admin: PostgresConnection, target: String, scratch: String, keepAs: String?) throws {
-        let quotedTarget = admin.quoteIdentifier(target), quotedScratch = admin.quoteIdentifier(scratch)
-        guard let keepAs else {
-            try admin.execute(script: "ALTER DATABASE \(quotedScratch) RENAME TO \(quotedTarget)")
-            return
-        }
-        let quotedAside = admin.quoteIdentifier(keepAs)
-        // New connections are refused first, so that ending sessions is not a race we lose.
-        try admin.execute(script: "ALTER DATABASE \(quotedTarget) ALLOW_CONNECTIONS false")
-        CrashPoint.reached("restore:during-swap")
-        var lastError: Error?
-        for _ in 0..<20 {
-            try admin.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", [target])
-            do {
-                try admin.execute(script: """
-                    BEGIN;
-                    ALTER DATABASE \(quotedTarget) RENAME TO \(quotedAside);
-                    ALTER DATABASE \(quotedScratch) RENAME TO \(quotedTarget);
-                    COMMIT;
-                    """)
-                lastError = nil
-                break
-            } catch let error as PostgresError where error.sqlState == "55006" {
-                // "being accessed by other users": a session had not gone yet.
-                _ = try? admin.execute(script: "ROLLBACK")
-                lastError = error
-                usleep(250_000)
-            } catch {
-                _ = try? admin.execute(script: "ROLLBACK")
-                _ = try? admin.execute(script: "ALTER DATABASE \(quotedTarget) ALLOW_CONNECTIONS true")
-                throw error
-            }
-        }
-        if let lastError {
-            _ = try? admin.execute(script: "ALTER DATABASE \(quotedTarget) ALLOW_CONNECTIONS true")
-            throw RecoveryError(.restoreFailed, "sessions on \(target) did not end, so it could not be swapped: \(lastError)",
-                                hint: "stop the application's connections and run again; \(target) is unchanged")
-        }
-        try admin.execute(script: "ALTER DATABASE \(quotedAside) ALLOW_CONNECTIONS true")
     }
 
     // MARK: - Names and records
@@ -391,6 +429,18 @@ public enum LogicalRestore {
         return head + suffix
     }
 
+    /// `identifier(base, suffix:)`, or with `_2`, `_3`, … added when a database of that name exists
+    /// (two restores within one second, or a user database that happens to have the name).
+    static func unusedIdentifier(_ base: String, suffix: String, on connection: PostgresConnection) throws -> String {
+        var candidate = identifier(base, suffix: suffix)
+        var counter = 2
+        while try databaseExists(candidate, on: connection) {
+            candidate = identifier(base, suffix: suffix + "_\(counter)")
+            counter += 1
+        }
+        return candidate
+    }
+
     static func compactTimestamp(_ date: Date) -> String {
         var calendar = Calendar(identifier: .gregorian)
         calendar.timeZone = TimeZone(secondsFromGMT: 0) ?? .current
@@ -398,15 +448,62 @@ public enum LogicalRestore {
         return String(format: "%04d%02d%02d_%02d%02d%02d", c.year ?? 0, c.month ?? 0, c.day ?? 0, c.hour ?? 0, c.minute ?? 0, c.second ?? 0)
     }
 
-    private static func writeIncident(_ report: RestoreReport, configuration: RestoreConfiguration, store: BackupStore) throws -> String {
-        let data = try JSONOutput.encoder().encode(report)
+    private static func writeIncident<Record: Encodable>(_ record: Record, startedAt: Date, configuration: RestoreConfiguration,
+                                                         store: BackupStore) throws -> String {
+        let data = try JSONOutput.encoder().encode(record)
         if let path = configuration.incidentFile {
             try data.write(to: URL(fileURLWithPath: path), options: .atomic)
             chmod(path, 0o600)
             return path
         }
-        let key = "incidents/\(compactTimestamp(report.startedAt))-emergency-restore.json"
+        let key = "incidents/\(compactTimestamp(startedAt))-emergency-restore.json"
         try store.write(key, contents: data)
         return "\(store.location)/\(key)"
+    }
+
+    private static func writeIncident(_ report: RestoreReport, configuration: RestoreConfiguration, store: BackupStore) throws -> String {
+        try writeIncident(report, startedAt: report.startedAt, configuration: configuration, store: store)
+    }
+
+    /// The incident record of an emergency restore that found no candidate to try: what failed and
+    /// the timeline, which names every backup passed over and why.
+    private struct FailedSearch: Encodable {
+        var startedAt: Date
+        var outcome: String
+        var timeline: [Timeline.Step]
+    }
+
+    /// Writes the incident record of an emergency whose search found nothing, into the first
+    /// repository that can be opened (or `--incident-file`); best effort: the search's error is the
+    /// one the operator needs.
+    private static func recordFailedSearch(_ error: Error, _ configuration: RestoreConfiguration, timeline: Timeline) {
+        let record = FailedSearch(startedAt: timeline.startedAt, outcome: "failed: \(RecoveryError.classify(error).message)", timeline: timeline.steps)
+        for address in configuration.repositories {
+            guard let store = try? Repository.open(address, create: false) else { continue }  // unavailable: try the next
+            if let written = try? writeIncident(record, startedAt: record.startedAt, configuration: configuration, store: store) {
+                timeline.note("incident record written to \(written)")
+                return
+            }
+        }
+        timeline.note("write the incident record", outcome: "failed: no repository or --incident-file could take it")
+    }
+}
+
+extension RestorePlan {
+    /// Points the plan at a chosen backup (the first, or the next older after a candidate failed).
+    mutating func choose(_ choice: CandidateSelection.Choice) {
+        let manifest = choice.manifest
+        repository = choice.repository
+        backupID = manifest.id
+        backupTakenAt = manifest.startedAt
+        backupRelease = manifest.release
+        backupSchemaVersion = manifest.schemaVersion
+        backupRows = manifest.totalRows
+        skipped = choice.skipped
+        databaseProperties = manifest.databaseProperties?.maskedForDisplay
+        warnings = manifest.databaseProperties != nil || mode == .drill ? [] : [
+            "backup \(manifest.id) was taken by \(manifest.tool.name) \(manifest.tool.version), which did not record database properties: "
+            + "the owner, privileges, comment, settings, connection limit, encoding and locale of \(targetDatabase) cannot be restored "
+            + "(the restored database gets the server's defaults; set them again by hand)"]
     }
 }

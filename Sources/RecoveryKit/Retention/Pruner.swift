@@ -1,5 +1,6 @@
 import BackupStorage
 import Foundation
+import ProcessSignals
 
 /// Settings of one `dbprune` run.
 public struct PruneConfiguration {
@@ -7,12 +8,17 @@ public struct PruneConfiguration {
     public var policy: RetentionPolicy
     public var dryRun: Bool
     public var now: Date
+    /// Called with the plan (under the lock, before anything is deleted) when the run would delete
+    /// something; throwing stops the run with nothing changed. Nil: no confirmation needed.
+    public var confirm: ((PruneReport) throws -> Void)?
 
-    public init(repository: String, policy: RetentionPolicy = .builtIn, dryRun: Bool = false, now: Date = Date()) {
+    public init(repository: String, policy: RetentionPolicy = .builtIn, dryRun: Bool = false, now: Date = Date(),
+                confirm: ((PruneReport) throws -> Void)? = nil) {
         self.repository = repository
         self.policy = policy
         self.dryRun = dryRun
         self.now = now
+        self.confirm = confirm
     }
 }
 
@@ -35,6 +41,10 @@ public struct PruneReport: Codable, Sendable {
     public var wal: WALRetention.Plan
     /// Backups newer than the newest one that verifies, with why they do not.
     public var unverified: [String]
+    /// Backups the plan would delete but a restore is reading (reader lock): kept this time.
+    public var beingRead: [String] = []
+    /// What the run cleaned up or could not (stale locks removed, a failed lock release).
+    public var notes: [String] = []
     public var kept: Int { decisions.filter { $0.action != .delete }.count }
     public var deleted: Int { decisions.filter { $0.action == .delete }.count }
 }
@@ -53,13 +63,36 @@ public enum Pruner {
 
     /// The same on an already open store (tests wrap a real store to observe the order of deletions).
     public static func run(_ configuration: PruneConfiguration, store: BackupStore, progress: ProgressObserver? = nil) throws -> PruneReport {
-        let lock = configuration.dryRun ? nil : try store.lock(holder: LockHolder(command: "dbprune"))
-        defer { lock?.release() }
+        let lock = configuration.dryRun ? nil : try StoreLock.exclusive(in: store, holder: LockHolder(command: "dbprune"))
+        var report: PruneReport
+        do {
+            report = try prune(configuration, store: store, progress: progress)
+        } catch {
+            // The prune failure is what the operator must see; a release failure too, on the same line.
+            do { try lock?.release() } catch let releaseError {
+                throw RecoveryError(RecoveryError.classify(error).code,
+                                    "\(RecoveryError.classify(error).message); also, the lock was not released: \(releaseError)",
+                                    hint: RecoveryError.classify(error).hint)
+            }
+            throw error
+        }
+        report.notes = (lock?.notes ?? []) + report.notes
+        do { try lock?.release() } catch { report.notes.append("warning: the repository lock was not released: \(error)") }
+        return report
+    }
+
+    private static func prune(_ configuration: PruneConfiguration, store: BackupStore, progress: ProgressObserver?) throws -> PruneReport {
         let tierName = try Repository.tierName(configuration.repository)
         let tier = tierName == "s3" ? configuration.policy.s3 : configuration.policy.local
 
         let objects = try store.list(prefix: "backups/")
-        let entries = try Catalog(store: store).entries()
+        // A manifest copied into another folder (cp -a X X-copy) names a backup that is not its
+        // folder's: acting on it would delete the wrong folder, so it counts as unreadable.
+        let entries = try Catalog(store: store).entries().map { entry -> Catalog.Entry in
+            guard let manifest = entry.manifest, manifest.id != entry.id else { return entry }
+            return Catalog.Entry(id: entry.id, manifest: nil,
+                                 problem: "manifest names backup \(manifest.id) but lies in folder backups/\(entry.id) (a copied folder?)")
+        }
         let manifests = entries.compactMap(\.manifest)
         var newestVerified: String?
         var unverified: [String] = []
@@ -76,25 +109,60 @@ public enum Pruner {
             RetentionCandidate(id: manifest.id, takenAt: manifest.startedAt, pinned: manifest.pinned,
                                storageClass: manifest.files.first.flatMap { classes[manifest.key(of: $0)] ?? nil })
         }
-        let decisions = try RetentionPlanner.plan(candidates, tier: tier, snapshots: configuration.policy.snapshots,
+        var decisions = try RetentionPlanner.plan(candidates, tier: tier, snapshots: configuration.policy.snapshots,
                                                   newestVerified: newestVerified, now: configuration.now)
+        var beingRead: [String] = []
+        var notes: [String] = []
+        // A backup a restore is reading is kept this time, and the WAL it needs with it.
+        for index in decisions.indices where decisions[index].action != .keep {
+            if let readers = try readers(of: decisions[index].id, in: store, removeStale: !configuration.dryRun, notes: &notes) {
+                beingRead.append("\(decisions[index].id): being read by \(readers)")
+                decisions[index].action = .keep
+                decisions[index].keptBy.append("being read")
+            }
+        }
         let garbage = findGarbage(objects: objects, withManifest: Set(entries.map(\.id)), policy: configuration.policy, now: configuration.now)
-        let keptIDs = Set(decisions.filter { $0.action != .delete }.map(\.id))
-        let wal = WALRetention.plan(keys: try store.list(prefix: "wal/").map(\.key),
-                                    keptPhysical: manifests.filter { keptIDs.contains($0.id) }.compactMap(\.physical))
+        let walKeys = try store.list(prefix: "wal/").map(\.key)
+        func walPlan() -> WALRetention.Plan {
+            let keptIDs = Set(decisions.filter { $0.action != .delete }.map(\.id))
+            return WALRetention.plan(keys: walKeys, keptPhysical: manifests.filter { keptIDs.contains($0.id) }.compactMap(\.physical))
+        }
+        var wal = walPlan()
 
+        let unreadable = entries.filter { $0.manifest == nil }.map { "\($0.id): \($0.problem ?? "unreadable")" }
+        var report = PruneReport(repository: store.location, tier: tierName, dryRun: configuration.dryRun, decisions: decisions,
+                                 unreadable: unreadable, garbage: garbage, wal: wal, unverified: unverified)
+        if !configuration.dryRun, let confirm = configuration.confirm,
+           report.deleted > 0 || !wal.delete.isEmpty || garbage.contains(where: { $0.action == "delete" }) {
+            try confirm(report)
+        }
         if !configuration.dryRun {
-            let byID = Dictionary(uniqueKeysWithValues: manifests.map { ($0.id, $0) })
-            for decision in decisions where decision.action == .delete {
+            let byID = Dictionary(manifests.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
+            for (index, decision) in decisions.enumerated() where decision.action == .delete {
+                try Interruption.check()   // between backups, never between a manifest and its data
                 guard let manifest = byID[decision.id] else { continue }
                 let folder = manifest.folderKey + "/"
-                let others = objects.map(\.key).filter { $0.hasPrefix(folder) && $0 != folder + BackupManifest.fileName }
+                let manifestKey = folder + BackupManifest.fileName
+                let others = objects.map(\.key).filter { $0.hasPrefix(folder) && $0 != manifestKey }
+                let manifestBytes = try store.read(manifestKey)
                 // Two calls: a store may delete one batch in any order, and the manifest must go first.
-                try store.delete([folder + BackupManifest.fileName])
+                try store.delete([manifestKey])
                 CrashPoint.reached("prune:between-deletes")
+                // A restore registers as a reader before it reads the manifest: one that read it before
+                // the delete is visible now. Put the manifest back and keep the backup for it.
+                if let readers = try readers(of: manifest.id, in: store, removeStale: true, notes: &notes) {
+                    try store.write(manifestKey, contents: manifestBytes)
+                    beingRead.append("\(manifest.id): being read by \(readers)")
+                    decisions[index].action = .keep
+                    decisions[index].keptBy.append("being read")
+                    continue
+                }
                 try store.delete(others)
             }
+            // Readers that arrived during the deletions keep their WAL too.
+            wal = walPlan()
             for decision in decisions where decision.action == .moveToGlacier {
+                try Interruption.check()
                 guard let manifest = byID[decision.id] else { continue }
                 for file in manifest.files {
                     try store.changeStorageClass(manifest.key(of: file), to: "GLACIER")
@@ -106,9 +174,18 @@ public enum Pruner {
             // WAL last: the base backups it belonged to are gone by now.
             try store.delete(wal.delete)
         }
-        let unreadable = entries.filter { $0.manifest == nil }.map { "\($0.id): \($0.problem ?? "unreadable")" }
-        return PruneReport(repository: store.location, tier: tierName, dryRun: configuration.dryRun, decisions: decisions,
-                           unreadable: unreadable, garbage: garbage, wal: wal, unverified: unverified)
+        report.decisions = decisions
+        report.wal = wal
+        report.beingRead = beingRead
+        report.notes = notes
+        return report
+    }
+
+    /// The live readers of a backup as one phrase, or nil when none; stale reader records are removed and noted.
+    private static func readers(of backupID: String, in store: BackupStore, removeStale: Bool, notes: inout [String]) throws -> String? {
+        let found = try StoreLock.readers(of: backupID, in: store, removeStale: removeStale)
+        notes += found.reclaimed.map { "\(removeStale ? "removed" : "would remove") the stale reader lock of \($0) on backup \(backupID) (process gone)" }
+        return found.live.isEmpty ? nil : found.live.map { "\($0)" }.joined(separator: ", ")
     }
 
     /// Folders under `backups/` that have no manifest: removed once older than the grace period.

@@ -91,17 +91,25 @@ public struct RetentionDuration: Equatable, Sendable, CustomStringConvertible {
     }
 
     public var seconds: TimeInterval { TimeInterval(hours) * 3600 }
+
+    /// The longest duration a policy may name (1000 years).
+    public static let maximumHours = 1000 * 366 * 24
     public var description: String { text }
 
     /// Parses `<number><unit>` with unit h, d or w; nil for anything else.
     public static func parse(_ text: String) -> RetentionDuration? {
         guard let unit = text.last, let number = Int(text.dropLast()), number >= 0 else { return nil }
+        let hoursPerUnit: Int
         switch unit {
-        case "h": return RetentionDuration(hours: number, text: text)
-        case "d": return RetentionDuration(hours: number * 24, text: text)
-        case "w": return RetentionDuration(hours: number * 24 * 7, text: text)
+        case "h": hoursPerUnit = 1
+        case "d": hoursPerUnit = 24
+        case "w": hoursPerUnit = 24 * 7
         default: return nil
         }
+        // Bounded so that dates computed from it stay representable: 1000 years is "forever" here.
+        let (hours, overflow) = number.multipliedReportingOverflow(by: hoursPerUnit)
+        guard !overflow, hours <= maximumHours else { return nil }
+        return RetentionDuration(hours: hours, text: text)
     }
 }
 
@@ -161,7 +169,7 @@ private struct PolicyReader {
         guard let text = try string(table, key, section: section) else { return nil }
         guard let duration = RetentionDuration.parse(text) else {
             throw RecoveryError(.configuration, "policy \(source): [\(section)] \(key) = \"\(text)\" is not a duration",
-                                hint: "write a whole number and a unit: h (hours), d (days) or w (weeks), e.g. \"30d\"")
+                                hint: "write a whole number and a unit: h (hours), d (days) or w (weeks), e.g. \"30d\" (at most 1000 years)")
         }
         return duration
     }

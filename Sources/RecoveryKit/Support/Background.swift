@@ -28,4 +28,19 @@ final class Background<Value>: @unchecked Sendable {
 
     /// Blocks until the work has finished, ignoring its outcome (for cleanup paths).
     func join() { _ = try? wait() }
+
+    /// True once the work has finished, waiting at most `seconds` for it.
+    func finished(within seconds: Double) -> Bool {
+        if joined { return true }
+        guard done.wait(timeout: .now() + seconds) == .success else { return false }
+        joined = true
+        return true
+    }
+
+    /// The work's error if it fails within `seconds` (nil if it succeeded or is still running): the
+    /// root cause when another failure (a child program's) may have been only its consequence.
+    func failure(within seconds: Double) -> Error? {
+        guard finished(within: seconds), case .failure(let error) = result else { return nil }
+        return error
+    }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import ProcessSignals
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -43,6 +44,9 @@ public final class ChildProcess {
     /// Our end of the child's stderr, when `.pipe`.
     public private(set) var standardError: Int32 = -1
     private var termination: Termination?
+    /// Sends the child SIGTERM when a signal interrupts the run; removed before the child is reaped,
+    /// so its PID is never signalled once it could belong to another process.
+    private var interruptHook: InterruptHook?
 
     /// Starts a program.
     ///
@@ -78,7 +82,8 @@ public final class ChildProcess {
             case .pipe:
                 var ends: [Int32] = [-1, -1]
                 guard pipe(&ends) == 0 else {
-                    throw RecoveryError(.toolFailed, "unable to create a pipe for \(executable): \(String(cString: strerror(errno)))")
+                    throw RecoveryError(.toolFailed, "unable to create a pipe for \(executable): \(String(cString: strerror(errno)))",
+                                        hint: "the process is out of file descriptors or memory (ulimit -n); run again when the system has recovered")
                 }
                 // Both ends close on exec in the child; dup2 onto 0/1/2 clears the flag for the child's copy.
                 _ = fcntl(ends[0], F_SETFD, FD_CLOEXEC)
@@ -131,6 +136,9 @@ public final class ChildProcess {
                                 hint: status == ENOENT ? "install the PostgreSQL client programs (apt-get install postgresql-client-15) or pass --pg-bin DIR" : nil)
         }
         pid = childPID
+        // Forward an interruption: the child stops, our read of its output ends, and the run unwinds.
+        let spawned = childPID
+        interruptHook = Interruption.onInterrupt { kill(spawned, SIGTERM) }
         standardInput = parentEnds[0]
         standardOutput = parentEnds[1]
         standardError = parentEnds[2]
@@ -161,6 +169,11 @@ public final class ChildProcess {
     @discardableResult
     public func waitForExit() -> Termination {
         if let termination { return termination }
+        // Wait without reaping, drop the interrupt hook, then reap: until then the PID stays ours (a zombie).
+        var info = siginfo_t()
+        while waitid(P_PID, id_t(pid), &info, WEXITED | WNOWAIT) < 0 && errno == EINTR {}
+        interruptHook?.remove()
+        interruptHook = nil
         var status: Int32 = 0
         var usage = rusage()
         while wait4(pid, &status, 0, &usage) < 0 && errno == EINTR {}
@@ -184,7 +197,8 @@ public final class ChildProcess {
             let written = write(standardInput, base, remaining)
             if written < 0 {
                 if errno == EINTR { continue }
-                throw RecoveryError(.toolFailed, "\((executable as NSString).lastPathComponent) stopped reading its input: \(String(cString: strerror(errno)))")
+                throw RecoveryError(.toolFailed, "\((executable as NSString).lastPathComponent) stopped reading its input: \(String(cString: strerror(errno)))",
+                                    hint: "the program ended early; its own error message, above, says why")
             }
             remaining -= written
             base += written

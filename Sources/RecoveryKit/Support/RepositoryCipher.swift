@@ -117,6 +117,10 @@ final class StreamDecryptor {
         }
         while buffer.count >= 4 {
             let length = Int(buffer.prefix(4).reduce(UInt32(0)) { $0 << 8 | UInt32($1) })
+            // A damaged header could declare up to 4 GiB: refuse it rather than buffer towards it.
+            guard length <= StreamEncryptor.frameSize else {
+                throw damaged("frame \(index) declares \(length) bytes, more than the \(StreamEncryptor.frameSize)-byte frame size")
+            }
             let frameLength = 4 + 12 + length + 16
             guard buffer.count >= frameLength else { return }
             guard !sawLast else { throw damaged("data after the last frame") }

@@ -2,7 +2,9 @@ import PostgresClient
 
 /// The entry point of `dbverify`: resolve the backup, then check files or row counts.
 public enum BackupVerification {
-    /// Checks the stored files of one backup, or of `all`.
+    /// Checks the stored files of one backup, or of `all`. With `all`, a backup that cannot be
+    /// checked (unreadable manifest, a file that cannot be opened) is reported and the others are
+    /// still checked.
     ///
     /// - Throws: `RecoveryError` when the repository or backup cannot be found.
     public static func files(repository: String, backup: String, key: RepositoryKey? = nil, progress: ProgressObserver? = nil) throws -> [FileVerifier.Report] {
@@ -13,7 +15,12 @@ public enum BackupVerification {
                 guard let manifest = entry.manifest else {
                     return FileVerifier.Report(id: entry.id, files: [.init(name: BackupManifest.fileName, ok: false, problem: entry.problem)])
                 }
-                return try FileVerifier.verify(manifest, in: store, cipherKey: key, progress: progress)
+                do {
+                    return try FileVerifier.verify(manifest, in: store, cipherKey: key, progress: progress)
+                } catch {
+                    let problem = "cannot be read: \(RecoveryError.classify(error).message)"
+                    return FileVerifier.Report(id: entry.id, files: manifest.files.map { .init(name: $0.name, ok: false, problem: problem) })
+                }
             }
         }
         return [try FileVerifier.verify(try catalog.resolve(backup), in: store, cipherKey: key, progress: progress)]
@@ -21,12 +28,29 @@ public enum BackupVerification {
 
     /// Compares the live database's row counts with one backup's manifest.
     ///
+    /// - Parameter backup: an id, prefix or `latest`; nil means the backup the database was restored
+    ///   from, when a restore recorded one, else `latest`.
     /// - Throws: `RecoveryError` / `PostgresError` when the backup or database cannot be reached.
-    public static func rowCounts(repository: String, backup: String, target: ConnectionTarget) throws -> RowCountVerifier.Report {
+    public static func rowCounts(repository: String, backup: String?, target: ConnectionTarget) throws -> RowCountVerifier.Report {
         let store = try Repository.open(repository, create: false)
-        let manifest = try Catalog(store: store).resolve(backup)
         let connection = try PostgresConnection(target: target, applicationName: "dbverify")
         defer { connection.close() }
-        return try RowCountVerifier.verify(manifest, on: connection)
+        var reference = backup ?? "latest"
+        var basis: String?
+        if backup == nil, let marker = try ToolDatabases.marker(of: target.databaseName, on: connection), marker.kind == .restored,
+           let restored = marker.backup {
+            reference = restored
+            basis = "restored from it at \(marker.at)"
+        }
+        let manifest: BackupManifest
+        do {
+            manifest = try Catalog(store: store).resolve(reference)
+        } catch let error as RecoveryError where basis != nil && error.code == .backupNotFound {
+            throw RecoveryError(.backupNotFound, "\(target.databaseName) was restored from backup \(reference), which is not in \(store.location)",
+                                hint: "name the backup to compare with (dbverify latest), or point --repo at the repository it came from")
+        }
+        var report = try RowCountVerifier.verify(manifest, on: connection)
+        report.basis = basis ?? (backup == nil ? "newest backup" : nil)
+        return report
     }
 }

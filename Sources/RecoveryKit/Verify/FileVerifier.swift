@@ -1,6 +1,7 @@
 import BackupStorage
 import Foundation
 import Gzip
+import ProcessSignals
 
 /// Re-reads a backup's stored files and checks them against the manifest, without a database.
 public enum FileVerifier {
@@ -110,6 +111,7 @@ public enum ObjectStreaming {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: PipeReader.chunkSize, alignment: 16)
         defer { buffer.deallocate() }
         while true {
+            try Interruption.check()
             let count = try reader.read(into: buffer)
             if count == 0 { return }
             try body(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))

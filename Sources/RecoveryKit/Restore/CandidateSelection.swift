@@ -1,0 +1,119 @@
+import BackupStorage
+import Foundation
+
+/// Which backup a restore reads, and — for `--emergency` and `--drill` — the next older one when a
+/// candidate fails.
+///
+/// A candidate is skipped, with the reason, for anything that is its own fault: a manifest that
+/// does not decode or names paths outside its folder, files that are missing, unreadable, damaged or
+/// encrypted with another key, a physical backup. Only a repository that cannot be listed at all
+/// stops the search.
+enum CandidateSelection {
+    struct Choice {
+        var manifest: BackupManifest
+        /// The repository address the backup is read from.
+        var repository: String
+        /// Every candidate passed over so far, with why (carried forward).
+        var skipped: [RestorePlan.Skipped]
+    }
+
+    /// Picks the newest usable candidate not in `excluding` (backup ids).
+    ///
+    /// One repository, normal mode: the named backup (its files are checked first only when `depth`
+    /// is `.full`, for `--dry-run`; a real restore checks them while it streams). Otherwise every
+    /// candidate (newest first; in normal mode only the named one) is checked in each repository
+    /// that holds it, fastest first, until a copy verifies.
+    ///
+    /// - Parameters:
+    ///   - skipped: candidates already passed over (reported again, with the new ones).
+    ///   - depth: `.checksum` (fast), or `.full` to decompress the whole gzip stream too.
+    /// - Throws: `RecoveryError` — `.backupNotFound` (nothing left, naming what was skipped and why),
+    ///   `.backupCorrupt` (normal mode: the named backup does not verify), or the repository's error.
+    static func choose(_ configuration: RestoreConfiguration, excluding: Set<String> = [], skipped: [RestorePlan.Skipped] = [],
+                       depth: FileVerifier.Depth, timeline: Timeline?) throws -> Choice {
+        var stores: [(String, BackupStore)] = []
+        var skipped = skipped
+        var openError: Error?
+        for address in configuration.repositories {
+            do { stores.append((address, try Repository.open(address, create: false))) } catch {
+                openError = openError ?? error
+                if !skipped.contains(where: { $0.id == "-" && $0.reason.hasPrefix("repository \(address) ") }) {
+                    skipped.append(.init(id: "-", reason: "repository \(address) unavailable: \(RecoveryError.classify(error).message)"))
+                }
+            }
+        }
+        guard !stores.isEmpty else { throw openError ?? RecoveryError(.usage, "no repository given") }
+        if configuration.mode == .normal && stores.count == 1 {
+            let manifest = try Catalog(store: stores[0].1).resolve(configuration.backup)
+            guard manifest.kind == .logical else {
+                throw RecoveryError(.usage, "backup \(manifest.id) is a physical backup",
+                                    hint: "restore it with dbrestore --pitr, or name a logical backup")
+            }
+            if depth == .full {
+                let check = try FileVerifier.verify(manifest, in: stores[0].1, depth: .full, cipherKey: configuration.key)
+                guard check.ok else {
+                    throw RecoveryError(check.onlyArchived ? .backupArchived : .backupCorrupt,
+                                        "backup \(manifest.id) does not verify: \(check.firstProblem ?? "files damaged")",
+                                        hint: "do not restore it; dbrestore --emergency picks the newest backup that verifies")
+                }
+            }
+            return Choice(manifest: manifest, repository: stores[0].0, skipped: [])
+        }
+        // Candidate ids, newest first, with the repositories that hold each.
+        var holders: [String: [(String, BackupStore, Catalog.Entry)]] = [:]
+        for (address, store) in stores {
+            let catalog = Catalog(store: store)
+            if configuration.mode == .normal {
+                guard let manifest = try? catalog.resolve(configuration.backup) else { continue }  // reported below if no repository has it
+                holders[manifest.id, default: []].append((address, store, Catalog.Entry(id: manifest.id, manifest: manifest, problem: nil)))
+            } else {
+                for entry in try catalog.entries() { holders[entry.id, default: []].append((address, store, entry)) }
+            }
+        }
+        guard !holders.isEmpty else {
+            if configuration.mode == .normal { _ = try Catalog(store: stores[0].1).resolve(configuration.backup) }
+            throw RecoveryError(.backupNotFound, "no backups in \(stores.map(\.0).joined(separator: ", "))",
+                                hint: "there is nothing to restore from; check --repo (or BACKUP_REPO)")
+        }
+        let alreadySkipped = Set(skipped.map(\.id))
+        for id in holders.keys.sorted(by: >) where !excluding.contains(id) {
+            for (address, store, entry) in holders[id] ?? [] {
+                let label = stores.count > 1 ? "\(id) in \(address)" : id
+                if alreadySkipped.contains(label) { continue }
+                guard let manifest = entry.manifest else {
+                    skipped.append(.init(id: label, reason: entry.problem ?? "manifest unreadable"))
+                    timeline?.note("skip backup \(label)", outcome: entry.problem ?? "manifest unreadable")
+                    continue
+                }
+                guard manifest.kind == .logical else { continue }
+                if let release = configuration.release, manifest.release != release { continue }
+                let reason: String
+                do {
+                    // Checksums only unless asked: fast, and a damaged file is caught again while streaming.
+                    let check = try FileVerifier.verify(manifest, in: store, depth: depth, cipherKey: configuration.key)
+                    if check.ok {
+                        timeline?.note("chose backup \(manifest.id) from \(address) (files verify)")
+                        return Choice(manifest: manifest, repository: address, skipped: skipped)
+                    }
+                    reason = check.firstProblem ?? "files do not verify"
+                } catch {
+                    reason = "files cannot be read: \(RecoveryError.classify(error).message)"
+                }
+                skipped.append(.init(id: label, reason: reason))
+                timeline?.note("skip backup \(label)", outcome: reason)
+            }
+        }
+        throw noneLeft(configuration, stores: stores.map(\.0), skipped: skipped)
+    }
+
+    /// The error when every candidate was passed over, naming each and why.
+    static func noneLeft(_ configuration: RestoreConfiguration, stores: [String], skipped: [RestorePlan.Skipped]) -> RecoveryError {
+        let scope = configuration.release.map { " taken at release \($0)" } ?? ""
+        let listed = skipped.prefix(5).map { "\($0.id): \($0.reason)" }.joined(separator: "; ")
+        let more = skipped.count > 5 ? "; and \(skipped.count - 5) more" : ""
+        return RecoveryError(configuration.mode == .normal ? .backupCorrupt : .backupNotFound,
+                             "no backup\(scope) in \(stores.joined(separator: ", ")) restores and verifies (\(skipped.count) skipped: \(listed)\(more))",
+                             hint: configuration.release == nil ? "dbverify --files all checks each backup; check another repository"
+                                 : "drop --release to consider every backup")
+    }
+}

@@ -1,0 +1,249 @@
+import Foundation
+import PostgresClient
+
+/// The server-side steps around the replay: create the scratch database as the source was (encoding,
+/// locale), give it the source's properties, and swap it in place of the target.
+enum DatabaseSwap {
+    typealias Marker = ToolDatabases.Marker
+
+    // MARK: - Scratch database
+
+    /// Creates and marks the scratch (or drill) database with the backup's encoding and locale.
+    ///
+    /// - Throws: `RecoveryError(.restoreFailed)` when the server cannot create it that way (a locale
+    ///   it lacks); `PostgresError` otherwise.
+    static func createScratch(_ name: String, marker: Marker, properties: DatabaseProperties?, on admin: PostgresConnection) throws {
+        var sql = "CREATE DATABASE \(admin.quoteIdentifier(name)) TEMPLATE template0"
+        if let properties {
+            sql += " ENCODING \(SQLText.literal(properties.encoding)) LC_COLLATE \(SQLText.literal(properties.collate))"
+                + " LC_CTYPE \(SQLText.literal(properties.ctype))"
+            if admin.serverVersionNumber >= 150000 {
+                sql += " LOCALE_PROVIDER \(admin.quoteIdentifier(properties.localeProvider))"
+                if let locale = properties.providerLocale, properties.localeProvider != "libc" {
+                    sql += (properties.localeProvider == "builtin" ? " BUILTIN_LOCALE " : " ICU_LOCALE ") + SQLText.literal(locale)
+                }
+            }
+        }
+        do {
+            try admin.execute(script: sql)
+        } catch let error as PostgresError where error.kind == .query {
+            guard let properties else { throw error }
+            throw RecoveryError(.restoreFailed,
+                                "cannot create \(name) as the backup's database was (encoding \(properties.encoding), locale \(properties.collate)/\(properties.ctype), provider \(properties.localeProvider)): \(error.message)",
+                                hint: "install that locale on the database server (locale -a lists them); the target database was not touched")
+        }
+        do {
+            try admin.execute(script: ToolDatabases.markStatement(name, marker, on: admin))
+        } catch {
+            // Unmarked, nothing would ever clean it up: drop it now while we know it is ours.
+            _ = try? admin.execute(script: "DROP DATABASE IF EXISTS \(admin.quoteIdentifier(name))")  // the marking error is the one to report
+            throw error
+        }
+    }
+
+    // MARK: - Database properties
+
+    /// Gives `database` the recorded owner, privileges, comment, settings and connection limit.
+    ///
+    /// Roles that do not exist on this server are skipped, each with a warning (a backup restored
+    /// into another cluster), and so are settings the server does not know or this role may not set;
+    /// anything else that fails (owner, privileges, comment, limit) stops the restore before the swap.
+    ///
+    /// - Returns: warnings naming what was not applied.
+    /// - Throws: `PostgresError` when the server refuses a statement.
+    static func apply(_ properties: DatabaseProperties, to database: String, on admin: PostgresConnection) throws -> [String] {
+        let quoted = admin.quoteIdentifier(database)
+        let wanted = Set([properties.owner] + (properties.privileges ?? []).compactMap(\.grantee) + properties.roleSettings.map(\.role))
+        let present = Set(try admin.query("SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname::text = ANY($1::text[])",
+                                          [SQLText.arrayLiteral(wanted.sorted())]).rows.compactMap { $0[0] })
+        var warnings: [String] = []
+        var statements: [String] = []
+        var owner = try admin.query("SELECT pg_catalog.pg_get_userbyid(datdba)::text FROM pg_catalog.pg_database WHERE datname = $1", [database]).scalar ?? ""
+        if present.contains(properties.owner) {
+            if owner != properties.owner { statements.append("ALTER DATABASE \(quoted) OWNER TO \(admin.quoteIdentifier(properties.owner))") }
+            owner = properties.owner
+        } else {
+            warnings.append("owner \(properties.owner) does not exist on this server; \(database) stays owned by \(owner)")
+        }
+        if let privileges = properties.privileges {
+            statements.append("REVOKE ALL ON DATABASE \(quoted) FROM PUBLIC")
+            statements.append("REVOKE ALL ON DATABASE \(quoted) FROM \(admin.quoteIdentifier(owner))")
+            let byGrantee = Dictionary(grouping: privileges) { GranteeKey(role: $0.grantee, grantable: $0.grantable) }
+            for (key, grants) in byGrantee.sorted(by: { ($0.key.role ?? "", $0.key.grantable ? 1 : 0) < ($1.key.role ?? "", $1.key.grantable ? 1 : 0) }) {
+                if let role = key.role, !present.contains(role) {
+                    warnings.append("privileges of role \(role) not restored: the role does not exist on this server")
+                    continue
+                }
+                let list = grants.map(\.privilege).sorted().joined(separator: ", ")
+                let grantee = key.role.map(admin.quoteIdentifier) ?? "PUBLIC"
+                statements.append("GRANT \(list) ON DATABASE \(quoted) TO \(grantee)\(key.grantable ? " WITH GRANT OPTION" : "")")
+            }
+        }
+        if let comment = properties.comment { statements.append("COMMENT ON DATABASE \(quoted) IS \(SQLText.literal(comment))") }
+        if properties.connectionLimit != -1 { statements.append("ALTER DATABASE \(quoted) CONNECTION LIMIT \(properties.connectionLimit)") }
+        for statement in statements { try admin.execute(script: statement) }
+        for entry in properties.settings {
+            try applySetting("ALTER DATABASE \(quoted) SET \(try settingClause(entry, on: admin))", entry: entry, on: admin, warnings: &warnings)
+        }
+        for role in properties.roleSettings {
+            guard present.contains(role.role) else {
+                warnings.append("settings of role \(role.role) in \(database) not restored: the role does not exist on this server")
+                continue
+            }
+            for entry in role.settings {
+                try applySetting("ALTER ROLE \(admin.quoteIdentifier(role.role)) IN DATABASE \(quoted) SET \(try settingClause(entry, on: admin))",
+                                 entry: "\(entry) for role \(role.role)", on: admin, warnings: &warnings)
+            }
+        }
+        return warnings
+    }
+
+    /// Runs one `… SET` statement. A parameter this server does not know (42704, e.g. one removed in
+    /// a newer PostgreSQL) or one this role may not set (42501: a superuser-only parameter, another
+    /// role's settings without CREATEROLE) becomes a warning naming it rather than a refused restore,
+    /// as it would be an error line in a psql replay.
+    private static func applySetting(_ statement: String, entry: String, on admin: PostgresConnection, warnings: inout [String]) throws {
+        do {
+            try admin.execute(script: statement)
+        } catch let error as PostgresError where error.sqlState == "42704" || error.sqlState == "42501" {
+            warnings.append("setting \(entry) not restored: \(error.message)" + (error.sqlState == "42501" ? " (restore as a superuser to keep it)" : ""))
+        }
+    }
+
+    private struct GranteeKey: Hashable {
+        var role: String?
+        var grantable: Bool
+    }
+
+    /// `name TO value` for one `name=value` entry of `pg_db_role_setting`, written as pg_dump
+    /// writes it: list-valued settings (`search_path`, …) as one literal per element.
+    static func settingClause(_ entry: String, on connection: PostgresConnection) throws -> String {
+        guard let equals = entry.firstIndex(of: "=") else {
+            throw RecoveryError(.backupCorrupt, "database setting '\(entry)' in the manifest has no value")
+        }
+        let name = String(entry[..<equals]), value = String(entry[entry.index(after: equals)...])
+        let listQuoted: Set<String> = ["local_preload_libraries", "search_path", "session_preload_libraries",
+                                       "shared_preload_libraries", "temp_tablespaces", "unix_socket_directories"]
+        let rendered = listQuoted.contains(name.lowercased())
+            ? splitSettingList(value).map(SQLText.literal).joined(separator: ", ") : SQLText.literal(value)
+        return "\(connection.quoteIdentifier(name)) TO \(rendered.isEmpty ? "''" : rendered)"
+    }
+
+    /// Splits a list-valued setting as PostgreSQL's `SplitGUCList` does: comma-separated,
+    /// double-quoted elements keep their commas and spaces (`""` is a quote).
+    static func splitSettingList(_ value: String) -> [String] {
+        var elements: [String] = []
+        var characters = Array(value)[...]
+        func skipSpaces() { while let first = characters.first, first.isWhitespace { characters.removeFirst() } }
+        skipSpaces()
+        while !characters.isEmpty {
+            var element = ""
+            if characters.first == "\"" {
+                characters.removeFirst()
+                while let character = characters.first {
+                    characters.removeFirst()
+                    if character == "\"" {
+                        if characters.first == "\"" { characters.removeFirst(); element.append("\"") } else { break }
+                    } else {
+                        element.append(character)
+                    }
+                }
+            } else {
+                while let character = characters.first, character != ",", !character.isWhitespace {
+                    element.append(character)
+                    characters.removeFirst()
+                }
+            }
+            elements.append(element)
+            skipSpaces()
+            if characters.first == "," { characters.removeFirst() }
+            skipSpaces()
+        }
+        return elements
+    }
+
+    // MARK: - Swap
+
+    /// Puts `scratch` in the place of `target`, keeping the current target as `keepAs`.
+    ///
+    /// The target is closed to new connections (and marked closed, in the same transaction), its
+    /// sessions are ended, and the renames, the markers and the reopening of the kept copy commit as
+    /// one transaction. Sessions that do not end within `timeout` (a prepared transaction, a session
+    /// this role may not terminate) stop the swap with a message naming each and how to end it.
+    /// SIGINT, SIGTERM and SIGHUP are held off while the target is closed: the swap is abandoned
+    /// (or, if it already committed, finished) and the target is open before the signal is acted on.
+    ///
+    /// - Important: on every way out — error, timeout, signal — the target accepts connections again.
+    ///   After a SIGKILL, the marker tells the next run to reopen it (`ToolDatabases.repair`).
+    /// - Throws: `RecoveryError(.restoreFailed)` (sessions did not end), `.interrupted`, or `PostgresError`.
+    static func swap(admin: PostgresConnection, target: String, scratch: String, keepAs: String?, backupID: String,
+                     allowConnections: Bool, timeout: TimeInterval, timeline: Timeline) throws {
+        let quotedTarget = admin.quoteIdentifier(target), quotedScratch = admin.quoteIdentifier(scratch)
+        let restored = ToolDatabases.markStatement(target, Marker(.restored, target: target, backup: backupID), on: admin)
+        let closeRestored = allowConnections ? "" : "ALTER DATABASE \(quotedTarget) ALLOW_CONNECTIONS false;\n"
+        guard let keepAs else {
+            try admin.execute(script: "BEGIN;\nALTER DATABASE \(quotedScratch) RENAME TO \(quotedTarget);\n\(restored);\n\(closeRestored)COMMIT;")
+            return
+        }
+        let quotedAside = admin.quoteIdentifier(keepAs)
+        let signals = SignalDeferral()
+        defer { signals.release() }
+        var closed = try ToolDatabases.marker(of: target, on: admin) ?? Marker(.target, target: target, backup: nil)
+        closed.closedForSwap = true
+        // New connections are refused first, so that ending sessions is not a race we lose; the marker
+        // commits with it, so a kill from here on is repaired by the next run.
+        try admin.execute(script: """
+            BEGIN;
+            ALTER DATABASE \(quotedTarget) ALLOW_CONNECTIONS false;
+            \(ToolDatabases.markStatement(target, closed, on: admin));
+            COMMIT;
+            """)
+        CrashPoint.reached("restore:during-swap")
+        let deadline = Date().addingTimeInterval(timeout)
+        do {
+            while true {
+                if let signal = signals.received {
+                    throw RecoveryError(.interrupted, "interrupted by \(SignalDeferral.name(signal)) during the swap; \(target) is unchanged and open",
+                                        hint: "run dbrestore again to restore; \(scratch) was dropped")
+                }
+                try admin.query("SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE datname = $1 AND pid <> pg_catalog.pg_backend_pid()",
+                                [target])
+                let blockers = try SwapBlockers.find(on: admin, database: target)
+                if blockers.isEmpty {
+                    do {
+                        try admin.execute(script: """
+                            BEGIN;
+                            ALTER DATABASE \(quotedTarget) RENAME TO \(quotedAside);
+                            ALTER DATABASE \(quotedScratch) RENAME TO \(quotedTarget);
+                            ALTER DATABASE \(quotedAside) ALLOW_CONNECTIONS true;
+                            \(ToolDatabases.markStatement(keepAs, Marker(.preRestore, target: target, backup: backupID), on: admin));
+                            \(restored);
+                            \(closeRestored)COMMIT;
+                            """)
+                        if let signal = signals.received {
+                            timeline.note("\(SignalDeferral.name(signal)) arrived as the swap committed; the restore is complete")
+                        }
+                        return
+                    } catch let error as PostgresError where error.sqlState == "55006" {
+                        // "being accessed by other users": a session connected between the check and the rename.
+                        _ = try? admin.execute(script: "ROLLBACK")  // the 55006 is what matters; the loop tries again
+                    }
+                }
+                if Date() >= deadline {
+                    throw RecoveryError(.restoreFailed,
+                                        "sessions on \(target) did not end within \(Int(timeout)) s, so it was not swapped: \(blockers.description)",
+                                        hint: "\(target) is unchanged and open again; end them with: \(blockers.endingQueries) — then run again (or raise --swap-timeout)")
+                }
+                usleep(200_000)
+            }
+        } catch {
+            _ = try? admin.execute(script: "ROLLBACK")  // no transaction may be open when reopening; none is the normal case
+            do {
+                try ToolDatabases.reopen(target, marker: closed, on: admin)
+            } catch let reopenError {
+                timeline.note("reopen \(target) to connections", outcome: "failed: \(RecoveryError.classify(reopenError).message); the next dbrestore reopens it")
+            }
+            throw error
+        }
+    }
+}

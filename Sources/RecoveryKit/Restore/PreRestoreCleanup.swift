@@ -1,0 +1,103 @@
+import Foundation
+import PostgresClient
+
+/// What `dbrestore cleanup` should do, resolved from flags and the config file.
+public struct PreRestoreCleanupConfiguration: Sendable {
+    public var target: ConnectionTarget
+    /// The newest copies kept, whatever their age.
+    public var keep: Int
+    /// Copies younger than this are kept too (nil: age alone keeps nothing).
+    public var keepWithin: RetentionDuration?
+    public var dryRun: Bool
+
+    /// The defaults: keep the newest copy, and every copy younger than a week.
+    public static let defaultKeep = 1
+    public static let defaultKeepWithin = RetentionDuration(hours: 7 * 24, text: "7d")
+
+    public init(target: ConnectionTarget, keep: Int = defaultKeep, keepWithin: RetentionDuration? = defaultKeepWithin, dryRun: Bool = false) {
+        self.target = target
+        self.keep = keep
+        self.keepWithin = keepWithin
+        self.dryRun = dryRun
+    }
+}
+
+/// The outcome of `dbrestore cleanup`.
+public struct PreRestoreCleanupReport: Codable, Sendable {
+    public enum Action: String, Codable, Sendable { case kept, dropped, wouldDrop = "would-drop", failed }
+
+    /// One pre-restore copy and what happened to it.
+    public struct Copy: Codable, Sendable {
+        public var name: String
+        /// When the restore that set it aside ran.
+        public var setAsideAt: Date?
+        /// The backup that replaced it.
+        public var replacedBy: String?
+        public var sizeBytes: Int64
+        public var action: Action
+        public var reason: String
+    }
+
+    public var database: String
+    public var dryRun: Bool
+    public var copies: [Copy]
+    /// Repairs done first (scratch databases of killed restores dropped, a closed target reopened).
+    public var repairs: [String]
+
+    public var droppedBytes: Int64 { copies.filter { $0.action == .dropped || $0.action == .wouldDrop }.reduce(0) { $0 + $1.sizeBytes } }
+}
+
+/// Lists and drops old pre-restore copies (`<db>_pre_restore_<time>`) of one database — only those
+/// the tool marked as such, never by name.
+public enum PreRestoreCleanup {
+    /// Repairs what killed runs left, then drops the copies the policy does not keep.
+    ///
+    /// - Throws: `RecoveryError` / `PostgresError` when the server cannot be reached or another
+    ///   restore of the database is running. A copy that cannot be dropped (someone is connected to
+    ///   it) is reported as `failed` in the report, not thrown.
+    public static func run(_ configuration: PreRestoreCleanupConfiguration) throws -> PreRestoreCleanupReport {
+        let database = configuration.target.databaseName
+        let admin = try LogicalRestore.connectToMaintenance(configuration.target)
+        defer { admin.close() }
+        try LogicalRestore.lockTarget(database, on: admin)
+        let timeline = Timeline()
+        if !configuration.dryRun { try ToolDatabases.repair(database, on: admin, timeline: timeline) }
+        let copies = try ToolDatabases.list(on: admin, target: database).filter { $0.marker.kind == .preRestore }
+            .sorted { ($0.marker.date ?? .distantFuture) > ($1.marker.date ?? .distantFuture) }
+        let keep = plan(dates: copies.map(\.marker.date), keep: configuration.keep, keepWithin: configuration.keepWithin, now: Date())
+        var report = PreRestoreCleanupReport(database: database, dryRun: configuration.dryRun, copies: [], repairs: timeline.steps.map(\.step))
+        for (copy, reason) in zip(copies, keep) {
+            var entry = PreRestoreCleanupReport.Copy(name: copy.name, setAsideAt: copy.marker.date, replacedBy: copy.marker.backup,
+                                                     sizeBytes: copy.sizeBytes, action: .kept, reason: reason ?? "")
+            if reason == nil && !copy.keepsItsName {
+                entry.reason = "renamed since it was set aside as \(copy.marker.database ?? "?"): kept"
+            } else if reason == nil {
+                entry.reason = "older than the newest \(configuration.keep)" + (configuration.keepWithin.map { " and than \($0)" } ?? "")
+                if configuration.dryRun {
+                    entry.action = .wouldDrop
+                } else {
+                    do {
+                        try admin.execute(script: "DROP DATABASE \(admin.quoteIdentifier(copy.name))")
+                        entry.action = .dropped
+                    } catch {
+                        entry.action = .failed
+                        entry.reason = RecoveryError.classify(error).message
+                    }
+                }
+            }
+            report.copies.append(entry)
+        }
+        return report
+    }
+
+    /// The pure policy: for copies sorted newest first, why each is kept, or nil to drop it.
+    /// A copy whose date is unknown is kept.
+    static func plan(dates: [Date?], keep: Int, keepWithin: RetentionDuration?, now: Date) -> [String?] {
+        dates.enumerated().map { index, date in
+            if index < keep { return "one of the newest \(keep)" }
+            guard let date else { return "set aside at an unknown time" }
+            if let keepWithin, now.timeIntervalSince(date) < keepWithin.seconds { return "younger than \(keepWithin)" }
+            return nil
+        }
+    }
+}

@@ -1,0 +1,179 @@
+import Foundation
+import PostgresClient
+
+/// The databases this tool made — scratch, drill and pre-restore copies, restored targets — found
+/// by the marker it sets on each, never by a name pattern (invariant 10).
+///
+/// The marker is a database-level setting, `dbrecovery.marker`, holding a small JSON record. It
+/// lives in the shared catalogue (`pg_db_role_setting`) keyed by the database's OID, so it follows
+/// the database through renames and dies with it, and it is not part of the database's contents (a
+/// dump of the database does not carry it). A user database that merely looks like one of ours
+/// (`app_restore_2023`) has no marker and is never touched.
+///
+/// Setting it needs a superuser, or `GRANT SET ON PARAMETER dbrecovery.marker TO <role>`.
+enum ToolDatabases {
+    /// What a marked database is.
+    struct Marker: Codable, Equatable, Sendable {
+        enum Kind: String, Codable, Sendable {
+            /// A restore loads into it; it becomes the target at the swap.
+            case scratch
+            /// A drill loads into it and drops it.
+            case drill
+            /// The target as it was before a restore, renamed aside and kept.
+            case preRestore = "pre_restore"
+            /// A target a restore put in place; `backup` is where it came from.
+            case restored
+            /// A target this tool only closed for a swap (it carried no marker before).
+            case target
+        }
+
+        var kind: Kind
+        /// The database name the record is about (the restore's target).
+        var target: String
+        /// The backup being restored (scratch, drill), restored (restored) or that replaced it (pre_restore).
+        var backup: String?
+        /// When this record was written (ISO 8601, UTC).
+        var at: String
+        /// Set while the database is closed to connections for a swap; the next run reopens it.
+        var closedForSwap: Bool? = nil
+        /// The name the database had when the record was written. A marked database renamed since
+        /// (an operator keeping a copy, or putting a scratch database in place by hand) is someone's
+        /// decision: repair and clean-up leave it alone.
+        var database: String? = nil
+
+        init(_ kind: Kind, target: String, backup: String?, at: Date = Date()) {
+            self.kind = kind
+            self.target = target
+            self.backup = backup
+            self.at = Timestamp.format(at)
+        }
+
+        var date: Date? { Timestamp.parse(at) }
+
+        var json: String {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+            encoder.keyEncodingStrategy = .convertToSnakeCase
+            // Encoding strings and a Bool cannot fail; "{}" would parse as no marker, the safe side.
+            return (try? encoder.encode(self)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+        }
+
+        static func parse(_ text: String) -> Marker? {
+            let decoder = JSONDecoder()
+            decoder.keyDecodingStrategy = .convertFromSnakeCase
+            // Text that is not our record (set by hand, another version) means "not ours": never touched.
+            return try? decoder.decode(Marker.self, from: Data(text.utf8))
+        }
+    }
+
+    /// One marked database.
+    struct Marked: Sendable {
+        var name: String
+        var oid: String
+        var marker: Marker
+        var allowsConnections: Bool
+        var sizeBytes: Int64
+
+        /// Still under the name the tool gave it (not renamed by hand since).
+        var keepsItsName: Bool { marker.database == name }
+    }
+
+    static let parameter = DatabaseProperties.markerParameter
+
+    /// `ALTER DATABASE <name> SET dbrecovery.marker = '<json>'`, the record naming `database`.
+    static func markStatement(_ database: String, _ marker: Marker, on connection: PostgresConnection) -> String {
+        var named = marker
+        named.database = database
+        return "ALTER DATABASE \(connection.quoteIdentifier(database)) SET \(parameter) = \(SQLText.literal(named.json))"
+    }
+
+    /// `ALTER DATABASE <name> RESET dbrecovery.marker`.
+    static func unmarkStatement(_ database: String, on connection: PostgresConnection) -> String {
+        "ALTER DATABASE \(connection.quoteIdentifier(database)) RESET \(parameter)"
+    }
+
+    /// Every marked database on the server (optionally only those about one target).
+    static func list(on connection: PostgresConnection, target: String? = nil) throws -> [Marked] {
+        let rows = try connection.query("""
+            SELECT d.datname::text, d.oid::text, substr(u.entry, length($1) + 2), d.datallowconn,
+                   -- the size needs CONNECT on the database (or pg_read_all_stats); unknown is 0, never an error
+                   CASE WHEN pg_catalog.has_database_privilege(d.oid, 'CONNECT') OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
+                        THEN pg_catalog.pg_database_size(d.oid)::text END
+            FROM pg_catalog.pg_db_role_setting s
+            JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase
+            CROSS JOIN LATERAL unnest(s.setconfig) AS u(entry)
+            WHERE s.setrole = 0 AND starts_with(u.entry, $1 || '=')
+            ORDER BY d.datname
+            """, [parameter]).rows
+        return try rows.compactMap { row in
+            guard let marker = Marker.parse(try row.string(2)), target == nil || marker.target == target else { return nil }
+            return Marked(name: try row.string(0), oid: try row.string(1), marker: marker, allowsConnections: try row.bool(3),
+                          sizeBytes: row[4].flatMap { Int64($0) } ?? 0)
+        }
+    }
+
+    /// The marker of one database, if it has one.
+    static func marker(of database: String, on connection: PostgresConnection) throws -> Marker? {
+        let text = try connection.query("""
+            SELECT substr(u.entry, length($1) + 2)
+            FROM pg_catalog.pg_db_role_setting s
+            JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase
+            CROSS JOIN LATERAL unnest(s.setconfig) AS u(entry)
+            WHERE s.setrole = 0 AND d.datname = $2 AND starts_with(u.entry, $1 || '=')
+            """, [parameter, database]).scalar
+        return text.flatMap(Marker.parse)
+    }
+
+    /// Whether this session may set the marker (superuser, or `SET` granted on the parameter).
+    ///
+    /// - Throws: `RecoveryError(.databaseError)` saying what to grant.
+    static func requireMarkPrivilege(on connection: PostgresConnection) throws {
+        let superuser = try connection.query("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user").rows.first
+        if try superuser?.bool(0) == true { return }
+        let granted = connection.serverVersionNumber >= 150000
+            ? try connection.query("SELECT pg_catalog.has_parameter_privilege($1, 'SET')", [parameter]).scalar == "t" : false
+        guard granted else {
+            let user = try connection.query("SELECT current_user::text").scalar ?? "this role"
+            throw RecoveryError(.databaseError,
+                                "role \(user) may not mark the databases a restore creates (setting \(parameter)), so it could not clean them up safely",
+                                hint: "connect as a superuser, or as one run: GRANT SET ON PARAMETER \(parameter) TO \(user)")
+        }
+    }
+
+    /// Undoes what a killed restore or drill of `target` left (the caller holds the target's lock, so
+    /// none is running): databases it closed for a swap are reopened, its scratch and drill databases
+    /// dropped. Only marked databases are touched.
+    ///
+    /// - Throws: `PostgresError` when a repair statement fails.
+    static func repair(_ target: String, on connection: PostgresConnection, timeline: Timeline) throws {
+        for database in try list(on: connection, target: target) {
+            switch database.marker.kind {
+            case .scratch, .drill:
+                guard database.keepsItsName else {
+                    timeline.note("left \(database.name) alone", outcome: "marked as \(database.marker.kind.rawValue) database \(database.marker.database ?? "?") of \(target), renamed since")
+                    continue
+                }
+                try connection.execute(script: "DROP DATABASE IF EXISTS \(connection.quoteIdentifier(database.name)) WITH (FORCE)")
+                timeline.note("dropped \(database.name), the \(database.marker.kind == .drill ? "drill" : "scratch") database of a restore that was killed")
+            case .target, .restored, .preRestore:
+                guard database.marker.closedForSwap == true else { continue }
+                try reopen(database.name, marker: database.marker, on: connection)
+                timeline.note("reopened \(database.name) to connections (left closed by a restore that was killed during its swap)")
+            }
+        }
+    }
+
+    /// Allows connections again to a database closed for a swap and clears the closed flag, in one
+    /// transaction.
+    static func reopen(_ database: String, marker: Marker, on connection: PostgresConnection) throws {
+        var open = marker
+        open.closedForSwap = nil
+        let record = marker.kind == .target ? unmarkStatement(database, on: connection) : markStatement(database, open, on: connection)
+        try connection.execute(script: """
+            BEGIN;
+            ALTER DATABASE \(connection.quoteIdentifier(database)) ALLOW_CONNECTIONS true;
+            \(record);
+            COMMIT;
+            """)
+    }
+}

@@ -1,0 +1,147 @@
+import BackupStorage
+import Foundation
+import RecoveryKit
+import TestSupport
+import XCTest
+
+/// Issue 16 E1: `--emergency` and `--drill` skip a candidate that fails in any way of its own and
+/// take the next older one; `dbverify --files all` reports a bad manifest and goes on.
+final class EmergencyFallbackTests: XCTestCase {
+    var cluster: PostgresCluster!
+    var database: String!
+    var repository: String!
+
+    override func setUpWithError() throws {
+        cluster = try PostgresCluster.shared()
+        database = try cluster.createDatabase(prefix: "fallback")
+        repository = TestPaths.temporaryDirectory(prefix: "repo") + "/repo"
+        try cluster.connect(database: database).execute(script: "CREATE TABLE t AS SELECT g AS x FROM generate_series(1, 200) g")
+    }
+
+    private var common: [String] { ["--database-url", cluster.url(database: database), "--repo", repository] }
+
+    private func tool(_ name: String, _ arguments: [String]) throws -> TestProcess.Result {
+        try TestProcess.tool(name, arguments, cluster: cluster)
+    }
+
+    private func backup() throws -> String {
+        sleep(1)   // ids sort by the second they were taken
+        let result = try tool("dbbackup", common)
+        XCTAssertEqual(result.status, 0, result.standardError)
+        return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    private func editManifest(_ id: String, _ edit: (inout [String: Any]) -> Void) throws {
+        let path = "\(repository!)/backups/\(id)/manifest.json"
+        var object = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any] ?? [:]
+        edit(&object)
+        try JSONSerialization.data(withJSONObject: object).write(to: URL(fileURLWithPath: path))
+    }
+
+    /// The reproductions of E1, newest first: a replay error (a role dropped since), a row count that
+    /// does not match after the load, `files: []`, a file named `../../etc/passwd`, and a dump the
+    /// process cannot open. Each stopped `--emergency` before; now each is skipped with its reason,
+    /// the oldest (good) backup is restored, and the incident record names every candidate.
+    func testEmergencyAndDrillSkipEveryKindOfBadCandidate() throws {
+        let good = try backup()
+        let unreadable = try backup()
+        let escaping = try backup()
+        let noFiles = try backup()
+        let mismatch = try backup()
+        let role = "gone_\(UInt32.random(in: 0...UInt32.max))"
+        let connection = try cluster.connect(database: database)
+        try connection.execute(script: "CREATE ROLE \(role); CREATE TABLE owned_by_gone (x int); ALTER TABLE owned_by_gone OWNER TO \(role)")
+        let replayError = try backup()
+        try connection.execute(script: "DROP OWNED BY \(role); DROP ROLE \(role); DELETE FROM t WHERE x > 100")
+
+        // A dump the process cannot open (root reads a chmod 000 file, so make it a directory).
+        let dump = "\(repository!)/backups/\(unreadable)/dump.sql.gz"
+        try FileManager.default.removeItem(atPath: dump)
+        try FileManager.default.createDirectory(atPath: dump, withIntermediateDirectories: false)
+        try editManifest(escaping) { object in
+            var files = object["files"] as? [[String: Any]] ?? []
+            files[0]["name"] = "../../../../../../etc/passwd"
+            object["files"] = files
+        }
+        try editManifest(noFiles) { $0["files"] = [] }
+        try editManifest(mismatch) { object in
+            var tables = object["tables"] as? [[String: Any]] ?? []
+            tables[0]["rows"] = 201
+            object["tables"] = tables
+        }
+
+        let verify = try tool("dbverify", ["--files", "all", "--repo", repository!])
+        XCTAssertEqual(verify.status, ExitStatus.backupCorrupt.rawValue, verify.standardError)
+        for id in [good, unreadable, escaping, noFiles, mismatch, replayError] {
+            XCTAssertTrue(verify.standardOutput.contains(id), "dbverify --files all reports \(id) and goes on: \(verify.standardOutput)")
+        }
+        XCTAssertTrue(verify.standardOutput.contains("outside its backup folder"), verify.standardOutput)
+
+        let drill = try tool("dbrestore", common + ["--drill"])
+        XCTAssertEqual(drill.status, 0, drill.standardError)
+        XCTAssertTrue(drill.standardOutput.contains("drill passed: backup \(good)"), drill.standardOutput)
+
+        let incident = TestPaths.temporaryDirectory(prefix: "incident") + "/incident.json"
+        let emergency = try tool("dbrestore", common + ["--emergency", "--incident-file", incident])
+        XCTAssertEqual(emergency.status, 0, emergency.standardError)
+        XCTAssertTrue(emergency.standardOutput.contains("from backup \(good)"), emergency.standardOutput)
+        XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM t", database: database), "200")
+
+        let record = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: incident))) as? [String: Any]
+        let plan = record?["plan"] as? [String: Any]
+        XCTAssertEqual(plan?["backup_id"] as? String, good)
+        let skipped = Dictionary((plan?["skipped"] as? [[String: String]] ?? []).map { ($0["id"] ?? "", $0["reason"] ?? "") },
+                                 uniquingKeysWith: { first, _ in first })
+        let expected = [replayError: "role \"\(role)\" does not exist", mismatch: "expected 201, found 200", noFiles: "lists no files",
+                        escaping: "outside its backup folder", unreadable: "cannot be read"]
+        for (id, reason) in expected {
+            XCTAssertTrue(skipped[id]?.contains(reason) ?? false, "\(id) skipped because \(reason): \(skipped[id] ?? "not listed")")
+        }
+        XCTAssertEqual(skipped.count, 5, "\(skipped)")
+    }
+
+    /// No candidate left to try: the run fails, and the incident record still names every backup
+    /// passed over and why.
+    func testEmergencyWithNoUsableBackupStillWritesTheIncidentRecord() throws {
+        let ids = [try backup(), try backup()]
+        for id in ids {
+            let path = "\(repository!)/backups/\(id)/dump.sql.gz"
+            var data = try Data(contentsOf: URL(fileURLWithPath: path))
+            data[data.count / 2] ^= 0x20
+            try data.write(to: URL(fileURLWithPath: path))
+        }
+        let incident = TestPaths.temporaryDirectory(prefix: "incident") + "/incident.json"
+        let emergency = try tool("dbrestore", common + ["--emergency", "--incident-file", incident])
+        XCTAssertEqual(emergency.status, ExitStatus.backupNotFound.rawValue, emergency.standardError)
+        XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM t", database: database), "200", "the target is untouched")
+        let record = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: incident))) as? [String: Any]
+        XCTAssertTrue((record?["outcome"] as? String)?.hasPrefix("failed: no backup") ?? false, "\(record ?? [:])")
+        let steps = (record?["timeline"] as? [[String: Any]] ?? []).map { "\($0["step"] ?? ""): \($0["outcome"] ?? "")" }
+        for id in ids {
+            XCTAssertTrue(steps.contains { $0.contains("skip backup \(id)") && $0.contains("sha256") }, "\(id) in \(steps)")
+        }
+    }
+
+    /// A signal during a candidate's restore ends the run (exit 130); it is not that candidate's
+    /// failure, so no older backup is tried.
+    func testASignalDuringACandidateEndsTheRunInsteadOfTryingTheNext() throws {
+        let older = try backup()
+        let newer = try backup()
+        let incident = TestPaths.temporaryDirectory(prefix: "incident") + "/incident.json"
+        let result = try TestProcess.tool("dbrestore", common + ["--emergency", "--incident-file", incident], cluster: cluster,
+                                          environment: ["DBRECOVERY_SIGNAL_AT": "restore:after-verify"])
+        XCTAssertEqual(result.status, ExitStatus.interrupted.rawValue, result.standardError)
+        XCTAssertFalse(result.standardError.contains("skip backup \(newer)"), result.standardError)
+        XCTAssertFalse(result.standardError.contains(older), "the older backup is not tried: \(result.standardError)")
+        XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM t", database: database), "200")
+        XCTAssertEqual(try cluster.connect().query("SELECT count(*) FROM pg_database WHERE datname LIKE $1", ["\(database!)_%"]).scalar, "0",
+                       "the scratch database was dropped")
+    }
+
+    /// When the target server itself fails, the run stops instead of trying every candidate.
+    func testAnUnreachableServerStopsTheSearch() throws {
+        _ = try backup()
+        let result = try tool("dbrestore", ["--emergency", "--repo", repository!, "--database-url", "postgresql://postgres@127.0.0.1:1/\(database!)"])
+        XCTAssertEqual(result.status, ExitStatus.databaseUnavailable.rawValue, result.standardError)
+    }
+}

@@ -1,0 +1,302 @@
+import BackupStorage
+import Foundation
+import RecoveryKit
+import TestSupport
+import XCTest
+
+/// The restore touches only what it made, the swap is safe to interrupt and bounded, and a restored
+/// database says which backup it came from (issue 14.6, issue 16 E9/E10, issue 19 pre-restore copies).
+final class RestoreSafetyTests: XCTestCase {
+    var cluster: PostgresCluster!
+    var database: String!
+    var repository: String!
+
+    override func setUpWithError() throws {
+        cluster = try PostgresCluster.shared()
+        database = try cluster.createDatabase(prefix: "safety")
+        repository = TestPaths.temporaryDirectory(prefix: "repo") + "/repo"
+        try cluster.connect(database: database).execute(script: "CREATE TABLE t AS SELECT g AS x FROM generate_series(1, 500) g")
+    }
+
+    private var common: [String] { ["--database-url", cluster.url(database: database), "--repo", repository] }
+
+    private func tool(_ name: String, _ arguments: [String]) throws -> TestProcess.Result {
+        try TestProcess.tool(name, arguments, cluster: cluster)
+    }
+
+    @discardableResult
+    private func backup() throws -> String {
+        let result = try tool("dbbackup", common)
+        XCTAssertEqual(result.status, 0, result.standardError)
+        return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    private func databases(like pattern: String) throws -> [String] {
+        try cluster.connect().query("SELECT datname FROM pg_database WHERE datname LIKE $1 ORDER BY 1", [pattern]).rows.compactMap { $0[0] }
+    }
+
+    private func allowsConnections(_ name: String) throws -> String? {
+        try cluster.connect().query("SELECT datallowconn::text FROM pg_database WHERE datname = $1", [name]).scalar
+    }
+
+    private func count(_ name: String) throws -> String? {
+        try cluster.scalar("SELECT count(*) FROM t", database: name)
+    }
+
+    /// Reproduction: a user database named `<target>_restore_2023` was dropped by the next restore of
+    /// `<target>` as "the scratch database of a restore that was killed". Neither it nor one named
+    /// like a pre-restore copy may be touched by a restore or by `dbrestore cleanup`.
+    func testForeignDatabasesNamedLikeOursAreNeverTouched() throws {
+        let foreign = ["\(database!)_restore_2023", "\(database!)_restore_20230101_000000", "\(database!)_pre_restore_20230101_000000",
+                       "\(database!)_drill_20230101_000000"]
+        for name in foreign {
+            try cluster.connect().execute(script: "CREATE DATABASE \(name)")
+            try cluster.connect(database: name).execute(script: "CREATE TABLE precious AS SELECT 1 AS keep")
+        }
+        try backup()
+        let restore = try tool("dbrestore", common + ["latest", "--yes"])
+        XCTAssertEqual(restore.status, 0, restore.standardError)
+        XCTAssertFalse(restore.standardError.contains("dropped"), restore.standardError)
+        let drill = try tool("dbrestore", common + ["--drill"])
+        XCTAssertEqual(drill.status, 0, drill.standardError)
+        let cleanup = try tool("dbrestore", ["cleanup", "--yes", "--database-url", cluster.url(database: database), "--keep", "0", "--keep-within", "0h"])
+        XCTAssertEqual(cleanup.status, 0, cleanup.standardError)
+        for name in foreign {
+            XCTAssertEqual(try cluster.scalar("SELECT keep FROM precious", database: name), "1", "\(name) must be untouched")
+        }
+    }
+
+    /// A restore of a database whose name fills PostgreSQL's 63 bytes, killed during the swap: the
+    /// truncated scratch name is found by its marker and dropped, and the target is reopened.
+    func testKilledRestoreOfALongNameIsRepairedByMarker() throws {
+        let long = "long_" + String(repeating: "x", count: 50) + "_\(UInt32.random(in: 0...99_999))"
+        try cluster.connect().execute(script: "CREATE DATABASE \(long)")
+        try cluster.connect(database: long).execute(script: "CREATE TABLE t AS SELECT g AS x FROM generate_series(1, 10) g")
+        let arguments = ["latest", "--yes", "--repo", repository!, "--database-url", cluster.url(database: long)]
+        XCTAssertEqual(try tool("dbbackup", ["--database-url", cluster.url(database: long), "--repo", repository!]).status, 0)
+        let killed = try TestProcess.tool("dbrestore", arguments, cluster: cluster, environment: ["DBRECOVERY_CRASH_AT": "restore:during-swap"])
+        XCTAssertEqual(killed.status, 128 + SIGKILL)
+        XCTAssertEqual(try allowsConnections(long), "false")
+        let prefix = String(long.prefix(20))
+        let leftovers = try databases(like: "\(prefix)%_restore_%").filter { !$0.contains("_pre_restore_") }
+        XCTAssertEqual(leftovers.count, 1, "the killed run left its scratch database")
+        XCTAssertLessThan(leftovers[0].utf8.count, long.utf8.count + "_restore_20260101_000000".utf8.count, "its name was truncated")
+
+        let next = try tool("dbrestore", arguments)
+        XCTAssertEqual(next.status, 0, next.standardError)
+        XCTAssertTrue(next.standardError.contains("dropped \(leftovers[0])"), next.standardError)
+        XCTAssertTrue(next.standardError.contains("reopened \(long)"), next.standardError)
+        XCTAssertFalse(try cluster.databaseExists(leftovers[0]))
+        XCTAssertEqual(try allowsConnections(long), "true")
+    }
+
+    /// Reproduction (issue 19): a killed `--drill` left `<db>_drill_<time>` forever. It is marked, so
+    /// the next drill (or restore, or cleanup) drops it.
+    func testKilledDrillLeavesAMarkedDatabaseTheNextRunDrops() throws {
+        try backup()
+        let killed = try TestProcess.tool("dbrestore", common + ["--drill"], cluster: cluster, environment: ["DBRECOVERY_CRASH_AT": "restore:after-verify"])
+        XCTAssertEqual(killed.status, 128 + SIGKILL)
+        let left = try databases(like: "\(database!)_drill_%")
+        XCTAssertEqual(left.count, 1, "the killed drill left its database")
+        let next = try tool("dbrestore", common + ["--drill"])
+        XCTAssertEqual(next.status, 0, next.standardError)
+        XCTAssertTrue(next.standardError.contains("dropped \(left[0]), the drill database"), next.standardError)
+        XCTAssertEqual(try databases(like: "\(database!)_%"), [])
+    }
+
+    /// A marked database renamed by hand since (a scratch database an operator put in place after a
+    /// killed restore, a pre-restore copy renamed to keep it) is never dropped by repair or clean-up.
+    func testMarkedDatabasesRenamedByHandAreLeftAlone() throws {
+        try backup()
+        let killed = try TestProcess.tool("dbrestore", common + ["latest", "--yes"], cluster: cluster, environment: ["DBRECOVERY_CRASH_AT": "restore:after-verify"])
+        XCTAssertEqual(killed.status, 128 + SIGKILL)
+        let scratch = try databases(like: "\(database!)_restore_%")
+        XCTAssertEqual(scratch.count, 1)
+        let rescued = "\(database!)_rescued"
+        try cluster.connect().execute(script: "ALTER DATABASE \(scratch[0]) RENAME TO \(rescued)")
+        XCTAssertEqual(try tool("dbrestore", common + ["latest", "--yes"]).status, 0)
+        let copies = try databases(like: "\(database!)_pre_restore_%")
+        XCTAssertEqual(copies.count, 1)
+        let kept = "\(database!)_kept_copy"
+        try cluster.connect().execute(script: "ALTER DATABASE \(copies[0]) RENAME TO \(kept)")
+        let cleanup = try tool("dbrestore", ["cleanup", "--yes", "--database-url", cluster.url(database: database), "--keep", "0", "--keep-within", "0h"])
+        XCTAssertEqual(cleanup.status, 0, cleanup.standardError)
+        XCTAssertTrue(cleanup.standardOutput.contains("renamed since it was set aside"), cleanup.standardOutput)
+        XCTAssertTrue(try cluster.databaseExists(rescued), "a scratch database renamed by hand stays")
+        XCTAssertTrue(try cluster.databaseExists(kept), "a pre-restore copy renamed by hand stays")
+        XCTAssertEqual(try count(rescued), "500")
+    }
+
+    /// A restoring role that is no superuser (CREATEDB, owner of the target) must be allowed to mark
+    /// what it creates, or it is refused before anything changes; granted, it restores, and database
+    /// settings it may not set are named as warnings.
+    func testANonSuperuserRestoresOnceItMayMarkItsDatabases() throws {
+        let role = "restorer_\(UInt32.random(in: 0...UInt32.max))"
+        let owned = "owned_\(UInt32.random(in: 0...UInt32.max))"
+        let admin = try cluster.connect()
+        try admin.execute(script: "CREATE ROLE \(role) LOGIN CREATEDB PASSWORD '\(cluster.password)'")
+        try admin.execute(script: "CREATE DATABASE \(owned) OWNER \(role)")
+        try admin.execute(script: "ALTER DATABASE \(owned) SET log_statement = 'ddl'")
+        let url = cluster.url(database: owned).replacingOccurrences(of: "postgres@", with: "\(role)@")
+        try cluster.connect(database: owned).execute(script: "CREATE TABLE t AS SELECT 1 AS x; ALTER TABLE t OWNER TO \(role)")
+        let arguments = ["--database-url", url, "--repo", repository!]
+        XCTAssertEqual(try tool("dbbackup", arguments).status, 0)
+
+        let refused = try tool("dbrestore", arguments + ["latest", "--yes"])
+        XCTAssertEqual(refused.status, ExitStatus.databaseError.rawValue, refused.standardError)
+        XCTAssertTrue(refused.standardError.contains("GRANT SET ON PARAMETER dbrecovery.marker TO \(role)"), refused.standardError)
+        XCTAssertEqual(try databases(like: "\(owned)_%"), [], "refused before anything changed")
+
+        try admin.execute(script: "GRANT SET ON PARAMETER dbrecovery.marker TO \(role)")
+        let restore = try tool("dbrestore", arguments + ["latest", "--yes"])
+        XCTAssertEqual(restore.status, 0, restore.standardError)
+        XCTAssertTrue(restore.standardError.contains("setting log_statement=ddl not restored: permission denied"), restore.standardError)
+        XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM t", database: owned), "1")
+        XCTAssertEqual(try databases(like: "\(owned)_pre_restore_%").count, 1)
+    }
+
+    /// Holds the target with a prepared transaction, which `pg_terminate_backend` cannot end.
+    private func prepareTransaction(on name: String) throws -> String {
+        let gid = "held_by_test_\(UInt32.random(in: 0...UInt32.max))"
+        try cluster.connect(database: name).execute(script: "BEGIN; INSERT INTO t VALUES (-1); PREPARE TRANSACTION '\(gid)'")
+        return gid
+    }
+
+    private func rollbackPrepared(_ gid: String, on name: String) {
+        _ = try? cluster.connect(database: name).execute(script: "ROLLBACK PREPARED '\(gid)'")
+    }
+
+    /// Reproduction: a session that cannot be terminated (a prepared transaction) kept the target
+    /// closed for ~104 s, then exit 31 with a hint blaming application sessions.
+    func testPreparedTransactionBlockingTheSwapGivesABoundedWaitAndNamesIt() throws {
+        try backup()
+        let gid = try prepareTransaction(on: database)
+        defer { rollbackPrepared(gid, on: database) }
+        let started = Date()
+        let result = try tool("dbrestore", common + ["latest", "--yes", "--swap-timeout", "3"])
+        let elapsed = Date().timeIntervalSince(started)
+        XCTAssertEqual(result.status, ExitStatus.restoreFailed.rawValue, result.standardError)
+        XCTAssertLessThan(elapsed, 20, "the wait is bounded by --swap-timeout")
+        XCTAssertTrue(result.standardError.contains("did not end within 3 s"), result.standardError)
+        XCTAssertTrue(result.standardError.contains("prepared transaction '\(gid)'"), result.standardError)
+        XCTAssertTrue(result.standardError.contains("ROLLBACK PREPARED '\(gid)'"), "names the query that ends it: \(result.standardError)")
+        XCTAssertEqual(try allowsConnections(database), "true", "the target accepts connections again")
+        XCTAssertEqual(try count(database), "500", "the target is unchanged")
+        XCTAssertEqual(try databases(like: "\(database!)_%"), [], "no scratch or aside database left")
+    }
+
+    /// Reproduction: SIGTERM during the swap left the production database refusing all connections
+    /// (`datallowconn = false`) until another restore ran.
+    func testSIGTERMDuringTheSwapLeavesTheTargetAcceptingConnections() throws {
+        try backup()
+        let gid = try prepareTransaction(on: database)   // keeps the swap waiting, with the target closed
+        defer { rollbackPrepared(gid, on: database) }
+        let process = try TestProcess.start("dbrestore", common + ["latest", "--yes", "--swap-timeout", "120"], cluster: cluster)
+        let errors = OutputCollector(descriptor: process.standardError, limit: 64 * 1024)
+        var closed = false
+        for _ in 0..<300 where !closed {
+            usleep(100_000)
+            closed = try allowsConnections(database) == "false"
+        }
+        XCTAssertTrue(closed, "the restore reached the swap")
+        process.send(SIGTERM)
+        let termination = process.waitForExit()
+        let stderr = errors.finish()
+        XCTAssertEqual(termination.exitCode, ExitStatus.interrupted.rawValue, stderr)
+        XCTAssertTrue(stderr.contains("interrupted by SIGTERM"), stderr)
+        XCTAssertEqual(try allowsConnections(database), "true", "the target accepts connections")
+        XCTAssertEqual(try count(database), "500")
+        XCTAssertEqual(try databases(like: "\(database!)_%"), [], "the scratch database was dropped")
+    }
+
+    /// Reproduction: `dbverify latest` after `dbrestore <older-id>` checked the newest backup and
+    /// advised to "restore again". With no id it checks the backup the database was restored from.
+    func testVerifyAfterRestoringAnOlderBackupChecksThatBackup() throws {
+        let older = try backup()
+        try cluster.connect(database: database).execute(script: "INSERT INTO t SELECT g FROM generate_series(1, 25) g")
+        sleep(1)
+        let newer = try backup()
+        let restore = try tool("dbrestore", common + [older, "--yes"])
+        XCTAssertEqual(restore.status, 0, restore.standardError)
+
+        let implicit = try tool("dbverify", common)
+        XCTAssertEqual(implicit.status, 0, implicit.standardError + implicit.standardOutput)
+        XCTAssertTrue(implicit.standardError.contains("comparing \(database!) with backup \(older) (restored from it"), implicit.standardError)
+        let json = try tool("dbverify", common + ["--json"])
+        let object = try JSONSerialization.jsonObject(with: Data(json.standardOutput.utf8)) as? [String: Any]
+        XCTAssertEqual(object?["backup_id"] as? String, older)
+
+        let named = try tool("dbverify", common + [newer])
+        XCTAssertEqual(named.status, ExitStatus.verificationMismatch.rawValue, "an id given is still the one checked")
+    }
+
+    /// Reproduction: `dbrestore --dry-run` did not read the files it would restore.
+    func testDryRunChecksTheFilesItWouldRestore() throws {
+        let id = try backup()
+        let good = try tool("dbrestore", common + [id, "--dry-run"])
+        XCTAssertEqual(good.status, 0, good.standardError)
+        XCTAssertTrue(good.standardOutput.contains("dump.sql.gz verified: size, sha256 and the whole gzip stream"), good.standardOutput)
+
+        let path = "\(repository!)/backups/\(id)/dump.sql.gz"
+        var data = try Data(contentsOf: URL(fileURLWithPath: path))
+        data[data.count / 2] ^= 0x20
+        try data.write(to: URL(fileURLWithPath: path))
+        let bad = try tool("dbrestore", common + [id, "--dry-run"])
+        XCTAssertEqual(bad.status, ExitStatus.backupCorrupt.rawValue, bad.standardError)
+        XCTAssertTrue(bad.standardError.contains("sha256"), bad.standardError)
+    }
+
+    /// Reproduction: every restore keeps a `<db>_pre_restore_<time>` copy and nothing lists or
+    /// removes them. `dbrestore cleanup` drops old ones — only those a restore marked.
+    func testCleanupDropsOnlyMarkedPreRestoreCopies() throws {
+        try backup()
+        for round in 0..<3 {   // within one second or not: each kept copy gets a name of its own
+            let restore = try tool("dbrestore", common + ["latest", "--yes"])
+            XCTAssertEqual(restore.status, 0, restore.standardError)
+            if round == 2 { XCTAssertTrue(restore.standardError.contains("3 pre-restore copies of \(database!) exist"), restore.standardError) }
+        }
+        let marked = try databases(like: "\(database!)_pre_restore_%")
+        XCTAssertEqual(marked.count, 3)
+        let lookalike = "\(database!)_pre_restore_19990101_000000"
+        try cluster.connect().execute(script: "CREATE DATABASE \(lookalike)")
+        let plan = try tool("dbrestore", common + ["latest", "--dry-run"])
+        XCTAssertTrue(plan.standardOutput.contains("3 pre-restore copies of \(database!) kept by earlier restores"), plan.standardOutput)
+
+        let cleanupArguments = ["cleanup", "--database-url", cluster.url(database: database), "--keep", "1", "--keep-within", "0h"]
+        let dryRun = try tool("dbrestore", cleanupArguments + ["--dry-run", "--json"])
+        XCTAssertEqual(dryRun.status, 0, dryRun.standardError)
+        let report = try JSONSerialization.jsonObject(with: Data(dryRun.standardOutput.utf8)) as? [String: Any]
+        let copies = report?["copies"] as? [[String: Any]] ?? []
+        XCTAssertEqual(copies.compactMap { $0["action"] as? String }, ["kept", "would-drop", "would-drop"])
+        XCTAssertFalse(copies.contains { $0["name"] as? String == lookalike }, "an unmarked database is not even listed")
+        XCTAssertEqual(try databases(like: "\(database!)_pre_restore_%").count, 4, "--dry-run drops nothing")
+
+        let unconfirmed = try tool("dbrestore", cleanupArguments)
+        XCTAssertEqual(unconfirmed.status, ExitStatus.usage.rawValue, "dropping needs --yes: \(unconfirmed.standardError)")
+        XCTAssertTrue(unconfirmed.standardError.contains("--yes"), unconfirmed.standardError)
+        XCTAssertEqual(try databases(like: "\(database!)_pre_restore_%").count, 4)
+        let cleanup = try tool("dbrestore", cleanupArguments + ["--yes"])
+        XCTAssertEqual(cleanup.status, 0, cleanup.standardError)
+        XCTAssertEqual(try databases(like: "\(database!)_pre_restore_%"), [lookalike, marked.sorted().last ?? ""].sorted(),
+                       "the newest marked copy and the look-alike remain")
+        XCTAssertEqual(try count(database), "500")
+    }
+
+    /// `[restore] keep_pre_restore` in the config file sets the default of `dbrestore cleanup`.
+    func testCleanupReadsKeepPreRestoreFromTheConfigFile() throws {
+        try backup()
+        for _ in 0..<2 {
+            XCTAssertEqual(try tool("dbrestore", common + ["latest", "--yes"]).status, 0)
+        }
+        let config = TestPaths.temporaryDirectory(prefix: "config") + "/config.toml"
+        try "[restore]\nkeep_pre_restore = 0\nkeep_pre_restore_within = \"0h\"\n".write(toFile: config, atomically: true, encoding: .utf8)
+        let cleanup = try tool("dbrestore", ["cleanup", "--yes", "--database-url", cluster.url(database: database), "--config", config])
+        XCTAssertEqual(cleanup.status, 0, cleanup.standardError)
+        XCTAssertEqual(try databases(like: "\(database!)_pre_restore_%"), [])
+
+        try "[restore]\nkeep_pre_restore = \"many\"\n".write(toFile: config, atomically: true, encoding: .utf8)
+        let bad = try tool("dbrestore", ["cleanup", "--yes", "--database-url", cluster.url(database: database), "--config", config])
+        XCTAssertEqual(bad.status, ExitStatus.configuration.rawValue, bad.standardError)
+        XCTAssertTrue(bad.standardError.contains("keep_pre_restore must be a whole number"), bad.standardError)
+    }
+}
