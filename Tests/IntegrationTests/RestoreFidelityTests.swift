@@ -59,6 +59,7 @@ final class RestoreFidelityTests: XCTestCase {
                 "children_label=fidelity_ts2,order_lines_amount=fidelity_ts2,order_lines_email=-,order_lines_tag_trgm=fidelity_ts1,élément_pkey=fidelity_ts2",
                 "--jobs \(jobs): indexes in the tablespace in force where they stood")
             XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM public.accounts_transfers", database: restored), "21", "--jobs \(jobs)")
+            XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM public.accounts_spans", database: restored), "21", "--jobs \(jobs)")
             XCTAssertEqual(try cluster.scalar("SHOW standard_conforming_strings", database: restored), "off",
                            "--jobs \(jobs): the source database's own setting survives the restore")
         }
@@ -166,6 +167,50 @@ final class RestoreFidelityTests: XCTestCase {
                 SELECT string_agg(pg_get_userbyid(relowner), ',' ORDER BY relname) FROM pg_class
                 WHERE relname IN ('items', 'made_by', 'plain')
                 """, database: loaded), "fidelity_owner,fidelity_owner,postgres", "--jobs \(jobs): created by their owners")
+        }
+    }
+
+    /// A server that refuses connections beyond some number (`max_connections`, reserved slots, a
+    /// role's or database's connection limit; a role's limit here) gets the same restore over the
+    /// connections it grants: `--jobs` above it must not turn a restore psql completes into a failure.
+    func testLoaderGoesOnOverTheConnectionsTheServerGrants() throws {
+        let suffix = UInt32.random(in: 0...UInt32.max)
+        let role = (name: "fidelity_limited_\(suffix)", password: "limited-\(suffix)")
+        let admin = try cluster.connect()
+        try admin.execute(script: "CREATE ROLE \(role.name) LOGIN PASSWORD '\(role.password)' CONNECTION LIMIT 3")
+        let source = try cluster.createDatabase(prefix: "limited_src")
+        let script = scratch + "/\(source).sql"
+        try (1...6).map { table in
+            """
+            CREATE TABLE public.t\(table) (id integer PRIMARY KEY, body text);
+            INSERT INTO public.t\(table) SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 30000) g;
+            CREATE INDEX t\(table)_body ON public.t\(table) (body);
+            """
+        }.joined(separator: "\n").write(toFile: script, atomically: true, encoding: .utf8)
+        try psql(file: script, database: source)
+        let dumpPath = scratch + "/\(source).dump.sql"
+        let dumped = try TestProcess.shell("'\(try program("pg_dump"))' --no-owner '\(cluster.url(database: source))' > '\(dumpPath)'", environment: cluster.environment)
+        XCTAssertEqual(dumped.status, 0, dumped.standardError)
+        /// A database owned by the role, with its public schema: what the role replays into.
+        func databaseOfTheRole(_ prefix: String) throws -> String {
+            let name = try cluster.createDatabase(prefix: prefix)
+            try admin.execute(script: "ALTER DATABASE \(name) OWNER TO \(role.name)")
+            try cluster.connect(database: name).execute(script: "ALTER SCHEMA public OWNER TO \(role.name)")
+            return name
+        }
+        let replay = try databaseOfTheRole("limited_replay")
+        var environment = cluster.environment
+        environment["PGPASSWORD"] = role.password
+        let replayURL = cluster.url(database: replay).replacingOccurrences(of: "postgres@", with: "\(role.name)@")
+        let replayed = try TestProcess.shell("'\(try program("psql"))' -X -q -v ON_ERROR_STOP=1 -f '\(dumpPath)' -d '\(replayURL)' >/dev/null",
+                                             environment: environment)
+        XCTAssertEqual(replayed.status, 0, replayed.standardError)
+        let expected = try normalisedDump(of: replay, name: replay)
+        let dump = try Data(contentsOf: URL(fileURLWithPath: dumpPath))
+        for jobs in [2, 8] {
+            let loaded = try databaseOfTheRole("limited_loaded")
+            XCTAssertNoThrow(try load(dump, into: loaded, jobs: jobs, user: role), "--jobs \(jobs) over at most 3 connections")
+            try assertSameDump(try normalisedDump(of: loaded, name: loaded), expected, "--jobs \(jobs)")
         }
     }
 
@@ -321,8 +366,9 @@ final class RestoreFidelityTests: XCTestCase {
 
     /// Replays a plain dump with the restore's loader (`DumpScanner` + `ParallelLoader`), fed in
     /// odd-sized chunks so that lines and characters are cut anywhere.
-    private func load(_ dump: Data, into database: String, jobs: Int) throws {
-        let target = try ConnectionTarget(cluster.url(database: database)).with("password", cluster.password)
+    private func load(_ dump: Data, into database: String, jobs: Int, user: (name: String, password: String)? = nil) throws {
+        var target = try ConnectionTarget(cluster.url(database: database)).with("password", user?.password ?? cluster.password)
+        if let user { target = target.with("user", user.name) }
         let loader = try ParallelLoader(target: target, jobs: jobs, backupID: "test")
         defer { loader.abandon() }
         let scanner = DumpScanner { try loader.handle($0) }

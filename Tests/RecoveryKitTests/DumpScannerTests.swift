@@ -151,6 +151,17 @@ final class DumpScannerTests: XCTestCase {
         }
     }
 
+    /// Excerpts name a failed statement in errors and the run log: no literal of it, which may hold a secret.
+    func testExcerptsNeverShowLiterals() {
+        func excerpt(_ sql: String) -> String { DumpScanner.Statement(sql: Array(sql.utf8), settings: SessionSettings()).excerpt }
+        let subscription = excerpt("CREATE SUBSCRIPTION s CONNECTION 'host=db password=Sup3rS3cret' PUBLICATION p WITH (connect = false);")
+        XCTAssertEqual(subscription, "CREATE SUBSCRIPTION s CONNECTION …")
+        XCTAssertFalse(excerpt("CREATE USER MAPPING FOR app SERVER s OPTIONS (password E'x\\' secret');").contains("secret"))
+        XCTAssertFalse(excerpt("ALTER ROLE a PASSWORD $p$secret$p$;").contains("secret"))
+        XCTAssertEqual(excerpt("CREATE TABLE public.t (\n    id integer\n);"), "CREATE TABLE public.t (…")
+        XCTAssertEqual(excerpt("ALTER TABLE public.t OWNER TO app"), "ALTER TABLE public.t OWNER TO app")
+    }
+
     func testADumpThatEndsInsideRowsIsRefused() {
         XCTAssertThrowsError(try scan("COPY public.t (id) FROM stdin;\n1\n2\n", chunk: 4)) { error in
             XCTAssertEqual((error as? RecoveryError)?.code, .backupCorrupt)

@@ -157,4 +157,16 @@ final class SQLLexerTests: XCTestCase {
         XCTAssertEqual(SQLStatements.split(bytes: [0x53, 0x45, 0x4C, 0x45, 0x43, 0x54, 0x20, 0x27, 0xE9, 0x27, 0x3B]),
                        [[0x53, 0x45, 0x4C, 0x45, 0x43, 0x54, 0x20, 0x27, 0xE9, 0x27]])
     }
+
+    /// A database or role with `standard_conforming_strings = off`: psql reads the server's setting
+    /// and lexes `'…'` with backslash escapes from the first line; a SET changes it, RESET returns to it.
+    func testScriptsStartWithTheServersStandardConformingStrings() {
+        let script = "INSERT INTO t SELECT 'x\\'; y';\nSET search_path = public;\nSELECT 'a\\'; b';\n"
+            + "SET standard_conforming_strings = on;\nSELECT 'c\\';\nRESET standard_conforming_strings;\nSELECT 'd\\'; e';\n"
+        XCTAssertEqual(SQLStatements.split(script, standardConformingStrings: false), [
+            "INSERT INTO t SELECT 'x\\'; y'", "SET search_path = public", "SELECT 'a\\'; b'",
+            "SET standard_conforming_strings = on", "SELECT 'c\\'", "RESET standard_conforming_strings", "SELECT 'd\\'; e'",
+        ])
+        XCTAssertEqual(SQLStatements.split("SELECT 'x\\'; y';", standardConformingStrings: true), ["SELECT 'x\\'", "y';"], "on: the string ends at the quote after the backslash")
+    }
 }

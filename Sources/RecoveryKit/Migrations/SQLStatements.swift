@@ -15,4 +15,11 @@ public enum SQLStatements {
     public static func split(bytes script: [UInt8]) -> [[UInt8]] {
         SQLLexer.statements(in: script)
     }
+
+    /// The statements of `script` as psql splits them on a server whose `standard_conforming_strings`
+    /// is `standardConformingStrings` when the script starts (off: `'it\'s'` is one string).
+    public static func split(_ script: String, standardConformingStrings: Bool) -> [String] {
+        SQLLexer.statements(in: Array(script.utf8), standardConformingStrings: standardConformingStrings)
+            .map { String(decoding: $0, as: UTF8.self) }
+    }
 }

@@ -19,10 +19,15 @@ final class DumpScanner {
         var sql: [UInt8]
         var settings: SessionSettings
 
-        /// The statement for messages: its first line, at most 80 bytes, decoded leniently.
+        /// The statement for messages and logs: its first line up to its first string or
+        /// dollar-quoted literal (which may hold a secret: `CREATE SUBSCRIPTION … CONNECTION
+        /// 'password=…'`, `CREATE USER MAPPING … OPTIONS (password '…')`), at most 80 bytes,
+        /// decoded leniently; `…` marks what was left out.
         var excerpt: String {
-            let firstLine = sql.prefix { $0 != UInt8(ascii: "\n") }.prefix(80)
-            return String(decoding: firstLine, as: UTF8.self)
+            let firstLine = sql.prefix { $0 != UInt8(ascii: "\n") }
+            let shown = firstLine.prefix { $0 != UInt8(ascii: "'") && $0 != UInt8(ascii: "$") }.prefix(80)
+            let text = String(decoding: shown, as: UTF8.self)
+            return shown.count < sql.count ? text + "…" : text
         }
 
         /// The statement decoded leniently, for recognising its kind (never sent anywhere).

@@ -18,6 +18,8 @@ final class ParallelLoader {
     private let spares = BufferPool()
     /// Statements after the rows, run once the rows are committed.
     private var postData: [DumpScanner.Statement] = []
+    /// Whether the server refused a connection beyond those open (until the workers' are closed).
+    private var connectionsRefused = false
     private static let runSize = 1 << 20
 
     init(target: ConnectionTarget, jobs: Int, backupID: String) throws {
@@ -61,6 +63,8 @@ final class ParallelLoader {
         for worker in workers { try worker.finish() }
         for worker in workers { worker.connection.close() }
         workers.removeAll()
+        // The workers' connections are free again for the post-data.
+        connectionsRefused = false
         var index = 0
         while index < postData.count {
             var batch: [(key: String, statement: DumpScanner.Statement)] = []
@@ -86,6 +90,23 @@ final class ParallelLoader {
         main.close()
     }
 
+    // MARK: - Connections
+
+    /// Another connection for parallel work, or nil once the server refuses one (`max_connections`,
+    /// reserved slots, a role's or the database's connection limit): the restore goes on over the
+    /// connections it has, as with a smaller `--jobs`, since parallelism must never change the outcome.
+    ///
+    /// - Parameter required: the connection is the only one rows can go to: a refusal is thrown.
+    private func extraConnection(required: Bool) throws -> LoaderConnection? {
+        guard !connectionsRefused || required else { return nil }
+        do {
+            return try LoaderConnection(target: target, backupID: backupID)
+        } catch let error as PostgresError where error.kind == .connection && !required {
+            connectionsRefused = true
+            return nil
+        }
+    }
+
     // MARK: - Rows
 
     private func dispatchRows() throws {
@@ -94,8 +115,9 @@ final class ParallelLoader {
         if let pinned = current.worker {
             worker = pinned
         } else {
-            if workers.count < jobs, workers.allSatisfy({ $0.queuedBytes > 0 }) {
-                workers.append(CopyWorker(connection: try LoaderConnection(target: target, backupID: backupID), spares: spares))
+            if workers.count < jobs, workers.allSatisfy({ $0.queuedBytes > 0 }),
+               let connection = try extraConnection(required: workers.isEmpty) {
+                workers.append(CopyWorker(connection: connection, spares: spares))
             }
             guard let idlest = workers.min(by: { $0.queuedBytes < $1.queuedBytes }) else { return }
             worker = idlest
@@ -111,7 +133,8 @@ final class ParallelLoader {
     }
 
     /// Tables whose rows psql's order matters for: a CHECK constraint, a domain of one of their
-    /// columns or a generated column calls a function that is user-defined or not immutable — it
+    /// columns (also inside arrays, composites, ranges and multiranges) or a generated column
+    /// calls a function that is user-defined or not immutable — it
     /// may read other tables, which psql has loaded and committed (and only those) by then.
     private func tablesThatMustLoadAlone() throws -> Set<[UInt8]> {
         let sql = """
@@ -128,6 +151,9 @@ final class ParallelLoader {
                     UNION ALL SELECT a.atttypid FROM pg_catalog.pg_attribute a
                         WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
                     UNION ALL SELECT r.rngsubtype FROM pg_catalog.pg_range r WHERE r.rngtypid = t.oid
+                    UNION ALL SELECT d.refobjid FROM pg_catalog.pg_depend d
+                        WHERE t.typtype = 'm' AND d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.objid = t.oid
+                          AND d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.deptype = 'i'
                 ) AS inner_types(type)
             ), expressions(relation, expression) AS (
                 SELECT conrelid, conbin::pg_catalog.text FROM pg_catalog.pg_constraint WHERE contype = 'c' AND conrelid <> 0
@@ -207,9 +233,9 @@ final class ParallelLoader {
         let lanes = min(jobs, groups.count)
         var connections = [main]
         defer { connections.dropFirst().forEach { $0.close() } }
-        while connections.count < lanes { connections.append(try LoaderConnection(target: target, backupID: backupID)) }
+        while connections.count < lanes, let connection = try extraConnection(required: false) { connections.append(connection) }
         let state = BatchState(groups: groups)
-        let failures = (1..<max(1, lanes)).map { lane in
+        let failures = (1..<connections.count).map { lane in
             Background { [connections] in try state.drain(on: connections[lane]) }
         }
         var firstError: Error?

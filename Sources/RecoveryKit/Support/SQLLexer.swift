@@ -257,8 +257,13 @@ struct SQLLexer {
 
     /// Every statement of a whole script (lines split at `\n`), for callers that hold all of it.
     /// Like psql, it reads the strings after `SET standard_conforming_strings = off` with escapes.
-    static func statements(in script: [UInt8], recognizesMetaCommands: Bool = false) -> [[UInt8]] {
+    ///
+    /// - Parameter standardConformingStrings: the server's setting when the script starts (psql
+    ///   reads it from the server: a database or role may have it off); `RESET` returns to it.
+    static func statements(in script: [UInt8], recognizesMetaCommands: Bool = false,
+                           standardConformingStrings: Bool = true) -> [[UInt8]] {
         var lexer = SQLLexer(recognizesMetaCommands: recognizesMetaCommands)
+        lexer.standardConformingStrings = standardConformingStrings
         var settings = SessionSettings()
         var statements: [[UInt8]] = []
         script.withUnsafeBytes { text in
@@ -274,7 +279,10 @@ struct SQLLexer {
                         let (piece, next) = lexer.next(in: line, from: offset)
                         if case .statement(let statement)? = piece {
                             statements.append(statement)
-                            if settings.absorb(statement) { lexer.standardConformingStrings = settings.standardConformingStrings }
+                            if settings.absorb(statement) {
+                                lexer.standardConformingStrings = settings["standard_conforming_strings"] == nil
+                                    ? standardConformingStrings : settings.standardConformingStrings
+                            }
                         }
                         offset = next
                     }

@@ -129,6 +129,10 @@ CREATE TABLE public.accounts (id integer NOT NULL, name text);
 CREATE FUNCTION public.account_exists(account integer) RETURNS boolean LANGUAGE sql STABLE
 AS $$ SELECT EXISTS (SELECT 1 FROM public.accounts WHERE id = account) $$;
 CREATE TABLE public.accounts_transfers (id integer, account integer CHECK (public.account_exists(account)));
+-- The same check hidden in a domain that is the subtype of a range, used as a multirange column.
+CREATE DOMAIN public.account_id AS integer CHECK (public.account_exists(VALUE));
+CREATE TYPE public.account_span AS RANGE (subtype = public.account_id);
+CREATE TABLE public.accounts_spans (spans public.account_span_multirange);
 
 -- Views, materialised views, comments, grants, large objects.
 CREATE VIEW public.summary AS SELECT parent, count(*) AS n FROM public.children GROUP BY parent;
@@ -238,5 +242,6 @@ COMMIT;
 INSERT INTO public.secrets VALUES (1, 'fidelity_owner', 'hidden; text');
 INSERT INTO public.accounts SELECT g, 'account ' || g FROM generate_series(1, 200000) g;
 INSERT INTO public.accounts_transfers SELECT g, greatest(1, g * 10000) FROM generate_series(0, 20) g;
+INSERT INTO public.accounts_spans SELECT public.account_span_multirange(public.account_span(g * 9000 + 1, g * 9000 + 5)) FROM generate_series(0, 20) g;
 REFRESH MATERIALIZED VIEW public.totals;
 SELECT setval('public.events_id_seq', 5000);

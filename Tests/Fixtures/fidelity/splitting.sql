@@ -57,4 +57,24 @@ SET standard_conforming_strings = on;
 SELECT 10;
 SELECT
 11;
+SELECT U&'d!0061t;' UESCAPE '!', U&"d!0061;" UESCAPE '!' FROM (SELECT 1 AS "da;") s;
+CREATE TABLE split_c (x integer);
+CREATE RULE split_r2 AS ON INSERT TO split_c DO INSTEAD (INSERT INTO split_b VALUES (new.x -- ;
+); INSERT INTO split_b VALUES (new.x * 2 /* ; */));
+CREATE FUNCTION split_k(a integer) RETURNS text LANGUAGE plpgsql AS $fn$
+BEGIN
+  RETURN $$ a; $$ || $x$ $$ ; $x$ || a;
+END;
+$fn$;
+CREATE FUNCTION split_l(a integer) RETURNS integer LANGUAGE sql
+BEGIN ATOMIC
+  SELECT CASE WHEN a > 0 THEN CASE WHEN a > 10 THEN 2 ELSE 1 END ELSE 0 END;
+  SELECT (a -- ; end
+  );
+END;
+CREATE OR REPLACE PROCEDURE split_q(a integer) LANGUAGE sql
+BEGIN ATOMIC
+  INSERT INTO split_c VALUES (a); INSERT INTO split_c VALUES (a + 1);
+END;
+CREATE TABLE "s;--x/*y" ("$x$" text DEFAULT '$$;', "e" text DEFAULT E'\\'''); SELECT 12;
 SELECT 4
