@@ -183,6 +183,16 @@ final class MigrationAttackTests: XCTestCase {
 
     /// psql commits each statement of `ALTER TYPE … ADD VALUE` before a later file uses the value; in
     /// the plan's one transaction the server refuses the use. The failure says how to run it instead.
+    /// Reproduction: a database with `standard_conforming_strings = off` and a migration that psql
+    /// applies (`'x\\'; y'` is one string there); dbmigrate split it at the `;` and failed (exit 40).
+    func testAMigrationIsSplitByTheServersStandardConformingStrings() throws {
+        try cluster.connect().execute(script: "ALTER DATABASE \(database!) SET standard_conforming_strings = off")
+        try write(["0001_t.up.sql": "CREATE TABLE t (v text);\nINSERT INTO t SELECT 'x\\'; y';\n"])
+        let up = try migrate(["up"])
+        XCTAssertEqual(up.status, 0, up.standardError)
+        XCTAssertEqual(try cluster.scalar("SELECT v FROM t", database: database), "x'; y")
+    }
+
     func testAnEnumValueAddedAndUsedInOnePlanPointsToPerStep() throws {
         try write([
             "0001_color.up.sql": "CREATE TYPE color AS ENUM ('red');",

@@ -548,7 +548,10 @@ public final class MigrationRunner {
             self.configuration.onServerMessage?(text)
         }
         defer { connection.onNotice = nil }
-        for (offset, statement) in SQLStatements.split(step.sql).enumerated() {
+        // Split as psql would on this server: with standard_conforming_strings off (a database or role
+        // setting), a backslash escapes a quote in '…' too, and `'it\'s'` is one string.
+        let conforming = try connection.query("SHOW standard_conforming_strings").scalar != "off"
+        for (offset, statement) in SQLStatements.split(step.sql, standardConformingStrings: conforming).enumerated() {
             current = (offset + 1, locator.line(of: statement))
             do {
                 try connection.execute(script: statement)
