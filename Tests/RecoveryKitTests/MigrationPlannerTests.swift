@@ -155,4 +155,11 @@ final class MigrationPlannerTests: XCTestCase {
             .init(table: "a"), .init(table: "b"), .init(table: "users", column: "name"), .init(table: "users", column: "age"),
         ])
     }
+
+    func testPrintedMigrationSQLNeverShowsAPasswordOrAConnectionString() {
+        let sql = "CREATE ROLE app PASSWORD 'hunter2'; CREATE SUBSCRIPTION s CONNECTION 'host=db password=Sup3r' PUBLICATION p; SELECT 'visible'"
+        let masked = MigrationRunner.maskingPasswords(sql)
+        XCTAssertFalse(masked.contains("hunter2") || masked.contains("Sup3r"), masked)
+        XCTAssertTrue(masked.contains("CONNECTION '…'") && masked.contains("'visible'"), masked)
+    }
 }

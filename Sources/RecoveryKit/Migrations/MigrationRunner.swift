@@ -803,10 +803,11 @@ public final class MigrationRunner {
         String(maskingPasswords(statement.split(whereSeparator: \.isNewline).joined(separator: " ")).prefix(length))
     }
 
-    /// `sql` with the literal after each `PASSWORD` (CREATE/ALTER ROLE, USER MAPPING options) shown
-    /// as `'…'`: what dbmigrate prints of a migration (errors, the dry run's SQL) never shows a secret.
+    /// `sql` with the literal after each `PASSWORD` (CREATE/ALTER ROLE, USER MAPPING options) and
+    /// `CONNECTION` (CREATE/ALTER SUBSCRIPTION: a conninfo that may hold `password=…`) shown as
+    /// `'…'`: what dbmigrate prints of a migration (errors, the dry run's SQL) never shows a secret.
     public static func maskingPasswords(_ sql: String) -> String {
-        sql.replacingOccurrences(of: #"(?i)(password\s*=?\s*)(E?'(?:[^']|'')*'|\$[A-Za-z_]*\$.*?\$[A-Za-z_]*\$)"#,
+        sql.replacingOccurrences(of: #"(?i)((?:password|connection)\s*=?\s*)(E?'(?:[^']|'')*'|\$[A-Za-z_]*\$.*?\$[A-Za-z_]*\$)"#,
                                  with: "$1'…'", options: .regularExpression)
     }
 
