@@ -108,6 +108,19 @@ final class EncryptionTests: XCTestCase {
             XCTAssertEqual(refused.status, ExitStatus.usage.rawValue, "\(what): \(refused.standardError)")
             XCTAssertTrue(refused.standardError.contains("--allow-mixed-encryption"), refused.standardError)
         }
+        // dbmigrate down's pre-downgrade backup too: refused before anything is reverted, dry run included.
+        let migrations = work + "/migrations"
+        try FileManager.default.createDirectory(atPath: migrations, withIntermediateDirectories: true)
+        try "CREATE TABLE m (x int);".write(toFile: migrations + "/0001_m.up.sql", atomically: true, encoding: .utf8)
+        try "DROP TABLE m;".write(toFile: migrations + "/0001_m.down.sql", atomically: true, encoding: .utf8)
+        let migrate = ["--database-url", url, "--dir", migrations]
+        XCTAssertEqual(try TestProcess.tool("dbmigrate", ["up"] + migrate, cluster: cluster).status, 0)
+        for extra in [["--dry-run"], ["--yes"]] {
+            let down = try TestProcess.tool("dbmigrate", ["down", "--to", "0", "--repo", encrypted] + extra + migrate, cluster: cluster)
+            XCTAssertEqual(down.status, ExitStatus.usage.rawValue, "down \(extra): \(down.standardError)")
+            XCTAssertTrue(down.standardError.contains("--allow-mixed-encryption"), down.standardError)
+        }
+        XCTAssertEqual(try cluster.scalar("SELECT to_regclass('m') IS NOT NULL", database: database), "t", "nothing was reverted")
         XCTAssertEqual(try Catalog(store: try LocalStore(root: encrypted, create: false)).entries().count, 1, "a refused backup stored nothing")
         XCTAssertFalse(FileManager.default.fileExists(atPath: encrypted + "/wal"), "a refused wal-push stored nothing")
         XCTAssertEqual(try TestProcess.tool("dbbackup", ["wal-push", segment, "--repo", encrypted, "--allow-mixed-encryption"]).status, 0)

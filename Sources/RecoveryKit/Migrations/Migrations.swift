@@ -160,6 +160,11 @@ public enum Migrations {
                                      singleTransaction: !configuration.perStep, takesBackup: backupRepository != nil && !steps.isEmpty,
                                      createsRestorePoint: !steps.isEmpty && restorePointProblem == nil,
                                      warnings: warnings, notes: notes + (steps.isEmpty ? [] : try runner.bookkeepingNotes()))
+            // The pre-downgrade backup follows the repository's encryption like any other (checked in
+            // the dry run too): no plaintext into an encrypted repository, no key into a plaintext one.
+            if let backupRepository, plan.takesBackup {
+                try RepositoryEncryption.checkWrite(to: try Repository.open(backupRepository, create: true), key: key, allowMixed: false)
+            }
             if dryRun || steps.isEmpty { return (plan, nil) }
             try confirm(plan)
             var backupID: String?
