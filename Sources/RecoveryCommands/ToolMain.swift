@@ -48,7 +48,13 @@ extension ParsableCommand {
         do {
             command = try parseAsRoot(arguments)
         } catch {
-            return reportParserError(error, tool: tool, standardError: standardError)
+            let code = reportParserError(error, tool: tool, standardError: standardError)
+            // `dbrestore wal-fetch` runs as PostgreSQL's restore_command, which reads any exit below 126
+            // as "not in the archive" and may end recovery early: a usage error must stop recovery.
+            if code == ExitStatus.usage.rawValue, tool == "dbrestore", argv.first == "wal-fetch" {
+                return ExitStatus.walFetchFailed.rawValue
+            }
+            return code
         }
         do {
             try command.run()

@@ -132,6 +132,10 @@ final class PointInTimeRecoveryTests: XCTestCase {
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: repository + "/wal/00000001/" + archived)), original)
         let missing = try asOwner("dbrestore", ["wal-fetch", "0000000100000000000000FF", scratch + "/x", "--repo", repository], cluster: cluster)
         XCTAssertEqual(missing.status, 1)
+        // A usage error, even one the argument parser catches (a flag without its value), stops recovery.
+        for arguments in [["wal-fetch", "0000000100000000000000FF", scratch + "/x", "--repo"], ["wal-fetch"], ["wal-fetch", "a", "b", "--no-such-flag"]] {
+            XCTAssertEqual(try asOwner("dbrestore", arguments, cluster: cluster).status, ExitStatus.walFetchFailed.rawValue, "\(arguments)")
+        }
 
         // To the time between A and B.
         let (toTime, timeDirectory, timePort) = try recover(["--target-time", targetTime], repository: repository, cluster: cluster)
