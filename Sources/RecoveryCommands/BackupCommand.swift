@@ -24,6 +24,7 @@ public struct BackupCommand: ParsableCommand {
 
         The dump is plain SQL: gunzip -c dump.sql.gz | psql restores it by hand if you must.
         """,
+        version: DBRecoveryVersion.current,
         subcommands: [CaptureCommand.self, WALPushCommand.self],
         defaultSubcommand: CaptureCommand.self)
 

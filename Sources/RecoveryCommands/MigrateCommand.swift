@@ -22,6 +22,7 @@ public struct MigrateCommand: ParsableCommand {
           dbmigrate resolve 12 --mark-reverted
           dbmigrate baseline --version 3
         """,
+        version: DBRecoveryVersion.current,
         subcommands: [Status.self, Up.self, Down.self, Verify.self, Resolve.self, Baseline.self])
 
     public init() {}

@@ -17,7 +17,8 @@ public struct PruneCommand: ParsableCommand {
           dbprune --repo /var/backups/app --dry-run      # what would go, and which rule keeps the rest
           dbprune --repo /var/backups/app --yes          # nightly, after dbbackup (no terminal: --yes needed)
           dbprune --repo /var/backups/app --policy /etc/dbrecovery/retention.toml --json
-        """)
+        """,
+        version: DBRecoveryVersion.current)
 
     @OptionGroup(title: "Repository") var repository: RepositoryOptions
 

@@ -22,6 +22,7 @@ public struct RestoreCommand: ParsableCommand {
           dbrestore --pitr --pgdata /srv/pg/restored --target-time '2024-01-15 10:00:00' --port 5433 --start
           restore_command = 'dbrestore wal-fetch %f %p --repo /var/backups/app'      (written by --pitr)
         """,
+        version: DBRecoveryVersion.current,
         subcommands: [RestoreBackupCommand.self, ListCommand.self, CleanupCommand.self, WALFetchCommand.self],
         defaultSubcommand: RestoreBackupCommand.self)
 

@@ -26,7 +26,8 @@ public struct VerifyCommand: ParsableCommand {
           dbverify --files latest --repo /var/backups/app
           dbverify --files all            # every backup in the repository
           dbverify --schema latest        # has the schema drifted since the last backup?
-        """)
+        """,
+        version: DBRecoveryVersion.current)
 
     @Argument(help: ArgumentHelp("Backup id, unique id prefix, 'latest', or with --files also 'all' (default: the backup the database was restored from, else latest).",
                                  valueName: "backup"))

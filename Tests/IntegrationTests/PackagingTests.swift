@@ -92,6 +92,9 @@ final class PackagingTests: XCTestCase {
             XCTAssertEqual(live.standardOutput, snapshot,
                            "\(tool)'s options or help changed: review the change and run scripts/generate-man.sh (it rewrites docs/man)")
             XCTAssertTrue(FileManager.default.fileExists(atPath: "\(TestPaths.repositoryRoot)/docs/man/\(tool).1"))
+            let version = try TestProcess.tool(tool, ["--version"])
+            XCTAssertEqual(version.status, 0, version.standardError)
+            XCTAssertEqual(version.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines), DBRecoveryVersion.current, "\(tool) --version")
         }
     }
 
