@@ -50,7 +50,14 @@ public enum WALArchive {
         }
         // Created only if absent (link() locally, If-None-Match on S3): of two concurrent pushes of one
         // name exactly one stores its copy; the other compares with what won.
-        if try store.create(key, contents: compressed) { return .stored }
+        if try store.create(key, contents: compressed) {
+            // Read back what the name now holds: an S3-compatible server whose If-None-Match check and
+            // store are not one step (moto) can let a concurrent push of the same name overwrite ours.
+            // The push whose bytes are not the ones stored did not win, and compares like any other.
+            // (AWS S3 makes the conditional PUT atomic; there this only confirms it.) A read that fails
+            // here is not an answer: the comparison below reads again and reports its own error.
+            if (try? store.read(key)) == compressed { return .stored }
+        }
         guard let outcome = try compareWithArchived(data, name: name, objectKey: key, store: store, cipherKey: cipherKey) else {
             throw RecoveryError(.repositoryError, "WAL file \(name) was archived and removed again while we stored it",
                                 hint: "something deletes from \(store.location)/wal while archiving runs; PostgreSQL will retry")
