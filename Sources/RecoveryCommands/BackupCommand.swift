@@ -57,7 +57,7 @@ public struct CaptureCommand: ParsableCommand {
     public var compressionLevel = GzipCompressor.defaultLevel
 
     @Option(name: .customLong("jobs"), help: ArgumentHelp("Cores to compress on (default: all of them).", valueName: "n"))
-    public var jobs = ProcessInfo.processInfo.activeProcessorCount
+    public var jobs: Int?
 
     @OptionGroup(title: "Output") public var output: OutputOptions
     @OptionGroup(title: "Configuration") public var config: ConfigOptions
@@ -65,7 +65,7 @@ public struct CaptureCommand: ParsableCommand {
     public init() {}
 
     public func validate() throws {
-        guard (1...256).contains(jobs) else {
+        if let jobs, !(1...256).contains(jobs) {
             throw ValidationError("--jobs \(jobs) must be between 1 and 256")
         }
         guard (0...9).contains(compressionLevel) else {
@@ -81,7 +81,8 @@ public struct CaptureCommand: ParsableCommand {
         output.begin("dbbackup", labels: ["kind": physical ? "physical" : "logical"])
         var configuration = LogicalCaptureConfiguration(
             target: try connection.target(), repositories: try repository.addresses(), tags: tags, release: release,
-            pinned: pin, compressionLevel: compressionLevel, jobs: jobs, tools: connection.tools)
+            pinned: pin, compressionLevel: compressionLevel,
+            jobs: jobs ?? ProcessInfo.processInfo.activeProcessorCount, tools: connection.tools)
         configuration.key = try encryption.key(from: repository, writingTo: configuration.repositories)
         configuration.lockWaitSeconds = connection.sessionLimits.lockWaitSeconds
         let result = physical ? try PhysicalCapture.run(configuration, progress: output.progress)

@@ -105,7 +105,7 @@ public struct RestoreBackupCommand: ParsableCommand {
     public var moveAside = false
 
     @Option(name: .customLong("jobs"), help: ArgumentHelp("Connections that load rows and build indexes at once (default: cores).", valueName: "n"))
-    public var jobs = ProcessInfo.processInfo.activeProcessorCount
+    public var jobs: Int?
 
     @Option(name: .customLong("swap-timeout"), help: ArgumentHelp("Seconds to wait for sessions on the target to end at the swap.", valueName: "seconds"))
     public var swapTimeout = 30
@@ -117,7 +117,7 @@ public struct RestoreBackupCommand: ParsableCommand {
     public init() {}
 
     public func validate() throws {
-        guard (1...64).contains(jobs) else { throw ValidationError("--jobs \(jobs) must be between 1 and 64") }
+        if let jobs, !(1...64).contains(jobs) { throw ValidationError("--jobs \(jobs) must be between 1 and 64") }
         guard (1...3600).contains(swapTimeout) else { throw ValidationError("--swap-timeout \(swapTimeout) must be between 1 and 3600 seconds") }
         let targets = [targetTime, targetLSN, targetName, target].compactMap { $0 }
         if pitr {
@@ -198,7 +198,7 @@ public struct RestoreBackupCommand: ParsableCommand {
         let mode: RestoreConfiguration.Mode = emergency ? .emergency : drill ? .drill : .normal
         var configuration = RestoreConfiguration(
             mode: mode, target: try connection.target(), repositories: try repository.addresses(), backup: backup ?? "latest",
-            release: release, dryRun: dryRun, jobs: jobs, incidentFile: incidentFile)
+            release: release, dryRun: dryRun, jobs: jobs ?? min(ProcessInfo.processInfo.activeProcessorCount, 64), incidentFile: incidentFile)
         configuration.key = try repository.cipherKey()
         configuration.swapTimeout = TimeInterval(swapTimeout)
         configuration.tools = connection.tools   // --pg-bin / PG_BIN: the pg_dump that fingerprints the restored schema
