@@ -27,7 +27,7 @@ public enum TableCounter {
             """)
         return try tables.rows.map { row in
             let oid = try row.string(0)
-            let schema = name(fromHex: try row.string(1)), table = name(fromHex: try row.string(2))
+            let schema = try name(fromHex: try row.string(1)), table = try name(fromHex: try row.string(2))
             // The server quotes the name itself (format %I), so its bytes never leave it.
             let counted = try connection.query("""
                 SELECT pg_catalog.query_to_xml(pg_catalog.format('SELECT count(*) AS n FROM %I.%I', n.nspname, c.relname), false, true, '')
@@ -45,21 +45,11 @@ public enum TableCounter {
 
     /// A name from its bytes in hex: UTF-8 when they are (every encoding but SQL_ASCII is converted
     /// to it), else one character per byte, so that distinct names stay distinct.
-    static func name(fromHex hex: String) -> String {
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(hex.utf8.count / 2)
-        var high: UInt8?
-        for character in hex.utf8 {
-            let nibble: UInt8
-            switch character {
-            case UInt8(ascii: "0")...UInt8(ascii: "9"): nibble = character - UInt8(ascii: "0")
-            case UInt8(ascii: "a")...UInt8(ascii: "f"): nibble = character - UInt8(ascii: "a") + 10
-            default: continue
-            }
-            if let first = high { bytes.append(first << 4 | nibble); high = nil } else { high = nibble }
+    static func name(fromHex hex: String) throws -> String {
+        guard let bytes = ByteText.bytes(hex: hex) else {
+            throw PostgresError(kind: .protocolViolation, operation: "list the tables to count", message: "a name came back as \(hex), not hex")
         }
-        if let text = String(validating: bytes, as: UTF8.self) { return text }
-        return String(String.UnicodeScalarView(bytes.map { Unicode.Scalar($0) }))
+        return ByteText.utf8OrLatin1(bytes)
     }
 
     /// The current migration version from `schema_version`, if that table exists.

@@ -196,22 +196,8 @@ final class ParallelLoader {
     }
 
     private static func bytes(hex: String) throws -> [UInt8] {
-        let digits = Array(hex.utf8)
-        func value(_ digit: UInt8) -> UInt8? {
-            switch digit {
-            case UInt8(ascii: "0")...UInt8(ascii: "9"): return digit - UInt8(ascii: "0")
-            case UInt8(ascii: "a")...UInt8(ascii: "f"): return digit - UInt8(ascii: "a") + 10
-            default: return nil
-            }
-        }
-        var bytes: [UInt8] = []
-        var index = 0
-        while index + 1 < digits.count {
-            guard let high = value(digits[index]), let low = value(digits[index + 1]) else {
-                throw RecoveryError(.restoreFailed, "the server returned a table name that is not hex: \(hex)")
-            }
-            bytes.append(high << 4 | low)
-            index += 2
+        guard let bytes = ByteText.bytes(hex: hex) else {
+            throw RecoveryError(.restoreFailed, "the server returned a table name that is not hex: \(hex)")
         }
         return bytes
     }

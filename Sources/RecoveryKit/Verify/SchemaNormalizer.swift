@@ -178,8 +178,7 @@ public struct SchemaNormalizer {
 
     private func decode(_ bytes: [UInt8]) -> String {
         // Latin-1 maps every byte to one character, so names in other encodings stay distinct.
-        if namesAreUTF8, let text = String(bytes: bytes, encoding: .utf8) { return text }
-        return String(bytes.map { Character(Unicode.Scalar($0)) })
+        namesAreUTF8 ? ByteText.utf8OrLatin1(bytes) : ByteText.latin1(bytes)
     }
 
     // MARK: - Quoting
