@@ -1,19 +1,35 @@
 #!/usr/bin/env bash
 # Start or stop a throwaway PostgreSQL cluster in a directory of its own.
 #
-#   scripts/pg-sandbox.sh start DIR [--archive-command CMD]   prints URL=, PASSWORD=, PORT=, PID=, SOCKET=
-#   scripts/pg-sandbox.sh stop DIR                             stops the server this script started there, by PID
+#   scripts/pg-sandbox.sh start DIR [--major N] [--archive-command CMD] [--initdb-option OPT]...
+#                                      prints URL=, PASSWORD=, PORT=, PID=, SOCKET=, BIN=
+#   scripts/pg-sandbox.sh stop DIR     stops the server this script started there, by PID
 #
+# --major picks a PostgreSQL major installed by scripts/pg-majors.sh (default: $PG_BIN, else 15).
 # The cluster listens on 127.0.0.1 on a free port, requires a password (scram-sha-256) and keeps
 # its socket inside DIR. As root it runs as the `postgres` user, since the server refuses root.
 set -euo pipefail
 
-usage() { echo "usage: $0 start DIR [--archive-command CMD] | stop DIR" >&2; exit 2; }
+usage() { echo "usage: $0 start DIR [--major N] [--archive-command CMD] [--initdb-option OPT]... | stop DIR" >&2; exit 2; }
 [ $# -ge 2 ] || usage
 action=$1; dir=$2; shift 2
 
+archive_command=""
+major=""
+initdb_options=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    --archive-command) [ $# -ge 2 ] || usage; archive_command=$2; shift 2 ;;
+    --major) [ $# -ge 2 ] || usage; major=$2; shift 2 ;;
+    --initdb-option) [ $# -ge 2 ] || usage; initdb_options+=("$2"); shift 2 ;;
+    *) usage ;;
+  esac
+done
+
 pg_bin=${PG_BIN:-}
-if [ -z "$pg_bin" ]; then
+if [ -n "$major" ]; then
+  pg_bin=$("$(dirname "$0")/pg-majors.sh" bin "$major") || exit 12
+elif [ -z "$pg_bin" ]; then
   for candidate in /usr/lib/postgresql/15/bin $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
     if [ -x "$candidate/initdb" ]; then pg_bin=$candidate; break; fi
   done
@@ -33,13 +49,6 @@ as_owner() {
 
 case $action in
 start)
-  archive_command=""
-  while [ $# -gt 0 ]; do
-    case $1 in
-      --archive-command) archive_command=$2; shift 2 ;;
-      *) usage ;;
-    esac
-  done
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
   mkdir -p "$dir/socket"
@@ -51,7 +60,7 @@ start)
     chmod 755 "$dir"
   fi
   as_owner "$pg_bin/initdb" -D "$dir/data" -U postgres --auth=scram-sha-256 --pwfile="$dir/password" \
-    --encoding=UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
+    --encoding=UTF8 --locale=C.UTF-8 ${initdb_options[@]+"${initdb_options[@]}"} >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
   for _ in 1 2 3 4 5; do
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
     {
@@ -77,6 +86,7 @@ start)
       echo "PORT=$port"
       echo "PID=$pid"
       echo "SOCKET=$dir/socket"
+      echo "BIN=$pg_bin"
       exit 0
     fi
   done

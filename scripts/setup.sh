@@ -29,5 +29,8 @@ if ! python3 -c 'import moto, flask, flask_cors' 2>/dev/null || ! command -v mot
   python3 -m pip install -q 'moto==5.2.1' flask flask-cors
 fi
 
+# PostgreSQL 14, 16, 17 and 18 for the version matrix (Debian 12 ships only 15); cached, not in the checkout.
+scripts/pg-majors.sh install
+
 swift build 2>&1 | tail -1
 echo "setup: done; executables are in $(swift build --show-bin-path)" >&2

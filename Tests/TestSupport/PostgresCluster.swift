@@ -11,6 +11,9 @@ public final class PostgresCluster: @unchecked Sendable {
     public let url: String
     public let password: String
     public let port: Int
+    /// The server's major version and the `bin/` directory of its programs (initdb, pg_dump, …).
+    public let major: Int
+    public let binDirectory: String
 
     private static let lock = NSLock()
     private static let startedLock = NSLock()
@@ -29,11 +32,16 @@ public final class PostgresCluster: @unchecked Sendable {
 
     /// Starts a new cluster (for tests that need their own server settings).
     ///
-    /// - Parameter archiveCommand: sets `archive_mode = on` with this `archive_command`.
-    public init(archiveCommand: String? = nil) throws {
+    /// - Parameters:
+    ///   - major: a PostgreSQL major installed by `scripts/pg-majors.sh` (nil: 15, Debian's).
+    ///   - archiveCommand: sets `archive_mode = on` with this `archive_command`.
+    ///   - initdbOptions: passed to initdb (e.g. `--wal-segsize=64`).
+    public init(major: Int? = nil, archiveCommand: String? = nil, initdbOptions: [String] = []) throws {
         directory = TestPaths.temporaryDirectory(prefix: "pg")
         var arguments = ["start", directory]
+        if let major { arguments += ["--major", String(major)] }
         if let archiveCommand { arguments += ["--archive-command", archiveCommand] }
+        for option in initdbOptions { arguments += ["--initdb-option", option] }
         let result = try TestProcess.run(TestPaths.repositoryRoot + "/scripts/pg-sandbox.sh", arguments)
         guard result.status == 0 else {
             throw XCTSkip.failure("could not start PostgreSQL (install it with scripts/setup.sh): \(result.standardError)")
@@ -42,6 +50,9 @@ public final class PostgresCluster: @unchecked Sendable {
         url = values["URL"] ?? ""
         password = values["PASSWORD"] ?? ""
         port = Int(values["PORT"] ?? "") ?? 0
+        binDirectory = values["BIN"] ?? ""
+        let version = (try? TestProcess.run(binDirectory + "/postgres", ["--version"]).standardOutput) ?? ""
+        self.major = Int(version.split(separator: " ").last?.split(separator: ".").first ?? "") ?? 0
         Self.startedLock.lock()
         if Self.started.isEmpty { atexit { PostgresCluster.stopAll() } }
         Self.started.append(self)
