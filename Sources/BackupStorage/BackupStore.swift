@@ -36,6 +36,13 @@ public protocol BackupStore: AnyObject {
     /// - Throws: `StorageError.notFound` if it does not exist.
     func makeReader(_ key: String) throws -> ObjectReader
 
+    /// Opens a streaming reader of the bytes `range` of an object only (a local seek, S3 ranged
+    /// GETs): selective restores read one table's part of a dump without the rest.
+    ///
+    /// - Throws: `StorageError.notFound` if it does not exist; `StorageError(.io/.remote)` when the
+    ///   object ends before `range.upperBound`.
+    func makeReader(_ key: String, range: Range<UInt64>) throws -> ObjectReader
+
     /// Deletes objects in the given order; missing ones are not an error.
     ///
     /// - Important: order matters to callers: manifests are deleted before data, so that a crash

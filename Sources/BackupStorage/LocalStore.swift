@@ -85,6 +85,17 @@ public final class LocalStore: BackupStore {
         return LocalFileReader(descriptor: descriptor, path: path)
     }
 
+    public func makeReader(_ key: String, range: Range<UInt64>) throws -> ObjectReader {
+        let path = try self.path(for: key)
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { throw Self.error(errno, path: path, doing: "open") }
+        let reader = LocalFileReader(descriptor: descriptor, path: path, remaining: range.upperBound - range.lowerBound)
+        guard lseek(descriptor, off_t(range.lowerBound), SEEK_SET) == off_t(range.lowerBound) else {
+            throw Self.error(errno, path: path, doing: "seek")
+        }
+        return reader
+    }
+
     public func delete(_ keys: [String]) throws {
         var touchedDirectories: [String] = []
         for key in keys {
@@ -375,17 +386,26 @@ final class LocalFileWriter: ObjectWriter {
 final class LocalFileReader: ObjectReader {
     private var descriptor: Int32
     private let path: String
+    /// For a ranged reader: bytes still to read (nil: to the end of the file).
+    private var remaining: UInt64?
 
-    init(descriptor: Int32, path: String) {
+    init(descriptor: Int32, path: String, remaining: UInt64? = nil) {
         self.descriptor = descriptor
         self.path = path
+        self.remaining = remaining
     }
 
     deinit { close() }
 
     func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        let wanted = remaining.map { Int(min(UInt64(buffer.count), $0)) } ?? buffer.count
+        if wanted == 0 { return 0 }
         while true {
-            let count = Glibc.read(descriptor, buffer.baseAddress, buffer.count)
+            let count = Glibc.read(descriptor, buffer.baseAddress, wanted)
+            if count > 0, let left = remaining { remaining = left - UInt64(count) }
+            if count == 0, let left = remaining, left > 0 {
+                throw StorageError(.io, object: path, message: "file ends \(left) bytes before the range read from it (truncated)")
+            }
             if count >= 0 { return count }
             if errno != EINTR { throw LocalStore.error(errno, path: path, doing: "read") }
         }

@@ -23,6 +23,10 @@ public final class GzipCompressor {
     private let sink: (UnsafeRawBufferPointer) throws -> Void
     private var output: UnsafeMutableRawBufferPointer
     private var finished = false
+    /// Serial engine: uncompressed distance between access points (0: none), and where the next one falls.
+    private let accessPointInterval: UInt64
+    private var nextAccessPoint: UInt64
+    private let onAccessPoint: ((GzipAccessPoint) -> Void)?
 
     /// Creates a compressor.
     ///
@@ -31,16 +35,25 @@ public final class GzipCompressor {
     ///   - jobs: cores to compress on; 1 compresses on the calling thread.
     ///   - blockSize: with `jobs` > 1, the input block each core compresses at a time.
     ///   - outputChunkSize: size of the buffer handed to `sink` (one core).
+    ///   - accessPointInterval: if not 0, about every this many input bytes the stream gets a point
+    ///     where decompression can start without what came before (see `GzipAccessPoint`); the
+    ///     output stays one ordinary gzip member.
+    ///   - onAccessPoint: told of each access point just before its first compressed byte reaches `sink`.
     ///   - sink: receives compressed bytes; valid only during the call.
     /// - Throws: `GzipError` if zlib cannot be initialised or the level is out of range.
     public init(level: Int = GzipCompressor.defaultLevel, jobs: Int = 1, blockSize: Int = 1 << 20, outputChunkSize: Int = 256 * 1024,
+                accessPointInterval: UInt64 = 0, onAccessPoint: ((GzipAccessPoint) -> Void)? = nil,
                 sink: @escaping (UnsafeRawBufferPointer) throws -> Void) throws {
         guard (0...9).contains(level) else {
             throw GzipError(kind: .compression, operation: "deflateInit2", message: "compression level \(level) is outside 0...9")
         }
+        self.accessPointInterval = accessPointInterval
+        nextAccessPoint = accessPointInterval
+        self.onAccessPoint = onAccessPoint
         if jobs > 1 {
             zstream = nil
-            parallel = ParallelDeflate(level: level, jobs: jobs, blockSize: max(blockSize, 64 * 1024), sink: sink)
+            parallel = ParallelDeflate(level: level, jobs: jobs, blockSize: max(blockSize, 64 * 1024), accessPointInterval: accessPointInterval,
+                                       onAccessPoint: onAccessPoint, sink: sink)
         } else {
             zstream = try ZStream(deflateLevel: Int32(level))
             parallel = nil
@@ -57,13 +70,31 @@ public final class GzipCompressor {
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
         precondition(!finished, "write after finish")
         guard let base = bytes.baseAddress, bytes.count > 0 else { return }
-        bytesIn += UInt64(bytes.count)
-        if let parallel { return try parallel.write(bytes) }
+        if let parallel {
+            bytesIn += UInt64(bytes.count)
+            return try parallel.write(bytes)
+        }
         guard let stream = zstream?.stream else { return }
-        stream.pointee.next_in = UnsafeMutablePointer(mutating: base.assumingMemoryBound(to: Bytef.self))
-        stream.pointee.avail_in = uInt(bytes.count)
-        while stream.pointee.avail_in > 0 {
-            try deflateStep(flush: Z_NO_FLUSH)
+        var offset = 0
+        while offset < bytes.count {
+            // A full flush where an access point falls: byte-aligned, and nothing after it refers
+            // back before it, so decompression can start there with an empty window.
+            if accessPointInterval > 0 && bytesIn >= nextAccessPoint {
+                stream.pointee.next_in = nil
+                stream.pointee.avail_in = 0
+                repeat { try deflateStep(flush: Z_FULL_FLUSH) } while stream.pointee.avail_out == 0
+                onAccessPoint?(GzipAccessPoint(compressedOffset: serialBytesOut, uncompressedOffset: bytesIn))
+                nextAccessPoint = bytesIn + accessPointInterval
+            }
+            var take = bytes.count - offset
+            if accessPointInterval > 0 { take = min(take, Int(nextAccessPoint - bytesIn)) }
+            stream.pointee.next_in = UnsafeMutablePointer(mutating: (base + offset).assumingMemoryBound(to: Bytef.self))
+            stream.pointee.avail_in = uInt(take)
+            while stream.pointee.avail_in > 0 {
+                try deflateStep(flush: Z_NO_FLUSH)
+            }
+            offset += take
+            bytesIn += UInt64(take)
         }
     }
 
@@ -98,5 +129,20 @@ public final class GzipCompressor {
             try sink(UnsafeRawBufferPointer(rebasing: output[0..<produced]))
         }
         return code
+    }
+}
+
+/// A place inside one gzip member where decompression can start, as in zlib's `zran.c`: the
+/// compressed offset (from the start of the file), the uncompressed offset of the first byte
+/// decoded from there. Every access point this compressor makes is byte-aligned (bit offset 0)
+/// and nothing after it refers back before it, so the 32 KiB window zran keeps is empty here:
+/// `GzipDecompressor(resumingAt:)` needs nothing else.
+public struct GzipAccessPoint: Equatable, Sendable, Codable {
+    public var compressedOffset: UInt64
+    public var uncompressedOffset: UInt64
+
+    public init(compressedOffset: UInt64, uncompressedOffset: UInt64) {
+        self.compressedOffset = compressedOffset
+        self.uncompressedOffset = uncompressedOffset
     }
 }

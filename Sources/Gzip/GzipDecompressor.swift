@@ -19,6 +19,25 @@ public final class GzipDecompressor {
     /// True between the end of one member and the first byte of the next.
     private var atMemberBoundary = true
 
+    /// True when decoding raw deflate from an access point: the member's end is the end.
+    private let fromAccessPoint: Bool
+    /// Raw mode: the deflate stream ended (what follows is the gzip trailer, not checked here).
+    public private(set) var reachedEnd = false
+
+    /// Creates a decompressor that starts in the middle of a gzip member, at an access point the
+    /// compressor reported: feed it the stored bytes from `point.compressedOffset` on.
+    ///
+    /// - Important: the member's CRC-32 and length cannot be checked from the middle; callers
+    ///   check the compressed bytes they read against digests of their own.
+    /// - Throws: `GzipError` if zlib cannot be initialised.
+    public init(resumingAt point: GzipAccessPoint, outputChunkSize: Int = 256 * 1024, sink: @escaping (UnsafeRawBufferPointer) throws -> Void) throws {
+        zstream = try ZStream(rawInflate: ())
+        fromAccessPoint = true
+        atMemberBoundary = false
+        self.sink = sink
+        output = .allocate(byteCount: max(4096, outputChunkSize), alignment: 16)
+    }
+
     /// Creates a decompressor.
     ///
     /// - Parameters:
@@ -27,6 +46,7 @@ public final class GzipDecompressor {
     /// - Throws: `GzipError` if zlib cannot be initialised.
     public init(outputChunkSize: Int = 256 * 1024, sink: @escaping (UnsafeRawBufferPointer) throws -> Void) throws {
         zstream = try ZStream(inflate: ())
+        fromAccessPoint = false
         self.sink = sink
         output = .allocate(byteCount: max(4096, outputChunkSize), alignment: 16)
     }
@@ -42,7 +62,7 @@ public final class GzipDecompressor {
         let stream = zstream.stream
         stream.pointee.next_in = UnsafeMutablePointer(mutating: base.assumingMemoryBound(to: Bytef.self))
         stream.pointee.avail_in = uInt(bytes.count)
-        while stream.pointee.avail_in > 0 {
+        while stream.pointee.avail_in > 0 && !reachedEnd {
             if atMemberBoundary { atMemberBoundary = false }
             stream.pointee.next_out = output.baseAddress?.assumingMemoryBound(to: Bytef.self)
             stream.pointee.avail_out = uInt(output.count)
@@ -52,7 +72,9 @@ public final class GzipDecompressor {
                 bytesOut += UInt64(produced)
                 try sink(UnsafeRawBufferPointer(rebasing: output[0..<produced]))
             }
-            if code == Z_STREAM_END {
+            if code == Z_STREAM_END && fromAccessPoint {
+                reachedEnd = true
+            } else if code == Z_STREAM_END {
                 membersCompleted += 1
                 atMemberBoundary = true
                 // Another member may follow; inflateReset keeps the allocation and starts over.

@@ -23,6 +23,10 @@ final class ParallelDeflate {
         let output: UnsafeMutableBufferPointer<UInt8>
         var outputCount = 0
         var isLast = false
+        /// Set on a block compressed without a dictionary: decompression can start at its first byte.
+        var isAccessPoint = false
+        /// Uncompressed offset of the block's first byte.
+        var uncompressedStart: UInt64 = 0
         var crc: UInt = 0
         var error: GzipError?
         let done = DispatchSemaphore(value: 0)
@@ -94,10 +98,20 @@ final class ParallelDeflate {
     private var length: UInt64 = 0
     private(set) var bytesOut: UInt64 = 0
     private var headerWritten = false
+    /// Uncompressed bytes handed to blocks so far.
+    private var submittedBytes: UInt64 = 0
+    /// Uncompressed distance between access points; 0: none.
+    private let accessPointInterval: UInt64
+    private var lastAccessPoint: UInt64 = 0
+    /// Told of each access point just before its first compressed byte reaches the sink.
+    private let onAccessPoint: ((GzipAccessPoint) -> Void)?
 
-    init(level: Int, jobs: Int, blockSize: Int, sink: @escaping (UnsafeRawBufferPointer) throws -> Void) {
+    init(level: Int, jobs: Int, blockSize: Int, accessPointInterval: UInt64 = 0, onAccessPoint: ((GzipAccessPoint) -> Void)? = nil,
+         sink: @escaping (UnsafeRawBufferPointer) throws -> Void) {
         self.level = Int32(level)
         self.blockSize = blockSize
+        self.accessPointInterval = accessPointInterval
+        self.onAccessPoint = onAccessPoint
         // Enough blocks in flight to keep every core busy while the oldest is written out; bounded memory.
         maximumInFlight = max(2, jobs * 2)
         lanes = (0..<max(1, jobs)).map { DispatchQueue(label: "dbrecovery.gzip.\($0)") }
@@ -141,6 +155,7 @@ final class ParallelDeflate {
         }
         let slot = free.removeLast()
         slot.inputCount = 0
+        slot.isAccessPoint = false
         return slot
     }
 
@@ -149,11 +164,23 @@ final class ParallelDeflate {
         slot.isLast = isLast
         // The next block is primed with this block's last 32 KiB.
         let tail = min(slot.inputCount, Self.dictionarySize)
+        slot.uncompressedStart = submittedBytes
+        submittedBytes += UInt64(slot.inputCount)
         if !isLast {
             let next = try takeSlot()
-            next.dictionaryCount = tail
-            _ = UnsafeMutableBufferPointer(rebasing: next.dictionary[0..<tail])
-                .initialize(from: slot.input[(slot.inputCount - tail)..<slot.inputCount])
+            // Every accessPointInterval bytes a block starts without the previous block's tail as
+            // dictionary: it then decodes on its own from its first (byte-aligned, after the
+            // previous block's sync flush) byte, with an empty window. Costs one block's worth of
+            // ratio per interval (a few hundred bytes).
+            next.isAccessPoint = accessPointInterval > 0 && submittedBytes - lastAccessPoint >= accessPointInterval
+            if next.isAccessPoint {
+                lastAccessPoint = submittedBytes
+                next.dictionaryCount = 0
+            } else {
+                next.dictionaryCount = tail
+                _ = UnsafeMutableBufferPointer(rebasing: next.dictionary[0..<tail])
+                    .initialize(from: slot.input[(slot.inputCount - tail)..<slot.inputCount])
+            }
             current = next
         }
         inFlight.append(slot)
@@ -176,6 +203,9 @@ final class ParallelDeflate {
             headerWritten = true
             // gzip header: magic, deflate, no flags, no mtime, no extra flags, OS = Unix.
             try ([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3] as [UInt8]).withUnsafeBytes { try emit($0) }
+        }
+        if slot.isAccessPoint && slot.inputCount > 0 {
+            onAccessPoint?(GzipAccessPoint(compressedOffset: bytesOut, uncompressedOffset: slot.uncompressedStart))
         }
         crc = slot.inputCount == 0 ? crc : crc32_combine(crc, slot.crc, Int(slot.inputCount))
         length += UInt64(slot.inputCount)

@@ -23,6 +23,14 @@ final class ZStream {
         try check(CZlib_inflateInit2(stream, 15 + 16), "inflateInit2")
     }
 
+    /// Raw deflate (no gzip header or trailer): decoding from an access point inside a member.
+    init(rawInflate: Void) throws {
+        direction = .inflate
+        stream = .allocate(capacity: 1)
+        stream.initialize(to: z_stream())
+        try check(CZlib_inflateInit2(stream, -15), "inflateInit2")
+    }
+
     deinit {
         switch direction {
         case .deflate: deflateEnd(stream)

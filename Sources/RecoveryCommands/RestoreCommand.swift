@@ -13,8 +13,10 @@ public struct RestoreCommand: ParsableCommand {
 
         Examples:
           dbrestore list --repo /var/backups/app
+          dbrestore contents latest --repo /var/backups/app      # schemas, tables, rows, objects of a backup
           dbrestore latest --database-url postgresql://postgres@db1/app --repo /var/backups/app --dry-run
           dbrestore 20261124T020000Z-3fa2 --database-url postgresql://postgres@db1/app --yes
+          dbrestore latest --table sales.orders --into-schema rescue   # one table, next to the live one
           dbrestore --emergency                      # 3 a.m.: no questions, newest backup that verifies
           dbrestore --emergency --release v1.2.3     # newest good backup taken at that release
           dbrestore --drill --json                   # monthly restore drill from cron
@@ -23,7 +25,7 @@ public struct RestoreCommand: ParsableCommand {
           restore_command = 'dbrestore wal-fetch %f %p --repo /var/backups/app'      (written by --pitr)
         """,
         version: DBRecoveryVersion.current,
-        subcommands: [RestoreBackupCommand.self, ListCommand.self, CleanupCommand.self, WALFetchCommand.self],
+        subcommands: [RestoreBackupCommand.self, ListCommand.self, ContentsCommand.self, CleanupCommand.self, WALFetchCommand.self],
         defaultSubcommand: RestoreBackupCommand.self)
 
     public init() {}
@@ -110,6 +112,8 @@ public struct RestoreBackupCommand: ParsableCommand {
     @Option(name: .customLong("swap-timeout"), help: ArgumentHelp("Seconds to wait for sessions on the target to end at the swap.", valueName: "seconds"))
     public var swapTimeout = 30
 
+    @OptionGroup(title: "Selective restore (one table, one schema)") public var selection: SelectiveRestoreOptions
+
     @OptionGroup(title: "Configuration") public var config: ConfigOptions
 
     @OptionGroup(title: "Output") public var output: OutputOptions
@@ -117,6 +121,7 @@ public struct RestoreBackupCommand: ParsableCommand {
     public init() {}
 
     public func validate() throws {
+        if selection.isActive && (pitr || emergency || drill) { throw ValidationError("--table and --schema restore from a logical backup; drop --pitr, --emergency and --drill") }
         if let jobs, !(1...64).contains(jobs) { throw ValidationError("--jobs \(jobs) must be between 1 and 64") }
         guard (1...3600).contains(swapTimeout) else { throw ValidationError("--swap-timeout \(swapTimeout) must be between 1 and 3600 seconds") }
         let targets = [targetTime, targetLSN, targetName, target].compactMap { $0 }
@@ -193,8 +198,11 @@ public struct RestoreBackupCommand: ParsableCommand {
 
     public func run() throws {
         if try config.printIfAsked(connection: connection, repository: repository) { return }
-        output.begin("dbrestore", labels: ["mode": pitr ? "pitr" : emergency ? "emergency" : drill ? "drill" : "restore"])
+        output.begin("dbrestore", labels: ["mode": pitr ? "pitr" : emergency ? "emergency" : drill ? "drill" : selection.isActive ? "selective" : "restore"])
         if pitr { return try runPITR() }
+        if selection.isActive {
+            return try selection.run(backup: backup ?? "latest", connection: connection, repository: repository, output: output, dryRun: dryRun, yes: yes)
+        }
         let mode: RestoreConfiguration.Mode = emergency ? .emergency : drill ? .drill : .normal
         var configuration = RestoreConfiguration(
             mode: mode, target: try connection.target(), repositories: try repository.addresses(), backup: backup ?? "latest",

@@ -43,6 +43,7 @@ final class PrunerOrderTests: XCTestCase {
         func write(_ key: String, contents: Data) throws { try inner.write(key, contents: contents) }
         func makeWriter(_ key: String) throws -> ObjectWriter { try inner.makeWriter(key) }
         func makeReader(_ key: String) throws -> ObjectReader { try inner.makeReader(key) }
+        func makeReader(_ key: String, range: Range<UInt64>) throws -> ObjectReader { try inner.makeReader(key, range: range) }
         func delete(_ keys: [String]) throws {
             deletions.append(keys)
             try inner.delete(keys)

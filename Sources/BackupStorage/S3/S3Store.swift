@@ -76,6 +76,14 @@ public final class S3Store: BackupStore {
     }
 
     public func makeReader(_ key: String) throws -> ObjectReader {
+        try makeReader(key, range: nil)
+    }
+
+    public func makeReader(_ key: String, range: Range<UInt64>) throws -> ObjectReader {
+        try makeReader(key, range: Optional(range))
+    }
+
+    private func makeReader(_ key: String, range: Range<UInt64>?) throws -> ObjectReader {
         let head = try client.send("HEAD", key: fullKey(key), acceptable: [404])
         guard head.status != 404 else {
             throw StorageError(.notFound, object: client.describe(fullKey(key)), message: "no such object")
@@ -86,7 +94,11 @@ public final class S3Store: BackupStore {
                                hint: S3Client.hint(for: "InvalidObjectState", key: fullKey(key), bucket: client.configuration.bucket))
         }
         let size = UInt64(head.header("Content-Length") ?? "0") ?? 0
-        return S3RangeReader(client: client, key: fullKey(key), size: size, chunkSize: client.configuration.partSize)
+        guard let range else { return S3RangeReader(client: client, key: fullKey(key), size: size, chunkSize: client.configuration.partSize) }
+        guard range.upperBound <= size else {
+            throw StorageError(.remote, object: client.describe(fullKey(key)), message: "object has \(size) bytes, fewer than the range \(range.lowerBound)-\(range.upperBound) read from it (truncated)")
+        }
+        return S3RangeReader(client: client, key: fullKey(key), size: range.upperBound, chunkSize: client.configuration.partSize, offset: range.lowerBound)
     }
 
     public func delete(_ keys: [String]) throws {
@@ -427,11 +439,13 @@ final class S3RangeReader: ObjectReader {
     private var chunk = Data()
     private var position = 0
 
-    init(client: S3Client, key: String, size: UInt64, chunkSize: Int) {
+    /// Reads `offset..<size` of the object (`size`: where to stop, the object's size for a whole read).
+    init(client: S3Client, key: String, size: UInt64, chunkSize: Int, offset: UInt64 = 0) {
         self.client = client
         self.key = key
         self.size = size
         self.chunkSize = chunkSize
+        self.offset = offset
     }
 
     func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {

@@ -142,6 +142,7 @@ private final class FailedStore: BackupStore {
     func write(_ key: String, contents: Data) throws { throw unavailable() }
     func makeWriter(_ key: String) throws -> ObjectWriter { throw unavailable() }
     func makeReader(_ key: String) throws -> ObjectReader { throw unavailable() }
+    func makeReader(_ key: String, range: Range<UInt64>) throws -> ObjectReader { throw unavailable() }
     func delete(_ keys: [String]) throws { throw unavailable() }
     func changeStorageClass(_ key: String, to storageClass: String) throws { throw unavailable() }
     func create(_ key: String, contents: Data) throws -> Bool { throw unavailable() }

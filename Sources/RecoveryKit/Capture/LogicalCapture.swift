@@ -90,6 +90,8 @@ public enum LogicalCapture {
         defer { schemaDump.cancel() }
 
         let dumpKey = "backups/\(id)/\(dumpFileName)"
+        let tocKey = "backups/\(id)/\(DumpTableOfContents.fileName)"
+        let contents = DumpContentsBuilder()
         let file: BackupManifest.File
         do {
             (file, _) = try StreamCapture.run(
@@ -97,7 +99,7 @@ public enum LogicalCapture {
                 arguments: ["--snapshot=\(snapshot)", "--format=plain", "--no-password", "--lock-wait-timeout=\(configuration.lockWaitSeconds * 1000)"],
                 environment: configuration.target.childEnvironment, targets: targets, key: dumpKey,
                 level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "dump",
-                lockWait: (configuration.target, configuration.lockWaitSeconds), beforeCommit: { _ = try counting.wait(); _ = try schemaDump.finish() })
+                lockWait: (configuration.target, configuration.lockWaitSeconds), contents: contents, beforeCommit: { _ = try counting.wait(); _ = try schemaDump.finish() })
         } catch {
             // A count that failed first (no SELECT privilege, a lock timeout) aborts the snapshot, and
             // pg_dump then reports only "could not import the requested snapshot": the count's error is the cause.
@@ -111,11 +113,20 @@ public enum LogicalCapture {
             throw error
         }
         let (tables, schemaVersion): ([BackupManifest.TableRowCount], String?)
+        var files = [file]
         do {
             (tables, schemaVersion) = try counting.wait()
             try connection.execute(script: "COMMIT")
+            // The table of contents (selective restores, dbrestore contents). A dump it cannot read
+            // (the restore would refuse it too) is stored without one, as before tables of contents.
+            if let toc = contents.finish() {
+                files.append(try StreamCapture.store(try JSONOutput.encoder().encode(toc), targets: targets, key: tocKey,
+                                                     level: configuration.compressionLevel, key: configuration.key))
+            } else {
+                FileHandle.standardError.write(Data("warning: no table of contents for backup \(id) (\(contents.failure ?? "unreadable dump")); selective restores of it scan the whole dump\n".utf8))
+            }
         } catch {
-            targets.delete([dumpKey])
+            targets.delete([dumpKey, tocKey])
             throw error
         }
 
@@ -124,7 +135,7 @@ public enum LogicalCapture {
             tool: .init(name: "dbbackup", version: DBRecoveryVersion.current),
             database: .init(name: try facts.string(0), serverVersion: try facts.string(1), systemIdentifier: facts[2]),
             startedAt: startedAt, finishedAt: Date(), tags: configuration.tags, release: configuration.release,
-            pinned: configuration.pinned, schemaVersion: schemaVersion, snapshot: snapshot, tables: tables, files: [file],
+            pinned: configuration.pinned, schemaVersion: schemaVersion, snapshot: snapshot, tables: tables, files: files,
             databaseProperties: properties)
         CrashPoint.reached("capture:after-data")
         do {
@@ -133,7 +144,7 @@ public enum LogicalCapture {
             manifest.schemaFingerprint = try schemaDump.finish()
             try targets.writeManifests(manifest)
         } catch {
-            targets.delete([dumpKey])
+            targets.delete([dumpKey, tocKey])
             if Interruption.isRequested { CleanupLog.cleaned("removed \(dumpKey)") }
             throw error
         }

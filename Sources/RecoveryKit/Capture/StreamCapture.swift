@@ -14,13 +14,16 @@ enum StreamCapture {
     /// - Parameters:
     ///   - lockWait: for pg_dump: the target and `--lock-wait`, to name the session that blocked it
     ///     when it gave up waiting for a table lock.
+    ///   - contents: for pg_dump: builds the dump's table of contents from the stream, with access
+    ///     points into the compressed stream every `DumpTableOfContents.accessPointInterval` bytes.
     /// - Returns: the file entry for the manifest and the program's stderr (its last 16 KiB).
     /// - Throws: `RecoveryError(.toolFailed)` with the program's own message, `RecoveryError(.lockTimeout)`,
     ///   `InterruptedError`, or the store's error.
     static func run(executable: String, arguments: [String], environment: [String: String], targets: CaptureTargets, key storeKey: String,
                     level: Int, jobs: Int, key: RepositoryKey? = nil, progress: ProgressObserver?, phase: String,
                     lockWait: (target: ConnectionTarget, seconds: Int)? = nil,
-                    observe: ((UnsafeRawBufferPointer) -> Void)? = nil, beforeCommit: () throws -> Void = {}) throws -> (BackupManifest.File, String) {
+                    observe: ((UnsafeRawBufferPointer) -> Void)? = nil, contents: DumpContentsBuilder? = nil,
+                    beforeCommit: () throws -> Void = {}) throws -> (BackupManifest.File, String) {
         try targets.openWriters(storeKey)
         var committed = false
         defer {
@@ -34,26 +37,15 @@ enum StreamCapture {
                                      stdin: .null, stdout: .pipe, stderr: .pipe)
         let errors = OutputCollector(descriptor: child.standardError)
         let name = (executable as NSString).lastPathComponent
-        var digest = StreamingDigest()
-        var storedBytes: UInt64 = 0
-        let store = { (chunk: UnsafeRawBufferPointer) throws in
-            digest.update(chunk)
-            storedBytes += UInt64(chunk.count)
-            try targets.write(chunk)
-        }
-        // Compressed bytes go to the stores directly, or through the repository cipher first.
-        let encryptor = try key.map { try StreamEncryptor(key: $0, object: storeKey, sink: store) }
-        let compressor = try GzipCompressor(level: level, jobs: jobs) { chunk in
-            if let encryptor { try encryptor.write(chunk) } else { try store(chunk) }
-        }
+        let upload = try CompressedUpload(targets: targets, storeKey: storeKey, level: level, jobs: jobs, key: key, contents: contents)
         do {
             try PipeReader.forEachChunk(of: child.standardOutput, description: "\(name) output") { chunk in
                 observe?(chunk)
-                try compressor.write(chunk)
-                progress?.progress(phase: phase, bytes: compressor.bytesIn)
+                contents?.write(chunk)
+                try upload.write(chunk)
+                progress?.progress(phase: phase, bytes: upload.compressor.bytesIn)
             }
-            try compressor.finish()
-            try encryptor?.finish()
+            try upload.finish()
         } catch {
             child.send(SIGTERM)
             child.waitForExit()
@@ -78,10 +70,25 @@ enum StreamCapture {
         try Interruption.check()
         try targets.commit()
         committed = true
-        var file = BackupManifest.File(name: (storeKey as NSString).lastPathComponent, rawBytes: compressor.bytesIn,
-                                       storedBytes: storedBytes, sha256: digest.hexDigest(), compression: "gzip", compressionLevel: level)
-        file.encryptionKeyFingerprint = key?.fingerprint
-        return (file, errors.finish())
+        return (upload.file, errors.finish())
+    }
+
+    /// Stores a small object (a table of contents) as the capture stores its data: gzip, the
+    /// repository cipher when there is a key, sha256 and sizes for the manifest.
+    ///
+    /// - Throws: the store's error; then nothing is left under `storeKey`.
+    static func store(_ bytes: Data, targets: CaptureTargets, key storeKey: String, level: Int, key: RepositoryKey?) throws -> BackupManifest.File {
+        try targets.openWriters(storeKey)
+        do {
+            let upload = try CompressedUpload(targets: targets, storeKey: storeKey, level: level, jobs: 1, key: key, contents: nil)
+            try bytes.withUnsafeBytes { try upload.write($0) }
+            try upload.finish()
+            try targets.commit()
+            return upload.file
+        } catch {
+            targets.abort()
+            throw error
+        }
     }
 
     /// The table pg_dump gave up locking (`--lock-wait-timeout` runs its LOCK TABLE under a
@@ -99,5 +106,60 @@ enum StreamCapture {
             if !relation.isEmpty { return String(relation) }
         }
         return "a table"
+    }
+}
+
+/// Bytes on their way into the repositories: gzip, then the repository cipher when there is a
+/// key, with the sha256 and sizes the manifest records. The one write pipeline of every capture.
+private final class CompressedUpload {
+    let compressor: GzipCompressor
+    private let encryptor: StreamEncryptor?
+    private let digest: DigestBox
+    private let name: String
+    private let level: Int
+    private let keyFingerprint: String?
+
+    /// The digest and size of the stored bytes, shared with the sink closures.
+    private final class DigestBox {
+        var digest = StreamingDigest()
+        var storedBytes: UInt64 = 0
+    }
+
+    init(targets: CaptureTargets, storeKey: String, level: Int, jobs: Int, key: RepositoryKey?, contents: DumpContentsBuilder?) throws {
+        let digest = DigestBox()
+        let store = { (chunk: UnsafeRawBufferPointer) throws in
+            digest.digest.update(chunk)
+            digest.storedBytes += UInt64(chunk.count)
+            try targets.write(chunk)
+        }
+        // Compressed bytes go to the stores directly, or through the repository cipher first.
+        let encryptor = try key.map { try StreamEncryptor(key: $0, object: storeKey, sink: store) }
+        compressor = try GzipCompressor(level: level, jobs: jobs, accessPointInterval: contents == nil ? 0 : DumpTableOfContents.accessPointInterval,
+                                        onAccessPoint: contents.map { builder in { builder.accessPoint($0) } }) { chunk in
+            contents?.compressed(chunk)
+            if let encryptor { try encryptor.write(chunk) } else { try store(chunk) }
+        }
+        self.encryptor = encryptor
+        self.digest = digest
+        name = (storeKey as NSString).lastPathComponent
+        self.level = level
+        keyFingerprint = key?.fingerprint
+    }
+
+    func write(_ chunk: UnsafeRawBufferPointer) throws {
+        try compressor.write(chunk)
+    }
+
+    func finish() throws {
+        try compressor.finish()
+        try encryptor?.finish()
+    }
+
+    /// The manifest's entry for what was stored.
+    var file: BackupManifest.File {
+        var file = BackupManifest.File(name: name, rawBytes: compressor.bytesIn, storedBytes: digest.storedBytes, sha256: digest.digest.hexDigest(),
+                                       compression: "gzip", compressionLevel: level)
+        file.encryptionKeyFingerprint = keyFingerprint
+        return file
     }
 }

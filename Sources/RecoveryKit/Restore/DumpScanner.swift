@@ -46,6 +46,17 @@ final class DumpScanner {
     private var inCopy = false
     private var carry: [UInt8] = []
     private let consumer: (Event) throws -> Void
+    /// Bytes of the dump read before the current chunk: where each line stands in the stream.
+    private var consumed: UInt64 = 0
+
+    /// Told of each line that starts with `--` between statements (pg_dump's `-- Name: …` headers),
+    /// with its offset in the uncompressed dump. For the table of contents (`DumpContentsBuilder`).
+    var onCommentLine: ((UnsafeRawBufferPointer, UInt64) throws -> Void)?
+    /// Told of each session setting taken in (`SET …`, `set_config(…)`), with the offset of the
+    /// line where it ended: a reader that skips part of the dump replays these to be where psql is.
+    var onSetting: (([UInt8], UInt64) throws -> Void)?
+    /// Offset in the dump of the line being read.
+    private var lineOffset: UInt64 = 0
 
     init(_ consumer: @escaping (Event) throws -> Void) {
         self.consumer = consumer
@@ -55,23 +66,25 @@ final class DumpScanner {
     ///
     /// - Throws: `RecoveryError(.backupCorrupt)` for a meta-command it will not run; whatever the consumer throws.
     func write(_ chunk: UnsafeRawBufferPointer) throws {
+        defer { consumed += UInt64(chunk.count) }
         var start = 0
         if !carry.isEmpty {
             guard let newline = Self.find(UInt8(ascii: "\n"), in: chunk, from: 0) else {
                 carry.append(contentsOf: chunk)
                 return
             }
+            let base = consumed - UInt64(carry.count)
             carry.append(contentsOf: UnsafeRawBufferPointer(rebasing: chunk[0...newline]))
             let line = carry
             carry.removeAll(keepingCapacity: true)
-            try line.withUnsafeBytes { try lines($0) }
+            try line.withUnsafeBytes { try lines($0, at: base) }
             start = newline + 1
         }
         guard start < chunk.count else { return }
         // Whole lines now; the unfinished last line waits for the next chunk.
         var end = chunk.count
         while end > start, chunk[end - 1] != UInt8(ascii: "\n") { end -= 1 }
-        if end > start { try lines(UnsafeRawBufferPointer(rebasing: chunk[start..<end])) }
+        if end > start { try lines(UnsafeRawBufferPointer(rebasing: chunk[start..<end]), at: consumed + UInt64(start)) }
         if end < chunk.count { carry.append(contentsOf: UnsafeRawBufferPointer(rebasing: chunk[end...])) }
     }
 
@@ -80,10 +93,11 @@ final class DumpScanner {
     /// - Throws: `RecoveryError(.backupCorrupt)` if it ends inside COPY rows.
     func finish() throws {
         if !carry.isEmpty {
+            let base = consumed - UInt64(carry.count)
             carry.append(UInt8(ascii: "\n"))
             let line = carry
             carry.removeAll()
-            try line.withUnsafeBytes { try lines($0) }
+            try line.withUnsafeBytes { try lines($0, at: base) }
         }
         guard !inCopy else {
             throw RecoveryError(.backupCorrupt, "the dump ends inside COPY data (no \\. line)", hint: "the backup is incomplete; restore another one")
@@ -91,8 +105,9 @@ final class DumpScanner {
         if let last = lexer.finish() { try statement(last) }
     }
 
-    /// Handles whole lines (`text` ends with a newline), one at a time as psql reads them.
-    private func lines(_ text: UnsafeRawBufferPointer) throws {
+    /// Handles whole lines (`text` ends with a newline and starts at `base` in the dump), one at a
+    /// time as psql reads them.
+    private func lines(_ text: UnsafeRawBufferPointer, at base: UInt64) throws {
         var offset = 0
         while offset < text.count {
             if inCopy {
@@ -102,6 +117,10 @@ final class DumpScanner {
             let newline = Self.find(UInt8(ascii: "\n"), in: text, from: offset) ?? text.count
             defer { offset = newline + 1 }
             let line = UnsafeRawBufferPointer(rebasing: text[offset..<newline])
+            lineOffset = base + UInt64(offset)
+            if let onCommentLine, line.count >= 2, line[0] == UInt8(ascii: "-"), line[1] == UInt8(ascii: "-"), lexer.isBetweenStatements {
+                try onCommentLine(line, lineOffset)
+            }
             guard lexer.startLine(empty: line.isEmpty) else { continue }
             var position = 0
             while position < line.count {
@@ -129,6 +148,7 @@ final class DumpScanner {
     private func statement(_ sql: [UInt8]) throws -> Bool {
         if settings.absorb(sql) {
             lexer.standardConformingStrings = settings.standardConformingStrings
+            try onSetting?(sql, lineOffset)
             return false
         }
         let statement = Statement(sql: sql, settings: settings)

@@ -63,6 +63,10 @@ struct SQLLexer {
     /// Whether the buffer holds anything besides comments and whitespace.
     private var significant = false
 
+    /// Whether no statement is in progress: the next line starts afresh (a `-- Name:` header of
+    /// pg_dump's here is a comment between objects, not text inside one).
+    var isBetweenStatements: Bool { state == .initial && buffer.isEmpty && parenDepth == 0 && beginDepth == 0 }
+
     init(recognizesMetaCommands: Bool = true) {
         self.recognizesMetaCommands = recognizesMetaCommands
     }

@@ -1,0 +1,138 @@
+import Foundation
+import Gzip
+
+/// Builds a dump's table of contents (`DumpTableOfContents`) while the dump streams past: at
+/// backup time from pg_dump's output and the compressor's access points, or by a full scan of
+/// an older backup's stream.
+///
+/// pg_dump's headers are found by the restore's own `DumpScanner` (psql's statement rules), so a
+/// line that merely looks like a header inside COPY rows or a function body is never taken for one.
+/// A dump the scanner cannot read (which the restore would refuse too) leaves the builder
+/// `failed`: the backup goes on without a table of contents rather than failing.
+final class DumpContentsBuilder {
+    private let scanner: DumpScanner
+    private var entries: [DumpTableOfContents.Entry] = []
+    private var settings: [DumpTableOfContents.Setting] = []
+    private var accessPoints: [DumpTableOfContents.AccessPoint] = []
+    private var pendingPoint = GzipAccessPoint(compressedOffset: 0, uncompressedOffset: 0)
+    private var segment = StreamingDigest()
+    private var compressedBytes: UInt64 = 0
+    private var dumpBytes: UInt64 = 0
+    /// Why no table of contents can be built, once something went wrong.
+    private(set) var failure: String?
+
+    private static let namePrefix = Array("-- Name: ".utf8)
+    private static let dataPrefix = Array("-- Data for Name: ".utf8)
+
+    init() {
+        let statements = StatementBox()
+        scanner = DumpScanner { event in
+            if case .statement(let statement) = event { statements.handler?(statement.sql) }
+        }
+        statements.handler = { [unowned self] sql in analyze(sql) }
+        scanner.onCommentLine = { [unowned self] line, offset in header(line, at: offset) }
+        scanner.onSetting = { [unowned self] sql, offset in
+            settings.append(.init(offset: offset, sql: Data(sql).base64EncodedString()))
+        }
+    }
+
+    /// Lets the scanner's consumer reach the builder, which owns the scanner.
+    private final class StatementBox {
+        var handler: (([UInt8]) -> Void)?
+    }
+
+    /// What a statement says about its object: the table an index, an owned sequence or an
+    /// identity belongs to; the table a foreign key references; the relations a view reads.
+    private func analyze(_ sql: [UInt8]) {
+        guard let last = entries.indices.last else { return }
+        let names = QualifiedNames.references(in: sql).filter { !$0.inLiteral }
+        func name(_ reference: QualifiedNames.Reference) -> DumpTableOfContents.Name {
+            .init(schema: reference.parts[0], name: reference.parts[1])
+        }
+        switch entries[last].kind {
+        case "INDEX":
+            // CREATE [UNIQUE] INDEX name ON [ONLY] schema.table …: the index's own name is not qualified.
+            if entries[last].table == nil, let table = names.first(where: { $0.parts.count == 2 }) { entries[last].table = name(table) }
+        case "SEQUENCE OWNED BY":
+            // ALTER SEQUENCE schema.seq OWNED BY schema.table.column
+            if let column = names.first(where: { $0.parts.count == 3 }) { entries[last].table = name(column) }
+        case "SEQUENCE":
+            // An identity: ALTER TABLE schema.table ALTER COLUMN … ADD GENERATED … (SEQUENCE NAME schema.seq …)
+            if sql.starts(with: Array("ALTER TABLE ".utf8)), let table = names.first { entries[last].table = name(table) }
+        case "FK CONSTRAINT":
+            // ALTER TABLE ONLY schema.table ADD CONSTRAINT name FOREIGN KEY (…) REFERENCES schema.other(…)
+            let referenced = names.dropFirst().map(name)
+            if !referenced.isEmpty { entries[last].references = referenced }
+        case "VIEW", "MATERIALIZED VIEW":
+            guard sql.starts(with: Array("CREATE ".utf8)) else { return }
+            let own = DumpTableOfContents.Name(schema: entries[last].schema ?? "", name: entries[last].name)
+            var read: [DumpTableOfContents.Name] = []
+            for reference in names.map(name) where reference != own && !read.contains(reference) { read.append(reference) }
+            entries[last].references = read
+        default:
+            return
+        }
+    }
+
+    /// The next bytes of the uncompressed dump.
+    func write(_ chunk: UnsafeRawBufferPointer) {
+        dumpBytes += UInt64(chunk.count)
+        guard failure == nil else { return }
+        do { try scanner.write(chunk) } catch { failure = "\(error)" }
+    }
+
+    /// The next compressed bytes (as the compressor hands them out, before any encryption).
+    func compressed(_ chunk: UnsafeRawBufferPointer) {
+        compressedBytes += UInt64(chunk.count)
+        segment.update(chunk)
+    }
+
+    /// An access point, reported by the compressor before its first compressed byte.
+    func accessPoint(_ point: GzipAccessPoint) {
+        closeSegment()
+        pendingPoint = point
+    }
+
+    /// The table of contents, or nil (with `failure` set) when the dump could not be read.
+    func finish() -> DumpTableOfContents? {
+        if failure == nil {
+            do { try scanner.finish() } catch { failure = "\(error)" }
+        }
+        guard failure == nil else { return nil }
+        closeSegment()
+        var entries = self.entries
+        for index in entries.indices {
+            entries[index].end = index + 1 < entries.count ? entries[index + 1].start : dumpBytes
+        }
+        return DumpTableOfContents(formatVersion: DumpTableOfContents.currentFormatVersion, dumpBytes: dumpBytes, compressedBytes: compressedBytes,
+                                   entries: entries, settings: settings, accessPoints: accessPoints)
+    }
+
+    /// The listing of a stream read without compression facts (a full scan of an older backup).
+    func finishScan() -> DumpTableOfContents? {
+        let contents = finish()
+        return contents.map { var copy = $0; copy.accessPoints = []; copy.compressedBytes = 0; return copy }
+    }
+
+    private func closeSegment() {
+        accessPoints.append(.init(compressedOffset: pendingPoint.compressedOffset, uncompressedOffset: pendingPoint.uncompressedOffset,
+                                  segmentSha256: segment.hexDigest()))
+        segment = StreamingDigest()
+    }
+
+    /// Takes `-- Name: x; Type: T; Schema: s; Owner: o` and `-- Data for Name: …` lines.
+    private func header(_ line: UnsafeRawBufferPointer, at offset: UInt64) {
+        let bytes = Array(line)
+        let rest: ArraySlice<UInt8>
+        if bytes.starts(with: Self.namePrefix) {
+            rest = bytes[Self.namePrefix.count...]
+        } else if bytes.starts(with: Self.dataPrefix) {
+            rest = bytes[Self.dataPrefix.count...]
+        } else {
+            return
+        }
+        // One header parser for the toolkit: the schema normaliser's (names may hold "; Type: ").
+        guard let parsed = SchemaNormalizer.parseHeader("-- Name: " + ByteText.utf8OrLatin1(Array(rest))) else { return }
+        entries.append(.init(kind: parsed.type, schema: parsed.schema == "-" ? nil : parsed.schema, name: parsed.name, start: offset, end: offset))
+    }
+}

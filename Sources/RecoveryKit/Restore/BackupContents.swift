@@ -1,0 +1,105 @@
+import BackupStorage
+import Foundation
+
+/// What a logical backup holds (`dbrestore contents`): schemas, tables with their row counts
+/// (from the manifest) and their size in the dump, sequences, functions, views, and every other
+/// object by pg_dump's kind. Read from the backup's table of contents, or for a backup taken
+/// before tables of contents existed, from a full scan of its dump.
+public struct BackupContents: Codable, Sendable {
+    /// A schema-qualified object.
+    public struct Object: Codable, Sendable, Equatable {
+        public var schema: String?
+        public var name: String
+        /// `schema.name`, or the name alone outside any schema.
+        public var qualifiedName: String { schema.map { "\($0).\(name)" } ?? name }
+    }
+
+    public struct Table: Codable, Sendable, Equatable {
+        public var schema: String
+        public var name: String
+        /// Exact rows in the dump's snapshot (the manifest); nil for tables the manifest does not count (foreign, partitioned parents).
+        public var rows: Int64?
+        /// Bytes of the uncompressed dump its rows take (its COPY block); 0 when it has no data entry.
+        public var dumpBytes: UInt64
+        public var qualifiedName: String { "\(schema).\(name)" }
+    }
+
+    public enum Source: String, Codable, Sendable {
+        /// The table of contents written at backup time.
+        case tableOfContents = "table-of-contents"
+        /// A full scan of the dump (backups taken before tables of contents existed).
+        case fullScan = "full-scan"
+    }
+
+    public var backupID: String
+    public var source: Source
+    public var schemas: [String]
+    public var tables: [Table]
+    public var sequences: [Object]
+    public var functions: [Object]
+    public var views: [Object]
+    /// Every other object, by pg_dump's kind (`INDEX`, `CONSTRAINT`, `TRIGGER`, `TYPE`, …).
+    public var other: [String: [Object]]
+    /// Access points into the compressed dump (0 after a full scan).
+    public var accessPoints: Int
+
+    /// Reads the contents of `reference` (`latest`, an id or a prefix) in `repository`.
+    ///
+    /// - Throws: `RecoveryError` (`.backupNotFound`, `.backupCorrupt`, `.usage` for a physical backup, `.configuration` for a missing key).
+    public static func read(repository: String, backup reference: String, key: RepositoryKey?, progress: ProgressObserver? = nil) throws -> BackupContents {
+        let store = try Repository.open(repository, create: false)
+        let manifest = try Catalog(store: store).resolve(reference)
+        let (toc, source) = try tableOfContents(of: manifest, from: store, key: key, progress: progress)
+        return BackupContents(manifest: manifest, toc: toc, source: source)
+    }
+
+    /// The table of contents of a logical backup: its own, or one built by a full scan of the dump.
+    static func tableOfContents(of manifest: BackupManifest, from store: BackupStore, key: RepositoryKey?,
+                                progress: ProgressObserver?) throws -> (DumpTableOfContents, Source) {
+        guard manifest.kind == .logical, let dump = manifest.files.first(where: { $0.name == LogicalCapture.dumpFileName }) else {
+            throw RecoveryError(.usage, "backup \(manifest.id) is a \(manifest.kind.rawValue) backup; its contents are a data directory, not objects",
+                                hint: "pick a logical backup (dbrestore list shows the kind)")
+        }
+        if let toc = try DumpTableOfContents.load(of: manifest, from: store, key: key) { return (toc, .tableOfContents) }
+        let builder = DumpContentsBuilder()
+        try StoredFileStream.decompress(dump, of: manifest, from: store, key: key, phase: "scan", progress: progress) { builder.write($0) }
+        guard let toc = builder.finishScan() else {
+            throw RecoveryError(.backupCorrupt, "backup \(manifest.id): the dump cannot be read: \(builder.failure ?? "unknown reason")",
+                                hint: "a restore would refuse it too; use another backup")
+        }
+        return (toc, .fullScan)
+    }
+
+    init(manifest: BackupManifest, toc: DumpTableOfContents, source: Source) {
+        backupID = manifest.id
+        self.source = source
+        accessPoints = source == .tableOfContents ? toc.accessPoints.count : 0
+        var schemas = Set<String>()
+        var sequences: [Object] = [], functions: [Object] = [], views: [Object] = [], other: [String: [Object]] = [:]
+        var tableNames: [Object] = []
+        var dataBytes: [String: UInt64] = [:]
+        for entry in toc.entries {
+            let object = Object(schema: entry.schema, name: entry.name)
+            if let schema = entry.schema { schemas.insert(schema) }
+            switch entry.kind {
+            case "SCHEMA": schemas.insert(entry.name)
+            case "TABLE", "FOREIGN TABLE": tableNames.append(object)
+            case "TABLE DATA": dataBytes[object.qualifiedName, default: 0] += entry.bytes
+            case "SEQUENCE": sequences.append(object)
+            case "FUNCTION", "PROCEDURE", "AGGREGATE": functions.append(object)
+            case "VIEW", "MATERIALIZED VIEW": views.append(object)
+            default: other[entry.kind, default: []].append(object)
+            }
+        }
+        let counts = Dictionary(manifest.tables.map { ($0.qualifiedName, $0.rows) }, uniquingKeysWith: { first, _ in first })
+        tables = tableNames.map { table in
+            Table(schema: table.schema ?? "", name: table.name, rows: counts[table.qualifiedName], dumpBytes: dataBytes[table.qualifiedName] ?? 0)
+        }
+        self.schemas = schemas.sorted()
+        self.sequences = sequences
+        self.functions = functions
+        self.views = views
+        self.other = other
+
+    }
+}

@@ -1,0 +1,420 @@
+import BackupStorage
+import Foundation
+import PostgresClient
+import ProcessSignals
+
+/// What a selective restore should do (`dbrestore <backup> --table … | --schema …`).
+public struct SelectiveRestoreConfiguration {
+    /// Where the restored objects go; never over live data without `--replace`.
+    public enum Destination: Equatable, Sendable {
+        /// A new schema of the live database (nil: `restored_<time>`).
+        case intoSchema(String?)
+        /// A new database, marked as the tool's.
+        case intoDatabase(String)
+        /// Replace the live tables, keeping each old one as `<table>_pre_restore_<time>`.
+        case replace
+    }
+
+    public var target: ConnectionTarget
+    public var repositories: [String]
+    public var backup: String
+    /// `SCHEMA.NAME` patterns.
+    public var tables: [String]
+    /// Schema name patterns.
+    public var schemas: [String]
+    public var destination: Destination
+    /// With `--replace`: go ahead although other objects depend on a table, re-pointing them, and report them.
+    public var cascadeReport = false
+    public var dryRun = false
+    public var key: RepositoryKey? = nil
+    /// `--lock-wait`: how long `--replace` waits for the live tables' locks.
+    public var lockWaitSeconds = SessionLimits.defaultLockWaitSeconds
+
+    public init(target: ConnectionTarget, repositories: [String], backup: String, tables: [String], schemas: [String], destination: Destination) {
+        self.target = target
+        self.repositories = repositories
+        self.backup = backup
+        self.tables = tables
+        self.schemas = schemas
+        self.destination = destination
+    }
+}
+
+/// What a selective restore will create, shown before it does it (`--dry-run`, `--json`).
+public struct SelectiveRestorePlan: Codable, Sendable {
+    public var backupID: String
+    public var repository: String
+    public var database: String
+    /// `into-schema`, `into-database` or `replace`.
+    public var destination: String
+    /// The schema (into-schema, replace: the staging schema) or database the objects are created in.
+    public var createdIn: String
+    public var tables: [String]
+    /// Every SQL object that will be created: `KIND: tag in schema`, in the order they are.
+    public var objects: [String]
+    /// Foreign keys to tables outside the selection, not restored.
+    public var foreignKeysLeftOut: [String]
+    /// Views outside the selection that read a selected table (not restored; listed).
+    public var dependentViews: [String]
+    /// Foreign keys of other tables that reference a selected table (not restored; listed).
+    public var referencingForeignKeys: [String]
+    /// `table-of-contents` or `full-scan`.
+    public var contentsSource: String
+    /// Bytes of the uncompressed dump the restore replays (of `dumpBytes`).
+    public var replayBytes: UInt64
+    public var dumpBytes: UInt64
+
+    /// The plan as text, for `--dry-run` and the prompt.
+    public var lines: [String] {
+        var lines = ["backup: \(backupID) (\(repository)); contents from its \(contentsSource == "full-scan" ? "dump (full scan: it has no table of contents)" : "table of contents")",
+                     "tables: \(tables.joined(separator: ", "))",
+                     "\(destination) → \(destination == "into-database" ? "new database" : "schema") \(createdIn) of \(destination == "into-database" ? "the server of \(database)" : "database \(database)")",
+                     "replays \(ByteCount.format(replayBytes)) of the \(ByteCount.format(dumpBytes)) dump",
+                     "SQL objects that would be created (\(objects.count)):"]
+        lines += objects.map { "  " + $0 }
+        if !foreignKeysLeftOut.isEmpty {
+            lines.append("foreign keys to tables outside the selection, left out (add them by hand, or select those tables too):")
+            lines += foreignKeysLeftOut.map { "  " + $0 }
+        }
+        if !dependentViews.isEmpty { lines.append("views that read these tables (not restored): \(dependentViews.joined(separator: ", "))") }
+        if !referencingForeignKeys.isEmpty { lines.append("foreign keys of other tables that reference these tables (not restored): \(referencingForeignKeys.joined(separator: ", "))") }
+        return lines
+    }
+}
+
+/// How a selective restore went.
+public struct SelectiveRestoreReport: Codable, Sendable {
+    public var plan: SelectiveRestorePlan
+    public var verification: RowCountVerifier.Report
+    /// `--replace`: live table → the name it is kept under.
+    public var keptAs: [String: String]
+    /// Objects re-pointed at the restored tables (`--replace --cascade-report`).
+    public var repointed: [String]
+    /// `ranged` or `sequential (why)`, and how much was read and decompressed.
+    public var read: DumpReadStatistics
+    public var durationSeconds: Double
+}
+
+/// Restores chosen tables (or schemas) of a logical backup without replacing the database:
+/// into a new schema of the live database, into a new database, or in place of the live tables.
+///
+/// The objects come from the dump itself (pg_dump's statements, bytes untouched except the schema
+/// of the restored relations), found by the backup's table of contents; with access points only
+/// the pre-data, the chosen tables' rows and the post-data are decompressed. Everything runs in
+/// one transaction on the live database (`--into-schema`, `--replace`), committed only after the
+/// row counts match the manifest and every byte read matched its checksum: a failure leaves the
+/// live database as it was.
+public enum SelectiveRestore {
+    /// Resolves the backup and the selection; changes nothing.
+    ///
+    /// - Throws: `RecoveryError` (`.usage` for a name not in the backup, with the nearest names; `.backupNotFound`, `.backupCorrupt`).
+    public static func plan(_ configuration: SelectiveRestoreConfiguration, timeline: Timeline? = nil) throws -> SelectiveRestorePlan {
+        try prepare(configuration, timeline: timeline).plan
+    }
+
+    /// Everything `plan` resolves, kept for `execute`.
+    struct Prepared {
+        var plan: SelectiveRestorePlan
+        var manifest: BackupManifest
+        var store: BackupStore
+        var toc: DumpTableOfContents
+        var source: BackupContents.Source
+        var selection: TableSelection
+        var ranges: [Range<UInt64>]
+    }
+
+    static func prepare(_ configuration: SelectiveRestoreConfiguration, timeline: Timeline?) throws -> Prepared {
+        var chosen: (String, BackupStore, BackupManifest)?
+        var firstError: Error?
+        for address in configuration.repositories {
+            do {
+                let store = try Repository.open(address, create: false)
+                chosen = (address, store, try Catalog(store: store).resolve(configuration.backup))
+                break
+            } catch {
+                firstError = firstError ?? error
+            }
+        }
+        guard let (repository, store, manifest) = chosen else {
+            throw firstError ?? RecoveryError(.usage, "no repository given", hint: "pass --repo or set BACKUP_REPO")
+        }
+        let (toc, source) = try step(timeline, "read the contents of backup \(manifest.id)") {
+            try BackupContents.tableOfContents(of: manifest, from: store, key: configuration.key, progress: nil)
+        }
+        let intoDatabase: Bool
+        if case .intoDatabase = configuration.destination { intoDatabase = true } else { intoDatabase = false }
+        let selection = try TableSelection(toc: toc, tablePatterns: configuration.tables, schemaPatterns: configuration.schemas,
+                                           supporting: intoDatabase, wholeSchemas: intoDatabase, backupID: manifest.id)
+        let stamp = LogicalRestore.compactTimestamp(Date())
+        let createdIn: String
+        switch configuration.destination {
+        case .intoSchema(let name): createdIn = name ?? "restored_\(stamp)"
+        case .intoDatabase(let name): createdIn = name
+        case .replace: createdIn = "restored_\(stamp)"
+        }
+        var ranges: [Range<UInt64>] = [0..<toc.preambleEnd]
+        for entry in selection.entries {
+            if let last = ranges.last, last.upperBound == entry.start {
+                ranges[ranges.count - 1] = last.lowerBound..<entry.end
+            } else {
+                ranges.append(entry.start..<entry.end)
+            }
+        }
+        let rows = Dictionary(manifest.tables.map { (DumpTableOfContents.Name(schema: $0.schema, name: $0.name), $0.rows) }, uniquingKeysWith: { a, _ in a })
+        let objects = selection.entries.map { entry -> String in
+            let schema = intoDatabase ? entry.schema : entry.schema.map { _ in createdIn }
+            var line = "\(entry.kind): \(entry.name)" + (schema.map { " in \($0)" } ?? "")
+            if entry.kind == "TABLE DATA", let schema = entry.schema, let count = rows[.init(schema: schema, name: entry.name)] { line += " (\(count) rows)" }
+            return line
+        }
+        func described(_ entry: DumpTableOfContents.Entry) -> String {
+            "\(entry.kind): \(entry.name)" + (entry.schema.map { " in \($0)" } ?? "")
+                + ((entry.references?.isEmpty ?? true) || !entry.kind.contains("FK") ? "" : " → \(entry.references?.map(\.qualified).joined(separator: ", ") ?? "")")
+        }
+        let destination: String
+        switch configuration.destination {
+        case .intoSchema: destination = "into-schema"
+        case .intoDatabase: destination = "into-database"
+        case .replace: destination = "replace"
+        }
+        let plan = SelectiveRestorePlan(
+            backupID: manifest.id, repository: repository, database: configuration.target.databaseName, destination: destination, createdIn: createdIn,
+            tables: selection.tables.map(\.qualified), objects: objects, foreignKeysLeftOut: selection.leftOutForeignKeys.map(described),
+            dependentViews: selection.dependentViews.map { DumpTableOfContents.Name(schema: $0.schema ?? "", name: $0.name).qualified },
+            referencingForeignKeys: selection.referencingForeignKeys.map(described), contentsSource: source.rawValue,
+            replayBytes: ranges.reduce(0) { $0 + ($1.upperBound - $1.lowerBound) }, dumpBytes: toc.dumpBytes)
+        return Prepared(plan: plan, manifest: manifest, store: store, toc: toc, source: source, selection: selection, ranges: ranges)
+    }
+
+    /// Restores the selection as planned.
+    ///
+    /// - Throws: `RecoveryError`; the live database is then as it was (and a new database is dropped).
+    public static func execute(_ configuration: SelectiveRestoreConfiguration, timeline: Timeline, progress: ProgressObserver?) throws -> SelectiveRestoreReport {
+        let started = Date()
+        let prepared = try prepare(configuration, timeline: timeline)
+        let store = prepared.store
+        // A reader lock: dbprune leaves the backup alone while it is read.
+        let reading = try StoreLock.sharedIfWritable(in: store, backupID: prepared.manifest.id, holder: LockHolder(command: "dbrestore"))
+        defer { try? reading?.release() }   // a leftover reader record only delays pruning; dbprune removes it once we are gone
+        let manifest = try Catalog(store: store).resolve(prepared.manifest.id)
+        var keptAs: [String: String] = [:]
+        var repointed: [String] = []
+        let statistics: DumpReadStatistics
+        let verification: RowCountVerifier.Report
+        switch configuration.destination {
+        case .intoDatabase(let name):
+            (statistics, verification) = try restoreIntoDatabase(name, prepared, manifest: manifest, configuration, timeline: timeline, progress: progress)
+        case .intoSchema, .replace:
+            let target = configuration.target
+            let loader = try LoaderConnection(target: target, backupID: manifest.id)
+            defer { loader.close() }
+            let connection = loader.connection
+            // The loader's settings suit a private scratch database; this is the live one.
+            try connection.execute(script: "RESET synchronous_commit; BEGIN")
+            var committed = false
+            defer { if !committed { _ = try? connection.execute(script: "ROLLBACK") } }
+            let schema = prepared.plan.createdIn
+            try timeline.step("create schema \(schema) in \(target.databaseName)") {
+                guard try connection.query("SELECT 1 FROM pg_namespace WHERE nspname = $1", [schema]).rows.isEmpty else {
+                    throw RecoveryError(.usage, "schema \(schema) already exists in \(target.databaseName); nothing was changed",
+                                        hint: "name a new schema with --into-schema NAME, or drop that one first")
+                }
+                let note = "dbrecovery: restored from backup \(manifest.id) at \(Timestamp.format(Date()))"
+                try connection.execute(script: "CREATE SCHEMA \(QualifiedNames.quote(schema)); COMMENT ON SCHEMA \(QualifiedNames.quote(schema)) IS \(SQLText.literal(note))")
+            }
+            let moving = Set(prepared.selection.tables).union(prepared.selection.sequences)
+            statistics = try timeline.step("replay \(prepared.plan.tables.count) table(s) of backup \(manifest.id) into schema \(schema) (\(ByteCount.format(prepared.plan.replayBytes)) of the dump)") {
+                try replay(prepared, manifest: manifest, key: configuration.key, on: loader, progress: progress) {
+                    QualifiedNames.rewrite($0, moving: moving, to: schema)
+                }
+            }
+            verification = try timeline.step("verify row counts of \(prepared.selection.tables.count) table(s)") {
+                try verify(prepared.selection.tables, in: { _ in schema }, manifest: manifest, on: connection)
+            }
+            if configuration.destination == .replace {
+                (keptAs, repointed) = try timeline.step("replace \(prepared.plan.tables.joined(separator: ", ")) in one transaction") {
+                    try replace(prepared.selection, staged: schema, configuration, on: connection)
+                }
+            }
+            try connection.execute(script: "COMMIT")
+            committed = true
+        }
+        return SelectiveRestoreReport(plan: prepared.plan, verification: verification, keptAs: keptAs, repointed: repointed, read: statistics,
+                                      durationSeconds: Date().timeIntervalSince(started))
+    }
+
+    // MARK: - Steps
+
+    /// Replays the chosen parts of the dump on `loader`, each statement rewritten by `rewrite`,
+    /// under the session settings psql would have in force there.
+    static func replay(_ prepared: Prepared, manifest: BackupManifest, key: RepositoryKey?, on loader: LoaderConnection, progress: ProgressObserver?,
+                       rewrite: @escaping ([UInt8]) -> [UInt8]) throws -> DumpReadStatistics {
+        let scanner = DumpScanner { event in
+            switch event {
+            case .statement(let statement):
+                try loader.run(.init(sql: rewrite(statement.sql), settings: statement.settings))
+            case .copyStart(let statement):
+                try loader.beginCopy(.init(sql: rewrite(statement.sql), settings: statement.settings))
+            case .copyRows(let rows):
+                try loader.connection.putCopyData(rows)
+            case .copyEnd:
+                do { _ = try loader.connection.endCopy() } catch {
+                    throw DumpApplier.failure(error, in: "COPY", backupID: manifest.id)
+                }
+            }
+        }
+        // The settings that stood in the parts skipped are replayed before the next part read, in order.
+        let settings = prepared.toc.settings
+        var nextSetting = 0
+        var expected: UInt64 = 0
+        let statistics = try DumpRangeReader.read(prepared.ranges, of: manifest, toc: prepared.source == .tableOfContents ? prepared.toc : nil,
+                                                  from: prepared.store, key: key, progress: progress) { offset, bytes in
+            if offset != expected {
+                while nextSetting < settings.count, settings[nextSetting].offset < offset {
+                    if settings[nextSetting].offset >= expected, let sql = Data(base64Encoded: settings[nextSetting].sql) {
+                        try (Array(sql) + Array(";\n".utf8)).withUnsafeBytes { try scanner.write($0) }
+                    }
+                    nextSetting += 1
+                }
+            }
+            try scanner.write(bytes)
+            expected = offset + UInt64(bytes.count)
+            while nextSetting < settings.count, settings[nextSetting].offset < expected { nextSetting += 1 }
+        }
+        try scanner.finish()
+        return statistics
+    }
+
+    /// Counts the restored tables (where `schema(table)` says they are now) against the manifest.
+    ///
+    /// - Throws: `RecoveryError(.verificationMismatch)` when a count differs.
+    static func verify(_ tables: [DumpTableOfContents.Name], in schema: (DumpTableOfContents.Name) -> String, manifest: BackupManifest,
+                       on connection: PostgresConnection) throws -> RowCountVerifier.Report {
+        let wanted = Set(tables.map { "\($0.schema).\($0.name)" })
+        let expected = manifest.tables.filter { wanted.contains($0.qualifiedName) }
+        var actual: [BackupManifest.TableRowCount] = []
+        for table in tables where expected.contains(where: { $0.schema == table.schema && $0.name == table.name }) {
+            let count = try connection.query("SELECT count(*) FROM \(QualifiedNames.quote(schema(table))).\(QualifiedNames.quote(table.name))").scalar
+            actual.append(.init(schema: table.schema, name: table.name, rows: Int64(count ?? "") ?? -1))
+        }
+        let report = RowCountVerifier.compare(expected: expected, actual: actual, backupID: manifest.id, database: connection.target.databaseName)
+        guard report.ok else {
+            throw RecoveryError(.verificationMismatch, "restored tables do not match backup \(manifest.id): \(report.summary); nothing was changed",
+                                hint: "the backup may be damaged; try an older one")
+        }
+        return report
+    }
+
+    /// `--into-database`: a new database (marked as the tool's while it loads, dropped on failure).
+    private static func restoreIntoDatabase(_ name: String, _ prepared: Prepared, manifest: BackupManifest, _ configuration: SelectiveRestoreConfiguration,
+                                            timeline: Timeline, progress: ProgressObserver?) throws -> (DumpReadStatistics, RowCountVerifier.Report) {
+        let admin = try LogicalRestore.connectToMaintenance(configuration.target)
+        defer { admin.close() }
+        guard try admin.query("SELECT 1 FROM pg_database WHERE datname = $1", [name]).rows.isEmpty else {
+            throw RecoveryError(.usage, "database \(name) already exists; nothing was changed", hint: "name a new database with --into-database NAME")
+        }
+        try ToolDatabases.requireMarkPrivilege(on: admin)
+        var created = false
+        var done = false
+        defer {
+            if created && !done {
+                do {
+                    try admin.execute(script: "DROP DATABASE IF EXISTS \(admin.quoteIdentifier(name)) WITH (FORCE)")
+                    if Interruption.isRequested { CleanupLog.cleaned("dropped the new database \(name)") }
+                } catch {
+                    timeline.note("drop database \(name)", outcome: "failed: \(RecoveryError.classify(error).message); it is marked, dbrestore cleanup drops it")
+                }
+            }
+        }
+        try timeline.step("create database \(name)") {
+            try DatabaseSwap.createScratch(name, marker: .init(.scratch, target: name, backup: manifest.id), properties: manifest.databaseProperties, on: admin)
+            created = true
+        }
+        let target = configuration.target.with(database: name)
+        let loader = try LoaderConnection(target: target, backupID: manifest.id)
+        defer { loader.close() }
+        let statistics = try timeline.step("replay \(prepared.plan.tables.count) table(s) of backup \(manifest.id) into \(name) (\(ByteCount.format(prepared.plan.replayBytes)) of the dump)") {
+            try loader.connection.execute(script: "BEGIN")
+            let statistics = try replay(prepared, manifest: manifest, key: configuration.key, on: loader, progress: progress) { $0 }
+            try loader.connection.execute(script: "COMMIT")
+            return statistics
+        }
+        let verification = try timeline.step("verify row counts of \(prepared.selection.tables.count) table(s)") {
+            try verify(prepared.selection.tables, in: \.schema, manifest: manifest, on: loader.connection)
+        }
+        if let properties = manifest.databaseProperties {
+            let warnings = try DatabaseSwap.apply(properties, to: name, on: admin)
+            warnings.forEach { timeline.note("database properties of \(name)", outcome: "warning: \($0)") }
+        }
+        try admin.execute(script: ToolDatabases.markStatement(name, .init(.restored, target: name, backup: manifest.id), on: admin))
+        done = true
+        return (statistics, verification)
+    }
+
+    /// `--replace`, inside the restore's transaction: each live table renamed aside (with its
+    /// indexes and owned sequences, whose names the restored ones take) and the restored one moved
+    /// into its schema; the staging schema, empty then, dropped.
+    ///
+    /// - Throws: `RecoveryError(.restoreFailed)` when other objects depend on a live table and
+    ///   `--cascade-report` was not given (listing them).
+    private static func replace(_ selection: TableSelection, staged: String, _ configuration: SelectiveRestoreConfiguration,
+                                on connection: PostgresConnection) throws -> ([String: String], [String]) {
+        try connection.execute(script: "SET LOCAL lock_timeout = '\(configuration.lockWaitSeconds)s'")
+        let suffix = "_pre_restore_" + LogicalRestore.compactTimestamp(Date())
+        var kept: [String: String] = [:]
+        var repointed: [String] = []
+        let selected = Set(selection.tables.map(\.qualified))
+        for table in selection.tables {
+            let live = try connection.query("SELECT to_regclass($1)::oid::text", [table.qualified]).scalar
+            if let live, !live.isEmpty {
+                // Objects outside the selection that depend on the live table: views, other tables' keys.
+                let dependents = try connection.query("""
+                    SELECT DISTINCT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid),
+                           CASE WHEN d.classid = 'pg_catalog.pg_rewrite'::regclass THEN (SELECT r.ev_class::regclass::text FROM pg_catalog.pg_rewrite r WHERE r.oid = d.objid)
+                                WHEN d.classid = 'pg_catalog.pg_constraint'::regclass THEN (SELECT c.conrelid::regclass::text FROM pg_catalog.pg_constraint c WHERE c.oid = d.objid) END
+                    FROM pg_catalog.pg_depend d
+                    WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = $1::oid AND d.deptype = 'n'
+                    """, [live]).rows.map { ($0[0] ?? "?", $0[1] ?? "") }
+                    .filter { !selected.contains($0.1) && $0.1 != table.qualified }
+                if !dependents.isEmpty {
+                    guard configuration.cascadeReport else {
+                        throw RecoveryError(.restoreFailed, "other objects depend on \(table.qualified): \(dependents.map(\.0).joined(separator: "; ")); nothing was changed",
+                                            hint: "restore it --into-schema and copy the rows back with SQL, or add --cascade-report to re-point them at the restored table")
+                    }
+                    repointed += try repoint(table, dependents: dependents.map(\.0), liveOID: live, on: connection)
+                }
+                let aside = LogicalRestore.identifier(table.name, suffix: suffix)
+                // Indexes and owned sequences keep the schema's names free for the restored ones.
+                let parts = try connection.query("""
+                    SELECT 'INDEX', i.relname FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid WHERE x.indrelid = $1::oid
+                    UNION ALL
+                    SELECT 'SEQUENCE', s.relname FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_class s ON s.oid = d.objid
+                    WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refobjid = $1::oid AND s.relkind = 'S' AND d.deptype IN ('a', 'i')
+                    """, [live]).rows
+                for part in parts {
+                    guard let kind = part[0], let name = part[1] else { continue }
+                    try connection.execute(script: "ALTER \(kind) \(QualifiedNames.quote(table.schema)).\(QualifiedNames.quote(name)) RENAME TO \(QualifiedNames.quote(LogicalRestore.identifier(name, suffix: suffix)))")
+                }
+                try connection.execute(script: "ALTER TABLE \(QualifiedNames.quote(table.schema)).\(QualifiedNames.quote(table.name)) RENAME TO \(QualifiedNames.quote(aside))")
+                kept[table.qualified] = DumpTableOfContents.Name(schema: table.schema, name: aside).qualified
+            }
+            try connection.execute(script: "ALTER TABLE \(QualifiedNames.quote(staged)).\(QualifiedNames.quote(table.name)) SET SCHEMA \(QualifiedNames.quote(table.schema))")
+        }
+        // Owned sequences moved with their tables; anything else left there means the staging schema is not empty: refuse.
+        try connection.execute(script: "DROP SCHEMA \(QualifiedNames.quote(staged)) RESTRICT")
+        return (kept, repointed)
+    }
+
+    /// Re-points views and other tables' foreign keys from the live table to the restored one
+    /// (which will take its name): views are re-created from their definitions once the names are
+    /// swapped; keys are dropped here and added back, validated, against the restored table.
+    private static func repoint(_ table: DumpTableOfContents.Name, dependents: [String], liveOID: String, on connection: PostgresConnection) throws -> [String] {
+        throw RecoveryError(.restoreFailed, "re-pointing \(dependents.joined(separator: "; ")) at the restored \(table.qualified) is not supported yet; nothing was changed",
+                            hint: "restore it --into-schema and copy the rows back with SQL (see README, Selective restore)")
+    }
+
+    private static func step<T>(_ timeline: Timeline?, _ title: String, _ body: () throws -> T) throws -> T {
+        if let timeline { return try timeline.step(title, body) }
+        return try body()
+    }
+}

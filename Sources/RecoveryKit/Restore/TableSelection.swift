@@ -1,0 +1,229 @@
+import Foundation
+
+/// Which objects of a backup a selective restore creates, from its table of contents: the
+/// selected tables with what makes each usable — definition, rows, defaults, owned and identity
+/// sequences (with their values), indexes, constraints, triggers, rules, policies, comments and
+/// grants — and, reported rather than restored, the foreign keys to tables outside the selection
+/// and the views and keys elsewhere that depend on the selected tables.
+struct TableSelection {
+    typealias Name = DumpTableOfContents.Name
+    typealias Entry = DumpTableOfContents.Entry
+
+    /// The selected tables, in dump order.
+    private(set) var tables: [Name] = []
+    /// Sequences owned by (or identities of) the selected tables.
+    private(set) var sequences: Set<Name> = []
+    /// Every entry to replay, in dump order.
+    private(set) var entries: [Entry] = []
+    /// Foreign keys of selected tables that reference a table outside the selection: left out.
+    private(set) var leftOutForeignKeys: [Entry] = []
+    /// Foreign keys of tables outside the selection that reference a selected one.
+    private(set) var referencingForeignKeys: [Entry] = []
+    /// Views (and materialized views) outside the selection that read a selected table.
+    private(set) var dependentViews: [Entry] = []
+
+    /// Kinds of entries that belong to one relation (everything else supports many: schemas,
+    /// types, functions, extensions …).
+    static let relationKinds: Set<String> = [
+        "TABLE", "FOREIGN TABLE", "TABLE DATA", "VIEW", "MATERIALIZED VIEW", "MATERIALIZED VIEW DATA", "SEQUENCE", "SEQUENCE OWNED BY",
+        "SEQUENCE SET", "DEFAULT", "CONSTRAINT", "CHECK CONSTRAINT", "FK CONSTRAINT", "INDEX", "INDEX ATTACH", "TRIGGER", "RULE", "POLICY",
+        "ROW SECURITY", "STATISTICS", "PUBLICATION TABLE", "PUBLICATION TABLES IN SCHEMA",
+    ]
+    /// Object words of `COMMENT`/`ACL`/`SECURITY LABEL` tags that name a relation or a part of one.
+    private static let relationTagWords = ["TABLE", "VIEW", "MATERIALIZED VIEW", "SEQUENCE", "FOREIGN TABLE", "COLUMN", "INDEX", "CONSTRAINT",
+                                           "TRIGGER", "POLICY", "RULE", "STATISTICS"]
+
+    /// Resolves `--table SCHEMA.NAME` and `--schema NAME` patterns (`*` and `?` match any
+    /// characters, a double-quoted part matches exactly, a bare one folds to lower case).
+    ///
+    /// - Parameter supporting: also take every entry that is not one relation's (schemas,
+    ///   types, functions, extensions …): what the tables need in a new database. With
+    ///   `wholeSchemas`, every object of a selected schema is taken too.
+    /// - Throws: `RecoveryError(.usage)` for a pattern that matches nothing, naming the nearest tables.
+    init(toc: DumpTableOfContents, tablePatterns: [String], schemaPatterns: [String], supporting: Bool, wholeSchemas: Bool, backupID: String) throws {
+        let allTables = toc.entries.filter { $0.kind == "TABLE" || $0.kind == "FOREIGN TABLE" }.compactMap { entry in
+            entry.schema.map { Name(schema: $0, name: entry.name) }
+        }
+        var chosen = Set<Name>()
+        for pattern in tablePatterns {
+            let (schemaPattern, namePattern) = try Self.split(pattern)
+            let matches = allTables.filter { schemaPattern.matches($0.schema) && namePattern.matches($0.name) }
+            guard !matches.isEmpty else {
+                let nearest = allTables.map(\.qualified).sorted { Catalog.distance($0, pattern) < Catalog.distance($1, pattern) }.prefix(3)
+                throw RecoveryError(.usage, "table \(pattern) is not in backup \(backupID)",
+                                    hint: nearest.isEmpty ? "the backup holds no tables" : "nearest tables: \(nearest.joined(separator: ", ")); dbrestore contents \(backupID) lists them all")
+            }
+            chosen.formUnion(matches)
+        }
+        let allSchemas = Set(toc.entries.compactMap(\.schema)).union(toc.entries.filter { $0.kind == "SCHEMA" }.map(\.name)).sorted()
+        var schemas = Set<String>()
+        for pattern in schemaPatterns {
+            let part = Self.Part(pattern)
+            let matches = allSchemas.filter { part.matches($0) }
+            guard !matches.isEmpty else {
+                let nearest = allSchemas.sorted { Catalog.distance($0, pattern) < Catalog.distance($1, pattern) }.prefix(3)
+                throw RecoveryError(.usage, "schema \(pattern) is not in backup \(backupID)",
+                                    hint: "nearest schemas: \(nearest.joined(separator: ", ")); dbrestore contents \(backupID) lists them all")
+            }
+            schemas.formUnion(matches)
+            chosen.formUnion(allTables.filter { matches.contains($0.schema) })
+        }
+        tables = allTables.filter { chosen.contains($0) }
+
+        // Owned and identity sequences, and the indexes of each table.
+        var indexes: [Name: Name] = [:]
+        for entry in toc.entries {
+            guard let table = entry.table, chosen.contains(table), let schema = entry.schema else { continue }
+            switch entry.kind {
+            case "SEQUENCE OWNED BY", "SEQUENCE": sequences.insert(Name(schema: schema, name: entry.name))
+            case "INDEX": indexes[Name(schema: schema, name: entry.name)] = table
+            default: break
+            }
+        }
+        for entry in toc.entries {
+            let owner = Self.relation(of: entry, indexes: indexes)
+            let ownerIsChosen = owner.map { chosen.contains($0) || sequences.contains($0) } ?? false
+            if entry.kind == "FK CONSTRAINT" {
+                let referenced = entry.references ?? []
+                let inside = referenced.allSatisfy { chosen.contains($0) }
+                if ownerIsChosen && inside {
+                    entries.append(entry)
+                } else if ownerIsChosen {
+                    leftOutForeignKeys.append(entry)
+                } else if referenced.contains(where: { chosen.contains($0) }) {
+                    referencingForeignKeys.append(entry)
+                }
+                continue
+            }
+            if (entry.kind == "VIEW" || entry.kind == "MATERIALIZED VIEW"), !(wholeSchemas && schemas.contains(entry.schema ?? "")),
+               (entry.references ?? []).contains(where: { chosen.contains($0) }) {
+                dependentViews.append(entry)
+                continue
+            }
+            if ownerIsChosen {
+                entries.append(entry)
+            } else if wholeSchemas, let schema = entry.schema, schemas.contains(schema) {
+                // A view of the schema that reads tables outside it cannot be created without them.
+                if (entry.kind == "VIEW" || entry.kind == "MATERIALIZED VIEW"),
+                   (entry.references ?? []).contains(where: { allTables.contains($0) && !chosen.contains($0) }) {
+                    dependentViews.append(entry)
+                    continue
+                }
+                entries.append(entry)
+            } else if wholeSchemas, entry.schema == nil, schemas.contains(where: { entry.name == "SCHEMA \($0)" || entry.name == "SCHEMA \(QualifiedNames.display($0))" }) {
+                entries.append(entry)
+            } else if supporting, owner == nil, !Self.relationKinds.contains(entry.kind), !Self.namesRelation(entry),
+                      !["PUBLICATION", "SUBSCRIPTION", "EVENT TRIGGER"].contains(entry.kind) {
+                // (A publication or subscription is about the source's replication, not the tables' use.)
+                entries.append(entry)
+            }
+        }
+    }
+
+    /// The relation an entry belongs to (its table, or the sequence or index it is), nil for others.
+    private static func relation(of entry: Entry, indexes: [Name: Name]) -> Name? {
+        guard let schema = entry.schema else { return nil }
+        if let table = entry.table { return table }
+        switch entry.kind {
+        case "TABLE", "FOREIGN TABLE", "TABLE DATA", "ROW SECURITY", "SEQUENCE", "SEQUENCE SET", "SEQUENCE OWNED BY", "VIEW", "MATERIALIZED VIEW",
+             "MATERIALIZED VIEW DATA":
+            return Name(schema: schema, name: entry.name)
+        case "DEFAULT", "CONSTRAINT", "CHECK CONSTRAINT", "FK CONSTRAINT", "TRIGGER", "RULE", "POLICY":
+            // Tag: "<table> <name>" (raw names).
+            return entry.name.firstIndex(of: " ").map { Name(schema: schema, name: String(entry.name[..<$0])) }
+        case "COMMENT", "ACL", "SECURITY LABEL":
+            return taggedRelation(entry.name, schema: schema, indexes: indexes)
+        default:
+            return nil
+        }
+    }
+
+    /// The relation a `COMMENT`/`ACL` tag names: `TABLE orders`, `COLUMN orders.total`,
+    /// `SEQUENCE orders_id_seq`, `INDEX orders_customer`, `CONSTRAINT c ON orders`, … (names
+    /// quoted as SQL needs).
+    private static func taggedRelation(_ tag: String, schema: String, indexes: [Name: Name]) -> Name? {
+        if tag.hasPrefix("INDEX ") {
+            let index = Name(schema: schema, name: unquote(String(tag.dropFirst("INDEX ".count))))
+            return indexes[index] ?? index
+        }
+        for word in ["TABLE ", "VIEW ", "MATERIALIZED VIEW ", "SEQUENCE ", "FOREIGN TABLE "] where tag.hasPrefix(word) {
+            return Name(schema: schema, name: unquote(String(tag.dropFirst(word.count))))
+        }
+        if tag.hasPrefix("COLUMN ") {
+            let rest = Array(String(tag.dropFirst("COLUMN ".count)).utf8)
+            let (parts, _, _) = QualifiedNames.chain(in: rest, from: 0, to: rest.count)
+            return parts.count == 2 ? Name(schema: schema, name: parts[0]) : nil
+        }
+        for word in ["CONSTRAINT ", "TRIGGER ", "POLICY ", "RULE "] where tag.hasPrefix(word) {
+            guard let on = tag.range(of: " ON ", options: .backwards) else { return nil }
+            return Name(schema: schema, name: unquote(String(tag[on.upperBound...])))
+        }
+        return nil
+    }
+
+    /// Whether a `COMMENT`/`ACL` entry is about a relation (so not a supporting object).
+    private static func namesRelation(_ entry: Entry) -> Bool {
+        guard ["COMMENT", "ACL", "SECURITY LABEL"].contains(entry.kind) else { return false }
+        return relationTagWords.contains { entry.name.hasPrefix($0 + " ") }
+    }
+
+    /// A name as pg_dump's tags write it (quoted where SQL needs it) back to the name.
+    private static func unquote(_ text: String) -> String {
+        let bytes = Array(text.utf8)
+        let (parts, _, end) = QualifiedNames.chain(in: bytes, from: 0, to: bytes.count)
+        // A quoted name reads back exactly; a bare one is already what pg_dump's tags hold.
+        return parts.count == 1 && end == bytes.count && text.hasPrefix("\"") ? parts[0] : text
+    }
+
+    /// One part of a pattern: exact when double-quoted, else folded to lower case with `*` and `?` wildcards.
+    struct Part {
+        let text: String
+        let exact: Bool
+
+        init(_ pattern: String) {
+            if pattern.count >= 2, pattern.hasPrefix("\""), pattern.hasSuffix("\"") {
+                text = String(pattern.dropFirst().dropLast()).replacingOccurrences(of: "\"\"", with: "\"")
+                exact = true
+            } else {
+                text = pattern.lowercased()
+                exact = false
+            }
+        }
+
+        func matches(_ name: String) -> Bool {
+            exact ? name == text : Self.glob(Array(text.unicodeScalars), Array(name.unicodeScalars))
+        }
+
+        private static func glob(_ pattern: [Unicode.Scalar], _ name: [Unicode.Scalar]) -> Bool {
+            var p = 0, n = 0, star = -1, mark = 0
+            while n < name.count {
+                if p < pattern.count, pattern[p] == "?" || pattern[p] == name[n] {
+                    p += 1; n += 1
+                } else if p < pattern.count, pattern[p] == "*" {
+                    star = p; mark = n; p += 1
+                } else if star >= 0 {
+                    p = star + 1; mark += 1; n = mark
+                } else {
+                    return false
+                }
+            }
+            while p < pattern.count, pattern[p] == "*" { p += 1 }
+            return p == pattern.count
+        }
+    }
+
+    /// `SCHEMA.NAME` split at the dot outside double quotes.
+    ///
+    /// - Throws: `RecoveryError(.usage)` when there is no schema part.
+    static func split(_ pattern: String) throws -> (Part, Part) {
+        var quoted = false
+        for index in pattern.indices {
+            let character = pattern[index]
+            if character == "\"" { quoted.toggle() }
+            if character == ".", !quoted {
+                return (Part(String(pattern[..<index])), Part(String(pattern[pattern.index(after: index)...])))
+            }
+        }
+        throw RecoveryError(.usage, "--table \(pattern) names no schema", hint: "write SCHEMA.NAME, e.g. --table public.\(pattern) or --table 'sales.*'")
+    }
+}

@@ -1,0 +1,174 @@
+import BackupStorage
+import Foundation
+import Gzip
+@testable import RecoveryKit
+import TestSupport
+import XCTest
+
+/// Issue 18: a backup's contents, its table of contents and access points.
+final class SelectiveRestoreTests: XCTestCase {
+    var cluster: PostgresCluster!
+    var database: String!
+    var repository: String!
+    /// Small access-point spacing, so that a small test dump has several.
+    let environment = ["DBRECOVERY_TOC_ACCESS_POINT_KB": "64"]
+
+    override func setUpWithError() throws {
+        cluster = try PostgresCluster.shared()
+        database = try cluster.createDatabase(prefix: "selective")
+        repository = TestPaths.temporaryDirectory(prefix: "repo") + "/repo"
+        // Three schemas with keys between them; text that looks like pg_dump's headers inside rows
+        // and inside a function body must not be taken for objects.
+        try cluster.connect(database: database).execute(script: """
+            CREATE SCHEMA crm; CREATE SCHEMA sales; CREATE SCHEMA audit;
+            CREATE TABLE crm.customers (id bigint PRIMARY KEY, name text NOT NULL);
+            CREATE TABLE sales.orders (id serial PRIMARY KEY, customer_id bigint NOT NULL REFERENCES crm.customers, total numeric(10,2) NOT NULL,
+                                       note text, CHECK (total >= 0));
+            CREATE INDEX orders_customer ON sales.orders (customer_id);
+            CREATE TABLE sales.order_lines (order_id int REFERENCES sales.orders, line int, amount numeric, PRIMARY KEY (order_id, line));
+            CREATE TABLE audit.events (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, what text);
+            CREATE FUNCTION audit.note() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+            -- Name: fake_in_function; Type: TABLE; Schema: sales; Owner: nobody
+              INSERT INTO audit.events (what) VALUES (TG_OP || ' ' || TG_TABLE_NAME); RETURN NEW;
+            END $$;
+            CREATE TRIGGER orders_audit AFTER INSERT ON sales.orders FOR EACH ROW EXECUTE FUNCTION audit.note();
+            CREATE VIEW sales.big_orders AS SELECT * FROM sales.orders WHERE total > 900;
+            COMMENT ON TABLE sales.orders IS 'one row per order';
+            INSERT INTO crm.customers SELECT g, 'customer ' || g FROM generate_series(1, 500) g;
+            INSERT INTO sales.orders (customer_id, total, note)
+                SELECT 1 + g % 500, (g % 1000)::numeric, repeat('padding so the dump spans several access points ', 4) FROM generate_series(1, 6000) g;
+            INSERT INTO sales.orders (customer_id, total, note) VALUES (1, 1, E'\\n-- Name: fake_in_rows; Type: TABLE; Schema: sales; Owner: nobody\\n');
+            INSERT INTO sales.order_lines SELECT id, 1, total FROM sales.orders;
+            """)
+    }
+
+    private var common: [String] { ["--database-url", cluster.url(database: database), "--repo", repository] }
+
+    @discardableResult
+    private func backup(_ extra: [String] = []) throws -> String {
+        let result = try TestProcess.tool("dbbackup", common + extra, cluster: cluster, environment: environment)
+        XCTAssertEqual(result.status, 0, result.standardError)
+        return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    private func contents(_ arguments: [String]) throws -> [String: Any] {
+        let result = try TestProcess.tool("dbrestore", ["contents"] + arguments + ["--json"], cluster: cluster)
+        XCTAssertEqual(result.status, 0, result.standardError)
+        return try XCTUnwrap(JSONSerialization.jsonObject(with: Data(result.standardOutput.utf8)) as? [String: Any], result.standardOutput)
+    }
+
+    private func gunzip(_ path: String) throws -> [UInt8] {
+        var plain: [UInt8] = []
+        let decompressor = try GzipDecompressor { plain.append(contentsOf: $0) }
+        try decompressor.write(Array(try Data(contentsOf: URL(fileURLWithPath: path))))
+        try decompressor.finish()
+        return plain
+    }
+
+    private func names(_ listing: [String: Any], _ key: String) -> Set<String> {
+        Set(((listing[key] as? [[String: Any]]) ?? []).map { "\($0["schema"] as? String ?? "").\($0["name"] as? String ?? "")" })
+    }
+
+    func testContentsListsTheBackupFromItsTableOfContents() throws {
+        let id = try backup()
+        let folder = "\(repository!)/backups/\(id)"
+        let manifest = try Catalog(store: try LocalStore(root: repository, create: false)).resolve(id)
+        XCTAssertEqual(manifest.files.map(\.name), ["dump.sql.gz", "toc.json.gz"], "the table of contents is listed in the manifest with its checksum")
+        XCTAssertEqual(try TestProcess.tool("dbverify", ["--files", id, "--repo", repository]).status, 0, "dbverify checks the table of contents too")
+
+        let listing = try contents([id, "--repo", repository])
+        XCTAssertEqual(listing["source"] as? String, "table-of-contents")
+        XCTAssertTrue(Set(listing["schemas"] as? [String] ?? []).isSuperset(of: ["audit", "crm", "sales"]), "\(listing["schemas"] ?? "")")
+        let tables = try XCTUnwrap(listing["tables"] as? [[String: Any]])
+        var rows: [String: Int64] = [:], sizes: [String: Int64] = [:]
+        for table in tables {
+            let name = "\(table["schema"] as? String ?? "").\(table["name"] as? String ?? "")"
+            rows[name] = (table["rows"] as? NSNumber)?.int64Value
+            sizes[name] = (table["dump_bytes"] as? NSNumber)?.int64Value
+        }
+        XCTAssertEqual(rows, ["crm.customers": 500, "sales.orders": 6001, "sales.order_lines": 6001, "audit.events": 0])
+        XCTAssertGreaterThan(sizes["sales.orders"] ?? 0, 6001 * 200, "orders' rows take most of the dump")
+        XCTAssertLessThan(sizes["crm.customers"] ?? 0, sizes["sales.orders"] ?? 0)
+        XCTAssertTrue(names(listing, "sequences").isSuperset(of: ["sales.orders_id_seq", "audit.events_id_seq"]), "\(names(listing, "sequences"))")
+        XCTAssertEqual(names(listing, "functions"), ["audit.note()"])
+        XCTAssertEqual(names(listing, "views"), ["sales.big_orders"])
+        let other = try XCTUnwrap(listing["other"] as? [String: Any])
+        XCTAssertTrue(names(other, "INDEX").contains("sales.orders_customer"), "\(other.keys)")
+        XCTAssertTrue(names(other, "FK CONSTRAINT").contains("sales.orders orders_customer_id_fkey"))
+        XCTAssertTrue(names(other, "TRIGGER").contains("sales.orders orders_audit"))
+        let everything = tables.map { "\($0["name"] ?? "")" } + other.values.flatMap { ($0 as? [[String: Any]] ?? []).map { "\($0["name"] ?? "")" } }
+        XCTAssertFalse(everything.contains { $0.hasPrefix("fake_in") }, "a header-like line inside rows or a function body is not an object")
+        XCTAssertGreaterThan((listing["access_points"] as? Int) ?? 0, 3)
+
+        // The offsets are right: each entry starts at its header in the dump, and each access
+        // point decodes on its own to the dump from its offset on, matching its segment digest.
+        let dump = try gunzip(folder + "/dump.sql.gz")
+        let toc = try JSONOutput.decoder().decode(DumpTableOfContents.self, from: Data(try gunzip(folder + "/toc.json.gz")))
+        XCTAssertEqual(toc.dumpBytes, UInt64(dump.count))
+        for entry in toc.entries {
+            let head = String(decoding: dump[Int(entry.start)..<min(dump.count, Int(entry.start) + 200)], as: UTF8.self)
+            XCTAssertTrue(head.hasPrefix("-- Name: \(entry.name); Type: \(entry.kind);") || head.hasPrefix("-- Data for Name: \(entry.name); Type: \(entry.kind);"), head)
+        }
+        let orders = try XCTUnwrap(toc.entries.first { $0.kind == "TABLE DATA" && $0.name == "orders" })
+        let rowsText = String(decoding: dump[Int(orders.start)..<Int(orders.end)], as: UTF8.self)
+        XCTAssertTrue(rowsText.contains("COPY sales.orders (id, customer_id, total, note) FROM stdin;") && rowsText.contains("\n\\.\n"))
+        let stored = Array(try Data(contentsOf: URL(fileURLWithPath: folder + "/dump.sql.gz")))
+        for (index, point) in toc.accessPoints.enumerated() {
+            let end = index + 1 < toc.accessPoints.count ? Int(toc.accessPoints[index + 1].compressedOffset) : stored.count
+            var digest = StreamingDigest()
+            stored[Int(point.compressedOffset)..<end].withUnsafeBytes { digest.update($0) }
+            XCTAssertEqual(digest.hexDigest(), point.segmentSha256, "segment \(index)")
+            guard index > 0 else { continue }
+            var decoded: [UInt8] = []
+            let decompressor = try GzipDecompressor(resumingAt: GzipAccessPoint(compressedOffset: point.compressedOffset, uncompressedOffset: point.uncompressedOffset)) {
+                decoded.append(contentsOf: $0)
+            }
+            try decompressor.write(Array(stored[Int(point.compressedOffset)...]))
+            XCTAssertTrue(decoded == Array(dump[Int(point.uncompressedOffset)...]), "access point \(index) decodes to other bytes")
+        }
+        // Still one gzip member that stock gunzip | psql restores.
+        let gunzipCheck = try TestProcess.shell("gzip -t '\(folder)/dump.sql.gz' && gzip -dc '\(folder)/dump.sql.gz' | tail -c 200 | grep -q 'PostgreSQL database dump complete'")
+        XCTAssertEqual(gunzipCheck.status, 0, gunzipCheck.standardError)
+
+        let text = try TestProcess.tool("dbrestore", ["contents", id, "--repo", repository])
+        XCTAssertEqual(text.status, 0, text.standardError)
+        XCTAssertTrue(text.standardOutput.contains("sales.orders") && text.standardOutput.contains("6001") && text.standardOutput.contains("table of contents"),
+                      text.standardOutput)
+    }
+
+    /// Backups taken before tables of contents existed: the same listing from a full scan.
+    func testContentsOfABackupWithoutTableOfContentsScansTheDump() throws {
+        let id = try backup()
+        let withTOC = try contents([id, "--repo", repository])
+        // Make it look like an old backup: no toc.json.gz, not in the manifest.
+        let store = try LocalStore(root: repository, create: false)
+        var manifest = try Catalog(store: store).resolve(id)
+        manifest.files.removeAll { $0.name == "toc.json.gz" }
+        try store.write("backups/\(id)/manifest.json", contents: try manifest.encoded())
+        try store.delete(["backups/\(id)/toc.json.gz"])
+
+        let scanned = try contents(["latest", "--repo", repository])
+        XCTAssertEqual(scanned["source"] as? String, "full-scan")
+        for key in ["schemas", "tables", "sequences", "functions", "views", "other"] {
+            XCTAssertEqual(NSDictionary(dictionary: ["v": scanned[key] ?? 0]), NSDictionary(dictionary: ["v": withTOC[key] ?? 0]), "\(key) differs between the scan and the table of contents")
+        }
+    }
+
+    /// An encrypted repository: the table of contents is encrypted like the dump, and read with the key.
+    func testContentsOfAnEncryptedBackupNeedsTheKey() throws {
+        let keyFile = TestPaths.temporaryDirectory(prefix: "key") + "/repository.key"
+        try ("selective-" + UUID().uuidString).write(toFile: keyFile, atomically: true, encoding: .utf8)
+        let id = try backup(["--encryption-key-file", keyFile])
+        let manifest = try Catalog(store: try LocalStore(root: repository, create: false)).resolve(id)
+        XCTAssertEqual(manifest.files.map { $0.encryptionKeyFingerprint != nil }, [true, true], "the table of contents is encrypted like the dump")
+        let stored = try Data(contentsOf: URL(fileURLWithPath: "\(repository!)/backups/\(id)/toc.json.gz"))
+        XCTAssertNil(String(data: stored, encoding: .utf8).flatMap { $0.contains("orders") ? $0 : nil }, "no plaintext names in the stored table of contents")
+        let listing = try contents([id, "--repo", repository, "--encryption-key-file", keyFile])
+        XCTAssertEqual(listing["source"] as? String, "table-of-contents")
+        XCTAssertEqual(((listing["tables"] as? [[String: Any]]) ?? []).count, 4)
+        let noKey = try TestProcess.tool("dbrestore", ["contents", id, "--repo", repository], cluster: cluster)
+        XCTAssertNotEqual(noKey.status, 0)
+        XCTAssertTrue(noKey.standardError.contains("--encryption-key-file"), noKey.standardError)
+    }
+}
