@@ -172,3 +172,76 @@ final class SelectiveRestoreTests: XCTestCase {
         XCTAssertTrue(noKey.standardError.contains("--encryption-key-file"), noKey.standardError)
     }
 }
+
+/// Issue 18: restoring one table, one schema, or in place.
+extension SelectiveRestoreTests {
+    private func restore(_ arguments: [String]) throws -> TestProcess.Result {
+        try TestProcess.tool("dbrestore", arguments + common, cluster: cluster, environment: environment)
+    }
+
+    private func query(_ sql: String) throws -> [[String?]] {
+        let connection = try cluster.connect(database: database)
+        defer { connection.close() }
+        return try connection.query(sql).rows.map(\.values)
+    }
+
+    /// The acceptance case: an UPDATE without WHERE; the table comes back next to the live one.
+    func testOneTableIntoARescueSchemaNextToTheLiveOne() throws {
+        let id = try backup()
+        let before = try query("SELECT sum(total)::text, count(*)::text FROM sales.orders")[0]
+        try cluster.connect(database: database).execute(script: "UPDATE sales.orders SET total = 0")
+
+        let dryRun = try restore(["latest", "--table", "sales.orders", "--into-schema", "rescue", "--dry-run"])
+        XCTAssertEqual(dryRun.status, 0, dryRun.standardError)
+        for object in ["TABLE: orders in rescue", "TABLE DATA: orders in rescue (20001 rows)", "SEQUENCE: orders_id_seq in rescue", "DEFAULT: orders id in rescue",
+                       "CONSTRAINT: orders orders_pkey in rescue", "INDEX: orders_customer in rescue", "TRIGGER: orders orders_audit in rescue",
+                       "COMMENT: TABLE orders in rescue", "SEQUENCE SET: orders_id_seq in rescue"] {
+            XCTAssertTrue(dryRun.standardOutput.contains("  " + object + "\n"), "dry run lacks \(object):\n\(dryRun.standardOutput)")
+        }
+        XCTAssertTrue(dryRun.standardOutput.contains("FK CONSTRAINT: orders orders_customer_id_fkey in sales → crm.customers"), dryRun.standardOutput)
+        XCTAssertTrue(dryRun.standardOutput.contains("left out"), dryRun.standardOutput)
+        XCTAssertTrue(dryRun.standardOutput.contains("views that read these tables (not restored): sales.big_orders"), dryRun.standardOutput)
+        XCTAssertEqual(try query("SELECT count(*)::text FROM pg_namespace WHERE nspname = 'rescue'")[0][0], "0", "a dry run changes nothing")
+
+        let result = try restore(["latest", "--table", "sales.orders", "--into-schema", "rescue", "--json"])
+        XCTAssertEqual(result.status, 0, result.standardError)
+        let report = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(result.standardOutput.utf8)) as? [String: Any], result.standardOutput)
+        XCTAssertEqual((report["plan"] as? [String: Any])?["backup_id"] as? String, id)
+        XCTAssertEqual(((report["verification"] as? [String: Any])?["tables"] as? [[String: Any]])?.first?["status"] as? String, "ok")
+        XCTAssertEqual((report["read"] as? [String: Any])?["method"] as? String, "ranged")
+
+        XCTAssertEqual(try query("SELECT sum(total)::text, count(*)::text FROM rescue.orders")[0], before, "the backup's rows")
+        XCTAssertEqual(try query("SELECT sum(total)::text FROM sales.orders")[0][0], "0.00", "the live table is untouched")
+        // Indexes, constraints, the check, the default from its own sequence, the trigger, the comment.
+        XCTAssertEqual(Set(try query("SELECT indexname FROM pg_indexes WHERE schemaname = 'rescue'").map { $0[0] ?? "" }), ["orders_pkey", "orders_customer"])
+        XCTAssertEqual(Set(try query("SELECT conname || ':' || contype::text FROM pg_constraint WHERE conrelid = 'rescue.orders'::regclass").map { $0[0] ?? "" }),
+                       ["orders_pkey:p", "orders_total_check:c"], "the key to crm.customers is left out, as the run says")
+        XCTAssertEqual(try query("SELECT pg_get_expr(adbin, adrelid) FROM pg_attrdef WHERE adrelid = 'rescue.orders'::regclass")[0][0],
+                       "nextval('rescue.orders_id_seq'::regclass)")
+        XCTAssertEqual(try query("SELECT last_value::text FROM rescue.orders_id_seq")[0][0], "20001")
+        XCTAssertEqual(try query("SELECT tgname FROM pg_trigger WHERE tgrelid = 'rescue.orders'::regclass AND NOT tgisinternal")[0][0], "orders_audit")
+        XCTAssertEqual(try query("SELECT obj_description('rescue.orders'::regclass, 'pg_class')")[0][0], "one row per order")
+        XCTAssertEqual(try query("SELECT count(*)::text FROM audit.events")[0][0], "20001", "no trigger fired while the rows loaded")
+
+        // The README's one statement that copies the rows back.
+        try cluster.connect(database: database).execute(script: "UPDATE sales.orders o SET total = r.total FROM rescue.orders r WHERE r.id = o.id")
+        XCTAssertEqual(try query("SELECT sum(total)::text, count(*)::text FROM sales.orders")[0], before)
+
+        // The rescue schema exists now: a second run refuses instead of writing into it.
+        let again = try restore(["latest", "--table", "sales.orders", "--into-schema", "rescue"])
+        XCTAssertEqual(again.status, 2, again.standardError)
+        XCTAssertTrue(again.standardError.contains("schema rescue already exists"), again.standardError)
+    }
+
+    func testAnUnknownTableIsRefusedWithTheNearestNames() throws {
+        try backup()
+        let result = try restore(["latest", "--table", "sales.ordrs", "--into-schema", "rescue"])
+        XCTAssertEqual(result.status, 2, result.standardError)
+        XCTAssertTrue(result.standardError.contains("table sales.ordrs is not in backup"), result.standardError)
+        XCTAssertTrue(result.standardError.contains("nearest tables: sales.orders"), result.standardError)
+        let schema = try restore(["latest", "--schema", "sale"])
+        XCTAssertEqual(schema.status, 2, schema.standardError)
+        XCTAssertTrue(schema.standardError.contains("nearest schemas: sales"), schema.standardError)
+        XCTAssertEqual(try query("SELECT count(*)::text FROM pg_namespace WHERE nspname LIKE 'rescue%' OR nspname LIKE 'restored%'")[0][0], "0")
+    }
+}
