@@ -245,3 +245,98 @@ extension SelectiveRestoreTests {
         XCTAssertEqual(try query("SELECT count(*)::text FROM pg_namespace WHERE nspname LIKE 'rescue%' OR nspname LIKE 'restored%'")[0][0], "0")
     }
 }
+
+/// Issue 18: `--replace` and `--into-database`.
+extension SelectiveRestoreTests {
+    /// pg_dump of the database without the named tables (and their sequences), `\restrict` keys dropped.
+    private func dumpExcluding(_ patterns: [String]) throws -> String {
+        let pgDump = try PostgresTools().path(of: "pg_dump")
+        let result = try TestProcess.run(pgDump, ["--no-password", "-d", cluster.url(database: database)] + patterns.flatMap { ["--exclude-table", $0] },
+                                         environment: cluster.environment)
+        XCTAssertEqual(result.status, 0, result.standardError)
+        return result.standardOutput.split(separator: "\n", omittingEmptySubsequences: false)
+            .filter { !$0.hasPrefix("\\restrict") && !$0.hasPrefix("\\unrestrict") }.joined(separator: "\n")
+    }
+
+    func testReplaceBringsBackADroppedTableAndChangesNothingElse() throws {
+        let role = "reporting_\(UUID().uuidString.prefix(8).lowercased())"
+        try cluster.connect(database: database).execute(script: """
+            CREATE ROLE \(role);
+            GRANT USAGE ON SCHEMA sales TO \(role);
+            GRANT SELECT ON sales.orders TO \(role);
+            GRANT USAGE ON SEQUENCE sales.orders_id_seq TO \(role);
+            COMMENT ON COLUMN sales.orders.total IS 'gross, in EUR';
+            """)
+        try backup()
+        try cluster.connect(database: database).execute(script: "DROP TABLE sales.orders CASCADE; INSERT INTO crm.customers VALUES (9999, 'after the backup')")
+        let surroundings = try dumpExcluding(["sales.orders", "sales.orders_id_seq"])
+
+        let result = try restore(["latest", "--table", "sales.orders", "--replace", "--yes"])
+        XCTAssertEqual(result.status, 0, result.standardError)
+        XCTAssertTrue(result.standardOutput.contains("replaced sales.orders"), result.standardOutput)
+
+        XCTAssertEqual(try query("SELECT count(*)::text, sum(total)::text FROM sales.orders")[0][0], "20001")
+        XCTAssertEqual(Set(try query("SELECT indexname FROM pg_indexes WHERE schemaname = 'sales' AND tablename = 'orders'").map { $0[0] ?? "" }),
+                       ["orders_pkey", "orders_customer"])
+        XCTAssertEqual(try query("SELECT last_value::text FROM sales.orders_id_seq")[0][0], "20001")
+        XCTAssertEqual(try query("SELECT pg_get_expr(adbin, adrelid) FROM pg_attrdef WHERE adrelid = 'sales.orders'::regclass")[0][0],
+                       "nextval('sales.orders_id_seq'::regclass)")
+        XCTAssertEqual(try query("SELECT has_table_privilege('\(role)', 'sales.orders', 'SELECT')::text, has_table_privilege('\(role)', 'sales.orders', 'INSERT')::text")[0],
+                       ["true", "false"])
+        XCTAssertEqual(try query("SELECT has_sequence_privilege('\(role)', 'sales.orders_id_seq', 'USAGE')::text")[0][0], "true")
+        XCTAssertEqual(try query("SELECT col_description('sales.orders'::regclass, 3)")[0][0], "gross, in EUR")
+        XCTAssertEqual(try query("SELECT obj_description('sales.orders'::regclass, 'pg_class')")[0][0], "one row per order")
+        XCTAssertEqual(try query("SELECT count(*)::text FROM pg_namespace WHERE nspname LIKE 'restored\\_%'")[0][0], "0", "the staging schema is gone")
+        XCTAssertEqual(try dumpExcluding(["sales.orders", "sales.orders_id_seq"]), surroundings, "everything else is exactly as it was")
+        XCTAssertEqual(try query("SELECT count(*)::text FROM sales.orders WHERE id = 20001")[0][0], "1")
+        try cluster.connect(database: database).execute(script: "INSERT INTO sales.orders (customer_id, total) VALUES (1, 5)")
+        XCTAssertEqual(try query("SELECT max(id)::text FROM sales.orders")[0][0], "20002", "the sequence goes on from the backup's value")
+    }
+
+    /// The live table exists and other objects depend on it: refused, unless --cascade-report.
+    func testReplaceOfALiveTableKeepsItAsideAndRepointsOnlyWhenTold() throws {
+        try backup()
+        try cluster.connect(database: database).execute(script: "UPDATE sales.orders SET total = 0")
+        let refused = try restore(["latest", "--table", "sales.orders", "--replace", "--yes"])
+        XCTAssertEqual(refused.status, 31, refused.standardError)
+        XCTAssertTrue(refused.standardError.contains("other objects depend on sales.orders") && refused.standardError.contains("big_orders")
+                      && refused.standardError.contains("order_lines_order_id_fkey") && refused.standardError.contains("--cascade-report"), refused.standardError)
+        XCTAssertEqual(try query("SELECT sum(total)::text FROM sales.orders")[0][0], "0.00", "refused: nothing changed")
+        XCTAssertEqual(try query("SELECT count(*)::text FROM pg_namespace WHERE nspname LIKE 'restored\\_%'")[0][0], "0")
+
+        let result = try restore(["latest", "--table", "sales.orders", "--replace", "--cascade-report", "--yes"])
+        XCTAssertEqual(result.status, 0, result.standardError)
+        XCTAssertTrue(result.standardOutput.contains("re-pointed: view sales.big_orders") || result.standardOutput.contains("re-pointed: rule _RETURN on view sales.big_orders"),
+                      result.standardOutput)
+        XCTAssertNotEqual(try query("SELECT sum(total)::text FROM sales.orders")[0][0], "0.00")
+        let aside = try XCTUnwrap(try query("SELECT relname FROM pg_class WHERE relnamespace = 'sales'::regnamespace AND relname LIKE 'orders\\_pre\\_restore\\_%' AND relkind = 'r'").first?[0] ?? nil)
+        XCTAssertEqual(try query("SELECT sum(total)::text FROM sales.\(aside)")[0][0], "0.00", "the old table is kept, never dropped")
+        // The view and the key now read the restored table.
+        XCTAssertEqual(try query("SELECT count(*)::text FROM sales.big_orders")[0][0], try query("SELECT count(*)::text FROM sales.orders WHERE total > 900")[0][0])
+        XCTAssertEqual(try query("SELECT confrelid::regclass::text FROM pg_constraint WHERE conname = 'order_lines_order_id_fkey'")[0][0], "sales.orders")
+    }
+
+    func testASchemaIntoANewDatabase() throws {
+        let id = try backup()
+        let target = "\(database!)_sales"
+        let result = try restore(["latest", "--schema", "sales", "--into-database", target])
+        XCTAssertEqual(result.status, 0, result.standardError)
+        defer { _ = try? cluster.connect().execute(script: "DROP DATABASE IF EXISTS \(target)") }
+        let copy = try cluster.connect(database: target)
+        defer { copy.close() }
+        XCTAssertEqual(try copy.query("SELECT count(*)::text FROM sales.orders").scalar, "20001")
+        XCTAssertEqual(try copy.query("SELECT count(*)::text FROM sales.order_lines").scalar, "20001")
+        XCTAssertEqual(try copy.query("SELECT count(*)::text FROM sales.big_orders").scalar, try query("SELECT count(*)::text FROM sales.big_orders")[0][0], "the schema's view came too")
+        XCTAssertEqual(try copy.query("SELECT confrelid::regclass::text FROM pg_constraint WHERE conname = 'order_lines_order_id_fkey'").scalar, "sales.orders",
+                       "keys inside the selection are restored")
+        XCTAssertEqual(try copy.query("SELECT count(*)::text FROM pg_constraint WHERE conname = 'orders_customer_id_fkey'").scalar, "0", "the key to crm is left out")
+        XCTAssertEqual(try copy.query("SELECT to_regclass('crm.customers')::text").scalar, nil, "no table outside the selection")
+        XCTAssertEqual(try copy.query("SELECT count(*)::text FROM pg_proc WHERE proname = 'note'").scalar, "1", "the trigger's function is there")
+        let marker = try cluster.connect().query("SELECT setconfig::text FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = $1", [target]).scalar ?? ""
+        XCTAssertTrue(marker.contains("dbrecovery.marker") && marker.contains("restored") && marker.contains(id), marker)
+
+        let exists = try restore(["latest", "--schema", "sales", "--into-database", target])
+        XCTAssertEqual(exists.status, 2, exists.standardError)
+        XCTAssertTrue(exists.standardError.contains("database \(target) already exists"), exists.standardError)
+    }
+}

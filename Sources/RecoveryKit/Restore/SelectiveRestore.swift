@@ -364,24 +364,25 @@ public enum SelectiveRestore {
         var kept: [String: String] = [:]
         var repointed: [String] = []
         let selected = Set(selection.tables.map(\.qualified))
+        var afterSwap: [String] = []
         for table in selection.tables {
             let live = try connection.query("SELECT to_regclass($1)::oid::text", [table.qualified]).scalar
             if let live, !live.isEmpty {
-                // Objects outside the selection that depend on the live table: views, other tables' keys.
-                let dependents = try connection.query("""
-                    SELECT DISTINCT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid),
-                           CASE WHEN d.classid = 'pg_catalog.pg_rewrite'::regclass THEN (SELECT r.ev_class::regclass::text FROM pg_catalog.pg_rewrite r WHERE r.oid = d.objid)
-                                WHEN d.classid = 'pg_catalog.pg_constraint'::regclass THEN (SELECT c.conrelid::regclass::text FROM pg_catalog.pg_constraint c WHERE c.oid = d.objid) END
-                    FROM pg_catalog.pg_depend d
-                    WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = $1::oid AND d.deptype = 'n'
-                    """, [live]).rows.map { ($0[0] ?? "?", $0[1] ?? "") }
-                    .filter { !selected.contains($0.1) && $0.1 != table.qualified }
+                let dependents = try Dependent.list(of: live, outside: selected.union([table.qualified]), on: connection)
                 if !dependents.isEmpty {
                     guard configuration.cascadeReport else {
-                        throw RecoveryError(.restoreFailed, "other objects depend on \(table.qualified): \(dependents.map(\.0).joined(separator: "; ")); nothing was changed",
+                        throw RecoveryError(.restoreFailed, "other objects depend on \(table.qualified): \(dependents.map(\.description).joined(separator: "; ")); nothing was changed",
                                             hint: "restore it --into-schema and copy the rows back with SQL, or add --cascade-report to re-point them at the restored table")
                     }
-                    repointed += try repoint(table, dependents: dependents.map(\.0), liveOID: live, on: connection)
+                    if let unsupported = dependents.first(where: { $0.kind == .other }) {
+                        throw RecoveryError(.restoreFailed, "\(unsupported.description) depends on \(table.qualified) and cannot be re-pointed (only views and foreign keys can); nothing was changed",
+                                            hint: "restore it --into-schema and copy the rows back with SQL")
+                    }
+                    for dependent in dependents {
+                        if let before = dependent.before { try connection.execute(script: before) }
+                        afterSwap.append(dependent.after)
+                        repointed.append(dependent.description)
+                    }
                 }
                 let aside = LogicalRestore.identifier(table.name, suffix: suffix)
                 // Indexes and owned sequences keep the schema's names free for the restored ones.
@@ -400,17 +401,58 @@ public enum SelectiveRestore {
             }
             try connection.execute(script: "ALTER TABLE \(QualifiedNames.quote(staged)).\(QualifiedNames.quote(table.name)) SET SCHEMA \(QualifiedNames.quote(table.schema))")
         }
+        // Views re-created and keys added back now that the restored tables have the names.
+        for statement in afterSwap { try connection.execute(script: statement) }
         // Owned sequences moved with their tables; anything else left there means the staging schema is not empty: refuse.
         try connection.execute(script: "DROP SCHEMA \(QualifiedNames.quote(staged)) RESTRICT")
         return (kept, repointed)
     }
 
-    /// Re-points views and other tables' foreign keys from the live table to the restored one
-    /// (which will take its name): views are re-created from their definitions once the names are
-    /// swapped; keys are dropped here and added back, validated, against the restored table.
-    private static func repoint(_ table: DumpTableOfContents.Name, dependents: [String], liveOID: String, on connection: PostgresConnection) throws -> [String] {
-        throw RecoveryError(.restoreFailed, "re-pointing \(dependents.joined(separator: "; ")) at the restored \(table.qualified) is not supported yet; nothing was changed",
-                            hint: "restore it --into-schema and copy the rows back with SQL (see README, Selective restore)")
+    /// An object outside the selection that depends on a live table `--replace` renames aside.
+    struct Dependent {
+        enum Kind { case view, foreignKey, other }
+        var kind: Kind
+        var description: String
+        /// Run before the live table is renamed (a key is dropped).
+        var before: String?
+        /// Run once the restored table has the name: the view re-created from its definition, the key added back (validated).
+        var after: String
+
+        /// Views, other tables' foreign keys and anything else that depends on the relation `oid`
+        /// (normal dependencies), except parts of the relations in `outside`.
+        static func list(of oid: String, outside: Set<String>, on connection: PostgresConnection) throws -> [Dependent] {
+            // Run with search_path '' (the dump's): every name comes back qualified.
+            let rows = try connection.query("""
+                SELECT DISTINCT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid),
+                       CASE WHEN d.classid = 'pg_catalog.pg_rewrite'::regclass THEN 'view'
+                            WHEN d.classid = 'pg_catalog.pg_constraint'::regclass THEN 'constraint' ELSE 'other' END,
+                       CASE WHEN d.classid = 'pg_catalog.pg_rewrite'::regclass THEN (SELECT r.ev_class::regclass::text FROM pg_catalog.pg_rewrite r WHERE r.oid = d.objid)
+                            WHEN d.classid = 'pg_catalog.pg_constraint'::regclass THEN (SELECT c.conrelid::regclass::text FROM pg_catalog.pg_constraint c WHERE c.oid = d.objid) END,
+                       CASE WHEN d.classid = 'pg_catalog.pg_rewrite'::regclass
+                            THEN (SELECT c.relkind::text || pg_catalog.pg_get_viewdef(r.ev_class) FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class c ON c.oid = r.ev_class WHERE r.oid = d.objid)
+                            WHEN d.classid = 'pg_catalog.pg_constraint'::regclass
+                            THEN (SELECT c.contype::text || pg_catalog.quote_ident(c.conname) || ' ' || pg_catalog.pg_get_constraintdef(c.oid) FROM pg_catalog.pg_constraint c WHERE c.oid = d.objid) END
+                FROM pg_catalog.pg_depend d
+                WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = $1::oid AND d.deptype = 'n'
+                """, [oid]).rows
+            return rows.compactMap { row -> Dependent? in
+                let description = row[0] ?? "?", owner = row[2] ?? "", detail = row[3] ?? ""
+                if outside.contains(owner) { return nil }
+                switch (row[1], detail.first) {
+                case ("view", "v"):
+                    return Dependent(kind: .view, description: description, before: nil,
+                                     after: "CREATE OR REPLACE VIEW \(owner) AS \(detail.dropFirst())")
+                case ("constraint", "f"):
+                    let definition = detail.dropFirst()
+                    guard let space = definition.firstIndex(of: " ") else { return Dependent(kind: .other, description: description, before: nil, after: "") }
+                    let name = definition[..<space]
+                    return Dependent(kind: .foreignKey, description: description, before: "ALTER TABLE \(owner) DROP CONSTRAINT \(name)",
+                                     after: "ALTER TABLE \(owner) ADD CONSTRAINT \(name) \(definition[definition.index(after: space)...])")
+                default:
+                    return Dependent(kind: .other, description: description, before: nil, after: "")
+                }
+            }
+        }
     }
 
     private static func step<T>(_ timeline: Timeline?, _ title: String, _ body: () throws -> T) throws -> T {
