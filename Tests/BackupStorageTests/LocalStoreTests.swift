@@ -82,4 +82,28 @@ final class LocalStoreTests: XCTestCase {
             XCTAssertThrowsError(try RepositoryLocation(parsing: bad), bad)
         }
     }
+
+    /// Selective restores read one part of a dump: exactly the bytes asked for, and a file that
+    /// ends before the range is an error, not a short read.
+    func testRangedReaderReadsExactlyTheRange() throws {
+        let bytes = (0..<10_000).map { UInt8(truncatingIfNeeded: $0 * 7) }
+        try store.write("backups/a/data", contents: Data(bytes))
+        func read(_ range: Range<UInt64>) throws -> [UInt8] {
+            let reader = try store.makeReader("backups/a/data", range: range)
+            defer { reader.close() }
+            var result: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 333)
+            while true {
+                let count = try buffer.withUnsafeMutableBytes { try reader.read(into: $0) }
+                if count == 0 { return result }
+                result += buffer[0..<count]
+            }
+        }
+        XCTAssertEqual(try read(1234..<5678), Array(bytes[1234..<5678]))
+        XCTAssertEqual(try read(0..<10_000), bytes)
+        XCTAssertEqual(try read(9_999..<10_000), [bytes[9_999]])
+        XCTAssertThrowsError(try read(9_000..<10_001)) { error in
+            XCTAssertTrue("\(error)".contains("truncated"), "\(error)")
+        }
+    }
 }

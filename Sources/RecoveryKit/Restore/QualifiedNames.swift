@@ -142,8 +142,12 @@ struct QualifiedNames {
             index += 1
         }
         let end = min(index, sql.count)
-        // A name with a quote or backslash in it would need unescaping first; pg_dump's regclass literals have none.
-        if plain, end > quote + 1 {
+        // Only where pg_dump writes a relation as a literal: `'…'::regclass` and `setval('…', …)`;
+        // any other text stays as it is, even when it reads like a name. A name with a quote or
+        // backslash in it would need unescaping first; pg_dump's regclass literals have none.
+        let regclass = sql[min(end + 1, sql.count)...].starts(with: Array("::regclass".utf8))
+        let setval = sql[..<quote].reversed().starts(with: Array("setval(".utf8).reversed())
+        if plain, regclass || setval, end > quote + 1 {
             let (parts, ranges, stop) = chain(in: sql, from: quote + 1, to: end)
             if stop == end, parts.count >= 2, let first = ranges.first { found.append(Reference(parts: parts, schemaRange: first, inLiteral: true)) }
         }
