@@ -425,3 +425,18 @@ extension SelectiveRestoreTests {
                        "rescue.orders", "a key between two selected tables points at the restored one")
     }
 }
+
+/// Issue 18: identity columns keep their sequence state.
+extension SelectiveRestoreTests {
+    func testAnIdentityTableKeepsItsSequenceState() throws {
+        try backup()
+        let result = try restore(["latest", "--table", "audit.events", "--into-schema", "rescue"])
+        XCTAssertEqual(result.status, 0, result.standardError)
+        XCTAssertEqual(try query("SELECT attidentity::text FROM pg_attribute WHERE attrelid = 'rescue.events'::regclass AND attname = 'id'")[0][0], "a")
+        XCTAssertEqual(try query("SELECT pg_get_serial_sequence('rescue.events', 'id')")[0][0], "rescue.events_id_seq")
+        XCTAssertEqual(try query("SELECT last_value::text FROM rescue.events_id_seq")[0][0], "20001")
+        XCTAssertEqual(try query("SELECT last_value::text FROM audit.events_id_seq")[0][0], "20001", "the live sequence is its own")
+        try cluster.connect(database: database).execute(script: "INSERT INTO rescue.events (what) VALUES ('next')")
+        XCTAssertEqual(try query("SELECT max(id)::text FROM rescue.events")[0][0], "20002")
+    }
+}
