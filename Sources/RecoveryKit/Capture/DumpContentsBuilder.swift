@@ -14,6 +14,8 @@ final class DumpContentsBuilder {
     private var entries: [DumpTableOfContents.Entry] = []
     private var settings: [DumpTableOfContents.Setting] = []
     private var accessPoints: [DumpTableOfContents.AccessPoint] = []
+    /// Tables and views seen so far: what a view's query can name.
+    private var relations = Set<DumpTableOfContents.Name>()
     private var pendingPoint = GzipAccessPoint(compressedOffset: 0, uncompressedOffset: 0)
     private var segment = StreamingDigest()
     private var compressedBytes: UInt64 = 0
@@ -67,7 +69,9 @@ final class DumpContentsBuilder {
             guard sql.starts(with: Array("CREATE ".utf8)) else { return }
             let own = DumpTableOfContents.Name(schema: entries[last].schema ?? "", name: entries[last].name)
             var read: [DumpTableOfContents.Name] = []
-            for reference in names.map(name) where reference != own && !read.contains(reference) { read.append(reference) }
+            // Only relations the dump created before (pg_dump orders a view after what it reads);
+            // `orders.total` in the query is a column, not a relation.
+            for reference in names.map(name) where reference != own && relations.contains(reference) && !read.contains(reference) { read.append(reference) }
             entries[last].references = read
         default:
             return
@@ -133,6 +137,10 @@ final class DumpContentsBuilder {
         }
         // One header parser for the toolkit: the schema normaliser's (names may hold "; Type: ").
         guard let parsed = SchemaNormalizer.parseHeader("-- Name: " + ByteText.utf8OrLatin1(Array(rest))) else { return }
-        entries.append(.init(kind: parsed.type, schema: parsed.schema == "-" ? nil : parsed.schema, name: parsed.name, start: offset, end: offset))
+        let schema = parsed.schema == "-" ? nil : parsed.schema
+        entries.append(.init(kind: parsed.type, schema: schema, name: parsed.name, start: offset, end: offset))
+        if let schema, ["TABLE", "FOREIGN TABLE", "VIEW", "MATERIALIZED VIEW"].contains(parsed.type) {
+            relations.insert(.init(schema: schema, name: parsed.name))
+        }
     }
 }

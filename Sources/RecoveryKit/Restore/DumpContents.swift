@@ -108,7 +108,7 @@ public struct DumpTableOfContents: Codable, Equatable, Sendable {
             contents = try JSONOutput.decoder().decode(DumpTableOfContents.self, from: data)
         } catch {
             throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(fileName) is unreadable: \(error)",
-                                hint: "the dump itself is unaffected; restore the whole backup, or list its contents with a full scan after removing \(fileName) from the manifest")
+                                hint: "the dump itself is unaffected; restore the whole backup (dbrestore \(manifest.id)), or another backup")
         }
         guard contents.formatVersion == currentFormatVersion,
               let dump = manifest.files.first(where: { $0.name == LogicalCapture.dumpFileName }), dump.rawBytes == contents.dumpBytes else {

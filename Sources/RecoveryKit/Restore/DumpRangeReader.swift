@@ -32,7 +32,8 @@ enum DumpRangeReader {
             if let toc, toc.accessPoints.count > 0, file.encryptionKeyFingerprint == nil, toc.compressedBytes == file.storedBytes {
                 return try ranged(wanted, file: file, manifest: manifest, toc: toc, store: store, into: sink)
             }
-            let why = file.encryptionKeyFingerprint != nil ? "encrypted backup" : "no table of contents"
+            let why = file.encryptionKeyFingerprint != nil ? "encrypted backup"
+                : toc == nil || toc?.accessPoints.isEmpty == true ? "no table of contents" : "table of contents does not match the file's size"
             var statistics = DumpReadStatistics(method: "sequential (\(why))", compressedBytesRead: file.storedBytes, bytesDecompressed: 0, bytesDelivered: 0)
             var position: UInt64 = 0
             var next = 0
