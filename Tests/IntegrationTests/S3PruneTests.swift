@@ -37,9 +37,12 @@ final class S3PruneTests: XCTestCase {
             manifest.id = BackupID.make(at: date)
             manifest.startedAt = date
             manifest.finishedAt = date
-            try store.write("backups/\(manifest.id)/dump.sql.gz", contents: try store.read("backups/\(old)/dump.sql.gz"))
+            // Every file the manifest lists (the dump and its table of contents) moves with it.
+            for file in manifest.files {
+                try store.write("backups/\(manifest.id)/\(file.name)", contents: try store.read("backups/\(old)/\(file.name)"))
+            }
             try store.write("backups/\(manifest.id)/manifest.json", contents: try manifest.encoded())
-            try store.delete(["backups/\(old)/manifest.json", "backups/\(old)/dump.sql.gz"])
+            try store.delete(["backups/\(old)/manifest.json"] + manifest.files.map { "backups/\(old)/\($0.name)" })
             ids[age] = manifest.id
         }
         return ids

@@ -80,6 +80,16 @@ final class CaptureTargets {
     /// Deletes `keys` everywhere they were committed (a capture that failed after committing data).
     func delete(_ keys: [String]) {
         for index in live { try? targets[index].store.delete(keys) }
+        deleteFromFailed(keys)
+    }
+
+    /// Deletes `keys` from the repositories that failed after they were committed there (a disk
+    /// full at a second file): without a manifest they would be garbage. A repository that could
+    /// not be opened has nothing to delete.
+    func deleteFromFailed(_ keys: [String]) {
+        for index in targets.indices where targets[index].failure != nil {
+            try? targets[index].store.delete(keys)
+        }
     }
 
     /// Writes each live repository's manifest, naming the others that hold the backup.

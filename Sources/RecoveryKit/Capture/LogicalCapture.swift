@@ -122,6 +122,8 @@ public enum LogicalCapture {
             if let toc = contents.finish() {
                 files.append(try StreamCapture.store(try JSONOutput.encoder().encode(toc), targets: targets, key: tocKey,
                                                      level: configuration.compressionLevel, key: configuration.key))
+                // A repository that failed at the table of contents is dropped: its dump goes too.
+                targets.deleteFromFailed([dumpKey, tocKey])
             } else {
                 FileHandle.standardError.write(Data("warning: no table of contents for backup \(id) (\(contents.failure ?? "unreadable dump")); selective restores of it scan the whole dump\n".utf8))
             }
