@@ -101,6 +101,9 @@ public struct BackupManifest: Codable, Equatable, Sendable {
     /// The database's own properties (encoding, locale, owner, privileges, comment, settings),
     /// which a plain dump does not carry. Nil in backups taken before they were recorded.
     public var databaseProperties: DatabaseProperties? = nil
+    /// In an encrypted repository: the properties' settings, per-role settings and comment (which may
+    /// hold secrets, e.g. `app.jwt_secret`), sealed with the repository key (base64). See `record(_:key:)`.
+    public var sealedDatabaseProperties: String? = nil
 
     /// Total rows across all tables.
     public var totalRows: Int64 { tables.reduce(0) { $0 + $1.rows } }

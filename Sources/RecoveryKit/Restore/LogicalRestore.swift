@@ -303,7 +303,7 @@ public enum LogicalRestore {
         defer { try? reading?.release() }   // a leftover reader record only delays pruning; dbprune removes it once we are gone
         let manifest: BackupManifest
         do {
-            manifest = try resolveAsReader(plan.backupID, in: store)
+            manifest = try resolveAsReader(plan.backupID, in: store).unsealed(with: configuration.key)
         } catch let error as StorageError where error.kind == .notFound {
             throw RecoveryError(.backupNotFound, "backup \(plan.backupID) was removed (by dbprune?) before this restore could read it",
                                 hint: "restore another backup; nothing was changed")

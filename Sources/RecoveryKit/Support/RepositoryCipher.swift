@@ -41,6 +41,27 @@ public struct RepositoryKey: Sendable {
         return nil
     }
 
+    /// Seals one small value (not a stream): AES-256-GCM, bound to `object` as additional data.
+    func seal(_ plaintext: Data, object: String) throws -> Data {
+        guard let combined = try AES.GCM.seal(plaintext, using: key, nonce: AES.GCM.Nonce(), authenticating: Data(object.utf8)).combined else {
+            throw RecoveryError(.failure, "AES-GCM produced no sealed box", hint: "report this as a bug")
+        }
+        return combined
+    }
+
+    /// Opens what `seal(_:object:)` sealed for the same object.
+    ///
+    /// - Throws: `RecoveryError(.backupCorrupt)` when the value fails authentication (altered, or moved
+    ///   from another object); callers check the key's fingerprint first.
+    func open(_ sealed: Data, object: String) throws -> Data {
+        do {
+            return try AES.GCM.open(AES.GCM.SealedBox(combined: sealed), using: key, authenticating: Data(object.utf8))
+        } catch {
+            throw RecoveryError(.backupCorrupt, "\(object) fails authentication: it was altered, or sealed for another object",
+                                hint: "restore another backup")
+        }
+    }
+
     func additionalData(object: String, index: UInt64, last: Bool) -> Data {
         var data = Data(object.utf8)
         withUnsafeBytes(of: index.bigEndian) { data.append(contentsOf: $0) }
