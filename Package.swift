@@ -49,5 +49,5 @@ let package = Package(
                                                                   .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .testTarget(name: "IntegrationTests", dependencies: ["RecoveryKit", "BackupStorage", "TestSupport", "PostgresClient"]),
     ],
-    swiftLanguageModes: [.v5]
+    swiftLanguageModes: [.v6]
 )

@@ -177,17 +177,15 @@ public struct BackupManifest: Codable, Equatable, Sendable {
 }
 
 /// UTC timestamps as ISO 8601 with milliseconds, one format everywhere.
+///
+/// `Date.ISO8601FormatStyle` is a Sendable value, so no shared formatter object crosses threads.
 public enum Timestamp {
-    private static let withFraction: ISO8601DateFormatter = {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return formatter
-    }()
-    private static let plain = ISO8601DateFormatter()
+    private static let withFraction = Date.ISO8601FormatStyle(includingFractionalSeconds: true)
+    private static let plain = Date.ISO8601FormatStyle()
 
-    public static func format(_ date: Date) -> String { withFraction.string(from: date) }
+    public static func format(_ date: Date) -> String { withFraction.format(date) }
 
     public static func parse(_ text: String) -> Date? {
-        withFraction.date(from: text) ?? plain.date(from: text)
+        (try? withFraction.parse(text)) ?? (try? plain.parse(text))
     }
 }
