@@ -16,6 +16,7 @@ internal import CZlib
 /// only wait, filled, to be written out.
 final class ParallelDeflate {
     /// One block's buffers and zlib state; owned by the writer except while a worker compresses it.
+    // @unchecked Sendable: one owner at a time — the writer fills it, one worker compresses it, `done` hands it back.
     private final class Slot: @unchecked Sendable {
         let input: UnsafeMutableBufferPointer<UInt8>
         var inputCount = 0

@@ -62,7 +62,7 @@ struct S3Response {
 }
 
 /// A minimal, synchronous S3 REST client: SigV4, retries with backoff and jitter, XML errors.
-final class S3Client: @unchecked Sendable {
+final class S3Client: Sendable {
     let configuration: S3Configuration
     private let signer: SigV4Signer
     private let session: URLSession

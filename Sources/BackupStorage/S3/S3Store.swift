@@ -278,6 +278,7 @@ public final class S3Store: BackupStore {
 
 /// Buffers one part at a time; small objects become one PUT, large ones a multipart upload with
 /// parts sent concurrently (bounded), aborted on any failure.
+// @unchecked Sendable: `buffer`, `uploadID`, `partNumber`, `finished` belong to the writing thread; part uploads touch only `etags`/`failure`, under `lock`.
 final class S3MultipartWriter: ObjectWriter, @unchecked Sendable {
     private let store: S3Store
     private let key: String
