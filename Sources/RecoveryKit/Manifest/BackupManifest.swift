@@ -175,17 +175,3 @@ public struct BackupManifest: Codable, Equatable, Sendable {
             && !name.unicodeScalars.contains { $0 == "/" || $0 == "\\" || $0.value < 0x20 || $0.value == 0x7F }
     }
 }
-
-/// UTC timestamps as ISO 8601 with milliseconds, one format everywhere.
-///
-/// `Date.ISO8601FormatStyle` is a Sendable value, so no shared formatter object crosses threads.
-public enum Timestamp {
-    private static let withFraction = Date.ISO8601FormatStyle(includingFractionalSeconds: true)
-    private static let plain = Date.ISO8601FormatStyle()
-
-    public static func format(_ date: Date) -> String { withFraction.format(date) }
-
-    public static func parse(_ text: String) -> Date? {
-        (try? withFraction.parse(text)) ?? (try? plain.parse(text))
-    }
-}
