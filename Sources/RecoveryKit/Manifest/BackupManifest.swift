@@ -178,19 +178,3 @@ public struct BackupManifest: Codable, Equatable, Sendable {
             && !name.unicodeScalars.contains { $0 == "/" || $0 == "\\" || $0.value < 0x20 || $0.value == 0x7F }
     }
 }
-
-/// UTC timestamps as ISO 8601 with milliseconds, one format everywhere.
-public enum Timestamp {
-    private static let withFraction: ISO8601DateFormatter = {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return formatter
-    }()
-    private static let plain = ISO8601DateFormatter()
-
-    public static func format(_ date: Date) -> String { withFraction.string(from: date) }
-
-    public static func parse(_ text: String) -> Date? {
-        withFraction.date(from: text) ?? plain.date(from: text)
-    }
-}

@@ -7,7 +7,8 @@ import Foundation
 /// [16-byte tag]`. Each frame's additional data binds the object it belongs to, its index and
 /// whether it is the last, so truncation, reordering, and frames moved between files are all
 /// detected. The key never enters the repository; manifests record only its fingerprint.
-public struct RepositoryKey: Sendable {
+// @unchecked Sendable: `SymmetricKey` is an immutable value (never mutated after init); swift-crypto 3.12 does not mark it Sendable.
+public struct RepositoryKey: @unchecked Sendable {
     let key: SymmetricKey
     /// A short, non-reversible identifier of the key, recorded in manifests.
     public let fingerprint: String
