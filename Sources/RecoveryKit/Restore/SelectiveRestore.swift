@@ -145,7 +145,7 @@ public enum SelectiveRestore {
         if case .intoDatabase = configuration.destination { intoDatabase = true } else { intoDatabase = false }
         let selection = try TableSelection(toc: toc, tablePatterns: configuration.tables, schemaPatterns: configuration.schemas,
                                            supporting: intoDatabase, wholeSchemas: intoDatabase, backupID: manifest.id)
-        let stamp = LogicalRestore.compactTimestamp(Date())
+        let stamp = Timestamp.compact(Date(), separator: "_", zone: "")
         let createdIn: String
         switch configuration.destination {
         case .intoSchema(let name): createdIn = name ?? "restored_\(stamp)"
@@ -196,7 +196,7 @@ public enum SelectiveRestore {
         // A reader lock: dbprune leaves the backup alone while it is read.
         let reading = try StoreLock.sharedIfWritable(in: store, backupID: prepared.manifest.id, holder: LockHolder(command: "dbrestore"))
         defer { try? reading?.release() }   // a leftover reader record only delays pruning; dbprune removes it once we are gone
-        let manifest = try Catalog(store: store).resolve(prepared.manifest.id)
+        let manifest = try Catalog(store: store).resolve(prepared.manifest.id).unsealed(with: configuration.key)
         var keptAs: [String: String] = [:]
         var repointed: [String] = []
         let statistics: DumpReadStatistics
@@ -360,7 +360,7 @@ public enum SelectiveRestore {
     private static func replace(_ selection: TableSelection, staged: String, _ configuration: SelectiveRestoreConfiguration,
                                 on connection: PostgresConnection) throws -> ([String: String], [String]) {
         try connection.execute(script: "SET LOCAL lock_timeout = '\(configuration.lockWaitSeconds)s'")
-        let suffix = "_pre_restore_" + LogicalRestore.compactTimestamp(Date())
+        let suffix = "_pre_restore_" + Timestamp.compact(Date(), separator: "_", zone: "")
         var kept: [String: String] = [:]
         var repointed: [String] = []
         let selected = Set(selection.tables.map(\.qualified))
