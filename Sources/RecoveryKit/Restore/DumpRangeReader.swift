@@ -30,7 +30,7 @@ enum DumpRangeReader {
         // The decompressors keep their sink; none outlives this call.
         return try withoutActuallyEscaping(sink) { sink in
             if let toc, toc.accessPoints.count > 0, file.encryptionKeyFingerprint == nil, toc.compressedBytes == file.storedBytes {
-                return try ranged(wanted, file: file, manifest: manifest, toc: toc, store: store, into: sink)
+                return try ranged(wanted, file: file, manifest: manifest, toc: toc, store: store, progress: progress, into: sink)
             }
             let why = file.encryptionKeyFingerprint != nil ? "encrypted backup"
                 : toc == nil || toc?.accessPoints.isEmpty == true ? "no table of contents" : "table of contents does not match the file's size"
@@ -49,7 +49,7 @@ enum DumpRangeReader {
 
     /// Reads the segments that hold the ranges, each run of adjacent segments with one ranged read.
     private static func ranged(_ ranges: [Range<UInt64>], file: BackupManifest.File, manifest: BackupManifest, toc: DumpTableOfContents,
-                               store: BackupStore, into sink: @escaping (UInt64, UnsafeRawBufferPointer) throws -> Void) throws -> DumpReadStatistics {
+                               store: BackupStore, progress: ProgressObserver?, into sink: @escaping (UInt64, UnsafeRawBufferPointer) throws -> Void) throws -> DumpReadStatistics {
         let points = toc.accessPoints
         func segment(containing offset: UInt64) -> Int {
             // The last point at or before the offset (points are sorted; the first is at 0).
@@ -66,7 +66,7 @@ enum DumpRangeReader {
         var needed = IndexSet()
         for range in ranges { needed.insert(integersIn: segment(containing: range.lowerBound)...segment(containing: range.upperBound - 1)) }
         var statistics = DumpReadStatistics(method: "ranged", compressedBytesRead: 0, bytesDecompressed: 0, bytesDelivered: 0)
-        let hint = "nothing was committed from it; restore another backup, or the whole backup with dbrestore"
+        let hint = "nothing was committed from it; restore from another backup (dbrestore list)"
         var next = 0
         for run in needed.rangeView {
             let first = run.lowerBound, last = run.upperBound - 1
@@ -81,7 +81,10 @@ enum DumpRangeReader {
                 : try GzipDecompressor(resumingAt: GzipAccessPoint(compressedOffset: points[first].compressedOffset,
                                                                    uncompressedOffset: points[first].uncompressedOffset), sink: output)
             let reader = try store.makeReader(manifest.key(of: file), range: points[first].compressedOffset..<compressedEnd(last))
-            defer { reader.close() }
+            defer {
+                reader.close()
+                progress?.finished()
+            }
             var current = first
             var offset = points[first].compressedOffset
             var digest = StreamingDigest()
@@ -95,6 +98,7 @@ enum DumpRangeReader {
                         try decoder.write(piece)
                         offset += UInt64(take)
                         start += take
+                        progress?.progress(phase: "read", bytes: statistics.compressedBytesRead + offset - points[first].compressedOffset)
                         if offset == compressedEnd(current) {
                             guard digest.hexDigest() == points[current].segmentSha256 else {
                                 throw RecoveryError(.backupCorrupt, "backup \(manifest.id) is damaged: \(file.name) bytes \(points[current].compressedOffset)-\(offset) do not match their sha256 in \(DumpTableOfContents.fileName)", hint: hint)
