@@ -46,7 +46,8 @@ final class DumpContentsBuilder {
     /// What a statement says about its object: the table an index, an owned sequence or an
     /// identity belongs to; the table a foreign key references; the relations a view reads.
     private func analyze(_ sql: [UInt8]) {
-        guard let last = entries.indices.last else { return }
+        guard let last = entries.indices.last,
+              ["INDEX", "SEQUENCE OWNED BY", "SEQUENCE", "FK CONSTRAINT", "VIEW", "MATERIALIZED VIEW"].contains(entries[last].kind) else { return }
         let names = QualifiedNames.references(in: sql).filter { !$0.inLiteral }
         func name(_ reference: QualifiedNames.Reference) -> DumpTableOfContents.Name {
             .init(schema: reference.parts[0], name: reference.parts[1])
