@@ -17,10 +17,13 @@ public struct BackupCommand: ParsableCommand {
 
         Examples:
           dbbackup --database-url postgresql://app@db1/app --repo /var/backups/app
-          DATABASE_URL=postgresql://app@db1/app BACKUP_REPO=/var/backups/app dbbackup --tag nightly
-          dbbackup --repo /var/backups/app --tag pre-deploy --release v1.3.0 --pin --json
+          DATABASE_URL=postgresql://app@db1/app BACKUP_REPO=/var/backups/app \\
+              dbbackup --tag nightly
+          dbbackup --repo /var/backups/app --tag pre-deploy --release v1.3.0 \\
+              --pin --json
           dbbackup --physical --repo s3://acme-backups/prod
-          archive_command = 'dbbackup wal-push %p --repo /var/backups/app'     (postgresql.conf)
+          archive_command = 'dbbackup wal-push %p --repo /var/backups/app'
+                                                  # in postgresql.conf
 
         The dump is plain SQL: gunzip -c dump.sql.gz | psql restores it by hand if you must.
         """,

@@ -14,9 +14,10 @@ public struct PruneCommand: ParsableCommand {
         backup that verifies and backups with unreadable manifests are never deleted.
 
         Examples:
-          dbprune --repo /var/backups/app --dry-run      # what would go, and which rule keeps the rest
-          dbprune --repo /var/backups/app --yes          # nightly, after dbbackup (no terminal: --yes needed)
-          dbprune --repo /var/backups/app --policy /etc/dbrecovery/retention.toml --json
+          dbprune --repo /var/backups/app --dry-run   # what would go and why
+          dbprune --repo /var/backups/app --yes       # nightly, from cron
+          dbprune --repo /var/backups/app --json \\
+              --policy /etc/dbrecovery/retention.toml
         """,
         version: DBRecoveryVersion.current)
 
@@ -102,12 +103,17 @@ public struct PruneCommand: ParsableCommand {
     private func render(_ report: PruneReport, header: Bool) throws {
         if output.json { return }
         if header { print("== \(report.repository) (\(report.tier) tier)") }
-        var table = TextTable("ID", "AGE", "CLASS", "ACTION", "KEPT BY")
+        // WHY: the rules that keep a backup, or the ones it missed when it is deleted or moved.
+        var table = TextTable("ID", "AGE", "CLASS", "ACTION", "WHY")
         for decision in report.decisions {
+            let why = decision.keptBy + (decision.reason.map { [$0] } ?? [])
             table.add(decision.id, String(format: "%.1fd", decision.ageDays), decision.storageClass ?? "-",
-                      decision.action.rawValue, decision.keptBy.joined(separator: ", "))
+                      decision.action.rawValue, why.joined(separator: ", "))
         }
-        for item in report.garbage { table.add(item.folder.replacingOccurrences(of: "backups/", with: ""), String(format: "%.1fh", item.ageHours), "-", "garbage: \(item.action)", "no manifest") }
+        for item in report.garbage {
+            table.add(item.folder.replacingOccurrences(of: "backups/", with: ""), String(format: "%.1fh", item.ageHours), "-",
+                      item.action == "delete" ? "garbage: delete" : item.action, item.reason)
+        }
         print(table.rendered)
         if report.wal.kept + report.wal.delete.count > 0 || report.wal.oldestNeeded != nil {
             output.note("WAL: \(report.wal.note); \(dryRun ? "would delete" : "deleted") \(report.wal.delete.count), kept \(report.wal.kept)")

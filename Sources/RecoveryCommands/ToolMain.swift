@@ -46,7 +46,8 @@ extension ParsableCommand {
         }
         var command: ParsableCommand
         do {
-            command = try parseAsRoot(arguments)
+            let spelled = try (Self.self as? ArgumentRewriting.Type)?.rewrite(argv) ?? argv
+            command = try parseAsRoot(spelled)
         } catch {
             let code = reportParserError(error, tool: tool, standardError: standardError)
             // `dbrestore wal-fetch` runs as PostgreSQL's restore_command, which reads any exit below 126
@@ -84,13 +85,80 @@ extension ParsableCommand {
     private static func reportParserError(_ error: Error, tool: String, standardError: FileHandle) -> Int32 {
         let parserCode = exitCode(for: error)
         if parserCode == ArgumentParser.ExitCode.success {
-            print(fullMessage(for: error))
+            let text = fullMessage(for: error)
+            // `tool --help` and `tool help` would show the subcommand list but not the options of what
+            // `tool …` runs; print those too, so the screen the usage HINT points at has them all.
+            print(text == helpMessage() ? teachingHelp() : text)
             return ExitStatus.success.rawValue
         }
         var message = message(for: error)
         if message.hasPrefix("Error: ") { message.removeFirst("Error: ".count) }
         standardError.write(Data("\(tool): error: \(message)\nHINT: \(tool) --help shows every option with examples\n".utf8))
         return parserCode == ArgumentParser.ExitCode.validationFailure ? ExitStatus.usage.rawValue : parserCode.rawValue
+    }
+}
+
+/// A tool whose documented spellings the argument parser cannot express directly (`dbrestore
+/// --pitr …` for `dbrestore pitr …`) maps them to the parsed form before parsing.
+protocol ArgumentRewriting {
+    /// The arguments as the parser should see them.
+    ///
+    /// - Throws: `ValidationError` (a usage error, exit 2) for spellings that contradict each other.
+    static func rewrite(_ arguments: [String]) throws -> [String]
+}
+
+extension ParsableCommand {
+    /// The top-level help of a tool: its overview and examples, the usage and every option of the
+    /// default subcommand (what `tool --flag …` runs), then the other subcommands. A tool without a
+    /// default subcommand gets the argument parser's own help, which already shows its options.
+    static func teachingHelp() -> String {
+        let root = helpMessage()
+        guard let action = configuration.defaultSubcommand, let actionName = action.configuration.commandName,
+              let tool = configuration.commandName else { return root }
+        let sections = HelpSections(root)
+        let actionSections = HelpSections(helpMessage(for: action))
+        // `dbbackup capture [<options>]` reads `dbbackup [capture] [<options>]`: the name is optional.
+        let usage = actionSections.usage.replacingOccurrences(of: "USAGE: \(tool) \(actionName) ", with: "USAGE: \(tool) [\(actionName)] ")
+        return ([sections.overview, usage] + actionSections.options + sections.subcommands).filter { !$0.isEmpty }.joined(separator: "\n\n")
+    }
+}
+
+/// The argument parser's help text cut at its section headings (`USAGE:`, `OPTIONS:`, `SUBCOMMANDS:`,
+/// an option group's title), so that two help screens can be put together.
+struct HelpSections {
+    /// Everything before `USAGE:`: the overview, the discussion and its examples.
+    var overview = ""
+    var usage = ""
+    /// The option groups, each with its heading, in order.
+    var options: [String] = []
+    /// `SUBCOMMANDS:` and the line after it.
+    var subcommands: [String] = []
+
+    init(_ text: String) {
+        var blocks: [String] = []
+        var current: [Substring] = []
+        // A heading is an unindented line ending in ':' right after a blank line (or the start).
+        for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            let isHeading = (current.last?.isEmpty ?? true) && !line.hasPrefix(" ") && line.hasSuffix(":") && line == line.uppercased()
+            let isUsage = line.hasPrefix("USAGE: ")
+            if (isHeading || isUsage), !current.isEmpty {
+                blocks.append(current.joined(separator: "\n").trimmingCharacters(in: .whitespacesAndNewlines))
+                current = []
+            }
+            current.append(line)
+        }
+        blocks.append(current.joined(separator: "\n").trimmingCharacters(in: .whitespacesAndNewlines))
+        for block in blocks {
+            if block.hasPrefix("USAGE: ") {
+                usage = block
+            } else if block.hasPrefix("SUBCOMMANDS:") {
+                subcommands.append(block)
+            } else if usage.isEmpty {
+                overview += (overview.isEmpty ? "" : "\n\n") + block
+            } else {
+                options.append(block)
+            }
+        }
     }
 }
 

@@ -20,12 +20,14 @@ public struct VerifyCommand: ParsableCommand {
         differing objects (missing, extra, changed) on any difference.
 
         Examples:
-          dbverify --database-url postgresql://postgres@db1/app --repo /var/backups/app   # after dbrestore <id>: checks <id>
-          dbverify latest --database-url postgresql://postgres@db1/app --repo /var/backups/app
+          dbverify --database-url postgresql://postgres@db1/app \\
+              --repo /var/backups/app     # after dbrestore <id>: checks <id>
+          dbverify latest --database-url postgresql://postgres@db1/app \\
+              --repo /var/backups/app
           dbverify 20261124T020000Z-3fa2 --json
           dbverify --files latest --repo /var/backups/app
           dbverify --files all            # every backup in the repository
-          dbverify --schema latest        # has the schema drifted since the last backup?
+          dbverify --schema latest        # has the schema drifted since then?
         """,
         version: DBRecoveryVersion.current)
 

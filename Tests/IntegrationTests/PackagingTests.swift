@@ -98,6 +98,42 @@ final class PackagingTests: XCTestCase {
         }
     }
 
+    /// `tool --help` is the screen a usage error's HINT points at: it must list every option of what
+    /// `tool …` runs (the default subcommand, else the tool itself), and examples that fit 80 columns.
+    func testTopLevelHelpShowsEveryOptionOfTheDefaultActionAndItsExamples() throws {
+        for tool in ["dbbackup", "dbrestore", "dbverify", "dbprune", "dbmigrate"] {
+            let dump = try TestProcess.tool(tool, ["--experimental-dump-help"])
+            let root = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(dump.standardOutput.utf8)) as? [String: Any])?["command"] as? [String: Any])
+            let subcommands = root["subcommands"] as? [[String: Any]] ?? []
+            let action = (root["defaultSubcommand"] as? String).flatMap { name in subcommands.first { $0["commandName"] as? String == name } } ?? root
+            let options = (action["arguments"] as? [[String: Any]] ?? []).filter { $0["shouldDisplay"] as? Bool == true && $0["kind"] as? String != "positional" }
+                .compactMap { ($0["preferredName"] as? [String: Any]).map { ($0["kind"] as? String == "short" ? "-" : "--") + ($0["name"] as? String ?? "") } }
+            XCTAssertGreaterThan(options.count, tool == "dbmigrate" ? 0 : 5, "\(tool): the default action's options were not found in its dump")
+            for spelling in subcommands.isEmpty ? [["--help"]] : [["--help"], ["help"]] {
+                let help = try TestProcess.tool(tool, spelling)
+                XCTAssertEqual(help.status, 0, help.standardError)
+                for option in options {
+                    XCTAssertTrue(help.standardOutput.contains(option), "\(tool) \(spelling[0]) does not show \(option):\n\(help.standardOutput)")
+                }
+                XCTAssertTrue(help.standardOutput.contains("Examples:"), "\(tool) \(spelling[0]) has no examples")
+                for name in subcommands.compactMap({ $0["commandName"] as? String }) where name != "help" {
+                    XCTAssertTrue(help.standardOutput.contains("  \(name)"), "\(tool) \(spelling[0]) does not list subcommand \(name)")
+                }
+                // Examples run from "Examples:" to the next blank line; none may wrap mid-command.
+                let lines = help.standardOutput.split(separator: "\n", omittingEmptySubsequences: false)
+                if let start = lines.firstIndex(where: { $0.hasPrefix("Examples:") }) {
+                    for line in lines[start...].prefix(while: { !$0.isEmpty }) {
+                        XCTAssertLessThanOrEqual(line.count, 80, "\(tool): example wider than 80 columns: \(line)")
+                    }
+                    let examples = lines[(start + 1)...].prefix(while: { !$0.isEmpty })
+                    for (line, next) in zip(examples, examples.dropFirst()) where !next.hasPrefix("  ") {
+                        XCTFail("\(tool): '\(line)' wraps onto '\(next)'")
+                    }
+                }
+            }
+        }
+    }
+
     func testAlertRulesLoadAndEveryMetricsFileTheToolsWritePassesPromtool() throws {
         let promtool = try requireTool("promtool", package: "prometheus")
         let rules = try TestProcess.run(promtool, ["check", "rules", TestPaths.repositoryRoot + "/contrib/prometheus/dbrecovery.rules.yml"])

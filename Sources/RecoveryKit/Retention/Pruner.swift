@@ -28,7 +28,10 @@ public struct PruneReport: Codable, Sendable {
     public struct Garbage: Codable, Sendable {
         public var folder: String
         public var ageHours: Double
+        /// `delete`, or `in progress` for a folder a backup may still be writing (kept).
         public var action: String
+        /// Why: the lock holder writing it, the grace period it is within, or its age past it.
+        public var reason: String
     }
 
     public var repository: String
@@ -121,7 +124,10 @@ public enum Pruner {
                 decisions[index].keptBy.append("being read")
             }
         }
-        let garbage = findGarbage(objects: objects, withManifest: Set(entries.map(\.id)), policy: configuration.policy, now: configuration.now)
+        // A dry run holds no lock, so a backup being written now may be found half-written: it is in progress.
+        let writer = configuration.dryRun ? try StoreLock.writer(in: store) : nil
+        let garbage = findGarbage(objects: objects, withManifest: Set(entries.map(\.id)), policy: configuration.policy,
+                                  now: configuration.now, writer: writer)
         let walKeys = try store.list(prefix: "wal/").map(\.key)
         func walPlan() -> WALRetention.Plan {
             let keptIDs = Set(decisions.filter { $0.action != .delete }.map(\.id))
@@ -188,8 +194,10 @@ public enum Pruner {
         return found.live.isEmpty ? nil : found.live.map { "\($0)" }.joined(separator: ", ")
     }
 
-    /// Folders under `backups/` that have no manifest: removed once older than the grace period.
-    static func findGarbage(objects: [StoredObject], withManifest: Set<String>, policy: RetentionPolicy, now: Date) -> [PruneReport.Garbage] {
+    /// Folders under `backups/` that have no manifest: removed once older than the grace period and
+    /// not changed since `writer` (a live holder of the writer lock) took it; until then "in progress".
+    static func findGarbage(objects: [StoredObject], withManifest: Set<String>, policy: RetentionPolicy, now: Date,
+                            writer: LockHolder? = nil) -> [PruneReport.Garbage] {
         var newestChange: [String: Date] = [:]
         for object in objects {
             let parts = object.key.split(separator: "/")
@@ -200,9 +208,18 @@ public enum Pruner {
             newestChange[folder] = max(newestChange[folder] ?? .distantPast, modified)
         }
         return newestChange.keys.sorted().map { folder in
-            let age = now.timeIntervalSince(newestChange[folder] ?? now)
-            return PruneReport.Garbage(folder: folder, ageHours: (age / 360).rounded() / 10,
-                                       action: age >= policy.garbageGracePeriod.seconds ? "delete" : "keep (within grace period)")
+            let changed = newestChange[folder] ?? now
+            let age = now.timeIntervalSince(changed)
+            let hours = (age / 360).rounded() / 10
+            if let writer, changed >= writer.since {
+                return PruneReport.Garbage(folder: folder, ageHours: hours, action: "in progress", reason: "no manifest yet; \(writer) is writing")
+            }
+            if age < policy.garbageGracePeriod.seconds {
+                return PruneReport.Garbage(folder: folder, ageHours: hours, action: "in progress",
+                                           reason: "no manifest yet; changed \(hours)h ago, within the \(policy.garbageGracePeriod) grace period")
+            }
+            return PruneReport.Garbage(folder: folder, ageHours: hours, action: "delete",
+                                       reason: "no manifest; unchanged for longer than the \(policy.garbageGracePeriod) grace period")
         }
     }
 }
