@@ -15,6 +15,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
@@ -23,17 +24,20 @@ let package = Package(
         // cancellation every layer observes; depends on nothing else, so every module may use it.
         .target(name: "CSignalPipe"),
         .target(name: "ProcessSignals", dependencies: ["CSignalPipe"]),
-        .target(name: "PostgresClient", dependencies: ["CLibPQ", "ProcessSignals"]),
+        .target(name: "PostgresClient", dependencies: ["CLibPQ", "ProcessSignals", .product(name: "Logging", package: "swift-log")]),
         .target(name: "Gzip", dependencies: ["CZlib"]),
-        .target(name: "BackupStorage", dependencies: ["ProcessSignals", .product(name: "Crypto", package: "swift-crypto")]),
+        .target(name: "BackupStorage", dependencies: ["ProcessSignals", .product(name: "Crypto", package: "swift-crypto"),
+                                                      .product(name: "Logging", package: "swift-log")]),
         .target(name: "RecoveryKit", dependencies: [
             "PostgresClient", "Gzip", "BackupStorage", "ProcessSignals",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "TOMLKit", package: "TOMLKit"),
+            .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "RecoveryCommands", dependencies: [
             "RecoveryKit", "Gzip", "ProcessSignals",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "dbbackup", dependencies: ["RecoveryCommands"]),
         .executableTarget(name: "dbrestore", dependencies: ["RecoveryCommands"]),

@@ -35,7 +35,7 @@ public struct BackupCommand: ParsableCommand {
 }
 
 /// `dbbackup [capture]`: one backup.
-public struct CaptureCommand: ParsableCommand {
+public struct CaptureCommand: ToolCommand {
     public static let configuration = CommandConfiguration(
         commandName: "capture",
         abstract: "Take one backup (the default subcommand): logical, or physical with --physical.")
@@ -79,14 +79,15 @@ public struct CaptureCommand: ParsableCommand {
         }
     }
 
-    public func run() throws {
-        if try config.printIfAsked(connection: connection, repository: repository) { return }
-        output.begin("dbbackup", labels: ["kind": physical ? "physical" : "logical"])
+    public func run(in context: RunContext) throws {
+        let settings = context.settings
+        if config.printIfAsked(context, connection: connection, repository: repository) { return }
+        output.begin("dbbackup", labels: ["kind": physical ? "physical" : "logical"], in: context)
         var configuration = LogicalCaptureConfiguration(
-            target: try connection.target(), repositories: try repository.addresses(), tags: tags, release: release,
+            target: try connection.target(settings), repositories: try repository.addresses(settings), tags: tags, release: release,
             pinned: pin, compressionLevel: compressionLevel,
-            jobs: jobs ?? ProcessInfo.processInfo.activeProcessorCount, tools: connection.tools)
-        configuration.key = try encryption.key(from: repository, writingTo: configuration.repositories)
+            jobs: jobs ?? ProcessInfo.processInfo.activeProcessorCount, tools: connection.tools(settings))
+        configuration.key = try encryption.key(from: repository, writingTo: configuration.repositories, settings)
         configuration.lockWaitSeconds = connection.sessionLimits.lockWaitSeconds
         let result = physical ? try PhysicalCapture.run(configuration, progress: output.progress)
             : try LogicalCapture.run(configuration, progress: output.progress)
@@ -94,7 +95,7 @@ public struct CaptureCommand: ParsableCommand {
         let summary = BackupSummary(manifest: manifest, repository: configuration.repository)
         output.succeeded(["backup_raw_bytes": Double(manifest.rawBytes), "backup_stored_bytes": Double(manifest.storedBytes),
                           "backup_rows": Double(manifest.totalRows), "backup_tables": Double(manifest.tables.count)],
-                         summary: summary.humanDescription)
+                         summary: summary.humanDescription, in: context)
         if output.json {
             try printJSON(summary)
         } else {
@@ -111,7 +112,7 @@ public struct CaptureCommand: ParsableCommand {
 }
 
 /// `dbbackup wal-push <path>`: PostgreSQL's `archive_command`.
-public struct WALPushCommand: ParsableCommand {
+public struct WALPushCommand: ToolCommand {
     public static let configuration = CommandConfiguration(
         commandName: "wal-push",
         abstract: "Archive one WAL file (for archive_command = 'dbbackup wal-push %p --repo …').",
@@ -130,17 +131,18 @@ public struct WALPushCommand: ParsableCommand {
 
     public init() {}
 
-    public func run() throws {
-        if try config.printIfAsked(connection: nil, repository: repository) { return }
-        let addresses = try repository.addresses()
+    public func run(in context: RunContext) throws {
+        let settings = context.settings
+        if config.printIfAsked(context, connection: nil, repository: repository) { return }
+        let addresses = try repository.addresses(settings)
         if addresses.count == 1 {
-            _ = try WALArchive.push(path: path, repository: addresses[0], key: try encryption.key(from: repository, writingTo: addresses))
+            _ = try WALArchive.push(path: path, repository: addresses[0], key: try encryption.key(from: repository, writingTo: addresses, settings))
             return
         }
         var failures: [String] = []
         for address in addresses {
             do {
-                _ = try WALArchive.push(path: path, repository: address, key: try encryption.key(from: repository, writingTo: [address]))
+                _ = try WALArchive.push(path: path, repository: address, key: try encryption.key(from: repository, writingTo: [address], settings))
             } catch {
                 failures.append("\(address): \(RecoveryError.classify(error).message)")
             }

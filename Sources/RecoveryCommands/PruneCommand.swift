@@ -3,7 +3,7 @@ import Foundation
 import RecoveryKit
 
 /// `dbprune`: apply the retention policy to a repository.
-public struct PruneCommand: ParsableCommand {
+public struct PruneCommand: ToolCommand {
     public static let configuration = CommandConfiguration(
         commandName: "dbprune",
         abstract: "Delete the backups no retention rule keeps; explain every decision.",
@@ -52,14 +52,15 @@ public struct PruneCommand: ParsableCommand {
         }
     }
 
-    public func run() throws {
-        let policyPath = ResolvedSetting.resolve("retention.policy", flag: policy, flagName: "--policy", environment: ["DBRECOVERY_POLICY"],
-                                                 file: try ConfigFile.current()?.policy, filePath: try ConfigFile.current()?.path, fileKey: "[retention] policy")
-        if try config.printIfAsked(connection: nil, repository: repository, extra: [policyPath]) { return }
-        output.begin("dbprune")
+    public func run(in context: RunContext) throws {
+        let settings = context.settings
+        let policyPath = settings.resolve("retention.policy", flag: policy, flagName: "--policy", environment: ["DBRECOVERY_POLICY"],
+                                          file: \.policy, fileKey: "[retention] policy")
+        if config.printIfAsked(context, connection: nil, repository: repository, extra: [policyPath]) { return }
+        output.begin("dbprune", in: context)
         let policy = try policyPath.value.map { try RetentionPolicy.load(path: $0) } ?? .builtIn
         if applyLifecycle {
-            let change = try LifecycleRule.apply(repository: try repository.address(), policy: policy, dryRun: dryRun)
+            let change = try LifecycleRule.apply(repository: try repository.address(settings), policy: policy, dryRun: dryRun)
             if output.json { return try printJSON(change) }
             print("current rule: \(change.currentRule ?? "(none)")")
             print("new rule:     \(change.newRule)")
@@ -67,9 +68,9 @@ public struct PruneCommand: ParsableCommand {
             return
         }
         let now = asOf.flatMap(Timestamp.parse) ?? Date()
-        var addresses = try repository.addresses()
+        var addresses = try repository.addresses(settings)
         if allRepos {
-            guard let named = try ConfigFile.current()?.repositories, !named.isEmpty else {
+            guard let named = settings.configFile?.repositories, !named.isEmpty else {
                 throw RecoveryError(.usage, "--all-repos needs [repositories] in the config file", hint: "or give --repo once per repository")
             }
             addresses = named.keys.sorted().compactMap { named[$0] }
@@ -92,7 +93,7 @@ public struct PruneCommand: ParsableCommand {
         if !dryRun && unreadable.isEmpty {
             output.succeeded(["prune_kept": Double(reports.map(\.kept).reduce(0, +)), "prune_deleted": Double(reports.map(\.deleted).reduce(0, +)),
                               "prune_wal_deleted": Double(reports.map { $0.wal.delete.count }.reduce(0, +))],
-                             summary: reports.map { "\($0.repository): kept \($0.kept), deleted \($0.deleted)" }.joined(separator: "; "))
+                             summary: reports.map { "\($0.repository): kept \($0.kept), deleted \($0.deleted)" }.joined(separator: "; "), in: context)
         }
         if !unreadable.isEmpty {
             throw RecoveryError(.backupCorrupt, "\(unreadable.count) backup(s) have unreadable manifests and were left alone: \(unreadable.joined(separator: "; "))",

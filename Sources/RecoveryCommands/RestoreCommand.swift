@@ -58,7 +58,7 @@ public struct RestoreCommand: ParsableCommand, ArgumentRewriting {
         if distinct.count > 1 {
             throw ValidationError("\(distinct[0]) and \(distinct[1]) cannot be combined; choose one")
         }
-        let other = [ListCommand.self, CleanupCommand.self, WALFetchCommand.self].compactMap { $0.configuration.commandName }
+        let other = ([ListCommand.self, CleanupCommand.self, WALFetchCommand.self] as [ParsableCommand.Type]).compactMap { $0.configuration.commandName }
         if let first = arguments.first, other.contains(first) { return arguments }
         var rest = Array(arguments[..<end].filter { modeFlags[$0] == nil }) + arguments[end...]
         let modes = Set(modeFlags.values)
@@ -121,16 +121,17 @@ struct LogicalRestoreRun {
 
     var modeName: String { mode == .emergency ? "emergency" : mode == .drill ? "drill" : "restore" }
 
-    func run() throws {
-        if try config.printIfAsked(connection: connection, repository: repository) { return }
-        output.begin("dbrestore", labels: ["mode": modeName])
+    public func run(in context: RunContext) throws {
+        let settings = context.settings
+        if config.printIfAsked(context, connection: connection, repository: repository) { return }
+        output.begin("dbrestore", labels: ["mode": modeName], in: context)
         var configuration = RestoreConfiguration(
-            mode: mode, target: try connection.target(), repositories: try repository.addresses(), backup: backup,
+            mode: mode, target: try connection.target(settings), repositories: try repository.addresses(settings), backup: backup,
             release: release, dryRun: options.dryRun, jobs: options.jobs ?? min(ProcessInfo.processInfo.activeProcessorCount, 64),
             incidentFile: incidentFile)
-        configuration.key = try repository.cipherKey()
+        configuration.key = try repository.cipherKey(settings)
         configuration.swapTimeout = TimeInterval(options.swapTimeout)
-        configuration.tools = connection.tools   // --pg-bin / PG_BIN: the pg_dump that fingerprints the restored schema
+        configuration.tools = connection.tools(settings)   // --pg-bin / PG_BIN: the pg_dump that fingerprints the restored schema
         let timeline = output.timeline()
         let plan = try LogicalRestore.plan(configuration, timeline: timeline)
         if options.dryRun {
@@ -145,7 +146,7 @@ struct LogicalRestoreRun {
         }
         let report = try LogicalRestore.execute(plan, configuration, timeline: timeline, progress: output.progress)
         output.succeeded(["restore_duration_seconds": report.durationSeconds, "restore_verified_tables": Double(report.verification?.tables.count ?? 0)],
-                         summary: "\(report.outcome) from backup \(report.plan.backupID) in \(String(format: "%.1f", report.durationSeconds)) s")
+                         summary: "\(report.outcome) from backup \(report.plan.backupID) in \(String(format: "%.1f", report.durationSeconds)) s", in: context)
         if output.json {
             try printJSON(report)
             return
@@ -177,7 +178,7 @@ struct LogicalRestoreRun {
 }
 
 /// `dbrestore [restore] [<backup>]`.
-public struct RestoreBackupCommand: ParsableCommand {
+public struct RestoreBackupCommand: ToolCommand {
     public static let configuration = CommandConfiguration(
         commandName: "restore",
         abstract: "Restore a backup into the database named by --database-url (the default subcommand).",
@@ -208,14 +209,14 @@ public struct RestoreBackupCommand: ParsableCommand {
 
     public init() {}
 
-    public func run() throws {
+    public func run(in context: RunContext) throws {
         try LogicalRestoreRun(mode: .normal, backup: backup ?? "latest", release: nil, incidentFile: nil, yes: yes, connection: connection,
-                              repository: repository, options: options, config: config, output: output).run()
+                              repository: repository, options: options, config: config, output: output).run(in: context)
     }
 }
 
 /// `dbrestore emergency` (also `dbrestore --emergency`).
-public struct EmergencyCommand: ParsableCommand {
+public struct EmergencyCommand: ToolCommand {
     public static let configuration = CommandConfiguration(
         commandName: "emergency",
         abstract: "No prompts: restore the newest backup whose files verify, and write an incident record (also --emergency).",
@@ -250,14 +251,14 @@ public struct EmergencyCommand: ParsableCommand {
 
     public func validate() throws { try LogicalRestoreRun.refuseNamedBackup(backup, mode: "emergency") }
 
-    public func run() throws {
+    public func run(in context: RunContext) throws {
         try LogicalRestoreRun(mode: .emergency, backup: "latest", release: release, incidentFile: incidentFile, yes: true, connection: connection,
-                              repository: repository, options: options, config: config, output: output).run()
+                              repository: repository, options: options, config: config, output: output).run(in: context)
     }
 }
 
 /// `dbrestore drill` (also `dbrestore --drill`).
-public struct DrillCommand: ParsableCommand {
+public struct DrillCommand: ToolCommand {
     public static let configuration = CommandConfiguration(
         commandName: "drill",
         abstract: "Restore drill: restore into a scratch database, verify, drop it, report the time taken (also --drill).",
@@ -286,14 +287,14 @@ public struct DrillCommand: ParsableCommand {
 
     public func validate() throws { try LogicalRestoreRun.refuseNamedBackup(backup, mode: "drill") }
 
-    public func run() throws {
+    public func run(in context: RunContext) throws {
         try LogicalRestoreRun(mode: .drill, backup: "latest", release: release, incidentFile: nil, yes: true, connection: connection,
-                              repository: repository, options: options, config: config, output: output).run()
+                              repository: repository, options: options, config: config, output: output).run(in: context)
     }
 }
 
 /// `dbrestore pitr` (also `dbrestore --pitr`): point-in-time recovery into a new data directory.
-public struct PITRCommand: ParsableCommand {
+public struct PITRCommand: ToolCommand {
     public static let configuration = CommandConfiguration(
         commandName: "pitr",
         abstract: "Point-in-time recovery from a physical base backup and the WAL archive into --pgdata (also --pitr).",
@@ -368,17 +369,18 @@ public struct PITRCommand: ParsableCommand {
         return nil
     }
 
-    public func run() throws {
-        if try config.printIfAsked(connection: connection, repository: repository) { return }
-        output.begin("dbrestore", labels: ["mode": "pitr"])
+    public func run(in context: RunContext) throws {
+        let settings = context.settings
+        if config.printIfAsked(context, connection: connection, repository: repository) { return }
+        output.begin("dbrestore", labels: ["mode": "pitr"], in: context)
         let recoveryTarget: RecoveryTarget = targetTime.flatMap(Self.parseTime).map { .time($0) }
             ?? targetLSN.flatMap(WALSegmentName.parseLSN).map { .lsn($0) } ?? targetName.map { .name($0) } ?? .latest
         let executable = PointInTimeRestore.runningExecutable()
         let directory = pgdata.map { $0.hasPrefix("/") ? $0 : FileManager.default.currentDirectoryPath + "/" + $0 } ?? ""
-        var configuration = PITRConfiguration(repository: try repository.address(), dataDirectory: directory, target: recoveryTarget,
-                                              port: port, start: start, moveAside: moveAside, tools: connection.tools,
-                                              connection: try connection.target(), dbrestorePath: executable)
-        configuration.key = try repository.cipherKey()
+        var configuration = PITRConfiguration(repository: try repository.address(settings), dataDirectory: directory, target: recoveryTarget,
+                                              port: port, start: start, moveAside: moveAside, tools: connection.tools(settings),
+                                              connection: try connection.target(settings), dbrestorePath: executable)
+        configuration.key = try repository.cipherKey(settings)
         configuration.keyFile = repository.encryptionKeyFile
         let plan = try PointInTimeRestore.plan(configuration)
         if dryRun {
@@ -403,7 +405,7 @@ public struct PITRCommand: ParsableCommand {
 }
 
 /// `dbrestore list`.
-public struct ListCommand: ParsableCommand {
+public struct ListCommand: ToolCommand {
     public static let configuration = CommandConfiguration(
         commandName: "list",
         abstract: "List the backups in a repository, newest first.",
@@ -419,15 +421,16 @@ public struct ListCommand: ParsableCommand {
 
     public init() {}
 
-    public func run() throws {
-        if try config.printIfAsked(connection: nil, repository: repository) { return }
-        let listing = try BackupListing.load(repository: try repository.address())
+    public func run(in context: RunContext) throws {
+        if config.printIfAsked(context, connection: nil, repository: repository) { return }
+        let address = try repository.address(context.settings)
+        let listing = try BackupListing.load(repository: address)
         if output.json {
             try printJSON(listing)
             return
         }
         guard !listing.isEmpty else {
-            output.note("no backups in \(try repository.address())")
+            output.note("no backups in \(address)")
             return
         }
         var table = TextTable("ID", "TAKEN (UTC)", "KIND", "SIZE", "ROWS", "SCHEMA", "RELEASE", "PINNED", "TAGS")
@@ -446,7 +449,7 @@ public struct ListCommand: ParsableCommand {
 }
 
 /// `dbrestore cleanup`: drop old pre-restore copies.
-public struct CleanupCommand: ParsableCommand {
+public struct CleanupCommand: ToolCommand {
     public static let configuration = CommandConfiguration(
         commandName: "cleanup",
         abstract: "Drop old <db>_pre_restore_<time> copies that earlier restores kept (only those dbrestore marked).",
@@ -494,10 +497,10 @@ public struct CleanupCommand: ParsableCommand {
         text.count <= 6 ? RetentionDuration.parse(text) : nil
     }
 
-    public func run() throws {
-        if try config.printIfAsked(connection: connection, repository: nil) { return }
-        output.begin("dbrestore", labels: ["mode": "cleanup"])
-        let file = try ConfigFile.current()
+    public func run(in context: RunContext) throws {
+        if config.printIfAsked(context, connection: connection, repository: nil) { return }
+        output.begin("dbrestore", labels: ["mode": "cleanup"], in: context)
+        let file = context.settings.configFile
         let within: RetentionDuration?
         if let text = keepWithin ?? file?.keepPreRestoreWithin {
             guard let parsed = Self.age(text) else {
@@ -507,11 +510,11 @@ public struct CleanupCommand: ParsableCommand {
         } else {
             within = PreRestoreCleanupConfiguration.defaultKeepWithin
         }
-        let configuration = PreRestoreCleanupConfiguration(target: try connection.target(),
+        let configuration = PreRestoreCleanupConfiguration(target: try connection.target(context.settings),
                                                            keep: keep ?? file?.keepPreRestore ?? PreRestoreCleanupConfiguration.defaultKeep,
                                                            keepWithin: within, dryRun: dryRun)
         let report = try PreRestoreCleanup.run(configuration)
-        output.succeeded(["cleanup_dropped_bytes": Double(report.droppedBytes)], summary: "\(report.copies.count) pre-restore copies")
+        output.succeeded(["cleanup_dropped_bytes": Double(report.droppedBytes)], summary: "\(report.copies.count) pre-restore copies", in: context)
         if output.json { return try printJSON(report) }
         report.repairs.forEach { output.note($0) }
         guard !report.copies.isEmpty else {
@@ -532,7 +535,7 @@ public struct CleanupCommand: ParsableCommand {
 }
 
 /// `dbrestore wal-fetch <name> <path>`: PostgreSQL's `restore_command`.
-public struct WALFetchCommand: ParsableCommand {
+public struct WALFetchCommand: ToolCommand {
     public static let configuration = CommandConfiguration(
         commandName: "wal-fetch",
         abstract: "Fetch one archived WAL file (for restore_command = 'dbrestore wal-fetch %f %p --repo …').",
@@ -565,13 +568,14 @@ public struct WALFetchCommand: ParsableCommand {
         }
     }
 
-    public func run() throws {
+    public func run(in context: RunContext) throws {
         try refuseUsageErrors()
-        if try config.printIfAsked(connection: nil, repository: repository) { return }
+        if config.printIfAsked(context, connection: nil, repository: repository) { return }
         guard let name, let path else { return }   // refuseUsageErrors() refused this already
         let found: Bool
         do {
-            found = try WALArchive.fetch(name: name, destination: path, repository: try repository.address(), key: try repository.cipherKey())
+            found = try WALArchive.fetch(name: name, destination: path, repository: try repository.address(context.settings),
+                                         key: try repository.cipherKey(context.settings))
         } catch {
             let cause = RecoveryError.classify(error)
             throw RecoveryError(.walFetchFailed, "cannot fetch WAL file \(name): \(cause.message)", hint: cause.hint)

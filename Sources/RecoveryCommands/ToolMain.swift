@@ -2,6 +2,7 @@ import ArgumentParser
 import BackupStorage
 import Foundation
 import Gzip
+import Logging
 import PostgresClient
 import ProcessSignals
 import RecoveryKit
@@ -30,20 +31,17 @@ extension ParsableCommand {
         #endif
         // Before the command starts any thread or child; after mallopt, so the signal thread's arena counts.
         Interruption.installSignalHandlers(tool: configuration.commandName ?? "dbrecovery")
-        let code = runReturningCode(arguments, standardError: FileHandle.standardError)
+        let code = runReturningCode(arguments, standardError: FileHandle.standardError, bootstrapLogging: true)
         Glibc.exit(code)
     }
 
     /// Runs the command in-process and returns its exit code (used by tests).
-    public static func runReturningCode(_ arguments: [String]?, standardError: FileHandle) -> Int32 {
+    ///
+    /// - Parameter bootstrapLogging: send swift-log records to stderr at the level the parsed
+    ///   command's `--quiet`/`-v` ask for; once per process, so only the tools' `main` sets it.
+    public static func runReturningCode(_ arguments: [String]?, standardError: FileHandle, bootstrapLogging: Bool = false) -> Int32 {
         let tool = configuration.commandName ?? "dbrecovery"
-        // --config must be known before any option group resolves its fallbacks.
         let argv = arguments ?? Array(CommandLine.arguments.dropFirst())
-        if let index = argv.firstIndex(of: "--config"), index + 1 < argv.count {
-            setenv("DBRECOVERY_CONFIG", argv[index + 1], 1)
-        } else if let inline = argv.first(where: { $0.hasPrefix("--config=") }) {
-            setenv("DBRECOVERY_CONFIG", String(inline.dropFirst("--config=".count)), 1)
-        }
         var command: ParsableCommand
         do {
             let spelled = try (Self.self as? ArgumentRewriting.Type)?.rewrite(argv) ?? argv
@@ -57,8 +55,29 @@ extension ParsableCommand {
             }
             return code
         }
+        if bootstrapLogging {
+            let level = Self.outputOptions(of: command)?.logLevel ?? .notice
+            let coloured = StderrLogHandler.wantsColour()
+            LoggingSystem.bootstrap { _ in StderrLogHandler(tool: tool, level: level, coloured: coloured) }
+        }
+        var context: RunContext?
         do {
-            try command.run()
+            if let toolCommand = command as? ToolCommand {
+                // Every setting's sources, read once: the command resolves flags against them.
+                let settings: Settings
+                do {
+                    settings = try Settings.load(configFlag: Self.configFlag(of: command))
+                } catch let error where command is WALFetchCommand {
+                    // As restore_command, anything below 126 would read as "not in the archive".
+                    let cause = RecoveryError.classify(error)
+                    throw RecoveryError(.walFetchFailed, "cannot fetch WAL: \(cause.message)", hint: cause.hint)
+                }
+                let runContext = RunContext(settings: settings)
+                context = runContext
+                try toolCommand.run(in: runContext)
+            } else {
+                try command.run()
+            }
             return ExitStatus.success.rawValue
         } catch let error where isArgumentParserError(error) {
             // `--help` and `help` parse into a HelpCommand whose run() throws the help request.
@@ -66,12 +85,18 @@ extension ParsableCommand {
         } catch {
             // Every other error reaches the exit-code table, with its own message and a hint.
             let classified = RecoveryError.classify(error).withCleanupSummary()
-            RunReporter.current?.failed(classified)
+            context?.reporter?.failed(classified)
             var text = "\(tool): error: \(classified.message)\n"
             text += "HINT: \(classified.hint ?? classified.code.defaultHint)\n"
             standardError.write(Data(text.utf8))
             return classified.code.rawValue
         }
+    }
+
+    /// The parsed command's `--json`/`--quiet`/`-v` options, if it has them (wal-push and wal-fetch
+    /// do not: they log at the default level into PostgreSQL's log).
+    static func outputOptions(of command: ParsableCommand) -> OutputOptions? {
+        Mirror(reflecting: command).children.lazy.compactMap { ($0.value as? OptionGroup<OutputOptions>)?.wrappedValue }.first
     }
 
     /// Whether swift-argument-parser threw `error` (a help request, a validation failure, a clean exit),

@@ -118,7 +118,7 @@ final class PruneTests: XCTestCase {
         let lock = try store.lock(holder: LockHolder(command: "dbbackup", pid: 999, host: "db1", since: Date().addingTimeInterval(-72 * 3600)))
         let running = "\(repository!)/backups/20200101T000000Z-cafe"
         try FileManager.default.createDirectory(atPath: running, withIntermediateDirectories: true)
-        FileManager.default.createFile(atPath: running + "/dump.sql.gz.partial-1", contents: Data([1]))
+        XCTAssertTrue(FileManager.default.createFile(atPath: running + "/dump.sql.gz.partial-1", contents: Data([1])))
         var times = [timeval(tv_sec: Int(Date().timeIntervalSince1970) - 48 * 3600, tv_usec: 0),
                      timeval(tv_sec: Int(Date().timeIntervalSince1970) - 48 * 3600, tv_usec: 0)]
         XCTAssertEqual(utimes(running + "/dump.sql.gz.partial-1", &times), 0)

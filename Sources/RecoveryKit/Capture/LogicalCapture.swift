@@ -80,6 +80,14 @@ public enum LogicalCapture {
             """).rows[0]
         // Read before the counter starts: the connection serves one thread at a time.
         let properties = try DatabaseProperties.read(on: connection)
+        // For the progress line's percentage: the tables' data as the catalogue sizes it. pg_dump's text
+        // is usually near it; the line says "~" and never claims 100% before the end.
+        var estimate: UInt64?
+        if progress != nil {
+            estimate = try connection.query("""
+                SELECT COALESCE(sum(pg_catalog.pg_relation_size(c.oid)), 0)::text FROM pg_catalog.pg_class c WHERE c.relkind IN ('r', 'm')
+                """).scalar.flatMap { UInt64($0) }
+        }
         // The exact counts come from the same snapshot, counted on its own connection while pg_dump
         // streams it: the server scans while this process compresses. The data file is committed only
         // once the counts are in, so a failed count leaves nothing behind.
@@ -96,7 +104,7 @@ public enum LogicalCapture {
                 executable: pgDump,
                 arguments: ["--snapshot=\(snapshot)", "--format=plain", "--no-password", "--lock-wait-timeout=\(configuration.lockWaitSeconds * 1000)"],
                 environment: configuration.target.childEnvironment, targets: targets, key: dumpKey,
-                level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "dump",
+                level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "dump \(id)", estimate: estimate,
                 lockWait: (configuration.target, configuration.lockWaitSeconds), beforeCommit: { _ = try counting.wait(); _ = try schemaDump.finish() })
         } catch {
             // A count that failed first (no SELECT privilege, a lock timeout) aborts the snapshot, and

@@ -6,9 +6,6 @@ import FoundationNetworking
 /// Reports how a run ended to monitoring: a Prometheus textfile (`--metrics-file`, for
 /// node_exporter's textfile collector) and a JSON event posted to `--notify-url`.
 public final class RunReporter: @unchecked Sendable {
-    /// The reporter of this process's run, if the command asked for one.
-    nonisolated(unsafe) public static var current: RunReporter?
-
     public let tool: String
     public let metricsFile: String?
     public let notifyURL: String?

@@ -1,5 +1,6 @@
 import BackupStorage
 import Foundation
+import Logging
 import ProcessSignals
 
 /// Settings of one `dbprune` run.
@@ -54,6 +55,10 @@ public struct PruneReport: Codable, Sendable {
 
 /// Applies a retention policy to one repository.
 public enum Pruner {
+    /// Each decision at debug (`-vv`); what the run passed over (a backup being read, a backup in
+    /// progress) at info (`-v`).
+    private static let logger = Logger(label: "dbrecovery.prune")
+
     /// Plans and (unless dry-run) applies retention.
     ///
     /// - Important: deletes manifest first, then data, so a crash half-way leaves garbage, never a
@@ -120,14 +125,21 @@ public enum Pruner {
         for index in decisions.indices where decisions[index].action != .keep {
             if let readers = try readers(of: decisions[index].id, in: store, removeStale: !configuration.dryRun, notes: &notes) {
                 beingRead.append("\(decisions[index].id): being read by \(readers)")
+                logger.info("skipped deleting backup \(decisions[index].id): being read by \(readers)")
                 decisions[index].action = .keep
                 decisions[index].keptBy.append("being read")
             }
         }
         // A dry run holds no lock, so a backup being written now may be found half-written: it is in progress.
-        let writer = configuration.dryRun ? try StoreLock.writer(in: store) : nil
+        let writer: LockHolder? = configuration.dryRun ? try StoreLock.writer(in: store) : nil
         let garbage = findGarbage(objects: objects, withManifest: Set(entries.map(\.id)), policy: configuration.policy,
                                   now: configuration.now, writer: writer)
+        for decision in decisions {
+            logger.debug("\(decision.action.rawValue) backup \(decision.id): \((decision.keptBy + [decision.reason].compactMap { $0 }).joined(separator: ", "))")
+        }
+        for item in garbage where item.action != "delete" {
+            logger.info("skipped \(item.folder): \(item.reason)")
+        }
         let walKeys = try store.list(prefix: "wal/").map(\.key)
         func walPlan() -> WALRetention.Plan {
             let keptIDs = Set(decisions.filter { $0.action != .delete }.map(\.id))
@@ -159,6 +171,7 @@ public enum Pruner {
                 if let readers = try readers(of: manifest.id, in: store, removeStale: true, notes: &notes) {
                     try store.write(manifestKey, contents: manifestBytes)
                     beingRead.append("\(manifest.id): being read by \(readers)")
+                    logger.info("skipped deleting backup \(manifest.id): being read by \(readers)")
                     decisions[index].action = .keep
                     decisions[index].keptBy.append("being read")
                     continue
