@@ -9,7 +9,7 @@ public struct RestoreCommand: ParsableCommand, ArgumentRewriting {
         commandName: "dbrestore",
         abstract: "Restore a database from a backup, safely: into a scratch database, verified, then swapped in.",
         discussion: """
-        The current database is never dropped: it is renamed to <db>_pre_restore_<time> and kept.
+        The current database is never dropped: it is renamed to <db>_pre_restore_<time> and kept. \
         The modes are subcommands; --emergency, --drill and --pitr are the same as emergency, drill \
         and pitr.
 
@@ -79,7 +79,8 @@ public struct RestoreCommand: ParsableCommand, ArgumentRewriting {
             let name = String(argument.split(separator: "=", maxSplits: 1).first ?? "")
             if let takers = modeOptions[name], !takers.contains(mode) {
                 throw ValidationError("\(name) goes with \(takers.map { "--\($0)" }.joined(separator: " or ")); "
-                                      + (mode == "restore" ? "a plain restore names the backup instead" : "not with --\(mode)"))
+                                      + (mode == "restore" ? "a plain restore names the backup instead" : "not with --\(mode)")
+                                      + " (dbrestore \(takers[0]) --help lists what it takes)")
             }
         }
         // Untouched unless a mode was asked for: `dbrestore --help` stays the top-level help.

@@ -43,11 +43,14 @@ extension ParsableCommand {
         let tool = configuration.commandName ?? "dbrecovery"
         let argv = arguments ?? Array(CommandLine.arguments.dropFirst())
         var command: ParsableCommand
+        // The help screen a usage error points at: the subcommand's when one was named.
+        var helpTopic = Self.helpTopic(tool: tool, arguments: argv)
         do {
             let spelled = try (Self.self as? ArgumentRewriting.Type)?.rewrite(argv) ?? argv
+            helpTopic = Self.helpTopic(tool: tool, arguments: spelled)
             command = try parseAsRoot(spelled)
         } catch {
-            let code = reportParserError(error, tool: tool, standardError: standardError)
+            let code = reportParserError(error, tool: tool, helpTopic: helpTopic, standardError: standardError)
             // `dbrestore wal-fetch` runs as PostgreSQL's restore_command, which reads any exit below 126
             // as "not in the archive" and may end recovery early: a usage error must stop recovery.
             if code == ExitStatus.usage.rawValue, tool == "dbrestore", argv.first == "wal-fetch" {
@@ -81,7 +84,7 @@ extension ParsableCommand {
             return ExitStatus.success.rawValue
         } catch let error where isArgumentParserError(error) {
             // `--help` and `help` parse into a HelpCommand whose run() throws the help request.
-            return reportParserError(error, tool: tool, standardError: standardError)
+            return reportParserError(error, tool: tool, helpTopic: helpTopic, standardError: standardError)
         } catch {
             // Every other error reaches the exit-code table, with its own message and a hint.
             let classified = RecoveryError.classify(error).withCleanupSummary()
@@ -99,6 +102,13 @@ extension ParsableCommand {
         Mirror(reflecting: command).children.lazy.compactMap { ($0.value as? OptionGroup<OutputOptions>)?.wrappedValue }.first
     }
 
+    /// `tool sub` when the arguments start with one of the tool's subcommands, else `tool`.
+    static func helpTopic(tool: String, arguments: [String]) -> String {
+        guard let first = arguments.first,
+              configuration.subcommands.contains(where: { $0.configuration.commandName == first }) else { return tool }
+        return "\(tool) \(first)"
+    }
+
     /// Whether swift-argument-parser threw `error` (a help request, a validation failure, a clean exit),
     /// as opposed to the command's own work.
     private static func isArgumentParserError(_ error: Error) -> Bool {
@@ -107,7 +117,7 @@ extension ParsableCommand {
     }
 
     /// Prints an argument-parser error (or `--help`) and returns its exit code: usage errors are 2.
-    private static func reportParserError(_ error: Error, tool: String, standardError: FileHandle) -> Int32 {
+    private static func reportParserError(_ error: Error, tool: String, helpTopic: String, standardError: FileHandle) -> Int32 {
         let parserCode = exitCode(for: error)
         if parserCode == ArgumentParser.ExitCode.success {
             let text = fullMessage(for: error)
@@ -118,7 +128,7 @@ extension ParsableCommand {
         }
         var message = message(for: error)
         if message.hasPrefix("Error: ") { message.removeFirst("Error: ".count) }
-        standardError.write(Data("\(tool): error: \(message)\nHINT: \(tool) --help shows every option with examples\n".utf8))
+        standardError.write(Data("\(tool): error: \(message)\nHINT: \(helpTopic) --help shows every option with examples\n".utf8))
         return parserCode == ArgumentParser.ExitCode.validationFailure ? ExitStatus.usage.rawValue : parserCode.rawValue
     }
 }
