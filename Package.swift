@@ -50,7 +50,8 @@ let package = Package(
         .testTarget(name: "BackupStorageTests", dependencies: ["BackupStorage"]),
         .testTarget(name: "RecoveryKitTests", dependencies: ["RecoveryKit", "BackupStorage", "ProcessSignals"]),
         .testTarget(name: "RecoveryCommandsTests", dependencies: ["RecoveryCommands", "RecoveryKit",
-                                                                  .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+                                                                  .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                                                                  .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "IntegrationTests", dependencies: ["RecoveryKit", "BackupStorage", "TestSupport", "PostgresClient"]),
     ],
     swiftLanguageModes: [.v5]

@@ -133,6 +133,15 @@ final class PruneTests: XCTestCase {
         let runningRow = rows.first { $0.hasPrefix("20200101T000000Z-cafe") } ?? ""
         XCTAssertTrue(runningRow.contains("in progress") && runningRow.contains("pid 999"), "a backup being written is not garbage: \(runningRow)")
         XCTAssertFalse(runningRow.contains("garbage"), runningRow)
+        XCTAssertFalse(text.standardError.contains("debug:"), "decisions are logged only with -vv: \(text.standardError)")
+
+        // -v says what was passed over, -vv every decision; on stderr only, without colour when piped.
+        let verbose = try TestProcess.tool("dbprune", ["--repo", repository, "--dry-run", "-vv"])
+        XCTAssertEqual(verbose.standardOutput, text.standardOutput, "logging never changes stdout")
+        XCTAssertTrue(verbose.standardError.contains("dbprune: info: skipped backups/20200101T000000Z-cafe: no manifest yet"), verbose.standardError)
+        XCTAssertTrue(verbose.standardError.contains("dbprune: debug: delete backup \(all[12]): older than the 10 newest"), verbose.standardError)
+        XCTAssertTrue(verbose.standardError.contains("dbprune: debug: keep backup \(all[25]): pinned"), verbose.standardError)
+        XCTAssertFalse(verbose.standardError.contains("\u{1B}["), verbose.standardError)
 
         let json = try TestProcess.tool("dbprune", ["--repo", repository, "--dry-run", "--json"])
         let plan = try JSONSerialization.jsonObject(with: Data(json.standardOutput.utf8)) as? [String: Any]
