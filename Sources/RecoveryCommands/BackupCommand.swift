@@ -88,6 +88,7 @@ public struct CaptureCommand: ToolCommand {
             pinned: pin, compressionLevel: compressionLevel,
             jobs: jobs ?? ProcessInfo.processInfo.activeProcessorCount, tools: connection.tools(settings))
         configuration.key = try encryption.key(from: repository, writingTo: configuration.repositories, settings)
+        configuration.environment = repository.storageEnvironment(settings)
         configuration.lockWaitSeconds = connection.sessionLimits.lockWaitSeconds
         let result = physical ? try PhysicalCapture.run(configuration, progress: output.progress)
             : try LogicalCapture.run(configuration, progress: output.progress)
@@ -136,13 +137,15 @@ public struct WALPushCommand: ToolCommand {
         if config.printIfAsked(context, connection: nil, repository: repository) { return }
         let addresses = try repository.addresses(settings)
         if addresses.count == 1 {
-            _ = try WALArchive.push(path: path, repository: addresses[0], key: try encryption.key(from: repository, writingTo: addresses, settings))
+            _ = try WALArchive.push(path: path, repository: addresses[0], key: try encryption.key(from: repository, writingTo: addresses, settings),
+                                    environment: repository.storageEnvironment(settings))
             return
         }
         var failures: [String] = []
         for address in addresses {
             do {
-                _ = try WALArchive.push(path: path, repository: address, key: try encryption.key(from: repository, writingTo: [address], settings))
+                _ = try WALArchive.push(path: path, repository: address, key: try encryption.key(from: repository, writingTo: [address], settings),
+                                        environment: repository.storageEnvironment(settings))
             } catch {
                 failures.append("\(address): \(RecoveryError.classify(error).message)")
             }

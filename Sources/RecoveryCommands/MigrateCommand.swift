@@ -176,8 +176,9 @@ public struct MigrateCommand: ParsableCommand {
 
         public func run(in context: RunContext) throws {
             if config.printIfAsked(context, connection: connection, repository: nil) { return }
-            let configuration = try running.configuration(common, connection, context.settings, release: release, output: output,
+            var configuration = try running.configuration(common, connection, context.settings, release: release, output: output,
                                                           requireRestorePoint: requireRestorePoint)
+            configuration.environment = repository.storageEnvironment(context.settings)
             let selection: DowngradeSelection = to.map { .toVersion($0) } ?? steps.map { .steps($0) } ?? .toRelease(toRelease ?? "")
             var backupRepository: String?
             if !noBackup {

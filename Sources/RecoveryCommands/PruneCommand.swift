@@ -60,7 +60,8 @@ public struct PruneCommand: ToolCommand {
         output.begin("dbprune", in: context)
         let policy = try policyPath.value.map { try RetentionPolicy.load(path: $0) } ?? .builtIn
         if applyLifecycle {
-            let change = try LifecycleRule.apply(repository: try repository.address(settings), policy: policy, dryRun: dryRun)
+            let change = try LifecycleRule.apply(repository: try repository.address(settings), policy: policy, dryRun: dryRun,
+                                                 environment: repository.storageEnvironment(settings))
             if output.json { return try printJSON(change) }
             print("current rule: \(change.currentRule ?? "(none)")")
             print("new rule:     \(change.newRule)")
@@ -82,8 +83,9 @@ public struct PruneCommand: ToolCommand {
                 try Confirmation.ask("dbprune will delete \(deletions) from \(plan.repository) (dbprune --dry-run lists them)",
                                      refusal: "dbprune would delete \(deletions) from \(plan.repository)")
             }
-            reports.append(try Pruner.run(PruneConfiguration(repository: address, policy: policy, dryRun: dryRun, now: now, confirm: confirm),
-                                          progress: output.progress))
+            var configuration = PruneConfiguration(repository: address, policy: policy, dryRun: dryRun, now: now, confirm: confirm)
+            configuration.environment = repository.storageEnvironment(settings)
+            reports.append(try Pruner.run(configuration, progress: output.progress))
         }
         if output.json {
             if reports.count == 1 { try printJSON(reports[0]) } else { try printJSON(reports) }

@@ -133,6 +133,7 @@ struct LogicalRestoreRun {
         configuration.key = try repository.cipherKey(settings)
         configuration.swapTimeout = TimeInterval(options.swapTimeout)
         configuration.tools = connection.tools(settings)   // --pg-bin / PG_BIN: the pg_dump that fingerprints the restored schema
+        configuration.environment = repository.storageEnvironment(settings)
         let timeline = output.timeline()
         let plan = try LogicalRestore.plan(configuration, timeline: timeline)
         if options.dryRun {
@@ -383,6 +384,7 @@ public struct PITRCommand: ToolCommand {
                                               connection: try connection.target(settings), dbrestorePath: executable)
         configuration.key = try repository.cipherKey(settings)
         configuration.keyFile = repository.encryptionKeyFile
+        configuration.environment = repository.storageEnvironment(settings)
         let plan = try PointInTimeRestore.plan(configuration)
         if dryRun {
             if output.json { try printJSON(plan) } else { print(plan.lines.joined(separator: "\n")) }
@@ -425,7 +427,7 @@ public struct ListCommand: ToolCommand {
     public func run(in context: RunContext) throws {
         if config.printIfAsked(context, connection: nil, repository: repository) { return }
         let address = try repository.address(context.settings)
-        let listing = try BackupListing.load(repository: address)
+        let listing = try BackupListing.load(repository: address, environment: repository.storageEnvironment(context.settings))
         if output.json {
             try printJSON(listing)
             return
@@ -576,7 +578,7 @@ public struct WALFetchCommand: ToolCommand {
         let found: Bool
         do {
             found = try WALArchive.fetch(name: name, destination: path, repository: try repository.address(context.settings),
-                                         key: try repository.cipherKey(context.settings))
+                                         key: try repository.cipherKey(context.settings), environment: repository.storageEnvironment(context.settings))
         } catch {
             let cause = RecoveryError.classify(error)
             throw RecoveryError(.walFetchFailed, "cannot fetch WAL file \(name): \(cause.message)", hint: cause.hint)

@@ -94,14 +94,8 @@ public struct RepositoryOptions: ParsableArguments {
     public init() {}
 
     /// The repository address from the flag, then `BACKUP_REPO`, then `BACKUP_S3_BUCKET`.
-    ///
-    /// S3 flags are handed to the storage layer through the environment variables it reads, so that
-    /// a flag and its variable can never mean different things.
     public func address(_ settings: Settings) throws -> String {
-        let resolved = self.settings(settings)
-        if let endpoint = resolved[1].value { setenv("AWS_ENDPOINT_URL_S3", endpoint, 1) }
-        if let region = resolved[2].value { setenv("AWS_REGION", region, 1) }
-        guard let address = resolved[0].value else {
+        guard let address = self.settings(settings)[0].value else {
             throw RecoveryError(.usage, "no backup repository given",
                                 hint: "pass --repo /path/to/repository, set BACKUP_REPO, or repo in /etc/dbrecovery/config.toml")
         }
@@ -122,6 +116,17 @@ public struct RepositoryOptions: ParsableArguments {
             all = [try address(settings)]
         }
         return all.filter { !$0.hasPrefix("s3://") } + all.filter { $0.hasPrefix("s3://") }
+    }
+
+    /// What the storage layer reads S3 settings from: the run's environment with the resolved
+    /// endpoint and region in the variables it reads, so that a flag (or the config file's `[s3]`) and
+    /// its variable can never mean different things. Passed down; the process environment is untouched.
+    public func storageEnvironment(_ settings: Settings) -> [String: String] {
+        let resolved = self.settings(settings)
+        var environment = settings.environment
+        if let endpoint = resolved[1].value { environment["AWS_ENDPOINT_URL_S3"] = endpoint }
+        if let region = resolved[2].value { environment["AWS_REGION"] = region }
+        return environment
     }
 
     /// Repository, S3 endpoint and region, each with its source.
@@ -158,7 +163,8 @@ public struct EncryptionWriteOptions: ParsableArguments {
         let key = try repository.cipherKey(settings)
         for address in addresses {
             do {
-                try RepositoryEncryption.checkWrite(to: try Repository.open(address, create: true), key: key, allowMixed: allowMixedEncryption)
+                try RepositoryEncryption.checkWrite(to: try Repository.open(address, create: true, environment: repository.storageEnvironment(settings)),
+                                                    key: key, allowMixed: allowMixedEncryption)
             } catch is StorageError {
                 // Unreachable or unwritable: the capture meets the same failure and handles it per
                 // repository (the others still get the backup, exit 50), so it is not decided here.

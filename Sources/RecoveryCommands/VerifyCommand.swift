@@ -69,7 +69,7 @@ public struct VerifyCommand: ToolCommand {
         if check == .schema { return try runSchema(repository: address, in: context) }
         if files {
             let reports = try BackupVerification.files(repository: address, backup: backup ?? "latest", key: try repository.cipherKey(context.settings),
-                                                       progress: output.progress)
+                                                       progress: output.progress, environment: repository.storageEnvironment(context.settings))
             if output.json { try printJSON(reports) } else {
                 var table = TextTable("BACKUP", "FILE", "STATUS")
                 for report in reports {
@@ -90,7 +90,8 @@ public struct VerifyCommand: ToolCommand {
             }
             return
         }
-        let report = try BackupVerification.rowCounts(repository: address, backup: backup, target: try connection.target(context.settings))
+        let report = try BackupVerification.rowCounts(repository: address, backup: backup, target: try connection.target(context.settings),
+                                                          environment: repository.storageEnvironment(context.settings))
         if output.json { try printJSON(report) } else {
             if let basis = report.basis { output.note("comparing \(report.database) with backup \(report.backupID) (\(basis))") }
             var table = TextTable("TABLE", "EXPECTED", "ACTUAL", "STATUS")
@@ -112,7 +113,7 @@ public struct VerifyCommand: ToolCommand {
     /// `--schema`: the live database's schema against the backup's fingerprint.
     private func runSchema(repository address: String, in context: RunContext) throws {
         let report = try SchemaVerifier.verify(repository: address, backup: backup, target: try connection.target(context.settings),
-                                               tools: connection.tools(context.settings))
+                                               tools: connection.tools(context.settings), environment: repository.storageEnvironment(context.settings))
         if output.json { try printJSON(report) } else if !report.ok {
             var table = TextTable("CHANGE", "TYPE", "SCHEMA", "NAME")
             for difference in report.differences {

@@ -88,6 +88,32 @@ final class S3RepositoryTests: XCTestCase {
         XCTAssertEqual(try store.list(prefix: "backups/").map(\.key), [])
     }
 
+    /// `--s3-endpoint`/`--s3-region` and the config file's `[s3]` reach the storage layer of every
+    /// command by being passed down with the run's settings (no variable is exported for them).
+    func testEndpointAndRegionFromFlagsOrTheConfigFileReachEveryCommand() throws {
+        var environment = s3.environment()
+        let endpoint = try XCTUnwrap(environment["AWS_ENDPOINT_URL_S3"])
+        environment["AWS_ENDPOINT_URL_S3"] = ""   // empty counts as unset
+        environment["AWS_REGION"] = ""
+        let flags = ["--s3-endpoint", endpoint, "--s3-region", "us-east-1"]
+        let backup = try TestProcess.tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository] + flags,
+                                          cluster: cluster, environment: environment)
+        XCTAssertEqual(backup.status, 0, backup.standardError)
+        let id = backup.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+        let list = try TestProcess.tool("dbrestore", ["list", "--json", "--repo", repository] + flags, environment: environment)
+        XCTAssertEqual(list.status, 0, list.standardError)
+        XCTAssertTrue(list.standardOutput.contains(id), list.standardOutput)
+
+        let config = NSTemporaryDirectory() + "s3-config-\(UUID().uuidString).toml"
+        try "[s3]\nendpoint = \"\(endpoint)\"\nregion = \"us-east-1\"\n".write(toFile: config, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: config) }
+        let files = try TestProcess.tool("dbverify", ["--files", id, "--repo", repository, "--config", config], environment: environment)
+        XCTAssertEqual(files.status, 0, files.standardError + files.standardOutput)
+        let prune = try TestProcess.tool("dbprune", ["--dry-run", "--repo", repository, "--config", config], environment: environment)
+        XCTAssertEqual(prune.status, 0, prune.standardError)
+        XCTAssertTrue(prune.standardOutput.contains(id), prune.standardOutput)
+    }
+
     func testInjectedFaultsNeitherFailNorCorruptTheBackup() throws {
         let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--fail-every", "5", "--drop-every", "11"])
         defer { proxy.stop() }

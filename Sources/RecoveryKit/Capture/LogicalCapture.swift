@@ -21,6 +21,8 @@ public struct LogicalCaptureConfiguration {
     public var tools: PostgresTools
     /// `--lock-wait`: pg_dump's `--lock-wait-timeout` (the target's sessions carry it as `lock_timeout`).
     public var lockWaitSeconds = SessionLimits.defaultLockWaitSeconds
+    /// What the storage layer reads S3 settings from (see `Repository.open`).
+    public var environment = ProcessInfo.processInfo.environment
 
     public init(target: ConnectionTarget, repositories: [String], tags: [String] = [], release: String? = nil,
                 pinned: Bool = false, compressionLevel: Int = GzipCompressor.defaultLevel, jobs: Int = ProcessInfo.processInfo.activeProcessorCount,
@@ -62,7 +64,7 @@ public enum LogicalCapture {
                                 hint: "pass --compression-level between 0 (none) and 9 (smallest); \(GzipCompressor.defaultLevel) is the default")
         }
         let pgDump = try configuration.tools.path(of: "pg_dump")
-        let targets = try CaptureTargets(addresses: configuration.repositories, command: "dbbackup")
+        let targets = try CaptureTargets(addresses: configuration.repositories, command: "dbbackup", environment: configuration.environment)
         defer {
             targets.releaseLocks()
             if Interruption.isRequested { CleanupLog.cleaned("released the repository lock") }

@@ -15,7 +15,7 @@ public enum PhysicalCapture {
     /// - Throws: `RecoveryError`, `PostgresError` or `StorageError`.
     public static func run(_ configuration: LogicalCaptureConfiguration, progress: ProgressObserver? = nil) throws -> CaptureResult {
         let pgBasebackup = try configuration.tools.path(of: "pg_basebackup")
-        let targets = try CaptureTargets(addresses: configuration.repositories, command: "dbbackup --physical")
+        let targets = try CaptureTargets(addresses: configuration.repositories, command: "dbbackup --physical", environment: configuration.environment)
         defer {
             targets.releaseLocks()
             if Interruption.isRequested { CleanupLog.cleaned("released the repository lock") }

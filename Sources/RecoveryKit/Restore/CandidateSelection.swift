@@ -40,7 +40,7 @@ enum CandidateSelection {
         var skipped = skipped
         var openError: Error?
         for address in configuration.repositories {
-            do { stores.append((address, try Repository.open(address, create: false))) } catch {
+            do { stores.append((address, try Repository.open(address, create: false, environment: configuration.environment))) } catch {
                 openError = openError ?? error
                 if !skipped.contains(where: { $0.id == "-" && $0.reason.hasPrefix("repository \(address) ") }) {
                     skipped.append(.init(id: "-", reason: "repository \(address) unavailable: \(RecoveryError.classify(error).message)"))

@@ -12,6 +12,8 @@ public struct PruneConfiguration {
     /// Called with the plan (under the lock, before anything is deleted) when the run would delete
     /// something; throwing stops the run with nothing changed. Nil: no confirmation needed.
     public var confirm: ((PruneReport) throws -> Void)?
+    /// What the storage layer reads S3 settings from (see `Repository.open`).
+    public var environment = ProcessInfo.processInfo.environment
 
     public init(repository: String, policy: RetentionPolicy = .builtIn, dryRun: Bool = false, now: Date = Date(),
                 confirm: ((PruneReport) throws -> Void)? = nil) {
@@ -66,7 +68,8 @@ public enum Pruner {
     ///   unreadable manifest are never deleted.
     /// - Throws: `RecoveryError`; `StorageError` if the repository cannot be read or is locked.
     public static func run(_ configuration: PruneConfiguration, progress: ProgressObserver? = nil) throws -> PruneReport {
-        try run(configuration, store: try Repository.open(configuration.repository, create: false), progress: progress)
+        try run(configuration, store: try Repository.open(configuration.repository, create: false, environment: configuration.environment),
+                progress: progress)
     }
 
     /// The same on an already open store (tests wrap a real store to observe the order of deletions).
