@@ -227,8 +227,10 @@ public struct MigrateCommand: ParsableCommand {
         public static let configuration = CommandConfiguration(
             abstract: "Mark a version applied or reverted by hand (audited), after checking the schema yourself.")
         @Argument(help: ArgumentHelp("The version to resolve.", valueName: "version")) var version: Int64
-        @Flag(name: .customLong("mark-applied")) var markApplied = false
-        @Flag(name: .customLong("mark-reverted")) var markReverted = false
+        @Flag(name: .customLong("mark-applied"), help: "Record the version as applied: its up.sql took effect (you checked the schema).")
+        var markApplied = false
+        @Flag(name: .customLong("mark-reverted"), help: "Record the version as reverted: its down.sql took effect, or its up.sql never did.")
+        var markReverted = false
         @OptionGroup(title: "Connection") var connection: ConnectionOptions
         @OptionGroup var common: Common
         @OptionGroup(title: "Configuration") var config: ConfigOptions
