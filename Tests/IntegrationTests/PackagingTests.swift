@@ -91,6 +91,10 @@ final class PackagingTests: XCTestCase {
             let snapshot = try String(contentsOfFile: "\(TestPaths.repositoryRoot)/docs/man/\(tool).help.json", encoding: .utf8)
             XCTAssertEqual(live.standardOutput, snapshot,
                            "\(tool)'s options or help changed: review the change and run scripts/generate-man.sh (it rewrites docs/man)")
+            // The rendered top-level help too: it is put together from several commands' help.
+            let screen = try TestProcess.tool(tool, ["--help"], environment: ["COLUMNS": "80"])
+            XCTAssertEqual(screen.standardOutput, try String(contentsOfFile: "\(TestPaths.repositoryRoot)/docs/man/\(tool).help.txt", encoding: .utf8),
+                           "\(tool) --help changed: review it and run scripts/generate-man.sh")
             XCTAssertTrue(FileManager.default.fileExists(atPath: "\(TestPaths.repositoryRoot)/docs/man/\(tool).1"))
             let version = try TestProcess.tool(tool, ["--version"])
             XCTAssertEqual(version.status, 0, version.standardError)
