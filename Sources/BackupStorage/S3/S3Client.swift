@@ -1,7 +1,7 @@
 import Crypto
 import Foundation
-import Synchronization
 import ProcessSignals
+import Synchronization
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
