@@ -83,15 +83,15 @@ public struct CaptureCommand: ToolCommand {
         let settings = context.settings
         if config.printIfAsked(context, connection: connection, repository: repository) { return }
         output.begin("dbbackup", labels: ["kind": physical ? "physical" : "logical"], in: context)
-        var configuration = LogicalCaptureConfiguration(
+        var configuration = CaptureConfiguration(
             target: try connection.target(settings), repositories: try repository.addresses(settings), tags: tags, release: release,
             pinned: pin, compressionLevel: compressionLevel,
             jobs: jobs ?? ProcessInfo.processInfo.activeProcessorCount, tools: connection.tools(settings))
         configuration.key = try encryption.key(from: repository, writingTo: configuration.repositories, settings)
         configuration.environment = repository.storageEnvironment(settings)
-        configuration.lockWaitSeconds = connection.sessionLimits.lockWaitSeconds
         let result = physical ? try PhysicalCapture.run(configuration, progress: output.progress)
-            : try LogicalCapture.run(configuration, progress: output.progress)
+            : try LogicalCapture.run(LogicalCaptureConfiguration(configuration, lockWaitSeconds: connection.sessionLimits.lockWaitSeconds),
+                                     progress: output.progress)
         let manifest = result.manifest
         let summary = BackupSummary(manifest: manifest, repository: configuration.repository)
         output.succeeded(["backup_raw_bytes": Double(manifest.rawBytes), "backup_stored_bytes": Double(manifest.storedBytes),
