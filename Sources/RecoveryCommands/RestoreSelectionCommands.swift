@@ -3,7 +3,7 @@ import Foundation
 import RecoveryKit
 
 /// `dbrestore contents <backup>`: what a logical backup holds (issue 18).
-public struct ContentsCommand: ParsableCommand {
+public struct ContentsCommand: ToolCommand {
     public static let configuration = CommandConfiguration(
         commandName: "contents",
         abstract: "List what a logical backup holds: schemas, tables (rows, size in the dump), sequences, functions, views, other objects.",
@@ -26,9 +26,11 @@ public struct ContentsCommand: ParsableCommand {
 
     public init() {}
 
-    public func run() throws {
-        if try config.printIfAsked(connection: nil, repository: repository) { return }
-        let contents = try BackupContents.read(repository: try repository.address(), backup: backup, key: try repository.cipherKey(), progress: output.progress)
+    public func run(in context: RunContext) throws {
+        if config.printIfAsked(context, connection: nil, repository: repository) { return }
+        let settings = context.settings
+        let contents = try BackupContents.read(repository: try repository.address(settings), backup: backup, key: try repository.cipherKey(settings),
+                                               environment: repository.storageEnvironment(settings), progress: output.progress)
         if output.json { return try printJSON(contents) }
         let source = contents.source == .tableOfContents ? "table of contents, \(contents.accessPoints) access points" : "full scan of the dump (no table of contents)"
         print("backup \(contents.backupID) (\(source))")
@@ -95,10 +97,15 @@ public struct SelectiveRestoreOptions: ParsableArguments {
     }
 
     /// Runs the selective restore for `dbrestore <backup> --table …`.
-    func run(backup: String, connection: ConnectionOptions, repository: RepositoryOptions, output: OutputOptions, dryRun: Bool, yes: Bool) throws {
-        var configuration = SelectiveRestoreConfiguration(target: try connection.target(), repositories: try repository.addresses(), backup: backup,
+    func run(backup: String, connection: ConnectionOptions, repository: RepositoryOptions, config: ConfigOptions, output: OutputOptions,
+             dryRun: Bool, yes: Bool, in context: RunContext) throws {
+        let settings = context.settings
+        if config.printIfAsked(context, connection: connection, repository: repository) { return }
+        output.begin("dbrestore", labels: ["mode": "selective"], in: context)
+        var configuration = SelectiveRestoreConfiguration(target: try connection.target(settings), repositories: try repository.addresses(settings), backup: backup,
                                                           tables: tables, schemas: schemas, destination: destination)
-        configuration.key = try repository.cipherKey()
+        configuration.key = try repository.cipherKey(settings)
+        configuration.environment = repository.storageEnvironment(settings)
         configuration.cascadeReport = cascadeReport
         configuration.dryRun = dryRun
         if let seconds = connection.explicitLockWaitSeconds { configuration.lockWaitSeconds = seconds }
@@ -115,7 +122,8 @@ public struct SelectiveRestoreOptions: ParsableArguments {
         let report = try SelectiveRestore.execute(configuration, timeline: timeline, progress: output.progress)
         output.succeeded(["restore_duration_seconds": report.durationSeconds, "restore_verified_tables": Double(report.verification.tables.count),
                           "restore_decompressed_bytes": Double(report.read.bytesDecompressed)],
-                         summary: "\(report.plan.destination) of \(report.plan.tables.count) table(s) from backup \(report.plan.backupID) in \(String(format: "%.1f", report.durationSeconds)) s")
+                         summary: "\(report.plan.destination) of \(report.plan.tables.count) table(s) from backup \(report.plan.backupID) in \(String(format: "%.1f", report.durationSeconds)) s",
+                         in: context)
         if output.json { return try printJSON(report) }
         let plan = report.plan
         let seconds = String(format: "%.1f", report.durationSeconds)

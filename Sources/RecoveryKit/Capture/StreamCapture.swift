@@ -20,7 +20,7 @@ enum StreamCapture {
     /// - Throws: `RecoveryError(.toolFailed)` with the program's own message, `RecoveryError(.lockTimeout)`,
     ///   `InterruptedError`, or the store's error.
     static func run(executable: String, arguments: [String], environment: [String: String], targets: CaptureTargets, key storeKey: String,
-                    level: Int, jobs: Int, key: RepositoryKey? = nil, progress: ProgressObserver?, phase: String,
+                    level: Int, jobs: Int, key: RepositoryKey? = nil, progress: ProgressObserver?, phase: String, estimate: UInt64? = nil,
                     lockWait: (target: ConnectionTarget, seconds: Int)? = nil,
                     observe: ((UnsafeRawBufferPointer) -> Void)? = nil, contents: DumpContentsBuilder? = nil,
                     beforeCommit: () throws -> Void = {}) throws -> (BackupManifest.File, String) {
@@ -43,7 +43,7 @@ enum StreamCapture {
                 observe?(chunk)
                 contents?.write(chunk)
                 try upload.write(chunk)
-                progress?.progress(phase: phase, bytes: upload.compressor.bytesIn)
+                progress?.progress(phase: phase, bytes: upload.compressor.bytesIn, total: estimate, estimated: true)
             }
             try upload.finish()
         } catch {

@@ -46,8 +46,9 @@ public struct BackupContents: Codable, Sendable {
     /// Reads the contents of `reference` (`latest`, an id or a prefix) in `repository`.
     ///
     /// - Throws: `RecoveryError` (`.backupNotFound`, `.backupCorrupt`, `.usage` for a physical backup, `.configuration` for a missing key).
-    public static func read(repository: String, backup reference: String, key: RepositoryKey?, progress: ProgressObserver? = nil) throws -> BackupContents {
-        let store = try Repository.open(repository, create: false)
+    public static func read(repository: String, backup reference: String, key: RepositoryKey?,
+                            environment: [String: String] = ProcessInfo.processInfo.environment, progress: ProgressObserver? = nil) throws -> BackupContents {
+        let store = try Repository.open(repository, create: false, environment: environment)
         let manifest = try Catalog(store: store).resolve(reference)
         let (toc, source) = try tableOfContents(of: manifest, from: store, key: key, progress: progress)
         return BackupContents(manifest: manifest, toc: toc, source: source)

@@ -29,6 +29,8 @@ public struct SelectiveRestoreConfiguration {
     public var key: RepositoryKey? = nil
     /// `--lock-wait`: how long `--replace` waits for the live tables' locks.
     public var lockWaitSeconds = SessionLimits.defaultLockWaitSeconds
+    /// Where S3 settings are read (flags and the config file, resolved by the command).
+    public var environment = ProcessInfo.processInfo.environment
 
     public init(target: ConnectionTarget, repositories: [String], backup: String, tables: [String], schemas: [String], destination: Destination) {
         self.target = target
@@ -128,7 +130,7 @@ public enum SelectiveRestore {
         var firstError: Error?
         for address in configuration.repositories {
             do {
-                let store = try Repository.open(address, create: false)
+                let store = try Repository.open(address, create: false, environment: configuration.environment)
                 chosen = (address, store, try Catalog(store: store).resolve(configuration.backup))
                 break
             } catch {
