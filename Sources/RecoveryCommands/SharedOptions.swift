@@ -13,7 +13,8 @@ public struct ConnectionOptions: ParsableArguments {
     public var databaseURL: String?
 
     @Option(name: .customLong("pg-bin"), help: ArgumentHelp(
-        "Directory holding pg_dump and psql (default: $PG_BIN, PATH, then /usr/lib/postgresql/<newest>/bin).",
+        "Directory holding the PostgreSQL programs to use, and no other (default: $PG_BIN, else those matching the server's major).",
+        discussion: "Without it: /usr/lib/postgresql/<major>/bin, the scripts/pg-majors.sh cache, then PATH; pg_dump of the server's major or newer, pg_basebackup and pg_ctl of the same major.",
         valueName: "dir"))
     public var pgBin: String?
 
@@ -63,7 +64,10 @@ public struct ConnectionOptions: ParsableArguments {
     }
 
     /// Where the PostgreSQL programs are.
-    public var tools: PostgresTools { PostgresTools(directory: (try? pgBinSetting().value) ?? nil) }
+    public var tools: PostgresTools {
+        let setting = try? pgBinSetting()
+        return PostgresTools(directory: setting?.value ?? nil, source: setting?.source ?? "--pg-bin")
+    }
 }
 
 /// `--repo`, the same in every tool.

@@ -61,7 +61,6 @@ public enum LogicalCapture {
             throw RecoveryError(.usage, "compression level \(configuration.compressionLevel) is outside 0...9",
                                 hint: "pass --compression-level between 0 (none) and 9 (smallest); \(GzipCompressor.defaultLevel) is the default")
         }
-        let pgDump = try configuration.tools.path(of: "pg_dump")
         let targets = try CaptureTargets(addresses: configuration.repositories, command: "dbbackup")
         defer {
             targets.releaseLocks()
@@ -72,6 +71,9 @@ public enum LogicalCapture {
         let id = BackupID.make(at: startedAt)
         let connection = try PostgresConnection(target: configuration.target, applicationName: "dbbackup")
         defer { connection.close() }
+        // pg_dump of the server's major or newer (an older one refuses the server).
+        let dumper = try configuration.tools.program("pg_dump", for: PostgresMajor(serverVersionNumber: connection.serverVersionNumber), fit: .sameOrNewer)
+        let pgDump = dumper.path
         try connection.execute(script: "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         let snapshot = try connection.query("SELECT pg_catalog.pg_export_snapshot()").scalar ?? ""
         let facts = try connection.query("""
@@ -126,6 +128,7 @@ public enum LogicalCapture {
             startedAt: startedAt, finishedAt: Date(), tags: configuration.tags, release: configuration.release,
             pinned: configuration.pinned, schemaVersion: schemaVersion, snapshot: snapshot, tables: tables, files: [file],
             databaseProperties: properties)
+        manifest.clientPrograms = [dumper]
         CrashPoint.reached("capture:after-data")
         do {
             // Past this point the backup exists: a signal that came first still cancels it.
