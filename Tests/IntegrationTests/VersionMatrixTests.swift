@@ -99,6 +99,46 @@ final class VersionMatrixTests: XCTestCase {
         XCTAssertEqual(try Catalog(store: try LocalStore(root: repository, create: false)).manifests().count, 1, "a refused backup stores nothing")
     }
 
+    /// The search asks each program its version (a directory's name proves nothing), prefers the
+    /// server's own major, then the nearest newer one, and says what it found when nothing fits.
+    func testProgramSearchPrefersTheServersMajorThenTheNearestNewer() throws {
+        let bin14 = try Self.installedBin(major: 14)
+        let bin17 = try Self.installedBin(major: 17)
+        let bin18 = try Self.installedBin(major: 18)
+        let cache = TestPaths.temporaryDirectory(prefix: "pg-cache")
+        for (name, bin) in [("14", bin14), ("17", bin17), ("18", bin18), ("16", bin17)] {
+            try FileManager.default.createDirectory(atPath: "\(cache)/\(name)", withIntermediateDirectories: true)
+            try FileManager.default.createSymbolicLink(atPath: "\(cache)/\(name)/bin", withDestinationPath: bin)
+        }
+        let tools = PostgresTools(environment: ["PATH": "/nonexistent", "DBRECOVERY_PG_CACHE": cache])
+
+        let same = try tools.program("pg_dump", for: PostgresMajor(14), fit: .sameOrNewer)
+        XCTAssertEqual(same.major, 14)
+        XCTAssertEqual(same.path, "\(cache)/14/bin/pg_dump")
+        XCTAssertTrue(same.version.hasPrefix("pg_dump (PostgreSQL) 14."), same.version)
+        // 16's directory holds 17's programs: pg_dump 17 serves a 16 server, pg_basebackup 17 does not.
+        let newer = try tools.program("pg_dump", for: PostgresMajor(16), fit: .sameOrNewer)
+        XCTAssertEqual(newer.major, 17, "the nearest newer major, not 18")
+        XCTAssertThrowsError(try tools.program("pg_basebackup", for: PostgresMajor(16), fit: .same)) { error in
+            let message = (error as? RecoveryError)?.message ?? "\(error)"
+            XCTAssertTrue(message.contains("the server is PostgreSQL 16, which needs pg_basebackup 16; found"), message)
+            XCTAssertTrue(message.contains("17 (\(cache)/16/bin/pg_basebackup)"), message)
+            XCTAssertEqual((error as? RecoveryError)?.code, .toolFailed)
+            let hint = (error as? RecoveryError)?.hint ?? ""
+            XCTAssertTrue(hint.contains("scripts/pg-majors.sh install 16") && hint.contains("postgresql-client-16") && hint.contains("--pg-bin"), hint)
+        }
+        XCTAssertEqual(try tools.program("pg_ctl", for: PostgresMajor(18), fit: .same).path, "\(cache)/18/bin/pg_ctl")
+
+        // A named directory is the only place looked at, and a pg_dump there older than the server is refused.
+        let named = PostgresTools(directory: bin14, source: "flag --pg-bin", environment: ["PATH": "/nonexistent", "DBRECOVERY_PG_CACHE": cache])
+        XCTAssertThrowsError(try named.program("pg_dump", for: PostgresMajor(17), fit: .sameOrNewer)) { error in
+            let message = (error as? RecoveryError)?.message ?? "\(error)"
+            XCTAssertTrue(message.contains("pg_dump in \(bin14) (flag --pg-bin) is 14, older than the server's"), message)
+        }
+        let fromEnvironment = PostgresTools(environment: ["PG_BIN": bin18, "PATH": "/nonexistent", "DBRECOVERY_PG_CACHE": cache])
+        XCTAssertEqual(try fromEnvironment.program("pg_dump", for: PostgresMajor(14), fit: .sameOrNewer).major, 18, "PG_BIN is used as named")
+    }
+
     // MARK: - One major
 
     private func backupRestoreVerifyAndRecover(major: Int) throws {
@@ -200,6 +240,19 @@ final class VersionMatrixTests: XCTestCase {
         lock.lock()
         defer { lock.unlock() }
         if let existing = clusters[major] { return existing }
+        _ = try installedBin(major: major)
+        let parent = TestPaths.temporaryDirectory(prefix: "matrix-wal")
+        if getuid() == 0 { _ = try? TestProcess.run("/bin/chown", ["-R", "postgres:postgres", parent]) }
+        let walRepository = parent + "/repo"
+        let cluster = try PostgresCluster(major: major, archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(walRepository)")
+        clusters[major] = (cluster, walRepository)
+        return (cluster, walRepository)
+    }
+
+    /// The bin directory of an installed major.
+    ///
+    /// - Throws: under CI=true a failure naming `scripts/pg-majors.sh install N`, else `XCTSkip` saying the same.
+    private static func installedBin(major: Int) throws -> String {
         let installed = try TestProcess.run(TestPaths.repositoryRoot + "/scripts/pg-majors.sh", ["bin", String(major)])
         guard installed.status == 0 else {
             let message = "PostgreSQL \(major) is not installed; install it with: scripts/pg-majors.sh install \(major)"
@@ -208,12 +261,7 @@ final class VersionMatrixTests: XCTestCase {
             }
             throw XCTSkip(message)
         }
-        let parent = TestPaths.temporaryDirectory(prefix: "matrix-wal")
-        if getuid() == 0 { _ = try? TestProcess.run("/bin/chown", ["-R", "postgres:postgres", parent]) }
-        let walRepository = parent + "/repo"
-        let cluster = try PostgresCluster(major: major, archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(walRepository)")
-        clusters[major] = (cluster, walRepository)
-        return (cluster, walRepository)
+        return installed.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     // MARK: - Running as the server's OS user (as PointInTimeRecoveryTests does)

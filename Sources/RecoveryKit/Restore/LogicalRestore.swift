@@ -207,7 +207,7 @@ public enum LogicalRestore {
             try lockTarget(plan.targetDatabase, on: admin)
             try ToolDatabases.repair(plan.targetDatabase, on: admin, timeline: timeline)
             plan.warnings.forEach { timeline.note("backup \(plan.backupID)", outcome: "warning: \($0)") }
-            plan.versionNote.map { timeline.note("backup \(plan.backupID)", outcome: $0) }
+            if let note = plan.versionNote { timeline.note("backup \(plan.backupID)", outcome: note) }
             var outcome: String
             var latestGone = 0
             while true {
@@ -242,7 +242,7 @@ public enum LogicalRestore {
                     }
                     plan.choose(next)
                     try plan.checkMajors(next.manifest, into: PostgresMajor(serverVersionNumber: admin.serverVersionNumber), tools: configuration.tools)
-                    plan.versionNote.map { timeline.note("backup \(plan.backupID)", outcome: $0) }
+                    if let note = plan.versionNote { timeline.note("backup \(plan.backupID)", outcome: note) }
                     // A fresh name, in case the failed candidate's scratch database could not be dropped.
                     plan.scratchDatabase = try unusedIdentifier(plan.targetDatabase,
                                                                 suffix: "_\(configuration.mode == .drill ? "drill" : "restore")_\(compactTimestamp(Date()))", on: admin)
