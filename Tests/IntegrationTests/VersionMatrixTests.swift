@@ -46,6 +46,9 @@ final class VersionMatrixTests: XCTestCase {
                                             cluster: new.cluster)
         XCTAssertEqual(restored.status, 0, restored.standardError)
         XCTAssertTrue(restored.standardError.contains("restoring a PostgreSQL 14 backup into 17"), restored.standardError)
+        // 16+ no longer qualifies the columns of a one-table view: the view is there, its text is 17's.
+        XCTAssertTrue(restored.standardError.contains("view busy_users in schema public differs as the newer server writes it (tolerated)"),
+                      restored.standardError)
         XCTAssertEqual(try new.cluster.rowCounts(database: target), try old.cluster.rowCounts(database: source))
         let schema = try TestProcess.tool("dbverify", ["--schema", oldID, "--database-url", new.cluster.url(database: target), "--repo", repository],
                                           cluster: new.cluster)

@@ -540,8 +540,8 @@ extension RestorePlan {
             }
             versionNote = "restoring a PostgreSQL \(source) backup into \(target)"
         }
-        if manifest.schemaFingerprint != nil {
-            _ = try tools.program("pg_dump", for: target, fit: .sameOrNewer)
+        if let expected = manifest.schemaFingerprint {
+            _ = try SchemaVerifier.pgDump(for: target, expected: expected, tools: tools)
         }
     }
 }

@@ -67,7 +67,7 @@ public enum SchemaVerifier {
         }
         return try timeline.step("verify schema of \(scratch.databaseName) (\(expected.objects.count) objects) against backup \(manifest.id)") {
             try RestoreFaultHook.breakScratch(scratch)
-            let actual = try fingerprint(pgDump: try tools.program("pg_dump", for: server, fit: .sameOrNewer).path, target: scratch)
+            let actual = try fingerprint(pgDump: try pgDump(for: server, expected: expected, tools: tools).path, target: scratch)
             let report = compare(expected: expected, actual: actual, backupID: manifest.id, database: scratch.databaseName)
             guard report.ok else {
                 for difference in report.differences.prefix(100) {
@@ -102,9 +102,18 @@ public enum SchemaVerifier {
         let connection = try PostgresConnection(target: target, applicationName: "dbverify")
         let server = PostgresMajor(serverVersionNumber: connection.serverVersionNumber)
         connection.close()
-        let pgDump = try tools.program("pg_dump", for: server, fit: .sameOrNewer).path
-        let actual = try fingerprint(pgDump: pgDump, target: target)
+        let actual = try fingerprint(pgDump: try pgDump(for: server, expected: expected, tools: tools).path, target: target)
         return compare(expected: expected, actual: actual, backupID: manifest.id, database: target.databaseName)
+    }
+
+    /// The pg_dump to fingerprint a database with: of the server's major or newer, and no older than
+    /// the pg_dump that made the backup's fingerprint (which objects a pg_dump writes depends on its
+    /// own major: 15 and later write the `public` schema of a 14 server, 14 does not), its major preferred.
+    ///
+    /// - Throws: `RecoveryError(.toolFailed)` when none fits.
+    public static func pgDump(for server: PostgresMajor, expected: SchemaFingerprint?, tools: PostgresTools) throws -> PostgresProgram {
+        let made = expected?.pgDumpVersion.flatMap(PostgresMajor.init(versionText:))
+        return try tools.program("pg_dump", for: max(server, made ?? server), fit: .sameOrNewer)
     }
 
     /// The pure comparison (unit-tested without a server).
