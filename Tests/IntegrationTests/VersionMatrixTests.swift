@@ -102,6 +102,32 @@ final class VersionMatrixTests: XCTestCase {
         XCTAssertEqual(try Catalog(store: try LocalStore(root: repository, create: false)).manifests().count, 1, "a refused backup stores nothing")
     }
 
+    /// A base backup starts only under its own major: `--pitr --start` with another major's programs
+    /// is refused before anything is written, naming the programs it needs; the plan names them too.
+    func testPhysicalBackupRecoversOnlyUnderItsOwnMajor() throws {
+        let (cluster, walRepository) = try Self.cluster(major: 17)
+        let old = try Self.installedBin(major: 14)
+        let base = try asOwner("dbbackup", ["--physical", "--database-url", cluster.url(database: "postgres"), "--repo", walRepository], cluster: cluster)
+        XCTAssertEqual(base.status, 0, base.standardError)
+        let connection = try cluster.connect()
+        try connection.execute(script: "CREATE TEMPORARY TABLE nudge AS SELECT 1")   // WAL after the backup's own, so pg_switch_wal switches
+        try waitForArchive(connection)
+        let directory = ownedDirectory("matrix-refused") + "/data"
+        let refused = try asOwner("dbrestore", ["--pitr", "--pgdata", directory, "--repo", walRepository, "--port", String(try freePort()), "--start",
+                                                "--target", "latest", "--pg-bin", old, "--database-url", "postgresql://postgres@127.0.0.1/postgres"],
+                                  cluster: cluster)
+        XCTAssertEqual(refused.status, ExitStatus.toolFailed.rawValue, refused.standardError)
+        XCTAssertTrue(refused.standardError.contains("the server is PostgreSQL 17, which needs pg_ctl 17; pg_ctl in \(old) (flag --pg-bin) is 14"),
+                      refused.standardError)
+        XCTAssertTrue(refused.standardError.contains("apt-get install postgresql-17"), refused.standardError)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: directory), "nothing may be written")
+
+        let plan = try asOwner("dbrestore", ["--pitr", "--pgdata", directory, "--repo", walRepository, "--target", "latest", "--dry-run"], cluster: cluster)
+        XCTAssertEqual(plan.status, 0, plan.standardError)
+        XCTAssertTrue(plan.standardOutput.contains("server:      PostgreSQL 17 only"), plan.standardOutput)
+        XCTAssertTrue(plan.standardOutput.contains("/17/bin/pg_ctl -D \(directory) start"), plan.standardOutput)
+    }
+
     /// The search asks each program its version (a directory's name proves nothing), prefers the
     /// server's own major, then the nearest newer one, and says what it found when nothing fits.
     func testProgramSearchPrefersTheServersMajorThenTheNearestNewer() throws {

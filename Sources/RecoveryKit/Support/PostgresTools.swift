@@ -151,7 +151,7 @@ public struct PostgresTools: Sendable {
         let fix = "scripts/pg-majors.sh install \(server), or apt-get install \(package) (PGDG), or point --pg-bin DIR / PG_BIN at a directory holding \(needed)"
         if let explicitDirectory {
             let reason = found.first.map { fit == .same ? "is \($0.major), and it must be the server's own major" : "is \($0.major), older than the server's" }
-            let problem = reason.map { "\(name) in \(explicitDirectory) (\(explicitSource)) \($0)" } ?? "\(name) is not in \(explicitDirectory) (\(explicitSource))"
+            let problem = reason.map { "\(name) in \(explicitDirectory) (\(explicitSource)) \($0)" } ?? "\(name) not found in \(explicitDirectory) (\(explicitSource))"
             return RecoveryError(.toolFailed, "the server is PostgreSQL \(server), which needs \(needed); \(problem)", hint: fix)
         }
         return RecoveryError(.toolFailed, "the server is PostgreSQL \(server), which needs \(needed); \(what) "
