@@ -1,6 +1,11 @@
 /// A PostgreSQL major version, and the one place that knows what differs between the majors the
 /// tools support (14 to 18): catalogue columns, parameters and statements that exist only from some
 /// major on. Every version-dependent query or statement asks here instead of comparing numbers itself.
+///
+/// The other catalogue reads (`pg_stat_activity`, `pg_stat_archiver`, `pg_control_system()`,
+/// `pg_control_checkpoint()`, `pg_locks`, `pg_prepared_xacts`, `pg_class`) are the same in 14 to 18;
+/// base backups go through pg_basebackup, never `pg_backup_start` (15+) / `pg_start_backup` (14), and
+/// nothing reads the checkpointer statistics that moved to `pg_stat_checkpointer` in 17.
 public struct PostgresMajor: Comparable, Hashable, Sendable, CustomStringConvertible {
     /// 14, 15, … (from 10 on a major is one number).
     public let number: Int
