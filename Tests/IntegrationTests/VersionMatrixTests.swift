@@ -2,6 +2,7 @@ import BackupStorage
 import Foundation
 import PostgresClient
 import RecoveryKit
+import Synchronization
 import TestSupport
 import XCTest
 
@@ -257,25 +258,23 @@ final class VersionMatrixTests: XCTestCase {
 
     // MARK: - Clusters, one per major for the whole class (each archives into its own repository)
 
-    private static let lock = NSLock()
-    // Guarded by `lock`; XCTest runs this class's methods one after another anyway.
-    nonisolated(unsafe) private static var clusters: [Int: (cluster: PostgresCluster, walRepository: String)] = [:]
+    private static let clusters = Mutex<[Int: (cluster: PostgresCluster, walRepository: String)]>([:])
 
     /// The cluster of `major`, started on first use with archive_command = dbbackup wal-push.
     ///
     /// - Throws: a failure naming `scripts/pg-majors.sh install N` under CI=true when the major is not
     ///   installed, else `XCTSkip` with the same words.
     private static func cluster(major: Int) throws -> (cluster: PostgresCluster, walRepository: String) {
-        lock.lock()
-        defer { lock.unlock() }
-        if let existing = clusters[major] { return existing }
-        _ = try installedBin(major: major)
-        let parent = TestPaths.temporaryDirectory(prefix: "matrix-wal")
-        if getuid() == 0 { _ = try? TestProcess.run("/bin/chown", ["-R", "postgres:postgres", parent]) }
-        let walRepository = parent + "/repo"
-        let cluster = try PostgresCluster(major: major, archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(walRepository)")
-        clusters[major] = (cluster, walRepository)
-        return (cluster, walRepository)
+        try clusters.withLock { clusters in
+            if let existing = clusters[major] { return existing }
+            _ = try installedBin(major: major)
+            let parent = TestPaths.temporaryDirectory(prefix: "matrix-wal")
+            if getuid() == 0 { _ = try? TestProcess.run("/bin/chown", ["-R", "postgres:postgres", parent]) }
+            let walRepository = parent + "/repo"
+            let cluster = try PostgresCluster(major: major, archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(walRepository)")
+            clusters[major] = (cluster, walRepository)
+            return (cluster, walRepository)
+        }
     }
 
     /// The bin directory of an installed major.
