@@ -173,12 +173,29 @@ struct LogicalRestoreRun {
         }
     }
 
-    /// Emergency and drill choose the backup themselves; only `latest` (the old spelling) may be named.
-    static func refuseNamedBackup(_ backup: String?, mode: String) throws {
+}
+
+/// What `emergency` and `drill` add: they choose the backup themselves (the newest that verifies,
+/// optionally of one release) and never ask.
+public struct ChoosingOptions: ParsableArguments {
+    /// `dbrestore latest --drill` (the flag spelling) names `latest`; nothing else may be named.
+    @Argument(help: .hidden) var backup: String?
+
+    @Option(help: ArgumentHelp("Only backups taken at this release.", valueName: "release"))
+    public var release: String?
+
+    /// Accepted and ignored: these modes never ask, and scripts written for the flags may pass it.
+    @Flag(name: [.short, .long], help: .hidden) var yes = false
+
+    public init() {}
+
+    /// Only `latest` (the old spelling) may be named.
+    func refuseNamedBackup(mode: String) throws {
         if let backup, backup != "latest" {
             throw ValidationError("--\(mode) chooses the newest good backup itself; drop '\(backup)' or drop --\(mode)")
         }
     }
+
 }
 
 /// `dbrestore [restore] [<backup>]`.
@@ -241,28 +258,23 @@ public struct EmergencyCommand: ToolCommand {
           dbrestore emergency --release v1.2.3 --dry-run
         """)
 
-    @Argument(help: .hidden) var backup: String?
     @OptionGroup(title: "Connection") public var connection: ConnectionOptions
     @OptionGroup(title: "Repository") public var repository: RepositoryOptions
     @OptionGroup public var options: RestoreRunOptions
-
-    @Option(help: ArgumentHelp("Only backups taken at this release.", valueName: "release"))
-    public var release: String?
+    @OptionGroup public var choosing: ChoosingOptions
 
     @Option(name: .customLong("incident-file"), help: ArgumentHelp("Where to write the incident record.", valueName: "path"))
     public var incidentFile: String?
-
-    @Flag(name: [.short, .long], help: .hidden) var yes = false
 
     @OptionGroup(title: "Configuration") public var config: ConfigOptions
     @OptionGroup(title: "Output") public var output: OutputOptions
 
     public init() {}
 
-    public func validate() throws { try LogicalRestoreRun.refuseNamedBackup(backup, mode: "emergency") }
+    public func validate() throws { try choosing.refuseNamedBackup(mode: "emergency") }
 
     public func run(in context: RunContext) throws {
-        try LogicalRestoreRun(mode: .emergency, backup: "latest", release: release, incidentFile: incidentFile, yes: true, connection: connection,
+        try LogicalRestoreRun(mode: .emergency, backup: "latest", release: choosing.release, incidentFile: incidentFile, yes: true, connection: connection,
                               repository: repository, options: options, config: config, output: output).run(in: context)
     }
 }
@@ -280,25 +292,19 @@ public struct DrillCommand: ToolCommand {
           dbrestore --drill --json --metrics-file /var/lib/node_exporter/drill.prom
         """)
 
-    @Argument(help: .hidden) var backup: String?
     @OptionGroup(title: "Connection") public var connection: ConnectionOptions
     @OptionGroup(title: "Repository") public var repository: RepositoryOptions
     @OptionGroup public var options: RestoreRunOptions
-
-    @Option(help: ArgumentHelp("Only backups taken at this release.", valueName: "release"))
-    public var release: String?
-
-    @Flag(name: [.short, .long], help: .hidden) var yes = false
-
+    @OptionGroup public var choosing: ChoosingOptions
     @OptionGroup(title: "Configuration") public var config: ConfigOptions
     @OptionGroup(title: "Output") public var output: OutputOptions
 
     public init() {}
 
-    public func validate() throws { try LogicalRestoreRun.refuseNamedBackup(backup, mode: "drill") }
+    public func validate() throws { try choosing.refuseNamedBackup(mode: "drill") }
 
     public func run(in context: RunContext) throws {
-        try LogicalRestoreRun(mode: .drill, backup: "latest", release: release, incidentFile: nil, yes: true, connection: connection,
+        try LogicalRestoreRun(mode: .drill, backup: "latest", release: choosing.release, incidentFile: nil, yes: true, connection: connection,
                               repository: repository, options: options, config: config, output: output).run(in: context)
     }
 }

@@ -33,7 +33,8 @@ final class CorruptionTests: XCTestCase {
                 try data.write(to: URL(fileURLWithPath: path))
             }, (23, "sha256 does not match"), (23, "damaged"), (0, "sha256 does not match")),
             ("missing manifest", { folder in try FileManager.default.removeItem(atPath: folder + "/manifest.json") },
-             (22, "no backup"), (22, "no backup"), (0, "garbage")),
+             // Changed a moment ago: dbprune cannot tell it from a backup being written (issue 20).
+             (22, "no backup"), (22, "no backup"), (0, "in progress")),
             ("manifest naming a missing file", { folder in try FileManager.default.removeItem(atPath: folder + "/dump.sql.gz") },
              (23, "file is missing"), (23, "is missing"), (0, "file is missing")),
             ("garbage JSON", { folder in try Data("{ garbage".utf8).write(to: URL(fileURLWithPath: folder + "/manifest.json")) },
