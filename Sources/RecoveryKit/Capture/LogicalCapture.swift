@@ -80,6 +80,9 @@ public enum LogicalCapture {
             """).rows[0]
         // Read before the counter starts: the connection serves one thread at a time.
         let properties = try DatabaseProperties.read(on: connection)
+        // A hot standby exports snapshots too (PostgreSQL 10 and later): the dump and the counts
+        // share it there as on a primary. The manifest records which it was.
+        let role = try ServerRole.read(on: connection)
         // The exact counts come from the same snapshot, counted on its own connection while pg_dump
         // streams it: the server scans while this process compresses. The data file is committed only
         // once the counts are in, so a failed count leaves nothing behind.
@@ -126,6 +129,8 @@ public enum LogicalCapture {
             startedAt: startedAt, finishedAt: Date(), tags: configuration.tags, release: configuration.release,
             pinned: configuration.pinned, schemaVersion: schemaVersion, snapshot: snapshot, tables: tables, files: [file],
             databaseProperties: properties)
+        manifest.fromStandby = role.inRecovery
+        manifest.timeline = role.timeline
         CrashPoint.reached("capture:after-data")
         do {
             // Past this point the backup exists: a signal that came first still cancels it.
