@@ -188,7 +188,8 @@ extension PointInTimeRecoveryTests {
         XCTAssertEqual(absent.standardError, "")
         let history = try asOwner("dbrestore", ["wal-fetch", "00000002.history", scratch + "/00000002.history", "--repo", repository], cluster: cluster)
         XCTAssertEqual(history.status, 0, history.standardError)
-        XCTAssertTrue(((try? String(contentsOfFile: scratch + "/00000002.history", encoding: .utf8)) ?? "").hasPrefix("1\t"))
+        let historyText = (try? String(contentsOfFile: scratch + "/00000002.history", encoding: .utf8)) ?? ""
+        XCTAssertTrue(historyText.hasPrefix("1\t"), historyText)
 
         // A time on timeline 2: A and C (B was abandoned with timeline 1's branch, D comes later).
         let (onTwo, twoDirectory, twoPort) = try recover(["--target-time", onTimeline2], repository: repository, cluster: cluster)
@@ -200,7 +201,7 @@ extension PointInTimeRecoveryTests {
         // After B, before timeline 2 began: refused with the reason, nothing written.
         let nowhere = ownedDirectory("timeline-refused") + "/data"
         let abandoned = try asOwner("dbrestore", ["--pitr", "--pgdata", nowhere, "--repo", repository, "--target-time", afterB], cluster: cluster)
-        XCTAssertEqual(abandoned.status, ExitStatus.backupNotFound.rawValue, abandoned.standardError)
+        XCTAssertEqual(abandoned.status, ExitStatus.backupNotFound.rawValue, "after B: \(afterB); history: \(historyText); " + abandoned.standardError)
         XCTAssertTrue(abandoned.standardError.contains("after timeline 1 ended at"), abandoned.standardError)
         XCTAssertTrue(abandoned.standardError.contains("switched to timeline 2"), abandoned.standardError)
         XCTAssertTrue(abandoned.standardError.contains("--timeline 1"), abandoned.standardError)

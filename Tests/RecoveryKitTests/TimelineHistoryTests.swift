@@ -30,7 +30,11 @@ final class TimelineHistoryTests: XCTestCase {
         XCTAssertEqual(stop.timeIntervalSince1970, Timestamp.parse("2026-11-26T12:05:00.123Z")?.timeIntervalSince1970 ?? 0, accuracy: 0.001)
         XCTAssertEqual(TimelineHistory.stopTime(in: "after transaction 9 at 2026-11-26 13:05:00+01")?.timeIntervalSince1970,
                        Timestamp.parse("2026-11-26T12:05:00Z")?.timeIntervalSince1970)
+        XCTAssertEqual(TimelineHistory.stopTime(in: "before 2026-11-26 12:05:00.123456+00")?.timeIntervalSince1970 ?? 0,
+                       stop.timeIntervalSince1970, accuracy: 0.001, "PostgreSQL 13 and later write the time alone")
         XCTAssertNil(TimelineHistory.stopTime(in: entries[1].reason))
+        XCTAssertNil(TimelineHistory.stopTime(in: "before transaction 745"), "an xid target names no time")
+        XCTAssertNil(TimelineHistory.stopTime(in: "after LSN 0/5000120"))
         XCTAssertNil(TimelineHistory.stopTime(in: "at restore point \"before_b\""))
     }
 

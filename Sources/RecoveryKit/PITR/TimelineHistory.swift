@@ -127,16 +127,21 @@ public struct TimelineHistory: Sendable {
     }
 
     /// When the parent timeline stopped being the history the child continues: the commit time of
-    /// the transaction the child's recovery stopped at, when its history names one ("before
-    /// transaction 745 at 2026-11-26 12:05:00.123456+00"), else when the child began.
+    /// the transaction the child's recovery stopped at, when its history names one (a time target:
+    /// "before 2026-11-26 12:05:00.123456+00"; before PostgreSQL 13 "before transaction 745 at …"),
+    /// else when the child began.
     public func switchTime(child: UInt32, reason: String) -> Date? {
         Self.stopTime(in: reason) ?? beganAt[child]
     }
 
     /// The commit time in a history reason written by a recovery that stopped at a transaction.
     static func stopTime(in reason: String) -> Date? {
-        guard reason.contains("transaction"), let range = reason.range(of: " at ", options: .backwards) else { return nil }
-        var text = String(reason[range.upperBound...]).trimmingCharacters(in: .whitespaces)
+        guard reason.hasPrefix("before ") || reason.hasPrefix("after ") else { return nil }
+        var text = reason.drop { $0 != " " }.trimmingCharacters(in: .whitespaces)
+        if text.hasPrefix("transaction ") {
+            guard let range = text.range(of: " at ", options: .backwards) else { return nil }
+            text = String(text[range.upperBound...])
+        }
         // PostgreSQL writes `2026-11-26 12:05:00.123456+00` (ISO style, offset in hours, maybe :MM).
         if let sign = text.lastIndex(where: { $0 == "+" || $0 == "-" }), text.distance(from: sign, to: text.endIndex) == 3 {
             text += ":00"
