@@ -136,6 +136,9 @@ standby)
   as_owner env PGPASSWORD="$password" "$pg_bin/pg_basebackup" -h 127.0.0.1 -p "$primary_port" -U postgres -D "$dir/data" \
     -R -X stream --checkpoint=fast >"$dir/basebackup.log" 2>&1 || { cat "$dir/basebackup.log" >&2; exit 1; }
   archive_command=""   # keep the primary's own archive settings, copied with its postgresql.auto.conf
+  # The conninfo -R writes can name options (sslnegotiation, PostgreSQL 17+) that the libpq the
+  # server's walreceiver loads may not know: the few that matter, instead (later lines win).
+  echo "primary_conninfo = 'host=127.0.0.1 port=$primary_port user=postgres password=$password application_name=standby'" >> "$dir/data/postgresql.auto.conf"
   start_on_free_port "$password" || exit 1
   ;;
 stop)
