@@ -327,7 +327,7 @@ public enum PointInTimeRestore {
         }
         var report = PITRReport(plan: plan, started: false, promoted: false, lastReplayedTransaction: nil, databases: [:], durationSeconds: 0)
         if configuration.start {
-            try startAndFollow(configuration, timeline: timeline, report: &report)
+            try startAndFollow(configuration, timeline: timeline, report: &report, segmentSize: manifest.physical?.segmentSize ?? WALSegmentName.defaultSegmentSize)
         }
         report.durationSeconds = Date().timeIntervalSince(timeline.startedAt)
         return report
@@ -421,7 +421,7 @@ public enum PointInTimeRestore {
 
     /// Starts the server, follows recovery until promotion, then reports the last replayed
     /// transaction and the row counts of every table.
-    private static func startAndFollow(_ configuration: PITRConfiguration, timeline: Timeline, report: inout PITRReport) throws {
+    private static func startAndFollow(_ configuration: PITRConfiguration, timeline: Timeline, report: inout PITRReport, segmentSize: UInt64) throws {
         guard let port = configuration.port else {
             throw RecoveryError(.usage, "--start needs --port", hint: "choose a port the original server does not use")
         }
@@ -437,7 +437,7 @@ public enum PointInTimeRestore {
             let errors = OutputCollector(descriptor: child.standardError)
             let termination = child.waitForExit()
             guard termination.succeeded else {
-                throw RecoveryError(.restoreFailed, "the restored server did not start: \(recoveryFailure(log: log) ?? errors.lastLine() ?? termination.description)",
+                throw RecoveryError(.restoreFailed, "the restored server did not start: \(recoveryFailure(log: log, segmentSize: segmentSize) ?? errors.lastLine() ?? termination.description)",
                                     hint: "see \(log)")
             }
         }
@@ -453,7 +453,7 @@ public enum PointInTimeRestore {
                     report.lastReplayedTransaction = last.flatMap(Timestamp.parse)
                     return
                 }
-                if let failure = recoveryFailure(log: log) {
+                if let failure = recoveryFailure(log: log, segmentSize: segmentSize) {
                     throw RecoveryError(.restoreFailed, "recovery stopped: \(failure)", hint: "see \(log)")
                 }
                 guard Date() < deadline else {
@@ -474,7 +474,7 @@ public enum PointInTimeRestore {
     }
 
     /// The FATAL line of a recovery that gave up, with the segment that was missing if we can tell.
-    static func recoveryFailure(log: String) -> String? {
+    static func recoveryFailure(log: String, segmentSize: UInt64 = WALSegmentName.defaultSegmentSize) -> String? {
         guard let text = try? String(contentsOfFile: log, encoding: .utf8) else { return nil }
         let lines = text.split(separator: "\n").map(String.init)
         guard let fatal = lines.last(where: { $0.contains("FATAL:") || $0.contains("PANIC:") }) else { return nil }
@@ -482,7 +482,7 @@ public enum PointInTimeRestore {
             guard let range = line.range(of: "restored log file \"") else { return nil }
             return String(line[range.upperBound...].prefix(24))
         }.last
-        let missing = restored.flatMap { WALSegmentName.next(after: $0) }.map { " (last segment replayed: \(restored ?? ""); \($0) was not in the archive)" } ?? ""
+        let missing = restored.flatMap { WALSegmentName.next(after: $0, segmentSize: segmentSize) }.map { " (last segment replayed: \(restored ?? ""); \($0) was not in the archive)" } ?? ""
         let start = (fatal.range(of: "FATAL:") ?? fatal.range(of: "PANIC:"))?.lowerBound ?? fatal.startIndex
         return String(fatal[start...]) + missing
     }
