@@ -96,6 +96,8 @@ extension PointInTimeRecoveryTests {
         let physical = try asOwner("dbbackup", ["--physical", "--database-url", standby.url(database: database), "--repo", repository, "--json"] + pgBin,
                                    cluster: standby)
         XCTAssertEqual(physical.status, 0, physical.standardError)
+        let physicalSummary = try JSONSerialization.jsonObject(with: Data(physical.standardOutput.utf8)) as? [String: Any]
+        XCTAssertEqual(physicalSummary?["from_standby"] as? Bool, true, physical.standardOutput)
         let physicalManifest = try manifest(backupID(physical), in: repository)
         XCTAssertEqual(physicalManifest["from_standby"] as? Bool, true)
         XCTAssertEqual(physicalManifest["timeline"] as? Int, 1)
@@ -113,6 +115,9 @@ extension PointInTimeRecoveryTests {
 
         // Promoted, the standby archives the new timeline's history file and the old timeline's last,
         // partial segment; wal-fetch returns both.
+        // (A switch point in the middle of a segment: right after a pg_switch_wal there would be none.)
+        try writer.execute(script: "INSERT INTO notes VALUES (-1, 'before the failover')")
+        try standby.waitForReplay(of: primary)
         XCTAssertEqual(try standby.promote(), 2)
         let promotedBy = Date().addingTimeInterval(60)
         var partial: String?
