@@ -123,3 +123,31 @@ final class TimelineHistoryTests: XCTestCase {
         XCTAssertEqual(count, 4)
     }
 }
+
+/// The manifest fields issue 17 added, and manifests written before them.
+final class StandbyManifestFieldsTests: XCTestCase {
+    func testSegmentSizeStandbyAndTimelineRoundTripAndOlderManifestsMean16MB() throws {
+        var manifest = BackupManifestTests.sample()
+        manifest.kind = .physical
+        manifest.fromStandby = true
+        manifest.timeline = 3
+        manifest.physical = .init(startLsn: "0/F8000028", stopLsn: "0/F8000100", timeline: 3, firstWalSegment: "00000003000000000000003E",
+                                  lastWalSegment: "00000003000000000000003E", walSegmentSize: 64 << 20)
+        let text = String(decoding: try manifest.encoded(), as: UTF8.self)
+        for field in ["\"from_standby\" : true", "\"timeline\" : 3", "\"wal_segment_size\" : 67108864"] {
+            XCTAssertTrue(text.contains(field), text)
+        }
+        let decoded = try BackupManifest.decode(try manifest.encoded(), source: "test")
+        XCTAssertEqual(decoded, manifest)
+        XCTAssertEqual(decoded.physical?.segmentSize, 64 << 20)
+
+        // Written before these fields existed: no standby claim, 16 MB segments.
+        var older = manifest
+        older.fromStandby = nil
+        older.timeline = nil
+        older.physical?.walSegmentSize = nil
+        let olderText = String(decoding: try older.encoded(), as: UTF8.self)
+        XCTAssertFalse(olderText.contains("wal_segment_size") || olderText.contains("from_standby"), olderText)
+        XCTAssertEqual(try BackupManifest.decode(Data(olderText.utf8), source: "old").physical?.segmentSize, 16 << 20)
+    }
+}
