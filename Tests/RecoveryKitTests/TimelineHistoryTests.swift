@@ -33,6 +33,10 @@ final class TimelineHistoryTests: XCTestCase {
         XCTAssertEqual(TimelineHistory.stopTime(in: "before 2026-11-26 12:05:00.123456+00")?.timeIntervalSince1970 ?? 0,
                        stop.timeIntervalSince1970, accuracy: 0.001, "PostgreSQL 13 and later write the time alone")
         XCTAssertNil(TimelineHistory.stopTime(in: entries[1].reason))
+        let instant = Date(timeIntervalSince1970: 1_705_312_800.123456)
+        XCTAssertEqual(Timestamp.parsePostgres(Timestamp.postgres(instant))?.timeIntervalSince1970 ?? 0, instant.timeIntervalSince1970, accuracy: 0.000_001)
+        XCTAssertEqual(Timestamp.parsePostgres("2024-01-15 15:30:00.5+05:30")?.timeIntervalSince1970, 1_705_312_800.5)
+        XCTAssertNil(Timestamp.parsePostgres("2024-01-15 10:00:00"), "PostgreSQL prints the offset")
         XCTAssertNil(TimelineHistory.stopTime(in: "before transaction 745"), "an xid target names no time")
         XCTAssertNil(TimelineHistory.stopTime(in: "after LSN 0/5000120"))
         XCTAssertNil(TimelineHistory.stopTime(in: "at restore point \"before_b\""))

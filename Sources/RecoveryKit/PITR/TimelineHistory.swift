@@ -142,17 +142,7 @@ public struct TimelineHistory: Sendable {
             guard let range = text.range(of: " at ", options: .backwards) else { return nil }
             text = String(text[range.upperBound...])
         }
-        // PostgreSQL writes `2026-11-26 12:05:00.123456+00` (ISO style, offset in hours, maybe :MM).
-        if let sign = text.lastIndex(where: { $0 == "+" || $0 == "-" }), text.distance(from: sign, to: text.endIndex) == 3 {
-            text += ":00"
-        }
-        let formatter = DateFormatter()
-        formatter.locale = Locale(identifier: "en_US_POSIX")
-        for format in ["yyyy-MM-dd HH:mm:ss.SSSSSSXXXXX", "yyyy-MM-dd HH:mm:ssXXXXX", "yyyy-MM-dd HH:mm:ss.SSSXXXXX"] {
-            formatter.dateFormat = format
-            if let date = formatter.date(from: text) { return date }
-        }
-        return nil
+        return Timestamp.parsePostgres(text)
     }
 
     /// `00000002.history`.
