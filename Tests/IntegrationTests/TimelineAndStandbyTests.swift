@@ -133,6 +133,19 @@ extension PointInTimeRecoveryTests {
             XCTAssertEqual(fetch.status, 0, fetch.standardError)
         }
         XCTAssertEqual(try FileManager.default.attributesOfItem(atPath: fetched + "/" + partialName)[.size] as? Int, 16 << 20)
+
+        // After the failover: the promoted standby writes and archives on timeline 2, and recovery from
+        // the standby's base backup (timeline 1) follows the history file to those rows.
+        let promoted = try standby.connect(database: database)
+        try promoted.execute(script: "INSERT INTO items (batch, payload) SELECT 'F', 'after the failover' FROM generate_series(1, 11)")
+        try waitForArchive(promoted)
+        let afterFailover = try Dictionary(uniqueKeysWithValues: promoted.query("SELECT batch, count(*)::text FROM items GROUP BY batch").rows.map { ($0[0] ?? "", $0[1] ?? "") })
+        XCTAssertEqual(afterFailover["F"], "11")
+        let (followed, followedDirectory, followedPort) = try recover(["--target", "latest"] + pgBin, repository: repository, cluster: primary)
+        defer { stopServer(followedDirectory) }
+        XCTAssertEqual(followed.status, 0, followed.standardError)
+        XCTAssertEqual(try counts(port: followedPort, database: database, cluster: primary), afterFailover)
+        XCTAssertTrue(((try? String(contentsOfFile: followedDirectory + "/postgresql.auto.conf", encoding: .utf8)) ?? "").contains("recovery_target_timeline = '2'"))
     }
 
     /// A PITR copy promoted onto timeline 2 archives into the same repository. Recovery to a time on
