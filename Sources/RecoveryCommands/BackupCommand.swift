@@ -17,10 +17,13 @@ public struct BackupCommand: ParsableCommand {
 
         Examples:
           dbbackup --database-url postgresql://app@db1/app --repo /var/backups/app
-          DATABASE_URL=postgresql://app@db1/app BACKUP_REPO=/var/backups/app dbbackup --tag nightly
-          dbbackup --repo /var/backups/app --tag pre-deploy --release v1.3.0 --pin --json
+          DATABASE_URL=postgresql://app@db1/app BACKUP_REPO=/var/backups/app \\
+              dbbackup --tag nightly
+          dbbackup --repo /var/backups/app --tag pre-deploy --release v1.3.0 \\
+              --pin --json
           dbbackup --physical --repo s3://acme-backups/prod
-          archive_command = 'dbbackup wal-push %p --repo /var/backups/app'     (postgresql.conf)
+          archive_command = 'dbbackup wal-push %p --repo /var/backups/app'
+                                                  # in postgresql.conf
 
         The dump is plain SQL: gunzip -c dump.sql.gz | psql restores it by hand if you must.
         """,
@@ -32,7 +35,7 @@ public struct BackupCommand: ParsableCommand {
 }
 
 /// `dbbackup [capture]`: one backup.
-public struct CaptureCommand: ParsableCommand {
+public struct CaptureCommand: ToolCommand {
     public static let configuration = CommandConfiguration(
         commandName: "capture",
         abstract: "Take one backup (the default subcommand): logical, or physical with --physical.")
@@ -76,14 +79,16 @@ public struct CaptureCommand: ParsableCommand {
         }
     }
 
-    public func run() throws {
-        if try config.printIfAsked(connection: connection, repository: repository) { return }
-        output.begin("dbbackup", labels: ["kind": physical ? "physical" : "logical"])
+    public func run(in context: RunContext) throws {
+        let settings = context.settings
+        if config.printIfAsked(context, connection: connection, repository: repository) { return }
+        output.begin("dbbackup", labels: ["kind": physical ? "physical" : "logical"], in: context)
         var configuration = CaptureConfiguration(
-            target: try connection.target(), repositories: try repository.addresses(), tags: tags, release: release,
+            target: try connection.target(settings), repositories: try repository.addresses(settings), tags: tags, release: release,
             pinned: pin, compressionLevel: compressionLevel,
-            jobs: jobs ?? ProcessInfo.processInfo.activeProcessorCount, tools: connection.tools)
-        configuration.key = try encryption.key(from: repository, writingTo: configuration.repositories)
+            jobs: jobs ?? ProcessInfo.processInfo.activeProcessorCount, tools: connection.tools(settings))
+        configuration.key = try encryption.key(from: repository, writingTo: configuration.repositories, settings)
+        configuration.environment = repository.storageEnvironment(settings)
         let result = physical ? try PhysicalCapture.run(configuration, progress: output.progress)
             : try LogicalCapture.run(LogicalCaptureConfiguration(configuration, lockWaitSeconds: connection.sessionLimits.lockWaitSeconds),
                                      progress: output.progress)
@@ -91,7 +96,7 @@ public struct CaptureCommand: ParsableCommand {
         let summary = BackupSummary(manifest: manifest, repository: configuration.repository)
         output.succeeded(["backup_raw_bytes": Double(manifest.rawBytes), "backup_stored_bytes": Double(manifest.storedBytes),
                           "backup_rows": Double(manifest.totalRows), "backup_tables": Double(manifest.tables.count)],
-                         summary: summary.humanDescription)
+                         summary: summary.humanDescription, in: context)
         if output.json {
             try printJSON(summary)
         } else {
@@ -108,7 +113,7 @@ public struct CaptureCommand: ParsableCommand {
 }
 
 /// `dbbackup wal-push <path>`: PostgreSQL's `archive_command`.
-public struct WALPushCommand: ParsableCommand {
+public struct WALPushCommand: ToolCommand {
     public static let configuration = CommandConfiguration(
         commandName: "wal-push",
         abstract: "Archive one WAL file (for archive_command = 'dbbackup wal-push %p --repo …').",
@@ -127,17 +132,20 @@ public struct WALPushCommand: ParsableCommand {
 
     public init() {}
 
-    public func run() throws {
-        if try config.printIfAsked(connection: nil, repository: repository) { return }
-        let addresses = try repository.addresses()
+    public func run(in context: RunContext) throws {
+        let settings = context.settings
+        if config.printIfAsked(context, connection: nil, repository: repository) { return }
+        let addresses = try repository.addresses(settings)
         if addresses.count == 1 {
-            _ = try WALArchive.push(path: path, repository: addresses[0], key: try encryption.key(from: repository, writingTo: addresses))
+            _ = try WALArchive.push(path: path, repository: addresses[0], key: try encryption.key(from: repository, writingTo: addresses, settings),
+                                    environment: repository.storageEnvironment(settings))
             return
         }
         var failures: [String] = []
         for address in addresses {
             do {
-                _ = try WALArchive.push(path: path, repository: address, key: try encryption.key(from: repository, writingTo: [address]))
+                _ = try WALArchive.push(path: path, repository: address, key: try encryption.key(from: repository, writingTo: [address], settings),
+                                        environment: repository.storageEnvironment(settings))
             } catch {
                 failures.append("\(address): \(RecoveryError.classify(error).message)")
             }

@@ -40,7 +40,7 @@ public enum LogicalCapture {
         let configuration = logical.capture
         try configuration.validate()
         let pgDump = try configuration.tools.path(of: "pg_dump")
-        let targets = try CaptureTargets(addresses: configuration.repositories, command: "dbbackup")
+        let targets = try CaptureTargets(addresses: configuration.repositories, command: "dbbackup", environment: configuration.environment)
         defer {
             targets.releaseLocks()
             if Interruption.isRequested { CleanupLog.cleaned("released the repository lock") }
@@ -61,6 +61,14 @@ public enum LogicalCapture {
         // A hot standby exports snapshots too (PostgreSQL 10 and later): the dump and the counts
         // share it there as on a primary. The manifest records which it was.
         let role = try ServerRole.read(on: connection)
+        // For the progress line's percentage: the tables' data as the catalogue sizes it. pg_dump's text
+        // is usually near it; the line says "~" and never claims 100% before the end.
+        var estimate: UInt64?
+        if progress != nil {
+            estimate = try connection.query("""
+                SELECT COALESCE(sum(pg_catalog.pg_relation_size(c.oid)), 0)::text FROM pg_catalog.pg_class c WHERE c.relkind IN ('r', 'm')
+                """).scalar.flatMap { UInt64($0) }
+        }
         // The exact counts come from the same snapshot, counted on its own connection while pg_dump
         // streams it: the server scans while this process compresses. The data file is committed only
         // once the counts are in, so a failed count leaves nothing behind.
@@ -77,7 +85,7 @@ public enum LogicalCapture {
                 executable: pgDump,
                 arguments: ["--snapshot=\(snapshot)", "--format=plain", "--no-password", "--lock-wait-timeout=\(logical.lockWaitSeconds * 1000)"],
                 environment: configuration.target.childEnvironment, targets: targets, key: dumpKey,
-                level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "dump",
+                level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "dump \(id)", estimate: estimate,
                 lockWait: (configuration.target, logical.lockWaitSeconds), beforeCommit: { _ = try counting.wait(); _ = try schemaDump.finish() })
         } catch {
             // A count that failed first (no SELECT privilege, a lock timeout) aborts the snapshot, and

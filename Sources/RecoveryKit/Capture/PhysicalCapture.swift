@@ -16,7 +16,7 @@ public enum PhysicalCapture {
     public static func run(_ configuration: CaptureConfiguration, progress: ProgressObserver? = nil) throws -> CaptureResult {
         try configuration.validate()
         let pgBasebackup = try configuration.tools.path(of: "pg_basebackup")
-        let targets = try CaptureTargets(addresses: configuration.repositories, command: "dbbackup --physical")
+        let targets = try CaptureTargets(addresses: configuration.repositories, command: "dbbackup --physical", environment: configuration.environment)
         defer {
             targets.releaseLocks()
             if Interruption.isRequested { CleanupLog.cleaned("released the repository lock") }
@@ -40,6 +40,14 @@ public enum PhysicalCapture {
                                 hint: "set archive_mode = on and archive_command = 'dbbackup wal-push %p --repo \(configuration.repository)', restart, then take the base backup")
         }
         let segmentSize = parseSize(try facts.string(3))
+        // For the progress line's percentage: the databases' sizes, which the tar stream is close to.
+        var estimate: UInt64?
+        if progress != nil {
+            estimate = try connection.query("""
+                SELECT COALESCE(sum(pg_catalog.pg_database_size(oid)), 0)::text FROM pg_catalog.pg_database
+                 WHERE pg_catalog.has_database_privilege(oid, 'CONNECT')
+                """).scalar.flatMap { UInt64($0) }
+        }
         // pg_basebackup writing to stdout does not print its WAL range; backup_label and the WAL-Ranges
         // at the end of backup_manifest inside the stream hold it.
         let scanner = TarScanner(wanted: ["backup_label": 4096, "backup_manifest": 8192])
@@ -49,7 +57,7 @@ public enum PhysicalCapture {
             arguments: ["--pgdata=-", "--format=tar", "--wal-method=none", "--checkpoint=fast", "--no-password",
                         "--label=dbrecovery \(id)"],
             environment: configuration.target.childEnvironment, targets: targets, key: baseKey,
-            level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "base backup",
+            level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "base backup \(id)", estimate: estimate,
             observe: scanner.consume)
         // From here on the data file is committed: any failure (a signal included) must remove it,
         // since without a manifest nothing would ever list or prune it.
