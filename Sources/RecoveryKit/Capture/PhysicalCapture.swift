@@ -15,7 +15,6 @@ public enum PhysicalCapture {
     /// - Throws: `RecoveryError`, `PostgresError` or `StorageError`.
     public static func run(_ configuration: CaptureConfiguration, progress: ProgressObserver? = nil) throws -> CaptureResult {
         try configuration.validate()
-        let pgBasebackup = try configuration.tools.path(of: "pg_basebackup")
         let targets = try CaptureTargets(addresses: configuration.repositories, command: "dbbackup --physical", environment: configuration.environment)
         defer {
             targets.releaseLocks()
@@ -25,6 +24,9 @@ public enum PhysicalCapture {
         let id = BackupID.make(at: startedAt)
         let connection = try PostgresConnection(target: configuration.target, applicationName: "dbbackup")
         defer { connection.close() }
+        // pg_basebackup of the server's own major: another one refuses it or writes what a restore cannot start.
+        let basebackup = try configuration.tools.program("pg_basebackup", for: PostgresMajor(serverVersionNumber: connection.serverVersionNumber), fit: .same)
+        let pgBasebackup = basebackup.path
         let facts = try connection.query("""
             SELECT current_database(), current_setting('server_version'),
                    (SELECT system_identifier::text FROM pg_catalog.pg_control_system()),
@@ -63,7 +65,7 @@ public enum PhysicalCapture {
         // since without a manifest nothing would ever list or prune it.
         do {
             return try finish(configuration, id: id, startedAt: startedAt, connection: connection, facts: facts, role: role,
-                              segmentSize: segmentSize, scanner: scanner, file: file, targets: targets)
+                              segmentSize: segmentSize, scanner: scanner, file: file, targets: targets, programs: [basebackup])
         } catch {
             targets.delete([baseKey])
             if Interruption.isRequested { CleanupLog.cleaned("removed \(baseKey)") }
@@ -74,7 +76,7 @@ public enum PhysicalCapture {
     /// Reads the WAL range from the captured stream and writes the manifests.
     private static func finish(_ configuration: CaptureConfiguration, id: String, startedAt: Date, connection: PostgresConnection,
                                facts: QueryResult.Row, role: ServerRole, segmentSize: UInt64, scanner: TarScanner, file: BackupManifest.File,
-                               targets: CaptureTargets) throws -> CaptureResult {
+                               targets: CaptureTargets, programs: [PostgresProgram]) throws -> CaptureResult {
         let label = scanner.text("backup_label") ?? ""
         let manifestTail = scanner.text("backup_manifest") ?? ""
         var stopText = value(in: manifestTail, after: "\"End-LSN\": \"", until: "\"")
@@ -104,6 +106,7 @@ public enum PhysicalCapture {
         manifest.physical = physical
         manifest.fromStandby = role.inRecovery
         manifest.timeline = timeline
+        manifest.clientPrograms = programs
         try Interruption.check()
         try targets.writeManifests(manifest)
         return CaptureResult(manifest: manifest, stored: targets.succeeded, failed: targets.failures)

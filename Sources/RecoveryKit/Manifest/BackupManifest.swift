@@ -120,6 +120,13 @@ public struct BackupManifest: Codable, Equatable, Sendable {
     /// The timeline the server was on (a standby: the one it was replaying).
     public var timeline: Int? = nil
 
+    /// The PostgreSQL programs that made the backup (pg_dump, pg_basebackup): path, `--version` line
+    /// and major. Nil in backups taken before they were recorded.
+    public var clientPrograms: [PostgresProgram]? = nil
+
+    /// The major of the server the backup was taken from (`database.serverVersion`).
+    public var serverMajor: PostgresMajor? { PostgresMajor(versionText: database.serverVersion) }
+
     /// Total rows across all tables.
     public var totalRows: Int64 { tables.reduce(0) { $0 + $1.rows } }
     /// Total stored bytes across all files.
