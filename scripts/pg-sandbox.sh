@@ -1,27 +1,36 @@
 #!/usr/bin/env bash
 # Start or stop a throwaway PostgreSQL cluster in a directory of its own.
 #
-#   scripts/pg-sandbox.sh start DIR [--major N] [--archive-command CMD] [--initdb-option OPT]...
+#   scripts/pg-sandbox.sh start DIR [--major N] [--archive-command CMD] [--initdb-option OPT]... [--wal-start SEGMENT]
 #                                      prints URL=, PASSWORD=, PORT=, PID=, SOCKET=, BIN=
+#   scripts/pg-sandbox.sh standby DIR --primary PRIMARY_DIR [--major N]
+#                                      a hot standby of the sandbox in PRIMARY_DIR (pg_basebackup -R,
+#                                      streaming), started on a free port; prints the same values
 #   scripts/pg-sandbox.sh stop DIR     stops the server this script started there, by PID
 #
+# --wal-start makes the new cluster's WAL begin at that segment name (pg_resetwal -l), e.g. just
+# before a log boundary, so that segment-name arithmetic across it is exercised without writing 4 GB.
 # --major picks a PostgreSQL major installed by scripts/pg-majors.sh (default: $PG_BIN, else 15).
 # The cluster listens on 127.0.0.1 on a free port, requires a password (scram-sha-256) and keeps
 # its socket inside DIR. As root it runs as the `postgres` user, since the server refuses root.
 set -euo pipefail
 
-usage() { echo "usage: $0 start DIR [--major N] [--archive-command CMD] [--initdb-option OPT]... | stop DIR" >&2; exit 2; }
+usage() { echo "usage: $0 start DIR [--major N] [--archive-command CMD] [--initdb-option OPT]... [--wal-start SEGMENT] | standby DIR --primary PRIMARY_DIR [--major N] | stop DIR" >&2; exit 2; }
 [ $# -ge 2 ] || usage
 action=$1; dir=$2; shift 2
 
 archive_command=""
 major=""
 initdb_options=()
+primary=""
+wal_start=""
 while [ $# -gt 0 ]; do
   case $1 in
     --archive-command) [ $# -ge 2 ] || usage; archive_command=$2; shift 2 ;;
     --major) [ $# -ge 2 ] || usage; major=$2; shift 2 ;;
     --initdb-option) [ $# -ge 2 ] || usage; initdb_options+=("$2"); shift 2 ;;
+    --primary) [ $# -ge 2 ] || usage; primary=$2; shift 2 ;;
+    --wal-start) [ $# -ge 2 ] || usage; wal_start=$2; shift 2 ;;
     *) usage ;;
   esac
 done
@@ -47,23 +56,15 @@ as_owner() {
   fi
 }
 
-case $action in
-start)
-  mkdir -p "$dir"
-  dir=$(cd "$dir" && pwd)
-  mkdir -p "$dir/socket"
-  password=$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 20)
-  umask 077
-  printf '%s\n' "$password" > "$dir/password"
-  if [ "$(id -u)" = 0 ]; then
-    chown postgres:postgres "$dir" "$dir/socket" "$dir/password"
-    chmod 755 "$dir"
-  fi
-  as_owner "$pg_bin/initdb" -D "$dir/data" -U postgres --auth=scram-sha-256 --pwfile="$dir/password" \
-    --encoding=UTF8 --locale=C.UTF-8 ${initdb_options[@]+"${initdb_options[@]}"} >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
+# Writes the sandbox settings (after whatever postgresql.auto.conf already holds: later lines win)
+# on a free port and starts the server; prints the values the tests read. $1: the server's password.
+start_on_free_port() {
+  local password=$1 port pid settings
+  settings=$(cat "$dir/data/postgresql.auto.conf" 2>/dev/null || true)
   for _ in 1 2 3 4 5; do
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
     {
+      [ -z "$settings" ] || printf '%s\n' "$settings"
       echo "port = $port"
       echo "listen_addresses = '127.0.0.1'"
       echo "unix_socket_directories = '$dir/socket'"
@@ -87,12 +88,58 @@ start)
       echo "PID=$pid"
       echo "SOCKET=$dir/socket"
       echo "BIN=$pg_bin"
-      exit 0
+      return 0
     fi
   done
   echo "pg-sandbox: the server did not start; see $dir/server.log" >&2
   tail -5 "$dir/server.log" >&2 || true
-  exit 1
+  return 1
+}
+
+case $action in
+start)
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd)
+  mkdir -p "$dir/socket"
+  password=$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 20)
+  umask 077
+  printf '%s\n' "$password" > "$dir/password"
+  if [ "$(id -u)" = 0 ]; then
+    chown postgres:postgres "$dir" "$dir/socket" "$dir/password"
+    chmod 755 "$dir"
+  fi
+  as_owner "$pg_bin/initdb" -D "$dir/data" -U postgres --auth=scram-sha-256 --pwfile="$dir/password" \
+    --encoding=UTF8 --locale=C.UTF-8 ${initdb_options[@]+"${initdb_options[@]}"} >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
+  if [ -n "$wal_start" ]; then
+    as_owner "$pg_bin/pg_resetwal" -l "$wal_start" -D "$dir/data" >>"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
+  fi
+  : > "$dir/data/postgresql.auto.conf"   # emptied, not removed: it stays the server user's file
+  start_on_free_port "$password" || exit 1
+  ;;
+standby)
+  # A streaming hot standby of another sandbox: pg_basebackup -R (standby.signal, primary_conninfo)
+  # from the primary's port, the primary's settings kept (archive_command included: a standby
+  # archives only once promoted), then our own port and socket.
+  [ -n "$primary" ] && [ -f "$primary/server.pid" ] || { echo "pg-sandbox: standby needs --primary DIR of a running sandbox" >&2; exit 2; }
+  primary=$(cd "$primary" && pwd)
+  primary_port=$(sed -n 's/^port = //p' "$primary/data/postgresql.auto.conf" | tail -1)
+  password=$(cat "$primary/password")
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd)
+  mkdir -p "$dir/socket"
+  umask 077
+  cp "$primary/password" "$dir/password"
+  if [ "$(id -u)" = 0 ]; then
+    chown postgres:postgres "$dir" "$dir/socket" "$dir/password"
+    chmod 755 "$dir"
+  fi
+  as_owner env PGPASSWORD="$password" "$pg_bin/pg_basebackup" -h 127.0.0.1 -p "$primary_port" -U postgres -D "$dir/data" \
+    -R -X stream --checkpoint=fast >"$dir/basebackup.log" 2>&1 || { cat "$dir/basebackup.log" >&2; exit 1; }
+  archive_command=""   # keep the primary's own archive settings, copied with its postgresql.auto.conf
+  # The conninfo -R writes can name options (sslnegotiation, PostgreSQL 17+) that the libpq the
+  # server's walreceiver loads may not know: the few that matter, instead (later lines win).
+  echo "primary_conninfo = 'host=127.0.0.1 port=$primary_port user=postgres password=$password application_name=standby'" >> "$dir/data/postgresql.auto.conf"
+  start_on_free_port "$password" || exit 1
   ;;
 stop)
   [ -f "$dir/server.pid" ] || exit 0

@@ -82,6 +82,9 @@ extension ParsableCommand {
                 try command.run()
             }
             return ExitStatus.success.rawValue
+        } catch let code as ArgumentParser.ExitCode {
+            // A command's deliberate quiet exit (wal-fetch of an absent .history file): no message.
+            return code.rawValue
         } catch let error where isArgumentParserError(error) {
             // `--help` and `help` parse into a HelpCommand whose run() throws the help request.
             return reportParserError(error, tool: tool, helpTopic: helpTopic, standardError: standardError)

@@ -41,6 +41,23 @@ public enum Timestamp {
                       c.hour ?? 0, c.minute ?? 0, c.second ?? 0, micros - seconds * 1_000_000)
     }
 
+    /// The inverse of `postgres`: a `timestamptz` as PostgreSQL prints it in ISO style, any offset
+    /// (`2024-01-15 10:00:00.123456+00`, `…+05:30`), as in timeline history files.
+    public static func parsePostgres(_ text: String) -> Date? {
+        var rest = Substring(text.trimmingCharacters(in: .whitespaces))
+        guard let sign = rest.lastIndex(where: { $0 == "+" || $0 == "-" }), rest.distance(from: rest.startIndex, to: sign) >= 19 else { return nil }
+        var offset = String(rest[sign...])
+        if offset.count == 3 { offset += ":00" }
+        rest = rest[..<sign]
+        var fraction = 0.0
+        if let dot = rest.firstIndex(of: ".") {
+            guard let value = Double("0" + rest[dot...]) else { return nil }
+            fraction = value
+            rest = rest[..<dot]
+        }
+        return parseOperatorTime(rest + offset).map { $0.addingTimeInterval(fraction) }
+    }
+
     /// A time an operator typed: `2024-01-15 10:00:00` (UTC unless an offset follows), with an
     /// optional fraction, or ISO 8601.
     public static func parseOperatorTime(_ text: String) -> Date? {

@@ -35,12 +35,28 @@ public final class PostgresCluster: Sendable {
     ///   - major: a PostgreSQL major installed by `scripts/pg-majors.sh` (nil: 15, Debian's).
     ///   - archiveCommand: sets `archive_mode = on` with this `archive_command`.
     ///   - initdbOptions: passed to initdb (e.g. `--wal-segsize=64`).
-    public init(major: Int? = nil, archiveCommand: String? = nil, initdbOptions: [String] = []) throws {
-        directory = TestPaths.temporaryDirectory(prefix: "pg")
+    ///   - walStart: the segment the new cluster's WAL begins at (`pg_resetwal -l`), e.g. just before a log boundary.
+    public convenience init(major: Int? = nil, archiveCommand: String? = nil, initdbOptions: [String] = [], walStart: String? = nil) throws {
+        let directory = TestPaths.temporaryDirectory(prefix: "pg")
         var arguments = ["start", directory]
         if let major { arguments += ["--major", String(major)] }
         if let archiveCommand { arguments += ["--archive-command", archiveCommand] }
         for option in initdbOptions { arguments += ["--initdb-option", option] }
+        if let walStart { arguments += ["--wal-start", walStart] }
+        try self.init(directory: directory, sandboxArguments: arguments)
+    }
+
+    /// Starts a hot standby of `primary` streaming from it (`pg_basebackup -R`, same major, the
+    /// primary's settings including its archive_command, which a standby runs only once promoted).
+    /// Stopped by PID like every cluster here.
+    public static func startStandby(of primary: PostgresCluster) throws -> PostgresCluster {
+        let directory = TestPaths.temporaryDirectory(prefix: "pg-standby")
+        return try PostgresCluster(directory: directory, sandboxArguments: ["standby", directory, "--primary", primary.directory,
+                                                                            "--major", String(primary.major)])
+    }
+
+    private init(directory: String, sandboxArguments arguments: [String]) throws {
+        self.directory = directory
         let result = try TestProcess.run(TestPaths.repositoryRoot + "/scripts/pg-sandbox.sh", arguments)
         guard result.status == 0 else {
             throw XCTSkip.failure("could not start PostgreSQL (install it with scripts/setup.sh): \(result.standardError)")
@@ -69,6 +85,31 @@ public final class PostgresCluster: Sendable {
             return started
         }
         for cluster in clusters { cluster.stop() }
+    }
+
+    /// Whether the server is in recovery (a standby not yet promoted).
+    public func isInRecovery() throws -> Bool {
+        try connect().query("SELECT pg_is_in_recovery()").scalar == "t"
+    }
+
+    /// Waits until the standby has replayed everything `primary` has written so far.
+    public func waitForReplay(of primary: PostgresCluster, timeout: TimeInterval = 60) throws {
+        let target = try primary.connect().query("SELECT pg_current_wal_lsn()::text").scalar ?? ""
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            let caughtUp = try connect().query("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn", [target]).scalar
+            if caughtUp == "t" { return }
+            usleep(50_000)
+        }
+        throw XCTSkip.failure("standby on port \(port) did not replay up to \(target) within \(Int(timeout)) s")
+    }
+
+    /// Promotes this standby (`pg_promote`, waiting for it) and returns its new timeline.
+    @discardableResult
+    public func promote() throws -> Int {
+        _ = try connect().query("SELECT pg_promote(true, 60)")
+        let name = try connect().query("SELECT pg_walfile_name(pg_current_wal_lsn())").scalar ?? ""
+        return Int(name.prefix(8), radix: 16) ?? 0
     }
 
     /// The URL for one database of this cluster.

@@ -60,6 +60,9 @@ public enum LogicalCapture {
             """).rows[0]
         // Read before the counter starts: the connection serves one thread at a time.
         let properties = try DatabaseProperties.read(on: connection)
+        // A hot standby exports snapshots too (PostgreSQL 10 and later): the dump and the counts
+        // share it there as on a primary. The manifest records which it was.
+        let role = try ServerRole.read(on: connection)
         // For the progress line's percentage: the tables' data as the catalogue sizes it. pg_dump's text
         // is usually near it; the line says "~" and never claims 100% before the end.
         var estimate: UInt64?
@@ -127,6 +130,8 @@ public enum LogicalCapture {
             startedAt: startedAt, finishedAt: Date(), tags: configuration.tags, release: configuration.release,
             pinned: configuration.pinned, schemaVersion: schemaVersion, snapshot: snapshot, tables: tables, files: files)
         try manifest.record(properties, key: configuration.key)
+        manifest.fromStandby = role.inRecovery
+        manifest.timeline = role.timeline
         manifest.clientPrograms = [dumper]
         CrashPoint.reached("capture:after-data")
         do {

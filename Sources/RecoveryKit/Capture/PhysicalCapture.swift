@@ -33,7 +33,11 @@ public enum PhysicalCapture {
                    current_setting('wal_segment_size'), current_setting('archive_mode'),
                    (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint())::text
             """).rows[0]
-        guard try facts.string(4) != "off" else {
+        let role = try ServerRole.read(on: connection)
+        // A standby archives nothing until promoted (unless archive_mode = always): the primary's
+        // archive_command must hold the WAL, and a standby cannot see the primary's setting.
+        let archiveMode = try facts.string(4)
+        guard role.inRecovery || archiveMode != "off" else {
             throw RecoveryError(.databaseError, "archive_mode is off on \(configuration.target.redactedDescription), so a base backup could never be recovered",
                                 hint: "set archive_mode = on and archive_command = 'dbbackup wal-push %p --repo \(configuration.repository)', restart, then take the base backup")
         }
@@ -60,7 +64,7 @@ public enum PhysicalCapture {
         // From here on the data file is committed: any failure (a signal included) must remove it,
         // since without a manifest nothing would ever list or prune it.
         do {
-            return try finish(configuration, id: id, startedAt: startedAt, connection: connection, facts: facts,
+            return try finish(configuration, id: id, startedAt: startedAt, connection: connection, facts: facts, role: role,
                               segmentSize: segmentSize, scanner: scanner, file: file, targets: targets, programs: [basebackup])
         } catch {
             targets.delete([baseKey])
@@ -71,12 +75,15 @@ public enum PhysicalCapture {
 
     /// Reads the WAL range from the captured stream and writes the manifests.
     private static func finish(_ configuration: CaptureConfiguration, id: String, startedAt: Date, connection: PostgresConnection,
-                               facts: QueryResult.Row, segmentSize: UInt64, scanner: TarScanner, file: BackupManifest.File,
+                               facts: QueryResult.Row, role: ServerRole, segmentSize: UInt64, scanner: TarScanner, file: BackupManifest.File,
                                targets: CaptureTargets, programs: [PostgresProgram]) throws -> CaptureResult {
         let label = scanner.text("backup_label") ?? ""
         let manifestTail = scanner.text("backup_manifest") ?? ""
         var stopText = value(in: manifestTail, after: "\"End-LSN\": \"", until: "\"")
-        if stopText == nil { stopText = try connection.query("SELECT pg_current_wal_lsn()::text").scalar }
+        if stopText == nil {
+            // A standby has no current write position: the end is what it has replayed.
+            stopText = try connection.query(role.inRecovery ? "SELECT pg_last_wal_replay_lsn()::text" : "SELECT pg_current_wal_lsn()::text").scalar
+        }
         guard let startText = value(in: label, after: "START WAL LOCATION: ", until: " "), let startLSN = WALSegmentName.parseLSN(startText),
               let stopText, let stopLSN = WALSegmentName.parseLSN(stopText) else {
             throw RecoveryError(.toolFailed, "pg_basebackup's stream held no backup_label with a WAL start point",
@@ -88,7 +95,8 @@ public enum PhysicalCapture {
         let physical = BackupManifest.Physical(
             startLsn: WALSegmentName.formatLSN(startLSN), stopLsn: WALSegmentName.formatLSN(stopLSN), timeline: timeline,
             firstWalSegment: WALSegmentName.segment(containing: startLSN, timeline: timeline, segmentSize: segmentSize),
-            lastWalSegment: WALSegmentName.segment(containing: stopLSN > 0 ? stopLSN - 1 : 0, timeline: timeline, segmentSize: segmentSize))
+            lastWalSegment: WALSegmentName.segment(containing: stopLSN > 0 ? stopLSN - 1 : 0, timeline: timeline, segmentSize: segmentSize),
+            walSegmentSize: segmentSize)
         var manifest = BackupManifest(
             formatVersion: BackupManifest.currentFormatVersion, id: id, kind: .physical,
             tool: .init(name: "dbbackup", version: DBRecoveryVersion.current),
@@ -96,6 +104,8 @@ public enum PhysicalCapture {
             startedAt: startedAt, finishedAt: Date(), tags: configuration.tags, release: configuration.release,
             pinned: configuration.pinned, schemaVersion: try TableCounter.schemaVersion(on: connection), snapshot: nil, tables: [], files: [file])
         manifest.physical = physical
+        manifest.fromStandby = role.inRecovery
+        manifest.timeline = timeline
         manifest.clientPrograms = programs
         try Interruption.check()
         try targets.writeManifests(manifest)

@@ -37,6 +37,10 @@ public struct RecoveryError: Error, CustomStringConvertible, Sendable {
             let blockers = error.blockingSessions.map { "; \($0)" } ?? "; the blocking session has ended since"
             return RecoveryError(.lockTimeout, "\(error.operation): waited longer than --lock-wait for a lock\(blockers)",
                                  hint: "end or wait for the session named (SELECT pg_terminate_backend(pid) ends it), or raise --lock-wait, then run again")
+        case let error as PostgresError where error.sqlState == "40001" && error.message.contains("conflict with recovery"):
+            // A hot standby cancels queries whose rows replay must remove (a long dump or count there).
+            return RecoveryError(.databaseError, error.description,
+                                 hint: "on the standby set hot_standby_feedback = on (or raise max_standby_streaming_delay), or back up the primary")
         case let error as PostgresError where error.sqlState == PostgresError.queryCanceled:
             return RecoveryError(.databaseError, "\(error.operation): ran longer than statement_timeout and was cancelled (SQLSTATE 57014)",
                                  hint: "look for what slowed the server (pg_stat_activity), or raise statement_timeout for this role, then run again")

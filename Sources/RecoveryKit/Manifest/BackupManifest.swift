@@ -62,14 +62,22 @@ public struct BackupManifest: Codable, Equatable, Sendable {
         public var firstWalSegment: String
         /// The last WAL segment needed for a consistent restore.
         public var lastWalSegment: String
+        /// The cluster's `wal_segment_size` in bytes (initdb `--wal-segsize`): segment names after
+        /// the first follow from it. Nil in manifests written before it was recorded (16 MB then).
+        public var walSegmentSize: UInt64? = nil
 
-        public init(startLsn: String, stopLsn: String, timeline: Int, firstWalSegment: String, lastWalSegment: String) {
+        public init(startLsn: String, stopLsn: String, timeline: Int, firstWalSegment: String, lastWalSegment: String,
+                    walSegmentSize: UInt64? = nil) {
             self.startLsn = startLsn
             self.stopLsn = stopLsn
             self.timeline = timeline
             self.firstWalSegment = firstWalSegment
             self.lastWalSegment = lastWalSegment
+            self.walSegmentSize = walSegmentSize
         }
+
+        /// The segment size to compute WAL file names with: the recorded one, else PostgreSQL's default.
+        public var segmentSize: UInt64 { walSegmentSize ?? WALSegmentName.defaultSegmentSize }
     }
 
     public var formatVersion: Int
@@ -104,6 +112,13 @@ public struct BackupManifest: Codable, Equatable, Sendable {
     /// In an encrypted repository: the properties' settings, per-role settings and comment (which may
     /// hold secrets, e.g. `app.jwt_secret`), sealed with the repository key (base64). See `record(_:key:)`.
     public var sealedDatabaseProperties: String? = nil
+
+    // MARK: Where the backup was taken (issue 17; nil in older manifests)
+
+    /// True when the server was a hot standby (in recovery) when the backup was taken.
+    public var fromStandby: Bool? = nil
+    /// The timeline the server was on (a standby: the one it was replaying).
+    public var timeline: Int? = nil
 
     /// The PostgreSQL programs that made the backup (pg_dump, pg_basebackup): path, `--version` line
     /// and major. Nil in backups taken before they were recorded.

@@ -40,6 +40,8 @@ public struct PITRConfiguration {
     public var key: RepositoryKey? = nil
     /// The file `key` came from: `restore_command` passes this path on, never the key itself.
     public var keyFile: String? = nil
+    /// The timeline to recover along (`--timeline`): the newest by default, as PostgreSQL does.
+    public var timeline: TimelineChoice = .latest
     /// What the storage layer reads S3 settings from (see `Repository.open`); the started server
     /// gets it too, so that its restore_command (dbrestore wal-fetch) reaches the same endpoint.
     public var environment = ProcessInfo.processInfo.environment
@@ -73,6 +75,10 @@ public struct PITRPlan: Codable, Sendable {
     public var lastArchivedSegment: String
     public var segmentsAvailable: Int
     public var target: String
+    /// The `recovery_target_timeline` written, and the switches recovery follows to reach it
+    /// ("timeline 1 until 0/5000028, then timeline 2").
+    public var timeline: UInt32
+    public var timelinePath: String
     public var dataDirectory: String
     public var moveAsideTo: String?
     public var skipped: [Skipped]
@@ -101,6 +107,7 @@ public struct PITRPlan: Codable, Sendable {
         var lines = skipped.map { "skip base backup \($0.id): \($0.reason)" }
         lines.append("base backup: \(backupID), finished \(Timestamp.format(backupFinishedAt))")
         lines.append("WAL:         \(firstSegment) … \(lastArchivedSegment) (\(segmentsAvailable) segments archived, no gaps)")
+        lines.append("timeline:    \(timeline) (\(timelinePath))")
         lines.append("target:      \(target)")
         if let moveAsideTo { lines.append("move the existing \(dataDirectory) aside to \(moveAsideTo)") }
         lines.append("extract into \(dataDirectory), write restore_command and the recovery target, create recovery.signal")
@@ -141,6 +148,7 @@ public enum PointInTimeRestore {
                                 hint: "take one with dbbackup --physical (archive_mode on, archive_command = 'dbbackup wal-push %p --repo …')")
         }
         let archive = try store.list(prefix: "wal/")
+        let history = try TimelineHistory.read(archive: archive, store: store, key: configuration.key)
         var skipped: [PITRPlan.Skipped] = []
         var lastProblem: RecoveryError?
         for backup in backups {
@@ -154,9 +162,21 @@ public enum PointInTimeRestore {
                 continue
             default: break
             }
+            let backupTimeline = UInt32(clamping: max(1, physical.timeline))
+            let targetTimeline: UInt32
+            switch configuration.timeline {
+            case .latest: targetTimeline = history.latest(from: backupTimeline)
+            case .number(let number): targetTimeline = number
+            }
+            if case .time(let time) = configuration.target {
+                try refuseAbandonedBranch(time, path: try history.path(to: targetTimeline), history: history)
+            }
             do {
-                let (last, count, lastArchivedAt) = try walRun(from: physical, archive: archive)
+                let path = try history.path(to: targetTimeline)
+                try checkOnPath(physical, path: path, target: targetTimeline)
+                let (last, count, lastArchivedAt) = try walRun(from: physical, archive: archive, path: path)
                 if case .time(let time) = configuration.target, let lastArchivedAt, lastArchivedAt < time {
+                    try refuseEndedTimeline(time, timeline: targetTimeline, history: history)
                     throw RecoveryError(.backupNotFound,
                                         "target time \(Timestamp.format(time)) is beyond the archived WAL: the last segment, \(last), was archived at \(Timestamp.format(lastArchivedAt))",
                                         hint: "choose an earlier target, or wait for archiving (SELECT pg_switch_wal() on the source forces it)")
@@ -171,6 +191,7 @@ public enum PointInTimeRestore {
                 }
                 var plan = PITRPlan(backupID: backup.id, backupFinishedAt: backup.finishedAt, firstSegment: physical.firstWalSegment,
                                     lastArchivedSegment: last, segmentsAvailable: count, target: configuration.target.description,
+                                    timeline: targetTimeline, timelinePath: describe(path, from: backupTimeline),
                                     dataDirectory: configuration.dataDirectory, moveAsideTo: moveAsideTo, skipped: skipped)
                 try plan.findServer(for: backup, configuration)
                 return plan
@@ -189,37 +210,119 @@ public enum PointInTimeRestore {
                             hint: "nothing was written")
     }
 
-    /// The contiguous run of archived segments from the backup's first one: its last segment, its
-    /// length and when that last segment was archived.
+    /// The contiguous run of archived segments from the backup's first one, along the timeline
+    /// path recovery follows: its last segment, its length and when that last segment was archived.
+    ///
+    /// Each segment is read from the newest timeline on the path that had begun by that segment, as
+    /// PostgreSQL's recovery reads it (the segment holding a switch point comes from the new timeline).
     ///
     /// - Throws: `RecoveryError(.backupNotFound)` for a segment missing before the backup is
     ///   consistent, or a gap followed by later segments (replay would stop there silently).
-    static func walRun(from physical: BackupManifest.Physical, archive: [StoredObject]) throws -> (String, Int, Date?) {
-        let timeline = String(physical.firstWalSegment.prefix(8))
-        var segments: [String: Date?] = [:]
+    static func walRun(from physical: BackupManifest.Physical, archive: [StoredObject],
+                       path: [TimelineHistory.Stretch]? = nil) throws -> (String, Int, Date?) {
+        let size = physical.segmentSize
+        let stretches = path ?? [TimelineHistory.Stretch(timeline: UInt32(clamping: max(1, physical.timeline)), begin: 0, end: nil)]
+        var segments: [UInt32: [UInt64: Date?]] = [:]
         for object in archive {
             let name = String((object.key as NSString).lastPathComponent.dropLast(3))
-            if WALSegmentName.isSegment(name) && name.hasPrefix(timeline) { segments[name] = object.modified }
+            guard WALSegmentName.isSegment(name), let timeline = WALSegmentName.timelineNumber(of: name),
+                  let number = WALSegmentName.segmentNumber(of: name, segmentSize: size) else { continue }
+            segments[timeline, default: [:]][number] = object.modified
         }
-        var current = physical.firstWalSegment
-        guard segments[current] != nil else {
-            throw RecoveryError(.backupNotFound, "WAL segment \(current), where this base backup starts, is not archived",
+        /// The timeline segment `number` is read from: the newest stretch begun by then.
+        func timeline(of number: UInt64) -> UInt32 {
+            stretches.last { $0.begin / size <= number }?.timeline ?? stretches[0].timeline
+        }
+        /// nil: not archived; .some(nil): archived at an unknown time.
+        func archived(_ number: UInt64) -> Date?? {
+            guard let onTimeline = segments[timeline(of: number)], let modified = onTimeline[number] else { return nil }
+            return .some(modified)
+        }
+        func name(_ number: UInt64) -> String { WALSegmentName.name(timeline: timeline(of: number), segmentNumber: number, segmentSize: size) }
+
+        guard let first = WALSegmentName.segmentNumber(of: physical.firstWalSegment, segmentSize: size),
+              let needed = WALSegmentName.segmentNumber(of: physical.lastWalSegment, segmentSize: size) else {
+            throw RecoveryError(.backupCorrupt, "the manifest names WAL segments \(physical.firstWalSegment) … \(physical.lastWalSegment), which do not exist at a \(size >> 20) MB segment size")
+        }
+        guard archived(first) != nil else {
+            throw RecoveryError(.backupNotFound, "WAL segment \(name(first)), where this base backup starts, is not archived",
                                 hint: "check archive_command and pg_stat_archiver on the source")
         }
+        var current = first
         var count = 1
-        while let next = WALSegmentName.next(after: current), segments[next] != nil {
-            current = next
+        while archived(current + 1) != nil {
+            current += 1
             count += 1
         }
-        if current < physical.lastWalSegment {
-            throw RecoveryError(.backupNotFound, "WAL segment \(WALSegmentName.next(after: current) ?? "?") is missing: the base backup is not consistent without it")
+        if current < needed {
+            throw RecoveryError(.backupNotFound, "WAL segment \(name(current + 1)) is missing: the base backup is not consistent without it",
+                                hint: "the source archives a segment once it is full (archive_timeout, or SELECT pg_switch_wal() on the primary forces it; a standby's backup ends in WAL the primary archives)")
         }
-        if let later = segments.keys.filter({ $0 > current }).min() {
+        // Later segments on the path, past the gap: replay would end at the gap without saying so.
+        let later = segments.flatMap { timeline, numbers in numbers.keys.filter { $0 > current + 1 && self.isOnPath($0, timeline: timeline, stretches, size) } }.min()
+        if let later {
             throw RecoveryError(.backupNotFound,
-                                "WAL segment \(WALSegmentName.next(after: current) ?? "?") is missing from the archive, but later ones (from \(later)) exist: replay would stop at the gap",
+                                "WAL segment \(name(current + 1)) is missing from the archive, but later ones (from \(name(later))) exist: replay would stop at the gap",
                                 hint: "restore the missing segment into the archive, or choose a target before it with --target-lsn")
         }
-        return (current, count, segments[current] ?? nil)
+        return (name(current), count, archived(current) ?? nil)
+    }
+
+    /// Whether segment `number` of `timeline` is one recovery along `stretches` would read.
+    private static func isOnPath(_ number: UInt64, timeline: UInt32, _ stretches: [TimelineHistory.Stretch], _ size: UInt64) -> Bool {
+        guard let index = stretches.firstIndex(where: { $0.timeline == timeline }) else { return false }
+        let begin = stretches[index].begin / size
+        let nextBegin = index + 1 < stretches.count ? stretches[index + 1].begin / size : UInt64.max
+        return number >= begin && number < nextBegin
+    }
+
+    /// Refuses a base backup that recovery along `path` cannot start from: its timeline is not on
+    /// the path, or it was taken on that timeline after the path had left it (on the abandoned branch).
+    static func checkOnPath(_ physical: BackupManifest.Physical, path: [TimelineHistory.Stretch], target: UInt32) throws {
+        let timeline = UInt32(clamping: max(1, physical.timeline))
+        guard let stretch = path.first(where: { $0.timeline == timeline }) else {
+            throw RecoveryError(.backupNotFound, "it was taken on timeline \(timeline), which is not in the history of timeline \(target)",
+                                hint: "recover with --timeline \(timeline), or from a base backup taken on timeline \(target) or one of its ancestors")
+        }
+        if let end = stretch.end, let stop = WALSegmentName.parseLSN(physical.stopLsn), stop > end {
+            let next = path.first { $0.begin == end && $0.timeline != timeline }?.timeline ?? target
+            throw RecoveryError(.backupNotFound,
+                                "it ends at \(physical.stopLsn) on timeline \(timeline), after that timeline switched to timeline \(next) at \(WALSegmentName.formatLSN(end)): it holds WAL timeline \(next) abandoned",
+                                hint: "recover with --timeline \(timeline) to use it, or take a base backup on timeline \(target)")
+        }
+    }
+
+    /// Refuses a target time that falls after a parent timeline on the path was left and before the
+    /// child began: the child has no history there, and what the parent wrote then was abandoned.
+    static func refuseAbandonedBranch(_ time: Date, path: [TimelineHistory.Stretch], history: TimelineHistory) throws {
+        for (index, stretch) in path.enumerated() where stretch.end != nil && index + 1 < path.count {
+            let child = path[index + 1].timeline
+            let reason = history.histories[child]?.first { $0.timeline == stretch.timeline }?.reason ?? ""
+            guard let ended = history.switchTime(child: child, reason: reason), let began = history.beganAt[child],
+                  time > ended, time < began else { continue }
+            throw RecoveryError(.backupNotFound,
+                                "target \(Timestamp.format(time)) is after timeline \(stretch.timeline) ended at \(Timestamp.format(ended)) (switched to timeline \(child), which began at \(Timestamp.format(began))): timeline \(stretch.timeline)'s later WAL was abandoned, and timeline \(child) holds nothing from then",
+                                hint: "pick a target before \(Timestamp.format(ended)) or after \(Timestamp.format(began)), or --timeline \(stretch.timeline) to recover the abandoned branch; nothing was written")
+        }
+    }
+
+    /// For a target beyond the archived WAL of a timeline that later switched to another: says so.
+    static func refuseEndedTimeline(_ time: Date, timeline: UInt32, history: TimelineHistory) throws {
+        for (child, _, reason) in history.children(of: timeline) {
+            guard let ended = history.switchTime(child: child, reason: reason), time > ended else { continue }
+            throw RecoveryError(.backupNotFound,
+                                "target \(Timestamp.format(time)) is after timeline \(timeline) ended at \(Timestamp.format(ended)) (switched to timeline \(child)); timeline \(timeline)'s later WAL was abandoned",
+                                hint: "pick a target before \(Timestamp.format(ended)), or --timeline \(child); nothing was written")
+        }
+    }
+
+    /// "timeline 1 until 0/5000028, then timeline 2", from the backup's timeline on.
+    static func describe(_ path: [TimelineHistory.Stretch], from timeline: UInt32) -> String {
+        let relevant = path.drop { $0.timeline != timeline }
+        guard relevant.count > 1 else { return "no timeline switch to follow" }
+        return relevant.map { stretch in
+            stretch.end.map { "timeline \(stretch.timeline) until \(WALSegmentName.formatLSN($0))" } ?? "timeline \(stretch.timeline)"
+        }.joined(separator: ", then ")
     }
 
     /// Extracts the base backup and configures recovery; with `start`, runs it to promotion.
@@ -250,11 +353,12 @@ public enum PointInTimeRestore {
             }
         }
         try timeline.step("configure recovery (\(configuration.target))") {
-            try writeRecoverySettings(configuration, backupID: manifest.id)
+            try writeRecoverySettings(configuration, backupID: manifest.id, timeline: plan.timeline)
         }
         var report = PITRReport(plan: plan, started: false, promoted: false, lastReplayedTransaction: nil, databases: [:], durationSeconds: 0)
         if configuration.start {
-            try startAndFollow(configuration, pgCtl: plan.pgCtl, timeline: timeline, report: &report)
+            try startAndFollow(configuration, pgCtl: plan.pgCtl, timeline: timeline, report: &report,
+                               segmentSize: manifest.physical?.segmentSize ?? WALSegmentName.defaultSegmentSize)
         }
         report.durationSeconds = Date().timeIntervalSince(timeline.startedAt)
         return report
@@ -313,14 +417,15 @@ public enum PointInTimeRestore {
         return URL(fileURLWithPath: CommandLine.arguments.first ?? "dbrestore").resolvingSymlinksInPath().path
     }
 
-    private static func writeRecoverySettings(_ configuration: PITRConfiguration, backupID: String) throws {
+    private static func writeRecoverySettings(_ configuration: PITRConfiguration, backupID: String, timeline: UInt32) throws {
         let directory = configuration.dataDirectory
         // postgresql.conf strings process backslash escapes and take '' for a quote.
         let quote = { (text: String) in "'" + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "''") + "'" }
         var lines = ["", "# Added by dbrestore --pitr at \(Timestamp.format(Date())) from base backup \(backupID).",
                      "restore_command = \(quote(restoreCommand(configuration)))",
                      "recovery_target_action = 'promote'",
-                     "recovery_target_timeline = 'latest'",
+                     // The timeline the plan checked (with 'latest', the newest one then).
+                     "recovery_target_timeline = '\(timeline)'",
                      "# The restored cluster must not archive into the repository it was restored from.",
                      "archive_mode = 'off'"]
         switch configuration.target {
@@ -343,7 +448,8 @@ public enum PointInTimeRestore {
 
     /// Starts the server, follows recovery until promotion, then reports the last replayed
     /// transaction and the row counts of every table.
-    private static func startAndFollow(_ configuration: PITRConfiguration, pgCtl: String?, timeline: Timeline, report: inout PITRReport) throws {
+    private static func startAndFollow(_ configuration: PITRConfiguration, pgCtl: String?, timeline: Timeline, report: inout PITRReport,
+                                       segmentSize: UInt64) throws {
         guard let port = configuration.port else {
             throw RecoveryError(.usage, "--start needs --port", hint: "choose a port the original server does not use")
         }
@@ -360,7 +466,7 @@ public enum PointInTimeRestore {
             let errors = OutputCollector(descriptor: child.standardError)
             let termination = child.waitForExit()
             guard termination.succeeded else {
-                throw RecoveryError(.restoreFailed, "the restored server did not start: \(recoveryFailure(log: log) ?? errors.lastLine() ?? termination.description)",
+                throw RecoveryError(.restoreFailed, "the restored server did not start: \(recoveryFailure(log: log, segmentSize: segmentSize) ?? errors.lastLine() ?? termination.description)",
                                     hint: "see \(log)")
             }
         }
@@ -376,7 +482,7 @@ public enum PointInTimeRestore {
                     report.lastReplayedTransaction = last.flatMap(Timestamp.parse)
                     return
                 }
-                if let failure = recoveryFailure(log: log) {
+                if let failure = recoveryFailure(log: log, segmentSize: segmentSize) {
                     throw RecoveryError(.restoreFailed, "recovery stopped: \(failure)", hint: "see \(log)")
                 }
                 guard Date() < deadline else {
@@ -397,7 +503,7 @@ public enum PointInTimeRestore {
     }
 
     /// The FATAL line of a recovery that gave up, with the segment that was missing if we can tell.
-    static func recoveryFailure(log: String) -> String? {
+    static func recoveryFailure(log: String, segmentSize: UInt64 = WALSegmentName.defaultSegmentSize) -> String? {
         guard let text = try? String(contentsOfFile: log, encoding: .utf8) else { return nil }
         let lines = text.split(separator: "\n").map(String.init)
         guard let fatal = lines.last(where: { $0.contains("FATAL:") || $0.contains("PANIC:") }) else { return nil }
@@ -405,7 +511,7 @@ public enum PointInTimeRestore {
             guard let range = line.range(of: "restored log file \"") else { return nil }
             return String(line[range.upperBound...].prefix(24))
         }.last
-        let missing = restored.flatMap { WALSegmentName.next(after: $0) }.map { " (last segment replayed: \(restored ?? ""); \($0) was not in the archive)" } ?? ""
+        let missing = restored.flatMap { WALSegmentName.next(after: $0, segmentSize: segmentSize) }.map { " (last segment replayed: \(restored ?? ""); \($0) was not in the archive)" } ?? ""
         let start = (fatal.range(of: "FATAL:") ?? fatal.range(of: "PANIC:"))?.lowerBound ?? fatal.startIndex
         return String(fatal[start...]) + missing
     }

@@ -1,5 +1,8 @@
 /// WAL positions and file names, computed as PostgreSQL does (`XLogFileName`).
 public enum WALSegmentName {
+    /// PostgreSQL's default `wal_segment_size` (16 MB); initdb `--wal-segsize` chooses 1 MB to 1 GB.
+    public static let defaultSegmentSize: UInt64 = 16 * 1024 * 1024
+
     /// Parses an LSN written `X/Y` (hex).
     public static func parseLSN(_ text: String) -> UInt64? {
         let parts = text.split(separator: "/")
@@ -13,7 +16,7 @@ public enum WALSegmentName {
     }
 
     /// The segment file holding `lsn` on `timeline`, e.g. `000000010000000000000003`.
-    public static func segment(containing lsn: UInt64, timeline: Int, segmentSize: UInt64 = 16 * 1024 * 1024) -> String {
+    public static func segment(containing lsn: UInt64, timeline: Int, segmentSize: UInt64 = defaultSegmentSize) -> String {
         let number = lsn / segmentSize
         let perLogID = 0x1_0000_0000 / segmentSize
         return hex8(UInt64(timeline)) + hex8(number / perLogID) + hex8(number % perLogID)
@@ -31,13 +34,33 @@ public enum WALSegmentName {
     }
 
     /// The next segment name on the same timeline.
-    public static func next(after name: String, segmentSize: UInt64 = 16 * 1024 * 1024) -> String? {
-        let characters = Array(name)
-        guard isSegment(name), let timeline = UInt64(String(characters[0..<8]), radix: 16),
+    public static func next(after name: String, segmentSize: UInt64 = defaultSegmentSize) -> String? {
+        guard let timeline = timelineNumber(of: name), let number = segmentNumber(of: name, segmentSize: segmentSize) else { return nil }
+        return self.name(timeline: timeline, segmentNumber: number + 1, segmentSize: segmentSize)
+    }
+
+    /// The timeline of a segment name as a number (`00000002…` → 2).
+    public static func timelineNumber(of name: String) -> UInt32? {
+        guard isSegment(name) || name.hasSuffix(".history") || name.hasSuffix(".partial") else { return nil }
+        return UInt32(name.prefix(8), radix: 16)
+    }
+
+    /// The position of a segment in the WAL, whatever its timeline (PostgreSQL's `XLogSegNo`):
+    /// log × segments-per-log + segment. Nil for anything that is not a segment name, or whose low
+    /// part does not exist at this segment size (a 64 MB cluster has 64 segments per log, 00…3F).
+    public static func segmentNumber(of name: String, segmentSize: UInt64 = defaultSegmentSize) -> UInt64? {
+        let characters = Array(name.prefix(24))
+        guard characters.count == 24, isSegment(String(characters)),
               let log = UInt64(String(characters[8..<16]), radix: 16), let segment = UInt64(String(characters[16..<24]), radix: 16) else { return nil }
         let perLogID = 0x1_0000_0000 / segmentSize
-        let following = log * perLogID + segment + 1
-        return hex8(timeline) + hex8(following / perLogID) + hex8(following % perLogID)
+        guard segment < perLogID else { return nil }
+        return log * perLogID + segment
+    }
+
+    /// The segment name of position `segmentNumber` on `timeline`.
+    public static func name(timeline: UInt32, segmentNumber: UInt64, segmentSize: UInt64 = defaultSegmentSize) -> String {
+        let perLogID = 0x1_0000_0000 / segmentSize
+        return hex8(UInt64(timeline)) + hex8(segmentNumber / perLogID) + hex8(segmentNumber % perLogID)
     }
 
     private static func hex8(_ value: UInt64) -> String {

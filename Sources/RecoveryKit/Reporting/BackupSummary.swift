@@ -19,6 +19,9 @@ public struct BackupSummary: Codable, Sendable {
     public var pinned: Bool
     public var files: [BackupManifest.File]
     public var otherRepositories: [String]?
+    /// Taken from a hot standby, and on which timeline (nil from manifests that predate them).
+    public var fromStandby: Bool?
+    public var timeline: Int?
 
     public init(manifest: BackupManifest, repository: String) {
         id = manifest.id
@@ -38,10 +41,13 @@ public struct BackupSummary: Codable, Sendable {
         pinned = manifest.pinned
         files = manifest.files
         otherRepositories = manifest.otherRepositories
+        fromStandby = manifest.fromStandby
+        timeline = manifest.timeline
     }
 
     /// One line for a person: `backup X of app: 12 tables, 1.2M rows, 80 MiB → 12 MiB in 3.2 s`.
     public var humanDescription: String {
         "backup \(id) of \(database): \(tables) tables, \(totalRows) rows, \(ByteCount.format(rawBytes)) → \(ByteCount.format(storedBytes)) in \(String(format: "%.1f", durationSeconds)) s"
+            + (fromStandby == true ? " (from a standby, timeline \(timeline ?? 1))" : "")
     }
 }

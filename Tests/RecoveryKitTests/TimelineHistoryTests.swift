@@ -1,0 +1,157 @@
+import BackupStorage
+import Foundation
+@testable import RecoveryKit
+import XCTest
+
+/// WAL names at any segment size, `.history` parsing, and the planner's walk along timelines.
+final class TimelineHistoryTests: XCTestCase {
+    private let mb64: UInt64 = 64 << 20
+
+    func testSegmentNamesFollowTheSegmentSize() {
+        // 64 MB: 64 segments per log, so 3F is followed by the next log's 00 (not 40).
+        XCTAssertEqual(WALSegmentName.next(after: "00000001000000000000003F", segmentSize: mb64), "000000010000000100000000")
+        XCTAssertEqual(WALSegmentName.next(after: "0000000100000000000000FF"), "000000010000000100000000")
+        XCTAssertEqual(WALSegmentName.next(after: "00000001000000000000003F"), "000000010000000000000040")
+        XCTAssertEqual(WALSegmentName.segment(containing: 0x1_0000_0000, timeline: 2, segmentSize: mb64), "000000020000000100000000")
+        XCTAssertEqual(WALSegmentName.segmentNumber(of: "000000010000000100000002", segmentSize: mb64), 66)
+        XCTAssertNil(WALSegmentName.segmentNumber(of: "000000010000000000000040", segmentSize: mb64), "no such segment at 64 MB")
+        XCTAssertEqual(WALSegmentName.name(timeline: 3, segmentNumber: 66, segmentSize: mb64), "000000030000000100000002")
+        XCTAssertEqual(WALSegmentName.timelineNumber(of: "0000000A.history"), 10)
+        XCTAssertEqual(WALSegmentName.timelineNumber(of: "000000020000000000000005.partial"), 2)
+        XCTAssertNil(WALSegmentName.timelineNumber(of: "000000020000000000000005.00000028.backup"))
+    }
+
+    func testHistoryFilesParseWithTheirStopTimes() throws {
+        let text = "1\t0/5000120\tbefore transaction 745 at 2026-11-26 12:05:00.123456+00\n\n2\t0/9000000\tno recovery target specified\n"
+        let entries = TimelineHistory.parse(text)
+        XCTAssertEqual(entries.map(\.timeline), [1, 2])
+        XCTAssertEqual(entries.map(\.switchLsn), [0x5000120, 0x9000000])
+        let stop = try XCTUnwrap(TimelineHistory.stopTime(in: entries[0].reason))
+        XCTAssertEqual(stop.timeIntervalSince1970, Timestamp.parse("2026-11-26T12:05:00.123Z")?.timeIntervalSince1970 ?? 0, accuracy: 0.001)
+        XCTAssertEqual(TimelineHistory.stopTime(in: "after transaction 9 at 2026-11-26 13:05:00+01")?.timeIntervalSince1970,
+                       Timestamp.parse("2026-11-26T12:05:00Z")?.timeIntervalSince1970)
+        XCTAssertEqual(TimelineHistory.stopTime(in: "before 2026-11-26 12:05:00.123456+00")?.timeIntervalSince1970 ?? 0,
+                       stop.timeIntervalSince1970, accuracy: 0.001, "PostgreSQL 13 and later write the time alone")
+        XCTAssertNil(TimelineHistory.stopTime(in: entries[1].reason))
+        let instant = Date(timeIntervalSince1970: 1_705_312_800.123456)
+        XCTAssertEqual(Timestamp.parsePostgres(Timestamp.postgres(instant))?.timeIntervalSince1970 ?? 0, instant.timeIntervalSince1970, accuracy: 0.000_001)
+        XCTAssertEqual(Timestamp.parsePostgres("2024-01-15 15:30:00.5+05:30")?.timeIntervalSince1970, 1_705_312_800.5)
+        XCTAssertNil(Timestamp.parsePostgres("2024-01-15 10:00:00"), "PostgreSQL prints the offset")
+        XCTAssertNil(TimelineHistory.stopTime(in: "before transaction 745"), "an xid target names no time")
+        XCTAssertNil(TimelineHistory.stopTime(in: "after LSN 0/5000120"))
+        XCTAssertNil(TimelineHistory.stopTime(in: "at restore point \"before_b\""))
+    }
+
+    private func history() -> TimelineHistory {
+        // 1 → 2 at 0/5000120 (a PITR stopped before a transaction at 12:05, promoted 12:30);
+        // 2 → 3 at 0/9000000 (a failover at 13:00). Timeline 4 branched off 1 later, at 0/6000000.
+        TimelineHistory(histories: [
+            2: TimelineHistory.parse("1\t0/5000120\tbefore transaction 745 at 2026-11-26 12:05:00+00\n"),
+            3: TimelineHistory.parse("1\t0/5000120\tbefore transaction 745 at 2026-11-26 12:05:00+00\n2\t0/9000000\tno recovery target specified\n"),
+            5: TimelineHistory.parse("1\t0/6000000\tno recovery target specified\n"),
+        ], beganAt: [2: date("12:30"), 3: date("13:00"), 5: date("14:00")])
+    }
+
+    private func date(_ time: String) -> Date { Timestamp.parse("2026-11-26T\(time):00Z") ?? Date() }
+
+    func testPathsLatestAndChildren() throws {
+        let history = history()
+        XCTAssertEqual(history.latest(from: 1), 3, "as PostgreSQL: history files 2, 3, then 4 is missing")
+        XCTAssertEqual(try history.path(to: 3), [.init(timeline: 1, begin: 0, end: 0x5000120), .init(timeline: 2, begin: 0x5000120, end: 0x9000000),
+                                                 .init(timeline: 3, begin: 0x9000000, end: nil)])
+        XCTAssertEqual(try history.path(to: 1), [.init(timeline: 1, begin: 0, end: nil)])
+        XCTAssertThrowsError(try history.path(to: 4)) { XCTAssertTrue("\($0)".contains("00000004.history"), "\($0)") }
+        XCTAssertEqual(history.children(of: 1).map(\.child), [2, 5])
+        XCTAssertEqual(history.children(of: 2).map(\.child), [3])
+        XCTAssertEqual(PointInTimeRestore.describe(try history.path(to: 3), from: 2), "timeline 2 until 0/9000000, then timeline 3")
+    }
+
+    func testAbandonedBranchAndEndedTimelineAreRefusedWithTheReason() throws {
+        let history = history()
+        let path = try history.path(to: 3)
+        XCTAssertNoThrow(try PointInTimeRestore.refuseAbandonedBranch(date("12:04"), path: path, history: history))
+        XCTAssertNoThrow(try PointInTimeRestore.refuseAbandonedBranch(date("12:31"), path: path, history: history))
+        XCTAssertThrowsError(try PointInTimeRestore.refuseAbandonedBranch(date("12:10"), path: path, history: history)) { error in
+            let error = RecoveryError.classify(error)
+            XCTAssertEqual(error.code, .backupNotFound)
+            XCTAssertTrue(error.message.contains("after timeline 1 ended at 2026-11-26T12:05:00.000Z (switched to timeline 2"), error.message)
+            XCTAssertTrue(error.hint?.contains("--timeline 1") ?? false, error.hint ?? "")
+        }
+        // Timeline 2 ended in a failover (no stop time in its child's history): when timeline 3 began.
+        XCTAssertNoThrow(try PointInTimeRestore.refuseEndedTimeline(date("12:50"), timeline: 2, history: history))
+        XCTAssertThrowsError(try PointInTimeRestore.refuseEndedTimeline(date("13:10"), timeline: 2, history: history)) { error in
+            XCTAssertTrue(RecoveryError.classify(error).hint?.contains("--timeline 3") ?? false, "\(error)")
+        }
+        XCTAssertNoThrow(try PointInTimeRestore.refuseEndedTimeline(date("12:10"), timeline: 3, history: history))
+    }
+
+    private func archive(_ names: [String]) -> [StoredObject] {
+        names.enumerated().map { StoredObject(key: "wal/\($1.prefix(8))/\($1).gz", size: 1, modified: Date(timeIntervalSince1970: Double($0))) }
+    }
+
+    func testTheWALRunFollowsTheSwitchAndIgnoresTheAbandonedBranch() throws {
+        let history = history()
+        let physical = BackupManifest.Physical(startLsn: "0/3000028", stopLsn: "0/3000100", timeline: 1,
+                                               firstWalSegment: "000000010000000000000003", lastWalSegment: "000000010000000000000003")
+        // Timeline 1 goes on to 7 (abandoned after 5); timeline 2 begins in segment 5; timeline 3 in 9.
+        let objects = archive(["000000010000000000000003", "000000010000000000000004", "000000010000000000000005", "000000010000000000000006",
+                               "000000010000000000000007", "00000002.history", "000000020000000000000005", "000000020000000000000006",
+                               "000000020000000000000007", "000000020000000000000008", "000000020000000000000009.partial", "00000003.history",
+                               "000000030000000000000009", "00000003000000000000000A"])
+        let (last, count, _) = try PointInTimeRestore.walRun(from: physical, archive: objects, path: try history.path(to: 3))
+        XCTAssertEqual(last, "00000003000000000000000A")
+        XCTAssertEqual(count, 8)
+        let (lastOnOne, countOnOne, _) = try PointInTimeRestore.walRun(from: physical, archive: objects, path: try history.path(to: 1))
+        XCTAssertEqual(lastOnOne, "000000010000000000000007")
+        XCTAssertEqual(countOnOne, 5)
+        // Without timeline 2's copy of segment 5, recovery along 3 stops there although later segments exist.
+        let gapped = objects.filter { !$0.key.hasSuffix("000000020000000000000005.gz") }
+        XCTAssertThrowsError(try PointInTimeRestore.walRun(from: physical, archive: gapped, path: try history.path(to: 3))) { error in
+            XCTAssertTrue(RecoveryError.classify(error).message.contains("000000020000000000000005 is missing"), "\(error)")
+        }
+        // A base backup taken on timeline 1 after it switched cannot start recovery along timeline 3.
+        let late = BackupManifest.Physical(startLsn: "0/6000028", stopLsn: "0/6000100", timeline: 1,
+                                           firstWalSegment: "000000010000000000000006", lastWalSegment: "000000010000000000000006")
+        XCTAssertThrowsError(try PointInTimeRestore.checkOnPath(late, path: try history.path(to: 3), target: 3)) { error in
+            XCTAssertTrue(RecoveryError.classify(error).message.contains("after that timeline switched to timeline 2 at 0/5000120"), "\(error)")
+        }
+        XCTAssertNoThrow(try PointInTimeRestore.checkOnPath(physical, path: try history.path(to: 3), target: 3))
+    }
+
+    func testTheWALRunCrossesALogBoundaryAt64MB() throws {
+        let physical = BackupManifest.Physical(startLsn: "0/F8000028", stopLsn: "0/F8000100", timeline: 1, firstWalSegment: "00000001000000000000003E",
+                                               lastWalSegment: "00000001000000000000003E", walSegmentSize: mb64)
+        let objects = archive(["00000001000000000000003E", "00000001000000000000003F", "000000010000000100000000", "000000010000000100000001"])
+        let (last, count, _) = try PointInTimeRestore.walRun(from: physical, archive: objects)
+        XCTAssertEqual(last, "000000010000000100000001")
+        XCTAssertEqual(count, 4)
+    }
+}
+
+/// The manifest fields issue 17 added, and manifests written before them.
+final class StandbyManifestFieldsTests: XCTestCase {
+    func testSegmentSizeStandbyAndTimelineRoundTripAndOlderManifestsMean16MB() throws {
+        var manifest = BackupManifestTests.sample()
+        manifest.kind = .physical
+        manifest.fromStandby = true
+        manifest.timeline = 3
+        manifest.physical = .init(startLsn: "0/F8000028", stopLsn: "0/F8000100", timeline: 3, firstWalSegment: "00000003000000000000003E",
+                                  lastWalSegment: "00000003000000000000003E", walSegmentSize: 64 << 20)
+        let text = String(decoding: try manifest.encoded(), as: UTF8.self)
+        for field in ["\"from_standby\" : true", "\"timeline\" : 3", "\"wal_segment_size\" : 67108864"] {
+            XCTAssertTrue(text.contains(field), text)
+        }
+        let decoded = try BackupManifest.decode(try manifest.encoded(), source: "test")
+        XCTAssertEqual(decoded, manifest)
+        XCTAssertEqual(decoded.physical?.segmentSize, 64 << 20)
+
+        // Written before these fields existed: no standby claim, 16 MB segments.
+        var older = manifest
+        older.fromStandby = nil
+        older.timeline = nil
+        older.physical?.walSegmentSize = nil
+        let olderText = String(decoding: try older.encoded(), as: UTF8.self)
+        XCTAssertFalse(olderText.contains("wal_segment_size") || olderText.contains("from_standby"), olderText)
+        XCTAssertEqual(try BackupManifest.decode(Data(olderText.utf8), source: "old").physical?.segmentSize, 16 << 20)
+    }
+}
