@@ -77,7 +77,7 @@ public struct RestoreBackupCommand: ParsableCommand {
     @Option(name: .customLong("incident-file"), help: ArgumentHelp("With --emergency: where to write the incident record.", valueName: "path"))
     public var incidentFile: String?
 
-    @Flag(help: "Point-in-time recovery from a physical base backup and the WAL archive into --pgdata.")
+    @Flag(help: "Point-in-time recovery from a physical base backup (an incremental one is rebuilt from its chain with pg_combinebackup) and the WAL archive into --pgdata.")
     public var pitr = false
 
     @Option(help: ArgumentHelp("With --pitr: the new data directory (must be empty or new, unless --move-aside).", valueName: "dir"))

@@ -21,6 +21,9 @@ public struct LogicalCaptureConfiguration {
     public var tools: PostgresTools
     /// `--lock-wait`: pg_dump's `--lock-wait-timeout` (the target's sessions carry it as `lock_timeout`).
     public var lockWaitSeconds = SessionLimits.defaultLockWaitSeconds
+    /// `--physical --incremental`: an incremental base backup on the newest base backup of the same
+    /// system (PostgreSQL 17+, `summarize_wal = on`).
+    public var incremental = false
 
     public init(target: ConnectionTarget, repositories: [String], tags: [String] = [], release: String? = nil,
                 pinned: Bool = false, compressionLevel: Int = GzipCompressor.defaultLevel, jobs: Int = ProcessInfo.processInfo.activeProcessorCount,

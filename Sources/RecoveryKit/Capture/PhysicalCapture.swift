@@ -4,7 +4,9 @@ import PostgresClient
 import ProcessSignals
 
 /// A physical base backup: `pg_basebackup` tar stream (WAL left to the archive) gzip-streamed into
-/// `backups/<id>/base.tar.gz`, with the WAL range it needs in the manifest.
+/// `backups/<id>/base.tar.gz`, with the WAL range it needs in the manifest and pg_basebackup's own
+/// `backup_manifest` beside it (`backup_manifest.gz`), which an incremental taken on it needs.
+/// With `incremental`, the backup holds only what changed since its parent (`IncrementalChain`).
 public enum PhysicalCapture {
     public static let baseFileName = "base.tar.gz"
 
@@ -28,8 +30,10 @@ public enum PhysicalCapture {
             SELECT current_database(), current_setting('server_version'),
                    (SELECT system_identifier::text FROM pg_catalog.pg_control_system()),
                    current_setting('wal_segment_size'), current_setting('archive_mode'),
-                   (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint())::text
+                   (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint())::text,
+                   current_setting('server_version_num'), current_setting('summarize_wal', true)
             """).rows[0]
+        if configuration.incremental { try checkIncrementalSupport(facts, target: configuration.target) }
         guard try facts.string(4) != "off" else {
             throw RecoveryError(.databaseError, "archive_mode is off on \(configuration.target.redactedDescription), so a base backup could never be recovered",
                                 hint: "set archive_mode = on and archive_command = 'dbbackup wal-push %p --repo \(configuration.repository)', restart, then take the base backup")
@@ -37,22 +41,40 @@ public enum PhysicalCapture {
         let segmentSize = parseSize(try facts.string(3))
         // pg_basebackup writing to stdout does not print its WAL range; backup_label and the WAL-Ranges
         // at the end of backup_manifest inside the stream hold it.
-        let scanner = TarScanner(wanted: ["backup_label": 4096, "backup_manifest": 8192])
+        // backup_manifest is kept whole: it is stored beside the base backup for incrementals to chain on.
+        let scanner = TarScanner(wanted: ["backup_label": 4096, "backup_manifest": Int.max])
         let baseKey = "backups/\(id)/\(baseFileName)"
+        var arguments = ["--pgdata=-", "--format=tar", "--wal-method=none", "--checkpoint=fast", "--no-password", "--label=dbrecovery \(id)"]
+        var chain: BackupManifest.Incremental?
+        var parentManifestFile: String?
+        defer { if let parentManifestFile { unlink(parentManifestFile) } }
+        if configuration.incremental {
+            let timeline = Int(facts[5] ?? "") ?? 1
+            let (parent, path) = try parentManifest(systemIdentifier: facts[2], timeline: timeline, targets: targets, key: configuration.key)
+            parentManifestFile = path
+            arguments.append("--incremental=\(path)")
+            chain = BackupManifest.Incremental(parent: parent.id, chainRoot: parent.incremental?.chainRoot ?? parent.id)
+        }
         let (file, _) = try StreamCapture.run(
             executable: pgBasebackup,
-            arguments: ["--pgdata=-", "--format=tar", "--wal-method=none", "--checkpoint=fast", "--no-password",
-                        "--label=dbrecovery \(id)"],
+            arguments: arguments,
             environment: configuration.target.childEnvironment, targets: targets, key: baseKey,
             level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "base backup",
             observe: scanner.consume)
         // From here on the data file is committed: any failure (a signal included) must remove it,
         // since without a manifest nothing would ever list or prune it.
+        let serverManifestKey = "backups/\(id)/\(IncrementalChain.serverManifestFileName)"
         do {
+            guard let serverManifest = scanner.captured["backup_manifest"], !serverManifest.isEmpty else {
+                throw RecoveryError(.toolFailed, "pg_basebackup's stream held no backup_manifest",
+                                    hint: "this pg_basebackup is not one we know (or runs with --no-manifest); nothing was stored")
+            }
+            let manifestFile = try StreamCapture.store(serverManifest, targets: targets, key: serverManifestKey,
+                                                       level: configuration.compressionLevel, key: configuration.key)
             return try finish(configuration, id: id, startedAt: startedAt, connection: connection, facts: facts,
-                              segmentSize: segmentSize, scanner: scanner, file: file, targets: targets)
+                              segmentSize: segmentSize, scanner: scanner, files: [file, manifestFile], chain: chain, targets: targets)
         } catch {
-            targets.delete([baseKey])
+            targets.delete([baseKey, serverManifestKey])
             if Interruption.isRequested { CleanupLog.cleaned("removed \(baseKey)") }
             throw error
         }
@@ -60,8 +82,8 @@ public enum PhysicalCapture {
 
     /// Reads the WAL range from the captured stream and writes the manifests.
     private static func finish(_ configuration: LogicalCaptureConfiguration, id: String, startedAt: Date, connection: PostgresConnection,
-                               facts: QueryResult.Row, segmentSize: UInt64, scanner: TarScanner, file: BackupManifest.File,
-                               targets: CaptureTargets) throws -> CaptureResult {
+                               facts: QueryResult.Row, segmentSize: UInt64, scanner: TarScanner, files: [BackupManifest.File],
+                               chain: BackupManifest.Incremental?, targets: CaptureTargets) throws -> CaptureResult {
         let label = scanner.text("backup_label") ?? ""
         let manifestTail = scanner.text("backup_manifest") ?? ""
         var stopText = value(in: manifestTail, after: "\"End-LSN\": \"", until: "\"")
@@ -83,11 +105,69 @@ public enum PhysicalCapture {
             tool: .init(name: "dbbackup", version: DBRecoveryVersion.current),
             database: .init(name: try facts.string(0), serverVersion: try facts.string(1), systemIdentifier: facts[2]),
             startedAt: startedAt, finishedAt: Date(), tags: configuration.tags, release: configuration.release,
-            pinned: configuration.pinned, schemaVersion: try TableCounter.schemaVersion(on: connection), snapshot: nil, tables: [], files: [file])
+            pinned: configuration.pinned, schemaVersion: try TableCounter.schemaVersion(on: connection), snapshot: nil, tables: [], files: files)
         manifest.physical = physical
+        manifest.incremental = chain
         try Interruption.check()
         try targets.writeManifests(manifest)
         return CaptureResult(manifest: manifest, stored: targets.succeeded, failed: targets.failures)
+    }
+
+    /// Refuses `--incremental` before anything is written when the server cannot take one: before
+    /// PostgreSQL 17, or with `summarize_wal` off (the server then keeps no record of changed blocks).
+    private static func checkIncrementalSupport(_ facts: QueryResult.Row, target: ConnectionTarget) throws {
+        let versionNumber = Int(facts[6] ?? "") ?? 0
+        guard versionNumber >= IncrementalChain.minimumServerVersionNumber else {
+            throw RecoveryError(.databaseError, "incremental base backups need PostgreSQL 17 or newer; this server is \(facts[1] ?? "older")",
+                                hint: "take a full base backup instead: dbbackup --physical (without --incremental)")
+        }
+        guard facts[7] == "on" else {
+            throw RecoveryError(.databaseError, "summarize_wal is off on \(target.redactedDescription): the server keeps no WAL summaries, which an incremental base backup is built from",
+                                hint: "ALTER SYSTEM SET summarize_wal = on; SELECT pg_reload_conf(); then take a full base backup (dbbackup --physical) for later incrementals to chain on")
+        }
+    }
+
+    /// The parent of a new incremental (the newest base backup of this system, present in every
+    /// repository written to) and its pg_basebackup manifest, written to a private temporary file
+    /// for `pg_basebackup --incremental`.
+    ///
+    /// - Returns: the parent and the file's path; the caller removes the file.
+    private static func parentManifest(systemIdentifier: String?, timeline: Int, targets: CaptureTargets,
+                                       key: RepositoryKey?) throws -> (BackupManifest, String) {
+        let stores = targets.liveStores
+        guard let first = stores.first else {
+            throw RecoveryError(.repositoryError, "no repository is available to find the parent backup in")
+        }
+        let parent = try IncrementalChain.parent(systemIdentifier: systemIdentifier, timeline: timeline,
+                                                 in: try Catalog(store: first.store).manifests(), repository: first.address)
+        for other in stores.dropFirst() where try Catalog(store: other.store).manifests().contains(where: { $0.id == parent.id }) == false {
+            throw RecoveryError(.backupNotFound, "the parent base backup \(parent.id) is in \(first.address) but not in \(other.address)",
+                                hint: "take a full base backup (dbbackup --physical) into every repository, then incrementals on it")
+        }
+        guard let file = parent.files.first(where: { $0.name == IncrementalChain.serverManifestFileName }) else {
+            throw RecoveryError(.backupNotFound, "base backup \(parent.id) has no stored backup_manifest", hint: "take a full base backup first: dbbackup --physical")
+        }
+        var contents = Data()
+        try StoredFileStream.decompress(file, of: parent, from: first.store, key: key, phase: "read parent manifest", progress: nil) { chunk in
+            contents.append(contentsOf: chunk)
+        }
+        let directory = NSTemporaryDirectory().hasSuffix("/") ? NSTemporaryDirectory() : NSTemporaryDirectory() + "/"
+        var template = Array((directory + "dbbackup-parent-manifest-XXXXXX").utf8CString)
+        let descriptor = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress) }   // 0600
+        guard descriptor >= 0 else {
+            throw RecoveryError(.failure, "cannot create a temporary file for the parent's backup_manifest: \(String(cString: strerror(errno)))",
+                                hint: "make TMPDIR writable")
+        }
+        let path = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let handle = FileHandle(fileDescriptor: descriptor, closeOnDealloc: true)
+        do {
+            try handle.write(contentsOf: contents)
+            try handle.close()
+        } catch {
+            unlink(path)
+            throw RecoveryError(.failure, "cannot write the parent's backup_manifest to \(path): \(error)", hint: "free space in TMPDIR")
+        }
+        return (parent, path)
     }
 
     /// `16MB` → bytes. Anything that is not a plausible segment size (1 MB to 1 GB, as PostgreSQL

@@ -34,26 +34,15 @@ enum StreamCapture {
                                      stdin: .null, stdout: .pipe, stderr: .pipe)
         let errors = OutputCollector(descriptor: child.standardError)
         let name = (executable as NSString).lastPathComponent
-        var digest = StreamingDigest()
-        var storedBytes: UInt64 = 0
-        let store = { (chunk: UnsafeRawBufferPointer) throws in
-            digest.update(chunk)
-            storedBytes += UInt64(chunk.count)
-            try targets.write(chunk)
-        }
-        // Compressed bytes go to the stores directly, or through the repository cipher first.
-        let encryptor = try key.map { try StreamEncryptor(key: $0, object: storeKey, sink: store) }
-        let compressor = try GzipCompressor(level: level, jobs: jobs) { chunk in
-            if let encryptor { try encryptor.write(chunk) } else { try store(chunk) }
-        }
+        let pipeline = try StoredObjectPipeline(targets: targets, key: storeKey, level: level, jobs: jobs, cipherKey: key)
+        let compressor = pipeline.compressor
         do {
             try PipeReader.forEachChunk(of: child.standardOutput, description: "\(name) output") { chunk in
                 observe?(chunk)
                 try compressor.write(chunk)
                 progress?.progress(phase: phase, bytes: compressor.bytesIn)
             }
-            try compressor.finish()
-            try encryptor?.finish()
+            try pipeline.finish()
         } catch {
             child.send(SIGTERM)
             child.waitForExit()
@@ -78,10 +67,24 @@ enum StreamCapture {
         try Interruption.check()
         try targets.commit()
         committed = true
-        var file = BackupManifest.File(name: (storeKey as NSString).lastPathComponent, rawBytes: compressor.bytesIn,
-                                       storedBytes: storedBytes, sha256: digest.hexDigest(), compression: "gzip", compressionLevel: level)
-        file.encryptionKeyFingerprint = key?.fingerprint
-        return (file, errors.finish())
+        return (pipeline.file(), errors.finish())
+    }
+
+    /// Stores a small in-memory file (pg_basebackup's `backup_manifest`) under `key` in every live
+    /// repository, compressed and encrypted exactly as the streamed files are.
+    ///
+    /// - Throws: `InterruptedError` or the store's error; nothing is left under `key` then.
+    static func store(_ bytes: [UInt8], targets: CaptureTargets, key storeKey: String, level: Int, key: RepositoryKey?) throws -> BackupManifest.File {
+        try targets.openWriters(storeKey)
+        var committed = false
+        defer { if !committed { targets.abort() } }
+        let pipeline = try StoredObjectPipeline(targets: targets, key: storeKey, level: level, jobs: 1, cipherKey: key)
+        try bytes.withUnsafeBytes { try pipeline.compressor.write($0) }
+        try pipeline.finish()
+        try Interruption.check()
+        try targets.commit()
+        committed = true
+        return pipeline.file()
     }
 
     /// The table pg_dump gave up locking (`--lock-wait-timeout` runs its LOCK TABLE under a
@@ -99,5 +102,54 @@ enum StreamCapture {
             if !relation.isEmpty { return String(relation) }
         }
         return "a table"
+    }
+}
+
+/// gzip, then the repository cipher if a key is given, then sha256 and every repository: what each
+/// stored file of a backup goes through. One place, so every file of a backup is stored alike.
+private final class StoredObjectPipeline {
+    let compressor: GzipCompressor
+    private let encryptor: StreamEncryptor?
+    private let digest: DigestBox
+    private let name: String
+    private let level: Int
+    private let cipherKey: RepositoryKey?
+
+    /// The running sha256 and byte count of what reached the repositories.
+    private final class DigestBox {
+        var digest = StreamingDigest()
+        var storedBytes: UInt64 = 0
+    }
+
+    init(targets: CaptureTargets, key storeKey: String, level: Int, jobs: Int, cipherKey: RepositoryKey?) throws {
+        let box = DigestBox()
+        let store = { (chunk: UnsafeRawBufferPointer) throws in
+            box.digest.update(chunk)
+            box.storedBytes += UInt64(chunk.count)
+            try targets.write(chunk)
+        }
+        // Compressed bytes go to the stores directly, or through the repository cipher first.
+        let encryptor = try cipherKey.map { try StreamEncryptor(key: $0, object: storeKey, sink: store) }
+        compressor = try GzipCompressor(level: level, jobs: jobs) { chunk in
+            if let encryptor { try encryptor.write(chunk) } else { try store(chunk) }
+        }
+        self.encryptor = encryptor
+        digest = box
+        name = (storeKey as NSString).lastPathComponent
+        self.level = level
+        self.cipherKey = cipherKey
+    }
+
+    func finish() throws {
+        try compressor.finish()
+        try encryptor?.finish()
+    }
+
+    /// The manifest entry of what was stored.
+    func file() -> BackupManifest.File {
+        var file = BackupManifest.File(name: name, rawBytes: compressor.bytesIn, storedBytes: digest.storedBytes,
+                                       sha256: digest.digest.hexDigest(), compression: "gzip", compressionLevel: level)
+        file.encryptionKeyFingerprint = cipherKey?.fingerprint
+        return file
     }
 }

@@ -73,10 +73,15 @@ public struct PITRPlan: Codable, Sendable {
     public var dataDirectory: String
     public var moveAsideTo: String?
     public var skipped: [Skipped]
+    /// For an incremental base backup: the chain pg_combinebackup rebuilds it from, full backup first.
+    public var chain: [String]? = nil
 
     public var lines: [String] {
         var lines = skipped.map { "skip base backup \($0.id): \($0.reason)" }
         lines.append("base backup: \(backupID), finished \(Timestamp.format(backupFinishedAt))")
+        if let chain, chain.count > 1 {
+            lines.append("chain:       \(chain.joined(separator: " → ")) (pg_combinebackup, one member extracted at a time)")
+        }
         lines.append("WAL:         \(firstSegment) … \(lastArchivedSegment) (\(segmentsAvailable) segments archived, no gaps)")
         lines.append("target:      \(target)")
         if let moveAsideTo { lines.append("move the existing \(dataDirectory) aside to \(moveAsideTo)") }
@@ -127,6 +132,11 @@ public enum PointInTimeRestore {
                 continue
             default: break
             }
+            let chain: [BackupManifest]
+            do { chain = try IncrementalChain.members(of: backup, in: backups) } catch let error as RecoveryError {
+                skipped.append(.init(id: backup.id, reason: error.message))
+                continue
+            }
             do {
                 let (last, count, lastArchivedAt) = try walRun(from: physical, archive: archive)
                 if case .time(let time) = configuration.target, let lastArchivedAt, lastArchivedAt < time {
@@ -144,7 +154,8 @@ public enum PointInTimeRestore {
                 }
                 return PITRPlan(backupID: backup.id, backupFinishedAt: backup.finishedAt, firstSegment: physical.firstWalSegment,
                                 lastArchivedSegment: last, segmentsAvailable: count, target: configuration.target.description,
-                                dataDirectory: configuration.dataDirectory, moveAsideTo: moveAsideTo, skipped: skipped)
+                                dataDirectory: configuration.dataDirectory, moveAsideTo: moveAsideTo, skipped: skipped,
+                                chain: chain.count > 1 ? chain.map(\.id) : nil)
             } catch let error as RecoveryError where error.code == .backupNotFound {
                 skipped.append(.init(id: backup.id, reason: error.message))
                 lastProblem = error
@@ -204,6 +215,13 @@ public enum PointInTimeRestore {
         let reading = try StoreLock.sharedIfWritable(in: store, backupID: plan.backupID, holder: LockHolder(command: "dbrestore --pitr"))
         defer { try? reading?.release() }   // a leftover reader record only delays pruning; dbprune removes it once we are gone
         let manifest = try Catalog(store: store).resolve(plan.backupID)
+        // An incremental needs every earlier member of its chain; each gets a reader lock too.
+        let chain = manifest.incremental == nil ? [manifest] : try IncrementalChain.members(of: manifest, in: try Catalog(store: store).manifests())
+        var memberLocks: [StoreLock] = []
+        defer { for lock in memberLocks { try? lock.release() } }
+        for member in chain.dropLast() {
+            if let lock = try StoreLock.sharedIfWritable(in: store, backupID: member.id, holder: LockHolder(command: "dbrestore --pitr")) { memberLocks.append(lock) }
+        }
         let directory = configuration.dataDirectory
         if let aside = plan.moveAsideTo {
             try timeline.step("move \(directory) aside to \(aside)") {
@@ -212,13 +230,12 @@ public enum PointInTimeRestore {
                 }
             }
         }
-        try timeline.step("extract base backup \(manifest.id) into \(directory)") {
-            do {
-                try extract(manifest, from: store, into: directory, key: configuration.key, progress: progress)
-            } catch {
-                try? FileManager.default.removeItem(atPath: directory)
-                throw error
-            }
+        do {
+            try ChainRestore.materialize(chain, from: store, into: directory, key: configuration.key, tools: configuration.tools,
+                                         timeline: timeline, progress: progress)
+        } catch {
+            try? FileManager.default.removeItem(atPath: directory)
+            throw error
         }
         try timeline.step("configure recovery (\(configuration.target))") {
             try writeRecoverySettings(configuration, backupID: manifest.id)
@@ -237,7 +254,7 @@ public enum PointInTimeRestore {
     }
 
     /// base.tar.gz → sha256 + gunzip → `tar -x`.
-    private static func extract(_ manifest: BackupManifest, from store: BackupStore, into directory: String, key: RepositoryKey?,
+    static func extract(_ manifest: BackupManifest, from store: BackupStore, into directory: String, key: RepositoryKey?,
                                 progress: ProgressObserver?) throws {
         guard let file = manifest.files.first(where: { $0.name == PhysicalCapture.baseFileName }) else {
             throw RecoveryError(.backupCorrupt, "backup \(manifest.id) has no \(PhysicalCapture.baseFileName)")

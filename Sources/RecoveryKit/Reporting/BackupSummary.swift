@@ -19,6 +19,8 @@ public struct BackupSummary: Codable, Sendable {
     public var pinned: Bool
     public var files: [BackupManifest.File]
     public var otherRepositories: [String]?
+    /// Incremental base backups: the parent and the chain's full backup.
+    public var incremental: BackupManifest.Incremental?
 
     public init(manifest: BackupManifest, repository: String) {
         id = manifest.id
@@ -38,10 +40,12 @@ public struct BackupSummary: Codable, Sendable {
         pinned = manifest.pinned
         files = manifest.files
         otherRepositories = manifest.otherRepositories
+        incremental = manifest.incremental
     }
 
     /// One line for a person: `backup X of app: 12 tables, 1.2M rows, 80 MiB → 12 MiB in 3.2 s`.
     public var humanDescription: String {
         "backup \(id) of \(database): \(tables) tables, \(totalRows) rows, \(ByteCount.format(rawBytes)) → \(ByteCount.format(storedBytes)) in \(String(format: "%.1f", durationSeconds)) s"
+            + (incremental.map { ", incremental on \($0.parent)" } ?? "")
     }
 }
