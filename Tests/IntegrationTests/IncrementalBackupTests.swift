@@ -10,11 +10,12 @@ import XCTest
 /// summarize_wal off.
 final class IncrementalBackupTests: XCTestCase {
     func testFullThenTwoIncrementalsRecoverExactlyAndStayWholeOn17() throws {
-        try fullThenTwoIncrementals(major: 17)
+        try fullThenTwoIncrementals(major: 17, s3: false)
     }
 
-    func testFullThenTwoIncrementalsRecoverExactlyAndStayWholeOn18() throws {
-        try fullThenTwoIncrementals(major: 18)
+    /// 18 with an S3 repository: every chain member is streamed from S3 for pg_combinebackup.
+    func testFullThenTwoIncrementalsRecoverExactlyAndStayWholeOn18FromS3() throws {
+        try fullThenTwoIncrementals(major: 18, s3: true)
     }
 
     /// On 15 the server cannot take one: refused with the reason, before anything is stored.
@@ -27,25 +28,33 @@ final class IncrementalBackupTests: XCTestCase {
                                   cluster: cluster)
         XCTAssertEqual(refused.status, ExitStatus.databaseError.rawValue, refused.standardError)
         XCTAssertTrue(refused.standardError.contains("incremental base backups need PostgreSQL 17 or newer; this server is 15."), refused.standardError)
-        XCTAssertEqual(backupIDs(repository), [])
+        XCTAssertEqual(try backupIDs(repository, cluster: cluster), [])
 
         let alone = try asOwner("dbbackup", ["--incremental", "--database-url", cluster.url(database: "postgres"), "--repo", repository], cluster: cluster)
         XCTAssertEqual(alone.status, ExitStatus.usage.rawValue, alone.standardError)
         XCTAssertTrue(alone.standardError.contains("--incremental goes with --physical"), alone.standardError)
     }
 
-    private func fullThenTwoIncrementals(major: Int) throws {
+    private func fullThenTwoIncrementals(major: Int, s3: Bool) throws {
         let work = ownedDirectory("incr\(major)")
-        let repository = work + "/repo"
         let temporary = work + "/tmp"
         try FileManager.default.createDirectory(atPath: temporary, withIntermediateDirectories: true)
         chownToPostgres(temporary)
-        let cluster = try PostgresCluster(major: major, archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
+        var environment = ["TMPDIR": temporary]
+        let repository: String
+        if s3 {
+            let server = try S3Server.shared()
+            repository = "s3://\(try server.createBucket())/incremental"
+            environment.merge(server.environment()) { _, new in new }
+        } else {
+            repository = work + "/repo"
+        }
+        let assignments = environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+        let cluster = try PostgresCluster(major: major, archiveCommand: "\(assignments) \(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
         defer { cluster.stop() }
         XCTAssertEqual(cluster.major, major)
         let database = try cluster.createDatabase(prefix: "incr")
         let connection = try cluster.connect(database: database)
-        let environment = ["TMPDIR": temporary]
         func backup(_ extra: [String]) throws -> (result: TestProcess.Result, seconds: Double, summary: [String: Any]) {
             let started = Date()
             let result = try asOwner("dbbackup", ["--physical", "--json", "--database-url", cluster.url(database: database), "--repo", repository,
@@ -59,7 +68,7 @@ final class IncrementalBackupTests: XCTestCase {
         XCTAssertEqual(off.result.status, ExitStatus.databaseError.rawValue, off.result.standardError)
         XCTAssertTrue(off.result.standardError.contains("summarize_wal is off"), off.result.standardError)
         XCTAssertTrue(off.result.standardError.contains("ALTER SYSTEM SET summarize_wal = on; SELECT pg_reload_conf();"), off.result.standardError)
-        XCTAssertEqual(backupIDs(repository), [])
+        XCTAssertEqual(try backupIDs(repository, cluster: cluster, environment: environment), [])
         let admin = try cluster.connect()
         try admin.execute(script: "ALTER SYSTEM SET summarize_wal = on")
         try admin.query("SELECT pg_reload_conf()")
@@ -83,7 +92,8 @@ final class IncrementalBackupTests: XCTestCase {
         let fullID = try XCTUnwrap(full.summary["id"] as? String)
         let fullBytes = try XCTUnwrap(full.summary["stored_bytes"] as? Int)
         XCTAssertNil(full.summary["incremental"])
-        XCTAssertTrue(FileManager.default.fileExists(atPath: "\(repository)/backups/\(fullID)/\(IncrementalChain.serverManifestFileName)"))
+        let fullFiles = (full.summary["files"] as? [[String: Any]] ?? []).compactMap { $0["name"] as? String }
+        XCTAssertEqual(fullFiles, [PhysicalCapture.baseFileName, IncrementalChain.serverManifestFileName])
 
         // 1 % of the rows change, then the first incremental.
         try connection.execute(script: "UPDATE items SET batch = 'B' WHERE id <= \(rows / 100)")
@@ -130,6 +140,12 @@ final class IncrementalBackupTests: XCTestCase {
         let plan = report?["plan"] as? [String: Any]
         XCTAssertEqual(plan?["backup_id"] as? String, secondID)
         XCTAssertEqual(plan?["chain"] as? [String], [fullID, firstID, secondID])
+        // One member at a time: two pairwise combines (hard links where pg_combinebackup has --link), then pg_verifybackup.
+        let steps = (report?["steps"] as? [[String: Any]] ?? []).compactMap { $0["step"] as? String }
+        let combines = steps.filter { $0.hasPrefix("pg_combinebackup") }
+        XCTAssertEqual(combines.count, 2, "\(steps)")
+        XCTAssertEqual(combines.allSatisfy { $0.hasSuffix("(--link)") }, major >= 18, "\(combines)")
+        XCTAssertTrue(steps.contains("pg_verifybackup the rebuilt data directory"), "\(steps)")
         XCTAssertEqual(try counts(port: port, database: database, cluster: cluster), expectedCounts)
         let restored = try PostgresConnection(target: try ConnectionTarget("postgresql://postgres@127.0.0.1:\(port)/\(database)").with("password", cluster.password))
         XCTAssertEqual(try restored.query(fingerprint).scalar, expectedFingerprint, "the recovered rows differ from the source's at the target time")
@@ -138,33 +154,54 @@ final class IncrementalBackupTests: XCTestCase {
 
         // Prune keeping only the newest backup keeps the whole chain, and says why.
         let policy = work + "/policy.toml"
-        try "[local]\nkeep_last = 1\nsnapshots = false\n".write(toFile: policy, atomically: true, encoding: .utf8)
+        try "[local]\nkeep_last = 1\nsnapshots = false\n[s3]\nkeep_last = 1\nkeep_within = \"0h\"\nsnapshots = false\n"
+            .write(toFile: policy, atomically: true, encoding: .utf8)
         chownToPostgres(policy)
-        let dryRun = try asOwner("dbprune", ["--dry-run", "--repo", repository, "--policy", policy], cluster: cluster)
+        let dryRun = try asOwner("dbprune", ["--dry-run", "--repo", repository, "--policy", policy], cluster: cluster, environment: environment)
         XCTAssertEqual(dryRun.status, 0, dryRun.standardError)
         let said = dryRun.standardOutput + dryRun.standardError
         XCTAssertTrue(said.contains("kept \(firstID): parent of \(secondID)") || said.contains("keep \(firstID): parent of \(secondID)"), said)
         XCTAssertTrue(said.contains("\(fullID): parent of \(firstID)"), said)
-        let pruned = try asOwner("dbprune", ["--yes", "--repo", repository, "--policy", policy], cluster: cluster)
+        let pruned = try asOwner("dbprune", ["--yes", "--repo", repository, "--policy", policy], cluster: cluster, environment: environment)
         XCTAssertEqual(pruned.status, 0, pruned.standardError)
-        XCTAssertEqual(backupIDs(repository), [fullID, firstID, secondID])
+        XCTAssertEqual(try backupIDs(repository, cluster: cluster, environment: environment), [fullID, firstID, secondID])
 
         // dbverify --files on the newest incremental checks every member of its chain.
-        let verified = try asOwner("dbverify", ["--files", secondID, "--repo", repository], cluster: cluster)
+        let verified = try asOwner("dbverify", ["--files", secondID, "--repo", repository], cluster: cluster, environment: environment)
         XCTAssertEqual(verified.status, 0, verified.standardError)
         for id in [fullID, firstID, secondID] { XCTAssertTrue(verified.standardOutput.contains(id), verified.standardOutput) }
+        guard !s3 else { return }
+
+        // A chain missing a member: the plan skips the incrementals that need it (an older base backup
+        // with the WAL still reaches the target), and dbverify --files all names the gap.
+        let broken = work + "/repo-without-\(firstID)"
+        XCTAssertEqual(try TestProcess.run("/bin/cp", ["-a", repository, broken]).status, 0)
+        try FileManager.default.removeItem(atPath: "\(broken)/backups/\(firstID)")
+        let gapPlan = try asOwner("dbrestore", ["--pitr", "--dry-run", "--json", "--pgdata", work + "/never", "--repo", broken, "--target-time", targetTime],
+                                  cluster: cluster, environment: environment)
+        XCTAssertEqual(gapPlan.status, 0, gapPlan.standardError)
+        let gap = (try? JSONSerialization.jsonObject(with: Data(gapPlan.standardOutput.utf8))) as? [String: Any]
+        XCTAssertEqual(gap?["backup_id"] as? String, fullID)
+        let skipped = (gap?["skipped"] as? [[String: Any]] ?? []).compactMap { $0["reason"] as? String }
+        XCTAssertTrue(skipped.contains { $0.contains("needs \(firstID)") }, "\(skipped)")
+        let gapVerify = try asOwner("dbverify", ["--files", "all", "--repo", broken], cluster: cluster)
+        XCTAssertEqual(gapVerify.status, ExitStatus.backupCorrupt.rawValue, gapVerify.standardError)
+        XCTAssertTrue(gapVerify.standardOutput.contains("needs \(firstID)"), gapVerify.standardOutput)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: work + "/never"))
+
         let base = "\(repository)/backups/\(fullID)/\(PhysicalCapture.baseFileName)"
         var damaged = try Data(contentsOf: URL(fileURLWithPath: base))
         damaged[damaged.count / 2] ^= 0xFF
         try damaged.write(to: URL(fileURLWithPath: base))
-        let broken = try asOwner("dbverify", ["--files", secondID, "--repo", repository], cluster: cluster)
-        XCTAssertEqual(broken.status, ExitStatus.backupCorrupt.rawValue, broken.standardError)
-        XCTAssertTrue(broken.standardError.contains("backup \(fullID) is damaged"), broken.standardError)
+        let damagedChain = try asOwner("dbverify", ["--files", secondID, "--repo", repository], cluster: cluster)
+        XCTAssertEqual(damagedChain.status, ExitStatus.backupCorrupt.rawValue, damagedChain.standardError)
+        XCTAssertTrue(damagedChain.standardError.contains("backup \(fullID) is damaged"), damagedChain.standardError)
     }
 
-    /// Backup ids in a local repository that have a manifest, oldest first.
-    private func backupIDs(_ repository: String) -> [String] {
-        let ids = (try? FileManager.default.contentsOfDirectory(atPath: repository + "/backups")) ?? []
-        return ids.filter { FileManager.default.fileExists(atPath: "\(repository)/backups/\($0)/\(BackupManifest.fileName)") }.sorted()
+    /// The ids `dbrestore list` shows (backups with a manifest), oldest first; none for a repository not yet made.
+    private func backupIDs(_ repository: String, cluster: PostgresCluster, environment: [String: String] = [:]) throws -> [String] {
+        let listing = try asOwner("dbrestore", ["list", "--json", "--repo", repository], cluster: cluster, environment: environment)
+        let items = (try? JSONSerialization.jsonObject(with: Data(listing.standardOutput.utf8))) as? [[String: Any]] ?? []
+        return items.compactMap { $0["id"] as? String }.sorted()
     }
 }

@@ -140,7 +140,8 @@ public enum PhysicalCapture {
         }
         let parent = try IncrementalChain.parent(systemIdentifier: systemIdentifier, timeline: timeline,
                                                  in: try Catalog(store: first.store).manifests(), repository: first.address)
-        for other in stores.dropFirst() where try Catalog(store: other.store).manifests().contains(where: { $0.id == parent.id }) == false {
+        for other in stores.dropFirst() {
+            guard try !Catalog(store: other.store).manifests().contains(where: { $0.id == parent.id }) else { continue }
             throw RecoveryError(.backupNotFound, "the parent base backup \(parent.id) is in \(first.address) but not in \(other.address)",
                                 hint: "take a full base backup (dbbackup --physical) into every repository, then incrementals on it")
         }
@@ -153,7 +154,7 @@ public enum PhysicalCapture {
         }
         let directory = NSTemporaryDirectory().hasSuffix("/") ? NSTemporaryDirectory() : NSTemporaryDirectory() + "/"
         var template = Array((directory + "dbbackup-parent-manifest-XXXXXX").utf8CString)
-        let descriptor = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress) }   // 0600
+        let descriptor = template.withUnsafeMutableBufferPointer { buffer in buffer.baseAddress.map { mkstemp($0) } ?? -1 }   // 0600
         guard descriptor >= 0 else {
             throw RecoveryError(.failure, "cannot create a temporary file for the parent's backup_manifest: \(String(cString: strerror(errno)))",
                                 hint: "make TMPDIR writable")

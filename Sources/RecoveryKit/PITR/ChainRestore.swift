@@ -48,13 +48,19 @@ enum ChainRestore {
             if links { arguments.append("--link") }
             if !isLast { arguments.append("--no-sync") }   // an intermediate result is deleted in a moment
             try timeline.step("pg_combinebackup \(isLast ? "into \(directory)" : "step \(index) of \(chain.count - 1)")\(links ? " (--link)" : "")") {
-                try run(combine, arguments)
+                try run(combine, arguments, failure: "combining \(member.id) with the backups before it failed")
             }
             try FileManager.default.removeItem(atPath: current)
             try FileManager.default.removeItem(atPath: extracted)
             current = output
         }
         chmod(directory, 0o700)
+        // pg_combinebackup wrote a backup_manifest for what it built: check every file against it
+        // before recovery settings are added (WAL comes from the archive later, so it is not parsed).
+        let verify = try tools.path(of: "pg_verifybackup")
+        try timeline.step("pg_verifybackup the rebuilt data directory") {
+            try run(verify, ["--no-parse-wal", "--quiet", directory], failure: "the data directory rebuilt from chain \(chain.map(\.id).joined(separator: " → ")) does not match its backup_manifest")
+        }
     }
 
     /// Whether this pg_combinebackup hard-links unchanged files (`--link`, PostgreSQL 18+).
@@ -65,14 +71,16 @@ enum ChainRestore {
         return output.finish().contains("--link")
     }
 
-    private static func run(_ combine: String, _ arguments: [String]) throws {
-        let child = try ChildProcess(executable: combine, arguments: arguments, stdin: .null, stdout: .null, stderr: .pipe)
+    /// Runs pg_combinebackup or pg_verifybackup; a failure names `failure` and the program's own message.
+    private static func run(_ program: String, _ arguments: [String], failure: String) throws {
+        let child = try ChildProcess(executable: program, arguments: arguments, stdin: .null, stdout: .null, stderr: .pipe)
         let errors = OutputCollector(descriptor: child.standardError)
         let termination = child.waitForExit()
         try Interruption.check()
         guard termination.succeeded else {
-            throw RecoveryError(.restoreFailed, "pg_combinebackup \(termination.description): \(errors.mostRelevantLine() ?? "no message")",
-                                hint: "pg_combinebackup must be of the backups' major version (--pg-bin DIR); nothing was started")
+            let name = (program as NSString).lastPathComponent
+            throw RecoveryError(.restoreFailed, "\(failure): \(name) \(termination.description): \(errors.mostRelevantLine() ?? "no message")",
+                                hint: "\(name) must be of the backups' major version (--pg-bin DIR); dbverify --files <id> checks the chain's stored files; the data directory was removed, nothing was started")
         }
     }
 }

@@ -99,6 +99,8 @@ public struct PITRReport: Codable, Sendable {
     /// Row counts per database, when started.
     public var databases: [String: [BackupManifest.TableRowCount]]
     public var durationSeconds: Double
+    /// What was done, step by step (extraction, each pg_combinebackup of a chain, recovery).
+    public var steps: [Timeline.Step] = []
 }
 
 /// Point-in-time recovery from a physical base backup and the WAL archive.
@@ -245,6 +247,7 @@ public enum PointInTimeRestore {
             try startAndFollow(configuration, timeline: timeline, report: &report)
         }
         report.durationSeconds = Date().timeIntervalSince(timeline.startedAt)
+        report.steps = timeline.steps
         return report
     }
 
