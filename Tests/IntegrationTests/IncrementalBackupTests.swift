@@ -69,14 +69,25 @@ final class IncrementalBackupTests: XCTestCase {
         XCTAssertTrue(off.result.standardError.contains("summarize_wal is off"), off.result.standardError)
         XCTAssertTrue(off.result.standardError.contains("ALTER SYSTEM SET summarize_wal = on; SELECT pg_reload_conf();"), off.result.standardError)
         XCTAssertEqual(try backupIDs(repository, cluster: cluster, environment: environment), [])
+        // A full backup taken while summarize_wal was off cannot be a parent: the summaries start later.
+        let early = try backup([])
+        XCTAssertEqual(early.result.status, 0, early.result.standardError)
         let admin = try cluster.connect()
+        try admin.execute(script: "CHECKPOINT")
         try admin.execute(script: "ALTER SYSTEM SET summarize_wal = on")
         try admin.query("SELECT pg_reload_conf()")
+        let unsummarized = try backup(["--incremental"])
+        XCTAssertEqual(unsummarized.result.status, ExitStatus.toolFailed.rawValue, unsummarized.result.standardError)
+        XCTAssertTrue(unsummarized.result.standardError.contains("WAL summaries are required"), unsummarized.result.standardError)
+        XCTAssertTrue(unsummarized.result.standardError.contains("take a full base backup (dbbackup --physical) now that summarize_wal is on"),
+                      unsummarized.result.standardError)
+        XCTAssertEqual(try backupIDs(repository, cluster: cluster, environment: environment), [early.summary["id"] as? String ?? "?"])
 
-        // No base backup to chain on yet: refused, naming the full backup to take first.
-        let orphan = try backup(["--incremental"])
-        XCTAssertEqual(orphan.result.status, ExitStatus.backupNotFound.rawValue, orphan.result.standardError)
-        XCTAssertTrue(orphan.result.standardError.contains("dbbackup --physical"), orphan.result.standardError)
+        // No base backup to chain on (another repository): refused, naming the full backup to take first.
+        let orphan = try asOwner("dbbackup", ["--physical", "--incremental", "--database-url", cluster.url(database: database),
+                                              "--repo", work + "/empty-repo", "--pg-bin", cluster.binDirectory], cluster: cluster, environment: environment)
+        XCTAssertEqual(orphan.status, ExitStatus.backupNotFound.rawValue, orphan.standardError)
+        XCTAssertTrue(orphan.standardError.contains("dbbackup --physical"), orphan.standardError)
 
         // A table of about 55 MB (the 1 GB scaled down for CI; the ratio is what counts).
         let rows = 300_000

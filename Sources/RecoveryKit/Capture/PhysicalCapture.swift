@@ -55,12 +55,17 @@ public enum PhysicalCapture {
             arguments.append("--incremental=\(path)")
             chain = BackupManifest.Incremental(parent: parent.id, chainRoot: parent.incremental?.chainRoot ?? parent.id)
         }
-        let (file, _) = try StreamCapture.run(
-            executable: pgBasebackup,
-            arguments: arguments,
-            environment: configuration.target.childEnvironment, targets: targets, key: baseKey,
-            level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "base backup",
-            observe: scanner.consume)
+        let file: BackupManifest.File
+        do {
+            (file, _) = try StreamCapture.run(
+                executable: pgBasebackup,
+                arguments: arguments,
+                environment: configuration.target.childEnvironment, targets: targets, key: baseKey,
+                level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "base backup",
+                observe: scanner.consume)
+        } catch let error as RecoveryError where chain != nil && error.code == .toolFailed {
+            throw explainIncrementalFailure(error, parent: chain?.parent ?? "")
+        }
         // From here on the data file is committed: any failure (a signal included) must remove it,
         // since without a manifest nothing would ever list or prune it.
         let serverManifestKey = "backups/\(id)/\(IncrementalChain.serverManifestFileName)"
@@ -125,6 +130,20 @@ public enum PhysicalCapture {
             throw RecoveryError(.databaseError, "summarize_wal is off on \(target.redactedDescription): the server keeps no WAL summaries, which an incremental base backup is built from",
                                 hint: "ALTER SYSTEM SET summarize_wal = on; SELECT pg_reload_conf(); then take a full base backup (dbbackup --physical) for later incrementals to chain on")
         }
+    }
+
+    /// pg_basebackup's two refusals of an incremental that have a fix of ours: WAL summaries that do
+    /// not reach back to the parent (summarize_wal turned on after it), and a client older than 17.
+    private static func explainIncrementalFailure(_ error: RecoveryError, parent: String) -> RecoveryError {
+        if error.message.contains("WAL summaries are required") {
+            return RecoveryError(.toolFailed, "\(error.message) (the server has no WAL summaries back to the parent, \(parent))",
+                                 hint: "take a full base backup (dbbackup --physical) now that summarize_wal is on; later incrementals chain on it")
+        }
+        if error.message.contains("unrecognized option") || error.message.contains("invalid option") {
+            return RecoveryError(.toolFailed, error.message,
+                                 hint: "--incremental needs pg_basebackup 17 or newer, of the server's major: pass --pg-bin DIR (or PG_BIN)")
+        }
+        return error
     }
 
     /// The parent of a new incremental (the newest base backup of this system, present in every
