@@ -143,6 +143,20 @@ final class IncrementalBackupTests: XCTestCase {
         try connection.execute(script: "INSERT INTO items SELECT i, 'F', 'late' FROM generate_series(\(rows + 1501), \(rows + 1700)) AS i; DELETE FROM items WHERE id <= 100")
         try waitForArchive(connection)
 
+        // The plan names the chain and the disk it needs; without pg_combinebackup it refuses, writing nothing.
+        let planned = try asOwner("dbrestore", ["--pitr", "--dry-run", "--pgdata", work + "/never", "--repo", repository, "--target-time", targetTime,
+                                                "--pg-bin", cluster.binDirectory], cluster: cluster, environment: environment)
+        XCTAssertEqual(planned.status, 0, planned.standardError)
+        XCTAssertTrue(planned.standardOutput.contains("chain:       \(fullID) → \(firstID) → \(secondID)"), planned.standardOutput)
+        XCTAssertTrue(planned.standardOutput.contains("disk:        about "), planned.standardOutput)
+        let noTools = work + "/no-tools"
+        try FileManager.default.createDirectory(atPath: noTools, withIntermediateDirectories: true)
+        let toolless = try asOwner("dbrestore", ["--pitr", "--pgdata", work + "/never", "--repo", repository, "--target-time", targetTime,
+                                                 "--pg-bin", noTools], cluster: cluster, environment: environment)
+        XCTAssertEqual(toolless.status, ExitStatus.toolFailed.rawValue, toolless.standardError)
+        XCTAssertTrue(toolless.standardError.contains("pg_combinebackup not found"), toolless.standardError)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: work + "/never"))
+
         let (recovered, directory, port) = try recover(["--target-time", targetTime, "--pg-bin", cluster.binDirectory], repository: repository,
                                                        cluster: cluster, environment: environment)
         defer { stopServer(directory) }

@@ -63,6 +63,20 @@ enum ChainRestore {
         }
     }
 
+    /// What a restore of `chain` needs, checked by the plan before anything is written:
+    /// pg_combinebackup (found, or the error naming `--pg-bin`), whether it links, and about how much
+    /// disk the data directory and staging take at the peak (from the members' tar sizes).
+    static func requirements(of chain: [BackupManifest], tools: PostgresTools) throws -> (links: Bool, peakBytes: UInt64) {
+        let size = { (manifest: BackupManifest) in manifest.files.first { $0.name == PhysicalCapture.baseFileName }?.rawBytes ?? 0 }
+        guard chain.count > 1, let root = chain.first else { return (false, chain.first.map(size) ?? 0) }
+        let links = try supportsLinks(try tools.path(of: "pg_combinebackup"))
+        _ = try tools.path(of: "pg_verifybackup")
+        let largestIncrement = chain.dropFirst().map(size).max() ?? 0
+        // The result so far, one extracted incremental, and the next result (which, with links,
+        // shares every unchanged file with the result so far).
+        return (links, size(root) * (links ? 1 : 2) + largestIncrement)
+    }
+
     /// Whether this pg_combinebackup hard-links unchanged files (`--link`, PostgreSQL 18+).
     private static func supportsLinks(_ combine: String) throws -> Bool {
         let child = try ChildProcess(executable: combine, arguments: ["--help"], stdin: .null, stdout: .pipe, stderr: .null)

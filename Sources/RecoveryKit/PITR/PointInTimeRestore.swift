@@ -75,12 +75,17 @@ public struct PITRPlan: Codable, Sendable {
     public var skipped: [Skipped]
     /// For an incremental base backup: the chain pg_combinebackup rebuilds it from, full backup first.
     public var chain: [String]? = nil
+    /// For a chain: about how many bytes the data directory and its staging take at the peak.
+    public var peakDiskBytes: UInt64? = nil
 
     public var lines: [String] {
         var lines = skipped.map { "skip base backup \($0.id): \($0.reason)" }
         lines.append("base backup: \(backupID), finished \(Timestamp.format(backupFinishedAt))")
         if let chain, chain.count > 1 {
             lines.append("chain:       \(chain.joined(separator: " → ")) (pg_combinebackup, one member extracted at a time)")
+        }
+        if let peakDiskBytes {
+            lines.append("disk:        about \(ByteCount.format(peakDiskBytes)) at the peak beside \(dataDirectory) (staging included)")
         }
         lines.append("WAL:         \(firstSegment) … \(lastArchivedSegment) (\(segmentsAvailable) segments archived, no gaps)")
         lines.append("target:      \(target)")
@@ -154,10 +159,12 @@ public enum PointInTimeRestore {
                     }
                     moveAsideTo = configuration.dataDirectory + ".moved-" + LogicalRestore.compactTimestamp(Date())
                 }
+                // A chain needs pg_combinebackup and pg_verifybackup: missing ones are refused here, before anything is written.
+                let needs = chain.count > 1 ? try ChainRestore.requirements(of: chain, tools: configuration.tools) : nil
                 return PITRPlan(backupID: backup.id, backupFinishedAt: backup.finishedAt, firstSegment: physical.firstWalSegment,
                                 lastArchivedSegment: last, segmentsAvailable: count, target: configuration.target.description,
                                 dataDirectory: configuration.dataDirectory, moveAsideTo: moveAsideTo, skipped: skipped,
-                                chain: chain.count > 1 ? chain.map(\.id) : nil)
+                                chain: chain.count > 1 ? chain.map(\.id) : nil, peakDiskBytes: needs?.peakBytes)
             } catch let error as RecoveryError where error.code == .backupNotFound {
                 skipped.append(.init(id: backup.id, reason: error.message))
                 lastProblem = error
