@@ -157,7 +157,7 @@ public enum PointInTimeRestore {
                         throw RecoveryError(.usage, "data directory \(configuration.dataDirectory) is not empty",
                                             hint: "give an empty or new directory, or --move-aside to rename the existing one out of the way")
                     }
-                    moveAsideTo = configuration.dataDirectory + ".moved-" + LogicalRestore.compactTimestamp(Date())
+                    moveAsideTo = configuration.dataDirectory + ".moved-" + Timestamp.compact(Date(), separator: "_", zone: "")
                 }
                 // A chain needs pg_combinebackup and pg_verifybackup: missing ones are refused here, before anything is written.
                 let needs = chain.count > 1 ? try ChainRestore.requirements(of: chain, tools: configuration.tools) : nil
@@ -323,11 +323,7 @@ public enum PointInTimeRestore {
                      "archive_mode = 'off'"]
         switch configuration.target {
         case .time(let time):
-            let formatter = DateFormatter()
-            formatter.locale = Locale(identifier: "en_US_POSIX")
-            formatter.timeZone = TimeZone(identifier: "UTC")
-            formatter.dateFormat = "yyyy-MM-dd HH:mm:ss.SSSSSS"
-            lines.append("recovery_target_time = '\(formatter.string(from: time))+00'")
+            lines.append("recovery_target_time = '\(Timestamp.postgres(time))'")
         case .lsn(let lsn): lines.append("recovery_target_lsn = '\(WALSegmentName.formatLSN(lsn))'")
         case .name(let name): lines.append("recovery_target_name = \(quote(name))")
         case .latest: break
