@@ -26,7 +26,7 @@ enum ChainRestore {
         let combine = try tools.path(of: "pg_combinebackup")
         let links = try supportsLinks(combine)
         let staging = directory.hasSuffix("/") ? String(directory.dropLast()) : directory
-        let stagingDirectory = staging + ".dbrestore-chain-" + LogicalRestore.compactTimestamp(Date())
+        let stagingDirectory = staging + ".dbrestore-chain-" + Timestamp.compact(Date(), separator: "_", zone: "")
         try FileManager.default.createDirectory(atPath: stagingDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         defer {
             try? FileManager.default.removeItem(atPath: stagingDirectory)
