@@ -165,6 +165,8 @@ final class IncrementalBackupTests: XCTestCase {
         let plan = report?["plan"] as? [String: Any]
         XCTAssertEqual(plan?["backup_id"] as? String, secondID)
         XCTAssertEqual(plan?["chain"] as? [String], [fullID, firstID, secondID])
+        print("PostgreSQL \(major): point-in-time recovery through the chain of 3 (\(s3 ? "S3" : "local") repository, pg_combinebackup, replay, row counts) "
+              + "in \(String(format: "%.1f", report?["duration_seconds"] as? Double ?? -1)) s; plan's peak disk estimate \(plan?["peak_disk_bytes"] as? Int ?? -1) bytes")
         // One member at a time: two pairwise combines (hard links where pg_combinebackup has --link), then pg_verifybackup.
         let steps = (report?["steps"] as? [[String: Any]] ?? []).compactMap { $0["step"] as? String }
         let combines = steps.filter { $0.hasPrefix("pg_combinebackup") }
