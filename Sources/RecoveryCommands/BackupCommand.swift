@@ -19,11 +19,15 @@ public struct BackupCommand: ParsableCommand {
 
         Examples:
           dbbackup --database-url postgresql://app@db1/app --repo /var/backups/app
-          DATABASE_URL=postgresql://app@db1/app BACKUP_REPO=/var/backups/app dbbackup --tag nightly
-          dbbackup --repo /var/backups/app --tag pre-deploy --release v1.3.0 --pin --json
+          DATABASE_URL=postgresql://app@db1/app BACKUP_REPO=/var/backups/app \\
+              dbbackup --tag nightly
+          dbbackup --repo /var/backups/app --tag pre-deploy --release v1.3.0 \\
+              --pin --json
           dbbackup --physical --repo s3://acme-backups/prod
-          dbbackup --physical --incremental --repo s3://acme-backups/prod   # PostgreSQL 17+: changes since the newest base backup
-          archive_command = 'dbbackup wal-push %p --repo /var/backups/app'     (postgresql.conf)
+          dbbackup --physical --incremental --repo s3://acme-backups/prod
+                                                  # 17+: changes since the last one
+          archive_command = 'dbbackup wal-push %p --repo /var/backups/app'
+                                                  # in postgresql.conf
 
         The dump is plain SQL: gunzip -c dump.sql.gz | psql restores it by hand if you must.
         """,
@@ -35,7 +39,7 @@ public struct BackupCommand: ParsableCommand {
 }
 
 /// `dbbackup [capture]`: one backup.
-public struct CaptureCommand: ParsableCommand {
+public struct CaptureCommand: ToolCommand {
     public static let configuration = CommandConfiguration(
         commandName: "capture",
         abstract: "Take one backup (the default subcommand): logical, or physical with --physical.")
@@ -85,23 +89,25 @@ public struct CaptureCommand: ParsableCommand {
         }
     }
 
-    public func run() throws {
-        if try config.printIfAsked(connection: connection, repository: repository) { return }
-        output.begin("dbbackup", labels: ["kind": incremental ? "incremental" : physical ? "physical" : "logical"])
-        var configuration = LogicalCaptureConfiguration(
-            target: try connection.target(), repositories: try repository.addresses(), tags: tags, release: release,
+    public func run(in context: RunContext) throws {
+        let settings = context.settings
+        if config.printIfAsked(context, connection: connection, repository: repository) { return }
+        output.begin("dbbackup", labels: ["kind": incremental ? "incremental" : physical ? "physical" : "logical"], in: context)
+        var configuration = CaptureConfiguration(
+            target: try connection.target(settings), repositories: try repository.addresses(settings), tags: tags, release: release,
             pinned: pin, compressionLevel: compressionLevel,
-            jobs: jobs ?? ProcessInfo.processInfo.activeProcessorCount, tools: connection.tools)
-        configuration.key = try encryption.key(from: repository, writingTo: configuration.repositories)
-        configuration.lockWaitSeconds = connection.sessionLimits.lockWaitSeconds
+            jobs: jobs ?? ProcessInfo.processInfo.activeProcessorCount, tools: connection.tools(settings))
+        configuration.key = try encryption.key(from: repository, writingTo: configuration.repositories, settings)
+        configuration.environment = repository.storageEnvironment(settings)
         configuration.incremental = incremental
         let result = physical ? try PhysicalCapture.run(configuration, progress: output.progress)
-            : try LogicalCapture.run(configuration, progress: output.progress)
+            : try LogicalCapture.run(LogicalCaptureConfiguration(configuration, lockWaitSeconds: connection.sessionLimits.lockWaitSeconds),
+                                     progress: output.progress)
         let manifest = result.manifest
         let summary = BackupSummary(manifest: manifest, repository: configuration.repository)
         output.succeeded(["backup_raw_bytes": Double(manifest.rawBytes), "backup_stored_bytes": Double(manifest.storedBytes),
                           "backup_rows": Double(manifest.totalRows), "backup_tables": Double(manifest.tables.count)],
-                         summary: summary.humanDescription)
+                         summary: summary.humanDescription, in: context)
         if output.json {
             try printJSON(summary)
         } else {
@@ -118,7 +124,7 @@ public struct CaptureCommand: ParsableCommand {
 }
 
 /// `dbbackup wal-push <path>`: PostgreSQL's `archive_command`.
-public struct WALPushCommand: ParsableCommand {
+public struct WALPushCommand: ToolCommand {
     public static let configuration = CommandConfiguration(
         commandName: "wal-push",
         abstract: "Archive one WAL file (for archive_command = 'dbbackup wal-push %p --repo …').",
@@ -137,17 +143,20 @@ public struct WALPushCommand: ParsableCommand {
 
     public init() {}
 
-    public func run() throws {
-        if try config.printIfAsked(connection: nil, repository: repository) { return }
-        let addresses = try repository.addresses()
+    public func run(in context: RunContext) throws {
+        let settings = context.settings
+        if config.printIfAsked(context, connection: nil, repository: repository) { return }
+        let addresses = try repository.addresses(settings)
         if addresses.count == 1 {
-            _ = try WALArchive.push(path: path, repository: addresses[0], key: try encryption.key(from: repository, writingTo: addresses))
+            _ = try WALArchive.push(path: path, repository: addresses[0], key: try encryption.key(from: repository, writingTo: addresses, settings),
+                                    environment: repository.storageEnvironment(settings))
             return
         }
         var failures: [String] = []
         for address in addresses {
             do {
-                _ = try WALArchive.push(path: path, repository: address, key: try encryption.key(from: repository, writingTo: [address]))
+                _ = try WALArchive.push(path: path, repository: address, key: try encryption.key(from: repository, writingTo: [address], settings),
+                                        environment: repository.storageEnvironment(settings))
             } catch {
                 failures.append("\(address): \(RecoveryError.classify(error).message)")
             }

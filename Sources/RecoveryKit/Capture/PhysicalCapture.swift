@@ -15,9 +15,10 @@ public enum PhysicalCapture {
     /// - Important: the manifest is written last; it records the first and last WAL segment the
     ///   backup needs, which `wal-push` must have archived for a restore.
     /// - Throws: `RecoveryError`, `PostgresError` or `StorageError`.
-    public static func run(_ configuration: LogicalCaptureConfiguration, progress: ProgressObserver? = nil) throws -> CaptureResult {
+    public static func run(_ configuration: CaptureConfiguration, progress: ProgressObserver? = nil) throws -> CaptureResult {
+        try configuration.validate()
         let pgBasebackup = try configuration.tools.path(of: "pg_basebackup")
-        let targets = try CaptureTargets(addresses: configuration.repositories, command: "dbbackup --physical")
+        let targets = try CaptureTargets(addresses: configuration.repositories, command: "dbbackup --physical", environment: configuration.environment)
         defer {
             targets.releaseLocks()
             if Interruption.isRequested { CleanupLog.cleaned("released the repository lock") }
@@ -39,6 +40,14 @@ public enum PhysicalCapture {
                                 hint: "set archive_mode = on and archive_command = 'dbbackup wal-push %p --repo \(configuration.repository)', restart, then take the base backup")
         }
         let segmentSize = parseSize(try facts.string(3))
+        // For the progress line's percentage: the databases' sizes, which the tar stream is close to.
+        var estimate: UInt64?
+        if progress != nil {
+            estimate = try connection.query("""
+                SELECT COALESCE(sum(pg_catalog.pg_database_size(oid)), 0)::text FROM pg_catalog.pg_database
+                 WHERE pg_catalog.has_database_privilege(oid, 'CONNECT')
+                """).scalar.flatMap { UInt64($0) }
+        }
         // pg_basebackup writing to stdout does not print its WAL range; backup_label and the WAL-Ranges
         // at the end of backup_manifest inside the stream hold it.
         // backup_manifest is kept whole: it is stored beside the base backup for incrementals to chain on.
@@ -61,7 +70,7 @@ public enum PhysicalCapture {
                 executable: pgBasebackup,
                 arguments: arguments,
                 environment: configuration.target.childEnvironment, targets: targets, key: baseKey,
-                level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "base backup",
+                level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "base backup \(id)", estimate: estimate,
                 observe: scanner.consume)
         } catch let error as RecoveryError where chain != nil && error.code == .toolFailed {
             throw explainIncrementalFailure(error, parent: chain?.parent ?? "")
@@ -86,7 +95,7 @@ public enum PhysicalCapture {
     }
 
     /// Reads the WAL range from the captured stream and writes the manifests.
-    private static func finish(_ configuration: LogicalCaptureConfiguration, id: String, startedAt: Date, connection: PostgresConnection,
+    private static func finish(_ configuration: CaptureConfiguration, id: String, startedAt: Date, connection: PostgresConnection,
                                facts: QueryResult.Row, segmentSize: UInt64, scanner: TarScanner, files: [BackupManifest.File],
                                chain: BackupManifest.Incremental?, targets: CaptureTargets) throws -> CaptureResult {
         let label = scanner.text("backup_label") ?? ""

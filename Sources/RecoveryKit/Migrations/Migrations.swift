@@ -163,16 +163,17 @@ public enum Migrations {
             // The pre-downgrade backup follows the repository's encryption like any other (checked in
             // the dry run too): no plaintext into an encrypted repository, no key into a plaintext one.
             if let backupRepository, plan.takesBackup {
-                try RepositoryEncryption.checkWrite(to: try Repository.open(backupRepository, create: true), key: key, allowMixed: false)
+                try RepositoryEncryption.checkWrite(to: try Repository.open(backupRepository, create: true, environment: configuration.environment), key: key, allowMixed: false)
             }
             if dryRun || steps.isEmpty { return (plan, nil) }
             try confirm(plan)
             var backupID: String?
             if let backupRepository {
-                var capture = LogicalCaptureConfiguration(target: configuration.target, repositories: [backupRepository],
-                                                          tags: ["pre-downgrade"], release: configuration.release, tools: tools)
+                var capture = CaptureConfiguration(target: configuration.target, repositories: [backupRepository],
+                                                   tags: ["pre-downgrade"], release: configuration.release, tools: tools)
                 capture.key = key
-                let result = try LogicalCapture.run(capture, progress: progress)
+                capture.environment = configuration.environment
+                let result = try LogicalCapture.run(LogicalCaptureConfiguration(capture), progress: progress)
                 backupID = result.manifest.id
             }
             let point = runner.createRestorePoint("dbmigrate-down-\(current.map(String.init) ?? "0")-to-\(remaining.map(String.init) ?? "0")-\(Int(Date().timeIntervalSince1970))")

@@ -40,6 +40,9 @@ public struct PITRConfiguration {
     public var key: RepositoryKey? = nil
     /// The file `key` came from: `restore_command` passes this path on, never the key itself.
     public var keyFile: String? = nil
+    /// What the storage layer reads S3 settings from (see `Repository.open`); the started server
+    /// gets it too, so that its restore_command (dbrestore wal-fetch) reaches the same endpoint.
+    public var environment = ProcessInfo.processInfo.environment
 
     public init(repository: String, dataDirectory: String, target: RecoveryTarget, port: Int? = nil, start: Bool = false,
                 moveAside: Bool = false, tools: PostgresTools = PostgresTools(), connection: ConnectionTarget,
@@ -119,7 +122,7 @@ public enum PointInTimeRestore {
             throw RecoveryError(.usage, "--pitr with an encrypted repository needs the key in a file: the restored server's restore_command must read it too",
                                 hint: "pass --encryption-key-file FILE (readable by the PostgreSQL server's user) instead of DBRECOVERY_ENCRYPTION_KEY")
         }
-        let store = try Repository.open(configuration.repository, create: false)
+        let store = try Repository.open(configuration.repository, create: false, environment: configuration.environment)
         let backups = try Catalog(store: store).manifests().filter { $0.kind == .physical && $0.physical != nil }
         guard !backups.isEmpty else {
             throw RecoveryError(.backupNotFound, "repository \(store.location) holds no physical base backup",
@@ -219,7 +222,7 @@ public enum PointInTimeRestore {
     /// - Throws: `RecoveryError`; an extraction failure removes what it wrote.
     public static func execute(_ plan: PITRPlan, _ configuration: PITRConfiguration, timeline: Timeline,
                                progress: ProgressObserver? = nil) throws -> PITRReport {
-        let store = try Repository.open(configuration.repository, create: false)
+        let store = try Repository.open(configuration.repository, create: false, environment: configuration.environment)
         // A reader lock before the manifest is read: dbprune leaves the base backup alone meanwhile.
         let reading = try StoreLock.sharedIfWritable(in: store, backupID: plan.backupID, holder: LockHolder(command: "dbrestore --pitr"))
         defer { try? reading?.release() }   // a leftover reader record only delays pruning; dbprune removes it once we are gone
@@ -353,7 +356,7 @@ public enum PointInTimeRestore {
         let log = directory + "/dbrestore-recovery.log"
         try timeline.step("start PostgreSQL on port \(port) (pg_ctl, log in \(log))") {
             let child = try ChildProcess(executable: pgCtl, arguments: ["-D", directory, "-l", log, "-w", "-t", "600", "-o", "-p \(port) -k \(directory)", "start"],
-                                         stdin: .null, stdout: .null, stderr: .pipe)
+                                         environment: configuration.environment, stdin: .null, stdout: .null, stderr: .pipe)
             let errors = OutputCollector(descriptor: child.standardError)
             let termination = child.waitForExit()
             guard termination.succeeded else {

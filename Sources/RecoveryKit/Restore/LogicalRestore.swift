@@ -34,6 +34,8 @@ public struct RestoreConfiguration {
     public var jobs: Int
     /// How long the swap waits for the target's sessions to end before it gives up (target unchanged).
     public var swapTimeout: TimeInterval = 30
+    /// What the storage layer reads S3 settings from (see `Repository.open`).
+    public var environment = ProcessInfo.processInfo.environment
 
     public init(mode: Mode, target: ConnectionTarget, repositories: [String], backup: String = "latest", release: String? = nil,
                 dryRun: Bool = false, jobs: Int = ProcessInfo.processInfo.activeProcessorCount, incidentFile: String? = nil) {
@@ -193,7 +195,7 @@ public enum LogicalRestore {
                                  durationSeconds: (finished.timeIntervalSince(timeline.startedAt) * 1000).rounded() / 1000,
                                  verification: verification, timeline: timeline.steps, incidentFile: nil, outcome: outcome)
         }
-        var store = try Repository.open(plan.repository, create: false)
+        var store = try Repository.open(plan.repository, create: false, environment: configuration.environment)
         do {
             let admin = try connectToMaintenance(configuration.target)
             defer { admin.close() }
@@ -215,7 +217,7 @@ public enum LogicalRestore {
                     latestGone += 1
                     timeline.note("backup \(plan.backupID)", outcome: "\(gone.message); taking the newest again")
                     plan.choose(try CandidateSelection.choose(configuration, depth: .checksum, timeline: timeline))
-                    store = try Repository.open(plan.repository, create: false)
+                    store = try Repository.open(plan.repository, create: false, environment: configuration.environment)
                 } catch {
                     guard configuration.mode != .normal, !reachedSwap, isCandidateFailure(error, admin: admin) else { throw error }
                     let reason = RecoveryError.classify(error).message
@@ -235,7 +237,7 @@ public enum LogicalRestore {
                     plan.scratchDatabase = try unusedIdentifier(plan.targetDatabase,
                                                                 suffix: "_\(configuration.mode == .drill ? "drill" : "restore")_\(Timestamp.compact(Date(), separator: "_", zone: ""))", on: admin)
                     plan.warnings.forEach { timeline.note("backup \(plan.backupID)", outcome: "warning: \($0)") }
-                    store = try Repository.open(plan.repository, create: false)
+                    store = try Repository.open(plan.repository, create: false, environment: configuration.environment)
                 }
             }
             if configuration.mode != .drill {
@@ -472,7 +474,7 @@ public enum LogicalRestore {
     private static func recordFailedSearch(_ error: Error, _ configuration: RestoreConfiguration, timeline: Timeline) {
         let record = FailedSearch(startedAt: timeline.startedAt, outcome: "failed: \(RecoveryError.classify(error).message)", timeline: timeline.steps)
         for address in configuration.repositories {
-            guard let store = try? Repository.open(address, create: false) else { continue }  // unavailable: try the next
+            guard let store = try? Repository.open(address, create: false, environment: configuration.environment) else { continue }  // unavailable: try the next
             if let written = try? writeIncident(record, startedAt: record.startedAt, configuration: configuration, store: store) {
                 timeline.note("incident record written to \(written)")
                 return

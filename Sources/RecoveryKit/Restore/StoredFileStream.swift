@@ -33,7 +33,7 @@ enum StoredFileStream {
                 digest.update(chunk)
                 stored += UInt64(chunk.count)
                 if let decryptor { try decryptor.write(chunk) } else { try decompressor.write(chunk) }
-                progress?.progress(phase: phase, bytes: stored)
+                progress?.progress(phase: "\(phase) \(manifest.id) \(file.name)", bytes: stored, total: file.storedBytes, estimated: false)
             }
             try decryptor?.finish()
             try decompressor.finish()

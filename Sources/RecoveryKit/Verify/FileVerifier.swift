@@ -1,7 +1,6 @@
 import BackupStorage
 import Foundation
 import Gzip
-import ProcessSignals
 
 /// Re-reads a backup's stored files and checks them against the manifest, without a database.
 public enum FileVerifier {
@@ -48,13 +47,14 @@ public enum FileVerifier {
                 results.append(FileResult(name: file.name, ok: false, problem: "encrypted with another key (fingerprint \(file.encryptionKeyFingerprint ?? ""))"))
                 continue
             }
-            results.append(try verify(file, key: manifest.key(of: file), in: store, depth: fileDepth, cipherKey: key, progress: progress))
+            results.append(try verify(file, key: manifest.key(of: file), in: store, depth: fileDepth, cipherKey: key,
+                                      phase: "verify \(manifest.id) \(file.name)", progress: progress))
         }
         return Report(id: manifest.id, files: results)
     }
 
     private static func verify(_ file: BackupManifest.File, key: String, in store: BackupStore, depth: Depth,
-                               cipherKey: RepositoryKey?, progress: ProgressObserver?) throws -> FileResult {
+                               cipherKey: RepositoryKey?, phase: String, progress: ProgressObserver?) throws -> FileResult {
         let reader: ObjectReader
         do {
             reader = try store.makeReader(key)
@@ -77,7 +77,7 @@ public enum FileVerifier {
                     if let decryptor { try decryptor.write(chunk) } else { try decompressor.write(chunk) }
                 } catch { gzipProblem = "\(error)" }
             }
-            progress?.progress(phase: "verify \(file.name)", bytes: stored)
+            progress?.progress(phase: phase, bytes: stored, total: file.storedBytes, estimated: false)
         }
         progress?.finished()
         if stored != file.storedBytes {
@@ -101,20 +101,5 @@ public enum FileVerifier {
             }
         }
         return FileResult(name: file.name, ok: true, problem: nil)
-    }
-}
-
-/// Streaming over stored objects in bounded chunks.
-public enum ObjectStreaming {
-    /// Calls `body` with each chunk of the object until its end.
-    public static func forEachChunk(of reader: ObjectReader, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: PipeReader.chunkSize, alignment: 16)
-        defer { buffer.deallocate() }
-        while true {
-            try Interruption.check()
-            let count = try reader.read(into: buffer)
-            if count == 0 { return }
-            try body(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
-        }
     }
 }

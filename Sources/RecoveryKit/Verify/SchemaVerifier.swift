@@ -78,8 +78,9 @@ public enum SchemaVerifier {
     /// - Parameter backup: an id, prefix or `latest` (nil means `latest`).
     /// - Throws: `RecoveryError(.backupNotFound)` when the backup has no fingerprint; repository,
     ///   database and pg_dump errors.
-    public static func verify(repository: String, backup: String?, target: ConnectionTarget, tools: PostgresTools) throws -> Report {
-        let store = try Repository.open(repository, create: false)
+    public static func verify(repository: String, backup: String?, target: ConnectionTarget, tools: PostgresTools,
+                              environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Report {
+        let store = try Repository.open(repository, create: false, environment: environment)
         let manifest = try Catalog(store: store).resolve(backup ?? "latest")
         guard let expected = manifest.schemaFingerprint else {
             throw RecoveryError(.backupNotFound, manifest.kind == .physical
