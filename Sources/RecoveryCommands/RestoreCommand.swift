@@ -388,7 +388,8 @@ public struct PITRCommand: ToolCommand {
         let report = try PointInTimeRestore.execute(plan, configuration, timeline: timeline, progress: output.progress)
         if output.json { return try printJSON(report) }
         if !report.started {
-            print("restored base backup \(plan.backupID) into \(directory) with recovery to \(plan.target); start it with: pg_ctl -D \(directory) start")
+            print("restored base backup \(plan.backupID) into \(directory) with recovery to \(plan.target); start it with: \(plan.pgCtl ?? "pg_ctl") -D \(directory) start"
+                  + (plan.pgCtlProblem.map { " (\($0))" } ?? ""))
             return
         }
         print("recovered to \(plan.target) and promoted; last replayed transaction: \(report.lastReplayedTransaction.map(Timestamp.format) ?? "none")")

@@ -14,7 +14,8 @@ public struct ConnectionOptions: ParsableArguments {
     public var databaseURL: String?
 
     @Option(name: .customLong("pg-bin"), help: ArgumentHelp(
-        "Directory holding pg_dump and psql (default: $PG_BIN, PATH, then /usr/lib/postgresql/<newest>/bin).",
+        "Directory holding the PostgreSQL programs to use, and no other (default: $PG_BIN, else those matching the server's major).",
+        discussion: "Without it: /usr/lib/postgresql/<major>/bin, the scripts/pg-majors.sh cache, then PATH; pg_dump of the server's major or newer, pg_basebackup and pg_ctl of the same major.",
         valueName: "dir"))
     public var pgBin: String?
 
@@ -61,7 +62,10 @@ public struct ConnectionOptions: ParsableArguments {
     }
 
     /// Where the PostgreSQL programs are.
-    public func tools(_ settings: Settings) -> PostgresTools { PostgresTools(directory: pgBinSetting(settings).value) }
+    public func tools(_ settings: Settings) -> PostgresTools {
+        let setting = pgBinSetting(settings)
+        return PostgresTools(directory: setting.value, source: setting.source)
+    }
 }
 
 /// `--repo`, the same in every tool.

@@ -39,7 +39,6 @@ public enum LogicalCapture {
     public static func run(_ logical: LogicalCaptureConfiguration, progress: ProgressObserver? = nil) throws -> CaptureResult {
         let configuration = logical.capture
         try configuration.validate()
-        let pgDump = try configuration.tools.path(of: "pg_dump")
         let targets = try CaptureTargets(addresses: configuration.repositories, command: "dbbackup", environment: configuration.environment)
         defer {
             targets.releaseLocks()
@@ -50,6 +49,9 @@ public enum LogicalCapture {
         let id = BackupID.make(at: startedAt)
         let connection = try PostgresConnection(target: configuration.target, applicationName: "dbbackup")
         defer { connection.close() }
+        // pg_dump of the server's major or newer (an older one refuses the server).
+        let dumper = try configuration.tools.program("pg_dump", for: PostgresMajor(serverVersionNumber: connection.serverVersionNumber), fit: .sameOrNewer)
+        let pgDump = dumper.path
         try connection.execute(script: "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         let snapshot = try connection.query("SELECT pg_catalog.pg_export_snapshot()").scalar ?? ""
         let facts = try connection.query("""
@@ -112,6 +114,7 @@ public enum LogicalCapture {
             startedAt: startedAt, finishedAt: Date(), tags: configuration.tags, release: configuration.release,
             pinned: configuration.pinned, schemaVersion: schemaVersion, snapshot: snapshot, tables: tables, files: [file])
         try manifest.record(properties, key: configuration.key)
+        manifest.clientPrograms = [dumper]
         CrashPoint.reached("capture:after-data")
         do {
             // Past this point the backup exists: a signal that came first still cancels it.

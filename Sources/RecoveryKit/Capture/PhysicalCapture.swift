@@ -17,7 +17,6 @@ public enum PhysicalCapture {
     /// - Throws: `RecoveryError`, `PostgresError` or `StorageError`.
     public static func run(_ configuration: CaptureConfiguration, progress: ProgressObserver? = nil) throws -> CaptureResult {
         try configuration.validate()
-        let pgBasebackup = try configuration.tools.path(of: "pg_basebackup")
         let targets = try CaptureTargets(addresses: configuration.repositories, command: "dbbackup --physical", environment: configuration.environment)
         defer {
             targets.releaseLocks()
@@ -27,6 +26,9 @@ public enum PhysicalCapture {
         let id = BackupID.make(at: startedAt)
         let connection = try PostgresConnection(target: configuration.target, applicationName: "dbbackup")
         defer { connection.close() }
+        // pg_basebackup of the server's own major: another one refuses it or writes what a restore cannot start.
+        let basebackup = try configuration.tools.program("pg_basebackup", for: PostgresMajor(serverVersionNumber: connection.serverVersionNumber), fit: .same)
+        let pgBasebackup = basebackup.path
         let facts = try connection.query("""
             SELECT current_database(), current_setting('server_version'),
                    (SELECT system_identifier::text FROM pg_catalog.pg_control_system()),
@@ -86,7 +88,8 @@ public enum PhysicalCapture {
             let manifestFile = try StreamCapture.store(serverManifest, targets: targets, key: serverManifestKey,
                                                        level: configuration.compressionLevel, key: configuration.key)
             return try finish(configuration, id: id, startedAt: startedAt, connection: connection, facts: facts,
-                              segmentSize: segmentSize, scanner: scanner, files: [file, manifestFile], chain: chain, targets: targets)
+                              segmentSize: segmentSize, scanner: scanner, files: [file, manifestFile], chain: chain, targets: targets,
+                              programs: [basebackup])
         } catch {
             targets.delete([baseKey, serverManifestKey])
             if Interruption.isRequested { CleanupLog.cleaned("removed \(baseKey)") }
@@ -97,7 +100,7 @@ public enum PhysicalCapture {
     /// Reads the WAL range from the captured stream and writes the manifests.
     private static func finish(_ configuration: CaptureConfiguration, id: String, startedAt: Date, connection: PostgresConnection,
                                facts: QueryResult.Row, segmentSize: UInt64, scanner: TarScanner, files: [BackupManifest.File],
-                               chain: BackupManifest.Incremental?, targets: CaptureTargets) throws -> CaptureResult {
+                               chain: BackupManifest.Incremental?, targets: CaptureTargets, programs: [PostgresProgram]) throws -> CaptureResult {
         let label = scanner.text("backup_label") ?? ""
         let manifestTail = scanner.text("backup_manifest") ?? ""
         var stopText = value(in: manifestTail, after: "\"End-LSN\": \"", until: "\"")
@@ -122,6 +125,7 @@ public enum PhysicalCapture {
             pinned: configuration.pinned, schemaVersion: try TableCounter.schemaVersion(on: connection), snapshot: nil, tables: [], files: files)
         manifest.physical = physical
         manifest.incremental = chain
+        manifest.clientPrograms = programs
         try Interruption.check()
         try targets.writeManifests(manifest)
         return CaptureResult(manifest: manifest, stored: targets.succeeded, failed: targets.failures)

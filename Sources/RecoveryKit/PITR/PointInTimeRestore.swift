@@ -80,6 +80,26 @@ public struct PITRPlan: Codable, Sendable {
     public var chain: [String]? = nil
     /// For a chain: about how many bytes the data directory and its staging take at the peak.
     public var peakDiskBytes: UInt64? = nil
+    /// The major of the server the base backup came from: only its own programs can start the data directory.
+    public var serverMajor: Int?
+    /// That major's pg_ctl (with `postgres` beside it), when found.
+    public var pgCtl: String?
+    /// Why no pg_ctl of that major was found (only without `--start`, which refuses instead).
+    public var pgCtlProblem: String?
+
+    /// Finds pg_ctl of the backup's major. With `--start` a missing or other-major one refuses the
+    /// plan, before anything is written; without it the plan says what starting the server will need.
+    ///
+    /// - Throws: `RecoveryError(.toolFailed)` naming the major needed and how to install it.
+    mutating func findServer(for backup: BackupManifest, _ configuration: PITRConfiguration) throws {
+        guard let major = backup.serverMajor else { return }
+        serverMajor = major.number
+        do {
+            pgCtl = try configuration.tools.program("pg_ctl", for: major, fit: .same).path
+        } catch let error as RecoveryError where !configuration.start {
+            pgCtlProblem = error.message + "; " + (error.hint ?? "")
+        }
+    }
 
     public var lines: [String] {
         var lines = skipped.map { "skip base backup \($0.id): \($0.reason)" }
@@ -94,6 +114,10 @@ public struct PITRPlan: Codable, Sendable {
         lines.append("target:      \(target)")
         if let moveAsideTo { lines.append("move the existing \(dataDirectory) aside to \(moveAsideTo)") }
         lines.append("extract into \(dataDirectory), write restore_command and the recovery target, create recovery.signal")
+        if let serverMajor {
+            lines.append("server:      PostgreSQL \(serverMajor) only (a data directory starts only under its own major): "
+                         + (pgCtl.map { "\($0) -D \(dataDirectory) start" } ?? pgCtlProblem ?? "pg_ctl of \(serverMajor)"))
+        }
         return lines
     }
 }
@@ -164,10 +188,13 @@ public enum PointInTimeRestore {
                 }
                 // A chain needs pg_combinebackup and pg_verifybackup: missing ones are refused here, before anything is written.
                 let needs = chain.count > 1 ? try ChainRestore.requirements(of: chain, tools: configuration.tools) : nil
-                return PITRPlan(backupID: backup.id, backupFinishedAt: backup.finishedAt, firstSegment: physical.firstWalSegment,
-                                lastArchivedSegment: last, segmentsAvailable: count, target: configuration.target.description,
-                                dataDirectory: configuration.dataDirectory, moveAsideTo: moveAsideTo, skipped: skipped,
-                                chain: chain.count > 1 ? chain.map(\.id) : nil, peakDiskBytes: needs?.peakBytes)
+                var plan = PITRPlan(backupID: backup.id, backupFinishedAt: backup.finishedAt, firstSegment: physical.firstWalSegment,
+                                    lastArchivedSegment: last, segmentsAvailable: count, target: configuration.target.description,
+                                    dataDirectory: configuration.dataDirectory, moveAsideTo: moveAsideTo, skipped: skipped)
+                plan.chain = chain.count > 1 ? chain.map(\.id) : nil
+                plan.peakDiskBytes = needs?.peakBytes
+                try plan.findServer(for: backup, configuration)
+                return plan
             } catch let error as RecoveryError where error.code == .backupNotFound {
                 skipped.append(.init(id: backup.id, reason: error.message))
                 lastProblem = error
@@ -254,7 +281,7 @@ public enum PointInTimeRestore {
         }
         var report = PITRReport(plan: plan, started: false, promoted: false, lastReplayedTransaction: nil, databases: [:], durationSeconds: 0)
         if configuration.start {
-            try startAndFollow(configuration, timeline: timeline, report: &report)
+            try startAndFollow(configuration, pgCtl: plan.pgCtl, timeline: timeline, report: &report)
         }
         report.durationSeconds = Date().timeIntervalSince(timeline.startedAt)
         report.steps = timeline.steps
@@ -344,7 +371,7 @@ public enum PointInTimeRestore {
 
     /// Starts the server, follows recovery until promotion, then reports the last replayed
     /// transaction and the row counts of every table.
-    private static func startAndFollow(_ configuration: PITRConfiguration, timeline: Timeline, report: inout PITRReport) throws {
+    private static func startAndFollow(_ configuration: PITRConfiguration, pgCtl: String?, timeline: Timeline, report: inout PITRReport) throws {
         guard let port = configuration.port else {
             throw RecoveryError(.usage, "--start needs --port", hint: "choose a port the original server does not use")
         }
@@ -352,7 +379,8 @@ public enum PointInTimeRestore {
             throw RecoveryError(.usage, "PostgreSQL refuses to run as root", hint: "run dbrestore --pitr --start as the postgres user (sudo -u postgres …)")
         }
         let directory = configuration.dataDirectory
-        let pgCtl = try configuration.tools.path(of: "pg_ctl")
+        // The plan found pg_ctl of the backup's major; a backup from before majors were known gets any.
+        let pgCtl = try pgCtl ?? configuration.tools.path(of: "pg_ctl")
         let log = directory + "/dbrestore-recovery.log"
         try timeline.step("start PostgreSQL on port \(port) (pg_ctl, log in \(log))") {
             let child = try ChildProcess(executable: pgCtl, arguments: ["-D", directory, "-l", log, "-w", "-t", "600", "-o", "-p \(port) -k \(directory)", "start"],

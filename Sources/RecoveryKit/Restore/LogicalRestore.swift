@@ -82,6 +82,11 @@ public struct RestorePlan: Codable, Sendable {
     /// Pre-restore copies of the target kept by earlier restores, and their size.
     public var preRestoreCopies: Int = 0
     public var preRestoreBytes: Int64 = 0
+    /// The major of the server the backup came from, and of the server it goes into.
+    public var backupServerMajor: Int?
+    public var targetServerMajor: Int?
+    /// Set when they differ, e.g. `restoring a PostgreSQL 14 backup into 17`.
+    public var versionNote: String?
 
     /// The plan as lines for a person.
     public var lines: [String] {
@@ -112,6 +117,7 @@ public struct RestorePlan: Codable, Sendable {
         }
         lines += steps.enumerated().map { "\($0.offset + 1). \($0.element)" }
         lines += warnings.map { "warning: \($0)" }
+        if let versionNote { lines.append("note: \(versionNote)") }
         if preRestoreCopies > 0 {
             lines.append("note: \(preRestoreCopies) pre-restore cop\(preRestoreCopies == 1 ? "y" : "ies") of \(targetDatabase) kept by earlier restores"
                          + " hold\(preRestoreCopies == 1 ? "s" : "") \(ByteCount.format(UInt64(max(0, preRestoreBytes)))); dbrestore cleanup drops old ones")
@@ -165,6 +171,7 @@ public enum LogicalRestore {
             keptAs: exists && configuration.mode != .drill ? try unusedIdentifier(database, suffix: "_pre_restore_\(stamp)", on: admin) : nil,
             skipped: [])
         plan.choose(choice)
+        try plan.checkMajors(choice.manifest, into: PostgresMajor(serverVersionNumber: admin.serverVersionNumber), tools: configuration.tools)
         if configuration.dryRun {
             plan.filesChecked = "\(choice.manifest.files.map(\.name).joined(separator: ", ")) verified: size, sha256 and the whole gzip stream"
         }
@@ -202,6 +209,7 @@ public enum LogicalRestore {
             try lockTarget(plan.targetDatabase, on: admin)
             try ToolDatabases.repair(plan.targetDatabase, on: admin, timeline: timeline)
             plan.warnings.forEach { timeline.note("backup \(plan.backupID)", outcome: "warning: \($0)") }
+            if let note = plan.versionNote { timeline.note("backup \(plan.backupID)", outcome: note) }
             var outcome: String
             var latestGone = 0
             while true {
@@ -216,7 +224,9 @@ public enum LogicalRestore {
                     // meanwhile): the newest one now is what was asked for. Nothing was created yet.
                     latestGone += 1
                     timeline.note("backup \(plan.backupID)", outcome: "\(gone.message); taking the newest again")
-                    plan.choose(try CandidateSelection.choose(configuration, depth: .checksum, timeline: timeline))
+                    let newest = try CandidateSelection.choose(configuration, depth: .checksum, timeline: timeline)
+                    plan.choose(newest)
+                    try plan.checkMajors(newest.manifest, into: PostgresMajor(serverVersionNumber: admin.serverVersionNumber), tools: configuration.tools)
                     store = try Repository.open(plan.repository, create: false, environment: configuration.environment)
                 } catch {
                     guard configuration.mode != .normal, !reachedSwap, isCandidateFailure(error, admin: admin) else { throw error }
@@ -233,6 +243,8 @@ public enum LogicalRestore {
                         throw RecoveryError(.restoreFailed, none.message, hint: "\(plan.targetDatabase) was not touched; " + (none.hint ?? ""))
                     }
                     plan.choose(next)
+                    try plan.checkMajors(next.manifest, into: PostgresMajor(serverVersionNumber: admin.serverVersionNumber), tools: configuration.tools)
+                    if let note = plan.versionNote { timeline.note("backup \(plan.backupID)", outcome: note) }
                     // A fresh name, in case the failed candidate's scratch database could not be dropped.
                     plan.scratchDatabase = try unusedIdentifier(plan.targetDatabase,
                                                                 suffix: "_\(configuration.mode == .drill ? "drill" : "restore")_\(Timestamp.compact(Date(), separator: "_", zone: ""))", on: admin)
@@ -353,7 +365,8 @@ public enum LogicalRestore {
             }
             warnings.forEach { timeline.note("database properties of \(scratch)", outcome: "warning: \($0)") }
         }
-        try SchemaVerifier.verifyRestore(manifest, scratch: configuration.target.with(database: scratch), tools: configuration.tools, timeline: timeline)
+        try SchemaVerifier.verifyRestore(manifest, scratch: configuration.target.with(database: scratch),
+                                         server: PostgresMajor(serverVersionNumber: admin.serverVersionNumber), tools: configuration.tools, timeline: timeline)
         CrashPoint.reached("restore:after-verify")
         if configuration.mode == .drill {
             try timeline.step("drop scratch database \(scratch)") {
@@ -500,5 +513,30 @@ extension RestorePlan {
             "backup \(manifest.id) was taken by \(manifest.tool.name) \(manifest.tool.version), which did not record database properties: "
             + "the owner, privileges, comment, settings, connection limit, encoding and locale of \(targetDatabase) cannot be restored "
             + "(the restored database gets the server's defaults; set them again by hand)"]
+    }
+
+    /// A logical backup restores into a server of the same or a newer major (pg_dump's output is
+    /// meant to load into newer servers, not older ones): records both majors and says so when they
+    /// differ; refuses an older target. Also finds the pg_dump that will fingerprint the restored
+    /// schema, so that a missing one stops the restore before anything is created.
+    ///
+    /// - Throws: `RecoveryError(.restoreFailed)` for an older target; `RecoveryError(.toolFailed)`
+    ///   when no pg_dump fits the target server.
+    mutating func checkMajors(_ manifest: BackupManifest, into target: PostgresMajor, tools: PostgresTools) throws {
+        backupServerMajor = manifest.serverMajor?.number
+        targetServerMajor = target.number
+        versionNote = nil
+        if let source = manifest.serverMajor, source != target {
+            guard source < target else {
+                throw RecoveryError(.restoreFailed,
+                                    "backup \(manifest.id) was taken from PostgreSQL \(source); the target server is PostgreSQL \(target), "
+                                        + "and a logical backup restores only into the same or a newer major",
+                                    hint: "restore it into a PostgreSQL \(source) or newer server; \(targetDatabase) was not touched")
+            }
+            versionNote = "restoring a PostgreSQL \(source) backup into \(target)"
+        }
+        if let expected = manifest.schemaFingerprint {
+            _ = try SchemaVerifier.pgDump(for: target, expected: expected, tools: tools)
+        }
     }
 }
