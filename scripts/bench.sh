@@ -1,23 +1,34 @@
 #!/usr/bin/env bash
 # Benchmarks dbrecovery against the tools it replaces, side by side in one run on this machine.
 #
-#   scripts/bench.sh [--scale S] [--reps N]
+#   scripts/bench.sh [--scale S] [--reps N] [--only incremental]
 #
 # Builds release binaries, starts a sandbox cluster, makes a deterministic dataset (pgbench tables
 # plus a table of text, jsonb, bytea, numeric and timestamptz; about S GiB, default 1), then runs
 # every contender alternately, N times each (default 3), under /usr/bin/time, and prints medians of
 # wall time, CPU time and peak RSS with ratios. The table goes to bench/results.md.
+#
+# Incremental base backups: on a PostgreSQL 17 sandbox (scripts/pg-majors.sh) with the same dataset,
+# a full `dbbackup --physical`, a 1 % change (pgbench_accounts), then `dbbackup --physical
+# --incremental`; as a reference on 15 (pgBackRest 2.45 knows majors up to 15), a pgBackRest full,
+# the same change, then `pgbackrest --type=incr`. `--only incremental` runs just this part (its table
+# is printed, bench/results.md is left alone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scale=1
 reps=3
+only=all
 while [ $# -gt 0 ]; do
   case $1 in
     --scale) scale=$2; shift 2 ;;
     --reps) reps=$2; shift 2 ;;
-    *) echo "usage: $0 [--scale S] [--reps N]" >&2; exit 2 ;;
+    --only) only=$2; shift 2 ;;
+    *) echo "usage: $0 [--scale S] [--reps N] [--only incremental]" >&2; exit 2 ;;
   esac
 done
+case $only in all|incremental) ;; *) echo "bench: --only takes 'incremental'" >&2; exit 2 ;; esac
+pg17_bin=/var/cache/dbrecovery/postgresql/17/bin
+[ -x "$pg17_bin/pg_combinebackup" ] || { echo "bench: PostgreSQL 17 is missing in $pg17_bin; run scripts/pg-majors.sh" >&2; exit 12; }
 for tool in pigz pgbench /usr/bin/time python3; do
   command -v "$tool" >/dev/null || [ -x "$tool" ] || { echo "bench: $tool is missing; run scripts/setup.sh" >&2; exit 12; }
 done
@@ -27,7 +38,12 @@ bin=$(swift build -c release --show-bin-path)
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 work=$(mktemp -d /tmp/dbrecovery-bench.XXXXXX)
 chmod 755 "$work"
-cleanup() { scripts/pg-sandbox.sh stop "$work/cluster" || true; scripts/s3-sandbox.sh stop "$work/s3" || true; rm -rf "$work"; }
+cleanup() {
+  scripts/pg-sandbox.sh stop "$work/cluster" || true
+  scripts/pg-sandbox.sh stop "$work/cluster17" || true
+  scripts/s3-sandbox.sh stop "$work/s3" || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 # archive_mode on (WAL discarded) so that physical base backups are allowed.
@@ -36,12 +52,12 @@ export PGPASSWORD=$SANDBOX_PASSWORD
 base="postgresql://postgres@127.0.0.1:$SANDBOX_PORT"
 psql -q -X "$base/postgres" -c "CREATE DATABASE bench" -c "CREATE DATABASE bench_small"
 
-make_dataset() {  # database, scale
-  local pgbench_scale mixed_rows
+make_dataset() {  # database, scale [, server URL without database, pgbench's bin directory]
+  local pgbench_scale mixed_rows server=${3:-$base} bin_dir=${4:-$pg_bin}
   pgbench_scale=$(python3 -c "print(max(1, round(40 * $2)))")
   mixed_rows=$(python3 -c "print(max(1000, round(1200000 * $2)))")
-  "$pg_bin/pgbench" -i -q -s "$pgbench_scale" "$base/$1" >/dev/null 2>&1
-  psql -q -X -v ON_ERROR_STOP=1 "$base/$1" <<SQL
+  "$bin_dir/pgbench" -i -q -s "$pgbench_scale" "$server/$1" >/dev/null 2>&1
+  psql -q -X -v ON_ERROR_STOP=1 "$server/$1" <<SQL
 SELECT setseed(0.42);
 CREATE TABLE mixed (id bigint PRIMARY KEY, title text, doc jsonb, blob bytea, amount numeric(14,4), at timestamptz);
 INSERT INTO mixed
@@ -56,7 +72,7 @@ SQL
 }
 echo "bench: building the dataset (scale $scale)" >&2
 make_dataset bench "$scale"
-make_dataset bench_small "$(python3 -c "print($scale / 4)")"
+[ "$only" = all ] && make_dataset bench_small "$(python3 -c "print($scale / 4)")"
 db_size=$(psql -X -A -t "$base/postgres" -c "SELECT pg_size_pretty(pg_database_size('bench'))")
 dump_size=$("$pg_bin/pg_dump" "$base/bench" | wc -c)
 
@@ -91,18 +107,51 @@ pgbr_fresh() { rm -rf "$work/pgbr/repo"; as_owner pgbackrest --config="$work/pgb
 
 results="$work/results.tsv"
 : > "$results"
-# measure NAME COMMAND...: runs under /usr/bin/time, appends name, wall, cpu, rss (KiB), output bytes.
+# measure NAME COMMAND...: runs under /usr/bin/time, appends name, wall, cpu, rss (KiB), output bytes
+# (what $work/out holds afterwards, or the number the command wrote to $work/size).
 measure() {
   local name=$1; shift
-  rm -rf "$work/out" && mkdir -p "$work/out"
+  rm -rf "$work/out" "$work/size" && mkdir -p "$work/out"
   /usr/bin/time -f "%e %U %S %M" -o "$work/time" bash -c "$*" >/dev/null 2>"$work/err" || { echo "bench: $name failed:" >&2; tail -3 "$work/err" >&2; exit 1; }
   read -r wall user sys rss < "$work/time"
   local size
-  size=$(du -sb "$work/out" | cut -f1)
+  if [ -s "$work/size" ]; then size=$(cat "$work/size"); else size=$(du -sb "$work/out" | cut -f1); fi
   echo -e "$name\t$wall\t$(python3 -c "print($user + $sys)")\t$rss\t$size" >> "$results"
 }
 restore_db() { psql -q -X "$base/postgres" -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1"; }
 
+# Incremental base backups: a PostgreSQL 17 sandbox with the same dataset and summarize_wal on.
+eval "$(scripts/pg-sandbox.sh start "$work/cluster17" --major 17 --archive-command /bin/true | sed 's/^/PG17_/')"
+base17="postgresql://postgres@127.0.0.1:$PG17_PORT"
+PGPASSWORD=$PG17_PASSWORD psql -q -X "$base17/postgres" -c "CREATE DATABASE bench" -c "ALTER SYSTEM SET summarize_wal = on" -c "SELECT pg_reload_conf()"
+PGPASSWORD=$PG17_PASSWORD make_dataset bench "$scale" "$base17" "$PG17_BIN"
+accounts=$(psql -X -A -t "$base/bench" -c "SELECT count(*) FROM pgbench_accounts")
+# The same 1 % of pgbench_accounts (a contiguous range of rows) on either server.
+change_one_percent() {  # server URL, password
+  PGPASSWORD=$2 psql -q -X -v ON_ERROR_STOP=1 "$1/bench" -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= $accounts / 100" -c CHECKPOINT
+}
+stored_bytes='python3 -c "import json, sys; print(json.load(sys.stdin)[\"stored_bytes\"])"'
+incremental_round() {
+  rm -rf "$work/incr-repo"
+  measure "dbbackup --physical (PG 17, full)" \
+    "PGPASSWORD=$PG17_PASSWORD '$bin/dbbackup' --physical --json --pg-bin '$PG17_BIN' --database-url '$base17/postgres' --repo '$work/incr-repo' | $stored_bytes > '$work/size'"
+  change_one_percent "$base17" "$PG17_PASSWORD"
+  measure "dbbackup --physical --incremental (PG 17, 1 % changed)" \
+    "PGPASSWORD=$PG17_PASSWORD '$bin/dbbackup' --physical --incremental --json --pg-bin '$PG17_BIN' --database-url '$base17/postgres' --repo '$work/incr-repo' | $stored_bytes > '$work/size'"
+  pgbr_fresh
+  measure "pgbackrest backup (PG 15, full, gz, process-max 2)" \
+    "$(declare -f as_owner); as_owner pgbackrest --config='$work/pgbr/pgbackrest.conf' --stanza=bench --type=full backup; du -sb \$(ls -d '$work/pgbr/repo/backup/bench/'*F | tail -1) | cut -f1 > '$work/size'"
+  change_one_percent "$base" "$PGPASSWORD"
+  measure "pgbackrest --type=incr (PG 15, 1 % changed)" \
+    "$(declare -f as_owner); as_owner pgbackrest --config='$work/pgbr/pgbackrest.conf' --stanza=bench --type=incr backup; du -sb \$(ls -d '$work/pgbr/repo/backup/bench/'*I | tail -1) | cut -f1 > '$work/size'"
+}
+
+if [ "$only" = incremental ]; then
+  for rep in $(seq 1 "$reps"); do
+    echo "bench: repetition $rep of $reps (incremental)" >&2
+    incremental_round
+  done
+else
 "$pg_bin/pg_dump" -Fc -Z6 -f "$work/bench.dump" "$base/bench"
 "$pg_bin/pg_dump" "$base/bench" | gzip -6 > "$work/bench.sql.gz"
 "$bin/dbbackup" --database-url "$base/bench" --repo "$work/restore-repo" -q >/dev/null
@@ -134,7 +183,9 @@ for rep in $(seq 1 "$reps"); do
   # ranged reads of the pre-data, its rows and the post-data only.
   measure "dbrestore --table (one small table)" "'$bin/dbrestore' latest -q --table public.pgbench_branches --into-schema selective_$rep --repo '$work/restore-repo' --database-url '$base/bench'"
   psql -q -X "$base/bench" -c "DROP SCHEMA selective_$rep CASCADE"
+  incremental_round
 done
+fi
 
 default_level=$("$bin/dbbackup" capture --help | tr -s ' \n' ' ' | sed 's/.*--compression-level <n>//' | grep -o '(default: [0-9])' | head -1 | tr -dc '0-9')
 DEFAULT_LEVEL=$default_level python3 - "$results" "$scale" "$reps" "$db_size" "$dump_size" > "$work/results.md" <<'PY'
@@ -146,6 +197,7 @@ for line in open(path):
     rows.setdefault(name, []).append((float(wall), float(cpu), int(rss), int(size)))
 med = {name: tuple(statistics.median(v[i] for v in values) for i in range(4)) for name, values in rows.items()}
 def ratio(a, b): return med[a][0] / med[b][0]
+def size_ratio(a, b): return med[a][3] / med[b][3]
 def md(text): return text.replace("|", "\\|")
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 mem = next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "0")
@@ -157,7 +209,7 @@ print("| --- | ---: | ---: | ---: | ---: |")
 for name, (wall, cpu_s, rss, size) in med.items():
     print(f"| {md(name)} | {wall:.2f} | {cpu_s:.2f} | {rss/1024:.1f} | {size/1e6:.1f} |")
 print("\n## Ratios against the targets\n")
-checks = [
+checks = [] if "dbbackup" not in med else [
     ("dbbackup / pg_dump | pigz -6 -p 2", ratio("dbbackup", "pg_dump | pigz -6 -p 2"), 0.95),
     ("dbbackup / pg_dump | gzip -6", ratio("dbbackup", "pg_dump | gzip -6"), 0.65),
     ("dbbackup size / gzip -6 size", med["dbbackup"][3] / med["pg_dump | gzip -6"][3], 1.02),
@@ -172,13 +224,26 @@ checks = [
     ("dbbackup --physical / pg_basebackup | gzip -6", ratio("dbbackup --physical", "pg_basebackup -Ft -D - | gzip -6"), 1.0),
     ("dbbackup --physical / pgbackrest (full, gz, 2 processes)", ratio("dbbackup --physical", "pgbackrest backup (full, gz, process-max 2)"), 1.0),
 ]
+checks += [
+    ("dbbackup --incremental / dbbackup --physical, time (PG 17, 1 % changed)",
+     ratio("dbbackup --physical --incremental (PG 17, 1 % changed)", "dbbackup --physical (PG 17, full)"), 1.0),
+    ("dbbackup --incremental / dbbackup --physical, size (PG 17, 1 % changed)",
+     size_ratio("dbbackup --physical --incremental (PG 17, 1 % changed)", "dbbackup --physical (PG 17, full)"), 0.10),
+    ("pgbackrest --type=incr / pgbackrest full, time (PG 15, reference)",
+     ratio("pgbackrest --type=incr (PG 15, 1 % changed)", "pgbackrest backup (PG 15, full, gz, process-max 2)"), 1.0),
+    ("pgbackrest --type=incr / pgbackrest full, size (PG 15, reference)",
+     size_ratio("pgbackrest --type=incr (PG 15, 1 % changed)", "pgbackrest backup (PG 15, full, gz, process-max 2)"), 0.10),
+]
 print("| ratio | measured | target | met |")
 print("| --- | ---: | ---: | :---: |")
 for name, value, target in checks:
     print(f"| {md(name)} | {value:.2f} | ≤ {target} | {'yes' if value <= target else 'NO'} |")
 print(f"\ndbbackup's default level is {os.environ.get('DEFAULT_LEVEL', '?')}: as small as gzip -6 on dumps (see the size ratio) for about a quarter less CPU.")
 print("The issue sets no target for physical backups or for level 6 against pigz; 1.0 (as fast as the peer) is shown as the bar.")
+print("Incremental rows: PG 17's incremental is compared with a full of the same cluster; pgBackRest's incr (on 15, which pgBackRest 2.45 supports) is the reference point. Size is what is stored (dbbackup: stored bytes; pgBackRest: its backup folder).")
 PY
-mkdir -p bench
-cp "$work/results.md" bench/results.md
-cat bench/results.md
+if [ "$only" = all ]; then
+  mkdir -p bench
+  cp "$work/results.md" bench/results.md
+fi
+cat "$work/results.md"

@@ -12,7 +12,9 @@ public struct BackupCommand: ParsableCommand {
         Logical (default): runs pg_dump inside an exported snapshot, counts every table's rows in that \
         same snapshot, and streams the dump through gzip into <repo>/backups/<id>/dump.sql.gz. \
         Physical (--physical): streams pg_basebackup's tar into <repo>/backups/<id>/base.tar.gz for \
-        point-in-time recovery with the WAL that `dbbackup wal-push` archives. The manifest is written \
+        point-in-time recovery with the WAL that `dbbackup wal-push` archives; with --incremental \
+        (PostgreSQL 17+, summarize_wal = on) only the blocks changed since the newest base backup of the \
+        same server, which it is chained on. The manifest is written \
         last: a backup that did not finish never looks like one. Prints the backup id.
 
         Examples:
@@ -22,6 +24,8 @@ public struct BackupCommand: ParsableCommand {
           dbbackup --repo /var/backups/app --tag pre-deploy --release v1.3.0 \\
               --pin --json
           dbbackup --physical --repo s3://acme-backups/prod
+          dbbackup --physical --incremental --repo s3://acme-backups/prod
+                                                  # 17+: changes since the last one
           archive_command = 'dbbackup wal-push %p --repo /var/backups/app'
                                                   # in postgresql.conf
 
@@ -56,6 +60,9 @@ public struct CaptureCommand: ToolCommand {
     @Flag(help: "Physical base backup (pg_basebackup) for point-in-time recovery, instead of a logical dump.")
     public var physical = false
 
+    @Flag(help: "With --physical: only what changed since the newest base backup of the same server (PostgreSQL 17+, summarize_wal = on).")
+    public var incremental = false
+
     @Option(name: .customLong("compression-level"), help: ArgumentHelp("gzip level, 0 (none) to 9 (smallest); the default is about as small as gzip -6 for a quarter less CPU.", valueName: "n"))
     public var compressionLevel = GzipCompressor.defaultLevel
 
@@ -68,6 +75,9 @@ public struct CaptureCommand: ToolCommand {
     public init() {}
 
     public func validate() throws {
+        if incremental && !physical {
+            throw ValidationError("--incremental goes with --physical: dbbackup --physical --incremental")
+        }
         if let jobs, !(1...256).contains(jobs) {
             throw ValidationError("--jobs \(jobs) must be between 1 and 256")
         }
@@ -82,13 +92,14 @@ public struct CaptureCommand: ToolCommand {
     public func run(in context: RunContext) throws {
         let settings = context.settings
         if config.printIfAsked(context, connection: connection, repository: repository) { return }
-        output.begin("dbbackup", labels: ["kind": physical ? "physical" : "logical"], in: context)
+        output.begin("dbbackup", labels: ["kind": incremental ? "incremental" : physical ? "physical" : "logical"], in: context)
         var configuration = CaptureConfiguration(
             target: try connection.target(settings), repositories: try repository.addresses(settings), tags: tags, release: release,
             pinned: pin, compressionLevel: compressionLevel,
             jobs: jobs ?? ProcessInfo.processInfo.activeProcessorCount, tools: connection.tools(settings))
         configuration.key = try encryption.key(from: repository, writingTo: configuration.repositories, settings)
         configuration.environment = repository.storageEnvironment(settings)
+        configuration.incremental = incremental
         let result = physical ? try PhysicalCapture.run(configuration, progress: output.progress)
             : try LogicalCapture.run(LogicalCaptureConfiguration(configuration, lockWaitSeconds: connection.sessionLimits.lockWaitSeconds),
                                      progress: output.progress)

@@ -121,6 +121,11 @@ public struct PruneCommand: ToolCommand {
         if report.wal.kept + report.wal.delete.count > 0 || report.wal.oldestNeeded != nil {
             output.note("WAL: \(report.wal.note); \(dryRun ? "would delete" : "deleted") \(report.wal.delete.count), kept \(report.wal.kept)")
         }
+        for decision in report.decisions {
+            for reason in decision.keptBy where reason.hasPrefix("parent of ") {
+                output.note("\(dryRun ? "would keep" : "kept") \(decision.id): \(reason), an incremental base backup that is kept and cannot be restored without it")
+            }
+        }
         for item in report.beingRead {
             output.note("kept backup \(item) (a restore is streaming it; the next dbprune deletes it)")
         }

@@ -316,7 +316,10 @@ public struct PITRCommand: ToolCommand {
         abstract: "Point-in-time recovery from a physical base backup and the WAL archive into --pgdata (also --pitr).",
         discussion: """
         Chooses the newest base backup taken before the target, restores it into --pgdata and writes \
-        recovery settings whose restore_command is dbrestore wal-fetch.
+        recovery settings whose restore_command is dbrestore wal-fetch. An incremental base backup \
+        (PostgreSQL 17+) is rebuilt from its chain with pg_combinebackup, one member extracted at a \
+        time beside --pgdata, and checked with pg_verifybackup; --dry-run shows the chain and the \
+        disk it needs.
 
         Examples:
           dbrestore --pitr --pgdata /srv/pg/restored --target latest --dry-run

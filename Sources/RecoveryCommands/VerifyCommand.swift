@@ -14,7 +14,8 @@ public struct VerifyCommand: ToolCommand {
         missing or extra table. Without a backup id: the backup the database was restored from, when \
         dbrestore put it in place, else the newest.
         With --files: re-reads the stored files, checks size, sha256 and the whole gzip stream. No \
-        database needed. Exit 23 if any file is damaged.
+        database needed. Exit 23 if any file is damaged. For an incremental base backup it checks every \
+        member of its chain, full backup first; a missing member is damage too.
         With --schema: runs pg_dump --schema-only on the live database and compares it, object by \
         object, with the schema fingerprint the backup recorded in its own snapshot. Exit 30 and the \
         differing objects (missing, extra, changed) on any difference.

@@ -292,42 +292,5 @@ final class VersionMatrixTests: XCTestCase {
         return installed.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
-    // MARK: - Running as the server's OS user (as PointInTimeRecoveryTests does)
-
-    private func asOwner(_ tool: String, _ arguments: [String], cluster: PostgresCluster) throws -> TestProcess.Result {
-        if getuid() == 0 {
-            return try TestProcess.run("/usr/bin/setpriv", ["--reuid=postgres", "--regid=postgres", "--init-groups", TestPaths.executable(tool)] + arguments,
-                                       environment: cluster.environment)
-        }
-        return try TestProcess.run(TestPaths.executable(tool), arguments, environment: cluster.environment)
-    }
-
-    private func ownedDirectory(_ prefix: String) -> String {
-        let path = TestPaths.temporaryDirectory(prefix: prefix)
-        if getuid() == 0 { _ = try? TestProcess.run("/bin/chown", ["-R", "postgres:postgres", path]) }
-        return path
-    }
-
-    private func freePort() throws -> Int {
-        let result = try TestProcess.run("/usr/bin/env", ["python3", "-c", "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"])
-        return Int(result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
-    }
-
-    private func stopServer(_ directory: String) {
-        guard let text = try? String(contentsOfFile: directory + "/postmaster.pid", encoding: .utf8),
-              let pid = Int32(text.split(separator: "\n").first ?? "") else { return }
-        kill(pid, SIGINT)
-        for _ in 0..<100 where kill(pid, 0) == 0 { usleep(100_000) }
-    }
-
-    private func waitForArchive(_ connection: PostgresConnection) throws {
-        let segment = try connection.query("SELECT pg_walfile_name(pg_switch_wal())").scalar ?? ""
-        let deadline = Date().addingTimeInterval(60)
-        while Date() < deadline {
-            let last = try connection.query("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver").scalar ?? ""
-            if last >= segment { return }
-            usleep(100_000)
-        }
-        XCTFail("WAL segment \(segment) was never archived")
-    }
+    // Running as the server's OS user, owned directories, ports, archive waits: PhysicalRecoverySupport.swift.
 }

@@ -20,6 +20,9 @@ public struct CaptureConfiguration {
     public var tools: PostgresTools
     /// What the storage layer reads S3 settings from (see `Repository.open`).
     public var environment = ProcessInfo.processInfo.environment
+    /// Physical only, `--incremental`: an incremental base backup on the newest base backup of the same
+    /// system (PostgreSQL 17+, `summarize_wal = on`).
+    public var incremental = false
 
     public init(target: ConnectionTarget, repositories: [String], tags: [String] = [], release: String? = nil,
                 pinned: Bool = false, compressionLevel: Int = GzipCompressor.defaultLevel, jobs: Int = ProcessInfo.processInfo.activeProcessorCount,

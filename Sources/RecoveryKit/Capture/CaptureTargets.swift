@@ -40,6 +40,8 @@ final class CaptureTargets {
     deinit { releaseLocks() }
 
     var live: [Int] { targets.indices.filter { targets[$0].failure == nil } }
+    /// The repositories still in the run, with their stores.
+    var liveStores: [(address: String, store: BackupStore)] { live.map { (targets[$0].address, targets[$0].store) } }
     var succeeded: [String] { live.map { targets[$0].address } }
     var failures: [(address: String, error: RecoveryError)] {
         targets.compactMap { target in target.failure.map { (target.address, $0) } }

@@ -4,7 +4,9 @@ import PostgresClient
 import ProcessSignals
 
 /// A physical base backup: `pg_basebackup` tar stream (WAL left to the archive) gzip-streamed into
-/// `backups/<id>/base.tar.gz`, with the WAL range it needs in the manifest.
+/// `backups/<id>/base.tar.gz`, with the WAL range it needs in the manifest and pg_basebackup's own
+/// `backup_manifest` beside it (`backup_manifest.gz`), which an incremental taken on it needs.
+/// With `incremental`, the backup holds only what changed since its parent (`IncrementalChain`).
 public enum PhysicalCapture {
     public static let baseFileName = "base.tar.gz"
 
@@ -31,9 +33,11 @@ public enum PhysicalCapture {
             SELECT current_database(), current_setting('server_version'),
                    (SELECT system_identifier::text FROM pg_catalog.pg_control_system()),
                    current_setting('wal_segment_size'), current_setting('archive_mode'),
-                   (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint())::text
+                   (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint())::text,
+                   current_setting('server_version_num'), current_setting('summarize_wal', true)
             """).rows[0]
         let role = try ServerRole.read(on: connection)
+        if configuration.incremental { try checkIncrementalSupport(facts, target: configuration.target) }
         // A standby archives nothing until promoted (unless archive_mode = always): the primary's
         // archive_command must hold the WAL, and a standby cannot see the primary's setting.
         let archiveMode = try facts.string(4)
@@ -52,22 +56,46 @@ public enum PhysicalCapture {
         }
         // pg_basebackup writing to stdout does not print its WAL range; backup_label and the WAL-Ranges
         // at the end of backup_manifest inside the stream hold it.
-        let scanner = TarScanner(wanted: ["backup_label": 4096, "backup_manifest": 8192])
+        // backup_manifest is kept whole: it is stored beside the base backup for incrementals to chain on.
+        let scanner = TarScanner(wanted: ["backup_label": 4096, "backup_manifest": Int.max])
         let baseKey = "backups/\(id)/\(baseFileName)"
-        let (file, _) = try StreamCapture.run(
-            executable: pgBasebackup,
-            arguments: ["--pgdata=-", "--format=tar", "--wal-method=none", "--checkpoint=fast", "--no-password",
-                        "--label=dbrecovery \(id)"],
-            environment: configuration.target.childEnvironment, targets: targets, key: baseKey,
-            level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "base backup \(id)", estimate: estimate,
-            observe: scanner.consume)
+        var arguments = ["--pgdata=-", "--format=tar", "--wal-method=none", "--checkpoint=fast", "--no-password", "--label=dbrecovery \(id)"]
+        var chain: BackupManifest.Incremental?
+        var parentManifestFile: String?
+        defer { if let parentManifestFile { unlink(parentManifestFile) } }
+        if configuration.incremental {
+            let timeline = Int(facts[5] ?? "") ?? 1
+            let (parent, path) = try parentManifest(systemIdentifier: facts[2], timeline: timeline, targets: targets, key: configuration.key)
+            parentManifestFile = path
+            arguments.append("--incremental=\(path)")
+            chain = BackupManifest.Incremental(parent: parent.id, chainRoot: parent.incremental?.chainRoot ?? parent.id)
+        }
+        let file: BackupManifest.File
+        do {
+            (file, _) = try StreamCapture.run(
+                executable: pgBasebackup,
+                arguments: arguments,
+                environment: configuration.target.childEnvironment, targets: targets, key: baseKey,
+                level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "base backup \(id)", estimate: estimate,
+                observe: scanner.consume)
+        } catch let error as RecoveryError where chain != nil && error.code == .toolFailed {
+            throw explainIncrementalFailure(error, parent: chain?.parent ?? "")
+        }
         // From here on the data file is committed: any failure (a signal included) must remove it,
         // since without a manifest nothing would ever list or prune it.
+        let serverManifestKey = "backups/\(id)/\(IncrementalChain.serverManifestFileName)"
         do {
+            guard let serverManifest = scanner.captured["backup_manifest"], !serverManifest.isEmpty else {
+                throw RecoveryError(.toolFailed, "pg_basebackup's stream held no backup_manifest",
+                                    hint: "this pg_basebackup is not one we know (or runs with --no-manifest); nothing was stored")
+            }
+            let manifestFile = try StreamCapture.store(Data(serverManifest), targets: targets, key: serverManifestKey,
+                                                       level: configuration.compressionLevel, key: configuration.key)
             return try finish(configuration, id: id, startedAt: startedAt, connection: connection, facts: facts, role: role,
-                              segmentSize: segmentSize, scanner: scanner, file: file, targets: targets, programs: [basebackup])
+                              segmentSize: segmentSize, scanner: scanner, files: [file, manifestFile], chain: chain, targets: targets,
+                              programs: [basebackup])
         } catch {
-            targets.delete([baseKey])
+            targets.delete([baseKey, serverManifestKey])
             if Interruption.isRequested { CleanupLog.cleaned("removed \(baseKey)") }
             throw error
         }
@@ -75,8 +103,8 @@ public enum PhysicalCapture {
 
     /// Reads the WAL range from the captured stream and writes the manifests.
     private static func finish(_ configuration: CaptureConfiguration, id: String, startedAt: Date, connection: PostgresConnection,
-                               facts: QueryResult.Row, role: ServerRole, segmentSize: UInt64, scanner: TarScanner, file: BackupManifest.File,
-                               targets: CaptureTargets, programs: [PostgresProgram]) throws -> CaptureResult {
+                               facts: QueryResult.Row, role: ServerRole, segmentSize: UInt64, scanner: TarScanner, files: [BackupManifest.File],
+                               chain: BackupManifest.Incremental?, targets: CaptureTargets, programs: [PostgresProgram]) throws -> CaptureResult {
         let label = scanner.text("backup_label") ?? ""
         let manifestTail = scanner.text("backup_manifest") ?? ""
         var stopText = value(in: manifestTail, after: "\"End-LSN\": \"", until: "\"")
@@ -102,14 +130,87 @@ public enum PhysicalCapture {
             tool: .init(name: "dbbackup", version: DBRecoveryVersion.current),
             database: .init(name: try facts.string(0), serverVersion: try facts.string(1), systemIdentifier: facts[2]),
             startedAt: startedAt, finishedAt: Date(), tags: configuration.tags, release: configuration.release,
-            pinned: configuration.pinned, schemaVersion: try TableCounter.schemaVersion(on: connection), snapshot: nil, tables: [], files: [file])
+            pinned: configuration.pinned, schemaVersion: try TableCounter.schemaVersion(on: connection), snapshot: nil, tables: [], files: files)
         manifest.physical = physical
         manifest.fromStandby = role.inRecovery
         manifest.timeline = timeline
+        manifest.incremental = chain
         manifest.clientPrograms = programs
         try Interruption.check()
         try targets.writeManifests(manifest)
         return CaptureResult(manifest: manifest, stored: targets.succeeded, failed: targets.failures)
+    }
+
+    /// Refuses `--incremental` before anything is written when the server cannot take one: before
+    /// PostgreSQL 17, or with `summarize_wal` off (the server then keeps no record of changed blocks).
+    private static func checkIncrementalSupport(_ facts: QueryResult.Row, target: ConnectionTarget) throws {
+        let versionNumber = Int(facts[6] ?? "") ?? 0
+        guard versionNumber >= IncrementalChain.minimumServerVersionNumber else {
+            throw RecoveryError(.databaseError, "incremental base backups need PostgreSQL 17 or newer; this server is \(facts[1] ?? "older")",
+                                hint: "take a full base backup instead: dbbackup --physical (without --incremental)")
+        }
+        guard facts[7] == "on" else {
+            throw RecoveryError(.databaseError, "summarize_wal is off on \(target.redactedDescription): the server keeps no WAL summaries, which an incremental base backup is built from",
+                                hint: "ALTER SYSTEM SET summarize_wal = on; SELECT pg_reload_conf(); then take a full base backup (dbbackup --physical) for later incrementals to chain on")
+        }
+    }
+
+    /// pg_basebackup's two refusals of an incremental that have a fix of ours: WAL summaries that do
+    /// not reach back to the parent (summarize_wal turned on after it), and a client older than 17.
+    private static func explainIncrementalFailure(_ error: RecoveryError, parent: String) -> RecoveryError {
+        if error.message.contains("WAL summaries are required") {
+            return RecoveryError(.toolFailed, "\(error.message) (the server has no WAL summaries back to the parent, \(parent))",
+                                 hint: "take a full base backup (dbbackup --physical) now that summarize_wal is on; later incrementals chain on it")
+        }
+        if error.message.contains("unrecognized option") || error.message.contains("invalid option") {
+            return RecoveryError(.toolFailed, error.message,
+                                 hint: "--incremental needs pg_basebackup 17 or newer, of the server's major: pass --pg-bin DIR (or PG_BIN)")
+        }
+        return error
+    }
+
+    /// The parent of a new incremental (the newest base backup of this system, present in every
+    /// repository written to) and its pg_basebackup manifest, written to a private temporary file
+    /// for `pg_basebackup --incremental`.
+    ///
+    /// - Returns: the parent and the file's path; the caller removes the file.
+    private static func parentManifest(systemIdentifier: String?, timeline: Int, targets: CaptureTargets,
+                                       key: RepositoryKey?) throws -> (BackupManifest, String) {
+        let stores = targets.liveStores
+        guard let first = stores.first else {
+            throw RecoveryError(.repositoryError, "no repository is available to find the parent backup in")
+        }
+        let parent = try IncrementalChain.parent(systemIdentifier: systemIdentifier, timeline: timeline,
+                                                 in: try Catalog(store: first.store).manifests(), repository: first.address)
+        for other in stores.dropFirst() {
+            guard try !Catalog(store: other.store).manifests().contains(where: { $0.id == parent.id }) else { continue }
+            throw RecoveryError(.backupNotFound, "the parent base backup \(parent.id) is in \(first.address) but not in \(other.address)",
+                                hint: "take a full base backup (dbbackup --physical) into every repository, then incrementals on it")
+        }
+        guard let file = parent.files.first(where: { $0.name == IncrementalChain.serverManifestFileName }) else {
+            throw RecoveryError(.backupNotFound, "base backup \(parent.id) has no stored backup_manifest", hint: "take a full base backup first: dbbackup --physical")
+        }
+        var contents = Data()
+        try StoredFileStream.decompress(file, of: parent, from: first.store, key: key, phase: "read parent manifest", progress: nil) { chunk in
+            contents.append(contentsOf: chunk)
+        }
+        let directory = NSTemporaryDirectory().hasSuffix("/") ? NSTemporaryDirectory() : NSTemporaryDirectory() + "/"
+        var template = Array((directory + "dbbackup-parent-manifest-XXXXXX").utf8CString)
+        let descriptor = template.withUnsafeMutableBufferPointer { buffer in buffer.baseAddress.map { mkstemp($0) } ?? -1 }   // 0600
+        guard descriptor >= 0 else {
+            throw RecoveryError(.failure, "cannot create a temporary file for the parent's backup_manifest: \(String(cString: strerror(errno)))",
+                                hint: "make TMPDIR writable")
+        }
+        let path = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let handle = FileHandle(fileDescriptor: descriptor, closeOnDealloc: true)
+        do {
+            try handle.write(contentsOf: contents)
+            try handle.close()
+        } catch {
+            unlink(path)
+            throw RecoveryError(.failure, "cannot write the parent's backup_manifest to \(path): \(error)", hint: "free space in TMPDIR")
+        }
+        return (parent, path)
     }
 
     /// `16MB` → bytes. Anything that is not a plausible segment size (1 MB to 1 GB, as PostgreSQL

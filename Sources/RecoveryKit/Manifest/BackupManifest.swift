@@ -80,6 +80,20 @@ public struct BackupManifest: Codable, Equatable, Sendable {
         public var segmentSize: UInt64 { walSegmentSize ?? WALSegmentName.defaultSegmentSize }
     }
 
+    /// What an incremental base backup (PostgreSQL 17+, `pg_basebackup --incremental`) is chained on.
+    /// A restore needs every member from the root to this backup; `dbprune` keeps them all.
+    public struct Incremental: Codable, Equatable, Sendable {
+        /// The backup this one holds the changes since (full or incremental).
+        public var parent: String
+        /// The full base backup the chain starts from.
+        public var chainRoot: String
+
+        public init(parent: String, chainRoot: String) {
+            self.parent = parent
+            self.chainRoot = chainRoot
+        }
+    }
+
     public var formatVersion: Int
     public var id: String
     public var kind: Kind
@@ -98,6 +112,8 @@ public struct BackupManifest: Codable, Equatable, Sendable {
     public var files: [File]
     /// For physical backups: the WAL range they need.
     public var physical: Physical? = nil
+    /// For incremental base backups: the parent and the chain's full backup. Nil for a full one.
+    public var incremental: Incremental? = nil
     /// Other repositories written by the same run, holding the same backup.
     public var otherRepositories: [String]? = nil
     /// Logical backups: the schema as `pg_dump --schema-only` saw it in the dump's snapshot, checked
@@ -188,6 +204,9 @@ public struct BackupManifest: Codable, Equatable, Sendable {
         }
         guard !files.isEmpty else {
             throw RecoveryError(.backupCorrupt, "manifest \(source) lists no files", hint: hint)
+        }
+        for parent in [incremental?.parent, incremental?.chainRoot].compactMap({ $0 }) where !Self.isPlainName(parent) {
+            throw RecoveryError(.backupCorrupt, "manifest \(source) names an invalid parent backup '\(parent)'", hint: hint)
         }
         for file in files where !Self.isPlainName(file.name) {
             throw RecoveryError(.backupCorrupt, "manifest \(source) names a file outside its backup folder: '\(file.name)'", hint: hint)

@@ -82,6 +82,10 @@ public struct PITRPlan: Codable, Sendable {
     public var dataDirectory: String
     public var moveAsideTo: String?
     public var skipped: [Skipped]
+    /// For an incremental base backup: the chain pg_combinebackup rebuilds it from, full backup first.
+    public var chain: [String]? = nil
+    /// For a chain: about how many bytes the data directory and its staging take at the peak.
+    public var peakDiskBytes: UInt64? = nil
     /// The major of the server the base backup came from: only its own programs can start the data directory.
     public var serverMajor: Int?
     /// That major's pg_ctl (with `postgres` beside it), when found.
@@ -106,6 +110,12 @@ public struct PITRPlan: Codable, Sendable {
     public var lines: [String] {
         var lines = skipped.map { "skip base backup \($0.id): \($0.reason)" }
         lines.append("base backup: \(backupID), finished \(Timestamp.format(backupFinishedAt))")
+        if let chain, chain.count > 1 {
+            lines.append("chain:       \(chain.joined(separator: " → ")) (pg_combinebackup, one member extracted at a time)")
+        }
+        if let peakDiskBytes {
+            lines.append("disk:        about \(ByteCount.format(peakDiskBytes)) at the peak beside \(dataDirectory) (staging included)")
+        }
         lines.append("WAL:         \(firstSegment) … \(lastArchivedSegment) (\(segmentsAvailable) segments archived, no gaps)")
         lines.append("timeline:    \(timeline) (\(timelinePath))")
         lines.append("target:      \(target)")
@@ -128,6 +138,8 @@ public struct PITRReport: Codable, Sendable {
     /// Row counts per database, when started.
     public var databases: [String: [BackupManifest.TableRowCount]]
     public var durationSeconds: Double
+    /// What was done, step by step (extraction, each pg_combinebackup of a chain, recovery).
+    public var steps: [Timeline.Step] = []
 }
 
 /// Point-in-time recovery from a physical base backup and the WAL archive.
@@ -171,6 +183,11 @@ public enum PointInTimeRestore {
             if case .time(let time) = configuration.target {
                 try refuseAbandonedBranch(time, path: try history.path(to: targetTimeline), history: history)
             }
+            let chain: [BackupManifest]
+            do { chain = try IncrementalChain.members(of: backup, in: backups) } catch let error as RecoveryError {
+                skipped.append(.init(id: backup.id, reason: error.message))
+                continue
+            }
             do {
                 let path = try history.path(to: targetTimeline)
                 try checkOnPath(physical, path: path, target: targetTimeline)
@@ -189,10 +206,14 @@ public enum PointInTimeRestore {
                     }
                     moveAsideTo = configuration.dataDirectory + ".moved-" + Timestamp.compact(Date(), separator: "_", zone: "")
                 }
+                // A chain needs pg_combinebackup and pg_verifybackup: missing ones are refused here, before anything is written.
+                let needs = chain.count > 1 ? try ChainRestore.requirements(of: chain, tools: configuration.tools) : nil
                 var plan = PITRPlan(backupID: backup.id, backupFinishedAt: backup.finishedAt, firstSegment: physical.firstWalSegment,
                                     lastArchivedSegment: last, segmentsAvailable: count, target: configuration.target.description,
                                     timeline: targetTimeline, timelinePath: describe(path, from: backupTimeline),
                                     dataDirectory: configuration.dataDirectory, moveAsideTo: moveAsideTo, skipped: skipped)
+                plan.chain = chain.count > 1 ? chain.map(\.id) : nil
+                plan.peakDiskBytes = needs?.peakBytes
                 try plan.findServer(for: backup, configuration)
                 return plan
             } catch let error as RecoveryError where error.code == .backupNotFound {
@@ -336,6 +357,13 @@ public enum PointInTimeRestore {
         let reading = try StoreLock.sharedIfWritable(in: store, backupID: plan.backupID, holder: LockHolder(command: "dbrestore --pitr"))
         defer { try? reading?.release() }   // a leftover reader record only delays pruning; dbprune removes it once we are gone
         let manifest = try Catalog(store: store).resolve(plan.backupID)
+        // An incremental needs every earlier member of its chain; each gets a reader lock too.
+        let chain = manifest.incremental == nil ? [manifest] : try IncrementalChain.members(of: manifest, in: try Catalog(store: store).manifests())
+        var memberLocks: [StoreLock] = []
+        defer { for lock in memberLocks { try? lock.release() } }
+        for member in chain.dropLast() {
+            if let lock = try StoreLock.sharedIfWritable(in: store, backupID: member.id, holder: LockHolder(command: "dbrestore --pitr")) { memberLocks.append(lock) }
+        }
         let directory = configuration.dataDirectory
         if let aside = plan.moveAsideTo {
             try timeline.step("move \(directory) aside to \(aside)") {
@@ -344,13 +372,12 @@ public enum PointInTimeRestore {
                 }
             }
         }
-        try timeline.step("extract base backup \(manifest.id) into \(directory)") {
-            do {
-                try extract(manifest, from: store, into: directory, key: configuration.key, progress: progress)
-            } catch {
-                try? FileManager.default.removeItem(atPath: directory)
-                throw error
-            }
+        do {
+            try ChainRestore.materialize(chain, from: store, into: directory, key: configuration.key, tools: configuration.tools,
+                                         timeline: timeline, progress: progress)
+        } catch {
+            try? FileManager.default.removeItem(atPath: directory)
+            throw error
         }
         try timeline.step("configure recovery (\(configuration.target))") {
             try writeRecoverySettings(configuration, backupID: manifest.id, timeline: plan.timeline)
@@ -361,6 +388,7 @@ public enum PointInTimeRestore {
                                segmentSize: manifest.physical?.segmentSize ?? WALSegmentName.defaultSegmentSize)
         }
         report.durationSeconds = Date().timeIntervalSince(timeline.startedAt)
+        report.steps = timeline.steps
         return report
     }
 
@@ -370,7 +398,7 @@ public enum PointInTimeRestore {
     }
 
     /// base.tar.gz → sha256 + gunzip → `tar -x`.
-    private static func extract(_ manifest: BackupManifest, from store: BackupStore, into directory: String, key: RepositoryKey?,
+    static func extract(_ manifest: BackupManifest, from store: BackupStore, into directory: String, key: RepositoryKey?,
                                 progress: ProgressObserver?) throws {
         guard let file = manifest.files.first(where: { $0.name == PhysicalCapture.baseFileName }) else {
             throw RecoveryError(.backupCorrupt, "backup \(manifest.id) has no \(PhysicalCapture.baseFileName)")

@@ -22,6 +22,8 @@ public struct BackupSummary: Codable, Sendable {
     /// Taken from a hot standby, and on which timeline (nil from manifests that predate them).
     public var fromStandby: Bool?
     public var timeline: Int?
+    /// Incremental base backups: the parent and the chain's full backup.
+    public var incremental: BackupManifest.Incremental?
 
     public init(manifest: BackupManifest, repository: String) {
         id = manifest.id
@@ -43,11 +45,13 @@ public struct BackupSummary: Codable, Sendable {
         otherRepositories = manifest.otherRepositories
         fromStandby = manifest.fromStandby
         timeline = manifest.timeline
+        incremental = manifest.incremental
     }
 
     /// One line for a person: `backup X of app: 12 tables, 1.2M rows, 80 MiB → 12 MiB in 3.2 s`.
     public var humanDescription: String {
         "backup \(id) of \(database): \(tables) tables, \(totalRows) rows, \(ByteCount.format(rawBytes)) → \(ByteCount.format(storedBytes)) in \(String(format: "%.1f", durationSeconds)) s"
             + (fromStandby == true ? " (from a standby, timeline \(timeline ?? 1))" : "")
+            + (incremental.map { ", incremental on \($0.parent)" } ?? "")
     }
 }

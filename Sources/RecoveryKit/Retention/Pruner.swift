@@ -133,6 +133,7 @@ public enum Pruner {
                 decisions[index].keptBy.append("being read")
             }
         }
+        protectChains(&decisions, manifests: manifests)
         // A dry run holds no lock, so a backup being written now may be found half-written: it is in progress.
         let writer: LockHolder? = configuration.dryRun ? try StoreLock.writer(in: store) : nil
         let garbage = findGarbage(objects: objects, withManifest: Set(entries.map(\.id)), policy: configuration.policy,
@@ -162,6 +163,9 @@ public enum Pruner {
             for (index, decision) in decisions.enumerated() where decision.action == .delete {
                 try Interruption.check()   // between backups, never between a manifest and its data
                 guard let manifest = byID[decision.id] else { continue }
+                // A backup kept for a reader after planning keeps its chain too.
+                protectChains(&decisions, manifests: manifests)
+                guard decisions[index].action == .delete else { continue }
                 let folder = manifest.folderKey + "/"
                 let manifestKey = folder + BackupManifest.fileName
                 let others = objects.map(\.key).filter { $0.hasPrefix(folder) && $0 != manifestKey }
@@ -201,6 +205,18 @@ public enum Pruner {
         report.beingRead = beingRead
         report.notes = notes
         return report
+    }
+
+    /// Keeps every backup a kept incremental depends on ("parent of <id>"): deleting one would leave
+    /// the incremental unrestorable.
+    static func protectChains(_ decisions: inout [RetentionDecision], manifests: [BackupManifest]) {
+        let kept = Set(decisions.filter { $0.action != .delete }.map(\.id))
+        let needed = IncrementalChain.parentsNeeded(byKept: kept, in: manifests)
+        for index in decisions.indices where decisions[index].action == .delete {
+            guard let child = needed[decisions[index].id] else { continue }
+            decisions[index].action = .keep
+            decisions[index].keptBy.append("parent of \(child)")
+        }
     }
 
     /// The live readers of a backup as one phrase, or nil when none; stale reader records are removed and noted.

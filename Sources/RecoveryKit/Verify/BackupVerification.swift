@@ -12,20 +12,49 @@ public enum BackupVerification {
                              environment: [String: String] = ProcessInfo.processInfo.environment) throws -> [FileVerifier.Report] {
         let store = try Repository.open(repository, create: false, environment: environment)
         let catalog = Catalog(store: store)
+        let entries = try catalog.entries()
+        let manifests = entries.compactMap(\.manifest)
         if backup == "all" {
-            return try catalog.entries().map { entry in
+            return entries.map { entry in
                 guard let manifest = entry.manifest else {
                     return FileVerifier.Report(id: entry.id, files: [.init(name: BackupManifest.fileName, ok: false, problem: entry.problem)])
                 }
+                var report: FileVerifier.Report
                 do {
-                    return try FileVerifier.verify(manifest, in: store, cipherKey: key, progress: progress)
+                    report = try FileVerifier.verify(manifest, in: store, cipherKey: key, progress: progress)
                 } catch {
                     let problem = "cannot be read: \(RecoveryError.classify(error).message)"
-                    return FileVerifier.Report(id: entry.id, files: manifest.files.map { .init(name: $0.name, ok: false, problem: problem) })
+                    report = FileVerifier.Report(id: entry.id, files: manifest.files.map { .init(name: $0.name, ok: false, problem: problem) })
                 }
+                // Every member is checked in its own row; a missing one makes its incrementals unrestorable.
+                if let problem = chainProblem(of: manifest, in: manifests) { report.files.append(problem) }
+                return report
             }
         }
-        return [try FileVerifier.verify(try catalog.resolve(backup), in: store, cipherKey: key, progress: progress)]
+        let manifest = try catalog.resolve(backup)
+        guard manifest.incremental != nil else {
+            return [try FileVerifier.verify(manifest, in: store, cipherKey: key, progress: progress)]
+        }
+        // An incremental is only as good as its chain: every member, full backup first.
+        if let problem = chainProblem(of: manifest, in: manifests) {
+            var report = try FileVerifier.verify(manifest, in: store, cipherKey: key, progress: progress)
+            report.files.append(problem)
+            return [report]
+        }
+        return try IncrementalChain.members(of: manifest, in: manifests).map {
+            try FileVerifier.verify($0, in: store, cipherKey: key, progress: progress)
+        }
+    }
+
+    /// A row naming the member an incremental's chain lacks, or nil when the chain is complete.
+    private static func chainProblem(of manifest: BackupManifest, in manifests: [BackupManifest]) -> FileVerifier.FileResult? {
+        guard manifest.incremental != nil else { return nil }
+        do {
+            _ = try IncrementalChain.members(of: manifest, in: manifests)
+            return nil
+        } catch {
+            return .init(name: "chain", ok: false, problem: RecoveryError.classify(error).message)
+        }
     }
 
     /// Compares the live database's row counts with one backup's manifest.

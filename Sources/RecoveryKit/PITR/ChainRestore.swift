@@ -1,0 +1,100 @@
+import BackupStorage
+import Foundation
+import ProcessSignals
+
+/// Rebuilds a data directory from a chain of incremental base backups with `pg_combinebackup`.
+///
+/// Members are streamed from the repository (local or S3) one at a time and combined pairwise:
+/// the full backup, then each incremental on the result so far. So at most three trees exist at
+/// once — the result so far, one extracted incremental, and the next result — instead of every
+/// member. Where `pg_combinebackup --link` exists (PostgreSQL 18) unchanged files are hard links
+/// into the result so far, which is deleted after each step: the peak is then about the final
+/// data directory plus one incremental. Without it (17) the peak is about twice the data directory
+/// plus one incremental. Staging lives beside the data directory (same file system, for links).
+enum ChainRestore {
+    /// Extracts `chain` (root first) into `directory`, which must be new or empty.
+    ///
+    /// - Throws: `RecoveryError`; everything staged is removed, and so is `directory` (by the caller).
+    static func materialize(_ chain: [BackupManifest], from store: BackupStore, into directory: String, key: RepositoryKey?,
+                            tools: PostgresTools, timeline: Timeline, progress: ProgressObserver?) throws {
+        guard let root = chain.first, let last = chain.last else { return }
+        guard chain.count > 1 else {
+            return try timeline.step("extract base backup \(root.id) into \(directory)") {
+                try PointInTimeRestore.extract(root, from: store, into: directory, key: key, progress: progress)
+            }
+        }
+        let combine = try tools.path(of: "pg_combinebackup")
+        let links = try supportsLinks(combine)
+        let staging = directory.hasSuffix("/") ? String(directory.dropLast()) : directory
+        let stagingDirectory = staging + ".dbrestore-chain-" + Timestamp.compact(Date(), separator: "_", zone: "")
+        try FileManager.default.createDirectory(atPath: stagingDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        defer {
+            try? FileManager.default.removeItem(atPath: stagingDirectory)
+            if Interruption.isRequested { CleanupLog.cleaned("removed \(stagingDirectory)") }
+        }
+        var current = stagingDirectory + "/0-" + root.id
+        try timeline.step("extract full base backup \(root.id) (chain root) into \(current)") {
+            try PointInTimeRestore.extract(root, from: store, into: current, key: key, progress: progress)
+        }
+        for (index, member) in chain.enumerated().dropFirst() {
+            let extracted = stagingDirectory + "/\(index)-" + member.id
+            try timeline.step("extract incremental \(member.id) into \(extracted)") {
+                try PointInTimeRestore.extract(member, from: store, into: extracted, key: key, progress: progress)
+            }
+            let isLast = member.id == last.id
+            let output = isLast ? directory : stagingDirectory + "/combined-\(index)"
+            if isLast { rmdir(directory) }   // empty by the plan's check; pg_combinebackup creates it
+            var arguments = [current, extracted, "--output", output]
+            if links { arguments.append("--link") }
+            if !isLast { arguments.append("--no-sync") }   // an intermediate result is deleted in a moment
+            try timeline.step("pg_combinebackup \(isLast ? "into \(directory)" : "step \(index) of \(chain.count - 1)")\(links ? " (--link)" : "")") {
+                try run(combine, arguments, failure: "combining \(member.id) with the backups before it failed")
+            }
+            try FileManager.default.removeItem(atPath: current)
+            try FileManager.default.removeItem(atPath: extracted)
+            current = output
+        }
+        chmod(directory, 0o700)
+        // pg_combinebackup wrote a backup_manifest for what it built: check every file against it
+        // before recovery settings are added (WAL comes from the archive later, so it is not parsed).
+        let verify = try tools.path(of: "pg_verifybackup")
+        try timeline.step("pg_verifybackup the rebuilt data directory") {
+            try run(verify, ["--no-parse-wal", "--quiet", directory], failure: "the data directory rebuilt from chain \(chain.map(\.id).joined(separator: " → ")) does not match its backup_manifest")
+        }
+    }
+
+    /// What a restore of `chain` needs, checked by the plan before anything is written:
+    /// pg_combinebackup (found, or the error naming `--pg-bin`), whether it links, and about how much
+    /// disk the data directory and staging take at the peak (from the members' tar sizes).
+    static func requirements(of chain: [BackupManifest], tools: PostgresTools) throws -> (links: Bool, peakBytes: UInt64) {
+        let size = { (manifest: BackupManifest) in manifest.files.first { $0.name == PhysicalCapture.baseFileName }?.rawBytes ?? 0 }
+        guard chain.count > 1, let root = chain.first else { return (false, chain.first.map(size) ?? 0) }
+        let links = try supportsLinks(try tools.path(of: "pg_combinebackup"))
+        _ = try tools.path(of: "pg_verifybackup")
+        let largestIncrement = chain.dropFirst().map(size).max() ?? 0
+        // The result so far, one extracted incremental, and the next result (which, with links,
+        // shares every unchanged file with the result so far).
+        return (links, size(root) * (links ? 1 : 2) + largestIncrement)
+    }
+
+    /// Whether this pg_combinebackup hard-links unchanged files (`--link`, PostgreSQL 18+).
+    private static func supportsLinks(_ combine: String) throws -> Bool {
+        let child = try ChildProcess(executable: combine, arguments: ["--help"], stdin: .null, stdout: .pipe, stderr: .null)
+        let output = OutputCollector(descriptor: child.standardOutput, limit: 64 * 1024)
+        _ = child.waitForExit()
+        return output.finish().contains("--link")
+    }
+
+    /// Runs pg_combinebackup or pg_verifybackup; a failure names `failure` and the program's own message.
+    private static func run(_ program: String, _ arguments: [String], failure: String) throws {
+        let child = try ChildProcess(executable: program, arguments: arguments, stdin: .null, stdout: .null, stderr: .pipe)
+        let errors = OutputCollector(descriptor: child.standardError)
+        let termination = child.waitForExit()
+        try Interruption.check()
+        guard termination.succeeded else {
+            let name = (program as NSString).lastPathComponent
+            throw RecoveryError(.restoreFailed, "\(failure): \(name) \(termination.description): \(errors.mostRelevantLine() ?? "no message")",
+                                hint: "\(name) must be of the backups' major version (--pg-bin DIR); dbverify --files <id> checks the chain's stored files; the data directory was removed, nothing was started")
+        }
+    }
+}

@@ -1,0 +1,70 @@
+import Foundation
+import PostgresClient
+import RecoveryKit
+import TestSupport
+import XCTest
+
+/// What the physical backup and point-in-time recovery tests share: tools run as the server's OS
+/// user, directories it owns, archive waits, and `dbrestore --pitr --start` into a fresh directory.
+extension XCTestCase {
+    /// Runs one of our tools as the PostgreSQL OS user when the tests run as root (the server and
+    /// its archive_command run as that user, and so must whoever owns the archive and data directories).
+    func asOwner(_ tool: String, _ arguments: [String], cluster: PostgresCluster, environment: [String: String] = [:]) throws -> TestProcess.Result {
+        var merged = cluster.environment
+        merged.merge(environment) { _, new in new }
+        if getuid() == 0 {
+            return try TestProcess.run("/usr/bin/setpriv", ["--reuid=postgres", "--regid=postgres", "--init-groups", TestPaths.executable(tool)] + arguments,
+                                       environment: merged)
+        }
+        return try TestProcess.run(TestPaths.executable(tool), arguments, environment: merged)
+    }
+
+    func ownedDirectory(_ prefix: String) -> String {
+        let path = TestPaths.temporaryDirectory(prefix: prefix)
+        if getuid() == 0 { chownToPostgres(path) }
+        return path
+    }
+
+    func chownToPostgres(_ path: String) {
+        _ = try? TestProcess.run("/bin/chown", ["-R", "postgres:postgres", path])
+    }
+
+    func freePort() throws -> Int {
+        let result = try TestProcess.run("/usr/bin/env", ["python3", "-c", "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"])
+        return Int(result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+    }
+
+    /// Stops a server dbrestore started, by the PID in its postmaster.pid.
+    func stopServer(_ directory: String) {
+        guard let text = try? String(contentsOfFile: directory + "/postmaster.pid", encoding: .utf8),
+              let pid = Int32(text.split(separator: "\n").first ?? "") else { return }
+        kill(pid, SIGINT)
+        for _ in 0..<100 where kill(pid, 0) == 0 { usleep(100_000) }
+    }
+
+    func waitForArchive(_ connection: PostgresConnection) throws {
+        let segment = try connection.query("SELECT pg_walfile_name(pg_switch_wal())").scalar ?? ""
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline {
+            let last = try connection.query("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver").scalar ?? ""
+            if last >= segment { return }
+            usleep(100_000)
+        }
+        XCTFail("WAL segment \(segment) was never archived")
+    }
+
+    func recover(_ target: [String], repository: String, cluster: PostgresCluster, environment: [String: String] = [:]) throws -> (TestProcess.Result, String, Int) {
+        let parent = ownedDirectory("pitr-target")
+        let directory = parent + "/data"
+        let port = try freePort()
+        let result = try asOwner("dbrestore", ["--pitr", "--pgdata", directory, "--repo", repository, "--port", String(port), "--start", "--json",
+                                               "--database-url", "postgresql://postgres@127.0.0.1/postgres"] + target,
+                                 cluster: cluster, environment: environment)
+        return (result, directory, port)
+    }
+
+    func counts(port: Int, database: String, cluster: PostgresCluster) throws -> [String: String] {
+        let connection = try PostgresConnection(target: try ConnectionTarget("postgresql://postgres@127.0.0.1:\(port)/\(database)").with("password", cluster.password))
+        return Dictionary(uniqueKeysWithValues: try connection.query("SELECT batch, count(*)::text FROM items GROUP BY batch").rows.map { ($0[0] ?? "", $0[1] ?? "") })
+    }
+}
