@@ -85,6 +85,17 @@ public final class LocalStore: BackupStore {
         return LocalFileReader(descriptor: descriptor, path: path)
     }
 
+    public func objectInfo(_ key: String) throws -> StoredObject {
+        let path = try self.path(for: key)
+        var info = stat()
+        guard stat(path, &info) == 0 else { throw Self.error(errno, path: path, doing: "stat") }
+        guard info.st_mode & S_IFMT == S_IFREG else {
+            throw StorageError(.io, object: path, message: "is not a regular file", hint: "the repository was changed by hand; restore the file from another copy")
+        }
+        return StoredObject(key: key, size: UInt64(info.st_size),
+                            modified: Date(timeIntervalSince1970: TimeInterval(info.st_mtim.tv_sec) + TimeInterval(info.st_mtim.tv_nsec) / 1e9))
+    }
+
     public func delete(_ keys: [String]) throws {
         var touchedDirectories: [String] = []
         for key in keys {
@@ -386,7 +397,10 @@ final class LocalFileReader: ObjectReader {
     func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         while true {
             let count = Glibc.read(descriptor, buffer.baseAddress, buffer.count)
-            if count >= 0 { return count }
+            if count >= 0 {
+                RepositoryReads.shared.add(count)
+                return count
+            }
             if errno != EINTR { throw LocalStore.error(errno, path: path, doing: "read") }
         }
     }

@@ -80,8 +80,9 @@ public struct PruneCommand: ParsableCommand {
                 try Confirmation.ask("dbprune will delete \(deletions) from \(plan.repository) (dbprune --dry-run lists them)",
                                      refusal: "dbprune would delete \(deletions) from \(plan.repository)")
             }
-            reports.append(try Pruner.run(PruneConfiguration(repository: address, policy: policy, dryRun: dryRun, now: now, confirm: confirm),
-                                          progress: output.progress))
+            var configuration = PruneConfiguration(repository: address, policy: policy, dryRun: dryRun, now: now, confirm: confirm)
+            if let interval = try ConfigFile.current()?.reverifyAfter { configuration.reverifyAfter = interval }
+            reports.append(try Pruner.run(configuration, progress: output.progress))
         }
         if output.json {
             if reports.count == 1 { try printJSON(reports[0]) } else { try printJSON(reports) }
@@ -116,6 +117,7 @@ public struct PruneCommand: ParsableCommand {
             output.note("kept backup \(item) (a restore is streaming it; the next dbprune deletes it)")
         }
         for note in report.notes { output.note(note) }
+        if let verification = report.verification { output.note("newest verified: \(verification)") }
         for problem in report.unverified {
             output.note("warning: backup \(problem) — kept only if a rule keeps it; dbverify --files tells more")
         }

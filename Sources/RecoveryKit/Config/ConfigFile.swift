@@ -19,6 +19,11 @@ public struct ConfigFile: Equatable, Sendable {
     public var keepPreRestore: Int?
     /// `[restore] keep_pre_restore_within`: `dbrestore cleanup` also keeps copies younger than this (e.g. `7d`).
     public var keepPreRestoreWithin: String?
+    /// `[prune] reverify_after`: how long dbprune trusts its record of having read a backup in full
+    /// (default 7 days) before it reads the newest backup again.
+    public var reverifyAfter: RetentionDuration?
+    /// `[wal] spool`: the spool directory of `dbbackup wal-push --async`.
+    public var walSpool: String?
     /// `[repositories]`: named repositories (e.g. `local`, `offsite`) that one backup run writes to.
     public var repositories: [String: String] = [:]
 
@@ -46,7 +51,7 @@ public struct ConfigFile: Equatable, Sendable {
         }
         let known: [String: [String]] = ["": ["database_url", "repo", "pg_bin", "metrics_file", "notify_url"], "s3": ["endpoint", "region"],
                                          "retention": ["policy"], "migrations": ["dir"], "repositories": [],
-                                         "restore": ["keep_pre_restore", "keep_pre_restore_within"]]
+                                         "restore": ["keep_pre_restore", "keep_pre_restore_within"], "prune": ["reverify_after"], "wal": ["spool"]]
         var config = ConfigFile(path: path)
         func text(_ value: TOMLValueConvertible, _ key: String) throws -> String {
             guard let text = value.string else { throw RecoveryError(.configuration, "config file \(path): \(key) must be a string") }
@@ -55,7 +60,7 @@ public struct ConfigFile: Equatable, Sendable {
         for key in table.keys {
             if let section = table[key]?.table {
                 guard let allowed = known[key] else {
-                    throw RecoveryError(.configuration, "config file \(path): unknown section [\(key)]", hint: "sections: [s3], [retention], [migrations], [restore], [repositories]")
+                    throw RecoveryError(.configuration, "config file \(path): unknown section [\(key)]", hint: "sections: [s3], [retention], [migrations], [restore], [prune], [wal], [repositories]")
                 }
                 if key == "repositories" {
                     for (name, value) in section { config.repositories[name] = try text(value, "[repositories] \(name)") }
@@ -76,6 +81,14 @@ public struct ConfigFile: Equatable, Sendable {
                         }
                         config.keepPreRestore = count
                     case ("restore", "keep_pre_restore_within"): config.keepPreRestoreWithin = try text(value, inner)
+                    case ("wal", "spool"): config.walSpool = try text(value, inner)
+                    case ("prune", "reverify_after"):
+                        let written = try text(value, "[prune] reverify_after")
+                        guard let duration = RetentionDuration.parse(written) else {
+                            throw RecoveryError(.configuration, "config file \(path): [prune] reverify_after = \"\(written)\" is not a duration",
+                                                hint: "write hours, days or weeks, e.g. reverify_after = \"7d\"")
+                        }
+                        config.reverifyAfter = duration
                     default: config.migrationsDirectory = try text(value, inner)
                     }
                 }

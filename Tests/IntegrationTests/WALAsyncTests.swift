@@ -1,0 +1,146 @@
+@testable import BackupStorage
+import Foundation
+import RecoveryKit
+import TestSupport
+import XCTest
+
+/// Issue 21 item 4: `wal-push --async` through S3 with 50 ms added to every request acknowledges
+/// a segment (exit 0) only once it is stored, byte-exact; a killed pusher acknowledges nothing it
+/// did not store and a rerun finishes; `wal-fetch --prefetch` serves exactly what was archived.
+final class WALAsyncTests: XCTestCase {
+    var s3: S3Server!
+    var bucket: String!
+    var work: String!
+
+    override func setUpWithError() throws {
+        s3 = try S3Server.shared()
+        bucket = try s3.createBucket()
+        work = TestPaths.temporaryDirectory(prefix: "walasync")
+    }
+
+    private var repository: String { "s3://\(bucket!)/wal" }
+
+    private func store() throws -> S3Store {
+        S3Store(configuration: try S3Settings.configuration(bucket: bucket, environment: s3.environment()), prefix: "wal")
+    }
+
+    /// `count` segments of 256 KiB (distinct, partly compressible) in a pg_wal-like directory, each
+    /// marked ready as PostgreSQL marks them.
+    private func makeSegments(_ count: Int) throws -> [String] {
+        let directory = work + "/pg_wal"
+        try FileManager.default.createDirectory(atPath: directory + "/archive_status", withIntermediateDirectories: true)
+        return try (1...count).map { index in
+            let name = String(format: "00000001000000000000%04X", index)
+            var generator = SystemRandomNumberGenerator()
+            let bytes = (0..<262_144).map { offset in offset % 4 == 0 ? UInt8.random(in: 0...255, using: &generator) : UInt8(truncatingIfNeeded: index) }
+            try Data(bytes).write(to: URL(fileURLWithPath: "\(directory)/\(name)"))
+            _ = FileManager.default.createFile(atPath: "\(directory)/archive_status/\(name).ready", contents: nil)
+            return name
+        }
+    }
+
+    /// What the archive holds for `name`, read past the proxy and decompressed by gzip itself; nil when nothing.
+    private func archived(_ name: String) throws -> Data? {
+        guard let stored = try? store().read(try WALArchive.key(for: name)) else { return nil }
+        let compressed = "\(work!)/\(name).archived.gz"
+        try stored.write(to: URL(fileURLWithPath: compressed))
+        let gunzip = try TestProcess.run("/bin/gzip", ["-df", compressed])
+        XCTAssertEqual(gunzip.status, 0, "\(name): \(gunzip.standardError)")
+        defer { try? FileManager.default.removeItem(atPath: "\(work!)/\(name).archived") }
+        return FileManager.default.contents(atPath: "\(work!)/\(name).archived")
+    }
+
+    /// One archive_command call, as PostgreSQL makes it; on success the segment is marked done.
+    private func push(_ name: String, proxy: FaultProxy, spool: String, timeout: Int = 60) throws -> TestProcess.Result {
+        let result = try TestProcess.tool("dbbackup", ["wal-push", "\(work!)/pg_wal/\(name)", "--async", "--spool", spool, "--repo", repository,
+                                                       "--jobs", "8", "--timeout", String(timeout)],
+                                          environment: s3.environment(endpoint: proxy.endpoint))
+        if result.status == 0 {
+            try? FileManager.default.moveItem(atPath: "\(work!)/pg_wal/archive_status/\(name).ready", toPath: "\(work!)/pg_wal/archive_status/\(name).done")
+        }
+        return result
+    }
+
+    func testAsyncPushAcknowledgesOnlyStoredSegmentsAndSurvivesAKilledPusher() throws {
+        let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--delay", "0.05"])
+        defer { proxy.stop() }
+        let names = try makeSegments(20)
+        let spool = work + "/spool"
+        var acknowledged = 0
+        var killed = false
+        for name in names {
+            let result = try push(name, proxy: proxy, spool: spool, timeout: 5)
+            if result.status == 0 {
+                acknowledged += 1
+                // Acknowledged means stored: checked at once, past the proxy.
+                XCTAssertEqual(try archived(name), FileManager.default.contents(atPath: "\(work!)/pg_wal/\(name)"), "\(name) acknowledged but not stored")
+            } else {
+                XCTAssertEqual(result.status, ExitStatus.repositoryError.rawValue, result.standardError)
+            }
+            if !killed, name == names[4] {
+                // Kill the pusher while it is uploading the segments queued ahead.
+                let pid = try XCTUnwrap(Int32(String(decoding: try Data(contentsOf: URL(fileURLWithPath: spool + "/pusher.pid")), as: UTF8.self)))
+                XCTAssertEqual(kill(pid, SIGKILL), 0)
+                killed = true
+            }
+        }
+        XCTAssertGreaterThan(acknowledged, 0)
+        // The rerun PostgreSQL makes for whatever was not acknowledged finishes it.
+        for name in names where FileManager.default.fileExists(atPath: "\(work!)/pg_wal/archive_status/\(name).ready") {
+            let result = try push(name, proxy: proxy, spool: spool)
+            XCTAssertEqual(result.status, 0, result.standardError)
+        }
+        for name in names {
+            XCTAssertEqual(try archived(name), FileManager.default.contents(atPath: "\(work!)/pg_wal/\(name)"), "\(name) stored byte-exact")
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: spool + "/queue"), [], "nothing left queued")
+    }
+
+    func testAPushErrorIsReportedAndNotAcknowledged() throws {
+        let proxy = try FaultProxy(upstreamPort: s3.port, arguments: [])
+        defer { proxy.stop() }
+        let names = try makeSegments(1)
+        let spool = work + "/spool"
+        // The same name already archived with other content: the pusher's error reaches archive_command.
+        try store().write(try WALArchive.key(for: names[0]), contents: Data("not this segment".utf8))
+        let result = try push(names[0], proxy: proxy, spool: spool, timeout: 20)
+        XCTAssertEqual(result.status, ExitStatus.repositoryError.rawValue, result.standardError)
+        XCTAssertTrue(result.standardError.contains("was not archived"), result.standardError)
+
+        let other = try TestProcess.tool("dbbackup", ["wal-push", "\(work!)/pg_wal/\(names[0])", "--async", "--spool", spool, "--repo", "\(work!)/elsewhere"])
+        XCTAssertEqual(other.status, ExitStatus.usage.rawValue, "a spool serves one repository: \(other.standardError)")
+    }
+
+    func testPrefetchServesExactlyWhatWasArchived() throws {
+        let names = try makeSegments(12)
+        for name in names {
+            let result = try TestProcess.tool("dbbackup", ["wal-push", "\(work!)/pg_wal/\(name)", "--repo", repository], environment: s3.environment())
+            XCTAssertEqual(result.status, 0, result.standardError)
+        }
+        let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--delay", "0.05"])
+        defer { proxy.stop() }
+        let restoreDirectory = work + "/restore/pg_wal"
+        try FileManager.default.createDirectory(atPath: restoreDirectory, withIntermediateDirectories: true)
+        let spool = restoreDirectory + "/dbrecovery-prefetch"
+        for (index, name) in names.enumerated() {
+            if index == 3 {
+                // Wait for the prefetcher to hold the next segment, then damage that spool copy: it is
+                // not served as it is, the segment is fetched again.
+                let spooled = "\(spool)/segments/\(names[4]).gz"
+                let deadline = Date().addingTimeInterval(20)
+                while !FileManager.default.fileExists(atPath: spooled) && Date() < deadline { usleep(50_000) }
+                var data = try Data(contentsOf: URL(fileURLWithPath: spooled))
+                data[data.count / 2] ^= 0x20
+                try data.write(to: URL(fileURLWithPath: spooled))
+            }
+            let result = try TestProcess.tool("dbrestore", ["wal-fetch", name, restoreDirectory + "/RECOVERYXLOG", "--prefetch", "4", "--repo", repository],
+                                              environment: s3.environment(endpoint: proxy.endpoint))
+            XCTAssertEqual(result.status, 0, result.standardError)
+            XCTAssertEqual(FileManager.default.contents(atPath: restoreDirectory + "/RECOVERYXLOG"),
+                           FileManager.default.contents(atPath: "\(work!)/pg_wal/\(name)"), "\(name) served byte-exact")
+        }
+        let missing = try TestProcess.tool("dbrestore", ["wal-fetch", "000000010000000000000FFF", restoreDirectory + "/RECOVERYXLOG", "--prefetch", "4",
+                                                         "--repo", repository], environment: s3.environment(endpoint: proxy.endpoint))
+        XCTAssertEqual(missing.status, ExitStatus.failure.rawValue, "not in the archive: recovery ends there")
+    }
+}
