@@ -108,8 +108,11 @@ struct WALSpool {
         posix_spawn_file_actions_addopen(&actions, 2, path(log), O_WRONLY | O_CREAT | O_APPEND, 0o600)
         let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
+        // This process's environment as it is now (the repository options set AWS_ENDPOINT_URL_S3).
+        let environment: [UnsafeMutablePointer<CChar>?] = ProcessInfo.processInfo.environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { environment.forEach { free($0) } }
         var pid: pid_t = 0
-        let status = posix_spawn(&pid, executable, &actions, &attributes, argv, environ)
+        let status = posix_spawn(&pid, executable, &actions, &attributes, argv, environment)
         guard status == 0 else {
             throw RecoveryError(.failure, "cannot start the background WAL worker \(executable): \(String(cString: strerror(status)))")
         }
