@@ -23,11 +23,13 @@ let package = Package(
         // cancellation every layer observes; depends on nothing else, so every module may use it.
         .target(name: "CSignalPipe"),
         .target(name: "ProcessSignals", dependencies: ["CSignalPipe"]),
+        // The one UTC timestamp formatter (ISO 8601, compact ids, PostgreSQL input); depends on nothing.
+        .target(name: "UTCTime"),
         .target(name: "PostgresClient", dependencies: ["CLibPQ", "ProcessSignals"]),
         .target(name: "Gzip", dependencies: ["CZlib"]),
-        .target(name: "BackupStorage", dependencies: ["ProcessSignals", .product(name: "Crypto", package: "swift-crypto")]),
+        .target(name: "BackupStorage", dependencies: ["ProcessSignals", "UTCTime", .product(name: "Crypto", package: "swift-crypto")]),
         .target(name: "RecoveryKit", dependencies: [
-            "PostgresClient", "Gzip", "BackupStorage", "ProcessSignals",
+            "PostgresClient", "Gzip", "BackupStorage", "ProcessSignals", "UTCTime",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "TOMLKit", package: "TOMLKit"),
         ]),
@@ -49,5 +51,5 @@ let package = Package(
                                                                   .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .testTarget(name: "IntegrationTests", dependencies: ["RecoveryKit", "BackupStorage", "TestSupport", "PostgresClient"]),
     ],
-    swiftLanguageModes: [.v5]
+    swiftLanguageModes: [.v6]
 )

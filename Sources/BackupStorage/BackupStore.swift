@@ -1,4 +1,5 @@
 import Foundation
+import UTCTime
 
 /// One place where backups live: a local directory or an S3 prefix, with the same key layout.
 ///
@@ -203,8 +204,7 @@ public struct LockHolder: Codable, Sendable, Equatable, CustomStringConvertible 
     }
 
     public var description: String {
-        let formatter = ISO8601DateFormatter()
-        return "\(command) (pid \(pid) on \(host), since \(formatter.string(from: since)))"
+        "\(command) (pid \(pid) on \(host), since \(Timestamp.format(since)))"
     }
 }
 

@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import Synchronization
 internal import CZlib
 
 /// Compresses a stream on several cores into ONE gzip member, the way pigz does: the input is cut
@@ -15,6 +16,7 @@ internal import CZlib
 /// only wait, filled, to be written out.
 final class ParallelDeflate {
     /// One block's buffers and zlib state; owned by the writer except while a worker compresses it.
+    // @unchecked Sendable: one owner at a time — the writer fills it, one worker compresses it, `done` hands it back.
     private final class Slot: @unchecked Sendable {
         let input: UnsafeMutableBufferPointer<UInt8>
         var inputCount = 0
@@ -191,28 +193,17 @@ final class ParallelDeflate {
 }
 
 /// Counts blocks compressing right now and remembers the peak.
-private final class ConcurrencyGauge: @unchecked Sendable {
-    // Safe: both counters are only touched under `lock`.
-    private let lock = NSLock()
-    private var current = 0
-    private var highest = 0
+private final class ConcurrencyGauge: Sendable {
+    private let counts = Mutex<(current: Int, highest: Int)>((0, 0))
 
     func enter() {
-        lock.lock()
-        current += 1
-        highest = max(highest, current)
-        lock.unlock()
+        counts.withLock {
+            $0.current += 1
+            $0.highest = max($0.highest, $0.current)
+        }
     }
 
-    func leave() {
-        lock.lock()
-        current -= 1
-        lock.unlock()
-    }
+    func leave() { counts.withLock { $0.current -= 1 } }
 
-    var peak: Int {
-        lock.lock()
-        defer { lock.unlock() }
-        return highest
-    }
+    var peak: Int { counts.withLock { $0.highest } }
 }

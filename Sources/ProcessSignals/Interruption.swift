@@ -105,8 +105,7 @@ public struct InterruptedError: Error, CustomStringConvertible, Sendable {
 }
 
 /// One registered interrupt hook; removes itself when released.
-public final class InterruptHook: @unchecked Sendable {
-    // Safe: `registry` is itself locked, and `identifier` is immutable.
+public final class InterruptHook: Sendable {
     private let registry: HookRegistry
     private let identifier: Int
 

@@ -148,17 +148,7 @@ public struct RestoreBackupCommand: ParsableCommand {
     }
 
     /// `2024-01-15 10:00:00` (UTC), with optional fraction and offset, or ISO 8601.
-    static func parseTime(_ text: String) -> Date? {
-        if let date = Timestamp.parse(text) { return date }
-        let formatter = DateFormatter()
-        formatter.locale = Locale(identifier: "en_US_POSIX")
-        formatter.timeZone = TimeZone(identifier: "UTC")
-        for format in ["yyyy-MM-dd HH:mm:ss", "yyyy-MM-dd HH:mm:ss.SSS", "yyyy-MM-dd HH:mm:ssXXX", "yyyy-MM-dd HH:mm:ss.SSSXXX", "yyyy-MM-dd'T'HH:mm:ss"] {
-            formatter.dateFormat = format
-            if let date = formatter.date(from: text) { return date }
-        }
-        return nil
-    }
+    static func parseTime(_ text: String) -> Date? { Timestamp.parseOperatorTime(text) }
 
     private func runPITR() throws {
         let recoveryTarget: RecoveryTarget = targetTime.flatMap(Self.parseTime).map { .time($0) }

@@ -94,8 +94,8 @@ final class GzipRoundTripTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let path = directory + "/data.gz"
-        FileManager.default.createFile(atPath: path, contents: Data(compressed))
-        FileManager.default.createFile(atPath: path + ".raw", contents: Data(input))
+        _ = FileManager.default.createFile(atPath: path, contents: Data(compressed))
+        _ = FileManager.default.createFile(atPath: path + ".raw", contents: Data(input))
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/bin/sh")
         process.arguments = ["-c", "gzip -t '\(path)' && gzip -dc '\(path)' | cmp - '\(path).raw'"]

@@ -28,8 +28,7 @@ final class BackupFailureTests: XCTestCase {
         try longTransaction.execute(script: "BEGIN; SELECT count(*) FROM orders;")
         let alter = try cluster.connect(database: database)
         let alterPID = alter.backendPID
-        let altering = Thread { _ = try? alter.execute(script: "ALTER TABLE orders ADD COLUMN flag boolean") }
-        altering.start()
+        let altering = Background { _ = try? alter.execute(script: "ALTER TABLE orders ADD COLUMN flag boolean") }
         // Wait until the ALTER TABLE is queued behind the long transaction.
         let queued = Date().addingTimeInterval(10)
         while Date() < queued, try cluster.scalar("SELECT count(*) FROM pg_locks WHERE NOT granted AND pid = \(alterPID)", database: database) != "1" {
@@ -41,6 +40,7 @@ final class BackupFailureTests: XCTestCase {
                                           cluster: cluster)
         let elapsed = Date().timeIntervalSince(started)
         try longTransaction.execute(script: "ROLLBACK")
+        altering.join()
 
         XCTAssertEqual(backup.status, ExitStatus.lockTimeout.rawValue, backup.standardError)
         XCTAssertLessThan(elapsed, 15, "a 2 s --lock-wait must not take \(elapsed) s")

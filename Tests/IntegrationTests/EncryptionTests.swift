@@ -64,6 +64,39 @@ final class EncryptionTests: XCTestCase {
         XCTAssertFalse(try cluster.databaseExists(target + "y"))
     }
 
+    /// Database settings and comments can hold secrets (`app.jwt_secret`, as PostgREST recommends): in an
+    /// encrypted repository they are sealed with the key, never in the manifest's clear text, and still restored.
+    func testDatabaseSettingsAreSealedInAnEncryptedRepositoryAndRestored() throws {
+        let cluster = try PostgresCluster.shared()
+        let database = try cluster.createDatabase(prefix: "sealed")
+        let secret = "jwt-" + UUID().uuidString, comment = "comment-" + UUID().uuidString
+        let admin = try cluster.connect()
+        try admin.execute(script: """
+            ALTER DATABASE \(database) SET app.jwt_secret = '\(secret)';
+            COMMENT ON DATABASE \(database) IS '\(comment)';
+            """)
+        try cluster.connect(database: database).execute(script: "CREATE TABLE t AS SELECT g FROM generate_series(1, 10) g")
+        let work = TestPaths.temporaryDirectory(prefix: "sealed")
+        let keyFile = work + "/repository.key"
+        try ("sealed-key-material-" + UUID().uuidString).write(toFile: keyFile, atomically: true, encoding: .utf8)
+        let common = ["--database-url", cluster.url(database: database), "--repo", work + "/repo", "--encryption-key-file", keyFile]
+        let backup = try TestProcess.tool("dbbackup", common, cluster: cluster)
+        XCTAssertEqual(backup.status, 0, backup.standardError)
+        let id = backup.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+        let manifestText = try String(contentsOfFile: "\(work)/repo/backups/\(id)/manifest.json", encoding: .utf8)
+        XCTAssertFalse(manifestText.contains(secret), "a database setting's value is not in the manifest's clear text")
+        XCTAssertFalse(manifestText.contains(comment), "nor the database comment")
+        XCTAssertTrue(manifestText.contains("\"sealed_database_properties\""), manifestText)
+
+        try admin.execute(script: "ALTER DATABASE \(database) RESET ALL; COMMENT ON DATABASE \(database) IS NULL")
+        let restore = try TestProcess.tool("dbrestore", common + ["latest", "--yes"], cluster: cluster)
+        XCTAssertEqual(restore.status, 0, restore.standardError)
+        XCTAssertFalse(restore.standardError.contains(secret) || restore.standardOutput.contains(secret), "never printed")
+        XCTAssertEqual(try cluster.scalar("SELECT current_setting('app.jwt_secret')", database: database), secret)
+        XCTAssertEqual(try cluster.scalar("SELECT pg_catalog.shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = current_database()",
+                                          database: database), comment)
+    }
+
     func testEncryptedWALRoundTrips() throws {
         let work = TestPaths.temporaryDirectory(prefix: "cipherwal")
         let keyFile = work + "/k"

@@ -55,7 +55,7 @@ final class PruneTests: XCTestCase {
         let newGarbage = "\(repository!)/backups/20200101T000001Z-beef"
         for folder in [oldGarbage, newGarbage] {
             try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-            FileManager.default.createFile(atPath: folder + "/dump.sql.gz.partial-1", contents: Data([1]))
+            _ = FileManager.default.createFile(atPath: folder + "/dump.sql.gz.partial-1", contents: Data([1]))
         }
         var times = [timeval(tv_sec: Int(Date().timeIntervalSince1970) - 48 * 3600, tv_usec: 0),
                      timeval(tv_sec: Int(Date().timeIntervalSince1970) - 48 * 3600, tv_usec: 0)]
@@ -91,7 +91,7 @@ final class PruneTests: XCTestCase {
         let all = try ids()
         // Damage the 10 newest: the newest backup that verifies is the 11th, and it must survive.
         for id in all.prefix(10) {
-            FileManager.default.createFile(atPath: "\(repository!)/backups/\(id)/dump.sql.gz", contents: Data("damaged".utf8))
+            _ = FileManager.default.createFile(atPath: "\(repository!)/backups/\(id)/dump.sql.gz", contents: Data("damaged".utf8))
         }
         // And one backup has a manifest that cannot be read.
         try Data("{ not json".utf8).write(to: URL(fileURLWithPath: "\(repository!)/backups/\(all[30])/manifest.json"))

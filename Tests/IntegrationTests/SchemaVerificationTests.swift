@@ -255,15 +255,10 @@ final class SchemaVerificationTests: XCTestCase {
         let blocker = try cluster.connect(database: database)
         try blocker.execute(script: "BEGIN; LOCK TABLE ONLY events IN ACCESS EXCLUSIVE MODE")
         let running = try TestProcess.start("dbbackup", common, cluster: cluster, environment: ["PG_BIN": bin])
-        let ended = DispatchSemaphore(value: 0)
-        nonisolated(unsafe) var status: Int32?
-        DispatchQueue.global().async {
-            status = running.waitForExit().exitCode
-            ended.signal()
-        }
-        let inTime = ended.wait(timeout: .now() + 10) == .success
+        let exit = Background { running.waitForExit().exitCode }
+        let inTime = exit.finished(within: 10)
         try blocker.execute(script: "ROLLBACK")
-        if !inTime { ended.wait() }
+        let status = try exit.wait()
         XCTAssertTrue(inTime, "dbbackup waited for the schema dump's lock after the data dump had failed")
         XCTAssertEqual(status, ExitStatus.toolFailed.rawValue)
         XCTAssertEqual(try TestProcess.shell("find '\(repository!)' -name manifest.json 2>/dev/null").standardOutput, "", "no backup may exist")
@@ -282,16 +277,13 @@ final class SchemaVerificationTests: XCTestCase {
         let blocker = try cluster.connect(database: database)
         try blocker.execute(script: "BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
         let bounded = cluster.url(database: database) + "?options=-c%20lock_timeout%3D1000"
-        var result: TestProcess.Result?
-        let ended = DispatchSemaphore(value: 0)
-        DispatchQueue.global().async { [repository] in
-            result = try? TestProcess.tool("dbverify", ["--schema", id, "--database-url", bounded, "--repo", repository ?? ""], cluster: self.cluster)
-            ended.signal()
+        let verify = Background { [repository, cluster] in
+            try TestProcess.tool("dbverify", ["--schema", id, "--database-url", bounded, "--repo", repository ?? ""], cluster: cluster)
         }
         // pg_dump turns lock_timeout off for itself: without --lock-wait-timeout it would wait for ever.
-        let inTime = ended.wait(timeout: .now() + 20) == .success
+        let inTime = verify.finished(within: 20)
         try blocker.execute(script: "ROLLBACK")
-        if !inTime { ended.wait() }
+        let result = try? verify.wait()
         XCTAssertTrue(inTime, "pg_dump waited past the URL's lock_timeout")
         XCTAssertEqual(result?.status, ExitStatus.toolFailed.rawValue, result?.standardError ?? "")
         // pg_dump bounds its table locks with a statement timeout.

@@ -258,12 +258,10 @@ final class SignalTests: XCTestCase {
         case .none:
             break
         }
-        let ended = DispatchSemaphore(value: 0)
-        let waiter = Thread { process.waitForExit(); ended.signal() }
-        waiter.start()
-        if ended.wait(timeout: .now() + 30) == .timedOut {
+        let waiter = Background { process.waitForExit() }
+        if !waiter.finished(within: 30) {
             process.send(SIGKILL)
-            ended.wait()
+            waiter.join()
             XCTFail("\(name) did not stop within 30 s of \(self.name(signal)): \(watcher.text)")
         }
         let termination = process.waitForExit()

@@ -6,8 +6,7 @@ final class RetentionPlannerTests: XCTestCase {
     private let none = RetentionPolicy.Tier(keepLast: 0, keepWithin: nil, glacierAfter: nil, snapshots: true)
 
     private func date(_ text: String) -> Date {
-        let formatter = ISO8601DateFormatter()
-        return formatter.date(from: text.count == 10 ? text + "T12:00:00Z" : text)!
+        Timestamp.parse(text.count == 10 ? text + "T12:00:00Z" : text)!
     }
 
     private func backups(_ times: [String]) -> [RetentionCandidate] {
@@ -52,7 +51,7 @@ final class RetentionPlannerTests: XCTestCase {
     func testDailyWeeklyAndMonthlyOverlapAndCountIndependently() throws {
         let days = (0..<12).map { offset in
             let day = Calendar(identifier: .gregorian).date(byAdding: .day, value: -offset, to: date("2024-02-05"))!
-            return String(ISO8601DateFormatter().string(from: day).prefix(10))
+            return String(Timestamp.format(day).prefix(10))
         }
         XCTAssertEqual(try kept(backups(days), daily: 2, weekly: 2, monthly: 2), [
             "2024-02-05": ["daily #1", "weekly #1", "monthly #1"],

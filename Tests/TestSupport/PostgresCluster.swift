@@ -1,11 +1,12 @@
 import Foundation
+import Synchronization
 import PostgresClient
 import RecoveryKit
 import XCTest
 
 /// A throwaway PostgreSQL cluster for the tests, started by `scripts/pg-sandbox.sh` on a free
 /// loopback port and stopped by its PID when the test process exits.
-public final class PostgresCluster: @unchecked Sendable {
+public final class PostgresCluster: Sendable {
     public let directory: String
     /// URL without the password (the password travels in `PGPASSWORD`, as operators should do it).
     public let url: String
@@ -15,19 +16,17 @@ public final class PostgresCluster: @unchecked Sendable {
     public let major: Int
     public let binDirectory: String
 
-    private static let lock = NSLock()
-    private static let startedLock = NSLock()
-    nonisolated(unsafe) private static var started: [PostgresCluster] = []
-    nonisolated(unsafe) private static var sharedCluster: PostgresCluster?
+    private static let started = Mutex<[PostgresCluster]>([])
+    private static let sharedCluster = Mutex<PostgresCluster?>(nil)
 
     /// The cluster shared by all tests in this process, started on first use.
     public static func shared() throws -> PostgresCluster {
-        lock.lock()
-        defer { lock.unlock() }
-        if let sharedCluster { return sharedCluster }
-        let cluster = try PostgresCluster()
-        sharedCluster = cluster
-        return cluster
+        try sharedCluster.withLock { shared in
+            if let shared { return shared }
+            let cluster = try PostgresCluster()
+            shared = cluster
+            return cluster
+        }
     }
 
     /// Starts a new cluster (for tests that need their own server settings).
@@ -53,10 +52,10 @@ public final class PostgresCluster: @unchecked Sendable {
         binDirectory = values["BIN"] ?? ""
         let version = (try? TestProcess.run(binDirectory + "/postgres", ["--version"]).standardOutput) ?? ""
         self.major = Int(version.split(separator: " ").last?.split(separator: ".").first ?? "") ?? 0
-        Self.startedLock.lock()
-        if Self.started.isEmpty { atexit { PostgresCluster.stopAll() } }
-        Self.started.append(self)
-        Self.startedLock.unlock()
+        Self.started.withLock { started in
+            if started.isEmpty { atexit { PostgresCluster.stopAll() } }
+            started.append(self)
+        }
     }
 
     /// Stops this cluster (by the PID the sandbox script recorded).
@@ -65,10 +64,10 @@ public final class PostgresCluster: @unchecked Sendable {
     }
 
     static func stopAll() {
-        startedLock.lock()
-        let clusters = started
-        started.removeAll()
-        startedLock.unlock()
+        let clusters = started.withLock { started in
+            defer { started.removeAll() }
+            return started
+        }
         for cluster in clusters { cluster.stop() }
     }
 

@@ -1,34 +1,33 @@
 import Foundation
 import RecoveryKit
+import Synchronization
 
 /// A throwaway S3-compatible server (moto_server) on a free loopback port, started by
 /// `scripts/s3-sandbox.sh` and stopped by its PID when the test process exits.
-public final class S3Server: @unchecked Sendable {
+public final class S3Server: Sendable {
     public let directory: String
     public let endpoint: String
     public let port: Int
 
-    private static let lock = NSLock()
-    nonisolated(unsafe) private static var sharedServer: S3Server?
+    private static let sharedServer = Mutex<S3Server?>(nil)
 
     /// The server shared by all tests in this process.
     public static func shared() throws -> S3Server {
-        lock.lock()
-        defer { lock.unlock() }
-        if let sharedServer { return sharedServer }
-        let server = try S3Server()
-        sharedServer = server
-        atexit { S3Server.stopShared() }
-        return server
+        try sharedServer.withLock { shared in
+            if let shared { return shared }
+            let server = try S3Server()
+            shared = server
+            atexit { S3Server.stopShared() }
+            return server
+        }
     }
 
     /// Stops the shared server, if one was started (idempotent).
     static func stopShared() {
-        lock.lock()
-        let server = sharedServer
-        sharedServer = nil
-        lock.unlock()
-        server?.stop()
+        sharedServer.withLock { shared in
+            defer { shared = nil }
+            return shared
+        }?.stop()
     }
 
     init() throws {

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import RecoveryKit
 
 /// Paths the tests need: the checkout, the built executables, fresh temporary directories.
@@ -18,8 +19,7 @@ public enum TestPaths {
     /// Absolute path of one of our executables.
     public static func executable(_ name: String) -> String { productsDirectory + "/" + name }
 
-    private static let createdLock = NSLock()
-    nonisolated(unsafe) private static var created: [String] = []
+    private static let created = Mutex<[String]>([])
 
     /// A new empty directory under the system temporary directory, world-traversable so that the
     /// `postgres` user can use it when the tests run as root.
@@ -30,10 +30,10 @@ public enum TestPaths {
         let path = NSTemporaryDirectory() + "dbrecovery-\(prefix)-\(UUID().uuidString.prefix(8))"
         try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true,
                                                  attributes: [.posixPermissions: 0o755])
-        createdLock.lock()
-        if created.isEmpty { atexit { TestPaths.removeEverything() } }
-        created.append(path)
-        createdLock.unlock()
+        created.withLock { created in
+            if created.isEmpty { atexit { TestPaths.removeEverything() } }
+            created.append(path)
+        }
         return path
     }
 
@@ -46,10 +46,10 @@ public enum TestPaths {
     static func removeEverything() {
         PostgresCluster.stopAll()
         S3Server.stopShared()
-        createdLock.lock()
-        let paths = created
-        created.removeAll()
-        createdLock.unlock()
+        let paths = created.withLock { created in
+            defer { created.removeAll() }
+            return created
+        }
         for path in paths { try? FileManager.default.removeItem(atPath: path) }
     }
 }

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import Synchronization
 import ProcessSignals
 #if canImport(FoundationNetworking)
 import FoundationNetworking
@@ -61,7 +62,7 @@ struct S3Response {
 }
 
 /// A minimal, synchronous S3 REST client: SigV4, retries with backoff and jitter, XML errors.
-final class S3Client: @unchecked Sendable {
+final class S3Client: Sendable {
     let configuration: S3Configuration
     private let signer: SigV4Signer
     private let session: URLSession
@@ -135,16 +136,16 @@ final class S3Client: @unchecked Sendable {
         request.setValue("identity", forHTTPHeaderField: "Accept-Encoding")
         request.httpBody = body ?? (method == "PUT" || method == "POST" ? Data() : nil)
 
-        final class Outcome: @unchecked Sendable { var value: (Data?, URLResponse?, Error?) = (nil, nil, nil) }
+        final class Outcome: Sendable { let value = Mutex<(Data?, URLResponse?, Error?)>((nil, nil, nil)) }
         let done = DispatchSemaphore(value: 0)
         let outcome = Outcome()
         let task = session.dataTask(with: request) { data, response, error in
-            outcome.value = (data, response, error)
+            outcome.value.withLock { $0 = (data, response, error) }
             done.signal()
         }
         task.resume()
         done.wait()
-        let result = outcome.value
+        let result = outcome.value.withLock { $0 }
         if let error = result.2 as? URLError { throw error }
         if let error = result.2 { throw URLError(.unknown, userInfo: [NSLocalizedDescriptionKey: "\(error)"]) }
         guard let http = result.1 as? HTTPURLResponse else { throw URLError(.badServerResponse) }

@@ -1,4 +1,5 @@
 import Foundation
+import UTCTime
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -41,8 +42,6 @@ public final class S3Store: BackupStore {
     public func list(prefix listPrefix: String) throws -> [StoredObject] {
         var objects: [StoredObject] = []
         var token: String?
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         repeat {
             var query = [("list-type", "2"), ("prefix", fullKey(listPrefix)), ("max-keys", String(listPageSize))]
             if let token { query.append(("continuation-token", token)) }
@@ -52,7 +51,7 @@ public final class S3Store: BackupStore {
             }
             for item in document.all("Contents") {
                 guard let key = item.value("Key") else { continue }
-                let modified = item.value("LastModified").flatMap { formatter.date(from: $0) ?? ISO8601DateFormatter().date(from: $0) }
+                let modified = item.value("LastModified").flatMap { Timestamp.parse($0) }
                 objects.append(StoredObject(key: relativeKey(key), size: UInt64(item.value("Size") ?? "0") ?? 0, modified: modified,
                                             storageClass: item.value("StorageClass")))
             }
@@ -243,8 +242,6 @@ public final class S3Store: BackupStore {
 
     /// Every open multipart upload under this prefix (ListMultipartUploads, all pages).
     func multipartUploads() throws -> [OpenUpload] {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         var uploads: [OpenUpload] = []
         var markers: (key: String, upload: String)?
         repeat {
@@ -256,7 +253,7 @@ public final class S3Store: BackupStore {
             }
             for item in document.all("Upload") {
                 guard let key = item.value("Key"), let id = item.value("UploadId") else { continue }
-                let initiated = item.value("Initiated").flatMap { formatter.date(from: $0) ?? ISO8601DateFormatter().date(from: $0) }
+                let initiated = item.value("Initiated").flatMap { Timestamp.parse($0) }
                 uploads.append(OpenUpload(key: key, uploadID: id, initiated: initiated))
             }
             markers = nil
@@ -283,6 +280,7 @@ public final class S3Store: BackupStore {
 
 /// Buffers one part at a time; small objects become one PUT, large ones a multipart upload with
 /// parts sent concurrently (bounded), aborted on any failure.
+// @unchecked Sendable: `buffer`, `uploadID`, `partNumber`, `finished` belong to the writing thread; part uploads touch only `etags`/`failure`, under `lock`.
 final class S3MultipartWriter: ObjectWriter, @unchecked Sendable {
     private let store: S3Store
     private let key: String

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import UTCTime
 
 /// AWS credentials. `description` never shows the secret.
 public struct AWSCredentials: Sendable, Equatable, CustomStringConvertible {
@@ -56,7 +57,7 @@ public struct SigV4Signer: Sendable {
     /// any, and `Authorization`.
     public func sign(_ request: Request, at date: Date) -> [String: String] {
         var headers = request.headers
-        let stamp = Self.timestamp(date)
+        let stamp = Timestamp.compact(date)
         headers["x-amz-date"] = stamp
         headers["x-amz-content-sha256"] = request.payloadHash
         if let token = credentials.sessionToken { headers["x-amz-security-token"] = token }
@@ -103,14 +104,6 @@ public struct SigV4Signer: Sendable {
             key = SymmetricKey(data: Data(HMAC<SHA256>.authenticationCode(for: Data(part.utf8), using: key)))
         }
         return key
-    }
-
-    /// `YYYYMMDDTHHMMSSZ` in UTC.
-    public static func timestamp(_ date: Date) -> String {
-        var calendar = Calendar(identifier: .gregorian)
-        calendar.timeZone = TimeZone(secondsFromGMT: 0) ?? .current
-        let c = calendar.dateComponents([.year, .month, .day, .hour, .minute, .second], from: date)
-        return String(format: "%04d%02d%02dT%02d%02d%02dZ", c.year ?? 0, c.month ?? 0, c.day ?? 0, c.hour ?? 0, c.minute ?? 0, c.second ?? 0)
     }
 
     /// RFC 3986 encoding as SigV4 wants it: everything but `A-Z a-z 0-9 - _ . ~` (and `/` when asked).

@@ -4,11 +4,7 @@ import Foundation
 public enum BackupID {
     /// A new identifier for a backup starting at `date`.
     public static func make(at date: Date = Date()) -> String {
-        var calendar = Calendar(identifier: .gregorian)
-        calendar.timeZone = TimeZone(secondsFromGMT: 0) ?? .current
-        let parts = calendar.dateComponents([.year, .month, .day, .hour, .minute, .second], from: date)
-        let stamp = String(format: "%04d%02d%02dT%02d%02d%02dZ", parts.year ?? 0, parts.month ?? 0, parts.day ?? 0,
-                           parts.hour ?? 0, parts.minute ?? 0, parts.second ?? 0)
+        let stamp = Timestamp.compact(date)
         let suffix = String(format: "%04x", UInt16.random(in: 0...UInt16.max))
         return "\(stamp)-\(suffix)"
     }

@@ -101,6 +101,9 @@ public struct BackupManifest: Codable, Equatable, Sendable {
     /// The database's own properties (encoding, locale, owner, privileges, comment, settings),
     /// which a plain dump does not carry. Nil in backups taken before they were recorded.
     public var databaseProperties: DatabaseProperties? = nil
+    /// In an encrypted repository: the properties' settings, per-role settings and comment (which may
+    /// hold secrets, e.g. `app.jwt_secret`), sealed with the repository key (base64). See `record(_:key:)`.
+    public var sealedDatabaseProperties: String? = nil
 
     /// Total rows across all tables.
     public var totalRows: Int64 { tables.reduce(0) { $0 + $1.rows } }
@@ -173,21 +176,5 @@ public struct BackupManifest: Codable, Equatable, Sendable {
     static func isPlainName(_ name: String) -> Bool {
         !name.isEmpty && name != "." && name != ".." && name.utf8.count <= 255
             && !name.unicodeScalars.contains { $0 == "/" || $0 == "\\" || $0.value < 0x20 || $0.value == 0x7F }
-    }
-}
-
-/// UTC timestamps as ISO 8601 with milliseconds, one format everywhere.
-public enum Timestamp {
-    private static let withFraction: ISO8601DateFormatter = {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return formatter
-    }()
-    private static let plain = ISO8601DateFormatter()
-
-    public static func format(_ date: Date) -> String { withFraction.string(from: date) }
-
-    public static func parse(_ text: String) -> Date? {
-        withFraction.date(from: text) ?? plain.date(from: text)
     }
 }

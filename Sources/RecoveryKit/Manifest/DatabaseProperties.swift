@@ -1,3 +1,4 @@
+import Foundation
 import PostgresClient
 
 /// What belongs to a database rather than to its contents: encoding and locale, owner, privileges,
@@ -122,5 +123,41 @@ public struct DatabaseProperties: Codable, Equatable, Sendable {
     static func describe(_ grants: [Grant]) -> String {
         if grants.isEmpty { return "none" }
         return grants.map { "\($0.grantee ?? "PUBLIC") \($0.privilege)\($0.grantable ? " (grantable)" : "")" }.joined(separator: ", ")
+    }
+}
+
+extension BackupManifest {
+    private var sealedPropertiesObject: String { "\(folderKey)/database-properties" }
+
+    /// Records the database's properties; with a repository key, the parts that may hold secrets
+    /// (settings, per-role settings, comment) are sealed, and only the rest stays readable without the key.
+    mutating func record(_ properties: DatabaseProperties, key: RepositoryKey?) throws {
+        guard let key else {
+            databaseProperties = properties
+            return
+        }
+        var clear = properties
+        clear.settings = []
+        clear.roleSettings = []
+        clear.comment = nil
+        databaseProperties = clear
+        sealedDatabaseProperties = try key.seal(JSONEncoder().encode(properties), object: sealedPropertiesObject).base64EncodedString()
+    }
+
+    /// The manifest with its sealed properties opened (what a restore applies).
+    ///
+    /// - Throws: `RecoveryError(.configuration)` when they are sealed and no key, or another key, is given.
+    public func unsealed(with key: RepositoryKey?) throws -> BackupManifest {
+        guard let sealed = sealedDatabaseProperties else { return self }
+        // The same key checks, and messages, as for the backup's files.
+        guard let file = files.first, let key = try StoredFileStream.key(for: file, of: self, given: key),
+              let data = Data(base64Encoded: sealed) else {
+            throw RecoveryError(.backupCorrupt, "backup \(id)'s manifest holds sealed database properties but its files are not encrypted",
+                                hint: "restore another backup")
+        }
+        var copy = self
+        copy.databaseProperties = try JSONDecoder().decode(DatabaseProperties.self, from: key.open(data, object: sealedPropertiesObject))
+        copy.sealedDatabaseProperties = nil
+        return copy
     }
 }

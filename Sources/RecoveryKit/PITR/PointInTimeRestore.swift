@@ -140,7 +140,7 @@ public enum PointInTimeRestore {
                         throw RecoveryError(.usage, "data directory \(configuration.dataDirectory) is not empty",
                                             hint: "give an empty or new directory, or --move-aside to rename the existing one out of the way")
                     }
-                    moveAsideTo = configuration.dataDirectory + ".moved-" + LogicalRestore.compactTimestamp(Date())
+                    moveAsideTo = configuration.dataDirectory + ".moved-" + Timestamp.compact(Date(), separator: "_", zone: "")
                 }
                 return PITRPlan(backupID: backup.id, backupFinishedAt: backup.finishedAt, firstSegment: physical.firstWalSegment,
                                 lastArchivedSegment: last, segmentsAvailable: count, target: configuration.target.description,
@@ -296,11 +296,7 @@ public enum PointInTimeRestore {
                      "archive_mode = 'off'"]
         switch configuration.target {
         case .time(let time):
-            let formatter = DateFormatter()
-            formatter.locale = Locale(identifier: "en_US_POSIX")
-            formatter.timeZone = TimeZone(identifier: "UTC")
-            formatter.dateFormat = "yyyy-MM-dd HH:mm:ss.SSSSSS"
-            lines.append("recovery_target_time = '\(formatter.string(from: time))+00'")
+            lines.append("recovery_target_time = '\(Timestamp.postgres(time))'")
         case .lsn(let lsn): lines.append("recovery_target_lsn = '\(WALSegmentName.formatLSN(lsn))'")
         case .name(let name): lines.append("recovery_target_name = \(quote(name))")
         case .latest: break

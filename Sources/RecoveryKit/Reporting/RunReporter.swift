@@ -1,12 +1,14 @@
 import Foundation
+import Synchronization
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
 
 /// Reports how a run ended to monitoring: a Prometheus textfile (`--metrics-file`, for
 /// node_exporter's textfile collector) and a JSON event posted to `--notify-url`.
-public final class RunReporter: @unchecked Sendable {
+public final class RunReporter: Sendable {
     /// The reporter of this process's run, if the command asked for one.
+    // nonisolated(unsafe): set once by the command before it starts any other thread, read afterwards.
     nonisolated(unsafe) public static var current: RunReporter?
 
     public let tool: String
@@ -124,16 +126,19 @@ public final class RunReporter: @unchecked Sendable {
         request.setValue("application/json", forHTTPHeaderField: "Content-Type")
         request.httpBody = body
         let done = DispatchSemaphore(value: 0)
-        final class Box: @unchecked Sendable { var problem: String? }
-        let box = Box()
+        // The callback may still run after the wait timed out: the first outcome recorded wins, under a lock.
+        final class Outcome: Sendable { let problem = Mutex<String??>(nil) }
+        let outcome = Outcome()
         URLSession.shared.dataTask(with: request) { _, response, error in
-            if let error { box.problem = "\(error.localizedDescription)" } else if let http = response as? HTTPURLResponse, !(200..<300).contains(http.statusCode) {
-                box.problem = "HTTP \(http.statusCode)"
+            var problem: String?
+            if let error { problem = "\(error.localizedDescription)" } else if let http = response as? HTTPURLResponse, !(200..<300).contains(http.statusCode) {
+                problem = "HTTP \(http.statusCode)"
             }
+            outcome.problem.withLock { $0 = $0 ?? .some(problem) }
             done.signal()
         }.resume()
-        if done.wait(timeout: .now() + 15) == .timedOut { box.problem = "timed out" }
-        if let problem = box.problem {
+        if done.wait(timeout: .now() + 15) == .timedOut { outcome.problem.withLock { $0 = $0 ?? .some("timed out") } }
+        if let problem = outcome.problem.withLock({ $0 ?? nil }) {
             FileHandle.standardError.write(Data("\(tool): warning: notification to \(url.host ?? "?") failed: \(problem)\n".utf8))
         }
     }

@@ -1,14 +1,13 @@
 import Foundation
+import Synchronization
 
 /// A few emptied byte buffers kept for reuse between threads (a fresh 1 MiB buffer per run of
 /// rows costs 256 page faults).
-final class BufferPool: @unchecked Sendable {
-    // Safe: `buffers` is only touched under `lock`.
-    private let lock = NSLock()
-    private var buffers: [[UInt8]] = []
+final class BufferPool: Sendable {
+    private let buffers = Mutex<[[UInt8]]>([])
 
     func take(capacity: Int) -> [UInt8] {
-        if let buffer = lock.withLock({ buffers.popLast() }) { return buffer }
+        if let buffer = buffers.withLock({ $0.popLast() }) { return buffer }
         var buffer: [UInt8] = []
         buffer.reserveCapacity(capacity)
         return buffer
@@ -19,6 +18,6 @@ final class BufferPool: @unchecked Sendable {
         buffer.removeAll(keepingCapacity: true)
         let kept = buffer
         buffer = []
-        lock.withLock { if buffers.count < 16 { buffers.append(kept) } }
+        buffers.withLock { if $0.count < 16 { $0.append(kept) } }
     }
 }

@@ -160,7 +160,7 @@ public enum LogicalRestore {
         defer { admin.close() }
         let exists = try databaseExists(database, on: admin)
         try checkPrivileges(on: admin, target: database, targetExists: exists, mode: configuration.mode)
-        let stamp = compactTimestamp(Date())
+        let stamp = Timestamp.compact(Date(), separator: "_", zone: "")
         let scratchPurpose = configuration.mode == .drill ? "drill" : "restore"
         var plan = RestorePlan(
             mode: configuration.mode, repository: choice.repository, backupID: "", backupTakenAt: Date(), backupRows: 0,
@@ -252,7 +252,7 @@ public enum LogicalRestore {
                     plan.choose(next)
                     // A fresh name, in case the failed candidate's scratch database could not be dropped.
                     plan.scratchDatabase = try unusedIdentifier(plan.targetDatabase,
-                                                                suffix: "_\(configuration.mode == .drill ? "drill" : "restore")_\(compactTimestamp(Date()))", on: admin)
+                                                                suffix: "_\(configuration.mode == .drill ? "drill" : "restore")_\(Timestamp.compact(Date(), separator: "_", zone: ""))", on: admin)
                     plan.warnings.forEach { timeline.note("backup \(plan.backupID)", outcome: "warning: \($0)") }
                     store = try Repository.open(plan.repository, create: false)
                 }
@@ -322,7 +322,7 @@ public enum LogicalRestore {
         defer { try? reading?.release() }   // a leftover reader record only delays pruning; dbprune removes it once we are gone
         let manifest: BackupManifest
         do {
-            manifest = try resolveAsReader(plan.backupID, in: store)
+            manifest = try resolveAsReader(plan.backupID, in: store).unsealed(with: configuration.key)
         } catch let error as StorageError where error.kind == .notFound {
             throw RecoveryError(.backupNotFound, "backup \(plan.backupID) was removed (by dbprune?) before this restore could read it",
                                 hint: "restore another backup; nothing was changed")
@@ -460,13 +460,6 @@ public enum LogicalRestore {
         return candidate
     }
 
-    static func compactTimestamp(_ date: Date) -> String {
-        var calendar = Calendar(identifier: .gregorian)
-        calendar.timeZone = TimeZone(secondsFromGMT: 0) ?? .current
-        let c = calendar.dateComponents([.year, .month, .day, .hour, .minute, .second], from: date)
-        return String(format: "%04d%02d%02d_%02d%02d%02d", c.year ?? 0, c.month ?? 0, c.day ?? 0, c.hour ?? 0, c.minute ?? 0, c.second ?? 0)
-    }
-
     private static func writeIncident<Record: Encodable>(_ record: Record, startedAt: Date, configuration: RestoreConfiguration,
                                                          store: BackupStore) throws -> String {
         let data = try JSONOutput.encoder().encode(record)
@@ -475,7 +468,7 @@ public enum LogicalRestore {
             chmod(path, 0o600)
             return path
         }
-        let key = "incidents/\(compactTimestamp(startedAt))-emergency-restore.json"
+        let key = "incidents/\(Timestamp.compact(startedAt, separator: "_", zone: ""))-emergency-restore.json"
         try store.write(key, contents: data)
         return "\(store.location)/\(key)"
     }

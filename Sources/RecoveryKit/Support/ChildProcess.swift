@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import ProcessSignals
 #if canImport(Glibc)
 import Glibc
@@ -207,9 +208,8 @@ public final class ChildProcess {
 }
 
 /// Reads a child's stderr on a background thread and keeps the last few KiB for error messages.
-public final class OutputCollector: @unchecked Sendable {
-    private let lock = NSLock()
-    private var tail: [UInt8] = []
+public final class OutputCollector: Sendable {
+    private let tail = Mutex<[UInt8]>([])
     private let limit: Int
     private let done = DispatchSemaphore(value: 0)
 
@@ -226,10 +226,10 @@ public final class OutputCollector: @unchecked Sendable {
                 let count = buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
                 if count < 0 && errno == EINTR { continue }
                 if count <= 0 { break }
-                lock.lock()
-                tail.append(contentsOf: buffer[0..<count])
-                if tail.count > limit { tail.removeFirst(tail.count - limit) }
-                lock.unlock()
+                tail.withLock { tail in
+                    tail.append(contentsOf: buffer[0..<count])
+                    if tail.count > limit { tail.removeFirst(tail.count - limit) }
+                }
             }
             done.signal()
         }
@@ -239,9 +239,7 @@ public final class OutputCollector: @unchecked Sendable {
     public func finish() -> String {
         done.wait()
         done.signal()
-        lock.lock()
-        defer { lock.unlock() }
-        return String(decoding: tail, as: UTF8.self)
+        return tail.withLock { String(decoding: $0, as: UTF8.self) }
     }
 
     /// The last non-empty line, for a one-line error message.

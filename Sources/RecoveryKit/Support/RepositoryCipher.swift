@@ -7,7 +7,8 @@ import Foundation
 /// [16-byte tag]`. Each frame's additional data binds the object it belongs to, its index and
 /// whether it is the last, so truncation, reordering, and frames moved between files are all
 /// detected. The key never enters the repository; manifests record only its fingerprint.
-public struct RepositoryKey: Sendable {
+// @unchecked Sendable: `SymmetricKey` is an immutable value (never mutated after init); swift-crypto 3.12 does not mark it Sendable.
+public struct RepositoryKey: @unchecked Sendable {
     let key: SymmetricKey
     /// A short, non-reversible identifier of the key, recorded in manifests.
     public let fingerprint: String
@@ -39,6 +40,27 @@ public struct RepositoryKey: Sendable {
         }
         if let text = environment["DBRECOVERY_ENCRYPTION_KEY"], !text.isEmpty { return try RepositoryKey(material: Data(text.utf8)) }
         return nil
+    }
+
+    /// Seals one small value (not a stream): AES-256-GCM, bound to `object` as additional data.
+    func seal(_ plaintext: Data, object: String) throws -> Data {
+        guard let combined = try AES.GCM.seal(plaintext, using: key, nonce: AES.GCM.Nonce(), authenticating: Data(object.utf8)).combined else {
+            throw RecoveryError(.failure, "AES-GCM produced no sealed box", hint: "report this as a bug")
+        }
+        return combined
+    }
+
+    /// Opens what `seal(_:object:)` sealed for the same object.
+    ///
+    /// - Throws: `RecoveryError(.backupCorrupt)` when the value fails authentication (altered, or moved
+    ///   from another object); callers check the key's fingerprint first.
+    func open(_ sealed: Data, object: String) throws -> Data {
+        do {
+            return try AES.GCM.open(AES.GCM.SealedBox(combined: sealed), using: key, authenticating: Data(object.utf8))
+        } catch {
+            throw RecoveryError(.backupCorrupt, "\(object) fails authentication: it was altered, or sealed for another object",
+                                hint: "restore another backup")
+        }
     }
 
     func additionalData(object: String, index: UInt64, last: Bool) -> Data {

@@ -1,0 +1,44 @@
+import Foundation
+import RecoveryKit
+import XCTest
+
+/// The one UTC formatter: every text form the toolkit writes (manifests, ids, SigV4, kept databases,
+/// recovery targets) and reads back.
+final class TimestampTests: XCTestCase {
+    /// 2024-01-15 10:00:00.123456 UTC.
+    private let instant = Date(timeIntervalSince1970: 1_705_312_800.123456)
+
+    func testISO8601WithMillisecondsRoundTripsAndPlainISO8601Parses() throws {
+        XCTAssertEqual(Timestamp.format(instant), "2024-01-15T10:00:00.123Z")
+        let parsed = try XCTUnwrap(Timestamp.parse("2024-01-15T10:00:00.123Z"))
+        XCTAssertEqual(parsed.timeIntervalSince1970, 1_705_312_800.123, accuracy: 0.0005)
+        XCTAssertEqual(Timestamp.parse("2024-01-15T10:00:00Z"), Date(timeIntervalSince1970: 1_705_312_800))
+        // S3 listings write an offset form too.
+        XCTAssertEqual(Timestamp.parse("2024-01-15T11:00:00+01:00"), Date(timeIntervalSince1970: 1_705_312_800))
+        XCTAssertNil(Timestamp.parse("yesterday"))
+    }
+
+    func testCompactFormsSortAsTextAndStandInNames() {
+        XCTAssertEqual(Timestamp.compact(instant), "20240115T100000Z")
+        XCTAssertEqual(Timestamp.compact(instant, separator: "_", zone: ""), "20240115_100000")
+        XCTAssertTrue(BackupID.isValid(BackupID.make(at: instant)))
+        XCTAssertTrue(BackupID.make(at: instant).hasPrefix("20240115T100000Z-"))
+    }
+
+    func testPostgresInputKeepsMicrosecondsAndIsUTC() {
+        XCTAssertEqual(Timestamp.postgres(instant), "2024-01-15 10:00:00.123456+00")
+        XCTAssertEqual(Timestamp.postgres(Date(timeIntervalSince1970: 0)), "1970-01-01 00:00:00.000000+00")
+        XCTAssertEqual(Timestamp.postgres(Date(timeIntervalSince1970: -0.5)), "1969-12-31 23:59:59.500000+00")
+    }
+
+    func testOperatorInputIsUTCUnlessAnOffsetIsGiven() {
+        let hour = Date(timeIntervalSince1970: 1_705_312_800)
+        XCTAssertEqual(Timestamp.parseOperatorTime("2024-01-15 10:00:00"), hour)
+        XCTAssertEqual(Timestamp.parseOperatorTime("2024-01-15T10:00:00"), hour)
+        XCTAssertEqual(Timestamp.parseOperatorTime("2024-01-15 12:00:00+02:00"), hour)
+        XCTAssertEqual(Timestamp.parseOperatorTime("2024-01-15T10:00:00Z"), hour)
+        XCTAssertEqual(Timestamp.parseOperatorTime("2024-01-15 10:00:00.250")?.timeIntervalSince1970 ?? 0,
+                       1_705_312_800.25, accuracy: 0.0005)
+        XCTAssertNil(Timestamp.parseOperatorTime("15/01/2024 10:00"))
+    }
+}
