@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import UTCTime
 
 /// One place where backups live: a local directory or an S3 prefix, with the same key layout.
@@ -224,25 +225,16 @@ public protocol RepositoryLock: AnyObject {
 /// Bytes this process has streamed from repositories through `ObjectReader`s (backup and WAL
 /// files; small whole-object reads such as manifests and lock records are not counted), so a run
 /// can report how much it read next to what is stored (`dbrestore --json`: `bytes_read`).
-///
-/// `@unchecked Sendable`: `total` is read and written only under `lock`.
-public final class RepositoryReads: @unchecked Sendable {
+public final class RepositoryReads: Sendable {
     public static let shared = RepositoryReads()
-    private let lock = NSLock()
-    private var total: UInt64 = 0
+    private let total = Mutex<UInt64>(0)
 
     /// Adds bytes read from a repository object.
     public func add(_ count: Int) {
         guard count > 0 else { return }
-        lock.lock()
-        total += UInt64(count)
-        lock.unlock()
+        total.withLock { $0 += UInt64(count) }
     }
 
     /// Everything counted so far in this process.
-    public var bytes: UInt64 {
-        lock.lock()
-        defer { lock.unlock() }
-        return total
-    }
+    public var bytes: UInt64 { total.withLock { $0 } }
 }

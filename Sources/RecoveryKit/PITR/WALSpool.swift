@@ -1,6 +1,7 @@
 import BackupStorage
 import Foundation
 import ProcessSignals
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -135,24 +136,19 @@ enum WorkerThreads {
 }
 
 /// The names a pool of workers has taken, so that no two take the same one.
-///
-/// `@unchecked Sendable`: `taken` is read and written only under `lock`.
-final class Claims: @unchecked Sendable {
-    private let lock = NSLock()
-    private var taken: Set<String> = []
+final class Claims: Sendable {
+    private let taken = Mutex<Set<String>>([])
 
     /// Takes the first of `names` nobody has taken; nil when all are.
     func claim(from names: [String]) -> String? {
-        lock.lock()
-        defer { lock.unlock() }
-        guard let name = names.first(where: { !taken.contains($0) }) else { return nil }
-        taken.insert(name)
-        return name
+        taken.withLock { taken in
+            guard let name = names.first(where: { !taken.contains($0) }) else { return nil }
+            taken.insert(name)
+            return name
+        }
     }
 
     func release(_ name: String) {
-        lock.lock()
-        taken.remove(name)
-        lock.unlock()
+        _ = taken.withLock { $0.remove(name) }
     }
 }
