@@ -125,6 +125,23 @@ final class WALAsyncTests: XCTestCase {
         XCTAssertEqual(other.status, ExitStatus.usage.rawValue, "a spool serves one repository: \(other.standardError)")
     }
 
+    func testTheSpoolComesFromTheFlagOrTheConfigFile() throws {
+        let names = try makeSegments(1)
+        let local = work + "/repo"
+        let missing = try TestProcess.tool("dbbackup", ["wal-push", "\(work!)/pg_wal/\(names[0])", "--async", "--repo", local])
+        XCTAssertEqual(missing.status, ExitStatus.usage.rawValue, missing.standardError)
+        XCTAssertTrue(missing.standardError.contains("[wal] spool"), missing.standardError)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: local + "/wal"), "nothing archived")
+
+        let config = work + "/config.toml"
+        try "[wal]\nspool = \"\(work!)/configured-spool\"\n".write(toFile: config, atomically: true, encoding: .utf8)
+        let pushed = try TestProcess.tool("dbbackup", ["wal-push", "\(work!)/pg_wal/\(names[0])", "--async", "--repo", local],
+                                          environment: ["DBRECOVERY_CONFIG": config])
+        XCTAssertEqual(pushed.status, 0, pushed.standardError)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "\(local)/\(try WALArchive.key(for: names[0]))"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: work + "/configured-spool/repository"))
+    }
+
     func testPrefetchServesExactlyWhatWasArchived() throws {
         let names = try makeSegments(12)
         for name in names {
