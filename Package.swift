@@ -3,7 +3,8 @@ import PackageDescription
 
 let package = Package(
     name: "dbrecovery",
-    platforms: [.macOS(.v13)],
+    // Linux only (Glibc calls throughout, /proc/self/exe, glibc's mallopt); no other
+    // platform is built or tested, so none is claimed here.
     products: [
         .executable(name: "dbbackup", targets: ["dbbackup"]),
         .executable(name: "dbrestore", targets: ["dbrestore"]),

@@ -72,3 +72,46 @@ void CSignalPipe_record(int number) {
 int CSignalPipe_received(void) {
     return atomic_load(&first_signal);
 }
+
+static const int deferrable[3] = {SIGINT, SIGTERM, SIGHUP};
+static atomic_int deferred_signal = 0;
+static struct sigaction deferred_previous[3];
+static int deferred_installed[3] = {0, 0, 0};
+
+static void on_deferred_signal(int number) {
+    atomic_store(&deferred_signal, number);
+}
+
+void CSignalPipe_defer_begin(void) {
+    atomic_store(&deferred_signal, 0);
+    struct sigaction action;
+    memset(&action, 0, sizeof(action));
+    action.sa_handler = on_deferred_signal;
+    sigemptyset(&action.sa_mask);
+    for (int index = 0; index < 3; index++) {
+        deferred_installed[index] = 0;
+        struct sigaction current;
+        /* An ignored signal stays ignored here too (`nohup`): it must not abandon the section. */
+        if (sigaction(deferrable[index], NULL, &current) != 0 || current.sa_handler == SIG_IGN) continue;
+        if (sigaction(deferrable[index], &action, &deferred_previous[index]) == 0) deferred_installed[index] = 1;
+    }
+}
+
+int CSignalPipe_deferred(void) {
+    return atomic_load(&deferred_signal);
+}
+
+int CSignalPipe_defer_end(void) {
+    int pending = atomic_load(&deferred_signal);
+    int ours = 0;
+    for (int index = 0; index < 3; index++) {
+        if (!deferred_installed[index]) continue;
+        deferred_installed[index] = 0;
+        struct sigaction *previous = &deferred_previous[index];
+        sigaction(deferrable[index], previous, NULL);
+        if (deferrable[index] == pending)
+            ours = (previous->sa_flags & SA_SIGINFO) != 0 || (previous->sa_handler != SIG_DFL && previous->sa_handler != SIG_IGN);
+    }
+    if (pending != 0 && ours) CSignalPipe_record(pending);
+    return pending;
+}

@@ -60,11 +60,18 @@ public enum Interruption {
         InterruptHook(registry: registry, identifier: registry.add(hook))
     }
 
-    /// Records a signal that a critical section held off and handled itself (the swap): the run is
-    /// interrupted from now on, but the hooks do not run, since what runs now is that section's own
-    /// clean-up, which a late `PQcancel` or SIGTERM would break.
-    public static func recordHandled(_ signal: Int32) {
-        CSignalPipe_record(signal)
+    /// Runs `body` as a critical section with SIGINT, SIGTERM and SIGHUP held off (the database swap,
+    /// while the target is closed to connections): a signal is recorded instead of acted on, `body`
+    /// sees it through `signals.received` and ends on purpose, leaving things as they should be.
+    ///
+    /// Afterwards the previous handlers are back; if the held-off signal had ours, the run counts as
+    /// interrupted from then on but the hooks do not run, since what runs next is the section's own
+    /// clean-up (the scratch DROP), which a late `PQcancel` or SIGTERM would break. A signal the process
+    /// ignores (`nohup`) stays ignored. One section at a time (not reentrant).
+    public static func deferring<T>(_ body: (DeferredSignals) throws -> T) rethrows -> T {
+        CSignalPipe_defer_begin()
+        defer { _ = CSignalPipe_defer_end() }
+        return try body(DeferredSignals())
     }
 
     /// Runs `body` (a blocking read of the operator's answer) so that a signal ends the process at
@@ -84,6 +91,17 @@ public enum Interruption {
         case SIGHUP: return "SIGHUP"
         default: return "signal \(signal)"
         }
+    }
+}
+
+/// What a critical section (`Interruption.deferring`) sees of the signals it holds off.
+public struct DeferredSignals: Sendable {
+    fileprivate init() {}
+
+    /// The signal that arrived since the section began, if any.
+    public var received: Int32? {
+        let number = CSignalPipe_deferred()
+        return number == 0 ? nil : Int32(number)
     }
 }
 

@@ -79,14 +79,14 @@ public struct CaptureCommand: ParsableCommand {
     public func run() throws {
         if try config.printIfAsked(connection: connection, repository: repository) { return }
         output.begin("dbbackup", labels: ["kind": physical ? "physical" : "logical"])
-        var configuration = LogicalCaptureConfiguration(
+        var configuration = CaptureConfiguration(
             target: try connection.target(), repositories: try repository.addresses(), tags: tags, release: release,
             pinned: pin, compressionLevel: compressionLevel,
             jobs: jobs ?? ProcessInfo.processInfo.activeProcessorCount, tools: connection.tools)
         configuration.key = try encryption.key(from: repository, writingTo: configuration.repositories)
-        configuration.lockWaitSeconds = connection.sessionLimits.lockWaitSeconds
         let result = physical ? try PhysicalCapture.run(configuration, progress: output.progress)
-            : try LogicalCapture.run(configuration, progress: output.progress)
+            : try LogicalCapture.run(LogicalCaptureConfiguration(configuration, lockWaitSeconds: connection.sessionLimits.lockWaitSeconds),
+                                     progress: output.progress)
         let manifest = result.manifest
         let summary = BackupSummary(manifest: manifest, repository: configuration.repository)
         output.succeeded(["backup_raw_bytes": Double(manifest.rawBytes), "backup_stored_bytes": Double(manifest.storedBytes),

@@ -1,7 +1,7 @@
 import Foundation
-import Synchronization
 import PostgresClient
 import RecoveryKit
+import Synchronization
 import XCTest
 
 /// A throwaway PostgreSQL cluster for the tests, started by `scripts/pg-sandbox.sh` on a free

@@ -1,6 +1,6 @@
 import Foundation
-import Synchronization
 import RecoveryKit
+import Synchronization
 
 /// Paths the tests need: the checkout, the built executables, fresh temporary directories.
 public enum TestPaths {

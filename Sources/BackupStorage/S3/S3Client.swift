@@ -1,53 +1,10 @@
 import Crypto
 import Foundation
-import Synchronization
 import ProcessSignals
+import Synchronization
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
-#if canImport(FoundationXML)
-import FoundationXML
-#endif
-
-/// Where and how to reach one S3 bucket.
-public struct S3Configuration: Sendable {
-    public var bucket: String
-    public var region: String
-    /// Custom endpoint (`--s3-endpoint`, `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`); nil means AWS.
-    public var endpoint: URL?
-    /// Path-style (`endpoint/bucket/key`) rather than virtual-hosted (`bucket.endpoint/key`).
-    public var pathStyle: Bool
-    public var credentials: AWSCredentials
-    /// Multipart part size in bytes (at least 5 MiB, S3's minimum for all but the last part).
-    public var partSize: Int
-    /// Parts uploaded at once; also the number of parts held in memory.
-    public var concurrency: Int
-    /// `AES256` or `aws:kms`, sent as `x-amz-server-side-encryption`.
-    public var serverSideEncryption: String?
-    public var kmsKeyID: String?
-    /// Attempts per request (and per part) before giving up.
-    public var maxAttempts: Int
-    /// Seconds before one request is abandoned and retried.
-    public var requestTimeout: TimeInterval
-
-    public static let minimumPartSize = 5 * 1024 * 1024
-
-    public init(bucket: String, region: String = "us-east-1", endpoint: URL? = nil, pathStyle: Bool? = nil,
-                credentials: AWSCredentials, partSize: Int = 16 * 1024 * 1024, concurrency: Int = 4,
-                serverSideEncryption: String? = nil, kmsKeyID: String? = nil, maxAttempts: Int = 8, requestTimeout: TimeInterval = 60) {
-        self.bucket = bucket
-        self.region = region
-        self.endpoint = endpoint
-        self.pathStyle = pathStyle ?? (endpoint != nil || bucket.contains("."))
-        self.credentials = credentials
-        self.partSize = partSize
-        self.concurrency = concurrency
-        self.serverSideEncryption = serverSideEncryption
-        self.kmsKeyID = kmsKeyID
-        self.maxAttempts = maxAttempts
-        self.requestTimeout = requestTimeout
-    }
-}
 
 /// An S3 response with its body read whole (every response we ask for is bounded: a part, a
 /// range, a listing page).
@@ -192,65 +149,6 @@ final class S3Client: Sendable {
         default: return nil
         }
     }
-}
-
-/// A tiny XML tree, enough for S3's responses.
-final class XMLNode {
-    let name: String
-    var text = ""
-    var children: [XMLNode] = []
-
-    init(name: String) { self.name = name }
-
-    static func parse(_ data: Data) -> XMLNode? {
-        guard !data.isEmpty else { return nil }
-        let builder = Builder()
-        let parser = XMLParser(data: data)
-        parser.delegate = builder
-        return parser.parse() ? builder.root : nil
-    }
-
-    /// First descendant with this name (depth first).
-    func first(_ name: String) -> XMLNode? {
-        for child in children {
-            if child.name == name { return child }
-            if let found = child.first(name) { return found }
-        }
-        return nil
-    }
-
-    /// Direct children with this name.
-    func all(_ name: String) -> [XMLNode] { children.filter { $0.name == name } }
-
-    /// Text of a direct child.
-    func value(_ name: String) -> String? { children.first { $0.name == name }?.text }
-
-    private final class Builder: NSObject, XMLParserDelegate {
-        var root: XMLNode?
-        var stack: [XMLNode] = []
-
-        func parser(_ parser: XMLParser, didStartElement elementName: String, namespaceURI: String?, qualifiedName: String?,
-                    attributes: [String: String] = [:]) {
-            let node = XMLNode(name: elementName)
-            stack.last?.children.append(node)
-            if root == nil { root = node }
-            stack.append(node)
-        }
-
-        func parser(_ parser: XMLParser, foundCharacters string: String) {
-            stack.last?.text += string
-        }
-
-        func parser(_ parser: XMLParser, didEndElement elementName: String, namespaceURI: String?, qualifiedName: String?) {
-            _ = stack.popLast()
-        }
-    }
-}
-
-/// XML escaping for request bodies.
-func xmlEscape(_ text: String) -> String {
-    text.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
-        .replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "\"", with: "&quot;")
 }
 
 /// Base64 of the MD5 of a body (`Content-MD5`, required by DeleteObjects and PutBucketLifecycle).

@@ -16,4 +16,16 @@ void CSignalPipe_record(int number);
 /// The number of the first signal received, or 0.
 int CSignalPipe_received(void);
 
+/// Starts a critical section: SIGINT, SIGTERM and SIGHUP (unless ignored) are only recorded, by an
+/// async-signal-safe handler (an atomic store), until `CSignalPipe_defer_end`. Not reentrant.
+void CSignalPipe_defer_begin(void);
+
+/// The signal recorded since `CSignalPipe_defer_begin`, or 0.
+int CSignalPipe_deferred(void);
+
+/// Ends the critical section: puts the previous handlers back and, if the recorded signal had a
+/// handler of the program's own (ours), records it with `CSignalPipe_record` (no hooks run).
+/// Returns the recorded signal, or 0.
+int CSignalPipe_defer_end(void);
+
 #endif

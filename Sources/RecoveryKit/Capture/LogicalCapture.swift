@@ -4,35 +4,15 @@ import Gzip
 import PostgresClient
 import ProcessSignals
 
-/// Everything a logical backup needs to know, resolved from flags, environment and config.
+/// A logical backup's configuration: what every capture needs, and how long pg_dump waits for a lock.
 public struct LogicalCaptureConfiguration {
-    public var target: ConnectionTarget
-    /// Every repository to write to (the first is the primary one named in messages).
-    public var repositories: [String]
-    public var repository: String { repositories[0] }
-    public var tags: [String]
-    public var release: String?
-    public var pinned: Bool
-    public var compressionLevel: Int
-    /// Cores to compress on.
-    public var jobs: Int
-    /// Encrypt the stored files with this key (repository cipher), if any.
-    public var key: RepositoryKey? = nil
-    public var tools: PostgresTools
+    public var capture: CaptureConfiguration
     /// `--lock-wait`: pg_dump's `--lock-wait-timeout` (the target's sessions carry it as `lock_timeout`).
-    public var lockWaitSeconds = SessionLimits.defaultLockWaitSeconds
+    public var lockWaitSeconds: Int
 
-    public init(target: ConnectionTarget, repositories: [String], tags: [String] = [], release: String? = nil,
-                pinned: Bool = false, compressionLevel: Int = GzipCompressor.defaultLevel, jobs: Int = ProcessInfo.processInfo.activeProcessorCount,
-                tools: PostgresTools = PostgresTools()) {
-        self.jobs = max(1, jobs)
-        self.target = target
-        self.repositories = repositories
-        self.tags = tags
-        self.release = release
-        self.pinned = pinned
-        self.compressionLevel = compressionLevel
-        self.tools = tools
+    public init(_ capture: CaptureConfiguration, lockWaitSeconds: Int = SessionLimits.defaultLockWaitSeconds) {
+        self.capture = capture
+        self.lockWaitSeconds = lockWaitSeconds
     }
 }
 
@@ -56,11 +36,9 @@ public enum LogicalCapture {
     ///   - progress: told of bytes read from pg_dump.
     /// - Returns: the manifest written.
     /// - Throws: `RecoveryError`, `PostgresError` or `StorageError`; classify with `RecoveryError.classify`.
-    public static func run(_ configuration: LogicalCaptureConfiguration, progress: ProgressObserver? = nil) throws -> CaptureResult {
-        guard (0...9).contains(configuration.compressionLevel) else {
-            throw RecoveryError(.usage, "compression level \(configuration.compressionLevel) is outside 0...9",
-                                hint: "pass --compression-level between 0 (none) and 9 (smallest); \(GzipCompressor.defaultLevel) is the default")
-        }
+    public static func run(_ logical: LogicalCaptureConfiguration, progress: ProgressObserver? = nil) throws -> CaptureResult {
+        let configuration = logical.capture
+        try configuration.validate()
         let pgDump = try configuration.tools.path(of: "pg_dump")
         let targets = try CaptureTargets(addresses: configuration.repositories, command: "dbbackup")
         defer {
@@ -94,10 +72,10 @@ public enum LogicalCapture {
         do {
             (file, _) = try StreamCapture.run(
                 executable: pgDump,
-                arguments: ["--snapshot=\(snapshot)", "--format=plain", "--no-password", "--lock-wait-timeout=\(configuration.lockWaitSeconds * 1000)"],
+                arguments: ["--snapshot=\(snapshot)", "--format=plain", "--no-password", "--lock-wait-timeout=\(logical.lockWaitSeconds * 1000)"],
                 environment: configuration.target.childEnvironment, targets: targets, key: dumpKey,
                 level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "dump",
-                lockWait: (configuration.target, configuration.lockWaitSeconds), beforeCommit: { _ = try counting.wait(); _ = try schemaDump.finish() })
+                lockWait: (configuration.target, logical.lockWaitSeconds), beforeCommit: { _ = try counting.wait(); _ = try schemaDump.finish() })
         } catch {
             // A count that failed first (no SELECT privilege, a lock timeout) aborts the snapshot, and
             // pg_dump then reports only "could not import the requested snapshot": the count's error is the cause.

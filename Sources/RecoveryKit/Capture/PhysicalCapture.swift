@@ -13,7 +13,8 @@ public enum PhysicalCapture {
     /// - Important: the manifest is written last; it records the first and last WAL segment the
     ///   backup needs, which `wal-push` must have archived for a restore.
     /// - Throws: `RecoveryError`, `PostgresError` or `StorageError`.
-    public static func run(_ configuration: LogicalCaptureConfiguration, progress: ProgressObserver? = nil) throws -> CaptureResult {
+    public static func run(_ configuration: CaptureConfiguration, progress: ProgressObserver? = nil) throws -> CaptureResult {
+        try configuration.validate()
         let pgBasebackup = try configuration.tools.path(of: "pg_basebackup")
         let targets = try CaptureTargets(addresses: configuration.repositories, command: "dbbackup --physical")
         defer {
@@ -59,7 +60,7 @@ public enum PhysicalCapture {
     }
 
     /// Reads the WAL range from the captured stream and writes the manifests.
-    private static func finish(_ configuration: LogicalCaptureConfiguration, id: String, startedAt: Date, connection: PostgresConnection,
+    private static func finish(_ configuration: CaptureConfiguration, id: String, startedAt: Date, connection: PostgresConnection,
                                facts: QueryResult.Row, segmentSize: UInt64, scanner: TarScanner, file: BackupManifest.File,
                                targets: CaptureTargets) throws -> CaptureResult {
         let label = scanner.text("backup_label") ?? ""

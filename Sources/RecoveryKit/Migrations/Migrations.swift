@@ -169,10 +169,10 @@ public enum Migrations {
             try confirm(plan)
             var backupID: String?
             if let backupRepository {
-                var capture = LogicalCaptureConfiguration(target: configuration.target, repositories: [backupRepository],
-                                                          tags: ["pre-downgrade"], release: configuration.release, tools: tools)
+                var capture = CaptureConfiguration(target: configuration.target, repositories: [backupRepository],
+                                                   tags: ["pre-downgrade"], release: configuration.release, tools: tools)
                 capture.key = key
-                let result = try LogicalCapture.run(capture, progress: progress)
+                let result = try LogicalCapture.run(LogicalCaptureConfiguration(capture), progress: progress)
                 backupID = result.manifest.id
             }
             let point = runner.createRestorePoint("dbmigrate-down-\(current.map(String.init) ?? "0")-to-\(remaining.map(String.init) ?? "0")-\(Int(Date().timeIntervalSince1970))")

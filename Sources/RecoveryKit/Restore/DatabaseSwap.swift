@@ -1,5 +1,6 @@
 import Foundation
 import PostgresClient
+import ProcessSignals
 
 /// The server-side steps around the replay: create the scratch database as the source was (encoding,
 /// locale), give it the source's properties, and swap it in place of the target.
@@ -186,64 +187,64 @@ enum DatabaseSwap {
             return
         }
         let quotedAside = admin.quoteIdentifier(keepAs)
-        let signals = SignalDeferral()
-        defer { signals.release() }
-        var closed = try ToolDatabases.marker(of: target, on: admin) ?? Marker(.target, target: target, backup: nil)
-        closed.closedForSwap = true
-        // New connections are refused first, so that ending sessions is not a race we lose; the marker
-        // commits with it, so a kill from here on is repaired by the next run.
-        try admin.execute(script: """
-            BEGIN;
-            ALTER DATABASE \(quotedTarget) ALLOW_CONNECTIONS false;
-            \(ToolDatabases.markStatement(target, closed, on: admin));
-            COMMIT;
-            """)
-        CrashPoint.reached("restore:during-swap")
-        let deadline = Date().addingTimeInterval(timeout)
-        do {
-            while true {
-                if let signal = signals.received {
-                    throw RecoveryError(.interrupted, "interrupted by \(SignalDeferral.name(signal)) during the swap; \(target) is unchanged and open",
-                                        hint: "run dbrestore again to restore; \(scratch) was dropped")
-                }
-                try admin.query("SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE datname = $1 AND pid <> pg_catalog.pg_backend_pid()",
-                                [target])
-                let blockers = try SwapBlockers.find(on: admin, database: target)
-                if blockers.isEmpty {
-                    do {
-                        try admin.execute(script: """
-                            BEGIN;
-                            ALTER DATABASE \(quotedTarget) RENAME TO \(quotedAside);
-                            ALTER DATABASE \(quotedScratch) RENAME TO \(quotedTarget);
-                            ALTER DATABASE \(quotedAside) ALLOW_CONNECTIONS true;
-                            \(ToolDatabases.markStatement(keepAs, Marker(.preRestore, target: target, backup: backupID), on: admin));
-                            \(restored);
-                            \(closeRestored)COMMIT;
-                            """)
-                        if let signal = signals.received {
-                            timeline.note("\(SignalDeferral.name(signal)) arrived as the swap committed; the restore is complete")
-                        }
-                        return
-                    } catch let error as PostgresError where error.sqlState == "55006" {
-                        // "being accessed by other users": a session connected between the check and the rename.
-                        _ = try? admin.execute(script: "ROLLBACK")  // the 55006 is what matters; the loop tries again
-                    }
-                }
-                if Date() >= deadline {
-                    throw RecoveryError(.restoreFailed,
-                                        "sessions on \(target) did not end within \(Int(timeout)) s, so it was not swapped: \(blockers.description)",
-                                        hint: "\(target) is unchanged and open again; end them with: \(blockers.endingQueries) — then run again (or raise --swap-timeout)")
-                }
-                usleep(200_000)
-            }
-        } catch {
-            _ = try? admin.execute(script: "ROLLBACK")  // no transaction may be open when reopening; none is the normal case
+        try Interruption.deferring { signals in
+            var closed = try ToolDatabases.marker(of: target, on: admin) ?? Marker(.target, target: target, backup: nil)
+            closed.closedForSwap = true
+            // New connections are refused first, so that ending sessions is not a race we lose; the marker
+            // commits with it, so a kill from here on is repaired by the next run.
+            try admin.execute(script: """
+                BEGIN;
+                ALTER DATABASE \(quotedTarget) ALLOW_CONNECTIONS false;
+                \(ToolDatabases.markStatement(target, closed, on: admin));
+                COMMIT;
+                """)
+            CrashPoint.reached("restore:during-swap")
+            let deadline = Date().addingTimeInterval(timeout)
             do {
-                try ToolDatabases.reopen(target, marker: closed, on: admin)
-            } catch let reopenError {
-                timeline.note("reopen \(target) to connections", outcome: "failed: \(RecoveryError.classify(reopenError).message); the next dbrestore reopens it")
+                while true {
+                    if let signal = signals.received {
+                        throw RecoveryError(.interrupted, "interrupted by \(Interruption.name(of: signal)) during the swap; \(target) is unchanged and open",
+                                            hint: "run dbrestore again to restore; \(scratch) was dropped")
+                    }
+                    try admin.query("SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE datname = $1 AND pid <> pg_catalog.pg_backend_pid()",
+                                    [target])
+                    let blockers = try SwapBlockers.find(on: admin, database: target)
+                    if blockers.isEmpty {
+                        do {
+                            try admin.execute(script: """
+                                BEGIN;
+                                ALTER DATABASE \(quotedTarget) RENAME TO \(quotedAside);
+                                ALTER DATABASE \(quotedScratch) RENAME TO \(quotedTarget);
+                                ALTER DATABASE \(quotedAside) ALLOW_CONNECTIONS true;
+                                \(ToolDatabases.markStatement(keepAs, Marker(.preRestore, target: target, backup: backupID), on: admin));
+                                \(restored);
+                                \(closeRestored)COMMIT;
+                                """)
+                            if let signal = signals.received {
+                                timeline.note("\(Interruption.name(of: signal)) arrived as the swap committed; the restore is complete")
+                            }
+                            return
+                        } catch let error as PostgresError where error.sqlState == "55006" {
+                            // "being accessed by other users": a session connected between the check and the rename.
+                            _ = try? admin.execute(script: "ROLLBACK")  // the 55006 is what matters; the loop tries again
+                        }
+                    }
+                    if Date() >= deadline {
+                        throw RecoveryError(.restoreFailed,
+                                            "sessions on \(target) did not end within \(Int(timeout)) s, so it was not swapped: \(blockers.description)",
+                                            hint: "\(target) is unchanged and open again; end them with: \(blockers.endingQueries) — then run again (or raise --swap-timeout)")
+                    }
+                    usleep(200_000)
+                }
+            } catch {
+                _ = try? admin.execute(script: "ROLLBACK")  // no transaction may be open when reopening; none is the normal case
+                do {
+                    try ToolDatabases.reopen(target, marker: closed, on: admin)
+                } catch let reopenError {
+                    timeline.note("reopen \(target) to connections", outcome: "failed: \(RecoveryError.classify(reopenError).message); the next dbrestore reopens it")
+                }
+                throw error
             }
-            throw error
         }
     }
 }

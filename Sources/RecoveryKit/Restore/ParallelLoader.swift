@@ -1,5 +1,6 @@
 import Foundation
 import PostgresClient
+import Synchronization
 
 /// The connections of one restore and what runs on each (see `DumpApplier` for the plan).
 final class ParallelLoader {
@@ -243,14 +244,18 @@ final class ParallelLoader {
     }
 
     /// The groups of one batch, taken by the lanes one at a time.
-    private final class BatchState: @unchecked Sendable {
-        // Safe: `groups`, `deadlocked` and `failed` are only touched under `lock`.
-        private let lock = NSLock()
-        private var groups: [[DumpScanner.Statement]]
-        private(set) var deadlocked: [DumpScanner.Statement] = []
-        private var failed = false
+    private final class BatchState: Sendable {
+        private struct Shared {
+            var groups: [[DumpScanner.Statement]]
+            var deadlocked: [DumpScanner.Statement] = []
+            var failed = false
+        }
+        private let shared: Mutex<Shared>
 
-        init(groups: [[DumpScanner.Statement]]) { self.groups = groups }
+        init(groups: [[DumpScanner.Statement]]) { shared = Mutex(Shared(groups: groups)) }
+
+        /// Statements that deadlocked beside others, to run again alone.
+        var deadlocked: [DumpScanner.Statement] { shared.withLock { $0.deadlocked } }
 
         func drain(on connection: LoaderConnection) throws {
             while let group = next() {
@@ -258,9 +263,9 @@ final class ParallelLoader {
                     do {
                         try connection.run(statement)
                     } catch let error as PostgresError where error.sqlState == LoaderConnection.deadlockDetected {
-                        lock.withLock { deadlocked.append(statement) }
+                        shared.withLock { $0.deadlocked.append(statement) }
                     } catch {
-                        lock.withLock { failed = true }
+                        shared.withLock { $0.failed = true }
                         throw DumpApplier.failure(error, in: statement.excerpt, backupID: connection.backupID)
                     }
                 }
@@ -268,7 +273,7 @@ final class ParallelLoader {
         }
 
         private func next() -> [DumpScanner.Statement]? {
-            lock.withLock { failed || groups.isEmpty ? nil : groups.removeFirst() }
+            shared.withLock { $0.failed || $0.groups.isEmpty ? nil : $0.groups.removeFirst() }
         }
     }
 

@@ -1,7 +1,6 @@
 import BackupStorage
 import Foundation
 import Gzip
-import ProcessSignals
 
 /// Re-reads a backup's stored files and checks them against the manifest, without a database.
 public enum FileVerifier {
@@ -110,20 +109,5 @@ extension FileVerifier {
     static func sizeResult(_ file: BackupManifest.File, stored: UInt64) -> FileResult? {
         guard stored != file.storedBytes else { return nil }
         return FileResult(name: file.name, ok: false, problem: "size is \(stored) bytes, manifest says \(file.storedBytes) (truncated or replaced)")
-    }
-}
-
-/// Streaming over stored objects in bounded chunks.
-public enum ObjectStreaming {
-    /// Calls `body` with each chunk of the object until its end.
-    public static func forEachChunk(of reader: ObjectReader, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: PipeReader.chunkSize, alignment: 16)
-        defer { buffer.deallocate() }
-        while true {
-            try Interruption.check()
-            let count = try reader.read(into: buffer)
-            if count == 0 { return }
-            try body(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
-        }
     }
 }
