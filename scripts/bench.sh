@@ -89,9 +89,9 @@ readonce_and_wal() {
   env $s3_env "$bin/dbbackup" -q --database-url "$base/bench" --repo s3://bench/readonce >/dev/null
   id=$(ls "$work/readonce-repo/backups" | sort | tail -1)
   stored=$(stat -c %s "$work/readonce-repo/backups/$id/dump.sql.gz")
-  restore_db ro1
+  psql -q -X "$base/postgres" -c "CREATE DATABASE ro1"
   local_read=$("$bin/dbrestore" latest -q --yes --json --repo "$work/readonce-repo" --database-url "$base/ro1" | python3 -c "import json,sys; print(json.load(sys.stdin)['bytes_read'])")
-  restore_db ro2
+  psql -q -X "$base/postgres" -c "CREATE DATABASE ro2"
   env $proxied "$bin/dbrestore" latest -q --yes --repo s3://bench/readonce --database-url "$base/ro2" >/dev/null
   s3_read=$(python3 -c "
 import json; stats = json.load(open('$work/proxy-stats.json'))
@@ -112,10 +112,10 @@ for index in range(1, count + 1):
         for _ in range(2048):
             out.write(page())
 PY
-  python3 scripts/s3-fault-proxy.py --upstream "$S3_PORT" --delay 0.05 > "$work/proxy.out" &
+  python3 scripts/s3-fault-proxy.py --upstream "$S3_PORT" --delay 0.05 > "$work/proxy-delay.out" &
   proxy_pid=$!
-  until grep -q '^PORT=' "$work/proxy.out" 2>/dev/null; do sleep 0.1; done
-  port=$(sed -n 's/^PORT=//p' "$work/proxy.out")
+  until grep -q '^PORT=' "$work/proxy-delay.out" 2>/dev/null; do sleep 0.1; done
+  port=$(sed -n 's/^PORT=//p' "$work/proxy-delay.out")
   proxied="AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_ENDPOINT_URL_S3=http://127.0.0.1:$port"
   local names start sync_s async_s plain_s prefetch_s
   names=$(cd "$work/wal/pg_wal" && printf "%s\n" 000000010000000A*)

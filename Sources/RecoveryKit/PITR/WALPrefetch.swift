@@ -46,6 +46,12 @@ public enum WALPrefetch {
         let objectKey = try WALArchive.key(for: name)
         let spool = try WALSpool(settings.spool, repository: settings.repository, resetOnMismatch: true)
         var served: Data?
+        // The prefetcher is downloading it right now: wait for that copy instead of downloading it twice.
+        let deadline = Date().addingTimeInterval(30)
+        while spool.exists("claims/\(name)") && !spool.exists("segments/\(name).gz") && Date() < deadline {
+            try Interruption.check()
+            usleep(10_000)
+        }
         if let stored = try? spool.files.read("segments/\(name).gz") {
             served = try? WALArchive.decompress(stored, name: name, objectKey: objectKey, cipherKey: cipherKey)
             try spool.files.delete(["segments/\(name).gz"])   // served or damaged: either way not needed again
@@ -82,6 +88,8 @@ public enum WALPrefetch {
         let spool = try WALSpool(settings.spool, repository: settings.repository, resetOnMismatch: true)
         guard let lock = try spool.tryLock(lockName) else { return }
         defer { lock.release() }
+        // Claims of a prefetcher that was killed: this one holds the lock, so none is live.
+        try spool.files.delete(try spool.names(under: "claims/").map { "claims/\($0)" })
         let claims = Claims()
         let directory = spool.directory
         let repository = settings.repository
@@ -100,6 +108,9 @@ public enum WALPrefetch {
                 }
                 defer { claims.release(name) }
                 guard let objectKey = try? WALArchive.key(for: name) else { continue }
+                // Said in the spool, so that the call for this segment waits for it instead of fetching it too.
+                try? spool.files.write("claims/\(name)", contents: Data())
+                defer { try? spool.files.delete(["claims/\(name)"]) }
                 do {
                     try spool.files.write("segments/\(name).gz", contents: try store.read(objectKey))
                     idleSince = Date()
