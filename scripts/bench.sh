@@ -140,7 +140,7 @@ PY
   prefetch_s=$(python3 -c "import time; print(time.time() - $start)")
   kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
   python3 - "$stored" "$local_read" "$s3_stored" "$s3_read" "$segments" "$sync_s" "$async_s" "$plain_s" "$prefetch_s" <<'PY'
-import sys
+import os, sys
 stored, local_read, s3_stored, s3_read, segments = (int(v) for v in sys.argv[1:6])
 sync_s, async_s, plain_s, prefetch_s = (float(v) for v in sys.argv[6:10])
 print("\n## Bytes read per restore (one restore each, issue 21 item 2)\n")
@@ -148,7 +148,8 @@ print("| restore | stored bytes | bytes read | read / stored |")
 print("| --- | ---: | ---: | ---: |")
 print(f"| local repository (dbrestore --json bytes_read) | {stored} | {local_read} | {local_read / stored:.3f} |")
 print(f"| S3 through the proxy (GET body bytes of the dump) | {s3_stored} | {s3_read} | {s3_read / s3_stored:.3f} |")
-print(f"\n## WAL at 50 ms per S3 request ({segments} segments of 16 MiB, one run)\n")
+load = open("/proc/loadavg").read().split()[0]
+print(f"\n## WAL at 50 ms per S3 request ({segments} segments of 16 MiB, one run; load average {load} on {os.cpu_count()} cores at the end)\n")
 print("| job | seconds | segments/s | ratio | target | met |")
 print("| --- | ---: | ---: | ---: | ---: | :---: |")
 print(f"| wal-push, one call per segment | {sync_s:.2f} | {segments / sync_s:.1f} | | | |")
