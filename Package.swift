@@ -16,6 +16,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
@@ -26,17 +27,20 @@ let package = Package(
         .target(name: "ProcessSignals", dependencies: ["CSignalPipe"]),
         // The one UTC timestamp formatter (ISO 8601, compact ids, PostgreSQL input); depends on nothing.
         .target(name: "UTCTime"),
-        .target(name: "PostgresClient", dependencies: ["CLibPQ", "ProcessSignals"]),
+        .target(name: "PostgresClient", dependencies: ["CLibPQ", "ProcessSignals", .product(name: "Logging", package: "swift-log")]),
         .target(name: "Gzip", dependencies: ["CZlib"]),
-        .target(name: "BackupStorage", dependencies: ["ProcessSignals", "UTCTime", .product(name: "Crypto", package: "swift-crypto")]),
+        .target(name: "BackupStorage", dependencies: ["ProcessSignals", "UTCTime", .product(name: "Crypto", package: "swift-crypto"),
+                                                      .product(name: "Logging", package: "swift-log")]),
         .target(name: "RecoveryKit", dependencies: [
             "PostgresClient", "Gzip", "BackupStorage", "ProcessSignals", "UTCTime",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "TOMLKit", package: "TOMLKit"),
+            .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "RecoveryCommands", dependencies: [
             "RecoveryKit", "Gzip", "ProcessSignals",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "dbbackup", dependencies: ["RecoveryCommands"]),
         .executableTarget(name: "dbrestore", dependencies: ["RecoveryCommands"]),
@@ -49,7 +53,8 @@ let package = Package(
         .testTarget(name: "BackupStorageTests", dependencies: ["BackupStorage"]),
         .testTarget(name: "RecoveryKitTests", dependencies: ["RecoveryKit", "BackupStorage", "ProcessSignals"]),
         .testTarget(name: "RecoveryCommandsTests", dependencies: ["RecoveryCommands", "RecoveryKit",
-                                                                  .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+                                                                  .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                                                                  .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "IntegrationTests", dependencies: ["RecoveryKit", "BackupStorage", "TestSupport", "PostgresClient"]),
     ],
     swiftLanguageModes: [.v6]

@@ -4,6 +4,7 @@ import Glibc
 import Darwin
 #endif
 import Foundation
+import Logging
 import ProcessSignals
 internal import CLibPQ
 
@@ -14,6 +15,8 @@ internal import CLibPQ
 /// pg_dump and pg_basebackup do the rest.
 public final class PostgresConnection {
     private var handle: OpaquePointer?
+    /// Where notices nobody asked for go: at debug (`-vv`), warnings at info (`-v`).
+    private let logger = Logger(label: "dbrecovery.postgres")
     /// The COPY statement in progress, for error messages.
     private var copyStatement = ""
     /// The target this connection was opened with (for messages; never includes the password).
@@ -72,19 +75,25 @@ public final class PostgresConnection {
             self.canceller = canceller
             interruptHook = Interruption.onInterrupt { canceller.cancelRunningStatement() }
         }
-        // Notices go to `onNotice` (dropped while it is nil: our own "skipping" notices are not the
-        // operator's business). Unretained: libpq only calls back during calls made through `self`.
+        // Notices go to `onNotice`; while it is nil they are logged below the default level (our own
+        // "skipping" notices are not the operator's business, but -v/-vv shows them).
+        // Unretained: libpq only calls back during calls made through `self`.
         PQsetNoticeReceiver(connection, { context, result in
             guard let context, let result else { return }
             let connection = Unmanaged<PostgresConnection>.fromOpaque(context).takeUnretainedValue()
-            guard let onNotice = connection.onNotice else { return }
             func field(_ code: UInt8) -> String? { PQresultErrorField(result, Int32(code)).map { String(cString: $0) } }
-            onNotice(PostgresNotice(severity: field(UInt8(ascii: "V")) ?? field(UInt8(ascii: "S")) ?? "NOTICE",
-                                    message: field(UInt8(ascii: "M")) ?? ""))
+            let notice = PostgresNotice(severity: field(UInt8(ascii: "V")) ?? field(UInt8(ascii: "S")) ?? "NOTICE",
+                                        message: field(UInt8(ascii: "M")) ?? "")
+            guard let onNotice = connection.onNotice else {
+                connection.logger.log(level: notice.severity == "WARNING" ? .info : .debug, "server \(notice.severity): \(notice.message)")
+                return
+            }
+            onNotice(notice)
         }, Unmanaged.passUnretained(self).toOpaque())
     }
 
-    /// Called with every NOTICE and WARNING the server sends while this is set; nil drops them.
+    /// Called with every NOTICE and WARNING the server sends while this is set; nil logs them (debug,
+    /// warnings at info).
     public var onNotice: ((PostgresNotice) -> Void)?
 
     /// Whether the session is inside a transaction block (libpq's `PQtransactionStatus`), so a caller

@@ -17,10 +17,13 @@ public struct BackupCommand: ParsableCommand {
 
         Examples:
           dbbackup --database-url postgresql://app@db1/app --repo /var/backups/app
-          DATABASE_URL=postgresql://app@db1/app BACKUP_REPO=/var/backups/app dbbackup --tag nightly
-          dbbackup --repo /var/backups/app --tag pre-deploy --release v1.3.0 --pin --json
+          DATABASE_URL=postgresql://app@db1/app BACKUP_REPO=/var/backups/app \\
+              dbbackup --tag nightly
+          dbbackup --repo /var/backups/app --tag pre-deploy --release v1.3.0 \\
+              --pin --json
           dbbackup --physical --repo s3://acme-backups/prod
-          archive_command = 'dbbackup wal-push %p --repo /var/backups/app'     (postgresql.conf)
+          archive_command = 'dbbackup wal-push %p --repo /var/backups/app'
+                                                  # in postgresql.conf
 
         The dump is plain SQL: gunzip -c dump.sql.gz | psql restores it by hand if you must.
         """,
@@ -32,7 +35,7 @@ public struct BackupCommand: ParsableCommand {
 }
 
 /// `dbbackup [capture]`: one backup.
-public struct CaptureCommand: ParsableCommand {
+public struct CaptureCommand: ToolCommand {
     public static let configuration = CommandConfiguration(
         commandName: "capture",
         abstract: "Take one backup (the default subcommand): logical, or physical with --physical.")
@@ -76,14 +79,16 @@ public struct CaptureCommand: ParsableCommand {
         }
     }
 
-    public func run() throws {
-        if try config.printIfAsked(connection: connection, repository: repository) { return }
-        output.begin("dbbackup", labels: ["kind": physical ? "physical" : "logical"])
+    public func run(in context: RunContext) throws {
+        let settings = context.settings
+        if config.printIfAsked(context, connection: connection, repository: repository) { return }
+        output.begin("dbbackup", labels: ["kind": physical ? "physical" : "logical"], in: context)
         var configuration = CaptureConfiguration(
-            target: try connection.target(), repositories: try repository.addresses(), tags: tags, release: release,
+            target: try connection.target(settings), repositories: try repository.addresses(settings), tags: tags, release: release,
             pinned: pin, compressionLevel: compressionLevel,
-            jobs: jobs ?? ProcessInfo.processInfo.activeProcessorCount, tools: connection.tools)
-        configuration.key = try encryption.key(from: repository, writingTo: configuration.repositories)
+            jobs: jobs ?? ProcessInfo.processInfo.activeProcessorCount, tools: connection.tools(settings))
+        configuration.key = try encryption.key(from: repository, writingTo: configuration.repositories, settings)
+        configuration.environment = repository.storageEnvironment(settings)
         let result = physical ? try PhysicalCapture.run(configuration, progress: output.progress)
             : try LogicalCapture.run(LogicalCaptureConfiguration(configuration, lockWaitSeconds: connection.sessionLimits.lockWaitSeconds),
                                      progress: output.progress)
@@ -91,7 +96,7 @@ public struct CaptureCommand: ParsableCommand {
         let summary = BackupSummary(manifest: manifest, repository: configuration.repository)
         output.succeeded(["backup_raw_bytes": Double(manifest.rawBytes), "backup_stored_bytes": Double(manifest.storedBytes),
                           "backup_rows": Double(manifest.totalRows), "backup_tables": Double(manifest.tables.count)],
-                         summary: summary.humanDescription)
+                         summary: summary.humanDescription, in: context)
         if output.json {
             try printJSON(summary)
         } else {
@@ -108,7 +113,7 @@ public struct CaptureCommand: ParsableCommand {
 }
 
 /// `dbbackup wal-push <path>`: PostgreSQL's `archive_command`.
-public struct WALPushCommand: ParsableCommand {
+public struct WALPushCommand: ToolCommand {
     public static let configuration = CommandConfiguration(
         commandName: "wal-push",
         abstract: "Archive one WAL file (for archive_command = 'dbbackup wal-push %p --repo …').",
@@ -155,35 +160,42 @@ public struct WALPushCommand: ParsableCommand {
         if spool != nil && !async && !pusher { throw ValidationError("--spool is for --async; add --async or drop --spool") }
     }
 
-    public func run() throws {
-        if try config.printIfAsked(connection: nil, repository: repository) { return }
-        let addresses = try repository.addresses()
+    public func run(in context: RunContext) throws {
+        let settings = context.settings
+        if config.printIfAsked(context, connection: nil, repository: repository) { return }
+        let addresses = try repository.addresses(settings)
         if async || pusher {
             guard addresses.count == 1 else {
                 throw RecoveryError(.usage, "wal-push --async archives into one repository; \(addresses.count) were given",
                                     hint: "use one archive_command per repository, each with its own --spool")
             }
-            guard let directory = try spool ?? ConfigFile.current()?.walSpool else {
+            guard let directory = spool ?? settings.configFile?.walSpool else {
                 throw RecoveryError(.usage, "wal-push --async needs a spool directory", hint: "pass --spool DIR or set [wal] spool in the config file")
             }
-            let settings = WALAsyncPush.Settings(spool: directory, repository: addresses[0], jobs: jobs, timeout: TimeInterval(timeout))
-            if pusher { return try WALAsyncPush.drain(settings: settings, key: try encryption.key(from: repository, writingTo: addresses)) }
+            let environment = repository.storageEnvironment(settings)
+            let asyncSettings = WALAsyncPush.Settings(spool: directory, repository: addresses[0], jobs: jobs, timeout: TimeInterval(timeout),
+                                                      environment: environment)
+            if pusher {
+                return try WALAsyncPush.drain(settings: asyncSettings, key: try encryption.key(from: repository, writingTo: addresses, settings))
+            }
             guard let path else { return }   // validate() refused this already
-            // The pusher gets the same repository and key options; secrets stay in the environment it inherits.
+            // The pusher gets the same repository and key options; secrets stay in the environment it is given.
             var arguments = ["wal-push", "--pusher", "--spool", directory, "--repo", addresses[0], "--jobs", String(jobs)]
             if let keyFile = repository.encryptionKeyFile { arguments += ["--encryption-key-file", keyFile] }
             if encryption.allowMixedEncryption { arguments.append("--allow-mixed-encryption") }
-            return try WALAsyncPush.push(path: path, settings: settings, pusherArguments: arguments)
+            return try WALAsyncPush.push(path: path, settings: asyncSettings, pusherArguments: arguments)
         }
         guard let path else { return }   // validate() refused this already
         if addresses.count == 1 {
-            _ = try WALArchive.push(path: path, repository: addresses[0], key: try encryption.key(from: repository, writingTo: addresses))
+            _ = try WALArchive.push(path: path, repository: addresses[0], key: try encryption.key(from: repository, writingTo: addresses, settings),
+                                    environment: repository.storageEnvironment(settings))
             return
         }
         var failures: [String] = []
         for address in addresses {
             do {
-                _ = try WALArchive.push(path: path, repository: address, key: try encryption.key(from: repository, writingTo: [address]))
+                _ = try WALArchive.push(path: path, repository: address, key: try encryption.key(from: repository, writingTo: [address], settings),
+                                        environment: repository.storageEnvironment(settings))
             } catch {
                 failures.append("\(address): \(RecoveryError.classify(error).message)")
             }

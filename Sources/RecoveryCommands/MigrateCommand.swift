@@ -32,13 +32,14 @@ public struct MigrateCommand: ParsableCommand {
         @Option(name: .customLong("dir"), help: ArgumentHelp("Migrations directory (default: ./migrations, or [migrations] dir in the config file).", valueName: "dir"))
         public var directoryFlag: String?
 
-        var directory: String { directoryFlag ?? (try? ConfigFile.current()?.migrationsDirectory) ?? nil ?? "migrations" }
+        /// `--dir`, else the config file's `[migrations] dir`, else `./migrations`.
+        func directory(_ settings: Settings) -> String { directoryFlag ?? settings.configFile?.migrationsDirectory ?? "migrations" }
 
         public init() {}
 
-        func configuration(_ connection: ConnectionOptions, release: String? = nil, perStep: Bool = false,
+        func configuration(_ connection: ConnectionOptions, _ settings: Settings, release: String? = nil, perStep: Bool = false,
                            lockTimeout: String = "10s", statementTimeout: String = "15min") throws -> MigrationConfiguration {
-            MigrationConfiguration(target: try connection.target(), directory: directory, release: release, perStep: perStep,
+            MigrationConfiguration(target: try connection.target(settings), directory: directory(settings), release: release, perStep: perStep,
                                    // --lock-wait (ConnectionOptions) also bounds the wait for another dbmigrate's lock; 30 s unless given.
                                    lockWaitSeconds: Double(connection.explicitLockWaitSeconds ?? 30),
                                    lockTimeout: lockTimeout, statementTimeout: statementTimeout)
@@ -63,9 +64,9 @@ public struct MigrateCommand: ParsableCommand {
 
         /// The run's configuration: the shared options plus this command's transaction and timeout
         /// choices; the server's notices and warnings go to stderr as they arrive.
-        func configuration(_ common: Common, _ connection: ConnectionOptions, release: String?, output: OutputOptions,
+        func configuration(_ common: Common, _ connection: ConnectionOptions, _ settings: Settings, release: String?, output: OutputOptions,
                            requireRestorePoint: Bool = false) throws -> MigrationConfiguration {
-            var configuration = try common.configuration(connection, release: release, perStep: perStep, lockTimeout: lockTimeout,
+            var configuration = try common.configuration(connection, settings, release: release, perStep: perStep, lockTimeout: lockTimeout,
                                                          statementTimeout: statementTimeout)
             configuration.requireRestorePoint = requireRestorePoint
             configuration.onServerMessage = { output.note("server \($0)") }
@@ -100,7 +101,7 @@ public struct MigrateCommand: ParsableCommand {
         print(line)
     }
 
-    public struct Status: ParsableCommand {
+    public struct Status: ToolCommand {
         public static let configuration = CommandConfiguration(abstract: "Show applied and pending versions, and drift.")
         @OptionGroup(title: "Connection") var connection: ConnectionOptions
         @OptionGroup var common: Common
@@ -108,9 +109,9 @@ public struct MigrateCommand: ParsableCommand {
         @OptionGroup(title: "Output") var output: OutputOptions
         public init() {}
 
-        public func run() throws {
-            if try config.printIfAsked(connection: connection, repository: nil) { return }
-            let rows = try Migrations.status(try common.configuration(connection))
+        public func run(in context: RunContext) throws {
+            if config.printIfAsked(context, connection: connection, repository: nil) { return }
+            let rows = try Migrations.status(try common.configuration(connection, context.settings))
             if output.json { return try printJSON(rows) }
             var table = TextTable("VERSION", "NAME", "STATE", "APPLIED AT (UTC)", "RELEASE", "NOTES")
             for row in rows {
@@ -122,7 +123,7 @@ public struct MigrateCommand: ParsableCommand {
         }
     }
 
-    public struct Up: ParsableCommand {
+    public struct Up: ToolCommand {
         public static let configuration = CommandConfiguration(abstract: "Apply pending migrations (up to --to).")
         @OptionGroup(title: "Connection") var connection: ConnectionOptions
         @OptionGroup var common: Common
@@ -137,15 +138,15 @@ public struct MigrateCommand: ParsableCommand {
             if let to, to < 0 { throw ValidationError("--to \(to) must be a version number of 0 or more") }
         }
 
-        public func run() throws {
-            if try config.printIfAsked(connection: connection, repository: nil) { return }
-            let configuration = try running.configuration(common, connection, release: release, output: output)
+        public func run(in context: RunContext) throws {
+            if config.printIfAsked(context, connection: connection, repository: nil) { return }
+            let configuration = try running.configuration(common, connection, context.settings, release: release, output: output)
             let (plan, report) = try Migrations.up(configuration, to: to, dryRun: running.dryRun) { try running.confirm($0, destructive: false) }
             try MigrateCommand.render(plan, report, dryRun: running.dryRun, output: output)
         }
     }
 
-    public struct Down: ParsableCommand {
+    public struct Down: ToolCommand {
         public static let configuration = CommandConfiguration(
             abstract: "Revert migrations: pre-flight the whole plan, back up, then revert in one transaction.",
             discussion: "Exactly one of --to, --steps, --to-release. A backup tagged pre-downgrade is taken first (needs --repo or BACKUP_REPO) unless --no-backup.")
@@ -173,15 +174,16 @@ public struct MigrateCommand: ParsableCommand {
             if let steps, steps < 1 { throw ValidationError("--steps \(steps) must be 1 or more") }
         }
 
-        public func run() throws {
-            if try config.printIfAsked(connection: connection, repository: nil) { return }
-            let configuration = try running.configuration(common, connection, release: release, output: output,
+        public func run(in context: RunContext) throws {
+            if config.printIfAsked(context, connection: connection, repository: nil) { return }
+            var configuration = try running.configuration(common, connection, context.settings, release: release, output: output,
                                                           requireRestorePoint: requireRestorePoint)
+            configuration.environment = repository.storageEnvironment(context.settings)
             let selection: DowngradeSelection = to.map { .toVersion($0) } ?? steps.map { .steps($0) } ?? .toRelease(toRelease ?? "")
             var backupRepository: String?
             if !noBackup {
                 do {
-                    backupRepository = try repository.address()
+                    backupRepository = try repository.address(context.settings)
                 } catch {
                     throw RecoveryError(.usage, "a downgrade takes a backup first, but no repository is given",
                                         hint: "pass --repo DIR (or set BACKUP_REPO), or --no-backup to skip it")
@@ -189,7 +191,7 @@ public struct MigrateCommand: ParsableCommand {
             }
             let progress = output.progress
             let (plan, report) = try Migrations.down(configuration, selection: selection, backupRepository: backupRepository,
-                                                     tools: connection.tools, key: try repository.cipherKey(), dryRun: running.dryRun,
+                                                     tools: connection.tools(context.settings), key: try repository.cipherKey(context.settings), dryRun: running.dryRun,
                                                      progress: progress) { plan in
                 try running.confirm(plan, destructive: true)
                 // On a terminal, say what the next seconds are spent on before the dump's progress line starts.
@@ -199,7 +201,7 @@ public struct MigrateCommand: ParsableCommand {
         }
     }
 
-    public struct Verify: ParsableCommand {
+    public struct Verify: ToolCommand {
         public static let configuration = CommandConfiguration(abstract: "Check applied versions against their files (edited, missing, mid-flight).")
         @OptionGroup(title: "Connection") var connection: ConnectionOptions
         @OptionGroup var common: Common
@@ -207,9 +209,9 @@ public struct MigrateCommand: ParsableCommand {
         @OptionGroup(title: "Output") var output: OutputOptions
         public init() {}
 
-        public func run() throws {
-            if try config.printIfAsked(connection: connection, repository: nil) { return }
-            let problems = try Migrations.verify(try common.configuration(connection))
+        public func run(in context: RunContext) throws {
+            if config.printIfAsked(context, connection: connection, repository: nil) { return }
+            let problems = try Migrations.verify(try common.configuration(connection, context.settings))
             if output.json { try printJSON(problems) } else {
                 problems.forEach { print("version \($0.version) (\($0.name)): \($0.state); \($0.notes.joined(separator: "; "))") }
             }
@@ -221,12 +223,14 @@ public struct MigrateCommand: ParsableCommand {
         }
     }
 
-    public struct Resolve: ParsableCommand {
+    public struct Resolve: ToolCommand {
         public static let configuration = CommandConfiguration(
             abstract: "Mark a version applied or reverted by hand (audited), after checking the schema yourself.")
         @Argument(help: ArgumentHelp("The version to resolve.", valueName: "version")) var version: Int64
-        @Flag(name: .customLong("mark-applied")) var markApplied = false
-        @Flag(name: .customLong("mark-reverted")) var markReverted = false
+        @Flag(name: .customLong("mark-applied"), help: "Record the version as applied: its up.sql took effect (you checked the schema).")
+        var markApplied = false
+        @Flag(name: .customLong("mark-reverted"), help: "Record the version as reverted: its down.sql took effect, or its up.sql never did.")
+        var markReverted = false
         @OptionGroup(title: "Connection") var connection: ConnectionOptions
         @OptionGroup var common: Common
         @OptionGroup(title: "Configuration") var config: ConfigOptions
@@ -236,14 +240,14 @@ public struct MigrateCommand: ParsableCommand {
             guard markApplied != markReverted else { throw ValidationError("give exactly one of --mark-applied or --mark-reverted") }
         }
 
-        public func run() throws {
-            if try config.printIfAsked(connection: connection, repository: nil) { return }
-            try Migrations.resolve(try common.configuration(connection), version: version, applied: markApplied)
+        public func run(in context: RunContext) throws {
+            if config.printIfAsked(context, connection: connection, repository: nil) { return }
+            try Migrations.resolve(try common.configuration(connection, context.settings), version: version, applied: markApplied)
             print("version \(version) marked \(markApplied ? "applied" : "reverted"); recorded in schema_version_log")
         }
     }
 
-    public struct Baseline: ParsableCommand {
+    public struct Baseline: ToolCommand {
         public static let configuration = CommandConfiguration(
             abstract: "Record versions up to --version as applied without running them (schema_version missing or empty).",
             discussion: "For a database whose schema already matches the migrations up to VERSION but that has no schema_version rows. A schema_version that already holds rows needs no baseline: its versions are adopted as they are.")
@@ -259,9 +263,9 @@ public struct MigrateCommand: ParsableCommand {
             if version < 0 { throw ValidationError("--version \(version) must be a version number of 0 or more") }
         }
 
-        public func run() throws {
-            if try config.printIfAsked(connection: connection, repository: nil) { return }
-            let recorded = try Migrations.baseline(try common.configuration(connection), version: version)
+        public func run(in context: RunContext) throws {
+            if config.printIfAsked(context, connection: connection, repository: nil) { return }
+            let recorded = try Migrations.baseline(try common.configuration(connection, context.settings), version: version)
             if output.json { return try printJSON(["baselined": recorded]) }
             print("recorded version(s) \(recorded.map(String.init).joined(separator: ", ")) as applied (baseline) without running them; dbmigrate up applies what comes after \(version)")
         }

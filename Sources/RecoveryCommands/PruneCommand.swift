@@ -3,7 +3,7 @@ import Foundation
 import RecoveryKit
 
 /// `dbprune`: apply the retention policy to a repository.
-public struct PruneCommand: ParsableCommand {
+public struct PruneCommand: ToolCommand {
     public static let configuration = CommandConfiguration(
         commandName: "dbprune",
         abstract: "Delete the backups no retention rule keeps; explain every decision.",
@@ -14,9 +14,10 @@ public struct PruneCommand: ParsableCommand {
         backup that verifies and backups with unreadable manifests are never deleted.
 
         Examples:
-          dbprune --repo /var/backups/app --dry-run      # what would go, and which rule keeps the rest
-          dbprune --repo /var/backups/app --yes          # nightly, after dbbackup (no terminal: --yes needed)
-          dbprune --repo /var/backups/app --policy /etc/dbrecovery/retention.toml --json
+          dbprune --repo /var/backups/app --dry-run   # what would go and why
+          dbprune --repo /var/backups/app --yes       # nightly, from cron
+          dbprune --repo /var/backups/app --json \\
+              --policy /etc/dbrecovery/retention.toml
         """,
         version: DBRecoveryVersion.current)
 
@@ -51,14 +52,16 @@ public struct PruneCommand: ParsableCommand {
         }
     }
 
-    public func run() throws {
-        let policyPath = ResolvedSetting.resolve("retention.policy", flag: policy, flagName: "--policy", environment: ["DBRECOVERY_POLICY"],
-                                                 file: try ConfigFile.current()?.policy, filePath: try ConfigFile.current()?.path, fileKey: "[retention] policy")
-        if try config.printIfAsked(connection: nil, repository: repository, extra: [policyPath]) { return }
-        output.begin("dbprune")
+    public func run(in context: RunContext) throws {
+        let settings = context.settings
+        let policyPath = settings.resolve("retention.policy", flag: policy, flagName: "--policy", environment: ["DBRECOVERY_POLICY"],
+                                          file: \.policy, fileKey: "[retention] policy")
+        if config.printIfAsked(context, connection: nil, repository: repository, extra: [policyPath]) { return }
+        output.begin("dbprune", in: context)
         let policy = try policyPath.value.map { try RetentionPolicy.load(path: $0) } ?? .builtIn
         if applyLifecycle {
-            let change = try LifecycleRule.apply(repository: try repository.address(), policy: policy, dryRun: dryRun)
+            let change = try LifecycleRule.apply(repository: try repository.address(settings), policy: policy, dryRun: dryRun,
+                                                 environment: repository.storageEnvironment(settings))
             if output.json { return try printJSON(change) }
             print("current rule: \(change.currentRule ?? "(none)")")
             print("new rule:     \(change.newRule)")
@@ -66,9 +69,9 @@ public struct PruneCommand: ParsableCommand {
             return
         }
         let now = asOf.flatMap(Timestamp.parse) ?? Date()
-        var addresses = try repository.addresses()
+        var addresses = try repository.addresses(settings)
         if allRepos {
-            guard let named = try ConfigFile.current()?.repositories, !named.isEmpty else {
+            guard let named = settings.configFile?.repositories, !named.isEmpty else {
                 throw RecoveryError(.usage, "--all-repos needs [repositories] in the config file", hint: "or give --repo once per repository")
             }
             addresses = named.keys.sorted().compactMap { named[$0] }
@@ -81,7 +84,8 @@ public struct PruneCommand: ParsableCommand {
                                      refusal: "dbprune would delete \(deletions) from \(plan.repository)")
             }
             var configuration = PruneConfiguration(repository: address, policy: policy, dryRun: dryRun, now: now, confirm: confirm)
-            if let interval = try ConfigFile.current()?.reverifyAfter { configuration.reverifyAfter = interval }
+            configuration.environment = repository.storageEnvironment(settings)
+            if let interval = settings.configFile?.reverifyAfter { configuration.reverifyAfter = interval }
             reports.append(try Pruner.run(configuration, progress: output.progress))
         }
         if output.json {
@@ -92,7 +96,7 @@ public struct PruneCommand: ParsableCommand {
         if !dryRun && unreadable.isEmpty {
             output.succeeded(["prune_kept": Double(reports.map(\.kept).reduce(0, +)), "prune_deleted": Double(reports.map(\.deleted).reduce(0, +)),
                               "prune_wal_deleted": Double(reports.map { $0.wal.delete.count }.reduce(0, +))],
-                             summary: reports.map { "\($0.repository): kept \($0.kept), deleted \($0.deleted)" }.joined(separator: "; "))
+                             summary: reports.map { "\($0.repository): kept \($0.kept), deleted \($0.deleted)" }.joined(separator: "; "), in: context)
         }
         if !unreadable.isEmpty {
             throw RecoveryError(.backupCorrupt, "\(unreadable.count) backup(s) have unreadable manifests and were left alone: \(unreadable.joined(separator: "; "))",
@@ -103,12 +107,17 @@ public struct PruneCommand: ParsableCommand {
     private func render(_ report: PruneReport, header: Bool) throws {
         if output.json { return }
         if header { print("== \(report.repository) (\(report.tier) tier)") }
-        var table = TextTable("ID", "AGE", "CLASS", "ACTION", "KEPT BY")
+        // WHY: the rules that keep a backup, or the ones it missed when it is deleted or moved.
+        var table = TextTable("ID", "AGE", "CLASS", "ACTION", "WHY")
         for decision in report.decisions {
+            let why = decision.keptBy + (decision.reason.map { [$0] } ?? [])
             table.add(decision.id, String(format: "%.1fd", decision.ageDays), decision.storageClass ?? "-",
-                      decision.action.rawValue, decision.keptBy.joined(separator: ", "))
+                      decision.action.rawValue, why.joined(separator: ", "))
         }
-        for item in report.garbage { table.add(item.folder.replacingOccurrences(of: "backups/", with: ""), String(format: "%.1fh", item.ageHours), "-", "garbage: \(item.action)", "no manifest") }
+        for item in report.garbage {
+            table.add(item.folder.replacingOccurrences(of: "backups/", with: ""), String(format: "%.1fh", item.ageHours), "-",
+                      item.action == "delete" ? "garbage: delete" : item.action, item.reason)
+        }
         print(table.rendered)
         if report.wal.kept + report.wal.delete.count > 0 || report.wal.oldestNeeded != nil {
             output.note("WAL: \(report.wal.note); \(dryRun ? "would delete" : "deleted") \(report.wal.delete.count), kept \(report.wal.kept)")

@@ -3,106 +3,95 @@ import Foundation
 import ProcessSignals
 import RecoveryKit
 
-/// `dbrestore`: verified restores, emergency restores, drills, and the backup listing.
-public struct RestoreCommand: ParsableCommand {
+/// `dbrestore`: verified restores, emergency restores, drills, point-in-time recovery, the backup listing.
+public struct RestoreCommand: ParsableCommand, ArgumentRewriting {
     public static let configuration = CommandConfiguration(
         commandName: "dbrestore",
         abstract: "Restore a database from a backup, safely: into a scratch database, verified, then swapped in.",
         discussion: """
-        The current database is never dropped: it is renamed to <db>_pre_restore_<time> and kept.
+        The current database is never dropped: it is renamed to <db>_pre_restore_<time> and kept. \
+        The modes are subcommands; --emergency, --drill and --pitr are the same as emergency, drill \
+        and pitr.
 
         Examples:
           dbrestore list --repo /var/backups/app
-          dbrestore latest --database-url postgresql://postgres@db1/app --repo /var/backups/app --dry-run
-          dbrestore 20261124T020000Z-3fa2 --database-url postgresql://postgres@db1/app --yes
-          dbrestore --emergency                      # 3 a.m.: no questions, newest backup that verifies
-          dbrestore --emergency --release v1.2.3     # newest good backup taken at that release
-          dbrestore --drill --json                   # monthly restore drill from cron
-          dbrestore cleanup --dry-run                # old <db>_pre_restore_<time> copies that would be dropped (--yes drops them)
-          dbrestore --pitr --pgdata /srv/pg/restored --target-time '2024-01-15 10:00:00' --port 5433 --start
-          restore_command = 'dbrestore wal-fetch %f %p --repo /var/backups/app'      (written by --pitr)
+          dbrestore latest --database-url postgresql://postgres@db1/app \\
+              --repo /var/backups/app --dry-run
+          dbrestore 20261124T020000Z-3fa2 --yes \\
+              --database-url postgresql://postgres@db1/app
+          dbrestore --emergency                   # 3 a.m.: newest that verifies
+          dbrestore --emergency --release v1.2.3  # newest good backup of that release
+          dbrestore --drill --json                # monthly restore drill from cron
+          dbrestore cleanup --dry-run             # old pre-restore copies
+          dbrestore --pitr --pgdata /srv/pg/restored --port 5433 --start \\
+              --target-time '2024-01-15 10:00:00'
+          restore_command = 'dbrestore wal-fetch %f %p --repo /var/backups/app'
+                                                  # postgresql.conf, written by --pitr
         """,
         version: DBRecoveryVersion.current,
-        subcommands: [RestoreBackupCommand.self, ListCommand.self, CleanupCommand.self, WALFetchCommand.self],
+        subcommands: [RestoreBackupCommand.self, EmergencyCommand.self, DrillCommand.self, PITRCommand.self,
+                      ListCommand.self, CleanupCommand.self, WALFetchCommand.self],
         defaultSubcommand: RestoreBackupCommand.self)
 
     public init() {}
+
+    /// The mode flags and the subcommand each one names.
+    static let modeFlags = ["--emergency": "emergency", "--drill": "drill", "--pitr": "pitr"]
+
+    /// Options that only some modes take, and the modes that take them (the others refuse them
+    /// with a message naming the mode, rather than the parser's bare "unknown option").
+    static let modeOptions: [String: [String]] = [
+        "--release": ["emergency", "drill"], "--incident-file": ["emergency"],
+        "--pgdata": ["pitr"], "--target-time": ["pitr"], "--target-lsn": ["pitr"], "--target-name": ["pitr"],
+        "--target": ["pitr"], "--port": ["pitr"], "--start": ["pitr"], "--move-aside": ["pitr"],
+    ]
+
+    /// `dbrestore --drill …` is `dbrestore drill …` (and so for --emergency and --pitr), the
+    /// documented spelling in cron lines and runbooks. `list`, `cleanup` and `wal-fetch` are left
+    /// to the parser as they are.
+    ///
+    /// - Throws: `ValidationError` for two modes at once, or an option the chosen mode does not take.
+    static func rewrite(_ arguments: [String]) throws -> [String] {
+        let end = arguments.firstIndex(of: "--") ?? arguments.endIndex
+        let flags = arguments[..<end].filter { modeFlags[$0] != nil }
+        let distinct = flags.reduce(into: [String]()) { if !$1.isEmpty && !$0.contains($1) { $0.append($1) } }
+        if distinct.count > 1 {
+            throw ValidationError("\(distinct[0]) and \(distinct[1]) cannot be combined; choose one")
+        }
+        let other = ([ListCommand.self, CleanupCommand.self, WALFetchCommand.self] as [ParsableCommand.Type]).compactMap { $0.configuration.commandName }
+        if let first = arguments.first, other.contains(first) { return arguments }
+        var rest = Array(arguments[..<end].filter { modeFlags[$0] == nil }) + arguments[end...]
+        let modes = Set(modeFlags.values)
+        var mode = "restore"
+        var named = false
+        if let first = rest.first, modes.contains(first) || first == "restore" {
+            mode = first
+            named = true
+            rest.removeFirst()
+        }
+        if let flag = distinct.first, let flagMode = modeFlags[flag] {
+            guard mode == "restore" || mode == flagMode else {
+                throw ValidationError("\(flag) and \(mode) cannot be combined; choose one")
+            }
+            mode = flagMode
+        }
+        for argument in rest[..<(rest.firstIndex(of: "--") ?? rest.endIndex)] {
+            let name = String(argument.split(separator: "=", maxSplits: 1).first ?? "")
+            if let takers = modeOptions[name], !takers.contains(mode) {
+                throw ValidationError("\(name) goes with \(takers.map { "--\($0)" }.joined(separator: " or ")); "
+                                      + (mode == "restore" ? "a plain restore names the backup instead" : "not with --\(mode)")
+                                      + " (dbrestore \(takers[0]) --help lists what it takes)")
+            }
+        }
+        // Untouched unless a mode was asked for: `dbrestore --help` stays the top-level help.
+        return named || !distinct.isEmpty ? [mode] + rest : arguments
+    }
 }
 
-/// `dbrestore [<backup>]`, `--emergency`, `--drill`.
-public struct RestoreBackupCommand: ParsableCommand {
-    public static let configuration = CommandConfiguration(
-        commandName: "restore",
-        abstract: "Restore a backup into the database named by --database-url (the default subcommand).",
-        discussion: """
-        Steps: create a scratch database; stream the dump into it, the schema first, then the rows \
-        over --jobs connections (like pg_restore -j), committed only once the file's sha256 has \
-        matched at the end of the stream, then indexes and constraints, several at once; check every \
-        table's row count against the manifest; end sessions on the target, rename it aside, rename \
-        the scratch database into place.
-
-        --emergency: no prompt; picks the newest backup whose files verify, says which it skipped and \
-        why, prints a timeline and writes an incident record (JSON) to --incident-file or \
-        <repo>/incidents/.
-        --drill: restore into a scratch database, verify, drop it; reports the time taken (your RTO).
-        --emergency and --drill skip a backup that fails in any way of its own (unreadable, invalid \
-        manifest, replay error, row counts that differ) and try the next older one.
-
-        The restored database gets the backup's encoding, locale, owner, privileges, comment, settings \
-        and connection limit. Sessions on the target that do not end within --swap-timeout stop the \
-        swap; the target is left unchanged and open.
-        """)
-
-    @Argument(help: ArgumentHelp("Backup id, unique id prefix, or 'latest'.", valueName: "backup"))
-    public var backup: String?
-
-    @OptionGroup(title: "Connection") public var connection: ConnectionOptions
-    @OptionGroup(title: "Repository") public var repository: RepositoryOptions
-
-    @Flag(help: "No prompts: restore the newest backup whose files verify, and write an incident record.")
-    public var emergency = false
-
-    @Flag(help: "Restore drill: restore into a scratch database, verify, drop it, report the time taken.")
-    public var drill = false
-
-    @Option(help: ArgumentHelp("With --emergency or --drill: only backups taken at this release.", valueName: "release"))
-    public var release: String?
-
+/// What every restore that replays a dump (restore, emergency, drill) takes.
+public struct RestoreRunOptions: ParsableArguments {
     @Flag(name: .customLong("dry-run"), help: "Print the plan and exit without changing anything.")
     public var dryRun = false
-
-    @Flag(name: [.short, .long], help: "Do not ask for confirmation.")
-    public var yes = false
-
-    @Option(name: .customLong("incident-file"), help: ArgumentHelp("With --emergency: where to write the incident record.", valueName: "path"))
-    public var incidentFile: String?
-
-    @Flag(help: "Point-in-time recovery from a physical base backup and the WAL archive into --pgdata.")
-    public var pitr = false
-
-    @Option(help: ArgumentHelp("With --pitr: the new data directory (must be empty or new, unless --move-aside).", valueName: "dir"))
-    public var pgdata: String?
-
-    @Option(name: .customLong("target-time"), help: ArgumentHelp("With --pitr: recover to this time ('2024-01-15 10:00:00' is UTC; or ISO 8601 with offset).", valueName: "time"))
-    public var targetTime: String?
-
-    @Option(name: .customLong("target-lsn"), help: ArgumentHelp("With --pitr: recover to this WAL position (X/Y).", valueName: "lsn"))
-    public var targetLSN: String?
-
-    @Option(name: .customLong("target-name"), help: ArgumentHelp("With --pitr: recover to this restore point (pg_create_restore_point).", valueName: "name"))
-    public var targetName: String?
-
-    @Option(name: .customLong("target"), help: ArgumentHelp("With --pitr: 'latest' replays all archived WAL.", valueName: "latest"))
-    public var target: String?
-
-    @Option(help: ArgumentHelp("With --pitr: port of the restored server.", valueName: "port"))
-    public var port: Int?
-
-    @Flag(help: "With --pitr: start the server, follow recovery to promotion, report rows.")
-    public var start = false
-
-    @Flag(name: .customLong("move-aside"), help: "With --pitr: rename a non-empty --pgdata out of the way first.")
-    public var moveAside = false
 
     @Option(name: .customLong("jobs"), help: ArgumentHelp("Connections that load rows and build indexes at once (default: cores).", valueName: "n"))
     public var jobs: Int?
@@ -110,91 +99,44 @@ public struct RestoreBackupCommand: ParsableCommand {
     @Option(name: .customLong("swap-timeout"), help: ArgumentHelp("Seconds to wait for sessions on the target to end at the swap.", valueName: "seconds"))
     public var swapTimeout = 30
 
-    @OptionGroup(title: "Configuration") public var config: ConfigOptions
-
-    @OptionGroup(title: "Output") public var output: OutputOptions
-
     public init() {}
 
     public func validate() throws {
         if let jobs, !(1...64).contains(jobs) { throw ValidationError("--jobs \(jobs) must be between 1 and 64") }
         guard (1...3600).contains(swapTimeout) else { throw ValidationError("--swap-timeout \(swapTimeout) must be between 1 and 3600 seconds") }
-        let targets = [targetTime, targetLSN, targetName, target].compactMap { $0 }
-        if pitr {
-            guard pgdata != nil else { throw ValidationError("--pitr needs --pgdata DIR, the data directory to restore into") }
-            guard targets.count == 1 else {
-                throw ValidationError("--pitr needs exactly one of --target-time, --target-lsn, --target-name or --target latest")
-            }
-            if let target, target != "latest" { throw ValidationError("--target accepts only 'latest'") }
-            if let targetTime, Self.parseTime(targetTime) == nil {
-                throw ValidationError("--target-time '\(targetTime)' is not a time; write 2024-01-15 10:00:00 (UTC) or 2024-01-15T10:00:00+02:00")
-            }
-            if let targetLSN, WALSegmentName.parseLSN(targetLSN) == nil { throw ValidationError("--target-lsn '\(targetLSN)' is not an LSN like 0/3000060") }
-            if let port, !(1...65535).contains(port) { throw ValidationError("--port \(port) is not a TCP port") }
-            if emergency || drill || backup != nil { throw ValidationError("--pitr chooses the base backup itself; drop the backup id, --emergency and --drill") }
-            return
-        }
-        if !targets.isEmpty || pgdata != nil || start || moveAside || port != nil {
-            throw ValidationError("--pgdata, --target-*, --port, --start and --move-aside go with --pitr")
-        }
-        if emergency && drill { throw ValidationError("--emergency and --drill cannot be combined; choose one") }
-        if (emergency || drill) && backup != nil && backup != "latest" {
-            throw ValidationError("--\(emergency ? "emergency" : "drill") chooses the newest good backup itself; drop '\(backup ?? "")' or drop the flag")
-        }
-        if release != nil && !(emergency || drill) {
-            throw ValidationError("--release selects among backups only with --emergency or --drill; name the backup id instead")
-        }
-        if incidentFile != nil && !emergency { throw ValidationError("--incident-file goes with --emergency") }
     }
+}
 
-    /// `2024-01-15 10:00:00` (UTC), with optional fraction and offset, or ISO 8601.
-    static func parseTime(_ text: String) -> Date? { Timestamp.parseOperatorTime(text) }
+/// One logical restore in the given mode: the run every mode but PITR shares.
+struct LogicalRestoreRun {
+    var mode: RestoreConfiguration.Mode
+    var backup: String
+    var release: String?
+    var incidentFile: String?
+    var yes: Bool
+    var connection: ConnectionOptions
+    var repository: RepositoryOptions
+    var options: RestoreRunOptions
+    var config: ConfigOptions
+    var output: OutputOptions
 
-    private func runPITR() throws {
-        let recoveryTarget: RecoveryTarget = targetTime.flatMap(Self.parseTime).map { .time($0) }
-            ?? targetLSN.flatMap(WALSegmentName.parseLSN).map { .lsn($0) } ?? targetName.map { .name($0) } ?? .latest
-        let executable = PointInTimeRestore.runningExecutable()
-        let directory = pgdata.map { $0.hasPrefix("/") ? $0 : FileManager.default.currentDirectoryPath + "/" + $0 } ?? ""
-        var configuration = PITRConfiguration(repository: try repository.address(), dataDirectory: directory, target: recoveryTarget,
-                                              port: port, start: start, moveAside: moveAside, tools: connection.tools,
-                                              connection: try connection.target(), dbrestorePath: executable)
-        configuration.key = try repository.cipherKey()
-        configuration.keyFile = repository.encryptionKeyFile
-        let plan = try PointInTimeRestore.plan(configuration)
-        if dryRun {
-            if output.json { try printJSON(plan) } else { print(plan.lines.joined(separator: "\n")) }
-            return
-        }
-        plan.skipped.forEach { output.note("skipped base backup \($0.id): \($0.reason)") }
-        let timeline = output.timeline()
-        let report = try PointInTimeRestore.execute(plan, configuration, timeline: timeline, progress: output.progress)
-        if output.json { return try printJSON(report) }
-        if !report.started {
-            print("restored base backup \(plan.backupID) into \(directory) with recovery to \(plan.target); start it with: pg_ctl -D \(directory) start")
-            return
-        }
-        print("recovered to \(plan.target) and promoted; last replayed transaction: \(report.lastReplayedTransaction.map(Timestamp.format) ?? "none")")
-        var table = TextTable("DATABASE", "TABLE", "ROWS")
-        for (database, tables) in report.databases.sorted(by: { $0.key < $1.key }) {
-            for table0 in tables { table.add(database, table0.qualifiedName, String(table0.rows)) }
-        }
-        print(table.rendered)
-    }
+    var modeName: String { mode == .emergency ? "emergency" : mode == .drill ? "drill" : "restore" }
 
-    public func run() throws {
-        if try config.printIfAsked(connection: connection, repository: repository) { return }
-        output.begin("dbrestore", labels: ["mode": pitr ? "pitr" : emergency ? "emergency" : drill ? "drill" : "restore"])
-        if pitr { return try runPITR() }
-        let mode: RestoreConfiguration.Mode = emergency ? .emergency : drill ? .drill : .normal
+    public func run(in context: RunContext) throws {
+        let settings = context.settings
+        if config.printIfAsked(context, connection: connection, repository: repository) { return }
+        output.begin("dbrestore", labels: ["mode": modeName], in: context)
         var configuration = RestoreConfiguration(
-            mode: mode, target: try connection.target(), repositories: try repository.addresses(), backup: backup ?? "latest",
-            release: release, dryRun: dryRun, jobs: jobs ?? min(ProcessInfo.processInfo.activeProcessorCount, 64), incidentFile: incidentFile)
-        configuration.key = try repository.cipherKey()
-        configuration.swapTimeout = TimeInterval(swapTimeout)
-        configuration.tools = connection.tools   // --pg-bin / PG_BIN: the pg_dump that fingerprints the restored schema
+            mode: mode, target: try connection.target(settings), repositories: try repository.addresses(settings), backup: backup,
+            release: release, dryRun: options.dryRun, jobs: options.jobs ?? min(ProcessInfo.processInfo.activeProcessorCount, 64),
+            incidentFile: incidentFile)
+        configuration.key = try repository.cipherKey(settings)
+        configuration.swapTimeout = TimeInterval(options.swapTimeout)
+        configuration.tools = connection.tools(settings)   // --pg-bin / PG_BIN: the pg_dump that fingerprints the restored schema
+        configuration.environment = repository.storageEnvironment(settings)
         let timeline = output.timeline()
         let plan = try LogicalRestore.plan(configuration, timeline: timeline)
-        if dryRun {
+        if options.dryRun {
             if output.json { try printJSON(plan) } else { print(plan.lines.joined(separator: "\n")) }
             return
         }
@@ -206,7 +148,7 @@ public struct RestoreBackupCommand: ParsableCommand {
         }
         let report = try LogicalRestore.execute(plan, configuration, timeline: timeline, progress: output.progress)
         output.succeeded(["restore_duration_seconds": report.durationSeconds, "restore_verified_tables": Double(report.verification?.tables.count ?? 0)],
-                         summary: "\(report.outcome) from backup \(report.plan.backupID) in \(String(format: "%.1f", report.durationSeconds)) s")
+                         summary: "\(report.outcome) from backup \(report.plan.backupID) in \(String(format: "%.1f", report.durationSeconds)) s", in: context)
         if output.json {
             try printJSON(report)
             return
@@ -228,10 +170,236 @@ public struct RestoreBackupCommand: ParsableCommand {
             if let incident = report.incidentFile { print("incident record: \(incident)") }
         }
     }
+
+    /// Emergency and drill choose the backup themselves; only `latest` (the old spelling) may be named.
+    static func refuseNamedBackup(_ backup: String?, mode: String) throws {
+        if let backup, backup != "latest" {
+            throw ValidationError("--\(mode) chooses the newest good backup itself; drop '\(backup)' or drop --\(mode)")
+        }
+    }
+}
+
+/// `dbrestore [restore] [<backup>]`.
+public struct RestoreBackupCommand: ToolCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "restore",
+        abstract: "Restore a backup into the database named by --database-url (the default subcommand).",
+        discussion: """
+        Steps: create a scratch database; stream the dump into it, the schema first, then the rows \
+        over --jobs connections (like pg_restore -j), committed only once the file's sha256 has \
+        matched at the end of the stream, then indexes and constraints, several at once; check every \
+        table's row count against the manifest; end sessions on the target, rename it aside, rename \
+        the scratch database into place.
+
+        The restored database gets the backup's encoding, locale, owner, privileges, comment, settings \
+        and connection limit. Sessions on the target that do not end within --swap-timeout stop the \
+        swap; the target is left unchanged and open.
+        """)
+
+    @Argument(help: ArgumentHelp("Backup id, unique id prefix, or 'latest'.", valueName: "backup"))
+    public var backup: String?
+
+    @OptionGroup(title: "Connection") public var connection: ConnectionOptions
+    @OptionGroup(title: "Repository") public var repository: RepositoryOptions
+    @OptionGroup public var options: RestoreRunOptions
+
+    @Flag(name: [.short, .long], help: "Do not ask for confirmation.")
+    public var yes = false
+
+    @OptionGroup(title: "Configuration") public var config: ConfigOptions
+    @OptionGroup(title: "Output") public var output: OutputOptions
+
+    public init() {}
+
+    public func run(in context: RunContext) throws {
+        try LogicalRestoreRun(mode: .normal, backup: backup ?? "latest", release: nil, incidentFile: nil, yes: yes, connection: connection,
+                              repository: repository, options: options, config: config, output: output).run(in: context)
+    }
+}
+
+/// `dbrestore emergency` (also `dbrestore --emergency`).
+public struct EmergencyCommand: ToolCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "emergency",
+        abstract: "No prompts: restore the newest backup whose files verify, and write an incident record (also --emergency).",
+        discussion: """
+        Picks the newest backup whose files verify, says which it skipped and why, prints a timeline \
+        and writes an incident record (JSON) to --incident-file or <repo>/incidents/. A backup that \
+        fails in any way of its own (unreadable, invalid manifest, replay error, row counts that \
+        differ) is skipped and the next older one tried.
+
+        Examples:
+          dbrestore --emergency
+          dbrestore emergency --release v1.2.3 --dry-run
+        """)
+
+    @Argument(help: .hidden) var backup: String?
+    @OptionGroup(title: "Connection") public var connection: ConnectionOptions
+    @OptionGroup(title: "Repository") public var repository: RepositoryOptions
+    @OptionGroup public var options: RestoreRunOptions
+
+    @Option(help: ArgumentHelp("Only backups taken at this release.", valueName: "release"))
+    public var release: String?
+
+    @Option(name: .customLong("incident-file"), help: ArgumentHelp("Where to write the incident record.", valueName: "path"))
+    public var incidentFile: String?
+
+    @Flag(name: [.short, .long], help: .hidden) var yes = false
+
+    @OptionGroup(title: "Configuration") public var config: ConfigOptions
+    @OptionGroup(title: "Output") public var output: OutputOptions
+
+    public init() {}
+
+    public func validate() throws { try LogicalRestoreRun.refuseNamedBackup(backup, mode: "emergency") }
+
+    public func run(in context: RunContext) throws {
+        try LogicalRestoreRun(mode: .emergency, backup: "latest", release: release, incidentFile: incidentFile, yes: true, connection: connection,
+                              repository: repository, options: options, config: config, output: output).run(in: context)
+    }
+}
+
+/// `dbrestore drill` (also `dbrestore --drill`).
+public struct DrillCommand: ToolCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "drill",
+        abstract: "Restore drill: restore into a scratch database, verify, drop it, report the time taken (also --drill).",
+        discussion: """
+        The time taken is your recovery time. Like emergency, a backup that fails in any way of its \
+        own is skipped and the next older one tried; the target database is never touched.
+
+        Examples:
+          dbrestore --drill --json --metrics-file /var/lib/node_exporter/drill.prom
+        """)
+
+    @Argument(help: .hidden) var backup: String?
+    @OptionGroup(title: "Connection") public var connection: ConnectionOptions
+    @OptionGroup(title: "Repository") public var repository: RepositoryOptions
+    @OptionGroup public var options: RestoreRunOptions
+
+    @Option(help: ArgumentHelp("Only backups taken at this release.", valueName: "release"))
+    public var release: String?
+
+    @Flag(name: [.short, .long], help: .hidden) var yes = false
+
+    @OptionGroup(title: "Configuration") public var config: ConfigOptions
+    @OptionGroup(title: "Output") public var output: OutputOptions
+
+    public init() {}
+
+    public func validate() throws { try LogicalRestoreRun.refuseNamedBackup(backup, mode: "drill") }
+
+    public func run(in context: RunContext) throws {
+        try LogicalRestoreRun(mode: .drill, backup: "latest", release: release, incidentFile: nil, yes: true, connection: connection,
+                              repository: repository, options: options, config: config, output: output).run(in: context)
+    }
+}
+
+/// `dbrestore pitr` (also `dbrestore --pitr`): point-in-time recovery into a new data directory.
+public struct PITRCommand: ToolCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "pitr",
+        abstract: "Point-in-time recovery from a physical base backup and the WAL archive into --pgdata (also --pitr).",
+        discussion: """
+        Chooses the newest base backup taken before the target, restores it into --pgdata and writes \
+        recovery settings whose restore_command is dbrestore wal-fetch.
+
+        Examples:
+          dbrestore --pitr --pgdata /srv/pg/restored --target latest --dry-run
+          dbrestore pitr --pgdata /srv/pg/restored --port 5433 --start \\
+              --target-time '2024-01-15 10:00:00'
+        """)
+
+    @OptionGroup(title: "Connection") public var connection: ConnectionOptions
+    @OptionGroup(title: "Repository") public var repository: RepositoryOptions
+
+    @Option(help: ArgumentHelp("The new data directory (must be empty or new, unless --move-aside).", valueName: "dir"))
+    public var pgdata: String?
+
+    @Option(name: .customLong("target-time"), help: ArgumentHelp("Recover to this time ('2024-01-15 10:00:00' is UTC; or ISO 8601 with offset).", valueName: "time"))
+    public var targetTime: String?
+
+    @Option(name: .customLong("target-lsn"), help: ArgumentHelp("Recover to this WAL position (X/Y).", valueName: "lsn"))
+    public var targetLSN: String?
+
+    @Option(name: .customLong("target-name"), help: ArgumentHelp("Recover to this restore point (pg_create_restore_point).", valueName: "name"))
+    public var targetName: String?
+
+    @Option(name: .customLong("target"), help: ArgumentHelp("'latest' replays all archived WAL.", valueName: "latest"))
+    public var target: String?
+
+    @Option(help: ArgumentHelp("Port of the restored server.", valueName: "port"))
+    public var port: Int?
+
+    @Flag(help: "Start the server, follow recovery to promotion, report rows.")
+    public var start = false
+
+    @Flag(name: .customLong("move-aside"), help: "Rename a non-empty --pgdata out of the way first.")
+    public var moveAside = false
+
+    @Flag(name: .customLong("dry-run"), help: "Print the plan and exit without changing anything.")
+    public var dryRun = false
+
+    @OptionGroup(title: "Configuration") public var config: ConfigOptions
+    @OptionGroup(title: "Output") public var output: OutputOptions
+
+    public init() {}
+
+    public func validate() throws {
+        guard pgdata != nil else { throw ValidationError("--pitr needs --pgdata DIR, the data directory to restore into") }
+        guard [targetTime, targetLSN, targetName, target].compactMap({ $0 }).count == 1 else {
+            throw ValidationError("--pitr needs exactly one of --target-time, --target-lsn, --target-name or --target latest")
+        }
+        if let target, target != "latest" { throw ValidationError("--target accepts only 'latest'") }
+        if let targetTime, Self.parseTime(targetTime) == nil {
+            throw ValidationError("--target-time '\(targetTime)' is not a time; write 2024-01-15 10:00:00 (UTC) or 2024-01-15T10:00:00+02:00")
+        }
+        if let targetLSN, WALSegmentName.parseLSN(targetLSN) == nil { throw ValidationError("--target-lsn '\(targetLSN)' is not an LSN like 0/3000060") }
+        if let port, !(1...65535).contains(port) { throw ValidationError("--port \(port) is not a TCP port") }
+    }
+
+    /// `2024-01-15 10:00:00` (UTC), with optional fraction and offset, or ISO 8601.
+    static func parseTime(_ text: String) -> Date? { Timestamp.parseOperatorTime(text) }
+
+    public func run(in context: RunContext) throws {
+        let settings = context.settings
+        if config.printIfAsked(context, connection: connection, repository: repository) { return }
+        output.begin("dbrestore", labels: ["mode": "pitr"], in: context)
+        let recoveryTarget: RecoveryTarget = targetTime.flatMap(Self.parseTime).map { .time($0) }
+            ?? targetLSN.flatMap(WALSegmentName.parseLSN).map { .lsn($0) } ?? targetName.map { .name($0) } ?? .latest
+        let executable = PointInTimeRestore.runningExecutable()
+        let directory = pgdata.map { $0.hasPrefix("/") ? $0 : FileManager.default.currentDirectoryPath + "/" + $0 } ?? ""
+        var configuration = PITRConfiguration(repository: try repository.address(settings), dataDirectory: directory, target: recoveryTarget,
+                                              port: port, start: start, moveAside: moveAside, tools: connection.tools(settings),
+                                              connection: try connection.target(settings), dbrestorePath: executable)
+        configuration.key = try repository.cipherKey(settings)
+        configuration.keyFile = repository.encryptionKeyFile
+        configuration.environment = repository.storageEnvironment(settings)
+        let plan = try PointInTimeRestore.plan(configuration)
+        if dryRun {
+            if output.json { try printJSON(plan) } else { print(plan.lines.joined(separator: "\n")) }
+            return
+        }
+        plan.skipped.forEach { output.note("skipped base backup \($0.id): \($0.reason)") }
+        let timeline = output.timeline()
+        let report = try PointInTimeRestore.execute(plan, configuration, timeline: timeline, progress: output.progress)
+        if output.json { return try printJSON(report) }
+        if !report.started {
+            print("restored base backup \(plan.backupID) into \(directory) with recovery to \(plan.target); start it with: \(plan.pgCtl ?? "pg_ctl") -D \(directory) start"
+                  + (plan.pgCtlProblem.map { " (\($0))" } ?? ""))
+            return
+        }
+        print("recovered to \(plan.target) and promoted; last replayed transaction: \(report.lastReplayedTransaction.map(Timestamp.format) ?? "none")")
+        var table = TextTable("DATABASE", "TABLE", "ROWS")
+        for (database, tables) in report.databases.sorted(by: { $0.key < $1.key }) {
+            for table0 in tables { table.add(database, table0.qualifiedName, String(table0.rows)) }
+        }
+        print(table.rendered)
+    }
 }
 
 /// `dbrestore list`.
-public struct ListCommand: ParsableCommand {
+public struct ListCommand: ToolCommand {
     public static let configuration = CommandConfiguration(
         commandName: "list",
         abstract: "List the backups in a repository, newest first.",
@@ -247,15 +415,16 @@ public struct ListCommand: ParsableCommand {
 
     public init() {}
 
-    public func run() throws {
-        if try config.printIfAsked(connection: nil, repository: repository) { return }
-        let listing = try BackupListing.load(repository: try repository.address())
+    public func run(in context: RunContext) throws {
+        if config.printIfAsked(context, connection: nil, repository: repository) { return }
+        let address = try repository.address(context.settings)
+        let listing = try BackupListing.load(repository: address, environment: repository.storageEnvironment(context.settings))
         if output.json {
             try printJSON(listing)
             return
         }
         guard !listing.isEmpty else {
-            output.note("no backups in \(try repository.address())")
+            output.note("no backups in \(address)")
             return
         }
         var table = TextTable("ID", "TAKEN (UTC)", "KIND", "SIZE", "ROWS", "SCHEMA", "RELEASE", "PINNED", "TAGS")
@@ -274,7 +443,7 @@ public struct ListCommand: ParsableCommand {
 }
 
 /// `dbrestore cleanup`: drop old pre-restore copies.
-public struct CleanupCommand: ParsableCommand {
+public struct CleanupCommand: ToolCommand {
     public static let configuration = CommandConfiguration(
         commandName: "cleanup",
         abstract: "Drop old <db>_pre_restore_<time> copies that earlier restores kept (only those dbrestore marked).",
@@ -322,10 +491,10 @@ public struct CleanupCommand: ParsableCommand {
         text.count <= 6 ? RetentionDuration.parse(text) : nil
     }
 
-    public func run() throws {
-        if try config.printIfAsked(connection: connection, repository: nil) { return }
-        output.begin("dbrestore", labels: ["mode": "cleanup"])
-        let file = try ConfigFile.current()
+    public func run(in context: RunContext) throws {
+        if config.printIfAsked(context, connection: connection, repository: nil) { return }
+        output.begin("dbrestore", labels: ["mode": "cleanup"], in: context)
+        let file = context.settings.configFile
         let within: RetentionDuration?
         if let text = keepWithin ?? file?.keepPreRestoreWithin {
             guard let parsed = Self.age(text) else {
@@ -335,11 +504,11 @@ public struct CleanupCommand: ParsableCommand {
         } else {
             within = PreRestoreCleanupConfiguration.defaultKeepWithin
         }
-        let configuration = PreRestoreCleanupConfiguration(target: try connection.target(),
+        let configuration = PreRestoreCleanupConfiguration(target: try connection.target(context.settings),
                                                            keep: keep ?? file?.keepPreRestore ?? PreRestoreCleanupConfiguration.defaultKeep,
                                                            keepWithin: within, dryRun: dryRun)
         let report = try PreRestoreCleanup.run(configuration)
-        output.succeeded(["cleanup_dropped_bytes": Double(report.droppedBytes)], summary: "\(report.copies.count) pre-restore copies")
+        output.succeeded(["cleanup_dropped_bytes": Double(report.droppedBytes)], summary: "\(report.copies.count) pre-restore copies", in: context)
         if output.json { return try printJSON(report) }
         report.repairs.forEach { output.note($0) }
         guard !report.copies.isEmpty else {
@@ -360,7 +529,7 @@ public struct CleanupCommand: ParsableCommand {
 }
 
 /// `dbrestore wal-fetch <name> <path>`: PostgreSQL's `restore_command`.
-public struct WALFetchCommand: ParsableCommand {
+public struct WALFetchCommand: ToolCommand {
     public static let configuration = CommandConfiguration(
         commandName: "wal-fetch",
         abstract: "Fetch one archived WAL file (for restore_command = 'dbrestore wal-fetch %f %p --repo …').",
@@ -406,24 +575,29 @@ public struct WALFetchCommand: ParsableCommand {
         }
     }
 
-    public func run() throws {
+    public func run(in context: RunContext) throws {
         try refuseUsageErrors()
-        if try config.printIfAsked(connection: nil, repository: repository) { return }
+        if config.printIfAsked(context, connection: nil, repository: repository) { return }
+        let settings = context.settings
+        let environment = repository.storageEnvironment(settings)
         if prefetcher, let spool, let prefetch {
-            return try WALPrefetch.run(settings: WALPrefetch.Settings(spool: spool, repository: try repository.address(), count: prefetch))
+            return try WALPrefetch.run(settings: WALPrefetch.Settings(spool: spool, repository: try repository.address(settings), count: prefetch,
+                                                                      environment: environment))
         }
         guard let name, let path else { return }   // refuseUsageErrors() refused this already
         let found: Bool
         do {
             if let prefetch {
-                let address = try repository.address()
+                let address = try repository.address(settings)
                 let directory = spool ?? WALPrefetch.defaultSpool(destination: path)
                 // The prefetcher keeps what is stored as it is (encrypted too): it needs no key.
                 let arguments = ["wal-fetch", "--prefetcher", "--spool", directory, "--prefetch", String(prefetch), "--repo", address]
-                found = try WALPrefetch.fetch(name: name, destination: path, settings: WALPrefetch.Settings(spool: directory, repository: address, count: prefetch),
-                                              key: try repository.cipherKey(), prefetcherArguments: arguments)
+                found = try WALPrefetch.fetch(name: name, destination: path,
+                                              settings: WALPrefetch.Settings(spool: directory, repository: address, count: prefetch, environment: environment),
+                                              key: try repository.cipherKey(settings), prefetcherArguments: arguments)
             } else {
-                found = try WALArchive.fetch(name: name, destination: path, repository: try repository.address(), key: try repository.cipherKey())
+                found = try WALArchive.fetch(name: name, destination: path, repository: try repository.address(settings),
+                                             key: try repository.cipherKey(settings), environment: environment)
             }
         } catch {
             let cause = RecoveryError.classify(error)

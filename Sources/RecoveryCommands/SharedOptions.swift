@@ -1,6 +1,7 @@
 import ArgumentParser
 import BackupStorage
 import Foundation
+import Logging
 import PostgresClient
 import RecoveryKit
 
@@ -13,7 +14,8 @@ public struct ConnectionOptions: ParsableArguments {
     public var databaseURL: String?
 
     @Option(name: .customLong("pg-bin"), help: ArgumentHelp(
-        "Directory holding pg_dump and psql (default: $PG_BIN, PATH, then /usr/lib/postgresql/<newest>/bin).",
+        "Directory holding the PostgreSQL programs to use, and no other (default: $PG_BIN, else those matching the server's major).",
+        discussion: "Without it: /usr/lib/postgresql/<major>/bin, the scripts/pg-majors.sh cache, then PATH; pg_dump of the server's major or newer, pg_basebackup and pg_ctl of the same major.",
         valueName: "dir"))
     public var pgBin: String?
 
@@ -41,8 +43,8 @@ public struct ConnectionOptions: ParsableArguments {
 
     /// The connection target from the flag, then `DATABASE_URL`, then the config file, then libpq's
     /// own defaults (PG* variables, ~/.pgpass); with the session limits in its options.
-    public func target() throws -> ConnectionTarget {
-        let text = try databaseURLSetting().value
+    public func target(_ settings: Settings) throws -> ConnectionTarget {
+        let text = databaseURLSetting(settings).value
         do {
             return sessionLimits.applied(to: try ConnectionTarget(text))
         } catch {
@@ -50,20 +52,20 @@ public struct ConnectionOptions: ParsableArguments {
         }
     }
 
-    func databaseURLSetting() throws -> ResolvedSetting {
-        let config = try ConfigFile.current()
-        return ResolvedSetting.resolve("database_url", flag: databaseURL, flagName: "--database-url", environment: ["DATABASE_URL"],
-                                       file: config?.databaseURL, filePath: config?.path, fileKey: "database_url")
+    func databaseURLSetting(_ settings: Settings) -> ResolvedSetting {
+        settings.resolve("database_url", flag: databaseURL, flagName: "--database-url", environment: ["DATABASE_URL"],
+                         file: \.databaseURL, fileKey: "database_url")
     }
 
-    func pgBinSetting() throws -> ResolvedSetting {
-        let config = try ConfigFile.current()
-        return ResolvedSetting.resolve("pg_bin", flag: pgBin, flagName: "--pg-bin", environment: ["PG_BIN"],
-                                       file: config?.pgBin, filePath: config?.path, fileKey: "pg_bin")
+    func pgBinSetting(_ settings: Settings) -> ResolvedSetting {
+        settings.resolve("pg_bin", flag: pgBin, flagName: "--pg-bin", environment: ["PG_BIN"], file: \.pgBin, fileKey: "pg_bin")
     }
 
     /// Where the PostgreSQL programs are.
-    public var tools: PostgresTools { PostgresTools(directory: (try? pgBinSetting().value) ?? nil) }
+    public func tools(_ settings: Settings) -> PostgresTools {
+        let setting = pgBinSetting(settings)
+        return PostgresTools(directory: setting.value, source: setting.source)
+    }
 }
 
 /// `--repo`, the same in every tool.
@@ -88,22 +90,16 @@ public struct RepositoryOptions: ParsableArguments {
         valueName: "path"))
     public var encryptionKeyFile: String?
 
-    /// The repository cipher key, if one was given.
-    public func cipherKey() throws -> RepositoryKey? {
-        try RepositoryKey.load(file: encryptionKeyFile)
+    /// The repository cipher key, if one was given (`--encryption-key-file`, else `DBRECOVERY_ENCRYPTION_KEY`).
+    public func cipherKey(_ settings: Settings) throws -> RepositoryKey? {
+        try RepositoryKey.load(file: encryptionKeyFile, environment: settings.environment)
     }
 
     public init() {}
 
     /// The repository address from the flag, then `BACKUP_REPO`, then `BACKUP_S3_BUCKET`.
-    ///
-    /// S3 flags are handed to the storage layer through the environment variables it reads, so that
-    /// a flag and its variable can never mean different things.
-    public func address() throws -> String {
-        let settings = try self.settings()
-        if let endpoint = settings[1].value { setenv("AWS_ENDPOINT_URL_S3", endpoint, 1) }
-        if let region = settings[2].value { setenv("AWS_REGION", region, 1) }
-        guard let address = settings[0].value else {
+    public func address(_ settings: Settings) throws -> String {
+        guard let address = self.settings(settings)[0].value else {
             throw RecoveryError(.usage, "no backup repository given",
                                 hint: "pass --repo /path/to/repository, set BACKUP_REPO, or repo in /etc/dbrecovery/config.toml")
         }
@@ -112,35 +108,45 @@ public struct RepositoryOptions: ParsableArguments {
 
     /// Every repository given (`--repo` repeated), else the single resolved one; local ones first,
     /// since they are the fastest to read.
-    public func addresses() throws -> [String] {
+    public func addresses(_ settings: Settings) throws -> [String] {
         var all: [String]
         if repositories.count > 1 {
             all = repositories
-        } else if repositories.isEmpty, let named = try ConfigFile.current()?.repositories, !named.isEmpty,
-                  (try settings()[0]).value == nil {
+        } else if repositories.isEmpty, let named = settings.configFile?.repositories, !named.isEmpty,
+                  self.settings(settings)[0].value == nil {
             // No --repo, BACKUP_REPO or repo: the config file's [repositories], all of them.
             all = named.keys.sorted().compactMap { named[$0] }
         } else {
-            all = [try address()]
+            all = [try address(settings)]
         }
         return all.filter { !$0.hasPrefix("s3://") } + all.filter { $0.hasPrefix("s3://") }
     }
 
+    /// What the storage layer reads S3 settings from: the run's environment with the resolved
+    /// endpoint and region in the variables it reads, so that a flag (or the config file's `[s3]`) and
+    /// its variable can never mean different things. Passed down; the process environment is untouched.
+    public func storageEnvironment(_ settings: Settings) -> [String: String] {
+        let resolved = self.settings(settings)
+        var environment = settings.environment
+        if let endpoint = resolved[1].value { environment["AWS_ENDPOINT_URL_S3"] = endpoint }
+        if let region = resolved[2].value { environment["AWS_REGION"] = region }
+        return environment
+    }
+
     /// Repository, S3 endpoint and region, each with its source.
-    func settings() throws -> [ResolvedSetting] {
-        let config = try ConfigFile.current()
-        var repositorySetting = ResolvedSetting.resolve("repo", flag: repository, flagName: "--repo", environment: ["BACKUP_REPO"],
-                                                        file: config?.repository, filePath: config?.path, fileKey: "repo")
+    func settings(_ settings: Settings) -> [ResolvedSetting] {
+        var repositorySetting = settings.resolve("repo", flag: repository, flagName: "--repo", environment: ["BACKUP_REPO"],
+                                                 file: \.repository, fileKey: "repo")
         if repositorySetting.source.hasPrefix("flag") == false && repositorySetting.source.hasPrefix("environment") == false,
-           let bucket = ProcessInfo.processInfo.environment["BACKUP_S3_BUCKET"], !bucket.isEmpty {
+           let bucket = settings.environment["BACKUP_S3_BUCKET"], !bucket.isEmpty {
             repositorySetting = ResolvedSetting(name: "repo", value: "s3://\(bucket)", source: "environment BACKUP_S3_BUCKET")
         }
         return [
             repositorySetting,
-            ResolvedSetting.resolve("s3.endpoint", flag: s3Endpoint, flagName: "--s3-endpoint", environment: ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"],
-                                    file: config?.s3Endpoint, filePath: config?.path, fileKey: "[s3] endpoint"),
-            ResolvedSetting.resolve("s3.region", flag: s3Region, flagName: "--s3-region", environment: ["AWS_REGION", "AWS_DEFAULT_REGION"],
-                                    file: config?.s3Region, filePath: config?.path, fileKey: "[s3] region"),
+            settings.resolve("s3.endpoint", flag: s3Endpoint, flagName: "--s3-endpoint", environment: ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"],
+                             file: \.s3Endpoint, fileKey: "[s3] endpoint"),
+            settings.resolve("s3.region", flag: s3Region, flagName: "--s3-region", environment: ["AWS_REGION", "AWS_DEFAULT_REGION"],
+                             file: \.s3Region, fileKey: "[s3] region"),
         ]
     }
 }
@@ -157,11 +163,12 @@ public struct EncryptionWriteOptions: ParsableArguments {
     /// the same kind (encrypted with this key, or plaintext), unless `--allow-mixed-encryption`.
     ///
     /// - Throws: `RecoveryError(.usage)` naming the repository and the mismatch.
-    public func key(from repository: RepositoryOptions, writingTo addresses: [String]) throws -> RepositoryKey? {
-        let key = try repository.cipherKey()
+    public func key(from repository: RepositoryOptions, writingTo addresses: [String], _ settings: Settings) throws -> RepositoryKey? {
+        let key = try repository.cipherKey(settings)
         for address in addresses {
             do {
-                try RepositoryEncryption.checkWrite(to: try Repository.open(address, create: true), key: key, allowMixed: allowMixedEncryption)
+                try RepositoryEncryption.checkWrite(to: try Repository.open(address, create: true, environment: repository.storageEnvironment(settings)),
+                                                    key: key, allowMixed: allowMixedEncryption)
             } catch is StorageError {
                 // Unreachable or unwritable: the capture meets the same failure and handles it per
                 // repository (the others still get the backup, exit 50), so it is not decided here.
@@ -179,6 +186,12 @@ public struct OutputOptions: ParsableArguments {
     @Flag(name: [.short, .long], help: "No progress or summary on stderr; errors are still printed.")
     public var quiet = false
 
+    @Flag(name: [.short, .long], help: "Say more on stderr: -v what was skipped and why, -vv also debug detail (server notices).")
+    public var verbose: Int
+
+    /// The stderr log level these flags ask for (`--quiet` wins over `-v`).
+    public var logLevel: Logger.Level { quiet ? .error : verbose >= 2 ? .debug : verbose == 1 ? .info : .notice }
+
     @Option(name: .customLong("metrics-file"), help: ArgumentHelp(
         "Write Prometheus metrics of this run here, atomically (node_exporter textfile collector).", valueName: "path"))
     public var metricsFile: String?
@@ -191,18 +204,18 @@ public struct OutputOptions: ParsableArguments {
 
     public init() {}
 
-    /// Starts reporting this run to `--metrics-file` / `--notify-url` (or the config file's).
-    public func begin(_ tool: String, labels: [String: String] = [:]) {
-        let config = try? ConfigFile.current()
-        let metrics = metricsFile ?? config?.metricsFile
-        let notify = notifyURL ?? ProcessInfo.processInfo.environment["DBRECOVERY_NOTIFY_URL"] ?? config?.notifyURL
+    /// Starts reporting this run to `--metrics-file` / `--notify-url` (or the config file's); the
+    /// context keeps the reporter, so that a failure on the way out is reported too.
+    public func begin(_ tool: String, labels: [String: String] = [:], in context: RunContext) {
+        let metrics = metricsFile ?? context.settings.configFile?.metricsFile
+        let notify = notifyURL ?? context.settings.environment["DBRECOVERY_NOTIFY_URL"] ?? context.settings.configFile?.notifyURL
         guard metrics != nil || notify != nil else { return }
-        RunReporter.current = RunReporter(tool: tool, metricsFile: metrics, notifyURL: notify, notifyOnSuccess: notifyOnSuccess, labels: labels)
+        context.reporter = RunReporter(tool: tool, metricsFile: metrics, notifyURL: notify, notifyOnSuccess: notifyOnSuccess, labels: labels)
     }
 
     /// Records a successful run for monitoring.
-    public func succeeded(_ values: [String: Double], summary: String) {
-        RunReporter.current?.succeeded(values, summary: summary)
+    public func succeeded(_ values: [String: Double], summary: String, in context: RunContext) {
+        context.reporter?.succeeded(values, summary: summary)
     }
 
     /// A progress line on stderr when it is a terminal and output is not quiet or JSON.
@@ -236,18 +249,19 @@ public struct ConfigOptions: ParsableArguments {
     public init() {}
 
     /// With `--print-config`, prints the settings this command would use and returns true.
-    public func printIfAsked(connection: ConnectionOptions?, repository: RepositoryOptions?, extra: [ResolvedSetting] = []) throws -> Bool {
+    public func printIfAsked(_ context: RunContext, connection: ConnectionOptions?, repository: RepositoryOptions?,
+                             extra: [ResolvedSetting] = []) -> Bool {
         guard printConfig else { return false }
         var settings: [ResolvedSetting] = []
-        if let connection { settings += [try connection.databaseURLSetting(), try connection.pgBinSetting()] }
-        if let repository { settings += try repository.settings() }
+        if let connection { settings += [connection.databaseURLSetting(context.settings), connection.pgBinSetting(context.settings)] }
+        if let repository { settings += repository.settings(context.settings) }
         settings += extra
-        let environment = ProcessInfo.processInfo.environment
+        let environment = context.settings.environment
         for name in ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD", "PGPASSFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                      "AWS_SESSION_TOKEN", "AWS_PROFILE"] where environment[name] != nil {
             settings.append(ResolvedSetting(name: name, value: environment[name], source: "environment \(name)"))
         }
-        let config = try ConfigFile.current()
+        let config = context.settings.configFile
         settings.append(ResolvedSetting(name: "config_file", value: config?.path, source: config == nil ? "none found" : "loaded"))
         var table = TextTable("SETTING", "VALUE", "SOURCE")
         for setting in settings {

@@ -2,6 +2,7 @@ import ArgumentParser
 import BackupStorage
 import Foundation
 import Gzip
+import Logging
 import PostgresClient
 import ProcessSignals
 import RecoveryKit
@@ -30,25 +31,26 @@ extension ParsableCommand {
         #endif
         // Before the command starts any thread or child; after mallopt, so the signal thread's arena counts.
         Interruption.installSignalHandlers(tool: configuration.commandName ?? "dbrecovery")
-        let code = runReturningCode(arguments, standardError: FileHandle.standardError)
+        let code = runReturningCode(arguments, standardError: FileHandle.standardError, bootstrapLogging: true)
         Glibc.exit(code)
     }
 
     /// Runs the command in-process and returns its exit code (used by tests).
-    public static func runReturningCode(_ arguments: [String]?, standardError: FileHandle) -> Int32 {
+    ///
+    /// - Parameter bootstrapLogging: send swift-log records to stderr at the level the parsed
+    ///   command's `--quiet`/`-v` ask for; once per process, so only the tools' `main` sets it.
+    public static func runReturningCode(_ arguments: [String]?, standardError: FileHandle, bootstrapLogging: Bool = false) -> Int32 {
         let tool = configuration.commandName ?? "dbrecovery"
-        // --config must be known before any option group resolves its fallbacks.
         let argv = arguments ?? Array(CommandLine.arguments.dropFirst())
-        if let index = argv.firstIndex(of: "--config"), index + 1 < argv.count {
-            setenv("DBRECOVERY_CONFIG", argv[index + 1], 1)
-        } else if let inline = argv.first(where: { $0.hasPrefix("--config=") }) {
-            setenv("DBRECOVERY_CONFIG", String(inline.dropFirst("--config=".count)), 1)
-        }
         var command: ParsableCommand
+        // The help screen a usage error points at: the subcommand's when one was named.
+        var helpTopic = Self.helpTopic(tool: tool, arguments: argv)
         do {
-            command = try parseAsRoot(arguments)
+            let spelled = try (Self.self as? ArgumentRewriting.Type)?.rewrite(argv) ?? argv
+            helpTopic = Self.helpTopic(tool: tool, arguments: spelled)
+            command = try parseAsRoot(spelled)
         } catch {
-            let code = reportParserError(error, tool: tool, standardError: standardError)
+            let code = reportParserError(error, tool: tool, helpTopic: helpTopic, standardError: standardError)
             // `dbrestore wal-fetch` runs as PostgreSQL's restore_command, which reads any exit below 126
             // as "not in the archive" and may end recovery early: a usage error must stop recovery.
             if code == ExitStatus.usage.rawValue, tool == "dbrestore", argv.first == "wal-fetch" {
@@ -56,21 +58,55 @@ extension ParsableCommand {
             }
             return code
         }
+        if bootstrapLogging {
+            let level = Self.outputOptions(of: command)?.logLevel ?? .notice
+            let coloured = StderrLogHandler.wantsColour()
+            LoggingSystem.bootstrap { _ in StderrLogHandler(tool: tool, level: level, coloured: coloured) }
+        }
+        var context: RunContext?
         do {
-            try command.run()
+            if let toolCommand = command as? ToolCommand {
+                // Every setting's sources, read once: the command resolves flags against them.
+                let settings: Settings
+                do {
+                    settings = try Settings.load(configFlag: Self.configFlag(of: command))
+                } catch let error where command is WALFetchCommand {
+                    // As restore_command, anything below 126 would read as "not in the archive".
+                    let cause = RecoveryError.classify(error)
+                    throw RecoveryError(.walFetchFailed, "cannot fetch WAL: \(cause.message)", hint: cause.hint)
+                }
+                let runContext = RunContext(settings: settings)
+                context = runContext
+                try toolCommand.run(in: runContext)
+            } else {
+                try command.run()
+            }
             return ExitStatus.success.rawValue
         } catch let error where isArgumentParserError(error) {
             // `--help` and `help` parse into a HelpCommand whose run() throws the help request.
-            return reportParserError(error, tool: tool, standardError: standardError)
+            return reportParserError(error, tool: tool, helpTopic: helpTopic, standardError: standardError)
         } catch {
             // Every other error reaches the exit-code table, with its own message and a hint.
             let classified = RecoveryError.classify(error).withCleanupSummary()
-            RunReporter.current?.failed(classified)
+            context?.reporter?.failed(classified)
             var text = "\(tool): error: \(classified.message)\n"
             text += "HINT: \(classified.hint ?? classified.code.defaultHint)\n"
             standardError.write(Data(text.utf8))
             return classified.code.rawValue
         }
+    }
+
+    /// The parsed command's `--json`/`--quiet`/`-v` options, if it has them (wal-push and wal-fetch
+    /// do not: they log at the default level into PostgreSQL's log).
+    static func outputOptions(of command: ParsableCommand) -> OutputOptions? {
+        Mirror(reflecting: command).children.lazy.compactMap { ($0.value as? OptionGroup<OutputOptions>)?.wrappedValue }.first
+    }
+
+    /// `tool sub` when the arguments start with one of the tool's subcommands, else `tool`.
+    static func helpTopic(tool: String, arguments: [String]) -> String {
+        guard let first = arguments.first,
+              configuration.subcommands.contains(where: { $0.configuration.commandName == first }) else { return tool }
+        return "\(tool) \(first)"
     }
 
     /// Whether swift-argument-parser threw `error` (a help request, a validation failure, a clean exit),
@@ -81,16 +117,83 @@ extension ParsableCommand {
     }
 
     /// Prints an argument-parser error (or `--help`) and returns its exit code: usage errors are 2.
-    private static func reportParserError(_ error: Error, tool: String, standardError: FileHandle) -> Int32 {
+    private static func reportParserError(_ error: Error, tool: String, helpTopic: String, standardError: FileHandle) -> Int32 {
         let parserCode = exitCode(for: error)
         if parserCode == ArgumentParser.ExitCode.success {
-            print(fullMessage(for: error))
+            let text = fullMessage(for: error)
+            // `tool --help` and `tool help` would show the subcommand list but not the options of what
+            // `tool …` runs; print those too, so the screen the usage HINT points at has them all.
+            print(text == helpMessage() ? teachingHelp() : text)
             return ExitStatus.success.rawValue
         }
         var message = message(for: error)
         if message.hasPrefix("Error: ") { message.removeFirst("Error: ".count) }
-        standardError.write(Data("\(tool): error: \(message)\nHINT: \(tool) --help shows every option with examples\n".utf8))
+        standardError.write(Data("\(tool): error: \(message)\nHINT: \(helpTopic) --help shows every option with examples\n".utf8))
         return parserCode == ArgumentParser.ExitCode.validationFailure ? ExitStatus.usage.rawValue : parserCode.rawValue
+    }
+}
+
+/// A tool whose documented spellings the argument parser cannot express directly (`dbrestore
+/// --pitr …` for `dbrestore pitr …`) maps them to the parsed form before parsing.
+protocol ArgumentRewriting {
+    /// The arguments as the parser should see them.
+    ///
+    /// - Throws: `ValidationError` (a usage error, exit 2) for spellings that contradict each other.
+    static func rewrite(_ arguments: [String]) throws -> [String]
+}
+
+extension ParsableCommand {
+    /// The top-level help of a tool: its overview and examples, the usage and every option of the
+    /// default subcommand (what `tool --flag …` runs), then the other subcommands. A tool without a
+    /// default subcommand gets the argument parser's own help, which already shows its options.
+    static func teachingHelp() -> String {
+        let root = helpMessage()
+        guard let action = configuration.defaultSubcommand, let actionName = action.configuration.commandName,
+              let tool = configuration.commandName else { return root }
+        let sections = HelpSections(root)
+        let actionSections = HelpSections(helpMessage(for: action))
+        // `dbbackup capture [<options>]` reads `dbbackup [capture] [<options>]`: the name is optional.
+        let usage = actionSections.usage.replacingOccurrences(of: "USAGE: \(tool) \(actionName) ", with: "USAGE: \(tool) [\(actionName)] ")
+        return ([sections.overview, usage] + actionSections.options + sections.subcommands).filter { !$0.isEmpty }.joined(separator: "\n\n")
+    }
+}
+
+/// The argument parser's help text cut at its section headings (`USAGE:`, `OPTIONS:`, `SUBCOMMANDS:`,
+/// an option group's title), so that two help screens can be put together.
+struct HelpSections {
+    /// Everything before `USAGE:`: the overview, the discussion and its examples.
+    var overview = ""
+    var usage = ""
+    /// The option groups, each with its heading, in order.
+    var options: [String] = []
+    /// `SUBCOMMANDS:` and the line after it.
+    var subcommands: [String] = []
+
+    init(_ text: String) {
+        var blocks: [String] = []
+        var current: [Substring] = []
+        // A heading is an unindented line ending in ':' right after a blank line (or the start).
+        for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            let isHeading = (current.last?.isEmpty ?? true) && !line.hasPrefix(" ") && line.hasSuffix(":") && line == line.uppercased()
+            let isUsage = line.hasPrefix("USAGE: ")
+            if (isHeading || isUsage), !current.isEmpty {
+                blocks.append(current.joined(separator: "\n").trimmingCharacters(in: .whitespacesAndNewlines))
+                current = []
+            }
+            current.append(line)
+        }
+        blocks.append(current.joined(separator: "\n").trimmingCharacters(in: .whitespacesAndNewlines))
+        for block in blocks {
+            if block.hasPrefix("USAGE: ") {
+                usage = block
+            } else if block.hasPrefix("SUBCOMMANDS:") {
+                subcommands.append(block)
+            } else if usage.isEmpty {
+                overview += (overview.isEmpty ? "" : "\n\n") + block
+            } else {
+                options.append(block)
+            }
+        }
     }
 }
 

@@ -4,7 +4,7 @@ import PostgresClient
 import RecoveryKit
 
 /// `dbverify`: live row counts against a manifest, or stored files against their checksums.
-public struct VerifyCommand: ParsableCommand {
+public struct VerifyCommand: ToolCommand {
     public static let configuration = CommandConfiguration(
         commandName: "dbverify",
         abstract: "Check a database against a backup's manifest, or a backup's files against their checksums.",
@@ -20,12 +20,14 @@ public struct VerifyCommand: ParsableCommand {
         differing objects (missing, extra, changed) on any difference.
 
         Examples:
-          dbverify --database-url postgresql://postgres@db1/app --repo /var/backups/app   # after dbrestore <id>: checks <id>
-          dbverify latest --database-url postgresql://postgres@db1/app --repo /var/backups/app
+          dbverify --database-url postgresql://postgres@db1/app \\
+              --repo /var/backups/app     # after dbrestore <id>: checks <id>
+          dbverify latest --database-url postgresql://postgres@db1/app \\
+              --repo /var/backups/app
           dbverify 20261124T020000Z-3fa2 --json
           dbverify --files latest --repo /var/backups/app
           dbverify --files all            # every backup in the repository
-          dbverify --schema latest        # has the schema drifted since the last backup?
+          dbverify --schema latest        # has the schema drifted since then?
         """,
         version: DBRecoveryVersion.current)
 
@@ -60,13 +62,14 @@ public struct VerifyCommand: ParsableCommand {
         if backup == "all" && !files { throw ValidationError("'all' goes with --files; name one backup to compare a database against") }
     }
 
-    public func run() throws {
-        if try config.printIfAsked(connection: files ? nil : connection, repository: repository) { return }
-        output.begin("dbverify", labels: ["check": check.rawValue])
-        let address = try repository.address()
-        if check == .schema { return try runSchema(repository: address) }
+    public func run(in context: RunContext) throws {
+        if config.printIfAsked(context, connection: files ? nil : connection, repository: repository) { return }
+        output.begin("dbverify", labels: ["check": check.rawValue], in: context)
+        let address = try repository.address(context.settings)
+        if check == .schema { return try runSchema(repository: address, in: context) }
         if files {
-            let reports = try BackupVerification.files(repository: address, backup: backup ?? "latest", key: try repository.cipherKey(), progress: output.progress)
+            let reports = try BackupVerification.files(repository: address, backup: backup ?? "latest", key: try repository.cipherKey(context.settings),
+                                                       progress: output.progress, environment: repository.storageEnvironment(context.settings))
             if output.json { try printJSON(reports) } else {
                 var table = TextTable("BACKUP", "FILE", "STATUS")
                 for report in reports {
@@ -80,14 +83,15 @@ public struct VerifyCommand: ParsableCommand {
                 throw RecoveryError(.backupCorrupt, "backup \(bad.id) is damaged: \(bad.firstProblem ?? "")",
                                     hint: "do not restore it; dbrestore --emergency skips damaged backups")
             }
-            output.succeeded(["verify_ok": 1, "verify_backups": Double(reports.count)], summary: "\(reports.count) backup(s) verify")
+            output.succeeded(["verify_ok": 1, "verify_backups": Double(reports.count)], summary: "\(reports.count) backup(s) verify", in: context)
             if let archived = reports.first(where: { $0.onlyArchived }) {
                 throw RecoveryError(.backupArchived, "backup \(archived.id) is archived: needs a restore request",
                                     hint: archived.files.first { $0.archived }?.problem)
             }
             return
         }
-        let report = try BackupVerification.rowCounts(repository: address, backup: backup, target: try connection.target())
+        let report = try BackupVerification.rowCounts(repository: address, backup: backup, target: try connection.target(context.settings),
+                                                          environment: repository.storageEnvironment(context.settings))
         if output.json { try printJSON(report) } else {
             if let basis = report.basis { output.note("comparing \(report.database) with backup \(report.backupID) (\(basis))") }
             var table = TextTable("TABLE", "EXPECTED", "ACTUAL", "STATUS")
@@ -102,13 +106,14 @@ public struct VerifyCommand: ParsableCommand {
             throw RecoveryError(.verificationMismatch, "\(report.database) does not match backup \(report.backupID): \(report.summary)",
                                 hint: "if this follows a restore, restore again; otherwise the data changed since the backup")
         }
-        output.succeeded(["verify_ok": 1, "verify_tables": Double(report.tables.count)], summary: report.summary)
+        output.succeeded(["verify_ok": 1, "verify_tables": Double(report.tables.count)], summary: report.summary, in: context)
         if !output.json { output.note("\(report.database) matches backup \(report.backupID): \(report.summary)") }
     }
 
     /// `--schema`: the live database's schema against the backup's fingerprint.
-    private func runSchema(repository address: String) throws {
-        let report = try SchemaVerifier.verify(repository: address, backup: backup, target: try connection.target(), tools: connection.tools)
+    private func runSchema(repository address: String, in context: RunContext) throws {
+        let report = try SchemaVerifier.verify(repository: address, backup: backup, target: try connection.target(context.settings),
+                                               tools: connection.tools(context.settings), environment: repository.storageEnvironment(context.settings))
         if output.json { try printJSON(report) } else if !report.ok {
             var table = TextTable("CHANGE", "TYPE", "SCHEMA", "NAME")
             for difference in report.differences {
@@ -121,7 +126,7 @@ public struct VerifyCommand: ParsableCommand {
                                 hint: (report.versionNote.map { $0 + "; " } ?? "")
                                     + "if this follows a restore, restore again; otherwise the schema changed since the backup")
         }
-        output.succeeded(["verify_ok": 1, "verify_schema_objects": Double(report.actualObjects)], summary: report.summary)
+        output.succeeded(["verify_ok": 1, "verify_schema_objects": Double(report.actualObjects)], summary: report.summary, in: context)
         if !output.json { output.note("\(report.database) matches backup \(report.backupID): \(report.summary)") }
     }
 }

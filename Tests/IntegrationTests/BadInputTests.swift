@@ -44,7 +44,7 @@ final class BadInputTests: XCTestCase {
             ("dbrestore", ["--pitr", "--pgdata", pgdata, "--target", "now"], usage, "'latest'"),
             ("dbrestore", ["--pitr", "--pgdata", pgdata, "--target", "latest", "--port", "70000"], usage, "--port"),
             ("dbrestore", ["--pitr", "--pgdata", pgdata, "--target", "latest", "--target-name", "x"], usage, "exactly one"),
-            ("dbrestore", ["latest", "--port", "5432"], usage, "go with --pitr"),
+            ("dbrestore", ["latest", "--port", "5432"], usage, "--port goes with --pitr"),
             ("dbverify", ["all"], usage, "--files"),
             ("dbverify", ["--files", "nope"], ExitStatus.backupNotFound.rawValue, "no backup 'nope'"),
             ("dbprune", ["--policy", "/nonexistent/policy.toml"], ExitStatus.configuration.rawValue, "cannot be read"),

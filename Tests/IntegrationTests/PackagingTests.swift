@@ -91,10 +91,51 @@ final class PackagingTests: XCTestCase {
             let snapshot = try String(contentsOfFile: "\(TestPaths.repositoryRoot)/docs/man/\(tool).help.json", encoding: .utf8)
             XCTAssertEqual(live.standardOutput, snapshot,
                            "\(tool)'s options or help changed: review the change and run scripts/generate-man.sh (it rewrites docs/man)")
+            // The rendered top-level help too: it is put together from several commands' help.
+            let screen = try TestProcess.tool(tool, ["--help"], environment: ["COLUMNS": "80"])
+            XCTAssertEqual(screen.standardOutput, try String(contentsOfFile: "\(TestPaths.repositoryRoot)/docs/man/\(tool).help.txt", encoding: .utf8),
+                           "\(tool) --help changed: review it and run scripts/generate-man.sh")
             XCTAssertTrue(FileManager.default.fileExists(atPath: "\(TestPaths.repositoryRoot)/docs/man/\(tool).1"))
             let version = try TestProcess.tool(tool, ["--version"])
             XCTAssertEqual(version.status, 0, version.standardError)
             XCTAssertEqual(version.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines), DBRecoveryVersion.current, "\(tool) --version")
+        }
+    }
+
+    /// `tool --help` is the screen a usage error's HINT points at: it must list every option of what
+    /// `tool …` runs (the default subcommand, else the tool itself), and examples that fit 80 columns.
+    func testTopLevelHelpShowsEveryOptionOfTheDefaultActionAndItsExamples() throws {
+        for tool in ["dbbackup", "dbrestore", "dbverify", "dbprune", "dbmigrate"] {
+            let dump = try TestProcess.tool(tool, ["--experimental-dump-help"])
+            let root = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(dump.standardOutput.utf8)) as? [String: Any])?["command"] as? [String: Any])
+            // The argument parser lists its own `help` among them; it is not one of the tool's.
+            let subcommands = (root["subcommands"] as? [[String: Any]] ?? []).filter { $0["commandName"] as? String != "help" }
+            let action = (root["defaultSubcommand"] as? String).flatMap { name in subcommands.first { $0["commandName"] as? String == name } } ?? root
+            let options = (action["arguments"] as? [[String: Any]] ?? []).filter { $0["shouldDisplay"] as? Bool == true && $0["kind"] as? String != "positional" }
+                .compactMap { ($0["preferredName"] as? [String: Any]).map { ($0["kind"] as? String == "short" ? "-" : "--") + ($0["name"] as? String ?? "") } }
+            XCTAssertGreaterThan(options.count, tool == "dbmigrate" ? 0 : 5, "\(tool): the default action's options were not found in its dump")
+            for spelling in subcommands.isEmpty ? [["--help"]] : [["--help"], ["help"]] {
+                let help = try TestProcess.tool(tool, spelling)
+                XCTAssertEqual(help.status, 0, help.standardError)
+                for option in options {
+                    XCTAssertTrue(help.standardOutput.contains(option), "\(tool) \(spelling[0]) does not show \(option):\n\(help.standardOutput)")
+                }
+                XCTAssertTrue(help.standardOutput.contains("Examples:"), "\(tool) \(spelling[0]) has no examples")
+                for name in subcommands.compactMap({ $0["commandName"] as? String }) {
+                    XCTAssertTrue(help.standardOutput.contains("  \(name)"), "\(tool) \(spelling[0]) does not list subcommand \(name)")
+                }
+                // Examples run from "Examples:" to the next blank line; none may wrap mid-command.
+                let lines = help.standardOutput.split(separator: "\n", omittingEmptySubsequences: false)
+                if let start = lines.firstIndex(where: { $0.hasPrefix("Examples:") }) {
+                    for line in lines[start...].prefix(while: { !$0.isEmpty }) {
+                        XCTAssertLessThanOrEqual(line.count, 80, "\(tool): example wider than 80 columns: \(line)")
+                    }
+                    let examples = lines[(start + 1)...].prefix(while: { !$0.isEmpty })
+                    for (line, next) in zip(examples, examples.dropFirst()) where !next.hasPrefix("  ") {
+                        XCTFail("\(tool): '\(line)' wraps onto '\(next)'")
+                    }
+                }
+            }
         }
     }
 

@@ -110,6 +110,55 @@ final class PruneTests: XCTestCase {
         XCTAssertEqual(Set(try ids()), Set(Array(all.prefix(11)) + [all[25], all[30]]))
     }
 
+    func testDryRunSaysWhyEachDeleteGoesAndShowsARunningBackupAsInProgress() throws {
+        let all = try ids()
+        // A backup that has been writing for three days (a live lock holder on another host, so never
+        // stale), its folder last changed two days ago: past the grace period, yet not garbage.
+        let store = try LocalStore(root: repository, create: false)
+        let lock = try store.lock(holder: LockHolder(command: "dbbackup", pid: 999, host: "db1", since: Date().addingTimeInterval(-72 * 3600)))
+        let running = "\(repository!)/backups/20200101T000000Z-cafe"
+        try FileManager.default.createDirectory(atPath: running, withIntermediateDirectories: true)
+        XCTAssertTrue(FileManager.default.createFile(atPath: running + "/dump.sql.gz.partial-1", contents: Data([1])))
+        var times = [timeval(tv_sec: Int(Date().timeIntervalSince1970) - 48 * 3600, tv_usec: 0),
+                     timeval(tv_sec: Int(Date().timeIntervalSince1970) - 48 * 3600, tv_usec: 0)]
+        XCTAssertEqual(utimes(running + "/dump.sql.gz.partial-1", &times), 0)
+
+        let text = try TestProcess.tool("dbprune", ["--repo", repository, "--dry-run"])
+        XCTAssertEqual(text.status, 0, text.standardError)
+        let rows = text.standardOutput.split(separator: "\n").map(String.init)
+        for id in all.dropFirst(10) where id != all[25] {
+            let row = rows.first { $0.hasPrefix(id) } ?? ""
+            XCTAssertTrue(row.contains("delete") && row.contains("older than the 10 newest"), "delete row without its reason: \(row)")
+        }
+        let runningRow = rows.first { $0.hasPrefix("20200101T000000Z-cafe") } ?? ""
+        XCTAssertTrue(runningRow.contains("in progress") && runningRow.contains("pid 999"), "a backup being written is not garbage: \(runningRow)")
+        XCTAssertFalse(runningRow.contains("garbage"), runningRow)
+        XCTAssertFalse(text.standardError.contains("debug:"), "decisions are logged only with -vv: \(text.standardError)")
+
+        // -v says what was passed over, -vv every decision; on stderr only, without colour when piped.
+        let verbose = try TestProcess.tool("dbprune", ["--repo", repository, "--dry-run", "-vv"])
+        XCTAssertEqual(verbose.standardOutput, text.standardOutput, "logging never changes stdout")
+        XCTAssertTrue(verbose.standardError.contains("dbprune: info: skipped backups/20200101T000000Z-cafe: no manifest yet"), verbose.standardError)
+        XCTAssertTrue(verbose.standardError.contains("dbprune: debug: delete backup \(all[12]): older than the 10 newest"), verbose.standardError)
+        XCTAssertTrue(verbose.standardError.contains("dbprune: debug: keep backup \(all[25]): pinned"), verbose.standardError)
+        XCTAssertFalse(verbose.standardError.contains("\u{1B}["), verbose.standardError)
+
+        let json = try TestProcess.tool("dbprune", ["--repo", repository, "--dry-run", "--json"])
+        let plan = try JSONSerialization.jsonObject(with: Data(json.standardOutput.utf8)) as? [String: Any]
+        let garbage = plan?["garbage"] as? [[String: Any]] ?? []
+        XCTAssertEqual(garbage.first?["action"] as? String, "in progress", json.standardOutput)
+        let deletes = (plan?["decisions"] as? [[String: Any]] ?? []).filter { $0["action"] as? String == "delete" }
+        XCTAssertEqual(deletes.count, 29)
+        XCTAssertTrue(deletes.allSatisfy { $0["reason"] as? String == "older than the 10 newest" }, json.standardOutput)
+
+        // Once the writer is gone, the same folder is garbage past its grace period.
+        try lock.release()
+        let after = try TestProcess.tool("dbprune", ["--repo", repository, "--dry-run"])
+        let leftover = after.standardOutput.split(separator: "\n").first { $0.hasPrefix("20200101T000000Z-cafe") } ?? ""
+        XCTAssertTrue(leftover.contains("garbage: delete"), String(leftover))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: running), "--dry-run deletes nothing")
+    }
+
     func testAPolicyTypoDeletesNothing() throws {
         let policy = TestPaths.temporaryDirectory(prefix: "policy") + "/p.toml"
         try "[local]\nkeep_last = 2\nkeep_monthy = 3\n".write(toFile: policy, atomically: true, encoding: .utf8)

@@ -88,19 +88,56 @@ final class S3RepositoryTests: XCTestCase {
         XCTAssertEqual(try store.list(prefix: "backups/").map(\.key), [])
     }
 
+    /// `--s3-endpoint`/`--s3-region` and the config file's `[s3]` reach the storage layer of every
+    /// command by being passed down with the run's settings (no variable is exported for them).
+    func testEndpointAndRegionFromFlagsOrTheConfigFileReachEveryCommand() throws {
+        var environment = s3.environment()
+        let endpoint = try XCTUnwrap(environment["AWS_ENDPOINT_URL_S3"])
+        environment["AWS_ENDPOINT_URL_S3"] = ""   // empty counts as unset
+        environment["AWS_REGION"] = ""
+        let flags = ["--s3-endpoint", endpoint, "--s3-region", "us-east-1"]
+        let backup = try TestProcess.tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository] + flags,
+                                          cluster: cluster, environment: environment)
+        XCTAssertEqual(backup.status, 0, backup.standardError)
+        let id = backup.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+        let list = try TestProcess.tool("dbrestore", ["list", "--json", "--repo", repository] + flags, environment: environment)
+        XCTAssertEqual(list.status, 0, list.standardError)
+        XCTAssertTrue(list.standardOutput.contains(id), list.standardOutput)
+
+        let config = NSTemporaryDirectory() + "s3-config-\(UUID().uuidString).toml"
+        try "[s3]\nendpoint = \"\(endpoint)\"\nregion = \"us-east-1\"\n".write(toFile: config, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: config) }
+        let files = try TestProcess.tool("dbverify", ["--files", id, "--repo", repository, "--config", config], environment: environment)
+        XCTAssertEqual(files.status, 0, files.standardError + files.standardOutput)
+        let prune = try TestProcess.tool("dbprune", ["--dry-run", "--repo", repository, "--config", config], environment: environment)
+        XCTAssertEqual(prune.status, 0, prune.standardError)
+        XCTAssertTrue(prune.standardOutput.contains(id), prune.standardOutput)
+    }
+
     func testInjectedFaultsNeitherFailNorCorruptTheBackup() throws {
         let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--fail-every", "5", "--drop-every", "11"])
         defer { proxy.stop() }
-        let backup = try tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository], endpoint: proxy.endpoint)
+        let backup = try tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository, "--json"], endpoint: proxy.endpoint)
         XCTAssertEqual(backup.status, 0, backup.standardError)
+        // Each retry is logged on stderr with its attempt number and S3's answer, never a credential,
+        // and --json's stdout stays one JSON document.
+        let retries = backup.standardError.split(separator: "\n").filter { $0.hasPrefix("dbbackup: warning: S3 attempt ") }
+        XCTAssertFalse(retries.isEmpty, backup.standardError)
+        XCTAssertTrue(retries.contains { $0.contains(" of 8 failed: ") && $0.contains("503 SlowDown") }, backup.standardError)
+        for secret in [s3.environment()["AWS_SECRET_ACCESS_KEY"], s3.environment()["AWS_ACCESS_KEY_ID"]].compactMap({ $0 }) {
+            XCTAssertFalse(backup.standardError.contains(secret), "a credential reached the log")
+        }
+        XCTAssertFalse(backup.standardError.contains("\u{1B}["), "no ANSI codes when stderr is not a terminal")
+        XCTAssertNotNil(try JSONSerialization.jsonObject(with: Data(backup.standardOutput.utf8)) as? [String: Any], backup.standardOutput)
         // Checked straight against the server, not through the proxy.
         let files = try tool("dbverify", ["--files", "latest", "--repo", repository])
         XCTAssertEqual(files.status, 0, files.standardError + files.standardOutput)
         XCTAssertEqual(try store().openMultipartUploads(), [])
         let target = "faulty_\(UInt32.random(in: 0...UInt32.max))"
-        let restore = try tool("dbrestore", ["latest", "--yes", "--repo", repository, "--database-url", cluster.url(database: target)],
+        let restore = try tool("dbrestore", ["latest", "--yes", "--quiet", "--repo", repository, "--database-url", cluster.url(database: target)],
                                endpoint: proxy.endpoint)
         XCTAssertEqual(restore.status, 0, restore.standardError)
+        XCTAssertFalse(restore.standardError.contains("S3 attempt"), "--quiet logs errors only: \(restore.standardError)")
         XCTAssertEqual(try cluster.rowCounts(database: target)["public.blobs"], 3000)
     }
 

@@ -19,6 +19,51 @@ final class CommandContractTests: XCTestCase {
         }
     }
 
+    /// Settings are resolved per run from that run's own flags: a `--config` given to one run must
+    /// not stay behind in the process for the next (it used to be exported with setenv).
+    func testAConfigFileBelongsToTheRunThatNamedIt() throws {
+        let sink = try XCTUnwrap(FileHandle(forWritingAtPath: "/dev/null"))
+        let directory = NSTemporaryDirectory() + "contract-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory + "/repo", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try "repo_path = \"/x\"\n".write(toFile: directory + "/bad.toml", atomically: true, encoding: .utf8)
+
+        XCTAssertEqual(RestoreCommand.runReturningCode(["list", "--repo", directory + "/repo", "--config", directory + "/bad.toml"], standardError: sink),
+                       ExitStatus.configuration.rawValue, "a config error is reported, not skipped")
+        XCTAssertEqual(RestoreCommand.runReturningCode(["list", "--repo", directory + "/repo", "--json"], standardError: sink),
+                       ExitStatus.success.rawValue, "the previous run's --config leaked into this one")
+        XCTAssertNil(ProcessInfo.processInfo.environment["DBRECOVERY_CONFIG"])
+        // As restore_command, a config error must stop recovery (126), not read as "not in the archive".
+        XCTAssertEqual(RestoreCommand.runReturningCode(["wal-fetch", "000000010000000000000001", directory + "/x", "--repo", directory + "/repo",
+                                                        "--config", directory + "/bad.toml"], standardError: sink),
+                       ExitStatus.walFetchFailed.rawValue)
+    }
+
+    /// `dbrestore --drill` and `dbrestore drill` are one command; modes exclude each other and their
+    /// options stay with them.
+    func testRestoreModesAsFlagsAndAsSubcommands() throws {
+        XCTAssertEqual(try RestoreCommand.rewrite(["--drill", "--json"]), ["drill", "--json"])
+        XCTAssertEqual(try RestoreCommand.rewrite(["--repo", "/r", "--emergency", "--release", "v1"]), ["emergency", "--repo", "/r", "--release", "v1"])
+        XCTAssertEqual(try RestoreCommand.rewrite(["latest", "--emergency"]), ["emergency", "latest"])
+        XCTAssertEqual(try RestoreCommand.rewrite(["pitr", "--pitr", "--pgdata", "/d"]), ["pitr", "--pgdata", "/d"])
+        XCTAssertEqual(try RestoreCommand.rewrite(["--help"]), ["--help"], "the top-level help stays the top-level help")
+        XCTAssertEqual(try RestoreCommand.rewrite(["wal-fetch", "--pitr"]), ["wal-fetch", "--pitr"], "wal-fetch is left to the parser")
+        for (arguments, message) in [(["--emergency", "--drill"], "--emergency and --drill cannot be combined"),
+                                     (["drill", "--pitr"], "--pitr and drill cannot be combined"),
+                                     (["latest", "--port", "5433"], "--port goes with --pitr"),
+                                     (["--drill", "--incident-file", "/x"], "--incident-file goes with --emergency; not with --drill"),
+                                     (["--pitr", "--release=v1"], "--release goes with --emergency or --drill")] {
+            XCTAssertThrowsError(try RestoreCommand.rewrite(arguments)) { error in
+                XCTAssertTrue("\(error)".contains(message), "\(arguments): \(error)")
+            }
+        }
+        let parsed = try RestoreCommand.parseAsRoot(try RestoreCommand.rewrite(["--pitr", "--pgdata", "/d", "--target", "latest"]))
+        XCTAssertEqual((parsed as? PITRCommand)?.pgdata, "/d")
+        XCTAssertTrue(try RestoreCommand.parseAsRoot(try RestoreCommand.rewrite(["--emergency"])) is EmergencyCommand)
+        XCTAssertTrue(try RestoreCommand.parseAsRoot(try RestoreCommand.rewrite(["drill"])) is DrillCommand)
+        XCTAssertTrue(try RestoreCommand.parseAsRoot(try RestoreCommand.rewrite(["20261124T020000Z-3fa2", "--yes"])) is RestoreBackupCommand)
+    }
+
     func testReadmeExitCodeTableMatchesTheCode() throws {
         let readme = try String(contentsOfFile: TestPathsForCommands.repositoryRoot + "/README.md", encoding: .utf8)
         var documented: [Int32: String] = [:]

@@ -113,4 +113,22 @@ final class BackupManifestTests: XCTestCase {
         let old = try BackupManifest.decode(try JSONSerialization.data(withJSONObject: object), source: "m.json")
         XCTAssertNil(old.databaseProperties)
     }
+
+    /// Issue 17: the client programs that made a backup are recorded (path, `--version` line, major),
+    /// the server's major is read from its version text, and manifests from before still decode.
+    func testClientProgramsAreRecordedAndOlderManifestsWithoutThemDecode() throws {
+        var manifest = Self.sample()
+        manifest.database.serverVersion = "15.18 (Debian 15.18-0+deb12u1)"
+        manifest.clientPrograms = [PostgresProgram(name: "pg_dump", path: "/usr/lib/postgresql/17/bin/pg_dump",
+                                                   version: "pg_dump (PostgreSQL) 17.10", major: 17)]
+        let text = String(decoding: try manifest.encoded(), as: UTF8.self)
+        XCTAssertTrue(text.contains("\"client_programs\""), text)
+        XCTAssertTrue(text.contains("\"version\" : \"pg_dump (PostgreSQL) 17.10\""), text)
+        XCTAssertEqual(try BackupManifest.decode(try manifest.encoded(), source: "m.json"), manifest)
+        XCTAssertEqual(manifest.serverMajor, PostgresMajor(15))
+        var object = try JSONSerialization.jsonObject(with: try manifest.encoded()) as? [String: Any] ?? [:]
+        object.removeValue(forKey: "client_programs")
+        let old = try BackupManifest.decode(try JSONSerialization.data(withJSONObject: object), source: "m.json")
+        XCTAssertNil(old.clientPrograms)
+    }
 }

@@ -102,6 +102,24 @@ final class RetentionPlannerTests: XCTestCase {
         XCTAssertEqual(decisions[3].keptBy, ["pinned"])
     }
 
+    func testEveryDeleteAndMoveSaysWhy() throws {
+        let snapshots = RetentionPolicy.Snapshots(daily: 1, weekly: 0, monthly: 1, timeZone: "UTC")
+        let local = try RetentionPlanner.plan(backups(["2024-03-03", "2024-03-02", "2024-03-01"]), tier: RetentionPolicy.builtIn.local,
+                                              snapshots: snapshots, newestVerified: nil, now: date("2024-03-04"))
+        XCTAssertEqual(local.map(\.reason), [nil, nil, nil], "a keep has no deletion reason")
+        let tenPlusTwo = backups((1...12).map { String(format: "2024-03-%02d", $0) })
+        let trimmed = try RetentionPlanner.plan(tenPlusTwo, tier: RetentionPolicy.builtIn.local, snapshots: snapshots,
+                                                newestVerified: nil, now: date("2024-03-13"))
+        XCTAssertEqual(trimmed.filter { $0.action == .delete }.map(\.reason), ["older than the 10 newest", "older than the 10 newest"])
+
+        let s3 = RetentionPolicy.builtIn.s3
+        let old = backups(["2024-06-01", "2024-04-20", "2024-01-10", "2024-01-05"])
+        let decisions = try RetentionPlanner.plan(old, tier: s3, snapshots: snapshots, newestVerified: nil, now: date("2024-06-02"))
+        XCTAssertEqual(decisions.map(\.action), [.keep, .moveToGlacier, .delete, .delete])
+        XCTAssertEqual(decisions[1].reason, "standard→glacier after 30d")
+        XCTAssertEqual(decisions[2].reason, "deleted at 90d; not in any daily/monthly slot")
+    }
+
     func testAPolicyThatKeepsNothingIsRefused() {
         let tier = RetentionPolicy.Tier(keepLast: 0, keepWithin: nil, glacierAfter: nil, snapshots: false)
         XCTAssertThrowsError(try RetentionPlanner.plan(backups(["2024-01-01"]), tier: tier,

@@ -283,6 +283,44 @@ final class SchemaFingerprintTests: XCTestCase {
         XCTAssertEqual(report.versionNote?.contains("pg_dump 15.18 (Debian 15.18-0+deb12u1), this one with 16.4"), true, report.versionNote ?? "")
     }
 
+    /// What pg_dump 17 and 18 write differently from 15 for the same schema (real output of each):
+    /// `SET transaction_timeout = 0;`, and `ALTER VIEW|SEQUENCE|MATERIALIZED VIEW … OWNER TO` (16+)
+    /// where 14 and 15 write `ALTER TABLE … OWNER TO`. Neither counts; `ALTER SEQUENCE … OWNED BY` does.
+    func testWhatNewerPgDumpsWriteDifferentlyDoesNotCount() {
+        let view = "--\n-- Name: v; Type: VIEW; Schema: public; Owner: postgres\n--\n\nCREATE VIEW public.v AS\n SELECT 1 AS one;\n\n\n"
+        let old = Self.dump + view + "ALTER TABLE public.v OWNER TO postgres;\n"
+        let new = Self.dump.replacingOccurrences(of: "SET statement_timeout = 0;\n", with: "SET statement_timeout = 0;\nSET transaction_timeout = 0;\n")
+            + view + "ALTER VIEW public.v OWNER TO postgres;\n"
+        XCTAssertEqual(fingerprint(old).sha256, fingerprint(new).sha256)
+        XCTAssertEqual(differences(old, Self.dump + view + "ALTER VIEW public.v OWNER TO app;\n"), ["view v in schema public differs"])
+        XCTAssertEqual(SchemaNormalizer.ownershipAsTable(Array("ALTER MATERIALIZED VIEW public.m OWNER TO postgres;\n".utf8)),
+                       Array("ALTER TABLE public.m OWNER TO postgres;\n".utf8))
+        XCTAssertNil(SchemaNormalizer.ownershipAsTable(Array("ALTER SEQUENCE public.s OWNED BY public.t.id;\n".utf8)))
+    }
+
+    /// A restore into a newer major: a server-rendered text that differs (a view body, as 16+ no
+    /// longer qualifies one-table columns) is listed, not counted; a table that differs, or an object
+    /// missing, still fails. Within one major nothing is tolerated.
+    func testAcrossMajorsOnlyServerRenderedTextMayDiffer() {
+        let view = "--\n-- Name: v; Type: VIEW; Schema: public; Owner: postgres\n--\n\nCREATE VIEW public.v AS\n SELECT users.id\n   FROM public.users;\n"
+        let from14 = (Self.dump + view).replacingOccurrences(of: "database version 15.18", with: "database version 14.22")
+        let into17 = (Self.dump + view.replacingOccurrences(of: "users.id", with: "id")).replacingOccurrences(of: "database version 15.18", with: "database version 17.10")
+        let report = SchemaVerifier.compare(expected: fingerprint(from14), actual: fingerprint(into17), backupID: "b", database: "d")
+        XCTAssertTrue(report.ok, report.summary)
+        XCTAssertEqual(report.renderedDifferently?.map(\.description), ["view v in schema public differs"])
+        XCTAssertTrue(report.summary.contains("1 written differently by the newer server: view v in schema public"), report.summary)
+
+        let sameMajor = SchemaVerifier.compare(expected: fingerprint(from14), actual: fingerprint(into17.replacingOccurrences(of: "17.10", with: "14.22")),
+                                               backupID: "b", database: "d")
+        XCTAssertFalse(sameMajor.ok)
+        let tableChanged = SchemaVerifier.compare(expected: fingerprint(from14), actual: fingerprint(into17.replacingOccurrences(of: "bigint", with: "integer")),
+                                                  backupID: "b", database: "d")
+        XCTAssertEqual(tableChanged.differences.map(\.description), ["table users in schema public differs"])
+        let viewMissing = SchemaVerifier.compare(expected: fingerprint(from14), actual: fingerprint(Self.dump.replacingOccurrences(of: "15.18", with: "17.10")),
+                                                 backupID: "b", database: "d")
+        XCTAssertEqual(viewMissing.differences.map(\.description), ["view v in schema public is missing"])
+    }
+
     func testALockTimeoutInTheStartupOptionsBecomesPgDumpsLockWait() {
         XCTAssertEqual(SchemaDump.lockWait(in: "-c lock_timeout=2000 -c statement_timeout=5000"), "2000")
         XCTAssertEqual(SchemaDump.lockWait(in: "-c statement_timeout=0 -clock_timeout=5s"), "5s")

@@ -158,6 +158,22 @@ public final class StoreLock: RepositoryLock {
         return (live, reclaimed)
     }
 
+    /// Who holds the writer lock now, without taking it (a dry run only looks); nil when nobody
+    /// does or the record is stale. An unreadable record counts as held, by an unknown holder.
+    ///
+    /// - Throws: `StorageError` when the lock record cannot be read.
+    public static func writer(in store: BackupStore) throws -> LockHolder? {
+        let current: VersionedObject
+        do {
+            current = try store.readVersioned(writerKey)
+        } catch let error as StorageError where error.kind == .notFound {
+            return nil
+        }
+        let found = decode(current.contents)
+        if isStale(current.contents, found) { return nil }
+        return found ?? LockHolder(command: "unknown writer", pid: 0, host: "?", since: .distantPast, token: "")
+    }
+
     /// Deletes the lock record if it is still ours.
     ///
     /// - Throws: `StorageError` when the delete failed, or when the record was gone or belonged

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import Logging
 import ProcessSignals
 import Synchronization
 #if canImport(FoundationNetworking)
@@ -23,6 +24,8 @@ final class S3Client: Sendable {
     let configuration: S3Configuration
     private let signer: SigV4Signer
     private let session: URLSession
+    /// Retries are logged (warning): a slow or flaky endpoint shows before it makes a run fail.
+    private let logger = Logger(label: "dbrecovery.s3")
 
     init(_ configuration: S3Configuration) {
         self.configuration = configuration
@@ -72,7 +75,10 @@ final class S3Client: Sendable {
             }
             // Exponential backoff with full jitter: 0.1 s, 0.2 s, 0.4 s … capped at 5 s.
             let ceiling = min(5.0, 0.1 * pow(2.0, Double(attempt - 1)))
-            Thread.sleep(forTimeInterval: Double.random(in: ceiling / 2...ceiling))
+            let delay = Double.random(in: ceiling / 2...ceiling)
+            // lastProblem names the method, the object and S3's answer: never a header, so no credential.
+            logger.warning("S3 attempt \(attempt) of \(configuration.maxAttempts) failed: \(lastProblem); retrying in \(String(format: "%.1f", delay)) s")
+            Thread.sleep(forTimeInterval: delay)
         }
     }
 

@@ -18,6 +18,8 @@ public struct CaptureConfiguration {
     /// Encrypt the stored files with this key (repository cipher), if any.
     public var key: RepositoryKey? = nil
     public var tools: PostgresTools
+    /// What the storage layer reads S3 settings from (see `Repository.open`).
+    public var environment = ProcessInfo.processInfo.environment
 
     public init(target: ConnectionTarget, repositories: [String], tags: [String] = [], release: String? = nil,
                 pinned: Bool = false, compressionLevel: Int = GzipCompressor.defaultLevel, jobs: Int = ProcessInfo.processInfo.activeProcessorCount,

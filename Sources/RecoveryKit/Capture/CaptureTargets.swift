@@ -20,11 +20,11 @@ final class CaptureTargets {
     /// Opens and locks every repository.
     ///
     /// - Throws: the first repository's error when none can be used.
-    init(addresses: [String], command: String) throws {
+    init(addresses: [String], command: String, environment: [String: String]) throws {
         var firstError: Error?
         for address in addresses {
             do {
-                let store = try Repository.open(address, create: true)
+                let store = try Repository.open(address, create: true, environment: environment)
                 let lock = try store.lock(holder: LockHolder(command: command))
                 for note in lock.notes { FileHandle.standardError.write(Data("\(address): \(note)\n".utf8)) }
                 targets.append(Target(address: address, store: store, lock: lock))

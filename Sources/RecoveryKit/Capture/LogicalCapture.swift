@@ -39,8 +39,7 @@ public enum LogicalCapture {
     public static func run(_ logical: LogicalCaptureConfiguration, progress: ProgressObserver? = nil) throws -> CaptureResult {
         let configuration = logical.capture
         try configuration.validate()
-        let pgDump = try configuration.tools.path(of: "pg_dump")
-        let targets = try CaptureTargets(addresses: configuration.repositories, command: "dbbackup")
+        let targets = try CaptureTargets(addresses: configuration.repositories, command: "dbbackup", environment: configuration.environment)
         defer {
             targets.releaseLocks()
             if Interruption.isRequested { CleanupLog.cleaned("released the repository lock") }
@@ -50,6 +49,9 @@ public enum LogicalCapture {
         let id = BackupID.make(at: startedAt)
         let connection = try PostgresConnection(target: configuration.target, applicationName: "dbbackup")
         defer { connection.close() }
+        // pg_dump of the server's major or newer (an older one refuses the server).
+        let dumper = try configuration.tools.program("pg_dump", for: PostgresMajor(serverVersionNumber: connection.serverVersionNumber), fit: .sameOrNewer)
+        let pgDump = dumper.path
         try connection.execute(script: "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         let snapshot = try connection.query("SELECT pg_catalog.pg_export_snapshot()").scalar ?? ""
         let facts = try connection.query("""
@@ -58,6 +60,14 @@ public enum LogicalCapture {
             """).rows[0]
         // Read before the counter starts: the connection serves one thread at a time.
         let properties = try DatabaseProperties.read(on: connection)
+        // For the progress line's percentage: the tables' data as the catalogue sizes it. pg_dump's text
+        // is usually near it; the line says "~" and never claims 100% before the end.
+        var estimate: UInt64?
+        if progress != nil {
+            estimate = try connection.query("""
+                SELECT COALESCE(sum(pg_catalog.pg_relation_size(c.oid)), 0)::text FROM pg_catalog.pg_class c WHERE c.relkind IN ('r', 'm')
+                """).scalar.flatMap { UInt64($0) }
+        }
         // The exact counts come from the same snapshot, counted on its own connection while pg_dump
         // streams it: the server scans while this process compresses. The data file is committed only
         // once the counts are in, so a failed count leaves nothing behind.
@@ -74,7 +84,7 @@ public enum LogicalCapture {
                 executable: pgDump,
                 arguments: ["--snapshot=\(snapshot)", "--format=plain", "--no-password", "--lock-wait-timeout=\(logical.lockWaitSeconds * 1000)"],
                 environment: configuration.target.childEnvironment, targets: targets, key: dumpKey,
-                level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "dump",
+                level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "dump \(id)", estimate: estimate,
                 lockWait: (configuration.target, logical.lockWaitSeconds), beforeCommit: { _ = try counting.wait(); _ = try schemaDump.finish() })
         } catch {
             // A count that failed first (no SELECT privilege, a lock timeout) aborts the snapshot, and
@@ -104,6 +114,7 @@ public enum LogicalCapture {
             startedAt: startedAt, finishedAt: Date(), tags: configuration.tags, release: configuration.release,
             pinned: configuration.pinned, schemaVersion: schemaVersion, snapshot: snapshot, tables: tables, files: [file])
         try manifest.record(properties, key: configuration.key)
+        manifest.clientPrograms = [dumper]
         CrashPoint.reached("capture:after-data")
         do {
             // Past this point the backup exists: a signal that came first still cancels it.

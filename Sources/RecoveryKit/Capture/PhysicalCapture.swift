@@ -15,8 +15,7 @@ public enum PhysicalCapture {
     /// - Throws: `RecoveryError`, `PostgresError` or `StorageError`.
     public static func run(_ configuration: CaptureConfiguration, progress: ProgressObserver? = nil) throws -> CaptureResult {
         try configuration.validate()
-        let pgBasebackup = try configuration.tools.path(of: "pg_basebackup")
-        let targets = try CaptureTargets(addresses: configuration.repositories, command: "dbbackup --physical")
+        let targets = try CaptureTargets(addresses: configuration.repositories, command: "dbbackup --physical", environment: configuration.environment)
         defer {
             targets.releaseLocks()
             if Interruption.isRequested { CleanupLog.cleaned("released the repository lock") }
@@ -25,6 +24,9 @@ public enum PhysicalCapture {
         let id = BackupID.make(at: startedAt)
         let connection = try PostgresConnection(target: configuration.target, applicationName: "dbbackup")
         defer { connection.close() }
+        // pg_basebackup of the server's own major: another one refuses it or writes what a restore cannot start.
+        let basebackup = try configuration.tools.program("pg_basebackup", for: PostgresMajor(serverVersionNumber: connection.serverVersionNumber), fit: .same)
+        let pgBasebackup = basebackup.path
         let facts = try connection.query("""
             SELECT current_database(), current_setting('server_version'),
                    (SELECT system_identifier::text FROM pg_catalog.pg_control_system()),
@@ -36,6 +38,14 @@ public enum PhysicalCapture {
                                 hint: "set archive_mode = on and archive_command = 'dbbackup wal-push %p --repo \(configuration.repository)', restart, then take the base backup")
         }
         let segmentSize = parseSize(try facts.string(3))
+        // For the progress line's percentage: the databases' sizes, which the tar stream is close to.
+        var estimate: UInt64?
+        if progress != nil {
+            estimate = try connection.query("""
+                SELECT COALESCE(sum(pg_catalog.pg_database_size(oid)), 0)::text FROM pg_catalog.pg_database
+                 WHERE pg_catalog.has_database_privilege(oid, 'CONNECT')
+                """).scalar.flatMap { UInt64($0) }
+        }
         // pg_basebackup writing to stdout does not print its WAL range; backup_label and the WAL-Ranges
         // at the end of backup_manifest inside the stream hold it.
         let scanner = TarScanner(wanted: ["backup_label": 4096, "backup_manifest": 8192])
@@ -45,13 +55,13 @@ public enum PhysicalCapture {
             arguments: ["--pgdata=-", "--format=tar", "--wal-method=none", "--checkpoint=fast", "--no-password",
                         "--label=dbrecovery \(id)"],
             environment: configuration.target.childEnvironment, targets: targets, key: baseKey,
-            level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "base backup",
+            level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "base backup \(id)", estimate: estimate,
             observe: scanner.consume)
         // From here on the data file is committed: any failure (a signal included) must remove it,
         // since without a manifest nothing would ever list or prune it.
         do {
             return try finish(configuration, id: id, startedAt: startedAt, connection: connection, facts: facts,
-                              segmentSize: segmentSize, scanner: scanner, file: file, targets: targets)
+                              segmentSize: segmentSize, scanner: scanner, file: file, targets: targets, programs: [basebackup])
         } catch {
             targets.delete([baseKey])
             if Interruption.isRequested { CleanupLog.cleaned("removed \(baseKey)") }
@@ -62,7 +72,7 @@ public enum PhysicalCapture {
     /// Reads the WAL range from the captured stream and writes the manifests.
     private static func finish(_ configuration: CaptureConfiguration, id: String, startedAt: Date, connection: PostgresConnection,
                                facts: QueryResult.Row, segmentSize: UInt64, scanner: TarScanner, file: BackupManifest.File,
-                               targets: CaptureTargets) throws -> CaptureResult {
+                               targets: CaptureTargets, programs: [PostgresProgram]) throws -> CaptureResult {
         let label = scanner.text("backup_label") ?? ""
         let manifestTail = scanner.text("backup_manifest") ?? ""
         var stopText = value(in: manifestTail, after: "\"End-LSN\": \"", until: "\"")
@@ -86,6 +96,7 @@ public enum PhysicalCapture {
             startedAt: startedAt, finishedAt: Date(), tags: configuration.tags, release: configuration.release,
             pinned: configuration.pinned, schemaVersion: try TableCounter.schemaVersion(on: connection), snapshot: nil, tables: [], files: [file])
         manifest.physical = physical
+        manifest.clientPrograms = programs
         try Interruption.check()
         try targets.writeManifests(manifest)
         return CaptureResult(manifest: manifest, stored: targets.succeeded, failed: targets.failures)

@@ -18,7 +18,7 @@ enum StreamCapture {
     /// - Throws: `RecoveryError(.toolFailed)` with the program's own message, `RecoveryError(.lockTimeout)`,
     ///   `InterruptedError`, or the store's error.
     static func run(executable: String, arguments: [String], environment: [String: String], targets: CaptureTargets, key storeKey: String,
-                    level: Int, jobs: Int, key: RepositoryKey? = nil, progress: ProgressObserver?, phase: String,
+                    level: Int, jobs: Int, key: RepositoryKey? = nil, progress: ProgressObserver?, phase: String, estimate: UInt64? = nil,
                     lockWait: (target: ConnectionTarget, seconds: Int)? = nil,
                     observe: ((UnsafeRawBufferPointer) -> Void)? = nil, beforeCommit: () throws -> Void = {}) throws -> (BackupManifest.File, String) {
         try targets.openWriters(storeKey)
@@ -50,7 +50,7 @@ enum StreamCapture {
             try PipeReader.forEachChunk(of: child.standardOutput, description: "\(name) output") { chunk in
                 observe?(chunk)
                 try compressor.write(chunk)
-                progress?.progress(phase: phase, bytes: compressor.bytesIn)
+                progress?.progress(phase: phase, bytes: compressor.bytesIn, total: estimate, estimated: true)
             }
             try compressor.finish()
             try encryptor?.finish()

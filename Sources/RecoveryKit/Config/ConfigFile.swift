@@ -30,84 +30,128 @@ public struct ConfigFile: Equatable, Sendable {
     /// The default location, used when it exists.
     public static let defaultPath = "/etc/dbrecovery/config.toml"
 
-    /// The file named by `DBRECOVERY_CONFIG` (set from `--config`), else the default if present.
-    ///
-    /// - Throws: `RecoveryError(.configuration)` for a named file that is missing or invalid.
-    public static func current(environment: [String: String] = ProcessInfo.processInfo.environment) throws -> ConfigFile? {
-        if let named = environment["DBRECOVERY_CONFIG"], !named.isEmpty { return try load(named) }
-        return FileManager.default.fileExists(atPath: defaultPath) ? try load(defaultPath) : nil
-    }
-
     /// Reads and validates a config file; unknown keys are errors.
+    ///
+    /// - Throws: `RecoveryError(.configuration)` naming the file and the key: unreadable, not TOML,
+    ///   an unknown section or key, or a value of the wrong type.
     public static func load(_ path: String) throws -> ConfigFile {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw RecoveryError(.configuration, "config file \(path) cannot be read", hint: "check --config (or DBRECOVERY_CONFIG)")
         }
-        let table: TOMLTable
+        let document: Document
         do {
-            table = try TOMLTable(string: String(decoding: data, as: UTF8.self))
+            // Strict: every key must be one Document decodes, so a typo is an error, never ignored.
+            document = try TOMLDecoder(strictDecoding: true).decode(Document.self, from: String(decoding: data, as: UTF8.self))
         } catch let error as TOMLParseError {
             throw RecoveryError(.configuration, "config file \(path) is not valid TOML at line \(error.source.begin.line): \(error.description)")
+        } catch let error as UnexpectedKeysError {
+            let unknown = error.keys.values.map { $0.map(\.stringValue) }.sorted { $0.joined(separator: ".") < $1.joined(separator: ".") }
+            let first = unknown.first ?? []
+            if first.count == 1, isTable(first[0], in: data) {
+                throw RecoveryError(.configuration, "config file \(path): unknown section [\(first[0])]",
+                                    hint: "sections: [s3], [retention], [migrations], [restore], [prune], [wal], [repositories]")
+            }
+            let name = first.count == 2 ? "[\(first[0])] \(first[1])" : first.joined(separator: ".")
+            let allowed = first.count == 2 ? Document.allowed[first[0]] ?? [] : Document.topLevel
+            throw RecoveryError(.configuration, "config file \(path): unknown key \(name)",
+                                hint: "allowed: \(allowed.joined(separator: ", "))\(first.count == 2 ? "" : " and sections [s3], [retention], [migrations], [restore], [prune], [wal], [repositories]")")
+        } catch let error as DecodingError {
+            throw RecoveryError(.configuration, "config file \(path): \(describe(error))", hint: "see the example config (config.example.toml)")
         }
-        let known: [String: [String]] = ["": ["database_url", "repo", "pg_bin", "metrics_file", "notify_url"], "s3": ["endpoint", "region"],
-                                         "retention": ["policy"], "migrations": ["dir"], "repositories": [],
-                                         "restore": ["keep_pre_restore", "keep_pre_restore_within"], "prune": ["reverify_after"], "wal": ["spool"]]
+        if let count = document.restore?.keepPreRestore, count < 0 {
+            throw RecoveryError(.configuration, "config file \(path): [restore] keep_pre_restore must be a whole number ≥ 0", hint: "e.g. keep_pre_restore = 2")
+        }
         var config = ConfigFile(path: path)
-        func text(_ value: TOMLValueConvertible, _ key: String) throws -> String {
-            guard let text = value.string else { throw RecoveryError(.configuration, "config file \(path): \(key) must be a string") }
-            return text
-        }
-        for key in table.keys {
-            if let section = table[key]?.table {
-                guard let allowed = known[key] else {
-                    throw RecoveryError(.configuration, "config file \(path): unknown section [\(key)]", hint: "sections: [s3], [retention], [migrations], [restore], [prune], [wal], [repositories]")
-                }
-                if key == "repositories" {
-                    for (name, value) in section { config.repositories[name] = try text(value, "[repositories] \(name)") }
-                    continue
-                }
-                for inner in section.keys {
-                    guard allowed.contains(inner), let value = section[inner] else {
-                        throw RecoveryError(.configuration, "config file \(path): unknown key [\(key)] \(inner)", hint: "allowed: \(allowed.joined(separator: ", "))")
-                    }
-                    switch (key, inner) {
-                    case ("s3", "endpoint"): config.s3Endpoint = try text(value, inner)
-                    case ("s3", "region"): config.s3Region = try text(value, inner)
-                    case ("retention", "policy"): config.policy = try text(value, inner)
-                    case ("restore", "keep_pre_restore"):
-                        guard let count = value.int, count >= 0 else {
-                            throw RecoveryError(.configuration, "config file \(path): [restore] keep_pre_restore must be a whole number ≥ 0",
-                                                hint: "e.g. keep_pre_restore = 2")
-                        }
-                        config.keepPreRestore = count
-                    case ("restore", "keep_pre_restore_within"): config.keepPreRestoreWithin = try text(value, inner)
-                    case ("wal", "spool"): config.walSpool = try text(value, inner)
-                    case ("prune", "reverify_after"):
-                        let written = try text(value, "[prune] reverify_after")
-                        guard let duration = RetentionDuration.parse(written) else {
-                            throw RecoveryError(.configuration, "config file \(path): [prune] reverify_after = \"\(written)\" is not a duration",
-                                                hint: "write hours, days or weeks, e.g. reverify_after = \"7d\"")
-                        }
-                        config.reverifyAfter = duration
-                    default: config.migrationsDirectory = try text(value, inner)
-                    }
-                }
-                continue
+        config.databaseURL = document.databaseURL
+        config.repository = document.repo
+        config.pgBin = document.pgBin
+        config.metricsFile = document.metricsFile
+        config.notifyURL = document.notifyURL
+        config.s3Endpoint = document.s3?.endpoint
+        config.s3Region = document.s3?.region
+        config.policy = document.retention?.policy
+        config.migrationsDirectory = document.migrations?.dir
+        config.keepPreRestore = document.restore?.keepPreRestore
+        config.keepPreRestoreWithin = document.restore?.keepPreRestoreWithin
+        config.repositories = document.repositories ?? [:]
+        config.walSpool = document.wal?.spool
+        if let written = document.prune?.reverifyAfter {
+            guard let duration = RetentionDuration.parse(written) else {
+                throw RecoveryError(.configuration, "config file \(path): [prune] reverify_after = \"\(written)\" is not a duration",
+                                    hint: "write hours, days or weeks, e.g. reverify_after = \"7d\"")
             }
-            let topLevel = known[""] ?? []
-            guard let value = table[key], topLevel.contains(key) else {
-                throw RecoveryError(.configuration, "config file \(path): unknown key \(key)",
-                                    hint: "allowed: \(topLevel.joined(separator: ", ")) and sections [s3], [retention], [migrations]")
-            }
-            switch key {
-            case "database_url": config.databaseURL = try text(value, key)
-            case "repo": config.repository = try text(value, key)
-            case "pg_bin": config.pgBin = try text(value, key)
-            case "metrics_file": config.metricsFile = try text(value, key)
-            default: config.notifyURL = try text(value, key)
-            }
+            config.reverifyAfter = duration
         }
         return config
+    }
+
+    /// Whether `key` holds a table (a section) rather than a value.
+    private static func isTable(_ key: String, in data: Data) -> Bool {
+        (try? TOMLTable(string: String(decoding: data, as: UTF8.self)))?[key]?.table != nil
+    }
+
+    /// A type or value error as the file's key and what it must be.
+    private static func describe(_ error: DecodingError) -> String {
+        let (path, problem): ([CodingKey], String)
+        switch error {
+        case .typeMismatch(let type, let context):
+            path = context.codingPath
+            problem = type == Int.self ? "must be a whole number ≥ 0" : type == String.self ? "must be a string" : "has the wrong type"
+        case .valueNotFound(_, let context), .dataCorrupted(let context):
+            path = context.codingPath
+            problem = "has an invalid value"
+        case .keyNotFound(let key, let context):
+            // Every key here is optional: TOMLKit reports a value of the wrong type as "not found",
+            // with the type it wanted in the description.
+            path = context.codingPath.last?.stringValue == key.stringValue ? context.codingPath : context.codingPath + [key]
+            problem = context.debugDescription.contains("\"Int\"") ? "must be a whole number ≥ 0"
+                : context.debugDescription.contains("\"String\"") ? "must be a string" : "has the wrong type"
+        @unknown default:
+            return "\(error)"
+        }
+        let names = path.map(\.stringValue)
+        let name = names.count == 2 ? "[\(names[0])] \(names[1])" : names.joined(separator: ".")
+        return "\(name) \(problem)"
+    }
+
+    /// The file's layout, decoded strictly: the keys here are the only ones accepted.
+    private struct Document: Decodable {
+        var databaseURL: String?
+        var repo: String?
+        var pgBin: String?
+        var metricsFile: String?
+        var notifyURL: String?
+        var s3: S3?
+        var retention: Retention?
+        var migrations: Migrations?
+        var restore: Restore?
+        var repositories: [String: String]?
+        var prune: Prune?
+        var wal: WAL?
+
+        enum CodingKeys: String, CodingKey {
+            case databaseURL = "database_url", repo, pgBin = "pg_bin", metricsFile = "metrics_file", notifyURL = "notify_url"
+            case s3, retention, migrations, restore, repositories, prune, wal
+        }
+
+        struct S3: Decodable { var endpoint: String?; var region: String? }
+        struct Retention: Decodable { var policy: String? }
+        struct Migrations: Decodable { var dir: String? }
+        struct Prune: Decodable {
+            var reverifyAfter: String?
+            enum CodingKeys: String, CodingKey { case reverifyAfter = "reverify_after" }
+        }
+        struct WAL: Decodable { var spool: String? }
+        struct Restore: Decodable {
+            var keepPreRestore: Int?
+            var keepPreRestoreWithin: String?
+            enum CodingKeys: String, CodingKey { case keepPreRestore = "keep_pre_restore", keepPreRestoreWithin = "keep_pre_restore_within" }
+        }
+
+        /// For messages: what each section and the top level accept.
+        static let topLevel = ["database_url", "repo", "pg_bin", "metrics_file", "notify_url"]
+        static let allowed = ["s3": ["endpoint", "region"], "retention": ["policy"], "migrations": ["dir"],
+                              "restore": ["keep_pre_restore", "keep_pre_restore_within"], "prune": ["reverify_after"], "wal": ["spool"]]
     }
 
     public init(path: String) {
@@ -125,18 +169,6 @@ public struct ResolvedSetting: Codable, Sendable, Equatable {
         self.name = name
         self.value = value
         self.source = source
-    }
-
-    /// Flag, then environment variables in order, then the config file.
-    public static func resolve(_ name: String, flag: String?, flagName: String, environment names: [String],
-                               file: String?, filePath: String?, fileKey: String) -> ResolvedSetting {
-        if let flag { return ResolvedSetting(name: name, value: flag, source: "flag \(flagName)") }
-        let environment = ProcessInfo.processInfo.environment
-        for variable in names {
-            if let value = environment[variable], !value.isEmpty { return ResolvedSetting(name: name, value: value, source: "environment \(variable)") }
-        }
-        if let file, let filePath { return ResolvedSetting(name: name, value: file, source: "\(filePath) (\(fileKey))") }
-        return ResolvedSetting(name: name, value: nil, source: "not set")
     }
 }
 

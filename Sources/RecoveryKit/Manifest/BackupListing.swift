@@ -15,8 +15,8 @@ public struct BackupListing: Codable, Sendable {
     public var problem: String?
 
     /// Every backup of a repository, newest first, damaged ones included with their problem.
-    public static func load(repository: String) throws -> [BackupListing] {
-        let store = try Repository.open(repository, create: false)
+    public static func load(repository: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> [BackupListing] {
+        let store = try Repository.open(repository, create: false, environment: environment)
         return try Catalog(store: store).entries().map { entry in
             guard let manifest = entry.manifest else {
                 return BackupListing(id: entry.id, tags: [], problem: entry.problem)

@@ -105,6 +105,13 @@ public struct BackupManifest: Codable, Equatable, Sendable {
     /// hold secrets, e.g. `app.jwt_secret`), sealed with the repository key (base64). See `record(_:key:)`.
     public var sealedDatabaseProperties: String? = nil
 
+    /// The PostgreSQL programs that made the backup (pg_dump, pg_basebackup): path, `--version` line
+    /// and major. Nil in backups taken before they were recorded.
+    public var clientPrograms: [PostgresProgram]? = nil
+
+    /// The major of the server the backup was taken from (`database.serverVersion`).
+    public var serverMajor: PostgresMajor? { PostgresMajor(versionText: database.serverVersion) }
+
     /// Total rows across all tables.
     public var totalRows: Int64 { tables.reduce(0) { $0 + $1.rows } }
     /// Total stored bytes across all files.

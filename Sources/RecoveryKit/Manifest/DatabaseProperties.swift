@@ -42,6 +42,9 @@ public struct DatabaseProperties: Codable, Equatable, Sendable {
     /// `ALTER DATABASE … SET` entries (`name=value`), in catalogue order.
     public var settings: [String]
     public var roleSettings: [RoleSettings]
+    /// ICU tailoring rules (`CREATE DATABASE … ICU_RULES`, PostgreSQL 16+); nil when none, and in
+    /// backups taken before they were recorded.
+    public var icuRules: String? = nil
 
     /// The parameter that holds the tool's own marker; never recorded or restored as a setting.
     static let markerParameter = "dbrecovery.marker"
@@ -50,15 +53,16 @@ public struct DatabaseProperties: Codable, Equatable, Sendable {
     ///
     /// - Throws: `PostgresError` if the catalogue cannot be read.
     public static func read(on connection: PostgresConnection) throws -> DatabaseProperties {
-        let version = connection.serverVersionNumber
-        let provider = version >= 150000
+        let major = PostgresMajor(serverVersionNumber: connection.serverVersionNumber)
+        let provider = major.hasLocaleProvider
             ? "CASE d.datlocprovider WHEN 'c' THEN 'libc' WHEN 'i' THEN 'icu' WHEN 'b' THEN 'builtin' ELSE d.datlocprovider::text END"
             : "'libc'"
-        let providerLocale = version >= 170000 ? "d.datlocale" : version >= 150000 ? "d.daticulocale" : "NULL::text"
+        let providerLocale = major.providerLocaleColumn.map { "d.\($0)" } ?? "NULL::text"
+        let icuRules = major.hasICURules ? "d.daticurules" : "NULL::text"
         let row = try connection.query("""
             SELECT pg_catalog.pg_encoding_to_char(d.encoding), d.datcollate::text, d.datctype::text, \(provider), \(providerLocale),
                    pg_catalog.pg_get_userbyid(d.datdba)::text, (d.datacl IS NULL),
-                   pg_catalog.shobj_description(d.oid, 'pg_database'), d.datconnlimit::text, d.datallowconn
+                   pg_catalog.shobj_description(d.oid, 'pg_database'), d.datconnlimit::text, d.datallowconn, \(icuRules)
             FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()
             """).rows.first
         guard let row else {
@@ -89,7 +93,8 @@ public struct DatabaseProperties: Codable, Equatable, Sendable {
         return DatabaseProperties(
             encoding: try row.string(0), collate: try row.string(1), ctype: try row.string(2), localeProvider: try row.string(3),
             providerLocale: row[4], owner: try row.string(5), privileges: privileges, comment: row[7],
-            connectionLimit: Int(try row.int64(8)), allowConnections: try row.bool(9), settings: settings, roleSettings: roleSettings)
+            connectionLimit: Int(try row.int64(8)), allowConnections: try row.bool(9), settings: settings, roleSettings: roleSettings,
+            icuRules: row[10])
     }
 
     /// A copy to show (`--dry-run`, the prompt, JSON plans, incident records): values of settings
@@ -111,7 +116,7 @@ public struct DatabaseProperties: Codable, Equatable, Sendable {
     /// The properties as lines for a person (`--dry-run`, the prompt).
     public var lines: [String] {
         var lines = ["encoding \(encoding), collate \(collate), ctype \(ctype), provider \(localeProvider)"
-                     + (providerLocale.map { " (\($0))" } ?? "")]
+                     + (providerLocale.map { " (\($0))" } ?? "") + (icuRules.map { ", ICU rules \"\($0)\"" } ?? "")]
         lines.append("owner \(owner); privileges: " + (privileges.map(Self.describe) ?? "default"))
         lines.append("connection limit \(connectionLimit == -1 ? "none" : String(connectionLimit))"
                      + (allowConnections ? "" : "; connections not allowed") + (comment.map { "; comment \"\($0)\"" } ?? ""))

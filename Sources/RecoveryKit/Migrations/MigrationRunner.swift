@@ -19,6 +19,8 @@ public struct MigrationConfiguration {
     public var requireRestorePoint: Bool
     /// Told each NOTICE or WARNING the server sends while a migration statement runs, as it arrives.
     public var onServerMessage: ((String) -> Void)?
+    /// What the storage layer reads S3 settings from for the pre-downgrade backup (see `Repository.open`).
+    public var environment = ProcessInfo.processInfo.environment
 
     public init(target: ConnectionTarget, directory: String, release: String? = nil, perStep: Bool = false,
                 lockWaitSeconds: Double = 30, lockTimeout: String = "10s", statementTimeout: String = "15min",

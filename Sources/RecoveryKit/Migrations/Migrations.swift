@@ -163,7 +163,7 @@ public enum Migrations {
             // The pre-downgrade backup follows the repository's encryption like any other (checked in
             // the dry run too): no plaintext into an encrypted repository, no key into a plaintext one.
             if let backupRepository, plan.takesBackup {
-                try RepositoryEncryption.checkWrite(to: try Repository.open(backupRepository, create: true), key: key, allowMixed: false)
+                try RepositoryEncryption.checkWrite(to: try Repository.open(backupRepository, create: true, environment: configuration.environment), key: key, allowMixed: false)
             }
             if dryRun || steps.isEmpty { return (plan, nil) }
             try confirm(plan)
@@ -172,6 +172,7 @@ public enum Migrations {
                 var capture = CaptureConfiguration(target: configuration.target, repositories: [backupRepository],
                                                    tags: ["pre-downgrade"], release: configuration.release, tools: tools)
                 capture.key = key
+                capture.environment = configuration.environment
                 let result = try LogicalCapture.run(LogicalCaptureConfiguration(capture), progress: progress)
                 backupID = result.manifest.id
             }

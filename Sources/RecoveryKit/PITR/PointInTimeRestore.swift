@@ -40,6 +40,9 @@ public struct PITRConfiguration {
     public var key: RepositoryKey? = nil
     /// The file `key` came from: `restore_command` passes this path on, never the key itself.
     public var keyFile: String? = nil
+    /// What the storage layer reads S3 settings from (see `Repository.open`); the started server
+    /// gets it too, so that its restore_command (dbrestore wal-fetch) reaches the same endpoint.
+    public var environment = ProcessInfo.processInfo.environment
 
     public init(repository: String, dataDirectory: String, target: RecoveryTarget, port: Int? = nil, start: Bool = false,
                 moveAside: Bool = false, tools: PostgresTools = PostgresTools(), connection: ConnectionTarget,
@@ -73,6 +76,26 @@ public struct PITRPlan: Codable, Sendable {
     public var dataDirectory: String
     public var moveAsideTo: String?
     public var skipped: [Skipped]
+    /// The major of the server the base backup came from: only its own programs can start the data directory.
+    public var serverMajor: Int?
+    /// That major's pg_ctl (with `postgres` beside it), when found.
+    public var pgCtl: String?
+    /// Why no pg_ctl of that major was found (only without `--start`, which refuses instead).
+    public var pgCtlProblem: String?
+
+    /// Finds pg_ctl of the backup's major. With `--start` a missing or other-major one refuses the
+    /// plan, before anything is written; without it the plan says what starting the server will need.
+    ///
+    /// - Throws: `RecoveryError(.toolFailed)` naming the major needed and how to install it.
+    mutating func findServer(for backup: BackupManifest, _ configuration: PITRConfiguration) throws {
+        guard let major = backup.serverMajor else { return }
+        serverMajor = major.number
+        do {
+            pgCtl = try configuration.tools.program("pg_ctl", for: major, fit: .same).path
+        } catch let error as RecoveryError where !configuration.start {
+            pgCtlProblem = error.message + "; " + (error.hint ?? "")
+        }
+    }
 
     public var lines: [String] {
         var lines = skipped.map { "skip base backup \($0.id): \($0.reason)" }
@@ -81,6 +104,10 @@ public struct PITRPlan: Codable, Sendable {
         lines.append("target:      \(target)")
         if let moveAsideTo { lines.append("move the existing \(dataDirectory) aside to \(moveAsideTo)") }
         lines.append("extract into \(dataDirectory), write restore_command and the recovery target, create recovery.signal")
+        if let serverMajor {
+            lines.append("server:      PostgreSQL \(serverMajor) only (a data directory starts only under its own major): "
+                         + (pgCtl.map { "\($0) -D \(dataDirectory) start" } ?? pgCtlProblem ?? "pg_ctl of \(serverMajor)"))
+        }
         return lines
     }
 }
@@ -107,7 +134,7 @@ public enum PointInTimeRestore {
             throw RecoveryError(.usage, "--pitr with an encrypted repository needs the key in a file: the restored server's restore_command must read it too",
                                 hint: "pass --encryption-key-file FILE (readable by the PostgreSQL server's user) instead of DBRECOVERY_ENCRYPTION_KEY")
         }
-        let store = try Repository.open(configuration.repository, create: false)
+        let store = try Repository.open(configuration.repository, create: false, environment: configuration.environment)
         let backups = try Catalog(store: store).manifests().filter { $0.kind == .physical && $0.physical != nil }
         guard !backups.isEmpty else {
             throw RecoveryError(.backupNotFound, "repository \(store.location) holds no physical base backup",
@@ -142,9 +169,11 @@ public enum PointInTimeRestore {
                     }
                     moveAsideTo = configuration.dataDirectory + ".moved-" + Timestamp.compact(Date(), separator: "_", zone: "")
                 }
-                return PITRPlan(backupID: backup.id, backupFinishedAt: backup.finishedAt, firstSegment: physical.firstWalSegment,
-                                lastArchivedSegment: last, segmentsAvailable: count, target: configuration.target.description,
-                                dataDirectory: configuration.dataDirectory, moveAsideTo: moveAsideTo, skipped: skipped)
+                var plan = PITRPlan(backupID: backup.id, backupFinishedAt: backup.finishedAt, firstSegment: physical.firstWalSegment,
+                                    lastArchivedSegment: last, segmentsAvailable: count, target: configuration.target.description,
+                                    dataDirectory: configuration.dataDirectory, moveAsideTo: moveAsideTo, skipped: skipped)
+                try plan.findServer(for: backup, configuration)
+                return plan
             } catch let error as RecoveryError where error.code == .backupNotFound {
                 skipped.append(.init(id: backup.id, reason: error.message))
                 lastProblem = error
@@ -199,7 +228,7 @@ public enum PointInTimeRestore {
     /// - Throws: `RecoveryError`; an extraction failure removes what it wrote.
     public static func execute(_ plan: PITRPlan, _ configuration: PITRConfiguration, timeline: Timeline,
                                progress: ProgressObserver? = nil) throws -> PITRReport {
-        let store = try Repository.open(configuration.repository, create: false)
+        let store = try Repository.open(configuration.repository, create: false, environment: configuration.environment)
         // A reader lock before the manifest is read: dbprune leaves the base backup alone meanwhile.
         let reading = try StoreLock.sharedIfWritable(in: store, backupID: plan.backupID, holder: LockHolder(command: "dbrestore --pitr"))
         defer { try? reading?.release() }   // a leftover reader record only delays pruning; dbprune removes it once we are gone
@@ -225,7 +254,7 @@ public enum PointInTimeRestore {
         }
         var report = PITRReport(plan: plan, started: false, promoted: false, lastReplayedTransaction: nil, databases: [:], durationSeconds: 0)
         if configuration.start {
-            try startAndFollow(configuration, timeline: timeline, report: &report)
+            try startAndFollow(configuration, pgCtl: plan.pgCtl, timeline: timeline, report: &report)
         }
         report.durationSeconds = Date().timeIntervalSince(timeline.startedAt)
         return report
@@ -314,7 +343,7 @@ public enum PointInTimeRestore {
 
     /// Starts the server, follows recovery until promotion, then reports the last replayed
     /// transaction and the row counts of every table.
-    private static func startAndFollow(_ configuration: PITRConfiguration, timeline: Timeline, report: inout PITRReport) throws {
+    private static func startAndFollow(_ configuration: PITRConfiguration, pgCtl: String?, timeline: Timeline, report: inout PITRReport) throws {
         guard let port = configuration.port else {
             throw RecoveryError(.usage, "--start needs --port", hint: "choose a port the original server does not use")
         }
@@ -322,11 +351,12 @@ public enum PointInTimeRestore {
             throw RecoveryError(.usage, "PostgreSQL refuses to run as root", hint: "run dbrestore --pitr --start as the postgres user (sudo -u postgres …)")
         }
         let directory = configuration.dataDirectory
-        let pgCtl = try configuration.tools.path(of: "pg_ctl")
+        // The plan found pg_ctl of the backup's major; a backup from before majors were known gets any.
+        let pgCtl = try pgCtl ?? configuration.tools.path(of: "pg_ctl")
         let log = directory + "/dbrestore-recovery.log"
         try timeline.step("start PostgreSQL on port \(port) (pg_ctl, log in \(log))") {
             let child = try ChildProcess(executable: pgCtl, arguments: ["-D", directory, "-l", log, "-w", "-t", "600", "-o", "-p \(port) -k \(directory)", "start"],
-                                         stdin: .null, stdout: .null, stderr: .pipe)
+                                         environment: configuration.environment, stdin: .null, stdout: .null, stderr: .pipe)
             let errors = OutputCollector(descriptor: child.standardError)
             let termination = child.waitForExit()
             guard termination.succeeded else {

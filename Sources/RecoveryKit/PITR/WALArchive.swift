@@ -25,13 +25,14 @@ public enum WALArchive {
     /// - Important: a file already archived with different content is never overwritten.
     /// - Throws: `RecoveryError` when the file cannot be read, differs from the stored copy, or the
     ///   repository fails; PostgreSQL then keeps the segment and retries.
-    public static func push(path: String, repository: String, key cipherKey: RepositoryKey? = nil) throws -> PushOutcome {
+    public static func push(path: String, repository: String, key cipherKey: RepositoryKey? = nil,
+                            environment: [String: String] = ProcessInfo.processInfo.environment) throws -> PushOutcome {
         let name = (path as NSString).lastPathComponent
         let key = try key(for: name)
         guard let data = FileManager.default.contents(atPath: path) else {
             throw RecoveryError(.failure, "cannot read WAL file \(path)", hint: "archive_command must pass %p, relative to the data directory")
         }
-        let store = try Repository.open(repository, create: true)
+        let store = try Repository.open(repository, create: true, environment: environment)
         // A retry of an archived segment is common (PostgreSQL retries after any failure): answer it
         // without compressing and uploading the file again.
         if let outcome = try compareWithArchived(data, name: name, objectKey: key, store: store, cipherKey: cipherKey) {
@@ -88,9 +89,10 @@ public enum WALArchive {
     ///
     /// - Returns: false when the file is not in the archive (recovery ends there).
     /// - Throws: any other failure, which must stop recovery rather than end it early.
-    public static func fetch(name: String, destination: String, repository: String, key cipherKey: RepositoryKey? = nil) throws -> Bool {
+    public static func fetch(name: String, destination: String, repository: String, key cipherKey: RepositoryKey? = nil,
+                             environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Bool {
         let key = try key(for: name)
-        let store = try Repository.open(repository, create: false)
+        let store = try Repository.open(repository, create: false, environment: environment)
         let compressed: Data
         do {
             compressed = try store.read(key)

@@ -30,10 +30,14 @@ public enum WALAsyncPush {
         public var idleExit: TimeInterval
         /// Queued ahead of the segment asked for, from `archive_status/*.ready` (0: only that one).
         public var readAhead: Int
+        /// What the storage layer reads S3 settings and credentials from; also the pusher's environment.
+        public var environment: [String: String]
 
-        public init(spool: String, repository: String, jobs: Int = 8, timeout: TimeInterval = 60, idleExit: TimeInterval = 10) {
+        public init(spool: String, repository: String, jobs: Int = 8, timeout: TimeInterval = 60, idleExit: TimeInterval = 10,
+                    environment: [String: String] = ProcessInfo.processInfo.environment) {
             self.spool = spool
             self.repository = repository
+            self.environment = environment
             self.jobs = max(1, jobs)
             self.timeout = timeout
             self.idleExit = idleExit
@@ -73,7 +77,7 @@ public enum WALAsyncPush {
             if try takeVerdict(name, spool: spool) { return }
             if Date().timeIntervalSince(lastCheck) >= 1 {
                 // A pusher that exited (idle, killed) is replaced.
-                if try !spool.isLocked(lockName) { try spool.startDetached(pusherArguments, log: "pusher.log") }
+                if try !spool.isLocked(lockName) { try spool.startDetached(pusherArguments, environment: settings.environment, log: "pusher.log") }
                 lastCheck = Date()
             }
             usleep(10_000)
@@ -117,6 +121,7 @@ public enum WALAsyncPush {
         let directory = spool.directory
         let repository = settings.repository
         let idleExit = settings.idleExit
+        let environment = settings.environment
         WorkerThreads.run(settings.jobs) { _ in
             guard let spool = try? WALSpool(directory, repository: repository, resetOnMismatch: false) else { return }
             var idleSince = Date()
@@ -131,7 +136,7 @@ public enum WALAsyncPush {
                 // Queued, not yet judged: the queue file is removed only after the verdict is written.
                 guard spool.exists("queue/\(name)") else { continue }
                 do {
-                    _ = try WALArchive.push(path: spool.path("queue/\(name)"), repository: repository, key: key)
+                    _ = try WALArchive.push(path: spool.path("queue/\(name)"), repository: repository, key: key, environment: environment)
                     try spool.files.write("status/\(name).ok", contents: Data("stored in \(repository)\n".utf8))
                 } catch {
                     let failure = RecoveryError.classify(error)

@@ -18,10 +18,14 @@ public enum WALPrefetch {
         public var count: Int
         /// The prefetcher exits after this long with nothing left to download.
         public var idleExit: TimeInterval
+        /// What the storage layer reads S3 settings and credentials from; also the prefetcher's environment.
+        public var environment: [String: String]
 
-        public init(spool: String, repository: String, count: Int, idleExit: TimeInterval = 10) {
+        public init(spool: String, repository: String, count: Int, idleExit: TimeInterval = 10,
+                    environment: [String: String] = ProcessInfo.processInfo.environment) {
             self.spool = spool
             self.repository = repository
+            self.environment = environment
             self.count = max(1, count)
             self.idleExit = idleExit
         }
@@ -57,7 +61,7 @@ public enum WALPrefetch {
             try spool.files.delete(["segments/\(name).gz"])   // served or damaged: either way not needed again
         }
         if served == nil {
-            let store = try Repository.open(settings.repository, create: false)
+            let store = try Repository.open(settings.repository, create: false, environment: settings.environment)
             do {
                 served = try WALArchive.decompress(try store.read(objectKey), name: name, objectKey: objectKey, cipherKey: cipherKey)
             } catch let error as StorageError where error.kind == .notFound {
@@ -78,7 +82,7 @@ public enum WALPrefetch {
         let behind = try spool.names(under: "segments/", suffix: ".gz").filter { $0 < name }
         try spool.files.delete(behind.map { "segments/\($0).gz" })
         try spool.files.write(wantedKey, contents: Data(wanted.joined(separator: "\n").utf8))
-        if try !spool.isLocked(lockName) { try spool.startDetached(prefetcherArguments, log: "prefetch.log") }
+        if try !spool.isLocked(lockName) { try spool.startDetached(prefetcherArguments, environment: settings.environment, log: "prefetch.log") }
         return true
     }
 
@@ -94,9 +98,10 @@ public enum WALPrefetch {
         let directory = spool.directory
         let repository = settings.repository
         let idleExit = settings.idleExit
+        let environment = settings.environment
         WorkerThreads.run(min(settings.count, 8)) { _ in
             guard let spool = try? WALSpool(directory, repository: repository, resetOnMismatch: false),
-                  let store = try? Repository.open(repository, create: false) else { return }
+                  let store = try? Repository.open(repository, create: false, environment: environment) else { return }
             var idleSince = Date()
             while !Interruption.isRequested {
                 let wanted = (try? spool.files.read(wantedKey)).map { String(decoding: $0, as: UTF8.self).split(separator: "\n").map(String.init) } ?? []

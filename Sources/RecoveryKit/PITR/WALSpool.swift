@@ -92,8 +92,8 @@ struct WALSpool {
     /// Starts this executable with `arguments` in a new session, detached from the caller (stdin
     /// and stdout closed, stderr appended to `log` in the spool), so that it outlives the
     /// archive_command or restore_command call that started it. Arguments never hold secrets:
-    /// keys and credentials reach the worker through the environment it inherits or a key file path.
-    func startDetached(_ arguments: [String], log: String) throws {
+    /// keys and credentials reach the worker through `environment` or a key file path.
+    func startDetached(_ arguments: [String], environment: [String: String], log: String) throws {
         let executable = PointInTimeRestore.runningExecutable()
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
@@ -109,11 +109,11 @@ struct WALSpool {
         posix_spawn_file_actions_addopen(&actions, 2, path(log), O_WRONLY | O_CREAT | O_APPEND, 0o600)
         let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
-        // This process's environment as it is now (the repository options set AWS_ENDPOINT_URL_S3).
-        let environment: [UnsafeMutablePointer<CChar>?] = ProcessInfo.processInfo.environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer { environment.forEach { free($0) } }
+        // The storage environment of this run (S3 endpoint and region as resolved from flags and config).
+        let environ: [UnsafeMutablePointer<CChar>?] = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { environ.forEach { free($0) } }
         var pid: pid_t = 0
-        let status = posix_spawn(&pid, executable, &actions, &attributes, argv, environment)
+        let status = posix_spawn(&pid, executable, &actions, &attributes, argv, environ)
         guard status == 0 else {
             throw RecoveryError(.failure, "cannot start the background WAL worker \(executable): \(String(cString: strerror(status)))")
         }

@@ -7,10 +7,6 @@ import FoundationNetworking
 /// Reports how a run ended to monitoring: a Prometheus textfile (`--metrics-file`, for
 /// node_exporter's textfile collector) and a JSON event posted to `--notify-url`.
 public final class RunReporter: Sendable {
-    /// The reporter of this process's run, if the command asked for one.
-    // nonisolated(unsafe): set once by the command before it starts any other thread, read afterwards.
-    nonisolated(unsafe) public static var current: RunReporter?
-
     public let tool: String
     public let metricsFile: String?
     public let notifyURL: String?

@@ -1,5 +1,6 @@
 import BackupStorage
 import Foundation
+import Logging
 
 /// Which backup a restore reads, and — for `--emergency` and `--drill` — the next older one when a
 /// candidate fails.
@@ -9,6 +10,10 @@ import Foundation
 /// encrypted with another key, a physical backup. Only a repository that cannot be listed at all
 /// stops the search.
 enum CandidateSelection {
+    /// Candidates passed over: at info (`-v`) when the backup itself failed, at debug (`-vv`) when it
+    /// was not a candidate at all (physical, another release).
+    private static let logger = Logger(label: "dbrecovery.restore")
+
     struct Choice {
         var manifest: BackupManifest
         /// The repository address the backup is read from.
@@ -40,7 +45,7 @@ enum CandidateSelection {
         var skipped = skipped
         var openError: Error?
         for address in configuration.repositories {
-            do { stores.append((address, try Repository.open(address, create: false))) } catch {
+            do { stores.append((address, try Repository.open(address, create: false, environment: configuration.environment))) } catch {
                 openError = openError ?? error
                 if !skipped.contains(where: { $0.id == "-" && $0.reason.hasPrefix("repository \(address) ") }) {
                     skipped.append(.init(id: "-", reason: "repository \(address) unavailable: \(RecoveryError.classify(error).message)"))
@@ -88,10 +93,17 @@ enum CandidateSelection {
                 guard let manifest = entry.manifest else {
                     skipped.append(.init(id: label, reason: entry.problem ?? "manifest unreadable"))
                     timeline?.note("skip backup \(label)", outcome: entry.problem ?? "manifest unreadable")
+                    logger.info("skipped backup \(label): \(entry.problem ?? "manifest unreadable")")
                     continue
                 }
-                guard manifest.kind == .logical else { continue }
-                if let release = configuration.release, manifest.release != release { continue }
+                guard manifest.kind == .logical else {
+                    logger.debug("skipped backup \(label): physical (dbrestore pitr restores it)")
+                    continue
+                }
+                if let release = configuration.release, manifest.release != release {
+                    logger.debug("skipped backup \(label): taken at release \(manifest.release ?? "none"), not \(release)")
+                    continue
+                }
                 let reason: String
                 do {
                     let check = try FileVerifier.verify(manifest, in: store, depth: depth, cipherKey: configuration.key)
@@ -106,6 +118,7 @@ enum CandidateSelection {
                 }
                 skipped.append(.init(id: label, reason: reason))
                 timeline?.note("skip backup \(label)", outcome: reason)
+                logger.info("skipped backup \(label): \(reason)")
             }
         }
         throw noneLeft(configuration, stores: stores.map(\.0), skipped: skipped)

@@ -18,12 +18,14 @@ enum DatabaseSwap {
         if let properties {
             sql += " ENCODING \(SQLText.literal(properties.encoding)) LC_COLLATE \(SQLText.literal(properties.collate))"
                 + " LC_CTYPE \(SQLText.literal(properties.ctype))"
-            if admin.serverVersionNumber >= 150000 {
+            let major = PostgresMajor(serverVersionNumber: admin.serverVersionNumber)
+            if major.hasLocaleProvider {
                 sql += " LOCALE_PROVIDER \(admin.quoteIdentifier(properties.localeProvider))"
                 if let locale = properties.providerLocale, properties.localeProvider != "libc" {
                     sql += (properties.localeProvider == "builtin" ? " BUILTIN_LOCALE " : " ICU_LOCALE ") + SQLText.literal(locale)
                 }
             }
+            if let rules = properties.icuRules, major.hasICURules { sql += " ICU_RULES " + SQLText.literal(rules) }
         }
         do {
             try admin.execute(script: sql)

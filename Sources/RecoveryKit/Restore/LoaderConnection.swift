@@ -29,6 +29,10 @@ final class LoaderConnection {
         for statement in settings.statements(from: applied) {
             do {
                 try connection.execute(bytes: statement)
+            } catch let error as PostgresError where error.sqlState == Self.undefinedObject && isKnownNewerSetting(statement) {
+                // A newer pg_dump's `SET transaction_timeout = 0` on an older server: psql reports it
+                // and goes on, and the server's default is that value anyway.
+                continue
             } catch {
                 throw DumpApplier.failure(error, in: DumpScanner.Statement(sql: statement, settings: settings).excerpt, backupID: backupID)
             }
@@ -64,6 +68,15 @@ final class LoaderConnection {
     }
 
     func close() { connection.close() }
+
+    /// Whether `statement` sets a parameter that newer pg_dumps write and this server's major lacks.
+    private func isKnownNewerSetting(_ statement: [UInt8]) -> Bool {
+        guard case .set(let name)? = SessionSettings.change(made: statement) else { return false }
+        return PostgresMajor(serverVersionNumber: connection.serverVersionNumber).unknownDumpSettings.contains(name)
+    }
+
+    /// SQLSTATE 42704 (`unrecognized configuration parameter`).
+    static let undefinedObject = "42704"
 
     /// SQLSTATE 40P01.
     static let deadlockDetected = "40P01"

@@ -34,6 +34,8 @@ public struct RestoreConfiguration {
     public var jobs: Int
     /// How long the swap waits for the target's sessions to end before it gives up (target unchanged).
     public var swapTimeout: TimeInterval = 30
+    /// What the storage layer reads S3 settings from (see `Repository.open`).
+    public var environment = ProcessInfo.processInfo.environment
 
     public init(mode: Mode, target: ConnectionTarget, repositories: [String], backup: String = "latest", release: String? = nil,
                 dryRun: Bool = false, jobs: Int = ProcessInfo.processInfo.activeProcessorCount, incidentFile: String? = nil) {
@@ -82,6 +84,11 @@ public struct RestorePlan: Codable, Sendable {
     /// Pre-restore copies of the target kept by earlier restores, and their size.
     public var preRestoreCopies: Int = 0
     public var preRestoreBytes: Int64 = 0
+    /// The major of the server the backup came from, and of the server it goes into.
+    public var backupServerMajor: Int?
+    public var targetServerMajor: Int?
+    /// Set when they differ, e.g. `restoring a PostgreSQL 14 backup into 17`.
+    public var versionNote: String?
 
     /// The plan as lines for a person.
     public var lines: [String] {
@@ -112,6 +119,7 @@ public struct RestorePlan: Codable, Sendable {
         }
         lines += steps.enumerated().map { "\($0.offset + 1). \($0.element)" }
         lines += warnings.map { "warning: \($0)" }
+        if let versionNote { lines.append("note: \(versionNote)") }
         if preRestoreCopies > 0 {
             lines.append("note: \(preRestoreCopies) pre-restore cop\(preRestoreCopies == 1 ? "y" : "ies") of \(targetDatabase) kept by earlier restores"
                          + " hold\(preRestoreCopies == 1 ? "s" : "") \(ByteCount.format(UInt64(max(0, preRestoreBytes)))); dbrestore cleanup drops old ones")
@@ -169,6 +177,7 @@ public enum LogicalRestore {
             keptAs: exists && configuration.mode != .drill ? try unusedIdentifier(database, suffix: "_pre_restore_\(stamp)", on: admin) : nil,
             skipped: [])
         plan.choose(choice)
+        try plan.checkMajors(choice.manifest, into: PostgresMajor(serverVersionNumber: admin.serverVersionNumber), tools: configuration.tools)
         if configuration.dryRun {
             plan.filesChecked = "\(choice.manifest.files.map(\.name).joined(separator: ", ")) verified: size, sha256 and the whole gzip stream"
         }
@@ -201,13 +210,14 @@ public enum LogicalRestore {
                                  verification: verification, timeline: timeline.steps, incidentFile: nil, outcome: outcome,
                                  bytesRead: RepositoryReads.shared.bytes - readBefore)
         }
-        var store = try Repository.open(plan.repository, create: false)
+        var store = try Repository.open(plan.repository, create: false, environment: configuration.environment)
         do {
             let admin = try connectToMaintenance(configuration.target)
             defer { admin.close() }
             try lockTarget(plan.targetDatabase, on: admin)
             try ToolDatabases.repair(plan.targetDatabase, on: admin, timeline: timeline)
             plan.warnings.forEach { timeline.note("backup \(plan.backupID)", outcome: "warning: \($0)") }
+            if let note = plan.versionNote { timeline.note("backup \(plan.backupID)", outcome: note) }
             var outcome: String
             var latestGone = 0
             var excluded: Set<String> = []
@@ -224,8 +234,10 @@ public enum LogicalRestore {
                     // meanwhile): the newest one now is what was asked for. Nothing was created yet.
                     latestGone += 1
                     timeline.note("backup \(plan.backupID)", outcome: "\(gone.message); taking the newest again")
-                    plan.choose(try CandidateSelection.choose(configuration, depth: .size, timeline: timeline))
-                    store = try Repository.open(plan.repository, create: false)
+                    let newest = try CandidateSelection.choose(configuration, depth: .size, timeline: timeline)
+                    plan.choose(newest)
+                    try plan.checkMajors(newest.manifest, into: PostgresMajor(serverVersionNumber: admin.serverVersionNumber), tools: configuration.tools)
+                    store = try Repository.open(plan.repository, create: false, environment: configuration.environment)
                 } catch {
                     // A damaged file (sha256, size or gzip stream, found while streaming) is this copy's
                     // fault: another repository's copy of the same backup may be whole, also for a normal restore.
@@ -250,11 +262,13 @@ public enum LogicalRestore {
                         throw RecoveryError(.restoreFailed, none.message, hint: "\(plan.targetDatabase) was not touched; " + (none.hint ?? ""))
                     }
                     plan.choose(next)
+                    try plan.checkMajors(next.manifest, into: PostgresMajor(serverVersionNumber: admin.serverVersionNumber), tools: configuration.tools)
+                    if let note = plan.versionNote { timeline.note("backup \(plan.backupID)", outcome: note) }
                     // A fresh name, in case the failed candidate's scratch database could not be dropped.
                     plan.scratchDatabase = try unusedIdentifier(plan.targetDatabase,
                                                                 suffix: "_\(configuration.mode == .drill ? "drill" : "restore")_\(Timestamp.compact(Date(), separator: "_", zone: ""))", on: admin)
                     plan.warnings.forEach { timeline.note("backup \(plan.backupID)", outcome: "warning: \($0)") }
-                    store = try Repository.open(plan.repository, create: false)
+                    store = try Repository.open(plan.repository, create: false, environment: configuration.environment)
                 }
             }
             if configuration.mode != .drill {
@@ -370,7 +384,8 @@ public enum LogicalRestore {
             }
             warnings.forEach { timeline.note("database properties of \(scratch)", outcome: "warning: \($0)") }
         }
-        try SchemaVerifier.verifyRestore(manifest, scratch: configuration.target.with(database: scratch), tools: configuration.tools, timeline: timeline)
+        try SchemaVerifier.verifyRestore(manifest, scratch: configuration.target.with(database: scratch),
+                                         server: PostgresMajor(serverVersionNumber: admin.serverVersionNumber), tools: configuration.tools, timeline: timeline)
         CrashPoint.reached("restore:after-verify")
         if configuration.mode == .drill {
             try timeline.step("drop scratch database \(scratch)") {
@@ -491,7 +506,7 @@ public enum LogicalRestore {
     private static func recordFailedSearch(_ error: Error, _ configuration: RestoreConfiguration, timeline: Timeline) {
         let record = FailedSearch(startedAt: timeline.startedAt, outcome: "failed: \(RecoveryError.classify(error).message)", timeline: timeline.steps)
         for address in configuration.repositories {
-            guard let store = try? Repository.open(address, create: false) else { continue }  // unavailable: try the next
+            guard let store = try? Repository.open(address, create: false, environment: configuration.environment) else { continue }  // unavailable: try the next
             if let written = try? writeIncident(record, startedAt: record.startedAt, configuration: configuration, store: store) {
                 timeline.note("incident record written to \(written)")
                 return
@@ -518,5 +533,30 @@ extension RestorePlan {
             "backup \(manifest.id) was taken by \(manifest.tool.name) \(manifest.tool.version), which did not record database properties: "
             + "the owner, privileges, comment, settings, connection limit, encoding and locale of \(targetDatabase) cannot be restored "
             + "(the restored database gets the server's defaults; set them again by hand)"]
+    }
+
+    /// A logical backup restores into a server of the same or a newer major (pg_dump's output is
+    /// meant to load into newer servers, not older ones): records both majors and says so when they
+    /// differ; refuses an older target. Also finds the pg_dump that will fingerprint the restored
+    /// schema, so that a missing one stops the restore before anything is created.
+    ///
+    /// - Throws: `RecoveryError(.restoreFailed)` for an older target; `RecoveryError(.toolFailed)`
+    ///   when no pg_dump fits the target server.
+    mutating func checkMajors(_ manifest: BackupManifest, into target: PostgresMajor, tools: PostgresTools) throws {
+        backupServerMajor = manifest.serverMajor?.number
+        targetServerMajor = target.number
+        versionNote = nil
+        if let source = manifest.serverMajor, source != target {
+            guard source < target else {
+                throw RecoveryError(.restoreFailed,
+                                    "backup \(manifest.id) was taken from PostgreSQL \(source); the target server is PostgreSQL \(target), "
+                                        + "and a logical backup restores only into the same or a newer major",
+                                    hint: "restore it into a PostgreSQL \(source) or newer server; \(targetDatabase) was not touched")
+            }
+            versionNote = "restoring a PostgreSQL \(source) backup into \(target)"
+        }
+        if let expected = manifest.schemaFingerprint {
+            _ = try SchemaVerifier.pgDump(for: target, expected: expected, tools: tools)
+        }
     }
 }

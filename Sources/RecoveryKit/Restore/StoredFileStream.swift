@@ -40,7 +40,7 @@ enum StoredFileStream {
                     if let decryptor { try decryptor.write(chunk) } else { try decompressor.write(chunk) }
                 } catch let error as GzipError { gzipDamage = error }
             }
-            progress?.progress(phase: phase, bytes: stored)
+            progress?.progress(phase: "\(phase) \(manifest.id) \(file.name)", bytes: stored, total: file.storedBytes, estimated: false)
         }
         guard stored == file.storedBytes, digest.hexDigest() == file.sha256 else {
             throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name) does not match its sha256 (file damaged)", hint: hint)

@@ -130,13 +130,15 @@ enum ToolDatabases {
     static func requireMarkPrivilege(on connection: PostgresConnection) throws {
         let superuser = try connection.query("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user").rows.first
         if try superuser?.bool(0) == true { return }
-        let granted = connection.serverVersionNumber >= 150000
+        let grantable = PostgresMajor(serverVersionNumber: connection.serverVersionNumber).hasParameterPrivileges
+        let granted = grantable
             ? try connection.query("SELECT pg_catalog.has_parameter_privilege($1, 'SET')", [parameter]).scalar == "t" : false
         guard granted else {
             let user = try connection.query("SELECT current_user::text").scalar ?? "this role"
             throw RecoveryError(.databaseError,
                                 "role \(user) may not mark the databases a restore creates (setting \(parameter)), so it could not clean them up safely",
-                                hint: "connect as a superuser, or as one run: GRANT SET ON PARAMETER \(parameter) TO \(user)")
+                                hint: grantable ? "connect as a superuser, or as one run: GRANT SET ON PARAMETER \(parameter) TO \(user)"
+                                    : "connect as a superuser (PostgreSQL 14 has no GRANT SET ON PARAMETER)")
         }
     }
 

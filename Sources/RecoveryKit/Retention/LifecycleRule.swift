@@ -58,8 +58,9 @@ public enum LifecycleRule {
     /// Shows (and unless `dryRun`, writes) the rule for an S3 repository.
     ///
     /// - Throws: `RecoveryError(.usage)` for a local repository.
-    public static func apply(repository: String, policy: RetentionPolicy, dryRun: Bool) throws -> Change {
-        guard let store = try Repository.open(repository, create: false) as? S3Store else {
+    public static func apply(repository: String, policy: RetentionPolicy, dryRun: Bool,
+                             environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Change {
+        guard let store = try Repository.open(repository, create: false, environment: environment) as? S3Store else {
             throw RecoveryError(.usage, "--apply-lifecycle needs an S3 repository; \(repository) is local",
                                 hint: "local repositories are pruned by dbprune alone")
         }

@@ -1,5 +1,6 @@
 import BackupStorage
 import Foundation
+import Logging
 import ProcessSignals
 
 /// Settings of one `dbprune` run.
@@ -14,6 +15,8 @@ public struct PruneConfiguration {
     /// Called with the plan (under the lock, before anything is deleted) when the run would delete
     /// something; throwing stops the run with nothing changed. Nil: no confirmation needed.
     public var confirm: ((PruneReport) throws -> Void)?
+    /// What the storage layer reads S3 settings from (see `Repository.open`).
+    public var environment = ProcessInfo.processInfo.environment
 
     public init(repository: String, policy: RetentionPolicy = .builtIn, dryRun: Bool = false, now: Date = Date(),
                 confirm: ((PruneReport) throws -> Void)? = nil) {
@@ -31,7 +34,10 @@ public struct PruneReport: Codable, Sendable {
     public struct Garbage: Codable, Sendable {
         public var folder: String
         public var ageHours: Double
+        /// `delete`, or `in progress` for a folder a backup may still be writing (kept).
         public var action: String
+        /// Why: the lock holder writing it, the grace period it is within, or its age past it.
+        public var reason: String
     }
 
     public var repository: String
@@ -56,6 +62,10 @@ public struct PruneReport: Codable, Sendable {
 
 /// Applies a retention policy to one repository.
 public enum Pruner {
+    /// Each decision at debug (`-vv`); what the run passed over (a backup being read, a backup in
+    /// progress) at info (`-v`).
+    private static let logger = Logger(label: "dbrecovery.prune")
+
     /// Plans and (unless dry-run) applies retention.
     ///
     /// - Important: deletes manifest first, then data, so a crash half-way leaves garbage, never a
@@ -63,7 +73,8 @@ public enum Pruner {
     ///   unreadable manifest are never deleted.
     /// - Throws: `RecoveryError`; `StorageError` if the repository cannot be read or is locked.
     public static func run(_ configuration: PruneConfiguration, progress: ProgressObserver? = nil) throws -> PruneReport {
-        try run(configuration, store: try Repository.open(configuration.repository, create: false), progress: progress)
+        try run(configuration, store: try Repository.open(configuration.repository, create: false, environment: configuration.environment),
+                progress: progress)
     }
 
     /// The same on an already open store (tests wrap a real store to observe the order of deletions).
@@ -144,11 +155,21 @@ public enum Pruner {
         for index in decisions.indices where decisions[index].action != .keep {
             if let readers = try readers(of: decisions[index].id, in: store, removeStale: !configuration.dryRun, notes: &notes) {
                 beingRead.append("\(decisions[index].id): being read by \(readers)")
+                logger.info("skipped deleting backup \(decisions[index].id): being read by \(readers)")
                 decisions[index].action = .keep
                 decisions[index].keptBy.append("being read")
             }
         }
-        let garbage = findGarbage(objects: objects, withManifest: Set(entries.map(\.id)), policy: configuration.policy, now: configuration.now)
+        // A dry run holds no lock, so a backup being written now may be found half-written: it is in progress.
+        let writer: LockHolder? = configuration.dryRun ? try StoreLock.writer(in: store) : nil
+        let garbage = findGarbage(objects: objects, withManifest: Set(entries.map(\.id)), policy: configuration.policy,
+                                  now: configuration.now, writer: writer)
+        for decision in decisions {
+            logger.debug("\(decision.action.rawValue) backup \(decision.id): \((decision.keptBy + [decision.reason].compactMap { $0 }).joined(separator: ", "))")
+        }
+        for item in garbage where item.action != "delete" {
+            logger.info("skipped \(item.folder): \(item.reason)")
+        }
         let walKeys = try store.list(prefix: "wal/").map(\.key)
         func walPlan() -> WALRetention.Plan {
             let keptIDs = Set(decisions.filter { $0.action != .delete }.map(\.id))
@@ -180,6 +201,7 @@ public enum Pruner {
                 if let readers = try readers(of: manifest.id, in: store, removeStale: true, notes: &notes) {
                     try store.write(manifestKey, contents: manifestBytes)
                     beingRead.append("\(manifest.id): being read by \(readers)")
+                    logger.info("skipped deleting backup \(manifest.id): being read by \(readers)")
                     decisions[index].action = .keep
                     decisions[index].keptBy.append("being read")
                     continue
@@ -215,8 +237,10 @@ public enum Pruner {
         return found.live.isEmpty ? nil : found.live.map { "\($0)" }.joined(separator: ", ")
     }
 
-    /// Folders under `backups/` that have no manifest: removed once older than the grace period.
-    static func findGarbage(objects: [StoredObject], withManifest: Set<String>, policy: RetentionPolicy, now: Date) -> [PruneReport.Garbage] {
+    /// Folders under `backups/` that have no manifest: removed once older than the grace period and
+    /// not changed since `writer` (a live holder of the writer lock) took it; until then "in progress".
+    static func findGarbage(objects: [StoredObject], withManifest: Set<String>, policy: RetentionPolicy, now: Date,
+                            writer: LockHolder? = nil) -> [PruneReport.Garbage] {
         var newestChange: [String: Date] = [:]
         for object in objects {
             let parts = object.key.split(separator: "/")
@@ -227,9 +251,18 @@ public enum Pruner {
             newestChange[folder] = max(newestChange[folder] ?? .distantPast, modified)
         }
         return newestChange.keys.sorted().map { folder in
-            let age = now.timeIntervalSince(newestChange[folder] ?? now)
-            return PruneReport.Garbage(folder: folder, ageHours: (age / 360).rounded() / 10,
-                                       action: age >= policy.garbageGracePeriod.seconds ? "delete" : "keep (within grace period)")
+            let changed = newestChange[folder] ?? now
+            let age = now.timeIntervalSince(changed)
+            let hours = (age / 360).rounded() / 10
+            if let writer, changed >= writer.since {
+                return PruneReport.Garbage(folder: folder, ageHours: hours, action: "in progress", reason: "no manifest yet; \(writer) is writing")
+            }
+            if age < policy.garbageGracePeriod.seconds {
+                return PruneReport.Garbage(folder: folder, ageHours: hours, action: "in progress",
+                                           reason: "no manifest yet; changed \(hours)h ago, within the \(policy.garbageGracePeriod) grace period")
+            }
+            return PruneReport.Garbage(folder: folder, ageHours: hours, action: "delete",
+                                       reason: "no manifest; unchanged for longer than the \(policy.garbageGracePeriod) grace period")
         }
     }
 }

@@ -32,6 +32,9 @@ public struct RetentionDecision: Codable, Sendable, Equatable {
     public var action: Action
     /// Why it is kept: `last #2`, `daily #3`, `weekly oldest`, `within 90d`, `pinned`, `newest verified`.
     public var keptBy: [String]
+    /// Why it is deleted or moved (`older than the 10 newest`, `standard→glacier after 30d`), so that
+    /// `dbprune --dry-run` explains every row that changes something; nil for a plain keep.
+    public var reason: String?
 }
 
 /// Pure retention planning: the same inputs always give the same plan. No I/O.
@@ -103,12 +106,28 @@ public enum RetentionPlanner {
         return ordered.enumerated().map { index, backup in
             let age = now.timeIntervalSince(backup.takenAt)
             var action: RetentionDecision.Action = reasons[index].isEmpty ? .delete : .keep
+            var reason: String? = action == .delete ? deletionReason(tier: tier, snapshots: snapshots) : nil
             if action == .keep, let after = tier.glacierAfter, age >= after.seconds,
                backup.storageClass?.uppercased() != "GLACIER" {
                 action = .moveToGlacier
+                reason = "\((backup.storageClass ?? "standard").lowercased())→glacier after \(after)"
             }
             return RetentionDecision(id: backup.id, takenAt: backup.takenAt, ageDays: (age / 86_400 * 10).rounded() / 10,
-                                     storageClass: backup.storageClass, action: action, keptBy: reasons[index])
+                                     storageClass: backup.storageClass, action: action, keptBy: reasons[index], reason: reason)
         }
+    }
+
+    /// Every rule of the tier that could have kept a backup and did not, as one phrase: a deleted
+    /// backup missed all of them (pinned and newest-verified ones are never deleted).
+    static func deletionReason(tier: RetentionPolicy.Tier, snapshots: RetentionPolicy.Snapshots) -> String {
+        var missed: [String] = []
+        if tier.keepLast > 0 { missed.append("older than the \(tier.keepLast) newest") }
+        if let within = tier.keepWithin { missed.append("deleted at \(within)") }
+        if tier.snapshots {
+            let slots = [("daily", snapshots.daily), ("weekly", snapshots.weekly), ("monthly", snapshots.monthly)]
+                .filter { $0.1 > 0 }.map(\.0)
+            if !slots.isEmpty { missed.append("not in any \(slots.joined(separator: "/")) slot") }
+        }
+        return missed.isEmpty ? "no rule keeps it" : missed.joined(separator: "; ")
     }
 }

@@ -14,8 +14,10 @@ public enum Repository {
     /// - Parameters:
     ///   - address: a path, `file://` URL or `s3://bucket/prefix`.
     ///   - create: create a missing local directory (backups do; restores and listings do not).
+    ///   - environment: what S3 settings are read from (credentials, endpoint, region): the run's
+    ///     resolved settings, with `--s3-endpoint`/`--s3-region` applied, not the process's.
     /// - Throws: `RecoveryError` naming the address and the fix.
-    public static func open(_ address: String, create: Bool) throws -> BackupStore {
+    public static func open(_ address: String, create: Bool, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> BackupStore {
         let location: RepositoryLocation
         do {
             location = try RepositoryLocation(parsing: address)
@@ -32,7 +34,7 @@ public enum Repository {
             }
         case .s3(let bucket, let prefix):
             do {
-                return S3Store(configuration: try S3Settings.configuration(bucket: bucket), prefix: prefix)
+                return S3Store(configuration: try S3Settings.configuration(bucket: bucket, environment: environment), prefix: prefix)
             } catch let error as StorageError {
                 throw RecoveryError(.usage, "cannot use \(address): \(error.message)", hint: error.hint)
             }

@@ -1,3 +1,4 @@
+import Foundation
 import PostgresClient
 
 /// The entry point of `dbverify`: resolve the backup, then check files or row counts.
@@ -7,8 +8,9 @@ public enum BackupVerification {
     /// still checked.
     ///
     /// - Throws: `RecoveryError` when the repository or backup cannot be found.
-    public static func files(repository: String, backup: String, key: RepositoryKey? = nil, progress: ProgressObserver? = nil) throws -> [FileVerifier.Report] {
-        let store = try Repository.open(repository, create: false)
+    public static func files(repository: String, backup: String, key: RepositoryKey? = nil, progress: ProgressObserver? = nil,
+                             environment: [String: String] = ProcessInfo.processInfo.environment) throws -> [FileVerifier.Report] {
+        let store = try Repository.open(repository, create: false, environment: environment)
         let catalog = Catalog(store: store)
         if backup == "all" {
             return try catalog.entries().map { entry in
@@ -31,8 +33,9 @@ public enum BackupVerification {
     /// - Parameter backup: an id, prefix or `latest`; nil means the backup the database was restored
     ///   from, when a restore recorded one, else `latest`.
     /// - Throws: `RecoveryError` / `PostgresError` when the backup or database cannot be reached.
-    public static func rowCounts(repository: String, backup: String?, target: ConnectionTarget) throws -> RowCountVerifier.Report {
-        let store = try Repository.open(repository, create: false)
+    public static func rowCounts(repository: String, backup: String?, target: ConnectionTarget,
+                                 environment: [String: String] = ProcessInfo.processInfo.environment) throws -> RowCountVerifier.Report {
+        let store = try Repository.open(repository, create: false, environment: environment)
         let connection = try PostgresConnection(target: target, applicationName: "dbverify")
         defer { connection.close() }
         var reference = backup ?? "latest"

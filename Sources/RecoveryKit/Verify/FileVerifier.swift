@@ -50,13 +50,14 @@ public enum FileVerifier {
                 results.append(FileResult(name: file.name, ok: false, problem: "encrypted with another key (fingerprint \(file.encryptionKeyFingerprint ?? ""))"))
                 continue
             }
-            results.append(try verify(file, key: manifest.key(of: file), in: store, depth: fileDepth, cipherKey: key, progress: progress))
+            results.append(try verify(file, key: manifest.key(of: file), in: store, depth: fileDepth, cipherKey: key,
+                                      phase: "verify \(manifest.id) \(file.name)", progress: progress))
         }
         return Report(id: manifest.id, files: results)
     }
 
     private static func verify(_ file: BackupManifest.File, key: String, in store: BackupStore, depth: Depth,
-                               cipherKey: RepositoryKey?, progress: ProgressObserver?) throws -> FileResult {
+                               cipherKey: RepositoryKey?, phase: String, progress: ProgressObserver?) throws -> FileResult {
         let reader: ObjectReader
         do {
             if depth == .size { return sizeResult(file, stored: try store.objectInfo(key).size) ?? FileResult(name: file.name, ok: true, problem: nil) }
@@ -80,7 +81,7 @@ public enum FileVerifier {
                     if let decryptor { try decryptor.write(chunk) } else { try decompressor.write(chunk) }
                 } catch { gzipProblem = "\(error)" }
             }
-            progress?.progress(phase: "verify \(file.name)", bytes: stored)
+            progress?.progress(phase: phase, bytes: stored, total: file.storedBytes, estimated: false)
         }
         progress?.finished()
         if let wrongSize = sizeResult(file, stored: stored) { return wrongSize }

@@ -6,7 +6,11 @@ import Foundation
 /// - the `\restrict` / `\unrestrict` lines (a random key per run, pg_dump ≥ 15.14);
 /// - comment lines and blank lines between statements (the headers, `-- Dumped from …`);
 /// - `SET default_tablespace = …` lines (pg_dump emits them only when the tablespace changes from
-///   the previous object's; each object's header names its own tablespace instead).
+///   the previous object's; each object's header names its own tablespace instead);
+/// - what pg_dump majors write differently for the same schema (`PostgresMajor` knows the server
+///   side): pg_dump 17+'s `SET transaction_timeout = 0;` is left out, and the ownership lines that
+///   pg_dump 16+ writes as `ALTER VIEW|SEQUENCE|MATERIALIZED VIEW … OWNER TO` are read as the
+///   `ALTER TABLE … OWNER TO` that 14 and 15 write (the object's header names its type either way).
 ///
 /// Everything else is hashed byte for byte, never decoded: the same lines in another encoding
 /// are different lines. Comment-looking and blank lines *inside* string literals, quoted
@@ -111,7 +115,13 @@ public struct SchemaNormalizer {
                 comment(bytes)
                 return
             }
-            if bytes.starts(with: Self.restrict) || bytes.starts(with: Self.unrestrict) || bytes.starts(with: Self.defaultTablespace) {
+            if bytes.starts(with: Self.restrict) || bytes.starts(with: Self.unrestrict) || bytes.starts(with: Self.defaultTablespace)
+                || bytes.starts(with: Self.transactionTimeout) {
+                return
+            }
+            if let owned = Self.ownershipAsTable(bytes) {
+                hash(owned)
+                scan(bytes)
                 return
             }
             if bytes.starts(with: Self.defaultAccessMethod) {
@@ -285,6 +295,18 @@ public struct SchemaNormalizer {
         return nil
     }
 
+    /// `ALTER VIEW x OWNER TO r;` (pg_dump 16+) as `ALTER TABLE x OWNER TO r;` (pg_dump 14, 15);
+    /// nil for any other line (`ALTER SEQUENCE … OWNED BY …` included).
+    static func ownershipAsTable(_ bytes: [UInt8]) -> [UInt8]? {
+        guard let prefix = ownershipPrefixes.first(where: { bytes.starts(with: $0) }) else { return nil }
+        let marker = Array(" OWNER TO ".utf8)
+        guard bytes.count > marker.count,
+              (0...(bytes.count - marker.count)).contains(where: { bytes[$0..<($0 + marker.count)].elementsEqual(marker) }) else { return nil }
+        return Array("ALTER TABLE ".utf8) + bytes.dropFirst(prefix.count)
+    }
+
+    private static let ownershipPrefixes = ["ALTER VIEW ", "ALTER SEQUENCE ", "ALTER MATERIALIZED VIEW "].map { Array($0.utf8) }
+    private static let transactionTimeout = Array("SET transaction_timeout = ".utf8)
     private static let commentStart = Array("--".utf8)
     private static let inherits = Array("INHERITS (".utf8)
     private static let createTable = [Array("CREATE TABLE ".utf8), Array("CREATE UNLOGGED TABLE ".utf8)]

@@ -20,10 +20,18 @@ public enum SchemaVerifier {
         /// Set when the backup's fingerprint was made by another pg_dump or server version, which may
         /// write the same schema differently.
         public var versionNote: String?
+        /// Across majors (a restore into a newer one): objects whose server-rendered text differs
+        /// (a view body, an index definition), not counted as differences (see `PostgresMajor.serverRenderedObjectTypes`).
+        public var renderedDifferently: [SchemaFingerprint.Difference]? = nil
 
         /// One line naming the first few differences, e.g. `index users_email in schema public is missing`.
         public var summary: String {
-            if ok { return "all \(actualObjects) schema objects match" }
+            if ok {
+                guard let rendered = renderedDifferently, !rendered.isEmpty else { return "all \(actualObjects) schema objects match" }
+                return "all \(actualObjects) schema objects are there; \(rendered.count) written differently by the newer server: "
+                    + rendered.prefix(3).map { SchemaFingerprint.Object(type: $0.type, schema: $0.schema, name: $0.name, sha256: "").label }.joined(separator: ", ")
+                    + (rendered.count > 3 ? " and \(rendered.count - 3) more" : "")
+            }
             let more = differences.count > 3 ? " and \(differences.count - 3) more" : ""
             return differences.prefix(3).map(\.description).joined(separator: "; ") + more
         }
@@ -50,7 +58,7 @@ public enum SchemaVerifier {
     /// - Throws: `RecoveryError(.restoreFailed)` naming the differing objects (each also noted on the
     ///   timeline); `RecoveryError(.toolFailed)` when pg_dump fails.
     @discardableResult
-    public static func verifyRestore(_ manifest: BackupManifest, scratch: ConnectionTarget, tools: PostgresTools,
+    public static func verifyRestore(_ manifest: BackupManifest, scratch: ConnectionTarget, server: PostgresMajor, tools: PostgresTools,
                                      timeline: Timeline) throws -> Report? {
         guard let expected = manifest.schemaFingerprint else {
             timeline.note("warning: schema of \(scratch.databaseName) not verified",
@@ -59,7 +67,7 @@ public enum SchemaVerifier {
         }
         return try timeline.step("verify schema of \(scratch.databaseName) (\(expected.objects.count) objects) against backup \(manifest.id)") {
             try RestoreFaultHook.breakScratch(scratch)
-            let actual = try fingerprint(pgDump: try tools.path(of: "pg_dump"), target: scratch)
+            let actual = try fingerprint(pgDump: try pgDump(for: server, expected: expected, tools: tools).path, target: scratch)
             let report = compare(expected: expected, actual: actual, backupID: manifest.id, database: scratch.databaseName)
             guard report.ok else {
                 for difference in report.differences.prefix(100) {
@@ -68,6 +76,9 @@ public enum SchemaVerifier {
                 throw RecoveryError(.restoreFailed, "restored schema does not match backup \(manifest.id): \(report.summary)",
                                     hint: "the target database was not touched; try an older backup"
                                         + (report.versionNote.map { " (\($0))" } ?? ""))
+            }
+            for difference in report.renderedDifferently ?? [] {
+                timeline.note("schema across majors", outcome: "\(difference.description) as the newer server writes it (tolerated)")
             }
             return report
         }
@@ -78,8 +89,9 @@ public enum SchemaVerifier {
     /// - Parameter backup: an id, prefix or `latest` (nil means `latest`).
     /// - Throws: `RecoveryError(.backupNotFound)` when the backup has no fingerprint; repository,
     ///   database and pg_dump errors.
-    public static func verify(repository: String, backup: String?, target: ConnectionTarget, tools: PostgresTools) throws -> Report {
-        let store = try Repository.open(repository, create: false)
+    public static func verify(repository: String, backup: String?, target: ConnectionTarget, tools: PostgresTools,
+                              environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Report {
+        let store = try Repository.open(repository, create: false, environment: environment)
         let manifest = try Catalog(store: store).resolve(backup ?? "latest")
         guard let expected = manifest.schemaFingerprint else {
             throw RecoveryError(.backupNotFound, manifest.kind == .physical
@@ -87,22 +99,43 @@ public enum SchemaVerifier {
                                     : "backup \(manifest.id) has no schema fingerprint (taken before dbbackup recorded one)",
                                 hint: "name a logical backup taken by this dbbackup version (dbrestore list shows them)")
         }
-        let pgDump = try tools.path(of: "pg_dump")
         // Connect first, so that an unreachable server or wrong password gets its own exit code and hint.
-        try PostgresConnection(target: target, applicationName: "dbverify").close()
-        let actual = try fingerprint(pgDump: pgDump, target: target)
+        let connection = try PostgresConnection(target: target, applicationName: "dbverify")
+        let server = PostgresMajor(serverVersionNumber: connection.serverVersionNumber)
+        connection.close()
+        let actual = try fingerprint(pgDump: try pgDump(for: server, expected: expected, tools: tools).path, target: target)
         return compare(expected: expected, actual: actual, backupID: manifest.id, database: target.databaseName)
+    }
+
+    /// The pg_dump to fingerprint a database with: of the server's major or newer, and no older than
+    /// the pg_dump that made the backup's fingerprint (which objects a pg_dump writes depends on its
+    /// own major: 15 and later write the `public` schema of a 14 server, 14 does not), its major preferred.
+    ///
+    /// - Throws: `RecoveryError(.toolFailed)` when none fits.
+    public static func pgDump(for server: PostgresMajor, expected: SchemaFingerprint?, tools: PostgresTools) throws -> PostgresProgram {
+        let made = expected?.pgDumpVersion.flatMap(PostgresMajor.init(versionText:))
+        return try tools.program("pg_dump", for: max(server, made ?? server), fit: .sameOrNewer)
     }
 
     /// The pure comparison (unit-tested without a server).
     public static func compare(expected: SchemaFingerprint, actual: SchemaFingerprint, backupID: String, database: String) -> Report {
-        let differences = expected.differences(from: actual)
+        var differences = expected.differences(from: actual)
+        var rendered: [SchemaFingerprint.Difference]?
+        if let was = expected.serverVersion.flatMap(PostgresMajor.init(versionText:)),
+           let now = actual.serverVersion.flatMap(PostgresMajor.init(versionText:)), was < now {
+            let tolerated = { (difference: SchemaFingerprint.Difference) in
+                difference.change == .changed && PostgresMajor.serverRenderedObjectTypes.contains(difference.type)
+            }
+            rendered = differences.filter(tolerated)
+            differences.removeAll(where: tolerated)
+        }
         var note: String?
         let versions = [(expected.pgDumpVersion, actual.pgDumpVersion, "pg_dump"), (expected.serverVersion, actual.serverVersion, "server")]
         if let (was, now, what) = versions.first(where: { $0.0 != nil && $0.1 != nil && $0.0 != $0.1 }) {
             note = "the backup's fingerprint was taken with \(what) \(was ?? "?"), this one with \(now ?? "?"); some differences may be how they write the same schema"
         }
         return Report(backupID: backupID, database: database, ok: differences.isEmpty, expectedObjects: expected.objects.count,
-                      actualObjects: actual.objects.count, differences: differences, versionNote: note)
+                      actualObjects: actual.objects.count, differences: differences, versionNote: note,
+                      renderedDifferently: rendered.flatMap { $0.isEmpty ? nil : $0 })
     }
 }
