@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks dbrecovery against the tools it replaces, side by side in one run on this machine.
 #
-#   scripts/bench.sh [--scale S] [--reps N] [--only incremental]
+#   scripts/bench.sh [--scale S] [--reps N] [--only incremental|wal]
 #
 # Builds release binaries, starts a sandbox cluster, makes a deterministic dataset (pgbench tables
 # plus a table of text, jsonb, bytea, numeric and timestamptz; about S GiB, default 1), then runs
@@ -13,6 +13,13 @@
 # --incremental`; as a reference on 15 (pgBackRest 2.45 knows majors up to 15), a pgBackRest full,
 # the same change, then `pgbackrest --type=incr`. `--only incremental` runs just this part (its table
 # is printed, bench/results.md is left alone).
+#
+# It also measures what issue 21 asks of reading and of WAL at WAN latency: bytes each restore
+# reads from the repository against the backup's stored size (local: dbrestore's own count; S3: GET
+# bytes counted by scripts/s3-fault-proxy.py), and, with 50 ms added to every S3 request by the
+# proxy, wal-push --async against one synchronous wal-push per segment, and wal-fetch --prefetch
+# against plain wal-fetch, as ratios. `--only wal` runs just that part (results in
+# bench/results-wal.md), on the dataset of --scale.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scale=1
@@ -23,12 +30,14 @@ while [ $# -gt 0 ]; do
     --scale) scale=$2; shift 2 ;;
     --reps) reps=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
-    *) echo "usage: $0 [--scale S] [--reps N] [--only incremental]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--scale S] [--reps N] [--only incremental|wal]" >&2; exit 2 ;;
   esac
 done
-case $only in all|incremental) ;; *) echo "bench: --only takes 'incremental'" >&2; exit 2 ;; esac
+case $only in all|incremental|wal) ;; *) echo "bench: --only takes 'incremental' or 'wal'" >&2; exit 2 ;; esac
 pg17_bin=/var/cache/dbrecovery/postgresql/17/bin
-[ -x "$pg17_bin/pg_combinebackup" ] || { echo "bench: PostgreSQL 17 is missing in $pg17_bin; run scripts/pg-majors.sh" >&2; exit 12; }
+if [ "$only" != wal ]; then
+  [ -x "$pg17_bin/pg_combinebackup" ] || { echo "bench: PostgreSQL 17 is missing in $pg17_bin; run scripts/pg-majors.sh" >&2; exit 12; }
+fi
 for tool in pigz pgbench /usr/bin/time python3; do
   command -v "$tool" >/dev/null || [ -x "$tool" ] || { echo "bench: $tool is missing; run scripts/setup.sh" >&2; exit 12; }
 done
@@ -81,6 +90,96 @@ eval "$(scripts/s3-sandbox.sh start "$work/s3" | sed 's/^/S3_/')"
 python3 -c "import urllib.request; urllib.request.urlopen(urllib.request.Request('$S3_ENDPOINT/bench', method='PUT', headers={'Authorization': 'AWS4-HMAC-SHA256 Credential=A/20240101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0'}))"
 # 5 MiB parts, 2 in flight: both dataset sizes are many parts, so peak memory shows whether it grows.
 s3_env="AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_ENDPOINT_URL_S3=$S3_ENDPOINT DBRECOVERY_S3_PART_SIZE_MB=5 DBRECOVERY_S3_CONCURRENCY=2"
+
+# Reading once, and WAL at WAN latency (issue 21). Prints a markdown section on stdout.
+readonce_and_wal() {
+  local proxy_pid port id stored local_read s3_read segments=20 n
+  echo "bench: bytes read per restore; WAL at 50 ms per S3 request" >&2
+  python3 scripts/s3-fault-proxy.py --upstream "$S3_PORT" --stats "$work/proxy-stats.json" > "$work/proxy.out" &
+  proxy_pid=$!
+  until grep -q '^PORT=' "$work/proxy.out" 2>/dev/null; do sleep 0.1; done
+  port=$(sed -n 's/^PORT=//p' "$work/proxy.out")
+  local proxied="AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_ENDPOINT_URL_S3=http://127.0.0.1:$port DBRECOVERY_S3_PART_SIZE_MB=5"
+  "$bin/dbbackup" -q --database-url "$base/bench" --repo "$work/readonce-repo" >/dev/null
+  env $s3_env "$bin/dbbackup" -q --database-url "$base/bench" --repo s3://bench/readonce >/dev/null
+  id=$(ls "$work/readonce-repo/backups" | sort | tail -1)
+  stored=$(stat -c %s "$work/readonce-repo/backups/$id/dump.sql.gz")
+  psql -q -X "$base/postgres" -c "CREATE DATABASE ro1"
+  local_read=$("$bin/dbrestore" latest -q --yes --json --repo "$work/readonce-repo" --database-url "$base/ro1" | python3 -c "import json,sys; print(json.load(sys.stdin)['bytes_read'])")
+  psql -q -X "$base/postgres" -c "CREATE DATABASE ro2"
+  env $proxied "$bin/dbrestore" latest -q --yes --repo s3://bench/readonce --database-url "$base/ro2" >/dev/null
+  s3_read=$(python3 -c "
+import json; stats = json.load(open('$work/proxy-stats.json'))
+print(sum(v['get_bytes'] for k, v in stats.items() if k.startswith('bench/readonce/backups/') and k.endswith('/dump.sql.gz')))")
+  local s3_stored
+  s3_stored=$(env $s3_env "$bin/dbrestore" list --json --repo s3://bench/readonce | python3 -c "import json,sys; print(json.load(sys.stdin)[0]['stored_bytes'])")
+  kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
+
+  # 16 MiB segments shaped like WAL pages (a quarter random, the rest repeated): about 3:1 with gzip -1.
+  mkdir -p "$work/wal/pg_wal/archive_status" "$work/wal/fetch"
+  python3 - "$work/wal/pg_wal" "$segments" <<'PY'
+import os, random, sys
+directory, count = sys.argv[1], int(sys.argv[2])
+random.seed(21)
+for index in range(1, count + 1):
+    page = lambda: random.randbytes(2048) + bytes([index % 256]) * 6144
+    with open(os.path.join(directory, "000000010000000A%08X" % index), "wb") as out:
+        for _ in range(2048):
+            out.write(page())
+PY
+  python3 scripts/s3-fault-proxy.py --upstream "$S3_PORT" --delay 0.05 > "$work/proxy-delay.out" &
+  proxy_pid=$!
+  until grep -q '^PORT=' "$work/proxy-delay.out" 2>/dev/null; do sleep 0.1; done
+  port=$(sed -n 's/^PORT=//p' "$work/proxy-delay.out")
+  proxied="AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_ENDPOINT_URL_S3=http://127.0.0.1:$port"
+  local names start sync_s async_s plain_s prefetch_s
+  names=$(cd "$work/wal/pg_wal" && printf "%s\n" 000000010000000A*)
+  start=$(date +%s.%N)
+  for n in $names; do env $proxied "$bin/dbbackup" wal-push "$work/wal/pg_wal/$n" --repo s3://bench/wal-sync; done
+  sync_s=$(python3 -c "import time; print(time.time() - $start)")
+  for n in $names; do : > "$work/wal/pg_wal/archive_status/$n.ready"; done
+  start=$(date +%s.%N)
+  for n in $names; do
+    env $proxied "$bin/dbbackup" wal-push "$work/wal/pg_wal/$n" --async --spool "$work/wal/spool" --repo s3://bench/wal-async
+    mv "$work/wal/pg_wal/archive_status/$n.ready" "$work/wal/pg_wal/archive_status/$n.done"
+  done
+  async_s=$(python3 -c "import time; print(time.time() - $start)")
+  start=$(date +%s.%N)
+  for n in $names; do env $proxied "$bin/dbrestore" wal-fetch "$n" "$work/wal/fetch/RECOVERYXLOG" --repo s3://bench/wal-sync; done
+  plain_s=$(python3 -c "import time; print(time.time() - $start)")
+  start=$(date +%s.%N)
+  for n in $names; do
+    env $proxied "$bin/dbrestore" wal-fetch "$n" "$work/wal/fetch/RECOVERYXLOG" --prefetch 8 --repo s3://bench/wal-sync
+    cmp -s "$work/wal/fetch/RECOVERYXLOG" "$work/wal/pg_wal/$n" || { echo "bench: prefetched $n differs" >&2; exit 1; }
+  done
+  prefetch_s=$(python3 -c "import time; print(time.time() - $start)")
+  kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
+  python3 - "$stored" "$local_read" "$s3_stored" "$s3_read" "$segments" "$sync_s" "$async_s" "$plain_s" "$prefetch_s" <<'PY'
+import os, sys
+stored, local_read, s3_stored, s3_read, segments = (int(v) for v in sys.argv[1:6])
+sync_s, async_s, plain_s, prefetch_s = (float(v) for v in sys.argv[6:10])
+print("\n## Bytes read per restore (one restore each, issue 21 item 2)\n")
+print("| restore | stored bytes | bytes read | read / stored |")
+print("| --- | ---: | ---: | ---: |")
+print(f"| local repository (dbrestore --json bytes_read) | {stored} | {local_read} | {local_read / stored:.3f} |")
+print(f"| S3 through the proxy (GET body bytes of the dump) | {s3_stored} | {s3_read} | {s3_read / s3_stored:.3f} |")
+load = open("/proc/loadavg").read().split()[0]
+print(f"\n## WAL at 50 ms per S3 request ({segments} segments of 16 MiB, one run; load average {load} on {os.cpu_count()} cores at the end)\n")
+print("| job | seconds | segments/s | ratio | target | met |")
+print("| --- | ---: | ---: | ---: | ---: | :---: |")
+print(f"| wal-push, one call per segment | {sync_s:.2f} | {segments / sync_s:.1f} | | | |")
+print(f"| wal-push --async --jobs 8 | {async_s:.2f} | {segments / async_s:.1f} | {sync_s / async_s:.2f}× | ≥ 5× | {'yes' if sync_s / async_s >= 5 else 'NO'} |")
+print(f"| wal-fetch, one call per segment | {plain_s:.2f} | {segments / plain_s:.1f} | | | |")
+print(f"| wal-fetch --prefetch 8 | {prefetch_s:.2f} | {segments / prefetch_s:.1f} | {plain_s / prefetch_s:.2f}× | ≥ 3× | {'yes' if plain_s / prefetch_s >= 3 else 'NO'} |")
+PY
+}
+if [ "$only" = wal ]; then
+  readonce_and_wal > "$work/results-wal.md"
+  mkdir -p bench
+  cp "$work/results-wal.md" bench/results-wal.md
+  cat bench/results-wal.md
+  exit 0
+fi
 
 # pgBackRest, run as the data directory's owner, full backups, gz level 6, two processes.
 as_owner() { if [ "$(id -u)" = 0 ]; then setpriv --reuid=postgres --regid=postgres --init-groups -- env PGPASSWORD="$PGPASSWORD" "$@"; else "$@"; fi; }
@@ -243,6 +342,7 @@ print("The issue sets no target for physical backups or for level 6 against pigz
 print("Incremental rows: PG 17's incremental is compared with a full of the same cluster; pgBackRest's incr (on 15, which pgBackRest 2.45 supports) is the reference point. Size is what is stored (dbbackup: stored bytes; pgBackRest: its backup folder).")
 PY
 if [ "$only" = all ]; then
+  readonce_and_wal >> "$work/results.md"
   mkdir -p bench
   cp "$work/results.md" bench/results.md
 fi

@@ -4,13 +4,18 @@
 number of successful ones (the server "gone for good" for data). One request per connection.
 
     s3-fault-proxy.py --upstream PORT [--fail-every N] [--drop-every M] [--lose-reply-every L]
-                      [--fail-parts-after K] [--delay S]
+                      [--fail-parts-after K] [--delay S] [--stats FILE]
 
 --lose-reply-every L forwards every L-th request to the server (so it takes effect) and then cuts
 the connection without the answer: the client sees a lost reply and retries.
 
+--delay S waits S seconds before answering each request (WAN latency). --stats FILE keeps, after
+every request, a JSON object there: per object path (bucket/key, no query), the number of GET
+requests and the body bytes they returned ("get_bytes"), and the number of other requests; how the
+tests prove a restore reads each stored byte once.
+
 Prints PORT=<listening port> once ready. Counts are per proxy run; it stops on SIGTERM."""
-import argparse, socket, socketserver, sys, threading, time
+import argparse, json, os, socket, socketserver, sys, threading, time, urllib.parse
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--upstream", type=int, required=True)
@@ -19,9 +24,28 @@ parser.add_argument("--drop-every", type=int, default=0)
 parser.add_argument("--lose-reply-every", type=int, default=0)
 parser.add_argument("--fail-parts-after", type=int, default=-1)
 parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait before answering each request")
+parser.add_argument("--stats", help="file to keep per-object request and GET byte counts in (JSON)")
 args = parser.parse_args()
 lock = threading.Lock()
 state = {"requests": 0, "parts": 0}
+stats = {}
+
+def record(method, target, body_bytes):
+    """Counts one answered request against its object path; rewrites --stats atomically."""
+    if not args.stats:
+        return
+    path = urllib.parse.unquote(urllib.parse.urlsplit(target).path.lstrip("/"))
+    with lock:
+        entry = stats.setdefault(path, {"gets": 0, "get_bytes": 0, "other": 0})
+        if method == "GET":
+            entry["gets"] += 1
+            entry["get_bytes"] += body_bytes
+        else:
+            entry["other"] += 1
+        temporary = args.stats + ".tmp"
+        with open(temporary, "w") as out:
+            json.dump(stats, out, sort_keys=True)
+        os.replace(temporary, args.stats)
 
 def read_request(conn):
     data = b""
@@ -83,12 +107,22 @@ class Handler(socketserver.BaseRequestHandler):
             upstream.close()
             self.request.shutdown(socket.SHUT_RDWR)
             return
+        answer_head = b""
+        body_bytes = 0
         while True:
             chunk = upstream.recv(65536)
             if not chunk:
                 break
+            if body_bytes == 0 and b"\r\n\r\n" not in answer_head:
+                answer_head += chunk
+                if b"\r\n\r\n" in answer_head:
+                    body_bytes = len(answer_head.partition(b"\r\n\r\n")[2])
+            else:
+                body_bytes += len(chunk)
             self.request.sendall(chunk)
         upstream.close()
+        method, _, rest = first.decode("latin-1").partition(" ")
+        record(method, rest.rpartition(" ")[0], body_bytes)
 
 class Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
     daemon_threads = True

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import UTCTime
 
 /// One place where backups live: a local directory or an S3 prefix, with the same key layout.
@@ -43,6 +44,13 @@ public protocol BackupStore: AnyObject {
     /// - Throws: `StorageError.notFound` if it does not exist; `StorageError(.io/.remote)` when the
     ///   object ends before `range.upperBound`.
     func makeReader(_ key: String, range: Range<UInt64>) throws -> ObjectReader
+
+    /// The size (and storage class) of one object without reading it: a `stat` locally, a HEAD
+    /// request on S3. How a restore checks a candidate backup's files before it streams them once.
+    ///
+    /// - Throws: `StorageError.notFound` if it does not exist, `.archived` for an S3 object that
+    ///   needs a restore request first, `.io` for something that is not a readable object.
+    func objectInfo(_ key: String) throws -> StoredObject
 
     /// Deletes objects in the given order; missing ones are not an error.
     ///
@@ -98,6 +106,14 @@ public struct VersionedObject: Sendable {
 }
 
 extension BackupStore {
+    /// `objectInfo` from a listing, for stores without a cheaper way (one LIST request).
+    public func objectInfo(_ key: String) throws -> StoredObject {
+        guard let object = try list(prefix: key).first(where: { $0.key == key }) else {
+            throw StorageError(.notFound, object: "\(location)/\(key)", message: "no such object")
+        }
+        return object
+    }
+
     /// Takes the repository's writer lock without waiting (see `StoreLock.exclusive`).
     ///
     /// - Parameter holder: who is asking (command, pid), shown to whoever finds it locked.
@@ -211,4 +227,21 @@ public protocol RepositoryLock: AnyObject {
     /// - Throws: `StorageError` when the record could not be deleted or was no longer ours
     ///   (callers report it: a lock that outlives its run blocks the next one).
     func release() throws
+}
+
+/// Bytes this process has streamed from repositories through `ObjectReader`s (backup and WAL
+/// files; small whole-object reads such as manifests and lock records are not counted), so a run
+/// can report how much it read next to what is stored (`dbrestore --json`: `bytes_read`).
+public final class RepositoryReads: Sendable {
+    public static let shared = RepositoryReads()
+    private let total = Mutex<UInt64>(0)
+
+    /// Adds bytes read from a repository object.
+    public func add(_ count: Int) {
+        guard count > 0 else { return }
+        total.withLock { $0 += UInt64(count) }
+    }
+
+    /// Everything counted so far in this process.
+    public var bytes: UInt64 { total.withLock { $0 } }
 }

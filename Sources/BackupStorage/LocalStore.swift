@@ -96,6 +96,17 @@ public final class LocalStore: BackupStore {
         return reader
     }
 
+    public func objectInfo(_ key: String) throws -> StoredObject {
+        let path = try self.path(for: key)
+        var info = stat()
+        guard stat(path, &info) == 0 else { throw Self.error(errno, path: path, doing: "stat") }
+        guard info.st_mode & S_IFMT == S_IFREG else {
+            throw StorageError(.io, object: path, message: "is not a regular file", hint: "the repository was changed by hand; restore the file from another copy")
+        }
+        return StoredObject(key: key, size: UInt64(info.st_size),
+                            modified: Date(timeIntervalSince1970: TimeInterval(info.st_mtim.tv_sec) + TimeInterval(info.st_mtim.tv_nsec) / 1e9))
+    }
+
     public func delete(_ keys: [String]) throws {
         var touchedDirectories: [String] = []
         for key in keys {
@@ -402,7 +413,10 @@ final class LocalFileReader: ObjectReader {
         if wanted == 0 { return 0 }
         while true {
             let count = Glibc.read(descriptor, buffer.baseAddress, wanted)
-            if count > 0, let left = remaining { remaining = left - UInt64(count) }
+            if count > 0 {
+                RepositoryReads.shared.add(count)
+                if let left = remaining { remaining = left - UInt64(count) }
+            }
             if count == 0, let left = remaining, left > 0 {
                 throw StorageError(.io, object: path, message: "file ends \(left) bytes before the range read from it (truncated)")
             }

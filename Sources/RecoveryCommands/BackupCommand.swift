@@ -132,10 +132,31 @@ public struct WALPushCommand: ToolCommand {
         Compresses and checksums the file and stores it under wal/<timeline>/ atomically, durable \
         before exit 0. Pushing a file that is already archived with the same content succeeds; with \
         different content it fails loudly and keeps the archived copy.
+
+        --async (for high-latency repositories such as S3 over a WAN): the file, and the files \
+        PostgreSQL has marked ready after it, are copied into the spool directory; a background \
+        pusher uploads --jobs of them at once; exit 0 only once this file is stored in the \
+        repository, as without --async.
         """)
 
     @Argument(help: ArgumentHelp("Path of the WAL file (%p).", valueName: "path"))
-    public var path: String
+    public var path: String?
+
+    @Flag(name: .customLong("async"), help: "Queue the file in the spool directory and let a background pusher upload several at once (one repository).")
+    public var async = false
+
+    @Option(name: .customLong("spool"), help: ArgumentHelp("Spool directory for --async (default: [wal] spool in the config file).", valueName: "dir"))
+    public var spool: String?
+
+    @Option(name: .customLong("jobs"), help: ArgumentHelp("--async: files the background pusher uploads at once.", valueName: "n"))
+    public var jobs: Int = 8
+
+    @Option(name: .customLong("timeout"), help: ArgumentHelp("--async: seconds to wait for this file to be stored before failing (PostgreSQL retries).", valueName: "seconds"))
+    public var timeout: Int = 60
+
+    /// The background pusher itself (started by --async; not for people).
+    @Flag(name: .customLong("pusher"), help: .hidden)
+    public var pusher = false
 
     @OptionGroup(title: "Repository") public var repository: RepositoryOptions
     @OptionGroup(title: "Repository") public var encryption: EncryptionWriteOptions
@@ -143,10 +164,39 @@ public struct WALPushCommand: ToolCommand {
 
     public init() {}
 
+    public func validate() throws {
+        if path == nil && !pusher && !config.printConfig { throw ValidationError("wal-push needs the path of the WAL file: archive_command = 'dbbackup wal-push %p --repo …'") }
+        if jobs < 1 { throw ValidationError("--jobs must be at least 1") }
+        if timeout < 1 { throw ValidationError("--timeout must be at least 1 second") }
+        if spool != nil && !async && !pusher { throw ValidationError("--spool is for --async; add --async or drop --spool") }
+    }
+
     public func run(in context: RunContext) throws {
         let settings = context.settings
         if config.printIfAsked(context, connection: nil, repository: repository) { return }
         let addresses = try repository.addresses(settings)
+        if async || pusher {
+            guard addresses.count == 1 else {
+                throw RecoveryError(.usage, "wal-push --async archives into one repository; \(addresses.count) were given",
+                                    hint: "use one archive_command per repository, each with its own --spool")
+            }
+            guard let directory = spool ?? settings.configFile?.walSpool else {
+                throw RecoveryError(.usage, "wal-push --async needs a spool directory", hint: "pass --spool DIR or set [wal] spool in the config file")
+            }
+            let environment = repository.storageEnvironment(settings)
+            let asyncSettings = WALAsyncPush.Settings(spool: directory, repository: addresses[0], jobs: jobs, timeout: TimeInterval(timeout),
+                                                      environment: environment)
+            if pusher {
+                return try WALAsyncPush.drain(settings: asyncSettings, key: try encryption.key(from: repository, writingTo: addresses, settings))
+            }
+            guard let path else { return }   // validate() refused this already
+            // The pusher gets the same repository and key options; secrets stay in the environment it is given.
+            var arguments = ["wal-push", "--pusher", "--spool", directory, "--repo", addresses[0], "--jobs", String(jobs)]
+            if let keyFile = repository.encryptionKeyFile { arguments += ["--encryption-key-file", keyFile] }
+            if encryption.allowMixedEncryption { arguments.append("--allow-mixed-encryption") }
+            return try WALAsyncPush.push(path: path, settings: asyncSettings, pusherArguments: arguments)
+        }
+        guard let path else { return }   // validate() refused this already
         if addresses.count == 1 {
             _ = try WALArchive.push(path: path, repository: addresses[0], key: try encryption.key(from: repository, writingTo: addresses, settings),
                                     environment: repository.storageEnvironment(settings))

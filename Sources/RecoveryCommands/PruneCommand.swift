@@ -85,6 +85,7 @@ public struct PruneCommand: ToolCommand {
             }
             var configuration = PruneConfiguration(repository: address, policy: policy, dryRun: dryRun, now: now, confirm: confirm)
             configuration.environment = repository.storageEnvironment(settings)
+            if let interval = settings.configFile?.reverifyAfter { configuration.reverifyAfter = interval }
             reports.append(try Pruner.run(configuration, progress: output.progress))
         }
         if output.json {
@@ -130,6 +131,7 @@ public struct PruneCommand: ToolCommand {
             output.note("kept backup \(item) (a restore is streaming it; the next dbprune deletes it)")
         }
         for note in report.notes { output.note(note) }
+        if let verification = report.verification { output.note("newest verified: \(verification)") }
         for problem in report.unverified {
             output.note("warning: backup \(problem) — kept only if a rule keeps it; dbverify --files tells more")
         }

@@ -561,10 +561,20 @@ public struct WALFetchCommand: ToolCommand {
         Exit 0: fetched, verified and renamed into place. Exit 1: not in the archive (PostgreSQL ends \
         recovery there). Exit 126: it exists but could not be fetched or verified (PostgreSQL stops \
         recovery rather than ending it early).
+
+        --prefetch N: a background prefetcher downloads the next N segments into the spool \
+        directory (default: dbrecovery-prefetch next to %p, inside pg_wal), and later calls serve \
+        them from there, decompressed and verified as they are served.
         """)
 
     @Argument(help: ArgumentHelp("WAL file name (%f).", valueName: "name")) public var name: String?
     @Argument(help: ArgumentHelp("Where PostgreSQL wants it (%p).", valueName: "path")) public var path: String?
+    @Option(name: .customLong("prefetch"), help: ArgumentHelp("Download this many following segments ahead, in the background.", valueName: "n"))
+    public var prefetch: Int?
+    @Option(name: .customLong("spool"), help: ArgumentHelp("--prefetch: where prefetched segments wait (default: dbrecovery-prefetch next to %p).", valueName: "dir"))
+    public var spool: String?
+    /// The background prefetcher itself (started by --prefetch; not for people).
+    @Flag(name: .customLong("prefetcher"), help: .hidden) var prefetcher = false
     @OptionGroup(title: "Repository") public var repository: RepositoryOptions
     @OptionGroup(title: "Configuration") public var config: ConfigOptions
     /// Anything else on the line (an unquoted path split at a space, a misspelt flag), refused in validate().
@@ -580,7 +590,10 @@ public struct WALFetchCommand: ToolCommand {
             throw RecoveryError(.walFetchFailed, "unexpected arguments \(unexpected.map { "'\($0)'" }.joined(separator: " ")); recovery must stop here",
                                 hint: "shell-quote every value in restore_command (dbrestore --pitr writes it quoted)")
         }
-        if !config.printConfig && (name == nil || path == nil) {
+        if let prefetch, prefetch < 1 {
+            throw RecoveryError(.walFetchFailed, "--prefetch must be at least 1; recovery must stop here", hint: "e.g. --prefetch 8")
+        }
+        if !config.printConfig && !prefetcher && (name == nil || path == nil) {
             throw RecoveryError(.walFetchFailed, "wal-fetch needs the WAL file name and the destination path; recovery must stop here",
                                 hint: "restore_command = 'dbrestore wal-fetch %f %p --repo …'")
         }
@@ -589,11 +602,27 @@ public struct WALFetchCommand: ToolCommand {
     public func run(in context: RunContext) throws {
         try refuseUsageErrors()
         if config.printIfAsked(context, connection: nil, repository: repository) { return }
+        let settings = context.settings
+        let environment = repository.storageEnvironment(settings)
+        if prefetcher, let spool, let prefetch {
+            return try WALPrefetch.run(settings: WALPrefetch.Settings(spool: spool, repository: try repository.address(settings), count: prefetch,
+                                                                      environment: environment))
+        }
         guard let name, let path else { return }   // refuseUsageErrors() refused this already
         let found: Bool
         do {
-            found = try WALArchive.fetch(name: name, destination: path, repository: try repository.address(context.settings),
-                                         key: try repository.cipherKey(context.settings), environment: repository.storageEnvironment(context.settings))
+            if let prefetch {
+                let address = try repository.address(settings)
+                let directory = spool ?? WALPrefetch.defaultSpool(destination: path)
+                // The prefetcher keeps what is stored as it is (encrypted too): it needs no key.
+                let arguments = ["wal-fetch", "--prefetcher", "--spool", directory, "--prefetch", String(prefetch), "--repo", address]
+                found = try WALPrefetch.fetch(name: name, destination: path,
+                                              settings: WALPrefetch.Settings(spool: directory, repository: address, count: prefetch, environment: environment),
+                                              key: try repository.cipherKey(settings), prefetcherArguments: arguments)
+            } else {
+                found = try WALArchive.fetch(name: name, destination: path, repository: try repository.address(settings),
+                                             key: try repository.cipherKey(settings), environment: environment)
+            }
         } catch {
             let cause = RecoveryError.classify(error)
             throw RecoveryError(.walFetchFailed, "cannot fetch WAL file \(name): \(cause.message)", hint: cause.hint)

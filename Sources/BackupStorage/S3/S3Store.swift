@@ -83,21 +83,27 @@ public final class S3Store: BackupStore {
     }
 
     private func makeReader(_ key: String, range: Range<UInt64>?) throws -> ObjectReader {
-        let head = try client.send("HEAD", key: fullKey(key), acceptable: [404])
-        guard head.status != 404 else {
-            throw StorageError(.notFound, object: client.describe(fullKey(key)), message: "no such object")
-        }
-        if let storageClass = head.header("x-amz-storage-class"), ["GLACIER", "DEEP_ARCHIVE"].contains(storageClass),
-           !(head.header("x-amz-restore")?.contains("ongoing-request=\"false\"") ?? false) {
-            throw StorageError(.archived, object: client.describe(fullKey(key)), message: "archived: needs a restore request (storage class \(storageClass))",
-                               hint: S3Client.hint(for: "InvalidObjectState", key: fullKey(key), bucket: client.configuration.bucket))
-        }
-        let size = UInt64(head.header("Content-Length") ?? "0") ?? 0
+        let size = try objectInfo(key).size
         guard let range else { return S3RangeReader(client: client, key: fullKey(key), size: size, chunkSize: client.configuration.partSize) }
         guard range.upperBound <= size else {
             throw StorageError(.remote, object: client.describe(fullKey(key)), message: "object has \(size) bytes, fewer than the range \(range.lowerBound)-\(range.upperBound) read from it (truncated)")
         }
         return S3RangeReader(client: client, key: fullKey(key), size: range.upperBound, chunkSize: client.configuration.partSize, offset: range.lowerBound)
+    }
+
+    /// One HEAD request: the size, and whether the object can be read without a restore request.
+    public func objectInfo(_ key: String) throws -> StoredObject {
+        let head = try client.send("HEAD", key: fullKey(key), acceptable: [404])
+        guard head.status != 404 else {
+            throw StorageError(.notFound, object: client.describe(fullKey(key)), message: "no such object")
+        }
+        let storageClass = head.header("x-amz-storage-class")
+        if let storageClass, ["GLACIER", "DEEP_ARCHIVE"].contains(storageClass),
+           !(head.header("x-amz-restore")?.contains("ongoing-request=\"false\"") ?? false) {
+            throw StorageError(.archived, object: client.describe(fullKey(key)), message: "archived: needs a restore request (storage class \(storageClass))",
+                               hint: S3Client.hint(for: "InvalidObjectState", key: fullKey(key), bucket: client.configuration.bucket))
+        }
+        return StoredObject(key: key, size: UInt64(head.header("Content-Length") ?? "0") ?? 0, modified: nil, storageClass: storageClass)
     }
 
     public func delete(_ keys: [String]) throws {
@@ -451,6 +457,7 @@ final class S3RangeReader: ObjectReader {
             guard offset < size else { return 0 }
             let end = min(size, offset + UInt64(chunkSize)) - 1
             chunk = try client.send("GET", key: key, headers: ["range": "bytes=\(offset)-\(end)"], interruptible: true).body
+            RepositoryReads.shared.add(chunk.count)
             guard chunk.count == Int(end - offset + 1) else {
                 throw StorageError(.remote, object: client.describe(key), message: "ranged GET returned \(chunk.count) bytes, expected \(end - offset + 1)")
             }

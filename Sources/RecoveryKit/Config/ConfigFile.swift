@@ -19,6 +19,11 @@ public struct ConfigFile: Equatable, Sendable {
     public var keepPreRestore: Int?
     /// `[restore] keep_pre_restore_within`: `dbrestore cleanup` also keeps copies younger than this (e.g. `7d`).
     public var keepPreRestoreWithin: String?
+    /// `[prune] reverify_after`: how long dbprune trusts its record of having read a backup in full
+    /// (default 7 days) before it reads the newest backup again.
+    public var reverifyAfter: RetentionDuration?
+    /// `[wal] spool`: the spool directory of `dbbackup wal-push --async`.
+    public var walSpool: String?
     /// `[repositories]`: named repositories (e.g. `local`, `offsite`) that one backup run writes to.
     public var repositories: [String: String] = [:]
 
@@ -44,12 +49,12 @@ public struct ConfigFile: Equatable, Sendable {
             let first = unknown.first ?? []
             if first.count == 1, isTable(first[0], in: data) {
                 throw RecoveryError(.configuration, "config file \(path): unknown section [\(first[0])]",
-                                    hint: "sections: [s3], [retention], [migrations], [restore], [repositories]")
+                                    hint: "sections: [s3], [retention], [migrations], [restore], [prune], [wal], [repositories]")
             }
             let name = first.count == 2 ? "[\(first[0])] \(first[1])" : first.joined(separator: ".")
             let allowed = first.count == 2 ? Document.allowed[first[0]] ?? [] : Document.topLevel
             throw RecoveryError(.configuration, "config file \(path): unknown key \(name)",
-                                hint: "allowed: \(allowed.joined(separator: ", "))\(first.count == 2 ? "" : " and sections [s3], [retention], [migrations], [restore], [repositories]")")
+                                hint: "allowed: \(allowed.joined(separator: ", "))\(first.count == 2 ? "" : " and sections [s3], [retention], [migrations], [restore], [prune], [wal], [repositories]")")
         } catch let error as DecodingError {
             throw RecoveryError(.configuration, "config file \(path): \(describe(error))", hint: "see the example config (config.example.toml)")
         }
@@ -69,6 +74,14 @@ public struct ConfigFile: Equatable, Sendable {
         config.keepPreRestore = document.restore?.keepPreRestore
         config.keepPreRestoreWithin = document.restore?.keepPreRestoreWithin
         config.repositories = document.repositories ?? [:]
+        config.walSpool = document.wal?.spool
+        if let written = document.prune?.reverifyAfter {
+            guard let duration = RetentionDuration.parse(written) else {
+                throw RecoveryError(.configuration, "config file \(path): [prune] reverify_after = \"\(written)\" is not a duration",
+                                    hint: "write hours, days or weeks, e.g. reverify_after = \"7d\"")
+            }
+            config.reverifyAfter = duration
+        }
         return config
     }
 
@@ -113,15 +126,22 @@ public struct ConfigFile: Equatable, Sendable {
         var migrations: Migrations?
         var restore: Restore?
         var repositories: [String: String]?
+        var prune: Prune?
+        var wal: WAL?
 
         enum CodingKeys: String, CodingKey {
             case databaseURL = "database_url", repo, pgBin = "pg_bin", metricsFile = "metrics_file", notifyURL = "notify_url"
-            case s3, retention, migrations, restore, repositories
+            case s3, retention, migrations, restore, repositories, prune, wal
         }
 
         struct S3: Decodable { var endpoint: String?; var region: String? }
         struct Retention: Decodable { var policy: String? }
         struct Migrations: Decodable { var dir: String? }
+        struct Prune: Decodable {
+            var reverifyAfter: String?
+            enum CodingKeys: String, CodingKey { case reverifyAfter = "reverify_after" }
+        }
+        struct WAL: Decodable { var spool: String? }
         struct Restore: Decodable {
             var keepPreRestore: Int?
             var keepPreRestoreWithin: String?
@@ -131,7 +151,7 @@ public struct ConfigFile: Equatable, Sendable {
         /// For messages: what each section and the top level accept.
         static let topLevel = ["database_url", "repo", "pg_bin", "metrics_file", "notify_url"]
         static let allowed = ["s3": ["endpoint", "region"], "retention": ["policy"], "migrations": ["dir"],
-                              "restore": ["keep_pre_restore", "keep_pre_restore_within"]]
+                              "restore": ["keep_pre_restore", "keep_pre_restore_within"], "prune": ["reverify_after"], "wal": ["spool"]]
     }
 
     public init(path: String) {

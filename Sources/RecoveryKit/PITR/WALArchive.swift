@@ -99,7 +99,12 @@ public enum WALArchive {
         } catch let error as StorageError where error.kind == .notFound {
             return false
         }
-        let data = try decompress(compressed, name: name, objectKey: key, cipherKey: cipherKey)
+        try install(try decompress(compressed, name: name, objectKey: key, cipherKey: cipherKey), at: destination)
+        return true
+    }
+
+    /// Writes a verified WAL file where restore_command was asked to: a temporary file, then a rename.
+    static func install(_ data: Data, at destination: String) throws {
         let temporary = destination + ".dbrecovery-partial"
         guard FileManager.default.createFile(atPath: temporary, contents: data) else {
             throw RecoveryError(.failure, "cannot write \(temporary)")
@@ -108,7 +113,6 @@ public enum WALArchive {
             unlink(temporary)
             throw RecoveryError(.failure, "cannot rename \(temporary) to \(destination): \(String(cString: strerror(errno)))")
         }
-        return true
     }
 
     static func decompress(_ stored: Data, name: String, objectKey: String, cipherKey: RepositoryKey?) throws -> Data {

@@ -27,11 +27,16 @@ enum CandidateSelection {
     /// One repository, normal mode: the named backup (its files are checked first only when `depth`
     /// is `.full`, for `--dry-run`; a real restore checks them while it streams). Otherwise every
     /// candidate (newest first; in normal mode only the named one) is checked in each repository
-    /// that holds it, fastest first, until a copy verifies.
+    /// that holds it, fastest first, until a copy passes.
+    ///
+    /// A restore passes `.size`: each file's size from a stat or HEAD, nothing read, so every byte
+    /// of the backup is read once, by the restore's own stream, which checks the sha256 at its end
+    /// and falls back to the next candidate when it does not match (`LogicalRestore.execute`).
     ///
     /// - Parameters:
+    ///   - excluding: backup ids (every copy) or candidate labels (`label(_:in:)`: one copy) not to try.
     ///   - skipped: candidates already passed over (reported again, with the new ones).
-    ///   - depth: `.checksum` (fast), or `.full` to decompress the whole gzip stream too.
+    ///   - depth: `.size` (reads nothing), `.checksum`, or `.full` to decompress the whole gzip stream too.
     /// - Throws: `RecoveryError` — `.backupNotFound` (nothing left, naming what was skipped and why),
     ///   `.backupCorrupt` (normal mode: the named backup does not verify), or the repository's error.
     static func choose(_ configuration: RestoreConfiguration, excluding: Set<String> = [], skipped: [RestorePlan.Skipped] = [],
@@ -83,8 +88,8 @@ enum CandidateSelection {
         let alreadySkipped = Set(skipped.map(\.id))
         for id in holders.keys.sorted(by: >) where !excluding.contains(id) {
             for (address, store, entry) in holders[id] ?? [] {
-                let label = stores.count > 1 ? "\(id) in \(address)" : id
-                if alreadySkipped.contains(label) { continue }
+                let label = label(id, in: address, of: configuration)
+                if alreadySkipped.contains(label) || excluding.contains(label) { continue }
                 guard let manifest = entry.manifest else {
                     skipped.append(.init(id: label, reason: entry.problem ?? "manifest unreadable"))
                     timeline?.note("skip backup \(label)", outcome: entry.problem ?? "manifest unreadable")
@@ -101,10 +106,10 @@ enum CandidateSelection {
                 }
                 let reason: String
                 do {
-                    // Checksums only unless asked: fast, and a damaged file is caught again while streaming.
                     let check = try FileVerifier.verify(manifest, in: store, depth: depth, cipherKey: configuration.key)
                     if check.ok {
-                        timeline?.note("chose backup \(manifest.id) from \(address) (files verify)")
+                        timeline?.note("chose backup \(manifest.id) from \(address) "
+                                       + (depth == .size ? "(files present, sizes match; the sha256 is checked as it streams)" : "(files verify)"))
                         return Choice(manifest: manifest, repository: address, skipped: skipped)
                     }
                     reason = check.firstProblem ?? "files do not verify"
@@ -117,6 +122,12 @@ enum CandidateSelection {
             }
         }
         throw noneLeft(configuration, stores: stores.map(\.0), skipped: skipped)
+    }
+
+    /// How a candidate copy is named in `skipped` and `excluding`: the id, with the repository when
+    /// the restore was given several (each holds its own copy, damaged or not).
+    static func label(_ id: String, in address: String, of configuration: RestoreConfiguration) -> String {
+        configuration.repositories.count > 1 ? "\(id) in \(address)" : id
     }
 
     /// The error when every candidate was passed over, naming each and why.

@@ -65,6 +65,8 @@ public struct RestorePlan: Codable, Sendable {
     public var backupRelease: String?
     public var backupSchemaVersion: String?
     public var backupRows: Int64
+    /// The chosen backup's files as stored (compressed, encrypted): what a restore reads.
+    public var backupStoredBytes: Int64 = 0
     public var server: String
     public var targetDatabase: String
     public var targetExists: Bool
@@ -136,6 +138,9 @@ public struct RestoreReport: Codable, Sendable {
     public var timeline: [Timeline.Step]
     public var incidentFile: String?
     public var outcome: String
+    /// Bytes of backup files this run streamed from the repository, every candidate tried included
+    /// (manifests and lock records not counted): the chosen backup's stored size when nothing failed.
+    public var bytesRead: UInt64 = 0
 }
 
 /// Verified logical restore: into a scratch database, verified there, then swapped in.
@@ -153,7 +158,8 @@ public enum LogicalRestore {
         let database = configuration.target.databaseName
         let choice: CandidateSelection.Choice
         do {
-            choice = try CandidateSelection.choose(configuration, depth: configuration.dryRun ? .full : .checksum, timeline: timeline)
+            // A real restore reads nothing to choose: the one streaming pass checks the sha256.
+            choice = try CandidateSelection.choose(configuration, depth: configuration.dryRun ? .full : .size, timeline: timeline)
         } catch {
             if configuration.mode == .emergency && !configuration.dryRun, let timeline { recordFailedSearch(error, configuration, timeline: timeline) }
             throw error
@@ -196,11 +202,13 @@ public enum LogicalRestore {
                                progress: ProgressObserver? = nil) throws -> RestoreReport {
         var plan = plan
         var verification: RowCountVerifier.Report?
+        let readBefore = RepositoryReads.shared.bytes
         func report(_ outcome: String) -> RestoreReport {
             let finished = Date()
             return RestoreReport(plan: plan, startedAt: timeline.startedAt, finishedAt: finished,
                                  durationSeconds: (finished.timeIntervalSince(timeline.startedAt) * 1000).rounded() / 1000,
-                                 verification: verification, timeline: timeline.steps, incidentFile: nil, outcome: outcome)
+                                 verification: verification, timeline: timeline.steps, incidentFile: nil, outcome: outcome,
+                                 bytesRead: RepositoryReads.shared.bytes - readBefore)
         }
         var store = try Repository.open(plan.repository, create: false, environment: configuration.environment)
         do {
@@ -212,6 +220,8 @@ public enum LogicalRestore {
             if let note = plan.versionNote { timeline.note("backup \(plan.backupID)", outcome: note) }
             var outcome: String
             var latestGone = 0
+            var excluded: Set<String> = []
+            var onlyDamagedFiles = true
             while true {
                 var reachedSwap = false
                 do {
@@ -224,22 +234,31 @@ public enum LogicalRestore {
                     // meanwhile): the newest one now is what was asked for. Nothing was created yet.
                     latestGone += 1
                     timeline.note("backup \(plan.backupID)", outcome: "\(gone.message); taking the newest again")
-                    let newest = try CandidateSelection.choose(configuration, depth: .checksum, timeline: timeline)
+                    let newest = try CandidateSelection.choose(configuration, depth: .size, timeline: timeline)
                     plan.choose(newest)
                     try plan.checkMajors(newest.manifest, into: PostgresMajor(serverVersionNumber: admin.serverVersionNumber), tools: configuration.tools)
                     store = try Repository.open(plan.repository, create: false, environment: configuration.environment)
                 } catch {
-                    guard configuration.mode != .normal, !reachedSwap, isCandidateFailure(error, admin: admin) else { throw error }
+                    // A damaged file (sha256, size or gzip stream, found while streaming) is this copy's
+                    // fault: another repository's copy of the same backup may be whole, also for a normal restore.
+                    let damagedCopy = RecoveryError.classify(error).code == .backupCorrupt
+                    guard configuration.mode != .normal || (damagedCopy && configuration.repositories.count > 1),
+                          !reachedSwap, isCandidateFailure(error, admin: admin) else { throw error }
                     let reason = RecoveryError.classify(error).message
-                    plan.skipped.append(.init(id: plan.backupID, reason: reason))
-                    timeline.note("skip backup \(plan.backupID)", outcome: reason)
+                    let label = CandidateSelection.label(plan.backupID, in: plan.repository, of: configuration)
+                    plan.skipped.append(.init(id: label, reason: reason))
+                    timeline.note("skip backup \(label)", outcome: reason)
                     verification = nil
-                    let tried = Set(plan.skipped.map(\.id))
+                    onlyDamagedFiles = onlyDamagedFiles && damagedCopy
+                    // A replay or verification failure would repeat with any copy of the backup: skip them all.
+                    excluded.insert(damagedCopy ? label : plan.backupID)
                     let next: CandidateSelection.Choice
                     do {
-                        next = try CandidateSelection.choose(configuration, excluding: tried, skipped: plan.skipped, depth: .checksum, timeline: timeline)
-                    } catch let none as RecoveryError where none.code == .backupNotFound {
-                        // At least one candidate was tried and failed: the run failed as a restore.
+                        next = try CandidateSelection.choose(configuration, excluding: excluded, skipped: plan.skipped, depth: .size, timeline: timeline)
+                    } catch let none as RecoveryError where none.code == .backupNotFound || none.code == .backupCorrupt {
+                        // Only damaged files so far: no usable backup, as when damage is found before streaming.
+                        if onlyDamagedFiles { throw none }
+                        // A candidate was replayed and failed: the run failed as a restore.
                         throw RecoveryError(.restoreFailed, none.message, hint: "\(plan.targetDatabase) was not touched; " + (none.hint ?? ""))
                     }
                     plan.choose(next)
@@ -507,6 +526,7 @@ extension RestorePlan {
         backupRelease = manifest.release
         backupSchemaVersion = manifest.schemaVersion
         backupRows = manifest.totalRows
+        backupStoredBytes = Int64(manifest.storedBytes)
         skipped = choice.skipped
         databaseProperties = manifest.databaseProperties?.maskedForDisplay
         warnings = manifest.databaseProperties != nil || mode == .drill ? [] : [

@@ -28,20 +28,29 @@ enum StoredFileStream {
         var stored: UInt64 = 0
         let decompressor = try GzipDecompressor(sink: sink)
         let decryptor = decryptKey.map { key in StreamDecryptor(key: key, object: manifest.key(of: file)) { try decompressor.write($0) } }
-        do {
-            try ObjectStreaming.forEachChunk(of: reader) { chunk in
-                digest.update(chunk)
-                stored += UInt64(chunk.count)
-                if let decryptor { try decryptor.write(chunk) } else { try decompressor.write(chunk) }
-                progress?.progress(phase: "\(phase) \(manifest.id) \(file.name)", bytes: stored, total: file.storedBytes, estimated: false)
+        // Damaged gzip data stops the replay at once, but the rest of the file is still hashed (and
+        // read this once only): a sha256 that differs says the stored file changed after the backup,
+        // one that matches says the backup was written damaged.
+        var gzipDamage: GzipError?
+        try ObjectStreaming.forEachChunk(of: reader) { chunk in
+            digest.update(chunk)
+            stored += UInt64(chunk.count)
+            if gzipDamage == nil {
+                do {
+                    if let decryptor { try decryptor.write(chunk) } else { try decompressor.write(chunk) }
+                } catch let error as GzipError { gzipDamage = error }
             }
+            progress?.progress(phase: "\(phase) \(manifest.id) \(file.name)", bytes: stored, total: file.storedBytes, estimated: false)
+        }
+        guard stored == file.storedBytes, digest.hexDigest() == file.sha256 else {
+            throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name) does not match its sha256 (file damaged)", hint: hint)
+        }
+        do {
+            if let gzipDamage { throw gzipDamage }
             try decryptor?.finish()
             try decompressor.finish()
         } catch let error as GzipError {
             throw RecoveryError(.backupCorrupt, "backup \(manifest.id) is damaged: \(file.name): \(error)", hint: hint)
-        }
-        guard stored == file.storedBytes, digest.hexDigest() == file.sha256 else {
-            throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name) does not match its sha256 (file damaged)", hint: hint)
         }
     }
 

@@ -9,6 +9,9 @@ public struct PruneConfiguration {
     public var policy: RetentionPolicy
     public var dryRun: Bool
     public var now: Date
+    /// How long a backup's verification record (`verified-at.json`) spares re-reading it
+    /// (`[prune] reverify_after` in the config file).
+    public var reverifyAfter: RetentionDuration = VerificationRecord.defaultInterval
     /// Called with the plan (under the lock, before anything is deleted) when the run would delete
     /// something; throwing stops the run with nothing changed. Nil: no confirmation needed.
     public var confirm: ((PruneReport) throws -> Void)?
@@ -47,6 +50,8 @@ public struct PruneReport: Codable, Sendable {
     public var wal: WALRetention.Plan
     /// Backups newer than the newest one that verifies, with why they do not.
     public var unverified: [String]
+    /// How the newest backup that verifies was found to: read in full now, or its recent record.
+    public var verification: String?
     /// Backups the plan would delete but a restore is reading (reader lock): kept this time.
     public var beingRead: [String] = []
     /// What the run cleaned up or could not (stale locks removed, a failed lock release).
@@ -107,10 +112,32 @@ public enum Pruner {
         let manifests = entries.compactMap(\.manifest)
         var newestVerified: String?
         var unverified: [String] = []
+        var verification: String?
+        let listing = Dictionary(objects.map { ($0.key, $0) }, uniquingKeysWith: { first, _ in first })
         for manifest in manifests {
+            // A recent record of a full read, with every file unchanged since, spares reading it again.
+            let record = VerificationRecord.load(for: manifest, in: store, listing: listing)
+            let staleness = record.map { $0.staleness(for: manifest, listing: listing, now: configuration.now, interval: configuration.reverifyAfter) }
+            if let record, staleness == .some(nil) {
+                newestVerified = manifest.id
+                verification = "backup \(manifest.id): verified \(Timestamp.format(record.verifiedAt)) (its record in the repository; "
+                    + "read again after \(configuration.reverifyAfter.text) or when a file changes)"
+                break
+            }
             let check = try FileVerifier.verify(manifest, in: store, depth: .checksum, progress: progress)
             if check.ok {
                 newestVerified = manifest.id
+                verification = "backup \(manifest.id): read in full, sha256 and size match"
+                    + (staleness.flatMap { $0 }.map { " (record not used: \($0))" } ?? " (no record yet)")
+                if !configuration.dryRun {
+                    // Best effort: without the record the next run reads the backup again, nothing worse.
+                    do {
+                        let data = try JSONOutput.encoder().encode(VerificationRecord(manifest: manifest, listing: listing, at: configuration.now))
+                        try store.write(VerificationRecord.key(of: manifest), contents: data)
+                    } catch {
+                        verification? += "; the record could not be written: \(RecoveryError.classify(error).message)"
+                    }
+                }
                 break
             }
             unverified.append("\(manifest.id): \(check.firstProblem ?? "does not verify")")
@@ -153,7 +180,7 @@ public enum Pruner {
 
         let unreadable = entries.filter { $0.manifest == nil }.map { "\($0.id): \($0.problem ?? "unreadable")" }
         var report = PruneReport(repository: store.location, tier: tierName, dryRun: configuration.dryRun, decisions: decisions,
-                                 unreadable: unreadable, garbage: garbage, wal: wal, unverified: unverified)
+                                 unreadable: unreadable, garbage: garbage, wal: wal, unverified: unverified, verification: verification)
         if !configuration.dryRun, let confirm = configuration.confirm,
            report.deleted > 0 || !wal.delete.isEmpty || garbage.contains(where: { $0.action == "delete" }) {
             try confirm(report)

@@ -6,6 +6,9 @@ import Gzip
 public enum FileVerifier {
     /// How deep to look.
     public enum Depth: Sendable {
+        /// Stored size only, from a `stat` or HEAD: reads no data. A restore chooses its candidate
+        /// this way and checks the sha256 on its one streaming pass.
+        case size
         /// sha256 and stored size only: fast, catches any changed byte.
         case checksum
         /// sha256, stored size, and the whole gzip stream decompressed (raw size and CRC).
@@ -42,7 +45,7 @@ public enum FileVerifier {
         for file in manifest.files {
             // An encrypted file without its key can still be checked against its sha256.
             let key = file.encryptionKeyFingerprint == nil ? nil : cipherKey
-            let fileDepth = file.encryptionKeyFingerprint != nil && key == nil ? .checksum : depth
+            let fileDepth = file.encryptionKeyFingerprint != nil && key == nil && depth == .full ? .checksum : depth
             if let key, key.fingerprint != file.encryptionKeyFingerprint {
                 results.append(FileResult(name: file.name, ok: false, problem: "encrypted with another key (fingerprint \(file.encryptionKeyFingerprint ?? ""))"))
                 continue
@@ -57,6 +60,7 @@ public enum FileVerifier {
                                cipherKey: RepositoryKey?, phase: String, progress: ProgressObserver?) throws -> FileResult {
         let reader: ObjectReader
         do {
+            if depth == .size { return sizeResult(file, stored: try store.objectInfo(key).size) ?? FileResult(name: file.name, ok: true, problem: nil) }
             reader = try store.makeReader(key)
         } catch let error as StorageError where error.kind == .notFound {
             return FileResult(name: file.name, ok: false, problem: "file is missing")
@@ -80,10 +84,7 @@ public enum FileVerifier {
             progress?.progress(phase: phase, bytes: stored, total: file.storedBytes, estimated: false)
         }
         progress?.finished()
-        if stored != file.storedBytes {
-            return FileResult(name: file.name, ok: false,
-                              problem: "size is \(stored) bytes, manifest says \(file.storedBytes) (truncated or replaced)")
-        }
+        if let wrongSize = sizeResult(file, stored: stored) { return wrongSize }
         if digest.hexDigest() != file.sha256 {
             return FileResult(name: file.name, ok: false, problem: "sha256 does not match the manifest (file damaged)")
         }
@@ -101,5 +102,13 @@ public enum FileVerifier {
             }
         }
         return FileResult(name: file.name, ok: true, problem: nil)
+    }
+}
+
+extension FileVerifier {
+    /// The verdict when a file's stored size is not the manifest's, nil when it is.
+    static func sizeResult(_ file: BackupManifest.File, stored: UInt64) -> FileResult? {
+        guard stored != file.storedBytes else { return nil }
+        return FileResult(name: file.name, ok: false, problem: "size is \(stored) bytes, manifest says \(file.storedBytes) (truncated or replaced)")
     }
 }

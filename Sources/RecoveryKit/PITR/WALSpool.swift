@@ -1,0 +1,154 @@
+import BackupStorage
+import Foundation
+import ProcessSignals
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A local directory where WAL waits between PostgreSQL and the repository: `wal-push --async`
+/// queues segments and status files in it, `wal-fetch --prefetch` keeps segments it downloaded
+/// ahead. Its files are written with `LocalStore` (atomic rename, fsync), so a crash leaves whole
+/// files or none.
+///
+/// A spool belongs to one repository (recorded in `repository`): a segment queued for, or
+/// prefetched from, one repository must never be acknowledged against or served from another.
+struct WALSpool {
+    let directory: String
+    let files: LocalStore
+
+    /// Opens (creating) the spool and checks it serves `repository`.
+    ///
+    /// - Parameter resetOnMismatch: a prefetch spool is only a cache and is emptied when the
+    ///   repository changed; a push spool holds acknowledgements and refuses instead.
+    /// - Throws: `RecoveryError(.usage)` when the spool belongs to another repository.
+    init(_ directory: String, repository: String, resetOnMismatch: Bool) throws {
+        do {
+            files = try LocalStore(root: directory, create: true)
+        } catch let error as StorageError {
+            throw RecoveryError(.usage, "spool directory \(directory) cannot be used: \(error.message)",
+                                hint: "give --spool a local directory the PostgreSQL user may write")
+        }
+        self.directory = files.root
+        let recorded = (try? files.read(Self.repositoryKey)).map { String(decoding: $0, as: UTF8.self) }
+        if let recorded, recorded != repository {
+            guard resetOnMismatch else {
+                throw RecoveryError(.usage, "spool \(self.directory) belongs to repository \(recorded), not \(repository)",
+                                    hint: "give each repository its own --spool directory")
+            }
+            try files.delete(try files.list(prefix: "").map(\.key).filter { !$0.hasSuffix(".lock") })
+        }
+        if recorded != repository { try files.write(Self.repositoryKey, contents: Data(repository.utf8)) }
+    }
+
+    private static let repositoryKey = "repository"
+
+    func path(_ key: String) -> String { directory + "/" + key }
+
+    func exists(_ key: String) -> Bool { (try? files.objectInfo(key)) != nil }
+
+    /// The WAL file names stored under `prefix` (`queue/`), without their suffix, sorted.
+    func names(under prefix: String, suffix: String = "") throws -> [String] {
+        try files.list(prefix: prefix).map { String($0.key.dropFirst(prefix.count)) }
+            .filter { $0.hasSuffix(suffix) && !$0.contains(".partial-") && !$0.contains("/") }
+            .map { String($0.dropLast(suffix.count)) }.sorted()
+    }
+
+    /// An exclusive `flock` on `name` held until `release()` (or the process ends, however it ends):
+    /// one background worker per spool.
+    final class Lock {
+        private var descriptor: Int32
+
+        fileprivate init(descriptor: Int32) { self.descriptor = descriptor }
+
+        func release() {
+            if descriptor >= 0 { close(descriptor) }
+            descriptor = -1
+        }
+
+        deinit { release() }
+    }
+
+    /// Takes the lock without waiting; nil when another process holds it.
+    func tryLock(_ name: String) throws -> Lock? {
+        let descriptor = open(path(name), O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard descriptor >= 0 else {
+            throw RecoveryError(.failure, "cannot open \(path(name)): \(String(cString: strerror(errno)))")
+        }
+        guard flock(descriptor, LOCK_EX | LOCK_NB) == 0 else {
+            close(descriptor)
+            return nil
+        }
+        return Lock(descriptor: descriptor)
+    }
+
+    /// Whether a worker holds `name` now.
+    func isLocked(_ name: String) throws -> Bool {
+        guard let lock = try tryLock(name) else { return true }
+        lock.release()
+        return false
+    }
+
+    /// Starts this executable with `arguments` in a new session, detached from the caller (stdin
+    /// and stdout closed, stderr appended to `log` in the spool), so that it outlives the
+    /// archive_command or restore_command call that started it. Arguments never hold secrets:
+    /// keys and credentials reach the worker through `environment` or a key file path.
+    func startDetached(_ arguments: [String], environment: [String: String], log: String) throws {
+        let executable = PointInTimeRestore.runningExecutable()
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        // POSIX_SPAWN_SETSID (glibc 2.26+), not exported to Swift: a session of its own, so that
+        // signals to the caller's process group (the archiver's) do not reach it.
+        posix_spawnattr_setflags(&attributes, 0x80)
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 2, path(log), O_WRONLY | O_CREAT | O_APPEND, 0o600)
+        let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        // The storage environment of this run (S3 endpoint and region as resolved from flags and config).
+        let environ: [UnsafeMutablePointer<CChar>?] = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { environ.forEach { free($0) } }
+        var pid: pid_t = 0
+        let status = posix_spawn(&pid, executable, &actions, &attributes, argv, environ)
+        guard status == 0 else {
+            throw RecoveryError(.failure, "cannot start the background WAL worker \(executable): \(String(cString: strerror(status)))")
+        }
+    }
+}
+
+/// Runs `work` on `jobs` threads at once and waits for all of them.
+enum WorkerThreads {
+    static func run(_ jobs: Int, _ work: @escaping @Sendable (Int) -> Void) {
+        let group = DispatchGroup()
+        for index in 0..<max(1, jobs) {
+            group.enter()
+            Thread.detachNewThread {
+                work(index)
+                group.leave()
+            }
+        }
+        group.wait()
+    }
+}
+
+/// The names a pool of workers has taken, so that no two take the same one.
+final class Claims: Sendable {
+    private let taken = Mutex<Set<String>>([])
+
+    /// Takes the first of `names` nobody has taken; nil when all are.
+    func claim(from names: [String]) -> String? {
+        taken.withLock { taken in
+            guard let name = names.first(where: { !taken.contains($0) }) else { return nil }
+            taken.insert(name)
+            return name
+        }
+    }
+
+    func release(_ name: String) {
+        _ = taken.withLock { $0.remove(name) }
+    }
+}

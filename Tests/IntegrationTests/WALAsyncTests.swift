@@ -1,0 +1,180 @@
+@testable import BackupStorage
+import Foundation
+import RecoveryKit
+import TestSupport
+import XCTest
+
+/// Issue 21 item 4: `wal-push --async` through S3 with 50 ms added to every request acknowledges
+/// a segment (exit 0) only once it is stored, byte-exact; a killed pusher acknowledges nothing it
+/// did not store and a rerun finishes; `wal-fetch --prefetch` serves exactly what was archived.
+final class WALAsyncTests: XCTestCase {
+    var s3: S3Server!
+    var bucket: String!
+    var work: String!
+
+    override func setUpWithError() throws {
+        s3 = try S3Server.shared()
+        bucket = try s3.createBucket()
+        work = TestPaths.temporaryDirectory(prefix: "walasync")
+    }
+
+    private var repository: String { "s3://\(bucket!)/wal" }
+
+    private func store() throws -> S3Store {
+        S3Store(configuration: try S3Settings.configuration(bucket: bucket, environment: s3.environment()), prefix: "wal")
+    }
+
+    /// `count` segments of 256 KiB (distinct, partly compressible) in a pg_wal-like directory, each
+    /// marked ready as PostgreSQL marks them.
+    private func makeSegments(_ count: Int) throws -> [String] {
+        let directory = work + "/pg_wal"
+        try FileManager.default.createDirectory(atPath: directory + "/archive_status", withIntermediateDirectories: true)
+        return try (1...count).map { index in
+            let name = String(format: "00000001000000000000%04X", index)
+            var generator = SystemRandomNumberGenerator()
+            let bytes = (0..<262_144).map { offset in offset % 4 == 0 ? UInt8.random(in: 0...255, using: &generator) : UInt8(truncatingIfNeeded: index) }
+            try Data(bytes).write(to: URL(fileURLWithPath: "\(directory)/\(name)"))
+            _ = FileManager.default.createFile(atPath: "\(directory)/archive_status/\(name).ready", contents: nil)
+            return name
+        }
+    }
+
+    /// What the archive holds for `name`, read past the proxy and decompressed by gzip itself; nil when nothing.
+    private func archived(_ name: String) throws -> Data? {
+        guard let stored = try? store().read(try WALArchive.key(for: name)) else { return nil }
+        let compressed = "\(work!)/\(name).archived.gz"
+        try stored.write(to: URL(fileURLWithPath: compressed))
+        let gunzip = try TestProcess.run("/bin/gzip", ["-df", compressed])
+        XCTAssertEqual(gunzip.status, 0, "\(name): \(gunzip.standardError)")
+        defer { try? FileManager.default.removeItem(atPath: "\(work!)/\(name).archived") }
+        return FileManager.default.contents(atPath: "\(work!)/\(name).archived")
+    }
+
+    /// One archive_command call, as PostgreSQL makes it; on success the segment is marked done.
+    private func push(_ name: String, proxy: FaultProxy, spool: String, timeout: Int = 60) throws -> TestProcess.Result {
+        let result = try TestProcess.tool("dbbackup", ["wal-push", "\(work!)/pg_wal/\(name)", "--async", "--spool", spool, "--repo", repository,
+                                                       "--jobs", "8", "--timeout", String(timeout)],
+                                          environment: s3.environment(endpoint: proxy.endpoint))
+        if result.status == 0 {
+            try? FileManager.default.moveItem(atPath: "\(work!)/pg_wal/archive_status/\(name).ready", toPath: "\(work!)/pg_wal/archive_status/\(name).done")
+        }
+        return result
+    }
+
+    func testAsyncPushAt50msAcknowledgesEverySegmentOnlyOnceStored() throws {
+        let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--delay", "0.05"])
+        defer { proxy.stop() }
+        let names = try makeSegments(20)
+        let spool = work + "/spool"
+        for name in names {
+            let result = try push(name, proxy: proxy, spool: spool)
+            XCTAssertEqual(result.status, 0, result.standardError)
+            // Acknowledged means stored: checked at once, past the proxy, byte for byte.
+            XCTAssertEqual(try archived(name), FileManager.default.contents(atPath: "\(work!)/pg_wal/\(name)"), "\(name) acknowledged but not stored")
+        }
+        XCTAssertEqual((try? FileManager.default.contentsOfDirectory(atPath: spool + "/queue")) ?? [], [], "nothing left queued")
+    }
+
+    func testAKilledPusherAcknowledgesNothingUnstoredAndARerunFinishes() throws {
+        // Slow enough (0.3 s per request) that the segments read ahead are still uploading when the pusher is killed.
+        let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--delay", "0.3"])
+        defer { proxy.stop() }
+        let names = try makeSegments(12)
+        let spool = work + "/spool"
+        XCTAssertEqual(try push(names[0], proxy: proxy, spool: spool).status, 0)
+        let pid = try XCTUnwrap(Int32(String(decoding: try Data(contentsOf: URL(fileURLWithPath: spool + "/pusher.pid")), as: UTF8.self)))
+        XCTAssertEqual(kill(pid, SIGKILL), 0)
+        let queued = (try? FileManager.default.contentsOfDirectory(atPath: spool + "/queue")) ?? []
+        XCTAssertFalse(queued.isEmpty, "the pusher was killed with segments still queued (read ahead from archive_status)")
+        // Every verdict the killed pusher wrote names a stored segment (it may have died between
+        // writing a verdict and removing that queue file).
+        for verdict in (try? FileManager.default.contentsOfDirectory(atPath: spool + "/status")) ?? [] where verdict.hasSuffix(".ok") {
+            let name = String(verdict.dropLast(3))
+            XCTAssertEqual(try archived(name), FileManager.default.contents(atPath: "\(work!)/pg_wal/\(name)"), "\(name) has .ok but is not stored")
+        }
+        // PostgreSQL goes on calling (with a short timeout some calls may fail: it retries those);
+        // every exit 0 is a stored segment, and the calls start a new pusher for what the old one left.
+        var acknowledged: Set<String> = [names[0]]
+        for round in 0..<3 {
+            for name in names where !acknowledged.contains(name) {
+                let result = try push(name, proxy: proxy, spool: spool, timeout: round == 0 ? 2 : 60)
+                if result.status == 0 {
+                    acknowledged.insert(name)
+                    XCTAssertEqual(try archived(name), FileManager.default.contents(atPath: "\(work!)/pg_wal/\(name)"), "\(name) acknowledged but not stored")
+                } else {
+                    XCTAssertEqual(result.status, ExitStatus.repositoryError.rawValue, result.standardError)
+                    XCTAssertTrue(result.standardError.contains("was not archived"), result.standardError)
+                }
+            }
+        }
+        XCTAssertEqual(acknowledged.count, names.count, "the rerun finishes")
+        for name in names {
+            XCTAssertEqual(try archived(name), FileManager.default.contents(atPath: "\(work!)/pg_wal/\(name)"), "\(name) stored byte-exact")
+        }
+    }
+
+    func testAPushErrorIsReportedAndNotAcknowledged() throws {
+        let proxy = try FaultProxy(upstreamPort: s3.port, arguments: [])
+        defer { proxy.stop() }
+        let names = try makeSegments(1)
+        let spool = work + "/spool"
+        // The same name already archived with other content: the pusher's error reaches archive_command.
+        try store().write(try WALArchive.key(for: names[0]), contents: Data("not this segment".utf8))
+        let result = try push(names[0], proxy: proxy, spool: spool, timeout: 20)
+        XCTAssertEqual(result.status, ExitStatus.repositoryError.rawValue, result.standardError)
+        XCTAssertTrue(result.standardError.contains("was not archived"), result.standardError)
+
+        let other = try TestProcess.tool("dbbackup", ["wal-push", "\(work!)/pg_wal/\(names[0])", "--async", "--spool", spool, "--repo", "\(work!)/elsewhere"])
+        XCTAssertEqual(other.status, ExitStatus.usage.rawValue, "a spool serves one repository: \(other.standardError)")
+    }
+
+    func testTheSpoolComesFromTheFlagOrTheConfigFile() throws {
+        let names = try makeSegments(1)
+        let local = work + "/repo"
+        let missing = try TestProcess.tool("dbbackup", ["wal-push", "\(work!)/pg_wal/\(names[0])", "--async", "--repo", local])
+        XCTAssertEqual(missing.status, ExitStatus.usage.rawValue, missing.standardError)
+        XCTAssertTrue(missing.standardError.contains("[wal] spool"), missing.standardError)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: local + "/wal"), "nothing archived")
+
+        let config = work + "/config.toml"
+        try "[wal]\nspool = \"\(work!)/configured-spool\"\n".write(toFile: config, atomically: true, encoding: .utf8)
+        let pushed = try TestProcess.tool("dbbackup", ["wal-push", "\(work!)/pg_wal/\(names[0])", "--async", "--repo", local],
+                                          environment: ["DBRECOVERY_CONFIG": config])
+        XCTAssertEqual(pushed.status, 0, pushed.standardError)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "\(local)/\(try WALArchive.key(for: names[0]))"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: work + "/configured-spool/repository"))
+    }
+
+    func testPrefetchServesExactlyWhatWasArchived() throws {
+        let names = try makeSegments(12)
+        for name in names {
+            let result = try TestProcess.tool("dbbackup", ["wal-push", "\(work!)/pg_wal/\(name)", "--repo", repository], environment: s3.environment())
+            XCTAssertEqual(result.status, 0, result.standardError)
+        }
+        let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--delay", "0.05"])
+        defer { proxy.stop() }
+        let restoreDirectory = work + "/restore/pg_wal"
+        try FileManager.default.createDirectory(atPath: restoreDirectory, withIntermediateDirectories: true)
+        let spool = restoreDirectory + "/dbrecovery-prefetch"
+        for (index, name) in names.enumerated() {
+            if index == 3 {
+                // Wait for the prefetcher to hold the next segment, then damage that spool copy: it is
+                // not served as it is, the segment is fetched again.
+                let spooled = "\(spool)/segments/\(names[4]).gz"
+                let deadline = Date().addingTimeInterval(20)
+                while !FileManager.default.fileExists(atPath: spooled) && Date() < deadline { usleep(50_000) }
+                var data = try Data(contentsOf: URL(fileURLWithPath: spooled))
+                data[data.count / 2] ^= 0x20
+                try data.write(to: URL(fileURLWithPath: spooled))
+            }
+            let result = try TestProcess.tool("dbrestore", ["wal-fetch", name, restoreDirectory + "/RECOVERYXLOG", "--prefetch", "4", "--repo", repository],
+                                              environment: s3.environment(endpoint: proxy.endpoint))
+            XCTAssertEqual(result.status, 0, result.standardError)
+            XCTAssertEqual(FileManager.default.contents(atPath: restoreDirectory + "/RECOVERYXLOG"),
+                           FileManager.default.contents(atPath: "\(work!)/pg_wal/\(name)"), "\(name) served byte-exact")
+        }
+        let missing = try TestProcess.tool("dbrestore", ["wal-fetch", "000000010000000000000FFF", restoreDirectory + "/RECOVERYXLOG", "--prefetch", "4",
+                                                         "--repo", repository], environment: s3.environment(endpoint: proxy.endpoint))
+        XCTAssertEqual(missing.status, ExitStatus.failure.rawValue, "not in the archive: recovery ends there")
+    }
+}
