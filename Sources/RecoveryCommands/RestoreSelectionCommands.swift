@@ -32,7 +32,7 @@ public struct ContentsCommand: ToolCommand {
         let contents = try BackupContents.read(repository: try repository.address(settings), backup: backup, key: try repository.cipherKey(settings),
                                                environment: repository.storageEnvironment(settings), progress: output.progress)
         if output.json { return try printJSON(contents) }
-        let source = contents.source == .tableOfContents ? "table of contents, \(contents.accessPoints) access points" : "full scan of the dump (no table of contents)"
+        let source = contents.source == .tableOfContents ? "table of contents, \(contents.accessPoints) access points" : "full scan of the dump (no usable table of contents)"
         print("backup \(contents.backupID) (\(source))")
         print("schemas: \(contents.schemas.joined(separator: ", "))")
         var tables = TextTable("TABLE", "ROWS", "SIZE IN DUMP")

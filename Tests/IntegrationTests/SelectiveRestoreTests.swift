@@ -440,3 +440,39 @@ extension SelectiveRestoreTests {
         XCTAssertEqual(try query("SELECT max(id)::text FROM rescue.events")[0][0], "20002")
     }
 }
+
+/// Issue 18, the attack on selective restore: what must never touch live data wrongly.
+extension SelectiveRestoreTests {
+    /// The table of contents is an optional index: without it (or with it garbled) the newest backup
+    /// stays the one `--emergency` restores, `dbverify --files` warns, and a selective restore scans.
+    func testAMissingOrDamagedTableOfContentsNeverCostsTheNewestBackup() throws {
+        try backup()
+        try cluster.connect(database: database).execute(script: "INSERT INTO crm.customers VALUES (7777, 'only in the newest backup')")
+        let newest = try backup()
+        let toc = "\(repository!)/backups/\(newest)/toc.json.gz"
+        for damage in ["garbled", "missing"] {
+            if damage == "garbled" {
+                try Data(repeating: 0x5A, count: 200).write(to: URL(fileURLWithPath: toc))
+            } else {
+                try FileManager.default.removeItem(atPath: toc)
+            }
+            let verify = try TestProcess.tool("dbverify", ["--files", newest, "--repo", repository], cluster: cluster)
+            XCTAssertEqual(verify.status, 0, "\(damage): \(verify.standardError)")
+            XCTAssertTrue(verify.standardOutput.contains("WARNING") && !verify.standardOutput.contains("DAMAGED"), "\(damage): \(verify.standardOutput)")
+
+            let selective = try restore([newest, "--table", "crm.customers", "--into-schema", "rescue_\(damage)"])
+            XCTAssertEqual(selective.status, 0, "\(damage): \(selective.standardError)")
+            XCTAssertTrue(selective.standardError.contains("reading the whole dump instead"), "\(damage): says it falls back: \(selective.standardError)")
+            XCTAssertEqual(try query("SELECT count(*)::text FROM rescue_\(damage).customers")[0][0], "501")
+
+            let target = "\(database!)_emergency_\(damage)"
+            defer { _ = try? cluster.connect().execute(script: "DROP DATABASE IF EXISTS \(target) WITH (FORCE)") }
+            let emergency = try TestProcess.tool("dbrestore", ["--emergency", "--repo", repository, "--database-url", cluster.url(database: target)], cluster: cluster)
+            XCTAssertEqual(emergency.status, 0, "\(damage): \(emergency.standardError)")
+            XCTAssertTrue(emergency.standardOutput.contains("from backup \(newest)"), "\(damage): the newest backup is restored: \(emergency.standardOutput)")
+            let copy = try cluster.connect(database: target)
+            defer { copy.close() }
+            XCTAssertEqual(try copy.query("SELECT count(*)::text FROM crm.customers WHERE id = 7777").scalar, "1", damage)
+        }
+    }
+}
