@@ -475,4 +475,73 @@ extension SelectiveRestoreTests {
             XCTAssertEqual(try copy.query("SELECT count(*)::text FROM crm.customers WHERE id = 7777").scalar, "1", damage)
         }
     }
+
+    /// An inheritance child in a rescue schema would attach to the live parent: refused, with the way that works.
+    func testInheritanceGoesOnlyWholeIntoANewDatabase() throws {
+        try cluster.connect(database: database).execute(script: """
+            CREATE TABLE sales.parent (id int); CREATE TABLE sales.child () INHERITS (sales.parent);
+            INSERT INTO sales.parent VALUES (1), (2); INSERT INTO sales.child VALUES (10), (11), (12);
+            """)
+        try backup()
+        for arguments in [["--table", "sales.child", "--into-schema", "rescue"], ["--table", "sales.parent", "--into-schema", "rescue"],
+                          ["--table", "sales.child", "--replace", "--yes"], ["--table", "sales.child", "--into-database", "\(database!)_half"]] {
+            let refused = try restore(["latest"] + arguments)
+            XCTAssertEqual(refused.status, 2, "\(arguments): \(refused.standardError)")
+            XCTAssertTrue(refused.standardError.contains("INHERITS") && refused.standardError.contains("--table sales.child --table sales.parent --into-database"),
+                          "\(arguments): \(refused.standardError)")
+        }
+        XCTAssertEqual(try query("SELECT count(*)::text FROM sales.parent")[0][0], "5", "the live parent is untouched")
+        XCTAssertEqual(try query("SELECT count(*)::text FROM pg_namespace WHERE nspname = 'rescue'")[0][0], "0", "refused before anything")
+        XCTAssertFalse(try cluster.databaseExists("\(database!)_half"))
+
+        let target = "\(database!)_hierarchy"
+        defer { _ = try? cluster.connect().execute(script: "DROP DATABASE IF EXISTS \(target) WITH (FORCE)") }
+        let whole = try restore(["latest", "--table", "sales.parent", "--table", "sales.child", "--into-database", target])
+        XCTAssertEqual(whole.status, 0, whole.standardError)
+        let copy = try cluster.connect(database: target)
+        defer { copy.close() }
+        XCTAssertEqual(try copy.query("SELECT count(*)::text FROM sales.parent").scalar, "5")
+        XCTAssertEqual(try copy.query("SELECT count(*)::text FROM ONLY sales.parent").scalar, "2")
+    }
+
+    /// Partitions: never swapped in place; a partition alone is a plain table in a rescue schema;
+    /// a partitioned table goes with all its partitions into a new database; other tables ignore them.
+    func testPartitionedTablesAreRestoredOnlyWhereExact() throws {
+        try cluster.connect(database: database).execute(script: """
+            CREATE TABLE sales.events (id int, at date) PARTITION BY RANGE (at);
+            CREATE INDEX events_at ON sales.events (at);
+            CREATE TABLE sales.events_2024 PARTITION OF sales.events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+            CREATE TABLE sales.events_2025 PARTITION OF sales.events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+            INSERT INTO sales.events SELECT g, date '2024-01-01' + g FROM generate_series(1, 600) g;
+            """)
+        try backup()
+        try cluster.connect(database: database).execute(script: "DELETE FROM sales.events_2024 WHERE id < 100")
+        for (arguments, words) in [(["--table", "sales.events", "--replace", "--yes"], "partitioned table"),
+                                   (["--table", "sales.events_2024", "--replace", "--yes"], "partition of sales.events"),
+                                   (["--table", "sales.events", "--into-schema", "rescue"], "partitioned table"),
+                                   (["--table", "sales.events", "--into-database", "\(database!)_half"], "sales.events_2025")] {
+            let refused = try restore(["latest"] + arguments)
+            XCTAssertEqual(refused.status, 2, "\(arguments): \(refused.standardError)")
+            XCTAssertTrue(refused.standardError.contains(words), "\(arguments): \(refused.standardError)")
+        }
+        XCTAssertEqual(try query("SELECT count(*)::text FROM sales.events")[0][0], "501", "refused: the live table is as it was")
+
+        let alone = try restore(["latest", "--table", "sales.events_2024", "--into-schema", "rescue"])
+        XCTAssertEqual(alone.status, 0, alone.standardError)
+        XCTAssertEqual(try query("SELECT count(*)::text FROM rescue.events_2024")[0][0], "365")
+        XCTAssertEqual(try query("SELECT relispartition::text FROM pg_class WHERE oid = 'rescue.events_2024'::regclass")[0][0], "false", "a plain table")
+        XCTAssertEqual(try query("SELECT count(*)::text FROM sales.events")[0][0], "501", "the live partitioned table did not gain it")
+
+        let unrelated = "\(database!)_orders", whole = "\(database!)_events"
+        defer { _ = try? cluster.connect().execute(script: "DROP DATABASE IF EXISTS \(unrelated) WITH (FORCE); DROP DATABASE IF EXISTS \(whole) WITH (FORCE)") }
+        let other = try restore(["latest", "--table", "crm.customers", "--into-database", unrelated])
+        XCTAssertEqual(other.status, 0, "an unrelated table ignores the backup's partitions: \(other.standardError)")
+        let all = try restore(["latest", "--table", "sales.events*", "--into-database", whole])
+        XCTAssertEqual(all.status, 0, all.standardError)
+        let copy = try cluster.connect(database: whole)
+        defer { copy.close() }
+        XCTAssertEqual(try copy.query("SELECT count(*)::text FROM sales.events").scalar, "600")
+        XCTAssertEqual(try copy.query("SELECT count(*)::text FROM pg_inherits WHERE inhparent = 'sales.events'::regclass").scalar, "2", "partitions attached")
+        XCTAssertEqual(try copy.query("SELECT count(*)::text FROM pg_inherits WHERE inhparent = 'sales.events_at'::regclass").scalar, "2", "partition indexes attached")
+    }
 }
