@@ -544,4 +544,62 @@ extension SelectiveRestoreTests {
         XCTAssertEqual(try copy.query("SELECT count(*)::text FROM pg_inherits WHERE inhparent = 'sales.events'::regclass").scalar, "2", "partitions attached")
         XCTAssertEqual(try copy.query("SELECT count(*)::text FROM pg_inherits WHERE inhparent = 'sales.events_at'::regclass").scalar, "2", "partition indexes attached")
     }
+
+    /// `--replace` keeps the table's keys to live tables, its views' options and its generated
+    /// columns; a sequence shared with another table is refused; a rescue copy gets no rules.
+    func testReplaceKeepsKeysViewOptionsAndRefusesSharedSequences() throws {
+        try cluster.connect(database: database).execute(script: """
+            CREATE VIEW sales.secure_orders WITH (security_barrier = true) AS SELECT * FROM sales.orders WHERE total > 0 WITH CASCADED CHECK OPTION;
+            CREATE TABLE crm.scores (id int PRIMARY KEY, points numeric, doubled numeric GENERATED ALWAYS AS (points * 2) STORED);
+            INSERT INTO crm.scores VALUES (1, 5), (2, 7);
+            CREATE TABLE crm.notes (id int PRIMARY KEY, body text);
+            CREATE TABLE crm.notes_log (note_id int, body text);
+            CREATE RULE notes_logged AS ON INSERT TO crm.notes DO ALSO INSERT INTO crm.notes_log VALUES (NEW.id, NEW.body);
+            INSERT INTO crm.notes VALUES (1, 'kept');
+            CREATE TABLE crm.borrower (id int DEFAULT nextval('sales.orders_id_seq'));
+            """)
+        try backup()
+        try cluster.connect(database: database).execute(script: "UPDATE crm.scores SET points = 0; UPDATE sales.orders SET total = 1")
+
+        let shared = try restore(["latest", "--table", "sales.orders", "--replace", "--cascade-report", "--yes"])
+        XCTAssertEqual(shared.status, 31, shared.standardError)
+        XCTAssertTrue(shared.standardError.contains("sales.orders_id_seq") && shared.standardError.contains("crm.borrower"), shared.standardError)
+        XCTAssertEqual(try query("SELECT sum(total)::text FROM sales.orders")[0][0], "20001.00", "refused: nothing changed")
+
+        try cluster.connect(database: database).execute(script: "DROP TABLE crm.borrower")
+        let replaced = try restore(["latest", "--table", "sales.orders", "--replace", "--cascade-report", "--yes"])
+        XCTAssertEqual(replaced.status, 0, replaced.standardError)
+        XCTAssertEqual(try query("""
+            SELECT confrelid::regclass::text, convalidated::text FROM pg_constraint WHERE conrelid = 'sales.orders'::regclass AND contype = 'f'
+            """), [["crm.customers", "true"]], "the key to the live customers is back, validated")
+        XCTAssertEqual(try query("SELECT array_to_string(reloptions, ',') FROM pg_class WHERE oid = 'sales.secure_orders'::regclass")[0][0],
+                       "security_barrier=true,check_option=cascaded")
+
+        let generated = try restore(["latest", "--table", "crm.scores", "--replace", "--yes"])
+        XCTAssertEqual(generated.status, 0, "a generated column is part of the table, not a dependent: \(generated.standardError)")
+        XCTAssertEqual(try query("SELECT sum(doubled)::text FROM crm.scores")[0][0], "24")
+
+        let rescue = try restore(["latest", "--table", "crm.notes", "--into-schema", "rescue"])
+        XCTAssertEqual(rescue.status, 0, rescue.standardError)
+        XCTAssertTrue(rescue.standardError.contains("rules left out") && rescue.standardError.contains("notes_logged"), rescue.standardError)
+        XCTAssertEqual(try query("SELECT count(*)::text FROM pg_rules WHERE schemaname = 'rescue'")[0][0], "0")
+        try cluster.connect(database: database).execute(script: "INSERT INTO rescue.notes VALUES (2, 'copy')")
+        XCTAssertEqual(try query("SELECT count(*)::text FROM crm.notes_log")[0][0], "1", "writing the rescue copy leaves live tables alone (1: the live insert)")
+    }
+
+    /// `--replace` waits briefly for its lock (readers queue behind it), then fails with the table intact.
+    func testReplaceGivesUpQuicklyOnALockedTable() throws {
+        try backup()
+        let holder = try cluster.connect(database: database)
+        defer { holder.close() }
+        try holder.execute(script: "BEGIN; SELECT count(*) FROM crm.customers")
+        let started = Date()
+        let waited = try restore(["latest", "--table", "crm.customers", "--replace", "--cascade-report", "--yes"])
+        XCTAssertNotEqual(waited.status, 0, waited.standardError)
+        XCTAssertLessThan(Date().timeIntervalSince(started), 60, "5 s lock wait by default, not minutes")
+        XCTAssertTrue(waited.standardError.contains("lock"), waited.standardError)
+        try holder.execute(script: "COMMIT")
+        XCTAssertEqual(try query("SELECT count(*)::text FROM crm.customers")[0][0], "500")
+        XCTAssertEqual(try query("SELECT count(*)::text FROM pg_namespace WHERE nspname LIKE 'restored\\_%'")[0][0], "0")
+    }
 }
