@@ -601,5 +601,24 @@ extension SelectiveRestoreTests {
         try holder.execute(script: "COMMIT")
         XCTAssertEqual(try query("SELECT count(*)::text FROM crm.customers")[0][0], "500")
         XCTAssertEqual(try query("SELECT count(*)::text FROM pg_namespace WHERE nspname LIKE 'restored\\_%'")[0][0], "0")
+
+        // Ctrl-C while it waits (a long --lock-wait): the waiting statement is cancelled, exit 130, table intact.
+        try holder.execute(script: "BEGIN; SELECT count(*) FROM crm.customers")
+        let process = try TestProcess.start("dbrestore", ["latest", "--table", "crm.customers", "--replace", "--cascade-report", "--yes", "--lock-wait", "5m"] + common,
+                                            cluster: cluster, environment: environment)
+        usleep(3_000_000)
+        let signalled = Date()
+        process.send(SIGINT)
+        let waiter = Background { process.waitForExit() }
+        if !waiter.finished(within: 30) {
+            process.send(SIGKILL)
+            waiter.join()
+            XCTFail("dbrestore --replace did not stop within 30 s of SIGINT")
+        }
+        XCTAssertEqual(process.waitForExit().exitCode, ExitStatus.interrupted.rawValue)
+        XCTAssertLessThan(Date().timeIntervalSince(signalled), 10, "the lock wait is cancelled, not sat out")
+        try holder.execute(script: "COMMIT")
+        XCTAssertEqual(try query("SELECT count(*)::text FROM crm.customers")[0][0], "500")
+        XCTAssertEqual(try query("SELECT count(*)::text FROM pg_namespace WHERE nspname LIKE 'restored\\_%'")[0][0], "0")
     }
 }
