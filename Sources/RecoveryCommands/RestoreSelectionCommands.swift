@@ -32,7 +32,7 @@ public struct ContentsCommand: ToolCommand {
         let contents = try BackupContents.read(repository: try repository.address(settings), backup: backup, key: try repository.cipherKey(settings),
                                                environment: repository.storageEnvironment(settings), progress: output.progress)
         if output.json { return try printJSON(contents) }
-        let source = contents.source == .tableOfContents ? "table of contents, \(contents.accessPoints) access points" : "full scan of the dump (no table of contents)"
+        let source = contents.source == .tableOfContents ? "table of contents, \(contents.accessPoints) access points" : "full scan of the dump (no usable table of contents)"
         print("backup \(contents.backupID) (\(source))")
         print("schemas: \(contents.schemas.joined(separator: ", "))")
         var tables = TextTable("TABLE", "ROWS", "SIZE IN DUMP")
@@ -135,6 +135,7 @@ public struct SelectiveRestoreOptions: ParsableArguments {
         for (live, aside) in report.keptAs.sorted(by: { $0.key < $1.key }) { print("previous \(live) kept as \(aside)") }
         report.repointed.forEach { print("re-pointed: \($0)") }
         plan.foreignKeysLeftOut.forEach { output.note("left out (references a table outside the selection): \($0)") }
+        if !plan.rulesLeftOut.isEmpty { output.note("rules left out of the rescue schema (they would act on the live tables): \(plan.rulesLeftOut.joined(separator: ", "))") }
         if !plan.dependentViews.isEmpty { output.note("views that read these tables, not restored: \(plan.dependentViews.joined(separator: ", "))") }
         output.note("read \(report.read.method): \(ByteCount.format(report.read.bytesDecompressed)) decompressed of a \(ByteCount.format(plan.dumpBytes)) dump")
     }

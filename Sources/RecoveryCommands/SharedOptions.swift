@@ -20,7 +20,7 @@ public struct ConnectionOptions: ParsableArguments {
     public var pgBin: String?
 
     @Option(name: .customLong("lock-wait"), help: ArgumentHelp(
-        "Longest wait for a lock another session holds, e.g. 90s, 5m, 1h (default: 5m); then fail naming that session.",
+        "Longest wait for a lock another session holds, e.g. 90s, 5m, 1h (default: 5m; dbrestore --replace: 5s); then fail naming that session.",
         valueName: "duration"))
     public var lockWait: String?
 

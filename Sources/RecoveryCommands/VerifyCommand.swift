@@ -75,7 +75,9 @@ public struct VerifyCommand: ToolCommand {
                 var table = TextTable("BACKUP", "FILE", "STATUS")
                 for report in reports {
                     for file in report.files {
-                        table.add(report.id, file.name, file.ok ? "ok" : file.archived ? "ARCHIVED: \(file.problem ?? "")" : "DAMAGED: \(file.problem ?? "")")
+                        table.add(report.id, file.name, file.ok ? "ok" : file.archived ? "ARCHIVED: \(file.problem ?? "")"
+                                  : file.optionalIndex ? "WARNING: \(file.problem ?? "") (optional index; the backup restores without it)"
+                                  : "DAMAGED: \(file.problem ?? "")")
                     }
                 }
                 print(table.rendered)

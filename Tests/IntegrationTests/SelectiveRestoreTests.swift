@@ -440,3 +440,185 @@ extension SelectiveRestoreTests {
         XCTAssertEqual(try query("SELECT max(id)::text FROM rescue.events")[0][0], "20002")
     }
 }
+
+/// Issue 18, the attack on selective restore: what must never touch live data wrongly.
+extension SelectiveRestoreTests {
+    /// The table of contents is an optional index: without it (or with it garbled) the newest backup
+    /// stays the one `--emergency` restores, `dbverify --files` warns, and a selective restore scans.
+    func testAMissingOrDamagedTableOfContentsNeverCostsTheNewestBackup() throws {
+        try backup()
+        try cluster.connect(database: database).execute(script: "INSERT INTO crm.customers VALUES (7777, 'only in the newest backup')")
+        let newest = try backup()
+        let toc = "\(repository!)/backups/\(newest)/toc.json.gz"
+        for damage in ["garbled", "missing"] {
+            if damage == "garbled" {
+                try Data(repeating: 0x5A, count: 200).write(to: URL(fileURLWithPath: toc))
+            } else {
+                try FileManager.default.removeItem(atPath: toc)
+            }
+            let verify = try TestProcess.tool("dbverify", ["--files", newest, "--repo", repository], cluster: cluster)
+            XCTAssertEqual(verify.status, 0, "\(damage): \(verify.standardError)")
+            XCTAssertTrue(verify.standardOutput.contains("WARNING") && !verify.standardOutput.contains("DAMAGED"), "\(damage): \(verify.standardOutput)")
+
+            let selective = try restore([newest, "--table", "crm.customers", "--into-schema", "rescue_\(damage)"])
+            XCTAssertEqual(selective.status, 0, "\(damage): \(selective.standardError)")
+            XCTAssertTrue(selective.standardError.contains("reading the whole dump instead"), "\(damage): says it falls back: \(selective.standardError)")
+            XCTAssertEqual(try query("SELECT count(*)::text FROM rescue_\(damage).customers")[0][0], "501")
+
+            let target = "\(database!)_emergency_\(damage)"
+            defer { _ = try? cluster.connect().execute(script: "DROP DATABASE IF EXISTS \(target) WITH (FORCE)") }
+            let emergency = try TestProcess.tool("dbrestore", ["--emergency", "--repo", repository, "--database-url", cluster.url(database: target)], cluster: cluster)
+            XCTAssertEqual(emergency.status, 0, "\(damage): \(emergency.standardError)")
+            XCTAssertTrue(emergency.standardOutput.contains("from backup \(newest)"), "\(damage): the newest backup is restored: \(emergency.standardOutput)")
+            let copy = try cluster.connect(database: target)
+            defer { copy.close() }
+            XCTAssertEqual(try copy.query("SELECT count(*)::text FROM crm.customers WHERE id = 7777").scalar, "1", damage)
+        }
+    }
+
+    /// An inheritance child in a rescue schema would attach to the live parent: refused, with the way that works.
+    func testInheritanceGoesOnlyWholeIntoANewDatabase() throws {
+        try cluster.connect(database: database).execute(script: """
+            CREATE TABLE sales.parent (id int); CREATE TABLE sales.child () INHERITS (sales.parent);
+            INSERT INTO sales.parent VALUES (1), (2); INSERT INTO sales.child VALUES (10), (11), (12);
+            """)
+        try backup()
+        for arguments in [["--table", "sales.child", "--into-schema", "rescue"], ["--table", "sales.parent", "--into-schema", "rescue"],
+                          ["--table", "sales.child", "--replace", "--yes"], ["--table", "sales.child", "--into-database", "\(database!)_half"]] {
+            let refused = try restore(["latest"] + arguments)
+            XCTAssertEqual(refused.status, 2, "\(arguments): \(refused.standardError)")
+            XCTAssertTrue(refused.standardError.contains("INHERITS") && refused.standardError.contains("--table sales.child --table sales.parent --into-database"),
+                          "\(arguments): \(refused.standardError)")
+        }
+        XCTAssertEqual(try query("SELECT count(*)::text FROM sales.parent")[0][0], "5", "the live parent is untouched")
+        XCTAssertEqual(try query("SELECT count(*)::text FROM pg_namespace WHERE nspname = 'rescue'")[0][0], "0", "refused before anything")
+        XCTAssertFalse(try cluster.databaseExists("\(database!)_half"))
+
+        let target = "\(database!)_hierarchy"
+        defer { _ = try? cluster.connect().execute(script: "DROP DATABASE IF EXISTS \(target) WITH (FORCE)") }
+        let whole = try restore(["latest", "--table", "sales.parent", "--table", "sales.child", "--into-database", target])
+        XCTAssertEqual(whole.status, 0, whole.standardError)
+        let copy = try cluster.connect(database: target)
+        defer { copy.close() }
+        XCTAssertEqual(try copy.query("SELECT count(*)::text FROM sales.parent").scalar, "5")
+        XCTAssertEqual(try copy.query("SELECT count(*)::text FROM ONLY sales.parent").scalar, "2")
+    }
+
+    /// Partitions: never swapped in place; a partition alone is a plain table in a rescue schema;
+    /// a partitioned table goes with all its partitions into a new database; other tables ignore them.
+    func testPartitionedTablesAreRestoredOnlyWhereExact() throws {
+        try cluster.connect(database: database).execute(script: """
+            CREATE TABLE sales.events (id int, at date) PARTITION BY RANGE (at);
+            CREATE INDEX events_at ON sales.events (at);
+            CREATE TABLE sales.events_2024 PARTITION OF sales.events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+            CREATE TABLE sales.events_2025 PARTITION OF sales.events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+            INSERT INTO sales.events SELECT g, date '2024-01-01' + g FROM generate_series(1, 600) g;
+            """)
+        try backup()
+        try cluster.connect(database: database).execute(script: "DELETE FROM sales.events_2024 WHERE id < 100")
+        for (arguments, words) in [(["--table", "sales.events", "--replace", "--yes"], "partitioned table"),
+                                   (["--table", "sales.events_2024", "--replace", "--yes"], "partition of sales.events"),
+                                   (["--table", "sales.events", "--into-schema", "rescue"], "partitioned table"),
+                                   (["--table", "sales.events", "--into-database", "\(database!)_half"], "sales.events_2025")] {
+            let refused = try restore(["latest"] + arguments)
+            XCTAssertEqual(refused.status, 2, "\(arguments): \(refused.standardError)")
+            XCTAssertTrue(refused.standardError.contains(words), "\(arguments): \(refused.standardError)")
+        }
+        XCTAssertEqual(try query("SELECT count(*)::text FROM sales.events")[0][0], "501", "refused: the live table is as it was")
+
+        let alone = try restore(["latest", "--table", "sales.events_2024", "--into-schema", "rescue"])
+        XCTAssertEqual(alone.status, 0, alone.standardError)
+        XCTAssertEqual(try query("SELECT count(*)::text FROM rescue.events_2024")[0][0], "365")
+        XCTAssertEqual(try query("SELECT relispartition::text FROM pg_class WHERE oid = 'rescue.events_2024'::regclass")[0][0], "false", "a plain table")
+        XCTAssertEqual(try query("SELECT count(*)::text FROM sales.events")[0][0], "501", "the live partitioned table did not gain it")
+
+        let unrelated = "\(database!)_orders", whole = "\(database!)_events"
+        defer { _ = try? cluster.connect().execute(script: "DROP DATABASE IF EXISTS \(unrelated) WITH (FORCE); DROP DATABASE IF EXISTS \(whole) WITH (FORCE)") }
+        let other = try restore(["latest", "--table", "crm.customers", "--into-database", unrelated])
+        XCTAssertEqual(other.status, 0, "an unrelated table ignores the backup's partitions: \(other.standardError)")
+        let all = try restore(["latest", "--table", "sales.events*", "--into-database", whole])
+        XCTAssertEqual(all.status, 0, all.standardError)
+        let copy = try cluster.connect(database: whole)
+        defer { copy.close() }
+        XCTAssertEqual(try copy.query("SELECT count(*)::text FROM sales.events").scalar, "600")
+        XCTAssertEqual(try copy.query("SELECT count(*)::text FROM pg_inherits WHERE inhparent = 'sales.events'::regclass").scalar, "2", "partitions attached")
+        XCTAssertEqual(try copy.query("SELECT count(*)::text FROM pg_inherits WHERE inhparent = 'sales.events_at'::regclass").scalar, "2", "partition indexes attached")
+    }
+
+    /// `--replace` keeps the table's keys to live tables, its views' options and its generated
+    /// columns; a sequence shared with another table is refused; a rescue copy gets no rules.
+    func testReplaceKeepsKeysViewOptionsAndRefusesSharedSequences() throws {
+        try cluster.connect(database: database).execute(script: """
+            CREATE VIEW sales.secure_orders WITH (security_barrier = true) AS SELECT * FROM sales.orders WHERE total > 0 WITH CASCADED CHECK OPTION;
+            CREATE TABLE crm.scores (id int PRIMARY KEY, points numeric, doubled numeric GENERATED ALWAYS AS (points * 2) STORED);
+            INSERT INTO crm.scores VALUES (1, 5), (2, 7);
+            CREATE TABLE crm.notes (id int PRIMARY KEY, body text);
+            CREATE TABLE crm.notes_log (note_id int, body text);
+            CREATE RULE notes_logged AS ON INSERT TO crm.notes DO ALSO INSERT INTO crm.notes_log VALUES (NEW.id, NEW.body);
+            INSERT INTO crm.notes VALUES (1, 'kept');
+            CREATE TABLE crm.borrower (id int DEFAULT nextval('sales.orders_id_seq'));
+            """)
+        try backup()
+        try cluster.connect(database: database).execute(script: "UPDATE crm.scores SET points = 0; UPDATE sales.orders SET total = 1")
+
+        let shared = try restore(["latest", "--table", "sales.orders", "--replace", "--cascade-report", "--yes"])
+        XCTAssertEqual(shared.status, 31, shared.standardError)
+        XCTAssertTrue(shared.standardError.contains("sales.orders_id_seq") && shared.standardError.contains("crm.borrower"), shared.standardError)
+        XCTAssertEqual(try query("SELECT sum(total)::text FROM sales.orders")[0][0], "20001.00", "refused: nothing changed")
+
+        try cluster.connect(database: database).execute(script: "DROP TABLE crm.borrower")
+        let replaced = try restore(["latest", "--table", "sales.orders", "--replace", "--cascade-report", "--yes"])
+        XCTAssertEqual(replaced.status, 0, replaced.standardError)
+        XCTAssertEqual(try query("""
+            SELECT confrelid::regclass::text, convalidated::text FROM pg_constraint WHERE conrelid = 'sales.orders'::regclass AND contype = 'f'
+            """), [["crm.customers", "true"]], "the key to the live customers is back, validated")
+        XCTAssertEqual(try query("SELECT array_to_string(reloptions, ',') FROM pg_class WHERE oid = 'sales.secure_orders'::regclass")[0][0],
+                       "security_barrier=true,check_option=cascaded")
+
+        let generated = try restore(["latest", "--table", "crm.scores", "--replace", "--yes"])
+        XCTAssertEqual(generated.status, 0, "a generated column is part of the table, not a dependent: \(generated.standardError)")
+        XCTAssertEqual(try query("SELECT sum(doubled)::text FROM crm.scores")[0][0], "24")
+
+        let rescue = try restore(["latest", "--table", "crm.notes", "--into-schema", "rescue"])
+        XCTAssertEqual(rescue.status, 0, rescue.standardError)
+        XCTAssertTrue(rescue.standardError.contains("rules left out") && rescue.standardError.contains("notes_logged"), rescue.standardError)
+        XCTAssertEqual(try query("SELECT count(*)::text FROM pg_rules WHERE schemaname = 'rescue'")[0][0], "0")
+        try cluster.connect(database: database).execute(script: "INSERT INTO rescue.notes VALUES (2, 'copy')")
+        XCTAssertEqual(try query("SELECT count(*)::text FROM crm.notes_log")[0][0], "1", "writing the rescue copy leaves live tables alone (1: the live insert)")
+    }
+
+    /// `--replace` waits briefly for its lock (readers queue behind it), then fails with the table intact.
+    func testReplaceGivesUpQuicklyOnALockedTable() throws {
+        try backup()
+        let holder = try cluster.connect(database: database)
+        defer { holder.close() }
+        try holder.execute(script: "BEGIN; SELECT count(*) FROM crm.customers")
+        let started = Date()
+        let waited = try restore(["latest", "--table", "crm.customers", "--replace", "--cascade-report", "--yes"])
+        XCTAssertNotEqual(waited.status, 0, waited.standardError)
+        XCTAssertLessThan(Date().timeIntervalSince(started), 60, "5 s lock wait by default, not minutes")
+        XCTAssertTrue(waited.standardError.contains("lock"), waited.standardError)
+        try holder.execute(script: "COMMIT")
+        XCTAssertEqual(try query("SELECT count(*)::text FROM crm.customers")[0][0], "500")
+        XCTAssertEqual(try query("SELECT count(*)::text FROM pg_namespace WHERE nspname LIKE 'restored\\_%'")[0][0], "0")
+
+        // Ctrl-C while it waits (a long --lock-wait): the waiting statement is cancelled, exit 130, table intact.
+        try holder.execute(script: "BEGIN; SELECT count(*) FROM crm.customers")
+        let process = try TestProcess.start("dbrestore", ["latest", "--table", "crm.customers", "--replace", "--cascade-report", "--yes", "--lock-wait", "5m"] + common,
+                                            cluster: cluster, environment: environment)
+        usleep(3_000_000)
+        let signalled = Date()
+        process.send(SIGINT)
+        let waiter = Background { process.waitForExit() }
+        if !waiter.finished(within: 30) {
+            process.send(SIGKILL)
+            waiter.join()
+            XCTFail("dbrestore --replace did not stop within 30 s of SIGINT")
+        }
+        XCTAssertEqual(process.waitForExit().exitCode, ExitStatus.interrupted.rawValue)
+        XCTAssertLessThan(Date().timeIntervalSince(signalled), 10, "the lock wait is cancelled, not sat out")
+        try holder.execute(script: "COMMIT")
+        XCTAssertEqual(try query("SELECT count(*)::text FROM crm.customers")[0][0], "500")
+        XCTAssertEqual(try query("SELECT count(*)::text FROM pg_namespace WHERE nspname LIKE 'restored\\_%'")[0][0], "0")
+    }
+}

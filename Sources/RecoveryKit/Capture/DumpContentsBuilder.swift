@@ -47,7 +47,8 @@ final class DumpContentsBuilder {
     /// identity belongs to; the table a foreign key references; the relations a view reads.
     private func analyze(_ sql: [UInt8]) {
         guard let last = entries.indices.last,
-              ["INDEX", "SEQUENCE OWNED BY", "SEQUENCE", "FK CONSTRAINT", "VIEW", "MATERIALIZED VIEW"].contains(entries[last].kind) else { return }
+              ["INDEX", "SEQUENCE OWNED BY", "SEQUENCE", "FK CONSTRAINT", "VIEW", "MATERIALIZED VIEW", "TABLE", "TABLE ATTACH",
+               "INDEX ATTACH"].contains(entries[last].kind) else { return }
         let names = QualifiedNames.references(in: sql).filter { !$0.inLiteral }
         func name(_ reference: QualifiedNames.Reference) -> DumpTableOfContents.Name {
             .init(schema: reference.parts[0], name: reference.parts[1])
@@ -66,6 +67,32 @@ final class DumpContentsBuilder {
             // ALTER TABLE ONLY schema.table ADD CONSTRAINT name FOREIGN KEY (…) REFERENCES schema.other(…)
             let referenced = names.dropFirst().map(name)
             if !referenced.isEmpty { entries[last].references = referenced }
+        case "TABLE":
+            // CREATE TABLE schema.t (…)\nINHERITS (schema.parent, …) / (…)\nPARTITION BY …: pg_dump ends the
+            // statement with these clauses on their own lines (a partition is attached by a TABLE ATTACH entry).
+            guard sql.starts(with: Array("CREATE ".utf8)) else { return }
+            if let inherits = Self.lastLine(startingWith: "INHERITS (", in: sql) {
+                let parents = names.filter { $0.schemaRange.lowerBound > inherits && $0.parts.count == 2 }.map(name)
+                if !parents.isEmpty { entries[last].inherits = parents }
+            }
+            if Self.lastLine(startingWith: "PARTITION BY ", in: sql) != nil { entries[last].partitioned = true }
+        case "TABLE ATTACH":
+            // ALTER TABLE ONLY schema.parent ATTACH PARTITION schema.partition FOR VALUES …
+            let tables = names.filter { $0.parts.count == 2 }.map(name)
+            if tables.count >= 2 {
+                entries[last].table = tables[1]
+                entries[last].references = [tables[0]]
+            }
+        case "INDEX ATTACH":
+            // ALTER INDEX schema.parent_index ATTACH PARTITION schema.partition_index: the tables of both indexes.
+            let indexes = names.filter { $0.parts.count == 2 }.map(name)
+            func table(of index: DumpTableOfContents.Name) -> DumpTableOfContents.Name? {
+                entries.last { $0.kind == "INDEX" && $0.schema == index.schema && $0.name == index.name }?.table
+            }
+            if indexes.count >= 2, let partition = table(of: indexes[1]), let parent = table(of: indexes[0]) {
+                entries[last].table = partition
+                entries[last].references = [parent]
+            }
         case "VIEW", "MATERIALIZED VIEW":
             guard sql.starts(with: Array("CREATE ".utf8)) else { return }
             let own = DumpTableOfContents.Name(schema: entries[last].schema ?? "", name: entries[last].name)
@@ -77,6 +104,16 @@ final class DumpContentsBuilder {
         default:
             return
         }
+    }
+
+    /// Offset of the last line of `sql` that starts with `prefix` (outside the first line), if any.
+    private static func lastLine(startingWith prefix: String, in sql: [UInt8]) -> Int? {
+        let marker = Array(("\n" + prefix).utf8)
+        guard sql.count > marker.count else { return nil }
+        for start in stride(from: sql.count - marker.count, through: 0, by: -1) where sql[start] == 0x0A && sql[start..<(start + marker.count)].elementsEqual(marker) {
+            return start + 1
+        }
+        return nil
     }
 
     /// The next bytes of the uncompressed dump.

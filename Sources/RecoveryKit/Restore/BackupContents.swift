@@ -1,5 +1,6 @@
 import BackupStorage
 import Foundation
+import Logging
 
 /// What a logical backup holds (`dbrestore contents`): schemas, tables with their row counts
 /// (from the manifest) and their size in the dump, sequences, functions, views, and every other
@@ -61,7 +62,12 @@ public struct BackupContents: Codable, Sendable {
             throw RecoveryError(.usage, "backup \(manifest.id) is a \(manifest.kind.rawValue) backup; its contents are a data directory, not objects",
                                 hint: "pick a logical backup (dbrestore list shows the kind)")
         }
-        if let toc = try DumpTableOfContents.load(of: manifest, from: store, key: key) { return (toc, .tableOfContents) }
+        // The table of contents is an optional index: a missing or damaged one costs a full scan, never the restore.
+        do {
+            if let toc = try DumpTableOfContents.load(of: manifest, from: store, key: key) { return (toc, .tableOfContents) }
+        } catch let error as RecoveryError where error.code == .backupCorrupt {
+            logger.warning("backup \(manifest.id): \(error.message); reading the whole dump instead (slower, same result)")
+        }
         let builder = DumpContentsBuilder()
         try StoredFileStream.decompress(dump, of: manifest, from: store, key: key, phase: "scan", progress: progress) { builder.write($0) }
         guard let toc = builder.finishScan() else {
@@ -70,6 +76,8 @@ public struct BackupContents: Codable, Sendable {
         }
         return (toc, .fullScan)
     }
+
+    private static let logger = Logger(label: "dbrecovery.restore")
 
     init(manifest: BackupManifest, toc: DumpTableOfContents, source: Source) {
         backupID = manifest.id

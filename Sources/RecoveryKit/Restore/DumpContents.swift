@@ -32,8 +32,13 @@ public struct DumpTableOfContents: Codable, Equatable, Sendable {
         public var name: String
         /// For an index, a sequence owned by or an identity of a table: that table (from the statement).
         public var table: Name? = nil
-        /// For a foreign key: the table it references; for a view: the relations its query names.
+        /// For a foreign key: the table it references; for a view: the relations its query names; for a
+        /// `TABLE ATTACH` / `INDEX ATTACH` (whose `table` is the partition): the partitioned table.
         public var references: [Name]? = nil
+        /// For a table: the tables it inherits from (`INHERITS`).
+        public var inherits: [Name]? = nil
+        /// For a table: it is partitioned (`PARTITION BY`); its partitions' `TABLE ATTACH` entries name it in `references`.
+        public var partitioned: Bool? = nil
         /// Offset of the header line in the uncompressed dump.
         public var start: UInt64
         /// Offset where the next object's header starts (or the dump's end).

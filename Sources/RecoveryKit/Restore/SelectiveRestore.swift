@@ -27,8 +27,10 @@ public struct SelectiveRestoreConfiguration {
     public var cascadeReport = false
     public var dryRun = false
     public var key: RepositoryKey? = nil
-    /// `--lock-wait`: how long `--replace` waits for the live tables' locks.
-    public var lockWaitSeconds = SessionLimits.defaultLockWaitSeconds
+    /// `--lock-wait`: how long `--replace` waits for the live tables' locks. Short by default: while
+    /// we wait for ACCESS EXCLUSIVE, every new reader of the table queues behind us.
+    public var lockWaitSeconds = SelectiveRestoreConfiguration.defaultReplaceLockWaitSeconds
+    public static let defaultReplaceLockWaitSeconds = 5
     /// Where S3 settings are read (flags and the config file, resolved by the command).
     public var environment = ProcessInfo.processInfo.environment
 
@@ -56,6 +58,8 @@ public struct SelectiveRestorePlan: Codable, Sendable {
     public var objects: [String]
     /// Foreign keys to tables outside the selection, not restored.
     public var foreignKeysLeftOut: [String]
+    /// Rules of the selected tables left out of a rescue schema (they would act on live tables).
+    public var rulesLeftOut: [String] = []
     /// Views outside the selection that read a selected table (not restored; listed).
     public var dependentViews: [String]
     /// Foreign keys of other tables that reference a selected table (not restored; listed).
@@ -77,6 +81,9 @@ public struct SelectiveRestorePlan: Codable, Sendable {
         if !foreignKeysLeftOut.isEmpty {
             lines.append("foreign keys to tables outside the selection, left out (add them by hand, or select those tables too):")
             lines += foreignKeysLeftOut.map { "  " + $0 }
+        }
+        if !rulesLeftOut.isEmpty {
+            lines.append("rules left out (in a rescue schema they would act on the live tables; re-create them by hand if needed): \(rulesLeftOut.joined(separator: ", "))")
         }
         if !dependentViews.isEmpty { lines.append("views that read these tables (not restored): \(dependentViews.joined(separator: ", "))") }
         if !referencingForeignKeys.isEmpty { lines.append("foreign keys of other tables that reference these tables (not restored): \(referencingForeignKeys.joined(separator: ", "))") }
@@ -145,8 +152,14 @@ public enum SelectiveRestore {
         }
         let intoDatabase: Bool
         if case .intoDatabase = configuration.destination { intoDatabase = true } else { intoDatabase = false }
+        let isIntoSchema: Bool
+        if case .intoSchema = configuration.destination { isIntoSchema = true } else { isIntoSchema = false }
         let selection = try TableSelection(toc: toc, tablePatterns: configuration.tables, schemaPatterns: configuration.schemas,
-                                           supporting: intoDatabase, wholeSchemas: intoDatabase, backupID: manifest.id)
+                                           supporting: intoDatabase, wholeSchemas: intoDatabase, outsideKeys: configuration.destination == .replace,
+                                           rules: !isIntoSchema, backupID: manifest.id)
+        if let refusal = selection.hierarchyRefusal(replace: configuration.destination == .replace, intoDatabase: intoDatabase, backupID: manifest.id) {
+            throw refusal
+        }
         let stamp = Timestamp.compact(Date(), separator: "_", zone: "")
         let createdIn: String
         switch configuration.destination {
@@ -179,12 +192,13 @@ public enum SelectiveRestore {
         case .intoDatabase: destination = "into-database"
         case .replace: destination = "replace"
         }
-        let plan = SelectiveRestorePlan(
+        var plan = SelectiveRestorePlan(
             backupID: manifest.id, repository: repository, database: configuration.target.databaseName, destination: destination, createdIn: createdIn,
             tables: selection.tables.map(\.qualified), objects: objects, foreignKeysLeftOut: selection.leftOutForeignKeys.map(described),
             dependentViews: selection.dependentViews.map { DumpTableOfContents.Name(schema: $0.schema ?? "", name: $0.name).qualified },
             referencingForeignKeys: selection.referencingForeignKeys.map(described), contentsSource: source.rawValue,
             replayBytes: ranges.reduce(0) { $0 + ($1.upperBound - $1.lowerBound) }, dumpBytes: toc.dumpBytes)
+        plan.rulesLeftOut = selection.leftOutRules.map(described)
         return Prepared(plan: plan, manifest: manifest, store: store, toc: toc, source: source, selection: selection, ranges: ranges)
     }
 
@@ -362,6 +376,8 @@ public enum SelectiveRestore {
     private static func replace(_ selection: TableSelection, staged: String, _ configuration: SelectiveRestoreConfiguration,
                                 on connection: PostgresConnection) throws -> ([String: String], [String]) {
         try connection.execute(script: "SET LOCAL lock_timeout = '\(configuration.lockWaitSeconds)s'")
+        // A client killed while we wait must not leave the server queueing readers behind its lock request.
+        if connection.serverVersionNumber >= 140000 { try connection.execute(script: "SET LOCAL client_connection_check_interval = '1s'") }
         let suffix = "_pre_restore_" + Timestamp.compact(Date(), separator: "_", zone: "")
         var kept: [String: String] = [:]
         var repointed: [String] = []
@@ -385,6 +401,21 @@ public enum SelectiveRestore {
                         afterSwap.append(dependent.after)
                         repointed.append(dependent.description)
                     }
+                }
+                // A sequence of the table that other tables' defaults also draw from would stay with the old
+                // table (renamed aside) while the restored one counts from the backup's value: duplicates.
+                let sharing = try connection.query("""
+                    SELECT DISTINCT s.oid::regclass::text, a.adrelid::regclass::text
+                    FROM pg_catalog.pg_depend o JOIN pg_catalog.pg_class s ON s.oid = o.objid AND s.relkind = 'S'
+                    JOIN pg_catalog.pg_depend u ON u.refclassid = 'pg_catalog.pg_class'::regclass AND u.refobjid = s.oid AND u.classid = 'pg_catalog.pg_attrdef'::regclass
+                    JOIN pg_catalog.pg_attrdef a ON a.oid = u.objid
+                    WHERE o.classid = 'pg_catalog.pg_class'::regclass AND o.refobjid = $1::oid AND o.deptype IN ('a', 'i') AND a.adrelid <> $1::oid
+                    ORDER BY 1, 2
+                    """, [live]).rows.compactMap { row in row[0].flatMap { sequence in row[1].map { (sequence, $0) } } }
+                if let first = sharing.first {
+                    let others = sharing.map(\.1).joined(separator: ", ")
+                    throw RecoveryError(.restoreFailed, "\(first.0), owned by \(table.qualified), also feeds the defaults of \(others): --replace would split it in two; nothing was changed",
+                                        hint: "restore it --into-schema and copy the rows back with SQL (the live sequence stays shared)")
                 }
                 let aside = LogicalRestore.identifier(table.name, suffix: suffix)
                 // Indexes and owned sequences keep the schema's names free for the restored ones.
@@ -431,11 +462,18 @@ public enum SelectiveRestore {
                        CASE WHEN d.classid = 'pg_catalog.pg_rewrite'::regclass THEN (SELECT r.ev_class::regclass::text FROM pg_catalog.pg_rewrite r WHERE r.oid = d.objid)
                             WHEN d.classid = 'pg_catalog.pg_constraint'::regclass THEN (SELECT c.conrelid::regclass::text FROM pg_catalog.pg_constraint c WHERE c.oid = d.objid) END,
                        CASE WHEN d.classid = 'pg_catalog.pg_rewrite'::regclass
-                            THEN (SELECT c.relkind::text || pg_catalog.pg_get_viewdef(r.ev_class) FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class c ON c.oid = r.ev_class WHERE r.oid = d.objid)
+                            THEN (SELECT c.relkind::text || COALESCE(' WITH (' || pg_catalog.array_to_string(c.reloptions, ', ') || ')', '')
+                                         || ' AS ' || pg_catalog.pg_get_viewdef(r.ev_class)
+                                  FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class c ON c.oid = r.ev_class WHERE r.oid = d.objid)
                             WHEN d.classid = 'pg_catalog.pg_constraint'::regclass
                             THEN (SELECT c.contype::text || pg_catalog.quote_ident(c.conname) || ' ' || pg_catalog.pg_get_constraintdef(c.oid) FROM pg_catalog.pg_constraint c WHERE c.oid = d.objid) END
                 FROM pg_catalog.pg_depend d
                 WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = $1::oid AND d.deptype = 'n'
+                  -- The table's own generated-column expressions and policies name its columns: parts of it, not dependents.
+                  AND NOT (d.classid = 'pg_catalog.pg_attrdef'::regclass
+                           AND EXISTS (SELECT 1 FROM pg_catalog.pg_attrdef a WHERE a.oid = d.objid AND a.adrelid = $1::oid))
+                  AND NOT (d.classid = 'pg_catalog.pg_policy'::regclass
+                           AND EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.oid = d.objid AND p.polrelid = $1::oid))
                 """, [oid]).rows
             return rows.compactMap { row -> Dependent? in
                 let description = row[0] ?? "?", owner = row[2] ?? "", detail = row[3] ?? ""
@@ -443,7 +481,8 @@ public enum SelectiveRestore {
                 switch (row[1], detail.first) {
                 case ("view", "v"):
                     return Dependent(kind: .view, description: description, before: nil,
-                                     after: "CREATE OR REPLACE VIEW \(owner) AS \(detail.dropFirst())")
+                                     // Its options (security_barrier, check_option, security_invoker) go with it.
+                                     after: "CREATE OR REPLACE VIEW \(owner)\(detail.dropFirst())")
                 case ("constraint", "f"):
                     let definition = detail.dropFirst()
                     guard let space = definition.firstIndex(of: " ") else { return Dependent(kind: .other, description: description, before: nil, after: "") }

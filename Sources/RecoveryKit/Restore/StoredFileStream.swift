@@ -12,7 +12,10 @@ enum StoredFileStream {
     ///   differs from the manifest; whatever `sink` or the store throws.
     static func decompress(_ file: BackupManifest.File, of manifest: BackupManifest, from store: BackupStore, key: RepositoryKey?, phase: String,
                            progress: ProgressObserver?, into sink: @escaping (UnsafeRawBufferPointer) throws -> Void) throws {
-        let hint = "nothing was applied from it; dbrestore --emergency picks the newest backup that verifies"
+        // The table of contents is an optional index (FileVerifier): --emergency would not skip the backup for it.
+        let hint = file.name == DumpTableOfContents.fileName
+            ? "the dump itself is unaffected: restore the whole backup (dbrestore \(manifest.id)); selective restores fall back to a full scan"
+            : "nothing was applied from it; dbrestore --emergency picks the newest backup that verifies"
         let decryptKey = try StoredFileStream.key(for: file, of: manifest, given: key)
         let reader: ObjectReader
         do {

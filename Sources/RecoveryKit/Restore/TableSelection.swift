@@ -21,12 +21,20 @@ struct TableSelection {
     private(set) var referencingForeignKeys: [Entry] = []
     /// Views (and materialized views) outside the selection that read a selected table.
     private(set) var dependentViews: [Entry] = []
+    /// Rules of selected tables left out (a rescue copy's rules would act on the live tables they name).
+    private(set) var leftOutRules: [Entry] = []
+    /// Every table of the backup that inherits (`INHERITS`), with its parents.
+    private var inheritance: [Name: [Name]] = [:]
+    /// Every partition of the backup, with its partitioned table.
+    private var partitionOf: [Name: Name] = [:]
+    /// The backup's partitioned tables.
+    private var partitioned = Set<Name>()
 
     /// Kinds of entries that belong to one relation (everything else supports many: schemas,
     /// types, functions, extensions …).
     static let relationKinds: Set<String> = [
         "TABLE", "FOREIGN TABLE", "TABLE DATA", "VIEW", "MATERIALIZED VIEW", "MATERIALIZED VIEW DATA", "SEQUENCE", "SEQUENCE OWNED BY",
-        "SEQUENCE SET", "DEFAULT", "CONSTRAINT", "CHECK CONSTRAINT", "FK CONSTRAINT", "INDEX", "INDEX ATTACH", "TRIGGER", "RULE", "POLICY",
+        "SEQUENCE SET", "DEFAULT", "CONSTRAINT", "CHECK CONSTRAINT", "FK CONSTRAINT", "INDEX", "INDEX ATTACH", "TABLE ATTACH", "TRIGGER", "RULE", "POLICY",
         "ROW SECURITY", "STATISTICS", "PUBLICATION TABLE", "PUBLICATION TABLES IN SCHEMA",
     ]
     /// Object words of `COMMENT`/`ACL`/`SECURITY LABEL` tags that name a relation or a part of one.
@@ -40,7 +48,12 @@ struct TableSelection {
     ///   types, functions, extensions …): what the tables need in a new database. With
     ///   `wholeSchemas`, every object of a selected schema is taken too.
     /// - Throws: `RecoveryError(.usage)` for a pattern that matches nothing, naming the nearest tables.
-    init(toc: DumpTableOfContents, tablePatterns: [String], schemaPatterns: [String], supporting: Bool, wholeSchemas: Bool, backupID: String) throws {
+    /// - Parameter outsideKeys: also replay the selected tables' foreign keys to tables outside the
+    ///   selection (`--replace`: the restored table must keep its keys to the live tables; they are
+    ///   validated against them in the restore's transaction).
+    /// - Parameter rules: replay the selected tables' rules (not into a rescue schema: see `leftOutRules`).
+    init(toc: DumpTableOfContents, tablePatterns: [String], schemaPatterns: [String], supporting: Bool, wholeSchemas: Bool, outsideKeys: Bool = false,
+         rules: Bool = true, backupID: String) throws {
         let allTables = toc.entries.filter { $0.kind == "TABLE" || $0.kind == "FOREIGN TABLE" }.compactMap { entry in
             entry.schema.map { Name(schema: $0, name: entry.name) }
         }
@@ -70,6 +83,14 @@ struct TableSelection {
         }
         tables = allTables.filter { chosen.contains($0) }
 
+        // Inheritance and partitions (the restore refuses what it cannot restore exactly: `hierarchyRefusal`).
+        for entry in toc.entries {
+            guard let schema = entry.schema else { continue }
+            if entry.kind == "TABLE", let parents = entry.inherits { inheritance[Name(schema: schema, name: entry.name)] = parents }
+            if entry.kind == "TABLE", entry.partitioned == true { partitioned.insert(Name(schema: schema, name: entry.name)) }
+            if entry.kind == "TABLE ATTACH", let partition = entry.table, let parent = entry.references?.first { partitionOf[partition] = parent }
+        }
+
         // Owned and identity sequences, and the indexes of each table.
         var indexes: [Name: Name] = [:]
         for entry in toc.entries {
@@ -86,13 +107,22 @@ struct TableSelection {
             if entry.kind == "FK CONSTRAINT" {
                 let referenced = entry.references ?? []
                 let inside = referenced.allSatisfy { chosen.contains($0) }
-                if ownerIsChosen && inside {
+                if ownerIsChosen && (inside || outsideKeys) {
                     entries.append(entry)
                 } else if ownerIsChosen {
                     leftOutForeignKeys.append(entry)
                 } else if referenced.contains(where: { chosen.contains($0) }) {
                     referencingForeignKeys.append(entry)
                 }
+                continue
+            }
+            if !rules, ownerIsChosen, entry.kind == "RULE" || (entry.kind == "COMMENT" && entry.name.hasPrefix("RULE ")) {
+                if entry.kind == "RULE" { leftOutRules.append(entry) }
+                continue
+            }
+            if entry.kind == "TABLE ATTACH" || entry.kind == "INDEX ATTACH" {
+                // Attaches a partition (or its index) to the partitioned table's: only with both in the selection.
+                if ownerIsChosen, let parent = entry.references?.first, chosen.contains(parent) { entries.append(entry) }
                 continue
             }
             if (entry.kind == "VIEW" || entry.kind == "MATERIALIZED VIEW"), !(wholeSchemas && schemas.contains(entry.schema ?? "")),
@@ -118,6 +148,62 @@ struct TableSelection {
                 entries.append(entry)
             }
         }
+    }
+
+    /// Why the selected tables cannot go where asked, for tables in an inheritance or partition
+    /// hierarchy; nil when they can.
+    ///
+    /// - Inheritance (`INHERITS`): a child created in a rescue schema attaches to the live parent (whose
+    ///   rows then include the copy's), and `--replace` would leave the live hierarchy half old, half new:
+    ///   only the whole hierarchy `--into-database` is exact.
+    /// - Partitions: `--replace` cannot swap a partitioned table or a partition in place; a partitioned
+    ///   table needs all its partitions (`--into-database`); a partition alone goes to a rescue schema or
+    ///   a new database as a plain table, to be attached by hand.
+    func hierarchyRefusal(replace: Bool, intoDatabase: Bool, backupID: String) -> RecoveryError? {
+        let chosen = Set(tables)
+        for table in tables {
+            let children = inheritance.filter { $0.value.contains(table) }.keys.sorted()
+            if let parents = inheritance[table] ?? (children.isEmpty ? nil : []) {
+                var hierarchy = Set([table]), queue = [table]
+                while let next = queue.popLast() {
+                    let related = (inheritance[next] ?? []) + inheritance.filter { $0.value.contains(next) }.keys
+                    for other in related where hierarchy.insert(other).inserted { queue.append(other) }
+                }
+                let relation = parents.isEmpty ? "is inherited by \(children.map(\.qualified).joined(separator: ", "))"
+                    : "inherits from \(parents.map(\.qualified).joined(separator: ", "))"
+                let all = hierarchy.sorted().map { "--table \($0.qualified)" }.joined(separator: " ")
+                if !intoDatabase {
+                    return RecoveryError(.usage, "\(table.qualified) \(relation) (INHERITS): \(replace ? "--replace" : "a rescue schema") cannot restore part of an inheritance hierarchy exactly; nothing was changed",
+                                         hint: "restore the whole hierarchy into a new database: dbrestore \(backupID) \(all) --into-database NAME")
+                }
+                let missing = hierarchy.subtracting(chosen).sorted()
+                if !missing.isEmpty {
+                    return RecoveryError(.usage, "\(table.qualified) \(relation) (INHERITS), but \(missing.map(\.qualified).joined(separator: ", ")) is not selected; nothing was changed",
+                                         hint: "select the whole hierarchy: dbrestore \(backupID) \(all) --into-database NAME")
+                }
+            }
+            if replace, partitioned.contains(table) || partitionOf[table] != nil {
+                return RecoveryError(.usage, "\(table.qualified) is \(partitioned.contains(table) ? "a partitioned table" : "a partition of \(partitionOf[table]?.qualified ?? "")"): --replace cannot swap it in place; nothing was changed",
+                                     hint: "restore partitions with --into-schema or --into-database and attach them by hand (ALTER TABLE … ATTACH PARTITION), or restore the whole schema with --schema NAME --into-database NAME")
+            }
+            if partitioned.contains(table) {
+                if !intoDatabase {
+                    return RecoveryError(.usage, "\(table.qualified) is a partitioned table: a rescue schema cannot hold it with its partitions; nothing was changed",
+                                         hint: "restore its partitions with --into-schema (each as a plain table), or the table with all its partitions --into-database NAME")
+                }
+                var partitions = Set<Name>(), queue = [table]
+                while let next = queue.popLast() {
+                    for (partition, parent) in partitionOf where parent == next && partitions.insert(partition).inserted { queue.append(partition) }
+                }
+                let missing = partitions.subtracting(chosen).sorted()
+                if !missing.isEmpty {
+                    let all = ([table] + partitions.sorted()).map { "--table \($0.qualified)" }.joined(separator: " ")
+                    return RecoveryError(.usage, "\(table.qualified) is a partitioned table, but its partition(s) \(missing.map(\.qualified).joined(separator: ", ")) are not selected; nothing was changed",
+                                         hint: "select them too: dbrestore \(backupID) \(all) --into-database NAME")
+                }
+            }
+        }
+        return nil
     }
 
     /// The relation an entry belongs to (its table, or the sequence or index it is), nil for others.

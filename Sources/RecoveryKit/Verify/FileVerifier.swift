@@ -22,17 +22,23 @@ public enum FileVerifier {
         public var problem: String?
         /// The file is intact but archived (S3 GLACIER): it needs a restore request, it is not damaged.
         public var archived: Bool = false
+        /// The file is an optional index (the table of contents): a problem with it is a warning, the
+        /// backup still restores in full (and selectively, by a full scan of the dump).
+        public var optionalIndex: Bool = false
     }
 
     /// The verdict on one backup.
     public struct Report: Codable, Sendable {
         public var id: String
         public var files: [FileResult]
-        public var ok: Bool { files.allSatisfy(\.ok) }
+        /// Every file the restore needs verifies (a damaged optional index does not count: see `warnings`).
+        public var ok: Bool { files.allSatisfy { $0.ok || $0.optionalIndex } }
         /// Not ok only because files are archived.
-        public var onlyArchived: Bool { !ok && files.allSatisfy { $0.ok || $0.archived } }
+        public var onlyArchived: Bool { !ok && files.allSatisfy { $0.ok || $0.archived || $0.optionalIndex } }
         /// The first problem, for one-line messages.
-        public var firstProblem: String? { files.first { !$0.ok }.map { "\($0.name): \($0.problem ?? "damaged")" } }
+        public var firstProblem: String? { files.first { !$0.ok && !$0.optionalIndex }.map { "\($0.name): \($0.problem ?? "damaged")" } }
+        /// Problems with optional indexes: reported, never a reason to skip the backup.
+        public var warnings: [String] { files.filter { !$0.ok && $0.optionalIndex }.map { "\($0.name): \($0.problem ?? "damaged")" } }
     }
 
     /// Checks every file of a backup.
@@ -50,8 +56,12 @@ public enum FileVerifier {
                 results.append(FileResult(name: file.name, ok: false, problem: "encrypted with another key (fingerprint \(file.encryptionKeyFingerprint ?? ""))"))
                 continue
             }
-            results.append(try verify(file, key: manifest.key(of: file), in: store, depth: fileDepth, cipherKey: key,
-                                      phase: "verify \(manifest.id) \(file.name)", progress: progress))
+            var result = try verify(file, key: manifest.key(of: file), in: store, depth: fileDepth, cipherKey: key,
+                                    phase: "verify \(manifest.id) \(file.name)", progress: progress)
+            // The table of contents only speeds up selective restores (which fall back to a full scan
+            // without it): a backup whose dump verifies must stay a restore candidate without it.
+            result.optionalIndex = file.name == DumpTableOfContents.fileName
+            results.append(result)
         }
         return Report(id: manifest.id, files: results)
     }
