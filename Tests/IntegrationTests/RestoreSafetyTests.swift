@@ -235,7 +235,8 @@ final class RestoreSafetyTests: XCTestCase {
         let id = try backup()
         let good = try tool("dbrestore", common + [id, "--dry-run"])
         XCTAssertEqual(good.status, 0, good.standardError)
-        XCTAssertTrue(good.standardOutput.contains("dump.sql.gz verified: size, sha256 and the whole gzip stream"), good.standardOutput)
+        let files = good.standardOutput.split(separator: "\n").first { $0.hasPrefix("files:") } ?? ""
+        XCTAssertTrue(files.contains("dump.sql.gz") && files.contains("verified: size, sha256 and the whole gzip stream"), good.standardOutput)
 
         let path = "\(repository!)/backups/\(id)/dump.sql.gz"
         var data = try Data(contentsOf: URL(fileURLWithPath: path))

@@ -23,7 +23,7 @@ enum ChainRestore {
                 try PointInTimeRestore.extract(root, from: store, into: directory, key: key, progress: progress)
             }
         }
-        let combine = try tools.path(of: "pg_combinebackup")
+        let combine = try program("pg_combinebackup", for: root, tools: tools)
         let links = try supportsLinks(combine)
         let staging = directory.hasSuffix("/") ? String(directory.dropLast()) : directory
         let stagingDirectory = staging + ".dbrestore-chain-" + Timestamp.compact(Date(), separator: "_", zone: "")
@@ -57,7 +57,7 @@ enum ChainRestore {
         chmod(directory, 0o700)
         // pg_combinebackup wrote a backup_manifest for what it built: check every file against it
         // before recovery settings are added (WAL comes from the archive later, so it is not parsed).
-        let verify = try tools.path(of: "pg_verifybackup")
+        let verify = try program("pg_verifybackup", for: root, tools: tools)
         try timeline.step("pg_verifybackup the rebuilt data directory") {
             try run(verify, ["--no-parse-wal", "--quiet", directory], failure: "the data directory rebuilt from chain \(chain.map(\.id).joined(separator: " → ")) does not match its backup_manifest")
         }
@@ -69,12 +69,19 @@ enum ChainRestore {
     static func requirements(of chain: [BackupManifest], tools: PostgresTools) throws -> (links: Bool, peakBytes: UInt64) {
         let size = { (manifest: BackupManifest) in manifest.files.first { $0.name == PhysicalCapture.baseFileName }?.rawBytes ?? 0 }
         guard chain.count > 1, let root = chain.first else { return (false, chain.first.map(size) ?? 0) }
-        let links = try supportsLinks(try tools.path(of: "pg_combinebackup"))
-        _ = try tools.path(of: "pg_verifybackup")
+        let links = try supportsLinks(try program("pg_combinebackup", for: root, tools: tools))
+        _ = try program("pg_verifybackup", for: root, tools: tools)
         let largestIncrement = chain.dropFirst().map(size).max() ?? 0
         // The result so far, one extracted incremental, and the next result (which, with links,
         // shares every unchanged file with the result so far).
         return (links, size(root) * (links ? 1 : 2) + largestIncrement)
+    }
+
+    /// pg_combinebackup and pg_verifybackup read a data directory: of the backup's own major (the
+    /// plain search only for manifests that predate the recorded version).
+    private static func program(_ name: String, for root: BackupManifest, tools: PostgresTools) throws -> String {
+        guard let major = root.serverMajor else { return try tools.path(of: name) }
+        return try tools.program(name, for: major, fit: .same).path
     }
 
     /// Whether this pg_combinebackup hard-links unchanged files (`--link`, PostgreSQL 18+).

@@ -65,7 +65,8 @@ public struct RestorePlan: Codable, Sendable {
     public var backupRelease: String?
     public var backupSchemaVersion: String?
     public var backupRows: Int64
-    /// The chosen backup's files as stored (compressed, encrypted): what a restore reads.
+    /// The chosen backup's dump as stored (compressed, encrypted): what a restore reads (not the
+    /// table of contents, which only selective restores read).
     public var backupStoredBytes: Int64 = 0
     public var server: String
     public var targetDatabase: String
@@ -526,7 +527,7 @@ extension RestorePlan {
         backupRelease = manifest.release
         backupSchemaVersion = manifest.schemaVersion
         backupRows = manifest.totalRows
-        backupStoredBytes = Int64(manifest.storedBytes)
+        backupStoredBytes = Int64(manifest.files.first { $0.name == LogicalCapture.dumpFileName }?.storedBytes ?? manifest.storedBytes)
         skipped = choice.skipped
         databaseProperties = manifest.databaseProperties?.maskedForDisplay
         warnings = manifest.databaseProperties != nil || mode == .drill ? [] : [
