@@ -371,7 +371,7 @@ final class RestoreFidelityTests: XCTestCase {
         if let user { target = target.with("user", user.name) }
         let loader = try ParallelLoader(target: target, jobs: jobs, backupID: "test")
         defer { loader.abandon() }
-        let scanner = DumpScanner { try loader.handle($0) }
+        let scanner = DumpScanner(backupID: "test") { try loader.handle($0) }
         var offset = 0
         while offset < dump.count {
             let end = min(dump.count, offset + 4093)
