@@ -86,4 +86,34 @@ final class UnverifiedStreamTests: XCTestCase {
         XCTAssertTrue(try cluster.databaseExists(victim))
         XCTAssertFalse(try roleExists(role))
     }
+
+    /// Finding 4: a same-size replacement that fails as SQL part-way (before the digest is known)
+    /// is a damaged copy, as a digest mismatch found first would be: a normal restore goes on with
+    /// the second repository's copy, and `--emergency` skips the candidate naming the sha256.
+    func testDamageThatFailsAsSQLIsADamagedCopy() throws {
+        let second = TestPaths.temporaryDirectory(prefix: "repo2") + "/repo"
+        let good = try backup([repository])
+        let newest = try backup([repository, second])
+        let failing = """
+            CREATE TABLE public.t (x integer);
+            ALTER TABLE public.no_such_table OWNER TO no_such_role;
+
+            """
+        try replaceDump(newest, in: repository, with: failing)
+
+        let restored = try tool("dbrestore", [newest, "--yes", "--json", "--database-url", cluster.url(database: database),
+                                              "--repo", repository, "--repo", second])
+        XCTAssertEqual(restored.status, 0, restored.standardError)
+        let plan = (try JSONSerialization.jsonObject(with: Data(restored.standardOutput.utf8)) as? [String: Any])?["plan"] as? [String: Any]
+        XCTAssertEqual(plan?["backup_id"] as? String, newest)
+        XCTAssertEqual(plan?["repository"] as? String, second, "the second repository's copy was used")
+        XCTAssertEqual(try cluster.rowCounts(database: database)["public.t"], 200)
+
+        let emergency = try tool("dbrestore", ["--emergency", "--json", "--database-url", cluster.url(database: database), "--repo", repository])
+        XCTAssertEqual(emergency.status, 0, emergency.standardError)
+        let report = (try JSONSerialization.jsonObject(with: Data(emergency.standardOutput.utf8)) as? [String: Any])?["plan"] as? [String: Any]
+        XCTAssertEqual(report?["backup_id"] as? String, good)
+        let skipped = (report?["skipped"] as? [[String: String]] ?? []).first { $0["id"]?.hasPrefix(newest) ?? false }
+        XCTAssertTrue(skipped?["reason"]?.contains("sha256") ?? false, "damaged, not a replay failure: \(report ?? [:])")
+    }
 }
