@@ -53,6 +53,8 @@ enum StoredFileStream {
             progress?.progress(phase: "\(phase) \(manifest.id) \(file.name)", bytes: stored, total: file.storedBytes, estimated: false)
         }
         guard stored == file.storedBytes, digest.hexDigest() == file.sha256 else {
+            // The record dbprune trusts in place of a full read must not outlive this finding.
+            VerificationRecord.forget(manifest, in: store)
             throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name) does not match its sha256 (file damaged)", hint: hint)
         }
         if let sinkFailure { throw sinkFailure }
@@ -61,6 +63,7 @@ enum StoredFileStream {
             try decryptor?.finish()
             try decompressor.finish()
         } catch let error as GzipError {
+            VerificationRecord.forget(manifest, in: store)
             throw RecoveryError(.backupCorrupt, "backup \(manifest.id) is damaged: \(file.name): \(error)", hint: hint)
         }
     }

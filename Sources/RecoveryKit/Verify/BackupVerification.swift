@@ -1,3 +1,4 @@
+import BackupStorage
 import Foundation
 import PostgresClient
 
@@ -18,14 +19,26 @@ public enum BackupVerification {
                     return FileVerifier.Report(id: entry.id, files: [.init(name: BackupManifest.fileName, ok: false, problem: entry.problem)])
                 }
                 do {
-                    return try FileVerifier.verify(manifest, in: store, cipherKey: key, progress: progress)
+                    return remember(try FileVerifier.verify(manifest, in: store, cipherKey: key, progress: progress), of: manifest, in: store)
                 } catch {
                     let problem = "cannot be read: \(RecoveryError.classify(error).message)"
                     return FileVerifier.Report(id: entry.id, files: manifest.files.map { .init(name: $0.name, ok: false, problem: problem) })
                 }
             }
         }
-        return [try FileVerifier.verify(try catalog.resolve(backup), in: store, cipherKey: key, progress: progress)]
+        let manifest = try catalog.resolve(backup)
+        return [remember(try FileVerifier.verify(manifest, in: store, cipherKey: key, progress: progress), of: manifest, in: store)]
+    }
+
+    /// A full read's verdict kept for `dbprune` (`VerificationRecord`): damage deletes the record
+    /// that vouched for the backup, a pass refreshes it. Archived (GLACIER) files say neither.
+    private static func remember(_ report: FileVerifier.Report, of manifest: BackupManifest, in store: BackupStore) -> FileVerifier.Report {
+        if report.ok {
+            VerificationRecord.recordPassed(manifest, in: store)
+        } else if !report.onlyArchived {
+            VerificationRecord.forget(manifest, in: store)
+        }
+        return report
     }
 
     /// Compares the live database's row counts with one backup's manifest.
