@@ -125,6 +125,45 @@ final class WALAsyncTests: XCTestCase {
         XCTAssertEqual(other.status, ExitStatus.usage.rawValue, "a spool serves one repository: \(other.standardError)")
     }
 
+    /// Issue 21 attack finding 3 (/tmp/attack-restore/async-stale-ok.sh): two clusters share a spool
+    /// and a repository. A's call reads A's next segment ahead and the pusher stores it; B's own,
+    /// different segment of that name must not be acknowledged by A's `.ok`: B's call pushes its
+    /// file the synchronous way, which refuses DIFFERENT content, and the archive keeps A's.
+    func testAVerdictForOtherContentUnderTheSameNameIsNotAnAcknowledgement() throws {
+        let repository = work + "/repo", spool = work + "/spool"
+        let first = "000000010000000000000001", second = "000000010000000000000002"
+        func segment(_ directory: String, _ name: String, ready: Bool) throws -> Data {
+            try FileManager.default.createDirectory(atPath: "\(work!)/\(directory)/pg_wal/archive_status", withIntermediateDirectories: true)
+            let data = Data((0..<65_536).map { _ in UInt8.random(in: 0...255) })
+            try data.write(to: URL(fileURLWithPath: "\(work!)/\(directory)/pg_wal/\(name)"))
+            if ready { _ = FileManager.default.createFile(atPath: "\(work!)/\(directory)/pg_wal/archive_status/\(name).ready", contents: nil) }
+            return data
+        }
+        func push(_ directory: String, _ name: String) throws -> TestProcess.Result {
+            try TestProcess.tool("dbbackup", ["wal-push", "\(work!)/\(directory)/pg_wal/\(name)", "--async", "--spool", spool, "--repo", repository,
+                                             "--timeout", "20"])
+        }
+        _ = try segment("A", first, ready: true)
+        let secondOfA = try segment("A", second, ready: true)
+        let secondOfB = try segment("B", second, ready: false)
+        let pushed = try push("A", first)
+        XCTAssertEqual(pushed.status, 0, pushed.standardError)
+        let deadline = Date().addingTimeInterval(20)
+        while !FileManager.default.fileExists(atPath: "\(spool)/status/\(second).ok"), Date() < deadline { usleep(50_000) }
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "\(spool)/status/\(second).ok"), "A's \(second) was read ahead and stored")
+
+        let other = try push("B", second)
+        XCTAssertEqual(other.status, ExitStatus.repositoryError.rawValue, "B's segment is not acknowledged: \(other.standardError)")
+        XCTAssertTrue(other.standardError.contains("DIFFERENT content"), other.standardError)
+        let fetched = work + "/fetched"
+        let fetch = try TestProcess.tool("dbrestore", ["wal-fetch", second, fetched, "--repo", repository])
+        XCTAssertEqual(fetch.status, 0, fetch.standardError)
+        XCTAssertEqual(FileManager.default.contents(atPath: fetched), secondOfA, "the archive keeps A's segment")
+        XCTAssertNotEqual(secondOfA, secondOfB)
+        // A's own call for the segment is still acknowledged: its content is what was stored.
+        XCTAssertEqual(try push("A", second).status, 0)
+    }
+
     func testTheSpoolComesFromTheFlagOrTheConfigFile() throws {
         let names = try makeSegments(1)
         let local = work + "/repo"
