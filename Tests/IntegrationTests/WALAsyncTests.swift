@@ -164,6 +164,50 @@ final class WALAsyncTests: XCTestCase {
         XCTAssertEqual(try push("A", second).status, 0)
     }
 
+    /// A WAL segment as PostgreSQL writes it, as far as its first page goes: the long page header
+    /// (XLP_LONG_HEADER, timeline 1, `xlp_pageaddr` = the segment's start LSN, `xlp_seg_size`).
+    private func walSegment(_ name: String, size: Int = 1 << 20) -> Data {
+        var bytes = (0..<size).map { _ in UInt8.random(in: 0...255) }
+        let log = UInt64(name.dropFirst(8).prefix(8), radix: 16) ?? 0, segment = UInt64(name.suffix(8), radix: 16) ?? 0
+        let address = (log * (0x1_0000_0000 / UInt64(size)) + segment) * UInt64(size)
+        func put<T: FixedWidthInteger>(_ value: T, at offset: Int) {
+            withUnsafeBytes(of: value.littleEndian) { for (index, byte) in $0.enumerated() { bytes[offset + index] = byte } }
+        }
+        put(UInt16(0xD116), at: 0); put(UInt16(0x0002), at: 2); put(UInt32(1), at: 4); put(address, at: 8)
+        put(UInt32(size), at: 32); put(UInt32(8192), at: 36)
+        return Data(bytes)
+    }
+
+    /// Issue 21 attack finding 6: a read-ahead that failed leaves `status/<name>.error`; the later
+    /// call for that segment, once the repository works again, retries instead of reporting it.
+    func testAStaleErrorOfAReadAheadIsRetriedByTheCallForThatSegment() throws {
+        let repository = work + "/repo", spool = work + "/spool", pgWAL = work + "/pg_wal"
+        try FileManager.default.createDirectory(atPath: pgWAL + "/archive_status", withIntermediateDirectories: true)
+        let first = "000000010000000000000001", second = "000000010000000000000002"
+        for name in [first, second] {
+            try walSegment(name, size: 1 << 18).write(to: URL(fileURLWithPath: "\(pgWAL)/\(name)"))
+            _ = FileManager.default.createFile(atPath: "\(pgWAL)/archive_status/\(name).ready", contents: nil)
+        }
+        // The repository cannot take WAL (a file where its wal/ folder goes), even for root.
+        try FileManager.default.createDirectory(atPath: repository, withIntermediateDirectories: true)
+        _ = FileManager.default.createFile(atPath: repository + "/wal", contents: Data("not a folder".utf8))
+        func push(_ name: String) throws -> TestProcess.Result {
+            try TestProcess.tool("dbbackup", ["wal-push", "\(pgWAL)/\(name)", "--async", "--spool", spool, "--repo", repository, "--timeout", "20"])
+        }
+        let failed = try push(first)
+        XCTAssertEqual(failed.status, ExitStatus.repositoryError.rawValue, failed.standardError)
+        let deadline = Date().addingTimeInterval(20)
+        while !FileManager.default.fileExists(atPath: "\(spool)/status/\(second).error"), Date() < deadline { usleep(50_000) }
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "\(spool)/status/\(second).error"), "the read-ahead failed too")
+
+        try FileManager.default.removeItem(atPath: repository + "/wal")
+        let retried = try push(second)
+        XCTAssertEqual(retried.status, 0, "the stale error is not this call's verdict: \(retried.standardError)")
+        let fetched = work + "/fetched"
+        XCTAssertEqual(try TestProcess.tool("dbrestore", ["wal-fetch", second, fetched, "--repo", repository]).status, 0)
+        XCTAssertEqual(FileManager.default.contents(atPath: fetched), FileManager.default.contents(atPath: "\(pgWAL)/\(second)"))
+    }
+
     func testTheSpoolComesFromTheFlagOrTheConfigFile() throws {
         let names = try makeSegments(1)
         let local = work + "/repo"

@@ -74,7 +74,9 @@ public enum WALAsyncPush {
         func pushSynchronously() throws {
             _ = try WALArchive.push(path: path, repository: settings.repository, key: try key(), environment: settings.environment)
         }
-        switch try takeVerdict(name, digest: digest, spool: spool) {
+        // An error found now was not produced for this call (a read-ahead's, an earlier call's): this
+        // call's own attempt is the retry, and its verdict is the one reported.
+        switch try takeVerdict(name, digest: digest, spool: spool, reportingErrors: false) {
         case .stored: return
         case .otherContent: return try pushSynchronously()
         case .none: break
@@ -96,7 +98,7 @@ public enum WALAsyncPush {
         var lastCheck = Date.distantPast
         while Date() < deadline {
             try Interruption.check()
-            switch try takeVerdict(name, digest: digest, spool: spool) {
+            switch try takeVerdict(name, digest: digest, spool: spool, reportingErrors: true) {
             case .stored: return
             case .otherContent: return try pushSynchronously()
             case .none: break
@@ -123,14 +125,16 @@ public enum WALAsyncPush {
     }
 
     /// `.stored` (and the `.ok` removed) when `name` is stored with this `digest`; throws the
-    /// pusher's error (removed, so that the retry queues the segment again).
-    private static func takeVerdict(_ name: String, digest: String, spool: WALSpool) throws -> Verdict {
+    /// pusher's error (removed, so that the retry queues the segment again), or with
+    /// `reportingErrors` false only removes it.
+    private static func takeVerdict(_ name: String, digest: String, spool: WALSpool, reportingErrors: Bool) throws -> Verdict {
         if let ok = try? spool.files.read("status/\(name).ok") {
             try spool.files.delete(["status/\(name).ok"])
             return okDigest(ok) == digest ? .stored : .otherContent
         }
         if let error = try? spool.files.read("status/\(name).error") {
             try spool.files.delete(["status/\(name).error"])
+            guard reportingErrors else { return .none }
             throw RecoveryError(.repositoryError, "WAL file \(name) was not archived: \(String(decoding: error, as: UTF8.self))",
                                 hint: "PostgreSQL keeps the file and retries; fix the repository named above")
         }
