@@ -178,6 +178,31 @@ final class WALAsyncTests: XCTestCase {
         return Data(bytes)
     }
 
+    /// Issue 21 attack finding 5: a valid gzip in the prefetch spool under a segment's name (here
+    /// the stored copy of another segment) is not served as that segment: its page header says what
+    /// it is, and the segment is fetched from the repository.
+    func testPrefetchServesOnlyWhatIsTheSegmentByItsPageHeader() throws {
+        let repository = work + "/repo", pgWAL = work + "/pg_wal"
+        try FileManager.default.createDirectory(atPath: pgWAL, withIntermediateDirectories: true)
+        let first = "000000010000000000000001", second = "000000010000000000000002"
+        for name in [first, second] {
+            try walSegment(name).write(to: URL(fileURLWithPath: "\(pgWAL)/\(name)"))
+            let pushed = try TestProcess.tool("dbbackup", ["wal-push", "\(pgWAL)/\(name)", "--repo", repository])
+            XCTAssertEqual(pushed.status, 0, pushed.standardError)
+        }
+        XCTAssertTrue(WALSegmentName.headerMatches(try Data(contentsOf: URL(fileURLWithPath: "\(pgWAL)/\(second)")), name: second))
+        XCTAssertFalse(WALSegmentName.headerMatches(try Data(contentsOf: URL(fileURLWithPath: "\(pgWAL)/\(first)")), name: second))
+        let restore = work + "/restore/pg_wal", spool = work + "/restore/pg_wal/dbrecovery-prefetch"
+        try FileManager.default.createDirectory(atPath: spool + "/segments", withIntermediateDirectories: true)
+        try Data(repository.utf8).write(to: URL(fileURLWithPath: spool + "/repository"))
+        try FileManager.default.copyItem(atPath: "\(repository)/\(try WALArchive.key(for: first))", toPath: "\(spool)/segments/\(second).gz")
+
+        let fetched = try TestProcess.tool("dbrestore", ["wal-fetch", second, restore + "/RECOVERYXLOG", "--prefetch", "2", "--repo", repository])
+        XCTAssertEqual(fetched.status, 0, fetched.standardError)
+        XCTAssertEqual(FileManager.default.contents(atPath: restore + "/RECOVERYXLOG"), FileManager.default.contents(atPath: "\(pgWAL)/\(second)"),
+                       "the segment asked for, not the other one planted under its name")
+    }
+
     /// Issue 21 attack finding 6: a read-ahead that failed leaves `status/<name>.error`; the later
     /// call for that segment, once the repository works again, retries instead of reporting it.
     func testAStaleErrorOfAReadAheadIsRetriedByTheCallForThatSegment() throws {
