@@ -233,6 +233,29 @@ final class WALAsyncTests: XCTestCase {
         XCTAssertEqual(FileManager.default.contents(atPath: fetched), FileManager.default.contents(atPath: "\(pgWAL)/\(second)"))
     }
 
+    /// Issue 21 attack finding 7: a spool the PostgreSQL user cannot write is a usage problem
+    /// naming the spool (exit 2), not a repository problem. Run as the postgres user, as
+    /// archive_command is (root may write anywhere).
+    func testAnUnwritableSpoolIsReportedAsTheSpoolsProblem() throws {
+        guard getuid() == 0, let postgres = getpwnam("postgres") else {
+            return XCTFail("needs root and a postgres user, to run the command as archive_command runs")
+        }
+        let directory = TestPaths.temporaryDirectory(prefix: "rospool")
+        let pgWAL = directory + "/pg_wal", spool = directory + "/spool", repository = directory + "/repo"
+        for path in [directory, pgWAL, spool, repository] {
+            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+            chown(path, postgres.pointee.pw_uid, postgres.pointee.pw_gid)
+        }
+        let name = "000000010000000000000001"
+        try walSegment(name, size: 1 << 18).write(to: URL(fileURLWithPath: "\(pgWAL)/\(name)"))
+        chown("\(pgWAL)/\(name)", postgres.pointee.pw_uid, postgres.pointee.pw_gid)
+        chmod(spool, 0o500)
+        let result = try TestProcess.run("/usr/sbin/runuser", ["-u", "postgres", "--", TestPaths.executable("dbbackup"), "wal-push",
+                                                              "\(pgWAL)/\(name)", "--async", "--spool", spool, "--repo", repository, "--timeout", "5"])
+        XCTAssertEqual(result.status, ExitStatus.usage.rawValue, result.standardError)
+        XCTAssertTrue(result.standardError.contains("spool directory \(spool) is not writable"), result.standardError)
+    }
+
     func testTheSpoolComesFromTheFlagOrTheConfigFile() throws {
         let names = try makeSegments(1)
         let local = work + "/repo"
