@@ -171,6 +171,21 @@ public enum WALAsyncPush {
         try enqueue(name, data: data, spool: spool)
     }
 
+    /// How old a verdict no call took (a read-ahead of a segment PostgreSQL never asked for, a
+    /// call that timed out) may get before a pusher deletes it: far beyond any call's wait.
+    static let unusedVerdictAge: TimeInterval = 3600
+
+    /// Deletes what killed pushers left (`*.partial-<pid>-*` of processes that are gone) and
+    /// verdicts older than `unusedVerdictAge`. Best effort: leftovers only take room.
+    static func removeLeftovers(in spool: WALSpool, now: Date) {
+        _ = try? spool.files.removeLeftovers(before: now.addingTimeInterval(-60))
+        let old = ((try? spool.files.list(prefix: "status/")) ?? []).filter { object in
+            (object.key.hasSuffix(".ok") || object.key.hasSuffix(".error"))
+                && (object.modified.map { now.timeIntervalSince($0) > unusedVerdictAge } ?? false)
+        }
+        try? spool.files.delete(old.map(\.key))
+    }
+
     /// The background pusher: uploads queued segments, `jobs` at once, writing each one's verdict,
     /// until the queue has been empty for `idleExit`. Returns at once when another pusher holds the spool.
     public static func drain(settings: Settings, key: RepositoryKey?) throws {
@@ -178,6 +193,7 @@ public enum WALAsyncPush {
         guard let lock = try spool.tryLock(lockName) else { return }
         defer { lock.release() }
         try spool.files.write("pusher.pid", contents: Data(String(ProcessInfo.processInfo.processIdentifier).utf8))
+        removeLeftovers(in: spool, now: Date())
         let claims = Claims()
         let directory = spool.directory
         let repository = settings.repository
