@@ -194,7 +194,8 @@ public struct WALPushCommand: ToolCommand {
             var arguments = ["wal-push", "--pusher", "--spool", directory, "--repo", addresses[0], "--jobs", String(jobs)]
             if let keyFile = repository.encryptionKeyFile { arguments += ["--encryption-key-file", keyFile] }
             if encryption.allowMixedEncryption { arguments.append("--allow-mixed-encryption") }
-            return try WALAsyncPush.push(path: path, settings: asyncSettings, pusherArguments: arguments)
+            return try WALAsyncPush.push(path: path, settings: asyncSettings, pusherArguments: arguments,
+                                         key: { try encryption.key(from: repository, writingTo: addresses, settings) })
         }
         guard let path else { return }   // validate() refused this already
         if addresses.count == 1 {

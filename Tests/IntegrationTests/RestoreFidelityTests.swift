@@ -68,6 +68,40 @@ final class RestoreFidelityTests: XCTestCase {
     /// LATIN1 and SQL_ASCII databases through dbbackup and dbrestore. These need the scratch database
     /// created with the source's encoding and a row counter that reads non-ASCII names (issue 14
     /// item 3, another branch); the loader's part is `testLoaderReplaysNonUTF8DumpsByteForByte`.
+    /// Issue 21 finding 1: the restore refuses every statement pg_dump never writes
+    /// (`DumpStatementPolicy`, an allowlist). What pg_dump 14 to 18 write of the corpus (of every
+    /// kind pg_dump writes), 18 also with `--statistics`, passes it whole.
+    func testWhatEveryPgDumpFrom14To18WritesOfTheCorpusPassesTheStatementPolicy() throws {
+        // The oldest server: every pg_dump from 14 to 18 dumps it.
+        let server = try PostgresCluster(major: 14)
+        defer { server.stop() }
+        try createRolesAndTablespaces(on: server)
+        let source = try server.createDatabase(prefix: "corpus")
+        try psql(file: TestPaths.repositoryRoot + "/Tests/Fixtures/fidelity/corpus.sql", database: source, on: server)
+        try server.connect(database: source).execute(script: "ANALYZE")
+        for major in 14...18 {
+            let bin = try TestProcess.run(TestPaths.repositoryRoot + "/scripts/pg-majors.sh", ["bin", String(major)])
+            XCTAssertEqual(bin.status, 0, "pg_dump \(major) is installed (scripts/pg-majors.sh install \(major)): \(bin.standardError)")
+            let pgDump = bin.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines) + "/pg_dump"
+            for options in major == 18 ? [[], ["--statistics"]] : [[]] {
+                let file = TestPaths.temporaryDirectory(prefix: "dump\(major)") + "/dump.sql"
+                let dumped = try TestProcess.run("/bin/sh", ["-c", "\"$0\" \"$@\" > '\(file)'", pgDump, "--format=plain", "--no-password"] + options
+                                                 + ["--dbname", server.url(database: source)], environment: server.environment)
+                XCTAssertEqual(dumped.status, 0, "pg_dump \(major): \(dumped.standardError)")
+                let dump = try Data(contentsOf: URL(fileURLWithPath: file))
+                var statements = 0
+                let scanner = DumpScanner(backupID: "pg_dump \(major) \(options.joined())") { event in
+                    if case .statement = event { statements += 1 }
+                }
+                XCTAssertNoThrow(try dump.withUnsafeBytes { try scanner.write($0); try scanner.finish() }, "pg_dump \(major) \(options)")
+                XCTAssertGreaterThan(statements, 200, "pg_dump \(major) \(options): the corpus's statements were read")
+                if options == ["--statistics"] {
+                    XCTAssertTrue(String(decoding: dump, as: UTF8.self).contains("pg_catalog.pg_restore_attribute_stats("), "statistics were dumped")
+                }
+            }
+        }
+    }
+
     func testNonUTF8DatabasesMatchPsqlReplay() throws {
         for (encoding, clientEncoding, sql) in Self.nonUTF8Sources {
             let source = try createDatabase("enc_\(encoding.lowercased())", encoding: encoding)
@@ -371,7 +405,7 @@ final class RestoreFidelityTests: XCTestCase {
         if let user { target = target.with("user", user.name) }
         let loader = try ParallelLoader(target: target, jobs: jobs, backupID: "test")
         defer { loader.abandon() }
-        let scanner = DumpScanner { try loader.handle($0) }
+        let scanner = DumpScanner(backupID: "test") { try loader.handle($0) }
         var offset = 0
         while offset < dump.count {
             let end = min(dump.count, offset + 4093)
@@ -401,8 +435,8 @@ final class RestoreFidelityTests: XCTestCase {
     private func program(_ name: String) throws -> String { try PostgresTools().path(of: name) }
 
     /// The roles and tablespaces the corpus refers to (cluster-wide, so made once per cluster).
-    private func createRolesAndTablespaces() throws {
-        let connection = try cluster.connect()
+    private func createRolesAndTablespaces(on server: PostgresCluster? = nil) throws {
+        let connection = try (server ?? cluster).connect()
         for role in ["fidelity_owner", "fidelity_reader"] where try connection.query("SELECT 1 FROM pg_roles WHERE rolname = $1", [role]).rows.isEmpty {
             try connection.execute(script: "CREATE ROLE \(role)")
         }
@@ -415,7 +449,8 @@ final class RestoreFidelityTests: XCTestCase {
     }
 
     /// Runs a script with psql, stopping at the first error.
-    private func psql(file: String, database: String, clientEncoding: String = "UTF8") throws {
+    private func psql(file: String, database: String, clientEncoding: String = "UTF8", on server: PostgresCluster? = nil) throws {
+        let cluster: PostgresCluster = server ?? self.cluster
         var environment = cluster.environment
         environment["PGCLIENTENCODING"] = clientEncoding
         let result = try TestProcess.run(try program("psql"), ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", file, "-d", cluster.url(database: database)],

@@ -128,6 +128,137 @@ final class WALAsyncTests: XCTestCase {
         XCTAssertEqual(other.status, ExitStatus.usage.rawValue, "a spool serves one repository: \(other.standardError)")
     }
 
+    /// Issue 21 attack finding 3 (/tmp/attack-restore/async-stale-ok.sh): two clusters share a spool
+    /// and a repository. A's call reads A's next segment ahead and the pusher stores it; B's own,
+    /// different segment of that name must not be acknowledged by A's `.ok`: B's call pushes its
+    /// file the synchronous way, which refuses DIFFERENT content, and the archive keeps A's.
+    func testAVerdictForOtherContentUnderTheSameNameIsNotAnAcknowledgement() throws {
+        let repository = work + "/repo", spool = work + "/spool"
+        let first = "000000010000000000000001", second = "000000010000000000000002"
+        func segment(_ directory: String, _ name: String, ready: Bool) throws -> Data {
+            try FileManager.default.createDirectory(atPath: "\(work!)/\(directory)/pg_wal/archive_status", withIntermediateDirectories: true)
+            let data = Data((0..<65_536).map { _ in UInt8.random(in: 0...255) })
+            try data.write(to: URL(fileURLWithPath: "\(work!)/\(directory)/pg_wal/\(name)"))
+            if ready { _ = FileManager.default.createFile(atPath: "\(work!)/\(directory)/pg_wal/archive_status/\(name).ready", contents: nil) }
+            return data
+        }
+        func push(_ directory: String, _ name: String) throws -> TestProcess.Result {
+            try TestProcess.tool("dbbackup", ["wal-push", "\(work!)/\(directory)/pg_wal/\(name)", "--async", "--spool", spool, "--repo", repository,
+                                             "--timeout", "20"])
+        }
+        _ = try segment("A", first, ready: true)
+        let secondOfA = try segment("A", second, ready: true)
+        let secondOfB = try segment("B", second, ready: false)
+        let pushed = try push("A", first)
+        XCTAssertEqual(pushed.status, 0, pushed.standardError)
+        let deadline = Date().addingTimeInterval(20)
+        while !FileManager.default.fileExists(atPath: "\(spool)/status/\(second).ok"), Date() < deadline { usleep(50_000) }
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "\(spool)/status/\(second).ok"), "A's \(second) was read ahead and stored")
+
+        let other = try push("B", second)
+        XCTAssertEqual(other.status, ExitStatus.repositoryError.rawValue, "B's segment is not acknowledged: \(other.standardError)")
+        XCTAssertTrue(other.standardError.contains("DIFFERENT content"), other.standardError)
+        let fetched = work + "/fetched"
+        let fetch = try TestProcess.tool("dbrestore", ["wal-fetch", second, fetched, "--repo", repository])
+        XCTAssertEqual(fetch.status, 0, fetch.standardError)
+        XCTAssertEqual(FileManager.default.contents(atPath: fetched), secondOfA, "the archive keeps A's segment")
+        XCTAssertNotEqual(secondOfA, secondOfB)
+        // A's own call for the segment is still acknowledged: its content is what was stored.
+        XCTAssertEqual(try push("A", second).status, 0)
+    }
+
+    /// A WAL segment as PostgreSQL writes it, as far as its first page goes: the long page header
+    /// (XLP_LONG_HEADER, timeline 1, `xlp_pageaddr` = the segment's start LSN, `xlp_seg_size`).
+    private func walSegment(_ name: String, size: Int = 1 << 20) -> Data {
+        var bytes = (0..<size).map { _ in UInt8.random(in: 0...255) }
+        let log = UInt64(name.dropFirst(8).prefix(8), radix: 16) ?? 0, segment = UInt64(name.suffix(8), radix: 16) ?? 0
+        let address = (log * (0x1_0000_0000 / UInt64(size)) + segment) * UInt64(size)
+        func put<T: FixedWidthInteger>(_ value: T, at offset: Int) {
+            withUnsafeBytes(of: value.littleEndian) { for (index, byte) in $0.enumerated() { bytes[offset + index] = byte } }
+        }
+        put(UInt16(0xD116), at: 0); put(UInt16(0x0002), at: 2); put(UInt32(1), at: 4); put(address, at: 8)
+        put(UInt32(size), at: 32); put(UInt32(8192), at: 36)
+        return Data(bytes)
+    }
+
+    /// Issue 21 attack finding 5: a valid gzip in the prefetch spool under a segment's name (here
+    /// the stored copy of another segment) is not served as that segment: its page header says what
+    /// it is, and the segment is fetched from the repository.
+    func testPrefetchServesOnlyWhatIsTheSegmentByItsPageHeader() throws {
+        let repository = work + "/repo", pgWAL = work + "/pg_wal"
+        try FileManager.default.createDirectory(atPath: pgWAL, withIntermediateDirectories: true)
+        let first = "000000010000000000000001", second = "000000010000000000000002"
+        for name in [first, second] {
+            try walSegment(name).write(to: URL(fileURLWithPath: "\(pgWAL)/\(name)"))
+            let pushed = try TestProcess.tool("dbbackup", ["wal-push", "\(pgWAL)/\(name)", "--repo", repository])
+            XCTAssertEqual(pushed.status, 0, pushed.standardError)
+        }
+        XCTAssertTrue(WALSegmentName.headerMatches(try Data(contentsOf: URL(fileURLWithPath: "\(pgWAL)/\(second)")), name: second))
+        XCTAssertFalse(WALSegmentName.headerMatches(try Data(contentsOf: URL(fileURLWithPath: "\(pgWAL)/\(first)")), name: second))
+        let restore = work + "/restore/pg_wal", spool = work + "/restore/pg_wal/dbrecovery-prefetch"
+        try FileManager.default.createDirectory(atPath: spool + "/segments", withIntermediateDirectories: true)
+        try Data(repository.utf8).write(to: URL(fileURLWithPath: spool + "/repository"))
+        try FileManager.default.copyItem(atPath: "\(repository)/\(try WALArchive.key(for: first))", toPath: "\(spool)/segments/\(second).gz")
+
+        let fetched = try TestProcess.tool("dbrestore", ["wal-fetch", second, restore + "/RECOVERYXLOG", "--prefetch", "2", "--repo", repository])
+        XCTAssertEqual(fetched.status, 0, fetched.standardError)
+        XCTAssertEqual(FileManager.default.contents(atPath: restore + "/RECOVERYXLOG"), FileManager.default.contents(atPath: "\(pgWAL)/\(second)"),
+                       "the segment asked for, not the other one planted under its name")
+    }
+
+    /// Issue 21 attack finding 6: a read-ahead that failed leaves `status/<name>.error`; the later
+    /// call for that segment, once the repository works again, retries instead of reporting it.
+    func testAStaleErrorOfAReadAheadIsRetriedByTheCallForThatSegment() throws {
+        let repository = work + "/repo", spool = work + "/spool", pgWAL = work + "/pg_wal"
+        try FileManager.default.createDirectory(atPath: pgWAL + "/archive_status", withIntermediateDirectories: true)
+        let first = "000000010000000000000001", second = "000000010000000000000002"
+        for name in [first, second] {
+            try walSegment(name, size: 1 << 18).write(to: URL(fileURLWithPath: "\(pgWAL)/\(name)"))
+            _ = FileManager.default.createFile(atPath: "\(pgWAL)/archive_status/\(name).ready", contents: nil)
+        }
+        // The repository cannot take WAL (a file where its wal/ folder goes), even for root.
+        try FileManager.default.createDirectory(atPath: repository, withIntermediateDirectories: true)
+        _ = FileManager.default.createFile(atPath: repository + "/wal", contents: Data("not a folder".utf8))
+        func push(_ name: String) throws -> TestProcess.Result {
+            try TestProcess.tool("dbbackup", ["wal-push", "\(pgWAL)/\(name)", "--async", "--spool", spool, "--repo", repository, "--timeout", "20"])
+        }
+        let failed = try push(first)
+        XCTAssertEqual(failed.status, ExitStatus.repositoryError.rawValue, failed.standardError)
+        let deadline = Date().addingTimeInterval(20)
+        while !FileManager.default.fileExists(atPath: "\(spool)/status/\(second).error"), Date() < deadline { usleep(50_000) }
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "\(spool)/status/\(second).error"), "the read-ahead failed too")
+
+        try FileManager.default.removeItem(atPath: repository + "/wal")
+        let retried = try push(second)
+        XCTAssertEqual(retried.status, 0, "the stale error is not this call's verdict: \(retried.standardError)")
+        let fetched = work + "/fetched"
+        XCTAssertEqual(try TestProcess.tool("dbrestore", ["wal-fetch", second, fetched, "--repo", repository]).status, 0)
+        XCTAssertEqual(FileManager.default.contents(atPath: fetched), FileManager.default.contents(atPath: "\(pgWAL)/\(second)"))
+    }
+
+    /// Issue 21 attack finding 7: a spool the PostgreSQL user cannot write is a usage problem
+    /// naming the spool (exit 2), not a repository problem. Run as the postgres user, as
+    /// archive_command is (root may write anywhere).
+    func testAnUnwritableSpoolIsReportedAsTheSpoolsProblem() throws {
+        guard getuid() == 0, let postgres = getpwnam("postgres") else {
+            return XCTFail("needs root and a postgres user, to run the command as archive_command runs")
+        }
+        let directory = TestPaths.temporaryDirectory(prefix: "rospool")
+        let pgWAL = directory + "/pg_wal", spool = directory + "/spool", repository = directory + "/repo"
+        for path in [directory, pgWAL, spool, repository] {
+            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+            chown(path, postgres.pointee.pw_uid, postgres.pointee.pw_gid)
+        }
+        let name = "000000010000000000000001"
+        try walSegment(name, size: 1 << 18).write(to: URL(fileURLWithPath: "\(pgWAL)/\(name)"))
+        chown("\(pgWAL)/\(name)", postgres.pointee.pw_uid, postgres.pointee.pw_gid)
+        chmod(spool, 0o500)
+        let result = try TestProcess.run("/usr/sbin/runuser", ["-u", "postgres", "--", TestPaths.executable("dbbackup"), "wal-push",
+                                                              "\(pgWAL)/\(name)", "--async", "--spool", spool, "--repo", repository, "--timeout", "5"])
+        XCTAssertEqual(result.status, ExitStatus.usage.rawValue, result.standardError)
+        XCTAssertTrue(result.standardError.contains("spool directory \(spool) is not writable"), result.standardError)
+    }
+
     func testTheSpoolComesFromTheFlagOrTheConfigFile() throws {
         let names = try makeSegments(1)
         let local = work + "/repo"

@@ -26,9 +26,10 @@ final class DumpContentsBuilder {
     private static let namePrefix = Array("-- Name: ".utf8)
     private static let dataPrefix = Array("-- Data for Name: ".utf8)
 
-    init() {
+    /// - Parameter backupID: the backup the dump belongs to, for messages.
+    init(backupID: String) {
         let statements = StatementBox()
-        scanner = DumpScanner { event in
+        scanner = DumpScanner(backupID: backupID) { event in
             if case .statement(let statement) = event { statements.handler?(statement.sql) }
         }
         statements.handler = { [unowned self] sql in analyze(sql) }

@@ -82,7 +82,7 @@ public enum LogicalCapture {
 
         let dumpKey = "backups/\(id)/\(dumpFileName)"
         let tocKey = "backups/\(id)/\(DumpTableOfContents.fileName)"
-        let contents = DumpContentsBuilder()
+        let contents = DumpContentsBuilder(backupID: id)
         let file: BackupManifest.File
         do {
             (file, _) = try StreamCapture.run(
@@ -116,7 +116,10 @@ public enum LogicalCapture {
                 // A repository that failed at the table of contents is dropped: its dump goes too.
                 targets.deleteFromFailed([dumpKey, tocKey])
             } else {
-                FileHandle.standardError.write(Data("warning: no table of contents for backup \(id) (\(contents.failure ?? "unreadable dump")); selective restores of it scan the whole dump\n".utf8))
+                // Whatever stops the table of contents stops dbrestore too (the same scanner and statement
+                // policy): say so loudly, since this backup restores only by hand.
+                FileHandle.standardError.write(Data(("warning: backup \(id): its dump cannot be read as pg_dump output (\(contents.failure ?? "unreadable dump")): "
+                    + "dbrestore will refuse it; it restores only by hand (gunzip -c dump.sql.gz | psql); please report this with the pg_dump version\n").utf8))
             }
         } catch {
             targets.delete([dumpKey, tocKey])

@@ -9,7 +9,11 @@ import ProcessSignals
 ///
 /// The spool holds segments exactly as stored (compressed, encrypted): what is served is
 /// decompressed and checked (gzip CRC and length, the cipher's authentication) on the way out,
-/// like a direct fetch. A spool file that does not verify is deleted and the segment fetched again.
+/// like a direct fetch, and only served when its first page's long header says it is that segment
+/// (`WALSegmentName.headerMatches`): a spool file that does not verify is deleted and the segment
+/// fetched from the repository again. Prefetched segments behind the one asked for are deleted by
+/// each call; those ahead of the last one recovery asked for stay until the spool is removed with
+/// the data directory (the default spool lies in pg_wal) or the next restore into it.
 public enum WALPrefetch {
     public struct Settings: Sendable {
         public var spool: String
@@ -57,7 +61,9 @@ public enum WALPrefetch {
             usleep(10_000)
         }
         if let stored = try? spool.files.read("segments/\(name).gz") {
-            served = try? WALArchive.decompress(stored, name: name, objectKey: objectKey, cipherKey: cipherKey)
+            // Any valid gzip could lie in the spool: only what is this segment by its own page header is served.
+            served = (try? WALArchive.decompress(stored, name: name, objectKey: objectKey, cipherKey: cipherKey))
+                .flatMap { WALSegmentName.headerMatches($0, name: name) ? $0 : nil }
             try spool.files.delete(["segments/\(name).gz"])   // served or damaged: either way not needed again
         }
         if served == nil {

@@ -1,3 +1,4 @@
+import Foundation
 /// WAL positions and file names, computed as PostgreSQL does (`XLogFileName`).
 public enum WALSegmentName {
     /// PostgreSQL's default `wal_segment_size` (16 MB); initdb `--wal-segsize` chooses 1 MB to 1 GB.
@@ -61,6 +62,26 @@ public enum WALSegmentName {
     public static func name(timeline: UInt32, segmentNumber: UInt64, segmentSize: UInt64 = defaultSegmentSize) -> String {
         let perLogID = 0x1_0000_0000 / segmentSize
         return hex8(UInt64(timeline)) + hex8(segmentNumber / perLogID) + hex8(segmentNumber % perLogID)
+    }
+
+    /// Whether `data` is the segment `name` by its own first page: the long page header
+    /// (`XLogLongPageHeaderData`, native byte order) has `XLP_LONG_HEADER` set, its `xlp_pageaddr`
+    /// is the segment's start LSN (from the name and the header's `xlp_seg_size`), and the file
+    /// is `xlp_seg_size` long. The magic differs per major and is not checked.
+    public static func headerMatches(_ data: Data, name: String) -> Bool {
+        let characters = Array(name)
+        guard isSegment(name), data.count >= 40, let log = UInt64(String(characters[8..<16]), radix: 16),
+              let segment = UInt64(String(characters[16..<24]), radix: 16) else { return false }
+        func integer<T: FixedWidthInteger>(_ offset: Int, _: T.Type) -> T {
+            data.withUnsafeBytes { T(littleEndian: $0.loadUnaligned(fromByteOffset: offset, as: T.self)) }
+        }
+        let info = integer(2, UInt16.self), pageAddress = integer(8, UInt64.self), segmentSize = UInt64(integer(32, UInt32.self))
+        // A power of two from 1 MB to 1 GB, as initdb --wal-segsize allows.
+        guard info & 0x0002 != 0, segmentSize >= 1 << 20, segmentSize <= 1 << 30, segmentSize & (segmentSize - 1) == 0,
+              UInt64(data.count) == segmentSize else { return false }
+        let perLogID = 0x1_0000_0000 / segmentSize
+        guard segment < perLogID else { return false }
+        return pageAddress == (log * perLogID + segment) * segmentSize
     }
 
     private static func hex8(_ value: UInt64) -> String {

@@ -21,7 +21,8 @@ struct WALSpool {
     ///
     /// - Parameter resetOnMismatch: a prefetch spool is only a cache and is emptied when the
     ///   repository changed; a push spool holds acknowledgements and refuses instead.
-    /// - Throws: `RecoveryError(.usage)` when the spool belongs to another repository.
+    /// - Throws: `RecoveryError(.usage)` when the spool cannot be created or written, or belongs
+    ///   to another repository.
     init(_ directory: String, repository: String, resetOnMismatch: Bool) throws {
         do {
             files = try LocalStore(root: directory, create: true)
@@ -30,6 +31,11 @@ struct WALSpool {
                                 hint: "give --spool a local directory the PostgreSQL user may write")
         }
         self.directory = files.root
+        // An existing directory this user cannot write is the spool's problem, not the repository's.
+        guard access(files.root, W_OK | X_OK) == 0 else {
+            throw RecoveryError(.usage, "spool directory \(files.root) is not writable: \(String(cString: strerror(errno)))",
+                                hint: "give --spool a local directory the PostgreSQL user may write (chown or chmod it)")
+        }
         let recorded = (try? files.read(Self.repositoryKey)).map { String(decoding: $0, as: UTF8.self) }
         if let recorded, recorded != repository {
             guard resetOnMismatch else {

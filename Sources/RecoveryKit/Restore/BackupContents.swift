@@ -68,7 +68,7 @@ public struct BackupContents: Codable, Sendable {
         } catch let error as RecoveryError where error.code == .backupCorrupt {
             logger.warning("backup \(manifest.id): \(error.message); reading the whole dump instead (slower, same result)")
         }
-        let builder = DumpContentsBuilder()
+        let builder = DumpContentsBuilder(backupID: manifest.id)
         try StoredFileStream.decompress(dump, of: manifest, from: store, key: key, phase: "scan", progress: progress) { builder.write($0) }
         guard let toc = builder.finishScan() else {
             throw RecoveryError(.backupCorrupt, "backup \(manifest.id): the dump cannot be read: \(builder.failure ?? "unknown reason")",

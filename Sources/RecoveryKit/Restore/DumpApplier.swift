@@ -39,7 +39,7 @@ enum DumpApplier {
         }
         let loader = try ParallelLoader(target: target, jobs: max(1, jobs), backupID: manifest.id)
         defer { loader.abandon() }
-        let scanner = DumpScanner { try loader.handle($0) }
+        let scanner = DumpScanner(backupID: manifest.id) { try loader.handle($0) }
         try StoredFileStream.decompress(file, of: manifest, from: store, key: key, phase: "restore", progress: progress) { plain in
             try scanner.write(plain)
         }

@@ -11,7 +11,8 @@ import Foundation
 /// Streaming and bounded: bytes arrive in chunks of any size; only an unfinished line is carried
 /// between chunks. Rows are handed over in runs of whole lines, never one call per row.
 /// psql's `\restrict` / `\unrestrict` lines (pg_dump ≥ 15.14) are skipped: nothing here runs psql
-/// meta-commands, which is what they guard against. Any other meta-command is refused.
+/// meta-commands, which is what they guard against. Any other meta-command is refused, and so is
+/// every statement pg_dump never writes (`DumpStatementPolicy`), before it reaches the consumer.
 final class DumpScanner {
     /// A statement of the dump and the session settings in force where it stood.
     struct Statement {
@@ -57,14 +58,18 @@ final class DumpScanner {
     var onSetting: (([UInt8], UInt64) throws -> Void)?
     /// Offset in the dump of the line being read.
     private var lineOffset: UInt64 = 0
+    /// The backup the dump belongs to, for messages.
+    private let backupID: String
 
-    init(_ consumer: @escaping (Event) throws -> Void) {
+    init(backupID: String, _ consumer: @escaping (Event) throws -> Void) {
+        self.backupID = backupID
         self.consumer = consumer
     }
 
     /// Reads the next bytes of the dump.
     ///
-    /// - Throws: `RecoveryError(.backupCorrupt)` for a meta-command it will not run; whatever the consumer throws.
+    /// - Throws: `RecoveryError(.backupCorrupt)` for a meta-command it will not run or a statement
+    ///   pg_dump never writes; whatever the consumer throws.
     func write(_ chunk: UnsafeRawBufferPointer) throws {
         defer { consumed += UInt64(chunk.count) }
         var start = 0
@@ -146,6 +151,10 @@ final class DumpScanner {
     /// - Returns: whether it began COPY rows.
     @discardableResult
     private func statement(_ sql: [UInt8]) throws -> Bool {
+        // Before absorbing too: a session setting is replayed on every connection.
+        guard DumpStatementPolicy.allows(sql, standardConformingStrings: settings.standardConformingStrings) else {
+            throw DumpStatementPolicy.refusal(Statement(sql: sql, settings: settings), backupID: backupID)
+        }
         if settings.absorb(sql) {
             lexer.standardConformingStrings = settings.standardConformingStrings
             try onSetting?(sql, lineOffset)

@@ -265,7 +265,7 @@ public enum SelectiveRestore {
     /// under the session settings psql would have in force there.
     static func replay(_ prepared: Prepared, manifest: BackupManifest, key: RepositoryKey?, on loader: LoaderConnection, progress: ProgressObserver?,
                        rewrite: @escaping ([UInt8]) -> [UInt8]) throws -> DumpReadStatistics {
-        let scanner = DumpScanner { event in
+        let scanner = DumpScanner(backupID: manifest.id) { event in
             switch event {
             case .statement(let statement):
                 try loader.run(.init(sql: rewrite(statement.sql), settings: statement.settings))

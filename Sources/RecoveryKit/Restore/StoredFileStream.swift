@@ -1,5 +1,6 @@
 import BackupStorage
 import Gzip
+import ProcessSignals
 
 /// Reads one stored backup file back: sha256 and size checked, gzip decompressed into `sink`.
 /// The one read path of every restore (logical replay, base backup extraction).
@@ -9,7 +10,8 @@ enum StoredFileStream {
     /// - Important: the checksum is known only at the end of the stream. Callers must not make
     ///   what they wrote permanent (COMMIT, starting a server) before this returns.
     /// - Throws: `RecoveryError(.backupCorrupt)` for damaged gzip data or a size or sha256 that
-    ///   differs from the manifest; whatever `sink` or the store throws.
+    ///   differs from the manifest (also when `sink` failed first); otherwise whatever `sink` or
+    ///   the store throws.
     static func decompress(_ file: BackupManifest.File, of manifest: BackupManifest, from store: BackupStore, key: RepositoryKey?, phase: String,
                            progress: ProgressObserver?, into sink: @escaping (UnsafeRawBufferPointer) throws -> Void) throws {
         // The table of contents is an optional index (FileVerifier): --emergency would not skip the backup for it.
@@ -31,28 +33,40 @@ enum StoredFileStream {
         var stored: UInt64 = 0
         let decompressor = try GzipDecompressor(sink: sink)
         let decryptor = decryptKey.map { key in StreamDecryptor(key: key, object: manifest.key(of: file)) { try decompressor.write($0) } }
-        // Damaged gzip data stops the replay at once, but the rest of the file is still hashed (and
-        // read this once only): a sha256 that differs says the stored file changed after the backup,
-        // one that matches says the backup was written damaged.
+        // Damaged gzip data, or a failure of the sink (a statement the server refuses, one the dump
+        // policy refuses), stops the replay at once, but the rest of the file is still hashed (and
+        // read this once only): a sha256 that differs says the stored file changed after the backup
+        // (a damaged copy: the next copy or candidate is tried), one that matches says the backup
+        // was written that way (the sink's own error is reported). An interruption stops the read.
         var gzipDamage: GzipError?
+        var sinkFailure: Error?
         try ObjectStreaming.forEachChunk(of: reader) { chunk in
             digest.update(chunk)
             stored += UInt64(chunk.count)
-            if gzipDamage == nil {
+            if gzipDamage == nil && sinkFailure == nil {
                 do {
                     if let decryptor { try decryptor.write(chunk) } else { try decompressor.write(chunk) }
-                } catch let error as GzipError { gzipDamage = error }
+                } catch let error as GzipError {
+                    gzipDamage = error
+                } catch {
+                    if Interruption.isRequested { throw error }
+                    sinkFailure = error
+                }
             }
             progress?.progress(phase: "\(phase) \(manifest.id) \(file.name)", bytes: stored, total: file.storedBytes, estimated: false)
         }
         guard stored == file.storedBytes, digest.hexDigest() == file.sha256 else {
+            // The record dbprune trusts in place of a full read must not outlive this finding.
+            VerificationRecord.forget(manifest, in: store)
             throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name) does not match its sha256 (file damaged)", hint: hint)
         }
+        if let sinkFailure { throw sinkFailure }
         do {
             if let gzipDamage { throw gzipDamage }
             try decryptor?.finish()
             try decompressor.finish()
         } catch let error as GzipError {
+            VerificationRecord.forget(manifest, in: store)
             throw RecoveryError(.backupCorrupt, "backup \(manifest.id) is damaged: \(file.name): \(error)", hint: hint)
         }
     }

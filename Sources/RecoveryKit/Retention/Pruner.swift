@@ -113,35 +113,57 @@ public enum Pruner {
         var newestVerified: String?
         var unverified: [String] = []
         var verification: String?
+        /// Whether `newestVerified` rests on a record alone (no read this run).
+        var onlyRecord = false
         let listing = Dictionary(objects.map { ($0.key, $0) }, uniquingKeysWith: { first, _ in first })
-        for manifest in manifests {
-            // A recent record of a full read, with every file unchanged since, spares reading it again.
-            let record = VerificationRecord.load(for: manifest, in: store, listing: listing)
-            let staleness = record.map { $0.staleness(for: manifest, listing: listing, now: configuration.now, interval: configuration.reverifyAfter) }
-            if let record, staleness == .some(nil) {
-                newestVerified = manifest.id
-                verification = "backup \(manifest.id): verified \(Timestamp.format(record.verifiedAt)) (its record in the repository; "
-                    + "read again after \(configuration.reverifyAfter.text) or when a file changes)"
-                break
-            }
-            let check = try FileVerifier.verify(manifest, in: store, depth: .checksum, progress: progress)
-            if check.ok {
-                newestVerified = manifest.id
-                verification = "backup \(manifest.id): read in full, sha256 and size match"
-                    + (staleness.flatMap { $0 }.map { " (record not used: \($0))" } ?? " (no record yet)")
-                if !configuration.dryRun {
-                    // Best effort: without the record the next run reads the backup again, nothing worse.
-                    do {
-                        let data = try JSONOutput.encoder().encode(VerificationRecord(manifest: manifest, listing: listing, at: configuration.now))
-                        try store.write(VerificationRecord.key(of: manifest), contents: data)
-                    } catch {
-                        verification? += "; the record could not be written: \(RecoveryError.classify(error).message)"
+        /// Finds the newest backup that verifies, newest first; with `trustRecords`, a fresh record
+        /// of an unchanged backup stands in for reading it.
+        func findNewestVerified(trustRecords: Bool) throws {
+            newestVerified = nil
+            unverified = []
+            verification = nil
+            onlyRecord = false
+            for manifest in manifests {
+                // A recent record of a full read, with every file unchanged since, spares reading it again.
+                let stored = VerificationRecord.load(for: manifest, in: store, listing: listing)
+                var recordNote = " (no record yet)"
+                switch stored {
+                case .none: break
+                case .corrupt: recordNote = " (corrupt record, re-reading)"
+                case .record(let record):
+                    if let staleness = record.staleness(for: manifest, listing: listing, now: configuration.now, interval: configuration.reverifyAfter) {
+                        recordNote = " (record not used: \(staleness))"
+                    } else if !trustRecords {
+                        recordNote = " (its record alone would have vouched for the only backup kept: re-read)"
+                    } else {
+                        newestVerified = manifest.id
+                        onlyRecord = true
+                        verification = "backup \(manifest.id): verified \(Timestamp.format(record.verifiedAt)) (its record in the repository; "
+                            + "read again after \(configuration.reverifyAfter.text) or when a file changes)"
+                        return
                     }
                 }
-                break
+                let check = try FileVerifier.verify(manifest, in: store, depth: .checksum, progress: progress)
+                if check.ok {
+                    newestVerified = manifest.id
+                    verification = "backup \(manifest.id): read in full, sha256 and size match" + recordNote
+                    if !configuration.dryRun {
+                        // Best effort: without the record the next run reads the backup again, nothing worse.
+                        do {
+                            let data = try JSONOutput.encoder().encode(VerificationRecord(manifest: manifest, listing: listing, at: configuration.now))
+                            try store.write(VerificationRecord.key(of: manifest), contents: data)
+                        } catch {
+                            verification? += "; the record could not be written: \(RecoveryError.classify(error).message)"
+                        }
+                    }
+                    return
+                }
+                // A record must not outlive the read that found the backup damaged.
+                if stored.exists, !configuration.dryRun, !check.onlyArchived { VerificationRecord.forget(manifest, in: store) }
+                unverified.append("\(manifest.id): \(check.firstProblem ?? "does not verify")")
             }
-            unverified.append("\(manifest.id): \(check.firstProblem ?? "does not verify")")
         }
+        try findNewestVerified(trustRecords: true)
         let classes = Dictionary(objects.map { ($0.key, $0.storageClass) }, uniquingKeysWith: { first, _ in first })
         let candidates = manifests.map { manifest in
             RetentionCandidate(id: manifest.id, takenAt: manifest.startedAt, pinned: manifest.pinned,
@@ -149,6 +171,13 @@ public enum Pruner {
         }
         var decisions = try RetentionPlanner.plan(candidates, tier: tier, snapshots: configuration.policy.snapshots,
                                                   newestVerified: newestVerified, now: configuration.now)
+        // Bit rot can keep size and modification time: before deleting on a record's word alone
+        // while fewer than 2 backups would be kept, the newest is read in full after all.
+        if onlyRecord, decisions.contains(where: { $0.action == .delete }), decisions.filter({ $0.action != .delete }).count < 2 {
+            try findNewestVerified(trustRecords: false)
+            decisions = try RetentionPlanner.plan(candidates, tier: tier, snapshots: configuration.policy.snapshots,
+                                                  newestVerified: newestVerified, now: configuration.now)
+        }
         var beingRead: [String] = []
         var notes: [String] = []
         // A backup a restore is reading is kept this time, and the WAL it needs with it.

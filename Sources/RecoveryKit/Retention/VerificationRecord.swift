@@ -10,6 +10,11 @@ import Foundation
 /// read while the record is younger than `[prune] reverify_after` (default 7 days) and no file
 /// changed size or modification time since. It lies next to the manifest, never in it (manifests
 /// are immutable), is written atomically, and is deleted with the backup's folder.
+///
+/// Bit rot can keep a file's size and modification time, so the record must not outlive evidence
+/// against it: every full read that finds the backup damaged (a restore's stream, a drill or
+/// emergency candidate, `dbverify --files`, prune itself) deletes it (`forget`), and a full read
+/// that passes writes it again (`recordPassed`).
 struct VerificationRecord: Codable, Sendable {
     static let fileName = "verified-at.json"
     /// How long a record vouches for a backup when the config file does not say.
@@ -38,11 +43,40 @@ struct VerificationRecord: Codable, Sendable {
         }
     }
 
-    /// The stored record of a backup, or nil when there is none or it cannot be decoded (then the
-    /// backup is simply read in full again).
-    static func load(for manifest: BackupManifest, in store: BackupStore, listing: [String: StoredObject]) -> VerificationRecord? {
-        guard listing[key(of: manifest)] != nil, let data = try? store.read(key(of: manifest)) else { return nil }
-        return try? JSONOutput.decoder().decode(VerificationRecord.self, from: data)
+    /// What the repository holds as a backup's record.
+    enum Stored {
+        case none
+        case record(VerificationRecord)
+        /// There is one, but it cannot be read or decoded: the backup is read in full again.
+        case corrupt
+
+        var exists: Bool {
+            if case .none = self { return false }
+            return true
+        }
+    }
+
+    /// The stored record of a backup.
+    static func load(for manifest: BackupManifest, in store: BackupStore, listing: [String: StoredObject]) -> Stored {
+        guard listing[key(of: manifest)] != nil else { return .none }
+        guard let data = try? store.read(key(of: manifest)),
+              let record = try? JSONOutput.decoder().decode(VerificationRecord.self, from: data) else { return .corrupt }
+        return .record(record)
+    }
+
+    /// Deletes a backup's record after a read found it damaged. Best effort (a read-only
+    /// repository keeps it): prune re-reads before trusting a record alone (`Pruner`).
+    static func forget(_ manifest: BackupManifest, in store: BackupStore) {
+        try? store.delete([key(of: manifest)])
+    }
+
+    /// Writes (or refreshes) a backup's record after a full read found every file matching.
+    /// Best effort: without it the next prune reads the backup again, nothing worse.
+    static func recordPassed(_ manifest: BackupManifest, in store: BackupStore, at now: Date = Date()) {
+        guard let objects = try? store.list(prefix: manifest.folderKey + "/") else { return }
+        let listing = Dictionary(objects.map { ($0.key, $0) }, uniquingKeysWith: { first, _ in first })
+        guard let data = try? JSONOutput.encoder().encode(VerificationRecord(manifest: manifest, listing: listing, at: now)) else { return }
+        try? store.write(key(of: manifest), contents: data)
     }
 
     /// Why this record does not vouch for the backup now; nil when it does.

@@ -1,3 +1,4 @@
+import BackupStorage
 import Foundation
 import PostgresClient
 
@@ -21,7 +22,7 @@ public enum BackupVerification {
                 }
                 var report: FileVerifier.Report
                 do {
-                    report = try FileVerifier.verify(manifest, in: store, cipherKey: key, progress: progress)
+                    report = remember(try FileVerifier.verify(manifest, in: store, cipherKey: key, progress: progress), of: manifest, in: store)
                 } catch {
                     let problem = "cannot be read: \(RecoveryError.classify(error).message)"
                     report = FileVerifier.Report(id: entry.id, files: manifest.files.map { .init(name: $0.name, ok: false, problem: problem) })
@@ -33,16 +34,16 @@ public enum BackupVerification {
         }
         let manifest = try catalog.resolve(backup)
         guard manifest.incremental != nil else {
-            return [try FileVerifier.verify(manifest, in: store, cipherKey: key, progress: progress)]
+            return [remember(try FileVerifier.verify(manifest, in: store, cipherKey: key, progress: progress), of: manifest, in: store)]
         }
         // An incremental is only as good as its chain: every member, full backup first.
         if let problem = chainProblem(of: manifest, in: manifests) {
-            var report = try FileVerifier.verify(manifest, in: store, cipherKey: key, progress: progress)
+            var report = remember(try FileVerifier.verify(manifest, in: store, cipherKey: key, progress: progress), of: manifest, in: store)
             report.files.append(problem)
             return [report]
         }
         return try IncrementalChain.members(of: manifest, in: manifests).map {
-            try FileVerifier.verify($0, in: store, cipherKey: key, progress: progress)
+            remember(try FileVerifier.verify($0, in: store, cipherKey: key, progress: progress), of: $0, in: store)
         }
     }
 
@@ -55,6 +56,17 @@ public enum BackupVerification {
         } catch {
             return .init(name: "chain", ok: false, problem: RecoveryError.classify(error).message)
         }
+    }
+
+    /// A full read's verdict kept for `dbprune` (`VerificationRecord`): damage deletes the record
+    /// that vouched for the backup, a pass refreshes it. Archived (GLACIER) files say neither.
+    private static func remember(_ report: FileVerifier.Report, of manifest: BackupManifest, in store: BackupStore) -> FileVerifier.Report {
+        if report.ok {
+            VerificationRecord.recordPassed(manifest, in: store)
+        } else if !report.onlyArchived {
+            VerificationRecord.forget(manifest, in: store)
+        }
+        return report
     }
 
     /// Compares the live database's row counts with one backup's manifest.
