@@ -12,7 +12,9 @@ else
   swift build 2>&1 | grep -E "error|Build" | tail -1
   bin=$(swift build --show-bin-path)
 fi
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Bold headings on a terminal only, and never with NO_COLOR (https://no-color.org), like the tools.
+if [ -t 1 ] && [ -z "${NO_COLOR:-}" ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold="" plain=""; fi
+step() { printf '\n%s== %s%s\n' "$bold" "$*" "$plain"; }
 
 if [ -n "${DATABASE_URL:-}" ]; then
   repo=${BACKUP_REPO:-$PWD/backups}
