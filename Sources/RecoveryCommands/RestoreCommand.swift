@@ -198,6 +198,21 @@ public struct ChoosingOptions: ParsableArguments {
 
 }
 
+/// What `emergency` and `drill` share: they choose the newest good backup themselves and ask nothing.
+public struct UnattendedRestoreOptions: ParsableArguments {
+    @OptionGroup(title: "Connection") public var connection: ConnectionOptions
+    @OptionGroup(title: "Repository") public var repository: RepositoryOptions
+    @OptionGroup public var options: RestoreRunOptions
+    @OptionGroup public var choosing: ChoosingOptions
+
+    public init() {}
+
+    func run(_ mode: RestoreConfiguration.Mode, incidentFile: String?, config: ConfigOptions, output: OutputOptions, in context: RunContext) throws {
+        try LogicalRestoreRun(mode: mode, backup: "latest", release: choosing.release, incidentFile: incidentFile, yes: true, connection: connection,
+                              repository: repository, options: options, config: config, output: output).run(in: context)
+    }
+}
+
 /// `dbrestore [restore] [<backup>]`.
 public struct RestoreBackupCommand: ToolCommand {
     public static let configuration = CommandConfiguration(
@@ -258,10 +273,7 @@ public struct EmergencyCommand: ToolCommand {
           dbrestore emergency --release v1.2.3 --dry-run
         """)
 
-    @OptionGroup(title: "Connection") public var connection: ConnectionOptions
-    @OptionGroup(title: "Repository") public var repository: RepositoryOptions
-    @OptionGroup public var options: RestoreRunOptions
-    @OptionGroup public var choosing: ChoosingOptions
+    @OptionGroup public var unattended: UnattendedRestoreOptions
 
     @Option(name: .customLong("incident-file"), help: ArgumentHelp("Where to write the incident record.", valueName: "path"))
     public var incidentFile: String?
@@ -271,11 +283,10 @@ public struct EmergencyCommand: ToolCommand {
 
     public init() {}
 
-    public func validate() throws { try choosing.refuseNamedBackup(mode: "emergency") }
+    public func validate() throws { try unattended.choosing.refuseNamedBackup(mode: "emergency") }
 
     public func run(in context: RunContext) throws {
-        try LogicalRestoreRun(mode: .emergency, backup: "latest", release: choosing.release, incidentFile: incidentFile, yes: true, connection: connection,
-                              repository: repository, options: options, config: config, output: output).run(in: context)
+        try unattended.run(.emergency, incidentFile: incidentFile, config: config, output: output, in: context)
     }
 }
 
@@ -292,20 +303,16 @@ public struct DrillCommand: ToolCommand {
           dbrestore --drill --json --metrics-file /var/lib/node_exporter/drill.prom
         """)
 
-    @OptionGroup(title: "Connection") public var connection: ConnectionOptions
-    @OptionGroup(title: "Repository") public var repository: RepositoryOptions
-    @OptionGroup public var options: RestoreRunOptions
-    @OptionGroup public var choosing: ChoosingOptions
+    @OptionGroup public var unattended: UnattendedRestoreOptions
     @OptionGroup(title: "Configuration") public var config: ConfigOptions
     @OptionGroup(title: "Output") public var output: OutputOptions
 
     public init() {}
 
-    public func validate() throws { try choosing.refuseNamedBackup(mode: "drill") }
+    public func validate() throws { try unattended.choosing.refuseNamedBackup(mode: "drill") }
 
     public func run(in context: RunContext) throws {
-        try LogicalRestoreRun(mode: .drill, backup: "latest", release: choosing.release, incidentFile: nil, yes: true, connection: connection,
-                              repository: repository, options: options, config: config, output: output).run(in: context)
+        try unattended.run(.drill, incidentFile: nil, config: config, output: output, in: context)
     }
 }
 
