@@ -403,7 +403,7 @@ final class RestoreFidelityTests: XCTestCase {
     private func load(_ dump: Data, into database: String, jobs: Int, user: (name: String, password: String)? = nil) throws {
         var target = try ConnectionTarget(cluster.url(database: database)).with("password", user?.password ?? cluster.password)
         if let user { target = target.with("user", user.name) }
-        let loader = try ParallelLoader(target: target, jobs: jobs, backupID: "test")
+        let loader = try ParallelLoader(target: target, jobs: jobs, backupID: "test", maintenanceWorkMem: LoaderConnection.maintenanceWorkMem(in: [:]))
         defer { loader.abandon() }
         let scanner = DumpScanner(backupID: "test") { try loader.handle($0) }
         var offset = 0
