@@ -38,12 +38,7 @@ final class SelectiveRestoreTests: IntegrationTestCase {
         useLocalRepository()
     }
 
-    @discardableResult
-    private func backup(_ extra: [String] = []) throws -> String {
-        let result = try TestProcess.tool("dbbackup", common + extra, cluster: cluster, environment: environment)
-        XCTAssertEqual(result.status, 0, result.standardError)
-        return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
-    }
+    override var toolEnvironment: [String: String] { environment }
 
     private func contents(_ arguments: [String]) throws -> [String: Any] {
         let result = try TestProcess.tool("dbrestore", ["contents"] + arguments + ["--json"], cluster: cluster)
