@@ -6,22 +6,10 @@ import XCTest
 
 /// Issue 16 E1: `--emergency` and `--drill` skip a candidate that fails in any way of its own and
 /// take the next older one; `dbverify --files all` reports a bad manifest and goes on.
-final class EmergencyFallbackTests: XCTestCase {
-    var cluster: PostgresCluster!
-    var database: String!
-    var repository: String!
-
+final class EmergencyFallbackTests: IntegrationTestCase {
     override func setUpWithError() throws {
-        cluster = try PostgresCluster.shared()
-        database = try cluster.createDatabase(prefix: "fallback")
-        repository = TestPaths.temporaryDirectory(prefix: "repo") + "/repo"
-        try cluster.connect(database: database).execute(script: "CREATE TABLE t AS SELECT g AS x FROM generate_series(1, 200) g")
-    }
-
-    private var common: [String] { ["--database-url", cluster.url(database: database), "--repo", repository] }
-
-    private func tool(_ name: String, _ arguments: [String]) throws -> TestProcess.Result {
-        try TestProcess.tool(name, arguments, cluster: cluster)
+        try useDatabase(prefix: "fallback", seed: "CREATE TABLE t AS SELECT g AS x FROM generate_series(1, 200) g")
+        useLocalRepository()
     }
 
     private func backup() throws -> String {
@@ -29,13 +17,6 @@ final class EmergencyFallbackTests: XCTestCase {
         let result = try tool("dbbackup", common)
         XCTAssertEqual(result.status, 0, result.standardError)
         return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
-    }
-
-    private func editManifest(_ id: String, _ edit: (inout [String: Any]) -> Void) throws {
-        let path = "\(repository!)/backups/\(id)/manifest.json"
-        var object = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any] ?? [:]
-        edit(&object)
-        try JSONSerialization.data(withJSONObject: object).write(to: URL(fileURLWithPath: path))
     }
 
     /// The reproductions of E1, newest first: a replay error (a role dropped since), a row count that
