@@ -124,4 +124,37 @@ final class EmergencyFallbackTests: IntegrationTestCase {
         let result = try tool("dbrestore", ["--emergency", "--repo", repository!, "--database-url", "postgresql://postgres@127.0.0.1:1/\(database!)"])
         XCTAssertEqual(result.status, ExitStatus.databaseUnavailable.rawValue, result.standardError)
     }
+
+    /// A server that runs out of a resource (disk, memory, temp_file_limit: SQLSTATE class 53) stops the
+    /// search with what to fix: an older, smaller backup would fit and bring back older data where the
+    /// newest backup was fine. (Before, this was taken for the candidate's fault and the older one restored.)
+    func testServerTroubleStopsTheSearchInsteadOfRestoringAnOlderBackup() throws {
+        let older = try backup()
+        // Only the newer backup spills to a temporary file when restored: its materialized view's REFRESH sorts 200k rows.
+        try cluster.connect(database: database).execute(script: """
+            INSERT INTO t VALUES (999);
+            CREATE MATERIALIZED VIEW sorted AS SELECT g, md5(g::text) AS h FROM generate_series(1, 200000) g ORDER BY 2
+            """)
+        let newer = try backup()
+        let admin = try cluster.connect()
+        try admin.execute(script: "ALTER SYSTEM SET temp_file_limit = '64kB'")
+        _ = try admin.query("SELECT pg_reload_conf()")
+        defer {
+            _ = try? admin.execute(script: "ALTER SYSTEM RESET temp_file_limit")
+            _ = try? admin.query("SELECT pg_reload_conf()")
+        }
+
+        for mode in ["--emergency", "--drill"] {
+            let result = try tool("dbrestore", common + [mode])
+            XCTAssertEqual(result.status, ExitStatus.restoreFailed.rawValue, "\(mode): \(result.standardError)")
+            XCTAssertTrue(result.standardError.contains("temp_file_limit"), "\(mode) names the server's limit: \(result.standardError)")
+            XCTAssertTrue(result.standardError.contains("an older backup would not help"), result.standardError)
+            XCTAssertTrue(result.standardError.contains(newer), result.standardError)
+            XCTAssertFalse(result.standardError.contains("skip backup"), "\(mode) does not pass over the newest: \(result.standardError)")
+            XCTAssertFalse(result.standardError.contains(older), "\(mode) does not try the older backup: \(result.standardError)")
+        }
+        XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM t", database: database), "201", "the target database is untouched")
+        XCTAssertEqual(try cluster.connect().query("SELECT count(*) FROM pg_database WHERE datname LIKE $1", ["\(database!)_%"]).scalar, "0",
+                       "the scratch and drill databases were dropped")
+    }
 }

@@ -45,7 +45,9 @@ enum DumpApplier {
     static func failure(_ error: Error, in sql: String, backupID: String) -> Error {
         guard let error = error as? PostgresError else { return error }
         let statement = sql.split(whereSeparator: \.isNewline).first.map { String($0.prefix(80)) } ?? ""
+        let untouched = "nothing was applied; the target database is unchanged"
+        let hint = RecoveryError.isServerTrouble(error) ? RecoveryError.serverTroubleHint(error.sqlState ?? "", untouched: untouched) : untouched
         return RecoveryError(.restoreFailed, "replaying backup \(backupID) failed at `\(statement)`: \(error.message)",
-                             hint: "nothing was applied; the target database is unchanged")
+                             hint: hint, serverState: error.sqlState)
     }
 }

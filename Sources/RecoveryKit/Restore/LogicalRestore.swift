@@ -326,11 +326,13 @@ public enum LogicalRestore {
     }
 
     /// A failure that is the candidate's own, so an older backup may still restore: anything but an
-    /// interruption or a server that no longer answers.
+    /// interruption or the server's own trouble (a full disk, no memory, a crash, a lost connection):
+    /// with those an older backup fails the same way, or, smaller, fits and restores older data
+    /// where the newest backup was fine.
     private static func isCandidateFailure(_ error: Error, admin: PostgresConnection) -> Bool {
         // An interruption ends the run (whatever error the cancelled work surfaced as), never the candidate.
         if Interruption.isRequested || [.interrupted, .databaseUnavailable].contains(RecoveryError.classify(error).code) { return false }
-        if let error = error as? PostgresError, error.kind == .connection { return false }
+        if RecoveryError.isServerTrouble(error) { return false }
         // The probe's own error is not interesting: a server that cannot answer SELECT 1 stops the run.
         return (try? admin.query("SELECT 1").scalar) == "1"
     }
