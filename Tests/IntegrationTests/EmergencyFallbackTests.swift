@@ -129,13 +129,13 @@ final class EmergencyFallbackTests: IntegrationTestCase {
     /// search with what to fix: an older, smaller backup would fit and bring back older data where the
     /// newest backup was fine. (Before, this was taken for the candidate's fault and the older one restored.)
     func testServerTroubleStopsTheSearchInsteadOfRestoringAnOlderBackup() throws {
-        let older = try backup()
+        let older = try nextBackup()
         // Only the newer backup spills to a temporary file when restored: its materialized view's REFRESH sorts 200k rows.
         try cluster.connect(database: database).execute(script: """
             INSERT INTO t VALUES (999);
             CREATE MATERIALIZED VIEW sorted AS SELECT g, md5(g::text) AS h FROM generate_series(1, 200000) g ORDER BY 2
             """)
-        let newer = try backup()
+        let newer = try nextBackup()
         let admin = try cluster.connect()
         try admin.execute(script: "ALTER SYSTEM SET temp_file_limit = '64kB'")
         _ = try admin.query("SELECT pg_reload_conf()")
