@@ -346,6 +346,31 @@ final class BackupCaptureTests: XCTestCase {
         XCTAssertEqual(try self.manifest(checked.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)).tables, counted)
     }
 
+    /// A parent whose inheritance child is a foreign table: the dump holds no rows for the child
+    /// (they stay where the foreign table reads them), so the parent's count(*) cannot come from the
+    /// dump; it is counted with count(*), and the warning says why.
+    func testAParentWithAForeignChildIsCountedWithCountStarAndSaysSo() throws {
+        let directory = TestPaths.temporaryDirectory(prefix: "foreign-rows")
+        try "fox\nwolf\n".write(toFile: directory + "/wild.csv", atomically: true, encoding: .utf8)
+        chmod(directory, 0o755)
+        chmod(directory + "/wild.csv", 0o644)
+        try cluster.connect(database: database).execute(script: """
+            CREATE EXTENSION file_fdw;
+            CREATE SERVER files FOREIGN DATA WRAPPER file_fdw;
+            CREATE TABLE animals (name text);
+            INSERT INTO animals VALUES ('tom');
+            CREATE FOREIGN TABLE wild () INHERITS (animals) SERVER files OPTIONS (filename '\(directory)/wild.csv', format 'csv');
+            CREATE TABLE pets () INHERITS (animals);
+            INSERT INTO pets VALUES ('rex');
+            """)
+        let result = try backup()
+        XCTAssertEqual(result.status, 0, result.standardError)
+        XCTAssertTrue(result.standardError.contains("public.animals counted with count(*) (a second scan): an inheritance child of it is not dumped with rows (a foreign table)"),
+                      result.standardError)
+        let manifest = try manifest(result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines))
+        XCTAssertEqual(manifest.tables.map { "\($0.name):\($0.rows)" }, ["animals:4", "pets:1"])
+    }
+
     /// No `count(*)` by default: pg_dump's COPY is the one scan of each table; `--count-check` adds one.
     func testNoSecondScanUnlessCountCheckIsAsked() throws {
         let observer = try cluster.connect(database: database)
