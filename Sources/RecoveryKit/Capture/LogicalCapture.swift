@@ -83,7 +83,7 @@ public enum LogicalCapture {
         // the server scans while this process compresses. The data file is committed only once that is
         // in, so a failed count leaves nothing behind.
         let countCheck = logical.countCheck
-        let counting = Background { (countCheck ? try TableCounter.countRows(on: connection) : nil, try TableCounter.schemaVersion(on: connection)) }
+        let counting = Background { (try countCheck ? TableCounter.countRows(on: connection) : nil, try TableCounter.schemaVersion(on: connection)) }
         defer { counting.join() }
         // The schema fingerprint, from a schema-only pg_dump in the same snapshot (Verify/SchemaDump.swift).
         let schemaDump = try SchemaDump(pgDump: pgDump, target: configuration.target, snapshot: snapshot)

@@ -137,7 +137,7 @@ public enum TableCounter {
             }
             return sum
         }
-        return try tables.map { table in
+        return try tables.map { table -> BackupManifest.TableRowCount in
             if let rows = total(table.oid, seen: []) {
                 return BackupManifest.TableRowCount(schema: table.schema, name: table.name, rows: rows)
             }
