@@ -24,7 +24,8 @@
 # `--only logical` runs just the logical backup rows against their peers (pg_dump > /dev/null,
 # pg_dump | pigz -6 -p 2), including `dbbackup --count-check` (the count(*) pass beside pg_dump
 # that backups ran before row counts came from the dump's COPY blocks); results in
-# bench/results-logical.md.
+# bench/results-logical.md. BENCH_BASELINE_DBBACKUP=/path/to/dbbackup adds that build (another
+# commit's release binary) as "dbbackup (baseline build)", alternating with the rest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scale=1
@@ -231,6 +232,10 @@ if [ "$only" = logical ]; then
     measure "pg_dump | pigz -6 -p 2" "'$pg_bin/pg_dump' '$base/bench' | pigz -6 -p 2 > '$work/out/d.gz'"
     measure "dbbackup" "'$bin/dbbackup' -q --database-url '$base/bench' --repo '$work/out/repo'"
     measure "dbbackup --count-check" "'$bin/dbbackup' -q --count-check --database-url '$base/bench' --repo '$work/out/repo'"
+    if [ -n "${BENCH_BASELINE_DBBACKUP:-}" ]; then
+      measure "dbbackup (baseline build)" "'$BENCH_BASELINE_DBBACKUP' -q --database-url '$base/bench' --repo '$work/out/repo'"
+      measure "dbbackup --compression-level 1 (baseline build)" "'$BENCH_BASELINE_DBBACKUP' -q --compression-level 1 --database-url '$base/bench' --repo '$work/out/repo'"
+    fi
     measure "dbbackup --compression-level 1" "'$bin/dbbackup' -q --compression-level 1 --database-url '$base/bench' --repo '$work/out/repo'"
     measure "dbbackup --compression-level 1 --count-check" "'$bin/dbbackup' -q --compression-level 1 --count-check --database-url '$base/bench' --repo '$work/out/repo'"
   done
@@ -251,8 +256,11 @@ for name, (wall, cpu_s, rss) in med.items():
 print("\n| ratio | measured |\n| --- | ---: |")
 for a, b in [("dbbackup", "pg_dump | pigz -6 -p 2"), ("dbbackup --count-check", "pg_dump | pigz -6 -p 2"),
              ("dbbackup --compression-level 1", "pg_dump > /dev/null (floor)"),
-             ("dbbackup --compression-level 1 --count-check", "pg_dump > /dev/null (floor)")]:
-    print(f"| {a} / {b.replace('|', chr(92) + '|')} | {med[a][0] / med[b][0]:.2f} |")
+             ("dbbackup --compression-level 1 --count-check", "pg_dump > /dev/null (floor)"),
+             ("dbbackup (baseline build)", "pg_dump | pigz -6 -p 2"),
+             ("dbbackup --compression-level 1 (baseline build)", "pg_dump > /dev/null (floor)")]:
+    if a in med:
+        print(f"| {a} / {b.replace('|', chr(92) + '|')} | {med[a][0] / med[b][0]:.2f} |")
 PY
   mkdir -p bench
   cp "$work/results-logical.md" bench/results-logical.md
