@@ -5,15 +5,10 @@ import TestSupport
 import XCTest
 
 /// `dbbackup` against a real PostgreSQL cluster.
-final class BackupCaptureTests: XCTestCase {
-    var cluster: PostgresCluster!
-    var database: String!
-    var repository: String!
-
+final class BackupCaptureTests: IntegrationTestCase {
     override func setUpWithError() throws {
-        cluster = try PostgresCluster.shared()
-        database = try cluster.createDatabase(prefix: "capture")
-        repository = TestPaths.temporaryDirectory(prefix: "repo") + "/repo"
+        try useDatabase(prefix: "capture")
+        useLocalRepository()
     }
 
     private func seed(rows: Int = 1_000) throws {
@@ -336,8 +331,7 @@ final class BackupCaptureTests: XCTestCase {
         XCTAssertEqual(replay.status, 0, replay.standardError)
         XCTAssertEqual(try cluster.rowCounts(database: byHand), expected)
         let restored = "copycounts_\(UInt32.random(in: 0...UInt32.max))"
-        let restore = try TestProcess.tool("dbrestore", [manifest.id, "--yes", "--repo", repository, "--database-url", cluster.url(database: restored)],
-                                           cluster: cluster)
+        let restore = try tool("dbrestore", [manifest.id, "--yes", "--repo", repository, "--database-url", cluster.url(database: restored)])
         XCTAssertEqual(restore.status, 0, restore.standardError)
 
         // The cross-check agrees on the same data.
@@ -416,14 +410,12 @@ final class BackupCaptureTests: XCTestCase {
         let before = try cluster.rowCounts(database: database)
         let dropsARow = try filteredPgDump(#"{ print } /^COPY public\.users / { getline }"#)
         // Without the check the manifest says what the dump holds: what a restore of it gives.
-        let plain = try TestProcess.tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository], cluster: cluster,
-                                         environment: dropsARow)
+        let plain = try tool("dbbackup", common, environment: dropsARow)
         XCTAssertEqual(plain.status, 0, plain.standardError)
         XCTAssertEqual(try manifest(plain.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)).tables.first { $0.name == "users" }?.rows, 9)
         let stored = listing()
 
-        let checked = try TestProcess.tool("dbbackup", ["--count-check", "--database-url", cluster.url(database: database), "--repo", repository],
-                                           cluster: cluster, environment: dropsARow)
+        let checked = try tool("dbbackup", ["--count-check"] + common, environment: dropsARow)
         XCTAssertEqual(checked.status, ExitStatus.verificationMismatch.rawValue, checked.standardError)
         XCTAssertTrue(checked.standardError.contains("the rows pg_dump wrote differ from count(*) in the same snapshot (expected: the dump's, found: count(*)): public.users: expected 9, found 10; nothing was stored"),
                       checked.standardError)
@@ -435,8 +427,7 @@ final class BackupCaptureTests: XCTestCase {
     func testATableTheDumpHasNoRowsForFailsTheBackup() throws {
         try seed(rows: 10)
         let dropsTheBlock = try filteredPgDump(#"/^COPY public\.meetings / { skip = 1; next } skip && /^\\\.$/ { skip = 0; next } !skip { print }"#)
-        let result = try TestProcess.tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository], cluster: cluster,
-                                          environment: dropsTheBlock)
+        let result = try tool("dbbackup", common, environment: dropsTheBlock)
         XCTAssertEqual(result.status, ExitStatus.toolFailed.rawValue, result.standardError)
         XCTAssertTrue(result.standardError.contains("pg_dump wrote no rows for table public.meetings, which its snapshot holds; a restore would create it empty, so nothing was stored"),
                       result.standardError)

@@ -26,12 +26,17 @@ final class DumpContentsBuilder {
     private var copies = CopyRowCounts()
     /// The table whose COPY rows are being read.
     private var copying: CopyRowCounts.Block?
+    /// Uncompressed distance between the access points the compressor is asked for.
+    let accessPointInterval: UInt64
 
     private static let namePrefix = Array("-- Name: ".utf8)
     private static let dataPrefix = Array("-- Data for Name: ".utf8)
 
-    /// - Parameter backupID: the backup the dump belongs to, for messages.
-    init(backupID: String) {
+    /// - Parameters:
+    ///   - backupID: the backup the dump belongs to, for messages.
+    ///   - accessPointInterval: see `DumpTableOfContents.accessPointInterval(in:)`.
+    init(backupID: String, accessPointInterval: UInt64 = DumpTableOfContents.defaultAccessPointInterval) {
+        self.accessPointInterval = accessPointInterval
         let statements = StatementBox()
         scanner = DumpScanner(backupID: backupID) { event in
             switch event {
