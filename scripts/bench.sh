@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks dbrecovery against the tools it replaces, side by side in one run on this machine.
 #
-#   scripts/bench.sh [--scale S] [--reps N] [--only incremental|wal]
+#   scripts/bench.sh [--scale S] [--reps N] [--only incremental|wal|logical]
 #
 # Builds release binaries, starts a sandbox cluster, makes a deterministic dataset (pgbench tables
 # plus a table of text, jsonb, bytea, numeric and timestamptz; about S GiB, default 1), then runs
@@ -20,6 +20,12 @@
 # proxy, wal-push --async against one synchronous wal-push per segment, and wal-fetch --prefetch
 # against plain wal-fetch, as ratios. `--only wal` runs just that part (results in
 # bench/results-wal.md), on the dataset of --scale.
+#
+# `--only logical` runs just the logical backup rows against their peers (pg_dump > /dev/null,
+# pg_dump | pigz -6 -p 2), including `dbbackup --count-check` (the count(*) pass beside pg_dump
+# that backups ran before row counts came from the dump's COPY blocks); results in
+# bench/results-logical.md. BENCH_BASELINE_DBBACKUP=/path/to/dbbackup adds that build (another
+# commit's release binary) as "dbbackup (baseline build)", alternating with the rest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scale=1
@@ -30,10 +36,10 @@ while [ $# -gt 0 ]; do
     --scale) scale=$2; shift 2 ;;
     --reps) reps=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
-    *) echo "usage: $0 [--scale S] [--reps N] [--only incremental|wal]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--scale S] [--reps N] [--only incremental|wal|logical]" >&2; exit 2 ;;
   esac
 done
-case $only in all|incremental|wal) ;; *) echo "bench: --only takes 'incremental' or 'wal'" >&2; exit 2 ;; esac
+case $only in all|incremental|wal|logical) ;; *) echo "bench: --only takes 'incremental', 'wal' or 'logical'" >&2; exit 2 ;; esac
 pg17_bin=/var/cache/dbrecovery/postgresql/17/bin
 if [ "$only" != wal ]; then
   [ -x "$pg17_bin/pg_combinebackup" ] || { echo "bench: PostgreSQL 17 is missing in $pg17_bin; run scripts/pg-majors.sh" >&2; exit 12; }
@@ -218,6 +224,49 @@ measure() {
   echo -e "$name\t$wall\t$(python3 -c "print($user + $sys)")\t$rss\t$size" >> "$results"
 }
 restore_db() { psql -q -X "$base/postgres" -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1"; }
+
+if [ "$only" = logical ]; then
+  for rep in $(seq 1 "$reps"); do
+    echo "bench: repetition $rep of $reps (logical)" >&2
+    measure "pg_dump > /dev/null (floor)" "'$pg_bin/pg_dump' '$base/bench' > /dev/null"
+    measure "pg_dump | pigz -6 -p 2" "'$pg_bin/pg_dump' '$base/bench' | pigz -6 -p 2 > '$work/out/d.gz'"
+    measure "dbbackup" "'$bin/dbbackup' -q --database-url '$base/bench' --repo '$work/out/repo'"
+    measure "dbbackup --count-check" "'$bin/dbbackup' -q --count-check --database-url '$base/bench' --repo '$work/out/repo'"
+    if [ -n "${BENCH_BASELINE_DBBACKUP:-}" ]; then
+      measure "dbbackup (baseline build)" "'$BENCH_BASELINE_DBBACKUP' -q --database-url '$base/bench' --repo '$work/out/repo'"
+      measure "dbbackup --compression-level 1 (baseline build)" "'$BENCH_BASELINE_DBBACKUP' -q --compression-level 1 --database-url '$base/bench' --repo '$work/out/repo'"
+    fi
+    measure "dbbackup --compression-level 1" "'$bin/dbbackup' -q --compression-level 1 --database-url '$base/bench' --repo '$work/out/repo'"
+    measure "dbbackup --compression-level 1 --count-check" "'$bin/dbbackup' -q --compression-level 1 --count-check --database-url '$base/bench' --repo '$work/out/repo'"
+  done
+  python3 - "$results" "$scale" "$reps" "$db_size" "$dump_size" > "$work/results-logical.md" <<'PY'
+import statistics, sys, os
+path, scale, reps, db_size, dump_size = sys.argv[1:6]
+rows = {}
+for line in open(path):
+    name, wall, cpu, rss, size = line.rstrip("\n").split("\t")
+    rows.setdefault(name, []).append((float(wall), float(cpu), int(rss)))
+med = {name: tuple(statistics.median(v[i] for v in values) for i in range(3)) for name, values in rows.items()}
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+print(f"# dbrecovery logical backup benchmark\n\nMachine: {os.cpu_count()} cores ({cpu})  ")
+print(f"Dataset: scale {scale}, database {db_size}, plain dump {int(dump_size)/1e6:.0f} MB; {reps} repetitions, alternating, medians.\n")
+print("| contender | wall s | CPU s | peak RSS MiB |\n| --- | ---: | ---: | ---: |")
+for name, (wall, cpu_s, rss) in med.items():
+    print(f"| {name.replace('|', chr(92) + '|')} | {wall:.2f} | {cpu_s:.2f} | {rss/1024:.1f} |")
+print("\n| ratio | measured |\n| --- | ---: |")
+for a, b in [("dbbackup", "pg_dump | pigz -6 -p 2"), ("dbbackup --count-check", "pg_dump | pigz -6 -p 2"),
+             ("dbbackup --compression-level 1", "pg_dump > /dev/null (floor)"),
+             ("dbbackup --compression-level 1 --count-check", "pg_dump > /dev/null (floor)"),
+             ("dbbackup (baseline build)", "pg_dump | pigz -6 -p 2"),
+             ("dbbackup --compression-level 1 (baseline build)", "pg_dump > /dev/null (floor)")]:
+    if a in med:
+        print(f"| {a} / {b.replace('|', chr(92) + '|')} | {med[a][0] / med[b][0]:.2f} |")
+PY
+  mkdir -p bench
+  cp "$work/results-logical.md" bench/results-logical.md
+  cat bench/results-logical.md
+  exit 0
+fi
 
 # Incremental base backups: a PostgreSQL 17 sandbox with the same dataset and summarize_wal on.
 eval "$(scripts/pg-sandbox.sh start "$work/cluster17" --major 17 --archive-command /bin/true | sed 's/^/PG17_/')"

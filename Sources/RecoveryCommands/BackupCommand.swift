@@ -9,8 +9,10 @@ public struct BackupCommand: ParsableCommand {
         commandName: "dbbackup",
         abstract: "Back up a PostgreSQL database: logical dumps, physical base backups, WAL archiving.",
         discussion: """
-        Logical (default): runs pg_dump inside an exported snapshot, counts every table's rows in that \
-        same snapshot, and streams the dump through gzip into <repo>/backups/<id>/dump.sql.gz. \
+        Logical (default): runs pg_dump inside an exported snapshot, streams the dump through gzip into \
+        <repo>/backups/<id>/dump.sql.gz, and records every table's exact row count from the dump's own \
+        COPY rows (same snapshot, no second scan of the tables; --count-check also counts each table \
+        with count(*) and fails the backup if a count differs). \
         Physical (--physical): streams pg_basebackup's tar into <repo>/backups/<id>/base.tar.gz for \
         point-in-time recovery with the WAL that `dbbackup wal-push` archives; with --incremental \
         (PostgreSQL 17+, summarize_wal = on) only the blocks changed since the newest base backup of the \
@@ -63,6 +65,10 @@ public struct CaptureCommand: ToolCommand {
     @Flag(help: "With --physical: only what changed since the newest base backup of the same server (PostgreSQL 17+, summarize_wal = on).")
     public var incremental = false
 
+    @Flag(name: .customLong("count-check"),
+          help: "Logical backups: also count every table with count(*) in the dump's snapshot (a second scan of each table on the server) and fail (exit 30, nothing stored) if a count differs from the rows the dump holds.")
+    public var countCheck = false
+
     @Option(name: .customLong("compression-level"), help: ArgumentHelp("gzip level, 0 (none) to 9 (smallest); the default is about as small as gzip -6 for a quarter less CPU.", valueName: "n"))
     public var compressionLevel = GzipCompressor.defaultLevel
 
@@ -77,6 +83,9 @@ public struct CaptureCommand: ToolCommand {
     public func validate() throws {
         if incremental && !physical {
             throw ValidationError("--incremental goes with --physical: dbbackup --physical --incremental")
+        }
+        if countCheck && physical {
+            throw ValidationError("--count-check checks a logical backup's row counts; a --physical backup has none: drop one of them")
         }
         if let jobs, !(1...256).contains(jobs) {
             throw ValidationError("--jobs \(jobs) must be between 1 and 256")
@@ -101,7 +110,8 @@ public struct CaptureCommand: ToolCommand {
         configuration.environment = repository.storageEnvironment(settings)
         configuration.incremental = incremental
         let result = physical ? try PhysicalCapture.run(configuration, progress: output.progress)
-            : try LogicalCapture.run(LogicalCaptureConfiguration(configuration, lockWaitSeconds: connection.sessionLimits.lockWaitSeconds),
+            : try LogicalCapture.run(LogicalCaptureConfiguration(configuration, lockWaitSeconds: connection.sessionLimits.lockWaitSeconds,
+                                                                 countCheck: countCheck),
                                      progress: output.progress)
         let manifest = result.manifest
         let summary = BackupSummary(manifest: manifest, repository: configuration.repository)

@@ -264,6 +264,177 @@ final class BackupCaptureTests: IntegrationTestCase {
         XCTAssertFalse(manifestText.contains(cluster.password))
     }
 
+    // MARK: Row counts from the dump's COPY blocks (issue 21 item 5)
+
+    /// Tables whose rows test how COPY text carries them: empty, rows with newlines, CR, tabs,
+    /// backslashes and a lone `\.`, odd and keyword names, a table without columns, two levels of
+    /// partitions, three levels of inheritance (count(*) of a parent includes its children), unlogged.
+    private func seedAwkwardTables() throws -> [String: Int64] {
+        try cluster.connect(database: database).execute(script: #"""
+            CREATE TABLE empty_one (id int);
+            CREATE TABLE texts (id int, body text, raw bytea);
+            INSERT INTO texts SELECT g, E'line one\nline two\r\n\\.\nnot the end\ttab \\ backslash', '\x0a5c2e0a'::bytea FROM generate_series(1, 50) g;
+            INSERT INTO texts VALUES (51, E'\\.', NULL), (52, '', ''), (53, NULL, NULL), (54, E'\n', E'\\x0a');
+            CREATE SCHEMA "Odd ""Schema"".x";
+            CREATE TABLE "Odd ""Schema"".x".U&"Caf\00E9. Tab\0009Name" (v int);
+            INSERT INTO "Odd ""Schema"".x".U&"Caf\00E9. Tab\0009Name" SELECT generate_series(1, 7);
+            CREATE TABLE "Odd ""Schema"".x".empty_one (v int);
+            INSERT INTO "Odd ""Schema"".x".empty_one VALUES (1), (2), (3);
+            CREATE TABLE "select" (v int);
+            INSERT INTO "select" VALUES (1), (2);
+            CREATE TABLE "UPPER" (v int);
+            INSERT INTO "UPPER" VALUES (1), (2), (3), (4);
+            CREATE TABLE no_columns ();
+            INSERT INTO no_columns SELECT FROM generate_series(1, 5);
+            CREATE TABLE measurements (at date NOT NULL, v int) PARTITION BY RANGE (at);
+            CREATE TABLE measurements_2025 PARTITION OF measurements FOR VALUES FROM ('2025-01-01') TO ('2026-01-01') PARTITION BY LIST (v);
+            CREATE TABLE measurements_2025_even PARTITION OF measurements_2025 FOR VALUES IN (0);
+            CREATE TABLE measurements_2025_rest PARTITION OF measurements_2025 DEFAULT;
+            CREATE TABLE measurements_2026 PARTITION OF measurements FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+            CREATE TABLE measurements_other PARTITION OF measurements DEFAULT;
+            INSERT INTO measurements SELECT date '2025-01-01' + g, g % 2 FROM generate_series(0, 399) g;
+            CREATE TABLE animals (name text);
+            CREATE TABLE dogs (breed text) INHERITS (animals);
+            CREATE TABLE puppies (age int) INHERITS (dogs);
+            INSERT INTO animals VALUES ('tom');
+            INSERT INTO dogs VALUES ('rex', 'lab'), ('fido', 'pug');
+            INSERT INTO puppies VALUES ('bit', 'pug', 1);
+            CREATE UNLOGGED TABLE cache (k text);
+            INSERT INTO cache VALUES ('a'), ('b'), ('c');
+            """#)
+        return ["public.empty_one": 0, "public.texts": 54, "Odd \"Schema\".x.Café. Tab\tName": 7, "Odd \"Schema\".x.empty_one": 3,
+                "public.select": 2, "public.UPPER": 4, "public.no_columns": 5, "public.measurements_2025_even": 183,
+                "public.measurements_2025_rest": 182, "public.measurements_2026": 35, "public.measurements_other": 0,
+                "public.animals": 4, "public.dogs": 3, "public.puppies": 1, "public.cache": 3]
+    }
+
+    func testRowCountsFromTheDumpEqualCountStarAndWhatARestoreGives() throws {
+        let expected = try seedAwkwardTables()
+        let counted = try TableCounter.countRows(on: try cluster.connect(database: database))
+        XCTAssertEqual(Dictionary(uniqueKeysWithValues: counted.map { ($0.qualifiedName, $0.rows) }), expected, "the seed is what the test thinks")
+
+        let result = try backup()
+        XCTAssertEqual(result.status, 0, result.standardError)
+        XCTAssertFalse(result.standardError.contains("warning"), result.standardError)
+        let manifest = try manifest(result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines))
+        XCTAssertEqual(manifest.tables, counted, "same tables, names, counts and order as count(*) in the snapshot")
+
+        // What a restore produces: the operator's by-hand replay and dbrestore (which checks the counts).
+        let byHand = try cluster.createDatabase(prefix: "byhand")
+        let replay = try TestProcess.shell("gunzip -c '\(repository!)/backups/\(manifest.id)/dump.sql.gz' | psql -v ON_ERROR_STOP=1 -q -X '\(cluster.url(database: byHand))'",
+                                           environment: cluster.environment)
+        XCTAssertEqual(replay.status, 0, replay.standardError)
+        XCTAssertEqual(try cluster.rowCounts(database: byHand), expected)
+        let restored = "copycounts_\(UInt32.random(in: 0...UInt32.max))"
+        let restore = try tool("dbrestore", [manifest.id, "--yes", "--repo", repository, "--database-url", cluster.url(database: restored)])
+        XCTAssertEqual(restore.status, 0, restore.standardError)
+
+        // The cross-check agrees on the same data.
+        let checked = try backup(["--count-check"])
+        XCTAssertEqual(checked.status, 0, checked.standardError)
+        XCTAssertEqual(try self.manifest(checked.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)).tables, counted)
+    }
+
+    /// A parent whose inheritance child is a foreign table: the dump holds no rows for the child
+    /// (they stay where the foreign table reads them), so the parent's count(*) cannot come from the
+    /// dump; it is counted with count(*), and the warning says why.
+    func testAParentWithAForeignChildIsCountedWithCountStarAndSaysSo() throws {
+        let directory = TestPaths.temporaryDirectory(prefix: "foreign-rows")
+        try "fox\nwolf\n".write(toFile: directory + "/wild.csv", atomically: true, encoding: .utf8)
+        chmod(directory, 0o755)
+        chmod(directory + "/wild.csv", 0o644)
+        try cluster.connect(database: database).execute(script: """
+            CREATE EXTENSION file_fdw;
+            CREATE SERVER files FOREIGN DATA WRAPPER file_fdw;
+            CREATE TABLE animals (name text);
+            INSERT INTO animals VALUES ('tom');
+            CREATE FOREIGN TABLE wild () INHERITS (animals) SERVER files OPTIONS (filename '\(directory)/wild.csv', format 'csv');
+            CREATE TABLE pets () INHERITS (animals);
+            INSERT INTO pets VALUES ('rex');
+            """)
+        let result = try backup()
+        XCTAssertEqual(result.status, 0, result.standardError)
+        XCTAssertTrue(result.standardError.contains("public.animals counted with count(*) (a second scan): an inheritance child of it is not dumped with rows (a foreign table)"),
+                      result.standardError)
+        let manifest = try manifest(result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines))
+        XCTAssertEqual(manifest.tables.map { "\($0.name):\($0.rows)" }, ["animals:4", "pets:1"])
+    }
+
+    /// No `count(*)` by default: pg_dump's COPY is the one scan of each table; `--count-check` adds one.
+    func testNoSecondScanUnlessCountCheckIsAsked() throws {
+        let observer = try cluster.connect(database: database)
+        try observer.execute(script: "CREATE TABLE watched (v int) WITH (autovacuum_enabled = off); INSERT INTO watched SELECT generate_series(1, 100)")
+        func scans() throws -> Int {
+            _ = try observer.query("SELECT pg_stat_clear_snapshot()")
+            return Int(try observer.query("SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'watched'").scalar ?? "") ?? -1
+        }
+        /// The count once the backup's sessions have flushed their statistics (at exit, or within a second).
+        func settled(after start: Int) throws -> Int {
+            let deadline = Date().addingTimeInterval(15)
+            while try scans() == start, Date() < deadline { usleep(100_000) }
+            usleep(2_000_000)
+            return try scans()
+        }
+        let start = try scans()
+        XCTAssertGreaterThanOrEqual(start, 0)
+        XCTAssertEqual(try backup().status, 0)
+        let afterPlain = try settled(after: start)
+        XCTAssertEqual(afterPlain - start, 1, "pg_dump's COPY only: no count(*)")
+        let checked = try backup(["--count-check"])
+        XCTAssertEqual(checked.status, 0, checked.standardError)
+        XCTAssertEqual(try settled(after: afterPlain) - afterPlain, 2, "--count-check adds one count(*)")
+    }
+
+    /// A pg_dump (a wrapper in --pg-bin) whose data stream has been changed by `awk program`.
+    private func filteredPgDump(_ awk: String) throws -> [String: String] {
+        let real = try PostgresTools().path(of: "pg_dump")
+        let bin = TestPaths.temporaryDirectory(prefix: "filtered-pg-dump")
+        try """
+            #!/bin/bash
+            set -o pipefail
+            case " $* " in *" --schema-only "*|*" --version "*) exec '\(real)' "$@" ;; esac
+            '\(real)' "$@" | awk '\(awk)'
+
+            """.write(toFile: bin + "/pg_dump", atomically: true, encoding: .utf8)
+        chmod(bin + "/pg_dump", 0o755)
+        return ["PG_BIN": bin]
+    }
+
+    func testCountCheckFailsTheBackupWhenTheDumpLostARow() throws {
+        try seed(rows: 10)
+        let before = try cluster.rowCounts(database: database)
+        let dropsARow = try filteredPgDump(#"{ print } /^COPY public\.users / { getline }"#)
+        // Without the check the manifest says what the dump holds: what a restore of it gives.
+        let plain = try tool("dbbackup", common, environment: dropsARow)
+        XCTAssertEqual(plain.status, 0, plain.standardError)
+        XCTAssertEqual(try manifest(plain.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)).tables.first { $0.name == "users" }?.rows, 9)
+        let stored = listing()
+
+        let checked = try tool("dbbackup", ["--count-check"] + common, environment: dropsARow)
+        XCTAssertEqual(checked.status, ExitStatus.verificationMismatch.rawValue, checked.standardError)
+        XCTAssertTrue(checked.standardError.contains("the rows pg_dump wrote differ from count(*) in the same snapshot (expected: the dump's, found: count(*)): public.users: expected 9, found 10; nothing was stored"),
+                      checked.standardError)
+        XCTAssertLessThanOrEqual(checked.standardError.split(separator: "\n").count, 2, "one line and its hint: \(checked.standardError)")
+        XCTAssertEqual(listing(), stored, "the failed backup left nothing behind")
+        XCTAssertEqual(try cluster.rowCounts(database: database), before)
+    }
+
+    func testATableTheDumpHasNoRowsForFailsTheBackup() throws {
+        try seed(rows: 10)
+        let dropsTheBlock = try filteredPgDump(#"/^COPY public\.meetings / { skip = 1; next } skip && /^\\\.$/ { skip = 0; next } !skip { print }"#)
+        let result = try tool("dbbackup", common, environment: dropsTheBlock)
+        XCTAssertEqual(result.status, ExitStatus.toolFailed.rawValue, result.standardError)
+        XCTAssertTrue(result.standardError.contains("pg_dump wrote no rows for table public.meetings, which its snapshot holds; a restore would create it empty, so nothing was stored"),
+                      result.standardError)
+        XCTAssertEqual(listing().filter { $0.hasPrefix("backups/") }, [], "no backup was stored")
+    }
+
+    func testCountCheckIsRefusedWithPhysical() throws {
+        let result = try backup(["--physical", "--count-check"])
+        XCTAssertEqual(result.status, ExitStatus.usage.rawValue, result.standardError)
+        XCTAssertTrue(result.standardError.contains("--count-check checks a logical backup's row counts"), result.standardError)
+    }
+
     func testMemoryDoesNotGrowWithDatabaseSize() throws {
         let connection = try cluster.connect(database: database)
         try connection.execute(script: "CREATE TABLE events (id bigserial PRIMARY KEY, payload text)")

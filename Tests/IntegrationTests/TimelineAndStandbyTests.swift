@@ -29,6 +29,39 @@ extension PointInTimeRecoveryTests {
         try standbyBackupsRestoreExactly(major: 18)
     }
 
+    /// pg_dump never dumps an unlogged table's rows from a standby (the standby cannot read them): the
+    /// backup records the table with 0 rows, which is what its restore creates, and says so.
+    func testAStandbyBackupRecordsUnloggedTablesEmptyAsTheirRestore() throws {
+        let primary = try PostgresCluster(major: 15)
+        defer { primary.stop() }
+        let database = try primary.createDatabase(prefix: "unlogged")
+        try primary.connect(database: database).execute(script: """
+            CREATE TABLE kept (v int);
+            INSERT INTO kept SELECT generate_series(1, 5);
+            CREATE UNLOGGED TABLE cache (v int);
+            INSERT INTO cache SELECT generate_series(1, 3);
+            """)
+        let standby = try PostgresCluster.startStandby(of: primary)
+        defer { standby.stop() }
+        try standby.waitForReplay(of: primary)
+        let repository = TestPaths.repositoryPath(prefix: "standby-unlogged")
+        let pgBin = ["--pg-bin", primary.binDirectory]
+        let backup = try TestProcess.tool("dbbackup", ["--database-url", standby.url(database: database), "--repo", repository, "--json"] + pgBin,
+                                          cluster: standby)
+        XCTAssertEqual(backup.status, 0, backup.standardError)
+        XCTAssertTrue(backup.standardError.contains("public.cache is recorded with 0 rows: pg_dump does not dump an unlogged table's rows from a standby"),
+                      backup.standardError)
+        let id = backupID(backup)
+        let tables = (try manifest(id, in: repository)["tables"] as? [[String: Any]] ?? []).map { "\($0["name"] as? String ?? ""):\(($0["rows"] as? NSNumber)?.int64Value ?? -1)" }
+        XCTAssertEqual(tables, ["cache:0", "kept:5"])
+
+        let restored = "unlogged_restored_\(UInt32.random(in: 0...UInt32.max))"
+        let restore = try TestProcess.tool("dbrestore", [id, "--yes", "--repo", repository, "--database-url", primary.url(database: restored)] + pgBin,
+                                           cluster: primary)
+        XCTAssertEqual(restore.status, 0, restore.standardError)
+        XCTAssertEqual(try primary.rowCounts(database: restored), ["public.cache": 0, "public.kept": 5])
+    }
+
     /// A primary archiving into a repository and a hot standby streaming from it: a logical backup
     /// of the standby taken while the primary writes restores with the standby snapshot's exact
     /// counts and verifies; a base backup of the standby recovers (PITR) to the primary's rows.

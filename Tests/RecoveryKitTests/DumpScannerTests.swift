@@ -103,6 +103,34 @@ final class DumpScannerTests: XCTestCase {
         }
     }
 
+    /// The backup's row counts: one per COPY block, its lines, however the stream is cut; names as
+    /// the header's bytes (quotes undone, never decoded) in the dump's client_encoding.
+    func testCopyBlocksAreCountedByLinesAndNamedByTheirBytes() throws {
+        func blocks(_ bytes: [UInt8], chunk: Int) throws -> CopyRowCounts? {
+            let builder = DumpContentsBuilder(backupID: "test")
+            var offset = 0
+            while offset < bytes.count {
+                let end = min(bytes.count, offset + chunk)
+                bytes[offset..<end].withUnsafeBytes { builder.write($0) }
+                offset = end
+            }
+            _ = builder.finish()
+            return builder.copyRowCounts
+        }
+        for chunk in [1, 2, 3, 7, 64, 1 << 20] {
+            let counts = try XCTUnwrap(try blocks(Array(dump.utf8), chunk: chunk))
+            XCTAssertEqual(counts.blocks.map { "\(String(decoding: $0.schema, as: UTF8.self)).\(String(decoding: $0.name, as: UTF8.self)):\($0.rows)" },
+                           ["public.t:4", "public.empty:0"], "chunks of \(chunk) bytes")
+            XCTAssertNil(counts.encoding)
+        }
+        let latin1 = Array("SET client_encoding = 'LATIN1';\nCOPY \"Odd \"\"S\"\".x\".\"caf".utf8) + [0xE9] + Array("\" (v) FROM stdin;\n1\n\n\\.\n".utf8)
+        let counts = try XCTUnwrap(try blocks(latin1, chunk: 5))
+        XCTAssertEqual(counts.encoding, "LATIN1")
+        XCTAssertEqual(counts.blocks.map(\.schema), [Array("Odd \"S\".x".utf8)])
+        XCTAssertEqual(counts.blocks.map(\.name), [Array("caf".utf8) + [0xE9]])
+        XCTAssertEqual(counts.blocks.map(\.rows), [2], "an empty line is a row (a table without columns)")
+    }
+
     func testEveryStatementCarriesTheSettingsInForceWhereItStood() throws {
         let dump = """
             SET default_tablespace = '';

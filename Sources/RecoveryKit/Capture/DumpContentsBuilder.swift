@@ -22,6 +22,10 @@ final class DumpContentsBuilder {
     private var dumpBytes: UInt64 = 0
     /// Why no table of contents can be built, once something went wrong.
     private(set) var failure: String?
+    /// The rows of each COPY block, in the dump's order: the backup's row counts (`CopyRowCounts`).
+    private var copies = CopyRowCounts()
+    /// The table whose COPY rows are being read.
+    private var copying: CopyRowCounts.Block?
     /// Uncompressed distance between the access points the compressor is asked for.
     let accessPointInterval: UInt64
 
@@ -35,9 +39,16 @@ final class DumpContentsBuilder {
         self.accessPointInterval = accessPointInterval
         let statements = StatementBox()
         scanner = DumpScanner(backupID: backupID) { event in
-            if case .statement(let statement) = event { statements.handler?(statement.sql) }
+            switch event {
+            case .statement(let statement): statements.handler?(statement.sql)
+            case .copyStart(let statement): statements.copyStart?(statement)
+            case .copyEnd: statements.copyEnd?()
+            case .copyRows: break
+            }
         }
         statements.handler = { [unowned self] sql in analyze(sql) }
+        statements.copyStart = { [unowned self] statement in copyStart(statement) }
+        statements.copyEnd = { [unowned self] in copyEnd() }
         scanner.onCommentLine = { [unowned self] line, offset in header(line, at: offset) }
         scanner.onSetting = { [unowned self] sql, offset in
             settings.append(.init(offset: offset, sql: Data(sql).base64EncodedString()))
@@ -47,6 +58,35 @@ final class DumpContentsBuilder {
     /// Lets the scanner's consumer reach the builder, which owns the scanner.
     private final class StatementBox {
         var handler: (([UInt8]) -> Void)?
+        var copyStart: ((DumpScanner.Statement) -> Void)?
+        var copyEnd: (() -> Void)?
+    }
+
+    /// `COPY schema.table (columns) FROM stdin`: pg_dump always qualifies the name.
+    private func copyStart(_ statement: DumpScanner.Statement) {
+        let prefix = "COPY ".utf8.count
+        let (parts, _, _) = QualifiedNames.byteChain(in: statement.sql, from: prefix, to: statement.sql.count)
+        let encoding = statement.settings.clientEncoding
+        if copies.encoding == nil { copies.encoding = encoding }
+        guard parts.count == 2, encoding == copies.encoding else {
+            copies.unreadable.append(statement.excerpt)
+            copying = nil
+            return
+        }
+        copying = .init(schema: parts[0], name: parts[1], rows: 0)
+    }
+
+    private func copyEnd() {
+        guard var block = copying else { return }
+        block.rows = scanner.copyRowCount
+        copies.blocks.append(block)
+        copying = nil
+    }
+
+    /// The rows of every COPY block of the dump, once `finish()` has read it all; nil if the dump
+    /// could not be read (`failure` says why).
+    var copyRowCounts: CopyRowCounts? {
+        failure == nil ? copies : nil
     }
 
     /// What a statement says about its object: the table an index, an owned sequence or an

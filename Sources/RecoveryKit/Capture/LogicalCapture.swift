@@ -9,15 +9,20 @@ public struct LogicalCaptureConfiguration {
     public var capture: CaptureConfiguration
     /// `--lock-wait`: pg_dump's `--lock-wait-timeout` (the target's sessions carry it as `lock_timeout`).
     public var lockWaitSeconds: Int
+    /// `--count-check`: also count every table with `count(*)` in the dump's snapshot (a second scan
+    /// of each table) and fail the backup if a count differs from the rows the dump holds.
+    public var countCheck: Bool
 
-    public init(_ capture: CaptureConfiguration, lockWaitSeconds: Int = SessionLimits.defaultLockWaitSeconds) {
+    public init(_ capture: CaptureConfiguration, lockWaitSeconds: Int = SessionLimits.defaultLockWaitSeconds, countCheck: Bool = false) {
         self.capture = capture
         self.lockWaitSeconds = lockWaitSeconds
+        self.countCheck = countCheck
     }
 }
 
 /// A snapshot-consistent logical backup: `pg_dump --snapshot` gzip-streamed into the repository,
-/// with exact row counts from the same snapshot.
+/// with exact row counts from the same snapshot: the rows of each table's COPY block in the dump,
+/// counted as it streams past (no second scan of the tables on the server).
 public enum LogicalCapture {
     /// Name of the data file inside a logical backup's folder.
     public static let dumpFileName = "dump.sql.gz"
@@ -25,10 +30,12 @@ public enum LogicalCapture {
     /// Takes one logical backup.
     ///
     /// Order: lock the repository; open a REPEATABLE READ READ ONLY transaction and export its
-    /// snapshot; stream `pg_dump --snapshot` through gzip into `backups/<id>/dump.sql.gz` (sha256
-    /// and sizes computed on the way) while counting rows and reading `schema_version` in the same
-    /// snapshot on the exporting connection; commit the data file (fsync, rename) once both are
-    /// done; write the manifest last.
+    /// snapshot; stream `pg_dump --snapshot` through gzip into `backups/<id>/dump.sql.gz` (sha256,
+    /// sizes and each COPY block's rows computed on the way) while reading `schema_version` (and with
+    /// `countCheck` counting rows) in the same snapshot on the exporting connection; commit the data
+    /// file (fsync, rename) once both are done; match the COPY blocks to the snapshot's tables (an
+    /// error if one is missing, or with `countCheck` if a count differs: the data file is removed
+    /// again); write the manifest last.
     ///
     /// - Important: on any failure no manifest is written, so nothing half-done looks like a backup.
     /// - Parameters:
@@ -58,7 +65,7 @@ public enum LogicalCapture {
             SELECT current_database(), current_setting('server_version'),
                    (SELECT system_identifier::text FROM pg_catalog.pg_control_system())
             """).rows[0]
-        // Read before the counter starts: the connection serves one thread at a time.
+        // Read before the snapshot's reader starts: the connection serves one thread at a time.
         let properties = try DatabaseProperties.read(on: connection)
         // A hot standby exports snapshots too (PostgreSQL 10 and later): the dump and the counts
         // share it there as on a primary. The manifest records which it was.
@@ -71,10 +78,12 @@ public enum LogicalCapture {
                 SELECT COALESCE(sum(pg_catalog.pg_relation_size(c.oid)), 0)::text FROM pg_catalog.pg_class c WHERE c.relkind IN ('r', 'm')
                 """).scalar.flatMap { UInt64($0) }
         }
-        // The exact counts come from the same snapshot, counted on its own connection while pg_dump
-        // streams it: the server scans while this process compresses. The data file is committed only
-        // once the counts are in, so a failed count leaves nothing behind.
-        let counting = Background { (try TableCounter.countRows(on: connection), try TableCounter.schemaVersion(on: connection)) }
+        // The exact counts come from the dump's COPY blocks (DumpContentsBuilder). With --count-check the
+        // old count(*) pass runs too, in the same snapshot on its own connection while pg_dump streams it:
+        // the server scans while this process compresses. The data file is committed only once that is
+        // in, so a failed count leaves nothing behind.
+        let countCheck = logical.countCheck
+        let counting = Background { (try countCheck ? TableCounter.countRows(on: connection) : nil, try TableCounter.schemaVersion(on: connection)) }
         defer { counting.join() }
         // The schema fingerprint, from a schema-only pg_dump in the same snapshot (Verify/SchemaDump.swift).
         let schemaDump = try SchemaDump(pgDump: pgDump, target: configuration.target, snapshot: snapshot)
@@ -106,11 +115,18 @@ public enum LogicalCapture {
         let (tables, schemaVersion): ([BackupManifest.TableRowCount], String?)
         var files = [file]
         do {
-            (tables, schemaVersion) = try counting.wait()
+            let counted: [BackupManifest.TableRowCount]?
+            (counted, schemaVersion) = try counting.wait()
+            let toc = contents.finish()
+            // Still in the snapshot: the table list the COPY blocks are matched to is the dump's.
+            tables = try TableCounter.rows(from: contents.copyRowCounts, on: connection, inRecovery: role.inRecovery) { reason in
+                FileHandle.standardError.write(Data("warning: backup \(id): \(reason)\n".utf8))
+            }
+            if let counted { try TableCounter.crossCheck(tables, against: counted, backupID: id, database: try facts.string(0)) }
             try connection.execute(script: "COMMIT")
             // The table of contents (selective restores, dbrestore contents). A dump it cannot read
             // (the restore would refuse it too) is stored without one, as before tables of contents.
-            if let toc = contents.finish() {
+            if let toc {
                 files.append(try StreamCapture.store(try JSONOutput.encoder().encode(toc), targets: targets, key: tocKey,
                                                      level: configuration.compressionLevel, key: configuration.key))
                 // A repository that failed at the table of contents is dropped: its dump goes too.

@@ -58,6 +58,10 @@ final class DumpScanner {
     var onSetting: (([UInt8], UInt64) throws -> Void)?
     /// Offset in the dump of the line being read.
     private var lineOffset: UInt64 = 0
+    /// Lines of the current (or, at `copyEnd`, the just finished) COPY block's rows. In COPY's text
+    /// format each row is one line (newlines in values are written `\n`), so this is the number of
+    /// rows the block loads: counted as the rows are split off, at no extra pass over their bytes.
+    private(set) var copyRowCount: Int64 = 0
     /// The backup the dump belongs to, for messages.
     private let backupID: String
 
@@ -162,6 +166,7 @@ final class DumpScanner {
         }
         let statement = Statement(sql: sql, settings: settings)
         if Self.isCopyFromStdin(sql) {
+            copyRowCount = 0
             try consumer(.copyStart(statement))
             inCopy = true
             return true
@@ -184,6 +189,7 @@ final class DumpScanner {
                 inCopy = false
                 return newline + 1
             }
+            copyRowCount += 1
             line = newline + 1
         }
         if text.count > start { try consumer(.copyRows(UnsafeRawBufferPointer(rebasing: text[start..<text.count]))) }

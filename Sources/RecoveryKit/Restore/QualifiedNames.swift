@@ -92,7 +92,14 @@ struct QualifiedNames {
 
     /// Parses `part(.part)*` from `start`; returns the unquoted parts, each part's byte range and where it stopped.
     static func chain(in sql: [UInt8], from start: Int, to end: Int) -> (parts: [String], ranges: [Range<Int>], end: Int) {
-        var parts: [String] = [], ranges: [Range<Int>] = []
+        let (parts, ranges, stop) = byteChain(in: sql, from: start, to: end)
+        return (parts.map(ByteText.utf8OrLatin1), ranges, stop)
+    }
+
+    /// `chain` with each unquoted part as its bytes in the dump's encoding, undecoded: what two
+    /// names must share to be the same name (decoding may map different bytes to one string).
+    static func byteChain(in sql: [UInt8], from start: Int, to end: Int) -> (parts: [[UInt8]], ranges: [Range<Int>], end: Int) {
+        var parts: [[UInt8]] = [], ranges: [Range<Int>] = []
         var index = start
         while index < end {
             let partStart = index
@@ -120,7 +127,7 @@ struct QualifiedNames {
             } else {
                 break
             }
-            parts.append(ByteText.utf8OrLatin1(part))
+            parts.append(part)
             ranges.append(partStart..<index)
             guard index + 1 < end, sql[index] == UInt8(ascii: "."), isIdentifierStart(sql[index + 1]) || sql[index + 1] == UInt8(ascii: "\"") else { break }
             index += 1

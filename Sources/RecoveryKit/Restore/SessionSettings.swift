@@ -62,6 +62,11 @@ struct SessionSettings: Equatable {
         return !["off", "of", "false", "fals", "fal", "fa", "f", "no", "n", "0"].contains(text)
     }
 
+    /// The `client_encoding` the dump set (e.g. `UTF8`, `SQL_ASCII`), the encoding of the bytes after it; nil if it set none.
+    var clientEncoding: String? {
+        self["client_encoding"].flatMap(Self.value(setBy:)).map { String(decoding: $0, as: UTF8.self) }
+    }
+
     /// The statements that take a connection whose dump settings are `current` to these.
     ///
     /// Encoding parameters come first (they decide how the server reads the bytes of the others);
