@@ -1,3 +1,4 @@
+import BackupStorage
 import Foundation
 import RecoveryKit
 import TestSupport

@@ -72,6 +72,7 @@ final class ParallelLoader {
 
     /// Commits the last rows (the stream has been read and verified), runs the post-data, and
     /// says how many rows each table got from the dump's COPYs, where that is its exact count.
+    @discardableResult
     func finish() throws -> LoadedRows {
         for worker in workers { try worker.finish() }
         for worker in workers { worker.connection.close() }
