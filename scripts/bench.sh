@@ -94,9 +94,9 @@ dump_size=$("$pg_bin/pg_dump" "$base/bench" | wc -c)
 if [ "$only" != restore ]; then
 eval "$(scripts/s3-sandbox.sh start "$work/s3" | sed 's/^/S3_/')"
 python3 -c "import urllib.request; urllib.request.urlopen(urllib.request.Request('$S3_ENDPOINT/bench', method='PUT', headers={'Authorization': 'AWS4-HMAC-SHA256 Credential=A/20240101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0'}))"
-fi
 # 5 MiB parts, 2 in flight: both dataset sizes are many parts, so peak memory shows whether it grows.
 s3_env="AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_ENDPOINT_URL_S3=$S3_ENDPOINT DBRECOVERY_S3_PART_SIZE_MB=5 DBRECOVERY_S3_CONCURRENCY=2"
+fi
 
 # Reading once, and WAL at WAN latency (issue 21). Prints a markdown section on stdout.
 readonce_and_wal() {

@@ -1,4 +1,3 @@
-import BackupStorage
 import Foundation
 import RecoveryKit
 import TestSupport
@@ -6,28 +5,24 @@ import XCTest
 
 /// The row counts a restore checks against the manifest come from the server's own COPY results
 /// where those are what `count(*)` would answer, and from `count(*)` everywhere else (issue 21).
-final class RestoreRowCountTests: XCTestCase {
-    var cluster: PostgresCluster!
-    var repository: String!
-
+final class RestoreRowCountTests: IntegrationTestCase {
     override func setUpWithError() throws {
-        cluster = try PostgresCluster.shared()
-        repository = TestPaths.temporaryDirectory(prefix: "repo") + "/repo"
+        try useCluster()
+        useLocalRepository()
     }
 
     /// Backs up a database made by `script`, restores it into a new database with two connections
     /// and returns the outcome, the JSON report's timeline as `step: outcome` lines, and both databases.
     private func backUpAndRestore(_ script: String) throws -> (status: Int32, timeline: [String], stderr: String, source: String, restored: String) {
-        let source = try cluster.createDatabase(prefix: "counts")
-        try cluster.connect(database: source).execute(script: script)
-        let backup = try TestProcess.tool("dbbackup", ["--database-url", cluster.url(database: source), "--repo", repository], cluster: cluster)
+        try useDatabase(prefix: "counts", seed: script)
+        let backup = try tool("dbbackup", common)
         XCTAssertEqual(backup.status, 0, backup.standardError)
         let restored = "counts_copy_\(UInt32.random(in: 0...UInt32.max))"
-        let result = try TestProcess.tool("dbrestore", ["latest", "--yes", "--json", "--jobs", "2", "--repo", repository,
-                                                        "--database-url", cluster.url(database: restored)], cluster: cluster)
+        let result = try tool("dbrestore", ["latest", "--yes", "--json", "--jobs", "2", "--repo", repository,
+                                            "--database-url", cluster.url(database: restored)])
         let report = (try? JSONSerialization.jsonObject(with: Data(result.standardOutput.utf8))) as? [String: Any]
         let steps = (report?["timeline"] as? [[String: Any]] ?? []).map { "\($0["step"] as? String ?? ""): \($0["outcome"] as? String ?? "")" }
-        return (result.status, steps, result.standardError, source, restored)
+        return (result.status, steps, result.standardError, database, restored)
     }
 
     /// Ordinary tables (one big enough to be split over both connections, partitions loaded through
@@ -84,21 +79,22 @@ final class RestoreRowCountTests: XCTestCase {
     /// A table whose rows in the restored database differ from the manifest is still found when its
     /// count comes from the COPY results: the restore fails and the target is not created.
     func testACopyCountThatDiffersFromTheManifestFailsTheRestore() throws {
-        let source = try cluster.createDatabase(prefix: "counts")
-        try cluster.connect(database: source).execute(script: "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 20);")
-        let backup = try TestProcess.tool("dbbackup", ["--database-url", cluster.url(database: source), "--repo", repository], cluster: cluster)
+        try useDatabase(prefix: "counts", seed: "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 20);")
+        let backup = try tool("dbbackup", common)
         XCTAssertEqual(backup.status, 0, backup.standardError)
+        let id = backup.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
         // The manifest claims one row more than the dump holds (its sha256 covers the dump, not this).
-        let store = try LocalStore(root: repository, create: false)
-        let id = try Catalog(store: store).resolve("latest").id
-        let path = "\(repository!)/backups/\(id)/manifest.json"
-        let text = try String(contentsOfFile: path, encoding: .utf8)
-        let edited = text.replacingOccurrences(of: #""rows" : 20"#, with: #""rows" : 21"#)
-        XCTAssertNotEqual(edited, text, "the manifest's count of t was not found")
-        try edited.write(toFile: path, atomically: true, encoding: .utf8)
+        var found = false
+        try editManifest(id) { manifest in
+            manifest["tables"] = (manifest["tables"] as? [[String: Any]] ?? []).map { table in
+                guard table["name"] as? String == "t" else { return table }
+                found = true
+                return table.merging(["rows": 21]) { _, new in new }
+            }
+        }
+        XCTAssertTrue(found, "the manifest's count of t was not found")
         let restored = "counts_copy_\(UInt32.random(in: 0...UInt32.max))"
-        let result = try TestProcess.tool("dbrestore", ["latest", "--yes", "--repo", repository, "--database-url", cluster.url(database: restored)],
-                                          cluster: cluster)
+        let result = try tool("dbrestore", ["latest", "--yes", "--repo", repository, "--database-url", cluster.url(database: restored)])
         XCTAssertEqual(result.status, ExitStatus.restoreFailed.rawValue, result.standardError)
         XCTAssertTrue(result.standardError.contains("public.t: expected 21, found 20"), result.standardError)
         XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM pg_database WHERE datname = '\(restored)'", database: "postgres"), "0")
