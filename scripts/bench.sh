@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks dbrecovery against the tools it replaces, side by side in one run on this machine.
 #
-#   scripts/bench.sh [--scale S] [--reps N] [--only incremental|wal|logical]
+#   scripts/bench.sh [--scale S] [--reps N] [--only incremental|wal|logical|restore]
 #
 # Builds release binaries, starts a sandbox cluster, makes a deterministic dataset (pgbench tables
 # plus a table of text, jsonb, bytea, numeric and timestamptz; about S GiB, default 1), then runs
@@ -26,6 +26,10 @@
 # that backups ran before row counts came from the dump's COPY blocks); results in
 # bench/results-logical.md. BENCH_BASELINE_DBBACKUP=/path/to/dbbackup adds that build (another
 # commit's release binary) as "dbbackup (baseline build)", alternating with the rest.
+# `--only restore` (issue 21 item 1) makes the dataset, one `dbbackup` and one `pg_dump -Fc -Z6`,
+# then restores each N times into an empty database, alternating which goes first so that both see
+# the same load, and prints the medians, the ratio and the median seconds of each step dbrestore
+# reports in its --json timeline (results in bench/results-restore.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scale=1
@@ -36,12 +40,12 @@ while [ $# -gt 0 ]; do
     --scale) scale=$2; shift 2 ;;
     --reps) reps=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
-    *) echo "usage: $0 [--scale S] [--reps N] [--only incremental|wal|logical]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--scale S] [--reps N] [--only incremental|wal|logical|restore]" >&2; exit 2 ;;
   esac
 done
-case $only in all|incremental|wal|logical) ;; *) echo "bench: --only takes 'incremental', 'wal' or 'logical'" >&2; exit 2 ;; esac
+case $only in all|incremental|wal|logical|restore) ;; *) echo "bench: --only takes 'incremental', 'wal', 'logical' or 'restore'" >&2; exit 2 ;; esac
 pg17_bin=/var/cache/dbrecovery/postgresql/17/bin
-if [ "$only" != wal ]; then
+if [ "$only" = all ] || [ "$only" = incremental ]; then
   [ -x "$pg17_bin/pg_combinebackup" ] || { echo "bench: PostgreSQL 17 is missing in $pg17_bin; run scripts/pg-majors.sh" >&2; exit 12; }
 fi
 for tool in pigz pgbench /usr/bin/time python3; do
@@ -92,10 +96,12 @@ db_size=$(psql -X -A -t "$base/postgres" -c "SELECT pg_size_pretty(pg_database_s
 dump_size=$("$pg_bin/pg_dump" "$base/bench" | wc -c)
 
 # The S3 side: moto on loopback, parts of 8 MiB, for peak memory of a backup to S3 at two sizes.
+if [ "$only" != restore ]; then
 eval "$(scripts/s3-sandbox.sh start "$work/s3" | sed 's/^/S3_/')"
 python3 -c "import urllib.request; urllib.request.urlopen(urllib.request.Request('$S3_ENDPOINT/bench', method='PUT', headers={'Authorization': 'AWS4-HMAC-SHA256 Credential=A/20240101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0'}))"
 # 5 MiB parts, 2 in flight: both dataset sizes are many parts, so peak memory shows whether it grows.
 s3_env="AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_ENDPOINT_URL_S3=$S3_ENDPOINT DBRECOVERY_S3_PART_SIZE_MB=5 DBRECOVERY_S3_CONCURRENCY=2"
+fi
 
 # Reading once, and WAL at WAN latency (issue 21). Prints a markdown section on stdout.
 readonce_and_wal() {
@@ -265,6 +271,75 @@ PY
   mkdir -p bench
   cp "$work/results-logical.md" bench/results-logical.md
   cat bench/results-logical.md
+  exit 0
+fi
+
+# Restore alone (issue 21 item 1): dbrestore against pg_restore -j 2 of a -Fc -Z6 dump, both into an
+# empty database with two connections, alternating which goes first.
+if [ "$only" = restore ]; then
+  "$pg_bin/pg_dump" -Fc -Z6 -f "$work/bench.dump" "$base/bench"
+  "$bin/dbbackup" --database-url "$base/bench" --repo "$work/restore-repo" -q >/dev/null
+  : > "$work/steps.tsv"
+  run_pg_restore() {
+    restore_db r2
+    measure "pg_restore -j 2" "'$pg_bin/pg_restore' -j 2 -d '$base/r2' '$work/bench.dump'"
+  }
+  run_dbrestore() {
+    restore_db r3
+    measure "dbrestore --jobs 2 (sha256 + row counts + schema check + swap)" \
+      "'$bin/dbrestore' latest -q --yes --json --jobs 2 --repo '$work/restore-repo' --database-url '$base/r3' > '$work/out/report.json'"
+    # Each step of its timeline, names without the databases' and backup's stamps.
+    python3 - "$work/out/report.json" >> "$work/steps.tsv" <<'PY'
+import json, re, sys
+for step in json.load(open(sys.argv[1]))["timeline"]:
+    if step.get("seconds") is not None:
+        name = re.sub(r"\s*\([^)]*\)", "", step["step"])
+        name = re.sub(r"\S*\d{6}\S*", "…", name)
+        print(f"{name}\t{step['seconds']}")
+PY
+    psql -q -X "$base/postgres" -c "SELECT format('DROP DATABASE %I', datname) FROM pg_database WHERE datname LIKE 'r3_pre_restore_%'" -A -t | psql -q -X "$base/postgres" >/dev/null
+  }
+  for rep in $(seq 1 "$reps"); do
+    echo "bench: repetition $rep of $reps (restore)" >&2
+    if [ $((rep % 2)) = 1 ]; then run_dbrestore; run_pg_restore; else run_pg_restore; run_dbrestore; fi
+  done
+  python3 - "$results" "$work/steps.tsv" "$scale" "$reps" "$db_size" "$dump_size" "$(stat -c %s "$work/bench.dump")" \
+    "$(du -cb "$work"/restore-repo/backups/*/dump.sql.gz | tail -1 | cut -f1)" > "$work/results-restore.md" <<'PY'
+import os, platform, statistics, sys
+path, steps_path, scale, reps, db_size, dump_size, custom_size, gz_size = sys.argv[1:9]
+rows, steps = {}, {}
+for line in open(path):
+    name, wall, cpu, rss, _ = line.rstrip("\n").split("\t")
+    rows.setdefault(name, []).append((float(wall), float(cpu), int(rss)))
+for line in open(steps_path):
+    name, seconds = line.rstrip("\n").split("\t")
+    steps.setdefault(name, []).append(float(seconds))
+med = {name: [statistics.median(v[i] for v in values) for i in range(3)] for name, values in rows.items()}
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+mem = next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "0")
+print("# dbrestore against pg_restore -j 2\n")
+print(f"Machine: {os.cpu_count()} cores ({cpu}), {int(mem)//1024} MiB RAM, {platform.platform()}  ")
+print(f"Dataset: scale {scale}, database {db_size}, plain dump {int(dump_size)/1e6:.0f} MB "
+      f"(dbbackup's dump.sql.gz {int(gz_size)/1e6:.1f} MB, pg_dump -Fc -Z6 {int(custom_size)/1e6:.1f} MB); "
+      f"{reps} repetitions alternating which goes first, medians; each into an empty database.\n")
+print("| contender | wall s | CPU s | peak RSS MiB | runs (wall s) |")
+print("| --- | ---: | ---: | ---: | --- |")
+for name, (wall, cpu_s, rss) in med.items():
+    runs = ", ".join(f"{v[0]:.2f}" for v in rows[name])
+    print(f"| {name} | {wall:.2f} | {cpu_s:.2f} | {rss/1024:.1f} | {runs} |")
+names = list(med)
+ours = next(n for n in names if n.startswith("dbrestore"))
+ratio = med[ours][0] / med["pg_restore -j 2"][0]
+print(f"\n**dbrestore / pg_restore -j 2: {ratio:.2f}** (target ≤ 0.80: {'met' if ratio <= 0.80 else 'NOT met'})\n")
+print("dbrestore's steps (its --json timeline, median seconds):\n")
+print("| step | seconds |")
+print("| --- | ---: |")
+for name, values in steps.items():
+    print(f"| {name} | {statistics.median(values):.2f} |")
+PY
+  mkdir -p bench
+  cp "$work/results-restore.md" bench/results-restore.md
+  cat bench/results-restore.md
   exit 0
 fi
 

@@ -369,7 +369,7 @@ public enum LogicalRestore {
                                            properties: manifest.databaseProperties, on: admin)
             scratchExists = true
         }
-        try timeline.step("replay backup \(manifest.id) into \(scratch) (\(ByteCount.format(manifest.storedBytes)))") {
+        let loaded = try timeline.step("replay backup \(manifest.id) into \(scratch) (\(ByteCount.format(manifest.storedBytes)))") {
             try DumpApplier.apply(manifest, from: store, into: configuration.target.with(database: scratch),
                                   jobs: configuration.jobs, maintenanceWorkMem: LoaderConnection.maintenanceWorkMem(in: configuration.environment),
                                   key: configuration.key, progress: progress)
@@ -377,7 +377,10 @@ public enum LogicalRestore {
         let counts = try timeline.step("verify row counts of \(manifest.tables.count) tables in \(scratch)") { () -> RowCountVerifier.Report in
             let connection = try PostgresConnection(target: configuration.target.with(database: scratch), applicationName: "dbrestore")
             defer { connection.close() }
-            let result = try RowCountVerifier.verify(manifest, on: connection)
+            // The COPY results stand for the counts where they are exact; the rest is counted.
+            let (result, fromCopies) = try RowCountVerifier.verify(manifest, on: connection, loaded: loaded)
+            timeline.note("row counts of \(scratch)", outcome: loaded.inexact.map { "all counted with count(*): \($0)" }
+                          ?? "\(fromCopies) of \(result.tables.count) tables from the server's COPY results, the rest counted with count(*)")
             guard result.ok else {
                 throw RecoveryError(.restoreFailed, "restored data does not match backup \(manifest.id): \(result.summary)",
                                     hint: "the target database was not touched; try an older backup")
