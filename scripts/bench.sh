@@ -184,7 +184,7 @@ fi
 
 # pgBackRest, run as the data directory's owner, full backups, gz level 6, two processes.
 as_owner() { if [ "$(id -u)" = 0 ]; then setpriv --reuid=postgres --regid=postgres --init-groups -- env PGPASSWORD="$PGPASSWORD" "$@"; else "$@"; fi; }
-mkdir -p "$work/pgbr"
+mkdir -p "$work/pgbr/log" "$work/pgbr/lock"
 cat > "$work/pgbr/pgbackrest.conf" <<CONF
 [global]
 repo1-path=$work/pgbr/repo
