@@ -110,7 +110,7 @@ enum CandidateSelection {
                 }
                 if configuration.mode != .normal, let target = serverMajor, let source = manifest.serverMajor, source > target {
                     let reason = "taken from PostgreSQL \(source), newer than the target server's \(target) "
-                        + "(a logical backup restores only into the same or a newer major)"
+                        + "(\(RestorePlan.majorRule))"
                     skipped.append(.init(id: label, reason: reason))
                     timeline?.note("skip backup \(label)", outcome: reason)
                     logger.info("skipped backup \(label): \(reason)")

@@ -540,6 +540,9 @@ extension RestorePlan {
             + "(the restored database gets the server's defaults; set them again by hand)"]
     }
 
+    /// Why a backup from a newer major is refused, or passed over by `--emergency` and `--drill`.
+    static let majorRule = "a logical backup restores only into the same or a newer major"
+
     /// A logical backup restores into a server of the same or a newer major (pg_dump's output is
     /// meant to load into newer servers, not older ones): records both majors and says so when they
     /// differ; refuses an older target. Also finds the pg_dump that will fingerprint the restored
@@ -555,7 +558,7 @@ extension RestorePlan {
             guard source < target else {
                 throw RecoveryError(.restoreFailed,
                                     "backup \(manifest.id) was taken from PostgreSQL \(source); the target server is PostgreSQL \(target), "
-                                        + "and a logical backup restores only into the same or a newer major",
+                                        + "and \(Self.majorRule)",
                                     hint: "restore it into a PostgreSQL \(source) or newer server; \(targetDatabase) was not touched")
             }
             versionNote = "restoring a PostgreSQL \(source) backup into \(target)"
