@@ -74,13 +74,11 @@ final class VersionMatrixTests: XCTestCase {
     func testEmergencyAndDrillPassOverABackupFromANewerMajor() throws {
         let old = try Self.cluster(major: 15)
         let new = try Self.cluster(major: 16)
-        let repository = TestPaths.temporaryDirectory(prefix: "newer-major") + "/repo"
-        let source = try old.cluster.createDatabase(prefix: "older")
-        try fill(old.cluster, database: source, major: 15)
+        let repository = TestPaths.repositoryPath(prefix: "newer-major")
+        let source = try filledDatabase("older", on: old.cluster, major: 15)
         let oldID = try backup(old.cluster, database: source, repository: repository)
         let expected = try old.cluster.rowCounts(database: source)
-        let upgraded = try new.cluster.createDatabase(prefix: "newer")
-        try fill(new.cluster, database: upgraded, major: 16)
+        let upgraded = try filledDatabase("newer", on: new.cluster, major: 16)
         try new.cluster.connect(database: upgraded).execute(script: "INSERT INTO users (email) VALUES ('only-in-16@example.com')")
         sleep(1)   // ids sort by the second they were taken
         let newID = try backup(new.cluster, database: upgraded, repository: repository)
@@ -108,7 +106,7 @@ final class VersionMatrixTests: XCTestCase {
         XCTAssertEqual(try old.cluster.scalar("SELECT count(*) FROM users WHERE email = 'only-in-16@example.com'", database: source), "0")
 
         // Only the 16 backup: no usable candidate; the error names the majors and the way out; nothing touched.
-        let onlyNewer = TestPaths.temporaryDirectory(prefix: "newer-only") + "/repo"
+        let onlyNewer = TestPaths.repositoryPath(prefix: "newer-only")
         XCTAssertEqual(try TestProcess.run("/bin/cp", ["-a", repository, onlyNewer]).status, 0)
         try FileManager.default.removeItem(atPath: "\(onlyNewer)/backups/\(oldID)")
         try old.cluster.connect(database: source).execute(script: "DELETE FROM events WHERE id % 3 = 0")
