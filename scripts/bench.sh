@@ -11,8 +11,8 @@
 # Incremental base backups: on a PostgreSQL 17 sandbox (scripts/pg-majors.sh) with the same dataset,
 # a full `dbbackup --physical`, a 1 % change (pgbench_accounts), then `dbbackup --physical
 # --incremental`; as a reference on 15 (pgBackRest 2.45 knows majors up to 15), a pgBackRest full,
-# the same change, then `pgbackrest --type=incr`. `--only incremental` runs just this part (its table
-# is printed, bench/results.md is left alone).
+# the same change, then `pgbackrest --type=incr`. `--only incremental` runs just this part (results
+# in bench/results-incremental.md; bench/results.md is left alone).
 #
 # It also measures what issue 21 asks of reading and of WAL at WAN latency: bytes each restore
 # reads from the repository against the backup's stored size (local: dbrestore's own count; S3: GET
@@ -89,6 +89,7 @@ FROM generate_series(1, $mixed_rows) g;
 VACUUM ANALYZE;
 SQL
 }
+load_at_start=$(cut -d' ' -f1 /proc/loadavg)
 echo "bench: building the dataset (scale $scale)" >&2
 make_dataset bench "$scale"
 [ "$only" = all ] && make_dataset bench_small "$(python3 -c "print($scale / 4)")"
@@ -195,7 +196,7 @@ fi
 
 # pgBackRest, run as the data directory's owner, full backups, gz level 6, two processes.
 as_owner() { if [ "$(id -u)" = 0 ]; then setpriv --reuid=postgres --regid=postgres --init-groups -- env PGPASSWORD="$PGPASSWORD" "$@"; else "$@"; fi; }
-mkdir -p "$work/pgbr"
+mkdir -p "$work/pgbr/log" "$work/pgbr/lock"
 cat > "$work/pgbr/pgbackrest.conf" <<CONF
 [global]
 repo1-path=$work/pgbr/repo
@@ -425,7 +426,7 @@ done
 fi
 
 default_level=$("$bin/dbbackup" capture --help | tr -s ' \n' ' ' | sed 's/.*--compression-level <n>//' | grep -o '(default: [0-9])' | head -1 | tr -dc '0-9')
-DEFAULT_LEVEL=$default_level python3 - "$results" "$scale" "$reps" "$db_size" "$dump_size" > "$work/results.md" <<'PY'
+LOAD_AT_START=$load_at_start DEFAULT_LEVEL=$default_level python3 - "$results" "$scale" "$reps" "$db_size" "$dump_size" > "$work/results.md" <<'PY'
 import statistics, sys, platform, subprocess, os
 path, scale, reps, db_size, dump_size = sys.argv[1:6]
 rows = {}
@@ -440,7 +441,9 @@ cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.start
 mem = next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "0")
 print(f"# dbrecovery benchmark\n")
 print(f"Machine: {os.cpu_count()} cores ({cpu}), {int(mem)//1024} MiB RAM, {platform.platform()}  ")
-print(f"Dataset: scale {scale}, database {db_size}, plain dump {int(dump_size)/1e6:.0f} MB; {reps} repetitions, medians.\n")
+load = open("/proc/loadavg").read().split()[0]
+print(f"Dataset: scale {scale}, database {db_size}, plain dump {int(dump_size)/1e6:.0f} MB; {reps} repetitions, medians.  ")
+print(f"Load average {os.environ.get('LOAD_AT_START', '?')} at the start, {load} at the end, on {os.cpu_count()} cores (other work on the machine shows here).\n")
 print("| contender | wall s | CPU s | peak RSS MiB | output MB |")
 print("| --- | ---: | ---: | ---: | ---: |")
 for name, (wall, cpu_s, rss, size) in med.items():
@@ -479,13 +482,16 @@ print("| ratio | measured | target | met |")
 print("| --- | ---: | ---: | :---: |")
 for name, value, target in checks:
     print(f"| {md(name)} | {value:.2f} | ≤ {target} | {'yes' if value <= target else 'NO'} |")
-print(f"\ndbbackup's default level is {os.environ.get('DEFAULT_LEVEL', '?')}: as small as gzip -6 on dumps (see the size ratio) for about a quarter less CPU.")
-print("Targets are issue 21's where it sets one (0.80 against pigz and pg_restore -j 2, 1.0 against the pg_dump floor, 0.65 and 0.6 for physical backup and extraction at the peer's level); elsewhere 1.0 (as fast as the peer) is shown as the bar.")
-print("Incremental rows: PG 17's incremental is compared with a full of the same cluster; pgBackRest's incr (on 15, which pgBackRest 2.45 supports) is the reference point. Size is what is stored (dbbackup: stored bytes; pgBackRest: its backup folder).")
+if "dbbackup" in med:
+    print(f"\ndbbackup's default level is {os.environ.get('DEFAULT_LEVEL', '?')}: as small as gzip -6 on dumps (see the size ratio) for about a quarter less CPU.")
+    print("Targets are issue 21's where it sets one (0.80 against pigz and pg_restore -j 2, 1.0 against the pg_dump floor, 0.65 and 0.6 for physical backup and extraction at the peer's level); elsewhere 1.0 (as fast as the peer) is shown as the bar.")
+print("\nIncremental rows: PG 17's incremental is compared with a full of the same cluster; pgBackRest's incr (on 15, which pgBackRest 2.45 supports) is the reference point. Size is what is stored (dbbackup: stored bytes; pgBackRest: its backup folder).")
 PY
+mkdir -p bench
 if [ "$only" = all ]; then
   readonce_and_wal >> "$work/results.md"
-  mkdir -p bench
   cp "$work/results.md" bench/results.md
+else
+  cp "$work/results.md" bench/results-incremental.md
 fi
 cat "$work/results.md"
