@@ -122,10 +122,12 @@ public struct SelectiveRestoreReport: Codable, Sendable {
 ///
 /// The objects come from the dump itself (pg_dump's statements, bytes untouched except the schema
 /// of the restored relations), found by the backup's table of contents; with access points only
-/// the pre-data, the chosen tables' rows and the post-data are decompressed. Everything runs in
-/// one transaction on the live database (`--into-schema`, `--replace`), committed only after the
-/// row counts match the manifest and every byte read matched its checksum: a failure leaves the
-/// live database as it was.
+/// the pre-data, the chosen tables' rows and the post-data are decompressed. `--into-schema` runs in
+/// one transaction on the live database, committed only after the row counts match the manifest and
+/// every byte read matched its checksum: a failure leaves the live database as it was. `--replace`
+/// commits that staged copy (pg_dump must see it), checks its definition against the backup's schema
+/// fingerprint (`StagedDefinitionCheck`), then swaps in a second transaction; a failure after the
+/// first commit drops the staged schema again, the live tables untouched.
 public enum SelectiveRestore {
     /// Resolves the backup and the selection; changes nothing.
     ///
