@@ -299,8 +299,10 @@ for where, full, one in [("local", "dbrestore, whole backup (local)", "dbrestore
 print("\n| bytes | one small table | whole backup | of the dump |")
 print("| --- | ---: | ---: | --- |")
 print(f"| read from the local repository (compressed) | {last['local'][0]} | {stored} | {last['local'][0] / stored:.4f} of its stored size |")
-print(f"| GET body bytes from S3 (the proxy's count) | {last['s3'][0]} | {last['s3-full'][0]} | {last['s3'][0] / stored:.4f} of its stored size |")
+print(f"| GET body bytes from S3 (the proxy's count) | {last['s3'][0]} | {last['s3-full'][0]} | {last['s3'][0] / last['s3-full'][0]:.4f} of the whole restore's GETs |")
 print(f"| decompressed (dbrestore --json read.bytes_decompressed) | {last['local'][1]} | {plain} | {last['local'][1] / plain:.4f} of its uncompressed size |")
+print("\nWhole backup, local: the dump's stored size (a full restore reads each stored byte once); S3: the GET bytes the proxy counted for "
+      "the whole-backup restore (of the backup taken to S3, a few bytes apart from the local one). Decompressed, whole backup: the dump's size.")
 PY
 }
 if [ "$only" = selective ]; then
