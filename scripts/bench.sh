@@ -348,6 +348,15 @@ else
 "$pg_bin/pg_dump" -Fc -Z6 -f "$work/bench.dump" "$base/bench"
 "$pg_bin/pg_dump" "$base/bench" | gzip -6 > "$work/bench.sql.gz"
 "$bin/dbbackup" --database-url "$base/bench" --repo "$work/restore-repo" -q >/dev/null
+# One base backup at the peer's level, its WAL archived by wal-push, for the extraction rows
+# (dbrestore --pitr against pgbackrest restore); archive_command is /bin/true again afterwards.
+mkdir -p "$work/pitr-repo"
+if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$work/pitr-repo"; fi
+psql -q -X "$base/postgres" -c "ALTER SYSTEM SET archive_command = '$bin/dbbackup wal-push %p --repo $work/pitr-repo'" -c "SELECT pg_reload_conf()" >/dev/null
+"$bin/dbbackup" -q --physical --compression-level 6 --database-url "$base/postgres" --repo "$work/pitr-repo" >/dev/null
+psql -q -X "$base/postgres" -c "ALTER SYSTEM SET archive_command = '/bin/true'" -c "SELECT pg_reload_conf()" >/dev/null
+# The extraction target: a fresh directory the data directory's owner may write (pgBackRest runs as that owner).
+fresh_data_dir() { mkdir -p "$1"; chmod 700 "$1"; if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$1"; fi; }
 
 for rep in $(seq 1 "$reps"); do
   echo "bench: repetition $rep of $reps" >&2
@@ -363,8 +372,13 @@ for rep in $(seq 1 "$reps"); do
   measure "dbbackup to S3 (small dataset)" "env $s3_env '$bin/dbbackup' -q --database-url '$base/bench_small' --repo s3://bench/small"
   measure "pg_basebackup -Ft -D - | gzip -6" "'$pg_bin/pg_basebackup' -d '$base/postgres' -D - -Ft -X none --checkpoint=fast | gzip -6 > '$work/out/base.tar.gz'"
   measure "dbbackup --physical" "'$bin/dbbackup' -q --physical --database-url '$base/postgres' --repo '$work/out/repo'"
+  measure "dbbackup --physical --compression-level 6" "'$bin/dbbackup' -q --physical --compression-level 6 --database-url '$base/postgres' --repo '$work/out/repo'"
   pgbr_fresh
   measure "pgbackrest backup (full, gz, process-max 2)" "$(declare -f as_owner); as_owner pgbackrest --config='$work/pgbr/pgbackrest.conf' --stanza=bench --type=full backup; du -sb '$work/pgbr/repo' > /dev/null"
+  # Extraction only (what a PITR user waits for before replay starts): the base backup into an empty
+  # data directory, recovery settings written, nothing started.
+  measure "dbrestore --pitr (extract base backup)" "$(declare -f fresh_data_dir); fresh_data_dir '$work/out/pgdata' && '$bin/dbrestore' pitr -q --repo '$work/pitr-repo' --pgdata '$work/out/pgdata' --target latest"
+  measure "pgbackrest restore (process-max 2)" "$(declare -f as_owner fresh_data_dir); fresh_data_dir '$work/out/pgdata' && as_owner pgbackrest --config='$work/pgbr/pgbackrest.conf' --stanza=bench --pg1-path='$work/out/pgdata' restore"
   restore_db r1
   measure "gunzip -c | psql" "gunzip -c '$work/bench.sql.gz' | psql -q -X -o /dev/null '$base/r1'"
   restore_db r2
@@ -403,12 +417,13 @@ for name, (wall, cpu_s, rss, size) in med.items():
     print(f"| {md(name)} | {wall:.2f} | {cpu_s:.2f} | {rss/1024:.1f} | {size/1e6:.1f} |")
 print("\n## Ratios against the targets\n")
 checks = [] if "dbbackup" not in med else [
-    ("dbbackup / pg_dump | pigz -6 -p 2", ratio("dbbackup", "pg_dump | pigz -6 -p 2"), 0.95),
+    ("dbbackup / pg_dump | pigz -6 -p 2", ratio("dbbackup", "pg_dump | pigz -6 -p 2"), 0.80),
     ("dbbackup / pg_dump | gzip -6", ratio("dbbackup", "pg_dump | gzip -6"), 0.65),
     ("dbbackup size / gzip -6 size", med["dbbackup"][3] / med["pg_dump | gzip -6"][3], 1.02),
     ("dbbackup -6 / pg_dump | pigz -6 -p 2 (same level as the peers)", ratio("dbbackup --compression-level 6", "pg_dump | pigz -6 -p 2"), 1.0),
-    ("dbbackup -1 / pg_dump > /dev/null", ratio("dbbackup --compression-level 1", "pg_dump > /dev/null (floor)"), 1.25),
+    ("dbbackup -1 / pg_dump > /dev/null", ratio("dbbackup --compression-level 1", "pg_dump > /dev/null (floor)"), 1.0),
     ("dbrestore / gunzip -c | psql", ratio("dbrestore (checksum + row counts + swap)", "gunzip -c | psql"), 1.0),
+    ("dbrestore / pg_restore -j 2 (of pg_dump -Fc -Z6)", ratio("dbrestore (checksum + row counts + swap)", "pg_restore -j 2"), 0.80),
     ("dbrestore --table (one small table) / dbrestore (whole backup)", ratio("dbrestore --table (one small table)", "dbrestore (checksum + row counts + swap)"), 0.1),
     ("dbbackup peak RSS MiB (full)", med["dbbackup"][2] / 1024, 64),
     ("dbbackup peak RSS MiB (quarter)", med["dbbackup (small dataset)"][2] / 1024, 64),
@@ -416,6 +431,9 @@ checks = [] if "dbbackup" not in med else [
     ("dbbackup to S3 peak RSS MiB (quarter)", med["dbbackup to S3 (small dataset)"][2] / 1024, 128),
     ("dbbackup --physical / pg_basebackup | gzip -6", ratio("dbbackup --physical", "pg_basebackup -Ft -D - | gzip -6"), 1.0),
     ("dbbackup --physical / pgbackrest (full, gz, 2 processes)", ratio("dbbackup --physical", "pgbackrest backup (full, gz, process-max 2)"), 1.0),
+    ("dbbackup --physical -6 / pgbackrest (full, gz 6, 2 processes; same level)",
+     ratio("dbbackup --physical --compression-level 6", "pgbackrest backup (full, gz, process-max 2)"), 0.65),
+    ("dbrestore --pitr extraction / pgbackrest restore", ratio("dbrestore --pitr (extract base backup)", "pgbackrest restore (process-max 2)"), 0.6),
 ]
 checks += [
     ("dbbackup --incremental / dbbackup --physical, time (PG 17, 1 % changed)",
@@ -432,7 +450,7 @@ print("| --- | ---: | ---: | :---: |")
 for name, value, target in checks:
     print(f"| {md(name)} | {value:.2f} | ≤ {target} | {'yes' if value <= target else 'NO'} |")
 print(f"\ndbbackup's default level is {os.environ.get('DEFAULT_LEVEL', '?')}: as small as gzip -6 on dumps (see the size ratio) for about a quarter less CPU.")
-print("The issue sets no target for physical backups or for level 6 against pigz; 1.0 (as fast as the peer) is shown as the bar.")
+print("Targets are issue 21's where it sets one (0.80 against pigz and pg_restore -j 2, 1.0 against the pg_dump floor, 0.65 and 0.6 for physical backup and extraction at the peer's level); elsewhere 1.0 (as fast as the peer) is shown as the bar.")
 print("Incremental rows: PG 17's incremental is compared with a full of the same cluster; pgBackRest's incr (on 15, which pgBackRest 2.45 supports) is the reference point. Size is what is stored (dbbackup: stored bytes; pgBackRest: its backup folder).")
 PY
 if [ "$only" = all ]; then

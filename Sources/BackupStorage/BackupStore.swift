@@ -13,6 +13,9 @@ public protocol BackupStore: AnyObject {
     /// The optional operations this backend supports.
     var features: StoreFeatures { get }
 
+    /// Bytes streamed through this store's readers since it was opened (see `RepositoryReads`).
+    var reads: RepositoryReads { get }
+
     /// Every object whose key starts with `prefix`, in key order.
     ///
     /// - Throws: `StorageError`.
@@ -229,12 +232,14 @@ public protocol RepositoryLock: AnyObject {
     func release() throws
 }
 
-/// Bytes this process has streamed from repositories through `ObjectReader`s (backup and WAL
-/// files; small whole-object reads such as manifests and lock records are not counted), so a run
-/// can report how much it read next to what is stored (`dbrestore --json`: `bytes_read`).
+/// Bytes one store has streamed through its `ObjectReader`s (backup and WAL files; small
+/// whole-object reads such as manifests and lock records are not counted), so a run can report
+/// how much it read next to what is stored (`dbrestore --json`: `bytes_read`). Each store owns
+/// one: the count belongs to the run that opened the store, not to the process.
 public final class RepositoryReads: Sendable {
-    public static let shared = RepositoryReads()
     private let total = Mutex<UInt64>(0)
+
+    public init() {}
 
     /// Adds bytes read from a repository object.
     public func add(_ count: Int) {
@@ -242,6 +247,6 @@ public final class RepositoryReads: Sendable {
         total.withLock { $0 += UInt64(count) }
     }
 
-    /// Everything counted so far in this process.
+    /// Everything counted so far by this store.
     public var bytes: UInt64 { total.withLock { $0 } }
 }

@@ -15,6 +15,8 @@ public final class LocalStore: BackupStore {
 
     public var features: StoreFeatures { [.atomicRename, .fsync] }
 
+    public let reads = RepositoryReads()
+
     /// Opens (and if needed creates) a repository directory.
     ///
     /// - Parameters:
@@ -82,14 +84,14 @@ public final class LocalStore: BackupStore {
         let path = try self.path(for: key)
         let descriptor = open(path, O_RDONLY | O_CLOEXEC)
         guard descriptor >= 0 else { throw Self.error(errno, path: path, doing: "open") }
-        return LocalFileReader(descriptor: descriptor, path: path)
+        return LocalFileReader(descriptor: descriptor, path: path, reads: reads)
     }
 
     public func makeReader(_ key: String, range: Range<UInt64>) throws -> ObjectReader {
         let path = try self.path(for: key)
         let descriptor = open(path, O_RDONLY | O_CLOEXEC)
         guard descriptor >= 0 else { throw Self.error(errno, path: path, doing: "open") }
-        let reader = LocalFileReader(descriptor: descriptor, path: path, remaining: range.upperBound - range.lowerBound)
+        let reader = LocalFileReader(descriptor: descriptor, path: path, reads: reads, remaining: range.upperBound - range.lowerBound)
         guard lseek(descriptor, off_t(range.lowerBound), SEEK_SET) == off_t(range.lowerBound) else {
             throw Self.error(errno, path: path, doing: "seek")
         }
@@ -397,12 +399,15 @@ final class LocalFileWriter: ObjectWriter {
 final class LocalFileReader: ObjectReader {
     private var descriptor: Int32
     private let path: String
+    /// The store's counter, told every byte read.
+    private let reads: RepositoryReads
     /// For a ranged reader: bytes still to read (nil: to the end of the file).
     private var remaining: UInt64?
 
-    init(descriptor: Int32, path: String, remaining: UInt64? = nil) {
+    init(descriptor: Int32, path: String, reads: RepositoryReads, remaining: UInt64? = nil) {
         self.descriptor = descriptor
         self.path = path
+        self.reads = reads
         self.remaining = remaining
     }
 
@@ -414,7 +419,7 @@ final class LocalFileReader: ObjectReader {
         while true {
             let count = Glibc.read(descriptor, buffer.baseAddress, wanted)
             if count > 0 {
-                RepositoryReads.shared.add(count)
+                reads.add(count)
                 if let left = remaining { remaining = left - UInt64(count) }
             }
             if count == 0, let left = remaining, left > 0 {

@@ -5,15 +5,10 @@ import TestSupport
 import XCTest
 
 /// `dbbackup` against a real PostgreSQL cluster.
-final class BackupCaptureTests: XCTestCase {
-    var cluster: PostgresCluster!
-    var database: String!
-    var repository: String!
-
+final class BackupCaptureTests: IntegrationTestCase {
     override func setUpWithError() throws {
-        cluster = try PostgresCluster.shared()
-        database = try cluster.createDatabase(prefix: "capture")
-        repository = TestPaths.temporaryDirectory(prefix: "repo") + "/repo"
+        try useDatabase(prefix: "capture")
+        useLocalRepository()
     }
 
     private func seed(rows: Int = 1_000) throws {

@@ -5,20 +5,14 @@ import TestSupport
 import XCTest
 
 /// Backups that cannot proceed end within a bound, with the real cause and its own exit code.
-final class BackupFailureTests: XCTestCase {
-    var cluster: PostgresCluster!
-    var database = ""
-    var repository = ""
-
+final class BackupFailureTests: IntegrationTestCase {
     override func setUpWithError() throws {
-        cluster = try PostgresCluster.shared()
-        database = try cluster.createDatabase(prefix: "blocked")
-        repository = TestPaths.temporaryDirectory(prefix: "repo") + "/repo"
-        try cluster.connect(database: database).execute(script: """
+        try useDatabase(prefix: "blocked", seed: """
             CREATE TABLE orders (id int PRIMARY KEY, note text);
             INSERT INTO orders SELECT g, 'n' || g FROM generate_series(1, 1000) g;
             CREATE TABLE secrets (id int);
             """)
+        useLocalRepository()
     }
 
     /// The nightly backup behind a queued `ALTER TABLE` (itself waiting for a long transaction): it
@@ -60,7 +54,7 @@ final class BackupFailureTests: XCTestCase {
             CREATE ROLE \(role) LOGIN PASSWORD 'reader-password';
             GRANT SELECT ON orders TO \(role);
             """)
-        let url = "postgresql://\(role)@127.0.0.1:\(cluster.port)/\(database)"
+        let url = "postgresql://\(role)@127.0.0.1:\(cluster.port)/\(database!)"
         let backup = try TestProcess.tool("dbbackup", ["--database-url", url, "--repo", repository],
                                           environment: ["PGPASSWORD": "reader-password"])
         XCTAssertEqual(backup.status, ExitStatus.databaseError.rawValue, backup.standardError)
@@ -71,7 +65,7 @@ final class BackupFailureTests: XCTestCase {
 
     /// A typo in the port is a usage error (2), not an unreachable server (10).
     func testAMalformedPortIsAUsageError() throws {
-        let backup = try TestProcess.tool("dbbackup", ["--database-url", "postgresql://postgres@127.0.0.1:54x32/\(database)", "--repo", repository],
+        let backup = try TestProcess.tool("dbbackup", ["--database-url", "postgresql://postgres@127.0.0.1:54x32/\(database!)", "--repo", repository],
                                           cluster: cluster)
         XCTAssertEqual(backup.status, ExitStatus.usage.rawValue, backup.standardError)
         XCTAssertTrue(backup.standardError.contains("HINT: "), backup.standardError)

@@ -8,9 +8,8 @@ import XCTest
 final class BadInputTests: XCTestCase {
     func testMalformedValuesAreRefusedWithDocumentedCodesAndChangeNothing() throws {
         let cluster = try PostgresCluster.shared()
-        let database = try cluster.createDatabase(prefix: "badinput")
-        try cluster.connect(database: database).execute(script: "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2)")
-        let repository = TestPaths.temporaryDirectory(prefix: "repo") + "/repo"
+        let database = try cluster.createDatabase(prefix: "badinput", seed: "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2)")
+        let repository = TestPaths.repositoryPath()
         let url = cluster.url(database: database)
         XCTAssertEqual(try TestProcess.tool("dbbackup", ["--database-url", url, "--repo", repository], cluster: cluster).status, 0)
         let migrations = TestPaths.temporaryDirectory(prefix: "migrations")

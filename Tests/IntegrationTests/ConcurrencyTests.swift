@@ -14,8 +14,7 @@ final class ConcurrencyTests: XCTestCase {
         let s3 = try S3Server.shared()
         let bucket = try s3.createBucket()
         let repository = "s3://\(bucket)/race"
-        let database = try cluster.createDatabase(prefix: "race")
-        try cluster.connect(database: database).execute(script: "CREATE TABLE t (x int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 500)")
+        let database = try cluster.createDatabase(prefix: "race", seed: "CREATE TABLE t (x int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 500)")
         let policy = TestPaths.temporaryDirectory(prefix: "racepolicy") + "/policy.toml"
         try Data("[s3]\nkeep_last = 2\nkeep_within = \"0h\"\nsnapshots = false\n[garbage]\ngrace_period = \"0h\"\n".utf8)
             .write(to: URL(fileURLWithPath: policy))

@@ -5,16 +5,10 @@ import XCTest
 
 /// Issue 16 E2: destructive commands never proceed without an explicit yes. No terminal and no
 /// `--yes` ⇒ exit 2 naming `--yes`; "n" at the prompt ⇒ exit 4 (declined); nothing changed either way.
-final class ConfirmationTests: XCTestCase {
-    var cluster: PostgresCluster!
-    var database: String!
-    var repository: String!
-
+final class ConfirmationTests: IntegrationTestCase {
     override func setUpWithError() throws {
-        cluster = try PostgresCluster.shared()
-        database = try cluster.createDatabase(prefix: "confirm")
-        repository = TestPaths.temporaryDirectory(prefix: "confirm") + "/repo"
-        try cluster.connect(database: database).execute(script: "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2)")
+        try useDatabase(prefix: "confirm", seed: "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2)")
+        useLocalRepository(prefix: "confirm")
     }
 
     private func backup() throws -> String {

@@ -7,9 +7,8 @@ import XCTest
 final class CorruptionTests: XCTestCase {
     func testEveryKindOfDamageIsDetectedWithAClearMessage() throws {
         let cluster = try PostgresCluster.shared()
-        let database = try cluster.createDatabase(prefix: "damage")
-        try cluster.connect(database: database).execute(script: "CREATE TABLE t AS SELECT g AS x, md5(g::text) AS y FROM generate_series(1, 20000) g")
-        let pristine = TestPaths.temporaryDirectory(prefix: "pristine") + "/repo"
+        let database = try cluster.createDatabase(prefix: "damage", seed: "CREATE TABLE t AS SELECT g AS x, md5(g::text) AS y FROM generate_series(1, 20000) g")
+        let pristine = TestPaths.repositoryPath(prefix: "pristine")
         var ids: [String] = []
         for _ in 0..<2 {
             let result = try TestProcess.tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", pristine], cluster: cluster)
@@ -46,7 +45,7 @@ final class CorruptionTests: XCTestCase {
             }, (23, "format version 7"), (23, "format version 7"), (23, "format version 7")),
         ]
         for item in damages {
-            let repository = TestPaths.temporaryDirectory(prefix: "damaged") + "/repo"
+            let repository = TestPaths.repositoryPath(prefix: "damaged")
             XCTAssertEqual(try TestProcess.run("/bin/cp", ["-a", pristine, repository]).status, 0)
             try item.damage("\(repository)/backups/\(newest)")
 

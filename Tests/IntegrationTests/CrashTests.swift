@@ -6,16 +6,10 @@ import XCTest
 
 /// SIGKILL at the worst moments (DBRECOVERY_CRASH_AT); the next run must find a state it handles:
 /// no backup that looks valid but is not, no lost database, no stuck lock.
-final class CrashTests: XCTestCase {
-    var cluster: PostgresCluster!
-    var database: String!
-    var repository: String!
-
+final class CrashTests: IntegrationTestCase {
     override func setUpWithError() throws {
-        cluster = try PostgresCluster.shared()
-        database = try cluster.createDatabase(prefix: "crash")
-        repository = TestPaths.temporaryDirectory(prefix: "repo") + "/repo"
-        try cluster.connect(database: database).execute(script: "CREATE TABLE t AS SELECT g AS x FROM generate_series(1, 1000) g")
+        try useDatabase(prefix: "crash", seed: "CREATE TABLE t AS SELECT g AS x FROM generate_series(1, 1000) g")
+        useLocalRepository()
     }
 
     private func run(_ tool: String, _ arguments: [String], crashAt: String? = nil) throws -> TestProcess.Result {

@@ -7,17 +7,11 @@ import XCTest
 
 /// What belongs to a database rather than to its dump — encoding, locale, owner, privileges,
 /// comment, settings, connection limit — survives a backup and the restore's swap (issue 14.3, 14.5).
-final class DatabasePropertiesTests: XCTestCase {
-    var cluster: PostgresCluster!
-    var repository: String!
+final class DatabasePropertiesTests: IntegrationTestCase {
 
     override func setUpWithError() throws {
-        cluster = try PostgresCluster.shared()
-        repository = TestPaths.temporaryDirectory(prefix: "repo") + "/repo"
-    }
-
-    private func tool(_ name: String, _ arguments: [String]) throws -> TestProcess.Result {
-        try TestProcess.tool(name, arguments, cluster: cluster)
+        try useCluster()
+        useLocalRepository()
     }
 
     /// `pg_dump` of a database, schema and data, without the per-run `\restrict` tokens.
@@ -194,16 +188,12 @@ final class DatabasePropertiesTests: XCTestCase {
 
     /// A backup taken before properties were recorded restores, and says what it could not restore.
     func testOldManifestWithoutPropertiesRestoresWithAWarning() throws {
-        let database = try cluster.createDatabase(prefix: "oldmanifest")
-        try cluster.connect(database: database).execute(script: "CREATE TABLE t AS SELECT g FROM generate_series(1, 10) g")
+        let database = try cluster.createDatabase(prefix: "oldmanifest", seed: "CREATE TABLE t AS SELECT g FROM generate_series(1, 10) g")
         let common = ["--database-url", cluster.url(database: database), "--repo", repository!]
         let backup = try tool("dbbackup", common)
         XCTAssertEqual(backup.status, 0, backup.standardError)
         let id = backup.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
-        let path = "\(repository!)/backups/\(id)/manifest.json"
-        var object = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any] ?? [:]
-        XCTAssertNotNil(object.removeValue(forKey: "database_properties"))
-        try JSONSerialization.data(withJSONObject: object).write(to: URL(fileURLWithPath: path))
+        try editManifest(id) { XCTAssertNotNil($0.removeValue(forKey: "database_properties")) }
 
         let restore = try tool("dbrestore", common + [id, "--yes"])
         XCTAssertEqual(restore.status, 0, restore.standardError)

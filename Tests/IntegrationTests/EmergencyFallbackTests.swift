@@ -6,22 +6,10 @@ import XCTest
 
 /// Issue 16 E1: `--emergency` and `--drill` skip a candidate that fails in any way of its own and
 /// take the next older one; `dbverify --files all` reports a bad manifest and goes on.
-final class EmergencyFallbackTests: XCTestCase {
-    var cluster: PostgresCluster!
-    var database: String!
-    var repository: String!
-
+final class EmergencyFallbackTests: IntegrationTestCase {
     override func setUpWithError() throws {
-        cluster = try PostgresCluster.shared()
-        database = try cluster.createDatabase(prefix: "fallback")
-        repository = TestPaths.temporaryDirectory(prefix: "repo") + "/repo"
-        try cluster.connect(database: database).execute(script: "CREATE TABLE t AS SELECT g AS x FROM generate_series(1, 200) g")
-    }
-
-    private var common: [String] { ["--database-url", cluster.url(database: database), "--repo", repository] }
-
-    private func tool(_ name: String, _ arguments: [String]) throws -> TestProcess.Result {
-        try TestProcess.tool(name, arguments, cluster: cluster)
+        try useDatabase(prefix: "fallback", seed: "CREATE TABLE t AS SELECT g AS x FROM generate_series(1, 200) g")
+        useLocalRepository()
     }
 
     private func backup() throws -> String {
@@ -29,13 +17,6 @@ final class EmergencyFallbackTests: XCTestCase {
         let result = try tool("dbbackup", common)
         XCTAssertEqual(result.status, 0, result.standardError)
         return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
-    }
-
-    private func editManifest(_ id: String, _ edit: (inout [String: Any]) -> Void) throws {
-        let path = "\(repository!)/backups/\(id)/manifest.json"
-        var object = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any] ?? [:]
-        edit(&object)
-        try JSONSerialization.data(withJSONObject: object).write(to: URL(fileURLWithPath: path))
     }
 
     /// The reproductions of E1, newest first: a replay error (a role dropped since), a row count that
@@ -143,5 +124,38 @@ final class EmergencyFallbackTests: XCTestCase {
         _ = try backup()
         let result = try tool("dbrestore", ["--emergency", "--repo", repository!, "--database-url", "postgresql://postgres@127.0.0.1:1/\(database!)"])
         XCTAssertEqual(result.status, ExitStatus.databaseUnavailable.rawValue, result.standardError)
+    }
+
+    /// A server that runs out of a resource (disk, memory, temp_file_limit: SQLSTATE class 53) stops the
+    /// search with what to fix: an older, smaller backup would fit and bring back older data where the
+    /// newest backup was fine. (Before, this was taken for the candidate's fault and the older one restored.)
+    func testServerTroubleStopsTheSearchInsteadOfRestoringAnOlderBackup() throws {
+        let older = try backup()
+        // Only the newer backup spills to a temporary file when restored: its materialized view's REFRESH sorts 200k rows.
+        try cluster.connect(database: database).execute(script: """
+            INSERT INTO t VALUES (999);
+            CREATE MATERIALIZED VIEW sorted AS SELECT g, md5(g::text) AS h FROM generate_series(1, 200000) g ORDER BY 2
+            """)
+        let newer = try backup()
+        let admin = try cluster.connect()
+        try admin.execute(script: "ALTER SYSTEM SET temp_file_limit = '64kB'")
+        _ = try admin.query("SELECT pg_reload_conf()")
+        defer {
+            _ = try? admin.execute(script: "ALTER SYSTEM RESET temp_file_limit")
+            _ = try? admin.query("SELECT pg_reload_conf()")
+        }
+
+        for mode in ["--emergency", "--drill"] {
+            let result = try tool("dbrestore", common + [mode])
+            XCTAssertEqual(result.status, ExitStatus.restoreFailed.rawValue, "\(mode): \(result.standardError)")
+            XCTAssertTrue(result.standardError.contains("temp_file_limit"), "\(mode) names the server's limit: \(result.standardError)")
+            XCTAssertTrue(result.standardError.contains("an older backup would not help"), result.standardError)
+            XCTAssertTrue(result.standardError.contains(newer), result.standardError)
+            XCTAssertFalse(result.standardError.contains("skip backup"), "\(mode) does not pass over the newest: \(result.standardError)")
+            XCTAssertFalse(result.standardError.contains(older), "\(mode) does not try the older backup: \(result.standardError)")
+        }
+        XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM t", database: database), "201", "the target database is untouched")
+        XCTAssertEqual(try cluster.connect().query("SELECT count(*) FROM pg_database WHERE datname LIKE $1", ["\(database!)_%"]).scalar, "0",
+                       "the scratch and drill databases were dropped")
     }
 }

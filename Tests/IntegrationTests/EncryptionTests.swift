@@ -8,8 +8,7 @@ import XCTest
 final class EncryptionTests: XCTestCase {
     func testEncryptedBackupsRestoreWithTheKeyAndTamperingIsDetected() throws {
         let cluster = try PostgresCluster.shared()
-        let database = try cluster.createDatabase(prefix: "cipher")
-        try cluster.connect(database: database).execute(script: "CREATE TABLE secrets AS SELECT g, 'row ' || g AS note FROM generate_series(1, 3000) g")
+        let database = try cluster.createDatabase(prefix: "cipher", seed: "CREATE TABLE secrets AS SELECT g, 'row ' || g AS note FROM generate_series(1, 3000) g")
         let work = TestPaths.temporaryDirectory(prefix: "cipher")
         let repository = work + "/repo"
         let keyFile = work + "/repository.key"
@@ -122,8 +121,7 @@ final class EncryptionTests: XCTestCase {
     /// wal-push) without --allow-mixed-encryption, and a plaintext one refuses encrypted data.
     func testEncryptedRepositoryRefusesPlaintextAndTheReverse() throws {
         let cluster = try PostgresCluster.shared()
-        let database = try cluster.createDatabase(prefix: "mixed")
-        try cluster.connect(database: database).execute(script: "CREATE TABLE t AS SELECT generate_series(1, 10) g")
+        let database = try cluster.createDatabase(prefix: "mixed", seed: "CREATE TABLE t AS SELECT generate_series(1, 10) g")
         let work = TestPaths.temporaryDirectory(prefix: "mixed")
         let keyFile = work + "/k"
         try "mixed-key-material-0123456789".write(toFile: keyFile, atomically: true, encoding: .utf8)

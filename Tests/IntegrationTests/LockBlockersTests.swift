@@ -10,8 +10,7 @@ final class LockBlockersTests: XCTestCase {
     /// lock, the oldest transaction holding table locks (idle in transaction here) is named.
     func testATimedOutStatementNamesTheIdleTransactionThatHeldItsTable() throws {
         let cluster = try PostgresCluster.shared()
-        let database = try cluster.createDatabase(prefix: "blockers")
-        try cluster.connect(database: database).execute(script: "CREATE TABLE accounts (id int)")
+        let database = try cluster.createDatabase(prefix: "blockers", seed: "CREATE TABLE accounts (id int)")
         let holder = try cluster.connect(database: database)
         try holder.execute(script: "BEGIN; SELECT count(*) FROM accounts;")
         defer { _ = try? holder.execute(script: "ROLLBACK") }

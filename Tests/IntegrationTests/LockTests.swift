@@ -170,8 +170,7 @@ final class LockTests: XCTestCase {
         let cluster = try PostgresCluster.shared()
         let bucket = try s3.createBucket()
         let repository = "s3://\(bucket)/readers"
-        let database = try cluster.createDatabase(prefix: "reader")
-        try cluster.connect(database: database).execute(script: "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 1000)")
+        let database = try cluster.createDatabase(prefix: "reader", seed: "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 1000)")
         var ids: [String] = []
         for _ in 0..<2 {
             let backup = try TestProcess.tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository],

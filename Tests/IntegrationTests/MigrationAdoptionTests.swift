@@ -5,10 +5,7 @@ import TestSupport
 import XCTest
 
 /// `dbmigrate` on databases that already keep the runbooks' `schema_version (version, applied_at)`.
-final class MigrationAdoptionTests: XCTestCase {
-    var cluster: PostgresCluster!
-    var database: String!
-    var migrations: String!
+final class MigrationAdoptionTests: IntegrationTestCase {
 
     static let files: [String: String] = MigrationTests.files.merging([
         "0005_rooms.up.sql": "CREATE TABLE rooms (id int PRIMARY KEY, name text);",
@@ -18,10 +15,8 @@ final class MigrationAdoptionTests: XCTestCase {
     static let runbookQuery = "SELECT version FROM schema_version ORDER BY applied_at DESC LIMIT 1"
 
     override func setUpWithError() throws {
-        cluster = try PostgresCluster.shared()
-        database = try cluster.createDatabase(prefix: "adopt")
-        migrations = TestPaths.temporaryDirectory(prefix: "migrations")
-        for (name, sql) in Self.files { try sql.write(toFile: migrations + "/" + name, atomically: true, encoding: .utf8) }
+        try useDatabase(prefix: "adopt")
+        try useMigrations(Self.files)
     }
 
     private func migrate(_ arguments: [String], database name: String? = nil) throws -> TestProcess.Result {

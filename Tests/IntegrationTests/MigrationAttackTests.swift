@@ -6,17 +6,13 @@ import XCTest
 
 /// `dbmigrate` attacked the way operators meet it: their own `schema_version` tables, migration files
 /// from other tools, clocks and time zones that are not dbmigrate's. psql running the same files is the yardstick.
-final class MigrationAttackTests: XCTestCase {
-    var cluster: PostgresCluster!
-    var database: String!
-    var migrations: String!
+final class MigrationAttackTests: IntegrationTestCase {
 
     static let runbookQuery = "SELECT version FROM schema_version ORDER BY applied_at DESC LIMIT 1"
 
     override func setUpWithError() throws {
-        cluster = try PostgresCluster.shared()
-        database = try cluster.createDatabase(prefix: "attack")
-        migrations = TestPaths.temporaryDirectory(prefix: "migrations")
+        try useDatabase(prefix: "attack")
+        try useMigrations()
     }
 
     private func write(_ files: [String: String]) throws {

@@ -5,15 +5,11 @@ import TestSupport
 import XCTest
 
 /// What `dbmigrate` refuses before running anything, and the run-time guard of its transaction.
-final class MigrationPreflightTests: XCTestCase {
-    var cluster: PostgresCluster!
-    var database: String!
-    var migrations: String!
+final class MigrationPreflightTests: IntegrationTestCase {
 
     override func setUpWithError() throws {
-        cluster = try PostgresCluster.shared()
-        database = try cluster.createDatabase(prefix: "preflight")
-        migrations = TestPaths.temporaryDirectory(prefix: "migrations")
+        try useDatabase(prefix: "preflight")
+        try useMigrations()
     }
 
     private func write(_ files: [String: String]) throws {
@@ -198,7 +194,7 @@ final class MigrationPreflightTests: XCTestCase {
         let url = cluster.url(database: database).replacingOccurrences(of: "postgres@", with: "\(role)@")
         try write(["0001_a.up.sql": "CREATE TABLE a (x int);", "0001_a.down.sql": "DROP TABLE a;"])
         XCTAssertEqual(try migrate(["up"], url: url).status, 0)
-        let repository = TestPaths.temporaryDirectory(prefix: "repo") + "/repo"
+        let repository = TestPaths.repositoryPath()
 
         let dryRun = try migrate(["down", "--to", "0", "--dry-run", "--repo", repository], url: url)
         XCTAssertEqual(dryRun.status, 0, dryRun.standardError)

@@ -5,11 +5,7 @@ import TestSupport
 import XCTest
 
 /// `dbmigrate` against a real PostgreSQL cluster.
-final class MigrationTests: XCTestCase {
-    var cluster: PostgresCluster!
-    var database: String!
-    var migrations: String!
-    var repository: String!
+final class MigrationTests: IntegrationTestCase {
 
     static let files: [String: String] = [
         "0001_users.up.sql": "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL);",
@@ -27,11 +23,9 @@ final class MigrationTests: XCTestCase {
     ]
 
     override func setUpWithError() throws {
-        cluster = try PostgresCluster.shared()
-        database = try cluster.createDatabase(prefix: "migrate")
-        migrations = TestPaths.temporaryDirectory(prefix: "migrations")
-        repository = TestPaths.temporaryDirectory(prefix: "repo") + "/repo"
-        for (name, sql) in Self.files { try sql.write(toFile: migrations + "/" + name, atomically: true, encoding: .utf8) }
+        try useDatabase(prefix: "migrate")
+        try useMigrations(Self.files)
+        useLocalRepository()
     }
 
     private func migrate(_ arguments: [String], database name: String? = nil) throws -> TestProcess.Result {

@@ -4,19 +4,13 @@ import TestSupport
 import XCTest
 
 /// The cron, pipeline and runbook scripts, configuration and monitoring, against a real cluster.
-final class OperationsTests: XCTestCase {
-    var cluster: PostgresCluster!
-    var database: String!
-    var repository: String!
-
+final class OperationsTests: IntegrationTestCase {
     override func setUpWithError() throws {
-        cluster = try PostgresCluster.shared()
-        database = try cluster.createDatabase(prefix: "ops")
-        repository = TestPaths.temporaryDirectory(prefix: "repo") + "/repo"
-        try cluster.connect(database: database).execute(script: """
+        try useDatabase(prefix: "ops", seed: """
             CREATE TABLE users (id int PRIMARY KEY, email text);
             INSERT INTO users SELECT g, 'u' || g FROM generate_series(1, 40) g;
             """)
+        useLocalRepository()
     }
 
     private var environment: [String: String] {
@@ -153,29 +147,12 @@ final class OperationsTests: XCTestCase {
     }
 
     func testFailuresArePostedToTheNotifyURL() throws {
-        let directory = TestPaths.temporaryDirectory(prefix: "hook")
-        let server = try ChildProcess(executable: "/usr/bin/env", arguments: ["python3", "-c", """
-            import http.server, sys
-            class H(http.server.BaseHTTPRequestHandler):
-                def do_POST(self):
-                    body = self.rfile.read(int(self.headers['Content-Length']))
-                    open('\(directory)/event.json', 'wb').write(body)
-                    self.send_response(204); self.end_headers()
-                def log_message(self, *a): pass
-            s = http.server.HTTPServer(('127.0.0.1', 0), H)
-            print(s.server_address[1], flush=True)
-            s.handle_request()
-            """], stdin: .null, stdout: .pipe, stderr: .null)
-        defer { server.send(SIGTERM); server.waitForExit() }
-        var line = ""
-        var byte: UInt8 = 0
-        while read(server.standardOutput, &byte, 1) == 1, byte != 10 { line.append(Character(UnicodeScalar(byte))) }
-        let result = try TestProcess.tool("dbbackup", ["--notify-url", "http://127.0.0.1:\(line)/hook", "--repo", repository,
+        let receiver = try NotifyReceiver()
+        let result = try TestProcess.tool("dbbackup", ["--notify-url", receiver.url, "--repo", repository,
                                                        "--database-url", cluster.url(database: database)],
                                           environment: ["PGPASSWORD": "wrong"])
         XCTAssertEqual(result.status, ExitStatus.databaseUnavailable.rawValue)
-        server.waitForExit()
-        let event = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: directory + "/event.json"))) as? [String: Any]
+        let event = try JSONSerialization.jsonObject(with: Data(receiver.received.utf8)) as? [String: Any]
         XCTAssertEqual(event?["tool"] as? String, "dbbackup")
         XCTAssertEqual(event?["status"] as? String, "failure")
         XCTAssertEqual(event?["exit_code"] as? Int, 10)

@@ -145,8 +145,7 @@ final class PackagingTests: XCTestCase {
         XCTAssertEqual(rules.status, 0, rules.standardOutput + rules.standardError)
 
         let cluster = try PostgresCluster.shared()
-        let database = try cluster.createDatabase(prefix: "pkg")
-        try cluster.connect(database: database).execute(script: "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10);")
+        let database = try cluster.createDatabase(prefix: "pkg", seed: "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10);")
         let repository = temporary("repo") + "/repo"
         let metrics = temporary("metrics") + "/text file"
         try FileManager.default.createDirectory(atPath: metrics, withIntermediateDirectories: true)

@@ -19,6 +19,24 @@ extension XCTestCase {
         return try TestProcess.run(TestPaths.executable(tool), arguments, environment: merged)
     }
 
+    /// A new database on `cluster` with the `items` table the physical tests count batches in
+    /// (`counts`), and a connection to it.
+    func itemsDatabase(_ prefix: String, on cluster: PostgresCluster) throws -> (name: String, connection: PostgresConnection) {
+        let name = try cluster.createDatabase(prefix: prefix, seed: "CREATE TABLE items (id serial PRIMARY KEY, batch text)")
+        return (name, try cluster.connect(database: name))
+    }
+
+    /// `dbbackup --physical` of `database` into `repository`, run as the server's OS user; asserts it
+    /// succeeded and returns its result (`--json` in `extra` for the summary).
+    @discardableResult
+    func physicalBackup(of database: String, on cluster: PostgresCluster, into repository: String, _ extra: [String] = [],
+                        environment: [String: String] = [:]) throws -> TestProcess.Result {
+        let result = try asOwner("dbbackup", ["--physical", "--database-url", cluster.url(database: database), "--repo", repository] + extra,
+                                 cluster: cluster, environment: environment)
+        XCTAssertEqual(result.status, 0, result.standardError)
+        return result
+    }
+
     func ownedDirectory(_ prefix: String) -> String {
         let path = TestPaths.temporaryDirectory(prefix: prefix)
         if getuid() == 0 { chownToPostgres(path) }

@@ -15,12 +15,8 @@ final class PointInTimeRecoveryTests: XCTestCase {
         let assignments = environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
         let cluster = try PostgresCluster(archiveCommand: "\(assignments) \(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
         defer { cluster.stop() }
-        let database = try cluster.createDatabase(prefix: "pitrs3")
-        let connection = try cluster.connect(database: database)
-        try connection.execute(script: "CREATE TABLE items (id serial PRIMARY KEY, batch text)")
-        let base = try asOwner("dbbackup", ["--physical", "--database-url", cluster.url(database: database), "--repo", repository],
-                               cluster: cluster, environment: environment)
-        XCTAssertEqual(base.status, 0, base.standardError)
+        let (database, connection) = try itemsDatabase("pitrs3", on: cluster)
+        try physicalBackup(of: database, on: cluster, into: repository, environment: environment)
         try connection.execute(script: "INSERT INTO items (batch) SELECT 'A' FROM generate_series(1, 10)")
         try connection.query("SELECT pg_create_restore_point('before_b')")
         try connection.execute(script: "INSERT INTO items (batch) SELECT 'B' FROM generate_series(1, 5)")
@@ -36,12 +32,9 @@ final class PointInTimeRecoveryTests: XCTestCase {
         let repository = ownedDirectory("wal-repo") + "/repo"
         let cluster = try PostgresCluster(archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
         defer { cluster.stop() }
-        let database = try cluster.createDatabase(prefix: "pitr")
-        let connection = try cluster.connect(database: database)
-        try connection.execute(script: "CREATE TABLE items (id serial PRIMARY KEY, batch text)")
+        let (database, connection) = try itemsDatabase("pitr", on: cluster)
 
-        let base = try asOwner("dbbackup", ["--physical", "--database-url", cluster.url(database: database), "--repo", repository, "--json"], cluster: cluster)
-        XCTAssertEqual(base.status, 0, base.standardError)
+        let base = try physicalBackup(of: database, on: cluster, into: repository, ["--json"])
         let summary = try JSONSerialization.jsonObject(with: Data(base.standardOutput.utf8)) as? [String: Any]
         XCTAssertEqual(summary?["kind"] as? String, "physical")
 
@@ -140,12 +133,8 @@ final class PointInTimeRecoveryTests: XCTestCase {
         let archive = "\"\(TestPaths.executable("dbbackup"))\" wal-push %p --repo \"\(plain)\" --encryption-key-file \"\(keyFile)\""
         let cluster = try PostgresCluster(archiveCommand: archive)
         defer { cluster.stop() }
-        let database = try cluster.createDatabase(prefix: "pitrq")
-        let connection = try cluster.connect(database: database)
-        try connection.execute(script: "CREATE TABLE items (id serial PRIMARY KEY, batch text)")
-        let base = try asOwner("dbbackup", ["--physical", "--database-url", cluster.url(database: database), "--repo", plain,
-                                            "--encryption-key-file", keyFile], cluster: cluster)
-        XCTAssertEqual(base.status, 0, base.standardError)
+        let (database, connection) = try itemsDatabase("pitrq", on: cluster)
+        try physicalBackup(of: database, on: cluster, into: plain, ["--encryption-key-file", keyFile])
         try connection.execute(script: "INSERT INTO items (batch) SELECT 'A' FROM generate_series(1, 20)")
         try waitForArchive(connection)
 

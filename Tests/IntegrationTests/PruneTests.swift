@@ -5,15 +5,11 @@ import TestSupport
 import XCTest
 
 /// `dbprune` on a local repository of real backups.
-final class PruneTests: XCTestCase {
-    var cluster: PostgresCluster!
-    var repository: String!
+final class PruneTests: IntegrationTestCase {
 
     override func setUpWithError() throws {
-        cluster = try PostgresCluster.shared()
-        let database = try cluster.createDatabase(prefix: "prune")
-        repository = TestPaths.temporaryDirectory(prefix: "repo") + "/repo"
-        try cluster.connect(database: database).execute(script: "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2)")
+        try useDatabase(prefix: "prune", seed: "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2)")
+        useLocalRepository()
         // 40 real backups, then dated every third day over four months (ids renamed to match).
         let now = Date()
         for index in 0..<40 {

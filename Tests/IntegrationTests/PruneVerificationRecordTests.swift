@@ -6,17 +6,12 @@ import XCTest
 /// Issue 21 item 2: `dbprune` reads the newest backup in full once, records it
 /// (`backups/<id>/verified-at.json`), and trusts that record on later runs until it is older than
 /// `[prune] reverify_after` or a file's size or modification time changed.
-final class PruneVerificationRecordTests: XCTestCase {
-    var cluster: PostgresCluster!
-    var repository: String!
+final class PruneVerificationRecordTests: IntegrationTestCase {
     var id: String!
-    var database: String!
 
     override func setUpWithError() throws {
-        cluster = try PostgresCluster.shared()
-        database = try cluster.createDatabase(prefix: "reverify")
-        try cluster.connect(database: database).execute(script: "CREATE TABLE t AS SELECT g AS x, md5(g::text) AS y FROM generate_series(1, 5000) g")
-        repository = TestPaths.temporaryDirectory(prefix: "repo") + "/repo"
+        try useDatabase(prefix: "reverify", seed: "CREATE TABLE t AS SELECT g AS x, md5(g::text) AS y FROM generate_series(1, 5000) g")
+        useLocalRepository()
         let result = try TestProcess.tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository], cluster: cluster)
         XCTAssertEqual(result.status, 0, result.standardError)
         id = result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)

@@ -9,13 +9,11 @@ import XCTest
 /// corpus (Tests/Fixtures/fidelity/corpus.sql, one object of every kind pg_dump writes) and non-UTF8
 /// databases are backed up, replayed with psql, restored with dbrestore, and the restored
 /// databases' pg_dump (schema and data, rows sorted) compared byte for byte with the replay's.
-final class RestoreFidelityTests: XCTestCase {
-    var cluster: PostgresCluster!
-    var repository: String!
+final class RestoreFidelityTests: IntegrationTestCase {
     var scratch: String!
 
     override func setUpWithError() throws {
-        cluster = try PostgresCluster.shared()
+        try useCluster()
         scratch = TestPaths.temporaryDirectory(prefix: "fidelity")
         repository = scratch + "/repo"
     }
@@ -403,7 +401,7 @@ final class RestoreFidelityTests: XCTestCase {
     private func load(_ dump: Data, into database: String, jobs: Int, user: (name: String, password: String)? = nil) throws {
         var target = try ConnectionTarget(cluster.url(database: database)).with("password", user?.password ?? cluster.password)
         if let user { target = target.with("user", user.name) }
-        let loader = try ParallelLoader(target: target, jobs: jobs, backupID: "test")
+        let loader = try ParallelLoader(target: target, jobs: jobs, backupID: "test", maintenanceWorkMem: LoaderConnection.maintenanceWorkMem(in: [:]))
         defer { loader.abandon() }
         let scanner = DumpScanner(backupID: "test") { try loader.handle($0) }
         var offset = 0
@@ -426,10 +424,6 @@ final class RestoreFidelityTests: XCTestCase {
     private struct SetupFailure: Error, CustomStringConvertible {
         var message: String
         var description: String { message }
-    }
-
-    private func tool(_ name: String, _ arguments: [String]) throws -> TestProcess.Result {
-        try TestProcess.tool(name, arguments, cluster: cluster)
     }
 
     private func program(_ name: String) throws -> String { try PostgresTools().path(of: name) }

@@ -6,22 +6,10 @@ import XCTest
 
 /// The restore touches only what it made, the swap is safe to interrupt and bounded, and a restored
 /// database says which backup it came from (issue 14.6, issue 16 E9/E10, issue 19 pre-restore copies).
-final class RestoreSafetyTests: XCTestCase {
-    var cluster: PostgresCluster!
-    var database: String!
-    var repository: String!
-
+final class RestoreSafetyTests: IntegrationTestCase {
     override func setUpWithError() throws {
-        cluster = try PostgresCluster.shared()
-        database = try cluster.createDatabase(prefix: "safety")
-        repository = TestPaths.temporaryDirectory(prefix: "repo") + "/repo"
-        try cluster.connect(database: database).execute(script: "CREATE TABLE t AS SELECT g AS x FROM generate_series(1, 500) g")
-    }
-
-    private var common: [String] { ["--database-url", cluster.url(database: database), "--repo", repository] }
-
-    private func tool(_ name: String, _ arguments: [String]) throws -> TestProcess.Result {
-        try TestProcess.tool(name, arguments, cluster: cluster)
+        try useDatabase(prefix: "safety", seed: "CREATE TABLE t AS SELECT g AS x FROM generate_series(1, 500) g")
+        useLocalRepository()
     }
 
     @discardableResult

@@ -5,34 +5,22 @@ import TestSupport
 import XCTest
 
 /// `dbrestore` and `dbverify` against a real PostgreSQL cluster.
-final class RestoreTests: XCTestCase {
-    var cluster: PostgresCluster!
-    var database: String!
-    var repository: String!
-
+final class RestoreTests: IntegrationTestCase {
     override func setUpWithError() throws {
-        cluster = try PostgresCluster.shared()
-        database = try cluster.createDatabase(prefix: "restore")
-        repository = TestPaths.temporaryDirectory(prefix: "repo") + "/repo"
-        try cluster.connect(database: database).execute(script: """
+        try useDatabase(prefix: "restore", seed: """
             CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL);
             CREATE TABLE meetings (id serial PRIMARY KEY, user_id bigint REFERENCES users, title text);
             INSERT INTO users SELECT g, 'user' || g || '@example.com' FROM generate_series(1, 300) g;
             INSERT INTO meetings (user_id, title) SELECT 1 + g % 300, 'm' || g FROM generate_series(1, 900) g;
             """)
+        useLocalRepository()
     }
-
-    private var common: [String] { ["--database-url", cluster.url(database: database), "--repo", repository] }
 
     @discardableResult
     private func backup(_ extra: [String] = []) throws -> String {
         let result = try TestProcess.tool("dbbackup", common + extra, cluster: cluster)
         XCTAssertEqual(result.status, 0, result.standardError)
         return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
-    }
-
-    private func tool(_ name: String, _ arguments: [String]) throws -> TestProcess.Result {
-        try TestProcess.tool(name, arguments, cluster: cluster)
     }
 
     private func manifest(_ id: String) throws -> BackupManifest {

@@ -5,26 +5,20 @@ import TestSupport
 import XCTest
 
 /// `dbprune` on an S3 repository: Standard → GLACIER at 30 days, deleted at 90 unless a snapshot keeps it.
-final class S3PruneTests: XCTestCase {
-    var cluster: PostgresCluster!
-    var s3: S3Server!
-    var bucket: String!
+final class S3PruneTests: IntegrationTestCase {
     var store: S3Store!
     let now = "2026-06-30T12:00:00Z"
 
     override func setUpWithError() throws {
-        cluster = try PostgresCluster.shared()
-        s3 = try S3Server.shared()
-        bucket = try s3.createBucket()
+        try useCluster()
+        try useBucket()
+        repository = "s3://\(bucket!)/nightly"
         store = S3Store(configuration: try S3Settings.configuration(bucket: bucket, environment: s3.environment()), prefix: "nightly")
     }
 
-    private var repository: String { "s3://\(bucket!)/nightly" }
-
     /// Real backups, moved to the given ages (days before `now`) with matching ids.
     private func makeBackups(ages: [Int]) throws -> [Int: String] {
-        let database = try cluster.createDatabase(prefix: "s3prune")
-        try cluster.connect(database: database).execute(script: "CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
+        let database = try cluster.createDatabase(prefix: "s3prune", seed: "CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
         let reference = Timestamp.parse(now)!
         var ids: [Int: String] = [:]
         for age in ages {

@@ -5,19 +5,12 @@ import TestSupport
 import XCTest
 
 /// dbbackup, dbverify and dbrestore with an `s3://` repository on a real S3-compatible server.
-final class S3RepositoryTests: XCTestCase {
-    var cluster: PostgresCluster!
-    var s3: S3Server!
-    var database: String!
-    var bucket: String!
-
+final class S3RepositoryTests: IntegrationTestCase {
     override func setUpWithError() throws {
-        cluster = try PostgresCluster.shared()
-        s3 = try S3Server.shared()
-        bucket = try s3.createBucket()
-        database = try cluster.createDatabase(prefix: "s3")
+        try useBucket()
+        repository = "s3://\(bucket!)/prod/app"
         // About 24 MB of incompressible data: more than three 5 MiB parts after gzip.
-        try cluster.connect(database: database).execute(script: """
+        try useDatabase(prefix: "s3", seed: """
             CREATE TABLE blobs (id int PRIMARY KEY, data bytea);
             INSERT INTO blobs SELECT g, decode(string_agg(md5(g::text || ':' || i::text), ''), 'hex')
             FROM generate_series(1, 3000) g, generate_series(1, 500) i GROUP BY g;
@@ -26,9 +19,7 @@ final class S3RepositoryTests: XCTestCase {
             """)
     }
 
-    private var repository: String { "s3://\(bucket!)/prod/app" }
-
-    private func tool(_ name: String, _ arguments: [String], endpoint: String? = nil) throws -> TestProcess.Result {
+    private func tool(_ name: String, _ arguments: [String], endpoint: String) throws -> TestProcess.Result {
         try TestProcess.tool(name, arguments, cluster: cluster, environment: s3.environment(endpoint: endpoint))
     }
 

@@ -6,20 +6,16 @@ import XCTest
 
 /// Schema verification against a real PostgreSQL cluster: the fingerprint recorded by `dbbackup`,
 /// checked by `dbrestore` (normal, `--drill`, `--emergency`) before the swap and by `dbverify --schema`.
-final class SchemaVerificationTests: XCTestCase {
-    var cluster: PostgresCluster!
-    var database: String!
-    var repository: String!
+final class SchemaVerificationTests: IntegrationTestCase {
     var role: String!
 
     override func setUpWithError() throws {
-        cluster = try PostgresCluster.shared()
-        database = try cluster.createDatabase(prefix: "schema")
-        repository = TestPaths.temporaryDirectory(prefix: "repo") + "/repo"
+        try useCluster()
+        useLocalRepository()
         role = "fp_role_\(UInt32.random(in: 0...UInt32.max))"
         try cluster.connect().execute(script: "CREATE ROLE \(role!) NOLOGIN")
         // A schema with many kinds of object, including text that looks like comments and blank lines.
-        try cluster.connect(database: database).execute(script: """
+        try useDatabase(prefix: "schema", seed: """
             CREATE SCHEMA billing AUTHORIZATION \(role!);
             CREATE TYPE mood AS ENUM ('sad', 'ok');
             ALTER TYPE mood ADD VALUE 'happy';
@@ -59,12 +55,6 @@ final class SchemaVerificationTests: XCTestCase {
             INSERT INTO events VALUES (1, '2024-02-02'), (2, '2025-03-03');
             REFRESH MATERIALIZED VIEW invoice_totals;
             """)
-    }
-
-    private var common: [String] { ["--database-url", cluster.url(database: database), "--repo", repository] }
-
-    private func tool(_ name: String, _ arguments: [String], environment: [String: String] = [:]) throws -> TestProcess.Result {
-        try TestProcess.tool(name, arguments, cluster: cluster, environment: environment)
     }
 
     private func backup() throws -> String {
@@ -347,10 +337,7 @@ final class SchemaVerificationTests: XCTestCase {
     func testABackupWithoutAFingerprintRestoresWithAWarning() throws {
         let id = try backup()
         // What a backup taken before schema fingerprints looks like.
-        let path = "\(repository!)/backups/\(id)/manifest.json"
-        var object = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any] ?? [:]
-        XCTAssertNotNil(object.removeValue(forKey: "schema_fingerprint"))
-        try JSONSerialization.data(withJSONObject: object).write(to: URL(fileURLWithPath: path))
+        try editManifest(id) { XCTAssertNotNil($0.removeValue(forKey: "schema_fingerprint")) }
 
         let restored = try tool("dbrestore", common + [id, "--yes"])
         XCTAssertEqual(restored.status, 0, restored.standardError)

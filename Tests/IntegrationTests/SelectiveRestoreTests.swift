@@ -6,20 +6,14 @@ import TestSupport
 import XCTest
 
 /// Issue 18: a backup's contents, its table of contents and access points.
-final class SelectiveRestoreTests: XCTestCase {
-    var cluster: PostgresCluster!
-    var database: String!
-    var repository: String!
+final class SelectiveRestoreTests: IntegrationTestCase {
     /// Small access-point spacing, so that a small test dump has several.
     let environment = ["DBRECOVERY_TOC_ACCESS_POINT_KB": "64"]
 
     override func setUpWithError() throws {
-        cluster = try PostgresCluster.shared()
-        database = try cluster.createDatabase(prefix: "selective")
-        repository = TestPaths.temporaryDirectory(prefix: "repo") + "/repo"
         // Three schemas with keys between them; text that looks like pg_dump's headers inside rows
         // and inside a function body must not be taken for objects.
-        try cluster.connect(database: database).execute(script: """
+        try useDatabase(prefix: "selective", seed: """
             CREATE SCHEMA crm; CREATE SCHEMA sales; CREATE SCHEMA audit;
             CREATE TABLE crm.customers (id bigint PRIMARY KEY, name text NOT NULL);
             CREATE TABLE sales.orders (id serial PRIMARY KEY, customer_id bigint NOT NULL REFERENCES crm.customers, total numeric(10,2) NOT NULL,
@@ -41,9 +35,8 @@ final class SelectiveRestoreTests: XCTestCase {
             INSERT INTO sales.orders (customer_id, total, note) VALUES (1, 1, E'\\n-- Name: fake_in_rows; Type: TABLE; Schema: sales; Owner: nobody\\n');
             INSERT INTO sales.order_lines SELECT id, 1, total FROM sales.orders;
             """)
+        useLocalRepository()
     }
-
-    private var common: [String] { ["--database-url", cluster.url(database: database), "--repo", repository] }
 
     @discardableResult
     private func backup(_ extra: [String] = []) throws -> String {

@@ -11,29 +11,23 @@ import XCTest
 /// accepts connections, and that the next run succeeds. Steps too short to hit from outside (the swap,
 /// between two prune deletions) are hit with `DBRECOVERY_SIGNAL_AT`, which makes the tool signal itself
 /// at that exact point through the same handler.
-final class SignalTests: XCTestCase {
-    var cluster: PostgresCluster!
-    var database = ""
-    var repository = ""
-
+final class SignalTests: IntegrationTestCase {
     override func setUpWithError() throws {
-        cluster = try PostgresCluster.shared()
-        database = try cluster.createDatabase(prefix: "signals")
-        repository = TestPaths.temporaryDirectory(prefix: "repo") + "/repo"
         // About 40 MB of SQL: a dump at level 9 on one core takes a few seconds, long enough to interrupt.
-        try cluster.connect(database: database).execute(script: """
+        try useDatabase(prefix: "signals", seed: """
             CREATE TABLE events (id bigint PRIMARY KEY, payload text NOT NULL);
             INSERT INTO events SELECT g, md5(g::text) || md5((g * 7)::text) || md5((g * 13)::text) FROM generate_series(1, 300000) g;
             CREATE TABLE tags (id int PRIMARY KEY, name text);
             INSERT INTO tags SELECT g, 't' || g FROM generate_series(1, 1000) g;
             """)
+        useLocalRepository()
     }
 
     // MARK: - Cells
 
     func testBackupInterruptedAtRandomPointsLeavesNothingAndTheNextRunSucceeds() throws {
-        let slow = ["--database-url", cluster.url(database: database), "--repo", repository, "--jobs", "1", "--compression-level", "9"]
-        XCTAssertEqual(try tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository]).status, 0)
+        let slow = ["--database-url", cluster.url(database: database), "--repo", repository!, "--jobs", "1", "--compression-level", "9"]
+        XCTAssertEqual(try tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository!]).status, 0)
         for signal in [SIGTERM, SIGINT] {
             let before = try localEntries()
             let run = try interrupt("dbbackup", slow, signal: signal, trigger: .after(0.2...1.2))
@@ -62,9 +56,8 @@ final class SignalTests: XCTestCase {
     func testPhysicalBackupInterruptedStopsPgBasebackupAndLeavesNothing() throws {
         let physical = try PostgresCluster(archiveCommand: "/bin/true")
         defer { physical.stop() }
-        let name = try physical.createDatabase(prefix: "base")
-        try physical.connect(database: name).execute(script: "CREATE TABLE filler AS SELECT g, md5(g::text) AS t FROM generate_series(1, 200000) g")
-        let slow = ["--physical", "--database-url", physical.url(database: name), "--repo", repository, "--jobs", "1", "--compression-level", "9"]
+        let name = try physical.createDatabase(prefix: "base", seed: "CREATE TABLE filler AS SELECT g, md5(g::text) AS t FROM generate_series(1, 200000) g")
+        let slow = ["--physical", "--database-url", physical.url(database: name), "--repo", repository!, "--jobs", "1", "--compression-level", "9"]
         for signal in [SIGTERM, SIGINT] {
             let before = try localEntries()
             let run = try interrupt("dbbackup", slow, environment: physical.environment, signal: signal, trigger: .after(0.3...1.0))
@@ -84,10 +77,9 @@ final class SignalTests: XCTestCase {
     }
 
     func testRestoreInterruptedWhileLoadingVerifyingOrSwappingKeepsTheTargetOpen() throws {
-        XCTAssertEqual(try tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository]).status, 0)
-        let target = try cluster.createDatabase(prefix: "target")
-        try cluster.connect(database: target).execute(script: "CREATE TABLE keep_me (id int); INSERT INTO keep_me VALUES (1)")
-        let arguments = ["latest", "--yes", "--jobs", "1", "--repo", repository, "--database-url", cluster.url(database: target)]
+        XCTAssertEqual(try tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository!]).status, 0)
+        let target = try cluster.createDatabase(prefix: "target", seed: "CREATE TABLE keep_me (id int); INSERT INTO keep_me VALUES (1)")
+        let arguments = ["latest", "--yes", "--jobs", "1", "--repo", repository!, "--database-url", cluster.url(database: target)]
         let cells: [(String, Int32, Trigger, [String: String])] = [
             ("restore load", SIGTERM, .line("create scratch database", jitter: 0.0...0.2), [:]),
             ("restore load", SIGINT, .line("create scratch database", jitter: 0.05...0.3), [:]),
@@ -112,12 +104,12 @@ final class SignalTests: XCTestCase {
     /// the run stops at once, and no second candidate is tried.
     func testEmergencyRestoreInterruptedTriesNoOtherCandidate() throws {
         for _ in 0..<2 {
-            XCTAssertEqual(try tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository]).status, 0)
+            XCTAssertEqual(try tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository!]).status, 0)
             sleep(1)
         }
         let target = try cluster.createDatabase(prefix: "emergency")
         let databasesBefore = try databaseNames()
-        let run = try interrupt("dbrestore", ["--emergency", "--jobs", "1", "--repo", repository, "--database-url", cluster.url(database: target)],
+        let run = try interrupt("dbrestore", ["--emergency", "--jobs", "1", "--repo", repository!, "--database-url", cluster.url(database: target)],
                                 signal: SIGTERM, trigger: .line("create scratch database", jitter: 0.0...0.2))
         assertInterrupted(run, signal: SIGTERM, cell: "emergency")
         XCTAssertFalse(run.standardError.contains("skip backup"), "emergency: the interrupted candidate was skipped for the next: \(run.standardError)")
@@ -128,8 +120,8 @@ final class SignalTests: XCTestCase {
     }
 
     func testDrillInterruptedDropsItsDrillDatabase() throws {
-        XCTAssertEqual(try tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository]).status, 0)
-        let arguments = ["--drill", "--jobs", "1", "--repo", repository, "--database-url", cluster.url(database: database)]
+        XCTAssertEqual(try tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository!]).status, 0)
+        let arguments = ["--drill", "--jobs", "1", "--repo", repository!, "--database-url", cluster.url(database: database)]
         for signal in [SIGTERM, SIGINT] {
             let databasesBefore = try databaseNames()
             let run = try interrupt("dbrestore", arguments, signal: signal, trigger: .line("create scratch database", jitter: 0.0...0.3))
@@ -142,24 +134,23 @@ final class SignalTests: XCTestCase {
     }
 
     func testPruneInterruptedBetweenBackupsLeavesOnlyWholeBackups() throws {
-        let small = try cluster.createDatabase(prefix: "prune")
-        try cluster.connect(database: small).execute(script: "CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+        let small = try cluster.createDatabase(prefix: "prune", seed: "CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
         for _ in 0..<3 {
-            XCTAssertEqual(try tool("dbbackup", ["--database-url", cluster.url(database: small), "--repo", repository]).status, 0)
+            XCTAssertEqual(try tool("dbbackup", ["--database-url", cluster.url(database: small), "--repo", repository!]).status, 0)
             sleep(1)
         }
         let policy = TestPaths.temporaryDirectory(prefix: "policy") + "/p.toml"
         try "[local]\nkeep_last = 1\n".write(toFile: policy, atomically: true, encoding: .utf8)
         // A deleting dbprune without a terminal needs --yes where the tool knows the flag (issue 16).
         let confirm = try tool("dbprune", ["--help"]).standardOutput.contains("--yes") ? ["--yes"] : []
-        let prune = ["--repo", repository, "--policy", policy] + confirm
+        let prune = ["--repo", repository!, "--policy", policy] + confirm
         let run = try interrupt("dbprune", prune, environment: ["DBRECOVERY_SIGNAL_AT": "prune:between-deletes"],
                                 signal: SIGTERM, trigger: .none)
         assertInterrupted(run, signal: SIGTERM, cell: "prune")
         let entries = try Catalog(store: try LocalStore(root: repository, create: false)).entries()
         XCTAssertEqual(entries.count, 2, "prune: the run goes on to the end of the backup it was deleting, then stops")
         for entry in entries {
-            XCTAssertEqual(try tool("dbverify", ["--files", entry.id, "--repo", repository]).status, 0, "prune: \(entry.id) is no longer whole")
+            XCTAssertEqual(try tool("dbverify", ["--files", entry.id, "--repo", repository!]).status, 0, "prune: \(entry.id) is no longer whole")
         }
         let next = try tool("dbprune", prune)
         XCTAssertEqual(next.status, 0, "prune: the next run: \(next.standardError)")
@@ -177,7 +168,7 @@ final class SignalTests: XCTestCase {
         let common = ["--database-url", cluster.url(database: name), "--dir", migrations]
         XCTAssertEqual(try tool("dbmigrate", ["up"] + common).status, 0)
         let down = ["down", "--steps", "2", "--yes"] + common
-        for (signal, arguments) in [(SIGTERM, down + ["--no-backup"]), (SIGINT, down + ["--repo", repository])] {
+        for (signal, arguments) in [(SIGTERM, down + ["--no-backup"]), (SIGINT, down + ["--repo", repository!])] {
             let run = try interrupt("dbmigrate", arguments, signal: signal, trigger: .after(0.4...1.5))
             assertInterrupted(run, signal: signal, cell: "migrate down")
             // schema_version holds one row per applied version (dbmigrate's own records live beside it).
@@ -207,7 +198,7 @@ final class SignalTests: XCTestCase {
         let port = try XCTUnwrap(Int(line), "the silent server did not start")
         let process = try TestProcess.start("dbmigrate", ["status", "--database-url", "postgresql://app@127.0.0.1:\(port)/app",
                                                           "--dir", TestPaths.temporaryDirectory(prefix: "migrations")])
-        let watcher = StandardErrorWatcher(descriptor: process.standardError)
+        let watcher = OutputCollector(descriptor: process.standardError, limit: 1 << 20)
         // SIGHUP, unless this test runs under nohup: an ignored SIGHUP is inherited, and stays ignored.
         var current = sigaction()
         sigaction(SIGHUP, nil, &current)
@@ -218,10 +209,10 @@ final class SignalTests: XCTestCase {
         let second = Date()
         process.send(SIGINT)
         let termination = process.waitForExit()
-        watcher.waitForEnd()
-        XCTAssertEqual(termination.exitCode, ExitStatus.interrupted.rawValue, watcher.text)
+        _ = watcher.finish()
+        XCTAssertEqual(termination.exitCode, ExitStatus.interrupted.rawValue, watcher.soFar)
         XCTAssertLessThan(Date().timeIntervalSince(second), 2, "the second signal must end the run at once")
-        XCTAssertTrue(watcher.text.contains("second signal"), watcher.text)
+        XCTAssertTrue(watcher.soFar.contains("second signal"), watcher.soFar)
     }
 
     // MARK: - Running and interrupting
@@ -244,15 +235,15 @@ final class SignalTests: XCTestCase {
     private func interrupt(_ name: String, _ arguments: [String], environment: [String: String] = [:], signal: Int32,
                            trigger: Trigger) throws -> Interrupted {
         let process = try TestProcess.start(name, arguments, cluster: cluster, environment: environment)
-        let watcher = StandardErrorWatcher(descriptor: process.standardError)
+        let watcher = OutputCollector(descriptor: process.standardError, limit: 1 << 20)
         switch trigger {
         case .after(let range):
             usleep(UInt32(Double.random(in: range) * 1_000_000))
             process.send(signal)
         case .line(let text, let jitter):
             let deadline = Date().addingTimeInterval(60)
-            while !watcher.contains(text) && !watcher.ended && Date() < deadline { usleep(5_000) }
-            XCTAssertTrue(watcher.contains(text), "\(name) never printed '\(text)': \(watcher.text)")
+            while !watcher.soFar.contains(text) && !watcher.ended && Date() < deadline { usleep(5_000) }
+            XCTAssertTrue(watcher.soFar.contains(text), "\(name) never printed '\(text)': \(watcher.soFar)")
             usleep(UInt32(Double.random(in: jitter) * 1_000_000))
             process.send(signal)
         case .none:
@@ -262,11 +253,11 @@ final class SignalTests: XCTestCase {
         if !waiter.finished(within: 30) {
             process.send(SIGKILL)
             waiter.join()
-            XCTFail("\(name) did not stop within 30 s of \(self.name(signal)): \(watcher.text)")
+            XCTFail("\(name) did not stop within 30 s of \(self.name(signal)): \(watcher.soFar)")
         }
         let termination = process.waitForExit()
-        watcher.waitForEnd()
-        return Interrupted(status: termination.exitCode ?? (128 + (termination.signal ?? 0)), standardError: watcher.text)
+        _ = watcher.finish()
+        return Interrupted(status: termination.exitCode ?? (128 + (termination.signal ?? 0)), standardError: watcher.soFar)
     }
 
     private func assertInterrupted(_ run: Interrupted, signal: Int32, cell: String, file: StaticString = #filePath, line: UInt = #line) {
@@ -283,10 +274,6 @@ final class SignalTests: XCTestCase {
         XCTAssertEqual(try cluster.scalar("SELECT 1", database: name), "1", "\(cell): cannot connect to \(name)", file: file, line: line)
     }
 
-    private func tool(_ name: String, _ arguments: [String], environment: [String: String] = [:]) throws -> TestProcess.Result {
-        try TestProcess.tool(name, arguments, cluster: cluster, environment: environment)
-    }
-
     /// Every path under `<repo>/backups` (files and folders): a run that was interrupted adds none.
     private func localEntries() throws -> [String] {
         let root = repository + "/backups"
@@ -300,51 +287,5 @@ final class SignalTests: XCTestCase {
 
     private func name(_ signal: Int32) -> String {
         signal == SIGINT ? "SIGINT" : signal == SIGTERM ? "SIGTERM" : "signal \(signal)"
-    }
-}
-
-/// Reads a child's stderr as it comes, so a test can wait for a line before acting.
-private final class StandardErrorWatcher: @unchecked Sendable {
-    // Safe: `buffer` and `finished` are only touched under `lock`.
-    private let lock = NSLock()
-    private var buffer: [UInt8] = []
-    private var finished = false
-    private let done = DispatchSemaphore(value: 0)
-
-    init(descriptor: Int32) {
-        Thread.detachNewThread { [self] in
-            var chunk = [UInt8](repeating: 0, count: 4096)
-            while true {
-                let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
-                if count < 0 && errno == EINTR { continue }
-                if count <= 0 { break }
-                lock.lock()
-                buffer.append(contentsOf: chunk[0..<count])
-                lock.unlock()
-            }
-            lock.lock()
-            finished = true
-            lock.unlock()
-            done.signal()
-        }
-    }
-
-    var text: String {
-        lock.lock()
-        defer { lock.unlock() }
-        return String(decoding: buffer, as: UTF8.self)
-    }
-
-    var ended: Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        return finished
-    }
-
-    func contains(_ needle: String) -> Bool { text.contains(needle) }
-
-    func waitForEnd() {
-        done.wait()
-        done.signal()
     }
 }

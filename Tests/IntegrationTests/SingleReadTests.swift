@@ -9,15 +9,10 @@ import XCTest
 /// a damaged candidate found that way is read at most once before the next one is read once.
 /// Counted independently of the tool on S3 (GET bytes through the proxy), and by the tool's own
 /// read counter (`bytes_read` in `--json`) on a local repository.
-final class SingleReadTests: XCTestCase {
-    var cluster: PostgresCluster!
-    var database: String!
-
+final class SingleReadTests: IntegrationTestCase {
     override func setUpWithError() throws {
-        cluster = try PostgresCluster.shared()
-        database = try cluster.createDatabase(prefix: "readonce")
         // About 6 MB after gzip: two ranged GETs at the tests' 5 MiB part size.
-        try cluster.connect(database: database).execute(script: """
+        try useDatabase(prefix: "readonce", seed: """
             CREATE TABLE blobs (id int PRIMARY KEY, data bytea);
             INSERT INTO blobs SELECT g, decode(string_agg(md5(g::text || ':' || i::text), ''), 'hex')
             FROM generate_series(1, 1500) g, generate_series(1, 250) i GROUP BY g;
@@ -92,7 +87,7 @@ final class SingleReadTests: XCTestCase {
     }
 
     func testLocalRestoreCountsTheBytesItReads() throws {
-        let repository = TestPaths.temporaryDirectory(prefix: "repo") + "/repo"
+        let repository = TestPaths.repositoryPath()
         let good = try backup(repository)
         let newest = try backup(repository)
         let normal = try restore([newest.id, "--yes"], repository: repository)

@@ -5,17 +5,22 @@ import XCTest
 
 /// A full disk, and secrets: the password must appear nowhere we write or print.
 final class StorageFaultAndSecretTests: XCTestCase {
-    func testADiskFullWhileWritingFailsCleanly() throws {
+    /// The shared cluster and a new database seeded with `seed`, for a test that mounts a tmpfs; nil
+    /// (and the test failed, saying `because`) when the suite does not run as root.
+    private func rootOnlyDatabase(_ prefix: String, seed: String, because: String) throws -> (PostgresCluster, String)? {
         guard getuid() == 0 else {
-            XCTFail("the disk-full test mounts a 3 MiB tmpfs and needs root (run the suite as root, as CI does)")
-            return
+            XCTFail("the \(because) and needs root (run the suite as root, as CI does)")
+            return nil
         }
         let cluster = try PostgresCluster.shared()
-        let database = try cluster.createDatabase(prefix: "full")
-        try cluster.connect(database: database).execute(script: """
+        return (cluster, try cluster.createDatabase(prefix: prefix, seed: seed))
+    }
+
+    func testADiskFullWhileWritingFailsCleanly() throws {
+        guard let (cluster, database) = try rootOnlyDatabase("full", seed: """
             CREATE TABLE blobs AS SELECT g, decode(string_agg(md5(g::text || ':' || i::text), ''), 'hex') AS d
             FROM generate_series(1, 500) g, generate_series(1, 500) i GROUP BY g
-            """)
+            """, because: "disk-full test mounts a 3 MiB tmpfs") else { return }
         let mountPoint = TestPaths.temporaryDirectory(prefix: "tmpfs")
         XCTAssertEqual(try TestProcess.run("/bin/mount", ["-t", "tmpfs", "-o", "size=3m", "tmpfs", mountPoint]).status, 0)
         defer { _ = try? TestProcess.run("/bin/umount", [mountPoint]) }
@@ -29,13 +34,8 @@ final class StorageFaultAndSecretTests: XCTestCase {
     }
 
     func testAReadOnlyRepositoryRefusesWritesAndStillRestores() throws {
-        guard getuid() == 0 else {
-            XCTFail("the read-only test remounts a tmpfs read-only and needs root (run the suite as root, as CI does)")
-            return
-        }
-        let cluster = try PostgresCluster.shared()
-        let database = try cluster.createDatabase(prefix: "readonly")
-        try cluster.connect(database: database).execute(script: "CREATE TABLE t AS SELECT g FROM generate_series(1, 100) g")
+        guard let (cluster, database) = try rootOnlyDatabase("readonly", seed: "CREATE TABLE t AS SELECT g FROM generate_series(1, 100) g",
+                                                             because: "read-only test remounts a tmpfs read-only") else { return }
         let mountPoint = TestPaths.temporaryDirectory(prefix: "tmpfs")
         XCTAssertEqual(try TestProcess.run("/bin/mount", ["-t", "tmpfs", "-o", "size=16m", "tmpfs", mountPoint]).status, 0)
         defer { _ = try? TestProcess.run("/bin/umount", [mountPoint]) }
@@ -57,8 +57,7 @@ final class StorageFaultAndSecretTests: XCTestCase {
 
     func testThePasswordAppearsInNoOutputFileOrChildArgv() throws {
         let cluster = try PostgresCluster.shared()
-        let database = try cluster.createDatabase(prefix: "secret")
-        try cluster.connect(database: database).execute(script: "CREATE TABLE t AS SELECT g FROM generate_series(1, 100000) g")
+        let database = try cluster.createDatabase(prefix: "secret", seed: "CREATE TABLE t AS SELECT g FROM generate_series(1, 100000) g")
         let work = TestPaths.temporaryDirectory(prefix: "secret")
         let repository = work + "/repo"
         let url = cluster.urlWithPassword(database: database)
@@ -115,32 +114,16 @@ final class StorageFaultAndSecretTests: XCTestCase {
             "host=db1 password=\(secret) \(secret)",                      // conninfo word without '='
             "host=db1 \(secret)=x",                                      // unknown keyword (a password typed as one)
         ]
-        let directory = TestPaths.temporaryDirectory(prefix: "hook")
-        let server = try ChildProcess(executable: "/usr/bin/env", arguments: ["python3", "-c", """
-            import http.server
-            class H(http.server.BaseHTTPRequestHandler):
-                def do_POST(self):
-                    body = self.rfile.read(int(self.headers['Content-Length']))
-                    open('\(directory)/events.json', 'ab').write(body + b"\\n")
-                    self.send_response(204); self.end_headers()
-                def log_message(self, *a): pass
-            s = http.server.HTTPServer(('127.0.0.1', 0), H)
-            print(s.server_address[1], flush=True)
-            s.serve_forever()
-            """], stdin: .null, stdout: .pipe, stderr: .null)
-        defer { server.send(SIGTERM); server.waitForExit() }
-        var port = ""
-        var byte: UInt8 = 0
-        while read(server.standardOutput, &byte, 1) == 1, byte != 10 { port.append(Character(UnicodeScalar(byte))) }
-        let repository = TestPaths.temporaryDirectory(prefix: "secretrepo") + "/repo"
+        let receiver = try NotifyReceiver()
+        let repository = TestPaths.repositoryPath(prefix: "secretrepo")
         for url in malformed {
-            let result = try TestProcess.tool("dbbackup", ["--repo", repository, "--notify-url", "http://127.0.0.1:\(port)/hook"],
+            let result = try TestProcess.tool("dbbackup", ["--repo", repository, "--notify-url", receiver.url],
                                               environment: ["DATABASE_URL": url])
             XCTAssertEqual(result.status, ExitStatus.usage.rawValue, "\(url): \(result.standardError)")
             XCTAssertTrue(result.standardError.contains("invalid database URL"), result.standardError)
             XCTAssertFalse(result.standardError.contains(secret) || result.standardOutput.contains(secret), "\(url) echoed: \(result.standardError)")
         }
-        let events = (try? String(contentsOfFile: directory + "/events.json", encoding: .utf8)) ?? ""
+        let events = receiver.received
         XCTAssertEqual(events.components(separatedBy: "\"exit_code\"").count - 1, malformed.count, events)
         XCTAssertFalse(events.contains(secret), "the notify event holds the password: \(events)")
 
@@ -157,13 +140,8 @@ final class StorageFaultAndSecretTests: XCTestCase {
     /// tried, from too few for anything to enough for the whole backup, so one of them runs out
     /// exactly at the manifest.
     func testADiskFullAtTheManifestLeavesNoDataFileAndNoEmptyFolder() throws {
-        guard getuid() == 0 else {
-            XCTFail("the disk-full test mounts a tmpfs and needs root (run the suite as root, as CI does)")
-            return
-        }
-        let cluster = try PostgresCluster.shared()
-        let database = try cluster.createDatabase(prefix: "inodes")
-        try cluster.connect(database: database).execute(script: "CREATE TABLE t AS SELECT generate_series(1, 1000) g")
+        guard let (cluster, database) = try rootOnlyDatabase("inodes", seed: "CREATE TABLE t AS SELECT generate_series(1, 1000) g",
+                                                             because: "disk-full test mounts a tmpfs") else { return }
         var succeeded = false
         var failures = 0
         var failedAtManifest = false

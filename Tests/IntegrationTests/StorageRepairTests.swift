@@ -7,14 +7,9 @@ import XCTest
 /// Issue 19, the storage part: leftovers of killed runs are removed by the next run (and said),
 /// large objects change storage class by multipart copy, paths are byte-exact, symlinks inside a
 /// repository are followed by every command, and three inputs that crashed now fail in one line.
-final class StorageRepairTests: XCTestCase {
-    var cluster: PostgresCluster!
-    var database: String!
-
+final class StorageRepairTests: IntegrationTestCase {
     override func setUpWithError() throws {
-        cluster = try PostgresCluster.shared()
-        database = try cluster.createDatabase(prefix: "repair")
-        try cluster.connect(database: database).execute(script: "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 100)")
+        try useDatabase(prefix: "repair", seed: "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 100)")
     }
 
     private func backup(_ repository: String, environment: [String: String] = [:]) throws -> TestProcess.Result {
@@ -25,7 +20,7 @@ final class StorageRepairTests: XCTestCase {
         try cluster.connect(database: database).execute(script: """
             CREATE TABLE big AS SELECT g, md5(g::text) || md5((g * 7)::text) AS d FROM generate_series(1, 400000) g
             """)
-        let repository = TestPaths.temporaryDirectory(prefix: "killed") + "/repo"
+        let repository = TestPaths.repositoryPath(prefix: "killed")
         let killed = try TestProcess.start("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository, "--compression-level", "9"],
                                            cluster: cluster)
         let deadline = Date().addingTimeInterval(60)
@@ -128,7 +123,7 @@ final class StorageRepairTests: XCTestCase {
     }
 
     func testInputsThatCrashedNowFailInOneLineWithADocumentedCode() throws {
-        let repository = TestPaths.temporaryDirectory(prefix: "crash") + "/repo"
+        let repository = TestPaths.repositoryPath(prefix: "crash")
         let first = try backup(repository)
         XCTAssertEqual(first.status, 0, first.standardError)
         let id = first.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)

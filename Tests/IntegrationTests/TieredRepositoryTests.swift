@@ -5,20 +5,13 @@ import TestSupport
 import XCTest
 
 /// One backup run writing to a local and an S3 repository at once.
-final class TieredRepositoryTests: XCTestCase {
-    var cluster: PostgresCluster!
-    var s3: S3Server!
-    var database: String!
-    var bucket: String!
+final class TieredRepositoryTests: IntegrationTestCase {
     var local: String!
 
     override func setUpWithError() throws {
-        cluster = try PostgresCluster.shared()
-        s3 = try S3Server.shared()
-        bucket = try s3.createBucket()
+        try useBucket()
         local = TestPaths.temporaryDirectory(prefix: "tier") + "/local"
-        database = try cluster.createDatabase(prefix: "tier")
-        try cluster.connect(database: database).execute(script: """
+        try useDatabase(prefix: "tier", seed: """
             CREATE TABLE blobs (id int PRIMARY KEY, data bytea);
             INSERT INTO blobs SELECT g, decode(string_agg(md5(g::text || ':' || i::text), ''), 'hex')
             FROM generate_series(1, 2000) g, generate_series(1, 400) i GROUP BY g;
@@ -28,7 +21,7 @@ final class TieredRepositoryTests: XCTestCase {
     private var offsite: String { "s3://\(bucket!)/offsite" }
     private var store: S3Store { get throws { S3Store(configuration: try S3Settings.configuration(bucket: bucket, environment: s3.environment()), prefix: "offsite") } }
 
-    private func tool(_ name: String, _ arguments: [String], endpoint: String? = nil) throws -> TestProcess.Result {
+    private func tool(_ name: String, _ arguments: [String], endpoint: String) throws -> TestProcess.Result {
         try TestProcess.tool(name, arguments, cluster: cluster, environment: s3.environment(endpoint: endpoint))
     }
 

@@ -54,7 +54,7 @@ extension PointInTimeRecoveryTests {
         // the standby's snapshot, taken before pg_dump starts there, so every write made once pg_dump
         // is seen on the standby is in neither, and the restore's own row check proves they agree.
         let before = try standby.rowCounts(database: database)
-        let logicalRepository = TestPaths.temporaryDirectory(prefix: "standby-logical") + "/repo"
+        let logicalRepository = TestPaths.repositoryPath(prefix: "standby-logical")
         let process = try TestProcess.start("dbbackup", ["--database-url", standby.url(database: database), "--repo", logicalRepository,
                                                          "--compression-level", "9"] + pgBin, cluster: standby)
         let watcher = try standby.connect()
@@ -156,11 +156,8 @@ extension PointInTimeRecoveryTests {
         let archive = "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)"
         let cluster = try PostgresCluster(archiveCommand: archive)
         defer { cluster.stop() }
-        let database = try cluster.createDatabase(prefix: "timeline")
-        let connection = try cluster.connect(database: database)
-        try connection.execute(script: "CREATE TABLE items (id serial PRIMARY KEY, batch text)")
-        let base = try asOwner("dbbackup", ["--physical", "--database-url", cluster.url(database: database), "--repo", repository], cluster: cluster)
-        XCTAssertEqual(base.status, 0, base.standardError)
+        let (database, connection) = try itemsDatabase("timeline", on: cluster)
+        try physicalBackup(of: database, on: cluster, into: repository)
         try connection.execute(script: "INSERT INTO items (batch) SELECT 'A' FROM generate_series(1, 100)")
         usleep(300_000)
         let betweenAAndB = try utcNow(connection)
@@ -249,11 +246,8 @@ extension PointInTimeRecoveryTests {
         let cluster = try PostgresCluster(archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)",
                                           initdbOptions: ["--wal-segsize=64"], walStart: "00000001000000000000003E")
         defer { cluster.stop() }
-        let database = try cluster.createDatabase(prefix: "wal64")
-        let connection = try cluster.connect(database: database)
-        try connection.execute(script: "CREATE TABLE items (id serial PRIMARY KEY, batch text)")
-        let base = try asOwner("dbbackup", ["--physical", "--database-url", cluster.url(database: database), "--repo", repository, "--json"], cluster: cluster)
-        XCTAssertEqual(base.status, 0, base.standardError)
+        let (database, connection) = try itemsDatabase("wal64", on: cluster)
+        let base = try physicalBackup(of: database, on: cluster, into: repository, ["--json"])
         let physical = try manifest(backupID(base), in: repository)["physical"] as? [String: Any]
         XCTAssertEqual((physical?["wal_segment_size"] as? NSNumber)?.intValue, 64 << 20)
         for batch in ["A", "B", "C"] {

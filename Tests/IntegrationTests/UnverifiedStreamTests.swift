@@ -7,20 +7,10 @@ import XCTest
 /// sha256 is known only at the end. A same-size replacement of the newest dump must neither act
 /// outside the scratch database (finding 1) nor, when it fails as SQL, pass for a replay failure
 /// instead of a damaged copy (finding 4).
-final class UnverifiedStreamTests: XCTestCase {
-    var cluster: PostgresCluster!
-    var database: String!
-    var repository: String!
-
+final class UnverifiedStreamTests: IntegrationTestCase {
     override func setUpWithError() throws {
-        cluster = try PostgresCluster.shared()
-        database = try cluster.createDatabase(prefix: "unverified")
-        repository = TestPaths.temporaryDirectory(prefix: "repo") + "/repo"
-        try cluster.connect(database: database).execute(script: "CREATE TABLE t AS SELECT g AS x FROM generate_series(1, 200) g")
-    }
-
-    private func tool(_ name: String, _ arguments: [String]) throws -> TestProcess.Result {
-        try TestProcess.tool(name, arguments, cluster: cluster)
+        try useDatabase(prefix: "unverified", seed: "CREATE TABLE t AS SELECT g AS x FROM generate_series(1, 200) g")
+        useLocalRepository()
     }
 
     private func backup(_ repositories: [String]) throws -> String {
@@ -91,7 +81,7 @@ final class UnverifiedStreamTests: XCTestCase {
     /// is a damaged copy, as a digest mismatch found first would be: a normal restore goes on with
     /// the second repository's copy, and `--emergency` skips the candidate naming the sha256.
     func testDamageThatFailsAsSQLIsADamagedCopy() throws {
-        let second = TestPaths.temporaryDirectory(prefix: "repo2") + "/repo"
+        let second = TestPaths.repositoryPath(prefix: "repo2")
         let good = try backup([repository])
         let newest = try backup([repository, second])
         let failing = """

@@ -29,9 +29,8 @@ final class VersionMatrixTests: XCTestCase {
     func testLogicalBackupRestoresIntoANewerMajorOnlyAndSaysSo() throws {
         let old = try Self.cluster(major: 14)
         let new = try Self.cluster(major: 17)
-        let repository = TestPaths.temporaryDirectory(prefix: "cross-repo") + "/repo"
-        let source = try old.cluster.createDatabase(prefix: "cross")
-        try fill(old.cluster, database: source, major: 14)
+        let repository = TestPaths.repositoryPath(prefix: "cross-repo")
+        let source = try filledDatabase("cross", on: old.cluster, major: 14)
         let oldID = try backup(old.cluster, database: source, repository: repository)
 
         let target = try new.cluster.createDatabase(prefix: "cross")
@@ -74,9 +73,8 @@ final class VersionMatrixTests: XCTestCase {
     func testClientProgramsMatchTheServerAndAnOlderPgDumpIsRefused() throws {
         let old = try Self.cluster(major: 14)
         let new = try Self.cluster(major: 17)
-        let repository = TestPaths.temporaryDirectory(prefix: "pgbin-repo") + "/repo"
-        let database = try old.cluster.createDatabase(prefix: "pgbin")
-        try fill(old.cluster, database: database, major: 14)
+        let repository = TestPaths.repositoryPath(prefix: "pgbin-repo")
+        let database = try filledDatabase("pgbin", on: old.cluster, major: 14)
 
         let newer = try backup(old.cluster, database: database, repository: repository, extra: ["--pg-bin", new.cluster.binDirectory])
         let manifest = try Catalog(store: try LocalStore(root: repository, create: false)).resolve(newer)
@@ -174,11 +172,10 @@ final class VersionMatrixTests: XCTestCase {
     private func backupRestoreVerifyAndRecover(major: Int) throws {
         let (cluster, walRepository) = try Self.cluster(major: major)
         XCTAssertEqual(cluster.major, major)
-        let database = try cluster.createDatabase(prefix: "matrix\(major)")
-        try fill(cluster, database: database, major: major)
+        let database = try filledDatabase("matrix\(major)", on: cluster, major: major)
 
         // Logical: backup → damage → dbrestore → dbverify rows and schema.
-        let repository = TestPaths.temporaryDirectory(prefix: "matrix-repo") + "/repo"
+        let repository = TestPaths.repositoryPath(prefix: "matrix-repo")
         let id = try backup(cluster, database: database, repository: repository)
         let manifest = try Catalog(store: try LocalStore(root: repository, create: false)).resolve(id)
         XCTAssertEqual(manifest.serverMajor, PostgresMajor(major))
@@ -198,11 +195,8 @@ final class VersionMatrixTests: XCTestCase {
         XCTAssertEqual(schema.status, 0, schema.standardOutput + schema.standardError)
 
         // Physical: base backup → batch A → target time → batch B → PITR to the time: A only.
-        let pitr = try cluster.createDatabase(prefix: "pitr\(major)")
-        let connection = try cluster.connect(database: pitr)
-        try connection.execute(script: "CREATE TABLE items (id serial PRIMARY KEY, batch text)")
-        let base = try asOwner("dbbackup", ["--physical", "--database-url", cluster.url(database: pitr), "--repo", walRepository, "--json"], cluster: cluster)
-        XCTAssertEqual(base.status, 0, base.standardError)
+        let (pitr, connection) = try itemsDatabase("pitr\(major)", on: cluster)
+        let base = try physicalBackup(of: pitr, on: cluster, into: walRepository, ["--json"])
         let baseID = (try JSONSerialization.jsonObject(with: Data(base.standardOutput.utf8)) as? [String: Any])?["id"] as? String ?? ""
         let baseManifest = try Catalog(store: try LocalStore(root: walRepository, create: false)).resolve(baseID)
         XCTAssertEqual(baseManifest.clientPrograms?.map(\.name), ["pg_basebackup"])
@@ -229,7 +223,7 @@ final class VersionMatrixTests: XCTestCase {
 
     /// Objects whose dump text differs between majors: an identity column, a SQL-standard function
     /// body, an enum, a view, a materialized view, a partitioned table; on 18 a virtual generated column.
-    private func fill(_ cluster: PostgresCluster, database: String, major: Int) throws {
+    private func filledDatabase(_ prefix: String, on cluster: PostgresCluster, major: Int) throws -> String {
         var script = """
             CREATE TYPE mood AS ENUM ('calm', 'busy');
             CREATE TABLE users (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, email text NOT NULL UNIQUE, mood mood DEFAULT 'calm');
@@ -247,7 +241,7 @@ final class VersionMatrixTests: XCTestCase {
         if major >= 18 {
             script += "\nCREATE TABLE shapes (w int, h int, area int GENERATED ALWAYS AS (w * h) VIRTUAL);\nINSERT INTO shapes VALUES (2, 3), (4, 5);"
         }
-        try cluster.connect(database: database).execute(script: script)
+        return try cluster.createDatabase(prefix: prefix, seed: script)
     }
 
     private func backup(_ cluster: PostgresCluster, database: String, repository: String, extra: [String] = []) throws -> String {

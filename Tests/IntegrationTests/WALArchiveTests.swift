@@ -38,7 +38,7 @@ final class WALArchiveTests: XCTestCase {
     }
 
     func testConcurrentPushesOfDifferentContentToALocalRepository() throws {
-        try race(repository: TestPaths.temporaryDirectory(prefix: "walrepo") + "/repo", environment: [:], rounds: 10)
+        try race(repository: TestPaths.repositoryPath(prefix: "walrepo"), environment: [:], rounds: 10)
     }
 
     func testConcurrentPushesOfDifferentContentToS3() throws {

@@ -7,18 +7,14 @@ import XCTest
 /// Issue 21 item 4: `wal-push --async` through S3 with 50 ms added to every request acknowledges
 /// a segment (exit 0) only once it is stored, byte-exact; a killed pusher acknowledges nothing it
 /// did not store and a rerun finishes; `wal-fetch --prefetch` serves exactly what was archived.
-final class WALAsyncTests: XCTestCase {
-    var s3: S3Server!
-    var bucket: String!
+final class WALAsyncTests: IntegrationTestCase {
     var work: String!
 
     override func setUpWithError() throws {
-        s3 = try S3Server.shared()
-        bucket = try s3.createBucket()
+        try useBucket()
+        repository = "s3://\(bucket!)/wal"
         work = TestPaths.temporaryDirectory(prefix: "walasync")
     }
-
-    private var repository: String { "s3://\(bucket!)/wal" }
 
     private func store() throws -> S3Store {
         S3Store(configuration: try S3Settings.configuration(bucket: bucket, environment: s3.environment()), prefix: "wal")

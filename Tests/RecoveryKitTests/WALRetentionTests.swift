@@ -38,6 +38,7 @@ final class PrunerOrderTests: XCTestCase {
         init(_ inner: LocalStore) { self.inner = inner }
         var location: String { inner.location }
         var features: StoreFeatures { inner.features }
+        var reads: RepositoryReads { inner.reads }
         func list(prefix: String) throws -> [StoredObject] { try inner.list(prefix: prefix) }
         func read(_ key: String) throws -> Data { try inner.read(key) }
         func write(_ key: String, contents: Data) throws { try inner.write(key, contents: contents) }

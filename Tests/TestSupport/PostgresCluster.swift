@@ -131,11 +131,13 @@ public final class PostgresCluster: Sendable {
                                applicationName: "dbrecovery-tests")
     }
 
-    /// Creates a fresh, uniquely named database and returns its name.
-    public func createDatabase(prefix: String = "t") throws -> String {
+    /// Creates a fresh, uniquely named database, runs `seed` in it (the test's tables and rows) and
+    /// returns its name.
+    public func createDatabase(prefix: String = "t", seed: String? = nil) throws -> String {
         let name = "\(prefix)_\(UInt32.random(in: 0...UInt32.max))"
         let connection = try connect()
         try connection.execute(script: "CREATE DATABASE \(name)")
+        if let seed { try connect(database: name).execute(script: seed) }
         return name
     }
 

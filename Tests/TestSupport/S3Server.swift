@@ -72,9 +72,7 @@ public final class FaultProxy {
         process = try ChildProcess(executable: "/usr/bin/env",
                                    arguments: ["python3", TestPaths.repositoryRoot + "/scripts/s3-fault-proxy.py", "--upstream", String(upstreamPort)] + arguments,
                                    stdin: .null, stdout: .pipe, stderr: .null)
-        var line = ""
-        var byte: UInt8 = 0
-        while read(process.standardOutput, &byte, 1) == 1, byte != 10 { line.append(Character(UnicodeScalar(byte))) }
+        let line = process.firstLineOfOutput()
         guard line.hasPrefix("PORT=") else { throw XCTSkipFailure.message("fault proxy did not start") }
         endpoint = "http://127.0.0.1:\(line.dropFirst(5))"
     }

@@ -37,6 +37,12 @@ public enum TestPaths {
         return path
     }
 
+    /// `<new temporary directory>/repo`: a local repository path that does not exist yet, so that
+    /// the first tool to use it creates it as a user's first backup would.
+    public static func repositoryPath(prefix: String = "repo") -> String {
+        temporaryDirectory(prefix: prefix) + "/repo"
+    }
+
     /// Removes one directory made by `temporaryDirectory(prefix:)` now (a test that cleans up early).
     public static func remove(_ path: String) {
         try? FileManager.default.removeItem(atPath: path)

@@ -19,6 +19,8 @@ public final class S3Store: BackupStore {
     public var location: String { prefix.isEmpty ? "s3://\(client.configuration.bucket)" : "s3://\(client.configuration.bucket)/\(prefix)" }
     public var features: StoreFeatures { [.storageClasses] }
 
+    public let reads = RepositoryReads()
+
     public init(configuration: S3Configuration, prefix: String) {
         client = S3Client(configuration)
         self.prefix = prefix
@@ -84,11 +86,12 @@ public final class S3Store: BackupStore {
 
     private func makeReader(_ key: String, range: Range<UInt64>?) throws -> ObjectReader {
         let size = try objectInfo(key).size
-        guard let range else { return S3RangeReader(client: client, key: fullKey(key), size: size, chunkSize: client.configuration.partSize) }
+        guard let range else { return S3RangeReader(client: client, key: fullKey(key), size: size, chunkSize: client.configuration.partSize, reads: reads) }
         guard range.upperBound <= size else {
             throw StorageError(.remote, object: client.describe(fullKey(key)), message: "object has \(size) bytes, fewer than the range \(range.lowerBound)-\(range.upperBound) read from it (truncated)")
         }
-        return S3RangeReader(client: client, key: fullKey(key), size: range.upperBound, chunkSize: client.configuration.partSize, offset: range.lowerBound)
+        return S3RangeReader(client: client, key: fullKey(key), size: range.upperBound, chunkSize: client.configuration.partSize,
+                             reads: reads, offset: range.lowerBound)
     }
 
     /// One HEAD request: the size, and whether the object can be read without a restore request.
@@ -439,16 +442,19 @@ final class S3RangeReader: ObjectReader {
     private let key: String
     private let size: UInt64
     private let chunkSize: Int
+    /// The store's counter, told every byte a GET returned.
+    private let reads: RepositoryReads
     private var offset: UInt64 = 0
     private var chunk = Data()
     private var position = 0
 
     /// Reads `offset..<size` of the object (`size`: where to stop, the object's size for a whole read).
-    init(client: S3Client, key: String, size: UInt64, chunkSize: Int, offset: UInt64 = 0) {
+    init(client: S3Client, key: String, size: UInt64, chunkSize: Int, reads: RepositoryReads, offset: UInt64 = 0) {
         self.client = client
         self.key = key
         self.size = size
         self.chunkSize = chunkSize
+        self.reads = reads
         self.offset = offset
     }
 
@@ -457,7 +463,7 @@ final class S3RangeReader: ObjectReader {
             guard offset < size else { return 0 }
             let end = min(size, offset + UInt64(chunkSize)) - 1
             chunk = try client.send("GET", key: key, headers: ["range": "bytes=\(offset)-\(end)"], interruptible: true).body
-            RepositoryReads.shared.add(chunk.count)
+            reads.add(chunk.count)
             guard chunk.count == Int(end - offset + 1) else {
                 throw StorageError(.remote, object: client.describe(key), message: "ranged GET returned \(chunk.count) bytes, expected \(end - offset + 1)")
             }

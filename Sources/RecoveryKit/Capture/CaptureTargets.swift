@@ -148,6 +148,7 @@ private final class FailedStore: BackupStore {
     let location: String
     init(address: String) { location = address }
     var features: StoreFeatures { [] }
+    let reads = RepositoryReads()
     private func unavailable() -> StorageError { StorageError(.io, object: location, message: "repository unavailable") }
     func list(prefix: String) throws -> [StoredObject] { throw unavailable() }
     func read(_ key: String) throws -> Data { throw unavailable() }

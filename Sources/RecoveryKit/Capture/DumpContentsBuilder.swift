@@ -22,12 +22,17 @@ final class DumpContentsBuilder {
     private var dumpBytes: UInt64 = 0
     /// Why no table of contents can be built, once something went wrong.
     private(set) var failure: String?
+    /// Uncompressed distance between the access points the compressor is asked for.
+    let accessPointInterval: UInt64
 
     private static let namePrefix = Array("-- Name: ".utf8)
     private static let dataPrefix = Array("-- Data for Name: ".utf8)
 
-    /// - Parameter backupID: the backup the dump belongs to, for messages.
-    init(backupID: String) {
+    /// - Parameters:
+    ///   - backupID: the backup the dump belongs to, for messages.
+    ///   - accessPointInterval: see `DumpTableOfContents.accessPointInterval(in:)`.
+    init(backupID: String, accessPointInterval: UInt64 = DumpTableOfContents.defaultAccessPointInterval) {
+        self.accessPointInterval = accessPointInterval
         let statements = StatementBox()
         scanner = DumpScanner(backupID: backupID) { event in
             if case .statement(let statement) = event { statements.handler?(statement.sql) }

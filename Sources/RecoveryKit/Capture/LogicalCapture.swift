@@ -82,7 +82,7 @@ public enum LogicalCapture {
 
         let dumpKey = "backups/\(id)/\(dumpFileName)"
         let tocKey = "backups/\(id)/\(DumpTableOfContents.fileName)"
-        let contents = DumpContentsBuilder(backupID: id)
+        let contents = DumpContentsBuilder(backupID: id, accessPointInterval: DumpTableOfContents.accessPointInterval(in: configuration.environment))
         let file: BackupManifest.File
         do {
             (file, _) = try StreamCapture.run(

@@ -15,7 +15,7 @@ enum StreamCapture {
     ///   - lockWait: for pg_dump: the target and `--lock-wait`, to name the session that blocked it
     ///     when it gave up waiting for a table lock.
     ///   - contents: for pg_dump: builds the dump's table of contents from the stream, with access
-    ///     points into the compressed stream every `DumpTableOfContents.accessPointInterval` bytes.
+    ///     points into the compressed stream every `contents.accessPointInterval` bytes.
     /// - Returns: the file entry for the manifest and the program's stderr (its last 16 KiB).
     /// - Throws: `RecoveryError(.toolFailed)` with the program's own message, `RecoveryError(.lockTimeout)`,
     ///   `InterruptedError`, or the store's error.
@@ -134,7 +134,7 @@ private final class CompressedUpload {
         }
         // Compressed bytes go to the stores directly, or through the repository cipher first.
         let encryptor = try key.map { try StreamEncryptor(key: $0, object: storeKey, sink: store) }
-        compressor = try GzipCompressor(level: level, jobs: jobs, accessPointInterval: contents == nil ? 0 : DumpTableOfContents.accessPointInterval,
+        compressor = try GzipCompressor(level: level, jobs: jobs, accessPointInterval: contents?.accessPointInterval ?? 0,
                                         onAccessPoint: contents.map { builder in { builder.accessPoint($0) } }) { chunk in
             contents?.compressed(chunk)
             if let encryptor { try encryptor.write(chunk) } else { try store(chunk) }

@@ -11,11 +11,42 @@ public struct RecoveryError: Error, CustomStringConvertible, Sendable {
     public let code: ExitStatus
     public let message: String
     public let hint: String?
+    /// The SQLSTATE of the server error this one reports, when it wraps one (a replay failure).
+    public let serverState: String?
 
-    public init(_ code: ExitStatus, _ message: String, hint: String? = nil) {
+    public init(_ code: ExitStatus, _ message: String, hint: String? = nil, serverState: String? = nil) {
         self.code = code
         self.message = message
         self.hint = hint
+        self.serverState = serverState
+    }
+
+    /// Whether `error` is the database server's own trouble rather than the work's: out of disk,
+    /// memory or connections (SQLSTATE class 53), an I/O or system error (58), the server's internal
+    /// error or corruption (XX), a lost connection (08) or a shutdown (57P01–57P03). Another backup
+    /// would fail the same way, or worse, fit where the right one did not.
+    public static func isServerTrouble(_ error: Error) -> Bool {
+        let state: String?
+        switch error {
+        case let error as PostgresError: state = error.kind == .connection ? "08000" : error.sqlState
+        case let error as RecoveryError: state = error.serverState
+        default: state = nil
+        }
+        guard let state else { return false }
+        return ["53", "58", "XX", "08"].contains(String(state.prefix(2))) || ["57P01", "57P02", "57P03"].contains(state)
+    }
+
+    /// What to do about server trouble (`isServerTrouble`), by SQLSTATE.
+    static func serverTroubleHint(_ state: String, untouched: String? = nil) -> String {
+        let fix: String
+        switch state {
+        case "53100": fix = "the database server is out of disk space: free space on it (df on its data directory and tablespaces)"
+        case "53200": fix = "the database server ran out of memory: free memory on it or lower --jobs"
+        case "53300": fix = "the database server has no free connection slots: end idle sessions or lower --jobs"
+        case "53400": fix = "a server limit was exceeded (temp_file_limit, max_locks_per_transaction …; the message names it): raise it"
+        default: fix = "the database server failed (SQLSTATE \(state)): look at its log and fix that"
+        }
+        return "\(fix), then run again" + (untouched.map { "; \($0); an older backup would not help" } ?? "")
     }
 
     public var description: String { message }
@@ -58,6 +89,8 @@ public struct RecoveryError: Error, CustomStringConvertible, Sendable {
                 var hint = error.serverHint
                 if error.sqlState == "42501" {
                     hint = hint ?? "connect as a role with the needed privilege (superuser, CREATEDB or the database owner)"
+                } else if isServerTrouble(error), let state = error.sqlState {
+                    hint = hint ?? serverTroubleHint(state)
                 }
                 return RecoveryError(.databaseError, error.description, hint: hint)
             }

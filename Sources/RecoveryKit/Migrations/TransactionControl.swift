@@ -105,6 +105,27 @@ public enum TransactionControl {
         return nil
     }
 
+    /// Where the `--` or (nested) `/* */` comment that starts at `index` ends: the line comment's
+    /// newline, the byte after the block comment, `endIndex` for one left open; nil when no
+    /// comment starts there.
+    static func commentEnd(in bytes: ArraySlice<UInt8>, at start: Int) -> Int? {
+        func at(_ offset: Int) -> UInt8? { offset < bytes.endIndex ? bytes[offset] : nil }
+        var index = start
+        if bytes[index] == UInt8(ascii: "-") && at(index + 1) == UInt8(ascii: "-") {
+            while index < bytes.endIndex && bytes[index] != UInt8(ascii: "\n") { index += 1 }
+            return index
+        }
+        guard bytes[index] == UInt8(ascii: "/") && at(index + 1) == UInt8(ascii: "*") else { return nil }
+        var depth = 1
+        index += 2
+        while index < bytes.endIndex && depth > 0 {
+            if bytes[index] == UInt8(ascii: "*") && at(index + 1) == UInt8(ascii: "/") { depth -= 1; index += 2 }
+            else if bytes[index] == UInt8(ascii: "/") && at(index + 1) == UInt8(ascii: "*") { depth += 1; index += 2 }
+            else { index += 1 }
+        }
+        return index
+    }
+
     /// The statement's words in upper case, skipping comments, quoted text and punctuation except `(`.
     static func keywords(_ statement: String, limit: Int) -> [String] {
         let bytes = Array(statement.utf8)
@@ -117,16 +138,8 @@ public enum TransactionControl {
         }
         while index < bytes.count && words.count < limit {
             let byte = bytes[index]
-            if byte == UInt8(ascii: "-") && at(index + 1) == UInt8(ascii: "-") {
-                while index < bytes.count && bytes[index] != UInt8(ascii: "\n") { index += 1 }
-            } else if byte == UInt8(ascii: "/") && at(index + 1) == UInt8(ascii: "*") {
-                var depth = 1
-                index += 2
-                while index < bytes.count && depth > 0 {
-                    if bytes[index] == UInt8(ascii: "*") && at(index + 1) == UInt8(ascii: "/") { depth -= 1; index += 2 }
-                    else if bytes[index] == UInt8(ascii: "/") && at(index + 1) == UInt8(ascii: "*") { depth += 1; index += 2 }
-                    else { index += 1 }
-                }
+            if let end = commentEnd(in: bytes[...], at: index) {
+                index = end
             } else if byte == UInt8(ascii: "'") || byte == UInt8(ascii: "\"") {
                 let escapes = byte == UInt8(ascii: "'") && index > 0 && (bytes[index - 1] | 0x20) == UInt8(ascii: "e")
                 index += 1
@@ -226,21 +239,12 @@ public enum TransactionControl {
         /// (`endIndex` when there is none).
         static func firstToken(_ bytes: ArraySlice<UInt8>) -> Int {
             var index = bytes.startIndex
-            func at(_ offset: Int) -> UInt8? { offset < bytes.endIndex ? bytes[offset] : nil }
             while index < bytes.endIndex {
                 let byte = bytes[index]
                 if byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") || byte == UInt8(ascii: "\n") || byte == UInt8(ascii: "\r") {
                     index += 1
-                } else if byte == UInt8(ascii: "-") && at(index + 1) == UInt8(ascii: "-") {
-                    while index < bytes.endIndex && bytes[index] != UInt8(ascii: "\n") { index += 1 }
-                } else if byte == UInt8(ascii: "/") && at(index + 1) == UInt8(ascii: "*") {
-                    var depth = 1
-                    index += 2
-                    while index < bytes.endIndex && depth > 0 {
-                        if bytes[index] == UInt8(ascii: "*") && at(index + 1) == UInt8(ascii: "/") { depth -= 1; index += 2 }
-                        else if bytes[index] == UInt8(ascii: "/") && at(index + 1) == UInt8(ascii: "*") { depth += 1; index += 2 }
-                        else { index += 1 }
-                    }
+                } else if let end = TransactionControl.commentEnd(in: bytes, at: index) {
+                    index = end
                 } else {
                     return index
                 }

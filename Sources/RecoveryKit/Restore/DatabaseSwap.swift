@@ -30,10 +30,13 @@ enum DatabaseSwap {
         do {
             try admin.execute(script: sql)
         } catch let error as PostgresError where error.kind == .query {
-            guard let properties else { throw error }
+            // Only a refusal of the encoding or locale is the locale's fault; a full disk, a missing
+            // privilege or a name taken is reported as the server said it.
+            guard let properties, Self.isLocaleRefusal(error) else { throw error }
             throw RecoveryError(.restoreFailed,
                                 "cannot create \(name) as the backup's database was (encoding \(properties.encoding), locale \(properties.collate)/\(properties.ctype), provider \(properties.localeProvider)): \(error.message)",
-                                hint: "install that locale on the database server (locale -a lists them); the target database was not touched")
+                                hint: "install that locale on the database server (locale -a lists them); the target database was not touched",
+                                serverState: error.sqlState)
         }
         do {
             try admin.execute(script: ToolDatabases.markStatement(name, marker, on: admin))
@@ -42,6 +45,14 @@ enum DatabaseSwap {
             _ = try? admin.execute(script: "DROP DATABASE IF EXISTS \(admin.quoteIdentifier(name))")  // the marking error is the one to report
             throw error
         }
+    }
+
+    /// Whether CREATE DATABASE was refused for its encoding, locale or locale provider: an invalid
+    /// locale name (42809), an encoding that does not match it or an unknown ICU locale (22023), a
+    /// provider this build lacks (0A000).
+    static func isLocaleRefusal(_ error: PostgresError) -> Bool {
+        ["42809", "22023", "0A000"].contains(error.sqlState ?? "")
+            || ["locale", "collation", "encoding", "ICU"].contains { error.message.contains($0) }
     }
 
     // MARK: - Database properties

@@ -19,12 +19,6 @@ import PostgresClient
 /// Every statement and COPY runs under the session settings in force where it stood in the dump
 /// (`SessionSettings`), and the dump's bytes reach the server untouched.
 enum DumpApplier {
-    /// `maintenance_work_mem` for the restore's index builds (`DBRECOVERY_RESTORE_MAINTENANCE_WORK_MEM`).
-    static var maintenanceWorkMem: String {
-        let value = ProcessInfo.processInfo.environment["DBRECOVERY_RESTORE_MAINTENANCE_WORK_MEM"] ?? "256MB"
-        return value.allSatisfy { $0.isLetter || $0.isNumber } ? value : "256MB"
-    }
-
     /// Streams `backups/<id>/dump.sql.gz` → sha256 + gunzip → parsed dump → `jobs` connections.
     ///
     /// - Important: rows are committed in the target database as they load, and the stream's
@@ -32,12 +26,12 @@ enum DumpApplier {
     ///   any failure, which is what keeps a damaged backup from being applied.
     /// - Throws: `RecoveryError` (`.backupCorrupt`, `.restoreFailed`) or `StorageError`.
     static func apply(_ manifest: BackupManifest, from store: BackupStore, into target: ConnectionTarget,
-                      jobs: Int, key: RepositoryKey?, progress: ProgressObserver?) throws {
+                      jobs: Int, maintenanceWorkMem: String, key: RepositoryKey?, progress: ProgressObserver?) throws {
         guard manifest.kind == .logical, let file = manifest.files.first(where: { $0.name == LogicalCapture.dumpFileName }) else {
             throw RecoveryError(.usage, "backup \(manifest.id) is a \(manifest.kind.rawValue) backup; a logical restore needs a logical one",
                                 hint: "restore physical backups with dbrestore --pitr")
         }
-        let loader = try ParallelLoader(target: target, jobs: max(1, jobs), backupID: manifest.id)
+        let loader = try ParallelLoader(target: target, jobs: max(1, jobs), backupID: manifest.id, maintenanceWorkMem: maintenanceWorkMem)
         defer { loader.abandon() }
         let scanner = DumpScanner(backupID: manifest.id) { try loader.handle($0) }
         try StoredFileStream.decompress(file, of: manifest, from: store, key: key, phase: "restore", progress: progress) { plain in
@@ -51,7 +45,9 @@ enum DumpApplier {
     static func failure(_ error: Error, in sql: String, backupID: String) -> Error {
         guard let error = error as? PostgresError else { return error }
         let statement = sql.split(whereSeparator: \.isNewline).first.map { String($0.prefix(80)) } ?? ""
+        let untouched = "nothing was applied; the target database is unchanged"
+        let hint = RecoveryError.isServerTrouble(error) ? RecoveryError.serverTroubleHint(error.sqlState ?? "", untouched: untouched) : untouched
         return RecoveryError(.restoreFailed, "replaying backup \(backupID) failed at `\(statement)`: \(error.message)",
-                             hint: "nothing was applied; the target database is unchanged")
+                             hint: hint, serverState: error.sqlState)
     }
 }

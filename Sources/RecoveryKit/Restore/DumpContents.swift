@@ -14,12 +14,15 @@ public struct DumpTableOfContents: Codable, Equatable, Sendable {
     public static let currentFormatVersion = 1
     /// Uncompressed distance between access points: at most this much is decompressed in vain
     /// before the first byte a selective read needs (about 20 ms of inflate per 8 MiB).
-    /// `DBRECOVERY_TOC_ACCESS_POINT_KB` overrides it (tests use small dumps).
-    public static var accessPointInterval: UInt64 {
-        if let text = ProcessInfo.processInfo.environment["DBRECOVERY_TOC_ACCESS_POINT_KB"], let kilobytes = UInt64(text), kilobytes >= 64 {
+    public static let defaultAccessPointInterval: UInt64 = 8 << 20
+
+    /// The interval a backup uses: `DBRECOVERY_TOC_ACCESS_POINT_KB` (64 or more) in the run's
+    /// resolved environment (tests use small dumps), else the default.
+    public static func accessPointInterval(in environment: [String: String]) -> UInt64 {
+        if let text = environment["DBRECOVERY_TOC_ACCESS_POINT_KB"], let kilobytes = UInt64(text), kilobytes >= 64 {
             return kilobytes << 10
         }
-        return 8 << 20
+        return defaultAccessPointInterval
     }
 
     /// One object of the dump: from its `-- Name:` (or `-- Data for Name:`) header to the next header.

@@ -11,15 +11,23 @@ final class LoaderConnection {
     let backupID: String
     private var applied = SessionSettings()
 
+    /// `maintenance_work_mem` for a restore's index builds: `DBRECOVERY_RESTORE_MAINTENANCE_WORK_MEM`
+    /// in the run's resolved environment if it is a plain size (`1GB`), else 256MB.
+    static func maintenanceWorkMem(in environment: [String: String]) -> String {
+        let value = environment["DBRECOVERY_RESTORE_MAINTENANCE_WORK_MEM"] ?? "256MB"
+        return !value.isEmpty && value.allSatisfy { $0.isLetter || $0.isNumber } ? value : "256MB"
+    }
+
     /// Opens a connection to the database being restored.
     ///
+    /// - Parameter maintenanceWorkMem: see `maintenanceWorkMem(in:)`.
     /// - Throws: `PostgresError` if it cannot connect.
-    init(target: ConnectionTarget, backupID: String) throws {
+    init(target: ConnectionTarget, backupID: String, maintenanceWorkMem: String) throws {
         connection = try PostgresConnection(target: target, applicationName: "dbrestore")
         self.backupID = backupID
         // A fresh scratch database nobody else uses: index builds may take more memory, and a lost
         // commit is a failed restore that is run again, so no need to wait for the WAL flush.
-        try connection.execute(script: "SET maintenance_work_mem = '\(DumpApplier.maintenanceWorkMem)'; SET synchronous_commit = off")
+        try connection.execute(script: "SET maintenance_work_mem = '\(maintenanceWorkMem)'; SET synchronous_commit = off")
     }
 
     /// Brings the connection to `settings` (only what differs from what it has).

@@ -203,15 +203,21 @@ public enum LogicalRestore {
                                progress: ProgressObserver? = nil) throws -> RestoreReport {
         var plan = plan
         var verification: RowCountVerifier.Report?
-        let readBefore = RepositoryReads.shared.bytes
+        // What this run streamed is what the stores it opens counted (a fallback opens another).
+        var opened: [BackupStore] = []
+        func open(_ address: String) throws -> BackupStore {
+            let store = try Repository.open(address, create: false, environment: configuration.environment)
+            opened.append(store)
+            return store
+        }
         func report(_ outcome: String) -> RestoreReport {
             let finished = Date()
             return RestoreReport(plan: plan, startedAt: timeline.startedAt, finishedAt: finished,
                                  durationSeconds: (finished.timeIntervalSince(timeline.startedAt) * 1000).rounded() / 1000,
                                  verification: verification, timeline: timeline.steps, incidentFile: nil, outcome: outcome,
-                                 bytesRead: RepositoryReads.shared.bytes - readBefore)
+                                 bytesRead: opened.reduce(0) { $0 + $1.reads.bytes })
         }
-        var store = try Repository.open(plan.repository, create: false, environment: configuration.environment)
+        var store = try open(plan.repository)
         do {
             let admin = try connectToMaintenance(configuration.target)
             defer { admin.close() }
@@ -238,7 +244,7 @@ public enum LogicalRestore {
                     let newest = try CandidateSelection.choose(configuration, depth: .size, timeline: timeline)
                     plan.choose(newest)
                     try plan.checkMajors(newest.manifest, into: PostgresMajor(serverVersionNumber: admin.serverVersionNumber), tools: configuration.tools)
-                    store = try Repository.open(plan.repository, create: false, environment: configuration.environment)
+                    store = try open(plan.repository)
                 } catch {
                     // A damaged file (sha256, size or gzip stream, found while streaming) is this copy's
                     // fault: another repository's copy of the same backup may be whole, also for a normal restore.
@@ -269,7 +275,7 @@ public enum LogicalRestore {
                     plan.scratchDatabase = try unusedIdentifier(plan.targetDatabase,
                                                                 suffix: "_\(configuration.mode == .drill ? "drill" : "restore")_\(Timestamp.compact(Date(), separator: "_", zone: ""))", on: admin)
                     plan.warnings.forEach { timeline.note("backup \(plan.backupID)", outcome: "warning: \($0)") }
-                    store = try Repository.open(plan.repository, create: false, environment: configuration.environment)
+                    store = try open(plan.repository)
                 }
             }
             if configuration.mode != .drill {
@@ -320,11 +326,13 @@ public enum LogicalRestore {
     }
 
     /// A failure that is the candidate's own, so an older backup may still restore: anything but an
-    /// interruption or a server that no longer answers.
+    /// interruption or the server's own trouble (a full disk, no memory, a crash, a lost connection):
+    /// with those an older backup fails the same way, or, smaller, fits and restores older data
+    /// where the newest backup was fine.
     private static func isCandidateFailure(_ error: Error, admin: PostgresConnection) -> Bool {
         // An interruption ends the run (whatever error the cancelled work surfaced as), never the candidate.
         if Interruption.isRequested || [.interrupted, .databaseUnavailable].contains(RecoveryError.classify(error).code) { return false }
-        if let error = error as? PostgresError, error.kind == .connection { return false }
+        if RecoveryError.isServerTrouble(error) { return false }
         // The probe's own error is not interesting: a server that cannot answer SELECT 1 stops the run.
         return (try? admin.query("SELECT 1").scalar) == "1"
     }
@@ -363,7 +371,8 @@ public enum LogicalRestore {
         }
         try timeline.step("replay backup \(manifest.id) into \(scratch) (\(ByteCount.format(manifest.storedBytes)))") {
             try DumpApplier.apply(manifest, from: store, into: configuration.target.with(database: scratch),
-                                  jobs: configuration.jobs, key: configuration.key, progress: progress)
+                                  jobs: configuration.jobs, maintenanceWorkMem: LoaderConnection.maintenanceWorkMem(in: configuration.environment),
+                                  key: configuration.key, progress: progress)
         }
         let counts = try timeline.step("verify row counts of \(manifest.tables.count) tables in \(scratch)") { () -> RowCountVerifier.Report in
             let connection = try PostgresConnection(target: configuration.target.with(database: scratch), applicationName: "dbrestore")

@@ -7,6 +7,7 @@ final class ParallelLoader {
     private let target: ConnectionTarget
     private let jobs: Int
     private let backupID: String
+    private let maintenanceWorkMem: String
     private let main: LoaderConnection
     private var workers: [CopyWorker] = []
     private var dataStarted = false
@@ -23,11 +24,12 @@ final class ParallelLoader {
     private var connectionsRefused = false
     private static let runSize = 1 << 20
 
-    init(target: ConnectionTarget, jobs: Int, backupID: String) throws {
+    init(target: ConnectionTarget, jobs: Int, backupID: String, maintenanceWorkMem: String) throws {
         self.target = target
         self.jobs = jobs
         self.backupID = backupID
-        main = try LoaderConnection(target: target, backupID: backupID)
+        self.maintenanceWorkMem = maintenanceWorkMem
+        main = try LoaderConnection(target: target, backupID: backupID, maintenanceWorkMem: maintenanceWorkMem)
     }
 
     func handle(_ event: DumpScanner.Event) throws {
@@ -101,7 +103,7 @@ final class ParallelLoader {
     private func extraConnection(required: Bool) throws -> LoaderConnection? {
         guard !connectionsRefused || required else { return nil }
         do {
-            return try LoaderConnection(target: target, backupID: backupID)
+            return try LoaderConnection(target: target, backupID: backupID, maintenanceWorkMem: maintenanceWorkMem)
         } catch let error as PostgresError where error.kind == .connection && !required {
             connectionsRefused = true
             return nil

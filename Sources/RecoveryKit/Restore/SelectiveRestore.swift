@@ -247,7 +247,8 @@ public enum SelectiveRestore {
             (statistics, verification) = try restoreIntoDatabase(name, prepared, manifest: manifest, configuration, timeline: timeline, progress: progress)
         case .intoSchema, .replace:
             let target = configuration.target
-            let loader = try LoaderConnection(target: target, backupID: manifest.id)
+            let loader = try LoaderConnection(target: target, backupID: manifest.id,
+                                              maintenanceWorkMem: LoaderConnection.maintenanceWorkMem(in: configuration.environment))
             defer { loader.close() }
             let connection = loader.connection
             // The loader's settings suit a private scratch database; this is the live one.
@@ -392,7 +393,8 @@ public enum SelectiveRestore {
             created = true
         }
         let target = configuration.target.with(database: name)
-        let loader = try LoaderConnection(target: target, backupID: manifest.id)
+        let loader = try LoaderConnection(target: target, backupID: manifest.id,
+                                          maintenanceWorkMem: LoaderConnection.maintenanceWorkMem(in: configuration.environment))
         defer { loader.close() }
         let statistics = try timeline.step("replay \(prepared.plan.tables.count) table(s) of backup \(manifest.id) into \(name) (\(ByteCount.format(prepared.plan.replayBytes)) of the dump)") {
             try loader.connection.execute(script: "BEGIN")

@@ -49,6 +49,16 @@ public final class ChildProcess {
     /// so its PID is never signalled once it could belong to another process.
     private var interruptHook: InterruptHook?
 
+    /// What a child started with `environment` and `removingEnvironment` sees: this process's
+    /// environment (which every child inherits, as from a shell) less the removed names, with
+    /// `environment` over it.
+    public static func environment(adding environment: [String: String], removing: Set<String> = []) -> [String: String] {
+        var merged = ProcessInfo.processInfo.environment
+        for name in removing { merged.removeValue(forKey: name) }
+        merged.merge(environment) { _, new in new }
+        return merged
+    }
+
     /// Starts a program.
     ///
     /// - Parameters:
@@ -61,9 +71,7 @@ public final class ChildProcess {
                 removingEnvironment: Set<String> = [], stdin: Stream = .null, stdout: Stream = .inherit,
                 stderr: Stream = .inherit) throws {
         self.executable = executable
-        var merged = ProcessInfo.processInfo.environment
-        for name in removingEnvironment { merged.removeValue(forKey: name) }
-        merged.merge(environment) { _, new in new }
+        let merged = Self.environment(adding: environment, removing: removingEnvironment)
 
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -207,11 +215,13 @@ public final class ChildProcess {
     }
 }
 
-/// Reads a child's stderr on a background thread and keeps the last few KiB for error messages.
+/// Reads a child's stderr on a background thread and keeps the last few KiB for error messages
+/// (and, for tests that wait for a line before acting, what has come so far).
 public final class OutputCollector: Sendable {
     private let tail = Mutex<[UInt8]>([])
     private let limit: Int
     private let done = DispatchSemaphore(value: 0)
+    private let reachedEnd = Mutex(false)
 
     /// Starts reading `descriptor` until end of file; takes ownership of nothing.
     public init(descriptor: Int32, limit: Int = 16 * 1024) {
@@ -231,9 +241,16 @@ public final class OutputCollector: Sendable {
                     if tail.count > limit { tail.removeFirst(tail.count - limit) }
                 }
             }
+            reachedEnd.withLock { $0 = true }
             done.signal()
         }
     }
+
+    /// What has been collected so far, as text, without waiting.
+    public var soFar: String { tail.withLock { String(decoding: $0, as: UTF8.self) } }
+
+    /// Whether the child closed its end (every byte is in `soFar`).
+    public var ended: Bool { reachedEnd.withLock { $0 } }
 
     /// Waits for end of file and returns what was collected, as text.
     public func finish() -> String {

@@ -75,7 +75,7 @@ final class SchemaDump: @unchecked Sendable {
         // the environment (or client_encoding in the URL) would make the same schema hash differently.
         var environment = target.childEnvironment
         environment.removeValue(forKey: "PGCLIENTENCODING")
-        let options = environment["PGOPTIONS"] ?? ProcessInfo.processInfo.environment["PGOPTIONS"]
+        let options = ChildProcess.environment(adding: environment)["PGOPTIONS"]
         if let wait = lockWait(in: options) { arguments.append("--lock-wait-timeout=\(wait)") }
         if pinned {
             environment["PGOPTIONS"] = [options, pinnedSettings].compactMap { $0 }.joined(separator: " ")

@@ -1,0 +1,66 @@
+import Foundation
+import TestSupport
+import XCTest
+
+/// The start most integration test classes share, in one place: the suite's cluster with a fresh
+/// database seeded with the class's tables, a local repository path not made yet, a migrations
+/// directory, and for S3 classes a fresh bucket on the shared S3 server. Each class calls what it needs from its own
+/// `setUpWithError`, so that what a test starts from stays visible next to it.
+///
+/// Kept in this module rather than in TestSupport, so that test discovery on Linux, which reads this
+/// module's index, sees the whole chain from each class to `XCTestCase`.
+class IntegrationTestCase: XCTestCase {
+    var cluster: PostgresCluster!
+    var database: String!
+    var repository: String!
+    var s3: S3Server!
+    var bucket: String!
+    var migrations: String!
+
+    /// The cluster every test shares (started once for the whole run).
+    func useCluster() throws {
+        cluster = try PostgresCluster.shared()
+    }
+
+    /// The shared cluster and a new database named after `prefix`, seeded with `seed` if given.
+    func useDatabase(prefix: String, seed: String? = nil) throws {
+        try useCluster()
+        database = try cluster.createDatabase(prefix: prefix, seed: seed)
+    }
+
+    /// A new local repository path (`TestPaths.repositoryPath`); the first tool to use it creates it.
+    func useLocalRepository(prefix: String = "repo") {
+        repository = TestPaths.repositoryPath(prefix: prefix)
+    }
+
+    /// A new migrations directory holding `files` (file name → SQL).
+    func useMigrations(_ files: [String: String] = [:]) throws {
+        migrations = TestPaths.temporaryDirectory(prefix: "migrations")
+        for (name, sql) in files { try sql.write(toFile: migrations + "/" + name, atomically: true, encoding: .utf8) }
+    }
+
+    /// A new bucket on the shared S3 server.
+    func useBucket() throws {
+        s3 = try S3Server.shared()
+        bucket = try s3.createBucket()
+    }
+
+    /// `--database-url` and `--repo` for this class's database and local repository.
+    var common: [String] { ["--database-url", cluster.url(database: database), "--repo", repository] }
+
+    /// Rewrites a backup's manifest in the local repository as `edit` changes its JSON object (a
+    /// damaged manifest, or one written before a field existed).
+    func editManifest(_ id: String, _ edit: (inout [String: Any]) -> Void) throws {
+        let path = "\(repository!)/backups/\(id)/manifest.json"
+        var object = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any] ?? [:]
+        edit(&object)
+        try JSONSerialization.data(withJSONObject: object).write(to: URL(fileURLWithPath: path))
+    }
+
+    /// Runs one of our tools with the cluster's password, the S3 server's settings once `useBucket`
+    /// ran, and `environment` over both.
+    func tool(_ name: String, _ arguments: [String], environment: [String: String] = [:]) throws -> TestProcess.Result {
+        let base = s3.map { $0.environment() } ?? [:]
+        return try TestProcess.tool(name, arguments, cluster: cluster, environment: base.merging(environment) { _, new in new })
+    }
+}
