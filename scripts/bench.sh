@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks dbrecovery against the tools it replaces, side by side in one run on this machine.
 #
-#   scripts/bench.sh [--scale S] [--reps N] [--only incremental|wal|logical|restore]
+#   scripts/bench.sh [--scale S] [--reps N] [--only incremental|wal|logical|restore|selective]
 #
 # Builds release binaries, starts a sandbox cluster, makes a deterministic dataset (pgbench tables
 # plus a table of text, jsonb, bytea, numeric and timestamptz; about S GiB, default 1), then runs
@@ -30,6 +30,10 @@
 # then restores each N times into an empty database, alternating which goes first so that both see
 # the same load, and prints the medians, the ratio and the median seconds of each step dbrestore
 # reports in its --json timeline (results in bench/results-restore.md).
+# Selective restore (issue 18): `--only selective` restores one small table (pgbench_branches)
+# `--into-schema` and, alternately, the whole backup, from a local repository and from S3 through
+# scripts/s3-fault-proxy.py (--stats counts the GET bytes of the dump), N times each; the medians,
+# the ratios against the 10× target and the bytes read and decompressed go to bench/results-selective.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scale=1
@@ -40,10 +44,10 @@ while [ $# -gt 0 ]; do
     --scale) scale=$2; shift 2 ;;
     --reps) reps=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
-    *) echo "usage: $0 [--scale S] [--reps N] [--only incremental|wal|logical|restore]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--scale S] [--reps N] [--only incremental|wal|logical|restore|selective]" >&2; exit 2 ;;
   esac
 done
-case $only in all|incremental|wal|logical|restore) ;; *) echo "bench: --only takes 'incremental', 'wal', 'logical' or 'restore'" >&2; exit 2 ;; esac
+case $only in all|incremental|wal|logical|restore|selective) ;; *) echo "bench: --only takes 'incremental', 'wal', 'logical', 'restore' or 'selective'" >&2; exit 2 ;; esac
 pg17_bin=/var/cache/dbrecovery/postgresql/17/bin
 if [ "$only" = all ] || [ "$only" = incremental ]; then
   [ -x "$pg17_bin/pg_combinebackup" ] || { echo "bench: PostgreSQL 17 is missing in $pg17_bin; run scripts/pg-majors.sh" >&2; exit 12; }
@@ -341,6 +345,95 @@ PY
   mkdir -p bench
   cp "$work/results-restore.md" bench/results-restore.md
   cat bench/results-restore.md
+  exit 0
+fi
+
+# Selective restore (issue 18): one small table against the whole backup, local and S3.
+selective() {
+  local proxy_pid port proxied rep before
+  python3 scripts/s3-fault-proxy.py --upstream "$S3_PORT" --stats "$work/selective-stats.json" > "$work/selective-proxy.out" &
+  proxy_pid=$!
+  until grep -q '^PORT=' "$work/selective-proxy.out" 2>/dev/null; do sleep 0.1; done
+  port=$(sed -n 's/^PORT=//p' "$work/selective-proxy.out")
+  proxied="AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_ENDPOINT_URL_S3=http://127.0.0.1:$port"
+  "$bin/dbbackup" -q --database-url "$base/bench" --repo "$work/selective-repo" >/dev/null
+  env $s3_env "$bin/dbbackup" -q --database-url "$base/bench" --repo s3://bench/selective >/dev/null
+  # GET body bytes of the backup's dump so far, as the proxy counted them.
+  get_bytes() {
+    python3 -c "
+import json, os; stats = json.load(open('$work/selective-stats.json')) if os.path.exists('$work/selective-stats.json') else {}
+print(sum(v['get_bytes'] for k, v in stats.items() if k.startswith('bench/selective/backups/') and k.endswith('/dump.sql.gz')))"
+  }
+  : > "$work/selective-bytes.tsv"
+  for rep in $(seq 1 "$reps"); do
+    echo "bench: selective, repetition $rep of $reps" >&2
+    restore_db sel_full
+    measure "dbrestore, whole backup (local)" "'$bin/dbrestore' latest -q --yes --repo '$work/selective-repo' --database-url '$base/sel_full'"
+    measure "dbrestore --table (one small table, local)" \
+      "'$bin/dbrestore' latest -q --json --table public.pgbench_branches --into-schema sel_local_$rep --repo '$work/selective-repo' --database-url '$base/bench' > '$work/selective-local.json'"
+    echo -e "local\t$(python3 -c "import json; r = json.load(open('$work/selective-local.json'))['read']; print(r['compressed_bytes_read'], r['bytes_decompressed'], sep='\t')")" >> "$work/selective-bytes.tsv"
+    restore_db sel_full
+    before=$(get_bytes)
+    measure "dbrestore, whole backup (S3 through the proxy)" "env $proxied '$bin/dbrestore' latest -q --yes --repo s3://bench/selective --database-url '$base/sel_full'"
+    echo -e "s3-full\t$(( $(get_bytes) - before ))\t0" >> "$work/selective-bytes.tsv"
+    before=$(get_bytes)
+    measure "dbrestore --table (one small table, S3 through the proxy)" \
+      "env $proxied '$bin/dbrestore' latest -q --json --table public.pgbench_branches --into-schema sel_s3_$rep --repo s3://bench/selective --database-url '$base/bench' > '$work/selective-s3.json'"
+    echo -e "s3\t$(( $(get_bytes) - before ))\t$(python3 -c "import json; print(json.load(open('$work/selective-s3.json'))['read']['bytes_decompressed'])")" >> "$work/selective-bytes.tsv"
+    psql -q -X "$base/bench" -c "DROP SCHEMA sel_local_$rep CASCADE" -c "DROP SCHEMA sel_s3_$rep CASCADE"
+    psql -q -X "$base/postgres" -c "SELECT format('DROP DATABASE %I', datname) FROM pg_database WHERE datname LIKE 'sel\_full\_pre\_restore\_%'" -A -t | psql -q -X "$base/postgres" >/dev/null
+  done
+  kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
+  local id stored plain
+  id=$(ls "$work/selective-repo/backups" | sort | tail -1)
+  stored=$(stat -c %s "$work/selective-repo/backups/$id/dump.sql.gz")
+  plain=$(python3 -c "import json; print(json.load(open('$work/selective-local.json'))['plan']['dump_bytes'])")
+  python3 - "$results" "$work/selective-bytes.tsv" "$scale" "$reps" "$db_size" "$stored" "$plain" <<'PY'
+import os, platform, statistics, sys
+path, bytes_path, scale, reps, db_size, stored, plain = sys.argv[1:8]
+stored, plain = int(stored), int(plain)
+rows = {}
+for line in open(path):
+    name, wall, cpu, rss, size = line.rstrip("\n").split("\t")
+    rows.setdefault(name, []).append((float(wall), float(cpu), int(rss)))
+med = {name: tuple(statistics.median(v[i] for v in values) for i in range(3)) for name, values in rows.items()}
+read = {}
+for line in open(bytes_path):
+    kind, compressed, decompressed = line.rstrip("\n").split("\t")
+    read.setdefault(kind, []).append((int(compressed), int(decompressed)))
+last = {kind: values[-1] for kind, values in read.items()}
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+mem = next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "0")
+load = open("/proc/loadavg").read().split()[0]
+print("# Selective restore benchmark (issue 18)\n")
+print(f"Machine: {os.cpu_count()} cores ({cpu}), {int(mem)//1024} MiB RAM, {platform.platform()}; load average {load} at the end.  ")
+print("Other engineers were building and testing on the same machine at the same time: wall times are noisy; the ratios and byte counts are what to read.  ")
+print(f"Dataset: scale {scale} (database {db_size}); the backup's dump is {stored/1e6:.1f} MB stored, {plain/1e6:.1f} MB uncompressed. "
+      f"{reps} repetitions, alternating, medians. The small table is public.pgbench_branches, restored --into-schema next to the live one.\n")
+print("| run | wall s | CPU s | peak RSS MiB |")
+print("| --- | ---: | ---: | ---: |")
+for name, (wall, cpu_s, rss) in med.items():
+    print(f"| {name} | {wall:.2f} | {cpu_s:.2f} | {rss/1024:.1f} |")
+print("\n| ratio | measured | target | met |")
+print("| --- | ---: | ---: | :---: |")
+for where, full, one in [("local", "dbrestore, whole backup (local)", "dbrestore --table (one small table, local)"),
+                         ("S3", "dbrestore, whole backup (S3 through the proxy)", "dbrestore --table (one small table, S3 through the proxy)")]:
+    value = med[one][0] / med[full][0]
+    print(f"| one small table / whole backup, wall time ({where}) | {value:.3f} ({med[full][0] / med[one][0]:.0f}× faster) | ≤ 0.1 | {'yes' if value <= 0.1 else 'NO'} |")
+print("\n| bytes | one small table | whole backup | of the dump |")
+print("| --- | ---: | ---: | --- |")
+print(f"| read from the local repository (compressed) | {last['local'][0]} | {stored} | {last['local'][0] / stored:.4f} of its stored size |")
+print(f"| GET body bytes from S3 (the proxy's count) | {last['s3'][0]} | {last['s3-full'][0]} | {last['s3'][0] / last['s3-full'][0]:.4f} of the whole restore's GETs |")
+print(f"| decompressed (dbrestore --json read.bytes_decompressed) | {last['local'][1]} | {plain} | {last['local'][1] / plain:.4f} of its uncompressed size |")
+print("\nWhole backup, local: the dump's stored size (a full restore reads each stored byte once); S3: the GET bytes the proxy counted for "
+      "the whole-backup restore (of the backup taken to S3, a few bytes apart from the local one). Decompressed, whole backup: the dump's size.")
+PY
+}
+if [ "$only" = selective ]; then
+  selective > "$work/results-selective.md"
+  mkdir -p bench
+  cp "$work/results-selective.md" bench/results-selective.md
+  cat bench/results-selective.md
   exit 0
 fi
 
