@@ -313,7 +313,7 @@ final class BackupCaptureTests: IntegrationTestCase {
         let counted = try TableCounter.countRows(on: try cluster.connect(database: database))
         XCTAssertEqual(Dictionary(uniqueKeysWithValues: counted.map { ($0.qualifiedName, $0.rows) }), expected, "the seed is what the test thinks")
 
-        let result = try backup()
+        let result = try capture()
         XCTAssertEqual(result.status, 0, result.standardError)
         XCTAssertFalse(result.standardError.contains("warning"), result.standardError)
         let manifest = try manifest(result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines))
@@ -330,7 +330,7 @@ final class BackupCaptureTests: IntegrationTestCase {
         XCTAssertEqual(restore.status, 0, restore.standardError)
 
         // The cross-check agrees on the same data.
-        let checked = try backup(["--count-check"])
+        let checked = try capture(["--count-check"])
         XCTAssertEqual(checked.status, 0, checked.standardError)
         XCTAssertEqual(try self.manifest(checked.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)).tables, counted)
     }
@@ -352,7 +352,7 @@ final class BackupCaptureTests: IntegrationTestCase {
             CREATE TABLE pets () INHERITS (animals);
             INSERT INTO pets VALUES ('rex');
             """)
-        let result = try backup()
+        let result = try capture()
         XCTAssertEqual(result.status, 0, result.standardError)
         XCTAssertTrue(result.standardError.contains("public.animals counted with count(*) (a second scan): an inheritance child of it is not dumped with rows (a foreign table)"),
                       result.standardError)
@@ -377,10 +377,10 @@ final class BackupCaptureTests: IntegrationTestCase {
         }
         let start = try scans()
         XCTAssertGreaterThanOrEqual(start, 0)
-        XCTAssertEqual(try backup().status, 0)
+        XCTAssertEqual(try capture().status, 0)
         let afterPlain = try settled(after: start)
         XCTAssertEqual(afterPlain - start, 1, "pg_dump's COPY only: no count(*)")
-        let checked = try backup(["--count-check"])
+        let checked = try capture(["--count-check"])
         XCTAssertEqual(checked.status, 0, checked.standardError)
         XCTAssertEqual(try settled(after: afterPlain) - afterPlain, 2, "--count-check adds one count(*)")
     }
@@ -430,7 +430,7 @@ final class BackupCaptureTests: IntegrationTestCase {
     }
 
     func testCountCheckIsRefusedWithPhysical() throws {
-        let result = try backup(["--physical", "--count-check"])
+        let result = try capture(["--physical", "--count-check"])
         XCTAssertEqual(result.status, ExitStatus.usage.rawValue, result.standardError)
         XCTAssertTrue(result.standardError.contains("--count-check checks a logical backup's row counts"), result.standardError)
     }
