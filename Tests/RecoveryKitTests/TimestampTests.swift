@@ -25,6 +25,15 @@ final class TimestampTests: XCTestCase {
         XCTAssertTrue(BackupID.make(at: instant).hasPrefix("20240115T100000Z-"))
     }
 
+    /// Two backups within one second sort in the order they were taken (`latest` is the newest).
+    func testIdentifiersOfOneSecondSortByTheMillisecond() {
+        let second = Date(timeIntervalSince1970: 1_705_312_800)
+        let ids = stride(from: 0.0, to: 0.999, by: 0.0123).map { BackupID.make(at: second.addingTimeInterval($0)) }
+        XCTAssertEqual(ids, ids.sorted(), "ids sort as they were taken")
+        XCTAssertTrue(ids.allSatisfy(BackupID.isValid))
+        XCTAssertEqual(Set(ids.map { $0.prefix(16) }), ["20240115T100000Z"])
+    }
+
     func testPostgresInputKeepsMicrosecondsAndIsUTC() {
         XCTAssertEqual(Timestamp.postgres(instant), "2024-01-15 10:00:00.123456+00")
         XCTAssertEqual(Timestamp.postgres(Date(timeIntervalSince1970: 0)), "1970-01-01 00:00:00.000000+00")

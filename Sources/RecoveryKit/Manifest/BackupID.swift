@@ -1,11 +1,17 @@
 import Foundation
 
-/// Backup identifiers: UTC `YYYYMMDDTHHMMSSZ` plus a short random suffix, so they sort by time.
+/// Backup identifiers: UTC `YYYYMMDDTHHMMSSZ` plus four hex digits, so they sort by time.
 public enum BackupID {
     /// A new identifier for a backup starting at `date`.
+    ///
+    /// The suffix carries the millisecond (times 65, plus a random 0…64 to keep two backups of the
+    /// same millisecond apart), so that two backups taken within one second still sort in the order
+    /// they were taken: `latest` and `--emergency`'s newest-first order go by the id.
     public static func make(at date: Date = Date()) -> String {
         let stamp = Timestamp.compact(date)
-        let suffix = String(format: "%04x", UInt16.random(in: 0...UInt16.max))
+        let seconds = date.timeIntervalSince1970
+        let millisecond = min(999, max(0, Int((seconds - seconds.rounded(.down)) * 1000)))
+        let suffix = String(format: "%04x", millisecond * 65 + Int.random(in: 0...64))
         return "\(stamp)-\(suffix)"
     }
 

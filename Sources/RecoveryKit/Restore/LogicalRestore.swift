@@ -384,7 +384,8 @@ public enum LogicalRestore {
             // The COPY results stand for the counts where they are exact; the rest is counted.
             let (result, fromCopies) = try RowCountVerifier.verify(manifest, on: connection, loaded: loaded)
             timeline.note("row counts of \(scratch)", outcome: loaded.inexact.map { "all counted with count(*): \($0)" }
-                          ?? "\(fromCopies) of \(result.tables.count) tables from the server's COPY results, the rest counted with count(*)")
+                          ?? "\(fromCopies) of \(result.tables.count) tables from the server's COPY results"
+                             + (fromCopies < result.tables.count ? ", the rest counted with count(*)" : ""))
             guard result.ok else {
                 throw RecoveryError(.restoreFailed, "restored data does not match backup \(manifest.id): \(result.summary)",
                                     hint: "the target database was not touched; try an older backup")

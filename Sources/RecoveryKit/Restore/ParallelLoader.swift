@@ -229,8 +229,25 @@ final class ParallelLoader {
     /// with `count(*)` by `RowCountVerifier`.
     private func loadedRows() throws -> LoadedRows {
         if countsInexact == nil {
-            let events = try? main.connection.query("SELECT EXISTS (SELECT FROM pg_catalog.pg_event_trigger WHERE evtenabled <> 'D')::text").scalar
-            if events != "false" { countsInexact = "an event trigger exists (it may have written rows as the post-data ran)" }
+            // User code runs after the rows too: a CHECK added in the post-data runs on every row, an
+            // index expression or predicate on every row it indexes, a partition key expression on
+            // every row a COPY sends to a partition, a user-defined operator in a foreign key's
+            // validation. Any function of the database's own (not an extension's) may write rows
+            // there, even one declared IMMUTABLE, so with any such function the COPY results are not
+            // taken for the counts.
+            let found = try? main.connection.query("""
+                SELECT EXISTS (SELECT FROM pg_catalog.pg_event_trigger WHERE evtenabled <> 'D')::text,
+                       EXISTS (SELECT FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+                               WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND p.prokind <> 'p'
+                                 AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d
+                                                 WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid
+                                                   AND d.deptype = 'e'))::text
+                """).rows.first
+            if found?[0] != "false" {
+                countsInexact = "an event trigger exists (it may have written rows as the post-data ran)"
+            } else if found?[1] != "false" {
+                countsInexact = "the database defines functions of its own (a constraint, index or partition key calling one may have written rows)"
+            }
         }
         if let countsInexact { return LoadedRows(exact: [:], inexact: countsInexact) }
         let names = Set(copyTargets.values.map(ByteText.hex))
