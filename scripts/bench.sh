@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks dbrecovery against the tools it replaces, side by side in one run on this machine.
 #
-#   scripts/bench.sh [--scale S] [--reps N] [--only incremental|wal|logical]
+#   scripts/bench.sh [--scale S] [--reps N] [--only incremental|wal|logical|restore|selective]
 #
 # Builds release binaries, starts a sandbox cluster, makes a deterministic dataset (pgbench tables
 # plus a table of text, jsonb, bytea, numeric and timestamptz; about S GiB, default 1), then runs
@@ -11,8 +11,8 @@
 # Incremental base backups: on a PostgreSQL 17 sandbox (scripts/pg-majors.sh) with the same dataset,
 # a full `dbbackup --physical`, a 1 % change (pgbench_accounts), then `dbbackup --physical
 # --incremental`; as a reference on 15 (pgBackRest 2.45 knows majors up to 15), a pgBackRest full,
-# the same change, then `pgbackrest --type=incr`. `--only incremental` runs just this part (its table
-# is printed, bench/results.md is left alone).
+# the same change, then `pgbackrest --type=incr`. `--only incremental` runs just this part (results
+# in bench/results-incremental.md; bench/results.md is left alone).
 #
 # It also measures what issue 21 asks of reading and of WAL at WAN latency: bytes each restore
 # reads from the repository against the backup's stored size (local: dbrestore's own count; S3: GET
@@ -26,6 +26,14 @@
 # that backups ran before row counts came from the dump's COPY blocks); results in
 # bench/results-logical.md. BENCH_BASELINE_DBBACKUP=/path/to/dbbackup adds that build (another
 # commit's release binary) as "dbbackup (baseline build)", alternating with the rest.
+# `--only restore` (issue 21 item 1) makes the dataset, one `dbbackup` and one `pg_dump -Fc -Z6`,
+# then restores each N times into an empty database, alternating which goes first so that both see
+# the same load, and prints the medians, the ratio and the median seconds of each step dbrestore
+# reports in its --json timeline (results in bench/results-restore.md).
+# Selective restore (issue 18): `--only selective` restores one small table (pgbench_branches)
+# `--into-schema` and, alternately, the whole backup, from a local repository and from S3 through
+# scripts/s3-fault-proxy.py (--stats counts the GET bytes of the dump), N times each; the medians,
+# the ratios against the 10× target and the bytes read and decompressed go to bench/results-selective.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scale=1
@@ -36,12 +44,12 @@ while [ $# -gt 0 ]; do
     --scale) scale=$2; shift 2 ;;
     --reps) reps=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
-    *) echo "usage: $0 [--scale S] [--reps N] [--only incremental|wal|logical]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--scale S] [--reps N] [--only incremental|wal|logical|restore|selective]" >&2; exit 2 ;;
   esac
 done
-case $only in all|incremental|wal|logical) ;; *) echo "bench: --only takes 'incremental', 'wal' or 'logical'" >&2; exit 2 ;; esac
+case $only in all|incremental|wal|logical|restore|selective) ;; *) echo "bench: --only takes 'incremental', 'wal', 'logical', 'restore' or 'selective'" >&2; exit 2 ;; esac
 pg17_bin=/var/cache/dbrecovery/postgresql/17/bin
-if [ "$only" != wal ]; then
+if [ "$only" = all ] || [ "$only" = incremental ]; then
   [ -x "$pg17_bin/pg_combinebackup" ] || { echo "bench: PostgreSQL 17 is missing in $pg17_bin; run scripts/pg-majors.sh" >&2; exit 12; }
 fi
 for tool in pigz pgbench /usr/bin/time python3; do
@@ -85,6 +93,7 @@ FROM generate_series(1, $mixed_rows) g;
 VACUUM ANALYZE;
 SQL
 }
+load_at_start=$(cut -d' ' -f1 /proc/loadavg)
 echo "bench: building the dataset (scale $scale)" >&2
 make_dataset bench "$scale"
 [ "$only" = all ] && make_dataset bench_small "$(python3 -c "print($scale / 4)")"
@@ -92,10 +101,12 @@ db_size=$(psql -X -A -t "$base/postgres" -c "SELECT pg_size_pretty(pg_database_s
 dump_size=$("$pg_bin/pg_dump" "$base/bench" | wc -c)
 
 # The S3 side: moto on loopback, parts of 8 MiB, for peak memory of a backup to S3 at two sizes.
+if [ "$only" != restore ]; then
 eval "$(scripts/s3-sandbox.sh start "$work/s3" | sed 's/^/S3_/')"
 python3 -c "import urllib.request; urllib.request.urlopen(urllib.request.Request('$S3_ENDPOINT/bench', method='PUT', headers={'Authorization': 'AWS4-HMAC-SHA256 Credential=A/20240101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0'}))"
 # 5 MiB parts, 2 in flight: both dataset sizes are many parts, so peak memory shows whether it grows.
 s3_env="AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_ENDPOINT_URL_S3=$S3_ENDPOINT DBRECOVERY_S3_PART_SIZE_MB=5 DBRECOVERY_S3_CONCURRENCY=2"
+fi
 
 # Reading once, and WAL at WAN latency (issue 21). Prints a markdown section on stdout.
 readonce_and_wal() {
@@ -189,7 +200,7 @@ fi
 
 # pgBackRest, run as the data directory's owner, full backups, gz level 6, two processes.
 as_owner() { if [ "$(id -u)" = 0 ]; then setpriv --reuid=postgres --regid=postgres --init-groups -- env PGPASSWORD="$PGPASSWORD" "$@"; else "$@"; fi; }
-mkdir -p "$work/pgbr"
+mkdir -p "$work/pgbr/log" "$work/pgbr/lock"
 cat > "$work/pgbr/pgbackrest.conf" <<CONF
 [global]
 repo1-path=$work/pgbr/repo
@@ -265,6 +276,164 @@ PY
   mkdir -p bench
   cp "$work/results-logical.md" bench/results-logical.md
   cat bench/results-logical.md
+  exit 0
+fi
+
+# Restore alone (issue 21 item 1): dbrestore against pg_restore -j 2 of a -Fc -Z6 dump, both into an
+# empty database with two connections, alternating which goes first.
+if [ "$only" = restore ]; then
+  "$pg_bin/pg_dump" -Fc -Z6 -f "$work/bench.dump" "$base/bench"
+  "$bin/dbbackup" --database-url "$base/bench" --repo "$work/restore-repo" -q >/dev/null
+  : > "$work/steps.tsv"
+  run_pg_restore() {
+    restore_db r2
+    measure "pg_restore -j 2" "'$pg_bin/pg_restore' -j 2 -d '$base/r2' '$work/bench.dump'"
+  }
+  run_dbrestore() {
+    restore_db r3
+    measure "dbrestore --jobs 2 (sha256 + row counts + schema check + swap)" \
+      "'$bin/dbrestore' latest -q --yes --json --jobs 2 --repo '$work/restore-repo' --database-url '$base/r3' > '$work/out/report.json'"
+    # Each step of its timeline, names without the databases' and backup's stamps.
+    python3 - "$work/out/report.json" >> "$work/steps.tsv" <<'PY'
+import json, re, sys
+for step in json.load(open(sys.argv[1]))["timeline"]:
+    if step.get("seconds") is not None:
+        name = re.sub(r"\s*\([^)]*\)", "", step["step"])
+        name = re.sub(r"\S*\d{6}\S*", "…", name)
+        print(f"{name}\t{step['seconds']}")
+PY
+    psql -q -X "$base/postgres" -c "SELECT format('DROP DATABASE %I', datname) FROM pg_database WHERE datname LIKE 'r3_pre_restore_%'" -A -t | psql -q -X "$base/postgres" >/dev/null
+  }
+  for rep in $(seq 1 "$reps"); do
+    echo "bench: repetition $rep of $reps (restore)" >&2
+    if [ $((rep % 2)) = 1 ]; then run_dbrestore; run_pg_restore; else run_pg_restore; run_dbrestore; fi
+  done
+  python3 - "$results" "$work/steps.tsv" "$scale" "$reps" "$db_size" "$dump_size" "$(stat -c %s "$work/bench.dump")" \
+    "$(du -cb "$work"/restore-repo/backups/*/dump.sql.gz | tail -1 | cut -f1)" > "$work/results-restore.md" <<'PY'
+import os, platform, statistics, sys
+path, steps_path, scale, reps, db_size, dump_size, custom_size, gz_size = sys.argv[1:9]
+rows, steps = {}, {}
+for line in open(path):
+    name, wall, cpu, rss, _ = line.rstrip("\n").split("\t")
+    rows.setdefault(name, []).append((float(wall), float(cpu), int(rss)))
+for line in open(steps_path):
+    name, seconds = line.rstrip("\n").split("\t")
+    steps.setdefault(name, []).append(float(seconds))
+med = {name: [statistics.median(v[i] for v in values) for i in range(3)] for name, values in rows.items()}
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+mem = next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "0")
+print("# dbrestore against pg_restore -j 2\n")
+print(f"Machine: {os.cpu_count()} cores ({cpu}), {int(mem)//1024} MiB RAM, {platform.platform()}  ")
+print(f"Dataset: scale {scale}, database {db_size}, plain dump {int(dump_size)/1e6:.0f} MB "
+      f"(dbbackup's dump.sql.gz {int(gz_size)/1e6:.1f} MB, pg_dump -Fc -Z6 {int(custom_size)/1e6:.1f} MB); "
+      f"{reps} repetitions alternating which goes first, medians; each into an empty database.\n")
+print("| contender | wall s | CPU s | peak RSS MiB | runs (wall s) |")
+print("| --- | ---: | ---: | ---: | --- |")
+for name, (wall, cpu_s, rss) in med.items():
+    runs = ", ".join(f"{v[0]:.2f}" for v in rows[name])
+    print(f"| {name} | {wall:.2f} | {cpu_s:.2f} | {rss/1024:.1f} | {runs} |")
+names = list(med)
+ours = next(n for n in names if n.startswith("dbrestore"))
+ratio = med[ours][0] / med["pg_restore -j 2"][0]
+print(f"\n**dbrestore / pg_restore -j 2: {ratio:.2f}** (target ≤ 0.80: {'met' if ratio <= 0.80 else 'NOT met'})\n")
+print("dbrestore's steps (its --json timeline, median seconds):\n")
+print("| step | seconds |")
+print("| --- | ---: |")
+for name, values in steps.items():
+    print(f"| {name} | {statistics.median(values):.2f} |")
+PY
+  mkdir -p bench
+  cp "$work/results-restore.md" bench/results-restore.md
+  cat bench/results-restore.md
+  exit 0
+fi
+
+# Selective restore (issue 18): one small table against the whole backup, local and S3.
+selective() {
+  local proxy_pid port proxied rep before
+  python3 scripts/s3-fault-proxy.py --upstream "$S3_PORT" --stats "$work/selective-stats.json" > "$work/selective-proxy.out" &
+  proxy_pid=$!
+  until grep -q '^PORT=' "$work/selective-proxy.out" 2>/dev/null; do sleep 0.1; done
+  port=$(sed -n 's/^PORT=//p' "$work/selective-proxy.out")
+  proxied="AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_ENDPOINT_URL_S3=http://127.0.0.1:$port"
+  "$bin/dbbackup" -q --database-url "$base/bench" --repo "$work/selective-repo" >/dev/null
+  env $s3_env "$bin/dbbackup" -q --database-url "$base/bench" --repo s3://bench/selective >/dev/null
+  # GET body bytes of the backup's dump so far, as the proxy counted them.
+  get_bytes() {
+    python3 -c "
+import json, os; stats = json.load(open('$work/selective-stats.json')) if os.path.exists('$work/selective-stats.json') else {}
+print(sum(v['get_bytes'] for k, v in stats.items() if k.startswith('bench/selective/backups/') and k.endswith('/dump.sql.gz')))"
+  }
+  : > "$work/selective-bytes.tsv"
+  for rep in $(seq 1 "$reps"); do
+    echo "bench: selective, repetition $rep of $reps" >&2
+    restore_db sel_full
+    measure "dbrestore, whole backup (local)" "'$bin/dbrestore' latest -q --yes --repo '$work/selective-repo' --database-url '$base/sel_full'"
+    measure "dbrestore --table (one small table, local)" \
+      "'$bin/dbrestore' latest -q --json --table public.pgbench_branches --into-schema sel_local_$rep --repo '$work/selective-repo' --database-url '$base/bench' > '$work/selective-local.json'"
+    echo -e "local\t$(python3 -c "import json; r = json.load(open('$work/selective-local.json'))['read']; print(r['compressed_bytes_read'], r['bytes_decompressed'], sep='\t')")" >> "$work/selective-bytes.tsv"
+    restore_db sel_full
+    before=$(get_bytes)
+    measure "dbrestore, whole backup (S3 through the proxy)" "env $proxied '$bin/dbrestore' latest -q --yes --repo s3://bench/selective --database-url '$base/sel_full'"
+    echo -e "s3-full\t$(( $(get_bytes) - before ))\t0" >> "$work/selective-bytes.tsv"
+    before=$(get_bytes)
+    measure "dbrestore --table (one small table, S3 through the proxy)" \
+      "env $proxied '$bin/dbrestore' latest -q --json --table public.pgbench_branches --into-schema sel_s3_$rep --repo s3://bench/selective --database-url '$base/bench' > '$work/selective-s3.json'"
+    echo -e "s3\t$(( $(get_bytes) - before ))\t$(python3 -c "import json; print(json.load(open('$work/selective-s3.json'))['read']['bytes_decompressed'])")" >> "$work/selective-bytes.tsv"
+    psql -q -X "$base/bench" -c "DROP SCHEMA sel_local_$rep CASCADE" -c "DROP SCHEMA sel_s3_$rep CASCADE"
+    psql -q -X "$base/postgres" -c "SELECT format('DROP DATABASE %I', datname) FROM pg_database WHERE datname LIKE 'sel\_full\_pre\_restore\_%'" -A -t | psql -q -X "$base/postgres" >/dev/null
+  done
+  kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
+  local id stored plain
+  id=$(ls "$work/selective-repo/backups" | sort | tail -1)
+  stored=$(stat -c %s "$work/selective-repo/backups/$id/dump.sql.gz")
+  plain=$(python3 -c "import json; print(json.load(open('$work/selective-local.json'))['plan']['dump_bytes'])")
+  python3 - "$results" "$work/selective-bytes.tsv" "$scale" "$reps" "$db_size" "$stored" "$plain" <<'PY'
+import os, platform, statistics, sys
+path, bytes_path, scale, reps, db_size, stored, plain = sys.argv[1:8]
+stored, plain = int(stored), int(plain)
+rows = {}
+for line in open(path):
+    name, wall, cpu, rss, size = line.rstrip("\n").split("\t")
+    rows.setdefault(name, []).append((float(wall), float(cpu), int(rss)))
+med = {name: tuple(statistics.median(v[i] for v in values) for i in range(3)) for name, values in rows.items()}
+read = {}
+for line in open(bytes_path):
+    kind, compressed, decompressed = line.rstrip("\n").split("\t")
+    read.setdefault(kind, []).append((int(compressed), int(decompressed)))
+last = {kind: values[-1] for kind, values in read.items()}
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+mem = next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "0")
+load = open("/proc/loadavg").read().split()[0]
+print("# Selective restore benchmark (issue 18)\n")
+print(f"Machine: {os.cpu_count()} cores ({cpu}), {int(mem)//1024} MiB RAM, {platform.platform()}; load average {load} at the end.  ")
+print("Other engineers were building and testing on the same machine at the same time: wall times are noisy; the ratios and byte counts are what to read.  ")
+print(f"Dataset: scale {scale} (database {db_size}); the backup's dump is {stored/1e6:.1f} MB stored, {plain/1e6:.1f} MB uncompressed. "
+      f"{reps} repetitions, alternating, medians. The small table is public.pgbench_branches, restored --into-schema next to the live one.\n")
+print("| run | wall s | CPU s | peak RSS MiB |")
+print("| --- | ---: | ---: | ---: |")
+for name, (wall, cpu_s, rss) in med.items():
+    print(f"| {name} | {wall:.2f} | {cpu_s:.2f} | {rss/1024:.1f} |")
+print("\n| ratio | measured | target | met |")
+print("| --- | ---: | ---: | :---: |")
+for where, full, one in [("local", "dbrestore, whole backup (local)", "dbrestore --table (one small table, local)"),
+                         ("S3", "dbrestore, whole backup (S3 through the proxy)", "dbrestore --table (one small table, S3 through the proxy)")]:
+    value = med[one][0] / med[full][0]
+    print(f"| one small table / whole backup, wall time ({where}) | {value:.3f} ({med[full][0] / med[one][0]:.0f}× faster) | ≤ 0.1 | {'yes' if value <= 0.1 else 'NO'} |")
+print("\n| bytes | one small table | whole backup | of the dump |")
+print("| --- | ---: | ---: | --- |")
+print(f"| read from the local repository (compressed) | {last['local'][0]} | {stored} | {last['local'][0] / stored:.4f} of its stored size |")
+print(f"| GET body bytes from S3 (the proxy's count) | {last['s3'][0]} | {last['s3-full'][0]} | {last['s3'][0] / last['s3-full'][0]:.4f} of the whole restore's GETs |")
+print(f"| decompressed (dbrestore --json read.bytes_decompressed) | {last['local'][1]} | {plain} | {last['local'][1] / plain:.4f} of its uncompressed size |")
+print("\nWhole backup, local: the dump's stored size (a full restore reads each stored byte once); S3: the GET bytes the proxy counted for "
+      "the whole-backup restore (of the backup taken to S3, a few bytes apart from the local one). Decompressed, whole backup: the dump's size.")
+PY
+}
+if [ "$only" = selective ]; then
+  selective > "$work/results-selective.md"
+  mkdir -p bench
+  cp "$work/results-selective.md" bench/results-selective.md
+  cat bench/results-selective.md
   exit 0
 fi
 
@@ -350,7 +519,7 @@ done
 fi
 
 default_level=$("$bin/dbbackup" capture --help | tr -s ' \n' ' ' | sed 's/.*--compression-level <n>//' | grep -o '(default: [0-9])' | head -1 | tr -dc '0-9')
-DEFAULT_LEVEL=$default_level python3 - "$results" "$scale" "$reps" "$db_size" "$dump_size" > "$work/results.md" <<'PY'
+LOAD_AT_START=$load_at_start DEFAULT_LEVEL=$default_level python3 - "$results" "$scale" "$reps" "$db_size" "$dump_size" > "$work/results.md" <<'PY'
 import statistics, sys, platform, subprocess, os
 path, scale, reps, db_size, dump_size = sys.argv[1:6]
 rows = {}
@@ -365,7 +534,9 @@ cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.start
 mem = next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "0")
 print(f"# dbrecovery benchmark\n")
 print(f"Machine: {os.cpu_count()} cores ({cpu}), {int(mem)//1024} MiB RAM, {platform.platform()}  ")
-print(f"Dataset: scale {scale}, database {db_size}, plain dump {int(dump_size)/1e6:.0f} MB; {reps} repetitions, medians.\n")
+load = open("/proc/loadavg").read().split()[0]
+print(f"Dataset: scale {scale}, database {db_size}, plain dump {int(dump_size)/1e6:.0f} MB; {reps} repetitions, medians.  ")
+print(f"Load average {os.environ.get('LOAD_AT_START', '?')} at the start, {load} at the end, on {os.cpu_count()} cores (other work on the machine shows here).\n")
 print("| contender | wall s | CPU s | peak RSS MiB | output MB |")
 print("| --- | ---: | ---: | ---: | ---: |")
 for name, (wall, cpu_s, rss, size) in med.items():
@@ -404,13 +575,16 @@ print("| ratio | measured | target | met |")
 print("| --- | ---: | ---: | :---: |")
 for name, value, target in checks:
     print(f"| {md(name)} | {value:.2f} | ≤ {target} | {'yes' if value <= target else 'NO'} |")
-print(f"\ndbbackup's default level is {os.environ.get('DEFAULT_LEVEL', '?')}: as small as gzip -6 on dumps (see the size ratio) for about a quarter less CPU.")
-print("Targets are issue 21's where it sets one (0.80 against pigz and pg_restore -j 2, 1.0 against the pg_dump floor, 0.65 and 0.6 for physical backup and extraction at the peer's level); elsewhere 1.0 (as fast as the peer) is shown as the bar.")
-print("Incremental rows: PG 17's incremental is compared with a full of the same cluster; pgBackRest's incr (on 15, which pgBackRest 2.45 supports) is the reference point. Size is what is stored (dbbackup: stored bytes; pgBackRest: its backup folder).")
+if "dbbackup" in med:
+    print(f"\ndbbackup's default level is {os.environ.get('DEFAULT_LEVEL', '?')}: as small as gzip -6 on dumps (see the size ratio) for about a quarter less CPU.")
+    print("Targets are issue 21's where it sets one (0.80 against pigz and pg_restore -j 2, 1.0 against the pg_dump floor, 0.65 and 0.6 for physical backup and extraction at the peer's level); elsewhere 1.0 (as fast as the peer) is shown as the bar.")
+print("\nIncremental rows: PG 17's incremental is compared with a full of the same cluster; pgBackRest's incr (on 15, which pgBackRest 2.45 supports) is the reference point. Size is what is stored (dbbackup: stored bytes; pgBackRest: its backup folder).")
 PY
+mkdir -p bench
 if [ "$only" = all ]; then
   readonce_and_wal >> "$work/results.md"
-  mkdir -p bench
   cp "$work/results.md" bench/results.md
+else
+  cp "$work/results.md" bench/results-incremental.md
 fi
 cat "$work/results.md"

@@ -266,7 +266,8 @@ public struct EmergencyCommand: ToolCommand {
         Picks the newest backup whose files verify, says which it skipped and why, prints a timeline \
         and writes an incident record (JSON) to --incident-file or <repo>/incidents/. A backup that \
         fails in any way of its own (unreadable, invalid manifest, replay error, row counts that \
-        differ) is skipped and the next older one tried.
+        differ, taken from a newer PostgreSQL major than the server) is skipped and the next older \
+        one tried.
 
         Examples:
           dbrestore --emergency

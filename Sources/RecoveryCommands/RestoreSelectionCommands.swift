@@ -34,16 +34,16 @@ public struct ContentsCommand: ToolCommand {
         if output.json { return try printJSON(contents) }
         let source = contents.source == .tableOfContents ? "table of contents, \(contents.accessPoints) access points" : "full scan of the dump (no usable table of contents)"
         print("backup \(contents.backupID) (\(source))")
-        print("schemas: \(contents.schemas.joined(separator: ", "))")
+        print("schemas: \(contents.schemas.map(QualifiedNames.display).joined(separator: ", "))")
         var tables = TextTable("TABLE", "ROWS", "SIZE IN DUMP")
         for table in contents.tables {
-            tables.add(table.qualifiedName, table.rows.map(String.init) ?? "-", ByteCount.format(table.dumpBytes))
+            tables.add(table.qualified, table.rows.map(String.init) ?? "-", ByteCount.format(table.dumpBytes))
         }
         print(tables.rendered)
         let groups = [("sequences", contents.sequences), ("functions", contents.functions), ("views", contents.views)]
             + contents.other.sorted { $0.key < $1.key }.map { ($0.key.lowercased(), $0.value) }
         for (kind, objects) in groups where !objects.isEmpty {
-            print("\(kind) (\(objects.count)): \(objects.map(\.qualifiedName).joined(separator: ", "))")
+            print("\(kind) (\(objects.count)): \(objects.map(\.qualified).joined(separator: ", "))")
         }
     }
 }
@@ -107,6 +107,7 @@ public struct SelectiveRestoreOptions: ParsableArguments {
         configuration.key = try repository.cipherKey(settings)
         configuration.environment = repository.storageEnvironment(settings)
         configuration.cascadeReport = cascadeReport
+        configuration.tools = connection.tools(settings)   // --pg-bin / PG_BIN: the pg_dump that fingerprints a --replace copy
         configuration.dryRun = dryRun
         if let seconds = connection.explicitLockWaitSeconds { configuration.lockWaitSeconds = seconds }
         let timeline = output.timeline()
@@ -129,10 +130,14 @@ public struct SelectiveRestoreOptions: ParsableArguments {
         let seconds = String(format: "%.1f", report.durationSeconds)
         switch plan.destination {
         case "into-database": print("restored \(plan.tables.joined(separator: ", ")) from backup \(plan.backupID) into new database \(plan.createdIn) in \(seconds) s; row counts verified")
-        case "replace": print("replaced \(plan.tables.joined(separator: ", ")) in \(plan.database) from backup \(plan.backupID) in \(seconds) s; row counts verified")
+        case "replace":
+            let checked = report.definition.map { "row counts and definition (\($0.actualObjects) schema objects) verified" }
+                ?? "row counts verified (the backup has no schema fingerprint: definition not checked)"
+            print("replaced \(plan.tables.joined(separator: ", ")) in \(plan.database) from backup \(plan.backupID) in \(seconds) s; \(checked)")
         default: print("restored \(plan.tables.joined(separator: ", ")) from backup \(plan.backupID) into schema \(plan.createdIn) of \(plan.database) in \(seconds) s; row counts verified")
         }
         for (live, aside) in report.keptAs.sorted(by: { $0.key < $1.key }) { print("previous \(live) kept as \(aside)") }
+        report.renamedAside.forEach { print("renamed aside: \($0)") }
         report.repointed.forEach { print("re-pointed: \($0)") }
         plan.foreignKeysLeftOut.forEach { output.note("left out (references a table outside the selection): \($0)") }
         if !plan.rulesLeftOut.isEmpty { output.note("rules left out of the rescue schema (they would act on the live tables): \(plan.rulesLeftOut.joined(separator: ", "))") }

@@ -64,7 +64,7 @@ public struct ConnectionOptions: ParsableArguments {
     /// Where the PostgreSQL programs are.
     public func tools(_ settings: Settings) -> PostgresTools {
         let setting = pgBinSetting(settings)
-        return PostgresTools(directory: setting.value, source: setting.source)
+        return PostgresTools(directory: setting.value, source: setting.source, environment: settings.environment)
     }
 }
 

@@ -26,14 +26,9 @@ final class BackupCaptureTests: IntegrationTestCase {
             """)
     }
 
-    private func backup(_ extra: [String] = []) throws -> TestProcess.Result {
-        try TestProcess.tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository] + extra,
-                             cluster: cluster)
-    }
-
-    private func manifest(_ id: String) throws -> BackupManifest {
-        let data = try Data(contentsOf: URL(fileURLWithPath: "\(repository!)/backups/\(id)/manifest.json"))
-        return try BackupManifest.decode(data, source: id)
+    /// `dbbackup` with `extra` arguments, whatever its outcome.
+    private func capture(_ extra: [String] = []) throws -> TestProcess.Result {
+        try tool("dbbackup", common + extra)
     }
 
     private func listing() -> [String] {
@@ -42,7 +37,7 @@ final class BackupCaptureTests: IntegrationTestCase {
 
     func testDumpRestoresByHandAndMatchesManifestCounts() throws {
         try seed()
-        let result = try backup(["--tag", "nightly", "--release", "v1.2.3", "--pin"])
+        let result = try capture(["--tag", "nightly", "--release", "v1.2.3", "--pin"])
         XCTAssertEqual(result.status, 0, result.standardError)
         let id = result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
         XCTAssertTrue(BackupID.isValid(id), "stdout should be the backup id, got '\(id)'")
@@ -80,7 +75,7 @@ final class BackupCaptureTests: IntegrationTestCase {
 
     func testJSONSummaryDescribesTheBackup() throws {
         try seed(rows: 10)
-        let result = try backup(["--json", "--compression-level", "1"])
+        let result = try capture(["--json", "--compression-level", "1"])
         XCTAssertEqual(result.status, 0, result.standardError)
         let object = try JSONSerialization.jsonObject(with: Data(result.standardOutput.utf8)) as? [String: Any]
         XCTAssertEqual(object?["total_rows"] as? Int, 10 + 20 + 2 + 2)
@@ -164,14 +159,14 @@ final class BackupCaptureTests: IntegrationTestCase {
         let store = try LocalStore(root: repository, create: false)
         XCTAssertEqual(try Catalog(store: store).entries().count, 0)
 
-        let next = try backup()
+        let next = try capture()
         XCTAssertEqual(next.status, 0, next.standardError)
         XCTAssertEqual(try Catalog(store: store).entries().count, 1)
     }
 
     func testFailuresAreOneLineWithDocumentedCodesAndLeaveTheRepositoryUnchanged() throws {
         try seed(rows: 5)
-        XCTAssertEqual(try backup().status, 0)
+        XCTAssertEqual(try capture().status, 0)
         let before = listing()
 
         let wrongPassword = try TestProcess.tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository],
@@ -191,7 +186,7 @@ final class BackupCaptureTests: IntegrationTestCase {
         XCTAssertEqual(missingDump.status, ExitStatus.toolFailed.rawValue)
         XCTAssertTrue(missingDump.standardError.contains("pg_dump not found"), missingDump.standardError)
 
-        let badLevel = try backup(["--compression-level", "12"])
+        let badLevel = try capture(["--compression-level", "12"])
         XCTAssertEqual(badLevel.status, ExitStatus.usage.rawValue)
         XCTAssertTrue(badLevel.standardError.contains("--compression-level"), badLevel.standardError)
 
@@ -232,12 +227,12 @@ final class BackupCaptureTests: IntegrationTestCase {
         let lock = try store.lock(holder: LockHolder(command: "dbbackup", pid: 4242, host: "db1"))
         defer { try? lock.release() }   // released below; this only covers a failed assertion
         let started = Date()
-        let result = try backup()
+        let result = try capture()
         XCTAssertEqual(result.status, ExitStatus.repositoryLocked.rawValue, result.standardError)
         XCTAssertTrue(result.standardError.contains("pid 4242"), result.standardError)
         XCTAssertLessThan(Date().timeIntervalSince(started), 10)
         try lock.release()
-        XCTAssertEqual(try backup().status, 0)
+        XCTAssertEqual(try capture().status, 0)
     }
 
     func testPasswordNeverReachesChildArgvOrOutput() throws {
@@ -318,7 +313,7 @@ final class BackupCaptureTests: IntegrationTestCase {
         let counted = try TableCounter.countRows(on: try cluster.connect(database: database))
         XCTAssertEqual(Dictionary(uniqueKeysWithValues: counted.map { ($0.qualifiedName, $0.rows) }), expected, "the seed is what the test thinks")
 
-        let result = try backup()
+        let result = try capture()
         XCTAssertEqual(result.status, 0, result.standardError)
         XCTAssertFalse(result.standardError.contains("warning"), result.standardError)
         let manifest = try manifest(result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines))
@@ -335,7 +330,7 @@ final class BackupCaptureTests: IntegrationTestCase {
         XCTAssertEqual(restore.status, 0, restore.standardError)
 
         // The cross-check agrees on the same data.
-        let checked = try backup(["--count-check"])
+        let checked = try capture(["--count-check"])
         XCTAssertEqual(checked.status, 0, checked.standardError)
         XCTAssertEqual(try self.manifest(checked.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)).tables, counted)
     }
@@ -357,7 +352,7 @@ final class BackupCaptureTests: IntegrationTestCase {
             CREATE TABLE pets () INHERITS (animals);
             INSERT INTO pets VALUES ('rex');
             """)
-        let result = try backup()
+        let result = try capture()
         XCTAssertEqual(result.status, 0, result.standardError)
         XCTAssertTrue(result.standardError.contains("public.animals counted with count(*) (a second scan): an inheritance child of it is not dumped with rows (a foreign table)"),
                       result.standardError)
@@ -382,10 +377,10 @@ final class BackupCaptureTests: IntegrationTestCase {
         }
         let start = try scans()
         XCTAssertGreaterThanOrEqual(start, 0)
-        XCTAssertEqual(try backup().status, 0)
+        XCTAssertEqual(try capture().status, 0)
         let afterPlain = try settled(after: start)
         XCTAssertEqual(afterPlain - start, 1, "pg_dump's COPY only: no count(*)")
-        let checked = try backup(["--count-check"])
+        let checked = try capture(["--count-check"])
         XCTAssertEqual(checked.status, 0, checked.standardError)
         XCTAssertEqual(try settled(after: afterPlain) - afterPlain, 2, "--count-check adds one count(*)")
     }
@@ -435,7 +430,7 @@ final class BackupCaptureTests: IntegrationTestCase {
     }
 
     func testCountCheckIsRefusedWithPhysical() throws {
-        let result = try backup(["--physical", "--count-check"])
+        let result = try capture(["--physical", "--count-check"])
         XCTAssertEqual(result.status, ExitStatus.usage.rawValue, result.standardError)
         XCTAssertTrue(result.standardError.contains("--count-check checks a logical backup's row counts"), result.standardError)
     }
@@ -444,10 +439,10 @@ final class BackupCaptureTests: IntegrationTestCase {
         let connection = try cluster.connect(database: database)
         try connection.execute(script: "CREATE TABLE events (id bigserial PRIMARY KEY, payload text)")
         try connection.execute(script: "INSERT INTO events (payload) SELECT repeat(md5(g::text), 4) FROM generate_series(1, 20000) g")
-        let small = try backup(["--compression-level", "1"])
+        let small = try capture(["--compression-level", "1"])
         XCTAssertEqual(small.status, 0, small.standardError)
         try connection.execute(script: "INSERT INTO events (payload) SELECT repeat(md5(g::text), 4) FROM generate_series(1, 800000) g")
-        let large = try backup(["--compression-level", "1"])
+        let large = try capture(["--compression-level", "1"])
         XCTAssertEqual(large.status, 0, large.standardError)
         let manifests = try Catalog(store: try LocalStore(root: repository, create: false)).manifests()
         XCTAssertGreaterThan(manifests[0].rawBytes, manifests[1].rawBytes * 30, "the second dump should be much larger")

@@ -11,12 +11,6 @@ final class ConfirmationTests: IntegrationTestCase {
         useLocalRepository(prefix: "confirm")
     }
 
-    private func backup() throws -> String {
-        let result = try TestProcess.tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository], cluster: cluster)
-        XCTAssertEqual(result.status, 0, result.standardError)
-        return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
-    }
-
     /// Runs a tool with `input` on a pipe (no terminal), as from cron, CI or `ssh host cmd`.
     private func piped(_ tool: String, _ arguments: [String], input: String) throws -> TestProcess.Result {
         var environment = cluster.environment

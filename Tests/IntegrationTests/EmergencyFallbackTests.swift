@@ -12,11 +12,10 @@ final class EmergencyFallbackTests: IntegrationTestCase {
         useLocalRepository()
     }
 
-    private func backup() throws -> String {
-        sleep(1)   // ids sort by the second they were taken
-        let result = try tool("dbbackup", common)
-        XCTAssertEqual(result.status, 0, result.standardError)
-        return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+    /// A backup at least a second after the one before it: ids sort by the second they were taken.
+    private func nextBackup() throws -> String {
+        sleep(1)
+        return try backup()
     }
 
     /// The reproductions of E1, newest first: a replay error (a role dropped since), a row count that
@@ -24,15 +23,15 @@ final class EmergencyFallbackTests: IntegrationTestCase {
     /// process cannot open. Each stopped `--emergency` before; now each is skipped with its reason,
     /// the oldest (good) backup is restored, and the incident record names every candidate.
     func testEmergencyAndDrillSkipEveryKindOfBadCandidate() throws {
-        let good = try backup()
-        let unreadable = try backup()
-        let escaping = try backup()
-        let noFiles = try backup()
-        let mismatch = try backup()
+        let good = try nextBackup()
+        let unreadable = try nextBackup()
+        let escaping = try nextBackup()
+        let noFiles = try nextBackup()
+        let mismatch = try nextBackup()
         let role = "gone_\(UInt32.random(in: 0...UInt32.max))"
         let connection = try cluster.connect(database: database)
         try connection.execute(script: "CREATE ROLE \(role); CREATE TABLE owned_by_gone (x int); ALTER TABLE owned_by_gone OWNER TO \(role)")
-        let replayError = try backup()
+        let replayError = try nextBackup()
         try connection.execute(script: "DROP OWNED BY \(role); DROP ROLE \(role); DELETE FROM t WHERE x > 100")
 
         // A dump the process cannot open (root reads a chmod 000 file, so make it a directory).
@@ -84,7 +83,7 @@ final class EmergencyFallbackTests: IntegrationTestCase {
     /// No candidate left to try: the run fails, and the incident record still names every backup
     /// passed over and why.
     func testEmergencyWithNoUsableBackupStillWritesTheIncidentRecord() throws {
-        let ids = [try backup(), try backup()]
+        let ids = [try nextBackup(), try nextBackup()]
         for id in ids {
             let path = "\(repository!)/backups/\(id)/dump.sql.gz"
             var data = try Data(contentsOf: URL(fileURLWithPath: path))
@@ -106,8 +105,8 @@ final class EmergencyFallbackTests: IntegrationTestCase {
     /// A signal during a candidate's restore ends the run (exit 130); it is not that candidate's
     /// failure, so no older backup is tried.
     func testASignalDuringACandidateEndsTheRunInsteadOfTryingTheNext() throws {
-        let older = try backup()
-        let newer = try backup()
+        let older = try nextBackup()
+        let newer = try nextBackup()
         let incident = TestPaths.temporaryDirectory(prefix: "incident") + "/incident.json"
         let result = try TestProcess.tool("dbrestore", common + ["--emergency", "--incident-file", incident], cluster: cluster,
                                           environment: ["DBRECOVERY_SIGNAL_AT": "restore:after-verify"])
@@ -121,7 +120,7 @@ final class EmergencyFallbackTests: IntegrationTestCase {
 
     /// When the target server itself fails, the run stops instead of trying every candidate.
     func testAnUnreachableServerStopsTheSearch() throws {
-        _ = try backup()
+        _ = try nextBackup()
         let result = try tool("dbrestore", ["--emergency", "--repo", repository!, "--database-url", "postgresql://postgres@127.0.0.1:1/\(database!)"])
         XCTAssertEqual(result.status, ExitStatus.databaseUnavailable.rawValue, result.standardError)
     }
@@ -130,13 +129,13 @@ final class EmergencyFallbackTests: IntegrationTestCase {
     /// search with what to fix: an older, smaller backup would fit and bring back older data where the
     /// newest backup was fine. (Before, this was taken for the candidate's fault and the older one restored.)
     func testServerTroubleStopsTheSearchInsteadOfRestoringAnOlderBackup() throws {
-        let older = try backup()
+        let older = try nextBackup()
         // Only the newer backup spills to a temporary file when restored: its materialized view's REFRESH sorts 200k rows.
         try cluster.connect(database: database).execute(script: """
             INSERT INTO t VALUES (999);
             CREATE MATERIALIZED VIEW sorted AS SELECT g, md5(g::text) AS h FROM generate_series(1, 200000) g ORDER BY 2
             """)
-        let newer = try backup()
+        let newer = try nextBackup()
         let admin = try cluster.connect()
         try admin.execute(script: "ALTER SYSTEM SET temp_file_limit = '64kB'")
         _ = try admin.query("SELECT pg_reload_conf()")

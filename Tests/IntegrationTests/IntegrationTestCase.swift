@@ -1,4 +1,6 @@
+import BackupStorage
 import Foundation
+import RecoveryKit
 import TestSupport
 import XCTest
 
@@ -57,10 +59,31 @@ class IntegrationTestCase: XCTestCase {
         try JSONSerialization.data(withJSONObject: object).write(to: URL(fileURLWithPath: path))
     }
 
-    /// Runs one of our tools with the cluster's password, the S3 server's settings once `useBucket`
-    /// ran, and `environment` over both.
+    /// What every `tool` run of this class gets besides the cluster's password: the S3 server's
+    /// settings once `useBucket` ran; a class adds its own by overriding it.
+    var toolEnvironment: [String: String] { s3.map { $0.environment() } ?? [:] }
+
+    /// Runs one of our tools with `toolEnvironment` and `environment` over it.
     func tool(_ name: String, _ arguments: [String], environment: [String: String] = [:]) throws -> TestProcess.Result {
-        let base = s3.map { $0.environment() } ?? [:]
-        return try TestProcess.tool(name, arguments, cluster: cluster, environment: base.merging(environment) { _, new in new })
+        try TestProcess.tool(name, arguments, cluster: cluster, environment: toolEnvironment.merging(environment) { _, new in new })
+    }
+
+    /// `dbbackup` of the database into the local repository (`extra` arguments added); asserts it
+    /// succeeded and returns the new backup's id.
+    @discardableResult
+    func backup(_ extra: [String] = []) throws -> String {
+        let result = try tool("dbbackup", common + extra)
+        XCTAssertEqual(result.status, 0, result.standardError)
+        return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// A backup's manifest in the local repository.
+    func manifest(_ id: String) throws -> BackupManifest {
+        try Catalog(store: try LocalStore(root: repository, create: false)).resolve(id)
+    }
+
+    /// The databases on the cluster whose names are `LIKE pattern`, sorted.
+    func databases(like pattern: String) throws -> [String] {
+        try cluster.connect().query("SELECT datname FROM pg_database WHERE datname LIKE $1 ORDER BY 1", [pattern]).rows.compactMap { $0[0] }
     }
 }

@@ -12,17 +12,6 @@ final class RestoreSafetyTests: IntegrationTestCase {
         useLocalRepository()
     }
 
-    @discardableResult
-    private func backup() throws -> String {
-        let result = try tool("dbbackup", common)
-        XCTAssertEqual(result.status, 0, result.standardError)
-        return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
-    }
-
-    private func databases(like pattern: String) throws -> [String] {
-        try cluster.connect().query("SELECT datname FROM pg_database WHERE datname LIKE $1 ORDER BY 1", [pattern]).rows.compactMap { $0[0] }
-    }
-
     private func allowsConnections(_ name: String) throws -> String? {
         try cluster.connect().query("SELECT datallowconn::text FROM pg_database WHERE datname = $1", [name]).scalar
     }

@@ -16,21 +16,6 @@ final class RestoreTests: IntegrationTestCase {
         useLocalRepository()
     }
 
-    @discardableResult
-    private func backup(_ extra: [String] = []) throws -> String {
-        let result = try TestProcess.tool("dbbackup", common + extra, cluster: cluster)
-        XCTAssertEqual(result.status, 0, result.standardError)
-        return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
-    }
-
-    private func manifest(_ id: String) throws -> BackupManifest {
-        try Catalog(store: try LocalStore(root: repository, create: false)).resolve(id)
-    }
-
-    private func databases(like pattern: String) throws -> [String] {
-        try cluster.connect().query("SELECT datname FROM pg_database WHERE datname LIKE $1 ORDER BY 1", [pattern]).rows.compactMap { $0[0] }
-    }
-
     private func expectedCounts(_ id: String) throws -> [String: Int64] {
         Dictionary(uniqueKeysWithValues: try manifest(id).tables.map { ($0.qualifiedName, $0.rows) })
     }

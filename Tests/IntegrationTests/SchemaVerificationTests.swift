@@ -57,20 +57,6 @@ final class SchemaVerificationTests: IntegrationTestCase {
             """)
     }
 
-    private func backup() throws -> String {
-        let result = try tool("dbbackup", common)
-        XCTAssertEqual(result.status, 0, result.standardError)
-        return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
-    }
-
-    private func manifest(_ id: String) throws -> BackupManifest {
-        try Catalog(store: try LocalStore(root: repository, create: false)).resolve(id)
-    }
-
-    private func databases(like pattern: String) throws -> [String] {
-        try cluster.connect().query("SELECT datname FROM pg_database WHERE datname LIKE $1 ORDER BY 1", [pattern]).rows.compactMap { $0[0] }
-    }
-
     private func fingerprint(of name: String) throws -> SchemaFingerprint {
         let connection = try cluster.connect(database: name)
         defer { connection.close() }

@@ -38,12 +38,7 @@ final class SelectiveRestoreTests: IntegrationTestCase {
         useLocalRepository()
     }
 
-    @discardableResult
-    private func backup(_ extra: [String] = []) throws -> String {
-        let result = try TestProcess.tool("dbbackup", common + extra, cluster: cluster, environment: environment)
-        XCTAssertEqual(result.status, 0, result.standardError)
-        return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
-    }
+    override var toolEnvironment: [String: String] { environment }
 
     private func contents(_ arguments: [String]) throws -> [String: Any] {
         let result = try TestProcess.tool("dbrestore", ["contents"] + arguments + ["--json"], cluster: cluster)
@@ -309,6 +304,47 @@ extension SelectiveRestoreTests {
         XCTAssertEqual(try query("SELECT confrelid::regclass::text FROM pg_constraint WHERE conname = 'order_lines_order_id_fkey'")[0][0], "sales.orders")
     }
 
+    /// Row counts alone would let a copy with another definition replace the live table: here an
+    /// event trigger of the live database adds a column to every new table. The staged copy is
+    /// compared with the backup's schema fingerprint and refused; the live table is untouched.
+    func testReplaceChecksTheRestoredDefinitionAgainstTheBackupsFingerprint() throws {
+        try backup()
+        try cluster.connect(database: database).execute(script: """
+            DROP VIEW sales.big_orders; ALTER TABLE sales.order_lines DROP CONSTRAINT order_lines_order_id_fkey;
+            UPDATE sales.orders SET total = 0;
+            CREATE FUNCTION public.stamp_new_tables() RETURNS event_trigger LANGUAGE plpgsql AS $$
+            DECLARE created record;
+            BEGIN
+              FOR created IN SELECT * FROM pg_event_trigger_ddl_commands() WHERE command_tag = 'CREATE TABLE' LOOP
+                EXECUTE format('ALTER TABLE %s ADD COLUMN stamped_at timestamptz DEFAULT now()', created.object_identity);
+              END LOOP;
+            END $$;
+            CREATE EVENT TRIGGER stamp_new_tables ON ddl_command_end WHEN TAG IN ('CREATE TABLE') EXECUTE FUNCTION public.stamp_new_tables();
+            """)
+        let dryRun = try restore(["latest", "--table", "sales.orders", "--replace", "--dry-run"])
+        XCTAssertEqual(dryRun.status, 0, dryRun.standardError)
+        XCTAssertTrue(dryRun.standardOutput.contains("checked before the swap: row counts, and the restored copy's definition"), dryRun.standardOutput)
+
+        let refused = try restore(["latest", "--table", "sales.orders", "--replace", "--yes"])
+        XCTAssertEqual(refused.status, 30, refused.standardError)
+        XCTAssertTrue(refused.standardError.contains("definition does not match backup") && refused.standardError.contains("table orders in schema sales differs")
+                      && refused.standardError.contains("live tables were not touched"), refused.standardError)
+        XCTAssertEqual(try query("SELECT sum(total)::text FROM sales.orders")[0][0], "0.00", "the live table is untouched")
+        XCTAssertEqual(try query("SELECT count(*)::text FROM pg_namespace WHERE nspname LIKE 'restored\\_%'")[0][0], "0", "the staged copy is dropped")
+        XCTAssertEqual(try query("SELECT count(*)::text FROM pg_class WHERE relname LIKE 'orders\\_pre\\_restore\\_%'")[0][0], "0")
+
+        try cluster.connect(database: database).execute(script: "DROP EVENT TRIGGER stamp_new_tables")
+        let result = try restore(["latest", "--table", "sales.orders", "--replace", "--yes", "--json"])
+        XCTAssertEqual(result.status, 0, result.standardError)
+        let report = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(result.standardOutput.utf8)) as? [String: Any], result.standardOutput)
+        let definition = try XCTUnwrap(report["definition"] as? [String: Any], result.standardOutput)
+        XCTAssertEqual(definition["ok"] as? Bool, true)
+        // The table, its sequence, default, keys, check, index, trigger and comment at least.
+        XCTAssertGreaterThanOrEqual(number(definition["expected_objects"]), 9, "\(definition)")
+        XCTAssertEqual(number(definition["expected_objects"]), number(definition["actual_objects"]))
+        XCTAssertNotEqual(try query("SELECT sum(total)::text FROM sales.orders")[0][0], "0.00")
+    }
+
     func testASchemaIntoANewDatabase() throws {
         let id = try backup()
         let target = "\(database!)_sales"
@@ -351,14 +387,29 @@ extension SelectiveRestoreTests {
         let s3Environment = s3.environment().merging(environment) { _, new in new }
         let repository = "s3://\(bucket)/app"
         let url = cluster.url(database: database)
+        // Rows that compress poorly, dumped after crm.customers': a dump of many segments, most of which the restore skips.
+        try cluster.connect(database: database).execute(script: "CREATE TABLE sales.zz_bulk (id int, digest text); INSERT INTO sales.zz_bulk SELECT g, md5(g::text) FROM generate_series(1, 250000) g")
         let backup = try TestProcess.tool("dbbackup", ["--database-url", url, "--repo", repository], cluster: cluster, environment: s3Environment)
         XCTAssertEqual(backup.status, 0, backup.standardError)
         try cluster.connect(database: database).execute(script: "DELETE FROM crm.customers WHERE id > 100 AND NOT EXISTS (SELECT 1 FROM sales.orders WHERE customer_id = crm.customers.id)")
 
+        // Through the fault proxy, which counts the GET bytes of each object independently of the tool.
+        let statsFile = TestPaths.temporaryDirectory(prefix: "proxy") + "/stats.json"
+        let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--stats", statsFile])
+        defer { proxy.stop() }
+        let proxied = s3Environment.merging(["AWS_ENDPOINT_URL_S3": proxy.endpoint]) { _, new in new }
         let result = try TestProcess.tool("dbrestore", ["latest", "--table", "crm.customers", "--into-schema", "rescue", "--json", "--database-url", url, "--repo", repository],
-                                          cluster: cluster, environment: s3Environment)
+                                          cluster: cluster, environment: proxied)
         XCTAssertEqual(result.status, 0, result.standardError)
+        let manifest = try Catalog(store: try Repository.open(repository, create: false, environment: s3Environment)).resolve("latest")
+        let id = manifest.id
+        let stored = Int64(try XCTUnwrap(manifest.files.first { $0.name == "dump.sql.gz" }).storedBytes)
+        let stats = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: statsFile))) as? [String: [String: Int]] ?? [:]
+        let got = Int64(stats["\(bucket)/app/backups/\(id)/dump.sql.gz"]?["get_bytes"] ?? -1)
+        XCTAssertGreaterThan(got, 0, "\(stats)")
+        XCTAssertLessThan(got, stored / 4, "the ranged GETs fetch far less than the dump's \(stored) stored bytes: \(stats)")
         let read = try readStatistics(result)
+        XCTAssertEqual(number(read["compressed_bytes_read"]), got, "the tool's own count agrees with the proxy's")
         XCTAssertEqual(read["method"] as? String, "ranged")
         let plan = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(result.standardOutput.utf8)) as? [String: Any])?["plan"] as? [String: Any])
         XCTAssertLessThan(number(read["bytes_decompressed"]), number(plan["dump_bytes"]) / 2, "most of the dump (orders' rows) is never decompressed: \(read)")
@@ -613,5 +664,179 @@ extension SelectiveRestoreTests {
         try holder.execute(script: "COMMIT")
         XCTAssertEqual(try query("SELECT count(*)::text FROM crm.customers")[0][0], "500")
         XCTAssertEqual(try query("SELECT count(*)::text FROM pg_namespace WHERE nspname LIKE 'restored\\_%'")[0][0], "0")
+    }
+}
+
+/// Issue 18, the gaps an attacker found: long and colliding names, keywords, partitioned
+/// referrers, shared sequences, statistics and comments on constraint indexes.
+extension SelectiveRestoreTests {
+    private func execute(_ sql: String) throws {
+        let connection = try cluster.connect(database: database)
+        defer { connection.close() }
+        try connection.execute(script: sql)
+    }
+
+    /// `_pre_restore_<time>` names of long index names: shortened to 63 bytes, kept apart, reported.
+    func testReplaceRenamesLongNamesAsideUniquelyAndSaysSo() throws {
+        let long = String(repeating: "l", count: 50)
+        try execute("""
+            CREATE TABLE sales.ledger (id int CONSTRAINT \(long)_pk PRIMARY KEY, a int, b int);
+            CREATE INDEX \(long)_a ON sales.ledger (a);
+            CREATE INDEX \(long)_b ON sales.ledger (b);
+            INSERT INTO sales.ledger SELECT g, g, g FROM generate_series(1, 100) g;
+            """)
+        try backup()
+        try execute("DELETE FROM sales.ledger WHERE id > 10")
+        let result = try restore(["latest", "--table", "sales.ledger", "--replace", "--yes"])
+        XCTAssertEqual(result.status, 0, result.standardError)
+        XCTAssertEqual(try query("SELECT count(*)::text FROM sales.ledger")[0][0], "100")
+        XCTAssertEqual(Set(try query("SELECT indexname FROM pg_indexes WHERE schemaname = 'sales' AND tablename = 'ledger'").map { $0[0] ?? "" }),
+                       ["\(long)_pk", "\(long)_a", "\(long)_b"], "the restored table has the backup's names")
+        let aside = try query("SELECT indexname FROM pg_indexes WHERE schemaname = 'sales' AND tablename LIKE 'ledger\\_pre\\_restore\\_%'").map { $0[0] ?? "" }
+        XCTAssertEqual(Set(aside).count, 3, "three distinct names: \(aside)")
+        XCTAssertTrue(aside.allSatisfy { $0.utf8.count <= 63 && $0.contains("_pre_restore_") }, "\(aside)")
+        XCTAssertEqual(try query("SELECT count(*)::text FROM sales.ledger_pre_restore_\(aside[0].components(separatedBy: "_pre_restore_")[1])")[0][0], "10",
+                       "the old table is kept with its rows")
+        for index in ["\(long)_pk", "\(long)_a", "\(long)_b"] {
+            XCTAssertTrue(result.standardOutput.contains("renamed aside: index sales.\(index) → ") && result.standardOutput.contains("(shortened to 63 bytes"), result.standardOutput)
+        }
+    }
+
+    /// Two tables (or two indexes) of one name from different schemas never merge into one schema.
+    func testSameNamesFromTwoSchemasAreRefusedIntoOneSchema() throws {
+        try execute("""
+            CREATE TABLE sales.notes (id int PRIMARY KEY, body text); CREATE TABLE audit.notes (id int PRIMARY KEY, body text);
+            INSERT INTO sales.notes VALUES (1, 'sales'); INSERT INTO audit.notes VALUES (1, 'audit'), (2, 'audit');
+            CREATE TABLE sales.a (at date); CREATE INDEX by_date ON sales.a (at); CREATE TABLE audit.b (at date); CREATE INDEX by_date ON audit.b (at);
+            """)
+        try backup()
+        let refused = try restore(["latest", "--table", "*.notes", "--into-schema", "rescue"])
+        XCTAssertEqual(refused.status, 2, refused.standardError)
+        XCTAssertTrue(refused.standardError.contains("would both be named notes in schema rescue") && refused.standardError.contains("one at a time")
+                      && refused.standardError.contains("--into-database"), refused.standardError)
+        XCTAssertEqual(try query("SELECT to_regnamespace('rescue')::text")[0][0], nil, "nothing was created")
+        let indexes = try restore(["latest", "--table", "sales.a", "--table", "audit.b", "--into-schema", "rescue"])
+        XCTAssertEqual(indexes.status, 2, indexes.standardError)
+        XCTAssertTrue(indexes.standardError.contains("would both be named by_date"), indexes.standardError)
+        let replace = try restore(["latest", "--table", "*.notes", "--replace", "--yes"])
+        XCTAssertEqual(replace.status, 2, replace.standardError)
+        XCTAssertTrue(replace.standardError.contains("replace them one at a time"), replace.standardError)
+
+        let target = "\(database!)_notes"
+        defer { _ = try? cluster.connect().execute(script: "DROP DATABASE IF EXISTS \(target)") }
+        let copy = try restore(["latest", "--table", "*.notes", "--into-database", target])
+        XCTAssertEqual(copy.status, 0, copy.standardError)
+        let connection = try cluster.connect(database: target)
+        defer { connection.close() }
+        XCTAssertEqual(try connection.query("SELECT (SELECT count(*) FROM sales.notes)::text || '/' || (SELECT count(*) FROM audit.notes)::text").scalar, "1/2")
+    }
+
+    /// Tables named by keywords, one with a key to itself: quoted everywhere, restored and replaced.
+    func testKeywordTablesWithASelfReferencingKey() throws {
+        try execute("""
+            CREATE TABLE sales."order" (id int PRIMARY KEY, parent int REFERENCES sales."order", "select" text);
+            CREATE TABLE sales."user" (id int PRIMARY KEY);
+            INSERT INTO sales."order" VALUES (1, NULL, 'root'), (2, 1, 'child'), (3, 2, 'grandchild');
+            INSERT INTO sales."user" VALUES (1);
+            """)
+        let id = try backup()
+        let listing = try TestProcess.tool("dbrestore", ["contents", id, "--repo", repository], cluster: cluster)
+        XCTAssertEqual(listing.status, 0, listing.standardError)
+        XCTAssertTrue(listing.standardOutput.contains("sales.\"order\"") && listing.standardOutput.contains("sales.\"user\""), listing.standardOutput)
+        let json = try contents([id, "--repo", repository])
+        let qualified = Set(((json["tables"] as? [[String: Any]]) ?? []).compactMap { $0["qualified"] as? String })
+        XCTAssertTrue(qualified.isSuperset(of: ["sales.\"order\"", "sales.\"user\"", "sales.orders"]), "\(qualified)")
+
+        let rescue = try restore(["latest", "--table", "sales.\"order\"", "--table", "sales.user", "--into-schema", "rescue", "--json"])
+        XCTAssertEqual(rescue.status, 0, rescue.standardError)
+        XCTAssertEqual(try query("SELECT count(*)::text FROM rescue.\"order\"")[0][0], "3")
+        XCTAssertEqual(try query("SELECT confrelid::regclass::text FROM pg_constraint WHERE conrelid = 'rescue.\"order\"'::regclass AND contype = 'f'")[0][0],
+                       "rescue.\"order\"", "the key points at the copy itself")
+
+        try execute("DELETE FROM sales.\"order\" WHERE id = 3")
+        let replaced = try restore(["latest", "--table", "sales.order", "--replace", "--yes"])
+        XCTAssertEqual(replaced.status, 0, replaced.standardError)
+        XCTAssertTrue(replaced.standardOutput.contains("previous sales.\"order\" kept as sales.order_pre_restore_"), replaced.standardOutput)
+        XCTAssertEqual(try query("SELECT count(*)::text FROM sales.\"order\"")[0][0], "3")
+        XCTAssertEqual(try query("SELECT confrelid::regclass::text FROM pg_constraint WHERE conrelid = 'sales.\"order\"'::regclass AND contype = 'f'")[0][0],
+                       "sales.\"order\"")
+    }
+
+    /// A partitioned table whose key references the replaced table: listed once, re-pointed with its partitions.
+    func testAPartitionedReferrerIsListedAndRepointed() throws {
+        try execute("""
+            CREATE TABLE sales.shipments (order_id int REFERENCES sales.orders, at date NOT NULL) PARTITION BY RANGE (at);
+            CREATE TABLE sales.shipments_2024 PARTITION OF sales.shipments FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+            CREATE TABLE sales.shipments_2025 PARTITION OF sales.shipments FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+            INSERT INTO sales.shipments SELECT id, date '2024-06-01' + (id % 400) FROM sales.orders WHERE id <= 1000;
+            """)
+        try backup()
+        let plan = try restore(["latest", "--table", "sales.orders", "--replace", "--dry-run"])
+        XCTAssertEqual(plan.status, 0, plan.standardError)
+        XCTAssertTrue(plan.standardOutput.contains("FK CONSTRAINT: shipments shipments_order_id_fkey in sales → sales.orders"), plan.standardOutput)
+        XCTAssertFalse(plan.standardOutput.contains("shipments_2024"), "partitions inherit the key; they are not listed apart: \(plan.standardOutput)")
+
+        let refused = try restore(["latest", "--table", "sales.orders", "--replace", "--yes"])
+        XCTAssertEqual(refused.status, 31, refused.standardError)
+        XCTAssertTrue(refused.standardError.contains("shipments_order_id_fkey on table sales.shipments") && !refused.standardError.contains("sales.shipments_2024"),
+                      refused.standardError)
+
+        let result = try restore(["latest", "--table", "sales.orders", "--replace", "--cascade-report", "--yes"])
+        XCTAssertEqual(result.status, 0, result.standardError)
+        XCTAssertTrue(result.standardOutput.contains("re-pointed: constraint shipments_order_id_fkey on table sales.shipments"), result.standardOutput)
+        let keys = try query("""
+            SELECT conrelid::regclass::text, confrelid::regclass::text, convalidated::text FROM pg_constraint
+            WHERE contype = 'f' AND conrelid::regclass::text LIKE 'sales.shipments%' ORDER BY 1
+            """)
+        XCTAssertEqual(keys.map { $0.compactMap { $0 } }, [["sales.shipments", "sales.orders", "true"], ["sales.shipments_2024", "sales.orders", "true"],
+                                                          ["sales.shipments_2025", "sales.orders", "true"]], "the key and its partitions' copies reference the restored table")
+    }
+
+    /// --into-database: a default drawing from a sequence the table does not own brings that sequence along.
+    func testASharedSequenceComesAlongIntoANewDatabase() throws {
+        try execute("""
+            CREATE SEQUENCE sales.ticket_numbers START 1000;
+            CREATE TABLE sales.tickets (id bigint DEFAULT nextval('sales.ticket_numbers') PRIMARY KEY, what text);
+            CREATE TABLE sales.refunds (id bigint DEFAULT nextval('sales.ticket_numbers') PRIMARY KEY);
+            INSERT INTO sales.tickets (what) SELECT 'ticket ' || g FROM generate_series(1, 5) g; INSERT INTO sales.refunds DEFAULT VALUES;
+            """)
+        try backup()
+        let target = "\(database!)_tickets"
+        defer { _ = try? cluster.connect().execute(script: "DROP DATABASE IF EXISTS \(target)") }
+        let plan = try restore(["latest", "--table", "sales.tickets", "--into-database", target, "--dry-run"])
+        XCTAssertTrue(plan.standardOutput.contains("SEQUENCE: ticket_numbers in sales"), plan.standardOutput)
+        let result = try restore(["latest", "--table", "sales.tickets", "--into-database", target])
+        XCTAssertEqual(result.status, 0, result.standardError)
+        let connection = try cluster.connect(database: target)
+        defer { connection.close() }
+        XCTAssertEqual(try connection.query("SELECT last_value::text FROM sales.ticket_numbers").scalar, "1005", "at the backup's value")
+        XCTAssertEqual(try connection.query("INSERT INTO sales.tickets (what) VALUES ('new') RETURNING id::text").scalar, "1006")
+        XCTAssertEqual(try connection.query("SELECT to_regclass('sales.refunds')::text").scalar, nil, "the other table drawing from it is not restored")
+    }
+
+    /// Extended statistics and comments on constraint-backed indexes come with the table, into a rescue schema and in place.
+    func testStatisticsAndCommentsOnConstraintIndexesAreRestored() throws {
+        try execute("""
+            CREATE STATISTICS sales.orders_customer_total (dependencies, ndistinct) ON customer_id, total FROM sales.orders;
+            COMMENT ON STATISTICS sales.orders_customer_total IS 'planner hint';
+            COMMENT ON INDEX sales.orders_pkey IS 'one row per id';
+            COMMENT ON INDEX sales.orders_customer IS 'by customer';
+            """)
+        try backup()
+        let result = try restore(["latest", "--table", "sales.orders", "--into-schema", "rescue"])
+        XCTAssertEqual(result.status, 0, result.standardError)
+        XCTAssertEqual(try query("SELECT stxnamespace::regnamespace::text, stxrelid::regclass::text FROM pg_statistic_ext WHERE stxname = 'orders_customer_total' ORDER BY 1").map { $0.compactMap { $0 } },
+                       [["rescue", "rescue.orders"], ["sales", "sales.orders"]])
+        XCTAssertEqual(try query("SELECT obj_description('rescue.orders_pkey'::regclass, 'pg_class'), obj_description('rescue.orders_customer'::regclass, 'pg_class')")[0],
+                       ["one row per id", "by customer"])
+        XCTAssertEqual(try query("SELECT obj_description(oid, 'pg_statistic_ext') FROM pg_statistic_ext WHERE stxnamespace = 'rescue'::regnamespace")[0][0], "planner hint")
+        try execute("COMMENT ON INDEX sales.orders_customer IS 'changed live'")
+
+        let replaced = try restore(["latest", "--table", "sales.orders", "--replace", "--cascade-report", "--yes"])
+        XCTAssertEqual(replaced.status, 0, replaced.standardError)
+        XCTAssertTrue(replaced.standardOutput.contains("renamed aside: statistics sales.orders_customer_total → orders_customer_total_pre_restore_"), replaced.standardOutput)
+        XCTAssertEqual(try query("SELECT stxname FROM pg_statistic_ext WHERE stxrelid = 'sales.orders'::regclass")[0][0], "orders_customer_total")
+        XCTAssertEqual(try query("SELECT obj_description('sales.orders_pkey'::regclass, 'pg_class'), obj_description('sales.orders_customer'::regclass, 'pg_class')")[0],
+                       ["one row per id", "by customer"], "the backup's comments, on the restored indexes")
     }
 }

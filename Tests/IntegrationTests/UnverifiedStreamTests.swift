@@ -13,7 +13,7 @@ final class UnverifiedStreamTests: IntegrationTestCase {
         useLocalRepository()
     }
 
-    private func backup(_ repositories: [String]) throws -> String {
+    private func backup(into repositories: [String]) throws -> String {
         sleep(1)   // ids sort by the second they were taken
         let result = try tool("dbbackup", ["--database-url", cluster.url(database: database)] + repositories.flatMap { ["--repo", $0] })
         XCTAssertEqual(result.status, 0, result.standardError)
@@ -46,8 +46,8 @@ final class UnverifiedStreamTests: IntegrationTestCase {
     /// Finding 1: the attacker's dump (`DROP DATABASE other`, `CREATE ROLE … SUPERUSER`) replayed by `latest --yes`, `--drill` and `--emergency`: nothing of it runs; the
     /// copy is reported damaged (exit 23) and the fallbacks restore the older backup.
     func testStatementsOutsideTheScratchDatabaseNeverRunBeforeTheDigestIsKnown() throws {
-        let good = try backup([repository])
-        let newest = try backup([repository])
+        let good = try backup(into: [repository])
+        let newest = try backup(into: [repository])
         let victim = try cluster.createDatabase(prefix: "victim")
         let role = "evil_\(UInt32.random(in: 0...UInt32.max))"
         try replaceDump(newest, in: repository, with: """
@@ -82,8 +82,8 @@ final class UnverifiedStreamTests: IntegrationTestCase {
     /// the second repository's copy, and `--emergency` skips the candidate naming the sha256.
     func testDamageThatFailsAsSQLIsADamagedCopy() throws {
         let second = TestPaths.repositoryPath(prefix: "repo2")
-        let good = try backup([repository])
-        let newest = try backup([repository, second])
+        let good = try backup(into: [repository])
+        let newest = try backup(into: [repository, second])
         let failing = """
             CREATE TABLE public.t (x integer);
             ALTER TABLE public.no_such_table OWNER TO no_such_role;

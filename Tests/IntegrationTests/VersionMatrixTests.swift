@@ -67,6 +67,71 @@ final class VersionMatrixTests: XCTestCase {
         XCTAssertTrue(leftovers.isEmpty, "\(leftovers.map { $0[0] ?? "" })")
     }
 
+    /// The 3 a.m. path into a 15 server, with the newest backup taken from 16: `--emergency` and
+    /// `--drill` pass over it with the reason and restore the older one from 15; with only the 16
+    /// backup, the error names both majors and the fix, and the target stays as it was; a plain
+    /// `dbrestore` of the 16 backup is still refused with the reason.
+    func testEmergencyAndDrillPassOverABackupFromANewerMajor() throws {
+        let old = try Self.cluster(major: 15)
+        let new = try Self.cluster(major: 16)
+        let repository = TestPaths.repositoryPath(prefix: "newer-major")
+        let source = try filledDatabase("older", on: old.cluster, major: 15)
+        let oldID = try backup(old.cluster, database: source, repository: repository)
+        let expected = try old.cluster.rowCounts(database: source)
+        let upgraded = try filledDatabase("newer", on: new.cluster, major: 16)
+        try new.cluster.connect(database: upgraded).execute(script: "INSERT INTO users (email) VALUES ('only-in-16@example.com')")
+        sleep(1)   // ids sort by the second they were taken
+        let newID = try backup(new.cluster, database: upgraded, repository: repository)
+        XCTAssertGreaterThan(newID, oldID)
+
+        // The 15 database has moved on since its backup; the emergency restore brings back the 15 backup.
+        try old.cluster.connect(database: source).execute(script: "DELETE FROM events WHERE id % 2 = 0")
+        let common = ["--database-url", old.cluster.url(database: source), "--repo", repository]
+        let passedOver = "skip backup \(newID): taken from PostgreSQL 16, newer than the target server's 15"
+        let drill = try TestProcess.tool("dbrestore", common + ["--drill"], cluster: old.cluster)
+        XCTAssertEqual(drill.status, 0, drill.standardError)
+        XCTAssertTrue(drill.standardOutput.contains("drill passed: backup \(oldID)"), drill.standardOutput)
+        XCTAssertTrue(drill.standardError.contains(passedOver), drill.standardError)
+        let incident = TestPaths.temporaryDirectory(prefix: "incident") + "/incident.json"
+        let emergency = try TestProcess.tool("dbrestore", common + ["--emergency", "--incident-file", incident], cluster: old.cluster)
+        XCTAssertEqual(emergency.status, 0, emergency.standardError)
+        XCTAssertTrue(emergency.standardOutput.contains("from backup \(oldID)"), emergency.standardOutput)
+        XCTAssertTrue(emergency.standardError.contains(passedOver), emergency.standardError)
+        let record = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: incident))) as? [String: Any]
+        let plan = record?["plan"] as? [String: Any]
+        XCTAssertEqual(plan?["backup_id"] as? String, oldID)
+        let skipped = (plan?["skipped"] as? [[String: String]] ?? []).map { "\($0["id"] ?? ""): \($0["reason"] ?? "")" }
+        XCTAssertEqual(skipped, ["\(newID): taken from PostgreSQL 16, newer than the target server's 15 (a logical backup restores only into the same or a newer major)"])
+        XCTAssertEqual(try old.cluster.rowCounts(database: source), expected)
+        XCTAssertEqual(try old.cluster.scalar("SELECT count(*) FROM users WHERE email = 'only-in-16@example.com'", database: source), "0")
+
+        // Only the 16 backup: no usable candidate; the error names the majors and the way out; nothing touched.
+        let onlyNewer = TestPaths.repositoryPath(prefix: "newer-only")
+        XCTAssertEqual(try TestProcess.run("/bin/cp", ["-a", repository, onlyNewer]).status, 0)
+        try FileManager.default.removeItem(atPath: "\(onlyNewer)/backups/\(oldID)")
+        try old.cluster.connect(database: source).execute(script: "DELETE FROM events WHERE id % 3 = 0")
+        let before = try old.cluster.rowCounts(database: source)
+        let databases = "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database"
+        let databasesBefore = try old.cluster.scalar(databases, database: "postgres")
+        for mode in ["--emergency", "--drill"] {
+            let none = try TestProcess.tool("dbrestore", ["--database-url", old.cluster.url(database: source), "--repo", onlyNewer, mode],
+                                            cluster: old.cluster)
+            XCTAssertEqual(none.status, ExitStatus.backupNotFound.rawValue, "\(mode): \(none.standardError)")
+            XCTAssertTrue(none.standardError.contains("\(newID): taken from PostgreSQL 16, newer than the target server's 15"), none.standardError)
+            XCTAssertTrue(none.standardError.contains("backups from PostgreSQL 16 need a server of that major or newer, and the target server is PostgreSQL 15"),
+                          none.standardError)
+            XCTAssertTrue(none.standardError.contains("restore into a PostgreSQL 16 or newer server (its --database-url, and --pg-bin"), none.standardError)
+        }
+        XCTAssertEqual(try old.cluster.rowCounts(database: source), before)
+        XCTAssertEqual(try old.cluster.scalar(databases, database: "postgres"), databasesBefore, "no scratch database may be left")
+
+        // Named, the 16 backup is refused into 15 with the reason, as before.
+        let named = try TestProcess.tool("dbrestore", [newID, "--yes"] + common, cluster: old.cluster)
+        XCTAssertEqual(named.status, ExitStatus.restoreFailed.rawValue, named.standardError)
+        XCTAssertTrue(named.standardError.contains("taken from PostgreSQL 16; the target server is PostgreSQL 15"), named.standardError)
+        XCTAssertEqual(try old.cluster.rowCounts(database: source), before)
+    }
+
     /// pg_dump of the server's own major is chosen and recorded; a newer one named with --pg-bin is
     /// used as asked, and its dump (which sets transaction_timeout, unknown to 14) restores into 14;
     /// an older one named with --pg-bin is refused with the reason and the fix.

@@ -15,6 +15,32 @@ final class TableSelectionTests: XCTestCase {
         XCTAssertEqual(found.map(\.inLiteral), [false, true, false])
     }
 
+    /// Names read back as the server writes them (`regclass::text`, pg_dump's fmtId): keywords and
+    /// anything but lower-case letters, digits and `_` quoted.
+    func testDisplayQuotesKeywordsAsTheServerDoes() {
+        XCTAssertEqual(DumpTableOfContents.Name(schema: "sales", name: "order").qualified, "sales.\"order\"")
+        XCTAssertEqual(DumpTableOfContents.Name(schema: "user", name: "orders").qualified, "\"user\".orders")
+        XCTAssertEqual(QualifiedNames.display("name"), "name", "an unreserved keyword reads back bare")
+        XCTAssertEqual(QualifiedNames.display("a$b"), "\"a$b\"")
+        XCTAssertEqual(QualifiedNames.display("Orders"), "\"Orders\"")
+    }
+
+    /// `_pre_restore_<time>` names: long ones shortened to 63 bytes with a digest of the whole name, never alike.
+    func testNamesRenamedAsideAreUniqueAndFitNamedatalen() {
+        let suffix = "_pre_restore_20261126_120000"
+        var taken: Set<String> = ["orders"]
+        XCTAssertEqual(SelectiveRestore.asideName("orders", suffix: suffix, taken: &taken), "orders" + suffix)
+        let long = String(repeating: "é", count: 25)   // 50 bytes
+        let first = SelectiveRestore.asideName(long + "_a", suffix: suffix, taken: &taken)
+        let second = SelectiveRestore.asideName(long + "_b", suffix: suffix, taken: &taken)
+        XCTAssertNotEqual(first, second)
+        XCTAssertTrue([first, second].allSatisfy { $0.utf8.count <= 63 && $0.hasSuffix(suffix) && $0.hasPrefix("éé") }, "\(first) \(second)")
+        taken.insert("short_pre")
+        let clash = SelectiveRestore.asideName("orders", suffix: suffix, taken: &taken)
+        XCTAssertNotEqual(clash, "orders" + suffix, "a name already taken gets the digest too")
+        XCTAssertTrue(taken.isSuperset(of: [first, second, clash]))
+    }
+
     func testRewriteMovesOnlyTheSelectedRelations() {
         let moving: Set<Name> = [Name(schema: "sales", name: "orders"), Name(schema: "sales", name: "orders_id_seq")]
         func rewrite(_ text: String) -> String {

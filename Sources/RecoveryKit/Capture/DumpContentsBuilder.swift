@@ -94,7 +94,15 @@ final class DumpContentsBuilder {
     private func analyze(_ sql: [UInt8]) {
         guard let last = entries.indices.last,
               ["INDEX", "SEQUENCE OWNED BY", "SEQUENCE", "FK CONSTRAINT", "VIEW", "MATERIALIZED VIEW", "TABLE", "TABLE ATTACH",
-               "INDEX ATTACH"].contains(entries[last].kind) else { return }
+               "INDEX ATTACH", "STATISTICS", "DEFAULT"].contains(entries[last].kind) else { return }
+        if entries[last].kind == "DEFAULT" || (entries[last].kind == "TABLE" && sql.starts(with: Array("CREATE ".utf8))) {
+            // ALTER TABLE ONLY schema.t ALTER COLUMN c SET DEFAULT nextval('schema.seq'::regclass), or the same default
+            // inline in CREATE TABLE: the sequences it draws from (a table's `references`; its parents are `inherits`).
+            let sequences = QualifiedNames.references(in: sql).filter { $0.inLiteral && $0.parts.count == 2 }
+                .map { DumpTableOfContents.Name(schema: $0.parts[0], name: $0.parts[1]) }
+            if !sequences.isEmpty { entries[last].references = sequences }
+            if entries[last].kind == "DEFAULT" { return }
+        }
         let names = QualifiedNames.references(in: sql).filter { !$0.inLiteral }
         func name(_ reference: QualifiedNames.Reference) -> DumpTableOfContents.Name {
             .init(schema: reference.parts[0], name: reference.parts[1])
@@ -129,6 +137,9 @@ final class DumpContentsBuilder {
                 entries[last].table = tables[1]
                 entries[last].references = [tables[0]]
             }
+        case "STATISTICS":
+            // CREATE STATISTICS schema.name [(kinds)] ON columns or expressions FROM schema.table
+            if sql.starts(with: Array("CREATE STATISTICS ".utf8)), let table = names.last(where: { $0.parts.count == 2 }) { entries[last].table = name(table) }
         case "INDEX ATTACH":
             // ALTER INDEX schema.parent_index ATTACH PARTITION schema.partition_index: the tables of both indexes.
             let indexes = names.filter { $0.parts.count == 2 }.map(name)

@@ -11,7 +11,18 @@ public struct BackupContents: Codable, Sendable {
     public struct Object: Codable, Sendable, Equatable {
         public var schema: String?
         public var name: String
-        /// `schema.name`, or the name alone outside any schema.
+        /// As SQL reads it: `sales."order"`, quoted where a part needs it (a keyword, capitals); a
+        /// function's name keeps its argument list as pg_dump wrote it (`f(integer)`).
+        public var qualified: String
+
+        public init(schema: String?, name: String, relation: Bool) {
+            self.schema = schema
+            self.name = name
+            let shown = relation ? QualifiedNames.display(name) : name
+            qualified = schema.map { QualifiedNames.display($0) + "." + shown } ?? shown
+        }
+
+        /// `schema.name` unquoted (a key, matched with the manifest's), or the name alone outside any schema.
         public var qualifiedName: String { schema.map { "\($0).\(name)" } ?? name }
     }
 
@@ -22,6 +33,18 @@ public struct BackupContents: Codable, Sendable {
         public var rows: Int64?
         /// Bytes of the uncompressed dump its rows take (its COPY block); 0 when it has no data entry.
         public var dumpBytes: UInt64
+        /// As SQL reads it: `sales."order"` (what `--table` takes).
+        public var qualified: String
+
+        public init(schema: String, name: String, rows: Int64?, dumpBytes: UInt64) {
+            self.schema = schema
+            self.name = name
+            self.rows = rows
+            self.dumpBytes = dumpBytes
+            qualified = DumpTableOfContents.Name(schema: schema, name: name).qualified
+        }
+
+        /// `schema.name` unquoted (a key, matched with the manifest's).
         public var qualifiedName: String { "\(schema).\(name)" }
     }
 
@@ -88,7 +111,8 @@ public struct BackupContents: Codable, Sendable {
         var tableNames: [Object] = []
         var dataBytes: [String: UInt64] = [:]
         for entry in toc.entries {
-            let object = Object(schema: entry.schema, name: entry.name)
+            let object = Object(schema: entry.schema, name: entry.name,
+                                relation: TableSelection.relationKinds.contains(entry.kind) && !["DEFAULT", "CONSTRAINT", "CHECK CONSTRAINT", "FK CONSTRAINT", "TRIGGER", "RULE", "POLICY"].contains(entry.kind))
             if let schema = entry.schema { schemas.insert(schema) }
             switch entry.kind {
             case "SCHEMA": schemas.insert(entry.name)

@@ -7,8 +7,10 @@ import Logging
 ///
 /// A candidate is skipped, with the reason, for anything that is its own fault: a manifest that
 /// does not decode or names paths outside its folder, files that are missing, unreadable, damaged or
-/// encrypted with another key, a physical backup. Only a repository that cannot be listed at all
-/// stops the search.
+/// encrypted with another key, a physical backup, and — in `--emergency` and `--drill` — a logical
+/// backup taken from a newer PostgreSQL major than the target server (pg_dump's output loads into
+/// the same or a newer major only; at 3 a.m. an older backup that restores beats a refusal). Only a
+/// repository that cannot be listed at all stops the search.
 enum CandidateSelection {
     /// Candidates passed over: at info (`-v`) when the backup itself failed, at debug (`-vv`) when it
     /// was not a candidate at all (physical, another release).
@@ -37,10 +39,12 @@ enum CandidateSelection {
     ///   - excluding: backup ids (every copy) or candidate labels (`label(_:in:)`: one copy) not to try.
     ///   - skipped: candidates already passed over (reported again, with the new ones).
     ///   - depth: `.size` (reads nothing), `.checksum`, or `.full` to decompress the whole gzip stream too.
+    ///   - serverMajor: the target server's major; in `--emergency` and `--drill` a candidate from a
+    ///     newer major is passed over with the reason (a normal restore of it is refused by `checkMajors`).
     /// - Throws: `RecoveryError` — `.backupNotFound` (nothing left, naming what was skipped and why),
     ///   `.backupCorrupt` (normal mode: the named backup does not verify), or the repository's error.
     static func choose(_ configuration: RestoreConfiguration, excluding: Set<String> = [], skipped: [RestorePlan.Skipped] = [],
-                       depth: FileVerifier.Depth, timeline: Timeline?) throws -> Choice {
+                       depth: FileVerifier.Depth, serverMajor: PostgresMajor?, timeline: Timeline?) throws -> Choice {
         var stores: [(String, BackupStore)] = []
         var skipped = skipped
         var openError: Error?
@@ -104,6 +108,14 @@ enum CandidateSelection {
                     logger.debug("skipped backup \(label): taken at release \(manifest.release ?? "none"), not \(release)")
                     continue
                 }
+                if configuration.mode != .normal, let target = serverMajor, let source = manifest.serverMajor, source > target {
+                    let reason = "taken from PostgreSQL \(source), newer than the target server's \(target) "
+                        + "(\(RestorePlan.majorRule))"
+                    skipped.append(.init(id: label, reason: reason))
+                    timeline?.note("skip backup \(label)", outcome: reason)
+                    logger.info("skipped backup \(label): \(reason)")
+                    continue
+                }
                 let reason: String
                 do {
                     let check = try FileVerifier.verify(manifest, in: store, depth: depth, cipherKey: configuration.key)
@@ -121,7 +133,14 @@ enum CandidateSelection {
                 logger.info("skipped backup \(label): \(reason)")
             }
         }
-        throw noneLeft(configuration, stores: stores.map(\.0), skipped: skipped)
+        // Backups that only a newer server can take: the error names their majors and the way out.
+        let newerMajors = configuration.mode == .normal ? [] : Set(holders.values.joined().compactMap { holder -> PostgresMajor? in
+            guard let manifest = holder.2.manifest, manifest.kind == .logical, let target = serverMajor,
+                  let source = manifest.serverMajor, source > target else { return nil }
+            if let release = configuration.release, manifest.release != release { return nil }
+            return source
+        })
+        throw noneLeft(configuration, stores: stores.map(\.0), skipped: skipped, newerMajors: newerMajors.sorted(), serverMajor: serverMajor)
     }
 
     /// How a candidate copy is named in `skipped` and `excluding`: the id, with the repository when
@@ -130,14 +149,21 @@ enum CandidateSelection {
         configuration.repositories.count > 1 ? "\(id) in \(address)" : id
     }
 
-    /// The error when every candidate was passed over, naming each and why.
-    static func noneLeft(_ configuration: RestoreConfiguration, stores: [String], skipped: [RestorePlan.Skipped]) -> RecoveryError {
+    /// The error when every candidate was passed over, naming each and why; when some were taken from
+    /// a newer major than the target server, naming those majors and the server they need.
+    static func noneLeft(_ configuration: RestoreConfiguration, stores: [String], skipped: [RestorePlan.Skipped],
+                         newerMajors: [PostgresMajor], serverMajor: PostgresMajor?) -> RecoveryError {
         let scope = configuration.release.map { " taken at release \($0)" } ?? ""
         let listed = skipped.prefix(5).map { "\($0.id): \($0.reason)" }.joined(separator: "; ")
         let more = skipped.count > 5 ? "; and \(skipped.count - 5) more" : ""
+        var hint = configuration.release == nil ? "dbverify --files all checks each backup; check another repository" : "drop --release to consider every backup"
+        if let oldest = newerMajors.first, let target = serverMajor {
+            hint = "backups from PostgreSQL \(newerMajors.map(\.description).joined(separator: ", ")) need a server of that major or newer, "
+                + "and the target server is PostgreSQL \(target): restore into a PostgreSQL \(oldest) or newer server (its --database-url, and "
+                + "--pg-bin naming its programs if they are not found); " + hint
+        }
         return RecoveryError(configuration.mode == .normal ? .backupCorrupt : .backupNotFound,
                              "no backup\(scope) in \(stores.joined(separator: ", ")) restores and verifies (\(skipped.count) skipped: \(listed)\(more))",
-                             hint: configuration.release == nil ? "dbverify --files all checks each backup; check another repository"
-                                 : "drop --release to consider every backup")
+                             hint: hint)
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// One connection loading COPY rows on its own thread, fed through a bounded queue.
 ///
@@ -25,12 +26,15 @@ final class CopyWorker: @unchecked Sendable {
     /// The COPY this connection has open: its number in the dump and its statement.
     private var openCopy: (number: Int, statement: DumpScanner.Statement)?
     private let spares: BufferPool
+    /// Where each committed COPY's row count goes (the server's own `COPY n`).
+    private let tally: CopyRowTally
     /// Bytes waiting before `submit` blocks: keeps memory bounded when the server is the slower side.
     private static let maximumQueued = 4 << 20
 
-    init(connection: LoaderConnection, spares: BufferPool) {
+    init(connection: LoaderConnection, spares: BufferPool, tally: CopyRowTally) {
         self.connection = connection
         self.spares = spares
+        self.tally = tally
         loop = Background { [self] in run() }
     }
 
@@ -136,14 +140,25 @@ final class CopyWorker: @unchecked Sendable {
         }
     }
 
-    /// Ends the open COPY, which commits its rows.
+    /// Ends the open COPY, which commits its rows, and records how many the server says it loaded.
     private func commit() throws {
         guard let open = openCopy else { return }
         openCopy = nil
         do {
-            try connection.connection.endCopy()
+            tally.add(try connection.connection.endCopy(), to: open.number)
         } catch {
             throw DumpApplier.failure(error, in: open.statement.excerpt, backupID: connection.backupID)
         }
     }
+}
+
+/// The rows the server reported for each COPY of the dump (`COPY n`, PQcmdTuples), summed over the
+/// pieces a table's rows were split into across connections.
+final class CopyRowTally: Sendable {
+    private let rows = Mutex<[Int: Int64]>([:])
+
+    func add(_ count: Int64, to copy: Int) { rows.withLock { $0[copy, default: 0] += count } }
+
+    /// Rows loaded by the dump's `copy`-th COPY (0 when it had none).
+    func rows(of copy: Int) -> Int64 { rows.withLock { $0[copy] ?? 0 } }
 }

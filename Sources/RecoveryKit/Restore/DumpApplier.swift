@@ -21,12 +21,15 @@ import PostgresClient
 enum DumpApplier {
     /// Streams `backups/<id>/dump.sql.gz` → sha256 + gunzip → parsed dump → `jobs` connections.
     ///
+    /// - Returns: the rows the server reported for each table's COPYs, where they are exact counts.
+    ///
     /// - Important: rows are committed in the target database as they load, and the stream's
     ///   sha256 is only known at its end; callers restore into a scratch database and drop it on
     ///   any failure, which is what keeps a damaged backup from being applied.
     /// - Throws: `RecoveryError` (`.backupCorrupt`, `.restoreFailed`) or `StorageError`.
+    @discardableResult
     static func apply(_ manifest: BackupManifest, from store: BackupStore, into target: ConnectionTarget,
-                      jobs: Int, maintenanceWorkMem: String, key: RepositoryKey?, progress: ProgressObserver?) throws {
+                      jobs: Int, maintenanceWorkMem: String, key: RepositoryKey?, progress: ProgressObserver?) throws -> LoadedRows {
         guard manifest.kind == .logical, let file = manifest.files.first(where: { $0.name == LogicalCapture.dumpFileName }) else {
             throw RecoveryError(.usage, "backup \(manifest.id) is a \(manifest.kind.rawValue) backup; a logical restore needs a logical one",
                                 hint: "restore physical backups with dbrestore --pitr")
@@ -38,7 +41,7 @@ enum DumpApplier {
             try scanner.write(plain)
         }
         try scanner.finish()
-        try loader.finish()
+        return try loader.finish()
     }
 
     /// A server error while replaying, as the operator reads it: which statement, what the server said.

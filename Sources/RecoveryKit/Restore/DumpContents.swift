@@ -37,6 +37,7 @@ public struct DumpTableOfContents: Codable, Equatable, Sendable {
         public var table: Name? = nil
         /// For a foreign key: the table it references; for a view: the relations its query names; for a
         /// `TABLE ATTACH` / `INDEX ATTACH` (whose `table` is the partition): the partitioned table.
+        /// For a table or a `DEFAULT`: the sequences its defaults draw from (`nextval('schema.seq'::regclass)`).
         public var references: [Name]? = nil
         /// For a table: the tables it inherits from (`INHERITS`).
         public var inherits: [Name]? = nil

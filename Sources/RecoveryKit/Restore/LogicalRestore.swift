@@ -157,16 +157,18 @@ public enum LogicalRestore {
     /// - Throws: `RecoveryError` (`.backupNotFound`, `.backupCorrupt`, `.databaseUnavailable`, …).
     public static func plan(_ configuration: RestoreConfiguration, timeline: Timeline? = nil) throws -> RestorePlan {
         let database = configuration.target.databaseName
+        // The server first: its major decides which candidates --emergency and --drill can use.
+        let admin = try connectToMaintenance(configuration.target)
+        defer { admin.close() }
+        let serverMajor = PostgresMajor(serverVersionNumber: admin.serverVersionNumber)
         let choice: CandidateSelection.Choice
         do {
             // A real restore reads nothing to choose: the one streaming pass checks the sha256.
-            choice = try CandidateSelection.choose(configuration, depth: configuration.dryRun ? .full : .size, timeline: timeline)
+            choice = try CandidateSelection.choose(configuration, depth: configuration.dryRun ? .full : .size, serverMajor: serverMajor, timeline: timeline)
         } catch {
             if configuration.mode == .emergency && !configuration.dryRun, let timeline { recordFailedSearch(error, configuration, timeline: timeline) }
             throw error
         }
-        let admin = try connectToMaintenance(configuration.target)
-        defer { admin.close() }
         let exists = try databaseExists(database, on: admin)
         try checkPrivileges(on: admin, target: database, targetExists: exists, mode: configuration.mode)
         let stamp = Timestamp.compact(Date(), separator: "_", zone: "")
@@ -178,7 +180,7 @@ public enum LogicalRestore {
             keptAs: exists && configuration.mode != .drill ? try unusedIdentifier(database, suffix: "_pre_restore_\(stamp)", on: admin) : nil,
             skipped: [])
         plan.choose(choice)
-        try plan.checkMajors(choice.manifest, into: PostgresMajor(serverVersionNumber: admin.serverVersionNumber), tools: configuration.tools)
+        try plan.checkMajors(choice.manifest, into: serverMajor, tools: configuration.tools)
         if configuration.dryRun {
             plan.filesChecked = "\(choice.manifest.files.map(\.name).joined(separator: ", ")) verified: size, sha256 and the whole gzip stream"
         }
@@ -221,6 +223,7 @@ public enum LogicalRestore {
         do {
             let admin = try connectToMaintenance(configuration.target)
             defer { admin.close() }
+            let serverMajor = PostgresMajor(serverVersionNumber: admin.serverVersionNumber)
             try lockTarget(plan.targetDatabase, on: admin)
             try ToolDatabases.repair(plan.targetDatabase, on: admin, timeline: timeline)
             plan.warnings.forEach { timeline.note("backup \(plan.backupID)", outcome: "warning: \($0)") }
@@ -241,9 +244,9 @@ public enum LogicalRestore {
                     // meanwhile): the newest one now is what was asked for. Nothing was created yet.
                     latestGone += 1
                     timeline.note("backup \(plan.backupID)", outcome: "\(gone.message); taking the newest again")
-                    let newest = try CandidateSelection.choose(configuration, depth: .size, timeline: timeline)
+                    let newest = try CandidateSelection.choose(configuration, depth: .size, serverMajor: serverMajor, timeline: timeline)
                     plan.choose(newest)
-                    try plan.checkMajors(newest.manifest, into: PostgresMajor(serverVersionNumber: admin.serverVersionNumber), tools: configuration.tools)
+                    try plan.checkMajors(newest.manifest, into: serverMajor, tools: configuration.tools)
                     store = try open(plan.repository)
                 } catch {
                     // A damaged file (sha256, size or gzip stream, found while streaming) is this copy's
@@ -261,7 +264,8 @@ public enum LogicalRestore {
                     excluded.insert(damagedCopy ? label : plan.backupID)
                     let next: CandidateSelection.Choice
                     do {
-                        next = try CandidateSelection.choose(configuration, excluding: excluded, skipped: plan.skipped, depth: .size, timeline: timeline)
+                        next = try CandidateSelection.choose(configuration, excluding: excluded, skipped: plan.skipped, depth: .size,
+                                                             serverMajor: serverMajor, timeline: timeline)
                     } catch let none as RecoveryError where none.code == .backupNotFound || none.code == .backupCorrupt {
                         // Only damaged files so far: no usable backup, as when damage is found before streaming.
                         if onlyDamagedFiles { throw none }
@@ -269,7 +273,7 @@ public enum LogicalRestore {
                         throw RecoveryError(.restoreFailed, none.message, hint: "\(plan.targetDatabase) was not touched; " + (none.hint ?? ""))
                     }
                     plan.choose(next)
-                    try plan.checkMajors(next.manifest, into: PostgresMajor(serverVersionNumber: admin.serverVersionNumber), tools: configuration.tools)
+                    try plan.checkMajors(next.manifest, into: serverMajor, tools: configuration.tools)
                     if let note = plan.versionNote { timeline.note("backup \(plan.backupID)", outcome: note) }
                     // A fresh name, in case the failed candidate's scratch database could not be dropped.
                     plan.scratchDatabase = try unusedIdentifier(plan.targetDatabase,
@@ -369,7 +373,7 @@ public enum LogicalRestore {
                                            properties: manifest.databaseProperties, on: admin)
             scratchExists = true
         }
-        try timeline.step("replay backup \(manifest.id) into \(scratch) (\(ByteCount.format(manifest.storedBytes)))") {
+        let loaded = try timeline.step("replay backup \(manifest.id) into \(scratch) (\(ByteCount.format(manifest.storedBytes)))") {
             try DumpApplier.apply(manifest, from: store, into: configuration.target.with(database: scratch),
                                   jobs: configuration.jobs, maintenanceWorkMem: LoaderConnection.maintenanceWorkMem(in: configuration.environment),
                                   key: configuration.key, progress: progress)
@@ -377,7 +381,10 @@ public enum LogicalRestore {
         let counts = try timeline.step("verify row counts of \(manifest.tables.count) tables in \(scratch)") { () -> RowCountVerifier.Report in
             let connection = try PostgresConnection(target: configuration.target.with(database: scratch), applicationName: "dbrestore")
             defer { connection.close() }
-            let result = try RowCountVerifier.verify(manifest, on: connection)
+            // The COPY results stand for the counts where they are exact; the rest is counted.
+            let (result, fromCopies) = try RowCountVerifier.verify(manifest, on: connection, loaded: loaded)
+            timeline.note("row counts of \(scratch)", outcome: loaded.inexact.map { "all counted with count(*): \($0)" }
+                          ?? "\(fromCopies) of \(result.tables.count) tables from the server's COPY results, the rest counted with count(*)")
             guard result.ok else {
                 throw RecoveryError(.restoreFailed, "restored data does not match backup \(manifest.id): \(result.summary)",
                                     hint: "the target database was not touched; try an older backup")
@@ -545,6 +552,9 @@ extension RestorePlan {
             + "(the restored database gets the server's defaults; set them again by hand)"]
     }
 
+    /// Why a backup from a newer major is refused, or passed over by `--emergency` and `--drill`.
+    static let majorRule = "a logical backup restores only into the same or a newer major"
+
     /// A logical backup restores into a server of the same or a newer major (pg_dump's output is
     /// meant to load into newer servers, not older ones): records both majors and says so when they
     /// differ; refuses an older target. Also finds the pg_dump that will fingerprint the restored
@@ -560,7 +570,7 @@ extension RestorePlan {
             guard source < target else {
                 throw RecoveryError(.restoreFailed,
                                     "backup \(manifest.id) was taken from PostgreSQL \(source); the target server is PostgreSQL \(target), "
-                                        + "and a logical backup restores only into the same or a newer major",
+                                        + "and \(Self.majorRule)",
                                     hint: "restore it into a PostgreSQL \(source) or newer server; \(targetDatabase) was not touched")
             }
             versionNote = "restoring a PostgreSQL \(source) backup into \(target)"

@@ -16,6 +16,12 @@ final class ParallelLoader {
     /// The COPY being read: its statement, its number in the dump, and the worker it is pinned to if serial.
     private var copy: (statement: DumpScanner.Statement, number: Int, serial: Bool, worker: CopyWorker?)?
     private var copies = 0
+    /// The table each COPY of the dump named, as written (by its number in the dump).
+    private var copyTargets: [Int: [UInt8]] = [:]
+    /// The rows the server reported for each COPY.
+    private let tally = CopyRowTally()
+    /// Why the COPY results cannot stand for the restored tables' row counts, once something showed it.
+    private var countsInexact: String?
     private var rows: [UInt8] = []
     private let spares = BufferPool()
     /// Statements after the rows, run once the rows are committed.
@@ -38,6 +44,9 @@ final class ParallelLoader {
             if !dataStarted || statement.sql.starts(with: "SELECT pg_catalog.setval(".utf8) {
                 try runAlone(statement, on: main)
             } else {
+                if statement.sql.starts(with: "REFRESH MATERIALIZED VIEW ".utf8) {
+                    countsInexact = countsInexact ?? "a materialized view is refreshed after the rows are loaded (its query may call functions that write)"
+                }
                 postData.append(statement)
             }
         case .copyStart(let statement):
@@ -46,8 +55,10 @@ final class ParallelLoader {
                 // In the dump's client encoding, so that table names come back as COPY spells them.
                 try main.use(statement.settings)
                 serialTables = try tablesThatMustLoadAlone()
+                countsInexact = try userCodeBeforeRows()
             }
             copies += 1
+            copyTargets[copies] = Self.copyTarget(statement.sql)
             let serial = serialTables.contains(Self.copyTarget(statement.sql))
             if serial { try flushWorkers() }
             copy = (statement, copies, serial, nil)
@@ -61,8 +72,10 @@ final class ParallelLoader {
         }
     }
 
-    /// Commits the last rows (the stream has been read and verified), then runs the post-data.
-    func finish() throws {
+    /// Commits the last rows (the stream has been read and verified), runs the post-data, and
+    /// says how many rows each table got from the dump's COPYs, where that is its exact count.
+    @discardableResult
+    func finish() throws -> LoadedRows {
         for worker in workers { try worker.finish() }
         for worker in workers { worker.connection.close() }
         workers.removeAll()
@@ -84,6 +97,7 @@ final class ParallelLoader {
                 index += 1
             }
         }
+        return try loadedRows()
     }
 
     /// Stops everything without committing (open COPYs roll back as connections close).
@@ -120,7 +134,7 @@ final class ParallelLoader {
         } else {
             if workers.count < jobs, workers.allSatisfy({ $0.queuedBytes > 0 }),
                let connection = try extraConnection(required: workers.isEmpty) {
-                workers.append(CopyWorker(connection: connection, spares: spares))
+                workers.append(CopyWorker(connection: connection, spares: spares, tally: tally))
             }
             guard let idlest = workers.min(by: { $0.queuedBytes < $1.queuedBytes }) else { return }
             worker = idlest
@@ -184,6 +198,71 @@ final class ParallelLoader {
         } catch {
             throw DumpApplier.failure(error, in: "finding tables whose constraints read other tables", backupID: backupID)
         }
+    }
+
+    // MARK: - Row counts
+
+    /// Whether user code could change rows besides the COPYs while they load: a trigger or an
+    /// enabled event trigger already there (pg_dump creates triggers after the rows, event triggers
+    /// last), or a table whose constraints call functions that may write (`serialTables`).
+    private func userCodeBeforeRows() throws -> String? {
+        if !serialTables.isEmpty { return "a CHECK constraint, domain or generated column calls a function that may write" }
+        do {
+            let found = try main.connection.query("""
+                SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger WHERE NOT tgisinternal)::text,
+                       EXISTS (SELECT FROM pg_catalog.pg_event_trigger WHERE evtenabled <> 'D')::text
+                """).rows.first
+            if found?[0] != "false" { return "a trigger existed before the rows were loaded" }
+            if found?[1] != "false" { return "an event trigger existed before the rows were loaded" }
+            return nil
+        } catch {
+            throw DumpApplier.failure(error, in: "finding triggers defined before the rows", backupID: backupID)
+        }
+    }
+
+    /// The rows each table got from the dump's COPYs (the server's own `COPY n`, summed over the
+    /// pieces a table was split into), for the tables where that is exactly what `count(*)` answers:
+    /// an ordinary table without inheritance children (a parent's `count(*)` includes its children's
+    /// rows), when no user code that could write rows ran meanwhile (`countsInexact`: triggers,
+    /// event triggers, constraints calling functions, a materialized view refreshed) and no COPY went
+    /// through a partitioned table (whose rows land in partitions). The other tables are counted
+    /// with `count(*)` by `RowCountVerifier`.
+    private func loadedRows() throws -> LoadedRows {
+        if countsInexact == nil {
+            let events = try? main.connection.query("SELECT EXISTS (SELECT FROM pg_catalog.pg_event_trigger WHERE evtenabled <> 'D')::text").scalar
+            if events != "false" { countsInexact = "an event trigger exists (it may have written rows as the post-data ran)" }
+        }
+        if let countsInexact { return LoadedRows(exact: [:], inexact: countsInexact) }
+        let names = Set(copyTargets.values.map(ByteText.hex))
+        guard !names.isEmpty else { return LoadedRows(exact: [:], inexact: nil) }
+        var tables: [String: (oid: String, kind: String, parent: Bool)] = [:]
+        do {
+            // The server reads each name as COPY did (its quoting, the dump's client encoding).
+            let result = try main.connection.query("""
+                SELECT t.name, c.oid::text, c.relkind::text,
+                       EXISTS (SELECT FROM pg_catalog.pg_inherits i WHERE i.inhparent = c.oid)::text
+                FROM pg_catalog.unnest($1::text[]) AS t(name)
+                JOIN pg_catalog.pg_class c
+                  ON c.oid = pg_catalog.to_regclass(pg_catalog.convert_from(pg_catalog.decode(t.name, 'hex'), pg_catalog.pg_client_encoding()))
+                """, ["{" + names.sorted().joined(separator: ",") + "}"])
+            for row in result.rows {
+                guard let name = row[0], let oid = row[1], let kind = row[2] else { continue }
+                tables[name] = (oid, kind, row[3] == "true")
+            }
+        } catch {
+            throw DumpApplier.failure(error, in: "finding the tables the COPYs loaded", backupID: backupID)
+        }
+        var exact: [String: Int64] = [:]
+        for (number, target) in copyTargets {
+            guard let table = tables[ByteText.hex(target)] else {
+                return LoadedRows(exact: [:], inexact: "a table a COPY loaded is no longer found by that name")
+            }
+            guard table.kind == "r" else {
+                return LoadedRows(exact: [:], inexact: "a COPY loaded a relation that is not an ordinary table (a partitioned table routes its rows)")
+            }
+            if !table.parent { exact[table.oid, default: 0] += tally.rows(of: number) }
+        }
+        return LoadedRows(exact: exact, inexact: nil)
     }
 
     /// The table a `COPY name (columns) FROM stdin` loads, as written (quotes kept).

@@ -6,7 +6,7 @@
 /// names pg_dump writes, so a selective restore can tell which table an index or a sequence
 /// belongs to and create a table's objects in another schema. pg_dump qualifies every name
 /// (`search_path` is empty in its output) and writes no space around the dot.
-struct QualifiedNames {
+public struct QualifiedNames {
     /// One qualified name found.
     struct Reference: Equatable {
         /// The parts, unquoted (bare parts folded to lower case, as the server folds them).
@@ -60,7 +60,11 @@ struct QualifiedNames {
     /// `sql` with every qualified reference to one of `relations` (schema, name) pointed at
     /// `schema` instead: the schema part replaced by the new one, quoted (and, inside a literal,
     /// with its quotes doubled).
-    static func rewrite(_ sql: [UInt8], moving relations: Set<DumpTableOfContents.Name>, to schema: String) -> [UInt8] {
+    ///
+    /// - Parameter quoting: how the new schema is written: always quoted (the default), or
+    ///   `display` to write it as pg_dump does (quoted only where needed).
+    static func rewrite(_ sql: [UInt8], moving relations: Set<DumpTableOfContents.Name>, to schema: String,
+                        quoting: (String) -> String = quote) -> [UInt8] {
         let matches = references(in: sql).filter { relations.contains(.init(schema: $0.parts[0], name: $0.parts[1])) }
         guard !matches.isEmpty else { return sql }
         var result: [UInt8] = []
@@ -68,7 +72,7 @@ struct QualifiedNames {
         var copied = 0
         for match in matches {
             result.append(contentsOf: sql[copied..<match.schemaRange.lowerBound])
-            var quoted = Array(quote(schema).utf8)
+            var quoted = Array(quoting(schema).utf8)
             if match.inLiteral { quoted = quoted.flatMap { $0 == UInt8(ascii: "'") ? [$0, $0] : [$0] } }
             result.append(contentsOf: quoted)
             copied = match.schemaRange.upperBound
@@ -82,13 +86,38 @@ struct QualifiedNames {
         "\"" + identifier.replacingOccurrences(of: "\"", with: "\"\"") + "\""
     }
 
-    /// A name as `--table`/`--schema` and messages show it: bare when it reads back the same, else quoted.
-    static func display(_ identifier: String) -> String {
+    /// A name as `--table`/`--schema`, messages and listings show it: bare when it reads back the
+    /// same, else quoted — as the server's `quote_ident` writes it (so `sales."order"` matches what
+    /// `regclass::text` prints): lower-case letters, digits and `_` only, and no keyword other than unreserved.
+    public static func display(_ identifier: String) -> String {
         let bytes = Array(identifier.utf8)
         guard let first = bytes.first, (97...122).contains(first) || first == UInt8(ascii: "_") else { return quote(identifier) }
-        let bare = bytes.allSatisfy { (97...122).contains($0) || (48...57).contains($0) || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "$") }
-        return bare ? identifier : quote(identifier)
+        let bare = bytes.allSatisfy { (97...122).contains($0) || (48...57).contains($0) || $0 == UInt8(ascii: "_") }
+        return bare && !keywords.contains(identifier) ? identifier : quote(identifier)
     }
+
+    /// `schema.name` with both parts always quoted: for SQL and for `to_regclass`.
+    static func sql(_ name: DumpTableOfContents.Name) -> String {
+        quote(name.schema) + "." + quote(name.name)
+    }
+
+    /// PostgreSQL's keywords that are not unreserved (reserved, type/function names, column names;
+    /// PostgreSQL 18's kwlist.h, a superset of the older majors'): a bare one does not read back as a name.
+    static let keywords: Set<String> = [
+        "all", "analyse", "analyze", "and", "any", "array", "as", "asc", "asymmetric", "authorization", "between", "bigint", "binary", "bit",
+        "boolean", "both", "case", "cast", "char", "character", "check", "coalesce", "collate", "collation", "column", "concurrently", "constraint",
+        "create", "cross", "current_catalog", "current_date", "current_role", "current_schema", "current_time", "current_timestamp", "current_user",
+        "dec", "decimal", "default", "deferrable", "desc", "distinct", "do", "else", "end", "except", "exists", "extract", "false", "fetch", "float",
+        "for", "foreign", "freeze", "from", "full", "grant", "greatest", "group", "grouping", "having", "ilike", "in", "initially", "inner", "inout",
+        "int", "integer", "intersect", "interval", "into", "is", "isnull", "join", "json", "json_array", "json_arrayagg", "json_exists",
+        "json_object", "json_objectagg", "json_query", "json_scalar", "json_serialize", "json_table", "json_value", "lateral", "leading", "least",
+        "left", "like", "limit", "localtime", "localtimestamp", "merge_action", "national", "natural", "nchar", "none", "normalize", "not",
+        "notnull", "null", "nullif", "numeric", "offset", "on", "only", "or", "order", "out", "outer", "overlaps", "overlay", "placing", "position",
+        "precision", "primary", "real", "references", "returning", "right", "row", "select", "session_user", "setof", "similar", "smallint", "some",
+        "substring", "symmetric", "system_user", "table", "tablesample", "then", "time", "timestamp", "to", "trailing", "treat", "trim", "true",
+        "union", "unique", "user", "using", "values", "varchar", "variadic", "verbose", "when", "where", "window", "with", "xmlattributes",
+        "xmlconcat", "xmlelement", "xmlexists", "xmlforest", "xmlnamespaces", "xmlparse", "xmlpi", "xmlroot", "xmlserialize", "xmltable",
+    ]
 
     /// Parses `part(.part)*` from `start`; returns the unquoted parts, each part's byte range and where it stopped.
     static func chain(in sql: [UInt8], from start: Int, to end: Int) -> (parts: [String], ranges: [Range<Int>], end: Int) {

@@ -1,4 +1,5 @@
 import BackupStorage
+import Crypto
 import Foundation
 import PostgresClient
 import ProcessSignals
@@ -27,6 +28,8 @@ public struct SelectiveRestoreConfiguration {
     public var cascadeReport = false
     public var dryRun = false
     public var key: RepositoryKey? = nil
+    /// `--pg-bin`: the pg_dump that fingerprints the copy `--replace` staged.
+    public var tools = PostgresTools()
     /// `--lock-wait`: how long `--replace` waits for the live tables' locks. Short by default: while
     /// we wait for ACCESS EXCLUSIVE, every new reader of the table queues behind us.
     public var lockWaitSeconds = SelectiveRestoreConfiguration.defaultReplaceLockWaitSeconds
@@ -69,6 +72,9 @@ public struct SelectiveRestorePlan: Codable, Sendable {
     /// Bytes of the uncompressed dump the restore replays (of `dumpBytes`).
     public var replayBytes: UInt64
     public var dumpBytes: UInt64
+    /// What is checked before the live tables are touched (`--replace`): row counts, and the copy's
+    /// definition against the backup's schema fingerprint when it has one.
+    public var checkedBeforeSwap: String? = nil
 
     /// The plan as text, for `--dry-run` and the prompt.
     public var lines: [String] {
@@ -85,6 +91,7 @@ public struct SelectiveRestorePlan: Codable, Sendable {
         if !rulesLeftOut.isEmpty {
             lines.append("rules left out (in a rescue schema they would act on the live tables; re-create them by hand if needed): \(rulesLeftOut.joined(separator: ", "))")
         }
+        if let checkedBeforeSwap { lines.append("checked before the swap: \(checkedBeforeSwap)") }
         if !dependentViews.isEmpty { lines.append("views that read these tables (not restored): \(dependentViews.joined(separator: ", "))") }
         if !referencingForeignKeys.isEmpty { lines.append("foreign keys of other tables that reference these tables (not restored): \(referencingForeignKeys.joined(separator: ", "))") }
         return lines
@@ -95,8 +102,14 @@ public struct SelectiveRestorePlan: Codable, Sendable {
 public struct SelectiveRestoreReport: Codable, Sendable {
     public var plan: SelectiveRestorePlan
     public var verification: RowCountVerifier.Report
+    /// `--replace`: the staged copy's definition compared with the backup's schema fingerprint
+    /// (nil: not replaced, or the backup has none).
+    public var definition: SchemaVerifier.Report? = nil
     /// `--replace`: live table → the name it is kept under.
     public var keptAs: [String: String]
+    /// `--replace`: the live tables' indexes, owned sequences and statistics renamed aside
+    /// (`index sales.orders_pkey → orders_pkey_pre_restore_<time>`), shortened ones marked.
+    public var renamedAside: [String]
     /// Objects re-pointed at the restored tables (`--replace --cascade-report`).
     public var repointed: [String]
     /// `ranged` or `sequential (why)`, and how much was read and decompressed.
@@ -109,10 +122,12 @@ public struct SelectiveRestoreReport: Codable, Sendable {
 ///
 /// The objects come from the dump itself (pg_dump's statements, bytes untouched except the schema
 /// of the restored relations), found by the backup's table of contents; with access points only
-/// the pre-data, the chosen tables' rows and the post-data are decompressed. Everything runs in
-/// one transaction on the live database (`--into-schema`, `--replace`), committed only after the
-/// row counts match the manifest and every byte read matched its checksum: a failure leaves the
-/// live database as it was.
+/// the pre-data, the chosen tables' rows and the post-data are decompressed. `--into-schema` runs in
+/// one transaction on the live database, committed only after the row counts match the manifest and
+/// every byte read matched its checksum: a failure leaves the live database as it was. `--replace`
+/// commits that staged copy (pg_dump must see it), checks its definition against the backup's schema
+/// fingerprint (`StagedDefinitionCheck`), then swaps in a second transaction; a failure after the
+/// first commit drops the staged schema again, the live tables untouched.
 public enum SelectiveRestore {
     /// Resolves the backup and the selection; changes nothing.
     ///
@@ -167,6 +182,9 @@ public enum SelectiveRestore {
         case .intoDatabase(let name): createdIn = name
         case .replace: createdIn = "restored_\(stamp)"
         }
+        if !intoDatabase, let refusal = selection.oneSchemaRefusal(into: createdIn, replace: configuration.destination == .replace, backupID: manifest.id) {
+            throw refusal
+        }
         var ranges: [Range<UInt64>] = [0..<toc.preambleEnd]
         for entry in selection.entries {
             if let last = ranges.last, last.upperBound == entry.start {
@@ -199,6 +217,11 @@ public enum SelectiveRestore {
             referencingForeignKeys: selection.referencingForeignKeys.map(described), contentsSource: source.rawValue,
             replayBytes: ranges.reduce(0) { $0 + ($1.upperBound - $1.lowerBound) }, dumpBytes: toc.dumpBytes)
         plan.rulesLeftOut = selection.leftOutRules.map(described)
+        if configuration.destination == .replace {
+            plan.checkedBeforeSwap = manifest.schemaFingerprint == nil
+                ? "row counts only (backup \(manifest.id) has no schema fingerprint to check the definition against)"
+                : "row counts, and the restored copy's definition (columns, types, defaults, constraints, indexes, triggers, comments, grants) against the backup's schema fingerprint"
+        }
         return Prepared(plan: plan, manifest: manifest, store: store, toc: toc, source: source, selection: selection, ranges: ranges)
     }
 
@@ -215,6 +238,8 @@ public enum SelectiveRestore {
         let manifest = try Catalog(store: store).resolve(prepared.manifest.id).unsealed(with: configuration.key)
         var keptAs: [String: String] = [:]
         var repointed: [String] = []
+        var renamed: [String] = []
+        var definition: SchemaVerifier.Report?
         let statistics: DumpReadStatistics
         let verification: RowCountVerifier.Report
         switch configuration.destination {
@@ -239,7 +264,7 @@ public enum SelectiveRestore {
                 let note = "dbrecovery: restored from backup \(manifest.id) at \(Timestamp.format(Date()))"
                 try connection.execute(script: "CREATE SCHEMA \(QualifiedNames.quote(schema)); COMMENT ON SCHEMA \(QualifiedNames.quote(schema)) IS \(SQLText.literal(note))")
             }
-            let moving = Set(prepared.selection.tables).union(prepared.selection.sequences)
+            let moving = prepared.selection.moved
             statistics = try timeline.step("replay \(prepared.plan.tables.count) table(s) of backup \(manifest.id) into schema \(schema) (\(ByteCount.format(prepared.plan.replayBytes)) of the dump)") {
                 try replay(prepared, manifest: manifest, key: configuration.key, on: loader, progress: progress) {
                     QualifiedNames.rewrite($0, moving: moving, to: schema)
@@ -248,16 +273,36 @@ public enum SelectiveRestore {
             verification = try timeline.step("verify row counts of \(prepared.selection.tables.count) table(s)") {
                 try verify(prepared.selection.tables, in: { _ in schema }, manifest: manifest, on: connection)
             }
-            if configuration.destination == .replace {
-                (keptAs, repointed) = try timeline.step("replace \(prepared.plan.tables.joined(separator: ", ")) in one transaction") {
-                    try replace(prepared.selection, staged: schema, configuration, on: connection)
-                }
-            }
             try connection.execute(script: "COMMIT")
             committed = true
+            if configuration.destination == .replace {
+                // pg_dump sees committed objects only: the staged copy is committed (next to the live
+                // tables, which are not touched yet), checked, and dropped again if the swap does not happen.
+                var swapped = false
+                defer {
+                    if !swapped {
+                        _ = try? connection.execute(script: "ROLLBACK")
+                        do {
+                            try connection.execute(script: "DROP SCHEMA \(QualifiedNames.quote(schema)) CASCADE")
+                            timeline.note("drop the staged copy", outcome: "dropped schema \(schema); the live tables were not touched")
+                        } catch {
+                            timeline.note("drop the staged copy", outcome: "failed: \(RecoveryError.classify(error).message); drop it by hand: DROP SCHEMA \(QualifiedNames.quote(schema)) CASCADE")
+                        }
+                    }
+                }
+                definition = try StagedDefinitionCheck.verify(prepared.selection, staged: schema, manifest: manifest, target: target,
+                                                              server: PostgresMajor(serverVersionNumber: connection.serverVersionNumber),
+                                                              tools: configuration.tools, timeline: timeline)
+                try connection.execute(script: "BEGIN")
+                (keptAs, repointed, renamed) = try timeline.step("replace \(prepared.plan.tables.joined(separator: ", ")) in one transaction") {
+                    try replace(prepared.selection, staged: schema, configuration, on: connection)
+                }
+                try connection.execute(script: "COMMIT")
+                swapped = true
+            }
         }
-        return SelectiveRestoreReport(plan: prepared.plan, verification: verification, keptAs: keptAs, repointed: repointed, read: statistics,
-                                      durationSeconds: Date().timeIntervalSince(started))
+        return SelectiveRestoreReport(plan: prepared.plan, verification: verification, definition: definition, keptAs: keptAs, renamedAside: renamed, repointed: repointed,
+                                      read: statistics, durationSeconds: Date().timeIntervalSince(started))
     }
 
     // MARK: - Steps
@@ -369,26 +414,42 @@ public enum SelectiveRestore {
         return (statistics, verification)
     }
 
-    /// `--replace`, inside the restore's transaction: each live table renamed aside (with its
-    /// indexes and owned sequences, whose names the restored ones take) and the restored one moved
+    /// `--replace`, inside the swap's transaction: each live table renamed aside (with its indexes,
+    /// owned sequences and statistics, whose names the restored ones take) and the restored one moved
     /// into its schema; the staging schema, empty then, dropped.
     ///
+    /// - Returns: live table → the name it is kept under; objects re-pointed; every part renamed aside.
     /// - Throws: `RecoveryError(.restoreFailed)` when other objects depend on a live table and
     ///   `--cascade-report` was not given (listing them).
     private static func replace(_ selection: TableSelection, staged: String, _ configuration: SelectiveRestoreConfiguration,
-                                on connection: PostgresConnection) throws -> ([String: String], [String]) {
+                                on connection: PostgresConnection) throws -> (kept: [String: String], repointed: [String], renamed: [String]) {
         try connection.execute(script: "SET LOCAL lock_timeout = '\(configuration.lockWaitSeconds)s'")
         // A client killed while we wait must not leave the server queueing readers behind its lock request.
         if connection.serverVersionNumber >= 140000 { try connection.execute(script: "SET LOCAL client_connection_check_interval = '1s'") }
         let suffix = "_pre_restore_" + Timestamp.compact(Date(), separator: "_", zone: "")
         var kept: [String: String] = [:]
         var repointed: [String] = []
-        let selected = Set(selection.tables.map(\.qualified))
+        var renamed: [String] = []
+        // The live tables replaced, by OID: their own parts (a self-referencing key) are not "other objects".
+        var liveOIDs: [DumpTableOfContents.Name: String] = [:]
+        for table in selection.tables {
+            if let oid = try connection.query("SELECT to_regclass($1)::oid::text", [QualifiedNames.sql(table)]).scalar, !oid.isEmpty { liveOIDs[table] = oid }
+        }
+        let selectedOIDs = Set(liveOIDs.values)
+        // Names in use per schema (relations and statistics, and what the restored tables bring), so the renamed ones are unique.
+        var taken: [String: Set<String>] = [:]
+        func names(in schema: String) throws -> Set<String> {
+            if let known = taken[schema] { return known }
+            let rows = try connection.query("""
+                SELECT relname FROM pg_catalog.pg_class WHERE relnamespace = $1::regnamespace
+                UNION SELECT stxname FROM pg_catalog.pg_statistic_ext WHERE stxnamespace = $1::regnamespace
+                """, [QualifiedNames.quote(schema)]).rows
+            return Set(rows.compactMap { $0[0] ?? nil }).union(selection.moved.filter { $0.schema == schema }.map(\.name))
+        }
         var afterSwap: [String] = []
         for table in selection.tables {
-            let live = try connection.query("SELECT to_regclass($1)::oid::text", [table.qualified]).scalar
-            if let live, !live.isEmpty {
-                let dependents = try Dependent.list(of: live, outside: selected.union([table.qualified]), on: connection)
+            if let live = liveOIDs[table] {
+                let dependents = try Dependent.list(of: live, outside: selectedOIDs, on: connection)
                 if !dependents.isEmpty {
                     guard configuration.cascadeReport else {
                         throw RecoveryError(.restoreFailed, "other objects depend on \(table.qualified): \(dependents.map(\.description).joined(separator: "; ")); nothing was changed",
@@ -419,28 +480,60 @@ public enum SelectiveRestore {
                     throw RecoveryError(.restoreFailed, "\(first.0), owned by \(table.qualified), also feeds the defaults of \(others): --replace would split it in two; nothing was changed",
                                         hint: "restore it --into-schema and copy the rows back with SQL (the live sequence stays shared)")
                 }
-                let aside = LogicalRestore.identifier(table.name, suffix: suffix)
-                // Indexes and owned sequences keep the schema's names free for the restored ones.
+                var used = try names(in: table.schema)
+                // Indexes (constraint-backed ones rename their constraint too), owned sequences and statistics
+                // keep the schema's names free for the restored ones.
                 let parts = try connection.query("""
                     SELECT 'INDEX', i.relname FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid WHERE x.indrelid = $1::oid
                     UNION ALL
                     SELECT 'SEQUENCE', s.relname FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_class s ON s.oid = d.objid
                     WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refobjid = $1::oid AND s.relkind = 'S' AND d.deptype IN ('a', 'i')
-                    """, [live]).rows
+                    UNION ALL
+                    SELECT 'STATISTICS', x.stxname FROM pg_catalog.pg_statistic_ext x WHERE x.stxrelid = $1::oid AND x.stxnamespace = $2::regnamespace
+                    """, [live, QualifiedNames.quote(table.schema)]).rows
                 for part in parts {
                     guard let kind = part[0], let name = part[1] else { continue }
-                    try connection.execute(script: "ALTER \(kind) \(QualifiedNames.quote(table.schema)).\(QualifiedNames.quote(name)) RENAME TO \(QualifiedNames.quote(LogicalRestore.identifier(name, suffix: suffix)))")
+                    let aside = asideName(name, suffix: suffix, taken: &used)
+                    try connection.execute(script: "ALTER \(kind) \(QualifiedNames.quote(table.schema)).\(QualifiedNames.quote(name)) RENAME TO \(QualifiedNames.quote(aside))")
+                    renamed.append("\(kind.lowercased()) \(DumpTableOfContents.Name(schema: table.schema, name: name).qualified) → \(QualifiedNames.display(aside))"
+                                   + (name.utf8.count + suffix.utf8.count > 63 ? " (shortened to 63 bytes, with a digest of its name)" : ""))
                 }
-                try connection.execute(script: "ALTER TABLE \(QualifiedNames.quote(table.schema)).\(QualifiedNames.quote(table.name)) RENAME TO \(QualifiedNames.quote(aside))")
+                let aside = asideName(table.name, suffix: suffix, taken: &used)
+                taken[table.schema] = used
+                try connection.execute(script: "ALTER TABLE \(QualifiedNames.sql(table)) RENAME TO \(QualifiedNames.quote(aside))")
                 kept[table.qualified] = DumpTableOfContents.Name(schema: table.schema, name: aside).qualified
             }
-            try connection.execute(script: "ALTER TABLE \(QualifiedNames.quote(staged)).\(QualifiedNames.quote(table.name)) SET SCHEMA \(QualifiedNames.quote(table.schema))")
+            let stagedTable = DumpTableOfContents.Name(schema: staged, name: table.name)
+            try connection.execute(script: "ALTER TABLE \(QualifiedNames.sql(stagedTable)) SET SCHEMA \(QualifiedNames.quote(table.schema))")
+            // Its indexes, constraints and owned sequences moved with it; its statistics do not.
+            let statistics = try connection.query("SELECT stxname FROM pg_catalog.pg_statistic_ext WHERE stxrelid = $1::regclass AND stxnamespace = $2::regnamespace",
+                                                  [QualifiedNames.sql(table), QualifiedNames.quote(staged)]).rows.compactMap { $0[0] ?? nil }
+            for name in statistics {
+                try connection.execute(script: "ALTER STATISTICS \(QualifiedNames.quote(staged)).\(QualifiedNames.quote(name)) SET SCHEMA \(QualifiedNames.quote(table.schema))")
+            }
         }
         // Views re-created and keys added back now that the restored tables have the names.
         for statement in afterSwap { try connection.execute(script: statement) }
-        // Owned sequences moved with their tables; anything else left there means the staging schema is not empty: refuse.
+        // Everything moved with its table; anything else left there means the staging schema is not empty: refuse.
         try connection.execute(script: "DROP SCHEMA \(QualifiedNames.quote(staged)) RESTRICT")
-        return (kept, repointed)
+        return (kept, repointed, renamed)
+    }
+
+    /// `<name><suffix>` when it fits NAMEDATALEN (63 bytes) and is free; else the name shortened,
+    /// with 8 hex digits of its sha256 before the suffix (two long names alike stay apart) and, if
+    /// that is taken too, a counter. The name chosen is added to `taken`.
+    static func asideName(_ name: String, suffix: String, taken: inout Set<String>) -> String {
+        var candidate = name + suffix
+        if candidate.utf8.count > 63 || taken.contains(candidate) {
+            let digest = SHA256.hash(data: Data(name.utf8)).prefix(4).map { String(format: "%02x", $0) }.joined()
+            var counter = 1
+            repeat {
+                candidate = LogicalRestore.identifier(name, suffix: "_" + digest + (counter > 1 ? "_\(counter)" : "") + suffix)
+                counter += 1
+            } while taken.contains(candidate)
+        }
+        taken.insert(candidate)
+        return candidate
     }
 
     /// An object outside the selection that depends on a live table `--replace` renames aside.
@@ -454,7 +547,8 @@ public enum SelectiveRestore {
         var after: String
 
         /// Views, other tables' foreign keys and anything else that depends on the relation `oid`
-        /// (normal dependencies), except parts of the relations in `outside`.
+        /// (normal dependencies), except parts of the relations whose OIDs are in `outside`. A key a
+        /// partition inherits from its partitioned table's is left to that one (dropped and added with it).
         static func list(of oid: String, outside: Set<String>, on connection: PostgresConnection) throws -> [Dependent] {
             // Run with search_path '' (the dump's): every name comes back qualified.
             let rows = try connection.query("""
@@ -468,9 +562,13 @@ public enum SelectiveRestore {
                                          || ' AS ' || pg_catalog.pg_get_viewdef(r.ev_class)
                                   FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class c ON c.oid = r.ev_class WHERE r.oid = d.objid)
                             WHEN d.classid = 'pg_catalog.pg_constraint'::regclass
-                            THEN (SELECT c.contype::text || pg_catalog.quote_ident(c.conname) || ' ' || pg_catalog.pg_get_constraintdef(c.oid) FROM pg_catalog.pg_constraint c WHERE c.oid = d.objid) END
+                            THEN (SELECT c.contype::text || pg_catalog.quote_ident(c.conname) || ' ' || pg_catalog.pg_get_constraintdef(c.oid) FROM pg_catalog.pg_constraint c WHERE c.oid = d.objid) END,
+                       CASE WHEN d.classid = 'pg_catalog.pg_rewrite'::regclass THEN (SELECT r.ev_class::text FROM pg_catalog.pg_rewrite r WHERE r.oid = d.objid)
+                            WHEN d.classid = 'pg_catalog.pg_constraint'::regclass THEN (SELECT c.conrelid::text FROM pg_catalog.pg_constraint c WHERE c.oid = d.objid) END
                 FROM pg_catalog.pg_depend d
                 WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = $1::oid AND d.deptype = 'n'
+                  AND NOT (d.classid = 'pg_catalog.pg_constraint'::regclass
+                           AND EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c WHERE c.oid = d.objid AND c.conparentid <> 0))
                   -- The table's own generated-column expressions and policies name its columns: parts of it, not dependents.
                   AND NOT (d.classid = 'pg_catalog.pg_attrdef'::regclass
                            AND EXISTS (SELECT 1 FROM pg_catalog.pg_attrdef a WHERE a.oid = d.objid AND a.adrelid = $1::oid))
@@ -479,7 +577,7 @@ public enum SelectiveRestore {
                 """, [oid]).rows
             return rows.compactMap { row -> Dependent? in
                 let description = row[0] ?? "?", owner = row[2] ?? "", detail = row[3] ?? ""
-                if outside.contains(owner) { return nil }
+                if let ownerOID = row[4], outside.contains(ownerOID) { return nil }
                 switch (row[1], detail.first) {
                 case ("view", "v"):
                     return Dependent(kind: .view, description: description, before: nil,

@@ -11,8 +11,13 @@ struct TableSelection {
 
     /// The selected tables, in dump order.
     private(set) var tables: [Name] = []
-    /// Sequences owned by (or identities of) the selected tables.
+    /// Sequences owned by (or identities of) the selected tables; with `supporting`, also the
+    /// sequences their defaults draw from (`nextval('other_seq')`, not owned by them).
     private(set) var sequences: Set<Name> = []
+    /// Indexes of the selected tables (constraint-backed ones included: their names are relation names too).
+    private(set) var indexes: Set<Name> = []
+    /// Extended statistics (`CREATE STATISTICS`) on the selected tables.
+    private(set) var statistics: Set<Name> = []
     /// Every entry to replay, in dump order.
     private(set) var entries: [Entry] = []
     /// Foreign keys of selected tables that reference a table outside the selection: left out.
@@ -91,18 +96,36 @@ struct TableSelection {
             if entry.kind == "TABLE ATTACH", let partition = entry.table, let parent = entry.references?.first { partitionOf[partition] = parent }
         }
 
-        // Owned and identity sequences, and the indexes of each table.
-        var indexes: [Name: Name] = [:]
+        // Owned and identity sequences, the indexes (constraint-backed too) and statistics of each table.
+        var indexes: [Name: Name] = [:], statistics: [Name: Name] = [:]
+        let allSequences = Set(toc.entries.filter { $0.kind == "SEQUENCE" }.compactMap { entry in entry.schema.map { Name(schema: $0, name: entry.name) } })
         for entry in toc.entries {
-            guard let table = entry.table, chosen.contains(table), let schema = entry.schema else { continue }
+            guard let schema = entry.schema else { continue }
+            if entry.kind == "CONSTRAINT", let space = entry.name.firstIndex(of: " ") {
+                // Tag "table constraint" (raw names; a table name with a space is rare and then not matched).
+                indexes[Name(schema: schema, name: String(entry.name[entry.name.index(after: space)...]))] = Name(schema: schema, name: String(entry.name[..<space]))
+            }
+            guard let table = entry.table else { continue }
             switch entry.kind {
-            case "SEQUENCE OWNED BY", "SEQUENCE": sequences.insert(Name(schema: schema, name: entry.name))
             case "INDEX": indexes[Name(schema: schema, name: entry.name)] = table
+            case "STATISTICS": statistics[Name(schema: schema, name: entry.name)] = table
             default: break
             }
+            guard chosen.contains(table) else { continue }
+            if entry.kind == "SEQUENCE OWNED BY" || entry.kind == "SEQUENCE" { sequences.insert(Name(schema: schema, name: entry.name)) }
         }
+        if supporting {
+            // A default that draws from a sequence the table does not own (`nextval('sales.shared_seq')`):
+            // the new database needs that sequence too, or the table cannot be created.
+            for entry in toc.entries where entry.kind == "DEFAULT" || entry.kind == "TABLE" {
+                guard let owner = Self.relation(of: entry, indexes: indexes, statistics: statistics), chosen.contains(owner) else { continue }
+                sequences.formUnion((entry.references ?? []).filter { allSequences.contains($0) })
+            }
+        }
+        self.indexes = Set(indexes.filter { chosen.contains($0.value) }.keys)
+        self.statistics = Set(statistics.filter { chosen.contains($0.value) }.keys)
         for entry in toc.entries {
-            let owner = Self.relation(of: entry, indexes: indexes)
+            let owner = Self.relation(of: entry, indexes: indexes, statistics: statistics)
             let ownerIsChosen = owner.map { chosen.contains($0) || sequences.contains($0) } ?? false
             if entry.kind == "FK CONSTRAINT" {
                 let referenced = entry.references ?? []
@@ -206,8 +229,34 @@ struct TableSelection {
         return nil
     }
 
+    /// The relations and statistics whose qualified names move with the tables to another schema.
+    var moved: Set<Name> { Set(tables).union(sequences).union(indexes).union(statistics) }
+
+    /// Every name the selection creates in one schema, by namespace: relations (tables, sequences,
+    /// indexes) and statistics. A rescue schema (or the staging schema of `--replace`) holds them all.
+    var namesCreated: [(relations: Bool, name: Name)] {
+        (tables + sequences.sorted() + indexes.sorted()).map { (true, $0) } + statistics.sorted().map { (false, $0) }
+    }
+
+    /// Why the selection cannot go into one schema: two objects of one name from different schemas
+    /// (`sales.orders` and `archive.orders`, or two indexes named alike); nil when it can.
+    func oneSchemaRefusal(into schema: String, replace: Bool, backupID: String) -> RecoveryError? {
+        var seen: [String: Name] = [:]
+        for (relations, name) in namesCreated {
+            let key = (relations ? "r:" : "s:") + name.name
+            guard let first = seen[key] else { seen[key] = name; continue }
+            guard first != name else { continue }
+            let kind = tables.contains(name) && tables.contains(first) ? "tables" : relations ? "relations (tables, sequences or indexes)" : "statistics"
+            return RecoveryError(.usage, "\(first.qualified) and \(name.qualified) would both be named \(QualifiedNames.display(name.name)) in schema \(schema): "
+                                    + "one schema cannot hold two \(kind) of one name, and they would not be merged; nothing was changed",
+                                 hint: replace ? "replace them one at a time (one --table per run)"
+                                    : "restore them one at a time, each --into-schema of its own, or together --into-database NAME (which keeps their schemas): dbrestore \(backupID) --table \(first.qualified) --into-schema NAME")
+        }
+        return nil
+    }
+
     /// The relation an entry belongs to (its table, or the sequence or index it is), nil for others.
-    private static func relation(of entry: Entry, indexes: [Name: Name]) -> Name? {
+    private static func relation(of entry: Entry, indexes: [Name: Name], statistics: [Name: Name]) -> Name? {
         guard let schema = entry.schema else { return nil }
         if let table = entry.table { return table }
         switch entry.kind {
@@ -218,7 +267,7 @@ struct TableSelection {
             // Tag: "<table> <name>" (raw names).
             return entry.name.firstIndex(of: " ").map { Name(schema: schema, name: String(entry.name[..<$0])) }
         case "COMMENT", "ACL", "SECURITY LABEL":
-            return taggedRelation(entry.name, schema: schema, indexes: indexes)
+            return taggedRelation(entry.name, schema: schema, indexes: indexes, statistics: statistics)
         default:
             return nil
         }
@@ -227,10 +276,14 @@ struct TableSelection {
     /// The relation a `COMMENT`/`ACL` tag names: `TABLE orders`, `COLUMN orders.total`,
     /// `SEQUENCE orders_id_seq`, `INDEX orders_customer`, `CONSTRAINT c ON orders`, … (names
     /// quoted as SQL needs).
-    private static func taggedRelation(_ tag: String, schema: String, indexes: [Name: Name]) -> Name? {
+    private static func taggedRelation(_ tag: String, schema: String, indexes: [Name: Name], statistics: [Name: Name]) -> Name? {
         if tag.hasPrefix("INDEX ") {
             let index = Name(schema: schema, name: unquote(String(tag.dropFirst("INDEX ".count))))
             return indexes[index] ?? index
+        }
+        if tag.hasPrefix("STATISTICS ") {
+            let object = Name(schema: schema, name: unquote(String(tag.dropFirst("STATISTICS ".count))))
+            return statistics[object] ?? object
         }
         for word in ["TABLE ", "VIEW ", "MATERIALIZED VIEW ", "SEQUENCE ", "FOREIGN TABLE "] where tag.hasPrefix(word) {
             return Name(schema: schema, name: unquote(String(tag.dropFirst(word.count))))

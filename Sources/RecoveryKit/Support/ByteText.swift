@@ -24,6 +24,18 @@ enum ByteText {
         return bytes
     }
 
+    /// The bytes as lower-case hex digits (what `decode(…, 'hex')` reads back).
+    static func hex(_ bytes: [UInt8]) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        var text: [UInt8] = []
+        text.reserveCapacity(bytes.count * 2)
+        for byte in bytes {
+            text.append(digits[Int(byte >> 4)])
+            text.append(digits[Int(byte & 0x0f)])
+        }
+        return String(decoding: text, as: UTF8.self)
+    }
+
     /// One character per byte (Latin-1), so that distinct byte strings stay distinct texts.
     static func latin1(_ bytes: [UInt8]) -> String {
         String(String.UnicodeScalarView(bytes.map { Unicode.Scalar($0) }))

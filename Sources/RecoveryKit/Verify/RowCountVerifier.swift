@@ -1,5 +1,13 @@
 import PostgresClient
 
+/// The row counts a restore has without counting: what the server reported for the dump's COPYs.
+struct LoadedRows: Sendable {
+    /// Rows by table oid, for the tables where the COPY results are what `count(*)` answers.
+    var exact: [String: Int64]
+    /// Why no COPY result can stand for a count (user code could have written rows), if so.
+    var inexact: String?
+}
+
 /// Compares a live database's exact row counts with a backup's manifest.
 public enum RowCountVerifier {
     public enum Status: String, Codable, Sendable {
@@ -51,6 +59,45 @@ public enum RowCountVerifier {
         let live = try TableCounter.countRows(on: connection)
         return compare(expected: manifest.tables, actual: live, backupID: manifest.id,
                        database: connection.target.databaseName)
+    }
+
+    /// Counts rows on `connection` and compares them with `manifest`, taking the counts a restore
+    /// already has from its COPY results (`loaded`) instead of scanning those tables again.
+    ///
+    /// - Returns: the comparison, and how many tables' counts came from the COPY results.
+    /// - Throws: `PostgresError` if counting fails.
+    static func verify(_ manifest: BackupManifest, on connection: PostgresConnection,
+                       loaded: LoadedRows) throws -> (report: Report, fromCopies: Int) {
+        guard !loaded.exact.isEmpty else { return (try verify(manifest, on: connection), 0) }
+        // The tables TableCounter.countRows lists (the same catalogue filter, names as it decodes
+        // them); `count(*)` only for those the COPY results do not cover.
+        let rows = try connection.query("""
+            SELECT c.oid::text,
+                   pg_catalog.encode(pg_catalog.convert_to(n.nspname::text, e.name), 'hex'),
+                   pg_catalog.encode(pg_catalog.convert_to(c.relname::text, e.name), 'hex'),
+                   CASE WHEN c.oid = ANY ($1::pg_catalog.oid[]) THEN NULL
+                        ELSE (pg_catalog.xpath('/row/n/text()', pg_catalog.query_to_xml(
+                                  pg_catalog.format('SELECT count(*) AS n FROM %I.%I', n.nspname, c.relname), false, true, '')))[1]::text END
+            FROM pg_catalog.pg_class c
+            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            CROSS JOIN (SELECT CASE pg_catalog.getdatabaseencoding() WHEN 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END AS name) e
+            WHERE c.relkind = 'r'
+              AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+              AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+              AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                              WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+            ORDER BY n.nspname, c.relname
+            """, ["{" + loaded.exact.keys.sorted().joined(separator: ",") + "}"]).rows
+        let live = try rows.map { row -> BackupManifest.TableRowCount in
+            let oid = try row.string(0)
+            let schema = try TableCounter.name(fromHex: try row.string(1)), table = try TableCounter.name(fromHex: try row.string(2))
+            guard let count = loaded.exact[oid] ?? row[3].flatMap({ Int64($0) }) else {
+                throw PostgresError(kind: .query, operation: "count the rows of \(schema).\(table)", message: "its count could not be read")
+            }
+            return BackupManifest.TableRowCount(schema: schema, name: table, rows: count)
+        }
+        let report = compare(expected: manifest.tables, actual: live, backupID: manifest.id, database: connection.target.databaseName)
+        return (report, rows.filter { loaded.exact[$0[0] ?? ""] != nil }.count)
     }
 
     /// The pure comparison (unit-tested without a server).

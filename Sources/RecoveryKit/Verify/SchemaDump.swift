@@ -40,22 +40,25 @@ final class SchemaDump: @unchecked Sendable {
     ///   - target: the database; its password travels in the child's environment, never in argv.
     ///   - snapshot: an exported snapshot to dump in (a backup's), or nil for the database as it is now.
     /// - Throws: `RecoveryError(.toolFailed)` if pg_dump cannot be started.
-    init(pgDump: String, target: ConnectionTarget, snapshot: String?) throws {
-        let first = try Self.start(pgDump, target: target, snapshot: snapshot, pinned: true)
+    ///   - schemas: only these schemas (`--schema`, names matched exactly), or every schema when empty.
+    ///   - rewrite: applied to the whole text before it is fingerprinted (held in memory then: only for
+    ///     small dumps, a selective restore's staged copy); nil streams it.
+    init(pgDump: String, target: ConnectionTarget, snapshot: String?, schemas: [String] = [], rewrite: (@Sendable ([UInt8]) -> [UInt8])? = nil) throws {
+        let first = try Self.start(pgDump, target: target, snapshot: snapshot, schemas: schemas, pinned: true)
         running = first.pid
         work = Background { [self] in
             do {
-                return try read(first, database: target.databaseName)
+                return try read(first, database: target.databaseName, rewrite: rewrite)
             } catch let refused as OptionsRefused {
                 let second: ChildProcess? = try lock.withLock {
                     guard !cancelled else { return nil }
-                    let child = try Self.start(pgDump, target: target, snapshot: snapshot, pinned: false)
+                    let child = try Self.start(pgDump, target: target, snapshot: snapshot, schemas: schemas, pinned: false)
                     running = child.pid
                     return child
                 }
                 guard let second else { throw refused.error }
                 do {
-                    return try read(second, database: target.databaseName)
+                    return try read(second, database: target.databaseName, rewrite: rewrite)
                 } catch let again as OptionsRefused {
                     throw again.error
                 }
@@ -63,9 +66,11 @@ final class SchemaDump: @unchecked Sendable {
         }
     }
 
-    private static func start(_ pgDump: String, target: ConnectionTarget, snapshot: String?, pinned: Bool) throws -> ChildProcess {
+    private static func start(_ pgDump: String, target: ConnectionTarget, snapshot: String?, schemas: [String], pinned: Bool) throws -> ChildProcess {
         var arguments = ["--schema-only", "--no-password"]
         if let snapshot { arguments.append("--snapshot=\(snapshot)") }
+        // Double-quoted: pg_dump takes the name exactly, with no pattern characters.
+        arguments += schemas.map { "--schema=" + QualifiedNames.quote($0) }
         // pg_dump writes in the database's own encoding unless told otherwise; a PGCLIENTENCODING in
         // the environment (or client_encoding in the URL) would make the same schema hash differently.
         var environment = target.childEnvironment
@@ -89,16 +94,22 @@ final class SchemaDump: @unchecked Sendable {
     }
 
     /// Reads one pg_dump to its end (on the background thread) and reaps it.
-    private func read(_ child: ChildProcess, database: String) throws -> SchemaFingerprint {
+    private func read(_ child: ChildProcess, database: String, rewrite: (@Sendable ([UInt8]) -> [UInt8])?) throws -> SchemaFingerprint {
         let errors = OutputCollector(descriptor: child.standardError)
         var normalizer = SchemaNormalizer()
-        let read = Result { try PipeReader.forEachChunk(of: child.standardOutput, description: "pg_dump --schema-only output") { normalizer.write($0) } }
+        var whole: [UInt8] = []
+        let read = Result {
+            try PipeReader.forEachChunk(of: child.standardOutput, description: "pg_dump --schema-only output") {
+                if rewrite == nil { normalizer.write($0) } else { whole.append(contentsOf: $0) }
+            }
+        }
         lock.withLock {
             if case .failure = read { kill(child.pid, SIGTERM) }
             running = nil
         }
         let termination = child.waitForExit()
         try read.get()
+        if let rewrite { rewrite(whole).withUnsafeBytes { normalizer.write($0) } }
         guard termination.succeeded else {
             let error = RecoveryError(.toolFailed, "pg_dump --schema-only of \(database) \(termination.description): \(errors.mostRelevantLine() ?? "no message")",
                                       hint: "fix the cause above and run again")
