@@ -63,6 +63,12 @@ enum StreamCapture {
                 throw RecoveryError(.lockTimeout, "\(name) waited longer than --lock-wait (\(lockWait.seconds) s) for a lock on \(relation)\(blockers)",
                                     hint: "end or wait for the session named (SELECT pg_terminate_backend(pid) ends it), or raise --lock-wait; nothing was stored")
             }
+            // A missing privilege is the server's refusal, exit 11 as for our own statements (pg_dump
+            // is the first to read each table now that row counts come from its output).
+            if Self.privilegeFailure(errors.finish()) {
+                throw RecoveryError(.databaseError, "\(name) \(termination.description): \(reason)",
+                                    hint: "grant the role dbbackup connects as SELECT on the table named (pg_dump reads every table), or back up as a role that can; nothing was stored")
+            }
             throw RecoveryError(.toolFailed, "\(name) \(termination.description): \(reason)",
                                 hint: "fix the cause above and run dbbackup again; nothing was stored")
         }
@@ -89,6 +95,11 @@ enum StreamCapture {
             targets.abort()
             throw error
         }
+    }
+
+    /// Whether pg_dump stopped on the server's refusal of a privilege (`ERROR:  permission denied for table …`).
+    static func privilegeFailure(_ stderr: String) -> Bool {
+        stderr.contains("ERROR:  permission denied")
     }
 
     /// The table pg_dump gave up locking (`--lock-wait-timeout` runs its LOCK TABLE under a
