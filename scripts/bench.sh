@@ -190,13 +190,15 @@ print(f"| wal-fetch, one call per segment | {plain_s:.2f} | {segments / plain_s:
 print(f"| wal-fetch --prefetch 8 | {prefetch_s:.2f} | {segments / prefetch_s:.1f} | {plain_s / prefetch_s:.2f}× | ≥ 3× | {'yes' if plain_s / prefetch_s >= 3 else 'NO'} |")
 PY
 }
-if [ "$only" = wal ]; then
-  readonce_and_wal > "$work/results-wal.md"
+# only_part FILE FUNCTION: runs one part alone, keeps its table in bench/FILE, prints it and ends the run.
+only_part() {
+  "$2" > "$work/$1"
   mkdir -p bench
-  cp "$work/results-wal.md" bench/results-wal.md
-  cat bench/results-wal.md
+  cp "$work/$1" "bench/$1"
+  cat "bench/$1"
   exit 0
-fi
+}
+if [ "$only" = wal ]; then only_part results-wal.md readonce_and_wal; fi
 
 # pgBackRest, run as the data directory's owner, full backups, gz level 6, two processes.
 as_owner() { if [ "$(id -u)" = 0 ]; then setpriv --reuid=postgres --regid=postgres --init-groups -- env PGPASSWORD="$PGPASSWORD" "$@"; else "$@"; fi; }
@@ -429,13 +431,7 @@ print("\nWhole backup, local: the dump's stored size (a full restore reads each 
       "the whole-backup restore (of the backup taken to S3, a few bytes apart from the local one). Decompressed, whole backup: the dump's size.")
 PY
 }
-if [ "$only" = selective ]; then
-  selective > "$work/results-selective.md"
-  mkdir -p bench
-  cp "$work/results-selective.md" bench/results-selective.md
-  cat bench/results-selective.md
-  exit 0
-fi
+if [ "$only" = selective ]; then only_part results-selective.md selective; fi
 
 # Incremental base backups: a PostgreSQL 17 sandbox with the same dataset and summarize_wal on.
 eval "$(scripts/pg-sandbox.sh start "$work/cluster17" --major 17 --archive-command /bin/true | sed 's/^/PG17_/')"
