@@ -839,4 +839,29 @@ extension SelectiveRestoreTests {
         XCTAssertEqual(try query("SELECT obj_description('sales.orders_pkey'::regclass, 'pg_class'), obj_description('sales.orders_customer'::regclass, 'pg_class')")[0],
                        ["one row per id", "by customer"], "the backup's comments, on the restored indexes")
     }
+
+    /// A table of contents of an older format (before statistics were tied to their table) is passed
+    /// over quietly: the stream is scanned, as for a backup taken before tables of contents existed.
+    func testAnOlderTableOfContentsIsPassedOverForAScan() throws {
+        let id = try backup()
+        let folder = "\(repository!)/backups/\(id)"
+        let rewrite = try TestProcess.shell("""
+            cd '\(folder)' && gunzip -c toc.json.gz | sed 's/"format_version" *: *[0-9]*/"format_version" : 1/' | gzip > toc.old \
+              && mv toc.old toc.json.gz && gunzip -c toc.json.gz | grep -c '"format_version" : 1' >/dev/null \
+              && echo "$(stat -c %s toc.json.gz) $(sha256sum toc.json.gz | cut -c1-64) $(gunzip -c toc.json.gz | wc -c)"
+            """)
+        XCTAssertEqual(rewrite.status, 0, rewrite.standardError)
+        let fields = rewrite.standardOutput.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+        XCTAssertEqual(fields.count, 3, rewrite.standardOutput)
+        try editManifest(id) { manifest in
+            manifest["files"] = (manifest["files"] as? [[String: Any]] ?? []).map { file in
+                guard file["name"] as? String == "toc.json.gz" else { return file }
+                return file.merging(["stored_bytes": Int(fields[0]) ?? 0, "sha256": fields[1], "raw_bytes": Int(fields[2]) ?? 0]) { _, new in new }
+            }
+        }
+        let selective = try restore([id, "--table", "crm.customers", "--into-schema", "rescue_old_toc"])
+        XCTAssertEqual(selective.status, 0, selective.standardError)
+        XCTAssertFalse(selective.standardError.contains("does not describe its dump"), "an older format is not damage: \(selective.standardError)")
+        XCTAssertEqual(try query("SELECT count(*)::text FROM rescue_old_toc.customers")[0][0], "500")
+    }
 }

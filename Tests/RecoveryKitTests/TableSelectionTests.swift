@@ -78,7 +78,7 @@ final class TableSelectionTests: XCTestCase {
             entry("ACL", "crm", "TABLE customers"),
         ]
         for index in entries.indices { entries[index].start = UInt64(index * 10); entries[index].end = UInt64(index * 10 + 10) }
-        return DumpTableOfContents(formatVersion: 1, dumpBytes: UInt64(entries.count * 10), compressedBytes: 0, entries: entries, settings: [], accessPoints: [])
+        return DumpTableOfContents(formatVersion: DumpTableOfContents.currentFormatVersion, dumpBytes: UInt64(entries.count * 10), compressedBytes: 0, entries: entries, settings: [], accessPoints: [])
     }
 
     func testOneTableTakesEverythingThatMakesItUsableAndReportsTheRest() throws {

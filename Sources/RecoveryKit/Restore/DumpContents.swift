@@ -11,7 +11,9 @@ import Gzip
 public struct DumpTableOfContents: Codable, Equatable, Sendable {
     /// Name of the file inside a logical backup's folder.
     public static let fileName = "toc.json.gz"
-    public static let currentFormatVersion = 1
+    /// 2: statistics tied to their table and shared-sequence defaults recorded; a format-1 table of
+    /// contents is passed over (the stream is scanned instead).
+    public static let currentFormatVersion = 2
     /// Uncompressed distance between access points: at most this much is decompressed in vain
     /// before the first byte a selective read needs (about 20 ms of inflate per 8 MiB).
     public static let defaultAccessPointInterval: UInt64 = 8 << 20
@@ -112,6 +114,11 @@ public struct DumpTableOfContents: Codable, Equatable, Sendable {
         guard let file = manifest.files.first(where: { $0.name == fileName }) else { return nil }
         var data = Data()
         try StoredFileStream.decompress(file, of: manifest, from: store, key: key, phase: "read \(fileName)", progress: nil) { data.append(contentsOf: $0) }
+        // An older table of contents lacks what selective restore now relies on (statistics tied to
+        // their table, shared-sequence defaults): the stream is scanned instead, as for a backup
+        // taken before tables of contents existed.
+        struct Version: Decodable { var formatVersion: Int }
+        if let version = try? JSONOutput.decoder().decode(Version.self, from: data), version.formatVersion < currentFormatVersion { return nil }
         let contents: DumpTableOfContents
         do {
             contents = try JSONOutput.decoder().decode(DumpTableOfContents.self, from: data)
