@@ -2,9 +2,11 @@ import PostgresClient
 
 /// Exact row counts of every user table: the numbers dumps are checked against.
 ///
-/// Every count means `count(*)`: a table's own rows and those of its inheritance children (what a
-/// restored database answers, and what `RowCountVerifier` compares). A backup takes them from its
-/// dump's COPY blocks (`rows(from:…)`); `countRows(on:)` scans the tables.
+/// Every count is a table's own rows and those of its inheritance descendants that hold rows in this
+/// database — `count(*)` but for a descendant that is a foreign table, whose rows stay on the remote
+/// server: neither dumped nor restored, and free to change under a backup that must still restore.
+/// What a restored database answers, and what `RowCountVerifier` compares. A backup takes them from
+/// its dump's COPY blocks (`rows(from:…)`); `countRows(on:)` scans each table (`FROM ONLY`) once.
 public enum TableCounter {
     /// An ordinary table the counts cover, as the catalogue lists it.
     struct Table {
@@ -32,9 +34,20 @@ public enum TableCounter {
     /// - Returns: counts sorted by schema and table name.
     /// - Throws: `PostgresError` on any failure.
     public static func countRows(on connection: PostgresConnection) throws -> [BackupManifest.TableRowCount] {
-        try tables(on: connection).map { table in
-            BackupManifest.TableRowCount(schema: table.schema, name: table.name, rows: try count(table, on: connection))
+        try totals(of: try tables(on: connection)) { try count($0, on: connection) }
+    }
+
+    /// The counts of `tables` from each one's own rows (`own`, asked once per table): a table's own
+    /// rows plus those of every descendant in `tables` (a foreign child is not listed, so not counted).
+    static func totals(of tables: [Table], own: (Table) throws -> Int64) throws -> [BackupManifest.TableRowCount] {
+        var rows: [String: Int64] = [:]
+        for table in tables { rows[table.oid] = try own(table) }
+        let byOid = Dictionary(tables.map { ($0.oid, $0) }, uniquingKeysWith: { first, _ in first })
+        func total(_ oid: String, seen: Set<String>) -> Int64 {
+            guard let table = byOid[oid], !seen.contains(oid) else { return 0 }
+            return table.children.reduce(rows[oid] ?? 0) { $0 + total($1, seen: seen.union([oid])) }
         }
+        return tables.map { BackupManifest.TableRowCount(schema: $0.schema, name: $0.name, rows: total($0.oid, seen: [])) }
     }
 
     /// The tables counts are kept for: ordinary tables outside the system schemas that no extension
@@ -72,11 +85,11 @@ public enum TableCounter {
         }
     }
 
-    /// `count(*)` of one table, found by its oid.
+    /// The rows of one table itself (`count(*) FROM ONLY`, its descendants left out), found by its oid.
     static func count(_ table: Table, on connection: PostgresConnection) throws -> Int64 {
         // The server quotes the name itself (format %I), so its bytes never leave it.
         let counted = try connection.query("""
-            SELECT pg_catalog.query_to_xml(pg_catalog.format('SELECT count(*) AS n FROM %I.%I', n.nspname, c.relname), false, true, '')
+            SELECT pg_catalog.query_to_xml(pg_catalog.format('SELECT count(*) AS n FROM ONLY %I.%I', n.nspname, c.relname), false, true, '')
             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
             WHERE c.oid = $1::oid
             """, [table.oid]).scalar ?? ""
@@ -93,9 +106,7 @@ public enum TableCounter {
     ///
     /// A table the list holds but the dump has no rows for is an error — it would restore empty —
     /// except an unlogged table on a standby, whose rows pg_dump never dumps there (recorded as 0,
-    /// what the restore gives, with a note). A parent whose inheritance child has no rows in the
-    /// dump (a foreign table: its rows stay on the remote server) is counted with `count(*)`, noted.
-    /// A dump that could not be read (`copies` nil) is counted with `count(*)` throughout, noted.
+    /// what the restore gives, with a note). A dump that could not be read (`copies` nil) is counted with `count(*)` throughout, noted.
     ///
     /// - Parameters:
     ///   - inRecovery: whether the server is a standby.
@@ -126,24 +137,7 @@ public enum TableCounter {
                                     hint: "check that nothing changes pg_dump's output (a wrapper in --pg-bin, PGOPTIONS), then report it with the pg_dump version")
             }
         }
-        let byOid = Dictionary(tables.map { ($0.oid, $0) }, uniquingKeysWith: { first, _ in first })
-        /// Own rows of the table and of every descendant; nil if one of them is not in the dump.
-        func total(_ oid: String, seen: Set<String>) -> Int64? {
-            guard let table = byOid[oid], let rows = own[oid], !seen.contains(oid) else { return nil }
-            var sum = rows
-            for child in table.children {
-                guard let rows = total(child, seen: seen.union([oid])) else { return nil }
-                sum += rows
-            }
-            return sum
-        }
-        return try tables.map { table -> BackupManifest.TableRowCount in
-            if let rows = total(table.oid, seen: []) {
-                return BackupManifest.TableRowCount(schema: table.schema, name: table.name, rows: rows)
-            }
-            note("\(table.schema).\(table.name) counted with count(*) (a second scan): an inheritance child of it is not dumped with rows (a foreign table)")
-            return BackupManifest.TableRowCount(schema: table.schema, name: table.name, rows: try count(table, on: connection))
-        }
+        return try totals(of: tables) { own[$0.oid] ?? 0 }
     }
 
     /// `dbbackup --count-check`: the dump's counts against `count(*)` in the same snapshot.

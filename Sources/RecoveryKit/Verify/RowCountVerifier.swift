@@ -71,9 +71,7 @@ public enum RowCountVerifier {
         guard !loaded.exact.isEmpty else { return (try verify(manifest, on: connection), 0) }
         // The tables TableCounter counts; `count(*)` only for those the COPY results do not cover.
         let tables = try TableCounter.tables(on: connection)
-        let live = try tables.map { table in
-            BackupManifest.TableRowCount(schema: table.schema, name: table.name, rows: try loaded.exact[table.oid] ?? TableCounter.count(table, on: connection))
-        }
+        let live = try TableCounter.totals(of: tables) { try loaded.exact[$0.oid] ?? TableCounter.count($0, on: connection) }
         let report = compare(expected: manifest.tables, actual: live, backupID: manifest.id, database: connection.target.databaseName)
         return (report, tables.filter { loaded.exact[$0.oid] != nil }.count)
     }
