@@ -125,4 +125,38 @@ final class RestoreRowCountTests: IntegrationTestCase {
         XCTAssertTrue(outcome.stderr.contains("public.audit: expected 1, found"), outcome.stderr)
         XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM pg_database WHERE datname = '\(outcome.restored)'", database: "postgres"), "0")
     }
+
+    /// Restoring as the non-superuser owner of tables under FORCE ROW LEVEL SECURITY: the policy hides
+    /// rows from that role's `count(*)` (here on the inheritance parent, which is counted), so the data
+    /// is whole and the count short. The refusal names row-level security and the fix, not "try an
+    /// older backup" (which would fail the same way).
+    func testRowLevelSecurityHidingRowsIsNamedInTheRefusal() throws {
+        let role = "rls_\(UUID().uuidString.prefix(8).lowercased())"
+        let admin = try cluster.connect()
+        try admin.execute(script: "CREATE ROLE \(role) LOGIN CREATEDB PASSWORD '\(cluster.password)'")
+        try admin.execute(script: "GRANT SET ON PARAMETER dbrecovery.marker TO \(role)")
+        try useDatabase(prefix: "rls", seed: """
+            CREATE TABLE r (a int); INSERT INTO r SELECT generate_series(1, 10);
+            CREATE TABLE rkid () INHERITS (r); INSERT INTO rkid SELECT generate_series(1, 10);
+            CREATE POLICY p ON r USING (a < 5); CREATE POLICY p ON rkid USING (a < 5);
+            ALTER TABLE r ENABLE ROW LEVEL SECURITY; ALTER TABLE r FORCE ROW LEVEL SECURITY;
+            ALTER TABLE rkid ENABLE ROW LEVEL SECURITY; ALTER TABLE rkid FORCE ROW LEVEL SECURITY;
+            ALTER TABLE r OWNER TO \(role); ALTER TABLE rkid OWNER TO \(role);
+            """)
+        addTeardownBlock { [cluster, database] in
+            _ = try? cluster?.connect(database: database ?? "postgres").execute(script: "DROP OWNED BY \(role)")
+            _ = try? cluster?.connect().execute(script: "REVOKE SET ON PARAMETER dbrecovery.marker FROM \(role)")
+            _ = try? cluster?.connect().execute(script: "DROP OWNED BY \(role)")
+            _ = try? cluster?.connect().execute(script: "DROP ROLE IF EXISTS \(role)")
+        }
+        let backup = try tool("dbbackup", common)
+        XCTAssertEqual(backup.status, 0, backup.standardError)
+        let restored = "rls_copy_\(UInt32.random(in: 0...UInt32.max))"
+        let url = cluster.url(database: restored).replacingOccurrences(of: "postgres@", with: "\(role)@")
+        let result = try tool("dbrestore", ["latest", "--yes", "--repo", repository, "--database-url", url])
+        XCTAssertEqual(result.status, ExitStatus.restoreFailed.rawValue, result.standardError)
+        XCTAssertTrue(result.standardError.contains("row-level security hides rows") && result.standardError.contains("BYPASSRLS"), result.standardError)
+        XCTAssertFalse(result.standardError.contains("try an older backup"), result.standardError)
+        XCTAssertFalse(try cluster.databaseExists(restored), "a refused restore creates nothing")
+    }
 }

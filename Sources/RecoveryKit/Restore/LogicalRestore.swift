@@ -387,8 +387,12 @@ public enum LogicalRestore {
                           ?? "\(fromCopies) of \(result.tables.count) tables from the server's COPY results"
                              + (fromCopies < result.tables.count ? ", the rest counted with count(*)" : ""))
             guard result.ok else {
+                // Row-level security hides rows from a role it applies to: the data may be whole and the count short.
+                let hidden = RowCountVerifier.rowSecurityMayHideRows(on: connection)
                 throw RecoveryError(.restoreFailed, "restored data does not match backup \(manifest.id): \(result.summary)",
-                                    hint: "the target database was not touched; try an older backup")
+                                    hint: hidden ? "row-level security hides rows from this role's count(*) (tables with ENABLE ROW LEVEL SECURITY): "
+                                                   + "restore as a superuser or a role with BYPASSRLS; the target database was not touched"
+                                                 : "the target database was not touched; try an older backup")
             }
             return result
         }

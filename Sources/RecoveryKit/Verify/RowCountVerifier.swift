@@ -76,6 +76,18 @@ public enum RowCountVerifier {
         return (report, tables.filter { loaded.exact[$0.oid] != nil }.count)
     }
 
+    /// Whether row-level security may hide rows from this connection's counts: a table with it
+    /// enabled that applies to this role (not the owner, unless forced) and a role that is neither
+    /// superuser nor BYPASSRLS. A failed probe says no.
+    static func rowSecurityMayHideRows(on connection: PostgresConnection) -> Bool {
+        let found = try? connection.query("""
+            SELECT (EXISTS (SELECT FROM pg_catalog.pg_class c
+                            WHERE c.relrowsecurity AND (c.relforcerowsecurity OR NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')))
+                    AND NOT (SELECT r.rolsuper OR r.rolbypassrls FROM pg_catalog.pg_roles r WHERE r.rolname = current_user))::text
+            """).scalar
+        return found == "true"
+    }
+
     /// The pure comparison (unit-tested without a server).
     public static func compare(expected: [BackupManifest.TableRowCount], actual: [BackupManifest.TableRowCount],
                                backupID: String, database: String) -> Report {
