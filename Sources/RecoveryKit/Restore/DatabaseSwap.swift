@@ -42,8 +42,20 @@ enum DatabaseSwap {
             try admin.execute(script: ToolDatabases.markStatement(name, marker, on: admin))
         } catch {
             // Unmarked, nothing would ever clean it up: drop it now while we know it is ours.
-            _ = try? admin.execute(script: "DROP DATABASE IF EXISTS \(admin.quoteIdentifier(name))")  // the marking error is the one to report
+            _ = try? dropOwn(name, on: admin)  // the marking error is the one to report
             throw error
+        }
+    }
+
+    /// Drops a database this run created (`WITH (FORCE)`: our own loader sessions may linger). A
+    /// signal's cancel request can reach the server just after the statement it was meant for ended
+    /// and cancel this one instead, so a cancelled drop is tried once more.
+    static func dropOwn(_ name: String, on admin: PostgresConnection) throws {
+        let sql = "DROP DATABASE IF EXISTS \(admin.quoteIdentifier(name)) WITH (FORCE)"
+        do {
+            try admin.execute(script: sql)
+        } catch let error as PostgresError where error.sqlState == PostgresError.queryCanceled {
+            try admin.execute(script: sql)
         }
     }
 

@@ -360,7 +360,7 @@ public enum LogicalRestore {
             // A scratch database left behind would be a trap: drop it unless it became the target.
             if scratchExists {
                 do {
-                    try admin.execute(script: "DROP DATABASE IF EXISTS \(admin.quoteIdentifier(scratch)) WITH (FORCE)")
+                    try DatabaseSwap.dropOwn(scratch, on: admin)
                     if Interruption.isRequested { CleanupLog.cleaned("dropped the scratch database \(scratch)") }
                 } catch {
                     timeline.note("drop scratch database \(scratch)", outcome: "failed: \(RecoveryError.classify(error).message); it is marked, the next dbrestore drops it")
