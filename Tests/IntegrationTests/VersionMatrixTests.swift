@@ -27,11 +27,7 @@ final class VersionMatrixTests: XCTestCase {
     /// A logical backup of 14 restores into 17 and says so (stderr and --json); one of 17 into 14 is
     /// refused before anything is created, and the target stays as it was.
     func testLogicalBackupRestoresIntoANewerMajorOnlyAndSaysSo() throws {
-        let old = try Self.cluster(major: 14)
-        let new = try Self.cluster(major: 17)
-        let repository = TestPaths.repositoryPath(prefix: "cross-repo")
-        let source = try filledDatabase("cross", on: old.cluster, major: 14)
-        let oldID = try backup(old.cluster, database: source, repository: repository)
+        let (old, new, repository, source, oldID) = try backedUpOnTheOlder(14, newer: 17, prefix: "cross")
 
         let target = try new.cluster.createDatabase(prefix: "cross")
         let dryRun = try TestProcess.tool("dbrestore", [oldID, "--database-url", new.cluster.url(database: target), "--repo", repository, "--dry-run", "--json"],
@@ -72,11 +68,7 @@ final class VersionMatrixTests: XCTestCase {
     /// backup, the error names both majors and the fix, and the target stays as it was; a plain
     /// `dbrestore` of the 16 backup is still refused with the reason.
     func testEmergencyAndDrillPassOverABackupFromANewerMajor() throws {
-        let old = try Self.cluster(major: 15)
-        let new = try Self.cluster(major: 16)
-        let repository = TestPaths.repositoryPath(prefix: "newer-major")
-        let source = try filledDatabase("older", on: old.cluster, major: 15)
-        let oldID = try backup(old.cluster, database: source, repository: repository)
+        let (old, new, repository, source, oldID) = try backedUpOnTheOlder(15, newer: 16, prefix: "older")
         let expected = try old.cluster.rowCounts(database: source)
         let upgraded = try filledDatabase("newer", on: new.cluster, major: 16)
         try new.cluster.connect(database: upgraded).execute(script: "INSERT INTO users (email) VALUES ('only-in-16@example.com')")
@@ -288,6 +280,17 @@ final class VersionMatrixTests: XCTestCase {
 
     /// Objects whose dump text differs between majors: an identity column, a SQL-standard function
     /// body, an enum, a view, a materialized view, a partitioned table; on 18 a virtual generated column.
+    /// Clusters of two majors, one repository, and a backup of a filled database taken on the older.
+    private func backedUpOnTheOlder(_ older: Int, newer: Int, prefix: String) throws
+        -> (old: (cluster: PostgresCluster, walRepository: String), new: (cluster: PostgresCluster, walRepository: String),
+            repository: String, source: String, oldID: String) {
+        let old = try Self.cluster(major: older)
+        let new = try Self.cluster(major: newer)
+        let repository = TestPaths.repositoryPath(prefix: "\(prefix)-repo")
+        let source = try filledDatabase(prefix, on: old.cluster, major: older)
+        return (old, new, repository, source, try backup(old.cluster, database: source, repository: repository))
+    }
+
     private func filledDatabase(_ prefix: String, on cluster: PostgresCluster, major: Int) throws -> String {
         var script = """
             CREATE TYPE mood AS ENUM ('calm', 'busy');
