@@ -128,13 +128,17 @@ final class IncrementalBackupTests: XCTestCase {
         XCTAssertEqual(try connection.query(changedBlocks).scalar ?? "", blocksBefore, "the 1 % update moved rows to other blocks")
         let touched = Double(Int(blocksBefore.split(separator: " ").first ?? "") ?? 0) / Double(max(tableBlocks, 1))
         XCTAssertEqual(touched, 0.01, accuracy: 0.001, "the change must touch 1 % of the table's \(tableBlocks) blocks")
-        let first = try backup(["--incremental"])
-        XCTAssertEqual(first.result.status, 0, first.result.standardError)
-        let firstID = try XCTUnwrap(first.summary["id"] as? String)
-        let firstBytes = try XCTUnwrap(first.summary["stored_bytes"] as? Int)
-        let firstChain = first.summary["incremental"] as? [String: String]
-        XCTAssertEqual(firstChain?["parent"], fullID)
-        XCTAssertEqual(firstChain?["chain_root"], fullID)
+        /// An incremental on `parent`, checked to chain on it (and on the full): its id, stored bytes and time.
+        func incremental(on parent: String) throws -> (id: String, bytes: Int, seconds: Double) {
+            let taken = try backup(["--incremental"])
+            XCTAssertEqual(taken.result.status, 0, taken.result.standardError)
+            let chain = taken.summary["incremental"] as? [String: String]
+            XCTAssertEqual(chain?["parent"], parent)
+            XCTAssertEqual(chain?["chain_root"], fullID)
+            return (try XCTUnwrap(taken.summary["id"] as? String), try XCTUnwrap(taken.summary["stored_bytes"] as? Int), taken.seconds)
+        }
+        let first = try incremental(on: fullID)
+        let firstID = first.id, firstBytes = first.bytes
         print("PostgreSQL \(major): table \(tableBytes / 1_048_576) MiB on disk (\(tableBlocks) blocks); "
               + "full backup \(fullBytes / 1024) KiB stored in \(String(format: "%.1f", full.seconds)) s; "
               + "incremental after a 1 % change (\(String(format: "%.2f", touched * 100)) % of the blocks) \(firstBytes / 1024) KiB stored "
@@ -146,13 +150,8 @@ final class IncrementalBackupTests: XCTestCase {
             UPDATE items SET batch = 'C' WHERE id > \(rows / 100) AND id <= \(rows / 10);
             INSERT INTO items SELECT i, 'D', md5(i::text) FROM generate_series(\(rows + 1), \(rows + 1000)) AS i;
             """)
-        let second = try backup(["--incremental"])
-        XCTAssertEqual(second.result.status, 0, second.result.standardError)
-        let secondID = try XCTUnwrap(second.summary["id"] as? String)
-        let secondBytes = try XCTUnwrap(second.summary["stored_bytes"] as? Int)
-        let secondChain = second.summary["incremental"] as? [String: String]
-        XCTAssertEqual(secondChain?["parent"], firstID)
-        XCTAssertEqual(secondChain?["chain_root"], fullID)
+        let second = try incremental(on: firstID)
+        let secondID = second.id, secondBytes = second.bytes
         print("PostgreSQL \(major): second incremental after a further 9 % change \(secondBytes / 1024) KiB stored in \(String(format: "%.1f", second.seconds)) s")
 
         // Rows after the second incremental, the target time, then rows the recovery must not show.

@@ -47,7 +47,8 @@ enum DatabaseSwap {
         }
     }
 
-    /// Drops a database this run created (`WITH (FORCE)`: our own loader sessions may linger). A
+    /// Drops a database of ours: one this run created, or a marked leftover of a killed run
+    /// (`WITH (FORCE)`: our own loader sessions may linger). A
     /// signal's cancel request can reach the server just after the statement it was meant for ended
     /// and cancel this one instead, so a cancelled drop is tried once more.
     static func dropOwn(_ name: String, on admin: PostgresConnection) throws {

@@ -381,7 +381,7 @@ public enum SelectiveRestore {
         defer {
             if created && !done {
                 do {
-                    try admin.execute(script: "DROP DATABASE IF EXISTS \(admin.quoteIdentifier(name)) WITH (FORCE)")
+                    try DatabaseSwap.dropOwn(name, on: admin)
                     if Interruption.isRequested { CleanupLog.cleaned("dropped the new database \(name)") }
                 } catch {
                     timeline.note("drop database \(name)", outcome: "failed: \(RecoveryError.classify(error).message); it is marked, dbrestore cleanup drops it")

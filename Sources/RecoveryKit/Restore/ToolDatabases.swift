@@ -155,7 +155,7 @@ enum ToolDatabases {
                     timeline.note("left \(database.name) alone", outcome: "marked as \(database.marker.kind.rawValue) database \(database.marker.database ?? "?") of \(target), renamed since")
                     continue
                 }
-                try connection.execute(script: "DROP DATABASE IF EXISTS \(connection.quoteIdentifier(database.name)) WITH (FORCE)")
+                try DatabaseSwap.dropOwn(database.name, on: connection)
                 timeline.note("dropped \(database.name), the \(database.marker.kind == .drill ? "drill" : "scratch") database of a restore that was killed")
             case .target, .restored, .preRestore:
                 guard database.marker.closedForSwap == true else { continue }
