@@ -133,15 +133,20 @@ print(sum(v['get_bytes'] for k, v in stats.items() if k.startswith('bench/readon
   kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
 
   # 16 MiB segments shaped like WAL pages (a quarter random, the rest repeated): about 3:1 with gzip -1.
+  # The first page starts with the long page header PostgreSQL writes (XLP_LONG_HEADER, timeline,
+  # the segment's start LSN, segment and block size), which wal-fetch --prefetch checks.
   mkdir -p "$work/wal/pg_wal/archive_status" "$work/wal/fetch"
   python3 - "$work/wal/pg_wal" "$segments" <<'PY'
-import os, random, sys
+import os, random, struct, sys
 directory, count = sys.argv[1], int(sys.argv[2])
 random.seed(21)
 for index in range(1, count + 1):
     page = lambda: random.randbytes(2048) + bytes([index % 256]) * 6144
     with open(os.path.join(directory, "000000010000000A%08X" % index), "wb") as out:
-        for _ in range(2048):
+        start = (0xA * 256 + index) * 16 * 1024 * 1024
+        first = struct.pack("<HHIQIIQII", 0xD116, 0x0002, 1, start, 0, 0, 7311, 16 * 1024 * 1024, 8192)
+        out.write(first + page()[len(first):])
+        for _ in range(2047):
             out.write(page())
 PY
   python3 scripts/s3-fault-proxy.py --upstream "$S3_PORT" --delay 0.05 > "$work/proxy-delay.out" &

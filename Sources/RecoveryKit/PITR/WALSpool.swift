@@ -6,8 +6,30 @@ import Synchronization
 import Glibc
 #endif
 
+/// What a spool's background worker (the pusher of `wal-push --async`, the prefetcher of
+/// `wal-fetch --prefetch`) and the calls that start it are given.
+public struct WALSpoolSettings: Sendable {
+    public var spool: String
+    public var repository: String
+    /// Segments in flight at once: the pusher's uploads, the prefetcher's downloads ahead.
+    public var jobs: Int
+    /// The worker exits after this long without work.
+    public var idleExit: TimeInterval
+    /// What the storage layer reads S3 settings and credentials from; also the worker's environment.
+    public var environment: [String: String]
+
+    public init(spool: String, repository: String, jobs: Int, idleExit: TimeInterval = 10,
+                environment: [String: String] = ProcessInfo.processInfo.environment) {
+        self.spool = spool
+        self.repository = repository
+        self.jobs = max(1, jobs)
+        self.idleExit = idleExit
+        self.environment = environment
+    }
+}
+
 /// A local directory where WAL waits between PostgreSQL and the repository: `wal-push --async`
-/// queues segments and status files in it, `wal-fetch --prefetch` keeps segments it downloaded
+/// queues segment paths and status files in it, `wal-fetch --prefetch` keeps segments it downloaded
 /// ahead. Its files are written with `LocalStore` (atomic rename, fsync), so a crash leaves whole
 /// files or none.
 ///
@@ -141,7 +163,8 @@ enum WorkerThreads {
     }
 }
 
-/// The names a pool of workers has taken, so that no two take the same one.
+/// The names a pool of workers has taken, so that no two take the same one and none is taken
+/// twice in one worker's life.
 final class Claims: Sendable {
     private let taken = Mutex<Set<String>>([])
 
@@ -152,9 +175,5 @@ final class Claims: Sendable {
             taken.insert(name)
             return name
         }
-    }
-
-    func release(_ name: String) {
-        _ = taken.withLock { $0.remove(name) }
     }
 }
