@@ -328,6 +328,20 @@ final class WALAsyncTests: IntegrationTestCase {
         }
     }
 
+    /// Where a replay of `count` segments archived in a local repository fetches them:
+    /// `restore_command` with `--prefetch 3` into a restored pg_wal, and its default spool.
+    private func archivedForReplay(_ count: Int) throws
+        -> ([String], (spool: String, destination: String, fetch: (String) throws -> TestProcess.Result)) {
+        let repository = work + "/repo", restore = work + "/restore/pg_wal"
+        let names = try writeWALSegments(count)
+        try archive(names, into: repository)
+        try FileManager.default.createDirectory(atPath: restore, withIntermediateDirectories: true)
+        let destination = restore + "/RECOVERYXLOG"
+        return (names, (restore + "/dbrecovery-prefetch", destination, { name in
+            try TestProcess.tool("dbrestore", ["wal-fetch", name, destination, "--prefetch", "3", "--repo", repository])
+        }))
+    }
+
     /// Waits until the prefetcher has spooled `name` whole (its sha256 written last).
     private func waitForSpooled(_ name: String, in spool: String) {
         let deadline = Date().addingTimeInterval(20)
@@ -338,14 +352,8 @@ final class WALAsyncTests: IntegrationTestCase {
     /// A spooled segment damaged (one byte) or cut short after the prefetcher checked it is not
     /// handed to PostgreSQL: the call checks it again and fetches the segment from the repository.
     func testADamagedOrPartialSpoolFileIsNeverServed() throws {
-        let repository = work + "/repo", restore = work + "/restore/pg_wal"
-        let names = try writeWALSegments(4)
-        try archive(names, into: repository)
-        try FileManager.default.createDirectory(atPath: restore, withIntermediateDirectories: true)
-        let spool = restore + "/dbrecovery-prefetch", destination = restore + "/RECOVERYXLOG"
-        func fetch(_ name: String) throws -> TestProcess.Result {
-            try TestProcess.tool("dbrestore", ["wal-fetch", name, destination, "--prefetch", "3", "--repo", repository])
-        }
+        let (names, restore) = try archivedForReplay(4)
+        let spool = restore.spool, destination = restore.destination, fetch = restore.fetch
         XCTAssertEqual(try fetch(names[0]).status, 0)
         waitForSpooled(names[1], in: spool)
         waitForSpooled(names[2], in: spool)
@@ -366,13 +374,10 @@ final class WALAsyncTests: IntegrationTestCase {
     /// PostgreSQL looks), also after the prefetcher has tried the names beyond it, and a partial
     /// download left in the spool under that name is not taken for the segment.
     func testTheEndOfTheArchiveIsNotFound() throws {
-        let repository = work + "/repo", restore = work + "/restore/pg_wal"
-        let names = try writeWALSegments(3)
-        try archive(names, into: repository)
-        try FileManager.default.createDirectory(atPath: restore, withIntermediateDirectories: true)
-        let spool = restore + "/dbrecovery-prefetch", destination = restore + "/RECOVERYXLOG"
+        let (names, restore) = try archivedForReplay(3)
+        let spool = restore.spool, destination = restore.destination
         for name in names {
-            let result = try TestProcess.tool("dbrestore", ["wal-fetch", name, destination, "--prefetch", "4", "--repo", repository])
+            let result = try restore.fetch(name)
             XCTAssertEqual(result.status, 0, result.standardError)
         }
         let beyond = try XCTUnwrap(WALSegmentName.next(after: names[2], segmentSize: 1 << 20))
@@ -380,7 +385,7 @@ final class WALAsyncTests: IntegrationTestCase {
         try FileManager.default.createDirectory(atPath: spool + "/segments", withIntermediateDirectories: true)
         try Data(walSegment(beyond).prefix(1000)).write(to: URL(fileURLWithPath: "\(spool)/segments/\(beyond)"))
         try FileManager.default.removeItem(atPath: destination)
-        let missing = try TestProcess.tool("dbrestore", ["wal-fetch", beyond, destination, "--prefetch", "4", "--repo", repository])
+        let missing = try restore.fetch(beyond)
         XCTAssertEqual(missing.status, ExitStatus.failure.rawValue, "not in the archive: recovery ends there. \(missing.standardError)")
         XCTAssertFalse(FileManager.default.fileExists(atPath: destination), "nothing is handed to PostgreSQL for a segment the archive lacks")
     }
