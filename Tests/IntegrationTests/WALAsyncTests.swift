@@ -1,5 +1,6 @@
 @testable import BackupStorage
 import Foundation
+import PostgresClient
 @testable import RecoveryKit
 import TestSupport
 import XCTest
@@ -307,6 +308,46 @@ final class WALAsyncTests: IntegrationTestCase {
         let missing = try TestProcess.tool("dbrestore", ["wal-fetch", "000000010000000000000FFF", restoreDirectory + "/RECOVERYXLOG", "--prefetch", "4",
                                                          "--repo", repository], environment: s3.environment(endpoint: proxy.endpoint))
         XCTAssertEqual(missing.status, ExitStatus.failure.rawValue, "not in the archive: recovery ends there")
+    }
+
+    /// PostgreSQL's own archiver calling `wal-push --async` and its own recovery calling
+    /// `wal-fetch --prefetch`: every row comes back over several segments, recovery ends where the
+    /// archive ends (a segment not found) and the server opens on a new timeline.
+    func testAServerArchivingAsynchronouslyRecoversWithPrefetchedWAL() throws {
+        let directory = ownedDirectory("async-wal")
+        let repository = directory + "/repo", spool = directory + "/spool"
+        let archive = "\(TestPaths.executable("dbbackup")) wal-push %p --async --spool \(spool) --repo \(repository)"
+        let cluster = try PostgresCluster(archiveCommand: archive)
+        defer { cluster.stop() }
+        let (database, connection) = try itemsDatabase("asyncwal", on: cluster)
+        try physicalBackup(of: database, on: cluster, into: repository)
+        for batch in ["A", "B", "C", "D", "E"] {
+            try connection.execute(script: "INSERT INTO items (batch) SELECT '\(batch)' FROM generate_series(1, 5000)")
+            _ = try connection.query("SELECT pg_switch_wal()")
+        }
+        try waitForArchive(connection)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: spool + "/pusher.pid"), "the archiver's calls went through the pusher")
+
+        let parent = ownedDirectory("async-wal-restore"), data = parent + "/data", port = try freePort()
+        let prepared = try asOwner("dbrestore", ["--pitr", "--pgdata", data, "--repo", repository, "--target", "latest", "--port", String(port)],
+                                   cluster: cluster)
+        XCTAssertEqual(prepared.status, 0, prepared.standardError)
+        let settings = try String(contentsOfFile: data + "/postgresql.auto.conf", encoding: .utf8)
+        XCTAssertTrue(settings.contains("wal-fetch %f %p "), settings)
+        try settings.replacingOccurrences(of: "wal-fetch %f %p ", with: "wal-fetch %f %p --prefetch 4 ")
+            .write(toFile: data + "/postgresql.auto.conf", atomically: true, encoding: .utf8)
+        chownToPostgres(parent)
+        let started = try TestProcess.run("/usr/bin/setpriv", ["--reuid=postgres", "--regid=postgres", "--init-groups", cluster.binDirectory + "/pg_ctl",
+                                                              "-D", data, "-l", parent + "/server.log", "-w", "-t", "120", "start"])
+        defer { stopServer(data) }
+        XCTAssertEqual(started.status, 0, started.standardError + ((try? String(contentsOfFile: parent + "/server.log", encoding: .utf8)) ?? ""))
+        let restored = try PostgresConnection(target: try ConnectionTarget("postgresql://postgres@127.0.0.1:\(port)/\(database)").with("password", cluster.password))
+        let deadline = Date().addingTimeInterval(120)
+        while try restored.query("SELECT pg_is_in_recovery()").scalar == "t" && Date() < deadline { usleep(100_000) }
+        XCTAssertEqual(try counts(port: port, database: database, cluster: cluster), ["A": "5000", "B": "5000", "C": "5000", "D": "5000", "E": "5000"])
+        XCTAssertEqual(try restored.query("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)").scalar, "00000002")
+        let log = (try? String(contentsOfFile: data + "/pg_wal/dbrecovery-prefetch/prefetch.log", encoding: .utf8)) ?? ""
+        XCTAssertTrue(log.contains("started"), "recovery went through the prefetcher: \(log)")
     }
 
     /// `count` 1 MiB segments with their page headers in `pg_wal`, as PostgreSQL writes them.
