@@ -336,14 +336,8 @@ final class WALAsyncTests: IntegrationTestCase {
         XCTAssertTrue(settings.contains("wal-fetch %f %p "), settings)
         try settings.replacingOccurrences(of: "wal-fetch %f %p ", with: "wal-fetch %f %p --prefetch 4 ")
             .write(toFile: data + "/postgresql.auto.conf", atomically: true, encoding: .utf8)
-        chownToPostgres(parent)
-        let started = try TestProcess.run("/usr/bin/setpriv", ["--reuid=postgres", "--regid=postgres", "--init-groups", cluster.binDirectory + "/pg_ctl",
-                                                              "-D", data, "-l", parent + "/server.log", "-w", "-t", "120", "start"])
         defer { stopServer(data) }
-        XCTAssertEqual(started.status, 0, started.standardError + ((try? String(contentsOfFile: parent + "/server.log", encoding: .utf8)) ?? ""))
-        let restored = try PostgresConnection(target: try ConnectionTarget("postgresql://postgres@127.0.0.1:\(port)/\(database)").with("password", cluster.password))
-        let deadline = Date().addingTimeInterval(120)
-        while try restored.query("SELECT pg_is_in_recovery()").scalar == "t" && Date() < deadline { usleep(100_000) }
+        let restored = try startRecovered(data, port: port, database: database, cluster: cluster)
         XCTAssertEqual(try counts(port: port, database: database, cluster: cluster), ["A": "5000", "B": "5000", "C": "5000", "D": "5000", "E": "5000"])
         XCTAssertEqual(try restored.query("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)").scalar, "00000002")
         let log = (try? String(contentsOfFile: data + "/pg_wal/dbrecovery-prefetch/prefetch.log", encoding: .utf8)) ?? ""

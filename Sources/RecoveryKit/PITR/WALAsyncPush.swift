@@ -62,9 +62,9 @@ public enum WALAsyncPush {
         }
         // Where the pusher reads it (PostgreSQL runs archive_command in the data directory, %p relative to it).
         let absolute = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
-        if !spool.exists("queue/\(name)") { try spool.files.write("queue/\(name)", contents: Data(absolute.utf8)) }
+        if !spool.exists("queue/\(name)") { try spool.put("queue/\(name)", Data(absolute.utf8)) }
         // Answered or given up: this call's entry is not work any more (a retry queues it again).
-        defer { try? spool.files.delete(["queue/\(name)"]) }
+        defer { spool.remove(["queue/\(name)"]) }
         let deadline = Date().addingTimeInterval(timeout)
         var lastCheck = Date.distantPast
         while Date() < deadline {
@@ -100,11 +100,11 @@ public enum WALAsyncPush {
     /// `reportingErrors` false only removes it.
     private static func takeVerdict(_ name: String, digest: String, spool: WALSpool, reportingErrors: Bool) throws -> Verdict {
         if let ok = try? spool.files.read("status/\(name).ok") {
-            try spool.files.delete(["status/\(name).ok"])
+            spool.remove(["status/\(name).ok"])
             return okDigest(ok) == digest ? .stored : .otherContent
         }
         if let error = try? spool.files.read("status/\(name).error") {
-            try spool.files.delete(["status/\(name).error"])
+            spool.remove(["status/\(name).error"])
             guard reportingErrors else { return .none }
             throw RecoveryError(.repositoryError, "WAL file \(name) was not archived: \(String(decoding: error, as: UTF8.self))",
                                 hint: "PostgreSQL keeps the file and retries; fix the repository named above")
@@ -140,7 +140,7 @@ public enum WALAsyncPush {
             (object.key.hasSuffix(".ok") || object.key.hasSuffix(".error"))
                 && (object.modified.map { now.timeIntervalSince($0) > unusedVerdictAge } ?? false)
         }
-        try? spool.files.delete(old.map(\.key))
+        spool.remove(old.map(\.key))
     }
 
     /// The background pusher: uploads queued and ready segments, `jobs` at once, oldest first,
@@ -150,7 +150,7 @@ public enum WALAsyncPush {
         let spool = try WALSpool(settings.spool, repository: settings.repository, resetOnMismatch: false)
         guard let lock = try spool.tryLock(lockName) else { return }
         defer { lock.release() }
-        try spool.files.write("pusher.pid", contents: Data(String(ProcessInfo.processInfo.processIdentifier).utf8))
+        try spool.put("pusher.pid", Data(String(ProcessInfo.processInfo.processIdentifier).utf8))
         removeLeftovers(in: spool, now: Date())
         let work = PushWork()
         let directory = spool.directory
@@ -174,13 +174,13 @@ public enum WALAsyncPush {
                     // No look-up first: a segment already stored (by a pusher killed before its verdict)
                     // is found by the create-if-absent and compared there.
                     _ = try WALArchive.store(data, name: segment.name, in: opened, key: key, checkFirst: false)
-                    try spool.files.write("status/\(segment.name).ok", contents: okContents(digest: sha256(data), repository: repository))
+                    try spool.put("status/\(segment.name).ok", okContents(digest: sha256(data), repository: repository))
                 } catch {
                     let failure = RecoveryError.classify(error)
-                    try? spool.files.write("status/\(segment.name).error", contents: Data((failure.message + (failure.hint.map { " (\($0))" } ?? "")).utf8))
+                    try? spool.put("status/\(segment.name).error", Data((failure.message + (failure.hint.map { " (\($0))" } ?? "")).utf8))
                 }
                 // Answered: a call killed while waiting must not leave its entry to be pushed again and again.
-                try? spool.files.delete(["queue/\(segment.name)"])
+                spool.remove(["queue/\(segment.name)"])
                 work.finish(segment.name)
                 idleSince = Date()
             }

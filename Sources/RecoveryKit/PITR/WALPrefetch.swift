@@ -64,9 +64,9 @@ public enum WALPrefetch {
             wanted.append(next)
             current = next
         }
-        try spool.files.write(wantedKey, contents: Data(wanted.joined(separator: "\n").utf8))
+        try spool.put(wantedKey, Data(wanted.joined(separator: "\n").utf8))
         let behind = try spool.files.list(prefix: "segments/").map(\.key).filter { String($0.dropFirst("segments/".count).prefix(24)) < name }
-        try spool.files.delete(behind)
+        spool.remove(behind)
         if try !spool.isLocked(lockName) { try spool.startDetached(prefetcherArguments, environment: settings.environment, log: "prefetch.log") }
         return true
     }
@@ -78,7 +78,7 @@ public enum WALPrefetch {
     /// - Returns: the segment's size, or nil when the spool had no good copy.
     private static func serveFromSpool(_ name: String, spool: WALSpool, destination: String) -> Int? {
         let segment = "segments/\(name)", digest = "segments/\(name).sha256"
-        defer { try? spool.files.delete([segment, digest]) }   // served or bad: either way not needed again
+        defer { spool.remove([segment, digest]) }   // served or bad: either way not needed again
         guard let recorded = try? spool.files.read(digest), let data = try? spool.files.read(segment),
               WALAsyncPush.sha256(data) == String(decoding: recorded, as: UTF8.self), WALSegmentName.headerMatches(data, name: name) else { return nil }
         if rename(spool.path(segment), destination) != 0 {
@@ -96,7 +96,7 @@ public enum WALPrefetch {
         defer { lock.release() }
         FileHandle.standardError.write(Data("prefetcher \(ProcessInfo.processInfo.processIdentifier) started\n".utf8))
         // Claims of a prefetcher that was killed: this one holds the lock, so none is live.
-        try spool.files.delete(try spool.names(under: "claims/").map { "claims/\($0)" })
+        spool.remove(try spool.names(under: "claims/").map { "claims/\($0)" })
         let claims = Claims()
         let directory = spool.directory
         let repository = settings.repository
@@ -117,8 +117,8 @@ public enum WALPrefetch {
                 idleSince = Date()
                 guard let objectKey = try? WALArchive.key(for: name) else { continue }
                 // Said in the spool, so that the call for this segment waits for it instead of fetching it too.
-                try? spool.files.write("claims/\(name)", contents: Data())
-                defer { try? spool.files.delete(["claims/\(name)"]) }
+                try? spool.put("claims/\(name)", Data())
+                defer { spool.remove(["claims/\(name)"]) }
                 do {
                     let opened = try store ?? Repository.open(repository, create: false, environment: environment)
                     store = opened
@@ -126,8 +126,8 @@ public enum WALPrefetch {
                     guard WALSegmentName.headerMatches(data, name: name) else {
                         throw RecoveryError(.backupCorrupt, "archived WAL file \(name) does not start with its own page header")
                     }
-                    try spool.files.write("segments/\(name)", contents: data)
-                    try spool.files.write("segments/\(name).sha256", contents: Data(WALAsyncPush.sha256(data).utf8))
+                    try spool.put("segments/\(name)", data)
+                    try spool.put("segments/\(name).sha256", Data(WALAsyncPush.sha256(data).utf8))
                 } catch let error as StorageError where error.kind == .notFound {
                     // Not archived (yet): the call for it asks the repository itself.
                 } catch {
