@@ -446,8 +446,8 @@ growth() {
   : > "$results"
   big=$(python3 -c "print($scale * $factor)")
   echo "bench: growth: building a dataset ${factor}× the size (scale $big)" >&2
-  psql -q -X "$base/postgres" -c "CREATE DATABASE bench_big"
-  make_dataset bench_big "$big"
+  psql -q -X "$base/postgres" -c "CREATE DATABASE bench_big" >&2
+  make_dataset bench_big "$big" >&2
   for db in bench bench_big; do
     echo "bench: growth, $db" >&2
     rm -rf "$work/growth-repo" "$work/growth.dump"
