@@ -256,8 +256,14 @@ if [ "$only" = logical ]; then
     fi
     measure "dbbackup --compression-level 1" "'$bin/dbbackup' -q --compression-level 1 --database-url '$base/bench' --repo '$work/out/repo'"
     measure "dbbackup --compression-level 1 --count-check" "'$bin/dbbackup' -q --compression-level 1 --count-check --database-url '$base/bench' --repo '$work/out/repo'"
+    # Issue 21 item 5: the tables read over one connection (and compressed on one core) against two.
+    measure "dbbackup --jobs 1" "'$bin/dbbackup' -q --jobs 1 --database-url '$base/bench' --repo '$work/out/repo'"
+    measure "dbbackup --jobs 2" "'$bin/dbbackup' -q --jobs 2 --database-url '$base/bench' --repo '$work/out/repo'"
+    measure "dbbackup --compression-level 1 --jobs 1" "'$bin/dbbackup' -q --compression-level 1 --jobs 1 --database-url '$base/bench' --repo '$work/out/repo'"
+    measure "dbbackup --compression-level 1 --jobs 2" "'$bin/dbbackup' -q --compression-level 1 --jobs 2 --database-url '$base/bench' --repo '$work/out/repo'"
+    measure "dbbackup --data-by pg_dump" "'$bin/dbbackup' -q --data-by pg_dump --database-url '$base/bench' --repo '$work/out/repo'"
   done
-  python3 - "$results" "$scale" "$reps" "$db_size" "$dump_size" > "$work/results-logical.md" <<'PY'
+  LOAD_AT_START=$load_at_start python3 - "$results" "$scale" "$reps" "$db_size" "$dump_size" > "$work/results-logical.md" <<'PY'
 import statistics, sys, os
 path, scale, reps, db_size, dump_size = sys.argv[1:6]
 rows = {}
@@ -267,7 +273,8 @@ for line in open(path):
 med = {name: tuple(statistics.median(v[i] for v in values) for i in range(3)) for name, values in rows.items()}
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 print(f"# dbrecovery logical backup benchmark\n\nMachine: {os.cpu_count()} cores ({cpu})  ")
-print(f"Dataset: scale {scale}, database {db_size}, plain dump {int(dump_size)/1e6:.0f} MB; {reps} repetitions, alternating, medians.\n")
+print(f"Dataset: scale {scale}, database {db_size}, plain dump {int(dump_size)/1e6:.0f} MB; {reps} repetitions, alternating, medians.  ")
+print(f"Load average (1 min): {os.environ.get('LOAD_AT_START', '?')} at the start, {open('/proc/loadavg').read().split()[0]} at the end (the machine is shared).\n")
 print("| contender | wall s | CPU s | peak RSS MiB |\n| --- | ---: | ---: | ---: |")
 for name, (wall, cpu_s, rss) in med.items():
     print(f"| {name.replace('|', chr(92) + '|')} | {wall:.2f} | {cpu_s:.2f} | {rss/1024:.1f} |")
@@ -276,7 +283,12 @@ for a, b in [("dbbackup", "pg_dump | pigz -6 -p 2"), ("dbbackup --count-check", 
              ("dbbackup --compression-level 1", "pg_dump > /dev/null (floor)"),
              ("dbbackup --compression-level 1 --count-check", "pg_dump > /dev/null (floor)"),
              ("dbbackup (baseline build)", "pg_dump | pigz -6 -p 2"),
-             ("dbbackup --compression-level 1 (baseline build)", "pg_dump > /dev/null (floor)")]:
+             ("dbbackup --compression-level 1 (baseline build)", "pg_dump > /dev/null (floor)"),
+             ("dbbackup --jobs 1", "pg_dump | pigz -6 -p 2"), ("dbbackup --jobs 2", "pg_dump | pigz -6 -p 2"),
+             ("dbbackup --compression-level 1 --jobs 1", "pg_dump > /dev/null (floor)"),
+             ("dbbackup --compression-level 1 --jobs 2", "pg_dump > /dev/null (floor)"),
+             ("dbbackup --jobs 2", "dbbackup --jobs 1"),
+             ("dbbackup --data-by pg_dump", "pg_dump | pigz -6 -p 2")]:
     if a in med:
         print(f"| {a} / {b.replace('|', chr(92) + '|')} | {med[a][0] / med[b][0]:.2f} |")
 PY
