@@ -440,12 +440,14 @@ final class WALAsyncTests: IntegrationTestCase {
                                   environment: s3.environment(endpoint: proxy.endpoint))
         }
         XCTAssertEqual(calls.map { $0.waitForExit().exitCode }, [0, 0])
-        for name in names[2..<8] { waitForSpooled(name, in: spool) }
+        // Wanted by both calls, whichever wrote its list last (PostgreSQL itself never asks for two at once).
+        let ahead = names[2..<7]
+        for name in ahead { waitForSpooled(name, in: spool) }
         let log = try String(contentsOfFile: spool + "/prefetch.log", encoding: .utf8)
         XCTAssertEqual(log.components(separatedBy: "\n").filter { $0.contains("prefetcher") && $0.hasSuffix("started") }.count, 1,
                        "one prefetcher ran: \(log)")
         let counts = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: stats))) as? [String: [String: Int]] ?? [:]
-        for name in names[2..<8] {
+        for name in ahead {
             XCTAssertEqual(counts["\(bucket!)/wal/\(try WALArchive.key(for: name))"]?["gets"], 1, "\(name) downloaded once")
         }
     }
