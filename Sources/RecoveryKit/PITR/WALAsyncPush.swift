@@ -157,14 +157,14 @@ public enum WALAsyncPush {
         let repository = settings.repository
         let idleExit = settings.idleExit
         let environment = settings.environment
-        WorkerThreads.run(settings.jobs) { _ in
+        WorkerThreads.run(settings.jobs) { index in
             guard let spool = try? WALSpool(directory, repository: repository, resetOnMismatch: false) else { return }
             var store: BackupStore?
             var idleSince = Date()
             while !Interruption.isRequested {
                 guard let segment = work.claim(in: spool) else {
                     if Date().timeIntervalSince(idleSince) > idleExit { return }
-                    usleep(20_000)
+                    usleep(WorkerThreads.idlePause(index))
                     continue
                 }
                 do {

@@ -102,7 +102,7 @@ public enum WALPrefetch {
         let repository = settings.repository
         let idleExit = settings.idleExit
         let environment = settings.environment
-        WorkerThreads.run(min(settings.jobs, 8)) { _ in
+        WorkerThreads.run(min(settings.jobs, 8)) { index in
             guard let spool = try? WALSpool(directory, repository: repository, resetOnMismatch: false) else { return }
             var store: BackupStore?
             var idleSince = Date()
@@ -111,7 +111,7 @@ public enum WALPrefetch {
                 // Each name once per prefetcher: one served already is not downloaded again because an older `wanted` still names it.
                 guard let name = claims.claim(from: wanted.filter { !spool.exists("segments/\($0).sha256") }) else {
                     if Date().timeIntervalSince(idleSince) > idleExit { return }
-                    usleep(10_000)
+                    usleep(WorkerThreads.idlePause(index))
                     continue
                 }
                 idleSince = Date()

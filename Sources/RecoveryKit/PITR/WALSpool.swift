@@ -193,6 +193,11 @@ struct WALSpool {
 
 /// Runs `work` on `jobs` threads at once and waits for all of them.
 enum WorkerThreads {
+    /// Microseconds an idle worker waits before looking for work again: the first of a pool looks
+    /// often (new work is seen within 10 ms), the rest rarely, so that an idle pool waiting out its
+    /// `idleExit` does not take CPU from the processes PostgreSQL is waiting for.
+    static func idlePause(_ index: Int) -> useconds_t { index == 0 ? 10_000 : 100_000 }
+
     static func run(_ jobs: Int, _ work: @escaping @Sendable (Int) -> Void) {
         let group = DispatchGroup()
         for index in 0..<max(1, jobs) {
