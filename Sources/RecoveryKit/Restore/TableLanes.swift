@@ -9,11 +9,14 @@ import ProcessSignals
 /// and every later reader need not set and write back hint bits.
 ///
 /// Each connection reads its own part of the dump from the access points (`DumpSegments`: every
-/// stored byte is still read, checked and decoded once): the schema first on one connection, then
-/// the tables' rows (big tables first, runs of small ones together), then the post-data, which
-/// `ParallelLoader.finish()` runs as for a sequential read. The outcome is psql's: tables load in
-/// another order only where nothing can tell (`ParallelLoader.rowsMayLoadInLanes`), otherwise the
-/// rows are read in dump order as `DumpApplier` reads the whole stream.
+/// stored byte is still read, checked and decoded once): the schema first on the loader's own
+/// connection; then the tables' rows on `jobs` connections (big tables first, runs of small ones
+/// together) while the loader's connection reads the rest of the dump; a connection with no table
+/// left builds the indexes and keys that open the post-data on tables already loaded, as
+/// `pg_restore -j` does; `ParallelLoader.finish()` runs the rest of the post-data as for a
+/// sequential read. The outcome is psql's: tables load in another order only where nothing can
+/// tell (`ParallelLoader.rowsMayLoadInLanes`, `leadingBuilds`), otherwise the rows are read in
+/// dump order as `DumpApplier` reads the whole stream.
 enum TableLanes {
     /// The dump's parts: the schema before the first table's rows, the run of tables' rows, the rest.
     struct Parts {
@@ -67,6 +70,7 @@ enum TableLanes {
                       store: BackupStore, loader: ParallelLoader, progress: ProgressObserver?) throws -> LoadedRows {
         let segments = DumpSegments(file, of: manifest, toc: toc, store: store, boundaries: parts.boundaries, progress: progress)
         defer { progress?.finished() }
+        try segments.checkSize()
         do {
             let scanner = DumpScanner(backupID: manifest.id) { try loader.handle($0) }
             try segments.read(parts.schema) { try scanner.write($0) }
