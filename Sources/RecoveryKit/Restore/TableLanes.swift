@@ -28,11 +28,12 @@ enum TableLanes {
         /// indexes may be built once its one COPY is committed.
         var tablesLoadOnce: Bool
 
-        /// A run of small tables is loaded together up to about this many bytes of the dump.
+        /// A run of small tables is loaded together up to about this many bytes of the dump (less
+        /// where a quarter of each connection's share of the rows is less).
         static let smallRun: UInt64 = 16 << 20
 
         /// nil when the dump has no table rows in its table of contents, or its entries have gaps.
-        init?(_ toc: DumpTableOfContents) {
+        init?(_ toc: DumpTableOfContents, jobs: Int) {
             let entries = toc.entries
             guard let first = entries.firstIndex(where: { $0.kind == "TABLE DATA" }) else { return nil }
             var last = first
@@ -43,9 +44,11 @@ enum TableLanes {
             tablesLoadOnce = Set(names).count == names.count
             schema = 0..<tables[first].start
             rest = tables[last].end..<toc.dumpBytes
+            let total = tables[last].end - tables[first].start
+            let small = min(Self.smallRun, total / UInt64(4 * max(1, jobs)))
             var runs: [Range<UInt64>] = []
             for table in tables {
-                if let open = runs.last, open.count < Self.smallRun, table.bytes < Self.smallRun, open.upperBound == table.start {
+                if let open = runs.last, open.count < small, table.bytes < small, open.upperBound == table.start {
                     runs[runs.count - 1] = open.lowerBound..<table.end
                 } else {
                     runs.append(table.start..<table.end)
@@ -53,9 +56,17 @@ enum TableLanes {
             }
             // The big ones first, largest first, so that no connection is left with one at the end;
             // the rest in dump order (a boundary segment shared by neighbours is kept in memory only briefly).
-            let total = tables[last].end - tables[first].start
             let big = runs.filter { UInt64($0.count) * 8 >= total }.sorted { $0.count > $1.count }
             tasks = big + runs.filter { UInt64($0.count) * 8 < total }
+        }
+
+        /// Whether `jobs` connections, one table each, share the rows' work about as well as
+        /// rows split over all of them would: the biggest run is at most a quarter more than an
+        /// even share. Otherwise (one table holds most rows) the rows are read in dump order and
+        /// split over the connections (`ParallelLoader`), without `FREEZE`, which needs one transaction.
+        func balanced(over jobs: Int) -> Bool {
+            let total = tasks.reduce(0) { $0 + UInt64($1.count) }
+            return UInt64(tasks.map(\.count).max() ?? 0) * UInt64(jobs) * 4 <= total * 5
         }
 
         /// Where the parts start, besides 0.
@@ -75,7 +86,7 @@ enum TableLanes {
             let scanner = DumpScanner(backupID: manifest.id) { try loader.handle($0) }
             try segments.read(parts.schema) { try scanner.write($0) }
             try loader.beginData(scanner.settings)
-            if loader.rowsMayLoadInLanes {
+            if loader.rowsMayLoadInLanes && parts.balanced(over: loader.jobs) {
                 try load(parts, toc: toc, segments: segments, manifest: manifest, loader: loader, scanner: scanner)
             } else {
                 try segments.read(parts.schema.upperBound..<parts.rest.upperBound) { try scanner.write($0) }
