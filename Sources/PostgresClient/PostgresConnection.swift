@@ -11,7 +11,8 @@ internal import CLibPQ
 /// One libpq connection. Not thread-safe: use it from one thread at a time.
 ///
 /// Deliberately narrow (connect, query with text parameters, a few typed decoders): libpq does
-/// the talking for row counts, snapshots, locks, migrations and restores (COPY FROM STDIN);
+/// the talking for row counts, snapshots, locks, migrations, restores (COPY FROM STDIN) and
+/// logical backups' table data (COPY TO STDOUT);
 /// pg_dump and pg_basebackup do the rest.
 public final class PostgresConnection {
     private var handle: OpaquePointer?
@@ -226,6 +227,60 @@ public final class PostgresConnection {
             }
             PQclear(result)
         }
+        if let firstFailure { throw firstFailure }
+        return rows
+    }
+
+    /// Runs `COPY … TO STDOUT` and hands each row (one line of COPY's text format, newline included)
+    /// to `row` as the server sends it, without buffering the table.
+    ///
+    /// If `row` throws, the COPY is cancelled on the server and the rest of its output discarded,
+    /// so the connection can be used (or closed) afterwards; the error is rethrown.
+    ///
+    /// - Parameter sql: the statement, as bytes sent exactly as they are (see `execute(bytes:)`).
+    /// - Returns: the rows the server reports it copied (`PQcmdTuples`).
+    /// - Throws: `PostgresError.query` with the server's reason; whatever `row` throws.
+    @discardableResult
+    public func copyOut(bytes sql: [UInt8], row: (UnsafeRawBufferPointer) throws -> Void) throws -> Int64 {
+        try exec(bytes: sql, expecting: [PGRES_COPY_OUT])
+        let description = String(decoding: sql.prefix(200), as: UTF8.self)
+        let handle = try openHandle(for: description)
+        canceller?.statementStarts()
+        defer { canceller?.statementEnds() }
+        var consumerFailure: Error?
+        while true {
+            var buffer: UnsafeMutablePointer<CChar>?
+            let length = PQgetCopyData(handle, &buffer, 0)
+            if length > 0, let buffer {
+                if consumerFailure == nil {
+                    do {
+                        try row(UnsafeRawBufferPointer(start: buffer, count: Int(length)))
+                    } catch {
+                        // Stop the server's side; what it already sent is read and dropped below.
+                        consumerFailure = error
+                        canceller?.cancelRunningStatement()
+                    }
+                }
+                PQfreemem(buffer)
+                continue
+            }
+            if let buffer { PQfreemem(buffer) }
+            if length == -1 { break }
+            // -2: the connection broke (or libpq could not read the data).
+            if let consumerFailure { throw consumerFailure }
+            throw Interruption.explain(brokenConnection(handle, during: description))
+        }
+        var rows: Int64 = 0
+        var firstFailure: Error?
+        while let result = PQgetResult(handle) {
+            if PQresultStatus(result) == PGRES_COMMAND_OK {
+                rows = Int64(String(cString: PQcmdTuples(result))) ?? 0
+            } else if firstFailure == nil {
+                firstFailure = failure(from: result, sql: description)
+            }
+            PQclear(result)
+        }
+        if let consumerFailure { throw consumerFailure }
         if let firstFailure { throw firstFailure }
         return rows
     }

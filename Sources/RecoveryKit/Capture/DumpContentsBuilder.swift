@@ -219,19 +219,23 @@ final class DumpContentsBuilder {
         segment = StreamingDigest()
     }
 
-    /// Takes `-- Name: x; Type: T; Schema: s; Owner: o` and `-- Data for Name: …` lines.
-    private func header(_ line: UnsafeRawBufferPointer, at offset: UInt64) {
-        let bytes = Array(line)
+    /// A `-- Name: x; Type: T; Schema: s; Owner: o` or `-- Data for Name: …` line, parsed; nil for any other line.
+    static func header(_ bytes: [UInt8]) -> (name: String, type: String, schema: String)? {
         let rest: ArraySlice<UInt8>
-        if bytes.starts(with: Self.namePrefix) {
-            rest = bytes[Self.namePrefix.count...]
-        } else if bytes.starts(with: Self.dataPrefix) {
-            rest = bytes[Self.dataPrefix.count...]
+        if bytes.starts(with: namePrefix) {
+            rest = bytes[namePrefix.count...]
+        } else if bytes.starts(with: dataPrefix) {
+            rest = bytes[dataPrefix.count...]
         } else {
-            return
+            return nil
         }
         // One header parser for the toolkit: the schema normaliser's (names may hold "; Type: ").
-        guard let parsed = SchemaNormalizer.parseHeader("-- Name: " + ByteText.utf8OrLatin1(Array(rest))) else { return }
+        return SchemaNormalizer.parseHeader("-- Name: " + ByteText.utf8OrLatin1(Array(rest)))
+    }
+
+    /// Takes `-- Name: x; Type: T; Schema: s; Owner: o` and `-- Data for Name: …` lines.
+    private func header(_ line: UnsafeRawBufferPointer, at offset: UInt64) {
+        guard let parsed = Self.header(Array(line)) else { return }
         let schema = parsed.schema == "-" ? nil : parsed.schema
         entries.append(.init(kind: parsed.type, schema: schema, name: parsed.name, start: offset, end: offset))
         if let schema, ["TABLE", "FOREIGN TABLE", "VIEW", "MATERIALIZED VIEW"].contains(parsed.type) {

@@ -12,12 +12,25 @@ public struct LogicalCaptureConfiguration {
     /// `--count-check`: also count every table with `count(*)` in the dump's snapshot (a second scan
     /// of each table) and fail the backup if a count differs from the rows the dump holds.
     public var countCheck: Bool
+    /// `--data-by`: who reads the tables' rows.
+    public var dataBy: LogicalDataReader
 
-    public init(_ capture: CaptureConfiguration, lockWaitSeconds: Int = SessionLimits.defaultLockWaitSeconds, countCheck: Bool = false) {
+    public init(_ capture: CaptureConfiguration, lockWaitSeconds: Int = SessionLimits.defaultLockWaitSeconds, countCheck: Bool = false,
+                dataBy: LogicalDataReader = .copy) {
         self.capture = capture
         self.lockWaitSeconds = lockWaitSeconds
         self.countCheck = countCheck
+        self.dataBy = dataBy
     }
+}
+
+/// Who reads a logical backup's table rows.
+public enum LogicalDataReader: String, CaseIterable, Sendable {
+    /// The backup COPYs the tables itself over `--jobs` connections in the dump's snapshot, big tables
+    /// in block ranges, and pg_dump writes the rest (PostgreSQL 14+; older servers: `pgDump`).
+    case copy
+    /// pg_dump reads every table, one at a time: the stream as before (the escape hatch).
+    case pgDump = "pg_dump"
 }
 
 /// A snapshot-consistent logical backup: `pg_dump --snapshot` gzip-streamed into the repository,
@@ -78,6 +91,17 @@ public enum LogicalCapture {
                 SELECT COALESCE(sum(pg_catalog.pg_relation_size(c.oid)), 0)::text FROM pg_catalog.pg_class c WHERE c.relkind IN ('r', 'm')
                 """).scalar.flatMap { UInt64($0) }
         }
+        // The tables' rows: read here over several connections in the snapshot, pg_dump writing the rest
+        // (its own locks come after ours, which are held until the COMMIT below).
+        let plan = logical.dataBy == .copy ? try copyPlan(on: connection, configuration, inRecovery: role.inRecovery) : nil
+        if let lock = plan?.lockStatement { try connection.execute(script: lock) }
+        let copy = plan.map { ParallelTableCopy(plan: $0, target: configuration.target, snapshot: snapshot, serverVersion: connection.serverVersionNumber,
+                                                jobs: configuration.jobs) }
+        defer { copy?.stop() }
+        var copiedRows: [String: Int64] = [:]
+        let splice = copy.map { copy in
+            DataSectionSplicer(encoding: plan?.encoding ?? "") { deliver in copiedRows = try copy.write(to: deliver) }
+        }
         // The exact counts come from the dump's COPY blocks (DumpContentsBuilder). With --count-check the
         // old count(*) pass runs too, in the same snapshot on its own connection while pg_dump streams it:
         // the server scans while this process compresses. The data file is committed only once that is
@@ -96,10 +120,11 @@ public enum LogicalCapture {
         do {
             (file, _) = try StreamCapture.run(
                 executable: pgDump,
-                arguments: ["--snapshot=\(snapshot)", "--format=plain", "--no-password", "--lock-wait-timeout=\(logical.lockWaitSeconds * 1000)"],
+                arguments: ["--snapshot=\(snapshot)", "--format=plain", "--no-password", "--lock-wait-timeout=\(logical.lockWaitSeconds * 1000)"]
+                    + (plan.map { ["--encoding=\($0.encoding)"] + $0.pgDumpExclusions } ?? []),
                 environment: configuration.target.childEnvironment, targets: targets, key: dumpKey,
                 level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "dump \(id)", estimate: estimate,
-                lockWait: (configuration.target, logical.lockWaitSeconds), contents: contents, beforeCommit: { _ = try counting.wait(); _ = try schemaDump.finish() })
+                lockWait: (configuration.target, logical.lockWaitSeconds), contents: contents, splice: splice, beforeCommit: { _ = try counting.wait(); _ = try schemaDump.finish() })
         } catch {
             // A count that failed first (no SELECT privilege, a lock timeout) aborts the snapshot, and
             // pg_dump then reports only "could not import the requested snapshot": the count's error is the cause.
@@ -118,6 +143,7 @@ public enum LogicalCapture {
             let counted: [BackupManifest.TableRowCount]?
             (counted, schemaVersion) = try counting.wait()
             let toc = contents.finish()
+            if let plan { try verifyCopied(plan, rows: copiedRows, in: contents.copyRowCounts, backupID: id) }
             // Still in the snapshot: the table list the COPY blocks are matched to is the dump's.
             tables = try TableCounter.rows(from: contents.copyRowCounts, on: connection, inRecovery: role.inRecovery) { reason in
                 FileHandle.standardError.write(Data("warning: backup \(id): \(reason)\n".utf8))
@@ -164,5 +190,37 @@ public enum LogicalCapture {
             throw error
         }
         return CaptureResult(manifest: manifest, stored: targets.succeeded, failed: targets.failures)
+    }
+
+    /// The tables this backup copies itself, read in the snapshot (nil: pg_dump reads them all, on a
+    /// server before 14 or when the dump's encoding is not one the server names).
+    private static func copyPlan(on connection: PostgresConnection, _ configuration: CaptureConfiguration, inRecovery: Bool) throws -> TableDataPlan? {
+        guard connection.serverVersionNumber >= 140000 else { return nil }
+        // pg_dump's client encoding: PGCLIENTENCODING or the connection string's, else the database's. It is
+        // passed to pg_dump as --encoding, so the rows read here and its text are in the same one.
+        let requested = configuration.target.childEnvironment["PGCLIENTENCODING"] ?? configuration.target.value("client_encoding")
+        guard let encoding = try connection.query("""
+            SELECT pg_catalog.pg_encoding_to_char(pg_catalog.pg_char_to_encoding(COALESCE($1, pg_catalog.getdatabaseencoding())))
+            """, [requested]).scalar, !encoding.isEmpty else { return nil }
+        return try TableDataPlan.read(on: connection, encoding: encoding, inRecovery: inRecovery,
+                                      splitPages: TableDataPlan.splitPages(in: configuration.environment))
+    }
+
+    /// The rows the server copied for each table (`PQcmdTuples`, summed over its block ranges) must be
+    /// the rows its entry in the stored dump holds, one line each.
+    ///
+    /// - Throws: `RecoveryError(.toolFailed)` naming the first table that differs; nothing is stored then.
+    private static func verifyCopied(_ plan: TableDataPlan, rows copied: [String: Int64], in stream: CopyRowCounts?, backupID: String) throws {
+        guard let stream else { return }
+        var streamed: [TableCounter.CopyName: Int64] = [:]
+        for block in stream.blocks { streamed[.init(schema: block.schema, name: block.name), default: 0] += block.rows }
+        for table in plan.tables {
+            let inStream = streamed[.init(schema: Array(table.schema.utf8), name: Array(table.name.utf8))]
+            guard let server = copied[table.oid], inStream == server else {
+                throw RecoveryError(.toolFailed, "backup \(backupID): the server copied \(copied[table.oid].map(String.init) ?? "no") rows of \(table.schema).\(table.name) "
+                                        + "but the dump holds \(inStream.map(String.init) ?? "no") for it; nothing was stored",
+                                    hint: "back up with --data-by pg_dump, and report this with the server and pg_dump versions")
+            }
+        }
     }
 }

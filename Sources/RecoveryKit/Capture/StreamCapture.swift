@@ -16,6 +16,7 @@ enum StreamCapture {
     ///     when it gave up waiting for a table lock.
     ///   - contents: for pg_dump: builds the dump's table of contents from the stream, with access
     ///     points into the compressed stream every `contents.accessPointInterval` bytes.
+    ///   - splice: for pg_dump: puts the tables' entries the backup copied itself into its output.
     /// - Returns: the file entry for the manifest and the program's stderr (its last 16 KiB).
     /// - Throws: `RecoveryError(.toolFailed)` with the program's own message, `RecoveryError(.lockTimeout)`,
     ///   `InterruptedError`, or the store's error.
@@ -23,7 +24,7 @@ enum StreamCapture {
                     level: Int, jobs: Int, key: RepositoryKey? = nil, progress: ProgressObserver?, phase: String, estimate: UInt64? = nil,
                     lockWait: (target: ConnectionTarget, seconds: Int)? = nil,
                     observe: ((UnsafeRawBufferPointer) -> Void)? = nil, contents: DumpContentsBuilder? = nil,
-                    beforeCommit: () throws -> Void = {}) throws -> (BackupManifest.File, String) {
+                    splice: DataSectionSplicer? = nil, beforeCommit: () throws -> Void = {}) throws -> (BackupManifest.File, String) {
         try targets.openWriters(storeKey)
         var committed = false
         defer {
@@ -38,14 +39,21 @@ enum StreamCapture {
         let errors = OutputCollector(descriptor: child.standardError)
         let name = (executable as NSString).lastPathComponent
         let upload = try CompressedUpload(targets: targets, storeKey: storeKey, level: level, jobs: jobs, key: key, contents: contents)
+        // What goes into the stored object: the program's output, with the tables' own entries spliced in.
+        let deliver = { (chunk: UnsafeRawBufferPointer) throws in
+            observe?(chunk)
+            contents?.write(chunk)
+            try upload.write(chunk)
+            progress?.progress(phase: phase, bytes: upload.compressor.bytesIn, total: estimate, estimated: true)
+        }
+        // A dump cut short by pg_dump's own failure has no place for the entries: pg_dump's error is the one to report.
+        var spliceFailure: Error?
         do {
             try PipeReader.forEachChunk(of: child.standardOutput, description: "\(name) output") { chunk in
-                observe?(chunk)
-                contents?.write(chunk)
-                try upload.write(chunk)
-                progress?.progress(phase: phase, bytes: upload.compressor.bytesIn, total: estimate, estimated: true)
+                if let splice { try splice.write(chunk, to: deliver) } else { try deliver(chunk) }
             }
-            try upload.finish()
+            do { try splice?.finish(to: deliver) } catch { spliceFailure = error }
+            if spliceFailure == nil { try upload.finish() }
         } catch {
             child.send(SIGTERM)
             child.waitForExit()
@@ -72,6 +80,7 @@ enum StreamCapture {
             throw RecoveryError(.toolFailed, "\(name) \(termination.description): \(reason)",
                                 hint: "fix the cause above and run dbbackup again; nothing was stored")
         }
+        if let spliceFailure { throw spliceFailure }
         try beforeCommit()
         try Interruption.check()
         try targets.commit()

@@ -411,7 +411,7 @@ public enum LogicalRestore {
         CrashPoint.reached("restore:after-verify")
         if configuration.mode == .drill {
             try timeline.step("drop scratch database \(scratch)") {
-                try admin.execute(script: "DROP DATABASE \(admin.quoteIdentifier(scratch)) WITH (FORCE)")
+                try DatabaseSwap.dropOwn(scratch, on: admin)
                 scratchExists = false
             }
             return "drill passed"
