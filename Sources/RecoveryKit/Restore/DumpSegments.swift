@@ -109,7 +109,7 @@ final class DumpSegments {
         }
         guard size == file.storedBytes else {
             VerificationRecord.forget(manifest, in: store)
-            throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name) has \(size) bytes, its manifest says \(file.storedBytes) (file damaged: truncated or replaced)",
+            throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name) does not match its sha256 (file damaged: \(size) bytes stored, its manifest says \(file.storedBytes))",
                                 hint: Self.hint)
         }
     }
