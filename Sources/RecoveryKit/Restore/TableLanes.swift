@@ -211,10 +211,12 @@ enum TableLanes {
         /// into the same table, which pg_dump never writes, adds to the first one's rows).
         func start(_ target: [UInt8]) -> Bool { condition.withLock { started.insert(target).inserted } }
 
-        func loaded(_ target: [UInt8], rows: Int64) {
+        /// A COPY committed. Only a table emptied and frozen by it (an ordinary table, whole in this
+        /// COPY) counts as loaded for its builds: a COPY through a partitioned root loads others.
+        func loaded(_ target: [UInt8], rows: Int64, frozen: Bool) {
             condition.withLock {
                 results.append((target, rows))
-                loaded.insert(String(decoding: target, as: UTF8.self))
+                if frozen { loaded.insert(String(decoding: target, as: UTF8.self)) }
             }
         }
 
@@ -248,7 +250,7 @@ enum TableLanes {
     private final class Lane {
         let connection: LoaderConnection
         let shared: Shared
-        private var open: (target: [UInt8], statement: DumpScanner.Statement)?
+        private var open: (target: [UInt8], statement: DumpScanner.Statement, frozen: Bool)?
 
         init(connection: LoaderConnection, shared: Shared) {
             self.connection = connection
@@ -274,7 +276,7 @@ enum TableLanes {
                     throw DumpApplier.failure(error, in: statement.excerpt, backupID: connection.backupID)
                 }
                 try connection.beginCopy(freeze ? .init(sql: statement.sql + Array(" WITH (FREEZE)".utf8), settings: statement.settings) : statement)
-                open = (target, statement)
+                open = (target, statement, freeze)
             case .copyRows(let rows):
                 guard let open else { return }
                 do { try connection.connection.putCopyData(rows) } catch {
@@ -292,7 +294,7 @@ enum TableLanes {
             do {
                 let rows = try connection.connection.endCopy()
                 try connection.connection.execute(script: "COMMIT")
-                shared.loaded(current.target, rows: rows)
+                shared.loaded(current.target, rows: rows, frozen: current.frozen)
             } catch {
                 throw DumpApplier.failure(error, in: current.statement.excerpt, backupID: connection.backupID)
             }
