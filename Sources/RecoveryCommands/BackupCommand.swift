@@ -155,10 +155,10 @@ public struct WALPushCommand: ToolCommand {
         before exit 0. Pushing a file that is already archived with the same content succeeds; with \
         different content it fails loudly and keeps the archived copy.
 
-        --async (for high-latency repositories such as S3 over a WAN): the file, and the files \
-        PostgreSQL has marked ready after it, are copied into the spool directory; a background \
-        pusher uploads --jobs of them at once; exit 0 only once this file is stored in the \
-        repository, as without --async.
+        --async (for high-latency repositories such as S3 over a WAN): a background pusher, one \
+        per spool directory, uploads --jobs files at once, this one and every file PostgreSQL has \
+        marked ready in archive_status, read where PostgreSQL keeps them; exit 0 only once this \
+        file is stored and confirmed in the repository, as without --async.
         """)
 
     @Argument(help: ArgumentHelp("Path of the WAL file (%p).", valueName: "path"))
@@ -206,8 +206,7 @@ public struct WALPushCommand: ToolCommand {
                 throw RecoveryError(.usage, "wal-push --async needs a spool directory", hint: "pass --spool DIR or set [wal] spool in the config file")
             }
             let environment = repository.storageEnvironment(settings)
-            let asyncSettings = WALAsyncPush.Settings(spool: directory, repository: addresses[0], jobs: jobs, timeout: TimeInterval(timeout),
-                                                      environment: environment)
+            let asyncSettings = WALSpoolSettings(spool: directory, repository: addresses[0], jobs: jobs, environment: environment)
             if pusher {
                 return try WALAsyncPush.drain(settings: asyncSettings, key: try encryption.key(from: repository, writingTo: addresses, settings))
             }
@@ -216,7 +215,7 @@ public struct WALPushCommand: ToolCommand {
             var arguments = ["wal-push", "--pusher", "--spool", directory, "--repo", addresses[0], "--jobs", String(jobs)]
             if let keyFile = repository.encryptionKeyFile { arguments += ["--encryption-key-file", keyFile] }
             if encryption.allowMixedEncryption { arguments.append("--allow-mixed-encryption") }
-            return try WALAsyncPush.push(path: path, settings: asyncSettings, pusherArguments: arguments,
+            return try WALAsyncPush.push(path: path, settings: asyncSettings, timeout: TimeInterval(timeout), pusherArguments: arguments,
                                          key: { try encryption.key(from: repository, writingTo: addresses, settings) })
         }
         guard let path else { return }   // validate() refused this already
