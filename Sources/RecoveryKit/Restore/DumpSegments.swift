@@ -146,7 +146,13 @@ final class DumpSegments {
                 condition.unlock()
                 throw Stopped()
             }
-            if !claimed.contains(index) { break }
+            if !claimed.contains(index) {
+                // Claimed before the lock is let go: a part that comes next waits for these bytes
+                // instead of reading the segment a second time (the claim in `pass` comes only after
+                // the ranged read has begun, a round trip later on S3).
+                claimed.insert(index)
+                break
+            }
             condition.wait()
         }
         condition.unlock()
