@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks dbrecovery against the tools it replaces, side by side in one run on this machine.
 #
-#   scripts/bench.sh [--scale S] [--reps N] [--only incremental|wal|logical|restore|selective]
+#   scripts/bench.sh [--scale S] [--reps N] [--only incremental|wal|logical|restore|selective|growth]
 #
 # Builds release binaries, starts a sandbox cluster, makes a deterministic dataset (pgbench tables
 # plus a table of text, jsonb, bytea, numeric and timestamptz; about S GiB, default 1), then runs
@@ -34,6 +34,11 @@
 # `--into-schema` and, alternately, the whole backup, from a local repository and from S3 through
 # scripts/s3-fault-proxy.py (--stats counts the GET bytes of the dump), N times each; the medians,
 # the ratios against the 10× target and the bytes read and decompressed go to bench/results-selective.md.
+# Growth (issue 21 item 6): `--only growth` runs dbbackup, dbrestore and their peers (pg_dump | pigz,
+# pg_restore -j 2) once on the dataset and once on one BENCH_GROWTH times its size (default 4), and
+# shows time against data and peak RSS at both sizes (bench/results-growth.md). A full run (no --only)
+# ends with it and then rewrites README.md's performance table from bench/results.md
+# (scripts/bench-readme.py), so the README shows one run's numbers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scale=1
@@ -44,10 +49,10 @@ while [ $# -gt 0 ]; do
     --scale) scale=$2; shift 2 ;;
     --reps) reps=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
-    *) echo "usage: $0 [--scale S] [--reps N] [--only incremental|wal|logical|restore|selective]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--scale S] [--reps N] [--only incremental|wal|logical|restore|selective|growth]" >&2; exit 2 ;;
   esac
 done
-case $only in all|incremental|wal|logical|restore|selective) ;; *) echo "bench: --only takes 'incremental', 'wal', 'logical', 'restore' or 'selective'" >&2; exit 2 ;; esac
+case $only in all|incremental|wal|logical|restore|selective|growth) ;; *) echo "bench: --only takes 'incremental', 'wal', 'logical', 'restore', 'selective' or 'growth'" >&2; exit 2 ;; esac
 pg17_bin=/var/cache/dbrecovery/postgresql/17/bin
 if [ "$only" = all ] || [ "$only" = incremental ]; then
   [ -x "$pg17_bin/pg_combinebackup" ] || { echo "bench: PostgreSQL 17 is missing in $pg17_bin; run scripts/pg-majors.sh" >&2; exit 12; }
@@ -445,6 +450,55 @@ PY
 }
 if [ "$only" = selective ]; then only_part results-selective.md selective; fi
 
+# Growth (issue 21 item 6): the logical jobs and their peers once on the dataset and once on a dataset
+# GROWTH times its size (default 4), to show that time grows linearly and peak memory stays flat.
+growth() {
+  local big factor=${BENCH_GROWTH:-4} db
+  local results="$work/growth.tsv"
+  : > "$results"
+  big=$(python3 -c "print($scale * $factor)")
+  echo "bench: growth: building a dataset ${factor}× the size (scale $big)" >&2
+  psql -q -X "$base/postgres" -c "CREATE DATABASE bench_big" >&2
+  make_dataset bench_big "$big" >&2
+  for db in bench bench_big; do
+    echo "bench: growth, $db" >&2
+    rm -rf "$work/growth-repo" "$work/growth.dump"
+    measure "pg_dump | pigz -6 -p 2 ($db)" "'$pg_bin/pg_dump' '$base/$db' | pigz -6 -p 2 > '$work/out/d.gz'"
+    measure "dbbackup ($db)" "'$bin/dbbackup' -q --database-url '$base/$db' --repo '$work/growth-repo'"
+    "$pg_bin/pg_dump" -Fc -Z6 -f "$work/growth.dump" "$base/$db"
+    restore_db g_peer
+    measure "pg_restore -j 2 ($db)" "'$pg_bin/pg_restore' -j 2 -d '$base/g_peer' '$work/growth.dump'"
+    restore_db g_ours
+    measure "dbrestore ($db)" "'$bin/dbrestore' latest -q --yes --jobs 2 --repo '$work/growth-repo' --database-url '$base/g_ours'"
+    psql -q -X "$base/postgres" -c "DROP DATABASE g_peer" -c "DROP DATABASE g_ours"
+    psql -q -X "$base/postgres" -c "SELECT format('DROP DATABASE %I', datname) FROM pg_database WHERE datname LIKE 'g\_ours\_pre\_restore\_%'" -A -t | psql -q -X "$base/postgres" >/dev/null
+  done
+  python3 - "$results" "$scale" "$big" \
+    "$(psql -X -A -t "$base/postgres" -c "SELECT pg_database_size('bench')")" \
+    "$(psql -X -A -t "$base/postgres" -c "SELECT pg_database_size('bench_big')")" <<'PY'
+import sys
+path, scale, big, small_bytes, big_bytes = sys.argv[1:6]
+rows = {}
+for line in open(path):
+    name, wall, cpu, rss, _ = line.rstrip("\n").split("\t")
+    rows[name] = (float(wall), float(cpu), int(rss))
+size_ratio = int(big_bytes) / int(small_bytes)
+print(f"\n## Growth: the same jobs at {size_ratio:.1f}× the data (one run each)\n")
+print(f"Scale {scale} ({int(small_bytes) / 1e6:.0f} MB database) against scale {big} ({int(big_bytes) / 1e6:.0f} MB). "
+      "Linear growth shows as a time ratio near the data ratio (time ratio / data ratio near 1); flat memory as equal peak RSS.\n")
+print("| job | wall s | wall s, bigger | time ratio / data ratio | peak RSS MiB | peak RSS MiB, bigger |")
+print("| --- | ---: | ---: | ---: | ---: | ---: |")
+for job in ["dbbackup", "pg_dump | pigz -6 -p 2", "dbrestore", "pg_restore -j 2"]:
+    small, large = rows[f"{job} (bench)"], rows[f"{job} (bench_big)"]
+    print(f"| {job.replace('|', chr(92) + '|')} | {small[0]:.2f} | {large[0]:.2f} | {large[0] / small[0] / size_ratio:.2f} | {small[2] / 1024:.1f} | {large[2] / 1024:.1f} |")
+print("\n| ratio at the bigger size | measured | target | met |\n| --- | ---: | ---: | :---: |")
+for ours, peer, target in [("dbbackup", "pg_dump | pigz -6 -p 2", 0.80), ("dbrestore", "pg_restore -j 2", 0.80)]:
+    value = rows[f"{ours} (bench_big)"][0] / rows[f"{peer} (bench_big)"][0]
+    print(f"| {ours} / {peer.replace('|', chr(92) + '|')} | {value:.2f} | ≤ {target} | {'yes' if value <= target else 'NO'} |")
+PY
+}
+if [ "$only" = growth ]; then only_part results-growth.md growth; fi
+
 # Incremental base backups: a PostgreSQL 17 sandbox with the same dataset and summarize_wal on.
 eval "$(scripts/pg-sandbox.sh start "$work/cluster17" --major 17 --archive-command /bin/true | sed 's/^/PG17_/')"
 base17="postgresql://postgres@127.0.0.1:$PG17_PORT"
@@ -591,7 +645,9 @@ PY
 mkdir -p bench
 if [ "$only" = all ]; then
   readonce_and_wal >> "$work/results.md"
+  growth >> "$work/results.md"
   cp "$work/results.md" bench/results.md
+  scripts/bench-readme.py bench/results.md README.md
 else
   cp "$work/results.md" bench/results-incremental.md
 fi

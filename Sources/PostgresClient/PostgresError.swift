@@ -28,6 +28,8 @@ public struct PostgresError: Error, CustomStringConvertible, Sendable {
     public static let lockNotAvailable = "55P03"
     /// SQLSTATE of a cancelled statement (`statement_timeout`, `PQcancel`).
     public static let queryCanceled = "57014"
+    /// `object_in_use`: e.g. DROP DATABASE while a session is still connecting to it.
+    public static let objectInUse = "55006"
 
     /// The same error, naming the sessions that blocked the statement.
     public func with(blockingSessions: String?) -> PostgresError {

@@ -204,12 +204,31 @@ public struct UnattendedRestoreOptions: ParsableArguments {
     @OptionGroup(title: "Repository") public var repository: RepositoryOptions
     @OptionGroup public var options: RestoreRunOptions
     @OptionGroup public var choosing: ChoosingOptions
+    @OptionGroup(title: "Configuration") public var config: ConfigOptions
+    @OptionGroup(title: "Output") public var output: OutputOptions
 
     public init() {}
+}
 
-    func run(_ mode: RestoreConfiguration.Mode, incidentFile: String?, config: ConfigOptions, output: OutputOptions, in context: RunContext) throws {
-        try LogicalRestoreRun(mode: mode, backup: "latest", release: choosing.release, incidentFile: incidentFile, yes: true, connection: connection,
-                              repository: repository, options: options, config: config, output: output).run(in: context)
+/// `emergency` and `drill`: they choose the backup themselves and never ask; only the mode, and
+/// emergency's incident record, tell them apart, so they share their checks and their run.
+public protocol UnattendedRestoreCommand: ToolCommand {
+    /// The mode the command restores in; its raw value is the command's name.
+    static var mode: RestoreConfiguration.Mode { get }
+    var unattended: UnattendedRestoreOptions { get }
+    /// Where to write the incident record: `--incident-file` of emergency; nil for the others.
+    var incidentFile: String? { get }
+}
+
+extension UnattendedRestoreCommand {
+    public var incidentFile: String? { nil }
+
+    public func validate() throws { try unattended.choosing.refuseNamedBackup(mode: Self.mode.rawValue) }
+
+    public func run(in context: RunContext) throws {
+        try LogicalRestoreRun(mode: Self.mode, backup: "latest", release: unattended.choosing.release, incidentFile: incidentFile, yes: true,
+                              connection: unattended.connection, repository: unattended.repository, options: unattended.options,
+                              config: unattended.config, output: unattended.output).run(in: context)
     }
 }
 
@@ -258,7 +277,7 @@ public struct RestoreBackupCommand: ToolCommand {
 }
 
 /// `dbrestore emergency` (also `dbrestore --emergency`).
-public struct EmergencyCommand: ToolCommand {
+public struct EmergencyCommand: UnattendedRestoreCommand {
     public static let configuration = CommandConfiguration(
         commandName: "emergency",
         abstract: "No prompts: restore the newest backup whose files verify, and write an incident record (also --emergency).",
@@ -273,26 +292,18 @@ public struct EmergencyCommand: ToolCommand {
           dbrestore --emergency
           dbrestore emergency --release v1.2.3 --dry-run
         """)
+    public static let mode = RestoreConfiguration.Mode.emergency
 
     @OptionGroup public var unattended: UnattendedRestoreOptions
 
     @Option(name: .customLong("incident-file"), help: ArgumentHelp("Where to write the incident record.", valueName: "path"))
     public var incidentFile: String?
 
-    @OptionGroup(title: "Configuration") public var config: ConfigOptions
-    @OptionGroup(title: "Output") public var output: OutputOptions
-
     public init() {}
-
-    public func validate() throws { try unattended.choosing.refuseNamedBackup(mode: "emergency") }
-
-    public func run(in context: RunContext) throws {
-        try unattended.run(.emergency, incidentFile: incidentFile, config: config, output: output, in: context)
-    }
 }
 
 /// `dbrestore drill` (also `dbrestore --drill`).
-public struct DrillCommand: ToolCommand {
+public struct DrillCommand: UnattendedRestoreCommand {
     public static let configuration = CommandConfiguration(
         commandName: "drill",
         abstract: "Restore drill: restore into a scratch database, verify, drop it, report the time taken (also --drill).",
@@ -303,18 +314,11 @@ public struct DrillCommand: ToolCommand {
         Examples:
           dbrestore --drill --json --metrics-file /var/lib/node_exporter/drill.prom
         """)
+    public static let mode = RestoreConfiguration.Mode.drill
 
     @OptionGroup public var unattended: UnattendedRestoreOptions
-    @OptionGroup(title: "Configuration") public var config: ConfigOptions
-    @OptionGroup(title: "Output") public var output: OutputOptions
 
     public init() {}
-
-    public func validate() throws { try unattended.choosing.refuseNamedBackup(mode: "drill") }
-
-    public func run(in context: RunContext) throws {
-        try unattended.run(.drill, incidentFile: nil, config: config, output: output, in: context)
-    }
 }
 
 /// `dbrestore pitr` (also `dbrestore --pitr`): point-in-time recovery into a new data directory.
@@ -441,14 +445,13 @@ public struct ListCommand: ToolCommand {
           dbrestore list --json | jq -r '.[0].id'
         """)
 
-    @OptionGroup(title: "Repository") public var repository: RepositoryOptions
-    @OptionGroup(title: "Output") public var output: OutputOptions
-    @OptionGroup(title: "Configuration") public var config: ConfigOptions
+    @OptionGroup public var reading: RepositoryReadOptions
 
     public init() {}
 
     public func run(in context: RunContext) throws {
-        if config.printIfAsked(context, connection: nil, repository: repository) { return }
+        if reading.printConfigIfAsked(context) { return }
+        let repository = reading.repository, output = reading.output
         let address = try repository.address(context.settings)
         let listing = try BackupListing.load(repository: address, environment: repository.storageEnvironment(context.settings))
         if output.json {

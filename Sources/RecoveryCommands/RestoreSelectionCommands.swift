@@ -20,15 +20,13 @@ public struct ContentsCommand: ToolCommand {
     @Argument(help: ArgumentHelp("Backup id, unique id prefix, or 'latest'.", valueName: "backup"))
     public var backup: String = "latest"
 
-    @OptionGroup(title: "Repository") public var repository: RepositoryOptions
-    @OptionGroup(title: "Output") public var output: OutputOptions
-    @OptionGroup(title: "Configuration") public var config: ConfigOptions
+    @OptionGroup public var reading: RepositoryReadOptions
 
     public init() {}
 
     public func run(in context: RunContext) throws {
-        if config.printIfAsked(context, connection: nil, repository: repository) { return }
-        let settings = context.settings
+        if reading.printConfigIfAsked(context) { return }
+        let repository = reading.repository, output = reading.output, settings = context.settings
         let contents = try BackupContents.read(repository: try repository.address(settings), backup: backup, key: try repository.cipherKey(settings),
                                                environment: repository.storageEnvironment(settings), progress: output.progress)
         if output.json { return try printJSON(contents) }
@@ -102,8 +100,10 @@ public struct SelectiveRestoreOptions: ParsableArguments {
         let settings = context.settings
         if config.printIfAsked(context, connection: connection, repository: repository) { return }
         output.begin("dbrestore", labels: ["mode": "selective"], in: context)
-        var configuration = SelectiveRestoreConfiguration(target: try connection.target(settings), repositories: try repository.addresses(settings), backup: backup,
-                                                          tables: tables, schemas: schemas, destination: destination)
+        var configuration = SelectiveRestoreConfiguration(target: try connection.target(settings), repositories: try repository.addresses(settings), backup: backup)
+        configuration.tables = tables
+        configuration.schemas = schemas
+        configuration.destination = destination
         configuration.key = try repository.cipherKey(settings)
         configuration.environment = repository.storageEnvironment(settings)
         configuration.cascadeReport = cascadeReport

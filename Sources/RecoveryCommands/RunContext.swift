@@ -31,6 +31,25 @@ extension ToolCommand {
 extension ParsableCommand {
     /// The parsed command's `--config`, if it has one.
     static func configFlag(of command: ParsableCommand) -> String? {
-        Mirror(reflecting: command).children.lazy.compactMap { ($0.value as? OptionGroup<ConfigOptions>)?.wrappedValue.configFile }.first
+        optionGroup(ConfigOptions.self, of: command)?.configFile
     }
+
+    /// The first option group of type `Group` in parsed `arguments`, searching the option groups it
+    /// holds too (`list` holds its `ConfigOptions` inside `RepositoryReadOptions`).
+    static func optionGroup<Group: ParsableArguments>(_ type: Group.Type, of arguments: Any) -> Group? {
+        for child in Mirror(reflecting: arguments).children {
+            if let group = child.value as? OptionGroup<Group> { return group.wrappedValue }
+            if let nested = child.value as? NestedOptionGroup, let group = optionGroup(type, of: nested.parsedArguments) { return group }
+        }
+        return nil
+    }
+}
+
+/// An `@OptionGroup` of any type, so that `optionGroup(_:of:)` can look inside it.
+private protocol NestedOptionGroup {
+    var parsedArguments: Any { get }
+}
+
+extension OptionGroup: NestedOptionGroup {
+    fileprivate var parsedArguments: Any { wrappedValue }
 }

@@ -272,3 +272,18 @@ public struct ConfigOptions: ParsableArguments {
         return true
     }
 }
+
+/// What the commands that only read a repository take (`dbrestore list`, `dbrestore contents`):
+/// the repository, the output and the configuration, in that order on the help screen.
+public struct RepositoryReadOptions: ParsableArguments {
+    @OptionGroup(title: "Repository") public var repository: RepositoryOptions
+    @OptionGroup(title: "Output") public var output: OutputOptions
+    @OptionGroup(title: "Configuration") public var config: ConfigOptions
+
+    public init() {}
+
+    /// With `--print-config`, prints the settings such a command would use (no connection) and returns true.
+    func printConfigIfAsked(_ context: RunContext) -> Bool {
+        config.printIfAsked(context, connection: nil, repository: repository)
+    }
+}

@@ -102,7 +102,7 @@ extension ParsableCommand {
     /// The parsed command's `--json`/`--quiet`/`-v` options, if it has them (wal-push and wal-fetch
     /// do not: they log at the default level into PostgreSQL's log).
     static func outputOptions(of command: ParsableCommand) -> OutputOptions? {
-        Mirror(reflecting: command).children.lazy.compactMap { ($0.value as? OptionGroup<OutputOptions>)?.wrappedValue }.first
+        optionGroup(OutputOptions.self, of: command)
     }
 
     /// `tool sub` when the arguments start with one of the tool's subcommands, else `tool`.

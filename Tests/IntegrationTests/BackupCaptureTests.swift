@@ -409,8 +409,10 @@ final class BackupCaptureTests: IntegrationTestCase {
         return ["PG_BIN": bin]
     }
 
+    /// pg_dump's data stream (`--data-by pg_dump`) checked against count(*) when it lost a row.
     func testCountCheckFailsTheBackupWhenTheDumpLostARow() throws {
         try seed(rows: 10)
+        let common = ["--data-by", "pg_dump"] + common
         let before = try cluster.rowCounts(database: database)
         let dropsARow = try filteredPgDump(#"{ print } /^COPY public\.users / { getline }"#)
         // pg_dump reads the rows (--data-by pg_dump): by default dbbackup copies them itself, past the filter.
@@ -430,8 +432,10 @@ final class BackupCaptureTests: IntegrationTestCase {
         XCTAssertEqual(try cluster.rowCounts(database: database), before)
     }
 
+    /// pg_dump's data stream (`--data-by pg_dump`) without one table's COPY block.
     func testATableTheDumpHasNoRowsForFailsTheBackup() throws {
         try seed(rows: 10)
+        let common = ["--data-by", "pg_dump"] + common
         let dropsTheBlock = try filteredPgDump(#"/^COPY public\.meetings / { skip = 1; next } skip && /^\\\.$/ { skip = 0; next } !skip { print }"#)
         // pg_dump reads the rows (--data-by pg_dump): by default dbbackup copies them itself, past the filter.
         let result = try tool("dbbackup", ["--data-by", "pg_dump"] + common, environment: dropsTheBlock)

@@ -25,10 +25,15 @@ final class SessionLimitsTests: XCTestCase {
 final class LockBlockersTests: XCTestCase {
     /// A blocker's statement is named by its keywords and names, never by a literal it holds.
     func testStatementHeadsStopBeforeAnyLiteral() {
-        XCTAssertEqual(LockBlockers.statementHead("ALTER TABLE orders ADD COLUMN flag boolean"), "ALTER TABLE orders ADD")
-        XCTAssertEqual(LockBlockers.statementHead("UPDATE users SET password='hunter2' WHERE id = 1"), "UPDATE users SET")
-        XCTAssertEqual(LockBlockers.statementHead("ALTER ROLE app PASSWORD 'hunter2'"), "ALTER ROLE app PASSWORD")
-        XCTAssertEqual(LockBlockers.statementHead("SELECT 'hunter2'"), "SELECT")
-        XCTAssertEqual(LockBlockers.statementHead("LOCK\ttable\npublic.t"), "LOCK table public.t")
+        let heads = [
+            ("ALTER TABLE orders ADD COLUMN flag boolean", "ALTER TABLE orders ADD"),
+            ("UPDATE users SET password='hunter2' WHERE id = 1", "UPDATE users SET"),
+            ("ALTER ROLE app PASSWORD 'hunter2'", "ALTER ROLE app PASSWORD"),
+            ("SELECT 'hunter2'", "SELECT"),
+            ("LOCK\ttable\npublic.t", "LOCK table public.t"),
+        ]
+        for (statement, head) in heads {
+            XCTAssertEqual(LockBlockers.statementHead(statement), head, statement)
+        }
     }
 }

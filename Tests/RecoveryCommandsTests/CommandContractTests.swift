@@ -64,6 +64,17 @@ final class CommandContractTests: XCTestCase {
         XCTAssertTrue(try RestoreCommand.parseAsRoot(try RestoreCommand.rewrite(["20261124T020000Z-3fa2", "--yes"])) is RestoreBackupCommand)
     }
 
+    /// `--config` and the output flags are found wherever a command keeps them, inside a shared
+    /// option group too (emergency and drill: `UnattendedRestoreOptions`; list and contents:
+    /// `RepositoryReadOptions`): a run that missed them would ignore the config file and `--quiet`.
+    func testConfigAndOutputOptionsAreFoundInsideSharedOptionGroups() throws {
+        for arguments in [["--emergency"], ["drill"], ["list"], ["contents", "latest"], ["latest"]] {
+            let parsed = try RestoreCommand.parseAsRoot(try RestoreCommand.rewrite(arguments + ["--config", "/etc/x.toml", "--quiet"]))
+            XCTAssertEqual(RestoreCommand.configFlag(of: parsed), "/etc/x.toml", "\(arguments)")
+            XCTAssertEqual(RestoreCommand.outputOptions(of: parsed)?.logLevel, .error, "\(arguments)")
+        }
+    }
+
     func testReadmeExitCodeTableMatchesTheCode() throws {
         let readme = try String(contentsOfFile: TestPathsForCommands.repositoryRoot + "/README.md", encoding: .utf8)
         var documented: [Int32: String] = [:]

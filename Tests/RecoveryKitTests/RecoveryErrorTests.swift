@@ -16,11 +16,7 @@ final class RecoveryErrorTests: XCTestCase {
 
     func testFileErrorsNameThePathAndAreRepositoryErrors() {
         let path = "/nonexistent/dbrecovery/incident.json"
-        var caught: Error?
-        do { try Data("x".utf8).write(to: URL(fileURLWithPath: path)) } catch { caught = error }
-        let classified = RecoveryError.classify(caught ?? CocoaError(.fileWriteUnknown))
-        XCTAssertEqual(classified.code, .repositoryError)
-        XCTAssertTrue(classified.message.contains(path), classified.message)
+        let classified = assertClassified(thrown { try Data("x".utf8).write(to: URL(fileURLWithPath: path)) }, as: .repositoryError, saying: path)
         XCTAssertTrue(classified.message.hasPrefix("cannot "), classified.message)
         XCTAssertFalse(classified.message.contains("cannot read"), classified.message)
         XCTAssertNotNil(classified.hint)
@@ -28,44 +24,32 @@ final class RecoveryErrorTests: XCTestCase {
 
     func testDamagedJSONIsABackupCorruptError() {
         struct Shape: Decodable { let id: String }
-        var caught: Error?
-        do { _ = try JSONDecoder().decode(Shape.self, from: Data("{}".utf8)) } catch { caught = error }
-        let classified = RecoveryError.classify(caught ?? CocoaError(.coderReadCorrupt))
-        XCTAssertEqual(classified.code, .backupCorrupt)
-        XCTAssertTrue(classified.message.contains("missing field id"), classified.message)
+        assertClassified(thrown { _ = try JSONDecoder().decode(Shape.self, from: Data("{}".utf8)) }, as: .backupCorrupt, saying: "missing field id")
     }
 
     func testDecryptionFailureSaysAlteredOrWrongKey() throws {
         let sealed = try AES.GCM.seal(Data("secret".utf8), using: SymmetricKey(size: .bits256))
-        var caught: Error?
-        do { _ = try AES.GCM.open(sealed, using: SymmetricKey(size: .bits256)) } catch { caught = error }
-        let classified = RecoveryError.classify(caught ?? CocoaError(.coderReadCorrupt))
-        XCTAssertEqual(classified.code, .backupCorrupt)
-        XCTAssertTrue(classified.message.contains("decryption failed"), classified.message)
-        XCTAssertTrue(classified.hint?.contains("--encryption-key-file") == true)
+        assertClassified(thrown { _ = try AES.GCM.open(sealed, using: SymmetricKey(size: .bits256)) }, as: .backupCorrupt,
+                         saying: "decryption failed", hint: "--encryption-key-file")
     }
 
     func testACompressionFailureIsNotReportedAsDamagedData() {
-        let classified = RecoveryError.classify(GzipError(kind: .compression, operation: "deflate", message: "zlib stopped with code -4"))
-        XCTAssertEqual(classified.code, .failure)
+        let classified = assertClassified(GzipError(kind: .compression, operation: "deflate", message: "zlib stopped with code -4"),
+                                          as: .failure, saying: "compressing failed")
         XCTAssertTrue(classified.message.hasPrefix("compressing failed"), classified.message)
         XCTAssertFalse(classified.message.contains("damaged"))
-        let damaged = RecoveryError.classify(GzipError(kind: .corrupt, operation: "inflate", message: "invalid block type"))
-        XCTAssertEqual(damaged.code, .backupCorrupt)
+        assertClassified(GzipError(kind: .corrupt, operation: "inflate", message: "invalid block type"), as: .backupCorrupt, saying: "damaged")
     }
 
     func testALockTimeoutNamesTheBlockerWithItsOwnCode() {
         let error = PostgresError(kind: .query, operation: "SELECT count(*) FROM t", message: "canceling statement due to lock timeout",
                                   sqlState: PostgresError.lockNotAvailable).with(blockingSessions: "blocked by pid 42 (user app, application psql, active)")
-        let classified = RecoveryError.classify(error)
-        XCTAssertEqual(classified.code, .lockTimeout)
-        XCTAssertTrue(classified.message.contains("pid 42"), classified.message)
-        XCTAssertTrue(classified.hint?.contains("--lock-wait") == true)
+        assertClassified(error, as: .lockTimeout, saying: "pid 42", hint: "--lock-wait")
     }
 
     func testAMalformedURLIsAUsageError() {
-        let classified = RecoveryError.classify(PostgresError(kind: .invalidConnectionString, operation: "connect", message: "invalid port number"))
-        XCTAssertEqual(classified.code, .usage)
+        assertClassified(PostgresError(kind: .invalidConnectionString, operation: "connect", message: "invalid port number"),
+                         as: .usage, saying: "invalid port number")
     }
 
     func testAnUnknownErrorStillGetsAHint() {
@@ -73,5 +57,26 @@ final class RecoveryErrorTests: XCTestCase {
         let classified = RecoveryError.classify(Odd())
         XCTAssertEqual(classified.code, .failure)
         XCTAssertNotNil(classified.hint)
+    }
+
+    /// What `body` throws; fails the test when it throws nothing.
+    private func thrown(_ body: () throws -> Void, file: StaticString = #filePath, line: UInt = #line) -> Error {
+        do { try body() } catch { return error }
+        XCTFail("expected an error", file: file, line: line)
+        return CancellationError()
+    }
+
+    /// Classifies `error` and checks its exit code, that the message names `saying` and, when given,
+    /// that the hint names `hint`; returns the classification for further checks.
+    @discardableResult
+    private func assertClassified(_ error: Error, as code: ExitStatus, saying: String, hint: String? = nil,
+                                  file: StaticString = #filePath, line: UInt = #line) -> RecoveryError {
+        let classified = RecoveryError.classify(error)
+        XCTAssertEqual(classified.code, code, file: file, line: line)
+        XCTAssertTrue(classified.message.contains(saying), classified.message, file: file, line: line)
+        if let hint {
+            XCTAssertTrue(classified.hint?.contains(hint) == true, classified.hint ?? "no hint", file: file, line: line)
+        }
+        return classified
     }
 }

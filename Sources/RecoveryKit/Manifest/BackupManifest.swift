@@ -87,11 +87,6 @@ public struct BackupManifest: Codable, Equatable, Sendable {
         public var parent: String
         /// The full base backup the chain starts from.
         public var chainRoot: String
-
-        public init(parent: String, chainRoot: String) {
-            self.parent = parent
-            self.chainRoot = chainRoot
-        }
     }
 
     public var formatVersion: Int

@@ -16,13 +16,6 @@ public struct VersionTable: Sendable, Equatable {
         public var notNull: Bool
         /// Has a default, or is an identity or generated column (so an INSERT may leave it out).
         public var filledByServer: Bool
-
-        public init(name: String, type: String, notNull: Bool, filledByServer: Bool) {
-            self.name = name
-            self.type = type
-            self.notNull = notNull
-            self.filledByServer = filledByServer
-        }
     }
 
     /// The table's qualified name, e.g. `public.schema_version`.
@@ -30,12 +23,6 @@ public struct VersionTable: Sendable, Equatable {
     /// `pg_class.relkind`: `r` table, `p` partitioned table, `v` view, …
     public var kind: String
     public var columns: [Column]
-
-    public init(qualifiedName: String, kind: String, columns: [Column]) {
-        self.qualifiedName = qualifiedName
-        self.kind = kind
-        self.columns = columns
-    }
 
     /// The name the runbooks query.
     public static let name = "schema_version"

@@ -48,15 +48,20 @@ enum DatabaseSwap {
     }
 
     /// Drops a database of ours: one this run created, or a marked leftover of a killed run
-    /// (`WITH (FORCE)`: our own loader sessions may linger). A
-    /// signal's cancel request can reach the server just after the statement it was meant for ended
-    /// and cancel this one instead, so a cancelled drop is tried once more.
+    /// (`WITH (FORCE)`: our own loader sessions may linger). Two refusals are passing, and the drop
+    /// is tried again: a signal's cancel request can reach the server just after the statement it
+    /// was meant for ended and cancel this one instead (57014), and a loader session of ours still
+    /// connecting when FORCE ends the others makes the server call the database in use (55006).
     static func dropOwn(_ name: String, on admin: PostgresConnection) throws {
         let sql = "DROP DATABASE IF EXISTS \(admin.quoteIdentifier(name)) WITH (FORCE)"
-        do {
-            try admin.execute(script: sql)
-        } catch let error as PostgresError where error.sqlState == PostgresError.queryCanceled {
-            try admin.execute(script: sql)
+        for attempt in 1... {
+            do {
+                try admin.execute(script: sql)
+                return
+            } catch let error as PostgresError where attempt < 5
+                && [PostgresError.queryCanceled, PostgresError.objectInUse].contains(error.sqlState ?? "") {
+                usleep(UInt32(100_000 * attempt))
+            }
         }
     }
 

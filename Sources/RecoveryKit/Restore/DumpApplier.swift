@@ -2,6 +2,7 @@ import BackupStorage
 import Foundation
 import Gzip
 import PostgresClient
+import ProcessSignals
 
 /// Replays a logical backup's dump into a (scratch) database over several connections, the way
 /// `pg_restore -j` does for custom-format archives, from the plain gzip stream, with the outcome
@@ -15,6 +16,9 @@ import PostgresClient
 ///    it is committed, on one connection, committed before any table after it starts;
 /// 3. post-data (indexes, constraints, triggers, grants) in dump order, with runs of index and
 ///    primary-key/unique builds on different tables spread over the connections.
+///
+/// A backup with a table of contents is read in parts at once instead (`TableLanes`): each table's
+/// rows whole on one connection, frozen as they load.
 ///
 /// Every statement and COPY runs under the session settings in force where it stood in the dump
 /// (`SessionSettings`), and the dump's bytes reach the server untouched.
@@ -36,12 +40,37 @@ enum DumpApplier {
         }
         let loader = try ParallelLoader(target: target, jobs: max(1, jobs), backupID: manifest.id, maintenanceWorkMem: maintenanceWorkMem)
         defer { loader.abandon() }
+        if let toc = try tableOfContents(of: manifest, from: store, key: key), DumpSegments.usable(file, toc: toc),
+           let parts = TableLanes.Parts(toc) {
+            return try TableLanes.apply(manifest, file: file, toc: toc, parts: parts, store: store, loader: loader, progress: progress)
+        }
         let scanner = DumpScanner(backupID: manifest.id) { try loader.handle($0) }
         try StoredFileStream.decompress(file, of: manifest, from: store, key: key, phase: "restore", progress: progress) { plain in
             try scanner.write(plain)
         }
         try scanner.finish()
         return try loader.finish()
+    }
+
+    /// The files of a logical backup a full restore reads, each once: the dump, and its table of
+    /// contents when the dump can be read in parts from it (unencrypted).
+    static func filesRead(of manifest: BackupManifest) -> [BackupManifest.File] {
+        guard let dump = manifest.files.first(where: { $0.name == LogicalCapture.dumpFileName }) else { return manifest.files }
+        guard dump.encryptionKeyFingerprint == nil, let toc = manifest.files.first(where: { $0.name == DumpTableOfContents.fileName }),
+              toc.encryptionKeyFingerprint == nil else { return [dump] }
+        return [dump, toc]
+    }
+
+    /// The backup's table of contents, for reading its parts at once (`TableLanes`); nil when it has
+    /// none, or an unreadable one: the whole stream is read instead, as for an older backup.
+    private static func tableOfContents(of manifest: BackupManifest, from store: BackupStore, key: RepositoryKey?) throws -> DumpTableOfContents? {
+        guard filesRead(of: manifest).contains(where: { $0.name == DumpTableOfContents.fileName }) else { return nil }
+        do {
+            return try DumpTableOfContents.load(of: manifest, from: store, key: key)
+        } catch {
+            if Interruption.isRequested { throw error }
+            return nil
+        }
     }
 
     /// A server error while replaying, as the operator reads it: which statement, what the server said.

@@ -51,15 +51,7 @@ enum DumpRangeReader {
     private static func ranged(_ ranges: [Range<UInt64>], file: BackupManifest.File, manifest: BackupManifest, toc: DumpTableOfContents,
                                store: BackupStore, progress: ProgressObserver?, into sink: @escaping (UInt64, UnsafeRawBufferPointer) throws -> Void) throws -> DumpReadStatistics {
         let points = toc.accessPoints
-        func segment(containing offset: UInt64) -> Int {
-            // The last point at or before the offset (points are sorted; the first is at 0).
-            var low = 0, high = points.count - 1
-            while low < high {
-                let middle = (low + high + 1) / 2
-                if points[middle].uncompressedOffset <= offset { low = middle } else { high = middle - 1 }
-            }
-            return low
-        }
+        func segment(containing offset: UInt64) -> Int { DumpSegments.segment(containing: offset, in: points) }
         func compressedEnd(_ index: Int) -> UInt64 { index + 1 < points.count ? points[index + 1].compressedOffset : file.storedBytes }
         func uncompressedEnd(_ index: Int) -> UInt64 { index + 1 < points.count ? points[index + 1].uncompressedOffset : toc.dumpBytes }
 

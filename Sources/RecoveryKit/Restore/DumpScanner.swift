@@ -43,7 +43,8 @@ final class DumpScanner {
     }
 
     private var lexer = SQLLexer(recognizesMetaCommands: true)
-    private var settings = SessionSettings()
+    /// The session settings in force where the scanner is.
+    private(set) var settings = SessionSettings()
     private var inCopy = false
     private var carry: [UInt8] = []
     private let consumer: (Event) throws -> Void

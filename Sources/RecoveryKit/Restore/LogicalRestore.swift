@@ -65,8 +65,8 @@ public struct RestorePlan: Codable, Sendable {
     public var backupRelease: String?
     public var backupSchemaVersion: String?
     public var backupRows: Int64
-    /// The chosen backup's dump as stored (compressed, encrypted): what a restore reads (not the
-    /// table of contents, which only selective restores read).
+    /// The chosen backup's files as a restore reads them (compressed, encrypted): the dump, and its
+    /// table of contents where the restore reads parts of the dump at once (`DumpApplier.filesRead`).
     public var backupStoredBytes: Int64 = 0
     public var server: String
     public var targetDatabase: String
@@ -411,7 +411,7 @@ public enum LogicalRestore {
         CrashPoint.reached("restore:after-verify")
         if configuration.mode == .drill {
             try timeline.step("drop scratch database \(scratch)") {
-                try admin.execute(script: "DROP DATABASE \(admin.quoteIdentifier(scratch)) WITH (FORCE)")
+                try DatabaseSwap.dropOwn(scratch, on: admin)
                 scratchExists = false
             }
             return "drill passed"
@@ -548,7 +548,7 @@ extension RestorePlan {
         backupRelease = manifest.release
         backupSchemaVersion = manifest.schemaVersion
         backupRows = manifest.totalRows
-        backupStoredBytes = Int64(manifest.files.first { $0.name == LogicalCapture.dumpFileName }?.storedBytes ?? manifest.storedBytes)
+        backupStoredBytes = Int64(DumpApplier.filesRead(of: manifest).reduce(0) { $0 + $1.storedBytes })
         skipped = choice.skipped
         databaseProperties = manifest.databaseProperties?.maskedForDisplay
         warnings = manifest.databaseProperties != nil || mode == .drill ? [] : [

@@ -5,10 +5,10 @@ import Synchronization
 /// The connections of one restore and what runs on each (see `DumpApplier` for the plan).
 final class ParallelLoader {
     private let target: ConnectionTarget
-    private let jobs: Int
+    let jobs: Int
     private let backupID: String
     private let maintenanceWorkMem: String
-    private let main: LoaderConnection
+    let main: LoaderConnection
     private var workers: [CopyWorker] = []
     private var dataStarted = false
     /// Tables (as pg_dump names them in COPY, in the dump's encoding) that must load in dump order, alone.
@@ -50,13 +50,7 @@ final class ParallelLoader {
                 postData.append(statement)
             }
         case .copyStart(let statement):
-            if !dataStarted {
-                dataStarted = true
-                // In the dump's client encoding, so that table names come back as COPY spells them.
-                try main.use(statement.settings)
-                serialTables = try tablesThatMustLoadAlone()
-                countsInexact = try userCodeBeforeRows()
-            }
+            try beginData(statement.settings)
             copies += 1
             copyTargets[copies] = Self.copyTarget(statement.sql)
             let serial = serialTables.contains(Self.copyTarget(statement.sql))
@@ -69,6 +63,59 @@ final class ParallelLoader {
             try dispatchRows()
             if copy?.serial == true { try flushWorkers() }
             copy = nil
+        }
+    }
+
+    /// Where the rows start (the first COPY, or the first table's rows in the table of contents):
+    /// from here on statements other than `setval` wait for the rows, and the catalogue tells which
+    /// tables must load alone and whether user code could write rows as they load.
+    ///
+    /// - Parameter settings: the session settings in force there.
+    func beginData(_ settings: SessionSettings) throws {
+        guard !dataStarted else { return }
+        dataStarted = true
+        // In the dump's client encoding, so that table names come back as COPY spells them.
+        try main.use(settings)
+        serialTables = try tablesThatMustLoadAlone()
+        countsInexact = try userCodeBeforeRows()
+    }
+
+    /// Whether tables may load in any order, each on its own connection (`TableLanes`): no table
+    /// must load alone, and no user code exists yet that could see the order or write rows.
+    var rowsMayLoadInLanes: Bool { serialTables.isEmpty && countsInexact == nil }
+
+    /// A COPY of the dump that another connection ran (`TableLanes`) and the rows the server reported.
+    func recordCopy(of target: [UInt8], rows: Int64) {
+        copies += 1
+        copyTargets[copies] = target
+        tally.add(rows, to: copies)
+    }
+
+    /// Says why the COPY results cannot stand for the row counts (the first reason is kept).
+    func markInexact(_ reason: String) { countsInexact = countsInexact ?? reason }
+
+    /// Tables (as `tablesThatMustLoadAlone` names them) that a connection may empty and load with
+    /// `COPY … FREEZE` in one transaction: ordinary, still empty (nothing but the dump's rows can be
+    /// lost), not an extension's (its script may have filled it), without triggers (TRUNCATE fires
+    /// them) or foreign keys pointing at them (TRUNCATE refuses), and this role may truncate them.
+    func tablesToFreeze() throws -> Set<[UInt8]> {
+        let sql = """
+            SELECT pg_catalog.encode(pg_catalog.convert_to(
+                       pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname),
+                       pg_catalog.pg_client_encoding()), 'hex')
+            FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relkind = 'r' AND c.relpersistence <> 't' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+              AND pg_catalog.pg_relation_size(c.oid) = 0
+              AND pg_catalog.has_table_privilege(c.oid, 'TRUNCATE')
+              AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                              AND d.objid = c.oid AND d.deptype = 'e')
+              AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)
+              AND NOT EXISTS (SELECT FROM pg_catalog.pg_constraint f WHERE f.contype = 'f' AND f.confrelid = c.oid)
+            """
+        do {
+            return Set(try main.connection.query(sql).rows.map { try Self.bytes(hex: try $0.string(0)) })
+        } catch {
+            throw DumpApplier.failure(error, in: "finding the tables to load with COPY FREEZE", backupID: backupID)
         }
     }
 
@@ -114,7 +161,7 @@ final class ParallelLoader {
     /// connections it has, as with a smaller `--jobs`, since parallelism must never change the outcome.
     ///
     /// - Parameter required: the connection is the only one rows can go to: a refusal is thrown.
-    private func extraConnection(required: Bool) throws -> LoaderConnection? {
+    func extraConnection(required: Bool) throws -> LoaderConnection? {
         guard !connectionsRefused || required else { return nil }
         do {
             return try LoaderConnection(target: target, backupID: backupID, maintenanceWorkMem: maintenanceWorkMem)

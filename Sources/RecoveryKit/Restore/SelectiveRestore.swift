@@ -19,11 +19,12 @@ public struct SelectiveRestoreConfiguration {
     public var target: ConnectionTarget
     public var repositories: [String]
     public var backup: String
-    /// `SCHEMA.NAME` patterns.
-    public var tables: [String]
-    /// Schema name patterns.
-    public var schemas: [String]
-    public var destination: Destination
+    /// `SCHEMA.NAME` patterns (`--table`); with `schemas`, at least one pattern must be given.
+    public var tables: [String] = []
+    /// Schema name patterns (`--schema`).
+    public var schemas: [String] = []
+    /// Where the objects go; by default, as without `--into-…`, a new schema `restored_<time>`.
+    public var destination = Destination.intoSchema(nil)
     /// With `--replace`: go ahead although other objects depend on a table, re-pointing them, and report them.
     public var cascadeReport = false
     public var dryRun = false
@@ -37,13 +38,11 @@ public struct SelectiveRestoreConfiguration {
     /// Where S3 settings are read (flags and the config file, resolved by the command).
     public var environment = ProcessInfo.processInfo.environment
 
-    public init(target: ConnectionTarget, repositories: [String], backup: String, tables: [String], schemas: [String], destination: Destination) {
+    /// Where from and where to; the selection (`tables`, `schemas`) and the destination are set on the value.
+    public init(target: ConnectionTarget, repositories: [String], backup: String) {
         self.target = target
         self.repositories = repositories
         self.backup = backup
-        self.tables = tables
-        self.schemas = schemas
-        self.destination = destination
     }
 }
 
@@ -148,6 +147,9 @@ public enum SelectiveRestore {
     }
 
     static func prepare(_ configuration: SelectiveRestoreConfiguration, timeline: Timeline?) throws -> Prepared {
+        guard !configuration.tables.isEmpty || !configuration.schemas.isEmpty else {
+            throw RecoveryError(.usage, "a selective restore names no table and no schema", hint: "pass --table SCHEMA.NAME or --schema NAME")
+        }
         var chosen: (String, BackupStore, BackupManifest)?
         var firstError: Error?
         for address in configuration.repositories {

@@ -85,11 +85,6 @@ public struct RetentionDuration: Equatable, Sendable, CustomStringConvertible {
     public var hours: Int
     public var text: String
 
-    public init(hours: Int, text: String) {
-        self.hours = hours
-        self.text = text
-    }
-
     public var seconds: TimeInterval { TimeInterval(hours) * 3600 }
 
     /// The longest duration a policy may name (1000 years).

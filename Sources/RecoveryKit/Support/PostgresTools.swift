@@ -9,13 +9,6 @@ public struct PostgresProgram: Codable, Equatable, Sendable {
     public var version: String
     /// The major of `version`.
     public var major: Int
-
-    public init(name: String, path: String, version: String, major: Int) {
-        self.name = name
-        self.path = path
-        self.version = version
-        self.major = major
-    }
 }
 
 /// Finds the PostgreSQL programs that fit the server they work with: pg_dump and psql of the

@@ -21,13 +21,6 @@ public struct SchemaFingerprint: Codable, Equatable, Sendable {
         /// sha256 of the object's normalised text (its header line included: owner and tablespace live there).
         public var sha256: String
 
-        public init(type: String, schema: String, name: String, sha256: String) {
-            self.type = type
-            self.schema = schema
-            self.name = name
-            self.sha256 = sha256
-        }
-
         /// `index users_email in schema public`, as printed in reports.
         public var label: String {
             type.lowercased() + " " + name + (schema == "-" ? "" : " in schema \(schema)")

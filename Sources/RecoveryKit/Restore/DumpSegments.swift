@@ -1,0 +1,253 @@
+import BackupStorage
+import Foundation
+import Gzip
+import ProcessSignals
+
+/// A logical backup's dump read by several readers at once, each over its own part of the dump
+/// (the schema, a run of tables' rows, the post-data), from the compressed segments between the
+/// table of contents' access points. Every segment is fetched, checked against its sha256 and
+/// decoded exactly once, by whichever part reaches it first: the segments inside one part stream
+/// straight to that part's reader (local: a positioned read; S3: ranged GETs); a segment that holds
+/// bytes of more than one part is decoded into memory and each part takes its slice.
+///
+/// The segments together are the whole file: the table of contents was checked against the
+/// manifest's sha256 when it was loaded, and each segment is checked against its own sha256 in it,
+/// so once every part has been read every stored byte has been checked, as one sequential pass
+/// checks the file's sha256. After a failure, `checkRest()` reads the segments no part reached, so
+/// that a damaged file is still told from an error of the server (as `StoredFileStream` does).
+///
+/// Thread-safe: the shared state is only touched under `condition`.
+final class DumpSegments {
+    private let manifest: BackupManifest
+    private let file: BackupManifest.File
+    private let store: BackupStore
+    private let progress: ProgressObserver?
+    private let points: [DumpTableOfContents.AccessPoint]
+    private let dumpBytes: UInt64
+    /// How many parts take bytes from each segment (more than one: decoded into memory and shared).
+    private let users: [Int]
+    private let condition = NSCondition()
+    /// Segments a reader has started on (each is read once).
+    private var claimed = IndexSet()
+    /// Segments read in full and found to match their sha256.
+    private var verified = IndexSet()
+    /// Shared segments decoded and not yet taken in full by their parts, and the bytes taken so far.
+    private var decoded: [Int: [UInt8]] = [:]
+    private var taken: [Int: Int] = [:]
+    /// Set once a reader failed or the run is stopped: the others stop at the end of their segment.
+    private var stopped = false
+    private var bytesRead: UInt64 = 0
+
+    /// Why the run stopped early: a reader sees it when another part failed.
+    struct Stopped: Error {}
+
+    /// Whether `file` can be read this way: unencrypted (AES-GCM frames are sealed over the whole
+    /// compressed stream), with access points that cover it from its first byte.
+    static func usable(_ file: BackupManifest.File, toc: DumpTableOfContents) -> Bool {
+        let points = toc.accessPoints
+        guard file.encryptionKeyFingerprint == nil, toc.compressedBytes == file.storedBytes, let first = points.first,
+              first.compressedOffset == 0, first.uncompressedOffset == 0, file.rawBytes == toc.dumpBytes else { return false }
+        return zip(points, points.dropFirst()).allSatisfy { $0.compressedOffset < $1.compressedOffset && $0.uncompressedOffset < $1.uncompressedOffset }
+            && (points.last?.compressedOffset ?? 0) < file.storedBytes && (points.last?.uncompressedOffset ?? 0) < toc.dumpBytes
+    }
+
+    /// - Parameter boundaries: where the parts that will be read start in the dump (besides 0).
+    init(_ file: BackupManifest.File, of manifest: BackupManifest, toc: DumpTableOfContents, store: BackupStore,
+         boundaries: [UInt64], progress: ProgressObserver?) {
+        self.manifest = manifest
+        self.file = file
+        self.store = store
+        self.progress = progress
+        points = toc.accessPoints
+        dumpBytes = toc.dumpBytes
+        var users = [Int](repeating: 1, count: toc.accessPoints.count)
+        for boundary in boundaries {
+            let index = Self.segment(containing: boundary, in: toc.accessPoints)
+            if toc.accessPoints[index].uncompressedOffset < boundary { users[index] += 1 }
+        }
+        self.users = users
+    }
+
+    /// Hands `sink` the dump's bytes in `range` (which starts and ends at part boundaries), in order.
+    ///
+    /// - Throws: `RecoveryError(.backupCorrupt)` for a damaged segment; `Stopped` when another part
+    ///   failed; whatever `sink` or the store throws.
+    func read(_ range: Range<UInt64>, into sink: (UnsafeRawBufferPointer) throws -> Void) throws {
+        guard !range.isEmpty else { return }
+        let last = Self.segment(containing: range.upperBound - 1, in: points)
+        var index = Self.segment(containing: range.lowerBound, in: points)
+        while index <= last {
+            if users[index] > 1 {
+                let bytes = try shared(index)
+                let start = points[index].uncompressedOffset
+                let from = Int(max(range.lowerBound, start) - start), to = Int(min(range.upperBound, uncompressedEnd(index)) - start)
+                try bytes[from..<to].withUnsafeBytes { try sink($0) }
+                condition.withLock {
+                    taken[index, default: 0] += to - from
+                    if taken[index] == bytes.count { decoded[index] = nil }
+                }
+                index += 1
+            } else {
+                var end = index
+                while end < last && users[end + 1] == 1 { end += 1 }
+                try stream(index...end, into: sink)
+                index = end + 1
+            }
+        }
+    }
+
+    /// Stops the other readers at the end of the segment they are in.
+    func stop() { condition.withLock { stopped = true; condition.broadcast() } }
+
+    /// Whether every segment of the file has been read and matched its sha256.
+    var allVerified: Bool { condition.withLock { verified.count == points.count } }
+
+    /// After a failure: reads and checks the segments no reader reached, so that a damaged file is
+    /// reported as damaged (the next copy or candidate is tried) rather than as the error it caused.
+    ///
+    /// - Throws: `RecoveryError(.backupCorrupt)` if a segment does not match its sha256.
+    func checkRest() throws {
+        let unread = condition.withLock { IndexSet(integersIn: 0..<points.count).subtracting(claimed) }
+        for run in unread.rangeView {
+            try pass(run.lowerBound...(run.upperBound - 1), decoder: nil, stopsEarly: false)
+        }
+    }
+
+    // MARK: - Reading
+
+    /// Decodes a shared segment once (waiting while another part decodes it) and keeps it until
+    /// all its parts took their slices.
+    private func shared(_ index: Int) throws -> [UInt8] {
+        condition.lock()
+        while true {
+            if let bytes = decoded[index] {
+                condition.unlock()
+                return bytes
+            }
+            if stopped {
+                condition.unlock()
+                throw Stopped()
+            }
+            if !claimed.contains(index) { break }
+            condition.wait()
+        }
+        condition.unlock()
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(Int(uncompressedEnd(index) - points[index].uncompressedOffset))
+        do {
+            try pass(index...index, decoder: try decoder(at: index) { bytes.append(contentsOf: $0) }, stopsEarly: false)
+        } catch {
+            stop()
+            throw error
+        }
+        condition.withLock {
+            decoded[index] = bytes
+            condition.broadcast()
+        }
+        return bytes
+    }
+
+    /// Streams a run of segments that belong to one part into `sink`.
+    private func stream(_ run: ClosedRange<Int>, into sink: (UnsafeRawBufferPointer) throws -> Void) throws {
+        try withoutActuallyEscaping(sink) { sink in
+            try pass(run, decoder: try decoder(at: run.lowerBound, sink: sink), stopsEarly: true)
+        }
+    }
+
+    private func decoder(at index: Int, sink: @escaping (UnsafeRawBufferPointer) throws -> Void) throws -> GzipDecompressor {
+        index == 0 ? try GzipDecompressor(sink: sink)
+            : try GzipDecompressor(resumingAt: GzipAccessPoint(compressedOffset: points[index].compressedOffset,
+                                                               uncompressedOffset: points[index].uncompressedOffset), sink: sink)
+    }
+
+    /// Reads a run of segments with one read, checking each against its sha256, decoding into
+    /// `decoder` if given. When decoding fails (damaged data, or the sink's error) the segment is
+    /// still read to its end and checked: a sha256 that differs is the error reported.
+    ///
+    /// - Parameter stopsEarly: stop after the current segment once another reader failed.
+    private func pass(_ run: ClosedRange<Int>, decoder: GzipDecompressor?, stopsEarly: Bool) throws {
+        let reader: ObjectReader
+        do {
+            reader = try store.makeReader(manifest.key(of: file), range: points[run.lowerBound].compressedOffset..<compressedEnd(run.upperBound))
+        } catch let error as StorageError where error.kind == .notFound {
+            throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name), named in its manifest, is missing", hint: Self.hint)
+        }
+        defer { reader.close() }
+        var current = run.lowerBound
+        var offset = points[current].compressedOffset
+        var digest = StreamingDigest()
+        var failure: Error?
+        var decoded: UInt64 = 0
+        func begin(_ index: Int) throws {
+            try condition.withLock {
+                if stopsEarly && stopped { throw Stopped() }
+                claimed.insert(index)
+            }
+        }
+        try begin(current)
+        do {
+            try ObjectStreaming.forEachChunk(of: reader) { chunk in
+                var start = 0
+                while start < chunk.count {
+                    let take = Int(min(UInt64(chunk.count - start), compressedEnd(current) - offset))
+                    let piece = UnsafeRawBufferPointer(rebasing: chunk[start..<(start + take)])
+                    digest.update(piece)
+                    if failure == nil, let decoder {
+                        do { try decoder.write(piece) } catch {
+                            if Interruption.isRequested { throw error }
+                            failure = error
+                        }
+                    }
+                    offset += UInt64(take)
+                    start += take
+                    if offset == compressedEnd(current) {
+                        guard digest.hexDigest() == points[current].segmentSha256 else { throw damaged(current, to: offset) }
+                        condition.withLock { _ = verified.insert(current) }
+                        if let failure { throw failure }
+                        digest = StreamingDigest()
+                        if current == run.upperBound { break }
+                        current += 1
+                        try begin(current)
+                    }
+                }
+                condition.withLock {
+                    bytesRead += UInt64(chunk.count)
+                    progress?.progress(phase: "restore \(manifest.id) \(file.name)", bytes: bytesRead, total: file.storedBytes, estimated: false)
+                }
+            }
+            if let decoder, run.lowerBound == 0, run.upperBound == points.count - 1 { try decoder.finish() }
+            decoded = decoder?.bytesOut ?? 0
+        } catch let error as GzipError {
+            VerificationRecord.forget(manifest, in: store)
+            throw RecoveryError(.backupCorrupt, "backup \(manifest.id) is damaged: \(file.name): \(error)", hint: Self.hint)
+        }
+        guard offset == compressedEnd(run.upperBound) else {
+            throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name) ends at byte \(offset), before its size in the manifest", hint: Self.hint)
+        }
+        if decoder != nil, decoded != uncompressedEnd(run.upperBound) - points[run.lowerBound].uncompressedOffset {
+            throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name) does not match its \(DumpTableOfContents.fileName) (segments \(run.lowerBound)-\(run.upperBound) decode to \(decoded) bytes)", hint: Self.hint)
+        }
+    }
+
+    private func damaged(_ index: Int, to end: UInt64) -> Error {
+        // The record dbprune trusts in place of a full read must not outlive this finding.
+        VerificationRecord.forget(manifest, in: store)
+        return RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name) does not match its sha256 (file damaged: bytes \(points[index].compressedOffset)-\(end) "
+                             + "differ from their sha256 in \(DumpTableOfContents.fileName))", hint: Self.hint)
+    }
+
+    private static let hint = "nothing was applied from it; dbrestore --emergency picks the newest backup that verifies"
+
+    private func compressedEnd(_ index: Int) -> UInt64 { index + 1 < points.count ? points[index + 1].compressedOffset : file.storedBytes }
+    private func uncompressedEnd(_ index: Int) -> UInt64 { index + 1 < points.count ? points[index + 1].uncompressedOffset : dumpBytes }
+
+    /// The last access point at or before `offset` (points are sorted; the first is at 0).
+    static func segment(containing offset: UInt64, in points: [DumpTableOfContents.AccessPoint]) -> Int {
+        var low = 0, high = points.count - 1
+        while low < high {
+            let middle = (low + high + 1) / 2
+            if points[middle].uncompressedOffset <= offset { low = middle } else { high = middle - 1 }
+        }
+        return low
+    }
+}
