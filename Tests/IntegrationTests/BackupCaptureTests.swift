@@ -415,8 +415,6 @@ final class BackupCaptureTests: IntegrationTestCase {
         let common = ["--data-by", "pg_dump"] + common
         let before = try cluster.rowCounts(database: database)
         let dropsARow = try filteredPgDump(#"{ print } /^COPY public\.users / { getline }"#)
-        // pg_dump reads the rows (--data-by pg_dump): by default dbbackup copies them itself, past the filter.
-        let common = ["--data-by", "pg_dump"] + self.common
         // Without the check the manifest says what the dump holds: what a restore of it gives.
         let plain = try tool("dbbackup", common, environment: dropsARow)
         XCTAssertEqual(plain.status, 0, plain.standardError)
@@ -437,8 +435,7 @@ final class BackupCaptureTests: IntegrationTestCase {
         try seed(rows: 10)
         let common = ["--data-by", "pg_dump"] + common
         let dropsTheBlock = try filteredPgDump(#"/^COPY public\.meetings / { skip = 1; next } skip && /^\\\.$/ { skip = 0; next } !skip { print }"#)
-        // pg_dump reads the rows (--data-by pg_dump): by default dbbackup copies them itself, past the filter.
-        let result = try tool("dbbackup", ["--data-by", "pg_dump"] + common, environment: dropsTheBlock)
+        let result = try tool("dbbackup", common, environment: dropsTheBlock)
         XCTAssertEqual(result.status, ExitStatus.toolFailed.rawValue, result.standardError)
         XCTAssertTrue(result.standardError.contains("pg_dump wrote no rows for table public.meetings, which its snapshot holds; a restore would create it empty, so nothing was stored"),
                       result.standardError)
