@@ -7,8 +7,8 @@ import PostgresClient
 ///
 /// Each connection takes the next read (a table, or one block range of a big one) as soon as it is
 /// free; the reads ahead of the one being written wait, with at most 8 MiB per connection queued,
-/// until their turn, so memory stays bounded whatever the tables' sizes. The rows of each read are counted by the
-/// server (`PQcmdTuples`).
+/// until their turn, so memory stays bounded whatever the tables' sizes. The rows of each read are
+/// counted by the server (`PQcmdTuples`).
 final class ParallelTableCopy {
     private let plan: TableDataPlan
     private let board: CopyBoard
