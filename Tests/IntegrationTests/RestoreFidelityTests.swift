@@ -259,7 +259,46 @@ final class RestoreFidelityTests: IntegrationTestCase {
     /// (`DumpStatementPolicy`, an allowlist). What pg_dump 14 to 18 write of the corpus (of every
     /// kind pg_dump writes), 18 also with `--statistics`, passes it whole.
     func testWhatEveryPgDumpFrom14To18WritesOfTheCorpusPassesTheStatementPolicy() throws {
-        // The oldest server: every pg_dump from 14 to 18 dumps it.
+        try forEachPgDumpOfTheCorpus { major, options, dump in
+            var statements = 0
+            let scanner = DumpScanner(backupID: "pg_dump \(major) \(options.joined())") { event in
+                if case .statement = event { statements += 1 }
+            }
+            XCTAssertNoThrow(try dump.withUnsafeBytes { try scanner.write($0); try scanner.finish() }, "pg_dump \(major) \(options)")
+            XCTAssertGreaterThan(statements, 200, "pg_dump \(major) \(options): the corpus's statements were read")
+            if options == ["--statistics"] {
+                XCTAssertTrue(String(decoding: dump, as: UTF8.self).contains("pg_catalog.pg_restore_attribute_stats("), "statistics were dumped")
+            }
+        }
+    }
+
+    /// Issue 21 item 5: where a backup puts the tables it copied itself. In what every pg_dump from 14
+    /// to 18 writes of the corpus, `DataSectionSplicer` knows every entry type's section and finds the
+    /// data section where pg_dump's own first `TABLE DATA` entry starts.
+    func testTheDataSectionIsFoundWhereEveryPgDumpFrom14To18StartsIt() throws {
+        try forEachPgDumpOfTheCorpus { major, options, dump in
+            guard options.isEmpty else { return }
+            let marker = Data("<copied tables>".utf8)
+            var output = Data()
+            let deliver = { (bytes: UnsafeRawBufferPointer) in output.append(contentsOf: bytes) }
+            let splicer = DataSectionSplicer(encoding: "UTF8") { deliver in try marker.withUnsafeBytes(deliver) }
+            var offset = 0
+            while offset < dump.count {
+                let end = min(dump.count, offset + 4093)
+                XCTAssertNoThrow(try dump[offset..<end].withUnsafeBytes { try splicer.write($0, to: deliver) }, "pg_dump \(major)")
+                offset = end
+            }
+            XCTAssertNoThrow(try splicer.finish(to: deliver), "pg_dump \(major)")
+            let firstData = dump.range(of: Data("\n\n--\n-- Data for Name: ".utf8)).map { $0.lowerBound + 2 }
+            XCTAssertNotNil(firstData, "pg_dump \(major) wrote table data")
+            XCTAssertEqual(output.range(of: marker)?.lowerBound, firstData, "pg_dump \(major): the copied tables go where its first TABLE DATA entry starts")
+            XCTAssertEqual(output.count, dump.count + marker.count, "pg_dump \(major): everything else passes through")
+        }
+    }
+
+    /// What every pg_dump from 14 to 18 writes of the corpus (18 also with `--statistics`), dumped from
+    /// the oldest server, which they all dump.
+    private func forEachPgDumpOfTheCorpus(_ body: (_ major: Int, _ options: [String], _ dump: Data) throws -> Void) throws {
         let server = try PostgresCluster(major: 14)
         defer { server.stop() }
         try createRolesAndTablespaces(on: server)
@@ -275,16 +314,7 @@ final class RestoreFidelityTests: IntegrationTestCase {
                 let dumped = try TestProcess.run("/bin/sh", ["-c", "\"$0\" \"$@\" > '\(file)'", pgDump, "--format=plain", "--no-password"] + options
                                                  + ["--dbname", server.url(database: source)], environment: server.environment)
                 XCTAssertEqual(dumped.status, 0, "pg_dump \(major): \(dumped.standardError)")
-                let dump = try Data(contentsOf: URL(fileURLWithPath: file))
-                var statements = 0
-                let scanner = DumpScanner(backupID: "pg_dump \(major) \(options.joined())") { event in
-                    if case .statement = event { statements += 1 }
-                }
-                XCTAssertNoThrow(try dump.withUnsafeBytes { try scanner.write($0); try scanner.finish() }, "pg_dump \(major) \(options)")
-                XCTAssertGreaterThan(statements, 200, "pg_dump \(major) \(options): the corpus's statements were read")
-                if options == ["--statistics"] {
-                    XCTAssertTrue(String(decoding: dump, as: UTF8.self).contains("pg_catalog.pg_restore_attribute_stats("), "statistics were dumped")
-                }
+                try body(major, options, try Data(contentsOf: URL(fileURLWithPath: file)))
             }
         }
     }
@@ -299,6 +329,16 @@ final class RestoreFidelityTests: IntegrationTestCase {
             XCTAssertEqual(backup.status, 0, "\(encoding): \(backup.standardError)")
             guard backup.status == 0 else { continue }
             let id = backup.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+            // Issue 21 item 5: the tables dbbackup copies itself (those with ASCII names: the others stay with
+            // pg_dump, their names would need converting) make pg_dump's own stream, byte for byte.
+            let pure = try tool("dbbackup", ["--data-by", "pg_dump", "--database-url", cluster.url(database: source), "--repo", repository])
+            XCTAssertEqual(pure.status, 0, "\(encoding): \(pure.standardError)")
+            let plain = { (backup: String, name: String) in
+                "gunzip -c '\(self.repository!)/backups/\(backup)/dump.sql.gz' | grep -av -e '^[\\\\]restrict' -e '^[\\\\]unrestrict' > '\(self.scratch!)/\(name).sql'"
+            }
+            let compared = try TestProcess.shell(plain(id, "copied-\(encoding)") + " && " + plain(pure.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines), "pure-\(encoding)")
+                                                 + " && cmp '\(scratch!)/copied-\(encoding).sql' '\(scratch!)/pure-\(encoding).sql'")
+            XCTAssertEqual(compared.status, 0, "\(encoding): the copied stream is pg_dump's own: \(compared.standardOutput) \(compared.standardError)")
             let replay = try replayWithPsql("\(repository!)/backups/\(id)/dump.sql.gz", encoding: encoding)
             let expected = try normalisedDump(of: replay, name: "replay-\(encoding)")
             for jobs in [1, 4] {
