@@ -94,7 +94,7 @@ final class RestoreFidelityTests: IntegrationTestCase {
 
         let pure = try tool("dbbackup", ["--data-by", "pg_dump", "--database-url", cluster.url(database: source), "--repo", repository])
         XCTAssertEqual(pure.status, 0, pure.standardError)
-        let copied = try tool("dbbackup", ["--jobs", "3", "--database-url", cluster.url(database: source), "--repo", repository],
+        let copied = try tool("dbbackup", ["--data-by", "copy", "--jobs", "3", "--database-url", cluster.url(database: source), "--repo", repository],
                               environment: ["DBRECOVERY_COPY_SPLIT_PAGES": splitPages])
         XCTAssertEqual(copied.status, 0, copied.standardError)
         guard pure.status == 0, copied.status == 0 else { return }
@@ -325,7 +325,7 @@ final class RestoreFidelityTests: IntegrationTestCase {
             let script = scratch + "/\(source).sql"
             try sql.write(toFile: script, atomically: true, encoding: .utf8)
             try psql(file: script, database: source, clientEncoding: clientEncoding)
-            let backup = try tool("dbbackup", ["--database-url", cluster.url(database: source), "--repo", repository])
+            let backup = try tool("dbbackup", ["--data-by", "copy", "--database-url", cluster.url(database: source), "--repo", repository])
             XCTAssertEqual(backup.status, 0, "\(encoding): \(backup.standardError)")
             guard backup.status == 0 else { continue }
             let id = backup.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
