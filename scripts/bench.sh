@@ -296,11 +296,10 @@ if [ "$only" = logical ]; then
     measure "dbbackup --compression-level 1" "'$bin/dbbackup' -q --compression-level 1 --database-url '$base/bench' --repo '$work/out/repo'"
     measure "dbbackup --compression-level 1 --count-check" "'$bin/dbbackup' -q --compression-level 1 --count-check --database-url '$base/bench' --repo '$work/out/repo'"
     # Issue 21 item 5: the tables read over one connection (and compressed on one core) against two.
-    measure "dbbackup --jobs 1" "'$bin/dbbackup' -q --jobs 1 --database-url '$base/bench' --repo '$work/out/repo'"
-    measure "dbbackup --jobs 2" "'$bin/dbbackup' -q --jobs 2 --database-url '$base/bench' --repo '$work/out/repo'"
-    measure "dbbackup --compression-level 1 --jobs 1" "'$bin/dbbackup' -q --compression-level 1 --jobs 1 --database-url '$base/bench' --repo '$work/out/repo'"
-    measure "dbbackup --compression-level 1 --jobs 2" "'$bin/dbbackup' -q --compression-level 1 --jobs 2 --database-url '$base/bench' --repo '$work/out/repo'"
-    measure "dbbackup --data-by pg_dump" "'$bin/dbbackup' -q --data-by pg_dump --database-url '$base/bench' --repo '$work/out/repo'"
+    measure "dbbackup --data-by copy --jobs 1" "'$bin/dbbackup' -q --data-by copy --jobs 1 --database-url '$base/bench' --repo '$work/out/repo'"
+    measure "dbbackup --data-by copy --jobs 2" "'$bin/dbbackup' -q --data-by copy --jobs 2 --database-url '$base/bench' --repo '$work/out/repo'"
+    measure "dbbackup --data-by copy --compression-level 1 --jobs 1" "'$bin/dbbackup' -q --data-by copy --compression-level 1 --jobs 1 --database-url '$base/bench' --repo '$work/out/repo'"
+    measure "dbbackup --data-by copy --compression-level 1 --jobs 2" "'$bin/dbbackup' -q --data-by copy --compression-level 1 --jobs 2 --database-url '$base/bench' --repo '$work/out/repo'"
   done
   LOAD_AT_START=$load_at_start python3 - "$results" "$scale" "$reps" "$db_size" "$dump_size" > "$work/results-logical.md" <<'PY'
 import statistics, sys, os
@@ -323,11 +322,10 @@ for a, b in [("dbbackup", "pg_dump | pigz -6 -p 2"), ("dbbackup --count-check", 
              ("dbbackup --compression-level 1 --count-check", "pg_dump > /dev/null (floor)"),
              ("dbbackup (baseline build)", "pg_dump | pigz -6 -p 2"),
              ("dbbackup --compression-level 1 (baseline build)", "pg_dump > /dev/null (floor)"),
-             ("dbbackup --jobs 1", "pg_dump | pigz -6 -p 2"), ("dbbackup --jobs 2", "pg_dump | pigz -6 -p 2"),
-             ("dbbackup --compression-level 1 --jobs 1", "pg_dump > /dev/null (floor)"),
-             ("dbbackup --compression-level 1 --jobs 2", "pg_dump > /dev/null (floor)"),
-             ("dbbackup --jobs 2", "dbbackup --jobs 1"),
-             ("dbbackup --data-by pg_dump", "pg_dump | pigz -6 -p 2")]:
+             ("dbbackup --data-by copy --jobs 1", "pg_dump | pigz -6 -p 2"), ("dbbackup --data-by copy --jobs 2", "pg_dump | pigz -6 -p 2"),
+             ("dbbackup --data-by copy --compression-level 1 --jobs 1", "pg_dump > /dev/null (floor)"),
+             ("dbbackup --data-by copy --compression-level 1 --jobs 2", "pg_dump > /dev/null (floor)"),
+             ("dbbackup --data-by copy --jobs 2", "dbbackup --data-by copy --jobs 1")]:
     if a in med:
         print(f"| {a} / {b.replace('|', chr(92) + '|')} | {med[a][0] / med[b][0]:.2f} |")
 PY

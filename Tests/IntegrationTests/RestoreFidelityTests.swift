@@ -94,7 +94,7 @@ final class RestoreFidelityTests: IntegrationTestCase {
 
         let pure = try tool("dbbackup", ["--data-by", "pg_dump", "--database-url", cluster.url(database: source), "--repo", repository])
         XCTAssertEqual(pure.status, 0, pure.standardError)
-        let copied = try tool("dbbackup", ["--jobs", "3", "--database-url", cluster.url(database: source), "--repo", repository],
+        let copied = try tool("dbbackup", ["--data-by", "copy", "--jobs", "3", "--database-url", cluster.url(database: source), "--repo", repository],
                               environment: ["DBRECOVERY_COPY_SPLIT_PAGES": splitPages])
         XCTAssertEqual(copied.status, 0, copied.standardError)
         guard pure.status == 0, copied.status == 0 else { return }
@@ -147,8 +147,10 @@ final class RestoreFidelityTests: IntegrationTestCase {
 
     /// Issue 21 item 1: a backup with access points every 64 KiB restores its tables' rows over
     /// several connections at once, each connection reading its own compressed ranges and each table
-    /// loaded whole with `COPY … FREEZE`; the result is what `gunzip | psql` gives, with --jobs 1 and
-    /// 3, every stored byte is read once, and the rows are written frozen.
+    /// loaded whole with `COPY … FREEZE`: with --jobs 1 and 2 the rows are written frozen; with
+    /// --jobs 3, more connections than the two big tables can keep busy, the rows are split over
+    /// them as from a sequential read. Each time the result is what `gunzip | psql` gives and every
+    /// stored byte is read once.
     func testTablesLoadedInLanesFromAccessPointsRestoreAsPsqlReplays() throws {
         let source = try cluster.createDatabase(prefix: "lanes")
         let script = scratch + "/lanes.sql"
@@ -157,9 +159,9 @@ final class RestoreFidelityTests: IntegrationTestCase {
             CREATE TABLE wide (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, title text, doc jsonb, blob bytea, amount numeric(14,4));
             INSERT INTO wide (title, doc, blob, amount) OVERRIDING SYSTEM VALUE
               SELECT 'item ' || g || E' tab\there', jsonb_build_object('id', g, 'note', md5(g::text)), decode(md5(g::text), 'hex'), g * 1.5
-              FROM generate_series(1, 12000) g;
+              FROM generate_series(1, 30000) g;
             CREATE TABLE accounts (aid integer PRIMARY KEY, bid integer, abalance integer, filler char(84));
-            INSERT INTO accounts SELECT g, g % 10, 0, '' FROM generate_series(1, 60000) g;
+            INSERT INTO accounts SELECT g, g % 10, 0, '' FROM generate_series(1, 30000) g;
             CREATE TABLE "Other Schema"."Mixed Case" (id serial PRIMARY KEY, body text);
             INSERT INTO "Other Schema"."Mixed Case" (body) SELECT repeat('x', g % 40) FROM generate_series(1, 500) g;
             CREATE TABLE parent (id integer, kind text);
@@ -187,7 +189,7 @@ final class RestoreFidelityTests: IntegrationTestCase {
         XCTAssertGreaterThanOrEqual(toc.accessPoints.count, 5, "the rows span several compressed ranges (1 MiB blocks at least)")
 
         let expected = try normalisedDump(of: try replayWithPsql("\(repository!)/backups/\(id)/dump.sql.gz"), name: "lanes-replay")
-        for jobs in [1, 3] {
+        for jobs in [1, 2, 3] {
             let restored = "lanes_jobs\(jobs)_\(UInt32.random(in: 0...UInt32.max))"
             let result = try tool("dbrestore", [id, "--yes", "--json", "--jobs", String(jobs), "--repo", repository,
                                                 "--database-url", cluster.url(database: restored)])
@@ -197,6 +199,7 @@ final class RestoreFidelityTests: IntegrationTestCase {
             let report = try JSONSerialization.jsonObject(with: Data(result.standardOutput.utf8)) as? [String: Any] ?? [:]
             XCTAssertEqual(report["bytes_read"] as? Int, stored, "--jobs \(jobs): the dump and its table of contents, each stored byte once")
             // Frozen as loaded: every page of each table all-frozen in the visibility map, no VACUUM run.
+            guard jobs < 3 else { continue }
             try cluster.connect(database: restored).execute(script: "CREATE EXTENSION pg_visibility")
             for table in ["wide", "accounts", "\"Other Schema\".\"Mixed Case\"", "child", "measures_2025", "scratchpad"] {
                 let pages = "pg_relation_size('\(table)') / current_setting('block_size')::int"
@@ -256,7 +259,46 @@ final class RestoreFidelityTests: IntegrationTestCase {
     /// (`DumpStatementPolicy`, an allowlist). What pg_dump 14 to 18 write of the corpus (of every
     /// kind pg_dump writes), 18 also with `--statistics`, passes it whole.
     func testWhatEveryPgDumpFrom14To18WritesOfTheCorpusPassesTheStatementPolicy() throws {
-        // The oldest server: every pg_dump from 14 to 18 dumps it.
+        try forEachPgDumpOfTheCorpus { major, options, dump in
+            var statements = 0
+            let scanner = DumpScanner(backupID: "pg_dump \(major) \(options.joined())") { event in
+                if case .statement = event { statements += 1 }
+            }
+            XCTAssertNoThrow(try dump.withUnsafeBytes { try scanner.write($0); try scanner.finish() }, "pg_dump \(major) \(options)")
+            XCTAssertGreaterThan(statements, 200, "pg_dump \(major) \(options): the corpus's statements were read")
+            if options == ["--statistics"] {
+                XCTAssertTrue(String(decoding: dump, as: UTF8.self).contains("pg_catalog.pg_restore_attribute_stats("), "statistics were dumped")
+            }
+        }
+    }
+
+    /// Issue 21 item 5: where a backup puts the tables it copied itself. In what every pg_dump from 14
+    /// to 18 writes of the corpus, `DataSectionSplicer` knows every entry type's section and finds the
+    /// data section where pg_dump's own first `TABLE DATA` entry starts.
+    func testTheDataSectionIsFoundWhereEveryPgDumpFrom14To18StartsIt() throws {
+        try forEachPgDumpOfTheCorpus { major, options, dump in
+            guard options.isEmpty else { return }
+            let marker = Data("<copied tables>".utf8)
+            var output = Data()
+            let deliver = { (bytes: UnsafeRawBufferPointer) in output.append(contentsOf: bytes) }
+            let splicer = DataSectionSplicer(encoding: "UTF8") { deliver in try marker.withUnsafeBytes(deliver) }
+            var offset = 0
+            while offset < dump.count {
+                let end = min(dump.count, offset + 4093)
+                XCTAssertNoThrow(try dump[offset..<end].withUnsafeBytes { try splicer.write($0, to: deliver) }, "pg_dump \(major)")
+                offset = end
+            }
+            XCTAssertNoThrow(try splicer.finish(to: deliver), "pg_dump \(major)")
+            let firstData = dump.range(of: Data("\n\n--\n-- Data for Name: ".utf8)).map { $0.lowerBound + 2 }
+            XCTAssertNotNil(firstData, "pg_dump \(major) wrote table data")
+            XCTAssertEqual(output.range(of: marker)?.lowerBound, firstData, "pg_dump \(major): the copied tables go where its first TABLE DATA entry starts")
+            XCTAssertEqual(output.count, dump.count + marker.count, "pg_dump \(major): everything else passes through")
+        }
+    }
+
+    /// What every pg_dump from 14 to 18 writes of the corpus (18 also with `--statistics`), dumped from
+    /// the oldest server, which they all dump.
+    private func forEachPgDumpOfTheCorpus(_ body: (_ major: Int, _ options: [String], _ dump: Data) throws -> Void) throws {
         let server = try PostgresCluster(major: 14)
         defer { server.stop() }
         try createRolesAndTablespaces(on: server)
@@ -272,16 +314,7 @@ final class RestoreFidelityTests: IntegrationTestCase {
                 let dumped = try TestProcess.run("/bin/sh", ["-c", "\"$0\" \"$@\" > '\(file)'", pgDump, "--format=plain", "--no-password"] + options
                                                  + ["--dbname", server.url(database: source)], environment: server.environment)
                 XCTAssertEqual(dumped.status, 0, "pg_dump \(major): \(dumped.standardError)")
-                let dump = try Data(contentsOf: URL(fileURLWithPath: file))
-                var statements = 0
-                let scanner = DumpScanner(backupID: "pg_dump \(major) \(options.joined())") { event in
-                    if case .statement = event { statements += 1 }
-                }
-                XCTAssertNoThrow(try dump.withUnsafeBytes { try scanner.write($0); try scanner.finish() }, "pg_dump \(major) \(options)")
-                XCTAssertGreaterThan(statements, 200, "pg_dump \(major) \(options): the corpus's statements were read")
-                if options == ["--statistics"] {
-                    XCTAssertTrue(String(decoding: dump, as: UTF8.self).contains("pg_catalog.pg_restore_attribute_stats("), "statistics were dumped")
-                }
+                try body(major, options, try Data(contentsOf: URL(fileURLWithPath: file)))
             }
         }
     }
@@ -292,10 +325,20 @@ final class RestoreFidelityTests: IntegrationTestCase {
             let script = scratch + "/\(source).sql"
             try sql.write(toFile: script, atomically: true, encoding: .utf8)
             try psql(file: script, database: source, clientEncoding: clientEncoding)
-            let backup = try tool("dbbackup", ["--database-url", cluster.url(database: source), "--repo", repository])
+            let backup = try tool("dbbackup", ["--data-by", "copy", "--database-url", cluster.url(database: source), "--repo", repository])
             XCTAssertEqual(backup.status, 0, "\(encoding): \(backup.standardError)")
             guard backup.status == 0 else { continue }
             let id = backup.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+            // Issue 21 item 5: the tables dbbackup copies itself (those with ASCII names: the others stay with
+            // pg_dump, their names would need converting) make pg_dump's own stream, byte for byte.
+            let pure = try tool("dbbackup", ["--data-by", "pg_dump", "--database-url", cluster.url(database: source), "--repo", repository])
+            XCTAssertEqual(pure.status, 0, "\(encoding): \(pure.standardError)")
+            let plain = { (backup: String, name: String) in
+                "gunzip -c '\(self.repository!)/backups/\(backup)/dump.sql.gz' | grep -av -e '^[\\\\]restrict' -e '^[\\\\]unrestrict' > '\(self.scratch!)/\(name).sql'"
+            }
+            let compared = try TestProcess.shell(plain(id, "copied-\(encoding)") + " && " + plain(pure.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines), "pure-\(encoding)")
+                                                 + " && cmp '\(scratch!)/copied-\(encoding).sql' '\(scratch!)/pure-\(encoding).sql'")
+            XCTAssertEqual(compared.status, 0, "\(encoding): the copied stream is pg_dump's own: \(compared.standardOutput) \(compared.standardError)")
             let replay = try replayWithPsql("\(repository!)/backups/\(id)/dump.sql.gz", encoding: encoding)
             let expected = try normalisedDump(of: replay, name: "replay-\(encoding)")
             for jobs in [1, 4] {

@@ -16,7 +16,7 @@ public struct LogicalCaptureConfiguration {
     public var dataBy: LogicalDataReader
 
     public init(_ capture: CaptureConfiguration, lockWaitSeconds: Int = SessionLimits.defaultLockWaitSeconds, countCheck: Bool = false,
-                dataBy: LogicalDataReader = .copy) {
+                dataBy: LogicalDataReader = .pgDump) {
         self.capture = capture
         self.lockWaitSeconds = lockWaitSeconds
         self.countCheck = countCheck
@@ -27,15 +27,19 @@ public struct LogicalCaptureConfiguration {
 /// Who reads a logical backup's table rows.
 public enum LogicalDataReader: String, CaseIterable, Sendable {
     /// The backup COPYs the tables itself over `--jobs` connections in the dump's snapshot, big tables
-    /// in block ranges, and pg_dump writes the rest (PostgreSQL 14+; older servers: `pgDump`).
+    /// in block ranges, and pg_dump writes the rest (PostgreSQL 14+). Experimental, not the default:
+    /// it holds a second lock per table while pg_dump runs, its readers can queue behind an ACCESS
+    /// EXCLUSIVE request that waits for the backup's own lock, and it opens `--jobs` connections.
     case copy
-    /// pg_dump reads every table, one at a time: the stream as before (the escape hatch).
+    /// pg_dump reads every table, one at a time (the default).
     case pgDump = "pg_dump"
 }
 
-/// A snapshot-consistent logical backup: `pg_dump --snapshot` gzip-streamed into the repository,
-/// with exact row counts from the same snapshot: the rows of each table's COPY block in the dump,
-/// counted as it streams past (no second scan of the tables on the server).
+/// A snapshot-consistent logical backup: `pg_dump --snapshot` writes the schema while the tables'
+/// rows are COPYed over `--jobs` connections in the same snapshot and spliced into its stream as
+/// pg_dump writes them (`ParallelTableCopy`, `DataSectionSplicer`; `--data-by pg_dump`: pg_dump reads
+/// them all), gzip-streamed into the repository, with exact row counts from the same snapshot: the
+/// server's COPY results, checked against each table's COPY block in the stream (no second scan).
 public enum LogicalCapture {
     /// Name of the data file inside a logical backup's folder.
     public static let dumpFileName = "dump.sql.gz"
@@ -43,7 +47,8 @@ public enum LogicalCapture {
     /// Takes one logical backup.
     ///
     /// Order: lock the repository; open a REPEATABLE READ READ ONLY transaction and export its
-    /// snapshot; stream `pg_dump --snapshot` through gzip into `backups/<id>/dump.sql.gz` (sha256,
+    /// snapshot; lock the tables to copy (ACCESS SHARE) and start copying them; stream
+    /// `pg_dump --snapshot` (their rows spliced in) through gzip into `backups/<id>/dump.sql.gz` (sha256,
     /// sizes and each COPY block's rows computed on the way) while reading `schema_version` (and with
     /// `countCheck` counting rows) in the same snapshot on the exporting connection; commit the data
     /// file (fsync, rename) once both are done; match the COPY blocks to the snapshot's tables (an
@@ -102,7 +107,8 @@ public enum LogicalCapture {
         let splice = copy.map { copy in
             DataSectionSplicer(encoding: plan?.encoding ?? "") { deliver in copiedRows = try copy.write(to: deliver) }
         }
-        // The exact counts come from the dump's COPY blocks (DumpContentsBuilder). With --count-check the
+        // The exact counts come from the dump's COPY blocks (DumpContentsBuilder), for the copied tables
+        // checked against the server's COPY results (verifyCopied). With --count-check the
         // old count(*) pass runs too, in the same snapshot on its own connection while pg_dump streams it:
         // the server scans while this process compresses. The data file is committed only once that is
         // in, so a failed count leaves nothing behind.

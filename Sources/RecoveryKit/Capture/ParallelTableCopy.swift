@@ -6,9 +6,9 @@ import PostgresClient
 /// byte for byte what pg_dump would have written for those tables.
 ///
 /// Each connection takes the next read (a table, or one block range of a big one) as soon as it is
-/// free; the reads ahead of the one being written wait, a few MiB each at most, until their turn,
-/// so memory stays bounded whatever the tables' sizes. The rows of each read are counted by the
-/// server (`PQcmdTuples`).
+/// free; the reads ahead of the one being written wait, with at most 8 MiB per connection queued,
+/// until their turn, so memory stays bounded whatever the tables' sizes. The rows of each read are
+/// counted by the server (`PQcmdTuples`).
 final class ParallelTableCopy {
     private let plan: TableDataPlan
     private let board: CopyBoard
@@ -24,10 +24,11 @@ final class ParallelTableCopy {
     init(plan: TableDataPlan, target: ConnectionTarget, snapshot: String, serverVersion: Int, jobs: Int) {
         self.plan = plan
         let reads = plan.tables.flatMap(\.reads)
-        board = CopyBoard(reads: reads)
+        let connections = min(max(1, jobs), reads.count)
+        board = CopyBoard(reads: reads, connections: connections)
         let setup = TableDataPlan.sessionSetup(snapshot: snapshot, serverVersion: serverVersion)
         let sessionTarget = target.with("client_encoding", plan.encoding)
-        for _ in 0..<min(max(1, jobs), reads.count) {
+        for _ in 0..<connections {
             workers.enter()
             let board = self.board
             let group = workers
@@ -55,7 +56,9 @@ final class ParallelTableCopy {
                 for _ in table.reads {
                     reading: while true {
                         switch try board.take(read) {
-                        case .rows(let bytes): try bytes.withUnsafeBytes(deliver)
+                        case .rows(let bytes):
+                            try bytes.withUnsafeBytes(deliver)
+                            board.recycle(bytes)
                         case .done(let count):
                             tableRows += count
                             break reading
@@ -96,15 +99,26 @@ private final class CopyBoard: @unchecked Sendable {
     }
 
     /// Rows are handed over in runs of about this size.
-    static let runSize = 1 << 20
-    /// A read ahead of the writer waits once this much of it is queued.
-    static let queueLimit = 4 << 20
+    static let runSize = 256 << 10
+    /// The read the writer is on waits once this much of it is queued (the writer is taking it).
+    static let headLimit = 2 << 20
+    /// Reads ahead of the writer wait once this much of them all is queued, per connection ahead: twice
+    /// the heap of a block range (`TableDataPlan.defaultSplitPages`), so that a range's text usually fits
+    /// whole and its connection goes on to the next one while the writer is still busy with an earlier one.
+    /// What bounds memory (about `jobs` × 8 MiB), whatever the tables' sizes.
+    static let aheadLimitPerConnection = 8 << 20
 
     private let condition = NSCondition()
     private let reads: [[UInt8]]
+    private let aheadLimit: Int
     private var next = 0
+    /// The read the writer is on.
+    private var head = 0
     private var queues: [[Piece]]
     private var queued: [Int]
+    private var totalQueued = 0
+    /// Run buffers given back by the writer, for the connections to fill again (no allocation per run).
+    private var spares: [[UInt8]] = []
     private var failure: Error?
     private var stopped = false
     /// Cancels the statement each live connection runs (thread-safe: `PostgresConnection.cancelRunningStatement`).
@@ -114,8 +128,9 @@ private final class CopyBoard: @unchecked Sendable {
     /// Thrown into a read's row handler once the copy is stopped.
     private struct Stopped: Error {}
 
-    init(reads: [[UInt8]]) {
+    init(reads: [[UInt8]], connections: Int) {
         self.reads = reads
+        aheadLimit = Self.aheadLimitPerConnection * max(1, connections - 1)
         queues = Array(repeating: [], count: reads.count)
         queued = Array(repeating: 0, count: reads.count)
     }
@@ -131,13 +146,12 @@ private final class CopyBoard: @unchecked Sendable {
             defer { unregister(worker) }
             for statement in setup { try connection.execute(script: statement) }
             while let read = claim() {
-                var run: [UInt8] = []
-                run.reserveCapacity(Self.runSize + 64 * 1024)
+                var run = spare()
                 let rows = try connection.copyOut(bytes: reads[read]) { row in
                     run.append(contentsOf: row)
                     if run.count >= Self.runSize {
                         try put(.rows(run), for: read)
-                        run.removeAll(keepingCapacity: true)
+                        run = spare()
                     }
                 }
                 if !run.isEmpty { try put(.rows(run), for: read) }
@@ -173,27 +187,55 @@ private final class CopyBoard: @unchecked Sendable {
         }
     }
 
+    /// An empty run buffer, recycled when there is one.
+    private func spare() -> [UInt8] {
+        var run = condition.withLock { spares.popLast() } ?? []
+        run.removeAll(keepingCapacity: true)
+        run.reserveCapacity(Self.runSize + 64 * 1024)
+        return run
+    }
+
+    /// Gives a run buffer the writer is done with back for reuse.
+    func recycle(_ run: [UInt8]) {
+        condition.withLock { if spares.count < 64 { spares.append(run) } }
+    }
+
+    /// Queues a piece of a read. The read the writer is on waits only for the writer; reads ahead wait
+    /// while the reads ahead hold `aheadLimit` (never on the head, so the writer always gets on).
     private func put(_ piece: Piece, for read: Int) throws {
         condition.lock()
         defer { condition.unlock() }
         if case .rows = piece {
-            while queued[read] >= Self.queueLimit && !stopped && failure == nil { condition.wait() }
+            while !stopped && failure == nil
+                    && (read == head ? queued[read] >= Self.headLimit : totalQueued - queued[head] >= aheadLimit) {
+                condition.wait()
+            }
         }
         guard !stopped, failure == nil else { throw Stopped() }
-        if case .rows(let bytes) = piece { queued[read] += bytes.count }
+        if case .rows(let bytes) = piece {
+            queued[read] += bytes.count
+            totalQueued += bytes.count
+        }
         queues[read].append(piece)
         condition.broadcast()
     }
 
-    /// The next piece of a read, waiting for it.
+    /// The next piece of a read, waiting for it; the writer is on that read from now on.
     func take(_ read: Int) throws -> Piece {
         condition.lock()
         defer { condition.unlock() }
+        if head != read {
+            head = read
+            condition.broadcast()
+        }
         while queues[read].isEmpty && failure == nil && !stopped { condition.wait() }
         if let failure { throw failure }
         guard !queues[read].isEmpty else { throw Stopped() }
         let piece = queues[read].removeFirst()
-        if case .rows(let bytes) = piece { queued[read] -= bytes.count }
+        if case .rows(let bytes) = piece {
+            queued[read] -= bytes.count
+            totalQueued -= bytes.count
+        }
         condition.broadcast()
         return piece
     }

@@ -34,8 +34,10 @@ struct TableDataPlan {
     /// The dump's client encoding, as the server names it (`UTF8`, `LATIN1`, …).
     var encoding: String
 
-    /// A big table is read in block ranges of about this many pages (8 KiB each): 128 MiB.
-    static let defaultSplitPages: Int64 = 16384
+    /// A big table is read in block ranges of this many pages (8 KiB each): 4 MiB, whose text fits in what a
+    /// connection may queue ahead of the writer (`ParallelTableCopy`). Ranges larger than that would keep
+    /// all but the connection the writer reads from waiting: one range at a time, as pg_dump reads.
+    static let defaultSplitPages: Int64 = 512
 
     /// The split size, `DBRECOVERY_COPY_SPLIT_PAGES` (tests: split small tables) or the default.
     static func splitPages(in environment: [String: String]) -> Int64 {
