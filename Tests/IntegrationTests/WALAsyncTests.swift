@@ -76,7 +76,8 @@ final class WALAsyncTests: IntegrationTestCase {
         // Slow enough (0.3 s per request) that the segments read ahead are still uploading when the pusher is killed.
         let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--delay", "0.3"])
         defer { proxy.stop() }
-        let names = try makeSegments(12)
+        // Three times --jobs: when the first call returns, the pusher cannot have sent them all.
+        let names = try makeSegments(24)
         let spool = work + "/spool"
         XCTAssertEqual(try push(names[0], proxy: proxy, spool: spool).status, 0)
         let pid = try XCTUnwrap(Int32(String(decoding: try Data(contentsOf: URL(fileURLWithPath: spool + "/pusher.pid")), as: UTF8.self)))
