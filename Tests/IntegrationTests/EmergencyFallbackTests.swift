@@ -157,4 +157,35 @@ final class EmergencyFallbackTests: IntegrationTestCase {
         XCTAssertEqual(try cluster.connect().query("SELECT count(*) FROM pg_database WHERE datname LIKE $1", ["\(database!)_%"]).scalar, "0",
                        "the scratch and drill databases were dropped")
     }
+    /// Attack on issue 21 item 1: a loader session the server ends mid-COPY (pg_terminate_backend)
+    /// left libpq only "server closed the connection unexpectedly", no SQLSTATE, and `--emergency`
+    /// took that for the newest backup's damage and restored the older one. A lost session is the
+    /// server's trouble: the run stops, the target untouched, the older backup never tried.
+    func testASessionTheServerEndsMidCopyStopsTheSearch() throws {
+        let older = try nextBackup()
+        try cluster.connect(database: database).execute(script: """
+            CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 6) AS body FROM generate_series(1, 600000) g
+            """)
+        let newer = try nextBackup()
+        let admin = try cluster.connect()
+        let run = Background { [self] in try tool("dbrestore", common + ["--emergency", "--jobs", "1"]) }
+        // End the first session seen loading rows into a scratch database of this run.
+        var terminated = false
+        let deadline = Date().addingTimeInterval(120)
+        while !terminated && !run.finished(within: 0.02) && Date() < deadline {
+            terminated = try admin.query("""
+                SELECT pg_terminate_backend(pid)::text FROM pg_stat_activity
+                WHERE datname LIKE $1 AND query LIKE 'COPY %' AND state = 'active' LIMIT 1
+                """, ["\(database!)_%"]).scalar == "true"
+        }
+        let result = try run.wait()
+        XCTAssertTrue(terminated, "no COPY session was seen to end: \(result.standardError)")
+        guard terminated else { return }
+        XCTAssertNotEqual(result.status, 0, result.standardError)
+        XCTAssertTrue(result.standardError.contains("an older backup would not help"), result.standardError)
+        XCTAssertTrue(result.standardError.contains(newer), result.standardError)
+        XCTAssertFalse(result.standardError.contains("skip backup"), "does not pass over the newest: \(result.standardError)")
+        XCTAssertFalse(result.standardError.contains(older), "does not try the older backup: \(result.standardError)")
+        XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM big", database: database), "600000", "the target database is untouched")
+    }
 }

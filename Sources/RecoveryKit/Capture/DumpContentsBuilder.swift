@@ -26,6 +26,11 @@ final class DumpContentsBuilder {
     private var copies = CopyRowCounts()
     /// The table whose COPY rows are being read.
     private var copying: CopyRowCounts.Block?
+    /// The table the last `TABLE DATA` header names, in the dump's bytes, while its entry lasts.
+    private var dataEntry: (schema: [UInt8], name: [UInt8])?
+    /// Whether that entry's COPY loads it through its partitioned root (pg_dump's comment says so).
+    private var viaRoot = false
+    private static let viaRootPrefix = Array("-- load via partition root ".utf8)
     /// Uncompressed distance between the access points the compressor is asked for.
     let accessPointInterval: UInt64
 
@@ -71,6 +76,13 @@ final class DumpContentsBuilder {
         guard parts.count == 2, encoding == copies.encoding else {
             copies.unreadable.append(statement.excerpt)
             copying = nil
+            return
+        }
+        // pg_dump loads a partition through its partitioned root where the partition's rows could
+        // belong to another partition once restored (hash partitions of an enum key): the entry names
+        // the partition, its COPY names the root. The rows are the partition's, as its header says.
+        if viaRoot, let dataEntry {
+            copying = .init(schema: dataEntry.schema, name: dataEntry.name, rows: 0)
             return
         }
         copying = .init(schema: parts[0], name: parts[1], rows: 0)
@@ -235,8 +247,18 @@ final class DumpContentsBuilder {
 
     /// Takes `-- Name: x; Type: T; Schema: s; Owner: o` and `-- Data for Name: …` lines.
     private func header(_ line: UnsafeRawBufferPointer, at offset: UInt64) {
-        guard let parsed = Self.header(Array(line)) else { return }
+        let bytes = Array(line)
+        if bytes.starts(with: Self.viaRootPrefix) { viaRoot = true }
+        guard let parsed = Self.header(bytes) else { return }
+        viaRoot = false
         let schema = parsed.schema == "-" ? nil : parsed.schema
+        dataEntry = nil
+        if parsed.type == "TABLE DATA", let schema {
+            let wasUTF8 = String(validating: bytes, as: UTF8.self) != nil
+            if let schemaBytes = ByteText.bytes(of: schema, wasUTF8: wasUTF8), let nameBytes = ByteText.bytes(of: parsed.name, wasUTF8: wasUTF8) {
+                dataEntry = (schemaBytes, nameBytes)
+            }
+        }
         entries.append(.init(kind: parsed.type, schema: schema, name: parsed.name, start: offset, end: offset))
         if let schema, ["TABLE", "FOREIGN TABLE", "VIEW", "MATERIALIZED VIEW"].contains(parsed.type) {
             relations.insert(.init(schema: schema, name: parsed.name))

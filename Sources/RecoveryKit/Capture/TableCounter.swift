@@ -85,6 +85,38 @@ public enum TableCounter {
         }
     }
 
+    /// Partitions whose rows a restore may put into another partition of the same tree, keyed by the
+    /// partition's `schema.name`, with the tree's root: pg_dump loads every partition under a table
+    /// hash-partitioned on an enum key through the root (an enum value hashes by its oid, which a
+    /// restore assigns anew), so only the tree's total is the backup's.
+    static func rerouted(on connection: PostgresConnection) throws -> [String: (schema: String, name: String)] {
+        let rows = try connection.query("""
+            WITH unsafe AS (
+                SELECT DISTINCT pg_catalog.pg_partition_root(p.partrelid) AS root
+                FROM pg_catalog.pg_partitioned_table p
+                WHERE p.partstrat = 'h' AND EXISTS (
+                    SELECT 1 FROM pg_catalog.pg_opclass o JOIN pg_catalog.pg_am a ON a.oid = o.opcmethod
+                    WHERE o.oid = ANY (p.partclass::pg_catalog.oid[]) AND o.opcname = 'enum_ops' AND a.amname = 'hash'
+                      AND o.opcnamespace = 'pg_catalog'::pg_catalog.regnamespace))
+            SELECT pg_catalog.encode(pg_catalog.convert_to(n.nspname::text, e.name), 'hex'),
+                   pg_catalog.encode(pg_catalog.convert_to(c.relname::text, e.name), 'hex'),
+                   pg_catalog.encode(pg_catalog.convert_to(rn.nspname::text, e.name), 'hex'),
+                   pg_catalog.encode(pg_catalog.convert_to(r.relname::text, e.name), 'hex')
+            FROM unsafe u
+            CROSS JOIN LATERAL pg_catalog.pg_partition_tree(u.root) t
+            JOIN pg_catalog.pg_class c ON c.oid = t.relid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            JOIN pg_catalog.pg_class r ON r.oid = u.root JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace
+            CROSS JOIN (SELECT CASE pg_catalog.getdatabaseencoding() WHEN 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END AS name) e
+            WHERE t.level > 0
+            """).rows
+        var partitions: [String: (schema: String, name: String)] = [:]
+        for row in rows {
+            let partition = "\(try name(fromHex: try row.string(0))).\(try name(fromHex: try row.string(1)))"
+            partitions[partition] = (try name(fromHex: try row.string(2)), try name(fromHex: try row.string(3)))
+        }
+        return partitions
+    }
+
     /// The rows of one table itself (`count(*) FROM ONLY`, its descendants left out), found by its oid.
     static func count(_ table: Table, on connection: PostgresConnection) throws -> Int64 {
         // The server quotes the name itself (format %I), so its bytes never leave it.

@@ -69,6 +69,15 @@ struct TableDataPlan {
               AND n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'
               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
                               WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+              -- pg_dump loads a partition under a table hash-partitioned on an enum key through the
+              -- tree's root (an enum value hashes by its oid, which a restore assigns anew): left to it.
+              AND NOT (c.relispartition AND EXISTS (
+                  SELECT 1 FROM pg_catalog.pg_partition_ancestors(c.oid) a
+                  JOIN pg_catalog.pg_partitioned_table p ON p.partrelid = a.relid
+                  JOIN pg_catalog.pg_opclass o ON o.oid = ANY (p.partclass::pg_catalog.oid[])
+                  JOIN pg_catalog.pg_am m ON m.oid = o.opcmethod
+                  WHERE p.partstrat = 'h' AND o.opcname = 'enum_ops' AND m.amname = 'hash'
+                    AND o.opcnamespace = 'pg_catalog'::pg_catalog.regnamespace))
             ORDER BY n.nspname COLLATE "C", c.relname COLLATE "C"
             """).rows
         let splits = connection.serverVersionNumber >= 140000

@@ -44,7 +44,7 @@ public struct RecoveryError: Error, CustomStringConvertible, Sendable {
         case "53200": fix = "the database server ran out of memory: free memory on it or lower --jobs"
         case "53300": fix = "the database server has no free connection slots: end idle sessions or lower --jobs"
         case "53400": fix = "a server limit was exceeded (temp_file_limit, max_locks_per_transaction …; the message names it): raise it"
-        case "57P01", "57P02", "57P03": fix = "the server ended the session (an administrator's pg_terminate_backend, or a shutdown or restart): find out why and wait until it accepts connections"
+        case "57P01", "57P02", "57P03", "08006": fix = "the server ended the session (an administrator's pg_terminate_backend, or a shutdown, restart or crash): find out why and wait until it accepts connections"
         default: fix = "the database server failed (SQLSTATE \(state)): look at its log and fix that"
         }
         return "\(fix), then run again" + (untouched.map { "; \($0); an older backup would not help" } ?? "")

@@ -78,8 +78,11 @@ enum DumpApplier {
         guard let error = error as? PostgresError else { return error }
         let statement = sql.split(whereSeparator: \.isNewline).first.map { String($0.prefix(80)) } ?? ""
         let untouched = "nothing was applied; the target database is unchanged"
-        let hint = RecoveryError.isServerTrouble(error) ? RecoveryError.serverTroubleHint(error.sqlState ?? "", untouched: untouched) : untouched
+        // A session the server ended mid-COPY often leaves libpq only "server closed the connection
+        // unexpectedly", without the SQLSTATE: a lost connection all the same (08006), never the backup's fault.
+        let state = error.kind == .connection ? (error.sqlState ?? "08006") : error.sqlState
+        let hint = RecoveryError.isServerTrouble(error) ? RecoveryError.serverTroubleHint(state ?? "", untouched: untouched) : untouched
         return RecoveryError(.restoreFailed, "replaying backup \(backupID) failed at `\(statement)`: \(error.message)",
-                             hint: hint, serverState: error.sqlState)
+                             hint: hint, serverState: state)
     }
 }

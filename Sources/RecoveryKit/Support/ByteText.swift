@@ -45,4 +45,12 @@ enum ByteText {
     static func utf8OrLatin1(_ bytes: [UInt8]) -> String {
         String(validating: bytes, as: UTF8.self) ?? latin1(bytes)
     }
+
+    /// The bytes `utf8OrLatin1` made `text` of, given which way it read them (`wasUTF8`); nil if
+    /// `text` could not have come from Latin-1.
+    static func bytes(of text: String, wasUTF8: Bool) -> [UInt8]? {
+        if wasUTF8 { return Array(text.utf8) }
+        let scalars = text.unicodeScalars.map(\.value)
+        return scalars.allSatisfy { $0 < 256 } ? scalars.map { UInt8($0) } : nil
+    }
 }

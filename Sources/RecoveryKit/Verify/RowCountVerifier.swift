@@ -57,8 +57,24 @@ public enum RowCountVerifier {
     /// - Throws: `PostgresError` if counting fails.
     public static func verify(_ manifest: BackupManifest, on connection: PostgresConnection) throws -> Report {
         let live = try TableCounter.countRows(on: connection)
-        return compare(expected: manifest.tables, actual: live, backupID: manifest.id,
+        let rerouted = try TableCounter.rerouted(on: connection)
+        return compare(expected: pooled(manifest.tables, rerouted), actual: pooled(live, rerouted), backupID: manifest.id,
                        database: connection.target.databaseName)
+    }
+
+    /// The counts with the partitions a restore may reroute (`TableCounter.rerouted`) summed into
+    /// one count per tree, named `root (its partitions together)`: their own counts may differ
+    /// from the backup's while every row is there.
+    static func pooled(_ counts: [BackupManifest.TableRowCount], _ rerouted: [String: (schema: String, name: String)]) -> [BackupManifest.TableRowCount] {
+        guard !rerouted.isEmpty else { return counts }
+        var kept: [BackupManifest.TableRowCount] = []
+        var pools: [String: BackupManifest.TableRowCount] = [:]
+        for count in counts {
+            guard let root = rerouted[count.qualifiedName] else { kept.append(count); continue }
+            let key = "\(root.schema).\(root.name)"
+            pools[key, default: .init(schema: root.schema, name: root.name + " (its partitions together)", rows: 0)].rows += count.rows
+        }
+        return kept + pools.keys.sorted().compactMap { pools[$0] }
     }
 
     /// Counts rows on `connection` and compares them with `manifest`, taking the counts a restore
@@ -72,7 +88,9 @@ public enum RowCountVerifier {
         // The tables TableCounter counts; `count(*)` only for those the COPY results do not cover.
         let tables = try TableCounter.tables(on: connection)
         let live = try TableCounter.totals(of: tables) { try loaded.exact[$0.oid] ?? TableCounter.count($0, on: connection) }
-        let report = compare(expected: manifest.tables, actual: live, backupID: manifest.id, database: connection.target.databaseName)
+        let rerouted = try TableCounter.rerouted(on: connection)
+        let report = compare(expected: pooled(manifest.tables, rerouted), actual: pooled(live, rerouted), backupID: manifest.id,
+                             database: connection.target.databaseName)
         return (report, tables.filter { loaded.exact[$0.oid] != nil }.count)
     }
 
