@@ -138,27 +138,39 @@ print(sum(v['get_bytes'] for k, v in stats.items() if k.startswith('bench/readon
   kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
 
   # 16 MiB segments shaped like WAL pages (a quarter random, the rest repeated): about 3:1 with gzip -1.
+  # The first page starts with the long page header PostgreSQL writes (XLP_LONG_HEADER, timeline,
+  # the segment's start LSN, segment and block size), which wal-fetch --prefetch checks.
   mkdir -p "$work/wal/pg_wal/archive_status" "$work/wal/fetch"
   python3 - "$work/wal/pg_wal" "$segments" <<'PY'
-import os, random, sys
+import os, random, struct, sys
 directory, count = sys.argv[1], int(sys.argv[2])
 random.seed(21)
 for index in range(1, count + 1):
     page = lambda: random.randbytes(2048) + bytes([index % 256]) * 6144
     with open(os.path.join(directory, "000000010000000A%08X" % index), "wb") as out:
-        for _ in range(2048):
+        start = (0xA * 256 + index) * 16 * 1024 * 1024
+        first = struct.pack("<HHIQIIQII", 0xD116, 0x0002, 1, start, 0, 0, 7311, 16 * 1024 * 1024, 8192)
+        out.write(first + page()[len(first):])
+        for _ in range(2047):
             out.write(page())
 PY
-  python3 scripts/s3-fault-proxy.py --upstream "$S3_PORT" --delay 0.05 > "$work/proxy-delay.out" &
+  # --log: one line per request, so the table below can say what each job asked of S3 per segment.
+  python3 scripts/s3-fault-proxy.py --upstream "$S3_PORT" --delay 0.05 --log "$work/requests.log" > "$work/proxy-delay.out" &
   proxy_pid=$!
   until grep -q '^PORT=' "$work/proxy-delay.out" 2>/dev/null; do sleep 0.1; done
   port=$(sed -n 's/^PORT=//p' "$work/proxy-delay.out")
   proxied="AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_ENDPOINT_URL_S3=http://127.0.0.1:$port"
-  local names start sync_s async_s plain_s prefetch_s
+  local names start sync_s async_s plain_s prefetch_s phases=""
+  : > "$work/requests.log"
+  # phase NAME: where the requests of the job that just ended stop in the log.
+  phase() { phases="$phases $1:$(wc -l < "$work/requests.log")"; }
   names=$(cd "$work/wal/pg_wal" && printf "%s\n" 000000010000000A*)
   start=$(date +%s.%N)
   for n in $names; do env $proxied "$bin/dbbackup" wal-push "$work/wal/pg_wal/$n" --repo s3://bench/wal-sync; done
   sync_s=$(python3 -c "import time; print(time.time() - $start)")
+  phase sync
+  # As PostgreSQL does: every finished segment is marked ready, and a call's exit 0 (stored and
+  # confirmed in the repository) marks it done. The loop ends when the last segment is acknowledged.
   for n in $names; do : > "$work/wal/pg_wal/archive_status/$n.ready"; done
   start=$(date +%s.%N)
   for n in $names; do
@@ -166,16 +178,42 @@ PY
     mv "$work/wal/pg_wal/archive_status/$n.ready" "$work/wal/pg_wal/archive_status/$n.done"
   done
   async_s=$(python3 -c "import time; print(time.time() - $start)")
+  phase async
+  # Both fetch loops rename into a file per segment and are checked after the clock stops.
+  mkdir -p "$work/wal/fetch-plain" "$work/wal/fetch-prefetch"
   start=$(date +%s.%N)
-  for n in $names; do env $proxied "$bin/dbrestore" wal-fetch "$n" "$work/wal/fetch/RECOVERYXLOG" --repo s3://bench/wal-sync; done
+  for n in $names; do env $proxied "$bin/dbrestore" wal-fetch "$n" "$work/wal/fetch-plain/$n" --repo s3://bench/wal-sync; done
   plain_s=$(python3 -c "import time; print(time.time() - $start)")
+  phase fetch
   start=$(date +%s.%N)
   for n in $names; do
-    env $proxied "$bin/dbrestore" wal-fetch "$n" "$work/wal/fetch/RECOVERYXLOG" --prefetch 8 --repo s3://bench/wal-sync
-    cmp -s "$work/wal/fetch/RECOVERYXLOG" "$work/wal/pg_wal/$n" || { echo "bench: prefetched $n differs" >&2; exit 1; }
+    env $proxied "$bin/dbrestore" wal-fetch "$n" "$work/wal/fetch-prefetch/$n" --prefetch 8 --repo s3://bench/wal-sync
   done
   prefetch_s=$(python3 -c "import time; print(time.time() - $start)")
+  phase prefetch
+  for n in $names; do
+    for dir in fetch-plain fetch-prefetch; do
+      cmp -s "$work/wal/$dir/$n" "$work/wal/pg_wal/$n" || { echo "bench: $dir/$n differs from the segment pushed" >&2; exit 1; }
+    done
+  done
   kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
+  python3 - "$work/requests.log" "$segments" $phases > "$work/requests.md" <<'PY'
+import sys
+lines = open(sys.argv[1]).read().splitlines()
+segments, previous = int(sys.argv[2]), 0
+print("\n| job | S3 requests per segment | server seconds per request (mean) |\n| --- | --- | ---: |")
+for phase in sys.argv[3:]:
+    name, end = phase.split(":")
+    rows = [line.split() for line in lines[previous:int(end)]]
+    previous = int(end)
+    counts = {}
+    for row in rows:
+        kind = row[1] + (" 404" if row[4] == "404" else "") + (" list" if "list-type" in row[2] else "")
+        counts[kind] = counts.get(kind, 0) + 1
+    mix = ", ".join(f"{kind} {count / segments:.2f}" for kind, count in sorted(counts.items()))
+    mean = sum(float(row[6]) for row in rows) / max(1, len(rows))
+    print(f"| {name} | {mix} | {mean:.3f} |")
+PY
   python3 - "$stored" "$local_read" "$s3_stored" "$s3_read" "$segments" "$sync_s" "$async_s" "$plain_s" "$prefetch_s" <<'PY'
 import os, sys
 stored, local_read, s3_stored, s3_read, segments = (int(v) for v in sys.argv[1:6])
@@ -194,6 +232,7 @@ print(f"| wal-push --async --jobs 8 | {async_s:.2f} | {segments / async_s:.1f} |
 print(f"| wal-fetch, one call per segment | {plain_s:.2f} | {segments / plain_s:.1f} | | | |")
 print(f"| wal-fetch --prefetch 8 | {prefetch_s:.2f} | {segments / prefetch_s:.1f} | {plain_s / prefetch_s:.2f}× | ≥ 3× | {'yes' if plain_s / prefetch_s >= 3 else 'NO'} |")
 PY
+  cat "$work/requests.md"
 }
 # only_part FILE FUNCTION: runs one part alone, keeps its table in bench/FILE, prints it and ends the run.
 only_part() {
@@ -257,11 +296,10 @@ if [ "$only" = logical ]; then
     measure "dbbackup --compression-level 1" "'$bin/dbbackup' -q --compression-level 1 --database-url '$base/bench' --repo '$work/out/repo'"
     measure "dbbackup --compression-level 1 --count-check" "'$bin/dbbackup' -q --compression-level 1 --count-check --database-url '$base/bench' --repo '$work/out/repo'"
     # Issue 21 item 5: the tables read over one connection (and compressed on one core) against two.
-    measure "dbbackup --jobs 1" "'$bin/dbbackup' -q --jobs 1 --database-url '$base/bench' --repo '$work/out/repo'"
-    measure "dbbackup --jobs 2" "'$bin/dbbackup' -q --jobs 2 --database-url '$base/bench' --repo '$work/out/repo'"
-    measure "dbbackup --compression-level 1 --jobs 1" "'$bin/dbbackup' -q --compression-level 1 --jobs 1 --database-url '$base/bench' --repo '$work/out/repo'"
-    measure "dbbackup --compression-level 1 --jobs 2" "'$bin/dbbackup' -q --compression-level 1 --jobs 2 --database-url '$base/bench' --repo '$work/out/repo'"
-    measure "dbbackup --data-by pg_dump" "'$bin/dbbackup' -q --data-by pg_dump --database-url '$base/bench' --repo '$work/out/repo'"
+    measure "dbbackup --data-by copy --jobs 1" "'$bin/dbbackup' -q --data-by copy --jobs 1 --database-url '$base/bench' --repo '$work/out/repo'"
+    measure "dbbackup --data-by copy --jobs 2" "'$bin/dbbackup' -q --data-by copy --jobs 2 --database-url '$base/bench' --repo '$work/out/repo'"
+    measure "dbbackup --data-by copy --compression-level 1 --jobs 1" "'$bin/dbbackup' -q --data-by copy --compression-level 1 --jobs 1 --database-url '$base/bench' --repo '$work/out/repo'"
+    measure "dbbackup --data-by copy --compression-level 1 --jobs 2" "'$bin/dbbackup' -q --data-by copy --compression-level 1 --jobs 2 --database-url '$base/bench' --repo '$work/out/repo'"
   done
   LOAD_AT_START=$load_at_start python3 - "$results" "$scale" "$reps" "$db_size" "$dump_size" > "$work/results-logical.md" <<'PY'
 import statistics, sys, os
@@ -284,11 +322,10 @@ for a, b in [("dbbackup", "pg_dump | pigz -6 -p 2"), ("dbbackup --count-check", 
              ("dbbackup --compression-level 1 --count-check", "pg_dump > /dev/null (floor)"),
              ("dbbackup (baseline build)", "pg_dump | pigz -6 -p 2"),
              ("dbbackup --compression-level 1 (baseline build)", "pg_dump > /dev/null (floor)"),
-             ("dbbackup --jobs 1", "pg_dump | pigz -6 -p 2"), ("dbbackup --jobs 2", "pg_dump | pigz -6 -p 2"),
-             ("dbbackup --compression-level 1 --jobs 1", "pg_dump > /dev/null (floor)"),
-             ("dbbackup --compression-level 1 --jobs 2", "pg_dump > /dev/null (floor)"),
-             ("dbbackup --jobs 2", "dbbackup --jobs 1"),
-             ("dbbackup --data-by pg_dump", "pg_dump | pigz -6 -p 2")]:
+             ("dbbackup --data-by copy --jobs 1", "pg_dump | pigz -6 -p 2"), ("dbbackup --data-by copy --jobs 2", "pg_dump | pigz -6 -p 2"),
+             ("dbbackup --data-by copy --compression-level 1 --jobs 1", "pg_dump > /dev/null (floor)"),
+             ("dbbackup --data-by copy --compression-level 1 --jobs 2", "pg_dump > /dev/null (floor)"),
+             ("dbbackup --data-by copy --jobs 2", "dbbackup --data-by copy --jobs 1")]:
     if a in med:
         print(f"| {a} / {b.replace('|', chr(92) + '|')} | {med[a][0] / med[b][0]:.2f} |")
 PY

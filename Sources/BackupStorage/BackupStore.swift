@@ -76,6 +76,14 @@ public protocol BackupStore: AnyObject {
     /// - Throws: `StorageError`; on failure nothing new is left under `key`.
     func create(_ key: String, contents: Data) throws -> Bool
 
+    /// Whether `key` holds exactly `contents` now: how a writer confirms that what it created is
+    /// what the name holds (a server whose create-if-absent is not atomic can let another writer
+    /// replace it). S3 compares the object's MD5 ETag with the MD5 of `contents` (one HEAD) and
+    /// reads the object only when the ETag is not an MD5 (SSE-KMS, multipart); elsewhere it reads.
+    ///
+    /// - Returns: false when the object is missing, differs, or cannot be read.
+    func holds(_ key: String, contents: Data) -> Bool
+
     /// Reads a small object whole with its version (S3 ETag, a digest locally), for `delete(_:ifVersion:)`.
     ///
     /// - Throws: `StorageError.notFound` if it does not exist.
@@ -109,6 +117,11 @@ public struct VersionedObject: Sendable {
 }
 
 extension BackupStore {
+    /// Reads the object back and compares.
+    public func holds(_ key: String, contents: Data) -> Bool {
+        (try? read(key)) == contents
+    }
+
     /// `objectInfo` from a listing, for stores without a cheaper way (one LIST request).
     public func objectInfo(_ key: String) throws -> StoredObject {
         guard let object = try list(prefix: key).first(where: { $0.key == key }) else {

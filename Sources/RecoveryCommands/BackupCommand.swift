@@ -9,12 +9,12 @@ public struct BackupCommand: ParsableCommand {
         commandName: "dbbackup",
         abstract: "Back up a PostgreSQL database: logical dumps, physical base backups, WAL archiving.",
         discussion: """
-        Logical (default): runs pg_dump inside an exported snapshot for the schema while it COPYs the \
-        tables itself over --jobs connections in the same snapshot (big tables in block ranges; \
-        --data-by pg_dump leaves the rows to pg_dump), streams one plain pg_dump-shaped dump through \
+        Logical (default): runs pg_dump inside an exported snapshot, streams its plain dump through \
         gzip into <repo>/backups/<id>/dump.sql.gz, and records every table's exact row count from the \
-        COPY results (same snapshot, no second scan of the tables; --count-check also counts each table \
-        with count(*) and fails the backup if a count differs). \
+        dump's COPY blocks (same snapshot, no second scan of the tables; --count-check also counts each \
+        table with count(*) and fails the backup if a count differs). --data-by copy (experimental) \
+        COPYs the tables itself over --jobs connections in the same snapshot while pg_dump writes the \
+        schema. \
         Physical (--physical): streams pg_basebackup's tar into <repo>/backups/<id>/base.tar.gz for \
         point-in-time recovery with the WAL that `dbbackup wal-push` archives; with --incremental \
         (PostgreSQL 17+, summarize_wal = on) only the blocks changed since the newest base backup of the \
@@ -74,12 +74,12 @@ public struct CaptureCommand: ToolCommand {
     @Option(name: .customLong("compression-level"), help: ArgumentHelp("gzip level, 0 (none) to 9 (smallest); the default is about as small as gzip -6 for a quarter less CPU.", valueName: "n"))
     public var compressionLevel = GzipCompressor.defaultLevel
 
-    @Option(name: .customLong("jobs"), help: ArgumentHelp("Cores to compress on, and for a logical backup the connections that read tables at once (default: all cores).", valueName: "n"))
+    @Option(name: .customLong("jobs"), help: ArgumentHelp("Cores to compress on, and with --data-by copy the connections that read tables at once (default: all cores).", valueName: "n"))
     public var jobs: Int?
 
     @Option(name: .customLong("data-by"),
-            help: ArgumentHelp("Logical backups: who reads the tables' rows: copy (default: dbbackup COPYs them over --jobs connections in the dump's snapshot, big tables in block ranges; PostgreSQL 14+) or pg_dump (one table at a time, as before).", valueName: "copy|pg_dump"))
-    public var dataBy: String = LogicalDataReader.copy.rawValue
+            help: ArgumentHelp("Logical backups: who reads the tables' rows: pg_dump (default: one table at a time) or copy (experimental: dbbackup COPYs them over --jobs connections in the dump's snapshot, big tables in block ranges; see the README for its limits).", valueName: "pg_dump|copy"))
+    public var dataBy: String = LogicalDataReader.pgDump.rawValue
 
     @OptionGroup(title: "Output") public var output: OutputOptions
     @OptionGroup(title: "Configuration") public var config: ConfigOptions
@@ -94,9 +94,9 @@ public struct CaptureCommand: ToolCommand {
             throw ValidationError("--count-check checks a logical backup's row counts; a --physical backup has none: drop one of them")
         }
         guard LogicalDataReader(rawValue: dataBy) != nil else {
-            throw ValidationError("--data-by \(dataBy) is not known: use copy (the default) or pg_dump")
+            throw ValidationError("--data-by \(dataBy) is not known: use pg_dump (the default) or copy")
         }
-        if physical && dataBy != LogicalDataReader.copy.rawValue {
+        if physical && dataBy != LogicalDataReader.pgDump.rawValue {
             throw ValidationError("--data-by chooses who reads a logical backup's rows; a --physical backup copies files: drop one of them")
         }
         if let jobs, !(1...256).contains(jobs) {
@@ -123,7 +123,7 @@ public struct CaptureCommand: ToolCommand {
         configuration.incremental = incremental
         let result = physical ? try PhysicalCapture.run(configuration, progress: output.progress)
             : try LogicalCapture.run(LogicalCaptureConfiguration(configuration, lockWaitSeconds: connection.sessionLimits.lockWaitSeconds,
-                                                                 countCheck: countCheck, dataBy: LogicalDataReader(rawValue: dataBy) ?? .copy),
+                                                                 countCheck: countCheck, dataBy: LogicalDataReader(rawValue: dataBy) ?? .pgDump),
                                      progress: output.progress)
         let manifest = result.manifest
         let summary = BackupSummary(manifest: manifest, repository: configuration.repository)
@@ -155,10 +155,10 @@ public struct WALPushCommand: ToolCommand {
         before exit 0. Pushing a file that is already archived with the same content succeeds; with \
         different content it fails loudly and keeps the archived copy.
 
-        --async (for high-latency repositories such as S3 over a WAN): the file, and the files \
-        PostgreSQL has marked ready after it, are copied into the spool directory; a background \
-        pusher uploads --jobs of them at once; exit 0 only once this file is stored in the \
-        repository, as without --async.
+        --async (for high-latency repositories such as S3 over a WAN): a background pusher, one \
+        per spool directory, uploads --jobs files at once, this one and every file PostgreSQL has \
+        marked ready in archive_status, read where PostgreSQL keeps them; exit 0 only once this \
+        file is stored and confirmed in the repository, as without --async.
         """)
 
     @Argument(help: ArgumentHelp("Path of the WAL file (%p).", valueName: "path"))
@@ -206,8 +206,7 @@ public struct WALPushCommand: ToolCommand {
                 throw RecoveryError(.usage, "wal-push --async needs a spool directory", hint: "pass --spool DIR or set [wal] spool in the config file")
             }
             let environment = repository.storageEnvironment(settings)
-            let asyncSettings = WALAsyncPush.Settings(spool: directory, repository: addresses[0], jobs: jobs, timeout: TimeInterval(timeout),
-                                                      environment: environment)
+            let asyncSettings = WALSpoolSettings(spool: directory, repository: addresses[0], jobs: jobs, environment: environment)
             if pusher {
                 return try WALAsyncPush.drain(settings: asyncSettings, key: try encryption.key(from: repository, writingTo: addresses, settings))
             }
@@ -216,7 +215,7 @@ public struct WALPushCommand: ToolCommand {
             var arguments = ["wal-push", "--pusher", "--spool", directory, "--repo", addresses[0], "--jobs", String(jobs)]
             if let keyFile = repository.encryptionKeyFile { arguments += ["--encryption-key-file", keyFile] }
             if encryption.allowMixedEncryption { arguments.append("--allow-mixed-encryption") }
-            return try WALAsyncPush.push(path: path, settings: asyncSettings, pusherArguments: arguments,
+            return try WALAsyncPush.push(path: path, settings: asyncSettings, timeout: TimeInterval(timeout), pusherArguments: arguments,
                                          key: { try encryption.key(from: repository, writingTo: addresses, settings) })
         }
         guard let path else { return }   // validate() refused this already

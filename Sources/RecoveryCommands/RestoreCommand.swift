@@ -574,8 +574,9 @@ public struct WALFetchCommand: ToolCommand {
         recovery rather than ending it early).
 
         --prefetch N: a background prefetcher downloads the next N segments into the spool \
-        directory (default: dbrecovery-prefetch next to %p, inside pg_wal), and later calls serve \
-        them from there, decompressed and verified as they are served.
+        directory (default: dbrecovery-prefetch next to %p, inside pg_wal), verifies and \
+        decompresses them there, and later calls check each one's sha256 and page header again \
+        and rename it into place.
         """)
 
     @Argument(help: ArgumentHelp("WAL file name (%f).", valueName: "name")) public var name: String?
@@ -616,8 +617,9 @@ public struct WALFetchCommand: ToolCommand {
         let settings = context.settings
         let environment = repository.storageEnvironment(settings)
         if prefetcher, let spool, let prefetch {
-            return try WALPrefetch.run(settings: WALPrefetch.Settings(spool: spool, repository: try repository.address(settings), count: prefetch,
-                                                                      environment: environment))
+            return try WALPrefetch.run(settings: WALSpoolSettings(spool: spool, repository: try repository.address(settings), jobs: prefetch,
+                                                                  environment: environment),
+                                       key: try repository.cipherKey(settings))
         }
         guard let name, let path else { return }   // refuseUsageErrors() refused this already
         let found: Bool
@@ -625,10 +627,12 @@ public struct WALFetchCommand: ToolCommand {
             if let prefetch {
                 let address = try repository.address(settings)
                 let directory = spool ?? WALPrefetch.defaultSpool(destination: path)
-                // The prefetcher keeps what is stored as it is (encrypted too): it needs no key.
-                let arguments = ["wal-fetch", "--prefetcher", "--spool", directory, "--prefetch", String(prefetch), "--repo", address]
+                // The prefetcher decrypts and checks what it spools: it gets the key as this call does
+                // (a key file path, or the environment), never in its arguments.
+                var arguments = ["wal-fetch", "--prefetcher", "--spool", directory, "--prefetch", String(prefetch), "--repo", address]
+                if let keyFile = repository.encryptionKeyFile { arguments += ["--encryption-key-file", keyFile] }
                 found = try WALPrefetch.fetch(name: name, destination: path,
-                                              settings: WALPrefetch.Settings(spool: directory, repository: address, count: prefetch, environment: environment),
+                                              settings: WALSpoolSettings(spool: directory, repository: address, jobs: prefetch, environment: environment),
                                               key: try repository.cipherKey(settings), prefetcherArguments: arguments)
             } else {
                 found = try WALArchive.fetch(name: name, destination: path, repository: try repository.address(settings),

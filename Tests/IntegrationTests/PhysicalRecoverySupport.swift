@@ -60,6 +60,21 @@ extension XCTestCase {
         for _ in 0..<100 where kill(pid, 0) == 0 { usleep(100_000) }
     }
 
+    /// Starts the server of a data directory `dbrestore --pitr` prepared (its parent made the
+    /// server's OS user's; the log beside it), waits until recovery has ended, and connects to
+    /// `database` on it. The caller stops it with `stopServer`.
+    func startRecovered(_ directory: String, port: Int, database: String, cluster: PostgresCluster) throws -> PostgresConnection {
+        let parent = (directory as NSString).deletingLastPathComponent, log = parent + "/server.log"
+        chownToPostgres(parent)
+        let started = try TestProcess.run("/usr/bin/setpriv", ["--reuid=postgres", "--regid=postgres", "--init-groups", cluster.binDirectory + "/pg_ctl",
+                                                              "-D", directory, "-l", log, "-w", "-t", "120", "start"])
+        XCTAssertEqual(started.status, 0, started.standardError + ((try? String(contentsOfFile: log, encoding: .utf8)) ?? ""))
+        let connection = try PostgresConnection(target: try ConnectionTarget("postgresql://postgres@127.0.0.1:\(port)/\(database)").with("password", cluster.password))
+        let deadline = Date().addingTimeInterval(120)
+        while try connection.query("SELECT pg_is_in_recovery()").scalar == "t" && Date() < deadline { usleep(100_000) }
+        return connection
+    }
+
     func waitForArchive(_ connection: PostgresConnection) throws {
         let segment = try connection.query("SELECT pg_walfile_name(pg_switch_wal())").scalar ?? ""
         let deadline = Date().addingTimeInterval(60)

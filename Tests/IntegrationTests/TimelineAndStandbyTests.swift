@@ -211,14 +211,8 @@ extension PointInTimeRecoveryTests {
         let settings = try String(contentsOfFile: copy + "/postgresql.auto.conf", encoding: .utf8)
         XCTAssertTrue(settings.contains("recovery_target_timeline = '1'"), settings)
         try (settings + "archive_mode = 'on'\narchive_command = '\(archive)'\n").write(toFile: copy + "/postgresql.auto.conf", atomically: true, encoding: .utf8)
-        chownToPostgres(parent)
-        let started = try TestProcess.run("/usr/bin/setpriv", ["--reuid=postgres", "--regid=postgres", "--init-groups", cluster.binDirectory + "/pg_ctl",
-                                                              "-D", copy, "-l", parent + "/copy.log", "-w", "-t", "120", "start"])
         defer { stopServer(copy) }
-        XCTAssertEqual(started.status, 0, started.standardError + ((try? String(contentsOfFile: parent + "/copy.log", encoding: .utf8)) ?? ""))
-        let copyConnection = try PostgresConnection(target: try ConnectionTarget("postgresql://postgres@127.0.0.1:\(copyPort)/\(database)").with("password", cluster.password))
-        let deadline = Date().addingTimeInterval(120)
-        while try copyConnection.query("SELECT pg_is_in_recovery()").scalar == "t" && Date() < deadline { usleep(100_000) }
+        let copyConnection = try startRecovered(copy, port: copyPort, database: database, cluster: cluster)
         XCTAssertEqual(try copyConnection.query("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)").scalar, "00000002")
         usleep(1_100_000)
         try copyConnection.execute(script: "INSERT INTO items (batch) SELECT 'C' FROM generate_series(1, 30)")

@@ -1,6 +1,7 @@
 @testable import BackupStorage
 import Foundation
-import RecoveryKit
+import PostgresClient
+@testable import RecoveryKit
 import TestSupport
 import XCTest
 
@@ -80,8 +81,9 @@ final class WALAsyncTests: IntegrationTestCase {
         XCTAssertEqual(try push(names[0], proxy: proxy, spool: spool).status, 0)
         let pid = try XCTUnwrap(Int32(String(decoding: try Data(contentsOf: URL(fileURLWithPath: spool + "/pusher.pid")), as: UTF8.self)))
         XCTAssertEqual(kill(pid, SIGKILL), 0)
-        let queued = (try? FileManager.default.contentsOfDirectory(atPath: spool + "/queue")) ?? []
-        XCTAssertFalse(queued.isEmpty, "the pusher was killed with segments still queued (read ahead from archive_status)")
+        // The pusher read ahead from archive_status: it was killed with segments still uploading.
+        let unstored = try names.filter { try archived($0) == nil }
+        XCTAssertFalse(unstored.isEmpty, "the pusher was killed before it had stored every ready segment")
         // Every verdict the killed pusher wrote names a stored segment (it may have died between
         // writing a verdict and removing that queue file).
         for verdict in (try? FileManager.default.contentsOfDirectory(atPath: spool + "/status")) ?? [] where verdict.hasSuffix(".ok") {
@@ -194,7 +196,10 @@ final class WALAsyncTests: IntegrationTestCase {
         let restore = work + "/restore/pg_wal", spool = work + "/restore/pg_wal/dbrecovery-prefetch"
         try FileManager.default.createDirectory(atPath: spool + "/segments", withIntermediateDirectories: true)
         try Data(repository.utf8).write(to: URL(fileURLWithPath: spool + "/repository"))
-        try FileManager.default.copyItem(atPath: "\(repository)/\(try WALArchive.key(for: first))", toPath: "\(spool)/segments/\(second).gz")
+        // The other segment, whole and with its own correct sha256: only its page header gives it away.
+        let planted = try Data(contentsOf: URL(fileURLWithPath: "\(pgWAL)/\(first)"))
+        try planted.write(to: URL(fileURLWithPath: "\(spool)/segments/\(second)"))
+        try Data(WALAsyncPush.sha256(planted).utf8).write(to: URL(fileURLWithPath: "\(spool)/segments/\(second).sha256"))
 
         let fetched = try TestProcess.tool("dbrestore", ["wal-fetch", second, restore + "/RECOVERYXLOG", "--prefetch", "2", "--repo", repository])
         XCTAssertEqual(fetched.status, 0, fetched.standardError)
@@ -273,7 +278,7 @@ final class WALAsyncTests: IntegrationTestCase {
     }
 
     func testPrefetchServesExactlyWhatWasArchived() throws {
-        let names = try makeSegments(12)
+        let names = try writeWALSegments(12)
         for name in names {
             let result = try TestProcess.tool("dbbackup", ["wal-push", "\(work!)/pg_wal/\(name)", "--repo", repository], environment: s3.environment())
             XCTAssertEqual(result.status, 0, result.standardError)
@@ -287,9 +292,9 @@ final class WALAsyncTests: IntegrationTestCase {
             if index == 3 {
                 // Wait for the prefetcher to hold the next segment, then damage that spool copy: it is
                 // not served as it is, the segment is fetched again.
-                let spooled = "\(spool)/segments/\(names[4]).gz"
+                let spooled = "\(spool)/segments/\(names[4])"
                 let deadline = Date().addingTimeInterval(20)
-                while !FileManager.default.fileExists(atPath: spooled) && Date() < deadline { usleep(50_000) }
+                while !FileManager.default.fileExists(atPath: spooled + ".sha256") && Date() < deadline { usleep(50_000) }
                 var data = try Data(contentsOf: URL(fileURLWithPath: spooled))
                 data[data.count / 2] ^= 0x20
                 try data.write(to: URL(fileURLWithPath: spooled))
@@ -303,5 +308,147 @@ final class WALAsyncTests: IntegrationTestCase {
         let missing = try TestProcess.tool("dbrestore", ["wal-fetch", "000000010000000000000FFF", restoreDirectory + "/RECOVERYXLOG", "--prefetch", "4",
                                                          "--repo", repository], environment: s3.environment(endpoint: proxy.endpoint))
         XCTAssertEqual(missing.status, ExitStatus.failure.rawValue, "not in the archive: recovery ends there")
+    }
+
+    /// PostgreSQL's own archiver calling `wal-push --async` and its own recovery calling
+    /// `wal-fetch --prefetch`: every row comes back over several segments, recovery ends where the
+    /// archive ends (a segment not found) and the server opens on a new timeline.
+    func testAServerArchivingAsynchronouslyRecoversWithPrefetchedWAL() throws {
+        let directory = ownedDirectory("async-wal")
+        let repository = directory + "/repo", spool = directory + "/spool"
+        let archive = "\(TestPaths.executable("dbbackup")) wal-push %p --async --spool \(spool) --repo \(repository)"
+        let cluster = try PostgresCluster(archiveCommand: archive)
+        defer { cluster.stop() }
+        let (database, connection) = try itemsDatabase("asyncwal", on: cluster)
+        try physicalBackup(of: database, on: cluster, into: repository)
+        for batch in ["A", "B", "C", "D", "E"] {
+            try connection.execute(script: "INSERT INTO items (batch) SELECT '\(batch)' FROM generate_series(1, 5000)")
+            _ = try connection.query("SELECT pg_switch_wal()")
+        }
+        try waitForArchive(connection)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: spool + "/pusher.pid"), "the archiver's calls went through the pusher")
+
+        let parent = ownedDirectory("async-wal-restore"), data = parent + "/data", port = try freePort()
+        let prepared = try asOwner("dbrestore", ["--pitr", "--pgdata", data, "--repo", repository, "--target", "latest", "--port", String(port)],
+                                   cluster: cluster)
+        XCTAssertEqual(prepared.status, 0, prepared.standardError)
+        let settings = try String(contentsOfFile: data + "/postgresql.auto.conf", encoding: .utf8)
+        XCTAssertTrue(settings.contains("wal-fetch %f %p "), settings)
+        try settings.replacingOccurrences(of: "wal-fetch %f %p ", with: "wal-fetch %f %p --prefetch 4 ")
+            .write(toFile: data + "/postgresql.auto.conf", atomically: true, encoding: .utf8)
+        defer { stopServer(data) }
+        let restored = try startRecovered(data, port: port, database: database, cluster: cluster)
+        XCTAssertEqual(try counts(port: port, database: database, cluster: cluster), ["A": "5000", "B": "5000", "C": "5000", "D": "5000", "E": "5000"])
+        XCTAssertEqual(try restored.query("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)").scalar, "00000002")
+        let log = (try? String(contentsOfFile: data + "/pg_wal/dbrecovery-prefetch/prefetch.log", encoding: .utf8)) ?? ""
+        XCTAssertTrue(log.contains("started"), "recovery went through the prefetcher: \(log)")
+    }
+
+    /// `count` 1 MiB segments with their page headers in `pg_wal`, as PostgreSQL writes them.
+    private func writeWALSegments(_ count: Int) throws -> [String] {
+        let directory = work + "/pg_wal"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        return try (1...count).map { index in
+            let name = String(format: "00000001000000000000%04X", index)
+            try walSegment(name).write(to: URL(fileURLWithPath: "\(directory)/\(name)"))
+            return name
+        }
+    }
+
+    /// Archives `names` from pg_wal into `repository` the synchronous way.
+    private func archive(_ names: [String], into repository: String, environment: [String: String] = [:]) throws {
+        for name in names {
+            let pushed = try TestProcess.tool("dbbackup", ["wal-push", "\(work!)/pg_wal/\(name)", "--repo", repository], environment: environment)
+            XCTAssertEqual(pushed.status, 0, pushed.standardError)
+        }
+    }
+
+    /// Where a replay of `count` segments archived in a local repository fetches them:
+    /// `restore_command` with `--prefetch 3` into a restored pg_wal, and its default spool.
+    private func archivedForReplay(_ count: Int) throws
+        -> ([String], (spool: String, destination: String, fetch: (String) throws -> TestProcess.Result)) {
+        let repository = work + "/repo", restore = work + "/restore/pg_wal"
+        let names = try writeWALSegments(count)
+        try archive(names, into: repository)
+        try FileManager.default.createDirectory(atPath: restore, withIntermediateDirectories: true)
+        let destination = restore + "/RECOVERYXLOG"
+        return (names, (restore + "/dbrecovery-prefetch", destination, { name in
+            try TestProcess.tool("dbrestore", ["wal-fetch", name, destination, "--prefetch", "3", "--repo", repository])
+        }))
+    }
+
+    /// Waits until the prefetcher has spooled `name` whole (its sha256 written last).
+    private func waitForSpooled(_ name: String, in spool: String) {
+        let deadline = Date().addingTimeInterval(20)
+        while !FileManager.default.fileExists(atPath: "\(spool)/segments/\(name).sha256") && Date() < deadline { usleep(20_000) }
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "\(spool)/segments/\(name).sha256"), "\(name) was prefetched")
+    }
+
+    /// A spooled segment damaged (one byte) or cut short after the prefetcher checked it is not
+    /// handed to PostgreSQL: the call checks it again and fetches the segment from the repository.
+    func testADamagedOrPartialSpoolFileIsNeverServed() throws {
+        let (names, restore) = try archivedForReplay(4)
+        let spool = restore.spool, destination = restore.destination, fetch = restore.fetch
+        XCTAssertEqual(try fetch(names[0]).status, 0)
+        waitForSpooled(names[1], in: spool)
+        waitForSpooled(names[2], in: spool)
+        var damaged = try Data(contentsOf: URL(fileURLWithPath: "\(spool)/segments/\(names[1])"))
+        damaged[damaged.count / 3] ^= 0x01
+        try damaged.write(to: URL(fileURLWithPath: "\(spool)/segments/\(names[1])"))
+        let whole = try Data(contentsOf: URL(fileURLWithPath: "\(spool)/segments/\(names[2])"))
+        try whole.prefix(whole.count / 2).write(to: URL(fileURLWithPath: "\(spool)/segments/\(names[2])"))
+        for name in names.dropFirst() {
+            let result = try fetch(name)
+            XCTAssertEqual(result.status, 0, result.standardError)
+            XCTAssertEqual(FileManager.default.contents(atPath: destination), FileManager.default.contents(atPath: "\(work!)/pg_wal/\(name)"),
+                           "\(name) is the archived segment, not the spool's damaged or partial copy")
+        }
+    }
+
+    /// At the end of the archive the answer is "not found" (exit 1, nothing written where
+    /// PostgreSQL looks), also after the prefetcher has tried the names beyond it, and a partial
+    /// download left in the spool under that name is not taken for the segment.
+    func testTheEndOfTheArchiveIsNotFound() throws {
+        let (names, restore) = try archivedForReplay(3)
+        let spool = restore.spool, destination = restore.destination
+        for name in names {
+            let result = try restore.fetch(name)
+            XCTAssertEqual(result.status, 0, result.standardError)
+        }
+        let beyond = try XCTUnwrap(WALSegmentName.next(after: names[2], segmentSize: 1 << 20))
+        // What a killed download leaves: a partial file of the next name, without its sha256.
+        try FileManager.default.createDirectory(atPath: spool + "/segments", withIntermediateDirectories: true)
+        try Data(walSegment(beyond).prefix(1000)).write(to: URL(fileURLWithPath: "\(spool)/segments/\(beyond)"))
+        try FileManager.default.removeItem(atPath: destination)
+        let missing = try restore.fetch(beyond)
+        XCTAssertEqual(missing.status, ExitStatus.failure.rawValue, "not in the archive: recovery ends there. \(missing.standardError)")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: destination), "nothing is handed to PostgreSQL for a segment the archive lacks")
+    }
+
+    /// Two restore_command calls at once (the second segment asked for before the first call has
+    /// started its prefetcher) leave one prefetcher running, and each segment is downloaded once.
+    func testTwoFetchesAtOnceStartOnePrefetcher() throws {
+        let names = try writeWALSegments(10)
+        try archive(names, into: repository, environment: s3.environment())
+        let stats = work + "/stats.json"
+        let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--delay", "0.05", "--stats", stats])
+        defer { proxy.stop() }
+        let restore = work + "/restore/pg_wal", spool = restore + "/dbrecovery-prefetch"
+        try FileManager.default.createDirectory(atPath: restore, withIntermediateDirectories: true)
+        let calls = try names.prefix(2).enumerated().map { index, name in
+            try TestProcess.start("dbrestore", ["wal-fetch", name, restore + "/RECOVERYXLOG\(index)", "--prefetch", "6", "--repo", repository],
+                                  environment: s3.environment(endpoint: proxy.endpoint))
+        }
+        XCTAssertEqual(calls.map { $0.waitForExit().exitCode }, [0, 0])
+        // Wanted by both calls, whichever wrote its list last (PostgreSQL itself never asks for two at once).
+        let ahead = names[2..<7]
+        for name in ahead { waitForSpooled(name, in: spool) }
+        let log = try String(contentsOfFile: spool + "/prefetch.log", encoding: .utf8)
+        XCTAssertEqual(log.components(separatedBy: "\n").filter { $0.contains("prefetcher") && $0.hasSuffix("started") }.count, 1,
+                       "one prefetcher ran: \(log)")
+        let counts = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: stats))) as? [String: [String: Int]] ?? [:]
+        for name in ahead {
+            XCTAssertEqual(counts["\(bucket!)/wal/\(try WALArchive.key(for: name))"]?["gets"], 1, "\(name) downloaded once")
+        }
     }
 }

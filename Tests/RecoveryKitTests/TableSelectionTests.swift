@@ -1,9 +1,20 @@
+import PostgresClient
 @testable import RecoveryKit
 import XCTest
 
 /// Issue 18: which objects a selective restore takes, and how it points them at another schema.
 final class TableSelectionTests: XCTestCase {
     typealias Name = DumpTableOfContents.Name
+
+    /// A selective restore that names no table and no schema is refused before any repository or
+    /// server is touched (the repository here does not exist).
+    func testASelectiveRestoreThatNamesNothingIsAUsageError() throws {
+        let configuration = SelectiveRestoreConfiguration(target: try ConnectionTarget("postgresql://app@db.invalid/app"),
+                                                          repositories: ["/nonexistent/dbrecovery"], backup: "latest")
+        XCTAssertThrowsError(try SelectiveRestore.plan(configuration)) { error in
+            XCTAssertEqual((error as? RecoveryError)?.code, .usage, "\(error)")
+        }
+    }
 
     func testQualifiedNamesAreFoundOutsideCommentsAndBodiesAndInRegclassLiterals() {
         let sql = Array("""

@@ -54,7 +54,10 @@ final class S3Client: Sendable {
             attempt += 1
             if interruptible { try Interruption.check() }
             do {
+                let started = Date()
                 let response = try sendOnce(method, key: key, query: query, headers: headers, body: body)
+                // -vv: where the time of a run goes, request by request (no header, so no credential).
+                logger.debug("S3 \(method) \(key.map(describe) ?? describe("")) sent \(body?.count ?? 0) B, answered \(response.status) with \(response.body.count) B in \(String(format: "%.3f", Date().timeIntervalSince(started))) s")
                 if (200..<300).contains(response.status) || acceptable.contains(response.status) { return response }
                 let (code, message) = Self.parseError(response.body)
                 let retryable = response.status >= 500 || code == "SlowDown" || code == "RequestTimeout" || code == "InternalError"
@@ -160,4 +163,9 @@ final class S3Client: Sendable {
 /// Base64 of the MD5 of a body (`Content-MD5`, required by DeleteObjects and PutBucketLifecycle).
 func contentMD5(_ body: Data) -> String {
     Data(Insecure.MD5.hash(data: body)).base64EncodedString()
+}
+
+/// Lower-case hex of the MD5 of a body: what S3 answers as the ETag of a single-part, unencrypted or SSE-S3 object.
+func md5Hex(_ body: Data) -> String {
+    Data(Insecure.MD5.hash(data: body)).map { String(format: "%02x", $0) }.joined()
 }

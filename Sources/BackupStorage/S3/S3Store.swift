@@ -155,6 +155,8 @@ public final class S3Store: BackupStore {
         var headers = sseHeaders
         headers["content-type"] = "application/octet-stream"
         headers["if-none-match"] = "*"
+        // S3 refuses a body that arrived other than it was sent.
+        headers["content-md5"] = contentMD5(contents)
         // 409 ConditionalRequestConflict: another conditional write to the key is in flight; ask again.
         for _ in 0..<5 {
             let response = try client.send("PUT", key: fullKey(key), headers: headers, body: contents, acceptable: [409, 412])
@@ -164,6 +166,19 @@ public final class S3Store: BackupStore {
         }
         throw StorageError(.remote, object: client.describe(fullKey(key)), message: "conditional PUT kept conflicting with another writer",
                            hint: "another process is writing the same object; run again")
+    }
+
+    public func holds(_ key: String, contents: Data) -> Bool {
+        guard let head = try? client.send("HEAD", key: fullKey(key), acceptable: [404]), head.status != 404 else { return false }
+        // A single-part object's ETag is the MD5 of its bytes, unless SSE-KMS or SSE-C encrypted it;
+        // then (as for a multipart ETag, "…-N") only reading it back can tell.
+        let etag = (head.header("ETag") ?? "").trimmingCharacters(in: CharacterSet(charactersIn: "\""))
+        let md5 = md5Hex(contents)
+        let kms = head.header("x-amz-server-side-encryption").map { $0 != "AES256" } ?? false
+        if etag.count == 32 && !kms && head.header("x-amz-server-side-encryption-customer-algorithm") == nil {
+            return etag.lowercased() == md5 && UInt64(head.header("Content-Length") ?? "") == UInt64(contents.count)
+        }
+        return (try? read(key)) == contents
     }
 
     public func readVersioned(_ key: String) throws -> VersionedObject {

@@ -16,7 +16,7 @@ public struct LogicalCaptureConfiguration {
     public var dataBy: LogicalDataReader
 
     public init(_ capture: CaptureConfiguration, lockWaitSeconds: Int = SessionLimits.defaultLockWaitSeconds, countCheck: Bool = false,
-                dataBy: LogicalDataReader = .copy) {
+                dataBy: LogicalDataReader = .pgDump) {
         self.capture = capture
         self.lockWaitSeconds = lockWaitSeconds
         self.countCheck = countCheck
@@ -27,9 +27,11 @@ public struct LogicalCaptureConfiguration {
 /// Who reads a logical backup's table rows.
 public enum LogicalDataReader: String, CaseIterable, Sendable {
     /// The backup COPYs the tables itself over `--jobs` connections in the dump's snapshot, big tables
-    /// in block ranges, and pg_dump writes the rest (PostgreSQL 14+; older servers: `pgDump`).
+    /// in block ranges, and pg_dump writes the rest (PostgreSQL 14+). Experimental, not the default:
+    /// it holds a second lock per table while pg_dump runs, its readers can queue behind an ACCESS
+    /// EXCLUSIVE request that waits for the backup's own lock, and it opens `--jobs` connections.
     case copy
-    /// pg_dump reads every table, one at a time: the stream as before (the escape hatch).
+    /// pg_dump reads every table, one at a time (the default).
     case pgDump = "pg_dump"
 }
 

@@ -28,14 +28,32 @@ public enum WALArchive {
     public static func push(path: String, repository: String, key cipherKey: RepositoryKey? = nil,
                             environment: [String: String] = ProcessInfo.processInfo.environment) throws -> PushOutcome {
         let name = (path as NSString).lastPathComponent
-        let key = try key(for: name)
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw RecoveryError(.failure, "cannot read WAL file \(path)", hint: "archive_command must pass %p, relative to the data directory")
-        }
+        _ = try key(for: name)
+        let data = try readSegment(path)
         let store = try Repository.open(repository, create: true, environment: environment)
         // A retry of an archived segment is common (PostgreSQL retries after any failure): answer it
         // without compressing and uploading the file again.
-        if let outcome = try compareWithArchived(data, name: name, objectKey: key, store: store, cipherKey: cipherKey) {
+        return try self.store(data, name: name, in: store, key: cipherKey, checkFirst: true)
+    }
+
+    /// The bytes of the WAL file at `path` (archive_command's %p).
+    static func readSegment(_ path: String) throws -> Data {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw RecoveryError(.failure, "cannot read WAL file \(path)", hint: "archive_command must pass %p, relative to the data directory")
+        }
+        return data
+    }
+
+    /// Stores the WAL file `name` holding `data` in `store` and confirms it there; what the
+    /// synchronous push and the background pusher of `wal-push --async` both do, so that a
+    /// segment is acknowledged on the same evidence either way.
+    ///
+    /// - Parameter checkFirst: look for an archived copy before compressing (one request more per
+    ///   segment, one upload less per retry); without it a copy already there is found by the
+    ///   create-if-absent and compared just the same.
+    static func store(_ data: Data, name: String, in store: BackupStore, key cipherKey: RepositoryKey?, checkFirst: Bool) throws -> PushOutcome {
+        let key = try key(for: name)
+        if checkFirst, let outcome = try compareWithArchived(data, name: name, objectKey: key, store: store, cipherKey: cipherKey) {
             return outcome
         }
         var compressed = Data()
@@ -52,12 +70,12 @@ public enum WALArchive {
         // Created only if absent (link() locally, If-None-Match on S3): of two concurrent pushes of one
         // name exactly one stores its copy; the other compares with what won.
         if try store.create(key, contents: compressed) {
-            // Read back what the name now holds: an S3-compatible server whose If-None-Match check and
+            // Confirm what the name now holds: an S3-compatible server whose If-None-Match check and
             // store are not one step (moto) can let a concurrent push of the same name overwrite ours.
             // The push whose bytes are not the ones stored did not win, and compares like any other.
-            // (AWS S3 makes the conditional PUT atomic; there this only confirms it.) A read that fails
+            // (AWS S3 makes the conditional PUT atomic; there this only confirms it.) A check that fails
             // here is not an answer: the comparison below reads again and reports its own error.
-            if (try? store.read(key)) == compressed { return .stored }
+            if store.holds(key, contents: compressed) { return .stored }
         }
         guard let outcome = try compareWithArchived(data, name: name, objectKey: key, store: store, cipherKey: cipherKey) else {
             throw RecoveryError(.repositoryError, "WAL file \(name) was archived and removed again while we stored it",

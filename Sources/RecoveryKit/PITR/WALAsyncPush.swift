@@ -1,76 +1,55 @@
 import BackupStorage
 import Foundation
 import ProcessSignals
+import Synchronization
 
 /// `dbbackup wal-push --async`: archive_command at WAN latency, like pgBackRest's `archive-async`.
 ///
-/// One archive_command call per segment is bound by round trips (three requests per segment on
-/// S3). Here the call copies its segment, and the segments PostgreSQL has marked ready after it
-/// (`archive_status/*.ready`), into the spool's `queue/` (fsync'd), makes sure a background pusher
-/// runs (one per spool, an `flock`; started detached; it exits once idle), and waits for the
-/// pusher's verdict on its own segment: `status/<name>.ok`, written only after `WALArchive.push`
-/// returned, that is once the segment is durable in the repository (exit 0: acknowledged), or
-/// `status/<name>.error` with the error (non-zero exit, the error on stderr; PostgreSQL retries).
-/// The pusher uploads `jobs` segments at once, so by the time PostgreSQL asks for the next segment
-/// it is usually stored already and the call returns at once.
+/// One archive_command call per segment is bound by round trips and by one process doing
+/// everything in turn. Here a background pusher (one per spool, an `flock`; started detached by
+/// the first call that needs it; it exits once idle) uploads `jobs` segments at once, compressing
+/// each in its own thread, and reads ahead by itself: besides the segments the calls queue, it
+/// takes every segment PostgreSQL has marked ready (`archive_status/*.ready` next to the queued
+/// ones), oldest first. PostgreSQL keeps a `.ready` segment in pg_wal until archive_command
+/// succeeds for it, so the pusher reads it there: the spool's `queue/<name>` holds the segment's
+/// path, not a copy. A call waits for the pusher's verdict on its own segment:
+/// `status/<name>.ok`, written only after `WALArchive.store` returned, that is once the segment is
+/// durable and confirmed in the repository, the same evidence the synchronous push acts on (exit
+/// 0: acknowledged); or `status/<name>.error` with the error (non-zero exit, the error on stderr;
+/// PostgreSQL retries). By the time PostgreSQL asks for the next segment it is usually stored
+/// already and the call returns at once.
 ///
 /// A verdict is for content, not for a name: `.ok` holds the sha256 of what was stored, and a call
 /// is acknowledged only when its own file has that digest. A call whose file differs from what was
-/// queued or stored under its name (a read-ahead of another cluster's segment, a rebuilt cluster
-/// sharing the spool) is not acknowledged from the spool: it pushes its file the synchronous way,
-/// which refuses a segment archived with DIFFERENT content, and reports that.
+/// stored under its name (a read-ahead of another cluster's segment, a rebuilt cluster sharing the
+/// spool) is not acknowledged from the spool: it pushes its file the synchronous way, which
+/// refuses a segment archived with DIFFERENT content, and reports that.
 ///
-/// Nothing is acknowledged that is not stored: a pusher killed mid-way leaves its segments in the
-/// queue without `.ok`; the calls waiting for them time out (non-zero, PostgreSQL keeps the files)
-/// and the next call starts a new pusher, which stores them (a segment stored before the kill is
+/// Nothing is acknowledged that is not stored: a pusher killed mid-way leaves no `.ok` for what it
+/// had not stored; the calls waiting for those time out (non-zero, PostgreSQL keeps the files)
+/// or see a new pusher, started by the next call, store them (a segment stored before the kill is
 /// found already archived, with the same content).
 public enum WALAsyncPush {
-    public struct Settings: Sendable {
-        public var spool: String
-        public var repository: String
-        /// Segments uploaded at once.
-        public var jobs: Int
-        /// How long one archive_command call waits for its segment's verdict.
-        public var timeout: TimeInterval
-        /// The pusher exits after this long without work.
-        public var idleExit: TimeInterval
-        /// Queued ahead of the segment asked for, from `archive_status/*.ready` (0: only that one).
-        public var readAhead: Int
-        /// What the storage layer reads S3 settings and credentials from; also the pusher's environment.
-        public var environment: [String: String]
-
-        public init(spool: String, repository: String, jobs: Int = 8, timeout: TimeInterval = 60, idleExit: TimeInterval = 10,
-                    environment: [String: String] = ProcessInfo.processInfo.environment) {
-            self.spool = spool
-            self.repository = repository
-            self.environment = environment
-            self.jobs = max(1, jobs)
-            self.timeout = timeout
-            self.idleExit = idleExit
-            readAhead = 2 * self.jobs
-        }
-    }
-
     static let lockName = "pusher.lock"
 
     /// The archive_command side: queue, make sure a pusher runs, wait for this segment's verdict.
     ///
     /// - Parameters:
+    ///   - timeout: how long this call waits for its segment's verdict.
     ///   - pusherArguments: the arguments that start the background pusher (this tool's
     ///     `wal-push --pusher …`).
     ///   - key: the repository key, asked for only when the file is pushed synchronously (its
-    ///     content differs from what the spool holds under its name).
+    ///     content differs from what the spool says was stored under its name).
     /// - Throws: `RecoveryError`: the pusher's error for this segment, a timeout, or the synchronous
     ///   push's error; either way the segment was not acknowledged and PostgreSQL keeps it and retries.
-    public static func push(path: String, settings: Settings, pusherArguments: [String], key: () throws -> RepositoryKey?) throws {
+    public static func push(path: String, settings: WALSpoolSettings, timeout: TimeInterval, pusherArguments: [String],
+                            key: () throws -> RepositoryKey?) throws {
         let name = (path as NSString).lastPathComponent
         _ = try WALArchive.key(for: name)
         let spool = try WALSpool(settings.spool, repository: settings.repository, resetOnMismatch: false)
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw RecoveryError(.failure, "cannot read WAL file \(path)", hint: "archive_command must pass %p, relative to the data directory")
-        }
+        let data = try WALArchive.readSegment(path)
         let digest = sha256(data)
-        /// The spool holds other bytes under this name: only the repository can judge this file.
+        /// The spool says other bytes were stored under this name: only the repository can judge this file.
         func pushSynchronously() throws {
             _ = try WALArchive.push(path: path, repository: settings.repository, key: try key(), environment: settings.environment)
         }
@@ -81,20 +60,12 @@ public enum WALAsyncPush {
         case .otherContent: return try pushSynchronously()
         case .none: break
         }
-        if let queued = try? spool.files.read("queue/\(name)"), sha256(queued) != digest { return try pushSynchronously() }
-        try enqueue(name, data: data, spool: spool)
-        // What PostgreSQL will ask for next is already waiting in pg_wal: queue it too, so the pusher
-        // uploads it while PostgreSQL is still waiting for this one.
-        let status = ((path as NSString).deletingLastPathComponent as NSString).appendingPathComponent("archive_status")
-        let ready = ((try? FileManager.default.contentsOfDirectory(atPath: status)) ?? [])
-            .filter { $0.hasSuffix(".ready") }.map { String($0.dropLast(".ready".count)) }
-            .filter { $0 > name && (try? WALArchive.key(for: $0)) != nil }.sorted().prefix(settings.readAhead)
-        for next in ready {
-            let nextPath = ((path as NSString).deletingLastPathComponent as NSString).appendingPathComponent(next)
-            // Best effort: a file PostgreSQL has removed meanwhile is queued by its own call.
-            try? enqueue(next, from: nextPath, spool: spool)
-        }
-        let deadline = Date().addingTimeInterval(settings.timeout)
+        // Where the pusher reads it (PostgreSQL runs archive_command in the data directory, %p relative to it).
+        let absolute = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+        if !spool.exists("queue/\(name)") { try spool.put("queue/\(name)", Data(absolute.utf8)) }
+        // Answered or given up: this call's entry is not work any more (a retry queues it again).
+        defer { spool.remove(["queue/\(name)"]) }
+        let deadline = Date().addingTimeInterval(timeout)
         var lastCheck = Date.distantPast
         while Date() < deadline {
             try Interruption.check()
@@ -108,9 +79,9 @@ public enum WALAsyncPush {
                 if try !spool.isLocked(lockName) { try spool.startDetached(pusherArguments, environment: settings.environment, log: "pusher.log") }
                 lastCheck = Date()
             }
-            usleep(10_000)
+            usleep(5_000)
         }
-        throw RecoveryError(.repositoryError, "WAL file \(name) was not archived within \(Int(settings.timeout)) s (queued in \(spool.directory))",
+        throw RecoveryError(.repositoryError, "WAL file \(name) was not archived within \(Int(timeout)) s (queued in \(spool.directory))",
                             hint: "PostgreSQL keeps the file and retries; \(spool.path("pusher.log")) tells what the background pusher did")
     }
 
@@ -129,11 +100,11 @@ public enum WALAsyncPush {
     /// `reportingErrors` false only removes it.
     private static func takeVerdict(_ name: String, digest: String, spool: WALSpool, reportingErrors: Bool) throws -> Verdict {
         if let ok = try? spool.files.read("status/\(name).ok") {
-            try spool.files.delete(["status/\(name).ok"])
+            spool.remove(["status/\(name).ok"])
             return okDigest(ok) == digest ? .stored : .otherContent
         }
         if let error = try? spool.files.read("status/\(name).error") {
-            try spool.files.delete(["status/\(name).error"])
+            spool.remove(["status/\(name).error"])
             guard reportingErrors else { return .none }
             throw RecoveryError(.repositoryError, "WAL file \(name) was not archived: \(String(decoding: error, as: UTF8.self))",
                                 hint: "PostgreSQL keeps the file and retries; fix the repository named above")
@@ -157,20 +128,6 @@ public enum WALAsyncPush {
         return digest.hexDigest()
     }
 
-    /// Copies a segment into `queue/` (atomic, fsync'd) unless it is queued or stored already.
-    private static func enqueue(_ name: String, data: Data, spool: WALSpool) throws {
-        guard !spool.exists("queue/\(name)"), !spool.exists("status/\(name).ok") else { return }
-        try spool.files.write("queue/\(name)", contents: data)
-    }
-
-    /// Queues a read-ahead segment from pg_wal.
-    private static func enqueue(_ name: String, from path: String, spool: WALSpool) throws {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw RecoveryError(.failure, "cannot read WAL file \(path)", hint: "archive_command must pass %p, relative to the data directory")
-        }
-        try enqueue(name, data: data, spool: spool)
-    }
-
     /// How old a verdict no call took (a read-ahead of a segment PostgreSQL never asked for, a
     /// call that timed out) may get before a pusher deletes it: far beyond any call's wait.
     static let unusedVerdictAge: TimeInterval = 3600
@@ -183,47 +140,134 @@ public enum WALAsyncPush {
             (object.key.hasSuffix(".ok") || object.key.hasSuffix(".error"))
                 && (object.modified.map { now.timeIntervalSince($0) > unusedVerdictAge } ?? false)
         }
-        try? spool.files.delete(old.map(\.key))
+        spool.remove(old.map(\.key))
     }
 
-    /// The background pusher: uploads queued segments, `jobs` at once, writing each one's verdict,
-    /// until the queue has been empty for `idleExit`. Returns at once when another pusher holds the spool.
-    public static func drain(settings: Settings, key: RepositoryKey?) throws {
+    /// The background pusher: uploads queued and ready segments, `jobs` at once, oldest first,
+    /// writing each one's verdict, until there has been nothing to do for `idleExit`. Returns at
+    /// once when another pusher holds the spool.
+    public static func drain(settings: WALSpoolSettings, key: RepositoryKey?) throws {
         let spool = try WALSpool(settings.spool, repository: settings.repository, resetOnMismatch: false)
         guard let lock = try spool.tryLock(lockName) else { return }
         defer { lock.release() }
-        try spool.files.write("pusher.pid", contents: Data(String(ProcessInfo.processInfo.processIdentifier).utf8))
+        try spool.put("pusher.pid", Data(String(ProcessInfo.processInfo.processIdentifier).utf8))
         removeLeftovers(in: spool, now: Date())
-        let claims = Claims()
+        let work = PushWork()
         let directory = spool.directory
         let repository = settings.repository
         let idleExit = settings.idleExit
         let environment = settings.environment
-        WorkerThreads.run(settings.jobs) { _ in
+        WorkerThreads.run(settings.jobs) { index in
             guard let spool = try? WALSpool(directory, repository: repository, resetOnMismatch: false) else { return }
+            var store: BackupStore?
             var idleSince = Date()
             while !Interruption.isRequested {
-                let queued = (try? spool.names(under: "queue/")) ?? []
-                guard let name = claims.claim(from: queued) else {
+                guard let segment = work.claim(in: spool) else {
                     if Date().timeIntervalSince(idleSince) > idleExit { return }
-                    usleep(20_000)
+                    usleep(WorkerThreads.idlePause(index))
                     continue
                 }
-                defer { claims.release(name) }
-                // Queued, not yet judged: the queue file is removed only after the verdict is written.
-                guard spool.exists("queue/\(name)") else { continue }
                 do {
-                    // The digest of the bytes pushed, read once: the queue file is replaced only by a new pusher's copy after this one's verdict.
-                    let queued = try spool.files.read("queue/\(name)")
-                    _ = try WALArchive.push(path: spool.path("queue/\(name)"), repository: repository, key: key, environment: environment)
-                    try spool.files.write("status/\(name).ok", contents: okContents(digest: sha256(queued), repository: repository))
+                    let data = try WALArchive.readSegment(segment.path)
+                    let opened = try store ?? Repository.open(repository, create: true, environment: environment)
+                    store = opened
+                    // No look-up first: a segment already stored (by a pusher killed before its verdict)
+                    // is found by the create-if-absent and compared there.
+                    _ = try WALArchive.store(data, name: segment.name, in: opened, key: key, checkFirst: false)
+                    try spool.put("status/\(segment.name).ok", okContents(digest: sha256(data), repository: repository))
                 } catch {
                     let failure = RecoveryError.classify(error)
-                    try? spool.files.write("status/\(name).error", contents: Data((failure.message + (failure.hint.map { " (\($0))" } ?? "")).utf8))
+                    try? spool.put("status/\(segment.name).error", Data((failure.message + (failure.hint.map { " (\($0))" } ?? "")).utf8))
                 }
-                try? spool.files.delete(["queue/\(name)"])
+                // Answered: a call killed while waiting must not leave its entry to be pushed again and again.
+                spool.remove(["queue/\(segment.name)"])
+                work.finish(segment.name)
                 idleSince = Date()
             }
         }
+    }
+}
+
+/// What the pusher's threads share: the segments waiting (queued by calls, or ready in a pg_wal
+/// the queue named), the ones being pushed, and the ones this pusher has answered, so that a
+/// segment still marked ready while PostgreSQL takes its verdict is not pushed twice.
+final class PushWork: Sendable {
+    struct Segment: Sendable {
+        let name: String
+        let path: String
+    }
+
+    private struct State {
+        var waiting: [String: String] = [:]
+        var inFlight: Set<String> = []
+        var answered: Set<String> = []
+        var directories: Set<String> = []
+        var scanned = Date.distantPast
+    }
+
+    private let state = Mutex(State())
+
+    /// The oldest segment waiting, taken by this thread; looks at the spool's queue and at
+    /// archive_status (at most every 20 ms, only when nothing is waiting). Nil when there is nothing.
+    func claim(in spool: WALSpool) -> Segment? {
+        let scan = state.withLock { state in
+            guard state.waiting.isEmpty, Date().timeIntervalSince(state.scanned) >= 0.02 else { return nil as Set<String>? }
+            state.scanned = Date()
+            return state.directories
+        }
+        if let directories = scan {
+            let queued = Self.queued(in: spool)
+            let ready = Self.ready(in: directories.union(queued.values.map { ($0 as NSString).deletingLastPathComponent }))
+            let verdicts = Set(((try? spool.files.list(prefix: "status/")) ?? []).map { String($0.key.dropFirst("status/".count)) })
+            state.withLock { state in
+                for (name, path) in queued where !state.inFlight.contains(name) {
+                    // A call queued it (again): its verdict is wanted even if this pusher gave one before.
+                    state.answered.remove(name)
+                    state.waiting[name] = path
+                    state.directories.insert((path as NSString).deletingLastPathComponent)
+                }
+                for (name, path) in ready where state.waiting[name] == nil && !state.inFlight.contains(name) && !state.answered.contains(name)
+                    && !verdicts.contains(name + ".ok") {
+                    state.waiting[name] = path
+                }
+            }
+        }
+        return state.withLock { state in
+            guard let name = state.waiting.keys.min(), let path = state.waiting.removeValue(forKey: name) else { return nil }
+            state.inFlight.insert(name)
+            return Segment(name: name, path: path)
+        }
+    }
+
+    /// `name` has its verdict.
+    func finish(_ name: String) {
+        state.withLock { state in
+            state.inFlight.remove(name)
+            state.answered.insert(name)
+        }
+    }
+
+    /// The calls' queue: name → path of the segment in pg_wal.
+    private static func queued(in spool: WALSpool) -> [String: String] {
+        var queued: [String: String] = [:]
+        for name in (try? spool.names(under: "queue/")) ?? [] {
+            guard let path = try? spool.files.read("queue/\(name)") else { continue }
+            queued[name] = String(decoding: path, as: UTF8.self)
+        }
+        return queued
+    }
+
+    /// The WAL files PostgreSQL has marked ready in these pg_wal directories: name → path.
+    private static func ready(in directories: Set<String>) -> [String: String] {
+        var ready: [String: String] = [:]
+        for directory in directories {
+            let status = (directory as NSString).appendingPathComponent("archive_status")
+            for file in (try? FileManager.default.contentsOfDirectory(atPath: status)) ?? [] where file.hasSuffix(".ready") {
+                let name = String(file.dropLast(".ready".count))
+                guard (try? WALArchive.key(for: name)) != nil else { continue }
+                ready[name] = (directory as NSString).appendingPathComponent(name)
+            }
+        }
+        return ready
     }
 }

@@ -2,39 +2,22 @@ import BackupStorage
 import Foundation
 import ProcessSignals
 
-/// `dbrestore wal-fetch --prefetch N`: restore_command at WAN latency. Each call serves its segment
-/// from the spool when a background prefetcher has downloaded it already (else from the
-/// repository, as without `--prefetch`), then asks the prefetcher for the next N segments
-/// (`wanted`), starting it if none runs (one per spool, an `flock`; it exits once idle).
+/// `dbrestore wal-fetch --prefetch N`: restore_command at WAN latency. Each call asks a
+/// background prefetcher for the N segments after its own (`wanted`), starting it if none runs
+/// (one per spool, an `flock`; it exits once idle). The prefetcher downloads them several at
+/// once, checks each as a direct fetch would (gzip CRC and length, the cipher's authentication)
+/// and by its first page's long header (`WALSegmentName.headerMatches`), and writes the segment
+/// decompressed, atomically, under `segments/<name>`, then its sha256 under `segments/<name>.sha256`.
 ///
-/// The spool holds segments exactly as stored (compressed, encrypted): what is served is
-/// decompressed and checked (gzip CRC and length, the cipher's authentication) on the way out,
-/// like a direct fetch, and only served when its first page's long header says it is that segment
-/// (`WALSegmentName.headerMatches`): a spool file that does not verify is deleted and the segment
-/// fetched from the repository again. Prefetched segments behind the one asked for are deleted by
-/// each call; those ahead of the last one recovery asked for stay until the spool is removed with
-/// the data directory (the default spool lies in pg_wal) or the next restore into it.
+/// A later call for that segment only reads it once (the sha256 and the page header again: a
+/// spool file damaged, truncated or planted since is never served) and renames it into place;
+/// anything that does not verify is deleted and the segment fetched from the repository, as is a
+/// segment the prefetcher does not have. So the answer is always the repository's: "not found"
+/// (recovery ends) only when the repository says so. Prefetched segments behind the one asked
+/// for are deleted by each call; those ahead of the last one recovery asked for stay until the
+/// spool is removed with the data directory (the default spool lies in pg_wal) or the next
+/// restore into it.
 public enum WALPrefetch {
-    public struct Settings: Sendable {
-        public var spool: String
-        public var repository: String
-        /// Segments downloaded ahead.
-        public var count: Int
-        /// The prefetcher exits after this long with nothing left to download.
-        public var idleExit: TimeInterval
-        /// What the storage layer reads S3 settings and credentials from; also the prefetcher's environment.
-        public var environment: [String: String]
-
-        public init(spool: String, repository: String, count: Int, idleExit: TimeInterval = 10,
-                    environment: [String: String] = ProcessInfo.processInfo.environment) {
-            self.spool = spool
-            self.repository = repository
-            self.environment = environment
-            self.count = max(1, count)
-            self.idleExit = idleExit
-        }
-    }
-
     static let lockName = "prefetch.lock"
     private static let wantedKey = "wanted"
 
@@ -47,95 +30,111 @@ public enum WALPrefetch {
 
     /// Serves `name` into `destination`, from the spool or the repository.
     ///
+    /// - Parameter settings: `jobs` is the number of segments prefetched ahead.
     /// - Returns: false when the file is not in the archive.
     /// - Throws: as `WALArchive.fetch`.
-    public static func fetch(name: String, destination: String, settings: Settings, key cipherKey: RepositoryKey?,
+    public static func fetch(name: String, destination: String, settings: WALSpoolSettings, key cipherKey: RepositoryKey?,
                              prefetcherArguments: [String]) throws -> Bool {
         let objectKey = try WALArchive.key(for: name)
         let spool = try WALSpool(settings.spool, repository: settings.repository, resetOnMismatch: true)
-        var served: Data?
         // The prefetcher is downloading it right now: wait for that copy instead of downloading it twice.
         let deadline = Date().addingTimeInterval(30)
-        while spool.exists("claims/\(name)") && !spool.exists("segments/\(name).gz") && Date() < deadline {
+        while spool.exists("claims/\(name)") && !spool.exists("segments/\(name).sha256") && Date() < deadline, try spool.isLocked(lockName) {
             try Interruption.check()
-            usleep(10_000)
+            usleep(5_000)
         }
-        if let stored = try? spool.files.read("segments/\(name).gz") {
-            // Any valid gzip could lie in the spool: only what is this segment by its own page header is served.
-            served = (try? WALArchive.decompress(stored, name: name, objectKey: objectKey, cipherKey: cipherKey))
-                .flatMap { WALSegmentName.headerMatches($0, name: name) ? $0 : nil }
-            try spool.files.delete(["segments/\(name).gz"])   // served or damaged: either way not needed again
-        }
-        if served == nil {
+        var size = serveFromSpool(name, spool: spool, destination: destination)
+        if size == nil {
             let store = try Repository.open(settings.repository, create: false, environment: settings.environment)
+            let data: Data
             do {
-                served = try WALArchive.decompress(try store.read(objectKey), name: name, objectKey: objectKey, cipherKey: cipherKey)
+                data = try WALArchive.decompress(try store.read(objectKey), name: name, objectKey: objectKey, cipherKey: cipherKey)
             } catch let error as StorageError where error.kind == .notFound {
                 return false
             }
+            try WALArchive.install(data, at: destination)
+            size = data.count
         }
-        guard let data = served else { return false }
-        try WALArchive.install(data, at: destination)
-        guard WALSegmentName.isSegment(name) else { return true }
+        guard WALSegmentName.isSegment(name), let size else { return true }
         // Ask for the segments after this one (same timeline, this segment's size) and drop what is behind.
         var wanted: [String] = []
         var current = name
-        for _ in 0..<settings.count {
-            guard let next = WALSegmentName.next(after: current, segmentSize: UInt64(data.count)) else { break }
+        for _ in 0..<settings.jobs {
+            guard let next = WALSegmentName.next(after: current, segmentSize: UInt64(size)) else { break }
             wanted.append(next)
             current = next
         }
-        let behind = try spool.names(under: "segments/", suffix: ".gz").filter { $0 < name }
-        try spool.files.delete(behind.map { "segments/\($0).gz" })
-        try spool.files.write(wantedKey, contents: Data(wanted.joined(separator: "\n").utf8))
+        try spool.put(wantedKey, Data(wanted.joined(separator: "\n").utf8))
+        let behind = try spool.files.list(prefix: "segments/").map(\.key).filter { String($0.dropFirst("segments/".count).prefix(24)) < name }
+        spool.remove(behind)
         if try !spool.isLocked(lockName) { try spool.startDetached(prefetcherArguments, environment: settings.environment, log: "prefetch.log") }
         return true
     }
 
-    /// The background prefetcher: downloads the wanted segments not yet in the spool, several at
+    /// Moves the prefetched `name` to `destination` when it is whole and is that segment: its
+    /// sha256 is the one the prefetcher recorded after checking the download, and its page header
+    /// names it. Whatever does not verify is deleted.
+    ///
+    /// - Returns: the segment's size, or nil when the spool had no good copy.
+    private static func serveFromSpool(_ name: String, spool: WALSpool, destination: String) -> Int? {
+        let segment = "segments/\(name)", digest = "segments/\(name).sha256"
+        defer { spool.remove([segment, digest]) }   // served or bad: either way not needed again
+        guard let recorded = try? spool.files.read(digest), let data = try? spool.files.read(segment),
+              WALAsyncPush.sha256(data) == String(decoding: recorded, as: UTF8.self), WALSegmentName.headerMatches(data, name: name) else { return nil }
+        if rename(spool.path(segment), destination) != 0 {
+            // A --spool on another file system than pg_wal: write the verified bytes instead.
+            guard (try? WALArchive.install(data, at: destination)) != nil else { return nil }
+        }
+        return data.count
+    }
+
+    /// The background prefetcher: downloads, checks and spools the wanted segments, several at
     /// once, until nothing has been wanted for `idleExit`. Returns at once when another holds the spool.
-    public static func run(settings: Settings) throws {
+    public static func run(settings: WALSpoolSettings, key cipherKey: RepositoryKey?) throws {
         let spool = try WALSpool(settings.spool, repository: settings.repository, resetOnMismatch: true)
         guard let lock = try spool.tryLock(lockName) else { return }
         defer { lock.release() }
+        FileHandle.standardError.write(Data("prefetcher \(ProcessInfo.processInfo.processIdentifier) started\n".utf8))
         // Claims of a prefetcher that was killed: this one holds the lock, so none is live.
-        try spool.files.delete(try spool.names(under: "claims/").map { "claims/\($0)" })
+        spool.remove(try spool.names(under: "claims/").map { "claims/\($0)" })
         let claims = Claims()
         let directory = spool.directory
         let repository = settings.repository
         let idleExit = settings.idleExit
         let environment = settings.environment
-        WorkerThreads.run(min(settings.count, 8)) { _ in
-            guard let spool = try? WALSpool(directory, repository: repository, resetOnMismatch: false),
-                  let store = try? Repository.open(repository, create: false, environment: environment) else { return }
+        WorkerThreads.run(min(settings.jobs, 8)) { index in
+            guard let spool = try? WALSpool(directory, repository: repository, resetOnMismatch: false) else { return }
+            var store: BackupStore?
             var idleSince = Date()
             while !Interruption.isRequested {
                 let wanted = (try? spool.files.read(wantedKey)).map { String(decoding: $0, as: UTF8.self).split(separator: "\n").map(String.init) } ?? []
-                let missing = wanted.filter { !spool.exists("segments/\($0).gz") && !spool.exists("absent/\($0)") }
-                guard let name = claims.claim(from: missing) else {
+                // Each name once per prefetcher: one served already is not downloaded again because an older `wanted` still names it.
+                guard let name = claims.claim(from: wanted.filter { !spool.exists("segments/\($0).sha256") }) else {
                     if Date().timeIntervalSince(idleSince) > idleExit { return }
-                    usleep(20_000)
+                    usleep(WorkerThreads.idlePause(index))
                     continue
                 }
-                defer { claims.release(name) }
+                idleSince = Date()
                 guard let objectKey = try? WALArchive.key(for: name) else { continue }
                 // Said in the spool, so that the call for this segment waits for it instead of fetching it too.
-                try? spool.files.write("claims/\(name)", contents: Data())
-                defer { try? spool.files.delete(["claims/\(name)"]) }
+                try? spool.put("claims/\(name)", Data())
+                defer { spool.remove(["claims/\(name)"]) }
                 do {
-                    try spool.files.write("segments/\(name).gz", contents: try store.read(objectKey))
-                    idleSince = Date()
+                    let opened = try store ?? Repository.open(repository, create: false, environment: environment)
+                    store = opened
+                    let data = try WALArchive.decompress(try opened.read(objectKey), name: name, objectKey: objectKey, cipherKey: cipherKey)
+                    guard WALSegmentName.headerMatches(data, name: name) else {
+                        throw RecoveryError(.backupCorrupt, "archived WAL file \(name) does not start with its own page header")
+                    }
+                    try spool.put("segments/\(name)", data)
+                    try spool.put("segments/\(name).sha256", Data(WALAsyncPush.sha256(data).utf8))
                 } catch let error as StorageError where error.kind == .notFound {
-                    // Not archived (yet): the call for it fetches directly; not asked for again by this run.
-                    try? spool.files.write("absent/\(name)", contents: Data())
-                    idleSince = Date()
+                    // Not archived (yet): the call for it asks the repository itself.
                 } catch {
-                    // Failing downloads do not keep the prefetcher alive: the calls fetch directly.
+                    // The call for it fetches directly and reports what is wrong.
                     FileHandle.standardError.write(Data("prefetch \(name): \(RecoveryError.classify(error).message)\n".utf8))
-                    usleep(500_000)
                 }
             }
         }
-        try? spool.files.delete(try spool.names(under: "absent/").map { "absent/\($0)" })
     }
 }

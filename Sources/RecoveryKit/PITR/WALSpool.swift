@@ -6,10 +6,32 @@ import Synchronization
 import Glibc
 #endif
 
+/// What a spool's background worker (the pusher of `wal-push --async`, the prefetcher of
+/// `wal-fetch --prefetch`) and the calls that start it are given.
+public struct WALSpoolSettings: Sendable {
+    public var spool: String
+    public var repository: String
+    /// Segments in flight at once: the pusher's uploads, the prefetcher's downloads ahead.
+    public var jobs: Int
+    /// The worker exits after this long without work.
+    public var idleExit: TimeInterval
+    /// What the storage layer reads S3 settings and credentials from; also the worker's environment.
+    public var environment: [String: String]
+
+    public init(spool: String, repository: String, jobs: Int, idleExit: TimeInterval = 10,
+                environment: [String: String] = ProcessInfo.processInfo.environment) {
+        self.spool = spool
+        self.repository = repository
+        self.jobs = max(1, jobs)
+        self.idleExit = idleExit
+        self.environment = environment
+    }
+}
+
 /// A local directory where WAL waits between PostgreSQL and the repository: `wal-push --async`
-/// queues segments and status files in it, `wal-fetch --prefetch` keeps segments it downloaded
-/// ahead. Its files are written with `LocalStore` (atomic rename, fsync), so a crash leaves whole
-/// files or none.
+/// queues segment paths and status files in it, `wal-fetch --prefetch` keeps segments it downloaded
+/// ahead. Its files are written whole or not at all (`put`: a temporary file renamed) but not
+/// fsync'd: what must be durable is in the repository before anything is acknowledged.
 ///
 /// A spool belongs to one repository (recorded in `repository`): a segment queued for, or
 /// prefetched from, one repository must never be acknowledged against or served from another.
@@ -52,6 +74,49 @@ struct WALSpool {
     func path(_ key: String) -> String { directory + "/" + key }
 
     func exists(_ key: String) -> Bool { (try? files.objectInfo(key)) != nil }
+
+    /// Writes `key` whole or not at all (a `*.partial-<pid>-<random>` file renamed, as `LocalStore`
+    /// names them, so that `removeLeftovers` knows them) but without fsync: nothing in a spool has
+    /// to survive a crash (a lost or torn verdict is answered again by the retry's push, a lost or
+    /// damaged segment is caught by its sha256), while an fsync costs a trip to a busy disk for every
+    /// file of every segment, in the path PostgreSQL waits on. Durability is the repository's.
+    func put(_ key: String, _ contents: Data) throws {
+        let final = path(key)
+        let directory = (final as NSString).deletingLastPathComponent
+        try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let temporary = final + ".partial-\(getpid())-\(String(UInt32.random(in: 0...UInt32.max), radix: 16))"
+        let descriptor = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        var written = 0
+        if descriptor >= 0 {
+            written = contents.withUnsafeBytes { bytes in
+                var offset = 0
+                while offset < bytes.count {
+                    let count = write(descriptor, bytes.baseAddress.map { $0 + offset }, bytes.count - offset)
+                    if count < 0 && errno == EINTR { continue }
+                    if count <= 0 { break }
+                    offset += count
+                }
+                return offset
+            }
+        }
+        let failure = descriptor < 0 || written < contents.count ? String(cString: strerror(errno)) : nil
+        if descriptor >= 0 { close(descriptor) }
+        if let failure {
+            unlink(temporary)
+            throw RecoveryError(.failure, "cannot write \(temporary) in the spool: \(failure)",
+                                hint: "give --spool a local directory the PostgreSQL user may write, with free space")
+        }
+        guard rename(temporary, final) == 0 else {
+            let reason = String(cString: strerror(errno))
+            unlink(temporary)
+            throw RecoveryError(.failure, "cannot rename \(temporary) to \(final): \(reason)")
+        }
+    }
+
+    /// Removes `keys` that exist (no fsync, see `put`).
+    func remove(_ keys: [String]) {
+        for key in keys { unlink(path(key)) }
+    }
 
     /// The WAL file names stored under `prefix` (`queue/`), without their suffix, sorted.
     func names(under prefix: String, suffix: String = "") throws -> [String] {
@@ -128,6 +193,11 @@ struct WALSpool {
 
 /// Runs `work` on `jobs` threads at once and waits for all of them.
 enum WorkerThreads {
+    /// Microseconds an idle worker waits before looking for work again: the first of a pool looks
+    /// often (new work is seen within 10 ms), the rest rarely, so that an idle pool waiting out its
+    /// `idleExit` does not take CPU from the processes PostgreSQL is waiting for.
+    static func idlePause(_ index: Int) -> useconds_t { index == 0 ? 10_000 : 100_000 }
+
     static func run(_ jobs: Int, _ work: @escaping @Sendable (Int) -> Void) {
         let group = DispatchGroup()
         for index in 0..<max(1, jobs) {
@@ -141,7 +211,8 @@ enum WorkerThreads {
     }
 }
 
-/// The names a pool of workers has taken, so that no two take the same one.
+/// The names a pool of workers has taken, so that no two take the same one and none is taken
+/// twice in one worker's life.
 final class Claims: Sendable {
     private let taken = Mutex<Set<String>>([])
 
@@ -152,9 +223,5 @@ final class Claims: Sendable {
             taken.insert(name)
             return name
         }
-    }
-
-    func release(_ name: String) {
-        _ = taken.withLock { $0.remove(name) }
     }
 }

@@ -41,7 +41,7 @@ enum DumpApplier {
         let loader = try ParallelLoader(target: target, jobs: max(1, jobs), backupID: manifest.id, maintenanceWorkMem: maintenanceWorkMem)
         defer { loader.abandon() }
         if let toc = try tableOfContents(of: manifest, from: store, key: key), DumpSegments.usable(file, toc: toc),
-           let parts = TableLanes.Parts(toc) {
+           let parts = TableLanes.Parts(toc, jobs: jobs) {
             return try TableLanes.apply(manifest, file: file, toc: toc, parts: parts, store: store, loader: loader, progress: progress)
         }
         let scanner = DumpScanner(backupID: manifest.id) { try loader.handle($0) }

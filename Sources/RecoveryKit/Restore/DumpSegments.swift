@@ -96,6 +96,24 @@ final class DumpSegments {
         }
     }
 
+    /// Refuses a stored file whose size is not the manifest's (a stat, an S3 HEAD) before any part is
+    /// read: ranged reads past a truncated file's end would fail as storage errors, not as damage.
+    ///
+    /// - Throws: `RecoveryError(.backupCorrupt)`.
+    func checkSize() throws {
+        let size: UInt64
+        do {
+            size = try store.objectInfo(manifest.key(of: file)).size
+        } catch let error as StorageError where error.kind == .notFound {
+            throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name), named in its manifest, is missing", hint: Self.hint)
+        }
+        guard size == file.storedBytes else {
+            VerificationRecord.forget(manifest, in: store)
+            throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name) does not match its sha256 (file damaged: \(size) bytes stored, its manifest says \(file.storedBytes))",
+                                hint: Self.hint)
+        }
+    }
+
     /// Stops the other readers at the end of the segment they are in.
     func stop() { condition.withLock { stopped = true; condition.broadcast() } }
 
@@ -128,7 +146,13 @@ final class DumpSegments {
                 condition.unlock()
                 throw Stopped()
             }
-            if !claimed.contains(index) { break }
+            if !claimed.contains(index) {
+                // Claimed before the lock is let go: a part that comes next waits for these bytes
+                // instead of reading the segment a second time (the claim in `pass` comes only after
+                // the ranged read has begun, a round trip later on S3).
+                claimed.insert(index)
+                break
+            }
             condition.wait()
         }
         condition.unlock()

@@ -119,6 +119,43 @@ final class ParallelLoader {
         }
     }
 
+    /// SQL: whether the database defines functions of its own (not an extension's). Any of them may
+    /// read or write other tables, even one declared IMMUTABLE.
+    private static let ownFunctionsExist = """
+        EXISTS (SELECT FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+                WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND p.prokind <> 'p'
+                  AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d
+                                  WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid AND d.deptype = 'e'))
+        """
+
+    /// The index and key builds that open the post-data (read so far), by table in dump order, with
+    /// their places in it: what `TableLanes` may run as soon as the table's rows are in. None once
+    /// a COPY was read here (its table's rows may still be loading), nor when the database defines
+    /// functions of its own (an index expression calling one may read tables still loading).
+    func leadingBuilds() throws -> [(table: String, statements: [(index: Int, statement: DumpScanner.Statement)])] {
+        guard copies == 0 else { return [] }
+        do {
+            guard try main.connection.query("SELECT (\(Self.ownFunctionsExist))::text").scalar == "false" else { return [] }
+        } catch {
+            throw DumpApplier.failure(error, in: "finding functions of the database's own", backupID: backupID)
+        }
+        var groups: [(table: String, statements: [(index: Int, statement: DumpScanner.Statement)])] = []
+        var groupOfTable: [String: Int] = [:]
+        for (index, statement) in postData.enumerated() {
+            guard let table = Self.parallelKey(statement.text) else { break }
+            if let group = groupOfTable[table] { groups[group].statements.append((index, statement)) } else {
+                groupOfTable[table] = groups.count
+                groups.append((table, [(index, statement)]))
+            }
+        }
+        return groups
+    }
+
+    /// Leaves out of the post-data the statements another connection has run (by their places).
+    func skipPostData(_ done: Set<Int>) {
+        postData = postData.enumerated().filter { !done.contains($0.offset) }.map(\.element)
+    }
+
     /// Commits the last rows (the stream has been read and verified), runs the post-data, and
     /// says how many rows each table got from the dump's COPYs, where that is its exact count.
     @discardableResult
@@ -284,11 +321,7 @@ final class ParallelLoader {
             // taken for the counts.
             let found = try? main.connection.query("""
                 SELECT EXISTS (SELECT FROM pg_catalog.pg_event_trigger WHERE evtenabled <> 'D')::text,
-                       EXISTS (SELECT FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-                               WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND p.prokind <> 'p'
-                                 AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d
-                                                 WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid
-                                                   AND d.deptype = 'e'))::text
+                       \(Self.ownFunctionsExist)::text
                 """).rows.first
             if found?[0] != "false" {
                 countsInexact = "an event trigger exists (it may have written rows as the post-data ran)"
