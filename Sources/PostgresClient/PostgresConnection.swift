@@ -217,18 +217,25 @@ public final class PostgresConnection {
         let handle = try openHandle(for: copyStatement)
         defer { canceller?.statementEnds() }
         guard PQputCopyEnd(handle, nil) == 1 else { throw Interruption.explain(brokenConnection(handle, during: copyStatement)) }
+        let (rows, firstFailure) = copyResults(handle, sql: copyStatement)
+        if let firstFailure { throw firstFailure }
+        return rows
+    }
+
+    /// The results that end a COPY: its row count (`PQcmdTuples`), and the first failure if any
+    /// (all results are read, so that the connection is ready for the next statement).
+    private func copyResults(_ handle: OpaquePointer, sql: String) -> (rows: Int64, failure: Error?) {
         var rows: Int64 = 0
         var firstFailure: Error?
         while let result = PQgetResult(handle) {
             if PQresultStatus(result) == PGRES_COMMAND_OK {
                 rows = Int64(String(cString: PQcmdTuples(result))) ?? 0
             } else if firstFailure == nil {
-                firstFailure = failure(from: result, sql: copyStatement)
+                firstFailure = failure(from: result, sql: sql)
             }
             PQclear(result)
         }
-        if let firstFailure { throw firstFailure }
-        return rows
+        return (rows, firstFailure)
     }
 
     /// Runs `COPY … TO STDOUT` and hands each row (one line of COPY's text format, newline included)
@@ -270,16 +277,7 @@ public final class PostgresConnection {
             if let consumerFailure { throw consumerFailure }
             throw Interruption.explain(brokenConnection(handle, during: description))
         }
-        var rows: Int64 = 0
-        var firstFailure: Error?
-        while let result = PQgetResult(handle) {
-            if PQresultStatus(result) == PGRES_COMMAND_OK {
-                rows = Int64(String(cString: PQcmdTuples(result))) ?? 0
-            } else if firstFailure == nil {
-                firstFailure = failure(from: result, sql: description)
-            }
-            PQclear(result)
-        }
+        let (rows, firstFailure) = copyResults(handle, sql: description)
         if let consumerFailure { throw consumerFailure }
         if let firstFailure { throw firstFailure }
         return rows

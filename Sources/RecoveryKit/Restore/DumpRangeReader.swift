@@ -77,34 +77,22 @@ enum DumpRangeReader {
                 reader.close()
                 progress?.finished()
             }
-            var current = first
-            var offset = points[first].compressedOffset
-            var digest = StreamingDigest()
+            var cursor = SegmentCursor(at: first, points: points, end: compressedEnd)
             do {
                 try ObjectStreaming.forEachChunk(of: reader) { chunk in
-                    var start = 0
-                    while start < chunk.count {
-                        let take = Int(min(UInt64(chunk.count - start), compressedEnd(current) - offset))
-                        let piece = UnsafeRawBufferPointer(rebasing: chunk[start..<(start + take)])
-                        digest.update(piece)
-                        try decoder.write(piece)
-                        offset += UInt64(take)
-                        start += take
-                        progress?.progress(phase: "read", bytes: statistics.compressedBytesRead + offset - points[first].compressedOffset)
-                        if offset == compressedEnd(current) {
-                            guard digest.hexDigest() == points[current].segmentSha256 else {
-                                throw RecoveryError(.backupCorrupt, "backup \(manifest.id) is damaged: \(file.name) bytes \(points[current].compressedOffset)-\(offset) do not match their sha256 in \(DumpTableOfContents.fileName)", hint: hint)
-                            }
-                            digest = StreamingDigest()
-                            current += 1
+                    try cursor.feed(chunk, piece: { try decoder.write($0) }, ended: { index, matches, end in
+                        guard matches else {
+                            throw RecoveryError(.backupCorrupt, "backup \(manifest.id) is damaged: \(file.name) bytes \(points[index].compressedOffset)-\(end) do not match their sha256 in \(DumpTableOfContents.fileName)", hint: hint)
                         }
-                    }
+                        return true
+                    })
+                    progress?.progress(phase: "read", bytes: statistics.compressedBytesRead + (cursor.offset - points[first].compressedOffset))
                 }
                 if last == points.count - 1, first == 0 { try decoder.finish() }
             } catch let error as GzipError {
                 throw RecoveryError(.backupCorrupt, "backup \(manifest.id) is damaged: \(file.name): \(error)", hint: hint)
             }
-            guard offset == compressedEnd(last), position == uncompressedEnd(last) else {
+            guard cursor.offset == compressedEnd(last), position == uncompressedEnd(last) else {
                 throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name) does not match its \(DumpTableOfContents.fileName) (segment \(first)-\(last) decodes to \(position - points[first].uncompressedOffset) bytes)", hint: hint)
             }
             statistics.compressedBytesRead += compressedEnd(last) - points[first].compressedOffset

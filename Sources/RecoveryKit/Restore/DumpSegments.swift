@@ -197,9 +197,7 @@ final class DumpSegments {
             throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name), named in its manifest, is missing", hint: Self.hint)
         }
         defer { reader.close() }
-        var current = run.lowerBound
-        var offset = points[current].compressedOffset
-        var digest = StreamingDigest()
+        var cursor = SegmentCursor(at: run.lowerBound, points: points, end: compressedEnd)
         var failure: Error?
         var decoded: UInt64 = 0
         func begin(_ index: Int) throws {
@@ -208,32 +206,24 @@ final class DumpSegments {
                 claimed.insert(index)
             }
         }
-        try begin(current)
+        try begin(run.lowerBound)
         do {
             try ObjectStreaming.forEachChunk(of: reader) { chunk in
-                var start = 0
-                while start < chunk.count {
-                    let take = Int(min(UInt64(chunk.count - start), compressedEnd(current) - offset))
-                    let piece = UnsafeRawBufferPointer(rebasing: chunk[start..<(start + take)])
-                    digest.update(piece)
+                try cursor.feed(chunk, piece: { piece in
                     if failure == nil, let decoder {
                         do { try decoder.write(piece) } catch {
                             if Interruption.isRequested { throw error }
                             failure = error
                         }
                     }
-                    offset += UInt64(take)
-                    start += take
-                    if offset == compressedEnd(current) {
-                        guard digest.hexDigest() == points[current].segmentSha256 else { throw damaged(current, to: offset) }
-                        condition.withLock { _ = verified.insert(current) }
-                        if let failure { throw failure }
-                        digest = StreamingDigest()
-                        if current == run.upperBound { break }
-                        current += 1
-                        try begin(current)
-                    }
-                }
+                }, ended: { index, matches, end in
+                    guard matches else { throw damaged(index, to: end) }
+                    condition.withLock { _ = verified.insert(index) }
+                    if let failure { throw failure }
+                    if index == run.upperBound { return false }
+                    try begin(index + 1)
+                    return true
+                })
                 condition.withLock {
                     bytesRead += UInt64(chunk.count)
                     progress?.progress(phase: "restore \(manifest.id) \(file.name)", bytes: bytesRead, total: file.storedBytes, estimated: false)
@@ -245,8 +235,8 @@ final class DumpSegments {
             VerificationRecord.forget(manifest, in: store)
             throw RecoveryError(.backupCorrupt, "backup \(manifest.id) is damaged: \(file.name): \(error)", hint: Self.hint)
         }
-        guard offset == compressedEnd(run.upperBound) else {
-            throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name) ends at byte \(offset), before its size in the manifest", hint: Self.hint)
+        guard cursor.offset == compressedEnd(run.upperBound) else {
+            throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name) ends at byte \(cursor.offset), before its size in the manifest", hint: Self.hint)
         }
         if decoder != nil, decoded != uncompressedEnd(run.upperBound) - points[run.lowerBound].uncompressedOffset {
             throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name) does not match its \(DumpTableOfContents.fileName) (segments \(run.lowerBound)-\(run.upperBound) decode to \(decoded) bytes)", hint: Self.hint)
@@ -273,5 +263,46 @@ final class DumpSegments {
             if points[middle].uncompressedOffset <= offset { low = middle } else { high = middle - 1 }
         }
         return low
+    }
+}
+
+/// Where one ranged read of consecutive segments stands: the segment its next byte belongs to, and
+/// that segment's sha256 so far. Cuts each chunk read at the segments' ends, so that every segment is
+/// checked against its own sha256 (`DumpSegments`, and `DumpRangeReader` for selective restores).
+struct SegmentCursor {
+    private(set) var current: Int
+    private(set) var offset: UInt64
+    private var digest = StreamingDigest()
+    private let points: [DumpTableOfContents.AccessPoint]
+    private let end: (Int) -> UInt64
+
+    /// - Parameter end: where a segment ends in the compressed file.
+    init(at first: Int, points: [DumpTableOfContents.AccessPoint], end: @escaping (Int) -> UInt64) {
+        current = first
+        offset = points[first].compressedOffset
+        self.points = points
+        self.end = end
+    }
+
+    /// Feeds one chunk of the read: `piece` gets each part of it that lies in one segment; at a
+    /// segment's end `ended` gets its index, whether it matched its sha256, and where it ends, and
+    /// says whether the read goes on (false: the rest of the chunk is left).
+    mutating func feed(_ chunk: UnsafeRawBufferPointer, piece: (UnsafeRawBufferPointer) throws -> Void,
+                       ended: (Int, Bool, UInt64) throws -> Bool) throws {
+        var start = 0
+        while start < chunk.count {
+            let take = Int(min(UInt64(chunk.count - start), end(current) - offset))
+            let part = UnsafeRawBufferPointer(rebasing: chunk[start..<(start + take)])
+            digest.update(part)
+            try piece(part)
+            offset += UInt64(take)
+            start += take
+            if offset == end(current) {
+                let matches = digest.hexDigest() == points[current].segmentSha256
+                digest = StreamingDigest()
+                guard try ended(current, matches, offset) else { return }
+                current += 1
+            }
+        }
     }
 }

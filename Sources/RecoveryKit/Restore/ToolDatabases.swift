@@ -69,9 +69,8 @@ enum ToolDatabases {
     /// One marked database.
     struct Marked: Sendable {
         var name: String
-        var oid: String
         var marker: Marker
-        var allowsConnections: Bool
+        /// `pg_database_size`, 0 where this role may not see it: what dropping it frees.
         var sizeBytes: Int64
 
         /// Still under the name the tool gave it (not renamed by hand since).
@@ -95,7 +94,7 @@ enum ToolDatabases {
     /// Every marked database on the server (optionally only those about one target).
     static func list(on connection: PostgresConnection, target: String? = nil) throws -> [Marked] {
         let rows = try connection.query("""
-            SELECT d.datname::text, d.oid::text, substr(u.entry, length($1) + 2), d.datallowconn,
+            SELECT d.datname::text, substr(u.entry, length($1) + 2),
                    -- the size needs CONNECT on the database (or pg_read_all_stats); unknown is 0, never an error
                    CASE WHEN pg_catalog.has_database_privilege(d.oid, 'CONNECT') OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
                         THEN pg_catalog.pg_database_size(d.oid)::text END
@@ -106,9 +105,8 @@ enum ToolDatabases {
             ORDER BY d.datname
             """, [parameter]).rows
         return try rows.compactMap { row in
-            guard let marker = Marker.parse(try row.string(2)), target == nil || marker.target == target else { return nil }
-            return Marked(name: try row.string(0), oid: try row.string(1), marker: marker, allowsConnections: try row.bool(3),
-                          sizeBytes: row[4].flatMap { Int64($0) } ?? 0)
+            guard let marker = Marker.parse(try row.string(1)), target == nil || marker.target == target else { return nil }
+            return Marked(name: try row.string(0), marker: marker, sizeBytes: row[2].flatMap { Int64($0) } ?? 0)
         }
     }
 
