@@ -272,6 +272,28 @@ final class RestoreFidelityTests: IntegrationTestCase {
         }
     }
 
+    /// `--data-by copy` on a SQL_ASCII database whose table and column names are not UTF-8: the plan never
+    /// reads those names over its UTF-8 session (the server refuses them: the backup failed, exit 11); such a
+    /// table stays with pg_dump (its entry after the copied ones), an ASCII-named one is copied.
+    func testCopyLeavesNonUTF8NamesOfASQLASCIIDatabaseToPgDump() throws {
+        let source = try createDatabase("sqlascii_names", encoding: "SQL_ASCII")
+        let connection = try cluster.connect(database: source)
+        try connection.execute(script: """
+            DO $$ BEGIN
+              EXECUTE 'CREATE TABLE public."caf' || convert_from('\\xe9'::bytea, 'SQL_ASCII') || '" (id int, "n'
+                      || convert_from('\\xe9'::bytea, 'SQL_ASCII') || '" text)';
+            END $$;
+            CREATE TABLE public.plain (id int);
+            INSERT INTO public.plain VALUES (1), (2);
+            """)
+        let plan = try TableDataPlan.read(on: connection, encoding: "SQL_ASCII", inRecovery: false, splitPages: 512)
+        XCTAssertEqual(plan.tables.map(\.name), ["plain"], "only the ASCII-named table is copied")
+        let copied = try tool("dbbackup", ["--data-by", "copy", "--database-url", cluster.url(database: source), "--repo", repository])
+        XCTAssertEqual(copied.status, 0, copied.standardError)
+        let id = copied.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+        XCTAssertEqual(try manifest(id).tables.map(\.rows), [0, 2])
+    }
+
     /// Issue 21 item 5: where a backup puts the tables it copied itself. In what every pg_dump from 14
     /// to 18 writes of the corpus, `DataSectionSplicer` knows every entry type's section and finds the
     /// data section where pg_dump's own first `TABLE DATA` entry starts.

@@ -78,8 +78,16 @@ struct TableDataPlan {
                   JOIN pg_catalog.pg_am m ON m.oid = o.opcmethod
                   WHERE p.partstrat = 'h' AND o.opcname = 'enum_ops' AND m.amname = 'hash'
                     AND o.opcnamespace = 'pg_catalog'::pg_catalog.regnamespace))
+              -- Outside a UTF-8 dump, only tables whose names are ASCII (byte-wise, so that a SQL_ASCII name that is
+              -- not UTF-8 is never sent to this UTF-8 session, which the server refuses): pg_dump keeps the others.
+              AND ($1 = 'UTF8' OR NOT EXISTS (
+                    SELECT 1 FROM (SELECT n.nspname::text UNION ALL SELECT c.relname::text UNION ALL SELECT pg_catalog.pg_get_userbyid(c.relowner)::text
+                                   UNION ALL SELECT a.attname::text FROM pg_catalog.pg_attribute a
+                                   WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) AS names(name)
+                    WHERE pg_catalog.encode(pg_catalog.convert_to(names.name, pg_catalog.getdatabaseencoding()), 'escape')
+                          ~ (pg_catalog.repeat(pg_catalog.chr(92), 2) || '[23][0-7][0-7]')))
             ORDER BY n.nspname COLLATE "C", c.relname COLLATE "C"
-            """).rows
+            """, [encoding]).rows
         let splits = connection.serverVersionNumber >= 140000
         var tables: [Table] = []
         for row in rows {
