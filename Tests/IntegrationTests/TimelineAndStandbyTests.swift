@@ -152,7 +152,9 @@ extension PointInTimeRecoveryTests {
         try writer.execute(script: "INSERT INTO notes VALUES (-1, 'before the failover')")
         try standby.waitForReplay(of: primary)
         XCTAssertEqual(try standby.promote(), 2)
-        let promotedBy = Date().addingTimeInterval(60)
+        // PostgreSQL's archiver retries a failed archive_command three times, then waits up to 60 s for its
+        // next round: on a busy machine one transient failure costs a minute, so wait through two rounds.
+        let promotedBy = Date().addingTimeInterval(150)
         var partial: String?
         while Date() < promotedBy {
             partial = (try? FileManager.default.contentsOfDirectory(atPath: repository + "/wal/00000001"))?.first { $0.hasSuffix(".partial.gz") }
