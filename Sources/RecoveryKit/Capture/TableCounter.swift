@@ -85,6 +85,16 @@ public enum TableCounter {
         }
     }
 
+    /// pg_dump's rule for a partitioned table `p` (a `pg_partitioned_table` row) whose partitions it
+    /// loads through the tree's root: hash partitioning on an enum key (`enum_ops`). One SQL condition,
+    /// for the backup's copied tables (`TableDataPlan`) and the restore's row counts (`rerouted`).
+    static let loadedThroughRoot = """
+        p.partstrat = 'h' AND EXISTS (
+            SELECT 1 FROM pg_catalog.pg_opclass eo JOIN pg_catalog.pg_am eam ON eam.oid = eo.opcmethod
+            WHERE eo.oid = ANY (p.partclass::pg_catalog.oid[]) AND eo.opcname = 'enum_ops' AND eam.amname = 'hash'
+              AND eo.opcnamespace = 'pg_catalog'::pg_catalog.regnamespace)
+        """
+
     /// Partitions whose rows a restore may put into another partition of the same tree, keyed by the
     /// partition's `schema.name`, with the tree's root: pg_dump loads every partition under a table
     /// hash-partitioned on an enum key through the root (an enum value hashes by its oid, which a
@@ -94,10 +104,7 @@ public enum TableCounter {
             WITH unsafe AS (
                 SELECT DISTINCT pg_catalog.pg_partition_root(p.partrelid) AS root
                 FROM pg_catalog.pg_partitioned_table p
-                WHERE p.partstrat = 'h' AND EXISTS (
-                    SELECT 1 FROM pg_catalog.pg_opclass o JOIN pg_catalog.pg_am a ON a.oid = o.opcmethod
-                    WHERE o.oid = ANY (p.partclass::pg_catalog.oid[]) AND o.opcname = 'enum_ops' AND a.amname = 'hash'
-                      AND o.opcnamespace = 'pg_catalog'::pg_catalog.regnamespace))
+                WHERE \(loadedThroughRoot))
             SELECT pg_catalog.encode(pg_catalog.convert_to(n.nspname::text, e.name), 'hex'),
                    pg_catalog.encode(pg_catalog.convert_to(c.relname::text, e.name), 'hex'),
                    pg_catalog.encode(pg_catalog.convert_to(rn.nspname::text, e.name), 'hex'),

@@ -74,10 +74,7 @@ struct TableDataPlan {
               AND NOT (c.relispartition AND EXISTS (
                   SELECT 1 FROM pg_catalog.pg_partition_ancestors(c.oid) a
                   JOIN pg_catalog.pg_partitioned_table p ON p.partrelid = a.relid
-                  JOIN pg_catalog.pg_opclass o ON o.oid = ANY (p.partclass::pg_catalog.oid[])
-                  JOIN pg_catalog.pg_am m ON m.oid = o.opcmethod
-                  WHERE p.partstrat = 'h' AND o.opcname = 'enum_ops' AND m.amname = 'hash'
-                    AND o.opcnamespace = 'pg_catalog'::pg_catalog.regnamespace))
+                  WHERE \(TableCounter.loadedThroughRoot)))
               -- Outside a UTF-8 dump, only tables whose names are ASCII (byte-wise, so that a SQL_ASCII name that is
               -- not UTF-8 is never sent to this UTF-8 session, which the server refuses): pg_dump keeps the others.
               AND ($1 = 'UTF8' OR NOT EXISTS (

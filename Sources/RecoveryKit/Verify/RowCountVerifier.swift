@@ -56,7 +56,12 @@ public enum RowCountVerifier {
     ///
     /// - Throws: `PostgresError` if counting fails.
     public static func verify(_ manifest: BackupManifest, on connection: PostgresConnection) throws -> Report {
-        let live = try TableCounter.countRows(on: connection)
+        try compare(manifest, live: try TableCounter.countRows(on: connection), on: connection)
+    }
+
+    /// The manifest's counts against the live ones, with the partitions a restore may reroute pooled
+    /// per tree on both sides (`pooled`).
+    private static func compare(_ manifest: BackupManifest, live: [BackupManifest.TableRowCount], on connection: PostgresConnection) throws -> Report {
         let rerouted = try TableCounter.rerouted(on: connection)
         return compare(expected: pooled(manifest.tables, rerouted), actual: pooled(live, rerouted), backupID: manifest.id,
                        database: connection.target.databaseName)
@@ -88,10 +93,7 @@ public enum RowCountVerifier {
         // The tables TableCounter counts; `count(*)` only for those the COPY results do not cover.
         let tables = try TableCounter.tables(on: connection)
         let live = try TableCounter.totals(of: tables) { try loaded.exact[$0.oid] ?? TableCounter.count($0, on: connection) }
-        let rerouted = try TableCounter.rerouted(on: connection)
-        let report = compare(expected: pooled(manifest.tables, rerouted), actual: pooled(live, rerouted), backupID: manifest.id,
-                             database: connection.target.databaseName)
-        return (report, tables.filter { loaded.exact[$0.oid] != nil }.count)
+        return (try compare(manifest, live: live, on: connection), tables.filter { loaded.exact[$0.oid] != nil }.count)
     }
 
     /// Whether row-level security may hide rows from this connection's counts: a table with it
