@@ -28,6 +28,8 @@ public struct PostgresError: Error, CustomStringConvertible, Sendable {
     public static let lockNotAvailable = "55P03"
     /// SQLSTATE of a cancelled statement (`statement_timeout`, `PQcancel`).
     public static let queryCanceled = "57014"
+    /// `deadlock_detected`: the server aborted this transaction to break a cycle of lock waits.
+    public static let deadlockDetected = "40P01"
     /// `object_in_use`: e.g. DROP DATABASE while a session is still connecting to it.
     public static let objectInUse = "55006"
 
@@ -51,6 +53,8 @@ public struct PostgresError: Error, CustomStringConvertible, Sendable {
     public var description: String {
         var text = "\(operation): \(message)"
         if let sqlState { text += " (SQLSTATE \(sqlState))" }
+        // Which sessions waited for what: the only record of a deadlock the operator gets.
+        if sqlState == Self.deadlockDetected, let detail { text += ": " + detail.split(whereSeparator: \.isNewline).joined(separator: " ") }
         if let blockingSessions { text += "; \(blockingSessions)" }
         return text
     }

@@ -631,6 +631,40 @@ extension SelectiveRestoreTests {
         XCTAssertEqual(try query("SELECT count(*)::text FROM crm.notes_log")[0][0], "1", "writing the rescue copy leaves live tables alone (1: the live insert)")
     }
 
+    /// An application session that read the live table and then draws from its sequence while the swap
+    /// waits for the table: a deadlock, which the server breaks by aborting the swap's transaction.
+    /// Nothing was changed by it, so the swap runs again once the session has moved on.
+    func testReplaceRunsTheSwapAgainAfterADeadlockWithAnApplicationSession() throws {
+        try backup()
+        try execute("DROP VIEW sales.big_orders; ALTER TABLE sales.order_lines DROP CONSTRAINT order_lines_order_id_fkey; UPDATE sales.orders SET total = 0")
+        // The swap's session checks for the deadlock first (3 s), so it is the one aborted.
+        try execute("ALTER DATABASE \(database!) SET deadlock_timeout = '3s'")
+        let application = try cluster.connect(database: database)
+        defer { application.close() }
+        try application.execute(script: "SET deadlock_timeout = '100s'; BEGIN; SELECT count(*) FROM sales.orders")
+        let process = try TestProcess.start("dbrestore", ["latest", "--table", "sales.orders", "--replace", "--yes", "--lock-wait", "60s"] + common,
+                                            cluster: cluster, environment: environment)
+        let errors = OutputCollector(descriptor: process.standardError, limit: 1024 * 1024)
+        let watcher = try cluster.connect(database: database)
+        defer { watcher.close() }
+        let waitingForTable = """
+            SELECT count(*)::text FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+            WHERE NOT l.granted AND a.application_name = 'dbrestore' AND l.relation = 'sales.orders'::regclass
+            """
+        let deadline = Date().addingTimeInterval(120)
+        while try watcher.query(waitingForTable).scalar == "0", !errors.ended, Date() < deadline { usleep(20_000) }
+        XCTAssertEqual(try watcher.query(waitingForTable).scalar, "1", "the swap waits for the application's lock")
+        // The application now wants the sequence the swap has renamed: each waits for the other.
+        try application.execute(script: "SELECT nextval('sales.orders_id_seq'); COMMIT")
+        let exit = process.waitForExit()
+        let standardError = errors.finish()
+        XCTAssertEqual(exit.exitCode, 0, standardError)
+        XCTAssertTrue(standardError.contains("deadlock"), "the retry is on the timeline: \(standardError)")
+        XCTAssertNotEqual(try query("SELECT sum(total)::text FROM sales.orders")[0][0], "0.00", "the backup's rows are live")
+        XCTAssertEqual(try query("SELECT count(*)::text FROM pg_class WHERE relname LIKE 'orders\\_pre\\_restore\\_%' AND relkind = 'r'")[0][0], "1",
+                       "the old table is kept aside once")
+    }
+
     /// `--replace` waits briefly for its lock (readers queue behind it), then fails with the table intact.
     func testReplaceGivesUpQuicklyOnALockedTable() throws {
         try backup()

@@ -255,7 +255,7 @@ enum DatabaseSwap {
                                 timeline.note("\(Interruption.name(of: signal)) arrived as the swap committed; the restore is complete")
                             }
                             return
-                        } catch let error as PostgresError where error.sqlState == "55006" {
+                        } catch let error as PostgresError where error.sqlState == PostgresError.objectInUse {
                             // "being accessed by other users": a session connected between the check and the rename.
                             _ = try? admin.execute(script: "ROLLBACK")  // the 55006 is what matters; the loop tries again
                         }

@@ -56,7 +56,7 @@ final class LoaderConnection {
         try use(statement.settings)
         do {
             try connection.execute(bytes: statement.sql)
-        } catch let error as PostgresError where error.sqlState == Self.deadlockDetected {
+        } catch let error as PostgresError where error.sqlState == PostgresError.deadlockDetected {
             throw error
         } catch {
             throw DumpApplier.failure(error, in: statement.excerpt, backupID: backupID)
@@ -85,7 +85,4 @@ final class LoaderConnection {
 
     /// SQLSTATE 42704 (`unrecognized configuration parameter`).
     static let undefinedObject = "42704"
-
-    /// SQLSTATE 40P01.
-    static let deadlockDetected = "40P01"
 }

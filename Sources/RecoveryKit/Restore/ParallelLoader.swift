@@ -440,7 +440,7 @@ final class ParallelLoader {
                 for statement in group {
                     do {
                         try connection.run(statement)
-                    } catch let error as PostgresError where error.sqlState == LoaderConnection.deadlockDetected {
+                    } catch let error as PostgresError where error.sqlState == PostgresError.deadlockDetected {
                         shared.withLock { $0.deadlocked.append(statement) }
                     } catch {
                         shared.withLock { $0.failed = true }

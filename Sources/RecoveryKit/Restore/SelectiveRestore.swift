@@ -295,11 +295,25 @@ public enum SelectiveRestore {
                 definition = try StagedDefinitionCheck.verify(prepared.selection, staged: schema, manifest: manifest, target: target,
                                                               server: PostgresMajor(serverVersionNumber: connection.serverVersionNumber),
                                                               tools: configuration.tools, timeline: timeline)
-                try connection.execute(script: "BEGIN")
                 (keptAs, repointed, renamed) = try timeline.step("replace \(prepared.plan.tables.joined(separator: ", ")) in one transaction") {
-                    try replace(prepared.selection, staged: schema, configuration, on: connection)
+                    // The swap is one transaction: a deadlock the server broke by aborting it left nothing
+                    // changed, so it is run again (as psql users would), a few times.
+                    var attempt = 1
+                    while true {
+                        do {
+                            try connection.execute(script: "BEGIN")
+                            let done = try replace(prepared.selection, staged: schema, configuration, on: connection)
+                            try connection.execute(script: "COMMIT")
+                            return done
+                        } catch let error as PostgresError where error.sqlState == PostgresError.deadlockDetected && attempt < 4 {
+                            _ = try? connection.execute(script: "ROLLBACK")
+                            timeline.note("replace: attempt \(attempt) ended in a deadlock the server broke (\(error.detail ?? error.message))",
+                                          outcome: "nothing was changed; trying again")
+                            usleep(UInt32(200_000 * attempt))
+                            attempt += 1
+                        }
+                    }
                 }
-                try connection.execute(script: "COMMIT")
                 swapped = true
             }
         }

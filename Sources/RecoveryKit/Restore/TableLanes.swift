@@ -133,7 +133,7 @@ enum TableLanes {
                     for (index, statement) in build {
                         do {
                             try connection.run(statement)
-                        } catch let error as PostgresError where error.sqlState == LoaderConnection.deadlockDetected {
+                        } catch let error as PostgresError where error.sqlState == PostgresError.deadlockDetected {
                             break   // left to the post-data, which retries it alone
                         }
                         shared.built(index)
