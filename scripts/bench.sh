@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks dbrecovery against the tools it replaces, side by side in one run on this machine.
 #
-#   scripts/bench.sh [--scale S] [--reps N] [--only incremental|wal|logical|restore|selective|growth]
+#   scripts/bench.sh [--scale S] [--reps N] [--only incremental|wal|logical|restore|selective|growth|physical]
 #
 # Builds release binaries, starts a sandbox cluster, makes a deterministic dataset (pgbench tables
 # plus a table of text, jsonb, bytea, numeric and timestamptz; about S GiB, default 1), then runs
@@ -39,6 +39,10 @@
 # shows time against data and peak RSS at both sizes (bench/results-growth.md). A full run (no --only)
 # ends with it and then rewrites README.md's performance table from bench/results.md
 # (scripts/bench-readme.py), so the README shows one run's numbers.
+# `--only physical` (issue 21 item 3) runs just the physical rows: base backups against pg_basebackup |
+# gzip -6 and pgBackRest (gz 6, two processes), and extraction against `pgbackrest restore`, N times each
+# (results in bench/results-physical.md). Every repetition backs up the same cluster: the databases
+# the restore rows create are dropped again at the end of each repetition of a full run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scale=1
@@ -49,10 +53,10 @@ while [ $# -gt 0 ]; do
     --scale) scale=$2; shift 2 ;;
     --reps) reps=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
-    *) echo "usage: $0 [--scale S] [--reps N] [--only incremental|wal|logical|restore|selective|growth]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--scale S] [--reps N] [--only incremental|wal|logical|restore|selective|growth|physical]" >&2; exit 2 ;;
   esac
 done
-case $only in all|incremental|wal|logical|restore|selective|growth) ;; *) echo "bench: --only takes 'incremental', 'wal', 'logical', 'restore', 'selective' or 'growth'" >&2; exit 2 ;; esac
+case $only in all|incremental|wal|logical|restore|selective|growth|physical) ;; *) echo "bench: --only takes 'incremental', 'wal', 'logical', 'restore', 'selective', 'growth' or 'physical'" >&2; exit 2 ;; esac
 pg17_bin=/var/cache/dbrecovery/postgresql/17/bin
 if [ "$only" = all ] || [ "$only" = incremental ]; then
   [ -x "$pg17_bin/pg_combinebackup" ] || { echo "bench: PostgreSQL 17 is missing in $pg17_bin; run scripts/pg-majors.sh" >&2; exit 12; }
@@ -563,15 +567,32 @@ incremental_round() {
     "$(declare -f as_owner); as_owner pgbackrest --config='$work/pgbr/pgbackrest.conf' --stanza=bench --type=incr backup; du -sb \$(ls -d '$work/pgbr/repo/backup/bench/'*I | tail -1) | cut -f1 > '$work/size'"
 }
 
+# The physical rows (issue 21 item 3), on the cluster as the dataset left it: base backups against
+# pg_basebackup | gzip and pgBackRest at the same level, and extraction of one base backup of that
+# same cluster (pitr-repo, taken once before the repetitions) against `pgbackrest restore` of its own.
+physical_rows() {
+  measure "pg_basebackup -Ft -D - | gzip -6" "'$pg_bin/pg_basebackup' -d '$base/postgres' -D - -Ft -X none --checkpoint=fast | gzip -6 > '$work/out/base.tar.gz'"
+  measure "dbbackup --physical" "'$bin/dbbackup' -q --physical --database-url '$base/postgres' --repo '$work/out/repo'"
+  measure "dbbackup --physical --compression-level 6" "'$bin/dbbackup' -q --physical --compression-level 6 --database-url '$base/postgres' --repo '$work/out/repo'"
+  pgbr_fresh
+  measure "pgbackrest backup (full, gz, process-max 2)" "$(declare -f as_owner); as_owner pgbackrest --config='$work/pgbr/pgbackrest.conf' --stanza=bench --type=full backup; du -sb '$work/pgbr/repo' > /dev/null"
+  # Extraction only (what a PITR user waits for before replay starts): the base backup into an empty
+  # data directory, recovery settings written, nothing started.
+  measure "dbrestore --pitr (extract base backup)" "$(declare -f fresh_data_dir); fresh_data_dir '$work/out/pgdata' && '$bin/dbrestore' pitr -q --repo '$work/pitr-repo' --pgdata '$work/out/pgdata' --target latest"
+  measure "pgbackrest restore (process-max 2)" "$(declare -f as_owner fresh_data_dir); fresh_data_dir '$work/out/pgdata' && as_owner pgbackrest --config='$work/pgbr/pgbackrest.conf' --stanza=bench --pg1-path='$work/out/pgdata' restore"
+}
+
 if [ "$only" = incremental ]; then
   for rep in $(seq 1 "$reps"); do
     echo "bench: repetition $rep of $reps (incremental)" >&2
     incremental_round
   done
 else
-"$pg_bin/pg_dump" -Fc -Z6 -f "$work/bench.dump" "$base/bench"
-"$pg_bin/pg_dump" "$base/bench" | gzip -6 > "$work/bench.sql.gz"
-"$bin/dbbackup" --database-url "$base/bench" --repo "$work/restore-repo" -q >/dev/null
+if [ "$only" = all ]; then
+  "$pg_bin/pg_dump" -Fc -Z6 -f "$work/bench.dump" "$base/bench"
+  "$pg_bin/pg_dump" "$base/bench" | gzip -6 > "$work/bench.sql.gz"
+  "$bin/dbbackup" --database-url "$base/bench" --repo "$work/restore-repo" -q >/dev/null
+fi
 # One base backup at the peer's level, its WAL archived by wal-push, for the extraction rows
 # (dbrestore --pitr against pgbackrest restore); archive_command is /bin/true again afterwards.
 mkdir -p "$work/pitr-repo"
@@ -582,6 +603,12 @@ psql -q -X "$base/postgres" -c "ALTER SYSTEM SET archive_command = '/bin/true'" 
 # The extraction target: a fresh directory the data directory's owner may write (pgBackRest runs as that owner).
 fresh_data_dir() { mkdir -p "$1"; chmod 700 "$1"; if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$1"; fi; }
 
+if [ "$only" = physical ]; then
+  for rep in $(seq 1 "$reps"); do
+    echo "bench: repetition $rep of $reps (physical)" >&2
+    physical_rows
+  done
+else
 for rep in $(seq 1 "$reps"); do
   echo "bench: repetition $rep of $reps" >&2
   measure "pg_dump > /dev/null (floor)" "'$pg_bin/pg_dump' '$base/bench' > /dev/null"
@@ -594,15 +621,7 @@ for rep in $(seq 1 "$reps"); do
   measure "dbbackup (small dataset)" "'$bin/dbbackup' -q --database-url '$base/bench_small' --repo '$work/out/repo'"
   measure "dbbackup to S3" "env $s3_env '$bin/dbbackup' -q --database-url '$base/bench' --repo s3://bench/full"
   measure "dbbackup to S3 (small dataset)" "env $s3_env '$bin/dbbackup' -q --database-url '$base/bench_small' --repo s3://bench/small"
-  measure "pg_basebackup -Ft -D - | gzip -6" "'$pg_bin/pg_basebackup' -d '$base/postgres' -D - -Ft -X none --checkpoint=fast | gzip -6 > '$work/out/base.tar.gz'"
-  measure "dbbackup --physical" "'$bin/dbbackup' -q --physical --database-url '$base/postgres' --repo '$work/out/repo'"
-  measure "dbbackup --physical --compression-level 6" "'$bin/dbbackup' -q --physical --compression-level 6 --database-url '$base/postgres' --repo '$work/out/repo'"
-  pgbr_fresh
-  measure "pgbackrest backup (full, gz, process-max 2)" "$(declare -f as_owner); as_owner pgbackrest --config='$work/pgbr/pgbackrest.conf' --stanza=bench --type=full backup; du -sb '$work/pgbr/repo' > /dev/null"
-  # Extraction only (what a PITR user waits for before replay starts): the base backup into an empty
-  # data directory, recovery settings written, nothing started.
-  measure "dbrestore --pitr (extract base backup)" "$(declare -f fresh_data_dir); fresh_data_dir '$work/out/pgdata' && '$bin/dbrestore' pitr -q --repo '$work/pitr-repo' --pgdata '$work/out/pgdata' --target latest"
-  measure "pgbackrest restore (process-max 2)" "$(declare -f as_owner fresh_data_dir); fresh_data_dir '$work/out/pgdata' && as_owner pgbackrest --config='$work/pgbr/pgbackrest.conf' --stanza=bench --pg1-path='$work/out/pgdata' restore"
+  physical_rows
   restore_db r1
   measure "gunzip -c | psql" "gunzip -c '$work/bench.sql.gz' | psql -q -X -o /dev/null '$base/r1'"
   restore_db r2
@@ -614,8 +633,11 @@ for rep in $(seq 1 "$reps"); do
   # ranged reads of the pre-data, its rows and the post-data only.
   measure "dbrestore --table (one small table)" "'$bin/dbrestore' latest -q --table public.pgbench_branches --into-schema selective_$rep --repo '$work/restore-repo' --database-url '$base/bench'"
   psql -q -X "$base/bench" -c "DROP SCHEMA selective_$rep CASCADE"
+  # The restored copies go again, so that the next repetition's base backups copy the same cluster.
+  for restored in r1 r2 r3; do psql -q -X "$base/postgres" -c "DROP DATABASE IF EXISTS $restored WITH (FORCE)"; done
   incremental_round
 done
+fi
 fi
 
 default_level=$("$bin/dbbackup" capture --help | tr -s ' \n' ' ' | sed 's/.*--compression-level <n>//' | grep -o '(default: [0-9])' | head -1 | tr -dc '0-9')
@@ -661,7 +683,15 @@ checks = [] if "dbbackup" not in med else [
      ratio("dbbackup --physical --compression-level 6", "pgbackrest backup (full, gz, process-max 2)"), 0.65),
     ("dbrestore --pitr extraction / pgbackrest restore", ratio("dbrestore --pitr (extract base backup)", "pgbackrest restore (process-max 2)"), 0.6),
 ]
-checks += [
+physical_only = "dbbackup" not in med and "dbbackup --physical" in med
+if physical_only:
+    checks = [
+        ("dbbackup --physical / pg_basebackup | gzip -6", ratio("dbbackup --physical", "pg_basebackup -Ft -D - | gzip -6"), 1.0),
+        ("dbbackup --physical -6 / pgbackrest (full, gz 6, 2 processes; same level)",
+         ratio("dbbackup --physical --compression-level 6", "pgbackrest backup (full, gz, process-max 2)"), 0.65),
+        ("dbrestore --pitr extraction / pgbackrest restore", ratio("dbrestore --pitr (extract base backup)", "pgbackrest restore (process-max 2)"), 0.6),
+    ]
+checks += [] if physical_only else [
     ("dbbackup --incremental / dbbackup --physical, time (PG 17, 1 % changed)",
      ratio("dbbackup --physical --incremental (PG 17, 1 % changed)", "dbbackup --physical (PG 17, full)"), 1.0),
     ("dbbackup --incremental / dbbackup --physical, size (PG 17, 1 % changed)",
@@ -678,7 +708,7 @@ for name, value, target in checks:
 if "dbbackup" in med:
     print(f"\ndbbackup's default level is {os.environ.get('DEFAULT_LEVEL', '?')}: as small as gzip -6 on dumps (see the size ratio) for about a quarter less CPU.")
     print("Targets are issue 21's where it sets one (0.80 against pigz and pg_restore -j 2, 1.0 against the pg_dump floor, 0.65 and 0.6 for physical backup and extraction at the peer's level); elsewhere 1.0 (as fast as the peer) is shown as the bar.")
-print("\nIncremental rows: PG 17's incremental is compared with a full of the same cluster; pgBackRest's incr (on 15, which pgBackRest 2.45 supports) is the reference point. Size is what is stored (dbbackup: stored bytes; pgBackRest: its backup folder).")
+if not physical_only: print("\nIncremental rows: PG 17's incremental is compared with a full of the same cluster; pgBackRest's incr (on 15, which pgBackRest 2.45 supports) is the reference point. Size is what is stored (dbbackup: stored bytes; pgBackRest: its backup folder).")
 PY
 mkdir -p bench
 if [ "$only" = all ]; then
@@ -686,6 +716,8 @@ if [ "$only" = all ]; then
   growth >> "$work/results.md"
   cp "$work/results.md" bench/results.md
   scripts/bench-readme.py bench/results.md README.md
+elif [ "$only" = physical ]; then
+  cp "$work/results.md" bench/results-physical.md
 else
   cp "$work/results.md" bench/results-incremental.md
 fi
