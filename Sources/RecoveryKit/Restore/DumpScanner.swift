@@ -85,9 +85,9 @@ final class DumpScanner {
             }
             let base = consumed - UInt64(carry.count)
             carry.append(contentsOf: UnsafeRawBufferPointer(rebasing: chunk[0...newline]))
-            let line = carry
+            // Handed over where it lies: a copy would hold a second line of up to 1 GB (a bytea row).
+            try carry.withUnsafeBytes { try lines($0, at: base) }
             carry.removeAll(keepingCapacity: true)
-            try line.withUnsafeBytes { try lines($0, at: base) }
             start = newline + 1
         }
         guard start < chunk.count else { return }
@@ -105,9 +105,8 @@ final class DumpScanner {
         if !carry.isEmpty {
             let base = consumed - UInt64(carry.count)
             carry.append(UInt8(ascii: "\n"))
-            let line = carry
+            try carry.withUnsafeBytes { try lines($0, at: base) }
             carry.removeAll()
-            try line.withUnsafeBytes { try lines($0, at: base) }
         }
         guard !inCopy else {
             throw RecoveryError(.backupCorrupt, "the dump ends inside COPY data (no \\. line)", hint: "the backup is incomplete; restore another one")

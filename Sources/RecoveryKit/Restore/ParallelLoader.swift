@@ -233,16 +233,33 @@ final class ParallelLoader {
         for worker in workers { try worker.flush() }
     }
 
-    /// Tables whose rows psql's order matters for: a CHECK constraint, a domain of one of their
-    /// columns (also inside arrays, composites, ranges and multiranges) or a generated column
-    /// calls a function that is user-defined or not immutable — it
-    /// may read other tables, which psql has loaded and committed (and only those) by then.
+    /// Tables whose rows psql's order matters for: a function that is user-defined or not immutable
+    /// checks or computes their rows — it may read other tables, which psql has loaded and committed
+    /// (and only those) by then. Found in every expression a row meets as a COPY writes it: the table's
+    /// CHECK constraints, its generated columns, the partition key expressions of the trees it is a
+    /// partition of (its partition constraint), and the CHECK constraints of every domain it reaches —
+    /// through its columns' types (also inside arrays, composites, ranges and multiranges) and through a
+    /// cast to a domain inside any of those expressions, a domain's own CHECK included.
     private func tablesThatMustLoadAlone() throws -> Set<[UInt8]> {
         let sql = """
-            WITH RECURSIVE column_types(relation, type) AS (
+            WITH RECURSIVE own_expressions(relation, expression) AS (
+                SELECT conrelid, conbin::pg_catalog.text FROM pg_catalog.pg_constraint WHERE contype = 'c' AND conrelid <> 0
+              UNION ALL
+                SELECT d.adrelid, d.adbin::pg_catalog.text
+                FROM pg_catalog.pg_attrdef d JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+                WHERE a.attgenerated <> ''
+              UNION ALL
+                SELECT c.oid, p.partexprs::pg_catalog.text
+                FROM pg_catalog.pg_class c CROSS JOIN LATERAL pg_catalog.pg_partition_ancestors(c.oid) AS a(relid)
+                JOIN pg_catalog.pg_partitioned_table p ON p.partrelid = a.relid
+                WHERE c.relkind IN ('r', 'p') AND c.relispartition AND p.partexprs IS NOT NULL
+            ), column_types(relation, type) AS (
                 SELECT a.attrelid, a.atttypid
                 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
                 WHERE c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped
+              UNION
+                SELECT e.relation, (m.found)[1]::pg_catalog.oid
+                FROM own_expressions e CROSS JOIN LATERAL pg_catalog.regexp_matches(e.expression, ':resulttype ([0-9]+)', 'g') AS m(found)
               UNION
                 SELECT column_types.relation, inner_types.type
                 FROM column_types JOIN pg_catalog.pg_type t ON t.oid = column_types.type
@@ -255,16 +272,15 @@ final class ParallelLoader {
                     UNION ALL SELECT d.refobjid FROM pg_catalog.pg_depend d
                         WHERE t.typtype = 'm' AND d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.objid = t.oid
                           AND d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.deptype = 'i'
+                    UNION ALL SELECT (m.found)[1]::pg_catalog.oid FROM pg_catalog.pg_constraint k
+                        CROSS JOIN LATERAL pg_catalog.regexp_matches(k.conbin::pg_catalog.text, ':resulttype ([0-9]+)', 'g') AS m(found)
+                        WHERE t.typtype = 'd' AND k.contypid = t.oid AND k.contype = 'c'
                 ) AS inner_types(type)
             ), expressions(relation, expression) AS (
-                SELECT conrelid, conbin::pg_catalog.text FROM pg_catalog.pg_constraint WHERE contype = 'c' AND conrelid <> 0
+                SELECT relation, expression FROM own_expressions
               UNION ALL
                 SELECT column_types.relation, c.conbin::pg_catalog.text
                 FROM column_types JOIN pg_catalog.pg_constraint c ON c.contypid = column_types.type WHERE c.contype = 'c'
-              UNION ALL
-                SELECT d.adrelid, d.adbin::pg_catalog.text
-                FROM pg_catalog.pg_attrdef d JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
-                WHERE a.attgenerated <> ''
             )
             SELECT DISTINCT pg_catalog.encode(pg_catalog.convert_to(
                        pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname),
