@@ -453,6 +453,13 @@ public final class MigrationRunner {
                 CleanupLog.cleaned(done.isEmpty ? "rolled back the migration (nothing applied)" : "rolled back the step that was running (version(s) \(Self.list(group.map(\.version))))")
             }
             logFailure(error, backupID: backupID)
+            if let failure = error as? RecoveryError, failure.code == .migrationFailed, !done.isEmpty,
+               failure.serverState == PostgresError.deadlockDetected {
+                // Not the step's fault: its hint says so and what to do; only what stays applied is added.
+                throw RecoveryError(.migrationFailed, failure.message,
+                                    hint: "version(s) \(Self.list(done)) were applied in transactions of their own (--per-step) and stay applied; " + (failure.hint ?? ""),
+                                    serverState: failure.serverState)
+            }
             if let failure = error as? RecoveryError, failure.code == .migrationFailed, !done.isEmpty {
                 // Keep the statement's own advice (what to move where), after what stays applied.
                 let advice = failure.hint.map { $0.hasPrefix(Self.perStepHint) ? String($0.dropFirst(Self.perStepHint.count)) : "; " + $0 } ?? ""
@@ -552,11 +559,11 @@ public final class MigrationRunner {
         var fixes: [String] = []
         if !invalid.isEmpty {
             message += "; the failed statement left invalid index(es) \(invalid.joined(separator: ", ")), which a run again would collide with"
-            fixes.append(invalid.map { "DROP INDEX CONCURRENTLY \($0);" }.joined(separator: " "))
+            fixes.append(invalid.map { "`DROP INDEX CONCURRENTLY \($0)`" }.joined(separator: ", "))
         }
         let undone = step.direction == .up ? "reverted" : "applied"
-        fixes.append("dbmigrate resolve \(step.version) --mark-\(undone) (once nothing of the step is left; --mark-\(step.direction == .up ? "applied" : "reverted") if all of it took effect)")
-        fixes.append("dbmigrate \(step.direction == .up ? "up" : "down") again")
+        fixes.append("`dbmigrate resolve \(step.version) --mark-\(undone)` (once nothing of the step is left; --mark-\(step.direction == .up ? "applied" : "reverted") if all of it took effect)")
+        fixes.append("`dbmigrate \(step.direction == .up ? "up" : "down")` again")
         let advice = failure.hint.map { $0.hasPrefix(Self.perStepHint) ? String($0.dropFirst(Self.perStepHint.count)) : "; " + $0 } ?? ""
         return RecoveryError(.migrationFailed, message,
                              hint: "run " + fixes.joined(separator: ", then ") + advice, serverState: failure.serverState)
@@ -634,7 +641,7 @@ public final class MigrationRunner {
                 if error.sqlState == PostgresError.deadlockDetected && !step.noTransaction {
                     // Not the migration's fault: it and another session each waited for the other's lock.
                     hint = "the server broke a deadlock with another session (the detail names both) by rolling back "
-                        + (configuration.perStep ? "this step's transaction whole: version \(step.version) was not applied (earlier steps stay done)" : "the migration's transaction whole: nothing was applied")
+                        + (configuration.perStep ? "this step's transaction whole: version \(step.version) was not applied" : "the migration's transaction whole: nothing was applied")
                         + "; run it again, ideally when the application is quiet, or order its statements to lock tables in the order the application does"
                 } else if error.sqlState == PostgresError.lockNotAvailable {
                     hint = (step.noTransaction ? "" : hint + "; ") + "another session held a lock the statement needed for longer than --lock-timeout \(configuration.lockTimeout)"
@@ -739,7 +746,7 @@ public final class MigrationRunner {
             let invalid = try invalidIndexes(namedIn: migration.up.sql)
             if !invalid.isEmpty {
                 warnings.append("invalid index(es) \(invalid.joined(separator: ", ")) that version \(version)'s up.sql creates are left (a failed CREATE INDEX CONCURRENTLY); "
-                                + "dbmigrate up would fail on them: run " + invalid.map { "DROP INDEX CONCURRENTLY \($0);" }.joined(separator: " ") + " first")
+                                + "dbmigrate up would fail on them: run " + invalid.map { "`DROP INDEX CONCURRENTLY \($0)`" }.joined(separator: ", ") + " first")
             }
         }
         try inTransaction {
