@@ -16,6 +16,17 @@ final class OutputCollectorTests: XCTestCase {
                        "pg_dump: error: Dumping the contents of table \"orders\" failed: PQgetCopyData() failed. Error message from server: FATAL: terminating connection due to administrator command")
     }
 
+    /// pg_dump 14 prints the same as further `error:` lines.
+    func testPgDump14sErrorMessageFromServerLineFollowsToo() {
+        let stderr = """
+            pg_dump: error: Dumping the contents of table "orders" failed: PQgetCopyData() failed.
+            pg_dump: error: Error message from server: FATAL:  terminating connection due to administrator command
+            pg_dump: error: The command was: COPY public.orders (id, account, amount) TO stdout;
+            """
+        XCTAssertEqual(OutputCollector.mostRelevantLine(of: stderr),
+                       "pg_dump: error: Dumping the contents of table \"orders\" failed: PQgetCopyData() failed. Error message from server: FATAL: terminating connection due to administrator command")
+    }
+
     func testWithoutDetailsTheErrorLineOrTheLastLineIsKept() {
         XCTAssertEqual(OutputCollector.mostRelevantLine(of: "psql:x.sql:3: ERROR:  relation \"t\" does not exist\nDETAIL: Key (id)=(5) already exists.\n"),
                        "psql:x.sql:3: ERROR:  relation \"t\" does not exist", "psql's DETAIL (row values) stays out")

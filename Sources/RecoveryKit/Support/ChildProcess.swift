@@ -276,9 +276,10 @@ public final class OutputCollector: Sendable {
     static func mostRelevantLine(of text: String) -> String? {
         let lines = text.split(separator: "\n").map(String.init)
         guard let index = lines.firstIndex(where: { $0.contains("ERROR:") || $0.contains("FATAL:") || $0.contains("error:") }) else { return lines.last }
-        let details = lines[(index + 1)...].prefix { $0.contains(": detail: ") }
-            .filter { !$0.contains("Command was:") }
-            .map { $0.replacingOccurrences(of: #"^\S+: detail: "#, with: "", options: .regularExpression)
+        // PostgreSQL 15 and later print them as `detail:`, 14 as further `error:` lines.
+        let details = lines[(index + 1)...].prefix { $0.contains(": detail: ") || $0.contains("Error message from server:") || $0.contains("The command was:") }
+            .filter { !$0.contains("Command was:") && !$0.contains("command was:") }
+            .map { $0.replacingOccurrences(of: #"^\S+: (detail|error): "#, with: "", options: .regularExpression)
                      .split(separator: " ", omittingEmptySubsequences: true).joined(separator: " ") }
         return ([lines[index]] + details).joined(separator: " ")
     }
