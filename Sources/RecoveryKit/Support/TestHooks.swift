@@ -21,7 +21,9 @@ enum TestHooks {
 /// Points: `capture:after-data` (data committed, no manifest yet), `prune:between-deletes` (a
 /// manifest deleted, its data not yet), `restore:after-verify` (scratch or drill database loaded and
 /// verified, not yet swapped or dropped), `restore:during-swap` (target closed to new connections, not
-/// yet renamed), `migrate:between-steps` (first step of a one-transaction plan done, not committed).
+/// yet renamed), `migrate:between-steps` (first step of a one-transaction plan done, not committed),
+/// `replace:after-staging` (`dbrestore --table … --replace`: the staged copy committed in the live
+/// database, not yet checked or swapped).
 ///
 /// `DBRECOVERY_SIGNAL_AT=<name>` (with `DBRECOVERY_SIGNAL=INT`, `TERM` or `HUP`; TERM by default) makes
 /// the process signal itself there instead, as an operator's `kill` at that exact moment would: the
