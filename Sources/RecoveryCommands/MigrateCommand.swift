@@ -70,6 +70,7 @@ public struct MigrateCommand: ParsableCommand {
                                                          statementTimeout: statementTimeout)
             configuration.requireRestorePoint = requireRestorePoint
             configuration.onServerMessage = { output.note("server \($0)") }
+            configuration.onNote = { output.note($0) }
             return configuration
         }
 
@@ -242,7 +243,8 @@ public struct MigrateCommand: ParsableCommand {
 
         public func run(in context: RunContext) throws {
             if config.printIfAsked(context, connection: connection, repository: nil) { return }
-            try Migrations.resolve(try common.configuration(connection, context.settings), version: version, applied: markApplied)
+            let warnings = try Migrations.resolve(try common.configuration(connection, context.settings), version: version, applied: markApplied)
+            warnings.forEach { FileHandle.standardError.write(Data("warning: \($0)\n".utf8)) }
             print("version \(version) marked \(markApplied ? "applied" : "reverted"); recorded in schema_version_log")
         }
     }

@@ -487,7 +487,8 @@ public struct CleanupCommand: ToolCommand {
         --keep copies and any younger than --keep-within, and drops the rest. Only databases dbrestore \
         marked as its own pre-restore copies are considered, never a name that merely looks like one. \
         Scratch databases of killed restores are dropped and a target a killed swap left closed is \
-        reopened first. Defaults: [restore] keep_pre_restore and keep_pre_restore_within in the \
+        reopened first. Reopening destroys nothing, so it needs no --yes: without --yes, cleanup \
+        only reopens and then lists what --yes would drop (exit 2 if there is any). Defaults: [restore] keep_pre_restore and keep_pre_restore_within in the \
         config file, else 1 and 7d.
 
         Examples:
@@ -506,7 +507,7 @@ public struct CleanupCommand: ToolCommand {
     @Flag(name: .customLong("dry-run"), help: "Show what would be dropped; change nothing.")
     public var dryRun = false
 
-    @Flag(name: [.short, .long], help: "Drop them: cleanup drops databases only when told so.")
+    @Flag(name: [.short, .long], help: "Drop them: cleanup drops databases only when told so (it reopens a database a killed restore left closed without it).")
     public var yes = false
 
     @OptionGroup(title: "Output") public var output: OutputOptions
@@ -515,9 +516,6 @@ public struct CleanupCommand: ToolCommand {
     public init() {}
 
     public func validate() throws {
-        if !dryRun && !yes && !config.printConfig {
-            throw ValidationError("dbrestore cleanup drops databases: add --yes to drop the old pre-restore copies, or --dry-run to see which it would drop")
-        }
         if let keep, !(0...1000).contains(keep) { throw ValidationError("--keep \(keep) must be between 0 and 1000") }
         if let keepWithin, Self.age(keepWithin) == nil { throw ValidationError("--keep-within '\(keepWithin)' is not an age; write e.g. 36h, 7d or 2w") }
     }
@@ -541,13 +539,24 @@ public struct CleanupCommand: ToolCommand {
         }
         let configuration = PreRestoreCleanupConfiguration(target: try connection.target(context.settings),
                                                            keep: keep ?? file?.keepPreRestore ?? PreRestoreCleanupConfiguration.defaultKeep,
-                                                           keepWithin: within, dryRun: dryRun)
+                                                           keepWithin: within, dryRun: dryRun, drop: yes)
         let report = try PreRestoreCleanup.run(configuration)
-        output.succeeded(["cleanup_dropped_bytes": Double(report.droppedBytes)], summary: "\(report.copies.count) pre-restore copies", in: context)
-        if output.json { return try printJSON(report) }
+        let unconfirmed = RecoveryError(.usage, "dbrestore cleanup drops databases only with --yes: "
+                                        + "\(report.copies.filter { $0.action == .wouldDrop }.count + report.pendingDrops) would be dropped",
+                                        hint: "add --yes to drop them, or --dry-run to only list them")
+        if !report.needsConfirmation {
+            output.succeeded(["cleanup_dropped_bytes": Double(report.droppedBytes)], summary: "\(report.copies.count) pre-restore copies", in: context)
+        }
+        if output.json {
+            try printJSON(report)
+            if report.needsConfirmation { throw unconfirmed }
+            return
+        }
         report.repairs.forEach { output.note($0) }
+        report.pending.forEach { output.note($0) }
         guard !report.copies.isEmpty else {
             output.note("no pre-restore copies of \(report.database)")
+            if report.needsConfirmation { throw unconfirmed }
             return
         }
         var table = TextTable("DATABASE", "SET ASIDE (UTC)", "SIZE", "ACTION", "WHY")
@@ -560,6 +569,7 @@ public struct CleanupCommand: ToolCommand {
             throw RecoveryError(.databaseError, "could not drop \(failed.name): \(failed.reason)",
                                 hint: "end the sessions connected to it and run dbrestore cleanup again")
         }
+        if report.needsConfirmation { throw unconfirmed }
     }
 }
 

@@ -165,6 +165,36 @@ final class BackupCaptureTests: IntegrationTestCase {
         XCTAssertEqual(try Catalog(store: store).entries().count, 1)
     }
 
+    /// Reproduction (attack a9): pg_dump's session ended by the server (here pg_terminate_backend, there
+    /// a whole-database restore's swap) gave only `PQgetCopyData() failed.`; the server's reason, on
+    /// pg_dump's next line, is kept in the message.
+    func testABackupWhoseSessionTheServerEndsSaysWhy() throws {
+        let connection = try cluster.connect(database: database)
+        try connection.execute(script: """
+            CREATE TABLE events (id bigserial PRIMARY KEY, payload text);
+            INSERT INTO events (payload) SELECT repeat(md5(g::text), 8) FROM generate_series(1, 400000) g;
+            """)
+        let process = try TestProcess.start("dbbackup", ["--database-url", cluster.url(database: database),
+                                                         "--repo", repository, "--compression-level", "9"], cluster: cluster)
+        let errors = OutputCollector(descriptor: process.standardError)
+        let watcher = try cluster.connect()
+        let deadline = Date().addingTimeInterval(60)
+        var ended = false
+        while !ended && !waitpidNoHang(process.pid) && Date() < deadline {
+            ended = try watcher.query("""
+                SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                WHERE application_name = 'pg_dump' AND datname = $1 AND query LIKE 'COPY %events%'
+                """, [database]).rows.first?[0] == "t"
+            if !ended { usleep(5_000) }
+        }
+        XCTAssertTrue(ended, "pg_dump's COPY of events was never seen")
+        XCTAssertEqual(process.waitForExit().exitCode, ExitStatus.toolFailed.rawValue)
+        let message = errors.finish()
+        XCTAssertTrue(message.contains("terminating connection due to administrator command"), message)
+        XCTAssertFalse(message.contains("COPY public.events"), "pg_dump's 'Command was' line stays out: \(message)")
+        XCTAssertFalse(listing().contains { $0.hasSuffix("manifest.json") })
+    }
+
     func testFailuresAreOneLineWithDocumentedCodesAndLeaveTheRepositoryUnchanged() throws {
         try seed(rows: 5)
         XCTAssertEqual(try capture().status, 0)

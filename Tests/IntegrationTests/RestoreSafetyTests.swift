@@ -277,4 +277,44 @@ final class RestoreSafetyTests: IntegrationTestCase {
         XCTAssertEqual(bad.status, ExitStatus.configuration.rawValue, bad.standardError)
         XCTAssertTrue(bad.standardError.contains("keep_pre_restore must be a whole number"), bad.standardError)
     }
+
+    /// Reproduction (attack a11): a whole-database restore SIGKILLed during its swap left the target
+    /// closed to connections; `cleanup --dry-run` listed only pre-restore copies and plain `cleanup`
+    /// refused without `--yes`. Now the dry run (text and JSON) names the closed database, and plain
+    /// `cleanup` reopens it (destroying nothing) and still refuses to drop the killed run's scratch
+    /// database without `--yes`.
+    func testCleanupNamesAndReopensATargetAKilledSwapLeftClosed() throws {
+        try backup()
+        let killed = try TestProcess.tool("dbrestore", common + ["latest", "--yes"], cluster: cluster, environment: ["DBRECOVERY_CRASH_AT": "restore:during-swap"])
+        XCTAssertEqual(killed.status, 128 + SIGKILL)
+        XCTAssertEqual(try allowsConnections(database), "false")
+        let scratch = try databases(like: "\(database!)_restore_%")
+        XCTAssertEqual(scratch.count, 1, "the killed run left its scratch database")
+        let arguments = ["cleanup", "--database-url", cluster.url(database: database)]
+
+        let dryRun = try tool("dbrestore", arguments + ["--dry-run"])
+        XCTAssertEqual(dryRun.status, 0, dryRun.standardError)
+        XCTAssertTrue(dryRun.standardError.contains("\(database!) is closed to connections by a killed restore"), dryRun.standardError)
+        XCTAssertTrue(dryRun.standardError.contains("cleanup reopens it"), dryRun.standardError)
+        XCTAssertTrue(dryRun.standardError.contains("would drop \(scratch[0])"), dryRun.standardError)
+        let json = try tool("dbrestore", arguments + ["--dry-run", "--json"])
+        let report = try JSONSerialization.jsonObject(with: Data(json.standardOutput.utf8)) as? [String: Any]
+        XCTAssertEqual(report?["closed"] as? [String], [database!], json.standardOutput)
+        XCTAssertTrue((report?["pending"] as? [String] ?? []).contains { $0.contains("closed to connections") }, json.standardOutput)
+        XCTAssertEqual(try allowsConnections(database), "false", "--dry-run changes nothing")
+
+        let plain = try tool("dbrestore", arguments)
+        XCTAssertEqual(plain.status, ExitStatus.usage.rawValue, "the scratch database is dropped only with --yes: \(plain.standardError)")
+        XCTAssertTrue(plain.standardError.contains("reopened \(database!)"), plain.standardError)
+        XCTAssertTrue(plain.standardError.contains("--yes"), plain.standardError)
+        XCTAssertEqual(try allowsConnections(database), "true", "reopening needs no --yes")
+        XCTAssertEqual(try count(database), "500")
+        XCTAssertTrue(try cluster.databaseExists(scratch[0]), "nothing dropped without --yes")
+
+        let confirmed = try tool("dbrestore", arguments + ["--yes"])
+        XCTAssertEqual(confirmed.status, 0, confirmed.standardError)
+        XCTAssertFalse(try cluster.databaseExists(scratch[0]))
+        let again = try tool("dbrestore", arguments)
+        XCTAssertEqual(again.status, 0, "nothing left to drop: plain cleanup succeeds: \(again.standardError)")
+    }
 }

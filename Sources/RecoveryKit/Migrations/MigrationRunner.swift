@@ -19,6 +19,8 @@ public struct MigrationConfiguration {
     public var requireRestorePoint: Bool
     /// Told each NOTICE or WARNING the server sends while a migration statement runs, as it arrives.
     public var onServerMessage: ((String) -> Void)?
+    /// Told what the runner did on its own account (a plan retried after a deadlock), as it happens.
+    public var onNote: ((String) -> Void)?
     /// What the storage layer reads S3 settings from for the pre-downgrade backup (see `Repository.open`).
     public var environment = ProcessInfo.processInfo.environment
 
@@ -374,6 +376,8 @@ public final class MigrationRunner {
             do {
                 if group.count == 1, group[0].noTransaction {
                     try runWithoutTransaction(group[0], backupID: backupID, available: available)
+                } else if groups.count == 1 {
+                    try retryingDeadlocks { try runInTransaction(group, plan: steps, done: done, backupID: backupID, available: available) }
                 } else {
                     try runInTransaction(group, plan: steps, done: done, backupID: backupID, available: available)
                 }
@@ -385,6 +389,26 @@ public final class MigrationRunner {
                 throw error
             }
             done += group.map(\.version)
+        }
+    }
+
+    /// How many times a plan that is one transaction is run when the server breaks a deadlock by aborting it.
+    static let deadlockAttempts = 4
+
+    /// Runs `body`, the whole plan in one transaction, again when the server aborted it to break a
+    /// deadlock with another session (the application): the abort rolled all of it back, so running it
+    /// again is running it for the first time. A note says so each time; the last failure is thrown.
+    private func retryingDeadlocks(_ body: () throws -> Void) throws {
+        var attempt = 1
+        while true {
+            do {
+                return try body()
+            } catch let error as RecoveryError where error.serverState == PostgresError.deadlockDetected && attempt < Self.deadlockAttempts
+                                                     && !Interruption.isRequested {
+                configuration.onNote?("attempt \(attempt) of \(Self.deadlockAttempts) ended in a deadlock the server broke by rolling the migration back (nothing applied); running it again: \(error.message)")
+                usleep(UInt32(200_000 * attempt))
+                attempt += 1
+            }
         }
     }
 
@@ -429,6 +453,13 @@ public final class MigrationRunner {
                 CleanupLog.cleaned(done.isEmpty ? "rolled back the migration (nothing applied)" : "rolled back the step that was running (version(s) \(Self.list(group.map(\.version))))")
             }
             logFailure(error, backupID: backupID)
+            if let failure = error as? RecoveryError, failure.code == .migrationFailed, !done.isEmpty,
+               failure.serverState == PostgresError.deadlockDetected {
+                // Not the step's fault: its hint says so and what to do; only what stays applied is added.
+                throw RecoveryError(.migrationFailed, failure.message,
+                                    hint: "version(s) \(Self.list(done)) were applied in transactions of their own (--per-step) and stay applied; " + (failure.hint ?? ""),
+                                    serverState: failure.serverState)
+            }
             if let failure = error as? RecoveryError, failure.code == .migrationFailed, !done.isEmpty {
                 // Keep the statement's own advice (what to move where), after what stays applied.
                 let advice = failure.hint.map { $0.hasPrefix(Self.perStepHint) ? String($0.dropFirst(Self.perStepHint.count)) : "; " + $0 } ?? ""
@@ -508,12 +539,59 @@ public final class MigrationRunner {
             }
             // A step's SET ROLE must not keep the failure out of the log; if the reset fails, so does the log row.
             _ = try? resetSession()
-            logFailure(error, backupID: backupID)
-            throw error
+            let failure = midFlightFailure(error, step: step)
+            logFailure(failure, backupID: backupID)
+            throw failure
         }
         try inTransaction {
             try record(step, milliseconds: Self.milliseconds(since: started), backupID: backupID)
         }
+    }
+
+    /// The error of a failed no-transaction step, which stays marked `applying` / `reverting`: names the
+    /// invalid indexes a failed `CREATE INDEX CONCURRENTLY` of it left behind, and the statements that
+    /// put things right (drop them, resolve the version, run again).
+    private func midFlightFailure(_ error: Error, step: MigrationStep) -> Error {
+        guard let failure = error as? RecoveryError, failure.code == .migrationFailed, !Interruption.isRequested else { return error }
+        let mark = step.direction == .up ? "applying" : "reverting"
+        let invalid = (try? invalidIndexes(namedIn: step.sql)) ?? []
+        var message = failure.message + "; version \(step.version) stays marked \(mark) (its statements ran outside a transaction)"
+        var fixes: [String] = []
+        if !invalid.isEmpty {
+            message += "; the failed statement left invalid index(es) \(invalid.joined(separator: ", ")), which a run again would collide with"
+            fixes.append(invalid.map { "`DROP INDEX CONCURRENTLY \($0)`" }.joined(separator: ", "))
+        }
+        let undone = step.direction == .up ? "reverted" : "applied"
+        fixes.append("`dbmigrate resolve \(step.version) --mark-\(undone)` (once nothing of the step is left; --mark-\(step.direction == .up ? "applied" : "reverted") if all of it took effect)")
+        fixes.append("`dbmigrate \(step.direction == .up ? "up" : "down")` again")
+        let advice = failure.hint.map { $0.hasPrefix(Self.perStepHint) ? String($0.dropFirst(Self.perStepHint.count)) : "; " + $0 } ?? ""
+        return RecoveryError(.migrationFailed, message,
+                             hint: "run " + fixes.joined(separator: ", then ") + advice, serverState: failure.serverState)
+    }
+
+    /// The invalid indexes (`pg_index.indisvalid` false: what a failed or cancelled `CREATE INDEX
+    /// CONCURRENTLY` or `REINDEX CONCURRENTLY` leaves) whose names a step's `CREATE INDEX` statements
+    /// give, schema-qualified and quoted as `DROP INDEX` needs them.
+    func invalidIndexes(namedIn sql: String) throws -> [String] {
+        let pattern = #"(?i)\bCREATE\s+(?:UNIQUE\s+)?INDEX\s+(?:CONCURRENTLY\s+)?(?:IF\s+NOT\s+EXISTS\s+)?((?:"[^"]+"|[A-Za-z_][A-Za-z0-9_$]*)(?:\.(?:"[^"]+"|[A-Za-z_][A-Za-z0-9_$]*))?)"#
+        guard let regex = try? NSRegularExpression(pattern: pattern) else { return [] }
+        let text = sql as NSString
+        let names: [String] = regex.matches(in: sql, range: NSRange(location: 0, length: text.length)).map { match in
+            // The index's own name: the part after a schema, unquoted as the catalogue spells it.
+            let qualified = text.substring(with: match.range(at: 1))
+            let last = qualified.hasSuffix("\"") ? String(qualified.dropLast().split(separator: "\"").last ?? "")
+                : String(qualified.split(separator: ".").last ?? "").lowercased()
+            return last
+        }
+        guard !names.isEmpty else { return [] }
+        return try connection.query("""
+            SELECT pg_catalog.format('%I.%I', n.nspname, c.relname)
+            FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            WHERE NOT i.indisvalid
+              AND EXISTS (SELECT 1 FROM unnest($1::text[]) AS w(name) WHERE c.relname = w.name OR starts_with(c.relname, w.name || '_ccnew'))
+            ORDER BY 1
+            """, [SQLText.arrayLiteral(names)]).rows.compactMap { $0[0] }
     }
 
     /// Runs `body` in a transaction of its own, rolled back if it throws.
@@ -560,6 +638,15 @@ public final class MigrationRunner {
             } catch let error as PostgresError {
                 let excerpt = Self.excerpt(statement, length: 120)
                 var hint = configuration.perStep || step.noTransaction ? Self.perStepHint : "the whole plan was rolled back; the database is unchanged"
+                if error.sqlState == PostgresError.deadlockDetected && !step.noTransaction {
+                    // Not the migration's fault: it and another session each waited for the other's lock.
+                    hint = "the server broke a deadlock with another session (the detail names both) by rolling back "
+                        + (configuration.perStep ? "this step's transaction whole: version \(step.version) was not applied" : "the migration's transaction whole: nothing was applied")
+                        + "; run it again, ideally when the application is quiet, or order its statements to lock tables in the order the application does"
+                } else if error.sqlState == PostgresError.lockNotAvailable {
+                    hint = (step.noTransaction ? "" : hint + "; ") + "another session held a lock the statement needed for longer than --lock-timeout \(configuration.lockTimeout)"
+                        + " (named above, if still there): wait for it or end it (SELECT pg_terminate_backend(pid)), or raise --lock-timeout, then run again"
+                }
                 // 25001: cannot run inside a transaction block; 2D000: a procedure tried to commit.
                 if ["25001", "2D000"].contains(error.sqlState ?? ""), !step.noTransaction {
                     hint += "; this statement must run outside a transaction: move it to a file whose first line is -- dbmigrate:no-transaction"
@@ -569,8 +656,8 @@ public final class MigrationRunner {
                     hint += "; a new enum value cannot be used in the transaction that added it: put the ALTER TYPE … ADD VALUE in an earlier file than its first use and run with --per-step (each file commits on its own, as psql would)"
                 }
                 throw RecoveryError(.migrationFailed,
-                                    "\(step.direction.rawValue) step \(step.version) (\(step.name)) failed at statement \(current.index) `\(excerpt)` (\(file)\(current.line > 0 ? " line \(current.line)" : "")): \(error.message) (SQLSTATE \(error.sqlState ?? "?"))",
-                                    hint: hint)
+                                    "\(step.direction.rawValue) step \(step.version) (\(step.name)) failed at statement \(current.index) `\(excerpt)` (\(file)\(current.line > 0 ? " line \(current.line)" : "")): \(Self.serverWords(error))",
+                                    hint: hint, serverState: error.sqlState)
             }
             if let transactionID {
                 var same = connection.transactionState == .inTransaction
@@ -648,8 +735,20 @@ public final class MigrationRunner {
     }
 
     /// Marks a version applied or reverted by hand, after an operator checked the schema.
-    public func resolve(_ version: Int64, applied: Bool, available: [Migration]) throws {
+    ///
+    /// - Returns: warnings: marked reverted while invalid indexes its up.sql names are left (a failed
+    ///   `CREATE INDEX CONCURRENTLY`), which the next `dbmigrate up` would collide with.
+    @discardableResult
+    public func resolve(_ version: Int64, applied: Bool, available: [Migration]) throws -> [String] {
         let migration = available.first { $0.version == version }
+        var warnings: [String] = []
+        if !applied, let migration {
+            let invalid = try invalidIndexes(namedIn: migration.up.sql)
+            if !invalid.isEmpty {
+                warnings.append("invalid index(es) \(invalid.joined(separator: ", ")) that version \(version)'s up.sql creates are left (a failed CREATE INDEX CONCURRENTLY); "
+                                + "dbmigrate up would fail on them: run " + invalid.map { "`DROP INDEX CONCURRENTLY \($0)`" }.joined(separator: ", ") + " first")
+            }
+        }
         try inTransaction {
             _ = try prepareBookkeeping(available)
             if applied {
@@ -673,6 +772,7 @@ public final class MigrationRunner {
                                  [String(version), migration?.name, applied ? "resolve-applied" : "resolve-reverted", configuration.release,
                                   applied ? migration?.up.sha256 : nil])
         }
+        return warnings
     }
 
     /// Records `versions` as applied without running them, into an empty or missing `schema_version`.
@@ -811,6 +911,15 @@ public final class MigrationRunner {
     public static func maskingPasswords(_ sql: String) -> String {
         sql.replacingOccurrences(of: #"(?i)((?:password|connection)\s*=?\s*)(E?'(?:[^']|'')*'|\$[A-Za-z_]*\$.*?\$[A-Za-z_]*\$)"#,
                                  with: "$1'…'", options: .regularExpression)
+    }
+
+    /// A server error as the operator needs it: its message and SQLSTATE, a deadlock's detail (who
+    /// waited for whom), a lock timeout's blocking sessions — `PostgresError.description` without the
+    /// operation, which the runner's message names better (step, statement, file and line).
+    static func serverWords(_ error: PostgresError) -> String {
+        let text = error.description
+        let prefix = error.operation + ": "
+        return text.hasPrefix(prefix) ? String(text.dropFirst(prefix.count)) : text
     }
 
     /// `1, 2, 5` for messages.

@@ -226,7 +226,9 @@ public enum Migrations {
     }
 
     /// `dbmigrate resolve V --mark-applied|--mark-reverted`.
-    public static func resolve(_ configuration: MigrationConfiguration, version: Int64, applied: Bool) throws {
+    /// - Returns: warnings to show (invalid indexes left that the version's up.sql creates).
+    @discardableResult
+    public static func resolve(_ configuration: MigrationConfiguration, version: Int64, applied: Bool) throws -> [String] {
         try locked(configuration) { available, runner, _, _ in
             try runner.resolve(version, applied: applied, available: available)
         }

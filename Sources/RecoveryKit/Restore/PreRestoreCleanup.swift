@@ -9,13 +9,17 @@ public struct PreRestoreCleanupConfiguration: Sendable {
     /// Copies younger than this are kept too (nil: age alone keeps nothing).
     public var keepWithin: RetentionDuration?
     public var dryRun: Bool
+    /// Whether databases may be dropped (`--yes`). Without it only databases a killed swap left
+    /// closed are reopened, which destroys nothing; what would be dropped is reported as pending.
+    public var drop: Bool
 
     /// The defaults: keep the newest copy, and every copy younger than a week.
     public static let defaultKeep = 1
     public static let defaultKeepWithin = RetentionDuration(hours: 7 * 24, text: "7d")
 
-    public init(target: ConnectionTarget, keep: Int = defaultKeep, keepWithin: RetentionDuration? = defaultKeepWithin, dryRun: Bool = false) {
+    public init(target: ConnectionTarget, keep: Int = defaultKeep, keepWithin: RetentionDuration? = defaultKeepWithin, dryRun: Bool = false, drop: Bool = true) {
         self.target = target
+        self.drop = drop
         self.keep = keep
         self.keepWithin = keepWithin
         self.dryRun = dryRun
@@ -43,6 +47,17 @@ public struct PreRestoreCleanupReport: Codable, Sendable {
     public var copies: [Copy]
     /// Repairs done first (scratch databases of killed restores dropped, a closed target reopened).
     public var repairs: [String]
+    /// Repairs not done: all of them under `--dry-run`; without `--yes`, the drops of scratch
+    /// databases. A target closed to connections by a killed restore is named here under `--dry-run`.
+    public var pending: [String]
+    /// Databases a killed restore's swap left closed to connections (before this run; reopened
+    /// unless `dryRun`).
+    public var closed: [String]
+    /// Scratch and drill databases of killed restores not dropped for want of `--yes`.
+    public var pendingDrops: Int
+
+    /// Something would be dropped that was not, for want of `--yes`.
+    public var needsConfirmation: Bool { !dryRun && (copies.contains { $0.action == .wouldDrop } || pendingDrops > 0) }
 
     public var droppedBytes: Int64 { copies.filter { $0.action == .dropped || $0.action == .wouldDrop }.reduce(0) { $0 + $1.sizeBytes } }
 }
@@ -60,12 +75,23 @@ public enum PreRestoreCleanup {
         let admin = try LogicalRestore.connectToMaintenance(configuration.target)
         defer { admin.close() }
         try LogicalRestore.lockTarget(database, on: admin)
-        let timeline = Timeline()
-        if !configuration.dryRun { try ToolDatabases.repair(database, on: admin, timeline: timeline) }
+        let closed = try ToolDatabases.list(on: admin, target: database)
+            .filter { $0.marker.closedForSwap == true && $0.marker.kind != .scratch && $0.marker.kind != .drill }.map(\.name)
+        let timeline = Timeline(), pending = Timeline()
+        var pendingDrops = 0
+        if configuration.dryRun {
+            pendingDrops = try ToolDatabases.repair(database, on: admin, timeline: pending, scope: .describe)
+        } else if configuration.drop {
+            try ToolDatabases.repair(database, on: admin, timeline: timeline)
+        } else {
+            try ToolDatabases.repair(database, on: admin, timeline: timeline, scope: .reopenOnly)
+            pendingDrops = try ToolDatabases.repair(database, on: admin, timeline: pending, scope: .describe)
+        }
         let copies = try ToolDatabases.list(on: admin, target: database).filter { $0.marker.kind == .preRestore }
             .sorted { ($0.marker.date ?? .distantFuture) > ($1.marker.date ?? .distantFuture) }
         let keep = plan(dates: copies.map(\.marker.date), keep: configuration.keep, keepWithin: configuration.keepWithin, now: Date())
-        var report = PreRestoreCleanupReport(database: database, dryRun: configuration.dryRun, copies: [], repairs: timeline.steps.map(\.step))
+        var report = PreRestoreCleanupReport(database: database, dryRun: configuration.dryRun, copies: [], repairs: timeline.steps.map(\.step),
+                                             pending: pending.steps.map(\.step), closed: closed, pendingDrops: pendingDrops)
         for (copy, reason) in zip(copies, keep) {
             var entry = PreRestoreCleanupReport.Copy(name: copy.name, setAsideAt: copy.marker.date, replacedBy: copy.marker.backup,
                                                      sizeBytes: copy.sizeBytes, action: .kept, reason: reason ?? "")
@@ -73,7 +99,7 @@ public enum PreRestoreCleanup {
                 entry.reason = "renamed since it was set aside as \(copy.marker.database ?? "?"): kept"
             } else if reason == nil {
                 entry.reason = "older than the newest \(configuration.keep)" + (configuration.keepWithin.map { " and than \($0)" } ?? "")
-                if configuration.dryRun {
+                if configuration.dryRun || !configuration.drop {
                     entry.action = .wouldDrop
                 } else {
                     do {

@@ -140,27 +140,57 @@ enum ToolDatabases {
         }
     }
 
+    /// How much of a repair to do.
+    enum RepairScope: Sendable {
+        /// Reopen closed databases and drop scratch and drill databases (a restore, `cleanup --yes`).
+        case all
+        /// Only reopen databases our marker says we closed: it destroys nothing, so it needs no `--yes`.
+        case reopenOnly
+        /// Change nothing; note what `all` would do (`--dry-run`).
+        case describe
+    }
+
     /// Undoes what a killed restore or drill of `target` left (the caller holds the target's lock, so
     /// none is running): databases it closed for a swap are reopened, its scratch and drill databases
-    /// dropped. Only marked databases are touched.
+    /// dropped. Only marked databases are touched; `scope` limits what is done.
     ///
+    /// - Returns: how many databases it dropped (or, `describe`, would drop).
     /// - Throws: `PostgresError` when a repair statement fails.
-    static func repair(_ target: String, on connection: PostgresConnection, timeline: Timeline) throws {
+    @discardableResult
+    static func repair(_ target: String, on connection: PostgresConnection, timeline: Timeline, scope: RepairScope = .all) throws -> Int {
+        var drops = 0
         for database in try list(on: connection, target: target) {
             switch database.marker.kind {
             case .scratch, .drill:
                 guard database.keepsItsName else {
-                    timeline.note("left \(database.name) alone", outcome: "marked as \(database.marker.kind.rawValue) database \(database.marker.database ?? "?") of \(target), renamed since")
+                    if scope != .reopenOnly {
+                        timeline.note("left \(database.name) alone", outcome: "marked as \(database.marker.kind.rawValue) database \(database.marker.database ?? "?") of \(target), renamed since")
+                    }
                     continue
                 }
-                try DatabaseSwap.dropOwn(database.name, on: connection)
-                timeline.note("dropped \(database.name), the \(database.marker.kind == .drill ? "drill" : "scratch") database of a restore that was killed")
+                let what = "the \(database.marker.kind == .drill ? "drill" : "scratch") database of a restore that was killed"
+                switch scope {
+                case .all:
+                    try DatabaseSwap.dropOwn(database.name, on: connection)
+                    drops += 1
+                    timeline.note("dropped \(database.name), \(what)")
+                case .reopenOnly:
+                    continue
+                case .describe:
+                    timeline.note("would drop \(database.name), \(what)")
+                    drops += 1
+                }
             case .target, .restored, .preRestore:
                 guard database.marker.closedForSwap == true else { continue }
+                if scope == .describe {
+                    timeline.note("\(database.name) is closed to connections by a killed restore (its \(parameter) says closed_for_swap); cleanup reopens it, with or without --yes")
+                    continue
+                }
                 try reopen(database.name, marker: database.marker, on: connection)
                 timeline.note("reopened \(database.name) to connections (left closed by a restore that was killed during its swap)")
             }
         }
+        return drops
     }
 
     /// Allows connections again to a database closed for a swap and clears the closed flag, in one

@@ -266,7 +266,21 @@ public final class OutputCollector: Sendable {
 
     /// Lines that start with `ERROR:` or `FATAL:` (psql / pg_dump), or the last line.
     public func mostRelevantLine() -> String? {
-        let lines = finish().split(separator: "\n").map(String.init)
-        return lines.first { $0.contains("ERROR:") || $0.contains("FATAL:") || $0.contains("error:") } ?? lines.last
+        Self.mostRelevantLine(of: finish())
+    }
+
+    /// The first error line of a PostgreSQL program's stderr, or its last line, with the `detail:`
+    /// lines that follow it carrying the server's own words: `PQgetCopyData() failed.` alone does not
+    /// say the server ended the session ("terminating connection due to administrator command").
+    /// The `Command was:` detail is left out (it repeats a statement the message already names).
+    static func mostRelevantLine(of text: String) -> String? {
+        let lines = text.split(separator: "\n").map(String.init)
+        guard let index = lines.firstIndex(where: { $0.contains("ERROR:") || $0.contains("FATAL:") || $0.contains("error:") }) else { return lines.last }
+        // PostgreSQL 15 and later print them as `detail:`, 14 as further `error:` lines.
+        let details = lines[(index + 1)...].prefix { $0.contains(": detail: ") || $0.contains("Error message from server:") || $0.contains("The command was:") }
+            .filter { !$0.contains("Command was:") && !$0.contains("command was:") }
+            .map { $0.replacingOccurrences(of: #"^\S+: (detail|error): "#, with: "", options: .regularExpression)
+                     .split(separator: " ", omittingEmptySubsequences: true).joined(separator: " ") }
+        return ([lines[index]] + details).joined(separator: " ")
     }
 }
