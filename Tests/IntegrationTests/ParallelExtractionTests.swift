@@ -49,9 +49,11 @@ final class ParallelExtractionTests: XCTestCase {
         XCTAssertTrue(names.isEmpty, "\(label): \(names.count) entries differ: " + shown.joined(separator: "; "), line: line)
     }
 
-    private func extract(_ repository: String, _ extra: [String], cluster: PostgresCluster) throws -> (TestProcess.Result, String) {
+    private func extract(_ repository: String, _ extra: [String], cluster: PostgresCluster,
+                         environment: [String: String] = [:]) throws -> (TestProcess.Result, String) {
         let directory = ownedDirectory("extract-target") + "/data"
-        let result = try asOwner("dbrestore", ["--pitr", "--pgdata", directory, "--repo", repository, "--target", "latest", "-v"] + extra, cluster: cluster)
+        let result = try asOwner("dbrestore", ["--pitr", "--pgdata", directory, "--repo", repository, "--target", "latest", "-v"] + extra,
+                                 cluster: cluster, environment: environment)
         return (result, directory)
     }
 
@@ -135,6 +137,15 @@ final class ParallelExtractionTests: XCTestCase {
         try physicalBackup(of: database, on: cluster, into: repository, environment: smallSegments)
         try waitForArchive(connection)
         let id = try newestBackup(in: repository)
+
+        // SIGTERM halfway: exit 130, one error line, the data directory removed; the next run succeeds.
+        let (interrupted, interruptedDirectory) = try extract(repository, ["--jobs", "2"], cluster: cluster,
+                                                              environment: ["DBRECOVERY_SIGNAL_AT": "pitr:extracting"])
+        XCTAssertEqual(interrupted.status, ExitStatus.interrupted.rawValue, interrupted.standardError)
+        XCTAssertTrue(interrupted.standardError.contains("interrupted by SIGTERM"), interrupted.standardError)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: interruptedDirectory), "the interrupted extraction removed what it wrote")
+        let (again, _) = try extract(repository, ["--jobs", "2"], cluster: cluster)
+        XCTAssertEqual(again.status, 0, again.standardError)
 
         // The middle segment's compressed bytes, one byte changed (same size: only its sha256 tells).
         let unzipped = try TestProcess.run("/bin/gzip", ["-dc", repository + "/backups/\(id)/base.index.json.gz"])

@@ -44,6 +44,7 @@ enum ParallelExtraction {
                         throw error
                     }
                     deferred += writer.deferred
+                    if next == segments.count / 2 { CrashPoint.reached("pitr:extracting") }
                 }
                 return deferred
             }

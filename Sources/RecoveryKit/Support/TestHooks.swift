@@ -21,7 +21,8 @@ enum TestHooks {
 /// Points: `capture:after-data` (data committed, no manifest yet), `prune:between-deletes` (a
 /// manifest deleted, its data not yet), `restore:after-verify` (scratch or drill database loaded and
 /// verified, not yet swapped or dropped), `restore:during-swap` (target closed to new connections, not
-/// yet renamed), `migrate:between-steps` (first step of a one-transaction plan done, not committed).
+/// yet renamed), `migrate:between-steps` (first step of a one-transaction plan done, not committed),
+/// `pitr:extracting` (half the segments of a base backup extracted from its index).
 ///
 /// `DBRECOVERY_SIGNAL_AT=<name>` (with `DBRECOVERY_SIGNAL=INT`, `TERM` or `HUP`; TERM by default) makes
 /// the process signal itself there instead, as an operator's `kill` at that exact moment would: the
