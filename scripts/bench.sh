@@ -587,11 +587,17 @@ physical_rows() {
   measure "pgbackrest restore (process-max 2)" "$(declare -f as_owner fresh_data_dir); fresh_data_dir '$work/out/pgdata' && as_owner pgbackrest --config='$work/pgbr/pgbackrest.conf' --stanza=bench --pg1-path='$work/out/pgdata' restore"
 }
 
-if [ "$only" = incremental ]; then
+# each_repetition PART FUNCTION: FUNCTION once per repetition, saying which on stderr.
+each_repetition() {
+  local rep
   for rep in $(seq 1 "$reps"); do
-    echo "bench: repetition $rep of $reps (incremental)" >&2
-    incremental_round
+    echo "bench: repetition $rep of $reps ($1)" >&2
+    "$2"
   done
+}
+
+if [ "$only" = incremental ]; then
+  each_repetition incremental incremental_round
 else
 if [ "$only" = all ]; then
   "$pg_bin/pg_dump" -Fc -Z6 -f "$work/bench.dump" "$base/bench"
@@ -609,10 +615,7 @@ psql -q -X "$base/postgres" -c "ALTER SYSTEM SET archive_command = '/bin/true'" 
 fresh_data_dir() { mkdir -p "$1"; chmod 700 "$1"; if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$1"; fi; }
 
 if [ "$only" = physical ]; then
-  for rep in $(seq 1 "$reps"); do
-    echo "bench: repetition $rep of $reps (physical)" >&2
-    physical_rows
-  done
+  each_repetition physical physical_rows
 else
 for rep in $(seq 1 "$reps"); do
   echo "bench: repetition $rep of $reps" >&2

@@ -139,6 +139,7 @@ public struct SelectiveRestoreOptions: ParsableArguments {
         for (live, aside) in report.keptAs.sorted(by: { $0.key < $1.key }) { print("previous \(live) kept as \(aside)") }
         report.renamedAside.forEach { print("renamed aside: \($0)") }
         report.repointed.forEach { print("re-pointed: \($0)") }
+        report.adjusted.forEach { print("adjusted: \($0)") }
         plan.foreignKeysLeftOut.forEach { output.note("left out (references a table outside the selection): \($0)") }
         if !plan.rulesLeftOut.isEmpty { output.note("rules left out of the rescue schema (they would act on the live tables): \(plan.rulesLeftOut.joined(separator: ", "))") }
         if !plan.dependentViews.isEmpty { output.note("views that read these tables, not restored: \(plan.dependentViews.joined(separator: ", "))") }

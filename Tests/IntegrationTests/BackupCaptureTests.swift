@@ -413,6 +413,33 @@ final class BackupCaptureTests: IntegrationTestCase {
         return ["PG_BIN": bin]
     }
 
+    /// `--data-by copy` leaves the rows to pg_dump (and says why) where copying them would cost the server
+    /// what pg_dump alone would not: half its shared lock table (the snapshot's connection locks every
+    /// copied table beside pg_dump), or names quoted by another major's keywords.
+    func testCopyLeavesTheRowsToPgDumpWhereCopyingWouldCostTheServerMore() throws {
+        // 64 × (50 + 10) = 3 840 lock slots in the test cluster: 1 000 tables locked twice is more than half.
+        let many = try cluster.createDatabase(prefix: "locks", seed: """
+            DO $$ BEGIN FOR i IN 1..1000 LOOP EXECUTE format('CREATE TABLE t%s (id int)', i); END LOOP; END $$;
+            INSERT INTO t1 SELECT generate_series(1, 10);
+            """)
+        let copied = try tool("dbbackup", ["--data-by", "copy", "--database-url", cluster.url(database: many), "--repo", repository!])
+        XCTAssertEqual(copied.status, 0, copied.standardError)
+        XCTAssertTrue(copied.standardError.contains("--data-by copy: copying 1000 tables would take") && copied.standardError.contains("locks beside pg_dump's")
+                      && copied.standardError.contains("pg_dump reads the rows instead"), copied.standardError)
+        XCTAssertEqual(try manifest(copied.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)).tables.first { $0.name == "t1" }?.rows, 10)
+
+        try seed(rows: 10)
+        let bin = try TestProcess.run(TestPaths.repositoryRoot + "/scripts/pg-majors.sh", ["bin", "17"])
+        XCTAssertEqual(bin.status, 0, "pg_dump 17 is installed (scripts/pg-majors.sh install 17): \(bin.standardError)")
+        let newer = try tool("dbbackup", ["--data-by", "copy"] + common, environment: ["PG_BIN": bin.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)])
+        XCTAssertEqual(newer.status, 0, newer.standardError)
+        XCTAssertTrue(newer.standardError.contains("is PostgreSQL 17's and the server is 15") && newer.standardError.contains("pg_dump reads the rows instead"),
+                      newer.standardError)
+        let same = try tool("dbbackup", ["--data-by", "copy"] + common)
+        XCTAssertEqual(same.status, 0, same.standardError)
+        XCTAssertFalse(same.standardError.contains("--data-by copy:"), "a small database of the server's own major is copied: \(same.standardError)")
+    }
+
     /// pg_dump's data stream (`--data-by pg_dump`) checked against count(*) when it lost a row.
     func testCountCheckFailsTheBackupWhenTheDumpLostARow() throws {
         try seed(rows: 10)

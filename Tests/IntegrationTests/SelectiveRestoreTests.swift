@@ -665,6 +665,58 @@ extension SelectiveRestoreTests {
                        "the old table is kept aside once")
     }
 
+    /// Found under live traffic: the kept copy's keys into live tables held the application's rows, the
+    /// restored sequence handed out ids the application had used since the backup, and a column added
+    /// since went away without a word. Now the keys go, the sequence goes on from the live value, and
+    /// the column is named.
+    func testReplaceLeavesTheApplicationWorking() throws {
+        try backup()
+        try execute("""
+            INSERT INTO crm.customers VALUES (900, 'new customer');
+            INSERT INTO sales.orders (customer_id, total) SELECT 900, 5 FROM generate_series(1, 50);
+            ALTER TABLE sales.orders ADD COLUMN email text;
+            """)
+        let liveMax = try query("SELECT max(id)::text FROM sales.orders")[0][0] ?? ""
+        let result = try restore(["latest", "--table", "sales.orders", "--replace", "--cascade-report", "--yes"])
+        XCTAssertEqual(result.status, 0, result.standardError)
+        let kept = try XCTUnwrap(try query("SELECT relname FROM pg_class WHERE relname LIKE 'orders\\_pre\\_restore\\_%' AND relkind = 'r'").first?[0] ?? nil)
+        XCTAssertEqual(try query("SELECT count(*)::text FROM pg_constraint WHERE conrelid = 'sales.\(kept)'::regclass AND contype = 'f'")[0][0], "0",
+                       "the kept copy holds no live rows through its keys")
+        try execute("DELETE FROM crm.customers WHERE id = 900")
+        XCTAssertGreaterThan(Int(try query("SELECT nextval('sales.orders_id_seq')::text")[0][0] ?? "") ?? 0, Int(liveMax) ?? .max,
+                             "no id the application used is handed out again")
+        XCTAssertTrue(result.standardOutput.contains("adjusted: sequence sales.orders_id_seq goes on from the live value \(liveMax)"), result.standardOutput)
+        XCTAssertTrue(result.standardOutput.contains("adjusted: column email of the live sales.orders is not in the backup's definition"), result.standardOutput)
+        XCTAssertTrue(result.standardOutput.contains("adjusted: foreign key orders_customer_id_fkey of the kept copy sales.\(kept) (to crm.customers) dropped"),
+                      result.standardOutput)
+    }
+
+    /// The dump's own `SET lock_timeout = 0` used to lift `--lock-wait` while the copy was staged in the
+    /// live database: a key to a table an application had locked waited as long as that transaction, and
+    /// every application session queued behind it.
+    func testReplaceStagingWaitsNoLongerThanLockWait() throws {
+        try backup()
+        let application = try cluster.connect(database: database)
+        defer { application.close() }
+        try application.execute(script: "BEGIN; UPDATE crm.customers SET name = name WHERE id = 1")
+        let process = try TestProcess.start("dbrestore", ["latest", "--table", "sales.orders", "--replace", "--cascade-report", "--yes", "--lock-wait", "2"] + common,
+                                            cluster: cluster, environment: environment)
+        let errors = OutputCollector(descriptor: process.standardError, limit: 1024 * 1024)
+        let waiter = Background { process.waitForExit() }
+        if !waiter.finished(within: 60) {
+            process.send(SIGKILL)
+            waiter.join()
+            XCTFail("dbrestore --replace waited for the application's lock beyond --lock-wait")
+        }
+        let exit = process.waitForExit()
+        let standardError = errors.finish()
+        try application.execute(script: "COMMIT")
+        XCTAssertNotEqual(exit.exitCode, 0, standardError)
+        XCTAssertTrue(standardError.contains("lock"), standardError)
+        XCTAssertEqual(try query("SELECT count(*)::text FROM pg_namespace WHERE nspname LIKE 'restored\\_%'")[0][0], "0", "the staged copy is gone")
+        XCTAssertEqual(try query("SELECT count(*)::text FROM pg_class WHERE relname LIKE 'orders\\_pre\\_restore\\_%'")[0][0], "0", "the live table is untouched")
+    }
+
     /// `--replace` waits briefly for its lock (readers queue behind it), then fails with the table intact.
     func testReplaceGivesUpQuicklyOnALockedTable() throws {
         try backup()

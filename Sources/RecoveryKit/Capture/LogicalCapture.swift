@@ -1,6 +1,7 @@
 import BackupStorage
 import Foundation
 import Gzip
+import Logging
 import PostgresClient
 import ProcessSignals
 
@@ -98,10 +99,11 @@ public enum LogicalCapture {
         }
         // The tables' rows: read here over several connections in the snapshot, pg_dump writing the rest
         // (its own locks come after ours, which are held until the COMMIT below).
-        let plan = logical.dataBy == .copy ? try copyPlan(on: connection, configuration, inRecovery: role.inRecovery) : nil
+        let copying = logical.dataBy == .copy ? try copyPlan(on: connection, configuration, inRecovery: role.inRecovery, pgDump: dumper) : nil
+        let plan = copying?.plan
         if let lock = plan?.lockStatement { try connection.execute(script: lock) }
-        let copy = plan.map { ParallelTableCopy(plan: $0, target: configuration.target, snapshot: snapshot, serverVersion: connection.serverVersionNumber,
-                                                jobs: configuration.jobs) }
+        let copy = copying.map { ParallelTableCopy(plan: $0.plan, target: configuration.target, snapshot: snapshot, serverVersion: connection.serverVersionNumber,
+                                                   jobs: $0.connections) }
         defer { copy?.stop() }
         var copiedRows: [String: Int64] = [:]
         let splice = copy.map { copy in
@@ -198,19 +200,61 @@ public enum LogicalCapture {
         return CaptureResult(manifest: manifest, stored: targets.succeeded, failed: targets.failures)
     }
 
-    /// The tables this backup copies itself, read in the snapshot (nil: pg_dump reads them all, on a
-    /// server before 14 or when the dump's encoding is not one the server names).
-    private static func copyPlan(on connection: PostgresConnection, _ configuration: CaptureConfiguration, inRecovery: Bool) throws -> TableDataPlan? {
+    /// The tables this backup copies itself, read in the snapshot, and over how many connections; nil
+    /// (pg_dump reads them all, as with `--data-by pg_dump`) on a server before 14, when the dump's
+    /// encoding is not one the server names, and where copying would cost the server what pg_dump alone
+    /// would not (each fallback is logged with its reason):
+    /// - pg_dump of another major than the server: it quotes column names by its own keyword list,
+    ///   which the entries written here (the server's `quote_ident`) could not match;
+    /// - locks: the snapshot's connection holds one more ACCESS SHARE lock per copied table beside
+    ///   pg_dump's, and the server's shared lock table (`max_locks_per_transaction` × (`max_connections`
+    ///   + `max_prepared_transactions`) entries) must keep room for its applications;
+    /// - connections: `--jobs` of them, never more than leaves 5 free for the applications.
+    private static func copyPlan(on connection: PostgresConnection, _ configuration: CaptureConfiguration, inRecovery: Bool,
+                                 pgDump: PostgresProgram) throws -> (plan: TableDataPlan, connections: Int)? {
         guard connection.serverVersionNumber >= 140000 else { return nil }
+        let serverMajor = PostgresMajor(serverVersionNumber: connection.serverVersionNumber).number
+        guard pgDump.major == serverMajor else {
+            return fallBack("\(pgDump.path) is PostgreSQL \(pgDump.major)'s and the server is \(serverMajor): pg_dump quotes names by its own keywords")
+        }
         // pg_dump's client encoding: PGCLIENTENCODING or the connection string's, else the database's. It is
         // passed to pg_dump as --encoding, so the rows read here and its text are in the same one.
         let requested = configuration.target.childEnvironment["PGCLIENTENCODING"] ?? configuration.target.value("client_encoding")
         guard let encoding = try connection.query("""
             SELECT pg_catalog.pg_encoding_to_char(pg_catalog.pg_char_to_encoding(COALESCE($1, pg_catalog.getdatabaseencoding())))
             """, [requested]).scalar, !encoding.isEmpty else { return nil }
-        return try TableDataPlan.read(on: connection, encoding: encoding, inRecovery: inRecovery,
-                                      splitPages: TableDataPlan.splitPages(in: configuration.environment))
+        let plan = try TableDataPlan.read(on: connection, encoding: encoding, inRecovery: inRecovery,
+                                          splitPages: TableDataPlan.splitPages(in: configuration.environment))
+        let room = try connection.query("""
+            SELECT (pg_catalog.current_setting('max_locks_per_transaction')::int8
+                    * (pg_catalog.current_setting('max_connections')::int8 + pg_catalog.current_setting('max_prepared_transactions')::int8))::text,
+                   (SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'relation')::text,
+                   (SELECT count(*) FROM pg_catalog.pg_class c WHERE c.relkind IN ('r', 'p', 'm', 'f', 'S', 'v')
+                      AND c.relnamespace <> 'pg_catalog'::regnamespace AND c.relnamespace <> 'information_schema'::regnamespace)::text,
+                   (pg_catalog.current_setting('max_connections')::int8 - pg_catalog.current_setting('superuser_reserved_connections')::int8
+                    - (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'client backend'))::text
+            """).rows[0].values.map { Int64($0 ?? "") ?? 0 }
+        let (lockSlots, locksHeld, pgDumpLocks, freeConnections) = (room[0], room[1], room[2], room[3])
+        let ours = Int64(plan.tables.count + configuration.jobs)
+        // Half the lock table for the backup at most, pg_dump's own locks included: the rest is the applications'.
+        if locksHeld + pgDumpLocks + ours > lockSlots / 2 {
+            return fallBack("copying \(plan.tables.count) tables would take \(ours) locks beside pg_dump's \(pgDumpLocks), with \(locksHeld) held "
+                            + "of the server's \(lockSlots) (max_locks_per_transaction × (max_connections + max_prepared_transactions))")
+        }
+        // pg_dump and the schema dump take two more; five stay free for the applications.
+        let connections = min(configuration.jobs, Int(freeConnections) - 2 - 5)
+        guard connections >= 1 else {
+            return fallBack("only \(freeConnections) of the server's connections are free, and copying would need at least one more than pg_dump")
+        }
+        return (plan, connections)
     }
+
+    private static func fallBack(_ reason: String) -> (plan: TableDataPlan, connections: Int)? {
+        logger.warning("--data-by copy: \(reason); pg_dump reads the rows instead (as with --data-by pg_dump)")
+        return nil
+    }
+
+    private static let logger = Logger(label: "dbrecovery.backup")
 
     /// The rows the server copied for each table (`PQcmdTuples`, summed over its block ranges) must be
     /// the rows its entry in the stored dump holds, one line each.

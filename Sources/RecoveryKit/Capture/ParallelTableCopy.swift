@@ -26,7 +26,8 @@ final class ParallelTableCopy {
         let reads = plan.tables.flatMap(\.reads)
         let connections = min(max(1, jobs), reads.count)
         board = CopyBoard(reads: reads, connections: connections)
-        let setup = TableDataPlan.sessionSetup(snapshot: snapshot, serverVersion: serverVersion)
+        let session = TableDataPlan.sessionSettings(serverVersion: serverVersion)
+        let transaction = TableDataPlan.snapshotTransaction(snapshot)
         let sessionTarget = target.with("client_encoding", plan.encoding)
         for _ in 0..<connections {
             workers.enter()
@@ -34,7 +35,7 @@ final class ParallelTableCopy {
             let group = workers
             Thread.detachNewThread {
                 defer { group.leave() }
-                board.work(target: sessionTarget, setup: setup)
+                board.work(target: sessionTarget, session: session, transaction: transaction)
             }
         }
     }
@@ -135,8 +136,9 @@ private final class CopyBoard: @unchecked Sendable {
         queued = Array(repeating: 0, count: reads.count)
     }
 
-    /// One connection's life: open it in the snapshot, then read until no read is left.
-    func work(target: ConnectionTarget, setup: [String]) {
+    /// One connection's life: open it with pg_dump's settings, then read until no read is left, each in
+    /// its own transaction in the snapshot.
+    func work(target: ConnectionTarget, session: String, transaction: [String]) {
         do {
             guard !isStopped else { return }
             let connection = try PostgresConnection(target: target, applicationName: "dbbackup")
@@ -144,8 +146,9 @@ private final class CopyBoard: @unchecked Sendable {
             let canceller = ConnectionCanceller(connection)
             let worker = register { canceller.cancel() }
             defer { unregister(worker) }
-            for statement in setup { try connection.execute(script: statement) }
+            try connection.execute(script: session)
             while let read = claim() {
+                for statement in transaction { try connection.execute(script: statement) }
                 var run = spare()
                 let rows = try connection.copyOut(bytes: reads[read]) { row in
                     run.append(contentsOf: row)
@@ -155,9 +158,9 @@ private final class CopyBoard: @unchecked Sendable {
                     }
                 }
                 if !run.isEmpty { try put(.rows(run), for: read) }
+                try connection.execute(script: "COMMIT")
                 try put(.done(rows), for: read)
             }
-            try connection.execute(script: "COMMIT")
         } catch is Stopped {
             return
         } catch {

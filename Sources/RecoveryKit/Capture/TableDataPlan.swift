@@ -137,16 +137,22 @@ struct TableDataPlan {
     }
 
     /// The session pg_dump's `setup_connection` makes, so that every value is written as pg_dump writes
-    /// it, then the dump's snapshot (REPEATABLE READ, READ ONLY, as pg_dump's own transaction).
-    /// Each string is sent on its own (a script of several statements is one implicit transaction).
-    static func sessionSetup(snapshot: String, serverVersion: Int) -> [String] {
+    /// it (one script, run once per connection).
+    static func sessionSettings(serverVersion: Int) -> String {
         var statements = [
             "SET DATESTYLE = ISO", "SET INTERVALSTYLE = POSTGRES", "SET extra_float_digits TO 3", "SET synchronize_seqscans TO off",
             "SET statement_timeout = 0", "SET idle_in_transaction_session_timeout = 0", "SET row_security = off",
             "SELECT pg_catalog.set_config('search_path', '', false)",
         ]
         if serverVersion >= 170000 { statements.append("SET transaction_timeout = 0") }
-        return [statements.joined(separator: ";\n"), "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
-                "SET TRANSACTION SNAPSHOT '\(snapshot.replacingOccurrences(of: "'", with: "''"))'"]
+        return statements.joined(separator: ";\n")
+    }
+
+    /// A transaction in the dump's snapshot (REPEATABLE READ, READ ONLY, as pg_dump's own), one per
+    /// read: each read's table lock is let go at its COMMIT, so a connection holds one table's lock at
+    /// most (the snapshot's own connection holds them all until the backup ends). Each string is sent
+    /// on its own (a script of several statements is one implicit transaction).
+    static func snapshotTransaction(_ snapshot: String) -> [String] {
+        ["BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY", "SET TRANSACTION SNAPSHOT '\(snapshot.replacingOccurrences(of: "'", with: "''"))'"]
     }
 }

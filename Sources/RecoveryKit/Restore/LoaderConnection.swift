@@ -18,23 +18,40 @@ final class LoaderConnection {
         return !value.isEmpty && value.allSatisfy { $0.isLetter || $0.isNumber } ? value : "256MB"
     }
 
+    /// On a live database: the lock wait the dump's own `SET lock_timeout = 0` must not undo.
+    private let lockWait: String?
+
     /// Opens a connection to the database being restored.
     ///
-    /// - Parameter maintenanceWorkMem: see `maintenanceWorkMem(in:)`.
+    /// - Parameters:
+    ///   - maintenanceWorkMem: see `maintenanceWorkMem(in:)`.
+    ///   - lockWaitSeconds: for a loader on a live database (`--table … --into-schema/--replace`):
+    ///     every statement waits at most this long for a lock an application holds, whatever the dump
+    ///     sets (pg_dump writes `SET lock_timeout = 0`), so that a statement queued behind one
+    ///     transaction never stalls the others queued behind it; nil in a scratch database of ours.
     /// - Throws: `PostgresError` if it cannot connect.
-    init(target: ConnectionTarget, backupID: String, maintenanceWorkMem: String) throws {
+    init(target: ConnectionTarget, backupID: String, maintenanceWorkMem: String, lockWaitSeconds: Int? = nil) throws {
         connection = try PostgresConnection(target: target, applicationName: "dbrestore")
         self.backupID = backupID
+        lockWait = lockWaitSeconds.map { "SET lock_timeout = '\($0)s'" }
         // A fresh scratch database nobody else uses: index builds may take more memory, and a lost
         // commit is a failed restore that is run again, so no need to wait for the WAL flush.
         try connection.execute(script: "SET maintenance_work_mem = '\(maintenanceWorkMem)'; SET synchronous_commit = off")
+        try limitLockWaits()
+    }
+
+    /// Sets the live database's lock wait again (after the dump's settings, or a ROLLBACK that undid
+    /// a SET made in its transaction); nothing in a scratch database.
+    func limitLockWaits() throws {
+        if let lockWait { try connection.execute(script: lockWait) }
     }
 
     /// Brings the connection to `settings` (only what differs from what it has).
     ///
     /// - Throws: `RecoveryError(.restoreFailed)` naming the setting the server refused.
     func use(_ settings: SessionSettings) throws {
-        for statement in settings.statements(from: applied) {
+        let statements = settings.statements(from: applied)
+        for statement in statements {
             do {
                 try connection.execute(bytes: statement)
             } catch let error as PostgresError where error.sqlState == Self.undefinedObject && isKnownNewerSetting(statement) {
@@ -46,6 +63,7 @@ final class LoaderConnection {
             }
         }
         applied = settings
+        if !statements.isEmpty { try limitLockWaits() }
     }
 
     /// Runs a statement of the dump under the settings in force where it stood.

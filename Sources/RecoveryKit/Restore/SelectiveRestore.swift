@@ -111,6 +111,10 @@ public struct SelectiveRestoreReport: Codable, Sendable {
     public var renamedAside: [String]
     /// Objects re-pointed at the restored tables (`--replace --cascade-report`).
     public var repointed: [String]
+    /// `--replace`: what the swap changed besides names so that the live database keeps working (the
+    /// kept copies' keys into live tables dropped, sequences moved on to the live values), and live
+    /// columns the backup's definition lacks (the restored table has none of them).
+    public var adjusted: [String] = []
     /// `ranged` or `sequential (why)`, and how much was read and decompressed.
     public var read: DumpReadStatistics
     public var durationSeconds: Double
@@ -241,6 +245,7 @@ public enum SelectiveRestore {
         var keptAs: [String: String] = [:]
         var repointed: [String] = []
         var renamed: [String] = []
+        var adjusted: [String] = []
         var definition: SchemaVerifier.Report?
         let statistics: DumpReadStatistics
         let verification: RowCountVerifier.Report
@@ -250,7 +255,8 @@ public enum SelectiveRestore {
         case .intoSchema, .replace:
             let target = configuration.target
             let loader = try LoaderConnection(target: target, backupID: manifest.id,
-                                              maintenanceWorkMem: LoaderConnection.maintenanceWorkMem(in: configuration.environment))
+                                              maintenanceWorkMem: LoaderConnection.maintenanceWorkMem(in: configuration.environment),
+                                              lockWaitSeconds: configuration.lockWaitSeconds)
             defer { loader.close() }
             let connection = loader.connection
             // The loader's settings suit a private scratch database; this is the live one.
@@ -285,6 +291,7 @@ public enum SelectiveRestore {
                     if !swapped {
                         _ = try? connection.execute(script: "ROLLBACK")
                         do {
+                            try loader.limitLockWaits()  // the ROLLBACK undid a SET made in its transaction
                             try connection.execute(script: "DROP SCHEMA \(QualifiedNames.quote(schema)) CASCADE")
                             timeline.note("drop the staged copy", outcome: "dropped schema \(schema); the live tables were not touched")
                         } catch {
@@ -295,7 +302,7 @@ public enum SelectiveRestore {
                 definition = try StagedDefinitionCheck.verify(prepared.selection, staged: schema, manifest: manifest, target: target,
                                                               server: PostgresMajor(serverVersionNumber: connection.serverVersionNumber),
                                                               tools: configuration.tools, timeline: timeline)
-                (keptAs, repointed, renamed) = try timeline.step("replace \(prepared.plan.tables.joined(separator: ", ")) in one transaction") {
+                (keptAs, repointed, renamed, adjusted) = try timeline.step("replace \(prepared.plan.tables.joined(separator: ", ")) in one transaction") {
                     // The swap is one transaction: a deadlock the server broke by aborting it left nothing
                     // changed, so it is run again (as psql users would), a few times.
                     var attempt = 1
@@ -318,6 +325,7 @@ public enum SelectiveRestore {
             }
         }
         return SelectiveRestoreReport(plan: prepared.plan, verification: verification, definition: definition, keptAs: keptAs, renamedAside: renamed, repointed: repointed,
+                                      adjusted: adjusted,
                                       read: statistics, durationSeconds: Date().timeIntervalSince(started))
     }
 
@@ -438,7 +446,7 @@ public enum SelectiveRestore {
     /// - Throws: `RecoveryError(.restoreFailed)` when other objects depend on a live table and
     ///   `--cascade-report` was not given (listing them).
     private static func replace(_ selection: TableSelection, staged: String, _ configuration: SelectiveRestoreConfiguration,
-                                on connection: PostgresConnection) throws -> (kept: [String: String], repointed: [String], renamed: [String]) {
+                                on connection: PostgresConnection) throws -> (kept: [String: String], repointed: [String], renamed: [String], adjusted: [String]) {
         try connection.execute(script: "SET LOCAL lock_timeout = '\(configuration.lockWaitSeconds)s'")
         // A client killed while we wait must not leave the server queueing readers behind its lock request.
         if connection.serverVersionNumber >= 140000 { try connection.execute(script: "SET LOCAL client_connection_check_interval = '1s'") }
@@ -446,6 +454,7 @@ public enum SelectiveRestore {
         var kept: [String: String] = [:]
         var repointed: [String] = []
         var renamed: [String] = []
+        var adjusted: [String] = []
         // The live tables replaced, by OID: their own parts (a self-referencing key) are not "other objects".
         var liveOIDs: [DumpTableOfContents.Name: String] = [:]
         for table in selection.tables {
@@ -464,6 +473,7 @@ public enum SelectiveRestore {
         }
         var afterSwap: [String] = []
         for table in selection.tables {
+            var sequencesAside: [(name: String, aside: String)] = []
             if let live = liveOIDs[table] {
                 let dependents = try Dependent.list(of: live, outside: selectedOIDs, on: connection)
                 if !dependents.isEmpty {
@@ -497,6 +507,17 @@ public enum SelectiveRestore {
                                         hint: "restore it --into-schema and copy the rows back with SQL (the live sequence stays shared)")
                 }
                 var used = try names(in: table.schema)
+                // Columns the live table has and the backup's does not (added since): the swap takes them away.
+                let newer = try connection.query("""
+                    SELECT a.attname FROM pg_catalog.pg_attribute a WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped
+                      AND a.attname NOT IN (SELECT b.attname FROM pg_catalog.pg_attribute b WHERE b.attrelid = $2::regclass AND b.attnum > 0 AND NOT b.attisdropped)
+                    ORDER BY a.attnum
+                    """, [live, QualifiedNames.sql(DumpTableOfContents.Name(schema: staged, name: table.name))]).rows.compactMap { $0[0] ?? nil }
+                if !newer.isEmpty {
+                    adjusted.append("column\(newer.count == 1 ? "" : "s") \(newer.map(QualifiedNames.display).joined(separator: ", ")) of the live \(table.qualified) "
+                                    + "\(newer.count == 1 ? "is" : "are") not in the backup's definition: the restored table has no such column "
+                                    + "(the kept copy has it; a migration made after the backup may need to run again)")
+                }
                 // Indexes (constraint-backed ones rename their constraint too), owned sequences and statistics
                 // keep the schema's names free for the restored ones.
                 let parts = try connection.query("""
@@ -510,6 +531,7 @@ public enum SelectiveRestore {
                 for part in parts {
                     guard let kind = part[0], let name = part[1] else { continue }
                     let aside = asideName(name, suffix: suffix, taken: &used)
+                    if kind == "SEQUENCE" { sequencesAside.append((name, aside)) }
                     try connection.execute(script: "ALTER \(kind) \(QualifiedNames.quote(table.schema)).\(QualifiedNames.quote(name)) RENAME TO \(QualifiedNames.quote(aside))")
                     renamed.append("\(kind.lowercased()) \(DumpTableOfContents.Name(schema: table.schema, name: name).qualified) → \(QualifiedNames.display(aside))"
                                    + (name.utf8.count + suffix.utf8.count > 63 ? " (shortened to 63 bytes, with a digest of its name)" : ""))
@@ -517,7 +539,20 @@ public enum SelectiveRestore {
                 let aside = asideName(table.name, suffix: suffix, taken: &used)
                 taken[table.schema] = used
                 try connection.execute(script: "ALTER TABLE \(QualifiedNames.sql(table)) RENAME TO \(QualifiedNames.quote(aside))")
-                kept[table.qualified] = DumpTableOfContents.Name(schema: table.schema, name: aside).qualified
+                let keptName = DumpTableOfContents.Name(schema: table.schema, name: aside)
+                kept[table.qualified] = keptName.qualified
+                // The kept copy's keys into live tables would hold their rows (a DELETE of a parent the
+                // application no longer uses fails on the kept copy): they go, the copy is for reading.
+                let outgoing = try connection.query("""
+                    SELECT conname, confrelid::regclass::text FROM pg_catalog.pg_constraint
+                    WHERE conrelid = $1::oid AND contype = 'f' AND confrelid <> conrelid AND NOT (confrelid::text = ANY ($2::text[]))
+                    ORDER BY conname
+                    """, [live, SQLText.arrayLiteral(selectedOIDs.sorted())]).rows
+                for key in outgoing {
+                    guard let name = key[0], let referenced = key[1] else { continue }
+                    try connection.execute(script: "ALTER TABLE \(QualifiedNames.sql(keptName)) DROP CONSTRAINT \(QualifiedNames.quote(name))")
+                    adjusted.append("foreign key \(QualifiedNames.display(name)) of the kept copy \(keptName.qualified) (to \(referenced)) dropped, so that it holds no live rows")
+                }
             }
             let stagedTable = DumpTableOfContents.Name(schema: staged, name: table.name)
             try connection.execute(script: "ALTER TABLE \(QualifiedNames.sql(stagedTable)) SET SCHEMA \(QualifiedNames.quote(table.schema))")
@@ -527,12 +562,32 @@ public enum SelectiveRestore {
             for name in statistics {
                 try connection.execute(script: "ALTER STATISTICS \(QualifiedNames.quote(staged)).\(QualifiedNames.quote(name)) SET SCHEMA \(QualifiedNames.quote(table.schema))")
             }
+            // The restored table's sequences would count again from the backup's values and hand out
+            // ids the application has used since (rows in the kept copy, references elsewhere): each
+            // goes on from the live one's value where that is further along.
+            for (name, aside) in sequencesAside {
+                let restored = QualifiedNames.sql(DumpTableOfContents.Name(schema: table.schema, name: name))
+                let previous = QualifiedNames.sql(DumpTableOfContents.Name(schema: table.schema, name: aside))
+                guard try connection.query("SELECT to_regclass($1) IS NOT NULL", [restored]).scalar == "t" else { continue }
+                let row = try connection.query("""
+                    SELECT r.last_value::text, p.last_value::text,
+                           pg_catalog.setval($1::regclass, p.last_value, p.is_called)::text
+                    FROM \(restored) r, \(previous) p, pg_catalog.pg_sequence q
+                    WHERE q.seqrelid = $1::regclass
+                      AND CASE WHEN q.seqincrement > 0 THEN (p.last_value, p.is_called) > (r.last_value, r.is_called)
+                               ELSE (-p.last_value, p.is_called) > (-r.last_value, r.is_called) END
+                    """, [restored]).rows.first
+                if let backupValue = row?[0], let liveValue = row?[1] {
+                    adjusted.append("sequence \(DumpTableOfContents.Name(schema: table.schema, name: name).qualified) goes on from the live value \(liveValue) "
+                                    + "(the backup had \(backupValue)), so ids used since the backup are not handed out again")
+                }
+            }
         }
         // Views re-created and keys added back now that the restored tables have the names.
         for statement in afterSwap { try connection.execute(script: statement) }
         // Everything moved with its table; anything else left there means the staging schema is not empty: refuse.
         try connection.execute(script: "DROP SCHEMA \(QualifiedNames.quote(staged)) RESTRICT")
-        return (kept, repointed, renamed)
+        return (kept, repointed, renamed, adjusted)
     }
 
     /// `<name><suffix>` when it fits NAMEDATALEN (63 bytes) and is free; else the name shortened,
