@@ -26,7 +26,12 @@ struct BaseBackupIndex: Codable, Equatable, Sendable {
         formatVersion == Self.currentFormatVersion && positions.count == accessPoints.count
             && DumpSegments.usable(file, points: accessPoints, uncompressedBytes: tarBytes, compressedBytes: compressedBytes)
             && zip(accessPoints, positions).allSatisfy { point, position in
-                position.map { $0.headerOffset < point.uncompressedOffset && ($0.member?.hasSafePath ?? true) } ?? true
+                // The point lies inside the record the position names (its header, data or padding).
+                position.map { position in
+                    position.headerOffset < point.uncompressedOffset
+                        && point.uncompressedOffset < position.headerOffset + (position.member?.recordBytes ?? TarMember.blockSize)
+                        && (position.member?.hasSafePath ?? true)
+                } ?? true
             }
     }
 

@@ -66,6 +66,7 @@ struct TarMember: Codable, Equatable, Sendable {
         uid = UInt32(truncatingIfNeeded: Self.number(header, 108, 8))
         gid = UInt32(truncatingIfNeeded: Self.number(header, 116, 8))
         size = kind == .directory || kind == .symlink ? 0 : Self.number(header, 124, 12)
+        guard size < 1 << 56 else { throw TarFormatError(message: "tar header of \(name) gives a size of \(size) bytes") }
         modificationTime = Int64(truncatingIfNeeded: Self.number(header, 136, 12))
         linkTarget = Self.text(header, 157, 100)
         userName = Self.text(header, 265, 32)
