@@ -163,8 +163,8 @@ final class SelectiveRestoreTests: IntegrationTestCase {
 
 /// Issue 18: restoring one table, one schema, or in place.
 extension SelectiveRestoreTests {
-    private func restore(_ arguments: [String]) throws -> TestProcess.Result {
-        try TestProcess.tool("dbrestore", arguments + common, cluster: cluster, environment: environment)
+    private func restore(_ arguments: [String], environment extra: [String: String] = [:]) throws -> TestProcess.Result {
+        try TestProcess.tool("dbrestore", arguments + common, cluster: cluster, environment: environment.merging(extra) { _, new in new })
     }
 
     private func query(_ sql: String) throws -> [[String?]] {
@@ -715,6 +715,21 @@ extension SelectiveRestoreTests {
         XCTAssertTrue(standardError.contains("lock"), standardError)
         XCTAssertEqual(try query("SELECT count(*)::text FROM pg_namespace WHERE nspname LIKE 'restored\\_%'")[0][0], "0", "the staged copy is gone")
         XCTAssertEqual(try query("SELECT count(*)::text FROM pg_class WHERE relname LIKE 'orders\\_pre\\_restore\\_%'")[0][0], "0", "the live table is untouched")
+    }
+
+    /// A `--replace` killed once its staged copy is committed leaves that schema, with keys into the live
+    /// tables, in the live database. The next selective restore drops it (its run is gone) and says so.
+    func testAStagedCopyLeftByAKilledReplaceIsDroppedByTheNextRun() throws {
+        try backup()
+        let killed = try restore(["latest", "--table", "sales.orders", "--replace", "--cascade-report", "--yes"],
+                                 environment: ["DBRECOVERY_CRASH_AT": "replace:after-staging"])
+        XCTAssertEqual(killed.status, 128 + SIGKILL, killed.standardError)
+        let left = try query("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'restored\\_%'").compactMap { $0[0] ?? nil }
+        XCTAssertEqual(left.count, 1, "the killed run left its staged copy: \(left)")
+        let next = try restore(["latest", "--table", "sales.orders", "--replace", "--cascade-report", "--yes"])
+        XCTAssertEqual(next.status, 0, next.standardError)
+        XCTAssertTrue(next.standardError.contains("drop \(left.first ?? "?"), the staged copy of a --replace killed before it ended"), next.standardError)
+        XCTAssertEqual(try query("SELECT count(*)::text FROM pg_namespace WHERE nspname LIKE 'restored\\_%'")[0][0], "0", "no staged copy is left")
     }
 
     /// `--replace` waits briefly for its lock (readers queue behind it), then fails with the table intact.

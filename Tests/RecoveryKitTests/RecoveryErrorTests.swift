@@ -22,6 +22,17 @@ final class RecoveryErrorTests: XCTestCase {
         XCTAssertNotNil(classified.hint)
     }
 
+    /// A deadlock names who waited for what (the server's detail, which psql prints and the server's
+    /// hint only points at the log for), and says that the aborted transaction left nothing behind.
+    func testADeadlockNamesTheSessionsAndSaysNothingOfTheTransactionWasApplied() {
+        let deadlock = PostgresError(kind: .query, operation: "ALTER TABLE \"sales\".\"orders\" RENAME", message: "deadlock detected", sqlState: "40P01",
+                                     detail: "Process 1286 waits for AccessExclusiveLock on relation 16396 of database 16384; blocked by process 1281.\n"
+                                         + "Process 1281 waits for RowExclusiveLock on relation 16395 of database 16384; blocked by process 1286.",
+                                     serverHint: "See server log for query details.")
+        assertClassified(deadlock, as: .databaseError, saying: "deadlock detected (SQLSTATE 40P01): Process 1286 waits for AccessExclusiveLock on relation 16396 "
+                            + "of database 16384; blocked by process 1281. Process 1281 waits", hint: "nothing of that transaction was applied; run again")
+    }
+
     func testDamagedJSONIsABackupCorruptError() {
         struct Shape: Decodable { let id: String }
         assertClassified(thrown { _ = try JSONDecoder().decode(Shape.self, from: Data("{}".utf8)) }, as: .backupCorrupt, saying: "missing field id")

@@ -73,6 +73,10 @@ public struct RecoveryError: Error, CustomStringConvertible, Sendable {
             // A hot standby cancels queries whose rows replay must remove (a long dump or count there).
             return RecoveryError(.databaseError, error.description,
                                  hint: "on the standby set hot_standby_feedback = on (or raise max_standby_streaming_delay), or back up the primary")
+        case let error as PostgresError where error.sqlState == PostgresError.deadlockDetected:
+            return RecoveryError(.databaseError, error.description,
+                                 hint: "the server rolled back this run's transaction to end a deadlock with the session named above: nothing of that "
+                                     + "transaction was applied; run again (if it repeats, once that session's work is done)")
         case let error as PostgresError where error.sqlState == PostgresError.queryCanceled:
             return RecoveryError(.databaseError, "\(error.operation): ran longer than statement_timeout and was cancelled (SQLSTATE 57014)",
                                  hint: "look for what slowed the server (pg_stat_activity), or raise statement_timeout for this role, then run again")

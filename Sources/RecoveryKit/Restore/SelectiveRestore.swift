@@ -259,6 +259,7 @@ public enum SelectiveRestore {
                                               lockWaitSeconds: configuration.lockWaitSeconds)
             defer { loader.close() }
             let connection = loader.connection
+            try StagingSchemas.dropLeftovers(on: connection, timeline: timeline)
             // The loader's settings suit a private scratch database; this is the live one.
             try connection.execute(script: "RESET synchronous_commit; BEGIN")
             var committed = false
@@ -269,7 +270,8 @@ public enum SelectiveRestore {
                     throw RecoveryError(.usage, "schema \(schema) already exists in \(target.databaseName); nothing was changed",
                                         hint: "name a new schema with --into-schema NAME, or drop that one first")
                 }
-                let note = "dbrecovery: restored from backup \(manifest.id) at \(Timestamp.format(Date()))"
+                let note = configuration.destination == .replace ? try StagingSchemas.comment(backup: manifest.id)
+                    : "dbrecovery: restored from backup \(manifest.id) at \(Timestamp.format(Date()))"
                 try connection.execute(script: "CREATE SCHEMA \(QualifiedNames.quote(schema)); COMMENT ON SCHEMA \(QualifiedNames.quote(schema)) IS \(SQLText.literal(note))")
             }
             let moving = prepared.selection.moved
@@ -283,6 +285,7 @@ public enum SelectiveRestore {
             }
             try connection.execute(script: "COMMIT")
             committed = true
+            CrashPoint.reached("replace:after-staging")
             if configuration.destination == .replace {
                 // pg_dump sees committed objects only: the staged copy is committed (next to the live
                 // tables, which are not touched yet), checked, and dropped again if the swap does not happen.
