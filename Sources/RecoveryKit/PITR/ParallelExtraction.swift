@@ -21,6 +21,7 @@ enum ParallelExtraction {
                                     hint: "the data directory was removed and nothing was started; dbverify --files \(manifest.id) checks the backup; recover from another base backup",
                                     phase: "extract", store: store, boundaries: [], progress: progress)
         try segments.checkSize()
+        defer { progress?.finished() }
         let ownership = TarExtractor.Ownership()
         let queue = SegmentQueue(count: segments.count)
         let workers = (0..<max(1, min(jobs, segments.count))).map { _ in
