@@ -51,7 +51,7 @@ let package = Package(
         .testTarget(name: "GzipTests", dependencies: ["Gzip"]),
         .testTarget(name: "PostgresClientTests", dependencies: ["PostgresClient"]),
         .testTarget(name: "BackupStorageTests", dependencies: ["BackupStorage"]),
-        .testTarget(name: "RecoveryKitTests", dependencies: ["RecoveryKit", "BackupStorage", "ProcessSignals"]),
+        .testTarget(name: "RecoveryKitTests", dependencies: ["RecoveryKit", "BackupStorage", "ProcessSignals", "Gzip"]),
         .testTarget(name: "RecoveryCommandsTests", dependencies: ["RecoveryCommands", "RecoveryKit",
                                                                   .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                                                   .product(name: "Logging", package: "swift-log")]),

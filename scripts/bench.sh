@@ -41,7 +41,9 @@
 # (scripts/bench-readme.py), so the README shows one run's numbers.
 # `--only physical` (issue 21 item 3) runs just the physical rows: base backups against pg_basebackup |
 # gzip -6 and pgBackRest (gz 6, two processes), and extraction against `pgbackrest restore`, N times each
-# (results in bench/results-physical.md). Every repetition backs up the same cluster: the databases
+# (results in bench/results-physical.md). BENCH_BASELINE_DBRESTORE=/path/to/dbrestore adds that build's
+# extraction of the same base backup as "dbrestore --pitr (extract base backup) (baseline build)",
+# alternating with this build's. Every repetition backs up the same cluster: the databases
 # the restore rows create are dropped again at the end of each repetition of a full run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -578,6 +580,9 @@ physical_rows() {
   measure "pgbackrest backup (full, gz, process-max 2)" "$(declare -f as_owner); as_owner pgbackrest --config='$work/pgbr/pgbackrest.conf' --stanza=bench --type=full backup; du -sb '$work/pgbr/repo' > /dev/null"
   # Extraction only (what a PITR user waits for before replay starts): the base backup into an empty
   # data directory, recovery settings written, nothing started.
+  if [ -n "${BENCH_BASELINE_DBRESTORE:-}" ]; then
+    measure "dbrestore --pitr (extract base backup) (baseline build)" "$(declare -f fresh_data_dir); fresh_data_dir '$work/out/pgdata' && '$BENCH_BASELINE_DBRESTORE' pitr -q --repo '$work/pitr-repo' --pgdata '$work/out/pgdata' --target latest"
+  fi
   measure "dbrestore --pitr (extract base backup)" "$(declare -f fresh_data_dir); fresh_data_dir '$work/out/pgdata' && '$bin/dbrestore' pitr -q --repo '$work/pitr-repo' --pgdata '$work/out/pgdata' --target latest"
   measure "pgbackrest restore (process-max 2)" "$(declare -f as_owner fresh_data_dir); fresh_data_dir '$work/out/pgdata' && as_owner pgbackrest --config='$work/pgbr/pgbackrest.conf' --stanza=bench --pg1-path='$work/out/pgdata' restore"
 }
@@ -694,6 +699,9 @@ if physical_only:
          ratio("dbbackup --physical --compression-level 6", "pgbackrest backup (full, gz, process-max 2)"), 0.65),
         ("dbrestore --pitr extraction / pgbackrest restore", ratio("dbrestore --pitr (extract base backup)", "pgbackrest restore (process-max 2)"), 0.6),
     ]
+    if "dbrestore --pitr (extract base backup) (baseline build)" in med:
+        checks.append(("dbrestore --pitr extraction, baseline build / pgbackrest restore",
+                       ratio("dbrestore --pitr (extract base backup) (baseline build)", "pgbackrest restore (process-max 2)"), 0.6))
 checks += [] if physical_only else [
     ("dbbackup --incremental / dbbackup --physical, time (PG 17, 1 % changed)",
      ratio("dbbackup --physical --incremental (PG 17, 1 % changed)", "dbbackup --physical (PG 17, full)"), 1.0),

@@ -117,7 +117,8 @@ final class IncrementalBackupTests: XCTestCase {
         let fullBytes = try XCTUnwrap(full.summary["stored_bytes"] as? Int)
         XCTAssertNil(full.summary["incremental"])
         let fullFiles = (full.summary["files"] as? [[String: Any]] ?? []).compactMap { $0["name"] as? String }
-        XCTAssertEqual(fullFiles, [PhysicalCapture.baseFileName, IncrementalChain.serverManifestFileName])
+        // base.index.json.gz: the index the extraction reads base.tar.gz in parallel from.
+        XCTAssertEqual(fullFiles, [PhysicalCapture.baseFileName, IncrementalChain.serverManifestFileName, "base.index.json.gz"])
 
         // 1 % of the rows change, in place (HOT updates: the blocks have room and no indexed column
         // changes), so 1 % of the table's blocks change; then the first incremental.

@@ -1,5 +1,4 @@
 import Foundation
-import Gzip
 
 /// Builds a dump's table of contents (`DumpTableOfContents`) while the dump streams past: at
 /// backup time from pg_dump's output and the compressor's access points, or by a full scan of
@@ -13,12 +12,10 @@ final class DumpContentsBuilder {
     private let scanner: DumpScanner
     private var entries: [DumpTableOfContents.Entry] = []
     private var settings: [DumpTableOfContents.Setting] = []
-    private var accessPoints: [DumpTableOfContents.AccessPoint] = []
     /// Tables and views seen so far: what a view's query can name.
     private var relations = Set<DumpTableOfContents.Name>()
-    private var pendingPoint = GzipAccessPoint(compressedOffset: 0, uncompressedOffset: 0)
-    private var segment = StreamingDigest()
-    private var compressedBytes: UInt64 = 0
+    /// The compressor's access points and each segment's sha256.
+    let segments: SegmentDigests
     private var dumpBytes: UInt64 = 0
     /// Why no table of contents can be built, once something went wrong.
     private(set) var failure: String?
@@ -32,7 +29,7 @@ final class DumpContentsBuilder {
     private var viaRoot = false
     private static let viaRootPrefix = Array("-- load via partition root ".utf8)
     /// Uncompressed distance between the access points the compressor is asked for.
-    let accessPointInterval: UInt64
+    var accessPointInterval: UInt64 { segments.interval }
 
     private static let namePrefix = Array("-- Name: ".utf8)
     private static let dataPrefix = Array("-- Data for Name: ".utf8)
@@ -41,7 +38,7 @@ final class DumpContentsBuilder {
     ///   - backupID: the backup the dump belongs to, for messages.
     ///   - accessPointInterval: see `DumpTableOfContents.accessPointInterval(in:)`.
     init(backupID: String, accessPointInterval: UInt64 = DumpTableOfContents.defaultAccessPointInterval) {
-        self.accessPointInterval = accessPointInterval
+        segments = SegmentDigests(interval: accessPointInterval)
         let statements = StatementBox()
         scanner = DumpScanner(backupID: backupID) { event in
             switch event {
@@ -192,30 +189,18 @@ final class DumpContentsBuilder {
         do { try scanner.write(chunk) } catch { failure = "\(error)" }
     }
 
-    /// The next compressed bytes (as the compressor hands them out, before any encryption).
-    func compressed(_ chunk: UnsafeRawBufferPointer) {
-        compressedBytes += UInt64(chunk.count)
-        segment.update(chunk)
-    }
-
-    /// An access point, reported by the compressor before its first compressed byte.
-    func accessPoint(_ point: GzipAccessPoint) {
-        closeSegment()
-        pendingPoint = point
-    }
-
     /// The table of contents, or nil (with `failure` set) when the dump could not be read.
     func finish() -> DumpTableOfContents? {
         if failure == nil {
             do { try scanner.finish() } catch { failure = "\(error)" }
         }
         guard failure == nil else { return nil }
-        closeSegment()
+        let accessPoints = segments.finish()
         var entries = self.entries
         for index in entries.indices {
             entries[index].end = index + 1 < entries.count ? entries[index + 1].start : dumpBytes
         }
-        return DumpTableOfContents(formatVersion: DumpTableOfContents.currentFormatVersion, dumpBytes: dumpBytes, compressedBytes: compressedBytes,
+        return DumpTableOfContents(formatVersion: DumpTableOfContents.currentFormatVersion, dumpBytes: dumpBytes, compressedBytes: segments.compressedBytes,
                                    entries: entries, settings: settings, accessPoints: accessPoints)
     }
 
@@ -223,12 +208,6 @@ final class DumpContentsBuilder {
     func finishScan() -> DumpTableOfContents? {
         let contents = finish()
         return contents.map { var copy = $0; copy.accessPoints = []; copy.compressedBytes = 0; return copy }
-    }
-
-    private func closeSegment() {
-        accessPoints.append(.init(compressedOffset: pendingPoint.compressedOffset, uncompressedOffset: pendingPoint.uncompressedOffset,
-                                  segmentSha256: segment.hexDigest()))
-        segment = StreamingDigest()
     }
 
     /// A `-- Name: x; Type: T; Schema: s; Owner: o` or `-- Data for Name: …` line, parsed; nil for any other line.

@@ -5,8 +5,10 @@ import ProcessSignals
 
 /// A physical base backup: `pg_basebackup` tar stream (WAL left to the archive) gzip-streamed into
 /// `backups/<id>/base.tar.gz`, with the WAL range it needs in the manifest and pg_basebackup's own
-/// `backup_manifest` beside it (`backup_manifest.gz`), which an incremental taken on it needs.
-/// With `incremental`, the backup holds only what changed since its parent (`IncrementalChain`).
+/// `backup_manifest` beside it (`backup_manifest.gz`), which an incremental taken on it needs, and
+/// an index of `base.tar.gz`'s access points (`BaseBackupIndex`, unencrypted backups only) that lets
+/// the extraction run on several cores. With `incremental`, the backup holds only what changed since
+/// its parent (`IncrementalChain`).
 public enum PhysicalCapture {
     public static let baseFileName = "base.tar.gz"
 
@@ -59,6 +61,9 @@ public enum PhysicalCapture {
         // backup_manifest is kept whole: it is stored beside the base backup for incrementals to chain on.
         let scanner = TarScanner(wanted: ["backup_label": 4096, "backup_manifest": Int.max])
         let baseKey = "backups/\(id)/\(baseFileName)"
+        // The index maps the compressed stream, not the cipher frames: an encrypted backup goes without one.
+        let index = configuration.key == nil
+            ? BaseBackupIndexBuilder(accessPointInterval: DumpTableOfContents.accessPointInterval(in: configuration.environment)) : nil
         var arguments = ["--pgdata=-", "--format=tar", "--wal-method=none", "--checkpoint=fast", "--no-password", "--label=dbrecovery \(id)"]
         var chain: BackupManifest.Incremental?
         var parentManifestFile: String?
@@ -77,13 +82,17 @@ public enum PhysicalCapture {
                 arguments: arguments,
                 environment: configuration.target.childEnvironment, targets: targets, key: baseKey,
                 level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "base backup \(id)", estimate: estimate,
-                observe: scanner.consume)
+                observe: { chunk in
+                    scanner.consume(chunk)
+                    index?.write(chunk)
+                }, segments: index?.segments)
         } catch let error as RecoveryError where chain != nil && error.code == .toolFailed {
             throw explainIncrementalFailure(error, parent: chain?.parent ?? "")
         }
         // From here on the data file is committed: any failure (a signal included) must remove it,
         // since without a manifest nothing would ever list or prune it.
         let serverManifestKey = "backups/\(id)/\(IncrementalChain.serverManifestFileName)"
+        let indexKey = "backups/\(id)/\(BaseBackupIndex.fileName)"
         do {
             guard let serverManifest = scanner.captured["backup_manifest"], !serverManifest.isEmpty else {
                 throw RecoveryError(.toolFailed, "pg_basebackup's stream held no backup_manifest",
@@ -91,11 +100,17 @@ public enum PhysicalCapture {
             }
             let manifestFile = try StreamCapture.store(Data(serverManifest), targets: targets, key: serverManifestKey,
                                                        level: configuration.compressionLevel, key: configuration.key)
+            var files = [file, manifestFile]
+            // A stream the index cannot describe is extracted by tar -x, as a backup from before indexes.
+            if let index = index?.finish(tarBytes: file.rawBytes) {
+                files.append(try StreamCapture.store(try JSONOutput.encoder().encode(index), targets: targets, key: indexKey,
+                                                     level: configuration.compressionLevel, key: nil))
+            }
             return try finish(configuration, id: id, startedAt: startedAt, connection: connection, facts: facts, role: role,
-                              segmentSize: segmentSize, scanner: scanner, files: [file, manifestFile], chain: chain, targets: targets,
+                              segmentSize: segmentSize, scanner: scanner, files: files, chain: chain, targets: targets,
                               programs: [basebackup])
         } catch {
-            targets.delete([baseKey, serverManifestKey])
+            targets.delete([baseKey, serverManifestKey, indexKey])
             if Interruption.isRequested { CleanupLog.cleaned("removed \(baseKey)") }
             throw error
         }

@@ -17,6 +17,8 @@ enum StreamCapture {
     ///   - contents: for pg_dump: builds the dump's table of contents from the stream, with access
     ///     points into the compressed stream every `contents.accessPointInterval` bytes.
     ///   - splice: for pg_dump: puts the tables' entries the backup copied itself into its output.
+    ///   - segments: records the compressor's access points with each segment's sha256 (the dump's
+    ///     table of contents brings its own; pg_basebackup's base backup index passes one).
     /// - Returns: the file entry for the manifest and the program's stderr (its last 16 KiB).
     /// - Throws: `RecoveryError(.toolFailed)` with the program's own message, `RecoveryError(.lockTimeout)`,
     ///   `InterruptedError`, or the store's error.
@@ -24,7 +26,8 @@ enum StreamCapture {
                     level: Int, jobs: Int, key: RepositoryKey? = nil, progress: ProgressObserver?, phase: String, estimate: UInt64? = nil,
                     lockWait: (target: ConnectionTarget, seconds: Int)? = nil,
                     observe: ((UnsafeRawBufferPointer) -> Void)? = nil, contents: DumpContentsBuilder? = nil,
-                    splice: DataSectionSplicer? = nil, beforeCommit: () throws -> Void = {}) throws -> (BackupManifest.File, String) {
+                    splice: DataSectionSplicer? = nil, segments: SegmentDigests? = nil,
+                    beforeCommit: () throws -> Void = {}) throws -> (BackupManifest.File, String) {
         try targets.openWriters(storeKey)
         var committed = false
         defer {
@@ -38,7 +41,8 @@ enum StreamCapture {
                                      stdin: .null, stdout: .pipe, stderr: .pipe)
         let errors = OutputCollector(descriptor: child.standardError)
         let name = (executable as NSString).lastPathComponent
-        let upload = try CompressedUpload(targets: targets, storeKey: storeKey, level: level, jobs: jobs, key: key, contents: contents)
+        let upload = try CompressedUpload(targets: targets, storeKey: storeKey, level: level, jobs: jobs, key: key,
+                                          segments: segments ?? contents?.segments)
         // What goes into the stored object: the program's output, with the tables' own entries spliced in.
         let deliver = { (chunk: UnsafeRawBufferPointer) throws in
             observe?(chunk)
@@ -95,7 +99,7 @@ enum StreamCapture {
     static func store(_ bytes: Data, targets: CaptureTargets, key storeKey: String, level: Int, key: RepositoryKey?) throws -> BackupManifest.File {
         try targets.openWriters(storeKey)
         do {
-            let upload = try CompressedUpload(targets: targets, storeKey: storeKey, level: level, jobs: 1, key: key, contents: nil)
+            let upload = try CompressedUpload(targets: targets, storeKey: storeKey, level: level, jobs: 1, key: key, segments: nil)
             try bytes.withUnsafeBytes { try upload.write($0) }
             try upload.finish()
             try targets.commit()
@@ -145,7 +149,7 @@ private final class CompressedUpload {
         var storedBytes: UInt64 = 0
     }
 
-    init(targets: CaptureTargets, storeKey: String, level: Int, jobs: Int, key: RepositoryKey?, contents: DumpContentsBuilder?) throws {
+    init(targets: CaptureTargets, storeKey: String, level: Int, jobs: Int, key: RepositoryKey?, segments: SegmentDigests?) throws {
         let digest = DigestBox()
         let store = { (chunk: UnsafeRawBufferPointer) throws in
             digest.digest.update(chunk)
@@ -154,9 +158,9 @@ private final class CompressedUpload {
         }
         // Compressed bytes go to the stores directly, or through the repository cipher first.
         let encryptor = try key.map { try StreamEncryptor(key: $0, object: storeKey, sink: store) }
-        compressor = try GzipCompressor(level: level, jobs: jobs, accessPointInterval: contents?.accessPointInterval ?? 0,
-                                        onAccessPoint: contents.map { builder in { builder.accessPoint($0) } }) { chunk in
-            contents?.compressed(chunk)
+        compressor = try GzipCompressor(level: level, jobs: jobs, accessPointInterval: segments?.interval ?? 0,
+                                        onAccessPoint: segments.map { segments in { segments.accessPoint($0) } }) { chunk in
+            segments?.compressed(chunk)
             if let encryptor { try encryptor.write(chunk) } else { try store(chunk) }
         }
         self.encryptor = encryptor

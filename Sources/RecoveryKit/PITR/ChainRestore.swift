@@ -15,12 +15,12 @@ enum ChainRestore {
     /// Extracts `chain` (root first) into `directory`, which must be new or empty.
     ///
     /// - Throws: `RecoveryError`; everything staged is removed, and so is `directory` (by the caller).
-    static func materialize(_ chain: [BackupManifest], from store: BackupStore, into directory: String, key: RepositoryKey?,
+    static func materialize(_ chain: [BackupManifest], from store: BackupStore, into directory: String, key: RepositoryKey?, jobs: Int,
                             tools: PostgresTools, timeline: Timeline, progress: ProgressObserver?) throws {
         guard let root = chain.first, let last = chain.last else { return }
         guard chain.count > 1 else {
             return try timeline.step("extract base backup \(root.id) into \(directory)") {
-                try PointInTimeRestore.extract(root, from: store, into: directory, key: key, progress: progress)
+                try PointInTimeRestore.extract(root, from: store, into: directory, key: key, jobs: jobs, progress: progress)
             }
         }
         let combine = try program("pg_combinebackup", for: root, tools: tools)
@@ -34,12 +34,12 @@ enum ChainRestore {
         }
         var current = stagingDirectory + "/0-" + root.id
         try timeline.step("extract full base backup \(root.id) (chain root) into \(current)") {
-            try PointInTimeRestore.extract(root, from: store, into: current, key: key, progress: progress)
+            try PointInTimeRestore.extract(root, from: store, into: current, key: key, jobs: jobs, progress: progress)
         }
         for (index, member) in chain.enumerated().dropFirst() {
             let extracted = stagingDirectory + "/\(index)-" + member.id
             try timeline.step("extract incremental \(member.id) into \(extracted)") {
-                try PointInTimeRestore.extract(member, from: store, into: extracted, key: key, progress: progress)
+                try PointInTimeRestore.extract(member, from: store, into: extracted, key: key, jobs: jobs, progress: progress)
             }
             let isLast = member.id == last.id
             let output = isLast ? directory : stagingDirectory + "/combined-\(index)"

@@ -1,6 +1,7 @@
 import BackupStorage
 import Foundation
 import Gzip
+import Logging
 import PostgresClient
 import ProcessSignals
 
@@ -42,6 +43,8 @@ public struct PITRConfiguration {
     public var keyFile: String? = nil
     /// The timeline to recover along (`--timeline`): the newest by default, as PostgreSQL does.
     public var timeline: TimelineChoice = .latest
+    /// Threads that extract a base backup with an index (`--jobs`, default: the cores).
+    public var jobs = ProcessInfo.processInfo.activeProcessorCount
     /// What the storage layer reads S3 settings from (see `Repository.open`); the started server
     /// gets it too, so that its restore_command (dbrestore wal-fetch) reaches the same endpoint.
     public var environment = ProcessInfo.processInfo.environment
@@ -140,6 +143,9 @@ public struct PITRReport: Codable, Sendable {
     public var durationSeconds: Double
     /// What was done, step by step (extraction, each pg_combinebackup of a chain, recovery).
     public var steps: [Timeline.Step] = []
+    /// Bytes read from the repository's backup files (each stored byte of the base backups and
+    /// their indexes once; WAL is read later by the server's restore_command).
+    public var bytesRead: UInt64 = 0
 }
 
 /// Point-in-time recovery from a physical base backup and the WAL archive.
@@ -373,8 +379,8 @@ public enum PointInTimeRestore {
             }
         }
         do {
-            try ChainRestore.materialize(chain, from: store, into: directory, key: configuration.key, tools: configuration.tools,
-                                         timeline: timeline, progress: progress)
+            try ChainRestore.materialize(chain, from: store, into: directory, key: configuration.key, jobs: configuration.jobs,
+                                         tools: configuration.tools, timeline: timeline, progress: progress)
         } catch {
             try? FileManager.default.removeItem(atPath: directory)
             throw error
@@ -383,6 +389,7 @@ public enum PointInTimeRestore {
             try writeRecoverySettings(configuration, backupID: manifest.id, timeline: plan.timeline)
         }
         var report = PITRReport(plan: plan, started: false, promoted: false, lastReplayedTransaction: nil, databases: [:], durationSeconds: 0)
+        report.bytesRead = store.reads.bytes
         if configuration.start {
             try startAndFollow(configuration, pgCtl: plan.pgCtl, timeline: timeline, report: &report,
                                segmentSize: manifest.physical?.segmentSize ?? WALSegmentName.defaultSegmentSize)
@@ -397,14 +404,20 @@ public enum PointInTimeRestore {
         return (try? FileManager.default.contentsOfDirectory(atPath: path).isEmpty) ?? false
     }
 
-    /// base.tar.gz → sha256 + gunzip → `tar -x`.
-    static func extract(_ manifest: BackupManifest, from store: BackupStore, into directory: String, key: RepositoryKey?,
-                                progress: ProgressObserver?) throws {
+    /// base.tar.gz into `directory`: over `jobs` threads from its index (`ParallelExtraction`), or
+    /// without one (older and encrypted backups, a damaged index) sha256 + gunzip → `tar -x`.
+    static func extract(_ manifest: BackupManifest, from store: BackupStore, into directory: String, key: RepositoryKey?, jobs: Int,
+                        progress: ProgressObserver?) throws {
         guard let file = manifest.files.first(where: { $0.name == PhysicalCapture.baseFileName }) else {
             throw RecoveryError(.backupCorrupt, "backup \(manifest.id) has no \(PhysicalCapture.baseFileName)")
         }
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         chmod(directory, 0o700)
+        if let index = try usableIndex(of: manifest, file: file, from: store, key: key) {
+            logger.info("backup \(manifest.id): extracting \(file.name) from its \(BaseBackupIndex.fileName) (\(index.accessPoints.count) segments, --jobs \(jobs))")
+            return try ParallelExtraction.run(file, of: manifest, index: index, store: store, into: directory, jobs: jobs, progress: progress)
+        }
+        logger.info("backup \(manifest.id): extracting \(file.name) in one pass (tar -x): no usable \(BaseBackupIndex.fileName)")
         let tar = ["/usr/bin/tar", "/bin/tar"].first { FileManager.default.isExecutableFile(atPath: $0) } ?? "/bin/tar"
         let child = try ChildProcess(executable: tar, arguments: ["-x", "-f", "-", "-C", directory], stdin: .pipe, stdout: .null, stderr: .pipe)
         let errors = OutputCollector(descriptor: child.standardError)
@@ -423,6 +436,25 @@ public enum PointInTimeRestore {
             throw RecoveryError(.toolFailed, "tar \(termination.description) extracting \(manifest.id): \(errors.lastLine() ?? "")")
         }
     }
+
+    /// The base backup's index when it has a usable one; nil otherwise. The index is optional: a
+    /// damaged one is a warning and the stream is extracted in one pass.
+    private static func usableIndex(of manifest: BackupManifest, file: BackupManifest.File, from store: BackupStore, key: RepositoryKey?) throws -> BaseBackupIndex? {
+        guard file.encryptionKeyFingerprint == nil else { return nil }
+        do {
+            guard let index = try BaseBackupIndex.load(of: manifest, from: store, key: key) else { return nil }
+            guard index.usable(for: file) else {
+                logger.warning("backup \(manifest.id): \(BaseBackupIndex.fileName) does not describe \(file.name); extracting in one pass instead")
+                return nil
+            }
+            return index
+        } catch let error as RecoveryError where error.code == .backupCorrupt {
+            logger.warning("backup \(manifest.id): \(error.message); extracting in one pass instead (slower, same result)")
+            return nil
+        }
+    }
+
+    private static let logger = Logger(label: "dbrecovery.restore")
 
     /// The `restore_command` line: the running executable's absolute path, every value shell-quoted
     /// (and `%` doubled, which PostgreSQL would otherwise expand), the key by file, never by value.

@@ -16,6 +16,9 @@ import ProcessSignals
 /// checks the file's sha256. After a failure, `checkRest()` reads the segments no part reached, so
 /// that a damaged file is still told from an error of the server (as `StoredFileStream` does).
 ///
+/// A physical backup's extraction reads `base.tar.gz` the same way, one segment per read, from the
+/// access points of its `BaseBackupIndex` (`ParallelExtraction`).
+///
 /// Thread-safe: the shared state is only touched under `condition`.
 final class DumpSegments {
     private let manifest: BackupManifest
@@ -24,6 +27,11 @@ final class DumpSegments {
     private let progress: ProgressObserver?
     private let points: [DumpTableOfContents.AccessPoint]
     private let dumpBytes: UInt64
+    /// The index the points come from, what a damaged file leaves the operator to do, and the
+    /// progress line's verb: a dump's (table of contents, restore) or a base backup's (index, extract).
+    private let indexName: String
+    private let hint: String
+    private let phase: String
     /// How many parts take bytes from each segment (more than one: decoded into memory and shared).
     private let users: [Int]
     private let condition = NSCondition()
@@ -44,29 +52,52 @@ final class DumpSegments {
     /// Whether `file` can be read this way: unencrypted (AES-GCM frames are sealed over the whole
     /// compressed stream), with access points that cover it from its first byte.
     static func usable(_ file: BackupManifest.File, toc: DumpTableOfContents) -> Bool {
-        let points = toc.accessPoints
-        guard file.encryptionKeyFingerprint == nil, toc.compressedBytes == file.storedBytes, let first = points.first,
-              first.compressedOffset == 0, first.uncompressedOffset == 0, file.rawBytes == toc.dumpBytes else { return false }
+        usable(file, points: toc.accessPoints, uncompressedBytes: toc.dumpBytes, compressedBytes: toc.compressedBytes)
+    }
+
+    /// Whether access points recorded for a file of `uncompressedBytes` (`compressedBytes` stored)
+    /// describe `file` (unencrypted) and cover it from its first byte, in order.
+    static func usable(_ file: BackupManifest.File, points: [DumpTableOfContents.AccessPoint], uncompressedBytes: UInt64, compressedBytes: UInt64) -> Bool {
+        guard file.encryptionKeyFingerprint == nil, compressedBytes == file.storedBytes, let first = points.first,
+              first.compressedOffset == 0, first.uncompressedOffset == 0, file.rawBytes == uncompressedBytes else { return false }
         return zip(points, points.dropFirst()).allSatisfy { $0.compressedOffset < $1.compressedOffset && $0.uncompressedOffset < $1.uncompressedOffset }
-            && (points.last?.compressedOffset ?? 0) < file.storedBytes && (points.last?.uncompressedOffset ?? 0) < toc.dumpBytes
+            && (points.last?.compressedOffset ?? 0) < file.storedBytes && (points.last?.uncompressedOffset ?? 0) < uncompressedBytes
     }
 
     /// - Parameter boundaries: where the parts that will be read start in the dump (besides 0).
-    init(_ file: BackupManifest.File, of manifest: BackupManifest, toc: DumpTableOfContents, store: BackupStore,
-         boundaries: [UInt64], progress: ProgressObserver?) {
+    convenience init(_ file: BackupManifest.File, of manifest: BackupManifest, toc: DumpTableOfContents, store: BackupStore,
+                     boundaries: [UInt64], progress: ProgressObserver?) {
+        self.init(file, of: manifest, points: toc.accessPoints, uncompressedBytes: toc.dumpBytes, indexName: DumpTableOfContents.fileName,
+                  hint: "nothing was applied from it; dbrestore --emergency picks the newest backup that verifies", phase: "restore",
+                  store: store, boundaries: boundaries, progress: progress)
+    }
+
+    /// - Parameters:
+    ///   - points: access points from an index `indexName` (checked against the manifest), the first at 0.
+    ///   - boundaries: where the parts that will be read start (besides 0).
+    init(_ file: BackupManifest.File, of manifest: BackupManifest, points: [DumpTableOfContents.AccessPoint], uncompressedBytes: UInt64,
+         indexName: String, hint: String, phase: String, store: BackupStore, boundaries: [UInt64], progress: ProgressObserver?) {
         self.manifest = manifest
         self.file = file
         self.store = store
         self.progress = progress
-        points = toc.accessPoints
-        dumpBytes = toc.dumpBytes
-        var users = [Int](repeating: 1, count: toc.accessPoints.count)
+        self.points = points
+        dumpBytes = uncompressedBytes
+        self.indexName = indexName
+        self.hint = hint
+        self.phase = phase
+        var users = [Int](repeating: 1, count: points.count)
         for boundary in boundaries {
-            let index = Self.segment(containing: boundary, in: toc.accessPoints)
-            if toc.accessPoints[index].uncompressedOffset < boundary { users[index] += 1 }
+            let index = Self.segment(containing: boundary, in: points)
+            if points[index].uncompressedOffset < boundary { users[index] += 1 }
         }
         self.users = users
     }
+
+    /// How many segments the file has; segment `index` holds the uncompressed bytes `range(of: index)`.
+    var count: Int { points.count }
+
+    func range(of index: Int) -> Range<UInt64> { points[index].uncompressedOffset..<uncompressedEnd(index) }
 
     /// Hands `sink` the dump's bytes in `range` (which starts and ends at part boundaries), in order.
     ///
@@ -105,12 +136,12 @@ final class DumpSegments {
         do {
             size = try store.objectInfo(manifest.key(of: file)).size
         } catch let error as StorageError where error.kind == .notFound {
-            throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name), named in its manifest, is missing", hint: Self.hint)
+            throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name), named in its manifest, is missing", hint: hint)
         }
         guard size == file.storedBytes else {
             VerificationRecord.forget(manifest, in: store)
             throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name) does not match its sha256 (file damaged: \(size) bytes stored, its manifest says \(file.storedBytes))",
-                                hint: Self.hint)
+                                hint: hint)
         }
     }
 
@@ -194,7 +225,7 @@ final class DumpSegments {
         do {
             reader = try store.makeReader(manifest.key(of: file), range: points[run.lowerBound].compressedOffset..<compressedEnd(run.upperBound))
         } catch let error as StorageError where error.kind == .notFound {
-            throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name), named in its manifest, is missing", hint: Self.hint)
+            throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name), named in its manifest, is missing", hint: hint)
         }
         defer { reader.close() }
         var cursor = SegmentCursor(at: run.lowerBound, points: points, end: compressedEnd)
@@ -226,20 +257,20 @@ final class DumpSegments {
                 })
                 condition.withLock {
                     bytesRead += UInt64(chunk.count)
-                    progress?.progress(phase: "restore \(manifest.id) \(file.name)", bytes: bytesRead, total: file.storedBytes, estimated: false)
+                    progress?.progress(phase: "\(phase) \(manifest.id) \(file.name)", bytes: bytesRead, total: file.storedBytes, estimated: false)
                 }
             }
             if let decoder, run.lowerBound == 0, run.upperBound == points.count - 1 { try decoder.finish() }
             decoded = decoder?.bytesOut ?? 0
         } catch let error as GzipError {
             VerificationRecord.forget(manifest, in: store)
-            throw RecoveryError(.backupCorrupt, "backup \(manifest.id) is damaged: \(file.name): \(error)", hint: Self.hint)
+            throw RecoveryError(.backupCorrupt, "backup \(manifest.id) is damaged: \(file.name): \(error)", hint: hint)
         }
         guard cursor.offset == compressedEnd(run.upperBound) else {
-            throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name) ends at byte \(cursor.offset), before its size in the manifest", hint: Self.hint)
+            throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name) ends at byte \(cursor.offset), before its size in the manifest", hint: hint)
         }
         if decoder != nil, decoded != uncompressedEnd(run.upperBound) - points[run.lowerBound].uncompressedOffset {
-            throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name) does not match its \(DumpTableOfContents.fileName) (segments \(run.lowerBound)-\(run.upperBound) decode to \(decoded) bytes)", hint: Self.hint)
+            throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name) does not match its \(indexName) (segments \(run.lowerBound)-\(run.upperBound) decode to \(decoded) bytes)", hint: hint)
         }
     }
 
@@ -247,10 +278,8 @@ final class DumpSegments {
         // The record dbprune trusts in place of a full read must not outlive this finding.
         VerificationRecord.forget(manifest, in: store)
         return RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name) does not match its sha256 (file damaged: bytes \(points[index].compressedOffset)-\(end) "
-                             + "differ from their sha256 in \(DumpTableOfContents.fileName))", hint: Self.hint)
+                             + "differ from their sha256 in \(indexName))", hint: hint)
     }
-
-    private static let hint = "nothing was applied from it; dbrestore --emergency picks the newest backup that verifies"
 
     private func compressedEnd(_ index: Int) -> UInt64 { index + 1 < points.count ? points[index + 1].compressedOffset : file.storedBytes }
     private func uncompressedEnd(_ index: Int) -> UInt64 { index + 1 < points.count ? points[index + 1].uncompressedOffset : dumpBytes }

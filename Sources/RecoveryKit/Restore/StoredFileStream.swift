@@ -14,9 +14,10 @@ enum StoredFileStream {
     ///   the store throws.
     static func decompress(_ file: BackupManifest.File, of manifest: BackupManifest, from store: BackupStore, key: RepositoryKey?, phase: String,
                            progress: ProgressObserver?, into sink: @escaping (UnsafeRawBufferPointer) throws -> Void) throws {
-        // The table of contents is an optional index (FileVerifier): --emergency would not skip the backup for it.
+        // The table of contents and the base backup index are optional (FileVerifier): --emergency would not skip the backup for them.
         let hint = file.name == DumpTableOfContents.fileName
             ? "the dump itself is unaffected: restore the whole backup (dbrestore \(manifest.id)); selective restores fall back to a full scan"
+            : file.name == BaseBackupIndex.fileName ? "the base backup itself is unaffected: it is extracted in one pass without the index"
             : "nothing was applied from it; dbrestore --emergency picks the newest backup that verifies"
         let decryptKey = try StoredFileStream.key(for: file, of: manifest, given: key)
         let reader: ObjectReader

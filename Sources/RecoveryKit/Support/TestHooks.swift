@@ -23,7 +23,8 @@ enum TestHooks {
 /// verified, not yet swapped or dropped), `restore:during-swap` (target closed to new connections, not
 /// yet renamed), `migrate:between-steps` (first step of a one-transaction plan done, not committed),
 /// `replace:after-staging` (`dbrestore --table … --replace`: the staged copy committed in the live
-/// database, not yet checked or swapped).
+/// database, not yet checked or swapped), `pitr:extracting` (half the segments of a base backup
+/// extracted from its index).
 ///
 /// `DBRECOVERY_SIGNAL_AT=<name>` (with `DBRECOVERY_SIGNAL=INT`, `TERM` or `HUP`; TERM by default) makes
 /// the process signal itself there instead, as an operator's `kill` at that exact moment would: the

@@ -15,6 +15,9 @@ public enum FileVerifier {
         case full
     }
 
+    /// Files that only speed a restore up: a problem with one is a warning, never a reason to skip the backup.
+    static let optionalIndexes: Set<String> = [DumpTableOfContents.fileName, BaseBackupIndex.fileName]
+
     /// The verdict on one file.
     public struct FileResult: Codable, Sendable {
         public var name: String
@@ -59,8 +62,9 @@ public enum FileVerifier {
             var result = try verify(file, key: manifest.key(of: file), in: store, depth: fileDepth, cipherKey: key,
                                     phase: "verify \(manifest.id) \(file.name)", progress: progress)
             // The table of contents only speeds up selective restores (which fall back to a full scan
-            // without it): a backup whose dump verifies must stay a restore candidate without it.
-            result.optionalIndex = file.name == DumpTableOfContents.fileName
+            // without it), the base backup index only the extraction (tar -x without it): a backup whose
+            // data verifies must stay a restore candidate without them.
+            result.optionalIndex = optionalIndexes.contains(file.name)
             results.append(result)
         }
         return Report(id: manifest.id, files: results)

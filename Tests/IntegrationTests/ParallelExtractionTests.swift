@@ -1,0 +1,167 @@
+import Foundation
+import RecoveryKit
+import TestSupport
+import XCTest
+
+/// `dbrestore --pitr` extracting a base backup from its index on several threads (issue 21 item 3):
+/// the same data directory as the one-pass `tar -x` of the same backup, which still serves backups
+/// without an index; a damaged segment is a damaged backup and leaves nothing behind.
+final class ParallelExtractionTests: XCTestCase {
+    /// Small access points: hundreds of segments, and files split between them.
+    private let smallSegments = ["DBRECOVERY_TOC_ACCESS_POINT_KB": "64"]
+
+    private func newestBackup(in repository: String) throws -> String {
+        try XCTUnwrap(try FileManager.default.contentsOfDirectory(atPath: repository + "/backups").sorted().last)
+    }
+
+    /// Every entry of a data directory: kind and mode, owner, time and contents (the recovery settings
+    /// dbrestore writes afterwards by their mode only: they carry the time of the run). Directories'
+    /// times are left out: `tar -x` itself leaves the extraction time on a directory that gets a
+    /// member after it set the header's (`global/pg_control` comes last in pg_basebackup's stream).
+    private func tree(_ root: String) throws -> [String: String] {
+        var result: [String: String] = [:]
+        let enumerator = FileManager.default.enumerator(atPath: root)
+        while let name = enumerator?.nextObject() as? String {
+            var info = stat()
+            XCTAssertEqual(lstat(root + "/" + name, &info), 0, name)
+            var line = "mode \(String(info.st_mode, radix: 8)) owner \(info.st_uid):\(info.st_gid)"
+            if name == "postgresql.auto.conf" || name == "recovery.signal" {
+                result[name] = line
+                continue
+            }
+            if info.st_mode & S_IFMT != S_IFDIR { line += " mtime \(info.st_mtim.tv_sec) size \(info.st_size)" }
+            if info.st_mode & S_IFMT == S_IFREG {
+                var digest = StreamingDigest()
+                try Data(contentsOf: URL(fileURLWithPath: root + "/" + name)).withUnsafeBytes { digest.update($0) }
+                line += " sha256 \(digest.hexDigest())"
+            } else if info.st_mode & S_IFMT == S_IFLNK {
+                line += " -> \(try FileManager.default.destinationOfSymbolicLink(atPath: root + "/" + name))"
+            }
+            result[name] = line
+        }
+        return result
+    }
+
+    /// Fails naming the entries (up to ten) that differ between two trees.
+    private func assertSameTree(_ actual: [String: String], _ expected: [String: String], _ label: String, line: UInt = #line) {
+        let names = Set(actual.keys).union(expected.keys).sorted().filter { actual[$0] != expected[$0] }
+        let shown = names.prefix(10).map { "\($0): \(actual[$0] ?? "missing") vs \(expected[$0] ?? "missing")" }
+        XCTAssertTrue(names.isEmpty, "\(label): \(names.count) entries differ: " + shown.joined(separator: "; "), line: line)
+    }
+
+    private func extract(_ repository: String, _ extra: [String], cluster: PostgresCluster,
+                         environment: [String: String] = [:]) throws -> (TestProcess.Result, String) {
+        let directory = ownedDirectory("extract-target") + "/data"
+        let result = try asOwner("dbrestore", ["--pitr", "--pgdata", directory, "--repo", repository, "--target", "latest", "-v"] + extra,
+                                 cluster: cluster, environment: environment)
+        return (result, directory)
+    }
+
+    /// A copy of `repository` whose newest backup has no index, as backups taken before indexes existed.
+    private func withoutIndex(_ repository: String, id: String) throws -> String {
+        let copy = ownedDirectory("extract-older") + "/repo"
+        XCTAssertEqual(try TestProcess.run("/bin/cp", ["-a", repository, copy]).status, 0)
+        let manifestPath = copy + "/backups/\(id)/manifest.json"
+        var manifest = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: manifestPath))) as? [String: Any])
+        let files = try XCTUnwrap(manifest["files"] as? [[String: Any]])
+        manifest["files"] = files.filter { $0["name"] as? String != "base.index.json.gz" }
+        try JSONSerialization.data(withJSONObject: manifest, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: manifestPath))
+        try FileManager.default.removeItem(atPath: copy + "/backups/\(id)/base.index.json.gz")
+        chownToPostgres(copy)
+        return copy
+    }
+
+    func testParallelExtractionEqualsTheOnePassExtractionAndRecovers() throws {
+        let repository = ownedDirectory("extract-repo") + "/repo"
+        let cluster = try PostgresCluster(archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
+        defer { cluster.stop() }
+        let (database, connection) = try itemsDatabase("extract", on: cluster)
+        try connection.execute(script: "INSERT INTO items (batch) SELECT 'A' FROM generate_series(1, 50000)")
+        try physicalBackup(of: database, on: cluster, into: repository, environment: smallSegments)
+        try connection.execute(script: "INSERT INTO items (batch) SELECT 'B' FROM generate_series(1, 10)")
+        try waitForArchive(connection)
+        let id = try newestBackup(in: repository)
+        let manifest = try String(contentsOfFile: repository + "/backups/\(id)/manifest.json", encoding: .utf8)
+        XCTAssertTrue(manifest.contains("\"base.index.json.gz\""), "the manifest names the index")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: repository + "/backups/\(id)/base.index.json.gz"))
+
+        let port = try freePort()
+        let (parallel, parallelDirectory) = try extract(repository, ["--jobs", "2", "--port", String(port), "--json"], cluster: cluster)
+        XCTAssertEqual(parallel.status, 0, parallel.standardError)
+        // Every stored byte of the base backup and its index read once: no segment twice, none skipped.
+        let report = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(parallel.standardOutput.utf8)) as? [String: Any])
+        let stored = try ["base.tar.gz", "base.index.json.gz"].map { name in
+            try XCTUnwrap(try FileManager.default.attributesOfItem(atPath: repository + "/backups/\(id)/" + name)[.size] as? Int)
+        }.reduce(0, +)
+        XCTAssertEqual(report["bytes_read"] as? Int, stored)
+        XCTAssertTrue(parallel.standardError.contains("from its base.index.json.gz"), parallel.standardError)
+        XCTAssertTrue(parallel.standardError.contains("--jobs 2"), parallel.standardError)
+        let (single, singleDirectory) = try extract(repository, ["--jobs", "1"], cluster: cluster)
+        XCTAssertEqual(single.status, 0, single.standardError)
+        XCTAssertTrue(single.standardError.contains("--jobs 1"), single.standardError)
+
+        // The older format: no index, one pass through tar -x; the same data directory.
+        let older = try withoutIndex(repository, id: id)
+        let (sequential, sequentialDirectory) = try extract(older, [], cluster: cluster)
+        XCTAssertEqual(sequential.status, 0, sequential.standardError)
+        XCTAssertTrue(sequential.standardError.contains("in one pass (tar -x)"), sequential.standardError)
+        let reference = try tree(sequentialDirectory)
+        XCTAssertGreaterThan(reference.count, 500, "a whole data directory")
+        assertSameTree(try tree(parallelDirectory), reference, "--jobs 2")
+        assertSameTree(try tree(singleDirectory), reference, "--jobs 1")
+
+        // A damaged index is optional: a warning, and the one-pass extraction.
+        let damagedIndex = ownedDirectory("extract-bad-index") + "/repo"
+        XCTAssertEqual(try TestProcess.run("/bin/cp", ["-a", repository, damagedIndex]).status, 0)
+        var index = try Data(contentsOf: URL(fileURLWithPath: damagedIndex + "/backups/\(id)/base.index.json.gz"))
+        index[index.count / 2] ^= 0xFF
+        try index.write(to: URL(fileURLWithPath: damagedIndex + "/backups/\(id)/base.index.json.gz"))
+        chownToPostgres(damagedIndex)
+        let (fallback, fallbackDirectory) = try extract(damagedIndex, [], cluster: cluster)
+        XCTAssertEqual(fallback.status, 0, fallback.standardError)
+        XCTAssertTrue(fallback.standardError.contains("base.index.json.gz does not match its sha256"), fallback.standardError)
+        assertSameTree(try tree(fallbackDirectory), reference, "damaged index")
+
+        // The parallel extraction starts and recovers.
+        let recovered = try startRecovered(parallelDirectory, port: port, database: database, cluster: cluster)
+        defer { stopServer(parallelDirectory) }
+        XCTAssertEqual(try recovered.query("SELECT batch, count(*)::text FROM items GROUP BY batch ORDER BY 1").rows.map { [$0[0] ?? "", $0[1] ?? ""] },
+                       [["A", "50000"], ["B", "10"]])
+    }
+
+    func testADamagedSegmentInTheMiddleIsBackupCorruptAndLeavesNoFiles() throws {
+        let repository = ownedDirectory("extract-damaged") + "/repo"
+        let cluster = try PostgresCluster(archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
+        defer { cluster.stop() }
+        let (database, connection) = try itemsDatabase("extractbad", on: cluster)
+        try physicalBackup(of: database, on: cluster, into: repository, environment: smallSegments)
+        try waitForArchive(connection)
+        let id = try newestBackup(in: repository)
+
+        // SIGTERM halfway: exit 130, one error line, the data directory removed; the next run succeeds.
+        let (interrupted, interruptedDirectory) = try extract(repository, ["--jobs", "2"], cluster: cluster,
+                                                              environment: ["DBRECOVERY_SIGNAL_AT": "pitr:extracting"])
+        XCTAssertEqual(interrupted.status, ExitStatus.interrupted.rawValue, interrupted.standardError)
+        XCTAssertTrue(interrupted.standardError.contains("interrupted by SIGTERM"), interrupted.standardError)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: interruptedDirectory), "the interrupted extraction removed what it wrote")
+        let (again, _) = try extract(repository, ["--jobs", "2"], cluster: cluster)
+        XCTAssertEqual(again.status, 0, again.standardError)
+
+        // The middle segment's compressed bytes, one byte changed (same size: only its sha256 tells).
+        let unzipped = try TestProcess.run("/bin/gzip", ["-dc", repository + "/backups/\(id)/base.index.json.gz"])
+        let index = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(unzipped.standardOutput.utf8)) as? [String: Any])
+        let points = try XCTUnwrap(index["access_points"] as? [[String: Any]])
+        XCTAssertGreaterThan(points.count, 10, "many segments")
+        let middle = try XCTUnwrap(points[points.count / 2]["compressed_offset"] as? Int)
+        let basePath = repository + "/backups/\(id)/base.tar.gz"
+        var base = try Data(contentsOf: URL(fileURLWithPath: basePath))
+        base[middle + 100] ^= 0x01
+        try base.write(to: URL(fileURLWithPath: basePath))
+
+        let (result, directory) = try extract(repository, ["--jobs", "2"], cluster: cluster)
+        XCTAssertEqual(result.status, ExitStatus.backupCorrupt.rawValue, result.standardError)
+        XCTAssertTrue(result.standardError.contains("base.tar.gz does not match its sha256"), result.standardError)
+        XCTAssertTrue(result.standardError.contains("differ from their sha256 in base.index.json.gz"), result.standardError)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: directory), "the extraction removed what it wrote")
+    }
+}

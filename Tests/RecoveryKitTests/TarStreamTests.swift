@@ -1,0 +1,132 @@
+import Foundation
+import Gzip
+@testable import RecoveryKit
+import XCTest
+
+/// The tar walking that the base backup index and the parallel extraction share: an extraction
+/// started at any offset, from the position the index recorded there, writes what `tar -x` writes.
+final class TarStreamTests: XCTestCase {
+    /// A ustar archive (as pg_basebackup writes: files, directories, a symlink) of awkward sizes.
+    private func archive() throws -> (bytes: [UInt8], source: String) {
+        let source = NSTemporaryDirectory() + "tar-source-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: source + "/base/1", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: source + "/pg_wal", withIntermediateDirectories: true)
+        for (name, size) in [("PG_VERSION", 3), ("base/1/empty", 0), ("base/1/511", 511), ("base/1/512", 512), ("base/1/513", 513),
+                             ("base/1/big", 70_001), ("global_control", 8192)] {
+            let bytes = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ size) }
+            XCTAssertTrue(FileManager.default.createFile(atPath: source + "/" + name, contents: Data(bytes)))
+        }
+        chmod(source + "/base/1/511", 0o640)
+        chmod(source + "/base", 0o750)
+        try FileManager.default.createSymbolicLink(atPath: source + "/pg_tblspc_link", withDestinationPath: "/srv/elsewhere")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/tar")
+        process.arguments = ["--format=ustar", "-c", "-f", "-", "-C", source, "PG_VERSION", "base", "pg_wal", "global_control", "pg_tblspc_link"]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        XCTAssertEqual(process.terminationStatus, 0)
+        return (Array(data), source)
+    }
+
+    /// Every entry under `root`: kind, mode, size, link target and modification time, and contents.
+    private func tree(_ root: String) throws -> [String: String] {
+        var result: [String: String] = [:]
+        let enumerator = FileManager.default.enumerator(atPath: root)
+        while let name = enumerator?.nextObject() as? String {
+            var info = stat()
+            XCTAssertEqual(lstat(root + "/" + name, &info), 0)
+            var line = "mode \(String(info.st_mode, radix: 8)) owner \(info.st_uid):\(info.st_gid) mtime \(info.st_mtim.tv_sec)"
+            if info.st_mode & S_IFMT == S_IFREG {
+                line += " contents \(try Data(contentsOf: URL(fileURLWithPath: root + "/" + name)).base64EncodedString())"
+            } else if info.st_mode & S_IFMT == S_IFLNK {
+                line += " -> \(try FileManager.default.destinationOfSymbolicLink(atPath: root + "/" + name))"
+            }
+            result[name] = line
+        }
+        return result
+    }
+
+    func testExtractingFromAnyAccessPointInAnyOrderWritesWhatTarWrites() throws {
+        let (bytes, source) = try archive()
+        defer { try? FileManager.default.removeItem(atPath: source) }
+        let reference = NSTemporaryDirectory() + "tar-reference-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: reference, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: reference) }
+        let tarx = Process()
+        tarx.executableURL = URL(fileURLWithPath: "/bin/tar")
+        tarx.arguments = ["-x", "-f", source + ".tar", "-C", reference]
+        try Data(bytes).write(to: URL(fileURLWithPath: source + ".tar"))
+        defer { unlink(source + ".tar") }
+        try tarx.run()
+        tarx.waitUntilExit()
+        XCTAssertEqual(tarx.terminationStatus, 0)
+
+        // Points inside headers, data and padding, at header starts, and in the end-of-archive blocks;
+        // fed in uneven chunks, as the compressor reports them after the bytes went by.
+        for step in [97, 512, 1000, 4096] {
+            let builder = BaseBackupIndexBuilder(accessPointInterval: 1)
+            var fed = 0, compressed: UInt64 = 0
+            var points: [UInt64] = []
+            var offset = step
+            while offset < bytes.count { points.append(UInt64(offset)); offset += step }
+            var nextPoint = 0
+            while fed < bytes.count {
+                let end = min(bytes.count, fed + 333)
+                bytes[fed..<end].withUnsafeBytes { builder.write($0) }
+                fed = end
+                while nextPoint < points.count && points[nextPoint] + 600 < UInt64(fed) {
+                    compressed += 10
+                    builder.segments.accessPoint(GzipAccessPoint(compressedOffset: compressed, uncompressedOffset: points[nextPoint]))
+                    nextPoint += 1
+                }
+            }
+            while nextPoint < points.count {
+                compressed += 10
+                builder.segments.accessPoint(GzipAccessPoint(compressedOffset: compressed, uncompressedOffset: points[nextPoint]))
+                nextPoint += 1
+            }
+            guard let index = builder.finish(tarBytes: UInt64(bytes.count)) else { return XCTFail("no index: \(builder.failure ?? "")") }
+            XCTAssertEqual(index.positions.count, points.count + 1)
+            XCTAssertTrue(index.positions.contains { $0?.member == nil && $0 != nil } || step == 512 || step == 4096, "a point in the end-of-archive blocks")
+
+            // Segments written last to first, as threads may finish them.
+            let target = NSTemporaryDirectory() + "tar-parallel-" + UUID().uuidString
+            try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: target) }
+            let starts = [0] + points
+            var deferred: [TarMember] = []
+            for segment in starts.indices.reversed() {
+                let start = Int(starts[segment]), end = segment + 1 < starts.count ? Int(starts[segment + 1]) : bytes.count
+                let writer = TarExtractor(root: target, at: UInt64(start), position: index.positions[segment], ownership: .init())
+                try bytes[start..<end].withUnsafeBytes { try writer.write($0) }
+                try writer.finish()
+                deferred += writer.deferred
+            }
+            try TarExtractor.finishAttributes(deferred, root: target, ownership: .init())
+            XCTAssertEqual(try tree(target), try tree(reference), "step \(step)")
+        }
+    }
+
+    func testAStreamTheExtractionCannotWriteGetsNoIndex() throws {
+        var (bytes, source) = try archive()
+        defer { try? FileManager.default.removeItem(atPath: source) }
+        // A hard link's type flag ('1') in the first header, checksum fixed up: valid tar, not ours to write.
+        bytes[156] = UInt8(ascii: "1")
+        let sum = (0..<512).reduce(0) { $0 + Int((148..<156).contains($1) ? 32 : bytes[$1]) }
+        let field = Array(String(format: "%06o", sum).utf8) + [0, 32]
+        bytes.replaceSubrange(148..<156, with: field)
+        let builder = BaseBackupIndexBuilder(accessPointInterval: 1)
+        bytes.withUnsafeBytes { builder.write($0) }
+        XCTAssertNil(builder.finish(tarBytes: UInt64(bytes.count)))
+        XCTAssertTrue(builder.failure?.contains("neither a file") ?? false, builder.failure ?? "")
+
+        // A damaged header is refused by the parser, not written.
+        var damaged = try archive().bytes
+        damaged[10] ^= 0x55
+        var walker = TarWalker()
+        XCTAssertThrowsError(try damaged.withUnsafeBytes { try walker.feed($0) { _ in } })
+    }
+}
