@@ -137,14 +137,18 @@ final class BackupCaptureTests: IntegrationTestCase {
         XCTAssertNotEqual(try cluster.rowCounts(database: database)["public.events"], before["public.events"])
     }
 
-    func testKilledBackupLeavesNoManifestAndTheNextRunSucceeds() throws {
-        let connection = try cluster.connect(database: database)
-        try connection.execute(script: """
+    /// A backup of 400 000 rows at level 9: long enough to be caught in the middle.
+    private func startSlowBackup() throws -> ChildProcess {
+        try cluster.connect(database: database).execute(script: """
             CREATE TABLE events (id bigserial PRIMARY KEY, payload text);
             INSERT INTO events (payload) SELECT repeat(md5(g::text), 8) FROM generate_series(1, 400000) g;
             """)
-        let process = try TestProcess.start("dbbackup", ["--database-url", cluster.url(database: database),
-                                                         "--repo", repository, "--compression-level", "9"], cluster: cluster)
+        return try TestProcess.start("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository, "--compression-level", "9"],
+                                     cluster: cluster)
+    }
+
+    func testKilledBackupLeavesNoManifestAndTheNextRunSucceeds() throws {
+        let process = try startSlowBackup()
         // Wait until compressed data is being written, then kill without warning.
         let deadline = Date().addingTimeInterval(60)
         var sawPartial = false
@@ -169,13 +173,7 @@ final class BackupCaptureTests: IntegrationTestCase {
     /// a whole-database restore's swap) gave only `PQgetCopyData() failed.`; the server's reason, on
     /// pg_dump's next line, is kept in the message.
     func testABackupWhoseSessionTheServerEndsSaysWhy() throws {
-        let connection = try cluster.connect(database: database)
-        try connection.execute(script: """
-            CREATE TABLE events (id bigserial PRIMARY KEY, payload text);
-            INSERT INTO events (payload) SELECT repeat(md5(g::text), 8) FROM generate_series(1, 400000) g;
-            """)
-        let process = try TestProcess.start("dbbackup", ["--database-url", cluster.url(database: database),
-                                                         "--repo", repository, "--compression-level", "9"], cluster: cluster)
+        let process = try startSlowBackup()
         let errors = OutputCollector(descriptor: process.standardError)
         let watcher = try cluster.connect()
         let deadline = Date().addingTimeInterval(60)

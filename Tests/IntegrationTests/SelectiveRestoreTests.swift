@@ -702,13 +702,7 @@ extension SelectiveRestoreTests {
         let process = try TestProcess.start("dbrestore", ["latest", "--table", "sales.orders", "--replace", "--cascade-report", "--yes", "--lock-wait", "2"] + common,
                                             cluster: cluster, environment: environment)
         let errors = OutputCollector(descriptor: process.standardError, limit: 1024 * 1024)
-        let waiter = Background { process.waitForExit() }
-        if !waiter.finished(within: 60) {
-            process.send(SIGKILL)
-            waiter.join()
-            XCTFail("dbrestore --replace waited for the application's lock beyond --lock-wait")
-        }
-        let exit = process.waitForExit()
+        let exit = process.waitForExit(within: 60, orFail: "dbrestore --replace waited for the application's lock beyond --lock-wait")
         let standardError = errors.finish()
         try application.execute(script: "COMMIT")
         XCTAssertNotEqual(exit.exitCode, 0, standardError)
@@ -754,13 +748,8 @@ extension SelectiveRestoreTests {
         usleep(3_000_000)
         let signalled = Date()
         process.send(SIGINT)
-        let waiter = Background { process.waitForExit() }
-        if !waiter.finished(within: 30) {
-            process.send(SIGKILL)
-            waiter.join()
-            XCTFail("dbrestore --replace did not stop within 30 s of SIGINT")
-        }
-        XCTAssertEqual(process.waitForExit().exitCode, ExitStatus.interrupted.rawValue)
+        XCTAssertEqual(process.waitForExit(within: 30, orFail: "dbrestore --replace did not stop within 30 s of SIGINT").exitCode,
+                       ExitStatus.interrupted.rawValue)
         XCTAssertLessThan(Date().timeIntervalSince(signalled), 10, "the lock wait is cancelled, not sat out")
         try holder.execute(script: "COMMIT")
         XCTAssertEqual(try query("SELECT count(*)::text FROM crm.customers")[0][0], "500")

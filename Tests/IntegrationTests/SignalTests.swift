@@ -249,13 +249,7 @@ final class SignalTests: IntegrationTestCase {
         case .none:
             break
         }
-        let waiter = Background { process.waitForExit() }
-        if !waiter.finished(within: 30) {
-            process.send(SIGKILL)
-            waiter.join()
-            XCTFail("\(name) did not stop within 30 s of \(self.name(signal)): \(watcher.soFar)")
-        }
-        let termination = process.waitForExit()
+        let termination = process.waitForExit(within: 30, orFail: "\(name) did not stop within 30 s of \(self.name(signal)): \(watcher.soFar)")
         _ = watcher.finish()
         return Interrupted(status: termination.exitCode ?? (128 + (termination.signal ?? 0)), standardError: watcher.soFar)
     }

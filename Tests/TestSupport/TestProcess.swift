@@ -1,6 +1,7 @@
 import Foundation
 import RecoveryKit
 import Synchronization
+import XCTest
 
 /// Paths the tests need: the checkout, the built executables, fresh temporary directories.
 public enum TestPaths {
@@ -116,5 +117,21 @@ public enum TestProcess {
     /// Runs a shell pipeline (for the by-hand paths operators use: `gunzip -c | psql`).
     public static func shell(_ script: String, environment: [String: String] = [:]) throws -> Result {
         try run("/bin/bash", ["-c", script], environment: environment)
+    }
+}
+
+extension ChildProcess {
+    /// Waits at most `seconds` for the process to end; past that it is killed (SIGKILL) and the test
+    /// fails with `message`, so that a tool that hangs fails its test instead of the whole run.
+    @discardableResult
+    public func waitForExit(within seconds: TimeInterval, orFail message: @autoclosure () -> String,
+                            file: StaticString = #filePath, line: UInt = #line) -> Termination {
+        let waiter = Background { self.waitForExit() }
+        if !waiter.finished(within: seconds) {
+            send(SIGKILL)
+            waiter.join()
+            XCTFail(message(), file: file, line: line)
+        }
+        return waitForExit()
     }
 }
