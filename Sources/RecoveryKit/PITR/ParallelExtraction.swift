@@ -305,20 +305,24 @@ final class TarExtractor {
     private static let utimeNow = (1 << 30) - 1
 
     private static func userID(_ name: String) -> uid_t? {
-        guard !name.isEmpty else { return nil }
-        var entry = passwd()
-        var result: UnsafeMutablePointer<passwd>?
-        var buffer = [CChar](repeating: 0, count: 4096)
-        guard getpwnam_r(name, &entry, &buffer, buffer.count, &result) == 0, result != nil else { return nil }
-        return entry.pw_uid
+        entry(named: name, empty: passwd()) { getpwnam_r($0, $1, $2, $3, $4) }?.pw_uid
     }
 
     private static func groupID(_ name: String) -> gid_t? {
+        entry(named: name, empty: group()) { getgrnam_r($0, $1, $2, $3, $4) }?.gr_gid
+    }
+
+    /// The user or group database's entry for `name` (`getpwnam_r`, `getgrnam_r`); nil for none. Only its
+    /// numbers may be read: its strings point into a buffer that is gone on return.
+    private static func entry<Entry>(named name: String, empty: Entry,
+                                     _ lookUp: (String, UnsafeMutablePointer<Entry>, UnsafeMutablePointer<CChar>, Int,
+                                                UnsafeMutablePointer<UnsafeMutablePointer<Entry>?>) -> Int32) -> Entry? {
         guard !name.isEmpty else { return nil }
-        var entry = group()
-        var result: UnsafeMutablePointer<group>?
+        var entry = empty
+        var result: UnsafeMutablePointer<Entry>?
         var buffer = [CChar](repeating: 0, count: 4096)
-        guard getgrnam_r(name, &entry, &buffer, buffer.count, &result) == 0, result != nil else { return nil }
-        return entry.gr_gid
+        let size = buffer.count
+        guard lookUp(name, &entry, &buffer, size, &result) == 0, result != nil else { return nil }
+        return entry
     }
 }
