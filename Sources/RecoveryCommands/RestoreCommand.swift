@@ -561,6 +561,7 @@ public struct CleanupCommand: ToolCommand {
         }
         report.repairs.forEach { output.note($0) }
         report.pending.forEach { output.note($0) }
+        report.unmarkedNotes.forEach { output.note($0) }
         guard !report.copies.isEmpty else {
             output.note("no pre-restore copies of \(report.database)")
             if report.needsConfirmation { throw unconfirmed }

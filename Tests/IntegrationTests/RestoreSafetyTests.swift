@@ -226,6 +226,26 @@ final class RestoreSafetyTests: IntegrationTestCase {
 
     /// Reproduction: every restore keeps a `<db>_pre_restore_<time>` copy and nothing lists or
     /// removes them. `dbrestore cleanup` drops old ones — only those a restore marked.
+    /// A restore killed while the server creates its scratch database leaves it without a marker (the
+    /// marker is the next statement). Cleanup names it, with the statement that drops it, and never drops
+    /// it: a database named like ours may still be someone else's.
+    func testCleanupNamesAnUnmarkedDatabaseNamedLikeAScratchDatabaseAndKeepsIt() throws {
+        let leftover = "\(database!)_restore_20261127_002450"
+        let someoneElses = "\(database!)_restore_archive"
+        for name in [leftover, someoneElses] { try cluster.connect().execute(script: "CREATE DATABASE \(name)") }
+        defer { for name in [leftover, someoneElses] { _ = try? cluster.connect().execute(script: "DROP DATABASE IF EXISTS \(name)") } }
+        let arguments = ["cleanup", "--database-url", cluster.url(database: database)]
+        let dryRun = try tool("dbrestore", arguments + ["--dry-run", "--json"])
+        XCTAssertEqual(dryRun.status, 0, dryRun.standardError)
+        let report = try JSONSerialization.jsonObject(with: Data(dryRun.standardOutput.utf8)) as? [String: Any]
+        XCTAssertEqual(report?["unmarked"] as? [String], [leftover], dryRun.standardOutput)
+        let run = try tool("dbrestore", arguments + ["--yes"])
+        XCTAssertEqual(run.status, 0, run.standardError)
+        XCTAssertTrue(run.standardError.contains("\(leftover) carries no marker") && run.standardError.contains("DROP DATABASE \"\(leftover)\""), run.standardError)
+        XCTAssertTrue(try cluster.databaseExists(leftover), "an unmarked database is never dropped")
+        XCTAssertTrue(try cluster.databaseExists(someoneElses))
+    }
+
     func testCleanupDropsOnlyMarkedPreRestoreCopies() throws {
         try backup()
         for round in 0..<3 {   // within one second or not: each kept copy gets a name of its own

@@ -55,6 +55,19 @@ public struct PreRestoreCleanupReport: Codable, Sendable {
     public var closed: [String]
     /// Scratch and drill databases of killed restores not dropped for want of `--yes`.
     public var pendingDrops: Int
+    /// Databases without a marker named exactly as this database's scratch or drill databases are
+    /// (`<db>_restore_<time>`): what a restore killed while the server created its scratch database
+    /// leaves (the marker is the next statement). Named with the statement that drops them, never
+    /// dropped: a name alone does not make a database ours.
+    public var unmarked: [String] = []
+
+    /// One line for each of `unmarked`: what it may be, and the statement that drops it.
+    public var unmarkedNotes: [String] {
+        unmarked.map {
+            "\($0) carries no marker but is named as a scratch database of \(database) is: a restore killed while the server created it "
+                + "leaves one; dbrecovery never drops an unmarked database — if nobody else made it: DROP DATABASE \(QualifiedNames.quote($0))"
+        }
+    }
 
     /// Something would be dropped that was not, for want of `--yes`.
     public var needsConfirmation: Bool { !dryRun && (copies.contains { $0.action == .wouldDrop } || pendingDrops > 0) }
@@ -92,6 +105,7 @@ public enum PreRestoreCleanup {
         let keep = plan(dates: copies.map(\.marker.date), keep: configuration.keep, keepWithin: configuration.keepWithin, now: Date())
         var report = PreRestoreCleanupReport(database: database, dryRun: configuration.dryRun, copies: [], repairs: timeline.steps.map(\.step),
                                              pending: pending.steps.map(\.step), closed: closed, pendingDrops: pendingDrops)
+        report.unmarked = try lookalikes(of: database, on: admin)
         for (copy, reason) in zip(copies, keep) {
             var entry = PreRestoreCleanupReport.Copy(name: copy.name, setAsideAt: copy.marker.date, replacedBy: copy.marker.backup,
                                                      sizeBytes: copy.sizeBytes, action: .kept, reason: reason ?? "")
@@ -118,6 +132,16 @@ public enum PreRestoreCleanup {
 
     /// The pure policy: for copies sorted newest first, why each is kept, or nil to drop it.
     /// A copy whose date is unknown is kept.
+    /// Unmarked databases named `<database>_restore_<yyyymmdd_hhmmss>` or `…_drill_…` (with a `_N` of a
+    /// second one in the same second), as `PreRestoreCleanupReport.unmarked` says.
+    static func lookalikes(of database: String, on admin: PostgresConnection) throws -> [String] {
+        let marked = Set(try ToolDatabases.list(on: admin).map(\.name))
+        let suffix = /^_(restore|drill)_[0-9]{8}_[0-9]{6}(_[0-9]+)?$/
+        return try admin.query("SELECT datname::text FROM pg_catalog.pg_database WHERE pg_catalog.starts_with(datname::text, $1) ORDER BY 1",
+                               [database + "_"]).rows.compactMap { $0[0] ?? nil }
+            .filter { !marked.contains($0) && $0.dropFirst(database.count).wholeMatch(of: suffix) != nil }
+    }
+
     static func plan(dates: [Date?], keep: Int, keepWithin: RetentionDuration?, now: Date) -> [String?] {
         dates.enumerated().map { index, date in
             if index < keep { return "one of the newest \(keep)" }
