@@ -26,6 +26,10 @@ final class ParallelLoader {
     private let spares = BufferPool()
     /// Statements after the rows, run once the rows are committed.
     private var postData: [DumpScanner.Statement] = []
+    /// Inside the large objects' data (pg_dump's `BEGIN; lo_open … lowrite … lo_close … COMMIT;`, after
+    /// the tables' rows): run at once on the main connection, as `setval` is, rather than held with the
+    /// post-data: they depend on no table's rows, and held back they would all be in memory at once.
+    private var inLargeObjects = false
     /// Whether the server refused a connection beyond those open (until the workers' are closed).
     private var connectionsRefused = false
     private static let runSize = 1 << 20
@@ -41,8 +45,10 @@ final class ParallelLoader {
     func handle(_ event: DumpScanner.Event) throws {
         switch event {
         case .statement(let statement):
-            if !dataStarted || statement.sql.starts(with: "SELECT pg_catalog.setval(".utf8) {
+            if dataStarted && !inLargeObjects && Self.isLargeObjectsBegin(statement, in: postData) { inLargeObjects = true }
+            if !dataStarted || inLargeObjects || statement.sql.starts(with: "SELECT pg_catalog.setval(".utf8) {
                 try runAlone(statement, on: main)
+                if inLargeObjects && Self.keyword(of: statement) == "COMMIT" { inLargeObjects = false }
             } else {
                 if statement.sql.starts(with: "REFRESH MATERIALIZED VIEW ".utf8) {
                     countsInexact = countsInexact ?? "a materialized view is refreshed after the rows are loaded (its query may call functions that write)"
@@ -429,6 +435,17 @@ final class ParallelLoader {
     }
 
     /// Runs a statement with nothing beside it; every server error (a deadlock too) names the statement.
+    /// The statement's first word, upper-cased, without its semicolon (`BEGIN`, `COMMIT`, `SELECT`).
+    private static func keyword(of statement: DumpScanner.Statement) -> String {
+        String(statement.text.trimmingCharacters(in: .whitespacesAndNewlines).prefix { $0.isLetter }).uppercased()
+    }
+
+    /// Whether `statement` opens the large objects' data: pg_dump's `BEGIN` right after the rows (no
+    /// post-data statement read yet: pg_dump writes no other `BEGIN` in a plain dump's data section).
+    private static func isLargeObjectsBegin(_ statement: DumpScanner.Statement, in postData: [DumpScanner.Statement]) -> Bool {
+        postData.isEmpty && keyword(of: statement) == "BEGIN"
+    }
+
     private func runAlone(_ statement: DumpScanner.Statement, on connection: LoaderConnection) throws {
         do {
             try connection.run(statement)
