@@ -111,8 +111,9 @@ final class TarStreamTests: XCTestCase {
     }
 
     func testAStreamTheExtractionCannotWriteGetsNoIndex() throws {
-        var (bytes, source) = try archive()
+        let (original, source) = try archive()
         defer { try? FileManager.default.removeItem(atPath: source) }
+        var bytes = original
         // A hard link's type flag ('1') in the first header, checksum fixed up: valid tar, not ours to write.
         bytes[156] = UInt8(ascii: "1")
         let sum = (0..<512).reduce(0) { $0 + Int((148..<156).contains($1) ? 32 : bytes[$1]) }
@@ -124,7 +125,7 @@ final class TarStreamTests: XCTestCase {
         XCTAssertTrue(builder.failure?.contains("neither a file") ?? false, builder.failure ?? "")
 
         // A damaged header is refused by the parser, not written.
-        var damaged = try archive().bytes
+        var damaged = original
         damaged[10] ^= 0x55
         var walker = TarWalker()
         XCTAssertThrowsError(try damaged.withUnsafeBytes { try walker.feed($0) { _ in } })
