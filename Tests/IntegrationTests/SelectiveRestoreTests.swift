@@ -691,6 +691,25 @@ extension SelectiveRestoreTests {
                       result.standardOutput)
     }
 
+    /// A key to a partitioned table has a copy on the referencing table per partition (`conparentid`);
+    /// dropping the kept copy's key drops those with it (found by an outside attack: the swap failed).
+    func testReplaceOfATableWithAKeyToAPartitionedTable() throws {
+        try execute("""
+            CREATE TABLE sales.parts (id int, region text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+            CREATE TABLE sales.parts_1 PARTITION OF sales.parts FOR VALUES IN ('east');
+            CREATE TABLE sales.parts_2 PARTITION OF sales.parts FOR VALUES IN ('west');
+            INSERT INTO sales.parts VALUES (1, 'east'), (2, 'west');
+            CREATE TABLE sales.picks (id int PRIMARY KEY, part int, region text, FOREIGN KEY (part, region) REFERENCES sales.parts);
+            INSERT INTO sales.picks VALUES (1, 1, 'east'), (2, 2, 'west');
+            """)
+        try backup()
+        try execute("DELETE FROM sales.picks WHERE id = 2")
+        let result = try restore(["latest", "--table", "sales.picks", "--replace", "--yes"])
+        XCTAssertEqual(result.status, 0, result.standardError)
+        XCTAssertEqual(try query("SELECT count(*)::text FROM sales.picks")[0][0], "2")
+        XCTAssertTrue(result.standardOutput.contains("adjusted: foreign key picks_part_region_fkey of the kept copy"), result.standardOutput)
+    }
+
     /// The dump's own `SET lock_timeout = 0` used to lift `--lock-wait` while the copy was staged in the
     /// live database: a key to a table an application had locked waited as long as that transaction, and
     /// every application session queued behind it.
@@ -720,10 +739,23 @@ extension SelectiveRestoreTests {
         XCTAssertEqual(killed.status, 128 + SIGKILL, killed.standardError)
         let left = try query("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'restored\\_%'").compactMap { $0[0] ?? nil }
         XCTAssertEqual(left.count, 1, "the killed run left its staged copy: \(left)")
+        // Anyone may write a comment: schemas that carry the same one but are not named as staging is,
+        // or that something outside them uses, are never dropped.
+        let comment = try query("SELECT obj_description('\(left[0])'::regnamespace, 'pg_namespace')")[0][0] ?? ""
+        try execute("""
+            CREATE SCHEMA reports; CREATE TABLE reports.monthly (id int);
+            CREATE SCHEMA restored_20200101_000000; CREATE TABLE restored_20200101_000000.kept (id int);
+            CREATE VIEW public.uses_kept AS SELECT * FROM restored_20200101_000000.kept;
+            """)
+        for schema in ["reports", "restored_20200101_000000"] {
+            try execute("COMMENT ON SCHEMA \(schema) IS '\(comment.replacingOccurrences(of: "'", with: "''"))'")
+        }
         let next = try restore(["latest", "--table", "sales.orders", "--replace", "--cascade-report", "--yes"])
         XCTAssertEqual(next.status, 0, next.standardError)
         XCTAssertTrue(next.standardError.contains("drop \(left.first ?? "?"), the staged copy of a --replace killed before it ended"), next.standardError)
-        XCTAssertEqual(try query("SELECT count(*)::text FROM pg_namespace WHERE nspname LIKE 'restored\\_%'")[0][0], "0", "no staged copy is left")
+        XCTAssertEqual(try query("SELECT string_agg(nspname, ',' ORDER BY nspname) FROM pg_namespace WHERE nspname LIKE 'restored\\_%' OR nspname = 'reports'")[0][0],
+                       "reports,restored_20200101_000000", "only the killed run's staged copy is dropped")
+        XCTAssertEqual(try query("SELECT count(*)::text FROM public.uses_kept")[0][0], "0")
     }
 
     /// `--replace` waits briefly for its lock (readers queue behind it), then fails with the table intact.

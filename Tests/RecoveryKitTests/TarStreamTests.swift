@@ -110,6 +110,66 @@ final class TarStreamTests: XCTestCase {
         }
     }
 
+    /// Found by an outside attack (a tampered repository, extracted as root): a symlink member followed by
+    /// members under it wrote through the link, outside the data directory, and exited 0. The links are
+    /// made last, only where nothing of the archive lies on their way; `tar -x` refuses too.
+    func testAMemberUnderALinkOfTheArchiveIsNeverWrittenOutsideTheDataDirectory() throws {
+        let base = NSTemporaryDirectory() + "tar-escape-" + UUID().uuidString
+        let outside = base + "/outside", root = base + "/root"
+        try FileManager.default.createDirectory(atPath: outside + "/sub", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: base) }
+        let bytes = try tarMadeByPython("""
+            link = tarfile.TarInfo("evil"); link.type = tarfile.SYMTYPE; link.linkname = sys.argv[1]; t.addfile(link)
+            d = tarfile.TarInfo("evil/sub"); d.type = tarfile.DIRTYPE; t.addfile(d)
+            data = b"written outside the data directory"
+            f = tarfile.TarInfo("evil/sub/pwned"); f.size = len(data); t.addfile(f, io.BytesIO(data))
+            """, outside)
+
+        let writer = TarExtractor(root: root, at: 0, position: nil, ownership: .init())
+        try bytes.withUnsafeBytes { try writer.write($0) }
+        try writer.finish()
+        XCTAssertThrowsError(try TarExtractor.finishAttributes(writer.deferred, root: root, ownership: .init())) { error in
+            XCTAssertEqual((error as? RecoveryError)?.code, .backupCorrupt, "\(error)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: outside + "/sub/pwned"), "nothing is written through the archive's link")
+    }
+
+    /// A tar stream made by Python's tarfile (`t`, ustar), for members `tar -c` cannot make from a tree.
+    private func tarMadeByPython(_ members: String, _ arguments: String...) throws -> [UInt8] {
+        let make = Process()
+        make.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        make.arguments = ["-c", "import io, sys, tarfile\nout = io.BytesIO()\nwith tarfile.open(fileobj=out, mode='w', format=tarfile.USTAR_FORMAT) as t:\n"
+                          + members.split(separator: "\n").map { "    " + $0 }.joined(separator: "\n") + "\nsys.stdout.buffer.write(out.getvalue())\n"] + arguments
+        let pipe = Pipe()
+        make.standardOutput = pipe
+        try make.run()
+        let bytes = Array(pipe.fileHandleForReading.readDataToEndOfFile())
+        make.waitUntilExit()
+        XCTAssertEqual(make.terminationStatus, 0)
+        return bytes
+    }
+
+    /// `tar -x` writes `global/pg_control` last, so a data directory that has one is complete; threads
+    /// finish out of order, so it is written under a name of its own and takes its name at the very end.
+    func testPgControlTakesItsNameOnlyOnceEverythingIsWritten() throws {
+        let root = NSTemporaryDirectory() + "tar-control-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let bytes = try tarMadeByPython("""
+            d = tarfile.TarInfo("global"); d.type = tarfile.DIRTYPE; d.mode = 0o700; t.addfile(d)
+            f = tarfile.TarInfo("global/pg_control"); f.size = 8192; f.mode = 0o600; t.addfile(f, io.BytesIO(bytes(8192)))
+            g = tarfile.TarInfo("PG_VERSION"); g.size = 3; t.addfile(g, io.BytesIO(b"15\\n"))
+            """)
+        let writer = TarExtractor(root: root, at: 0, position: nil, ownership: .init())
+        try bytes.withUnsafeBytes { try writer.write($0) }
+        try writer.finish()
+        XCTAssertFalse(FileManager.default.fileExists(atPath: root + "/global/pg_control"), "not before every thread is done")
+        try TarExtractor.finishAttributes(writer.deferred, root: root, ownership: .init())
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: root + "/global/pg_control")).count, 8192)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: root + "/global/pg_control.dbrecovery-partial"))
+    }
+
     func testAStreamTheExtractionCannotWriteGetsNoIndex() throws {
         let (original, source) = try archive()
         defer { try? FileManager.default.removeItem(atPath: source) }

@@ -150,7 +150,17 @@ final class TarExtractor {
         current = nil
     }
 
-    private func path(of member: TarMember) -> String { root + "/" + member.name }
+    private func path(of member: TarMember) -> String { Self.path(of: member.name, under: root) }
+
+    /// Where a member is written while the threads run. `global/pg_control` goes to a name of its own
+    /// and takes its name last (`finishAttributes`): `tar -x` writes it last, so a directory that has
+    /// one is complete, also after a SIGKILL mid-way.
+    static func path(of name: String, under root: String) -> String {
+        root + "/" + name + (name == controlFile ? partialSuffix : "")
+    }
+
+    static let controlFile = "global/pg_control"
+    static let partialSuffix = ".dbrecovery-partial"
 
     private func begin(_ member: TarMember) throws {
         guard member.hasSafePath else { throw TarFormatError(message: "member name \(member.name) leaves the data directory") }
@@ -160,14 +170,9 @@ final class TarExtractor {
             try makeDirectory(path)
             deferred.append(member)
         case .symlink:
-            try makeParent(of: member.name)
-            guard symlink(member.linkTarget, path) == 0 else { throw failure("create symlink", path) }
-            if ownership.isRoot {
-                let (uid, gid) = Self.owner(of: member, cache: &owners)
-                guard lchown(path, uid, gid) == 0 else { throw failure("set the owner of", path) }
-            }
-            var times = Self.times(of: member)
-            guard utimensat(AT_FDCWD, path, &times, AT_SYMLINK_NOFOLLOW) == 0 else { throw failure("set the time of", path) }
+            // Made once every thread is done: while they write, no path under the data directory can
+            // lead out of it through a link the archive made (a member under a link would write there).
+            deferred.append(member)
         case .file:
             current = (try openFile(member), member, true)
             if member.size == 0 { try complete() }
@@ -212,7 +217,7 @@ final class TarExtractor {
         try makeParent(of: member.name)
         let path = path(of: member)
         // No O_TRUNC: another thread may already have written a later part of the same file.
-        let descriptor = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, mode_t(member.mode) | 0o200)
+        let descriptor = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, mode_t(member.mode) | 0o200)
         guard descriptor >= 0 else { throw failure("create", path) }
         return descriptor
     }
@@ -262,15 +267,53 @@ final class TarExtractor {
 
     // MARK: - Attributes
 
-    /// Sets what later writes would disturb, once every thread is done: files split between
-    /// segments, then directories deepest first (a directory's time changes as entries appear).
+    /// Once every thread is done: the symlinks (each only where no link lies on its way: the archive's
+    /// links never lead a member out of the data directory), then what later writes would disturb —
+    /// files split between segments, directories deepest first (a directory's time changes as entries
+    /// appear) — and last `global/pg_control` takes its name.
     static func finishAttributes(_ members: [TarMember], root: String, ownership: Ownership) throws {
         let root = root.hasSuffix("/") ? String(root.dropLast()) : root
         var owners: [String: (uid_t, gid_t)] = [:]
+        for link in members where link.kind == .symlink {
+            try makeLink(link, root: root, ownership: ownership, owners: &owners)
+        }
         var seen = Set<String>()
         let ordered = members.filter { $0.kind == .file } + members.filter { $0.kind == .directory }.sorted { $0.name.count > $1.name.count }
         for member in ordered where seen.insert(member.name).inserted {
-            try setAttributes(of: member, descriptor: nil, path: root + "/" + member.name, ownership: ownership, owners: &owners)
+            try setAttributes(of: member, descriptor: nil, path: path(of: member.name, under: root), ownership: ownership, owners: &owners)
+        }
+        let control = path(of: controlFile, under: root)
+        if access(control, F_OK) == 0 {
+            guard rename(control, root + "/" + controlFile) == 0 else {
+                throw RecoveryError(.restoreFailed, "cannot rename \(control) extracting the base backup: \(String(cString: strerror(errno)))",
+                                    hint: "fix permissions where --pgdata lies; the data directory was removed, nothing was started")
+            }
+        }
+    }
+
+    /// A symlink member, refused where a directory on its way is a link (or not a directory).
+    private static func makeLink(_ link: TarMember, root: String, ownership: Ownership, owners: inout [String: (uid_t, gid_t)]) throws {
+        let parts = link.name.split(separator: "/").map(String.init)
+        var parent = root
+        for part in parts.dropLast() {
+            parent += "/" + part
+            var info = stat()
+            guard lstat(parent, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
+                throw RecoveryError(.backupCorrupt, "the base backup's member \(link.name) lies under \(parent), which is not a directory of the backup",
+                                    hint: "the data directory was removed; dbverify --files checks the backup; recover from another base backup")
+            }
+        }
+        let path = root + "/" + link.name
+        guard symlink(link.linkTarget, path) == 0 else {
+            let reason = String(cString: strerror(errno))
+            throw RecoveryError(.backupCorrupt, "cannot create symlink \(path) extracting the base backup: \(reason) (the archive also has a file or directory there)",
+                                hint: "the data directory was removed; dbverify --files checks the backup; recover from another base backup")
+        }
+        var times = Self.times(of: link)
+        let owner = ownership.isRoot ? Self.owner(of: link, cache: &owners) : nil
+        guard owner.map({ lchown(path, $0.0, $0.1) }) ?? 0 == 0, utimensat(AT_FDCWD, path, &times, AT_SYMLINK_NOFOLLOW) == 0 else {
+            throw RecoveryError(.restoreFailed, "cannot set the owner or time of \(path) extracting the base backup: \(String(cString: strerror(errno)))",
+                                hint: "fix permissions where --pgdata lies; the data directory was removed, nothing was started")
         }
     }
 

@@ -548,7 +548,7 @@ public enum SelectiveRestore {
                 // application no longer uses fails on the kept copy): they go, the copy is for reading.
                 let outgoing = try connection.query("""
                     SELECT conname, confrelid::regclass::text FROM pg_catalog.pg_constraint
-                    WHERE conrelid = $1::oid AND contype = 'f' AND confrelid <> conrelid AND NOT (confrelid::text = ANY ($2::text[]))
+                    WHERE conrelid = $1::oid AND contype = 'f' AND conparentid = 0 AND confrelid <> conrelid AND NOT (confrelid::text = ANY ($2::text[]))
                     ORDER BY conname
                     """, [live, SQLText.arrayLiteral(selectedOIDs.sorted())]).rows
                 for key in outgoing {

@@ -29,8 +29,26 @@ enum StagingSchemas {
             WHERE pg_catalog.starts_with(pg_catalog.obj_description(n.oid, 'pg_namespace'), $1) ORDER BY 1
             """, [prefix]).rows
         for row in rows {
-            guard let schema = row[0], let comment = row[1], let start = comment.range(of: ", run ") else { continue }
+            // Named as `--replace` names its staging schema; a comment alone (anyone may write one) is not enough.
+            guard let schema = row[0], let comment = row[1], let start = comment.range(of: ", run "),
+                  schema.wholeMatch(of: /restored_[0-9]{8}_[0-9]{6}/) != nil else { continue }
             let drop = "DROP SCHEMA \(QualifiedNames.quote(schema)) CASCADE"
+            // A staged copy has nothing outside it that depends on it (its own keys point out, not in): a
+            // view or a key elsewhere on its tables means someone uses it, and CASCADE would take theirs.
+            let users = try connection.query("""
+                SELECT DISTINCT v.oid::regclass::text FROM pg_catalog.pg_depend d
+                JOIN pg_catalog.pg_rewrite r ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND r.oid = d.objid
+                JOIN pg_catalog.pg_class v ON v.oid = r.ev_class
+                JOIN pg_catalog.pg_class t ON d.refclassid = 'pg_catalog.pg_class'::regclass AND t.oid = d.refobjid
+                WHERE t.relnamespace = $1::regnamespace AND v.relnamespace <> $1::regnamespace
+                UNION
+                SELECT DISTINCT c.conrelid::regclass::text FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_class t ON t.oid = c.confrelid
+                WHERE c.contype = 'f' AND t.relnamespace = $1::regnamespace AND c.connamespace <> $1::regnamespace
+                """, [QualifiedNames.quote(schema)]).rows.compactMap { $0[0] ?? nil }
+            guard users.isEmpty else {
+                timeline.note("staged copy \(schema) of another --replace", outcome: "warning: left alone: \(users.joined(separator: ", ")) depend on it")
+                continue
+            }
             guard let holder = try? JSONDecoder().decode(LockHolder.self, from: Data(comment[start.upperBound...].utf8)),
                   ProcessLiveness.isGone(holder) else {
                 timeline.note("staged copy \(schema) of another --replace", outcome: "warning: left alone (its run may still be going, or ran on another host); "
