@@ -90,6 +90,16 @@ final class PointInTimeRecoveryTests: XCTestCase {
         XCTAssertEqual(latest.status, 0, latest.standardError)
         XCTAssertEqual(try counts(port: latestPort, database: database, cluster: cluster), ["A": "100", "B": "50", "C": "25"])
 
+        // A password the restored server refuses (its pg_hba.conf came with the backup): said at once,
+        // not waited out for the hour --start allows recovery (found by an outside attack).
+        let started = Date()
+        let (refused, refusedDirectory, _) = try recover(["--target", "latest"], repository: repository, cluster: cluster,
+                                                         environment: ["PGPASSWORD": "not-the-password"])
+        defer { stopServer(refusedDirectory) }
+        XCTAssertEqual(refused.status, ExitStatus.databaseUnavailable.rawValue, refused.standardError)
+        XCTAssertTrue(refused.standardError.contains("refused our connection") && refused.standardError.contains("password"), refused.standardError)
+        XCTAssertLessThan(Date().timeIntervalSince(started), 120)
+
         // Refusals, each before anything is written.
         let nowhere = ownedDirectory("pitr-refused") + "/data"
         let before = try asOwner("dbrestore", ["--pitr", "--pgdata", nowhere, "--repo", repository, "--target-time", "2001-01-01 00:00:00"], cluster: cluster)

@@ -184,6 +184,15 @@ final class TarStreamTests: XCTestCase {
         XCTAssertNil(builder.finish(tarBytes: UInt64(bytes.count)))
         XCTAssertTrue(builder.failure?.contains("neither a file") ?? false, builder.failure ?? "")
 
+        // A name that is not UTF-8 (read with U+FFFD for its bytes) would be written under another name:
+        // no index, so `tar -x` extracts it, bytes kept (found by an outside attack).
+        let odd = try tarMadeByPython("""
+            f = tarfile.TarInfo("odd_\\udcff_latin1.conf"); f.size = 1; t.addfile(f, io.BytesIO(b"x"))
+            """)
+        let oddBuilder = BaseBackupIndexBuilder(accessPointInterval: 1)
+        odd.withUnsafeBytes { oddBuilder.write($0) }
+        XCTAssertNil(oddBuilder.finish(tarBytes: UInt64(odd.count)), "no index for a name that is not UTF-8")
+
         // A damaged header is refused by the parser, not written.
         var damaged = original
         damaged[10] ^= 0x55

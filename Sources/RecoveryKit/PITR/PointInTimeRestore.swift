@@ -535,8 +535,18 @@ public enum PointInTimeRestore {
         let deadline = Date().addingTimeInterval(configuration.startTimeoutSeconds)
         try timeline.step("replay WAL until promotion") {
             while true {
-                if let connection = try? PostgresConnection(target: target.with(database: "postgres"), applicationName: "dbrestore", connectTimeoutSeconds: 5),
-                   let inRecovery = try? connection.query("SELECT pg_is_in_recovery()").scalar, inRecovery == "f" {
+                let connection: PostgresConnection?
+                do {
+                    connection = try PostgresConnection(target: target.with(database: "postgres"), applicationName: "dbrestore", connectTimeoutSeconds: 5)
+                } catch let error as PostgresError where error.isAuthenticationFailure {
+                    // The server is up and refuses us: waiting (an hour by default) would not change that.
+                    throw RecoveryError(.databaseUnavailable, "the restored server at \(directory) port \(port) refused our connection: \(error.message)",
+                                        hint: "the server is running (stop it with pg_ctl -D \(configuration.dataDirectory) stop); give this role's password "
+                                            + "(PGPASSWORD or ~/.pgpass) as the backed-up pg_hba.conf requires, or follow recovery in \(log)")
+                } catch {
+                    connection = nil  // still starting, or replaying (not accepting connections yet)
+                }
+                if let connection, let inRecovery = try? connection.query("SELECT pg_is_in_recovery()").scalar, inRecovery == "f" {
                     report.promoted = true
                     let last = try connection.query("SELECT to_char(pg_last_xact_replay_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')").scalar
                     report.lastReplayedTransaction = last.flatMap(Timestamp.parse)

@@ -74,9 +74,12 @@ struct TarMember: Codable, Equatable, Sendable {
     }
 
     /// A relative path that stays inside the directory it is extracted into (no `..`, not absolute),
-    /// as `tar -x` insists by default.
+    /// as `tar -x` insists by default, and a name (and link target) in UTF-8: one that is not was read
+    /// with U+FFFD in place of its bytes and would be written under another name (`tar -x` keeps the
+    /// bytes; such a stream gets no index and is extracted by it).
     var hasSafePath: Bool {
         !name.isEmpty && !name.hasPrefix("/") && !name.split(separator: "/").contains("..")
+            && !name.contains("\u{FFFD}") && !linkTarget.contains("\u{FFFD}")
     }
 
     /// Header plus data plus the padding to the next 512-byte block.
