@@ -161,7 +161,8 @@ extension PointInTimeRecoveryTests {
             if partial != nil && FileManager.default.fileExists(atPath: repository + "/wal/00000002/00000002.history.gz") { break }
             usleep(100_000)
         }
-        let partialName = String(try XCTUnwrap(partial, "no .partial segment was archived").dropLast(3))
+        let archived = ["00000001", "00000002"].map { "\($0): " + ((try? FileManager.default.contentsOfDirectory(atPath: repository + "/wal/" + $0))?.sorted().joined(separator: " ") ?? "-") }
+        let partialName = String(try XCTUnwrap(partial, "no .partial segment was archived in 150 s; archived: \(archived.joined(separator: "; "))").dropLast(3))
         let fetched = ownedDirectory("standby-fetch")
         for name in [partialName, "00000002.history"] {
             let fetch = try asOwner("dbrestore", ["wal-fetch", name, fetched + "/" + name, "--repo", repository], cluster: primary)

@@ -30,6 +30,8 @@ final class ParallelLoader {
     /// the tables' rows): run at once on the main connection, as `setval` is, rather than held with the
     /// post-data: they depend on no table's rows, and held back they would all be in memory at once.
     private var inLargeObjects = false
+    /// A `BEGIN` read after the rows, until the next statement tells what it opens.
+    private var heldBegin: DumpScanner.Statement?
     /// Whether the server refused a connection beyond those open (until the workers' are closed).
     private var connectionsRefused = false
     private static let runSize = 1 << 20
@@ -45,7 +47,21 @@ final class ParallelLoader {
     func handle(_ event: DumpScanner.Event) throws {
         switch event {
         case .statement(let statement):
-            if dataStarted && !inLargeObjects && Self.isLargeObjectsBegin(statement, in: postData) { inLargeObjects = true }
+            // A BEGIN after the rows waits for the statement after it: with `lo_open` it opens the large
+            // objects' data, which runs at once; with anything else both wait with the post-data.
+            if dataStarted && !inLargeObjects && Self.keyword(of: statement) == "BEGIN" && heldBegin == nil {
+                heldBegin = statement
+                return
+            }
+            if let begin = heldBegin {
+                heldBegin = nil
+                if statement.sql.starts(with: "SELECT pg_catalog.lo_open(".utf8) {
+                    inLargeObjects = true
+                    try runAlone(begin, on: main)
+                } else {
+                    postData.append(begin)
+                }
+            }
             if !dataStarted || inLargeObjects || statement.sql.starts(with: "SELECT pg_catalog.setval(".utf8) {
                 try runAlone(statement, on: main)
                 if inLargeObjects && Self.keyword(of: statement) == "COMMIT" { inLargeObjects = false }
@@ -56,6 +72,7 @@ final class ParallelLoader {
                 postData.append(statement)
             }
         case .copyStart(let statement):
+            if let begin = heldBegin { postData.append(begin); heldBegin = nil }  // where it went before
             try beginData(statement.settings)
             copies += 1
             copyTargets[copies] = Self.copyTarget(statement.sql)
@@ -166,6 +183,7 @@ final class ParallelLoader {
     /// says how many rows each table got from the dump's COPYs, where that is its exact count.
     @discardableResult
     func finish() throws -> LoadedRows {
+        if let begin = heldBegin { postData.append(begin); heldBegin = nil }
         for worker in workers { try worker.finish() }
         for worker in workers { worker.connection.close() }
         workers.removeAll()
@@ -438,12 +456,6 @@ final class ParallelLoader {
     /// The statement's first word, upper-cased, without its semicolon (`BEGIN`, `COMMIT`, `SELECT`).
     private static func keyword(of statement: DumpScanner.Statement) -> String {
         String(statement.text.trimmingCharacters(in: .whitespacesAndNewlines).prefix { $0.isLetter }).uppercased()
-    }
-
-    /// Whether `statement` opens the large objects' data: pg_dump's `BEGIN` right after the rows (no
-    /// post-data statement read yet: pg_dump writes no other `BEGIN` in a plain dump's data section).
-    private static func isLargeObjectsBegin(_ statement: DumpScanner.Statement, in postData: [DumpScanner.Statement]) -> Bool {
-        postData.isEmpty && keyword(of: statement) == "BEGIN"
     }
 
     private func runAlone(_ statement: DumpScanner.Statement, on connection: LoaderConnection) throws {
