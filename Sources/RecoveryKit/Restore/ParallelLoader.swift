@@ -453,9 +453,9 @@ final class ParallelLoader {
     }
 
     /// Runs a statement with nothing beside it; every server error (a deadlock too) names the statement.
-    /// The statement's first word, upper-cased, without its semicolon (`BEGIN`, `COMMIT`, `SELECT`).
+    /// The statement's first word, upper-cased (`BEGIN`, `COMMIT`, `SELECT`).
     private static func keyword(of statement: DumpScanner.Statement) -> String {
-        String(statement.text.trimmingCharacters(in: .whitespacesAndNewlines).prefix { $0.isLetter }).uppercased()
+        TransactionControl.keywords(statement.text, limit: 1).first ?? ""
     }
 
     private func runAlone(_ statement: DumpScanner.Statement, on connection: LoaderConnection) throws {
