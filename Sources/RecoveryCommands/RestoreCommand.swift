@@ -544,9 +544,11 @@ public struct CleanupCommand: ToolCommand {
         } else {
             within = PreRestoreCleanupConfiguration.defaultKeepWithin
         }
-        let configuration = PreRestoreCleanupConfiguration(target: try connection.target(context.settings),
-                                                           keep: keep ?? file?.keepPreRestore ?? PreRestoreCleanupConfiguration.defaultKeep,
-                                                           keepWithin: within, dryRun: dryRun, drop: yes)
+        var configuration = PreRestoreCleanupConfiguration(target: try connection.target(context.settings))
+        configuration.keep = keep ?? file?.keepPreRestore ?? PreRestoreCleanupConfiguration.defaultKeep
+        configuration.keepWithin = within
+        configuration.dryRun = dryRun
+        configuration.drop = yes
         let report = try PreRestoreCleanup.run(configuration)
         let unconfirmed = RecoveryError(.usage, "dbrestore cleanup drops databases only with --yes: "
                                         + "\(report.copies.filter { $0.action == .wouldDrop }.count + report.pendingDrops) would be dropped",

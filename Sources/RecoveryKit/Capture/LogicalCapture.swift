@@ -64,17 +64,9 @@ public enum LogicalCapture {
     /// - Throws: `RecoveryError`, `PostgresError` or `StorageError`; classify with `RecoveryError.classify`.
     public static func run(_ logical: LogicalCaptureConfiguration, progress: ProgressObserver? = nil) throws -> CaptureResult {
         let configuration = logical.capture
-        try configuration.validate()
-        let targets = try CaptureTargets(addresses: configuration.repositories, command: "dbbackup", environment: configuration.environment)
-        defer {
-            targets.releaseLocks()
-            if Interruption.isRequested { CleanupLog.cleaned("released the repository lock") }
-        }
-
-        let startedAt = Date()
-        let id = BackupID.make(at: startedAt)
-        let connection = try PostgresConnection(target: configuration.target, applicationName: "dbbackup")
-        defer { connection.close() }
+        let session = try CaptureSession(configuration, command: "dbbackup")
+        defer { session.close() }
+        let (targets, startedAt, id, connection) = (session.targets, session.startedAt, session.id, session.connection)
         // pg_dump of the server's major or newer (an older one refuses the server).
         let dumper = try configuration.tools.program("pg_dump", for: PostgresMajor(serverVersionNumber: connection.serverVersionNumber), fit: .sameOrNewer)
         let pgDump = dumper.path
