@@ -83,6 +83,19 @@ class IntegrationTestCase: XCTestCase {
     }
 
     /// The databases on the cluster whose names are `LIKE pattern`, sorted.
+    /// Waits until `condition` (a query returning one boolean) is true in the test's database, asked
+    /// every 20 ms on one connection (a moment that passes quickly is not missed); fails the test after
+    /// `seconds`.
+    func waitFor(_ condition: String, seconds: Double = 20) throws {
+        let watcher = try cluster.connect(database: database)
+        defer { watcher.close() }
+        let deadline = Date().addingTimeInterval(seconds)
+        while try watcher.query(condition).scalar != "t" {
+            guard Date() < deadline else { return XCTFail("timed out waiting for \(condition)") }
+            usleep(20_000)
+        }
+    }
+
     func databases(like pattern: String) throws -> [String] {
         try cluster.connect().query("SELECT datname FROM pg_database WHERE datname LIKE $1 ORDER BY 1", [pattern]).rows.compactMap { $0[0] }
     }

@@ -75,14 +75,6 @@ final class MigrationUnderLoadTests: IntegrationTestCase {
         return (psql, errors)
     }
 
-    private func waitFor(_ condition: String, seconds: Double = 20) throws {
-        let deadline = Date().addingTimeInterval(seconds)
-        while try cluster.scalar(condition, database: database) != "t" {
-            guard Date() < deadline else { return XCTFail("timed out waiting for \(condition)") }
-            usleep(50_000)
-        }
-    }
-
     /// The application locks audit then users; the migration users then audit. The migration joins
     /// the cycle last, so the server aborts it.
     private func deadlockingApplication() throws -> (ChildProcess, OutputCollector) {

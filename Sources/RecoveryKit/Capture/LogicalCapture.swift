@@ -94,8 +94,8 @@ public enum LogicalCapture {
         let copying = logical.dataBy == .copy ? try copyPlan(on: connection, configuration, inRecovery: role.inRecovery, pgDump: dumper) : nil
         let plan = copying?.plan
         if let lock = plan?.lockStatement { try connection.execute(script: lock) }
-        let copy = copying.map { ParallelTableCopy(plan: $0.plan, target: configuration.target, snapshot: snapshot, serverVersion: connection.serverVersionNumber,
-                                                   jobs: $0.connections) }
+        let exporter = SnapshotConnection(connection)
+        let copy = copying.map { ParallelTableCopy(plan: $0.plan, target: configuration.target, snapshot: snapshot, exporter: exporter, jobs: $0.connections) }
         defer { copy?.stop() }
         var copiedRows: [String: Int64] = [:]
         let splice = copy.map { copy in
@@ -107,7 +107,9 @@ public enum LogicalCapture {
         // the server scans while this process compresses. The data file is committed only once that is
         // in, so a failed count leaves nothing behind.
         let countCheck = logical.countCheck
-        let counting = Background { (try countCheck ? TableCounter.countRows(on: connection) : nil, try TableCounter.schemaVersion(on: connection)) }
+        let counting = Background {
+            try exporter.use { (try countCheck ? TableCounter.countRows(on: $0) : nil, try TableCounter.schemaVersion(on: $0)) }
+        }
         defer { counting.join() }
         // The schema fingerprint, from a schema-only pg_dump in the same snapshot (Verify/SchemaDump.swift).
         let schemaDump = try SchemaDump(pgDump: pgDump, target: configuration.target, snapshot: snapshot)
