@@ -38,7 +38,19 @@ class IntegrationTestCase: XCTestCase {
     /// A new migrations directory holding `files` (file name → SQL).
     func useMigrations(_ files: [String: String] = [:]) throws {
         migrations = TestPaths.temporaryDirectory(prefix: "migrations")
+        try writeMigrations(files)
+    }
+
+    /// Adds (or replaces) `files` (file name → SQL) in the migrations directory.
+    func writeMigrations(_ files: [String: String]) throws {
         for (name, sql) in files { try sql.write(toFile: migrations + "/" + name, atomically: true, encoding: .utf8) }
+    }
+
+    /// `dbmigrate` with `arguments` on the migrations directory, against `url`, else the database
+    /// `name`, else the test's database; whatever its outcome.
+    func migrate(_ arguments: [String], database name: String? = nil, url: String? = nil) throws -> TestProcess.Result {
+        try TestProcess.tool("dbmigrate", arguments + ["--database-url", url ?? cluster.url(database: name ?? database), "--dir", migrations],
+                             cluster: cluster)
     }
 
     /// A new bucket on the shared S3 server.
