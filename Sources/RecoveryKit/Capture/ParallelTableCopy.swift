@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import PostgresClient
+import ProcessSignals
 
 /// Reads the rows of a `TableDataPlan` over several connections that share the dump's exported
 /// snapshot, and writes them in the plan's order as pg_dump's `TABLE DATA` entries: one stream,
@@ -15,6 +16,9 @@ final class ParallelTableCopy {
     private let board: CopyBoard
     private let workers = DispatchGroup()
     private var joined = false
+    /// A signal stops the reads, and so the writer waiting for them (a read that runs no statement
+    /// at that moment, queued or waiting for its turn, is not ended by the signal's cancel requests).
+    private var interruption: InterruptHook?
 
     /// Starts `jobs` connections (fewer for fewer reads); they begin reading at once.
     ///
@@ -31,6 +35,7 @@ final class ParallelTableCopy {
         board = CopyBoard(reads: reads, connections: connections, exporter: exporter, session: session, encoding: plan.encoding)
         let transaction = TableDataPlan.snapshotTransaction(snapshot)
         let sessionTarget = target.with("client_encoding", plan.encoding)
+        interruption = Interruption.onInterrupt { [board] in board.stop() }
         for _ in 0..<connections {
             workers.enter()
             let board = self.board
@@ -90,6 +95,7 @@ final class ParallelTableCopy {
         guard !joined else { return }
         workers.wait()
         joined = true
+        interruption?.remove()
     }
 }
 
@@ -132,6 +138,8 @@ private final class CopyBoard: @unchecked Sendable {
     /// Cancels the statement each live connection runs (thread-safe: `PostgresConnection.cancelRunningStatement`).
     private var cancels: [Int: @Sendable () -> Void] = [:]
     private var nextWorker = 0
+    /// Tables some of whose reads ran on the exporting connection (each is reported once).
+    private var redirected: Set<String> = []
 
     /// Thrown into a read's row handler once the copy is stopped.
     private struct Stopped: Error {}
@@ -179,10 +187,16 @@ private final class CopyBoard: @unchecked Sendable {
                     try connection.execute(script: "COMMIT")
                 } else {
                     try connection.execute(script: "ROLLBACK")
-                    Self.logger.warning("""
-                        --data-by copy: a session waits behind the backup for a lock on \(reads[read].table) (an ALTER TABLE, or a LOCK); \
-                        its rows are read on the backup's own connection, which holds that lock already
-                        """)
+                    if condition.withLock({ redirected.insert(reads[read].table).inserted }) {
+                        Self.logger.warning("""
+                            --data-by copy: a session waits behind the backup for a lock on \(reads[read].table) (an ALTER TABLE, or a LOCK); \
+                            its rows are read on the backup's own connection, which holds that lock already
+                            """)
+                    }
+                    // Only the read the writer is on may take the exporting connection: a read ahead of it
+                    // waits for the writer to take its rows, and would keep the connection from the read
+                    // the writer waits for (a deadlock in this process, which no signal would end).
+                    try waitForTurn(read)
                     rows = try exporter.copyOut(reads[read].statement, session: session, encoding: encoding, row: sink)
                 }
                 if !run.isEmpty { try put(.rows(run), for: read) }
@@ -261,6 +275,14 @@ private final class CopyBoard: @unchecked Sendable {
         }
         queues[read].append(piece)
         condition.broadcast()
+    }
+
+    /// Waits until the writer is on `read`.
+    private func waitForTurn(_ read: Int) throws {
+        condition.lock()
+        defer { condition.unlock() }
+        while head != read && !stopped && failure == nil { condition.wait() }
+        guard !stopped, failure == nil else { throw Stopped() }
     }
 
     /// The next piece of a read, waiting for it; the writer is on that read from now on.
