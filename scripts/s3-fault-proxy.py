@@ -5,6 +5,13 @@ number of successful ones (the server "gone for good" for data). One request per
 
     s3-fault-proxy.py --upstream PORT [--fail-every N] [--drop-every M] [--lose-reply-every L]
                       [--fail-parts-after K] [--delay S] [--stats FILE] [--log FILE]
+                      [--fail-match SUB --fail-first N [--fail-method M]] [--short-match SUB --short-first N]
+
+--fail-match SUB --fail-first N answers 503 SlowDown to the first N requests whose path (bucket/key,
+no query) contains SUB, of method M only with --fail-method M (HEAD, GET): one object's brown-out.
+--short-match SUB --short-first N forwards the first N successful GETs whose path contains SUB and
+sends only the first half of the answer's body, with a Content-Length that agrees (a consistent
+short read no HTTP client can notice by itself).
 
 --lose-reply-every L forwards every L-th request to the server (so it takes effect) and then cuts
 the connection without the answer: the client sees a lost reply and retries.
@@ -29,11 +36,26 @@ parser.add_argument("--fail-parts-after", type=int, default=-1)
 parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait before answering each request")
 parser.add_argument("--stats", help="file to keep per-object request and GET byte counts in (JSON)")
 parser.add_argument("--log", help="file to append one line per request to: arrival, method, path, bytes, status, server seconds")
+parser.add_argument("--fail-match", help="answer 503 to the first --fail-first requests whose path contains this")
+parser.add_argument("--fail-first", type=int, default=0)
+parser.add_argument("--fail-method", help="with --fail-match: only requests of this method")
+parser.add_argument("--short-match", help="halve the body of the first --short-first GETs whose path contains this")
+parser.add_argument("--short-first", type=int, default=0)
 args = parser.parse_args()
 started = time.monotonic()
 lock = threading.Lock()
-state = {"requests": 0, "parts": 0}
+state = {"requests": 0, "parts": 0, "failed": 0, "shortened": 0}
 stats = {}
+
+def take(counter, match, first, path):
+    """Whether this request is one of the first `first` whose path contains `match` (counts it)."""
+    if not match or match not in path:
+        return False
+    with lock:
+        if state[counter] >= first:
+            return False
+        state[counter] += 1
+        return True
 
 def record(method, target, body_bytes):
     """Counts one answered request against its object path; rewrites --stats atomically."""
@@ -104,6 +126,15 @@ class Handler(socketserver.BaseRequestHandler):
         if args.fail_every and number % args.fail_every == 0:
             self.request.sendall(SLOWDOWN)
             return
+        method, _, rest = first.decode("latin-1").partition(" ")
+        target = rest.rpartition(" ")[0]
+        path = urllib.parse.unquote(urllib.parse.urlsplit(target).path.lstrip("/"))
+        if (not args.fail_method or method == args.fail_method) and take("failed", args.fail_match, args.fail_first, path):
+            self.request.sendall(SLOWDOWN)
+            return
+        if method == "GET" and args.short_match and args.short_match in path:
+            record(method, target, self.forward_short(head, body, path))
+            return
         lines = head.split(b"\r\n")
         lines = [l for l in lines if not l.lower().startswith(b"connection:")] + [b"Connection: close"]
         sent = time.monotonic()
@@ -130,13 +161,33 @@ class Handler(socketserver.BaseRequestHandler):
                 body_bytes += len(chunk)
             self.request.sendall(chunk)
         upstream.close()
-        method, _, rest = first.decode("latin-1").partition(" ")
-        target = rest.rpartition(" ")[0]
         record(method, target, body_bytes)
         if args.log:
             status = answer_head.split(b" ", 2)[1].decode("latin-1") if answer_head.count(b" ") >= 2 else "?"
             with lock, open(args.log, "a") as out:
                 out.write(f"{arrived - started:.3f} {method} {target} {len(body)} {status} {body_bytes} {time.monotonic() - sent:.3f}\n")
+
+    def forward_short(self, head, body, path):
+        """Forwards a GET whose path matches --short-match; if it succeeded and is one of the first
+        --short-first, sends half its body with a matching Content-Length. Returns the body bytes sent."""
+        lines = [l for l in head.split(b"\r\n") if not l.lower().startswith(b"connection:")] + [b"Connection: close"]
+        upstream = socket.create_connection(("127.0.0.1", args.upstream))
+        upstream.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+        answer = bytearray()
+        while True:
+            chunk = upstream.recv(1 << 20)
+            if not chunk:
+                break
+            answer += chunk
+        upstream.close()
+        answer_head, _, answer_body = bytes(answer).partition(b"\r\n\r\n")
+        status = answer_head.split(b" ", 2)[1] if answer_head.count(b" ") >= 2 else b"?"
+        if status[:1] == b"2" and take("shortened", args.short_match, args.short_first, path):
+            answer_body = answer_body[: len(answer_body) // 2]
+            header_lines = [l for l in answer_head.split(b"\r\n") if not l.lower().startswith(b"content-length")]
+            answer_head = b"\r\n".join(header_lines + [b"Content-Length: " + str(len(answer_body)).encode()])
+        self.request.sendall(answer_head + b"\r\n\r\n" + answer_body)
+        return len(answer_body)
 
 class Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
     daemon_threads = True

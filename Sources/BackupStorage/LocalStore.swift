@@ -103,7 +103,9 @@ public final class LocalStore: BackupStore {
         var info = stat()
         guard stat(path, &info) == 0 else { throw Self.error(errno, path: path, doing: "stat") }
         guard info.st_mode & S_IFMT == S_IFREG else {
-            throw StorageError(.io, object: path, message: "is not a regular file", hint: "the repository was changed by hand; restore the file from another copy")
+            // Something else where a backup's file should be is that backup's damage (not the disk's
+            // trouble, `.io`): `--emergency` passes over it.
+            throw StorageError(.invalidLocation, object: path, message: "is not a regular file", hint: "the repository was changed by hand; restore the file from another copy")
         }
         return StoredObject(key: key, size: UInt64(info.st_size),
                             modified: Date(timeIntervalSince1970: TimeInterval(info.st_mtim.tv_sec) + TimeInterval(info.st_mtim.tv_nsec) / 1e9))
@@ -307,6 +309,9 @@ public final class LocalStore: BackupStore {
         case EROFS:
             return StorageError(.readOnly, object: path, message: "\(operation): read-only file system",
                                 hint: "remount the repository read-write or choose another --repo")
+        case EISDIR:
+            return StorageError(.invalidLocation, object: path, message: "\(operation): is a directory, not a file",
+                                hint: "the repository was changed by hand; restore the file from another copy")
         case ENOTDIR:
             return StorageError(.invalidLocation, object: path, message: "\(operation): a path component is not a directory",
                                 hint: "point --repo at a directory")

@@ -319,7 +319,7 @@ public final class PostgresConnection {
     /// timeout, the server's error naming the sessions that held or queued the lock.
     private func failure(from result: OpaquePointer?, sql: String) -> Error {
         let failure = error(from: result, sql: sql)
-        if Interruption.isRequested { return Interruption.explain(failure) }
+        if Interruption.isRequested { return Interruption.explain(failure, serverState: failure.sqlState) }
         if failure.sqlState == PostgresError.lockNotAvailable {
             return failure.with(blockingSessions: LockBlockers.describe(target: target, excluding: [backendPID]))
         }

@@ -45,9 +45,11 @@ public enum Interruption {
     ///
     /// Used where a failure (a killed child, a cancelled statement, a closed pipe) is the consequence
     /// of the interruption rather than a problem of its own.
-    public static func explain(_ error: Error) -> Error {
+    /// - Parameter serverState: the SQLSTATE of a failed statement, carried in the `InterruptedError`
+    ///   so that clean-up after the signal can still tell a cancel it may retry (57014) from a refusal.
+    public static func explain(_ error: Error, serverState: String? = nil) -> Error {
         if error is InterruptedError { return error }
-        if let signal { return InterruptedError(signal: signal, cause: "\(error)") }
+        if let signal { return InterruptedError(signal: signal, cause: "\(error)", serverState: serverState) }
         return error
     }
 
@@ -110,13 +112,18 @@ public struct InterruptedError: Error, CustomStringConvertible, Sendable {
     public let signal: Int32
     /// The failure the interruption caused, for `--verbose`-style diagnostics; never shown as the reason.
     public let cause: String?
+    /// The SQLSTATE of the server error the interruption turned into this one, if it was one: the
+    /// clean-up's own statements retry a cancel (57014) that the signal's hook aimed at their predecessor.
+    public let serverState: String?
 
     /// - Parameters:
     ///   - signal: the signal that stopped the run.
     ///   - cause: the failure it caused, kept for diagnostics only.
-    public init(signal: Int32, cause: String? = nil) {
+    ///   - serverState: the SQLSTATE of that failure, when the server gave one.
+    public init(signal: Int32, cause: String? = nil, serverState: String? = nil) {
         self.signal = signal
         self.cause = cause
+        self.serverState = serverState
     }
 
     public var description: String { "interrupted by \(Interruption.name(of: signal))" }

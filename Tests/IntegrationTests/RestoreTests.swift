@@ -208,7 +208,7 @@ final class RestoreTests: IntegrationTestCase {
         let holder = try cluster.connect()
         try holder.query("SELECT pg_advisory_lock(hashtext($1))", ["dbrestore:" + database])
         let result = try tool("dbrestore", common + ["latest", "--yes"])
-        XCTAssertEqual(result.status, ExitStatus.restoreFailed.rawValue, result.standardError)
+        XCTAssertEqual(result.status, ExitStatus.lockTimeout.rawValue, result.standardError)
         XCTAssertTrue(result.standardError.contains("another restore of \(database!) is running (pid \(holder.backendPID)"), result.standardError)
         XCTAssertEqual(try databases(like: "\(database!)_%"), [], "the loser changes nothing")
         holder.close()

@@ -3,6 +3,7 @@ import Crypto
 import Foundation
 import Gzip
 import PostgresClient
+import ProcessSignals
 @testable import RecoveryKit
 import XCTest
 
@@ -12,6 +13,45 @@ final class RecoveryErrorTests: XCTestCase {
         for status in ExitStatus.allCases where status != .success {
             XCTAssertFalse(status.defaultHint.isEmpty, status.name)
         }
+    }
+
+    /// After a signal every failed statement becomes an `InterruptedError`; the clean-up's drop of a
+    /// scratch database must still retry the cancel (57014) the signal's hook aimed at its predecessor,
+    /// or the database is left behind (round 6 f1 item 2).
+    func testAStatementCancelledAfterTheSignalIsRetriedByTheCleanUp() throws {
+        var attempts = 0
+        let value = try ServerRetry.run(on: [PostgresError.queryCanceled], attempts: 3, pause: 0.001, afterInterruption: true) { () -> Int in
+            attempts += 1
+            if attempts == 1 { throw InterruptedError(signal: SIGTERM, cause: "canceling statement due to user request", serverState: "57014") }
+            return 7
+        }
+        XCTAssertEqual(value, 7)
+        XCTAssertEqual(attempts, 2, "the cancelled drop ran again")
+        // Without the server's SQLSTATE (a real refusal, or no server error at all) nothing is retried.
+        attempts = 0
+        XCTAssertThrowsError(try ServerRetry.run(on: [PostgresError.queryCanceled], attempts: 3, pause: 0.001, afterInterruption: true) { () -> Int in
+            attempts += 1
+            throw InterruptedError(signal: SIGTERM, serverState: "42501")
+        })
+        XCTAssertEqual(attempts, 1)
+    }
+
+    /// S3 trouble, a reset, an I/O error or a refused permission is the repository's; a missing,
+    /// archived or not-a-file object is the backup's own (round 6 f1 item 1).
+    func testRepositoryTroubleIsToldFromABackupsOwnFault() {
+        for kind: StorageError.Kind in [.remote, .io, .permissionDenied, .diskFull, .readOnly] {
+            XCTAssertTrue(RecoveryError.isRepositoryTrouble(StorageError(kind, object: "s3://b/k", message: "m")), "\(kind)")
+        }
+        for kind: StorageError.Kind in [.notFound, .archived, .invalidLocation, .locked] {
+            XCTAssertFalse(RecoveryError.isRepositoryTrouble(StorageError(kind, object: "s3://b/k", message: "m")), "\(kind)")
+        }
+        XCTAssertFalse(RecoveryError.isRepositoryTrouble(RecoveryError(.backupCorrupt, "sha256 does not match")))
+        let wrapped = RecoveryError.repositoryTrouble(StorageError(.remote, object: "s3://b/app/backups/X/dump.sql.gz", message: "GET answered 503"),
+                                                      repository: "s3://b/app", backup: "X", untouched: "app was not touched")
+        XCTAssertEqual(wrapped.code, .repositoryError)
+        XCTAssertTrue(RecoveryError.isRepositoryTrouble(wrapped))
+        XCTAssertTrue(wrapped.message.contains("repository s3://b/app failed while reading backup X: s3://b/app/backups/X/dump.sql.gz"), wrapped.message)
+        XCTAssertTrue(wrapped.hint?.contains("app was not touched") == true, wrapped.hint ?? "")
     }
 
     func testFileErrorsNameThePathAndAreRepositoryErrors() {

@@ -46,8 +46,10 @@ final class S3Client: Sendable {
     ///   - interruptible: a data transfer (part upload, ranged read) that a SIGINT/SIGTERM ends
     ///     before its next attempt; clean-up requests (aborts, lock releases) leave it false so that
     ///     they still run after the signal.
+    ///   - expectedBytes: the body length a ranged GET must return; a shorter (or longer) answer, even
+    ///     one whose headers agree with it, is retried like a dropped transfer.
     func send(_ method: String, key: String?, query: [(String, String)] = [], headers: [String: String] = [:],
-              body: Data? = nil, acceptable: Set<Int> = [], interruptible: Bool = false) throws -> S3Response {
+              body: Data? = nil, acceptable: Set<Int> = [], interruptible: Bool = false, expectedBytes: Int? = nil) throws -> S3Response {
         var attempt = 0
         var lastProblem = ""
         while true {
@@ -58,15 +60,25 @@ final class S3Client: Sendable {
                 let response = try sendOnce(method, key: key, query: query, headers: headers, body: body)
                 // -vv: where the time of a run goes, request by request (no header, so no credential).
                 logger.debug("S3 \(method) \(key.map(describe) ?? describe("")) sent \(body?.count ?? 0) B, answered \(response.status) with \(response.body.count) B in \(String(format: "%.3f", Date().timeIntervalSince(started))) s")
-                if (200..<300).contains(response.status) || acceptable.contains(response.status) { return response }
-                let (code, message) = Self.parseError(response.body)
-                let retryable = response.status >= 500 || code == "SlowDown" || code == "RequestTimeout" || code == "InternalError"
-                lastProblem = "\(method) \(key.map(describe) ?? "s3://\(configuration.bucket)") answered \(response.status) \(code ?? "")\(message.map { ": \($0)" } ?? "")"
-                if !retryable || attempt >= configuration.maxAttempts {
-                    throw StorageError(code == "InvalidObjectState" ? .archived : response.status == 404 ? .notFound
-                                           : response.status == 403 ? .permissionDenied : .remote,
-                                       object: key.map(describe) ?? "s3://\(configuration.bucket)", message: lastProblem,
-                                       hint: Self.hint(for: code, key: key, bucket: configuration.bucket))
+                if (200..<300).contains(response.status), let expectedBytes, response.body.count != expectedBytes {
+                    lastProblem = "\(method) \(key.map(describe) ?? "s3://\(configuration.bucket)") returned \(response.body.count) bytes, expected \(expectedBytes) (short read)"
+                    if attempt >= configuration.maxAttempts {
+                        throw StorageError(.remote, object: key.map(describe) ?? "s3://\(configuration.bucket)",
+                                           message: "gave up after \(attempt) attempts: \(lastProblem)",
+                                           hint: "check the endpoint, network and any proxy in between; the stored object was not changed")
+                    }
+                } else if (200..<300).contains(response.status) || acceptable.contains(response.status) {
+                    return response
+                } else {
+                    let (code, message) = Self.parseError(response.body)
+                    let retryable = response.status >= 500 || code == "SlowDown" || code == "RequestTimeout" || code == "InternalError"
+                    lastProblem = "\(method) \(key.map(describe) ?? "s3://\(configuration.bucket)") answered \(response.status) \(code ?? "")\(message.map { ": \($0)" } ?? "")"
+                    if !retryable || attempt >= configuration.maxAttempts {
+                        throw StorageError(code == "InvalidObjectState" ? .archived : response.status == 404 ? .notFound
+                                               : response.status == 403 ? .permissionDenied : .remote,
+                                           object: key.map(describe) ?? "s3://\(configuration.bucket)", message: lastProblem,
+                                           hint: Self.hint(for: code, key: key, bucket: configuration.bucket))
+                    }
                 }
             } catch let error as URLError {
                 lastProblem = "\(method) \(key.map(describe) ?? configuration.bucket): \(error.localizedDescription) (\(error.code.rawValue))"

@@ -477,11 +477,10 @@ final class S3RangeReader: ObjectReader {
         if position == chunk.count {
             guard offset < size else { return 0 }
             let end = min(size, offset + UInt64(chunkSize)) - 1
-            chunk = try client.send("GET", key: key, headers: ["range": "bytes=\(offset)-\(end)"], interruptible: true).body
+            // A short answer (a proxy or connection cutting it, headers and all) is retried inside send's loop.
+            chunk = try client.send("GET", key: key, headers: ["range": "bytes=\(offset)-\(end)"], interruptible: true,
+                                    expectedBytes: Int(end - offset + 1)).body
             reads.add(chunk.count)
-            guard chunk.count == Int(end - offset + 1) else {
-                throw StorageError(.remote, object: client.describe(key), message: "ranged GET returned \(chunk.count) bytes, expected \(end - offset + 1)")
-            }
             offset = end + 1
             position = 0
         }

@@ -17,7 +17,8 @@ public enum ExitStatus: Int32, CaseIterable, Sendable {
     case databaseError = 11
     /// A PostgreSQL program we run (pg_dump, psql, pg_basebackup) is missing or failed.
     case toolFailed = 12
-    /// Waited longer than `--lock-wait` for a lock another session held or queued (named in the message).
+    /// Waited longer than `--lock-wait` for a lock another session held or queued (named in the message);
+    /// for `dbrestore` and `dbrestore cleanup`, another restore or clean-up of the same database is running.
     case lockTimeout = 13
     /// The repository cannot be read or written (permissions, disk full, I/O).
     case repositoryError = 20

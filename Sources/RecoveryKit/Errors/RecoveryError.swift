@@ -13,6 +13,8 @@ public struct RecoveryError: Error, CustomStringConvertible, Sendable {
     public let hint: String?
     /// The SQLSTATE of the server error this one reports, when it wraps one (a replay failure).
     public let serverState: String?
+    /// Set on the error that stopped a restore for the repository's trouble (`repositoryTrouble(_:…)`).
+    public private(set) var repositoryTrouble = false
 
     public init(_ code: ExitStatus, _ message: String, hint: String? = nil, serverState: String? = nil) {
         self.code = code
@@ -31,12 +33,43 @@ public struct RecoveryError: Error, CustomStringConvertible, Sendable {
     }
 
     /// The SQLSTATE of a server error, or of the one a `RecoveryError` wraps; a lost connection is 08000.
+    /// A statement that failed after a signal carries its SQLSTATE in the `InterruptedError` it became,
+    /// so that clean-up after the signal still knows a cancel (57014) from a real refusal.
     static func serverState(of error: Error) -> String? {
         switch error {
         case let error as PostgresError: return error.kind == .connection ? "08000" : error.sqlState
         case let error as RecoveryError: return error.serverState
+        case let error as InterruptedError: return error.serverState
         default: return nil
         }
+    }
+
+    /// Whether `error` is the repository's own trouble rather than a backup's: S3 answering 5xx or
+    /// timing out after the client's retries, a reset or short read, an I/O error (EIO), a permission
+    /// or a full disk — anything but a file that is missing (404, ENOENT), archived, or something other
+    /// than a file where a backup's file should be (the backup's own damage). An older backup
+    /// in the same repository would meet the same trouble, or, read a moment later, restore older
+    /// data where the newest backup was whole: such an error stops a restore's search (exit 20).
+    public static func isRepositoryTrouble(_ error: Error) -> Bool {
+        switch error {
+        case let error as StorageError: return ![.notFound, .archived, .locked, .invalidLocation].contains(error.kind)
+        case let error as RecoveryError: return error.code == .repositoryError && error.repositoryTrouble
+        default: return false
+        }
+    }
+
+    /// The error that stops a restore on repository trouble (`isRepositoryTrouble`): names the
+    /// repository, the backup being read and the object that failed, and says the target is untouched.
+    static func repositoryTrouble(_ error: Error, repository: String, backup: String, untouched: String) -> RecoveryError {
+        if let error = error as? RecoveryError, error.repositoryTrouble { return error }
+        let detail = (error as? StorageError)?.description ?? classify(error).message
+        var wrapped = RecoveryError(.repositoryError,
+                                    "repository \(repository) failed while reading backup \(backup): \(detail); the backup itself may be whole, "
+                                        + "so no older backup was tried",
+                                    hint: "\(untouched); check the repository (endpoint, network, credentials, disk) and run again: "
+                                        + "an older backup would meet the same trouble or restore older data than needed")
+        wrapped.repositoryTrouble = true
+        return wrapped
     }
 
     /// What to do about server trouble (`isServerTrouble`), by SQLSTATE.
@@ -150,7 +183,8 @@ public struct RecoveryError: Error, CustomStringConvertible, Sendable {
     public func withCleanupSummary() -> RecoveryError {
         guard code == .interrupted else { return self }
         let (cleaned, kept) = CleanupLog.entries
-        let removed = cleaned.isEmpty ? "nothing of this run needed removing" : cleaned.joined(separator: ", ")
+        // "Nothing needed removing" only when nothing was left either: a drop that failed is named in `kept`.
+        let removed = !cleaned.isEmpty ? cleaned.joined(separator: ", ") : kept.isEmpty ? "nothing of this run needed removing" : "removed nothing"
         let keptText = kept.isEmpty ? "kept every backup and database that existed before the run" : "kept " + kept.joined(separator: ", ")
         return RecoveryError(code, "\(message): \(removed); \(keptText)", hint: hint)
     }

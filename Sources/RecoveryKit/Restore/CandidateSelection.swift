@@ -9,8 +9,10 @@ import Logging
 /// does not decode or names paths outside its folder, files that are missing, unreadable, damaged or
 /// encrypted with another key, a physical backup, and — in `--emergency` and `--drill` — a logical
 /// backup taken from a newer PostgreSQL major than the target server (pg_dump's output loads into
-/// the same or a newer major only; at 3 a.m. an older backup that restores beats a refusal). Only a
-/// repository that cannot be listed at all stops the search.
+/// the same or a newer major only; at 3 a.m. an older backup that restores beats a refusal). A
+/// repository that cannot be listed, or that fails (5xx, timeouts, resets, short reads, I/O errors
+/// after the client's retries) while a candidate is checked, stops the search (exit 20): that is the
+/// repository's trouble, not the backup's, and an older backup must not be restored because of it.
 enum CandidateSelection {
     /// Candidates passed over: at info (`-v`) when the backup itself failed, at debug (`-vv`) when it
     /// was not a candidate at all (physical, another release).
@@ -91,6 +93,11 @@ enum CandidateSelection {
         }
         let alreadySkipped = Set(skipped.map(\.id))
         for id in holders.keys.sorted(by: >) where !excluding.contains(id) {
+            // A repository that fails while this backup is checked (after the S3 client's retries)
+            // says nothing about the backup: another repository's copy of it may still be tried,
+            // never an older backup instead of it.
+            var trouble: RecoveryError?
+            defer { if let trouble { timeline?.note("check backup \(id)", outcome: "failed: \(trouble.message)") } }
             for (address, store, entry) in holders[id] ?? [] {
                 let label = label(id, in: address, of: configuration)
                 if alreadySkipped.contains(label) || excluding.contains(label) { continue }
@@ -125,6 +132,11 @@ enum CandidateSelection {
                         return Choice(manifest: manifest, repository: address, skipped: skipped)
                     }
                     reason = check.firstProblem ?? "files do not verify"
+                } catch where RecoveryError.isRepositoryTrouble(error) {
+                    trouble = trouble ?? RecoveryError.repositoryTrouble(error, repository: address, backup: manifest.id,
+                                                                         untouched: "\(configuration.target.databaseName) was not touched")
+                    logger.info("backup \(label) could not be checked: \(RecoveryError.classify(error).message)")
+                    continue
                 } catch {
                     reason = "files cannot be read: \(RecoveryError.classify(error).message)"
                 }
@@ -132,6 +144,7 @@ enum CandidateSelection {
                 timeline?.note("skip backup \(label)", outcome: reason)
                 logger.info("skipped backup \(label): \(reason)")
             }
+            if let trouble { throw trouble }
         }
         // Backups that only a newer server can take: the error names their majors and the way out.
         let newerMajors = configuration.mode == .normal ? [] : Set(holders.values.joined().compactMap { holder -> PostgresMajor? in

@@ -224,8 +224,19 @@ public enum LogicalRestore {
             let admin = try connectToMaintenance(configuration.target)
             defer { admin.close() }
             let serverMajor = PostgresMajor(serverVersionNumber: admin.serverVersionNumber)
-            try lockTarget(plan.targetDatabase, on: admin)
-            try ToolDatabases.repair(plan.targetDatabase, on: admin, timeline: timeline)
+            if configuration.mode == .drill {
+                // A drill never swaps and must not block an emergency restore of the same target: it
+                // takes no target lock, and holds its drill database by name instead (`claimScratchName`).
+                // It repairs what killed runs left only while no restore or clean-up of the target runs.
+                if try lockTarget(plan.targetDatabase, on: admin, wait: false) {
+                    defer { unlockTarget(plan.targetDatabase, on: admin) }
+                    try ToolDatabases.repair(plan.targetDatabase, on: admin, timeline: timeline)
+                }
+            } else {
+                try lockTarget(plan.targetDatabase, on: admin)
+                try ToolDatabases.repair(plan.targetDatabase, on: admin, timeline: timeline)
+            }
+            plan.scratchDatabase = try claimScratchName(plan.scratchDatabase, mode: configuration.mode, target: plan.targetDatabase, on: admin)
             plan.warnings.forEach { timeline.note("backup \(plan.backupID)", outcome: "warning: \($0)") }
             if let note = plan.versionNote { timeline.note("backup \(plan.backupID)", outcome: note) }
             var outcome: String
@@ -252,6 +263,12 @@ public enum LogicalRestore {
                     // A damaged file (sha256, size or gzip stream, found while streaming) is this copy's
                     // fault: another repository's copy of the same backup may be whole, also for a normal restore.
                     let damagedCopy = RecoveryError.classify(error).code == .backupCorrupt
+                    // The repository failing mid-read (after the S3 client's retries) is not the backup's
+                    // fault: stop (exit 20) rather than restore an older backup because S3 hiccupped.
+                    if !reachedSwap && !Interruption.isRequested && RecoveryError.isRepositoryTrouble(error) {
+                        throw RecoveryError.repositoryTrouble(error, repository: plan.repository, backup: plan.backupID,
+                                                              untouched: "\(plan.targetDatabase) was not touched")
+                    }
                     guard configuration.mode != .normal || (damagedCopy && configuration.repositories.count > 1),
                           !reachedSwap, isCandidateFailure(error, admin: admin) else { throw error }
                     let reason = RecoveryError.classify(error).message
@@ -276,8 +293,9 @@ public enum LogicalRestore {
                     try plan.checkMajors(next.manifest, into: serverMajor, tools: configuration.tools)
                     if let note = plan.versionNote { timeline.note("backup \(plan.backupID)", outcome: note) }
                     // A fresh name, in case the failed candidate's scratch database could not be dropped.
-                    plan.scratchDatabase = try unusedIdentifier(plan.targetDatabase,
-                                                                suffix: "_\(configuration.mode == .drill ? "drill" : "restore")_\(Timestamp.compact(Date(), separator: "_", zone: ""))", on: admin)
+                    plan.scratchDatabase = try claimScratchName(
+                        unusedIdentifier(plan.targetDatabase, suffix: "_\(configuration.mode == .drill ? "drill" : "restore")_\(Timestamp.compact(Date(), separator: "_", zone: ""))", on: admin),
+                        mode: configuration.mode, target: plan.targetDatabase, on: admin)
                     plan.warnings.forEach { timeline.note("backup \(plan.backupID)", outcome: "warning: \($0)") }
                     store = try open(plan.repository)
                 }
@@ -330,13 +348,14 @@ public enum LogicalRestore {
     }
 
     /// A failure that is the candidate's own, so an older backup may still restore: anything but an
-    /// interruption or the server's own trouble (a full disk, no memory, a crash, a lost connection):
+    /// interruption, the repository's trouble (`RecoveryError.isRepositoryTrouble`) or the server's
+    /// own trouble (a full disk, no memory, a crash, a lost connection):
     /// with those an older backup fails the same way, or, smaller, fits and restores older data
     /// where the newest backup was fine.
     private static func isCandidateFailure(_ error: Error, admin: PostgresConnection) -> Bool {
         // An interruption ends the run (whatever error the cancelled work surfaced as), never the candidate.
         if Interruption.isRequested || [.interrupted, .databaseUnavailable].contains(RecoveryError.classify(error).code) { return false }
-        if RecoveryError.isServerTrouble(error) { return false }
+        if RecoveryError.isServerTrouble(error) || RecoveryError.isRepositoryTrouble(error) { return false }
         // The probe's own error is not interesting: a server that cannot answer SELECT 1 stops the run.
         return (try? admin.query("SELECT 1").scalar) == "1"
     }
@@ -364,6 +383,8 @@ public enum LogicalRestore {
                     if Interruption.isRequested { CleanupLog.cleaned("dropped the scratch database \(scratch)") }
                 } catch {
                     timeline.note("drop scratch database \(scratch)", outcome: "failed: \(RecoveryError.classify(error).message); it is marked, the next dbrestore drops it")
+                    // The last line after a signal names what is left, never "nothing needed removing".
+                    CleanupLog.kept("the scratch database \(scratch) (could not be dropped: marked, the next dbrestore or dbrestore cleanup --yes drops it)")
                 }
             }
         }
@@ -438,21 +459,46 @@ public enum LogicalRestore {
         try connection.query("SELECT 1 FROM pg_database WHERE datname = $1", [name]).rows.count == 1
     }
 
-    /// One restore, drill or clean-up per target database at a time: a session-level advisory lock
-    /// on the target's name, released when the connection closes, however the process ends.
+    /// One restore or clean-up per target database at a time: a session-level advisory lock on the
+    /// target's name, released when the connection closes, however the process ends. Drills do not
+    /// hold it while they run (they never swap): a monthly drill must not block the 3 a.m. restore.
     ///
-    /// - Throws: `RecoveryError(.restoreFailed)` naming the session that holds it.
-    static func lockTarget(_ database: String, on connection: PostgresConnection) throws {
+    /// - Parameter wait: false to only try (a drill's repair of leftovers): returns false when held.
+    /// - Returns: true once held.
+    /// - Throws: `RecoveryError(.lockTimeout)` naming the session that holds it (unless `wait` is false).
+    @discardableResult
+    static func lockTarget(_ database: String, on connection: PostgresConnection, wait: Bool = true) throws -> Bool {
         let key = "dbrestore:" + database
         guard try connection.query("SELECT pg_try_advisory_lock(hashtext($1))", [key]).scalar == "t" else {
+            guard wait else { return false }
             let holder = try connection.query("""
                 SELECT a.pid, coalesce(nullif(a.application_name, ''), '?') FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
                 WHERE l.locktype = 'advisory' AND l.granted AND l.objid = (hashtext($1)::bigint & 4294967295)::oid LIMIT 1
                 """, [key]).rows.first
-            throw RecoveryError(.restoreFailed,
+            throw RecoveryError(.lockTimeout,
                                 "another restore of \(database) is running (pid \(holder?[0] ?? "?"), application \(holder?[1] ?? "?")); nothing was changed",
                                 hint: "wait for it to finish; two restores of one database would swap over each other")
         }
+        return true
+    }
+
+    /// Releases `lockTarget` early (a drill's repair); best effort: closing the connection releases it anyway.
+    static func unlockTarget(_ database: String, on connection: PostgresConnection) {
+        _ = try? connection.query("SELECT pg_advisory_unlock(hashtext($1))", ["dbrestore:" + database])
+    }
+
+    /// The scratch database name a run uses. A drill's is also held by the drill for as long as it
+    /// runs (`ToolDatabases.claimDrillDatabase`), since it holds no target lock: a second drill picks
+    /// another name, and a restore's or clean-up's repair leaves a running drill's database alone.
+    static func claimScratchName(_ name: String, mode: RestoreConfiguration.Mode, target: String, on admin: PostgresConnection) throws -> String {
+        guard mode == .drill else { return name }
+        var candidate = name
+        var counter = 2
+        while try !ToolDatabases.claimDrillDatabase(candidate, on: admin) {
+            candidate = identifier(name, suffix: "_\(counter)")
+            counter += 1
+        }
+        return candidate
     }
 
     /// Refuses before anything changes when the role cannot create, mark or rename the databases.

@@ -140,6 +140,31 @@ enum ToolDatabases {
         }
     }
 
+    /// The advisory lock key of a running drill's database (`claimDrillDatabase`).
+    private static func drillKey(_ database: String) -> String { "dbrestore:drill:" + database }
+
+    /// Takes a running drill's hold on its drill database before it is created: a session-level
+    /// advisory lock on the name, held until the drill's connection closes, however the process ends.
+    /// Drills take no target lock (they never swap, and must not block an emergency restore), so this
+    /// is how a repair tells a running drill's database from one a killed drill left.
+    ///
+    /// - Returns: false when another drill holds the name, or a database of that name exists: pick another.
+    static func claimDrillDatabase(_ database: String, on connection: PostgresConnection) throws -> Bool {
+        guard try connection.query("SELECT pg_try_advisory_lock(hashtext($1))", [drillKey(database)]).scalar == "t" else { return false }
+        if try connection.query("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1", [database]).rows.isEmpty { return true }
+        _ = try connection.query("SELECT pg_advisory_unlock(hashtext($1))", [drillKey(database)])
+        return false
+    }
+
+    /// Whether a drill that is still running (another session) holds `database` (`claimDrillDatabase`).
+    static func drillIsRunning(_ database: String, on connection: PostgresConnection) throws -> Bool {
+        try connection.query("""
+            SELECT 1 FROM pg_catalog.pg_locks
+            WHERE locktype = 'advisory' AND granted AND objsubid = 1 AND pid <> pg_catalog.pg_backend_pid()
+              AND objid = (hashtext($1)::bigint & 4294967295)::oid
+            """, [drillKey(database)]).rows.isEmpty == false
+    }
+
     /// How much of a repair to do.
     enum RepairScope: Sendable {
         /// Reopen closed databases and drop scratch and drill databases (a restore, `cleanup --yes`).
@@ -151,8 +176,8 @@ enum ToolDatabases {
     }
 
     /// Undoes what a killed restore or drill of `target` left (the caller holds the target's lock, so
-    /// none is running): databases it closed for a swap are reopened, its scratch and drill databases
-    /// dropped. Only marked databases are touched; `scope` limits what is done.
+    /// no restore is running; a drill still running holds its database by name and is left alone):
+    /// databases it closed for a swap are reopened, its scratch and drill databases dropped. Only marked databases are touched; `scope` limits what is done.
     ///
     /// - Returns: how many databases it dropped (or, `describe`, would drop).
     /// - Throws: `PostgresError` when a repair statement fails.
@@ -166,6 +191,11 @@ enum ToolDatabases {
                     if scope != .reopenOnly {
                         timeline.note("left \(database.name) alone", outcome: "marked as \(database.marker.kind.rawValue) database \(database.marker.database ?? "?") of \(target), renamed since")
                     }
+                    continue
+                }
+                // A drill holds no target lock: one running now keeps its database (never dropped under it).
+                if database.marker.kind == .drill, try drillIsRunning(database.name, on: connection) {
+                    if scope != .reopenOnly { timeline.note("left \(database.name) alone", outcome: "the drill database of a drill of \(target) running now") }
                     continue
                 }
                 let what = "the \(database.marker.kind == .drill ? "drill" : "scratch") database of a restore that was killed"
