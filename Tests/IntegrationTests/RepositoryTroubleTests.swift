@@ -77,10 +77,24 @@ final class RepositoryTroubleTests: IntegrationTestCase {
         XCTAssertEqual(try rows(), "200")
     }
 
+    /// Choosing reads every manifest once; under the reader lock only the chosen backup's is read
+    /// again (it was every manifest of the repository, a second time).
+    func testARestoreReadsTheOtherManifestsOnceAndItsOwnAgainUnderTheReaderLock() throws {
+        let (older, newest) = try twoBackups()
+        let stats = TestPaths.temporaryDirectory(prefix: "proxy") + "/stats.json"
+        let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--stats", stats])
+        defer { proxy.stop() }
+        let run = try tool("dbrestore", common + ["--emergency"], environment: s3.environment(endpoint: proxy.endpoint))
+        XCTAssertEqual(run.status, 0, run.standardError)
+        let counts = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: stats))) as? [String: [String: Int]] ?? [:]
+        XCTAssertEqual(counts["\(bucket!)/app/backups/\(older)/manifest.json"]?["gets"], 1, "\(counts)")
+        XCTAssertEqual(counts["\(bucket!)/app/backups/\(newest)/manifest.json"]?["gets"], 2, "to choose it, and under the reader lock: \(counts)")
+    }
+
     func testARunningDrillBlocksNeitherEmergencyNorCleanupAndKeepsItsDatabase() throws {
         _ = try twoBackups()
-        // Each S3 request of the drill takes a second: it runs long enough to be overlapped.
-        let slow = try FaultProxy(upstreamPort: s3.port, arguments: ["--delay", "1"])
+        // Each S3 request of the drill takes two seconds: it runs long enough to be overlapped.
+        let slow = try FaultProxy(upstreamPort: s3.port, arguments: ["--delay", "2"])
         defer { slow.stop() }
         let drill = try TestProcess.start("dbrestore", common + ["--drill", "--jobs", "1"], cluster: cluster,
                                           environment: s3.environment(endpoint: slow.endpoint))
@@ -96,6 +110,9 @@ final class RepositoryTroubleTests: IntegrationTestCase {
         XCTAssertEqual(emergency.status, 0, "emergency during a drill: \(emergency.standardError)")
         if !output.ended {
             XCTAssertEqual(try cluster.scalar(drillDatabases, database: "postgres"), running, "the running drill's database was dropped under it")
+            XCTAssertTrue(emergency.standardError.contains("left \(running) alone"), "the emergency's repair saw the drill's database: \(emergency.standardError)")
+        } else {
+            XCTFail("the drill ended before the emergency restore: nothing overlapped (\(output.soFar))")
         }
         let finished = drill.waitForExit(within: 120, orFail: "the drill did not end: \(output.soFar)")
         _ = output.finish()

@@ -323,11 +323,17 @@ public enum LogicalRestore {
     /// checked for readers before we registered may be deleting it right now: it deletes the
     /// manifest first, looks for readers again, sees us and puts the manifest back. So a manifest
     /// that is missing at this moment is looked for again for a few seconds before giving up.
+    ///
+    /// Only this backup's manifest is read (the plan holds its full id): the choice already read
+    /// every manifest once, and must read this one again only now that the reader lock is held.
+    ///
+    /// - Throws: `StorageError(.notFound)` when it stays missing, `RecoveryError(.backupCorrupt)` when it does not decode.
     private static func resolveAsReader(_ id: String, in store: BackupStore) throws -> BackupManifest {
+        let key = "backups/\(id)/\(BackupManifest.fileName)"
         var attempt = 0
         while true {
             do {
-                return try Catalog(store: store).resolve(id)
+                return try BackupManifest.decode(try store.read(key), source: key)
             } catch where attempt < 10 && !Interruption.isRequested {
                 attempt += 1
                 usleep(300_000)
