@@ -91,6 +91,21 @@ final class RepositoryTroubleTests: IntegrationTestCase {
         XCTAssertEqual(counts["\(bucket!)/app/backups/\(newest)/manifest.json"]?["gets"], 2, "to choose it, and under the reader lock: \(counts)")
     }
 
+    /// Drills hold no target lock: two at once (started in the same second, so their plans pick the
+    /// same drill database name) both pass, each in a database of its own, and leave none behind.
+    func testTwoDrillsAtOnceBothPass() throws {
+        _ = try twoBackups()
+        let first = try TestProcess.start("dbrestore", common + ["--drill", "--jobs", "1"], cluster: cluster, environment: s3.environment())
+        let firstOutput = OutputCollector(descriptor: first.standardError, limit: 1 << 20)
+        let second = try tool("dbrestore", common + ["--drill", "--jobs", "1"])
+        let finished = first.waitForExit(within: 120, orFail: "the first drill did not end: \(firstOutput.soFar)")
+        _ = firstOutput.finish()
+        XCTAssertEqual(second.status, 0, "second drill: \(second.standardError)")
+        XCTAssertEqual(finished.exitCode, 0, "first drill: \(firstOutput.soFar)")
+        XCTAssertEqual(try databases(like: "\(database!)_%"), [], "no drill database left")
+        XCTAssertEqual(try rows(), "200")
+    }
+
     func testARunningDrillBlocksNeitherEmergencyNorCleanupAndKeepsItsDatabase() throws {
         _ = try twoBackups()
         // Each S3 request of the drill takes two seconds: it runs long enough to be overlapped.
