@@ -228,7 +228,7 @@ public enum LogicalRestore {
                 // A drill never swaps and must not block an emergency restore of the same target: it
                 // takes no target lock, and holds its drill database by name instead (`claimScratchName`).
                 // It repairs what killed runs left only while no restore or clean-up of the target runs.
-                if try lockTarget(plan.targetDatabase, on: admin, wait: false) {
+                if try lockTarget(plan.targetDatabase, on: admin, required: false) {
                     defer { unlockTarget(plan.targetDatabase, on: admin) }
                     try ToolDatabases.repair(plan.targetDatabase, on: admin, timeline: timeline)
                 }
@@ -469,14 +469,14 @@ public enum LogicalRestore {
     /// target's name, released when the connection closes, however the process ends. Drills do not
     /// hold it while they run (they never swap): a monthly drill must not block the 3 a.m. restore.
     ///
-    /// - Parameter wait: false to only try (a drill's repair of leftovers): returns false when held.
+    /// - Parameter required: false to only try (a drill's repair of leftovers): false is returned when it is held.
     /// - Returns: true once held.
-    /// - Throws: `RecoveryError(.lockTimeout)` naming the session that holds it (unless `wait` is false).
+    /// - Throws: `RecoveryError(.lockTimeout)` naming the session that holds it (when `required`).
     @discardableResult
-    static func lockTarget(_ database: String, on connection: PostgresConnection, wait: Bool = true) throws -> Bool {
+    static func lockTarget(_ database: String, on connection: PostgresConnection, required: Bool = true) throws -> Bool {
         let key = "dbrestore:" + database
         guard try connection.query("SELECT pg_try_advisory_lock(hashtext($1))", [key]).scalar == "t" else {
-            guard wait else { return false }
+            guard required else { return false }
             let holder = try connection.query("""
                 SELECT a.pid, coalesce(nullif(a.application_name, ''), '?') FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
                 WHERE l.locktype = 'advisory' AND l.granted AND l.objid = (hashtext($1)::bigint & 4294967295)::oid LIMIT 1
