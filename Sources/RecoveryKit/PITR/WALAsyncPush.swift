@@ -152,7 +152,7 @@ public enum WALAsyncPush {
         defer { lock.release() }
         try spool.put("pusher.pid", Data(String(ProcessInfo.processInfo.processIdentifier).utf8))
         removeLeftovers(in: spool, now: Date())
-        let work = PushWork()
+        let work = PushWork(), turns = CPUTurns()
         let directory = spool.directory
         let repository = settings.repository
         let idleExit = settings.idleExit
@@ -168,13 +168,18 @@ public enum WALAsyncPush {
                     continue
                 }
                 do {
-                    let data = try WALArchive.readSegment(segment.path)
                     let opened = try store ?? Repository.open(repository, create: true, environment: environment)
                     store = opened
+                    // Read, digest and compress in turns, oldest first (the call PostgreSQL waits on is
+                    // for the oldest); the uploads overlap.
+                    let (data, compressed, digest) = try turns.run(segment.name) {
+                        let data = try WALArchive.readSegment(segment.path)
+                        return (data, try WALArchive.compress(data, objectKey: try WALArchive.key(for: segment.name), cipherKey: key), sha256(data))
+                    }
                     // No look-up first: a segment already stored (by a pusher killed before its verdict)
                     // is found by the create-if-absent and compared there.
-                    _ = try WALArchive.store(data, name: segment.name, in: opened, key: key, checkFirst: false)
-                    try spool.put("status/\(segment.name).ok", okContents(digest: sha256(data), repository: repository))
+                    _ = try WALArchive.store(compressed: compressed, of: data, name: segment.name, in: opened, key: key)
+                    try spool.put("status/\(segment.name).ok", okContents(digest: digest, repository: repository))
                 } catch {
                     let failure = RecoveryError.classify(error)
                     try? spool.put("status/\(segment.name).error", Data((failure.message + (failure.hint.map { " (\($0))" } ?? "")).utf8))

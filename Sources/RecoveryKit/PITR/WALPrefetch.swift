@@ -5,11 +5,12 @@ import ProcessSignals
 /// `dbrestore wal-fetch --prefetch N`: restore_command at WAN latency. Each call asks a
 /// background prefetcher for the N segments after its own (`wanted`), starting it if none runs
 /// (one per spool, an `flock`; it exits once idle). The prefetcher downloads them several at
-/// once, checks each as a direct fetch would (gzip CRC and length, the cipher's authentication)
-/// and by its first page's long header (`WALSegmentName.headerMatches`), and writes the segment
-/// decompressed, atomically, under `segments/<name>`, then its sha256 under `segments/<name>.sha256`.
+/// once and decompresses them in turns, oldest first (`CPUTurns`), straight into a temporary
+/// spool file while hashing; it checks each as a direct fetch would (gzip CRC and length, the
+/// cipher's authentication) and by its first page's long header (`WALSegmentName.headerMatches`)
+/// before renaming it to `segments/<name>`, then writes its sha256 under `segments/<name>.sha256`.
 ///
-/// A later call for that segment only reads it once (the sha256 and the page header again: a
+/// A later call for that segment only maps it once (the sha256 and the page header again: a
 /// spool file damaged, truncated or planted since is never served) and renames it into place;
 /// anything that does not verify is deleted and the segment fetched from the repository, as is a
 /// segment the prefetcher does not have. So the answer is always the repository's: "not found"
@@ -75,17 +76,36 @@ public enum WALPrefetch {
     /// sha256 is the one the prefetcher recorded after checking the download, and its page header
     /// names it. Whatever does not verify is deleted.
     ///
+    /// The file is mapped, not read: hashing it then costs no copy of its 16 MiB and no fresh
+    /// memory, the whole of what this call does besides one rename. (Only someone cutting the
+    /// file short in place while it is hashed could make the mapping fault: the call then dies
+    /// by a signal, which PostgreSQL takes as a failed restore_command and stops recovery; it is
+    /// never handed anything.)
+    ///
     /// - Returns: the segment's size, or nil when the spool had no good copy.
     private static func serveFromSpool(_ name: String, spool: WALSpool, destination: String) -> Int? {
         let segment = "segments/\(name)", digest = "segments/\(name).sha256"
         defer { spool.remove([segment, digest]) }   // served or bad: either way not needed again
-        guard let recorded = try? spool.files.read(digest), let data = try? spool.files.read(segment),
-              WALAsyncPush.sha256(data) == String(decoding: recorded, as: UTF8.self), WALSegmentName.headerMatches(data, name: name) else { return nil }
-        if rename(spool.path(segment), destination) != 0 {
+        guard let recorded = try? spool.files.read(digest) else { return nil }
+        let path = spool.path(segment)
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { return nil }
+        defer { close(descriptor) }
+        var status = stat()
+        guard fstat(descriptor, &status) == 0, status.st_mode & S_IFMT == S_IFREG, status.st_size >= 40 else { return nil }
+        let size = Int(status.st_size)
+        guard let mapping = mmap(nil, size, PROT_READ, MAP_SHARED, descriptor, 0), mapping != UnsafeMutableRawPointer(bitPattern: -1) else { return nil }
+        defer { munmap(mapping, size) }
+        let bytes = UnsafeRawBufferPointer(start: mapping, count: size)
+        var hasher = StreamingDigest()
+        hasher.update(bytes)
+        guard hasher.hexDigest() == String(decoding: recorded, as: UTF8.self),
+              WALSegmentName.headerMatches(firstBytes: bytes, size: UInt64(size), name: name) else { return nil }
+        if rename(path, destination) != 0 {
             // A --spool on another file system than pg_wal: write the verified bytes instead.
-            guard (try? WALArchive.install(data, at: destination)) != nil else { return nil }
+            guard (try? WALArchive.install(Data(bytes), at: destination)) != nil else { return nil }
         }
-        return data.count
+        return size
     }
 
     /// The background prefetcher: downloads, checks and spools the wanted segments, several at
@@ -97,7 +117,7 @@ public enum WALPrefetch {
         FileHandle.standardError.write(Data("prefetcher \(ProcessInfo.processInfo.processIdentifier) started\n".utf8))
         // Claims of a prefetcher that was killed: this one holds the lock, so none is live.
         spool.remove(try spool.names(under: "claims/").map { "claims/\($0)" })
-        let claims = Claims()
+        let claims = Claims(), turns = CPUTurns()
         let directory = spool.directory
         let repository = settings.repository
         let idleExit = settings.idleExit
@@ -122,12 +142,26 @@ public enum WALPrefetch {
                 do {
                     let opened = try store ?? Repository.open(repository, create: false, environment: environment)
                     store = opened
-                    let data = try WALArchive.decompress(try opened.read(objectKey), name: name, objectKey: objectKey, cipherKey: cipherKey)
-                    guard WALSegmentName.headerMatches(data, name: name) else {
-                        throw RecoveryError(.backupCorrupt, "archived WAL file \(name) does not start with its own page header")
+                    let stored = try opened.read(objectKey)
+                    // Decompressed straight into the spool file, hashed on the way: one pass over the
+                    // segment, never held whole in memory. Renamed into place only once checked.
+                    // The downloads overlap; the decompressing takes turns, oldest first: the next
+                    // segment recovery asks for is ready soonest.
+                    try turns.run(name) {
+                        let file = try spool.create("segments/\(name)")
+                        var digest = StreamingDigest(), firstPage = Data(), size: UInt64 = 0
+                        try WALArchive.decompress(stored, name: name, objectKey: objectKey, cipherKey: cipherKey) { chunk in
+                            digest.update(chunk)
+                            if firstPage.count < 64 { firstPage.append(contentsOf: chunk.prefix(64 - firstPage.count)) }
+                            size += UInt64(chunk.count)
+                            try file.append(chunk)
+                        }
+                        guard firstPage.withUnsafeBytes({ WALSegmentName.headerMatches(firstBytes: $0, size: size, name: name) }) else {
+                            throw RecoveryError(.backupCorrupt, "archived WAL file \(name) does not start with its own page header")
+                        }
+                        try file.commit()
+                        try spool.put("segments/\(name).sha256", Data(digest.hexDigest().utf8))
                     }
-                    try spool.put("segments/\(name)", data)
-                    try spool.put("segments/\(name).sha256", Data(WALAsyncPush.sha256(data).utf8))
                 } catch let error as StorageError where error.kind == .notFound {
                     // Not archived (yet): the call for it asks the repository itself.
                 } catch {
