@@ -47,8 +47,8 @@ public enum WALAsyncPush {
         let name = (path as NSString).lastPathComponent
         _ = try WALArchive.key(for: name)
         let spool = try WALSpool(settings.spool, repository: settings.repository, resetOnMismatch: false)
-        let data = try WALArchive.readSegment(path)
-        let digest = sha256(data)
+        // Hashed where it lies (no 16 MiB copy in the call PostgreSQL waits on); read when it cannot be mapped.
+        let digest = try MappedFile.read(path, MappedFile.sha256) ?? sha256(WALArchive.readSegment(path))
         /// The spool says other bytes were stored under this name: only the repository can judge this file.
         func pushSynchronously() throws {
             _ = try WALArchive.push(path: path, repository: settings.repository, key: try key(), environment: settings.environment)
@@ -123,9 +123,7 @@ public enum WALAsyncPush {
     }
 
     static func sha256(_ data: Data) -> String {
-        var digest = StreamingDigest()
-        data.withUnsafeBytes { digest.update($0) }
-        return digest.hexDigest()
+        data.withUnsafeBytes { MappedFile.sha256($0) }
     }
 
     /// How old a verdict no call took (a read-ahead of a segment PostgreSQL never asked for, a

@@ -74,13 +74,8 @@ public enum WALPrefetch {
 
     /// Moves the prefetched `name` to `destination` when it is whole and is that segment: its
     /// sha256 is the one the prefetcher recorded after checking the download, and its page header
-    /// names it. Whatever does not verify is deleted.
-    ///
-    /// The file is mapped, not read: hashing it then costs no copy of its 16 MiB and no fresh
-    /// memory, the whole of what this call does besides one rename. (Only someone cutting the
-    /// file short in place while it is hashed could make the mapping fault: the call then dies
-    /// by a signal, which PostgreSQL takes as a failed restore_command and stops recovery; it is
-    /// never handed anything.)
+    /// names it. Whatever does not verify is deleted. The file is mapped, not read (`MappedFile`):
+    /// besides hashing it, this call only renames it.
     ///
     /// - Returns: the segment's size, or nil when the spool had no good copy.
     private static func serveFromSpool(_ name: String, spool: WALSpool, destination: String) -> Int? {
@@ -88,24 +83,15 @@ public enum WALPrefetch {
         defer { spool.remove([segment, digest]) }   // served or bad: either way not needed again
         guard let recorded = try? spool.files.read(digest) else { return nil }
         let path = spool.path(segment)
-        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
-        guard descriptor >= 0 else { return nil }
-        defer { close(descriptor) }
-        var status = stat()
-        guard fstat(descriptor, &status) == 0, status.st_mode & S_IFMT == S_IFREG, status.st_size >= 40 else { return nil }
-        let size = Int(status.st_size)
-        guard let mapping = mmap(nil, size, PROT_READ, MAP_SHARED, descriptor, 0), mapping != UnsafeMutableRawPointer(bitPattern: -1) else { return nil }
-        defer { munmap(mapping, size) }
-        let bytes = UnsafeRawBufferPointer(start: mapping, count: size)
-        var hasher = StreamingDigest()
-        hasher.update(bytes)
-        guard hasher.hexDigest() == String(decoding: recorded, as: UTF8.self),
-              WALSegmentName.headerMatches(firstBytes: bytes, size: UInt64(size), name: name) else { return nil }
-        if rename(path, destination) != 0 {
-            // A --spool on another file system than pg_wal: write the verified bytes instead.
-            guard (try? WALArchive.install(Data(bytes), at: destination)) != nil else { return nil }
-        }
-        return size
+        return MappedFile.read(path) { bytes -> Int? in
+            guard MappedFile.sha256(bytes) == String(decoding: recorded, as: UTF8.self),
+                  WALSegmentName.headerMatches(firstBytes: bytes, size: UInt64(bytes.count), name: name) else { return nil }
+            if rename(path, destination) != 0 {
+                // A --spool on another file system than pg_wal: write the verified bytes instead.
+                guard (try? WALArchive.install(Data(bytes), at: destination)) != nil else { return nil }
+            }
+            return bytes.count
+        } ?? nil
     }
 
     /// The background prefetcher: downloads, checks and spools the wanted segments, several at

@@ -229,6 +229,37 @@ struct WALSpool {
     }
 }
 
+/// A file read where it lies: mapped, so that hashing a 16 MiB segment costs neither a copy nor
+/// fresh memory (the calls PostgreSQL waits on do this for every segment).
+///
+/// - Important: only for files nobody cuts short in place (a WAL segment PostgreSQL is archiving,
+///   a committed spool file): touching a page past a new end kills the process by SIGBUS, which
+///   archive_command and restore_command report as a failure, never as success.
+enum MappedFile {
+    /// `body` over the file's bytes; nil when the file cannot be opened or mapped (or is empty),
+    /// for the caller to fall back to reading it.
+    static func read<T>(_ path: String, _ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T? {
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { return nil }
+        defer { close(descriptor) }
+        var status = stat()
+        guard fstat(descriptor, &status) == 0, status.st_mode & S_IFMT == S_IFREG, status.st_size > 0 else { return nil }
+        let size = Int(status.st_size)
+        guard let mapping = mmap(nil, size, PROT_READ, MAP_SHARED, descriptor, 0), mapping != UnsafeMutableRawPointer(bitPattern: -1) else {
+            return nil
+        }
+        defer { munmap(mapping, size) }
+        return try body(UnsafeRawBufferPointer(start: mapping, count: size))
+    }
+
+    /// The sha256 of `bytes`, as the spool's verdicts and records name it.
+    static func sha256(_ bytes: UnsafeRawBufferPointer) -> String {
+        var digest = StreamingDigest()
+        digest.update(bytes)
+        return digest.hexDigest()
+    }
+}
+
 /// Runs `work` on `jobs` threads at once and waits for all of them.
 enum WorkerThreads {
     /// Microseconds an idle worker waits before looking for work again: the first of a pool looks
