@@ -316,6 +316,9 @@ final class CPUTurns: Sendable {
     }
 
     private let state: Mutex<State>
+    /// Where callers wait for a turn (woken when one is taken or ends), rather than polling: eight threads
+    /// looking every millisecond cost more CPU than the turns save.
+    private let turnEnded = NSCondition()
 
     /// - Parameter slots: jobs at once; by default one per core the process may use.
     init(slots: Int = ProcessInfo.processInfo.activeProcessorCount) {
@@ -330,15 +333,26 @@ final class CPUTurns: Sendable {
             state.waiting.insert(ticket)
             return ticket
         }
+        // Checked and waited for under the condition's lock, which the end of a turn takes to wake
+        // the waiters: no wake-up falls between a check and the wait.
+        turnEnded.lock()
         while !state.withLock({ state in
             guard state.free > 0, state.waiting.min() == ticket else { return false }
             state.free -= 1
             state.waiting.remove(ticket)
             return true
         }) {
-            usleep(1_000)
+            turnEnded.wait()
         }
-        defer { state.withLock { $0.free += 1 } }
+        // The next oldest may be waiting for a slot that is still free.
+        turnEnded.broadcast()
+        turnEnded.unlock()
+        defer {
+            state.withLock { $0.free += 1 }
+            turnEnded.lock()
+            turnEnded.broadcast()
+            turnEnded.unlock()
+        }
         return try work()
     }
 }
