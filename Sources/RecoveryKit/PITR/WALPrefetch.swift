@@ -83,7 +83,7 @@ public enum WALPrefetch {
         defer { spool.remove([segment, digest]) }   // served or bad: either way not needed again
         guard let recorded = try? spool.files.read(digest) else { return nil }
         let path = spool.path(segment)
-        return MappedFile.read(path) { bytes -> Int? in
+        return MappedFile.read(path, followingLinks: false) { bytes -> Int? in
             guard MappedFile.sha256(bytes) == String(decoding: recorded, as: UTF8.self),
                   WALSegmentName.headerMatches(firstBytes: bytes, size: UInt64(bytes.count), name: name) else { return nil }
             if rename(path, destination) != 0 {

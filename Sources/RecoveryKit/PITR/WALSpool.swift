@@ -238,8 +238,10 @@ struct WALSpool {
 enum MappedFile {
     /// `body` over the file's bytes; nil when the file cannot be opened or mapped (or is empty),
     /// for the caller to fall back to reading it.
-    static func read<T>(_ path: String, _ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T? {
-        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+    ///
+    /// - Parameter followingLinks: false for files the spool made itself, which are never links.
+    static func read<T>(_ path: String, followingLinks: Bool = true, _ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T? {
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC | (followingLinks ? 0 : O_NOFOLLOW))
         guard descriptor >= 0 else { return nil }
         defer { close(descriptor) }
         var status = stat()
