@@ -203,6 +203,8 @@ PY
   done
   async_s=$(python3 -c "import time; print(time.time() - $start)")
   phase async "$(cat "$work/wal/spool/pusher.pid")"
+  # The pusher idles 10 s before it exits: let it go, so that it takes no CPU from the fetch jobs.
+  flock "$work/wal/spool/pusher.lock" true
   # Both fetch loops rename into a file per segment and are checked after the clock stops.
   mkdir -p "$work/wal/fetch-plain" "$work/wal/fetch-prefetch"
   start=$(date +%s.%N)
