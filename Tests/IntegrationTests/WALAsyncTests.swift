@@ -452,4 +452,47 @@ final class WALAsyncTests: IntegrationTestCase {
             XCTAssertEqual(counts["\(bucket!)/wal/\(try WALArchive.key(for: name))"]?["gets"], 1, "\(name) downloaded once")
         }
     }
+
+    /// Issue 21 item 4: past the end of the archive the prefetcher asks S3 once, not once per name
+    /// it was asked to prefetch (each a GET answered 404, a round trip and CPU); the segments
+    /// themselves are still served, and the end is still "not found".
+    func testThePrefetcherStopsAskingAtTheEndOfTheArchive() throws {
+        let names = try writeWALSegments(6)
+        try archive(names, into: repository, environment: s3.environment())
+        let stats = work + "/stats.json"
+        let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--delay", "0.05", "--stats", stats])
+        defer { proxy.stop() }
+        let restore = work + "/restore/pg_wal"
+        try FileManager.default.createDirectory(atPath: restore, withIntermediateDirectories: true)
+        func gets(_ name: String) throws -> Int {
+            let counts = (try? JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: stats)))) as? [String: [String: Int]] ?? [:]
+            return counts["\(bucket!)/wal/\(try WALArchive.key(for: name))"]?["gets"] ?? 0
+        }
+        func fetch(_ name: String) throws -> TestProcess.Result {
+            try TestProcess.tool("dbrestore", ["wal-fetch", name, restore + "/RECOVERYXLOG", "--prefetch", "2", "--repo", repository],
+                                 environment: s3.environment(endpoint: proxy.endpoint))
+        }
+        let beyond = try XCTUnwrap(WALSegmentName.next(after: names[5], segmentSize: 1 << 20))
+        let further = try XCTUnwrap(WALSegmentName.next(after: beyond, segmentSize: 1 << 20))
+        for name in names.prefix(5) {
+            XCTAssertEqual(try fetch(name).status, 0)
+        }
+        // The call for the fifth wanted the sixth and the one after it: the prefetcher found that one missing.
+        let deadline = Date().addingTimeInterval(20)
+        while try gets(beyond) == 0 && Date() < deadline { usleep(20_000) }
+        XCTAssertEqual(try gets(beyond), 1, "the first name past the end was asked for")
+        let last = try fetch(names[5])
+        XCTAssertEqual(last.status, 0, last.standardError)
+        XCTAssertEqual(FileManager.default.contents(atPath: restore + "/RECOVERYXLOG"), FileManager.default.contents(atPath: "\(work!)/pg_wal/\(names[5])"))
+        // That call wanted the one past the end and the next: neither is asked for again.
+        usleep(1_000_000)
+        XCTAssertEqual(try gets(further), 0, "a name after the end of the archive is not asked for")
+        XCTAssertEqual(try gets(beyond), 1)
+        let missing = try fetch(beyond)
+        XCTAssertEqual(missing.status, ExitStatus.failure.rawValue, "the end of the archive is the repository's answer: \(missing.standardError)")
+        // (The proxy counts a request once its answer is sent: give it a moment.)
+        let counted = Date().addingTimeInterval(10)
+        while try gets(beyond) < 2 && Date() < counted { usleep(20_000) }
+        XCTAssertEqual(try gets(beyond), 2, "asked by the call itself")
+    }
 }

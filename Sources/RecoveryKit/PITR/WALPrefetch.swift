@@ -1,6 +1,7 @@
 import BackupStorage
 import Foundation
 import ProcessSignals
+import Synchronization
 
 /// `dbrestore wal-fetch --prefetch N`: restore_command at WAN latency. Each call asks a
 /// background prefetcher for the N segments after its own (`wanted`), starting it if none runs
@@ -103,7 +104,7 @@ public enum WALPrefetch {
         FileHandle.standardError.write(Data("prefetcher \(ProcessInfo.processInfo.processIdentifier) started\n".utf8))
         // Claims of a prefetcher that was killed: this one holds the lock, so none is live.
         spool.remove(try spool.names(under: "claims/").map { "claims/\($0)" })
-        let claims = Claims(), turns = CPUTurns()
+        let claims = Claims(), turns = CPUTurns(), end = ArchiveEnd()
         let directory = spool.directory
         let repository = settings.repository
         let idleExit = settings.idleExit
@@ -115,7 +116,7 @@ public enum WALPrefetch {
             while !Interruption.isRequested {
                 let wanted = (try? spool.files.read(wantedKey)).map { String(decoding: $0, as: UTF8.self).split(separator: "\n").map(String.init) } ?? []
                 // Each name once per prefetcher: one served already is not downloaded again because an older `wanted` still names it.
-                guard let name = claims.claim(from: wanted.filter { !spool.exists("segments/\($0).sha256") }) else {
+                guard let name = claims.claim(from: end.before(wanted).filter { !spool.exists("segments/\($0).sha256") }) else {
                     if Date().timeIntervalSince(idleSince) > idleExit { return }
                     usleep(WorkerThreads.idlePause(index))
                     continue
@@ -150,11 +151,44 @@ public enum WALPrefetch {
                     }
                 } catch let error as StorageError where error.kind == .notFound {
                     // Not archived (yet): the call for it asks the repository itself.
+                    end.reached(at: name)
                 } catch {
                     // The call for it fetches directly and reports what is wrong.
                     FileHandle.standardError.write(Data("prefetch \(name): \(RecoveryError.classify(error).message)\n".utf8))
                 }
             }
+        }
+    }
+}
+
+/// Where the prefetcher last found the archive ending: the first segment the repository did not
+/// have. Names at and after it on its timeline are not asked for, each of them one more GET
+/// answered 404 (a round trip, and with URLSession on Linux a core busy for as long). The end
+/// is forgotten once recovery has moved past it: a `wanted` list starting after it (the call for
+/// that segment found it in the repository) or on another timeline. Until then the calls for
+/// those segments ask the repository themselves, so nothing is answered from this.
+final class ArchiveEnd: Sendable {
+    private let first = Mutex<String?>(nil)
+
+    /// `wanted` less the names at or past the end on its timeline; forgets the end when `wanted`
+    /// shows that recovery has moved past it.
+    func before(_ wanted: [String]) -> [String] {
+        first.withLock { first in
+            guard let end = first else { return wanted }
+            func atOrPast(_ name: String) -> Bool { name.prefix(8) == end.prefix(8) && name >= end }
+            if let next = wanted.first, next.prefix(8) != end.prefix(8) || next > end {
+                first = nil
+                return wanted
+            }
+            return wanted.filter { !atOrPast($0) }
+        }
+    }
+
+    /// The repository does not have `name`.
+    func reached(at name: String) {
+        first.withLock { first in
+            if let end = first, end.prefix(8) == name.prefix(8), end <= name { return }
+            first = name
         }
     }
 }
