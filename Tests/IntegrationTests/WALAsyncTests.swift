@@ -208,6 +208,31 @@ final class WALAsyncTests: IntegrationTestCase {
                        "the segment asked for, not the other one planted under its name")
     }
 
+    /// A link planted in the prefetch spool under a segment's name (pointing at a file with the
+    /// right bytes and sha256 today) is not handed to PostgreSQL: what lands at %p is a regular
+    /// file fetched from the repository, not a link whose target can change under recovery.
+    func testALinkInThePrefetchSpoolIsNeverServed() throws {
+        let repository = work + "/repo", pgWAL = work + "/pg_wal"
+        try FileManager.default.createDirectory(atPath: pgWAL, withIntermediateDirectories: true)
+        let name = "000000010000000000000002"
+        let segment = walSegment(name)
+        try segment.write(to: URL(fileURLWithPath: "\(pgWAL)/\(name)"))
+        let pushed = try TestProcess.tool("dbbackup", ["wal-push", "\(pgWAL)/\(name)", "--repo", repository])
+        XCTAssertEqual(pushed.status, 0, pushed.standardError)
+        let restore = work + "/restore/pg_wal", spool = work + "/restore/pg_wal/dbrecovery-prefetch"
+        try FileManager.default.createDirectory(atPath: spool + "/segments", withIntermediateDirectories: true)
+        try Data(repository.utf8).write(to: URL(fileURLWithPath: spool + "/repository"))
+        try FileManager.default.createSymbolicLink(atPath: "\(spool)/segments/\(name)", withDestinationPath: "\(pgWAL)/\(name)")
+        try Data(WALAsyncPush.sha256(segment).utf8).write(to: URL(fileURLWithPath: "\(spool)/segments/\(name).sha256"))
+
+        let destination = restore + "/RECOVERYXLOG"
+        let fetched = try TestProcess.tool("dbrestore", ["wal-fetch", name, destination, "--prefetch", "2", "--repo", repository])
+        XCTAssertEqual(fetched.status, 0, fetched.standardError)
+        let type = try FileManager.default.attributesOfItem(atPath: destination)[.type] as? FileAttributeType
+        XCTAssertEqual(type, .typeRegular, "a regular file at %p, not the planted link")
+        XCTAssertEqual(FileManager.default.contents(atPath: destination), segment)
+    }
+
     /// Issue 21 attack finding 6: a read-ahead that failed leaves `status/<name>.error`; the later
     /// call for that segment, once the repository works again, retries instead of reporting it.
     func testAStaleErrorOfAReadAheadIsRetriedByTheCallForThatSegment() throws {
