@@ -1,0 +1,78 @@
+import BackupStorage
+import Foundation
+import RecoveryKit
+import TestSupport
+import XCTest
+
+/// `dbverify --files all` (the weekly verify timer) while `dbprune` runs: a backup being checked
+/// is protected by a reader lock as a restore's is, and one pruned before the check reached it is
+/// reported as pruned (gone, not damaged), never as a false corruption alarm. On a real S3 server.
+final class VerifyDuringPruneTests: XCTestCase {
+    func testVerifyAllDuringPruneKeepsTheBackupItChecksAndReportsPrunedOnesAsGone() throws {
+        let s3 = try S3Server.shared()
+        let cluster = try PostgresCluster.shared()
+        let bucket = try s3.createBucket()
+        let repository = "s3://\(bucket)/verify-prune"
+        let database = try cluster.createDatabase(prefix: "vprune", seed: "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 5000)")
+        var ids: [String] = []
+        for _ in 0..<3 {
+            let backup = try TestProcess.tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository],
+                                              cluster: cluster, environment: s3.environment())
+            XCTAssertEqual(backup.status, 0, backup.standardError)
+            ids.append(backup.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines))
+            Thread.sleep(forTimeInterval: 1.1)   // distinct ids
+        }
+        let policy = TestPaths.temporaryDirectory(prefix: "vprune-policy") + "/policy.toml"
+        try Data("[s3]\nkeep_last = 1\nkeep_within = \"0h\"\nsnapshots = false\n".utf8).write(to: URL(fileURLWithPath: policy))
+        let store = S3Store(configuration: try S3Settings.configuration(bucket: bucket, environment: s3.environment()), prefix: "verify-prune")
+
+        // The verify goes through a proxy that answers slowly: newest first, so it is on ids[1] while
+        // dbprune (keep 1) would delete ids[1] and ids[0].
+        let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--delay", "0.4"])
+        defer { proxy.stop() }
+        let verify = try TestProcess.start("dbverify", ["--files", "all", "--json", "--repo", repository],
+                                           environment: s3.environment(endpoint: proxy.endpoint))
+        let verifyOutput = OutputCollector(descriptor: verify.standardOutput, limit: 1 << 20)
+        let verifyErrors = OutputCollector(descriptor: verify.standardError, limit: 1 << 20)
+        let deadline = Date().addingTimeInterval(90)
+        while try store.list(prefix: StoreLock.readerPrefix(ids[1])).isEmpty {
+            guard Date() < deadline, !verifyErrors.ended else {
+                verify.send(SIGKILL)
+                _ = verify.waitForExit()
+                return XCTFail("dbverify never registered as a reader of \(ids[1]): \(verifyErrors.finish())")
+            }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        let prune = try TestProcess.tool("dbprune", ["--yes", "--repo", repository, "--policy", policy], environment: s3.environment())
+        XCTAssertEqual(prune.status, 0, prune.standardError)
+        XCTAssertTrue(prune.standardError.contains("kept backup \(ids[1]): being read by dbverify"), prune.standardError)
+        XCTAssertThrowsError(try store.read("backups/\(ids[0])/manifest.json"), "the backup nobody was reading is pruned")
+
+        let ended = verify.waitForExit()
+        let errors = verifyErrors.finish()
+        XCTAssertEqual(ended.exitCode, 0, "no false corruption alarm: \(errors)")
+        XCTAssertFalse(errors.contains("damaged"), errors)
+        let reports = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(verifyOutput.finish().utf8)) as? [[String: Any]])
+        let byID = Dictionary(uniqueKeysWithValues: reports.compactMap { report in (report["id"] as? String).map { ($0, report) } })
+        XCTAssertEqual(Set(byID.keys), Set(ids), "\(reports)")
+        XCTAssertEqual(byID[ids[0]]?["pruned"] as? Bool, true, "pruned before the check reached it: gone, not damaged")
+        XCTAssertEqual((byID[ids[0]]?["files"] as? [Any])?.count, 0)
+        for id in ids.dropFirst() {
+            XCTAssertEqual(byID[id]?["pruned"] as? Bool, false, id)
+            let files = try XCTUnwrap(byID[id]?["files"] as? [[String: Any]], id)
+            XCTAssertFalse(files.isEmpty, id)
+            XCTAssertTrue(files.allSatisfy { $0["ok"] as? Bool == true }, "\(id): \(files)")
+        }
+        XCTAssertEqual(try store.list(prefix: "locks/readers/").map(\.key), [], "dbverify released its reader locks")
+
+        // The text form says so in its own word.
+        let text = try TestProcess.tool("dbverify", ["--files", "all", "--repo", repository], environment: s3.environment())
+        XCTAssertEqual(text.status, 0, text.standardError)
+        XCTAssertFalse(text.standardOutput.contains(ids[0]), "a backup pruned before the run is simply not listed")
+
+        // The next prune deletes ids[1], now that nobody reads it.
+        let again = try TestProcess.tool("dbprune", ["--yes", "--repo", repository, "--policy", policy], environment: s3.environment())
+        XCTAssertEqual(again.status, 0, again.standardError)
+        XCTAssertThrowsError(try store.read("backups/\(ids[1])/manifest.json"))
+    }
+}
