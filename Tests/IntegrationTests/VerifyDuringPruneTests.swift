@@ -30,8 +30,8 @@ final class VerifyDuringPruneTests: XCTestCase {
         // dbprune (keep 1) would delete ids[1] and ids[0].
         let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--delay", "0.4"])
         defer { proxy.stop() }
-        let verify = try TestProcess.start("dbverify", ["--files", "all", "--json", "--repo", repository],
-                                           environment: s3.environment(endpoint: proxy.endpoint))
+        let verify = try ChildProcess(executable: TestPaths.executable("dbverify"), arguments: ["--files", "all", "--json", "--repo", repository],
+                                      environment: s3.environment(endpoint: proxy.endpoint), stdin: .null, stdout: .pipe, stderr: .pipe)
         let verifyOutput = OutputCollector(descriptor: verify.standardOutput, limit: 1 << 20)
         let verifyErrors = OutputCollector(descriptor: verify.standardError, limit: 1 << 20)
         let deadline = Date().addingTimeInterval(90)
