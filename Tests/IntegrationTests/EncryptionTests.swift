@@ -221,5 +221,10 @@ final class EncryptionTests: XCTestCase {
         let down = try TestProcess.tool("dbmigrate", ["down", "--to", "0", "--repo", fresh, "--dry-run"] + migrate, cluster: cluster)
         XCTAssertEqual(down.status, 0, down.standardError)
         XCTAssertFalse(FileManager.default.fileExists(atPath: fresh + "/" + RepositoryEncryption.key), "a dry run records nothing")
+
+        // A wal-push that stores nothing (the file is not there) records nothing either.
+        let push = try TestProcess.tool("dbbackup", ["wal-push", work + "/000000010000000000000009", "--repo", fresh])
+        XCTAssertNotEqual(push.status, 0, push.standardError)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: fresh + "/" + RepositoryEncryption.key), "a failed wal-push records nothing")
     }
 }

@@ -29,8 +29,10 @@ public enum BackupVerification {
                 let reread: BackupManifest?
                 do {
                     reread = try manifestAsReader(entry.id, in: store)
-                } catch let error as RecoveryError {
-                    return FileVerifier.Report(id: entry.id, files: [.init(name: BackupManifest.fileName, ok: false, problem: error.message)])
+                } catch {
+                    // Unreadable now (damaged since the listing, archived, the store failing): this backup's row, not the run's end.
+                    return FileVerifier.Report(id: entry.id, files: [.init(name: BackupManifest.fileName, ok: false,
+                                                                          problem: "cannot be read: \(RecoveryError.classify(error).message)")])
                 }
                 guard let manifest = reread else { return pruned(entry.id) }
                 var report: FileVerifier.Report
