@@ -32,7 +32,7 @@ public struct PruneCommand: ToolCommand {
     @Flag(name: [.short, .long], help: "Delete without asking (needed when stdin is not a terminal: cron, scripts).")
     var yes = false
 
-    @Flag(name: .customLong("apply-lifecycle"), help: "S3 only: write the equivalent bucket lifecycle rule for this prefix (with --dry-run: show the difference only).")
+    @Flag(name: .customLong("apply-lifecycle"), help: "S3 only: write this prefix's bucket lifecycle rule: abort multipart uploads left open, expire only in a tier without snapshot rules, move nothing to GLACIER (dbprune moves data files itself) (with --dry-run: show the difference only).")
     var applyLifecycle = false
 
     @Flag(name: .customLong("all-repos"), help: "Prune every repository in the config file's [repositories], each by its own tier.")
