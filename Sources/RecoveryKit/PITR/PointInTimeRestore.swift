@@ -215,10 +215,7 @@ public enum PointInTimeRestore {
                     if let abandoned = try abandonedExtraction(in: configuration.dataDirectory) {
                         partialExtraction = abandoned
                     } else {
-                        guard configuration.moveAside else {
-                        throw RecoveryError(.usage, "data directory \(configuration.dataDirectory) is not empty",
-                                            hint: "give an empty or new directory, or --move-aside to rename the existing one out of the way")
-                        }
+                        guard configuration.moveAside else { throw notEmpty(configuration.dataDirectory) }
                         moveAsideTo = configuration.dataDirectory + ".moved-" + Timestamp.compact(Date(), separator: "_", zone: "")
                     }
                 }
@@ -384,9 +381,7 @@ public enum PointInTimeRestore {
         let directory = configuration.dataDirectory
         if plan.partialExtraction != nil {
             // Looked at again: the plan may be a while old. Still abandoned, or refused.
-            guard let abandoned = try abandonedExtraction(in: directory) else {
-                throw RecoveryError(.usage, "data directory \(directory) is not empty", hint: "give an empty or new directory, or --move-aside to rename the existing one out of the way")
-            }
+            guard let abandoned = try abandonedExtraction(in: directory) else { throw notEmpty(directory) }
             try timeline.step("remove the partial extraction in \(directory) left by \(abandoned)") {
                 try ExtractionMarker.removePartial(in: directory)
             }
@@ -436,6 +431,12 @@ public enum PointInTimeRestore {
             throw RecoveryError(.usage, "data directory \(directory) is being extracted into by \(holder.description)",
                                 hint: "wait for that run to finish, or stop it (kill \(holder.pid)) and run again: the next run removes its partial extraction")
         }
+    }
+
+    /// The refusal of a data directory that holds something that is not ours.
+    private static func notEmpty(_ directory: String) -> RecoveryError {
+        RecoveryError(.usage, "data directory \(directory) is not empty",
+                      hint: "give an empty or new directory, or --move-aside to rename the existing one out of the way")
     }
 
     private static func isEmptyOrMissing(_ path: String) throws -> Bool {
