@@ -140,12 +140,7 @@ final class EncryptionTests: XCTestCase {
             XCTAssertTrue(refused.standardError.contains("--allow-mixed-encryption"), refused.standardError)
         }
         // dbmigrate down's pre-downgrade backup too: refused before anything is reverted, dry run included.
-        let migrations = work + "/migrations"
-        try FileManager.default.createDirectory(atPath: migrations, withIntermediateDirectories: true)
-        try "CREATE TABLE m (x int);".write(toFile: migrations + "/0001_m.up.sql", atomically: true, encoding: .utf8)
-        try "DROP TABLE m;".write(toFile: migrations + "/0001_m.down.sql", atomically: true, encoding: .utf8)
-        let migrate = ["--database-url", url, "--dir", migrations]
-        XCTAssertEqual(try TestProcess.tool("dbmigrate", ["up"] + migrate, cluster: cluster).status, 0)
+        let migrate = try oneMigrationApplied(in: work, url: url, cluster: cluster)
         for extra in [["--dry-run"], ["--yes"]] {
             let down = try TestProcess.tool("dbmigrate", ["down", "--to", "0", "--repo", encrypted] + extra + migrate, cluster: cluster)
             XCTAssertEqual(down.status, ExitStatus.usage.rawValue, "down \(extra): \(down.standardError)")
@@ -211,12 +206,7 @@ final class EncryptionTests: XCTestCase {
         }
 
         // dbmigrate down --dry-run checks the pre-downgrade backup's repository and records nothing.
-        let migrations = work + "/migrations"
-        try FileManager.default.createDirectory(atPath: migrations, withIntermediateDirectories: true)
-        try "CREATE TABLE m (x int);".write(toFile: migrations + "/0001_m.up.sql", atomically: true, encoding: .utf8)
-        try "DROP TABLE m;".write(toFile: migrations + "/0001_m.down.sql", atomically: true, encoding: .utf8)
-        let migrate = ["--database-url", url, "--dir", migrations]
-        XCTAssertEqual(try TestProcess.tool("dbmigrate", ["up"] + migrate, cluster: cluster).status, 0)
+        let migrate = try oneMigrationApplied(in: work, url: url, cluster: cluster)
         let fresh = work + "/fresh"
         let down = try TestProcess.tool("dbmigrate", ["down", "--to", "0", "--repo", fresh, "--dry-run"] + migrate, cluster: cluster)
         XCTAssertEqual(down.status, 0, down.standardError)
@@ -226,5 +216,17 @@ final class EncryptionTests: XCTestCase {
         let push = try TestProcess.tool("dbbackup", ["wal-push", work + "/000000010000000000000009", "--repo", fresh])
         XCTAssertNotEqual(push.status, 0, push.standardError)
         XCTAssertFalse(FileManager.default.fileExists(atPath: fresh + "/" + RepositoryEncryption.key), "a failed wal-push records nothing")
+    }
+
+    /// A migrations directory under `work` with one migration (table m), applied to `url`; the
+    /// arguments that point dbmigrate at both.
+    private func oneMigrationApplied(in work: String, url: String, cluster: PostgresCluster) throws -> [String] {
+        let migrations = work + "/migrations"
+        try FileManager.default.createDirectory(atPath: migrations, withIntermediateDirectories: true)
+        try "CREATE TABLE m (x int);".write(toFile: migrations + "/0001_m.up.sql", atomically: true, encoding: .utf8)
+        try "DROP TABLE m;".write(toFile: migrations + "/0001_m.down.sql", atomically: true, encoding: .utf8)
+        let migrate = ["--database-url", url, "--dir", migrations]
+        XCTAssertEqual(try TestProcess.tool("dbmigrate", ["up"] + migrate, cluster: cluster).status, 0)
+        return migrate
     }
 }

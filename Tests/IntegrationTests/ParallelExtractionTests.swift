@@ -1,5 +1,6 @@
 import BackupStorage
 import Foundation
+import PostgresClient
 import RecoveryKit
 import TestSupport
 import XCTest
@@ -72,13 +73,26 @@ final class ParallelExtractionTests: XCTestCase {
         return copy
     }
 
-    func testParallelExtractionEqualsTheOnePassExtractionAndRecovers() throws {
-        let repository = ownedDirectory("extract-repo") + "/repo"
+    /// A cluster archiving into a new repository, a database `prefix…` with `rows` items, and a base
+    /// backup of it (small index segments).
+    private func archivingClusterWithABaseBackup(_ prefix: String, rows: Int) throws
+        -> (repository: String, cluster: PostgresCluster, database: String, connection: PostgresConnection) {
+        let repository = ownedDirectory(prefix + "-repo") + "/repo"
         let cluster = try PostgresCluster(archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
+        do {
+            let (database, connection) = try itemsDatabase(prefix, on: cluster)
+            if rows > 0 { try connection.execute(script: "INSERT INTO items (batch) SELECT 'A' FROM generate_series(1, \(rows))") }
+            try physicalBackup(of: database, on: cluster, into: repository, environment: smallSegments)
+            return (repository, cluster, database, connection)
+        } catch {
+            cluster.stop()
+            throw error
+        }
+    }
+
+    func testParallelExtractionEqualsTheOnePassExtractionAndRecovers() throws {
+        let (repository, cluster, database, connection) = try archivingClusterWithABaseBackup("extract", rows: 50000)
         defer { cluster.stop() }
-        let (database, connection) = try itemsDatabase("extract", on: cluster)
-        try connection.execute(script: "INSERT INTO items (batch) SELECT 'A' FROM generate_series(1, 50000)")
-        try physicalBackup(of: database, on: cluster, into: repository, environment: smallSegments)
         try connection.execute(script: "INSERT INTO items (batch) SELECT 'B' FROM generate_series(1, 10)")
         try waitForArchive(connection)
         let id = try newestBackup(in: repository)
@@ -135,12 +149,8 @@ final class ParallelExtractionTests: XCTestCase {
     /// so in one line, and extracts, from the index (`--jobs 2`) and through `tar -x` alike. A
     /// directory without the marker, or whose marker names a live run, is never touched.
     func testARerunAfterAKilledExtractionRemovesItsPartialDirectoryAndNothingElse() throws {
-        let repository = ownedDirectory("extract-killed") + "/repo"
-        let cluster = try PostgresCluster(archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
+        let (repository, cluster, _, connection) = try archivingClusterWithABaseBackup("extractkill", rows: 20000)
         defer { cluster.stop() }
-        let (database, connection) = try itemsDatabase("extractkill", on: cluster)
-        try connection.execute(script: "INSERT INTO items (batch) SELECT 'A' FROM generate_series(1, 20000)")
-        try physicalBackup(of: database, on: cluster, into: repository, environment: smallSegments)
         try waitForArchive(connection)
         let id = try newestBackup(in: repository)
         let marker = ".dbrecovery-extracting"
@@ -194,11 +204,8 @@ final class ParallelExtractionTests: XCTestCase {
     }
 
     func testADamagedSegmentInTheMiddleIsBackupCorruptAndLeavesNoFiles() throws {
-        let repository = ownedDirectory("extract-damaged") + "/repo"
-        let cluster = try PostgresCluster(archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
+        let (repository, cluster, _, connection) = try archivingClusterWithABaseBackup("extractbad", rows: 0)
         defer { cluster.stop() }
-        let (database, connection) = try itemsDatabase("extractbad", on: cluster)
-        try physicalBackup(of: database, on: cluster, into: repository, environment: smallSegments)
         try waitForArchive(connection)
         let id = try newestBackup(in: repository)
 

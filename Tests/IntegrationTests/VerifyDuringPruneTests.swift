@@ -11,20 +11,8 @@ final class VerifyDuringPruneTests: XCTestCase {
     func testVerifyAllDuringPruneKeepsTheBackupItChecksAndReportsPrunedOnesAsGone() throws {
         let s3 = try S3Server.shared()
         let cluster = try PostgresCluster.shared()
-        let bucket = try s3.createBucket()
-        let repository = "s3://\(bucket)/verify-prune"
-        let database = try cluster.createDatabase(prefix: "vprune", seed: "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 5000)")
-        var ids: [String] = []
-        for _ in 0..<3 {
-            let backup = try TestProcess.tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository],
-                                              cluster: cluster, environment: s3.environment())
-            XCTAssertEqual(backup.status, 0, backup.standardError)
-            ids.append(backup.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines))
-            Thread.sleep(forTimeInterval: 1.1)   // distinct ids
-        }
-        let policy = TestPaths.temporaryDirectory(prefix: "vprune-policy") + "/policy.toml"
-        try Data("[s3]\nkeep_last = 1\nkeep_within = \"0h\"\nsnapshots = false\n".utf8).write(to: URL(fileURLWithPath: policy))
-        let store = S3Store(configuration: try S3Settings.configuration(bucket: bucket, environment: s3.environment()), prefix: "verify-prune")
+        let fixture = try S3PruneFixture(backups: 3, prefix: "verify-prune", rows: 5000, s3: s3, cluster: cluster)
+        let (repository, ids, policy, store) = (fixture.repository, fixture.ids, fixture.policy, fixture.store)
 
         // The verify goes through a proxy that answers slowly: newest first, so it is on ids[1] while
         // dbprune (keep 1) would delete ids[1] and ids[0].
@@ -34,15 +22,7 @@ final class VerifyDuringPruneTests: XCTestCase {
                                       environment: s3.environment(endpoint: proxy.endpoint), stdin: .null, stdout: .pipe, stderr: .pipe)
         let verifyOutput = OutputCollector(descriptor: verify.standardOutput, limit: 1 << 20)
         let verifyErrors = OutputCollector(descriptor: verify.standardError, limit: 1 << 20)
-        let deadline = Date().addingTimeInterval(90)
-        while try store.list(prefix: StoreLock.readerPrefix(ids[1])).isEmpty {
-            guard Date() < deadline, !verifyErrors.ended else {
-                verify.send(SIGKILL)
-                _ = verify.waitForExit()
-                return XCTFail("dbverify never registered as a reader of \(ids[1]): \(verifyErrors.finish())")
-            }
-            Thread.sleep(forTimeInterval: 0.05)
-        }
+        guard try fixture.waitUntil(verify, reads: ids[1], errors: verifyErrors, name: "dbverify") else { return }
         let prune = try TestProcess.tool("dbprune", ["--yes", "--repo", repository, "--policy", policy], environment: s3.environment())
         XCTAssertEqual(prune.status, 0, prune.standardError)
         XCTAssertTrue(prune.standardError.contains("kept backup \(ids[1]): being read by dbverify"), prune.standardError)
