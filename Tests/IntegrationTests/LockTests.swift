@@ -179,9 +179,7 @@ final class LockTests: XCTestCase {
                                             cluster: cluster, environment: s3.environment(endpoint: proxy.endpoint))
         let restoreErrors = OutputCollector(descriptor: restore.standardError, limit: 1 << 20)
         guard try fixture.waitUntil(restore, reads: ids[0], errors: restoreErrors, name: "the restore") else { return }
-        let prune = try TestProcess.tool("dbprune", ["--yes", "--repo", repository, "--policy", policy], environment: s3.environment())
-        XCTAssertEqual(prune.status, 0, prune.standardError)
-        XCTAssertTrue(prune.standardError.contains("kept backup \(ids[0]): being read by dbrestore"), prune.standardError)
+        try fixture.pruneKeeps(ids[0], readBy: "dbrestore", s3: s3)
         XCTAssertNoThrow(try store.read("backups/\(ids[0])/manifest.json"), "prune deleted a backup a restore was reading")
 
         let ended = restore.waitForExit()

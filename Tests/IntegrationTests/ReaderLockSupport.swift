@@ -47,4 +47,12 @@ struct S3PruneFixture {
         }
         return true
     }
+
+    /// Runs dbprune (keep 1) while backup `id` is being read: it succeeds and keeps that backup,
+    /// naming its reader.
+    func pruneKeeps(_ id: String, readBy reader: String, s3: S3Server) throws {
+        let prune = try TestProcess.tool("dbprune", ["--yes", "--repo", repository, "--policy", policy], environment: s3.environment())
+        XCTAssertEqual(prune.status, 0, prune.standardError)
+        XCTAssertTrue(prune.standardError.contains("kept backup \(id): being read by \(reader)"), prune.standardError)
+    }
 }

@@ -23,9 +23,7 @@ final class VerifyDuringPruneTests: XCTestCase {
         let verifyOutput = OutputCollector(descriptor: verify.standardOutput, limit: 1 << 20)
         let verifyErrors = OutputCollector(descriptor: verify.standardError, limit: 1 << 20)
         guard try fixture.waitUntil(verify, reads: ids[1], errors: verifyErrors, name: "dbverify") else { return }
-        let prune = try TestProcess.tool("dbprune", ["--yes", "--repo", repository, "--policy", policy], environment: s3.environment())
-        XCTAssertEqual(prune.status, 0, prune.standardError)
-        XCTAssertTrue(prune.standardError.contains("kept backup \(ids[1]): being read by dbverify"), prune.standardError)
+        try fixture.pruneKeeps(ids[1], readBy: "dbverify", s3: s3)
         XCTAssertThrowsError(try store.read("backups/\(ids[0])/manifest.json"), "the backup nobody was reading is pruned")
 
         let ended = verify.waitForExit()
