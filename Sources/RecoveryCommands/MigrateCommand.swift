@@ -27,24 +27,30 @@ public struct MigrateCommand: ParsableCommand {
 
     public init() {}
 
-    /// Options every subcommand shares.
+    /// Options every subcommand shares: the database, the migrations directory, the config file.
     public struct Common: ParsableArguments {
+        @OptionGroup(title: "Connection") var connection: ConnectionOptions
+
         @Option(name: .customLong("dir"), help: ArgumentHelp("Migrations directory (default: ./migrations, or [migrations] dir in the config file).", valueName: "dir"))
         public var directoryFlag: String?
+
+        @OptionGroup(title: "Configuration") var config: ConfigOptions
 
         /// `--dir`, else the config file's `[migrations] dir`, else `./migrations`.
         func directory(_ settings: Settings) -> String { directoryFlag ?? settings.configFile?.migrationsDirectory ?? "migrations" }
 
         public init() {}
 
-        func configuration(_ connection: ConnectionOptions, _ settings: Settings, release: String? = nil, perStep: Bool = false,
-                           lockTimeout: String = "10s", statementTimeout: String = "15min") throws -> MigrationConfiguration {
-            MigrationConfiguration(target: try connection.target(settings), directory: directory(settings), release: release, perStep: perStep,
-                                   // --lock-wait (ConnectionOptions) also bounds the wait for another dbmigrate's lock; 30 s unless given.
-                                   lockWaitSeconds: Double(connection.explicitLockWaitSeconds ?? 30),
-                                   lockTimeout: lockTimeout, statementTimeout: statementTimeout)
+        /// The run's configuration; nil once `--print-config` has printed the settings (the run ends there).
+        func configuration(_ context: RunContext, release: String? = nil, perStep: Bool = false,
+                           lockTimeout: String = "10s", statementTimeout: String = "15min") throws -> MigrationConfiguration? {
+            if config.printIfAsked(context, connection: connection, repository: nil) { return nil }
+            return MigrationConfiguration(target: try connection.target(context.settings), directory: directory(context.settings), release: release,
+                                          perStep: perStep,
+                                          // --lock-wait (ConnectionOptions) also bounds the wait for another dbmigrate's lock; 30 s unless given.
+                                          lockWaitSeconds: Double(connection.explicitLockWaitSeconds ?? 30),
+                                          lockTimeout: lockTimeout, statementTimeout: statementTimeout)
         }
-
     }
 
     /// Options of the commands that run SQL.
@@ -64,10 +70,10 @@ public struct MigrateCommand: ParsableCommand {
 
         /// The run's configuration: the shared options plus this command's transaction and timeout
         /// choices; the server's notices and warnings go to stderr as they arrive.
-        func configuration(_ common: Common, _ connection: ConnectionOptions, _ settings: Settings, release: String?, output: OutputOptions,
-                           requireRestorePoint: Bool = false) throws -> MigrationConfiguration {
-            var configuration = try common.configuration(connection, settings, release: release, perStep: perStep, lockTimeout: lockTimeout,
-                                                         statementTimeout: statementTimeout)
+        func configuration(_ common: Common, _ context: RunContext, release: String?, output: OutputOptions,
+                           requireRestorePoint: Bool = false) throws -> MigrationConfiguration? {
+            guard var configuration = try common.configuration(context, release: release, perStep: perStep, lockTimeout: lockTimeout,
+                                                               statementTimeout: statementTimeout) else { return nil }
             configuration.requireRestorePoint = requireRestorePoint
             configuration.onServerMessage = { output.note("server \($0)") }
             configuration.onNote = { output.note($0) }
@@ -104,15 +110,13 @@ public struct MigrateCommand: ParsableCommand {
 
     public struct Status: ToolCommand {
         public static let configuration = CommandConfiguration(abstract: "Show applied and pending versions, and drift.")
-        @OptionGroup(title: "Connection") var connection: ConnectionOptions
         @OptionGroup var common: Common
-        @OptionGroup(title: "Configuration") var config: ConfigOptions
         @OptionGroup(title: "Output") var output: OutputOptions
         public init() {}
 
         public func run(in context: RunContext) throws {
-            if config.printIfAsked(context, connection: connection, repository: nil) { return }
-            let rows = try Migrations.status(try common.configuration(connection, context.settings))
+            guard let configuration = try common.configuration(context) else { return }
+            let rows = try Migrations.status(configuration)
             if output.json { return try printJSON(rows) }
             var table = TextTable("VERSION", "NAME", "STATE", "APPLIED AT (UTC)", "RELEASE", "NOTES")
             for row in rows {
@@ -126,9 +130,7 @@ public struct MigrateCommand: ParsableCommand {
 
     public struct Up: ToolCommand {
         public static let configuration = CommandConfiguration(abstract: "Apply pending migrations (up to --to).")
-        @OptionGroup(title: "Connection") var connection: ConnectionOptions
         @OptionGroup var common: Common
-        @OptionGroup(title: "Configuration") var config: ConfigOptions
         @OptionGroup var running: Running
         @Option(help: ArgumentHelp("Stop at this version.", valueName: "version")) var to: Int64?
         @Option(help: ArgumentHelp("The release applying these migrations, recorded for down --to-release.", valueName: "release")) var release: String?
@@ -140,8 +142,7 @@ public struct MigrateCommand: ParsableCommand {
         }
 
         public func run(in context: RunContext) throws {
-            if config.printIfAsked(context, connection: connection, repository: nil) { return }
-            let configuration = try running.configuration(common, connection, context.settings, release: release, output: output)
+            guard let configuration = try running.configuration(common, context, release: release, output: output) else { return }
             let (plan, report) = try Migrations.up(configuration, to: to, dryRun: running.dryRun) { try running.confirm($0, destructive: false) }
             try MigrateCommand.render(plan, report, dryRun: running.dryRun, output: output)
         }
@@ -151,9 +152,7 @@ public struct MigrateCommand: ParsableCommand {
         public static let configuration = CommandConfiguration(
             abstract: "Revert migrations: pre-flight the whole plan, back up, then revert in one transaction.",
             discussion: "Exactly one of --to, --steps, --to-release. A backup tagged pre-downgrade is taken first (needs --repo or BACKUP_REPO) unless --no-backup.")
-        @OptionGroup(title: "Connection") var connection: ConnectionOptions
         @OptionGroup var common: Common
-        @OptionGroup(title: "Configuration") var config: ConfigOptions
         @OptionGroup var running: Running
         @Option(help: ArgumentHelp("Revert every applied version above this one.", valueName: "version")) var to: Int64?
         @Option(help: ArgumentHelp("Revert the N most recently applied versions.", valueName: "n")) var steps: Int?
@@ -176,9 +175,8 @@ public struct MigrateCommand: ParsableCommand {
         }
 
         public func run(in context: RunContext) throws {
-            if config.printIfAsked(context, connection: connection, repository: nil) { return }
-            var configuration = try running.configuration(common, connection, context.settings, release: release, output: output,
-                                                          requireRestorePoint: requireRestorePoint)
+            guard var configuration = try running.configuration(common, context, release: release, output: output,
+                                                                requireRestorePoint: requireRestorePoint) else { return }
             configuration.environment = repository.storageEnvironment(context.settings)
             let selection: DowngradeSelection = to.map { .toVersion($0) } ?? steps.map { .steps($0) } ?? .toRelease(toRelease ?? "")
             var backupRepository: String?
@@ -192,7 +190,7 @@ public struct MigrateCommand: ParsableCommand {
             }
             let progress = output.progress
             let (plan, report) = try Migrations.down(configuration, selection: selection, backupRepository: backupRepository,
-                                                     tools: connection.tools(context.settings), key: try repository.cipherKey(context.settings), dryRun: running.dryRun,
+                                                     tools: common.connection.tools(context.settings), key: try repository.cipherKey(context.settings), dryRun: running.dryRun,
                                                      progress: progress) { plan in
                 try running.confirm(plan, destructive: true)
                 // On a terminal, say what the next seconds are spent on before the dump's progress line starts.
@@ -204,15 +202,13 @@ public struct MigrateCommand: ParsableCommand {
 
     public struct Verify: ToolCommand {
         public static let configuration = CommandConfiguration(abstract: "Check applied versions against their files (edited, missing, mid-flight).")
-        @OptionGroup(title: "Connection") var connection: ConnectionOptions
         @OptionGroup var common: Common
-        @OptionGroup(title: "Configuration") var config: ConfigOptions
         @OptionGroup(title: "Output") var output: OutputOptions
         public init() {}
 
         public func run(in context: RunContext) throws {
-            if config.printIfAsked(context, connection: connection, repository: nil) { return }
-            let problems = try Migrations.verify(try common.configuration(connection, context.settings))
+            guard let configuration = try common.configuration(context) else { return }
+            let problems = try Migrations.verify(configuration)
             if output.json { try printJSON(problems) } else {
                 problems.forEach { print("version \($0.version) (\($0.name)): \($0.state); \($0.notes.joined(separator: "; "))") }
             }
@@ -232,9 +228,7 @@ public struct MigrateCommand: ParsableCommand {
         var markApplied = false
         @Flag(name: .customLong("mark-reverted"), help: "Record the version as reverted: its down.sql took effect, or its up.sql never did.")
         var markReverted = false
-        @OptionGroup(title: "Connection") var connection: ConnectionOptions
         @OptionGroup var common: Common
-        @OptionGroup(title: "Configuration") var config: ConfigOptions
         public init() {}
 
         public func validate() throws {
@@ -242,8 +236,8 @@ public struct MigrateCommand: ParsableCommand {
         }
 
         public func run(in context: RunContext) throws {
-            if config.printIfAsked(context, connection: connection, repository: nil) { return }
-            let warnings = try Migrations.resolve(try common.configuration(connection, context.settings), version: version, applied: markApplied)
+            guard let configuration = try common.configuration(context) else { return }
+            let warnings = try Migrations.resolve(configuration, version: version, applied: markApplied)
             warnings.forEach { FileHandle.standardError.write(Data("warning: \($0)\n".utf8)) }
             print("version \(version) marked \(markApplied ? "applied" : "reverted"); recorded in schema_version_log")
         }
@@ -255,9 +249,7 @@ public struct MigrateCommand: ParsableCommand {
             discussion: "For a database whose schema already matches the migrations up to VERSION but that has no schema_version rows. A schema_version that already holds rows needs no baseline: its versions are adopted as they are.")
         @Option(help: ArgumentHelp("The version the database is at: it and every version on disk below it are recorded.", valueName: "version"))
         var version: Int64
-        @OptionGroup(title: "Connection") var connection: ConnectionOptions
         @OptionGroup var common: Common
-        @OptionGroup(title: "Configuration") var config: ConfigOptions
         @OptionGroup(title: "Output") var output: OutputOptions
         public init() {}
 
@@ -266,8 +258,8 @@ public struct MigrateCommand: ParsableCommand {
         }
 
         public func run(in context: RunContext) throws {
-            if config.printIfAsked(context, connection: connection, repository: nil) { return }
-            let recorded = try Migrations.baseline(try common.configuration(connection, context.settings), version: version)
+            guard let configuration = try common.configuration(context) else { return }
+            let recorded = try Migrations.baseline(configuration, version: version)
             if output.json { return try printJSON(["baselined": recorded]) }
             print("recorded version(s) \(recorded.map(String.init).joined(separator: ", ")) as applied (baseline) without running them; dbmigrate up applies what comes after \(version)")
         }

@@ -109,25 +109,42 @@ public struct RestoreRunOptions: ParsableArguments {
     }
 }
 
-/// One logical restore in the given mode: the run every mode but PITR shares.
-struct LogicalRestoreRun {
-    var mode: RestoreConfiguration.Mode
-    var backup: String
-    var release: String?
-    var incidentFile: String?
-    var yes: Bool
-    var connection: ConnectionOptions
-    var repository: RepositoryOptions
-    var options: RestoreRunOptions
-    var config: ConfigOptions
-    var output: OutputOptions
+/// What a logical restore is asked for: a backup the operator names (and confirms, unless `--yes`),
+/// or the newest good one that `emergency` and `drill` choose themselves, never asking.
+enum LogicalRestoreRequest {
+    case named(backup: String, yes: Bool)
+    case unattended(RestoreConfiguration.Mode, release: String?, incidentFile: String?)
 
-    var modeName: String { mode == .emergency ? "emergency" : mode == .drill ? "drill" : "restore" }
+    var mode: RestoreConfiguration.Mode {
+        if case .unattended(let mode, _, _) = self { return mode }
+        return .normal
+    }
+}
 
-    public func run(in context: RunContext) throws {
+/// What every restore that replays a dump (restore, emergency, drill) takes from its command line;
+/// the run they share is `restoreLogically`.
+protocol LogicalRestoreInputs {
+    var connection: ConnectionOptions { get }
+    var repository: RepositoryOptions { get }
+    var options: RestoreRunOptions { get }
+    var config: ConfigOptions { get }
+    var output: OutputOptions { get }
+}
+
+extension UnattendedRestoreOptions: LogicalRestoreInputs {}
+extension RestoreBackupCommand: LogicalRestoreInputs {}
+
+extension LogicalRestoreInputs {
+    /// One logical restore: plan, confirm (a named backup at a terminal), restore, report.
+    func restoreLogically(_ request: LogicalRestoreRequest, in context: RunContext) throws {
         let settings = context.settings
+        let mode = request.mode
         if config.printIfAsked(context, connection: connection, repository: repository) { return }
-        output.begin("dbrestore", labels: ["mode": modeName], in: context)
+        output.begin("dbrestore", labels: ["mode": mode == .emergency ? "emergency" : mode == .drill ? "drill" : "restore"], in: context)
+        let (backup, release, incidentFile): (String, String?, String?) = switch request {
+        case .named(let backup, _): (backup, nil, nil)
+        case .unattended(_, let release, let incidentFile): ("latest", release, incidentFile)
+        }
         var configuration = RestoreConfiguration(
             mode: mode, target: try connection.target(settings), repositories: try repository.addresses(settings), backup: backup,
             release: release, dryRun: options.dryRun, jobs: options.jobs ?? min(ProcessInfo.processInfo.activeProcessorCount, 64),
@@ -142,7 +159,7 @@ struct LogicalRestoreRun {
             if output.json { try printJSON(plan) } else { print(plan.lines.joined(separator: "\n")) }
             return
         }
-        if mode == .normal && !yes {
+        if case .named(_, yes: false) = request {
             // Destructive without an explicit yes only at a terminal; never from cron, ssh without a tty or CI.
             try Confirmation.ask(plan.lines.joined(separator: "\n"), refusal: "dbrestore would replace database \(plan.targetDatabase) with backup \(plan.backupID)")
         } else if !output.json {
@@ -172,7 +189,6 @@ struct LogicalRestoreRun {
             if let incident = report.incidentFile { print("incident record: \(incident)") }
         }
     }
-
 }
 
 /// What `emergency` and `drill` add: they choose the backup themselves (the newest that verifies,
@@ -226,9 +242,7 @@ extension UnattendedRestoreCommand {
     public func validate() throws { try unattended.choosing.refuseNamedBackup(mode: Self.mode.rawValue) }
 
     public func run(in context: RunContext) throws {
-        try LogicalRestoreRun(mode: Self.mode, backup: "latest", release: unattended.choosing.release, incidentFile: incidentFile, yes: true,
-                              connection: unattended.connection, repository: unattended.repository, options: unattended.options,
-                              config: unattended.config, output: unattended.output).run(in: context)
+        try unattended.restoreLogically(.unattended(Self.mode, release: unattended.choosing.release, incidentFile: incidentFile), in: context)
     }
 }
 
@@ -271,8 +285,7 @@ public struct RestoreBackupCommand: ToolCommand {
             return try selection.run(backup: backup ?? "latest", connection: connection, repository: repository, config: config, output: output,
                                      dryRun: options.dryRun, yes: yes, in: context)
         }
-        try LogicalRestoreRun(mode: .normal, backup: backup ?? "latest", release: nil, incidentFile: nil, yes: yes, connection: connection,
-                              repository: repository, options: options, config: config, output: output).run(in: context)
+        try restoreLogically(.named(backup: backup ?? "latest", yes: yes), in: context)
     }
 }
 
@@ -472,7 +485,7 @@ public struct ListCommand: ToolCommand {
         var table = TextTable("ID", "TAKEN (UTC)", "KIND", "SIZE", "ROWS", "SCHEMA", "RELEASE", "PINNED", "TAGS")
         for item in listing {
             if let problem = item.problem {
-                table.add(item.id, "-", "-", "-", "-", "-", "-", "-", "UNREADABLE: \(problem)")
+                table.add(item.id, "-", "-", "-", "-", "-", "-", "-", "\(item.archived == true ? "ARCHIVED" : "UNREADABLE"): \(problem)")
                 continue
             }
             table.add(item.id, item.takenAt.map { String(Timestamp.format($0).prefix(19)).replacingOccurrences(of: "T", with: " ") } ?? "-",
@@ -544,9 +557,11 @@ public struct CleanupCommand: ToolCommand {
         } else {
             within = PreRestoreCleanupConfiguration.defaultKeepWithin
         }
-        let configuration = PreRestoreCleanupConfiguration(target: try connection.target(context.settings),
-                                                           keep: keep ?? file?.keepPreRestore ?? PreRestoreCleanupConfiguration.defaultKeep,
-                                                           keepWithin: within, dryRun: dryRun, drop: yes)
+        var configuration = PreRestoreCleanupConfiguration(target: try connection.target(context.settings))
+        configuration.keep = keep ?? file?.keepPreRestore ?? PreRestoreCleanupConfiguration.defaultKeep
+        configuration.keepWithin = within
+        configuration.dryRun = dryRun
+        configuration.drop = yes
         let report = try PreRestoreCleanup.run(configuration)
         let unconfirmed = RecoveryError(.usage, "dbrestore cleanup drops databases only with --yes: "
                                         + "\(report.copies.filter { $0.action == .wouldDrop }.count + report.pendingDrops) would be dropped",

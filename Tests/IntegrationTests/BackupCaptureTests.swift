@@ -441,6 +441,60 @@ final class BackupCaptureTests: IntegrationTestCase {
         return ["PG_BIN": bin]
     }
 
+    /// Reproduction: with `--data-by copy`, an `ALTER TABLE` on a copied table while the backup ran queued
+    /// for the backup's own lock, and a copying connection's next read of that table queued behind the
+    /// ALTER: the backup waited out --lock-wait and failed (pg_dump -j's workers fail at once). The read
+    /// now runs on the backup's own connection, which holds the lock already; the ALTER waits for the
+    /// backup to end, as it does beside pg_dump, and the backup holds the rows of its snapshot.
+    func testACopiedTableThatAnAlterWaitsForIsReadOnTheBackupsOwnConnection() throws {
+        let application = try cluster.connect(database: database)
+        // About 13 000 pages: read in some 25 block ranges, one at a time, by the one copying connection.
+        // Types whose text the session settings decide, and a database whose sessions write them otherwise than pg_dump.
+        try application.execute(script: """
+            CREATE TABLE big (id int, note text, at timestamptz, ratio float8, span interval, raw bytea);
+            INSERT INTO big SELECT g, repeat(md5(g::text), 3), timestamptz '2024-01-01 00:00:00+00' + g * interval '37.5 seconds',
+                                   g / 7.0::float8, g * interval '1 day 3 minutes', decode(md5(g::text), 'hex')
+            FROM generate_series(1, 600000) g;
+            ALTER DATABASE \(database!) SET DateStyle = 'SQL, DMY';
+            ALTER DATABASE \(database!) SET IntervalStyle = 'sql_standard';
+            ALTER DATABASE \(database!) SET extra_float_digits = -3;
+            """)
+        let byPgDump = try copyBlockDigest("'\(try PostgresTools().path(of: "pg_dump"))' --data-only --table=public.big '\(cluster.url(database: database))'")
+        let process = try TestProcess.start("dbbackup", common + ["--data-by", "copy", "--jobs", "1", "--lock-wait", "5", "--compression-level", "9"],
+                                            cluster: cluster)
+        let errors = OutputCollector(descriptor: process.standardError, limit: 256 * 1024)
+        // Once pg_dump holds its locks (it would queue behind the ALTER too) and `big` is being copied:
+        try waitFor("""
+            SELECT bool_and(EXISTS (SELECT FROM pg_locks l WHERE l.pid = a.pid AND l.relation = 'big'::regclass AND l.granted))
+                   AND EXISTS (SELECT FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'COPY (SELECT % FROM ONLY public.big %')
+            FROM pg_stat_activity a WHERE a.datname = current_database() AND a.application_name = 'pg_dump'
+            """)
+        let alter = Background { try application.execute(script: "ALTER TABLE big ADD COLUMN added int") }
+        defer { alter.join() }
+        try waitFor("SELECT EXISTS (SELECT FROM pg_locks WHERE relation = 'big'::regclass AND mode = 'AccessExclusiveLock' AND NOT granted)")
+        let termination = process.waitForExit(within: 120, orFail: "the backup ended")
+        let stderr = errors.finish()
+        XCTAssertEqual(termination.exitCode, 0, stderr)
+        XCTAssertTrue(stderr.contains("a session waits behind the backup for a lock on public.big"), stderr)
+        XCTAssertTrue(alter.finished(within: 30), "the ALTER ran once the backup ended")
+        XCTAssertNoThrow(try alter.wait())
+        let latest = try manifest("latest")
+        XCTAssertEqual(latest.tables.first { $0.name == "big" }?.rows, 600_000)
+        // The rows read on the backup's own connection are written as pg_dump writes them.
+        XCTAssertEqual(try copyBlockDigest("gunzip -c '\(repository!)/backups/\(latest.id)/dump.sql.gz'"), byPgDump)
+    }
+
+    /// The sha256 and line count of `public.big`'s COPY block (its COPY line to its `\.`) in the plain
+    /// dump a shell command writes (too big to hold as a string).
+    private func copyBlockDigest(_ command: String) throws -> String {
+        let block = TestPaths.temporaryDirectory(prefix: "block") + "/big.copy"
+        let result = try TestProcess.run("/bin/bash", ["-c", "set -o pipefail; \(command) | sed -n '/^COPY public\\.big /,/^\\\\\\.$/p' > '\(block)' "
+                                                       + "&& wc -l < '\(block)' && sha256sum < '\(block)'"], environment: cluster.environment)
+        XCTAssertEqual(result.status, 0, result.standardError)
+        XCTAssertTrue(result.standardOutput.hasPrefix("600002\n"), "the COPY line, 600 000 rows and its end: \(result.standardOutput)")
+        return result.standardOutput
+    }
+
     /// `--data-by copy` leaves the rows to pg_dump (and says why) where copying them would cost the server
     /// what pg_dump alone would not: half its shared lock table (the snapshot's connection locks every
     /// copied table beside pg_dump), or names quoted by another major's keywords.

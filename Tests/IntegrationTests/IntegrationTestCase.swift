@@ -38,7 +38,19 @@ class IntegrationTestCase: XCTestCase {
     /// A new migrations directory holding `files` (file name → SQL).
     func useMigrations(_ files: [String: String] = [:]) throws {
         migrations = TestPaths.temporaryDirectory(prefix: "migrations")
+        try writeMigrations(files)
+    }
+
+    /// Adds (or replaces) `files` (file name → SQL) in the migrations directory.
+    func writeMigrations(_ files: [String: String]) throws {
         for (name, sql) in files { try sql.write(toFile: migrations + "/" + name, atomically: true, encoding: .utf8) }
+    }
+
+    /// `dbmigrate` with `arguments` on the migrations directory, against `url`, else the database
+    /// `name`, else the test's database; whatever its outcome.
+    func migrate(_ arguments: [String], database name: String? = nil, url: String? = nil) throws -> TestProcess.Result {
+        try TestProcess.tool("dbmigrate", arguments + ["--database-url", url ?? cluster.url(database: name ?? database), "--dir", migrations],
+                             cluster: cluster)
     }
 
     /// A new bucket on the shared S3 server.
@@ -83,6 +95,19 @@ class IntegrationTestCase: XCTestCase {
     }
 
     /// The databases on the cluster whose names are `LIKE pattern`, sorted.
+    /// Waits until `condition` (a query returning one boolean) is true in the test's database, asked
+    /// every 20 ms on one connection (a moment that passes quickly is not missed); fails the test after
+    /// `seconds`.
+    func waitFor(_ condition: String, seconds: Double = 20) throws {
+        let watcher = try cluster.connect(database: database)
+        defer { watcher.close() }
+        let deadline = Date().addingTimeInterval(seconds)
+        while try watcher.query(condition).scalar != "t" {
+            guard Date() < deadline else { return XCTFail("timed out waiting for \(condition)") }
+            usleep(20_000)
+        }
+    }
+
     func databases(like pattern: String) throws -> [String] {
         try cluster.connect().query("SELECT datname FROM pg_database WHERE datname LIKE $1 ORDER BY 1", [pattern]).rows.compactMap { $0[0] }
     }

@@ -19,11 +19,6 @@ final class MigrationAdoptionTests: IntegrationTestCase {
         try useMigrations(Self.files)
     }
 
-    private func migrate(_ arguments: [String], database name: String? = nil) throws -> TestProcess.Result {
-        try TestProcess.tool("dbmigrate", arguments + ["--database-url", cluster.url(database: name ?? database), "--dir", migrations],
-                             cluster: cluster)
-    }
-
     /// A database brought to version 3 by hand, as the runbooks did: the up files run with psql and
     /// one row per version in their own `schema_version`.
     private func databaseAtVersion3ByHand(versionType: String = "int") throws {

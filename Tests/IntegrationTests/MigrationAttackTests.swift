@@ -15,21 +15,12 @@ final class MigrationAttackTests: IntegrationTestCase {
         try useMigrations()
     }
 
-    private func write(_ files: [String: String]) throws {
-        for (name, sql) in files { try sql.write(toFile: migrations + "/" + name, atomically: true, encoding: .utf8) }
-    }
-
     /// `000N_tN.up.sql` creating table tN, and its down file, for each version.
     private func writeTables(_ versions: ClosedRange<Int>) throws {
         for version in versions {
-            try write(["000\(version)_t\(version).up.sql": "CREATE TABLE t\(version) (x int);",
+            try writeMigrations(["000\(version)_t\(version).up.sql": "CREATE TABLE t\(version) (x int);",
                        "000\(version)_t\(version).down.sql": "DROP TABLE t\(version);"])
         }
-    }
-
-    private func migrate(_ arguments: [String]) throws -> TestProcess.Result {
-        try TestProcess.tool("dbmigrate", arguments + ["--database-url", cluster.url(database: database), "--dir", migrations],
-                             cluster: cluster)
     }
 
     private func runbook() throws -> String? { try cluster.scalar(Self.runbookQuery, database: database) }
@@ -88,7 +79,7 @@ final class MigrationAttackTests: IntegrationTestCase {
             CREATE ROLE \(role) NOLOGIN; GRANT CREATE ON SCHEMA public TO \(role); CREATE SCHEMA elsewhere;
             """)
         addTeardownBlock { [cluster, database] in _ = try? cluster?.connect(database: database ?? "postgres").execute(script: "DROP OWNED BY \(role) CASCADE; DROP ROLE IF EXISTS \(role)") }
-        try write([
+        try writeMigrations([
             "0001_owned.up.sql": "SET ROLE \(role);\nSET search_path = elsewhere, public;\nCREATE TABLE owned (x int);\n",
             "0001_owned.down.sql": "DROP TABLE owned;",
             "0002_mine.up.sql": "CREATE TABLE mine (x int);\nSET SESSION AUTHORIZATION \(role);",
@@ -154,10 +145,10 @@ final class MigrationAttackTests: IntegrationTestCase {
     func testLineEndingsAndAByteOrderMarkAreNotAnEditButAChangeIsOne() throws {
         try writeTables(1...3)
         let crlf = "-- users\r\nCREATE TABLE users (\r\n  id int -- key; kept\r\n);\r\n"
-        try write(["0002_t2.up.sql": crlf])
+        try writeMigrations(["0002_t2.up.sql": crlf])
         XCTAssertEqual(try migrate(["up", "--to", "2"]).status, 0)
 
-        try write(["0001_t1.up.sql": "\u{FEFF}CREATE TABLE t1 (x int);", "0002_t2.up.sql": crlf.replacingOccurrences(of: "\r\n", with: "\n")])
+        try writeMigrations(["0001_t1.up.sql": "\u{FEFF}CREATE TABLE t1 (x int);", "0002_t2.up.sql": crlf.replacingOccurrences(of: "\r\n", with: "\n")])
         let verify = try migrate(["verify"])
         XCTAssertEqual(verify.status, 0, verify.standardOutput + verify.standardError)
         let up = try migrate(["up"])
@@ -167,11 +158,11 @@ final class MigrationAttackTests: IntegrationTestCase {
         // A record an earlier dbmigrate made from the bytes of a CRLF file still matches that file.
         var digest = StreamingDigest()
         Data(crlf.utf8).withUnsafeBytes { digest.update($0) }
-        try write(["0002_t2.up.sql": crlf])
+        try writeMigrations(["0002_t2.up.sql": crlf])
         try cluster.connect(database: database).execute(script: "UPDATE dbmigrate_versions SET up_sha256 = '\(digest.hexDigest())' WHERE version = 2")
         XCTAssertEqual(try migrate(["verify"]).status, 0)
 
-        try write(["0002_t2.up.sql": crlf.replacingOccurrences(of: "id int", with: "id bigint")])
+        try writeMigrations(["0002_t2.up.sql": crlf.replacingOccurrences(of: "id int", with: "id bigint")])
         let edited = try migrate(["up"])
         XCTAssertEqual(edited.status, ExitStatus.migrationRefused.rawValue, edited.standardError)
         XCTAssertTrue(edited.standardError.contains("0002_t2.up.sql was edited after it was applied"), edited.standardError)
@@ -183,14 +174,14 @@ final class MigrationAttackTests: IntegrationTestCase {
     /// applies (`'x\\'; y'` is one string there); dbmigrate split it at the `;` and failed (exit 40).
     func testAMigrationIsSplitByTheServersStandardConformingStrings() throws {
         try cluster.connect().execute(script: "ALTER DATABASE \(database!) SET standard_conforming_strings = off")
-        try write(["0001_t.up.sql": "CREATE TABLE t (v text);\nINSERT INTO t SELECT 'x\\'; y';\n"])
+        try writeMigrations(["0001_t.up.sql": "CREATE TABLE t (v text);\nINSERT INTO t SELECT 'x\\'; y';\n"])
         let up = try migrate(["up"])
         XCTAssertEqual(up.status, 0, up.standardError)
         XCTAssertEqual(try cluster.scalar("SELECT v FROM t", database: database), "x'; y")
     }
 
     func testAnEnumValueAddedAndUsedInOnePlanPointsToPerStep() throws {
-        try write([
+        try writeMigrations([
             "0001_color.up.sql": "CREATE TYPE color AS ENUM ('red');",
             "0002_blue.up.sql": "ALTER TYPE color ADD VALUE 'blue';",
             "0003_paint.up.sql": "CREATE TABLE paint (c color DEFAULT 'blue');",
@@ -206,7 +197,7 @@ final class MigrationAttackTests: IntegrationTestCase {
         XCTAssertEqual(try runbook(), "3")
 
         // With --per-step, a failing step's own advice survives next to what stays applied.
-        try write(["0004_fine.up.sql": "CREATE TABLE fine (x int);", "0005_commits.up.sql": "DO $$ BEGIN PERFORM 1; COMMIT; END $$;",
+        try writeMigrations(["0004_fine.up.sql": "CREATE TABLE fine (x int);", "0005_commits.up.sql": "DO $$ BEGIN PERFORM 1; COMMIT; END $$;",
                    "0006_later.up.sql": "CREATE TABLE later (x int);"])
         let commits = try migrate(["up", "--per-step"])
         XCTAssertEqual(commits.status, ExitStatus.migrationFailed.rawValue, commits.standardError)
@@ -220,7 +211,7 @@ final class MigrationAttackTests: IntegrationTestCase {
     /// in text and in --json, as it is in errors.
     func testTheDryRunNeverPrintsAPasswordFromAMigration() throws {
         let role = "login_\(UUID().uuidString.prefix(8).lowercased())"
-        try write(["0001_role.up.sql": "CREATE ROLE \(role) LOGIN PASSWORD 'hunter2-secret';\nALTER ROLE \(role) WITH ENCRYPTED PASSWORD $p$other-secret$p$;\n"])
+        try writeMigrations(["0001_role.up.sql": "CREATE ROLE \(role) LOGIN PASSWORD 'hunter2-secret';\nALTER ROLE \(role) WITH ENCRYPTED PASSWORD $p$other-secret$p$;\n"])
         addTeardownBlock { [cluster] in _ = try? cluster?.connect().execute(script: "DROP ROLE IF EXISTS \(role)") }
         for arguments in [["up", "--dry-run"], ["up", "--dry-run", "--json"]] {
             let dryRun = try migrate(arguments)
@@ -237,7 +228,7 @@ final class MigrationAttackTests: IntegrationTestCase {
     /// summary says which versions committed before it instead of "nothing applied"; a no-transaction
     /// step cut short says it is left mid-flight and how to resolve it.
     func testASignalDuringAPerStepRunSaysWhatStayedApplied() throws {
-        try write(["0001_fast.up.sql": "CREATE TABLE fast (x int);", "0002_slow.up.sql": "CREATE TABLE slow (x int);\nSELECT pg_sleep(30);"])
+        try writeMigrations(["0001_fast.up.sql": "CREATE TABLE fast (x int);", "0002_slow.up.sql": "CREATE TABLE slow (x int);\nSELECT pg_sleep(30);"])
         let perStep = try interrupt(["up", "--per-step"])
         XCTAssertTrue(perStep.contains("rolled back the step that was running (version(s) 2)"), perStep)
         XCTAssertTrue(perStep.contains("kept version(s) 1 applied before the signal"), perStep)
@@ -245,7 +236,7 @@ final class MigrationAttackTests: IntegrationTestCase {
         XCTAssertEqual(try runbook(), "1")
         XCTAssertNil(try cluster.scalar("SELECT to_regclass('slow')::text", database: database))
 
-        try write(["0002_slow.up.sql": "-- dbmigrate:no-transaction\nCREATE TABLE slow (x int);\nSELECT pg_sleep(30);"])
+        try writeMigrations(["0002_slow.up.sql": "-- dbmigrate:no-transaction\nCREATE TABLE slow (x int);\nSELECT pg_sleep(30);"])
         let midFlight = try interrupt(["up", "--per-step"])
         XCTAssertTrue(midFlight.contains("kept version 2 marked applying"), midFlight)
         XCTAssertTrue(midFlight.contains("dbmigrate resolve 2 --mark-applied or --mark-reverted"), midFlight)

@@ -12,21 +12,12 @@ final class MigrationPreflightTests: IntegrationTestCase {
         try useMigrations()
     }
 
-    private func write(_ files: [String: String]) throws {
-        for (name, sql) in files { try sql.write(toFile: migrations + "/" + name, atomically: true, encoding: .utf8) }
-    }
-
-    private func migrate(_ arguments: [String], url: String? = nil) throws -> TestProcess.Result {
-        try TestProcess.tool("dbmigrate", arguments + ["--database-url", url ?? cluster.url(database: database), "--dir", migrations],
-                             cluster: cluster)
-    }
-
     private func relations() throws -> String {
         try cluster.scalar("SELECT coalesce(string_agg(relname, ',' ORDER BY relname), '') FROM pg_class WHERE relnamespace = 'public'::regnamespace", database: database) ?? ""
     }
 
     func testAFileThatCommitsIsRefusedBeforeAnythingRunsAndSoAreItsSynonyms() throws {
-        try write(["0001_a.up.sql": "BEGIN;\nCREATE TABLE a (x int);\nCOMMIT;", "0002_b.up.sql": "CREATE TABLE b (x int);\nSELECT 1/0;"])
+        try writeMigrations(["0001_a.up.sql": "BEGIN;\nCREATE TABLE a (x int);\nCOMMIT;", "0002_b.up.sql": "CREATE TABLE b (x int);\nSELECT 1/0;"])
         let result = try migrate(["up"])
         XCTAssertEqual(result.status, ExitStatus.migrationRefused.rawValue, result.standardError)
         for expected in ["0001_a.up.sql line 1: `BEGIN`", "0001_a.up.sql line 3: `COMMIT` would end or split dbmigrate's transaction",
@@ -36,21 +27,21 @@ final class MigrationPreflightTests: IntegrationTestCase {
         XCTAssertEqual(try relations(), "", "nothing ran, nothing was recorded")
 
         for synonym in ["END", "ABORT", "COMMIT AND CHAIN", "START TRANSACTION", "SAVEPOINT s", "ROLLBACK TO SAVEPOINT s", "RELEASE s"] {
-            try write(["0001_a.up.sql": "CREATE TABLE a (x int);\n\(synonym);\nCREATE TABLE c (x int);"])
+            try writeMigrations(["0001_a.up.sql": "CREATE TABLE a (x int);\n\(synonym);\nCREATE TABLE c (x int);"])
             let refused = try migrate(["up"])
             XCTAssertEqual(refused.status, ExitStatus.migrationRefused.rawValue, "\(synonym): \(refused.standardError)")
             XCTAssertTrue(refused.standardError.contains("0001_a.up.sql line 2: `"), "\(synonym): \(refused.standardError)")
             XCTAssertEqual(try relations(), "", synonym)
         }
 
-        try write(["0001_a.up.sql": "CREATE TABLE a (x int);\nCREATE INDEX CONCURRENTLY a_x ON a (x);"])
+        try writeMigrations(["0001_a.up.sql": "CREATE TABLE a (x int);\nCREATE INDEX CONCURRENTLY a_x ON a (x);"])
         let concurrently = try migrate(["up"])
         XCTAssertEqual(concurrently.status, ExitStatus.migrationRefused.rawValue, concurrently.standardError)
         XCTAssertTrue(concurrently.standardError.contains("0001_a.up.sql line 2: `CREATE INDEX CONCURRENTLY` cannot run inside a transaction; move it to a file of its own whose first line is -- dbmigrate:no-transaction"),
                       concurrently.standardError)
 
         // The file marked as managing its own transactions runs as written.
-        try write(["0001_a.up.sql": "-- dbmigrate:no-transaction\nBEGIN;\nCREATE TABLE a (x int);\nCOMMIT;", "0002_b.up.sql": "CREATE TABLE b (x int);"])
+        try writeMigrations(["0001_a.up.sql": "-- dbmigrate:no-transaction\nBEGIN;\nCREATE TABLE a (x int);\nCOMMIT;", "0002_b.up.sql": "CREATE TABLE b (x int);"])
         let perStep = try migrate(["up", "--per-step"])
         XCTAssertEqual(perStep.status, 0, perStep.standardError)
         XCTAssertEqual(try cluster.scalar("SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_version", database: database), "1,2")
@@ -92,7 +83,7 @@ final class MigrationPreflightTests: IntegrationTestCase {
         XCTAssertEqual(try cluster.scalar("SELECT state FROM dbmigrate_versions WHERE version = 2", database: database), "applying")
 
         // Mid-flight now: every plan is refused until the operator resolves it.
-        try write(["0001_s1.up.sql": "CREATE TABLE a (x int);", "0002_s2.up.sql": "CREATE TABLE b (x int);", "0003_s3.up.sql": "CREATE TABLE d (x int);"])
+        try writeMigrations(["0001_s1.up.sql": "CREATE TABLE a (x int);", "0002_s2.up.sql": "CREATE TABLE b (x int);", "0003_s3.up.sql": "CREATE TABLE d (x int);"])
         let blocked = try migrate(["up"])
         XCTAssertEqual(blocked.status, ExitStatus.migrationRefused.rawValue, blocked.standardError)
         XCTAssertTrue(blocked.standardError.contains("dbmigrate resolve 2"), blocked.standardError)
@@ -107,7 +98,7 @@ final class MigrationPreflightTests: IntegrationTestCase {
 
     func testAProcedureThatCommitsFailsCleanlyAndPointsToNoTransaction() throws {
         try cluster.connect(database: database).execute(script: "CREATE PROCEDURE committing() LANGUAGE plpgsql AS $$ BEGIN CREATE TABLE p (x int); COMMIT; END $$")
-        try write(["0001_a.up.sql": "CREATE TABLE a (x int);\nCALL committing();"])
+        try writeMigrations(["0001_a.up.sql": "CREATE TABLE a (x int);\nCALL committing();"])
         let result = try migrate(["up"])
         XCTAssertEqual(result.status, ExitStatus.migrationFailed.rawValue, result.standardError)
         XCTAssertTrue(result.standardError.contains("SQLSTATE 2D000"), result.standardError)
@@ -116,7 +107,7 @@ final class MigrationPreflightTests: IntegrationTestCase {
     }
 
     func testAFailingStatementWithAPasswordNeverShowsIt() throws {
-        try write(["0001_a.up.sql": "CREATE TABLE a (x int);", "0002_role.up.sql": "CREATE ROLE pg_reserved_name LOGIN PASSWORD 'hunter2-secret';"])
+        try writeMigrations(["0001_a.up.sql": "CREATE TABLE a (x int);", "0002_role.up.sql": "CREATE ROLE pg_reserved_name LOGIN PASSWORD 'hunter2-secret';"])
         XCTAssertEqual(try migrate(["up", "--to", "1"]).status, 0)
         let result = try migrate(["up"])
         XCTAssertEqual(result.status, ExitStatus.migrationFailed.rawValue, result.standardError)
@@ -127,7 +118,7 @@ final class MigrationPreflightTests: IntegrationTestCase {
     }
 
     func testServerWarningsAndNoticesAreShown() throws {
-        try write(["0001_a.up.sql": "CREATE TABLE a (x int);\nDO $$ BEGIN RAISE WARNING 'careful: %', 42; RAISE NOTICE 'fyi'; END $$;"])
+        try writeMigrations(["0001_a.up.sql": "CREATE TABLE a (x int);\nDO $$ BEGIN RAISE WARNING 'careful: %', 42; RAISE NOTICE 'fyi'; END $$;"])
         let result = try migrate(["up", "--json"])
         XCTAssertEqual(result.status, 0, result.standardError)
         XCTAssertTrue(result.standardError.contains("server WARNING from 0001_a.up.sql statement 2 (line 2): careful: 42"), result.standardError)
@@ -135,7 +126,7 @@ final class MigrationPreflightTests: IntegrationTestCase {
         XCTAssertTrue(result.standardOutput.contains("careful: 42"), "in the --json report too: \(result.standardOutput)")
 
         // A loop of notices is shown as it comes, and the report keeps a bounded number of them.
-        try write(["0002_loop.up.sql": "DO $$ BEGIN FOR i IN 1..250 LOOP RAISE NOTICE 'n %', i; END LOOP; END $$;"])
+        try writeMigrations(["0002_loop.up.sql": "DO $$ BEGIN FOR i IN 1..250 LOOP RAISE NOTICE 'n %', i; END LOOP; END $$;"])
         let loop = try migrate(["up", "--json"])
         XCTAssertEqual(loop.status, 0, loop.standardError)
         XCTAssertTrue(loop.standardError.contains("statement 1 (line 1): n 250"), loop.standardError.suffix(300).description)
@@ -155,7 +146,7 @@ final class MigrationPreflightTests: IntegrationTestCase {
         for (files, expected) in cases {
             try? FileManager.default.removeItem(atPath: migrations)
             try FileManager.default.createDirectory(atPath: migrations, withIntermediateDirectories: true)
-            try write(files)
+            try writeMigrations(files)
             for arguments in [["up"], ["status"], ["down", "--to", "0", "--no-backup", "--yes"]] {
                 let result = try migrate(arguments)
                 XCTAssertEqual(result.status, ExitStatus.migrationRefused.rawValue, "\(arguments): \(result.standardError)")
@@ -167,7 +158,7 @@ final class MigrationPreflightTests: IntegrationTestCase {
     }
 
     func testDownWithoutATerminalNeedsYes() throws {
-        try write(["0001_a.up.sql": "CREATE TABLE a (x int);", "0001_a.down.sql": "DROP TABLE a;"])
+        try writeMigrations(["0001_a.up.sql": "CREATE TABLE a (x int);", "0001_a.down.sql": "DROP TABLE a;"])
         XCTAssertEqual(try migrate(["up"]).status, 0)
         let refused = try migrate(["down", "--to", "0", "--no-backup"])
         XCTAssertEqual(refused.status, ExitStatus.usage.rawValue, refused.standardError)
@@ -192,7 +183,7 @@ final class MigrationPreflightTests: IntegrationTestCase {
             _ = try? cluster?.connect().execute(script: "DROP ROLE IF EXISTS \(role)")
         }
         let url = cluster.url(database: database).replacingOccurrences(of: "postgres@", with: "\(role)@")
-        try write(["0001_a.up.sql": "CREATE TABLE a (x int);", "0001_a.down.sql": "DROP TABLE a;"])
+        try writeMigrations(["0001_a.up.sql": "CREATE TABLE a (x int);", "0001_a.down.sql": "DROP TABLE a;"])
         XCTAssertEqual(try migrate(["up"], url: url).status, 0)
         let repository = TestPaths.repositoryPath()
 

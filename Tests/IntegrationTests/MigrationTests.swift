@@ -28,11 +28,6 @@ final class MigrationTests: IntegrationTestCase {
         useLocalRepository()
     }
 
-    private func migrate(_ arguments: [String], database name: String? = nil) throws -> TestProcess.Result {
-        try TestProcess.tool("dbmigrate", arguments + ["--database-url", cluster.url(database: name ?? database), "--dir", migrations],
-                             cluster: cluster)
-    }
-
     private func schema(_ name: String) throws -> String {
         let result = try TestProcess.run(try PostgresTools().path(of: "pg_dump"), ["--schema-only", "--no-owner", cluster.url(database: name)],
                                          environment: cluster.environment)

@@ -8,25 +8,12 @@ import XCTest
 /// deadlock with the application, an index build that times out, a lock timeout. Each failure must
 /// say what was and was not applied, who was in the way, and the exact way out.
 final class MigrationUnderLoadTests: IntegrationTestCase {
-    static let files: [String: String] = [
-        "0001_users.up.sql": "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL);",
-        "0001_users.down.sql": "DROP TABLE users;",
-        "0002_audit.up.sql": "CREATE TABLE audit (id bigserial PRIMARY KEY, note text);",
-        "0002_audit.down.sql": "DROP TABLE audit;",
-    ]
-
+    /// The four migrations of `MigrationTests` (users, meetings, user names, audit) are applied first;
+    /// each test adds its own from version 5 on.
     override func setUpWithError() throws {
         try useDatabase(prefix: "migload")
-        try useMigrations(Self.files)
+        try useMigrations(MigrationTests.files)
         XCTAssertEqual(try migrate(["up"]).status, 0)
-    }
-
-    private func migrate(_ arguments: [String]) throws -> TestProcess.Result {
-        try TestProcess.tool("dbmigrate", arguments + ["--database-url", cluster.url(database: database), "--dir", migrations], cluster: cluster)
-    }
-
-    private func write(_ name: String, _ sql: String) throws {
-        try sql.write(toFile: migrations + "/" + name, atomically: true, encoding: .utf8)
     }
 
     /// Reproduction (attack mig/ 2 and 3): `CREATE INDEX CONCURRENTLY` hit lock_timeout waiting for an
@@ -34,22 +21,22 @@ final class MigrationUnderLoadTests: IntegrationTestCase {
     /// neither the index nor the blocker, and after `resolve --mark-reverted` the next `up` failed with
     /// "relation already exists".
     func testAnIndexBuildThatTimesOutNamesTheInvalidIndexTheBlockerAndTheWayOut() throws {
-        try write("0003_email_index.up.sql", "-- dbmigrate:no-transaction\nCREATE INDEX CONCURRENTLY users_email ON users (email);")
-        try write("0003_email_index.down.sql", "-- dbmigrate:no-transaction\nDROP INDEX CONCURRENTLY users_email;")
+        try writeMigrations(["0005_email_index.up.sql": "-- dbmigrate:no-transaction\nCREATE INDEX CONCURRENTLY users_email ON users (email);"])
+        try writeMigrations(["0005_email_index.down.sql": "-- dbmigrate:no-transaction\nDROP INDEX CONCURRENTLY users_email;"])
         let application = try cluster.connect(database: database)
         try application.execute(script: "BEGIN; INSERT INTO users VALUES (1, 'a@example.com')")
 
         let failed = try migrate(["up", "--lock-timeout", "1s"])
         XCTAssertEqual(failed.status, ExitStatus.migrationFailed.rawValue, failed.standardError)
         XCTAssertTrue(failed.standardError.contains("left invalid index(es) public.users_email"), failed.standardError)
-        XCTAssertTrue(failed.standardError.contains("version 3 stays marked applying"), failed.standardError)
+        XCTAssertTrue(failed.standardError.contains("version 5 stays marked applying"), failed.standardError)
         XCTAssertTrue(failed.standardError.contains("pid \(application.backendPID)"), "the blocking session is named: \(failed.standardError)")
-        XCTAssertTrue(failed.standardError.contains("run `DROP INDEX CONCURRENTLY public.users_email`, then `dbmigrate resolve 3 --mark-reverted`"),
+        XCTAssertTrue(failed.standardError.contains("run `DROP INDEX CONCURRENTLY public.users_email`, then `dbmigrate resolve 5 --mark-reverted`"),
                       failed.standardError)
         XCTAssertTrue(failed.standardError.contains("--lock-timeout"), failed.standardError)
         XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM pg_index WHERE NOT indisvalid", database: database), "1")
 
-        let resolved = try migrate(["resolve", "3", "--mark-reverted"])
+        let resolved = try migrate(["resolve", "5", "--mark-reverted"])
         XCTAssertEqual(resolved.status, 0, resolved.standardError)
         XCTAssertTrue(resolved.standardError.contains("warning: invalid index(es) public.users_email"), resolved.standardError)
         XCTAssertTrue(resolved.standardError.contains("run `DROP INDEX CONCURRENTLY public.users_email` first"), resolved.standardError)
@@ -60,7 +47,7 @@ final class MigrationUnderLoadTests: IntegrationTestCase {
         let again = try migrate(["up"])
         XCTAssertEqual(again.status, 0, again.standardError)
         XCTAssertEqual(try cluster.scalar("SELECT indisvalid::text FROM pg_index WHERE indexrelid = 'users_email'::regclass", database: database), "true")
-        let clean = try migrate(["resolve", "3", "--mark-reverted"])
+        let clean = try migrate(["resolve", "5", "--mark-reverted"])
         XCTAssertFalse(clean.standardError.contains("warning"), "a valid index is no leftover: \(clean.standardError)")
     }
 
@@ -73,14 +60,6 @@ final class MigrationUnderLoadTests: IntegrationTestCase {
         try Data(script.utf8).withUnsafeBytes { try psql.writeToStandardInput($0) }
         psql.closeStandardInput()
         return (psql, errors)
-    }
-
-    private func waitFor(_ condition: String, seconds: Double = 20) throws {
-        let deadline = Date().addingTimeInterval(seconds)
-        while try cluster.scalar(condition, database: database) != "t" {
-            guard Date() < deadline else { return XCTFail("timed out waiting for \(condition)") }
-            usleep(50_000)
-        }
     }
 
     /// The application locks audit then users; the migration users then audit. The migration joins
@@ -107,8 +86,8 @@ final class MigrationUnderLoadTests: IntegrationTestCase {
     /// "fix the migration". The whole plan was one transaction the server rolled back, so it is run
     /// again (a note says so) and succeeds once the application's transaction is through.
     func testAPlanThatDeadlocksWithTheApplicationIsRunAgainAndApplies() throws {
-        try write("0003_locks.up.sql", Self.lockingMigration)
-        try write("0003_locks.down.sql", "DROP TABLE after_locks;")
+        try writeMigrations(["0005_locks.up.sql": Self.lockingMigration])
+        try writeMigrations(["0005_locks.down.sql": "DROP TABLE after_locks;"])
         let (application, applicationErrors) = try deadlockingApplication()
         let result = try migrate(["up"])
         XCTAssertEqual(application.waitForExit().exitCode, 0, applicationErrors.finish())
@@ -116,28 +95,28 @@ final class MigrationUnderLoadTests: IntegrationTestCase {
         XCTAssertTrue(result.standardError.contains("attempt 1 of 4 ended in a deadlock the server broke by rolling the migration back (nothing applied); running it again"),
                       result.standardError)
         XCTAssertTrue(result.standardError.contains("40P01"), result.standardError)
-        XCTAssertEqual(try cluster.scalar("SELECT max(version)::text FROM schema_version", database: database), "3")
+        XCTAssertEqual(try cluster.scalar("SELECT max(version)::text FROM schema_version", database: database), "5")
         XCTAssertEqual(try cluster.scalar("SELECT to_regclass('after_locks') IS NOT NULL", database: database), "t")
     }
 
     /// With --per-step after an earlier step committed, the plan is no longer one transaction: no
     /// retry, and the hint says the truth — this step was rolled back whole, the earlier one stays.
     func testADeadlockAfterACommittedStepSaysWhatWasRolledBackAndIsNotRetried() throws {
-        try write("0003_table.up.sql", "CREATE TABLE third (x int);")
-        try write("0003_table.down.sql", "DROP TABLE third;")
-        try write("0004_locks.up.sql", Self.lockingMigration)
-        try write("0004_locks.down.sql", "DROP TABLE after_locks;")
+        try writeMigrations(["0005_table.up.sql": "CREATE TABLE third (x int);"])
+        try writeMigrations(["0005_table.down.sql": "DROP TABLE third;"])
+        try writeMigrations(["0006_locks.up.sql": Self.lockingMigration])
+        try writeMigrations(["0006_locks.down.sql": "DROP TABLE after_locks;"])
         let (application, applicationErrors) = try deadlockingApplication()
         let result = try migrate(["up", "--per-step"])
         XCTAssertEqual(application.waitForExit().exitCode, 0, applicationErrors.finish())
         XCTAssertEqual(result.status, ExitStatus.migrationFailed.rawValue, result.standardError)
         XCTAssertFalse(result.standardError.contains("running it again"), result.standardError)
         XCTAssertTrue(result.standardError.contains("deadlock detected"), result.standardError)
-        XCTAssertTrue(result.standardError.contains("rolling back this step's transaction whole: version 4 was not applied"), result.standardError)
+        XCTAssertTrue(result.standardError.contains("rolling back this step's transaction whole: version 6 was not applied"), result.standardError)
         XCTAssertTrue(result.standardError.contains("order its statements to lock tables in the order the application does"), result.standardError)
         XCTAssertFalse(result.standardError.contains("fix it"), result.standardError)
-        XCTAssertTrue(result.standardError.contains("version(s) 3 were applied in transactions of their own (--per-step) and stay applied"), result.standardError)
-        XCTAssertEqual(try cluster.scalar("SELECT max(version)::text FROM schema_version", database: database), "3")
+        XCTAssertTrue(result.standardError.contains("version(s) 5 were applied in transactions of their own (--per-step) and stay applied"), result.standardError)
+        XCTAssertEqual(try cluster.scalar("SELECT max(version)::text FROM schema_version", database: database), "5")
         XCTAssertEqual(try cluster.scalar("SELECT to_regclass('after_locks') IS NULL", database: database), "t")
     }
 }

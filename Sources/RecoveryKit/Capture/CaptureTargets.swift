@@ -1,5 +1,7 @@
 import BackupStorage
 import Foundation
+import PostgresClient
+import ProcessSignals
 
 /// The repositories one capture writes to: one stream, compressed once, fanned out to each.
 ///
@@ -171,4 +173,37 @@ public struct CaptureResult: Sendable {
     public var stored: [String]
     /// Repositories that failed, with why.
     public var failed: [(address: String, error: RecoveryError)]
+}
+
+/// What every capture opens first and closes last: its repositories, locked; the backup's id, from
+/// the moment it started; and a session on the server.
+final class CaptureSession {
+    let targets: CaptureTargets
+    let startedAt: Date
+    let id: String
+    let connection: PostgresConnection
+
+    /// Checks the configuration, then locks every repository and connects.
+    ///
+    /// - Parameter command: what the repository lock names as its holder (`dbbackup --physical`).
+    init(_ configuration: CaptureConfiguration, command: String) throws {
+        try configuration.validate()
+        targets = try CaptureTargets(addresses: configuration.repositories, command: command, environment: configuration.environment)
+        startedAt = Date()
+        id = BackupID.make(at: startedAt)
+        do {
+            connection = try PostgresConnection(target: configuration.target, applicationName: "dbbackup")
+        } catch {
+            targets.releaseLocks()
+            throw error
+        }
+    }
+
+    /// Closes the session, then releases the locks (saying so after a signal, where the clean-up log
+    /// lists what an interrupted run put right).
+    func close() {
+        connection.close()
+        targets.releaseLocks()
+        if Interruption.isRequested { CleanupLog.cleaned("released the repository lock") }
+    }
 }

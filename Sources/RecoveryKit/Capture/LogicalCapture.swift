@@ -64,17 +64,9 @@ public enum LogicalCapture {
     /// - Throws: `RecoveryError`, `PostgresError` or `StorageError`; classify with `RecoveryError.classify`.
     public static func run(_ logical: LogicalCaptureConfiguration, progress: ProgressObserver? = nil) throws -> CaptureResult {
         let configuration = logical.capture
-        try configuration.validate()
-        let targets = try CaptureTargets(addresses: configuration.repositories, command: "dbbackup", environment: configuration.environment)
-        defer {
-            targets.releaseLocks()
-            if Interruption.isRequested { CleanupLog.cleaned("released the repository lock") }
-        }
-
-        let startedAt = Date()
-        let id = BackupID.make(at: startedAt)
-        let connection = try PostgresConnection(target: configuration.target, applicationName: "dbbackup")
-        defer { connection.close() }
+        let session = try CaptureSession(configuration, command: "dbbackup")
+        defer { session.close() }
+        let (targets, startedAt, id, connection) = (session.targets, session.startedAt, session.id, session.connection)
         // pg_dump of the server's major or newer (an older one refuses the server).
         let dumper = try configuration.tools.program("pg_dump", for: PostgresMajor(serverVersionNumber: connection.serverVersionNumber), fit: .sameOrNewer)
         let pgDump = dumper.path
@@ -102,8 +94,8 @@ public enum LogicalCapture {
         let copying = logical.dataBy == .copy ? try copyPlan(on: connection, configuration, inRecovery: role.inRecovery, pgDump: dumper) : nil
         let plan = copying?.plan
         if let lock = plan?.lockStatement { try connection.execute(script: lock) }
-        let copy = copying.map { ParallelTableCopy(plan: $0.plan, target: configuration.target, snapshot: snapshot, serverVersion: connection.serverVersionNumber,
-                                                   jobs: $0.connections) }
+        let exporter = SnapshotConnection(connection)
+        let copy = copying.map { ParallelTableCopy(plan: $0.plan, target: configuration.target, snapshot: snapshot, exporter: exporter, jobs: $0.connections) }
         defer { copy?.stop() }
         var copiedRows: [String: Int64] = [:]
         let splice = copy.map { copy in
@@ -115,7 +107,9 @@ public enum LogicalCapture {
         // the server scans while this process compresses. The data file is committed only once that is
         // in, so a failed count leaves nothing behind.
         let countCheck = logical.countCheck
-        let counting = Background { (try countCheck ? TableCounter.countRows(on: connection) : nil, try TableCounter.schemaVersion(on: connection)) }
+        let counting = Background {
+            try exporter.use { (try countCheck ? TableCounter.countRows(on: $0) : nil, try TableCounter.schemaVersion(on: $0)) }
+        }
         defer { counting.join() }
         // The schema fingerprint, from a schema-only pg_dump in the same snapshot (Verify/SchemaDump.swift).
         let schemaDump = try SchemaDump(pgDump: pgDump, target: configuration.target, snapshot: snapshot)

@@ -1,5 +1,7 @@
 import Foundation
+import Logging
 import PostgresClient
+import ProcessSignals
 
 /// Reads the rows of a `TableDataPlan` over several connections that share the dump's exported
 /// snapshot, and writes them in the plan's order as pg_dump's `TABLE DATA` entries: one stream,
@@ -14,28 +16,33 @@ final class ParallelTableCopy {
     private let board: CopyBoard
     private let workers = DispatchGroup()
     private var joined = false
+    /// A signal stops the reads, and so the writer waiting for them (a read that runs no statement
+    /// at that moment, queued or waiting for its turn, is not ended by the signal's cancel requests).
+    private var interruption: InterruptHook?
 
     /// Starts `jobs` connections (fewer for fewer reads); they begin reading at once.
     ///
     /// - Parameters:
-    ///   - target: the database (its sessions carry `--lock-wait` as `lock_timeout`: a read that waits
-    ///     behind a lock request queued after the backup's own locks gives up then, as pg_dump's do).
+    ///   - target: the database.
     ///   - snapshot: the dump's exported snapshot; its transaction must stay open until `join()`.
-    init(plan: TableDataPlan, target: ConnectionTarget, snapshot: String, serverVersion: Int, jobs: Int) {
+    ///   - exporter: the connection that exported it, holding ACCESS SHARE on every planned table: a
+    ///     read whose table a copying connection cannot lock at once runs there (`SnapshotConnection`).
+    init(plan: TableDataPlan, target: ConnectionTarget, snapshot: String, exporter: SnapshotConnection, jobs: Int) {
         self.plan = plan
-        let reads = plan.tables.flatMap(\.reads)
+        let reads = plan.tables.flatMap { table in table.reads.map { (statement: $0, table: table.qualified) } }
         let connections = min(max(1, jobs), reads.count)
-        board = CopyBoard(reads: reads, connections: connections)
-        let session = TableDataPlan.sessionSettings(serverVersion: serverVersion)
+        let session = TableDataPlan.sessionSettings(serverVersion: exporter.connection.serverVersionNumber)
+        board = CopyBoard(reads: reads, connections: connections, exporter: exporter, session: session, encoding: plan.encoding)
         let transaction = TableDataPlan.snapshotTransaction(snapshot)
         let sessionTarget = target.with("client_encoding", plan.encoding)
+        interruption = Interruption.onInterrupt { [board] in board.stop() }
         for _ in 0..<connections {
             workers.enter()
             let board = self.board
             let group = workers
             Thread.detachNewThread {
                 defer { group.leave() }
-                board.work(target: sessionTarget, session: session, transaction: transaction)
+                board.work(target: sessionTarget, transaction: transaction)
             }
         }
     }
@@ -88,6 +95,7 @@ final class ParallelTableCopy {
         guard !joined else { return }
         workers.wait()
         joined = true
+        interruption?.remove()
     }
 }
 
@@ -110,7 +118,12 @@ private final class CopyBoard: @unchecked Sendable {
     static let aheadLimitPerConnection = 8 << 20
 
     private let condition = NSCondition()
-    private let reads: [[UInt8]]
+    /// Each read's statement and the table it reads (quoted, for its lock).
+    private let reads: [(statement: [UInt8], table: String)]
+    private let exporter: SnapshotConnection
+    /// pg_dump's session settings (`TableDataPlan.sessionSettings`) and the dump's client encoding.
+    private let session: String
+    private let encoding: String
     private let aheadLimit: Int
     private var next = 0
     /// The read the writer is on.
@@ -125,12 +138,17 @@ private final class CopyBoard: @unchecked Sendable {
     /// Cancels the statement each live connection runs (thread-safe: `PostgresConnection.cancelRunningStatement`).
     private var cancels: [Int: @Sendable () -> Void] = [:]
     private var nextWorker = 0
+    /// Tables some of whose reads ran on the exporting connection (each is reported once).
+    private var redirected: Set<String> = []
 
     /// Thrown into a read's row handler once the copy is stopped.
     private struct Stopped: Error {}
 
-    init(reads: [[UInt8]], connections: Int) {
+    init(reads: [(statement: [UInt8], table: String)], connections: Int, exporter: SnapshotConnection, session: String, encoding: String) {
         self.reads = reads
+        self.exporter = exporter
+        self.session = session
+        self.encoding = encoding
         aheadLimit = Self.aheadLimitPerConnection * max(1, connections - 1)
         queues = Array(repeating: [], count: reads.count)
         queued = Array(repeating: 0, count: reads.count)
@@ -138,7 +156,13 @@ private final class CopyBoard: @unchecked Sendable {
 
     /// One connection's life: open it with pg_dump's settings, then read until no read is left, each in
     /// its own transaction in the snapshot.
-    func work(target: ConnectionTarget, session: String, transaction: [String]) {
+    ///
+    /// Each read first locks its table with `NOWAIT`. A session that asked for a lock the backup's own
+    /// ACCESS SHARE blocks (an `ALTER TABLE`) is queued ahead of any later request, so a plain lock here
+    /// would wait for it while it waits for the backup: until `--lock-wait` failed the backup (pg_dump's
+    /// parallel workers fail at once). Such a read runs on the exporting connection instead, which
+    /// holds the table's lock already and so never queues.
+    func work(target: ConnectionTarget, transaction: [String]) {
         do {
             guard !isStopped else { return }
             let connection = try PostgresConnection(target: target, applicationName: "dbbackup")
@@ -150,15 +174,32 @@ private final class CopyBoard: @unchecked Sendable {
             while let read = claim() {
                 for statement in transaction { try connection.execute(script: statement) }
                 var run = spare()
-                let rows = try connection.copyOut(bytes: reads[read]) { row in
+                let sink: (UnsafeRawBufferPointer) throws -> Void = { row in
                     run.append(contentsOf: row)
                     if run.count >= Self.runSize {
-                        try put(.rows(run), for: read)
-                        run = spare()
+                        try self.put(.rows(run), for: read)
+                        run = self.spare()
                     }
                 }
+                let rows: Int64
+                if try lockNow(reads[read].table, on: connection) {
+                    rows = try connection.copyOut(bytes: reads[read].statement, row: sink)
+                    try connection.execute(script: "COMMIT")
+                } else {
+                    try connection.execute(script: "ROLLBACK")
+                    if condition.withLock({ redirected.insert(reads[read].table).inserted }) {
+                        Self.logger.warning("""
+                            --data-by copy: a session waits behind the backup for a lock on \(reads[read].table) (an ALTER TABLE, or a LOCK); \
+                            its rows are read on the backup's own connection, which holds that lock already
+                            """)
+                    }
+                    // Only the read the writer is on may take the exporting connection: a read ahead of it
+                    // waits for the writer to take its rows, and would keep the connection from the read
+                    // the writer waits for (a deadlock in this process, which no signal would end).
+                    try waitForTurn(read)
+                    rows = try exporter.copyOut(reads[read].statement, session: session, encoding: encoding, row: sink)
+                }
                 if !run.isEmpty { try put(.rows(run), for: read) }
-                try connection.execute(script: "COMMIT")
                 try put(.done(rows), for: read)
             }
         } catch is Stopped {
@@ -169,6 +210,19 @@ private final class CopyBoard: @unchecked Sendable {
     }
 
     private var isStopped: Bool { condition.withLock { stopped || failure != nil } }
+
+    private static let logger = Logger(label: "dbrecovery.backup")
+
+    /// Whether `table` was locked (ACCESS SHARE) at once; false when another session's lock, granted or
+    /// queued, stands in the way (55P03).
+    private func lockNow(_ table: String, on connection: PostgresConnection) throws -> Bool {
+        do {
+            try connection.execute(script: "LOCK TABLE ONLY \(table) IN ACCESS SHARE MODE NOWAIT")
+            return true
+        } catch let error as PostgresError where error.sqlState == PostgresError.lockNotAvailable {
+            return false
+        }
+    }
 
     private func register(_ cancel: @escaping @Sendable () -> Void) -> Int {
         condition.withLock {
@@ -223,6 +277,14 @@ private final class CopyBoard: @unchecked Sendable {
         condition.broadcast()
     }
 
+    /// Waits until the writer is on `read`.
+    private func waitForTurn(_ read: Int) throws {
+        condition.lock()
+        defer { condition.unlock() }
+        while head != read && !stopped && failure == nil { condition.wait() }
+        guard !stopped, failure == nil else { throw Stopped() }
+    }
+
     /// The next piece of a read, waiting for it; the writer is on that read from now on.
     func take(_ read: Int) throws -> Piece {
         condition.lock()
@@ -269,4 +331,48 @@ private final class ConnectionCanceller: @unchecked Sendable {
     private let connection: PostgresConnection
     init(_ connection: PostgresConnection) { self.connection = connection }
     func cancel() { connection.cancelRunningStatement() }
+}
+
+/// The connection that exported the dump's snapshot, shared by the threads that need it, one at a
+/// time: the `--count-check` pass, and the reads a copying connection could not lock at once.
+///
+/// From before the copy starts it holds ACCESS SHARE on every table the backup copies, so a read
+/// here never queues behind another session's lock request.
+// @unchecked Sendable: `connection` is used only under `lock` (by `use` and `copyOut`); the owner uses it
+// directly only before the copy starts and after it has ended, and `cancelRunningStatement()` is thread-safe.
+final class SnapshotConnection: @unchecked Sendable {
+    let connection: PostgresConnection
+    private let lock = NSLock()
+
+    init(_ connection: PostgresConnection) { self.connection = connection }
+
+    /// Runs `body` with the connection to itself.
+    func use<T>(_ body: (PostgresConnection) throws -> T) rethrows -> T {
+        try lock.withLock { try body(connection) }
+    }
+
+    /// The settings a copying connection's session has that this one must take for a read, so that
+    /// every value is written as pg_dump writes it (`TableDataPlan.sessionSettings`), and put back after.
+    private static let copySettings = ["DateStyle", "IntervalStyle", "extra_float_digits", "synchronize_seqscans", "statement_timeout",
+                                       "idle_in_transaction_session_timeout", "row_security", "search_path", "client_encoding",
+                                       "transaction_timeout"]
+
+    /// One read as a copying connection makes it: in pg_dump's session settings and the dump's
+    /// encoding, inside the snapshot's own transaction; the session's settings are put back after.
+    ///
+    /// - Returns: the rows the server copied (`PQcmdTuples`).
+    func copyOut(_ statement: [UInt8], session: String, encoding: String, row: (UnsafeRawBufferPointer) throws -> Void) throws -> Int64 {
+        try use { connection in
+            let saved = try connection.query("""
+                SELECT name, setting FROM (SELECT name, pg_catalog.current_setting(name, true) AS setting
+                                           FROM pg_catalog.unnest($1::text[]) AS name) AS s WHERE setting IS NOT NULL
+                """, ["{" + Self.copySettings.joined(separator: ",") + "}"]).rows
+            try connection.execute(script: session + ";\nSET client_encoding = '\(encoding.replacingOccurrences(of: "'", with: "''"))'")
+            let rows = try connection.copyOut(bytes: statement, row: row)
+            for setting in saved {
+                _ = try connection.query("SELECT pg_catalog.set_config($1, $2, false)", [try setting.string(0), try setting.string(1)])
+            }
+            return rows
+        }
+    }
 }

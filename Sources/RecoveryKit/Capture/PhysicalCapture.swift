@@ -18,16 +18,9 @@ public enum PhysicalCapture {
     ///   backup needs, which `wal-push` must have archived for a restore.
     /// - Throws: `RecoveryError`, `PostgresError` or `StorageError`.
     public static func run(_ configuration: CaptureConfiguration, progress: ProgressObserver? = nil) throws -> CaptureResult {
-        try configuration.validate()
-        let targets = try CaptureTargets(addresses: configuration.repositories, command: "dbbackup --physical", environment: configuration.environment)
-        defer {
-            targets.releaseLocks()
-            if Interruption.isRequested { CleanupLog.cleaned("released the repository lock") }
-        }
-        let startedAt = Date()
-        let id = BackupID.make(at: startedAt)
-        let connection = try PostgresConnection(target: configuration.target, applicationName: "dbbackup")
-        defer { connection.close() }
+        let session = try CaptureSession(configuration, command: "dbbackup --physical")
+        defer { session.close() }
+        let (targets, startedAt, id, connection) = (session.targets, session.startedAt, session.id, session.connection)
         // pg_basebackup of the server's own major: another one refuses it or writes what a restore cannot start.
         let basebackup = try configuration.tools.program("pg_basebackup", for: PostgresMajor(serverVersionNumber: connection.serverVersionNumber), fit: .same)
         let pgBasebackup = basebackup.path

@@ -26,14 +26,17 @@ public struct RecoveryError: Error, CustomStringConvertible, Sendable {
     /// error or corruption (XX), a lost connection (08) or a shutdown (57P01–57P03). Another backup
     /// would fail the same way, or worse, fit where the right one did not.
     public static func isServerTrouble(_ error: Error) -> Bool {
-        let state: String?
-        switch error {
-        case let error as PostgresError: state = error.kind == .connection ? "08000" : error.sqlState
-        case let error as RecoveryError: state = error.serverState
-        default: state = nil
-        }
-        guard let state else { return false }
+        guard let state = serverState(of: error) else { return false }
         return ["53", "58", "XX", "08"].contains(String(state.prefix(2))) || ["57P01", "57P02", "57P03"].contains(state)
+    }
+
+    /// The SQLSTATE of a server error, or of the one a `RecoveryError` wraps; a lost connection is 08000.
+    static func serverState(of error: Error) -> String? {
+        switch error {
+        case let error as PostgresError: return error.kind == .connection ? "08000" : error.sqlState
+        case let error as RecoveryError: return error.serverState
+        default: return nil
+        }
     }
 
     /// What to do about server trouble (`isServerTrouble`), by SQLSTATE.

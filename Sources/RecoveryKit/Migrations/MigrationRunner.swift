@@ -399,17 +399,9 @@ public final class MigrationRunner {
     /// deadlock with another session (the application): the abort rolled all of it back, so running it
     /// again is running it for the first time. A note says so each time; the last failure is thrown.
     private func retryingDeadlocks(_ body: () throws -> Void) throws {
-        var attempt = 1
-        while true {
-            do {
-                return try body()
-            } catch let error as RecoveryError where error.serverState == PostgresError.deadlockDetected && attempt < Self.deadlockAttempts
-                                                     && !Interruption.isRequested {
-                configuration.onNote?("attempt \(attempt) of \(Self.deadlockAttempts) ended in a deadlock the server broke by rolling the migration back (nothing applied); running it again: \(error.message)")
-                usleep(UInt32(200_000 * attempt))
-                attempt += 1
-            }
-        }
+        try ServerRetry.run(on: [PostgresError.deadlockDetected], attempts: Self.deadlockAttempts, pause: 0.2, again: { attempt, error in
+            configuration.onNote?("attempt \(attempt) of \(Self.deadlockAttempts) ended in a deadlock the server broke by rolling the migration back (nothing applied); running it again: \(error)")
+        }, body)
     }
 
     /// A statement ended the runner's transaction (COMMIT, ROLLBACK, … that pre-flight did not see).

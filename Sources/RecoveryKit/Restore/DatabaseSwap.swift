@@ -53,15 +53,8 @@ enum DatabaseSwap {
     /// was meant for ended and cancel this one instead (57014), and a loader session of ours still
     /// connecting when FORCE ends the others makes the server call the database in use (55006).
     static func dropOwn(_ name: String, on admin: PostgresConnection) throws {
-        let sql = "DROP DATABASE IF EXISTS \(admin.quoteIdentifier(name)) WITH (FORCE)"
-        for attempt in 1... {
-            do {
-                try admin.execute(script: sql)
-                return
-            } catch let error as PostgresError where attempt < 5
-                && [PostgresError.queryCanceled, PostgresError.objectInUse].contains(error.sqlState ?? "") {
-                usleep(UInt32(100_000 * attempt))
-            }
+        try ServerRetry.run(on: [PostgresError.queryCanceled, PostgresError.objectInUse], attempts: 5, pause: 0.1, afterInterruption: true) {
+            try admin.execute(script: "DROP DATABASE IF EXISTS \(admin.quoteIdentifier(name)) WITH (FORCE)")
         }
     }
 

@@ -5,25 +5,20 @@ import PostgresClient
 public struct PreRestoreCleanupConfiguration: Sendable {
     public var target: ConnectionTarget
     /// The newest copies kept, whatever their age.
-    public var keep: Int
+    public var keep = defaultKeep
     /// Copies younger than this are kept too (nil: age alone keeps nothing).
-    public var keepWithin: RetentionDuration?
-    public var dryRun: Bool
+    public var keepWithin: RetentionDuration? = defaultKeepWithin
+    public var dryRun = false
     /// Whether databases may be dropped (`--yes`). Without it only databases a killed swap left
     /// closed are reopened, which destroys nothing; what would be dropped is reported as pending.
-    public var drop: Bool
+    public var drop = true
 
     /// The defaults: keep the newest copy, and every copy younger than a week.
     public static let defaultKeep = 1
     public static let defaultKeepWithin = RetentionDuration(hours: 7 * 24, text: "7d")
 
-    public init(target: ConnectionTarget, keep: Int = defaultKeep, keepWithin: RetentionDuration? = defaultKeepWithin, dryRun: Bool = false, drop: Bool = true) {
-        self.target = target
-        self.drop = drop
-        self.keep = keep
-        self.keepWithin = keepWithin
-        self.dryRun = dryRun
-    }
+    /// The defaults for `target`; set the rest as the flags and the config file say.
+    public init(target: ConnectionTarget) { self.target = target }
 }
 
 /// The outcome of `dbrestore cleanup`.

@@ -308,20 +308,15 @@ public enum SelectiveRestore {
                 (keptAs, repointed, renamed, adjusted) = try timeline.step("replace \(prepared.plan.tables.joined(separator: ", ")) in one transaction") {
                     // The swap is one transaction: a deadlock the server broke by aborting it left nothing
                     // changed, so it is run again (as psql users would), a few times.
-                    var attempt = 1
-                    while true {
-                        do {
-                            try connection.execute(script: "BEGIN")
-                            let done = try replace(prepared.selection, staged: schema, configuration, on: connection)
-                            try connection.execute(script: "COMMIT")
-                            return done
-                        } catch let error as PostgresError where error.sqlState == PostgresError.deadlockDetected && attempt < 4 {
-                            _ = try? connection.execute(script: "ROLLBACK")
-                            timeline.note("replace: attempt \(attempt) ended in a deadlock the server broke (\(error.detail ?? error.message))",
-                                          outcome: "nothing was changed; trying again")
-                            usleep(UInt32(200_000 * attempt))
-                            attempt += 1
-                        }
+                    try ServerRetry.run(on: [PostgresError.deadlockDetected], attempts: 4, pause: 0.2, again: { attempt, error in
+                        _ = try? connection.execute(script: "ROLLBACK")
+                        timeline.note("replace: attempt \(attempt) ended in a deadlock the server broke (\((error as? PostgresError)?.detail ?? "\(error)"))",
+                                      outcome: "nothing was changed; trying again")
+                    }) {
+                        try connection.execute(script: "BEGIN")
+                        let done = try replace(prepared.selection, staged: schema, configuration, on: connection)
+                        try connection.execute(script: "COMMIT")
+                        return done
                     }
                 }
                 swapped = true
