@@ -451,13 +451,23 @@ final class WALAsyncTests: IntegrationTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: destination), "nothing is handed to PostgreSQL for a segment the archive lacks")
     }
 
+    /// `count` segments archived on S3 the synchronous way, and a proxy adding 50 ms to each request
+    /// in front of it that counts the GETs of each segment (`gets`, 0 for one never asked for).
+    private func archivedBehindCountingProxy(_ count: Int) throws -> ([String], FaultProxy, (String) throws -> Int) {
+        let names = try writeWALSegments(count)
+        try archive(names, into: repository, environment: s3.environment())
+        let stats = work + "/stats.json", bucket = bucket!
+        let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--delay", "0.05", "--stats", stats])
+        return (names, proxy, { name in
+            let counts = (try? JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: stats)))) as? [String: [String: Int]] ?? [:]
+            return counts["\(bucket)/wal/\(try WALArchive.key(for: name))"]?["gets"] ?? 0
+        })
+    }
+
     /// Two restore_command calls at once (the second segment asked for before the first call has
     /// started its prefetcher) leave one prefetcher running, and each segment is downloaded once.
     func testTwoFetchesAtOnceStartOnePrefetcher() throws {
-        let names = try writeWALSegments(10)
-        try archive(names, into: repository, environment: s3.environment())
-        let stats = work + "/stats.json"
-        let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--delay", "0.05", "--stats", stats])
+        let (names, proxy, gets) = try archivedBehindCountingProxy(10)
         defer { proxy.stop() }
         let restore = work + "/restore/pg_wal", spool = restore + "/dbrecovery-prefetch"
         try FileManager.default.createDirectory(atPath: restore, withIntermediateDirectories: true)
@@ -472,9 +482,8 @@ final class WALAsyncTests: IntegrationTestCase {
         let log = try String(contentsOfFile: spool + "/prefetch.log", encoding: .utf8)
         XCTAssertEqual(log.components(separatedBy: "\n").filter { $0.contains("prefetcher") && $0.hasSuffix("started") }.count, 1,
                        "one prefetcher ran: \(log)")
-        let counts = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: stats))) as? [String: [String: Int]] ?? [:]
         for name in ahead {
-            XCTAssertEqual(counts["\(bucket!)/wal/\(try WALArchive.key(for: name))"]?["gets"], 1, "\(name) downloaded once")
+            XCTAssertEqual(try gets(name), 1, "\(name) downloaded once")
         }
     }
 
@@ -482,17 +491,10 @@ final class WALAsyncTests: IntegrationTestCase {
     /// it was asked to prefetch (each a GET answered 404, a round trip and CPU); the segments
     /// themselves are still served, and the end is still "not found".
     func testThePrefetcherStopsAskingAtTheEndOfTheArchive() throws {
-        let names = try writeWALSegments(6)
-        try archive(names, into: repository, environment: s3.environment())
-        let stats = work + "/stats.json"
-        let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--delay", "0.05", "--stats", stats])
+        let (names, proxy, gets) = try archivedBehindCountingProxy(6)
         defer { proxy.stop() }
         let restore = work + "/restore/pg_wal"
         try FileManager.default.createDirectory(atPath: restore, withIntermediateDirectories: true)
-        func gets(_ name: String) throws -> Int {
-            let counts = (try? JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: stats)))) as? [String: [String: Int]] ?? [:]
-            return counts["\(bucket!)/wal/\(try WALArchive.key(for: name))"]?["gets"] ?? 0
-        }
         func fetch(_ name: String) throws -> TestProcess.Result {
             try TestProcess.tool("dbrestore", ["wal-fetch", name, restore + "/RECOVERYXLOG", "--prefetch", "2", "--repo", repository],
                                  environment: s3.environment(endpoint: proxy.endpoint))
