@@ -167,10 +167,27 @@ PY
   until grep -q '^PORT=' "$work/proxy-delay.out" 2>/dev/null; do sleep 0.1; done
   port=$(sed -n 's/^PORT=//p' "$work/proxy-delay.out")
   proxied="AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_ENDPOINT_URL_S3=http://127.0.0.1:$port"
-  local names start sync_s async_s plain_s prefetch_s phases=""
+  local names start sync_s async_s plain_s prefetch_s phases="" cpus="" calls_cpu moto_cpu proxy_cpu
   : > "$work/requests.log"
-  # phase NAME: where the requests of the job that just ended stop in the log.
-  phase() { phases="$phases $1:$(wc -l < "$work/requests.log")"; }
+  # CPU seconds (user + system) of a process so far, from /proc (0 once it has exited).
+  proc_cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+  # snapshot: CPU seconds so far of the loops' calls (the finished children of this shell, from
+  # `times`, which must run in this shell), of moto and of the proxy.
+  snapshot() {
+    times > "$work/times"
+    calls_cpu=$(tail -1 "$work/times" | awk '{for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); s += t[1] * 60 + t[2] } printf "%.2f", s}')
+    moto_cpu=$(proc_cpu "$S3_PID"); proxy_cpu=$(proc_cpu "$proxy_pid")
+  }
+  # phase NAME [PID]: where the requests of the job that just ended stop in the log, and the CPU it
+  # took: its calls, the background worker PID (alive until it has idled 10 s), moto, the proxy.
+  phase() {
+    local calls=$calls_cpu moto=$moto_cpu proxy=$proxy_cpu worker=0
+    snapshot
+    if [ -n "${2:-}" ]; then worker=$(proc_cpu "$2"); fi
+    phases="$phases $1:$(wc -l < "$work/requests.log")"
+    cpus="$cpus $1:$(python3 -c "print(f'{$calls_cpu - $calls:.2f},$worker,{$moto_cpu - $moto:.2f},{$proxy_cpu - $proxy:.2f}')")"
+  }
+  snapshot
   names=$(cd "$work/wal/pg_wal" && printf "%s\n" 000000010000000A*)
   start=$(date +%s.%N)
   for n in $names; do env $proxied "$bin/dbbackup" wal-push "$work/wal/pg_wal/$n" --repo s3://bench/wal-sync; done
@@ -185,7 +202,9 @@ PY
     mv "$work/wal/pg_wal/archive_status/$n.ready" "$work/wal/pg_wal/archive_status/$n.done"
   done
   async_s=$(python3 -c "import time; print(time.time() - $start)")
-  phase async
+  phase async "$(cat "$work/wal/spool/pusher.pid")"
+  # The pusher idles 10 s before it exits: let it go, so that it takes no CPU from the fetch jobs.
+  flock "$work/wal/spool/pusher.lock" true
   # Both fetch loops rename into a file per segment and are checked after the clock stops.
   mkdir -p "$work/wal/fetch-plain" "$work/wal/fetch-prefetch"
   start=$(date +%s.%N)
@@ -197,20 +216,23 @@ PY
     env $proxied "$bin/dbrestore" wal-fetch "$n" "$work/wal/fetch-prefetch/$n" --prefetch 8 --repo s3://bench/wal-sync
   done
   prefetch_s=$(python3 -c "import time; print(time.time() - $start)")
-  phase prefetch
+  phase prefetch "$(sed -n 's/^prefetcher \([0-9]*\) started$/\1/p' "$work/wal/fetch-prefetch/dbrecovery-prefetch/prefetch.log" | tail -1)"
   for n in $names; do
     for dir in fetch-plain fetch-prefetch; do
       cmp -s "$work/wal/$dir/$n" "$work/wal/pg_wal/$n" || { echo "bench: $dir/$n differs from the segment pushed" >&2; exit 1; }
     done
   done
   kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
-  python3 - "$work/requests.log" "$segments" $phases > "$work/requests.md" <<'PY'
-import sys
+  WAL_CPU="$cpus" python3 - "$work/requests.log" "$segments" $phases > "$work/requests.md" <<'PY'
+import os, sys
 lines = open(sys.argv[1]).read().splitlines()
 segments, previous = int(sys.argv[2]), 0
-print("\n| job | S3 requests per segment | server seconds per request (mean) |\n| --- | --- | ---: |")
+cpu = dict(item.split(":") for item in os.environ["WAL_CPU"].split())
+print("\nCPU per segment (ms, user + system): the calls, the background pusher or prefetcher, moto, the proxy.\n")
+print("| job | S3 requests per segment | server seconds per request (mean) | calls | worker | moto | proxy |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |")
 for phase in sys.argv[3:]:
     name, end = phase.split(":")
+    per = [f"{float(v) * 1000 / segments:.0f}" for v in cpu[name].split(",")]
     rows = [line.split() for line in lines[previous:int(end)]]
     previous = int(end)
     counts = {}
@@ -219,7 +241,7 @@ for phase in sys.argv[3:]:
         counts[kind] = counts.get(kind, 0) + 1
     mix = ", ".join(f"{kind} {count / segments:.2f}" for kind, count in sorted(counts.items()))
     mean = sum(float(row[6]) for row in rows) / max(1, len(rows))
-    print(f"| {name} | {mix} | {mean:.3f} |")
+    print(f"| {name} | {mix} | {mean:.3f} | {' | '.join(per)} |")
 PY
   python3 - "$stored" "$local_read" "$s3_stored" "$s3_read" "$segments" "$sync_s" "$async_s" "$plain_s" "$prefetch_s" <<'PY'
 import os, sys

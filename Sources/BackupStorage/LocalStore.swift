@@ -286,7 +286,7 @@ public final class LocalStore: BackupStore {
     ///
     /// - Throws: `StorageError` when the directory cannot be opened or fsync fails: invariant 1
     ///   (a backup exists only when durable) rests on it.
-    static func syncDirectory(_ path: String) throws {
+    public static func syncDirectory(_ path: String) throws {
         let descriptor = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard descriptor >= 0 else { throw error(errno, path: path, doing: "open directory for fsync") }
         defer { close(descriptor) }

@@ -125,6 +125,7 @@ public struct CaptureCommand: ToolCommand {
             : try LogicalCapture.run(LogicalCaptureConfiguration(configuration, lockWaitSeconds: connection.sessionLimits.lockWaitSeconds,
                                                                  countCheck: countCheck, dataBy: LogicalDataReader(rawValue: dataBy) ?? .pgDump),
                                      progress: output.progress)
+        encryption.recordStored(in: result.stored, key: configuration.key, repository: repository, settings)
         let manifest = result.manifest
         let summary = BackupSummary(manifest: manifest, repository: configuration.repository)
         output.succeeded(["backup_raw_bytes": Double(manifest.rawBytes), "backup_stored_bytes": Double(manifest.storedBytes),

@@ -32,7 +32,7 @@ public struct PruneCommand: ToolCommand {
     @Flag(name: [.short, .long], help: "Delete without asking (needed when stdin is not a terminal: cron, scripts).")
     var yes = false
 
-    @Flag(name: .customLong("apply-lifecycle"), help: "S3 only: write the equivalent bucket lifecycle rule for this prefix (with --dry-run: show the difference only).")
+    @Flag(name: .customLong("apply-lifecycle"), help: "S3 only: write this prefix's bucket lifecycle rule: abort multipart uploads left open, expire only in a tier without snapshot rules, move nothing to GLACIER (dbprune moves data files itself) (with --dry-run: show the difference only).")
     var applyLifecycle = false
 
     @Flag(name: .customLong("all-repos"), help: "Prune every repository in the config file's [repositories], each by its own tier.")
@@ -92,8 +92,8 @@ public struct PruneCommand: ToolCommand {
             if reports.count == 1 { try printJSON(reports[0]) } else { try printJSON(reports) }
         }
         for report in reports { try render(report, header: reports.count > 1) }
-        let unreadable = reports.flatMap(\.unreadable)
-        if !dryRun && unreadable.isEmpty {
+        let unreadable = reports.flatMap(\.unreadable), archived = reports.flatMap(\.archived)
+        if !dryRun && unreadable.isEmpty && archived.isEmpty {
             output.succeeded(["prune_kept": Double(reports.map(\.kept).reduce(0, +)), "prune_deleted": Double(reports.map(\.deleted).reduce(0, +)),
                               "prune_wal_deleted": Double(reports.map { $0.wal.delete.count }.reduce(0, +))],
                              summary: reports.map { "\($0.repository): kept \($0.kept), deleted \($0.deleted)" }.joined(separator: "; "), in: context)
@@ -101,6 +101,12 @@ public struct PruneCommand: ToolCommand {
         if !unreadable.isEmpty {
             throw RecoveryError(.backupCorrupt, "\(unreadable.count) backup(s) have unreadable manifests and were left alone: \(unreadable.joined(separator: "; "))",
                                 hint: "inspect them; delete the folder by hand once you are sure it is not needed")
+        }
+        if !archived.isEmpty {
+            throw RecoveryError(.backupArchived, "\(archived.count) backup(s) have their manifest in GLACIER and were left alone (neither their age nor "
+                                + "their files can be read): \(archived.joined(separator: ", "))",
+                                hint: "a bucket lifecycle rule other than dbprune's moved them: restore those manifests from the archive "
+                                + "(aws s3api restore-object) or delete the backups' folders; dbprune --apply-lifecycle --dry-run shows the rule to use")
         }
     }
 

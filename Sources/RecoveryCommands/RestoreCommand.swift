@@ -485,7 +485,7 @@ public struct ListCommand: ToolCommand {
         var table = TextTable("ID", "TAKEN (UTC)", "KIND", "SIZE", "ROWS", "SCHEMA", "RELEASE", "PINNED", "TAGS")
         for item in listing {
             if let problem = item.problem {
-                table.add(item.id, "-", "-", "-", "-", "-", "-", "-", "UNREADABLE: \(problem)")
+                table.add(item.id, "-", "-", "-", "-", "-", "-", "-", "\(item.archived == true ? "ARCHIVED" : "UNREADABLE"): \(problem)")
                 continue
             }
             table.add(item.id, item.takenAt.map { String(Timestamp.format($0).prefix(19)).replacingOccurrences(of: "T", with: " ") } ?? "-",

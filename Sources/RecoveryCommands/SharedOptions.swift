@@ -176,6 +176,15 @@ public struct EncryptionWriteOptions: ParsableArguments {
         }
         return key
     }
+
+    /// After a write: records each repository's encryption from what it now holds (the check
+    /// before the write records nothing in a repository that holds nothing yet).
+    public func recordStored(in addresses: [String], key: RepositoryKey?, repository: RepositoryOptions, _ settings: Settings) {
+        for address in addresses {
+            guard let store = try? Repository.open(address, create: false, environment: repository.storageEnvironment(settings)) else { continue }
+            RepositoryEncryption.recordStored(in: store, key: key)
+        }
+    }
 }
 
 /// `--json`, `--quiet` and monitoring, the same in every tool.

@@ -74,6 +74,7 @@ public struct VerifyCommand: ToolCommand {
             if output.json { try printJSON(reports) } else {
                 var table = TextTable("BACKUP", "FILE", "STATUS")
                 for report in reports {
+                    if report.pruned { table.add(report.id, "-", "PRUNED: removed by dbprune during the check (gone, not damaged)") }
                     for file in report.files {
                         table.add(report.id, file.name, file.ok ? "ok" : file.archived ? "ARCHIVED: \(file.problem ?? "")"
                                   : file.optionalIndex ? "WARNING: \(file.problem ?? "") (optional index; the backup restores without it)"
@@ -86,7 +87,10 @@ public struct VerifyCommand: ToolCommand {
                 throw RecoveryError(.backupCorrupt, "backup \(bad.id) is damaged: \(bad.firstProblem ?? "")",
                                     hint: "do not restore it; dbrestore --emergency skips damaged backups")
             }
-            output.succeeded(["verify_ok": 1, "verify_backups": Double(reports.count)], summary: "\(reports.count) backup(s) verify", in: context)
+            let checked = reports.filter { !$0.pruned }.count
+            let pruned = reports.count - checked
+            output.succeeded(["verify_ok": 1, "verify_backups": Double(checked)],
+                             summary: "\(checked) backup(s) verify" + (pruned > 0 ? "; \(pruned) pruned by dbprune during the check" : ""), in: context)
             if let archived = reports.first(where: { $0.onlyArchived }) {
                 throw RecoveryError(.backupArchived, "backup \(archived.id) is archived: needs a restore request",
                                     hint: archived.files.first { $0.archived }?.problem)

@@ -140,12 +140,7 @@ final class EncryptionTests: XCTestCase {
             XCTAssertTrue(refused.standardError.contains("--allow-mixed-encryption"), refused.standardError)
         }
         // dbmigrate down's pre-downgrade backup too: refused before anything is reverted, dry run included.
-        let migrations = work + "/migrations"
-        try FileManager.default.createDirectory(atPath: migrations, withIntermediateDirectories: true)
-        try "CREATE TABLE m (x int);".write(toFile: migrations + "/0001_m.up.sql", atomically: true, encoding: .utf8)
-        try "DROP TABLE m;".write(toFile: migrations + "/0001_m.down.sql", atomically: true, encoding: .utf8)
-        let migrate = ["--database-url", url, "--dir", migrations]
-        XCTAssertEqual(try TestProcess.tool("dbmigrate", ["up"] + migrate, cluster: cluster).status, 0)
+        let migrate = try oneMigrationApplied(in: work, url: url, cluster: cluster)
         for extra in [["--dry-run"], ["--yes"]] {
             let down = try TestProcess.tool("dbmigrate", ["down", "--to", "0", "--repo", encrypted] + extra + migrate, cluster: cluster)
             XCTAssertEqual(down.status, ExitStatus.usage.rawValue, "down \(extra): \(down.standardError)")
@@ -164,5 +159,74 @@ final class EncryptionTests: XCTestCase {
         XCTAssertEqual(mixed.status, ExitStatus.usage.rawValue, mixed.standardError)
         XCTAssertTrue(mixed.standardError.contains("holds unencrypted backups"), mixed.standardError)
         XCTAssertEqual(try TestProcess.tool("dbbackup", ["--database-url", url, "--repo", plain], cluster: cluster).status, 0)
+    }
+
+    /// A backup that never stored anything (the server refused the password) records no encryption
+    /// mode, so the repository's first real backup decides it; a record such a run left behind in
+    /// an earlier version (a repository that holds nothing) does not refuse an encrypted first
+    /// backup. Logical, physical and dbmigrate's dry run; local and S3.
+    func testARunThatStoredNothingDoesNotDecideTheRepositorysEncryption() throws {
+        let cluster = try PostgresCluster.shared()
+        let s3 = try S3Server.shared()
+        let database = try cluster.createDatabase(prefix: "firstenc", seed: "CREATE TABLE t AS SELECT generate_series(1, 10) g")
+        let work = TestPaths.temporaryDirectory(prefix: "firstenc")
+        let keyFile = work + "/k"
+        try "first-backup-key-material-0123456789".write(toFile: keyFile, atomically: true, encoding: .utf8)
+        let url = cluster.url(database: database)
+        let bucket = try s3.createBucket()
+        let s3Store = S3Store(configuration: try S3Settings.configuration(bucket: bucket, environment: s3.environment()), prefix: "firstenc")
+        let stale = Data(#"{"encrypted":false}"#.utf8)
+
+        for (label, repository, hasRecord, plant) in [
+            ("local", work + "/local", { FileManager.default.fileExists(atPath: work + "/local/" + RepositoryEncryption.key) },
+             { try FileManager.default.createDirectory(atPath: work + "/local", withIntermediateDirectories: true)
+               try stale.write(to: URL(fileURLWithPath: work + "/local/" + RepositoryEncryption.key)) }),
+            ("s3", "s3://\(bucket)/firstenc", { (try? s3Store.read(RepositoryEncryption.key)) != nil },
+             { try s3Store.write(RepositoryEncryption.key, contents: stale) }),
+        ] as [(String, String, () -> Bool, () throws -> Void)] {
+            for physical in [false, true] {
+                let wrong = try TestProcess.tool("dbbackup", (physical ? ["--physical"] : []) + ["--database-url", url, "--repo", repository],
+                                                 cluster: cluster, environment: s3.environment().merging(["PGPASSWORD": "wrong"]) { _, new in new })
+                XCTAssertEqual(wrong.status, ExitStatus.databaseUnavailable.rawValue, "\(label): \(wrong.standardError)")
+                XCTAssertFalse(hasRecord(), "\(label) physical \(physical): a backup that stored nothing records nothing")
+            }
+            // An earlier version's leftover: says unencrypted, the repository holds nothing.
+            try plant()
+            let encrypted = try TestProcess.tool("dbbackup", ["--database-url", url, "--repo", repository, "--encryption-key-file", keyFile],
+                                                 cluster: cluster, environment: s3.environment())
+            XCTAssertEqual(encrypted.status, 0, "\(label): \(encrypted.standardError)")
+            XCTAssertTrue(hasRecord(), "\(label): the stored backup's mode is recorded")
+            // From now on the repository is encrypted: plaintext is refused, the key is accepted.
+            let plain = try TestProcess.tool("dbbackup", ["--database-url", url, "--repo", repository], cluster: cluster, environment: s3.environment())
+            XCTAssertEqual(plain.status, ExitStatus.usage.rawValue, "\(label): \(plain.standardError)")
+            XCTAssertTrue(plain.standardError.contains("holds encrypted backups"), plain.standardError)
+            let second = try TestProcess.tool("dbbackup", ["--database-url", url, "--repo", repository, "--encryption-key-file", keyFile],
+                                              cluster: cluster, environment: s3.environment())
+            XCTAssertEqual(second.status, 0, "\(label): \(second.standardError)")
+        }
+
+        // dbmigrate down --dry-run checks the pre-downgrade backup's repository and records nothing.
+        let migrate = try oneMigrationApplied(in: work, url: url, cluster: cluster)
+        let fresh = work + "/fresh"
+        let down = try TestProcess.tool("dbmigrate", ["down", "--to", "0", "--repo", fresh, "--dry-run"] + migrate, cluster: cluster)
+        XCTAssertEqual(down.status, 0, down.standardError)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: fresh + "/" + RepositoryEncryption.key), "a dry run records nothing")
+
+        // A wal-push that stores nothing (the file is not there) records nothing either.
+        let push = try TestProcess.tool("dbbackup", ["wal-push", work + "/000000010000000000000009", "--repo", fresh])
+        XCTAssertNotEqual(push.status, 0, push.standardError)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: fresh + "/" + RepositoryEncryption.key), "a failed wal-push records nothing")
+    }
+
+    /// A migrations directory under `work` with one migration (table m), applied to `url`; the
+    /// arguments that point dbmigrate at both.
+    private func oneMigrationApplied(in work: String, url: String, cluster: PostgresCluster) throws -> [String] {
+        let migrations = work + "/migrations"
+        try FileManager.default.createDirectory(atPath: migrations, withIntermediateDirectories: true)
+        try "CREATE TABLE m (x int);".write(toFile: migrations + "/0001_m.up.sql", atomically: true, encoding: .utf8)
+        try "DROP TABLE m;".write(toFile: migrations + "/0001_m.down.sql", atomically: true, encoding: .utf8)
+        let migrate = ["--database-url", url, "--dir", migrations]
+        XCTAssertEqual(try TestProcess.tool("dbmigrate", ["up"] + migrate, cluster: cluster).status, 0)
+        return migrate
     }
 }

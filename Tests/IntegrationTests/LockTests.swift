@@ -168,20 +168,8 @@ final class LockTests: XCTestCase {
     /// says so, and deletes it on its next run once the restore is done.
     func testPruneSkipsABackupThatARestoreIsReading() throws {
         let cluster = try PostgresCluster.shared()
-        let bucket = try s3.createBucket()
-        let repository = "s3://\(bucket)/readers"
-        let database = try cluster.createDatabase(prefix: "reader", seed: "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 1000)")
-        var ids: [String] = []
-        for _ in 0..<2 {
-            let backup = try TestProcess.tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository],
-                                              cluster: cluster, environment: s3.environment())
-            XCTAssertEqual(backup.status, 0, backup.standardError)
-            ids.append(backup.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines))
-            Thread.sleep(forTimeInterval: 1.1)   // distinct ids
-        }
-        let policy = TestPaths.temporaryDirectory(prefix: "policy") + "/policy.toml"
-        try Data("[s3]\nkeep_last = 1\nkeep_within = \"0h\"\nsnapshots = false\n".utf8).write(to: URL(fileURLWithPath: policy))
-        let store = S3Store(configuration: try S3Settings.configuration(bucket: bucket, environment: s3.environment()), prefix: "readers")
+        let fixture = try S3PruneFixture(backups: 2, prefix: "readers", rows: 1000, s3: s3, cluster: cluster)
+        let (repository, ids, policy, store) = (fixture.repository, fixture.ids, fixture.policy, fixture.store)
 
         // The restore of the older backup goes through a proxy that answers slowly.
         let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--delay", "0.4"])
@@ -190,18 +178,8 @@ final class LockTests: XCTestCase {
         let restore = try TestProcess.start("dbrestore", [ids[0], "--yes", "--repo", repository, "--database-url", cluster.url(database: target)],
                                             cluster: cluster, environment: s3.environment(endpoint: proxy.endpoint))
         let restoreErrors = OutputCollector(descriptor: restore.standardError, limit: 1 << 20)
-        let deadline = Date().addingTimeInterval(60)
-        while try store.list(prefix: StoreLock.readerPrefix(ids[0])).isEmpty {
-            guard Date() < deadline else {
-                restore.send(SIGKILL)
-                _ = restore.waitForExit()
-                return XCTFail("the restore never registered as a reader of \(ids[0]): \(restoreErrors.finish())")
-            }
-            Thread.sleep(forTimeInterval: 0.05)
-        }
-        let prune = try TestProcess.tool("dbprune", ["--yes", "--repo", repository, "--policy", policy], environment: s3.environment())
-        XCTAssertEqual(prune.status, 0, prune.standardError)
-        XCTAssertTrue(prune.standardError.contains("kept backup \(ids[0]): being read by dbrestore"), prune.standardError)
+        guard try fixture.waitUntil(restore, reads: ids[0], errors: restoreErrors, name: "the restore") else { return }
+        try fixture.pruneKeeps(ids[0], readBy: "dbrestore", s3: s3)
         XCTAssertNoThrow(try store.read("backups/\(ids[0])/manifest.json"), "prune deleted a backup a restore was reading")
 
         let ended = restore.waitForExit()

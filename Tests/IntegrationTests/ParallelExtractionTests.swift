@@ -1,4 +1,6 @@
+import BackupStorage
 import Foundation
+import PostgresClient
 import RecoveryKit
 import TestSupport
 import XCTest
@@ -71,13 +73,26 @@ final class ParallelExtractionTests: XCTestCase {
         return copy
     }
 
-    func testParallelExtractionEqualsTheOnePassExtractionAndRecovers() throws {
-        let repository = ownedDirectory("extract-repo") + "/repo"
+    /// A cluster archiving into a new repository, a database `prefix…` with `rows` items, and a base
+    /// backup of it (small index segments).
+    private func archivingClusterWithABaseBackup(_ prefix: String, rows: Int) throws
+        -> (repository: String, cluster: PostgresCluster, database: String, connection: PostgresConnection) {
+        let repository = ownedDirectory(prefix + "-repo") + "/repo"
         let cluster = try PostgresCluster(archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
+        do {
+            let (database, connection) = try itemsDatabase(prefix, on: cluster)
+            if rows > 0 { try connection.execute(script: "INSERT INTO items (batch) SELECT 'A' FROM generate_series(1, \(rows))") }
+            try physicalBackup(of: database, on: cluster, into: repository, environment: smallSegments)
+            return (repository, cluster, database, connection)
+        } catch {
+            cluster.stop()
+            throw error
+        }
+    }
+
+    func testParallelExtractionEqualsTheOnePassExtractionAndRecovers() throws {
+        let (repository, cluster, database, connection) = try archivingClusterWithABaseBackup("extract", rows: 50000)
         defer { cluster.stop() }
-        let (database, connection) = try itemsDatabase("extract", on: cluster)
-        try connection.execute(script: "INSERT INTO items (batch) SELECT 'A' FROM generate_series(1, 50000)")
-        try physicalBackup(of: database, on: cluster, into: repository, environment: smallSegments)
         try connection.execute(script: "INSERT INTO items (batch) SELECT 'B' FROM generate_series(1, 10)")
         try waitForArchive(connection)
         let id = try newestBackup(in: repository)
@@ -129,12 +144,68 @@ final class ParallelExtractionTests: XCTestCase {
                        [["A", "50000"], ["B", "10"]])
     }
 
-    func testADamagedSegmentInTheMiddleIsBackupCorruptAndLeavesNoFiles() throws {
-        let repository = ownedDirectory("extract-damaged") + "/repo"
-        let cluster = try PostgresCluster(archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
+    /// A SIGKILL halfway through an extraction (no clean-up runs) leaves a partial data directory
+    /// with the run's `.dbrecovery-extracting` marker: the same command run again removes it, says
+    /// so in one line, and extracts, from the index (`--jobs 2`) and through `tar -x` alike. A
+    /// directory without the marker, or whose marker names a live run, is never touched.
+    func testARerunAfterAKilledExtractionRemovesItsPartialDirectoryAndNothingElse() throws {
+        let (repository, cluster, _, connection) = try archivingClusterWithABaseBackup("extractkill", rows: 20000)
         defer { cluster.stop() }
-        let (database, connection) = try itemsDatabase("extractbad", on: cluster)
-        try physicalBackup(of: database, on: cluster, into: repository, environment: smallSegments)
+        try waitForArchive(connection)
+        let id = try newestBackup(in: repository)
+        let marker = ".dbrecovery-extracting"
+
+        for (label, source, extra) in [("index", repository, ["--jobs", "2"]), ("tar -x", try withoutIndex(repository, id: id), [])] {
+            let directory = ownedDirectory("extract-killed-target") + "/data"
+            let arguments = ["--pitr", "--pgdata", directory, "--repo", source, "--target", "latest", "-v"] + extra
+            let killed = try asOwner("dbrestore", arguments, cluster: cluster, environment: ["DBRECOVERY_CRASH_AT": "pitr:extracting"])
+            XCTAssertEqual(killed.status, 128 + SIGKILL, "\(label): \(killed.standardError)")
+            let left = try FileManager.default.contentsOfDirectory(atPath: directory)
+            XCTAssertTrue(left.contains(marker), "\(label): the killed run left its marker: \(left)")
+            XCTAssertGreaterThan(left.count, 1, "\(label): and a partial extraction")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: directory + "/global/pg_control"), "\(label): killed before pg_control")
+
+            // The dry run says what it will do, and does not do it.
+            let dryRun = try asOwner("dbrestore", arguments + ["--dry-run"], cluster: cluster)
+            XCTAssertEqual(dryRun.status, 0, "\(label): \(dryRun.standardError)")
+            XCTAssertTrue((dryRun.standardOutput + dryRun.standardError).contains("remove the partial extraction in \(directory)"),
+                          "\(label): \(dryRun.standardOutput)\(dryRun.standardError)")
+            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: directory).sorted(), left.sorted(), "\(label): the dry run removed nothing")
+
+            let again = try asOwner("dbrestore", arguments, cluster: cluster)
+            XCTAssertEqual(again.status, 0, "\(label): \(again.standardError)")
+            let said = again.standardError.split(separator: "\n").filter { $0.contains("remove the partial extraction in \(directory)") }
+            XCTAssertEqual(said.count, 1, "\(label): said once: \(again.standardError)")
+            XCTAssertTrue(said.first?.contains("killed") ?? false, "\(label): \(again.standardError)")
+            XCTAssertTrue(FileManager.default.fileExists(atPath: directory + "/global/pg_control"), "\(label): extracted in full")
+            XCTAssertTrue(FileManager.default.fileExists(atPath: directory + "/recovery.signal"), "\(label): recovery configured")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: directory + "/" + marker), "\(label): the marker goes last")
+        }
+
+        // Not ours (no marker): refused as before, every file left.
+        let foreign = ownedDirectory("extract-foreign") + "/data"
+        try FileManager.default.createDirectory(atPath: foreign + "/base", withIntermediateDirectories: true)
+        try Data("keep me".utf8).write(to: URL(fileURLWithPath: foreign + "/base/file"))
+        chownToPostgres(foreign)
+        let refused = try asOwner("dbrestore", ["--pitr", "--pgdata", foreign, "--repo", repository, "--target", "latest"], cluster: cluster)
+        XCTAssertEqual(refused.status, ExitStatus.usage.rawValue, refused.standardError)
+        XCTAssertTrue(refused.standardError.contains("is not empty"), refused.standardError)
+        XCTAssertEqual(try String(contentsOfFile: foreign + "/base/file", encoding: .utf8), "keep me")
+
+        // A marker whose run is alive (this test process stands in for it): refused, untouched.
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .iso8601
+        try encoder.encode(LockHolder(command: "dbrestore --pitr")).write(to: URL(fileURLWithPath: foreign + "/" + marker))
+        chownToPostgres(foreign)
+        let running = try asOwner("dbrestore", ["--pitr", "--pgdata", foreign, "--repo", repository, "--target", "latest"], cluster: cluster)
+        XCTAssertEqual(running.status, ExitStatus.usage.rawValue, running.standardError)
+        XCTAssertTrue(running.standardError.contains("is being extracted into by dbrestore --pitr (pid \(getpid())"), running.standardError)
+        XCTAssertEqual(try String(contentsOfFile: foreign + "/base/file", encoding: .utf8), "keep me")
+    }
+
+    func testADamagedSegmentInTheMiddleIsBackupCorruptAndLeavesNoFiles() throws {
+        let (repository, cluster, _, connection) = try archivingClusterWithABaseBackup("extractbad", rows: 0)
+        defer { cluster.stop() }
         try waitForArchive(connection)
         let id = try newestBackup(in: repository)
 

@@ -87,6 +87,31 @@ final class S3PruneTests: IntegrationTestCase {
         XCTAssertEqual(try classes(), after)
     }
 
+    /// Found by an outside attack: once a bucket lifecycle rule had moved one old backup's manifest to
+    /// GLACIER (the rule dbprune --apply-lifecycle wrote took every object under backups/), every
+    /// `dbrestore list`, `--emergency` and `dbprune` of the repository failed with exit 24 on that one
+    /// manifest. It is now one archived entry: listed as such, passed over, never in the way.
+    func testAManifestInGlacierIsListedAsArchivedAndHoldsUpNothing() throws {
+        let ids = try makeBackups(ages: [1, 5, 40])
+        try store.changeStorageClass("backups/\(ids[40]!)/manifest.json", to: "GLACIER")
+        let list = try TestProcess.tool("dbrestore", ["list", "--repo", repository], environment: s3.environment())
+        XCTAssertEqual(list.status, 0, list.standardError)
+        XCTAssertTrue(list.standardOutput.contains(ids[40]! + "  -") && list.standardOutput.contains("ARCHIVED: its manifest is in GLACIER"), list.standardOutput)
+        XCTAssertTrue(list.standardOutput.contains(ids[1]!) && list.standardOutput.contains(ids[5]!), list.standardOutput)
+        // dbprune plans the others and names the archived one, which it cannot date: it is left alone.
+        let prune = try TestProcess.tool("dbprune", ["--repo", repository, "--as-of", now, "--dry-run"], environment: s3.environment())
+        XCTAssertEqual(prune.status, ExitStatus.backupArchived.rawValue, prune.standardError)
+        XCTAssertTrue(prune.standardError.contains("have their manifest in GLACIER and were left alone") && prune.standardError.contains(ids[40]!),
+                      prune.standardError)
+        XCTAssertTrue(prune.standardOutput.contains(ids[1]!) && prune.standardOutput.contains(ids[5]!), prune.standardOutput)
+        // The newest backup is restored as if the archived one were not there.
+        let target = try cluster.createDatabase(prefix: "s3target")
+        let emergency = try TestProcess.tool("dbrestore", ["--emergency", "--repo", repository, "--database-url", cluster.url(database: target)],
+                                             cluster: cluster, environment: s3.environment())
+        XCTAssertEqual(emergency.status, 0, emergency.standardError)
+        XCTAssertTrue(emergency.standardOutput.contains(ids[1]!), emergency.standardOutput)
+    }
+
     func testApplyLifecycleWritesTheRuleAndShowsTheDifference() throws {
         let preview = try TestProcess.tool("dbprune", ["--repo", repository, "--apply-lifecycle", "--dry-run"], environment: s3.environment())
         XCTAssertEqual(preview.status, 0, preview.standardError)
@@ -97,8 +122,10 @@ final class S3PruneTests: IntegrationTestCase {
         XCTAssertEqual(apply.status, 0, apply.standardError)
         let configuration = try XCTUnwrap(try store.lifecycleConfiguration())
         XCTAssertTrue(configuration.contains("nightly/backups/"), configuration)
-        XCTAssertTrue(configuration.contains("<Days>30</Days>") && configuration.contains("GLACIER"), configuration)
+        XCTAssertTrue(configuration.contains("<AbortIncompleteMultipartUpload>"), configuration)
         XCTAssertFalse(configuration.contains("<Expiration>"), "snapshot rules keep some backups past 90 days: no blanket expiration")
+        // Nothing moves to GLACIER by the bucket's rule: it would take the manifests too (dbprune moves the data files).
+        XCTAssertFalse(configuration.contains("<Transition>"), configuration)
 
         let again = try TestProcess.tool("dbprune", ["--repo", repository, "--apply-lifecycle"], environment: s3.environment())
         XCTAssertTrue(again.standardOutput.contains("already up to date"), again.standardOutput)

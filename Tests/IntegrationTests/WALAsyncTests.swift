@@ -208,6 +208,31 @@ final class WALAsyncTests: IntegrationTestCase {
                        "the segment asked for, not the other one planted under its name")
     }
 
+    /// A link planted in the prefetch spool under a segment's name (pointing at a file with the
+    /// right bytes and sha256 today) is not handed to PostgreSQL: what lands at %p is a regular
+    /// file fetched from the repository, not a link whose target can change under recovery.
+    func testALinkInThePrefetchSpoolIsNeverServed() throws {
+        let repository = work + "/repo", pgWAL = work + "/pg_wal"
+        try FileManager.default.createDirectory(atPath: pgWAL, withIntermediateDirectories: true)
+        let name = "000000010000000000000002"
+        let segment = walSegment(name)
+        try segment.write(to: URL(fileURLWithPath: "\(pgWAL)/\(name)"))
+        let pushed = try TestProcess.tool("dbbackup", ["wal-push", "\(pgWAL)/\(name)", "--repo", repository])
+        XCTAssertEqual(pushed.status, 0, pushed.standardError)
+        let restore = work + "/restore/pg_wal", spool = work + "/restore/pg_wal/dbrecovery-prefetch"
+        try FileManager.default.createDirectory(atPath: spool + "/segments", withIntermediateDirectories: true)
+        try Data(repository.utf8).write(to: URL(fileURLWithPath: spool + "/repository"))
+        try FileManager.default.createSymbolicLink(atPath: "\(spool)/segments/\(name)", withDestinationPath: "\(pgWAL)/\(name)")
+        try Data(WALAsyncPush.sha256(segment).utf8).write(to: URL(fileURLWithPath: "\(spool)/segments/\(name).sha256"))
+
+        let destination = restore + "/RECOVERYXLOG"
+        let fetched = try TestProcess.tool("dbrestore", ["wal-fetch", name, destination, "--prefetch", "2", "--repo", repository])
+        XCTAssertEqual(fetched.status, 0, fetched.standardError)
+        let type = try FileManager.default.attributesOfItem(atPath: destination)[.type] as? FileAttributeType
+        XCTAssertEqual(type, .typeRegular, "a regular file at %p, not the planted link")
+        XCTAssertEqual(FileManager.default.contents(atPath: destination), segment)
+    }
+
     /// Issue 21 attack finding 6: a read-ahead that failed leaves `status/<name>.error`; the later
     /// call for that segment, once the repository works again, retries instead of reporting it.
     func testAStaleErrorOfAReadAheadIsRetriedByTheCallForThatSegment() throws {
@@ -426,13 +451,23 @@ final class WALAsyncTests: IntegrationTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: destination), "nothing is handed to PostgreSQL for a segment the archive lacks")
     }
 
+    /// `count` segments archived on S3 the synchronous way, and a proxy adding 50 ms to each request
+    /// in front of it that counts the GETs of each segment (`gets`, 0 for one never asked for).
+    private func archivedBehindCountingProxy(_ count: Int) throws -> ([String], FaultProxy, (String) throws -> Int) {
+        let names = try writeWALSegments(count)
+        try archive(names, into: repository, environment: s3.environment())
+        let stats = work + "/stats.json", bucket = bucket!
+        let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--delay", "0.05", "--stats", stats])
+        return (names, proxy, { name in
+            let counts = (try? JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: stats)))) as? [String: [String: Int]] ?? [:]
+            return counts["\(bucket)/wal/\(try WALArchive.key(for: name))"]?["gets"] ?? 0
+        })
+    }
+
     /// Two restore_command calls at once (the second segment asked for before the first call has
     /// started its prefetcher) leave one prefetcher running, and each segment is downloaded once.
     func testTwoFetchesAtOnceStartOnePrefetcher() throws {
-        let names = try writeWALSegments(10)
-        try archive(names, into: repository, environment: s3.environment())
-        let stats = work + "/stats.json"
-        let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--delay", "0.05", "--stats", stats])
+        let (names, proxy, gets) = try archivedBehindCountingProxy(10)
         defer { proxy.stop() }
         let restore = work + "/restore/pg_wal", spool = restore + "/dbrecovery-prefetch"
         try FileManager.default.createDirectory(atPath: restore, withIntermediateDirectories: true)
@@ -447,9 +482,44 @@ final class WALAsyncTests: IntegrationTestCase {
         let log = try String(contentsOfFile: spool + "/prefetch.log", encoding: .utf8)
         XCTAssertEqual(log.components(separatedBy: "\n").filter { $0.contains("prefetcher") && $0.hasSuffix("started") }.count, 1,
                        "one prefetcher ran: \(log)")
-        let counts = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: stats))) as? [String: [String: Int]] ?? [:]
         for name in ahead {
-            XCTAssertEqual(counts["\(bucket!)/wal/\(try WALArchive.key(for: name))"]?["gets"], 1, "\(name) downloaded once")
+            XCTAssertEqual(try gets(name), 1, "\(name) downloaded once")
         }
+    }
+
+    /// Issue 21 item 4: past the end of the archive the prefetcher asks S3 once, not once per name
+    /// it was asked to prefetch (each a GET answered 404, a round trip and CPU); the segments
+    /// themselves are still served, and the end is still "not found".
+    func testThePrefetcherStopsAskingAtTheEndOfTheArchive() throws {
+        let (names, proxy, gets) = try archivedBehindCountingProxy(6)
+        defer { proxy.stop() }
+        let restore = work + "/restore/pg_wal"
+        try FileManager.default.createDirectory(atPath: restore, withIntermediateDirectories: true)
+        func fetch(_ name: String) throws -> TestProcess.Result {
+            try TestProcess.tool("dbrestore", ["wal-fetch", name, restore + "/RECOVERYXLOG", "--prefetch", "2", "--repo", repository],
+                                 environment: s3.environment(endpoint: proxy.endpoint))
+        }
+        let beyond = try XCTUnwrap(WALSegmentName.next(after: names[5], segmentSize: 1 << 20))
+        let further = try XCTUnwrap(WALSegmentName.next(after: beyond, segmentSize: 1 << 20))
+        for name in names.prefix(5) {
+            XCTAssertEqual(try fetch(name).status, 0)
+        }
+        // The call for the fifth wanted the sixth and the one after it: the prefetcher found that one missing.
+        let deadline = Date().addingTimeInterval(20)
+        while try gets(beyond) == 0 && Date() < deadline { usleep(20_000) }
+        XCTAssertEqual(try gets(beyond), 1, "the first name past the end was asked for")
+        let last = try fetch(names[5])
+        XCTAssertEqual(last.status, 0, last.standardError)
+        XCTAssertEqual(FileManager.default.contents(atPath: restore + "/RECOVERYXLOG"), FileManager.default.contents(atPath: "\(work!)/pg_wal/\(names[5])"))
+        // That call wanted the one past the end and the next: neither is asked for again.
+        usleep(1_000_000)
+        XCTAssertEqual(try gets(further), 0, "a name after the end of the archive is not asked for")
+        XCTAssertEqual(try gets(beyond), 1)
+        let missing = try fetch(beyond)
+        XCTAssertEqual(missing.status, ExitStatus.failure.rawValue, "the end of the archive is the repository's answer: \(missing.standardError)")
+        // (The proxy counts a request once its answer is sent: give it a moment.)
+        let counted = Date().addingTimeInterval(10)
+        while try gets(beyond) < 2 && Date() < counted { usleep(20_000) }
+        XCTAssertEqual(try gets(beyond), 2, "asked by the call itself")
     }
 }

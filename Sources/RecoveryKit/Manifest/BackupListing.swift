@@ -11,15 +11,17 @@ public struct BackupListing: Codable, Sendable {
     public var release: String?
     public var pinned: Bool?
     public var tags: [String]
-    /// Why the manifest cannot be read, for a damaged backup.
+    /// Why the manifest cannot be read, for a damaged or archived backup.
     public var problem: String?
+    /// Whether the manifest is archived (S3 GLACIER); nil for the others.
+    public var archived: Bool?
 
     /// Every backup of a repository, newest first, damaged ones included with their problem.
     public static func load(repository: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> [BackupListing] {
         let store = try Repository.open(repository, create: false, environment: environment)
         return try Catalog(store: store).entries().map { entry in
             guard let manifest = entry.manifest else {
-                return BackupListing(id: entry.id, tags: [], problem: entry.problem)
+                return BackupListing(id: entry.id, tags: [], problem: entry.problem, archived: entry.archived ? true : nil)
             }
             return BackupListing(id: manifest.id, takenAt: manifest.startedAt, kind: manifest.kind.rawValue,
                                  storedBytes: manifest.storedBytes, rows: manifest.totalRows, schemaVersion: manifest.schemaVersion,

@@ -7,8 +7,10 @@ public struct Catalog {
     public struct Entry: Sendable {
         public let id: String
         public let manifest: BackupManifest?
-        /// Why the manifest could not be used (garbage JSON, unknown version).
+        /// Why the manifest could not be used (garbage JSON, unknown version, archived).
         public let problem: String?
+        /// Whether the manifest is in an archive storage class (S3 GLACIER): readable once restored.
+        public var archived = false
     }
 
     public let store: BackupStore
@@ -37,6 +39,11 @@ public struct Catalog {
                 // Deleted (dbprune) between the listing and the read: the backup no longer exists,
                 // exactly as if the listing had come a moment later.
                 continue
+            } catch let error as StorageError where error.kind == .archived {
+                // Moved to GLACIER by a bucket lifecycle rule of the operator's own: that backup cannot be
+                // read until it is restored from the archive, and the others are not held up by it.
+                entries.append(Entry(id: id, manifest: nil, problem: "its manifest is in \(object.storageClass ?? "GLACIER") (a bucket lifecycle rule moved it): "
+                                     + "\(error.description)", archived: true))
             }
         }
         return entries.sorted { $0.id > $1.id }

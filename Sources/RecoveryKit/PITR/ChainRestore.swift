@@ -16,7 +16,7 @@ enum ChainRestore {
     ///
     /// - Throws: `RecoveryError`; everything staged is removed, and so is `directory` (by the caller).
     static func materialize(_ chain: [BackupManifest], from store: BackupStore, into directory: String, key: RepositoryKey?, jobs: Int,
-                            tools: PostgresTools, timeline: Timeline, progress: ProgressObserver?) throws {
+                            tools: PostgresTools, marker: ExtractionMarker, timeline: Timeline, progress: ProgressObserver?) throws {
         guard let root = chain.first, let last = chain.last else { return }
         guard chain.count > 1 else {
             return try timeline.step("extract base backup \(root.id) into \(directory)") {
@@ -43,7 +43,12 @@ enum ChainRestore {
             }
             let isLast = member.id == last.id
             let output = isLast ? directory : stagingDirectory + "/combined-\(index)"
-            if isLast { rmdir(directory) }   // empty by the plan's check; pg_combinebackup creates it
+            if isLast {
+                // Empty but for the marker (the plan's check); pg_combinebackup creates it. The marker
+                // is back once the rebuilt directory is verified (pg_verifybackup refuses extra files).
+                try marker.remove()
+                rmdir(directory)
+            }
             var arguments = [current, extracted, "--output", output]
             if links { arguments.append("--link") }
             if !isLast { arguments.append("--no-sync") }   // an intermediate result is deleted in a moment
@@ -61,6 +66,7 @@ enum ChainRestore {
         try timeline.step("pg_verifybackup the rebuilt data directory") {
             try run(verify, ["--no-parse-wal", "--quiet", directory], failure: "the data directory rebuilt from chain \(chain.map(\.id).joined(separator: " → ")) does not match its backup_manifest")
         }
+        try marker.write()
     }
 
     /// What a restore of `chain` needs, checked by the plan before anything is written:

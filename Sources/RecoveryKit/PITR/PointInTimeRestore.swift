@@ -84,6 +84,9 @@ public struct PITRPlan: Codable, Sendable {
     public var timelinePath: String
     public var dataDirectory: String
     public var moveAsideTo: String?
+    /// The run (gone) whose partial extraction the data directory holds (`ExtractionMarker`): its
+    /// contents are removed before extracting, nil when the directory is new or empty.
+    public var partialExtraction: String? = nil
     public var skipped: [Skipped]
     /// For an incremental base backup: the chain pg_combinebackup rebuilds it from, full backup first.
     public var chain: [String]? = nil
@@ -123,6 +126,7 @@ public struct PITRPlan: Codable, Sendable {
         lines.append("timeline:    \(timeline) (\(timelinePath))")
         lines.append("target:      \(target)")
         if let moveAsideTo { lines.append("move the existing \(dataDirectory) aside to \(moveAsideTo)") }
+        if let partialExtraction { lines.append("remove the partial extraction in \(dataDirectory) left by \(partialExtraction)") }
         lines.append("extract into \(dataDirectory), write restore_command and the recovery target, create recovery.signal")
         if let serverMajor {
             lines.append("server:      PostgreSQL \(serverMajor) only (a data directory starts only under its own major): "
@@ -205,12 +209,15 @@ public enum PointInTimeRestore {
                                         hint: "choose an earlier target, or wait for archiving (SELECT pg_switch_wal() on the source forces it)")
                 }
                 var moveAsideTo: String?
+                var partialExtraction: String?
                 if try !isEmptyOrMissing(configuration.dataDirectory) {
-                    guard configuration.moveAside else {
-                        throw RecoveryError(.usage, "data directory \(configuration.dataDirectory) is not empty",
-                                            hint: "give an empty or new directory, or --move-aside to rename the existing one out of the way")
+                    // A run killed while extracting left its marker: that directory is ours to empty.
+                    if let abandoned = try abandonedExtraction(in: configuration.dataDirectory) {
+                        partialExtraction = abandoned
+                    } else {
+                        guard configuration.moveAside else { throw notEmpty(configuration.dataDirectory) }
+                        moveAsideTo = configuration.dataDirectory + ".moved-" + Timestamp.compact(Date(), separator: "_", zone: "")
                     }
-                    moveAsideTo = configuration.dataDirectory + ".moved-" + Timestamp.compact(Date(), separator: "_", zone: "")
                 }
                 // A chain needs pg_combinebackup and pg_verifybackup: missing ones are refused here, before anything is written.
                 let needs = chain.count > 1 ? try ChainRestore.requirements(of: chain, tools: configuration.tools) : nil
@@ -218,6 +225,7 @@ public enum PointInTimeRestore {
                                     lastArchivedSegment: last, segmentsAvailable: count, target: configuration.target.description,
                                     timeline: targetTimeline, timelinePath: describe(path, from: backupTimeline),
                                     dataDirectory: configuration.dataDirectory, moveAsideTo: moveAsideTo, skipped: skipped)
+                plan.partialExtraction = partialExtraction
                 plan.chain = chain.count > 1 ? chain.map(\.id) : nil
                 plan.peakDiskBytes = needs?.peakBytes
                 try plan.findServer(for: backup, configuration)
@@ -371,6 +379,13 @@ public enum PointInTimeRestore {
             if let lock = try StoreLock.sharedIfWritable(in: store, backupID: member.id, holder: LockHolder(command: "dbrestore --pitr")) { memberLocks.append(lock) }
         }
         let directory = configuration.dataDirectory
+        if plan.partialExtraction != nil {
+            // Looked at again: the plan may be a while old. Still abandoned, or refused.
+            guard let abandoned = try abandonedExtraction(in: directory) else { throw notEmpty(directory) }
+            try timeline.step("remove the partial extraction in \(directory) left by \(abandoned)") {
+                try ExtractionMarker.removePartial(in: directory)
+            }
+        }
         if let aside = plan.moveAsideTo {
             try timeline.step("move \(directory) aside to \(aside)") {
                 guard rename(directory, aside) == 0 else {
@@ -378,9 +393,11 @@ public enum PointInTimeRestore {
                 }
             }
         }
+        // Before the first byte: a run killed from here on leaves a directory the next run knows as ours.
+        let marker = try ExtractionMarker.begin(in: directory, command: "dbrestore --pitr")
         do {
             try ChainRestore.materialize(chain, from: store, into: directory, key: configuration.key, jobs: configuration.jobs,
-                                         tools: configuration.tools, timeline: timeline, progress: progress)
+                                         tools: configuration.tools, marker: marker, timeline: timeline, progress: progress)
         } catch {
             try? FileManager.default.removeItem(atPath: directory)
             throw error
@@ -388,6 +405,7 @@ public enum PointInTimeRestore {
         try timeline.step("configure recovery (\(configuration.target))") {
             try writeRecoverySettings(configuration, backupID: manifest.id, timeline: plan.timeline)
         }
+        try marker.finish()
         var report = PITRReport(plan: plan, started: false, promoted: false, lastReplayedTransaction: nil, databases: [:], durationSeconds: 0)
         report.bytesRead = store.reads.bytes
         if configuration.start {
@@ -397,6 +415,28 @@ public enum PointInTimeRestore {
         report.durationSeconds = Date().timeIntervalSince(timeline.startedAt)
         report.steps = timeline.steps
         return report
+    }
+
+    /// Who left the partial extraction `directory` holds (its `ExtractionMarker`), nil when it has
+    /// no marker (not ours: never removed).
+    ///
+    /// - Throws: `RecoveryError(.usage)` when the marker's run is still extracting.
+    private static func abandonedExtraction(in directory: String) throws -> String? {
+        switch ExtractionMarker.inspect(directory) {
+        case .none:
+            return nil
+        case .abandoned(let holder):
+            return holder.map { "\($0.description), which was killed" } ?? "a dbrestore --pitr that was killed"
+        case .running(let holder):
+            throw RecoveryError(.usage, "data directory \(directory) is being extracted into by \(holder.description)",
+                                hint: "wait for that run to finish, or stop it (kill \(holder.pid)) and run again: the next run removes its partial extraction")
+        }
+    }
+
+    /// The refusal of a data directory that holds something that is not ours.
+    private static func notEmpty(_ directory: String) -> RecoveryError {
+        RecoveryError(.usage, "data directory \(directory) is not empty",
+                      hint: "give an empty or new directory, or --move-aside to rename the existing one out of the way")
     }
 
     private static func isEmptyOrMissing(_ path: String) throws -> Bool {
@@ -421,9 +461,13 @@ public enum PointInTimeRestore {
         let tar = ["/usr/bin/tar", "/bin/tar"].first { FileManager.default.isExecutableFile(atPath: $0) } ?? "/bin/tar"
         let child = try ChildProcess(executable: tar, arguments: ["-x", "-f", "-", "-C", directory], stdin: .pipe, stdout: .null, stderr: .pipe)
         let errors = OutputCollector(descriptor: child.standardError)
+        var written: UInt64 = 0
         do {
             try StoredFileStream.decompress(file, of: manifest, from: store, key: key, phase: "extract", progress: progress) { plain in
                 try child.writeToStandardInput(plain)
+                let before = written
+                written += UInt64(plain.count)
+                if before < file.rawBytes / 2 && written >= file.rawBytes / 2 { CrashPoint.reached("pitr:extracting") }
             }
         } catch {
             child.send(SIGKILL)

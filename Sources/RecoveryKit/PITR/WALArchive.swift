@@ -33,7 +33,7 @@ public enum WALArchive {
         let store = try Repository.open(repository, create: true, environment: environment)
         // A retry of an archived segment is common (PostgreSQL retries after any failure): answer it
         // without compressing and uploading the file again.
-        return try self.store(data, name: name, in: store, key: cipherKey, checkFirst: true)
+        return try self.store(data, name: name, in: store, key: cipherKey)
     }
 
     /// The bytes of the WAL file at `path` (archive_command's %p).
@@ -44,29 +44,41 @@ public enum WALArchive {
         return data
     }
 
-    /// Stores the WAL file `name` holding `data` in `store` and confirms it there; what the
-    /// synchronous push and the background pusher of `wal-push --async` both do, so that a
-    /// segment is acknowledged on the same evidence either way.
-    ///
-    /// - Parameter checkFirst: look for an archived copy before compressing (one request more per
-    ///   segment, one upload less per retry); without it a copy already there is found by the
-    ///   create-if-absent and compared just the same.
-    static func store(_ data: Data, name: String, in store: BackupStore, key cipherKey: RepositoryKey?, checkFirst: Bool) throws -> PushOutcome {
+    /// Stores the WAL file `name` holding `data` in `store` and confirms it there (the
+    /// synchronous push). It looks for an archived copy first: one request more per segment, one
+    /// upload less per retry. The background pusher of `wal-push --async` skips the look-up (a
+    /// copy already there is found by the create-if-absent and compared just the same) and calls
+    /// `compress` and `store(compressed:…)` itself, so that a segment is acknowledged on the same
+    /// evidence either way.
+    static func store(_ data: Data, name: String, in store: BackupStore, key cipherKey: RepositoryKey?) throws -> PushOutcome {
         let key = try key(for: name)
-        if checkFirst, let outcome = try compareWithArchived(data, name: name, objectKey: key, store: store, cipherKey: cipherKey) {
+        if let outcome = try compareWithArchived(data, name: name, objectKey: key, store: store, cipherKey: cipherKey) {
             return outcome
         }
+        return try self.store(compressed: compress(data, objectKey: key, cipherKey: cipherKey), of: data, name: name, in: store, key: cipherKey)
+    }
+
+    /// What is stored for the WAL bytes `data` under `objectKey`: gzip level 1 (WAL is written
+    /// once and read back only in a recovery; the fastest level keeps archive_command ahead of a
+    /// busy server), then encrypted when the repository is.
+    static func compress(_ data: Data, objectKey: String, cipherKey: RepositoryKey?) throws -> Data {
         var compressed = Data()
         let compressor = try GzipCompressor(level: 1) { compressed.append(contentsOf: $0) }
         try data.withUnsafeBytes { try compressor.write($0) }
         try compressor.finish()
-        if let cipherKey {
-            var encrypted = Data()
-            let encryptor = try StreamEncryptor(key: cipherKey, object: key) { encrypted.append(contentsOf: $0) }
-            try compressed.withUnsafeBytes { try encryptor.write($0) }
-            try encryptor.finish()
-            compressed = encrypted
-        }
+        guard let cipherKey else { return compressed }
+        var encrypted = Data()
+        let encryptor = try StreamEncryptor(key: cipherKey, object: objectKey) { encrypted.append(contentsOf: $0) }
+        try compressed.withUnsafeBytes { try encryptor.write($0) }
+        try encryptor.finish()
+        return encrypted
+    }
+
+    /// The second half of `store`: stores `compressed` (what `compress` made of `data`) and
+    /// confirms it, or compares `data` with what the name already holds. The background pusher
+    /// compresses first, in its turn at the CPU, and uploads with the others at once.
+    static func store(compressed: Data, of data: Data, name: String, in store: BackupStore, key cipherKey: RepositoryKey?) throws -> PushOutcome {
+        let key = try key(for: name)
         // Created only if absent (link() locally, If-None-Match on S3): of two concurrent pushes of one
         // name exactly one stores its copy; the other compares with what won.
         if try store.create(key, contents: compressed) {
@@ -135,8 +147,21 @@ public enum WALArchive {
 
     static func decompress(_ stored: Data, name: String, objectKey: String, cipherKey: RepositoryKey?) throws -> Data {
         var output = Data()
+        try decompress(stored, name: name, objectKey: objectKey, cipherKey: cipherKey) { output.append(contentsOf: $0) }
+        return output
+    }
+
+    /// Decrypts (when encrypted) and decompresses a stored WAL file, handing the WAL bytes to
+    /// `sink` as they come (each chunk valid only during the call): the prefetcher writes them to
+    /// its spool this way instead of holding the whole segment in memory first.
+    ///
+    /// - Throws: `RecoveryError(.backupCorrupt)` when the gzip stream is damaged or cut short (the
+    ///   bytes handed over so far are then not the segment), `.configuration` without the key, or
+    ///   whatever `sink` throws.
+    static func decompress(_ stored: Data, name: String, objectKey: String, cipherKey: RepositoryKey?,
+                           into sink: @escaping (UnsafeRawBufferPointer) throws -> Void) throws {
         do {
-            let decompressor = try GzipDecompressor { output.append(contentsOf: $0) }
+            let decompressor = try GzipDecompressor(sink: sink)
             if stored.starts(with: RepositoryKey.magic) {
                 guard let cipherKey else {
                     throw RecoveryError(.configuration, "archived WAL file \(name) is encrypted and no key was given",
@@ -153,6 +178,5 @@ public enum WALArchive {
             throw RecoveryError(.backupCorrupt, "archived WAL file \(name) is damaged: \(error)",
                                 hint: "this segment cannot be replayed; recovery can only reach the point before it")
         }
-        return output
     }
 }

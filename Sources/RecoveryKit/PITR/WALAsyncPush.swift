@@ -47,8 +47,8 @@ public enum WALAsyncPush {
         let name = (path as NSString).lastPathComponent
         _ = try WALArchive.key(for: name)
         let spool = try WALSpool(settings.spool, repository: settings.repository, resetOnMismatch: false)
-        let data = try WALArchive.readSegment(path)
-        let digest = sha256(data)
+        // Hashed where it lies (no 16 MiB copy in the call PostgreSQL waits on); read when it cannot be mapped.
+        let digest = try MappedFile.read(path, MappedFile.sha256) ?? sha256(WALArchive.readSegment(path))
         /// The spool says other bytes were stored under this name: only the repository can judge this file.
         func pushSynchronously() throws {
             _ = try WALArchive.push(path: path, repository: settings.repository, key: try key(), environment: settings.environment)
@@ -123,9 +123,7 @@ public enum WALAsyncPush {
     }
 
     static func sha256(_ data: Data) -> String {
-        var digest = StreamingDigest()
-        data.withUnsafeBytes { digest.update($0) }
-        return digest.hexDigest()
+        data.withUnsafeBytes { MappedFile.sha256($0) }
     }
 
     /// How old a verdict no call took (a read-ahead of a segment PostgreSQL never asked for, a
@@ -152,7 +150,7 @@ public enum WALAsyncPush {
         defer { lock.release() }
         try spool.put("pusher.pid", Data(String(ProcessInfo.processInfo.processIdentifier).utf8))
         removeLeftovers(in: spool, now: Date())
-        let work = PushWork()
+        let work = PushWork(), turns = CPUTurns()
         let directory = spool.directory
         let repository = settings.repository
         let idleExit = settings.idleExit
@@ -168,13 +166,18 @@ public enum WALAsyncPush {
                     continue
                 }
                 do {
-                    let data = try WALArchive.readSegment(segment.path)
                     let opened = try store ?? Repository.open(repository, create: true, environment: environment)
                     store = opened
+                    // Read, digest and compress in turns, oldest first (the call PostgreSQL waits on is
+                    // for the oldest); the uploads overlap.
+                    let (data, compressed, digest) = try turns.run(segment.name) {
+                        let data = try WALArchive.readSegment(segment.path)
+                        return (data, try WALArchive.compress(data, objectKey: try WALArchive.key(for: segment.name), cipherKey: key), sha256(data))
+                    }
                     // No look-up first: a segment already stored (by a pusher killed before its verdict)
                     // is found by the create-if-absent and compared there.
-                    _ = try WALArchive.store(data, name: segment.name, in: opened, key: key, checkFirst: false)
-                    try spool.put("status/\(segment.name).ok", okContents(digest: sha256(data), repository: repository))
+                    _ = try WALArchive.store(compressed: compressed, of: data, name: segment.name, in: opened, key: key)
+                    try spool.put("status/\(segment.name).ok", okContents(digest: digest, repository: repository))
                 } catch {
                     let failure = RecoveryError.classify(error)
                     try? spool.put("status/\(segment.name).error", Data((failure.message + (failure.hint.map { " (\($0))" } ?? "")).utf8))

@@ -1,15 +1,17 @@
 import BackupStorage
 import Foundation
 import ProcessSignals
+import Synchronization
 
 /// `dbrestore wal-fetch --prefetch N`: restore_command at WAN latency. Each call asks a
 /// background prefetcher for the N segments after its own (`wanted`), starting it if none runs
 /// (one per spool, an `flock`; it exits once idle). The prefetcher downloads them several at
-/// once, checks each as a direct fetch would (gzip CRC and length, the cipher's authentication)
-/// and by its first page's long header (`WALSegmentName.headerMatches`), and writes the segment
-/// decompressed, atomically, under `segments/<name>`, then its sha256 under `segments/<name>.sha256`.
+/// once and decompresses them in turns, oldest first (`CPUTurns`), straight into a temporary
+/// spool file while hashing; it checks each as a direct fetch would (gzip CRC and length, the
+/// cipher's authentication) and by its first page's long header (`WALSegmentName.headerMatches`)
+/// before renaming it to `segments/<name>`, then writes its sha256 under `segments/<name>.sha256`.
 ///
-/// A later call for that segment only reads it once (the sha256 and the page header again: a
+/// A later call for that segment only maps it once (the sha256 and the page header again: a
 /// spool file damaged, truncated or planted since is never served) and renames it into place;
 /// anything that does not verify is deleted and the segment fetched from the repository, as is a
 /// segment the prefetcher does not have. So the answer is always the repository's: "not found"
@@ -73,19 +75,24 @@ public enum WALPrefetch {
 
     /// Moves the prefetched `name` to `destination` when it is whole and is that segment: its
     /// sha256 is the one the prefetcher recorded after checking the download, and its page header
-    /// names it. Whatever does not verify is deleted.
+    /// names it. Whatever does not verify is deleted. The file is mapped, not read (`MappedFile`):
+    /// besides hashing it, this call only renames it.
     ///
     /// - Returns: the segment's size, or nil when the spool had no good copy.
     private static func serveFromSpool(_ name: String, spool: WALSpool, destination: String) -> Int? {
         let segment = "segments/\(name)", digest = "segments/\(name).sha256"
         defer { spool.remove([segment, digest]) }   // served or bad: either way not needed again
-        guard let recorded = try? spool.files.read(digest), let data = try? spool.files.read(segment),
-              WALAsyncPush.sha256(data) == String(decoding: recorded, as: UTF8.self), WALSegmentName.headerMatches(data, name: name) else { return nil }
-        if rename(spool.path(segment), destination) != 0 {
-            // A --spool on another file system than pg_wal: write the verified bytes instead.
-            guard (try? WALArchive.install(data, at: destination)) != nil else { return nil }
-        }
-        return data.count
+        guard let recorded = try? spool.files.read(digest) else { return nil }
+        let path = spool.path(segment)
+        return MappedFile.read(path, followingLinks: false) { bytes -> Int? in
+            guard MappedFile.sha256(bytes) == String(decoding: recorded, as: UTF8.self),
+                  WALSegmentName.headerMatches(firstBytes: bytes, size: UInt64(bytes.count), name: name) else { return nil }
+            if rename(path, destination) != 0 {
+                // A --spool on another file system than pg_wal: write the verified bytes instead.
+                guard (try? WALArchive.install(Data(bytes), at: destination)) != nil else { return nil }
+            }
+            return bytes.count
+        } ?? nil
     }
 
     /// The background prefetcher: downloads, checks and spools the wanted segments, several at
@@ -97,7 +104,7 @@ public enum WALPrefetch {
         FileHandle.standardError.write(Data("prefetcher \(ProcessInfo.processInfo.processIdentifier) started\n".utf8))
         // Claims of a prefetcher that was killed: this one holds the lock, so none is live.
         spool.remove(try spool.names(under: "claims/").map { "claims/\($0)" })
-        let claims = Claims()
+        let claims = Claims(), turns = CPUTurns(), end = ArchiveEnd()
         let directory = spool.directory
         let repository = settings.repository
         let idleExit = settings.idleExit
@@ -109,7 +116,7 @@ public enum WALPrefetch {
             while !Interruption.isRequested {
                 let wanted = (try? spool.files.read(wantedKey)).map { String(decoding: $0, as: UTF8.self).split(separator: "\n").map(String.init) } ?? []
                 // Each name once per prefetcher: one served already is not downloaded again because an older `wanted` still names it.
-                guard let name = claims.claim(from: wanted.filter { !spool.exists("segments/\($0).sha256") }) else {
+                guard let name = claims.claim(from: end.before(wanted).filter { !spool.exists("segments/\($0).sha256") }) else {
                     if Date().timeIntervalSince(idleSince) > idleExit { return }
                     usleep(WorkerThreads.idlePause(index))
                     continue
@@ -122,19 +129,66 @@ public enum WALPrefetch {
                 do {
                     let opened = try store ?? Repository.open(repository, create: false, environment: environment)
                     store = opened
-                    let data = try WALArchive.decompress(try opened.read(objectKey), name: name, objectKey: objectKey, cipherKey: cipherKey)
-                    guard WALSegmentName.headerMatches(data, name: name) else {
-                        throw RecoveryError(.backupCorrupt, "archived WAL file \(name) does not start with its own page header")
+                    let stored = try opened.read(objectKey)
+                    // Decompressed straight into the spool file, hashed on the way: one pass over the
+                    // segment, never held whole in memory. Renamed into place only once checked.
+                    // The downloads overlap; the decompressing takes turns, oldest first: the next
+                    // segment recovery asks for is ready soonest.
+                    try turns.run(name) {
+                        let file = try spool.create("segments/\(name)")
+                        var digest = StreamingDigest(), firstPage = Data(), size: UInt64 = 0
+                        try WALArchive.decompress(stored, name: name, objectKey: objectKey, cipherKey: cipherKey) { chunk in
+                            digest.update(chunk)
+                            if firstPage.count < 64 { firstPage.append(contentsOf: chunk.prefix(64 - firstPage.count)) }
+                            size += UInt64(chunk.count)
+                            try file.append(chunk)
+                        }
+                        guard firstPage.withUnsafeBytes({ WALSegmentName.headerMatches(firstBytes: $0, size: size, name: name) }) else {
+                            throw RecoveryError(.backupCorrupt, "archived WAL file \(name) does not start with its own page header")
+                        }
+                        try file.commit()
+                        try spool.put("segments/\(name).sha256", Data(digest.hexDigest().utf8))
                     }
-                    try spool.put("segments/\(name)", data)
-                    try spool.put("segments/\(name).sha256", Data(WALAsyncPush.sha256(data).utf8))
                 } catch let error as StorageError where error.kind == .notFound {
                     // Not archived (yet): the call for it asks the repository itself.
+                    end.reached(at: name)
                 } catch {
                     // The call for it fetches directly and reports what is wrong.
                     FileHandle.standardError.write(Data("prefetch \(name): \(RecoveryError.classify(error).message)\n".utf8))
                 }
             }
+        }
+    }
+}
+
+/// Where the prefetcher last found the archive ending: the first segment the repository did not
+/// have. Names at and after it on its timeline are not asked for, each of them one more GET
+/// answered 404 (a round trip, and with URLSession on Linux a core busy for as long). The end
+/// is forgotten once recovery has moved past it: a `wanted` list starting after it (the call for
+/// that segment found it in the repository) or on another timeline. Until then the calls for
+/// those segments ask the repository themselves, so nothing is answered from this.
+final class ArchiveEnd: Sendable {
+    private let first = Mutex<String?>(nil)
+
+    /// `wanted` less the names at or past the end on its timeline; forgets the end when `wanted`
+    /// shows that recovery has moved past it.
+    func before(_ wanted: [String]) -> [String] {
+        first.withLock { first in
+            guard let end = first else { return wanted }
+            func atOrPast(_ name: String) -> Bool { name.prefix(8) == end.prefix(8) && name >= end }
+            if let next = wanted.first, next.prefix(8) != end.prefix(8) || next > end {
+                first = nil
+                return wanted
+            }
+            return wanted.filter { !atOrPast($0) }
+        }
+    }
+
+    /// The repository does not have `name`.
+    func reached(at name: String) {
+        first.withLock { first in
+            if let end = first, end.prefix(8) == name.prefix(8), end <= name { return }
+            first = name
         }
     }
 }

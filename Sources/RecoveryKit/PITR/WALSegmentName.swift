@@ -69,16 +69,22 @@ public enum WALSegmentName {
     /// is the segment's start LSN (from the name and the header's `xlp_seg_size`), and the file
     /// is `xlp_seg_size` long. The magic differs per major and is not checked.
     public static func headerMatches(_ data: Data, name: String) -> Bool {
+        data.withUnsafeBytes { headerMatches(firstBytes: $0, size: UInt64($0.count), name: name) }
+    }
+
+    /// `headerMatches` for a file of `size` bytes that starts with `firstBytes` (at least the
+    /// 40 bytes of the long page header): what a segment streamed to disk or mapped is checked by.
+    public static func headerMatches(firstBytes: UnsafeRawBufferPointer, size: UInt64, name: String) -> Bool {
         let characters = Array(name)
-        guard isSegment(name), data.count >= 40, let log = UInt64(String(characters[8..<16]), radix: 16),
+        guard isSegment(name), firstBytes.count >= 40, let log = UInt64(String(characters[8..<16]), radix: 16),
               let segment = UInt64(String(characters[16..<24]), radix: 16) else { return false }
         func integer<T: FixedWidthInteger>(_ offset: Int, _: T.Type) -> T {
-            data.withUnsafeBytes { T(littleEndian: $0.loadUnaligned(fromByteOffset: offset, as: T.self)) }
+            T(littleEndian: firstBytes.loadUnaligned(fromByteOffset: offset, as: T.self))
         }
         let info = integer(2, UInt16.self), pageAddress = integer(8, UInt64.self), segmentSize = UInt64(integer(32, UInt32.self))
         // A power of two from 1 MB to 1 GB, as initdb --wal-segsize allows.
         guard info & 0x0002 != 0, segmentSize >= 1 << 20, segmentSize <= 1 << 30, segmentSize & (segmentSize - 1) == 0,
-              UInt64(data.count) == segmentSize else { return false }
+              size == segmentSize else { return false }
         let perLogID = 0x1_0000_0000 / segmentSize
         guard segment < perLogID else { return false }
         return pageAddress == (log * perLogID + segment) * segmentSize

@@ -81,36 +81,74 @@ struct WALSpool {
     /// damaged segment is caught by its sha256), while an fsync costs a trip to a busy disk for every
     /// file of every segment, in the path PostgreSQL waits on. Durability is the repository's.
     func put(_ key: String, _ contents: Data) throws {
-        let final = path(key)
-        let directory = (final as NSString).deletingLastPathComponent
-        try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        let temporary = final + ".partial-\(getpid())-\(String(UInt32.random(in: 0...UInt32.max), radix: 16))"
-        let descriptor = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        var written = 0
-        if descriptor >= 0 {
-            written = contents.withUnsafeBytes { bytes in
-                var offset = 0
-                while offset < bytes.count {
-                    let count = write(descriptor, bytes.baseAddress.map { $0 + offset }, bytes.count - offset)
-                    if count < 0 && errno == EINTR { continue }
-                    if count <= 0 { break }
-                    offset += count
+        let file = try create(key)
+        try contents.withUnsafeBytes { try file.append($0) }
+        try file.commit()
+    }
+
+    /// A spool file being written piece by piece (a segment as it is decompressed), under its
+    /// temporary name until `commit()`; as `put`, whole or not at all, without fsync.
+    final class NewFile {
+        let final: String
+        private let temporary: String
+        private var descriptor: Int32
+
+        fileprivate init(final: String) throws {
+            self.final = final
+            let directory = (final as NSString).deletingLastPathComponent
+            try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            temporary = final + ".partial-\(getpid())-\(String(UInt32.random(in: 0...UInt32.max), radix: 16))"
+            descriptor = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+            guard descriptor >= 0 else { throw Self.failure(temporary, String(cString: strerror(errno))) }
+        }
+
+        private static func failure(_ path: String, _ reason: String) -> RecoveryError {
+            RecoveryError(.failure, "cannot write \(path) in the spool: \(reason)",
+                          hint: "give --spool a local directory the PostgreSQL user may write, with free space")
+        }
+
+        /// Appends `bytes`; on failure the temporary file is removed.
+        func append(_ bytes: UnsafeRawBufferPointer) throws {
+            guard descriptor >= 0 else { throw Self.failure(temporary, "already closed") }
+            var offset = 0
+            while offset < bytes.count {
+                let count = write(descriptor, bytes.baseAddress.map { $0 + offset }, bytes.count - offset)
+                if count < 0 && errno == EINTR { continue }
+                guard count > 0 else {
+                    let reason = String(cString: strerror(count < 0 ? errno : ENOSPC))
+                    discard()
+                    throw Self.failure(temporary, reason)
                 }
-                return offset
+                offset += count
             }
         }
-        let failure = descriptor < 0 || written < contents.count ? String(cString: strerror(errno)) : nil
-        if descriptor >= 0 { close(descriptor) }
-        if let failure {
-            unlink(temporary)
-            throw RecoveryError(.failure, "cannot write \(temporary) in the spool: \(failure)",
-                                hint: "give --spool a local directory the PostgreSQL user may write, with free space")
+
+        /// Renames the file to its name: from now on readers see it whole.
+        func commit() throws {
+            guard descriptor >= 0 else { throw Self.failure(temporary, "already closed") }
+            close(descriptor)
+            descriptor = -1
+            guard rename(temporary, final) == 0 else {
+                let reason = String(cString: strerror(errno))
+                unlink(temporary)
+                throw RecoveryError(.failure, "cannot rename \(temporary) to \(final): \(reason)")
+            }
         }
-        guard rename(temporary, final) == 0 else {
-            let reason = String(cString: strerror(errno))
+
+        /// Drops what was written (also what `deinit` does to a file never committed).
+        func discard() {
+            guard descriptor >= 0 else { return }
+            close(descriptor)
+            descriptor = -1
             unlink(temporary)
-            throw RecoveryError(.failure, "cannot rename \(temporary) to \(final): \(reason)")
         }
+
+        deinit { discard() }
+    }
+
+    /// Starts writing `key` (see `NewFile`).
+    func create(_ key: String) throws -> NewFile {
+        try NewFile(final: path(key))
     }
 
     /// Removes `keys` that exist (no fsync, see `put`).
@@ -191,6 +229,39 @@ struct WALSpool {
     }
 }
 
+/// A file read where it lies: mapped, so that hashing a 16 MiB segment costs neither a copy nor
+/// fresh memory (the calls PostgreSQL waits on do this for every segment).
+///
+/// - Important: only for files nobody cuts short in place (a WAL segment PostgreSQL is archiving,
+///   a committed spool file): touching a page past a new end kills the process by SIGBUS, which
+///   archive_command and restore_command report as a failure, never as success.
+enum MappedFile {
+    /// `body` over the file's bytes; nil when the file cannot be opened or mapped (or is empty),
+    /// for the caller to fall back to reading it.
+    ///
+    /// - Parameter followingLinks: false for files the spool made itself, which are never links.
+    static func read<T>(_ path: String, followingLinks: Bool = true, _ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T? {
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC | (followingLinks ? 0 : O_NOFOLLOW))
+        guard descriptor >= 0 else { return nil }
+        defer { close(descriptor) }
+        var status = stat()
+        guard fstat(descriptor, &status) == 0, status.st_mode & S_IFMT == S_IFREG, status.st_size > 0 else { return nil }
+        let size = Int(status.st_size)
+        guard let mapping = mmap(nil, size, PROT_READ, MAP_SHARED, descriptor, 0), mapping != UnsafeMutableRawPointer(bitPattern: -1) else {
+            return nil
+        }
+        defer { munmap(mapping, size) }
+        return try body(UnsafeRawBufferPointer(start: mapping, count: size))
+    }
+
+    /// The sha256 of `bytes`, as the spool's verdicts and records name it.
+    static func sha256(_ bytes: UnsafeRawBufferPointer) -> String {
+        var digest = StreamingDigest()
+        digest.update(bytes)
+        return digest.hexDigest()
+    }
+}
+
 /// Runs `work` on `jobs` threads at once and waits for all of them.
 enum WorkerThreads {
     /// Microseconds an idle worker waits before looking for work again: the first of a pool looks
@@ -223,5 +294,67 @@ final class Claims: Sendable {
             taken.insert(name)
             return name
         }
+    }
+}
+
+/// Takes turns at the CPU-bound part of a worker's job (compressing a segment, decompressing
+/// one), at most `slots` at once and the oldest segment first. The workers are many so that
+/// their round trips overlap; if all of them compressed at once on a machine with fewer cores,
+/// every segment would be ready only when all were, while PostgreSQL waits for the oldest one
+/// (archive_command and restore_command are called one segment at a time, in order).
+final class CPUTurns: Sendable {
+    /// One caller waiting: its name, then the order it came in (two callers of one name each get a turn).
+    private struct Ticket: Hashable, Comparable {
+        let name: String
+        let serial: Int
+
+        static func < (left: Ticket, right: Ticket) -> Bool { (left.name, left.serial) < (right.name, right.serial) }
+    }
+
+    private struct State {
+        var free: Int
+        var serial = 0
+        var waiting: Set<Ticket> = []
+    }
+
+    private let state: Mutex<State>
+    /// Where callers wait for a turn (woken when one is taken or ends), rather than polling: eight threads
+    /// looking every millisecond cost more CPU than the turns save.
+    private let turnEnded = NSCondition()
+
+    /// - Parameter slots: jobs at once; by default one per core the process may use.
+    init(slots: Int = ProcessInfo.processInfo.activeProcessorCount) {
+        state = Mutex(State(free: max(1, slots)))
+    }
+
+    /// Runs `work` once a slot is free and no older name waits for one.
+    func run<T>(_ name: String, _ work: () throws -> T) rethrows -> T {
+        let ticket = state.withLock { state in
+            state.serial += 1
+            let ticket = Ticket(name: name, serial: state.serial)
+            state.waiting.insert(ticket)
+            return ticket
+        }
+        // Checked and waited for under the condition's lock, which the end of a turn takes to wake
+        // the waiters: no wake-up falls between a check and the wait.
+        turnEnded.lock()
+        while !state.withLock({ state in
+            guard state.free > 0, state.waiting.min() == ticket else { return false }
+            state.free -= 1
+            state.waiting.remove(ticket)
+            return true
+        }) {
+            turnEnded.wait()
+        }
+        // The next oldest may be waiting for a slot that is still free.
+        turnEnded.broadcast()
+        turnEnded.unlock()
+        defer {
+            state.withLock { $0.free += 1 }
+            turnEnded.lock()
+            turnEnded.broadcast()
+            turnEnded.unlock()
+        }
+        return try work()
     }
 }

@@ -1,11 +1,15 @@
 import BackupStorage
 import Foundation
 
-/// The S3 bucket lifecycle rule equivalent to a tier, for stores that enforce retention themselves.
+/// The S3 bucket lifecycle rule for a tier: what the bucket can do on its own without knowing our
+/// snapshot rules. It aborts multipart uploads left open for a day, and expires `backups/` objects
+/// only when the tier has no snapshot rules (S3 would otherwise delete what a snapshot keeps).
 ///
-/// Only what S3 can do without knowing our snapshot rules: move `backups/` objects to GLACIER after
-/// `glacier_after`, and abort multipart uploads left open for a day. Expiration is written only
-/// when the tier has no snapshot rules, since S3 would otherwise delete what a snapshot keeps.
+/// It moves nothing to GLACIER: a prefix rule would take the manifests too, and a backup whose
+/// manifest is archived can be neither listed nor chosen nor pruned by its age (an outside attack
+/// found every listing failing on one). `dbprune` moves each kept backup's data files itself after
+/// `glacier_after`, leaving its manifest readable; a size filter that would spare the manifests is
+/// not kept by every S3-compatible server (moto drops it).
 public enum LifecycleRule {
     /// The rule's id, one per repository prefix, so other rules in the bucket are left alone.
     public static func ruleID(prefix: String) -> String { "dbrecovery-" + (prefix.isEmpty ? "root" : prefix.replacingOccurrences(of: "/", with: "-")) }
@@ -14,9 +18,6 @@ public enum LifecycleRule {
     public static func rule(prefix: String, tier: RetentionPolicy.Tier) -> String {
         let backups = prefix.isEmpty ? "backups/" : "\(prefix)/backups/"
         var xml = "<Rule><ID>\(ruleID(prefix: prefix))</ID><Filter><Prefix>\(escape(backups))</Prefix></Filter><Status>Enabled</Status>"
-        if let glacier = tier.glacierAfter {
-            xml += "<Transition><Days>\(max(1, glacier.hours / 24))</Days><StorageClass>GLACIER</StorageClass></Transition>"
-        }
         if !tier.snapshots, tier.keepLast == 0, let within = tier.keepWithin {
             xml += "<Expiration><Days>\(max(1, within.hours / 24))</Days></Expiration>"
         }
@@ -32,7 +33,7 @@ public enum LifecycleRule {
     }
 
     /// The `<Rule>…</Rule>` elements of a configuration, as text.
-    static func rules(in xml: String) -> [String] {
+    public static func rules(in xml: String) -> [String] {
         var found: [String] = []
         var rest = Substring(xml)
         while let start = rest.range(of: "<Rule>"), let end = rest.range(of: "</Rule>", range: start.upperBound..<rest.endIndex) {

@@ -46,6 +46,8 @@ public struct PruneReport: Codable, Sendable {
     public var decisions: [RetentionDecision]
     /// Backups whose manifest cannot be read: never deleted, always reported.
     public var unreadable: [String]
+    /// Backups whose manifest is archived (S3 GLACIER): never deleted, always reported.
+    public var archived: [String]
     public var garbage: [Garbage]
     public var wal: WALRetention.Plan
     /// Backups newer than the newest one that verifies, with why they do not.
@@ -207,9 +209,11 @@ public enum Pruner {
         }
         var wal = walPlan()
 
-        let unreadable = entries.filter { $0.manifest == nil }.map { "\($0.id): \($0.problem ?? "unreadable")" }
+        let unusable = entries.filter { $0.manifest == nil }
         var report = PruneReport(repository: store.location, tier: tierName, dryRun: configuration.dryRun, decisions: decisions,
-                                 unreadable: unreadable, garbage: garbage, wal: wal, unverified: unverified, verification: verification)
+                                 unreadable: unusable.filter { !$0.archived }.map { "\($0.id): \($0.problem ?? "unreadable")" },
+                                 archived: unusable.filter(\.archived).map(\.id),
+                                 garbage: garbage, wal: wal, unverified: unverified, verification: verification)
         if !configuration.dryRun, let confirm = configuration.confirm,
            report.deleted > 0 || !wal.delete.isEmpty || garbage.contains(where: { $0.action == "delete" }) {
             try confirm(report)

@@ -18,15 +18,17 @@ public struct RepositoryEncryption: Codable, Sendable, Equatable {
     /// The record's key in the repository.
     public static let key = "encryption.json"
 
-    /// Checks that writing with `key` (nil: plaintext) matches what the repository holds; records
-    /// the repository's mode on its first write (from what it already holds, else from this write).
+    /// Checks that writing with `key` (nil: plaintext) matches what the repository holds. Only a
+    /// repository that holds backups or WAL is bound: its mode is recorded (if not yet) from what it
+    /// holds. A repository that holds neither is not: its first stored backup decides, and nothing
+    /// is recorded before one exists, so a run that fails before storing anything (a wrong password,
+    /// a server down, a dry run) leaves no record behind to refuse the next one.
     ///
     /// - Parameters:
     ///   - allowMixed: `--allow-mixed-encryption`: store anyway.
     /// - Throws: `RecoveryError(.usage)` naming the mismatch and the flag; storage errors.
     public static func checkWrite(to store: BackupStore, key: RepositoryKey?, allowMixed: Bool) throws {
-        let recorded = try recordedOrDetected(in: store, writing: key)
-        guard !allowMixed else { return }
+        guard let recorded = try binding(in: store, writing: key), !allowMixed else { return }
         switch (recorded.encrypted, key) {
         case (true, nil):
             throw RecoveryError(.usage, "repository \(store.location) holds encrypted backups; refusing to store plaintext in it",
@@ -42,16 +44,49 @@ public struct RepositoryEncryption: Codable, Sendable, Equatable {
         }
     }
 
-    /// The recorded mode, or (first write) the mode detected from existing backups and WAL, else
-    /// the mode of this write; recorded with a create-if-absent so concurrent first writes agree.
-    private static func recordedOrDetected(in store: BackupStore, writing key: RepositoryKey?) throws -> RepositoryEncryption {
-        if let recorded = try read(from: store) { return recorded }
-        let mode = try detect(in: store) ?? RepositoryEncryption(encrypted: key != nil, keyFingerprint: key?.fingerprint)
+    /// Records the mode of a repository a write has just stored data in, from what it now holds.
+    /// Best effort: a repository left without a record gets one at its next write's check.
+    public static func recordStored(in store: BackupStore, key: RepositoryKey?) {
+        _ = try? binding(in: store, writing: key)
+    }
+
+    /// Whether writing with `key` is what this record says the repository holds.
+    private func agrees(with key: RepositoryKey?) -> Bool {
+        guard let key else { return !encrypted }
+        return encrypted && (keyFingerprint == nil || keyFingerprint == key.fingerprint)
+    }
+
+    /// The mode a write must match: the record, or (first write to a repository that holds data,
+    /// e.g. one from before this record existed) the mode detected from its backups and WAL, then
+    /// recorded with a create-if-absent so concurrent writers agree. Nil when the repository holds
+    /// neither backups nor WAL.
+    private static func binding(in store: BackupStore, writing key: RepositoryKey?) throws -> RepositoryEncryption? {
+        if let recorded = try read(from: store) {
+            // The usual case costs one read; only a disagreement looks at what the repository holds.
+            if recorded.agrees(with: key) { return recorded }
+            guard try detect(in: store) == nil else { return recorded }
+            // A record on a repository that holds nothing was written by a run that stored nothing
+            // (versions before this one recorded the mode before connecting to the server): it
+            // binds nothing, and is removed so that the first backup's own mode is recorded next.
+            try removeUnbacked(in: store)
+            return nil
+        }
+        guard let mode = try detect(in: store) else { return nil }
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys
         if try store.create(Self.key, contents: try encoder.encode(mode)) { return mode }
-        // Another first writer recorded it a moment ago: its record wins.
+        // Another writer recorded it a moment ago: its record wins.
         return try read(from: store) ?? mode
+    }
+
+    /// Deletes the record, only if it is still the one read (another writer may have replaced it).
+    private static func removeUnbacked(in store: BackupStore) throws {
+        do {
+            let current = try store.readVersioned(Self.key)
+            _ = try store.delete(Self.key, ifVersion: current.version)
+        } catch let error as StorageError where error.kind == .notFound {
+            return
+        }
     }
 
     private static func read(from store: BackupStore) throws -> RepositoryEncryption? {

@@ -1,12 +1,16 @@
 import BackupStorage
 import Foundation
 import PostgresClient
+import ProcessSignals
 
 /// The entry point of `dbverify`: resolve the backup, then check files or row counts.
 public enum BackupVerification {
     /// Checks the stored files of one backup, or of `all`. With `all`, a backup that cannot be
     /// checked (unreadable manifest, a file that cannot be opened) is reported and the others are
-    /// still checked.
+    /// still checked; one that `dbprune` removes meanwhile is reported as pruned, not damaged.
+    ///
+    /// Each backup is checked under a reader lock (`StoreLock.sharedIfWritable`, as a restore reads
+    /// it), taken before its manifest is read again: `dbprune` leaves a backup alone while it is checked.
     ///
     /// - Throws: `RecoveryError` when the repository or backup cannot be found.
     public static func files(repository: String, backup: String, key: RepositoryKey? = nil, progress: ProgressObserver? = nil,
@@ -16,34 +20,100 @@ public enum BackupVerification {
         let entries = try catalog.entries()
         let manifests = entries.compactMap(\.manifest)
         if backup == "all" {
-            return entries.map { entry in
-                guard let manifest = entry.manifest else {
+            return try entries.map { entry in
+                guard entry.manifest != nil else {
                     return FileVerifier.Report(id: entry.id, files: [.init(name: BackupManifest.fileName, ok: false, problem: entry.problem)])
                 }
+                let reading = try StoreLock.sharedIfWritable(in: store, backupID: entry.id, holder: LockHolder(command: "dbverify"))
+                defer { try? reading?.release() }   // a leftover reader record only delays pruning; dbprune removes it once we are gone
+                let reread: BackupManifest?
+                do {
+                    reread = try manifestAsReader(entry.id, in: store)
+                } catch {
+                    // Unreadable now (damaged since the listing, archived, the store failing): this backup's row, not the run's end.
+                    return FileVerifier.Report(id: entry.id, files: [.init(name: BackupManifest.fileName, ok: false,
+                                                                          problem: "cannot be read: \(RecoveryError.classify(error).message)")])
+                }
+                guard let manifest = reread else { return pruned(entry.id) }
                 var report: FileVerifier.Report
                 do {
-                    report = remember(try FileVerifier.verify(manifest, in: store, cipherKey: key, progress: progress), of: manifest, in: store)
+                    report = try FileVerifier.verify(manifest, in: store, cipherKey: key, progress: progress)
                 } catch {
                     let problem = "cannot be read: \(RecoveryError.classify(error).message)"
                     report = FileVerifier.Report(id: entry.id, files: manifest.files.map { .init(name: $0.name, ok: false, problem: problem) })
                 }
+                // Without a reader lock (a read-only repository) a prune can still take the files away mid-check.
+                if !report.ok, try isPruned(manifest, in: store) { return pruned(entry.id) }
+                report = remember(report, of: manifest, in: store)
                 // Every member is checked in its own row; a missing one makes its incrementals unrestorable.
                 if let problem = chainProblem(of: manifest, in: manifests) { report.files.append(problem) }
                 return report
             }
         }
-        let manifest = try catalog.resolve(backup)
-        guard manifest.incremental != nil else {
-            return [remember(try FileVerifier.verify(manifest, in: store, cipherKey: key, progress: progress), of: manifest, in: store)]
+        let resolved = try catalog.resolve(backup)
+        let chain = resolved.incremental == nil || chainProblem(of: resolved, in: manifests) != nil
+            ? [resolved] : try IncrementalChain.members(of: resolved, in: manifests)
+        // Every backup read gets a reader lock first, then its manifest is read again under it.
+        var locks: [StoreLock] = []
+        defer { for lock in locks { try? lock.release() } }
+        var members: [BackupManifest] = []
+        for member in chain {
+            if let lock = try StoreLock.sharedIfWritable(in: store, backupID: member.id, holder: LockHolder(command: "dbverify")) { locks.append(lock) }
+            guard let manifest = try manifestAsReader(member.id, in: store) else {
+                throw RecoveryError(.backupNotFound, "backup \(member.id) was removed (by dbprune?) before it could be checked",
+                                    hint: "dbrestore list shows the backups there are; check another one")
+            }
+            members.append(manifest)
         }
-        // An incremental is only as good as its chain: every member, full backup first.
-        if let problem = chainProblem(of: manifest, in: manifests) {
-            var report = remember(try FileVerifier.verify(manifest, in: store, cipherKey: key, progress: progress), of: manifest, in: store)
-            report.files.append(problem)
-            return [report]
+        return try members.map { manifest in
+            var report = try FileVerifier.verify(manifest, in: store, cipherKey: key, progress: progress)
+            if !report.ok, try isPruned(manifest, in: store) {
+                throw RecoveryError(.backupNotFound, "backup \(manifest.id) was removed (by dbprune?) while it was being checked",
+                                    hint: "it is gone, not damaged; dbrestore list shows the backups there are")
+            }
+            report = remember(report, of: manifest, in: store)
+            // An incremental is only as good as its chain: every member, full backup first.
+            if manifest.id == resolved.id, let problem = chainProblem(of: manifest, in: manifests) { report.files.append(problem) }
+            return report
         }
-        return try IncrementalChain.members(of: manifest, in: manifests).map {
-            remember(try FileVerifier.verify($0, in: store, cipherKey: key, progress: progress), of: $0, in: store)
+    }
+
+    /// The row of a backup `dbprune` removed while this run was getting to it.
+    private static func pruned(_ id: String) -> FileVerifier.Report {
+        var report = FileVerifier.Report(id: id, files: [])
+        report.pruned = true
+        return report
+    }
+
+    /// The manifest of a backup this run has just registered as a reader of; nil once it is gone.
+    /// A `dbprune` that looked for readers before we registered may be deleting the backup right
+    /// now: it deletes the manifest first, looks for readers again, sees us and puts it back. So a
+    /// missing manifest whose data is still there is read again for a few seconds; one whose data
+    /// is gone too was pruned.
+    static func manifestAsReader(_ id: String, in store: BackupStore) throws -> BackupManifest? {
+        let folder = "backups/\(id)"
+        let key = folder + "/" + BackupManifest.fileName
+        var attempt = 0
+        while true {
+            do {
+                return try BackupManifest.decode(try store.read(key), source: key)
+            } catch let error as StorageError where error.kind == .notFound {
+                if attempt >= 10 || Interruption.isRequested { return nil }
+                if try store.list(prefix: folder + "/").isEmpty { return nil }
+                attempt += 1
+                usleep(300_000)
+            }
+        }
+    }
+
+    /// Whether `manifest`'s backup is gone from the repository (its manifest deleted: `dbprune`
+    /// deletes a backup's manifest before its files), so missing files mean pruned, not damaged.
+    private static func isPruned(_ manifest: BackupManifest, in store: BackupStore) throws -> Bool {
+        do {
+            _ = try store.objectInfo(manifest.folderKey + "/" + BackupManifest.fileName)
+            return false
+        } catch let error as StorageError where error.kind == .notFound {
+            return true
         }
     }
 

@@ -34,6 +34,9 @@ public enum FileVerifier {
     public struct Report: Codable, Sendable {
         public var id: String
         public var files: [FileResult]
+        /// `dbprune` removed the backup while it was being checked (`dbverify --files all`): gone,
+        /// not damaged, and no file is listed. Never set for a backup that still has its manifest.
+        public var pruned: Bool = false
         /// Every file the restore needs verifies (a damaged optional index does not count: see `warnings`).
         public var ok: Bool { files.allSatisfy { $0.ok || $0.optionalIndex } }
         /// Not ok only because files are archived.

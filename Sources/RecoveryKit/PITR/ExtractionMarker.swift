@@ -1,0 +1,105 @@
+import BackupStorage
+import Foundation
+
+/// `<pgdata>/.dbrecovery-extracting`: written (naming this run) into the new or empty data directory
+/// before the first byte of a base backup goes into it, and removed last, once `global/pg_control`
+/// and the recovery settings are in place. A run killed in between (SIGKILL, a power cut, the OOM
+/// killer) cannot clean up after itself and leaves it behind, so the next run can tell its own
+/// partial extraction (removed, said in one line) from a directory someone else filled (never
+/// touched: refused as not empty, as before).
+final class ExtractionMarker {
+    static let fileName = ".dbrecovery-extracting"
+
+    /// What a non-empty data directory's marker says.
+    enum Found {
+        /// No marker: the directory is not ours.
+        case none
+        /// A marker whose run is gone (its holder, nil when the marker was cut short by the kill).
+        case abandoned(LockHolder?)
+        /// A marker of a run still alive (or on another host, where we cannot tell).
+        case running(LockHolder)
+    }
+
+    private let directory: String
+    private let holder: LockHolder
+
+    private init(directory: String, holder: LockHolder) {
+        self.directory = directory
+        self.holder = holder
+    }
+
+    static func path(in directory: String) -> String {
+        (directory.hasSuffix("/") ? String(directory.dropLast()) : directory) + "/" + fileName
+    }
+
+    /// Reads the marker of `directory`, if it has one.
+    static func inspect(_ directory: String) -> Found {
+        guard let data = FileManager.default.contents(atPath: path(in: directory)) else { return .none }
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        // Only this code names a file so: unreadable means the kill cut its writing short.
+        guard let holder = try? decoder.decode(LockHolder.self, from: data) else { return .abandoned(nil) }
+        return ProcessLiveness.isGone(holder) ? .abandoned(holder) : .running(holder)
+    }
+
+    /// Creates `directory` (0700) if needed and writes the marker, durably, before anything else.
+    static func begin(in directory: String, command: String) throws -> ExtractionMarker {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let marker = ExtractionMarker(directory: directory, holder: LockHolder(command: command))
+        try marker.write()
+        return marker
+    }
+
+    /// Writes (again) the marker: a chain's pg_combinebackup needs the directory empty, so the
+    /// marker is taken away for it and put back once the rebuilt directory is verified.
+    func write() throws {
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .iso8601
+        encoder.outputFormatting = .sortedKeys
+        let path = Self.path(in: directory)
+        guard FileManager.default.createFile(atPath: path, contents: try encoder.encode(holder), attributes: [.posixPermissions: 0o600]) else {
+            throw RecoveryError(.failure, "cannot write \(path): \(String(cString: strerror(errno)))",
+                                hint: "the data directory must be writable by this user; nothing was extracted")
+        }
+        let file = open(path, O_RDONLY | O_CLOEXEC)
+        if file >= 0 {
+            fsync(file)
+            close(file)
+        }
+        try LocalStore.syncDirectory(directory)
+    }
+
+    /// Takes the marker away (for pg_combinebackup, or at the end).
+    func remove() throws {
+        let path = Self.path(in: directory)
+        guard unlink(path) == 0 || errno == ENOENT else {
+            throw RecoveryError(.failure, "cannot remove \(path): \(String(cString: strerror(errno)))")
+        }
+        try LocalStore.syncDirectory(directory)
+    }
+
+    /// The last step: the marker goes once the data directory is complete (pg_control is the last
+    /// member pg_basebackup writes, so a directory without it is still a partial one).
+    func finish() throws {
+        let control = (directory.hasSuffix("/") ? String(directory.dropLast()) : directory) + "/global/pg_control"
+        guard FileManager.default.fileExists(atPath: control) else {
+            throw RecoveryError(.restoreFailed, "the extracted data directory \(directory) has no global/pg_control",
+                                hint: "the base backup is incomplete; dbverify --files <id> checks it; the next dbrestore --pitr removes this partial directory")
+        }
+        try remove()
+    }
+
+    /// Removes everything in `directory` but the directory itself (it may be a mount point), the
+    /// marker last, so a kill during the removal leaves a directory the next run still knows as ours.
+    static func removePartial(in directory: String) throws {
+        let manager = FileManager.default
+        for name in try manager.contentsOfDirectory(atPath: directory) where name != fileName {
+            try manager.removeItem(atPath: (directory as NSString).appendingPathComponent(name))
+        }
+        let marker = path(in: directory)
+        guard unlink(marker) == 0 || errno == ENOENT else {
+            throw RecoveryError(.failure, "cannot remove \(marker): \(String(cString: strerror(errno)))")
+        }
+        try LocalStore.syncDirectory(directory)
+    }
+}
