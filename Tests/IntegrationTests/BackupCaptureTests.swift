@@ -463,12 +463,24 @@ final class BackupCaptureTests: IntegrationTestCase {
         let process = try TestProcess.start("dbbackup", common + ["--data-by", "copy", "--jobs", "1", "--lock-wait", "5", "--compression-level", "9"],
                                             cluster: cluster)
         let errors = OutputCollector(descriptor: process.standardError, limit: 256 * 1024)
-        // Once pg_dump holds its locks (it would queue behind the ALTER too) and `big` is being copied:
-        try waitFor("""
-            SELECT bool_and(EXISTS (SELECT FROM pg_locks l WHERE l.pid = a.pid AND l.relation = 'big'::regclass AND l.granted))
-                   AND EXISTS (SELECT FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'COPY (SELECT % FROM ONLY public.big %')
-            FROM pg_stat_activity a WHERE a.datname = current_database() AND a.application_name = 'pg_dump'
-            """)
+        // Once both pg_dumps (the dump's and the schema fingerprint's) have locked `big` (a pg_dump that
+        // locks after the ALTER queues behind it, as it would beside pg_dump alone) and `big` is being copied:
+        // the pg_dumps seen so far are remembered, since the schema one may come and go between two looks.
+        let watcher = try cluster.connect(database: database)
+        var pgDumps: Set<String> = []
+        let deadline = Date().addingTimeInterval(60)
+        while true {
+            let rows = try watcher.query("""
+                SELECT a.pid::text, EXISTS (SELECT FROM pg_locks l WHERE l.pid = a.pid AND l.relation = 'big'::regclass AND l.granted)::text,
+                       EXISTS (SELECT FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'COPY (SELECT % FROM ONLY public.big %')::text
+                FROM pg_stat_activity a WHERE a.datname = current_database() AND a.application_name = 'pg_dump'
+                """).rows
+            pgDumps.formUnion(rows.compactMap { $0[0] })
+            if pgDumps.count >= 2 && !rows.isEmpty && rows.allSatisfy({ $0[1] == "true" && $0[2] == "true" }) { break }
+            guard Date() < deadline else { return XCTFail("the backup never reached the copy of big with both pg_dumps locked: \(errors.finish())") }
+            usleep(10_000)
+        }
+        watcher.close()
         let alter = Background { try application.execute(script: "ALTER TABLE big ADD COLUMN added int") }
         defer { alter.join() }
         try waitFor("SELECT EXISTS (SELECT FROM pg_locks WHERE relation = 'big'::regclass AND mode = 'AccessExclusiveLock' AND NOT granted)")
