@@ -1,5 +1,6 @@
 import BackupStorage
 import Foundation
+import ProcessSignals
 
 /// The backups in one repository, read from their manifests.
 public struct Catalog {
@@ -47,6 +48,29 @@ public struct Catalog {
             }
         }
         return entries.sorted { $0.id > $1.id }
+    }
+
+    /// The manifest of backup `id`, read by a run that has just registered as its reader (restore,
+    /// verify); nil once the backup is gone. A `dbprune` that looked for readers before we registered
+    /// may be deleting it right now: it deletes the manifest first, looks for readers again, sees us
+    /// and puts it back. So a missing manifest whose data is still there is read again for a few
+    /// seconds; one whose data is gone too was pruned.
+    ///
+    /// - Throws: `RecoveryError(.backupCorrupt)` when it does not decode; the store's other errors.
+    public func manifestAsReader(_ id: String) throws -> BackupManifest? {
+        let folder = "backups/\(id)"
+        let key = folder + "/" + BackupManifest.fileName
+        var attempt = 0
+        while true {
+            do {
+                return try BackupManifest.decode(try store.read(key), source: key)
+            } catch let error as StorageError where error.kind == .notFound {
+                if attempt >= 10 || Interruption.isRequested { return nil }
+                if try store.list(prefix: folder + "/").isEmpty { return nil }
+                attempt += 1
+                usleep(300_000)
+            }
+        }
     }
 
     /// Readable manifests, newest first.

@@ -319,28 +319,6 @@ public enum LogicalRestore {
         }
     }
 
-    /// The manifest of a backup this run has just registered as a reader of. A `dbprune` that
-    /// checked for readers before we registered may be deleting it right now: it deletes the
-    /// manifest first, looks for readers again, sees us and puts the manifest back. So a manifest
-    /// that is missing at this moment is looked for again for a few seconds before giving up.
-    ///
-    /// Only this backup's manifest is read (the plan holds its full id): the choice already read
-    /// every manifest once, and must read this one again only now that the reader lock is held.
-    ///
-    /// - Throws: `StorageError(.notFound)` when it stays missing, `RecoveryError(.backupCorrupt)` when it does not decode.
-    private static func resolveAsReader(_ id: String, in store: BackupStore) throws -> BackupManifest {
-        let key = "backups/\(id)/\(BackupManifest.fileName)"
-        var attempt = 0
-        while true {
-            do {
-                return try BackupManifest.decode(try store.read(key), source: key)
-            } catch where attempt < 10 && !Interruption.isRequested {
-                attempt += 1
-                usleep(300_000)
-            }
-        }
-    }
-
     /// Writes the incident record; a failure to write it is said on the timeline (and so on stderr),
     /// never allowed to turn a restore that worked into a failed one.
     private static func recordIncident(_ report: RestoreReport, configuration: RestoreConfiguration, store: BackupStore,
@@ -372,10 +350,8 @@ public enum LogicalRestore {
         // A reader lock before the manifest is read: dbprune leaves a backup alone while it is read.
         let reading = try StoreLock.sharedIfWritable(in: store, backupID: plan.backupID, holder: LockHolder(command: "dbrestore"))
         defer { try? reading?.release() }   // a leftover reader record only delays pruning; dbprune removes it once we are gone
-        let manifest: BackupManifest
-        do {
-            manifest = try resolveAsReader(plan.backupID, in: store).unsealed(with: configuration.key)
-        } catch let error as StorageError where error.kind == .notFound {
+        // Only this backup's manifest is read again (the plan holds its full id): the choice already read them all.
+        guard let manifest = try Catalog(store: store).manifestAsReader(plan.backupID)?.unsealed(with: configuration.key) else {
             throw RecoveryError(.backupNotFound, "backup \(plan.backupID) was removed (by dbprune?) before this restore could read it",
                                 hint: "restore another backup; nothing was changed")
         }

@@ -28,7 +28,7 @@ public enum BackupVerification {
                 defer { try? reading?.release() }   // a leftover reader record only delays pruning; dbprune removes it once we are gone
                 let reread: BackupManifest?
                 do {
-                    reread = try manifestAsReader(entry.id, in: store)
+                    reread = try catalog.manifestAsReader(entry.id)
                 } catch {
                     // Unreadable now (damaged since the listing, archived, the store failing): this backup's row, not the run's end.
                     return FileVerifier.Report(id: entry.id, files: [.init(name: BackupManifest.fileName, ok: false,
@@ -59,7 +59,7 @@ public enum BackupVerification {
         var members: [BackupManifest] = []
         for member in chain {
             if let lock = try StoreLock.sharedIfWritable(in: store, backupID: member.id, holder: LockHolder(command: "dbverify")) { locks.append(lock) }
-            guard let manifest = try manifestAsReader(member.id, in: store) else {
+            guard let manifest = try catalog.manifestAsReader(member.id) else {
                 throw RecoveryError(.backupNotFound, "backup \(member.id) was removed (by dbprune?) before it could be checked",
                                     hint: "dbrestore list shows the backups there are; check another one")
             }
@@ -83,27 +83,6 @@ public enum BackupVerification {
         var report = FileVerifier.Report(id: id, files: [])
         report.pruned = true
         return report
-    }
-
-    /// The manifest of a backup this run has just registered as a reader of; nil once it is gone.
-    /// A `dbprune` that looked for readers before we registered may be deleting the backup right
-    /// now: it deletes the manifest first, looks for readers again, sees us and puts it back. So a
-    /// missing manifest whose data is still there is read again for a few seconds; one whose data
-    /// is gone too was pruned.
-    static func manifestAsReader(_ id: String, in store: BackupStore) throws -> BackupManifest? {
-        let folder = "backups/\(id)"
-        let key = folder + "/" + BackupManifest.fileName
-        var attempt = 0
-        while true {
-            do {
-                return try BackupManifest.decode(try store.read(key), source: key)
-            } catch let error as StorageError where error.kind == .notFound {
-                if attempt >= 10 || Interruption.isRequested { return nil }
-                if try store.list(prefix: folder + "/").isEmpty { return nil }
-                attempt += 1
-                usleep(300_000)
-            }
-        }
     }
 
     /// Whether `manifest`'s backup is gone from the repository (its manifest deleted: `dbprune`
