@@ -33,7 +33,7 @@ public enum LifecycleRule {
     }
 
     /// The `<Rule>…</Rule>` elements of a configuration, as text.
-    public static func rules(in xml: String) -> [String] {
+    static func rules(in xml: String) -> [String] {
         var found: [String] = []
         var rest = Substring(xml)
         while let start = rest.range(of: "<Rule>"), let end = rest.range(of: "</Rule>", range: start.upperBound..<rest.endIndex) {
