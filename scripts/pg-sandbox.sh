@@ -69,7 +69,9 @@ start_on_free_port() {
       echo "listen_addresses = '127.0.0.1'"
       echo "unix_socket_directories = '$dir/socket'"
       echo "fsync = off"
-      echo "synchronous_commit = off"
+      # synchronous_commit stays on: with it off, a commit's WAL waits up to wal_writer_delay to be
+      # written, so pg_current_wal_lsn() lags what is committed and a standby "caught up" with it
+      # lacks the last transactions (fsync = off already spares the flush cost).
       echo "max_connections = 50"
       echo "wal_level = replica"
       echo "max_wal_senders = 4"

@@ -151,6 +151,8 @@ extension PointInTimeRecoveryTests {
         // (A switch point in the middle of a segment: right after a pg_switch_wal there would be none.)
         try writer.execute(script: "INSERT INTO notes VALUES (-1, 'before the failover')")
         try standby.waitForReplay(of: primary)
+        XCTAssertEqual(try standby.scalar("SELECT count(*) FROM notes WHERE id = -1", database: database), "1",
+                       "the standby is promoted before it replayed the last insert: the switch point would be a segment boundary")
         XCTAssertEqual(try standby.promote(), 2)
         // PostgreSQL's archiver retries a failed archive_command three times, then waits up to 60 s for its
         // next round: on a busy machine one transient failure costs a minute, so wait through two rounds.
@@ -162,7 +164,7 @@ extension PointInTimeRecoveryTests {
             usleep(100_000)
         }
         let archived = ["00000001", "00000002"].map { "\($0): " + ((try? FileManager.default.contentsOfDirectory(atPath: repository + "/wal/" + $0))?.sorted().joined(separator: " ") ?? "-") }
-        let partialName = String(try XCTUnwrap(partial, "no .partial segment was archived in 150 s; archived: \(archived.joined(separator: "; "))").dropLast(3))
+        let partialName = String(try XCTUnwrap(partial, "no .partial segment was archived in 150 s; archived: \(archived.joined(separator: "; "))\nthe promoted standby's log:\n\(standby.serverLogTail())").dropLast(3))
         let fetched = ownedDirectory("standby-fetch")
         for name in [partialName, "00000002.history"] {
             let fetch = try asOwner("dbrestore", ["wal-fetch", name, fetched + "/" + name, "--repo", repository], cluster: primary)

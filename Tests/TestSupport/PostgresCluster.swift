@@ -87,6 +87,12 @@ public final class PostgresCluster: Sendable {
         for cluster in clusters { cluster.stop() }
     }
 
+    /// The last `lines` lines of the server's log (for a failure message that shows what the server did).
+    public func serverLogTail(_ lines: Int = 40) -> String {
+        let text = (try? String(contentsOfFile: directory + "/server.log", encoding: .utf8)) ?? ""
+        return text.split(separator: "\n", omittingEmptySubsequences: false).suffix(lines).joined(separator: "\n")
+    }
+
     /// Whether the server is in recovery (a standby not yet promoted).
     public func isInRecovery() throws -> Bool {
         try connect().query("SELECT pg_is_in_recovery()").scalar == "t"
