@@ -28,6 +28,25 @@ final class PointInTimeRecoveryTests: XCTestCase {
         XCTAssertEqual(try counts(port: port, database: database, cluster: cluster), ["A": "10"])
     }
 
+    /// A tablespace outside the data directory would be missing from the one tar `--physical` stores:
+    /// refused up front (before pg_basebackup's checkpoint), naming it and what to do, nothing stored.
+    func testAClusterWithATablespaceIsRefusedBeforeItsCheckpoint() throws {
+        let repository = ownedDirectory("tablespace-repo") + "/repo"
+        let cluster = try PostgresCluster(archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
+        defer { cluster.stop() }
+        let location = ownedDirectory("tablespace")
+        let (database, connection) = try itemsDatabase("tablespace", on: cluster)
+        try cluster.connect().execute(script: "CREATE TABLESPACE extra LOCATION '\(location)'")
+        try connection.execute(script: "CREATE TABLE elsewhere (v int) TABLESPACE extra; INSERT INTO elsewhere VALUES (1)")
+        let checkpoints = try connection.query("SELECT checkpoints_req FROM pg_stat_bgwriter").scalar
+        let result = try asOwner("dbbackup", ["--physical", "--database-url", cluster.url(database: database), "--repo", repository], cluster: cluster)
+        XCTAssertEqual(result.status, ExitStatus.toolFailed.rawValue, result.standardError)
+        XCTAssertTrue(result.standardError.contains("has tablespaces outside its data directory: extra (\(location))"), result.standardError)
+        XCTAssertTrue(result.standardError.contains("HINT: take logical backups of its databases"), result.standardError)
+        XCTAssertEqual(try connection.query("SELECT checkpoints_req FROM pg_stat_bgwriter").scalar, checkpoints)
+        XCTAssertEqual((try? FileManager.default.contentsOfDirectory(atPath: repository + "/backups")) ?? [], [])
+    }
+
     func testRecoverToTimeNameAndLatestThenRefuseWhatCannotBeReached() throws {
         let repository = ownedDirectory("wal-repo") + "/repo"
         let cluster = try PostgresCluster(archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
