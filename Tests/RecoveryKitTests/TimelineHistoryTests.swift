@@ -126,6 +126,61 @@ final class TimelineHistoryTests: XCTestCase {
         XCTAssertEqual(last, "000000010000000100000001")
         XCTAssertEqual(count, 4)
     }
+
+    /// Issue 8 (round 7): a gap refuses `latest`, times, names and LSNs at or after it, never an LSN
+    /// before it; issue 11: an LSN past the last archived segment is refused without a gap too.
+    func testAGapRefusesOnlyTargetsThatMayLieAtOrAfterIt() throws {
+        let physical = BackupManifest.Physical(startLsn: "0/6000028", stopLsn: "0/60001B0", timeline: 1,
+                                               firstWalSegment: "000000010000000000000006", lastWalSegment: "000000010000000000000006")
+        let whole = archive((6...15).map { String(format: "0000000100000000000000%02X", $0) })
+        let gapped = whole.filter { !$0.key.hasSuffix("00000001000000000000000A.gz") }
+        func refusal(_ target: RecoveryTarget, _ objects: [StoredObject], major: Int? = 16) -> String? {
+            do {
+                _ = try PointInTimeRestore.walRun(from: physical, archive: objects, target: target, serverMajor: major)
+                return nil
+            } catch {
+                return RecoveryError.classify(error).message + " HINT: " + (RecoveryError.classify(error).hint ?? "")
+            }
+        }
+        let (last, count, _) = try PointInTimeRestore.walRun(from: physical, archive: gapped, target: .lsn(0x0700_0000), serverMajor: 16)
+        XCTAssertEqual(last, "000000010000000000000009")
+        XCTAssertEqual(count, 4)
+        XCTAssertNil(refusal(.lsn(0x09FF_FFFF), gapped))
+        for target in [RecoveryTarget.lsn(0x0A00_0000), .lsn(0x0C00_0000), .latest, .time(Date(timeIntervalSince1970: 7)), .name("before_gap")] {
+            let message = try XCTUnwrap(refusal(target, gapped), "\(target)")
+            XCTAssertTrue(message.contains("00000001000000000000000A is missing"), message)
+            XCTAssertTrue(message.contains("--target-lsn below 0/A000000"), message)
+        }
+        // Before PostgreSQL 13 recovery promoted at the end of WAL short of its target: no target passes a gap.
+        XCTAssertNotNil(refusal(.lsn(0x0700_0000), gapped, major: 12))
+        // Without a gap: an LSN inside the last archived segment is accepted, one past it refused.
+        XCTAssertNil(refusal(.lsn(0x0FFF_FFFF), whole))
+        let beyond = try XCTUnwrap(refusal(.lsn(0x1000_0000), whole))
+        XCTAssertTrue(beyond.contains("target LSN 0/10000000 is beyond the archived WAL: the last archived segment, 00000001000000000000000F, ends at 0/10000000"), beyond)
+        XCTAssertNotNil(refusal(.lsn(0xFF_0000_0000), whole))
+    }
+
+    /// Issue 11 (round 7): the FATAL a recovery that ended names is the server's own, not the one
+    /// our watching connection got a moment later.
+    func testTheRecoveryFailureIsTheServersFATALNotAClients() throws {
+        let log = NSTemporaryDirectory() + "/recovery-\(UUID().uuidString).log"
+        defer { try? FileManager.default.removeItem(atPath: log) }
+        try """
+        2026-11-27 06:20:01.100 UTC [4242] LOG:  restored log file "000000010000000000000010" from archive
+        2026-11-27 06:20:01.200 UTC [4242] FATAL:  recovery ended before configured recovery target was reached
+        2026-11-27 06:20:01.210 UTC [4240] LOG:  startup process (PID 4242) exited with exit code 1
+        2026-11-27 06:20:01.250 UTC [4250] FATAL:  the database system is in recovery mode
+        2026-11-27 06:20:01.300 UTC [4251] FATAL:  the database system is shutting down
+        2026-11-27 06:20:01.310 UTC [4252] FATAL:  role "nobody" does not exist
+        """.write(toFile: log, atomically: true, encoding: .utf8)
+        let failure = try XCTUnwrap(PointInTimeRestore.recoveryFailure(log: log))
+        XCTAssertTrue(failure.hasPrefix("FATAL:  recovery ended before configured recovery target was reached"), failure)
+        XCTAssertTrue(failure.contains("000000010000000000000011 was not in the archive"), failure)
+        // A server reason that says "does not exist" is still the server's.
+        try "2026-11-27 06:20:01 UTC [1] FATAL:  recovery target timeline 5 does not exist\n2026-11-27 06:20:02 UTC [2] FATAL:  the database system is starting up\n"
+            .write(toFile: log, atomically: true, encoding: .utf8)
+        XCTAssertEqual(PointInTimeRestore.recoveryFailure(log: log).map { String($0.prefix(55)) }, "FATAL:  recovery target timeline 5 does not exist")
+    }
 }
 
 /// The manifest fields issue 17 added, and manifests written before them.

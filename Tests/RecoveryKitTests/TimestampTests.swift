@@ -50,4 +50,28 @@ final class TimestampTests: XCTestCase {
                        1_705_312_800.25, accuracy: 0.0005)
         XCTAssertNil(Timestamp.parseOperatorTime("15/01/2024 10:00"))
     }
+
+    /// Issue 4 (round 7): a target time keeps every microsecond the operator typed, in each form
+    /// PostgreSQL and psql print, and is written back to recovery_target_time digit for digit.
+    func testOperatorTimesKeepMicrosecondsAndRoundTripExactly() throws {
+        let forms = ["2026-11-27 06:09:53.047548", "2026-11-27T06:09:53.047548", "2026-11-27 06:09:53.047548+00",
+                     "2026-11-27 06:09:53.047548Z", "2026-11-27 08:09:53.047548+02:00", "2026-11-27 01:39:53.047548-0430",
+                     "2026-11-27T06:09:53.0475475Z"]
+        for form in forms {
+            let date = try XCTUnwrap(Timestamp.parseOperatorTime(form), form)
+            XCTAssertEqual(Timestamp.postgres(date), "2026-11-27 06:09:53.047548+00", form)
+        }
+        XCTAssertEqual(Timestamp.operatorMicroseconds("2026-11-27 06:09:53.704966+00"), 1_795_759_793_704_966)
+        XCTAssertEqual(Timestamp.operatorMicroseconds("1970-01-01 00:00:00"), 0)
+        XCTAssertEqual(Timestamp.operatorMicroseconds("1969-12-31 23:59:59.5"), -500_000)
+        XCTAssertEqual(Timestamp.operatorMicroseconds("2024-02-29 00:00:00"), 1_709_164_800_000_000)
+        // Every microsecond of a second survives the Double of a Date and back.
+        for micros in stride(from: Int64(1_795_759_793_000_000), to: 1_795_759_794_000_000, by: 997) {
+            XCTAssertEqual(Int64((Double(micros) / 1_000_000 * 1_000_000).rounded()), micros)
+        }
+        for bad in ["2023-02-29 00:00:00", "2026-13-01 00:00:00", "2026-11-27 24:00:00", "2026-11-27 06:09:53.", "2026-11-27 06:09:53+16",
+                    "2026-11-27 06:09:53 garbage", "2026-11-27 06:09"] {
+            XCTAssertNil(Timestamp.operatorMicroseconds(bad), bad)
+        }
+    }
 }

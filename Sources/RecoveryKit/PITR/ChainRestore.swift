@@ -143,7 +143,7 @@ enum ChainRestore {
         guard termination.succeeded else {
             let name = (program as NSString).lastPathComponent
             throw RecoveryError(.restoreFailed, "\(failure): \(name) \(termination.description): \(errors.mostRelevantLine() ?? "no message")",
-                                hint: "\(name) must be of the backups' major version (--pg-bin DIR); dbverify --files <id> checks the chain's stored files; the data directory was removed, nothing was started")
+                                hint: "\(name) must be of the backups' major version (--pg-bin DIR); dbverify --files <id> checks the chain's stored files")
         }
     }
 }

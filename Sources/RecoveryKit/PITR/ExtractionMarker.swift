@@ -43,30 +43,75 @@ final class ExtractionMarker {
     }
 
     /// Creates `directory` (0700) if needed and writes the marker, durably, before anything else.
-    static func begin(in directory: String, command: String) throws -> ExtractionMarker {
+    ///
+    /// The marker is created exclusively (`O_EXCL`) and the directory looked at again once it is:
+    /// two runs that both planned an empty directory cannot both fill it. The second finds the
+    /// first's marker, or (the first done already) a directory holding more than its own marker.
+    ///
+    /// - Parameter needed: about how many bytes the extraction writes, named if the disk is full.
+    /// - Throws: `RecoveryError(.usage)` when another run holds or filled the directory (nothing
+    ///   of it touched), `.repositoryError` when the disk is full.
+    static func begin(in directory: String, command: String, needed: UInt64? = nil) throws -> ExtractionMarker {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let marker = ExtractionMarker(directory: directory, holder: LockHolder(command: command))
-        try marker.write()
+        try marker.write(exclusive: true, needed: needed)
+        let others = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0 != fileName }.sorted()
+        guard others.isEmpty else {
+            unlink(path(in: directory))
+            throw RecoveryError(.usage, "data directory \(directory) was filled by another run after this one planned it (it holds \(others.prefix(3).joined(separator: ", "))\(others.count > 3 ? ", …" : ""))",
+                                hint: "nothing of it was touched; look at what that run restored, or give an empty --pgdata")
+        }
         return marker
     }
 
     /// Writes (again) the marker: a chain's pg_combinebackup needs the directory empty, so the
     /// marker is taken away for it and put back once the rebuilt directory is verified.
-    func write() throws {
+    /// `exclusive`: refused when a marker is there already (another run's: a live run holds it).
+    func write(exclusive: Bool = false, needed: UInt64? = nil) throws {
         let encoder = JSONEncoder()
         encoder.dateEncodingStrategy = .iso8601
         encoder.outputFormatting = .sortedKeys
         let path = Self.path(in: directory)
-        guard FileManager.default.createFile(atPath: path, contents: try encoder.encode(holder), attributes: [.posixPermissions: 0o600]) else {
-            throw RecoveryError(.failure, "cannot write \(path): \(String(cString: strerror(errno)))",
-                                hint: "the data directory must be writable by this user; nothing was extracted")
+        let data = try encoder.encode(holder)
+        let file = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW | (exclusive ? O_EXCL : O_TRUNC), 0o600)
+        guard file >= 0 else {
+            let code = errno
+            if code == EEXIST && exclusive {
+                let by: String
+                if case .running(let holder) = Self.inspect(directory) { by = holder.description } else { by = "another dbrestore --pitr" }
+                throw RecoveryError(.usage, "data directory \(directory) is being extracted into by \(by): a live run holds it",
+                                    hint: "wait for that run to finish, or stop it and run again (a killed run's partial extraction is removed by the next run); nothing was written")
+            }
+            throw Self.writeFailure(path, code: code, needed: needed)
         }
-        let file = open(path, O_RDONLY | O_CLOEXEC)
-        if file >= 0 {
-            fsync(file)
-            close(file)
+        var written = 0
+        var code: Int32 = 0
+        data.withUnsafeBytes { bytes in
+            while written < bytes.count {
+                let count = Foundation.write(file, bytes.baseAddress.map { $0 + written }, bytes.count - written)
+                if count <= 0 { code = count < 0 ? errno : ENOSPC; break }
+                written += count
+            }
+        }
+        if code == 0 && fsync(file) != 0 { code = errno }
+        close(file)
+        guard code == 0 else {
+            unlink(path)
+            throw Self.writeFailure(path, code: code, needed: needed)
         }
         try LocalStore.syncDirectory(directory)
+    }
+
+    /// A marker that cannot be written: a full disk (exit 20, with what the extraction needs) is not
+    /// a permission problem.
+    private static func writeFailure(_ path: String, code: Int32, needed: UInt64?) -> RecoveryError {
+        let reason = String(cString: strerror(code))
+        if code == ENOSPC || code == EDQUOT {
+            return RecoveryError(.repositoryError, "no space left on device writing \(path): \(reason)",
+                                 hint: "free space where --pgdata lies" + (needed.map { " (the base backup needs about \(ByteCount.format($0)))" } ?? "") + "; nothing was extracted")
+        }
+        return RecoveryError(.failure, "cannot write \(path): \(reason)",
+                             hint: "the data directory must be writable by this user; nothing was extracted")
     }
 
     /// Takes the marker away (for pg_combinebackup, or at the end).

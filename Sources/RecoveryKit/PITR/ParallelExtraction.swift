@@ -18,7 +18,7 @@ enum ParallelExtraction {
                     into directory: String, jobs: Int, progress: ProgressObserver?) throws {
         let segments = DumpSegments(file, of: manifest, points: index.accessPoints, uncompressedBytes: index.tarBytes,
                                     indexName: BaseBackupIndex.fileName,
-                                    hint: "the data directory was removed and nothing was started; dbverify --files \(manifest.id) checks the backup; recover from another base backup",
+                                    hint: "dbverify --files \(manifest.id) checks the backup; recover from another base backup",
                                     phase: "extract", store: store, boundaries: [], progress: progress)
         try segments.checkSize()
         defer { progress?.finished() }
@@ -38,7 +38,7 @@ enum ParallelExtraction {
                         segments.stop()
                         // The segment matched its sha256: the stream and its index disagree.
                         throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name) does not match its \(BaseBackupIndex.fileName) (segment \(next)): \(error.message)",
-                                            hint: "the data directory was removed; dbverify --files \(manifest.id) checks the backup")
+                                            hint: "dbverify --files \(manifest.id) checks the backup")
                     } catch {
                         writer.abandon()
                         segments.stop()
@@ -60,7 +60,7 @@ enum ParallelExtraction {
         if let failure = failures.first(where: { !($0 is DumpSegments.Stopped) }) ?? failures.first { throw failure }
         guard segments.allVerified else {
             throw RecoveryError(.backupCorrupt, "backup \(manifest.id): \(file.name) was not read in full from its \(BaseBackupIndex.fileName)",
-                                hint: "the data directory was removed; dbverify --files \(manifest.id) checks the backup")
+                                hint: "dbverify --files \(manifest.id) checks the backup")
         }
         try TarExtractor.finishAttributes(deferred, root: directory, ownership: ownership)
     }
@@ -260,9 +260,15 @@ final class TarExtractor {
     }
 
     private func failure(_ action: String, _ path: String) -> RecoveryError {
-        let reason = String(cString: strerror(errno))
+        let code = errno
+        let reason = String(cString: strerror(code))
+        // A full disk is exit 20 whichever way the base backup is extracted (as through `tar -x`).
+        if code == ENOSPC || code == EDQUOT {
+            return RecoveryError(.repositoryError, "no space left on device extracting the base backup: cannot \(action) \(path): \(reason)",
+                                 hint: "free space where --pgdata lies, or restore onto a larger file system")
+        }
         return RecoveryError(.restoreFailed, "cannot \(action) \(path) extracting the base backup: \(reason)",
-                             hint: "free space or fix permissions where --pgdata lies; the data directory was removed, nothing was started")
+                             hint: "fix permissions where --pgdata lies")
     }
 
     // MARK: - Attributes
@@ -286,7 +292,7 @@ final class TarExtractor {
         if access(control, F_OK) == 0 {
             guard rename(control, root + "/" + controlFile) == 0 else {
                 throw RecoveryError(.restoreFailed, "cannot rename \(control) extracting the base backup: \(String(cString: strerror(errno)))",
-                                    hint: "fix permissions where --pgdata lies; the data directory was removed, nothing was started")
+                                    hint: "fix permissions where --pgdata lies")
             }
         }
     }
@@ -300,20 +306,20 @@ final class TarExtractor {
             var info = stat()
             guard lstat(parent, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
                 throw RecoveryError(.backupCorrupt, "the base backup's member \(link.name) lies under \(parent), which is not a directory of the backup",
-                                    hint: "the data directory was removed; dbverify --files checks the backup; recover from another base backup")
+                                    hint: "dbverify --files checks the backup; recover from another base backup")
             }
         }
         let path = root + "/" + link.name
         guard symlink(link.linkTarget, path) == 0 else {
             let reason = String(cString: strerror(errno))
             throw RecoveryError(.backupCorrupt, "cannot create symlink \(path) extracting the base backup: \(reason) (the archive also has a file or directory there)",
-                                hint: "the data directory was removed; dbverify --files checks the backup; recover from another base backup")
+                                hint: "dbverify --files checks the backup; recover from another base backup")
         }
         var times = Self.times(of: link)
         let owner = ownership.isRoot ? Self.owner(of: link, cache: &owners) : nil
         guard owner.map({ lchown(path, $0.0, $0.1) }) ?? 0 == 0, utimensat(AT_FDCWD, path, &times, AT_SYMLINK_NOFOLLOW) == 0 else {
             throw RecoveryError(.restoreFailed, "cannot set the owner or time of \(path) extracting the base backup: \(String(cString: strerror(errno)))",
-                                hint: "fix permissions where --pgdata lies; the data directory was removed, nothing was started")
+                                hint: "fix permissions where --pgdata lies")
         }
     }
 
@@ -323,7 +329,7 @@ final class TarExtractor {
             guard result == 0 else {
                 let reason = String(cString: strerror(errno))
                 throw RecoveryError(.restoreFailed, "cannot \(action) \(path) extracting the base backup: \(reason)",
-                                    hint: "fix permissions where --pgdata lies; the data directory was removed, nothing was started")
+                                    hint: "fix permissions where --pgdata lies")
             }
         }
         var times = Self.times(of: member)

@@ -14,7 +14,7 @@ public enum RecoveryTarget: Sendable, Equatable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .time(let date): return "time \(Timestamp.format(date))"
+        case .time(let date): return "time \(Timestamp.postgres(date))"
         case .lsn(let lsn): return "LSN \(WALSegmentName.formatLSN(lsn))"
         case .name(let name): return "restore point '\(name)'"
         case .latest: return "the end of the archived WAL"
@@ -166,6 +166,10 @@ public enum PointInTimeRestore {
             throw RecoveryError(.usage, "--pitr with an encrypted repository needs the key in a file: the restored server's restore_command must read it too",
                                 hint: "pass --encryption-key-file FILE (readable by the PostgreSQL server's user) instead of DBRECOVERY_ENCRYPTION_KEY")
         }
+        // A live server's directory is never ours to move, fill or empty (`--dry-run` says so too).
+        if let live = LivePostmaster.find(in: configuration.dataDirectory) {
+            throw LivePostmaster.refusal(live, of: configuration.dataDirectory, step: configuration.moveAside ? "move aside or restore into" : "restore into")
+        }
         let store = try Repository.open(configuration.repository, create: false, environment: configuration.environment)
         let backups = try Catalog(store: store).manifests().filter { $0.kind == .physical && $0.physical != nil }
         guard !backups.isEmpty else {
@@ -204,7 +208,8 @@ public enum PointInTimeRestore {
             do {
                 let path = try history.path(to: targetTimeline)
                 try checkOnPath(physical, path: path, target: targetTimeline)
-                let (last, count, lastArchivedAt) = try walRun(from: physical, archive: archive, path: path)
+                let (last, count, lastArchivedAt) = try walRun(from: physical, archive: archive, path: path, target: configuration.target,
+                                                                serverMajor: backup.serverMajor?.number)
                 if case .time(let time) = configuration.target, let lastArchivedAt, lastArchivedAt < time {
                     try refuseEndedTimeline(time, timeline: targetTimeline, history: history)
                     throw RecoveryError(.backupNotFound,
@@ -220,6 +225,7 @@ public enum PointInTimeRestore {
                     } else {
                         guard configuration.moveAside else { throw notEmpty(configuration.dataDirectory) }
                         moveAsideTo = configuration.dataDirectory + ".moved-" + Timestamp.compact(Date(), separator: "_", zone: "")
+                        try refuseUnwritableParent(of: configuration.dataDirectory)
                     }
                 }
                 // A chain needs pg_combinebackup and pg_verifybackup: missing ones are refused here, before anything is written.
@@ -256,10 +262,19 @@ public enum PointInTimeRestore {
     /// Each segment is read from the newest timeline on the path that had begun by that segment, as
     /// PostgreSQL's recovery reads it (the segment holding a switch point comes from the new timeline).
     ///
+    /// A gap (a missing segment with later ones archived) refuses `latest` (replay would end at the
+    /// gap and promote there without a word) and every target that may lie at or after it. Only an
+    /// LSN target tells where it lies without reading the WAL: one below the missing segment's first
+    /// LSN is accepted (recovery stops before the gap; from PostgreSQL 13 on, a recovery that reaches
+    /// the end of WAL before its target fails instead of promoting, so even a stop record that
+    /// crosses into the gap cannot end in a wrong restore). A time or restore point may lie either side.
+    /// An LSN target past the last archived segment is refused as beyond the archived WAL.
+    ///
     /// - Throws: `RecoveryError(.backupNotFound)` for a segment missing before the backup is
-    ///   consistent, or a gap followed by later segments (replay would stop there silently).
+    ///   consistent, a gap the target may lie at or after, or an LSN beyond the archive.
     static func walRun(from physical: BackupManifest.Physical, archive: [StoredObject],
-                       path: [TimelineHistory.Stretch]? = nil) throws -> (String, Int, Date?) {
+                       path: [TimelineHistory.Stretch]? = nil, target: RecoveryTarget = .latest,
+                       serverMajor: Int? = nil) throws -> (String, Int, Date?) {
         let size = physical.segmentSize
         let stretches = path ?? [TimelineHistory.Stretch(timeline: UInt32(clamping: max(1, physical.timeline)), begin: 0, end: nil)]
         var segments: [UInt32: [UInt64: Date?]] = [:]
@@ -298,12 +313,28 @@ public enum PointInTimeRestore {
             throw RecoveryError(.backupNotFound, "WAL segment \(name(current + 1)) is missing: the base backup is not consistent without it",
                                 hint: "the source archives a segment once it is full (archive_timeout, or SELECT pg_switch_wal() on the primary forces it; a standby's backup ends in WAL the primary archives)")
         }
+        // The first LSN not archived: where the missing segment begins.
+        let end = (current + 1) * size
         // Later segments on the path, past the gap: replay would end at the gap without saying so.
         let later = segments.flatMap { timeline, numbers in numbers.keys.filter { $0 > current + 1 && self.isOnPath($0, timeline: timeline, stretches, size) } }.min()
         if let later {
+            let missing = "WAL segment \(name(current + 1)) is missing from the archive, but later ones (from \(name(later))) exist"
+            let before = "restore the missing segment into the archive, or recover to an LSN before it: --target-lsn below \(WALSegmentName.formatLSN(end)), where it begins"
+            switch target {
+            case .lsn(let lsn) where lsn < end && (serverMajor ?? 13) >= 13:
+                break   // stops before the gap; see above
+            case .lsn(let lsn):
+                throw RecoveryError(.backupNotFound, "target LSN \(WALSegmentName.formatLSN(lsn)) is at or after a gap: \(missing)", hint: before)
+            case .latest:
+                throw RecoveryError(.backupNotFound, "\(missing): replay would stop at the gap and promote there", hint: before)
+            case .time, .name:
+                throw RecoveryError(.backupNotFound, "\(missing): \(target) may lie after the gap (only the WAL says where), and recovery cannot pass it",
+                                    hint: before)
+            }
+        } else if case .lsn(let lsn) = target, lsn >= end {
             throw RecoveryError(.backupNotFound,
-                                "WAL segment \(name(current + 1)) is missing from the archive, but later ones (from \(name(later))) exist: replay would stop at the gap",
-                                hint: "restore the missing segment into the archive, or choose a target before it with --target-lsn")
+                                "target LSN \(WALSegmentName.formatLSN(lsn)) is beyond the archived WAL: the last archived segment, \(name(current)), ends at \(WALSegmentName.formatLSN(end))",
+                                hint: "choose an earlier target, or wait for archiving (SELECT pg_switch_wal() on the source forces it); nothing was written")
         }
         return (name(current), count, archived(current) ?? nil)
     }
@@ -384,6 +415,9 @@ public enum PointInTimeRestore {
             if let lock = try StoreLock.sharedIfWritable(in: store, backupID: member.id, holder: LockHolder(command: "dbrestore --pitr")) { memberLocks.append(lock) }
         }
         let directory = configuration.dataDirectory
+        CrashPoint.reached("pitr:planned")
+        // Asked again: a server may have been started there since the plan (or the plan is old).
+        if let live = LivePostmaster.find(in: directory) { throw LivePostmaster.refusal(live, of: directory, step: "restore into") }
         if plan.partialExtraction != nil {
             // Looked at again: the plan may be a while old. Still abandoned, or refused.
             guard let abandoned = try abandonedExtraction(in: directory) ?? abandonedCombine(into: directory) else { throw notEmpty(directory) }
@@ -393,6 +427,7 @@ public enum PointInTimeRestore {
         }
         // Looked for again, as the partial extraction: only staging whose run is still gone.
         for staging in ChainRestore.abandonedStaging(of: directory) {
+            if let live = LivePostmaster.find(in: staging.path) { throw LivePostmaster.refusal(live, of: staging.path, step: "remove") }
             try timeline.step("remove \(staging.path), staging left by \(staging.by)") {
                 try FileManager.default.removeItem(atPath: staging.path)
             }
@@ -400,18 +435,28 @@ public enum PointInTimeRestore {
         if let aside = plan.moveAsideTo {
             try timeline.step("move \(directory) aside to \(aside)") {
                 guard rename(directory, aside) == 0 else {
-                    throw RecoveryError(.failure, "cannot rename \(directory) to \(aside): \(String(cString: strerror(errno)))")
+                    let code = errno
+                    if code == EACCES || code == EPERM || code == EROFS { try refuseUnwritableParent(of: directory) }
+                    throw RecoveryError(.failure, "cannot rename \(directory) to \(aside): \(String(cString: strerror(code)))",
+                                        hint: "nothing was changed; rename or empty \(directory) yourself, or give another --pgdata")
                 }
             }
         }
         // Before the first byte: a run killed from here on leaves a directory the next run knows as ours.
-        let marker = try ExtractionMarker.begin(in: directory, command: "dbrestore --pitr")
+        let needed = plan.peakDiskBytes ?? manifest.files.first { $0.name == PhysicalCapture.baseFileName }?.rawBytes
+        let marker = try ExtractionMarker.begin(in: directory, command: "dbrestore --pitr", needed: needed)
         do {
             try ChainRestore.materialize(chain, from: store, into: directory, key: configuration.key, jobs: configuration.jobs,
                                          tools: configuration.tools, marker: marker, timeline: timeline, progress: progress)
         } catch {
-            try? FileManager.default.removeItem(atPath: directory)
-            throw error
+            let cleanup = removeFailedExtraction(directory)
+            if Interruption.isRequested {
+                CleanupLog.cleaned(cleanup)
+                throw error
+            }
+            let failure = RecoveryError.classify(error)
+            throw RecoveryError(failure.code, failure.message, hint: [failure.hint, cleanup + ", nothing was started"].compactMap { $0 }.joined(separator: "; "),
+                                serverState: failure.serverState)
         }
         try timeline.step("configure recovery (\(configuration.target))") {
             try writeRecoverySettings(configuration, backupID: manifest.id, timeline: plan.timeline)
@@ -428,6 +473,33 @@ public enum PointInTimeRestore {
         return report
     }
 
+    /// Removes what a failed extraction wrote: the data directory, or only what it holds when the
+    /// directory must stay (a mount point, or a parent this user cannot write: it could not be made
+    /// again). Never throws: says what it did, for the error's hint, including what it could not
+    /// remove (then the marker stays, so the next run knows the rest as its own).
+    static func removeFailedExtraction(_ directory: String) -> String {
+        let manager = FileManager.default
+        guard manager.fileExists(atPath: directory) else { return "nothing was left in \(directory)" }
+        let parent = (directory as NSString).deletingLastPathComponent
+        var own = stat(), above = stat()
+        let mountPoint = stat(directory, &own) == 0 && stat(parent.isEmpty ? "." : parent, &above) == 0 && own.st_dev != above.st_dev
+        let parentWritable = access(parent.isEmpty ? "." : parent, W_OK) == 0
+        var failures: [String] = []
+        let names = (try? manager.contentsOfDirectory(atPath: directory)) ?? []
+        for name in names where name != ExtractionMarker.fileName {
+            let path = (directory as NSString).appendingPathComponent(name)
+            do { try manager.removeItem(atPath: path) } catch { failures.append("\(path): \((error as NSError).localizedDescription)") }
+        }
+        guard failures.isEmpty else {
+            return "\(directory) still holds \(failures.count) entr\(failures.count == 1 ? "y" : "ies") that could not be removed (\(failures[0])); "
+                + "its \(ExtractionMarker.fileName) stays, so the next dbrestore --pitr into it removes them"
+        }
+        unlink(ExtractionMarker.path(in: directory))
+        if !mountPoint && parentWritable && rmdir(directory) == 0 { return "the data directory \(directory) was removed" }
+        let why = mountPoint ? "it is a mount point" : parentWritable ? String(cString: strerror(errno)) : "its parent \(parent) is not writable by this user"
+        return "what was extracted into \(directory) was removed; the empty directory stays (\(why))"
+    }
+
     /// Who left the partial extraction `directory` holds (its `ExtractionMarker`), nil when it has
     /// no marker (not ours: never removed).
     ///
@@ -439,7 +511,7 @@ public enum PointInTimeRestore {
         case .abandoned(let holder):
             return holder.map { "\($0.description), which was killed" } ?? "a dbrestore --pitr that was killed"
         case .running(let holder):
-            throw RecoveryError(.usage, "data directory \(directory) is being extracted into by \(holder.description)",
+            throw RecoveryError(.usage, "data directory \(directory) is being extracted into by \(holder.description): a live run holds it",
                                 hint: "wait for that run to finish, or stop it (kill \(holder.pid)) and run again: the next run removes its partial extraction")
         }
     }
@@ -448,6 +520,16 @@ public enum PointInTimeRestore {
     /// says so; the data directory has no marker of its own then), nil when no such run died.
     private static func abandonedCombine(into directory: String) -> String? {
         ChainRestore.abandonedStaging(of: directory).first(where: \.combining).map { "\($0.by) while pg_combinebackup wrote it" }
+    }
+
+    /// `--move-aside` renames within the data directory's parent: refused (before anything is
+    /// written) when this user cannot write there.
+    private static func refuseUnwritableParent(of directory: String) throws {
+        let parent = (directory as NSString).deletingLastPathComponent
+        guard access(parent.isEmpty ? "." : parent, W_OK) != 0 else { return }
+        let reason = String(cString: strerror(errno))
+        throw RecoveryError(.failure, "cannot move \(directory) aside: its parent \(parent) is not writable by this user (\(reason))",
+                            hint: "run as a user who may write \(parent), or move \(directory) yourself and run again without --move-aside; nothing was changed")
     }
 
     /// The refusal of a data directory that holds something that is not ours.
@@ -489,13 +571,26 @@ public enum PointInTimeRestore {
         } catch {
             child.send(SIGKILL)
             child.waitForExit()
+            // tar gone first (a full disk) breaks our pipe: its own words say why.
+            if let full = diskFull(tarOutput: errors.finish(), manifest, file: file, directory: directory) { throw full }
             throw error
         }
         child.closeStandardInput()
         let termination = child.waitForExit()
         guard termination.succeeded else {
-            throw RecoveryError(.toolFailed, "tar \(termination.description) extracting \(manifest.id): \(errors.lastLine() ?? "")")
+            let output = errors.finish()
+            if let full = diskFull(tarOutput: output, manifest, file: file, directory: directory) { throw full }
+            let reason = output.split(separator: "\n").first { !$0.contains("Exiting with failure status") }.map(String.init) ?? termination.description
+            throw RecoveryError(.toolFailed, "tar \(termination.description) extracting \(manifest.id): \(reason)")
         }
+    }
+
+    /// A `tar -x` that ran out of space: exit 20 with tar's line and what the base backup needs, not
+    /// a failure of the tool.
+    private static func diskFull(tarOutput: String, _ manifest: BackupManifest, file: BackupManifest.File, directory: String) -> RecoveryError? {
+        guard let line = tarOutput.split(separator: "\n").first(where: { $0.contains("No space left on device") || $0.contains("Disk quota exceeded") }) else { return nil }
+        return RecoveryError(.repositoryError, "no space left on device extracting base backup \(manifest.id) into \(directory): \(line)",
+                             hint: "free space where --pgdata lies (the base backup needs about \(ByteCount.format(file.rawBytes))), or restore onto a larger file system")
     }
 
     /// The base backup's index when it has a usable one; nil otherwise. The index is optional: a
@@ -510,7 +605,9 @@ public enum PointInTimeRestore {
             }
             return index
         } catch let error as RecoveryError where error.code == .backupCorrupt {
-            logger.warning("backup \(manifest.id): \(error.message); extracting in one pass instead (slower, same result)")
+            // The index's errors name the backup already.
+            let message = error.message.hasPrefix("backup \(manifest.id)") ? error.message : "backup \(manifest.id): \(error.message)"
+            logger.warning("\(message); extracting in one pass instead (slower, same result)")
             return nil
         }
     }
@@ -633,11 +730,27 @@ public enum PointInTimeRestore {
         }
     }
 
-    /// The FATAL line of a recovery that gave up, with the segment that was missing if we can tell.
+    /// What the server tells a client it turns away while it starts, replays or stops: FATAL lines
+    /// of our own connection attempts, never the reason recovery ended.
+    static let clientRefusals = ["the database system is in recovery mode", "the database system is starting up",
+                                 "the database system is not yet accepting connections", "the database system is shutting down",
+                                 "the database system is not accepting connections", "authentication failed for user",
+                                 "no pg_hba.conf entry", "terminating connection because of crash of another server process"]
+
+    /// Whether a log line is one of the `clientRefusals` (or a client's unknown role or database).
+    static func isClientRefusal(_ line: String) -> Bool {
+        clientRefusals.contains { line.contains($0) }
+            || ((line.contains("FATAL:  role \"") || line.contains("FATAL:  database \"")) && line.hasSuffix("does not exist"))
+    }
+
+    /// The FATAL line of a recovery that gave up (the server's own: not one of the `clientRefusals`
+    /// our watching connections got, which may come after it), with the segment that was missing if we can tell.
     static func recoveryFailure(log: String, segmentSize: UInt64 = WALSegmentName.defaultSegmentSize) -> String? {
         guard let text = try? String(contentsOfFile: log, encoding: .utf8) else { return nil }
         let lines = text.split(separator: "\n").map(String.init)
-        guard let fatal = lines.last(where: { $0.contains("FATAL:") || $0.contains("PANIC:") }) else { return nil }
+        guard let fatal = lines.last(where: { line in
+            (line.contains("FATAL:") || line.contains("PANIC:")) && !isClientRefusal(line)
+        }) else { return nil }
         let restored = lines.compactMap { line -> String? in
             guard let range = line.range(of: "restored log file \"") else { return nil }
             return String(line[range.upperBound...].prefix(24))

@@ -25,15 +25,17 @@ enum TestHooks {
 /// `replace:after-staging` (`dbrestore --table … --replace`: the staged copy committed in the live
 /// database, not yet checked or swapped), `pitr:extracting` (half the segments of a base backup
 /// extracted from its index, or half its bytes through `tar -x` without one), `pitr:combined` (a
-/// chain's last pg_combinebackup has written the data directory, not yet verified or marked again).
+/// chain's last pg_combinebackup has written the data directory, not yet verified or marked again),
+/// `pitr:planned` (`dbrestore --pitr` planned, nothing written yet).
 ///
 /// `DBRECOVERY_SIGNAL_AT=<name>` (with `DBRECOVERY_SIGNAL=INT`, `TERM` or `HUP`; TERM by default) makes
 /// the process signal itself there instead, as an operator's `kill` at that exact moment would: the
-/// signal tests use it for steps too short to hit from outside.
+/// signal tests use it for steps too short to hit from outside. `STOP` freezes the process there until
+/// the test sends SIGCONT: the race tests line two runs up at exact points with it.
 public enum CrashPoint {
     public static func reached(_ name: String) {
         if TestHooks.armed("DBRECOVERY_SIGNAL_AT") == name {
-            let signals = ["INT": SIGINT, "TERM": SIGTERM, "HUP": SIGHUP]
+            let signals = ["INT": SIGINT, "TERM": SIGTERM, "HUP": SIGHUP, "STOP": SIGSTOP]
             kill(getpid(), signals[TestHooks.armed("DBRECOVERY_SIGNAL") ?? "TERM"] ?? SIGTERM)
             // Give the signal thread time to run the hooks (PQcancel, SIGTERM to children) first.
             usleep(200_000)

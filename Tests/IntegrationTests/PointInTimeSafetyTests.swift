@@ -1,0 +1,232 @@
+import BackupStorage
+import Foundation
+import PostgresClient
+import RecoveryKit
+import TestSupport
+import XCTest
+
+/// `dbrestore --pitr` where a wrong move loses data: a live server's directory, two runs into one
+/// directory, a gap in the archive, a target time's microseconds, an LSN past the archive
+/// (found by an outside attack, round 7).
+final class PointInTimeSafetyTests: XCTestCase {
+    private func archivingCluster(_ prefix: String) throws -> (PostgresCluster, String) {
+        let repository = ownedDirectory(prefix) + "/repo"
+        let cluster = try PostgresCluster(archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
+        return (cluster, repository)
+    }
+
+    /// Issue 5: `--move-aside` (and `--dry-run`) refuses the data directory of a running server and
+    /// a directory holding one, naming its postmaster PID; the server keeps running from where it was.
+    func testARunningServersDataDirectoryIsNeverMovedAsideOrRestoredInto() throws {
+        let (cluster, repository) = try archivingCluster("pitr-live")
+        defer { cluster.stop() }
+        let (database, connection) = try itemsDatabase("pitrlive", on: cluster)
+        try physicalBackup(of: database, on: cluster, into: repository)
+        try connection.execute(script: "INSERT INTO items (batch) SELECT 'A' FROM generate_series(1, 10)")
+        try waitForArchive(connection)
+        let data = cluster.directory + "/data"
+        let pid = try XCTUnwrap(String(contentsOfFile: data + "/postmaster.pid", encoding: .utf8).split(separator: "\n").first.map(String.init))
+
+        for (pgdata, extra) in [(data, ["--move-aside"]), (data, ["--move-aside", "--dry-run"]), (data, []), (cluster.directory, ["--move-aside"])] {
+            let result = try asOwner("dbrestore", ["--pitr", "--pgdata", pgdata, "--repo", repository, "--target", "latest"] + extra, cluster: cluster)
+            XCTAssertEqual(result.status, ExitStatus.usage.rawValue, "\(pgdata) \(extra): " + result.standardError)
+            XCTAssertTrue(result.standardError.contains("a PostgreSQL server is running from it, postmaster PID \(pid)"), result.standardError)
+            XCTAssertTrue(result.standardError.contains("pg_ctl -D \(data) stop"), result.standardError)
+        }
+        let siblings = try FileManager.default.contentsOfDirectory(atPath: cluster.directory)
+        XCTAssertFalse(siblings.contains { $0.contains(".moved-") }, "\(siblings)")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: cluster.directory + ".moved-"), "nothing renamed")
+        XCTAssertEqual(try connection.query("SELECT count(*) FROM items").scalar, "10", "the server still runs from its directory")
+        let resolved = { (path: String) in URL(fileURLWithPath: path).resolvingSymlinksInPath().path }
+        XCTAssertEqual(try connection.query("SELECT current_setting('data_directory')").scalar.map(resolved), resolved(data))
+
+        // A stale postmaster.pid (its server gone) does not block: a directory a server left behind
+        // after a crash is moved aside as before.
+        let stale = ownedDirectory("pitr-stale") + "/data"
+        try FileManager.default.createDirectory(atPath: stale, withIntermediateDirectories: true)
+        try "999999\n\(stale)\n".write(toFile: stale + "/postmaster.pid", atomically: true, encoding: .utf8)
+        chownToPostgres((stale as NSString).deletingLastPathComponent)
+        let moved = try asOwner("dbrestore", ["--pitr", "--pgdata", stale, "--repo", repository, "--target", "latest", "--move-aside", "--dry-run"], cluster: cluster)
+        XCTAssertEqual(moved.status, 0, moved.standardError)
+        XCTAssertTrue(moved.standardOutput.contains("move the existing \(stale) aside"), moved.standardOutput)
+    }
+
+    /// Issue 6: two runs that both planned one empty directory cannot both fill it. The second is
+    /// refused (exit 2) when the first holds it (its marker, created with O_EXCL) and when the first
+    /// has already filled it (looked at again once the marker is created); the first's restore is intact.
+    func testTwoRunsIntoOneEmptyDirectoryCannotBothFillIt() throws {
+        let (cluster, repository) = try archivingCluster("pitr-twice")
+        defer { cluster.stop() }
+        let (database, connection) = try itemsDatabase("pitrtwice", on: cluster)
+        try physicalBackup(of: database, on: cluster, into: repository)
+        try connection.execute(script: "INSERT INTO items (batch) SELECT 'A' FROM generate_series(1, 10)")
+        try waitForArchive(connection)
+
+        for firstStopsWhile in ["pitr:extracting", nil] {
+            let directory = ownedDirectory("pitr-twice") + "/data"
+            let port = try freePort()
+            let arguments = ["--pitr", "--pgdata", directory, "--repo", repository, "--target", "latest", "--port", String(port)]
+            // The second run plans the empty directory and freezes before writing anything.
+            let second = try startOwner("dbrestore", arguments, cluster: cluster,
+                                        environment: ["DBRECOVERY_SIGNAL_AT": "pitr:planned", "DBRECOVERY_SIGNAL": "STOP"])
+            try waitUntilStopped(second)
+            // The first runs: frozen halfway through its extraction (alive, holding the directory), or to the end.
+            var environment: [String: String] = [:]
+            if let firstStopsWhile { environment = ["DBRECOVERY_SIGNAL_AT": firstStopsWhile, "DBRECOVERY_SIGNAL": "STOP"] }
+            let first = try startOwner("dbrestore", arguments, cluster: cluster,
+                                       environment: environment)
+            if firstStopsWhile != nil { try waitUntilStopped(first) } else { first.waitUntilExit() }
+
+            kill(second.processIdentifier, SIGCONT)
+            second.waitUntilExit()
+            let secondError = second.errors
+            XCTAssertEqual(second.terminationStatus, ExitStatus.usage.rawValue, secondError)
+            XCTAssertTrue(secondError.contains(firstStopsWhile == nil ? "was filled by another run after this one planned it" : "a live run holds it"), secondError)
+            if firstStopsWhile != nil {
+                kill(first.processIdentifier, SIGCONT)
+                first.waitUntilExit()
+            }
+            let firstError = first.errors
+            XCTAssertEqual(first.terminationStatus, 0, firstError)
+            let settings = try String(contentsOfFile: directory + "/postgresql.auto.conf", encoding: .utf8)
+            XCTAssertEqual(settings.components(separatedBy: "restore_command = ").count, 2, "one run's recovery settings: " + settings)
+            XCTAssertFalse(FileManager.default.fileExists(atPath: directory + "/" + ".dbrecovery-extracting"))
+            let restored = try startRecovered(directory, port: port, database: database, cluster: cluster)
+            defer { stopServer(directory) }
+            XCTAssertEqual(try restored.query("SELECT count(*) FROM items").scalar, "10")
+        }
+    }
+
+    /// Issue 8: a missing segment refuses `latest`, times, restore points and LSNs at or after it,
+    /// but an LSN before it recovers (exactly the rows committed before that LSN). Issue 11: an LSN
+    /// past the last archived segment is refused before anything is written.
+    func testATargetBeforeAGapInTheArchiveRecoversAndOnesAtOrAfterItAreRefused() throws {
+        let (cluster, repository) = try archivingCluster("pitr-gap")
+        defer { cluster.stop() }
+        let (database, connection) = try itemsDatabase("pitrgap", on: cluster)
+        try physicalBackup(of: database, on: cluster, into: repository)
+        try connection.execute(script: "INSERT INTO items (batch) SELECT 'A' FROM generate_series(1, 10)")
+        let beforeGap = try XCTUnwrap(connection.query("SELECT pg_current_wal_insert_lsn()").scalar)
+        try waitForArchive(connection)
+        try connection.execute(script: "INSERT INTO items (batch) SELECT 'B' FROM generate_series(1, 10)")
+        let missing = try XCTUnwrap(connection.query("SELECT pg_walfile_name(pg_current_wal_insert_lsn())").scalar)
+        try waitForArchive(connection)
+        try connection.execute(script: "INSERT INTO items (batch) SELECT 'C' FROM generate_series(1, 10)")
+        try waitForArchive(connection)
+        let afterGap = try XCTUnwrap(connection.query("SELECT pg_current_wal_insert_lsn()").scalar)
+        let timeline = String(missing.prefix(8))
+        let segmentFile = repository + "/wal/" + timeline + "/" + missing + ".gz"
+        XCTAssertTrue(FileManager.default.fileExists(atPath: segmentFile), segmentFile)
+
+        // Before the gap: an LSN past the archive is refused, plainly.
+        let nowhere = ownedDirectory("pitr-gap-target") + "/data"
+        let beyond = try asOwner("dbrestore", ["--pitr", "--pgdata", nowhere, "--repo", repository, "--target-lsn", "FF/0", "--dry-run"], cluster: cluster)
+        XCTAssertEqual(beyond.status, ExitStatus.backupNotFound.rawValue, beyond.standardError)
+        XCTAssertTrue(beyond.standardError.contains("target LSN FF/0 is beyond the archived WAL"), beyond.standardError)
+
+        try FileManager.default.removeItem(atPath: segmentFile)
+        for target in [["--target", "latest"], ["--target-lsn", afterGap], ["--target-time", "2999-01-01 00:00:00"], ["--target-name", "anything"]] {
+            let refused = try asOwner("dbrestore", ["--pitr", "--pgdata", nowhere, "--repo", repository, "--dry-run"] + target, cluster: cluster)
+            XCTAssertEqual(refused.status, ExitStatus.backupNotFound.rawValue, "\(target): " + refused.standardError)
+            XCTAssertTrue(refused.standardError.contains("\(missing) is missing"), "\(target): " + refused.standardError)
+            XCTAssertTrue(refused.standardError.contains("--target-lsn below"), "\(target): " + refused.standardError)
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: nowhere))
+
+        let (result, directory, port) = try recover(["--target-lsn", beforeGap], repository: repository, cluster: cluster)
+        defer { stopServer(directory) }
+        XCTAssertEqual(result.status, 0, result.standardError)
+        XCTAssertEqual(try counts(port: port, database: database, cluster: cluster), ["A": "10"])
+    }
+
+    /// Issue 4: a target time keeps its microseconds (typed, or as psql prints a timestamptz):
+    /// recovery to a commit's exact time includes that commit.
+    func testATargetTimeKeepsItsMicroseconds() throws {
+        let (cluster, repository) = try archivingCluster("pitr-micro")
+        defer { cluster.stop() }
+        let (database, connection) = try itemsDatabase("pitrmicro", on: cluster)
+        try physicalBackup(of: database, on: cluster, into: repository)
+        let start = try XCTUnwrap(connection.query("SELECT pg_current_wal_insert_lsn()").scalar)
+        let xid = try XCTUnwrap(connection.query("INSERT INTO items (batch) SELECT 'A' FROM generate_series(1, 10) RETURNING txid_current()").scalar)
+        let end = try XCTUnwrap(connection.query("SELECT pg_current_wal_insert_lsn()").scalar)
+        usleep(20_000)
+        try connection.execute(script: "INSERT INTO items (batch) SELECT 'B' FROM generate_series(1, 10)")
+        try waitForArchive(connection)
+        // The commit's own time, to the microsecond, from the WAL (pg_waldump on the server's pg_wal).
+        let dump = try TestProcess.run(cluster.binDirectory + "/pg_waldump", ["-p", cluster.directory + "/data/pg_wal", "-s", start, "-e", end, "-r", "Transaction"],
+                                       environment: ["TZ": "UTC"])
+        let line = try XCTUnwrap(dump.standardOutput.split(separator: "\n").first { $0.range(of: #"tx:\s+\#(xid),"#, options: .regularExpression) != nil && $0.contains("COMMIT ") },
+                                 dump.standardOutput + dump.standardError)
+        let commit = try XCTUnwrap(line.range(of: "COMMIT ").map { String(line[$0.upperBound...].prefix(26)) })
+        XCTAssertEqual(commit.count, 26, String(line))
+        for typed in [commit, commit + "+00"] {
+            let (result, directory, port) = try recover(["--target-time", typed], repository: repository, cluster: cluster)
+            defer { stopServer(directory) }
+            XCTAssertEqual(result.status, 0, result.standardError)
+            let settings = try String(contentsOfFile: directory + "/postgresql.auto.conf", encoding: .utf8)
+            XCTAssertTrue(settings.contains("recovery_target_time = '\(commit)+00'"), settings)
+            XCTAssertEqual(try counts(port: port, database: database, cluster: cluster), ["A": "10"], typed)
+        }
+    }
+
+    /// Issue 11: a recovery that ends before its target names the server's reason, not the FATAL
+    /// our own connection attempts got meanwhile.
+    func testARecoveryThatEndsBeforeItsTargetNamesTheServersReason() throws {
+        let (cluster, repository) = try archivingCluster("pitr-fatal")
+        defer { cluster.stop() }
+        let (database, connection) = try itemsDatabase("pitrfatal", on: cluster)
+        try physicalBackup(of: database, on: cluster, into: repository)
+        try connection.execute(script: "INSERT INTO items (batch) SELECT 'A' FROM generate_series(1, 10)")
+        try waitForArchive(connection)
+        let (result, directory, _) = try recover(["--target-name", "never_created"], repository: repository, cluster: cluster)
+        defer { stopServer(directory) }
+        XCTAssertEqual(result.status, ExitStatus.restoreFailed.rawValue, result.standardError)
+        XCTAssertTrue(result.standardError.contains("recovery ended before configured recovery target was reached"), result.standardError)
+    }
+
+    // MARK: - Helpers
+
+    /// A tool started without waiting, its stderr in a file (read once it has exited).
+    private struct Started {
+        let process: Process
+        let errorFile: String
+        var processIdentifier: Int32 { process.processIdentifier }
+        var terminationStatus: Int32 { process.terminationStatus }
+        var isRunning: Bool { process.isRunning }
+        func waitUntilExit() { process.waitUntilExit() }
+        var errors: String { (try? String(contentsOfFile: errorFile, encoding: .utf8)) ?? "" }
+    }
+
+    /// Starts one of our tools as the server's OS user without waiting.
+    private func startOwner(_ tool: String, _ arguments: [String], cluster: PostgresCluster, environment: [String: String]) throws -> Started {
+        let process = Process()
+        var merged = ProcessInfo.processInfo.environment.merging(cluster.environment) { _, new in new }
+        merged.merge(environment) { _, new in new }
+        process.environment = merged
+        if getuid() == 0 {
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+            process.arguments = ["--reuid=postgres", "--regid=postgres", "--init-groups", TestPaths.executable(tool)] + arguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: TestPaths.executable(tool))
+            process.arguments = arguments
+        }
+        let errorFile = TestPaths.temporaryDirectory(prefix: "stderr") + "/stderr.txt"
+        _ = FileManager.default.createFile(atPath: errorFile, contents: nil)
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle(forWritingAtPath: errorFile)
+        try process.run()
+        return Started(process: process, errorFile: errorFile)
+    }
+
+    /// Waits until `process` is stopped (state T in /proc), as the STOP hook leaves it.
+    private func waitUntilStopped(_ process: Started) throws {
+        let deadline = Date().addingTimeInterval(120)
+        while Date() < deadline {
+            let stat = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/stat", encoding: .utf8)) ?? ""
+            if let close = stat.lastIndex(of: ")"), stat[stat.index(after: close)...].split(separator: " ").first == "T" { return }
+            guard process.isRunning else { return XCTFail("the run ended before reaching its hook: " + process.errors) }
+            usleep(50_000)
+        }
+        XCTFail("the run never reached its hook")
+    }
+}
