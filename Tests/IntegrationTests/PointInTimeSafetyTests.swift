@@ -184,6 +184,84 @@ final class PointInTimeSafetyTests: XCTestCase {
         XCTAssertTrue(result.standardError.contains("recovery ended before configured recovery target was reached"), result.standardError)
     }
 
+    /// Issues 10, 12, 13: a failed extraction says exactly what it left (the directory stays, emptied,
+    /// under a parent this user cannot write, or when it is a mount point); a full disk is exit 20 with
+    /// what the base backup needs, on the threads and through `tar -x` (tar's own line kept), and so is
+    /// a marker that cannot be written for want of space; `--move-aside` under an unwritable parent is
+    /// refused in the plan. The tmpfs cases need root (mount).
+    func testFailedExtractionsSayWhatTheyLeftAndAFullDiskIsExit20() throws {
+        let (cluster, repository) = try archivingCluster("pitr-left")
+        defer { cluster.stop() }
+        let (database, connection) = try itemsDatabase("pitrleft", on: cluster)
+        try physicalBackup(of: database, on: cluster, into: repository)
+        try connection.execute(script: "INSERT INTO items (batch) SELECT 'A' FROM generate_series(1, 10)")
+        try waitForArchive(connection)
+        let id = try XCTUnwrap(FileManager.default.contentsOfDirectory(atPath: repository + "/backups").sorted().last)
+
+        // A damaged base.tar.gz under a parent the server's user cannot write (root's, 0755).
+        let damaged = ownedDirectory("pitr-left-damaged") + "/repo"
+        XCTAssertEqual(try TestProcess.run("/bin/cp", ["-a", repository, damaged]).status, 0)
+        let tarPath = damaged + "/backups/\(id)/base.tar.gz"
+        var tar = try Data(contentsOf: URL(fileURLWithPath: tarPath))
+        tar[tar.count / 2] ^= 0xFF
+        try tar.write(to: URL(fileURLWithPath: tarPath))
+        chownToPostgres(damaged)
+        let rootParent = TestPaths.temporaryDirectory(prefix: "pitr-root-parent")
+        chmod(rootParent, 0o755)
+        let kept = rootParent + "/data"
+        try FileManager.default.createDirectory(atPath: kept, withIntermediateDirectories: false)
+        chownToPostgres(kept)
+        if getuid() == 0 {
+            let failed = try asOwner("dbrestore", ["--pitr", "--pgdata", kept, "--repo", damaged, "--target", "latest"], cluster: cluster)
+            XCTAssertEqual(failed.status, ExitStatus.backupCorrupt.rawValue, failed.standardError)
+            XCTAssertTrue(failed.standardError.contains("what was extracted into \(kept) was removed; the empty directory stays (its parent \(rootParent) is not writable by this user)"),
+                          failed.standardError)
+            XCTAssertFalse(failed.standardError.contains("the data directory was removed"), failed.standardError)
+            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: kept), [])
+
+            // --move-aside there: refused by the plan, nothing renamed.
+            try "x".write(toFile: kept + "/PG_VERSION", atomically: true, encoding: .utf8)
+            chownToPostgres(kept)
+            for extra in [["--dry-run"], []] {
+                let aside = try asOwner("dbrestore", ["--pitr", "--pgdata", kept, "--repo", repository, "--target", "latest", "--move-aside"] + extra, cluster: cluster)
+                XCTAssertEqual(aside.status, ExitStatus.failure.rawValue, aside.standardError)
+                XCTAssertTrue(aside.standardError.contains("cannot move \(kept) aside: its parent \(rootParent) is not writable by this user"), aside.standardError)
+            }
+            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: rootParent), ["data"])
+        }
+
+        guard getuid() == 0 else { throw XCTSkip("the full-disk cases mount a small tmpfs, which needs root") }
+        // The same backup with a damaged (optional) index: extracted through tar -x.
+        let noIndex = ownedDirectory("pitr-left-noindex") + "/repo"
+        XCTAssertEqual(try TestProcess.run("/bin/cp", ["-a", repository, noIndex]).status, 0)
+        let indexPath = noIndex + "/backups/\(id)/base.index.json.gz"
+        var index = try Data(contentsOf: URL(fileURLWithPath: indexPath))
+        index[index.count / 2] ^= 0xFF
+        try index.write(to: URL(fileURLWithPath: indexPath))
+        chownToPostgres(noIndex)
+        for (label, source) in [("threads", repository), ("tar -x", noIndex)] {
+            let mount = try smallTmpfs("pitr-full", megabytes: 4)
+            defer { unmount(mount) }
+            let result = try asOwner("dbrestore", ["--pitr", "--pgdata", mount, "--repo", source, "--target", "latest"], cluster: cluster)
+            XCTAssertEqual(result.status, ExitStatus.repositoryError.rawValue, "\(label): " + result.standardError)
+            XCTAssertTrue(result.standardError.contains("no space left on device"), "\(label): " + result.standardError)
+            XCTAssertTrue(result.standardError.contains("free space where --pgdata lies"), "\(label): " + result.standardError)
+            XCTAssertTrue(result.standardError.contains("the empty directory stays (it is a mount point)"), "\(label): " + result.standardError)
+            XCTAssertFalse(result.standardError.contains("backup \(id): backup \(id):"), "\(label): " + result.standardError)
+            if label == "tar -x" { XCTAssertTrue(result.standardError.contains("No space left on device"), "tar's own line: " + result.standardError) }
+            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: mount), [], label)
+        }
+
+        // No room even for the marker.
+        let full = try smallTmpfs("pitr-full-marker", megabytes: 1)
+        defer { unmount(full) }
+        _ = try TestProcess.run("/bin/dd", ["if=/dev/zero", "of=\(full)/filler", "bs=64k"])
+        let marker = try asOwner("dbrestore", ["--pitr", "--pgdata", full + "/data", "--repo", repository, "--target", "latest"], cluster: cluster)
+        XCTAssertEqual(marker.status, ExitStatus.repositoryError.rawValue, marker.standardError)
+        XCTAssertTrue(marker.standardError.contains("no space left on device writing \(full)/data/.dbrecovery-extracting"), marker.standardError)
+        XCTAssertTrue(marker.standardError.contains("the base backup needs about"), marker.standardError)
+    }
+
     // MARK: - Helpers
 
     /// A tool started without waiting, its stderr in a file (read once it has exited).
@@ -216,6 +294,19 @@ final class PointInTimeSafetyTests: XCTestCase {
         process.standardError = FileHandle(forWritingAtPath: errorFile)
         try process.run()
         return Started(process: process, errorFile: errorFile)
+    }
+
+    /// A tmpfs of `megabytes` mounted on a new directory the server's user owns (root only).
+    private func smallTmpfs(_ prefix: String, megabytes: Int) throws -> String {
+        let mount = TestPaths.temporaryDirectory(prefix: prefix)
+        let mounted = try TestProcess.run("/bin/mount", ["-t", "tmpfs", "-o", "size=\(megabytes)m,mode=0700", "tmpfs", mount])
+        guard mounted.status == 0 else { throw XCTSkip("cannot mount a tmpfs here: \(mounted.standardError)") }
+        chownToPostgres(mount)
+        return mount
+    }
+
+    private func unmount(_ mount: String) {
+        _ = try? TestProcess.run("/bin/umount", [mount])
     }
 
     /// Waits until `process` is stopped (state T in /proc), as the STOP hook leaves it.
