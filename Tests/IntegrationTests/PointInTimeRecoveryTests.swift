@@ -129,7 +129,14 @@ final class PointInTimeRecoveryTests: XCTestCase {
         XCTAssertTrue(future.standardError.contains("beyond the archived WAL"), future.standardError)
         XCTAssertFalse(FileManager.default.fileExists(atPath: nowhere))
 
-        let occupied = try asOwner("dbrestore", ["--pitr", "--pgdata", latestDirectory, "--repo", repository, "--target", "latest"], cluster: cluster)
+        // The restored server runs from latestDirectory: refused as a live server's, even with --move-aside.
+        let live = try asOwner("dbrestore", ["--pitr", "--pgdata", latestDirectory, "--repo", repository, "--target", "latest", "--move-aside"], cluster: cluster)
+        XCTAssertEqual(live.status, ExitStatus.usage.rawValue, live.standardError)
+        XCTAssertTrue(live.standardError.contains("a PostgreSQL server is running from it"), live.standardError)
+        let occupiedDirectory = ownedDirectory("pitr-occupied") + "/data"
+        try FileManager.default.createDirectory(atPath: occupiedDirectory, withIntermediateDirectories: true)
+        try "someone else's".write(toFile: occupiedDirectory + "/notes.txt", atomically: true, encoding: .utf8)
+        let occupied = try asOwner("dbrestore", ["--pitr", "--pgdata", occupiedDirectory, "--repo", repository, "--target", "latest"], cluster: cluster)
         XCTAssertEqual(occupied.status, ExitStatus.usage.rawValue, occupied.standardError)
         XCTAssertTrue(occupied.standardError.contains("--move-aside"), occupied.standardError)
 
