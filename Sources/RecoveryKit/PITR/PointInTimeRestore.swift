@@ -323,6 +323,9 @@ public enum PointInTimeRestore {
             switch target {
             case .lsn(let lsn) where lsn < end && (serverMajor ?? 13) >= 13:
                 break   // stops before the gap; see above
+            case .lsn(let lsn) where lsn < end:
+                throw RecoveryError(.backupNotFound, "\(missing): PostgreSQL \(serverMajor ?? 0) promotes at the end of WAL short of its target, so even target LSN \(WALSegmentName.formatLSN(lsn)) before the gap could end in a wrong restore",
+                                    hint: "restore the missing segment into the archive first")
             case .lsn(let lsn):
                 throw RecoveryError(.backupNotFound, "target LSN \(WALSegmentName.formatLSN(lsn)) is at or after a gap: \(missing)", hint: before)
             case .latest:
