@@ -166,6 +166,10 @@ public enum WALArchive {
             return nil
         }
         guard var later = try laterSegment() else { return false }
+        // `dbrestore --pitr --target-lsn` below a hole (the plan accepts it): recovery needs nothing from
+        // here on, though its read-ahead asks; "not found" cannot promote short of the target (from
+        // PostgreSQL 13 on, a recovery that ends before its target fails).
+        if try targetLiesBefore(name, dataDirectory: dataDirectory.isEmpty ? "." : dataDirectory, store: store) { return false }
         let wait = Double(environment["DBRECOVERY_WAL_HOLE_WAIT"] ?? "").flatMap { $0 >= 0 ? $0 : nil } ?? 120
         let deadline = Date().addingTimeInterval(wait)
         while Date() < deadline {
@@ -180,6 +184,17 @@ public enum WALArchive {
                             + "ending recovery here would promote the server short of them, so recovery stops",
                             hint: "put \(name) back in the archive (another repository, the old server's pg_wal) and start the server again, "
                             + "or recover to a target before it (dbrestore --pitr --target-lsn/--target-time)")
+    }
+
+    /// Whether the data directory's `recovery_target_lsn` lies before segment `name` begins (the
+    /// segment size from the repository's base backups; one size, or no answer).
+    private static func targetLiesBefore(_ name: String, dataDirectory: String, store: BackupStore) throws -> Bool {
+        guard let settings = try? String(contentsOfFile: dataDirectory + "/postgresql.auto.conf", encoding: .utf8),
+              let line = settings.split(separator: "\n").last(where: { $0.trimmingCharacters(in: .whitespaces).hasPrefix("recovery_target_lsn") }),
+              let quoted = line.split(separator: "'").dropFirst().first, let target = WALSegmentName.parseLSN(String(quoted)) else { return false }
+        let sizes = Set(try Catalog(store: store).manifests().compactMap { $0.physical?.segmentSize })
+        guard sizes.count == 1, let size = sizes.first, let number = WALSegmentName.segmentNumber(of: name, segmentSize: size) else { return false }
+        return target < number * size
     }
 
     /// Writes a verified WAL file where restore_command was asked to: a temporary file, then a rename.
