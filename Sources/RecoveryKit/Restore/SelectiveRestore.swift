@@ -385,7 +385,7 @@ public enum SelectiveRestore {
         let form = DumpTableOfContents.Name(schema: TableSelection.headerForm(name.schema), name: TableSelection.headerForm(name.name))
         throw RecoveryError(.usage, "backup \(backupID) names \(TableSelection.shown(name)), with a line break, which pg_dump's headers (what a selective restore reads) "
                                 + "show as \(form.qualified): a restore into a schema of the live database cannot move it by that name; nothing was changed",
-                            hint: "restore the selection --into-database NAME, or the whole backup into a new database (dbrestore \(backupID) --database-url with a new database's name)")
+                            hint: "restore the selection --into-database NAME, or the whole backup into a new database (dbrestore \(backupID) --database-url postgresql://…/NEWDB)")
     }
 
     /// Last check before the rescue (or staging) schema is committed: no relation outside `schema`

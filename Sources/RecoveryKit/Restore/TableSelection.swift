@@ -232,7 +232,7 @@ struct TableSelection {
         let twin = twins > 1 ? " (as they show table \(form.qualified) too)" : ""
         return RecoveryError(.usage, "table \(shown(table)) of backup \(backupID) has a line break in its name, which pg_dump's headers (what a selective restore reads) "
                                 + "show as \(form.qualified)\(twin): a selective restore cannot tell its objects apart by name; nothing was changed",
-                             hint: "restore the whole backup into a new database (dbrestore \(backupID) --database-url with a new database's name) and copy the table from there, "
+                             hint: "restore the whole backup into a new database (dbrestore \(backupID) --database-url postgresql://…/NEWDB) and copy the table from there, "
                                 + "or rename the table without the line break before the next backup")
     }
 
