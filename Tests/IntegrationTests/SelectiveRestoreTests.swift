@@ -1083,6 +1083,7 @@ extension SelectiveRestoreTests {
                                   "column snaps of table crm.plan_history", "pub_plans"] {
                     XCTAssertTrue(refused.standardError.contains(dependent), "\(dependent) is named: \(refused.standardError)")
                 }
+                XCTAssertTrue(refused.standardError.contains("--cascade-report re-points views and foreign keys only"), "the hint does not promise a re-point: \(refused.standardError)")
             } else {
                 XCTAssertTrue(refused.standardError.contains("cannot be re-pointed"), refused.standardError)
             }

@@ -515,8 +515,11 @@ public enum SelectiveRestore {
                 let dependents = try Dependent.list(of: live, outside: selectedOIDs, on: connection)
                 if !dependents.isEmpty {
                     guard configuration.cascadeReport else {
+                        let fixed = dependents.filter { $0.kind == .other }.map(\.description)
                         throw RecoveryError(.restoreFailed, "other objects depend on \(table.qualified): \(dependents.map(\.description).joined(separator: "; ")); nothing was changed",
-                                            hint: "restore it --into-schema and copy the rows back with SQL, or add --cascade-report to re-point them at the restored table")
+                                            hint: fixed.isEmpty ? "restore it --into-schema and copy the rows back with SQL, or add --cascade-report to re-point them at the restored table"
+                                                : "restore it --into-schema and copy the rows back with SQL; --cascade-report re-points views and foreign keys only, "
+                                                    + "not \(fixed.joined(separator: ", ")) (they would stay bound to the kept copy)")
                     }
                     if let unsupported = dependents.first(where: { $0.kind == .other }) {
                         throw RecoveryError(.restoreFailed, "\(unsupported.description) depends on \(table.qualified) and cannot be re-pointed (only views and foreign keys can); nothing was changed",
