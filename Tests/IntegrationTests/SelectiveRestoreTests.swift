@@ -1003,6 +1003,12 @@ extension SelectiveRestoreTests {
             CREATE SEQUENCE app."ticket\nnumbers" OWNED BY app.tickets.n;
             """)
         let id = try backup()
+        // The listing says what it cannot show: the two tables look alike there, so neither's rows are shown.
+        let listing = try contents([id, "--repo", repository])
+        let alike = ((listing["tables"] as? [[String: Any]]) ?? []).filter { $0["qualified"] as? String == "app.\"a b\"" }
+        XCTAssertEqual(alike.count, 2, "\(listing["tables"] ?? "")")
+        XCTAssertTrue(alike.allSatisfy { $0["rows"] == nil || $0["rows"] is NSNull }, "\(alike)")
+        XCTAssertTrue((listing["notes"] as? [String] ?? []).contains { $0.hasPrefix("table app.\"a\\nb\" has a line break in its name") }, "\(listing["notes"] ?? "")")
         try execute("DROP TABLE app.\"a\nb\"")
         func live(_ name: String) throws -> Bool { try query("SELECT to_regclass('app.\"\(name)\"') IS NOT NULL")[0][0] == "t" }
         func schemas() throws -> String? { try query("SELECT string_agg(nspname, ',') FROM pg_namespace WHERE nspname LIKE 'rescue%' OR nspname LIKE 'restored\\_%'")[0][0] }
