@@ -655,8 +655,8 @@ public struct WALFetchCommand: ToolCommand {
                                        key: try repository.cipherKey(settings))
         }
         guard let name, let path else { return }   // refuseUsageErrors() refused this already
-        let found: Bool
-        do {
+        var found: Bool
+        func fetchOnce() throws -> Bool {
             if let prefetch {
                 let address = try repository.address(settings)
                 let directory = spool ?? WALPrefetch.defaultSpool(destination: path)
@@ -664,13 +664,21 @@ public struct WALFetchCommand: ToolCommand {
                 // (a key file path, or the environment), never in its arguments.
                 var arguments = ["wal-fetch", "--prefetcher", "--spool", directory, "--prefetch", String(prefetch), "--repo", address]
                 if let keyFile = repository.encryptionKeyFile { arguments += ["--encryption-key-file", keyFile] }
-                found = try WALPrefetch.fetch(name: name, destination: path,
-                                              settings: WALSpoolSettings(spool: directory, repository: address, jobs: prefetch, environment: environment),
-                                              key: try repository.cipherKey(settings), prefetcherArguments: arguments)
-            } else {
-                found = try WALArchive.fetch(name: name, destination: path, repository: try repository.address(settings),
-                                             key: try repository.cipherKey(settings), environment: environment)
+                return try WALPrefetch.fetch(name: name, destination: path,
+                                             settings: WALSpoolSettings(spool: directory, repository: address, jobs: prefetch, environment: environment),
+                                             key: try repository.cipherKey(settings), prefetcherArguments: arguments)
             }
+            return try WALArchive.fetch(name: name, destination: path, repository: try repository.address(settings),
+                                        key: try repository.cipherKey(settings), environment: environment)
+        }
+        do {
+            found = try fetchOnce()
+            if !found {
+                found = try WALArchive.answerMissing(name, destination: path, repository: try repository.address(settings),
+                                                     environment: environment, fetch: fetchOnce)
+            }
+        } catch let error as RecoveryError where error.code == .walFetchFailed {
+            throw error
         } catch {
             let cause = RecoveryError.classify(error)
             throw RecoveryError(.walFetchFailed, "cannot fetch WAL file \(name): \(cause.message)", hint: cause.hint)
