@@ -548,15 +548,8 @@ public struct CleanupCommand: ToolCommand {
         if config.printIfAsked(context, connection: connection, repository: nil) { return }
         output.begin("dbrestore", labels: ["mode": "cleanup"], in: context)
         let file = context.settings.configFile
-        let within: RetentionDuration?
-        if let text = keepWithin ?? file?.keepPreRestoreWithin {
-            guard let parsed = Self.age(text) else {
-                throw RecoveryError(.configuration, "[restore] keep_pre_restore_within '\(text)' is not an age", hint: "write e.g. 36h, 7d or 2w")
-            }
-            within = parsed
-        } else {
-            within = PreRestoreCleanupConfiguration.defaultKeepWithin
-        }
+        // --keep-within was checked by validate(), the file's value when the file was read.
+        let within = keepWithin.flatMap(Self.age) ?? file?.keepPreRestoreWithin ?? PreRestoreCleanupConfiguration.defaultKeepWithin
         var configuration = PreRestoreCleanupConfiguration(target: try connection.target(context.settings))
         configuration.keep = keep ?? file?.keepPreRestore ?? PreRestoreCleanupConfiguration.defaultKeep
         configuration.keepWithin = within

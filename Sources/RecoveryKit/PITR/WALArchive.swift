@@ -185,8 +185,12 @@ public enum WALArchive {
     /// Writes a verified WAL file where restore_command was asked to: a temporary file, then a rename.
     static func install(_ data: Data, at destination: String) throws {
         let temporary = destination + ".dbrecovery-partial"
-        guard FileManager.default.createFile(atPath: temporary, contents: data) else {
-            throw RecoveryError(.failure, "cannot write \(temporary)")
+        do {
+            try data.write(to: URL(fileURLWithPath: temporary))
+        } catch {
+            unlink(temporary)
+            throw RecoveryError(.failure, "cannot write \(temporary): \(RecoveryError.classify(error).message)",
+                                hint: "the server's user must be able to write where restore_command puts the file (the data directory's pg_wal), and that file system needs room for one segment")
         }
         guard rename(temporary, destination) == 0 else {
             unlink(temporary)
