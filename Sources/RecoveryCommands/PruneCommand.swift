@@ -13,6 +13,10 @@ public struct PruneCommand: ToolCommand {
         and 12 monthly snapshots. A backup is kept if any rule keeps it. Pinned backups, the newest \
         backup that verifies and backups with unreadable manifests are never deleted.
 
+        The rules apply to each group on its own: the logical backups of one database, the physical \
+        base backups of one server (column OF). Ten backups of app never push out billing's, nor \
+        logical backups a base backup; each group keeps its own newest verified backup.
+
         Examples:
           dbprune --repo /var/backups/app --dry-run   # what would go and why
           dbprune --repo /var/backups/app --yes       # nightly, from cron
@@ -113,15 +117,16 @@ public struct PruneCommand: ToolCommand {
     private func render(_ report: PruneReport, header: Bool) throws {
         if output.json { return }
         if header { print("== \(report.repository) (\(report.tier) tier)") }
-        // WHY: the rules that keep a backup, or the ones it missed when it is deleted or moved.
-        var table = TextTable("ID", "AGE", "CLASS", "ACTION", "WHY")
+        // WHY: the rules that keep a backup, or the ones it missed when it is deleted or moved; OF: the
+        // group the rules counted it in (one database's logical backups, one server's base backups).
+        var table = TextTable("ID", "OF", "AGE", "CLASS", "ACTION", "WHY")
         for decision in report.decisions {
             let why = decision.keptBy + (decision.reason.map { [$0] } ?? [])
-            table.add(decision.id, String(format: "%.1fd", decision.ageDays), decision.storageClass ?? "-",
+            table.add(decision.id, decision.group ?? "-", String(format: "%.1fd", decision.ageDays), decision.storageClass ?? "-",
                       decision.action.rawValue, why.joined(separator: ", "))
         }
         for item in report.garbage {
-            table.add(item.folder.replacingOccurrences(of: "backups/", with: ""), String(format: "%.1fh", item.ageHours), "-",
+            table.add(item.folder.replacingOccurrences(of: "backups/", with: ""), "-", String(format: "%.1fh", item.ageHours), "-",
                       item.action == "delete" ? "garbage: delete" : item.action, item.reason)
         }
         print(table.rendered)
@@ -137,7 +142,12 @@ public struct PruneCommand: ToolCommand {
             output.note("kept backup \(item) (a restore is streaming it; the next dbprune deletes it)")
         }
         for note in report.notes { output.note(note) }
-        if let verification = report.verification { output.note("newest verified: \(verification)") }
+        // Each group on its own: the rules counted its backups only, and its newest verified one is kept.
+        for group in report.groups {
+            let verified = group.verification.map { "newest verified: \($0)" } ?? "no backup of it verifies"
+            output.note("\(group.group): \(group.backups) backup(s), \(dryRun ? "would keep" : "kept") \(group.kept), "
+                        + "\(dryRun ? "would delete" : "deleted") \(group.deleted); \(verified)")
+        }
         for problem in report.unverified {
             output.note("warning: backup \(problem) — kept only if a rule keeps it; dbverify --files tells more")
         }

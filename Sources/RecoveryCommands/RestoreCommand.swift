@@ -23,6 +23,9 @@ public struct RestoreCommand: ParsableCommand, ArgumentRewriting {
                                                   # one table, next to the live one
           dbrestore --emergency                   # 3 a.m.: newest that verifies
           dbrestore --emergency --release v1.2.3  # newest good backup of that release
+          dbrestore latest --from-database app --yes \\
+              --database-url postgresql://postgres@db1/app_copy
+                                                  # app's newest backup into app_copy
           dbrestore --drill --json                # monthly restore drill from cron
           dbrestore cleanup --dry-run             # old pre-restore copies
           dbrestore --pitr --pgdata /srv/pg/restored --port 5433 --start \\
@@ -101,9 +104,15 @@ public struct RestoreRunOptions: ParsableArguments {
     @Option(name: .customLong("swap-timeout"), help: ArgumentHelp("Seconds to wait for sessions on the target to end at the swap.", valueName: "seconds"))
     public var swapTimeout = 30
 
+    @Option(name: .customLong("from-database"), help: ArgumentHelp("Choose among this database's backups instead of the target's ('latest', --emergency, --drill); a backup named by its id needs none.", valueName: "name"))
+    public var fromDatabase: String?
+
     public init() {}
 
     public func validate() throws {
+        if let fromDatabase, fromDatabase.isEmpty || fromDatabase.utf8.count > 63 {
+            throw ValidationError("--from-database '\(fromDatabase)' is not a database name: it must have 1 to 63 bytes")
+        }
         if let jobs, !(1...64).contains(jobs) { throw ValidationError("--jobs \(jobs) must be between 1 and 64") }
         guard (1...3600).contains(swapTimeout) else { throw ValidationError("--swap-timeout \(swapTimeout) must be between 1 and 3600 seconds") }
     }
@@ -150,6 +159,7 @@ extension LogicalRestoreInputs {
             release: release, dryRun: options.dryRun, jobs: options.jobs ?? min(ProcessInfo.processInfo.activeProcessorCount, 64),
             incidentFile: incidentFile)
         configuration.key = try repository.cipherKey(settings)
+        configuration.fromDatabase = options.fromDatabase
         configuration.swapTimeout = TimeInterval(options.swapTimeout)
         configuration.tools = connection.tools(settings)   // --pg-bin / PG_BIN: the pg_dump that fingerprints the restored schema
         configuration.environment = repository.storageEnvironment(settings)
@@ -282,6 +292,10 @@ public struct RestoreBackupCommand: ToolCommand {
 
     public func run(in context: RunContext) throws {
         if selection.isActive {
+            if let from = options.fromDatabase {
+                throw RecoveryError(.usage, "--from-database goes with a whole-database restore, not with --table or --schema",
+                                    hint: "name the backup of \(from) by its id (dbrestore list shows each backup's database)")
+            }
             return try selection.run(backup: backup ?? "latest", connection: connection, repository: repository, config: config, output: output,
                                      dryRun: options.dryRun, yes: yes, in: context)
         }
@@ -295,7 +309,8 @@ public struct EmergencyCommand: UnattendedRestoreCommand {
         commandName: "emergency",
         abstract: "No prompts: restore the newest backup whose files verify, and write an incident record (also --emergency).",
         discussion: """
-        Picks the newest backup whose files verify, says which it skipped and why, prints a timeline \
+        Picks the newest backup of the target database (or of --from-database) whose files verify, \
+        says which it skipped and why, prints a timeline \
         and writes an incident record (JSON) to --incident-file or <repo>/incidents/. A backup that \
         fails in any way of its own (unreadable, invalid manifest, replay error, row counts that \
         differ, taken from a newer PostgreSQL major than the server) is skipped and the next older \
@@ -321,7 +336,8 @@ public struct DrillCommand: UnattendedRestoreCommand {
         commandName: "drill",
         abstract: "Restore drill: restore into a scratch database, verify, drop it, report the time taken (also --drill).",
         discussion: """
-        The time taken is your recovery time. Like emergency, a backup that fails in any way of its \
+        The time taken is your recovery time. Like emergency, it chooses among the target database's \
+        own backups (or --from-database's), and a backup that fails in any way of its \
         own is skipped and the next older one tried; the target database is never touched.
 
         Examples:
@@ -458,8 +474,12 @@ public struct PITRCommand: ToolCommand {
 public struct ListCommand: ToolCommand {
     public static let configuration = CommandConfiguration(
         commandName: "list",
-        abstract: "List the backups in a repository, newest first.",
+        abstract: "List the backups in a repository, newest first, with the database each is of.",
         discussion: """
+        One repository may hold several databases' backups: 'latest', --emergency and --drill \
+        choose among the target database's own (or --from-database's). A physical base backup \
+        holds every database of its server (DATABASE "(all)"; --json: database, system_identifier).
+
         Examples:
           dbrestore list --repo /var/backups/app
           dbrestore list --json | jq -r '.[0].id'
@@ -482,14 +502,15 @@ public struct ListCommand: ToolCommand {
             output.note("no backups in \(address)")
             return
         }
-        var table = TextTable("ID", "TAKEN (UTC)", "KIND", "SIZE", "ROWS", "SCHEMA", "RELEASE", "PINNED", "TAGS")
+        var table = TextTable("ID", "TAKEN (UTC)", "DATABASE", "KIND", "SIZE", "ROWS", "SCHEMA", "RELEASE", "PINNED", "TAGS")
         for item in listing {
             if let problem = item.problem {
-                table.add(item.id, "-", "-", "-", "-", "-", "-", "-", "\(item.archived == true ? "ARCHIVED" : "UNREADABLE"): \(problem)")
+                table.add(item.id, "-", "-", "-", "-", "-", "-", "-", "-", "\(item.archived == true ? "ARCHIVED" : "UNREADABLE"): \(problem)")
                 continue
             }
+            // A base backup holds every database of its server: "all", not the one it connected to.
             table.add(item.id, item.takenAt.map { String(Timestamp.format($0).prefix(19)).replacingOccurrences(of: "T", with: " ") } ?? "-",
-                      item.kind ?? "-", ByteCount.format(item.storedBytes ?? 0), item.rows.map(String.init) ?? "-",
+                      item.kind == "physical" ? "(all)" : item.database ?? "-", item.kind ?? "-", ByteCount.format(item.storedBytes ?? 0), item.rows.map(String.init) ?? "-",
                       item.schemaVersion ?? "-", item.release ?? "-", item.pinned == true ? "yes" : "no",
                       item.tags.joined(separator: ","))
         }

@@ -35,7 +35,7 @@ final class ConcurrencyTests: XCTestCase {
                 ("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository]),
                 ("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository]),
                 ("dbprune", ["--yes", "--repo", repository, "--policy", policy]),
-                ("dbrestore", ["latest", "--yes", "--jobs", "1", "--repo", repository, "--database-url", cluster.url(database: target)]),
+                ("dbrestore", ["--from-database", database, "latest", "--yes", "--jobs", "1", "--repo", repository, "--database-url", cluster.url(database: target)]),
             ]
             // Every other round the prune and the restore start first.
             let commands = round % 2 == 0 ? ordered : Array(ordered.reversed())

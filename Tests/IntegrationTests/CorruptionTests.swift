@@ -64,7 +64,7 @@ final class CorruptionTests: XCTestCase {
             XCTAssertTrue((prune.standardError + prune.standardOutput).contains(item.prune.1), "\(item.name): dbprune said \(prune.standardError) \(prune.standardOutput)")
 
             // And the 3 a.m. path still finds the good one.
-            let emergency = try TestProcess.tool("dbrestore", ["--emergency", "--repo", repository, "--database-url", cluster.url(database: target)], cluster: cluster)
+            let emergency = try TestProcess.tool("dbrestore", ["--from-database", database, "--emergency", "--repo", repository, "--database-url", cluster.url(database: target)], cluster: cluster)
             XCTAssertEqual(emergency.status, 0, "\(item.name): emergency \(emergency.standardError)")
             XCTAssertTrue(emergency.standardOutput.contains("from backup \(good)"), "\(item.name): \(emergency.standardOutput)")
         }

@@ -145,7 +145,7 @@ final class PruneTests: IntegrationTestCase {
         XCTAssertEqual(garbage.first?["action"] as? String, "in progress", json.standardOutput)
         let deletes = (plan?["decisions"] as? [[String: Any]] ?? []).filter { $0["action"] as? String == "delete" }
         XCTAssertEqual(deletes.count, 29)
-        XCTAssertTrue(deletes.allSatisfy { $0["reason"] as? String == "older than the 10 newest" }, json.standardOutput)
+        XCTAssertTrue(deletes.allSatisfy { $0["reason"] as? String == "older than the 10 newest of database \(database!)" }, json.standardOutput)
 
         // Once the writer is gone, the same folder is garbage past its grace period.
         try lock.release()

@@ -129,7 +129,7 @@ final class PruneVerificationRecordTests: IntegrationTestCase {
         XCTAssertTrue(FileManager.default.fileExists(atPath: record))
         try rot(newest)
         let target = try cluster.createDatabase(prefix: "reverify_target")
-        let emergency = try TestProcess.tool("dbrestore", ["--emergency", "--database-url", cluster.url(database: target), "--repo", repository],
+        let emergency = try TestProcess.tool("dbrestore", ["--from-database", database!, "--emergency", "--database-url", cluster.url(database: target), "--repo", repository],
                                              cluster: cluster)
         XCTAssertEqual(emergency.status, 0, emergency.standardError)
         XCTAssertFalse(FileManager.default.fileExists(atPath: record), "the damaged backup no longer has a record vouching for it")

@@ -18,7 +18,7 @@ final class RestoreRowCountTests: IntegrationTestCase {
         let backup = try tool("dbbackup", common)
         XCTAssertEqual(backup.status, 0, backup.standardError)
         let restored = "counts_copy_\(UInt32.random(in: 0...UInt32.max))"
-        let result = try tool("dbrestore", ["latest", "--yes", "--json", "--jobs", "2", "--repo", repository,
+        let result = try tool("dbrestore", ["--from-database", database!, "latest", "--yes", "--json", "--jobs", "2", "--repo", repository,
                                             "--database-url", cluster.url(database: restored)])
         let report = (try? JSONSerialization.jsonObject(with: Data(result.standardOutput.utf8))) as? [String: Any]
         let steps = (report?["timeline"] as? [[String: Any]] ?? []).map { "\($0["step"] as? String ?? ""): \($0["outcome"] as? String ?? "")" }
@@ -117,7 +117,7 @@ final class RestoreRowCountTests: IntegrationTestCase {
         }
         XCTAssertTrue(found, "the manifest's count of t was not found")
         let restored = "counts_copy_\(UInt32.random(in: 0...UInt32.max))"
-        let result = try tool("dbrestore", ["latest", "--yes", "--repo", repository, "--database-url", cluster.url(database: restored)])
+        let result = try tool("dbrestore", ["--from-database", database!, "latest", "--yes", "--repo", repository, "--database-url", cluster.url(database: restored)])
         XCTAssertEqual(result.status, ExitStatus.restoreFailed.rawValue, result.standardError)
         XCTAssertTrue(result.standardError.contains("public.t: expected 21, found 20"), result.standardError)
         XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM pg_database WHERE datname = '\(restored)'", database: "postgres"), "0")
@@ -178,7 +178,7 @@ final class RestoreRowCountTests: IntegrationTestCase {
         XCTAssertEqual(backup.status, 0, backup.standardError)
         let restored = "rls_copy_\(UInt32.random(in: 0...UInt32.max))"
         let url = cluster.url(database: restored).replacingOccurrences(of: "postgres@", with: "\(role)@")
-        let result = try tool("dbrestore", ["latest", "--yes", "--repo", repository, "--database-url", url])
+        let result = try tool("dbrestore", ["--from-database", database!, "latest", "--yes", "--repo", repository, "--database-url", url])
         XCTAssertEqual(result.status, ExitStatus.restoreFailed.rawValue, result.standardError)
         XCTAssertTrue(result.standardError.contains("row-level security hides rows") && result.standardError.contains("BYPASSRLS"), result.standardError)
         XCTAssertFalse(result.standardError.contains("try an older backup"), result.standardError)

@@ -218,7 +218,7 @@ final class RestoreTests: IntegrationTestCase {
     func testRestoreCreatesAMissingTargetDatabase() throws {
         let id = try backup()
         let missing = "fresh_\(UInt32.random(in: 0...UInt32.max))"
-        let result = try tool("dbrestore", ["latest", "--yes", "--repo", repository, "--database-url", cluster.url(database: missing)])
+        let result = try tool("dbrestore", ["--from-database", database!, "latest", "--yes", "--repo", repository, "--database-url", cluster.url(database: missing)])
         XCTAssertEqual(result.status, 0, result.standardError)
         XCTAssertEqual(try cluster.rowCounts(database: missing), try expectedCounts(id))
         XCTAssertEqual(try databases(like: "\(missing)_%"), [])
@@ -271,7 +271,7 @@ final class RestoreTests: IntegrationTestCase {
         let backup = try tool("dbbackup", ["--database-url", url, "--repo", repository])
         XCTAssertEqual(backup.status, 0, backup.standardError)
         let restored = "fidelity_copy_\(UInt32.random(in: 0...UInt32.max))"
-        let restore = try tool("dbrestore", ["latest", "--yes", "--jobs", "3", "--repo", repository, "--database-url", cluster.url(database: restored)])
+        let restore = try tool("dbrestore", ["--from-database", source, "latest", "--yes", "--jobs", "3", "--repo", repository, "--database-url", cluster.url(database: restored)])
         XCTAssertEqual(restore.status, 0, restore.standardError)
 
         let pgDump = try PostgresTools().path(of: "pg_dump")

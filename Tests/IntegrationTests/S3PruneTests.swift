@@ -106,7 +106,8 @@ final class S3PruneTests: IntegrationTestCase {
         XCTAssertTrue(prune.standardOutput.contains(ids[1]!) && prune.standardOutput.contains(ids[5]!), prune.standardOutput)
         // The newest backup is restored as if the archived one were not there.
         let target = try cluster.createDatabase(prefix: "s3target")
-        let emergency = try TestProcess.tool("dbrestore", ["--emergency", "--repo", repository, "--database-url", cluster.url(database: target)],
+        let source = try BackupManifest.decode(try store.read("backups/\(ids[1]!)/manifest.json"), source: "manifest").database.name
+        let emergency = try TestProcess.tool("dbrestore", ["--from-database", source, "--emergency", "--repo", repository, "--database-url", cluster.url(database: target)],
                                              cluster: cluster, environment: s3.environment())
         XCTAssertEqual(emergency.status, 0, emergency.standardError)
         XCTAssertTrue(emergency.standardOutput.contains(ids[1]!), emergency.standardOutput)

@@ -125,7 +125,7 @@ final class S3RepositoryTests: IntegrationTestCase {
         XCTAssertEqual(files.status, 0, files.standardError + files.standardOutput)
         XCTAssertEqual(try store().openMultipartUploads(), [])
         let target = "faulty_\(UInt32.random(in: 0...UInt32.max))"
-        let restore = try tool("dbrestore", ["latest", "--yes", "--quiet", "--repo", repository, "--database-url", cluster.url(database: target)],
+        let restore = try tool("dbrestore", ["--from-database", database!, "latest", "--yes", "--quiet", "--repo", repository, "--database-url", cluster.url(database: target)],
                                endpoint: proxy.endpoint)
         XCTAssertEqual(restore.status, 0, restore.standardError)
         XCTAssertFalse(restore.standardError.contains("S3 attempt"), "--quiet logs errors only: \(restore.standardError)")

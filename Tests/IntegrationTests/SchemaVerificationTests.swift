@@ -137,7 +137,7 @@ final class SchemaVerificationTests: IntegrationTestCase {
         let backup = try tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository!])
         XCTAssertEqual(backup.status, 0, backup.standardError)
         let restored = "inherit_copy_\(UInt32.random(in: 0...UInt32.max))"
-        let restore = try tool("dbrestore", ["latest", "--yes", "--jobs", "1", "--repo", repository!, "--database-url", cluster.url(database: restored)])
+        let restore = try tool("dbrestore", ["--from-database", database!, "latest", "--yes", "--jobs", "1", "--repo", repository!, "--database-url", cluster.url(database: restored)])
         XCTAssertEqual(restore.status, 0, restore.standardError)
         XCTAssertEqual(try cluster.scalar("SELECT a || ',' || b || ',' || c FROM child", database: restored), "2,1,3")
     }

@@ -511,7 +511,7 @@ extension SelectiveRestoreTests {
 
             let target = "\(database!)_emergency_\(damage)"
             defer { _ = try? cluster.connect().execute(script: "DROP DATABASE IF EXISTS \(target) WITH (FORCE)") }
-            let emergency = try TestProcess.tool("dbrestore", ["--emergency", "--repo", repository, "--database-url", cluster.url(database: target)], cluster: cluster)
+            let emergency = try TestProcess.tool("dbrestore", ["--from-database", database!, "--emergency", "--repo", repository, "--database-url", cluster.url(database: target)], cluster: cluster)
             XCTAssertEqual(emergency.status, 0, "\(damage): \(emergency.standardError)")
             XCTAssertTrue(emergency.standardOutput.contains("from backup \(newest)"), "\(damage): the newest backup is restored: \(emergency.standardOutput)")
             let copy = try cluster.connect(database: target)

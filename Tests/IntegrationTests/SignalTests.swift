@@ -109,7 +109,7 @@ final class SignalTests: IntegrationTestCase {
         }
         let target = try cluster.createDatabase(prefix: "emergency")
         let databasesBefore = try databaseNames()
-        let run = try interrupt("dbrestore", ["--emergency", "--jobs", "1", "--repo", repository!, "--database-url", cluster.url(database: target)],
+        let run = try interrupt("dbrestore", ["--from-database", database!, "--emergency", "--jobs", "1", "--repo", repository!, "--database-url", cluster.url(database: target)],
                                 signal: SIGTERM, trigger: .line("create scratch database", jitter: 0.0...0.2))
         assertInterrupted(run, signal: SIGTERM, cell: "emergency")
         XCTAssertFalse(run.standardError.contains("skip backup"), "emergency: the interrupted candidate was skipped for the next: \(run.standardError)")

@@ -36,7 +36,8 @@ final class SingleReadTests: IntegrationTestCase {
 
     private func restore(_ arguments: [String], repository: String, environment: [String: String] = [:]) throws -> [String: Any] {
         let target = "readonce_\(UInt32.random(in: 0...UInt32.max))"
-        let result = try TestProcess.tool("dbrestore", arguments + ["--repo", repository, "--database-url", cluster.url(database: target), "--json"],
+        let result = try TestProcess.tool("dbrestore", arguments + ["--from-database", database, "--repo", repository,
+                                                                    "--database-url", cluster.url(database: target), "--json"],
                                           cluster: cluster, environment: environment)
         XCTAssertEqual(result.status, 0, result.standardError)
         if !arguments.contains("--drill") { XCTAssertEqual(try cluster.rowCounts(database: target)["public.blobs"], 1500) }

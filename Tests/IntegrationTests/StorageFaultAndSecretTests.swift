@@ -51,7 +51,7 @@ final class StorageFaultAndSecretTests: XCTestCase {
         // Reading still works: the DBA can restore from a repository mounted read-only.
         XCTAssertEqual(try TestProcess.tool("dbverify", ["--files", "latest", "--repo", repository]).status, 0)
         let target = "fromro_\(UInt32.random(in: 0...UInt32.max))"
-        let restore = try TestProcess.tool("dbrestore", ["latest", "--yes", "--repo", repository, "--database-url", cluster.url(database: target)], cluster: cluster)
+        let restore = try TestProcess.tool("dbrestore", ["--from-database", database, "latest", "--yes", "--repo", repository, "--database-url", cluster.url(database: target)], cluster: cluster)
         XCTAssertEqual(restore.status, 0, restore.standardError)
     }
 

@@ -70,10 +70,12 @@ final class VersionMatrixTests: XCTestCase {
     func testEmergencyAndDrillPassOverABackupFromANewerMajor() throws {
         let (old, new, repository, source, oldID) = try backedUpOnTheOlder(15, newer: 16, prefix: "older")
         let expected = try old.cluster.rowCounts(database: source)
+        // The same database on the newer server (as after an upgrade): its backups are that database's.
         let upgraded = try filledDatabase("newer", on: new.cluster, major: 16)
-        try new.cluster.connect(database: upgraded).execute(script: "INSERT INTO users (email) VALUES ('only-in-16@example.com')")
+        try new.cluster.connect().execute(script: "ALTER DATABASE \(upgraded) RENAME TO \(source)")
+        try new.cluster.connect(database: source).execute(script: "INSERT INTO users (email) VALUES ('only-in-16@example.com')")
         sleep(1)   // ids sort by the second they were taken
-        let newID = try backup(new.cluster, database: upgraded, repository: repository)
+        let newID = try backup(new.cluster, database: source, repository: repository)
         XCTAssertGreaterThan(newID, oldID)
 
         // The 15 database has moved on since its backup; the emergency restore brings back the 15 backup.

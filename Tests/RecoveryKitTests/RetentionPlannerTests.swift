@@ -128,6 +128,36 @@ final class RetentionPlannerTests: XCTestCase {
             XCTAssertEqual((error as? RecoveryError)?.code, .configuration)
         }
     }
+
+    /// Backups are grouped by database (logical) and by server (physical), and a group's plan names
+    /// its group in every decision, in deletion reasons and in the refusal to delete it all.
+    func testGroupsAreOneDatabaseOrOneServerAndTheirPlansNameThem() throws {
+        func manifest(_ id: String, kind: BackupManifest.Kind, database: String, system: String?) -> BackupManifest {
+            var manifest = BackupManifestTests.sample(id: id)
+            manifest.kind = kind
+            manifest.database.name = database
+            manifest.database.systemIdentifier = system
+            return manifest
+        }
+        let all = [manifest("5", kind: .logical, database: "app", system: "7"), manifest("4", kind: .physical, database: "app", system: "7"),
+                   manifest("3", kind: .logical, database: "billing", system: "7"), manifest("2", kind: .logical, database: "app", system: "8"),
+                   manifest("1", kind: .physical, database: "postgres", system: "7")]
+        let groups = RetentionGroup.split(all)
+        XCTAssertEqual(groups.map(\.group.label), ["database app", "database billing", "physical base backups of server 7"])
+        XCTAssertEqual(groups.map { $0.manifests.map(\.id) }, [["5", "2"], ["3"], ["4", "1"]], "each group keeps the order it was given")
+
+        let tier = RetentionPolicy.Tier(keepLast: 1, keepWithin: nil, glacierAfter: nil, snapshots: false)
+        let snapshots = RetentionPolicy.Snapshots(daily: 0, weekly: 0, monthly: 0, timeZone: "UTC")
+        let decisions = try RetentionPlanner.plan(backups(["2024-03-02", "2024-03-01"]), tier: tier, snapshots: snapshots,
+                                                  newestVerified: nil, now: date("2024-03-03"), group: groups[0].group)
+        XCTAssertEqual(decisions.map(\.group), ["database app", "database app"])
+        XCTAssertEqual(decisions[1].reason, "older than the 1 newest of database app")
+        let none = RetentionPolicy.Tier(keepLast: 0, keepWithin: nil, glacierAfter: nil, snapshots: false)
+        XCTAssertThrowsError(try RetentionPlanner.plan(backups(["2024-01-01"]), tier: none, snapshots: snapshots, newestVerified: nil,
+                                                       now: Date(), group: groups[1].group)) { error in
+            XCTAssertEqual((error as? RecoveryError)?.message, "the retention policy would delete all 1 backups of database billing; refusing")
+        }
+    }
 }
 
 final class RetentionPolicyTests: XCTestCase {
@@ -166,4 +196,5 @@ final class RetentionPolicyTests: XCTestCase {
         XCTAssertEqual(policy.snapshots.weekly, 4)
         XCTAssertEqual(policy.s3, RetentionPolicy.builtIn.s3)
     }
+
 }

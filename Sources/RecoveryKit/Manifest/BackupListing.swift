@@ -5,6 +5,10 @@ public struct BackupListing: Codable, Sendable {
     public var id: String
     public var takenAt: Date?
     public var kind: String?
+    /// The database it was taken of (a physical base backup: the one it connected to; it holds all).
+    public var database: String?
+    /// The server's `system_identifier` (physical backups, and logical ones since it was recorded).
+    public var systemIdentifier: String?
     public var storedBytes: UInt64?
     public var rows: Int64?
     public var schemaVersion: String?
@@ -23,7 +27,8 @@ public struct BackupListing: Codable, Sendable {
             guard let manifest = entry.manifest else {
                 return BackupListing(id: entry.id, tags: [], problem: entry.problem, archived: entry.archived ? true : nil)
             }
-            return BackupListing(id: manifest.id, takenAt: manifest.startedAt, kind: manifest.kind.rawValue,
+            return BackupListing(id: manifest.id, takenAt: manifest.startedAt, kind: manifest.kind.rawValue, database: manifest.database.name,
+                                 systemIdentifier: manifest.database.systemIdentifier,
                                  storedBytes: manifest.storedBytes, rows: manifest.totalRows, schemaVersion: manifest.schemaVersion,
                                  release: manifest.release, pinned: manifest.pinned, tags: manifest.tags, problem: nil)
         }

@@ -115,6 +115,49 @@ public struct Catalog {
         return manifest
     }
 
+    /// Finds one backup like `resolve`, except that `latest` is the newest logical backup of
+    /// `database`: a repository may hold several databases' backups and physical base backups, and the
+    /// newest of those is not the database's newest.
+    ///
+    /// - Throws: `RecoveryError(.backupNotFound)` naming what the repository holds instead (`Holdings`).
+    public func resolve(_ reference: String, database: String) throws -> BackupManifest {
+        guard reference == "latest" else { return try resolve(reference) }
+        let all = try entries()
+        if let newest = all.lazy.compactMap(\.manifest).first(where: { $0.kind == .logical && $0.database.name == database }) {
+            return newest
+        }
+        guard !all.isEmpty else { return try resolve(reference) }   // says the repository is empty
+        let holdings = Holdings(all.compactMap(\.manifest), besides: database)
+        throw RecoveryError(.backupNotFound, "no logical backup of database \(database) in \(store.location)" + holdings.clause,
+                            hint: "name the backup to use by its id (dbrestore list shows each backup's database)")
+    }
+
+    /// What a repository holds besides the logical backups of one database, for the messages that
+    /// say why none of that database's was found.
+    public struct Holdings: Sendable {
+        /// Logical backups of other databases, by database name.
+        public var otherDatabases: [String: Int] = [:]
+        /// Physical base backups (of any server).
+        public var physical = 0
+
+        public init(_ manifests: [BackupManifest], besides database: String) {
+            for manifest in manifests {
+                if manifest.kind == .physical {
+                    physical += 1
+                } else if manifest.database.name != database {
+                    otherDatabases[manifest.database.name, default: 0] += 1
+                }
+            }
+        }
+
+        /// `; it holds 10 logical backups of database app and 1 physical base backup`, or "" when nothing else.
+        public var clause: String {
+            var parts = otherDatabases.sorted { $0.key < $1.key }.map { "\($0.value) logical backup\($0.value == 1 ? "" : "s") of database \($0.key)" }
+            if physical > 0 { parts.append("\(physical) physical base backup\(physical == 1 ? "" : "s")") }
+            return parts.isEmpty ? "" : "; it holds " + parts.joined(separator: ", ")
+        }
+    }
+
     /// Levenshtein distance, for suggesting ids after a typo.
     static func distance(_ a: String, _ b: String) -> Int {
         let a = Array(a), b = Array(b)

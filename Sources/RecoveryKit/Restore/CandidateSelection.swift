@@ -7,7 +7,9 @@ import Logging
 ///
 /// A candidate is skipped, with the reason, for anything that is its own fault: a manifest that
 /// does not decode or names paths outside its folder, files that are missing, unreadable, damaged or
-/// encrypted with another key, a physical backup, and — in `--emergency` and `--drill` — a logical
+/// encrypted with another key, a physical backup, a backup of another database than the one restored
+/// (the target's, or `--from-database`'s: one repository may hold several databases' backups), and —
+/// in `--emergency` and `--drill` — a logical
 /// backup taken from a newer PostgreSQL major than the target server (pg_dump's output loads into
 /// the same or a newer major only; at 3 a.m. an older backup that restores beats a refusal). A
 /// repository that cannot be listed, or that fails (5xx, timeouts, resets, short reads, I/O errors
@@ -60,7 +62,7 @@ enum CandidateSelection {
         }
         guard !stores.isEmpty else { throw openError ?? RecoveryError(.usage, "no repository given") }
         if configuration.mode == .normal && stores.count == 1 {
-            let manifest = try Catalog(store: stores[0].1).resolve(configuration.backup)
+            let manifest = try named(configuration, in: stores[0].1)
             guard manifest.kind == .logical else {
                 throw RecoveryError(.usage, "backup \(manifest.id) is a physical backup",
                                     hint: "restore it with dbrestore --pitr, or name a logical backup")
@@ -80,18 +82,28 @@ enum CandidateSelection {
         for (address, store) in stores {
             let catalog = Catalog(store: store)
             if configuration.mode == .normal {
-                guard let manifest = try? catalog.resolve(configuration.backup) else { continue }  // reported below if no repository has it
+                guard let manifest = try? named(configuration, in: store) else { continue }  // reported below if no repository has it
                 holders[manifest.id, default: []].append((address, store, Catalog.Entry(id: manifest.id, manifest: manifest, problem: nil)))
             } else {
                 for entry in try catalog.entries() { holders[entry.id, default: []].append((address, store, entry)) }
             }
         }
         guard !holders.isEmpty else {
-            if configuration.mode == .normal { _ = try Catalog(store: stores[0].1).resolve(configuration.backup) }
+            if configuration.mode == .normal { _ = try named(configuration, in: stores[0].1) }
             throw RecoveryError(.backupNotFound, "no backups in \(stores.map(\.0).joined(separator: ", "))",
                                 hint: "there is nothing to restore from; check --repo (or BACKUP_REPO)")
         }
         let alreadySkipped = Set(skipped.map(\.id))
+        let source = configuration.sourceDatabase
+        // Newer backups of other databases passed over, by database (newest first): said once per
+        // database in `skipped`, replacing what an earlier call said.
+        var otherDatabases: [String: [String]] = [:]
+        func withOthers(_ skipped: [RestorePlan.Skipped]) -> [RestorePlan.Skipped] {
+            skipped.filter { !$0.reason.hasPrefix(otherDatabasePrefix) } + otherDatabases.sorted { $0.key < $1.key }.map { name, ids in
+                .init(id: ids.count == 1 ? ids[0] : "\(ids[0]) and \(ids.count - 1) more",
+                      reason: "\(otherDatabasePrefix)\(name), not of \(source) (--from-database \(name) restores \(name)'s backups into \(configuration.target.databaseName))")
+            }
+        }
         for id in holders.keys.sorted(by: >) where !excluding.contains(id) {
             // A repository that fails while this backup is checked (after the S3 client's retries)
             // says nothing about the backup: another repository's copy of it may still be tried,
@@ -109,6 +121,12 @@ enum CandidateSelection {
                 }
                 guard manifest.kind == .logical else {
                     logger.debug("skipped backup \(label): physical (dbrestore pitr restores it)")
+                    continue
+                }
+                if configuration.mode != .normal, manifest.database.name != source {
+                    let name = manifest.database.name
+                    if otherDatabases[name]?.contains(id) != true { otherDatabases[name, default: []].append(id) }
+                    logger.info("skipped backup \(label): \(otherDatabasePrefix)\(name), not of \(source)")
                     continue
                 }
                 if let release = configuration.release, manifest.release != release {
@@ -129,7 +147,7 @@ enum CandidateSelection {
                     if check.ok {
                         timeline?.note("chose backup \(manifest.id) from \(address) "
                                        + (depth == .size ? "(files present, sizes match; the sha256 is checked as it streams)" : "(files verify)"))
-                        return Choice(manifest: manifest, repository: address, skipped: skipped)
+                        return Choice(manifest: manifest, repository: address, skipped: withOthers(skipped))
                     }
                     reason = check.firstProblem ?? "files do not verify"
                 } catch where RecoveryError.isRepositoryTrouble(error) {
@@ -146,6 +164,12 @@ enum CandidateSelection {
             }
             if let trouble { throw trouble }
         }
+        // Nothing of the database asked for at all: say what the repository holds instead, and the way to it.
+        let all = Dictionary(holders.values.joined().compactMap { $0.2.manifest }.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
+        if configuration.mode != .normal, !all.values.contains(where: { $0.kind == .logical && $0.database.name == source }) {
+            throw noneOfDatabase(configuration, stores: stores.map(\.0), holdings: Catalog.Holdings(Array(all.values), besides: source))
+        }
+        skipped = withOthers(skipped)
         // Backups that only a newer server can take: the error names their majors and the way out.
         let newerMajors = configuration.mode == .normal ? [] : Set(holders.values.joined().compactMap { holder -> PostgresMajor? in
             guard let manifest = holder.2.manifest, manifest.kind == .logical, let target = serverMajor,
@@ -154,6 +178,51 @@ enum CandidateSelection {
             return source
         })
         throw noneLeft(configuration, stores: stores.map(\.0), skipped: skipped, newerMajors: newerMajors.sorted(), serverMajor: serverMajor)
+    }
+
+    /// How `skipped` starts the reason of a backup of another database.
+    static let otherDatabasePrefix = "of database "
+
+    /// The backup a normal restore names: an id (whatever database it is of: the operator chose it;
+    /// the plan says whose it is), or `latest`, the newest logical backup of the source database.
+    ///
+    /// - Throws: `.usage` when `--from-database` contradicts the named backup; `.backupNotFound`
+    ///   naming what the repository holds when the source database has no backup in it.
+    static func named(_ configuration: RestoreConfiguration, in store: BackupStore) throws -> BackupManifest {
+        let catalog = Catalog(store: store)
+        let manifest: BackupManifest
+        do {
+            manifest = try catalog.resolve(configuration.backup, database: configuration.sourceDatabase)
+        } catch let error as RecoveryError where error.code == .backupNotFound && configuration.backup == "latest" {
+            let manifests = try catalog.manifests()
+            guard !manifests.isEmpty else { throw error }
+            throw noneOfDatabase(configuration, stores: [store.location],
+                                 holdings: Catalog.Holdings(manifests, besides: configuration.sourceDatabase))
+        }
+        if let from = configuration.fromDatabase, manifest.kind == .logical, manifest.database.name != from {
+            throw RecoveryError(.usage, "backup \(manifest.id) is of database \(manifest.database.name), not \(from) as --from-database says",
+                                hint: "drop --from-database: a backup named by its id is restored whatever database it is of")
+        }
+        return manifest
+    }
+
+    /// The error when the repositories hold no logical backup of the source database at all: what
+    /// they hold instead, and the ways to it (`--from-database`, `dbrestore --pitr`).
+    static func noneOfDatabase(_ configuration: RestoreConfiguration, stores: [String], holdings: Catalog.Holdings) -> RecoveryError {
+        let source = configuration.sourceDatabase, target = configuration.target.databaseName
+        var ways: [String] = []
+        let others = holdings.otherDatabases.keys.sorted()
+        if let first = others.first {
+            ways.append("to restore another database's backup into \(target), name it: --from-database \(first)"
+                        + (others.count > 1 ? " (or \(others.dropFirst().joined(separator: ", ")))" : "") + ", or its backup id")
+        }
+        if holdings.physical > 0 {
+            ways.append("a physical base backup restores the whole server into a new data directory: dbrestore --pitr --pgdata DIR --target latest")
+        }
+        if ways.isEmpty { ways.append("check --repo (or BACKUP_REPO)") }
+        let scope = configuration.release.map { " (at any release; --release \($0) asked)" } ?? ""
+        return RecoveryError(.backupNotFound, "no logical backup of database \(source)\(scope) in \(stores.joined(separator: ", "))\(holdings.clause)",
+                             hint: ways.joined(separator: "; ") + "; \(target) was not touched")
     }
 
     /// How a candidate copy is named in `skipped` and `excluding`: the id, with the repository when

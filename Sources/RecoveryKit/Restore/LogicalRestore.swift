@@ -23,6 +23,11 @@ public struct RestoreConfiguration {
     public var backup: String
     /// Only backups taken at this release (emergency and drill).
     public var release: String?
+    /// `--from-database`: choose among this database's backups instead of the target's (`latest`,
+    /// emergency, drill). A backup named by its id needs none: it is restored whatever database it is of.
+    public var fromDatabase: String?
+    /// The database whose backups `latest`, emergency and drill choose among.
+    public var sourceDatabase: String { fromDatabase ?? target.databaseName }
     public var dryRun: Bool
     /// Where pg_dump is found (schema verification runs `pg_dump --schema-only` on the scratch database).
     public var tools = PostgresTools()
@@ -65,6 +70,8 @@ public struct RestorePlan: Codable, Sendable {
     public var backupRelease: String?
     public var backupSchemaVersion: String?
     public var backupRows: Int64
+    /// The database the chosen backup was taken of (said in the plan when it is not the target).
+    public var backupDatabase: String?
     /// The chosen backup's files as a restore reads them (compressed, encrypted): the dump, and its
     /// table of contents where the restore reads parts of the dump at once (`DumpApplier.filesRead`).
     public var backupStoredBytes: Int64 = 0
@@ -99,6 +106,9 @@ public struct RestorePlan: Codable, Sendable {
                      + (backupRelease.map { ", release \($0)" } ?? "") + (backupSchemaVersion.map { ", schema version \($0)" } ?? "")
                      + ", \(backupRows) rows")
         lines.append("from:     \(repository)")
+        if let backupDatabase, backupDatabase != targetDatabase {
+            lines.append("note:     backup \(backupID) is of database \(backupDatabase); it is restored into \(targetDatabase)")
+        }
         if let filesChecked { lines.append("files:    \(filesChecked)") }
         lines.append("server:   \(server)")
         var steps = ["create scratch database \(scratchDatabase)" + (databaseProperties.map { " (encoding \($0.encoding), locale \($0.collate))" } ?? "")
@@ -581,6 +591,7 @@ extension RestorePlan {
         backupRelease = manifest.release
         backupSchemaVersion = manifest.schemaVersion
         backupRows = manifest.totalRows
+        backupDatabase = manifest.database.name
         backupStoredBytes = Int64(DumpApplier.filesRead(of: manifest).reduce(0) { $0 + $1.storedBytes })
         skipped = choice.skipped
         databaseProperties = manifest.databaseProperties?.maskedForDisplay

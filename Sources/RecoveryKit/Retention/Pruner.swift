@@ -56,10 +56,41 @@ public struct PruneReport: Codable, Sendable {
     public var verification: String?
     /// Backups the plan would delete but a restore is reading (reader lock): kept this time.
     public var beingRead: [String] = []
+    /// What the rules were applied to, group by group (`RetentionGroup`): one database's logical
+    /// backups, one server's base backups; each with its own newest verified backup.
+    public var groups: [Group] = []
     /// What the run cleaned up or could not (stale locks removed, a failed lock release).
     public var notes: [String] = []
     public var kept: Int { decisions.filter { $0.action != .delete }.count }
     public var deleted: Int { decisions.filter { $0.action == .delete }.count }
+
+    /// One group the rules were applied to on their own.
+    public struct Group: Codable, Sendable {
+        /// As decisions name it: `database app`, `physical base backups of server 7301…`.
+        public var group: String
+        public var kind: BackupManifest.Kind
+        /// A logical group's database.
+        public var database: String?
+        /// A physical group's server (nil also for base backups that did not record it).
+        public var systemIdentifier: String?
+        public var backups: Int
+        public var kept = 0
+        public var deleted = 0
+        /// The group's newest backup whose files verify (always kept), and how that was found.
+        public var newestVerified: String?
+        public var verification: String?
+        /// The group's backups newer than that one, with why they do not verify.
+        public var unverified: [String]
+    }
+
+    /// Counts each group's kept and deleted backups from the decisions as they stand.
+    mutating func countGroups() {
+        for index in groups.indices {
+            let mine = decisions.filter { $0.group == groups[index].group }
+            groups[index].kept = mine.filter { $0.action != .delete }.count
+            groups[index].deleted = mine.filter { $0.action == .delete }.count
+        }
+    }
 }
 
 /// Applies a retention policy to one repository.
@@ -112,74 +143,38 @@ public enum Pruner {
                                  problem: "manifest names backup \(manifest.id) but lies in folder backups/\(entry.id) (a copied folder?)")
         }
         let manifests = entries.compactMap(\.manifest)
-        var newestVerified: String?
-        var unverified: [String] = []
-        var verification: String?
-        /// Whether `newestVerified` rests on a record alone (no read this run).
-        var onlyRecord = false
         let listing = Dictionary(objects.map { ($0.key, $0) }, uniquingKeysWith: { first, _ in first })
-        /// Finds the newest backup that verifies, newest first; with `trustRecords`, a fresh record
-        /// of an unchanged backup stands in for reading it.
-        func findNewestVerified(trustRecords: Bool) throws {
-            newestVerified = nil
-            unverified = []
-            verification = nil
-            onlyRecord = false
-            for manifest in manifests {
-                // A recent record of a full read, with every file unchanged since, spares reading it again.
-                let stored = VerificationRecord.load(for: manifest, in: store, listing: listing)
-                var recordNote = " (no record yet)"
-                switch stored {
-                case .none: break
-                case .corrupt: recordNote = " (corrupt record, re-reading)"
-                case .record(let record):
-                    if let staleness = record.staleness(for: manifest, listing: listing, now: configuration.now, interval: configuration.reverifyAfter) {
-                        recordNote = " (record not used: \(staleness))"
-                    } else if !trustRecords {
-                        recordNote = " (its record alone would have vouched for the only backup kept: re-read)"
-                    } else {
-                        newestVerified = manifest.id
-                        onlyRecord = true
-                        verification = "backup \(manifest.id): verified \(Timestamp.format(record.verifiedAt)) (its record in the repository; "
-                            + "read again after \(configuration.reverifyAfter.text) or when a file changes)"
-                        return
-                    }
-                }
-                let check = try FileVerifier.verify(manifest, in: store, depth: .checksum, progress: progress)
-                if check.ok {
-                    newestVerified = manifest.id
-                    verification = "backup \(manifest.id): read in full, sha256 and size match" + recordNote
-                    if !configuration.dryRun {
-                        // Best effort: without the record the next run reads the backup again, nothing worse.
-                        do {
-                            let data = try JSONOutput.encoder().encode(VerificationRecord(manifest: manifest, listing: listing, at: configuration.now))
-                            try store.write(VerificationRecord.key(of: manifest), contents: data)
-                        } catch {
-                            verification? += "; the record could not be written: \(RecoveryError.classify(error).message)"
-                        }
-                    }
-                    return
-                }
-                // A record must not outlive the read that found the backup damaged.
-                if stored.exists, !configuration.dryRun, !check.onlyArchived { VerificationRecord.forget(manifest, in: store) }
-                unverified.append("\(manifest.id): \(check.firstProblem ?? "does not verify")")
-            }
-        }
-        try findNewestVerified(trustRecords: true)
         let classes = Dictionary(objects.map { ($0.key, $0.storageClass) }, uniquingKeysWith: { first, _ in first })
-        let candidates = manifests.map { manifest in
-            RetentionCandidate(id: manifest.id, takenAt: manifest.startedAt, pinned: manifest.pinned,
-                               storageClass: manifest.files.first.flatMap { classes[manifest.key(of: $0)] ?? nil })
+        // Every rule applies within one group: one database's logical backups, one server's base backups.
+        var decisions: [RetentionDecision] = []
+        var groups: [PruneReport.Group] = []
+        for (group, members) in RetentionGroup.split(manifests) {
+            var verified = try newestVerified(in: members, trustRecords: true, configuration: configuration, store: store,
+                                              listing: listing, progress: progress)
+            let candidates = members.map { manifest in
+                RetentionCandidate(id: manifest.id, takenAt: manifest.startedAt, pinned: manifest.pinned,
+                                   storageClass: manifest.files.first.flatMap { classes[manifest.key(of: $0)] ?? nil })
+            }
+            var planned = try RetentionPlanner.plan(candidates, tier: tier, snapshots: configuration.policy.snapshots,
+                                                    newestVerified: verified.id, now: configuration.now, group: group)
+            // Bit rot can keep size and modification time: before deleting on a record's word alone
+            // while fewer than 2 backups of the group would be kept, its newest is read in full after all.
+            if verified.onlyRecord, planned.contains(where: { $0.action == .delete }), planned.filter({ $0.action != .delete }).count < 2 {
+                verified = try newestVerified(in: members, trustRecords: false, configuration: configuration, store: store,
+                                              listing: listing, progress: progress)
+                planned = try RetentionPlanner.plan(candidates, tier: tier, snapshots: configuration.policy.snapshots,
+                                                    newestVerified: verified.id, now: configuration.now, group: group)
+            }
+            decisions += planned
+            groups.append(PruneReport.Group(group: group.label, kind: group.kind, database: group.kind == .logical ? group.name : nil,
+                                            systemIdentifier: group.kind == .physical ? group.name : nil, backups: members.count,
+                                            newestVerified: verified.id, verification: verified.verification, unverified: verified.unverified))
         }
-        var decisions = try RetentionPlanner.plan(candidates, tier: tier, snapshots: configuration.policy.snapshots,
-                                                  newestVerified: newestVerified, now: configuration.now)
-        // Bit rot can keep size and modification time: before deleting on a record's word alone
-        // while fewer than 2 backups would be kept, the newest is read in full after all.
-        if onlyRecord, decisions.contains(where: { $0.action == .delete }), decisions.filter({ $0.action != .delete }).count < 2 {
-            try findNewestVerified(trustRecords: false)
-            decisions = try RetentionPlanner.plan(candidates, tier: tier, snapshots: configuration.policy.snapshots,
-                                                  newestVerified: newestVerified, now: configuration.now)
-        }
+        decisions.sort { ($0.takenAt, $0.id) > ($1.takenAt, $1.id) }
+        let unverified = groups.flatMap(\.unverified)
+        let verifications = groups.compactMap { group in group.verification.map { (group.group, $0) } }
+        let verification = verifications.isEmpty ? nil : groups.count == 1 ? verifications[0].1
+            : verifications.map { "\($0.0): \($0.1)" }.joined(separator: "; ")
         var beingRead: [String] = []
         var notes: [String] = []
         // A backup a restore is reading is kept this time, and the WAL it needs with it.
@@ -214,6 +209,8 @@ public enum Pruner {
                                  unreadable: unusable.filter { !$0.archived }.map { "\($0.id): \($0.problem ?? "unreadable")" },
                                  archived: unusable.filter(\.archived).map(\.id),
                                  garbage: garbage, wal: wal, unverified: unverified, verification: verification)
+        report.groups = groups
+        report.countGroups()
         if !configuration.dryRun, let confirm = configuration.confirm,
            report.deleted > 0 || !wal.delete.isEmpty || garbage.contains(where: { $0.action == "delete" }) {
             try confirm(report)
@@ -261,10 +258,69 @@ public enum Pruner {
             try store.delete(wal.delete)
         }
         report.decisions = decisions
+        report.countGroups()
         report.wal = wal
         report.beingRead = beingRead
         report.notes = notes
         return report
+    }
+
+    /// The newest backup of one group that verifies (`members` newest first), with what was found of
+    /// the newer ones that do not.
+    private struct Verified {
+        var id: String?
+        var unverified: [String] = []
+        /// How it was found to verify: read in full now, or its recent record.
+        var verification: String?
+        /// Whether `id` rests on a record alone (no read this run).
+        var onlyRecord = false
+    }
+
+    /// Finds the newest backup of `members` that verifies, newest first; with `trustRecords`, a fresh
+    /// record of an unchanged backup stands in for reading it.
+    private static func newestVerified(in members: [BackupManifest], trustRecords: Bool, configuration: PruneConfiguration, store: BackupStore,
+                                       listing: [String: StoredObject], progress: ProgressObserver?) throws -> Verified {
+        var found = Verified()
+        for manifest in members {
+            // A recent record of a full read, with every file unchanged since, spares reading it again.
+            let stored = VerificationRecord.load(for: manifest, in: store, listing: listing)
+            var recordNote = " (no record yet)"
+            switch stored {
+            case .none: break
+            case .corrupt: recordNote = " (corrupt record, re-reading)"
+            case .record(let record):
+                if let staleness = record.staleness(for: manifest, listing: listing, now: configuration.now, interval: configuration.reverifyAfter) {
+                    recordNote = " (record not used: \(staleness))"
+                } else if !trustRecords {
+                    recordNote = " (its record alone would have vouched for the only backup kept: re-read)"
+                } else {
+                    found.id = manifest.id
+                    found.onlyRecord = true
+                    found.verification = "backup \(manifest.id): verified \(Timestamp.format(record.verifiedAt)) (its record in the repository; "
+                        + "read again after \(configuration.reverifyAfter.text) or when a file changes)"
+                    return found
+                }
+            }
+            let check = try FileVerifier.verify(manifest, in: store, depth: .checksum, progress: progress)
+            if check.ok {
+                found.id = manifest.id
+                found.verification = "backup \(manifest.id): read in full, sha256 and size match" + recordNote
+                if !configuration.dryRun {
+                    // Best effort: without the record the next run reads the backup again, nothing worse.
+                    do {
+                        let data = try JSONOutput.encoder().encode(VerificationRecord(manifest: manifest, listing: listing, at: configuration.now))
+                        try store.write(VerificationRecord.key(of: manifest), contents: data)
+                    } catch {
+                        found.verification? += "; the record could not be written: \(RecoveryError.classify(error).message)"
+                    }
+                }
+                return found
+            }
+            // A record must not outlive the read that found the backup damaged.
+            if stored.exists, !configuration.dryRun, !check.onlyArchived { VerificationRecord.forget(manifest, in: store) }
+            found.unverified.append("\(manifest.id): \(check.firstProblem ?? "does not verify")")
+        }
+        return found
     }
 
     /// Keeps every backup a kept incremental depends on ("parent of <id>"): deleting one would leave

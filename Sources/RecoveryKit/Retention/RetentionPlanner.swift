@@ -35,6 +35,9 @@ public struct RetentionDecision: Codable, Sendable, Equatable {
     /// Why it is deleted or moved (`older than the 10 newest`, `standard→glacier after 30d`), so that
     /// `dbprune --dry-run` explains every row that changes something; nil for a plain keep.
     public var reason: String?
+    /// The group it was counted in (`database app`, `physical base backups of server …`): every rule
+    /// applies within one group (`RetentionGroup`). Nil when planned without one.
+    public var group: String? = nil
 }
 
 /// Pure retention planning: the same inputs always give the same plan. No I/O.
@@ -47,10 +50,12 @@ public enum RetentionPlanner {
     ///   - snapshots: calendar rules, applied when `tier.snapshots`.
     ///   - newestVerified: the newest backup whose files verify; always kept.
     ///   - now: the reference time for ages.
+    ///   - group: the group the candidates are (all of one database, or one server's base backups);
+    ///     named in each decision, in deletion reasons and in the refusal.
     /// - Returns: decisions, newest first.
     /// - Throws: `RecoveryError(.configuration)` when the rules would keep no backup at all.
     public static func plan(_ candidates: [RetentionCandidate], tier: RetentionPolicy.Tier, snapshots: RetentionPolicy.Snapshots,
-                            newestVerified: String?, now: Date) throws -> [RetentionDecision] {
+                            newestVerified: String?, now: Date, group: RetentionGroup? = nil) throws -> [RetentionDecision] {
         let ordered = candidates.sorted { ($0.takenAt, $0.id) > ($1.takenAt, $1.id) }
         var reasons = [[String]](repeating: [], count: ordered.count)
 
@@ -100,28 +105,31 @@ public enum RetentionPlanner {
             if backup.id == newestVerified { reasons[index].append("newest verified") }
         }
         if !ordered.isEmpty && reasons.allSatisfy(\.isEmpty) {
-            throw RecoveryError(.configuration, "the retention policy would delete all \(ordered.count) backups; refusing",
+            throw RecoveryError(.configuration, "the retention policy would delete all \(ordered.count) backups"
+                                + (group.map { " of \($0.label)" } ?? "") + "; refusing",
                                 hint: "keep at least one backup: set keep_last, keep_within or snapshot counts above 0")
         }
         return ordered.enumerated().map { index, backup in
             let age = now.timeIntervalSince(backup.takenAt)
             var action: RetentionDecision.Action = reasons[index].isEmpty ? .delete : .keep
-            var reason: String? = action == .delete ? deletionReason(tier: tier, snapshots: snapshots) : nil
+            var reason: String? = action == .delete ? deletionReason(tier: tier, snapshots: snapshots, group: group) : nil
             if action == .keep, let after = tier.glacierAfter, age >= after.seconds,
                backup.storageClass?.uppercased() != "GLACIER" {
                 action = .moveToGlacier
                 reason = "\((backup.storageClass ?? "standard").lowercased())→glacier after \(after)"
             }
             return RetentionDecision(id: backup.id, takenAt: backup.takenAt, ageDays: (age / 86_400 * 10).rounded() / 10,
-                                     storageClass: backup.storageClass, action: action, keptBy: reasons[index], reason: reason)
+                                     storageClass: backup.storageClass, action: action, keptBy: reasons[index], reason: reason,
+                                     group: group?.label)
         }
     }
 
     /// Every rule of the tier that could have kept a backup and did not, as one phrase: a deleted
-    /// backup missed all of them (pinned and newest-verified ones are never deleted).
-    static func deletionReason(tier: RetentionPolicy.Tier, snapshots: RetentionPolicy.Snapshots) -> String {
+    /// backup missed all of them (pinned and newest-verified ones are never deleted). With a group,
+    /// the count says whose newest they are: `older than the 10 newest of database app`.
+    static func deletionReason(tier: RetentionPolicy.Tier, snapshots: RetentionPolicy.Snapshots, group: RetentionGroup? = nil) -> String {
         var missed: [String] = []
-        if tier.keepLast > 0 { missed.append("older than the \(tier.keepLast) newest") }
+        if tier.keepLast > 0 { missed.append("older than the \(tier.keepLast) newest" + (group.map { " of \($0.label)" } ?? "")) }
         if let within = tier.keepWithin { missed.append("deleted at \(within)") }
         if tier.snapshots {
             let slots = [("daily", snapshots.daily), ("weekly", snapshots.weekly), ("monthly", snapshots.monthly)]

@@ -120,8 +120,9 @@ public enum BackupVerification {
 
     /// Compares the live database's row counts with one backup's manifest.
     ///
-    /// - Parameter backup: an id, prefix or `latest`; nil means the backup the database was restored
-    ///   from, when a restore recorded one, else `latest`.
+    /// - Parameter backup: an id, prefix or `latest` (the newest logical backup of `target`'s
+    ///   database); nil means the backup the database was restored from, when a restore recorded one,
+    ///   else `latest`.
     /// - Throws: `RecoveryError` / `PostgresError` when the backup or database cannot be reached.
     public static func rowCounts(repository: String, backup: String?, target: ConnectionTarget,
                                  environment: [String: String] = ProcessInfo.processInfo.environment) throws -> RowCountVerifier.Report {
@@ -137,7 +138,8 @@ public enum BackupVerification {
         }
         let manifest: BackupManifest
         do {
-            manifest = try Catalog(store: store).resolve(reference)
+            // `latest` is the target database's newest backup, not another database's in a shared repository.
+            manifest = try Catalog(store: store).resolve(reference, database: target.databaseName)
         } catch let error as RecoveryError where basis != nil && error.code == .backupNotFound {
             throw RecoveryError(.backupNotFound, "\(target.databaseName) was restored from backup \(reference), which is not in \(store.location)",
                                 hint: "name the backup to compare with (dbverify latest), or point --repo at the repository it came from")
