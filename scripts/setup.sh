@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# prometheus (promtool), shellcheck, systemd (systemd-analyze) and man-db check what scripts/install.sh ships.
-packages=(postgresql-15 postgresql-client-15 libpq-dev zlib1g-dev libcurl4-openssl-dev pkg-config pigz pgbackrest time util-linux gzip
+# prometheus (promtool), shellcheck, systemd (systemd-analyze) and man-db check what scripts/install.sh ships;
+# libcurl carries S3 and --notify-url (ca-certificates: the CAs it trusts; openssl: a test certificate).
+packages=(postgresql-15 postgresql-client-15 libpq-dev zlib1g-dev libcurl4-openssl-dev ca-certificates openssl pkg-config pigz pgbackrest time util-linux gzip
           prometheus shellcheck systemd man-db)
 missing=()
 for package in "${packages[@]}"; do

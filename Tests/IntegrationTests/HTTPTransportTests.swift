@@ -36,22 +36,35 @@ final class HTTPTransportTests: XCTestCase {
             do_POST = do_PUT
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
+        if len(sys.argv) == 3:
+            import ssl
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(sys.argv[1], sys.argv[2])
+            server.socket = context.wrap_socket(server.socket, server_side=True)
         print(server.server_address[1], flush=True)
         server.serve_forever()
         """#
 
-    private var server: ChildProcess!
     private var base = ""
 
+    private var servers: [ChildProcess] = []
+
     override func setUpWithError() throws {
-        server = try ChildProcess(executable: "/usr/bin/env", arguments: ["python3", "-c", Self.script], stdin: .null, stdout: .pipe, stderr: .null)
-        let port = try XCTUnwrap(Int(server.firstLineOfOutput()), "the test server did not start")
-        base = "http://127.0.0.1:\(port)"
+        base = "http://127.0.0.1:\(try startServer())"
     }
 
     override func tearDown() {
-        server?.send(SIGTERM)
-        server?.waitForExit()
+        for server in servers {
+            server.send(SIGTERM)
+            server.waitForExit()
+        }
+    }
+
+    /// Starts the server (over TLS with the certificate and key files given) and returns its port.
+    private func startServer(_ tls: [String] = []) throws -> Int {
+        let server = try ChildProcess(executable: "/usr/bin/env", arguments: ["python3", "-c", Self.script] + tls, stdin: .null, stdout: .pipe, stderr: .null)
+        servers.append(server)
+        return try XCTUnwrap(Int(server.firstLineOfOutput()), "the test server did not start")
     }
 
     private func url(_ path: String) throws -> URL { try XCTUnwrap(URL(string: base + path)) }
@@ -104,6 +117,20 @@ final class HTTPTransportTests: XCTestCase {
             let transportError = error as? HTTPTransportError
             XCTAssertEqual(transportError?.code, 7, "couldn't connect: \(error)")
             XCTAssertTrue("\(error)".contains("127.0.0.1"), "\(error)")
+        }
+    }
+
+    /// Verification stays on: there is no option to turn it off, so a certificate no CA signed is refused.
+    func testAServerWithASelfSignedCertificateIsRefused() throws {
+        let directory = TestPaths.temporaryDirectory(prefix: "tls")
+        let made = try TestProcess.run("/usr/bin/env", ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                                                        "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", directory + "/key.pem", "-out", directory + "/cert.pem"])
+        XCTAssertEqual(made.status, 0, made.standardError)
+        let port = try startServer([directory + "/cert.pem", directory + "/key.pem"])
+        let url = try XCTUnwrap(URL(string: "https://127.0.0.1:\(port)/headers"))
+        XCTAssertThrowsError(try HTTPTransport(idleTimeout: 5).perform(HTTPRequest(method: "GET", url: url))) { error in
+            XCTAssertEqual((error as? HTTPTransportError)?.code, 60, "peer certificate not verified: \(error)")
+            XCTAssertTrue("\(error)".contains("certificate"), "\(error)")
         }
     }
 }

@@ -90,11 +90,7 @@ public final class HTTPTransport: Sendable {
         }
         defer { idle.withLock { if $0.count < maxIdleHandles { $0.append(handle) } } }
         let transfer = Transfer(interruptible: request.interruptible, idleTimeout: idleTimeout)
-        let code = try transfer.run(request, on: handle.raw, totalTimeout: totalTimeout)
-        var status = 0
-        _ = CCurlShim_getinfo_long(handle.raw, CURLINFO_RESPONSE_CODE, &status)
-        // Nothing of this request (its buffers, its callbacks' context) stays set on the pooled handle.
-        curl_easy_reset(handle.raw)
+        let (code, status) = try transfer.run(request, on: handle.raw, totalTimeout: totalTimeout)
         if transfer.interrupted { try Interruption.check() }
         if transfer.timedOut {
             throw HTTPTransportError(code: Int(CURLE_OPERATION_TIMEDOUT.rawValue),
@@ -147,9 +143,11 @@ private final class Transfer {
     deinit { errorBuffer.deallocate() }
 
     /// Sets the handle up for `request` (from scratch: `curl_easy_reset` keeps only the connections)
-    /// and runs it. Returns libcurl's result.
-    func run(_ request: HTTPRequest, on handle: UnsafeMutableRawPointer, totalTimeout: TimeInterval?) throws -> CURLcode {
+    /// and runs it. Returns libcurl's result and the answer's status.
+    func run(_ request: HTTPRequest, on handle: UnsafeMutableRawPointer, totalTimeout: TimeInterval?) throws -> (CURLcode, Int) {
         curl_easy_reset(handle)
+        // Nothing of this request (its buffers, its callbacks' context) stays set on the pooled handle.
+        defer { curl_easy_reset(handle) }
         let context = Unmanaged.passUnretained(self).toOpaque()
         var problems = [CURLcode]()
         func check(_ result: CURLcode) { if result != CURLE_OK { problems.append(result) } }
@@ -206,11 +204,13 @@ private final class Transfer {
             throw HTTPTransportError(code: Int(problem.rawValue), message: "libcurl refused an option: \(String(cString: curl_easy_strerror(problem)))")
         }
         lastActivity = .now
-        guard sendsBody else { return curl_easy_perform(handle) }
-        return (request.body ?? Data()).withUnsafeBytes { bytes in
+        let code = sendsBody ? (request.body ?? Data()).withUnsafeBytes { bytes in
             let result = CCurlShim_set_body(handle, bytes.baseAddress, curl_off_t(bytes.count))
             return result == CURLE_OK ? curl_easy_perform(handle) : result
-        }
+        } : curl_easy_perform(handle)
+        var status = 0
+        _ = CCurlShim_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)
+        return (code, status)
     }
 
     /// One header line (or the status line that starts a response: headers of a `100 Continue`
