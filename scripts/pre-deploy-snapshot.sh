@@ -14,7 +14,7 @@ release=""; json=()
 while [ $# -gt 0 ]; do
   case $1 in
     --release)
-      [ $# -ge 2 ] && [ -n "$2" ] || { echo "pre-deploy-snapshot: --release needs a value, e.g. --release v1.3.0" >&2; exit 2; }
+      [ $# -ge 2 ] && [ -n "$2" ] && [ "${2#-}" = "$2" ] || { echo "pre-deploy-snapshot: --release needs a value, e.g. --release v1.3.0" >&2; exit 2; }
       release=$2; shift 2 ;;
     --release=*) release=${1#--release=}; shift ;;
     --json) json=(--json); shift ;;

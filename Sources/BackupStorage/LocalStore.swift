@@ -305,7 +305,8 @@ public final class LocalStore: BackupStore {
                                 hint: "run as the user that owns the repository, or fix its permissions (directories 0700, files 0600)")
         case ENOSPC, EDQUOT:
             return StorageError(.diskFull, object: path, message: "\(operation): no space left on device",
-                                hint: "free space on the repository's file system (dbprune removes old backups), then run again")
+                                hint: "free space on the repository's file system, then run again (dbprune needs a few KiB for its lock: "
+                                + "if it cannot run, move the oldest backups/<id> folders or old wal/ segments elsewhere first)")
         case EROFS:
             return StorageError(.readOnly, object: path, message: "\(operation): read-only file system",
                                 hint: "remount the repository read-write or choose another --repo")

@@ -548,15 +548,8 @@ public struct CleanupCommand: ToolCommand {
         if config.printIfAsked(context, connection: connection, repository: nil) { return }
         output.begin("dbrestore", labels: ["mode": "cleanup"], in: context)
         let file = context.settings.configFile
-        let within: RetentionDuration?
-        if let text = keepWithin ?? file?.keepPreRestoreWithin {
-            guard let parsed = Self.age(text) else {
-                throw RecoveryError(.configuration, "[restore] keep_pre_restore_within '\(text)' is not an age", hint: "write e.g. 36h, 7d or 2w")
-            }
-            within = parsed
-        } else {
-            within = PreRestoreCleanupConfiguration.defaultKeepWithin
-        }
+        // --keep-within was checked by validate(), the file's value when the file was read.
+        let within = keepWithin.flatMap(Self.age) ?? file?.keepPreRestoreWithin ?? PreRestoreCleanupConfiguration.defaultKeepWithin
         var configuration = PreRestoreCleanupConfiguration(target: try connection.target(context.settings))
         configuration.keep = keep ?? file?.keepPreRestore ?? PreRestoreCleanupConfiguration.defaultKeep
         configuration.keepWithin = within
@@ -655,8 +648,8 @@ public struct WALFetchCommand: ToolCommand {
                                        key: try repository.cipherKey(settings))
         }
         guard let name, let path else { return }   // refuseUsageErrors() refused this already
-        let found: Bool
-        do {
+        var found: Bool
+        func fetchOnce() throws -> Bool {
             if let prefetch {
                 let address = try repository.address(settings)
                 let directory = spool ?? WALPrefetch.defaultSpool(destination: path)
@@ -664,13 +657,21 @@ public struct WALFetchCommand: ToolCommand {
                 // (a key file path, or the environment), never in its arguments.
                 var arguments = ["wal-fetch", "--prefetcher", "--spool", directory, "--prefetch", String(prefetch), "--repo", address]
                 if let keyFile = repository.encryptionKeyFile { arguments += ["--encryption-key-file", keyFile] }
-                found = try WALPrefetch.fetch(name: name, destination: path,
-                                              settings: WALSpoolSettings(spool: directory, repository: address, jobs: prefetch, environment: environment),
-                                              key: try repository.cipherKey(settings), prefetcherArguments: arguments)
-            } else {
-                found = try WALArchive.fetch(name: name, destination: path, repository: try repository.address(settings),
-                                             key: try repository.cipherKey(settings), environment: environment)
+                return try WALPrefetch.fetch(name: name, destination: path,
+                                             settings: WALSpoolSettings(spool: directory, repository: address, jobs: prefetch, environment: environment),
+                                             key: try repository.cipherKey(settings), prefetcherArguments: arguments)
             }
+            return try WALArchive.fetch(name: name, destination: path, repository: try repository.address(settings),
+                                        key: try repository.cipherKey(settings), environment: environment)
+        }
+        do {
+            found = try fetchOnce()
+            if !found {
+                found = try WALArchive.answerMissing(name, destination: path, repository: try repository.address(settings),
+                                                     environment: environment, fetch: fetchOnce)
+            }
+        } catch let error as RecoveryError where error.code == .walFetchFailed {
+            throw error
         } catch {
             let cause = RecoveryError.classify(error)
             throw RecoveryError(.walFetchFailed, "cannot fetch WAL file \(name): \(cause.message)", hint: cause.hint)

@@ -48,6 +48,12 @@ extension ParsableCommand {
         do {
             let spelled = try (Self.self as? ArgumentRewriting.Type)?.rewrite(argv) ?? argv
             helpTopic = Self.helpTopic(tool: tool, arguments: spelled)
+            if let name = misplacedSubcommand(spelled) {
+                // Not run in the order that parses: the token might have been an option's value. The
+                // arguments are not echoed (a --database-url may carry a password).
+                standardError.write(Data("\(tool): error: '\(name)' is a subcommand: it comes first, before the options\nHINT: \(tool) \(name) [options]; \(tool) \(name) --help shows them\n".utf8))
+                return ExitStatus.usage.rawValue
+            }
             command = try parseAsRoot(spelled)
         } catch {
             let code = reportParserError(error, tool: tool, helpTopic: helpTopic, standardError: standardError)
@@ -105,10 +111,26 @@ extension ParsableCommand {
         optionGroup(OutputOptions.self, of: command)
     }
 
+    /// A subcommand written after options (`dbrestore --repo R list`, `dbmigrate --database-url U up`):
+    /// the parser reads it as something else (a backup id for dbrestore's default restore) or not at
+    /// all ("Unknown option"). Its name, when the arguments with it moved first parse as that subcommand.
+    static func misplacedSubcommand(_ arguments: [String]) -> String? {
+        guard let first = arguments.first, first.hasPrefix("-"), !["-h", "--help", "--version"].contains(first) else { return nil }
+        let names = Set(configuration.subcommands.map { $0._commandName }).subtracting(["help"])
+        guard let index = arguments.firstIndex(where: names.contains) else { return nil }
+        let reordered = [arguments[index]] + arguments[..<index] + arguments[(index + 1)...]
+        do {
+            _ = try parseAsRoot(Array(reordered))
+            return arguments[index]
+        } catch {
+            return nil
+        }
+    }
+
     /// `tool sub` when the arguments start with one of the tool's subcommands, else `tool`.
     static func helpTopic(tool: String, arguments: [String]) -> String {
         guard let first = arguments.first,
-              configuration.subcommands.contains(where: { $0.configuration.commandName == first }) else { return tool }
+              configuration.subcommands.contains(where: { $0._commandName == first }) else { return tool }
         return "\(tool) \(first)"
     }
 

@@ -18,6 +18,30 @@ final class EmergencyFallbackTests: IntegrationTestCase {
         return try backup()
     }
 
+    /// A repository whose disk is full (a WAL archive filled it at night): the reader lock cannot be
+    /// written, and `--emergency` reads the backup without one (saying so) instead of exit 20. As root
+    /// only (a small tmpfs is mounted for it).
+    func testEmergencyRestoresFromARepositoryWhoseDiskIsFull() throws {
+        guard getuid() == 0 else { throw XCTSkip("mounts a small tmpfs: needs root") }
+        let mountPoint = TestPaths.temporaryDirectory(prefix: "full-disk")
+        let mounted = try TestProcess.run("/bin/mount", ["-t", "tmpfs", "-o", "size=4m", "tmpfs", mountPoint])
+        guard mounted.status == 0 else { throw XCTSkip("cannot mount a tmpfs here: \(mounted.standardError)") }
+        defer { _ = try? TestProcess.run("/bin/umount", [mountPoint]) }
+        repository = mountPoint + "/repo"
+        let id = try backup()
+        try cluster.connect(database: database).execute(script: "DELETE FROM t WHERE x > 100")
+        // Fill what is left, as a WAL archive would.
+        _ = try TestProcess.run("/bin/dd", ["if=/dev/zero", "of=\(mountPoint)/filler", "bs=64k"])
+        let probe = FileManager.default.createFile(atPath: mountPoint + "/repo/probe", contents: Data(repeating: 1, count: 8192))
+        XCTAssertFalse(probe, "the disk is full")
+
+        let run = try tool("dbrestore", common + ["--emergency", "--json"])
+        XCTAssertEqual(run.status, 0, run.standardError)
+        XCTAssertTrue(run.standardError.contains("backup \(id) is read without a reader lock") && run.standardError.contains("no space left on device"),
+                      run.standardError)
+        XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM t", database: database), "200")
+    }
+
     /// The reproductions of E1, newest first: a replay error (a role dropped since), a row count that
     /// does not match after the load, `files: []`, a file named `../../etc/passwd`, and a dump the
     /// process cannot open. Each stopped `--emergency` before; now each is skipped with its reason,

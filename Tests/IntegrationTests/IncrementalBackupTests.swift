@@ -250,6 +250,54 @@ final class IncrementalBackupTests: XCTestCase {
         XCTAssertTrue(damagedChain.standardError.contains("backup \(fullID) is damaged"), damagedChain.standardError)
     }
 
+    /// A run killed (SIGKILL) once a chain's last pg_combinebackup has written the data directory
+    /// (which has no marker of its own then) and before its staging was removed: the same command
+    /// run again knows both as its own by the staging directory's marker, removes them, says so, and
+    /// restores. Before, the rerun refused the data directory as not empty and the staging stayed.
+    func testARerunAfterAKillDuringTheChainsLastCombineRemovesItAndItsStaging() throws {
+        let work = ownedDirectory("chainkill")
+        let repository = work + "/repo"
+        // As in the acceptance test above: a temporary directory the server's user may write.
+        let temporary = work + "/tmp"
+        try FileManager.default.createDirectory(atPath: temporary, withIntermediateDirectories: true)
+        chownToPostgres(temporary)
+        let cluster = try PostgresCluster(major: 17, archiveCommand: "TMPDIR=\(temporary) \(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
+        defer { cluster.stop() }
+        let admin = try cluster.connect()
+        try admin.execute(script: "ALTER SYSTEM SET summarize_wal = on")
+        try admin.query("SELECT pg_reload_conf()")
+        let (database, connection) = try itemsDatabase("chainkill", on: cluster)
+        try connection.execute(script: "INSERT INTO items (batch) SELECT 'A' FROM generate_series(1, 20000)")
+        for extra in [[], ["--incremental"]] {
+            try connection.execute(script: "INSERT INTO items (batch) SELECT 'B' FROM generate_series(1, 100)")
+            try physicalBackup(of: database, on: cluster, into: repository, ["--pg-bin", cluster.binDirectory] + extra)
+        }
+        try waitForArchive(connection)
+        let directory = work + "/restored/data"
+        let arguments = ["--pitr", "--pgdata", directory, "--repo", repository, "--target", "latest", "--pg-bin", cluster.binDirectory]
+        let killed = try asOwner("dbrestore", arguments, cluster: cluster, environment: ["DBRECOVERY_CRASH_AT": "pitr:combined"])
+        XCTAssertEqual(killed.status, 128 + SIGKILL, killed.standardError)
+        let siblings = { (try? FileManager.default.contentsOfDirectory(atPath: work + "/restored")) ?? [] }
+        let staging = siblings().filter { $0.hasPrefix("data.dbrestore-chain-") }
+        XCTAssertEqual(staging.count, 1, "the killed run left its staging: \(siblings())")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: directory + "/.dbrecovery-extracting"), "no marker of its own while combined into")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: directory + "/global/pg_control"), "pg_combinebackup wrote it")
+
+        let dryRun = try asOwner("dbrestore", arguments + ["--dry-run"], cluster: cluster)
+        XCTAssertEqual(dryRun.status, 0, dryRun.standardError)
+        let planned = dryRun.standardOutput + dryRun.standardError
+        XCTAssertTrue(planned.contains("remove the partial extraction in \(directory) left by") && planned.contains("while pg_combinebackup wrote it"), planned)
+        XCTAssertTrue(planned.contains("remove \(work)/restored/\(staging[0]), staging left by a killed run"), planned)
+        XCTAssertEqual(siblings().filter { $0.hasPrefix("data.dbrestore-chain-") }, staging, "the dry run removed nothing")
+
+        let again = try asOwner("dbrestore", arguments, cluster: cluster)
+        XCTAssertEqual(again.status, 0, again.standardError)
+        XCTAssertTrue(again.standardError.contains("remove the partial extraction in \(directory)"), again.standardError)
+        XCTAssertEqual(siblings(), ["data"], "no staging left: \(siblings())")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: directory + "/recovery.signal"), "recovery configured")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: directory + "/.dbrecovery-extracting"), "the marker goes last")
+    }
+
     /// The ids `dbrestore list` shows (backups with a manifest), oldest first; none for a repository not yet made.
     private func backupIDs(_ repository: String, cluster: PostgresCluster, environment: [String: String] = [:]) throws -> [String] {
         let listing = try asOwner("dbrestore", ["list", "--json", "--repo", repository], cluster: cluster, environment: environment)

@@ -51,6 +51,31 @@ final class OperationsTests: IntegrationTestCase {
                        "a failure keeps the last success time, so staleness alerts keep working")
     }
 
+    /// The nightly script took `--dry-run --repo X` as nothing: a real backup and a `dbprune --yes`
+    /// into $BACKUP_REPO, exit 0. Now an unknown argument or DRILL_DAY is refused before anything
+    /// runs, `--dry-run` runs nothing but dbprune's own dry run, and DRILL_DAY=1 means the 1st.
+    func testNightlyBackupRefusesWhatItDoesNotTakeAndDryRunsWithoutABackup() throws {
+        let backups = { (try? FileManager.default.contentsOfDirectory(atPath: self.repository + "/backups")) ?? [] }
+        let wrong = try script("nightly-backup.sh", ["--repo", "/tmp/elsewhere"])
+        XCTAssertEqual(wrong.status, ExitStatus.usage.rawValue, wrong.standardError)
+        XCTAssertTrue(wrong.standardError.contains("unknown argument '--repo'"), wrong.standardError)
+        let badDay = try script("nightly-backup.sh", environment: ["DRILL_DAY": "32"])
+        XCTAssertEqual(badDay.status, ExitStatus.usage.rawValue, badDay.standardError)
+        XCTAssertTrue(badDay.standardError.contains("DRILL_DAY='32' is not a day of the month"), badDay.standardError)
+        XCTAssertEqual(backups(), [], "nothing ran")
+
+        let first = try backup()
+        let today = String(Calendar.current.component(.day, from: Date()))   // no leading zero, as an operator writes it
+        let dryRun = try script("nightly-backup.sh", ["--dry-run"], environment: ["DRILL_DAY": today])
+        XCTAssertEqual(dryRun.status, 0, dryRun.standardError)
+        XCTAssertTrue(dryRun.standardOutput.contains("then dbrestore --drill (DRILL_DAY=\(today))"), dryRun.standardOutput)
+        XCTAssertTrue(dryRun.standardOutput.contains(first), "dbprune's plan lists the backup: \(dryRun.standardOutput)")
+        XCTAssertEqual(backups(), [first], "a dry run takes no backup")
+
+        let failed = try script("nightly-backup.sh", environment: ["PGPASSWORD": "wrong"])
+        XCTAssertTrue(failed.standardError.contains("No step completed before it."), failed.standardError)
+    }
+
     func testPreDeploySnapshotPrintsThePinnedTaggedBackup() throws {
         let result = try script("pre-deploy-snapshot.sh", ["--release", "v1.3.0"])
         XCTAssertEqual(result.status, 0, result.standardError)
@@ -63,6 +88,10 @@ final class OperationsTests: IntegrationTestCase {
         let json = try script("pre-deploy-snapshot.sh", ["--release", "v1.3.1", "--json"])
         XCTAssertEqual(json.status, 0, json.standardError)
         XCTAssertEqual((try JSONSerialization.jsonObject(with: Data(json.standardOutput.utf8)) as? [String: Any])?["release"] as? String, "v1.3.1")
+
+        let swallowed = try script("pre-deploy-snapshot.sh", ["--release", "--json"])
+        XCTAssertEqual(swallowed.status, ExitStatus.usage.rawValue, "--json is not a release name: \(swallowed.standardError)")
+        XCTAssertTrue(swallowed.standardError.contains("--release needs a value"), swallowed.standardError)
 
         let missing = try script("pre-deploy-snapshot.sh")
         XCTAssertEqual(missing.status, ExitStatus.usage.rawValue)

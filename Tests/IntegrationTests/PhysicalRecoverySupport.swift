@@ -76,6 +76,9 @@ extension XCTestCase {
     }
 
     func waitForArchive(_ connection: PostgresConnection) throws {
+        // A record first: with nothing written since the last switch (a backup's end), pg_switch_wal()
+        // switches nothing and names a segment that would never be archived.
+        _ = try connection.query("SELECT pg_logical_emit_message(false, 'dbrecovery-tests', 'archive')")
         let segment = try connection.query("SELECT pg_walfile_name(pg_switch_wal())").scalar ?? ""
         let deadline = Date().addingTimeInterval(60)
         while Date() < deadline {
@@ -83,7 +86,8 @@ extension XCTestCase {
             if last >= segment { return }
             usleep(100_000)
         }
-        XCTFail("WAL segment \(segment) was never archived")
+        let archiver = try connection.query("SELECT coalesce(last_archived_wal, '-') || ', last failed: ' || coalesce(last_failed_wal, '-') || ' (' || failed_count || ' failures)' FROM pg_stat_archiver").scalar ?? ""
+        XCTFail("WAL segment \(segment) was never archived; last archived: \(archiver) (the server's log says why)")
     }
 
     func recover(_ target: [String], repository: String, cluster: PostgresCluster, environment: [String: String] = [:]) throws -> (TestProcess.Result, String, Int) {

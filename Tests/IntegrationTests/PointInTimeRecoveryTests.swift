@@ -28,6 +28,70 @@ final class PointInTimeRecoveryTests: XCTestCase {
         XCTAssertEqual(try counts(port: port, database: database, cluster: cluster), ["A": "10"])
     }
 
+    /// A segment deleted from the archive under a restored server still replaying (found by an outside
+    /// attack: `dbprune` ran while a `dbrestore --pitr` without `--start` waited to be started):
+    /// `wal-fetch` used to answer "not found" and PostgreSQL ended recovery there, promoting the
+    /// server minutes short of the archive without a word. Later segments being archived, it is a hole:
+    /// recovery stops with the segment named, the server is not promoted.
+    func testAHoleInTheArchiveStopsRecoveryInsteadOfPromotingShort() throws {
+        let repository = ownedDirectory("hole-repo") + "/repo"
+        let cluster = try PostgresCluster(archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
+        defer { cluster.stop() }
+        let (database, connection) = try itemsDatabase("hole", on: cluster)
+        try physicalBackup(of: database, on: cluster, into: repository)
+        for batch in ["A", "B", "C"] {
+            try connection.execute(script: "INSERT INTO items (batch) SELECT '\(batch)' FROM generate_series(1, 100)")
+            try waitForArchive(connection)
+        }
+        let parent = ownedDirectory("hole-target")
+        let directory = parent + "/data"
+        let port = try freePort()
+        let prepared = try asOwner("dbrestore", ["--pitr", "--pgdata", directory, "--repo", repository, "--target", "latest", "--port", String(port)],
+                                   cluster: cluster)
+        XCTAssertEqual(prepared.status, 0, prepared.standardError)
+        // The segment B was written in goes, as under a prune (later ones stay).
+        let segments = try FileManager.default.contentsOfDirectory(atPath: repository + "/wal/00000001")
+            .filter { $0.count == 27 && $0.hasSuffix(".gz") }.sorted()
+        XCTAssertGreaterThanOrEqual(segments.count, 4, "\(segments)")
+        let removed = segments[segments.count - 2]
+        try FileManager.default.removeItem(atPath: repository + "/wal/00000001/" + removed)
+
+        let log = parent + "/server.log"
+        _ = try TestProcess.run("/usr/bin/setpriv", ["--reuid=postgres", "--regid=postgres", "--init-groups", cluster.binDirectory + "/pg_ctl",
+                                                    "-D", directory, "-l", log, "-w", "-t", "60", "start"],
+                                environment: ["DBRECOVERY_WAL_HOLE_WAIT": "1"])
+        defer { stopServer(directory) }
+        let deadline = Date().addingTimeInterval(60)
+        var text = ""
+        while Date() < deadline {
+            text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+            if text.contains("database system is shut down") || text.contains("archive recovery complete") || text.contains("selected new timeline") { break }
+            usleep(200_000)
+        }
+        XCTAssertFalse(text.contains("selected new timeline") || text.contains("archive recovery complete"), "promoted short of the archive: \(text)")
+        XCTAssertTrue(text.contains("WAL file \(removed.dropLast(3)) is missing from"), text)
+        XCTAssertTrue(text.contains("later segments of its timeline are archived"), text)
+    }
+
+    /// A tablespace outside the data directory would be missing from the one tar `--physical` stores:
+    /// refused up front (before pg_basebackup's checkpoint), naming it and what to do, nothing stored.
+    func testAClusterWithATablespaceIsRefusedBeforeItsCheckpoint() throws {
+        let repository = ownedDirectory("tablespace-repo") + "/repo"
+        let cluster = try PostgresCluster(archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
+        defer { cluster.stop() }
+        let location = ownedDirectory("tablespace")
+        let (database, connection) = try itemsDatabase("tablespace", on: cluster)
+        try cluster.connect().execute(script: "CREATE TABLESPACE extra LOCATION '\(location)'")
+        try connection.execute(script: "CREATE TABLE elsewhere (v int) TABLESPACE extra; INSERT INTO elsewhere VALUES (1)")
+        let checkpoints = try connection.query("SELECT checkpoints_req FROM pg_stat_bgwriter").scalar
+        let result = try asOwner("dbbackup", ["--physical", "--database-url", cluster.url(database: database), "--repo", repository], cluster: cluster)
+        XCTAssertEqual(result.status, ExitStatus.toolFailed.rawValue, result.standardError)
+        XCTAssertTrue(result.standardError.contains("has tablespaces outside its data directory: extra (\(location))"), result.standardError)
+        XCTAssertTrue(result.standardError.contains("HINT: take logical backups of its databases"), result.standardError)
+        XCTAssertEqual(try connection.query("SELECT checkpoints_req FROM pg_stat_bgwriter").scalar, checkpoints)
+        XCTAssertEqual((try? FileManager.default.contentsOfDirectory(atPath: repository + "/backups")) ?? [], [])
+    }
+
     func testRecoverToTimeNameAndLatestThenRefuseWhatCannotBeReached() throws {
         let repository = ownedDirectory("wal-repo") + "/repo"
         let cluster = try PostgresCluster(archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")

@@ -63,6 +63,57 @@ final class RepositoryTroubleTests: IntegrationTestCase {
         XCTAssertEqual(try rows(), "100")
     }
 
+    /// With two repositories, the first failing mid-stream on the newest backup's dump (every GET answered
+    /// 503, HEADs fine) reads the same backup from the other repository; where the other holds only
+    /// an older backup, the run still stops with exit 20: never an older backup for S3's trouble.
+    func testS3FailingMidStreamReadsTheSameBackupFromTheOtherRepositoryNeverAnOlderOne() throws {
+        // Both in S3 (local repositories are read first), only the first behind the failing path.
+        let other = "s3://\(bucket!)/copy"
+        let both: [String] = ["--database-url", cluster.url(database: database), "--repo", repository!, "--repo", other]
+        let connection = try cluster.connect(database: database)
+        defer { connection.close() }
+        try connection.execute(script: "DELETE FROM t WHERE x > 100")
+        let older = try tool("dbbackup", both)
+        XCTAssertEqual(older.status, 0, older.standardError)
+        sleep(1)
+        try connection.execute(script: "INSERT INTO t SELECT g FROM generate_series(101, 200) g")
+        let onlyInS3 = try backup()
+        func failing(_ id: String) throws -> (FaultProxy, [String: String]) {
+            let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--fail-match", dumpPath(id), "--fail-first", "1000", "--fail-method", "GET"])
+            var environment = s3.environment(endpoint: proxy.endpoint)
+            environment["DBRECOVERY_S3_MAX_ATTEMPTS"] = "3"
+            return (proxy, environment)
+        }
+        let restoreBoth = both
+        do {
+            let (proxy, environment) = try failing(onlyInS3)
+            defer { proxy.stop() }
+            let run = try tool("dbrestore", restoreBoth + ["--emergency"], environment: environment)
+            XCTAssertEqual(run.status, ExitStatus.repositoryError.rawValue, run.standardError)
+            XCTAssertTrue(run.standardError.contains("failed while reading backup \(onlyInS3)"), run.standardError)
+            XCTAssertEqual(try rows(), "200", "the target was not touched")
+        }
+        sleep(1)
+        let inBoth = try tool("dbbackup", both)
+        XCTAssertEqual(inBoth.status, 0, inBoth.standardError)
+        let newest = inBoth.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+        try cluster.connect(database: database).execute(script: "DELETE FROM t WHERE x > 150")
+        for (cell, arguments) in [("--emergency", ["--emergency", "--json"]), ("a named backup", [newest, "--yes", "--json"])] {
+            let (proxy, environment) = try failing(newest)
+            defer { proxy.stop() }
+            let run = try tool("dbrestore", restoreBoth + arguments, environment: environment)
+            XCTAssertEqual(run.status, 0, "\(cell): \(run.standardError)")
+            let plan = (try JSONSerialization.jsonObject(with: Data(run.standardOutput.utf8)) as? [String: Any])?["plan"] as? [String: Any]
+            XCTAssertEqual(plan?["backup_id"] as? String, newest, "\(cell): \(run.standardOutput)")
+            XCTAssertEqual(plan?["repository"] as? String, other, "\(cell): \(run.standardOutput) \(run.standardError)")
+            let skipped = (plan?["skipped"] as? [[String: Any]] ?? []).compactMap { $0["id"] as? String }
+            XCTAssertEqual(skipped, ["\(newest) in \(repository!)"], "\(cell): \(run.standardOutput)")
+            XCTAssertEqual(try rows(), "200", cell)
+            XCTAssertTrue(run.standardError.contains("503"), "\(cell): S3 was read first: \(run.standardError)")
+            try cluster.connect(database: database).execute(script: "DELETE FROM t WHERE x > 150")
+        }
+    }
+
     func testAShortRangedGetIsRetriedAndTheNewestBackupRestored() throws {
         let (_, newest) = try twoBackups()
         // The first GET of the newest dump returns half its bytes, with a Content-Length that agrees.

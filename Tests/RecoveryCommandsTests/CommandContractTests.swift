@@ -97,6 +97,32 @@ final class CommandContractTests: XCTestCase {
         XCTAssertEqual(MigrateCommand.runReturningCode(["down", "--steps", "-1"], standardError: sink), ExitStatus.usage.rawValue)
         XCTAssertEqual(MigrateCommand.runReturningCode(["resolve", "3"], standardError: sink), ExitStatus.usage.rawValue)
     }
+
+    /// A subcommand typed after options: `dbrestore --repo R list` used to go on as a restore of a
+    /// backup named "list" (connecting to the server first); `dbmigrate --database-url U up` said
+    /// only "Unknown option". Both now name the order that works, without echoing the arguments.
+    func testASubcommandAfterOptionsIsNamedWithTheOrderThatWorks() throws {
+        let directory = NSTemporaryDirectory() + "contract-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let errors = directory + "/stderr"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        for (command, arguments, name) in [(RestoreCommand.self as ParsableCommand.Type, ["--repo", directory + "/repo", "list"], "list"),
+                                           (MigrateCommand.self, ["--database-url", "postgresql://app:s3cret@127.0.0.1:1/app", "up", "--dir", directory], "up"),
+                                           (BackupCommand.self, ["--repo", directory + "/repo", "wal-push", directory + "/000000010000000000000001"], "wal-push")] {
+            XCTAssertTrue(FileManager.default.createFile(atPath: errors, contents: nil))
+            let sink = try XCTUnwrap(FileHandle(forWritingAtPath: errors))
+            XCTAssertEqual(command.runReturningCode(arguments, standardError: sink), ExitStatus.usage.rawValue, "\(arguments)")
+            try sink.close()
+            let text = try String(contentsOfFile: errors, encoding: .utf8)
+            XCTAssertTrue(text.contains("error: '\(name)' is a subcommand: it comes first, before the options"), text)
+            XCTAssertTrue(text.contains("HINT: \(command.configuration.commandName ?? "") \(name) [options]"), text)
+            XCTAssertFalse(text.contains("s3cret"), text)
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: directory + "/repo"), "nothing ran")
+        // An option's value that only looks like a subcommand is left to the parser.
+        XCTAssertNil(RestoreCommand.misplacedSubcommand(["--repo", "list"]))
+        XCTAssertNil(MigrateCommand.misplacedSubcommand(["up", "--dir", "status"]))
+    }
 }
 
 enum TestPathsForCommands {

@@ -44,7 +44,7 @@ final class ConfigFileTests: XCTestCase {
         expected.policy = "/etc/dbrecovery/retention.toml"
         expected.migrationsDirectory = "/srv/app/migrations"
         expected.keepPreRestore = 2
-        expected.keepPreRestoreWithin = "7d"
+        expected.keepPreRestoreWithin = RetentionDuration.parse("7d")
         expected.repositories = ["local": "/srv/backups", "offsite": "s3://acme/prod"]
         XCTAssertEqual(try ConfigFile.load(path), expected)
     }
@@ -59,6 +59,12 @@ final class ConfigFileTests: XCTestCase {
             ("repo = 3", "repo must be a string"),
             ("[repositories]\nlocal = 1", "[repositories] local must be a string"),
             ("repo = ", "is not valid TOML"),
+            // Found by an outside attack: an empty or relative repository (cron runs from /), and an
+            // age only `dbrestore cleanup` used to read, so every other command accepted it.
+            ("repo = \"\"", "repo is empty"),
+            ("repo = \"backups\"", "repo = \"backups\" is a relative path"),
+            ("[repositories]\nlocal = \"./b\"", "[repositories] local = \"./b\" is a relative path"),
+            ("[restore]\nkeep_pre_restore_within = \"7 days\"", "[restore] keep_pre_restore_within = \"7 days\" is not an age"),
         ]
         for (text, message) in cases {
             let path = try write(text)

@@ -29,6 +29,21 @@ final class TransactionControlTests: XCTestCase {
         XCTAssertFalse(TransactionControl.rollsBack("COMMIT"))
     }
 
+    /// psql meta-commands reach the splitter glued to the statement after them; the server would
+    /// read a syntax error at run time (an outside attack: pre-flight passed, the run failed).
+    func testPsqlMetaCommandsAreFoundBeforeTheRun() {
+        XCTAssertEqual(what("\\set ON_ERROR_STOP on\nCREATE TABLE t (x int)"), "\\set")
+        XCTAssertEqual(what("-- setup\n  \\i other.sql\nSELECT 1"), "\\i")
+        XCTAssertEqual(TransactionControl.classify("\\connect app", serverVersion: nil)?.0, .psqlMetaCommand)
+        XCTAssertNil(what("SELECT E'\\\\n'"), "a backslash inside a string is SQL")
+        XCTAssertNil(what("/* \\set x */ SELECT 1"), "inside a comment too")
+        let problems = MigrationPlanner.transactionProblems(
+            [MigrationStep(version: 7, name: "x", direction: .up, path: "/m/0007_x.up.sql", sql: "\\set ON_ERROR_STOP on\nCREATE TABLE t (x int);", sha256: "", noTransaction: true)],
+            singleTransaction: false, serverVersion: 150_000)
+        XCTAssertEqual(problems.count, 1, "\(problems)")
+        XCTAssertTrue(problems.first?.contains("0007_x.up.sql line 1: `\\set` is a psql meta-command") ?? false, "\(problems)")
+    }
+
     func testStatementsThatCannotRunInATransactionAreFound() {
         XCTAssertEqual(what("CREATE INDEX CONCURRENTLY i ON t (x)"), "CREATE INDEX CONCURRENTLY")
         XCTAssertEqual(what("create unique index concurrently i on t (x)"), "CREATE INDEX CONCURRENTLY")

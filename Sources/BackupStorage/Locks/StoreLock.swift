@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 
 /// The repository locks, one design for every backend, built on the store's conditional
 /// operations (`create`, `readVersioned`, `delete(_:ifVersion:)`):
@@ -118,13 +119,18 @@ public final class StoreLock: RepositoryLock {
     }
 
     /// Like `shared(in:backupID:holder:)`, but a repository this process may not write (mounted
-    /// read-only, a read-only S3 policy) is still read, without a reader lock: nil then.
+    /// read-only, a read-only S3 policy) or cannot write now (its disk is full: a WAL archive filling
+    /// it at night must not stop the 3 a.m. restore) is still read, without a reader lock: nil then.
+    /// A `dbprune` cannot take its own lock on such a repository either; a full disk is said (warning).
     ///
     /// - Throws: `StorageError` for any other failure.
     public static func sharedIfWritable(in store: BackupStore, backupID: String, holder: LockHolder) throws -> StoreLock? {
         do {
             return try shared(in: store, backupID: backupID, holder: holder)
         } catch let error as StorageError where error.kind == .readOnly || error.kind == .permissionDenied {
+            return nil
+        } catch let error as StorageError where error.kind == .diskFull {
+            Logger(label: "dbrecovery.locks").warning("backup \(backupID) is read without a reader lock: \(error.description)")
             return nil
         }
     }

@@ -29,7 +29,9 @@ public enum PhysicalCapture {
                    (SELECT system_identifier::text FROM pg_catalog.pg_control_system()),
                    current_setting('wal_segment_size'), current_setting('archive_mode'),
                    (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint())::text,
-                   current_setting('server_version_num'), current_setting('summarize_wal', true)
+                   current_setting('server_version_num'), current_setting('summarize_wal', true),
+                   (SELECT string_agg(pg_catalog.format('%s (%s)', spcname, pg_catalog.pg_tablespace_location(oid)), ', ' ORDER BY spcname)
+                      FROM pg_catalog.pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global'))
             """).rows[0]
         let role = try ServerRole.read(on: connection)
         if configuration.incremental { try checkIncrementalSupport(facts, target: configuration.target) }
@@ -39,6 +41,14 @@ public enum PhysicalCapture {
         guard role.inRecovery || archiveMode != "off" else {
             throw RecoveryError(.databaseError, "archive_mode is off on \(configuration.target.redactedDescription), so a base backup could never be recovered",
                                 hint: "set archive_mode = on and archive_command = 'dbbackup wal-push %p --repo \(configuration.repository)', restart, then take the base backup")
+        }
+        // pg_basebackup streams one tar to stdout: the data directory's. A tablespace lives outside it
+        // and would need a tar of its own; refused here, before the checkpoint, with what to do instead.
+        if let tablespaces = facts[8] {
+            throw RecoveryError(.toolFailed, "the cluster at \(configuration.target.redactedDescription) has tablespaces outside its data directory: \(tablespaces); "
+                                + "dbbackup --physical captures only the data directory, so it would leave them out",
+                                hint: "take logical backups of its databases (dbbackup without --physical), or move their objects to pg_default "
+                                + "(ALTER TABLE … SET TABLESPACE pg_default) and drop the tablespaces; nothing was stored")
         }
         let segmentSize = parseSize(try facts.string(3))
         // For the progress line's percentage: the databases' sizes, which the tar stream is close to.

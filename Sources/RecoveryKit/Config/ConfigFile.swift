@@ -18,7 +18,7 @@ public struct ConfigFile: Equatable, Sendable {
     /// `[restore] keep_pre_restore`: pre-restore copies `dbrestore cleanup` keeps per database (newest first).
     public var keepPreRestore: Int?
     /// `[restore] keep_pre_restore_within`: `dbrestore cleanup` also keeps copies younger than this (e.g. `7d`).
-    public var keepPreRestoreWithin: String?
+    public var keepPreRestoreWithin: RetentionDuration?
     /// `[prune] reverify_after`: how long dbprune trusts its record of having read a backup in full
     /// (default 7 days) before it reads the newest backup again.
     public var reverifyAfter: RetentionDuration?
@@ -72,7 +72,27 @@ public struct ConfigFile: Equatable, Sendable {
         config.policy = document.retention?.policy
         config.migrationsDirectory = document.migrations?.dir
         config.keepPreRestore = document.restore?.keepPreRestore
-        config.keepPreRestoreWithin = document.restore?.keepPreRestoreWithin
+        if let written = document.restore?.keepPreRestoreWithin {
+            // Checked here, so every command refuses it (only `dbrestore cleanup` reads it).
+            guard written.count <= 6, let age = RetentionDuration.parse(written) else {
+                throw RecoveryError(.configuration, "config file \(path): [restore] keep_pre_restore_within = \"\(written)\" is not an age",
+                                    hint: "write hours, days or weeks, e.g. keep_pre_restore_within = \"7d\"")
+            }
+            config.keepPreRestoreWithin = age
+        }
+        // A repository path cron would resolve against its own working directory, or none at all.
+        let named = (document.repositories ?? [:]).sorted(by: { $0.key < $1.key }).map { ("[repositories] \($0.key)", Optional($0.value)) }
+        for (key, value) in [("repo", document.repo)] + named {
+            guard let value else { continue }
+            if value.trimmingCharacters(in: .whitespaces).isEmpty {
+                throw RecoveryError(.configuration, "config file \(path): \(key) is empty",
+                                    hint: "give the repository (e.g. \(key.hasPrefix("[") ? key.dropFirst(15) : "repo") = \"/var/backups/app\" or \"s3://bucket/prefix\"), or remove the line")
+            }
+            if !value.hasPrefix("/") && !value.contains("://") {
+                throw RecoveryError(.configuration, "config file \(path): \(key) = \"\(value)\" is a relative path, which each run (cron's from /) would resolve against its own working directory",
+                                    hint: "write an absolute path, e.g. /var/backups/\(value)")
+            }
+        }
         config.repositories = document.repositories ?? [:]
         config.walSpool = document.wal?.spool
         if let written = document.prune?.reverifyAfter {

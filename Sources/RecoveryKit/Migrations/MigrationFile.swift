@@ -91,8 +91,11 @@ public enum MigrationDirectory {
             }
         }
         if !problems.isEmpty {
+            let encoding = "convert each file that is not UTF-8 (iconv -f latin1 -t utf-8 FILE > FILE.utf8, then rename it)"
+            let layout = "keep exactly one <version>_<name>.up.sql (and at most one matching .down.sql) per version, each with SQL in it; mark a down file that must never run with -- dbmigrate:irreversible"
+            let onlyEncoding = problems.allSatisfy { $0.contains("is not valid UTF-8") }
             throw RecoveryError(.migrationRefused, "migrations directory \(directory) refused before connecting: " + problems.sorted().joined(separator: "; "),
-                                hint: "keep exactly one <version>_<name>.up.sql (and at most one matching .down.sql) per version, each with SQL in it; mark a down file that must never run with -- dbmigrate:irreversible")
+                                hint: onlyEncoding ? encoding : problems.contains { $0.contains("is not valid UTF-8") } ? layout + "; " + encoding : layout)
         }
         return ups.keys.sorted().compactMap { version in
             guard let up = ups[version]?.first else { return nil }

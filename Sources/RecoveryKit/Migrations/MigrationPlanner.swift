@@ -184,11 +184,13 @@ public enum MigrationPlanner {
                 problems.append("\(label): \(file) is marked -- dbmigrate:no-transaction and cannot share the plan's one transaction; run with --per-step")
             }
             for violation in TransactionControl.violations(in: step.sql, serverVersion: serverVersion)
-            where !step.noTransaction || violation.kind == .needsClientData {
+            where !step.noTransaction || [.needsClientData, .psqlMetaCommand].contains(violation.kind) {
                 let place = violation.line > 0 ? "\(file) line \(violation.line)" : "\(file) statement \(violation.statement)"
                 switch violation.kind {
                 case .needsClientData:
                     problems.append("\(place): `\(violation.what)` needs a client streaming the data, which dbmigrate does not do; write the rows as INSERT statements (or COPY from a file on the server)")
+                case .psqlMetaCommand:
+                    problems.append("\(place): `\(violation.what)` is a psql meta-command, which only psql runs (the server would read a syntax error); dbmigrate sends SQL: remove it, or write it as SQL (e.g. SET …)")
                 case .transactionControl:
                     problems.append("\(place): `\(violation.what)` would end or split dbmigrate's transaction; remove it (dbmigrate runs every step in a transaction of its own), or, if the file must manage its transactions, put -- dbmigrate:no-transaction on its first line")
                 case .cannotRunInTransaction:

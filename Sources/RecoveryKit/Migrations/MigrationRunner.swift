@@ -346,8 +346,9 @@ public final class MigrationRunner {
                     LIMIT 1
                     """, [String(Self.advisoryLockKey)]).rows.first
                 let who = holder.map { "pid \($0[0] ?? "?") (application \($0[1] ?? "?"), user \($0[3] ?? "?"), from \($0[2] ?? "?"))" } ?? "another session"
+                let pid = holder?[0].flatMap { Int32($0) }.map(String.init) ?? "<pid>"
                 throw RecoveryError(.migrationLocked, "another migration holds the lock: \(who)",
-                                    hint: "wait for it to finish, or if it is stuck: SELECT pg_terminate_backend(<pid>)")
+                                    hint: "wait for it to finish, or if it is stuck: SELECT pg_terminate_backend(\(pid))")
             }
             try Interruption.check()
             usleep(200_000)

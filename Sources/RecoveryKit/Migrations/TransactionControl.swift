@@ -17,6 +17,8 @@ public enum TransactionControl {
             case cannotRunInTransaction
             /// Needs a client to stream data in or out (`COPY … FROM STDIN`), which a migration runner is not.
             case needsClientData
+            /// A psql meta-command (`\set`, `\i`, …): psql runs it, the server would read a syntax error.
+            case psqlMetaCommand
         }
 
         public var kind: Kind
@@ -54,6 +56,7 @@ public enum TransactionControl {
 
     /// Why `statement` cannot run inside the runner's transaction, or nil when it can.
     static func classify(_ statement: String, serverVersion: Int?) -> (Violation.Kind, String)? {
+        if let meta = metaCommand(statement) { return (.psqlMetaCommand, meta) }
         let words = keywords(statement, limit: 64)
         guard let first = words.first else { return nil }
         let second = words.count > 1 ? words[1] : ""
@@ -127,6 +130,21 @@ public enum TransactionControl {
     }
 
     /// The statement's words in upper case, skipping comments, quoted text and punctuation except `(`.
+    /// The psql meta-command a statement starts with (`\set`), after blanks and comments: psql
+    /// splits it off as its own command, so it reaches us glued to the statement after it.
+    static func metaCommand(_ statement: String) -> String? {
+        let bytes = Array(statement.utf8)
+        var index = 0
+        while index < bytes.count {
+            if let end = commentEnd(in: bytes[...], at: index) { index = end; continue }
+            if [0x20, 0x09, 0x0A, 0x0D, 0x0C].contains(bytes[index]) { index += 1; continue }
+            guard bytes[index] == UInt8(ascii: "\\") else { return nil }
+            let word = bytes[index...].prefix { ![0x20, 0x09, 0x0A, 0x0D].contains($0) }.prefix(32)
+            return String(decoding: word, as: UTF8.self)
+        }
+        return nil
+    }
+
     static func keywords(_ statement: String, limit: Int) -> [String] {
         let bytes = Array(statement.utf8)
         var words: [String] = []

@@ -25,9 +25,10 @@ enum ChainRestore {
         }
         let combine = try program("pg_combinebackup", for: root, tools: tools)
         let links = try supportsLinks(combine)
-        let staging = directory.hasSuffix("/") ? String(directory.dropLast()) : directory
-        let stagingDirectory = staging + ".dbrestore-chain-" + Timestamp.compact(Date(), separator: "_", zone: "")
-        try FileManager.default.createDirectory(atPath: stagingDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let stagingDirectory = stagingPrefix(of: directory) + Timestamp.compact(Date(), separator: "_", zone: "")
+        // Marked as ours, like the data directory: a run killed while it stages leaves it for the next
+        // run of the same data directory to remove (`abandonedStaging`).
+        _ = try ExtractionMarker.begin(in: stagingDirectory, command: "dbrestore --pitr")
         defer {
             try? FileManager.default.removeItem(atPath: stagingDirectory)
             if Interruption.isRequested { CleanupLog.cleaned("removed \(stagingDirectory)") }
@@ -46,6 +47,9 @@ enum ChainRestore {
             if isLast {
                 // Empty but for the marker (the plan's check); pg_combinebackup creates it. The marker
                 // is back once the rebuilt directory is verified (pg_verifybackup refuses extra files).
+                // Meanwhile the staging directory says whose the data directory is: a run killed
+                // in between leaves it without a marker of its own, and the next run knows it by this.
+                try writeDurably(Data(directory.utf8), to: stagingDirectory + "/" + combiningFileName)
                 try marker.remove()
                 rmdir(directory)
             }
@@ -55,6 +59,7 @@ enum ChainRestore {
             try timeline.step("pg_combinebackup \(isLast ? "into \(directory)" : "step \(index) of \(chain.count - 1)")\(links ? " (--link)" : "")") {
                 try run(combine, arguments, failure: "combining \(member.id) with the backups before it failed")
             }
+            if isLast { CrashPoint.reached("pitr:combined") }
             try FileManager.default.removeItem(atPath: current)
             try FileManager.default.removeItem(atPath: extracted)
             current = output
@@ -67,6 +72,37 @@ enum ChainRestore {
             try run(verify, ["--no-parse-wal", "--quiet", directory], failure: "the data directory rebuilt from chain \(chain.map(\.id).joined(separator: " → ")) does not match its backup_manifest")
         }
         try marker.write()
+    }
+
+    /// In a staging directory: the data directory the last pg_combinebackup writes, while it does.
+    static let combiningFileName = "combining-into"
+
+    /// `<pgdata>.dbrestore-chain-`: what the staging directories of a data directory are named.
+    static func stagingPrefix(of directory: String) -> String {
+        (directory.hasSuffix("/") ? String(directory.dropLast()) : directory) + ".dbrestore-chain-"
+    }
+
+    /// Staging directories of `directory` left by runs that are gone (their `ExtractionMarker` says
+    /// so; one without a marker, or of a live run, is not listed), each with whether the run was
+    /// writing `directory` itself with pg_combinebackup when it died.
+    static func abandonedStaging(of directory: String) -> [(path: String, combining: Bool, by: String)] {
+        let prefix = stagingPrefix(of: directory)
+        let parent = (prefix as NSString).deletingLastPathComponent
+        let namePrefix = (prefix as NSString).lastPathComponent
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: parent.isEmpty ? "." : parent)) ?? []).filter { $0.hasPrefix(namePrefix) }.sorted()
+        return names.compactMap { name in
+            let path = (parent as NSString).appendingPathComponent(name)
+            guard case .abandoned(let holder) = ExtractionMarker.inspect(path) else { return nil }
+            let combining = FileManager.default.contents(atPath: path + "/" + combiningFileName).map { String(decoding: $0, as: UTF8.self) == directory } ?? false
+            return (path, combining, holder.map { "\($0.description), which was killed" } ?? "a dbrestore --pitr that was killed")
+        }
+    }
+
+    private static func writeDurably(_ data: Data, to path: String) throws {
+        guard FileManager.default.createFile(atPath: path, contents: data, attributes: [.posixPermissions: 0o600]) else {
+            throw RecoveryError(.failure, "cannot write \(path): \(String(cString: strerror(errno)))")
+        }
+        try LocalStore.syncDirectory((path as NSString).deletingLastPathComponent)
     }
 
     /// What a restore of `chain` needs, checked by the plan before anything is written:

@@ -87,6 +87,8 @@ public struct PITRPlan: Codable, Sendable {
     /// The run (gone) whose partial extraction the data directory holds (`ExtractionMarker`): its
     /// contents are removed before extracting, nil when the directory is new or empty.
     public var partialExtraction: String? = nil
+    /// Staging directories of chains (`<pgdata>.dbrestore-chain-*`) left by killed runs: removed first.
+    public var abandonedStaging: [String]? = nil
     public var skipped: [Skipped]
     /// For an incremental base backup: the chain pg_combinebackup rebuilds it from, full backup first.
     public var chain: [String]? = nil
@@ -127,6 +129,7 @@ public struct PITRPlan: Codable, Sendable {
         lines.append("target:      \(target)")
         if let moveAsideTo { lines.append("move the existing \(dataDirectory) aside to \(moveAsideTo)") }
         if let partialExtraction { lines.append("remove the partial extraction in \(dataDirectory) left by \(partialExtraction)") }
+        for staging in abandonedStaging ?? [] { lines.append("remove \(staging), staging left by a killed run") }
         lines.append("extract into \(dataDirectory), write restore_command and the recovery target, create recovery.signal")
         if let serverMajor {
             lines.append("server:      PostgreSQL \(serverMajor) only (a data directory starts only under its own major): "
@@ -212,7 +215,7 @@ public enum PointInTimeRestore {
                 var partialExtraction: String?
                 if try !isEmptyOrMissing(configuration.dataDirectory) {
                     // A run killed while extracting left its marker: that directory is ours to empty.
-                    if let abandoned = try abandonedExtraction(in: configuration.dataDirectory) {
+                    if let abandoned = try abandonedExtraction(in: configuration.dataDirectory) ?? abandonedCombine(into: configuration.dataDirectory) {
                         partialExtraction = abandoned
                     } else {
                         guard configuration.moveAside else { throw notEmpty(configuration.dataDirectory) }
@@ -226,6 +229,8 @@ public enum PointInTimeRestore {
                                     timeline: targetTimeline, timelinePath: describe(path, from: backupTimeline),
                                     dataDirectory: configuration.dataDirectory, moveAsideTo: moveAsideTo, skipped: skipped)
                 plan.partialExtraction = partialExtraction
+                let staging = ChainRestore.abandonedStaging(of: configuration.dataDirectory).map(\.path)
+                plan.abandonedStaging = staging.isEmpty ? nil : staging
                 plan.chain = chain.count > 1 ? chain.map(\.id) : nil
                 plan.peakDiskBytes = needs?.peakBytes
                 try plan.findServer(for: backup, configuration)
@@ -381,9 +386,15 @@ public enum PointInTimeRestore {
         let directory = configuration.dataDirectory
         if plan.partialExtraction != nil {
             // Looked at again: the plan may be a while old. Still abandoned, or refused.
-            guard let abandoned = try abandonedExtraction(in: directory) else { throw notEmpty(directory) }
+            guard let abandoned = try abandonedExtraction(in: directory) ?? abandonedCombine(into: directory) else { throw notEmpty(directory) }
             try timeline.step("remove the partial extraction in \(directory) left by \(abandoned)") {
                 try ExtractionMarker.removePartial(in: directory)
+            }
+        }
+        // Looked for again, as the partial extraction: only staging whose run is still gone.
+        for staging in ChainRestore.abandonedStaging(of: directory) {
+            try timeline.step("remove \(staging.path), staging left by \(staging.by)") {
+                try FileManager.default.removeItem(atPath: staging.path)
             }
         }
         if let aside = plan.moveAsideTo {
@@ -431,6 +442,12 @@ public enum PointInTimeRestore {
             throw RecoveryError(.usage, "data directory \(directory) is being extracted into by \(holder.description)",
                                 hint: "wait for that run to finish, or stop it (kill \(holder.pid)) and run again: the next run removes its partial extraction")
         }
+    }
+
+    /// Who left `directory` half written by a chain's last pg_combinebackup (its staging directory
+    /// says so; the data directory has no marker of its own then), nil when no such run died.
+    private static func abandonedCombine(into directory: String) -> String? {
+        ChainRestore.abandonedStaging(of: directory).first(where: \.combining).map { "\($0.by) while pg_combinebackup wrote it" }
     }
 
     /// The refusal of a data directory that holds something that is not ours.

@@ -1,6 +1,7 @@
 import BackupStorage
 import Foundation
 import Gzip
+import ProcessSignals
 
 /// `archive_command` and `restore_command`: WAL files gzip-compressed under `wal/<timeline>/`.
 public enum WALArchive {
@@ -133,11 +134,63 @@ public enum WALArchive {
         return true
     }
 
+    /// What `restore_command` does about a segment the archive does not hold. At the archive's end
+    /// that is "not found", which ends recovery. But where later segments of its timeline are archived,
+    /// the archive has a hole (a segment deleted by hand, lost, or pruned under a restored server that
+    /// was still replaying): ending recovery there would promote the server short of the archive and
+    /// say nothing. A segment uploaded out of order (`wal-push --async` stores several at once) fills
+    /// its hole in moments, so the hole is looked at again for `DBRECOVERY_WAL_HOLE_WAIT` seconds
+    /// (default 120) before it counts. A standby (`standby.signal` beside `pg_wal`) only waits and asks
+    /// again, so it gets "not found" as before.
+    ///
+    /// - Parameter fetch: fetches `name` again; true once it is there.
+    /// - Returns: true when the segment came while waiting (fetched), false for the archive's end.
+    /// - Throws: `RecoveryError(.walFetchFailed)` for a hole that stayed, naming the next archived segment.
+    public static func answerMissing(_ name: String, destination: String, repository: String, environment: [String: String],
+                                     fetch: () throws -> Bool) throws -> Bool {
+        guard WALSegmentName.isSegment(name), let timeline = WALSegmentName.timeline(of: name) else { return false }
+        let dataDirectory = ((destination as NSString).deletingLastPathComponent as NSString).deletingLastPathComponent
+        if FileManager.default.fileExists(atPath: (dataDirectory.isEmpty ? "." : dataDirectory) + "/standby.signal") { return false }
+        let store = try Repository.open(repository, create: false, environment: environment)
+        // Later segments of the timeline: this one's log and the next (a hole wider than 4 GiB of WAL
+        // at the very end of a log goes unseen; anything nearer is found with two short listings).
+        let log = String(name.dropFirst(8).prefix(8))
+        var prefixes = ["wal/\(timeline)/\(timeline)\(log)"]
+        if let number = UInt32(log, radix: 16), number < UInt32.max { prefixes.append("wal/\(timeline)/\(timeline)" + String(format: "%08X", number + 1)) }
+        func laterSegment() throws -> String? {
+            for prefix in prefixes {
+                let later = try store.list(prefix: prefix).map { ($0.key as NSString).lastPathComponent }
+                    .filter { $0.hasSuffix(".gz") }.map { String($0.dropLast(3)) }.filter { WALSegmentName.isSegment($0) && $0 > name }
+                if let first = later.min() { return first }
+            }
+            return nil
+        }
+        guard var later = try laterSegment() else { return false }
+        let wait = Double(environment["DBRECOVERY_WAL_HOLE_WAIT"] ?? "").flatMap { $0 >= 0 ? $0 : nil } ?? 120
+        let deadline = Date().addingTimeInterval(wait)
+        while Date() < deadline {
+            try Interruption.check()
+            Thread.sleep(forTimeInterval: min(1, max(0, deadline.timeIntervalSinceNow)))
+            if try fetch() { return true }
+            guard let still = try laterSegment() else { return false }
+            later = still
+        }
+        throw RecoveryError(.walFetchFailed,
+                            "WAL file \(name) is missing from \(store.location), but later segments of its timeline are archived (\(later) …): "
+                            + "ending recovery here would promote the server short of them, so recovery stops",
+                            hint: "put \(name) back in the archive (another repository, the old server's pg_wal) and start the server again, "
+                            + "or recover to a target before it (dbrestore --pitr --target-lsn/--target-time)")
+    }
+
     /// Writes a verified WAL file where restore_command was asked to: a temporary file, then a rename.
     static func install(_ data: Data, at destination: String) throws {
         let temporary = destination + ".dbrecovery-partial"
-        guard FileManager.default.createFile(atPath: temporary, contents: data) else {
-            throw RecoveryError(.failure, "cannot write \(temporary)")
+        do {
+            try data.write(to: URL(fileURLWithPath: temporary))
+        } catch {
+            unlink(temporary)
+            throw RecoveryError(.failure, "cannot write \(temporary): \(RecoveryError.classify(error).message)",
+                                hint: "the server's user must be able to write where restore_command puts the file (the data directory's pg_wal), and that file system needs room for one segment")
         }
         guard rename(temporary, destination) == 0 else {
             unlink(temporary)

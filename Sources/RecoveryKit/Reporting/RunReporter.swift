@@ -68,7 +68,8 @@ public final class RunReporter: Sendable {
             guard rename(temporary, metricsFile) == 0 else { throw RecoveryError(.failure, String(cString: strerror(errno))) }
         } catch {
             unlink(temporary)
-            FileHandle.standardError.write(Data("\(tool): warning: cannot write metrics file \(metricsFile): \(error)\n".utf8))
+            // One line, the system's reason (a CocoaError would print its whole userInfo dump).
+            FileHandle.standardError.write(Data("\(tool): warning: cannot write metrics file \(metricsFile): \(RecoveryError.classify(error).message)\n".utf8))
         }
     }
 

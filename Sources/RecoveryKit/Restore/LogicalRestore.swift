@@ -264,13 +264,14 @@ public enum LogicalRestore {
                     // fault: another repository's copy of the same backup may be whole, also for a normal restore.
                     let damagedCopy = RecoveryError.classify(error).code == .backupCorrupt
                     // The repository failing mid-read (after the S3 client's retries) is not the backup's
-                    // fault: stop (exit 20) rather than restore an older backup because S3 hiccupped.
-                    if !reachedSwap && !Interruption.isRequested && RecoveryError.isRepositoryTrouble(error) {
-                        throw RecoveryError.repositoryTrouble(error, repository: plan.repository, backup: plan.backupID,
-                                                              untouched: "\(plan.targetDatabase) was not touched")
-                    }
-                    guard configuration.mode != .normal || (damagedCopy && configuration.repositories.count > 1),
-                          !reachedSwap, isCandidateFailure(error, admin: admin) else { throw error }
+                    // fault: stop (exit 20) rather than restore an older backup because S3 hiccupped; but
+                    // another repository's copy of this same backup may be read instead, as while choosing.
+                    let trouble = !reachedSwap && !Interruption.isRequested && RecoveryError.isRepositoryTrouble(error)
+                        ? RecoveryError.repositoryTrouble(error, repository: plan.repository, backup: plan.backupID,
+                                                          untouched: "\(plan.targetDatabase) was not touched") : nil
+                    if let trouble, configuration.repositories.count < 2 { throw trouble }
+                    guard trouble != nil || configuration.mode != .normal || (damagedCopy && configuration.repositories.count > 1),
+                          !reachedSwap, trouble != nil || isCandidateFailure(error, admin: admin) else { throw error }
                     let reason = RecoveryError.classify(error).message
                     let label = CandidateSelection.label(plan.backupID, in: plan.repository, of: configuration)
                     plan.skipped.append(.init(id: label, reason: reason))
@@ -278,17 +279,21 @@ public enum LogicalRestore {
                     verification = nil
                     onlyDamagedFiles = onlyDamagedFiles && damagedCopy
                     // A replay or verification failure would repeat with any copy of the backup: skip them all.
-                    excluded.insert(damagedCopy ? label : plan.backupID)
+                    excluded.insert(damagedCopy || trouble != nil ? label : plan.backupID)
                     let next: CandidateSelection.Choice
                     do {
                         next = try CandidateSelection.choose(configuration, excluding: excluded, skipped: plan.skipped, depth: .size,
                                                              serverMajor: serverMajor, timeline: timeline)
-                    } catch let none as RecoveryError where none.code == .backupNotFound || none.code == .backupCorrupt {
+                    } catch let none as RecoveryError where trouble == nil && (none.code == .backupNotFound || none.code == .backupCorrupt) {
                         // Only damaged files so far: no usable backup, as when damage is found before streaming.
                         if onlyDamagedFiles { throw none }
                         // A candidate was replayed and failed: the run failed as a restore.
                         throw RecoveryError(.restoreFailed, none.message, hint: "\(plan.targetDatabase) was not touched; " + (none.hint ?? ""))
+                    } catch where trouble != nil {
+                        throw trouble ?? error
                     }
+                    // After repository trouble only the same backup will do, never an older one.
+                    if let trouble, next.manifest.id != plan.backupID { throw trouble }
                     plan.choose(next)
                     try plan.checkMajors(next.manifest, into: serverMajor, tools: configuration.tools)
                     if let note = plan.versionNote { timeline.note("backup \(plan.backupID)", outcome: note) }

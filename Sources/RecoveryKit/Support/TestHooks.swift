@@ -24,7 +24,8 @@ enum TestHooks {
 /// yet renamed), `migrate:between-steps` (first step of a one-transaction plan done, not committed),
 /// `replace:after-staging` (`dbrestore --table … --replace`: the staged copy committed in the live
 /// database, not yet checked or swapped), `pitr:extracting` (half the segments of a base backup
-/// extracted from its index, or half its bytes through `tar -x` without one).
+/// extracted from its index, or half its bytes through `tar -x` without one), `pitr:combined` (a
+/// chain's last pg_combinebackup has written the data directory, not yet verified or marked again).
 ///
 /// `DBRECOVERY_SIGNAL_AT=<name>` (with `DBRECOVERY_SIGNAL=INT`, `TERM` or `HUP`; TERM by default) makes
 /// the process signal itself there instead, as an operator's `kill` at that exact moment would: the
