@@ -10,11 +10,7 @@ import XCTest
 /// upload ends the run at once (URLSession waited for the answer) and leaves nothing behind.
 final class S3TransportTests: IntegrationTestCase {
     override func setUpWithError() throws {
-        // About 30 MB of SQL, 16 MB compressed: the dump goes up in several 5 MiB parts.
-        try useDatabase(prefix: "transport", seed: """
-            CREATE TABLE events (id bigint PRIMARY KEY, payload text NOT NULL);
-            INSERT INTO events SELECT g, md5(g::text) || md5((g * 7)::text) || md5((g * 13)::text) FROM generate_series(1, 300000) g;
-            """)
+        try useDatabase(prefix: "transport", seed: Self.eventsSeed)
         try useBucket()
         repository = "s3://\(bucket!)/app"
     }
