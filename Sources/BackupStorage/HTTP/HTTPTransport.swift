@@ -186,7 +186,7 @@ private final class Transfer {
         switch request.method {
         case "GET": check(CCurlShim_setopt_long(handle, CURLOPT_HTTPGET, 1))
         case "HEAD": check(CCurlShim_setopt_long(handle, CURLOPT_NOBODY, 1))
-        case "POST" where sendsBody: check(CCurlShim_setopt_long(handle, CURLOPT_POST, 1))
+        case "POST": check(CCurlShim_setopt_long(handle, CURLOPT_POST, 1))
         default: check(CCurlShim_setopt_string(handle, CURLOPT_CUSTOMREQUEST, request.method))
         }
         // "Expect:" (empty) stops libcurl's `Expect: 100-continue` on bodies over 1 MiB, a round trip
