@@ -43,6 +43,7 @@ public struct ContentsCommand: ToolCommand {
         for (kind, objects) in groups where !objects.isEmpty {
             print("\(kind) (\(objects.count)): \(objects.map(\.qualified).joined(separator: ", "))")
         }
+        contents.notes.forEach { print("note: \($0)") }
     }
 }
 

@@ -987,3 +987,142 @@ extension SelectiveRestoreTests {
         XCTAssertEqual(try query("SELECT count(*)::text FROM rescue_old_toc.customers")[0][0], "500")
     }
 }
+
+/// Round 7 (attack on restore fidelity): names with line breaks, row-type users and publications.
+extension SelectiveRestoreTests {
+    /// pg_dump's headers write a line break in a name as a space: `app."a⏎b"` and `app."a b"` look
+    /// alike in the table of contents. A selection that takes either is refused before anything is
+    /// created; a line-break name the selection does not know (an owned sequence) is refused as its
+    /// statement comes, inside the restore's transaction. Nothing is ever created in the live schema.
+    func testALineBreakInANameIsRefusedAndNothingLandsInTheLiveSchema() throws {
+        try execute("""
+            CREATE SCHEMA app;
+            CREATE TABLE app."a b" (id int PRIMARY KEY); INSERT INTO app."a b" SELECT generate_series(1, 3);
+            CREATE TABLE app."a\nb" (id int PRIMARY KEY); INSERT INTO app."a\nb" SELECT generate_series(1, 5);
+            CREATE TABLE app.tickets (id int PRIMARY KEY, n int); INSERT INTO app.tickets VALUES (1, 1);
+            CREATE SEQUENCE app."ticket\nnumbers" OWNED BY app.tickets.n;
+            """)
+        let id = try backup()
+        // The listing says what it cannot show: the two tables look alike there, so neither's rows are shown.
+        let listing = try contents([id, "--repo", repository])
+        let alike = ((listing["tables"] as? [[String: Any]]) ?? []).filter { $0["qualified"] as? String == "app.\"a b\"" }
+        XCTAssertEqual(alike.count, 2, "\(listing["tables"] ?? "")")
+        XCTAssertTrue(alike.allSatisfy { $0["rows"] == nil || $0["rows"] is NSNull }, "\(alike)")
+        XCTAssertTrue((listing["notes"] as? [String] ?? []).contains { $0.hasPrefix("table app.\"a\\nb\" has a line break in its name") }, "\(listing["notes"] ?? "")")
+        try execute("DROP TABLE app.\"a\nb\"")
+        func live(_ name: String) throws -> Bool { try query("SELECT to_regclass('app.\"\(name)\"') IS NOT NULL")[0][0] == "t" }
+        func schemas() throws -> String? { try query("SELECT string_agg(nspname, ',') FROM pg_namespace WHERE nspname LIKE 'rescue%' OR nspname LIKE 'restored\\_%'")[0][0] }
+
+        for arguments in [["--table", "app.\"a b\"", "--into-schema", "rescue"], ["--table", "app.\"a b\"", "--replace", "--yes"],
+                          ["--table", "app.\"a\nb\"", "--into-schema", "rescue"], ["--table", "app.*", "--into-schema", "rescue"],
+                          ["--schema", "app", "--into-database", "\(database!)_app"]] {
+            let refused = try restore([id] + arguments)
+            XCTAssertEqual(refused.status, 2, "\(arguments): \(refused.standardError)")
+            XCTAssertTrue(refused.standardError.contains("table app.\"a\\nb\" of backup \(id) has a line break in its name")
+                          && refused.standardError.contains("app.\"a b\"") && refused.standardError.contains("nothing was changed"), refused.standardError)
+            XCTAssertFalse(try live("a\nb"), "\(arguments): the lost table is not re-created in the live schema")
+            XCTAssertNil(try schemas(), "\(arguments): no rescue or staging schema is left")
+        }
+        XCTAssertEqual(try query("SELECT count(*)::text FROM pg_database WHERE datname = '\(database!)_app'")[0][0], "0")
+
+        // The owned sequence's header name is `ticket numbers`, which the rewrite into the rescue schema
+        // would not match: refused inside the transaction, before its CREATE SEQUENCE runs in app.
+        try execute("DROP SEQUENCE app.\"ticket\nnumbers\"")
+        let sequence = try restore([id, "--table", "app.tickets", "--into-schema", "rescue"])
+        XCTAssertEqual(sequence.status, 2, sequence.standardError)
+        XCTAssertTrue(sequence.standardError.contains("names app.\"ticket\\nnumbers\", with a line break") && sequence.standardError.contains("nothing was changed"),
+                      sequence.standardError)
+        XCTAssertFalse(try live("ticket\nnumbers"), "the sequence is not created in the live schema")
+        XCTAssertNil(try schemas())
+    }
+
+    /// A table named with a space (no line break): its constraints' tags (`x y x y_pkey`) are matched
+    /// to it, so the restored copy has its key and `--replace` passes the definition check.
+    func testATableNamedWithASpaceKeepsItsConstraints() throws {
+        try execute("""
+            CREATE TABLE sales."x y" (id int PRIMARY KEY, n int DEFAULT 7 CHECK (n > 0)); INSERT INTO sales."x y" (id) SELECT generate_series(1, 4);
+            """)
+        try backup()
+        try execute("DELETE FROM sales.\"x y\" WHERE id > 2")
+        let rescue = try restore(["latest", "--table", "sales.\"x y\"", "--into-schema", "rescue"])
+        XCTAssertEqual(rescue.status, 0, rescue.standardError)
+        XCTAssertEqual(Set(try query("SELECT contype::text FROM pg_constraint WHERE conrelid = 'rescue.\"x y\"'::regclass").map { $0[0] ?? "" }), ["p", "c"])
+        XCTAssertEqual(try query("SELECT pg_get_expr(adbin, adrelid) FROM pg_attrdef WHERE adrelid = 'rescue.\"x y\"'::regclass")[0][0], "7")
+
+        let replaced = try restore(["latest", "--table", "sales.\"x y\"", "--replace", "--yes"])
+        XCTAssertEqual(replaced.status, 0, replaced.standardError)
+        XCTAssertEqual(try query("SELECT count(*)::text FROM sales.\"x y\"")[0][0], "4")
+        XCTAssertEqual(try query("SELECT count(*)::text FROM pg_constraint WHERE conrelid = 'sales.\"x y\"'::regclass AND contype = 'p'")[0][0], "1")
+    }
+
+    /// Functions taking or returning the table's row type, columns of that type (or its array), and a
+    /// publication listing the table are bound to the live table's OID: `--replace` would leave them on
+    /// the kept copy. Refused, naming them, nothing changed. A publication is left out of `--schema
+    /// … --into-database` (its membership without the publication failed the restore).
+    func testRowTypeUsersAndPublicationsStopAReplaceAndStayOutOfANewDatabase() throws {
+        try execute("""
+            CREATE TABLE crm.plans (id int PRIMARY KEY, fee numeric); INSERT INTO crm.plans VALUES (1, 10), (2, 20);
+            CREATE FUNCTION crm.plan_fee(p crm.plans) RETURNS numeric LANGUAGE sql AS 'SELECT p.fee';
+            CREATE FUNCTION crm.cheap_plans() RETURNS SETOF crm.plans LANGUAGE sql AS 'SELECT * FROM crm.plans WHERE fee < 15';
+            CREATE TABLE crm.plan_snapshots (snap crm.plans);
+            CREATE TABLE crm.plan_history (snaps crm.plans[]);
+            CREATE PUBLICATION pub_plans FOR TABLE crm.plans;
+            COMMENT ON PUBLICATION pub_plans IS 'to the billing replica';
+            """)
+        try backup()
+        let copy = "\(database!)_crm"
+        defer { _ = try? cluster.connect().execute(script: "DROP DATABASE IF EXISTS \(copy)") }
+        let schema = try restore(["latest", "--schema", "crm", "--into-database", copy])
+        XCTAssertEqual(schema.status, 0, schema.standardError)
+        let connection = try cluster.connect(database: copy)
+        XCTAssertEqual(try connection.query("SELECT count(*)::text FROM crm.plans").scalar, "2")
+        XCTAssertEqual(try connection.query("SELECT count(*)::text FROM pg_publication").scalar, "0", "the copy publishes nothing")
+        connection.close()
+
+        try execute("UPDATE crm.plans SET fee = 0")
+        for extra in [[], ["--cascade-report"]] {
+            let refused = try restore(["latest", "--table", "crm.plans", "--replace", "--yes"] + extra)
+            XCTAssertEqual(refused.status, 31, refused.standardError)
+            XCTAssertTrue(refused.standardError.contains("crm.plans") && refused.standardError.contains("nothing was changed"), refused.standardError)
+            if extra.isEmpty {
+                for dependent in ["function crm.plan_fee(crm.plans)", "function crm.cheap_plans()", "column snap of table crm.plan_snapshots",
+                                  "column snaps of table crm.plan_history", "pub_plans"] {
+                    XCTAssertTrue(refused.standardError.contains(dependent), "\(dependent) is named: \(refused.standardError)")
+                }
+                XCTAssertTrue(refused.standardError.contains("--cascade-report re-points views and foreign keys only"), "the hint does not promise a re-point: \(refused.standardError)")
+            } else {
+                XCTAssertTrue(refused.standardError.contains("cannot be re-pointed"), refused.standardError)
+            }
+            XCTAssertEqual(try query("SELECT sum(fee)::text FROM crm.plans")[0][0], "0", "refused: the live table is untouched")
+            XCTAssertEqual(try query("SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = 'pub_plans'").map { $0[0] ?? "" }, ["crm.plans"])
+            XCTAssertEqual(try query("SELECT pg_get_function_arguments('crm.plan_fee'::regproc)")[0][0], "p crm.plans")
+            XCTAssertEqual(try query("SELECT count(*)::text FROM pg_class WHERE relname LIKE 'plans\\_pre\\_restore%' OR relnamespace::regnamespace::text LIKE 'restored\\_%'")[0][0], "0")
+        }
+
+        try execute("DROP FUNCTION crm.plan_fee(crm.plans), crm.cheap_plans(); DROP TABLE crm.plan_snapshots, crm.plan_history; DROP PUBLICATION pub_plans")
+        let replaced = try restore(["latest", "--table", "crm.plans", "--replace", "--yes"])
+        XCTAssertEqual(replaced.status, 0, replaced.standardError)
+        XCTAssertEqual(try query("SELECT sum(fee)::text FROM crm.plans")[0][0], "30")
+    }
+
+    /// The last check before a rescue (or staging) schema is committed: a relation the transaction
+    /// created or changed outside it is refused; a live table a staged key references is not.
+    func testARelationWrittenOutsideTheRescueSchemaStopsTheCommit() throws {
+        let connection = try cluster.connect(database: database)
+        defer { connection.close() }
+        try connection.execute(script: """
+            BEGIN; CREATE SCHEMA rescue_check; CREATE TABLE rescue_check.t (id bigint REFERENCES crm.customers, body text);
+            CREATE INDEX ON rescue_check.t (id); CREATE SEQUENCE rescue_check.s;
+            """)
+        XCTAssertNoThrow(try SelectiveRestore.refuseStrayRelations(outside: "rescue_check", on: connection), "its own objects, toast and a key's live target")
+        try connection.execute(script: "CREATE TABLE sales.escaped (id int)")
+        XCTAssertThrowsError(try SelectiveRestore.refuseStrayRelations(outside: "rescue_check", on: connection)) { error in
+            let failure = RecoveryError.classify(error)
+            XCTAssertEqual(failure.code, .restoreFailed)
+            XCTAssertTrue(failure.message.contains("sales.escaped") && failure.message.contains("outside schema rescue_check"), failure.message)
+        }
+        try connection.execute(script: "ROLLBACK; BEGIN; CREATE SCHEMA rescue_check; ALTER TABLE sales.orders ADD COLUMN late int")
+        XCTAssertThrowsError(try SelectiveRestore.refuseStrayRelations(outside: "rescue_check", on: connection), "a live table altered")
+        try connection.execute(script: "ROLLBACK")
+    }
+}

@@ -130,4 +130,17 @@ final class TableSelectionTests: XCTestCase {
         XCTAssertFalse(names.contains("TABLE: customers") || names.contains("TABLE DATA: customers") || names.contains("ACL: TABLE customers"), "\(names)")
         XCTAssertEqual(selection.leftOutForeignKeys.map(\.name), ["orders orders_customer_id_fkey"])
     }
+
+    /// A `<table> <name>` tag whose table name holds a space is split after the longest known table
+    /// name; a name with a line break is compared by the form pg_dump's headers give it.
+    func testTagsOfTablesWithSpacesAndHeaderFormsOfLineBreaks() {
+        let relations: Set<Name> = [Name(schema: "app", name: "a b"), Name(schema: "app", name: "a")]
+        XCTAssertEqual(TableSelection.splitTag("a b a b_pkey", schema: "app", relations: relations)?.relation, Name(schema: "app", name: "a b"))
+        XCTAssertEqual(TableSelection.splitTag("a b a b_pkey", schema: "app", relations: relations)?.name, "a b_pkey")
+        XCTAssertEqual(TableSelection.splitTag("x y_pkey", schema: "app", relations: relations)?.relation, Name(schema: "app", name: "x"), "unknown: the first word")
+        XCTAssertNil(TableSelection.splitTag("orders", schema: "app", relations: relations))
+        XCTAssertEqual(TableSelection.headerForm("a\r\nb\nc"), "a  b c", "each CR and LF, as pg_dump's sanitize_line")
+        XCTAssertFalse(TableSelection.hasLineBreak("a b"))
+        XCTAssertEqual(TableSelection.shown(Name(schema: "app", name: "a\nb")), "app.\"a\\nb\"")
+    }
 }

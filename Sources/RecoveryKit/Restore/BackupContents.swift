@@ -66,6 +66,9 @@ public struct BackupContents: Codable, Sendable {
     public var other: [String: [Object]]
     /// Access points into the compressed dump (0 after a full scan).
     public var accessPoints: Int
+    /// What the listing cannot show exactly: tables whose name holds a line break, which pg_dump's
+    /// headers (the table of contents) write as a space.
+    public var notes: [String] = []
 
     /// Reads the contents of `reference` (`latest`, an id or a prefix) in `repository`.
     ///
@@ -133,6 +136,23 @@ public struct BackupContents: Codable, Sendable {
         self.functions = functions
         self.views = views
         self.other = other
-
+        // A name with a line break is in the table of contents by its header form: listed by its exact
+        // name (`app."a\nb"`) where no other table has that form, else its rows are not shown (which
+        // entry holds which cannot be told); either way, said.
+        for exact in manifest.tables where TableSelection.hasLineBreak(exact.schema) || TableSelection.hasLineBreak(exact.name) {
+            let form = DumpTableOfContents.Name(schema: TableSelection.headerForm(exact.schema), name: TableSelection.headerForm(exact.name))
+            let shown = TableSelection.shown(.init(schema: exact.schema, name: exact.name))
+            let listed = tables.indices.filter { tables[$0].schema == form.schema && tables[$0].name == form.name }
+            let twin = manifest.tables.contains { $0.schema == form.schema && $0.name == form.name }
+            if listed.count == 1, !twin, let index = listed.first {
+                tables[index] = Table(schema: exact.schema, name: exact.name, rows: exact.rows, dumpBytes: tables[index].dumpBytes)
+                tables[index].qualified = shown
+            } else {
+                for index in listed { tables[index].rows = nil }
+            }
+            notes.append("table \(shown) has a line break in its name, which pg_dump's headers write as a space (\(form.qualified))"
+                         + (listed.count == 1 && !twin ? "" : ", the same as another table's: their rows are not shown")
+                         + "; a selective restore refuses it (restore the whole backup into a new database)")
+        }
     }
 }

@@ -177,7 +177,8 @@ public enum SelectiveRestore {
         if case .intoSchema = configuration.destination { isIntoSchema = true } else { isIntoSchema = false }
         let selection = try TableSelection(toc: toc, tablePatterns: configuration.tables, schemaPatterns: configuration.schemas,
                                            supporting: intoDatabase, wholeSchemas: intoDatabase, outsideKeys: configuration.destination == .replace,
-                                           rules: !isIntoSchema, backupID: manifest.id)
+                                           rules: !isIntoSchema, exactTables: manifest.tables.map { .init(schema: $0.schema, name: $0.name) },
+                                           backupID: manifest.id)
         if let refusal = selection.hierarchyRefusal(replace: configuration.destination == .replace, intoDatabase: intoDatabase, backupID: manifest.id) {
             throw refusal
         }
@@ -276,13 +277,15 @@ public enum SelectiveRestore {
             }
             let moving = prepared.selection.moved
             statistics = try timeline.step("replay \(prepared.plan.tables.count) table(s) of backup \(manifest.id) into schema \(schema) (\(ByteCount.format(prepared.plan.replayBytes)) of the dump)") {
-                try replay(prepared, manifest: manifest, key: configuration.key, on: loader, progress: progress) {
-                    QualifiedNames.rewrite($0, moving: moving, to: schema)
+                try replay(prepared, manifest: manifest, key: configuration.key, on: loader, progress: progress) { sql in
+                    try refuseLineBreakNames(in: sql, backupID: manifest.id)
+                    return QualifiedNames.rewrite(sql, moving: moving, to: schema)
                 }
             }
             verification = try timeline.step("verify row counts of \(prepared.selection.tables.count) table(s)") {
                 try verify(prepared.selection.tables, in: { _ in schema }, manifest: manifest, on: connection)
             }
+            try refuseStrayRelations(outside: schema, on: connection)
             try connection.execute(script: "COMMIT")
             committed = true
             CrashPoint.reached("replace:after-staging")
@@ -332,7 +335,7 @@ public enum SelectiveRestore {
     /// Replays the chosen parts of the dump on `loader`, each statement rewritten by `rewrite`,
     /// under the session settings psql would have in force there.
     static func replay(_ prepared: Prepared, manifest: BackupManifest, key: RepositoryKey?, on loader: LoaderConnection, progress: ProgressObserver?,
-                       rewrite: @escaping ([UInt8]) -> [UInt8]) throws -> DumpReadStatistics {
+                       rewrite: @escaping ([UInt8]) throws -> [UInt8]) throws -> DumpReadStatistics {
         let scanner = DumpScanner(backupID: manifest.id) { event in
             switch event {
             case .statement(let statement):
@@ -367,6 +370,42 @@ public enum SelectiveRestore {
         }
         try scanner.finish()
         return statistics
+    }
+
+    /// Refuses a statement that names a relation whose schema or name has a line break, before it runs
+    /// in the live database. The selection knows such a name only by its header form (pg_dump writes
+    /// the break as a space there), so the rewrite into the rescue (or staging) schema would not move
+    /// it and the statement would create or load it in the live schema. The selection refuses the tables
+    /// it knows of (`TableSelection`); this is for the rest (a sequence, an index's table, a schema).
+    ///
+    /// - Throws: `RecoveryError(.usage)`; the restore's transaction is then rolled back, nothing changed.
+    static func refuseLineBreakNames(in sql: [UInt8], backupID: String) throws {
+        guard let reference = QualifiedNames.references(in: sql).first(where: { $0.parts.prefix(2).contains(where: TableSelection.hasLineBreak) }) else { return }
+        let name = DumpTableOfContents.Name(schema: reference.parts[0], name: reference.parts[1])
+        let form = DumpTableOfContents.Name(schema: TableSelection.headerForm(name.schema), name: TableSelection.headerForm(name.name))
+        throw RecoveryError(.usage, "backup \(backupID) names \(TableSelection.shown(name)), with a line break, which pg_dump's headers (what a selective restore reads) "
+                                + "show as \(form.qualified): a restore into a schema of the live database cannot move it by that name; nothing was changed",
+                            hint: "restore the selection --into-database NAME, or the whole backup into a new database (dbrestore \(backupID) --database-url postgresql://…/NEWDB)")
+    }
+
+    /// Last check before the rescue (or staging) schema is committed: no relation outside `schema`
+    /// was created or altered by the restore's transaction (its `pg_class` row written by it), other
+    /// than the live tables a staged copy's foreign keys reference (their key triggers). Whatever
+    /// escaped the rewrite into `schema` is refused here rather than committed into the live schema.
+    ///
+    /// - Throws: `RecoveryError(.restoreFailed)` naming the relations; the transaction is then rolled back.
+    static func refuseStrayRelations(outside schema: String, on connection: PostgresConnection) throws {
+        let stray = try connection.query("""
+            SELECT c.oid::pg_catalog.regclass::text FROM pg_catalog.pg_class c
+            WHERE c.xmin::text::bigint = pg_catalog.pg_current_xact_id()::text::bigint % 4294967296
+              AND c.relnamespace <> $1::regnamespace AND c.relnamespace <> 'pg_toast'::regnamespace
+              AND c.oid NOT IN (SELECT k.confrelid FROM pg_catalog.pg_constraint k WHERE k.connamespace = $1::regnamespace AND k.contype = 'f')
+            ORDER BY 1
+            """, [QualifiedNames.quote(schema)]).rows.compactMap { $0[0] ?? nil }
+        guard !stray.isEmpty else { return }
+        throw RecoveryError(.restoreFailed, "the restore created or changed \(stray.prefix(5).joined(separator: ", ")) outside schema \(QualifiedNames.display(schema)) "
+                                + "of \(connection.target.databaseName): its statements did not all move into that schema; nothing was changed (rolled back)",
+                            hint: "restore the selection --into-database NAME instead, and report this with the names above")
     }
 
     /// Counts the restored tables (where `schema(table)` says they are now) against the manifest.
@@ -476,8 +515,11 @@ public enum SelectiveRestore {
                 let dependents = try Dependent.list(of: live, outside: selectedOIDs, on: connection)
                 if !dependents.isEmpty {
                     guard configuration.cascadeReport else {
+                        let fixed = dependents.filter { $0.kind == .other }.map(\.description)
                         throw RecoveryError(.restoreFailed, "other objects depend on \(table.qualified): \(dependents.map(\.description).joined(separator: "; ")); nothing was changed",
-                                            hint: "restore it --into-schema and copy the rows back with SQL, or add --cascade-report to re-point them at the restored table")
+                                            hint: fixed.isEmpty ? "restore it --into-schema and copy the rows back with SQL, or add --cascade-report to re-point them at the restored table"
+                                                : "restore it --into-schema and copy the rows back with SQL; --cascade-report re-points views and foreign keys only, "
+                                                    + "not \(fixed.joined(separator: ", ")) (they would stay bound to the kept copy)")
                     }
                     if let unsupported = dependents.first(where: { $0.kind == .other }) {
                         throw RecoveryError(.restoreFailed, "\(unsupported.description) depends on \(table.qualified) and cannot be re-pointed (only views and foreign keys can); nothing was changed",
@@ -616,7 +658,8 @@ public enum SelectiveRestore {
         var after: String
 
         /// Views, other tables' foreign keys and anything else that depends on the relation `oid`
-        /// (normal dependencies), except parts of the relations whose OIDs are in `outside`. A key a
+        /// (normal dependencies, on it or on its row type, and publications that list it), except parts
+        /// of the relations whose OIDs are in `outside`. A key a
         /// partition inherits from its partitioned table's is left to that one (dropped and added with it).
         static func list(of oid: String, outside: Set<String>, on connection: PostgresConnection) throws -> [Dependent] {
             // Run with search_path '' (the dump's): every name comes back qualified.
@@ -633,9 +676,18 @@ public enum SelectiveRestore {
                             WHEN d.classid = 'pg_catalog.pg_constraint'::regclass
                             THEN (SELECT c.contype::text || pg_catalog.quote_ident(c.conname) || ' ' || pg_catalog.pg_get_constraintdef(c.oid) FROM pg_catalog.pg_constraint c WHERE c.oid = d.objid) END,
                        CASE WHEN d.classid = 'pg_catalog.pg_rewrite'::regclass THEN (SELECT r.ev_class::text FROM pg_catalog.pg_rewrite r WHERE r.oid = d.objid)
-                            WHEN d.classid = 'pg_catalog.pg_constraint'::regclass THEN (SELECT c.conrelid::text FROM pg_catalog.pg_constraint c WHERE c.oid = d.objid) END
+                            WHEN d.classid = 'pg_catalog.pg_constraint'::regclass THEN (SELECT c.conrelid::text FROM pg_catalog.pg_constraint c WHERE c.oid = d.objid)
+                            WHEN d.classid = 'pg_catalog.pg_class'::regclass THEN d.objid::text END
                 FROM pg_catalog.pg_depend d
-                WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = $1::oid AND d.deptype = 'n'
+                WHERE ((d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = $1::oid AND d.deptype = 'n')
+                       -- Functions, columns, types that use the table's row type (or its array) are bound to the
+                       -- type, which stays with the kept copy: `f(o orders)` would become `f(o orders_pre_restore_…)`.
+                       OR (d.refclassid = 'pg_catalog.pg_type'::regclass AND d.deptype = 'n'
+                           AND d.refobjid IN (SELECT c.reltype FROM pg_catalog.pg_class c WHERE c.oid = $1::oid
+                                              UNION ALL
+                                              SELECT t.typarray FROM pg_catalog.pg_class c JOIN pg_catalog.pg_type t ON t.oid = c.reltype WHERE c.oid = $1::oid))
+                       -- A publication's membership (an automatic dependency) stays with the kept copy too: replication would stop.
+                       OR (d.classid = 'pg_catalog.pg_publication_rel'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = $1::oid))
                   AND NOT (d.classid = 'pg_catalog.pg_constraint'::regclass
                            AND EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c WHERE c.oid = d.objid AND c.conparentid <> 0))
                   -- The table's own generated-column expressions and policies name its columns: parts of it, not dependents.

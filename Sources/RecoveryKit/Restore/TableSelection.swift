@@ -42,6 +42,18 @@ struct TableSelection {
         "SEQUENCE SET", "DEFAULT", "CONSTRAINT", "CHECK CONSTRAINT", "FK CONSTRAINT", "INDEX", "INDEX ATTACH", "TABLE ATTACH", "TRIGGER", "RULE", "POLICY",
         "ROW SECURITY", "STATISTICS", "PUBLICATION TABLE", "PUBLICATION TABLES IN SCHEMA",
     ]
+    /// Kinds about the source server's operation, not the tables' use: replication (a publication's
+    /// membership without the publication fails; with it, a copy would publish) and event triggers.
+    private static let sourceOnlyKinds: Set<String> = ["PUBLICATION", "PUBLICATION TABLE", "PUBLICATION TABLES IN SCHEMA", "SUBSCRIPTION",
+                                                       "SUBSCRIPTION TABLE", "EVENT TRIGGER"]
+
+    /// Whether an entry is one of `sourceOnlyKinds`, or a comment or label on one: never part of a selective restore.
+    private static func sourceOnly(_ entry: Entry) -> Bool {
+        if sourceOnlyKinds.contains(entry.kind) { return true }
+        guard entry.kind == "COMMENT" || entry.kind == "SECURITY LABEL" else { return false }
+        return ["PUBLICATION ", "SUBSCRIPTION ", "EVENT TRIGGER "].contains { entry.name.hasPrefix($0) }
+    }
+
     /// Object words of `COMMENT`/`ACL`/`SECURITY LABEL` tags that name a relation or a part of one.
     private static let relationTagWords = ["TABLE", "VIEW", "MATERIALIZED VIEW", "SEQUENCE", "FOREIGN TABLE", "COLUMN", "INDEX", "CONSTRAINT",
                                            "TRIGGER", "POLICY", "RULE", "STATISTICS"]
@@ -57,14 +69,22 @@ struct TableSelection {
     ///   selection (`--replace`: the restored table must keep its keys to the live tables; they are
     ///   validated against them in the restore's transaction).
     /// - Parameter rules: replay the selected tables' rules (not into a rescue schema: see `leftOutRules`).
+    /// - Parameter exactTables: the backup's tables by their exact names (the manifest's, from the
+    ///   catalogue): what tells a name with a line break apart from its header form (`headerForm`).
+    /// - Throws: `RecoveryError(.usage)` too when the selection takes a table whose name has a line
+    ///   break, or one whose header name it shares (`lineBreakRefusal`).
     init(toc: DumpTableOfContents, tablePatterns: [String], schemaPatterns: [String], supporting: Bool, wholeSchemas: Bool, outsideKeys: Bool = false,
-         rules: Bool = true, backupID: String) throws {
+         rules: Bool = true, exactTables: [Name] = [], backupID: String) throws {
         let allTables = toc.entries.filter { $0.kind == "TABLE" || $0.kind == "FOREIGN TABLE" }.compactMap { entry in
             entry.schema.map { Name(schema: $0, name: entry.name) }
         }
+        let lineBreakTables = exactTables.filter { Self.hasLineBreak($0.schema) || Self.hasLineBreak($0.name) }
         var chosen = Set<Name>()
         for pattern in tablePatterns {
             let (schemaPattern, namePattern) = try Self.split(pattern)
+            if let exact = lineBreakTables.first(where: { schemaPattern.matches($0.schema) && namePattern.matches($0.name) }) {
+                throw Self.lineBreakRefusal(exact, allTables: allTables, backupID: backupID)
+            }
             let matches = allTables.filter { schemaPattern.matches($0.schema) && namePattern.matches($0.name) }
             guard !matches.isEmpty else {
                 let nearest = allTables.map(\.qualified).sorted { Catalog.distance($0, pattern) < Catalog.distance($1, pattern) }.prefix(3)
@@ -86,6 +106,13 @@ struct TableSelection {
             schemas.formUnion(matches)
             chosen.formUnion(allTables.filter { matches.contains($0.schema) })
         }
+        // A table whose name has a line break is in the table of contents under its header form, which
+        // another table's name may be too: a pattern that took that form cannot say which is meant, and
+        // the objects found under it would be created (or, in a rescue schema, not moved) by a name
+        // their statements do not hold.
+        if let exact = lineBreakTables.first(where: { chosen.contains(Name(schema: Self.headerForm($0.schema), name: Self.headerForm($0.name))) }) {
+            throw Self.lineBreakRefusal(exact, allTables: allTables, backupID: backupID)
+        }
         tables = allTables.filter { chosen.contains($0) }
 
         // Inheritance and partitions (the restore refuses what it cannot restore exactly: `hierarchyRefusal`).
@@ -97,13 +124,16 @@ struct TableSelection {
         }
 
         // Owned and identity sequences, the indexes (constraint-backed too) and statistics of each table.
+        let relations = Set(toc.entries.filter { ["TABLE", "FOREIGN TABLE", "VIEW", "MATERIALIZED VIEW"].contains($0.kind) }.compactMap { entry in
+            entry.schema.map { Name(schema: $0, name: entry.name) }
+        })
         var indexes: [Name: Name] = [:], statistics: [Name: Name] = [:]
         let allSequences = Set(toc.entries.filter { $0.kind == "SEQUENCE" }.compactMap { entry in entry.schema.map { Name(schema: $0, name: entry.name) } })
         for entry in toc.entries {
             guard let schema = entry.schema else { continue }
-            if entry.kind == "CONSTRAINT", let space = entry.name.firstIndex(of: " ") {
-                // Tag "table constraint" (raw names; a table name with a space is rare and then not matched).
-                indexes[Name(schema: schema, name: String(entry.name[entry.name.index(after: space)...]))] = Name(schema: schema, name: String(entry.name[..<space]))
+            if entry.kind == "CONSTRAINT", let (table, constraint) = Self.splitTag(entry.name, schema: schema, relations: relations) {
+                // Tag "table constraint" (raw names).
+                indexes[Name(schema: schema, name: constraint)] = table
             }
             guard let table = entry.table else { continue }
             switch entry.kind {
@@ -118,14 +148,14 @@ struct TableSelection {
             // A default that draws from a sequence the table does not own (`nextval('sales.shared_seq')`):
             // the new database needs that sequence too, or the table cannot be created.
             for entry in toc.entries where entry.kind == "DEFAULT" || entry.kind == "TABLE" {
-                guard let owner = Self.relation(of: entry, indexes: indexes, statistics: statistics), chosen.contains(owner) else { continue }
+                guard let owner = Self.relation(of: entry, relations: relations, indexes: indexes, statistics: statistics), chosen.contains(owner) else { continue }
                 sequences.formUnion((entry.references ?? []).filter { allSequences.contains($0) })
             }
         }
         self.indexes = Set(indexes.filter { chosen.contains($0.value) }.keys)
         self.statistics = Set(statistics.filter { chosen.contains($0.value) }.keys)
         for entry in toc.entries {
-            let owner = Self.relation(of: entry, indexes: indexes, statistics: statistics)
+            let owner = Self.relation(of: entry, relations: relations, indexes: indexes, statistics: statistics)
             let ownerIsChosen = owner.map { chosen.contains($0) || sequences.contains($0) } ?? false
             if entry.kind == "FK CONSTRAINT" {
                 let referenced = entry.references ?? []
@@ -156,6 +186,9 @@ struct TableSelection {
             if ownerIsChosen {
                 entries.append(entry)
             } else if wholeSchemas, let schema = entry.schema, schemas.contains(schema) {
+                // A publication's membership (`ALTER PUBLICATION p ADD TABLE …`, filed under the table's
+                // schema) is the source's replication, and the publication itself is not brought.
+                if Self.sourceOnly(entry) { continue }
                 // A view of the schema that reads tables outside it cannot be created without them.
                 if (entry.kind == "VIEW" || entry.kind == "MATERIALIZED VIEW"),
                    (entry.references ?? []).contains(where: { allTables.contains($0) && !chosen.contains($0) }) {
@@ -166,11 +199,41 @@ struct TableSelection {
             } else if wholeSchemas, entry.schema == nil, schemas.contains(where: { entry.name == "SCHEMA \($0)" || entry.name == "SCHEMA \(QualifiedNames.display($0))" }) {
                 entries.append(entry)
             } else if supporting, owner == nil, !Self.relationKinds.contains(entry.kind), !Self.namesRelation(entry),
-                      !["PUBLICATION", "SUBSCRIPTION", "EVENT TRIGGER"].contains(entry.kind) {
-                // (A publication or subscription is about the source's replication, not the tables' use.)
+                      !Self.sourceOnly(entry) {
                 entries.append(entry)
             }
         }
+    }
+
+    /// Whether a name holds a line break (CR or LF), which pg_dump's headers show as a space.
+    static func hasLineBreak(_ name: String) -> Bool {
+        name.unicodeScalars.contains { $0 == "\n" || $0 == "\r" }
+    }
+
+    /// A name as pg_dump's `-- Name:` headers write it (and so the table of contents holds it): each
+    /// CR and LF replaced by a space (pg_dump's `sanitize_line`).
+    static func headerForm(_ name: String) -> String {
+        var scalars = String.UnicodeScalarView()
+        scalars.append(contentsOf: name.unicodeScalars.map { $0 == "\n" || $0 == "\r" ? " " : $0 })
+        return String(scalars)
+    }
+
+    /// A name for a one-line message: as SQL reads it, with a line break written `\n` (`\r`).
+    static func shown(_ name: Name) -> String {
+        name.qualified.replacingOccurrences(of: "\r", with: "\\r").replacingOccurrences(of: "\n", with: "\\n")
+    }
+
+    /// The refusal for a selection that takes `table`, whose name has a line break: the table of
+    /// contents knows it (and every object of it) only by its header form, shared with any table
+    /// named so, so the restore could neither tell them apart nor move the right names.
+    private static func lineBreakRefusal(_ table: Name, allTables: [Name], backupID: String) -> RecoveryError {
+        let form = Name(schema: headerForm(table.schema), name: headerForm(table.name))
+        let twins = allTables.filter { $0 == form }.count
+        let twin = twins > 1 ? " (as they show table \(form.qualified) too)" : ""
+        return RecoveryError(.usage, "table \(shown(table)) of backup \(backupID) has a line break in its name, which pg_dump's headers (what a selective restore reads) "
+                                + "show as \(form.qualified)\(twin): a selective restore cannot tell its objects apart by name; nothing was changed",
+                             hint: "restore the whole backup into a new database (dbrestore \(backupID) --database-url postgresql://…/NEWDB) and copy the table from there, "
+                                + "or rename the table without the line break before the next backup")
     }
 
     /// Why the selected tables cannot go where asked, for tables in an inheritance or partition
@@ -256,7 +319,7 @@ struct TableSelection {
     }
 
     /// The relation an entry belongs to (its table, or the sequence or index it is), nil for others.
-    private static func relation(of entry: Entry, indexes: [Name: Name], statistics: [Name: Name]) -> Name? {
+    private static func relation(of entry: Entry, relations: Set<Name>, indexes: [Name: Name], statistics: [Name: Name]) -> Name? {
         guard let schema = entry.schema else { return nil }
         if let table = entry.table { return table }
         switch entry.kind {
@@ -265,12 +328,22 @@ struct TableSelection {
             return Name(schema: schema, name: entry.name)
         case "DEFAULT", "CONSTRAINT", "CHECK CONSTRAINT", "FK CONSTRAINT", "TRIGGER", "RULE", "POLICY":
             // Tag: "<table> <name>" (raw names).
-            return entry.name.firstIndex(of: " ").map { Name(schema: schema, name: String(entry.name[..<$0])) }
+            return splitTag(entry.name, schema: schema, relations: relations)?.relation
         case "COMMENT", "ACL", "SECURITY LABEL":
             return taggedRelation(entry.name, schema: schema, indexes: indexes, statistics: statistics)
         default:
             return nil
         }
+    }
+
+    /// A `<relation> <name>` tag (a constraint, default, trigger, rule or policy) split in two. Both
+    /// names are raw and either may hold spaces (`a b a_b_pkey`): the relation is the longest prefix
+    /// before a space that names a relation of `schema`, else the text before the first space.
+    static func splitTag(_ tag: String, schema: String, relations: Set<Name>) -> (relation: Name, name: String)? {
+        let spaces = tag.indices.filter { tag[$0] == " " }
+        guard let first = spaces.first else { return nil }
+        let space = spaces.last { relations.contains(Name(schema: schema, name: String(tag[..<$0]))) } ?? first
+        return (Name(schema: schema, name: String(tag[..<space])), String(tag[tag.index(after: space)...]))
     }
 
     /// The relation a `COMMENT`/`ACL` tag names: `TABLE orders`, `COLUMN orders.total`,
