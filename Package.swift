@@ -21,6 +21,9 @@ let package = Package(
     targets: [
         .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+        // Typed wrappers of libcurl's variadic calls (curl_easy_setopt, curl_easy_getinfo), which Swift cannot call.
+        .target(name: "CCurlShim", dependencies: ["CCurl"]),
         // Signals: a C handler (async-signal-safe: an atomic store and a pipe write) and the Swift
         // cancellation every layer observes; depends on nothing else, so every module may use it.
         .target(name: "CSignalPipe"),
@@ -29,7 +32,7 @@ let package = Package(
         .target(name: "UTCTime"),
         .target(name: "PostgresClient", dependencies: ["CLibPQ", "ProcessSignals", .product(name: "Logging", package: "swift-log")]),
         .target(name: "Gzip", dependencies: ["CZlib"]),
-        .target(name: "BackupStorage", dependencies: ["ProcessSignals", "UTCTime", .product(name: "Crypto", package: "swift-crypto"),
+        .target(name: "BackupStorage", dependencies: ["ProcessSignals", "UTCTime", "CCurlShim", .product(name: "Crypto", package: "swift-crypto"),
                                                       .product(name: "Logging", package: "swift-log")]),
         .target(name: "RecoveryKit", dependencies: [
             "PostgresClient", "Gzip", "BackupStorage", "ProcessSignals", "UTCTime",

@@ -6,12 +6,18 @@ number of successful ones (the server "gone for good" for data). One request per
     s3-fault-proxy.py --upstream PORT [--fail-every N] [--drop-every M] [--lose-reply-every L]
                       [--fail-parts-after K] [--delay S] [--stats FILE] [--log FILE]
                       [--fail-match SUB --fail-first N [--fail-method M]] [--short-match SUB --short-first N]
+                      [--cut-match SUB --cut-first N] [--hold-match SUB --hold S [--hold-method M]]
 
 --fail-match SUB --fail-first N answers 503 SlowDown to the first N requests whose path (bucket/key,
 no query) contains SUB, of method M only with --fail-method M (HEAD, GET): one object's brown-out.
 --short-match SUB --short-first N forwards the first N successful GETs whose path contains SUB and
 sends only the first half of the answer's body, with a Content-Length that agrees (a consistent
 short read no HTTP client can notice by itself).
+--cut-match SUB --cut-first N does the same but announces the whole body and then resets the connection
+after its first half (a transfer cut mid-body).
+--hold-match SUB --hold S holds the requests whose path contains SUB (of method M only with
+--hold-method M) S seconds before forwarding them, and prints "HELD <method> <path>" on stdout as
+one arrives: a slow upload or download, with a way to know the client is waiting on it.
 
 --lose-reply-every L forwards every L-th request to the server (so it takes effect) and then cuts
 the connection without the answer: the client sees a lost reply and retries.
@@ -25,7 +31,7 @@ status, answer body bytes, and the seconds the server took (the --delay not incl
 time of a WAL push or fetch goes, request by request.
 
 Prints PORT=<listening port> once ready. Counts are per proxy run; it stops on SIGTERM."""
-import argparse, json, os, socket, socketserver, sys, threading, time, urllib.parse
+import argparse, json, os, socket, socketserver, struct, sys, threading, time, urllib.parse
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--upstream", type=int, required=True)
@@ -41,10 +47,15 @@ parser.add_argument("--fail-first", type=int, default=0)
 parser.add_argument("--fail-method", help="with --fail-match: only requests of this method")
 parser.add_argument("--short-match", help="halve the body of the first --short-first GETs whose path contains this")
 parser.add_argument("--short-first", type=int, default=0)
+parser.add_argument("--cut-match", help="reset the connection halfway through the body of the first --cut-first GETs whose path contains this")
+parser.add_argument("--cut-first", type=int, default=0)
+parser.add_argument("--hold-match", help="hold requests whose path contains this --hold seconds, printing HELD lines")
+parser.add_argument("--hold", type=float, default=0.0)
+parser.add_argument("--hold-method", help="with --hold-match: only requests of this method")
 args = parser.parse_args()
 started = time.monotonic()
 lock = threading.Lock()
-state = {"requests": 0, "parts": 0, "failed": 0, "shortened": 0}
+state = {"requests": 0, "parts": 0, "failed": 0, "shortened": 0, "cut": 0}
 stats = {}
 
 def take(counter, match, first, path):
@@ -132,8 +143,15 @@ class Handler(socketserver.BaseRequestHandler):
         if (not args.fail_method or method == args.fail_method) and take("failed", args.fail_match, args.fail_first, path):
             self.request.sendall(SLOWDOWN)
             return
+        if args.hold_match and args.hold_match in path and (not args.hold_method or method == args.hold_method):
+            with lock:
+                print(f"HELD {method} {path}", flush=True)
+            time.sleep(args.hold)
         if method == "GET" and args.short_match and args.short_match in path:
             record(method, target, self.forward_short(head, body, path))
+            return
+        if method == "GET" and args.cut_match and args.cut_match in path:
+            record(method, target, self.forward_short(head, body, path, cut=True))
             return
         lines = head.split(b"\r\n")
         lines = [l for l in lines if not l.lower().startswith(b"connection:")] + [b"Connection: close"]
@@ -167,9 +185,10 @@ class Handler(socketserver.BaseRequestHandler):
             with lock, open(args.log, "a") as out:
                 out.write(f"{arrived - started:.3f} {method} {target} {len(body)} {status} {body_bytes} {time.monotonic() - sent:.3f}\n")
 
-    def forward_short(self, head, body, path):
+    def forward_short(self, head, body, path, cut=False):
         """Forwards a GET whose path matches --short-match; if it succeeded and is one of the first
-        --short-first, sends half its body with a matching Content-Length. Returns the body bytes sent."""
+        --short-first, sends half its body with a matching Content-Length. Returns the body bytes sent.
+        With cut (--cut-match, --cut-first): the whole body's Content-Length, then a reset after half."""
         lines = [l for l in head.split(b"\r\n") if not l.lower().startswith(b"connection:")] + [b"Connection: close"]
         upstream = socket.create_connection(("127.0.0.1", args.upstream))
         upstream.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + body)
@@ -182,7 +201,14 @@ class Handler(socketserver.BaseRequestHandler):
         upstream.close()
         answer_head, _, answer_body = bytes(answer).partition(b"\r\n\r\n")
         status = answer_head.split(b" ", 2)[1] if answer_head.count(b" ") >= 2 else b"?"
-        if status[:1] == b"2" and take("shortened", args.short_match, args.short_first, path):
+        if cut and status[:1] == b"2" and take("cut", args.cut_match, args.cut_first, path):
+            half = answer_body[: len(answer_body) // 2]
+            self.request.sendall(answer_head + b"\r\n\r\n" + half)
+            # SO_LINGER 0: close sends a reset, not an orderly end of the stream.
+            self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.request.close()
+            return len(half)
+        if not cut and status[:1] == b"2" and take("shortened", args.short_match, args.short_first, path):
             answer_body = answer_body[: len(answer_body) // 2]
             header_lines = [l for l in answer_head.split(b"\r\n") if not l.lower().startswith(b"content-length")]
             answer_head = b"\r\n".join(header_lines + [b"Content-Length: " + str(len(answer_body)).encode()])

@@ -14,9 +14,7 @@ import XCTest
 final class SignalTests: IntegrationTestCase {
     override func setUpWithError() throws {
         // About 40 MB of SQL: a dump at level 9 on one core takes a few seconds, long enough to interrupt.
-        try useDatabase(prefix: "signals", seed: """
-            CREATE TABLE events (id bigint PRIMARY KEY, payload text NOT NULL);
-            INSERT INTO events SELECT g, md5(g::text) || md5((g * 7)::text) || md5((g * 13)::text) FROM generate_series(1, 300000) g;
+        try useDatabase(prefix: "signals", seed: Self.eventsSeed + "\n" + """
             CREATE TABLE tags (id int PRIMARY KEY, name text);
             INSERT INTO tags SELECT g, 't' || g FROM generate_series(1, 1000) g;
             """)

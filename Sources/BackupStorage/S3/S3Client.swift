@@ -2,38 +2,25 @@ import Crypto
 import Foundation
 import Logging
 import ProcessSignals
-import Synchronization
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 
 /// An S3 response with its body read whole (every response we ask for is bounded: a part, a
 /// range, a listing page).
-struct S3Response {
-    var status: Int
-    var headers: [String: String]
-    var body: Data
-
-    func header(_ name: String) -> String? {
-        headers.first { $0.key.lowercased() == name.lowercased() }?.value
-    }
-}
+typealias S3Response = HTTPResponse
 
 /// A minimal, synchronous S3 REST client: SigV4, retries with backoff and jitter, XML errors.
 final class S3Client: Sendable {
     let configuration: S3Configuration
     private let signer: SigV4Signer
-    private let session: URLSession
+    private let transport: HTTPTransport
     /// Retries are logged (warning): a slow or flaky endpoint shows before it makes a run fail.
     private let logger = Logger(label: "dbrecovery.s3")
 
     init(_ configuration: S3Configuration) {
         self.configuration = configuration
         signer = SigV4Signer(credentials: configuration.credentials, region: configuration.region)
-        let sessionConfiguration = URLSessionConfiguration.ephemeral
-        sessionConfiguration.timeoutIntervalForRequest = configuration.requestTimeout
-        sessionConfiguration.httpMaximumConnectionsPerHost = max(2, configuration.concurrency + 1)
-        session = URLSession(configuration: sessionConfiguration)
+        // One idle connection per thread that may send at once: the parts in flight, or a WAL pusher's
+        // or prefetcher's jobs (8 by default), plus the one that lists or completes.
+        transport = HTTPTransport(idleTimeout: configuration.requestTimeout, maxIdleHandles: max(9, configuration.concurrency + 1))
     }
 
     /// The public URL-ish name of an object, for messages.
@@ -43,8 +30,8 @@ final class S3Client: Sendable {
     ///
     /// - Parameter acceptable: statuses that are answers rather than errors (e.g. 404 for HEAD).
     /// - Throws: `StorageError(.remote)` with S3's code and message, or when retries ran out.
-    ///   - interruptible: a data transfer (part upload, ranged read) that a SIGINT/SIGTERM ends
-    ///     before its next attempt; clean-up requests (aborts, lock releases) leave it false so that
+    ///   - interruptible: a data transfer (part upload, ranged read) that a SIGINT/SIGTERM ends at
+    ///     once, mid-body or before its next attempt; clean-up requests (aborts, lock releases) leave it false so that
     ///     they still run after the signal.
     ///   - expectedBytes: the body length a ranged GET must return; a shorter (or longer) answer, even
     ///     one whose headers agree with it, is retried like a dropped transfer.
@@ -57,7 +44,7 @@ final class S3Client: Sendable {
             if interruptible { try Interruption.check() }
             do {
                 let started = Date()
-                let response = try sendOnce(method, key: key, query: query, headers: headers, body: body)
+                let response = try sendOnce(method, key: key, query: query, headers: headers, body: body, interruptible: interruptible)
                 // -vv: where the time of a run goes, request by request (no header, so no credential).
                 logger.debug("S3 \(method) \(key.map(describe) ?? describe("")) sent \(body?.count ?? 0) B, answered \(response.status) with \(response.body.count) B in \(String(format: "%.3f", Date().timeIntervalSince(started))) s")
                 if (200..<300).contains(response.status), let expectedBytes, response.body.count != expectedBytes {
@@ -80,8 +67,8 @@ final class S3Client: Sendable {
                                            hint: Self.hint(for: code, key: key, bucket: configuration.bucket))
                     }
                 }
-            } catch let error as URLError {
-                lastProblem = "\(method) \(key.map(describe) ?? configuration.bucket): \(error.localizedDescription) (\(error.code.rawValue))"
+            } catch let error as HTTPTransportError {
+                lastProblem = "\(method) \(key.map(describe) ?? configuration.bucket): \(error)"
                 if attempt >= configuration.maxAttempts {
                     throw StorageError(.remote, object: key.map(describe) ?? "s3://\(configuration.bucket)",
                                        message: "gave up after \(attempt) attempts: \(lastProblem)",
@@ -97,39 +84,22 @@ final class S3Client: Sendable {
         }
     }
 
-    private func sendOnce(_ method: String, key: String?, query: [(String, String)], headers: [String: String], body: Data?) throws -> S3Response {
+    private func sendOnce(_ method: String, key: String?, query: [(String, String)], headers: [String: String], body: Data?,
+                          interruptible: Bool) throws -> S3Response {
         let (url, host, encodedPath) = try address(key: key, query: query)
-        var request = URLRequest(url: url)
-        request.httpMethod = method
         var signedHeaders = headers
         signedHeaders["host"] = host
         if let body { signedHeaders["content-length"] = String(body.count) }
         let payloadHash = body.map { Data(SHA256.hash(data: $0)).map { String(format: "%02x", $0) }.joined() } ?? SigV4Signer.emptyPayloadHash
         let added = signer.sign(.init(method: method, encodedPath: encodedPath, query: query, headers: signedHeaders, payloadHash: payloadHash), at: Date())
-        for (name, value) in signedHeaders.merging(added, uniquingKeysWith: { _, new in new }) where name != "host" {
-            request.setValue(value, forHTTPHeaderField: name)
-        }
-        // FoundationNetworking would otherwise add form encoding to POSTs and decode gzip bodies.
-        if body != nil && headers["content-type"] == nil { request.setValue("application/octet-stream", forHTTPHeaderField: "Content-Type") }
-        request.setValue("identity", forHTTPHeaderField: "Accept-Encoding")
-        request.httpBody = body ?? (method == "PUT" || method == "POST" ? Data() : nil)
-
-        final class Outcome: Sendable { let value = Mutex<(Data?, URLResponse?, Error?)>((nil, nil, nil)) }
-        let done = DispatchSemaphore(value: 0)
-        let outcome = Outcome()
-        let task = session.dataTask(with: request) { data, response, error in
-            outcome.value.withLock { $0 = (data, response, error) }
-            done.signal()
-        }
-        task.resume()
-        done.wait()
-        let result = outcome.value.withLock { $0 }
-        if let error = result.2 as? URLError { throw error }
-        if let error = result.2 { throw URLError(.unknown, userInfo: [NSLocalizedDescriptionKey: "\(error)"]) }
-        guard let http = result.1 as? HTTPURLResponse else { throw URLError(.badServerResponse) }
-        var responseHeaders: [String: String] = [:]
-        for (name, value) in http.allHeaderFields { responseHeaders["\(name)"] = "\(value)" }
-        return S3Response(status: http.statusCode, headers: responseHeaders, body: result.0 ?? Data())
+        // Every signed header is sent as signed: libcurl uses a given Host (it would drop a default port
+        // the endpoint spelled out) and Content-Length instead of its own.
+        var requestHeaders = signedHeaders.merging(added, uniquingKeysWith: { _, new in new })
+            .sorted { $0.key < $1.key }.map { (name: $0.key, value: $0.value) }
+        if body != nil && headers["content-type"] == nil { requestHeaders.append((name: "content-type", value: "application/octet-stream")) }
+        // Bodies as stored: no compressed transfer to decode.
+        requestHeaders.append((name: "accept-encoding", value: "identity"))
+        return try transport.perform(HTTPRequest(method: method, url: url, headers: requestHeaders, body: body, interruptible: interruptible))
     }
 
     /// URL, Host header value and canonical path of a request.

@@ -1,0 +1,250 @@
+import CCurlShim
+import Foundation
+import ProcessSignals
+import Synchronization
+
+/// One HTTP request for `HTTPTransport`.
+public struct HTTPRequest: Sendable {
+    public var method: String
+    public var url: URL
+    /// Sent as given, in this order; an empty value sends the header empty.
+    public var headers: [(name: String, value: String)]
+    /// nil sends no body (an empty one for PUT and POST).
+    public var body: Data?
+    /// A data transfer that a SIGINT/SIGTERM ends at once (`InterruptedError`), even mid-body;
+    /// clean-up requests (aborts, lock releases) leave it false so that they still run after the signal.
+    public var interruptible: Bool
+
+    public init(method: String, url: URL, headers: [(name: String, value: String)] = [], body: Data? = nil, interruptible: Bool = false) {
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.body = body
+        self.interruptible = interruptible
+    }
+}
+
+/// An HTTP response with its body read whole.
+public struct HTTPResponse: Sendable {
+    public var status: Int
+    /// Names lower-cased (HTTP header names are case-insensitive); a repeated header's values are
+    /// joined with ", ".
+    public var headers: [String: String]
+    public var body: Data
+
+    public init(status: Int, headers: [String: String], body: Data) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+
+    public func header(_ name: String) -> String? { headers[name.lowercased()] }
+}
+
+/// A request that got no complete answer: no connection, a dropped connection, a body cut short, a
+/// timeout, a TLS failure. The message is libcurl's (it names the host, never a header).
+public struct HTTPTransportError: Error, CustomStringConvertible, Sendable {
+    /// libcurl's error code (CURLcode); 28 for a timeout.
+    public let code: Int
+    public let message: String
+
+    public var description: String { "\(message) (curl error \(code))" }
+}
+
+/// HTTP over libcurl's easy interface, blocking the calling thread.
+///
+/// FoundationNetworking's URLSession wraps the same libcurl in a multi handle driven by dispatch
+/// sources, which on Linux keeps about a core busy for as long as a request waits for its answer:
+/// at WAN latency the CPU, not the network, bounded how many WAL segments went up at once. Here each
+/// request is one `curl_easy_perform` that sleeps in poll(2) while it waits.
+///
+/// Easy handles are kept in a small pool: a handle keeps its connections (and TLS sessions) open for
+/// the next request to the same server. Proxies come from the environment (`https_proxy`, `no_proxy`
+/// …) as they did with URLSession, since neither sets one; redirects are not followed (an S3 redirect
+/// is an error with a body that says where the bucket is); bodies are never decompressed.
+public final class HTTPTransport: Sendable {
+    /// Seconds without a byte sent or received (connecting included) before a request is abandoned:
+    /// URLSession's request timeout, which let a big part upload take as long as it kept moving.
+    public let idleTimeout: TimeInterval
+    /// Seconds a request may take in all, or nil for no limit.
+    public let totalTimeout: TimeInterval?
+    private let maxIdleHandles: Int
+    private let idle = Mutex<[EasyHandle]>([])
+
+    /// libcurl's global set-up, once per process before its first handle (`static let` runs once, thread-safely).
+    private static let initialized: Bool = CCurlShim_global_init() == CURLE_OK
+
+    public init(idleTimeout: TimeInterval, totalTimeout: TimeInterval? = nil, maxIdleHandles: Int = 8) {
+        self.idleTimeout = idleTimeout
+        self.totalTimeout = totalTimeout
+        self.maxIdleHandles = maxIdleHandles
+    }
+
+    /// Sends one request and reads the whole answer, whatever its status.
+    ///
+    /// - Throws: `HTTPTransportError` when no complete answer came; `InterruptedError` when a signal
+    ///   ended an interruptible request.
+    public func perform(_ request: HTTPRequest) throws -> HTTPResponse {
+        guard Self.initialized, let handle = idle.withLock({ $0.popLast() }) ?? EasyHandle() else {
+            throw HTTPTransportError(code: Int(CURLE_FAILED_INIT.rawValue), message: "libcurl could not be initialised")
+        }
+        defer { idle.withLock { if $0.count < maxIdleHandles { $0.append(handle) } } }
+        let transfer = Transfer(interruptible: request.interruptible, idleTimeout: idleTimeout)
+        let (code, status) = try transfer.run(request, on: handle.raw, totalTimeout: totalTimeout)
+        if transfer.interrupted { try Interruption.check() }
+        if transfer.timedOut {
+            throw HTTPTransportError(code: Int(CURLE_OPERATION_TIMEDOUT.rawValue),
+                                     message: "no data sent or received for \(Self.seconds(idleTimeout)) s (timed out)")
+        }
+        guard code == CURLE_OK else {
+            let detail = String(cString: transfer.errorBuffer)
+            throw HTTPTransportError(code: Int(code.rawValue), message: detail.isEmpty ? String(cString: curl_easy_strerror(code)) : detail)
+        }
+        return HTTPResponse(status: status, headers: transfer.headers, body: transfer.body)
+    }
+
+    static func seconds(_ value: TimeInterval) -> String {
+        value == value.rounded() ? String(Int(value)) : String(format: "%.1f", value)
+    }
+}
+
+/// A libcurl easy handle; it keeps its connections open between requests.
+// @unchecked: one thread at a time uses it, taken from the pool (under its lock) for one request, then given back.
+private final class EasyHandle: @unchecked Sendable {
+    let raw: UnsafeMutableRawPointer
+
+    init?() {
+        guard let raw = curl_easy_init() else { return nil }
+        self.raw = raw
+    }
+
+    deinit { curl_easy_cleanup(raw) }
+}
+
+/// The state of one request while libcurl runs it: the answer as it arrives, and what ends it early.
+/// Its callbacks run on the thread that called `curl_easy_perform`, during that call.
+private final class Transfer {
+    let interruptible: Bool
+    let idleTimeout: TimeInterval
+    var body = Data()
+    var headers: [String: String] = [:]
+    var interrupted = false
+    var timedOut = false
+    let errorBuffer = UnsafeMutablePointer<CChar>.allocate(capacity: Int(CURL_ERROR_SIZE))
+    private var lastCounts: (curl_off_t, curl_off_t) = (-1, -1)
+    private var lastActivity = ContinuousClock.now
+
+    init(interruptible: Bool, idleTimeout: TimeInterval) {
+        self.interruptible = interruptible
+        self.idleTimeout = idleTimeout
+        errorBuffer.initialize(repeating: 0, count: Int(CURL_ERROR_SIZE))
+    }
+
+    deinit { errorBuffer.deallocate() }
+
+    /// Sets the handle up for `request` (from scratch: `curl_easy_reset` keeps only the connections)
+    /// and runs it. Returns libcurl's result and the answer's status.
+    func run(_ request: HTTPRequest, on handle: UnsafeMutableRawPointer, totalTimeout: TimeInterval?) throws -> (CURLcode, Int) {
+        curl_easy_reset(handle)
+        // Nothing of this request (its buffers, its callbacks' context) stays set on the pooled handle.
+        defer { curl_easy_reset(handle) }
+        let context = Unmanaged.passUnretained(self).toOpaque()
+        var problems = [CURLcode]()
+        func check(_ result: CURLcode) { if result != CURLE_OK { problems.append(result) } }
+        check(CCurlShim_setopt_string(handle, CURLOPT_URL, request.url.absoluteString))
+        check(CCurlShim_setopt_string(handle, CURLOPT_PROTOCOLS_STR, "http,https"))
+        // No SIGALRM for resolver timeouts: several threads send requests at once.
+        check(CCurlShim_setopt_long(handle, CURLOPT_NOSIGNAL, 1))
+        check(CCurlShim_setopt_pointer(handle, CURLOPT_ERRORBUFFER, errorBuffer))
+        check(CCurlShim_setopt_long(handle, CURLOPT_CONNECTTIMEOUT_MS, Int((idleTimeout * 1000).rounded(.up))))
+        if let totalTimeout { check(CCurlShim_setopt_long(handle, CURLOPT_TIMEOUT_MS, Int((totalTimeout * 1000).rounded(.up)))) }
+        // Larger buffers than the 16 KiB / 64 KiB defaults: fewer system calls per 16 MiB segment or part.
+        check(CCurlShim_setopt_long(handle, CURLOPT_BUFFERSIZE, 128 * 1024))
+        check(CCurlShim_setopt_long(handle, CURLOPT_UPLOAD_BUFFERSIZE, 256 * 1024))
+        check(CCurlShim_setopt_write_function(handle, CURLOPT_WRITEFUNCTION, { data, size, count, context in
+            guard let data, let context else { return 0 }
+            let transfer = Unmanaged<Transfer>.fromOpaque(context).takeUnretainedValue()
+            data.withMemoryRebound(to: UInt8.self, capacity: size * count) { transfer.body.append($0, count: size * count) }
+            return size * count
+        }))
+        check(CCurlShim_setopt_pointer(handle, CURLOPT_WRITEDATA, context))
+        check(CCurlShim_setopt_write_function(handle, CURLOPT_HEADERFUNCTION, { data, size, count, context in
+            guard let data, let context else { return 0 }
+            let transfer = Unmanaged<Transfer>.fromOpaque(context).takeUnretainedValue()
+            transfer.received(headerLine: UnsafeRawBufferPointer(start: data, count: size * count))
+            return size * count
+        }))
+        check(CCurlShim_setopt_pointer(handle, CURLOPT_HEADERDATA, context))
+        check(CCurlShim_setopt_long(handle, CURLOPT_NOPROGRESS, 0))
+        check(CCurlShim_setopt_xferinfo_function(handle, { context, _, downloaded, _, uploaded in
+            guard let context else { return 0 }
+            return Unmanaged<Transfer>.fromOpaque(context).takeUnretainedValue().proceeds(downloaded: downloaded, uploaded: uploaded) ? 0 : 1
+        }))
+        check(CCurlShim_setopt_pointer(handle, CURLOPT_XFERINFODATA, context))
+
+        let sendsBody = request.body != nil || request.method == "PUT" || request.method == "POST"
+        switch request.method {
+        case "GET": check(CCurlShim_setopt_long(handle, CURLOPT_HTTPGET, 1))
+        case "HEAD": check(CCurlShim_setopt_long(handle, CURLOPT_NOBODY, 1))
+        case "POST": check(CCurlShim_setopt_long(handle, CURLOPT_POST, 1))
+        default: check(CCurlShim_setopt_string(handle, CURLOPT_CUSTOMREQUEST, request.method))
+        }
+        // "Expect:" (empty) stops libcurl's `Expect: 100-continue` on bodies over 1 MiB, a round trip
+        // (or a one-second wait) per part; "Content-Type:" stops the form encoding it would announce.
+        var lines = request.headers.map { $0.value.isEmpty ? "\($0.name);" : "\($0.name): \($0.value)" } + ["Expect:"]
+        if sendsBody && !request.headers.contains(where: { $0.name.lowercased() == "content-type" }) { lines.append("Content-Type:") }
+        var list: UnsafeMutablePointer<curl_slist>?
+        defer { curl_slist_free_all(list) }
+        for line in lines {
+            guard let longer = curl_slist_append(list, line) else { problems.append(CURLE_OUT_OF_MEMORY); break }
+            list = longer
+        }
+        check(CCurlShim_setopt_pointer(handle, CURLOPT_HTTPHEADER, list))
+        if let problem = problems.first {
+            throw HTTPTransportError(code: Int(problem.rawValue), message: "libcurl refused an option: \(String(cString: curl_easy_strerror(problem)))")
+        }
+        lastActivity = .now
+        let code = sendsBody ? (request.body ?? Data()).withUnsafeBytes { bytes in
+            let result = CCurlShim_set_body(handle, bytes.baseAddress, curl_off_t(bytes.count))
+            return result == CURLE_OK ? curl_easy_perform(handle) : result
+        } : curl_easy_perform(handle)
+        var status = 0
+        _ = CCurlShim_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)
+        return (code, status)
+    }
+
+    /// One header line (or the status line that starts a response: headers of a `100 Continue`
+    /// before it are dropped).
+    func received(headerLine bytes: UnsafeRawBufferPointer) {
+        lastActivity = .now
+        let line = String(decoding: bytes, as: UTF8.self)
+        if line.hasPrefix("HTTP/") {
+            headers = [:]
+            return
+        }
+        guard let colon = line.firstIndex(of: ":") else { return }
+        let name = line[..<colon].trimmingCharacters(in: .whitespaces).lowercased()
+        let value = line[line.index(after: colon)...].trimmingCharacters(in: .whitespacesAndNewlines)
+        headers[name] = headers[name].map { "\($0), \(value)" } ?? value
+        if name == "content-length", let length = Int(value), length > 0 {
+            body.reserveCapacity(min(length, 1 << 30))
+        }
+    }
+
+    /// libcurl's progress call (at least once a second, bytes moving or not): false ends the transfer.
+    func proceeds(downloaded: curl_off_t, uploaded: curl_off_t) -> Bool {
+        if interruptible && Interruption.isRequested {
+            interrupted = true
+            return false
+        }
+        let now = ContinuousClock.now
+        if (downloaded, uploaded) != lastCounts {
+            lastCounts = (downloaded, uploaded)
+            lastActivity = now
+        } else if now - lastActivity >= .milliseconds(Int64((idleTimeout * 1000).rounded(.up))) {
+            timedOut = true
+            return false
+        }
+        return true
+    }
+}
