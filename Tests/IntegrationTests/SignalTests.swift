@@ -77,7 +77,7 @@ final class SignalTests: IntegrationTestCase {
     func testRestoreInterruptedWhileLoadingVerifyingOrSwappingKeepsTheTargetOpen() throws {
         XCTAssertEqual(try tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository!]).status, 0)
         let target = try cluster.createDatabase(prefix: "target", seed: "CREATE TABLE keep_me (id int); INSERT INTO keep_me VALUES (1)")
-        let arguments = ["latest", "--yes", "--jobs", "1", "--repo", repository!, "--database-url", cluster.url(database: target)]
+        let arguments = ["latest", "--from-database", database!, "--yes", "--jobs", "1", "--repo", repository!, "--database-url", cluster.url(database: target)]
         let cells: [(String, Int32, Trigger, [String: String])] = [
             ("restore load", SIGTERM, .line("create scratch database", jitter: 0.0...0.2), [:]),
             ("restore load", SIGINT, .line("create scratch database", jitter: 0.05...0.3), [:]),
