@@ -15,15 +15,40 @@ final class PointInTimeSafetyTests: XCTestCase {
         return (cluster, repository)
     }
 
+    /// A copy of `repository` (the server's user's) with one byte in the middle of `file` flipped.
+    private func copyWithAByteFlipped(_ repository: String, prefix: String, in file: String) throws -> String {
+        let copy = ownedDirectory(prefix) + "/repo"
+        XCTAssertEqual(try TestProcess.run("/bin/cp", ["-a", repository, copy]).status, 0)
+        let path = copy + "/" + file
+        var data = try Data(contentsOf: URL(fileURLWithPath: path))
+        data[data.count / 2] ^= 0xFF
+        try data.write(to: URL(fileURLWithPath: path))
+        chownToPostgres(copy)
+        return copy
+    }
+
+    /// An archiving cluster with a base backup of a new `items` database and ten 'A' rows archived
+    /// after it: what most of these tests start from. The caller stops the cluster.
+    private func clusterWithABaseBackup(_ prefix: String, database databasePrefix: String) throws
+        -> (cluster: PostgresCluster, repository: String, database: String, connection: PostgresConnection) {
+        let (cluster, repository) = try archivingCluster(prefix)
+        do {
+            let (database, connection) = try itemsDatabase(databasePrefix, on: cluster)
+            try physicalBackup(of: database, on: cluster, into: repository)
+            try connection.execute(script: "INSERT INTO items (batch) SELECT 'A' FROM generate_series(1, 10)")
+            try waitForArchive(connection)
+            return (cluster, repository, database, connection)
+        } catch {
+            cluster.stop()
+            throw error
+        }
+    }
+
     /// Issue 5: `--move-aside` (and `--dry-run`) refuses the data directory of a running server and
     /// a directory holding one, naming its postmaster PID; the server keeps running from where it was.
     func testARunningServersDataDirectoryIsNeverMovedAsideOrRestoredInto() throws {
-        let (cluster, repository) = try archivingCluster("pitr-live")
+        let (cluster, repository, _, connection) = try clusterWithABaseBackup("pitr-live", database: "pitrlive")
         defer { cluster.stop() }
-        let (database, connection) = try itemsDatabase("pitrlive", on: cluster)
-        try physicalBackup(of: database, on: cluster, into: repository)
-        try connection.execute(script: "INSERT INTO items (batch) SELECT 'A' FROM generate_series(1, 10)")
-        try waitForArchive(connection)
         let data = cluster.directory + "/data"
         let pid = try XCTUnwrap(String(contentsOfFile: data + "/postmaster.pid", encoding: .utf8).split(separator: "\n").first.map(String.init))
 
@@ -55,12 +80,8 @@ final class PointInTimeSafetyTests: XCTestCase {
     /// refused (exit 2) when the first holds it (its marker, created with O_EXCL) and when the first
     /// has already filled it (looked at again once the marker is created); the first's restore is intact.
     func testTwoRunsIntoOneEmptyDirectoryCannotBothFillIt() throws {
-        let (cluster, repository) = try archivingCluster("pitr-twice")
+        let (cluster, repository, database, _) = try clusterWithABaseBackup("pitr-twice", database: "pitrtwice")
         defer { cluster.stop() }
-        let (database, connection) = try itemsDatabase("pitrtwice", on: cluster)
-        try physicalBackup(of: database, on: cluster, into: repository)
-        try connection.execute(script: "INSERT INTO items (batch) SELECT 'A' FROM generate_series(1, 10)")
-        try waitForArchive(connection)
 
         for firstStopsWhile in ["pitr:extracting", nil] {
             let directory = ownedDirectory("pitr-twice") + "/data"
@@ -172,12 +193,8 @@ final class PointInTimeSafetyTests: XCTestCase {
     /// Issue 11: a recovery that ends before its target names the server's reason, not the FATAL
     /// our own connection attempts got meanwhile.
     func testARecoveryThatEndsBeforeItsTargetNamesTheServersReason() throws {
-        let (cluster, repository) = try archivingCluster("pitr-fatal")
+        let (cluster, repository, _, _) = try clusterWithABaseBackup("pitr-fatal", database: "pitrfatal")
         defer { cluster.stop() }
-        let (database, connection) = try itemsDatabase("pitrfatal", on: cluster)
-        try physicalBackup(of: database, on: cluster, into: repository)
-        try connection.execute(script: "INSERT INTO items (batch) SELECT 'A' FROM generate_series(1, 10)")
-        try waitForArchive(connection)
         let (result, directory, _) = try recover(["--target-name", "never_created"], repository: repository, cluster: cluster)
         defer { stopServer(directory) }
         XCTAssertEqual(result.status, ExitStatus.restoreFailed.rawValue, result.standardError)
@@ -190,22 +207,12 @@ final class PointInTimeSafetyTests: XCTestCase {
     /// a marker that cannot be written for want of space; `--move-aside` under an unwritable parent is
     /// refused in the plan. The tmpfs cases need root (mount).
     func testFailedExtractionsSayWhatTheyLeftAndAFullDiskIsExit20() throws {
-        let (cluster, repository) = try archivingCluster("pitr-left")
+        let (cluster, repository, _, _) = try clusterWithABaseBackup("pitr-left", database: "pitrleft")
         defer { cluster.stop() }
-        let (database, connection) = try itemsDatabase("pitrleft", on: cluster)
-        try physicalBackup(of: database, on: cluster, into: repository)
-        try connection.execute(script: "INSERT INTO items (batch) SELECT 'A' FROM generate_series(1, 10)")
-        try waitForArchive(connection)
         let id = try XCTUnwrap(FileManager.default.contentsOfDirectory(atPath: repository + "/backups").sorted().last)
 
         // A damaged base.tar.gz under a parent the server's user cannot write (root's, 0755).
-        let damaged = ownedDirectory("pitr-left-damaged") + "/repo"
-        XCTAssertEqual(try TestProcess.run("/bin/cp", ["-a", repository, damaged]).status, 0)
-        let tarPath = damaged + "/backups/\(id)/base.tar.gz"
-        var tar = try Data(contentsOf: URL(fileURLWithPath: tarPath))
-        tar[tar.count / 2] ^= 0xFF
-        try tar.write(to: URL(fileURLWithPath: tarPath))
-        chownToPostgres(damaged)
+        let damaged = try copyWithAByteFlipped(repository, prefix: "pitr-left-damaged", in: "backups/\(id)/base.tar.gz")
         let rootParent = TestPaths.temporaryDirectory(prefix: "pitr-root-parent")
         chmod(rootParent, 0o755)
         let kept = rootParent + "/data"
@@ -232,13 +239,7 @@ final class PointInTimeSafetyTests: XCTestCase {
 
         guard getuid() == 0 else { throw XCTSkip("the full-disk cases mount a small tmpfs, which needs root") }
         // The same backup with a damaged (optional) index: extracted through tar -x.
-        let noIndex = ownedDirectory("pitr-left-noindex") + "/repo"
-        XCTAssertEqual(try TestProcess.run("/bin/cp", ["-a", repository, noIndex]).status, 0)
-        let indexPath = noIndex + "/backups/\(id)/base.index.json.gz"
-        var index = try Data(contentsOf: URL(fileURLWithPath: indexPath))
-        index[index.count / 2] ^= 0xFF
-        try index.write(to: URL(fileURLWithPath: indexPath))
-        chownToPostgres(noIndex)
+        let noIndex = try copyWithAByteFlipped(repository, prefix: "pitr-left-noindex", in: "backups/\(id)/base.index.json.gz")
         for (label, source) in [("threads", repository), ("tar -x", noIndex)] {
             let mount = try smallTmpfs("pitr-full", megabytes: 4)
             defer { unmount(mount) }
