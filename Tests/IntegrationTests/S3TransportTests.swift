@@ -26,7 +26,7 @@ final class S3TransportTests: IntegrationTestCase {
         let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--cut-match", "\(bucket!)/app/backups/\(id)/dump.sql.gz", "--cut-first", "2"])
         defer { proxy.stop() }
         let target = "reset_\(UInt32.random(in: 0...UInt32.max))"
-        let restore = try tool("dbrestore", ["latest", "--yes", "--repo", repository, "--database-url", cluster.url(database: target)],
+        let restore = try tool("dbrestore", [id, "--yes", "--repo", repository, "--database-url", cluster.url(database: target)],
                                environment: s3.environment(endpoint: proxy.endpoint))
         XCTAssertEqual(restore.status, 0, restore.standardError)
         let retries = restore.standardError.split(separator: "\n").filter { $0.contains("S3 attempt") && $0.contains("dump.sql.gz") }
