@@ -279,8 +279,7 @@ public enum PointInTimeRestore {
         let stretches = path ?? [TimelineHistory.Stretch(timeline: UInt32(clamping: max(1, physical.timeline)), begin: 0, end: nil)]
         var segments: [UInt32: [UInt64: Date?]] = [:]
         for object in archive {
-            let name = String((object.key as NSString).lastPathComponent.dropLast(3))
-            guard WALSegmentName.isSegment(name), let timeline = WALSegmentName.timelineNumber(of: name),
+            guard let name = WALArchive.fileName(ofKey: object.key), WALSegmentName.isSegment(name), let timeline = WALSegmentName.timelineNumber(of: name),
                   let number = WALSegmentName.segmentNumber(of: name, segmentSize: size) else { continue }
             segments[timeline, default: [:]][number] = object.modified
         }

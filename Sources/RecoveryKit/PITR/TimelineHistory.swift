@@ -61,15 +61,13 @@ public struct TimelineHistory: Sendable {
         var histories: [UInt32: [Entry]] = [:]
         var beganAt: [UInt32: Date] = [:]
         for object in archive {
-            let name = String((object.key as NSString).lastPathComponent.dropLast(3))
-            guard name.hasSuffix(".history"), name.count == 16, let timeline = WALSegmentName.timelineNumber(of: name) else { continue }
+            guard let name = WALArchive.fileName(ofKey: object.key), name.hasSuffix(".history"), name.count == 16, let timeline = WALSegmentName.timelineNumber(of: name) else { continue }
             let data = try WALArchive.decompress(try store.read(object.key), name: name, objectKey: object.key, cipherKey: key)
             histories[timeline] = parse(String(decoding: data, as: UTF8.self))
             if let modified = object.modified { beganAt[timeline] = modified }
         }
         for object in archive {
-            let name = String((object.key as NSString).lastPathComponent.dropLast(3))
-            guard WALSegmentName.isSegment(name), let timeline = WALSegmentName.timelineNumber(of: name), let modified = object.modified,
+            guard let name = WALArchive.fileName(ofKey: object.key), WALSegmentName.isSegment(name), let timeline = WALSegmentName.timelineNumber(of: name), let modified = object.modified,
                   let began = beganAt[timeline], modified < began else { continue }
             beganAt[timeline] = modified
         }

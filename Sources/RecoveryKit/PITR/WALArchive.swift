@@ -14,6 +14,13 @@ public enum WALArchive {
         return "wal/\(timeline)/\(name).gz"
     }
 
+    /// The WAL file name a repository key holds (`key(for:)` read back); nil for anything else
+    /// under `wal/` (a temporary file of a write in progress).
+    static func fileName(ofKey key: String) -> String? {
+        let last = (key as NSString).lastPathComponent
+        return last.hasSuffix(".gz") ? String(last.dropLast(3)) : nil
+    }
+
     /// What `wal-push` did.
     public enum PushOutcome: String, Codable, Sendable {
         case stored
@@ -159,8 +166,7 @@ public enum WALArchive {
         if let number = UInt32(log, radix: 16), number < UInt32.max { prefixes.append("wal/\(timeline)/\(timeline)" + String(format: "%08X", number + 1)) }
         func laterSegment() throws -> String? {
             for prefix in prefixes {
-                let later = try store.list(prefix: prefix).map { ($0.key as NSString).lastPathComponent }
-                    .filter { $0.hasSuffix(".gz") }.map { String($0.dropLast(3)) }.filter { WALSegmentName.isSegment($0) && $0 > name }
+                let later = try store.list(prefix: prefix).compactMap { fileName(ofKey: $0.key) }.filter { WALSegmentName.isSegment($0) && $0 > name }
                 if let first = later.min() { return first }
             }
             return nil
