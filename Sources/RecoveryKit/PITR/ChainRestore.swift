@@ -94,7 +94,7 @@ enum ChainRestore {
             let path = (parent as NSString).appendingPathComponent(name)
             guard case .abandoned(let holder) = ExtractionMarker.inspect(path) else { return nil }
             let combining = FileManager.default.contents(atPath: path + "/" + combiningFileName).map { String(decoding: $0, as: UTF8.self) == directory } ?? false
-            return (path, combining, holder.map { "\($0.description), which was killed" } ?? "a dbrestore --pitr that was killed")
+            return (path, combining, ExtractionMarker.killedRun(holder))
         }
     }
 

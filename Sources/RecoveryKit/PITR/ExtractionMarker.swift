@@ -32,6 +32,11 @@ final class ExtractionMarker {
         (directory.hasSuffix("/") ? String(directory.dropLast()) : directory) + "/" + fileName
     }
 
+    /// How a run whose marker was left behind is named: its holder, or (a marker the kill cut short) none.
+    static func killedRun(_ holder: LockHolder?) -> String {
+        holder.map { "\($0.description), which was killed" } ?? "a dbrestore --pitr that was killed"
+    }
+
     /// Reads the marker of `directory`, if it has one.
     static func inspect(_ directory: String) -> Found {
         guard let data = FileManager.default.contents(atPath: path(in: directory)) else { return .none }

@@ -511,7 +511,7 @@ public enum PointInTimeRestore {
         case .none:
             return nil
         case .abandoned(let holder):
-            return holder.map { "\($0.description), which was killed" } ?? "a dbrestore --pitr that was killed"
+            return ExtractionMarker.killedRun(holder)
         case .running(let holder):
             throw RecoveryError(.usage, "data directory \(directory) is being extracted into by \(holder.description): a live run holds it",
                                 hint: "wait for that run to finish, or stop it (kill \(holder.pid)) and run again: the next run removes its partial extraction")
