@@ -7,6 +7,8 @@ number of successful ones (the server "gone for good" for data). One request per
                       [--fail-parts-after K] [--delay S] [--stats FILE] [--log FILE]
                       [--fail-match SUB --fail-first N [--fail-method M]] [--short-match SUB --short-first N]
                       [--cut-match SUB --cut-first N] [--hold-match SUB --hold S [--hold-method M]]
+                      [--lose-match SUB --lose-first N [--lose-method M]]
+                      [--drop-header NAME --drop-header-match SUB [--drop-header-method M]]
 
 --fail-match SUB --fail-first N answers 503 SlowDown to the first N requests whose path (bucket/key,
 no query) contains SUB, of method M only with --fail-method M (HEAD, GET): one object's brown-out.
@@ -21,6 +23,11 @@ one arrives: a slow upload or download, with a way to know the client is waiting
 
 --lose-reply-every L forwards every L-th request to the server (so it takes effect) and then cuts
 the connection without the answer: the client sees a lost reply and retries.
+
+--lose-match SUB --lose-first N does the same to the first N requests whose path contains SUB (of
+method M only with --lose-method M): a write that lands while every answer to it is lost.
+--drop-header NAME --drop-header-match SUB removes the header NAME from the answers to requests whose
+path contains SUB (of method M only with --drop-header-method M): a gateway that drops Content-Length.
 
 --delay S waits S seconds before answering each request (WAN latency). --stats FILE keeps, after
 every request, a JSON object there: per object path (bucket/key, no query), the number of GET
@@ -52,10 +59,16 @@ parser.add_argument("--cut-first", type=int, default=0)
 parser.add_argument("--hold-match", help="hold requests whose path contains this --hold seconds, printing HELD lines")
 parser.add_argument("--hold", type=float, default=0.0)
 parser.add_argument("--hold-method", help="with --hold-match: only requests of this method")
+parser.add_argument("--lose-match", help="forward the first --lose-first requests whose path contains this, then cut the connection without the answer")
+parser.add_argument("--lose-first", type=int, default=0)
+parser.add_argument("--lose-method", help="with --lose-match: only requests of this method")
+parser.add_argument("--drop-header", help="remove this header from the answers to requests matching --drop-header-match")
+parser.add_argument("--drop-header-match", help="path substring of the requests whose answers lose --drop-header")
+parser.add_argument("--drop-header-method", help="with --drop-header-match: only requests of this method")
 args = parser.parse_args()
 started = time.monotonic()
 lock = threading.Lock()
-state = {"requests": 0, "parts": 0, "failed": 0, "shortened": 0, "cut": 0}
+state = {"requests": 0, "parts": 0, "failed": 0, "shortened": 0, "cut": 0, "lost": 0}
 stats = {}
 
 def take(counter, match, first, path):
@@ -158,12 +171,17 @@ class Handler(socketserver.BaseRequestHandler):
         sent = time.monotonic()
         upstream = socket.create_connection(("127.0.0.1", args.upstream))
         upstream.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + body)
-        if args.lose_reply_every and number % args.lose_reply_every == 0:
+        lose = (not args.lose_method or method == args.lose_method) and take("lost", args.lose_match, args.lose_first, path)
+        if lose or (args.lose_reply_every and number % args.lose_reply_every == 0):
             # Let the server finish the request (it has taken effect), then lose its answer.
             while upstream.recv(65536):
                 pass
             upstream.close()
             self.request.shutdown(socket.SHUT_RDWR)
+            return
+        if (args.drop_header and args.drop_header_match and args.drop_header_match in path
+                and (not args.drop_header_method or method == args.drop_header_method)):
+            self.forward_without_header(upstream, method, target)
             return
         answer_head = b""
         body_bytes = 0
@@ -191,6 +209,21 @@ class Handler(socketserver.BaseRequestHandler):
             status = answer_head.split(b" ", 2)[1].decode("latin-1") if answer_head.count(b" ") >= 2 else "?"
             with lock, open(args.log, "a") as out:
                 out.write(f"{arrived - started:.3f} {method} {target} {len(body)} {status} {body_bytes} {time.monotonic() - sent:.3f}\n")
+
+    def forward_without_header(self, upstream, method, target):
+        """Reads the whole answer and sends it without the --drop-header header (counted as the plain path does)."""
+        answer = bytearray()
+        while True:
+            chunk = upstream.recv(1 << 20)
+            if not chunk:
+                break
+            answer += chunk
+        upstream.close()
+        answer_head, _, answer_body = bytes(answer).partition(b"\r\n\r\n")
+        name = args.drop_header.lower().encode()
+        kept = [l for l in answer_head.split(b"\r\n") if l.partition(b":")[0].strip().lower() != name]
+        record(method, target, len(answer_body))
+        self.request.sendall(b"\r\n".join(kept) + b"\r\n\r\n" + answer_body)
 
     def forward_short(self, head, body, path, target, cut=False):
         """Forwards a GET whose path matches --short-match; if it succeeded and is one of the first

@@ -37,6 +37,13 @@ public enum RepositoryLocation: Equatable, Sendable, CustomStringConvertible {
                 throw StorageError(.invalidLocation, object: text, message: "S3 bucket name must have at least 3 characters",
                                    hint: "write s3://bucket/prefix")
             }
+            // S3 keys are names, not paths: "prod/./app" is another prefix than "prod/app". An HTTP
+            // client removes such segments from the URL after it was signed, so the requests would go
+            // to another place than the one signed (refused by S3) or named (another repository's).
+            if let segment = prefix.split(separator: "/", omittingEmptySubsequences: false).first(where: { $0 == "." || $0 == ".." }) {
+                throw StorageError(.invalidLocation, object: text, message: "S3 repository prefix has a '\(segment)' path segment",
+                                   hint: "write the prefix without '.' and '..' segments, e.g. s3://\(bucket)/\(Self.withoutDotSegments(prefix))")
+            }
             self = .s3(bucket: bucket, prefix: prefix)
         } else if let scheme = text.range(of: "://") {
             throw StorageError(.invalidLocation, object: text,
@@ -45,6 +52,15 @@ public enum RepositoryLocation: Equatable, Sendable, CustomStringConvertible {
         } else {
             self = .local(path: text)
         }
+    }
+
+    /// A prefix with its `.` / `..` segments resolved as a path would be: what the user most likely meant.
+    private static func withoutDotSegments(_ prefix: String) -> String {
+        var kept: [Substring] = []
+        for segment in prefix.split(separator: "/") {
+            if segment == ".." { _ = kept.popLast() } else if segment != "." { kept.append(segment) }
+        }
+        return kept.joined(separator: "/")
     }
 
     public var description: String {
@@ -56,18 +72,32 @@ public enum RepositoryLocation: Equatable, Sendable, CustomStringConvertible {
 }
 
 extension String {
+    /// Percent-escapes decoded to their bytes; a `%` not followed by two hex digits is kept as it is.
     func removingPercentEscapes() -> String {
         guard contains("%") else { return self }
+        let input = Array(utf8)
         var bytes: [UInt8] = []
-        var iterator = utf8.makeIterator()
-        while let byte = iterator.next() {
-            if byte == UInt8(ascii: "%"), let high = iterator.next(), let low = iterator.next(),
-               let value = UInt8(String(bytes: [high, low], encoding: .utf8) ?? "", radix: 16) {
-                bytes.append(value)
+        bytes.reserveCapacity(input.count)
+        var index = 0
+        while index < input.count {
+            if input[index] == UInt8(ascii: "%"), index + 2 < input.count,
+               let high = Self.hexValue(input[index + 1]), let low = Self.hexValue(input[index + 2]) {
+                bytes.append(high << 4 | low)
+                index += 3
             } else {
-                bytes.append(byte)
+                bytes.append(input[index])
+                index += 1
             }
         }
         return String(decoding: bytes, as: UTF8.self)
+    }
+
+    private static func hexValue(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): return byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): return byte - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): return byte - UInt8(ascii: "A") + 10
+        default: return nil
+        }
     }
 }

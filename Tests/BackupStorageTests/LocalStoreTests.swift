@@ -81,6 +81,27 @@ final class LocalStoreTests: XCTestCase {
         for bad in ["", "file://relative", "ftp://host/x", "s3://ab"] {
             XCTAssertThrowsError(try RepositoryLocation(parsing: bad), bad)
         }
+        // A '%' that starts no escape is kept as written (its next two characters were dropped).
+        XCTAssertEqual(try RepositoryLocation(parsing: "file:///var/100%zz/a%2"), .local(path: "/var/100%zz/a%2"))
+        XCTAssertEqual(try RepositoryLocation(parsing: "file:///var/%C3%A9t%c3%a9"), .local(path: "/var/été"))
+    }
+
+    /// Round 8, finding 7: libcurl removes '.' and '..' segments from a URL after it was signed, so
+    /// s3://bkt/prod/./app was written under prod/app (another repository's space, its lock included)
+    /// and listed under prod/./app, or refused by S3 as a bad signature blamed on the credentials.
+    func testDotSegmentsInAnS3PrefixAreRefusedWithTheFix() throws {
+        for (bad, fix) in [("s3://bkt/prod/./app", "s3://bkt/prod/app"), ("s3://bkt/prod/../staging/", "s3://bkt/staging"),
+                           ("s3://bkt/./", "s3://bkt/"), ("s3://bkt/a/..", "s3://bkt/")] {
+            XCTAssertThrowsError(try RepositoryLocation(parsing: bad), bad) { error in
+                guard let error = error as? StorageError else { return XCTFail("\(bad): \(error)") }
+                XCTAssertEqual(error.kind, .invalidLocation, bad)
+                XCTAssertTrue(error.message.contains("path segment"), "\(bad): \(error.message)")
+                XCTAssertTrue(error.hint?.contains(fix) ?? false, "\(bad): \(error.hint ?? "")")
+            }
+        }
+        // Dots inside a name are names, and a local path is resolved by the file system for reads and writes alike.
+        XCTAssertEqual(try RepositoryLocation(parsing: "s3://bkt/prod/.hidden/..x/a.b"), .s3(bucket: "bkt", prefix: "prod/.hidden/..x/a.b"))
+        XCTAssertEqual(try RepositoryLocation(parsing: "/var/backups/../b"), .local(path: "/var/backups/../b"))
     }
 
     /// Selective restores read one part of a dump: exactly the bytes asked for, and a file that

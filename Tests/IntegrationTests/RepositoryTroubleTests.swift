@@ -66,6 +66,26 @@ final class RepositoryTroubleTests: IntegrationTestCase {
     /// With two repositories, the first failing mid-stream on the newest backup's dump (every GET answered
     /// 503, HEADs fine) reads the same backup from the other repository; where the other holds only
     /// an older backup, the run still stops with exit 20: never an older backup for S3's trouble.
+    /// Round 8, finding 4: a gateway that drops Content-Length from the HEAD of the newest dump made
+    /// it look 0 bytes long ("truncated"), and --drill passed over it and restored an older backup.
+    /// A HEAD without a size is repository trouble, like a 503: exit 20, the newest backup named.
+    func testAHeadWithoutContentLengthOnTheNewestDumpStopsTheDrillInsteadOfRestoringAnOlderOne() throws {
+        let (older, newest) = try twoBackups()
+        let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--drop-header", "Content-Length", "--drop-header-match", dumpPath(newest),
+                                                                      "--drop-header-method", "HEAD"])
+        defer { proxy.stop() }
+        for mode in ["--drill", "--emergency"] {
+            let run = try tool("dbrestore", common + [mode], environment: s3.environment(endpoint: proxy.endpoint))
+            XCTAssertEqual(run.status, ExitStatus.repositoryError.rawValue, "\(mode): \(run.standardError)")
+            XCTAssertTrue(run.standardError.contains("repository \(repository!) failed while reading backup \(newest)"), "\(mode): \(run.standardError)")
+            XCTAssertTrue(run.standardError.contains("without a readable Content-Length"), "\(mode): \(run.standardError)")
+            XCTAssertFalse(run.standardError.contains("truncated") || run.standardError.contains("drill passed")
+                           || run.standardError.contains(older + " "), "\(mode): \(run.standardError)")
+            XCTAssertEqual(try rows(), "200", "\(mode): the target was not touched")
+            XCTAssertEqual(try databases(like: "\(database!)_%"), [], "\(mode): nothing created or left behind")
+        }
+    }
+
     func testS3FailingMidStreamReadsTheSameBackupFromTheOtherRepositoryNeverAnOlderOne() throws {
         // Both in S3 (local repositories are read first), only the first behind the failing path.
         let other = "s3://\(bucket!)/copy"

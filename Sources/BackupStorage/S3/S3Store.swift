@@ -6,9 +6,10 @@ import Glibc
 
 /// A repository under an S3 prefix, with the same key layout as on disk.
 ///
-/// Large objects are uploaded with multipart upload (parts of `partSize`, at most `concurrency` in
-/// flight and in memory) and read back with ranged GETs of one part each, so memory never grows
-/// with the object. Nothing is visible under a key until its upload completes.
+/// Large objects are uploaded with multipart upload (`S3MultipartWriter`: parts of `partSize`
+/// growing as they accumulate, a bounded number in flight and in memory) and read back with ranged
+/// GETs of one part each, so memory never grows with the object. Nothing is visible under a key
+/// until its upload completes.
 public final class S3Store: BackupStore {
     let client: S3Client
     /// Key prefix inside the bucket, without leading or trailing slash (may be empty).
@@ -45,17 +46,23 @@ public final class S3Store: BackupStore {
         var objects: [StoredObject] = []
         var token: String?
         repeat {
-            var query = [("list-type", "2"), ("prefix", fullKey(listPrefix)), ("max-keys", String(listPageSize))]
+            // encoding-type=url: a key with a character XML 1.0 cannot hold (a control character) comes
+            // percent-encoded instead of making the whole page unreadable.
+            var query = [("list-type", "2"), ("prefix", fullKey(listPrefix)), ("max-keys", String(listPageSize)), ("encoding-type", "url")]
             if let token { query.append(("continuation-token", token)) }
             let response = try client.send("GET", key: nil, query: query)
             guard let document = XMLNode.parse(response.body) else {
                 throw StorageError(.remote, object: location, message: "ListObjectsV2 answered with unreadable XML")
             }
             for item in document.all("Contents") {
-                guard let key = item.value("Key") else { continue }
+                guard let key = item.value("Key").map({ Self.decodedKey($0, in: document) }) else { continue }
                 let modified = item.value("LastModified").flatMap { Timestamp.parse($0) }
-                objects.append(StoredObject(key: relativeKey(key), size: UInt64(item.value("Size") ?? "0") ?? 0, modified: modified,
-                                            storageClass: item.value("StorageClass")))
+                // A size read as 0 would make a whole object look truncated: an entry without one is trouble.
+                guard let size = item.value("Size").flatMap({ UInt64($0.trimmingCharacters(in: .whitespaces)) }) else {
+                    throw StorageError(.remote, object: client.describe(key), message: "ListObjectsV2 answered without a readable Size for this object",
+                                       hint: Self.unreadableAnswerHint)
+                }
+                objects.append(StoredObject(key: relativeKey(key), size: size, modified: modified, storageClass: item.value("StorageClass")))
             }
             token = document.value("IsTruncated") == "true" ? document.value("NextContinuationToken") : nil
         } while token != nil
@@ -73,8 +80,12 @@ public final class S3Store: BackupStore {
     }
 
     public func makeWriter(_ key: String) throws -> ObjectWriter {
-        S3MultipartWriter(store: self, key: fullKey(key), extraHeaders: sseHeaders)
+        S3MultipartWriter(store: self, key: fullKey(key), extraHeaders: sseHeaders,
+                          schedule: S3PartSchedule(base: client.configuration.partSize, partsPerStep: partsPerStep))
     }
+
+    /// Parts uploaded at each part size before it doubles (`S3PartSchedule`; tests lower it to cross a step).
+    var partsPerStep = S3PartSchedule.defaultPartsPerStep
 
     public func makeReader(_ key: String) throws -> ObjectReader {
         try makeReader(key, range: nil)
@@ -106,7 +117,32 @@ public final class S3Store: BackupStore {
             throw StorageError(.archived, object: client.describe(fullKey(key)), message: "archived: needs a restore request (storage class \(storageClass))",
                                hint: S3Client.hint(for: "InvalidObjectState", key: fullKey(key), bucket: client.configuration.bucket))
         }
-        return StoredObject(key: key, size: UInt64(head.header("Content-Length") ?? "0") ?? 0, modified: nil, storageClass: storageClass)
+        return StoredObject(key: key, size: try contentLength(of: head, key: fullKey(key)), modified: nil, storageClass: storageClass)
+    }
+
+    /// The size a HEAD answered. Without a readable Content-Length (a proxy or gateway that drops it)
+    /// the size is unknown, never 0: a 0 would make a whole object look truncated and a restore pass
+    /// over the newest backup for an older one. Unknown is repository trouble, like a 503.
+    private func contentLength(of head: S3Response, key full: String) throws -> UInt64 {
+        let text = head.header("Content-Length")
+        guard let size = text.flatMap({ UInt64($0.trimmingCharacters(in: .whitespaces)) }) else {
+            throw StorageError(.remote, object: client.describe(full),
+                               message: "HEAD answered without a readable Content-Length (\(text.map { "'\($0)'" } ?? "none")), so the object's size is unknown",
+                               hint: Self.unreadableAnswerHint)
+        }
+        return size
+    }
+
+    /// What to check when S3 (or what stands in front of it) answers without a field every S3 answer has.
+    static let unreadableAnswerHint = "check the endpoint and any proxy or gateway in between (it must pass S3's answers through unchanged); nothing was changed"
+
+    /// A key (or marker) of a listing asked with `encoding-type=url`: percent-escapes decoded, `+` a
+    /// space, as S3 encodes them (and botocore decodes them). Only when the answer says it encoded
+    /// them (`<EncodingType>url</EncodingType>`): a server that ignores the parameter sends keys as
+    /// they are, and decoding those would turn a `+` or `%` in a key into another key.
+    static func decodedKey(_ text: String, in document: XMLNode) -> String {
+        guard document.value("EncodingType") == "url" else { return text }
+        return text.replacingOccurrences(of: "+", with: " ").removingPercentEscapes()
     }
 
     public func delete(_ keys: [String]) throws {
@@ -136,7 +172,7 @@ public final class S3Store: BackupStore {
         let head = try client.send("HEAD", key: full, acceptable: [404])
         guard head.status != 404 else { throw StorageError(.notFound, object: client.describe(full), message: "no such object") }
         if head.header("x-amz-storage-class") == storageClass { return }
-        let size = UInt64(head.header("Content-Length") ?? "0") ?? 0
+        let size = try contentLength(of: head, key: full)
         if size > copyObjectLimit { return try multipartCopy(full, size: size, to: storageClass) }
         var headers = sseHeaders
         headers["x-amz-copy-source"] = "/\(client.configuration.bucket)/\(SigV4Signer.encode(full, keepSlash: true))"
@@ -211,11 +247,13 @@ public final class S3Store: BackupStore {
             throw StorageError(.remote, object: client.describe(full), message: "CreateMultipartUpload returned no UploadId")
         }
         let source = "/\(client.configuration.bucket)/\(SigV4Signer.encode(full, keepSlash: true))"
+        // At most S3's 10,000 parts: an object near S3's 5 TiB limit takes larger ranges.
+        let partSize = max(copyPartSize, (size + UInt64(S3PartSchedule.maximumParts) - 1) / UInt64(S3PartSchedule.maximumParts))
         do {
             var parts: [String] = []
             var offset: UInt64 = 0
             while offset < size {
-                let end = min(size, offset + copyPartSize) - 1
+                let end = min(size, offset + partSize) - 1
                 let number = parts.count + 1
                 let response = try client.send("PUT", key: full, query: [("partNumber", String(number)), ("uploadId", uploadID)],
                                                headers: ["x-amz-copy-source": source, "x-amz-copy-source-range": "bytes=\(offset)-\(end)"])
@@ -276,20 +314,20 @@ public final class S3Store: BackupStore {
         var uploads: [OpenUpload] = []
         var markers: (key: String, upload: String)?
         repeat {
-            var query = [("uploads", ""), ("prefix", prefix.isEmpty ? "" : prefix + "/")]
+            var query = [("uploads", ""), ("prefix", prefix.isEmpty ? "" : prefix + "/"), ("encoding-type", "url")]
             if let markers { query += [("key-marker", markers.key), ("upload-id-marker", markers.upload)] }
             let response = try client.send("GET", key: nil, query: query)
             guard let document = XMLNode.parse(response.body) else {
                 throw StorageError(.remote, object: location, message: "ListMultipartUploads answered with unreadable XML")
             }
             for item in document.all("Upload") {
-                guard let key = item.value("Key"), let id = item.value("UploadId") else { continue }
+                guard let key = item.value("Key").map({ Self.decodedKey($0, in: document) }), let id = item.value("UploadId") else { continue }
                 let initiated = item.value("Initiated").flatMap { Timestamp.parse($0) }
                 uploads.append(OpenUpload(key: key, uploadID: id, initiated: initiated))
             }
             markers = nil
             if document.value("IsTruncated") == "true", let key = document.value("NextKeyMarker"), let upload = document.value("NextUploadIdMarker") {
-                markers = (key, upload)
+                markers = (Self.decodedKey(key, in: document), upload)
             }
         } while markers != nil
         return uploads
@@ -306,147 +344,6 @@ public final class S3Store: BackupStore {
             }
         }
         return lines
-    }
-}
-
-/// Buffers one part at a time; small objects become one PUT, large ones a multipart upload with
-/// parts sent concurrently (bounded), aborted on any failure.
-// @unchecked Sendable: `buffer`, `uploadID`, `partNumber`, `finished` belong to the writing thread; part uploads touch only `etags`/`failure`, under `lock`.
-final class S3MultipartWriter: ObjectWriter, @unchecked Sendable {
-    private let store: S3Store
-    private let key: String
-    private let extraHeaders: [String: String]
-    private var buffer = Data()
-    private var uploadID: String?
-    private var partNumber = 0
-    private var etags: [Int: String] = [:]
-    private var failure: Error?
-    private let lock = NSLock()
-    private let slots: DispatchSemaphore
-    private let group = DispatchGroup()
-    private var finished = false
-
-    init(store: S3Store, key: String, extraHeaders: [String: String]) {
-        self.store = store
-        self.key = key
-        self.extraHeaders = extraHeaders
-        slots = DispatchSemaphore(value: max(1, store.client.configuration.concurrency))
-        buffer.reserveCapacity(store.client.configuration.partSize)
-    }
-
-    deinit {
-        // Callers abort explicitly and report; an upload still open here is removed by the next run.
-        try? abort()
-    }
-
-    func write(_ bytes: UnsafeRawBufferPointer) throws {
-        try throwIfFailed()
-        let partSize = store.client.configuration.partSize
-        var offset = 0
-        while offset < bytes.count {
-            let take = min(partSize - buffer.count, bytes.count - offset)
-            buffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + take)]))
-            offset += take
-            if buffer.count == partSize { try sendPart() }
-        }
-    }
-
-    func commit() throws {
-        guard !finished else { return }
-        do {
-            if uploadID == nil {
-                var headers = extraHeaders
-                headers["content-type"] = "application/octet-stream"
-                _ = try store.client.send("PUT", key: key, headers: headers, body: buffer)
-            } else {
-                if !buffer.isEmpty { try sendPart() }
-                group.wait()
-                try throwIfFailed()
-                let parts = etags.keys.sorted().map { "<Part><PartNumber>\($0)</PartNumber><ETag>\(xmlEscape(etags[$0] ?? ""))</ETag></Part>" }
-                let body = Data(("<CompleteMultipartUpload>" + parts.joined() + "</CompleteMultipartUpload>").utf8)
-                let response = try store.client.send("POST", key: key, query: [("uploadId", uploadID ?? "")],
-                                                     headers: ["content-type": "application/xml"], body: body)
-                // S3 can answer 200 with an error document inside.
-                if let code = XMLNode.parse(response.body).flatMap({ $0.name == "Error" ? $0.value("Code") : nil }) {
-                    throw StorageError(.remote, object: store.client.describe(key), message: "CompleteMultipartUpload failed: \(code)")
-                }
-            }
-            finished = true
-            buffer = Data()
-        } catch {
-            do { try abort() } catch let abortError as StorageError {
-                // Both matter: why the upload failed, and that it is still open.
-                let cause = error as? StorageError
-                throw StorageError(cause?.kind ?? .remote, object: store.client.describe(key),
-                                   message: "\(cause?.message ?? "\(error)"); \(abortError.message)", hint: abortError.hint)
-            }
-            throw error
-        }
-    }
-
-    func abort() throws {
-        guard !finished else { return }
-        finished = true
-        group.wait()
-        buffer = Data()
-        guard let uploadID else { return }
-        do {
-            _ = try store.client.send("DELETE", key: key, query: [("uploadId", uploadID)], acceptable: [404])
-        } catch {
-            throw StorageError(.remote, object: store.client.describe(key), message: "the multipart upload could not be aborted (\(error))",
-                               hint: "the next dbbackup or dbprune on this repository aborts it")
-        }
-    }
-
-    private func sendPart() throws {
-        if uploadID == nil {
-            var headers = extraHeaders
-            headers["content-type"] = "application/octet-stream"
-            let response = try store.client.send("POST", key: key, query: [("uploads", "")], headers: headers)
-            guard let id = XMLNode.parse(response.body)?.first("UploadId")?.text else {
-                throw StorageError(.remote, object: store.client.describe(key), message: "CreateMultipartUpload returned no UploadId")
-            }
-            uploadID = id
-        }
-        partNumber += 1
-        let number = partNumber
-        let body = buffer
-        buffer = Data()
-        buffer.reserveCapacity(store.client.configuration.partSize)
-        slots.wait()
-        do {
-            try throwIfFailed()
-        } catch {
-            // Give the slot back: libdispatch traps if a semaphore dies below its initial value.
-            slots.signal()
-            throw error
-        }
-        group.enter()
-        let uploadID = self.uploadID ?? ""
-        DispatchQueue.global().async { [self] in
-            defer {
-                slots.signal()
-                group.leave()
-            }
-            do {
-                let response = try store.client.send("PUT", key: key, query: [("partNumber", String(number)), ("uploadId", uploadID)],
-                                                     headers: ["content-type": "application/octet-stream"], body: body, interruptible: true)
-                lock.lock()
-                etags[number] = response.header("ETag") ?? ""
-                lock.unlock()
-            } catch {
-                lock.lock()
-                if failure == nil { failure = error }
-                lock.unlock()
-            }
-        }
-    }
-
-    private func throwIfFailed() throws {
-        lock.lock()
-        let error = failure
-        lock.unlock()
-        if let error { throw error }
     }
 }
 

@@ -102,11 +102,21 @@ final class CaptureTargets {
             var copy = manifest
             let others = succeeded.filter { $0 != targets[index].address }
             copy.otherRepositories = others.isEmpty ? nil : others
+            let key = "\(manifest.folderKey)/\(BackupManifest.fileName)"
+            let contents = try copy.encoded()
             do {
-                try targets[index].store.write("\(manifest.folderKey)/\(BackupManifest.fileName)", contents: try copy.encoded())
+                try targets[index].store.write(key, contents: contents)
             } catch {
+                // Every answer lost (a connection cut after the server took the write): the manifest may
+                // be stored all the same, and then the backup is complete; deleting its data would
+                // destroy a good backup and leave a manifest of missing files.
+                if targets[index].store.holds(key, contents: contents) {
+                    FileHandle.standardError.write(Data("warning: \(targets[index].address): writing the manifest reported a failure (\(RecoveryError.classify(error).message)), but it is stored as written: backup \(manifest.id) is complete\n".utf8))
+                    continue
+                }
                 // Without its manifest the data is garbage (a disk full here): remove it now, not a day later.
-                do { try targets[index].store.delete(manifest.files.map { manifest.key(of: $0) }) } catch let cleanup {
+                // The manifest key first: a write that landed unseen must never name deleted data.
+                do { try targets[index].store.delete([key] + manifest.files.map { manifest.key(of: $0) }) } catch let cleanup {
                     FileHandle.standardError.write(Data("warning: \(targets[index].address): the data of the failed backup was left: \(cleanup)\n".utf8))
                 }
                 fail(index, error)
