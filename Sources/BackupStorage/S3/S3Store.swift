@@ -64,7 +64,15 @@ public final class S3Store: BackupStore {
                 }
                 objects.append(StoredObject(key: relativeKey(key), size: size, modified: modified, storageClass: item.value("StorageClass")))
             }
-            token = document.value("IsTruncated") == "true" ? document.value("NextContinuationToken") : nil
+            token = nil
+            if document.value("IsTruncated") == "true" {
+                // Stopping here would drop the rest of the listing without a word (a backup unseen, WAL "missing").
+                guard let next = document.value("NextContinuationToken"), !next.isEmpty else {
+                    throw StorageError(.remote, object: location, message: "ListObjectsV2 answered a truncated page without a NextContinuationToken",
+                                       hint: Self.unreadableAnswerHint)
+                }
+                token = next
+            }
         } while token != nil
         return objects.sorted { $0.key < $1.key }
     }
@@ -154,7 +162,12 @@ public final class S3Store: BackupStore {
                              + "</Delete>").utf8)
             let response = try client.send("POST", key: nil, query: [("delete", "")],
                                            headers: ["content-type": "application/xml", "content-md5": contentMD5(body)], body: body)
-            if let failure = XMLNode.parse(response.body)?.all("Error").first {
+            guard let result = XMLNode.parse(response.body) else {
+                // Quiet mode lists only the keys that failed: an answer we cannot read may hide them.
+                throw StorageError(.remote, object: location, message: "DeleteObjects answered with unreadable XML, so whether every key was deleted is unknown",
+                                   hint: Self.unreadableAnswerHint)
+            }
+            if let failure = result.all("Error").first {
                 throw StorageError(.remote, object: client.describe(failure.value("Key") ?? ""),
                                    message: "delete failed: \(failure.value("Code") ?? "") \(failure.value("Message") ?? "")")
             }
@@ -326,7 +339,11 @@ public final class S3Store: BackupStore {
                 uploads.append(OpenUpload(key: key, uploadID: id, initiated: initiated))
             }
             markers = nil
-            if document.value("IsTruncated") == "true", let key = document.value("NextKeyMarker"), let upload = document.value("NextUploadIdMarker") {
+            if document.value("IsTruncated") == "true" {
+                guard let key = document.value("NextKeyMarker"), let upload = document.value("NextUploadIdMarker") else {
+                    throw StorageError(.remote, object: location, message: "ListMultipartUploads answered a truncated page without its next markers",
+                                       hint: Self.unreadableAnswerHint)
+                }
                 markers = (Self.decodedKey(key, in: document), upload)
             }
         } while markers != nil
