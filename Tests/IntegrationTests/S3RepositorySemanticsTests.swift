@@ -139,7 +139,7 @@ final class S3RepositorySemanticsTests: IntegrationTestCase {
     /// remove them after signing: writes under another prefix, or a signature S3 refuses).
     func testDotSegmentsInTheS3PrefixAreRefusedBeforeAnythingIsWritten() throws {
         let run = try tool("dbbackup", ["--database-url", cluster.url(database: database), "--repo", "s3://\(bucket!)/prod/./app"])
-        XCTAssertEqual(run.status, ExitStatus.repositoryError.rawValue, run.standardError)
+        XCTAssertEqual(run.status, ExitStatus.usage.rawValue, run.standardError)
         let lines = run.standardError.split(separator: "\n").filter { !$0.hasPrefix("[") }
         XCTAssertTrue(lines.first?.contains("'.' path segment") ?? false, run.standardError)
         XCTAssertTrue(run.standardError.contains("s3://\(bucket!)/prod/app"), "names the fix: \(run.standardError)")
