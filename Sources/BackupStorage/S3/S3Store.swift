@@ -154,23 +154,41 @@ public final class S3Store: BackupStore {
     }
 
     public func delete(_ keys: [String]) throws {
-        var start = 0
-        while start < keys.count {
-            let batch = keys[start..<min(start + 1000, keys.count)]
-            start += batch.count
-            let body = Data(("<Delete><Quiet>true</Quiet>" + batch.map { "<Object><Key>\(xmlEscape(fullKey($0)))</Key></Object>" }.joined()
-                             + "</Delete>").utf8)
-            let response = try client.send("POST", key: nil, query: [("delete", "")],
-                                           headers: ["content-type": "application/xml", "content-md5": contentMD5(body)], body: body)
-            guard let result = XMLNode.parse(response.body) else {
-                // Quiet mode lists only the keys that failed: an answer we cannot read may hide them.
-                throw StorageError(.remote, object: location, message: "DeleteObjects answered with unreadable XML, so whether every key was deleted is unknown",
-                                   hint: Self.unreadableAnswerHint)
+        var batch: [String] = []
+        for key in keys {
+            // XML 1.0 cannot carry a control character (and a parser reads CR as LF): DeleteObjects would
+            // be refused as malformed, every time. Such a key (a stray object: ours have none) is deleted
+            // by itself, in its place in the order.
+            if key.unicodeScalars.contains(where: { $0.value < 0x20 }) {
+                try deleteBatch(batch)
+                batch = []
+                _ = try client.send("DELETE", key: fullKey(key), acceptable: [404])
+            } else {
+                batch.append(key)
+                if batch.count == 1000 {
+                    try deleteBatch(batch)
+                    batch = []
+                }
             }
-            if let failure = result.all("Error").first {
-                throw StorageError(.remote, object: client.describe(failure.value("Key") ?? ""),
-                                   message: "delete failed: \(failure.value("Code") ?? "") \(failure.value("Message") ?? "")")
-            }
+        }
+        try deleteBatch(batch)
+    }
+
+    /// One DeleteObjects request (at most 1,000 keys, none with a control character).
+    private func deleteBatch(_ batch: [String]) throws {
+        guard !batch.isEmpty else { return }
+        let body = Data(("<Delete><Quiet>true</Quiet>" + batch.map { "<Object><Key>\(xmlEscape(fullKey($0)))</Key></Object>" }.joined()
+                         + "</Delete>").utf8)
+        let response = try client.send("POST", key: nil, query: [("delete", "")],
+                                       headers: ["content-type": "application/xml", "content-md5": contentMD5(body)], body: body)
+        guard let result = XMLNode.parse(response.body) else {
+            // Quiet mode lists only the keys that failed: an answer we cannot read may hide them.
+            throw StorageError(.remote, object: location, message: "DeleteObjects answered with unreadable XML, so whether every key was deleted is unknown",
+                               hint: Self.unreadableAnswerHint)
+        }
+        if let failure = result.all("Error").first {
+            throw StorageError(.remote, object: client.describe(failure.value("Key") ?? ""),
+                               message: "delete failed: \(failure.value("Code") ?? "") \(failure.value("Message") ?? "")")
         }
     }
 
