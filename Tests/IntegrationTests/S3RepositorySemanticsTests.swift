@@ -110,6 +110,45 @@ final class S3RepositorySemanticsTests: IntegrationTestCase {
                        "5 MiB parts doubling every 2 parts; the last one holds the rest")
     }
 
+    /// Finding 3's memory bound: parts are held in memory while they are sent, so as they grow fewer go
+    /// at once: at most `concurrency` parts and max(concurrency × base part, 256 MiB) bytes in flight
+    /// (lowered here to concurrency × base = 20 MiB, so that 5 → 10 → 20 MiB parts show it). Each
+    /// request waits 0.5 s at the proxy; its log gives when each part was in flight.
+    func testFewerPartsAreInFlightAsTheyGrowSoMemoryStaysBounded() throws {
+        let log = TestPaths.temporaryDirectory(prefix: "inflight") + "/requests.log"
+        let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--log", log, "--delay", "0.5"])
+        defer { proxy.stop() }
+        let store = try store(endpoint: proxy.endpoint)   // 5 MiB base parts, 4 at once (the default)
+        store.partsPerStep = 4
+        store.grownInFlightBudget = 0
+        let mebibyte = 1024 * 1024
+        let chunk = Data(repeating: 0x5A, count: mebibyte)
+        let writer = try store.makeWriter("backups/inflight/data.bin")
+        for _ in 0..<140 { try chunk.withUnsafeBytes { try writer.write($0) } }   // 4 × 5 + 4 × 10 + 4 × 20 MiB
+        try writer.commit()
+        XCTAssertEqual(try store.objectInfo("backups/inflight/data.bin").size, UInt64(140 * mebibyte))
+
+        // (start, end, bytes) of each part PUT as the proxy saw it.
+        var parts: [(start: Double, end: Double, bytes: Int)] = []
+        for line in try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n") {
+            let fields = line.split(separator: " ")
+            guard fields.count >= 7, fields[1] == "PUT", fields[2].contains("partNumber="),
+                  let arrived = Double(fields[0]), let bytes = Int(fields[3]), let server = Double(fields[6]) else { continue }
+            parts.append((arrived, arrived + 0.5 + server, bytes))
+        }
+        XCTAssertEqual(parts.count, 12, "\(parts)")
+        var most: [Int: (parts: Int, bytes: Int)] = [:]
+        for part in parts {
+            let overlapping = parts.filter { $0.start <= part.start && part.start < $0.end }
+            let bytes = overlapping.reduce(0) { $0 + $1.bytes }
+            XCTAssertLessThanOrEqual(bytes, 20 * mebibyte, "bytes in flight when a \(part.bytes >> 20) MiB part started: \(overlapping.map { $0.bytes >> 20 })")
+            let seen = most[part.bytes] ?? (0, 0)
+            most[part.bytes] = (max(seen.parts, overlapping.count), max(seen.bytes, bytes))
+        }
+        XCTAssertGreaterThanOrEqual(most[5 * mebibyte]?.parts ?? 0, 2, "small parts still go several at once: \(most)")
+        XCTAssertEqual(most[20 * mebibyte]?.parts, 1, "a part as large as the budget goes alone: \(most)")
+    }
+
     /// Finding 6: one stray object whose key holds a control character (XML 1.0 cannot carry it) made
     /// every ListObjectsV2 page unreadable: `dbrestore list` and `--emergency` failed, and at the end
     /// of the WAL archive wal-fetch failed instead of answering "not found" (exit 1), which stops a

@@ -83,13 +83,13 @@ final class S3MultipartWriter: ObjectWriter, @unchecked Sendable {
     private let condition = NSCondition()
     private var finished = false
 
-    init(store: S3Store, key: String, extraHeaders: [String: String], schedule: S3PartSchedule) {
+    init(store: S3Store, key: String, extraHeaders: [String: String], schedule: S3PartSchedule, grownInFlightBudget: Int = grownInFlightBudget) {
         self.store = store
         self.key = key
         self.extraHeaders = extraHeaders
         self.schedule = schedule
         maxInFlightParts = max(1, store.client.configuration.concurrency)
-        inFlightBudget = max(maxInFlightParts * schedule.base, Self.grownInFlightBudget)
+        inFlightBudget = max(maxInFlightParts * schedule.base, grownInFlightBudget)
         buffer.reserveCapacity(schedule.base)
     }
 
