@@ -37,8 +37,10 @@ final class S3PartScheduleTests: XCTestCase {
         XCTAssertEqual(S3PartSchedule(base: 16 * mebibyte).parts(for: 0), 1, "an empty object is one (empty) part")
     }
 
-    func testAShorterStepIsHonouredForTests() {
-        let schedule = S3PartSchedule(base: 5 * mebibyte, partsPerStep: 2)
+    func testAShorterStepAndALowerLimitAreHonouredForTests() {
+        let schedule = S3PartSchedule(base: 5 * mebibyte, partsPerStep: 2, partLimit: 3)
         XCTAssertEqual((1...7).map { schedule.size(ofPart: $0) / mebibyte }, [5, 5, 10, 10, 20, 20, 40])
+        XCTAssertEqual(schedule.ceiling, UInt64(20 * mebibyte))
+        XCTAssertNil(schedule.parts(for: UInt64(20 * mebibyte) + 1))
     }
 }

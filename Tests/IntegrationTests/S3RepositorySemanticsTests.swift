@@ -110,6 +110,34 @@ final class S3RepositorySemanticsTests: IntegrationTestCase {
                        "5 MiB parts doubling every 2 parts; the last one holds the rest")
     }
 
+    /// Finding 3's limit: an object that outgrows the last part number stops as its bytes arrive (S3
+    /// answered part 10,001 with 400 InvalidArgument only after the whole upload, every night), naming
+    /// the limit and the fix; the upload is aborted and nothing is visible. The limit is lowered to 3
+    /// parts here (10,000 parts of at least 5 MiB are 2 TiB).
+    func testAnObjectPastTheLastPartNumberStopsAtOnceWithTheFix() throws {
+        let store = try store()
+        store.partsPerStep = 2
+        store.partLimit = 3
+        let mebibyte = 1024 * 1024
+        let writer = try store.makeWriter("backups/huge/data.bin")
+        let chunk = Data(repeating: 0x42, count: mebibyte)
+        var written = 0
+        XCTAssertThrowsError(try {
+            while written < 100 * mebibyte {
+                try chunk.withUnsafeBytes { try writer.write($0) }
+                written += chunk.count
+            }
+        }()) { error in
+            let message = (error as? StorageError)?.message ?? "\(error)"
+            XCTAssertTrue(message.contains("larger than one S3 upload holds: 3 parts of 5 MiB growing to 512 MiB, 20 MiB"), message)
+            XCTAssertTrue((error as? StorageError)?.hint?.contains("DBRECOVERY_S3_PART_SIZE_MB") ?? false, "\(error)")
+        }
+        XCTAssertEqual(written, 20 * mebibyte, "stopped at the first byte past 5 + 5 + 10 MiB")
+        try writer.abort()
+        XCTAssertEqual(try store.list(prefix: "").map(\.key), [])
+        XCTAssertEqual(try store.openMultipartUploads(), [])
+    }
+
     /// Finding 3's memory bound: parts are held in memory while they are sent, so as they grow fewer go
     /// at once: at most `concurrency` parts and max(concurrency × base part, 256 MiB) bytes in flight
     /// (lowered here to concurrency × base = 20 MiB, so that 5 → 10 → 20 MiB parts show it). Each

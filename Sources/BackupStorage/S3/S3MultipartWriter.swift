@@ -18,10 +18,13 @@ public struct S3PartSchedule: Sendable, Equatable {
     public let base: Int
     /// Parts sent at each size before it doubles.
     public let partsPerStep: Int
+    /// Parts one upload may have: S3's `maximumParts` (tests lower it to reach the limit).
+    public let partLimit: Int
 
-    public init(base: Int, partsPerStep: Int = defaultPartsPerStep) {
+    public init(base: Int, partsPerStep: Int = defaultPartsPerStep, partLimit: Int = maximumParts) {
         self.base = base
         self.partsPerStep = max(1, partsPerStep)
+        self.partLimit = max(1, partLimit)
     }
 
     public var largestPart: Int { max(base, Self.largestGrownPart) }
@@ -37,9 +40,9 @@ public struct S3PartSchedule: Sendable, Equatable {
         return size
     }
 
-    /// The largest object one upload holds: `maximumParts` full parts.
+    /// The largest object one upload holds: `partLimit` full parts.
     public var ceiling: UInt64 {
-        (1...Self.maximumParts).reduce(UInt64(0)) { $0 + UInt64(size(ofPart: $1)) }
+        (1...partLimit).reduce(UInt64(0)) { $0 + UInt64(size(ofPart: $1)) }
     }
 
     /// The parts an object of `bytes` is sent in, or nil when it is larger than `ceiling`.
@@ -48,7 +51,7 @@ public struct S3PartSchedule: Sendable, Equatable {
         var number = 0
         while sent < bytes || number == 0 {
             number += 1
-            if number > Self.maximumParts { return nil }
+            if number > partLimit { return nil }
             sent += UInt64(size(ofPart: number))
         }
         return number
@@ -104,7 +107,7 @@ final class S3MultipartWriter: ObjectWriter, @unchecked Sendable {
         while offset < bytes.count {
             // Every part number is used and more bytes came: S3 would refuse part 10,001 only after
             // the whole object was sent (and every night again); stop now and say how to fit it.
-            guard partNumber < S3PartSchedule.maximumParts else { throw tooLarge() }
+            guard partNumber < schedule.partLimit else { throw tooLarge() }
             let partSize = schedule.size(ofPart: partNumber + 1)
             let take = min(partSize - buffer.count, bytes.count - offset)
             buffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + take)]))
@@ -175,7 +178,7 @@ final class S3MultipartWriter: ObjectWriter, @unchecked Sendable {
         let body = buffer
         let size = body.count
         buffer = Data()
-        if partNumber < S3PartSchedule.maximumParts { buffer.reserveCapacity(schedule.size(ofPart: partNumber + 1)) }
+        if partNumber < schedule.partLimit { buffer.reserveCapacity(schedule.size(ofPart: partNumber + 1)) }
         condition.lock()
         while failure == nil && inFlightParts > 0 && (inFlightParts >= maxInFlightParts || inFlightBytes + size > inFlightBudget) {
             condition.wait()
@@ -228,10 +231,11 @@ final class S3MultipartWriter: ObjectWriter, @unchecked Sendable {
 
     /// The object outgrew one upload: names the limit and the fix.
     private func tooLarge() -> StorageError {
-        let ceiling = Double(schedule.ceiling) / Double(1 << 40)
+        let ceiling = schedule.ceiling
+        let size = ceiling >= 1 << 40 ? String(format: "%.2f TiB", Double(ceiling) / Double(1 << 40)) : "\(ceiling >> 20) MiB"
         return StorageError(.remote, object: store.client.describe(key),
-                            message: "the object is larger than one S3 upload holds: \(S3PartSchedule.maximumParts) parts of "
-                                + "\(schedule.base >> 20) MiB growing to \(schedule.largestPart >> 20) MiB, \(String(format: "%.2f", ceiling)) TiB",
+                            message: "the object is larger than one S3 upload holds: \(schedule.partLimit) parts of "
+                                + "\(schedule.base >> 20) MiB growing to \(schedule.largestPart >> 20) MiB, \(size)",
                             hint: "raise DBRECOVERY_S3_PART_SIZE_MB (parts start at that size and double every \(schedule.partsPerStep) parts); "
                                 + "nothing of this object is visible")
     }

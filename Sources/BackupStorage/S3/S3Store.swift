@@ -89,12 +89,14 @@ public final class S3Store: BackupStore {
 
     public func makeWriter(_ key: String) throws -> ObjectWriter {
         S3MultipartWriter(store: self, key: fullKey(key), extraHeaders: sseHeaders,
-                          schedule: S3PartSchedule(base: client.configuration.partSize, partsPerStep: partsPerStep),
+                          schedule: S3PartSchedule(base: client.configuration.partSize, partsPerStep: partsPerStep, partLimit: partLimit),
                           grownInFlightBudget: grownInFlightBudget)
     }
 
     /// Parts uploaded at each part size before it doubles (`S3PartSchedule`; tests lower it to cross a step).
     var partsPerStep = S3PartSchedule.defaultPartsPerStep
+    /// Parts one upload may have (S3's 10,000; tests lower it to reach the limit).
+    var partLimit = S3PartSchedule.maximumParts
     /// Bytes of grown parts in flight (`S3MultipartWriter.grownInFlightBudget`; tests lower it to see the bound at small sizes).
     var grownInFlightBudget = S3MultipartWriter.grownInFlightBudget
 
