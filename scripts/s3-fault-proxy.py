@@ -23,7 +23,6 @@ one arrives: a slow upload or download, with a way to know the client is waiting
 
 --lose-reply-every L forwards every L-th request to the server (so it takes effect) and then cuts
 the connection without the answer: the client sees a lost reply and retries.
-
 --lose-match SUB --lose-first N does the same to the first N requests whose path contains SUB (of
 method M only with --lose-method M): a write that lands while every answer to it is lost.
 --drop-header NAME --drop-header-match SUB removes the header NAME from the answers to requests whose
