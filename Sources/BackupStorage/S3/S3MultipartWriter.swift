@@ -122,7 +122,7 @@ final class S3MultipartWriter: ObjectWriter, @unchecked Sendable {
             if uploadID == nil {
                 var headers = extraHeaders
                 headers["content-type"] = "application/octet-stream"
-                _ = try store.client.send("PUT", key: key, headers: headers, body: buffer)
+                _ = try store.client.send("PUT", key: key, headers: headers, body: buffer, interruptible: true)
             } else {
                 if !buffer.isEmpty { try sendPart() }
                 waitForParts()
@@ -130,7 +130,7 @@ final class S3MultipartWriter: ObjectWriter, @unchecked Sendable {
                 let parts = etags.keys.sorted().map { "<Part><PartNumber>\($0)</PartNumber><ETag>\(xmlEscape(etags[$0] ?? ""))</ETag></Part>" }
                 let body = Data(("<CompleteMultipartUpload>" + parts.joined() + "</CompleteMultipartUpload>").utf8)
                 let response = try store.client.send("POST", key: key, query: [("uploadId", uploadID ?? "")],
-                                                     headers: ["content-type": "application/xml"], body: body)
+                                                     headers: ["content-type": "application/xml"], body: body, interruptible: true)
                 // S3 can answer 200 with an error document inside.
                 if let code = XMLNode.parse(response.body).flatMap({ $0.name == "Error" ? $0.value("Code") : nil }) {
                     throw StorageError(.remote, object: store.client.describe(key), message: "CompleteMultipartUpload failed: \(code)")
@@ -167,7 +167,7 @@ final class S3MultipartWriter: ObjectWriter, @unchecked Sendable {
         if uploadID == nil {
             var headers = extraHeaders
             headers["content-type"] = "application/octet-stream"
-            let response = try store.client.send("POST", key: key, query: [("uploads", "")], headers: headers)
+            let response = try store.client.send("POST", key: key, query: [("uploads", "")], headers: headers, interruptible: true)
             guard let id = XMLNode.parse(response.body)?.first("UploadId")?.text else {
                 throw StorageError(.remote, object: store.client.describe(key), message: "CreateMultipartUpload returned no UploadId")
             }
