@@ -7,30 +7,30 @@ import Foundation
 /// upload may differ in size (all but the last at least 5 MiB), so the size doubles every
 /// `partsPerStep` parts up to `largestPart`: with the defaults (16 MiB, every 1,000 parts, up to
 /// 512 MiB) one object holds up to 2.9 TiB, and any object below 15.6 GiB is still sent in 16 MiB parts.
-public struct S3PartSchedule: Sendable, Equatable {
+struct S3PartSchedule: Sendable, Equatable {
     /// S3's limit on the parts of one upload.
-    public static let maximumParts = 10_000
-    public static let defaultPartsPerStep = 1_000
+    static let maximumParts = 10_000
+    static let defaultPartsPerStep = 1_000
     /// Parts stop growing here (unless the base part is larger): each is held in memory while it is sent.
-    public static let largestGrownPart = 512 * 1024 * 1024
+    static let largestGrownPart = 512 * 1024 * 1024
 
     /// The size of the first parts (`DBRECOVERY_S3_PART_SIZE_MB`).
-    public let base: Int
+    let base: Int
     /// Parts sent at each size before it doubles.
-    public let partsPerStep: Int
+    let partsPerStep: Int
     /// Parts one upload may have: S3's `maximumParts` (tests lower it to reach the limit).
-    public let partLimit: Int
+    let partLimit: Int
 
-    public init(base: Int, partsPerStep: Int = defaultPartsPerStep, partLimit: Int = maximumParts) {
+    init(base: Int, partsPerStep: Int = defaultPartsPerStep, partLimit: Int = maximumParts) {
         self.base = base
         self.partsPerStep = max(1, partsPerStep)
         self.partLimit = max(1, partLimit)
     }
 
-    public var largestPart: Int { max(base, Self.largestGrownPart) }
+    var largestPart: Int { max(base, Self.largestGrownPart) }
 
     /// The size of part `number` (1-based): the base size, doubled once per `partsPerStep` parts before it.
-    public func size(ofPart number: Int) -> Int {
+    func size(ofPart number: Int) -> Int {
         var size = base
         var steps = (max(1, number) - 1) / partsPerStep
         while steps > 0 && size < largestPart {
@@ -41,12 +41,12 @@ public struct S3PartSchedule: Sendable, Equatable {
     }
 
     /// The largest object one upload holds: `partLimit` full parts.
-    public var ceiling: UInt64 {
+    var ceiling: UInt64 {
         (1...partLimit).reduce(UInt64(0)) { $0 + UInt64(size(ofPart: $1)) }
     }
 
     /// The parts an object of `bytes` is sent in, or nil when it is larger than `ceiling`.
-    public func parts(for bytes: UInt64) -> Int? {
+    func parts(for bytes: UInt64) -> Int? {
         var sent: UInt64 = 0
         var number = 0
         while sent < bytes || number == 0 {
