@@ -247,8 +247,10 @@ public final class S3Store: BackupStore {
         let etag = (head.header("ETag") ?? "").trimmingCharacters(in: CharacterSet(charactersIn: "\""))
         let md5 = md5Hex(contents)
         let kms = head.header("x-amz-server-side-encryption").map { $0 != "AES256" } ?? false
-        if etag.count == 32 && !kms && head.header("x-amz-server-side-encryption-customer-algorithm") == nil {
-            return etag.lowercased() == md5 && UInt64(head.header("Content-Length") ?? "") == UInt64(contents.count)
+        // A HEAD without a readable Content-Length (a gateway dropping it) proves nothing either way: read.
+        if etag.count == 32 && !kms && head.header("x-amz-server-side-encryption-customer-algorithm") == nil,
+           let length = (try? contentLength(of: head, key: fullKey(key))) {
+            return etag.lowercased() == md5 && length == UInt64(contents.count)
         }
         return (try? read(key)) == contents
     }
