@@ -633,7 +633,7 @@ extension RestorePlan {
     /// What a plan takes from its chosen backup: the backup's summary, the bytes the restore reads,
     /// the candidates passed over, the database properties it restores and what it cannot restore.
     private static func backupSide(of choice: CandidateSelection.Choice, mode: RestoreConfiguration.Mode, into target: String)
-        -> (BackupSummary, Int64, [Skipped], DatabaseProperties?, [String]) {
+        -> (summary: BackupSummary, storedBytes: Int64, skipped: [Skipped], properties: DatabaseProperties?, warnings: [String]) {
         let manifest = choice.manifest
         let warnings = manifest.databaseProperties != nil || mode == .drill ? [] : [
             "backup \(manifest.id) was taken by \(manifest.tool.name) \(manifest.tool.version), which did not record database properties: "
