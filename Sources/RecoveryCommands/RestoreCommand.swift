@@ -171,13 +171,13 @@ extension LogicalRestoreInputs {
         }
         if case .named(_, yes: false) = request {
             // Destructive without an explicit yes only at a terminal; never from cron, ssh without a tty or CI.
-            try Confirmation.ask(plan.lines.joined(separator: "\n"), refusal: "dbrestore would replace database \(plan.targetDatabase) with backup \(plan.backupID)")
+            try Confirmation.ask(plan.lines.joined(separator: "\n"), refusal: "dbrestore would replace database \(plan.targetDatabase) with backup \(plan.backup.id)")
         } else if !output.json {
             plan.skipped.forEach { output.note("skipped backup \($0.id): \($0.reason)") }
         }
         let report = try LogicalRestore.execute(plan, configuration, timeline: timeline, progress: output.progress)
         output.succeeded(["restore_duration_seconds": report.durationSeconds, "restore_verified_tables": Double(report.verification?.tables.count ?? 0)],
-                         summary: "\(report.outcome) from backup \(report.plan.backupID) in \(String(format: "%.1f", report.durationSeconds)) s", in: context)
+                         summary: "\(report.outcome) from backup \(report.plan.backup.id) in \(String(format: "%.1f", report.durationSeconds)) s", in: context)
         if output.json {
             try printJSON(report)
             return
@@ -185,10 +185,10 @@ extension LogicalRestoreInputs {
         let seconds = String(format: "%.1f", report.durationSeconds)
         switch mode {
         case .drill:
-            print("drill passed: backup \(report.plan.backupID) restored and verified (\(report.verification?.tables.count ?? 0) tables) in \(seconds) s; scratch database dropped")
+            print("drill passed: backup \(report.plan.backup.id) restored and verified (\(report.verification?.tables.count ?? 0) tables) in \(seconds) s; scratch database dropped")
         default:
-            var line = "restored \(plan.targetDatabase) from backup \(report.plan.backupID) in \(seconds) s; row counts verified"
-            if configuration.repositories.count > 1 { line += "; read from \(report.plan.repository)" }
+            var line = "restored \(plan.targetDatabase) from backup \(report.plan.backup.id) in \(seconds) s; row counts verified"
+            if configuration.repositories.count > 1 { line += "; read from \(report.plan.backup.repository)" }
             if let kept = report.plan.keptAs { line += "; previous database kept as \(kept)" }
             print(line)
             let copies = report.plan.preRestoreCopies
