@@ -242,6 +242,10 @@ final class ParallelLoader {
     /// cut at the last row's end that fits; only a row longer than a run is cut inside. So however
     /// long a value, no more than a run of it is held here.
     private func take(_ bytes: UnsafeRawBufferPointer) throws {
+        // The scanner hands rows over only inside a COPY; without one no run could be dispatched.
+        guard copy != nil else {
+            throw RecoveryError(.backupCorrupt, "backup \(backupID): COPY rows outside a COPY block", hint: "restore another backup")
+        }
         var rest = bytes
         while rest.count > Self.runSize - rows.count {
             let room = Self.runSize - rows.count
