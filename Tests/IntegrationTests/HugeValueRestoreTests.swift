@@ -74,6 +74,35 @@ final class HugeValueRestoreTests: IntegrationTestCase {
         }
     }
 
+    /// Two tables of the same size load side by side, each on its own connection from its own range
+    /// of the dump (`TableLanes`, with `COPY … FREEZE`): their long rows go to the server in pieces too.
+    func testLongRowsOfTablesLoadedInLanesRestoreByteForByte() throws {
+        let source = try cluster.createDatabase(prefix: "huge_lanes", seed: #"""
+            CREATE TABLE a (id int PRIMARY KEY, body text);
+            CREATE TABLE b (id int PRIMARY KEY, body text);
+            INSERT INTO a SELECT g, CASE WHEN g % 500 = 0 THEN repeat(E'a\\b\n', 300000 + g) ELSE md5(g::text) END FROM generate_series(1, 2000) g;
+            INSERT INTO b SELECT g, CASE WHEN g % 500 = 0 THEN repeat(E'\\.\tc', 300000 + g) ELSE md5(g::text) END FROM generate_series(1, 2000) g;
+            """#)
+        let backup = try tool("dbbackup", ["--database-url", cluster.url(database: source), "--repo", repository], environment: smallPieces)
+        XCTAssertEqual(backup.status, 0, backup.standardError)
+        let id = backup.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+        let restored = "huge_lanes_restored_\(UInt32.random(in: 0...UInt32.max))"
+        let result = try tool("dbrestore", [id, "--yes", "--jobs", "2", "--repo", repository, "--database-url", cluster.url(database: restored)],
+                              environment: smallPieces)
+        XCTAssertEqual(result.status, 0, result.standardError)
+        let check = """
+            SELECT (SELECT md5(string_agg(id || ':' || md5(body), ',' ORDER BY id)) FROM a)
+                || (SELECT md5(string_agg(id || ':' || md5(body), ',' ORDER BY id)) FROM b)
+            """
+        XCTAssertEqual(try cluster.scalar(check, database: restored), try cluster.scalar(check, database: source))
+        // Loaded in lanes: only a lane's COPY … FREEZE leaves every page all-frozen without a VACUUM.
+        try cluster.connect(database: restored).execute(script: "CREATE EXTENSION pg_visibility")
+        for table in ["a", "b"] {
+            let frozen = "SELECT all_frozen = pg_relation_size('\(table)') / current_setting('block_size')::int FROM pg_visibility_map_summary('\(table)')"
+            XCTAssertEqual(try cluster.scalar(frozen, database: restored), "t", "\(table) loaded in a lane")
+        }
+    }
+
     /// The restore's peak memory with a 96 MiB value against the same database with a 1 KiB one, at
     /// the default piece size: before, the value was held whole twice (the dump reader's unfinished
     /// line and the loader's run), 200 MB more; now it costs no more than a few pieces.

@@ -174,8 +174,9 @@ private final class CopyBoard: @unchecked Sendable {
             while let read = claim() {
                 for statement in transaction { try connection.execute(script: statement) }
                 var run = spare()
-                // A row longer than a run (a 200 MB value) is queued in runs too, not whole: the
-                // writer only concatenates them, and whole it would be queued, and kept as a spare.
+                // A row longer than a run (a 200 MB value) is queued in runs too: the writer only
+                // concatenates them, and queued whole it would be held beside libpq's copy of it, then
+                // kept as a spare at its size.
                 let sink: (UnsafeRawBufferPointer) throws -> Void = { row in
                     var rest = row
                     while !rest.isEmpty {

@@ -56,7 +56,8 @@ final class DumpScanner {
         return 4 << 20
     }()
 
-    /// See `defaultRowPieceBytes`; at least 4 bytes, so that the end-of-data line `\.` CR is never cut.
+    /// See `defaultRowPieceBytes`; at least 4 bytes, so that the end-of-data line (`\.`, CR, newline)
+    /// is always carried whole and recognised.
     let rowPieceBytes: Int
 
     private var lexer = SQLLexer(recognizesMetaCommands: true)

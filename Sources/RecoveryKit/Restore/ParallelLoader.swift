@@ -249,7 +249,7 @@ final class ParallelLoader {
         var rest = bytes
         while rest.count > Self.runSize - rows.count {
             let room = Self.runSize - rows.count
-            if let newline = Self.lastNewline(in: UnsafeRawBufferPointer(rebasing: rest[0..<room])) {
+            if let newline = UnsafeRawBufferPointer(rebasing: rest[0..<room]).lastIndex(of: UInt8(ascii: "\n")) {
                 rows.append(contentsOf: UnsafeRawBufferPointer(rebasing: rest[0...newline]))
                 rest = UnsafeRawBufferPointer(rebasing: rest[(newline + 1)...])
             } else if rows.last != UInt8(ascii: "\n") {
@@ -262,10 +262,6 @@ final class ParallelLoader {
         }
         rows.append(contentsOf: rest)
         if rows.count >= Self.runSize { try dispatchRows() }
-    }
-
-    private static func lastNewline(in bytes: UnsafeRawBufferPointer) -> Int? {
-        bytes.lastIndex(of: UInt8(ascii: "\n"))
     }
 
     private func dispatchRows() throws {
