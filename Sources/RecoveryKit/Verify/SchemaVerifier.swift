@@ -86,15 +86,17 @@ public enum SchemaVerifier {
 
     /// `dbverify --schema`: compares the live database `target` with one backup's fingerprint.
     ///
-    /// - Parameter backup: an id, prefix or `latest` (nil means `latest`: the newest logical backup of
-    ///   `target`'s database).
+    /// - Parameters:
+    ///   - backup: an id, prefix or `latest` (nil means `latest`: the newest logical backup of
+    ///     `target`'s database, or of `fromDatabase`).
+    ///   - fromDatabase: `--from-database`: whose newest backup `latest` is, when not the target's.
     /// - Throws: `RecoveryError(.backupNotFound)` when the backup has no fingerprint; repository,
     ///   database and pg_dump errors.
-    public static func verify(repository: String, backup: String?, target: ConnectionTarget, tools: PostgresTools,
+    public static func verify(repository: String, backup: String?, fromDatabase: String? = nil, target: ConnectionTarget, tools: PostgresTools,
                               environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Report {
         let store = try Repository.open(repository, create: false, environment: environment)
         // `latest` is the target database's newest backup, not another database's in a shared repository.
-        let manifest = try Catalog(store: store).resolve(backup ?? "latest", database: target.databaseName)
+        let manifest = try Catalog(store: store).resolve(backup ?? "latest", database: fromDatabase ?? target.databaseName)
         guard let expected = manifest.schemaFingerprint else {
             throw RecoveryError(.backupNotFound, manifest.kind == .physical
                                     ? "backup \(manifest.id) is a physical backup; only logical backups record a schema fingerprint"
