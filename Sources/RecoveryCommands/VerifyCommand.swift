@@ -117,7 +117,8 @@ public struct VerifyCommand: ToolCommand {
             print(table.rendered)
         }
         guard report.ok else {
-            throw RecoveryError(.verificationMismatch, "\(report.database) does not match backup \(report.backupID): \(report.summary)",
+            let whose = report.backupDatabase.map { $0 == report.database ? "" : " (of database \($0))" } ?? ""
+            throw RecoveryError(.verificationMismatch, "\(report.database) does not match backup \(report.backupID)\(whose): \(report.summary)",
                                 hint: "if this follows a restore, restore again; otherwise the data changed since the backup")
         }
         output.succeeded(["verify_ok": 1, "verify_tables": Double(report.tables.count)], summary: report.summary, in: context)

@@ -133,6 +133,11 @@ final class SharedRepositoryChoiceTests: IntegrationTestCase {
         let copyRows = try tool("dbverify", ["--database-url", cluster.url(database: copy), "--repo", repository, "--from-database", app])
         XCTAssertEqual(copyRows.status, 0, copyRows.standardError)
         XCTAssertTrue(copyRows.standardError.contains("backup \(appID) (newest backup of database \(app))"), copyRows.standardError)
+        // Another database's backup named by its id: compared, and the mismatch says whose backup it is.
+        let byID = try tool("dbverify", [appID, "--database-url", cluster.url(database: billing), "--repo", repository])
+        XCTAssertEqual(byID.status, ExitStatus.verificationMismatch.rawValue, byID.standardError)
+        XCTAssertTrue(byID.standardError.contains("\(billing) does not match backup \(appID) (of database \(app)): public.shared: expected 3, found 2"),
+                      byID.standardError)
     }
 
     /// Tables `"a.b"."c"` and `"a"."b.c"` both read `a.b.c` joined with a dot: keyed by that text,

@@ -166,6 +166,7 @@ public enum BackupVerification {
         }
         var report = try RowCountVerifier.verify(manifest, on: connection)
         report.basis = basis ?? (backup == nil ? "newest backup of database \(manifest.database.name)" : nil)
+        report.backupDatabase = manifest.database.name
         return report
     }
 }

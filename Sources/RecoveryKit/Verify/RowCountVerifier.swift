@@ -34,6 +34,8 @@ public enum RowCountVerifier {
         public var tables: [TableResult]
         /// Why this backup was the one compared with, when it was not named (e.g. `restored from it at …`).
         public var basis: String? = nil
+        /// The database the backup was taken of (`dbverify`: said when it is not `database`).
+        public var backupDatabase: String? = nil
         public var ok: Bool { tables.allSatisfy { $0.status == .ok } }
         public var problems: [TableResult] { tables.filter { $0.status != .ok } }
 
