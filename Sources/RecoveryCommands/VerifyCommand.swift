@@ -137,7 +137,8 @@ public struct VerifyCommand: ToolCommand {
             print(table.rendered)
         }
         guard report.ok else {
-            throw RecoveryError(.verificationMismatch, "schema of \(report.database) does not match backup \(report.backupID): \(report.summary)",
+            let whose = report.backupDatabase.map { $0 == report.database ? "" : " (of database \($0))" } ?? ""
+            throw RecoveryError(.verificationMismatch, "schema of \(report.database) does not match backup \(report.backupID)\(whose): \(report.summary)",
                                 hint: (report.versionNote.map { $0 + "; " } ?? "")
                                     + "if this follows a restore, restore again; otherwise the schema changed since the backup")
         }

@@ -133,6 +133,13 @@ final class SharedRepositoryChoiceTests: IntegrationTestCase {
         let copyRows = try tool("dbverify", ["--database-url", cluster.url(database: copy), "--repo", repository, "--from-database", app])
         XCTAssertEqual(copyRows.status, 0, copyRows.standardError)
         XCTAssertTrue(copyRows.standardError.contains("backup \(appID) (newest backup of database \(app))"), copyRows.standardError)
+        // The schema too: the copy against app's newest fingerprint, then drifted from it.
+        let schema = try tool("dbverify", ["--schema", "--database-url", cluster.url(database: copy), "--repo", repository, "--from-database", app])
+        XCTAssertEqual(schema.status, 0, schema.standardError)
+        try cluster.connect(database: copy).execute(script: "ALTER TABLE shared ADD COLUMN note text")
+        let drifted = try tool("dbverify", ["--schema", "--database-url", cluster.url(database: copy), "--repo", repository, "--from-database", app])
+        XCTAssertEqual(drifted.status, ExitStatus.verificationMismatch.rawValue, drifted.standardError)
+        XCTAssertTrue(drifted.standardError.contains("schema of \(copy) does not match backup \(appID) (of database \(app))"), drifted.standardError)
         // Another database's backup named by its id: compared, and the mismatch says whose backup it is.
         let byID = try tool("dbverify", [appID, "--database-url", cluster.url(database: billing), "--repo", repository])
         XCTAssertEqual(byID.status, ExitStatus.verificationMismatch.rawValue, byID.standardError)

@@ -23,6 +23,8 @@ public enum SchemaVerifier {
         /// Across majors (a restore into a newer one): objects whose server-rendered text differs
         /// (a view body, an index definition), not counted as differences (see `PostgresMajor.serverRenderedObjectTypes`).
         public var renderedDifferently: [SchemaFingerprint.Difference]? = nil
+        /// The database the backup was taken of (`dbverify --schema`: said when it is not `database`).
+        public var backupDatabase: String? = nil
 
         /// One line naming the first few differences, e.g. `index users_email in schema public is missing`.
         public var summary: String {
@@ -108,7 +110,9 @@ public enum SchemaVerifier {
         let server = PostgresMajor(serverVersionNumber: connection.serverVersionNumber)
         connection.close()
         let actual = try fingerprint(pgDump: try pgDump(for: server, expected: expected, tools: tools).path, target: target)
-        return compare(expected: expected, actual: actual, backupID: manifest.id, database: target.databaseName)
+        var report = compare(expected: expected, actual: actual, backupID: manifest.id, database: target.databaseName)
+        report.backupDatabase = manifest.database.name
+        return report
     }
 
     /// The pg_dump to fingerprint a database with: of the server's major or newer, and no older than
