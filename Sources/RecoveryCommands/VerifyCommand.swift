@@ -91,7 +91,7 @@ public struct VerifyCommand: ToolCommand {
                 print(table.rendered)
             }
             if let bad = reports.first(where: { !$0.ok && !$0.onlyArchived }) {
-                throw RecoveryError(.backupCorrupt, "backup \(bad.id)\(bad.database.map { " of database \($0)" } ?? "") is damaged: \(bad.firstProblem ?? "")",
+                throw RecoveryError(.backupCorrupt, "backup \(bad.id)\(bad.database.flatMap { $0 == BackupManifest.wholeServer ? nil : " of database \($0)" } ?? "") is damaged: \(bad.firstProblem ?? "")",
                                     hint: "do not restore it; dbrestore --emergency skips damaged backups")
             }
             let checked = reports.filter { !$0.pruned }.count
