@@ -10,10 +10,12 @@ public struct ContentsCommand: ToolCommand {
         discussion: """
         Read from the backup's table of contents (toc.json.gz, written by dbbackup next to the dump); \
         for a backup taken before tables of contents existed, from a full scan of its dump (slower; \
-        the listing says which).
+        the listing says which). In a repository shared by several databases, \
+        'latest' needs --from-database NAME to say whose newest backup it is.
 
         Examples:
           dbrestore contents latest --repo /var/backups/app
+          dbrestore contents latest --from-database billing --repo /var/backups/shared
           dbrestore contents 20261124T020000Z-3fa2 --json | jq -r '.tables[] | "\\(.schema).\\(.name) \\(.rows)"'
         """)
 

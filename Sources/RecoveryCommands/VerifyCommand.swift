@@ -31,6 +31,7 @@ public struct VerifyCommand: ToolCommand {
           dbverify 20261124T020000Z-3fa2 --json
           dbverify --files latest --repo /var/backups/app
           dbverify --files all            # every backup in the repository
+          dbverify --files --from-database billing   # billing's newest backup
           dbverify --schema latest        # has the schema drifted since then?
         """,
         version: DBRecoveryVersion.current)
