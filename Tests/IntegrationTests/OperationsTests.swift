@@ -36,7 +36,7 @@ final class OperationsTests: IntegrationTestCase {
         XCTAssertTrue(backup.contains("dbrecovery_backup_rows{\(labels)} 40"), backup)
         XCTAssertTrue(backup.contains("dbrecovery_last_success_timestamp_seconds"), backup)
         let prune = try String(contentsOfFile: metrics + "/dbrecovery_prune.prom", encoding: .utf8)
-        XCTAssertTrue(prune.contains("dbrecovery_prune_kept{tool=\"dbprune\"} 1"), prune)
+        XCTAssertTrue(prune.contains("dbrecovery_prune_kept{repository=\"\(repository!)\",tool=\"dbprune\"} 1"), prune)
         let drill = try String(contentsOfFile: metrics + "/dbrecovery_drill.prom", encoding: .utf8)
         XCTAssertTrue(drill.contains("dbrecovery_last_run_success{database=\"\(database!)\",mode=\"drill\",tool=\"dbrestore\"} 1"), drill)
         let lastSuccess = backup.split(separator: "\n").first { $0.hasPrefix("dbrecovery_last_success_timestamp_seconds") }

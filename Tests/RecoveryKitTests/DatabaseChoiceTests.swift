@@ -61,8 +61,8 @@ final class DatabaseChoiceTests: XCTestCase {
         XCTAssertEqual(missing.summary, #"a."b.c" is missing"#)
     }
 
-    /// Two databases' runs and a prune write one metrics file: each replaces only its own series;
-    /// a failed run keeps its own last success time, never another database's.
+    /// Two databases' runs and two repositories' prunes write one metrics file: each replaces only its
+    /// own series; a failed run keeps its own last success time, never another database's.
     func testRunsSharingAMetricsFileReplaceOnlyTheirOwnSeries() throws {
         let path = root + "/dbrecovery.prom"
         RunReporter(tool: "dbbackup", metricsFile: path, notifyURL: nil, notifyOnSuccess: false, labels: ["kind": "logical", "database": "billing"])
@@ -73,7 +73,14 @@ final class DatabaseChoiceTests: XCTestCase {
         usleep(1_100_000)   // app's success a second later: a "last success" taken from it would show
         RunReporter(tool: "dbbackup", metricsFile: path, notifyURL: nil, notifyOnSuccess: false, labels: ["kind": "logical", "database": "app"])
             .succeeded(["backup_rows": 3], summary: "")
-        RunReporter(tool: "dbprune", metricsFile: path, notifyURL: nil, notifyOnSuccess: false, labels: [:]).succeeded(["prune_kept": 4], summary: "")
+        // What an older release's prune wrote (no repository label): replaced by this run's, not left to alert for ever.
+        var older = MetricsText(try String(contentsOfFile: path, encoding: .utf8))
+        older.add("dbrecovery_prune_kept", help: "Backups kept by the last prune.", labels: #"tool="dbprune""#, value: "99")
+        try older.text.write(toFile: path, atomically: true, encoding: .utf8)
+        RunReporter(tool: "dbprune", metricsFile: path, notifyURL: nil, notifyOnSuccess: false, labels: ["repository": "/srv/app"])
+            .succeeded(["prune_kept": 4], summary: "")
+        RunReporter(tool: "dbprune", metricsFile: path, notifyURL: nil, notifyOnSuccess: false, labels: ["repository": "/srv/billing"])
+            .succeeded(["prune_kept": 5], summary: "")
         RunReporter(tool: "dbbackup", metricsFile: path, notifyURL: nil, notifyOnSuccess: false, labels: ["kind": "logical", "database": "billing"])
             .failed(RecoveryError(.databaseUnavailable, "down"))
 
@@ -87,7 +94,9 @@ final class DatabaseChoiceTests: XCTestCase {
         XCTAssertEqual(file.value(of: "dbrecovery_last_run_success", labels: app), 1, text)
         XCTAssertEqual(file.value(of: "dbrecovery_backup_rows", labels: app), 3, text)
         XCTAssertGreaterThan(file.value(of: "dbrecovery_last_success_timestamp_seconds", labels: app) ?? 0, billingSuccess ?? .infinity)
-        XCTAssertEqual(file.value(of: "dbrecovery_prune_kept", labels: #"tool="dbprune""#), 4, text)
+        XCTAssertEqual(file.value(of: "dbrecovery_prune_kept", labels: #"repository="/srv/app",tool="dbprune""#), 4, text)
+        XCTAssertEqual(file.value(of: "dbrecovery_prune_kept", labels: #"repository="/srv/billing",tool="dbprune""#), 5, text)
+        XCTAssertNil(file.value(of: "dbrecovery_prune_kept", labels: #"tool="dbprune""#), text)
         // One HELP and TYPE per family, its samples together (the text format's rule).
         let lines = text.split(separator: "\n").map(String.init)
         XCTAssertEqual(lines.filter { $0.hasPrefix("# TYPE dbrecovery_last_run_success ") }.count, 1, text)

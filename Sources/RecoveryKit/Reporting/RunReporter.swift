@@ -43,8 +43,9 @@ public final class RunReporter: Sendable {
         guard let metricsFile else { return }
         let own = ["tool": tool].merging(labels) { first, _ in first }
         let labelText = Self.labelText(own)
-        // What this run wrote before database labels existed: its own series too (replaced, not left to go stale).
-        let unlabelled = own["database"] == nil ? labelText : Self.labelText(own.filter { $0.key != "database" })
+        // What this run wrote before the `database` and `repository` labels existed: its own series
+        // too (replaced, not left to go stale and alert for ever).
+        let unlabelled = Self.labelText(own.filter { !Self.addedLabels.contains($0.key) })
         let turn = MetricsFileTurn(metricsFile)
         defer { turn.end() }
         var file = MetricsText((try? String(contentsOfFile: metricsFile, encoding: .utf8)) ?? "")
@@ -73,6 +74,9 @@ public final class RunReporter: Sendable {
             FileHandle.standardError.write(Data("\(tool): warning: cannot write metrics file \(metricsFile): \(RecoveryError.classify(error).message)\n".utf8))
         }
     }
+
+    /// Labels a release added to series that existed without them.
+    static let addedLabels: Set<String> = ["database", "repository"]
 
     /// `database="app",kind="logical",tool="dbbackup"`: sorted, so one run's series always read the same.
     static func labelText(_ labels: [String: String]) -> String {
