@@ -57,7 +57,7 @@ public struct ContentsCommand: ToolCommand {
 /// shared by several databases.
 public struct FromDatabaseOption: ParsableArguments {
     @Option(name: .customLong("from-database"), help: ArgumentHelp(
-        "'latest' is this database's newest backup (a repository may hold several databases' backups); a backup named by its id needs none.",
+        "'latest' is this database's newest backup (a repository may hold several databases' backups; dbverify --files all: its backups only); a backup named by its id needs none.",
         valueName: "name"))
     public var fromDatabase: String?
 

@@ -124,6 +124,9 @@ final class SharedRepositoryChoiceTests: IntegrationTestCase {
         XCTAssertTrue(appOnly.standardOutput.contains(appID) && !appOnly.standardOutput.contains(billingID), appOnly.standardOutput)
         let billingOnly = try tool("dbverify", ["--files", "--from-database", billing, "--repo", repository])
         XCTAssertEqual(billingOnly.status, ExitStatus.backupCorrupt.rawValue, billingOnly.standardError)
+        let allOfApp = try tool("dbverify", ["--files", "all", "--from-database", app, "--repo", repository])
+        XCTAssertEqual(allOfApp.status, 0, allOfApp.standardError)
+        XCTAssertTrue(allOfApp.standardOutput.contains(appID) && !allOfApp.standardOutput.contains(billingID), allOfApp.standardOutput)
 
         // Row counts: the target's own newest, or --from-database's (app_copy compared with app's).
         let rows = try tool("dbverify", ["--database-url", cluster.url(database: billing), "--repo", repository])

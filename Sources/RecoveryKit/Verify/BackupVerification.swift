@@ -9,9 +9,9 @@ public enum BackupVerification {
     /// checked (unreadable manifest, a file that cannot be opened) is reported and the others are
     /// still checked; one that `dbprune` removes meanwhile is reported as pruned, not damaged.
     ///
-    /// `latest` is the newest backup of `database` (`--from-database`) when one is named; else the
-    /// newest of each database's logical backups and of each server's base backups (the groups
-    /// retention counts in, `RetentionGroup`): in a repository shared by several databases the
+    /// `latest` is the newest backup of `database` (`--from-database`) when one is named (and `all`,
+    /// all of its backups); else the newest of each database's logical backups and of each server's
+    /// base backups (the groups retention counts in, `RetentionGroup`): in a repository shared by several databases the
     /// newest backup of all is one database's, and a damaged newest backup of another would go unseen.
     ///
     /// Each backup is checked under a reader lock (`StoreLock.sharedIfWritable`, as a restore reads
@@ -25,7 +25,11 @@ public enum BackupVerification {
         let entries = try catalog.entries()
         let manifests = entries.compactMap(\.manifest)
         if backup == "all" {
-            return try entries.map { entry in
+            // With a database named, its logical backups (and manifests that cannot say whose they are).
+            let chosen = entries.filter { entry in
+                database.map { name in entry.manifest.map { $0.kind == .logical && $0.database.name == name } ?? true } ?? true
+            }
+            return try chosen.map { entry in
                 guard entry.manifest != nil else {
                     return FileVerifier.Report(id: entry.id, files: [.init(name: BackupManifest.fileName, ok: false, problem: entry.problem)])
                 }
