@@ -61,7 +61,8 @@ public struct PruneCommand: ToolCommand {
         let policyPath = settings.resolve("retention.policy", flag: policy, flagName: "--policy", environment: ["DBRECOVERY_POLICY"],
                                           file: \.policy, fileKey: "[retention] policy")
         if config.printIfAsked(context, connection: nil, repository: repository, extra: [policyPath]) { return }
-        output.begin("dbprune", in: context)
+        // Which repositories: two databases' nightly jobs may prune their own repositories into one METRICS_DIR.
+        output.begin("dbprune", labels: (try? repository.addresses(settings)).map { ["repository": $0.joined(separator: ",")] } ?? [:], in: context)
         let policy = try policyPath.value.map { try RetentionPolicy.load(path: $0) } ?? .builtIn
         if applyLifecycle {
             let change = try LifecycleRule.apply(repository: try repository.address(settings), policy: policy, dryRun: dryRun,

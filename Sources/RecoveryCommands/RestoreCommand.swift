@@ -104,15 +104,13 @@ public struct RestoreRunOptions: ParsableArguments {
     @Option(name: .customLong("swap-timeout"), help: ArgumentHelp("Seconds to wait for sessions on the target to end at the swap.", valueName: "seconds"))
     public var swapTimeout = 30
 
-    @Option(name: .customLong("from-database"), help: ArgumentHelp("Choose among this database's backups instead of the target's ('latest', --emergency, --drill); a backup named by its id needs none.", valueName: "name"))
+    @Option(name: .customLong("from-database"), help: ArgumentHelp("Choose among this database's backups instead of the target's ('latest', --emergency, --drill, --table/--schema); a backup named by its id needs none.", valueName: "name"))
     public var fromDatabase: String?
 
     public init() {}
 
     public func validate() throws {
-        if let fromDatabase, fromDatabase.isEmpty || fromDatabase.utf8.count > 63 {
-            throw ValidationError("--from-database '\(fromDatabase)' is not a database name: it must have 1 to 63 bytes")
-        }
+        try FromDatabaseOption.validate(fromDatabase)
         if let jobs, !(1...64).contains(jobs) { throw ValidationError("--jobs \(jobs) must be between 1 and 64") }
         guard (1...3600).contains(swapTimeout) else { throw ValidationError("--swap-timeout \(swapTimeout) must be between 1 and 3600 seconds") }
     }
@@ -149,7 +147,8 @@ extension LogicalRestoreInputs {
         let settings = context.settings
         let mode = request.mode
         if config.printIfAsked(context, connection: connection, repository: repository) { return }
-        output.begin("dbrestore", labels: ["mode": mode == .emergency ? "emergency" : mode == .drill ? "drill" : "restore"], in: context)
+        output.begin("dbrestore", labels: ["mode": mode == .emergency ? "emergency" : mode == .drill ? "drill" : "restore"]
+                        .merging(connection.databaseLabel(settings)) { first, _ in first }, in: context)
         let (backup, release, incidentFile): (String, String?, String?) = switch request {
         case .named(let backup, _): (backup, nil, nil)
         case .unattended(_, let release, let incidentFile): ("latest", release, incidentFile)
@@ -292,11 +291,7 @@ public struct RestoreBackupCommand: ToolCommand {
 
     public func run(in context: RunContext) throws {
         if selection.isActive {
-            if let from = options.fromDatabase {
-                throw RecoveryError(.usage, "--from-database goes with a whole-database restore, not with --table or --schema",
-                                    hint: "name the backup of \(from) by its id (dbrestore list shows each backup's database)")
-            }
-            return try selection.run(backup: backup ?? "latest", connection: connection, repository: repository, config: config, output: output,
+            return try selection.run(backup: backup ?? "latest", fromDatabase: options.fromDatabase, connection: connection, repository: repository, config: config, output: output,
                                      dryRun: options.dryRun, yes: yes, in: context)
         }
         try restoreLogically(.named(backup: backup ?? "latest", yes: yes), in: context)
@@ -434,7 +429,7 @@ public struct PITRCommand: ToolCommand {
     public func run(in context: RunContext) throws {
         let settings = context.settings
         if config.printIfAsked(context, connection: connection, repository: repository) { return }
-        output.begin("dbrestore", labels: ["mode": "pitr"], in: context)
+        output.begin("dbrestore", labels: ["mode": "pitr", "database": BackupManifest.wholeServer], in: context)
         let recoveryTarget: RecoveryTarget = targetTime.flatMap(Self.parseTime).map { .time($0) }
             ?? targetLSN.flatMap(WALSegmentName.parseLSN).map { .lsn($0) } ?? targetName.map { .name($0) } ?? .latest
         let executable = PointInTimeRestore.runningExecutable()
@@ -510,7 +505,7 @@ public struct ListCommand: ToolCommand {
             }
             // A base backup holds every database of its server: "all", not the one it connected to.
             table.add(item.id, item.takenAt.map { String(Timestamp.format($0).prefix(19)).replacingOccurrences(of: "T", with: " ") } ?? "-",
-                      item.kind == "physical" ? "(all)" : item.database ?? "-", item.kind ?? "-", ByteCount.format(item.storedBytes ?? 0), item.rows.map(String.init) ?? "-",
+                      item.kind == "physical" ? BackupManifest.wholeServer : item.database ?? "-", item.kind ?? "-", ByteCount.format(item.storedBytes ?? 0), item.rows.map(String.init) ?? "-",
                       item.schemaVersion ?? "-", item.release ?? "-", item.pinned == true ? "yes" : "no",
                       item.tags.joined(separator: ","))
         }
@@ -567,7 +562,7 @@ public struct CleanupCommand: ToolCommand {
 
     public func run(in context: RunContext) throws {
         if config.printIfAsked(context, connection: connection, repository: nil) { return }
-        output.begin("dbrestore", labels: ["mode": "cleanup"], in: context)
+        output.begin("dbrestore", labels: ["mode": "cleanup"].merging(connection.databaseLabel(context.settings)) { first, _ in first }, in: context)
         let file = context.settings.configFile
         // --keep-within was checked by validate(), the file's value when the file was read.
         let within = keepWithin.flatMap(Self.age) ?? file?.keepPreRestoreWithin ?? PreRestoreCleanupConfiguration.defaultKeepWithin
