@@ -445,6 +445,7 @@ public enum PointInTimeRestore {
             try timeline.step("remove the partial extraction in \(directory) left by \(abandoned)") {
                 try ExtractionMarker.removePartial(in: directory)
             }
+            releaseSupersededHolds(of: directory, keeping: hold, store: store)
         }
         // Looked for again, as the partial extraction: only staging whose run is still gone.
         for staging in ChainRestore.abandonedStaging(of: directory) {
@@ -527,6 +528,20 @@ public enum PointInTimeRestore {
             let problem = "no hold written (\(error.description)): a dbprune of \(store.location) may delete the WAL this recovery reads before it ends"
             logger.warning("\(problem)")
             return (nil, problem)
+        }
+    }
+
+    /// A run killed (SIGKILL) while preparing `directory` could not remove its hold; this run, which
+    /// removed that partial directory, does: what that hold kept nothing will recover from any more.
+    /// Only holds of this host and this very directory; best effort, as `releaseFailedRunsHold`.
+    private static func releaseSupersededHolds(of directory: String, keeping ours: RecoveryHold?, store: BackupStore) {
+        let host = ProcessInfo.processInfo.hostName
+        let stale = ((try? RecoveryHold.all(in: store)) ?? []).compactMap(\.hold).filter {
+            $0.host == host && $0.dataDirectory == directory && $0.id != ours?.id
+        }
+        for hold in stale {
+            logger.notice("releasing hold \(hold.id) of the killed run that prepared \(directory) at \(Timestamp.format(hold.createdAt)) (its partial directory was removed)")
+            releaseFailedRunsHold(hold, store: store)
         }
     }
 
