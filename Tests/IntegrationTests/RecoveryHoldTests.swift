@@ -221,7 +221,8 @@ final class RecoveryHoldTests: XCTestCase {
         let backup = setup.first
 
         let policy = TestPaths.temporaryDirectory(prefix: "hold-s3-policy") + "/p.toml"
-        try "[s3]\nkeep_last = 0\nkeep_within = \"1h\"\nsnapshots = false\n".write(toFile: policy, atomically: true, encoding: .utf8)
+        // Three hours on, both backups are due for GLACIER: the held one stays where wal-fetch and a rerun read it quickly.
+        try "[s3]\nkeep_last = 0\nkeep_within = \"1d\"\nglacier_after = \"1h\"\nsnapshots = false\n".write(toFile: policy, atomically: true, encoding: .utf8)
         let later = Timestamp.format(Date().addingTimeInterval(3 * 3600))
         let planned = try asOwner("dbprune", ["--repo", repository, "--policy", policy, "--dry-run", "--json", "--as-of", later],
                                   cluster: cluster, environment: environment)
@@ -230,6 +231,13 @@ final class RecoveryHoldTests: XCTestCase {
         XCTAssertEqual(decision(backup, in: report)?["action"] as? String, "keep", planned.standardOutput)
         XCTAssertTrue(((decision(backup, in: report)?["kept_by"] as? [String]) ?? []).contains { $0.hasPrefix("held by the recovery prepared at") })
         XCTAssertEqual((report["holds"] as? [[String: Any]])?.first?["id"] as? String, hold)
+        XCTAssertEqual(decision(setup.second, in: report)?["action"] as? String, "move-to-glacier", planned.standardOutput)
+        let tiered = try asOwner("dbprune", ["--repo", repository, "--policy", policy, "--yes", "--json", "--as-of", later],
+                                 cluster: cluster, environment: environment)
+        XCTAssertEqual(tiered.status, 0, tiered.standardError)
+        let after = try json(try asOwner("dbprune", ["--repo", repository, "--policy", policy, "--dry-run", "--json"], cluster: cluster, environment: environment))
+        XCTAssertEqual(decision(setup.second, in: after)?["storage_class"] as? String, "GLACIER", "\(after["decisions"] ?? "")")
+        XCTAssertNotEqual(decision(backup, in: after)?["storage_class"] as? String, "GLACIER", "\(after["decisions"] ?? "")")
         XCTAssertTrue(((report["notes"] as? [String]) ?? []).contains { $0.contains("expires backups/ objects after 1 days on S3's own") },
                       "\(report["notes"] ?? "")")
 
