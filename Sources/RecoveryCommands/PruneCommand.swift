@@ -66,6 +66,9 @@ public struct PruneCommand: ToolCommand {
         if let asOf, Timestamp.parse(asOf) == nil {
             throw ValidationError("--as-of '\(asOf)' is not an ISO 8601 time; write e.g. 2026-12-01T02:00:00Z")
         }
+        if releaseHold != nil && (allRepos || applyLifecycle) {
+            throw ValidationError("--release-hold releases one hold of one repository (--repo); run it without \(allRepos ? "--all-repos" : "--apply-lifecycle")")
+        }
         if let holdExpiry, (RetentionDuration.parse(holdExpiry)?.hours ?? 0) == 0 {
             throw ValidationError("--hold-expiry '\(holdExpiry)' is not an age above zero; write e.g. 36h, 7d or 2w")
         }
