@@ -114,6 +114,8 @@ public struct PruneCommand: ToolCommand {
         }
         if output.json {
             if reports.count == 1 { try printJSON(reports[0]) } else { try printJSON(reports) }
+            // Warnings (a recovery's hold, an expired one) reach stderr in a cron line with --json too.
+            for report in reports { report.notes.filter { $0.hasPrefix("warning: ") }.forEach(output.note) }
         }
         for report in reports { try render(report, header: reports.count > 1) }
         let unreadable = reports.flatMap(\.unreadable), archived = reports.flatMap(\.archived)

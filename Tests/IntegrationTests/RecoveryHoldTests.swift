@@ -109,6 +109,8 @@ final class RecoveryHoldTests: XCTestCase {
         XCTAssertTrue(((wal?["delete"] as? [String]) ?? []).allSatisfy { ($0 as NSString).lastPathComponent < firstSegment }, "\(wal ?? [:])")
         XCTAssertTrue(((wal?["held"] as? [String]) ?? []).first?.contains("from \(firstSegment) on: \(place)") == true, "\(wal ?? [:])")
         XCTAssertTrue(((planned["notes"] as? [String]) ?? []).contains { $0.hasPrefix("warning: \(place)") }, "\(planned["notes"] ?? "")")
+        let jsonRun = try prune(setup, ["--dry-run", "--json"])
+        XCTAssertTrue(jsonRun.standardError.contains("warning: \(place)"), "loud on stderr with --json too: \(jsonRun.standardError)")
 
         // The nightly prune deletes nothing the recovery needs.
         let walBefore = walFiles(setup.repository)
