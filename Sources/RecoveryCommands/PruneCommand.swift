@@ -121,7 +121,10 @@ public struct PruneCommand: ToolCommand {
         let unreadable = reports.flatMap(\.unreadable), archived = reports.flatMap(\.archived)
         if !dryRun && unreadable.isEmpty && archived.isEmpty {
             output.succeeded(["prune_kept": Double(reports.map(\.kept).reduce(0, +)), "prune_deleted": Double(reports.map(\.deleted).reduce(0, +)),
-                              "prune_wal_deleted": Double(reports.map { $0.wal.delete.count }.reduce(0, +))],
+                              "prune_wal_deleted": Double(reports.map { $0.wal.delete.count }.reduce(0, +)),
+                              // --quiet (cron) prints no warnings: a hold, or a forgotten one past its expiry, is still seen here.
+                              "prune_holds": Double(reports.map { $0.holds.filter(\.protecting).count }.reduce(0, +)),
+                              "prune_holds_expired": Double(reports.map { $0.holds.filter { !$0.protecting }.count }.reduce(0, +))],
                              summary: reports.map { "\($0.repository): kept \($0.kept), deleted \($0.deleted)" }.joined(separator: "; "), in: context)
         }
         if !unreadable.isEmpty {

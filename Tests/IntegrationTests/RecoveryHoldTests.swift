@@ -114,8 +114,11 @@ final class RecoveryHoldTests: XCTestCase {
 
         // The nightly prune deletes nothing the recovery needs.
         let walBefore = walFiles(setup.repository)
-        let nightly = try prune(setup, ["--yes"])
+        let metrics = ownedDirectory("hold-metrics") + "/prune.prom"
+        let nightly = try prune(setup, ["--yes", "--metrics-file", metrics])
         XCTAssertEqual(nightly.status, 0, nightly.standardError)
+        let exported = (try? String(contentsOfFile: metrics, encoding: .utf8)) ?? ""
+        XCTAssertTrue(exported.contains("dbrecovery_prune_holds{tool=\"dbprune\"} 1") && exported.contains("dbrecovery_prune_holds_expired{tool=\"dbprune\"} 0"), exported)
         XCTAssertTrue(FileManager.default.fileExists(atPath: setup.repository + "/backups/\(setup.first)/manifest.json"), nightly.standardOutput)
         let needed = walBefore.filter { ($0 as NSString).lastPathComponent >= firstSegment }
         XCTAssertGreaterThanOrEqual(needed.count, 3, "\(walBefore)")
