@@ -31,10 +31,11 @@ public struct RecoveryHold: Codable, Sendable, Equatable {
     /// Who wrote it (`dbrestore --pitr`), for messages.
     public var command: String
 
-    public init(id: String = RecoveryHold.newID(), backupID: String, backups: [String], timelines: [UInt32], firstSegment: String,
+    /// `id` nil: a new one, made of `createdAt`.
+    public init(id: String? = nil, backupID: String, backups: [String], timelines: [UInt32], firstSegment: String,
                 target: String, host: String = ProcessInfo.processInfo.hostName, dataDirectory: String, createdAt: Date = Date(),
                 command: String = "dbrestore --pitr") {
-        self.id = id
+        self.id = id ?? Self.newID(at: createdAt)
         self.backupID = backupID
         self.backups = backups
         self.timelines = timelines
@@ -119,14 +120,25 @@ public struct RecoveryHold: Codable, Sendable, Equatable {
 
     static func encode(_ hold: RecoveryHold) throws -> Data {
         let encoder = JSONEncoder()
-        encoder.dateEncodingStrategy = .iso8601
+        // To the millisecond (Timestamp.format), as every message names the hold's time.
+        encoder.dateEncodingStrategy = .custom { date, encoder in
+            var container = encoder.singleValueContainer()
+            try container.encode(Timestamp.format(date))
+        }
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
         return try encoder.encode(hold)
     }
 
     static func decode(_ data: Data) -> RecoveryHold? {
         let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = .iso8601
+        decoder.dateDecodingStrategy = .custom { decoder in
+            let container = try decoder.singleValueContainer()
+            let text = try container.decode(String.self)
+            guard let date = Timestamp.parse(text) else {
+                throw DecodingError.dataCorruptedError(in: container, debugDescription: "not an ISO 8601 time: \(text)")
+            }
+            return date
+        }
         return try? decoder.decode(RecoveryHold.self, from: data)
     }
 }
