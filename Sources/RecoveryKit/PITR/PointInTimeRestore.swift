@@ -433,7 +433,7 @@ public enum PointInTimeRestore {
         var releaseHoldOnExit = hold != nil
         defer {
             // A run that fails or is interrupted before the data directory is prepared leaves nothing to recover: its hold goes.
-            if releaseHoldOnExit, let hold { releaseFailedRunsHold(hold, store: store) }
+            if releaseHoldOnExit, let hold { releaseHold(hold, store: store) }
         }
         let directory = configuration.dataDirectory
         CrashPoint.reached("pitr:planned")
@@ -503,7 +503,7 @@ public enum PointInTimeRestore {
             }
             // recovery_end_command released it at promotion; a server that ran it before ours could (or
             // whose command failed, which PostgreSQL only logs) leaves it to us.
-            if let hold, report.promoted { releaseFailedRunsHold(hold, store: store) }
+            if let hold, report.promoted { releaseHold(hold, store: store) }
         }
         report.durationSeconds = Date().timeIntervalSince(timeline.startedAt)
         report.steps = timeline.steps
@@ -533,7 +533,7 @@ public enum PointInTimeRestore {
 
     /// A run killed (SIGKILL) while preparing `directory` could not remove its hold; this run, which
     /// removed that partial directory, does: what that hold kept nothing will recover from any more.
-    /// Only holds of this host and this very directory; best effort, as `releaseFailedRunsHold`.
+    /// Only holds of this host and this very directory; best effort, as `releaseHold`.
     private static func releaseSupersededHolds(of directory: String, keeping ours: RecoveryHold?, store: BackupStore) {
         let host = ProcessInfo.processInfo.hostName
         let stale = ((try? RecoveryHold.all(in: store)) ?? []).compactMap(\.hold).filter {
@@ -541,13 +541,13 @@ public enum PointInTimeRestore {
         }
         for hold in stale {
             logger.notice("releasing hold \(hold.id) of the killed run that prepared \(directory) at \(Timestamp.format(hold.createdAt)) (its partial directory was removed)")
-            releaseFailedRunsHold(hold, store: store)
+            releaseHold(hold, store: store)
         }
     }
 
-    /// Deletes this run's hold, best effort: a hold left behind only delays pruning until it expires,
-    /// and dbprune names it on every run.
-    private static func releaseFailedRunsHold(_ hold: RecoveryHold, store: BackupStore) {
+    /// Deletes a hold, best effort (a failed run's, a killed run's, or ours once promoted): a hold left
+    /// behind only delays pruning until it expires, and dbprune names it on every run.
+    private static func releaseHold(_ hold: RecoveryHold, store: BackupStore) {
         do {
             if try RecoveryHold.release(hold.id, in: store) { logger.info("hold \(hold.id) released") }
         } catch {
