@@ -148,10 +148,10 @@ class Handler(socketserver.BaseRequestHandler):
                 print(f"HELD {method} {path}", flush=True)
             time.sleep(args.hold)
         if method == "GET" and args.short_match and args.short_match in path:
-            record(method, target, self.forward_short(head, body, path))
+            self.forward_short(head, body, path, target)
             return
         if method == "GET" and args.cut_match and args.cut_match in path:
-            record(method, target, self.forward_short(head, body, path, cut=True))
+            self.forward_short(head, body, path, target, cut=True)
             return
         lines = head.split(b"\r\n")
         lines = [l for l in lines if not l.lower().startswith(b"connection:")] + [b"Connection: close"]
@@ -167,6 +167,9 @@ class Handler(socketserver.BaseRequestHandler):
             return
         answer_head = b""
         body_bytes = 0
+        # The last chunk is held back until the request is counted: a client that has its whole
+        # answer (and a test reading --stats after it) never sees a count that is not there yet.
+        held = b""
         while True:
             chunk = upstream.recv(65536)
             if not chunk:
@@ -177,17 +180,22 @@ class Handler(socketserver.BaseRequestHandler):
                     body_bytes = len(answer_head.partition(b"\r\n\r\n")[2])
             else:
                 body_bytes += len(chunk)
-            self.request.sendall(chunk)
+            if held:
+                self.request.sendall(held)
+            held = chunk
         upstream.close()
         record(method, target, body_bytes)
+        if held:
+            self.request.sendall(held)
         if args.log:
             status = answer_head.split(b" ", 2)[1].decode("latin-1") if answer_head.count(b" ") >= 2 else "?"
             with lock, open(args.log, "a") as out:
                 out.write(f"{arrived - started:.3f} {method} {target} {len(body)} {status} {body_bytes} {time.monotonic() - sent:.3f}\n")
 
-    def forward_short(self, head, body, path, cut=False):
+    def forward_short(self, head, body, path, target, cut=False):
         """Forwards a GET whose path matches --short-match; if it succeeded and is one of the first
-        --short-first, sends half its body with a matching Content-Length. Returns the body bytes sent.
+        --short-first, sends half its body with a matching Content-Length. Counts the GET (with the
+        body bytes it sends) before sending, as the plain path does.
         With cut (--cut-match, --cut-first): the whole body's Content-Length, then a reset after half."""
         lines = [l for l in head.split(b"\r\n") if not l.lower().startswith(b"connection:")] + [b"Connection: close"]
         upstream = socket.create_connection(("127.0.0.1", args.upstream))
@@ -203,17 +211,18 @@ class Handler(socketserver.BaseRequestHandler):
         status = answer_head.split(b" ", 2)[1] if answer_head.count(b" ") >= 2 else b"?"
         if cut and status[:1] == b"2" and take("cut", args.cut_match, args.cut_first, path):
             half = answer_body[: len(answer_body) // 2]
+            record("GET", target, len(half))
             self.request.sendall(answer_head + b"\r\n\r\n" + half)
             # SO_LINGER 0: close sends a reset, not an orderly end of the stream.
             self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.request.close()
-            return len(half)
+            return
         if not cut and status[:1] == b"2" and take("shortened", args.short_match, args.short_first, path):
             answer_body = answer_body[: len(answer_body) // 2]
             header_lines = [l for l in answer_head.split(b"\r\n") if not l.lower().startswith(b"content-length")]
             answer_head = b"\r\n".join(header_lines + [b"Content-Length: " + str(len(answer_body)).encode()])
+        record("GET", target, len(answer_body))
         self.request.sendall(answer_head + b"\r\n\r\n" + answer_body)
-        return len(answer_body)
 
 class Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
     daemon_threads = True

@@ -180,6 +180,39 @@ final class MigrationAttackTests: IntegrationTestCase {
         XCTAssertEqual(try cluster.scalar("SELECT v FROM t", database: database), "x'; y")
     }
 
+    /// psql runs `COPY … FROM STDIN` with its rows in the file itself (seed data cut from a pg_dump);
+    /// dbmigrate refused such a file. Now both leave the same rows, and a row the server refuses
+    /// rolls the plan back naming the COPY.
+    func testACopyFromStdinReadsItsRowsFromTheFileAsPsqlDoes() throws {
+        let seed = "CREATE TABLE seed (id int PRIMARY KEY, note text, raw bytea);\n"
+            + "COPY seed (id, note, raw) FROM stdin;\n"
+            + "1\thello; world\t\\\\x00ff\n2\tit's $$ not; sql\t\\N\n3\t\\\\. a backslash and a dot\t\\\\x\n4\t\\N\t\\N\n\\.\n"
+            + "INSERT INTO seed VALUES (5, 'after the rows', NULL);\n"
+            + "COPY seed (id, note) FROM STDIN WITH (FORMAT csv); UPDATE seed SET note = note || '!' WHERE id = 6;\n"
+            + "6,\"quoted, \"\"csv\"\"\"\n\\.\n"
+        try writeMigrations(["0001_seed.up.sql": seed, "0001_seed.down.sql": "DROP TABLE seed;"])
+        let applied = try migrate(["up"])
+        XCTAssertEqual(applied.status, 0, applied.standardError)
+
+        let reference = try cluster.createDatabase(prefix: "psql")
+        let file = migrations + "/0001_seed.up.sql"
+        let psql = try TestProcess.run(try PostgresTools().path(of: "psql"), ["-X", "-q", "-1", "-v", "ON_ERROR_STOP=1", "-f", file, "-d", cluster.url(database: reference)],
+                                       environment: cluster.environment)
+        XCTAssertEqual(psql.status, 0, psql.standardError)
+        let rows = "SELECT string_agg(format('%s|%s|%s', id, note, encode(raw, 'hex')), E'\\n' ORDER BY id) FROM seed"
+        XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM seed", database: database), "6")
+        XCTAssertEqual(try cluster.scalar(rows, database: database), try cluster.scalar(rows, database: reference))
+
+        try writeMigrations(["0002_bad.up.sql": "CREATE TABLE later (x int);\nCOPY seed (id) FROM stdin;\n7\nseven\n\\.\n",
+                             "0002_bad.down.sql": "DROP TABLE later;"])
+        let refused = try migrate(["up"])
+        XCTAssertEqual(refused.status, ExitStatus.migrationFailed.rawValue, refused.standardError)
+        XCTAssertTrue(refused.standardError.contains("failed at statement 2 `COPY seed (id) FROM stdin` (0002_bad.up.sql line 2)"), refused.standardError)
+        XCTAssertTrue(refused.standardError.contains("invalid input syntax for type integer"), refused.standardError)
+        XCTAssertNil(try cluster.scalar("SELECT to_regclass('later')::text", database: database), "the plan was rolled back")
+        XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM seed", database: database), "6")
+    }
+
     func testAnEnumValueAddedAndUsedInOnePlanPointsToPerStep() throws {
         try writeMigrations([
             "0001_color.up.sql": "CREATE TYPE color AS ENUM ('red');",

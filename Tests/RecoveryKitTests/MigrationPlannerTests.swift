@@ -123,9 +123,11 @@ final class MigrationPlannerTests: XCTestCase {
                        "a no-transaction step alone is its own plan")
         XCTAssertThrowsError(try MigrationPlanner.planUp(available: [migration(1, "VACUUM;")], applied: []))
         XCTAssertEqual(try MigrationPlanner.planUp(available: [migration(1, "VACUUM;", noTransaction: true)], applied: []).count, 1)
-        XCTAssertThrowsError(try MigrationPlanner.planUp(available: [migration(1, "COPY t FROM STDIN;", noTransaction: true)], applied: [])) { error in
-            XCTAssertTrue((error as? RecoveryError)?.message.contains("line 1: `COPY … FROM STDIN` needs a client") ?? false)
+        XCTAssertThrowsError(try MigrationPlanner.planUp(available: [migration(1, "COPY t TO STDOUT;", noTransaction: true)], applied: [])) { error in
+            XCTAssertTrue((error as? RecoveryError)?.message.contains("line 1: `COPY … TO STDOUT` sends rows to the client") ?? false)
         }
+        XCTAssertEqual(try MigrationPlanner.planUp(available: [migration(1, "COPY t FROM STDIN;\n1\n\\.\n")], applied: []).count, 1,
+                       "COPY … FROM STDIN reads its rows from the file, as with psql")
     }
 
     func testAdoptedVersionsShowAsAppliedAndAdopted() {

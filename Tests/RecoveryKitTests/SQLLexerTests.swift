@@ -158,15 +158,34 @@ final class SQLLexerTests: XCTestCase {
                        [[0x53, 0x45, 0x4C, 0x45, 0x43, 0x54, 0x20, 0x27, 0xE9, 0x27]])
     }
 
+    /// psql reads the lines after `COPY … FROM STDIN` as its rows, up to a line `\.`: semicolons,
+    /// quotes and backslashes in them are data, and a statement after the COPY on its line runs after it.
+    func testTheLinesAfterCopyFromStdinAreItsRows() {
+        let script = "CREATE TABLE t (a text);\ncopy t (a) from stdin with (format text); SELECT 'after';\n"
+            + "x; y\n'quote\n\\N\n$$\n\\.\nSELECT 2;\nCOPY t FROM STDIN;\nlast row, no \\. line\n"
+        XCTAssertEqual(SQLStatements.statements(script), [
+            .init(sql: "CREATE TABLE t (a text)"),
+            .init(sql: "copy t (a) from stdin with (format text)", copyRows: Array("x; y\n'quote\n\\N\n$$\n".utf8)),
+            .init(sql: "SELECT 'after'"),
+            .init(sql: "SELECT 2"),
+            .init(sql: "COPY t FROM STDIN", copyRows: Array("last row, no \\. line\n".utf8)),
+        ])
+        XCTAssertEqual(SQLStatements.statements("COPY t FROM STDIN").first?.copyRows, [], "a COPY at the end reads no rows")
+        XCTAssertEqual(SQLStatements.split("COPY (SELECT 1 FROM stdin) TO STDOUT;\nSELECT 1;"), ["COPY (SELECT 1 FROM stdin) TO STDOUT", "SELECT 1"],
+                       "a COPY out reads no rows")
+        XCTAssertFalse(TransactionControl.copiesFromStdin("COPY t (stdin) TO STDOUT"))
+        XCTAssertTrue(TransactionControl.copiesFromStdin("/* c */ COPY \"from\" (stdout, x) FROM STDIN WITH (FORMAT csv)"))
+    }
+
     /// A database or role with `standard_conforming_strings = off`: psql reads the server's setting
     /// and lexes `'…'` with backslash escapes from the first line; a SET changes it, RESET returns to it.
     func testScriptsStartWithTheServersStandardConformingStrings() {
         let script = "INSERT INTO t SELECT 'x\\'; y';\nSET search_path = public;\nSELECT 'a\\'; b';\n"
             + "SET standard_conforming_strings = on;\nSELECT 'c\\';\nRESET standard_conforming_strings;\nSELECT 'd\\'; e';\n"
-        XCTAssertEqual(SQLStatements.split(script, standardConformingStrings: false), [
+        XCTAssertEqual(SQLStatements.statements(script, standardConformingStrings: false).map(\.sql), [
             "INSERT INTO t SELECT 'x\\'; y'", "SET search_path = public", "SELECT 'a\\'; b'",
             "SET standard_conforming_strings = on", "SELECT 'c\\'", "RESET standard_conforming_strings", "SELECT 'd\\'; e'",
         ])
-        XCTAssertEqual(SQLStatements.split("SELECT 'x\\'; y';", standardConformingStrings: true), ["SELECT 'x\\'", "y';"], "on: the string ends at the quote after the backslash")
+        XCTAssertEqual(SQLStatements.statements("SELECT 'x\\'; y';", standardConformingStrings: true).map(\.sql), ["SELECT 'x\\'", "y';"], "on: the string ends at the quote after the backslash")
     }
 }

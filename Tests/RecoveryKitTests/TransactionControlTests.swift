@@ -57,7 +57,8 @@ final class TransactionControlTests: XCTestCase {
         XCTAssertEqual(what("ALTER TYPE mood ADD VALUE 'meh'", serverVersion: 110_000), "ALTER TYPE … ADD VALUE (before PostgreSQL 12)")
         XCTAssertNil(what("ALTER TYPE mood ADD VALUE 'meh'", serverVersion: 150_000))
         XCTAssertEqual(TransactionControl.classify("VACUUM", serverVersion: nil)?.0, .cannotRunInTransaction)
-        XCTAssertEqual(TransactionControl.classify("COPY t (x) FROM stdin", serverVersion: nil)?.0, .needsClientData)
+        XCTAssertNil(TransactionControl.classify("COPY t (x) FROM stdin", serverVersion: nil), "its rows are the file's next lines, as in psql")
+        XCTAssertEqual(TransactionControl.classify("COPY t (x) TO stdout", serverVersion: nil)?.0, .needsClientData)
         XCTAssertEqual(what("COPY (SELECT 1) TO STDOUT WITH (FORMAT csv)"), "COPY … TO STDOUT")
         XCTAssertNil(what("COPY t FROM '/srv/data.csv'"))
     }

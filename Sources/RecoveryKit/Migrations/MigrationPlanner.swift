@@ -188,7 +188,7 @@ public enum MigrationPlanner {
                 let place = violation.line > 0 ? "\(file) line \(violation.line)" : "\(file) statement \(violation.statement)"
                 switch violation.kind {
                 case .needsClientData:
-                    problems.append("\(place): `\(violation.what)` needs a client streaming the data, which dbmigrate does not do; write the rows as INSERT statements (or COPY from a file on the server)")
+                    problems.append("\(place): `\(violation.what)` sends rows to the client, which dbmigrate does not show; remove it, or COPY to a file on the server")
                 case .psqlMetaCommand:
                     problems.append("\(place): `\(violation.what)` is a psql meta-command, which only psql runs (the server would read a syntax error); dbmigrate sends SQL: remove it, or write it as SQL (e.g. SET …)")
                 case .transactionControl:

@@ -624,10 +624,18 @@ public final class MigrationRunner {
         // Split as psql would on this server: with standard_conforming_strings off (a database or role
         // setting), a backslash escapes a quote in '…' too, and `'it\'s'` is one string.
         let conforming = try connection.query("SHOW standard_conforming_strings").scalar != "off"
-        for (offset, statement) in SQLStatements.split(step.sql, standardConformingStrings: conforming).enumerated() {
+        for (offset, piece) in SQLStatements.statements(step.sql, standardConformingStrings: conforming).enumerated() {
+            let statement = piece.sql
             current = (offset + 1, locator.line(of: statement))
             do {
-                try connection.execute(script: statement)
+                if let rows = piece.copyRows {
+                    // `COPY … FROM STDIN`: its rows are the file's lines after it, as psql sends them.
+                    try connection.beginCopy(statement)
+                    try rows.withUnsafeBytes { try connection.putCopyData($0) }
+                    try connection.endCopy()
+                } else {
+                    try connection.execute(script: statement)
+                }
             } catch let error as PostgresError {
                 let excerpt = Self.excerpt(statement, length: 120)
                 var hint = configuration.perStep || step.noTransaction ? Self.perStepHint : "the whole plan was rolled back; the database is unchanged"

@@ -3,7 +3,7 @@ import Foundation
 /// Finds statements that must not run inside the transaction dbmigrate wraps a step in: transaction
 /// control (`BEGIN`, `COMMIT`, `ROLLBACK`, `SAVEPOINT`, …), which would end or split the runner's
 /// transaction, and statements the server refuses inside a transaction block (`VACUUM`,
-/// `CREATE INDEX CONCURRENTLY`, …); and `COPY … FROM STDIN`, which no step can run.
+/// `CREATE INDEX CONCURRENTLY`, …); and `COPY … TO STDOUT`, whose rows no step could show.
 ///
 /// Pure: classifies the statements `SQLStatements.split(_:)` yields by their leading keywords.
 /// `BEGIN ATOMIC` bodies stay inside their `CREATE FUNCTION` statement, so they are never seen here.
@@ -15,7 +15,7 @@ public enum TransactionControl {
             case transactionControl
             /// The server refuses it inside a transaction block.
             case cannotRunInTransaction
-            /// Needs a client to stream data in or out (`COPY … FROM STDIN`), which a migration runner is not.
+            /// Streams rows out to the client (`COPY … TO STDOUT`), which a migration runner has no use for.
             case needsClientData
             /// A psql meta-command (`\set`, `\i`, …): psql runs it, the server would read a syntax error.
             case psqlMetaCommand
@@ -75,8 +75,8 @@ public enum TransactionControl {
         case "RELEASE": return control("RELEASE SAVEPOINT")
         case "PREPARE" where second == "TRANSACTION": return control("PREPARE TRANSACTION")
         case "VACUUM": return outside("VACUUM")
-        case "COPY" where words.contains("STDIN") || words.contains("STDOUT"):
-            return (.needsClientData, words.contains("STDIN") ? "COPY … FROM STDIN" : "COPY … TO STDOUT")
+        case "COPY" where words.contains("STDOUT") && !copiesFromStdin(statement):
+            return (.needsClientData, "COPY … TO STDOUT")
         case "REINDEX":
             if words.contains("CONCURRENTLY") { return outside("REINDEX CONCURRENTLY") }
             if let kind = words.dropFirst().first(where: { $0 != "(" && $0 != "VERBOSE" }), ["DATABASE", "SYSTEM"].contains(kind) {
@@ -143,6 +143,14 @@ public enum TransactionControl {
             return String(decoding: word, as: UTF8.self)
         }
         return nil
+    }
+
+    /// Whether `statement` is `COPY table … FROM STDIN`, whose rows psql (and dbmigrate) read from
+    /// the lines of the script after it. (The `COPY (query)` form only copies out.)
+    static func copiesFromStdin(_ statement: String) -> Bool {
+        let words = keywords(statement, limit: .max)
+        guard words.first == "COPY", words.dropFirst().first != "(", let from = words.firstIndex(of: "FROM") else { return false }
+        return words.dropFirst(from + 1).first == "STDIN"
     }
 
     static func keywords(_ statement: String, limit: Int) -> [String] {

@@ -259,6 +259,15 @@ struct SQLLexer {
         return statement
     }
 
+    /// A statement of a whole script as psql runs it.
+    struct ScriptStatement: Equatable {
+        /// What psql sends, without its semicolon and trailing whitespace.
+        var sql: [UInt8]
+        /// For `COPY … FROM STDIN`: the rows psql reads from the script itself, from the line after
+        /// the statement up to a line `\.` (or the end of the script), each line with its newline.
+        var copyRows: [UInt8]?
+    }
+
     /// Every statement of a whole script (lines split at `\n`), for callers that hold all of it.
     /// Like psql, it reads the strings after `SET standard_conforming_strings = off` with escapes.
     ///
@@ -266,23 +275,41 @@ struct SQLLexer {
     ///   reads it from the server: a database or role may have it off); `RESET` returns to it.
     static func statements(in script: [UInt8], recognizesMetaCommands: Bool = false,
                            standardConformingStrings: Bool = true) -> [[UInt8]] {
+        self.script(script, recognizesMetaCommands: recognizesMetaCommands, standardConformingStrings: standardConformingStrings).map(\.sql)
+    }
+
+    /// Every statement of a whole script, with the rows of each `COPY … FROM STDIN`: like psql, the
+    /// lines after such a statement are its data, not SQL, up to a line `\.` or the end of the
+    /// script. Statements that follow the COPY on its own line run after it, as in psql.
+    ///
+    /// - Parameter copiesFromStdin: whether a statement is a `COPY … FROM STDIN` (the caller's
+    ///   keyword reading; nil: no statement is).
+    static func script(_ script: [UInt8], recognizesMetaCommands: Bool = false, standardConformingStrings: Bool = true,
+                       copiesFromStdin: (([UInt8]) -> Bool)? = nil) -> [ScriptStatement] {
         var lexer = SQLLexer(recognizesMetaCommands: recognizesMetaCommands)
         lexer.standardConformingStrings = standardConformingStrings
         var settings = SessionSettings()
-        var statements: [[UInt8]] = []
+        var statements: [ScriptStatement] = []
         script.withUnsafeBytes { text in
+            /// Where the line starting at `start` ends (its `\n`, or the end of the script).
+            func lineEnd(from start: Int) -> Int {
+                var end = start
+                while end < text.count, text[end] != UInt8(ascii: "\n") { end += 1 }
+                return end
+            }
             var lineStart = 0
             while lineStart <= text.count {
-                var lineEnd = lineStart
-                while lineEnd < text.count, text[lineEnd] != UInt8(ascii: "\n") { lineEnd += 1 }
-                if lineEnd == text.count, lineStart == text.count { break }
-                let line = UnsafeRawBufferPointer(rebasing: text[lineStart..<lineEnd])
+                let end = lineEnd(from: lineStart)
+                if end == text.count, lineStart == text.count { break }
+                let line = UnsafeRawBufferPointer(rebasing: text[lineStart..<end])
+                var copies: [Int] = []
                 if lexer.startLine(empty: line.isEmpty) {
                     var offset = 0
                     while offset < line.count {
                         let (piece, next) = lexer.next(in: line, from: offset)
                         if case .statement(let statement)? = piece {
-                            statements.append(statement)
+                            if copiesFromStdin?(statement) == true { copies.append(statements.count) }
+                            statements.append(ScriptStatement(sql: statement))
                             if settings.absorb(statement) {
                                 lexer.standardConformingStrings = settings["standard_conforming_strings"] == nil
                                     ? standardConformingStrings : settings.standardConformingStrings
@@ -291,10 +318,26 @@ struct SQLLexer {
                         offset = next
                     }
                 }
-                lineStart = lineEnd + 1
+                lineStart = end + 1
+                // psql's handleCopyIn: each COPY of the line reads the lines after it, in turn.
+                for copy in copies {
+                    var rows: [UInt8] = []
+                    while lineStart < text.count {
+                        let rowEnd = lineEnd(from: lineStart)
+                        let row = text[lineStart..<rowEnd]
+                        lineStart = rowEnd + 1
+                        if row.elementsEqual([UInt8(ascii: "\\"), UInt8(ascii: ".")]) || row.elementsEqual([UInt8(ascii: "\\"), UInt8(ascii: "."), 13]) { break }
+                        rows.append(contentsOf: row)
+                        if rowEnd < text.count { rows.append(UInt8(ascii: "\n")) }
+                    }
+                    statements[copy].copyRows = rows
+                }
             }
         }
-        if let last = lexer.finish() { statements.append(last) }
+        if let last = lexer.finish() {
+            // A COPY at the very end has no rows left to read: psql ends it empty.
+            statements.append(ScriptStatement(sql: last, copyRows: copiesFromStdin?(last) == true ? [] : nil))
+        }
         return statements
     }
 

@@ -77,4 +77,11 @@ BEGIN ATOMIC
   INSERT INTO split_c VALUES (a); INSERT INTO split_c VALUES (a + 1);
 END;
 CREATE TABLE "s;--x/*y" ("$x$" text DEFAULT '$$;', "e" text DEFAULT E'\\'''); SELECT 12;
+CREATE TABLE split_copy (a text, b text);
+COPY split_copy (a, b) FROM stdin; SELECT 'after the copy, on its line';
+x; SELECT 1;	y
+'open quote	$$ /* open
+\\.	not the end; a backslash and a dot
+\.
+SELECT 'after the rows', count(*) FROM split_copy;
 SELECT 4
