@@ -248,5 +248,10 @@ final class PointInTimeRecoveryTests: XCTestCase {
         XCTAssertTrue(settings.contains("restore_command = '''\(TestPaths.productsDirectory)"), settings)
         XCTAssertTrue(settings.contains("--encryption-key-file"), settings)
         XCTAssertEqual(try counts(port: port, database: database, cluster: cluster), ["A": "20"])
+        // recovery_end_command is quoted the same way: the server itself released the hold through the awkward name.
+        XCTAssertTrue(settings.contains("recovery_end_command = '''\(TestPaths.productsDirectory)"), settings)
+        let serverLog = (try? String(contentsOfFile: directory + "/dbrestore-recovery.log", encoding: .utf8)) ?? ""
+        XCTAssertTrue(serverLog.contains("released hold "), serverLog)
+        XCTAssertEqual((try? FileManager.default.contentsOfDirectory(atPath: plain + "/locks/holds")) ?? [], [])
     }
 }
