@@ -206,6 +206,40 @@ final class RecoveryHoldTests: XCTestCase {
         XCTAssertEqual(left, [], "the failed run's hold stayed")
     }
 
+    /// A repository this user cannot write (mounted read-only) is still recovered from, as a restore
+    /// reads it without a reader lock: without a hold, which the run says (stderr and `hold_problem`),
+    /// and without a recovery_end_command that would fail.
+    func testAReadOnlyRepositoryIsRecoveredFromWithoutAHoldAndSaysSo() throws {
+        guard getuid() == 0 else {
+            XCTFail("the test remounts a tmpfs read-only and needs root (run the suite as root, as CI does)")
+            return
+        }
+        let mountPoint = TestPaths.temporaryDirectory(prefix: "hold-tmpfs")
+        XCTAssertEqual(try TestProcess.run("/bin/mount", ["-t", "tmpfs", "-o", "size=256m", "tmpfs", mountPoint]).status, 0)
+        defer { _ = try? TestProcess.run("/bin/umount", [mountPoint]) }
+        chownToPostgres(mountPoint)
+        let repository = mountPoint + "/repo"
+        let cluster = try PostgresCluster(archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
+        defer { cluster.stop() }
+        let (database, connection) = try itemsDatabase("holdro", on: cluster)
+        try physicalBackup(of: database, on: cluster, into: repository)
+        try connection.execute(script: "INSERT INTO items (batch) SELECT 'A' FROM generate_series(1, 10)")
+        try waitForArchive(connection)
+        XCTAssertEqual(try TestProcess.run("/bin/mount", ["-o", "remount,ro", mountPoint]).status, 0)
+
+        let directory = ownedDirectory("hold-ro-target") + "/data"
+        let prepared = try asOwner("dbrestore", ["--pitr", "--pgdata", directory, "--repo", repository, "--target", "latest", "--json"], cluster: cluster)
+        XCTAssertEqual(prepared.status, 0, prepared.standardError)
+        let report = try json(prepared)
+        XCTAssertNil(report["hold"], prepared.standardOutput)
+        XCTAssertTrue((report["hold_problem"] as? String)?.contains("no hold written") == true, prepared.standardOutput)
+        XCTAssertTrue(prepared.standardError.contains("no hold written") && prepared.standardError.contains("may delete the WAL this recovery reads"),
+                      prepared.standardError)
+        let settings = try String(contentsOfFile: directory + "/postgresql.auto.conf", encoding: .utf8)
+        XCTAssertTrue(settings.contains("restore_command"), settings)
+        XCTAssertFalse(settings.contains("recovery_end_command"), settings)
+    }
+
     /// On S3: the hold is an object beside the lock records, `dbprune --dry-run` keeps the base
     /// backup for it, and the server started with the S3 settings releases it at promotion.
     func testOnS3TheHoldKeepsTheBaseBackupAndGoesAtPromotion() throws {
