@@ -35,6 +35,8 @@ public struct RecoveryHold: Codable, Sendable, Equatable {
     public init(id: String? = nil, backupID: String, backups: [String], timelines: [UInt32], firstSegment: String,
                 target: String, host: String = ProcessInfo.processInfo.hostName, dataDirectory: String, createdAt: Date = Date(),
                 command: String = "dbrestore --pitr") {
+        // Whole seconds: the time reads back exactly as written, so every message names the same one.
+        let createdAt = Date(timeIntervalSinceReferenceDate: createdAt.timeIntervalSinceReferenceDate.rounded(.down))
         self.id = id ?? Self.newID(at: createdAt)
         self.backupID = backupID
         self.backups = backups
@@ -120,7 +122,7 @@ public struct RecoveryHold: Codable, Sendable, Equatable {
 
     static func encode(_ hold: RecoveryHold) throws -> Data {
         let encoder = JSONEncoder()
-        // To the millisecond (Timestamp.format), as every message names the hold's time.
+        // As Timestamp.format writes it, as every message names the hold's time.
         encoder.dateEncodingStrategy = .custom { date, encoder in
             var container = encoder.singleValueContainer()
             try container.encode(Timestamp.format(date))
