@@ -69,7 +69,7 @@ public enum HeldRecoveries {
             guard let hold = status.hold else {
                 return "warning: \(status.reason) protects nothing (it does not say what to keep); remove it with \(release)"
             }
-            let what = "base backup \(hold.backups.joined(separator: ", ")) and WAL from \(hold.firstSegment) on (timeline \(hold.timelines.map(String.init).joined(separator: ", ")))"
+            let what = "base backup\(hold.backups.count > 1 ? "s" : "") \(hold.backups.joined(separator: ", ")) and WAL from \(hold.firstSegment) on (timeline \(hold.timelines.map(String.init).joined(separator: ", ")))"
             let age = String(format: "%.1f", status.ageHours / 24)
             if status.protecting {
                 return "warning: \(status.reason) (hold \(status.id), \(age)d old, target \(hold.target)) \(dryRun ? "would keep" : "kept") \(what); "
