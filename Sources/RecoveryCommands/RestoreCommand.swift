@@ -35,7 +35,7 @@ public struct RestoreCommand: ParsableCommand, ArgumentRewriting {
         """,
         version: DBRecoveryVersion.current,
         subcommands: [RestoreBackupCommand.self, EmergencyCommand.self, DrillCommand.self, PITRCommand.self,
-                      ListCommand.self, ContentsCommand.self, CleanupCommand.self, WALFetchCommand.self],
+                      ListCommand.self, ContentsCommand.self, CleanupCommand.self, WALFetchCommand.self, WALReleaseCommand.self],
         defaultSubcommand: RestoreBackupCommand.self)
 
     public init() {}
@@ -63,7 +63,7 @@ public struct RestoreCommand: ParsableCommand, ArgumentRewriting {
         if distinct.count > 1 {
             throw ValidationError("\(distinct[0]) and \(distinct[1]) cannot be combined; choose one")
         }
-        let other = ([ListCommand.self, ContentsCommand.self, CleanupCommand.self, WALFetchCommand.self] as [ParsableCommand.Type]).compactMap { $0.configuration.commandName }
+        let other = ([ListCommand.self, ContentsCommand.self, CleanupCommand.self, WALFetchCommand.self, WALReleaseCommand.self] as [ParsableCommand.Type]).compactMap { $0.configuration.commandName }
         if let first = arguments.first, other.contains(first) { return arguments }
         var rest = Array(arguments[..<end].filter { modeFlags[$0] == nil }) + arguments[end...]
         let modes = Set(modeFlags.values)
@@ -454,6 +454,8 @@ public struct PITRCommand: ToolCommand {
         if !report.started {
             print("restored base backup \(plan.backupID) into \(directory) with recovery to \(plan.target); start it with: \(plan.pgCtl ?? "pg_ctl") -D \(directory) start"
                   + (plan.pgCtlProblem.map { " (\($0))" } ?? ""))
+            output.note(report.hold.map { "hold \($0.id): dbprune keeps its base backup and WAL until recovery ends (recovery_end_command releases it)" }
+                        ?? "warning: \(report.holdProblem ?? "no hold written")")
             return
         }
         print("recovered to \(plan.target) and promoted; last replayed transaction: \(report.lastReplayedTransaction.map(Timestamp.format) ?? "none")")
