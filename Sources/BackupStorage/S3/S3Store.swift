@@ -47,7 +47,7 @@ public final class S3Store: BackupStore {
         repeat {
             var query = [("list-type", "2"), ("prefix", fullKey(listPrefix)), ("max-keys", String(listPageSize))]
             if let token { query.append(("continuation-token", token)) }
-            let response = try client.send("GET", key: nil, query: query)
+            let response = try client.send("GET", key: nil, query: query, interruptible: true)
             guard let document = XMLNode.parse(response.body) else {
                 throw StorageError(.remote, object: location, message: "ListObjectsV2 answered with unreadable XML")
             }
@@ -63,13 +63,13 @@ public final class S3Store: BackupStore {
     }
 
     public func read(_ key: String) throws -> Data {
-        try client.send("GET", key: fullKey(key)).body
+        try client.send("GET", key: fullKey(key), interruptible: true).body
     }
 
     public func write(_ key: String, contents: Data) throws {
         var headers = sseHeaders
         headers["content-type"] = "application/octet-stream"
-        _ = try client.send("PUT", key: fullKey(key), headers: headers, body: contents)
+        _ = try client.send("PUT", key: fullKey(key), headers: headers, body: contents, interruptible: true)
     }
 
     public func makeWriter(_ key: String) throws -> ObjectWriter {
@@ -96,7 +96,7 @@ public final class S3Store: BackupStore {
 
     /// One HEAD request: the size, and whether the object can be read without a restore request.
     public func objectInfo(_ key: String) throws -> StoredObject {
-        let head = try client.send("HEAD", key: fullKey(key), acceptable: [404])
+        let head = try client.send("HEAD", key: fullKey(key), acceptable: [404], interruptible: true)
         guard head.status != 404 else {
             throw StorageError(.notFound, object: client.describe(fullKey(key)), message: "no such object")
         }
@@ -133,7 +133,7 @@ public final class S3Store: BackupStore {
 
     public func changeStorageClass(_ key: String, to storageClass: String) throws {
         let full = fullKey(key)
-        let head = try client.send("HEAD", key: full, acceptable: [404])
+        let head = try client.send("HEAD", key: full, acceptable: [404], interruptible: true)
         guard head.status != 404 else { throw StorageError(.notFound, object: client.describe(full), message: "no such object") }
         if head.header("x-amz-storage-class") == storageClass { return }
         let size = UInt64(head.header("Content-Length") ?? "0") ?? 0
@@ -143,7 +143,7 @@ public final class S3Store: BackupStore {
         headers["x-amz-storage-class"] = storageClass
         headers["x-amz-metadata-directive"] = "COPY"
         do {
-            _ = try client.send("PUT", key: full, headers: headers)
+            _ = try client.send("PUT", key: full, headers: headers, interruptible: true)
         } catch let error as StorageError {
             // A retried copy whose first attempt already took effect finds the source archived: check.
             let head = try client.send("HEAD", key: full, acceptable: [404])
@@ -159,7 +159,7 @@ public final class S3Store: BackupStore {
         headers["content-md5"] = contentMD5(contents)
         // 409 ConditionalRequestConflict: another conditional write to the key is in flight; ask again.
         for _ in 0..<5 {
-            let response = try client.send("PUT", key: fullKey(key), headers: headers, body: contents, acceptable: [409, 412])
+            let response = try client.send("PUT", key: fullKey(key), headers: headers, body: contents, acceptable: [409, 412], interruptible: true)
             if response.status == 412 { return false }
             if response.status != 409 { return true }
             Thread.sleep(forTimeInterval: Double.random(in: 0.05...0.2))
@@ -182,7 +182,7 @@ public final class S3Store: BackupStore {
     }
 
     public func readVersioned(_ key: String) throws -> VersionedObject {
-        let response = try client.send("GET", key: fullKey(key))
+        let response = try client.send("GET", key: fullKey(key), interruptible: S3Client.beforeSignal)
         guard let etag = response.header("ETag") else {
             throw StorageError(.remote, object: client.describe(fullKey(key)), message: "GET answered without an ETag",
                                hint: "the S3 endpoint does not support conditional requests, which repository locks need")
@@ -206,7 +206,7 @@ public final class S3Store: BackupStore {
         var headers = sseHeaders
         headers["content-type"] = "application/octet-stream"
         headers["x-amz-storage-class"] = storageClass
-        let created = try client.send("POST", key: full, query: [("uploads", "")], headers: headers)
+        let created = try client.send("POST", key: full, query: [("uploads", "")], headers: headers, interruptible: true)
         guard let uploadID = XMLNode.parse(created.body)?.first("UploadId")?.text else {
             throw StorageError(.remote, object: client.describe(full), message: "CreateMultipartUpload returned no UploadId")
         }
@@ -218,7 +218,7 @@ public final class S3Store: BackupStore {
                 let end = min(size, offset + copyPartSize) - 1
                 let number = parts.count + 1
                 let response = try client.send("PUT", key: full, query: [("partNumber", String(number)), ("uploadId", uploadID)],
-                                               headers: ["x-amz-copy-source": source, "x-amz-copy-source-range": "bytes=\(offset)-\(end)"])
+                                               headers: ["x-amz-copy-source": source, "x-amz-copy-source-range": "bytes=\(offset)-\(end)"], interruptible: true)
                 guard let etag = XMLNode.parse(response.body)?.first("ETag")?.text else {
                     throw StorageError(.remote, object: client.describe(full), message: "UploadPartCopy of part \(number) returned no ETag")
                 }
@@ -227,7 +227,8 @@ public final class S3Store: BackupStore {
             }
             let body = Data(("<CompleteMultipartUpload>" + parts.joined() + "</CompleteMultipartUpload>").utf8)
             do {
-                let response = try client.send("POST", key: full, query: [("uploadId", uploadID)], headers: ["content-type": "application/xml"], body: body)
+                let response = try client.send("POST", key: full, query: [("uploadId", uploadID)], headers: ["content-type": "application/xml"], body: body,
+                                               interruptible: true)
                 if let code = XMLNode.parse(response.body).flatMap({ $0.name == "Error" ? $0.value("Code") : nil }) {
                     throw StorageError(.remote, object: client.describe(full), message: "CompleteMultipartUpload of the copy failed: \(code)")
                 }
@@ -248,7 +249,7 @@ public final class S3Store: BackupStore {
     }
 
     public func lifecycleConfiguration() throws -> String? {
-        let response = try client.send("GET", key: nil, query: [("lifecycle", "")], acceptable: [404])
+        let response = try client.send("GET", key: nil, query: [("lifecycle", "")], acceptable: [404], interruptible: true)
         return response.status == 404 ? nil : String(decoding: response.body, as: UTF8.self)
     }
 
@@ -256,7 +257,7 @@ public final class S3Store: BackupStore {
     public func putLifecycleConfiguration(_ xml: String) throws {
         let body = Data(xml.utf8)
         _ = try client.send("PUT", key: nil, query: [("lifecycle", "")],
-                            headers: ["content-type": "application/xml", "content-md5": contentMD5(body)], body: body)
+                            headers: ["content-type": "application/xml", "content-md5": contentMD5(body)], body: body, interruptible: true)
     }
 
     /// Keys of the multipart uploads still open under this prefix (an interrupted upload shows here).
@@ -278,7 +279,7 @@ public final class S3Store: BackupStore {
         repeat {
             var query = [("uploads", ""), ("prefix", prefix.isEmpty ? "" : prefix + "/")]
             if let markers { query += [("key-marker", markers.key), ("upload-id-marker", markers.upload)] }
-            let response = try client.send("GET", key: nil, query: query)
+            let response = try client.send("GET", key: nil, query: query, interruptible: true)
             guard let document = XMLNode.parse(response.body) else {
                 throw StorageError(.remote, object: location, message: "ListMultipartUploads answered with unreadable XML")
             }
@@ -357,7 +358,7 @@ final class S3MultipartWriter: ObjectWriter, @unchecked Sendable {
             if uploadID == nil {
                 var headers = extraHeaders
                 headers["content-type"] = "application/octet-stream"
-                _ = try store.client.send("PUT", key: key, headers: headers, body: buffer)
+                _ = try store.client.send("PUT", key: key, headers: headers, body: buffer, interruptible: true)
             } else {
                 if !buffer.isEmpty { try sendPart() }
                 group.wait()
@@ -365,7 +366,7 @@ final class S3MultipartWriter: ObjectWriter, @unchecked Sendable {
                 let parts = etags.keys.sorted().map { "<Part><PartNumber>\($0)</PartNumber><ETag>\(xmlEscape(etags[$0] ?? ""))</ETag></Part>" }
                 let body = Data(("<CompleteMultipartUpload>" + parts.joined() + "</CompleteMultipartUpload>").utf8)
                 let response = try store.client.send("POST", key: key, query: [("uploadId", uploadID ?? "")],
-                                                     headers: ["content-type": "application/xml"], body: body)
+                                                     headers: ["content-type": "application/xml"], body: body, interruptible: true)
                 // S3 can answer 200 with an error document inside.
                 if let code = XMLNode.parse(response.body).flatMap({ $0.name == "Error" ? $0.value("Code") : nil }) {
                     throw StorageError(.remote, object: store.client.describe(key), message: "CompleteMultipartUpload failed: \(code)")
@@ -402,7 +403,7 @@ final class S3MultipartWriter: ObjectWriter, @unchecked Sendable {
         if uploadID == nil {
             var headers = extraHeaders
             headers["content-type"] = "application/octet-stream"
-            let response = try store.client.send("POST", key: key, query: [("uploads", "")], headers: headers)
+            let response = try store.client.send("POST", key: key, query: [("uploads", "")], headers: headers, interruptible: true)
             guard let id = XMLNode.parse(response.body)?.first("UploadId")?.text else {
                 throw StorageError(.remote, object: store.client.describe(key), message: "CreateMultipartUpload returned no UploadId")
             }
