@@ -97,6 +97,10 @@ final class S3EndpointTests: XCTestCase {
         let store = try store(endpoint: "http://127.0.0.1:\(port)/gateway/s3/")
         XCTAssertEqual(String(decoding: try store.read("backups/a b+c.json"), as: UTF8.self), "object at /gateway/s3/acme/app/backups/a%20b%2Bc.json")
         try store.write("wal/x.gz", contents: Data("payload".utf8))
+        // The server's check is real: a request signed with another secret is refused.
+        XCTAssertThrowsError(try self.store(endpoint: "http://127.0.0.1:\(port)/gateway/s3", ["AWS_SECRET_ACCESS_KEY": "another"]).read("k")) { error in
+            XCTAssertTrue("\(error)".contains("SignatureDoesNotMatch"), "\(error)")
+        }
     }
 
     /// Item 12: an IPv6 literal endpoint keeps its brackets in the URL and the signed Host.
