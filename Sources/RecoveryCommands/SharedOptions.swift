@@ -222,6 +222,12 @@ public struct OutputOptions: ParsableArguments {
         let metrics = metricsFile ?? context.settings.configFile?.metricsFile
         let notify = notifyURL ?? context.settings.environment["DBRECOVERY_NOTIFY_URL"] ?? context.settings.configFile?.notifyURL
         guard metrics != nil || notify != nil else { return }
+        if let notify, URL(string: notify).map({ ["http", "https"].contains($0.scheme?.lowercased() ?? "") && !($0.host ?? "").isEmpty }) != true {
+            // Said at the start of every run, not only when a failure finds it out: the run goes on (a
+            // notification setting is no reason to skip a backup), but its failure notices cannot be sent.
+            let source = notifyURL != nil ? "--notify-url" : context.settings.environment["DBRECOVERY_NOTIFY_URL"] != nil ? "DBRECOVERY_NOTIFY_URL" : "notify_url in the config file"
+            FileHandle.standardError.write(Data("\(tool): warning: \(source) is not an http(s) URL, so failure notices cannot be sent; fix it (e.g. https://hooks.example.com/dbrecovery)\n".utf8))
+        }
         context.reporter = RunReporter(tool: tool, metricsFile: metrics, notifyURL: notify, notifyOnSuccess: notifyOnSuccess, labels: labels)
     }
 

@@ -426,6 +426,25 @@ final class BackupCaptureTests: IntegrationTestCase {
         XCTAssertEqual(try settled(after: afterPlain) - afterPlain, 2, "--count-check adds one count(*)")
     }
 
+    /// The repository's secrets are ours: pg_dump (like every PostgreSQL tool we start) never sees the S3
+    /// credentials or the cipher key in its environment, which its user can read in /proc/PID/environ.
+    /// Reproduction: pg_dump's environment held AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN and DBRECOVERY_ENCRYPTION_KEY.
+    func testPostgresToolsNeverInheritTheRepositorysSecrets() throws {
+        let real = try PostgresTools().path(of: "pg_dump")
+        let bin = TestPaths.temporaryDirectory(prefix: "env-pg-dump")
+        try "#!/bin/sh\nenv >> '\(bin)/seen'\nexec '\(real)' \"$@\"\n".write(toFile: bin + "/pg_dump", atomically: true, encoding: .utf8)
+        chmod(bin + "/pg_dump", 0o755)
+        let secrets = ["AWS_SECRET_ACCESS_KEY": "secret-\(UUID().uuidString)", "AWS_SESSION_TOKEN": "token-\(UUID().uuidString)",
+                       "DBRECOVERY_ENCRYPTION_KEY": "key-\(UUID().uuidString)"]
+        let result = try tool("dbbackup", common, environment: secrets.merging(["PG_BIN": bin, "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE"]) { _, new in new })
+        XCTAssertEqual(result.status, 0, result.standardError)
+        let seen = try String(contentsOfFile: bin + "/seen", encoding: .utf8)
+        XCTAssertTrue(seen.contains("PGPASSWORD="), "the wrapper saw pg_dump's own environment: \(seen)")
+        for (name, value) in secrets {
+            XCTAssertFalse(seen.contains(value), "\(name) reached pg_dump")
+        }
+    }
+
     /// A pg_dump (a wrapper in --pg-bin) whose data stream has been changed by `awk program`.
     private func filteredPgDump(_ awk: String) throws -> [String: String] {
         let real = try PostgresTools().path(of: "pg_dump")

@@ -187,4 +187,19 @@ final class OperationsTests: IntegrationTestCase {
         XCTAssertEqual(event?["exit_code"] as? Int, 10)
         XCTAssertTrue((event?["message"] as? String)?.contains("password authentication failed") ?? false)
     }
+
+    /// A notify URL that is no URL was dropped without a word, so failure notices were lost unseen.
+    /// Every run now says so at its start (without printing the URL, which may hold a token), and goes on.
+    func testANotifyURLThatIsNoURLIsSaidAtTheStartOfEveryRun() throws {
+        for broken in ["http://hooks example.com/x?token=s3cret", "http://[::1", "hooks.example.com/x"] {
+            let result = try TestProcess.tool("dbbackup", ["--notify-url", broken, "--repo", repository, "--database-url", cluster.url(database: database)],
+                                              cluster: cluster)
+            XCTAssertEqual(result.status, 0, result.standardError)
+            XCTAssertTrue(result.standardError.contains("warning: --notify-url is not an http(s) URL, so failure notices cannot be sent"), result.standardError)
+            XCTAssertFalse(result.standardError.contains("s3cret"), result.standardError)
+        }
+        let fromEnvironment = try TestProcess.tool("dbprune", ["--repo", repository, "--dry-run"], cluster: cluster,
+                                                   environment: ["DBRECOVERY_NOTIFY_URL": "mailto:ops@example.com"])
+        XCTAssertTrue(fromEnvironment.standardError.contains("warning: DBRECOVERY_NOTIFY_URL is not an http(s) URL"), fromEnvironment.standardError)
+    }
 }

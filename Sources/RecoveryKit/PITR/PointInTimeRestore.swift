@@ -681,8 +681,11 @@ public enum PointInTimeRestore {
         let pgCtl = try pgCtl ?? configuration.tools.path(of: "pg_ctl")
         let log = directory + "/dbrestore-recovery.log"
         try timeline.step("start PostgreSQL on port \(port) (pg_ctl, log in \(log))") {
+            // The server's restore_command reads the repository: it gets the S3 credentials (as a server
+            // the operator starts would have them), but the cipher key only as the file restore_command names.
             let child = try ChildProcess(executable: pgCtl, arguments: ["-D", directory, "-l", log, "-w", "-t", "600", "-o", "-p \(port) -k \(directory)", "start"],
-                                         environment: configuration.environment, stdin: .null, stdout: .null, stderr: .pipe)
+                                         environment: configuration.environment.filter { $0.key != "DBRECOVERY_ENCRYPTION_KEY" },
+                                         stdin: .null, stdout: .null, stderr: .pipe)
             let errors = OutputCollector(descriptor: child.standardError)
             let termination = child.waitForExit()
             guard termination.succeeded else {

@@ -49,12 +49,20 @@ public final class ChildProcess {
     /// so its PID is never signalled once it could belong to another process.
     private var interruptHook: InterruptHook?
 
+    /// The repository's secrets in our environment: S3 credentials and the cipher key. No PostgreSQL
+    /// tool needs them, and a child's environment can be read by its user in `/proc/PID/environ`
+    /// (and by whatever the child runs in turn), so no child inherits them; a caller whose child
+    /// must reach the repository (pg_ctl starting a server whose restore_command is `dbrestore
+    /// wal-fetch`) hands them over explicitly in `environment`.
+    public static let repositorySecrets: Set<String> = ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+                                                        "DBRECOVERY_ENCRYPTION_KEY"]
+
     /// What a child started with `environment` and `removingEnvironment` sees: this process's
-    /// environment (which every child inherits, as from a shell) less the removed names, with
-    /// `environment` over it.
+    /// environment (which every child inherits, as from a shell) less the removed names and less
+    /// `repositorySecrets`, with `environment` over it.
     public static func environment(adding environment: [String: String], removing: Set<String> = []) -> [String: String] {
         var merged = ProcessInfo.processInfo.environment
-        for name in removing { merged.removeValue(forKey: name) }
+        for name in removing.union(repositorySecrets) { merged.removeValue(forKey: name) }
         merged.merge(environment) { _, new in new }
         return merged
     }
@@ -64,8 +72,9 @@ public final class ChildProcess {
     /// - Parameters:
     ///   - executable: absolute path.
     ///   - arguments: argv after argv[0]. Never put a password here: use `environment`.
-    ///   - environment: added to (and overriding) this process's environment.
-    ///   - removingEnvironment: names to drop from the inherited environment.
+    ///   - environment: added to (and overriding) the inherited environment; the only way a child gets
+    ///     one of `repositorySecrets`.
+    ///   - removingEnvironment: more names to drop from the inherited environment.
     /// - Throws: `RecoveryError` with `.toolFailed` if the program cannot be started.
     public init(executable: String, arguments: [String], environment: [String: String] = [:],
                 removingEnvironment: Set<String> = [], stdin: Stream = .null, stdout: Stream = .inherit,
