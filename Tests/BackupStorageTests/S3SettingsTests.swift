@@ -131,4 +131,15 @@ final class S3SettingsTests: XCTestCase {
         XCTAssertEqual(S3Client.meaning(of: 503), "(Service Unavailable: slow down)")
         XCTAssertTrue(S3Client.hint(for: HTTPTransportError(code: 60, message: "SSL certificate problem"), caBundle: nil).contains("AWS_CA_BUNDLE"))
     }
+
+    /// Attack item 1: a request whose caller did not say ends at a signal unless it is a delete (an abort,
+    /// DeleteObjects, a lock's conditional delete), which the clean-up after the signal needs.
+    func testRequestsEndAtASignalByDefaultExceptDeletes() {
+        XCTAssertTrue(S3Client.interruptibleByDefault("GET", query: [("list-type", "2")]))
+        XCTAssertTrue(S3Client.interruptibleByDefault("HEAD", query: []))
+        XCTAssertTrue(S3Client.interruptibleByDefault("PUT", query: []))
+        XCTAssertTrue(S3Client.interruptibleByDefault("POST", query: [("uploadId", "u")]), "CompleteMultipartUpload")
+        XCTAssertFalse(S3Client.interruptibleByDefault("DELETE", query: [("uploadId", "u")]), "an upload's abort")
+        XCTAssertFalse(S3Client.interruptibleByDefault("POST", query: [("delete", "")]), "DeleteObjects")
+    }
 }

@@ -24,10 +24,6 @@ final class S3Client: Sendable {
                                   caFile: configuration.caBundle, maxIdleHandles: max(9, configuration.concurrency + 1))
     }
 
-    /// `interruptible` for a request that serves both the run's work and its clean-up (reading the lock record,
-    /// which its release reads too): true until a signal arrives, false for a request begun after it.
-    static var beforeSignal: Bool { !Interruption.isRequested }
-
     /// The public URL-ish name of an object, for messages.
     func describe(_ key: String) -> String { "s3://\(configuration.bucket)/\(key)" }
 
@@ -35,14 +31,15 @@ final class S3Client: Sendable {
     ///
     /// - Parameter acceptable: statuses that are answers rather than errors (e.g. 404 for HEAD).
     /// - Throws: `StorageError(.remote)` with S3's code and message, or when retries ran out.
-    ///   - interruptible: a request of the run's own work (a read, a listing, an upload, a HEAD) that a
+    ///   - interruptible: true for a request of the run's own work (a read, a listing, an upload, a HEAD) that a
     ///     SIGINT/SIGTERM ends at once, mid-body, during the pause before a retry or before its next attempt;
-    ///     clean-up requests (aborts, deletes of what the run made, lock releases, the checks of what landed)
-    ///     leave it false so that they still run after the signal.
+    ///     false for clean-up requests (lock record reads, the checks of what landed) so that they still run
+    ///     after the signal. nil decides by the request (`interruptibleByDefault`).
     ///   - expectedBytes: the body length a ranged GET must return; a shorter (or longer) answer, even
     ///     one whose headers agree with it, is retried like a dropped transfer.
     func send(_ method: String, key: String?, query: [(String, String)] = [], headers: [String: String] = [:],
-              body: Data? = nil, acceptable: Set<Int> = [], interruptible: Bool = false, expectedBytes: Int? = nil) throws -> S3Response {
+              body: Data? = nil, acceptable: Set<Int> = [], interruptible: Bool? = nil, expectedBytes: Int? = nil) throws -> S3Response {
+        let interruptible = interruptible ?? Self.interruptibleByDefault(method, query: query)
         var attempt = 0
         var lastProblem = ""
         while true {
@@ -99,6 +96,13 @@ final class S3Client: Sendable {
             logger.warning("S3 attempt \(attempt) of \(configuration.maxAttempts) failed: \(lastProblem); retrying in \(String(format: "%.1f", delay)) s")
             try pause(delay, interruptible: interruptible)
         }
+    }
+
+    /// Whether a request no caller said otherwise of ends at a signal: deletes (an upload's abort, DeleteObjects,
+    /// a lock's conditional delete) never, being the clean-up's; any other request when it begins before the
+    /// signal, since one begun after it is the clean-up's too (the check of what landed, the lock's release).
+    static func interruptibleByDefault(_ method: String, query: [(String, String)]) -> Bool {
+        method != "DELETE" && !(method == "POST" && query.contains { $0.0 == "delete" }) && !Interruption.isRequested
     }
 
     /// The pause before a retry; a signal ends an interruptible request's pause (no new attempt starts).

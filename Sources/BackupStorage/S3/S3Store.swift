@@ -169,7 +169,7 @@ public final class S3Store: BackupStore {
     }
 
     public func holds(_ key: String, contents: Data) -> Bool {
-        guard let head = try? client.send("HEAD", key: fullKey(key), acceptable: [404]), head.status != 404 else { return false }
+        guard let head = try? client.send("HEAD", key: fullKey(key), acceptable: [404], interruptible: false), head.status != 404 else { return false }
         // A single-part object's ETag is the MD5 of its bytes, unless SSE-KMS or SSE-C encrypted it;
         // then (as for a multipart ETag, "…-N") only reading it back can tell.
         let etag = (head.header("ETag") ?? "").trimmingCharacters(in: CharacterSet(charactersIn: "\""))
@@ -182,7 +182,7 @@ public final class S3Store: BackupStore {
     }
 
     public func readVersioned(_ key: String) throws -> VersionedObject {
-        let response = try client.send("GET", key: fullKey(key), interruptible: S3Client.beforeSignal)
+        let response = try client.send("GET", key: fullKey(key), interruptible: false)
         guard let etag = response.header("ETag") else {
             throw StorageError(.remote, object: client.describe(fullKey(key)), message: "GET answered without an ETag",
                                hint: "the S3 endpoint does not support conditional requests, which repository locks need")
