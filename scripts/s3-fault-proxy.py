@@ -7,7 +7,7 @@ number of successful ones (the server "gone for good" for data). One request per
                       [--fail-parts-after K] [--delay S] [--stats FILE] [--log FILE]
                       [--fail-match SUB --fail-first N [--fail-method M]] [--short-match SUB --short-first N]
                       [--cut-match SUB --cut-first N] [--hold-match SUB --hold S [--hold-method M]]
-                      [--trickle-match SUB --trickle-rate B]
+                      [--trickle-match SUB --trickle-rate B] [--hold-reply]
 
 --fail-match SUB --fail-first N answers 503 SlowDown to the first N requests whose path (bucket/key,
 no query) contains SUB, of method M only with --fail-method M (HEAD, GET): one object's brown-out.
@@ -20,6 +20,8 @@ after its first half (a transfer cut mid-body).
 contains SUB (of method M only with
 --hold-method M) S seconds before forwarding them, and prints "HELD <method> <path>" on stdout as
 one arrives: a slow upload or download, with a way to know the client is waiting on it.
+With --hold-reply the request is forwarded first (it takes effect) and its answer is held instead:
+a write that landed while the client still waits.
 --trickle-match SUB --trickle-rate B sends the answer to every GET whose path contains SUB with its
 headers at once and its body at B bytes per second: a server that never stalls long enough to time
 out, yet never finishes. Prints "TRICKLE <path>" as each begins.
@@ -57,6 +59,7 @@ parser.add_argument("--cut-first", type=int, default=0)
 parser.add_argument("--hold-match", help="hold requests whose path contains this --hold seconds, printing HELD lines")
 parser.add_argument("--hold", type=float, default=0.0)
 parser.add_argument("--hold-method", help="with --hold-match: only requests of this method")
+parser.add_argument("--hold-reply", action="store_true", help="with --hold-match: forward first, then hold the answer")
 parser.add_argument("--trickle-match", help="send the body of GETs whose path contains this at --trickle-rate bytes per second")
 parser.add_argument("--trickle-rate", type=float, default=1.0)
 args = parser.parse_args()
@@ -150,7 +153,9 @@ class Handler(socketserver.BaseRequestHandler):
         if (not args.fail_method or method == args.fail_method) and take("failed", args.fail_match, args.fail_first, path):
             self.request.sendall(SLOWDOWN)
             return
-        if args.hold_match and (args.hold_match in path or args.hold_match in urllib.parse.unquote(target)) and (not args.hold_method or method == args.hold_method):
+        holding = bool(args.hold_match and (args.hold_match in path or args.hold_match in urllib.parse.unquote(target))
+                    and (not args.hold_method or method == args.hold_method))
+        if holding and not args.hold_reply:
             with lock:
                 print(f"HELD {method} {path}", flush=True)
             time.sleep(args.hold)
@@ -168,6 +173,23 @@ class Handler(socketserver.BaseRequestHandler):
         sent = time.monotonic()
         upstream = socket.create_connection(("127.0.0.1", args.upstream))
         upstream.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+        if holding and args.hold_reply:
+            answer = bytearray()
+            while True:
+                chunk = upstream.recv(1 << 20)
+                if not chunk:
+                    break
+                answer += chunk
+            upstream.close()
+            record(method, target, len(bytes(answer).partition(b"\r\n\r\n")[2]))
+            with lock:
+                print(f"HELD {method} {path}", flush=True)
+            time.sleep(args.hold)
+            try:
+                self.request.sendall(bytes(answer))
+            except OSError:
+                pass
+            return
         if args.lose_reply_every and number % args.lose_reply_every == 0:
             # Let the server finish the request (it has taken effect), then lose its answer.
             while upstream.recv(65536):

@@ -66,6 +66,16 @@ final class S3StallTests: IntegrationTestCase {
         try backup()
     }
 
+    /// The server took the whole dump (it is stored) but its answer is held: the signal ends the wait, and
+    /// the clean-up removes the object that landed, so no data without a manifest is left behind.
+    func testASignalWhileTheAnswerToALandedPutIsHeldRemovesTheObjectThatLanded() throws {
+        let run = try interruptHeld("dbbackup", common, hold: ["--hold-match", "/dump.sql.gz", "--hold-method", "PUT", "--hold-reply"])
+        XCTAssertEqual(run.status, ExitStatus.interrupted.rawValue, run.errors)
+        XCTAssertLessThan(run.seconds, 15, "the wait for the answer was abandoned at the signal: \(run.errors)")
+        XCTAssertEqual(try store().list(prefix: "backups/").map(\.key), [], "the dump that landed was removed")
+        XCTAssertFalse(try store().list(prefix: "locks/").contains { $0.key.hasSuffix("repository.lock") }, "the lock was released after the signal")
+    }
+
     func testASignalWhileTheListingIsHeldEndsAnEmergencyRestoreAtOnce() throws {
         try backup()
         let before = try cluster.scalar("SELECT count(*) FROM t", database: database)
