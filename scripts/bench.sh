@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks dbrecovery against the tools it replaces, side by side in one run on this machine.
 #
-#   scripts/bench.sh [--scale S] [--reps N] [--only incremental|wal|logical|restore|selective|growth|physical]
+#   scripts/bench.sh [--scale S] [--reps N] [--only incremental|wal|logical|restore|selective|growth|physical|hugevalue]
 #
 # Builds release binaries, starts a sandbox cluster, makes a deterministic dataset (pgbench tables
 # plus a table of text, jsonb, bytea, numeric and timestamptz; about S GiB, default 1), then runs
@@ -45,6 +45,10 @@
 # extraction of the same base backup as "dbrestore --pitr (extract base backup) (baseline build)",
 # alternating with this build's. Every repetition backs up the same cluster: the databases
 # the restore rows create are dropped again at the end of each repetition of a full run.
+# Huge values: `--only hugevalue` (and the end of a full run) backs up a table holding one text value
+# of 50 MiB and one of 200 MiB, and shows the peak RSS of dbrestore --jobs 1 and 2 against
+# `gunzip -c dump.sql.gz | psql` at both sizes (a long row is streamed in pieces, so memory must not grow
+# with the value), with dbbackup's against pg_dump | gzip (bench/results-hugevalue.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scale=1
@@ -55,10 +59,10 @@ while [ $# -gt 0 ]; do
     --scale) scale=$2; shift 2 ;;
     --reps) reps=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
-    *) echo "usage: $0 [--scale S] [--reps N] [--only incremental|wal|logical|restore|selective|growth|physical]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--scale S] [--reps N] [--only incremental|wal|logical|restore|selective|growth|physical|hugevalue]" >&2; exit 2 ;;
   esac
 done
-case $only in all|incremental|wal|logical|restore|selective|growth|physical) ;; *) echo "bench: --only takes 'incremental', 'wal', 'logical', 'restore', 'selective', 'growth' or 'physical'" >&2; exit 2 ;; esac
+case $only in all|incremental|wal|logical|restore|selective|growth|physical|hugevalue) ;; *) echo "bench: --only takes 'incremental', 'wal', 'logical', 'restore', 'selective', 'growth', 'physical' or 'hugevalue'" >&2; exit 2 ;; esac
 pg17_bin=/var/cache/dbrecovery/postgresql/17/bin
 if [ "$only" = all ] || [ "$only" = incremental ]; then
   [ -x "$pg17_bin/pg_combinebackup" ] || { echo "bench: PostgreSQL 17 is missing in $pg17_bin; run scripts/pg-majors.sh" >&2; exit 12; }
@@ -106,13 +110,13 @@ SQL
 }
 load_at_start=$(cut -d' ' -f1 /proc/loadavg)
 echo "bench: building the dataset (scale $scale)" >&2
-make_dataset bench "$scale"
+[ "$only" = hugevalue ] || make_dataset bench "$scale"
 [ "$only" = all ] && make_dataset bench_small "$(python3 -c "print($scale / 4)")"
 db_size=$(psql -X -A -t "$base/postgres" -c "SELECT pg_size_pretty(pg_database_size('bench'))")
 dump_size=$("$pg_bin/pg_dump" "$base/bench" | wc -c)
 
 # The S3 side: moto on loopback, parts of 8 MiB, for peak memory of a backup to S3 at two sizes.
-if [ "$only" != restore ]; then
+if [ "$only" != restore ] && [ "$only" != hugevalue ]; then
 eval "$(scripts/s3-sandbox.sh start "$work/s3" | sed 's/^/S3_/')"
 python3 -c "import urllib.request; urllib.request.urlopen(urllib.request.Request('$S3_ENDPOINT/bench', method='PUT', headers={'Authorization': 'AWS4-HMAC-SHA256 Credential=A/20240101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0'}))"
 # 5 MiB parts, 2 in flight: both dataset sizes are many parts, so peak memory shows whether it grows.
@@ -565,6 +569,56 @@ PY
 }
 if [ "$only" = growth ]; then only_part results-growth.md growth; fi
 
+# One huge value (a 210 MB document once took dbrestore 1.32 GB): a table holding one text value of
+# 50 MiB, then of 200 MiB (md5 text, so that it does not compress away), backed up by dbbackup and by
+# pg_dump | gzip; each restored by dbrestore --jobs 1 and --jobs 2 and by gunzip -c | psql into an
+# empty database, once each, the value's md5 checked. Prints a markdown section on stdout.
+huge_value() {
+  local results="$work/hugevalue.tsv" mib db id digest jobs
+  : > "$results"
+  for mib in 50 200; do
+    db=huge_$mib
+    echo "bench: huge value, $mib MiB" >&2
+    psql -q -X "$base/postgres" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >&2
+    psql -q -X -v ON_ERROR_STOP=1 "$base/$db" -c "CREATE TABLE doc (id int PRIMARY KEY, body text)" \
+      -c "INSERT INTO doc SELECT 1, string_agg(md5(g::text), '') FROM generate_series(1, $mib * 32768) g" -c "INSERT INTO doc VALUES (2, 'small')" >&2
+    digest=$(psql -X -A -t "$base/$db" -c "SELECT md5(body) FROM doc WHERE id = 1")
+    rm -rf "$work/huge-repo" "$work/huge.sql.gz"
+    measure "pg_dump | gzip -6 ($mib MiB value)" "'$pg_bin/pg_dump' '$base/$db' | gzip -6 > '$work/huge.sql.gz'"
+    measure "dbbackup ($mib MiB value)" "'$bin/dbbackup' -q --database-url '$base/$db' --repo '$work/huge-repo'"
+    id=$(ls "$work/huge-repo/backups" | tail -1)
+    restore_db huge_peer
+    measure "gunzip -c | psql ($mib MiB value)" "gunzip -c '$work/huge.sql.gz' | psql -q -X '$base/huge_peer'"
+    [ "$(psql -X -A -t "$base/huge_peer" -c "SELECT md5(body) FROM doc WHERE id = 1")" = "$digest" ] || { echo "bench: psql restored another value" >&2; exit 1; }
+    for jobs in 1 2; do
+      restore_db huge_ours
+      measure "dbrestore --jobs $jobs ($mib MiB value)" "'$bin/dbrestore' '$id' -q --yes --jobs $jobs --repo '$work/huge-repo' --database-url '$base/huge_ours'"
+      [ "$(psql -X -A -t "$base/huge_ours" -c "SELECT md5(body) FROM doc WHERE id = 1")" = "$digest" ] || { echo "bench: dbrestore restored another value" >&2; exit 1; }
+      psql -q -X "$base/postgres" -c "SELECT format('DROP DATABASE %I', datname) FROM pg_database WHERE datname LIKE 'huge\_ours\_pre\_restore\_%'" -A -t | psql -q -X "$base/postgres" >/dev/null
+    done
+    psql -q -X "$base/postgres" -c "DROP DATABASE huge_peer WITH (FORCE)" -c "DROP DATABASE huge_ours WITH (FORCE)" -c "DROP DATABASE $db" >&2
+  done
+  python3 - "$results" <<'PY'
+import sys
+rows = {}
+for line in open(sys.argv[1]):
+    name, wall, cpu, rss, _ = line.rstrip("\n").split("\t")
+    rows[name] = (float(wall), float(rss) / 1024)
+print("\n## One huge value: peak memory against the value's size (one run each)\n")
+print("A table holding one text value of 50 MiB, then of 200 MiB (the dump's COPY line is as long), restored into an "
+      "empty database. Flat memory shows as equal peak RSS at both sizes.\n")
+print("| job | wall s (50 MiB) | wall s (200 MiB) | peak RSS MiB (50 MiB) | peak RSS MiB (200 MiB) |")
+print("| --- | ---: | ---: | ---: | ---: |")
+for job in ["gunzip -c | psql", "dbrestore --jobs 1", "dbrestore --jobs 2", "pg_dump | gzip -6", "dbbackup"]:
+    small, large = rows[f"{job} (50 MiB value)"], rows[f"{job} (200 MiB value)"]
+    print(f"| {job.replace('|', chr(92) + '|')} | {small[0]:.2f} | {large[0]:.2f} | {small[1]:.1f} | {large[1]:.1f} |")
+large = rows["dbrestore --jobs 2 (200 MiB value)"][1]
+print(f"\n**dbrestore --jobs 2 peak RSS with the 200 MiB value: {large:.0f} MiB** (target < 150 MiB: {'met' if large < 150 else 'NOT met'}). "
+      "Peak RSS is of the command and its children: the backup rows include pg_dump's own, which libpq hands each row whole.")
+PY
+}
+if [ "$only" = hugevalue ]; then only_part results-hugevalue.md huge_value; fi
+
 # Incremental base backups: a PostgreSQL 17 sandbox with the same dataset and summarize_wal on.
 eval "$(scripts/pg-sandbox.sh start "$work/cluster17" --major 17 --archive-command /bin/true | sed 's/^/PG17_/')"
 base17="postgresql://postgres@127.0.0.1:$PG17_PORT"
@@ -747,6 +801,7 @@ mkdir -p bench
 if [ "$only" = all ]; then
   readonce_and_wal >> "$work/results.md"
   growth >> "$work/results.md"
+  huge_value >> "$work/results.md"
   cp "$work/results.md" bench/results.md
   scripts/bench-readme.py bench/results.md README.md
 elif [ "$only" = physical ]; then

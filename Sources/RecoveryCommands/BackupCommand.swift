@@ -113,7 +113,9 @@ public struct CaptureCommand: ToolCommand {
     public func run(in context: RunContext) throws {
         let settings = context.settings
         if config.printIfAsked(context, connection: connection, repository: repository) { return }
-        output.begin("dbbackup", labels: ["kind": incremental ? "incremental" : physical ? "physical" : "logical"], in: context)
+        // A base backup holds its whole server: `database="(all)"`, as dbrestore list shows it.
+        output.begin("dbbackup", labels: ["kind": incremental ? "incremental" : physical ? "physical" : "logical"]
+                        .merging(physical || incremental ? ["database": BackupManifest.wholeServer] : connection.databaseLabel(settings)) { first, _ in first }, in: context)
         var configuration = CaptureConfiguration(
             target: try connection.target(settings), repositories: try repository.addresses(settings), tags: tags, release: release,
             pinned: pin, compressionLevel: compressionLevel,

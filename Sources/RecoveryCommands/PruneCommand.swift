@@ -17,11 +17,17 @@ public struct PruneCommand: ToolCommand {
         base backups of one server (column OF). Ten backups of app never push out billing's, nor \
         logical backups a base backup; each group keeps its own newest verified backup.
 
+        A recovery dbrestore --pitr prepared holds its base backup and WAL (locks/holds/ in the \
+        repository) until it ends: kept, "held by the recovery prepared at HOST:/path at TIME", and \
+        listed with their age under HOLDS. A hold older than --hold-expiry (default 7d, [prune] \
+        hold_expiry) protects nothing; every run warns of each hold before and after.
+
         Examples:
           dbprune --repo /var/backups/app --dry-run   # what would go and why
           dbprune --repo /var/backups/app --yes       # nightly, from cron
           dbprune --repo /var/backups/app --json \\
               --policy /etc/dbrecovery/retention.toml
+          dbprune --repo /var/backups/app --release-hold 20261127T020000Z-3fa2c1d0
         """,
         version: DBRecoveryVersion.current)
 
@@ -45,6 +51,12 @@ public struct PruneCommand: ToolCommand {
     @Option(name: .customLong("as-of"), help: ArgumentHelp("Judge ages as of this time (ISO 8601), to preview a future prune.", valueName: "time"))
     var asOf: String?
 
+    @Option(name: .customLong("release-hold"), help: ArgumentHelp("Release this hold of a prepared recovery (an abandoned one) and prune nothing (with --dry-run: say which it is).", valueName: "id"))
+    var releaseHold: String?
+
+    @Option(name: .customLong("hold-expiry"), help: ArgumentHelp("A recovery's hold protects its WAL and base backup this long (h, d or w; default 7d, or [prune] hold_expiry).", valueName: "age"))
+    var holdExpiry: String?
+
     @OptionGroup(title: "Output") var output: OutputOptions
     @OptionGroup(title: "Configuration") var config: ConfigOptions
 
@@ -54,6 +66,12 @@ public struct PruneCommand: ToolCommand {
         if let asOf, Timestamp.parse(asOf) == nil {
             throw ValidationError("--as-of '\(asOf)' is not an ISO 8601 time; write e.g. 2026-12-01T02:00:00Z")
         }
+        if releaseHold != nil && (allRepos || applyLifecycle) {
+            throw ValidationError("--release-hold releases one hold of one repository (--repo); run it without \(allRepos ? "--all-repos" : "--apply-lifecycle")")
+        }
+        if let holdExpiry, (RetentionDuration.parse(holdExpiry)?.hours ?? 0) == 0 {
+            throw ValidationError("--hold-expiry '\(holdExpiry)' is not an age above zero; write e.g. 36h, 7d or 2w")
+        }
     }
 
     public func run(in context: RunContext) throws {
@@ -61,7 +79,8 @@ public struct PruneCommand: ToolCommand {
         let policyPath = settings.resolve("retention.policy", flag: policy, flagName: "--policy", environment: ["DBRECOVERY_POLICY"],
                                           file: \.policy, fileKey: "[retention] policy")
         if config.printIfAsked(context, connection: nil, repository: repository, extra: [policyPath]) { return }
-        output.begin("dbprune", in: context)
+        // Which repositories: two databases' nightly jobs may prune their own repositories into one METRICS_DIR.
+        output.begin("dbprune", labels: (try? repository.addresses(settings)).map { ["repository": $0.joined(separator: ",")] } ?? [:], in: context)
         let policy = try policyPath.value.map { try RetentionPolicy.load(path: $0) } ?? .builtIn
         if applyLifecycle {
             let change = try LifecycleRule.apply(repository: try repository.address(settings), policy: policy, dryRun: dryRun,
@@ -72,6 +91,7 @@ public struct PruneCommand: ToolCommand {
             print(!change.changed ? "lifecycle rule is already up to date" : change.applied ? "lifecycle rule written to \(change.bucketLocation)" : "dry run: nothing written")
             return
         }
+        if let releaseHold { return try release(releaseHold, settings: settings) }
         let now = asOf.flatMap(Timestamp.parse) ?? Date()
         var addresses = try repository.addresses(settings)
         if allRepos {
@@ -90,16 +110,22 @@ public struct PruneCommand: ToolCommand {
             var configuration = PruneConfiguration(repository: address, policy: policy, dryRun: dryRun, now: now, confirm: confirm)
             configuration.environment = repository.storageEnvironment(settings)
             if let interval = settings.configFile?.reverifyAfter { configuration.reverifyAfter = interval }
+            if let expiry = holdExpiry.flatMap(RetentionDuration.parse) ?? settings.configFile?.holdExpiry { configuration.holdExpiry = expiry }
             reports.append(try Pruner.run(configuration, progress: output.progress))
         }
         if output.json {
             if reports.count == 1 { try printJSON(reports[0]) } else { try printJSON(reports) }
+            // Warnings (a recovery's hold, an expired one) reach stderr in a cron line with --json too.
+            for report in reports { report.notes.filter { $0.hasPrefix("warning: ") }.forEach(output.note) }
         }
         for report in reports { try render(report, header: reports.count > 1) }
         let unreadable = reports.flatMap(\.unreadable), archived = reports.flatMap(\.archived)
         if !dryRun && unreadable.isEmpty && archived.isEmpty {
             output.succeeded(["prune_kept": Double(reports.map(\.kept).reduce(0, +)), "prune_deleted": Double(reports.map(\.deleted).reduce(0, +)),
-                              "prune_wal_deleted": Double(reports.map { $0.wal.delete.count }.reduce(0, +))],
+                              "prune_wal_deleted": Double(reports.map { $0.wal.delete.count }.reduce(0, +)),
+                              // --quiet (cron) prints no warnings: a hold, or a forgotten one past its expiry, is still seen here.
+                              "prune_holds": Double(reports.map { $0.holds.filter(\.protecting).count }.reduce(0, +)),
+                              "prune_holds_expired": Double(reports.map { $0.holds.filter { !$0.protecting }.count }.reduce(0, +))],
                              summary: reports.map { "\($0.repository): kept \($0.kept), deleted \($0.deleted)" }.joined(separator: "; "), in: context)
         }
         if !unreadable.isEmpty {
@@ -112,6 +138,18 @@ public struct PruneCommand: ToolCommand {
                                 hint: "a bucket lifecycle rule other than dbprune's moved them: restore those manifests from the archive "
                                 + "(aws s3api restore-object) or delete the backups' folders; dbprune --apply-lifecycle --dry-run shows the rule to use")
         }
+    }
+
+    /// `--release-hold ID`: one hold released (or, with `--dry-run`, named); nothing pruned.
+    private func release(_ id: String, settings: Settings) throws {
+        let result = try HeldRecoveries.release(id, repository: try repository.address(settings), dryRun: dryRun,
+                                                environment: repository.storageEnvironment(settings))
+        guard result.found else {
+            throw RecoveryError(.usage, "no hold \(id) in \(result.repository)",
+                                hint: result.others.isEmpty ? "the repository holds no hold (released already?)" : "its holds: \(result.others.joined(separator: ", "))")
+        }
+        if output.json { return try printJSON(result) }
+        print(HoldRelease.describe(result))
     }
 
     private func render(_ report: PruneReport, header: Bool) throws {
@@ -130,9 +168,21 @@ public struct PruneCommand: ToolCommand {
                       item.action == "delete" ? "garbage: delete" : item.action, item.reason)
         }
         print(table.rendered)
+        if !report.holds.isEmpty {
+            // Every hold with its age: a forgotten one is seen here long before it expires.
+            var holds = TextTable("HOLD", "MADE (UTC)", "AGE", "PREPARED AT", "KEEPS", "STATUS")
+            for status in report.holds {
+                holds.add(status.id, status.hold.map { String(Timestamp.format($0.createdAt).prefix(19)).replacingOccurrences(of: "T", with: " ") } ?? "-",
+                          String(format: "%.1fd", status.ageHours / 24), status.hold.map { "\($0.host):\($0.dataDirectory)" } ?? "-",
+                          status.hold.map { "\($0.backups.joined(separator: ",")) + WAL from \($0.firstSegment)" } ?? "-",
+                          status.protecting ? "protects until \(status.expiresAt.map { String(Timestamp.format($0).prefix(16)) } ?? "?")" : "expired: protects nothing")
+            }
+            print(holds.rendered)
+        }
         if report.wal.kept + report.wal.delete.count > 0 || report.wal.oldestNeeded != nil {
             output.note("WAL: \(report.wal.note); \(dryRun ? "would delete" : "deleted") \(report.wal.delete.count), kept \(report.wal.kept)")
         }
+        for line in report.wal.held ?? [] { output.note("\(dryRun ? line.replacingOccurrences(of: "kept ", with: "would keep ") : line)") }
         for decision in report.decisions {
             for reason in decision.keptBy where reason.hasPrefix("parent of ") {
                 output.note("\(dryRun ? "would keep" : "kept") \(decision.id): \(reason), an incremental base backup that is kept and cannot be restored without it")

@@ -35,7 +35,7 @@ public struct RestoreCommand: ParsableCommand, ArgumentRewriting {
         """,
         version: DBRecoveryVersion.current,
         subcommands: [RestoreBackupCommand.self, EmergencyCommand.self, DrillCommand.self, PITRCommand.self,
-                      ListCommand.self, ContentsCommand.self, CleanupCommand.self, WALFetchCommand.self],
+                      ListCommand.self, ContentsCommand.self, CleanupCommand.self, WALFetchCommand.self, WALReleaseCommand.self],
         defaultSubcommand: RestoreBackupCommand.self)
 
     public init() {}
@@ -63,7 +63,7 @@ public struct RestoreCommand: ParsableCommand, ArgumentRewriting {
         if distinct.count > 1 {
             throw ValidationError("\(distinct[0]) and \(distinct[1]) cannot be combined; choose one")
         }
-        let other = ([ListCommand.self, ContentsCommand.self, CleanupCommand.self, WALFetchCommand.self] as [ParsableCommand.Type]).compactMap { $0.configuration.commandName }
+        let other = ([ListCommand.self, ContentsCommand.self, CleanupCommand.self, WALFetchCommand.self, WALReleaseCommand.self] as [ParsableCommand.Type]).compactMap { $0.configuration.commandName }
         if let first = arguments.first, other.contains(first) { return arguments }
         var rest = Array(arguments[..<end].filter { modeFlags[$0] == nil }) + arguments[end...]
         let modes = Set(modeFlags.values)
@@ -104,15 +104,13 @@ public struct RestoreRunOptions: ParsableArguments {
     @Option(name: .customLong("swap-timeout"), help: ArgumentHelp("Seconds to wait for sessions on the target to end at the swap.", valueName: "seconds"))
     public var swapTimeout = 30
 
-    @Option(name: .customLong("from-database"), help: ArgumentHelp("Choose among this database's backups instead of the target's ('latest', --emergency, --drill); a backup named by its id needs none.", valueName: "name"))
+    @Option(name: .customLong("from-database"), help: ArgumentHelp("Choose among this database's backups instead of the target's ('latest', --emergency, --drill, --table/--schema); a backup named by its id needs none.", valueName: "name"))
     public var fromDatabase: String?
 
     public init() {}
 
     public func validate() throws {
-        if let fromDatabase, fromDatabase.isEmpty || fromDatabase.utf8.count > 63 {
-            throw ValidationError("--from-database '\(fromDatabase)' is not a database name: it must have 1 to 63 bytes")
-        }
+        try FromDatabaseOption.validate(fromDatabase)
         if let jobs, !(1...64).contains(jobs) { throw ValidationError("--jobs \(jobs) must be between 1 and 64") }
         guard (1...3600).contains(swapTimeout) else { throw ValidationError("--swap-timeout \(swapTimeout) must be between 1 and 3600 seconds") }
     }
@@ -149,7 +147,8 @@ extension LogicalRestoreInputs {
         let settings = context.settings
         let mode = request.mode
         if config.printIfAsked(context, connection: connection, repository: repository) { return }
-        output.begin("dbrestore", labels: ["mode": mode == .emergency ? "emergency" : mode == .drill ? "drill" : "restore"], in: context)
+        output.begin("dbrestore", labels: ["mode": mode == .emergency ? "emergency" : mode == .drill ? "drill" : "restore"]
+                        .merging(connection.databaseLabel(settings)) { first, _ in first }, in: context)
         let (backup, release, incidentFile): (String, String?, String?) = switch request {
         case .named(let backup, _): (backup, nil, nil)
         case .unattended(_, let release, let incidentFile): ("latest", release, incidentFile)
@@ -171,13 +170,13 @@ extension LogicalRestoreInputs {
         }
         if case .named(_, yes: false) = request {
             // Destructive without an explicit yes only at a terminal; never from cron, ssh without a tty or CI.
-            try Confirmation.ask(plan.lines.joined(separator: "\n"), refusal: "dbrestore would replace database \(plan.targetDatabase) with backup \(plan.backupID)")
+            try Confirmation.ask(plan.lines.joined(separator: "\n"), refusal: "dbrestore would replace database \(plan.targetDatabase) with backup \(plan.backup.id)")
         } else if !output.json {
             plan.skipped.forEach { output.note("skipped backup \($0.id): \($0.reason)") }
         }
         let report = try LogicalRestore.execute(plan, configuration, timeline: timeline, progress: output.progress)
         output.succeeded(["restore_duration_seconds": report.durationSeconds, "restore_verified_tables": Double(report.verification?.tables.count ?? 0)],
-                         summary: "\(report.outcome) from backup \(report.plan.backupID) in \(String(format: "%.1f", report.durationSeconds)) s", in: context)
+                         summary: "\(report.outcome) from backup \(report.plan.backup.id) in \(String(format: "%.1f", report.durationSeconds)) s", in: context)
         if output.json {
             try printJSON(report)
             return
@@ -185,10 +184,10 @@ extension LogicalRestoreInputs {
         let seconds = String(format: "%.1f", report.durationSeconds)
         switch mode {
         case .drill:
-            print("drill passed: backup \(report.plan.backupID) restored and verified (\(report.verification?.tables.count ?? 0) tables) in \(seconds) s; scratch database dropped")
+            print("drill passed: backup \(report.plan.backup.id) restored and verified (\(report.verification?.tables.count ?? 0) tables) in \(seconds) s; scratch database dropped")
         default:
-            var line = "restored \(plan.targetDatabase) from backup \(report.plan.backupID) in \(seconds) s; row counts verified"
-            if configuration.repositories.count > 1 { line += "; read from \(report.plan.repository)" }
+            var line = "restored \(plan.targetDatabase) from backup \(report.plan.backup.id) in \(seconds) s; row counts verified"
+            if configuration.repositories.count > 1 { line += "; read from \(report.plan.backup.repository)" }
             if let kept = report.plan.keptAs { line += "; previous database kept as \(kept)" }
             print(line)
             let copies = report.plan.preRestoreCopies
@@ -292,11 +291,7 @@ public struct RestoreBackupCommand: ToolCommand {
 
     public func run(in context: RunContext) throws {
         if selection.isActive {
-            if let from = options.fromDatabase {
-                throw RecoveryError(.usage, "--from-database goes with a whole-database restore, not with --table or --schema",
-                                    hint: "name the backup of \(from) by its id (dbrestore list shows each backup's database)")
-            }
-            return try selection.run(backup: backup ?? "latest", connection: connection, repository: repository, config: config, output: output,
+            return try selection.run(backup: backup ?? "latest", fromDatabase: options.fromDatabase, connection: connection, repository: repository, config: config, output: output,
                                      dryRun: options.dryRun, yes: yes, in: context)
         }
         try restoreLogically(.named(backup: backup ?? "latest", yes: yes), in: context)
@@ -434,7 +429,7 @@ public struct PITRCommand: ToolCommand {
     public func run(in context: RunContext) throws {
         let settings = context.settings
         if config.printIfAsked(context, connection: connection, repository: repository) { return }
-        output.begin("dbrestore", labels: ["mode": "pitr"], in: context)
+        output.begin("dbrestore", labels: ["mode": "pitr", "database": BackupManifest.wholeServer], in: context)
         let recoveryTarget: RecoveryTarget = targetTime.flatMap(Self.parseTime).map { .time($0) }
             ?? targetLSN.flatMap(WALSegmentName.parseLSN).map { .lsn($0) } ?? targetName.map { .name($0) } ?? .latest
         let executable = PointInTimeRestore.runningExecutable()
@@ -459,6 +454,8 @@ public struct PITRCommand: ToolCommand {
         if !report.started {
             print("restored base backup \(plan.backupID) into \(directory) with recovery to \(plan.target); start it with: \(plan.pgCtl ?? "pg_ctl") -D \(directory) start"
                   + (plan.pgCtlProblem.map { " (\($0))" } ?? ""))
+            output.note(report.hold.map { "hold \($0.id): dbprune keeps its base backup and WAL until recovery ends (recovery_end_command releases it)" }
+                        ?? "warning: \(report.holdProblem ?? "no hold written")")
             return
         }
         print("recovered to \(plan.target) and promoted; last replayed transaction: \(report.lastReplayedTransaction.map(Timestamp.format) ?? "none")")
@@ -510,7 +507,7 @@ public struct ListCommand: ToolCommand {
             }
             // A base backup holds every database of its server: "all", not the one it connected to.
             table.add(item.id, item.takenAt.map { String(Timestamp.format($0).prefix(19)).replacingOccurrences(of: "T", with: " ") } ?? "-",
-                      item.kind == "physical" ? "(all)" : item.database ?? "-", item.kind ?? "-", ByteCount.format(item.storedBytes ?? 0), item.rows.map(String.init) ?? "-",
+                      item.kind == "physical" ? BackupManifest.wholeServer : item.database ?? "-", item.kind ?? "-", ByteCount.format(item.storedBytes ?? 0), item.rows.map(String.init) ?? "-",
                       item.schemaVersion ?? "-", item.release ?? "-", item.pinned == true ? "yes" : "no",
                       item.tags.joined(separator: ","))
         }
@@ -567,7 +564,7 @@ public struct CleanupCommand: ToolCommand {
 
     public func run(in context: RunContext) throws {
         if config.printIfAsked(context, connection: connection, repository: nil) { return }
-        output.begin("dbrestore", labels: ["mode": "cleanup"], in: context)
+        output.begin("dbrestore", labels: ["mode": "cleanup"].merging(connection.databaseLabel(context.settings)) { first, _ in first }, in: context)
         let file = context.settings.configFile
         // --keep-within was checked by validate(), the file's value when the file was read.
         let within = keepWithin.flatMap(Self.age) ?? file?.keepPreRestoreWithin ?? PreRestoreCleanupConfiguration.defaultKeepWithin

@@ -10,15 +10,19 @@ public struct ContentsCommand: ToolCommand {
         discussion: """
         Read from the backup's table of contents (toc.json.gz, written by dbbackup next to the dump); \
         for a backup taken before tables of contents existed, from a full scan of its dump (slower; \
-        the listing says which).
+        the listing says which). In a repository shared by several databases, \
+        'latest' needs --from-database NAME to say whose newest backup it is.
 
         Examples:
           dbrestore contents latest --repo /var/backups/app
+          dbrestore contents latest --from-database billing --repo /var/backups/shared
           dbrestore contents 20261124T020000Z-3fa2 --json | jq -r '.tables[] | "\\(.schema).\\(.name) \\(.rows)"'
         """)
 
     @Argument(help: ArgumentHelp("Backup id, unique id prefix, or 'latest'.", valueName: "backup"))
     public var backup: String = "latest"
+
+    @OptionGroup public var from: FromDatabaseOption
 
     @OptionGroup public var reading: RepositoryReadOptions
 
@@ -27,11 +31,12 @@ public struct ContentsCommand: ToolCommand {
     public func run(in context: RunContext) throws {
         if reading.printConfigIfAsked(context) { return }
         let repository = reading.repository, output = reading.output, settings = context.settings
-        let contents = try BackupContents.read(repository: try repository.address(settings), backup: backup, key: try repository.cipherKey(settings),
+        let contents = try BackupContents.read(repository: try repository.address(settings), backup: backup, database: from.fromDatabase,
+                                               key: try repository.cipherKey(settings),
                                                environment: repository.storageEnvironment(settings), progress: output.progress)
         if output.json { return try printJSON(contents) }
         let source = contents.source == .tableOfContents ? "table of contents, \(contents.accessPoints) access points" : "full scan of the dump (no usable table of contents)"
-        print("backup \(contents.backupID) (\(source))")
+        print("backup \(contents.backupID)\(contents.database.map { " of database \($0)" } ?? "") (\(source))")
         print("schemas: \(contents.schemas.map(QualifiedNames.display).joined(separator: ", "))")
         var tables = TextTable("TABLE", "ROWS", "SIZE IN DUMP")
         for table in contents.tables {
@@ -44,6 +49,27 @@ public struct ContentsCommand: ToolCommand {
             print("\(kind) (\(objects.count)): \(objects.map(\.qualified).joined(separator: ", "))")
         }
         contents.notes.forEach { print("note: \($0)") }
+    }
+}
+
+/// `--from-database NAME` of the commands without a target database of their own (`dbrestore
+/// contents`, `dbverify --files`) and of `dbverify`: whose newest backup `latest` is, in a repository
+/// shared by several databases.
+public struct FromDatabaseOption: ParsableArguments {
+    @Option(name: .customLong("from-database"), help: ArgumentHelp(
+        "'latest' is this database's newest backup (a repository may hold several databases' backups; dbverify --files all: its backups only); a backup named by its id needs none.",
+        valueName: "name"))
+    public var fromDatabase: String?
+
+    public init() {}
+
+    public func validate() throws { try Self.validate(fromDatabase) }
+
+    /// A database name has 1 to 63 bytes (every command's `--from-database`).
+    static func validate(_ name: String?) throws {
+        if let name, name.isEmpty || name.utf8.count > 63 {
+            throw ValidationError("--from-database '\(name)' is not a database name: it must have 1 to 63 bytes")
+        }
     }
 }
 
@@ -96,12 +122,13 @@ public struct SelectiveRestoreOptions: ParsableArguments {
     }
 
     /// Runs the selective restore for `dbrestore <backup> --table …`.
-    func run(backup: String, connection: ConnectionOptions, repository: RepositoryOptions, config: ConfigOptions, output: OutputOptions,
+    func run(backup: String, fromDatabase: String?, connection: ConnectionOptions, repository: RepositoryOptions, config: ConfigOptions, output: OutputOptions,
              dryRun: Bool, yes: Bool, in context: RunContext) throws {
         let settings = context.settings
         if config.printIfAsked(context, connection: connection, repository: repository) { return }
-        output.begin("dbrestore", labels: ["mode": "selective"], in: context)
+        output.begin("dbrestore", labels: ["mode": "selective"].merging(connection.databaseLabel(settings)) { first, _ in first }, in: context)
         var configuration = SelectiveRestoreConfiguration(target: try connection.target(settings), repositories: try repository.addresses(settings), backup: backup)
+        configuration.fromDatabase = fromDatabase
         configuration.tables = tables
         configuration.schemas = schemas
         configuration.destination = destination

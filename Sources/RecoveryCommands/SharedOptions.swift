@@ -52,6 +52,13 @@ public struct ConnectionOptions: ParsableArguments {
         }
     }
 
+    /// The metrics label of the database a run is about (`database`, the `--database-url`'s): with
+    /// it, the runs of several databases sharing a metrics file or an alert rule each keep their own
+    /// series. Empty when the URL is missing or malformed (the run then fails on it, still reported).
+    func databaseLabel(_ settings: Settings) -> [String: String] {
+        (try? target(settings)).map { ["database": $0.databaseName] } ?? [:]
+    }
+
     func databaseURLSetting(_ settings: Settings) -> ResolvedSetting {
         settings.resolve("database_url", flag: databaseURL, flagName: "--database-url", environment: ["DATABASE_URL"],
                          file: \.databaseURL, fileKey: "database_url")

@@ -19,6 +19,9 @@ public struct VerifyCommand: ToolCommand {
         With --schema: runs pg_dump --schema-only on the live database and compares it, object by \
         object, with the schema fingerprint the backup recorded in its own snapshot. Exit 30 and the \
         differing objects (missing, extra, changed) on any difference.
+        In a repository shared by several databases, 'latest' is the target database's newest \
+        backup (--from-database NAME: NAME's); with --files and no --from-database, the newest of \
+        each database's backups and of each server's base backups.
 
         Examples:
           dbverify --database-url postgresql://postgres@db1/app \\
@@ -28,6 +31,7 @@ public struct VerifyCommand: ToolCommand {
           dbverify 20261124T020000Z-3fa2 --json
           dbverify --files latest --repo /var/backups/app
           dbverify --files all            # every backup in the repository
+          dbverify --files --from-database billing   # billing's newest backup
           dbverify --schema latest        # has the schema drifted since then?
         """,
         version: DBRecoveryVersion.current)
@@ -52,6 +56,8 @@ public struct VerifyCommand: ToolCommand {
     @Flag public var check: Check = .rows
     var files: Bool { check == .files }
 
+    @OptionGroup public var from: FromDatabaseOption
+
     @OptionGroup(title: "Connection") public var connection: ConnectionOptions
     @OptionGroup(title: "Repository") public var repository: RepositoryOptions
     @OptionGroup(title: "Output") public var output: OutputOptions
@@ -65,18 +71,20 @@ public struct VerifyCommand: ToolCommand {
 
     public func run(in context: RunContext) throws {
         if config.printIfAsked(context, connection: files ? nil : connection, repository: repository) { return }
-        output.begin("dbverify", labels: ["check": check.rawValue], in: context)
+        // The database checked: the target's (rows, schema); with --files, --from-database's or every one.
+        let database = files ? ["database": from.fromDatabase ?? BackupManifest.wholeServer] : connection.databaseLabel(context.settings)
+        output.begin("dbverify", labels: ["check": check.rawValue].merging(database) { first, _ in first }, in: context)
         let address = try repository.address(context.settings)
         if check == .schema { return try runSchema(repository: address, in: context) }
         if files {
-            let reports = try BackupVerification.files(repository: address, backup: backup ?? "latest", key: try repository.cipherKey(context.settings),
+            let reports = try BackupVerification.files(repository: address, backup: backup ?? "latest", database: from.fromDatabase, key: try repository.cipherKey(context.settings),
                                                        progress: output.progress, environment: repository.storageEnvironment(context.settings))
             if output.json { try printJSON(reports) } else {
-                var table = TextTable("BACKUP", "FILE", "STATUS")
+                var table = TextTable("BACKUP", "DATABASE", "FILE", "STATUS")
                 for report in reports {
-                    if report.pruned { table.add(report.id, "-", "PRUNED: removed by dbprune during the check (gone, not damaged)") }
+                    if report.pruned { table.add(report.id, "-", "-", "PRUNED: removed by dbprune during the check (gone, not damaged)") }
                     for file in report.files {
-                        table.add(report.id, file.name, file.ok ? "ok" : file.archived ? "ARCHIVED: \(file.problem ?? "")"
+                        table.add(report.id, report.database ?? "-", file.name, file.ok ? "ok" : file.archived ? "ARCHIVED: \(file.problem ?? "")"
                                   : file.optionalIndex ? "WARNING: \(file.problem ?? "") (optional index; the backup restores without it)"
                                   : "DAMAGED: \(file.problem ?? "")")
                     }
@@ -84,7 +92,7 @@ public struct VerifyCommand: ToolCommand {
                 print(table.rendered)
             }
             if let bad = reports.first(where: { !$0.ok && !$0.onlyArchived }) {
-                throw RecoveryError(.backupCorrupt, "backup \(bad.id) is damaged: \(bad.firstProblem ?? "")",
+                throw RecoveryError(.backupCorrupt, "backup \(bad.id)\(bad.database.flatMap { $0 == BackupManifest.wholeServer ? nil : " of database \($0)" } ?? "") is damaged: \(bad.firstProblem ?? "")",
                                     hint: "do not restore it; dbrestore --emergency skips damaged backups")
             }
             let checked = reports.filter { !$0.pruned }.count
@@ -97,7 +105,7 @@ public struct VerifyCommand: ToolCommand {
             }
             return
         }
-        let report = try BackupVerification.rowCounts(repository: address, backup: backup, target: try connection.target(context.settings),
+        let report = try BackupVerification.rowCounts(repository: address, backup: backup, fromDatabase: from.fromDatabase, target: try connection.target(context.settings),
                                                           environment: repository.storageEnvironment(context.settings))
         if output.json { try printJSON(report) } else {
             if let basis = report.basis { output.note("comparing \(report.database) with backup \(report.backupID) (\(basis))") }
@@ -110,7 +118,8 @@ public struct VerifyCommand: ToolCommand {
             print(table.rendered)
         }
         guard report.ok else {
-            throw RecoveryError(.verificationMismatch, "\(report.database) does not match backup \(report.backupID): \(report.summary)",
+            let whose = report.backupDatabase.map { $0 == report.database ? "" : " (of database \($0))" } ?? ""
+            throw RecoveryError(.verificationMismatch, "\(report.database) does not match backup \(report.backupID)\(whose): \(report.summary)",
                                 hint: "if this follows a restore, restore again; otherwise the data changed since the backup")
         }
         output.succeeded(["verify_ok": 1, "verify_tables": Double(report.tables.count)], summary: report.summary, in: context)
@@ -119,7 +128,7 @@ public struct VerifyCommand: ToolCommand {
 
     /// `--schema`: the live database's schema against the backup's fingerprint.
     private func runSchema(repository address: String, in context: RunContext) throws {
-        let report = try SchemaVerifier.verify(repository: address, backup: backup, target: try connection.target(context.settings),
+        let report = try SchemaVerifier.verify(repository: address, backup: backup, fromDatabase: from.fromDatabase, target: try connection.target(context.settings),
                                                tools: connection.tools(context.settings), environment: repository.storageEnvironment(context.settings))
         if output.json { try printJSON(report) } else if !report.ok {
             var table = TextTable("CHANGE", "TYPE", "SCHEMA", "NAME")
@@ -129,7 +138,8 @@ public struct VerifyCommand: ToolCommand {
             print(table.rendered)
         }
         guard report.ok else {
-            throw RecoveryError(.verificationMismatch, "schema of \(report.database) does not match backup \(report.backupID): \(report.summary)",
+            let whose = report.backupDatabase.map { $0 == report.database ? "" : " (of database \($0))" } ?? ""
+            throw RecoveryError(.verificationMismatch, "schema of \(report.database) does not match backup \(report.backupID)\(whose): \(report.summary)",
                                 hint: (report.versionNote.map { $0 + "; " } ?? "")
                                     + "if this follows a restore, restore again; otherwise the schema changed since the backup")
         }

@@ -56,7 +56,7 @@ final class DatabasePropertiesTests: IntegrationTestCase {
         XCTAssertEqual(manifest.databaseProperties?.collate, "C")
         let verify = try tool("dbverify", common + [id])
         XCTAssertEqual(verify.status, 0, verify.standardError + verify.standardOutput)
-        XCTAssertTrue(verify.standardOutput.contains("public.café"), verify.standardOutput)
+        XCTAssertTrue(verify.standardOutput.contains(#"public."café""#), "named as SQL reads it: " + verify.standardOutput)
     }
 
     /// Reproduction: a SQL_ASCII database whose table names hold bytes that are not UTF-8 (pg_dump backs

@@ -289,11 +289,24 @@ final class IncrementalBackupTests: XCTestCase {
         let planned = dryRun.standardOutput + dryRun.standardError
         XCTAssertTrue(planned.contains("remove the partial extraction in \(directory) left by") && planned.contains("while pg_combinebackup wrote it"), planned)
         XCTAssertTrue(planned.contains("remove \(work)/restored/\(left), staging left by a killed run"), planned)
+        let chain = try backupIDs(repository, cluster: cluster)
+        XCTAssertTrue(planned.contains("hold:        keep base backup \(chain.joined(separator: ", ")) and WAL from"), "the dry run names the hold: \(planned)")
+        let holds = { ((try? FileManager.default.contentsOfDirectory(atPath: repository + "/locks/holds")) ?? []).sorted() }
+        let killedHold = holds()
+        XCTAssertEqual(killedHold.count, 1, "the SIGKILLed run could not remove its hold: \(killedHold)")
         XCTAssertEqual(siblings().filter { $0.hasPrefix("data.dbrestore-chain-") }, staging, "the dry run removed nothing")
 
         let again = try asOwner("dbrestore", arguments, cluster: cluster, environment: ["TMPDIR": temporary])
         XCTAssertEqual(again.status, 0, again.standardError)
         XCTAssertTrue(again.standardError.contains("remove the partial extraction in \(directory)"), again.standardError)
+        // The killed run's hold went with its partial directory; the rerun's names the whole chain.
+        XCTAssertTrue(again.standardError.contains("releasing hold \(killedHold.first?.dropLast(5) ?? "")"), again.standardError)
+        let rerunHolds = holds()
+        XCTAssertEqual(rerunHolds.count, 1, "\(rerunHolds)")
+        XCTAssertNotEqual(rerunHolds, killedHold)
+        let record = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: repository + "/locks/holds/" + (rerunHolds.first ?? "")))) as? [String: Any]
+        XCTAssertEqual(record?["backups"] as? [String], chain, "\(record ?? [:])")
+        XCTAssertEqual(record?["dataDirectory"] as? String, directory)
         XCTAssertEqual(siblings(), ["data"], "no staging left: \(siblings())")
         XCTAssertTrue(FileManager.default.fileExists(atPath: directory + "/recovery.signal"), "recovery configured")
         XCTAssertFalse(FileManager.default.fileExists(atPath: directory + "/.dbrecovery-extracting"), "the marker goes last")

@@ -30,13 +30,15 @@ final class OperationsTests: IntegrationTestCase {
         XCTAssertEqual(result.standardOutput, "")
         XCTAssertEqual(result.standardError, "", "cron mails any output: success must be silent")
         let backup = try String(contentsOfFile: metrics + "/dbrecovery_backup.prom", encoding: .utf8)
-        XCTAssertTrue(backup.contains("dbrecovery_last_run_success{kind=\"logical\",tool=\"dbbackup\"} 1"), backup)
-        XCTAssertTrue(backup.contains("dbrecovery_backup_rows{kind=\"logical\",tool=\"dbbackup\"} 40"), backup)
+        // Every series names its database: several databases' runs may share one METRICS_DIR.
+        let labels = "database=\"\(database!)\",kind=\"logical\",tool=\"dbbackup\""
+        XCTAssertTrue(backup.contains("dbrecovery_last_run_success{\(labels)} 1"), backup)
+        XCTAssertTrue(backup.contains("dbrecovery_backup_rows{\(labels)} 40"), backup)
         XCTAssertTrue(backup.contains("dbrecovery_last_success_timestamp_seconds"), backup)
         let prune = try String(contentsOfFile: metrics + "/dbrecovery_prune.prom", encoding: .utf8)
-        XCTAssertTrue(prune.contains("dbrecovery_prune_kept{tool=\"dbprune\"} 1"), prune)
+        XCTAssertTrue(prune.contains("dbrecovery_prune_kept{repository=\"\(repository!)\",tool=\"dbprune\"} 1"), prune)
         let drill = try String(contentsOfFile: metrics + "/dbrecovery_drill.prom", encoding: .utf8)
-        XCTAssertTrue(drill.contains("dbrecovery_last_run_success{mode=\"drill\",tool=\"dbrestore\"} 1"), drill)
+        XCTAssertTrue(drill.contains("dbrecovery_last_run_success{database=\"\(database!)\",mode=\"drill\",tool=\"dbrestore\"} 1"), drill)
         let lastSuccess = backup.split(separator: "\n").first { $0.hasPrefix("dbrecovery_last_success_timestamp_seconds") }
 
         let failed = try script("nightly-backup.sh", environment: ["METRICS_DIR": metrics, "PGPASSWORD": "wrong"])
@@ -45,8 +47,8 @@ final class OperationsTests: IntegrationTestCase {
         XCTAssertTrue(failed.standardError.contains("password authentication failed"), failed.standardError)
         XCTAssertFalse(failed.standardError.contains(cluster.password))
         let after = try String(contentsOfFile: metrics + "/dbrecovery_backup.prom", encoding: .utf8)
-        XCTAssertTrue(after.contains("dbrecovery_last_run_success{kind=\"logical\",tool=\"dbbackup\"} 0"), after)
-        XCTAssertTrue(after.contains("dbrecovery_last_exit_code{kind=\"logical\",tool=\"dbbackup\"} 10"), after)
+        XCTAssertTrue(after.contains("dbrecovery_last_run_success{\(labels)} 0"), after)
+        XCTAssertTrue(after.contains("dbrecovery_last_exit_code{\(labels)} 10"), after)
         XCTAssertEqual(after.split(separator: "\n").first { $0.hasPrefix("dbrecovery_last_success_timestamp_seconds") }, lastSuccess,
                        "a failure keeps the last success time, so staleness alerts keep working")
     }

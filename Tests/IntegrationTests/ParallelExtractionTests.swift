@@ -215,6 +215,8 @@ final class ParallelExtractionTests: XCTestCase {
         XCTAssertEqual(interrupted.status, ExitStatus.interrupted.rawValue, interrupted.standardError)
         XCTAssertTrue(interrupted.standardError.contains("interrupted by SIGTERM"), interrupted.standardError)
         XCTAssertFalse(FileManager.default.fileExists(atPath: interruptedDirectory), "the interrupted extraction removed what it wrote")
+        XCTAssertEqual((try? FileManager.default.contentsOfDirectory(atPath: repository + "/locks/holds")) ?? [], [],
+                       "the interrupted run's hold on the WAL went with it")
         let (again, _) = try extract(repository, ["--jobs", "2"], cluster: cluster)
         XCTAssertEqual(again.status, 0, again.standardError)
 

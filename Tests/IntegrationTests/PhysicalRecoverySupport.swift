@@ -63,11 +63,13 @@ extension XCTestCase {
     /// Starts the server of a data directory `dbrestore --pitr` prepared (its parent made the
     /// server's OS user's; the log beside it), waits until recovery has ended, and connects to
     /// `database` on it. The caller stops it with `stopServer`.
-    func startRecovered(_ directory: String, port: Int, database: String, cluster: PostgresCluster) throws -> PostgresConnection {
+    /// `environment`: what its restore_command needs (an S3 repository's settings).
+    func startRecovered(_ directory: String, port: Int, database: String, cluster: PostgresCluster,
+                        environment: [String: String] = [:]) throws -> PostgresConnection {
         let parent = (directory as NSString).deletingLastPathComponent, log = parent + "/server.log"
         chownToPostgres(parent)
         let started = try TestProcess.run("/usr/bin/setpriv", ["--reuid=postgres", "--regid=postgres", "--init-groups", cluster.binDirectory + "/pg_ctl",
-                                                              "-D", directory, "-l", log, "-w", "-t", "120", "start"])
+                                                              "-D", directory, "-l", log, "-w", "-t", "120", "start"], environment: environment)
         XCTAssertEqual(started.status, 0, started.standardError + ((try? String(contentsOfFile: log, encoding: .utf8)) ?? ""))
         let connection = try PostgresConnection(target: try ConnectionTarget("postgresql://postgres@127.0.0.1:\(port)/\(database)").with("password", cluster.password))
         let deadline = Date().addingTimeInterval(120)

@@ -153,6 +153,11 @@ final class PointInTimeRecoveryTests: XCTestCase {
         defer { stopServer(latestDirectory) }
         XCTAssertEqual(latest.status, 0, latest.standardError)
         XCTAssertEqual(try counts(port: latestPort, database: database, cluster: cluster), ["A": "100", "B": "50", "C": "25"])
+        // Promoted at the end of the archive, the server's recovery_end_command released the run's hold itself.
+        let hold = ((try JSONSerialization.jsonObject(with: Data(latest.standardOutput.utf8)) as? [String: Any])?["hold"] as? [String: Any])?["id"] as? String ?? "?"
+        let serverLog = (try? String(contentsOfFile: latestDirectory + "/dbrestore-recovery.log", encoding: .utf8)) ?? ""
+        XCTAssertTrue(serverLog.contains("released hold \(hold)"), serverLog)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: repository + "/locks/holds/\(hold).json"))
 
         // A password the restored server refuses (its pg_hba.conf came with the backup): said at once,
         // not waited out for the hour --start allows recovery (found by an outside attack).
@@ -243,5 +248,10 @@ final class PointInTimeRecoveryTests: XCTestCase {
         XCTAssertTrue(settings.contains("restore_command = '''\(TestPaths.productsDirectory)"), settings)
         XCTAssertTrue(settings.contains("--encryption-key-file"), settings)
         XCTAssertEqual(try counts(port: port, database: database, cluster: cluster), ["A": "20"])
+        // recovery_end_command is quoted the same way: the server itself released the hold through the awkward name.
+        XCTAssertTrue(settings.contains("recovery_end_command = '''\(TestPaths.productsDirectory)"), settings)
+        let serverLog = (try? String(contentsOfFile: directory + "/dbrestore-recovery.log", encoding: .utf8)) ?? ""
+        XCTAssertTrue(serverLog.contains("released hold "), serverLog)
+        XCTAssertEqual((try? FileManager.default.contentsOfDirectory(atPath: plain + "/locks/holds")) ?? [], [])
     }
 }

@@ -244,6 +244,9 @@ extension PointInTimeRecoveryTests {
         XCTAssertEqual(onTwo.status, 0, onTwo.standardError)
         XCTAssertEqual(try counts(port: twoPort, database: database, cluster: cluster), ["A": "100", "C": "30"])
         XCTAssertTrue(((try? String(contentsOfFile: twoDirectory + "/postgresql.auto.conf", encoding: .utf8)) ?? "").contains("recovery_target_timeline = '2'"))
+        // Its hold named both timelines it followed, from the base backup's.
+        let twoReport = try JSONSerialization.jsonObject(with: Data(onTwo.standardOutput.utf8)) as? [String: Any]
+        XCTAssertEqual((twoReport?["hold"] as? [String: Any])?["timelines"] as? [Int], [1, 2], onTwo.standardOutput)
 
         // After B, before timeline 2 began: refused with the reason, nothing written.
         let nowhere = ownedDirectory("timeline-refused") + "/data"

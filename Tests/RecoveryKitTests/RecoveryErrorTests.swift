@@ -89,7 +89,14 @@ final class RecoveryErrorTests: XCTestCase {
                                           as: .failure, saying: "compressing failed")
         XCTAssertTrue(classified.message.hasPrefix("compressing failed"), classified.message)
         XCTAssertFalse(classified.message.contains("damaged"))
-        assertClassified(GzipError(kind: .corrupt, operation: "inflate", message: "invalid block type"), as: .backupCorrupt, saying: "damaged")
+        assertClassified(GzipError(kind: .corrupt, operation: "inflate", message: "invalid block type"), as: .backupCorrupt,
+                         saying: "compressed data is damaged: ", hint: "run dbverify --files")
+    }
+
+    /// A value JSON cannot hold is this tool's bug, not damage: exit 1, asking for a report.
+    func testAnUnencodableDocumentIsAFailureNotDamage() {
+        assertClassified(thrown { _ = try JSONEncoder().encode([Double.nan]) }, as: .failure, saying: "could not encode a JSON document",
+                         hint: "this is a bug in dbrecovery")
     }
 
     func testALockTimeoutNamesTheBlockerWithItsOwnCode() {

@@ -22,6 +22,24 @@ final class WALRetentionTests: XCTestCase {
         XCTAssertEqual(plan.oldestNeeded, "000000010000000100000001")
     }
 
+    /// A recovery's hold keeps the WAL it reads from its first segment on, on the timelines it
+    /// follows, though no kept base backup needs it; the plan says which hold kept how many.
+    func testAHoldKeepsTheWALItsRecoveryReadsOnItsTimelines() {
+        let keys = ["wal/00000001/000000010000000000000003.gz", "wal/00000001/000000010000000000000004.gz",
+                    "wal/00000001/000000010000000000000004.00000028.backup.gz", "wal/00000001/000000010000000000000005.gz",
+                    "wal/00000001/000000010000000000000009.gz"]
+        let hold = WALRetention.Hold(firstSegment: "000000010000000000000004", timelines: [1], reason: "held by the recovery prepared at h:/d at t")
+        let plan = WALRetention.plan(keys: keys, keptPhysical: [physical("000000010000000000000009")], holds: [hold])
+        XCTAssertEqual(plan.delete, ["wal/00000001/000000010000000000000003.gz"])
+        XCTAssertEqual(plan.kept, 4)
+        XCTAssertEqual(plan.held, ["kept 4 WAL file(s) from 000000010000000000000004 on: held by the recovery prepared at h:/d at t"])
+        // Another timeline's hold keeps nothing of timeline 1.
+        let other = WALRetention.plan(keys: keys, keptPhysical: [physical("000000010000000000000009")],
+                                      holds: [WALRetention.Hold(firstSegment: "000000020000000000000004", timelines: [2], reason: "r")])
+        XCTAssertEqual(other.delete.count, 4)
+        XCTAssertEqual(other.held, ["kept 0 WAL file(s) from 000000020000000000000004 on: r"])
+    }
+
     func testWithoutAKeptBaseBackupNothingIsDeleted() {
         let plan = WALRetention.plan(keys: ["wal/00000001/000000010000000000000003.gz"], keptPhysical: [])
         XCTAssertEqual(plan.delete, [])

@@ -174,11 +174,19 @@ private final class CopyBoard: @unchecked Sendable {
             while let read = claim() {
                 for statement in transaction { try connection.execute(script: statement) }
                 var run = spare()
+                // A row longer than a run (a 200 MB value) is queued in runs too: the writer only
+                // concatenates them, and queued whole it would be held beside libpq's copy of it, then
+                // kept as a spare at its size.
                 let sink: (UnsafeRawBufferPointer) throws -> Void = { row in
-                    run.append(contentsOf: row)
-                    if run.count >= Self.runSize {
-                        try self.put(.rows(run), for: read)
-                        run = self.spare()
+                    var rest = row
+                    while !rest.isEmpty {
+                        let take = min(rest.count, Self.runSize - run.count)
+                        run.append(contentsOf: UnsafeRawBufferPointer(rebasing: rest[0..<take]))
+                        rest = UnsafeRawBufferPointer(rebasing: rest[take...])
+                        if run.count >= Self.runSize {
+                            try self.put(.rows(run), for: read)
+                            run = self.spare()
+                        }
                     }
                 }
                 let rows: Int64
@@ -248,7 +256,7 @@ private final class CopyBoard: @unchecked Sendable {
     private func spare() -> [UInt8] {
         var run = condition.withLock { spares.popLast() } ?? []
         run.removeAll(keepingCapacity: true)
-        run.reserveCapacity(Self.runSize + 64 * 1024)
+        run.reserveCapacity(Self.runSize)
         return run
     }
 

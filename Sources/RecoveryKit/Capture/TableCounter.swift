@@ -96,10 +96,10 @@ public enum TableCounter {
         """
 
     /// Partitions whose rows a restore may put into another partition of the same tree, keyed by the
-    /// partition's `schema.name`, with the tree's root: pg_dump loads every partition under a table
+    /// partition's (schema, name), with the tree's root: pg_dump loads every partition under a table
     /// hash-partitioned on an enum key through the root (an enum value hashes by its oid, which a
     /// restore assigns anew), so only the tree's total is the backup's.
-    static func rerouted(on connection: PostgresConnection) throws -> [String: (schema: String, name: String)] {
+    static func rerouted(on connection: PostgresConnection) throws -> [DumpTableOfContents.Name: DumpTableOfContents.Name] {
         let rows = try connection.query("""
             WITH unsafe AS (
                 SELECT DISTINCT pg_catalog.pg_partition_root(p.partrelid) AS root
@@ -116,10 +116,10 @@ public enum TableCounter {
             CROSS JOIN (SELECT CASE pg_catalog.getdatabaseencoding() WHEN 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END AS name) e
             WHERE t.level > 0
             """).rows
-        var partitions: [String: (schema: String, name: String)] = [:]
+        var partitions: [DumpTableOfContents.Name: DumpTableOfContents.Name] = [:]
         for row in rows {
-            let partition = "\(try name(fromHex: try row.string(0))).\(try name(fromHex: try row.string(1)))"
-            partitions[partition] = (try name(fromHex: try row.string(2)), try name(fromHex: try row.string(3)))
+            let partition = DumpTableOfContents.Name(schema: try name(fromHex: try row.string(0)), name: try name(fromHex: try row.string(1)))
+            partitions[partition] = .init(schema: try name(fromHex: try row.string(2)), name: try name(fromHex: try row.string(3)))
         }
         return partitions
     }

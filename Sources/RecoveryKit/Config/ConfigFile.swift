@@ -22,6 +22,9 @@ public struct ConfigFile: Equatable, Sendable {
     /// `[prune] reverify_after`: how long dbprune trusts its record of having read a backup in full
     /// (default 7 days) before it reads the newest backup again.
     public var reverifyAfter: RetentionDuration?
+    /// `[prune] hold_expiry`: how long a recovery's hold on its WAL and base backup protects them
+    /// from dbprune (default 7 days); an older hold protects nothing and every run warns of it.
+    public var holdExpiry: RetentionDuration?
     /// `[wal] spool`: the spool directory of `dbbackup wal-push --async`.
     public var walSpool: String?
     /// `[repositories]`: named repositories (e.g. `local`, `offsite`) that one backup run writes to.
@@ -102,6 +105,13 @@ public struct ConfigFile: Equatable, Sendable {
             }
             config.reverifyAfter = duration
         }
+        if let written = document.prune?.holdExpiry {
+            guard let duration = RetentionDuration.parse(written), duration.hours > 0 else {
+                throw RecoveryError(.configuration, "config file \(path): [prune] hold_expiry = \"\(written)\" is not a duration above zero",
+                                    hint: "write hours, days or weeks, e.g. hold_expiry = \"7d\"")
+            }
+            config.holdExpiry = duration
+        }
         return config
     }
 
@@ -159,7 +169,8 @@ public struct ConfigFile: Equatable, Sendable {
         struct Migrations: Decodable { var dir: String? }
         struct Prune: Decodable {
             var reverifyAfter: String?
-            enum CodingKeys: String, CodingKey { case reverifyAfter = "reverify_after" }
+            var holdExpiry: String?
+            enum CodingKeys: String, CodingKey { case reverifyAfter = "reverify_after", holdExpiry = "hold_expiry" }
         }
         struct WAL: Decodable { var spool: String? }
         struct Restore: Decodable {
@@ -171,7 +182,7 @@ public struct ConfigFile: Equatable, Sendable {
         /// For messages: what each section and the top level accept.
         static let topLevel = ["database_url", "repo", "pg_bin", "metrics_file", "notify_url"]
         static let allowed = ["s3": ["endpoint", "region"], "retention": ["policy"], "migrations": ["dir"],
-                              "restore": ["keep_pre_restore", "keep_pre_restore_within"], "prune": ["reverify_after"], "wal": ["spool"]]
+                              "restore": ["keep_pre_restore", "keep_pre_restore_within"], "prune": ["reverify_after", "hold_expiry"], "wal": ["spool"]]
     }
 
     public init(path: String) {

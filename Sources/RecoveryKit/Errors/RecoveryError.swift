@@ -144,21 +144,6 @@ public struct RecoveryError: Error, CustomStringConvertible, Sendable {
             default: code = .repositoryError
             }
             return RecoveryError(code, "repository \(error.description)", hint: error.hint)
-        case let error as GzipError where error.kind == .compression:
-            return RecoveryError(.failure, "compressing failed: \(error.description)",
-                                 hint: "zlib could not compress (usually out of memory: check free memory and ulimit -v); nothing was stored, run again")
-        case let error as GzipError:
-            return RecoveryError(.backupCorrupt, "compressed data is damaged: \(error.description)",
-                                 hint: "run dbverify --files to check every backup; restore an older one")
-        case let error as CryptoKitError:
-            return RecoveryError(.backupCorrupt, "decryption failed (\(error)): the data was altered or the key is not the one it was encrypted with",
-                                 hint: "check --encryption-key-file (or DBRECOVERY_ENCRYPTION_KEY) is this repository's key; dbverify --files finds damaged files")
-        case let error as DecodingError:
-            return RecoveryError(.backupCorrupt, "a stored JSON document is unreadable: \(describe(error))",
-                                 hint: "run dbverify --files to find the damaged backup; restore another one")
-        case let error as EncodingError:
-            return RecoveryError(.failure, "could not encode a JSON document: \(error)",
-                                 hint: "this is a bug in dbrecovery; report the message above")
         case let error as CocoaError:
             let path = (error.userInfo[NSFilePathErrorKey] as? String) ?? error.url?.path ?? "a file"
             let underlying = (error.userInfo[NSUnderlyingErrorKey] as? NSError).flatMap { $0.domain == NSPOSIXErrorDomain ? $0.code : nil }
@@ -168,9 +153,33 @@ public struct RecoveryError: Error, CustomStringConvertible, Sendable {
             return RecoveryError(.repositoryError, "cannot \(verb) \(path): \(reason)",
                                  hint: "check that \(path) and its directory exist, that this user may \(verb == "use" ? "read and write" : verb) them, and free space")
         default:
-            return RecoveryError(.failure, "\(error)", hint: ExitStatus.failure.defaultHint)
+            return byType.lazy.compactMap { $0.classify(error) }.first ?? RecoveryError(.failure, "\(error)", hint: ExitStatus.failure.defaultHint)
         }
     }
+
+    /// A library error that classifies by its type alone: its exit status, a message around the
+    /// error's own text, and a fixed hint.
+    private struct ByType: Sendable {
+        let classify: @Sendable (Error) -> RecoveryError?
+
+        init<Failure: Error>(_ type: Failure.Type, where applies: @escaping @Sendable (Failure) -> Bool = { _ in true }, _ code: ExitStatus,
+                             _ message: @escaping @Sendable (Failure) -> String, hint: String) {
+            classify = { error in (error as? Failure).flatMap { applies($0) ? RecoveryError(code, message($0), hint: hint) : nil } }
+        }
+    }
+
+    /// The errors of compression, encryption and JSON, first match first: a failure to compress is
+    /// this run's (nothing was stored), any other gzip error is damage.
+    private static let byType = [
+        ByType(GzipError.self, where: { $0.kind == .compression }, .failure, { "compressing failed: \($0)" },
+               hint: "zlib could not compress (usually out of memory: check free memory and ulimit -v); nothing was stored, run again"),
+        ByType(GzipError.self, .backupCorrupt, { "compressed data is damaged: \($0)" }, hint: ExitStatus.backupCorrupt.defaultHint),
+        ByType(CryptoKitError.self, .backupCorrupt, { "decryption failed (\($0)): the data was altered or the key is not the one it was encrypted with" },
+               hint: "check --encryption-key-file (or DBRECOVERY_ENCRYPTION_KEY) is this repository's key; dbverify --files finds damaged files"),
+        ByType(DecodingError.self, .backupCorrupt, { "a stored JSON document is unreadable: \(describe($0))" },
+               hint: "run dbverify --files to find the damaged backup; restore another one"),
+        ByType(EncodingError.self, .failure, { "could not encode a JSON document: \($0)" }, hint: "this is a bug in dbrecovery; report the message above"),
+    ]
 
     /// The error a signal turns a run into (as a timeline step records it).
     static func interrupted(by signal: Int32) -> RecoveryError {

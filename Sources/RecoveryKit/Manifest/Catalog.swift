@@ -132,6 +132,28 @@ public struct Catalog {
                             hint: "name the backup to use by its id (dbrestore list shows each backup's database)")
     }
 
+    /// Finds one backup for a command that has no target database of its own (`dbrestore contents`,
+    /// `dbverify --files`): `latest` is the newest logical backup of `database` when one is named
+    /// (`--from-database`), else of the only database the repository holds logical backups of. In a
+    /// repository shared by several databases `latest` alone does not say whose, and the newest
+    /// backup of any of them is another database's as often as not: refused, naming the databases.
+    /// A repository with no logical backup at all resolves `latest` to its newest backup (a base
+    /// backup: the caller says what it can do with one).
+    ///
+    /// - Throws: `RecoveryError(.usage)` naming the databases when `latest` is ambiguous; what
+    ///   `resolve(_:database:)` throws.
+    public func resolve(_ reference: String, namedDatabase database: String?) throws -> BackupManifest {
+        if let database { return try resolve(reference, database: database) }
+        guard reference == "latest" else { return try resolve(reference) }
+        let databases = Set(try manifests().filter { $0.kind == .logical }.map(\.database.name)).sorted()
+        if databases.count == 1, let only = databases.first { return try resolve(reference, database: only) }
+        guard databases.count > 1 else { return try resolve(reference) }
+        throw RecoveryError(.usage, "repository \(store.location) holds logical backups of \(databases.count) databases "
+                            + "(\(databases.joined(separator: ", "))): 'latest' does not say whose",
+                            hint: "name the database: --from-database \(databases[0]) (or \(databases.dropFirst().joined(separator: ", "))), "
+                                + "or the backup's id (dbrestore list shows each backup's database)")
+    }
+
     /// What a repository holds besides the logical backups of one database, for the messages that
     /// say why none of that database's was found.
     public struct Holdings: Sendable {
@@ -172,4 +194,13 @@ public struct Catalog {
         }
         return previous[b.count]
     }
+}
+
+extension BackupManifest {
+    /// How a base backup's database is shown (`dbrestore list`, `dbverify --files`, the metrics'
+    /// `database` label): it holds every database of its server.
+    public static let wholeServer = "(all)"
+
+    /// Whose backup this is, as listings show it: the database of a logical backup, `(all)` for a base backup.
+    public var shownDatabase: String { kind == .physical ? Self.wholeServer : database.name }
 }

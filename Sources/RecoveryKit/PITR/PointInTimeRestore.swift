@@ -98,6 +98,9 @@ public struct PITRPlan: Codable, Sendable {
     public var serverMajor: Int?
     /// That major's pg_ctl (with `postgres` beside it), when found.
     public var pgCtl: String?
+    /// The timelines recovery follows from the base backup's on: with the base backup (and its
+    /// chain) and its first segment, what the run's hold (`RecoveryHold`) keeps from dbprune.
+    public var timelines: [UInt32]? = nil
     /// Why no pg_ctl of that major was found (only without `--start`, which refuses instead).
     public var pgCtlProblem: String?
 
@@ -131,6 +134,9 @@ public struct PITRPlan: Codable, Sendable {
         if let partialExtraction { lines.append("remove the partial extraction in \(dataDirectory) left by \(partialExtraction)") }
         for staging in abandonedStaging ?? [] { lines.append("remove \(staging), staging left by a killed run") }
         lines.append("extract into \(dataDirectory), write restore_command and the recovery target, create recovery.signal")
+        lines.append("hold:        keep base backup \((chain ?? [backupID]).joined(separator: ", ")) and WAL from \(firstSegment) on "
+                     + "(timeline \((timelines ?? [timeline]).map(String.init).joined(separator: ", "))) from dbprune until recovery ends "
+                     + "(a record under locks/holds/; recovery_end_command releases it, or dbprune --release-hold ID)")
         if let serverMajor {
             lines.append("server:      PostgreSQL \(serverMajor) only (a data directory starts only under its own major): "
                          + (pgCtl.map { "\($0) -D \(dataDirectory) start" } ?? pgCtlProblem ?? "pg_ctl of \(serverMajor)"))
@@ -153,6 +159,10 @@ public struct PITRReport: Codable, Sendable {
     /// Bytes read from the repository's backup files (each stored byte of the base backups and
     /// their indexes once; WAL is read later by the server's restore_command).
     public var bytesRead: UInt64 = 0
+    /// The hold written into the repository: what dbprune keeps until recovery ends.
+    public var hold: RecoveryHold? = nil
+    /// Why no hold could be written (a read-only repository, a full disk): nil when one was.
+    public var holdProblem: String? = nil
 }
 
 /// Point-in-time recovery from a physical base backup and the WAL archive.
@@ -239,6 +249,7 @@ public enum PointInTimeRestore {
                 plan.abandonedStaging = staging.isEmpty ? nil : staging
                 plan.chain = chain.count > 1 ? chain.map(\.id) : nil
                 plan.peakDiskBytes = needs?.peakBytes
+                plan.timelines = path.drop { $0.timeline != backupTimeline }.map(\.timeline)
                 try plan.findServer(for: backup, configuration)
                 return plan
             } catch let error as RecoveryError where error.code == .backupNotFound {
@@ -416,6 +427,14 @@ public enum PointInTimeRestore {
         for member in chain.dropLast() {
             if let lock = try StoreLock.sharedIfWritable(in: store, backupID: member.id, holder: LockHolder(command: "dbrestore --pitr")) { memberLocks.append(lock) }
         }
+        // The hold outlives this run (the server reads WAL until recovery ends); written while the
+        // reader locks still keep everything, so no prune can slip between them.
+        let (hold, holdProblem) = try writeHold(plan, chain: chain, configuration, store: store)
+        var releaseHoldOnExit = hold != nil
+        defer {
+            // A run that fails or is interrupted before the data directory is prepared leaves nothing to recover: its hold goes.
+            if releaseHoldOnExit, let hold { releaseHold(hold, store: store) }
+        }
         let directory = configuration.dataDirectory
         CrashPoint.reached("pitr:planned")
         // Asked again: a server may have been started there since the plan (or the plan is old).
@@ -426,6 +445,7 @@ public enum PointInTimeRestore {
             try timeline.step("remove the partial extraction in \(directory) left by \(abandoned)") {
                 try ExtractionMarker.removePartial(in: directory)
             }
+            releaseSupersededHolds(of: directory, keeping: hold, store: store)
         }
         // Looked for again, as the partial extraction: only staging whose run is still gone.
         for staging in ChainRestore.abandonedStaging(of: directory) {
@@ -461,18 +481,78 @@ public enum PointInTimeRestore {
                                 serverState: failure.serverState)
         }
         try timeline.step("configure recovery (\(configuration.target))") {
-            try writeRecoverySettings(configuration, backupID: manifest.id, timeline: plan.timeline)
+            try writeRecoverySettings(configuration, backupID: manifest.id, timeline: plan.timeline, holdID: hold?.id)
         }
         try marker.finish()
+        // Prepared: from here the data directory waits for its WAL, and the hold stays until recovery ends.
+        releaseHoldOnExit = false
         var report = PITRReport(plan: plan, started: false, promoted: false, lastReplayedTransaction: nil, databases: [:], durationSeconds: 0)
         report.bytesRead = store.reads.bytes
+        report.hold = hold
+        report.holdProblem = holdProblem
         if configuration.start {
-            try startAndFollow(configuration, pgCtl: plan.pgCtl, timeline: timeline, report: &report,
-                               segmentSize: manifest.physical?.segmentSize ?? WALSegmentName.defaultSegmentSize)
+            do {
+                try startAndFollow(configuration, pgCtl: plan.pgCtl, timeline: timeline, report: &report,
+                                   segmentSize: manifest.physical?.segmentSize ?? WALSegmentName.defaultSegmentSize)
+            } catch {
+                guard let hold else { throw error }
+                let failure = RecoveryError.classify(error)
+                let kept = "the hold \(hold.id) stays (the prepared \(directory) still needs its WAL): it goes when recovery ends, or with dbprune --release-hold \(hold.id)"
+                throw RecoveryError(failure.code, failure.message, hint: [failure.hint, kept].compactMap { $0 }.joined(separator: "; "),
+                                    serverState: failure.serverState)
+            }
+            // recovery_end_command released it at promotion; a server that ran it before ours could (or
+            // whose command failed, which PostgreSQL only logs) leaves it to us.
+            if let hold, report.promoted { releaseHold(hold, store: store) }
         }
         report.durationSeconds = Date().timeIntervalSince(timeline.startedAt)
         report.steps = timeline.steps
         return report
+    }
+
+    /// Writes the hold of this recovery (`RecoveryHold`): the base backup and its chain, the WAL from
+    /// its first segment on the timelines the plan follows. A repository this process may not write
+    /// (read-only, a full disk) is still restored from, as with the reader lock, without a hold: the
+    /// run then warns that dbprune may delete what this recovery will read.
+    ///
+    /// - Throws: `StorageError` for any other failure to write it (nothing is extracted then).
+    static func writeHold(_ plan: PITRPlan, chain: [BackupManifest], _ configuration: PITRConfiguration,
+                          store: BackupStore) throws -> (RecoveryHold?, String?) {
+        let hold = RecoveryHold(backupID: plan.backupID, backups: chain.map(\.id), timelines: plan.timelines ?? [plan.timeline],
+                                firstSegment: plan.firstSegment, target: plan.target, dataDirectory: configuration.dataDirectory)
+        do {
+            try hold.write(to: store)
+            logger.info("hold \(hold.id) written: dbprune keeps base backup \(hold.backups.joined(separator: ", ")) and WAL from \(hold.firstSegment) on until recovery ends")
+            return (hold, nil)
+        } catch let error as StorageError where [.readOnly, .permissionDenied, .diskFull].contains(error.kind) {
+            let problem = "no hold written (\(error.description)): a dbprune of \(store.location) may delete the WAL this recovery reads before it ends"
+            logger.warning("\(problem)")
+            return (nil, problem)
+        }
+    }
+
+    /// A run killed (SIGKILL) while preparing `directory` could not remove its hold; this run, which
+    /// removed that partial directory, does: what that hold kept nothing will recover from any more.
+    /// Only holds of this host and this very directory; best effort, as `releaseHold`.
+    private static func releaseSupersededHolds(of directory: String, keeping ours: RecoveryHold?, store: BackupStore) {
+        let host = ProcessInfo.processInfo.hostName
+        let stale = ((try? RecoveryHold.all(in: store)) ?? []).compactMap(\.hold).filter {
+            $0.host == host && $0.dataDirectory == directory && $0.id != ours?.id
+        }
+        for hold in stale {
+            logger.notice("releasing hold \(hold.id) of the killed run that prepared \(directory) at \(Timestamp.format(hold.createdAt)) (its partial directory was removed)")
+            releaseHold(hold, store: store)
+        }
+    }
+
+    /// Deletes a hold, best effort (a failed run's, a killed run's, or ours once promoted): a hold left
+    /// behind only delays pruning until it expires, and dbprune names it on every run.
+    private static func releaseHold(_ hold: RecoveryHold, store: BackupStore) {
+        do {
+            if try RecoveryHold.release(hold.id, in: store) { logger.info("hold \(hold.id) released") }
+        } catch {
+            logger.warning("hold \(hold.id) could not be released (\(error)); dbprune --release-hold \(hold.id) removes it")
+        }
     }
 
     /// Removes what a failed extraction wrote: the data directory, or only what it holds when the
@@ -619,15 +699,24 @@ public enum PointInTimeRestore {
     /// The `restore_command` line: the running executable's absolute path, every value shell-quoted
     /// (and `%` doubled, which PostgreSQL would otherwise expand), the key by file, never by value.
     static func restoreCommand(_ configuration: PITRConfiguration) -> String {
-        func absolute(_ path: String) -> String {
-            path.hasPrefix("/") || path.hasPrefix("s3://") || path.hasPrefix("file://") ? path : FileManager.default.currentDirectoryPath + "/" + path
-        }
-        func shell(_ text: String) -> String {
-            "'" + text.replacingOccurrences(of: "'", with: "'\\''").replacingOccurrences(of: "%", with: "%%") + "'"
-        }
         var words = [shell(configuration.dbrestorePath), "wal-fetch", "%f", "%p", "--repo", shell(absolute(configuration.repository))]
         if let keyFile = configuration.keyFile { words += ["--encryption-key-file", shell(absolute(keyFile))] }
         return words.joined(separator: " ")
+    }
+
+    /// The `recovery_end_command` line, quoted as `restoreCommand`: releases the hold once recovery
+    /// ends (PostgreSQL runs it once, at promotion; a failure is only logged, and the hold then expires).
+    static func releaseCommand(_ configuration: PITRConfiguration, holdID: String) -> String {
+        [shell(configuration.dbrestorePath), "wal-release", shell(holdID), "--repo", shell(absolute(configuration.repository))].joined(separator: " ")
+    }
+
+    private static func absolute(_ path: String) -> String {
+        path.hasPrefix("/") || path.hasPrefix("s3://") || path.hasPrefix("file://") ? path : FileManager.default.currentDirectoryPath + "/" + path
+    }
+
+    /// One shell word for a command PostgreSQL runs: single-quoted, `%` doubled (PostgreSQL expands it).
+    private static func shell(_ text: String) -> String {
+        "'" + text.replacingOccurrences(of: "'", with: "'\\''").replacingOccurrences(of: "%", with: "%%") + "'"
     }
 
     /// Absolute path of the running executable (`/proc/self/exe`), whatever argv[0] and the
@@ -637,7 +726,7 @@ public enum PointInTimeRestore {
         return URL(fileURLWithPath: CommandLine.arguments.first ?? "dbrestore").resolvingSymlinksInPath().path
     }
 
-    private static func writeRecoverySettings(_ configuration: PITRConfiguration, backupID: String, timeline: UInt32) throws {
+    private static func writeRecoverySettings(_ configuration: PITRConfiguration, backupID: String, timeline: UInt32, holdID: String?) throws {
         let directory = configuration.dataDirectory
         // postgresql.conf strings process backslash escapes and take '' for a quote.
         let quote = { (text: String) in "'" + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "''") + "'" }
@@ -648,6 +737,10 @@ public enum PointInTimeRestore {
                      "recovery_target_timeline = '\(timeline)'",
                      "# The restored cluster must not archive into the repository it was restored from.",
                      "archive_mode = 'off'"]
+        if let holdID {
+            lines += ["# Releases this recovery's hold on its WAL and base backup in the repository once recovery ends.",
+                      "recovery_end_command = \(quote(releaseCommand(configuration, holdID: holdID)))"]
+        }
         switch configuration.target {
         case .time(let time):
             lines.append("recovery_target_time = '\(Timestamp.postgres(time))'")

@@ -33,44 +33,54 @@ public final class RunReporter: Sendable {
 
     // MARK: - Metrics
 
+    /// Writes this run's series into the metrics file, atomically, keeping every other run's series
+    /// in it: one file may be shared by several databases' runs (`metrics_file` in the config file,
+    /// one `METRICS_DIR` for several databases' nightly jobs) and by several tools, and a run that
+    /// rewrote it whole erased the others' series — and took their "last success" for its own, so
+    /// that `billing`'s failing backups read as fresh after `app`'s. A series is the run's own by its
+    /// labels (tool, kind or mode or check, database); writers of one file take turns (`flock`).
     private func writeMetrics(success: Bool, code: Int32, values: [String: Double]) {
         guard let metricsFile else { return }
-        let labelText = (["tool": tool].merging(labels) { first, _ in first })
-            .sorted { $0.key < $1.key }.map { "\($0.key)=\"\(Self.escape($0.value))\"" }.joined(separator: ",")
+        let own = ["tool": tool].merging(labels) { first, _ in first }
+        let labelText = Self.labelText(own)
+        // What this run wrote before the `database` and `repository` labels existed: its own series
+        // too (replaced, not left to go stale and alert for ever).
+        let unlabelled = Self.labelText(own.filter { !Self.addedLabels.contains($0.key) })
+        let turn = MetricsFileTurn(metricsFile)
+        defer { turn.end() }
+        var file = MetricsText((try? String(contentsOfFile: metricsFile, encoding: .utf8)) ?? "")
         let now = Date().timeIntervalSince1970
-        let previousSuccess = success ? now : Self.previousValue(in: metricsFile, metric: "dbrecovery_last_success_timestamp_seconds")
-        var lines = [
-            "# HELP dbrecovery_last_run_success 1 if the last run succeeded, else 0.",
-            "# TYPE dbrecovery_last_run_success gauge",
-            "dbrecovery_last_run_success{\(labelText)} \(success ? 1 : 0)",
-            "# HELP dbrecovery_last_exit_code Exit code of the last run (README: Exit codes).",
-            "# TYPE dbrecovery_last_exit_code gauge",
-            "dbrecovery_last_exit_code{\(labelText)} \(code)",
-            "# HELP dbrecovery_last_run_timestamp_seconds When the last run ended.",
-            "# TYPE dbrecovery_last_run_timestamp_seconds gauge",
-            "dbrecovery_last_run_timestamp_seconds{\(labelText)} \(Self.number(now))",
-            "# HELP dbrecovery_last_run_duration_seconds How long the last run took.",
-            "# TYPE dbrecovery_last_run_duration_seconds gauge",
-            "dbrecovery_last_run_duration_seconds{\(labelText)} \(Self.number(Date().timeIntervalSince(started)))",
-        ]
+        let previousSuccess = success ? now : file.value(of: "dbrecovery_last_success_timestamp_seconds", labels: labelText)
+        file.remove { $0 == labelText || $0 == unlabelled }
+        file.add("dbrecovery_last_run_success", help: "1 if the last run succeeded, else 0.", labels: labelText, value: success ? "1" : "0")
+        file.add("dbrecovery_last_exit_code", help: "Exit code of the last run (README: Exit codes).", labels: labelText, value: "\(code)")
+        file.add("dbrecovery_last_run_timestamp_seconds", help: "When the last run ended.", labels: labelText, value: Self.number(now))
+        file.add("dbrecovery_last_run_duration_seconds", help: "How long the last run took.", labels: labelText,
+                 value: Self.number(Date().timeIntervalSince(started)))
         if let previousSuccess {
-            lines += ["# HELP dbrecovery_last_success_timestamp_seconds When a run last succeeded; alert when it gets old.",
-                      "# TYPE dbrecovery_last_success_timestamp_seconds gauge",
-                      "dbrecovery_last_success_timestamp_seconds{\(labelText)} \(Self.number(previousSuccess))"]
+            file.add("dbrecovery_last_success_timestamp_seconds", help: "When a run last succeeded; alert when it gets old.", labels: labelText,
+                     value: Self.number(previousSuccess))
         }
         for (name, value) in values.sorted(by: { $0.key < $1.key }) {
-            lines += ["# HELP dbrecovery_\(name) \(Self.help(for: name, tool: tool))",
-                      "# TYPE dbrecovery_\(name) gauge", "dbrecovery_\(name){\(labelText)} \(Self.number(value))"]
+            file.add("dbrecovery_\(name)", help: Self.help(for: name, tool: tool), labels: labelText, value: Self.number(value))
         }
         let temporary = metricsFile + ".tmp-\(getpid())"
         do {
-            try (lines.joined(separator: "\n") + "\n").write(toFile: temporary, atomically: false, encoding: .utf8)
+            try file.text.write(toFile: temporary, atomically: false, encoding: .utf8)
             guard rename(temporary, metricsFile) == 0 else { throw RecoveryError(.failure, String(cString: strerror(errno))) }
         } catch {
             unlink(temporary)
             // One line, the system's reason (a CocoaError would print its whole userInfo dump).
             FileHandle.standardError.write(Data("\(tool): warning: cannot write metrics file \(metricsFile): \(RecoveryError.classify(error).message)\n".utf8))
         }
+    }
+
+    /// Labels a release added to series that existed without them.
+    static let addedLabels: Set<String> = ["database", "repository"]
+
+    /// `database="app",kind="logical",tool="dbbackup"`: sorted, so one run's series always read the same.
+    static func labelText(_ labels: [String: String]) -> String {
+        labels.sorted { $0.key < $1.key }.map { "\($0.key)=\"\(escape($0.value))\"" }.joined(separator: ",")
     }
 
     /// The HELP text of a run's own number (promtool's lint wants one on every metric).
@@ -90,11 +100,6 @@ public final class RunReporter: Sendable {
             "verify_tables": "Tables whose row counts the last verification compared.",
         ]
         return known[name] ?? "\(name.replacingOccurrences(of: "_", with: " ")) reported by the last \(tool) run."
-    }
-
-    static func previousValue(in path: String, metric: String) -> Double? {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
-        return text.split(separator: "\n").first { $0.hasPrefix(metric + "{") }.flatMap { $0.split(separator: " ").last }.flatMap { Double($0) }
     }
 
     static func number(_ value: Double) -> String {

@@ -22,8 +22,6 @@ public struct BackupContents: Codable, Sendable {
             qualified = schema.map { QualifiedNames.display($0) + "." + shown } ?? shown
         }
 
-        /// `schema.name` unquoted (a key, matched with the manifest's), or the name alone outside any schema.
-        public var qualifiedName: String { schema.map { "\($0).\(name)" } ?? name }
     }
 
     public struct Table: Codable, Sendable, Equatable {
@@ -44,8 +42,6 @@ public struct BackupContents: Codable, Sendable {
             qualified = DumpTableOfContents.Name(schema: schema, name: name).qualified
         }
 
-        /// `schema.name` unquoted (a key, matched with the manifest's).
-        public var qualifiedName: String { "\(schema).\(name)" }
     }
 
     public enum Source: String, Codable, Sendable {
@@ -56,6 +52,8 @@ public struct BackupContents: Codable, Sendable {
     }
 
     public var backupID: String
+    /// The database the backup was taken of (nil for a manifest that does not say).
+    public var database: String?
     public var source: Source
     public var schemas: [String]
     public var tables: [Table]
@@ -70,13 +68,16 @@ public struct BackupContents: Codable, Sendable {
     /// headers (the table of contents) write as a space.
     public var notes: [String] = []
 
-    /// Reads the contents of `reference` (`latest`, an id or a prefix) in `repository`.
+    /// Reads the contents of `reference` (`latest`, an id or a prefix) in `repository`. `latest` is
+    /// the newest backup of `database` (`--from-database`), or of the only database the repository
+    /// holds backups of (`Catalog.resolve(_:namedDatabase:)`).
     ///
-    /// - Throws: `RecoveryError` (`.backupNotFound`, `.backupCorrupt`, `.usage` for a physical backup, `.configuration` for a missing key).
-    public static func read(repository: String, backup reference: String, key: RepositoryKey?,
+    /// - Throws: `RecoveryError` (`.backupNotFound`, `.backupCorrupt`, `.usage` for a physical backup or
+    ///   `latest` in a repository of several databases, `.configuration` for a missing key).
+    public static func read(repository: String, backup reference: String, database: String? = nil, key: RepositoryKey?,
                             environment: [String: String] = ProcessInfo.processInfo.environment, progress: ProgressObserver? = nil) throws -> BackupContents {
         let store = try Repository.open(repository, create: false, environment: environment)
-        let manifest = try Catalog(store: store).resolve(reference)
+        let manifest = try Catalog(store: store).resolve(reference, namedDatabase: database)
         let (toc, source) = try tableOfContents(of: manifest, from: store, key: key, progress: progress)
         return BackupContents(manifest: manifest, toc: toc, source: source)
     }
@@ -107,12 +108,14 @@ public struct BackupContents: Codable, Sendable {
 
     init(manifest: BackupManifest, toc: DumpTableOfContents, source: Source) {
         backupID = manifest.id
+        database = manifest.database.name
         self.source = source
         accessPoints = source == .tableOfContents ? toc.accessPoints.count : 0
         var schemas = Set<String>()
         var sequences: [Object] = [], functions: [Object] = [], views: [Object] = [], other: [String: [Object]] = [:]
         var tableNames: [Object] = []
-        var dataBytes: [String: UInt64] = [:]
+        // Keyed by (schema, name): `"a.b"."c"` and `"a"."b.c"` are two tables, one `a.b.c` as text.
+        var dataBytes: [DumpTableOfContents.Name: UInt64] = [:]
         for entry in toc.entries {
             let object = Object(schema: entry.schema, name: entry.name,
                                 relation: TableSelection.relationKinds.contains(entry.kind) && !["DEFAULT", "CONSTRAINT", "CHECK CONSTRAINT", "FK CONSTRAINT", "TRIGGER", "RULE", "POLICY"].contains(entry.kind))
@@ -120,16 +123,18 @@ public struct BackupContents: Codable, Sendable {
             switch entry.kind {
             case "SCHEMA": schemas.insert(entry.name)
             case "TABLE", "FOREIGN TABLE": tableNames.append(object)
-            case "TABLE DATA": dataBytes[object.qualifiedName, default: 0] += entry.bytes
+            case "TABLE DATA": dataBytes[.init(schema: entry.schema ?? "", name: entry.name), default: 0] += entry.bytes
             case "SEQUENCE": sequences.append(object)
             case "FUNCTION", "PROCEDURE", "AGGREGATE": functions.append(object)
             case "VIEW", "MATERIALIZED VIEW": views.append(object)
             default: other[entry.kind, default: []].append(object)
             }
         }
-        let counts = Dictionary(manifest.tables.map { ($0.qualifiedName, $0.rows) }, uniquingKeysWith: { first, _ in first })
+        let counts = Dictionary(manifest.tables.map { (DumpTableOfContents.Name(schema: $0.schema, name: $0.name), $0.rows) },
+                                uniquingKeysWith: { first, _ in first })
         tables = tableNames.map { table in
-            Table(schema: table.schema ?? "", name: table.name, rows: counts[table.qualifiedName], dumpBytes: dataBytes[table.qualifiedName] ?? 0)
+            let key = DumpTableOfContents.Name(schema: table.schema ?? "", name: table.name)
+            return Table(schema: key.schema, name: key.name, rows: counts[key], dumpBytes: dataBytes[key] ?? 0)
         }
         self.schemas = schemas.sorted()
         self.sequences = sequences

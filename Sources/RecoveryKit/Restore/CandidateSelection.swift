@@ -189,17 +189,30 @@ enum CandidateSelection {
     /// - Throws: `.usage` when `--from-database` contradicts the named backup; `.backupNotFound`
     ///   naming what the repository holds when the source database has no backup in it.
     static func named(_ configuration: RestoreConfiguration, in store: BackupStore) throws -> BackupManifest {
+        try named(configuration.backup, fromDatabase: configuration.fromDatabase, into: configuration.target.databaseName,
+                  release: configuration.release, in: store)
+    }
+
+    /// The backup a restore into database `target` names (a whole-database or a selective restore):
+    /// an id, whatever database it is of, or `latest`, the newest logical backup of `fromDatabase`
+    /// if given, else of `target` — never the newest of another database sharing the repository.
+    ///
+    /// - Throws: `.usage` when `fromDatabase` contradicts the named backup; `.backupNotFound`
+    ///   naming what the repository holds when the source database has no backup in it.
+    static func named(_ reference: String, fromDatabase: String?, into target: String, release: String? = nil,
+                      in store: BackupStore) throws -> BackupManifest {
         let catalog = Catalog(store: store)
+        let source = fromDatabase ?? target
         let manifest: BackupManifest
         do {
-            manifest = try catalog.resolve(configuration.backup, database: configuration.sourceDatabase)
-        } catch let error as RecoveryError where error.code == .backupNotFound && configuration.backup == "latest" {
+            manifest = try catalog.resolve(reference, database: source)
+        } catch let error as RecoveryError where error.code == .backupNotFound && reference == "latest" {
             let manifests = try catalog.manifests()
             guard !manifests.isEmpty else { throw error }
-            throw noneOfDatabase(configuration, stores: [store.location],
-                                 holdings: Catalog.Holdings(manifests, besides: configuration.sourceDatabase))
+            throw noneOfDatabase(source: source, target: target, release: release, stores: [store.location],
+                                 holdings: Catalog.Holdings(manifests, besides: source))
         }
-        if let from = configuration.fromDatabase, manifest.kind == .logical, manifest.database.name != from {
+        if let from = fromDatabase, manifest.kind == .logical, manifest.database.name != from {
             throw RecoveryError(.usage, "backup \(manifest.id) is of database \(manifest.database.name), not \(from) as --from-database says",
                                 hint: "drop --from-database: a backup named by its id is restored whatever database it is of")
         }
@@ -209,7 +222,12 @@ enum CandidateSelection {
     /// The error when the repositories hold no logical backup of the source database at all: what
     /// they hold instead, and the ways to it (`--from-database`, `dbrestore --pitr`).
     static func noneOfDatabase(_ configuration: RestoreConfiguration, stores: [String], holdings: Catalog.Holdings) -> RecoveryError {
-        let source = configuration.sourceDatabase, target = configuration.target.databaseName
+        noneOfDatabase(source: configuration.sourceDatabase, target: configuration.target.databaseName, release: configuration.release,
+                       stores: stores, holdings: holdings)
+    }
+
+    /// `noneOfDatabase` for a restore of `source`'s backups into `target`.
+    static func noneOfDatabase(source: String, target: String, release: String?, stores: [String], holdings: Catalog.Holdings) -> RecoveryError {
         var ways: [String] = []
         let others = holdings.otherDatabases.keys.sorted()
         if let first = others.first {
@@ -220,7 +238,7 @@ enum CandidateSelection {
             ways.append("a physical base backup restores the whole server into a new data directory: dbrestore --pitr --pgdata DIR --target latest")
         }
         if ways.isEmpty { ways.append("check --repo (or BACKUP_REPO)") }
-        let scope = configuration.release.map { " (at any release; --release \($0) asked)" } ?? ""
+        let scope = release.map { " (at any release; --release \($0) asked)" } ?? ""
         return RecoveryError(.backupNotFound, "no logical backup of database \(source)\(scope) in \(stores.joined(separator: ", "))\(holdings.clause)",
                              hint: ways.joined(separator: "; ") + "; \(target) was not touched")
     }

@@ -9,7 +9,11 @@ import Foundation
 /// `SessionSettings` in force where it stood, so that whoever runs it, wherever, runs it as psql would.
 ///
 /// Streaming and bounded: bytes arrive in chunks of any size; only an unfinished line is carried
-/// between chunks. Rows are handed over in runs of whole lines, never one call per row.
+/// between chunks. Rows are handed over in runs of whole lines, never one call per row — except a
+/// row longer than `rowPieceBytes` (a 200 MB document or bytea value): it is never held whole, but
+/// handed over in pieces as its bytes arrive (as psql sends it), the last piece ending at its newline.
+/// A run that does not end with a newline therefore ends inside such a row, and the next run goes on
+/// with it: whoever splits runs over several COPYs must keep a row's pieces on one of them, in order.
 /// psql's `\restrict` / `\unrestrict` lines (pg_dump ≥ 15.14) are skipped: nothing here runs psql
 /// meta-commands, which is what they guard against. Any other meta-command is refused, and so is
 /// every statement pg_dump never writes (`DumpStatementPolicy`), before it reaches the consumer.
@@ -38,15 +42,34 @@ final class DumpScanner {
     enum Event {
         case statement(Statement)
         case copyStart(Statement)
+        /// Rows, whole lines; or a piece of a row longer than `rowPieceBytes` (see the type's description).
         case copyRows(UnsafeRawBufferPointer)
         case copyEnd
     }
+
+    /// Rows longer than this are handed over in pieces rather than carried whole: 4 MiB, or
+    /// `DBRECOVERY_COPY_PIECE_KB` (internal, 4 or more: the tests cut a 1 MB value in 64 KB pieces).
+    static let defaultRowPieceBytes: Int = {
+        if let text = ProcessInfo.processInfo.environment["DBRECOVERY_COPY_PIECE_KB"], let kilobytes = Int(text), kilobytes >= 4 {
+            return kilobytes << 10
+        }
+        return 4 << 20
+    }()
+
+    /// See `defaultRowPieceBytes`; at least 4 bytes, so that the end-of-data line (`\.`, CR, newline)
+    /// is always carried whole and recognised.
+    let rowPieceBytes: Int
 
     private var lexer = SQLLexer(recognizesMetaCommands: true)
     /// The session settings in force where the scanner is.
     private(set) var settings = SessionSettings()
     private var inCopy = false
+    /// The dump's unfinished last line: a statement's line (psql too holds a whole statement), or the
+    /// start of a COPY row, at most `rowPieceBytes` of it.
     private var carry: [UInt8] = []
+    /// Inside a COPY row longer than `rowPieceBytes` whose first pieces were handed over: the rest
+    /// goes to the consumer as it arrives, up to and with its newline.
+    private var inLongRow = false
     private let consumer: (Event) throws -> Void
     /// Bytes of the dump read before the current chunk: where each line stands in the stream.
     private var consumed: UInt64 = 0
@@ -66,8 +89,10 @@ final class DumpScanner {
     /// The backup the dump belongs to, for messages.
     private let backupID: String
 
-    init(backupID: String, _ consumer: @escaping (Event) throws -> Void) {
+    /// - Parameter rowPieceBytes: see `defaultRowPieceBytes` (tests cut rows finer).
+    init(backupID: String, rowPieceBytes: Int = DumpScanner.defaultRowPieceBytes, _ consumer: @escaping (Event) throws -> Void) {
         self.backupID = backupID
+        self.rowPieceBytes = max(4, rowPieceBytes)
         self.consumer = consumer
     }
 
@@ -78,16 +103,30 @@ final class DumpScanner {
     func write(_ chunk: UnsafeRawBufferPointer) throws {
         defer { consumed += UInt64(chunk.count) }
         var start = 0
-        if !carry.isEmpty {
-            guard let newline = Self.find(UInt8(ascii: "\n"), in: chunk, from: 0) else {
+        let firstNewline = Self.find(UInt8(ascii: "\n"), in: chunk, from: 0)
+        if inCopy && !inLongRow && !carry.isEmpty && carry.count + (firstNewline.map { $0 + 1 } ?? chunk.count) > rowPieceBytes {
+            // The carried row grows past a piece with this chunk (whether or not it ends in it).
+            try startLongRow()
+        }
+        if inLongRow {
+            guard let newline = firstNewline else {
+                if !chunk.isEmpty { try consumer(.copyRows(chunk)) }
+                return
+            }
+            try consumer(.copyRows(UnsafeRawBufferPointer(rebasing: chunk[0...newline])))
+            inLongRow = false
+            copyRowCount += 1
+            start = newline + 1
+        } else if !carry.isEmpty {
+            guard let newline = firstNewline else {
                 carry.append(contentsOf: chunk)
                 return
             }
             let base = consumed - UInt64(carry.count)
             carry.append(contentsOf: UnsafeRawBufferPointer(rebasing: chunk[0...newline]))
-            // Handed over where it lies: a copy would hold a second line of up to 1 GB (a bytea row).
+            // Handed over where it lies: a copy would hold a second line (a statement may be long too).
             try carry.withUnsafeBytes { try lines($0, at: base) }
-            carry.removeAll(keepingCapacity: true)
+            if carry.capacity > 2 * rowPieceBytes { carry = [] } else { carry.removeAll(keepingCapacity: true) }
             start = newline + 1
         }
         guard start < chunk.count else { return }
@@ -95,7 +134,27 @@ final class DumpScanner {
         var end = chunk.count
         while end > start, chunk[end - 1] != UInt8(ascii: "\n") { end -= 1 }
         if end > start { try lines(UnsafeRawBufferPointer(rebasing: chunk[start..<end]), at: consumed + UInt64(start)) }
-        if end < chunk.count { carry.append(contentsOf: UnsafeRawBufferPointer(rebasing: chunk[end...])) }
+        if end < chunk.count { try carryOver(UnsafeRawBufferPointer(rebasing: chunk[end...])) }
+    }
+
+    /// Keeps the start of an unfinished line for the next chunk; in COPY rows, a row that would be
+    /// longer than a piece is handed over instead (what was carried of it first), and the rest of
+    /// it as it arrives.
+    private func carryOver(_ tail: UnsafeRawBufferPointer) throws {
+        guard inCopy && carry.count + tail.count > rowPieceBytes else {
+            carry.append(contentsOf: tail)
+            return
+        }
+        try startLongRow()
+        try consumer(.copyRows(tail))
+    }
+
+    /// Hands over what is carried of a row that turned out longer than a piece, and streams the rest.
+    /// Never the end-of-data line: `\.` CR is shorter than any piece.
+    private func startLongRow() throws {
+        if !carry.isEmpty { try carry.withUnsafeBytes { try consumer(.copyRows($0)) } }
+        carry = []
+        inLongRow = true
     }
 
     /// Ends the dump; a last statement without a semicolon is handed over, as psql sends it.

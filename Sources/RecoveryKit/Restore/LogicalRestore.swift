@@ -56,22 +56,17 @@ public struct RestoreConfiguration {
 }
 
 /// What a restore will do, shown before it does it (`--dry-run`, the prompt).
-public struct RestorePlan: Codable, Sendable {
+public struct RestorePlan: Encodable, Sendable {
     public struct Skipped: Codable, Sendable {
         public var id: String
         public var reason: String
     }
 
     public var mode: RestoreConfiguration.Mode
-    /// The repository the backup is read from.
-    public var repository: String
-    public var backupID: String
-    public var backupTakenAt: Date
-    public var backupRelease: String?
-    public var backupSchemaVersion: String?
-    public var backupRows: Int64
-    /// The database the chosen backup was taken of (said in the plan when it is not the target).
-    public var backupDatabase: String?
+    /// The chosen backup as `dbrestore list --json` shows it, with the repository it is read from
+    /// (and the database it was taken of, said in the plan when it is not the target): set by
+    /// `choose(_:)`, built from the manifest by `BackupSummary(manifest:repository:)`.
+    public var backup: BackupSummary
     /// The chosen backup's files as a restore reads them (compressed, encrypted): the dump, and its
     /// table of contents where the restore reads parts of the dump at once (`DumpApplier.filesRead`).
     public var backupStoredBytes: Int64 = 0
@@ -102,12 +97,12 @@ public struct RestorePlan: Codable, Sendable {
     public var lines: [String] {
         var lines: [String] = []
         for skip in skipped { lines.append("skip backup \(skip.id): \(skip.reason)") }
-        lines.append("backup:   \(backupID) taken \(Timestamp.format(backupTakenAt))"
-                     + (backupRelease.map { ", release \($0)" } ?? "") + (backupSchemaVersion.map { ", schema version \($0)" } ?? "")
-                     + ", \(backupRows) rows")
-        lines.append("from:     \(repository)")
-        if let backupDatabase, backupDatabase != targetDatabase {
-            lines.append("note:     backup \(backupID) is of database \(backupDatabase); it is restored into \(targetDatabase)")
+        lines.append("backup:   \(backup.id) taken \(Timestamp.format(backup.startedAt))"
+                     + (backup.release.map { ", release \($0)" } ?? "") + (backup.schemaVersion.map { ", schema version \($0)" } ?? "")
+                     + ", \(backup.totalRows) rows")
+        lines.append("from:     \(backup.repository)")
+        if backup.database != targetDatabase {
+            lines.append("note:     backup \(backup.id) is of database \(backup.database); it is restored into \(targetDatabase)")
         }
         if let filesChecked { lines.append("files:    \(filesChecked)") }
         lines.append("server:   \(server)")
@@ -139,8 +134,46 @@ public struct RestorePlan: Codable, Sendable {
     }
 }
 
+extension RestorePlan {
+    /// The plan's JSON keys (`--dry-run --json`, a report's `plan`, the incident record): the chosen
+    /// backup's fields stand flat beside the plan's own, under the names they had before the plan
+    /// held a `BackupSummary`, which scripts read.
+    private enum Key: String, CodingKey {
+        case mode, repository, backupID, backupTakenAt, backupRelease, backupSchemaVersion, backupRows, backupDatabase, backupStoredBytes
+        case server, targetDatabase, targetExists, scratchDatabase, keptAs, skipped, databaseProperties, warnings, filesChecked
+        case preRestoreCopies, preRestoreBytes, backupServerMajor, targetServerMajor, versionNote
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var json = encoder.container(keyedBy: Key.self)
+        try json.encode(mode, forKey: .mode)
+        try json.encode(backup.repository, forKey: .repository)
+        try json.encode(backup.id, forKey: .backupID)
+        try json.encode(backup.startedAt, forKey: .backupTakenAt)
+        try json.encodeIfPresent(backup.release, forKey: .backupRelease)
+        try json.encodeIfPresent(backup.schemaVersion, forKey: .backupSchemaVersion)
+        try json.encode(backup.totalRows, forKey: .backupRows)
+        try json.encode(backup.database, forKey: .backupDatabase)
+        try json.encode(backupStoredBytes, forKey: .backupStoredBytes)
+        try json.encode(server, forKey: .server)
+        try json.encode(targetDatabase, forKey: .targetDatabase)
+        try json.encode(targetExists, forKey: .targetExists)
+        try json.encode(scratchDatabase, forKey: .scratchDatabase)
+        try json.encodeIfPresent(keptAs, forKey: .keptAs)
+        try json.encode(skipped, forKey: .skipped)
+        try json.encodeIfPresent(databaseProperties, forKey: .databaseProperties)
+        try json.encode(warnings, forKey: .warnings)
+        try json.encodeIfPresent(filesChecked, forKey: .filesChecked)
+        try json.encode(preRestoreCopies, forKey: .preRestoreCopies)
+        try json.encode(preRestoreBytes, forKey: .preRestoreBytes)
+        try json.encodeIfPresent(backupServerMajor, forKey: .backupServerMajor)
+        try json.encodeIfPresent(targetServerMajor, forKey: .targetServerMajor)
+        try json.encodeIfPresent(versionNote, forKey: .versionNote)
+    }
+}
+
 /// The outcome of a restore, drill or emergency restore; also the incident record.
-public struct RestoreReport: Codable, Sendable {
+public struct RestoreReport: Encodable, Sendable {
     public var plan: RestorePlan
     public var startedAt: Date
     public var finishedAt: Date
@@ -184,12 +217,9 @@ public enum LogicalRestore {
         let stamp = Timestamp.compact(Date(), separator: "_", zone: "")
         let scratchPurpose = configuration.mode == .drill ? "drill" : "restore"
         var plan = RestorePlan(
-            mode: configuration.mode, repository: choice.repository, backupID: "", backupTakenAt: Date(), backupRows: 0,
-            server: configuration.target.redactedDescription, targetDatabase: database, targetExists: exists,
+            choice, mode: configuration.mode, server: configuration.target.redactedDescription, targetDatabase: database, targetExists: exists,
             scratchDatabase: try unusedIdentifier(database, suffix: "_\(scratchPurpose)_\(stamp)", on: admin),
-            keptAs: exists && configuration.mode != .drill ? try unusedIdentifier(database, suffix: "_pre_restore_\(stamp)", on: admin) : nil,
-            skipped: [])
-        plan.choose(choice)
+            keptAs: exists && configuration.mode != .drill ? try unusedIdentifier(database, suffix: "_pre_restore_\(stamp)", on: admin) : nil)
         try plan.checkMajors(choice.manifest, into: serverMajor, tools: configuration.tools)
         if configuration.dryRun {
             plan.filesChecked = "\(choice.manifest.files.map(\.name).joined(separator: ", ")) verified: size, sha256 and the whole gzip stream"
@@ -229,7 +259,7 @@ public enum LogicalRestore {
                                  verification: verification, timeline: timeline.steps, incidentFile: nil, outcome: outcome,
                                  bytesRead: opened.reduce(0) { $0 + $1.reads.bytes })
         }
-        var store = try open(plan.repository)
+        var store = try open(plan.backup.repository)
         do {
             let admin = try connectToMaintenance(configuration.target)
             defer { admin.close() }
@@ -247,8 +277,8 @@ public enum LogicalRestore {
                 try ToolDatabases.repair(plan.targetDatabase, on: admin, timeline: timeline)
             }
             plan.scratchDatabase = try claimScratchName(plan.scratchDatabase, mode: configuration.mode, target: plan.targetDatabase, on: admin)
-            plan.warnings.forEach { timeline.note("backup \(plan.backupID)", outcome: "warning: \($0)") }
-            if let note = plan.versionNote { timeline.note("backup \(plan.backupID)", outcome: note) }
+            plan.warnings.forEach { timeline.note("backup \(plan.backup.id)", outcome: "warning: \($0)") }
+            if let note = plan.versionNote { timeline.note("backup \(plan.backup.id)", outcome: note) }
             var outcome: String
             var latestGone = 0
             var excluded: Set<String> = []
@@ -264,11 +294,11 @@ public enum LogicalRestore {
                     // `latest` was pruned between the plan and the reader lock (newer backups came in
                     // meanwhile): the newest one now is what was asked for. Nothing was created yet.
                     latestGone += 1
-                    timeline.note("backup \(plan.backupID)", outcome: "\(gone.message); taking the newest again")
+                    timeline.note("backup \(plan.backup.id)", outcome: "\(gone.message); taking the newest again")
                     let newest = try CandidateSelection.choose(configuration, depth: .size, serverMajor: serverMajor, timeline: timeline)
                     plan.choose(newest)
                     try plan.checkMajors(newest.manifest, into: serverMajor, tools: configuration.tools)
-                    store = try open(plan.repository)
+                    store = try open(plan.backup.repository)
                 } catch {
                     // A damaged file (sha256, size or gzip stream, found while streaming) is this copy's
                     // fault: another repository's copy of the same backup may be whole, also for a normal restore.
@@ -277,19 +307,19 @@ public enum LogicalRestore {
                     // fault: stop (exit 20) rather than restore an older backup because S3 hiccupped; but
                     // another repository's copy of this same backup may be read instead, as while choosing.
                     let trouble = !reachedSwap && !Interruption.isRequested && RecoveryError.isRepositoryTrouble(error)
-                        ? RecoveryError.repositoryTrouble(error, repository: plan.repository, backup: plan.backupID,
+                        ? RecoveryError.repositoryTrouble(error, repository: plan.backup.repository, backup: plan.backup.id,
                                                           untouched: "\(plan.targetDatabase) was not touched") : nil
                     if let trouble, configuration.repositories.count < 2 { throw trouble }
                     guard trouble != nil || configuration.mode != .normal || (damagedCopy && configuration.repositories.count > 1),
                           !reachedSwap, trouble != nil || isCandidateFailure(error, admin: admin) else { throw error }
                     let reason = RecoveryError.classify(error).message
-                    let label = CandidateSelection.label(plan.backupID, in: plan.repository, of: configuration)
+                    let label = CandidateSelection.label(plan.backup.id, in: plan.backup.repository, of: configuration)
                     plan.skipped.append(.init(id: label, reason: reason))
                     timeline.note("skip backup \(label)", outcome: reason)
                     verification = nil
                     onlyDamagedFiles = onlyDamagedFiles && damagedCopy
                     // A replay or verification failure would repeat with any copy of the backup: skip them all.
-                    excluded.insert(damagedCopy || trouble != nil ? label : plan.backupID)
+                    excluded.insert(damagedCopy || trouble != nil ? label : plan.backup.id)
                     let next: CandidateSelection.Choice
                     do {
                         next = try CandidateSelection.choose(configuration, excluding: excluded, skipped: plan.skipped, depth: .size,
@@ -303,16 +333,16 @@ public enum LogicalRestore {
                         throw trouble ?? error
                     }
                     // After repository trouble only the same backup will do, never an older one.
-                    if let trouble, next.manifest.id != plan.backupID { throw trouble }
+                    if let trouble, next.manifest.id != plan.backup.id { throw trouble }
                     plan.choose(next)
                     try plan.checkMajors(next.manifest, into: serverMajor, tools: configuration.tools)
-                    if let note = plan.versionNote { timeline.note("backup \(plan.backupID)", outcome: note) }
+                    if let note = plan.versionNote { timeline.note("backup \(plan.backup.id)", outcome: note) }
                     // A fresh name, in case the failed candidate's scratch database could not be dropped.
                     plan.scratchDatabase = try claimScratchName(
                         unusedIdentifier(plan.targetDatabase, suffix: "_\(configuration.mode == .drill ? "drill" : "restore")_\(Timestamp.compact(Date(), separator: "_", zone: ""))", on: admin),
                         mode: configuration.mode, target: plan.targetDatabase, on: admin)
-                    plan.warnings.forEach { timeline.note("backup \(plan.backupID)", outcome: "warning: \($0)") }
-                    store = try open(plan.repository)
+                    plan.warnings.forEach { timeline.note("backup \(plan.backup.id)", outcome: "warning: \($0)") }
+                    store = try open(plan.backup.repository)
                 }
             }
             if configuration.mode != .drill {
@@ -363,11 +393,11 @@ public enum LogicalRestore {
                                  timeline: Timeline, progress: ProgressObserver?, reachedSwap: inout Bool,
                                  verified: (RowCountVerifier.Report) -> Void) throws -> String {
         // A reader lock before the manifest is read: dbprune leaves a backup alone while it is read.
-        let reading = try StoreLock.sharedIfWritable(in: store, backupID: plan.backupID, holder: LockHolder(command: "dbrestore"))
+        let reading = try StoreLock.sharedIfWritable(in: store, backupID: plan.backup.id, holder: LockHolder(command: "dbrestore"))
         defer { try? reading?.release() }   // a leftover reader record only delays pruning; dbprune removes it once we are gone
         // Only this backup's manifest is read again (the plan holds its full id): the choice already read them all.
-        guard let manifest = try Catalog(store: store).manifestAsReader(plan.backupID)?.unsealed(with: configuration.key) else {
-            throw RecoveryError(.backupNotFound, "backup \(plan.backupID) was removed (by dbprune?) before this restore could read it",
+        guard let manifest = try Catalog(store: store).manifestAsReader(plan.backup.id)?.unsealed(with: configuration.key) else {
+            throw RecoveryError(.backupNotFound, "backup \(plan.backup.id) was removed (by dbprune?) before this restore could read it",
                                 hint: "restore another backup; nothing was changed")
         }
         let scratch = plan.scratchDatabase
@@ -582,23 +612,36 @@ public enum LogicalRestore {
 }
 
 extension RestorePlan {
-    /// Points the plan at a chosen backup (the first, or the next older after a candidate failed).
+    /// A plan to restore `choice` into `targetDatabase`; `choose(_:)` points it at another backup later.
+    init(_ choice: CandidateSelection.Choice, mode: RestoreConfiguration.Mode, server: String, targetDatabase: String, targetExists: Bool,
+         scratchDatabase: String, keptAs: String?) {
+        self.mode = mode
+        self.server = server
+        self.targetDatabase = targetDatabase
+        self.targetExists = targetExists
+        self.scratchDatabase = scratchDatabase
+        self.keptAs = keptAs
+        (backup, backupStoredBytes, skipped, databaseProperties, warnings) = Self.backupSide(of: choice, mode: mode, into: targetDatabase)
+    }
+
+    /// Points the plan at a chosen backup (the next older after a candidate failed, or the newest
+    /// again after `latest` was pruned); the target side stays.
     mutating func choose(_ choice: CandidateSelection.Choice) {
+        (backup, backupStoredBytes, skipped, databaseProperties, warnings) = Self.backupSide(of: choice, mode: mode, into: targetDatabase)
+    }
+
+    /// What a plan takes from its chosen backup: the backup's summary, the bytes the restore reads,
+    /// the candidates passed over, the database properties it restores and what it cannot restore.
+    private static func backupSide(of choice: CandidateSelection.Choice, mode: RestoreConfiguration.Mode, into target: String)
+        -> (summary: BackupSummary, storedBytes: Int64, skipped: [Skipped], properties: DatabaseProperties?, warnings: [String]) {
         let manifest = choice.manifest
-        repository = choice.repository
-        backupID = manifest.id
-        backupTakenAt = manifest.startedAt
-        backupRelease = manifest.release
-        backupSchemaVersion = manifest.schemaVersion
-        backupRows = manifest.totalRows
-        backupDatabase = manifest.database.name
-        backupStoredBytes = Int64(DumpApplier.filesRead(of: manifest).reduce(0) { $0 + $1.storedBytes })
-        skipped = choice.skipped
-        databaseProperties = manifest.databaseProperties?.maskedForDisplay
-        warnings = manifest.databaseProperties != nil || mode == .drill ? [] : [
+        let warnings = manifest.databaseProperties != nil || mode == .drill ? [] : [
             "backup \(manifest.id) was taken by \(manifest.tool.name) \(manifest.tool.version), which did not record database properties: "
-            + "the owner, privileges, comment, settings, connection limit, encoding and locale of \(targetDatabase) cannot be restored "
+            + "the owner, privileges, comment, settings, connection limit, encoding and locale of \(target) cannot be restored "
             + "(the restored database gets the server's defaults; set them again by hand)"]
+        return (BackupSummary(manifest: manifest, repository: choice.repository),
+                Int64(DumpApplier.filesRead(of: manifest).reduce(0) { $0 + $1.storedBytes }),
+                choice.skipped, manifest.databaseProperties?.maskedForDisplay, warnings)
     }
 
     /// Why a backup from a newer major is refused, or passed over by `--emergency` and `--drill`.

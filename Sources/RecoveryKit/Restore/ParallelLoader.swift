@@ -22,8 +22,13 @@ final class ParallelLoader {
     private let tally = CopyRowTally()
     /// Why the COPY results cannot stand for the restored tables' row counts, once something showed it.
     private var countsInexact: String?
+    /// The run of rows being gathered, at most `runSize`: it ends at a row's end, except when one
+    /// row is longer than a run (then the run is a piece of it).
     private var rows: [UInt8] = []
-    private let spares = BufferPool()
+    private let spares = BufferPool(keepsAtMost: ParallelLoader.runSize)
+    /// The worker the last run went to, while that run ended inside a row: the rest of the row must
+    /// follow it into the same COPY, in order.
+    private var rowWorker: CopyWorker?
     /// Statements after the rows, run once the rows are committed.
     private var postData: [DumpScanner.Statement] = []
     /// Inside the large objects' data (pg_dump's `BEGIN; lo_open … lowrite … lo_close … COMMIT;`, after
@@ -80,8 +85,7 @@ final class ParallelLoader {
             if serial { try flushWorkers() }
             copy = (statement, copies, serial, nil)
         case .copyRows(let bytes):
-            rows.append(contentsOf: bytes)
-            if rows.count >= Self.runSize { try dispatchRows() }
+            try take(bytes)
         case .copyEnd:
             try dispatchRows()
             if copy?.serial == true { try flushWorkers() }
@@ -234,10 +238,36 @@ final class ParallelLoader {
 
     // MARK: - Rows
 
+    /// Gathers rows (or pieces of a long row, `DumpScanner`) into runs of at most `runSize`, each
+    /// cut at the last row's end that fits; only a row longer than a run is cut inside. So however
+    /// long a value, no more than a run of it is held here.
+    private func take(_ bytes: UnsafeRawBufferPointer) throws {
+        // The scanner hands rows over only inside a COPY; without one no run could be dispatched.
+        guard copy != nil else {
+            throw RecoveryError(.backupCorrupt, "backup \(backupID): COPY rows outside a COPY block", hint: "restore another backup")
+        }
+        var rest = bytes
+        while rest.count > Self.runSize - rows.count {
+            let room = Self.runSize - rows.count
+            if let newline = UnsafeRawBufferPointer(rebasing: rest[0..<room]).lastIndex(of: UInt8(ascii: "\n")) {
+                rows.append(contentsOf: UnsafeRawBufferPointer(rebasing: rest[0...newline]))
+                rest = UnsafeRawBufferPointer(rebasing: rest[(newline + 1)...])
+            } else if rows.last != UInt8(ascii: "\n") {
+                // Inside a row longer than a run: this run is a piece of it.
+                rows.append(contentsOf: UnsafeRawBufferPointer(rebasing: rest[0..<room]))
+                rest = UnsafeRawBufferPointer(rebasing: rest[room...])
+            }
+            // Else the run holds whole rows and the next row does not fit: it starts the next run.
+            try dispatchRows()
+        }
+        rows.append(contentsOf: rest)
+        if rows.count >= Self.runSize { try dispatchRows() }
+    }
+
     private func dispatchRows() throws {
         guard !rows.isEmpty, let current = copy else { return }
         let worker: CopyWorker
-        if let pinned = current.worker {
+        if let pinned = current.worker ?? rowWorker {
             worker = pinned
         } else {
             if workers.count < jobs, workers.allSatisfy({ $0.queuedBytes > 0 }),
@@ -248,8 +278,10 @@ final class ParallelLoader {
             worker = idlest
             if current.serial { copy?.worker = idlest }
         }
+        let endsInsideARow = rows.last != UInt8(ascii: "\n")
         try worker.submit(copy: current.number, current.statement, rows: rows)
-        rows = spares.take(capacity: Self.runSize + 64 * 1024)
+        rowWorker = endsInsideARow ? worker : nil
+        rows = spares.take(capacity: Self.runSize)
     }
 
     /// Waits until every row handed out so far is loaded and committed.

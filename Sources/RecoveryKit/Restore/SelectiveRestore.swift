@@ -19,6 +19,9 @@ public struct SelectiveRestoreConfiguration {
     public var target: ConnectionTarget
     public var repositories: [String]
     public var backup: String
+    /// `--from-database`: `latest` is this database's newest backup instead of the target's (a
+    /// repository may hold several databases' backups). A backup named by its id needs none.
+    public var fromDatabase: String?
     /// `SCHEMA.NAME` patterns (`--table`); with `schemas`, at least one pattern must be given.
     public var tables: [String] = []
     /// Schema name patterns (`--schema`).
@@ -50,6 +53,8 @@ public struct SelectiveRestoreConfiguration {
 public struct SelectiveRestorePlan: Codable, Sendable {
     public var backupID: String
     public var repository: String
+    /// The database the backup was taken of (said in the plan when it is not `database`).
+    public var backupDatabase: String? = nil
     public var database: String
     /// `into-schema`, `into-database` or `replace`.
     public var destination: String
@@ -77,7 +82,8 @@ public struct SelectiveRestorePlan: Codable, Sendable {
 
     /// The plan as text, for `--dry-run` and the prompt.
     public var lines: [String] {
-        var lines = ["backup: \(backupID) (\(repository)); contents from its \(contentsSource == "full-scan" ? "dump (full scan: it has no table of contents)" : "table of contents")",
+        let whose = backupDatabase.map { $0 == database ? " of database \($0)" : " of database \($0), not of \(database) (named by its id, or --from-database)" } ?? ""
+        var lines = ["backup: \(backupID)\(whose) (\(repository)); contents from its \(contentsSource == "full-scan" ? "dump (full scan: it has no table of contents)" : "table of contents")",
                      "tables: \(tables.joined(separator: ", "))",
                      "\(destination) → \(destination == "into-database" ? "new database" : "schema") \(createdIn) of \(destination == "into-database" ? "the server of \(database)" : "database \(database)")",
                      "replays \(ByteCount.format(replayBytes)) of the \(ByteCount.format(dumpBytes)) dump",
@@ -159,7 +165,9 @@ public enum SelectiveRestore {
         for address in configuration.repositories {
             do {
                 let store = try Repository.open(address, create: false, environment: configuration.environment)
-                chosen = (address, store, try Catalog(store: store).resolve(configuration.backup))
+                // `latest`: the newest backup of the target database (or --from-database's), not another's in a shared repository.
+                chosen = (address, store, try CandidateSelection.named(configuration.backup, fromDatabase: configuration.fromDatabase,
+                                                                       into: configuration.target.databaseName, in: store))
                 break
             } catch {
                 firstError = firstError ?? error
@@ -224,6 +232,7 @@ public enum SelectiveRestore {
             referencingForeignKeys: selection.referencingForeignKeys.map(described), contentsSource: source.rawValue,
             replayBytes: ranges.reduce(0) { $0 + ($1.upperBound - $1.lowerBound) }, dumpBytes: toc.dumpBytes)
         plan.rulesLeftOut = selection.leftOutRules.map(described)
+        plan.backupDatabase = manifest.database.name
         if configuration.destination == .replace {
             plan.checkedBeforeSwap = manifest.schemaFingerprint == nil
                 ? "row counts only (backup \(manifest.id) has no schema fingerprint to check the definition against)"
@@ -413,8 +422,8 @@ public enum SelectiveRestore {
     /// - Throws: `RecoveryError(.verificationMismatch)` when a count differs.
     static func verify(_ tables: [DumpTableOfContents.Name], in schema: (DumpTableOfContents.Name) -> String, manifest: BackupManifest,
                        on connection: PostgresConnection) throws -> RowCountVerifier.Report {
-        let wanted = Set(tables.map { "\($0.schema).\($0.name)" })
-        let expected = manifest.tables.filter { wanted.contains($0.qualifiedName) }
+        let wanted = Set(tables)   // (schema, name) pairs: "a.b"."c" and "a"."b.c" are two tables
+        let expected = manifest.tables.filter { wanted.contains(.init(schema: $0.schema, name: $0.name)) }
         var actual: [BackupManifest.TableRowCount] = []
         for table in tables where expected.contains(where: { $0.schema == table.schema && $0.name == table.name }) {
             let count = try connection.query("SELECT count(*) FROM \(QualifiedNames.quote(schema(table))).\(QualifiedNames.quote(table.name))").scalar

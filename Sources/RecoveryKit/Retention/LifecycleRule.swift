@@ -14,12 +14,20 @@ public enum LifecycleRule {
     /// The rule's id, one per repository prefix, so other rules in the bucket are left alone.
     public static func ruleID(prefix: String) -> String { "dbrecovery-" + (prefix.isEmpty ? "root" : prefix.replacingOccurrences(of: "/", with: "-")) }
 
+    /// After how many days our rule has S3 expire `backups/` objects for a tier (only one without
+    /// snapshot rules or a count to keep); nil when it expires nothing. Only `backups/`: the rule never
+    /// touches `wal/` or `locks/`, so WAL is neither expired nor moved to GLACIER by the bucket.
+    static func expirationDays(tier: RetentionPolicy.Tier) -> Int? {
+        guard !tier.snapshots, tier.keepLast == 0, let within = tier.keepWithin else { return nil }
+        return max(1, within.hours / 24)
+    }
+
     /// Our `<Rule>` element for a prefix and tier.
     public static func rule(prefix: String, tier: RetentionPolicy.Tier) -> String {
         let backups = prefix.isEmpty ? "backups/" : "\(prefix)/backups/"
         var xml = "<Rule><ID>\(ruleID(prefix: prefix))</ID><Filter><Prefix>\(escape(backups))</Prefix></Filter><Status>Enabled</Status>"
-        if !tier.snapshots, tier.keepLast == 0, let within = tier.keepWithin {
-            xml += "<Expiration><Days>\(max(1, within.hours / 24))</Days></Expiration>"
+        if let days = expirationDays(tier: tier) {
+            xml += "<Expiration><Days>\(days)</Days></Expiration>"
         }
         xml += "<AbortIncompleteMultipartUpload><DaysAfterInitiation>1</DaysAfterInitiation></AbortIncompleteMultipartUpload></Rule>"
         return xml

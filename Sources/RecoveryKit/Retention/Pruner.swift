@@ -12,6 +12,8 @@ public struct PruneConfiguration {
     /// How long a backup's verification record (`verified-at.json`) spares re-reading it
     /// (`[prune] reverify_after` in the config file).
     public var reverifyAfter: RetentionDuration = VerificationRecord.defaultInterval
+    /// How long a recovery's hold keeps what it names (`[prune] hold_expiry`, `--hold-expiry`).
+    public var holdExpiry: RetentionDuration = HeldRecoveries.defaultExpiry
     /// Called with the plan (under the lock, before anything is deleted) when the run would delete
     /// something; throwing stops the run with nothing changed. Nil: no confirmation needed.
     public var confirm: ((PruneReport) throws -> Void)?
@@ -59,8 +61,11 @@ public struct PruneReport: Codable, Sendable {
     /// What the rules were applied to, group by group (`RetentionGroup`): one database's logical
     /// backups, one server's base backups; each with its own newest verified backup.
     public var groups: [Group] = []
-    /// What the run cleaned up or could not (stale locks removed, a failed lock release).
+    /// What the run cleaned up or could not (stale locks removed, a failed lock release), and a
+    /// warning per recovery hold.
     public var notes: [String] = []
+    /// The holds of prepared recoveries (`RecoveryHold`), with their age and whether they still protect.
+    public var holds: [HeldRecoveries.Status] = []
     public var kept: Int { decisions.filter { $0.action != .delete }.count }
     public var deleted: Int { decisions.filter { $0.action == .delete }.count }
 
@@ -186,6 +191,9 @@ public enum Pruner {
                 decisions[index].keptBy.append("being read")
             }
         }
+        // What a prepared recovery will still read (its hold) is kept, until the hold expires.
+        var holds = try HeldRecoveries.load(from: store, now: configuration.now, expiry: configuration.holdExpiry)
+        HeldRecoveries.keep(&decisions, holds: holds)
         protectChains(&decisions, manifests: manifests)
         // A dry run holds no lock, so a backup being written now may be found half-written: it is in progress.
         let writer: LockHolder? = configuration.dryRun ? try StoreLock.writer(in: store) : nil
@@ -200,7 +208,8 @@ public enum Pruner {
         let walKeys = try store.list(prefix: "wal/").map(\.key)
         func walPlan() -> WALRetention.Plan {
             let keptIDs = Set(decisions.filter { $0.action != .delete }.map(\.id))
-            return WALRetention.plan(keys: walKeys, keptPhysical: manifests.filter { keptIDs.contains($0.id) }.compactMap(\.physical))
+            return WALRetention.plan(keys: walKeys, keptPhysical: manifests.filter { keptIDs.contains($0.id) }.compactMap(\.physical),
+                                     holds: HeldRecoveries.wal(holds))
         }
         var wal = walPlan()
 
@@ -242,7 +251,8 @@ public enum Pruner {
                 }
                 try store.delete(others)
             }
-            // Readers that arrived during the deletions keep their WAL too.
+            // Readers that arrived during the deletions keep their WAL too, and so do holds written meanwhile.
+            holds = try HeldRecoveries.load(from: store, now: configuration.now, expiry: configuration.holdExpiry)
             wal = walPlan()
             for decision in decisions where decision.action == .moveToGlacier {
                 try Interruption.check()
@@ -261,7 +271,13 @@ public enum Pruner {
         report.countGroups()
         report.wal = wal
         report.beingRead = beingRead
-        report.notes = notes
+        report.holds = holds
+        report.notes = notes + HeldRecoveries.warnings(holds, expiry: configuration.holdExpiry, dryRun: configuration.dryRun)
+        // S3 expires on its own what a bucket rule tells it to, and no hold can stop that (WAL is never under such a rule).
+        if tierName == "s3", holds.contains(where: \.protecting), let days = LifecycleRule.expirationDays(tier: tier) {
+            report.notes.append("warning: this tier's bucket rule (dbprune --apply-lifecycle) expires backups/ objects after \(days) days on S3's own, "
+                                + "which a hold cannot stop: a held base backup older than that is deleted by S3 under its recovery")
+        }
         return report
     }
 

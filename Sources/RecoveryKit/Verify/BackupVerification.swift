@@ -9,18 +9,27 @@ public enum BackupVerification {
     /// checked (unreadable manifest, a file that cannot be opened) is reported and the others are
     /// still checked; one that `dbprune` removes meanwhile is reported as pruned, not damaged.
     ///
+    /// `latest` is the newest backup of `database` (`--from-database`) when one is named (and `all`,
+    /// all of its backups); else the newest of each database's logical backups and of each server's
+    /// base backups (the groups retention counts in, `RetentionGroup`): in a repository shared by several databases the
+    /// newest backup of all is one database's, and a damaged newest backup of another would go unseen.
+    ///
     /// Each backup is checked under a reader lock (`StoreLock.sharedIfWritable`, as a restore reads
     /// it), taken before its manifest is read again: `dbprune` leaves a backup alone while it is checked.
     ///
     /// - Throws: `RecoveryError` when the repository or backup cannot be found.
-    public static func files(repository: String, backup: String, key: RepositoryKey? = nil, progress: ProgressObserver? = nil,
+    public static func files(repository: String, backup: String, database: String? = nil, key: RepositoryKey? = nil, progress: ProgressObserver? = nil,
                              environment: [String: String] = ProcessInfo.processInfo.environment) throws -> [FileVerifier.Report] {
         let store = try Repository.open(repository, create: false, environment: environment)
         let catalog = Catalog(store: store)
         let entries = try catalog.entries()
         let manifests = entries.compactMap(\.manifest)
         if backup == "all" {
-            return try entries.map { entry in
+            // With a database named, its logical backups (and manifests that cannot say whose they are).
+            let chosen = entries.filter { entry in
+                database.map { name in entry.manifest.map { $0.kind == .logical && $0.database.name == name } ?? true } ?? true
+            }
+            return try chosen.map { entry in
                 guard entry.manifest != nil else {
                     return FileVerifier.Report(id: entry.id, files: [.init(name: BackupManifest.fileName, ok: false, problem: entry.problem)])
                 }
@@ -50,7 +59,20 @@ public enum BackupVerification {
                 return report
             }
         }
-        let resolved = try catalog.resolve(backup)
+        if backup == "latest", database == nil {
+            let newest = RetentionGroup.split(manifests).compactMap(\.manifests.first)
+            if newest.count > 1 {
+                return try newest.flatMap { try files(of: $0, in: catalog, manifests: manifests, key: key, progress: progress) }
+            }
+        }
+        return try files(of: try catalog.resolve(backup, namedDatabase: database), in: catalog, manifests: manifests, key: key, progress: progress)
+    }
+
+    /// Checks one backup's files: an incremental's whole chain, full backup first, each member read
+    /// again under a reader lock.
+    private static func files(of resolved: BackupManifest, in catalog: Catalog, manifests: [BackupManifest], key: RepositoryKey?,
+                              progress: ProgressObserver?) throws -> [FileVerifier.Report] {
+        let store = catalog.store
         let chain = resolved.incremental == nil || chainProblem(of: resolved, in: manifests) != nil
             ? [resolved] : try IncrementalChain.members(of: resolved, in: manifests)
         // Every backup read gets a reader lock first, then its manifest is read again under it.
@@ -120,18 +142,20 @@ public enum BackupVerification {
 
     /// Compares the live database's row counts with one backup's manifest.
     ///
-    /// - Parameter backup: an id, prefix or `latest` (the newest logical backup of `target`'s
-    ///   database); nil means the backup the database was restored from, when a restore recorded one,
-    ///   else `latest`.
+    /// - Parameters:
+    ///   - backup: an id, prefix or `latest` (the newest logical backup of `target`'s database, or of
+    ///     `fromDatabase`); nil means the backup the database was restored from, when a restore
+    ///     recorded one, else `latest`.
+    ///   - fromDatabase: `--from-database`: whose newest backup `latest` is, when not the target's.
     /// - Throws: `RecoveryError` / `PostgresError` when the backup or database cannot be reached.
-    public static func rowCounts(repository: String, backup: String?, target: ConnectionTarget,
+    public static func rowCounts(repository: String, backup: String?, fromDatabase: String? = nil, target: ConnectionTarget,
                                  environment: [String: String] = ProcessInfo.processInfo.environment) throws -> RowCountVerifier.Report {
         let store = try Repository.open(repository, create: false, environment: environment)
         let connection = try PostgresConnection(target: target, applicationName: "dbverify")
         defer { connection.close() }
         var reference = backup ?? "latest"
         var basis: String?
-        if backup == nil, let marker = try ToolDatabases.marker(of: target.databaseName, on: connection), marker.kind == .restored,
+        if backup == nil, fromDatabase == nil, let marker = try ToolDatabases.marker(of: target.databaseName, on: connection), marker.kind == .restored,
            let restored = marker.backup {
             reference = restored
             basis = "restored from it at \(marker.at)"
@@ -139,13 +163,14 @@ public enum BackupVerification {
         let manifest: BackupManifest
         do {
             // `latest` is the target database's newest backup, not another database's in a shared repository.
-            manifest = try Catalog(store: store).resolve(reference, database: target.databaseName)
+            manifest = try Catalog(store: store).resolve(reference, database: fromDatabase ?? target.databaseName)
         } catch let error as RecoveryError where basis != nil && error.code == .backupNotFound {
             throw RecoveryError(.backupNotFound, "\(target.databaseName) was restored from backup \(reference), which is not in \(store.location)",
                                 hint: "name the backup to compare with (dbverify latest), or point --repo at the repository it came from")
         }
         var report = try RowCountVerifier.verify(manifest, on: connection)
-        report.basis = basis ?? (backup == nil ? "newest backup" : nil)
+        report.basis = basis ?? (backup == nil ? "newest backup of database \(manifest.database.name)" : nil)
+        report.backupDatabase = manifest.database.name
         return report
     }
 }

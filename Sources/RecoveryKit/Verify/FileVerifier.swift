@@ -37,6 +37,9 @@ public enum FileVerifier {
         /// `dbprune` removed the backup while it was being checked (`dbverify --files all`): gone,
         /// not damaged, and no file is listed. Never set for a backup that still has its manifest.
         public var pruned: Bool = false
+        /// Whose backup it is: the database of a logical backup, `(all)` for a base backup (its whole
+        /// server), as `dbrestore list` shows it; nil when the manifest could not be read.
+        public var database: String? = nil
         /// Every file the restore needs verifies (a damaged optional index does not count: see `warnings`).
         public var ok: Bool { files.allSatisfy { $0.ok || $0.optionalIndex } }
         /// Not ok only because files are archived.
@@ -70,7 +73,9 @@ public enum FileVerifier {
             result.optionalIndex = optionalIndexes.contains(file.name)
             results.append(result)
         }
-        return Report(id: manifest.id, files: results)
+        var report = Report(id: manifest.id, files: results)
+        report.database = manifest.shownDatabase
+        return report
     }
 
     private static func verify(_ file: BackupManifest.File, key: String, in store: BackupStore, depth: Depth,

@@ -34,6 +34,8 @@ public enum RowCountVerifier {
         public var tables: [TableResult]
         /// Why this backup was the one compared with, when it was not named (e.g. `restored from it at …`).
         public var basis: String? = nil
+        /// The database the backup was taken of (`dbverify`: said when it is not `database`).
+        public var backupDatabase: String? = nil
         public var ok: Bool { tables.allSatisfy { $0.status == .ok } }
         public var problems: [TableResult] { tables.filter { $0.status != .ok } }
 
@@ -67,19 +69,36 @@ public enum RowCountVerifier {
                        database: connection.target.databaseName)
     }
 
+    /// Which table a count is of: its (schema, name) pair — `"a.b"."c"` and `"a"."b.c"` are two tables
+    /// though both read `a.b.c` joined with a dot — and whether it pools a partition tree (`pooled`).
+    struct Key: Hashable, Comparable {
+        var table: DumpTableOfContents.Name
+        var pool = false
+
+        init(_ count: BackupManifest.TableRowCount) { table = .init(schema: count.schema, name: count.name) }
+
+        init(pooling root: DumpTableOfContents.Name) {
+            table = root
+            pool = true
+        }
+
+        /// As reports show it: `sales."order"` (quoted where SQL needs it, so two tables never read
+        /// the same), `public.feelings (its partitions together)` for a pool.
+        var shown: String { table.qualified + (pool ? " (its partitions together)" : "") }
+
+        static func < (a: Key, b: Key) -> Bool { (a.table, a.pool ? 1 : 0) < (b.table, b.pool ? 1 : 0) }
+    }
+
     /// The counts with the partitions a restore may reroute (`TableCounter.rerouted`) summed into
     /// one count per tree, named `root (its partitions together)`: their own counts may differ
     /// from the backup's while every row is there.
-    static func pooled(_ counts: [BackupManifest.TableRowCount], _ rerouted: [String: (schema: String, name: String)]) -> [BackupManifest.TableRowCount] {
-        guard !rerouted.isEmpty else { return counts }
-        var kept: [BackupManifest.TableRowCount] = []
-        var pools: [String: BackupManifest.TableRowCount] = [:]
+    static func pooled(_ counts: [BackupManifest.TableRowCount], _ rerouted: [DumpTableOfContents.Name: DumpTableOfContents.Name]) -> [Key: Int64] {
+        var keyed: [Key: Int64] = [:]
         for count in counts {
-            guard let root = rerouted[count.qualifiedName] else { kept.append(count); continue }
-            let key = "\(root.schema).\(root.name)"
-            pools[key, default: .init(schema: root.schema, name: root.name + " (its partitions together)", rows: 0)].rows += count.rows
+            let key = rerouted[.init(schema: count.schema, name: count.name)].map(Key.init(pooling:)) ?? Key(count)
+            if key.pool { keyed[key, default: 0] += count.rows } else if keyed[key] == nil { keyed[key] = count.rows }
         }
-        return kept + pools.keys.sorted().compactMap { pools[$0] }
+        return keyed
     }
 
     /// Counts rows on `connection` and compares them with `manifest`, taking the counts a restore
@@ -111,8 +130,11 @@ public enum RowCountVerifier {
     /// The pure comparison (unit-tested without a server).
     public static func compare(expected: [BackupManifest.TableRowCount], actual: [BackupManifest.TableRowCount],
                                backupID: String, database: String) -> Report {
-        let expectedByName = Dictionary(expected.map { ($0.qualifiedName, $0.rows) }, uniquingKeysWith: { first, _ in first })
-        let actualByName = Dictionary(actual.map { ($0.qualifiedName, $0.rows) }, uniquingKeysWith: { first, _ in first })
+        compare(expected: pooled(expected, [:]), actual: pooled(actual, [:]), backupID: backupID, database: database)
+    }
+
+    /// The comparison by table (`Key`), each shown as `Key.shown`.
+    static func compare(expected expectedByName: [Key: Int64], actual actualByName: [Key: Int64], backupID: String, database: String) -> Report {
         let names = Set(expectedByName.keys).union(actualByName.keys).sorted()
         let results = names.map { name -> TableResult in
             let want = expectedByName[name], have = actualByName[name]
@@ -122,7 +144,7 @@ public enum RowCountVerifier {
             case (_?, nil): status = .missing
             default: status = .extra
             }
-            return TableResult(table: name, expected: want, actual: have, status: status)
+            return TableResult(table: name.shown, expected: want, actual: have, status: status)
         }
         return Report(backupID: backupID, database: database, tables: results)
     }

@@ -23,6 +23,8 @@ public enum SchemaVerifier {
         /// Across majors (a restore into a newer one): objects whose server-rendered text differs
         /// (a view body, an index definition), not counted as differences (see `PostgresMajor.serverRenderedObjectTypes`).
         public var renderedDifferently: [SchemaFingerprint.Difference]? = nil
+        /// The database the backup was taken of (`dbverify --schema`: said when it is not `database`).
+        public var backupDatabase: String? = nil
 
         /// One line naming the first few differences, e.g. `index users_email in schema public is missing`.
         public var summary: String {
@@ -86,15 +88,17 @@ public enum SchemaVerifier {
 
     /// `dbverify --schema`: compares the live database `target` with one backup's fingerprint.
     ///
-    /// - Parameter backup: an id, prefix or `latest` (nil means `latest`: the newest logical backup of
-    ///   `target`'s database).
+    /// - Parameters:
+    ///   - backup: an id, prefix or `latest` (nil means `latest`: the newest logical backup of
+    ///     `target`'s database, or of `fromDatabase`).
+    ///   - fromDatabase: `--from-database`: whose newest backup `latest` is, when not the target's.
     /// - Throws: `RecoveryError(.backupNotFound)` when the backup has no fingerprint; repository,
     ///   database and pg_dump errors.
-    public static func verify(repository: String, backup: String?, target: ConnectionTarget, tools: PostgresTools,
+    public static func verify(repository: String, backup: String?, fromDatabase: String? = nil, target: ConnectionTarget, tools: PostgresTools,
                               environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Report {
         let store = try Repository.open(repository, create: false, environment: environment)
         // `latest` is the target database's newest backup, not another database's in a shared repository.
-        let manifest = try Catalog(store: store).resolve(backup ?? "latest", database: target.databaseName)
+        let manifest = try Catalog(store: store).resolve(backup ?? "latest", database: fromDatabase ?? target.databaseName)
         guard let expected = manifest.schemaFingerprint else {
             throw RecoveryError(.backupNotFound, manifest.kind == .physical
                                     ? "backup \(manifest.id) is a physical backup; only logical backups record a schema fingerprint"
@@ -106,7 +110,9 @@ public enum SchemaVerifier {
         let server = PostgresMajor(serverVersionNumber: connection.serverVersionNumber)
         connection.close()
         let actual = try fingerprint(pgDump: try pgDump(for: server, expected: expected, tools: tools).path, target: target)
-        return compare(expected: expected, actual: actual, backupID: manifest.id, database: target.databaseName)
+        var report = compare(expected: expected, actual: actual, backupID: manifest.id, database: target.databaseName)
+        report.backupDatabase = manifest.database.name
+        return report
     }
 
     /// The pg_dump to fingerprint a database with: of the server's major or newer, and no older than
