@@ -118,7 +118,10 @@ final class RecoveryHoldTests: XCTestCase {
         let nightly = try prune(setup, ["--yes", "--metrics-file", metrics])
         XCTAssertEqual(nightly.status, 0, nightly.standardError)
         let exported = (try? String(contentsOfFile: metrics, encoding: .utf8)) ?? ""
-        XCTAssertTrue(exported.contains("dbrecovery_prune_holds{tool=\"dbprune\"} 1") && exported.contains("dbrecovery_prune_holds_expired{tool=\"dbprune\"} 0"), exported)
+        // (The series carry the repository as a label too: one metrics file may serve several repositories.)
+        let series = exported.split(separator: "\n").filter { $0.contains("tool=\"dbprune\"") }
+        XCTAssertTrue(series.contains { $0.hasPrefix("dbrecovery_prune_holds{") && $0.hasSuffix("} 1") }
+                      && series.contains { $0.hasPrefix("dbrecovery_prune_holds_expired{") && $0.hasSuffix("} 0") }, exported)
         XCTAssertTrue(FileManager.default.fileExists(atPath: setup.repository + "/backups/\(setup.first)/manifest.json"), nightly.standardOutput)
         let needed = walBefore.filter { ($0 as NSString).lastPathComponent >= firstSegment }
         XCTAssertGreaterThanOrEqual(needed.count, 3, "\(walBefore)")
