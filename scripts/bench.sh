@@ -138,9 +138,9 @@ readonce_and_wal() {
   # What a restore reads: the dump and its table of contents (the manifest's stored bytes).
   stored=$("$bin/dbrestore" list --json --repo "$work/readonce-repo" | python3 -c "import json,sys; print(json.load(sys.stdin)[0]['stored_bytes'])")
   psql -q -X "$base/postgres" -c "CREATE DATABASE ro1"
-  local_read=$("$bin/dbrestore" latest -q --yes --json --repo "$work/readonce-repo" --database-url "$base/ro1" | python3 -c "import json,sys; print(json.load(sys.stdin)['bytes_read'])")
+  local_read=$("$bin/dbrestore" latest -q --yes --json --from-database bench --repo "$work/readonce-repo" --database-url "$base/ro1" | python3 -c "import json,sys; print(json.load(sys.stdin)['bytes_read'])")
   psql -q -X "$base/postgres" -c "CREATE DATABASE ro2"
-  env $proxied "$bin/dbrestore" latest -q --yes --repo s3://bench/readonce --database-url "$base/ro2" >/dev/null
+  env $proxied "$bin/dbrestore" latest -q --yes --from-database bench --repo s3://bench/readonce --database-url "$base/ro2" >/dev/null
   s3_read=$(python3 -c "
 import json; stats = json.load(open('$work/proxy-stats.json'))
 print(sum(v['get_bytes'] for k, v in stats.items() if k.startswith('bench/readonce/backups/') and k.endswith(('/dump.sql.gz', '/toc.json.gz'))))")
@@ -381,7 +381,7 @@ if [ "$only" = restore ]; then
   run_dbrestore() {
     restore_db r3
     measure "dbrestore --jobs 2 (sha256 + row counts + schema check + swap)" \
-      "'$bin/dbrestore' latest -q --yes --json --jobs 2 --repo '$work/restore-repo' --database-url '$base/r3' > '$work/out/report.json'"
+      "'$bin/dbrestore' latest -q --yes --json --jobs 2 --from-database bench --repo '$work/restore-repo' --database-url '$base/r3' > '$work/out/report.json'"
     # Each step of its timeline, names without the databases' and backup's stamps.
     python3 - "$work/out/report.json" >> "$work/steps.tsv" <<'PY'
 import json, re, sys
@@ -457,13 +457,13 @@ print(sum(v['get_bytes'] for k, v in stats.items() if k.startswith('bench/select
   for rep in $(seq 1 "$reps"); do
     echo "bench: selective, repetition $rep of $reps" >&2
     restore_db sel_full
-    measure "dbrestore, whole backup (local)" "'$bin/dbrestore' latest -q --yes --repo '$work/selective-repo' --database-url '$base/sel_full'"
+    measure "dbrestore, whole backup (local)" "'$bin/dbrestore' latest -q --yes --from-database bench --repo '$work/selective-repo' --database-url '$base/sel_full'"
     measure "dbrestore --table (one small table, local)" \
       "'$bin/dbrestore' latest -q --json --table public.pgbench_branches --into-schema sel_local_$rep --repo '$work/selective-repo' --database-url '$base/bench' > '$work/selective-local.json'"
     echo -e "local\t$(python3 -c "import json; r = json.load(open('$work/selective-local.json'))['read']; print(r['compressed_bytes_read'], r['bytes_decompressed'], sep='\t')")" >> "$work/selective-bytes.tsv"
     restore_db sel_full
     before=$(get_bytes)
-    measure "dbrestore, whole backup (S3 through the proxy)" "env $proxied '$bin/dbrestore' latest -q --yes --repo s3://bench/selective --database-url '$base/sel_full'"
+    measure "dbrestore, whole backup (S3 through the proxy)" "env $proxied '$bin/dbrestore' latest -q --yes --from-database bench --repo s3://bench/selective --database-url '$base/sel_full'"
     echo -e "s3-full\t$(( $(get_bytes) - before ))\t0" >> "$work/selective-bytes.tsv"
     before=$(get_bytes)
     measure "dbrestore --table (one small table, S3 through the proxy)" \
@@ -539,7 +539,7 @@ growth() {
     restore_db g_peer
     measure "pg_restore -j 2 ($db)" "'$pg_bin/pg_restore' -j 2 -d '$base/g_peer' '$work/growth.dump'"
     restore_db g_ours
-    measure "dbrestore ($db)" "'$bin/dbrestore' latest -q --yes --jobs 2 --repo '$work/growth-repo' --database-url '$base/g_ours'"
+    measure "dbrestore ($db)" "'$bin/dbrestore' latest -q --yes --jobs 2 --from-database $db --repo '$work/growth-repo' --database-url '$base/g_ours'"
     psql -q -X "$base/postgres" -c "DROP DATABASE g_peer" -c "DROP DATABASE g_ours"
     psql -q -X "$base/postgres" -c "SELECT format('DROP DATABASE %I', datname) FROM pg_database WHERE datname LIKE 'g\_ours\_pre\_restore\_%'" -A -t | psql -q -X "$base/postgres" >/dev/null
   done
@@ -711,7 +711,7 @@ for rep in $(seq 1 "$reps"); do
   restore_db r2
   measure "pg_restore -j 2" "'$pg_bin/pg_restore' -j 2 -d '$base/r2' '$work/bench.dump'"
   psql -q -X "$base/postgres" -c "DROP DATABASE IF EXISTS r3 WITH (FORCE)" -c "CREATE DATABASE r3"
-  measure "dbrestore (checksum + row counts + swap)" "'$bin/dbrestore' latest -q --yes --repo '$work/restore-repo' --database-url '$base/r3'"
+  measure "dbrestore (checksum + row counts + swap)" "'$bin/dbrestore' latest -q --yes --from-database bench --repo '$work/restore-repo' --database-url '$base/r3'"
   psql -q -X "$base/postgres" -c "SELECT format('DROP DATABASE %I', datname) FROM pg_database WHERE datname LIKE 'r3_pre_restore_%'" -A -t | psql -q -X "$base/postgres" >/dev/null
   # One small table (pgbench_branches) out of the same backup, next to the live one (issue 18):
   # ranged reads of the pre-data, its rows and the post-data only.

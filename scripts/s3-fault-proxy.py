@@ -9,6 +9,7 @@ number of successful ones (the server "gone for good" for data). One request per
                       [--cut-match SUB --cut-first N] [--hold-match SUB --hold S [--hold-method M]]
                       [--lose-match SUB --lose-first N [--lose-method M]]
                       [--drop-header NAME --drop-header-match SUB [--drop-header-method M]]
+                      [--trickle-match SUB --trickle-rate B] [--hold-reply]
 
 --fail-match SUB --fail-first N answers 503 SlowDown to the first N requests whose path (bucket/key,
 no query) contains SUB, of method M only with --fail-method M (HEAD, GET): one object's brown-out.
@@ -17,9 +18,15 @@ sends only the first half of the answer's body, with a Content-Length that agree
 short read no HTTP client can notice by itself).
 --cut-match SUB --cut-first N does the same but announces the whole body and then resets the connection
 after its first half (a transfer cut mid-body).
---hold-match SUB --hold S holds the requests whose path contains SUB (of method M only with
+--hold-match SUB --hold S holds the requests whose path (or query: "list-type=2" holds listings)
+contains SUB (of method M only with
 --hold-method M) S seconds before forwarding them, and prints "HELD <method> <path>" on stdout as
 one arrives: a slow upload or download, with a way to know the client is waiting on it.
+With --hold-reply the request is forwarded first (it takes effect) and its answer is held instead:
+a write that landed while the client still waits.
+--trickle-match SUB --trickle-rate B sends the answer to every GET whose path contains SUB with its
+headers at once and its body at B bytes per second: a server that never stalls long enough to time
+out, yet never finishes. Prints "TRICKLE <path>" as each begins.
 
 --lose-reply-every L forwards every L-th request to the server (so it takes effect) and then cuts
 the connection without the answer: the client sees a lost reply and retries.
@@ -64,6 +71,9 @@ parser.add_argument("--lose-method", help="with --lose-match: only requests of t
 parser.add_argument("--drop-header", help="remove this header from the answers to requests matching --drop-header-match")
 parser.add_argument("--drop-header-match", help="path substring of the requests whose answers lose --drop-header")
 parser.add_argument("--drop-header-method", help="with --drop-header-match: only requests of this method")
+parser.add_argument("--hold-reply", action="store_true", help="with --hold-match: forward first, then hold the answer")
+parser.add_argument("--trickle-match", help="send the body of GETs whose path contains this at --trickle-rate bytes per second")
+parser.add_argument("--trickle-rate", type=float, default=1.0)
 args = parser.parse_args()
 started = time.monotonic()
 lock = threading.Lock()
@@ -155,10 +165,15 @@ class Handler(socketserver.BaseRequestHandler):
         if (not args.fail_method or method == args.fail_method) and take("failed", args.fail_match, args.fail_first, path):
             self.request.sendall(SLOWDOWN)
             return
-        if args.hold_match and args.hold_match in path and (not args.hold_method or method == args.hold_method):
+        holding = bool(args.hold_match and (args.hold_match in path or args.hold_match in urllib.parse.unquote(target))
+                    and (not args.hold_method or method == args.hold_method))
+        if holding and not args.hold_reply:
             with lock:
                 print(f"HELD {method} {path}", flush=True)
             time.sleep(args.hold)
+        if method == "GET" and args.trickle_match and args.trickle_match in path:
+            self.forward_trickling(head, body, path, target)
+            return
         if method == "GET" and args.short_match and args.short_match in path:
             self.forward_short(head, body, path, target)
             return
@@ -170,6 +185,23 @@ class Handler(socketserver.BaseRequestHandler):
         sent = time.monotonic()
         upstream = socket.create_connection(("127.0.0.1", args.upstream))
         upstream.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+        if holding and args.hold_reply:
+            answer = bytearray()
+            while True:
+                chunk = upstream.recv(1 << 20)
+                if not chunk:
+                    break
+                answer += chunk
+            upstream.close()
+            record(method, target, len(bytes(answer).partition(b"\r\n\r\n")[2]))
+            with lock:
+                print(f"HELD {method} {path}", flush=True)
+            time.sleep(args.hold)
+            try:
+                self.request.sendall(bytes(answer))
+            except OSError:
+                pass
+            return
         lose = (not args.lose_method or method == args.lose_method) and take("lost", args.lose_match, args.lose_first, path)
         if lose or (args.lose_reply_every and number % args.lose_reply_every == 0):
             # Let the server finish the request (it has taken effect), then lose its answer.
@@ -255,6 +287,32 @@ class Handler(socketserver.BaseRequestHandler):
             answer_head = b"\r\n".join(header_lines + [b"Content-Length: " + str(len(answer_body)).encode()])
         record("GET", target, len(answer_body))
         self.request.sendall(answer_head + b"\r\n\r\n" + answer_body)
+
+    def forward_trickling(self, head, body, path, target):
+        """Forwards a GET whose path matches --trickle-match and sends its answer's body at
+        --trickle-rate bytes per second, until done or the client hangs up."""
+        lines = [l for l in head.split(b"\r\n") if not l.lower().startswith(b"connection:")] + [b"Connection: close"]
+        upstream = socket.create_connection(("127.0.0.1", args.upstream))
+        upstream.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+        answer = bytearray()
+        while True:
+            chunk = upstream.recv(1 << 20)
+            if not chunk:
+                break
+            answer += chunk
+        upstream.close()
+        answer_head, _, answer_body = bytes(answer).partition(b"\r\n\r\n")
+        record("GET", target, len(answer_body))
+        with lock:
+            print(f"TRICKLE {path}", flush=True)
+        step = max(1, int(args.trickle_rate / 10))
+        try:
+            self.request.sendall(answer_head + b"\r\n\r\n")
+            for offset in range(0, len(answer_body), step):
+                self.request.sendall(answer_body[offset:offset + step])
+                time.sleep(step / args.trickle_rate)
+        except OSError:
+            pass
 
 class Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
     daemon_threads = True

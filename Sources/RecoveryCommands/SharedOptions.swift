@@ -148,13 +148,16 @@ public struct RepositoryOptions: ParsableArguments {
            let bucket = settings.environment["BACKUP_S3_BUCKET"], !bucket.isEmpty {
             repositorySetting = ResolvedSetting(name: "repo", value: "s3://\(bucket)", source: "environment BACKUP_S3_BUCKET")
         }
+        // The S3 client's bounds (timeout, attempts, speed floor, CA file), as set or by default.
+        let s3Tunables = repositorySetting.value?.hasPrefix("s3://") == true
+            ? S3Settings.tunables(environment: settings.environment).map { ResolvedSetting(name: $0.name, value: $0.value, source: $0.source) } : []
         return [
             repositorySetting,
             settings.resolve("s3.endpoint", flag: s3Endpoint, flagName: "--s3-endpoint", environment: ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"],
                              file: \.s3Endpoint, fileKey: "[s3] endpoint"),
             settings.resolve("s3.region", flag: s3Region, flagName: "--s3-region", environment: ["AWS_REGION", "AWS_DEFAULT_REGION"],
                              file: \.s3Region, fileKey: "[s3] region"),
-        ]
+        ] + s3Tunables
     }
 }
 

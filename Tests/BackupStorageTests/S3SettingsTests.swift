@@ -61,4 +61,85 @@ final class S3SettingsTests: XCTestCase {
         XCTAssertEqual(localPath, "/acme/k")
         XCTAssertEqual(localURL.absoluteString, "http://127.0.0.1:9000/acme/k?uploads")
     }
+
+    /// Attack item 13: a timeout or attempt count that is not a plain number in range is refused naming the
+    /// variable, not silently replaced by the default (or accepted as 0.001 s, which times every request out).
+    func testMalformedOrTooSmallTimeoutsAttemptsAndSpeedFloorsAreRefused() throws {
+        let base = ["AWS_ACCESS_KEY_ID": "A", "AWS_SECRET_ACCESS_KEY": "B"]
+        for (name, value) in [("DBRECOVERY_S3_TIMEOUT_SECONDS", "30s"), ("DBRECOVERY_S3_TIMEOUT_SECONDS", "0.001"), ("DBRECOVERY_S3_TIMEOUT_SECONDS", "0"),
+                              ("DBRECOVERY_S3_TIMEOUT_SECONDS", "nan"), ("DBRECOVERY_S3_TIMEOUT_SECONDS", "7200"),
+                              ("DBRECOVERY_S3_MAX_ATTEMPTS", "three"), ("DBRECOVERY_S3_MAX_ATTEMPTS", "2.5"), ("DBRECOVERY_S3_MAX_ATTEMPTS", "0"),
+                              ("DBRECOVERY_S3_LOW_SPEED_LIMIT", "1KiB"), ("DBRECOVERY_S3_LOW_SPEED_LIMIT", "-1")] {
+            XCTAssertThrowsError(try S3Settings.configuration(bucket: "acme", environment: base.merging([name: value]) { $1 }), "\(name)=\(value)") { error in
+                let storage = error as? StorageError
+                XCTAssertEqual(storage?.kind, .invalidLocation)
+                XCTAssertTrue(storage?.message.contains("\(name)=\(value)") == true, "\(error)")
+                XCTAssertTrue(storage?.hint?.contains("plain number") == true, "\(error)")
+            }
+        }
+        let tuned = try S3Settings.configuration(bucket: "acme", environment: base.merging([
+            "DBRECOVERY_S3_TIMEOUT_SECONDS": "1.5", "DBRECOVERY_S3_MAX_ATTEMPTS": "3", "DBRECOVERY_S3_LOW_SPEED_LIMIT": "0"]) { $1 })
+        XCTAssertEqual(tuned.requestTimeout, 1.5)
+        XCTAssertEqual(tuned.maxAttempts, 3)
+        XCTAssertEqual(tuned.lowSpeedLimit, 0)
+        let defaults = try S3Settings.configuration(bucket: "acme", environment: base)
+        XCTAssertEqual(defaults.requestTimeout, 60)
+        XCTAssertEqual(defaults.maxAttempts, 8)
+        XCTAssertEqual(defaults.lowSpeedLimit, 1024)
+        XCTAssertNil(defaults.caBundle)
+
+        let shown = Dictionary(uniqueKeysWithValues: S3Settings.tunables(environment: ["DBRECOVERY_S3_TIMEOUT_SECONDS": "20"]).map { ($0.name, $0) })
+        XCTAssertEqual(shown["DBRECOVERY_S3_TIMEOUT_SECONDS"]?.value, "20")
+        XCTAssertEqual(shown["DBRECOVERY_S3_TIMEOUT_SECONDS"]?.source, "environment DBRECOVERY_S3_TIMEOUT_SECONDS")
+        XCTAssertEqual(shown["DBRECOVERY_S3_MAX_ATTEMPTS"]?.value, "8")
+        XCTAssertEqual(shown["DBRECOVERY_S3_MAX_ATTEMPTS"]?.source, "default")
+    }
+
+    /// Attack items 8 and 12: an endpoint's path goes before every request's path (and into what is
+    /// signed); an IPv6 literal keeps its brackets; a query or a user name in the endpoint is refused.
+    func testEndpointPathsAndIPv6LiteralsMakeTheAddress() throws {
+        let credentials = AWSCredentials(accessKeyID: "A", secretAccessKey: "B")
+        let gateway = S3Client(S3Configuration(bucket: "acme", endpoint: URL(string: "http://gw.example:8080/gateway/s3/"), credentials: credentials))
+        let (url, host, path) = try gateway.address(key: "app/x y", query: [("uploads", "")])
+        XCTAssertEqual(host, "gw.example:8080")
+        XCTAssertEqual(path, "/gateway/s3/acme/app/x%20y")
+        XCTAssertEqual(url.absoluteString, "http://gw.example:8080/gateway/s3/acme/app/x%20y?uploads")
+        let (_, _, listing) = try gateway.address(key: nil, query: [("list-type", "2")])
+        XCTAssertEqual(listing, "/gateway/s3/acme")
+
+        let six = S3Client(S3Configuration(bucket: "acme", endpoint: URL(string: "http://[::1]:9000"), credentials: credentials))
+        let (sixURL, sixHost, _) = try six.address(key: "k", query: [])
+        XCTAssertEqual(sixHost, "[::1]:9000")
+        XCTAssertEqual(sixURL.absoluteString, "http://[::1]:9000/acme/k")
+
+        let base = ["AWS_ACCESS_KEY_ID": "A", "AWS_SECRET_ACCESS_KEY": "B"]
+        for endpoint in ["http://host:1/s3?x=1", "http://user:pw@host:1", "http://host:1/#f"] {
+            XCTAssertThrowsError(try S3Settings.configuration(bucket: "acme", environment: base.merging(["AWS_ENDPOINT_URL_S3": endpoint]) { $1 })) { error in
+                XCTAssertFalse("\(error)".contains("pw"), "no password in the message: \(error)")
+            }
+        }
+    }
+
+    /// Attack item 15: S3's codes that have one cause get a hint naming it.
+    func testHintsForClockCredentialsAndRegion() {
+        XCTAssertTrue(S3Client.hint(for: "RequestTimeTooSkewed", key: nil, bucket: "b")?.contains("clock") == true)
+        XCTAssertTrue(S3Client.hint(for: "ExpiredToken", key: nil, bucket: "b")?.contains("AWS_SESSION_TOKEN") == true)
+        XCTAssertTrue(S3Client.hint(for: "AuthorizationHeaderMalformed", key: nil, bucket: "b")?.contains("set AWS_REGION") == true)
+        XCTAssertEqual(S3Client.hint(for: "PermanentRedirect", key: nil, bucket: "b", bucketRegion: "ap-south-1"),
+                       "the bucket is in ap-south-1: set AWS_REGION=ap-south-1 (or --s3-region ap-south-1)")
+        XCTAssertTrue(S3Client.hint(for: nil, key: "k", bucket: "b", status: 307)?.contains("AWS_REGION") == true)
+        XCTAssertEqual(S3Client.meaning(of: 503), "(Service Unavailable: slow down)")
+        XCTAssertTrue(S3Client.hint(for: HTTPTransportError(code: 60, message: "SSL certificate problem"), caBundle: nil).contains("AWS_CA_BUNDLE"))
+    }
+
+    /// Attack item 1: a request whose caller did not say ends at a signal unless it is a delete (an abort,
+    /// DeleteObjects, a lock's conditional delete), which the clean-up after the signal needs.
+    func testRequestsEndAtASignalByDefaultExceptDeletes() {
+        XCTAssertTrue(S3Client.interruptibleByDefault("GET", query: [("list-type", "2")]))
+        XCTAssertTrue(S3Client.interruptibleByDefault("HEAD", query: []))
+        XCTAssertTrue(S3Client.interruptibleByDefault("PUT", query: []))
+        XCTAssertTrue(S3Client.interruptibleByDefault("POST", query: [("uploadId", "u")]), "CompleteMultipartUpload")
+        XCTAssertFalse(S3Client.interruptibleByDefault("DELETE", query: [("uploadId", "u")]), "an upload's abort")
+        XCTAssertFalse(S3Client.interruptibleByDefault("POST", query: [("delete", "")]), "DeleteObjects")
+    }
 }

@@ -28,9 +28,20 @@ final class HTTPTransportTests: XCTestCase {
                     self.send_response(200); self.send_header("Content-Length", "8"); self.end_headers(); self.wfile.flush()
                     for byte in b"trickled":
                         time.sleep(0.6); self.wfile.write(bytes([byte])); self.wfile.flush()
+                elif self.path == "/dribble":
+                    self.send_response(200); self.send_header("Content-Length", "400"); self.end_headers(); self.wfile.flush()
+                    for _ in range(400):
+                        time.sleep(0.05); self.wfile.write(b"d"); self.wfile.flush()
             def do_PUT(self):
                 length = int(self.headers.get("Content-Length", "0"))
                 received = self.rfile.read(length)
+                if self.path == "/keepalive":
+                    # CompleteMultipartUpload's way: 200 at once, a space now and then while it works, then the result.
+                    self.send_response(200); self.send_header("Content-Length", "16"); self.end_headers(); self.wfile.flush()
+                    for _ in range(6):
+                        time.sleep(0.5); self.wfile.write(b" "); self.wfile.flush()
+                    self.wfile.write(b"<Done/>ok\n"); self.wfile.flush()
+                    return
                 seen = {name.lower(): value for name, value in self.headers.items()}
                 self.answer(json.dumps({"method": self.command, "headers": seen, "length": len(received)}).encode())
             do_POST = do_PUT
@@ -109,6 +120,34 @@ final class HTTPTransportTests: XCTestCase {
         // 8 bytes over about 5 s, one every 0.6 s: longer than the timeout in all, never idle that long.
         let slow = try transport.perform(HTTPRequest(method: "GET", url: try url("/trickle")))
         XCTAssertEqual(String(decoding: slow.body, as: UTF8.self), "trickled")
+    }
+
+    /// A body that keeps moving, a byte every 50 ms, never goes idle: the speed floor ends it after the
+    /// idle timeout's worth of seconds below it. A POST answered with a space now and then (as
+    /// CompleteMultipartUpload is while S3 works) is not held to the floor.
+    func testABodyBelowTheSpeedFloorEndsButAPostsKeepAliveDoesNot() throws {
+        let transport = HTTPTransport(idleTimeout: 1.5, lowSpeedLimit: 1024)
+        let started = Date()
+        XCTAssertThrowsError(try transport.perform(HTTPRequest(method: "GET", url: try url("/dribble")))) { error in
+            XCTAssertEqual((error as? HTTPTransportError)?.code, 28, "\(error)")
+            XCTAssertTrue("\(error)".contains("too slow"), "\(error)")
+        }
+        XCTAssertLessThan(Date().timeIntervalSince(started), 10, "cut by the floor, not after the 20 s the dribble takes")
+        let kept = try transport.perform(HTTPRequest(method: "POST", url: try url("/keepalive"), body: Data("<Complete/>".utf8)))
+        XCTAssertEqual(kept.status, 200)
+        XCTAssertEqual(kept.body.count, 16, "the whole keep-alive answer, 3 s long at a byte per 0.5 s")
+    }
+
+    /// A server signed by a private CA is trusted once that CA's file is given (S3's AWS_CA_BUNDLE).
+    func testAServerSignedByAGivenCAFileIsTrusted() throws {
+        let directory = TestPaths.temporaryDirectory(prefix: "tls")
+        let made = try TestProcess.run("/usr/bin/env", ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                                                        "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", directory + "/key.pem", "-out", directory + "/cert.pem"])
+        XCTAssertEqual(made.status, 0, made.standardError)
+        let port = try startServer([directory + "/cert.pem", directory + "/key.pem"])
+        let url = try XCTUnwrap(URL(string: "https://127.0.0.1:\(port)/headers"))
+        let response = try HTTPTransport(idleTimeout: 5, caFile: directory + "/cert.pem").perform(HTTPRequest(method: "GET", url: url))
+        XCTAssertEqual(response.status, 200)
     }
 
     func testAnUnreachableServerIsATransportErrorThatNamesTheHost() throws {

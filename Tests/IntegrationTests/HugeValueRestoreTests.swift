@@ -109,18 +109,12 @@ final class HugeValueRestoreTests: IntegrationTestCase {
     func testRestoreMemoryDoesNotGrowWithTheValue() throws {
         var peaks: [Int] = []
         for size in [1 << 10, 96 << 20] {
-            let source = try cluster.createDatabase(prefix: "huge_mem", seed: """
+            let (source, restored, peak) = try backupAndRestore(prefix: "huge_mem", seed: """
                 CREATE TABLE docs (id int PRIMARY KEY, body text);
                 INSERT INTO docs VALUES (1, repeat('x', \(size))), (2, 'small');
                 CREATE TABLE others AS SELECT g AS id, md5(g::text) AS pad FROM generate_series(1, 20000) g;
                 """)
-            let backup = try tool("dbbackup", ["--database-url", cluster.url(database: source), "--repo", repository])
-            XCTAssertEqual(backup.status, 0, backup.standardError)
-            let id = backup.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
-            let restored = "huge_mem_restored_\(UInt32.random(in: 0...UInt32.max))"
-            let result = try tool("dbrestore", [id, "--yes", "--jobs", "2", "--repo", repository, "--database-url", cluster.url(database: restored)])
-            XCTAssertEqual(result.status, 0, result.standardError)
-            peaks.append(result.maxResidentKilobytes)
+            peaks.append(peak)
             let check = "SELECT string_agg(id || ':' || md5(body), ',' ORDER BY id) FROM docs"
             XCTAssertEqual(try cluster.scalar(check, database: restored), try cluster.scalar(check, database: source))
         }

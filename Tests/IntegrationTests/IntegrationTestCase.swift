@@ -60,6 +60,15 @@ class IntegrationTestCase: XCTestCase {
                              cluster: cluster)
     }
 
+    /// `migrate(arguments)`, asserting it ends with `status` and that its stderr says each of `saying`.
+    @discardableResult
+    func migrate(_ arguments: [String], fails status: ExitStatus, saying: [String], file: StaticString = #filePath, line: UInt = #line) throws -> TestProcess.Result {
+        let result = try migrate(arguments)
+        XCTAssertEqual(result.status, status.rawValue, result.standardError, file: file, line: line)
+        for words in saying { XCTAssertTrue(result.standardError.contains(words), "\(words) not in: \(result.standardError)", file: file, line: line) }
+        return result
+    }
+
     /// A new bucket on the shared S3 server.
     func useBucket() throws {
         s3 = try S3Server.shared()
@@ -113,6 +122,20 @@ class IntegrationTestCase: XCTestCase {
             guard Date() < deadline else { return XCTFail("timed out waiting for \(condition)") }
             usleep(20_000)
         }
+    }
+
+    /// A new database seeded with `seed`, backed up, and that backup restored by id (`--jobs 2`) into
+    /// a new database; both names and the restore's peak RSS in KiB, for tests that compare a
+    /// restore's memory with and without something big in the backup.
+    func backupAndRestore(prefix: String, seed: String) throws -> (source: String, restored: String, peakKilobytes: Int) {
+        let source = try cluster.createDatabase(prefix: prefix, seed: seed)
+        let backup = try tool("dbbackup", ["--database-url", cluster.url(database: source), "--repo", repository])
+        XCTAssertEqual(backup.status, 0, backup.standardError)
+        let id = backup.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+        let restored = "\(prefix)_restored_\(UInt32.random(in: 0...UInt32.max))"
+        let result = try tool("dbrestore", [id, "--yes", "--jobs", "2", "--repo", repository, "--database-url", cluster.url(database: restored)])
+        XCTAssertEqual(result.status, 0, result.standardError)
+        return (source, restored, result.maxResidentKilobytes)
     }
 
     func databases(like pattern: String) throws -> [String] {

@@ -109,9 +109,7 @@ final class MigrationPreflightTests: IntegrationTestCase {
     func testAFailingStatementWithAPasswordNeverShowsIt() throws {
         try writeMigrations(["0001_a.up.sql": "CREATE TABLE a (x int);", "0002_role.up.sql": "CREATE ROLE pg_reserved_name LOGIN PASSWORD 'hunter2-secret';"])
         XCTAssertEqual(try migrate(["up", "--to", "1"]).status, 0)
-        let result = try migrate(["up"])
-        XCTAssertEqual(result.status, ExitStatus.migrationFailed.rawValue, result.standardError)
-        XCTAssertTrue(result.standardError.contains("PASSWORD '…'"), result.standardError)
+        let result = try migrate(["up"], fails: .migrationFailed, saying: ["PASSWORD '…'"])
         XCTAssertFalse(result.standardError.contains("hunter2"), result.standardError)
         XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM schema_version_log WHERE detail LIKE '%hunter2%'", database: database), "0")
         XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM schema_version_log WHERE action = 'failed'", database: database), "1")

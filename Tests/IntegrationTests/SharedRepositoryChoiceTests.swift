@@ -9,25 +9,11 @@ import XCTest
 /// named — chooses among the backups of the database it is about, never the newest of another
 /// database sharing the repository; the metrics of several databases' runs sharing one file each
 /// keep their own series; and tables whose names read the same joined with a dot are two tables.
-final class SharedRepositoryChoiceTests: IntegrationTestCase {
+final class SharedRepositoryChoiceTests: SharedRepositoryTestCase {
     /// `app` (`public.shared`: 3 rows) and `billing` (`public.shared`: 2 rows): one table name in both,
     /// so that a table restored from the wrong database's backup restores, with the wrong rows.
     private func useTwoDatabases() throws -> (app: String, billing: String) {
-        try useCluster()
-        useLocalRepository(prefix: "shared-choice")
-        return (try cluster.createDatabase(prefix: "app", seed: "CREATE TABLE shared (id int); INSERT INTO shared VALUES (1), (2), (3)"),
-                try cluster.createDatabase(prefix: "billing", seed: "CREATE TABLE shared (id int); INSERT INTO shared VALUES (1), (2)"))
-    }
-
-    /// A logical backup of `name` into the repository; its id.
-    private func backup(of name: String, _ extra: [String] = []) throws -> String {
-        let result = try tool("dbbackup", ["--database-url", cluster.url(database: name), "--repo", repository, "--compression-level", "1"] + extra)
-        XCTAssertEqual(result.status, 0, result.standardError)
-        return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
-    }
-
-    private func json(_ text: String) -> [String: Any] {
-        (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any] ?? [:]
+        try useTwoDatabases(prefix: "shared-choice", appTable: "shared", billingTable: "shared")
     }
 
     /// billing's backup first, then app's (the repository's newest): `dbrestore latest --table` into

@@ -9,30 +9,14 @@ import XCTest
 /// Found by an outside attack: `dbprune` counted every backup together (ten hourly backups of `app`
 /// deleted `billing`'s only two, ten logical backups the only base backup), and `--emergency`,
 /// `--drill` and `latest` restored the newest backup of any database into the target.
-final class SharedRepositoryTests: IntegrationTestCase {
+final class SharedRepositoryTests: SharedRepositoryTestCase {
     /// `app` (table `app_items`, 3 rows) and `billing` (table `invoices`, 2 rows) on the shared cluster.
     private func useTwoDatabases() throws -> (app: String, billing: String) {
-        try useCluster()
-        useLocalRepository(prefix: "shared")
-        return (try cluster.createDatabase(prefix: "app", seed: "CREATE TABLE app_items (id int); INSERT INTO app_items VALUES (1), (2), (3)"),
-                try cluster.createDatabase(prefix: "billing", seed: "CREATE TABLE invoices (id int); INSERT INTO invoices VALUES (1), (2)"))
-    }
-
-    /// A logical backup of `name` into the repository; its id. On `server` (an archiving cluster of the
-    /// test's own) it runs as the server's OS user, who owns that repository and writes its WAL.
-    private func backup(of name: String, on server: PostgresCluster? = nil) throws -> String {
-        let arguments = ["--database-url", (server ?? cluster).url(database: name), "--repo", repository!, "--compression-level", "1"]
-        let result = try server.map { try asOwner("dbbackup", arguments, cluster: $0) } ?? tool("dbbackup", arguments)
-        XCTAssertEqual(result.status, 0, result.standardError)
-        return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+        try useTwoDatabases(prefix: "shared", appTable: "app_items", billingTable: "invoices")
     }
 
     private func tables(of name: String) throws -> [String] {
         try cluster.connect(database: name).query("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1").rows.compactMap { $0[0] }
-    }
-
-    private func json(_ text: String) -> [String: Any] {
-        (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any] ?? [:]
     }
 
     /// The attack's two scripts in one repository: a base backup, then 2 backups of billing, then 11

@@ -68,15 +68,25 @@ public final class HTTPTransport: Sendable {
     public let idleTimeout: TimeInterval
     /// Seconds a request may take in all, or nil for no limit.
     public let totalTimeout: TimeInterval?
+    /// Bytes per second a download (GET) or an upload (a request with a body other than POST) must keep
+    /// up, averaged over `idleTimeout` seconds, or 0 for no floor: a server that trickles a byte a second
+    /// resets the idle timer forever, and without a floor a 16 MiB segment would take days. Not for POST,
+    /// nor for a request without a body: CompleteMultipartUpload and CopyObject may work for minutes, sending
+    /// a space now and then to show they are alive.
+    public let lowSpeedLimit: Int
+    /// A PEM file of the CAs to trust instead of the system's, or nil.
+    public let caFile: String?
     private let maxIdleHandles: Int
     private let idle = Mutex<[EasyHandle]>([])
 
     /// libcurl's global set-up, once per process before its first handle (`static let` runs once, thread-safely).
     private static let initialized: Bool = CCurlShim_global_init() == CURLE_OK
 
-    public init(idleTimeout: TimeInterval, totalTimeout: TimeInterval? = nil, maxIdleHandles: Int = 8) {
+    public init(idleTimeout: TimeInterval, totalTimeout: TimeInterval? = nil, lowSpeedLimit: Int = 0, caFile: String? = nil, maxIdleHandles: Int = 8) {
         self.idleTimeout = idleTimeout
         self.totalTimeout = totalTimeout
+        self.lowSpeedLimit = lowSpeedLimit
+        self.caFile = caFile
         self.maxIdleHandles = maxIdleHandles
     }
 
@@ -90,7 +100,8 @@ public final class HTTPTransport: Sendable {
         }
         defer { idle.withLock { if $0.count < maxIdleHandles { $0.append(handle) } } }
         let transfer = Transfer(interruptible: request.interruptible, idleTimeout: idleTimeout)
-        let (code, status) = try transfer.run(request, on: handle.raw, totalTimeout: totalTimeout)
+        let (code, status) = try transfer.run(request, on: handle.raw, totalTimeout: totalTimeout,
+                                              lowSpeedLimit: Self.measuresSpeed(request) ? lowSpeedLimit : 0, caFile: caFile)
         if transfer.interrupted { try Interruption.check() }
         if transfer.timedOut {
             throw HTTPTransportError(code: Int(CURLE_OPERATION_TIMEDOUT.rawValue),
@@ -101,6 +112,11 @@ public final class HTTPTransport: Sendable {
             throw HTTPTransportError(code: Int(code.rawValue), message: detail.isEmpty ? String(cString: curl_easy_strerror(code)) : detail)
         }
         return HTTPResponse(status: status, headers: transfer.headers, body: transfer.body)
+    }
+
+    /// Whether the low-speed floor applies: a download, or an upload of a body (see `lowSpeedLimit`).
+    static func measuresSpeed(_ request: HTTPRequest) -> Bool {
+        request.method == "GET" || (request.method != "POST" && !(request.body?.isEmpty ?? true))
     }
 
     static func seconds(_ value: TimeInterval) -> String {
@@ -144,7 +160,8 @@ private final class Transfer {
 
     /// Sets the handle up for `request` (from scratch: `curl_easy_reset` keeps only the connections)
     /// and runs it. Returns libcurl's result and the answer's status.
-    func run(_ request: HTTPRequest, on handle: UnsafeMutableRawPointer, totalTimeout: TimeInterval?) throws -> (CURLcode, Int) {
+    func run(_ request: HTTPRequest, on handle: UnsafeMutableRawPointer, totalTimeout: TimeInterval?, lowSpeedLimit: Int,
+             caFile: String?) throws -> (CURLcode, Int) {
         curl_easy_reset(handle)
         // Nothing of this request (its buffers, its callbacks' context) stays set on the pooled handle.
         defer { curl_easy_reset(handle) }
@@ -153,10 +170,19 @@ private final class Transfer {
         func check(_ result: CURLcode) { if result != CURLE_OK { problems.append(result) } }
         check(CCurlShim_setopt_string(handle, CURLOPT_URL, request.url.absoluteString))
         check(CCurlShim_setopt_string(handle, CURLOPT_PROTOCOLS_STR, "http,https"))
+        // The path as given: a signed request must not have its "./" or "../" segments squashed after signing.
+        check(CCurlShim_setopt_long(handle, CURLOPT_PATH_AS_IS, 1))
+        if let caFile { check(CCurlShim_setopt_string(handle, CURLOPT_CAINFO, caFile)) }
         // No SIGALRM for resolver timeouts: several threads send requests at once.
         check(CCurlShim_setopt_long(handle, CURLOPT_NOSIGNAL, 1))
         check(CCurlShim_setopt_pointer(handle, CURLOPT_ERRORBUFFER, errorBuffer))
         check(CCurlShim_setopt_long(handle, CURLOPT_CONNECTTIMEOUT_MS, Int((idleTimeout * 1000).rounded(.up))))
+        if lowSpeedLimit > 0 {
+            // libcurl's own floor: under lowSpeedLimit bytes/s (its average of the last seconds) for the whole idle
+            // timeout ends the transfer with CURLE_OPERATION_TIMEDOUT, which the caller retries like a timeout.
+            check(CCurlShim_setopt_long(handle, CURLOPT_LOW_SPEED_LIMIT, lowSpeedLimit))
+            check(CCurlShim_setopt_long(handle, CURLOPT_LOW_SPEED_TIME, max(1, Int(idleTimeout.rounded(.up)))))
+        }
         if let totalTimeout { check(CCurlShim_setopt_long(handle, CURLOPT_TIMEOUT_MS, Int((totalTimeout * 1000).rounded(.up)))) }
         // Larger buffers than the 16 KiB / 64 KiB defaults: fewer system calls per 16 MiB segment or part.
         check(CCurlShim_setopt_long(handle, CURLOPT_BUFFERSIZE, 128 * 1024))

@@ -20,7 +20,8 @@ final class S3Client: Sendable {
         signer = SigV4Signer(credentials: configuration.credentials, region: configuration.region)
         // One idle connection per thread that may send at once: the parts in flight, or a WAL pusher's
         // or prefetcher's jobs (8 by default), plus the one that lists or completes.
-        transport = HTTPTransport(idleTimeout: configuration.requestTimeout, maxIdleHandles: max(9, configuration.concurrency + 1))
+        transport = HTTPTransport(idleTimeout: configuration.requestTimeout, lowSpeedLimit: configuration.lowSpeedLimit,
+                                  caFile: configuration.caBundle, maxIdleHandles: max(9, configuration.concurrency + 1))
     }
 
     /// The public URL-ish name of an object, for messages.
@@ -30,13 +31,15 @@ final class S3Client: Sendable {
     ///
     /// - Parameter acceptable: statuses that are answers rather than errors (e.g. 404 for HEAD).
     /// - Throws: `StorageError(.remote)` with S3's code and message, or when retries ran out.
-    ///   - interruptible: a data transfer (part upload, ranged read) that a SIGINT/SIGTERM ends at
-    ///     once, mid-body or before its next attempt; clean-up requests (aborts, lock releases) leave it false so that
-    ///     they still run after the signal.
+    ///   - interruptible: true for a request of the run's own work (a read, a listing, an upload, a HEAD) that a
+    ///     SIGINT/SIGTERM ends at once, mid-body, during the pause before a retry or before its next attempt;
+    ///     false for clean-up requests (lock record reads, the checks of what landed) so that they still run
+    ///     after the signal. nil decides by the request (`interruptibleByDefault`).
     ///   - expectedBytes: the body length a ranged GET must return; a shorter (or longer) answer, even
     ///     one whose headers agree with it, is retried like a dropped transfer.
     func send(_ method: String, key: String?, query: [(String, String)] = [], headers: [String: String] = [:],
-              body: Data? = nil, acceptable: Set<Int> = [], interruptible: Bool = false, expectedBytes: Int? = nil) throws -> S3Response {
+              body: Data? = nil, acceptable: Set<Int> = [], interruptible: Bool? = nil, expectedBytes: Int? = nil) throws -> S3Response {
+        let interruptible = interruptible ?? Self.interruptibleByDefault(method, query: query)
         var attempt = 0
         var lastProblem = ""
         while true {
@@ -47,6 +50,9 @@ final class S3Client: Sendable {
                 let response = try sendOnce(method, key: key, query: query, headers: headers, body: body, interruptible: interruptible)
                 // -vv: where the time of a run goes, request by request (no header, so no credential).
                 logger.debug("S3 \(method) \(key.map(describe) ?? describe("")) sent \(body?.count ?? 0) B, answered \(response.status) with \(response.body.count) B in \(String(format: "%.3f", Date().timeIntervalSince(started))) s")
+                // CompleteMultipartUpload, CopyObject and UploadPartCopy can answer 200 and fail in the body.
+                let embedded = (200..<300).contains(response.status) && Self.mayFailInsideA200(method, query: query, headers: headers)
+                    ? Self.embeddedError(response.body) : nil
                 if (200..<300).contains(response.status), let expectedBytes, response.body.count != expectedBytes {
                     lastProblem = "\(method) \(key.map(describe) ?? "s3://\(configuration.bucket)") returned \(response.body.count) bytes, expected \(expectedBytes) (short read)"
                     if attempt >= configuration.maxAttempts {
@@ -54,34 +60,60 @@ final class S3Client: Sendable {
                                            message: "gave up after \(attempt) attempts: \(lastProblem)",
                                            hint: "check the endpoint, network and any proxy in between; the stored object was not changed")
                     }
-                } else if (200..<300).contains(response.status) || acceptable.contains(response.status) {
+                } else if embedded == nil && ((200..<300).contains(response.status) || acceptable.contains(response.status)) {
                     return response
                 } else {
-                    let (code, message) = Self.parseError(response.body)
-                    let retryable = response.status >= 500 || code == "SlowDown" || code == "RequestTimeout" || code == "InternalError"
-                    lastProblem = "\(method) \(key.map(describe) ?? "s3://\(configuration.bucket)") answered \(response.status) \(code ?? "")\(message.map { ": \($0)" } ?? "")"
+                    let (code, message) = embedded ?? Self.parseError(response.body)
+                    let retryable = response.status >= 500 || ["SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"].contains(code ?? "")
+                    // A HEAD's error has no body: the status's meaning stands in for S3's code.
+                    let answer = code.map { "\($0)\(message.map { ": \($0)" } ?? "")" } ?? Self.meaning(of: response.status)
+                    lastProblem = "\(method) \(key.map(describe) ?? "s3://\(configuration.bucket)") answered \(response.status)"
+                        + (embedded == nil ? " " : " with an error inside: ") + answer
                     if !retryable || attempt >= configuration.maxAttempts {
                         throw StorageError(code == "InvalidObjectState" ? .archived : response.status == 404 ? .notFound
                                                : response.status == 403 ? .permissionDenied : .remote,
                                            object: key.map(describe) ?? "s3://\(configuration.bucket)", message: lastProblem,
-                                           hint: Self.hint(for: code, key: key, bucket: configuration.bucket))
+                                           hint: Self.hint(for: code, key: key, bucket: configuration.bucket, status: response.status,
+                                                           bucketRegion: response.header("x-amz-bucket-region")))
                     }
                 }
             } catch let error as HTTPTransportError {
-                lastProblem = "\(method) \(key.map(describe) ?? configuration.bucket): \(error)"
-                if attempt >= configuration.maxAttempts {
+                lastProblem = "\(method) \(key.map(describe) ?? "s3://\(configuration.bucket)"): \(error)"
+                // A certificate no trusted CA signed stays so: asking again only delays the hint.
+                let untrusted = Self.untrustedCertificateCodes.contains(error.code)
+                if untrusted || attempt >= configuration.maxAttempts {
                     throw StorageError(.remote, object: key.map(describe) ?? "s3://\(configuration.bucket)",
-                                       message: "gave up after \(attempt) attempts: \(lastProblem)",
-                                       hint: "check the endpoint, network and credentials; nothing half-written is visible")
+                                       message: untrusted ? lastProblem : "gave up after \(attempt) attempts: \(lastProblem)",
+                                       hint: Self.hint(for: error, caBundle: configuration.caBundle))
                 }
             }
+            // A failure the signal's arrival met is not worth a retry or a warning: the run is over.
+            if interruptible { try Interruption.check() }
             // Exponential backoff with full jitter: 0.1 s, 0.2 s, 0.4 s … capped at 5 s.
             let ceiling = min(5.0, 0.1 * pow(2.0, Double(attempt - 1)))
             let delay = Double.random(in: ceiling / 2...ceiling)
             // lastProblem names the method, the object and S3's answer: never a header, so no credential.
             logger.warning("S3 attempt \(attempt) of \(configuration.maxAttempts) failed: \(lastProblem); retrying in \(String(format: "%.1f", delay)) s")
-            Thread.sleep(forTimeInterval: delay)
+            try pause(delay, interruptible: interruptible)
         }
+    }
+
+    /// Whether a request no caller said otherwise of ends at a signal: deletes (an upload's abort, DeleteObjects,
+    /// a lock's conditional delete) never, being the clean-up's; any other request when it begins before the
+    /// signal, since one begun after it is the clean-up's too (the check of what landed, the lock's release).
+    static func interruptibleByDefault(_ method: String, query: [(String, String)]) -> Bool {
+        method != "DELETE" && !(method == "POST" && query.contains { $0.0 == "delete" }) && !Interruption.isRequested
+    }
+
+    /// The pause before a retry; a signal ends an interruptible request's pause (no new attempt starts).
+    private func pause(_ delay: TimeInterval, interruptible: Bool) throws {
+        guard interruptible else { return Thread.sleep(forTimeInterval: delay) }
+        let end = Date().addingTimeInterval(delay)
+        while Date() < end {
+            try Interruption.check()
+            Thread.sleep(forTimeInterval: min(0.05, max(0, end.timeIntervalSinceNow)))
+        }
+        try Interruption.check()
     }
 
     private func sendOnce(_ method: String, key: String?, query: [(String, String)], headers: [String: String], body: Data?,
@@ -103,16 +135,24 @@ final class S3Client: Sendable {
     }
 
     /// URL, Host header value and canonical path of a request.
+    ///
+    /// An endpoint with a path (`http://host:port/gateway/s3`, a gateway that serves S3 under a prefix)
+    /// puts that path before every request's, signed with it, as botocore does; an IPv6 literal keeps its brackets.
     func address(key: String?, query: [(String, String)]) throws -> (URL, String, String) {
         guard let endpoint = configuration.endpoint ?? URL(string: "https://s3.\(configuration.region).amazonaws.com") else {
             throw StorageError(.invalidLocation, object: "s3://\(configuration.bucket)", message: "region '\(configuration.region)' makes no endpoint URL",
                                hint: "set AWS_REGION to a region name such as us-east-1")
         }
         let scheme = endpoint.scheme ?? "https"
-        var host = endpoint.host ?? "s3.amazonaws.com"
+        // URLComponents keeps an IPv6 literal's brackets ("[::1]"), which URL.host drops.
+        var host = URLComponents(url: endpoint, resolvingAgainstBaseURL: false)?.percentEncodedHost ?? endpoint.host ?? "s3.amazonaws.com"
         if !configuration.pathStyle { host = "\(configuration.bucket).\(host)" }
         if let port = endpoint.port { host += ":\(port)" }
-        var path = configuration.pathStyle ? "/\(SigV4Signer.encode(configuration.bucket))" : ""
+        // The endpoint's own path, decoded and encoded the way the rest of the path is, so that what is sent is what is signed.
+        var base = endpoint.path
+        while base.hasSuffix("/") { base.removeLast() }
+        var path = base.isEmpty ? "" : SigV4Signer.encode(base, keepSlash: true)
+        if configuration.pathStyle { path += "/\(SigV4Signer.encode(configuration.bucket))" }
         if let key { path += "/" + SigV4Signer.encode(key, keepSlash: true) } else if path.isEmpty { path = "/" }
         let queryText = query.map { $0.1.isEmpty && ["uploads", "delete", "lifecycle"].contains($0.0) ? $0.0 : "\(SigV4Signer.encode($0.0))=\(SigV4Signer.encode($0.1))" }
             .joined(separator: "&")
@@ -130,13 +170,73 @@ final class S3Client: Sendable {
         return (document?.first("Code")?.text, document?.first("Message")?.text)
     }
 
-    static func hint(for code: String?, key: String?, bucket: String) -> String? {
+    /// Whether S3 may answer this request 200 with an `<Error>` document as its body (CompleteMultipartUpload:
+    /// a POST with an uploadId; CopyObject and UploadPartCopy: a PUT with x-amz-copy-source), which is the
+    /// error it holds, retried like a 500 when it is InternalError or SlowDown.
+    static func mayFailInsideA200(_ method: String, query: [(String, String)], headers: [String: String]) -> Bool {
+        (method == "POST" && query.contains { $0.0 == "uploadId" }) || (method == "PUT" && headers["x-amz-copy-source"] != nil)
+    }
+
+    /// S3's code and message when `body` is an `<Error>` document, else nil.
+    static func embeddedError(_ body: Data) -> (String?, String?)? {
+        guard let document = XMLNode.parse(body), document.name == "Error" else { return nil }
+        return (document.first("Code")?.text ?? "InternalError", document.first("Message")?.text)
+    }
+
+    /// Errors libcurl gives for a certificate it cannot trust (60) or a CA file it cannot use (77).
+    static let untrustedCertificateCodes: Set<Int> = [60, 77]
+
+    /// The hint for a request that got no complete answer.
+    static func hint(for error: HTTPTransportError, caBundle: String?) -> String {
+        if untrustedCertificateCodes.contains(error.code) {
+            return caBundle.map { "the endpoint's certificate is not signed by a CA in AWS_CA_BUNDLE (\($0)): set it to the PEM file of the CA that signed it" }
+                ?? "the endpoint's certificate is not signed by a CA this system trusts: if a private CA signed it, set AWS_CA_BUNDLE to that CA's PEM file"
+        }
+        if error.code == 28 {
+            return "the endpoint stalled or moved data too slowly: check the network and any proxy in between; DBRECOVERY_S3_TIMEOUT_SECONDS "
+                + "and DBRECOVERY_S3_LOW_SPEED_LIMIT set the bounds; nothing half-written is visible"
+        }
+        return "check the endpoint, network and credentials; nothing half-written is visible"
+    }
+
+    /// What an HTTP status means, for an answer without an S3 error document (a HEAD's).
+    static func meaning(of status: Int) -> String {
+        switch status {
+        case 301, 307: return "(redirect: the bucket is in another region or behind another endpoint)"
+        case 400: return "(Bad Request)"
+        case 403: return "(Forbidden: access denied, or a request signed with a wrong clock or credentials)"
+        case 404: return "(Not Found)"
+        case 405: return "(Method Not Allowed)"
+        case 409: return "(Conflict)"
+        case 412: return "(Precondition Failed)"
+        case 416: return "(Range Not Satisfiable)"
+        case 500: return "(Internal Server Error)"
+        case 501: return "(Not Implemented by this endpoint)"
+        case 502: return "(Bad Gateway)"
+        case 503: return "(Service Unavailable: slow down)"
+        case 504: return "(Gateway Timeout)"
+        default: return "(HTTP status \(status))"
+        }
+    }
+
+    static func hint(for code: String?, key: String?, bucket: String, status: Int? = nil, bucketRegion: String? = nil) -> String? {
+        let region = bucketRegion.map { "the bucket is in \($0): set AWS_REGION=\($0) (or --s3-region \($0))" }
         switch code {
         case "InvalidObjectState":
             return "the object is archived in GLACIER: start a restore with aws s3api restore-object --bucket \(bucket) --key \(key ?? "KEY") --restore-request Days=2, then retry when it completes"
         case "NoSuchBucket": return "create the bucket or fix the s3:// address"
         case "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch":
             return "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the ~/.aws/credentials profile) and the bucket policy"
+        case "RequestTimeTooSkewed":
+            return "this machine's clock is more than 15 minutes off S3's: fix the clock (timedatectl, chrony or ntpd), then run again"
+        case "ExpiredToken", "TokenRefreshRequired", "InvalidToken":
+            return "the temporary credentials (AWS_SESSION_TOKEN) have expired or are not valid: get fresh ones (aws sts, aws sso login) and run again"
+        case "AuthorizationHeaderMalformed", "PermanentRedirect", "IllegalLocationConstraintException", "AuthorizationQueryParametersError":
+            return region ?? "the bucket is in another region than AWS_REGION: set AWS_REGION (or --s3-region) to the bucket's region"
+        case nil where status == 301 || status == 307:
+            return region ?? "the bucket is in another region than AWS_REGION, or behind another endpoint: set AWS_REGION (or --s3-region) or --s3-endpoint"
+        case nil where status == 403:
+            return "check the credentials and the bucket policy, and that this machine's clock is right (a HEAD's 403 does not say which)"
         default: return nil
         }
     }

@@ -21,11 +21,21 @@ public struct S3Configuration: Sendable {
     /// Seconds before one request is abandoned and retried.
     public var requestTimeout: TimeInterval
 
+    /// Bytes per second a request body (a GET's answer, a PUT's upload) must keep up over `requestTimeout`
+    /// seconds; 0 turns the floor off.
+    public var lowSpeedLimit: Int
+    /// A PEM file of CAs to trust instead of the system's (`AWS_CA_BUNDLE`), for an endpoint signed by a private CA.
+    public var caBundle: String?
+
+    /// 1 KiB/s: far below any link that can move a backup, far above a server that trickles a byte at a time.
+    public static let defaultLowSpeedLimit = 1024
+
     public static let minimumPartSize = 5 * 1024 * 1024
 
     public init(bucket: String, region: String = "us-east-1", endpoint: URL? = nil, pathStyle: Bool? = nil,
                 credentials: AWSCredentials, partSize: Int = 16 * 1024 * 1024, concurrency: Int = 4,
-                serverSideEncryption: String? = nil, kmsKeyID: String? = nil, maxAttempts: Int = 8, requestTimeout: TimeInterval = 60) {
+                serverSideEncryption: String? = nil, kmsKeyID: String? = nil, maxAttempts: Int = 8, requestTimeout: TimeInterval = 60,
+                lowSpeedLimit: Int = S3Configuration.defaultLowSpeedLimit, caBundle: String? = nil) {
         self.bucket = bucket
         self.region = region
         self.endpoint = endpoint
@@ -37,5 +47,7 @@ public struct S3Configuration: Sendable {
         self.kmsKeyID = kmsKeyID
         self.maxAttempts = maxAttempts
         self.requestTimeout = requestTimeout
+        self.lowSpeedLimit = lowSpeedLimit
+        self.caBundle = caBundle
     }
 }

@@ -5,7 +5,8 @@ import Foundation
 /// (`AWS_PROFILE`, default `default`); `AWS_REGION` / `AWS_DEFAULT_REGION`;
 /// `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`. Ours: `DBRECOVERY_S3_PART_SIZE_MB`, `DBRECOVERY_S3_CONCURRENCY`
 /// (parts in flight, default 4; memory is about (concurrency + 1) × part size), `DBRECOVERY_S3_MAX_ATTEMPTS`
-/// (default 8), `DBRECOVERY_S3_TIMEOUT_SECONDS` (per request, default 60),
+/// (default 8), `DBRECOVERY_S3_TIMEOUT_SECONDS` (per request, default 60), `DBRECOVERY_S3_LOW_SPEED_LIMIT`
+/// (bytes per second a body must keep up, default 1024), `AWS_CA_BUNDLE` (the AWS CLI's CA file),
 /// `DBRECOVERY_S3_SSE` (`AES256` or `aws:kms`), `DBRECOVERY_S3_KMS_KEY_ID`.
 public enum S3Settings {
     /// Builds the configuration of one bucket.
@@ -28,7 +29,12 @@ public enum S3Settings {
         if let text = value("AWS_ENDPOINT_URL_S3") ?? value("AWS_ENDPOINT_URL") {
             guard let url = URL(string: text), let scheme = url.scheme, ["http", "https"].contains(scheme), url.host != nil else {
                 throw StorageError(.invalidLocation, object: text, message: "S3 endpoint is not an http(s) URL",
-                                   hint: "write --s3-endpoint http://host:port")
+                                   hint: "write --s3-endpoint http://host:port (an IPv6 address in brackets: http://[::1]:9000)")
+            }
+            // A path is kept (a gateway serving S3 under one); a query, fragment or user would be dropped or sent unsigned.
+            guard url.query == nil, url.fragment == nil, url.user == nil, url.password == nil else {
+                throw StorageError(.invalidLocation, object: "the S3 endpoint", message: "it has a query, fragment or user name, which S3 requests cannot carry",
+                                   hint: "write --s3-endpoint scheme://host[:port][/path] (credentials go in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
             }
             endpoint = url
         }
@@ -47,11 +53,20 @@ public enum S3Settings {
             }
             concurrency = number
         }
-        let attempts = Int(value("DBRECOVERY_S3_MAX_ATTEMPTS") ?? "") ?? 8
-        let timeout = Double(value("DBRECOVERY_S3_TIMEOUT_SECONDS") ?? "") ?? 60
-        guard (1...50).contains(attempts), timeout > 0, timeout <= 3600 else {
-            throw StorageError(.invalidLocation, object: "DBRECOVERY_S3_MAX_ATTEMPTS / DBRECOVERY_S3_TIMEOUT_SECONDS",
-                               message: "attempts must be 1...50 and the timeout 0...3600 seconds")
+        let attempts = try number("DBRECOVERY_S3_MAX_ATTEMPTS", in: environment, default: 8, range: 1...50, whole: true, unit: "attempts",
+                                  example: "DBRECOVERY_S3_MAX_ATTEMPTS=8")
+        let timeout = try number("DBRECOVERY_S3_TIMEOUT_SECONDS", in: environment, default: 60, range: 1...3600, unit: "seconds",
+                                 example: "DBRECOVERY_S3_TIMEOUT_SECONDS=60")
+        let lowSpeed = try number("DBRECOVERY_S3_LOW_SPEED_LIMIT", in: environment, default: Double(S3Configuration.defaultLowSpeedLimit),
+                                  range: 0...1_073_741_824, whole: true, unit: "bytes per second", example: "DBRECOVERY_S3_LOW_SPEED_LIMIT=1024 (0 turns the floor off)")
+        var caBundle: String?
+        if let path = value("AWS_CA_BUNDLE") {
+            // Checked here rather than at the first request: a wrong path is a setting to fix, not an S3 failure to retry.
+            guard FileManager.default.isReadableFile(atPath: path) else {
+                throw StorageError(.invalidLocation, object: "AWS_CA_BUNDLE", message: "CA bundle \(path) is not a readable file",
+                                   hint: "set AWS_CA_BUNDLE to the PEM file of the CA that signed the endpoint's certificate")
+            }
+            caBundle = path
         }
         let sse = value("DBRECOVERY_S3_SSE")
         if let sse, !["AES256", "aws:kms"].contains(sse) {
@@ -65,7 +80,33 @@ public enum S3Settings {
         return S3Configuration(bucket: bucket, region: region,
                                endpoint: endpoint, pathStyle: value("DBRECOVERY_S3_ADDRESSING").map { $0 != "virtual" },
                                credentials: credentials, partSize: partSize, concurrency: concurrency, serverSideEncryption: sse,
-                               kmsKeyID: value("DBRECOVERY_S3_KMS_KEY_ID"), maxAttempts: attempts, requestTimeout: timeout)
+                               kmsKeyID: value("DBRECOVERY_S3_KMS_KEY_ID"), maxAttempts: Int(attempts), requestTimeout: timeout,
+                               lowSpeedLimit: Int(lowSpeed), caBundle: caBundle)
+    }
+
+    /// The request tunables of `configuration(bucket:environment:)` with their defaults, for `--print-config`:
+    /// name, value in effect (as set, or the default) and where it came from.
+    public static func tunables(environment: [String: String]) -> [(name: String, value: String, source: String)] {
+        let defaults = [("DBRECOVERY_S3_TIMEOUT_SECONDS", "60"), ("DBRECOVERY_S3_MAX_ATTEMPTS", "8"),
+                        ("DBRECOVERY_S3_LOW_SPEED_LIMIT", String(S3Configuration.defaultLowSpeedLimit)), ("DBRECOVERY_S3_PART_SIZE_MB", "16"),
+                        ("DBRECOVERY_S3_CONCURRENCY", "4"), ("AWS_CA_BUNDLE", "the system's CAs")]
+        return defaults.map { name, fallback in
+            if let text = environment[name], !text.isEmpty { return (name, text, "environment \(name)") }
+            return (name, fallback, "default")
+        }
+    }
+
+    /// A number setting: absent or empty gives `fallback`; anything that is not a plain number in `range` is
+    /// refused (a unit such as `30s` or a word such as `three` is not read as the default behind the user's back).
+    private static func number(_ name: String, in environment: [String: String], default fallback: Double, range: ClosedRange<Double>,
+                               whole: Bool = false, unit: String, example: String) throws -> Double {
+        guard let text = environment[name], !text.isEmpty else { return fallback }
+        let bounds = "\(Int(range.lowerBound))...\(Int(range.upperBound))"
+        guard let number = Double(text), number.isFinite, range.contains(number), !whole || number == number.rounded() else {
+            throw StorageError(.invalidLocation, object: name, message: "\(name)=\(text) is not \(whole ? "a whole" : "a") number of \(unit) in \(bounds)",
+                               hint: "write a plain number, e.g. \(example)")
+        }
+        return number
     }
 
     /// Reads one profile of an AWS credentials file (INI).

@@ -50,7 +50,7 @@ public final class S3Store: BackupStore {
             // percent-encoded instead of making the whole page unreadable.
             var query = [("list-type", "2"), ("prefix", fullKey(listPrefix)), ("max-keys", String(listPageSize)), ("encoding-type", "url")]
             if let token { query.append(("continuation-token", token)) }
-            let response = try client.send("GET", key: nil, query: query)
+            let response = try client.send("GET", key: nil, query: query, interruptible: true)
             guard let document = XMLNode.parse(response.body) else {
                 throw StorageError(.remote, object: location, message: "ListObjectsV2 answered with unreadable XML")
             }
@@ -78,13 +78,13 @@ public final class S3Store: BackupStore {
     }
 
     public func read(_ key: String) throws -> Data {
-        try client.send("GET", key: fullKey(key)).body
+        try client.send("GET", key: fullKey(key), interruptible: true).body
     }
 
     public func write(_ key: String, contents: Data) throws {
         var headers = sseHeaders
         headers["content-type"] = "application/octet-stream"
-        _ = try client.send("PUT", key: fullKey(key), headers: headers, body: contents)
+        _ = try client.send("PUT", key: fullKey(key), headers: headers, body: contents, interruptible: true)
     }
 
     public func makeWriter(_ key: String) throws -> ObjectWriter {
@@ -120,7 +120,7 @@ public final class S3Store: BackupStore {
 
     /// One HEAD request: the size, and whether the object can be read without a restore request.
     public func objectInfo(_ key: String) throws -> StoredObject {
-        let head = try client.send("HEAD", key: fullKey(key), acceptable: [404])
+        let head = try client.send("HEAD", key: fullKey(key), acceptable: [404], interruptible: true)
         guard head.status != 404 else {
             throw StorageError(.notFound, object: client.describe(fullKey(key)), message: "no such object")
         }
@@ -205,7 +205,7 @@ public final class S3Store: BackupStore {
 
     public func changeStorageClass(_ key: String, to storageClass: String) throws {
         let full = fullKey(key)
-        let head = try client.send("HEAD", key: full, acceptable: [404])
+        let head = try client.send("HEAD", key: full, acceptable: [404], interruptible: true)
         guard head.status != 404 else { throw StorageError(.notFound, object: client.describe(full), message: "no such object") }
         if head.header("x-amz-storage-class") == storageClass { return }
         let size = try contentLength(of: head, key: full)
@@ -215,7 +215,7 @@ public final class S3Store: BackupStore {
         headers["x-amz-storage-class"] = storageClass
         headers["x-amz-metadata-directive"] = "COPY"
         do {
-            _ = try client.send("PUT", key: full, headers: headers)
+            _ = try client.send("PUT", key: full, headers: headers, interruptible: true)
         } catch let error as StorageError {
             // A retried copy whose first attempt already took effect finds the source archived: check.
             let head = try client.send("HEAD", key: full, acceptable: [404])
@@ -231,7 +231,7 @@ public final class S3Store: BackupStore {
         headers["content-md5"] = contentMD5(contents)
         // 409 ConditionalRequestConflict: another conditional write to the key is in flight; ask again.
         for _ in 0..<5 {
-            let response = try client.send("PUT", key: fullKey(key), headers: headers, body: contents, acceptable: [409, 412])
+            let response = try client.send("PUT", key: fullKey(key), headers: headers, body: contents, acceptable: [409, 412], interruptible: true)
             if response.status == 412 { return false }
             if response.status != 409 { return true }
             Thread.sleep(forTimeInterval: Double.random(in: 0.05...0.2))
@@ -241,7 +241,7 @@ public final class S3Store: BackupStore {
     }
 
     public func holds(_ key: String, contents: Data) -> Bool {
-        guard let head = try? client.send("HEAD", key: fullKey(key), acceptable: [404]), head.status != 404 else { return false }
+        guard let head = try? client.send("HEAD", key: fullKey(key), acceptable: [404], interruptible: false), head.status != 404 else { return false }
         // A single-part object's ETag is the MD5 of its bytes, unless SSE-KMS or SSE-C encrypted it;
         // then (as for a multipart ETag, "…-N") only reading it back can tell.
         let etag = (head.header("ETag") ?? "").trimmingCharacters(in: CharacterSet(charactersIn: "\""))
@@ -256,7 +256,7 @@ public final class S3Store: BackupStore {
     }
 
     public func readVersioned(_ key: String) throws -> VersionedObject {
-        let response = try client.send("GET", key: fullKey(key))
+        let response = try client.send("GET", key: fullKey(key), interruptible: false)
         guard let etag = response.header("ETag") else {
             throw StorageError(.remote, object: client.describe(fullKey(key)), message: "GET answered without an ETag",
                                hint: "the S3 endpoint does not support conditional requests, which repository locks need")
@@ -280,7 +280,7 @@ public final class S3Store: BackupStore {
         var headers = sseHeaders
         headers["content-type"] = "application/octet-stream"
         headers["x-amz-storage-class"] = storageClass
-        let created = try client.send("POST", key: full, query: [("uploads", "")], headers: headers)
+        let created = try client.send("POST", key: full, query: [("uploads", "")], headers: headers, interruptible: true)
         guard let uploadID = XMLNode.parse(created.body)?.first("UploadId")?.text else {
             throw StorageError(.remote, object: client.describe(full), message: "CreateMultipartUpload returned no UploadId")
         }
@@ -294,7 +294,7 @@ public final class S3Store: BackupStore {
                 let end = min(size, offset + partSize) - 1
                 let number = parts.count + 1
                 let response = try client.send("PUT", key: full, query: [("partNumber", String(number)), ("uploadId", uploadID)],
-                                               headers: ["x-amz-copy-source": source, "x-amz-copy-source-range": "bytes=\(offset)-\(end)"])
+                                               headers: ["x-amz-copy-source": source, "x-amz-copy-source-range": "bytes=\(offset)-\(end)"], interruptible: true)
                 guard let etag = XMLNode.parse(response.body)?.first("ETag")?.text else {
                     throw StorageError(.remote, object: client.describe(full), message: "UploadPartCopy of part \(number) returned no ETag")
                 }
@@ -303,7 +303,8 @@ public final class S3Store: BackupStore {
             }
             let body = Data(("<CompleteMultipartUpload>" + parts.joined() + "</CompleteMultipartUpload>").utf8)
             do {
-                let response = try client.send("POST", key: full, query: [("uploadId", uploadID)], headers: ["content-type": "application/xml"], body: body)
+                let response = try client.send("POST", key: full, query: [("uploadId", uploadID)], headers: ["content-type": "application/xml"], body: body,
+                                               interruptible: true)
                 if let code = XMLNode.parse(response.body).flatMap({ $0.name == "Error" ? $0.value("Code") : nil }) {
                     throw StorageError(.remote, object: client.describe(full), message: "CompleteMultipartUpload of the copy failed: \(code)")
                 }
@@ -324,7 +325,7 @@ public final class S3Store: BackupStore {
     }
 
     public func lifecycleConfiguration() throws -> String? {
-        let response = try client.send("GET", key: nil, query: [("lifecycle", "")], acceptable: [404])
+        let response = try client.send("GET", key: nil, query: [("lifecycle", "")], acceptable: [404], interruptible: true)
         return response.status == 404 ? nil : String(decoding: response.body, as: UTF8.self)
     }
 
@@ -332,7 +333,7 @@ public final class S3Store: BackupStore {
     public func putLifecycleConfiguration(_ xml: String) throws {
         let body = Data(xml.utf8)
         _ = try client.send("PUT", key: nil, query: [("lifecycle", "")],
-                            headers: ["content-type": "application/xml", "content-md5": contentMD5(body)], body: body)
+                            headers: ["content-type": "application/xml", "content-md5": contentMD5(body)], body: body, interruptible: true)
     }
 
     /// Keys of the multipart uploads still open under this prefix (an interrupted upload shows here).
@@ -354,7 +355,7 @@ public final class S3Store: BackupStore {
         repeat {
             var query = [("uploads", ""), ("prefix", prefix.isEmpty ? "" : prefix + "/"), ("encoding-type", "url")]
             if let markers { query += [("key-marker", markers.key), ("upload-id-marker", markers.upload)] }
-            let response = try client.send("GET", key: nil, query: query)
+            let response = try client.send("GET", key: nil, query: query, interruptible: true)
             guard let document = XMLNode.parse(response.body) else {
                 throw StorageError(.remote, object: location, message: "ListMultipartUploads answered with unreadable XML")
             }

@@ -30,9 +30,13 @@ enum StreamCapture {
                     beforeCommit: () throws -> Void = {}) throws -> (BackupManifest.File, String) {
         try targets.openWriters(storeKey)
         var committed = false
+        var committing = false
         defer {
             if !committed {
                 targets.abort()
+                // A signal that cut the final request (the single PUT, CompleteMultipartUpload) may have come after
+                // the server had the whole object: remove it, so that no data without a manifest is left to prune.
+                if committing && Interruption.isRequested { targets.delete([storeKey]) }
                 if Interruption.isRequested { CleanupLog.cleaned("removed the partial \(storeKey)") }
             }
         }
@@ -87,6 +91,7 @@ enum StreamCapture {
         if let spliceFailure { throw spliceFailure }
         try beforeCommit()
         try Interruption.check()
+        committing = true
         try targets.commit()
         committed = true
         return (upload.file, errors.finish())
@@ -106,6 +111,8 @@ enum StreamCapture {
             return upload.file
         } catch {
             targets.abort()
+            // As in `run`: a signal may have cut a final PUT the server had already taken.
+            if Interruption.isRequested { targets.delete([storeKey]) }
             throw error
         }
     }
