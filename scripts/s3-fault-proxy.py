@@ -107,6 +107,24 @@ def record(method, target, body_bytes):
             json.dump(stats, out, sort_keys=True)
         os.replace(temporary, args.stats)
 
+def open_upstream(head, body):
+    """Sends a request on to the server with Connection: close (its end of the answer ends the answer)."""
+    lines = [l for l in head.split(b"\r\n") if not l.lower().startswith(b"connection:")] + [b"Connection: close"]
+    upstream = socket.create_connection(("127.0.0.1", args.upstream))
+    upstream.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+    return upstream
+
+def read_answer(upstream):
+    """The server's whole answer (head and body, as sent), once it has closed the connection."""
+    answer = bytearray()
+    while True:
+        chunk = upstream.recv(1 << 20)
+        if not chunk:
+            break
+        answer += chunk
+    upstream.close()
+    return bytes(answer)
+
 def read_request(conn):
     # bytearray: appending to bytes copies the whole body per chunk (quadratic: 0.1 s per 5 MiB).
     data = bytearray()
@@ -180,25 +198,16 @@ class Handler(socketserver.BaseRequestHandler):
         if method == "GET" and args.cut_match and args.cut_match in path:
             self.forward_short(head, body, path, target, cut=True)
             return
-        lines = head.split(b"\r\n")
-        lines = [l for l in lines if not l.lower().startswith(b"connection:")] + [b"Connection: close"]
         sent = time.monotonic()
-        upstream = socket.create_connection(("127.0.0.1", args.upstream))
-        upstream.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+        upstream = open_upstream(head, body)
         if holding and args.hold_reply:
-            answer = bytearray()
-            while True:
-                chunk = upstream.recv(1 << 20)
-                if not chunk:
-                    break
-                answer += chunk
-            upstream.close()
-            record(method, target, len(bytes(answer).partition(b"\r\n\r\n")[2]))
+            answer = read_answer(upstream)
+            record(method, target, len(answer.partition(b"\r\n\r\n")[2]))
             with lock:
                 print(f"HELD {method} {path}", flush=True)
             time.sleep(args.hold)
             try:
-                self.request.sendall(bytes(answer))
+                self.request.sendall(answer)
             except OSError:
                 pass
             return
@@ -243,14 +252,7 @@ class Handler(socketserver.BaseRequestHandler):
 
     def forward_without_header(self, upstream, method, target):
         """Reads the whole answer and sends it without the --drop-header header (counted as the plain path does)."""
-        answer = bytearray()
-        while True:
-            chunk = upstream.recv(1 << 20)
-            if not chunk:
-                break
-            answer += chunk
-        upstream.close()
-        answer_head, _, answer_body = bytes(answer).partition(b"\r\n\r\n")
+        answer_head, _, answer_body = read_answer(upstream).partition(b"\r\n\r\n")
         name = args.drop_header.lower().encode()
         kept = [l for l in answer_head.split(b"\r\n") if l.partition(b":")[0].strip().lower() != name]
         record(method, target, len(answer_body))
@@ -261,17 +263,7 @@ class Handler(socketserver.BaseRequestHandler):
         --short-first, sends half its body with a matching Content-Length. Counts the GET (with the
         body bytes it sends) before sending, as the plain path does.
         With cut (--cut-match, --cut-first): the whole body's Content-Length, then a reset after half."""
-        lines = [l for l in head.split(b"\r\n") if not l.lower().startswith(b"connection:")] + [b"Connection: close"]
-        upstream = socket.create_connection(("127.0.0.1", args.upstream))
-        upstream.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + body)
-        answer = bytearray()
-        while True:
-            chunk = upstream.recv(1 << 20)
-            if not chunk:
-                break
-            answer += chunk
-        upstream.close()
-        answer_head, _, answer_body = bytes(answer).partition(b"\r\n\r\n")
+        answer_head, _, answer_body = read_answer(open_upstream(head, body)).partition(b"\r\n\r\n")
         status = answer_head.split(b" ", 2)[1] if answer_head.count(b" ") >= 2 else b"?"
         if cut and status[:1] == b"2" and take("cut", args.cut_match, args.cut_first, path):
             half = answer_body[: len(answer_body) // 2]
@@ -291,17 +283,7 @@ class Handler(socketserver.BaseRequestHandler):
     def forward_trickling(self, head, body, path, target):
         """Forwards a GET whose path matches --trickle-match and sends its answer's body at
         --trickle-rate bytes per second, until done or the client hangs up."""
-        lines = [l for l in head.split(b"\r\n") if not l.lower().startswith(b"connection:")] + [b"Connection: close"]
-        upstream = socket.create_connection(("127.0.0.1", args.upstream))
-        upstream.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + body)
-        answer = bytearray()
-        while True:
-            chunk = upstream.recv(1 << 20)
-            if not chunk:
-                break
-            answer += chunk
-        upstream.close()
-        answer_head, _, answer_body = bytes(answer).partition(b"\r\n\r\n")
+        answer_head, _, answer_body = read_answer(open_upstream(head, body)).partition(b"\r\n\r\n")
         record("GET", target, len(answer_body))
         with lock:
             print(f"TRICKLE {path}", flush=True)

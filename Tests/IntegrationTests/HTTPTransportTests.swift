@@ -138,15 +138,21 @@ final class HTTPTransportTests: XCTestCase {
         XCTAssertEqual(kept.body.count, 16, "the whole keep-alive answer, 3 s long at a byte per 0.5 s")
     }
 
-    /// A server signed by a private CA is trusted once that CA's file is given (S3's AWS_CA_BUNDLE).
-    func testAServerSignedByAGivenCAFileIsTrusted() throws {
+    /// The test server over TLS with a certificate of its own (for 127.0.0.1, signed by no CA): the
+    /// certificate's file, and the server's `/headers` URL.
+    private func selfSignedServer() throws -> (certificate: String, url: URL) {
         let directory = TestPaths.temporaryDirectory(prefix: "tls")
         let made = try TestProcess.run("/usr/bin/env", ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
                                                         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", directory + "/key.pem", "-out", directory + "/cert.pem"])
         XCTAssertEqual(made.status, 0, made.standardError)
         let port = try startServer([directory + "/cert.pem", directory + "/key.pem"])
-        let url = try XCTUnwrap(URL(string: "https://127.0.0.1:\(port)/headers"))
-        let response = try HTTPTransport(idleTimeout: 5, caFile: directory + "/cert.pem").perform(HTTPRequest(method: "GET", url: url))
+        return (directory + "/cert.pem", try XCTUnwrap(URL(string: "https://127.0.0.1:\(port)/headers")))
+    }
+
+    /// A server signed by a private CA is trusted once that CA's file is given (S3's AWS_CA_BUNDLE).
+    func testAServerSignedByAGivenCAFileIsTrusted() throws {
+        let (certificate, url) = try selfSignedServer()
+        let response = try HTTPTransport(idleTimeout: 5, caFile: certificate).perform(HTTPRequest(method: "GET", url: url))
         XCTAssertEqual(response.status, 200)
     }
 
@@ -161,12 +167,7 @@ final class HTTPTransportTests: XCTestCase {
 
     /// Verification stays on: there is no option to turn it off, so a certificate no CA signed is refused.
     func testAServerWithASelfSignedCertificateIsRefused() throws {
-        let directory = TestPaths.temporaryDirectory(prefix: "tls")
-        let made = try TestProcess.run("/usr/bin/env", ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                                                        "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", directory + "/key.pem", "-out", directory + "/cert.pem"])
-        XCTAssertEqual(made.status, 0, made.standardError)
-        let port = try startServer([directory + "/cert.pem", directory + "/key.pem"])
-        let url = try XCTUnwrap(URL(string: "https://127.0.0.1:\(port)/headers"))
+        let (_, url) = try selfSignedServer()
         XCTAssertThrowsError(try HTTPTransport(idleTimeout: 5).perform(HTTPRequest(method: "GET", url: url))) { error in
             XCTAssertEqual((error as? HTTPTransportError)?.code, 60, "peer certificate not verified: \(error)")
             XCTAssertTrue("\(error)".contains("certificate"), "\(error)")

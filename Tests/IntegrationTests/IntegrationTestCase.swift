@@ -69,6 +69,26 @@ class IntegrationTestCase: XCTestCase {
         return result
     }
 
+    /// Starts `tool` through a proxy that holds the requests `hold` names for ten minutes, waits until one
+    /// is held, sends SIGTERM and returns the exit status, the seconds it took after the signal and stderr.
+    func interruptHeld(_ tool: String, _ arguments: [String], hold: [String]) throws -> (status: Int32?, seconds: TimeInterval, errors: String) {
+        let proxy = try FaultProxy(upstreamPort: s3.port, arguments: hold + ["--hold", "600"])
+        defer { proxy.stop() }
+        let held = OutputCollector(descriptor: proxy.process.standardOutput, limit: 1 << 16)
+        // The defaults (60 s idle timeout, 8 attempts): without the signal this run would wait about eight minutes.
+        let process = try TestProcess.start(tool, arguments, cluster: cluster, environment: s3.environment(endpoint: proxy.endpoint))
+        let errors = OutputCollector(descriptor: process.standardError, limit: 1 << 20)
+        let deadline = Date().addingTimeInterval(60)
+        while !held.soFar.contains("HELD ") && !errors.ended && Date() < deadline { usleep(10_000) }
+        XCTAssertTrue(held.soFar.contains("HELD "), "no request reached the proxy's hold: \(errors.soFar)")
+        usleep(300_000)
+        let signalled = Date()
+        process.send(SIGTERM)
+        let termination = process.waitForExit(within: 60, orFail: "\(tool) did not stop within 60 s of SIGTERM: \(errors.soFar)")
+        let seconds = Date().timeIntervalSince(signalled)
+        return (termination.exitCode, seconds, errors.finish())
+    }
+
     /// A new bucket on the shared S3 server.
     func useBucket() throws {
         s3 = try S3Server.shared()

@@ -38,27 +38,14 @@ final class S3TransportTests: IntegrationTestCase {
     }
 
     func testASignalWhileTheServerHoldsAPartUploadEndsTheBackupAtOnceAndLeavesNothing() throws {
-        // Part uploads of the dump reach the proxy, which answers them only after a minute.
-        let proxy = try FaultProxy(upstreamPort: s3.port, arguments: ["--hold-match", "/dump.sql.gz", "--hold-method", "PUT", "--hold", "60"])
-        defer { proxy.stop() }
-        let held = OutputCollector(descriptor: proxy.process.standardOutput, limit: 1 << 16)
-        let process = try TestProcess.start("dbbackup", common, cluster: cluster, environment: s3.environment(endpoint: proxy.endpoint))
-        let errors = OutputCollector(descriptor: process.standardError, limit: 1 << 20)
-        let deadline = Date().addingTimeInterval(60)
-        while !held.soFar.contains("HELD PUT") && !errors.ended && Date() < deadline { usleep(10_000) }
-        XCTAssertTrue(held.soFar.contains("HELD PUT"), "no part upload reached the proxy: \(errors.soFar)")
-        usleep(300_000)
-        let signalled = Date()
-        process.send(SIGTERM)
-        let termination = process.waitForExit(within: 30, orFail: "dbbackup did not stop within 30 s of SIGTERM: \(errors.soFar)")
-        let waited = Date().timeIntervalSince(signalled)
-        _ = errors.finish()
-        XCTAssertEqual(termination.exitCode, ExitStatus.interrupted.rawValue, errors.soFar)
+        // Part uploads of the dump reach the proxy, which holds them.
+        let (status, waited, errors) = try interruptHeld("dbbackup", common, hold: ["--hold-match", "/dump.sql.gz", "--hold-method", "PUT"])
+        XCTAssertEqual(status, ExitStatus.interrupted.rawValue, errors)
         XCTAssertLessThan(waited, 10, "the held part upload was abandoned at the signal, not waited out")
-        let errorLines = errors.soFar.split(separator: "\n").filter { $0.contains(": error: ") }
-        XCTAssertEqual(errorLines.count, 1, "one error line: \(errors.soFar)")
-        XCTAssertTrue(errorLines.first?.contains("interrupted by SIGTERM") == true, errors.soFar)
-        XCTAssertTrue(errors.soFar.contains("HINT: "), errors.soFar)
+        let errorLines = errors.split(separator: "\n").filter { $0.contains(": error: ") }
+        XCTAssertEqual(errorLines.count, 1, "one error line: \(errors)")
+        XCTAssertTrue(errorLines.first?.contains("interrupted by SIGTERM") == true, errors)
+        XCTAssertTrue(errors.contains("HINT: "), errors)
         XCTAssertEqual(try store().list(prefix: "backups/").map(\.key), [], "the interrupted backup left objects")
         XCTAssertEqual(try store().openMultipartUploads(), [], "the multipart upload was not aborted")
         XCTAssertFalse(try store().list(prefix: "locks/").contains { $0.key.hasSuffix("repository.lock") }, "lock released")
