@@ -8,7 +8,7 @@ import XCTest
 /// local server that shows what arrived and answers in the ways S3 and proxies do: headers in any case,
 /// a compressed body that must stay compressed, silence, a slow trickle.
 final class HTTPTransportTests: XCTestCase {
-    private static let script = #"""
+    private let servers = PythonHTTPServers(handler: #"""
         import gzip, http.server, json, sys, time
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -45,37 +45,17 @@ final class HTTPTransportTests: XCTestCase {
                 seen = {name.lower(): value for name, value in self.headers.items()}
                 self.answer(json.dumps({"method": self.command, "headers": seen, "length": len(received)}).encode())
             do_POST = do_PUT
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        if len(sys.argv) == 3:
-            import ssl
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(sys.argv[1], sys.argv[2])
-            server.socket = context.wrap_socket(server.socket, server_side=True)
-        print(server.server_address[1], flush=True)
-        server.serve_forever()
-        """#
+        """#)
 
     private var base = ""
 
-    private var servers: [ChildProcess] = []
 
     override func setUpWithError() throws {
-        base = "http://127.0.0.1:\(try startServer())"
+        base = "http://127.0.0.1:\(try servers.start())"
     }
 
     override func tearDown() {
-        for server in servers {
-            server.send(SIGTERM)
-            server.waitForExit()
-        }
-    }
-
-    /// Starts the server (over TLS with the certificate and key files given) and returns its port.
-    private func startServer(_ tls: [String] = []) throws -> Int {
-        let server = try ChildProcess(executable: "/usr/bin/env", arguments: ["python3", "-c", Self.script] + tls, stdin: .null, stdout: .pipe, stderr: .null)
-        servers.append(server)
-        return try XCTUnwrap(Int(server.firstLineOfOutput()), "the test server did not start")
+        servers.stop()
     }
 
     private func url(_ path: String) throws -> URL { try XCTUnwrap(URL(string: base + path)) }
@@ -145,7 +125,7 @@ final class HTTPTransportTests: XCTestCase {
         let made = try TestProcess.run("/usr/bin/env", ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
                                                         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", directory + "/key.pem", "-out", directory + "/cert.pem"])
         XCTAssertEqual(made.status, 0, made.standardError)
-        let port = try startServer([directory + "/cert.pem", directory + "/key.pem"])
+        let port = try servers.start(tls: [directory + "/cert.pem", directory + "/key.pem"])
         return (directory + "/cert.pem", try XCTUnwrap(URL(string: "https://127.0.0.1:\(port)/headers")))
     }
 

@@ -95,6 +95,18 @@ class IntegrationTestCase: XCTestCase {
         bucket = try s3.createBucket()
     }
 
+    /// A new bucket, and `s3://BUCKET/prefix` as the class's repository.
+    func useS3Repository(prefix: String) throws {
+        try useBucket()
+        repository = "s3://\(bucket!)/\(prefix)"
+    }
+
+    /// The objects under `prefix` in the class's bucket, read straight from the server (past any fault
+    /// proxy a test puts between the tools and it).
+    func bucketStore(prefix: String) throws -> S3Store {
+        S3Store(configuration: try S3Settings.configuration(bucket: bucket, environment: s3.environment()), prefix: prefix)
+    }
+
     /// `--database-url` and `--repo` for this class's database and local repository.
     var common: [String] { ["--database-url", cluster.url(database: database), "--repo", repository] }
 

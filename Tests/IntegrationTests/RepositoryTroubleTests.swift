@@ -13,8 +13,7 @@ import XCTest
 final class RepositoryTroubleTests: IntegrationTestCase {
     override func setUpWithError() throws {
         try useDatabase(prefix: "trouble", seed: "CREATE TABLE t AS SELECT g AS x FROM generate_series(1, 200) g")
-        try useBucket()
-        repository = "s3://\(bucket!)/app"
+        try useS3Repository(prefix: "app")
     }
 
     /// Two backups: the older holds 100 rows, the newest (and the database now) 200.
@@ -54,7 +53,7 @@ final class RepositoryTroubleTests: IntegrationTestCase {
             }
         }
         // A file that is missing is the backup's own fault, as before: passed over, the older one restored.
-        let store = S3Store(configuration: try S3Settings.configuration(bucket: bucket, environment: s3.environment()), prefix: "app")
+        let store = try bucketStore(prefix: "app")
         try store.delete(["backups/\(newest)/dump.sql.gz"])
         let fallback = try tool("dbrestore", common + ["--emergency", "--json"])
         XCTAssertEqual(fallback.status, 0, fallback.standardError)

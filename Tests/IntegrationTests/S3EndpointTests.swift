@@ -9,7 +9,7 @@ import XCTest
 /// AWS SDK's own code) and answers as S3 does in its odd cases — a 200 whose body is an `<Error>`, a
 /// HEAD's bare 301 — served at a path, on an IPv6 literal, or over TLS signed by a private CA.
 final class S3EndpointTests: XCTestCase {
-    private static let script = #"""
+    private let servers = PythonHTTPServers(handler: #"""
         import re, socket, sys, http.server
         from botocore.auth import S3SigV4Auth
         from botocore.awsrequest import AWSRequest
@@ -55,34 +55,16 @@ final class S3EndpointTests: XCTestCase {
                     return self.answer(200, b"<CopyObjectResult><ETag>\"c\"</ETag></CopyObjectResult>", counted)
                 self.answer(200, ("object at " + path).encode(), counted)
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = handle_any
-        class Server(http.server.ThreadingHTTPServer):
-            daemon_threads = True
-            address_family = socket.AF_INET6 if sys.argv[1] == "::1" else socket.AF_INET
-        server = Server((sys.argv[1], 0), Handler)
-        if len(sys.argv) == 4:
-            import ssl
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(sys.argv[2], sys.argv[3])
-            server.socket = context.wrap_socket(server.socket, server_side=True)
-        print(server.server_address[1], flush=True)
-        server.serve_forever()
-        """#
+        """#)
 
-    private var servers: [ChildProcess] = []
 
     override func tearDown() {
-        for server in servers {
-            server.send(SIGTERM)
-            server.waitForExit()
-        }
+        servers.stop()
     }
 
     /// Starts the server on `address` (over TLS with the certificate and key files given) and returns its port.
     private func startServer(_ address: String = "127.0.0.1", tls: [String] = []) throws -> Int {
-        let server = try ChildProcess(executable: "/usr/bin/env", arguments: ["python3", "-c", Self.script, address] + tls,
-                                      stdin: .null, stdout: .pipe, stderr: .null)
-        servers.append(server)
-        return try XCTUnwrap(Int(server.firstLineOfOutput()), "the test server did not start (python3 with botocore, which moto brings)")
+        try servers.start(address: address, tls: tls, needs: "python3 with botocore, which moto brings")
     }
 
     private func store(endpoint: String, _ extra: [String: String] = [:]) throws -> S3Store {

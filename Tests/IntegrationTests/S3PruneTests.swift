@@ -11,9 +11,8 @@ final class S3PruneTests: IntegrationTestCase {
 
     override func setUpWithError() throws {
         try useCluster()
-        try useBucket()
-        repository = "s3://\(bucket!)/nightly"
-        store = S3Store(configuration: try S3Settings.configuration(bucket: bucket, environment: s3.environment()), prefix: "nightly")
+        try useS3Repository(prefix: "nightly")
+        store = try bucketStore(prefix: "nightly")
     }
 
     /// Real backups, moved to the given ages (days before `now`) with matching ids.

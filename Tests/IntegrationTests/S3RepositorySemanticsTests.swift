@@ -10,8 +10,7 @@ import XCTest
 /// control character does not break listings; `.`/`..` prefixes are refused before any request.
 final class S3RepositorySemanticsTests: IntegrationTestCase {
     override func setUpWithError() throws {
-        try useBucket()
-        repository = "s3://\(bucket!)/app"
+        try useS3Repository(prefix: "app")
         try useDatabase(prefix: "s3sem", seed: "CREATE TABLE t AS SELECT g AS x, md5(g::text) AS v FROM generate_series(1, 2000) g")
     }
 
@@ -224,7 +223,7 @@ final class S3RepositorySemanticsTests: IntegrationTestCase {
         let lines = run.standardError.split(separator: "\n").filter { !$0.hasPrefix("[") }
         XCTAssertTrue(lines.first?.contains("'.' path segment") ?? false, run.standardError)
         XCTAssertTrue(run.standardError.contains("s3://\(bucket!)/prod/app"), "names the fix: \(run.standardError)")
-        XCTAssertEqual(try S3Store(configuration: try S3Settings.configuration(bucket: bucket, environment: s3.environment()), prefix: "")
+        XCTAssertEqual(try bucketStore(prefix: "")
                         .list(prefix: "").map(\.key), [], "nothing written anywhere in the bucket")
     }
 }

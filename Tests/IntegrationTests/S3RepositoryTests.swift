@@ -7,8 +7,7 @@ import XCTest
 /// dbbackup, dbverify and dbrestore with an `s3://` repository on a real S3-compatible server.
 final class S3RepositoryTests: IntegrationTestCase {
     override func setUpWithError() throws {
-        try useBucket()
-        repository = "s3://\(bucket!)/prod/app"
+        try useS3Repository(prefix: "prod/app")
         // About 24 MB of incompressible data: more than three 5 MiB parts after gzip.
         try useDatabase(prefix: "s3", seed: """
             CREATE TABLE blobs (id int PRIMARY KEY, data bytea);
@@ -24,7 +23,7 @@ final class S3RepositoryTests: IntegrationTestCase {
     }
 
     private func store() throws -> S3Store {
-        S3Store(configuration: try S3Settings.configuration(bucket: bucket, environment: s3.environment()), prefix: "prod/app")
+        try bucketStore(prefix: "prod/app")
     }
 
     func testBackupOfSeveralPartsIsListedVerifiedAndRestored() throws {

@@ -14,12 +14,11 @@ final class S3StallTests: IntegrationTestCase {
 
     override func setUpWithError() throws {
         try useDatabase(prefix: "stall", seed: Self.smallSeed)
-        try useBucket()
-        repository = "s3://\(bucket!)/app"
+        try useS3Repository(prefix: "app")
     }
 
     private func store() throws -> S3Store {
-        S3Store(configuration: try S3Settings.configuration(bucket: bucket, environment: s3.environment()), prefix: "app")
+        try bucketStore(prefix: "app")
     }
 
     func testASignalDuringAHeldWALFetchEndsItAtOnceAndInstallsNothing() throws {

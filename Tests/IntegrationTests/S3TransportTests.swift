@@ -11,13 +11,12 @@ import XCTest
 final class S3TransportTests: IntegrationTestCase {
     override func setUpWithError() throws {
         try useDatabase(prefix: "transport", seed: Self.eventsSeed)
-        try useBucket()
-        repository = "s3://\(bucket!)/app"
+        try useS3Repository(prefix: "app")
     }
 
     /// The repository as the server holds it, read past the proxy.
     private func store() throws -> S3Store {
-        S3Store(configuration: try S3Settings.configuration(bucket: bucket, environment: s3.environment()), prefix: "app")
+        try bucketStore(prefix: "app")
     }
 
     func testAConnectionResetInTheMiddleOfABodyIsRetriedAndTheRestoreCompletes() throws {

@@ -36,10 +36,9 @@ final class SignalTests: IntegrationTestCase {
     }
 
     func testS3BackupInterruptedAbortsItsUploadAndTheNextRunSucceeds() throws {
-        let s3 = try S3Server.shared()
-        let bucket = try s3.createBucket()
-        let address = "s3://\(bucket)/prod"
-        let store = S3Store(configuration: try S3Settings.configuration(bucket: bucket, environment: s3.environment()), prefix: "prod")
+        try useBucket()
+        let address = "s3://\(bucket!)/prod"
+        let store = try bucketStore(prefix: "prod")
         let slow = ["--database-url", cluster.url(database: database), "--repo", address, "--jobs", "1", "--compression-level", "9"]
         for signal in [SIGTERM, SIGINT] {
             let before = Set(try store.list(prefix: "backups/").map(\.key))

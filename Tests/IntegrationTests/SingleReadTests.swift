@@ -56,8 +56,8 @@ final class SingleReadTests: IntegrationTestCase {
     }
 
     func testRestoreAndEmergencyFromS3GetEachStoredByteOnce() throws {
-        let s3 = try S3Server.shared()
-        let bucket = try s3.createBucket()
+        try useBucket()
+        let bucket: String = self.bucket
         let repository = "s3://\(bucket)/app"
         let good = try backup(repository, environment: s3.environment())
         let newest = try backup(repository, environment: s3.environment())
@@ -76,7 +76,7 @@ final class SingleReadTests: IntegrationTestCase {
 
         // The newest copy is damaged in place (same size): --emergency streams it once, finds the
         // sha256 wrong, drops the scratch database and streams the older one once.
-        let store = S3Store(configuration: try S3Settings.configuration(bucket: bucket, environment: s3.environment()), prefix: "app")
+        let store = try bucketStore(prefix: "app")
         try store.write("backups/\(newest.id)/dump.sql.gz", contents: damage(try store.read("backups/\(newest.id)/dump.sql.gz")))
         let emergencyStats = TestPaths.temporaryDirectory(prefix: "proxy") + "/stats.json"
         let second = try FaultProxy(upstreamPort: s3.port, arguments: ["--stats", emergencyStats])

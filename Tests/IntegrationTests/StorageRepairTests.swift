@@ -45,9 +45,8 @@ final class StorageRepairTests: IntegrationTestCase {
     }
 
     func testTheNextRunAbortsMultipartUploadsLeftOpenOnS3() throws {
-        let s3 = try S3Server.shared()
-        let bucket = try s3.createBucket()
-        let store = S3Store(configuration: try S3Settings.configuration(bucket: bucket, environment: s3.environment()), prefix: "app")
+        try useBucket()
+        let store = try bucketStore(prefix: "app")
         // What a SIGKILLed S3 backup leaves: an upload with a part, never completed nor aborted.
         let writer = try store.makeWriter("backups/20260101T000000Z-dead/dump.sql.gz")
         let part = Data(repeating: 7, count: 5 * 1024 * 1024 + 10)
@@ -55,7 +54,7 @@ final class StorageRepairTests: IntegrationTestCase {
         XCTAssertEqual(try store.openMultipartUploads(), ["app/backups/20260101T000000Z-dead/dump.sql.gz"])
         Thread.sleep(forTimeInterval: 1.1)   // S3 times have whole seconds
 
-        let prune = try TestProcess.tool("dbprune", ["--yes", "--repo", "s3://\(bucket)/app"], environment: s3.environment())
+        let prune = try TestProcess.tool("dbprune", ["--yes", "--repo", "s3://\(bucket!)/app"], environment: s3.environment())
         XCTAssertEqual(prune.status, 0, prune.standardError)
         XCTAssertTrue(prune.standardError.contains("aborted an open multipart upload of backups/20260101T000000Z-dead/dump.sql.gz"), prune.standardError)
         XCTAssertEqual(try store.openMultipartUploads(), [])
@@ -63,9 +62,8 @@ final class StorageRepairTests: IntegrationTestCase {
     }
 
     func testObjectsOverTheCopyLimitChangeStorageClassByMultipartCopy() throws {
-        let s3 = try S3Server.shared()
-        let bucket = try s3.createBucket()
-        let store = S3Store(configuration: try S3Settings.configuration(bucket: bucket, environment: s3.environment()), prefix: "big")
+        try useBucket()
+        let store = try bucketStore(prefix: "big")
         store.copyObjectLimit = 6 * 1024 * 1024        // stands in for S3's 5 GiB CopyObject limit
         store.copyPartSize = 5 * 1024 * 1024
         let content = Data((0..<(13 * 1024 * 1024)).map { UInt8(truncatingIfNeeded: $0 &* 2_654_435_761 >> 7) })

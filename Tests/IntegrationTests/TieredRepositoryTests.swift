@@ -19,7 +19,7 @@ final class TieredRepositoryTests: IntegrationTestCase {
     }
 
     private var offsite: String { "s3://\(bucket!)/offsite" }
-    private var store: S3Store { get throws { S3Store(configuration: try S3Settings.configuration(bucket: bucket, environment: s3.environment()), prefix: "offsite") } }
+    private var store: S3Store { get throws { try bucketStore(prefix: "offsite") } }
 
     private func tool(_ name: String, _ arguments: [String], endpoint: String) throws -> TestProcess.Result {
         try TestProcess.tool(name, arguments, cluster: cluster, environment: s3.environment(endpoint: endpoint))

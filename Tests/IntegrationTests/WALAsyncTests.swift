@@ -12,13 +12,12 @@ final class WALAsyncTests: IntegrationTestCase {
     var work: String!
 
     override func setUpWithError() throws {
-        try useBucket()
-        repository = "s3://\(bucket!)/wal"
+        try useS3Repository(prefix: "wal")
         work = TestPaths.temporaryDirectory(prefix: "walasync")
     }
 
     private func store() throws -> S3Store {
-        S3Store(configuration: try S3Settings.configuration(bucket: bucket, environment: s3.environment()), prefix: "wal")
+        try bucketStore(prefix: "wal")
     }
 
     /// `count` segments of 256 KiB (distinct, partly compressible) in a pg_wal-like directory, each

@@ -17,24 +17,21 @@ extension ChildProcess {
 public final class NotifyReceiver {
     /// The URL to pass as `--notify-url`.
     public let url: String
-    private let server: ChildProcess
+    private let server: PythonHTTPServers
     private let file: String
 
     public init() throws {
         file = TestPaths.temporaryDirectory(prefix: "hook") + "/events"
-        server = try ChildProcess(executable: "/usr/bin/env", arguments: ["python3", "-c", """
+        server = PythonHTTPServers(handler: """
             import http.server
-            class H(http.server.BaseHTTPRequestHandler):
+            class Handler(http.server.BaseHTTPRequestHandler):
                 def do_POST(self):
                     body = self.rfile.read(int(self.headers['Content-Length']))
                     open('\(file)', 'ab').write(body + b"\\n")
                     self.send_response(204); self.end_headers()
                 def log_message(self, *a): pass
-            s = http.server.HTTPServer(('127.0.0.1', 0), H)
-            print(s.server_address[1], flush=True)
-            s.serve_forever()
-            """], stdin: .null, stdout: .pipe, stderr: .null)
-        url = "http://127.0.0.1:\(server.firstLineOfOutput())/hook"
+            """)
+        url = "http://127.0.0.1:\(try server.start())/hook"
     }
 
     deinit { stop() }
@@ -43,7 +40,6 @@ public final class NotifyReceiver {
     public var received: String { (try? String(contentsOfFile: file, encoding: .utf8)) ?? "" }
 
     public func stop() {
-        server.send(SIGTERM)
-        server.waitForExit()
+        server.stop()
     }
 }
