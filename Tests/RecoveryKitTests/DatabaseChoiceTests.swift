@@ -61,6 +61,19 @@ final class DatabaseChoiceTests: XCTestCase {
         XCTAssertEqual(missing.summary, #"a."b.c" is missing"#)
     }
 
+    /// A kept value is read back from the file and written again on every failed run: its text must not
+    /// change (a success at …936.0004 s was written `…936.000`, then kept as `…936`, and an alert on
+    /// `changes()` of the last success time fired on a failure).
+    func testAMetricsValueReadBackIsWrittenAsItWas() {
+        for value in [1_795_785_936.0004, 1_795_785_936.9996, 1_795_785_936.5, 1_795_785_936, 0.0004, 12.25, -3] {
+            let written = RunReporter.number(value)
+            XCTAssertEqual(RunReporter.number(Double(written) ?? .nan), written, "\(value) was written \(written)")
+        }
+        XCTAssertEqual(RunReporter.number(1_795_785_936.0004), "1795785936")
+        XCTAssertEqual(RunReporter.number(1_795_785_936.9996), "1795785937")
+        XCTAssertEqual(RunReporter.number(12.25), "12.250")
+    }
+
     /// Two databases' runs and two repositories' prunes write one metrics file: each replaces only its
     /// own series; a failed run keeps its own last success time, never another database's.
     func testRunsSharingAMetricsFileReplaceOnlyTheirOwnSeries() throws {

@@ -103,7 +103,9 @@ public final class RunReporter: Sendable {
     }
 
     static func number(_ value: Double) -> String {
-        value == value.rounded() && abs(value) < 1e15 ? String(Int64(value)) : String(format: "%.3f", value)
+        // Rounded to milliseconds first: a value read back from the file (a kept success time) prints as it was written.
+        let milliseconds = (value * 1000).rounded() / 1000
+        return milliseconds == milliseconds.rounded() && abs(milliseconds) < 1e15 ? String(Int64(milliseconds)) : String(format: "%.3f", milliseconds)
     }
 
     static func escape(_ text: String) -> String {
