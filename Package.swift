@@ -53,7 +53,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["RecoveryKit"], path: "Tests/TestSupport"),
         .testTarget(name: "GzipTests", dependencies: ["Gzip"]),
         .testTarget(name: "PostgresClientTests", dependencies: ["PostgresClient"]),
-        .testTarget(name: "BackupStorageTests", dependencies: ["BackupStorage"]),
+        .testTarget(name: "BackupStorageTests", dependencies: ["BackupStorage", "UTCTime"]),
         .testTarget(name: "RecoveryKitTests", dependencies: ["RecoveryKit", "BackupStorage", "ProcessSignals", "Gzip"]),
         .testTarget(name: "RecoveryCommandsTests", dependencies: ["RecoveryCommands", "RecoveryKit",
                                                                   .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -1,5 +1,6 @@
 @testable import BackupStorage
 import Foundation
+import UTCTime
 import XCTest
 
 final class S3SettingsTests: XCTestCase {
@@ -9,7 +10,7 @@ final class S3SettingsTests: XCTestCase {
             "AWS_REGION": "eu-central-1", "AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "DBRECOVERY_S3_PART_SIZE_MB": "8",
             "DBRECOVERY_S3_SSE": "aws:kms", "DBRECOVERY_S3_KMS_KEY_ID": "key-1",
         ])
-        XCTAssertEqual(configuration.credentials, AWSCredentials(accessKeyID: "AKID", secretAccessKey: "secret", sessionToken: "token"))
+        XCTAssertEqual(try configuration.credentials.current(), AWSCredentials(accessKeyID: "AKID", secretAccessKey: "secret", sessionToken: "token"))
         XCTAssertEqual(configuration.region, "eu-central-1")
         XCTAssertEqual(configuration.endpoint?.absoluteString, "http://127.0.0.1:9000")
         XCTAssertTrue(configuration.pathStyle)
@@ -31,9 +32,9 @@ final class S3SettingsTests: XCTestCase {
             aws_session_token = tok
             """.write(toFile: path, atomically: true, encoding: .utf8)
         let chosen = try S3Settings.configuration(bucket: "acme", environment: ["AWS_SHARED_CREDENTIALS_FILE": path, "AWS_PROFILE": "backup"])
-        XCTAssertEqual(chosen.credentials, AWSCredentials(accessKeyID: "BACKUPKEY", secretAccessKey: "backup/secret+x", sessionToken: "tok"))
+        XCTAssertEqual(try chosen.credentials.current(), AWSCredentials(accessKeyID: "BACKUPKEY", secretAccessKey: "backup/secret+x", sessionToken: "tok"))
         let fallback = try S3Settings.configuration(bucket: "acme", environment: ["AWS_SHARED_CREDENTIALS_FILE": path])
-        XCTAssertEqual(fallback.credentials.accessKeyID, "DEFAULTKEY")
+        XCTAssertEqual(try fallback.credentials.current().accessKeyID, "DEFAULTKEY")
         XCTAssertFalse(chosen.pathStyle, "AWS itself: virtual-hosted")
     }
 
@@ -42,13 +43,14 @@ final class S3SettingsTests: XCTestCase {
         for (name, value) in [("DBRECOVERY_S3_PART_SIZE_MB", "4"), ("DBRECOVERY_S3_SSE", "BOGUS"), ("AWS_ENDPOINT_URL_S3", "ftp://x")] {
             XCTAssertThrowsError(try S3Settings.configuration(bucket: "acme", environment: base.merging([name: value]) { $1 }), name)
         }
-        XCTAssertThrowsError(try S3Settings.configuration(bucket: "acme", environment: ["AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"])) { error in
+        XCTAssertThrowsError(try S3Settings.configuration(bucket: "acme", environment: ["AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+                                                                                        "AWS_EC2_METADATA_DISABLED": "true"])) { error in
             XCTAssertTrue((error as? StorageError)?.hint?.contains("AWS_ACCESS_KEY_ID") ?? false)
         }
     }
 
     func testPathStyleAndVirtualHostedAddresses() throws {
-        let credentials = AWSCredentials(accessKeyID: "A", secretAccessKey: "B")
+        let credentials = AWSCredentialSource(fixed: AWSCredentials(accessKeyID: "A", secretAccessKey: "B"))
         let aws = S3Client(S3Configuration(bucket: "acme", region: "eu-west-1", credentials: credentials))
         let (url, host, path) = try aws.address(key: "prod/backups/a b+c", query: [("partNumber", "2"), ("uploadId", "x/y")])
         XCTAssertEqual(host, "acme.s3.eu-west-1.amazonaws.com")
@@ -98,7 +100,7 @@ final class S3SettingsTests: XCTestCase {
     /// Attack items 8 and 12: an endpoint's path goes before every request's path (and into what is
     /// signed); an IPv6 literal keeps its brackets; a query or a user name in the endpoint is refused.
     func testEndpointPathsAndIPv6LiteralsMakeTheAddress() throws {
-        let credentials = AWSCredentials(accessKeyID: "A", secretAccessKey: "B")
+        let credentials = AWSCredentialSource(fixed: AWSCredentials(accessKeyID: "A", secretAccessKey: "B"))
         let gateway = S3Client(S3Configuration(bucket: "acme", endpoint: URL(string: "http://gw.example:8080/gateway/s3/"), credentials: credentials))
         let (url, host, path) = try gateway.address(key: "app/x y", query: [("uploads", "")])
         XCTAssertEqual(host, "gw.example:8080")
@@ -141,5 +143,27 @@ final class S3SettingsTests: XCTestCase {
         XCTAssertTrue(S3Client.interruptibleByDefault("POST", query: [("uploadId", "u")]), "CompleteMultipartUpload")
         XCTAssertFalse(S3Client.interruptibleByDefault("DELETE", query: [("uploadId", "u")]), "an upload's abort")
         XCTAssertFalse(S3Client.interruptibleByDefault("POST", query: [("delete", "")]), "DeleteObjects")
+    }
+}
+
+/// When temporary credentials are fetched again.
+final class AWSCredentialRefreshTests: XCTestCase {
+    func testCredentialsAreFetchedAgainBeforeTheyExpire() throws {
+        let fetched = Date(timeIntervalSince1970: 1_800_000_000)
+        // An hour-long role session: five minutes before its end.
+        XCTAssertEqual(AWSCredentialSource.refreshTime(fetched: fetched, expiry: fetched.addingTimeInterval(3600)), fetched.addingTimeInterval(3300))
+        // A short one: a fifth of its life before the end.
+        XCTAssertEqual(AWSCredentialSource.refreshTime(fetched: fetched, expiry: fetched.addingTimeInterval(100)), fetched.addingTimeInterval(80))
+        // Already past by this clock: used, and asked for again in a minute, not on every request.
+        XCTAssertEqual(AWSCredentialSource.refreshTime(fetched: fetched, expiry: fetched.addingTimeInterval(-5)), fetched.addingTimeInterval(60))
+        XCTAssertEqual(AWSCredentialSource.refreshTime(fetched: fetched, expiry: nil), fetched.addingTimeInterval(3600))
+    }
+
+    func testExpiriesAreReadAsTheServicesWriteThem() throws {
+        // IMDS and the container endpoint write whole seconds; STS (moto's, at least) microseconds.
+        for text in ["2026-11-27T14:36:51Z", "2026-11-27T14:36:51.342Z", "2026-11-27T14:36:51.342865Z"] {
+            let date = try XCTUnwrap(Timestamp.parse(text), text)
+            XCTAssertEqual(date.timeIntervalSince1970, 1_795_790_211, accuracy: 1, text)
+        }
     }
 }

@@ -10,14 +10,12 @@ typealias S3Response = HTTPResponse
 /// A minimal, synchronous S3 REST client: SigV4, retries with backoff and jitter, XML errors.
 final class S3Client: Sendable {
     let configuration: S3Configuration
-    private let signer: SigV4Signer
     private let transport: HTTPTransport
     /// Retries are logged (warning): a slow or flaky endpoint shows before it makes a run fail.
     private let logger = Logger(label: "dbrecovery.s3")
 
     init(_ configuration: S3Configuration) {
         self.configuration = configuration
-        signer = SigV4Signer(credentials: configuration.credentials, region: configuration.region)
         // One idle connection per thread that may send at once: the parts in flight, or a WAL pusher's
         // or prefetcher's jobs (8 by default), plus the one that lists or completes.
         transport = HTTPTransport(idleTimeout: configuration.requestTimeout, lowSpeedLimit: configuration.lowSpeedLimit,
@@ -45,9 +43,12 @@ final class S3Client: Sendable {
         while true {
             attempt += 1
             if interruptible { try Interruption.check() }
+            // Temporary credentials are renewed here before they expire (a run may outlive them).
+            let credentials = try configuration.credentials.current()
             do {
                 let started = Date()
-                let response = try sendOnce(method, key: key, query: query, headers: headers, body: body, interruptible: interruptible)
+                let response = try sendOnce(method, key: key, query: query, headers: headers, body: body, interruptible: interruptible,
+                                            credentials: credentials)
                 // -vv: where the time of a run goes, request by request (no header, so no credential).
                 logger.debug("S3 \(method) \(key.map(describe) ?? describe("")) sent \(body?.count ?? 0) B, answered \(response.status) with \(response.body.count) B in \(String(format: "%.3f", Date().timeIntervalSince(started))) s")
                 // CompleteMultipartUpload, CopyObject and UploadPartCopy can answer 200 and fail in the body.
@@ -64,7 +65,12 @@ final class S3Client: Sendable {
                     return response
                 } else {
                     let (code, message) = embedded ?? Self.parseError(response.body)
-                    let retryable = response.status >= 500 || ["SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"].contains(code ?? "")
+                    // Temporary credentials S3 says have expired (this clock behind S3's): renewed, and the request sent again.
+                    var renewed = false
+                    if code == "ExpiredToken" && configuration.credentials.refreshes {
+                        renewed = try configuration.credentials.renew(replacing: credentials) != credentials
+                    }
+                    let retryable = renewed || response.status >= 500 || ["SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"].contains(code ?? "")
                     // A HEAD's error has no body: the status's meaning stands in for S3's code.
                     let answer = code.map { "\($0)\(message.map { ": \($0)" } ?? "")" } ?? Self.meaning(of: response.status)
                     lastProblem = "\(method) \(key.map(describe) ?? "s3://\(configuration.bucket)") answered \(response.status)"
@@ -117,12 +123,13 @@ final class S3Client: Sendable {
     }
 
     private func sendOnce(_ method: String, key: String?, query: [(String, String)], headers: [String: String], body: Data?,
-                          interruptible: Bool) throws -> S3Response {
+                          interruptible: Bool, credentials: AWSCredentials) throws -> S3Response {
         let (url, host, encodedPath) = try address(key: key, query: query)
         var signedHeaders = headers
         signedHeaders["host"] = host
         if let body { signedHeaders["content-length"] = String(body.count) }
         let payloadHash = body.map { Data(SHA256.hash(data: $0)).map { String(format: "%02x", $0) }.joined() } ?? SigV4Signer.emptyPayloadHash
+        let signer = SigV4Signer(credentials: credentials, region: configuration.region)
         let added = signer.sign(.init(method: method, encodedPath: encodedPath, query: query, headers: signedHeaders, payloadHash: payloadHash), at: Date())
         // Every signed header is sent as signed: libcurl uses a given Host (it would drop a default port
         // the endpoint spelled out) and Content-Length instead of its own.

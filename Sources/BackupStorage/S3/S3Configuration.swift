@@ -8,7 +8,8 @@ public struct S3Configuration: Sendable {
     public var endpoint: URL?
     /// Path-style (`endpoint/bucket/key`) rather than virtual-hosted (`bucket.endpoint/key`).
     public var pathStyle: Bool
-    public var credentials: AWSCredentials
+    /// Where the credentials come from; temporary ones are renewed before they expire.
+    public var credentials: AWSCredentialSource
     /// Multipart part size in bytes (at least 5 MiB, S3's minimum for all but the last part).
     public var partSize: Int
     /// Parts uploaded at once; also the number of parts held in memory.
@@ -33,7 +34,7 @@ public struct S3Configuration: Sendable {
     public static let minimumPartSize = 5 * 1024 * 1024
 
     public init(bucket: String, region: String = "us-east-1", endpoint: URL? = nil, pathStyle: Bool? = nil,
-                credentials: AWSCredentials, partSize: Int = 16 * 1024 * 1024, concurrency: Int = 4,
+                credentials: AWSCredentialSource, partSize: Int = 16 * 1024 * 1024, concurrency: Int = 4,
                 serverSideEncryption: String? = nil, kmsKeyID: String? = nil, maxAttempts: Int = 8, requestTimeout: TimeInterval = 60,
                 lowSpeedLimit: Int = S3Configuration.defaultLowSpeedLimit, caBundle: String? = nil) {
         self.bucket = bucket

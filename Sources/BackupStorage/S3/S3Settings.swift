@@ -1,8 +1,7 @@
 import Foundation
 
-/// S3 settings from the environment, the way the AWS CLI reads them: `AWS_ACCESS_KEY_ID`,
-/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, else the `~/.aws/credentials` profile
-/// (`AWS_PROFILE`, default `default`); `AWS_REGION` / `AWS_DEFAULT_REGION`;
+/// S3 settings from the environment, the way the AWS CLI reads them: credentials from the chain of
+/// `credentialSource` (keys, web identity, profile, container, instance profile); `AWS_REGION` / `AWS_DEFAULT_REGION`;
 /// `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`. Ours: `DBRECOVERY_S3_PART_SIZE_MB`, `DBRECOVERY_S3_CONCURRENCY`
 /// (parts in flight, default 4; memory is about (concurrency + 1) × part size), `DBRECOVERY_S3_MAX_ATTEMPTS`
 /// (default 8), `DBRECOVERY_S3_TIMEOUT_SECONDS` (per request, default 60), `DBRECOVERY_S3_LOW_SPEED_LIMIT`
@@ -14,16 +13,10 @@ public enum S3Settings {
     /// - Throws: `StorageError(.invalidLocation)` when no credentials can be found or a value is malformed.
     public static func configuration(bucket: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> S3Configuration {
         func value(_ name: String) -> String? { environment[name].flatMap { $0.isEmpty ? nil : $0 } }
-        var credentials: AWSCredentials?
-        if let key = value("AWS_ACCESS_KEY_ID"), let secret = value("AWS_SECRET_ACCESS_KEY") {
-            credentials = AWSCredentials(accessKeyID: key, secretAccessKey: secret, sessionToken: value("AWS_SESSION_TOKEN"))
-        } else {
-            let file = value("AWS_SHARED_CREDENTIALS_FILE") ?? ((value("HOME") ?? NSHomeDirectory()) + "/.aws/credentials")
-            credentials = profile(value("AWS_PROFILE") ?? "default", in: file)
-        }
-        guard let credentials else {
-            throw StorageError(.invalidLocation, object: "s3://\(bucket)", message: "no AWS credentials found",
-                               hint: "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials (AWS_PROFILE)")
+        let region = value("AWS_REGION") ?? value("AWS_DEFAULT_REGION") ?? "us-east-1"
+        guard region.utf8.allSatisfy({ (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || $0 == UInt8(ascii: "-") }) else {
+            throw StorageError(.invalidLocation, object: "AWS_REGION", message: "region is not a region name (lower-case letters, digits and '-')",
+                               hint: "write e.g. AWS_REGION=us-east-1 or --s3-region eu-west-1")
         }
         var endpoint: URL?
         if let text = value("AWS_ENDPOINT_URL_S3") ?? value("AWS_ENDPOINT_URL") {
@@ -72,16 +65,79 @@ public enum S3Settings {
         if let sse, !["AES256", "aws:kms"].contains(sse) {
             throw StorageError(.invalidLocation, object: "DBRECOVERY_S3_SSE", message: "server-side encryption '\(sse)' is not AES256 or aws:kms")
         }
-        let region = value("AWS_REGION") ?? value("AWS_DEFAULT_REGION") ?? "us-east-1"
-        guard region.utf8.allSatisfy({ (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || $0 == UInt8(ascii: "-") }) else {
-            throw StorageError(.invalidLocation, object: "AWS_REGION", message: "region is not a region name (lower-case letters, digits and '-')",
-                               hint: "write e.g. AWS_REGION=us-east-1 or --s3-region eu-west-1")
-        }
+        // Last: the chain may ask a metadata service, and a malformed setting above is said without waiting for it.
+        let credentials = try credentialSource(bucket: bucket, region: region, value: value)
         return S3Configuration(bucket: bucket, region: region,
                                endpoint: endpoint, pathStyle: value("DBRECOVERY_S3_ADDRESSING").map { $0 != "virtual" },
                                credentials: credentials, partSize: partSize, concurrency: concurrency, serverSideEncryption: sse,
                                kmsKeyID: value("DBRECOVERY_S3_KMS_KEY_ID"), maxAttempts: Int(attempts), requestTimeout: timeout,
                                lowSpeedLimit: Int(lowSpeed), caBundle: caBundle)
+    }
+
+    /// The credentials, in the AWS SDKs' order: the environment's keys; a web identity role
+    /// (`AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN`, STS at `AWS_ENDPOINT_URL_STS`); a profile of the
+    /// credentials file (`AWS_SHARED_CREDENTIALS_FILE`, `AWS_PROFILE`); the container endpoint
+    /// (`AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` or `_FULL_URI`, `AWS_CONTAINER_AUTHORIZATION_TOKEN[_FILE]`);
+    /// EC2's instance profile (`AWS_EC2_METADATA_SERVICE_ENDPOINT`; `AWS_EC2_METADATA_DISABLED=true` skips it).
+    static func credentialSource(bucket: String, region: String, value: (String) -> String?) throws -> AWSCredentialSource {
+        if let key = value("AWS_ACCESS_KEY_ID"), let secret = value("AWS_SECRET_ACCESS_KEY") {
+            return AWSCredentialSource(fixed: AWSCredentials(accessKeyID: key, secretAccessKey: secret, sessionToken: value("AWS_SESSION_TOKEN")),
+                                       from: "environment (AWS_ACCESS_KEY_ID)")
+        }
+        if let tokenFile = value("AWS_WEB_IDENTITY_TOKEN_FILE"), let role = value("AWS_ROLE_ARN") {
+            let text = value("AWS_ENDPOINT_URL_STS") ?? value("AWS_ENDPOINT_URL") ?? "https://sts.\(region).amazonaws.com"
+            guard let endpoint = URL(string: text), ["http", "https"].contains(endpoint.scheme ?? ""), endpoint.host != nil else {
+                throw StorageError(.invalidLocation, object: "AWS_ENDPOINT_URL_STS", message: "STS endpoint is not an http(s) URL",
+                                   hint: "write e.g. AWS_ENDPOINT_URL_STS=https://sts.\(region).amazonaws.com, or leave it unset")
+            }
+            return AWSCredentialSource(provider: .webIdentity(roleARN: role, tokenFile: tokenFile,
+                                                              sessionName: value("AWS_ROLE_SESSION_NAME") ?? "dbrecovery-\(getpid())", endpoint: endpoint),
+                                       description: "web identity role \(role)")
+        }
+        let file = value("AWS_SHARED_CREDENTIALS_FILE") ?? ((value("HOME") ?? NSHomeDirectory()) + "/.aws/credentials")
+        let name = value("AWS_PROFILE") ?? "default"
+        if let keys = profile(name, in: file) {
+            return AWSCredentialSource(fixed: keys, from: "profile \(name) in \(file)")
+        }
+        if let container = try containerEndpoint(value: value) {
+            let tokenFile = value("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
+            let authorization = tokenFile.flatMap { try? String(contentsOfFile: $0, encoding: .utf8) }?.trimmingCharacters(in: .whitespacesAndNewlines)
+                ?? value("AWS_CONTAINER_AUTHORIZATION_TOKEN")
+            return AWSCredentialSource(provider: .container(container, authorization: authorization), description: "container credentials")
+        }
+        var looked = "the environment (AWS_ACCESS_KEY_ID), a web identity (AWS_WEB_IDENTITY_TOKEN_FILE), profile \(name) in \(file), a container endpoint"
+        if value("AWS_EC2_METADATA_DISABLED")?.lowercased() != "true" {
+            let text = value("AWS_EC2_METADATA_SERVICE_ENDPOINT") ?? "http://169.254.169.254"
+            guard let endpoint = URL(string: text), ["http", "https"].contains(endpoint.scheme ?? ""), endpoint.host != nil else {
+                throw StorageError(.invalidLocation, object: "AWS_EC2_METADATA_SERVICE_ENDPOINT", message: "instance metadata endpoint is not an http(s) URL",
+                                   hint: "leave it unset (http://169.254.169.254), or write e.g. http://[fd00:ec2::254]")
+            }
+            let source = AWSCredentialSource(provider: .instanceMetadata(endpoint), description: "EC2 instance profile")
+            // Asked now, once: on a machine outside EC2 this is where "no credentials" is found out.
+            do {
+                try source.probe()
+                return source
+            } catch let error as StorageError {
+                looked += ", the EC2 instance profile (\(error.message))"
+            }
+        }
+        throw StorageError(.invalidLocation, object: "s3://\(bucket)", message: "no AWS credentials found; looked in \(looked)",
+                           hint: "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials (AWS_PROFILE), or run with an IAM role")
+    }
+
+    /// The container credentials endpoint, if one is set. A full URI must be https or a local address
+    /// (the SDKs' rule: the credentials must not travel in clear to another host).
+    private static func containerEndpoint(value: (String) -> String?) throws -> URL? {
+        if let relative = value("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") {
+            return URL(string: "http://169.254.170.2" + (relative.hasPrefix("/") ? relative : "/" + relative))
+        }
+        guard let text = value("AWS_CONTAINER_CREDENTIALS_FULL_URI") else { return nil }
+        guard let url = URL(string: text), let host = url.host, url.scheme == "https"
+                || (url.scheme == "http" && (host == "localhost" || host.hasPrefix("127.") || ["::1", "[::1]", "169.254.170.2", "169.254.170.23"].contains(host))) else {
+            throw StorageError(.invalidLocation, object: "AWS_CONTAINER_CREDENTIALS_FULL_URI", message: "container credentials URI is not https or a local address",
+                               hint: "use https, or http to 127.0.0.1, ::1, 169.254.170.2 or 169.254.170.23")
+        }
+        return url
     }
 
     /// The request tunables of `configuration(bucket:environment:)` with their defaults, for `--print-config`:

@@ -55,7 +55,7 @@ public final class ChildProcess {
     /// must reach the repository (pg_ctl starting a server whose restore_command is `dbrestore
     /// wal-fetch`) hands them over explicitly in `environment`.
     public static let repositorySecrets: Set<String> = ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-                                                        "DBRECOVERY_ENCRYPTION_KEY"]
+                                                        "AWS_CONTAINER_AUTHORIZATION_TOKEN", "DBRECOVERY_ENCRYPTION_KEY"]
 
     /// What a child started with `environment` and `removingEnvironment` sees: this process's
     /// environment (which every child inherits, as from a shell) less the removed names and less
