@@ -75,6 +75,7 @@ final class S3Client: Sendable {
                     let answer = code.map { "\($0)\(message.map { ": \($0)" } ?? "")" } ?? Self.meaning(of: response.status)
                     lastProblem = "\(method) \(key.map(describe) ?? "s3://\(configuration.bucket)") answered \(response.status)"
                         + (embedded == nil ? " " : " with an error inside: ") + answer
+                        + (renewed ? " (renewed the credentials from the \(configuration.credentials.description))" : "")
                     if !retryable || attempt >= configuration.maxAttempts {
                         throw StorageError(code == "InvalidObjectState" ? .archived : response.status == 404 ? .notFound
                                                : response.status == 403 ? .permissionDenied : .remote,
