@@ -475,28 +475,35 @@ public struct ListCommand: ToolCommand {
         discussion: """
         One repository may hold several databases' backups: 'latest', --emergency and --drill \
         choose among the target database's own (or --from-database's). A physical base backup \
-        holds every database of its server (DATABASE "(all)"; --json: database, system_identifier).
+        holds every database of its server (DATABASE "(all)"; --json: database, system_identifier). \
+        --from-database NAME lists NAME's logical backups only (and any whose manifest cannot say whose it is).
 
         Examples:
           dbrestore list --repo /var/backups/app
+          dbrestore list --from-database billing --repo /var/backups/shared
           dbrestore list --json | jq -r '.[0].id'
         """)
+
+    @Option(name: .customLong("from-database"), help: ArgumentHelp("List this database's logical backups only.", valueName: "name"))
+    public var fromDatabase: String?
 
     @OptionGroup public var reading: RepositoryReadOptions
 
     public init() {}
 
+    public func validate() throws { try FromDatabaseOption.validate(fromDatabase) }
+
     public func run(in context: RunContext) throws {
         if reading.printConfigIfAsked(context) { return }
         let repository = reading.repository, output = reading.output
         let address = try repository.address(context.settings)
-        let listing = try BackupListing.load(repository: address, environment: repository.storageEnvironment(context.settings))
+        let listing = try BackupListing.load(repository: address, database: fromDatabase, environment: repository.storageEnvironment(context.settings))
         if output.json {
             try printJSON(listing)
             return
         }
         guard !listing.isEmpty else {
-            output.note("no backups in \(address)")
+            output.note("no backups \(fromDatabase.map { "of database \($0) " } ?? "")in \(address)")
             return
         }
         var table = TextTable("ID", "TAKEN (UTC)", "DATABASE", "KIND", "SIZE", "ROWS", "SCHEMA", "RELEASE", "PINNED", "TAGS")
