@@ -120,14 +120,16 @@ public struct CaptureCommand: ToolCommand {
             target: try connection.target(settings), repositories: try repository.addresses(settings), tags: tags, release: release,
             pinned: pin, compressionLevel: compressionLevel,
             jobs: jobs ?? ProcessInfo.processInfo.activeProcessorCount, tools: connection.tools(settings))
-        configuration.key = try encryption.key(from: repository, writingTo: configuration.repositories, settings)
+        // A logical backup adds to its database's backups; a base backup goes with the WAL.
+        let stores = physical ? nil : configuration.target.databaseName
+        configuration.key = try encryption.key(from: repository, writingTo: configuration.repositories, settings, database: stores)
         configuration.environment = repository.storageEnvironment(settings)
         configuration.incremental = incremental
         let result = physical ? try PhysicalCapture.run(configuration, progress: output.progress)
             : try LogicalCapture.run(LogicalCaptureConfiguration(configuration, lockWaitSeconds: connection.sessionLimits.lockWaitSeconds,
                                                                  countCheck: countCheck, dataBy: LogicalDataReader(rawValue: dataBy) ?? .pgDump),
                                      progress: output.progress)
-        encryption.recordStored(in: result.stored, key: configuration.key, repository: repository, settings)
+        encryption.recordStored(in: result.stored, key: configuration.key, repository: repository, settings, database: stores)
         let manifest = result.manifest
         let summary = BackupSummary(manifest: manifest, repository: configuration.repository)
         output.succeeded(["backup_raw_bytes": Double(manifest.rawBytes), "backup_stored_bytes": Double(manifest.storedBytes),

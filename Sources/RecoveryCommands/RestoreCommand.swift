@@ -48,7 +48,7 @@ public struct RestoreCommand: ParsableCommand, ArgumentRewriting {
     static let modeOptions: [String: [String]] = [
         "--release": ["emergency", "drill"], "--incident-file": ["emergency"],
         "--pgdata": ["pitr"], "--target-time": ["pitr"], "--target-lsn": ["pitr"], "--target-name": ["pitr"],
-        "--target": ["pitr"], "--timeline": ["pitr"], "--port": ["pitr"], "--start": ["pitr"], "--move-aside": ["pitr"],
+        "--target": ["pitr"], "--timeline": ["pitr"], "--system-identifier": ["pitr"], "--port": ["pitr"], "--start": ["pitr"], "--move-aside": ["pitr"],
     ]
 
     /// `dbrestore --drill …` is `dbrestore drill …` (and so for --emergency and --pitr), the
@@ -386,6 +386,9 @@ public struct PITRCommand: ToolCommand {
     @Option(name: .customLong("timeline"), help: ArgumentHelp("The timeline to recover along: 'latest' (default: the newest, following .history files across failovers and earlier restores) or its number.", valueName: "latest|n"))
     public var timeline: String?
 
+    @Option(name: .customLong("system-identifier"), help: ArgumentHelp("The server to recover when the repository holds base backups of several (a cluster initialised again); default: the one whose WAL was archived last (dbrestore list --json: system_identifier).", valueName: "n"))
+    public var systemIdentifier: String?
+
     @Option(help: ArgumentHelp("Port of the restored server.", valueName: "port"))
     public var port: Int?
 
@@ -421,6 +424,9 @@ public struct PITRCommand: ToolCommand {
         if let timeline, TimelineChoice(timeline) == nil {
             throw ValidationError("--timeline '\(timeline)' is not a timeline; give 'latest' or a number like 2 (SELECT timeline_id FROM pg_control_checkpoint())")
         }
+        if let systemIdentifier, UInt64(systemIdentifier) == nil {
+            throw ValidationError("--system-identifier '\(systemIdentifier)' is not a system identifier; give the number (SELECT system_identifier FROM pg_control_system())")
+        }
     }
 
     /// `2024-01-15 10:00:00` (UTC), with optional fraction and offset, or ISO 8601.
@@ -441,6 +447,7 @@ public struct PITRCommand: ToolCommand {
         configuration.keyFile = repository.encryptionKeyFile
         configuration.environment = repository.storageEnvironment(settings)
         configuration.timeline = timeline.flatMap(TimelineChoice.init) ?? .latest
+        configuration.systemIdentifier = systemIdentifier
         configuration.jobs = jobs ?? min(ProcessInfo.processInfo.activeProcessorCount, 64)
         let plan = try PointInTimeRestore.plan(configuration)
         if dryRun {
@@ -475,28 +482,35 @@ public struct ListCommand: ToolCommand {
         discussion: """
         One repository may hold several databases' backups: 'latest', --emergency and --drill \
         choose among the target database's own (or --from-database's). A physical base backup \
-        holds every database of its server (DATABASE "(all)"; --json: database, system_identifier).
+        holds every database of its server (DATABASE "(all)"; --json: database, system_identifier). \
+        --from-database NAME lists NAME's logical backups only (and any whose manifest cannot say whose it is).
 
         Examples:
           dbrestore list --repo /var/backups/app
+          dbrestore list --from-database billing --repo /var/backups/shared
           dbrestore list --json | jq -r '.[0].id'
         """)
+
+    @Option(name: .customLong("from-database"), help: ArgumentHelp("List this database's logical backups only.", valueName: "name"))
+    public var fromDatabase: String?
 
     @OptionGroup public var reading: RepositoryReadOptions
 
     public init() {}
 
+    public func validate() throws { try FromDatabaseOption.validate(fromDatabase) }
+
     public func run(in context: RunContext) throws {
         if reading.printConfigIfAsked(context) { return }
         let repository = reading.repository, output = reading.output
         let address = try repository.address(context.settings)
-        let listing = try BackupListing.load(repository: address, environment: repository.storageEnvironment(context.settings))
+        let listing = try BackupListing.load(repository: address, database: fromDatabase, environment: repository.storageEnvironment(context.settings))
         if output.json {
             try printJSON(listing)
             return
         }
         guard !listing.isEmpty else {
-            output.note("no backups in \(address)")
+            output.note("no backups \(fromDatabase.map { "of database \($0) " } ?? "")in \(address)")
             return
         }
         var table = TextTable("ID", "TAKEN (UTC)", "DATABASE", "KIND", "SIZE", "ROWS", "SCHEMA", "RELEASE", "PINNED", "TAGS")

@@ -172,13 +172,16 @@ public struct EncryptionWriteOptions: ParsableArguments {
     /// The key to write with, once every repository written to has been checked to hold data of
     /// the same kind (encrypted with this key, or plaintext), unless `--allow-mixed-encryption`.
     ///
+    /// `database`: the database a logical backup stores (nil for base backups and WAL), see
+    /// `RepositoryEncryption.checkWrite`.
+    ///
     /// - Throws: `RecoveryError(.usage)` naming the repository and the mismatch.
-    public func key(from repository: RepositoryOptions, writingTo addresses: [String], _ settings: Settings) throws -> RepositoryKey? {
+    public func key(from repository: RepositoryOptions, writingTo addresses: [String], _ settings: Settings, database: String? = nil) throws -> RepositoryKey? {
         let key = try repository.cipherKey(settings)
         for address in addresses {
             do {
                 try RepositoryEncryption.checkWrite(to: try Repository.open(address, create: true, environment: repository.storageEnvironment(settings)),
-                                                    key: key, allowMixed: allowMixedEncryption)
+                                                    key: key, allowMixed: allowMixedEncryption, database: database)
             } catch is StorageError {
                 // Unreachable or unwritable: the capture meets the same failure and handles it per
                 // repository (the others still get the backup, exit 50), so it is not decided here.
@@ -189,10 +192,10 @@ public struct EncryptionWriteOptions: ParsableArguments {
 
     /// After a write: records each repository's encryption from what it now holds (the check
     /// before the write records nothing in a repository that holds nothing yet).
-    public func recordStored(in addresses: [String], key: RepositoryKey?, repository: RepositoryOptions, _ settings: Settings) {
+    public func recordStored(in addresses: [String], key: RepositoryKey?, repository: RepositoryOptions, _ settings: Settings, database: String? = nil) {
         for address in addresses {
             guard let store = try? Repository.open(address, create: false, environment: repository.storageEnvironment(settings)) else { continue }
-            RepositoryEncryption.recordStored(in: store, key: key)
+            RepositoryEncryption.recordStored(in: store, key: key, database: database)
         }
     }
 }

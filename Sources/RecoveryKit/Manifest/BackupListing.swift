@@ -20,10 +20,15 @@ public struct BackupListing: Codable, Sendable {
     /// Whether the manifest is archived (S3 GLACIER); nil for the others.
     public var archived: Bool?
 
-    /// Every backup of a repository, newest first, damaged ones included with their problem.
-    public static func load(repository: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> [BackupListing] {
+    /// Every backup of a repository, newest first, damaged ones included with their problem; with
+    /// `database`, that database's logical backups only (and the damaged ones, which cannot say whose they are).
+    public static func load(repository: String, database: String? = nil,
+                            environment: [String: String] = ProcessInfo.processInfo.environment) throws -> [BackupListing] {
         let store = try Repository.open(repository, create: false, environment: environment)
-        return try Catalog(store: store).entries().map { entry in
+        let entries = try Catalog(store: store).entries().filter { entry in
+            database.map { name in entry.manifest.map { $0.kind == .logical && $0.database.name == name } ?? true } ?? true
+        }
+        return entries.map { entry in
             guard let manifest = entry.manifest else {
                 return BackupListing(id: entry.id, tags: [], problem: entry.problem, archived: entry.archived ? true : nil)
             }

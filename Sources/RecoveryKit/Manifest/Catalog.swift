@@ -143,7 +143,11 @@ public struct Catalog {
     /// - Throws: `RecoveryError(.usage)` naming the databases when `latest` is ambiguous; what
     ///   `resolve(_:database:)` throws.
     public func resolve(_ reference: String, namedDatabase database: String?) throws -> BackupManifest {
-        if let database { return try resolve(reference, database: database) }
+        if let database {
+            let manifest = try resolve(reference, database: database)
+            try Self.refuseContradiction(of: manifest, fromDatabase: database)
+            return manifest
+        }
         guard reference == "latest" else { return try resolve(reference) }
         let databases = Set(try manifests().filter { $0.kind == .logical }.map(\.database.name)).sorted()
         if databases.count == 1, let only = databases.first { return try resolve(reference, database: only) }
@@ -152,6 +156,17 @@ public struct Catalog {
                             + "(\(databases.joined(separator: ", "))): 'latest' does not say whose",
                             hint: "name the database: --from-database \(databases[0]) (or \(databases.dropFirst().joined(separator: ", "))), "
                                 + "or the backup's id (dbrestore list shows each backup's database)")
+    }
+
+    /// Refuses `--from-database NAME` with a backup named by its id that is another database's
+    /// logical backup: the operator said two things, and checking, listing or restoring either one
+    /// would quietly do what the other did not mean. (A base backup holds every database: no contradiction.)
+    ///
+    /// - Throws: `RecoveryError(.usage)` naming both databases.
+    public static func refuseContradiction(of manifest: BackupManifest, fromDatabase: String?) throws {
+        guard let from = fromDatabase, manifest.kind == .logical, manifest.database.name != from else { return }
+        throw RecoveryError(.usage, "backup \(manifest.id) is of database \(manifest.database.name), not \(from) as --from-database says",
+                            hint: "drop --from-database (a backup named by its id needs none), or name a backup of \(from): dbrestore list --from-database \(from)")
     }
 
     /// What a repository holds besides the logical backups of one database, for the messages that

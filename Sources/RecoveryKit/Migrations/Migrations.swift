@@ -163,7 +163,8 @@ public enum Migrations {
             // The pre-downgrade backup follows the repository's encryption like any other (checked in
             // the dry run too): no plaintext into an encrypted repository, no key into a plaintext one.
             if let backupRepository, plan.takesBackup {
-                try RepositoryEncryption.checkWrite(to: try Repository.open(backupRepository, create: true, environment: configuration.environment), key: key, allowMixed: false)
+                try RepositoryEncryption.checkWrite(to: try Repository.open(backupRepository, create: true, environment: configuration.environment), key: key, allowMixed: false,
+                                                    database: configuration.target.databaseName)
             }
             if dryRun || steps.isEmpty { return (plan, nil) }
             try confirm(plan)

@@ -43,6 +43,8 @@ public struct PITRConfiguration {
     public var keyFile: String? = nil
     /// The timeline to recover along (`--timeline`): the newest by default, as PostgreSQL does.
     public var timeline: TimelineChoice = .latest
+    /// The server whose base backups to recover (`--system-identifier`), in a repository holding several.
+    public var systemIdentifier: String? = nil
     /// Threads that extract a base backup with an index (`--jobs`, default: the cores).
     public var jobs = ProcessInfo.processInfo.activeProcessorCount
     /// What the storage layer reads S3 settings from (see `Repository.open`); the started server
@@ -103,6 +105,9 @@ public struct PITRPlan: Codable, Sendable {
     public var timelines: [UInt32]? = nil
     /// Why no pg_ctl of that major was found (only without `--start`, which refuses instead).
     public var pgCtlProblem: String?
+    /// The server recovered and why, when the repository holds several servers' base backups or
+    /// `--system-identifier` named one (`ServerChoice`).
+    public var system: String? = nil
 
     /// Finds pg_ctl of the backup's major. With `--start` a missing or other-major one refuses the
     /// plan, before anything is written; without it the plan says what starting the server will need.
@@ -120,6 +125,7 @@ public struct PITRPlan: Codable, Sendable {
 
     public var lines: [String] {
         var lines = skipped.map { "skip base backup \($0.id): \($0.reason)" }
+        if let system { lines.append("system:      \(system)") }
         lines.append("base backup: \(backupID), finished \(Timestamp.format(backupFinishedAt))")
         if let chain, chain.count > 1 {
             lines.append("chain:       \(chain.joined(separator: " → ")) (pg_combinebackup, one member extracted at a time)")
@@ -181,14 +187,17 @@ public enum PointInTimeRestore {
             throw LivePostmaster.refusal(live, of: configuration.dataDirectory, step: configuration.moveAside ? "move aside or restore into" : "restore into")
         }
         let store = try Repository.open(configuration.repository, create: false, environment: configuration.environment)
-        let backups = try Catalog(store: store).manifests().filter { $0.kind == .physical && $0.physical != nil }
-        guard !backups.isEmpty else {
+        let physical = try Catalog(store: store).manifests().filter { $0.kind == .physical && $0.physical != nil }
+        guard !physical.isEmpty else {
             throw RecoveryError(.backupNotFound, "repository \(store.location) holds no physical base backup",
                                 hint: "take one with dbbackup --physical (archive_mode on, archive_command = 'dbbackup wal-push %p --repo …')")
         }
         let archive = try store.list(prefix: "wal/")
+        // One server's base backups only: another server's cannot recover with this WAL.
+        let servers = try ServerChoice.choose(physical, archive: archive, store: store, configuration: configuration)
+        let backups = servers.backups
         let history = try TimelineHistory.read(archive: archive, store: store, key: configuration.key)
-        var skipped: [PITRPlan.Skipped] = []
+        var skipped: [PITRPlan.Skipped] = servers.skipped
         var lastProblem: RecoveryError?
         for backup in backups {
             guard let physical = backup.physical else { continue }
@@ -213,6 +222,10 @@ public enum PointInTimeRestore {
             let chain: [BackupManifest]
             do { chain = try IncrementalChain.members(of: backup, in: backups) } catch let error as RecoveryError {
                 skipped.append(.init(id: backup.id, reason: error.message))
+                continue
+            }
+            if let problem = try servers.walProblem(of: backup, in: store, cipherKey: configuration.key) {
+                skipped.append(.init(id: backup.id, reason: problem))
                 continue
             }
             do {
@@ -250,6 +263,7 @@ public enum PointInTimeRestore {
                 plan.chain = chain.count > 1 ? chain.map(\.id) : nil
                 plan.peakDiskBytes = needs?.peakBytes
                 plan.timelines = path.drop { $0.timeline != backupTimeline }.map(\.timeline)
+                plan.system = servers.note
                 try plan.findServer(for: backup, configuration)
                 return plan
             } catch let error as RecoveryError where error.code == .backupNotFound {

@@ -212,10 +212,7 @@ enum CandidateSelection {
             throw noneOfDatabase(source: source, target: target, release: release, stores: [store.location],
                                  holdings: Catalog.Holdings(manifests, besides: source))
         }
-        if let from = fromDatabase, manifest.kind == .logical, manifest.database.name != from {
-            throw RecoveryError(.usage, "backup \(manifest.id) is of database \(manifest.database.name), not \(from) as --from-database says",
-                                hint: "drop --from-database: a backup named by its id is restored whatever database it is of")
-        }
+        try Catalog.refuseContradiction(of: manifest, fromDatabase: fromDatabase)
         return manifest
     }
 

@@ -107,8 +107,9 @@ public enum Pruner {
     /// Plans and (unless dry-run) applies retention.
     ///
     /// - Important: deletes manifest first, then data, so a crash half-way leaves garbage, never a
-    ///   backup that looks whole. Pinned backups, the newest backup that verifies and backups with an
-    ///   unreadable manifest are never deleted.
+    ///   backup that looks whole; a copy of the manifest (`PendingDeletes`) lets the next run undo a
+    ///   delete that stopped before the data went. Pinned backups, the newest backup that verifies and
+    ///   backups with an unreadable manifest are never deleted.
     /// - Throws: `RecoveryError`; `StorageError` if the repository cannot be read or is locked.
     public static func run(_ configuration: PruneConfiguration, progress: ProgressObserver? = nil) throws -> PruneReport {
         try run(configuration, store: try Repository.open(configuration.repository, create: false, environment: configuration.environment),
@@ -138,6 +139,8 @@ public enum Pruner {
     private static func prune(_ configuration: PruneConfiguration, store: BackupStore, progress: ProgressObserver?) throws -> PruneReport {
         let tierName = try Repository.tierName(configuration.repository)
         let tier = tierName == "s3" ? configuration.policy.s3 : configuration.policy.local
+        // First what stopped prunes left half-done: a backup whose manifest went but whose files stayed.
+        let repair = try PendingDeletes.repair(in: store, dryRun: configuration.dryRun)
 
         let objects = try store.list(prefix: "backups/")
         // A manifest copied into another folder (cp -a X X-copy) names a backup that is not its
@@ -181,7 +184,7 @@ public enum Pruner {
         let verification = verifications.isEmpty ? nil : groups.count == 1 ? verifications[0].1
             : verifications.map { "\($0.0): \($0.1)" }.joined(separator: "; ")
         var beingRead: [String] = []
-        var notes: [String] = []
+        var notes: [String] = repair.notes
         // A backup a restore is reading is kept this time, and the WAL it needs with it.
         for index in decisions.indices where decisions[index].action != .keep {
             if let readers = try readers(of: decisions[index].id, in: store, removeStale: !configuration.dryRun, notes: &notes) {
@@ -198,7 +201,7 @@ public enum Pruner {
         // A dry run holds no lock, so a backup being written now may be found half-written: it is in progress.
         let writer: LockHolder? = configuration.dryRun ? try StoreLock.writer(in: store) : nil
         let garbage = findGarbage(objects: objects, withManifest: Set(entries.map(\.id)), policy: configuration.policy,
-                                  now: configuration.now, writer: writer)
+                                  now: configuration.now, writer: writer).filter { !repair.restorable.contains($0.folder) }
         for decision in decisions {
             logger.debug("\(decision.action.rawValue) backup \(decision.id): \((decision.keptBy + [decision.reason].compactMap { $0 }).joined(separator: ", "))")
         }
@@ -236,13 +239,18 @@ public enum Pruner {
                 let manifestKey = folder + BackupManifest.fileName
                 let others = objects.map(\.key).filter { $0.hasPrefix(folder) && $0 != manifestKey }
                 let manifestBytes = try store.read(manifestKey)
+                // Until the data is gone or the manifest back, a copy says what to put back if this run stops.
+                try PendingDeletes.record(manifest.id, manifest: manifestBytes, in: store)
                 // Two calls: a store may delete one batch in any order, and the manifest must go first.
                 try store.delete([manifestKey])
                 CrashPoint.reached("prune:between-deletes")
                 // A restore registers as a reader before it reads the manifest: one that read it before
                 // the delete is visible now. Put the manifest back and keep the backup for it.
                 if let readers = try readers(of: manifest.id, in: store, removeStale: true, notes: &notes) {
-                    try store.write(manifestKey, contents: manifestBytes)
+                    if let warning = try PendingDeletes.putBack(manifest.id, manifest: manifestBytes, in: store, why: "being read by \(readers)") {
+                        notes.append(warning)
+                    }
+                    if let warning = PendingDeletes.forget(manifest.id, in: store) { notes.append(warning) }
                     beingRead.append("\(manifest.id): being read by \(readers)")
                     logger.info("skipped deleting backup \(manifest.id): being read by \(readers)")
                     decisions[index].action = .keep
@@ -250,6 +258,7 @@ public enum Pruner {
                     continue
                 }
                 try store.delete(others)
+                if let warning = PendingDeletes.forget(manifest.id, in: store) { notes.append(warning) }
             }
             // Readers that arrived during the deletions keep their WAL too, and so do holds written meanwhile.
             holds = try HeldRecoveries.load(from: store, now: configuration.now, expiry: configuration.holdExpiry)

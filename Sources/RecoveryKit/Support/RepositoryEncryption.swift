@@ -26,9 +26,11 @@ public struct RepositoryEncryption: Codable, Sendable, Equatable {
     ///
     /// - Parameters:
     ///   - allowMixed: `--allow-mixed-encryption`: store anyway.
+    ///   - database: the database a logical backup stores (nil: a base backup or WAL); what it is held
+    ///     to in a repository without a record whose databases were stored in different modes.
     /// - Throws: `RecoveryError(.usage)` naming the mismatch and the flag; storage errors.
-    public static func checkWrite(to store: BackupStore, key: RepositoryKey?, allowMixed: Bool) throws {
-        guard let recorded = try binding(in: store, writing: key), !allowMixed else { return }
+    public static func checkWrite(to store: BackupStore, key: RepositoryKey?, allowMixed: Bool, database: String? = nil) throws {
+        guard let recorded = try binding(in: store, writing: key, database: database), !allowMixed else { return }
         switch (recorded.encrypted, key) {
         case (true, nil):
             throw RecoveryError(.usage, "repository \(store.location) holds encrypted backups; refusing to store plaintext in it",
@@ -46,8 +48,8 @@ public struct RepositoryEncryption: Codable, Sendable, Equatable {
 
     /// Records the mode of a repository a write has just stored data in, from what it now holds.
     /// Best effort: a repository left without a record gets one at its next write's check.
-    public static func recordStored(in store: BackupStore, key: RepositoryKey?) {
-        _ = try? binding(in: store, writing: key)
+    public static func recordStored(in store: BackupStore, key: RepositoryKey?, database: String? = nil) {
+        _ = try? binding(in: store, writing: key, database: database)
     }
 
     /// Whether writing with `key` is what this record says the repository holds.
@@ -60,18 +62,24 @@ public struct RepositoryEncryption: Codable, Sendable, Equatable {
     /// e.g. one from before this record existed) the mode detected from its backups and WAL, then
     /// recorded with a create-if-absent so concurrent writers agree. Nil when the repository holds
     /// neither backups nor WAL.
-    private static func binding(in store: BackupStore, writing key: RepositoryKey?) throws -> RepositoryEncryption? {
+    private static func binding(in store: BackupStore, writing key: RepositoryKey?, database: String?) throws -> RepositoryEncryption? {
         if let recorded = try read(from: store) {
             // The usual case costs one read; only a disagreement looks at what the repository holds.
             if recorded.agrees(with: key) { return recorded }
-            guard try detect(in: store) == nil else { return recorded }
+            guard try Holdings.read(from: store).isEmpty else { return recorded }
             // A record on a repository that holds nothing was written by a run that stored nothing
             // (versions before this one recorded the mode before connecting to the server): it
             // binds nothing, and is removed so that the first backup's own mode is recorded next.
             try removeUnbacked(in: store)
             return nil
         }
-        guard let mode = try detect(in: store) else { return nil }
+        let holdings = try Holdings.read(from: store)
+        guard let mode = holdings.repositoryMode else {
+            // Held in several modes (`--allow-mixed-encryption`, or versions before the record): the
+            // repository has no one mode to record, and whichever database was stored last must not
+            // decide another's. Each write is held to what it adds to: its own database's newest backup.
+            return holdings.mode(of: database)
+        }
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys
         if try store.create(Self.key, contents: try encoder.encode(mode)) { return mode }
@@ -104,16 +112,51 @@ public struct RepositoryEncryption: Codable, Sendable, Equatable {
         }
     }
 
-    /// What a repository written before this record existed holds: the newest manifest's files,
-    /// else the first archived WAL file; nil for an empty repository.
-    private static func detect(in store: BackupStore) throws -> RepositoryEncryption? {
-        if let manifest = try Catalog(store: store).manifests().first, let file = manifest.files.first {
-            return RepositoryEncryption(encrypted: file.encryptionKeyFingerprint != nil, keyFingerprint: file.encryptionKeyFingerprint)
+    /// What a repository without a record holds (one written before the record existed): the mode
+    /// of each group's newest backup (a database's logical backups, a server's base backups) and of
+    /// its WAL. The repository's mode is theirs only when they all agree.
+    private struct Holdings {
+        var groups: [RetentionGroup: RepositoryEncryption] = [:]
+        var wal: RepositoryEncryption?
+        /// The newest base backup's, of any server.
+        var newestBaseBackup: RepositoryEncryption?
+
+        var isEmpty: Bool { groups.isEmpty && wal == nil }
+
+        static func read(from store: BackupStore) throws -> Holdings {
+            var holdings = Holdings()
+            let manifests = try Catalog(store: store).manifests()
+            for (group, members) in RetentionGroup.split(manifests) {
+                guard let newest = members.first.flatMap(mode) else { continue }
+                holdings.groups[group] = newest
+            }
+            holdings.newestBaseBackup = manifests.first { $0.kind == .physical }.flatMap(mode)
+            if let wal = try store.list(prefix: "wal/").first(where: { $0.key.hasSuffix(".gz") }) {
+                let head = try store.read(wal.key).prefix(RepositoryKey.magic.count)
+                holdings.wal = RepositoryEncryption(encrypted: Array(head) == RepositoryKey.magic, keyFingerprint: nil)
+            }
+            return holdings
         }
-        if let wal = try store.list(prefix: "wal/").first(where: { $0.key.hasSuffix(".gz") }) {
-            let head = try store.read(wal.key).prefix(RepositoryKey.magic.count)
-            return RepositoryEncryption(encrypted: Array(head) == RepositoryKey.magic, keyFingerprint: nil)
+
+        /// The one mode everything is stored in (a WAL file names no key: it agrees with any key);
+        /// nil when empty or mixed.
+        var repositoryMode: RepositoryEncryption? {
+            let modes = Array(groups.values)
+            guard let first = modes.first ?? wal,
+                  modes.allSatisfy({ $0 == first }), wal.map({ $0.encrypted == first.encrypted }) ?? true else { return nil }
+            return first
         }
-        return nil
+
+        /// In a mixed repository: the mode of `database`'s newest logical backup; for a base backup
+        /// or WAL (`database` nil), the WAL's, else the newest base backup's; nil for something new.
+        func mode(of database: String?) -> RepositoryEncryption? {
+            if let database { return groups[RetentionGroup(kind: .logical, name: database)] }
+            return wal ?? newestBaseBackup
+        }
+
+        /// The mode a backup's files were stored in; nil for one without files.
+        private static func mode(_ manifest: BackupManifest) -> RepositoryEncryption? {
+            manifest.files.first.map { RepositoryEncryption(encrypted: $0.encryptionKeyFingerprint != nil, keyFingerprint: $0.encryptionKeyFingerprint) }
+        }
     }
 }

@@ -168,6 +168,7 @@ public enum BackupVerification {
             throw RecoveryError(.backupNotFound, "\(target.databaseName) was restored from backup \(reference), which is not in \(store.location)",
                                 hint: "name the backup to compare with (dbverify latest), or point --repo at the repository it came from")
         }
+        try Catalog.refuseContradiction(of: manifest, fromDatabase: fromDatabase)
         var report = try RowCountVerifier.verify(manifest, on: connection)
         report.basis = basis ?? (backup == nil ? "newest backup of database \(manifest.database.name)" : nil)
         report.backupDatabase = manifest.database.name

@@ -99,6 +99,7 @@ public enum SchemaVerifier {
         let store = try Repository.open(repository, create: false, environment: environment)
         // `latest` is the target database's newest backup, not another database's in a shared repository.
         let manifest = try Catalog(store: store).resolve(backup ?? "latest", database: fromDatabase ?? target.databaseName)
+        try Catalog.refuseContradiction(of: manifest, fromDatabase: fromDatabase)
         guard let expected = manifest.schemaFingerprint else {
             throw RecoveryError(.backupNotFound, manifest.kind == .physical
                                     ? "backup \(manifest.id) is a physical backup; only logical backups record a schema fingerprint"
