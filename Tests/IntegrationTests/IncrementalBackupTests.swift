@@ -23,7 +23,7 @@ final class IncrementalBackupTests: XCTestCase {
     func testIncrementalIsRefusedBeforePostgreSQL17() throws {
         let work = ownedDirectory("incr15")
         let repository = work + "/repo"
-        let cluster = try PostgresCluster(archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
+        let cluster = try PostgresCluster(archiveCommand: walPush(into: repository))
         defer { cluster.stop() }
         let refused = try asOwner("dbbackup", ["--physical", "--incremental", "--database-url", cluster.url(database: "postgres"), "--repo", repository],
                                   cluster: cluster)
@@ -52,8 +52,7 @@ final class IncrementalBackupTests: XCTestCase {
         } else {
             repository = work + "/repo"
         }
-        let assignments = environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-        let cluster = try PostgresCluster(major: major, archiveCommand: "\(assignments) \(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
+        let cluster = try PostgresCluster(major: major, archiveCommand: walPush(into: repository, environment: environment))
         defer { cluster.stop() }
         XCTAssertEqual(cluster.major, major)
         let database = try cluster.createDatabase(prefix: "incr")
@@ -261,7 +260,7 @@ final class IncrementalBackupTests: XCTestCase {
         let temporary = work + "/tmp"
         try FileManager.default.createDirectory(atPath: temporary, withIntermediateDirectories: true)
         chownToPostgres(temporary)
-        let cluster = try PostgresCluster(major: 17, archiveCommand: "TMPDIR=\(temporary) \(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
+        let cluster = try PostgresCluster(major: 17, archiveCommand: walPush(into: repository, environment: ["TMPDIR": temporary]))
         defer { cluster.stop() }
         let admin = try cluster.connect()
         try admin.execute(script: "ALTER SYSTEM SET summarize_wal = on")

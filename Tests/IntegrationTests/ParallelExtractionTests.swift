@@ -78,7 +78,7 @@ final class ParallelExtractionTests: XCTestCase {
     private func archivingClusterWithABaseBackup(_ prefix: String, rows: Int) throws
         -> (repository: String, cluster: PostgresCluster, database: String, connection: PostgresConnection) {
         let repository = ownedDirectory(prefix + "-repo") + "/repo"
-        let cluster = try PostgresCluster(archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
+        let cluster = try PostgresCluster(archiveCommand: walPush(into: repository))
         do {
             let (database, connection) = try itemsDatabase(prefix, on: cluster)
             if rows > 0 { try connection.execute(script: "INSERT INTO items (batch) SELECT 'A' FROM generate_series(1, \(rows))") }

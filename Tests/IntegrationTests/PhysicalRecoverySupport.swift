@@ -4,6 +4,13 @@ import RecoveryKit
 import TestSupport
 import XCTest
 
+/// The archive_command of a cluster archiving into `repository` (`dbbackup wal-push`), with
+/// `environment` assigned before it as a shell would.
+func walPush(into repository: String, environment: [String: String] = [:]) -> String {
+    let assignments = environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value) " }.joined()
+    return "\(assignments)\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)"
+}
+
 /// What the physical backup and point-in-time recovery tests share: tools run as the server's OS
 /// user, directories it owns, archive waits, and `dbrestore --pitr --start` into a fresh directory.
 extension XCTestCase {

@@ -12,8 +12,7 @@ final class PointInTimeRecoveryTests: XCTestCase {
         let bucket = try s3.createBucket()
         let repository = "s3://\(bucket)/pitr"
         let environment = s3.environment()
-        let assignments = environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-        let cluster = try PostgresCluster(archiveCommand: "\(assignments) \(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
+        let cluster = try PostgresCluster(archiveCommand: walPush(into: repository, environment: environment))
         defer { cluster.stop() }
         let (database, connection) = try itemsDatabase("pitrs3", on: cluster)
         try physicalBackup(of: database, on: cluster, into: repository, environment: environment)
@@ -35,7 +34,7 @@ final class PointInTimeRecoveryTests: XCTestCase {
     /// recovery stops with the segment named, the server is not promoted.
     func testAHoleInTheArchiveStopsRecoveryInsteadOfPromotingShort() throws {
         let repository = ownedDirectory("hole-repo") + "/repo"
-        let cluster = try PostgresCluster(archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
+        let cluster = try PostgresCluster(archiveCommand: walPush(into: repository))
         defer { cluster.stop() }
         let (database, connection) = try itemsDatabase("hole", on: cluster)
         try physicalBackup(of: database, on: cluster, into: repository)
@@ -77,7 +76,7 @@ final class PointInTimeRecoveryTests: XCTestCase {
     /// refused up front (before pg_basebackup's checkpoint), naming it and what to do, nothing stored.
     func testAClusterWithATablespaceIsRefusedBeforeItsCheckpoint() throws {
         let repository = ownedDirectory("tablespace-repo") + "/repo"
-        let cluster = try PostgresCluster(archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
+        let cluster = try PostgresCluster(archiveCommand: walPush(into: repository))
         defer { cluster.stop() }
         let location = ownedDirectory("tablespace")
         let (database, connection) = try itemsDatabase("tablespace", on: cluster)
@@ -94,7 +93,7 @@ final class PointInTimeRecoveryTests: XCTestCase {
 
     func testRecoverToTimeNameAndLatestThenRefuseWhatCannotBeReached() throws {
         let repository = ownedDirectory("wal-repo") + "/repo"
-        let cluster = try PostgresCluster(archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
+        let cluster = try PostgresCluster(archiveCommand: walPush(into: repository))
         defer { cluster.stop() }
         let (database, connection) = try itemsDatabase("pitr", on: cluster)
 

@@ -11,7 +11,7 @@ import XCTest
 final class PointInTimeSafetyTests: XCTestCase {
     private func archivingCluster(_ prefix: String) throws -> (PostgresCluster, String) {
         let repository = ownedDirectory(prefix) + "/repo"
-        let cluster = try PostgresCluster(archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
+        let cluster = try PostgresCluster(archiveCommand: walPush(into: repository))
         return (cluster, repository)
     }
 

@@ -11,7 +11,7 @@ final class PointInTimeServerChoiceTests: XCTestCase {
     func testThePlanTakesTheBaseBackupOfTheServerWhoseWALItIsOrRefusesNamingTheServers() throws {
         // Server A archives into the repository and has a base backup there.
         let repository = ownedDirectory("pitr-servers") + "/repo"
-        let first = try PostgresCluster(archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
+        let first = try PostgresCluster(archiveCommand: walPush(into: repository))
         defer { first.stop() }
         let (database, connection) = try itemsDatabase("servers", on: first)
         try physicalBackup(of: database, on: first, into: repository)
@@ -22,7 +22,7 @@ final class PointInTimeServerChoiceTests: XCTestCase {
 
         // Server B (initdb'd on its own), a newer base backup of it stored into the same repository.
         let otherRepository = ownedDirectory("pitr-servers-other") + "/repo"
-        let second = try PostgresCluster(archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(otherRepository)")
+        let second = try PostgresCluster(archiveCommand: walPush(into: otherRepository))
         defer { second.stop() }
         let (otherDatabase, _) = try itemsDatabase("servers", on: second)
         try physicalBackup(of: otherDatabase, on: second, into: otherRepository)

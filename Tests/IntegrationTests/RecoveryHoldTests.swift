@@ -23,8 +23,7 @@ final class RecoveryHoldTests: XCTestCase {
 
     private func twoBaseBackups(_ prefix: String, repository given: String? = nil, environment: [String: String] = [:]) throws -> Setup {
         let repository = given ?? ownedDirectory(prefix + "-repo") + "/repo"
-        let assignments = environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value) " }.joined()
-        let cluster = try PostgresCluster(archiveCommand: "\(assignments)\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
+        let cluster = try PostgresCluster(archiveCommand: walPush(into: repository, environment: environment))
         let (database, connection) = try itemsDatabase(prefix, on: cluster)
         try physicalBackup(of: database, on: cluster, into: repository, environment: environment)
         try connection.execute(script: "INSERT INTO items (batch) SELECT 'A' FROM generate_series(1, 10)")
@@ -222,7 +221,7 @@ final class RecoveryHoldTests: XCTestCase {
         defer { _ = try? TestProcess.run("/bin/umount", [mountPoint]) }
         chownToPostgres(mountPoint)
         let repository = mountPoint + "/repo"
-        let cluster = try PostgresCluster(archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
+        let cluster = try PostgresCluster(archiveCommand: walPush(into: repository))
         defer { cluster.stop() }
         let (database, connection) = try itemsDatabase("holdro", on: cluster)
         try physicalBackup(of: database, on: cluster, into: repository)

@@ -17,10 +17,6 @@ final class S3StallTests: IntegrationTestCase {
         try useS3Repository(prefix: "app")
     }
 
-    private func store() throws -> S3Store {
-        try bucketStore(prefix: "app")
-    }
-
     func testASignalDuringAHeldWALFetchEndsItAtOnceAndInstallsNothing() throws {
         let name = "000000010000000000000007"
         let destination = TestPaths.temporaryDirectory(prefix: "walfetch") + "/RECOVERYXLOG"
@@ -38,9 +34,9 @@ final class S3StallTests: IntegrationTestCase {
         XCTAssertEqual(run.status, ExitStatus.interrupted.rawValue, run.errors)
         XCTAssertLessThan(run.seconds, 15, "the held PUT was abandoned at the signal: \(run.errors)")
         XCTAssertFalse(run.errors.contains("S3 attempt"), "no retry after the signal: \(run.errors)")
-        XCTAssertEqual(try store().list(prefix: "backups/").map(\.key), [], "the interrupted backup left objects")
-        XCTAssertEqual(try store().openMultipartUploads(), [], "a multipart upload was left open")
-        XCTAssertFalse(try store().list(prefix: "locks/").contains { $0.key.hasSuffix("repository.lock") }, "the lock was released after the signal")
+        XCTAssertEqual(try bucketStore(prefix: "app").list(prefix: "backups/").map(\.key), [], "the interrupted backup left objects")
+        XCTAssertEqual(try bucketStore(prefix: "app").openMultipartUploads(), [], "a multipart upload was left open")
+        XCTAssertFalse(try bucketStore(prefix: "app").list(prefix: "locks/").contains { $0.key.hasSuffix("repository.lock") }, "the lock was released after the signal")
         // What the backup before it looks like is unchanged: the next run succeeds.
         try backup()
     }
@@ -51,8 +47,8 @@ final class S3StallTests: IntegrationTestCase {
         let run = try interruptHeld("dbbackup", common, hold: ["--hold-match", "/dump.sql.gz", "--hold-method", "PUT", "--hold-reply"])
         XCTAssertEqual(run.status, ExitStatus.interrupted.rawValue, run.errors)
         XCTAssertLessThan(run.seconds, 15, "the wait for the answer was abandoned at the signal: \(run.errors)")
-        XCTAssertEqual(try store().list(prefix: "backups/").map(\.key), [], "the dump that landed was removed")
-        XCTAssertFalse(try store().list(prefix: "locks/").contains { $0.key.hasSuffix("repository.lock") }, "the lock was released after the signal")
+        XCTAssertEqual(try bucketStore(prefix: "app").list(prefix: "backups/").map(\.key), [], "the dump that landed was removed")
+        XCTAssertFalse(try bucketStore(prefix: "app").list(prefix: "locks/").contains { $0.key.hasSuffix("repository.lock") }, "the lock was released after the signal")
     }
 
     func testASignalWhileTheListingIsHeldEndsAnEmergencyRestoreAtOnce() throws {
@@ -115,7 +111,7 @@ final class S3StallTests: IntegrationTestCase {
             XCTAssertTrue(run.standardError.contains("\(name)=\(value) is not"), run.standardError)
             XCTAssertTrue(run.standardError.contains("write a plain number"), run.standardError)
         }
-        XCTAssertEqual(try store().list(prefix: "").map(\.key), [], "a refused run stores nothing")
+        XCTAssertEqual(try bucketStore(prefix: "app").list(prefix: "").map(\.key), [], "a refused run stores nothing")
         let printed = try tool("dbbackup", common + ["--print-config"], environment: ["DBRECOVERY_S3_TIMEOUT_SECONDS": "20"])
         XCTAssertEqual(printed.status, 0, printed.standardError)
         let lines = printed.standardOutput.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true).joined(separator: " ") }

@@ -14,11 +14,6 @@ final class S3TransportTests: IntegrationTestCase {
         try useS3Repository(prefix: "app")
     }
 
-    /// The repository as the server holds it, read past the proxy.
-    private func store() throws -> S3Store {
-        try bucketStore(prefix: "app")
-    }
-
     func testAConnectionResetInTheMiddleOfABodyIsRetriedAndTheRestoreCompletes() throws {
         let id = try backup()
         // The first two GETs of the dump announce the whole body, send half of it, then reset the connection.
@@ -45,8 +40,8 @@ final class S3TransportTests: IntegrationTestCase {
         XCTAssertEqual(errorLines.count, 1, "one error line: \(errors)")
         XCTAssertTrue(errorLines.first?.contains("interrupted by SIGTERM") == true, errors)
         XCTAssertTrue(errors.contains("HINT: "), errors)
-        XCTAssertEqual(try store().list(prefix: "backups/").map(\.key), [], "the interrupted backup left objects")
-        XCTAssertEqual(try store().openMultipartUploads(), [], "the multipart upload was not aborted")
-        XCTAssertFalse(try store().list(prefix: "locks/").contains { $0.key.hasSuffix("repository.lock") }, "lock released")
+        XCTAssertEqual(try bucketStore(prefix: "app").list(prefix: "backups/").map(\.key), [], "the interrupted backup left objects")
+        XCTAssertEqual(try bucketStore(prefix: "app").openMultipartUploads(), [], "the multipart upload was not aborted")
+        XCTAssertFalse(try bucketStore(prefix: "app").list(prefix: "locks/").contains { $0.key.hasSuffix("repository.lock") }, "lock released")
     }
 }

@@ -25,7 +25,7 @@ final class SharedRepositoryTests: SharedRepositoryTestCase {
     func testPruneAppliesTheRulesToEachDatabaseAndToTheBaseBackupsOnTheirOwn() throws {
         let root = ownedDirectory("shared-prune")
         repository = root + "/repo"
-        let server = try PostgresCluster(archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository!)")
+        let server = try PostgresCluster(archiveCommand: walPush(into: repository))
         defer { server.stop() }
         let appDB = try server.createDatabase(prefix: "app", seed: "CREATE TABLE app_items (id int); INSERT INTO app_items VALUES (1)")
         let billingDB = try server.createDatabase(prefix: "billing", seed: "CREATE TABLE invoices (id int); INSERT INTO invoices VALUES (1)")

@@ -67,7 +67,7 @@ extension PointInTimeRecoveryTests {
     /// counts and verifies; a base backup of the standby recovers (PITR) to the primary's rows.
     private func standbyBackupsRestoreExactly(major: Int) throws {
         let repository = ownedDirectory("standby-wal") + "/repo"
-        let primary = try PostgresCluster(major: major, archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)")
+        let primary = try PostgresCluster(major: major, archiveCommand: walPush(into: repository))
         defer { primary.stop() }
         let pgBin = ["--pg-bin", primary.binDirectory]
         let database = try primary.createDatabase(prefix: "standby")
@@ -191,7 +191,7 @@ extension PointInTimeRecoveryTests {
     /// began is refused with the reason, as is a time past timeline 1's end with --timeline 1.
     func testRecoveryFollowsATimelineSwitchAndRefusesTheAbandonedBranch() throws {
         let repository = ownedDirectory("timeline-wal") + "/repo"
-        let archive = "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)"
+        let archive = walPush(into: repository)
         let cluster = try PostgresCluster(archiveCommand: archive)
         defer { cluster.stop() }
         let (database, connection) = try itemsDatabase("timeline", on: cluster)
@@ -278,7 +278,7 @@ extension PointInTimeRecoveryTests {
     /// continue 3E, 3F, then 1/00 (64 segments per log), and the manifest records the size.
     func testA64MBSegmentClusterRecoversAcrossALogBoundary() throws {
         let repository = ownedDirectory("wal64") + "/repo"
-        let cluster = try PostgresCluster(archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(repository)",
+        let cluster = try PostgresCluster(archiveCommand: walPush(into: repository),
                                           initdbOptions: ["--wal-segsize=64"], walStart: "00000001000000000000003E")
         defer { cluster.stop() }
         let (database, connection) = try itemsDatabase("wal64", on: cluster)

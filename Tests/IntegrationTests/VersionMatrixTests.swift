@@ -335,7 +335,7 @@ final class VersionMatrixTests: XCTestCase {
             let parent = TestPaths.temporaryDirectory(prefix: "matrix-wal")
             if getuid() == 0 { _ = try? TestProcess.run("/bin/chown", ["-R", "postgres:postgres", parent]) }
             let walRepository = parent + "/repo"
-            let cluster = try PostgresCluster(major: major, archiveCommand: "\(TestPaths.executable("dbbackup")) wal-push %p --repo \(walRepository)")
+            let cluster = try PostgresCluster(major: major, archiveCommand: walPush(into: walRepository))
             clusters[major] = (cluster, walRepository)
             return (cluster, walRepository)
         }
