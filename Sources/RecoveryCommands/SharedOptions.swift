@@ -288,7 +288,8 @@ public struct ConfigOptions: ParsableArguments {
         // The AWS credential chain's settings as set; which source answers is found only when a run asks it.
         for name in ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD", "PGPASSFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                      "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-                     "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+                     "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                     "AWS_EC2_METADATA_SERVICE_ENDPOINT",
                      "AWS_EC2_METADATA_DISABLED"] where environment[name].map({ !$0.isEmpty }) ?? false {
             settings.append(ResolvedSetting(name: name, value: environment[name], source: "environment \(name)"))
         }

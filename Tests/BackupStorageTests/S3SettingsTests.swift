@@ -167,3 +167,32 @@ final class AWSCredentialRefreshTests: XCTestCase {
         }
     }
 }
+
+/// Half a credential setting is refused, not passed over for the machine's role.
+final class AWSCredentialChainTests: XCTestCase {
+    func testHalfASettingIsRefusedAndAWindowsCredentialsFileIsRead() throws {
+        let base = ["AWS_EC2_METADATA_DISABLED": "true", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials"]
+        for (name, words) in [("AWS_ACCESS_KEY_ID", "without AWS_SECRET_ACCESS_KEY"), ("AWS_SECRET_ACCESS_KEY", "without AWS_ACCESS_KEY_ID")] {
+            XCTAssertThrowsError(try S3Settings.configuration(bucket: "acme", environment: base.merging([name: "x"]) { $1 })) { error in
+                XCTAssertTrue("\(error)".contains(words), "\(error)")
+            }
+        }
+        let path = NSTemporaryDirectory() + "credentials-\(UUID().uuidString)"
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: path) }
+        try "[default]\r\naws_access_key_id = WINKEY\r\naws_secret_access_key = winsecret\r\n".write(toFile: path, atomically: true, encoding: .utf8)
+        let windows = try S3Settings.configuration(bucket: "acme", environment: base.merging(["AWS_SHARED_CREDENTIALS_FILE": path]) { $1 })
+        XCTAssertEqual(try windows.credentials.current(), AWSCredentials(accessKeyID: "WINKEY", secretAccessKey: "winsecret"))
+        XCTAssertThrowsError(try S3Settings.configuration(bucket: "acme", environment: base.merging(["AWS_SHARED_CREDENTIALS_FILE": path, "AWS_PROFILE": "prod"]) { $1 })) { error in
+            XCTAssertTrue("\(error)".contains("profile prod has no aws_access_key_id"), "\(error)")
+        }
+    }
+
+    func testOnlyAddressesWrittenAsThisMachinesCountAsLocal() {
+        for host in ["127.0.0.1", "127.1.2.3", "[::1]", "::1", "localhost", "169.254.170.2", "169.254.170.23", "[fd00:ec2::23]"] {
+            XCTAssertTrue(S3Settings.isLocal(host), host)
+        }
+        for host in ["127.evil.example", "127.0.0.1.evil.example", "127.1", "127.0.0.256", "128.0.0.1", "example.com", "169.254.169.254", "0x7f.0.0.1"] {
+            XCTAssertFalse(S3Settings.isLocal(host), host)
+        }
+    }
+}

@@ -21,6 +21,7 @@ final class AWSCredentialTests: IntegrationTestCase {
             LIFETIME = \#(lifetime)
             lock = threading.Lock()
             issued, objects, stats = {}, {}, {"fetches": 0, "refused": 0, "served": 0}
+            control = {"fail": 0, "token": "Bearer task-secret", "huge": False}
             def issue():
                 with lock:
                     stats["fetches"] += 1
@@ -42,7 +43,13 @@ final class AWSCredentialTests: IntegrationTestCase {
                     return self.answer(400, b"<Error><Code>ExpiredToken</Code><Message>The provided token has expired.</Message></Error>")
                 def handle_any(self):
                     body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                    path = self.path.split("?")[0]
+                    path, _, query = self.path.partition("?")
+                    if path.startswith("/latest/") or path == "/ecs/credentials":
+                        with lock:
+                            failing = control["fail"] > 0
+                            if failing: control["fail"] -= 1
+                        if failing: return self.answer(500, b"<html>metadata service busy</html>")
+                        if control["huge"] and path.endswith(("/backup-role", "/ecs/credentials")): return self.answer(200, b" " * (2 << 20))
                     if path == "/latest/api/token" and self.command == "PUT" and self.headers.get("x-aws-ec2-metadata-token-ttl-seconds"):
                         return self.answer(200, b"imds-session")
                     if path.startswith("/latest/meta-data/"):
@@ -51,9 +58,14 @@ final class AWSCredentialTests: IntegrationTestCase {
                         if path == "/latest/meta-data/iam/security-credentials/backup-role": return self.answer(200, issue())
                         return self.answer(404)
                     if path == "/ecs/credentials":
-                        if self.headers.get("Authorization") != "Bearer task-secret": return self.answer(403, b"not this task's")
+                        if self.headers.get("Authorization") != control["token"]: return self.answer(403, b"not this task's")
                         return self.answer(200, issue())
                     if path == "/control/stats": return self.answer(200, json.dumps(stats).encode())
+                    if path == "/control/set":
+                        with lock:
+                            for name, value in (pair.split("=", 1) for pair in query.split("&")):
+                                control[name] = int(value) if name == "fail" else value == "1" if name == "huge" else value.replace("+", " ")
+                        return self.answer(204)
                     if path == "/control/expire":
                         with lock:
                             for entry in issued.values(): entry["until"] = 0
@@ -77,6 +89,12 @@ final class AWSCredentialTests: IntegrationTestCase {
                     return self.answer(404, b"<Error><Code>NoSuchKey</Code><Message>none</Message></Error>")
                 do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = handle_any
             """#)
+    }
+
+    /// Sets the test server's behaviour: `fail=N` (the next N metadata requests answer 500), `token=…`
+    /// (the container token it accepts), `huge=1` (credential documents of 2 MiB).
+    private func control(_ port: Int, _ query: String) throws {
+        _ = try HTTPTransport(idleTimeout: 5).perform(HTTPRequest(method: "POST", url: try XCTUnwrap(URL(string: "http://127.0.0.1:\(port)/control/set?\(query)"))))
     }
 
     private func stats(_ port: Int) throws -> [String: Int] {
@@ -122,14 +140,18 @@ final class AWSCredentialTests: IntegrationTestCase {
         // Revoked early (an IAM session ended, or this clock runs behind S3's): S3 answers ExpiredToken.
         _ = try HTTPTransport(idleTimeout: 5).perform(HTTPRequest(method: "POST", url: try XCTUnwrap(URL(string: "http://127.0.0.1:\(port)/control/expire"))))
         XCTAssertEqual(try store.read("backups/x/dump.sql.gz"), Data("dump".utf8))
+        // A HEAD's 400 carries no body to say ExpiredToken: with temporary credentials it is taken for one too.
+        _ = try HTTPTransport(idleTimeout: 5).perform(HTTPRequest(method: "POST", url: try XCTUnwrap(URL(string: "http://127.0.0.1:\(port)/control/expire"))))
+        XCTAssertEqual(try store.objectInfo("backups/x/dump.sql.gz").size, 4)
         let seen = try stats(port)
-        XCTAssertEqual(seen["refused"], 1, "\(seen)")
-        XCTAssertEqual(seen["fetches"], 2, "\(seen)")
+        XCTAssertEqual(seen["refused"], 2, "\(seen)")
+        XCTAssertEqual(seen["fetches"], 3, "\(seen)")
 
         // The wrong task token: refused as a permission problem, naming the source and never the token.
-        try "Bearer someone-else\n".write(toFile: tokenFile, atomically: true, encoding: .utf8)
+        let wrongFile = TestPaths.temporaryDirectory(prefix: "ecs") + "/token"
+        try "Bearer someone-else\n".write(toFile: wrongFile, atomically: true, encoding: .utf8)
         let refused = try S3Settings.configuration(bucket: "acme", environment: keyless([
-            "AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://127.0.0.1:\(port)/ecs/credentials", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": tokenFile,
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://127.0.0.1:\(port)/ecs/credentials", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": wrongFile,
             "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:\(port)"]))
         XCTAssertThrowsError(try S3Store(configuration: refused, prefix: "app").read("backups/x/dump.sql.gz")) { error in
             let failure = error as? StorageError
@@ -137,11 +159,80 @@ final class AWSCredentialTests: IntegrationTestCase {
             XCTAssertTrue("\(error)".contains("container credentials") && "\(error)".contains("403"), "\(error)")
             XCTAssertFalse("\(error)".contains("someone-else"), "\(error)")
         }
-        // Clear text to another host would hand the task's credentials to whoever is on the path.
-        XCTAssertThrowsError(try S3Settings.configuration(bucket: "acme", environment: keyless([
-            "AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://credentials.example.com/creds"]))) { error in
-            XCTAssertTrue("\(error)".contains("not https or a local address"), "\(error)")
+        // Clear text to another host would hand the task's credentials to whoever is on the path: a name
+        // that only looks local (127.evil.example) included.
+        for uri in ["http://credentials.example.com/creds", "http://127.evil.example/creds", "http://127.1/creds"] {
+            XCTAssertThrowsError(try S3Settings.configuration(bucket: "acme", environment: keyless(["AWS_CONTAINER_CREDENTIALS_FULL_URI": uri])), uri) { error in
+                XCTAssertTrue("\(error)".contains("not https or a local address"), "\(error)")
+            }
         }
+    }
+
+    /// The ECS agent rotates the task's token file: each renewal reads it again.
+    func testARotatedContainerTokenFileIsReadAgainAtTheNextRenewal() throws {
+        let servers = servers(lifetime: 3)
+        let port = try servers.start(needs: "python3 with botocore, which moto brings")
+        let tokenFile = TestPaths.temporaryDirectory(prefix: "ecs") + "/token"
+        try "Bearer task-secret\n".write(toFile: tokenFile, atomically: true, encoding: .utf8)
+        let store = S3Store(configuration: try S3Settings.configuration(bucket: "acme", environment: keyless([
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://127.0.0.1:\(port)/ecs/credentials", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": tokenFile,
+            "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:\(port)"])), prefix: "app")
+        try store.write("wal/a.gz", contents: Data("first".utf8))
+        try control(port, "token=Bearer+rotated-1")
+        try "Bearer rotated-1\n".write(toFile: tokenFile, atomically: true, encoding: .utf8)
+        Thread.sleep(forTimeInterval: 3.2)
+        XCTAssertEqual(try store.read("wal/a.gz"), Data("first".utf8))
+        XCTAssertEqual(try stats(port)["fetches"], 2)
+    }
+
+    /// A metadata service that blinks is asked again, never taken for "no credentials here" (which sent
+    /// `--emergency` to an older backup in another repository, and a recovery's wal-fetch to exit 126);
+    /// the source is found once per process, so a run opening its repository again asks nothing more.
+    func testAMetadataServiceThatBlinksIsAskedAgainAndAskedOncePerProcess() throws {
+        let servers = servers(lifetime: 3600)
+        let port = try servers.start(needs: "python3 with botocore, which moto brings")
+        try control(port, "fail=1")
+        let environment = keyless(["AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:\(port)", "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:\(port)"])
+        let configuration = try S3Settings.configuration(bucket: "acme", environment: environment)
+        try S3Store(configuration: configuration, prefix: "app").write("wal/a.gz", contents: Data("first".utf8))
+        let again = try S3Settings.configuration(bucket: "acme", environment: environment)
+        XCTAssertEqual(try S3Store(configuration: again, prefix: "app").read("wal/a.gz"), Data("first".utf8))
+        XCTAssertEqual(try stats(port)["fetches"], 1, "one source per process: the second open fetched nothing")
+
+        // One that keeps failing is the repository's trouble (exit 20), not "no credentials" (exit 2).
+        let failing = try servers.start(needs: "python3 with botocore, which moto brings")
+        try control(failing, "fail=100")
+        XCTAssertThrowsError(try S3Settings.configuration(bucket: "acme", environment: keyless([
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:\(failing)"]))) { error in
+            XCTAssertEqual((error as? StorageError)?.kind, .remote, "\(error)")
+            XCTAssertTrue("\(error)".contains("answered 500"), "\(error)")
+        }
+        // An answer larger than any credential document ends the fetch, not the machine's memory.
+        let huge = try servers.start(needs: "python3 with botocore, which moto brings")
+        try control(huge, "huge=1")
+        XCTAssertThrowsError(try S3Settings.configuration(bucket: "acme", environment: keyless([
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:\(huge)"]))) { error in
+            XCTAssertTrue("\(error)".contains("larger than"), "\(error)")
+        }
+    }
+
+    /// A renewal that fails while the held credentials are still good keeps them (the SDKs' way), and
+    /// the metadata service is reached directly, never through the proxy the environment names.
+    func testAFailedEarlyRenewalKeepsTheHeldCredentialsAndNoProxyIsUsed() throws {
+        let servers = servers(lifetime: 30)
+        let port = try servers.start(needs: "python3 with botocore, which moto brings")
+        let closed = try freePort()
+        setenv("http_proxy", "http://127.0.0.1:\(closed)", 1)
+        defer { unsetenv("http_proxy") }
+        let store = S3Store(configuration: try S3Settings.configuration(bucket: "acme", environment: keyless([
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:\(port)", "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:\(port)"])), prefix: "app")
+        unsetenv("http_proxy")
+        try store.write("wal/a.gz", contents: Data("first".utf8))
+        // Past the renewal point (a fifth of 30 s before the expiry), the metadata service failing.
+        try control(port, "fail=100")
+        Thread.sleep(forTimeInterval: 25)
+        XCTAssertEqual(try store.read("wal/a.gz"), Data("first".utf8), "the held credentials, valid a few seconds more, were used")
+        XCTAssertEqual(try stats(port)["refused"], 0)
     }
 
     func testWithNoCredentialsAnywhereTheErrorSaysWhereItLookedAtOnce() throws {

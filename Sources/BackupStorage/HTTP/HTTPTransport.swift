@@ -76,13 +76,21 @@ public final class HTTPTransport: Sendable {
     public let lowSpeedLimit: Int
     /// A PEM file of the CAs to trust instead of the system's, or nil.
     public let caFile: String?
+    /// Connect straight to the host, past any proxy the environment names (`http_proxy` …): the metadata
+    /// services are on this machine's link, and their tokens must not travel through a proxy in clear.
+    public let direct: Bool
+    /// The largest answer body read before the request fails (nil: no limit).
+    public let maxBodyBytes: Int?
     private let maxIdleHandles: Int
     private let idle = Mutex<[EasyHandle]>([])
 
     /// libcurl's global set-up, once per process before its first handle (`static let` runs once, thread-safely).
     private static let initialized: Bool = CCurlShim_global_init() == CURLE_OK
 
-    public init(idleTimeout: TimeInterval, totalTimeout: TimeInterval? = nil, lowSpeedLimit: Int = 0, caFile: String? = nil, maxIdleHandles: Int = 8) {
+    public init(idleTimeout: TimeInterval, totalTimeout: TimeInterval? = nil, lowSpeedLimit: Int = 0, caFile: String? = nil, maxIdleHandles: Int = 8,
+                direct: Bool = false, maxBodyBytes: Int? = nil) {
+        self.direct = direct
+        self.maxBodyBytes = maxBodyBytes
         self.idleTimeout = idleTimeout
         self.totalTimeout = totalTimeout
         self.lowSpeedLimit = lowSpeedLimit
@@ -99,9 +107,12 @@ public final class HTTPTransport: Sendable {
             throw HTTPTransportError(code: Int(CURLE_FAILED_INIT.rawValue), message: "libcurl could not be initialised")
         }
         defer { idle.withLock { if $0.count < maxIdleHandles { $0.append(handle) } } }
-        let transfer = Transfer(interruptible: request.interruptible, idleTimeout: idleTimeout)
+        let transfer = Transfer(interruptible: request.interruptible, idleTimeout: idleTimeout, maxBodyBytes: maxBodyBytes)
         let (code, status) = try transfer.run(request, on: handle.raw, totalTimeout: totalTimeout,
-                                              lowSpeedLimit: Self.measuresSpeed(request) ? lowSpeedLimit : 0, caFile: caFile)
+                                              lowSpeedLimit: Self.measuresSpeed(request) ? lowSpeedLimit : 0, caFile: caFile, direct: direct)
+        if transfer.tooLarge, let maxBodyBytes {
+            throw HTTPTransportError(code: Int(CURLE_FILESIZE_EXCEEDED.rawValue), message: "the answer is larger than \(maxBodyBytes) bytes")
+        }
         if transfer.interrupted { try Interruption.check() }
         if transfer.timedOut {
             throw HTTPTransportError(code: Int(CURLE_OPERATION_TIMEDOUT.rawValue),
@@ -146,11 +157,15 @@ private final class Transfer {
     var headers: [String: String] = [:]
     var interrupted = false
     var timedOut = false
+    /// The body outgrew `maxBodyBytes`: the transfer was ended there.
+    var tooLarge = false
+    let maxBodyBytes: Int?
     let errorBuffer = UnsafeMutablePointer<CChar>.allocate(capacity: Int(CURL_ERROR_SIZE))
     private var lastCounts: (curl_off_t, curl_off_t) = (-1, -1)
     private var lastActivity = ContinuousClock.now
 
-    init(interruptible: Bool, idleTimeout: TimeInterval) {
+    init(interruptible: Bool, idleTimeout: TimeInterval, maxBodyBytes: Int?) {
+        self.maxBodyBytes = maxBodyBytes
         self.interruptible = interruptible
         self.idleTimeout = idleTimeout
         errorBuffer.initialize(repeating: 0, count: Int(CURL_ERROR_SIZE))
@@ -161,7 +176,7 @@ private final class Transfer {
     /// Sets the handle up for `request` (from scratch: `curl_easy_reset` keeps only the connections)
     /// and runs it. Returns libcurl's result and the answer's status.
     func run(_ request: HTTPRequest, on handle: UnsafeMutableRawPointer, totalTimeout: TimeInterval?, lowSpeedLimit: Int,
-             caFile: String?) throws -> (CURLcode, Int) {
+             caFile: String?, direct: Bool) throws -> (CURLcode, Int) {
         curl_easy_reset(handle)
         // Nothing of this request (its buffers, its callbacks' context) stays set on the pooled handle.
         defer { curl_easy_reset(handle) }
@@ -173,6 +188,7 @@ private final class Transfer {
         // The path as given: a signed request must not have its "./" or "../" segments squashed after signing.
         check(CCurlShim_setopt_long(handle, CURLOPT_PATH_AS_IS, 1))
         if let caFile { check(CCurlShim_setopt_string(handle, CURLOPT_CAINFO, caFile)) }
+        if direct { check(CCurlShim_setopt_string(handle, CURLOPT_NOPROXY, "*")) }
         // No SIGALRM for resolver timeouts: several threads send requests at once.
         check(CCurlShim_setopt_long(handle, CURLOPT_NOSIGNAL, 1))
         check(CCurlShim_setopt_pointer(handle, CURLOPT_ERRORBUFFER, errorBuffer))
@@ -190,6 +206,10 @@ private final class Transfer {
         check(CCurlShim_setopt_write_function(handle, CURLOPT_WRITEFUNCTION, { data, size, count, context in
             guard let data, let context else { return 0 }
             let transfer = Unmanaged<Transfer>.fromOpaque(context).takeUnretainedValue()
+            if let limit = transfer.maxBodyBytes, transfer.body.count + size * count > limit {
+                transfer.tooLarge = true
+                return 0
+            }
             data.withMemoryRebound(to: UInt8.self, capacity: size * count) { transfer.body.append($0, count: size * count) }
             return size * count
         }))

@@ -67,7 +67,9 @@ final class S3Client: Sendable {
                     let (code, message) = embedded ?? Self.parseError(response.body)
                     // Temporary credentials S3 says have expired (this clock behind S3's): renewed, and the request sent again.
                     var renewed = false
-                    if code == "ExpiredToken" && configuration.credentials.refreshes {
+                    // A HEAD's 400 has no body to say ExpiredToken: with temporary credentials it is taken for one.
+                    let expired = code == "ExpiredToken" || (method == "HEAD" && response.status == 400 && code == nil)
+                    if expired && configuration.credentials.refreshes {
                         renewed = try configuration.credentials.renew(replacing: credentials) != credentials
                     }
                     let retryable = renewed || response.status >= 500 || ["SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"].contains(code ?? "")
@@ -80,7 +82,9 @@ final class S3Client: Sendable {
                         throw StorageError(code == "InvalidObjectState" ? .archived : response.status == 404 ? .notFound
                                                : response.status == 403 ? .permissionDenied : .remote,
                                            object: key.map(describe) ?? "s3://\(configuration.bucket)", message: lastProblem,
-                                           hint: Self.hint(for: code, key: key, bucket: configuration.bucket, status: response.status,
+                                           hint: expired && configuration.credentials.refreshes
+                                               ? "S3 refuses the newest credentials from the \(configuration.credentials.description) as expired: check this machine's clock (timedatectl, chrony) and the role's session"
+                                               : Self.hint(for: code, key: key, bucket: configuration.bucket, status: response.status,
                                                            bucketRegion: response.header("x-amz-bucket-region")))
                     }
                 }

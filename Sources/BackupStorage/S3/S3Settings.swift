@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// S3 settings from the environment, the way the AWS CLI reads them: credentials from the chain of
 /// `credentialSource` (keys, web identity, profile, container, instance profile); `AWS_REGION` / `AWS_DEFAULT_REGION`;
@@ -79,11 +80,39 @@ public enum S3Settings {
     /// credentials file (`AWS_SHARED_CREDENTIALS_FILE`, `AWS_PROFILE`); the container endpoint
     /// (`AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` or `_FULL_URI`, `AWS_CONTAINER_AUTHORIZATION_TOKEN[_FILE]`);
     /// EC2's instance profile (`AWS_EC2_METADATA_SERVICE_ENDPOINT`; `AWS_EC2_METADATA_DISABLED=true` skips it).
+    /// Half a setting (a key without its secret, a named profile the file lacks) is refused rather than
+    /// passed over for the next source: a run under another identity than the one meant is worse than none.
     static func credentialSource(bucket: String, region: String, value: (String) -> String?) throws -> AWSCredentialSource {
-        if let key = value("AWS_ACCESS_KEY_ID"), let secret = value("AWS_SECRET_ACCESS_KEY") {
+        let key = value("AWS_ACCESS_KEY_ID"), secret = value("AWS_SECRET_ACCESS_KEY")
+        if let key, let secret {
             return AWSCredentialSource(fixed: AWSCredentials(accessKeyID: key, secretAccessKey: secret, sessionToken: value("AWS_SESSION_TOKEN")),
                                        from: "environment (AWS_ACCESS_KEY_ID)")
         }
+        guard key == nil && secret == nil else {
+            throw StorageError(.invalidLocation, object: key == nil ? "AWS_SECRET_ACCESS_KEY" : "AWS_ACCESS_KEY_ID",
+                               message: "\(key == nil ? "AWS_SECRET_ACCESS_KEY is set without AWS_ACCESS_KEY_ID" : "AWS_ACCESS_KEY_ID is set without AWS_SECRET_ACCESS_KEY")",
+                               hint: "set both, or neither to use a profile or the machine's role")
+        }
+        // One source per process for temporary credentials: the repository opened again (a run opens it
+        // several times; a tiered run two buckets) shares the fetched credentials and their renewal.
+        let chain = chainVariables.map { value($0) ?? "" }.joined(separator: "\u{0}") + "\u{0}\(region)"
+        if let known = sources.withLock({ $0[chain] }) { return known }
+        let source = try temporarySource(bucket: bucket, region: region, value: value)
+        if source.refreshes { sources.withLock { $0[chain] = source } }
+        return source
+    }
+
+    /// The environment variables the credential chain reads.
+    static let chainVariables = ["AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN", "AWS_ROLE_SESSION_NAME", "AWS_ENDPOINT_URL_STS", "AWS_ENDPOINT_URL",
+                                 "AWS_SHARED_CREDENTIALS_FILE", "HOME", "AWS_PROFILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                                 "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                                 "AWS_EC2_METADATA_DISABLED", "AWS_EC2_METADATA_SERVICE_ENDPOINT"]
+
+    /// The temporary-credential sources found so far in this process, by the chain's settings. A cache of
+    /// what the metadata services answered, like the transport's open connections, not a setting.
+    private static let sources = Mutex<[String: AWSCredentialSource]>([:])
+
+    private static func temporarySource(bucket: String, region: String, value: (String) -> String?) throws -> AWSCredentialSource {
         if let tokenFile = value("AWS_WEB_IDENTITY_TOKEN_FILE"), let role = value("AWS_ROLE_ARN") {
             let text = value("AWS_ENDPOINT_URL_STS") ?? value("AWS_ENDPOINT_URL") ?? "https://sts.\(region).amazonaws.com"
             guard let endpoint = URL(string: text), ["http", "https"].contains(endpoint.scheme ?? ""), endpoint.host != nil else {
@@ -99,11 +128,14 @@ public enum S3Settings {
         if let keys = profile(name, in: file) {
             return AWSCredentialSource(fixed: keys, from: "profile \(name) in \(file)")
         }
+        if value("AWS_PROFILE") != nil {
+            throw StorageError(.invalidLocation, object: "AWS_PROFILE", message: "profile \(name) has no aws_access_key_id and aws_secret_access_key in \(file)",
+                               hint: "name a profile that file has (AWS_PROFILE), or unset AWS_PROFILE to use the machine's role")
+        }
         if let container = try containerEndpoint(value: value) {
-            let tokenFile = value("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
-            let authorization = tokenFile.flatMap { try? String(contentsOfFile: $0, encoding: .utf8) }?.trimmingCharacters(in: .whitespacesAndNewlines)
-                ?? value("AWS_CONTAINER_AUTHORIZATION_TOKEN")
-            return AWSCredentialSource(provider: .container(container, authorization: authorization), description: "container credentials")
+            return AWSCredentialSource(provider: .container(container, tokenFile: value("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
+                                                            token: value("AWS_CONTAINER_AUTHORIZATION_TOKEN")),
+                                       description: "container credentials")
         }
         var looked = "the environment (AWS_ACCESS_KEY_ID), a web identity (AWS_WEB_IDENTITY_TOKEN_FILE), profile \(name) in \(file), a container endpoint"
         if value("AWS_EC2_METADATA_DISABLED")?.lowercased() != "true" {
@@ -113,31 +145,42 @@ public enum S3Settings {
                                    hint: "leave it unset (http://169.254.169.254), or write e.g. http://[fd00:ec2::254]")
             }
             let source = AWSCredentialSource(provider: .instanceMetadata(endpoint), description: "EC2 instance profile")
-            // Asked now, once: on a machine outside EC2 this is where "no credentials" is found out.
+            // Asked now: on a machine outside EC2 this is where "no credentials" is found out. An instance
+            // metadata service that answers badly is retried, and its failure is the repository's trouble.
             do {
                 try source.probe()
                 return source
-            } catch let error as StorageError {
-                looked += ", the EC2 instance profile (\(error.message))"
+            } catch let absent as AWSCredentialSource.Unreachable {
+                looked += ", the EC2 instance profile (\(absent.message))"
             }
         }
         throw StorageError(.invalidLocation, object: "s3://\(bucket)", message: "no AWS credentials found; looked in \(looked)",
                            hint: "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials (AWS_PROFILE), or run with an IAM role")
     }
 
-    /// The container credentials endpoint, if one is set. A full URI must be https or a local address
-    /// (the SDKs' rule: the credentials must not travel in clear to another host).
+    /// The container credentials endpoint, if one is set. A full URI must be https or an address on this
+    /// machine written as such (the SDKs' rule: the token and credentials must not travel in clear to
+    /// another host; a name is not checked, since `127.evil.example` is one).
     private static func containerEndpoint(value: (String) -> String?) throws -> URL? {
         if let relative = value("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") {
             return URL(string: "http://169.254.170.2" + (relative.hasPrefix("/") ? relative : "/" + relative))
         }
         guard let text = value("AWS_CONTAINER_CREDENTIALS_FULL_URI") else { return nil }
-        guard let url = URL(string: text), let host = url.host, url.scheme == "https"
-                || (url.scheme == "http" && (host == "localhost" || host.hasPrefix("127.") || ["::1", "[::1]", "169.254.170.2", "169.254.170.23"].contains(host))) else {
+        guard let url = URL(string: text), let host = url.host, url.scheme == "https" || (url.scheme == "http" && isLocal(host)) else {
             throw StorageError(.invalidLocation, object: "AWS_CONTAINER_CREDENTIALS_FULL_URI", message: "container credentials URI is not https or a local address",
-                               hint: "use https, or http to 127.0.0.1, ::1, 169.254.170.2 or 169.254.170.23")
+                               hint: "use https, or http to 127.0.0.1 (any 127.x.y.z), [::1], localhost, 169.254.170.2, 169.254.170.23 or [fd00:ec2::23]")
         }
         return url
+    }
+
+    /// A loopback address written as one (IPv4 127.0.0.0/8 in dotted digits, ::1, localhost) or the ECS and
+    /// EKS agents' link-local addresses.
+    static func isLocal(_ host: String) -> Bool {
+        let bare = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
+        if ["localhost", "::1", "169.254.170.2", "169.254.170.23", "fd00:ec2::23"].contains(bare.lowercased()) { return true }
+        let octets = bare.split(separator: ".", omittingEmptySubsequences: false)
+        return octets.count == 4 && octets[0] == "127"
+            && octets.allSatisfy { !$0.isEmpty && $0.count <= 3 && $0.allSatisfy(\.isASCII) && $0.allSatisfy(\.isNumber) && (Int($0) ?? 256) <= 255 }
     }
 
     /// The request tunables of `configuration(bucket:environment:)` with their defaults, for `--print-config`:
@@ -170,7 +213,8 @@ public enum S3Settings {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
         var section = ""
         var values: [String: String] = [:]
-        for raw in text.split(separator: "\n") {
+        // Any line ending: a file written on Windows ends its lines with CR LF, one Character in Swift.
+        for raw in text.split(whereSeparator: \.isNewline) {
             let line = raw.trimmingCharacters(in: .whitespaces)
             if line.hasPrefix("#") || line.hasPrefix(";") || line.isEmpty { continue }
             if line.hasPrefix("[") && line.hasSuffix("]") {

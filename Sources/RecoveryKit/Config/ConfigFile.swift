@@ -208,7 +208,8 @@ public enum SecretMask {
     public static func mask(_ name: String, _ value: String?) -> String? {
         guard let value else { return nil }
         let lower = name.lowercased()
-        if lower.contains("secret") || lower.contains("password") || lower.contains("token") { return value.isEmpty ? "" : "****" }
+        // A variable naming a file holds its path, not the secret (AWS_WEB_IDENTITY_TOKEN_FILE): shown, since a wrong path is what to check.
+        if !lower.hasSuffix("_file") && (lower.contains("secret") || lower.contains("password") || lower.contains("token")) { return value.isEmpty ? "" : "****" }
         let masked = maskPassword(in: value)
         // libpq re-reads what would be shown: a password spelled any other way (`?pass%77ord=`) is
         // still found there, and then only the parsed, redacted form is shown.

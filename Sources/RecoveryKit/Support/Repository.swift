@@ -35,7 +35,9 @@ public enum Repository {
         case .s3(let bucket, let prefix):
             do {
                 return S3Store(configuration: try S3Settings.configuration(bucket: bucket, environment: environment), prefix: prefix)
-            } catch let error as StorageError {
+            } catch let error as StorageError where error.kind == .invalidLocation {
+                // A setting to fix (no credentials, a malformed value); a metadata service or STS that fails is
+                // the repository's trouble (exit 20), classified as such by the caller.
                 throw RecoveryError(.usage, "cannot use \(address): \(error.message)", hint: error.hint)
             }
         }
