@@ -21,7 +21,7 @@ final class AWSCredentialTests: IntegrationTestCase {
             LIFETIME = \#(lifetime)
             lock = threading.Lock()
             issued, objects, stats = {}, {}, {"fetches": 0, "refused": 0, "served": 0}
-            control = {"fail": 0, "token": "Bearer task-secret", "huge": False}
+            control = {"fail": 0, "token": "Bearer task-secret", "huge": False, "hang": 0}
             def issue():
                 with lock:
                     stats["fetches"] += 1
@@ -49,6 +49,9 @@ final class AWSCredentialTests: IntegrationTestCase {
                             failing = control["fail"] > 0
                             if failing: control["fail"] -= 1
                         if failing: return self.answer(500, b"<html>metadata service busy</html>")
+                        if control["hang"] and path.endswith(("/backup-role", "/ecs/credentials")):
+                            with lock: stats["hanging"] = stats.get("hanging", 0) + 1
+                            time.sleep(control["hang"])
                         if control["huge"] and path.endswith(("/backup-role", "/ecs/credentials")): return self.answer(200, b" " * (2 << 20))
                     if path == "/latest/api/token" and self.command == "PUT" and self.headers.get("x-aws-ec2-metadata-token-ttl-seconds"):
                         return self.answer(200, b"imds-session")
@@ -64,7 +67,7 @@ final class AWSCredentialTests: IntegrationTestCase {
                     if path == "/control/set":
                         with lock:
                             for name, value in (pair.split("=", 1) for pair in query.split("&")):
-                                control[name] = int(value) if name == "fail" else value == "1" if name == "huge" else value.replace("+", " ")
+                                control[name] = int(value) if name in ("fail", "hang") else value == "1" if name == "huge" else value.replace("+", " ")
                         return self.answer(204)
                     if path == "/control/expire":
                         with lock:
@@ -214,6 +217,28 @@ final class AWSCredentialTests: IntegrationTestCase {
             "AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:\(huge)"]))) { error in
             XCTAssertTrue("\(error)".contains("larger than"), "\(error)")
         }
+    }
+
+    /// SIGTERM while the container endpoint holds the credential request: the run ends at once (exit 130),
+    /// not after the fetch's attempts and pauses run out (28 s before).
+    func testASignalWhileACredentialFetchHangsEndsTheRunAtOnce() throws {
+        try useDatabase(prefix: "credsig", seed: "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 100) g")
+        try useS3Repository(prefix: "app")
+        let servers = servers(lifetime: 3600)
+        let port = try servers.start(needs: "python3 with botocore, which moto brings")
+        try control(port, "hang=60")
+        let process = try TestProcess.start("dbbackup", common, cluster: cluster, environment: s3.environment().merging([
+            "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://127.0.0.1:\(port)/ecs/credentials",
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN": "Bearer task-secret", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials"]) { $1 })
+        let errors = OutputCollector(descriptor: process.standardError, limit: 1 << 20)
+        let deadline = Date().addingTimeInterval(30)
+        while (try stats(port)["hanging"] ?? 0) == 0 && Date() < deadline { usleep(50_000) }
+        XCTAssertEqual(try stats(port)["hanging"], 1, "the credential request never arrived: \(errors.soFar)")
+        let signalled = Date()
+        process.send(SIGTERM)
+        let termination = process.waitForExit(within: 30, orFail: "dbbackup did not stop within 30 s of SIGTERM: \(errors.soFar)")
+        XCTAssertEqual(termination.exitCode, 130, errors.finish())
+        XCTAssertLessThan(Date().timeIntervalSince(signalled), 3, errors.soFar)
     }
 
     /// A renewal that fails while the held credentials are still good keeps them (the SDKs' way), and
