@@ -33,6 +33,18 @@ extension XCTestCase {
         return (name, try cluster.connect(database: name))
     }
 
+    /// A new cluster archiving into `repository` (a new one when nil) with `dbbackup wal-push`, an `items`
+    /// database on it and one base backup of that taken; the cluster stops when the test ends.
+    func archivingCluster(_ prefix: String, repository given: String? = nil, environment: [String: String] = [:]) throws
+        -> (cluster: PostgresCluster, repository: String, database: String, connection: PostgresConnection) {
+        let repository = given ?? ownedDirectory(prefix + "-repo") + "/repo"
+        let cluster = try PostgresCluster(archiveCommand: walPush(into: repository, environment: environment))
+        addTeardownBlock { cluster.stop() }
+        let (database, connection) = try itemsDatabase(prefix, on: cluster)
+        try physicalBackup(of: database, on: cluster, into: repository, environment: environment)
+        return (cluster, repository, database, connection)
+    }
+
     /// `dbbackup --physical` of `database` into `repository`, run as the server's OS user; asserts it
     /// succeeded and returns its result (`--json` in `extra` for the summary).
     @discardableResult

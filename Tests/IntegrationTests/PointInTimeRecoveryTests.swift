@@ -33,11 +33,7 @@ final class PointInTimeRecoveryTests: XCTestCase {
     /// server minutes short of the archive without a word. Later segments being archived, it is a hole:
     /// recovery stops with the segment named, the server is not promoted.
     func testAHoleInTheArchiveStopsRecoveryInsteadOfPromotingShort() throws {
-        let repository = ownedDirectory("hole-repo") + "/repo"
-        let cluster = try PostgresCluster(archiveCommand: walPush(into: repository))
-        defer { cluster.stop() }
-        let (database, connection) = try itemsDatabase("hole", on: cluster)
-        try physicalBackup(of: database, on: cluster, into: repository)
+        let (cluster, repository, _, connection) = try archivingCluster("hole")
         for batch in ["A", "B", "C"] {
             try connection.execute(script: "INSERT INTO items (batch) SELECT '\(batch)' FROM generate_series(1, 100)")
             try waitForArchive(connection)

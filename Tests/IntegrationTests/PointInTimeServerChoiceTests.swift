@@ -10,22 +10,14 @@ import XCTest
 final class PointInTimeServerChoiceTests: XCTestCase {
     func testThePlanTakesTheBaseBackupOfTheServerWhoseWALItIsOrRefusesNamingTheServers() throws {
         // Server A archives into the repository and has a base backup there.
-        let repository = ownedDirectory("pitr-servers") + "/repo"
-        let first = try PostgresCluster(archiveCommand: walPush(into: repository))
-        defer { first.stop() }
-        let (database, connection) = try itemsDatabase("servers", on: first)
-        try physicalBackup(of: database, on: first, into: repository)
+        let (first, repository, _, connection) = try archivingCluster("servers")
         let firstID = try XCTUnwrap(try FileManager.default.contentsOfDirectory(atPath: repository + "/backups").sorted().last)
         try connection.execute(script: "INSERT INTO items (batch) SELECT 'A' FROM generate_series(1, 10)")
         // Several segments archived: A's WAL holds every segment name B's base backup starts at.
         for _ in 0..<4 { try waitForArchive(connection) }
 
         // Server B (initdb'd on its own), a newer base backup of it stored into the same repository.
-        let otherRepository = ownedDirectory("pitr-servers-other") + "/repo"
-        let second = try PostgresCluster(archiveCommand: walPush(into: otherRepository))
-        defer { second.stop() }
-        let (otherDatabase, _) = try itemsDatabase("servers", on: second)
-        try physicalBackup(of: otherDatabase, on: second, into: otherRepository)
+        let (second, otherRepository, _, _) = try archivingCluster("otherserver")
         let secondID = try XCTUnwrap(try FileManager.default.contentsOfDirectory(atPath: otherRepository + "/backups").sorted().last)
         XCTAssertGreaterThan(secondID, firstID, "B's base backup is the newest")
         XCTAssertEqual(try TestProcess.run("/bin/cp", ["-a", otherRepository + "/backups/" + secondID, repository + "/backups/"]).status, 0)

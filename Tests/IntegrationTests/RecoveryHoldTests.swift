@@ -22,10 +22,7 @@ final class RecoveryHoldTests: XCTestCase {
     }
 
     private func twoBaseBackups(_ prefix: String, repository given: String? = nil, environment: [String: String] = [:]) throws -> Setup {
-        let repository = given ?? ownedDirectory(prefix + "-repo") + "/repo"
-        let cluster = try PostgresCluster(archiveCommand: walPush(into: repository, environment: environment))
-        let (database, connection) = try itemsDatabase(prefix, on: cluster)
-        try physicalBackup(of: database, on: cluster, into: repository, environment: environment)
+        let (cluster, repository, database, connection) = try archivingCluster(prefix, repository: given, environment: environment)
         try connection.execute(script: "INSERT INTO items (batch) SELECT 'A' FROM generate_series(1, 10)")
         let target = try connection.query("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')").scalar ?? ""
         try waitForArchive(connection)
@@ -82,7 +79,6 @@ final class RecoveryHoldTests: XCTestCase {
     /// promotion, after which the next prune deletes what the rules say.
     func testAPreparedRecoveryKeepsItsBaseBackupAndWALThroughAPruneUntilItIsPromoted() throws {
         let setup = try twoBaseBackups("hold")
-        defer { setup.cluster.stop() }
         let (directory, port, hold) = try prepare(setup)
         let place = "held by the recovery prepared at \(ProcessInfo.processInfo.hostName):\(directory) at "
 
@@ -150,7 +146,6 @@ final class RecoveryHoldTests: XCTestCase {
     /// `--hold-expiry` protects nothing and every run warns of it; a `--pitr` that fails leaves no hold.
     func testAHoldIsReleasedByHandExpiresLoudlyAndGoesWithAFailedRun() throws {
         let setup = try twoBaseBackups("release")
-        defer { setup.cluster.stop() }
         let (_, _, hold) = try prepare(setup)
         let key = setup.repository + "/locks/holds/\(hold).json"
 
