@@ -48,7 +48,7 @@ public struct PruneCommand: ToolCommand {
     @Flag(name: .customLong("all-repos"), help: "Prune every repository in the config file's [repositories], each by its own tier.")
     var allRepos = false
 
-    @Option(name: .customLong("as-of"), help: ArgumentHelp("Judge ages as of this time (ISO 8601), to preview a future prune.", valueName: "time"))
+    @Option(name: .customLong("as-of"), help: ArgumentHelp("Judge backup ages as of this time (ISO 8601), to preview a future prune with --dry-run; without it, deletes what the rules say at that time (a recovery's hold is still judged by the real clock).", valueName: "time"))
     var asOf: String?
 
     @Option(name: .customLong("release-hold"), help: ArgumentHelp("Release this hold of a prepared recovery (an abandoned one) and prune nothing (with --dry-run: say which it is).", valueName: "id"))
@@ -70,7 +70,7 @@ public struct PruneCommand: ToolCommand {
             throw ValidationError("--release-hold releases one hold of one repository (--repo); run it without \(allRepos ? "--all-repos" : "--apply-lifecycle")")
         }
         if let holdExpiry, (RetentionDuration.parse(holdExpiry)?.hours ?? 0) == 0 {
-            throw ValidationError("--hold-expiry '\(holdExpiry)' is not an age above zero; write e.g. 36h, 7d or 2w")
+            throw ValidationError("--hold-expiry '\(holdExpiry)' is not an age from 1h to 1000 years; write e.g. 36h, 7d or 2w")
         }
     }
 

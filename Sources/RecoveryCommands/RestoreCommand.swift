@@ -447,7 +447,8 @@ public struct PITRCommand: ToolCommand {
         configuration.keyFile = repository.encryptionKeyFile
         configuration.environment = repository.storageEnvironment(settings)
         configuration.timeline = timeline.flatMap(TimelineChoice.init) ?? .latest
-        configuration.systemIdentifier = systemIdentifier
+        // As the number it is: 0771… names the same server as 771… (manifests record it without zeros).
+        configuration.systemIdentifier = systemIdentifier.flatMap { UInt64($0) }.map(String.init)
         configuration.jobs = jobs ?? min(ProcessInfo.processInfo.activeProcessorCount, 64)
         let plan = try PointInTimeRestore.plan(configuration)
         if dryRun {

@@ -8,7 +8,12 @@ struct TextTable {
     }
 
     mutating func add(_ cells: String...) {
-        rows.append(cells)
+        // One line per row: a control character in a name (a database called "nl" LF "x") is shown escaped.
+        rows.append(cells.map { cell in
+            cell.unicodeScalars.contains { $0.properties.generalCategory == .control }
+                ? String(cell.unicodeScalars.map { $0.properties.generalCategory == .control ? $0.escaped(asASCII: true) : String($0) }.joined())
+                : cell
+        })
     }
 
     var rendered: String {

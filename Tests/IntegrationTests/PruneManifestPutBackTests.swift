@@ -13,9 +13,8 @@ final class PruneManifestPutBackTests: IntegrationTestCase {
 
     override func setUpWithError() throws {
         try useDatabase(prefix: "putback", seed: "CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
-        try useBucket()
-        repository = "s3://\(bucket!)/nightly"
-        store = S3Store(configuration: try S3Settings.configuration(bucket: bucket, environment: s3.environment()), prefix: "nightly")
+        try useS3Repository(prefix: "nightly")
+        store = try bucketStore(prefix: "nightly")
     }
 
     /// Two backups and a policy that keeps one: the older is planned for deletion.

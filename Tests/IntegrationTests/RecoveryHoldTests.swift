@@ -107,10 +107,11 @@ final class RecoveryHoldTests: XCTestCase {
         let jsonRun = try prune(setup, ["--dry-run", "--json"])
         XCTAssertTrue(jsonRun.standardError.contains("warning: \(place)"), "loud on stderr with --json too: \(jsonRun.standardError)")
 
-        // The nightly prune deletes nothing the recovery needs.
+        // The nightly prune deletes nothing the recovery needs, even told to judge ages 30 days on: a
+        // run that deletes judges holds by the real clock (`--as-of` used to expire them, and deleted).
         let walBefore = walFiles(setup.repository)
         let metrics = ownedDirectory("hold-metrics") + "/prune.prom"
-        let nightly = try prune(setup, ["--yes", "--metrics-file", metrics])
+        let nightly = try prune(setup, ["--yes", "--metrics-file", metrics, "--as-of", Timestamp.format(Date().addingTimeInterval(30 * 86_400))])
         XCTAssertEqual(nightly.status, 0, nightly.standardError)
         let exported = (try? String(contentsOfFile: metrics, encoding: .utf8)) ?? ""
         // (The series carry the repository as a label too: one metrics file may serve several repositories.)

@@ -30,3 +30,18 @@ final class StderrLogHandlerTests: XCTestCase {
         XCTAssertEqual(try level(["-q", "-v"]), .error, "--quiet wins")
     }
 }
+
+/// The tables `list`, `cleanup` and `dbprune --dry-run` print: one line per row whatever a name holds.
+final class TextTableTests: XCTestCase {
+    func testAControlCharacterInACellIsShownEscapedAndTheRowStaysOneLine() {
+        var table = TextTable("DATABASE", "ROWS")
+        table.add("nl\nx", "7")
+        table.add("tab\there", "8")
+        table.add("café", "9")
+        let lines = table.rendered.split(separator: "\n", omittingEmptySubsequences: false)
+        XCTAssertEqual(lines.count, 4, table.rendered)
+        XCTAssertTrue(lines[1].hasPrefix(#"nl\nx"#), table.rendered)
+        XCTAssertTrue(lines[2].hasPrefix(#"tab\there"#), table.rendered)
+        XCTAssertTrue(lines[3].hasPrefix("café"), table.rendered)
+    }
+}

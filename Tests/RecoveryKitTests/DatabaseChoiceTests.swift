@@ -74,6 +74,14 @@ final class DatabaseChoiceTests: XCTestCase {
         XCTAssertEqual(RunReporter.number(12.25), "12.250")
     }
 
+    /// Label values are escaped as the text format says: a newline is `\n`, not a space (which merged
+    /// the series of a database named "nl" LF "x" with those of "nl x").
+    func testALabelValueKeepsItsNewlineApartFromASpace() {
+        XCTAssertEqual(RunReporter.escape("nl\nx"), #"nl\nx"#)
+        XCTAssertNotEqual(RunReporter.escape("nl\nx"), RunReporter.escape("nl x"))
+        XCTAssertEqual(RunReporter.escape(#"we"ird\"#), #"we\"ird\\"#)
+    }
+
     /// Two databases' runs and two repositories' prunes write one metrics file: each replaces only its
     /// own series; a failed run keeps its own last success time, never another database's.
     func testRunsSharingAMetricsFileReplaceOnlyTheirOwnSeries() throws {

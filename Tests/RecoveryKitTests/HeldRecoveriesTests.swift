@@ -51,4 +51,27 @@ final class HeldRecoveriesTests: XCTestCase {
         XCTAssertFalse(RecoveryHold.isValidID("../backups/x/manifest"))
         XCTAssertTrue(RecoveryHold.isValidID(fresh.id))
     }
+
+    /// Found by an outside attack: a record dated in the future (the preparing host's clock ahead, a hand
+    /// edit) never expired; one named by hand (`my copy.json`) protected but its warning named a release
+    /// command that refuses that name.
+    func testAFutureDatedHoldAgesFromWhenItWasStoredAndAHandNamedOneSaysHowToRemoveIt() throws {
+        let root = NSTemporaryDirectory() + "holds-\(UUID().uuidString)"
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: root) }
+        let store = try LocalStore(root: root, create: true)
+        let future = RecoveryHold(backupID: "b", backups: ["b"], timelines: [1], firstSegment: "000000010000000000000002",
+                                  target: "the end of the archived WAL", host: "db9", dataDirectory: "/srv/pg/x",
+                                  createdAt: Date(timeIntervalSince1970: 4_070_908_800))   // 2099-01-01
+        try future.write(to: store)
+        try store.write(RecoveryHold.prefix + "my copy.json", contents: try store.read(RecoveryHold.key(of: future.id)))
+        // Eight days after it was stored, by the repository's clock: past the 7-day expiry.
+        let holds = try HeldRecoveries.load(from: store, now: Date().addingTimeInterval(8 * 86_400), expiry: HeldRecoveries.defaultExpiry)
+        XCTAssertEqual(holds.count, 2)
+        XCTAssertTrue(holds.allSatisfy { !$0.protecting }, "\(holds.map { ($0.id, $0.expiresAt as Any) })")
+        let fresh = try HeldRecoveries.load(from: store, now: Date(), expiry: HeldRecoveries.defaultExpiry)
+        XCTAssertTrue(fresh.allSatisfy(\.protecting))
+        let warnings = HeldRecoveries.warnings(fresh, expiry: HeldRecoveries.defaultExpiry, dryRun: true)
+        XCTAssertTrue(warnings.contains { $0.contains("delete locks/holds/my copy.json from the repository by hand") }, "\(warnings)")
+        XCTAssertTrue(warnings.contains { $0.contains("dbprune --release-hold \(future.id)") }, "\(warnings)")
+    }
 }

@@ -70,6 +70,9 @@ public struct RecoveryHold: Codable, Sendable, Equatable {
 
     public static func key(of id: String) -> String { prefix + id + ".json" }
 
+    /// The id a record's key names (what `--release-hold` takes).
+    public static func id(ofKey key: String) -> String { String(key.dropFirst(prefix.count).dropLast(".json".count)) }
+
     /// One record found under `locks/holds/`: the hold, or why it could not be read.
     public struct Stored: Sendable {
         public var key: String
@@ -77,7 +80,7 @@ public struct RecoveryHold: Codable, Sendable, Equatable {
         /// When the object was last written (for an unreadable record's age).
         public var modified: Date?
         /// The id its key names (what `--release-hold` takes).
-        public var id: String { String(key.dropFirst(prefix.count).dropLast(".json".count)) }
+        public var id: String { RecoveryHold.id(ofKey: key) }
     }
 
     /// Writes this hold (create-if-absent: a retry after a lost reply finds its own record).
@@ -131,7 +134,7 @@ public struct RecoveryHold: Codable, Sendable, Equatable {
         return try encoder.encode(hold)
     }
 
-    static func decode(_ data: Data) -> RecoveryHold? {
+    public static func decode(_ data: Data) -> RecoveryHold? {
         let decoder = JSONDecoder()
         decoder.dateDecodingStrategy = .custom { decoder in
             let container = try decoder.singleValueContainer()

@@ -107,7 +107,7 @@ public struct ConfigFile: Equatable, Sendable {
         }
         if let written = document.prune?.holdExpiry {
             guard let duration = RetentionDuration.parse(written), duration.hours > 0 else {
-                throw RecoveryError(.configuration, "config file \(path): [prune] hold_expiry = \"\(written)\" is not a duration above zero",
+                throw RecoveryError(.configuration, "config file \(path): [prune] hold_expiry = \"\(written)\" is not a duration from 1h to 1000 years",
                                     hint: "write hours, days or weeks, e.g. hold_expiry = \"7d\"")
             }
             config.holdExpiry = duration

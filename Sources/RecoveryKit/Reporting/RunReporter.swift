@@ -108,8 +108,10 @@ public final class RunReporter: Sendable {
         return milliseconds == milliseconds.rounded() && abs(milliseconds) < 1e15 ? String(Int64(milliseconds)) : String(format: "%.3f", milliseconds)
     }
 
+    /// A label value as the text format writes it: `\\`, `\"` and `\n` (a database named "nl x" and one
+    /// named "nl" LF "x" are two series, not one).
     static func escape(_ text: String) -> String {
-        text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"").replacingOccurrences(of: "\n", with: " ")
+        text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"").replacingOccurrences(of: "\n", with: "\\n")
     }
 
     // MARK: - Notification

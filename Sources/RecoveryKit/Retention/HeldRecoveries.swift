@@ -33,8 +33,11 @@ public enum HeldRecoveries {
                 return Status(id: stored.id, hold: nil, ageHours: hours(age), expiresAt: nil, protecting: false,
                               reason: "unreadable hold record \(stored.key)")
             }
-            let age = now.timeIntervalSince(hold.createdAt)
-            return Status(id: stored.id, hold: hold, ageHours: hours(age), expiresAt: hold.createdAt.addingTimeInterval(expiry.seconds),
+            // From when the repository stored it if that is earlier: a record whose time is in the future (the
+            // preparing host's clock ahead, or a hand edit) would otherwise never expire.
+            let since = min(hold.createdAt, stored.modified ?? hold.createdAt)
+            let age = now.timeIntervalSince(since)
+            return Status(id: stored.id, hold: hold, ageHours: hours(age), expiresAt: since.addingTimeInterval(expiry.seconds),
                           protecting: age < expiry.seconds, reason: "held by \(hold.preparedBy)")
         }
     }
@@ -65,7 +68,9 @@ public enum HeldRecoveries {
     /// says it protects nothing any more. Each names the release.
     static func warnings(_ holds: [Status], expiry: RetentionDuration, dryRun: Bool) -> [String] {
         holds.map { status in
-            let release = "dbprune --release-hold \(status.id)"
+            // A record someone named by hand (`my copy.json`) protects too, but --release-hold takes only hold ids.
+            let release = RecoveryHold.isValidID(status.id) ? "dbprune --release-hold \(status.id)"
+                : "delete \(RecoveryHold.key(of: status.id)) from the repository by hand (its name is no hold id dbprune takes)"
             guard let hold = status.hold else {
                 return "warning: \(status.reason) protects nothing (it does not say what to keep); remove it with \(release)"
             }
@@ -103,15 +108,24 @@ extension HeldRecoveries {
     public static func release(_ id: String, repository: String, dryRun: Bool,
                                environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Release {
         guard RecoveryHold.isValidID(id) else {
-            throw RecoveryError(.usage, "'\(id)' is not a hold id (letters, digits and '-', e.g. 20261127T020000Z-3fa2c1d0)",
+            let shown = (id.count > 64 ? String(id.prefix(64)) + "…" : id).replacingOccurrences(of: "\n", with: "\\n")
+            throw RecoveryError(.usage, "'\(shown)' is not a hold id (letters, digits and '-', e.g. 20261127T020000Z-3fa2c1d0)",
                                 hint: "dbprune --dry-run lists the holds of a repository with their ids")
         }
         let store = try Repository.open(repository, create: false, environment: environment)
-        let all = try RecoveryHold.all(in: store)
-        let found = all.first { $0.id == id }
-        var result = Release(repository: store.location, id: id, hold: found?.hold, found: found != nil, released: false, dryRun: dryRun,
-                             others: all.map(\.id).filter { $0 != id })
-        if found != nil && !dryRun {
+        // Its own record only: the server's recovery_end_command runs this while promotion waits, and a
+        // stalled read of another recovery's record delayed the server's opening by minutes.
+        var result = Release(repository: store.location, id: id, hold: nil, found: false, released: false, dryRun: dryRun, others: [])
+        do {
+            let data = try store.read(RecoveryHold.key(of: id))
+            result.found = true
+            result.hold = RecoveryHold.decode(data)
+        } catch let error as StorageError where error.kind == .notFound {
+            // For the "no such hold" message: the ids there are, from one listing (no record is read).
+            result.others = try store.list(prefix: RecoveryHold.prefix).map(\.key).filter { $0.hasSuffix(".json") }.map(RecoveryHold.id(ofKey:)).sorted()
+            return result
+        }
+        if !dryRun {
             result.released = try RecoveryHold.release(id, in: store)
         }
         return result

@@ -59,6 +59,11 @@ enum PendingDeletes {
         var notes: [String] = []
         /// Folders whose manifest a dry run would put back (not garbage).
         var restorable: Set<String> = []
+        /// The manifests a dry run would put back: planned as if they were (the real run plans them so).
+        var wouldPutBack: [BackupManifest] = []
+        /// Folders a stopped prune had begun deleting: garbage now, whatever their age (no backup is
+        /// being written into them).
+        var halfDeleted: Set<String> = []
     }
 
     /// Finishes what stopped prunes left (run under the writer lock, before the catalog is read): a
@@ -88,12 +93,14 @@ enum PendingDeletes {
                     repair.restorable.insert(manifest.folderKey)
                     if dryRun {
                         repair.notes.append("would put back the manifest of backup \(id): a stopped dbprune removed it and its files are whole")
+                        repair.wouldPutBack.append(manifest)
                         continue
                     }
                     if let warning = try putBack(id, manifest: contents, in: store, why: "removed by a stopped dbprune") { repair.notes.append(warning) }
                     repair.notes.append("put back the manifest of backup \(id): a stopped dbprune removed it and its files are whole; planned again below")
-                } else if !dryRun {
-                    repair.notes.append("backup \(id): a stopped dbprune had begun deleting its files; what is left is garbage")
+                } else {
+                    repair.halfDeleted.insert(manifest.folderKey)
+                    repair.notes.append("backup \(id): a stopped dbprune had begun deleting its files; what is left is garbage\(dryRun ? " (would be deleted)" : ", deleted now")")
                 }
             }
             if !dryRun, let warning = forget(id, in: store) { repair.notes.append(warning) }

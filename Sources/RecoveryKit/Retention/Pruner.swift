@@ -8,12 +8,18 @@ public struct PruneConfiguration {
     public var repository: String
     public var policy: RetentionPolicy
     public var dryRun: Bool
+    /// The time backup ages are judged at (`--as-of`, else the real time).
     public var now: Date
     /// How long a backup's verification record (`verified-at.json`) spares re-reading it
     /// (`[prune] reverify_after` in the config file).
     public var reverifyAfter: RetentionDuration = VerificationRecord.defaultInterval
     /// How long a recovery's hold keeps what it names (`[prune] hold_expiry`, `--hold-expiry`).
     public var holdExpiry: RetentionDuration = HeldRecoveries.defaultExpiry
+    /// The time what is under way is judged at — a recovery's hold, the grace of a folder without a
+    /// manifest (a backup being written), a verification record written: `now` in a dry run (a preview of
+    /// a prune at that time), the real time in a run that deletes, so that `--as-of` in the future never
+    /// lets a recovery still being prepared or replayed lose what it holds, nor a running backup its files.
+    public var underWayJudgedAt: Date { dryRun ? now : min(now, Date()) }
     /// Called with the plan (under the lock, before anything is deleted) when the run would delete
     /// something; throwing stops the run with nothing changed. Nil: no confirmation needed.
     public var confirm: ((PruneReport) throws -> Void)?
@@ -145,11 +151,13 @@ public enum Pruner {
         let objects = try store.list(prefix: "backups/")
         // A manifest copied into another folder (cp -a X X-copy) names a backup that is not its
         // folder's: acting on it would delete the wrong folder, so it counts as unreadable.
-        let entries = try Catalog(store: store).entries().map { entry -> Catalog.Entry in
+        var entries = try Catalog(store: store).entries().map { entry -> Catalog.Entry in
             guard let manifest = entry.manifest, manifest.id != entry.id else { return entry }
             return Catalog.Entry(id: entry.id, manifest: nil,
                                  problem: "manifest names backup \(manifest.id) but lies in folder backups/\(entry.id) (a copied folder?)")
         }
+        // A dry run plans what it would put back as the real run will, newest first like the catalog.
+        entries = (entries + repair.wouldPutBack.map { Catalog.Entry(id: $0.id, manifest: $0, problem: nil) }).sorted { $0.id > $1.id }
         let manifests = entries.compactMap(\.manifest)
         let listing = Dictionary(objects.map { ($0.key, $0) }, uniquingKeysWith: { first, _ in first })
         let classes = Dictionary(objects.map { ($0.key, $0.storageClass) }, uniquingKeysWith: { first, _ in first })
@@ -195,13 +203,19 @@ public enum Pruner {
             }
         }
         // What a prepared recovery will still read (its hold) is kept, until the hold expires.
-        var holds = try HeldRecoveries.load(from: store, now: configuration.now, expiry: configuration.holdExpiry)
+        var holds = try HeldRecoveries.load(from: store, now: configuration.underWayJudgedAt, expiry: configuration.holdExpiry)
         HeldRecoveries.keep(&decisions, holds: holds)
         protectChains(&decisions, manifests: manifests)
         // A dry run holds no lock, so a backup being written now may be found half-written: it is in progress.
         let writer: LockHolder? = configuration.dryRun ? try StoreLock.writer(in: store) : nil
         let garbage = findGarbage(objects: objects, withManifest: Set(entries.map(\.id)), policy: configuration.policy,
-                                  now: configuration.now, writer: writer).filter { !repair.restorable.contains($0.folder) }
+                                  now: configuration.underWayJudgedAt, writer: writer).filter { !repair.restorable.contains($0.folder) }
+            .map { item in
+                // What a stopped prune had begun deleting is no backup in progress: it goes now, not after the grace period.
+                guard repair.halfDeleted.contains(item.folder), item.action != "delete" else { return item }
+                return PruneReport.Garbage(folder: item.folder, ageHours: item.ageHours, action: "delete",
+                                           reason: "no manifest; a stopped dbprune had begun deleting this backup")
+            }
         for decision in decisions {
             logger.debug("\(decision.action.rawValue) backup \(decision.id): \((decision.keptBy + [decision.reason].compactMap { $0 }).joined(separator: ", "))")
         }
@@ -261,7 +275,7 @@ public enum Pruner {
                 if let warning = PendingDeletes.forget(manifest.id, in: store) { notes.append(warning) }
             }
             // Readers that arrived during the deletions keep their WAL too, and so do holds written meanwhile.
-            holds = try HeldRecoveries.load(from: store, now: configuration.now, expiry: configuration.holdExpiry)
+            holds = try HeldRecoveries.load(from: store, now: configuration.underWayJudgedAt, expiry: configuration.holdExpiry)
             wal = walPlan()
             for decision in decisions where decision.action == .moveToGlacier {
                 try Interruption.check()
@@ -333,7 +347,7 @@ public enum Pruner {
                 if !configuration.dryRun {
                     // Best effort: without the record the next run reads the backup again, nothing worse.
                     do {
-                        let data = try JSONOutput.encoder().encode(VerificationRecord(manifest: manifest, listing: listing, at: configuration.now))
+                        let data = try JSONOutput.encoder().encode(VerificationRecord(manifest: manifest, listing: listing, at: configuration.underWayJudgedAt))
                         try store.write(VerificationRecord.key(of: manifest), contents: data)
                     } catch {
                         found.verification? += "; the record could not be written: \(RecoveryError.classify(error).message)"
