@@ -221,7 +221,7 @@ public enum WALArchive {
     /// inflated whole but streamed, and the streaming decompressor finds what is wrong with it.
     static let largestFile = 1 << 30
 
-    /// Decrypts (when encrypted) and decompresses a stored WAL file whole (`wal-fetch`). What
+    /// Decrypts (when encrypted) and decompresses a stored WAL file whole (`wal-fetch`, the prefetcher). What
     /// `compress` stores unencrypted is one gzip member: libdeflate inflates it at once
     /// (`WholeBufferGzip.decompressMember`, a third of zlib's CPU, checking the CRC-32 and length
     /// just the same). Anything else (encrypted, another valid gzip, a damaged or cut-short stream)
@@ -240,8 +240,8 @@ public enum WALArchive {
     }
 
     /// Decrypts (when encrypted) and decompresses a stored WAL file, handing the WAL bytes to
-    /// `sink` as they come (each chunk valid only during the call): the prefetcher writes them to
-    /// its spool this way instead of holding the whole segment in memory first.
+    /// `sink` as they come (each chunk valid only during the call): what the whole-buffer
+    /// `decompress` falls back to.
     ///
     /// - Throws: `RecoveryError(.backupCorrupt)` when the gzip stream is damaged or cut short (the
     ///   bytes handed over so far are then not the segment), `.configuration` without the key, or
