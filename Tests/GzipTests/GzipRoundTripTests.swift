@@ -133,6 +133,64 @@ final class GzipRoundTripTests: XCTestCase {
         }
     }
 
+    /// WAL segments are compressed whole (`WholeBufferGzip`, libdeflate) and read back by the same
+    /// streaming decompressor as everything else, and by stock gzip.
+    func testWholeBufferGzipIsReadByOurDecompressorAndStockGzip() throws {
+        let walLike = (0..<64).flatMap { page in randomBytes(2048, seed: UInt64(page)) + [UInt8](repeating: UInt8(page), count: 6144) }
+        let inputs: [(String, [UInt8])] = [
+            ("empty", []),
+            ("one byte", [0x41]),
+            ("text 5 MiB", textBytes(5 * 1024 * 1024 + 17)),
+            ("incompressible 3 MiB", randomBytes(3 * 1024 * 1024 + 3, seed: 7)),
+            ("WAL-like pages", walLike),
+        ]
+        for (name, input) in inputs {
+            for level: Int32 in [1, 6, 12] {
+                let compressed = [UInt8](try input.withUnsafeBytes { try WholeBufferGzip.compress($0, level: level) })
+                XCTAssertEqual(try decompress(compressed), input, "\(name) at level \(level)")
+            }
+        }
+        // Smaller than its input where there is something to gain, as zlib's level 1 is.
+        let walCompressed = try walLike.withUnsafeBytes { try WholeBufferGzip.compress($0, level: 1) }
+        XCTAssertLessThan(walCompressed.count, walLike.count / 2)
+        try checkWithStockGzip([UInt8](walCompressed), expected: walLike)
+    }
+
+    /// One member within the size limit is inflated whole; anything else is left (nil) to the
+    /// streaming decompressor, so that a damaged stream is never half-accepted here.
+    func testDecompressMemberTakesOnlyOneWholeValidMember() throws {
+        let input = textBytes(300_000) + randomBytes(50_000, seed: 9)
+        let member = [UInt8](try input.withUnsafeBytes { try WholeBufferGzip.compress($0, level: 1) })
+        let zlibMember = try compress(input, level: 6)
+        for (name, stream) in [("libdeflate's", member), ("zlib's", zlibMember)] {
+            XCTAssertEqual(stream.withUnsafeBytes { WholeBufferGzip.decompressMember($0, sizeLimit: 1 << 30) }.map { [UInt8]($0) }, input, name)
+        }
+        var flipped = member, wrongCRC = member, wrongLength = member
+        flipped[member.count / 2] ^= 0x10
+        wrongCRC[member.count - 8] ^= 0x01
+        wrongLength[member.count - 1] ^= 0x01
+        let refused: [(String, [UInt8], Int)] = [
+            ("two members", member + member, 1 << 30),
+            ("a flipped byte", flipped, 1 << 30),
+            ("a wrong CRC", wrongCRC, 1 << 30),
+            ("a wrong length", wrongLength, 1 << 30),
+            ("cut short", Array(member.dropLast(100)), 1 << 30),
+            ("past the size limit", member, input.count - 1),
+            ("empty", [], 1 << 30),
+        ]
+        for (name, stream, limit) in refused {
+            XCTAssertNil(stream.withUnsafeBytes { WholeBufferGzip.decompressMember($0, sizeLimit: limit) }, name)
+        }
+    }
+
+    func testWholeBufferGzipRefusesAnInvalidLevel() {
+        for level: Int32 in [0, 13, -1] {
+            XCTAssertThrowsError(try [UInt8]([1, 2, 3]).withUnsafeBytes { try WholeBufferGzip.compress($0, level: level) }, "level \(level)") { error in
+                XCTAssertEqual((error as? GzipError)?.kind, .compression)
+            }
+        }
+    }
+
     func testInvalidLevelIsRefused() {
         XCTAssertThrowsError(try GzipCompressor(level: 10) { _ in })
         XCTAssertThrowsError(try GzipCompressor(level: -1) { _ in })

@@ -45,4 +45,50 @@ final class WALArchiveTests: XCTestCase {
         let s3 = try S3Server.shared()
         try race(repository: "s3://\(try s3.createBucket())/wal", environment: s3.environment(), rounds: 10)
     }
+
+    /// wal-push stores a segment as one gzip member, which wal-fetch (and the prefetcher) inflate
+    /// whole with libdeflate; any other stream goes through the streaming decompressor. Either way
+    /// a valid stream gives the segment back exactly, and a damaged one stops recovery (exit 126)
+    /// naming the damage, with nothing written where PostgreSQL looks.
+    func testAFetchedSegmentIsCheckedHoweverItIsInflated() throws {
+        let work = TestPaths.temporaryDirectory(prefix: "walinflate")
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        let repository = TestPaths.repositoryPath(prefix: "walinflate")
+        let name = "000000010000000000000007", fetched = "\(work)/fetched"
+        let segment = Data((0..<(1 << 20)).map { UInt8(truncatingIfNeeded: (($0 / 3) &* 7) ^ ($0 >> 9)) })
+        try segment.write(to: URL(fileURLWithPath: "\(work)/\(name)"))
+        let push = try TestProcess.tool("dbbackup", ["wal-push", "\(work)/\(name)", "--repo", repository])
+        XCTAssertEqual(push.status, 0, push.standardError)
+        let object = "\(repository)/wal/00000001/\(name).gz"
+        let stored = try XCTUnwrap(FileManager.default.contents(atPath: object))
+        func fetch(_ contents: Data) throws -> TestProcess.Result {
+            try contents.write(to: URL(fileURLWithPath: object))
+            unlink(fetched)
+            return try TestProcess.tool("dbrestore", ["wal-fetch", name, fetched, "--repo", repository])
+        }
+        // Two gzip members, as `cat a.gz b.gz` or another archiver may leave them.
+        let split = Process()
+        split.executableURL = URL(fileURLWithPath: "/bin/sh")
+        split.arguments = ["-c", "cd '\(work)' && head -c 500000 \(name) | gzip -1 > two.gz && tail -c +500001 \(name) | gzip -6 >> two.gz"]
+        try split.run()
+        split.waitUntilExit()
+        let twoMembers = try XCTUnwrap(FileManager.default.contents(atPath: "\(work)/two.gz"))
+        for (label, contents) in [("as pushed", stored), ("two members", twoMembers)] {
+            let result = try fetch(contents)
+            XCTAssertEqual(result.status, 0, "\(label): \(result.standardError)")
+            XCTAssertEqual(FileManager.default.contents(atPath: fetched), segment, label)
+        }
+        var flipped = stored, wrongCRC = stored, wrongLength = stored
+        flipped[flipped.count / 2] ^= 0x10
+        wrongCRC[wrongCRC.count - 8] ^= 0x01
+        wrongLength[wrongLength.count - 1] ^= 0x01
+        let damaged = [("a flipped byte", flipped), ("cut short", stored.prefix(stored.count - 100)), ("a wrong CRC", wrongCRC),
+                       ("a wrong length", wrongLength), ("a second member cut short", stored + twoMembers.prefix(100))]
+        for (label, contents) in damaged {
+            let result = try fetch(Data(contents))
+            XCTAssertEqual(result.status, 126, "\(label): \(result.standardError)")
+            XCTAssertTrue(result.standardError.contains("is damaged"), "\(label): \(result.standardError)")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: fetched), "\(label): nothing is written at %p")
+        }
+    }
 }

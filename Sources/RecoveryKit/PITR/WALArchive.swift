@@ -68,12 +68,10 @@ public enum WALArchive {
 
     /// What is stored for the WAL bytes `data` under `objectKey`: gzip level 1 (WAL is written
     /// once and read back only in a recovery; the fastest level keeps archive_command ahead of a
-    /// busy server), then encrypted when the repository is.
+    /// busy server), then encrypted when the repository is. The segment is in memory whole, so
+    /// libdeflate compresses it (`WholeBufferGzip`): the same gzip, for less CPU than zlib's stream.
     static func compress(_ data: Data, objectKey: String, cipherKey: RepositoryKey?) throws -> Data {
-        var compressed = Data()
-        let compressor = try GzipCompressor(level: 1) { compressed.append(contentsOf: $0) }
-        try data.withUnsafeBytes { try compressor.write($0) }
-        try compressor.finish()
+        let compressed = try data.withUnsafeBytes { try WholeBufferGzip.compress($0, level: 1) }
         guard let cipherKey else { return compressed }
         var encrypted = Data()
         let encryptor = try StreamEncryptor(key: cipherKey, object: objectKey) { encrypted.append(contentsOf: $0) }
@@ -219,15 +217,31 @@ public enum WALArchive {
         }
     }
 
+    /// The largest WAL file there is (`--wal-segsize` 1024 MiB): a stored file claiming more is not
+    /// inflated whole but streamed, and the streaming decompressor finds what is wrong with it.
+    static let largestFile = 1 << 30
+
+    /// Decrypts (when encrypted) and decompresses a stored WAL file whole (`wal-fetch`, the prefetcher). What
+    /// `compress` stores unencrypted is one gzip member: libdeflate inflates it at once
+    /// (`WholeBufferGzip.decompressMember`, a third of zlib's CPU, checking the CRC-32 and length
+    /// just the same). Anything else (encrypted, another valid gzip, a damaged or cut-short stream)
+    /// goes through the streaming decompressor below, which reads every valid stream and says what
+    /// is wrong with the others.
+    ///
+    /// - Throws: as the streaming `decompress`.
     static func decompress(_ stored: Data, name: String, objectKey: String, cipherKey: RepositoryKey?) throws -> Data {
+        if !stored.starts(with: RepositoryKey.magic),
+           let whole = stored.withUnsafeBytes({ WholeBufferGzip.decompressMember($0, sizeLimit: largestFile) }) {
+            return whole
+        }
         var output = Data()
         try decompress(stored, name: name, objectKey: objectKey, cipherKey: cipherKey) { output.append(contentsOf: $0) }
         return output
     }
 
     /// Decrypts (when encrypted) and decompresses a stored WAL file, handing the WAL bytes to
-    /// `sink` as they come (each chunk valid only during the call): the prefetcher writes them to
-    /// its spool this way instead of holding the whole segment in memory first.
+    /// `sink` as they come (each chunk valid only during the call): what the whole-buffer
+    /// `decompress` falls back to.
     ///
     /// - Throws: `RecoveryError(.backupCorrupt)` when the gzip stream is damaged or cut short (the
     ///   bytes handed over so far are then not the segment), `.configuration` without the key, or
