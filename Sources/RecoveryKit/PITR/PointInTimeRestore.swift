@@ -314,11 +314,13 @@ public enum PointInTimeRestore {
                 plan.system = servers.note
                 plan.backupStartedAt = backup.startedAt
                 plan.backupStartLsn = physical.startLsn
-                if let restorePoint, restorePoint.id == backup.id {
-                    plan.restorePointLsn = WALSegmentName.formatLSN(restorePoint.lsn)
-                } else if case .name(let name) = configuration.target {
+                if case .name(let name) = configuration.target {
                     plan.olderBaseBackups = backups.filter { $0.startedAt < backup.startedAt && $0.id != backup.id }.map { PITRPlan.Older(id: $0.id, startedAt: $0.startedAt) }
-                    plan.warnAboutRestorePoint(name, searched: named == nil)
+                    if let restorePoint, restorePoint.id == backup.id {
+                        plan.restorePointLsn = WALSegmentName.formatLSN(restorePoint.lsn)
+                    } else {
+                        plan.warnAboutRestorePoint(name, searched: named == nil)
+                    }
                 }
                 try plan.findServer(for: backup, configuration)
                 return plan
@@ -947,7 +949,7 @@ public enum PointInTimeRestore {
         let fix = (plan.olderBaseBackups ?? []).first.map { "run again with --base-backup \($0.id) (started \(Timestamp.format($0.startedAt))) or an older one, or with --target-time" }
             ?? "no older base backup of this server is in the repository: run again with --target-time or --target-lsn"
         return RecoveryError(.restoreFailed,
-                             "recovery ended before reaching restore point '\(name)': the restore point \(name) may precede base backup \(plan.backupID)\(taken), or was never made on this server; \(fix)",
+                             "recovery ended before reaching restore point '\(name)': the restore point \(name) may precede base backup \(plan.backupID)\(taken), or was never made on this server; \(fix) (the server: \(failure))",
                              hint: "the server stopped without promoting (see \(log)); give an empty --pgdata or --move-aside to run again")
     }
 

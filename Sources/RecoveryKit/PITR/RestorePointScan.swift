@@ -1,5 +1,7 @@
 import BackupStorage
 import Foundation
+import Logging
+import ProcessSignals
 
 /// Finds a restore point (`pg_create_restore_point`) in archived WAL, so that `--pitr --target-name`
 /// can take a base backup that started before it: recovery replays WAL from a base backup's start on
@@ -104,6 +106,8 @@ struct RestorePointScan {
 }
 
 extension RestorePointScan {
+    private static let logger = Logger(label: "dbrecovery.restore")
+
     /// The newest of `backups` (newest first, one server's) that started before restore point `name`,
     /// and where the point lies: the WAL is read from the newest one's start to the end of the archive,
     /// then, not found there, from each older one's start to where the previous read began (each
@@ -112,7 +116,8 @@ extension RestorePointScan {
     /// name, a point not yet archived, or a record this search does not know): the caller keeps the
     /// newest base backup and warns.
     ///
-    /// - Throws: `RecoveryError` for a damaged or undecryptable segment; storage errors.
+    /// - Throws: storage errors, an interruption (a damaged or undecryptable segment ends the search
+    ///   with a warning: nil).
     static func locate(_ name: String, among backups: [BackupManifest], archive: [StoredObject], history: TimelineHistory,
                        timeline choice: TimelineChoice, store: BackupStore, key: RepositoryKey?) throws -> (backup: BackupManifest, lsn: UInt64)? {
         let archived = Set(archive.map(\.key))
@@ -135,7 +140,15 @@ extension RestorePointScan {
                 let segment = WALSegmentName.name(timeline: timeline, segmentNumber: number, segmentSize: size)
                 let objectKey = try WALArchive.key(for: segment)
                 guard archived.contains(objectKey) else { break }
-                let data = try WALArchive.decompress(try store.read(objectKey), name: segment, objectKey: objectKey, cipherKey: key)
+                try Interruption.check()
+                let data: Data
+                do {
+                    data = try WALArchive.decompress(try store.read(objectKey), name: segment, objectKey: objectKey, cipherKey: key)
+                } catch let error as RecoveryError {
+                    // Recovery itself says so if it needs this segment; the plan only stops looking.
+                    logger.warning("restore point '\(name)' not searched for past WAL segment \(segment): \(error.message)")
+                    return nil
+                }
                 if let lsn = scan.feed(data, base: number * size, from: start) { return (backup, lsn) }
                 number += 1
             }
