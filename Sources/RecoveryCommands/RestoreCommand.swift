@@ -48,7 +48,7 @@ public struct RestoreCommand: ParsableCommand, ArgumentRewriting {
     static let modeOptions: [String: [String]] = [
         "--release": ["emergency", "drill"], "--incident-file": ["emergency"],
         "--pgdata": ["pitr"], "--target-time": ["pitr"], "--target-lsn": ["pitr"], "--target-name": ["pitr"],
-        "--target": ["pitr"], "--timeline": ["pitr"], "--system-identifier": ["pitr"], "--port": ["pitr"], "--start": ["pitr"], "--move-aside": ["pitr"],
+        "--target": ["pitr"], "--timeline": ["pitr"], "--system-identifier": ["pitr"], "--base-backup": ["pitr"], "--port": ["pitr"], "--start": ["pitr"], "--move-aside": ["pitr"],
     ]
 
     /// `dbrestore --drill …` is `dbrestore drill …` (and so for --emergency and --pitr), the
@@ -351,8 +351,11 @@ public struct PITRCommand: ToolCommand {
         commandName: "pitr",
         abstract: "Point-in-time recovery from a physical base backup and the WAL archive into --pgdata (also --pitr).",
         discussion: """
-        Chooses the newest base backup taken before the target, restores it into --pgdata and writes \
-        recovery settings whose restore_command is dbrestore wal-fetch. An incremental base backup \
+        Chooses the newest base backup taken before the target (or the one --base-backup names), \
+        restores it into --pgdata and writes recovery settings whose restore_command is dbrestore \
+        wal-fetch. For --target-name the archived WAL is read for the restore point, and the \
+        newest base backup that started before it is taken: recovery cannot reach a point made \
+        before its base backup started. An incremental base backup \
         (PostgreSQL 17+) is rebuilt from its chain with pg_combinebackup, one member extracted at a \
         time beside --pgdata, and checked with pg_verifybackup; --dry-run shows the chain and the \
         disk it needs. A base backup with an index (base.index.json.gz, which dbbackup --physical \
@@ -363,6 +366,8 @@ public struct PITRCommand: ToolCommand {
           dbrestore --pitr --pgdata /srv/pg/restored --target latest --dry-run
           dbrestore pitr --pgdata /srv/pg/restored --port 5433 --start \\
               --target-time '2024-01-15 10:00:00'
+          dbrestore --pitr --pgdata /srv/pg/restored --target-name before_migration_42 \\
+              --base-backup 20240114T020000Z-3fa2 --dry-run
         """)
 
     @OptionGroup(title: "Connection") public var connection: ConnectionOptions
@@ -388,6 +393,9 @@ public struct PITRCommand: ToolCommand {
 
     @Option(name: .customLong("system-identifier"), help: ArgumentHelp("The server to recover when the repository holds base backups of several (a cluster initialised again); default: the one whose WAL was archived last (dbrestore list --json: system_identifier).", valueName: "n"))
     public var systemIdentifier: String?
+
+    @Option(name: .customLong("base-backup"), help: ArgumentHelp("Recover from this base backup (dbrestore list) instead of the one the plan chooses (the newest ending before the target; for --target-name, the newest started before the restore point).", valueName: "id"))
+    public var baseBackup: String?
 
     @Option(help: ArgumentHelp("Port of the restored server.", valueName: "port"))
     public var port: Int?
@@ -449,6 +457,7 @@ public struct PITRCommand: ToolCommand {
         configuration.timeline = timeline.flatMap(TimelineChoice.init) ?? .latest
         // As the number it is: 0771… names the same server as 771… (manifests record it without zeros).
         configuration.systemIdentifier = systemIdentifier.flatMap { UInt64($0) }.map(String.init)
+        configuration.baseBackup = baseBackup
         configuration.jobs = jobs ?? min(ProcessInfo.processInfo.activeProcessorCount, 64)
         let plan = try PointInTimeRestore.plan(configuration)
         if dryRun {
@@ -456,6 +465,7 @@ public struct PITRCommand: ToolCommand {
             return
         }
         plan.skipped.forEach { output.note("skipped base backup \($0.id): \($0.reason)") }
+        if let warning = plan.restorePointWarning { output.note("warning: \(warning)") }
         let timeline = output.timeline()
         let report = try PointInTimeRestore.execute(plan, configuration, timeline: timeline, progress: output.progress)
         if output.json { return try printJSON(report) }

@@ -44,6 +44,12 @@ final class PointInTimeServerChoiceTests: XCTestCase {
         let (other, _) = try plan(["--system-identifier", systemB], repository: repository)
         XCTAssertEqual(other.status, ExitStatus.backupNotFound.rawValue, other.standardError)
         XCTAssertTrue(other.standardError.contains("was written by another server (system \(systemA)), not by its own (system \(systemB))"), other.standardError)
+        // --base-backup of B's base backup while A's WAL is recovered: refused, naming why and the option.
+        let (otherBase, _) = try plan(["--base-backup", secondID], repository: repository)
+        XCTAssertEqual(otherBase.status, ExitStatus.backupNotFound.rawValue, otherBase.standardError)
+        XCTAssertTrue(otherBase.standardError.contains("--base-backup \(secondID) cannot recover this server's WAL: it is of another server (system \(systemB))"),
+                      otherBase.standardError)
+        XCTAssertTrue(otherBase.standardError.contains("--system-identifier \(systemB)"), otherBase.standardError)
         let (unknown, _) = try plan(["--system-identifier", "12345"], repository: repository)
         XCTAssertEqual(unknown.status, ExitStatus.backupNotFound.rawValue, unknown.standardError)
         XCTAssertTrue(unknown.standardError.contains("holds no base backup of system 12345"), unknown.standardError)

@@ -45,6 +45,9 @@ public struct PITRConfiguration {
     public var timeline: TimelineChoice = .latest
     /// The server whose base backups to recover (`--system-identifier`), in a repository holding several.
     public var systemIdentifier: String? = nil
+    /// The base backup to recover from (`--base-backup ID`) instead of the newest that can reach the
+    /// target: a restore point made before the newest base backup is reachable only from an older one.
+    public var baseBackup: String? = nil
     /// Threads that extract a base backup with an index (`--jobs`, default: the cores).
     public var jobs = ProcessInfo.processInfo.activeProcessorCount
     /// What the storage layer reads S3 settings from (see `Repository.open`); the started server
@@ -108,6 +111,36 @@ public struct PITRPlan: Codable, Sendable {
     /// The server recovered and why, when the repository holds several servers' base backups or
     /// `--system-identifier` named one (`ServerChoice`).
     public var system: String? = nil
+    /// When the base backup began: a restore point made before then cannot be reached from it.
+    public var backupStartedAt: Date? = nil
+    public var backupStartLsn: String? = nil
+    /// With `--target-name`: the same server's base backups older than the chosen one, newest first
+    /// (`--base-backup` chooses one), for the warning and for the error when recovery ends short.
+    public var olderBaseBackups: [Older]? = nil
+    /// With `--target-name`: that the restore point must follow this base backup's start (the WAL
+    /// before it is not replayed), naming the older base backups.
+    public var restorePointWarning: String? = nil
+    /// With `--target-name`: where the restore point was found in the archived WAL, after this base backup's start.
+    public var restorePointLsn: String? = nil
+
+    public struct Older: Codable, Sendable {
+        public var id: String
+        public var startedAt: Date
+    }
+
+    /// The restore-point warning: recovery replays WAL from the base backup's start only, so a point
+    /// made before it is never reached (PostgreSQL ends recovery "before configured recovery target").
+    /// `searched`: the archived WAL was read for it (not with `--base-backup`) and it was not there.
+    mutating func warnAboutRestorePoint(_ name: String, searched: Bool) {
+        let older = (olderBaseBackups ?? []).map { "\($0.id) (started \(Timestamp.format($0.startedAt)))" }
+        let lsn = backupStartLsn.map { ", LSN \($0)" } ?? ""
+        restorePointWarning = "restore point '\(name)' " + (searched ? "was not found in the archived WAL; it " : "")
+            + "must have been made after base backup \(backupID) started"
+            + (backupStartedAt.map { started in " (\(Timestamp.format(started))\(lsn))" } ?? "")
+            + ": recovery cannot reach a point made before it; "
+            + (older.isEmpty ? "no older base backup of this server is in the repository"
+               : "for one made earlier run with --base-backup ID of an older one: \(older.joined(separator: ", "))")
+    }
 
     /// Finds pg_ctl of the backup's major. With `--start` a missing or other-major one refuses the
     /// plan, before anything is written; without it the plan says what starting the server will need.
@@ -135,7 +168,8 @@ public struct PITRPlan: Codable, Sendable {
         }
         lines.append("WAL:         \(firstSegment) … \(lastArchivedSegment) (\(segmentsAvailable) segments archived, no gaps)")
         lines.append("timeline:    \(timeline) (\(timelinePath))")
-        lines.append("target:      \(target)")
+        lines.append("target:      \(target)" + (restorePointLsn.map { " at LSN \($0) (found in the archived WAL, after this base backup started)" } ?? ""))
+        if let restorePointWarning { lines.append("warning:     \(restorePointWarning)") }
         if let moveAsideTo { lines.append("move the existing \(dataDirectory) aside to \(moveAsideTo)") }
         if let partialExtraction { lines.append("remove the partial extraction in \(dataDirectory) left by \(partialExtraction)") }
         for staging in abandonedStaging ?? [] { lines.append("remove \(staging), staging left by a killed run") }
@@ -187,7 +221,8 @@ public enum PointInTimeRestore {
             throw LivePostmaster.refusal(live, of: configuration.dataDirectory, step: configuration.moveAside ? "move aside or restore into" : "restore into")
         }
         let store = try Repository.open(configuration.repository, create: false, environment: configuration.environment)
-        let physical = try Catalog(store: store).manifests().filter { $0.kind == .physical && $0.physical != nil }
+        let manifests = try Catalog(store: store).manifests()
+        let physical = manifests.filter { $0.kind == .physical && $0.physical != nil }
         guard !physical.isEmpty else {
             throw RecoveryError(.backupNotFound, "repository \(store.location) holds no physical base backup",
                                 hint: "take one with dbbackup --physical (archive_mode on, archive_command = 'dbbackup wal-push %p --repo …')")
@@ -196,10 +231,23 @@ public enum PointInTimeRestore {
         // One server's base backups only: another server's cannot recover with this WAL.
         let servers = try ServerChoice.choose(physical, archive: archive, store: store, configuration: configuration)
         let backups = servers.backups
+        let named = try configuration.baseBackup.map { try namedBaseBackup($0, manifests: manifests, chosen: servers, target: configuration.target, location: store.location) }
         let history = try TimelineHistory.read(archive: archive, store: store, key: configuration.key)
         var skipped: [PITRPlan.Skipped] = servers.skipped
         var lastProblem: RecoveryError?
-        for backup in backups {
+        var candidates = named.map { [$0] } ?? backups
+        // A restore point is reached only from a base backup that started before it: the WAL says which.
+        var restorePoint: (id: String, lsn: UInt64)?
+        if case .name(let name) = configuration.target, named == nil,
+           let found = try RestorePointScan.locate(name, among: backups, archive: archive, history: history, timeline: configuration.timeline,
+                                                   store: store, key: configuration.key) {
+            restorePoint = (found.backup.id, found.lsn)
+            for newer in backups.prefix(while: { $0.id != found.backup.id }) {
+                skipped.append(.init(id: newer.id, reason: "restore point '\(name)' (LSN \(WALSegmentName.formatLSN(found.lsn))) was made before it started (\(newer.physical?.startLsn ?? "?")): recovery from it would never reach it"))
+            }
+            candidates = Array(backups.drop { $0.id != found.backup.id })
+        }
+        for backup in candidates {
             guard let physical = backup.physical else { continue }
             switch configuration.target {
             case .time(let time) where backup.finishedAt > time:
@@ -264,6 +312,16 @@ public enum PointInTimeRestore {
                 plan.peakDiskBytes = needs?.peakBytes
                 plan.timelines = path.drop { $0.timeline != backupTimeline }.map(\.timeline)
                 plan.system = servers.note
+                plan.backupStartedAt = backup.startedAt
+                plan.backupStartLsn = physical.startLsn
+                if case .name(let name) = configuration.target {
+                    plan.olderBaseBackups = backups.filter { $0.startedAt < backup.startedAt && $0.id != backup.id }.map { PITRPlan.Older(id: $0.id, startedAt: $0.startedAt) }
+                    if let restorePoint, restorePoint.id == backup.id {
+                        plan.restorePointLsn = WALSegmentName.formatLSN(restorePoint.lsn)
+                    } else {
+                        plan.warnAboutRestorePoint(name, searched: named == nil)
+                    }
+                }
                 try plan.findServer(for: backup, configuration)
                 return plan
             } catch let error as RecoveryError where error.code == .backupNotFound {
@@ -279,6 +337,40 @@ public enum PointInTimeRestore {
         if let lastProblem, skipped.count == 1 { throw lastProblem }
         throw RecoveryError(.backupNotFound, "no base backup can reach \(configuration.target): " + skipped.map { "\($0.id): \($0.reason)" }.joined(separator: "; "),
                             hint: "nothing was written")
+    }
+
+    /// The base backup `--base-backup ID` names, refused (nothing written) when it is not a base backup
+    /// of the server being recovered, or ends after a time or LSN target (recovery cannot stop before
+    /// a base backup is consistent).
+    ///
+    /// - Throws: `RecoveryError(.backupNotFound)` for an unknown id, a logical backup or another
+    ///   server's base backup; `.usage` for one that ends after the target.
+    static func namedBaseBackup(_ id: String, manifests: [BackupManifest], chosen servers: ServerChoice, target: RecoveryTarget,
+                                location: String) throws -> BackupManifest {
+        let ours = servers.backups.map { "\($0.id) (finished \(Timestamp.format($0.finishedAt)))" }.joined(separator: ", ")
+        let list = "dbrestore list shows them; this server's base backups: \(ours.isEmpty ? "none" : ours); nothing was written"
+        guard let backup = manifests.first(where: { $0.id == id }) else {
+            throw RecoveryError(.backupNotFound, "--base-backup \(id): repository \(location) holds no backup with that id", hint: list)
+        }
+        guard let physical = backup.physical, backup.kind == .physical else {
+            throw RecoveryError(.backupNotFound, "--base-backup \(id) is a logical backup of database \(backup.database.name), not a physical base backup: --pitr recovers only from those",
+                                hint: list)
+        }
+        guard servers.backups.contains(where: { $0.id == id }) else {
+            let reason = servers.skipped.first { $0.id == id }?.reason ?? "not of the server recovered"
+            throw RecoveryError(.backupNotFound, "--base-backup \(id) cannot recover this server's WAL: it is \(reason)",
+                                hint: "name the server with --system-identifier \(backup.database.systemIdentifier ?? "N"), or another base backup; " + list)
+        }
+        switch target {
+        case .time(let time) where backup.finishedAt > time:
+            throw RecoveryError(.usage, "--base-backup \(id) finished at \(Timestamp.format(backup.finishedAt)), after --target-time \(Timestamp.format(time)): recovery cannot stop before a base backup's end",
+                                hint: "name an older base backup, or a later target; " + list)
+        case .lsn(let lsn) where (WALSegmentName.parseLSN(physical.stopLsn) ?? .max) > lsn:
+            throw RecoveryError(.usage, "--base-backup \(id) ends at LSN \(physical.stopLsn), after --target-lsn \(WALSegmentName.formatLSN(lsn)): recovery cannot stop before a base backup's end",
+                                hint: "name an older base backup, or a later target; " + list)
+        default:
+            return backup
+        }
     }
 
     /// The contiguous run of archived segments from the backup's first one, along the timeline
@@ -506,7 +598,7 @@ public enum PointInTimeRestore {
         report.holdProblem = holdProblem
         if configuration.start {
             do {
-                try startAndFollow(configuration, pgCtl: plan.pgCtl, timeline: timeline, report: &report,
+                try startAndFollow(configuration, plan: plan, timeline: timeline, report: &report,
                                    segmentSize: manifest.physical?.segmentSize ?? WALSegmentName.defaultSegmentSize)
             } catch {
                 guard let hold else { throw error }
@@ -775,7 +867,7 @@ public enum PointInTimeRestore {
 
     /// Starts the server, follows recovery until promotion, then reports the last replayed
     /// transaction and the row counts of every table.
-    private static func startAndFollow(_ configuration: PITRConfiguration, pgCtl: String?, timeline: Timeline, report: inout PITRReport,
+    private static func startAndFollow(_ configuration: PITRConfiguration, plan: PITRPlan, timeline: Timeline, report: inout PITRReport,
                                        segmentSize: UInt64) throws {
         guard let port = configuration.port else {
             throw RecoveryError(.usage, "--start needs --port", hint: "choose a port the original server does not use")
@@ -785,7 +877,7 @@ public enum PointInTimeRestore {
         }
         let directory = configuration.dataDirectory
         // The plan found pg_ctl of the backup's major; a backup from before majors were known gets any.
-        let pgCtl = try pgCtl ?? configuration.tools.path(of: "pg_ctl")
+        let pgCtl = try plan.pgCtl ?? configuration.tools.path(of: "pg_ctl")
         let log = directory + "/dbrestore-recovery.log"
         try timeline.step("start PostgreSQL on port \(port) (pg_ctl, log in \(log))") {
             // The server's restore_command reads the repository: it gets the S3 credentials (as a server
@@ -796,7 +888,9 @@ public enum PointInTimeRestore {
             let errors = OutputCollector(descriptor: child.standardError)
             let termination = child.waitForExit()
             guard termination.succeeded else {
-                throw RecoveryError(.restoreFailed, "the restored server did not start: \(recoveryFailure(log: log, segmentSize: segmentSize) ?? errors.lastLine() ?? termination.description)",
+                let failure = recoveryFailure(log: log, segmentSize: segmentSize)
+                if let failure, let short = targetNotReached(failure, plan: plan, target: configuration.target, log: log) { throw short }
+                throw RecoveryError(.restoreFailed, "the restored server did not start: \(failure ?? errors.lastLine() ?? termination.description)",
                                     hint: "see \(log)")
             }
         }
@@ -823,7 +917,8 @@ public enum PointInTimeRestore {
                     return
                 }
                 if let failure = recoveryFailure(log: log, segmentSize: segmentSize) {
-                    throw RecoveryError(.restoreFailed, "recovery stopped: \(failure)", hint: "see \(log)")
+                    throw targetNotReached(failure, plan: plan, target: configuration.target, log: log)
+                        ?? RecoveryError(.restoreFailed, "recovery stopped: \(failure)", hint: "see \(log)")
                 }
                 guard Date() < deadline else {
                     throw RecoveryError(.restoreFailed, "recovery did not finish within \(Int(configuration.startTimeoutSeconds)) s", hint: "see \(log)")
@@ -840,6 +935,22 @@ public enum PointInTimeRestore {
                 report.databases[name] = try TableCounter.countRows(on: connection)
             }
         }
+    }
+
+    /// PostgreSQL's words when replay reached the end of the archived WAL short of its target.
+    static let targetNotReachedLine = "recovery ended before configured recovery target was reached"
+
+    /// The error of a recovery that ended short of a restore point: most likely the point was made
+    /// before the base backup began (its WAL is never replayed), so it names that base backup and the
+    /// older ones `--base-backup` can choose. Nil for other failures and other targets.
+    static func targetNotReached(_ failure: String, plan: PITRPlan, target: RecoveryTarget, log: String) -> RecoveryError? {
+        guard failure.contains(targetNotReachedLine), case .name(let name) = target else { return nil }
+        let taken = plan.backupStartedAt.map { " (taken \(Timestamp.format($0)))" } ?? ""
+        let fix = (plan.olderBaseBackups ?? []).first.map { "run again with --base-backup \($0.id) (started \(Timestamp.format($0.startedAt))) or an older one, or with --target-time" }
+            ?? "no older base backup of this server is in the repository: run again with --target-time or --target-lsn"
+        return RecoveryError(.restoreFailed,
+                             "recovery ended before reaching restore point '\(name)': the restore point \(name) may precede base backup \(plan.backupID)\(taken), or was never made on this server; \(fix) (the server: \(failure))",
+                             hint: "the server stopped without promoting (see \(log)); give an empty --pgdata or --move-aside to run again")
     }
 
     /// What the server tells a client it turns away while it starts, replays or stops: FATAL lines
