@@ -167,7 +167,7 @@ public enum SelectiveRestore {
                 let store = try Repository.open(address, create: false, environment: configuration.environment)
                 // `latest`: the newest backup of the target database (or --from-database's), not another's in a shared repository.
                 chosen = (address, store, try CandidateSelection.named(configuration.backup, fromDatabase: configuration.fromDatabase,
-                                                                       into: configuration.target.databaseName, in: store))
+                                                                       into: configuration.target.databaseName, targetSystem: nil, in: store))
                 break
             } catch {
                 firstError = firstError ?? error
