@@ -35,8 +35,9 @@ final class DatabaseIdentityTests: SharedRepositoryTestCase {
     /// `app` on server A (3 rows) and on server B (7 rows, backed up last): against A, `latest`,
     /// `dbverify latest` and `--emergency` take A's backup; `dbprune` keeps each server's newest;
     /// without a target server (`dbrestore contents latest`, `dbverify --files latest`) the two are
-    /// not merged: refused (exit 22) naming both servers, or each checked in its own row; a new
-    /// server with no backups of its own restores the one server's backups of a database without a flag.
+    /// not merged: refused (exit 22) naming both servers, or each checked in its own row, as on a third
+    /// server (the id chooses); a new server with no backups of its own restores the one server's
+    /// backups of a database without a flag.
     func testSameNamedDatabasesOfTwoServersAreEachTheirOwn() throws {
         try useCluster()
         useLocalRepository(prefix: "two-servers")
@@ -65,6 +66,25 @@ final class DatabaseIdentityTests: SharedRepositoryTestCase {
         let verify = try tool("dbverify", ["latest", "--database-url", urlA, "--repo", repository!])
         XCTAssertEqual(verify.status, 0, verify.standardError)
         XCTAssertTrue(verify.standardError.contains("matches backup \(idA)"), verify.standardError)
+        let table = try tool("dbrestore", ["latest", "--table", "public.t", "--into-schema", "rescue", "--dry-run", "--json",
+                                           "--database-url", urlA, "--repo", repository!])
+        XCTAssertEqual(table.status, 0, table.standardError)
+        XCTAssertEqual(json(table.standardOutput)["backup_id"] as? String, idA, table.standardOutput)
+
+        // A third server, neither's: nothing says whose `app` it is: refused naming both; the id chooses.
+        let serverC = try secondServer()
+        let systemC = try XCTUnwrap(try serverC.scalar("SELECT system_identifier::text FROM pg_control_system()", database: "postgres"))
+        let neither = try tool("dbrestore", ["--emergency", "--dry-run", "--database-url", serverC.url(database: name), "--repo", repository!],
+                               environment: serverC.environment)
+        XCTAssertEqual(neither.status, ExitStatus.backupNotFound.rawValue, neither.standardError)
+        for words in ["from 2 servers, none of them the target server (system \(systemC))", "system \(systemA) (newest backup \(idA))",
+                      "system \(systemB) (newest backup \(idB))", "by its id"] {
+            XCTAssertTrue(neither.standardError.contains(words), "\(words): \(neither.standardError)")
+        }
+        let chosen = try tool("dbrestore", [idA, "--dry-run", "--json", "--database-url", serverC.url(database: name), "--repo", repository!],
+                              environment: serverC.environment)
+        XCTAssertEqual(chosen.status, 0, chosen.standardError)
+        XCTAssertEqual(json(chosen.standardOutput)["backup_id"] as? String, idA, chosen.standardOutput)
 
         // A's data changed since its backup: --emergency brings back A's 3 rows, never B's 7.
         try cluster.connect(database: name).execute(script: "DELETE FROM t WHERE id = 1")

@@ -82,4 +82,13 @@ public struct ServerScope: Sendable {
     public static func systemIdentifier(of connection: PostgresConnection) -> String? {
         (try? connection.query("SELECT system_identifier::text FROM pg_catalog.pg_control_system()"))?.scalar
     }
+
+    /// `systemIdentifier(of:)` over a connection of its own, for a command that chooses its backup
+    /// before it connects; nil when the server cannot be reached (the command's own connection then
+    /// says why, with its exit code).
+    public static func systemIdentifier(at target: ConnectionTarget, applicationName: String) -> String? {
+        guard let connection = try? PostgresConnection(target: target, applicationName: applicationName) else { return nil }
+        defer { connection.close() }
+        return systemIdentifier(of: connection)
+    }
 }
