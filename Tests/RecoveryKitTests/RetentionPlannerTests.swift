@@ -129,34 +129,51 @@ final class RetentionPlannerTests: XCTestCase {
         }
     }
 
-    /// Backups are grouped by database (logical) and by server (physical), and a group's plan names
-    /// its group in every decision, in deletion reasons and in the refusal to delete it all.
+    /// Backups are grouped by database of one server (logical) and by server (physical), and a group's
+    /// plan names its group in every decision, in deletion reasons and in the refusal to delete it all.
+    /// `app` on servers 7 and 8 are two databases (one server's backups must not push out the
+    /// other's), each group's label naming its server since the names alone read the same.
     func testGroupsAreOneDatabaseOrOneServerAndTheirPlansNameThem() throws {
-        func manifest(_ id: String, kind: BackupManifest.Kind, database: String, system: String?) -> BackupManifest {
-            var manifest = BackupManifestTests.sample(id: id)
-            manifest.kind = kind
-            manifest.database.name = database
-            manifest.database.systemIdentifier = system
-            return manifest
-        }
         let all = [manifest("5", kind: .logical, database: "app", system: "7"), manifest("4", kind: .physical, database: "app", system: "7"),
                    manifest("3", kind: .logical, database: "billing", system: "7"), manifest("2", kind: .logical, database: "app", system: "8"),
                    manifest("1", kind: .physical, database: "postgres", system: "7")]
         let groups = RetentionGroup.split(all)
-        XCTAssertEqual(groups.map(\.group.label), ["database app", "database billing", "physical base backups of server 7"])
-        XCTAssertEqual(groups.map { $0.manifests.map(\.id) }, [["5", "2"], ["3"], ["4", "1"]], "each group keeps the order it was given")
+        XCTAssertEqual(groups.map(\.group.label), ["database app of server 7", "database app of server 8", "database billing",
+                                                   "physical base backups of server 7"])
+        XCTAssertEqual(groups.map { $0.manifests.map(\.id) }, [["5"], ["2"], ["3"], ["4", "1"]], "each group keeps the order it was given")
 
         let tier = RetentionPolicy.Tier(keepLast: 1, keepWithin: nil, glacierAfter: nil, snapshots: false)
         let snapshots = RetentionPolicy.Snapshots(daily: 0, weekly: 0, monthly: 0, timeZone: "UTC")
         let decisions = try RetentionPlanner.plan(backups(["2024-03-02", "2024-03-01"]), tier: tier, snapshots: snapshots,
                                                   newestVerified: nil, now: date("2024-03-03"), group: groups[0].group)
-        XCTAssertEqual(decisions.map(\.group), ["database app", "database app"])
-        XCTAssertEqual(decisions[1].reason, "older than the 1 newest of database app")
+        XCTAssertEqual(decisions.map(\.group), ["database app of server 7", "database app of server 7"])
+        XCTAssertEqual(decisions[1].reason, "older than the 1 newest of database app of server 7")
         let none = RetentionPolicy.Tier(keepLast: 0, keepWithin: nil, glacierAfter: nil, snapshots: false)
         XCTAssertThrowsError(try RetentionPlanner.plan(backups(["2024-01-01"]), tier: none, snapshots: snapshots, newestVerified: nil,
-                                                       now: Date(), group: groups[1].group)) { error in
+                                                       now: Date(), group: groups[2].group)) { error in
             XCTAssertEqual((error as? RecoveryError)?.message, "the retention policy would delete all 1 backups of database billing; refusing")
         }
+    }
+
+    /// Names are compared by their bytes: NFC and NFD `café` (one Swift String) are two groups, their
+    /// labels showing the bytes; a backup that recorded no server is a group of its own with the
+    /// name's other unrecorded ones (more is kept, never more deleted).
+    func testGroupsCompareNamesByBytesAndKeepUnrecordedServersApart() {
+        let nfc = String(decoding: [0x63, 0x61, 0x66, 0xC3, 0xA9] as [UInt8], as: UTF8.self)
+        let nfd = String(decoding: [0x63, 0x61, 0x66, 0x65, 0xCC, 0x81] as [UInt8], as: UTF8.self)
+        let groups = RetentionGroup.split([manifest("4", kind: .logical, database: nfd, system: "7"), manifest("3", kind: .logical, database: nfc, system: "7"),
+                                           manifest("2", kind: .logical, database: "app", system: nil), manifest("1", kind: .logical, database: "app", system: "7")])
+        XCTAssertEqual(groups.map(\.group.label), ["database app of a server not recorded", "database app of server 7",
+                                                   "database \(nfd) (UTF-8 63616665cc81)", "database \(nfc) (UTF-8 636166c3a9)"])
+        XCTAssertEqual(groups.map { $0.manifests.map(\.id) }, [["2"], ["1"], ["4"], ["3"]])
+    }
+
+    private func manifest(_ id: String, kind: BackupManifest.Kind, database: String, system: String?) -> BackupManifest {
+        var manifest = BackupManifestTests.sample(id: id)
+        manifest.kind = kind
+        manifest.database.name = database
+        manifest.database.systemIdentifier = system
+        return manifest
     }
 }
 

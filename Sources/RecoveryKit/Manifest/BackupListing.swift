@@ -26,7 +26,7 @@ public struct BackupListing: Codable, Sendable {
                             environment: [String: String] = ProcessInfo.processInfo.environment) throws -> [BackupListing] {
         let store = try Repository.open(repository, create: false, environment: environment)
         let entries = try Catalog(store: store).entries().filter { entry in
-            database.map { name in entry.manifest.map { $0.kind == .logical && $0.database.name == name } ?? true } ?? true
+            database.map { name in entry.manifest.map { $0.kind == .logical && $0.database.name.isSameDatabaseName(as: name) } ?? true } ?? true
         }
         return entries.map { entry in
             guard let manifest = entry.manifest else {

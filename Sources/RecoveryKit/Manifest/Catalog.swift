@@ -116,14 +116,19 @@ public struct Catalog {
     }
 
     /// Finds one backup like `resolve`, except that `latest` is the newest logical backup of
-    /// `database`: a repository may hold several databases' backups and physical base backups, and the
-    /// newest of those is not the database's newest.
+    /// `database` (its name's bytes: `isSameDatabaseName`) from the server `ServerScope` takes: a
+    /// repository may hold several databases' backups, one name's from several servers, and physical
+    /// base backups, and the newest of those is not the database's newest.
     ///
-    /// - Throws: `RecoveryError(.backupNotFound)` naming what the repository holds instead (`Holdings`).
-    public func resolve(_ reference: String, database: String) throws -> BackupManifest {
+    /// - Parameter targetSystem: the target server's system identifier (nil: none, or unknown).
+    /// - Throws: `RecoveryError(.backupNotFound)` naming what the repository holds instead (`Holdings`),
+    ///   or the servers when several servers' backups of the database qualify (`ServerScope`).
+    public func resolve(_ reference: String, database: String, targetSystem: String? = nil) throws -> BackupManifest {
         guard reference == "latest" else { return try resolve(reference) }
         let all = try entries()
-        if let newest = all.lazy.compactMap(\.manifest).first(where: { $0.kind == .logical && $0.database.name == database }) {
+        let manifests = all.compactMap(\.manifest)
+        let scope = try ServerScope.of(database, among: manifests, target: targetSystem, location: store.location)
+        if let newest = manifests.first(where: { $0.kind == .logical && $0.database.name.isSameDatabaseName(as: database) && scope.admits($0) }) {
             return newest
         }
         guard !all.isEmpty else { return try resolve(reference) }   // says the repository is empty
@@ -149,7 +154,9 @@ public struct Catalog {
             return manifest
         }
         guard reference == "latest" else { return try resolve(reference) }
-        let databases = Set(try manifests().filter { $0.kind == .logical }.map(\.database.name)).sorted()
+        // Names by their bytes: NFC and NFD `café` are two databases (`DatabaseNameKey`).
+        let logical = try manifests().filter { $0.kind == .logical }
+        let databases: [String] = Set(logical.map { DatabaseNameKey($0.database.name) }).sorted().map { $0.name }
         if databases.count == 1, let only = databases.first { return try resolve(reference, database: only) }
         guard databases.count > 1 else { return try resolve(reference) }
         throw RecoveryError(.usage, "repository \(store.location) holds logical backups of \(databases.count) databases "
@@ -164,7 +171,7 @@ public struct Catalog {
     ///
     /// - Throws: `RecoveryError(.usage)` naming both databases.
     public static func refuseContradiction(of manifest: BackupManifest, fromDatabase: String?) throws {
-        guard let from = fromDatabase, manifest.kind == .logical, manifest.database.name != from else { return }
+        guard let from = fromDatabase, manifest.kind == .logical, !manifest.database.name.isSameDatabaseName(as: from) else { return }
         throw RecoveryError(.usage, "backup \(manifest.id) is of database \(manifest.database.name), not \(from) as --from-database says",
                             hint: "drop --from-database (a backup named by its id needs none), or name a backup of \(from): dbrestore list --from-database \(from)")
     }
@@ -181,7 +188,7 @@ public struct Catalog {
             for manifest in manifests {
                 if manifest.kind == .physical {
                     physical += 1
-                } else if manifest.database.name != database {
+                } else if !manifest.database.name.isSameDatabaseName(as: database) {
                     otherDatabases[manifest.database.name, default: 0] += 1
                 }
             }

@@ -39,8 +39,9 @@ struct MetricsText {
     }
 
     /// The value of `metric`'s sample with exactly `labels`, if there is one.
+    /// Labels are compared by their bytes: a database name in NFC and one in NFD are two series.
     func value(of metric: String, labels: String) -> Double? {
-        families.first { $0.name == metric }?.samples.first { $0.labels == labels }.flatMap { Double($0.value) }
+        families.first { $0.name == metric }?.samples.first { $0.labels.utf8.elementsEqual(labels.utf8) }.flatMap { Double($0.value) }
     }
 
     /// Removes the samples whose labels `match` says are being replaced (families left empty go too).

@@ -45,10 +45,13 @@ enum CandidateSelection {
     ///   - depth: `.size` (reads nothing), `.checksum`, or `.full` to decompress the whole gzip stream too.
     ///   - serverMajor: the target server's major; in `--emergency` and `--drill` a candidate from a
     ///     newer major is passed over with the reason (a normal restore of it is refused by `checkMajors`).
+    ///   - targetSystem: the target server's system identifier: of a database's backups from several
+    ///     servers, its own are taken (`ServerScope`); nil when it cannot be read.
     /// - Throws: `RecoveryError` — `.backupNotFound` (nothing left, naming what was skipped and why),
     ///   `.backupCorrupt` (normal mode: the named backup does not verify), or the repository's error.
     static func choose(_ configuration: RestoreConfiguration, excluding: Set<String> = [], skipped: [RestorePlan.Skipped] = [],
-                       depth: FileVerifier.Depth, serverMajor: PostgresMajor?, timeline: Timeline?) throws -> Choice {
+                       depth: FileVerifier.Depth, serverMajor: PostgresMajor?, targetSystem: String?,
+                       timeline: Timeline?) throws -> Choice {
         var stores: [(String, BackupStore)] = []
         var skipped = skipped
         var openError: Error?
@@ -62,7 +65,7 @@ enum CandidateSelection {
         }
         guard !stores.isEmpty else { throw openError ?? RecoveryError(.usage, "no repository given") }
         if configuration.mode == .normal && stores.count == 1 {
-            let manifest = try named(configuration, in: stores[0].1)
+            let manifest = try named(configuration, targetSystem: targetSystem, in: stores[0].1)
             guard manifest.kind == .logical else {
                 throw RecoveryError(.usage, "backup \(manifest.id) is a physical backup",
                                     hint: "restore it with dbrestore --pitr, or name a logical backup")
@@ -82,19 +85,24 @@ enum CandidateSelection {
         for (address, store) in stores {
             let catalog = Catalog(store: store)
             if configuration.mode == .normal {
-                guard let manifest = try? named(configuration, in: store) else { continue }  // reported below if no repository has it
+                guard let manifest = try? named(configuration, targetSystem: targetSystem, in: store) else { continue }  // reported below if no repository has it
                 holders[manifest.id, default: []].append((address, store, Catalog.Entry(id: manifest.id, manifest: manifest, problem: nil)))
             } else {
                 for entry in try catalog.entries() { holders[entry.id, default: []].append((address, store, entry)) }
             }
         }
         guard !holders.isEmpty else {
-            if configuration.mode == .normal { _ = try named(configuration, in: stores[0].1) }
+            if configuration.mode == .normal { _ = try named(configuration, targetSystem: targetSystem, in: stores[0].1) }
             throw RecoveryError(.backupNotFound, "no backups in \(stores.map(\.0).joined(separator: ", "))",
                                 hint: "there is nothing to restore from; check --repo (or BACKUP_REPO)")
         }
         let alreadySkipped = Set(skipped.map(\.id))
         let source = configuration.sourceDatabase
+        // Of the source database's backups from several servers, the target server's own (normal mode
+        // resolved `latest` the same way in `named`; a backup named by its id is the operator's choice).
+        let scope = configuration.mode == .normal ? ServerScope(system: nil)
+            : try ServerScope.of(source, among: holders.values.joined().compactMap(\.2.manifest), target: targetSystem,
+                                 location: stores.map(\.0).joined(separator: ", "))
         // Newer backups of other databases passed over, by database (newest first): said once per
         // database in `skipped`, replacing what an earlier call said.
         var otherDatabases: [String: [String]] = [:]
@@ -123,10 +131,15 @@ enum CandidateSelection {
                     logger.debug("skipped backup \(label): physical (dbrestore pitr restores it)")
                     continue
                 }
-                if configuration.mode != .normal, manifest.database.name != source {
+                if configuration.mode != .normal, !manifest.database.name.isSameDatabaseName(as: source) {
                     let name = manifest.database.name
                     if otherDatabases[name]?.contains(id) != true { otherDatabases[name, default: []].append(id) }
                     logger.info("skipped backup \(label): \(otherDatabasePrefix)\(name), not of \(source)")
+                    continue
+                }
+                if !scope.admits(manifest) {
+                    let system = manifest.database.systemIdentifier ?? "not recorded"
+                    logger.info("skipped backup \(label): of database \(source) on another server (system \(system)), not the target's (system \(scope.system ?? "?"))")
                     continue
                 }
                 if let release = configuration.release, manifest.release != release {
@@ -166,7 +179,7 @@ enum CandidateSelection {
         }
         // Nothing of the database asked for at all: say what the repository holds instead, and the way to it.
         let all = Dictionary(holders.values.joined().compactMap { $0.2.manifest }.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
-        if configuration.mode != .normal, !all.values.contains(where: { $0.kind == .logical && $0.database.name == source }) {
+        if configuration.mode != .normal, !all.values.contains(where: { $0.kind == .logical && $0.database.name.isSameDatabaseName(as: source) }) {
             throw noneOfDatabase(configuration, stores: stores.map(\.0), holdings: Catalog.Holdings(Array(all.values), besides: source))
         }
         skipped = withOthers(skipped)
@@ -188,24 +201,25 @@ enum CandidateSelection {
     ///
     /// - Throws: `.usage` when `--from-database` contradicts the named backup; `.backupNotFound`
     ///   naming what the repository holds when the source database has no backup in it.
-    static func named(_ configuration: RestoreConfiguration, in store: BackupStore) throws -> BackupManifest {
+    static func named(_ configuration: RestoreConfiguration, targetSystem: String?, in store: BackupStore) throws -> BackupManifest {
         try named(configuration.backup, fromDatabase: configuration.fromDatabase, into: configuration.target.databaseName,
-                  release: configuration.release, in: store)
+                  release: configuration.release, targetSystem: targetSystem, in: store)
     }
 
     /// The backup a restore into database `target` names (a whole-database or a selective restore):
     /// an id, whatever database it is of, or `latest`, the newest logical backup of `fromDatabase`
-    /// if given, else of `target` — never the newest of another database sharing the repository.
+    /// if given, else of `target` — never the newest of another database sharing the repository, nor
+    /// of the same name on another server when the target's own (`targetSystem`) has backups (`ServerScope`).
     ///
     /// - Throws: `.usage` when `fromDatabase` contradicts the named backup; `.backupNotFound`
     ///   naming what the repository holds when the source database has no backup in it.
     static func named(_ reference: String, fromDatabase: String?, into target: String, release: String? = nil,
-                      in store: BackupStore) throws -> BackupManifest {
+                      targetSystem: String?, in store: BackupStore) throws -> BackupManifest {
         let catalog = Catalog(store: store)
         let source = fromDatabase ?? target
         let manifest: BackupManifest
         do {
-            manifest = try catalog.resolve(reference, database: source)
+            manifest = try catalog.resolve(reference, database: source, targetSystem: targetSystem)
         } catch let error as RecoveryError where error.code == .backupNotFound && reference == "latest" {
             let manifests = try catalog.manifests()
             guard !manifests.isEmpty else { throw error }

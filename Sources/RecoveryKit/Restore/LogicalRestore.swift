@@ -101,7 +101,7 @@ public struct RestorePlan: Encodable, Sendable {
                      + (backup.release.map { ", release \($0)" } ?? "") + (backup.schemaVersion.map { ", schema version \($0)" } ?? "")
                      + ", \(backup.totalRows) rows")
         lines.append("from:     \(backup.repository)")
-        if backup.database != targetDatabase {
+        if !backup.database.isSameDatabaseName(as: targetDatabase) {
             lines.append("note:     backup \(backup.id) is of database \(backup.database); it is restored into \(targetDatabase)")
         }
         if let filesChecked { lines.append("files:    \(filesChecked)") }
@@ -204,10 +204,12 @@ public enum LogicalRestore {
         let admin = try connectToMaintenance(configuration.target)
         defer { admin.close() }
         let serverMajor = PostgresMajor(serverVersionNumber: admin.serverVersionNumber)
+        // And its identity: of a database's backups from several servers, its own are restored.
+        let targetSystem = ServerScope.systemIdentifier(of: admin)
         let choice: CandidateSelection.Choice
         do {
             // A real restore reads nothing to choose: the one streaming pass checks the sha256.
-            choice = try CandidateSelection.choose(configuration, depth: configuration.dryRun ? .full : .size, serverMajor: serverMajor, timeline: timeline)
+            choice = try CandidateSelection.choose(configuration, depth: configuration.dryRun ? .full : .size, serverMajor: serverMajor, targetSystem: targetSystem, timeline: timeline)
         } catch {
             if configuration.mode == .emergency && !configuration.dryRun, let timeline { recordFailedSearch(error, configuration, timeline: timeline) }
             throw error
@@ -264,6 +266,7 @@ public enum LogicalRestore {
             let admin = try connectToMaintenance(configuration.target)
             defer { admin.close() }
             let serverMajor = PostgresMajor(serverVersionNumber: admin.serverVersionNumber)
+            let targetSystem = ServerScope.systemIdentifier(of: admin)
             if configuration.mode == .drill {
                 // A drill never swaps and must not block an emergency restore of the same target: it
                 // takes no target lock, and holds its drill database by name instead (`claimScratchName`).
@@ -295,7 +298,7 @@ public enum LogicalRestore {
                     // meanwhile): the newest one now is what was asked for. Nothing was created yet.
                     latestGone += 1
                     timeline.note("backup \(plan.backup.id)", outcome: "\(gone.message); taking the newest again")
-                    let newest = try CandidateSelection.choose(configuration, depth: .size, serverMajor: serverMajor, timeline: timeline)
+                    let newest = try CandidateSelection.choose(configuration, depth: .size, serverMajor: serverMajor, targetSystem: targetSystem, timeline: timeline)
                     plan.choose(newest)
                     try plan.checkMajors(newest.manifest, into: serverMajor, tools: configuration.tools)
                     store = try open(plan.backup.repository)
@@ -323,7 +326,7 @@ public enum LogicalRestore {
                     let next: CandidateSelection.Choice
                     do {
                         next = try CandidateSelection.choose(configuration, excluding: excluded, skipped: plan.skipped, depth: .size,
-                                                             serverMajor: serverMajor, timeline: timeline)
+                                                             serverMajor: serverMajor, targetSystem: targetSystem, timeline: timeline)
                     } catch let none as RecoveryError where trouble == nil && (none.code == .backupNotFound || none.code == .backupCorrupt) {
                         // Only damaged files so far: no usable backup, as when damage is found before streaming.
                         if onlyDamagedFiles { throw none }

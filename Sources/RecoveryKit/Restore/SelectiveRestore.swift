@@ -162,12 +162,14 @@ public enum SelectiveRestore {
         }
         var chosen: (String, BackupStore, BackupManifest)?
         var firstError: Error?
+        // `latest` of a name backed up from several servers is the target server's own (`ServerScope`).
+        let targetSystem = configuration.backup == "latest" ? ServerScope.systemIdentifier(at: configuration.target, applicationName: "dbrestore") : nil
         for address in configuration.repositories {
             do {
                 let store = try Repository.open(address, create: false, environment: configuration.environment)
                 // `latest`: the newest backup of the target database (or --from-database's), not another's in a shared repository.
                 chosen = (address, store, try CandidateSelection.named(configuration.backup, fromDatabase: configuration.fromDatabase,
-                                                                       into: configuration.target.databaseName, in: store))
+                                                                       into: configuration.target.databaseName, targetSystem: targetSystem, in: store))
                 break
             } catch {
                 firstError = firstError ?? error

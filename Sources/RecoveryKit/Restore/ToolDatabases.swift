@@ -74,7 +74,7 @@ enum ToolDatabases {
         var sizeBytes: Int64
 
         /// Still under the name the tool gave it (not renamed by hand since).
-        var keepsItsName: Bool { marker.database == name }
+        var keepsItsName: Bool { marker.database?.isSameDatabaseName(as: name) == true }
     }
 
     static let parameter = DatabaseProperties.markerParameter
@@ -105,7 +105,7 @@ enum ToolDatabases {
             ORDER BY d.datname
             """, [parameter]).rows
         return try rows.compactMap { row in
-            guard let marker = Marker.parse(try row.string(1)), target == nil || marker.target == target else { return nil }
+            guard let marker = Marker.parse(try row.string(1)), target.map({ marker.target.isSameDatabaseName(as: $0) }) ?? true else { return nil }
             return Marked(name: try row.string(0), marker: marker, sizeBytes: row[2].flatMap { Int64($0) } ?? 0)
         }
     }

@@ -183,7 +183,7 @@ public enum Pruner {
             }
             decisions += planned
             groups.append(PruneReport.Group(group: group.label, kind: group.kind, database: group.kind == .logical ? group.name : nil,
-                                            systemIdentifier: group.kind == .physical ? group.name : nil, backups: members.count,
+                                            systemIdentifier: group.kind == .physical ? group.name : group.system, backups: members.count,
                                             newestVerified: verified.id, verification: verified.verification, unverified: verified.unverified))
         }
         decisions.sort { ($0.takenAt, $0.id) > ($1.takenAt, $1.id) }

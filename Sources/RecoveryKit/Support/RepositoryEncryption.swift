@@ -117,6 +117,8 @@ public struct RepositoryEncryption: Codable, Sendable, Equatable {
     /// its WAL. The repository's mode is theirs only when they all agree.
     private struct Holdings {
         var groups: [RetentionGroup: RepositoryEncryption] = [:]
+        /// The mode of each database name's newest logical backup, of whichever server (one name may have several groups).
+        var databases: [DatabaseNameKey: RepositoryEncryption] = [:]
         var wal: RepositoryEncryption?
         /// The newest base backup's, of any server.
         var newestBaseBackup: RepositoryEncryption?
@@ -129,6 +131,9 @@ public struct RepositoryEncryption: Codable, Sendable, Equatable {
             for (group, members) in RetentionGroup.split(manifests) {
                 guard let newest = members.first.flatMap(mode) else { continue }
                 holdings.groups[group] = newest
+            }
+            for manifest in manifests where manifest.kind == .logical && holdings.databases[DatabaseNameKey(manifest.database.name)] == nil {
+                holdings.databases[DatabaseNameKey(manifest.database.name)] = mode(manifest)
             }
             holdings.newestBaseBackup = manifests.first { $0.kind == .physical }.flatMap(mode)
             if let wal = try store.list(prefix: "wal/").first(where: { $0.key.hasSuffix(".gz") }) {
@@ -150,7 +155,7 @@ public struct RepositoryEncryption: Codable, Sendable, Equatable {
         /// In a mixed repository: the mode of `database`'s newest logical backup; for a base backup
         /// or WAL (`database` nil), the WAL's, else the newest base backup's; nil for something new.
         func mode(of database: String?) -> RepositoryEncryption? {
-            if let database { return groups[RetentionGroup(kind: .logical, name: database)] }
+            if let database { return databases[DatabaseNameKey(database)] }
             return wal ?? newestBaseBackup
         }
 

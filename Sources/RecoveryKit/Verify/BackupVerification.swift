@@ -27,7 +27,7 @@ public enum BackupVerification {
         if backup == "all" {
             // With a database named, its logical backups (and manifests that cannot say whose they are).
             let chosen = entries.filter { entry in
-                database.map { name in entry.manifest.map { $0.kind == .logical && $0.database.name == name } ?? true } ?? true
+                database.map { name in entry.manifest.map { $0.kind == .logical && $0.database.name.isSameDatabaseName(as: name) } ?? true } ?? true
             }
             return try chosen.map { entry in
                 guard entry.manifest != nil else {
@@ -162,8 +162,10 @@ public enum BackupVerification {
         }
         let manifest: BackupManifest
         do {
-            // `latest` is the target database's newest backup, not another database's in a shared repository.
-            manifest = try Catalog(store: store).resolve(reference, database: fromDatabase ?? target.databaseName)
+            // `latest` is the target database's newest backup, not another database's in a shared repository,
+            // nor one of the same name on another server when the target's own server has some (`ServerScope`).
+            manifest = try Catalog(store: store).resolve(reference, database: fromDatabase ?? target.databaseName,
+                                                         targetSystem: ServerScope.systemIdentifier(of: connection))
         } catch let error as RecoveryError where basis != nil && error.code == .backupNotFound {
             throw RecoveryError(.backupNotFound, "\(target.databaseName) was restored from backup \(reference), which is not in \(store.location)",
                                 hint: "name the backup to compare with (dbverify latest), or point --repo at the repository it came from")

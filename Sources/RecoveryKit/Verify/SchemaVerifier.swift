@@ -97,8 +97,14 @@ public enum SchemaVerifier {
     public static func verify(repository: String, backup: String?, fromDatabase: String? = nil, target: ConnectionTarget, tools: PostgresTools,
                               environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Report {
         let store = try Repository.open(repository, create: false, environment: environment)
+        // Connect first, so that an unreachable server or wrong password gets its own exit code and
+        // hint, and `latest` of a name backed up from several servers is this server's own (`ServerScope`).
+        let connection = try PostgresConnection(target: target, applicationName: "dbverify")
+        let server = PostgresMajor(serverVersionNumber: connection.serverVersionNumber)
+        let targetSystem = ServerScope.systemIdentifier(of: connection)
+        connection.close()
         // `latest` is the target database's newest backup, not another database's in a shared repository.
-        let manifest = try Catalog(store: store).resolve(backup ?? "latest", database: fromDatabase ?? target.databaseName)
+        let manifest = try Catalog(store: store).resolve(backup ?? "latest", database: fromDatabase ?? target.databaseName, targetSystem: targetSystem)
         try Catalog.refuseContradiction(of: manifest, fromDatabase: fromDatabase)
         guard let expected = manifest.schemaFingerprint else {
             throw RecoveryError(.backupNotFound, manifest.kind == .physical
@@ -106,10 +112,6 @@ public enum SchemaVerifier {
                                     : "backup \(manifest.id) has no schema fingerprint (taken before dbbackup recorded one)",
                                 hint: "name a logical backup taken by this dbbackup version (dbrestore list shows them)")
         }
-        // Connect first, so that an unreachable server or wrong password gets its own exit code and hint.
-        let connection = try PostgresConnection(target: target, applicationName: "dbverify")
-        let server = PostgresMajor(serverVersionNumber: connection.serverVersionNumber)
-        connection.close()
         let actual = try fingerprint(pgDump: try pgDump(for: server, expected: expected, tools: tools).path, target: target)
         var report = compare(expected: expected, actual: actual, backupID: manifest.id, database: target.databaseName)
         report.backupDatabase = manifest.database.name

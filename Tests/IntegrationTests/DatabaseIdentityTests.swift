@@ -1,0 +1,178 @@
+import Foundation
+import RecoveryKit
+import TestSupport
+import XCTest
+
+/// "The same database" is the same server's and the same bytes. One repository (a shared bucket)
+/// holds backups of `app` from two servers, and of two databases whose names are canonically
+/// equivalent Unicode (NFC and NFD `café`: one String to Swift, two databases to PostgreSQL):
+/// `latest`, `--emergency`, `dbverify latest` and `dbprune` take each database's own backups, and
+/// a new server restoring the only server's backups after a disaster needs no flag.
+final class DatabaseIdentityTests: SharedRepositoryTestCase {
+    /// A second cluster of the test's own (stopped at teardown).
+    private func secondServer() throws -> PostgresCluster {
+        let server = try PostgresCluster()
+        addTeardownBlock { server.stop() }
+        return server
+    }
+
+    private func keepLastOne() throws -> String {
+        let policy = TestPaths.temporaryDirectory(prefix: "policy") + "/keep1.toml"
+        try "[local]\nkeep_last = 1\nsnapshots = false\n".write(toFile: policy, atomically: true, encoding: .utf8)
+        return policy
+    }
+
+    /// `dbprune --dry-run --json`: the ids it would delete and its groups.
+    private func prunePlan(policy: String) throws -> (deleted: [String], groups: [[String: Any]]) {
+        let prune = try tool("dbprune", ["--repo", repository!, "--policy", policy, "--dry-run", "--json"])
+        XCTAssertEqual(prune.status, 0, prune.standardError)
+        let plan = json(prune.standardOutput)
+        let decisions = plan["decisions"] as? [[String: Any]] ?? []
+        return (decisions.filter { $0["action"] as? String == "delete" }.compactMap { $0["id"] as? String },
+                plan["groups"] as? [[String: Any]] ?? [])
+    }
+
+    /// `app` on server A (3 rows) and on server B (7 rows, backed up last): against A, `latest`,
+    /// `dbverify latest` and `--emergency` take A's backup; `dbprune` keeps each server's newest;
+    /// without a target server (`dbrestore contents latest`, `dbverify --files latest`) the two are
+    /// not merged: refused (exit 22) naming both servers, or each checked in its own row, as on a third
+    /// server (the id chooses); a new server with no backups of its own restores the one server's
+    /// backups of a database without a flag.
+    func testSameNamedDatabasesOfTwoServersAreEachTheirOwn() throws {
+        try useCluster()
+        useLocalRepository(prefix: "two-servers")
+        let serverB = try secondServer()
+        let name = "app_\(UInt32.random(in: 0...UInt32.max))"
+        try cluster.connect().execute(script: "CREATE DATABASE \(name)")
+        try cluster.connect(database: name).execute(script: "CREATE TABLE t (id int, who text); INSERT INTO t SELECT g, 'A' FROM generate_series(1, 3) g")
+        try serverB.connect().execute(script: "CREATE DATABASE \(name)")
+        try serverB.connect(database: name).execute(script: "CREATE TABLE t (id int, who text); INSERT INTO t SELECT g, 'B' FROM generate_series(1, 7) g")
+        let systemA = try XCTUnwrap(try cluster.scalar("SELECT system_identifier::text FROM pg_control_system()", database: "postgres"))
+        let systemB = try XCTUnwrap(try serverB.scalar("SELECT system_identifier::text FROM pg_control_system()", database: "postgres"))
+        XCTAssertNotEqual(systemA, systemB)
+
+        let idA = try backup(of: name)
+        let onB = try tool("dbbackup", ["--database-url", serverB.url(database: name), "--repo", repository!, "--compression-level", "1"],
+                           environment: serverB.environment)
+        XCTAssertEqual(onB.status, 0, onB.standardError)
+        let idB = onB.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+        XCTAssertGreaterThan(idB, idA, "B's backup is the repository's newest of the name")
+        let urlA = cluster.url(database: name)
+
+        let latest = try tool("dbrestore", ["latest", "--dry-run", "--json", "--database-url", urlA, "--repo", repository!])
+        XCTAssertEqual(latest.status, 0, latest.standardError)
+        XCTAssertEqual(json(latest.standardOutput)["backup_id"] as? String, idA, latest.standardOutput)
+
+        let verify = try tool("dbverify", ["latest", "--database-url", urlA, "--repo", repository!])
+        XCTAssertEqual(verify.status, 0, verify.standardError)
+        XCTAssertTrue(verify.standardError.contains("matches backup \(idA)"), verify.standardError)
+        let table = try tool("dbrestore", ["latest", "--table", "public.t", "--into-schema", "rescue", "--dry-run", "--json",
+                                           "--database-url", urlA, "--repo", repository!])
+        XCTAssertEqual(table.status, 0, table.standardError)
+        XCTAssertEqual(json(table.standardOutput)["backup_id"] as? String, idA, table.standardOutput)
+
+        // A third server, neither's: nothing says whose `app` it is: refused naming both; the id chooses.
+        let serverC = try secondServer()
+        let systemC = try XCTUnwrap(try serverC.scalar("SELECT system_identifier::text FROM pg_control_system()", database: "postgres"))
+        let neither = try tool("dbrestore", ["--emergency", "--dry-run", "--database-url", serverC.url(database: name), "--repo", repository!],
+                               environment: serverC.environment)
+        XCTAssertEqual(neither.status, ExitStatus.backupNotFound.rawValue, neither.standardError)
+        for words in ["from 2 servers, none of them the target server (system \(systemC))", "system \(systemA) (newest backup \(idA))",
+                      "system \(systemB) (newest backup \(idB))", "by its id"] {
+            XCTAssertTrue(neither.standardError.contains(words), "\(words): \(neither.standardError)")
+        }
+        let chosen = try tool("dbrestore", [idA, "--dry-run", "--json", "--database-url", serverC.url(database: name), "--repo", repository!],
+                              environment: serverC.environment)
+        XCTAssertEqual(chosen.status, 0, chosen.standardError)
+        XCTAssertEqual(json(chosen.standardOutput)["backup_id"] as? String, idA, chosen.standardOutput)
+
+        // A's data changed since its backup: --emergency brings back A's 3 rows, never B's 7.
+        try cluster.connect(database: name).execute(script: "DELETE FROM t WHERE id = 1")
+        let emergency = try tool("dbrestore", ["--emergency", "--database-url", urlA, "--repo", repository!])
+        XCTAssertEqual(emergency.status, 0, emergency.standardError)
+        XCTAssertTrue(emergency.standardOutput.contains("restored \(name) from backup \(idA)"), emergency.standardOutput)
+        XCTAssertEqual(try cluster.scalar("SELECT count(*) || ' ' || string_agg(DISTINCT who, ',') FROM t", database: name), "3 A")
+
+        // Each server's database is its own retention group: keeping one each deletes nothing.
+        let (deleted, groups) = try prunePlan(policy: try keepLastOne())
+        XCTAssertEqual(deleted, [], "\(groups)")
+        let named = groups.filter { $0["database"] as? String == name }
+        XCTAssertEqual(Set(named.compactMap { $0["group"] as? String }),
+                       ["database \(name) of server \(systemA)", "database \(name) of server \(systemB)"], "\(groups)")
+        XCTAssertEqual(Set(named.compactMap { $0["system_identifier"] as? String }), [systemA, systemB], "\(groups)")
+
+        // No target server: the name alone does not say whose; refused naming both, or both checked.
+        let contents = try tool("dbrestore", ["contents", "latest", "--from-database", name, "--repo", repository!])
+        XCTAssertEqual(contents.status, ExitStatus.backupNotFound.rawValue, contents.standardError)
+        for words in ["from 2 servers", "system \(systemA) (newest backup \(idA))", "system \(systemB) (newest backup \(idB))", "by its id"] {
+            XCTAssertTrue(contents.standardError.contains(words), "\(words): \(contents.standardError)")
+        }
+        let byID = try tool("dbrestore", ["contents", idA, "--repo", repository!])
+        XCTAssertEqual(byID.status, 0, byID.standardError)
+        let files = try tool("dbverify", ["--files", "latest", "--json", "--repo", repository!])
+        XCTAssertEqual(files.status, 0, files.standardError)
+        XCTAssertTrue(files.standardOutput.contains(idA) && files.standardOutput.contains(idB), files.standardOutput)
+
+        // The 3 a.m. case: server B has no backup of A's other database; the only server's backups restore there, no flag.
+        let solo = try cluster.createDatabase(prefix: "solo", seed: "CREATE TABLE s (id int); INSERT INTO s VALUES (1), (2)")
+        let soloID = try backup(of: solo)
+        let rebuilt = try tool("dbrestore", ["--emergency", "--database-url", serverB.url(database: solo), "--repo", repository!],
+                               environment: serverB.environment)
+        XCTAssertEqual(rebuilt.status, 0, rebuilt.standardError)
+        XCTAssertTrue(rebuilt.standardOutput.contains("restored \(solo) from backup \(soloID)"), rebuilt.standardOutput)
+        XCTAssertEqual(try serverB.scalar("SELECT count(*) FROM s", database: solo), "2")
+    }
+
+    /// NFC `café…` (3 rows) and NFD `café…` (5 rows, backed up last) on one server: the NFC database's
+    /// `latest`, `dbverify latest` and `--emergency` take its own backup; `dbprune` counts them apart.
+    func testCanonicallyEquivalentNamesAreTwoDatabases() throws {
+        try useCluster()
+        useLocalRepository(prefix: "nfc-nfd")
+        let suffix = "_\(UInt32.random(in: 0...UInt32.max))"
+        let nfc = String(decoding: [0x63, 0x61, 0x66, 0xC3, 0xA9] as [UInt8], as: UTF8.self) + suffix
+        let nfd = String(decoding: [0x63, 0x61, 0x66, 0x65, 0xCC, 0x81] as [UInt8], as: UTF8.self) + suffix
+        XCTAssertEqual(nfc, nfd, "Swift compares them as one String")
+        XCTAssertFalse(nfc.utf8.elementsEqual(nfd.utf8))
+        for (database, rows) in [(nfc, 3), (nfd, 5)] {
+            try cluster.connect().execute(script: "CREATE DATABASE \"\(database)\"")
+            try cluster.connect(database: encoded(database)).execute(
+                script: "CREATE TABLE t (id int); INSERT INTO t SELECT g FROM generate_series(1, \(rows)) g")
+        }
+        XCTAssertEqual(try cluster.connect().query("SELECT count(*) FROM pg_database WHERE datname LIKE 'caf%\(suffix)'").scalar, "2")
+        let nfcID = try backup(of: encoded(nfc))
+        let nfdID = try backup(of: encoded(nfd))
+        XCTAssertGreaterThan(nfdID, nfcID)
+        let urlNFC = cluster.url(database: encoded(nfc))
+
+        let latest = try tool("dbrestore", ["latest", "--dry-run", "--json", "--database-url", urlNFC, "--repo", repository!])
+        XCTAssertEqual(latest.status, 0, latest.standardError)
+        XCTAssertEqual(json(latest.standardOutput)["backup_id"] as? String, nfcID, latest.standardOutput)
+
+        let verify = try tool("dbverify", ["latest", "--database-url", urlNFC, "--repo", repository!])
+        XCTAssertEqual(verify.status, 0, verify.standardError)
+        XCTAssertTrue(verify.standardError.contains("matches backup \(nfcID)"), verify.standardError)
+
+        try cluster.connect(database: encoded(nfc)).execute(script: "DELETE FROM t WHERE id = 1")
+        let emergency = try tool("dbrestore", ["--emergency", "--database-url", urlNFC, "--repo", repository!])
+        XCTAssertEqual(emergency.status, 0, emergency.standardError)
+        XCTAssertTrue(emergency.standardOutput.contains("from backup \(nfcID)"), emergency.standardOutput)
+        XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM t", database: encoded(nfc)), "3")
+        XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM t", database: encoded(nfd)), "5")
+
+        let (deleted, groups) = try prunePlan(policy: try keepLastOne())
+        XCTAssertEqual(deleted, [], "\(groups)")
+        let labels = groups.compactMap { $0["group"] as? String }.filter { $0.hasSuffix(")") && $0.contains(suffix) }
+        XCTAssertEqual(Set(labels), ["database \(nfc) (UTF-8 636166c3a9\(hex(suffix)))", "database \(nfd) (UTF-8 63616665cc81\(hex(suffix)))"], "\(groups)")
+    }
+
+    /// A database name as it goes into a URL's path: its bytes percent-encoded.
+    private func encoded(_ name: String) -> String {
+        name.utf8.map { byte in
+            (byte >= 0x30 && byte <= 0x39) || (byte >= 0x61 && byte <= 0x7A) || byte == 0x5F ? String(UnicodeScalar(byte)) : String(format: "%%%02X", byte)
+        }.joined()
+    }
+
+    private func hex(_ text: String) -> String {
+        text.utf8.map { String(format: "%02x", $0) }.joined()
+    }
+}
