@@ -172,8 +172,8 @@ public struct Catalog {
     /// - Throws: `RecoveryError(.usage)` naming both databases.
     public static func refuseContradiction(of manifest: BackupManifest, fromDatabase: String?) throws {
         guard let from = fromDatabase, manifest.kind == .logical, !manifest.database.name.isSameDatabaseName(as: from) else { return }
-        throw RecoveryError(.usage, "backup \(manifest.id) is of database \(manifest.database.name), not \(from) as --from-database says",
-                            hint: "drop --from-database (a backup named by its id needs none), or name a backup of \(from): dbrestore list --from-database \(from)")
+        throw RecoveryError(.usage, "backup \(manifest.id) is of database \(ShellWord.quoted(manifest.database.name)), not \(ShellWord.quoted(from)) as --from-database says",
+                            hint: "drop --from-database (a backup named by its id needs none), or name a backup of \(ShellWord.quoted(from)): dbrestore list --from-database \(ShellWord.quoted(from))")
     }
 
     /// What a repository holds besides the logical backups of one database, for the messages that

@@ -51,7 +51,8 @@ public final class RunReporter: Sendable {
         var file = MetricsText((try? String(contentsOfFile: metricsFile, encoding: .utf8)) ?? "")
         let now = Date().timeIntervalSince1970
         let previousSuccess = success ? now : file.value(of: "dbrecovery_last_success_timestamp_seconds", labels: labelText)
-        file.remove { $0 == labelText || $0 == unlabelled }
+        // By bytes: the series of NFC "café" are not NFD "café"'s (String == treats them as one).
+        file.remove { $0.utf8.elementsEqual(labelText.utf8) || $0.utf8.elementsEqual(unlabelled.utf8) }
         file.add("dbrecovery_last_run_success", help: "1 if the last run succeeded, else 0.", labels: labelText, value: success ? "1" : "0")
         file.add("dbrecovery_last_exit_code", help: "Exit code of the last run (README: Exit codes).", labels: labelText, value: "\(code)")
         file.add("dbrecovery_last_run_timestamp_seconds", help: "When the last run ended.", labels: labelText, value: Self.number(now))
