@@ -59,13 +59,7 @@ final class DatabaseIdentityTests: SharedRepositoryTestCase {
         XCTAssertGreaterThan(idB, idA, "B's backup is the repository's newest of the name")
         let urlA = cluster.url(database: name)
 
-        let latest = try tool("dbrestore", ["latest", "--dry-run", "--json", "--database-url", urlA, "--repo", repository!])
-        XCTAssertEqual(latest.status, 0, latest.standardError)
-        XCTAssertEqual(json(latest.standardOutput)["backup_id"] as? String, idA, latest.standardOutput)
-
-        let verify = try tool("dbverify", ["latest", "--database-url", urlA, "--repo", repository!])
-        XCTAssertEqual(verify.status, 0, verify.standardError)
-        XCTAssertTrue(verify.standardError.contains("matches backup \(idA)"), verify.standardError)
+        try assertLatestAndVerifyTake(idA, url: urlA)
         let table = try tool("dbrestore", ["latest", "--table", "public.t", "--into-schema", "rescue", "--dry-run", "--json",
                                            "--database-url", urlA, "--repo", repository!])
         XCTAssertEqual(table.status, 0, table.standardError)
@@ -144,13 +138,7 @@ final class DatabaseIdentityTests: SharedRepositoryTestCase {
         XCTAssertGreaterThan(nfdID, nfcID)
         let urlNFC = cluster.url(database: encoded(nfc))
 
-        let latest = try tool("dbrestore", ["latest", "--dry-run", "--json", "--database-url", urlNFC, "--repo", repository!])
-        XCTAssertEqual(latest.status, 0, latest.standardError)
-        XCTAssertEqual(json(latest.standardOutput)["backup_id"] as? String, nfcID, latest.standardOutput)
-
-        let verify = try tool("dbverify", ["latest", "--database-url", urlNFC, "--repo", repository!])
-        XCTAssertEqual(verify.status, 0, verify.standardError)
-        XCTAssertTrue(verify.standardError.contains("matches backup \(nfcID)"), verify.standardError)
+        try assertLatestAndVerifyTake(nfcID, url: urlNFC)
 
         try cluster.connect(database: encoded(nfc)).execute(script: "DELETE FROM t WHERE id = 1")
         let emergency = try tool("dbrestore", ["--emergency", "--database-url", urlNFC, "--repo", repository!])
@@ -174,5 +162,15 @@ final class DatabaseIdentityTests: SharedRepositoryTestCase {
 
     private func hex(_ text: String) -> String {
         text.utf8.map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// `dbrestore latest --dry-run` and `dbverify latest` against `url` both take backup `id`.
+    private func assertLatestAndVerifyTake(_ id: String, url: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let latest = try tool("dbrestore", ["latest", "--dry-run", "--json", "--database-url", url, "--repo", repository!])
+        XCTAssertEqual(latest.status, 0, latest.standardError, file: file, line: line)
+        XCTAssertEqual(json(latest.standardOutput)["backup_id"] as? String, id, latest.standardOutput, file: file, line: line)
+        let verify = try tool("dbverify", ["latest", "--database-url", url, "--repo", repository!])
+        XCTAssertEqual(verify.status, 0, verify.standardError, file: file, line: line)
+        XCTAssertTrue(verify.standardError.contains("matches backup \(id)"), verify.standardError, file: file, line: line)
     }
 }

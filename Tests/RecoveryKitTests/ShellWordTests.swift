@@ -5,12 +5,8 @@ import XCTest
 /// out of a hint).
 final class ShellWordTests: XCTestCase {
     func testAWordIsQuotedWhenAShellWouldReadItOtherwise() {
-        XCTAssertEqual(ShellWord.quoted("app_2"), "app_2")
-        XCTAssertEqual(ShellWord.quoted("x; rm -rf ~"), "'x; rm -rf ~'")
-        XCTAssertEqual(ShellWord.quoted("we ird"), "'we ird'")
-        XCTAssertEqual(ShellWord.quoted("app "), "'app '")
-        XCTAssertEqual(ShellWord.quoted("a'b"), #"'a'\''b'"#)
-        XCTAssertEqual(ShellWord.quoted(""), "''")
-        XCTAssertEqual(ShellWord.quoted("café"), "'café'")
+        let cases = [("app_2", "app_2"), ("x; rm -rf ~", "'x; rm -rf ~'"), ("we ird", "'we ird'"), ("app ", "'app '"),
+                     ("a'b", #"'a'\''b'"#), ("", "''"), ("café", "'café'")]
+        for (word, shown) in cases { XCTAssertEqual(ShellWord.quoted(word), shown, word) }
     }
 }
