@@ -68,12 +68,15 @@ final class DatabaseIdentityTests: SharedRepositoryTestCase {
         // A third server, neither's: nothing says whose `app` it is: refused naming both; the id chooses.
         let serverC = try secondServer()
         let systemC = try XCTUnwrap(try serverC.scalar("SELECT system_identifier::text FROM pg_control_system()", database: "postgres"))
-        let neither = try tool("dbrestore", ["--emergency", "--dry-run", "--database-url", serverC.url(database: name), "--repo", repository!],
-                               environment: serverC.environment)
-        XCTAssertEqual(neither.status, ExitStatus.backupNotFound.rawValue, neither.standardError)
-        for words in ["from 2 servers, none of them the target server (system \(systemC))", "system \(systemA) (newest backup \(idA))",
-                      "system \(systemB) (newest backup \(idB))", "by its id"] {
-            XCTAssertTrue(neither.standardError.contains(words), "\(words): \(neither.standardError)")
+        // `latest` says so too (it said "no logical backup of database app" and pointed at --pitr).
+        for mode in ["--emergency", "latest"] {
+            let neither = try tool("dbrestore", [mode, "--dry-run", "--database-url", serverC.url(database: name), "--repo", repository!],
+                                   environment: serverC.environment)
+            XCTAssertEqual(neither.status, ExitStatus.backupNotFound.rawValue, neither.standardError)
+            for words in ["from 2 servers, none of them the target server (system \(systemC))", "system \(systemA) (newest backup \(idA))",
+                          "system \(systemB) (newest backup \(idB))", "by its id"] {
+                XCTAssertTrue(neither.standardError.contains(words), "\(mode): \(words): \(neither.standardError)")
+            }
         }
         let chosen = try tool("dbrestore", [idA, "--dry-run", "--json", "--database-url", serverC.url(database: name), "--repo", repository!],
                               environment: serverC.environment)

@@ -88,4 +88,21 @@ final class PointInTimeRestorePointTests: XCTestCase {
         XCTAssertTrue(tooNew.standardError.contains("--base-backup \(newest) finished at") && tooNew.standardError.contains("after --target-time"), tooNew.standardError)
         XCTAssertFalse(FileManager.default.fileExists(atPath: nowhere))
     }
+
+    /// A restore point whose name holds a line end (an outside attack): the setting dbrestore writes is
+    /// one line PostgreSQL reads back as that name (it wrote the newline raw; the server refused its config).
+    func testARestorePointNameWithALineEndIsWrittenAsPostgreSQLReadsIt() throws {
+        let (cluster, repository, _, connection) = try archivingCluster("rpnl")
+        let name = "line\none\\two 'q'"
+        try connection.query("SELECT pg_create_restore_point($1)", [name])
+        try waitForArchive(connection)
+        let directory = ownedDirectory("rpnl-target") + "/data"
+        let prepared = try asOwner("dbrestore", ["--pitr", "--pgdata", directory, "--repo", repository, "--target-name", name], cluster: cluster)
+        XCTAssertEqual(prepared.status, 0, prepared.standardError)
+        let postgres = [cluster.binDirectory + "/postgres", "-C", "recovery_target_name", "-D", directory]
+        let read = getuid() == 0 ? try TestProcess.run("/usr/bin/setpriv", ["--reuid=postgres", "--regid=postgres", "--init-groups"] + postgres)
+            : try TestProcess.run(postgres[0], Array(postgres.dropFirst()))
+        XCTAssertEqual(read.status, 0, read.standardError)
+        XCTAssertEqual(read.standardOutput, name + "\n", "what PostgreSQL reads from postgresql.auto.conf")
+    }
 }

@@ -168,6 +168,22 @@ final class RetentionPlannerTests: XCTestCase {
         XCTAssertEqual(groups.map { $0.manifests.map(\.id) }, [["2"], ["1"], ["4"], ["3"]])
     }
 
+    /// Whose backups of `app` a restore onto a server takes (`ServerScope`), found by an outside attack: A's
+    /// own backup written before servers were recorded lost to B's newer, recorded one.
+    func testBackupsRecordingNoServerBesideAnotherServersAreNotTakenForTheTargets() throws {
+        let unrecordedA = manifest("1", kind: .logical, database: "app", system: nil)
+        let recordedB = manifest("2", kind: .logical, database: "app", system: "8")
+        XCTAssertThrowsError(try ServerScope.of("app", among: [unrecordedA, recordedB], target: "7", location: "repo")) { error in
+            XCTAssertTrue("\(error)".contains("backups that record no server (newest 1)") && "\(error)".contains("system 8"), "\(error)")
+        }
+        // One source only: restores anywhere (a new server after the old one died; a repository from before servers were recorded).
+        XCTAssertNil(try ServerScope.of("app", among: [recordedB], target: "7", location: "repo").system)
+        XCTAssertNil(try ServerScope.of("app", among: [unrecordedA], target: "7", location: "repo").system)
+        // The target's own recorded backups win; without a target, as before.
+        XCTAssertEqual(try ServerScope.of("app", among: [unrecordedA, recordedB], target: "8", location: "repo").system, "8")
+        XCTAssertNil(try ServerScope.of("app", among: [unrecordedA, recordedB], target: nil, location: "repo").system)
+    }
+
     private func manifest(_ id: String, kind: BackupManifest.Kind, database: String, system: String?) -> BackupManifest {
         var manifest = BackupManifestTests.sample(id: id)
         manifest.kind = kind

@@ -63,17 +63,27 @@ public struct ServerScope: Sendable {
         let own = manifests.filter { $0.kind == .logical && $0.database.name.isSameDatabaseName(as: database) }
         if let target, own.contains(where: { $0.database.systemIdentifier == target }) { return ServerScope(system: target) }
         var newest: [String: String] = [:]   // system identifier → its newest backup id
+        var unrecorded: String?               // the newest backup that records no server
         for manifest in own {
-            guard let system = manifest.database.systemIdentifier else { continue }
+            guard let system = manifest.database.systemIdentifier else {
+                unrecorded = max(unrecorded ?? "", manifest.id)
+                continue
+            }
             newest[system] = max(newest[system] ?? "", manifest.id)
         }
-        guard newest.count > 1 else { return ServerScope(system: nil) }
+        // With a target server, backups that record no server may be its own (written before the field was),
+        // beside another server's newer ones: which is this database's is not known, so neither is taken
+        // (an outside attack had A's own older backup lose to B's newer one). With no target, as before.
+        let sources = newest.count + (target != nil && unrecorded != nil && !newest.isEmpty ? 1 : 0)
+        guard sources > 1 else { return ServerScope(system: nil) }
         let servers = newest.sorted { $0.value > $1.value }
-        let listed = servers.map { "system \($0.key) (newest backup \($0.value))" }.joined(separator: ", ")
+        let listed = (servers.map { "system \($0.key) (newest backup \($0.value))" }
+            + (sources > newest.count ? unrecorded.map { ["backups that record no server (newest \($0))"] } ?? [] : []))
+            .joined(separator: ", ")
         let whose = target.map { ", none of them the target server (system \($0))" } ?? ": 'latest' does not say whose"
         throw RecoveryError(
             .backupNotFound,
-            "\(location) holds logical backups of database \(database) from \(servers.count) servers\(whose): \(listed)",
+            "\(location) holds logical backups of database \(database) from \(sources) servers\(whose): \(listed)",
             hint: "name the backup to use by its id (e.g. \(servers[0].value)); dbrestore list --json shows each backup's system_identifier; nothing was touched")
     }
 

@@ -834,8 +834,12 @@ public enum PointInTimeRestore {
 
     private static func writeRecoverySettings(_ configuration: PITRConfiguration, backupID: String, timeline: UInt32, holdID: String?) throws {
         let directory = configuration.dataDirectory
-        // postgresql.conf strings process backslash escapes and take '' for a quote.
-        let quote = { (text: String) in "'" + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "''") + "'" }
+        // postgresql.conf strings process backslash escapes (\n, \r, \t among them) and take '' for a quote; a
+        // line end must be written as its escape, or it ends the setting's line (a restore point named so).
+        let quote = { (text: String) in
+            "'" + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "''")
+                .replacingOccurrences(of: "\n", with: "\\n").replacingOccurrences(of: "\r", with: "\\r") + "'"
+        }
         var lines = ["", "# Added by dbrestore --pitr at \(Timestamp.format(Date())) from base backup \(backupID).",
                      "restore_command = \(quote(restoreCommand(configuration)))",
                      "recovery_target_action = 'promote'",

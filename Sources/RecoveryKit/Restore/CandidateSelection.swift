@@ -222,7 +222,10 @@ enum CandidateSelection {
             manifest = try catalog.resolve(reference, database: source, targetSystem: targetSystem)
         } catch let error as RecoveryError where error.code == .backupNotFound && reference == "latest" {
             let manifests = try catalog.manifests()
-            guard !manifests.isEmpty else { throw error }
+            // Backups of the name exist (several servers', none the target's): ServerScope's refusal, naming
+            // them, is the answer — not "no logical backup", which sent an outside attacker to --pitr.
+            guard !manifests.isEmpty,
+                  !manifests.contains(where: { $0.kind == .logical && $0.database.name.isSameDatabaseName(as: source) }) else { throw error }
             throw noneOfDatabase(source: source, target: target, release: release, stores: [store.location],
                                  holdings: Catalog.Holdings(manifests, besides: source))
         }
