@@ -210,3 +210,23 @@ final class StandbyManifestFieldsTests: XCTestCase {
         XCTAssertEqual(try BackupManifest.decode(Data(olderText.utf8), source: "old").physical?.segmentSize, 16 << 20)
     }
 }
+
+/// What "the latest timeline" may be.
+final class LatestTimelineTests: XCTestCase {
+    /// Found by an outside attack: timeline 2's segments archived without 00000002.history (a server
+    /// promoted by --pitr with archiving off, then archiving as the primary): 'latest' stopped at timeline
+    /// 1 and restored its abandoned end with exit 0. Refused, naming the file and the fix.
+    func testLatestRefusesAHigherTimelineArchivedWithoutItsHistory() throws {
+        let objects = ["wal/00000001/000000010000000000000003.gz", "wal/00000001/000000010000000000000004.gz",
+                       "wal/00000002/000000020000000000000004.gz", "wal/00000002/000000020000000000000005.partial.gz"]
+            .map { StoredObject(key: $0, size: 1, modified: nil) }
+        XCTAssertThrowsError(try PointInTimeRestore.refuseTimelineWithoutHistory(above: 1, archive: objects)) { error in
+            let refusal = error as? RecoveryError
+            XCTAssertTrue(refusal?.message.contains("timeline 2 (from 000000020000000000000004)") == true
+                          && refusal?.message.contains("00000002.history") == true, "\(error)")
+            XCTAssertTrue(refusal?.hint?.contains("--timeline 1") == true, "\(error)")
+        }
+        XCTAssertNoThrow(try PointInTimeRestore.refuseTimelineWithoutHistory(above: 2, archive: objects))
+        XCTAssertNoThrow(try PointInTimeRestore.refuseTimelineWithoutHistory(above: 1, archive: Array(objects.prefix(2))))
+    }
+}

@@ -261,7 +261,9 @@ public enum PointInTimeRestore {
             let backupTimeline = UInt32(clamping: max(1, physical.timeline))
             let targetTimeline: UInt32
             switch configuration.timeline {
-            case .latest: targetTimeline = history.latest(from: backupTimeline)
+            case .latest:
+                targetTimeline = history.latest(from: backupTimeline)
+                try refuseTimelineWithoutHistory(above: targetTimeline, archive: archive)
             case .number(let number): targetTimeline = number
             }
             if case .time(let time) = configuration.target {
@@ -830,6 +832,26 @@ public enum PointInTimeRestore {
     public static func runningExecutable() -> String {
         if let path = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"), path.hasPrefix("/") { return path }
         return URL(fileURLWithPath: CommandLine.arguments.first ?? "dbrestore").resolvingSymlinksInPath().path
+    }
+
+    /// "The latest timeline" must be the latest one archived: segments of a higher timeline whose history
+    /// file is not in the archive (a server promoted by `--pitr`, whose archiving was off when it promoted,
+    /// turned into the primary and archiving again) mean the end of `timeline` is an abandoned branch.
+    /// Recovering along it returned the abandoned rows with exit 0 (an outside attack); refused instead.
+    ///
+    /// - Throws: `RecoveryError(.backupNotFound)` naming the timeline, its first segment and the fix.
+    static func refuseTimelineWithoutHistory(above timeline: UInt32, archive: [StoredObject]) throws {
+        let higher = archive.compactMap { object -> (UInt32, String)? in
+            let name = String(object.key.split(separator: "/").last ?? "").replacingOccurrences(of: ".gz", with: "")
+            guard WALSegmentName.isSegment(name), let number = WALSegmentName.timelineNumber(of: name), number > timeline else { return nil }
+            return (number, name)
+        }.min { $0 < $1 }
+        guard let (number, first) = higher else { return }
+        throw RecoveryError(.backupNotFound,
+                            "the archive holds WAL of timeline \(number) (from \(first)) but not its history file \(TimelineHistory.fileName(number)): "
+                                + "the end of timeline \(timeline) is a branch that timeline \(number) abandoned, and 'latest' cannot follow it",
+                            hint: "archive the history file from the pg_wal directory of the server on timeline \(number) "
+                                + "(dbbackup wal-push pg_wal/\(TimelineHistory.fileName(number)) --repo …), or give --timeline \(timeline) to recover that branch knowingly")
     }
 
     private static func writeRecoverySettings(_ configuration: PITRConfiguration, backupID: String, timeline: UInt32, holdID: String?) throws {
