@@ -16,18 +16,18 @@ public struct WALReleaseCommand: ToolCommand {
         (dbprune --dry-run lists the holds).
 
         Examples:
-          dbrestore wal-release 20261127T020000Z-3fa2c1d0 --repo /var/backups/app --dry-run
+          dbrestore wal-release 20261127T020000Z-3fa2 --repo /var/backups/app --dry-run
         """)
 
     @Argument(help: ArgumentHelp("The hold's id (dbprune --dry-run lists them).", valueName: "id"))
     public var id: String
 
-    @Flag(name: .customLong("dry-run"), help: "Say which hold would be released; change nothing.")
-    public var dryRun = false
-
     @OptionGroup(title: "Repository") public var repository: RepositoryOptions
     @OptionGroup(title: "Configuration") public var config: ConfigOptions
     @OptionGroup(title: "Output") public var output: OutputOptions
+
+    @Flag(help: "Say which hold would be released; change nothing.")
+    public var dryRun = false
 
     public init() {}
 

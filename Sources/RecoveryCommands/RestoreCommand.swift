@@ -366,7 +366,7 @@ public struct PITRCommand: ToolCommand {
           dbrestore --pitr --pgdata /srv/pg/restored --target latest --dry-run
           dbrestore pitr --pgdata /srv/pg/restored --port 5433 --start \\
               --target-time '2024-01-15 10:00:00'
-          dbrestore --pitr --pgdata /srv/pg/restored --target-name before_migration_42 \\
+          dbrestore --pitr --pgdata /srv/pg/restored --target-name before_deploy \\
               --base-backup 20240114T020000Z-3fa2 --dry-run
         """)
 
@@ -391,11 +391,9 @@ public struct PITRCommand: ToolCommand {
     @Option(name: .customLong("timeline"), help: ArgumentHelp("The timeline to recover along: 'latest' (default: the newest, following .history files across failovers and earlier restores) or its number.", valueName: "latest|n"))
     public var timeline: String?
 
-    @Option(name: .customLong("system-identifier"), help: ArgumentHelp("The server to recover when the repository holds base backups of several (a cluster initialised again); default: the one whose WAL was archived last (dbrestore list --json: system_identifier).", valueName: "n"))
-    public var systemIdentifier: String?
+    @Option(name: .customLong("system-identifier"), help: ArgumentHelp("The server to recover when the repository holds base backups of several (a cluster initialised again); default: the one whose WAL was archived last (dbrestore list --json: system_identifier).", valueName: "n")) public var systemIdentifier: String?
 
-    @Option(name: .customLong("base-backup"), help: ArgumentHelp("Recover from this base backup (dbrestore list) instead of the one the plan chooses (the newest ending before the target; for --target-name, the newest started before the restore point).", valueName: "id"))
-    public var baseBackup: String?
+    @Option(name: .customLong("base-backup"), help: ArgumentHelp("Recover from this base backup (dbrestore list) instead of the one the plan chooses (the newest ending before the target; for --target-name, the newest started before the restore point).", valueName: "id")) public var baseBackup: String?
 
     @Option(help: ArgumentHelp("Port of the restored server.", valueName: "port"))
     public var port: Int?

@@ -16,7 +16,7 @@ public struct ContentsCommand: ToolCommand {
         Examples:
           dbrestore contents latest --repo /var/backups/app
           dbrestore contents latest --from-database billing --repo /var/backups/shared
-          dbrestore contents 20261124T020000Z-3fa2 --json | jq -r '.tables[] | "\\(.schema).\\(.name) \\(.rows)"'
+          dbrestore contents latest --json | jq -r '.tables[] | "\\(.name) \\(.rows)"'
         """)
 
     @Argument(help: ArgumentHelp("Backup id, unique id prefix, or 'latest'.", valueName: "backup"))

@@ -124,18 +124,36 @@ final class PackagingTests: XCTestCase {
                 for name in subcommands.compactMap({ $0["commandName"] as? String }) {
                     XCTAssertTrue(help.standardOutput.contains("  \(name)"), "\(tool) \(spelling[0]) does not list subcommand \(name)")
                 }
-                // Examples run from "Examples:" to the next blank line; none may wrap mid-command.
-                let lines = help.standardOutput.split(separator: "\n", omittingEmptySubsequences: false)
-                if let start = lines.firstIndex(where: { $0.hasPrefix("Examples:") }) {
-                    for line in lines[start...].prefix(while: { !$0.isEmpty }) {
-                        XCTAssertLessThanOrEqual(line.count, 80, "\(tool): example wider than 80 columns: \(line)")
-                    }
-                    let examples = lines[(start + 1)...].prefix(while: { !$0.isEmpty })
-                    for (line, next) in zip(examples, examples.dropFirst()) where !next.hasPrefix("  ") {
-                        XCTFail("\(tool): '\(line)' wraps onto '\(next)'")
-                    }
-                }
+                assertExamplesFit(help.standardOutput, of: tool)
             }
+            // Every subcommand's own --help (dbrestore pitr --help, dbrestore wal-release --help, …) too.
+            for path in subcommandPaths(of: root) {
+                let help = try TestProcess.tool(tool, path + ["--help"])
+                XCTAssertEqual(help.status, 0, help.standardError)
+                assertExamplesFit(help.standardOutput, of: ([tool] + path).joined(separator: " "))
+            }
+        }
+    }
+
+    /// Examples run from "Examples:" to the next blank line; none may be wider than 80 columns or
+    /// wrap mid-command (a line that does not start with the examples' indentation).
+    private func assertExamplesFit(_ help: String, of command: String, file: StaticString = #filePath, line: UInt = #line) {
+        let lines = help.split(separator: "\n", omittingEmptySubsequences: false)
+        guard let start = lines.firstIndex(where: { $0.hasPrefix("Examples:") }) else { return }
+        let examples = lines[(start + 1)...].prefix(while: { !$0.isEmpty })
+        for example in examples where example.count > 80 {
+            XCTFail("\(command): example wider than 80 columns: \(example)", file: file, line: line)
+        }
+        for (example, next) in zip(examples, examples.dropFirst()) where !next.hasPrefix("  ") {
+            XCTFail("\(command): '\(example)' wraps onto '\(next)'", file: file, line: line)
+        }
+    }
+
+    /// The names leading to every subcommand in an `--experimental-dump-help` tree, `help` left out.
+    private func subcommandPaths(of command: [String: Any]) -> [[String]] {
+        (command["subcommands"] as? [[String: Any]] ?? []).flatMap { sub -> [[String]] in
+            guard let name = sub["commandName"] as? String, name != "help" else { return [] }
+            return [[name]] + subcommandPaths(of: sub).map { [name] + $0 }
         }
     }
 

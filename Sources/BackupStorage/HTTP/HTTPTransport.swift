@@ -16,11 +16,7 @@ public struct HTTPRequest: Sendable {
     public var interruptible: Bool
 
     public init(method: String, url: URL, headers: [(name: String, value: String)] = [], body: Data? = nil, interruptible: Bool = false) {
-        self.method = method
-        self.url = url
-        self.headers = headers
-        self.body = body
-        self.interruptible = interruptible
+        (self.method, self.url, self.headers, self.body, self.interruptible) = (method, url, headers, body, interruptible)
     }
 }
 

@@ -84,8 +84,7 @@ public struct DumpTableOfContents: Codable, Equatable, Sendable {
     /// `bitOffset` is 0 and `window` is empty; they are kept so the format can carry zran points.
     /// The first point is the start of the file (its gzip header).
     public struct AccessPoint: Codable, Equatable, Sendable {
-        public var compressedOffset: UInt64
-        public var uncompressedOffset: UInt64
+        public var compressedOffset, uncompressedOffset: UInt64
         public var bitOffset: Int = 0
         /// Base64 of the window; empty for the points this toolkit writes.
         public var window: String = ""

@@ -16,11 +16,9 @@ struct TarMember: Codable, Equatable, Sendable {
     var name: String
     var kind: Kind
     var mode: UInt32
-    var uid: UInt32
-    var gid: UInt32
+    var uid, gid: UInt32
     /// Owner names (`postgres`): `tar -x` run as root gives files to these users when they exist.
-    var userName: String
-    var groupName: String
+    var userName, groupName: String
     /// Bytes of data following the header (0 for directories and symlinks).
     var size: UInt64
     var modificationTime: Int64
