@@ -41,6 +41,19 @@ public enum Interruption {
         if let signal { throw InterruptedError(signal: signal) }
     }
 
+    /// Waits `seconds`, in slices of at most 50 ms so that a SIGINT/SIGTERM ends the wait at once
+    /// (`InterruptedError`). With `interruptible` false (clean-up that must still run after the
+    /// signal) it simply sleeps.
+    public static func pause(_ seconds: TimeInterval, interruptible: Bool = true) throws {
+        guard interruptible else { return Thread.sleep(forTimeInterval: max(0, seconds)) }
+        let end = Date().addingTimeInterval(seconds)
+        while Date() < end {
+            try check()
+            Thread.sleep(forTimeInterval: min(0.05, max(0, end.timeIntervalSinceNow)))
+        }
+        try check()
+    }
+
     /// `error` unchanged, or `InterruptedError` when a signal is what made it happen.
     ///
     /// Used where a failure (a killed child, a cancelled statement, a closed pipe) is the consequence

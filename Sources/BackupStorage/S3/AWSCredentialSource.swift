@@ -139,11 +139,7 @@ public final class AWSCredentialSource: Sendable, CustomStringConvertible {
                 state.failure = (Date(), error)
                 throw error
             }
-            let pause = Date().addingTimeInterval(0.5 * Double(attempt))
-            while Date() < pause {
-                if interruptible { try Interruption.check() }
-                Thread.sleep(forTimeInterval: min(0.05, max(0, pause.timeIntervalSinceNow)))
-            }
+            try Interruption.pause(0.5 * Double(attempt), interruptible: interruptible)
             attempt += 1
         }
     }

@@ -105,7 +105,7 @@ final class S3Client: Sendable {
             let delay = Double.random(in: ceiling / 2...ceiling)
             // lastProblem names the method, the object and S3's answer: never a header, so no credential.
             logger.warning("S3 attempt \(attempt) of \(configuration.maxAttempts) failed: \(lastProblem); retrying in \(String(format: "%.1f", delay)) s")
-            try pause(delay, interruptible: interruptible)
+            try Interruption.pause(delay, interruptible: interruptible)
         }
     }
 
@@ -117,16 +117,6 @@ final class S3Client: Sendable {
     }
 
     /// The pause before a retry; a signal ends an interruptible request's pause (no new attempt starts).
-    private func pause(_ delay: TimeInterval, interruptible: Bool) throws {
-        guard interruptible else { return Thread.sleep(forTimeInterval: delay) }
-        let end = Date().addingTimeInterval(delay)
-        while Date() < end {
-            try Interruption.check()
-            Thread.sleep(forTimeInterval: min(0.05, max(0, end.timeIntervalSinceNow)))
-        }
-        try Interruption.check()
-    }
-
     private func sendOnce(_ method: String, key: String?, query: [(String, String)], headers: [String: String], body: Data?,
                           interruptible: Bool, credentials: AWSCredentials) throws -> S3Response {
         let (url, host, encodedPath) = try address(key: key, query: query)

@@ -177,8 +177,7 @@ public enum WALArchive {
         let wait = Double(environment["DBRECOVERY_WAL_HOLE_WAIT"] ?? "").flatMap { $0 >= 0 ? $0 : nil } ?? 120
         let deadline = Date().addingTimeInterval(wait)
         while Date() < deadline {
-            try Interruption.check()
-            Thread.sleep(forTimeInterval: min(1, max(0, deadline.timeIntervalSinceNow)))
+            try Interruption.pause(min(1, max(0, deadline.timeIntervalSinceNow)))
             if try fetch() { return true }
             guard let still = try laterSegment() else { return false }
             later = still
