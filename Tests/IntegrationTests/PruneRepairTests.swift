@@ -53,6 +53,26 @@ final class PruneRepairTests: IntegrationTestCase {
         XCTAssertEqual(try tool("dbverify", ["--files", ids[0], "--repo", repository]).status, 0)
     }
 
+    /// A restore or verify by the id of a backup a stopped prune left in `pruning/` says so (and what
+    /// to run), not merely "no backup".
+    func testARestoreByTheIdOfABackupBeingDeletedSaysSo() throws {
+        let id = try backup()
+        try stoppedPrune(deleting: id)
+        func check(_ command: String, _ arguments: [String]) throws {
+            let result = try tool(command, arguments + common)
+            XCTAssertEqual(result.status, ExitStatus.backupNotFound.rawValue, result.standardError)
+            XCTAssertTrue(result.standardError.contains("is being deleted by dbprune (its manifest waits in pruning/\(id).json)"), result.standardError)
+            XCTAssertTrue(result.standardError.contains("dbprune --dry-run"), result.standardError)
+        }
+        try check("dbrestore", [id, "--dry-run"])
+        try check("dbverify", [id])
+        // With another backup beside it (the id is then merely unknown to the listing), and by a prefix.
+        sleep(1)
+        _ = try backup()
+        try check("dbrestore", [id, "--dry-run"])
+        try check("dbverify", [String(id.prefix(17))])
+    }
+
     func testABackupAStoppedPruneHadBegunDeletingGoesAtOnce() throws {
         let (ids, policy) = try threeBackups()
         try stoppedPrune(deleting: ids[2], files: ["dump.sql.gz"])

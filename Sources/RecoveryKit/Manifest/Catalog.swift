@@ -85,6 +85,7 @@ public struct Catalog {
     public func resolve(_ reference: String) throws -> BackupManifest {
         let all = try entries()
         guard !all.isEmpty else {
+            if reference != "latest", let pruning = beingDeleted(reference) { throw pruning }
             throw RecoveryError(.backupNotFound, "repository \(store.location) holds no backups",
                                 hint: "take one with: dbbackup --repo \(store.location)")
         }
@@ -104,6 +105,7 @@ public struct Catalog {
                 throw RecoveryError(.backupNotFound, "backup id '\(reference)' is ambiguous: \(matches.prefix(5).map(\.id).joined(separator: ", "))",
                                     hint: "give more characters of the id")
             } else {
+                if let pruning = beingDeleted(reference) { throw pruning }
                 let nearest = all.map(\.id).sorted { Self.distance($0, reference) < Self.distance($1, reference) }.prefix(3)
                 throw RecoveryError(.backupNotFound, "no backup '\(reference)' in \(store.location)",
                                     hint: "nearest ids: \(nearest.joined(separator: ", ")); dbrestore list shows all")
@@ -113,6 +115,16 @@ public struct Catalog {
             throw RecoveryError(.backupCorrupt, "backup \(chosen.id): \(chosen.problem ?? "manifest unreadable")")
         }
         return manifest
+    }
+
+    /// The error for an id (or unique prefix) whose manifest waits in `pruning/`: a prune is deleting
+    /// that backup, or was stopped midway (`PendingDeletes`); nil when there is no such record.
+    private func beingDeleted(_ reference: String) -> RecoveryError? {
+        guard let records = try? store.list(prefix: PendingDeletes.prefix + reference).filter({ $0.key.hasSuffix(".json") }),
+              records.count == 1, let record = records.first else { return nil }
+        let id = String(record.key.dropFirst(PendingDeletes.prefix.count).dropLast(".json".count))
+        return RecoveryError(.backupNotFound, "backup \(id) in \(store.location) is being deleted by dbprune (its manifest waits in \(record.key))",
+                             hint: "if no dbprune runs now, the last one was stopped midway: dbprune --dry-run shows whether the next run puts it back (a reader or a rule keeps it) or finishes deleting it")
     }
 
     /// Finds one backup like `resolve`, except that `latest` is the newest logical backup of
