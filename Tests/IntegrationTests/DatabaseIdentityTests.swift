@@ -120,6 +120,42 @@ final class DatabaseIdentityTests: SharedRepositoryTestCase {
         XCTAssertEqual(try serverB.scalar("SELECT count(*) FROM s", database: solo), "2")
     }
 
+    /// After a pg_upgrade (a new server, so a new system identifier) the database's older backups are
+    /// the old server's. When every backup of the new server fails, `--emergency` does not take the old
+    /// server's on its own (a same-named database elsewhere may be another database), but its error
+    /// names them and the restore by id that takes one.
+    func testEmergencyWhoseServerBackupsAllFailNamesTheOldServersBackups() throws {
+        try useCluster()
+        useLocalRepository(prefix: "upgraded")
+        let upgraded = try secondServer()
+        let name = "app_\(UInt32.random(in: 0...UInt32.max))"
+        try cluster.connect().execute(script: "CREATE DATABASE \(name)")
+        try cluster.connect(database: name).execute(script: "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 4)")
+        let before = try backup(of: name)
+        try upgraded.connect().execute(script: "CREATE DATABASE \(name)")
+        try upgraded.connect(database: name).execute(script: "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 9)")
+        let taken = try tool("dbbackup", ["--database-url", upgraded.url(database: name), "--repo", repository!, "--compression-level", "1"],
+                             environment: upgraded.environment)
+        XCTAssertEqual(taken.status, 0, taken.standardError)
+        let after = taken.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+        let dump = "\(repository!)/backups/\(after)/dump.sql.gz"
+        var data = try Data(contentsOf: URL(fileURLWithPath: dump))
+        data[data.count / 2] ^= 0x20
+        try data.write(to: URL(fileURLWithPath: dump))
+        let system = try XCTUnwrap(try cluster.scalar("SELECT system_identifier::text FROM pg_control_system()", database: "postgres"))
+
+        let url = upgraded.url(database: name)
+        let emergency = try tool("dbrestore", ["--emergency", "--database-url", url, "--repo", repository!], environment: upgraded.environment)
+        XCTAssertEqual(emergency.status, ExitStatus.backupNotFound.rawValue, emergency.standardError)
+        for words in ["from another server were passed over (system \(system), newest \(before)", "dbrestore \(before) --yes"] {
+            XCTAssertTrue(emergency.standardError.contains(words), "\(words): \(emergency.standardError)")
+        }
+        XCTAssertEqual(try upgraded.scalar("SELECT count(*) FROM t", database: name), "9", "the failed emergency touched the database")
+        let byID = try tool("dbrestore", [before, "--yes", "--database-url", url, "--repo", repository!], environment: upgraded.environment)
+        XCTAssertEqual(byID.status, 0, byID.standardError)
+        XCTAssertEqual(try upgraded.scalar("SELECT count(*) FROM t", database: name), "4")
+    }
+
     /// NFC `café…` (3 rows) and NFD `café…` (5 rows, backed up last) on one server: the NFC database's
     /// `latest`, `dbverify latest` and `--emergency` take its own backup; `dbprune` counts them apart.
     func testCanonicallyEquivalentNamesAreTwoDatabases() throws {

@@ -106,6 +106,9 @@ enum CandidateSelection {
         // Newer backups of other databases passed over, by database (newest first): said once per
         // database in `skipped`, replacing what an earlier call said.
         var otherDatabases: [String: [String]] = [:]
+        // The source database's backups from servers out of scope (system identifier → newest id): after
+        // a pg_upgrade or an initdb the database's older backups are another server's.
+        var otherServers: [String: String] = [:]
         func withOthers(_ skipped: [RestorePlan.Skipped]) -> [RestorePlan.Skipped] {
             skipped.filter { !$0.reason.hasPrefix(otherDatabasePrefix) } + otherDatabases.sorted { $0.key < $1.key }.map { name, ids in
                 .init(id: ids.count == 1 ? ids[0] : "\(ids[0]) and \(ids.count - 1) more",
@@ -139,6 +142,7 @@ enum CandidateSelection {
                 }
                 if !scope.admits(manifest) {
                     let system = manifest.database.systemIdentifier ?? "not recorded"
+                    otherServers[system] = max(otherServers[system] ?? "", id)
                     logger.info("skipped backup \(label): of database \(source) on another server (system \(system)), not the target's (system \(scope.system ?? "?"))")
                     continue
                 }
@@ -190,7 +194,8 @@ enum CandidateSelection {
             if let release = configuration.release, manifest.release != release { return nil }
             return source
         })
-        throw noneLeft(configuration, stores: stores.map(\.0), skipped: skipped, newerMajors: newerMajors.sorted(), serverMajor: serverMajor)
+        throw noneLeft(configuration, stores: stores.map(\.0), skipped: skipped, newerMajors: newerMajors.sorted(), serverMajor: serverMajor,
+                       otherServers: otherServers, serverScope: scope)
     }
 
     /// How `skipped` starts the reason of a backup of another database.
@@ -266,7 +271,8 @@ enum CandidateSelection {
     /// The error when every candidate was passed over, naming each and why; when some were taken from
     /// a newer major than the target server, naming those majors and the server they need.
     static func noneLeft(_ configuration: RestoreConfiguration, stores: [String], skipped: [RestorePlan.Skipped],
-                         newerMajors: [PostgresMajor], serverMajor: PostgresMajor?) -> RecoveryError {
+                         newerMajors: [PostgresMajor], serverMajor: PostgresMajor?,
+                         otherServers: [String: String] = [:], serverScope: ServerScope = ServerScope(system: nil)) -> RecoveryError {
         let scope = configuration.release.map { " taken at release \($0)" } ?? ""
         let listed = skipped.prefix(5).map { "\($0.id): \($0.reason)" }.joined(separator: "; ")
         let more = skipped.count > 5 ? "; and \(skipped.count - 5) more" : ""
@@ -275,6 +281,14 @@ enum CandidateSelection {
             hint = "backups from PostgreSQL \(newerMajors.map(\.description).joined(separator: ", ")) need a server of that major or newer, "
                 + "and the target server is PostgreSQL \(target): restore into a PostgreSQL \(oldest) or newer server (its --database-url, and "
                 + "--pg-bin naming its programs if they are not found); " + hint
+        }
+        if let (system, newest) = otherServers.max(by: { $0.value < $1.value }) {
+            // Never taken on its own (a same-named database of another server is another database), but at
+            // 3 a.m. after a pg_upgrade these are the database's only good backups: say they exist.
+            let more = otherServers.count > 1 ? " and \(otherServers.count - 1) more server(s)" : ""
+            hint = "backups of \(configuration.sourceDatabase) from another server were passed over (system \(system), newest \(newest)\(more); "
+                + "the target is system \(serverScope.system ?? "?")): if this server was re-created from that one (pg_upgrade, a new initdb), "
+                + "restore one by its id: dbrestore \(newest) --yes; " + hint
         }
         return RecoveryError(configuration.mode == .normal ? .backupCorrupt : .backupNotFound,
                              "no backup\(scope) in \(stores.joined(separator: ", ")) restores and verifies (\(skipped.count) skipped: \(listed)\(more))",
