@@ -169,7 +169,7 @@ public struct PITRPlan: Codable, Sendable {
             lines.append("disk:        about \(ByteCount.format(peakDiskBytes)) at the peak beside \(dataDirectory) (staging included)")
         }
         lines.append("WAL:         \(firstSegment) … \(lastArchivedSegment) (\(segmentsAvailable) segments archived, no gaps; "
-                     + "which server wrote them checked at the first and last; their contents are checked by wal-fetch as recovery reads them)")
+                     + "their contents are not read here: wal-fetch checks each as recovery reads it)")
         if let walWarning { lines.append("warning:     \(walWarning)") }
         lines.append("timeline:    \(timeline) (\(timelinePath))")
         lines.append("target:      \(target)" + (restorePointLsn.map { " at LSN \($0) (found in the archived WAL, after this base backup started)" } ?? ""))

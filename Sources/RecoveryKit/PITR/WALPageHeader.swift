@@ -75,15 +75,20 @@ final class WALRangeOwnership {
     }
     var stop: Stop?
 
-    /// Nil when the base backup records no server and its first segment does not say either.
-    init?(backup: BackupManifest, store: BackupStore, cipherKey: RepositoryKey?) {
+    init(system: String, store: BackupStore, cipherKey: RepositoryKey?) {
+        self.system = system
         self.store = store
         self.cipherKey = cipherKey
+    }
+
+    /// The base backup's server: the one its manifest records, else the one its first segment's
+    /// header names. Nil when neither says.
+    convenience init?(backup: BackupManifest, store: BackupStore, cipherKey: RepositoryKey?) {
         if let recorded = backup.database.systemIdentifier {
-            system = recorded
+            self.init(system: recorded, store: store, cipherKey: cipherKey)
         } else if let first = backup.physical?.firstWalSegment, let key = try? WALArchive.key(for: first),
                   let found = (try? WALServer.systemIdentifier(ofKey: key, name: first, in: store, cipherKey: cipherKey)) ?? nil {
-            system = found
+            self.init(system: found, store: store, cipherKey: cipherKey)
         } else {
             return nil
         }
