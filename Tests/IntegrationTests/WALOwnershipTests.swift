@@ -86,6 +86,11 @@ final class WALOwnershipTests: XCTestCase {
         XCTAssertTrue(refused.standardError.contains("WAL file \(foreign) in the archive was written by another server (system \(systemB)), "
                                                       + "not the one being recovered (system \(systemA))"), refused.standardError)
         XCTAssertFalse(FileManager.default.fileExists(atPath: destination), "nothing left where PostgreSQL looks")
+        // The same through the prefetcher's spool (--prefetch): checked where both paths end.
+        let prefetched = try asOwner("dbrestore", ["wal-fetch", foreign, destination, "--prefetch", "2", "--repo", repository], cluster: first)
+        XCTAssertEqual(prefetched.status, 1, prefetched.standardError)
+        XCTAssertTrue(prefetched.standardError.contains("written by another server (system \(systemB))"), prefetched.standardError)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: destination))
         let own = try asOwner("dbrestore", ["wal-fetch", ownLast, destination, "--repo", repository], cluster: first)
         XCTAssertEqual(own.status, 0, own.standardError)
         XCTAssertTrue(FileManager.default.fileExists(atPath: destination))

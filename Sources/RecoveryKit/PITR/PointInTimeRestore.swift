@@ -1040,14 +1040,12 @@ public enum PointInTimeRestore {
         }.last
         // wal-fetch's own word for the segment it did not hand over (damaged, another server's), else "not in the archive".
         let complaint = WALFetchComplaint.last(in: lines)
-        let said: String? = complaint.map { "wal-fetch: " + $0.message }
-        var missing = ""
-        if let restored, let next = WALSegmentName.next(after: restored, segmentSize: segmentSize) {
-            missing = " (last segment replayed: \(restored); \(said ?? next + " was not in the archive"))"
-        } else if let said {
-            missing = " (\(said))"
-        }
         let start = (fatal.range(of: "FATAL:") ?? fatal.range(of: "PANIC:"))?.lowerBound ?? fatal.startIndex
-        return String(fatal[start...]) + missing
+        let server = String(fatal[start...])
+        let replayed = restored.map { "last segment replayed: \($0); " } ?? ""
+        // The cause first when wal-fetch named it: the server's line only says the command failed.
+        if let complaint { return "wal-fetch: \(complaint.message) (\(replayed)the server: \(server))" }
+        let missing = restored.flatMap { WALSegmentName.next(after: $0, segmentSize: segmentSize) }.map { " (\(replayed)\($0) was not in the archive)" } ?? ""
+        return server + missing
     }
 }
