@@ -50,10 +50,12 @@ public enum WALOwnership {
 
 /// The plan's check of the WAL run it counts on (`PointInTimeRestore.walRun`): whose segments the
 /// first one, the last one and, when the last is another server's, the boundary between are. Reading
-/// a segment's first page is one short read; the boundary is found by bisection (another server's
-/// names continuing this one's form one stretch at the end: each name is archived once, by
-/// whichever server came first). A foreign segment in the middle of the run among this server's is
-/// not looked for: wal-fetch refuses it when recovery gets there.
+/// a segment's first page is one short read; the boundary is found by bisection. Another server's
+/// names form one stretch at the end of a timeline's run: each name is archived once, by whichever
+/// server came first, and a server whose next name the other took archives nothing after it
+/// (wal-push refuses that segment, and PostgreSQL retries it before any later one). A foreign
+/// segment among this server's all the same (WAL copied in by hand) is not looked for: wal-fetch
+/// refuses it when recovery gets there.
 final class WALRangeOwnership {
     /// The server being recovered.
     let system: String
