@@ -636,8 +636,9 @@ public struct WALFetchCommand: ToolCommand {
         commandName: "wal-fetch",
         abstract: "Fetch one archived WAL file (for restore_command = 'dbrestore wal-fetch %f %p --repo …').",
         discussion: """
-        Exit 0: fetched, verified and renamed into place. Exit 1: not in the archive (PostgreSQL ends \
-        recovery there). Exit 126: it exists but could not be fetched or verified (PostgreSQL stops \
+        Exit 0: fetched, verified and renamed into place. Exit 1: not in the archive, or another server's \
+        segment (its page header's system identifier is not the recovered data directory's \
+        pg_control one): PostgreSQL ends recovery there. Exit 126: it exists but could not be fetched or verified (PostgreSQL stops \
         recovery rather than ending it early).
 
         --prefetch N: a background prefetcher downloads the next N segments into the spool \
@@ -723,5 +724,8 @@ public struct WALFetchCommand: ToolCommand {
             if name.hasSuffix(".history") { throw ExitCode(ExitStatus.failure.rawValue) }
             throw RecoveryError(.failure, "WAL file \(name) is not in the archive")
         }
+        // Another server's segment under this name: "not found" (exit 1) with its own message, so
+        // that recovery ends before it rather than PostgreSQL replaying into it.
+        try WALOwnership.refuseForeign(name, destination: path)
     }
 }

@@ -122,6 +122,8 @@ public struct PITRPlan: Codable, Sendable {
     public var restorePointWarning: String? = nil
     /// With `--target-name`: where the restore point was found in the archived WAL, after this base backup's start.
     public var restorePointLsn: String? = nil
+    /// Where the WAL run stopped at another server's segments under this server's names (`WALRangeOwnership`).
+    public var walWarning: String? = nil
 
     public struct Older: Codable, Sendable {
         public var id: String
@@ -166,7 +168,9 @@ public struct PITRPlan: Codable, Sendable {
         if let peakDiskBytes {
             lines.append("disk:        about \(ByteCount.format(peakDiskBytes)) at the peak beside \(dataDirectory) (staging included)")
         }
-        lines.append("WAL:         \(firstSegment) … \(lastArchivedSegment) (\(segmentsAvailable) segments archived, no gaps)")
+        lines.append("WAL:         \(firstSegment) … \(lastArchivedSegment) (\(segmentsAvailable) segments archived, no gaps; "
+                     + "their contents are not read here: wal-fetch checks each as recovery reads it)")
+        if let walWarning { lines.append("warning:     \(walWarning)") }
         lines.append("timeline:    \(timeline) (\(timelinePath))")
         lines.append("target:      \(target)" + (restorePointLsn.map { " at LSN \($0) (found in the archived WAL, after this base backup started)" } ?? ""))
         if let restorePointWarning { lines.append("warning:     \(restorePointWarning)") }
@@ -281,10 +285,17 @@ public enum PointInTimeRestore {
             do {
                 let path = try history.path(to: targetTimeline)
                 try checkOnPath(physical, path: path, target: targetTimeline)
+                let ownership = WALRangeOwnership(backup: backup, store: store, cipherKey: configuration.key)
                 let (last, count, lastArchivedAt) = try walRun(from: physical, archive: archive, path: path, target: configuration.target,
-                                                                serverMajor: backup.serverMajor?.number)
+                                                                serverMajor: backup.serverMajor?.number, ownership: ownership)
+                let foreign = ownership?.stop
                 if case .time(let time) = configuration.target, let lastArchivedAt, lastArchivedAt < time {
                     try refuseEndedTimeline(time, timeline: targetTimeline, history: history)
+                    if let foreign {
+                        throw RecoveryError(.backupNotFound,
+                                            "target time \(Timestamp.format(time)) is beyond this server's archived WAL: its last segment, \(last), was archived at \(Timestamp.format(lastArchivedAt)); \(foreign.description)",
+                                            hint: "choose an earlier target; " + WALOwnership.foreignHint + "; nothing was written")
+                    }
                     throw RecoveryError(.backupNotFound,
                                         "target time \(Timestamp.format(time)) is beyond the archived WAL: the last segment, \(last), was archived at \(Timestamp.format(lastArchivedAt))",
                                         hint: "choose an earlier target, or wait for archiving (SELECT pg_switch_wal() on the source forces it)")
@@ -308,6 +319,7 @@ public enum PointInTimeRestore {
                                     timeline: targetTimeline, timelinePath: describe(path, from: backupTimeline),
                                     dataDirectory: configuration.dataDirectory, moveAsideTo: moveAsideTo, skipped: skipped)
                 plan.partialExtraction = partialExtraction
+                plan.walWarning = foreign.map { "\($0.description): recovery ends before it (wal-fetch refuses it); \(WALOwnership.foreignHint)" }
                 let staging = ChainRestore.abandonedStaging(of: configuration.dataDirectory).map(\.path)
                 plan.abandonedStaging = staging.isEmpty ? nil : staging
                 plan.chain = chain.count > 1 ? chain.map(\.id) : nil
@@ -393,7 +405,7 @@ public enum PointInTimeRestore {
     ///   consistent, a gap the target may lie at or after, or an LSN beyond the archive.
     static func walRun(from physical: BackupManifest.Physical, archive: [StoredObject],
                        path: [TimelineHistory.Stretch]? = nil, target: RecoveryTarget = .latest,
-                       serverMajor: Int? = nil) throws -> (String, Int, Date?) {
+                       serverMajor: Int? = nil, ownership: WALRangeOwnership? = nil) throws -> (String, Int, Date?) {
         let size = physical.segmentSize
         let stretches = path ?? [TimelineHistory.Stretch(timeline: UInt32(clamping: max(1, physical.timeline)), begin: 0, end: nil)]
         var segments: [UInt32: [UInt64: Date?]] = [:]
@@ -426,6 +438,26 @@ public enum PointInTimeRestore {
         while archived(current + 1) != nil {
             current += 1
             count += 1
+        }
+        // Another server's segments under this server's names end the run where they begin (wal-fetch
+        // refuses them, so recovery ends there): what lies past them is not this server's WAL either.
+        ownership?.stop = nil
+        if let ownership, let foreign = ownership.firstForeign(in: first...current, name: name) {
+            let stop = WALRangeOwnership.Stop(segment: name(foreign.number), system: foreign.system, ours: ownership.system)
+            guard foreign.number > needed else {
+                throw RecoveryError(.backupNotFound, "\(stop.description): the base backup is not consistent without its own",
+                                    hint: WALOwnership.foreignHint)
+            }
+            ownership.stop = stop
+            current = foreign.number - 1
+            count = Int(current - first) + 1
+            let end = (current + 1) * size
+            if case .lsn(let lsn) = target, lsn >= end {
+                throw RecoveryError(.backupNotFound,
+                                    "target LSN \(WALSegmentName.formatLSN(lsn)) is beyond this server's archived WAL, which ends at \(WALSegmentName.formatLSN(end)): \(stop.description)",
+                                    hint: "choose an earlier target; " + WALOwnership.foreignHint + "; nothing was written")
+            }
+            return (name(current), count, archived(current) ?? nil)
         }
         if current < needed {
             throw RecoveryError(.backupNotFound, "WAL segment \(name(current + 1)) is missing: the base backup is not consistent without it",
@@ -915,9 +947,10 @@ public enum PointInTimeRestore {
             let termination = child.waitForExit()
             guard termination.succeeded else {
                 let failure = recoveryFailure(log: log, segmentSize: segmentSize)
-                if let failure, let short = targetNotReached(failure, plan: plan, target: configuration.target, log: log) { throw short }
+                let complaint = WALFetchComplaint.read(log: log)
+                if complaint == nil, let failure, let short = targetNotReached(failure, plan: plan, target: configuration.target, log: log) { throw short }
                 throw RecoveryError(.restoreFailed, "the restored server did not start: \(failure ?? errors.lastLine() ?? termination.description)",
-                                    hint: "see \(log)")
+                                    hint: WALFetchComplaint.hint(complaint, log: log))
             }
         }
         report.started = true
@@ -943,8 +976,9 @@ public enum PointInTimeRestore {
                     return
                 }
                 if let failure = recoveryFailure(log: log, segmentSize: segmentSize) {
-                    throw targetNotReached(failure, plan: plan, target: configuration.target, log: log)
-                        ?? RecoveryError(.restoreFailed, "recovery stopped: \(failure)", hint: "see \(log)")
+                    let complaint = WALFetchComplaint.read(log: log)
+                    throw (complaint == nil ? targetNotReached(failure, plan: plan, target: configuration.target, log: log) : nil)
+                        ?? RecoveryError(.restoreFailed, "recovery stopped: \(failure)", hint: WALFetchComplaint.hint(complaint, log: log))
                 }
                 guard Date() < deadline else {
                     throw RecoveryError(.restoreFailed, "recovery did not finish within \(Int(configuration.startTimeoutSeconds)) s", hint: "see \(log)")
@@ -1004,8 +1038,14 @@ public enum PointInTimeRestore {
             guard let range = line.range(of: "restored log file \"") else { return nil }
             return String(line[range.upperBound...].prefix(24))
         }.last
-        let missing = restored.flatMap { WALSegmentName.next(after: $0, segmentSize: segmentSize) }.map { " (last segment replayed: \(restored ?? ""); \($0) was not in the archive)" } ?? ""
+        // wal-fetch's own word for the segment it did not hand over (damaged, another server's), else "not in the archive".
+        let complaint = WALFetchComplaint.last(in: lines)
         let start = (fatal.range(of: "FATAL:") ?? fatal.range(of: "PANIC:"))?.lowerBound ?? fatal.startIndex
-        return String(fatal[start...]) + missing
+        let server = String(fatal[start...])
+        let replayed = restored.map { "last segment replayed: \($0); " } ?? ""
+        // The cause first when wal-fetch named it: the server's line only says the command failed.
+        if let complaint { return "wal-fetch: \(complaint.message) (\(replayed)the server: \(server))" }
+        let missing = restored.flatMap { WALSegmentName.next(after: $0, segmentSize: segmentSize) }.map { " (\(replayed)\($0) was not in the archive)" } ?? ""
+        return server + missing
     }
 }

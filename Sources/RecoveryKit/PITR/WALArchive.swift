@@ -115,6 +115,16 @@ public enum WALArchive {
         }
         let stored = try decompress(existing, name: name, objectKey: objectKey, cipherKey: cipherKey)
         if stored == data { return .alreadyArchived }
+        // Another server's segment under the same name (a cluster initialised again, or a second one
+        // given this --repo): named by both servers' system identifiers, from each copy's first page.
+        if let archived = WALServer.systemIdentifier(ofHeader: stored.prefix(64)),
+           let ours = WALServer.systemIdentifier(ofHeader: data.prefix(64)), archived != ours {
+            throw RecoveryError(.repositoryError,
+                                "WAL file \(name) is already archived in \(store.location) with DIFFERENT content, written by another server "
+                                + "(system \(archived)), not this one (system \(ours)); the archived copy was kept",
+                                hint: "two servers archive into one repository under the same WAL names: give this server its own --repo "
+                                + "(its WAL is not archived until then; a base backup of it needs its own WAL)")
+        }
         throw RecoveryError(.repositoryError,
                             "WAL file \(name) is already archived in \(store.location) with DIFFERENT content; the archived copy was kept",
                             hint: "two clusters may be archiving into one repository; give each its own --repo")
@@ -262,8 +272,14 @@ public enum WALArchive {
             }
             try decompressor.finish()
         } catch let error as GzipError {
-            throw RecoveryError(.backupCorrupt, "archived WAL file \(name) is damaged: \(error)",
-                                hint: "this segment cannot be replayed; recovery can only reach the point before it")
+            throw RecoveryError(.backupCorrupt, "archived WAL file \(name) is damaged: \(error)", hint: damagedHint(name))
         }
+    }
+
+    /// The fix for a damaged archived segment, in `wal-fetch`'s message and `dbrestore --pitr`'s
+    /// error when recovery stopped at it.
+    static func damagedHint(_ name: String) -> String {
+        "this segment cannot be replayed: put an intact copy of \(name) into the archive (another repository, the old server's pg_wal) "
+            + "and start again, or recover to a target before it (dbrestore --pitr --target-lsn/--target-time)"
     }
 }

@@ -1,5 +1,6 @@
 import BackupStorage
 import Foundation
+import Gzip
 
 /// Which server wrote an archived WAL segment: the system identifier in the long header of its
 /// first page (`XLogLongPageHeaderData.xlp_sysid`). One repository can hold base backups of several
@@ -17,24 +18,59 @@ enum WALServer {
     /// The system identifier of the archived WAL file under `key` (`name` for messages); nil when it
     /// is not there or its first page has no long header. The header is read in the byte order of
     /// this machine, as the server wrote it on its own (a repository is restored on the same kind).
+    /// Only the object's first bytes are read and inflated (a HEAD and one short ranged GET on S3;
+    /// an encrypted file's first frame, authenticated whole): the plan checks several segments of a
+    /// WAL range this way (`WALRangeOwnership`).
     ///
     /// - Throws: `RecoveryError` for a damaged or undecryptable file; storage errors.
     static func systemIdentifier(ofKey key: String, name: String, in store: BackupStore, cipherKey: RepositoryKey?) throws -> String? {
-        let stored: Data
-        do {
-            stored = try store.read(key)
-        } catch let error as StorageError where error.kind == .notFound {
-            return nil
-        }
         let wanted = systemIdentifierOffset + 8
         var head = Data()
         do {
-            // Only the first page's header is needed: stop decompressing once it is here.
-            try WALArchive.decompress(stored, name: name, objectKey: key, cipherKey: cipherKey) { chunk in
+            let size = try store.objectInfo(key).size
+            // Only the first page's header is needed: stop reading and inflating once it is here.
+            let decompressor = try GzipDecompressor(outputChunkSize: 8192) { chunk in
                 head.append(contentsOf: chunk.prefix(wanted - head.count))
                 if head.count >= wanted { throw Enough() }
             }
-        } catch is Enough {}
+            var decryptor: StreamDecryptor?
+            var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+            // A first read the compressed header always fits in; an encrypted file needs its first frame whole.
+            var (offset, end) = (UInt64(0), min(size, UInt64(buffer.count)))
+            var first = true
+            while offset < end {
+                let reader = try store.makeReader(key, range: offset..<end)
+                defer { reader.close() }
+                while true {
+                    let count = try buffer.withUnsafeMutableBytes { try reader.read(into: $0) }
+                    if count == 0 { break }
+                    try buffer.withUnsafeBytes { whole in
+                        let chunk = UnsafeRawBufferPointer(rebasing: whole.prefix(count))
+                        if first, chunk.starts(with: RepositoryKey.magic) {
+                            guard let cipherKey else {
+                                throw RecoveryError(.configuration, "archived WAL file \(name) is encrypted and no key was given",
+                                                    hint: "pass --encryption-key-file FILE or set DBRECOVERY_ENCRYPTION_KEY")
+                            }
+                            decryptor = StreamDecryptor(key: cipherKey, object: key) { try decompressor.write($0) }
+                        }
+                        first = false
+                        if let decryptor { try decryptor.write(chunk) } else { try decompressor.write(chunk) }
+                    }
+                }
+                offset = end
+                end = decryptor == nil ? size : min(size, UInt64(RepositoryKey.magic.count + 4 + 12 + StreamEncryptor.frameSize + 16))
+            }
+            // The whole file read and no header: a short file, or one whose first page has none.
+            if offset == size {
+                try decryptor?.finish()
+                try decompressor.finish()
+            }
+        } catch is Enough {
+        } catch let error as StorageError where error.kind == .notFound {
+            return nil
+        } catch let error as GzipError {
+            throw RecoveryError(.backupCorrupt, "archived WAL file \(name) is damaged: \(error)", hint: WALArchive.damagedHint(name))
+        }
         return systemIdentifier(ofHeader: head)
     }
 
