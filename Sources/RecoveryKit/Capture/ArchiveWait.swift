@@ -65,6 +65,7 @@ struct ArchiveWait {
     private var warnedSegment: String?
     private var lastReport: Date?
     private var checkpointStart: Date?
+    private var checkpointReport: Date?
 
     init(backup: String, timeoutSeconds: Int, reportSeconds: Double = ArchiveWait.defaultReportSeconds) {
         self.backup = backup
@@ -82,8 +83,10 @@ struct ArchiveWait {
         case Self.checkpointPhase?:
             let start = checkpointStart ?? now
             checkpointStart = start
-            return due(now, since: start) ? [.say("base backup \(backup): waiting \(seconds(now, start)) s for the server's checkpoint "
-                                                  + "(pg_basebackup --checkpoint=fast; a checkpoint writes every dirty buffer, bounded by the server's disks)")] : []
+            guard due(now, since: checkpointReport ?? start) else { return [] }
+            checkpointReport = now
+            return [.say("base backup \(backup): waiting \(seconds(now, start)) s for the server's checkpoint "
+                         + "(pg_basebackup --checkpoint=fast; a checkpoint writes every dirty buffer, bounded by the server's disks)")]
         case Self.archivePhase?:
             break
         default:
