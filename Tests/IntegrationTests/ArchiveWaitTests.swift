@@ -82,6 +82,27 @@ final class ArchiveWaitTests: XCTestCase {
         try assertNoWalsenderLeft(cluster)
     }
 
+    /// The outside attack's case: a second server archiving into the first one's repository, whose
+    /// segment names are the first's with other content; `wal-push` refuses each retry (exit 20).
+    func testASecondServerArchivingIntoTheSameRepositoryGetsExit14NamingTheRefusedSegment() throws {
+        let (_, repository, _, first) = try archivingCluster("archive_shared")
+        try waitForArchive(first)
+        let second = try PostgresCluster(archiveCommand: walPush(into: repository))
+        addTeardownBlock { second.stop() }
+        let (database, _) = try itemsDatabase("archive_shared_b", on: second)
+        let before = backupEntries(repository)
+        let (process, output) = try startBackup(["--physical", "--database-url", second.url(database: database), "--repo", repository,
+                                                 "--archive-timeout", "5s"], cluster: second)
+        let termination = process.waitForExit(within: 90, orFail: "dbbackup --physical of the second server still waits: \(output.soFar)")
+        let stderr = output.finish()
+        XCTAssertEqual(termination.exitCode, ExitStatus.archiveTimeout.rawValue, stderr)
+        XCTAssertTrue(stderr.contains("archive_command is failing on 0000"), stderr)
+        XCTAssertTrue(stderr.contains("error: the base backup's WAL never reached the archive: archive_command failed on WAL segment 0000"), stderr)
+        XCTAssertTrue(second.serverLogTail(400).contains("DIFFERENT content"), "the refusal is in the server log the message points at")
+        XCTAssertEqual(backupEntries(repository), before, stderr)
+        try assertNoWalsenderLeft(second)
+    }
+
     func testArchiverThatRecoversDuringTheWaitLetsTheBackupFinishAfterTheWarning() throws {
         let (cluster, repository, database, flag) = try flakyArchiver("archive-recovers")
         _ = FileManager.default.createFile(atPath: flag, contents: Data())
