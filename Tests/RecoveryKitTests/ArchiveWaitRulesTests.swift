@@ -25,22 +25,28 @@ final class ArchiveWaitRulesTests: XCTestCase {
         var wait = ArchiveWait(backup: "B", timeoutSeconds: 60, reportSeconds: 30)
         // Failures from before the run (archiving broke long ago) are the baseline.
         XCTAssertEqual(wait.observe(sample("streaming database files", failed: 7, failedWAL: "000000010000000000000004", failingNow: true), at: start), [])
-        XCTAssertEqual(wait.observe(sample(ArchiveWait.archivePhase, failed: 7, failedWAL: "000000010000000000000004", failingNow: true),
-                                    at: start.addingTimeInterval(1)), [])
-        let failing = sample(ArchiveWait.archivePhase, failed: 8, failedWAL: "000000010000000000000004", failingNow: true)
-        let warned = lines(wait.observe(failing, at: start.addingTimeInterval(2)))
+        // Stuck already when the wait begins (the archiver's latest attempt failed): said at once.
+        let warned = lines(wait.observe(sample(ArchiveWait.archivePhase, failed: 7, failedWAL: "000000010000000000000004", failingNow: true),
+                                        at: start.addingTimeInterval(1)))
         XCTAssertEqual(warned.count, 1)
-        XCTAssertTrue(warned[0].contains("archive_command is failing on 000000010000000000000004"), warned[0])
-        XCTAssertTrue(warned[0].contains("the server log says why"), warned[0])
-        XCTAssertEqual(wait.observe(failing, at: start.addingTimeInterval(3)), [], "said once per segment")
-        let end = wait.observe(sample(ArchiveWait.archivePhase, failed: 11, failedWAL: "000000010000000000000004", failingNow: true),
-                               at: start.addingTimeInterval(61))
+        XCTAssertTrue(warned.first?.contains("archive_command is failing on 000000010000000000000004 (failing since before the backup began") == true, "\(warned)")
+        XCTAssertTrue(warned.first?.contains("the server log says why") == true, "\(warned)")
+        let failing = sample(ArchiveWait.archivePhase, failed: 8, failedWAL: "000000010000000000000004", failingNow: true)
+        XCTAssertEqual(wait.observe(failing, at: start.addingTimeInterval(2)), [], "said once per segment")
+        // Another segment failing (the first was archived, then the next one fails) is said again.
+        let next = lines(wait.observe(sample(ArchiveWait.archivePhase, failed: 9, failedWAL: "000000010000000000000005", archived: "000000010000000000000004",
+                                             failingNow: true), at: start.addingTimeInterval(3)))
+        XCTAssertTrue(next.first?.contains("failing on 000000010000000000000005 (2 failures since the backup began") == true, "\(next)")
+        XCTAssertNil(gaveUp(wait.observe(sample(ArchiveWait.archivePhase, failed: 10, failedWAL: "000000010000000000000005", archived: "000000010000000000000004",
+                                                failingNow: true), at: start.addingTimeInterval(62))), "the clock restarted when 04 was archived")
+        let end = wait.observe(sample(ArchiveWait.archivePhase, failed: 11, failedWAL: "000000010000000000000005", archived: "000000010000000000000004",
+                                      failingNow: true), at: start.addingTimeInterval(63))
         let given = try? XCTUnwrap(gaveUp(end))
-        XCTAssertEqual(given?.failingSegment, "000000010000000000000004")
+        XCTAssertEqual(given?.failingSegment, "000000010000000000000005")
         XCTAssertEqual(given?.failures, 4)
         let error = ArchiveWait.error(given ?? ArchiveWait.GaveUp(failingSegment: nil, failures: 0, lastFailureTime: nil, lastArchived: nil, waitedSeconds: 0), timeoutSeconds: 60)
         XCTAssertEqual(error.code, .archiveTimeout)
-        XCTAssertTrue(error.message.contains("archive_command failed on WAL segment 000000010000000000000004"), error.message)
+        XCTAssertTrue(error.message.contains("archive_command failed on WAL segment 000000010000000000000005 (4 failures since the backup began"), error.message)
     }
 
     func testASlowArchiverThatKeepsArchivingIsReportedAndNeverGivenUp() {

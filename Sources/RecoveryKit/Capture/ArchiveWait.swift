@@ -104,13 +104,15 @@ struct ArchiveWait {
             lastProgress = now
         }
         var actions: [Action] = []
-        let failing = sample.failingNow && sample.failedCount > baseline
-        let failures = sample.failedCount - baseline
+        // The archiver's latest attempt failed: it is stuck on that file, ours (or one before it) —
+        // whether it broke during the backup or before (then failures stays 0 until its next retry).
+        let failing = sample.failingNow
+        let failures = max(0, sample.failedCount - baseline)
         if failing, let segment = sample.lastFailedWAL, warnedSegment != segment {
             warnedSegment = segment
             lastReport = now
             actions.append(.say("warning: base backup \(backup) waits for its last WAL segment to be archived, but archive_command is failing on \(segment) "
-                                + "(\(failures) failure\(failures == 1 ? "" : "s") since the backup began, the last at \(sample.lastFailedTime ?? "?")): "
+                                + "(\(Self.failureCount(failures, last: sample.lastFailedTime))): "
                                 + "the server log says why ('archive command failed'); fix archive_command or what it writes to and the backup goes on, "
                                 + "else it fails after --archive-timeout \(timeoutSeconds) s without a segment archived"))
         } else if due(now, since: lastReport ?? start) {
@@ -126,6 +128,12 @@ struct ArchiveWait {
         return actions
     }
 
+    /// `3 failures since the backup began, the last at …`, or for an archiver that failed before it: `failing since before the backup, last at …`.
+    static func failureCount(_ failures: Int, last: String?) -> String {
+        failures == 0 ? "failing since before the backup began, the last failure at \(last ?? "?")"
+            : "\(failures) failure\(failures == 1 ? "" : "s") since the backup began, the last at \(last ?? "?")"
+    }
+
     private func due(_ now: Date, since: Date) -> Bool { now.timeIntervalSince(since) >= reportSeconds }
 
     private func seconds(_ now: Date, _ since: Date) -> Int { Int(now.timeIntervalSince(since).rounded()) }
@@ -135,7 +143,7 @@ struct ArchiveWait {
         if let segment = gaveUp.failingSegment {
             return RecoveryError(.archiveTimeout,
                                  "the base backup's WAL never reached the archive: archive_command failed on WAL segment \(segment) "
-                                    + "(\(gaveUp.failures) time\(gaveUp.failures == 1 ? "" : "s") during the backup, the last at \(gaveUp.lastFailureTime ?? "?")) "
+                                    + "(\(Self.failureCount(gaveUp.failures, last: gaveUp.lastFailureTime))) "
                                     + "and no segment was archived for --archive-timeout \(timeoutSeconds) s",
                                  hint: "the server log says why archive_command fails (for dbbackup wal-push, e.g. a segment of that name archived with other "
                                     + "content by another server: give each server its own repository); fix it, then run dbbackup --physical again; nothing was stored")
@@ -213,8 +221,14 @@ final class BaseBackupWatch: @unchecked Sendable {
         """
 
     private func watch(target: ConnectionTarget, applicationName: String, wait initial: ArchiveWait, write: @Sendable (String) -> Void) {
-        // Without a session of its own there is nothing to watch with; pg_basebackup goes on as before.
-        guard let connection = try? PostgresConnection(target: target, applicationName: "dbbackup") else { return }
+        // Without a session of its own there is nothing to watch with; pg_basebackup goes on unwatched, said once.
+        let connection: PostgresConnection
+        do {
+            connection = try PostgresConnection(target: target, applicationName: "dbbackup")
+        } catch {
+            return write("warning: the base backup's wait for its WAL to be archived is not watched (a second session failed: \(RecoveryError.classify(error).message)): "
+                         + "a failing archive_command will not be reported, nor the wait bounded by --archive-timeout")
+        }
         defer { connection.close() }
         var wait = initial
         var errors = 0
@@ -229,9 +243,12 @@ final class BaseBackupWatch: @unchecked Sendable {
                 continue
             }
             guard let sample = try? sample(on: connection, applicationName: applicationName) else {
-                // A server that has no such view, or refuses it: give up watching, quietly, after a few tries.
+                // A server that has no such view, or refuses it: give up watching after a few tries, saying so.
                 errors += 1
-                if errors >= 5 { return }
+                if errors >= 5 {
+                    return write("warning: the base backup's wait for its WAL to be archived is not watched (pg_stat_progress_basebackup and pg_stat_archiver "
+                                 + "cannot be read): a failing archive_command will not be reported, nor the wait bounded by --archive-timeout")
+                }
                 continue
             }
             errors = 0
@@ -260,9 +277,11 @@ final class BaseBackupWatch: @unchecked Sendable {
     /// Ends our walsender, checking it is still ours (a pid is reused).
     private func terminateWalsender(on connection: PostgresConnection, applicationName: String) {
         guard let pid = lock.withLock({ walsender }) else { return }
-        _ = try? connection.query("""
+        // Kept for another try when the statement failed (a signal's cancel may hit it).
+        if (try? connection.query("""
             SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE pid = $1::int AND application_name = $2
-            """, [String(pid), applicationName])
-        lock.withLock { walsender = nil }
+            """, [String(pid), applicationName])) != nil {
+            lock.withLock { walsender = nil }
+        }
     }
 }
