@@ -171,6 +171,12 @@ final class ArchiveWaitTests: XCTestCase {
         try owner.execute(script: "GRANT EXECUTE ON FUNCTION pg_catalog.pg_control_system() TO \"\(role)\"")
         let backup = try TestProcess.tool("dbbackup", ["--database-url", url, "--repo", repository], cluster: cluster)
         XCTAssertEqual(backup.status, 0, backup.standardError)
+        // pg_control_checkpoint() (the timeline) likewise.
+        try owner.execute(script: "REVOKE EXECUTE ON FUNCTION pg_control_checkpoint() FROM PUBLIC")
+        let noCheckpoint = try TestProcess.tool("dbbackup", ["--database-url", url, "--repo", repository], cluster: cluster)
+        XCTAssertEqual(noCheckpoint.status, ExitStatus.databaseError.rawValue, noCheckpoint.standardError)
+        XCTAssertTrue(noCheckpoint.standardError.contains("GRANT EXECUTE ON FUNCTION pg_catalog.pg_control_checkpoint() TO \"\(role)\""), noCheckpoint.standardError)
+        try owner.execute(script: "GRANT EXECUTE ON FUNCTION pg_catalog.pg_control_checkpoint() TO \"\(role)\"")
         // A base backup also needs REPLICATION: named with its ALTER ROLE.
         let physical = try TestProcess.tool("dbbackup", ["--physical", "--database-url", url, "--repo", repository], cluster: cluster)
         XCTAssertEqual(physical.status, ExitStatus.databaseError.rawValue, physical.standardError)
