@@ -163,8 +163,8 @@ struct ArchiveWait {
 /// that walsender (`pg_terminate_backend`, allowed on a session of one's own role): pg_basebackup then
 /// fails and stores nothing, and no walsender is left waiting on the archiver after we are gone
 /// (killing pg_basebackup alone would leave it, since a walsender in that wait never reads its socket).
-// @unchecked Sendable: `state`, `walsender`, `gaveUp` and `endWalsender` are under `lock`; the
-// connection and the wait's own state live on the watching thread only.
+// @unchecked Sendable: `walsender`, `result`, `endWalsender` and `stopping` are under `lock`; `thread` is set
+// once, in init; the connection and the wait's own state live on the watching thread only.
 final class BaseBackupWatch: @unchecked Sendable {
     private let lock = NSLock()
     private let wake = DispatchSemaphore(value: 0)
@@ -232,16 +232,15 @@ final class BaseBackupWatch: @unchecked Sendable {
         defer { connection.close() }
         var wait = initial
         var errors = 0
+        var givenUp = false
         while true {
-            let woken = wake.wait(timeout: .now() + 1) == .success
+            _ = wake.wait(timeout: .now() + 1)
             let (stop, end) = lock.withLock { (stopping, endWalsender) }
-            if stop || woken || Interruption.isRequested {
-                // After a signal the capture fails anyway; the walsender must not outlive it.
-                if end || Interruption.isRequested { terminateWalsender(on: connection, applicationName: applicationName) }
-                if stop { return }
-                // A signal: keep looking until the capture stops us (its child is being stopped).
-                continue
-            }
+            // Given up, failed or interrupted: the walsender must not outlive the capture (tried again
+            // each second until it is gone: pg_basebackup fails only once it is).
+            if givenUp || end || Interruption.isRequested { terminateWalsender(on: connection, applicationName: applicationName) }
+            if stop { return }
+            if givenUp || Interruption.isRequested { continue }
             guard let sample = try? sample(on: connection, applicationName: applicationName) else {
                 // A server that has no such view, or refuses it: give up watching after a few tries, saying so.
                 errors += 1
@@ -259,12 +258,11 @@ final class BaseBackupWatch: @unchecked Sendable {
                     write(line)
                 case .giveUp(let gaveUp):
                     lock.withLock { result = gaveUp }
+                    givenUp = true
+                    // pg_basebackup fails once its walsender is gone; the capture then stops us.
                     terminateWalsender(on: connection, applicationName: applicationName)
-                    // pg_basebackup fails now; the capture stops us when it has.
-                    lock.withLock { stopping = true }
                 }
             }
-            if lock.withLock({ stopping }) { return }
         }
     }
 
@@ -277,11 +275,10 @@ final class BaseBackupWatch: @unchecked Sendable {
     /// Ends our walsender, checking it is still ours (a pid is reused).
     private func terminateWalsender(on connection: PostgresConnection, applicationName: String) {
         guard let pid = lock.withLock({ walsender }) else { return }
-        // Kept for another try when the statement failed (a signal's cancel may hit it).
-        if (try? connection.query("""
-            SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE pid = $1::int AND application_name = $2
-            """, [String(pid), applicationName])) != nil {
-            lock.withLock { walsender = nil }
-        }
+        // Kept for another try when the statement failed (a signal's cancel may hit it) or was refused.
+        guard let ended = try? connection.query("""
+            SELECT pg_catalog.pg_terminate_backend(pid)::text FROM pg_catalog.pg_stat_activity WHERE pid = $1::int AND application_name = $2
+            """, [String(pid), applicationName]), ended.scalar != "false" else { return }
+        lock.withLock { walsender = nil }
     }
 }
