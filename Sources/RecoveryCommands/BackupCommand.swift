@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Gzip
+import PostgresClient
 import RecoveryKit
 
 /// `dbbackup`: backups (logical or physical) and WAL archiving.
@@ -67,6 +68,10 @@ public struct CaptureCommand: ToolCommand {
     @Flag(help: "With --physical: only what changed since the newest base backup of the same server (PostgreSQL 17+, summarize_wal = on).")
     public var incremental = false
 
+    @Option(name: .customLong("archive-timeout"),
+            help: ArgumentHelp("With --physical: how long the end of the base backup may wait for the server to archive its last WAL segment without any segment being archived, e.g. 60s, 5m; then it fails (exit 14, nothing stored). A failing archive_command is reported at once. Default 60s.", valueName: "duration"))
+    public var archiveTimeout: String?
+
     @Flag(name: .customLong("count-check"),
           help: "Logical backups: also count every table with count(*) in the dump's snapshot (a second scan of each table on the server) and fail (exit 30, nothing stored) if a count differs from the rows the dump holds.")
     public var countCheck = false
@@ -89,6 +94,14 @@ public struct CaptureCommand: ToolCommand {
     public func validate() throws {
         if incremental && !physical {
             throw ValidationError("--incremental goes with --physical: dbbackup --physical --incremental")
+        }
+        if let archiveTimeout {
+            guard physical else {
+                throw ValidationError("--archive-timeout bounds a --physical backup's wait for its WAL to be archived; a logical backup has none: drop it")
+            }
+            guard SessionLimits.parseDuration(archiveTimeout) != nil else {
+                throw ValidationError("--archive-timeout '\(archiveTimeout)' is not a duration: write 60s, 5m or 1h (1 second to 7 days)")
+            }
         }
         if countCheck && physical {
             throw ValidationError("--count-check checks a logical backup's row counts; a --physical backup has none: drop one of them")
@@ -125,6 +138,7 @@ public struct CaptureCommand: ToolCommand {
         configuration.key = try encryption.key(from: repository, writingTo: configuration.repositories, settings, database: stores)
         configuration.environment = repository.storageEnvironment(settings)
         configuration.incremental = incremental
+        if let seconds = archiveTimeout.flatMap(SessionLimits.parseDuration) { configuration.archiveTimeoutSeconds = seconds }
         let result = physical ? try PhysicalCapture.run(configuration, progress: output.progress)
             : try LogicalCapture.run(LogicalCaptureConfiguration(configuration, lockWaitSeconds: connection.sessionLimits.lockWaitSeconds,
                                                                  countCheck: countCheck, dataBy: LogicalDataReader(rawValue: dataBy) ?? .pgDump),

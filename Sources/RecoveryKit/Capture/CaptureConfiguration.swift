@@ -23,6 +23,9 @@ public struct CaptureConfiguration {
     /// Physical only, `--incremental`: an incremental base backup on the newest base backup of the same
     /// system (PostgreSQL 17+, `summarize_wal = on`).
     public var incremental = false
+    /// Physical only, `--archive-timeout`: how long pg_basebackup's wait for the backup's last WAL
+    /// segment to be archived may go without the server archiving any segment (`ArchiveWait`).
+    public var archiveTimeoutSeconds = ArchiveWait.defaultTimeoutSeconds
 
     public init(target: ConnectionTarget, repositories: [String], tags: [String] = [], release: String? = nil,
                 pinned: Bool = false, compressionLevel: Int = GzipCompressor.defaultLevel, jobs: Int = ProcessInfo.processInfo.activeProcessorCount,

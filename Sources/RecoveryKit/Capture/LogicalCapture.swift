@@ -70,6 +70,7 @@ public enum LogicalCapture {
         // pg_dump of the server's major or newer (an older one refuses the server).
         let dumper = try configuration.tools.program("pg_dump", for: PostgresMajor(serverVersionNumber: connection.serverVersionNumber), fit: .sameOrNewer)
         let pgDump = dumper.path
+        try BackupPrivileges.require(on: connection, physical: false)
         try connection.execute(script: "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         let snapshot = try connection.query("SELECT pg_catalog.pg_export_snapshot()").scalar ?? ""
         let facts = try connection.query("""

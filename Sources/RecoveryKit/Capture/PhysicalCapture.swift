@@ -24,6 +24,7 @@ public enum PhysicalCapture {
         // pg_basebackup of the server's own major: another one refuses it or writes what a restore cannot start.
         let basebackup = try configuration.tools.program("pg_basebackup", for: PostgresMajor(serverVersionNumber: connection.serverVersionNumber), fit: .same)
         let pgBasebackup = basebackup.path
+        try BackupPrivileges.require(on: connection, physical: true)
         let facts = try connection.query("""
             SELECT current_database(), current_setting('server_version'),
                    (SELECT system_identifier::text FROM pg_catalog.pg_control_system()),
@@ -79,19 +80,30 @@ public enum PhysicalCapture {
             chain = BackupManifest.Incremental(parent: parent.id, chainRoot: parent.incremental?.chainRoot ?? parent.id)
         }
         let file: BackupManifest.File
+        // pg_basebackup's session is found by a name of this run's own (the URL's application_name, if
+        // any, is pg_basebackup's no longer); its wait for the archiver is watched and bounded.
+        let applicationName = "dbbackup \(id)"
+        var environment = configuration.target.childEnvironment
+        environment["PGAPPNAME"] = applicationName
+        let watch = BaseBackupWatch(target: configuration.target, applicationName: applicationName, backup: id,
+                                    timeoutSeconds: configuration.archiveTimeoutSeconds, environment: configuration.environment)
         do {
             (file, _) = try StreamCapture.run(
                 executable: pgBasebackup,
                 arguments: arguments,
-                environment: configuration.target.childEnvironment, targets: targets, key: baseKey,
+                environment: environment, targets: targets, key: baseKey,
                 level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "base backup \(id)", estimate: estimate,
                 observe: { chunk in
                     scanner.consume(chunk)
                     index?.write(chunk)
                 }, segments: index?.segments)
-        } catch let error as RecoveryError where chain != nil && error.code == .toolFailed {
-            throw explainIncrementalFailure(error, parent: chain?.parent ?? "")
+        } catch {
+            watch.stop(failed: true)
+            if let gaveUp = watch.gaveUp, !Interruption.isRequested { throw ArchiveWait.error(gaveUp, timeoutSeconds: watch.timeoutSeconds) }
+            if let error = error as? RecoveryError, chain != nil && error.code == .toolFailed { throw explainIncrementalFailure(error, parent: chain?.parent ?? "") }
+            throw error
         }
+        watch.stop(failed: false)
         // From here on the data file is committed: any failure (a signal included) must remove it,
         // since without a manifest nothing would ever list or prune it.
         let serverManifestKey = "backups/\(id)/\(IncrementalChain.serverManifestFileName)"

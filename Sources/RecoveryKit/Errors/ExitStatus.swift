@@ -20,6 +20,9 @@ public enum ExitStatus: Int32, CaseIterable, Sendable {
     /// Waited longer than `--lock-wait` for a lock another session held or queued (named in the message);
     /// for `dbrestore` and `dbrestore cleanup`, another restore or clean-up of the same database is running.
     case lockTimeout = 13
+    /// `dbbackup --physical`: the server archived none of the backup's WAL for `--archive-timeout`
+    /// (archive_command failing or hung); the message names the segment; nothing was stored.
+    case archiveTimeout = 14
     /// The repository cannot be read or written (permissions, disk full, I/O).
     case repositoryError = 20
     /// Another process holds the repository lock.
@@ -60,6 +63,7 @@ public enum ExitStatus: Int32, CaseIterable, Sendable {
         case .databaseError: return "database-error"
         case .toolFailed: return "tool-failed"
         case .lockTimeout: return "lock-timeout"
+        case .archiveTimeout: return "archive-timeout"
         case .repositoryError: return "repository-error"
         case .repositoryLocked: return "repository-locked"
         case .backupNotFound: return "backup-not-found"
@@ -89,6 +93,7 @@ public enum ExitStatus: Int32, CaseIterable, Sendable {
         case .databaseError: return "fix the cause the server gave above and run the command again"
         case .toolFailed: return "check the PostgreSQL client programs (--pg-bin) and the message above, then run again"
         case .lockTimeout: return "end or wait for the session named above, or raise --lock-wait, then run again"
+        case .archiveTimeout: return "the server log says why archive_command fails; fix it (or raise --archive-timeout), then run again"
         case .repositoryError: return "check the repository's path or bucket, its permissions and free space"
         case .repositoryLocked: return "wait for the other run to finish; the message names it"
         case .backupNotFound: return "dbrestore list shows the backups in the repository"
