@@ -180,7 +180,7 @@ private final class HookRegistry: @unchecked Sendable {
         self.tool = tool
         let descriptor = CSignalPipe_install("\n\(tool): second signal: exiting at once; clean-up skipped, the next run repairs what is left\n")
         guard descriptor >= 0 else {
-            FileHandle.standardError.write(Data("\(tool): warning: cannot install signal handlers: \(String(cString: strerror(errno)))\n".utf8))
+            TextSink.standardError.write("\(tool): warning: cannot install signal handlers: \(String(cString: strerror(errno)))\n")
             return
         }
         let thread = Thread { [self] in
@@ -206,7 +206,7 @@ private final class HookRegistry: @unchecked Sendable {
 
     /// Called with `lock` held.
     private func exitAtPrompt() -> Never {
-        FileHandle.standardError.write(Data("\n\(tool): error: interrupted at the prompt; nothing was changed\nHINT: run the command again when ready\n".utf8))
+        TextSink.standardError.write("\n\(tool): error: interrupted at the prompt; nothing was changed\nHINT: run the command again when ready\n")
         // _exit, not exit: the main thread is inside readLine holding stdin's lock.
         _exit(130)
     }

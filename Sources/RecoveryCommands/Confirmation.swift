@@ -20,7 +20,7 @@ enum Confirmation {
             throw RecoveryError(.usage, "\(refusal), but stdin is not a terminal to confirm it; nothing was changed",
                                 hint: "add --yes to confirm in scripts and cron (--dry-run shows the plan first)")
         }
-        FileHandle.standardError.write(Data((plan + "\nProceed? [y/N] ").utf8))
+        TextSink.standardError.write(plan + "\nProceed? [y/N] ")
         guard let answer = Interruption.atPrompt({ readLine() }), ["y", "yes"].contains(answer.lowercased()) else {
             throw RecoveryError(.declined, "cancelled at the prompt; nothing was changed")
         }

@@ -238,7 +238,7 @@ public struct MigrateCommand: ParsableCommand {
         public func run(in context: RunContext) throws {
             guard let configuration = try common.configuration(context) else { return }
             let warnings = try Migrations.resolve(configuration, version: version, applied: markApplied)
-            warnings.forEach { FileHandle.standardError.write(Data("warning: \($0)\n".utf8)) }
+            warnings.forEach { TextSink.standardError.write("warning: \($0)\n") }
             print("version \(version) marked \(markApplied ? "applied" : "reverted"); recorded in schema_version_log")
         }
     }

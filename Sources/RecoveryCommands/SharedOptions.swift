@@ -1,6 +1,7 @@
 import ArgumentParser
 import BackupStorage
 import Foundation
+import ProcessSignals
 import Logging
 import PostgresClient
 import RecoveryKit
@@ -236,7 +237,7 @@ public struct OutputOptions: ParsableArguments {
             // Said at the start of every run, not only when a failure finds it out: the run goes on (a
             // notification setting is no reason to skip a backup), but its failure notices cannot be sent.
             let source = notifyURL != nil ? "--notify-url" : context.settings.environment["DBRECOVERY_NOTIFY_URL"] != nil ? "DBRECOVERY_NOTIFY_URL" : "notify_url in the config file"
-            FileHandle.standardError.write(Data("\(tool): warning: \(source) is not an http(s) URL, so failure notices cannot be sent; fix it (e.g. https://hooks.example.com/dbrecovery)\n".utf8))
+            TextSink.standardError.write("\(tool): warning: \(source) is not an http(s) URL, so failure notices cannot be sent; fix it (e.g. https://hooks.example.com/dbrecovery)\n")
         }
         context.reporter = RunReporter(tool: tool, metricsFile: metrics, notifyURL: notify, notifyOnSuccess: notifyOnSuccess, labels: labels)
     }
@@ -260,7 +261,7 @@ public struct OutputOptions: ParsableArguments {
 
     /// Writes a human line to stderr unless quiet.
     public func note(_ text: String) {
-        if !quiet { FileHandle.standardError.write(Data((text + "\n").utf8)) }
+        if !quiet { TextSink.standardError.write(text + "\n") }
     }
 }
 

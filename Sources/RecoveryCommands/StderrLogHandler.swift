@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import ProcessSignals
 
 /// Writes swift-log records to stderr as one line each, `dbbackup: warning: <message>`, so that
 /// what the libraries log (S3 retries, server notices, skipped backups) reads like the tool's own
@@ -16,9 +17,9 @@ struct StderrLogHandler: LogHandler {
     let tool: String
     let coloured: Bool
     /// Where the lines go; stderr in the tools, a pipe in tests.
-    let sink: FileHandle
+    let sink: TextSink
 
-    init(tool: String, level: Logger.Level, coloured: Bool, sink: FileHandle = .standardError) {
+    init(tool: String, level: Logger.Level, coloured: Bool, sink: TextSink = .standardError) {
         self.tool = tool
         logLevel = level
         self.coloured = coloured
@@ -36,8 +37,8 @@ struct StderrLogHandler: LogHandler {
     }
 
     func log(event: LogEvent) {
-        sink.write(Data((Self.line(tool: tool, level: event.level, message: event.message.description,
-                                   metadata: metadata.merging(event.metadata ?? [:]) { _, new in new }, coloured: coloured) + "\n").utf8))
+        sink.write(Self.line(tool: tool, level: event.level, message: event.message.description,
+                             metadata: metadata.merging(event.metadata ?? [:]) { _, new in new }, coloured: coloured) + "\n")
     }
 
     /// One record as printed: `tool: level: message (key=value, …)`.

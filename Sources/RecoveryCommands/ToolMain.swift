@@ -39,7 +39,9 @@ extension ParsableCommand {
     ///
     /// - Parameter bootstrapLogging: send swift-log records to stderr at the level the parsed
     ///   command's `--quiet`/`-v` ask for; once per process, so only the tools' `main` sets it.
-    public static func runReturningCode(_ arguments: [String]?, standardError: FileHandle, bootstrapLogging: Bool = false) -> Int32 {
+    public static func runReturningCode(_ arguments: [String]?, standardError handle: FileHandle, bootstrapLogging: Bool = false) -> Int32 {
+        // Written with write(2), never FileHandle.write: that traps on a closed stderr (TextSink).
+        let standardError = TextSink(descriptor: handle.fileDescriptor)
         let tool = configuration.commandName ?? "dbrecovery"
         let argv = arguments ?? Array(CommandLine.arguments.dropFirst())
         var command: ParsableCommand
@@ -51,7 +53,7 @@ extension ParsableCommand {
             if let name = misplacedSubcommand(spelled) {
                 // Not run in the order that parses: the token might have been an option's value. The
                 // arguments are not echoed (a --database-url may carry a password).
-                standardError.write(Data("\(tool): error: '\(name)' is a subcommand: it comes first, before the options\nHINT: \(tool) \(name) [options]; \(tool) \(name) --help shows them\n".utf8))
+                standardError.write("\(tool): error: '\(name)' is a subcommand: it comes first, before the options\nHINT: \(tool) \(name) [options]; \(tool) \(name) --help shows them\n")
                 return ExitStatus.usage.rawValue
             }
             command = try parseAsRoot(spelled)
@@ -100,7 +102,7 @@ extension ParsableCommand {
             context?.reporter?.failed(classified)
             var text = "\(tool): error: \(classified.message)\n"
             text += "HINT: \(classified.hint ?? classified.code.defaultHint)\n"
-            standardError.write(Data(text.utf8))
+            standardError.write(text)
             return classified.code.rawValue
         }
     }
@@ -142,7 +144,7 @@ extension ParsableCommand {
     }
 
     /// Prints an argument-parser error (or `--help`) and returns its exit code: usage errors are 2.
-    private static func reportParserError(_ error: Error, tool: String, helpTopic: String, standardError: FileHandle) -> Int32 {
+    private static func reportParserError(_ error: Error, tool: String, helpTopic: String, standardError: TextSink) -> Int32 {
         let parserCode = exitCode(for: error)
         if parserCode == ArgumentParser.ExitCode.success {
             let text = fullMessage(for: error)
@@ -153,7 +155,7 @@ extension ParsableCommand {
         }
         var message = message(for: error)
         if message.hasPrefix("Error: ") { message.removeFirst("Error: ".count) }
-        standardError.write(Data("\(tool): error: \(message)\nHINT: \(helpTopic) --help shows every option with examples\n".utf8))
+        standardError.write("\(tool): error: \(message)\nHINT: \(helpTopic) --help shows every option with examples\n")
         return parserCode == ArgumentParser.ExitCode.validationFailure ? ExitStatus.usage.rawValue : parserCode.rawValue
     }
 }

@@ -207,7 +207,7 @@ final class BaseBackupWatch: @unchecked Sendable {
     static func standardError(_ line: String) {
         // Over a progress line a terminal shows: that line is cleared first, redrawn by the next chunk.
         let clear = isatty(2) == 1 ? "\r\u{1B}[K" : ""
-        FileHandle.standardError.write(Data("\(clear)dbbackup: \(line)\n".utf8))
+        TextSink.standardError.write("\(clear)dbbackup: \(line)\n")
     }
 
     private static let sampleQuery = """

@@ -28,7 +28,7 @@ final class CaptureTargets {
             do {
                 let store = try Repository.open(address, create: true, environment: environment)
                 let lock = try store.lock(holder: LockHolder(command: command))
-                for note in lock.notes { FileHandle.standardError.write(Data("\(address): \(note)\n".utf8)) }
+                for note in lock.notes { TextSink.standardError.write("\(address): \(note)\n") }
                 targets.append(Target(address: address, store: store, lock: lock))
             } catch {
                 firstError = firstError ?? error
@@ -111,13 +111,13 @@ final class CaptureTargets {
                 // be stored all the same, and then the backup is complete; deleting its data would
                 // destroy a good backup and leave a manifest of missing files.
                 if targets[index].store.holds(key, contents: contents) {
-                    FileHandle.standardError.write(Data("warning: \(targets[index].address): writing the manifest reported a failure (\(RecoveryError.classify(error).message)), but it is stored as written: backup \(manifest.id) is complete\n".utf8))
+                    TextSink.standardError.write("warning: \(targets[index].address): writing the manifest reported a failure (\(RecoveryError.classify(error).message)), but it is stored as written: backup \(manifest.id) is complete\n")
                     continue
                 }
                 // Without its manifest the data is garbage (a disk full here): remove it now, not a day later.
                 // The manifest key first: a write that landed unseen must never name deleted data.
                 do { try targets[index].store.delete([key] + manifest.files.map { manifest.key(of: $0) }) } catch let cleanup {
-                    FileHandle.standardError.write(Data("warning: \(targets[index].address): the data of the failed backup was left: \(cleanup)\n".utf8))
+                    TextSink.standardError.write("warning: \(targets[index].address): the data of the failed backup was left: \(cleanup)\n")
                 }
                 fail(index, error)
             }
@@ -129,7 +129,7 @@ final class CaptureTargets {
         for index in targets.indices {
             // Reported, not dropped: a lock left behind blocks (or misleads) the next run.
             do { try targets[index].lock?.release() } catch {
-                FileHandle.standardError.write(Data("warning: \(targets[index].address): the repository lock was not released: \(error)\n".utf8))
+                TextSink.standardError.write("warning: \(targets[index].address): the repository lock was not released: \(error)\n")
             }
             targets[index].lock = nil
         }
@@ -138,7 +138,7 @@ final class CaptureTargets {
     /// Aborts one writer; a failed abort is reported, not dropped (the next writer lock removes it).
     private func abortWriter(_ index: Int) {
         do { try targets[index].writer?.abort() } catch {
-            FileHandle.standardError.write(Data("warning: \(targets[index].address): \(error)\n".utf8))
+            TextSink.standardError.write("warning: \(targets[index].address): \(error)\n")
         }
         targets[index].writer = nil
     }

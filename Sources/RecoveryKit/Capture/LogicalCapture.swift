@@ -149,7 +149,7 @@ public enum LogicalCapture {
             if let plan { try verifyCopied(plan, rows: copiedRows, in: contents.copyRowCounts, backupID: id) }
             // Still in the snapshot: the table list the COPY blocks are matched to is the dump's.
             tables = try TableCounter.rows(from: contents.copyRowCounts, on: connection, inRecovery: role.inRecovery) { reason in
-                FileHandle.standardError.write(Data("warning: backup \(id): \(reason)\n".utf8))
+                TextSink.standardError.write("warning: backup \(id): \(reason)\n")
             }
             if let counted { try TableCounter.crossCheck(tables, against: counted, backupID: id, database: try facts.string(0)) }
             try connection.execute(script: "COMMIT")
@@ -163,8 +163,8 @@ public enum LogicalCapture {
             } else {
                 // Whatever stops the table of contents stops dbrestore too (the same scanner and statement
                 // policy): say so loudly, since this backup restores only by hand.
-                FileHandle.standardError.write(Data(("warning: backup \(id): its dump cannot be read as pg_dump output (\(contents.failure ?? "unreadable dump")): "
-                    + "dbrestore will refuse it; it restores only by hand (gunzip -c dump.sql.gz | psql); please report this with the pg_dump version\n").utf8))
+                TextSink.standardError.write("warning: backup \(id): its dump cannot be read as pg_dump output (\(contents.failure ?? "unreadable dump")): "
+                    + "dbrestore will refuse it; it restores only by hand (gunzip -c dump.sql.gz | psql); please report this with the pg_dump version\n")
             }
         } catch {
             targets.delete([dumpKey, tocKey])

@@ -101,7 +101,7 @@ public enum WALPrefetch {
         let spool = try WALSpool(settings.spool, repository: settings.repository, resetOnMismatch: true)
         guard let lock = try spool.tryLock(lockName) else { return }
         defer { lock.release() }
-        FileHandle.standardError.write(Data("prefetcher \(ProcessInfo.processInfo.processIdentifier) started\n".utf8))
+        TextSink.standardError.write("prefetcher \(ProcessInfo.processInfo.processIdentifier) started\n")
         // Claims of a prefetcher that was killed: this one holds the lock, so none is live.
         spool.remove(try spool.names(under: "claims/").map { "claims/\($0)" })
         let claims = Claims(), turns = CPUTurns(), end = ArchiveEnd()
@@ -163,7 +163,7 @@ public enum WALPrefetch {
                     end.reached(at: name)
                 } catch {
                     // The call for it fetches directly and reports what is wrong.
-                    FileHandle.standardError.write(Data("prefetch \(name): \(RecoveryError.classify(error).message)\n".utf8))
+                    TextSink.standardError.write("prefetch \(name): \(RecoveryError.classify(error).message)\n")
                 }
             }
         }

@@ -1,4 +1,5 @@
 import Foundation
+import ProcessSignals
 
 /// Receives progress of long work: bytes moved so far. Commands draw it on a terminal.
 public protocol ProgressObserver: AnyObject {
@@ -31,7 +32,7 @@ public final class TerminalProgress: ProgressObserver {
     /// - Parameters:
     ///   - clock: the time now (tests pass their own).
     ///   - write: where the line goes (stderr; tests capture it).
-    public init(clock: @escaping () -> Date = Date.init, write: @escaping (String) -> Void = { FileHandle.standardError.write(Data($0.utf8)) }) {
+    public init(clock: @escaping () -> Date = Date.init, write: @escaping (String) -> Void = { TextSink.standardError.write($0) }) {
         self.clock = clock
         self.write = write
     }

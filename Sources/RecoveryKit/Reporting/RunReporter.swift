@@ -1,5 +1,6 @@
 import BackupStorage
 import Foundation
+import ProcessSignals
 
 /// Reports how a run ended to monitoring: a Prometheus textfile (`--metrics-file`, for
 /// node_exporter's textfile collector) and a JSON event posted to `--notify-url`.
@@ -72,7 +73,7 @@ public final class RunReporter: Sendable {
         } catch {
             unlink(temporary)
             // One line, the system's reason (a CocoaError would print its whole userInfo dump).
-            FileHandle.standardError.write(Data("\(tool): warning: cannot write metrics file \(metricsFile): \(RecoveryError.classify(error).message)\n".utf8))
+            TextSink.standardError.write("\(tool): warning: cannot write metrics file \(metricsFile): \(RecoveryError.classify(error).message)\n")
         }
     }
 
@@ -135,7 +136,7 @@ public final class RunReporter: Sendable {
             problem = "\(error)"
         }
         if let problem {
-            FileHandle.standardError.write(Data("\(tool): warning: notification to \(url.host ?? "?") failed: \(problem)\n".utf8))
+            TextSink.standardError.write("\(tool): warning: notification to \(url.host ?? "?") failed: \(problem)\n")
         }
     }
 }
