@@ -217,5 +217,20 @@ final class PointInTimeRestorePointChoiceTests: XCTestCase {
         let (found, json) = try plan(repository, ["--target-name", "sealed_point", "--encryption-key-file", keyFile, "--json"], cluster: cluster)
         XCTAssertEqual(found.status, 0, found.standardError)
         XCTAssertNotNil(json["restore_point_lsn"] as? String, found.standardOutput)
+
+        // With a timeline history archived (sealed with the key), another key failed that file's
+        // authentication first: "tampered" (exit 23). The key is checked against the base backup before.
+        let historyDirectory = ownedDirectory("rpenc-history")
+        try "1\t0/F0000000\tno recovery target specified\n".write(toFile: historyDirectory + "/00000002.history", atomically: true, encoding: .utf8)
+        chownToPostgres(historyDirectory)
+        let pushed = try asOwner("dbbackup", ["wal-push", historyDirectory + "/00000002.history", "--repo", repository, "--encryption-key-file", keyFile], cluster: cluster)
+        XCTAssertEqual(pushed.status, 0, pushed.standardError)
+        let (other, _) = try plan(repository, ["--target-name", "sealed_point", "--encryption-key-file", otherKeyFile], cluster: cluster)
+        XCTAssertEqual(other.status, ExitStatus.configuration.rawValue, other.standardError)
+        XCTAssertTrue(other.standardError.contains("backup \(id) was encrypted with another key"), other.standardError)
+        let (along, alongJSON) = try plan(repository, ["--target-name", "sealed_point", "--encryption-key-file", keyFile, "--json"], cluster: cluster)
+        XCTAssertEqual(along.status, 0, along.standardError)
+        XCTAssertEqual(alongJSON["restore_point_lsn"] as? String, json["restore_point_lsn"] as? String, along.standardOutput)
+        XCTAssertEqual(alongJSON["timeline"] as? Int, 2, along.standardOutput)
     }
 }

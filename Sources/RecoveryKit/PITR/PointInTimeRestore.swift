@@ -252,6 +252,9 @@ public enum PointInTimeRestore {
         let servers = try ServerChoice.choose(physical, archive: archive, store: store, configuration: configuration)
         let backups = servers.backups
         let named = try configuration.baseBackup.map { try namedBaseBackup($0, manifests: manifests, chosen: servers, target: configuration.target, location: store.location) }
+        // Another key fails the first history file's authentication ("tampered", exit 23): the key is
+        // checked against the base backup first, for the restore's own error (exit 3) naming its fingerprint.
+        if configuration.key != nil, let reference = named ?? backups.first { try requireKey(for: [reference], given: configuration.key) }
         let history = try TimelineHistory.read(archive: archive, store: store, key: configuration.key)
         var skipped: [PITRPlan.Skipped] = servers.skipped
         var lastProblem: RecoveryError?
