@@ -131,6 +131,60 @@ final class PointInTimeRestorePointChoiceTests: XCTestCase {
         XCTAssertEqual(try counts(port: olderPort, database: database, cluster: cluster), ["A": "10"])
     }
 
+    /// A restore point made while a base backup was taken (between its start and end LSN): recovery
+    /// from that base backup stops there before the data is consistent and the server does not start
+    /// ("requested recovery stop point is before consistent recovery point"). The plan skips it saying
+    /// so and takes the older base backup, which reaches the point; `--base-backup` of it is refused.
+    func testARestorePointMadeWhileABaseBackupWasTakenIsReachedFromTheOlderOne() throws {
+        let (cluster, repository, database, connection) = try archivingCluster("rpinside")
+        try connection.execute(script: "INSERT INTO items (batch) SELECT 'A' FROM generate_series(1, 10)")
+        // The second base backup runs as a child while restore points are made, each under a name of its own.
+        let tool = [TestPaths.executable("dbbackup"), "--physical", "--database-url", cluster.url(database: database), "--repo", repository]
+        let backup = Process()
+        backup.executableURL = URL(fileURLWithPath: getuid() == 0 ? "/usr/bin/setpriv" : tool[0])
+        backup.arguments = getuid() == 0 ? ["--reuid=postgres", "--regid=postgres", "--init-groups"] + tool : Array(tool.dropFirst())
+        backup.environment = ProcessInfo.processInfo.environment.merging(cluster.environment) { _, new in new }
+        backup.standardOutput = FileHandle.nullDevice
+        try backup.run()
+        var ends: [UInt64] = []
+        while backup.isRunning {
+            ends.append(WALSegmentName.parseLSN(try connection.query("SELECT pg_create_restore_point('during_\(ends.count)')::text").scalar ?? "") ?? 0)
+        }
+        backup.waitUntilExit()
+        XCTAssertEqual(backup.terminationStatus, 0)
+        try waitForArchive(connection)
+        let ids = try backupIDs(repository)
+        XCTAssertEqual(ids.count, 2, "\(ids)")
+        let (older, newest) = (ids[0], ids[1])
+        let manifest = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: repository + "/backups/\(newest)/manifest.json"))) as? [String: Any]
+        let physical = manifest?["physical"] as? [String: Any] ?? [:]
+        let (start, stop) = (lsn(physical["start_lsn"]), lsn(physical["stop_lsn"]))
+        // A point whose record begins after the start (the previous one ended there or later) and ends before the stop.
+        let inside = try XCTUnwrap(ends.indices.dropFirst().first { ends[$0 - 1] >= start && ends[$0] < stop },
+                                   "no restore point inside \(start)…\(stop) among \(ends.count)")
+        let name = "during_\(inside)"
+
+        let (chosen, json) = try plan(repository, ["--target-name", name, "--json"], cluster: cluster)
+        XCTAssertEqual(chosen.status, 0, chosen.standardError)
+        XCTAssertEqual(json["backup_id"] as? String, older, chosen.standardOutput)
+        let reason = (json["skipped"] as? [[String: Any]] ?? []).first { $0["id"] as? String == newest }?["reason"] as? String ?? ""
+        XCTAssertTrue(reason.contains("was made while it was taken") && reason.contains("before the base backup is consistent"), chosen.standardOutput)
+        XCTAssertEqual((json["restore_points"] as? [[String: Any]])?.first?["reached_from"] as? String, older, chosen.standardOutput)
+
+        let nowhere = ownedDirectory("rpinside-target") + "/data"
+        let refused = try asOwner("dbrestore", ["--pitr", "--pgdata", nowhere, "--repo", repository, "--target-name", name, "--base-backup", newest], cluster: cluster)
+        XCTAssertEqual(refused.status, ExitStatus.backupNotFound.rawValue, refused.standardError)
+        for words in ["was made while base backup \(newest) was taken", "before the base backup is consistent", "run with --base-backup \(older)"] {
+            XCTAssertTrue(refused.standardError.contains(words), "\(words): \(refused.standardError)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: nowhere))
+
+        let (reached, directory, port) = try recover(["--target-name", name], repository: repository, cluster: cluster)
+        defer { stopServer(directory) }
+        XCTAssertEqual(reached.status, 0, reached.standardError)
+        XCTAssertEqual(try counts(port: port, database: database, cluster: cluster), ["A": "10"])
+    }
+
     /// A restore point made on timeline 1 after the point timeline 2 branched off (a PITR copy promoted
     /// and archiving into the same repository): the default (latest) recovery follows timeline 2 and
     /// never replays it. Refused before extracting, naming the switch and `--timeline 1`, which plans to it.

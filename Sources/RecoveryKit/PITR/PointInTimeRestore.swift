@@ -265,10 +265,8 @@ public enum PointInTimeRestore {
             restorePoints = try RestorePointChoice.find(name, backups: backups, named: named, archive: archive, history: history,
                                                         timeline: configuration.timeline, store: store, key: configuration.key)
             if named == nil, let points = restorePoints, let found = backups.first(where: { points.reached(from: $0) != nil }) {
-                // Every point of the name precedes a newer one's start (it would reach one otherwise): the last is named.
-                let last = points.occurrences[points.occurrences.count - 1]
                 for newer in backups.prefix(while: { $0.id != found.id }) {
-                    skipped.append(.init(id: newer.id, reason: "restore point '\(name)' (LSN \(last.lsn)) was made before it started (\(newer.physical?.startLsn ?? "?")): recovery from it would never reach it"))
+                    skipped.append(.init(id: newer.id, reason: points.unreachable(from: newer)))
                 }
                 candidates = Array(backups.drop { $0.id != found.id })
             }

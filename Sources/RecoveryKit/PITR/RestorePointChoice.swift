@@ -31,10 +31,34 @@ struct RestorePointChoice {
     /// Whether every archived segment on that path was read (a damaged one stops the search).
     var complete: Bool
 
-    /// The point recovery from `backup` reaches: the first at or after its start.
-    func reached(from backup: BackupManifest) -> RestorePointOccurrence? {
+    /// The point recovery from `backup` stops at: the first at or after its start.
+    func stop(from backup: BackupManifest) -> RestorePointOccurrence? {
         guard let start = backup.physical.flatMap({ WALSegmentName.parseLSN($0.startLsn) }) else { return nil }
         return occurrences.first { (WALSegmentName.parseLSN($0.lsn) ?? 0) >= start }
+    }
+
+    /// The point recovery from `backup` reaches: where it stops, unless that lies before the base
+    /// backup's end (a point made while it was taken): the server stops there before the data is
+    /// consistent and refuses to start ("requested recovery stop point is before consistent recovery point").
+    func reached(from backup: BackupManifest) -> RestorePointOccurrence? {
+        guard let point = stop(from: backup), !Self.isInside(point, backup) else { return nil }
+        return point
+    }
+
+    /// Whether `point` lies between `backup`'s start and end.
+    static func isInside(_ point: RestorePointOccurrence, _ backup: BackupManifest) -> Bool {
+        guard let stop = backup.physical.flatMap({ WALSegmentName.parseLSN($0.stopLsn) }) else { return false }
+        return (WALSegmentName.parseLSN(point.lsn) ?? 0) < stop
+    }
+
+    /// Why recovery from `backup` does not reach the name: every point precedes its start, or the one it stops at lies inside it.
+    func unreachable(from backup: BackupManifest) -> String {
+        let physical = backup.physical
+        if let point = stop(from: backup) {
+            return "restore point '\(name)' (LSN \(point.lsn)) was made while it was taken (LSN \(physical?.startLsn ?? "?") … \(physical?.stopLsn ?? "?")): "
+                + "recovery from it would stop there before the base backup is consistent, and the server would not start"
+        }
+        return "restore point '\(name)' (LSN \(occurrences.last?.lsn ?? "?")) was made before it started (\(physical?.startLsn ?? "?")): recovery from it would never reach it"
     }
 
     /// The warning of a name made more than once: each point, which one this plan reaches, and that `--base-backup` decides.
@@ -68,12 +92,14 @@ struct RestorePointChoice {
         }
         guard let path = try? history.path(to: target) else { return nil }
         let (hits, complete) = try RestorePointScan.occurrences(of: name, along: path, segmentSize: size, archive: archive, store: store, key: key)
-        let starts = backups.compactMap { backup in backup.physical.flatMap { WALSegmentName.parseLSN($0.startLsn) }.map { (backup, $0) } }
+        let ranges = backups.compactMap { backup in
+            backup.physical.flatMap { physical in WALSegmentName.parseLSN(physical.startLsn).map { (backup, $0, WALSegmentName.parseLSN(physical.stopLsn) ?? $0) } }
+        }
         var occurrences: [RestorePointOccurrence] = []
         var previous: UInt64?
         for (hit, timeline) in hits {
-            // Newest first: the first that started after the previous point and not after this one.
-            let from = starts.first { _, start in start <= hit.lsn && (previous.map { start > $0 } ?? true) }?.0.id
+            // Newest first: the first that started after the previous point and ended before this one.
+            let from = ranges.first { _, start, stop in stop <= hit.lsn && (previous.map { start > $0 } ?? true) }?.0.id
             occurrences.append(RestorePointOccurrence(lsn: WALSegmentName.formatLSN(hit.lsn), time: hit.time, timeline: timeline, reachedFrom: from))
             previous = hit.lsn
         }
@@ -84,12 +110,21 @@ struct RestorePointChoice {
         }
         let reaching = named.map { [$0] } ?? backups
         guard complete, let first = occurrences.first, !reaching.contains(where: { found.reached(from: $0) != nil }) else { return found }
+        let alternative = occurrences.first { $0.reachedFrom != nil }
+        let instead = alternative.flatMap { other in other.reachedFrom.map { "run with --base-backup \($0) (reaches the one at LSN \(other.lsn))" } }
+        if let inside = reaching.first(where: { found.stop(from: $0) != nil }), let point = found.stop(from: inside), let physical = inside.physical {
+            throw RecoveryError(.backupNotFound,
+                                "restore point '\(name)' (LSN \(point.lsn), made \(Timestamp.format(point.time))) was made while base backup \(inside.id) was taken (LSN \(physical.startLsn) … \(physical.stopLsn)): "
+                                    + "recovery from it stops there before the base backup is consistent, and the server does not start",
+                                hint: (instead ?? "no base backup that ended before it reaches it: recover to the end of \(inside.id) with --target-lsn \(physical.stopLsn), or later")
+                                    + "; nothing was written")
+        }
         let made = "restore point '\(name)' (LSN \(first.lsn), made \(Timestamp.format(first.time))"
             + (occurrences.count > 1 ? "; \(occurrences.count - 1) more of the name, the last at LSN \(occurrences.last?.lsn ?? "")" : "") + ")"
-        if let named, let other = occurrences.first(where: { $0.reachedFrom != nil }), let from = other.reachedFrom {
+        if let named, let instead {
             throw RecoveryError(.backupNotFound,
                                 "\(made) precedes the start of base backup \(named.id) (started \(Timestamp.format(named.startedAt)), LSN \(named.physical?.startLsn ?? "?")): recovery from it never replays it",
-                                hint: "run with --base-backup \(from) (reaches the one at LSN \(other.lsn)), or without --base-backup; nothing was written")
+                                hint: "\(instead), or without --base-backup; nothing was written")
         }
         guard let oldest = backups.last, let oldestPhysical = oldest.physical else { return found }
         throw RecoveryError(.backupNotFound,
