@@ -78,7 +78,8 @@ struct RestorePointChoice {
     /// - Returns: nil when the path cannot be worked out (the plan says why for each base backup).
     /// - Throws: `RecoveryError(.configuration)` without the key or with another one (as a restore
     ///   says it); `.backupNotFound` for a point made before every base backup (or before the named
-    ///   one, naming those that reach it), or found only on a timeline the recovery does not follow.
+    ///   one, naming those that reach it), made while the base backup recovery would start from was
+    ///   taken, or found only on a timeline the recovery does not follow.
     static func find(_ name: String, backups: [BackupManifest], named: BackupManifest?, archive: [StoredObject], history: TimelineHistory,
                      timeline choice: TimelineChoice, store: BackupStore, key: RepositoryKey?) throws -> RestorePointChoice? {
         guard let reference = named ?? backups.first, let physical = reference.physical else { return nil }
@@ -126,7 +127,10 @@ struct RestorePointChoice {
                                 "\(made) precedes the start of base backup \(named.id) (started \(Timestamp.format(named.startedAt)), LSN \(named.physical?.startLsn ?? "?")): recovery from it never replays it",
                                 hint: "\(instead), or without --base-backup; nothing was written")
         }
-        guard let oldest = backups.last, let oldestPhysical = oldest.physical else { return found }
+        // Every point before the oldest start: no base backup can reach one (otherwise one lies inside an older base backup, said above for the one planned).
+        guard let oldest = backups.last, let oldestPhysical = oldest.physical,
+              let last = occurrences.last.flatMap({ WALSegmentName.parseLSN($0.lsn) }), let oldestStart = WALSegmentName.parseLSN(oldestPhysical.startLsn),
+              last < oldestStart else { return found }
         throw RecoveryError(.backupNotFound,
                             "\(made) precedes the oldest base backup of this server, \(oldest.id) (started \(Timestamp.format(oldest.startedAt)), LSN \(oldestPhysical.startLsn)): "
                                 + "no base backup precedes it, so recovery cannot reach it",
