@@ -60,11 +60,18 @@ final class PointInTimeRestorePointTests: XCTestCase {
                       unknownPoint.standardOutput)
         XCTAssertTrue(warning.contains("--base-backup ID of an older one: \(older) (started "), unknownPoint.standardOutput)
 
-        // --base-backup the newest for the earlier point: PostgreSQL ends recovery short of it; the error says why and what to run.
-        let (short, shortDirectory, _) = try recover(["--target-name", "before_nightly", "--base-backup", newest], repository: repository, cluster: cluster)
+        // --base-backup the newest for the earlier point: the WAL says it precedes that base backup, refused before extracting naming the one that reaches it.
+        let (named, _) = try plan(["--target-name", "before_nightly", "--base-backup", newest])
+        XCTAssertEqual(named.status, ExitStatus.backupNotFound.rawValue, named.standardError)
+        for words in ["restore point 'before_nightly' (LSN ", "precedes the start of base backup \(newest) (started ", "run with --base-backup \(older) (reaches the one at LSN "] {
+            XCTAssertTrue(named.standardError.contains(words), "\(words): \(named.standardError)")
+        }
+
+        // A point the WAL does not hold: PostgreSQL ends recovery short of it; the error says why and what to run.
+        let (short, shortDirectory, _) = try recover(["--target-name", "never_made"], repository: repository, cluster: cluster)
         defer { stopServer(shortDirectory) }
         XCTAssertEqual(short.status, ExitStatus.restoreFailed.rawValue, short.standardError)
-        for words in ["recovery ended before reaching restore point 'before_nightly'", "may precede base backup \(newest) (taken ",
+        for words in ["recovery ended before reaching restore point 'never_made'", "may precede base backup \(newest) (taken ",
                       "run again with --base-backup \(older) (started "] {
             XCTAssertTrue(short.standardError.contains(words), "\(words): \(short.standardError)")
         }

@@ -54,4 +54,20 @@ final class RestorePointScanTests: XCTestCase {
         XCTAssertNil(scan.feed(first, base: size, from: size))
         XCTAssertEqual(scan.feed(second, base: 2 * size, from: size), 2 * size - 16)
     }
+
+    /// A name made twice: both points, each with its `rp_time`, each reported once though the next
+    /// segment's search starts in the record's worth kept from this one.
+    func testEveryPointOfANameIsReportedOnceWithItsTime() {
+        let size: UInt64 = 2 * 8192
+        var second = record("rp_dup")
+        // rp_time 2026-01-01 00:00:00 UTC: 820_540_800 s after 2000-01-01, in microseconds, little-endian.
+        let micros = Int64(820_540_800) * 1_000_000
+        second.replaceSubrange(26..<34, with: (0..<8).map { UInt8(truncatingIfNeeded: micros >> (8 * $0)) })
+        let stream = record("rp_dup") + [UInt8](repeating: 0, count: 102) + second + [UInt8](repeating: 0, count: 6)
+        var scan = RestorePointScan(name: "rp_dup")
+        let hits = scan.feedAll(segment(pages: 2, stream: stream), base: size, from: 0)
+        XCTAssertEqual(hits.map(\.lsn), [size + 40, size + 40 + 98 + 102])
+        XCTAssertEqual(hits.last?.time, Date(timeIntervalSince1970: 1_767_225_600))
+        XCTAssertEqual(scan.feedAll(segment(pages: 2, stream: []), base: 2 * size, from: 0), [], "the kept tail is not reported again")
+    }
 }

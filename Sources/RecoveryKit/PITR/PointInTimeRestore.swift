@@ -124,6 +124,24 @@ public struct PITRPlan: Codable, Sendable {
     public var restorePointLsn: String? = nil
     /// Where the WAL run stopped at another server's segments under this server's names (`WALRangeOwnership`).
     public var walWarning: String? = nil
+    /// When that restore point was made (its record's time).
+    public var restorePointTime: Date? = nil
+    /// With `--target-name`: every restore point of the name on the timeline path recovery follows,
+    /// oldest first, with the base backup that reaches each (a name can be made several times).
+    public var restorePoints: [RestorePointOccurrence]? = nil
+    /// What the run will hold from dbprune until recovery ends (`RecoveryHold`, written as the run starts).
+    public var hold: Hold? = nil
+
+    /// The hold a run of this plan writes: the same fields as `RecoveryHold`, less the id and time it gets when written.
+    public struct Hold: Codable, Sendable {
+        public var backups: [String]
+        public var timelines: [UInt32]
+        public var firstSegment: String
+        public var target: String
+        public var dataDirectory: String
+        /// Where and when it is written and how it goes.
+        public var note = "written as locks/holds/<id>.json when the run starts (its id is made then; a repository the run cannot write gets none, with a warning); recovery_end_command releases it, or dbprune --release-hold ID"
+    }
 
     public struct Older: Codable, Sendable {
         public var id: String
@@ -172,14 +190,16 @@ public struct PITRPlan: Codable, Sendable {
                      + "their contents are not read here: wal-fetch checks each as recovery reads it)")
         if let walWarning { lines.append("warning:     \(walWarning)") }
         lines.append("timeline:    \(timeline) (\(timelinePath))")
-        lines.append("target:      \(target)" + (restorePointLsn.map { " at LSN \($0) (found in the archived WAL, after this base backup started)" } ?? ""))
+        lines.append("target:      \(target)" + (restorePointLsn.map { lsn in
+            " at LSN \(lsn)" + (restorePointTime.map { " made \(Timestamp.format($0))" } ?? "") + " (found in the archived WAL, after this base backup started)"
+        } ?? ""))
         if let restorePointWarning { lines.append("warning:     \(restorePointWarning)") }
         if let moveAsideTo { lines.append("move the existing \(dataDirectory) aside to \(moveAsideTo)") }
         if let partialExtraction { lines.append("remove the partial extraction in \(dataDirectory) left by \(partialExtraction)") }
         for staging in abandonedStaging ?? [] { lines.append("remove \(staging), staging left by a killed run") }
         lines.append("extract into \(dataDirectory), write restore_command and the recovery target, create recovery.signal")
-        lines.append("hold:        keep base backup \((chain ?? [backupID]).joined(separator: ", ")) and WAL from \(firstSegment) on "
-                     + "(timeline \((timelines ?? [timeline]).map(String.init).joined(separator: ", "))) from dbprune until recovery ends "
+        lines.append("hold:        keep base backup \((hold?.backups ?? chain ?? [backupID]).joined(separator: ", ")) and WAL from \(firstSegment) on "
+                     + "(timeline \((hold?.timelines ?? timelines ?? [timeline]).map(String.init).joined(separator: ", "))) from dbprune until recovery ends "
                      + "(a record under locks/holds/; recovery_end_command releases it, or dbprune --release-hold ID)")
         if let serverMajor {
             lines.append("server:      PostgreSQL \(serverMajor) only (a data directory starts only under its own major): "
@@ -236,20 +256,24 @@ public enum PointInTimeRestore {
         let servers = try ServerChoice.choose(physical, archive: archive, store: store, configuration: configuration)
         let backups = servers.backups
         let named = try configuration.baseBackup.map { try namedBaseBackup($0, manifests: manifests, chosen: servers, target: configuration.target, location: store.location) }
+        // Another key fails the first history file's authentication ("tampered", exit 23): the key is
+        // checked against the base backup first, for the restore's own error (exit 3) naming its fingerprint.
+        if configuration.key != nil, let reference = named ?? backups.first { try requireKey(for: [reference], given: configuration.key) }
         let history = try TimelineHistory.read(archive: archive, store: store, key: configuration.key)
         var skipped: [PITRPlan.Skipped] = servers.skipped
         var lastProblem: RecoveryError?
         var candidates = named.map { [$0] } ?? backups
         // A restore point is reached only from a base backup that started before it: the WAL says which.
-        var restorePoint: (id: String, lsn: UInt64)?
-        if case .name(let name) = configuration.target, named == nil,
-           let found = try RestorePointScan.locate(name, among: backups, archive: archive, history: history, timeline: configuration.timeline,
-                                                   store: store, key: configuration.key) {
-            restorePoint = (found.backup.id, found.lsn)
-            for newer in backups.prefix(while: { $0.id != found.backup.id }) {
-                skipped.append(.init(id: newer.id, reason: "restore point '\(name)' (LSN \(WALSegmentName.formatLSN(found.lsn))) was made before it started (\(newer.physical?.startLsn ?? "?")): recovery from it would never reach it"))
+        var restorePoints: RestorePointChoice?
+        if case .name(let name) = configuration.target {
+            restorePoints = try RestorePointChoice.find(name, backups: backups, named: named, archive: archive, history: history,
+                                                        timeline: configuration.timeline, store: store, key: configuration.key)
+            if named == nil, let points = restorePoints, let found = backups.first(where: { points.reached(from: $0) != nil }) {
+                for newer in backups.prefix(while: { $0.id != found.id }) {
+                    skipped.append(.init(id: newer.id, reason: points.unreachable(from: newer)))
+                }
+                candidates = Array(backups.drop { $0.id != found.id })
             }
-            candidates = Array(backups.drop { $0.id != found.backup.id })
         }
         for backup in candidates {
             guard let physical = backup.physical else { continue }
@@ -278,6 +302,8 @@ public enum PointInTimeRestore {
                 skipped.append(.init(id: backup.id, reason: error.message))
                 continue
             }
+            // Refused here as the restore would refuse it: a dry run must not look fine without the key.
+            try requireKey(for: chain, given: configuration.key)
             if let problem = try servers.walProblem(of: backup, in: store, cipherKey: configuration.key) {
                 skipped.append(.init(id: backup.id, reason: problem))
                 continue
@@ -326,14 +352,19 @@ public enum PointInTimeRestore {
                 plan.peakDiskBytes = needs?.peakBytes
                 plan.timelines = path.drop { $0.timeline != backupTimeline }.map(\.timeline)
                 plan.system = servers.note
+                plan.hold = PITRPlan.Hold(backups: chain.map(\.id), timelines: plan.timelines ?? [targetTimeline], firstSegment: physical.firstWalSegment,
+                                          target: configuration.target.description, dataDirectory: configuration.dataDirectory)
                 plan.backupStartedAt = backup.startedAt
                 plan.backupStartLsn = physical.startLsn
                 if case .name(let name) = configuration.target {
                     plan.olderBaseBackups = backups.filter { $0.startedAt < backup.startedAt && $0.id != backup.id }.map { PITRPlan.Older(id: $0.id, startedAt: $0.startedAt) }
-                    if let restorePoint, restorePoint.id == backup.id {
-                        plan.restorePointLsn = WALSegmentName.formatLSN(restorePoint.lsn)
+                    plan.restorePoints = restorePoints.flatMap { $0.occurrences.isEmpty ? nil : $0.occurrences }
+                    if let points = restorePoints, let reached = points.reached(from: backup) {
+                        plan.restorePointLsn = reached.lsn
+                        plan.restorePointTime = reached.time
+                        plan.restorePointWarning = points.duplicateWarning(reaching: reached, from: backup.id)
                     } else {
-                        plan.warnAboutRestorePoint(name, searched: named == nil)
+                        plan.warnAboutRestorePoint(name, searched: restorePoints != nil)
                     }
                 }
                 try plan.findServer(for: backup, configuration)
@@ -351,6 +382,16 @@ public enum PointInTimeRestore {
         if let lastProblem, skipped.count == 1 { throw lastProblem }
         throw RecoveryError(.backupNotFound, "no base backup can reach \(configuration.target): " + skipped.map { "\($0.id): \($0.reason)" }.joined(separator: "; "),
                             hint: "nothing was written")
+    }
+
+    /// Refuses base backups whose files are encrypted when no key, or another key, was given: the
+    /// error the extraction would give (exit 3), before anything is written, also in a dry run.
+    ///
+    /// - Throws: `RecoveryError(.configuration)` naming the backup and the key's fingerprint.
+    static func requireKey(for chain: [BackupManifest], given key: RepositoryKey?) throws {
+        for member in chain {
+            for file in member.files { _ = try StoredFileStream.key(for: file, of: member, given: key) }
+        }
     }
 
     /// The base backup `--base-backup ID` names, refused (nothing written) when it is not a base backup
@@ -658,8 +699,8 @@ public enum PointInTimeRestore {
     /// - Throws: `StorageError` for any other failure to write it (nothing is extracted then).
     static func writeHold(_ plan: PITRPlan, chain: [BackupManifest], _ configuration: PITRConfiguration,
                           store: BackupStore) throws -> (RecoveryHold?, String?) {
-        let hold = RecoveryHold(backupID: plan.backupID, backups: chain.map(\.id), timelines: plan.timelines ?? [plan.timeline],
-                                firstSegment: plan.firstSegment, target: plan.target, dataDirectory: configuration.dataDirectory)
+        let hold = RecoveryHold(backupID: plan.backupID, backups: plan.hold?.backups ?? chain.map(\.id), timelines: plan.hold?.timelines ?? plan.timelines ?? [plan.timeline],
+                                firstSegment: plan.hold?.firstSegment ?? plan.firstSegment, target: plan.target, dataDirectory: configuration.dataDirectory)
         do {
             try hold.write(to: store)
             logger.info("hold \(hold.id) written: dbprune keeps base backup \(hold.backups.joined(separator: ", ")) and WAL from \(hold.firstSegment) on until recovery ends")

@@ -25,6 +25,8 @@ struct RestorePointScan {
     /// Bytes of the record stream not yet searched past, and the LSN each page's run of them starts at.
     private var stream: [UInt8] = []
     private var runs: [(offset: Int, lsn: UInt64)] = []
+    /// Hits below this LSN were reported by an earlier `feedAll`.
+    private var reportedFrom: UInt64 = 0
 
     init(name: String) {
         self.name = Array(name.utf8) + [0]
@@ -33,6 +35,18 @@ struct RestorePointScan {
     /// Adds a whole segment beginning at LSN `base` (segments given in order, none skipped) and
     /// returns the LSN of the first restore point of that name that begins at or after `from`.
     mutating func feed(_ segment: Data, base: UInt64, from: UInt64) -> UInt64? {
+        feedAll(segment, base: base, from: from).first?.lsn
+    }
+
+    /// One restore point record of the name: where it begins and its `rp_time`.
+    struct Hit: Equatable {
+        var lsn: UInt64
+        var time: Date
+    }
+
+    /// As `feed`, every restore point of that name at or after `from` in the segment (each reported
+    /// once, also one found again in the record's worth kept for the next segment).
+    mutating func feedAll(_ segment: Data, base: UInt64, from: UInt64) -> [Hit] {
         let bytes = [UInt8](segment)
         let pageSize = Self.pageSize(of: bytes)
         var page = 0
@@ -46,7 +60,8 @@ struct RestorePointScan {
             }
             page += pageSize
         }
-        let found = search(from: from)
+        let found = search(from: max(from, reportedFrom))
+        if let last = found.last { reportedFrom = last.lsn + 1 }
         // Keep a record's worth: one may begin at a segment's end and run on into the next.
         let keep = Int(Self.recordLength)
         if stream.count > keep {
@@ -59,8 +74,9 @@ struct RestorePointScan {
         return found
     }
 
-    private func search(from: UInt64) -> UInt64? {
-        guard stream.count >= name.count + Self.nameOffset else { return nil }
+    private func search(from: UInt64) -> [Hit] {
+        var hits: [Hit] = []
+        guard stream.count >= name.count + Self.nameOffset else { return hits }
         var position = Self.nameOffset
         while position + name.count <= stream.count {
             // memchr and memcmp: a segment is 16 MB, compared in Swift byte by byte it takes seconds in a debug build.
@@ -77,12 +93,21 @@ struct RestorePointScan {
                     return nil
                 }
             }
-            guard let hit else { return nil }
+            guard let hit else { return hits }
             let start = hit - Self.nameOffset
-            if start >= 0, isRestorePoint(at: start), let lsn = lsn(of: start), lsn % 8 == 0, lsn >= from { return lsn }
+            if start >= 0, isRestorePoint(at: start), let lsn = lsn(of: start), lsn % 8 == 0, lsn >= from {
+                hits.append(Hit(lsn: lsn, time: time(at: start + 26)))
+            }
             position = hit + 1
         }
-        return nil
+        return hits
+    }
+
+    /// `rp_time`: a TimestampTz, microseconds since 2000-01-01 00:00 UTC (this machine's byte order).
+    private func time(at offset: Int) -> Date {
+        var micros: Int64 = 0
+        for index in (0..<8).reversed() { micros = micros << 8 | Int64(stream[offset + index]) }
+        return Date(timeIntervalSince1970: 946_684_800 + Double(micros) / 1_000_000)
     }
 
     private func isRestorePoint(at start: Int) -> Bool {
@@ -108,52 +133,44 @@ struct RestorePointScan {
 extension RestorePointScan {
     private static let logger = Logger(label: "dbrecovery.restore")
 
-    /// The newest of `backups` (newest first, one server's) that started before restore point `name`,
-    /// and where the point lies: the WAL is read from the newest one's start to the end of the archive,
-    /// then, not found there, from each older one's start to where the previous read began (each
-    /// segment read once, plus the one a start lies in). Recovery stops at the first such point after
-    /// the base backup's start, as this search does. Nil when no archived WAL holds it (a mistyped
-    /// name, a point not yet archived, or a record this search does not know): the caller keeps the
-    /// newest base backup and warns.
+    /// Every restore point `name` in the archived WAL recovery along `path` replays, oldest first,
+    /// each with the timeline it was written on; from segment `first` on (each segment read once, a
+    /// gap in the archive starts the stream again after it). `complete`: the search read every
+    /// archived segment on the path; a damaged or unreadable one ends it early, with a warning.
     ///
-    /// - Throws: storage errors, an interruption (a damaged or undecryptable segment ends the search
-    ///   with a warning: nil).
-    static func locate(_ name: String, among backups: [BackupManifest], archive: [StoredObject], history: TimelineHistory,
-                       timeline choice: TimelineChoice, store: BackupStore, key: RepositoryKey?) throws -> (backup: BackupManifest, lsn: UInt64)? {
+    /// - Throws: `RecoveryError(.configuration)` for WAL encrypted and no key given (as a restore
+    ///   says it), storage errors, an interruption.
+    static func occurrences(of name: String, along path: [TimelineHistory.Stretch], segmentSize size: UInt64, from first: UInt64 = 0,
+                            archive: [StoredObject], store: BackupStore, key: RepositoryKey?) throws -> (hits: [(hit: Hit, timeline: UInt32)], complete: Bool) {
+        func timeline(of number: UInt64) -> UInt32 { path.last { $0.begin / size <= number }?.timeline ?? path[0].timeline }
         let archived = Set(archive.map(\.key))
-        var readFrom: UInt64?   // the first segment number an earlier (newer) candidate's read began at
-        for backup in backups {
-            guard let physical = backup.physical, let start = WALSegmentName.parseLSN(physical.startLsn) else { continue }
-            let size = physical.segmentSize
-            let backupTimeline = UInt32(clamping: max(1, physical.timeline))
-            let target: UInt32
-            switch choice {
-            case .latest: target = history.latest(from: backupTimeline)
-            case .number(let number): target = number
+        let numbers = Set(archive.compactMap { object -> UInt64? in
+            guard let file = WALArchive.fileName(ofKey: object.key), WALSegmentName.isSegment(file), let onTimeline = WALSegmentName.timelineNumber(of: file),
+                  let number = WALSegmentName.segmentNumber(of: file, segmentSize: size), number >= first, timeline(of: number) == onTimeline else { return nil }
+            return number
+        }).sorted()
+        var hits: [(hit: Hit, timeline: UInt32)] = []
+        var scan = RestorePointScan(name: name)
+        var previous: UInt64?
+        for number in numbers {
+            let segment = WALSegmentName.name(timeline: timeline(of: number), segmentNumber: number, segmentSize: size)
+            let objectKey = try WALArchive.key(for: segment)
+            guard archived.contains(objectKey) else { continue }
+            try Interruption.check()
+            if let previous, previous + 1 != number { scan = RestorePointScan(name: name) }
+            previous = number
+            let data: Data
+            do {
+                data = try WALArchive.decompress(try store.read(objectKey), name: segment, objectKey: objectKey, cipherKey: key)
+            } catch let error as RecoveryError where error.code != .configuration {
+                // Recovery itself says so if it needs this segment; the plan only stops looking.
+                logger.warning("restore point '\(name)' not searched for past WAL segment \(segment): \(error.message)")
+                return (hits, false)
             }
-            guard let path = try? history.path(to: target) else { continue }
-            var scan = RestorePointScan(name: name)
-            let first = start / size
-            var number = first
-            while readFrom.map({ number <= $0 }) ?? true {
-                let timeline = path.last { $0.begin / size <= number }?.timeline ?? backupTimeline
-                let segment = WALSegmentName.name(timeline: timeline, segmentNumber: number, segmentSize: size)
-                let objectKey = try WALArchive.key(for: segment)
-                guard archived.contains(objectKey) else { break }
-                try Interruption.check()
-                let data: Data
-                do {
-                    data = try WALArchive.decompress(try store.read(objectKey), name: segment, objectKey: objectKey, cipherKey: key)
-                } catch let error as RecoveryError {
-                    // Recovery itself says so if it needs this segment; the plan only stops looking.
-                    logger.warning("restore point '\(name)' not searched for past WAL segment \(segment): \(error.message)")
-                    return nil
-                }
-                if let lsn = scan.feed(data, base: number * size, from: start) { return (backup, lsn) }
-                number += 1
+            hits += scan.feedAll(data, base: number * size, from: 0).map { hit in
+                (hit, path.last { $0.begin <= hit.lsn }?.timeline ?? path[0].timeline)
             }
-            readFrom = first
         }
-        return nil
+        return (hits, true)
     }
 }
