@@ -206,7 +206,7 @@ public struct ChoosingOptions: ParsableArguments {
     /// `dbrestore latest --drill` (the flag spelling) names `latest`; nothing else may be named.
     @Argument(help: .hidden) var backup: String?
 
-    @Option(help: ArgumentHelp("Only backups taken at this release.", valueName: "release"))
+    @Option(help: ArgumentHelp("Only backups of the state this application release ran with: the release dbmigrate's log had the database at (a pre-deploy snapshot of v1.3.0 holds v1.2.3's state); the dbbackup --release label for backups taken without that log.", valueName: "release"))
     public var release: String?
 
     /// Accepted and ignored: these modes never ask, and scripts written for the flags may pass it.

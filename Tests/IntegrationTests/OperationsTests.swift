@@ -109,9 +109,21 @@ final class OperationsTests: IntegrationTestCase {
         let migrate = { (arguments: [String]) in
             try TestProcess.tool("dbmigrate", arguments + ["--dir", migrations], environment: self.environment)
         }
+        // The README's pipeline, twice: snapshot labelled with the release about to be deployed, then its migrations.
+        let beforeFirst = try script("pre-deploy-snapshot.sh", ["--release", "v1.2.3"])
+        XCTAssertEqual(beforeFirst.status, 0, beforeFirst.standardError)
         XCTAssertEqual(try migrate(["up", "--to", "1", "--release", "v1.2.3"]).status, 0)
-        XCTAssertEqual(try script("pre-deploy-snapshot.sh", ["--release", "v1.2.3"]).status, 0)
+        let snapshot = try script("pre-deploy-snapshot.sh", ["--release", "v1.3.0"])
+        XCTAssertEqual(snapshot.status, 0, snapshot.standardError)
+        let ofV123 = snapshot.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
         XCTAssertEqual(try migrate(["up", "--release", "v1.3.0"]).status, 0)
+        // v1.2.3's state is the snapshot taken before v1.3.0's migrations, not the one labelled v1.2.3 (the state before it).
+        let chosen = try tool("dbrestore", ["--emergency", "--release", "v1.2.3", "--dry-run", "--json"] + common)
+        XCTAssertEqual(chosen.status, 0, chosen.standardError)
+        let choice = (try? JSONSerialization.jsonObject(with: Data(chosen.standardOutput.utf8))) as? [String: Any] ?? [:]
+        XCTAssertEqual(choice["backup_id"] as? String, ofV123, chosen.standardOutput)
+        XCTAssertEqual(choice["backup_running_release"] as? String, "v1.2.3", chosen.standardOutput)
+        XCTAssertEqual(choice["backup_release"] as? String, "v1.3.0", chosen.standardOutput)
 
         let plan = try script("rollback/database-rollback.sh", ["--version", "v1.2.3", "--dry-run"], environment: ["MIGRATIONS_DIR": migrations])
         XCTAssertEqual(plan.status, 0, plan.standardError)
@@ -123,10 +135,20 @@ final class OperationsTests: IntegrationTestCase {
         XCTAssertEqual(rollback.status, 0, rollback.standardError)
         XCTAssertEqual(try cluster.scalar("SELECT version FROM schema_version ORDER BY applied_at DESC LIMIT 1", database: database), "1")
 
-        try cluster.connect(database: database).execute(script: "DELETE FROM users")
+        try cluster.connect(database: database).execute(script: "DELETE FROM users; DROP TABLE a; DELETE FROM schema_version")
         let emergency = try script("rollback/database-rollback.sh", ["--version", "v1.2.3", "--emergency"])
         XCTAssertEqual(emergency.status, 0, emergency.standardError)
+        XCTAssertTrue(emergency.standardOutput.contains("from backup \(ofV123)"), emergency.standardOutput)
         XCTAssertEqual(try cluster.scalar("SELECT count(*) FROM users", database: database), "40")
+        XCTAssertEqual(try cluster.scalar("SELECT max(version) FROM schema_version", database: database), "1", "not v1.2.3's schema")
+        XCTAssertEqual(try cluster.scalar("SELECT to_regclass('a') IS NOT NULL AND to_regclass('b') IS NULL", database: database), "t")
+
+        // That snapshot lost: the one labelled v1.2.3 (taken before its migrations, no log then) is not
+        // v1.2.3's state; refused, naming it and the way by id, rather than restoring the release before.
+        try FileManager.default.removeItem(atPath: "\(repository!)/backups/\(ofV123)/dump.sql.gz")
+        let without = try tool("dbrestore", ["--emergency", "--release", "v1.2.3", "--dry-run"] + common)
+        XCTAssertEqual(without.status, ExitStatus.backupNotFound.rawValue, without.standardError)
+        XCTAssertTrue(without.standardError.contains("name the release about to be deployed"), without.standardError)
 
         let procedures = try script("rollback/backup-procedures.sh", ["list"])
         XCTAssertEqual(procedures.status, 0, procedures.standardError)

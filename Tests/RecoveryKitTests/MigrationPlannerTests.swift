@@ -82,6 +82,24 @@ final class MigrationPlannerTests: XCTestCase {
         XCTAssertThrowsError(try MigrationPlanner.versions(atRelease: "v9", log: log))
     }
 
+    /// The release a backup records as the database's state: the newest release whose versions are
+    /// the ones applied now (after a downgrade, the release it went back to; none after a hand-run one).
+    func testRunningReleaseIsTheNewestReleaseWhoseVersionsAreAppliedNow() {
+        var log = [
+            MigrationLogEntry(id: 1, version: 1, action: "up", release: "v1.2.3"),
+            MigrationLogEntry(id: 2, version: 2, action: "up", release: "v1.3.0"),
+        ]
+        XCTAssertEqual(MigrationPlanner.runningRelease(log: log), "v1.3.0")
+        XCTAssertEqual(MigrationPlanner.runningRelease(log: Array(log.prefix(1))), "v1.2.3")
+        XCTAssertNil(MigrationPlanner.runningRelease(log: []))
+        log.append(MigrationLogEntry(id: 3, version: 2, action: "down", release: nil))
+        XCTAssertEqual(MigrationPlanner.runningRelease(log: log), "v1.2.3", "down --to-release v1.2.3")
+        log.append(MigrationLogEntry(id: 4, version: 1, action: "release", release: "v1.2.4"))
+        XCTAssertEqual(MigrationPlanner.runningRelease(log: log), "v1.2.4", "a release with nothing to migrate")
+        log.append(MigrationLogEntry(id: 5, version: 1, action: "down", release: nil))
+        XCTAssertNil(MigrationPlanner.runningRelease(log: log), "no release had no versions")
+    }
+
     func testDriftNamesTheFileWhenItWasAppliedBothChecksumsAndTheCommands() throws {
         var row = applied(1, at: 1_700_000_000)
         row.upSHA256 = "aaaa"

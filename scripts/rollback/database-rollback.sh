@@ -2,7 +2,8 @@
 # The runbook's database rollback, on dbrecovery:
 #   database-rollback.sh --version v1.2.3 --dry-run     the plan (migrations to revert, full SQL); changes nothing
 #   database-rollback.sh --version v1.2.3               migrate down to what release v1.2.3 had (backup first)
-#   database-rollback.sh --version v1.2.3 --emergency   restore the newest verified backup taken at v1.2.3
+#   database-rollback.sh --version v1.2.3 --emergency   restore the newest verified backup of v1.2.3's state (the database at
+#                                                       release v1.2.3 by dbmigrate's log: v1.3.0's pre-deploy snapshot is one)
 # Then verify: SELECT version, applied_at FROM schema_version ORDER BY applied_at DESC LIMIT 1;
 # Settings: DATABASE_URL, BACKUP_REPO, MIGRATIONS_DIR (default ./migrations).
 set -euo pipefail
@@ -13,7 +14,7 @@ while [ $# -gt 0 ]; do
     --version) version=${2:-}; shift 2 ;;
     --dry-run) dry_run=(--dry-run); shift ;;
     --emergency) emergency=true; shift ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
     *) echo "database-rollback: unknown argument '$1'; usage: --version vX.Y.Z [--dry-run] [--emergency]" >&2; exit 2 ;;
   esac
 done

@@ -99,8 +99,27 @@ public struct BackupManifest: Codable, Equatable, Sendable {
     public var tags: [String]
     public var release: String?
     public var pinned: Bool
+
+    /// Whether this backup holds the state application release `release` ran with (`dbrestore
+    /// --release`, the rollback's "restore the newest good backup of v1.2.3"): the release dbmigrate's
+    /// log had the database at (`runningRelease`). Without that log, a backup's label (`dbbackup
+    /// --release`), except a pre-deploy snapshot's: that names the release about to be deployed, and
+    /// the state it holds is the release before, which nothing recorded.
+    public func holdsState(ofRelease release: String) -> Bool {
+        if let runningRelease { return runningRelease == release }
+        return !isPreDeploySnapshot && self.release == release
+    }
+
+    /// A backup `scripts/pre-deploy-snapshot.sh` took (tag `pre-deploy`): its `release` is the one
+    /// about to be deployed.
+    public var isPreDeploySnapshot: Bool { tags.contains("pre-deploy") }
     /// `schema_version` at capture, if the table exists.
     public var schemaVersion: String?
+    /// The application release the database was at when this backup was taken, by dbmigrate's log
+    /// (`MigrationPlanner.runningRelease`); nil without that log. Not the `--release` label: a
+    /// pre-deploy snapshot is labelled with the release about to be deployed and holds the state of
+    /// the one before it.
+    public var runningRelease: String? = nil
     /// The exported snapshot pg_dump ran in.
     public var snapshot: String?
     public var tables: [TableRowCount]

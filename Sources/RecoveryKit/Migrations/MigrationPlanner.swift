@@ -205,14 +205,34 @@ public enum MigrationPlanner {
     ///
     /// Replays the log: up and resolve-applied add a version, down and resolve-reverted remove it.
     /// - Throws: `RecoveryError(.migrationRefused)` when the release never ran dbmigrate.
+    /// The release the database is at by `log`: the newest release recorded (`up --release`, or a
+    /// release with nothing to migrate) whose versions are the ones applied now. After `down
+    /// --to-release v1.2.3` that is v1.2.3 again; nil without a recorded release or when the versions
+    /// applied now are no release's (a hand-run `down --to 7`).
+    public static func runningRelease(log: [MigrationLogEntry]) -> String? {
+        let ordered = log.sorted { $0.id < $1.id }
+        let current = appliedVersions(after: ordered[...])
+        var seen = Set<String>()
+        for entry in ordered.reversed() where ["up", "release"].contains(entry.action) {
+            guard let release = entry.release, seen.insert(release).inserted else { continue }
+            if (try? versions(atRelease: release, log: log)) == current { return release }
+        }
+        return nil
+    }
+
     public static func versions(atRelease release: String, log: [MigrationLogEntry]) throws -> Set<Int64> {
         let ordered = log.sorted { $0.id < $1.id }
         guard let last = ordered.lastIndex(where: { $0.release == release && ["up", "release"].contains($0.action) }) else {
             throw RecoveryError(.migrationRefused, "no migration run is recorded for release \(release)",
                                 hint: "dbmigrate status lists the releases that applied each version; use --to VERSION instead")
         }
+        return appliedVersions(after: ordered[...last])
+    }
+
+    /// The versions applied after `entries` (in log order) ran.
+    private static func appliedVersions(after entries: ArraySlice<MigrationLogEntry>) -> Set<Int64> {
         var versions = Set<Int64>()
-        for entry in ordered[...last] {
+        for entry in entries {
             guard let version = entry.version else { continue }
             switch entry.action {
             case "up", "resolve-applied", "adopt", "baseline": versions.insert(version)

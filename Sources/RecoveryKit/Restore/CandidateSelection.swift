@@ -109,6 +109,8 @@ enum CandidateSelection {
         // The source database's backups from servers out of scope (system identifier → newest id): after
         // a pg_upgrade or an initdb the database's older backups are another server's.
         var otherServers: [String: String] = [:]
+        // With --release: pre-deploy snapshots whose state's release nothing recorded (no dbmigrate log).
+        var unknownState: [String] = []
         func withOthers(_ skipped: [RestorePlan.Skipped]) -> [RestorePlan.Skipped] {
             skipped.filter { !$0.reason.hasPrefix(otherDatabasePrefix) } + otherDatabases.sorted { $0.key < $1.key }.map { name, ids in
                 .init(id: ids.count == 1 ? ids[0] : "\(ids[0]) and \(ids.count - 1) more",
@@ -146,8 +148,11 @@ enum CandidateSelection {
                     logger.info("skipped backup \(label): of database \(source) on another server (system \(system)), not the target's (system \(scope.system ?? "?"))")
                     continue
                 }
-                if let release = configuration.release, manifest.release != release {
-                    logger.debug("skipped backup \(label): taken at release \(manifest.release ?? "none"), not \(release)")
+                if let release = configuration.release, !manifest.holdsState(ofRelease: release) {
+                    if manifest.runningRelease == nil, manifest.isPreDeploySnapshot {
+                        unknownState.append("\(id) labelled \(manifest.release ?? "none")")
+                    }
+                    logger.debug("skipped backup \(label): of release \(manifest.runningRelease ?? manifest.release ?? "none"), not \(release)")
                     continue
                 }
                 if configuration.mode != .normal, let target = serverMajor, let source = manifest.serverMajor, source > target {
@@ -191,11 +196,11 @@ enum CandidateSelection {
         let newerMajors = configuration.mode == .normal ? [] : Set(holders.values.joined().compactMap { holder -> PostgresMajor? in
             guard let manifest = holder.2.manifest, manifest.kind == .logical, let target = serverMajor,
                   let source = manifest.serverMajor, source > target else { return nil }
-            if let release = configuration.release, manifest.release != release { return nil }
+            if let release = configuration.release, !manifest.holdsState(ofRelease: release) { return nil }
             return source
         })
         throw noneLeft(configuration, stores: stores.map(\.0), skipped: skipped, newerMajors: newerMajors.sorted(), serverMajor: serverMajor,
-                       otherServers: otherServers, serverScope: scope)
+                       otherServers: otherServers, serverScope: scope, unknownState: unknownState)
     }
 
     /// How `skipped` starts the reason of a backup of another database.
@@ -272,11 +277,17 @@ enum CandidateSelection {
     /// a newer major than the target server, naming those majors and the server they need.
     static func noneLeft(_ configuration: RestoreConfiguration, stores: [String], skipped: [RestorePlan.Skipped],
                          newerMajors: [PostgresMajor], serverMajor: PostgresMajor?,
-                         otherServers: [String: String] = [:], serverScope: ServerScope = ServerScope(system: nil)) -> RecoveryError {
-        let scope = configuration.release.map { " taken at release \($0)" } ?? ""
+                         otherServers: [String: String] = [:], serverScope: ServerScope = ServerScope(system: nil),
+                         unknownState: [String] = []) -> RecoveryError {
+        let scope = configuration.release.map { " of release \($0)" } ?? ""
         let listed = skipped.prefix(5).map { "\($0.id): \($0.reason)" }.joined(separator: "; ")
         let more = skipped.count > 5 ? "; and \(skipped.count - 5) more" : ""
         var hint = configuration.release == nil ? "dbverify --files all checks each backup; check another repository" : "drop --release to consider every backup"
+        if let release = configuration.release, !unknownState.isEmpty {
+            hint = "pre-deploy snapshots taken without dbmigrate's log (\(unknownState.prefix(3).joined(separator: ", "))) name the release about to be deployed, "
+                + "so their state is the release before it, not known here: the state of \(release) is in the pre-deploy snapshot of the release deployed after it; "
+                + "dbrestore list shows them; restore one by its id; " + hint
+        }
         if let oldest = newerMajors.first, let target = serverMajor {
             hint = "backups from PostgreSQL \(newerMajors.map(\.description).joined(separator: ", ")) need a server of that major or newer, "
                 + "and the target server is PostgreSQL \(target): restore into a PostgreSQL \(oldest) or newer server (its --database-url, and "

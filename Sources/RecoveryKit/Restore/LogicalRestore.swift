@@ -97,9 +97,12 @@ public struct RestorePlan: Encodable, Sendable {
     public var lines: [String] {
         var lines: [String] = []
         for skip in skipped { lines.append("skip backup \(skip.id): \(skip.reason)") }
-        lines.append("backup:   \(backup.id) taken \(Timestamp.format(backup.startedAt))"
-                     + (backup.release.map { ", release \($0)" } ?? "") + (backup.schemaVersion.map { ", schema version \($0)" } ?? "")
-                     + ", \(backup.totalRows) rows")
+        var facts = ["taken \(Timestamp.format(backup.startedAt))"]
+        if let running = backup.runningRelease { facts.append("database at release \(running)") }
+        if let release = backup.release { facts.append("labelled release \(release)") }
+        if let version = backup.schemaVersion { facts.append("schema version \(version)") }
+        facts.append("\(backup.totalRows) rows")
+        lines.append("backup:   \(backup.id) " + facts.joined(separator: ", "))
         lines.append("from:     \(backup.repository)")
         if !backup.database.isSameDatabaseName(as: targetDatabase) {
             lines.append("note:     backup \(backup.id) is of database \(backup.database); it is restored into \(targetDatabase)")
@@ -139,7 +142,7 @@ extension RestorePlan {
     /// backup's fields stand flat beside the plan's own, under the names they had before the plan
     /// held a `BackupSummary`, which scripts read.
     private enum Key: String, CodingKey {
-        case mode, repository, backupID, backupTakenAt, backupRelease, backupSchemaVersion, backupRows, backupDatabase, backupStoredBytes
+        case mode, repository, backupID, backupTakenAt, backupRelease, backupRunningRelease, backupSchemaVersion, backupRows, backupDatabase, backupStoredBytes
         case server, targetDatabase, targetExists, scratchDatabase, keptAs, skipped, databaseProperties, warnings, filesChecked
         case preRestoreCopies, preRestoreBytes, backupServerMajor, targetServerMajor, versionNote
     }
@@ -151,6 +154,7 @@ extension RestorePlan {
         try json.encode(backup.id, forKey: .backupID)
         try json.encode(backup.startedAt, forKey: .backupTakenAt)
         try json.encodeIfPresent(backup.release, forKey: .backupRelease)
+        try json.encodeIfPresent(backup.runningRelease, forKey: .backupRunningRelease)
         try json.encodeIfPresent(backup.schemaVersion, forKey: .backupSchemaVersion)
         try json.encode(backup.totalRows, forKey: .backupRows)
         try json.encode(backup.database, forKey: .backupDatabase)
