@@ -19,7 +19,7 @@ struct BaseBackupIndex: Codable, Equatable, Sendable {
 
     /// The format version an index of a base.tar.gz in `layout` carries.
     static func formatVersion(for layout: GzipCompressor.Layout) -> Int {
-        layout == .memberPerBlock ? 2 : 1
+        layout == .memberPerBlock ? currentFormatVersion : 1
     }
 
     /// How base backups are compressed: one gzip member per 1 MiB block, by libdeflate (about
