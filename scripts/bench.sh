@@ -41,7 +41,9 @@
 # (scripts/bench-readme.py), so the README shows one run's numbers.
 # `--only physical` (issue 21 item 3) runs just the physical rows: base backups against pg_basebackup |
 # gzip -6 and pgBackRest (gz 6, two processes), and extraction against `pgbackrest restore`, N times each
-# (results in bench/results-physical.md). BENCH_BASELINE_DBRESTORE=/path/to/dbrestore adds that build's
+# (results in bench/results-physical.md), each also in the layout of base backups before issue 21
+# item 3 (one zlib member, DBRECOVERY_BASE_BACKUP_LAYOUT=single-member) with the sizes against
+# gzip -6 and pgBackRest's backup folder. BENCH_BASELINE_DBRESTORE=/path/to/dbrestore adds that build's
 # extraction of the same base backup as "dbrestore --pitr (extract base backup) (baseline build)",
 # alternating with this build's. Every repetition backs up the same cluster: the databases
 # the restore rows create are dropped again at the end of each repetition of a full run.
@@ -652,14 +654,17 @@ physical_rows() {
   measure "pg_basebackup -Ft -D - | gzip -6" "'$pg_bin/pg_basebackup' -d '$base/postgres' -D - -Ft -X none --checkpoint=fast | gzip -6 > '$work/out/base.tar.gz'"
   measure "dbbackup --physical" "'$bin/dbbackup' -q --physical --database-url '$base/postgres' --repo '$work/out/repo'"
   measure "dbbackup --physical --compression-level 6" "'$bin/dbbackup' -q --physical --compression-level 6 --database-url '$base/postgres' --repo '$work/out/repo'"
+  # The layout of base backups before issue 21 item 3 (one zlib member), for the gain and the size cost.
+  measure "dbbackup --physical --compression-level 6 (one zlib member, as before)" "DBRECOVERY_BASE_BACKUP_LAYOUT=single-member '$bin/dbbackup' -q --physical --compression-level 6 --database-url '$base/postgres' --repo '$work/out/repo'"
   pgbr_fresh
-  measure "pgbackrest backup (full, gz, process-max 2)" "$(declare -f as_owner); as_owner pgbackrest --config='$work/pgbr/pgbackrest.conf' --stanza=bench --type=full backup; du -sb '$work/pgbr/repo' > /dev/null"
+  measure "pgbackrest backup (full, gz, process-max 2)" "$(declare -f as_owner); as_owner pgbackrest --config='$work/pgbr/pgbackrest.conf' --stanza=bench --type=full backup; du -sb \$(ls -d '$work/pgbr/repo/backup/bench/'*F | tail -1) | cut -f1 > '$work/size'"
   # Extraction only (what a PITR user waits for before replay starts): the base backup into an empty
   # data directory, recovery settings written, nothing started.
   if [ -n "${BENCH_BASELINE_DBRESTORE:-}" ]; then
     measure "dbrestore --pitr (extract base backup) (baseline build)" "$(declare -f fresh_data_dir); fresh_data_dir '$work/out/pgdata' && '$BENCH_BASELINE_DBRESTORE' pitr -q --repo '$work/pitr-repo' --pgdata '$work/out/pgdata' --target latest"
   fi
   measure "dbrestore --pitr (extract base backup)" "$(declare -f fresh_data_dir); fresh_data_dir '$work/out/pgdata' && '$bin/dbrestore' pitr -q --repo '$work/pitr-repo' --pgdata '$work/out/pgdata' --target latest"
+  measure "dbrestore --pitr (extract base backup, one zlib member as before)" "$(declare -f fresh_data_dir); fresh_data_dir '$work/out/pgdata' && '$bin/dbrestore' pitr -q --repo '$work/pitr-repo-single' --pgdata '$work/out/pgdata' --target latest"
   measure "pgbackrest restore (process-max 2)" "$(declare -f as_owner fresh_data_dir); fresh_data_dir '$work/out/pgdata' && as_owner pgbackrest --config='$work/pgbr/pgbackrest.conf' --stanza=bench --pg1-path='$work/out/pgdata' restore"
 }
 
@@ -681,11 +686,16 @@ if [ "$only" = all ]; then
   "$bin/dbbackup" --database-url "$base/bench" --repo "$work/restore-repo" -q >/dev/null
 fi
 # One base backup at the peer's level, its WAL archived by wal-push, for the extraction rows
-# (dbrestore --pitr against pgbackrest restore); archive_command is /bin/true again afterwards.
-mkdir -p "$work/pitr-repo"
-if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$work/pitr-repo"; fi
-psql -q -X "$base/postgres" -c "ALTER SYSTEM SET archive_command = '$bin/dbbackup wal-push %p --repo $work/pitr-repo'" -c "SELECT pg_reload_conf()" >/dev/null
-"$bin/dbbackup" -q --physical --compression-level 6 --database-url "$base/postgres" --repo "$work/pitr-repo" >/dev/null
+# (dbrestore --pitr against pgbackrest restore), and one in the layout of backups before issue 21
+# item 3 (one zlib member) in pitr-repo-single; archive_command is /bin/true again afterwards.
+for layout in member-per-block single-member; do
+  repo=$work/pitr-repo
+  if [ "$layout" = single-member ]; then repo=$work/pitr-repo-single; fi
+  mkdir -p "$repo"
+  if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$repo"; fi
+  psql -q -X "$base/postgres" -c "ALTER SYSTEM SET archive_command = '$bin/dbbackup wal-push %p --repo $repo'" -c "SELECT pg_reload_conf()" >/dev/null
+  DBRECOVERY_BASE_BACKUP_LAYOUT=$layout "$bin/dbbackup" -q --physical --compression-level 6 --database-url "$base/postgres" --repo "$repo" >/dev/null
+done
 psql -q -X "$base/postgres" -c "ALTER SYSTEM SET archive_command = '/bin/true'" -c "SELECT pg_reload_conf()" >/dev/null
 # The extraction target: a fresh directory the data directory's owner may write (pgBackRest runs as that owner).
 fresh_data_dir() { mkdir -p "$1"; chmod 700 "$1"; if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$1"; fi; }
@@ -775,6 +785,19 @@ if physical_only:
          ratio("dbbackup --physical --compression-level 6", "pgbackrest backup (full, gz, process-max 2)"), 0.65),
         ("dbrestore --pitr extraction / pgbackrest restore", ratio("dbrestore --pitr (extract base backup)", "pgbackrest restore (process-max 2)"), 0.6),
     ]
+    if "dbbackup --physical --compression-level 6 (one zlib member, as before)" in med:
+        checks += [
+            ("dbbackup --physical -6, one zlib member as before / pgbackrest (same level)",
+             ratio("dbbackup --physical --compression-level 6 (one zlib member, as before)", "pgbackrest backup (full, gz, process-max 2)"), 0.65),
+            ("dbrestore --pitr extraction, one zlib member as before / pgbackrest restore",
+             ratio("dbrestore --pitr (extract base backup, one zlib member as before)", "pgbackrest restore (process-max 2)"), 0.6),
+            ("dbbackup --physical -6 size / pg_basebackup | gzip -6 size",
+             size_ratio("dbbackup --physical --compression-level 6", "pg_basebackup -Ft -D - | gzip -6"), 1.02),
+            ("dbbackup --physical -6 size / the same, one zlib member as before",
+             size_ratio("dbbackup --physical --compression-level 6", "dbbackup --physical --compression-level 6 (one zlib member, as before)"), 1.02),
+            ("dbbackup --physical -6 size / pgbackrest size (its backup folder)",
+             size_ratio("dbbackup --physical --compression-level 6", "pgbackrest backup (full, gz, process-max 2)"), 1.02),
+        ]
     if "dbrestore --pitr (extract base backup) (baseline build)" in med:
         checks.append(("dbrestore --pitr extraction, baseline build / pgbackrest restore",
                        ratio("dbrestore --pitr (extract base backup) (baseline build)", "pgbackrest restore (process-max 2)"), 0.6))

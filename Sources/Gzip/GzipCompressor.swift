@@ -12,6 +12,17 @@ public final class GzipCompressor {
     /// compressor, not pg_dump, sets the pace of a backup. `--compression-level 6` gives gzip -6.
     public static let defaultLevel = 5
 
+    /// How the gzip file is laid out. Both are standard gzip: `gzip -d`, `tar -xz`, Python's
+    /// `gzip` and `GzipDecompressor` read every file of either.
+    public enum Layout: Sendable {
+        /// One member (zlib; pigz's layout with several jobs): the smallest output.
+        case singleMember
+        /// One member per input block, each compressed whole by libdeflate: about 2.4× less CPU
+        /// than zlib at level 6 for about 1 % more bytes at 1 MiB blocks, and every member decodes
+        /// on its own. Level 0 (store) is always `singleMember`.
+        case memberPerBlock
+    }
+
     /// Total bytes given to `write(_:)`.
     public private(set) var bytesIn: UInt64 = 0
     /// Total compressed bytes handed to the sink.
@@ -34,15 +45,16 @@ public final class GzipCompressor {
     ///   - level: zlib level, 0 (store) to 9 (smallest); 6 matches `gzip -6`.
     ///   - jobs: cores to compress on; 1 compresses on the calling thread.
     ///   - blockSize: with `jobs` > 1, the input block each core compresses at a time.
-    ///   - outputChunkSize: size of the buffer handed to `sink` (one core).
+    ///   - outputChunkSize: size of the buffer handed to `sink` (one core, single member).
+    ///   - layout: one member, or one per block (with any `jobs`; see `Layout`).
     ///   - accessPointInterval: if not 0, about every this many input bytes the stream gets a point
     ///     where decompression can start without what came before (see `GzipAccessPoint`); the
-    ///     output stays one ordinary gzip member.
+    ///     output stays one ordinary gzip member (a member's start, one member per block).
     ///   - onAccessPoint: told of each access point just before its first compressed byte reaches `sink`.
     ///   - sink: receives compressed bytes; valid only during the call.
     /// - Throws: `GzipError` if zlib cannot be initialised or the level is out of range.
     public init(level: Int = GzipCompressor.defaultLevel, jobs: Int = 1, blockSize: Int = 1 << 20, outputChunkSize: Int = 256 * 1024,
-                accessPointInterval: UInt64 = 0, onAccessPoint: ((GzipAccessPoint) -> Void)? = nil,
+                layout: Layout = .singleMember, accessPointInterval: UInt64 = 0, onAccessPoint: ((GzipAccessPoint) -> Void)? = nil,
                 sink: @escaping (UnsafeRawBufferPointer) throws -> Void) throws {
         guard (0...9).contains(level) else {
             throw GzipError(kind: .compression, operation: "deflateInit2", message: "compression level \(level) is outside 0...9")
@@ -50,10 +62,11 @@ public final class GzipCompressor {
         self.accessPointInterval = accessPointInterval
         nextAccessPoint = accessPointInterval
         self.onAccessPoint = onAccessPoint
-        if jobs > 1 {
+        let layout = level == 0 ? Layout.singleMember : layout
+        if jobs > 1 || layout == .memberPerBlock {
             zstream = nil
-            parallel = ParallelDeflate(level: level, jobs: jobs, blockSize: max(blockSize, 64 * 1024), accessPointInterval: accessPointInterval,
-                                       onAccessPoint: onAccessPoint, sink: sink)
+            parallel = ParallelDeflate(level: level, jobs: max(1, jobs), blockSize: max(blockSize, 64 * 1024), layout: layout,
+                                       accessPointInterval: accessPointInterval, onAccessPoint: onAccessPoint, sink: sink)
         } else {
             zstream = try ZStream(deflateLevel: Int32(level))
             parallel = nil
@@ -136,7 +149,8 @@ public final class GzipCompressor {
 /// compressed offset (from the start of the file), the uncompressed offset of the first byte
 /// decoded from there. Every access point this compressor makes is byte-aligned (bit offset 0)
 /// and nothing after it refers back before it, so the 32 KiB window zran keeps is empty here:
-/// `GzipDecompressor(resumingAt:)` needs nothing else.
+/// `GzipDecompressor(resumingAt:)` needs nothing else. In the member-per-block layout an access
+/// point is the first byte of a member (its gzip header).
 public struct GzipAccessPoint: Equatable, Sendable, Codable {
     public var compressedOffset: UInt64
     public var uncompressedOffset: UInt64

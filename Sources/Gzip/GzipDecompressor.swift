@@ -20,19 +20,26 @@ public final class GzipDecompressor {
     private var atMemberBoundary = true
 
     /// True when decoding raw deflate from an access point: the member's end is the end.
-    private let fromAccessPoint: Bool
+    private var fromAccessPoint: Bool
+    /// From an access point, until the first byte tells whether it is raw deflate or a member's start.
+    private var layoutUnknown = false
     /// Raw mode: the deflate stream ended (what follows is the gzip trailer, not checked here).
     public private(set) var reachedEnd = false
 
-    /// Creates a decompressor that starts in the middle of a gzip member, at an access point the
-    /// compressor reported: feed it the stored bytes from `point.compressedOffset` on.
+    /// Creates a decompressor that starts at an access point the compressor reported: feed it the
+    /// stored bytes from `point.compressedOffset` on. The point is either inside the one member
+    /// (`GzipCompressor.Layout.singleMember`: raw deflate from there) or a member's first byte
+    /// (`.memberPerBlock`: members from there, as from the start of a file); the first byte tells
+    /// which, as 0x1f, a gzip header's first byte, cannot start raw deflate (it would be a final
+    /// block of the reserved type 3).
     ///
-    /// - Important: the member's CRC-32 and length cannot be checked from the middle; callers
-    ///   check the compressed bytes they read against digests of their own.
+    /// - Important: inside a member its CRC-32 and length cannot be checked; callers check the
+    ///   compressed bytes they read against digests of their own.
     /// - Throws: `GzipError` if zlib cannot be initialised.
     public init(resumingAt point: GzipAccessPoint, outputChunkSize: Int = 256 * 1024, sink: @escaping (UnsafeRawBufferPointer) throws -> Void) throws {
         zstream = try ZStream(rawInflate: ())
         fromAccessPoint = true
+        layoutUnknown = true
         atMemberBoundary = false
         self.sink = sink
         output = .allocate(byteCount: max(4096, outputChunkSize), alignment: 16)
@@ -60,6 +67,14 @@ public final class GzipDecompressor {
         guard let base = bytes.baseAddress, bytes.count > 0 else { return }
         bytesIn += UInt64(bytes.count)
         let stream = zstream.stream
+        if layoutUnknown {
+            layoutUnknown = false
+            if bytes[0] == 0x1f {
+                // A member starts here: read gzip members (15 window bits + 16) from here on.
+                fromAccessPoint = false
+                try zstream.check(inflateReset2(stream, 15 + 16), "inflateReset2")
+            }
+        }
         stream.pointee.next_in = UnsafeMutablePointer(mutating: base.assumingMemoryBound(to: Bytef.self))
         stream.pointee.avail_in = uInt(bytes.count)
         while stream.pointee.avail_in > 0 && !reachedEnd {

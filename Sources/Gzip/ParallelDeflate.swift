@@ -2,12 +2,17 @@ import Dispatch
 import Foundation
 import Synchronization
 internal import CZlib
+internal import CDeflate
 
-/// Compresses a stream on several cores into ONE gzip member, the way pigz does: the input is cut
-/// into blocks; each block is deflated on its own (primed with the previous block's last 32 KiB as
-/// dictionary, so the ratio stays that of plain gzip) and ended with a sync flush; blocks are
-/// written in order between one gzip header and one trailer whose CRC-32 is combined from the
-/// blocks' CRCs.
+/// Compresses a stream on several cores, in one of two layouts (`GzipCompressor.Layout`):
+///
+/// - one gzip member, the way pigz does: the input is cut into blocks; each block is deflated by
+///   zlib on its own (primed with the previous block's last 32 KiB as dictionary, so the ratio
+///   stays that of plain gzip) and ended with a sync flush; blocks are written in order between
+///   one gzip header and one trailer whose CRC-32 is combined from the blocks' CRCs;
+/// - one gzip member per block, each made whole by libdeflate (about 2.4× less CPU than zlib at
+///   level 6, for about 1 % more bytes at 1 MiB blocks: no block sees the one before). Every
+///   block then decodes on its own from its first byte.
 ///
 /// Memory is allocated once: a fixed set of slots (2 × jobs), each with its input and output
 /// buffers and its own zlib stream, is reused block after block. (A profile of the first version,
@@ -34,28 +39,42 @@ final class ParallelDeflate {
         let done = DispatchSemaphore(value: 0)
         private let stream: UnsafeMutablePointer<z_stream>
         private let ready: Bool
+        /// Set in the member-per-block layout: libdeflate makes each block a whole gzip member.
+        private let memberCompressor: OpaquePointer?
 
-        init(blockSize: Int, level: Int32) {
+        init(blockSize: Int, level: Int32, layout: GzipCompressor.Layout) {
             input = .allocate(capacity: blockSize)
             dictionary = .allocate(capacity: ParallelDeflate.dictionarySize)
             stream = .allocate(capacity: 1)
             stream.initialize(to: z_stream())
-            ready = CZlib_deflateInit2(stream, level, -15) == Z_OK
-            // deflateBound for a raw stream, plus room for the sync-flush marker.
-            output = .allocate(capacity: ready ? Int(deflateBound(stream, uLong(blockSize))) + 64 : 64)
+            switch layout {
+            case .memberPerBlock:
+                memberCompressor = libdeflate_alloc_compressor(level)
+                ready = memberCompressor != nil
+                output = .allocate(capacity: memberCompressor.map { libdeflate_gzip_compress_bound($0, blockSize) } ?? 64)
+            case .singleMember:
+                memberCompressor = nil
+                ready = CZlib_deflateInit2(stream, level, -15) == Z_OK
+                // deflateBound for a raw stream, plus room for the sync-flush marker.
+                output = .allocate(capacity: ready ? Int(deflateBound(stream, uLong(blockSize))) + 64 : 64)
+            }
         }
 
         deinit {
-            if ready { deflateEnd(stream) }
+            if let memberCompressor {
+                libdeflate_free_compressor(memberCompressor)
+            } else if ready {
+                deflateEnd(stream)
+            }
             stream.deallocate()
             input.deallocate()
             dictionary.deallocate()
             output.deallocate()
         }
 
-        /// Raw deflate of the block (no header), primed with the dictionary, ended with a sync flush
-        /// (or the final block marker). Runs on a worker.
+        /// Compresses the block. Runs on a worker.
         func compress() {
+            if let memberCompressor { return compressMember(memberCompressor) }
             guard ready, deflateReset(stream) == Z_OK else {
                 error = GzipError(kind: .compression, operation: "deflateInit2", message: "cannot initialise zlib")
                 return
@@ -77,11 +96,21 @@ final class ParallelDeflate {
             }
             outputCount = output.count - Int(stream.pointee.avail_out)
         }
+
+        /// The block as one whole gzip member (header, deflate stream, CRC-32 and length).
+        private func compressMember(_ compressor: OpaquePointer) {
+            outputCount = libdeflate_gzip_compress(compressor, input.baseAddress, inputCount, output.baseAddress, output.count)
+            // The output holds the bound, so 0 (did not fit) cannot happen; checked all the same.
+            if outputCount == 0 {
+                error = GzipError(kind: .compression, operation: "libdeflate_gzip_compress", message: "a block did not fit its bound of \(output.count) bytes")
+            }
+        }
     }
 
     static let dictionarySize = 32 * 1024
 
     private let level: Int32
+    private let layout: GzipCompressor.Layout
     private let blockSize: Int
     private let maximumInFlight: Int
     /// One serial queue per job: `jobs` lanes, so never more than `jobs` blocks compress at once.
@@ -100,6 +129,7 @@ final class ParallelDeflate {
     private var length: UInt64 = 0
     private(set) var bytesOut: UInt64 = 0
     private var headerWritten = false
+    private var blocksEmitted = 0
     /// Uncompressed bytes handed to blocks so far.
     private var submittedBytes: UInt64 = 0
     /// Uncompressed distance between access points; 0: none.
@@ -108,9 +138,10 @@ final class ParallelDeflate {
     /// Told of each access point just before its first compressed byte reaches the sink.
     private let onAccessPoint: ((GzipAccessPoint) -> Void)?
 
-    init(level: Int, jobs: Int, blockSize: Int, accessPointInterval: UInt64 = 0, onAccessPoint: ((GzipAccessPoint) -> Void)? = nil,
-         sink: @escaping (UnsafeRawBufferPointer) throws -> Void) {
+    init(level: Int, jobs: Int, blockSize: Int, layout: GzipCompressor.Layout = .singleMember, accessPointInterval: UInt64 = 0,
+         onAccessPoint: ((GzipAccessPoint) -> Void)? = nil, sink: @escaping (UnsafeRawBufferPointer) throws -> Void) {
         self.level = Int32(level)
+        self.layout = layout
         self.blockSize = blockSize
         self.accessPointInterval = accessPointInterval
         self.onAccessPoint = onAccessPoint
@@ -137,6 +168,8 @@ final class ParallelDeflate {
     func finish() throws {
         try submit(try current ?? takeSlot(), isLast: true)
         while !inFlight.isEmpty { try emitOldest() }
+        // Each member carries its own trailer.
+        if layout == .memberPerBlock { return }
         var trailer = [UInt8](repeating: 0, count: 8)
         for index in 0..<4 {
             trailer[index] = UInt8(truncatingIfNeeded: UInt64(crc) >> (8 * UInt64(index)))
@@ -150,7 +183,7 @@ final class ParallelDeflate {
         if free.isEmpty {
             if slotsMade < maximumInFlight {
                 slotsMade += 1
-                free.append(Slot(blockSize: blockSize, level: level))
+                free.append(Slot(blockSize: blockSize, level: level, layout: layout))
             } else {
                 try emitOldest()
             }
@@ -173,10 +206,11 @@ final class ParallelDeflate {
             // Every accessPointInterval bytes a block starts without the previous block's tail as
             // dictionary: it then decodes on its own from its first (byte-aligned, after the
             // previous block's sync flush) byte, with an empty window. Costs one block's worth of
-            // ratio per interval (a few hundred bytes).
+            // ratio per interval (a few hundred bytes). In the member-per-block layout every block
+            // could be one; they are reported at the same interval, so an index stays as small.
             next.isAccessPoint = accessPointInterval > 0 && submittedBytes - lastAccessPoint >= accessPointInterval
-            if next.isAccessPoint {
-                lastAccessPoint = submittedBytes
+            if next.isAccessPoint { lastAccessPoint = submittedBytes }
+            if next.isAccessPoint || layout == .memberPerBlock {
                 next.dictionaryCount = 0
             } else {
                 next.dictionaryCount = tail
@@ -201,7 +235,11 @@ final class ParallelDeflate {
         let slot = inFlight.removeFirst()
         slot.done.wait()
         if let error = slot.error { throw error }
-        if !headerWritten {
+        if layout == .memberPerBlock {
+            // An empty last block adds no member, unless it is the only one (a gzip file has at least one).
+            if slot.inputCount == 0 && slot.isLast && blocksEmitted > 0 { slot.outputCount = 0 }
+            blocksEmitted += 1
+        } else if !headerWritten {
             headerWritten = true
             // gzip header: magic, deflate, no flags, no mtime, no extra flags, OS = Unix.
             try ([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3] as [UInt8]).withUnsafeBytes { try emit($0) }
@@ -211,7 +249,7 @@ final class ParallelDeflate {
         }
         crc = slot.inputCount == 0 ? crc : crc32_combine(crc, slot.crc, Int(slot.inputCount))
         length += UInt64(slot.inputCount)
-        try emit(UnsafeRawBufferPointer(UnsafeMutableBufferPointer(rebasing: slot.output[0..<slot.outputCount])))
+        if slot.outputCount > 0 { try emit(UnsafeRawBufferPointer(UnsafeMutableBufferPointer(rebasing: slot.output[0..<slot.outputCount]))) }
         slot.dictionaryCount = 0
         free.append(slot)
     }

@@ -144,6 +144,66 @@ final class ParallelExtractionTests: XCTestCase {
                        [["A", "50000"], ["B", "10"]])
     }
 
+    /// Gzip members in a stored file, counted by Python's zlib (an outside reader of the format).
+    private func gzipMembers(_ path: String) throws -> Int {
+        let script = """
+            import sys, zlib
+            data, members = open(sys.argv[1], 'rb').read(), 0
+            while data:
+                d = zlib.decompressobj(31); d.decompress(data); assert d.eof; data, members = d.unused_data, members + 1
+            print(members)
+            """
+        let result = try TestProcess.run("/usr/bin/python3", ["-c", script, path])
+        XCTAssertEqual(result.status, 0, result.standardError)
+        return try XCTUnwrap(Int(result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)))
+    }
+
+    /// Base backups are one gzip member per 1 MiB block, compressed by libdeflate (issue 21 item 3);
+    /// those already in repositories are one zlib member (`DBRECOVERY_BASE_BACKUP_LAYOUT=single-member`
+    /// still writes them). Each extracts from its index on two threads to the same data directory
+    /// as its one-pass `tar -x`, passes `dbverify --files`, and stock `gzip -t` / `tar -tz` read it.
+    func testBaseBackupsOfBothGzipLayoutsExtractAlikeFromTheirIndexAndInOnePass() throws {
+        let repository = ownedDirectory("layouts-repo") + "/repo"
+        let cluster = try PostgresCluster(archiveCommand: walPush(into: repository))
+        defer { cluster.stop() }
+        let (database, connection) = try itemsDatabase("layouts", on: cluster)
+        // Rows of varied text: several MiB of table, so that the base backup spans many blocks.
+        try connection.execute(script: "INSERT INTO items (batch) SELECT md5(g::text) || g FROM generate_series(1, 60000) g")
+        try physicalBackup(of: database, on: cluster, into: repository,
+                           environment: smallSegments.merging(["DBRECOVERY_BASE_BACKUP_LAYOUT": "single-member"]) { $1 })
+        try waitForArchive(connection)
+        let older = try newestBackup(in: repository)
+        // The repository as it stood with only the older backup: `--target latest` takes that one.
+        let olderRepository = ownedDirectory("layouts-older") + "/repo"
+        XCTAssertEqual(try TestProcess.run("/bin/cp", ["-a", repository, olderRepository]).status, 0)
+        chownToPostgres(olderRepository)
+        try connection.execute(script: "INSERT INTO items (batch) SELECT 'B' FROM generate_series(1, 10)")
+        try physicalBackup(of: database, on: cluster, into: repository, environment: smallSegments)
+        try waitForArchive(connection)
+        let newer = try newestBackup(in: repository)
+        XCTAssertNotEqual(older, newer)
+
+        for (label, repo, id, members) in [("single member", olderRepository, older, 1...1), ("member per block", repository, newer, 3...Int.max)] {
+            let base = repo + "/backups/\(id)/base.tar.gz"
+            let count = try gzipMembers(base)
+            XCTAssertTrue(members.contains(count), "\(label): \(count) members")
+            let stock = try TestProcess.run("/bin/sh", ["-c", "gzip -t \"$1\" && tar -tzf \"$1\" | grep -qx PG_VERSION", "sh", base])
+            XCTAssertEqual(stock.status, 0, "\(label): gzip -t / tar -tz: \(stock.standardError)")
+            let verify = try asOwner("dbverify", ["--files", id, "--repo", repo], cluster: cluster)
+            XCTAssertEqual(verify.status, 0, "\(label): \(verify.standardError)")
+
+            let (parallel, parallelDirectory) = try extract(repo, ["--jobs", "2"], cluster: cluster)
+            XCTAssertEqual(parallel.status, 0, "\(label): \(parallel.standardError)")
+            XCTAssertTrue(parallel.standardError.contains("from its base.index.json.gz"), "\(label): \(parallel.standardError)")
+            let (sequential, sequentialDirectory) = try extract(try withoutIndex(repo, id: id), [], cluster: cluster)
+            XCTAssertEqual(sequential.status, 0, "\(label): \(sequential.standardError)")
+            XCTAssertTrue(sequential.standardError.contains("in one pass (tar -x)"), "\(label): \(sequential.standardError)")
+            let reference = try tree(sequentialDirectory)
+            XCTAssertGreaterThan(reference.count, 500, "\(label): a whole data directory")
+            assertSameTree(try tree(parallelDirectory), reference, "\(label), --jobs 2")
+        }
+    }
+
     /// A SIGKILL halfway through an extraction (no clean-up runs) leaves a partial data directory
     /// with the run's `.dbrecovery-extracting` marker: the same command run again removes it, says
     /// so in one line, and extracts, from the index (`--jobs 2`) and through `tar -x` alike. A

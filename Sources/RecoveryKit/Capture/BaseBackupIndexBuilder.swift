@@ -22,8 +22,10 @@ final class BaseBackupIndexBuilder {
     private var ended = false
     /// Why no index can be written, once something did not fit.
     private(set) var failure: String?
+    private let layout: GzipCompressor.Layout
 
-    init(accessPointInterval: UInt64) {
+    init(accessPointInterval: UInt64, layout: GzipCompressor.Layout = .memberPerBlock) {
+        self.layout = layout
         segments = SegmentDigests(interval: accessPointInterval)
         segments.onAccessPoint = { [unowned self] point in
             self.pending.append(point.uncompressedOffset)
@@ -64,7 +66,7 @@ final class BaseBackupIndexBuilder {
         if failure == nil && walker.insideMember { failure = "the tar stream ends inside a member" }
         if failure == nil && positions.count != points.count { failure = "\(points.count - positions.count) access points fall outside the tar stream" }
         guard failure == nil else { return nil }
-        return BaseBackupIndex(formatVersion: BaseBackupIndex.currentFormatVersion, tarBytes: tarBytes, compressedBytes: segments.compressedBytes,
+        return BaseBackupIndex(formatVersion: BaseBackupIndex.formatVersion(for: layout), tarBytes: tarBytes, compressedBytes: segments.compressedBytes,
                                accessPoints: points, positions: positions)
     }
 

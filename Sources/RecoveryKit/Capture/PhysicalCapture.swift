@@ -66,8 +66,9 @@ public enum PhysicalCapture {
         let scanner = TarScanner(wanted: ["backup_label": 4096, "backup_manifest": Int.max])
         let baseKey = "backups/\(id)/\(baseFileName)"
         // The index maps the compressed stream, not the cipher frames: an encrypted backup goes without one.
+        let layout = BaseBackupIndex.layout(in: configuration.environment)
         let index = configuration.key == nil
-            ? BaseBackupIndexBuilder(accessPointInterval: DumpTableOfContents.accessPointInterval(in: configuration.environment)) : nil
+            ? BaseBackupIndexBuilder(accessPointInterval: DumpTableOfContents.accessPointInterval(in: configuration.environment), layout: layout) : nil
         var arguments = ["--pgdata=-", "--format=tar", "--wal-method=none", "--checkpoint=fast", "--no-password", "--label=dbrecovery \(id)"]
         var chain: BackupManifest.Incremental?
         var parentManifestFile: String?
@@ -92,7 +93,8 @@ public enum PhysicalCapture {
                 executable: pgBasebackup,
                 arguments: arguments,
                 environment: environment, targets: targets, key: baseKey,
-                level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "base backup \(id)", estimate: estimate,
+                level: configuration.compressionLevel, jobs: configuration.jobs, layout: layout, key: configuration.key, progress: progress,
+                phase: "base backup \(id)", estimate: estimate,
                 observe: { chunk in
                     scanner.consume(chunk)
                     index?.write(chunk)

@@ -17,13 +17,14 @@ enum StreamCapture {
     ///   - contents: for pg_dump: builds the dump's table of contents from the stream, with access
     ///     points into the compressed stream every `contents.accessPointInterval` bytes.
     ///   - splice: for pg_dump: puts the tables' entries the backup copied itself into its output.
+    ///   - layout: gzip layout of the stored object (`GzipCompressor.Layout`).
     ///   - segments: records the compressor's access points with each segment's sha256 (the dump's
     ///     table of contents brings its own; pg_basebackup's base backup index passes one).
     /// - Returns: the file entry for the manifest and the program's stderr (its last 16 KiB).
     /// - Throws: `RecoveryError(.toolFailed)` with the program's own message, `RecoveryError(.lockTimeout)`,
     ///   `InterruptedError`, or the store's error.
     static func run(executable: String, arguments: [String], environment: [String: String], targets: CaptureTargets, key storeKey: String,
-                    level: Int, jobs: Int, key: RepositoryKey? = nil, progress: ProgressObserver?, phase: String, estimate: UInt64? = nil,
+                    level: Int, jobs: Int, layout: GzipCompressor.Layout = .singleMember, key: RepositoryKey? = nil, progress: ProgressObserver?, phase: String, estimate: UInt64? = nil,
                     lockWait: (target: ConnectionTarget, seconds: Int)? = nil,
                     observe: ((UnsafeRawBufferPointer) -> Void)? = nil, contents: DumpContentsBuilder? = nil,
                     splice: DataSectionSplicer? = nil, segments: SegmentDigests? = nil,
@@ -45,7 +46,7 @@ enum StreamCapture {
                                      stdin: .null, stdout: .pipe, stderr: .pipe)
         let errors = OutputCollector(descriptor: child.standardError)
         let name = (executable as NSString).lastPathComponent
-        let upload = try CompressedUpload(targets: targets, storeKey: storeKey, level: level, jobs: jobs, key: key,
+        let upload = try CompressedUpload(targets: targets, storeKey: storeKey, level: level, jobs: jobs, layout: layout, key: key,
                                           segments: segments ?? contents?.segments)
         // What goes into the stored object: the program's output, with the tables' own entries spliced in.
         let deliver = { (chunk: UnsafeRawBufferPointer) throws in
@@ -156,7 +157,8 @@ private final class CompressedUpload {
         var storedBytes: UInt64 = 0
     }
 
-    init(targets: CaptureTargets, storeKey: String, level: Int, jobs: Int, key: RepositoryKey?, segments: SegmentDigests?) throws {
+    init(targets: CaptureTargets, storeKey: String, level: Int, jobs: Int, layout: GzipCompressor.Layout = .singleMember, key: RepositoryKey?,
+         segments: SegmentDigests?) throws {
         let digest = DigestBox()
         let store = { (chunk: UnsafeRawBufferPointer) throws in
             digest.digest.update(chunk)
@@ -165,7 +167,7 @@ private final class CompressedUpload {
         }
         // Compressed bytes go to the stores directly, or through the repository cipher first.
         let encryptor = try key.map { try StreamEncryptor(key: $0, object: storeKey, sink: store) }
-        compressor = try GzipCompressor(level: level, jobs: jobs, accessPointInterval: segments?.interval ?? 0,
+        compressor = try GzipCompressor(level: level, jobs: jobs, layout: layout, accessPointInterval: segments?.interval ?? 0,
                                         onAccessPoint: segments.map { segments in { segments.accessPoint($0) } }) { chunk in
             segments?.compressed(chunk)
             if let encryptor { try encryptor.write(chunk) } else { try store(chunk) }
