@@ -25,6 +25,9 @@ public struct PruneConfiguration {
     public var confirm: ((PruneReport) throws -> Void)?
     /// What the storage layer reads S3 settings from (see `Repository.open`).
     public var environment = ProcessInfo.processInfo.environment
+    /// `--lock-wait`: seconds to wait for the repository lock while a backup or another prune holds
+    /// it; 0 (not given) fails at once, exit 21.
+    public var lockWaitSeconds: TimeInterval = 0
 
     public init(repository: String, policy: RetentionPolicy = .builtIn, dryRun: Bool = false, now: Date = Date(),
                 confirm: ((PruneReport) throws -> Void)? = nil) {
@@ -124,7 +127,7 @@ public enum Pruner {
 
     /// The same on an already open store (tests wrap a real store to observe the order of deletions).
     public static func run(_ configuration: PruneConfiguration, store: BackupStore, progress: ProgressObserver? = nil) throws -> PruneReport {
-        let lock = configuration.dryRun ? nil : try StoreLock.exclusive(in: store, holder: LockHolder(command: "dbprune"))
+        let lock = configuration.dryRun ? nil : try StoreLock.exclusive(in: store, holder: LockHolder(command: "dbprune"), wait: configuration.lockWaitSeconds)
         var report: PruneReport
         do {
             report = try prune(configuration, store: store, progress: progress)
