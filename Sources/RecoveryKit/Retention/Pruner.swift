@@ -45,7 +45,8 @@ public struct PruneReport: Codable, Sendable {
     public struct Garbage: Codable, Sendable {
         public var folder: String
         public var ageHours: Double
-        /// `delete`, or `in progress` for a folder a backup may still be writing (kept).
+        /// `delete`, `in progress` for a folder a backup may still be writing (kept), or `not ours`
+        /// for a folder whose name is no backup id: dbbackup did not make it, so it is left alone.
         public var action: String
         /// Why: the lock holder writing it, the grace period it is within, or its age past it.
         public var reason: String
@@ -386,6 +387,9 @@ public enum Pruner {
 
     /// Folders under `backups/` that have no manifest: removed once older than the grace period and
     /// not changed since `writer` (a live holder of the writer lock) took it; until then "in progress".
+    /// The plan's action for a folder under backups/ that the tools did not make.
+    public static let notOurs = "not ours, left alone"
+
     static func findGarbage(objects: [StoredObject], withManifest: Set<String>, policy: RetentionPolicy, now: Date,
                             writer: LockHolder? = nil) -> [PruneReport.Garbage] {
         var newestChange: [String: Date] = [:]
@@ -401,6 +405,13 @@ public enum Pruner {
             let changed = newestChange[folder] ?? now
             let age = now.timeIntervalSince(changed)
             let hours = (age / 360).rounded() / 10
+            // "Only what we made" (DESIGN.md): a folder a backup writes is named by its id; anything
+            // else (an incident record written into backups/ by a --repo typo, a file an operator
+            // put there) is neither in progress nor garbage, whatever its age.
+            guard BackupID.isValid(String(folder.dropFirst("backups/".count))) else {
+                return PruneReport.Garbage(folder: folder, ageHours: hours, action: notOurs,
+                                           reason: "not a backup: its name is no backup id, so dbbackup did not make it; left alone")
+            }
             if let writer, changed >= writer.since {
                 return PruneReport.Garbage(folder: folder, ageHours: hours, action: "in progress", reason: "no manifest yet; \(writer) is writing")
             }
