@@ -126,9 +126,8 @@ public struct RestorePlan: Encodable, Sendable {
         lines += steps.enumerated().map { "\($0.offset + 1). \($0.element)" }
         lines += warnings.map { "warning: \($0)" }
         if let versionNote { lines.append("note: \(versionNote)") }
-        if preRestoreCopies > 0 {
-            lines.append("note: \(preRestoreCopies) pre-restore cop\(preRestoreCopies == 1 ? "y" : "ies") of \(targetDatabase) kept by earlier restores"
-                         + " hold\(preRestoreCopies == 1 ? "s" : "") \(ByteCount.format(UInt64(max(0, preRestoreBytes)))); dbrestore cleanup drops old ones")
+        if let note = PreRestoreCopiesNote.text(database: targetDatabase, copies: preRestoreCopies, bytes: preRestoreBytes, keptAs: keptAs, done: false) {
+            lines.append("note: \(note)")
         }
         return lines
     }
