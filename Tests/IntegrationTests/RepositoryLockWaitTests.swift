@@ -74,6 +74,23 @@ final class RepositoryLockWaitTests: IntegrationTestCase {
         XCTAssertEqual(termination.exitCode, 0, errors.finish())
     }
 
+    func testMigrateDownsBackupWaitsForTheRepositoryLockWhenLockWaitIsGiven() throws {
+        try useMigrations(["0001_a.up.sql": "CREATE TABLE a (x int);", "0001_a.down.sql": "DROP TABLE a;"])
+        XCTAssertEqual(try migrate(["up"]).status, 0)
+        let lock = try holdLock()
+        defer { try? lock.release() }
+        let refused = try migrate(["down", "--to", "0", "--yes", "--repo", repository])
+        XCTAssertEqual(refused.status, ExitStatus.repositoryLocked.rawValue, "without --lock-wait it fails at once: \(refused.standardError)")
+        let process = try TestProcess.start("dbmigrate", ["down", "--to", "0", "--yes", "--repo", repository, "--lock-wait", "2m",
+                                                          "--database-url", cluster.url(database: database), "--dir", migrations], cluster: cluster)
+        let errors = OutputCollector(descriptor: process.standardError, limit: 1 << 20)
+        waitForLine("waiting up to 2 min for the repository lock", in: errors)
+        try lock.release()
+        let termination = process.waitForExit(within: 60, orFail: "dbmigrate did not go on once the lock was released: \(errors.soFar)")
+        XCTAssertEqual(termination.exitCode, 0, errors.finish())
+        XCTAssertEqual(backupIDs().count, 1, "the pre-downgrade backup was taken")
+    }
+
     func testSignalEndsTheWaitForTheRepositoryLockAtOnce() throws {
         let lock = try holdLock()
         defer { try? lock.release() }
