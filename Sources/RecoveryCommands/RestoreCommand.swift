@@ -519,6 +519,8 @@ public struct ListCommand: ToolCommand {
         }
         guard !listing.isEmpty else {
             output.note("no backups \(fromDatabase.map { "of database \($0) " } ?? "")in \(address)")
+            let store = try? Repository.open(address, create: false, environment: repository.storageEnvironment(context.settings))
+            if let hint = store.flatMap(MisplacedRepository.hint(for:)) { output.note(hint) }
             return
         }
         var table = TextTable("ID", "TAKEN (UTC)", "DATABASE", "KIND", "SIZE", "ROWS", "SCHEMA", "RELEASE", "PINNED", "TAGS")

@@ -40,6 +40,11 @@ final class OnlyWhatWeMadeTests: IntegrationTestCase {
         XCTAssertEqual(named.status, ExitStatus.backupNotFound.rawValue, named.standardError)
         XCTAssertTrue(named.standardError.contains("give --repo \(repository!)"), named.standardError)
 
+        let list = try tool("dbrestore", ["list", "--repo", typo])
+        XCTAssertTrue(list.standardError.contains("give --repo \(repository!)"), list.standardError)
+        let prune = try tool("dbprune", ["--repo", typo, "--dry-run"])
+        XCTAssertTrue(prune.standardError.contains("give --repo \(repository!)"), prune.standardError)
+
         // A real repository still gets its incident record.
         XCTAssertEqual(try tool("dbrestore", common + ["--emergency"]).status, 0)
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: repository + "/incidents").count, 1)

@@ -197,6 +197,8 @@ public enum Pruner {
             : verifications.map { "\($0.0): \($0.1)" }.joined(separator: "; ")
         var beingRead: [String] = []
         var notes: [String] = repair.notes
+        // A --repo that is a folder inside a repository (…/backups) would prune nothing, silently.
+        if entries.isEmpty, let hint = MisplacedRepository.hint(for: store) { notes.append("warning: no backups here; \(hint)") }
         // A backup a restore is reading is kept this time, and the WAL it needs with it.
         for index in decisions.indices where decisions[index].action != .keep {
             if let readers = try readers(of: decisions[index].id, in: store, removeStale: !configuration.dryRun, notes: &notes) {
