@@ -45,6 +45,12 @@ final class OnlyWhatWeMadeTests: IntegrationTestCase {
         let prune = try tool("dbprune", ["--repo", typo, "--dry-run"])
         XCTAssertTrue(prune.standardError.contains("give --repo \(repository!)"), prune.standardError)
 
+        // An empty repository that is merely named backups is not taken for a folder inside one.
+        let fresh = TestPaths.temporaryDirectory(prefix: "fresh") + "/backups"
+        try FileManager.default.createDirectory(atPath: fresh, withIntermediateDirectories: true)
+        let empty = try tool("dbrestore", ["list", "--repo", fresh])
+        XCTAssertFalse(empty.standardError.contains("give --repo"), empty.standardError)
+
         // A real repository still gets its incident record.
         XCTAssertEqual(try tool("dbrestore", common + ["--emergency"]).status, 0)
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: repository + "/incidents").count, 1)

@@ -5,20 +5,23 @@ import Foundation
 /// as `/var/backups/app/backups`, a tab-completed path): said where "no backups" is said, and no
 /// repository layout (incident records) is made in it.
 public enum MisplacedRepository {
-    /// The repository `store` probably meant, when its address ends in `/backups` or (a local
-    /// directory) it holds no `backups/` but its parent does; nil otherwise.
+    /// The repository `store` probably meant: its parent directory, when that holds a repository's
+    /// `backups/` and `locks/` (every repository has both after its first backup) and `store` has no
+    /// `locks/` of its own — `…/app/backups`, or any other folder inside a repository. A repository
+    /// that is merely named `backups` (`/srv/backups`) is not misplaced. Local directories only: an S3
+    /// prefix has no parent to look at without listing another prefix. Nil otherwise.
     public static func parent(of store: BackupStore) -> String? {
         var location = store.location
-        while location.hasSuffix("/") && location.count > 1 { location.removeLast() }
-        guard let slash = location.lastIndex(of: "/") else { return nil }
-        let parent = String(location[..<slash])
-        guard !parent.isEmpty, parent != "s3:/" else { return nil }
-        if location[location.index(after: slash)...] == "backups" { return parent }
         guard !location.hasPrefix("s3://") else { return nil }
-        var isDirectory: ObjCBool = false
-        let ownBackups = FileManager.default.fileExists(atPath: location + "/backups", isDirectory: &isDirectory) && isDirectory.boolValue
-        let parentBackups = FileManager.default.fileExists(atPath: parent + "/backups", isDirectory: &isDirectory) && isDirectory.boolValue
-        return !ownBackups && parentBackups ? parent : nil
+        while location.hasSuffix("/") && location.count > 1 { location.removeLast() }
+        guard let slash = location.lastIndex(of: "/"), slash != location.startIndex else { return nil }
+        let parent = String(location[..<slash])
+        func isDirectory(_ path: String) -> Bool {
+            var directory: ObjCBool = false
+            return FileManager.default.fileExists(atPath: path, isDirectory: &directory) && directory.boolValue
+        }
+        guard !isDirectory(location + "/locks"), isDirectory(parent + "/backups"), isDirectory(parent + "/locks") else { return nil }
+        return parent
     }
 
     /// The hint of a "holds no backups" error when `store` looks misplaced (`parent(of:)`).
