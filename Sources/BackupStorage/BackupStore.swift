@@ -130,13 +130,15 @@ extension BackupStore {
         return object
     }
 
-    /// Takes the repository's writer lock without waiting (see `StoreLock.exclusive`).
+    /// Takes the repository's writer lock (see `StoreLock.exclusive`).
     ///
-    /// - Parameter holder: who is asking (command, pid), shown to whoever finds it locked.
+    /// - Parameters:
+    ///   - holder: who is asking (command, pid), shown to whoever finds it locked.
+    ///   - wait: seconds to wait while a live process holds it (`--lock-wait`); 0 fails at once.
     /// - Returns: the lock; call `release()` and report what it throws.
     /// - Throws: `StorageError` of kind `.locked` naming the current holder.
-    public func lock(holder: LockHolder) throws -> RepositoryLock {
-        try StoreLock.exclusive(in: self, holder: holder)
+    public func lock(holder: LockHolder, wait: TimeInterval = 0) throws -> RepositoryLock {
+        try StoreLock.exclusive(in: self, holder: holder, wait: wait)
     }
 }
 

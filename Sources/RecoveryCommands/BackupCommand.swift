@@ -139,6 +139,8 @@ public struct CaptureCommand: ToolCommand {
         configuration.environment = repository.storageEnvironment(settings)
         configuration.incremental = incremental
         if let seconds = archiveTimeout.flatMap(SessionLimits.parseDuration) { configuration.archiveTimeoutSeconds = seconds }
+        // Only a --lock-wait given waits for the repository lock: a cron job finding it busy fails at once (exit 21), as documented.
+        configuration.repositoryLockWaitSeconds = TimeInterval(connection.explicitLockWaitSeconds ?? 0)
         let result = physical ? try PhysicalCapture.run(configuration, progress: output.progress)
             : try LogicalCapture.run(LogicalCaptureConfiguration(configuration, lockWaitSeconds: connection.sessionLimits.lockWaitSeconds,
                                                                  countCheck: countCheck, dataBy: LogicalDataReader(rawValue: dataBy) ?? .pgDump),

@@ -45,11 +45,14 @@ public struct MigrateCommand: ParsableCommand {
         func configuration(_ context: RunContext, release: String? = nil, perStep: Bool = false,
                            lockTimeout: String = "10s", statementTimeout: String = "15min") throws -> MigrationConfiguration? {
             if config.printIfAsked(context, connection: connection, repository: nil) { return nil }
-            return MigrationConfiguration(target: try connection.target(context.settings), directory: directory(context.settings), release: release,
-                                          perStep: perStep,
-                                          // --lock-wait (ConnectionOptions) also bounds the wait for another dbmigrate's lock; 30 s unless given.
-                                          lockWaitSeconds: Double(connection.explicitLockWaitSeconds ?? 30),
-                                          lockTimeout: lockTimeout, statementTimeout: statementTimeout)
+            var configuration = MigrationConfiguration(target: try connection.target(context.settings), directory: directory(context.settings),
+                                                       release: release, perStep: perStep,
+                                                       // --lock-wait (ConnectionOptions) also bounds the wait for another dbmigrate's lock; 30 s unless given.
+                                                       lockWaitSeconds: Double(connection.explicitLockWaitSeconds ?? 30),
+                                                       lockTimeout: lockTimeout, statementTimeout: statementTimeout)
+            // And, given, the pre-downgrade backup's wait for the repository lock (fails at once without it, as dbbackup).
+            configuration.repositoryLockWaitSeconds = TimeInterval(connection.explicitLockWaitSeconds ?? 0)
+            return configuration
         }
     }
 

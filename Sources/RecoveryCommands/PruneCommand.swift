@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import PostgresClient
 import RecoveryKit
 
 /// `dbprune`: apply the retention policy to a repository.
@@ -57,12 +58,20 @@ public struct PruneCommand: ToolCommand {
     @Option(name: .customLong("hold-expiry"), help: ArgumentHelp("A recovery's hold protects its WAL and base backup this long (h, d or w; default 7d, or [prune] hold_expiry).", valueName: "age"))
     var holdExpiry: String?
 
+    @Option(name: .customLong("lock-wait"), help: ArgumentHelp(
+        "Wait this long for the repository lock while a backup or another prune holds it, e.g. 90s, 5m, 1h (default: fail at once, exit 21).",
+        valueName: "duration"))
+    var lockWait: String?
+
     @OptionGroup(title: "Output") var output: OutputOptions
     @OptionGroup(title: "Configuration") var config: ConfigOptions
 
     public init() {}
 
     public func validate() throws {
+        if let lockWait, SessionLimits.parseDuration(lockWait) == nil {
+            throw ValidationError("--lock-wait '\(lockWait)' is not a duration: write 90s, 5m or 1h (1 second to 7 days)")
+        }
         if let asOf, Timestamp.parse(asOf) == nil {
             throw ValidationError("--as-of '\(asOf)' is not an ISO 8601 time; write e.g. 2026-12-01T02:00:00Z")
         }
@@ -109,6 +118,7 @@ public struct PruneCommand: ToolCommand {
             }
             var configuration = PruneConfiguration(repository: address, policy: policy, dryRun: dryRun, now: now, confirm: confirm)
             configuration.environment = repository.storageEnvironment(settings)
+            configuration.lockWaitSeconds = TimeInterval(lockWait.flatMap(SessionLimits.parseDuration) ?? 0)
             if let interval = settings.configFile?.reverifyAfter { configuration.reverifyAfter = interval }
             if let expiry = holdExpiry.flatMap(RetentionDuration.parse) ?? settings.configFile?.holdExpiry { configuration.holdExpiry = expiry }
             reports.append(try Pruner.run(configuration, progress: output.progress))

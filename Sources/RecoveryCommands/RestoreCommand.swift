@@ -190,10 +190,9 @@ extension LogicalRestoreInputs {
             if configuration.repositories.count > 1 { line += "; read from \(report.plan.backup.repository)" }
             if let kept = report.plan.keptAs { line += "; previous database kept as \(kept)" }
             print(line)
-            let copies = report.plan.preRestoreCopies
-            if copies > 0 {
-                output.note("\(copies) pre-restore cop\(copies == 1 ? "y" : "ies") of \(plan.targetDatabase) exist\(copies == 1 ? "s" : ""), holding "
-                            + "\(ByteCount.format(UInt64(max(0, report.plan.preRestoreBytes)))); dbrestore cleanup drops old ones")
+            if let note = PreRestoreCopiesNote.text(database: plan.targetDatabase, copies: report.plan.preRestoreCopies,
+                                                    bytes: report.plan.preRestoreBytes, keptAs: report.plan.keptAs, done: true) {
+                output.note(note)
             }
             if let incident = report.incidentFile { print("incident record: \(incident)") }
         }
@@ -520,6 +519,8 @@ public struct ListCommand: ToolCommand {
         }
         guard !listing.isEmpty else {
             output.note("no backups \(fromDatabase.map { "of database \($0) " } ?? "")in \(address)")
+            let store = try? Repository.open(address, create: false, environment: repository.storageEnvironment(context.settings))
+            if let hint = store.flatMap(MisplacedRepository.hint(for:)) { output.note(hint) }
             return
         }
         var table = TextTable("ID", "TAKEN (UTC)", "DATABASE", "KIND", "SIZE", "ROWS", "SCHEMA", "RELEASE", "PINNED", "TAGS")

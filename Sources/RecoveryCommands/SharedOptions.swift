@@ -22,6 +22,7 @@ public struct ConnectionOptions: ParsableArguments {
 
     @Option(name: .customLong("lock-wait"), help: ArgumentHelp(
         "Longest wait for a lock another session holds, e.g. 90s, 5m, 1h (default: 5m; dbrestore --replace: 5s); then fail naming that session.",
+        discussion: "Given, dbbackup (and dbmigrate down's backup) also waits this long for the repository lock while another backup or a prune holds it (saying so once); without it, a locked repository fails at once (exit 21).",
         valueName: "duration"))
     public var lockWait: String?
 

@@ -1,3 +1,4 @@
+import BackupStorage
 import Foundation
 import RecoveryKit
 import TestSupport
@@ -98,6 +99,29 @@ final class OperationsTests: IntegrationTestCase {
         let missing = try script("pre-deploy-snapshot.sh")
         XCTAssertEqual(missing.status, ExitStatus.usage.rawValue)
         XCTAssertTrue(missing.standardError.contains("--release"), missing.standardError)
+    }
+
+    /// The pipeline's snapshot during the nightly backup waits for its repository lock (15m by
+    /// default) instead of failing the deploy at once.
+    func testPreDeploySnapshotWaitsWhileTheNightlyBackupHoldsTheRepository() throws {
+        let lock = try LocalStore(root: repository, create: true).lock(holder: LockHolder(command: "dbbackup --tag nightly", pid: 4242, host: "db1"))
+        defer { try? lock.release() }
+        let process = try ChildProcess(executable: "/bin/bash", arguments: [TestPaths.repositoryRoot + "/scripts/pre-deploy-snapshot.sh", "--release", "v1.3.0"],
+                                       environment: environment, stdin: .null, stdout: .pipe, stderr: .pipe)
+        let output = OutputCollector(descriptor: process.standardOutput, limit: 1 << 16)
+        let errors = OutputCollector(descriptor: process.standardError, limit: 1 << 16)
+        let deadline = Date().addingTimeInterval(60)
+        while !errors.soFar.contains("waiting up to 15 min for the repository lock") && !errors.ended && Date() < deadline { usleep(20_000) }
+        XCTAssertTrue(errors.soFar.contains("waiting up to 15 min for the repository lock") && errors.soFar.contains("pid 4242 on db1"), errors.soFar)
+        try lock.release()
+        let termination = process.waitForExit(within: 60, orFail: "the snapshot did not go on once the lock was released: \(errors.soFar)")
+        XCTAssertEqual(termination.exitCode, 0, errors.finish())
+        let id = output.finish().trimmingCharacters(in: .whitespacesAndNewlines)
+        XCTAssertEqual(try manifest(id).tags, ["pre-deploy"])
+
+        let bad = try script("pre-deploy-snapshot.sh", ["--release", "v1.3.1", "--lock-wait", "--json"])
+        XCTAssertEqual(bad.status, ExitStatus.usage.rawValue, bad.standardError)
+        XCTAssertTrue(bad.standardError.contains("--lock-wait needs a duration"), bad.standardError)
     }
 
     func testRunbookRollbackDryRunChangesNothingAndEmergencyRestoresThatRelease() throws {

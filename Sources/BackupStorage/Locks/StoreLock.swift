@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import ProcessSignals
 
 /// The repository locks, one design for every backend, built on the store's conditional
 /// operations (`create`, `readVersioned`, `delete(_:ifVersion:)`):
@@ -48,13 +49,24 @@ public final class StoreLock: RepositoryLock {
         try? release()
     }
 
-    /// Takes the writer lock without waiting.
+    /// Takes the writer lock, waiting up to `wait` seconds while a live process holds it.
     ///
-    /// - Throws: `StorageError(.locked)` naming the holder and what to do.
-    public static func exclusive(in store: BackupStore, holder: LockHolder) throws -> StoreLock {
+    /// Without a wait (the default: a cron job that finds the repository busy fails at once, exit
+    /// 21) the first live holder ends it. With one (`--lock-wait` given), the lock is tried again
+    /// with backoff (`LockWaitBackoff`) until it is free or the wait is over; `waiting` is told once,
+    /// naming the holder, so the operator sees why nothing happens. Stale records are reclaimed as
+    /// without a wait. A signal ends the wait at once (`Interruption.pause`).
+    ///
+    /// - Throws: `StorageError(.locked)` naming the holder and what to do; `InterruptedError`.
+    public static func exclusive(in store: BackupStore, holder: LockHolder, wait: TimeInterval = 0,
+                                 waiting: (String) -> Void = StoreLock.sayOnStderr) throws -> StoreLock {
         let record = try encode(holder)
         var reclaimed: [LockHolder] = []
-        for _ in 0..<5 {
+        let deadline = Date().addingTimeInterval(max(0, wait))
+        var backoff = LockWaitBackoff()
+        var announced = false
+        var handChanges = 0
+        while handChanges < 5 {
             if try store.create(writerKey, contents: record) {
                 // Read it back: an S3-compatible server that ignores If-None-Match would let a racing
                 // create overwrite ours, and two runs would each believe they hold the lock.
@@ -75,6 +87,7 @@ public final class StoreLock: RepositoryLock {
             do {
                 current = try store.readVersioned(writerKey)
             } catch let error as StorageError where error.kind == .notFound {
+                handChanges += 1
                 continue   // released between our create and our read: try again
             }
             let found = decode(current.contents)
@@ -83,10 +96,21 @@ public final class StoreLock: RepositoryLock {
                 return StoreLock(store: store, key: writerKey, holder: holder, reclaimed: reclaimed).removingLeftovers()
             }
             guard isStale(current.contents, found) else {
-                throw lockedError(store: store, holder: found)
+                let left = deadline.timeIntervalSinceNow
+                guard left > 0 else {
+                    throw lockedError(store: store, holder: found, waited: wait)
+                }
+                if !announced {
+                    announced = true
+                    waiting("waiting up to \(LockWaitBackoff.format(wait)) for the repository lock of \(store.location), held by "
+                            + (found.map { "\($0)" } ?? "a record this version cannot read"))
+                }
+                try Interruption.pause(min(backoff.next(), left))
+                continue
             }
             // Delete exactly the stale version; if someone else reclaimed it first, nothing happens.
             if try store.delete(writerKey, ifVersion: current.version), let found { reclaimed.append(found) }
+            handChanges += 1
         }
         throw StorageError(.locked, object: store.location + "/" + writerKey,
                            message: "repository lock could not be taken: it changed hands 5 times while we tried",
@@ -226,15 +250,44 @@ public final class StoreLock: RepositoryLock {
         return ProcessLiveness.isGone(holder)
     }
 
-    private static func lockedError(store: BackupStore, holder: LockHolder?) -> StorageError {
+    private static func lockedError(store: BackupStore, holder: LockHolder?, waited: TimeInterval) -> StorageError {
         let object = store.location + "/" + writerKey
+        let after = waited > 0 ? " (still, after waiting \(LockWaitBackoff.format(waited)))" : ""
         guard let holder else {
-            return StorageError(.locked, object: object, message: "repository is locked by a record this version cannot read",
+            return StorageError(.locked, object: object, message: "repository is locked by a record this version cannot read\(after)",
                                 hint: "if no other run is active, delete \(object)")
         }
+        let wait = waited > 0 ? "raise --lock-wait or run again once it is done" : "wait for it to finish (or give --lock-wait 10m to wait for it)"
         let hint = holder.host == ProcessInfo.processInfo.hostName
-            ? "wait for it to finish; the lock is reclaimed automatically once that process is gone"
-            : "wait for it to finish; a lock from another host is never reclaimed automatically: if that process is gone, delete \(object)"
-        return StorageError(.locked, object: object, message: "repository is locked by \(holder)", hint: hint)
+            ? "\(wait); the lock is reclaimed automatically once that process is gone"
+            : "\(wait); a lock from another host is never reclaimed automatically: if that process is gone, delete \(object)"
+        return StorageError(.locked, object: object, message: "repository is locked by \(holder)\(after)", hint: hint)
+    }
+
+    /// Where a wait for the writer lock is said by default: stderr, one line (a library has no
+    /// output of its own; the tools' logs go to stderr too).
+    public static func sayOnStderr(_ line: String) {
+        TextSink.standardError.write(line + "\n")
+    }
+}
+
+/// The pauses between tries while the writer lock is held: 0.1 s, doubling up to 5 s, so that a
+/// short holder (another snapshot) is noticed at once and a long one (the nightly backup of a large
+/// database) is not polled more than every 5 s (one read of a small object on S3).
+struct LockWaitBackoff {
+    private var current: TimeInterval = 0.1
+    static let longest: TimeInterval = 5
+
+    mutating func next() -> TimeInterval {
+        defer { current = min(Self.longest, current * 2) }
+        return current
+    }
+
+    /// `90 s`, `5 min`, `1 h 30 min`: how long a wait is, as said to the operator.
+    static func format(_ seconds: TimeInterval) -> String {
+        let whole = Int(seconds.rounded())
+        if whole < 120 { return "\(whole) s" }
+        if whole < 7200 { return "\(whole / 60) min" + (whole % 60 == 0 ? "" : " \(whole % 60) s") }
+        return "\(whole / 3600) h" + (whole % 3600 / 60 == 0 ? "" : " \(whole % 3600 / 60) min")
     }
 }

@@ -26,6 +26,9 @@ public struct CaptureConfiguration {
     /// Physical only, `--archive-timeout`: how long pg_basebackup's wait for the backup's last WAL
     /// segment to be archived may go without the server archiving any segment (`ArchiveWait`).
     public var archiveTimeoutSeconds = ArchiveWait.defaultTimeoutSeconds
+    /// `--lock-wait`, when given: seconds to wait for each repository's lock while another backup or
+    /// a prune holds it; 0 (not given) fails at once, exit 21 (`StoreLock.exclusive`).
+    public var repositoryLockWaitSeconds: TimeInterval = 0
 
     public init(target: ConnectionTarget, repositories: [String], tags: [String] = [], release: String? = nil,
                 pinned: Bool = false, compressionLevel: Int = GzipCompressor.defaultLevel, jobs: Int = ProcessInfo.processInfo.activeProcessorCount,

@@ -22,12 +22,12 @@ final class CaptureTargets {
     /// Opens and locks every repository.
     ///
     /// - Throws: the first repository's error when none can be used.
-    init(addresses: [String], command: String, environment: [String: String]) throws {
+    init(addresses: [String], command: String, environment: [String: String], lockWait: TimeInterval = 0) throws {
         var firstError: Error?
         for address in addresses {
             do {
                 let store = try Repository.open(address, create: true, environment: environment)
-                let lock = try store.lock(holder: LockHolder(command: command))
+                let lock = try store.lock(holder: LockHolder(command: command), wait: lockWait)
                 for note in lock.notes { TextSink.standardError.write("\(address): \(note)\n") }
                 targets.append(Target(address: address, store: store, lock: lock))
             } catch {
@@ -198,7 +198,8 @@ final class CaptureSession {
     /// - Parameter command: what the repository lock names as its holder (`dbbackup --physical`).
     init(_ configuration: CaptureConfiguration, command: String) throws {
         try configuration.validate()
-        targets = try CaptureTargets(addresses: configuration.repositories, command: command, environment: configuration.environment)
+        targets = try CaptureTargets(addresses: configuration.repositories, command: command, environment: configuration.environment,
+                                     lockWait: configuration.repositoryLockWaitSeconds)
         startedAt = Date()
         id = BackupID.make(at: startedAt)
         do {

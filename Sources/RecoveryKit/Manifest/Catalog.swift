@@ -87,7 +87,7 @@ public struct Catalog {
         guard !all.isEmpty else {
             if reference != "latest", let pruning = beingDeleted(reference) { throw pruning }
             throw RecoveryError(.backupNotFound, "repository \(store.location) holds no backups",
-                                hint: "take one with: dbbackup --repo \(store.location)")
+                                hint: MisplacedRepository.hint(for: store) ?? "take one with: dbbackup --repo \(store.location)")
         }
         let chosen: Entry
         if reference == "latest" {

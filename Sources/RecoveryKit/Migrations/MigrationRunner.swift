@@ -23,6 +23,9 @@ public struct MigrationConfiguration {
     public var onNote: ((String) -> Void)?
     /// What the storage layer reads S3 settings from for the pre-downgrade backup (see `Repository.open`).
     public var environment = ProcessInfo.processInfo.environment
+    /// `--lock-wait`, when given: how long the pre-downgrade backup waits for the repository lock
+    /// another backup or a prune holds; 0 fails at once (exit 21), as `dbbackup` does.
+    public var repositoryLockWaitSeconds: TimeInterval = 0
 
     public init(target: ConnectionTarget, directory: String, release: String? = nil, perStep: Bool = false,
                 lockWaitSeconds: Double = 30, lockTimeout: String = "10s", statementTimeout: String = "15min",

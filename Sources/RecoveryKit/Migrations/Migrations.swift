@@ -174,6 +174,7 @@ public enum Migrations {
                                                    tags: ["pre-downgrade"], release: configuration.release, tools: tools)
                 capture.key = key
                 capture.environment = configuration.environment
+                capture.repositoryLockWaitSeconds = configuration.repositoryLockWaitSeconds
                 let result = try LogicalCapture.run(LogicalCaptureConfiguration(capture), progress: progress)
                 backupID = result.manifest.id
             }

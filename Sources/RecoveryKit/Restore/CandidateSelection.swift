@@ -94,7 +94,7 @@ enum CandidateSelection {
         guard !holders.isEmpty else {
             if configuration.mode == .normal { _ = try named(configuration, targetSystem: targetSystem, in: stores[0].1) }
             throw RecoveryError(.backupNotFound, "no backups in \(stores.map(\.0).joined(separator: ", "))",
-                                hint: "there is nothing to restore from; check --repo (or BACKUP_REPO)")
+                                hint: stores.lazy.compactMap { MisplacedRepository.hint(for: $0.1) }.first ?? "there is nothing to restore from; check --repo (or BACKUP_REPO)")
         }
         let alreadySkipped = Set(skipped.map(\.id))
         let source = configuration.sourceDatabase

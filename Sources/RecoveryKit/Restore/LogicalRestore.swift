@@ -129,9 +129,8 @@ public struct RestorePlan: Encodable, Sendable {
         lines += steps.enumerated().map { "\($0.offset + 1). \($0.element)" }
         lines += warnings.map { "warning: \($0)" }
         if let versionNote { lines.append("note: \(versionNote)") }
-        if preRestoreCopies > 0 {
-            lines.append("note: \(preRestoreCopies) pre-restore cop\(preRestoreCopies == 1 ? "y" : "ies") of \(targetDatabase) kept by earlier restores"
-                         + " hold\(preRestoreCopies == 1 ? "s" : "") \(ByteCount.format(UInt64(max(0, preRestoreBytes)))); dbrestore cleanup drops old ones")
+        if let note = PreRestoreCopiesNote.text(database: targetDatabase, copies: preRestoreCopies, bytes: preRestoreBytes, keptAs: keptAs, done: false) {
+            lines.append("note: \(note)")
         }
         return lines
     }
@@ -605,14 +604,31 @@ public enum LogicalRestore {
     /// Writes the incident record of an emergency whose search found nothing, into the first
     /// repository that can be opened (or `--incident-file`); best effort: the search's error is the
     /// one the operator needs.
+    ///
+    /// A `--repo` that holds no backups and no WAL is not a repository (often a typo: the repository's
+    /// own backups/ folder), and an `incidents/` made there would be a folder the tools later meet
+    /// where they expect only their own: nothing is written there. The record of a search that found
+    /// nothing holds no more than the error the run prints, so it is then only said where it is not
+    /// (a file dropped in whatever directory cron runs in would be found by nobody); `--incident-file`
+    /// still writes it.
     private static func recordFailedSearch(_ error: Error, _ configuration: RestoreConfiguration, timeline: Timeline) {
         let record = FailedSearch(startedAt: timeline.startedAt, outcome: "failed: \(RecoveryError.classify(error).message)", timeline: timeline.steps)
+        var notRepositories: [String] = []
         for address in configuration.repositories {
             guard let store = try? Repository.open(address, create: false, environment: configuration.environment) else { continue }  // unavailable: try the next
+            if configuration.incidentFile == nil, (try? MisplacedRepository.isEmptyOfBackups(store)) ?? true {
+                notRepositories.append(store.location)
+                continue
+            }
             if let written = try? writeIncident(record, startedAt: record.startedAt, configuration: configuration, store: store) {
                 timeline.note("incident record written to \(written)")
                 return
             }
+        }
+        if !notRepositories.isEmpty {
+            timeline.note("write the incident record", outcome: "not written: \(notRepositories.joined(separator: ", ")) holds no backups (not a repository), "
+                          + "so no incidents/ folder was made there; give --incident-file to keep one")
+            return
         }
         timeline.note("write the incident record", outcome: "failed: no repository or --incident-file could take it")
     }

@@ -146,3 +146,31 @@ public enum PreRestoreCleanup {
         }
     }
 }
+
+/// What a restore says of the pre-restore copies of its target: how many there are, what they hold,
+/// and the command that drops them now. The defaults (`keep 1`, `keep-within 7d`) keep every copy
+/// of a week of emergency retries, so "cleanup drops old ones" alone would be untrue for a week.
+public enum PreRestoreCopiesNote {
+    /// Drops every copy but the newest — the one the restore just set aside — whatever their age.
+    public static let dropCommand = "dbrestore cleanup --keep 1 --keep-within 0h --yes"
+
+    /// - Parameters:
+    ///   - copies: the copies of `database` and their total size: in a plan, those earlier restores
+    ///     kept; after the restore, all of them, this run's included (`LogicalRestore.execute` counts again).
+    ///   - keptAs: the copy this run sets aside (nil: the target did not exist).
+    ///   - done: true after the restore, false in the plan.
+    /// - Returns: nil when there is nothing to drop (no copy, or only this run's).
+    public static func text(database: String, copies: Int, bytes: Int64, keptAs: String?, done: Bool) -> String? {
+        let older = done && keptAs != nil ? copies - 1 : copies
+        guard older > 0 else { return nil }
+        let size = ByteCount.format(UInt64(max(0, bytes)))
+        let how = "(same --database-url; add --dry-run to list them first)"
+        if done, let keptAs {
+            return "\(copies) pre-restore copies of \(database) exist, holding \(size): \(keptAs) (this run's) and \(older) older; "
+                + "to drop the older now, keeping this run's: \(dropCommand) \(how)"
+        }
+        let counted = "\(copies) pre-restore cop\(copies == 1 ? "y" : "ies") of \(database) \(done ? "exist\(copies == 1 ? "s" : "")" : "kept by earlier restores"), holding \(size)"
+        guard let keptAs else { return "\(counted); to drop all but the newest now: \(dropCommand) \(how)" }
+        return "\(counted), and this restore keeps another (\(keptAs)); to drop all but that one after it: \(dropCommand) \(how)"
+    }
+}

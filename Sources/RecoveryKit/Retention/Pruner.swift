@@ -25,6 +25,9 @@ public struct PruneConfiguration {
     public var confirm: ((PruneReport) throws -> Void)?
     /// What the storage layer reads S3 settings from (see `Repository.open`).
     public var environment = ProcessInfo.processInfo.environment
+    /// `--lock-wait`: seconds to wait for the repository lock while a backup or another prune holds
+    /// it; 0 (not given) fails at once, exit 21.
+    public var lockWaitSeconds: TimeInterval = 0
 
     public init(repository: String, policy: RetentionPolicy = .builtIn, dryRun: Bool = false, now: Date = Date(),
                 confirm: ((PruneReport) throws -> Void)? = nil) {
@@ -42,7 +45,8 @@ public struct PruneReport: Codable, Sendable {
     public struct Garbage: Codable, Sendable {
         public var folder: String
         public var ageHours: Double
-        /// `delete`, or `in progress` for a folder a backup may still be writing (kept).
+        /// `delete`, `in progress` for a folder a backup may still be writing (kept), or `not ours`
+        /// for a folder whose name is no backup id: dbbackup did not make it, so it is left alone.
         public var action: String
         /// Why: the lock holder writing it, the grace period it is within, or its age past it.
         public var reason: String
@@ -124,7 +128,7 @@ public enum Pruner {
 
     /// The same on an already open store (tests wrap a real store to observe the order of deletions).
     public static func run(_ configuration: PruneConfiguration, store: BackupStore, progress: ProgressObserver? = nil) throws -> PruneReport {
-        let lock = configuration.dryRun ? nil : try StoreLock.exclusive(in: store, holder: LockHolder(command: "dbprune"))
+        let lock = configuration.dryRun ? nil : try StoreLock.exclusive(in: store, holder: LockHolder(command: "dbprune"), wait: configuration.lockWaitSeconds)
         var report: PruneReport
         do {
             report = try prune(configuration, store: store, progress: progress)
@@ -193,6 +197,8 @@ public enum Pruner {
             : verifications.map { "\($0.0): \($0.1)" }.joined(separator: "; ")
         var beingRead: [String] = []
         var notes: [String] = repair.notes
+        // A --repo that is a folder inside a repository (…/backups) would prune nothing, silently.
+        if entries.isEmpty, let hint = MisplacedRepository.hint(for: store) { notes.append("warning: no backups here; \(hint)") }
         // A backup a restore is reading is kept this time, and the WAL it needs with it.
         for index in decisions.indices where decisions[index].action != .keep {
             if let readers = try readers(of: decisions[index].id, in: store, removeStale: !configuration.dryRun, notes: &notes) {
@@ -383,6 +389,9 @@ public enum Pruner {
 
     /// Folders under `backups/` that have no manifest: removed once older than the grace period and
     /// not changed since `writer` (a live holder of the writer lock) took it; until then "in progress".
+    /// The plan's action for a folder under backups/ that the tools did not make.
+    public static let notOurs = "not ours, left alone"
+
     static func findGarbage(objects: [StoredObject], withManifest: Set<String>, policy: RetentionPolicy, now: Date,
                             writer: LockHolder? = nil) -> [PruneReport.Garbage] {
         var newestChange: [String: Date] = [:]
@@ -398,6 +407,13 @@ public enum Pruner {
             let changed = newestChange[folder] ?? now
             let age = now.timeIntervalSince(changed)
             let hours = (age / 360).rounded() / 10
+            // "Only what we made" (DESIGN.md): a folder a backup writes is named by its id; anything
+            // else (an incident record written into backups/ by a --repo typo, a file an operator
+            // put there) is neither in progress nor garbage, whatever its age.
+            guard BackupID.isValid(String(folder.dropFirst("backups/".count))) else {
+                return PruneReport.Garbage(folder: folder, ageHours: hours, action: notOurs,
+                                           reason: "not a backup: its name is no backup id, so dbbackup did not make it; left alone")
+            }
             if let writer, changed >= writer.since {
                 return PruneReport.Garbage(folder: folder, ageHours: hours, action: "in progress", reason: "no manifest yet; \(writer) is writing")
             }
