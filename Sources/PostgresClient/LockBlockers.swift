@@ -97,7 +97,7 @@ public enum LockBlockers {
 
     /// The first words of a statement up to the first that is not a plain keyword or name (a literal,
     /// an operator, a parameter), at most four: `ALTER TABLE orders ADD`, `UPDATE users SET`.
-    static func statementHead(_ sql: String) -> String {
+    public static func statementHead(_ sql: String) -> String {
         let words = sql.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" || $0 == "\r" })
         let plain = words.prefix { word in word.allSatisfy { $0.isLetter || $0.isNumber || $0 == "_" || $0 == "." } }
         return plain.prefix(4).joined(separator: " ")

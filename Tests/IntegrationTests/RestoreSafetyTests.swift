@@ -320,6 +320,32 @@ final class RestoreSafetyTests: IntegrationTestCase {
         XCTAssertTrue(bad.standardError.contains("sha256"), bad.standardError)
     }
 
+    /// Reproduction: after a double Ctrl-C, for ~8 s `dbrestore cleanup` refused with "another restore
+    /// of app is running (pid N, application dbrestore)": N was the server session of the stopped
+    /// dbrestore, still running its `DROP DATABASE`. Such a session (here psql named dbrestore, busy
+    /// for 4 s with the target's lock held) ends with its statement: cleanup waits for it and runs.
+    func testCleanupWaitsForTheServerSessionOfAStoppedRestoreToFinishItsStatement() throws {
+        let leftover = try ChildProcess(executable: try PostgresTools().path(of: "psql"),
+                                        arguments: ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", cluster.url(database: "postgres")],
+                                        environment: cluster.environment.merging(["PGAPPNAME": "dbrestore"]) { $1 },
+                                        stdin: .pipe, stdout: .null, stderr: .pipe)
+        let script = "SELECT pg_advisory_lock(hashtext('dbrestore:\(database!)'));\nSELECT pg_sleep(4);\n"
+        try Data(script.utf8).withUnsafeBytes { try leftover.writeToStandardInput($0) }
+        leftover.closeStandardInput()
+        var busy = false
+        for _ in 0..<300 where !busy {
+            busy = try cluster.connect().query("""
+                SELECT count(*) FROM pg_stat_activity WHERE application_name = 'dbrestore' AND state = 'active' AND query LIKE '%pg_sleep%'
+                """).scalar == "1"
+            if !busy { usleep(50_000) }
+        }
+        XCTAssertTrue(busy, "the stand-in session holds the lock and is busy")
+        let cleanup = try tool("dbrestore", ["cleanup", "--yes", "--database-url", cluster.url(database: database)])
+        XCTAssertEqual(cleanup.status, 0, cleanup.standardError)
+        XCTAssertFalse(cleanup.standardError.contains("another restore"), cleanup.standardError)
+        XCTAssertEqual(leftover.waitForExit(within: 30, orFail: "psql did not end").exitCode, 0)
+    }
+
     /// Reproduction: every restore keeps a `<db>_pre_restore_<time>` copy and nothing lists or
     /// removes them. `dbrestore cleanup` drops old ones — only those a restore marked.
     /// A restore killed while the server creates its scratch database leaves it without a marker (the
