@@ -257,6 +257,24 @@ final class RestoreSafetyTests: IntegrationTestCase {
         XCTAssertEqual(try databases(like: "\(database!)_%"), [], "the scratch database was dropped")
     }
 
+    /// Found with the variant above: when that session commits instead, the closing of the target hit
+    /// the server's race on the database's first setting (both inserted its `pg_db_role_setting`
+    /// row: "duplicate key value violates unique constraint", exit 11). The closing is run again.
+    func testTheSwapGoesOnWhenASettingsChangeItWaitedForCommits() throws {
+        try backup()
+        let (holder, _) = try holdDatabaseLock(on: database, with: "ALTER DATABASE %@ SET work_mem = '5MB'")
+        defer { holder.close() }
+        let process = try TestProcess.start("dbrestore", common + ["latest", "--yes", "--swap-timeout", "120", "--lock-wait", "60s"], cluster: cluster)
+        let errors = OutputCollector(descriptor: process.standardError, limit: 64 * 1024)
+        XCTAssertTrue(try waitForBlockedRestore(), "the swap waits for the lock")
+        try holder.execute(script: "COMMIT")
+        let termination = process.waitForExit(within: 60, orFail: "dbrestore did not finish")
+        let stderr = errors.finish()
+        XCTAssertEqual(termination.exitCode, 0, stderr)
+        XCTAssertEqual(try count(database), "500")
+        XCTAssertEqual(try allowsConnections(database), "true")
+    }
+
     /// Reproduction: with the swap's rename waiting for another session's lock, the swap waited
     /// silently past `--swap-timeout` (53.6 s with 30 s), bounded only by `--lock-wait`.
     func testASwapWaitingForALockStopsAtTheSwapTimeoutNamingTheBlocker() throws {

@@ -244,13 +244,18 @@ enum DatabaseSwap {
                     var closed = try ToolDatabases.marker(of: target, on: admin) ?? Marker(.target, target: target, backup: nil)
                     closed.closedForSwap = true
                     // New connections are refused first, so that ending sessions is not a race we lose; the marker
-                    // commits with it, so a kill from here on is repaired by the next run.
-                    try admin.execute(script: """
-                        BEGIN;
-                        ALTER DATABASE \(quotedTarget) ALLOW_CONNECTIONS false;
-                        \(ToolDatabases.markStatement(target, closed, on: admin));
-                        COMMIT;
-                        """)
+                    // commits with it, so a kill from here on is repaired by the next run. A 23505 is the server's
+                    // race on the target's first setting: another session's `ALTER DATABASE … SET`, waited for,
+                    // committed the settings row ours was about to insert; run again, it updates that row.
+                    try ServerRetry.run(on: [Self.uniqueViolation], attempts: 3, pause: 0.1,
+                                        again: { _, _ in _ = try? admin.execute(script: "ROLLBACK") }) {
+                        try admin.execute(script: """
+                            BEGIN;
+                            ALTER DATABASE \(quotedTarget) ALLOW_CONNECTIONS false;
+                            \(ToolDatabases.markStatement(target, closed, on: admin));
+                            COMMIT;
+                            """)
+                    }
                     return closed
                 }
             } catch {
@@ -313,4 +318,7 @@ enum DatabaseSwap {
     /// How long reopening the target after an abandoned swap waits for a lock: the session that held
     /// up the swap may still hold it, and the operator who sent the signal waits for the exit.
     static let reopenLockWaitSeconds = 10
+
+    /// SQLSTATE 23505, unique_violation.
+    private static let uniqueViolation = "23505"
 }
