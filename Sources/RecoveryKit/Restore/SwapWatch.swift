@@ -87,18 +87,24 @@ final class SwapWatch: Sendable {
         return "SELECT pg_terminate_backend(\(pid))"
     }
 
-    /// Until the statement is over: cancel it at a signal or the deadline (again at each turn: a cancel
-    /// reaches only a running statement, so one sent between two statements is not lost), name what
-    /// it waits for once it has waited `reportAfter`, and again just before the deadline cancels it.
+    /// Until the statement is over: cancel it at a signal, or at the deadline if it waits for a lock
+    /// (again at each turn: a cancel reaches only a running statement, so one sent between two
+    /// statements is not lost); name what it waits for once it has waited `reportAfter`, and again
+    /// just before the deadline cancels it.
     private func watch(_ watcher: Watcher) {
         let started = Date()
         var reported = false
+        var nextLook = Date.distantPast
         while !watcher.isFinished {
             if !watcher.isStopped {
                 if let number = signal() {
                     watcher.stop(.signal(number), blockers: nil)
-                } else if expired {
-                    watcher.stop(.deadline, blockers: LockBlockers.waitedFor(by: watcher.pid, target: watcher.server))
+                } else if expired && Date() >= nextLook {
+                    // Only a lock wait is cancelled at the deadline: a statement that waits for nobody (the
+                    // catalogue reads between attempts) ends on its own and the caller says why the swap stopped.
+                    let blockers = LockBlockers.waitedFor(by: watcher.pid, target: watcher.server)
+                    if blockers.map({ !$0.isEmpty }) ?? true { watcher.stop(.deadline, blockers: blockers) }
+                    nextLook = Date().addingTimeInterval(1)
                 } else if !reported && Date().timeIntervalSince(started) >= reportAfter {
                     reported = true
                     if let blockers = LockBlockers.waitedFor(by: watcher.pid, target: watcher.server), !blockers.isEmpty {
