@@ -49,6 +49,35 @@ public enum LockBlockers {
         return "blocked by " + descriptions.joined(separator: "; ")
     }
 
+    /// The sessions that backend `pid` waits for right now (`pg_blocking_pids`), each named as
+    /// `pid 4242 (user app, application psql, idle in transaction, connected to postgres, query started
+    /// 2026-11-27 17:02:11 UTC: COMMENT ON DATABASE tiny)`; a prepared transaction (pid 0) as such.
+    ///
+    /// Asked while the statement still waits, on a connection of its own: whatever lock it is (a
+    /// database object, a catalogue row, a relation), the server knows who holds or queues it.
+    ///
+    /// - Returns: nil when the server cannot be asked; an empty list when `pid` waits for nobody.
+    public static func waitedFor(by pid: Int32, target: ConnectionTarget) -> [String]? {
+        guard let connection = try? PostgresConnection(target: target.with("options", "-c lock_timeout=2000 -c statement_timeout=5000"),
+                                                       applicationName: "dbrecovery-diagnosis", connectTimeoutSeconds: 5) else { return nil }
+        defer { connection.close() }
+        guard let rows = try? connection.query("""
+            SELECT b.pid::text, coalesce(a.usename::text, '?'), coalesce(nullif(a.application_name, ''), a.backend_type, '?'),
+                   coalesce(a.state, '?'), coalesce(a.datname::text, '?'),
+                   coalesce(to_char(a.query_start, 'YYYY-MM-DD HH24:MI:SS TZ'), '?'), coalesce(a.query, '')
+            FROM unnest(pg_catalog.pg_blocking_pids($1::int)) AS b(pid)
+            LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = b.pid
+            ORDER BY b.pid LIMIT 5
+            """, [String(pid)]).rows else { return nil }
+        return rows.map { row in
+            let blocker = row[0] ?? "?"
+            guard blocker != "0" else { return "a prepared transaction (pg_prepared_xacts names it; COMMIT PREPARED or ROLLBACK PREPARED ends it)" }
+            let statement = statementHead(row[6] ?? "")
+            return "pid \(blocker) (user \(row[1] ?? "?"), application \(row[2] ?? "?"), \(row[3] ?? "?"), connected to \(row[4] ?? "?"), "
+                + "query started \(row[5] ?? "?")\(statement.isEmpty ? "" : ": \(statement)"))"
+        }
+    }
+
     /// `probably blocked by the oldest transactions holding table locks: pid 4100 (user app, application psql, idle in
     /// transaction for 00:12:03)`, or nil when there are none.
     private static func oldestLockHolders(on connection: PostgresConnection, excluding: [Int32]) -> String? {
@@ -68,7 +97,7 @@ public enum LockBlockers {
 
     /// The first words of a statement up to the first that is not a plain keyword or name (a literal,
     /// an operator, a parameter), at most four: `ALTER TABLE orders ADD`, `UPDATE users SET`.
-    static func statementHead(_ sql: String) -> String {
+    public static func statementHead(_ sql: String) -> String {
         let words = sql.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" || $0 == "\r" })
         let plain = words.prefix { word in word.allSatisfy { $0.isLetter || $0.isNumber || $0 == "_" || $0 == "." } }
         return plain.prefix(4).joined(separator: " ")

@@ -101,7 +101,7 @@ public struct RestoreRunOptions: ParsableArguments {
     @Option(name: .customLong("jobs"), help: ArgumentHelp("Connections that load rows and build indexes at once (default: cores).", valueName: "n"))
     public var jobs: Int?
 
-    @Option(name: .customLong("swap-timeout"), help: ArgumentHelp("Seconds to wait for sessions on the target to end at the swap.", valueName: "seconds"))
+    @Option(name: .customLong("swap-timeout"), help: ArgumentHelp("Seconds the swap may take, lock waits included: for sessions on the target to end and for other sessions' locks on it (--lock-wait does not apply).", valueName: "seconds"))
     public var swapTimeout = 30
 
     @Option(name: .customLong("from-database"), help: ArgumentHelp("Choose among this database's backups instead of the target's ('latest', --emergency, --drill, --table/--schema); a backup named by its id needs none.", valueName: "name"))

@@ -1,5 +1,6 @@
 import BackupStorage
 import Foundation
+import PostgresClient
 import RecoveryKit
 import TestSupport
 import XCTest
@@ -186,6 +187,119 @@ final class RestoreSafetyTests: IntegrationTestCase {
         XCTAssertEqual(try databases(like: "\(database!)_%"), [], "the scratch database was dropped")
     }
 
+    /// Another session's open transaction after `COMMENT ON DATABASE <target>`, connected to another
+    /// database (so the swap does not end it): its lock on the database object holds up the swap's
+    /// `ALTER DATABASE … RENAME`. Returns the session (keep it open) and its backend pid.
+    private func holdDatabaseLock(on name: String, with statement: String = "COMMENT ON DATABASE %@ IS 'being edited'") throws -> (PostgresConnection, String) {
+        let holder = try cluster.connect(database: "postgres")
+        let pid = try holder.query("SELECT pg_backend_pid()::text").scalar ?? "?"
+        try holder.execute(script: "BEGIN")
+        try holder.execute(script: statement.replacingOccurrences(of: "%@", with: holder.quoteIdentifier(name)))
+        return (holder, pid)
+    }
+
+    /// Waits until a dbrestore session waits for a lock (the swap is held up).
+    private func waitForBlockedRestore() throws -> Bool {
+        for _ in 0..<600 {
+            let waiting = try cluster.connect().query("""
+                SELECT count(*) FROM pg_stat_activity WHERE application_name = 'dbrestore' AND wait_event_type = 'Lock'
+                """).scalar
+            if waiting != "0" { return true }
+            usleep(100_000)
+        }
+        return false
+    }
+
+    /// Reproduction: with the swap's rename waiting for another session's lock, SIGTERM was held off
+    /// until that session ended (~20 s later), then the swap completed and dbrestore exited 0 saying
+    /// "SIGTERM arrived as the swap committed" — the target was replaced after the operator stopped it.
+    func testSIGTERMWhileTheSwapWaitsForALockAbandonsItAtOnce() throws {
+        try backup()
+        try cluster.connect(database: database).execute(script: "INSERT INTO t SELECT g FROM generate_series(501, 507) g")
+        let (holder, _) = try holdDatabaseLock(on: database)
+        defer { holder.close() }
+        let process = try TestProcess.start("dbrestore", common + ["latest", "--yes", "--swap-timeout", "120", "--lock-wait", "60s"], cluster: cluster)
+        let errors = OutputCollector(descriptor: process.standardError, limit: 64 * 1024)
+        XCTAssertTrue(try waitForBlockedRestore(), "the swap waits for the lock")
+        let signalled = Date()
+        process.send(SIGTERM)
+        let termination = process.waitForExit(within: 30, orFail: "dbrestore still waits for the lock 30 s after SIGTERM")
+        let elapsed = Date().timeIntervalSince(signalled)
+        let stderr = errors.finish()
+        XCTAssertEqual(termination.exitCode, ExitStatus.interrupted.rawValue, stderr)
+        XCTAssertLessThan(elapsed, 15, "the signal ends the lock wait, not the other session: \(stderr)")
+        XCTAssertTrue(stderr.contains("interrupted by SIGTERM"), stderr)
+        XCTAssertFalse(stderr.contains("arrived as the swap committed"), stderr)
+        XCTAssertEqual(try count(database), "507", "the target is unchanged")
+        XCTAssertEqual(try allowsConnections(database), "true", "the target accepts connections")
+        XCTAssertEqual(try databases(like: "\(database!)_%"), [], "the scratch database was dropped")
+    }
+
+    /// The variant: another session's open transaction after `ALTER DATABASE <target> SET …` holds
+    /// the target's settings row, which the swap's closing of the target (its marker) waits for.
+    func testSIGTERMWhileClosingTheTargetWaitsForASettingsChangeAbandonsTheSwap() throws {
+        try backup()
+        try cluster.connect(database: database).execute(script: "INSERT INTO t SELECT g FROM generate_series(501, 507) g")
+        let (holder, _) = try holdDatabaseLock(on: database, with: "ALTER DATABASE %@ SET work_mem = '5MB'")
+        defer { holder.close() }
+        let process = try TestProcess.start("dbrestore", common + ["latest", "--yes", "--swap-timeout", "120", "--lock-wait", "60s"], cluster: cluster)
+        let errors = OutputCollector(descriptor: process.standardError, limit: 64 * 1024)
+        XCTAssertTrue(try waitForBlockedRestore(), "the swap waits for the lock")
+        let signalled = Date()
+        process.send(SIGTERM)
+        let termination = process.waitForExit(within: 30, orFail: "dbrestore still waits for the lock 30 s after SIGTERM")
+        let elapsed = Date().timeIntervalSince(signalled)
+        let stderr = errors.finish()
+        XCTAssertEqual(termination.exitCode, ExitStatus.interrupted.rawValue, stderr)
+        XCTAssertLessThan(elapsed, 15, "the signal ends the lock wait, not the other session: \(stderr)")
+        XCTAssertEqual(try count(database), "507", "the target is unchanged")
+        XCTAssertEqual(try allowsConnections(database), "true", "the target accepts connections")
+        XCTAssertEqual(try databases(like: "\(database!)_%"), [], "the scratch database was dropped")
+    }
+
+    /// Found with the variant above: when that session commits instead, the closing of the target hit
+    /// the server's race on the database's first setting (both inserted its `pg_db_role_setting`
+    /// row: "duplicate key value violates unique constraint", exit 11). The closing is run again.
+    func testTheSwapGoesOnWhenASettingsChangeItWaitedForCommits() throws {
+        try backup()
+        let (holder, _) = try holdDatabaseLock(on: database, with: "ALTER DATABASE %@ SET work_mem = '5MB'")
+        defer { holder.close() }
+        let process = try TestProcess.start("dbrestore", common + ["latest", "--yes", "--swap-timeout", "120", "--lock-wait", "60s"], cluster: cluster)
+        let errors = OutputCollector(descriptor: process.standardError, limit: 64 * 1024)
+        XCTAssertTrue(try waitForBlockedRestore(), "the swap waits for the lock")
+        try holder.execute(script: "COMMIT")
+        let termination = process.waitForExit(within: 60, orFail: "dbrestore did not finish")
+        let stderr = errors.finish()
+        XCTAssertEqual(termination.exitCode, 0, stderr)
+        XCTAssertEqual(try count(database), "500")
+        XCTAssertEqual(try allowsConnections(database), "true")
+    }
+
+    /// Reproduction: with the swap's rename waiting for another session's lock, the swap waited
+    /// silently past `--swap-timeout` (53.6 s with 30 s), bounded only by `--lock-wait`.
+    func testASwapWaitingForALockStopsAtTheSwapTimeoutNamingTheBlocker() throws {
+        try backup()
+        try cluster.connect(database: database).execute(script: "INSERT INTO t SELECT g FROM generate_series(501, 507) g")
+        let (holder, pid) = try holdDatabaseLock(on: database)
+        defer { holder.close() }
+        let started = Date()
+        let process = try TestProcess.start("dbrestore", common + ["latest", "--yes", "--swap-timeout", "6", "--lock-wait", "60s"], cluster: cluster)
+        let errors = OutputCollector(descriptor: process.standardError, limit: 64 * 1024)
+        let termination = process.waitForExit(within: 90, orFail: "dbrestore still waits for the lock")
+        let elapsed = Date().timeIntervalSince(started)
+        let stderr = errors.finish()
+        XCTAssertEqual(termination.exitCode, ExitStatus.lockTimeout.rawValue, stderr)
+        XCTAssertLessThan(elapsed, 40, "bounded by --swap-timeout, not --lock-wait: \(stderr)")
+        XCTAssertTrue(stderr.contains("waited longer than --swap-timeout (6 s) for a lock"), stderr)
+        XCTAssertTrue(stderr.contains("pid \(pid) ("), "names the blocking session: \(stderr)")
+        XCTAssertTrue(stderr.contains("COMMENT ON DATABASE"), "with its statement: \(stderr)")
+        XCTAssertTrue(stderr.contains("SELECT pg_terminate_backend(\(pid))"), stderr)
+        XCTAssertTrue(stderr.contains("has waited 3 s for a lock held by pid \(pid)"), "said while waiting: \(stderr)")
+        XCTAssertEqual(try count(database), "507", "the target is unchanged")
+        XCTAssertEqual(try allowsConnections(database), "true", "the target accepts connections")
+        XCTAssertEqual(try databases(like: "\(database!)_%"), [], "the scratch database was dropped")
+    }
+
     /// Reproduction: `dbverify latest` after `dbrestore <older-id>` checked the newest backup and
     /// advised to "restore again". With no id it checks the backup the database was restored from.
     func testVerifyAfterRestoringAnOlderBackupChecksThatBackup() throws {
@@ -222,6 +336,32 @@ final class RestoreSafetyTests: IntegrationTestCase {
         let bad = try tool("dbrestore", common + [id, "--dry-run"])
         XCTAssertEqual(bad.status, ExitStatus.backupCorrupt.rawValue, bad.standardError)
         XCTAssertTrue(bad.standardError.contains("sha256"), bad.standardError)
+    }
+
+    /// Reproduction: after a double Ctrl-C, for ~8 s `dbrestore cleanup` refused with "another restore
+    /// of app is running (pid N, application dbrestore)": N was the server session of the stopped
+    /// dbrestore, still running its `DROP DATABASE`. Such a session (here psql named dbrestore, busy
+    /// for 4 s with the target's lock held) ends with its statement: cleanup waits for it and runs.
+    func testCleanupWaitsForTheServerSessionOfAStoppedRestoreToFinishItsStatement() throws {
+        let leftover = try ChildProcess(executable: try PostgresTools().path(of: "psql"),
+                                        arguments: ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", cluster.url(database: "postgres")],
+                                        environment: cluster.environment.merging(["PGAPPNAME": "dbrestore"]) { $1 },
+                                        stdin: .pipe, stdout: .null, stderr: .pipe)
+        let script = "SELECT pg_advisory_lock(hashtext('dbrestore:\(database!)'));\nSELECT pg_sleep(4);\n"
+        try Data(script.utf8).withUnsafeBytes { try leftover.writeToStandardInput($0) }
+        leftover.closeStandardInput()
+        var busy = false
+        for _ in 0..<300 where !busy {
+            busy = try cluster.connect().query("""
+                SELECT count(*) FROM pg_stat_activity WHERE application_name = 'dbrestore' AND state = 'active' AND query LIKE '%pg_sleep%'
+                """).scalar == "1"
+            if !busy { usleep(50_000) }
+        }
+        XCTAssertTrue(busy, "the stand-in session holds the lock and is busy")
+        let cleanup = try tool("dbrestore", ["cleanup", "--yes", "--database-url", cluster.url(database: database)])
+        XCTAssertEqual(cleanup.status, 0, cleanup.standardError)
+        XCTAssertFalse(cleanup.standardError.contains("another restore"), cleanup.standardError)
+        XCTAssertEqual(leftover.waitForExit(within: 30, orFail: "psql did not end").exitCode, 0)
     }
 
     /// Reproduction: every restore keeps a `<db>_pre_restore_<time>` copy and nothing lists or

@@ -18,7 +18,8 @@ public enum ExitStatus: Int32, CaseIterable, Sendable {
     /// A PostgreSQL program we run (pg_dump, psql, pg_basebackup) is missing or failed.
     case toolFailed = 12
     /// Waited longer than `--lock-wait` for a lock another session held or queued (named in the message);
-    /// for `dbrestore` and `dbrestore cleanup`, another restore or clean-up of the same database is running.
+    /// for `dbrestore` and `dbrestore cleanup`, another restore or clean-up of the same database is running;
+    /// a swap statement waited longer than `--swap-timeout` for another session's lock.
     case lockTimeout = 13
     /// `dbbackup --physical`: the server archived none of the backup's WAL for `--archive-timeout`
     /// (archive_command failing or hung); the message names the segment; nothing was stored.

@@ -52,7 +52,14 @@ enum DatabaseSwap {
     /// is tried again: a signal's cancel request can reach the server just after the statement it
     /// was meant for ended and cancel this one instead (57014), and a loader session of ours still
     /// connecting when FORCE ends the others makes the server call the database in use (55006).
+    ///
+    /// After a signal the operator waits for the exit, so a lock another session holds on the database
+    /// (an open transaction after `COMMENT ON DATABASE`) is waited for `reopenLockWaitSeconds`, not
+    /// `--lock-wait`: a database left marked is dropped by the next run.
     static func dropOwn(_ name: String, on admin: PostgresConnection) throws {
+        let bounded = Interruption.isRequested
+        if bounded { _ = try? admin.execute(script: "SET lock_timeout = '\(reopenLockWaitSeconds)s'") }
+        defer { if bounded { _ = try? admin.execute(script: "RESET lock_timeout") } }
         try ServerRetry.run(on: [PostgresError.queryCanceled, PostgresError.objectInUse], attempts: 5, pause: 0.1, afterInterruption: true) {
             try admin.execute(script: "DROP DATABASE IF EXISTS \(admin.quoteIdentifier(name)) WITH (FORCE)")
         }
@@ -197,43 +204,74 @@ enum DatabaseSwap {
     /// this role may not terminate) stop the swap with a message naming each and how to end it.
     /// SIGINT, SIGTERM and SIGHUP are held off while the target is closed: the swap is abandoned
     /// (or, if it already committed, finished) and the target is open before the signal is acted on.
+    /// Every statement runs under a `SwapWatch`: one waiting for a lock another session holds (an open
+    /// transaction after `COMMENT ON DATABASE` or `ALTER DATABASE … SET`) is cancelled by the held-off
+    /// signal or when `timeout` has passed since the swap began, and the sessions it waits for are named.
     ///
     /// - Important: on every way out — error, timeout, signal — the target accepts connections again.
     ///   After a SIGKILL, the marker tells the next run to reopen it (`ToolDatabases.repair`).
-    /// - Throws: `RecoveryError(.restoreFailed)` (sessions did not end), `.interrupted`, or `PostgresError`.
+    /// - Throws: `RecoveryError(.restoreFailed)` (sessions did not end), `.lockTimeout` (a lock wait
+    ///   outlasted `timeout`), `.interrupted`, or `PostgresError`.
     static func swap(admin: PostgresConnection, target: String, scratch: String, keepAs: String?, backupID: String,
                      allowConnections: Bool, timeout: TimeInterval, timeline: Timeline) throws {
         let quotedTarget = admin.quoteIdentifier(target), quotedScratch = admin.quoteIdentifier(scratch)
         let restored = ToolDatabases.markStatement(target, Marker(.restored, target: target, backup: backupID), on: admin)
         let closeRestored = allowConnections ? "" : "ALTER DATABASE \(quotedTarget) ALLOW_CONNECTIONS false;\n"
         guard let keepAs else {
-            try admin.execute(script: "BEGIN;\nALTER DATABASE \(quotedScratch) RENAME TO \(quotedTarget);\n\(restored);\n\(closeRestored)COMMIT;")
+            // Signals are not held off here: the interrupt hook cancels the rename; the watch bounds its lock wait.
+            let watch = SwapWatch(target: target, timeout: timeout, signal: { Interruption.signal })
+            do {
+                try watch.run(on: admin) {
+                    try admin.execute(script: "BEGIN;\nALTER DATABASE \(quotedScratch) RENAME TO \(quotedTarget);\n\(restored);\n\(closeRestored)COMMIT;")
+                }
+            } catch {
+                _ = try? admin.execute(script: "ROLLBACK")  // the scratch database's DROP comes next and needs no open transaction
+                throw error
+            }
             return
         }
         let quotedAside = admin.quoteIdentifier(keepAs)
         try Interruption.deferring { signals in
-            var closed = try ToolDatabases.marker(of: target, on: admin) ?? Marker(.target, target: target, backup: nil)
-            closed.closedForSwap = true
-            // New connections are refused first, so that ending sessions is not a race we lose; the marker
-            // commits with it, so a kill from here on is repaired by the next run.
-            try admin.execute(script: """
-                BEGIN;
-                ALTER DATABASE \(quotedTarget) ALLOW_CONNECTIONS false;
-                \(ToolDatabases.markStatement(target, closed, on: admin));
-                COMMIT;
-                """)
+            let watch = SwapWatch(target: target, timeout: timeout, signal: { signals.received })
+            func abandonedBySignal() -> RecoveryError? {
+                signals.received.map { RecoveryError(.interrupted, "interrupted by \(Interruption.name(of: $0)) during the swap; \(target) is unchanged and open",
+                                                     hint: "run dbrestore again to restore") }
+            }
+            if let abandoned = abandonedBySignal() { throw abandoned }
+            let closed: Marker
+            do {
+                closed = try watch.run(on: admin) { () throws -> Marker in
+                    var closed = try ToolDatabases.marker(of: target, on: admin) ?? Marker(.target, target: target, backup: nil)
+                    closed.closedForSwap = true
+                    // New connections are refused first, so that ending sessions is not a race we lose; the marker
+                    // commits with it, so a kill from here on is repaired by the next run. A 23505 is the server's
+                    // race on the target's first setting: another session's `ALTER DATABASE … SET`, waited for,
+                    // committed the settings row ours was about to insert; run again, it updates that row.
+                    try ServerRetry.run(on: [Self.uniqueViolation], attempts: 3, pause: 0.1,
+                                        again: { _, _ in _ = try? admin.execute(script: "ROLLBACK") }) {
+                        try admin.execute(script: """
+                            BEGIN;
+                            ALTER DATABASE \(quotedTarget) ALLOW_CONNECTIONS false;
+                            \(ToolDatabases.markStatement(target, closed, on: admin));
+                            COMMIT;
+                            """)
+                    }
+                    return closed
+                }
+            } catch {
+                _ = try? admin.execute(script: "ROLLBACK")  // the close did not commit: the target was never closed
+                throw error
+            }
             CrashPoint.reached("restore:during-swap")
-            let deadline = Date().addingTimeInterval(timeout)
             do {
                 while true {
-                    if let signal = signals.received {
-                        throw RecoveryError(.interrupted, "interrupted by \(Interruption.name(of: signal)) during the swap; \(target) is unchanged and open",
-                                            hint: "run dbrestore again to restore; \(scratch) was dropped")
-                    }
-                    try admin.query("SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE datname = $1 AND pid <> pg_catalog.pg_backend_pid()",
-                                    [target])
-                    let blockers = try SwapBlockers.find(on: admin, database: target)
-                    if blockers.isEmpty {
+                    if let abandoned = abandonedBySignal() { throw abandoned }
+                    var blockers = SwapBlockers()
+                    let swapped = try watch.run(on: admin) { () throws -> Bool in
+                        try admin.query("SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE datname = $1 AND pid <> pg_catalog.pg_backend_pid()",
+                                        [target])
+                        blockers = try SwapBlockers.find(on: admin, database: target)
+                        guard blockers.isEmpty else { return false }
                         do {
                             try admin.execute(script: """
                                 BEGIN;
@@ -244,16 +282,21 @@ enum DatabaseSwap {
                                 \(restored);
                                 \(closeRestored)COMMIT;
                                 """)
-                            if let signal = signals.received {
-                                timeline.note("\(Interruption.name(of: signal)) arrived as the swap committed; the restore is complete")
-                            }
-                            return
+                            return true
                         } catch let error as PostgresError where error.sqlState == PostgresError.objectInUse {
                             // "being accessed by other users": a session connected between the check and the rename.
                             _ = try? admin.execute(script: "ROLLBACK")  // the 55006 is what matters; the loop tries again
+                            return false
                         }
                     }
-                    if Date() >= deadline {
+                    if swapped {
+                        // The statement completed, so the commit came before the cancel the signal sent could stop it.
+                        if let signal = signals.received {
+                            timeline.note("\(Interruption.name(of: signal)) arrived as the swap committed; the restore is complete")
+                        }
+                        return
+                    }
+                    if watch.expired {
                         throw RecoveryError(.restoreFailed,
                                             "sessions on \(target) did not end within \(Int(timeout)) s, so it was not swapped: \(blockers.description)",
                                             hint: "\(target) is unchanged and open again; end them with: \(blockers.endingQueries) — then run again (or raise --swap-timeout)")
@@ -263,7 +306,7 @@ enum DatabaseSwap {
             } catch {
                 _ = try? admin.execute(script: "ROLLBACK")  // no transaction may be open when reopening; none is the normal case
                 do {
-                    try ToolDatabases.reopen(target, marker: closed, on: admin)
+                    try ToolDatabases.reopen(target, marker: closed, on: admin, lockWaitSeconds: Self.reopenLockWaitSeconds)
                 } catch let reopenError {
                     timeline.note("reopen \(target) to connections", outcome: "failed: \(RecoveryError.classify(reopenError).message); the next dbrestore reopens it")
                 }
@@ -271,4 +314,11 @@ enum DatabaseSwap {
             }
         }
     }
+
+    /// How long reopening the target after an abandoned swap waits for a lock: the session that held
+    /// up the swap may still hold it, and the operator who sent the signal waits for the exit.
+    static let reopenLockWaitSeconds = 10
+
+    /// SQLSTATE 23505, unique_violation.
+    private static let uniqueViolation = "23505"
 }

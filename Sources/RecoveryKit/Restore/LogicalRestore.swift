@@ -496,24 +496,53 @@ public enum LogicalRestore {
     /// target's name, released when the connection closes, however the process ends. Drills do not
     /// hold it while they run (they never swap): a monthly drill must not block the 3 a.m. restore.
     ///
+    /// A holder busy with a statement may be the server session of a dbrestore that is gone (a second
+    /// Ctrl-C exits at once while its `DROP DATABASE` runs on): the server ends that session, and the
+    /// lock with it, once the statement is over. So while the holder is busy, the lock is waited for
+    /// up to `leftoverWaitSeconds`; an idle holder is a live run (a session whose client is gone ends
+    /// as soon as it is idle) and is reported at once.
+    ///
     /// - Parameter required: false to only try (a drill's repair of leftovers): false is returned when it is held.
     /// - Returns: true once held.
     /// - Throws: `RecoveryError(.lockTimeout)` naming the session that holds it (when `required`).
     @discardableResult
     static func lockTarget(_ database: String, on connection: PostgresConnection, required: Bool = true) throws -> Bool {
         let key = "dbrestore:" + database
-        guard try connection.query("SELECT pg_try_advisory_lock(hashtext($1))", [key]).scalar == "t" else {
-            guard required else { return false }
-            let holder = try connection.query("""
-                SELECT a.pid, coalesce(nullif(a.application_name, ''), '?') FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+        func tryLock() throws -> Bool { try connection.query("SELECT pg_try_advisory_lock(hashtext($1))", [key]).scalar == "t" }
+        func holder() throws -> [String?]? {
+            try connection.query("""
+                SELECT a.pid::text, coalesce(nullif(a.application_name, ''), '?'), a.state, coalesce(a.query, ''),
+                       extract(epoch FROM now() - a.query_start)::int::text
+                FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
                 WHERE l.locktype = 'advisory' AND l.granted AND l.objid = (hashtext($1)::bigint & 4294967295)::oid LIMIT 1
-                """, [key]).rows.first
-            throw RecoveryError(.lockTimeout,
-                                "another restore of \(database) is running (pid \(holder?[0] ?? "?"), application \(holder?[1] ?? "?")); nothing was changed",
-                                hint: "wait for it to finish; two restores of one database would swap over each other")
+                """, [key]).rows.first.map { row in (0..<5).map { row[$0] } }
         }
-        return true
+        guard try !tryLock() else { return true }
+        guard required else { return false }
+        var session = try holder()
+        let waitUntil = Date().addingTimeInterval(leftoverWaitSeconds)
+        while session?[2] == "active" && Date() < waitUntil {
+            try Interruption.pause(0.2)
+            if try tryLock() { return true }
+            session = try holder()
+        }
+        if session == nil, try tryLock() { return true }  // released between the try and the look
+        let pid = session?[0] ?? "?", application = session?[1] ?? "?"
+        if session?[2] == "active" {
+            let statement = LockBlockers.statementHead(session?[3] ?? "")
+            throw RecoveryError(.lockTimeout,
+                                "restores of \(database) are held by server session pid \(pid) (application \(application), busy for \(session?[4] ?? "?") s"
+                                + (statement.isEmpty ? "" : " with \(statement)")
+                                + "): another restore or clean-up that is running, or the server session of one that was stopped, which ends with its statement; nothing was changed",
+                                hint: "wait for it to finish; if no dbrestore of \(database) is running, run again once the statement is over (or end it: SELECT pg_terminate_backend(\(pid)))")
+        }
+        throw RecoveryError(.lockTimeout,
+                            "another restore of \(database) is running (pid \(pid), application \(application)); nothing was changed",
+                            hint: "wait for it to finish; two restores of one database would swap over each other")
     }
+
+    /// How long `lockTarget` waits for a holder that is busy with a statement (see there).
+    static let leftoverWaitSeconds: TimeInterval = 20
 
     /// Releases `lockTarget` early (a drill's repair); best effort: closing the connection releases it anyway.
     static func unlockTarget(_ database: String, on connection: PostgresConnection) {

@@ -225,15 +225,22 @@ enum ToolDatabases {
 
     /// Allows connections again to a database closed for a swap and clears the closed flag, in one
     /// transaction.
-    static func reopen(_ database: String, marker: Marker, on connection: PostgresConnection) throws {
+    ///
+    /// - Parameter lockWaitSeconds: a bound on lock waits (an abandoned swap's reopening, which the
+    ///   session that held up the swap may hold up too). When the flag cannot be cleared within it (that
+    ///   session changed the database's settings and has not ended), the database is opened alone:
+    ///   open with a stale flag is harmless, the next run's repair clears it; closed is an outage.
+    static func reopen(_ database: String, marker: Marker, on connection: PostgresConnection, lockWaitSeconds: Int? = nil) throws {
         var open = marker
         open.closedForSwap = nil
         let record = marker.kind == .target ? unmarkStatement(database, on: connection) : markStatement(database, open, on: connection)
-        try connection.execute(script: """
-            BEGIN;
-            ALTER DATABASE \(connection.quoteIdentifier(database)) ALLOW_CONNECTIONS true;
-            \(record);
-            COMMIT;
-            """)
+        let bound = lockWaitSeconds.map { "SET LOCAL lock_timeout = '\($0)s';\n" } ?? ""
+        let allow = "ALTER DATABASE \(connection.quoteIdentifier(database)) ALLOW_CONNECTIONS true"
+        do {
+            try connection.execute(script: "BEGIN;\n\(bound)\(allow);\n\(record);\nCOMMIT;")
+        } catch let error as PostgresError where lockWaitSeconds != nil && error.sqlState == PostgresError.lockNotAvailable {
+            _ = try? connection.execute(script: "ROLLBACK")
+            try connection.execute(script: "BEGIN;\n\(bound)\(allow);\nCOMMIT;")
+        }
     }
 }
