@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import PostgresClient
 import ProcessSignals
 
@@ -45,9 +46,13 @@ final class SwapWatch: Sendable {
     /// Whether the swap's deadline has passed.
     var expired: Bool { Date() >= deadline }
 
+    /// Through the tools' log (stderr, `dbrestore: warning: …`): silenced by `--quiet` like every warning,
+    /// and safe from the watch thread.
     @Sendable static func standardError(_ line: String) {
-        FileHandle.standardError.write(Data(("dbrestore: " + line + "\n").utf8))
+        logger.warning("\(line)")
     }
+
+    private static let logger = Logger(label: "dbrecovery.restore")
 
     /// Runs `body` (statements on `admin`) under watch.
     ///
