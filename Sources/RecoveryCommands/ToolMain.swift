@@ -155,8 +155,27 @@ extension ParsableCommand {
         }
         var message = message(for: error)
         if message.hasPrefix("Error: ") { message.removeFirst("Error: ".count) }
-        standardError.write("\(tool): error: \(message)\nHINT: \(helpTopic) --help shows every option with examples\n")
+        let suggestion = nearestOption(to: message, helpTopic: helpTopic).map { "did you mean \($0)? " } ?? ""
+        standardError.write("\(tool): error: \(message)\nHINT: \(suggestion)\(helpTopic) --help shows every option with examples\n")
         return parserCode == ArgumentParser.ExitCode.validationFailure ? ExitStatus.usage.rawValue : parserCode.rawValue
+    }
+}
+
+extension ParsableCommand {
+    /// For "Unknown option '--emrgency'": the option of the command (or of the subcommand the help topic
+    /// names) closest to it, when it is a likely typo (at most 2 edits), from the help text itself.
+    static func nearestOption(to message: String, helpTopic: String) -> String? {
+        // The parser sometimes suggests one itself.
+        guard !message.contains("Did you mean"), let match = message.firstMatch(of: /Unknown option '(--[^'=]+)/) else { return nil }
+        let typed = String(match.1)
+        var help = teachingHelp()
+        if let name = helpTopic.split(separator: " ").dropFirst().first,
+           let command = configuration.subcommands.first(where: { $0.configuration.commandName == String(name) }) {
+            help += "\n" + helpMessage(for: command)
+        }
+        let spellings = Set(help.matches(of: /--[a-z][a-z0-9-]*/).map { String($0.0) })
+        let ranked = spellings.map { ($0, Catalog.distance($0, typed)) }.filter { $0.1 <= 2 }.sorted { ($0.1, $0.0) < ($1.1, $1.0) }
+        return ranked.first?.0
     }
 }
 

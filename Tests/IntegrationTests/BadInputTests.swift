@@ -30,6 +30,10 @@ final class BadInputTests: XCTestCase {
             ("dbbackup", ["--repo", "file://relative/path"], usage, "absolute path"),
             ("dbbackup", ["--repo", "   "], usage, "empty"),
             ("dbbackup", ["--no-such-flag"], usage, "no-such-flag"),
+            ("dbrestore", ["--emrgency"], usage, "did you mean --emergency?"),
+            // The server is up and names what it lacks: the hint says so, not "check the server is running".
+            ("dbbackup", ["--database-url", cluster.url(database: "no_such_db_here")], ExitStatus.databaseUnavailable.rawValue, "has no database \"no_such_db_here\""),
+            ("dbverify", ["latest", "--database-url", cluster.url(database: "no_such_db_here"), "--repo", repository], ExitStatus.databaseUnavailable.rawValue, "check the database name"),
             ("dbrestore", ["20990101T000000Z-ffff", "--yes"], ExitStatus.backupNotFound.rawValue, "nearest ids"),
             ("dbrestore", ["--emergency", "--drill"], usage, "cannot be combined"),
             ("dbrestore", ["latest", "--release", "v1"], usage, "--release"),

@@ -83,8 +83,11 @@ enum StreamCapture {
             // A missing privilege is the server's refusal, exit 11 as for our own statements (pg_dump
             // is the first to read each table now that row counts come from its output).
             if Self.privilegeFailure(errors.finish()) {
+                let grant = reason.contains("large object")
+                    ? "grant the role dbbackup connects as SELECT on the large object named (GRANT SELECT ON LARGE OBJECT <oid> TO <role>)"
+                    : "grant the role dbbackup connects as SELECT on the table named (pg_dump reads every table)"
                 throw RecoveryError(.databaseError, "\(name) \(termination.description): \(reason)",
-                                    hint: "grant the role dbbackup connects as SELECT on the table named (pg_dump reads every table), or back up as a role that can; nothing was stored")
+                                    hint: grant + ", or back up as a role that can; nothing was stored")
             }
             throw RecoveryError(.toolFailed, "\(name) \(termination.description): \(reason)",
                                 hint: "fix the cause above and run dbbackup again; nothing was stored")

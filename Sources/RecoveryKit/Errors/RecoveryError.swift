@@ -119,9 +119,17 @@ public struct RecoveryError: Error, CustomStringConvertible, Sendable {
         case let error as PostgresError:
             switch error.kind {
             case .connection:
-                let hint = error.isAuthenticationFailure
-                    ? "check the user and password (DATABASE_URL, PGPASSWORD or ~/.pgpass)"
-                    : "check that the server is running and the host and port are right (pg_isready can tell)"
+                // The server answered and refused the name: it is up, the URL names what it does not have.
+                let hint: String
+                if let database = error.message.firstMatch(of: /database "(.*)" does not exist/)?.1 {
+                    hint = "the server is up but has no database \"\(database)\": check the database name in the URL (psql -l lists them)"
+                } else if let role = error.message.firstMatch(of: /role "(.*)" does not exist/)?.1 {
+                    hint = "the server is up but has no role \"\(role)\": check the user name in the URL (or PGUSER)"
+                } else if error.isAuthenticationFailure {
+                    hint = "check the user and password (DATABASE_URL, PGPASSWORD or ~/.pgpass)"
+                } else {
+                    hint = "check that the server is running and the host and port are right (pg_isready can tell)"
+                }
                 return RecoveryError(.databaseUnavailable, error.description, hint: hint)
             case .invalidConnectionString:
                 return RecoveryError(.usage, "invalid database URL: \(error.message)",
@@ -129,7 +137,9 @@ public struct RecoveryError: Error, CustomStringConvertible, Sendable {
             case .query, .protocolViolation:
                 var hint = error.serverHint
                 if error.sqlState == "42501" {
-                    hint = hint ?? "connect as a role with the needed privilege (superuser, CREATEDB or the database owner)"
+                    hint = hint ?? (error.message.contains("create database")
+                        ? "connect as a role with CREATEDB (or a superuser)"
+                        : "grant the privilege the message names to the role connecting (GRANT … ON <object> TO <role>), or connect as a role that has it (its owner or a superuser)")
                 } else if isServerTrouble(error), let state = error.sqlState {
                     hint = hint ?? serverTroubleHint(state)
                 }

@@ -214,8 +214,8 @@ public struct Catalog {
         }
     }
 
-    /// Levenshtein distance, for suggesting ids after a typo.
-    static func distance(_ a: String, _ b: String) -> Int {
+    /// Levenshtein distance, for suggesting ids (and option spellings) after a typo.
+    public static func distance(_ a: String, _ b: String) -> Int {
         let a = Array(a), b = Array(b)
         if a.isEmpty { return b.count }
         var previous = Array(0...b.count)
