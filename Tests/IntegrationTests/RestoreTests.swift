@@ -109,6 +109,9 @@ final class RestoreTests: IntegrationTestCase {
         XCTAssertEqual(result.status, 0, result.standardError)
         XCTAssertEqual(try cluster.rowCounts(database: database), try expectedCounts(id))
         XCTAssertEqual(try databases(like: "\(database!)_pre_restore_%").count, 1)
+        // The sessions it ended are said (an application's open transaction was rolled back by it).
+        let said = result.standardOutput + result.standardError
+        XCTAssertTrue(said.contains("ended 3 sessions on \(database!)") && said.contains(", in a transaction)"), said)
         // New clients can connect to both the restored and the kept database.
         XCTAssertEqual(try cluster.scalar("SELECT 1", database: try databases(like: "\(database!)_pre_restore_%")[0]), "1")
         _ = clients

@@ -264,12 +264,24 @@ enum DatabaseSwap {
             }
             CrashPoint.reached("restore:during-swap")
             do {
+                // The client sessions the swap ended, said in the timeline (and so the incident record): an
+                // application's open transaction on the target is rolled back by it.
+                var ended: [String: String] = [:]
                 while true {
                     if let abandoned = abandonedBySignal() { throw abandoned }
                     var blockers = SwapBlockers()
                     let swapped = try watch.run(on: admin) { () throws -> Bool in
-                        try admin.query("SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE datname = $1 AND pid <> pg_catalog.pg_backend_pid()",
-                                        [target])
+                        // pg_terminate_backend in the select list: it runs only for the rows WHERE kept (in
+                        // WHERE the planner may call it before the other conditions, on this session too).
+                        for row in try admin.query("""
+                            SELECT pid::text, format('pid %s (%s, %s%s)', pid, usename, coalesce(nullif(application_name, ''), 'no application name'),
+                                                     CASE WHEN xact_start IS NOT NULL THEN ', in a transaction' ELSE '' END),
+                                   pg_catalog.pg_terminate_backend(pid)::text
+                            FROM pg_catalog.pg_stat_activity
+                            WHERE datname = $1 AND pid <> pg_catalog.pg_backend_pid()
+                            """, [target]).rows where row[2] == "true" {
+                            if let pid = row[0], let text = row[1] { ended[pid] = text }
+                        }
                         blockers = try SwapBlockers.find(on: admin, database: target)
                         guard blockers.isEmpty else { return false }
                         do {
@@ -290,6 +302,10 @@ enum DatabaseSwap {
                         }
                     }
                     if swapped {
+                        if !ended.isEmpty {
+                            timeline.note("ended \(ended.count) session\(ended.count == 1 ? "" : "s") on \(target): "
+                                          + ended.values.sorted().joined(separator: ", "))
+                        }
                         // The statement completed, so the commit came before the cancel the signal sent could stop it.
                         if let signal = signals.received {
                             timeline.note("\(Interruption.name(of: signal)) arrived as the swap committed; the restore is complete")
