@@ -785,19 +785,19 @@ if physical_only:
          ratio("dbbackup --physical --compression-level 6", "pgbackrest backup (full, gz, process-max 2)"), 0.65),
         ("dbrestore --pitr extraction / pgbackrest restore", ratio("dbrestore --pitr (extract base backup)", "pgbackrest restore (process-max 2)"), 0.6),
     ]
-    if "dbbackup --physical --compression-level 6 (one zlib member, as before)" in med:
-        checks += [
-            ("dbbackup --physical -6, one zlib member as before / pgbackrest (same level)",
-             ratio("dbbackup --physical --compression-level 6 (one zlib member, as before)", "pgbackrest backup (full, gz, process-max 2)"), 0.65),
-            ("dbrestore --pitr extraction, one zlib member as before / pgbackrest restore",
-             ratio("dbrestore --pitr (extract base backup, one zlib member as before)", "pgbackrest restore (process-max 2)"), 0.6),
-            ("dbbackup --physical -6 size / pg_basebackup | gzip -6 size",
-             size_ratio("dbbackup --physical --compression-level 6", "pg_basebackup -Ft -D - | gzip -6"), 1.02),
-            ("dbbackup --physical -6 size / the same, one zlib member as before",
-             size_ratio("dbbackup --physical --compression-level 6", "dbbackup --physical --compression-level 6 (one zlib member, as before)"), 1.02),
-            ("dbbackup --physical -6 size / pgbackrest size (its backup folder)",
-             size_ratio("dbbackup --physical --compression-level 6", "pgbackrest backup (full, gz, process-max 2)"), 1.02),
+    old_layout = "dbbackup --physical --compression-level 6 (one zlib member, as before)"
+    if old_layout in med:
+        # (label, measure, contender, peer, target): the one-member layout base backups had before, and sizes.
+        six, pgbr = "dbbackup --physical --compression-level 6", "pgbackrest backup (full, gz, process-max 2)"
+        layout_rows = [
+            ("dbbackup --physical -6, one zlib member as before / pgbackrest (same level)", ratio, old_layout, pgbr, 0.65),
+            ("dbrestore --pitr extraction, one zlib member as before / pgbackrest restore", ratio,
+             "dbrestore --pitr (extract base backup, one zlib member as before)", "pgbackrest restore (process-max 2)", 0.6),
+            ("dbbackup --physical -6 size / pg_basebackup | gzip -6 size", size_ratio, six, "pg_basebackup -Ft -D - | gzip -6", 1.02),
+            ("dbbackup --physical -6 size / the same, one zlib member as before", size_ratio, six, old_layout, 1.02),
+            ("dbbackup --physical -6 size / pgbackrest size (its backup folder)", size_ratio, six, pgbr, 1.02),
         ]
+        checks += [(label, measure(a, b), target) for label, measure, a, b, target in layout_rows]
     if "dbrestore --pitr (extract base backup) (baseline build)" in med:
         checks.append(("dbrestore --pitr extraction, baseline build / pgbackrest restore",
                        ratio("dbrestore --pitr (extract base backup) (baseline build)", "pgbackrest restore (process-max 2)"), 0.6))

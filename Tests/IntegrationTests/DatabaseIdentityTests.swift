@@ -16,6 +16,28 @@ final class DatabaseIdentityTests: SharedRepositoryTestCase {
         return server
     }
 
+    /// A database `app_<random>` with a table `t (id, who)` on two servers: `rowsA` rows 'A' on this
+    /// class's cluster, `rowsB` rows 'B' on a second one; a local repository for both.
+    private func appOnTwoServers(repository prefix: String, rowsA: Int, rowsB: Int) throws -> (serverB: PostgresCluster, name: String) {
+        try useCluster()
+        useLocalRepository(prefix: prefix)
+        let serverB = try secondServer()
+        let name = "app_\(UInt32.random(in: 0...UInt32.max))"
+        for (server, rows, who) in [(cluster!, rowsA, "A"), (serverB, rowsB, "B")] {
+            try server.connect().execute(script: "CREATE DATABASE \(name)")
+            try server.connect(database: name).execute(script: "CREATE TABLE t (id int, who text); INSERT INTO t SELECT g, '\(who)' FROM generate_series(1, \(rows)) g")
+        }
+        return (serverB, name)
+    }
+
+    /// A backup of `name` on `server` (not this class's cluster) into the repository; its id.
+    private func backup(of name: String, onOther server: PostgresCluster) throws -> String {
+        let result = try tool("dbbackup", ["--database-url", server.url(database: name), "--repo", repository!, "--compression-level", "1"],
+                              environment: server.environment)
+        XCTAssertEqual(result.status, 0, result.standardError)
+        return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
     private func keepLastOne() throws -> String {
         let policy = TestPaths.temporaryDirectory(prefix: "policy") + "/keep1.toml"
         try "[local]\nkeep_last = 1\nsnapshots = false\n".write(toFile: policy, atomically: true, encoding: .utf8)
@@ -39,23 +61,13 @@ final class DatabaseIdentityTests: SharedRepositoryTestCase {
     /// server (the id chooses); a new server with no backups of its own restores the one server's
     /// backups of a database without a flag.
     func testSameNamedDatabasesOfTwoServersAreEachTheirOwn() throws {
-        try useCluster()
-        useLocalRepository(prefix: "two-servers")
-        let serverB = try secondServer()
-        let name = "app_\(UInt32.random(in: 0...UInt32.max))"
-        try cluster.connect().execute(script: "CREATE DATABASE \(name)")
-        try cluster.connect(database: name).execute(script: "CREATE TABLE t (id int, who text); INSERT INTO t SELECT g, 'A' FROM generate_series(1, 3) g")
-        try serverB.connect().execute(script: "CREATE DATABASE \(name)")
-        try serverB.connect(database: name).execute(script: "CREATE TABLE t (id int, who text); INSERT INTO t SELECT g, 'B' FROM generate_series(1, 7) g")
+        let (serverB, name) = try appOnTwoServers(repository: "two-servers", rowsA: 3, rowsB: 7)
         let systemA = try XCTUnwrap(try cluster.scalar("SELECT system_identifier::text FROM pg_control_system()", database: "postgres"))
         let systemB = try XCTUnwrap(try serverB.scalar("SELECT system_identifier::text FROM pg_control_system()", database: "postgres"))
         XCTAssertNotEqual(systemA, systemB)
 
         let idA = try backup(of: name)
-        let onB = try tool("dbbackup", ["--database-url", serverB.url(database: name), "--repo", repository!, "--compression-level", "1"],
-                           environment: serverB.environment)
-        XCTAssertEqual(onB.status, 0, onB.standardError)
-        let idB = onB.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+        let idB = try backup(of: name, onOther: serverB)
         XCTAssertGreaterThan(idB, idA, "B's backup is the repository's newest of the name")
         let urlA = cluster.url(database: name)
 
@@ -125,19 +137,9 @@ final class DatabaseIdentityTests: SharedRepositoryTestCase {
     /// server's on its own (a same-named database elsewhere may be another database), but its error
     /// names them and the restore by id that takes one.
     func testEmergencyWhoseServerBackupsAllFailNamesTheOldServersBackups() throws {
-        try useCluster()
-        useLocalRepository(prefix: "upgraded")
-        let upgraded = try secondServer()
-        let name = "app_\(UInt32.random(in: 0...UInt32.max))"
-        try cluster.connect().execute(script: "CREATE DATABASE \(name)")
-        try cluster.connect(database: name).execute(script: "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 4)")
+        let (upgraded, name) = try appOnTwoServers(repository: "upgraded", rowsA: 4, rowsB: 9)
         let before = try backup(of: name)
-        try upgraded.connect().execute(script: "CREATE DATABASE \(name)")
-        try upgraded.connect(database: name).execute(script: "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 9)")
-        let taken = try tool("dbbackup", ["--database-url", upgraded.url(database: name), "--repo", repository!, "--compression-level", "1"],
-                             environment: upgraded.environment)
-        XCTAssertEqual(taken.status, 0, taken.standardError)
-        let after = taken.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+        let after = try backup(of: name, onOther: upgraded)
         let dump = "\(repository!)/backups/\(after)/dump.sql.gz"
         var data = try Data(contentsOf: URL(fileURLWithPath: dump))
         data[data.count / 2] ^= 0x20

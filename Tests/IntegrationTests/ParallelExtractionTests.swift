@@ -163,10 +163,7 @@ final class ParallelExtractionTests: XCTestCase {
     /// still writes them). Each extracts from its index on two threads to the same data directory
     /// as its one-pass `tar -x`, passes `dbverify --files`, and stock `gzip -t` / `tar -tz` read it.
     func testBaseBackupsOfBothGzipLayoutsExtractAlikeFromTheirIndexAndInOnePass() throws {
-        let repository = ownedDirectory("layouts-repo") + "/repo"
-        let cluster = try PostgresCluster(archiveCommand: walPush(into: repository))
-        defer { cluster.stop() }
-        let (database, connection) = try itemsDatabase("layouts", on: cluster)
+        let (cluster, repository, database, connection) = try archivingCluster("layouts", baseBackup: false)
         // Rows of varied text: several MiB of table, so that the base backup spans many blocks.
         try connection.execute(script: "INSERT INTO items (batch) SELECT md5(g::text) || g FROM generate_series(1, 60000) g")
         try physicalBackup(of: database, on: cluster, into: repository,

@@ -35,13 +35,13 @@ extension XCTestCase {
 
     /// A new cluster archiving into `repository` (a new one when nil) with `dbbackup wal-push`, an `items`
     /// database on it and one base backup of that taken; the cluster stops when the test ends.
-    func archivingCluster(_ prefix: String, repository given: String? = nil, environment: [String: String] = [:]) throws
+    func archivingCluster(_ prefix: String, repository given: String? = nil, environment: [String: String] = [:], baseBackup: Bool = true) throws
         -> (cluster: PostgresCluster, repository: String, database: String, connection: PostgresConnection) {
         let repository = given ?? ownedDirectory(prefix + "-repo") + "/repo"
         let cluster = try PostgresCluster(archiveCommand: walPush(into: repository, environment: environment))
         addTeardownBlock { cluster.stop() }
         let (database, connection) = try itemsDatabase(prefix, on: cluster)
-        try physicalBackup(of: database, on: cluster, into: repository, environment: environment)
+        if baseBackup { try physicalBackup(of: database, on: cluster, into: repository, environment: environment) }
         return (cluster, repository, database, connection)
     }
 
@@ -119,6 +119,16 @@ extension XCTestCase {
                                                "--database-url", "postgresql://postgres@127.0.0.1/postgres"] + target,
                                  cluster: cluster, environment: environment)
         return (result, directory, port)
+    }
+
+    /// Recovers with `target` (`recover`), checks that it succeeded and that the recovered server's
+    /// `items` hold `expected` rows per batch, then stops that server.
+    func assertRecovers(_ target: [String], repository: String, cluster: PostgresCluster, database: String, holding expected: [String: String],
+                        file: StaticString = #filePath, line: UInt = #line) throws {
+        let (result, directory, port) = try recover(target, repository: repository, cluster: cluster)
+        defer { stopServer(directory) }
+        XCTAssertEqual(result.status, 0, result.standardError, file: file, line: line)
+        XCTAssertEqual(try counts(port: port, database: database, cluster: cluster), expected, file: file, line: line)
     }
 
     func counts(port: Int, database: String, cluster: PostgresCluster) throws -> [String: String] {

@@ -28,10 +28,7 @@ final class PointInTimeRestorePointChoiceTests: XCTestCase {
     /// reachable target; `--base-backup` of that base backup is refused the same way. Before, a
     /// full restore ended in exit 31 suggesting `--base-backup <oldest>`, which failed again.
     func testARestorePointBeforeEveryBaseBackupIsRefusedBeforeExtracting() throws {
-        let repository = ownedDirectory("rpbefore-repo") + "/repo"
-        let cluster = try PostgresCluster(archiveCommand: walPush(into: repository))
-        addTeardownBlock { cluster.stop() }
-        let (database, connection) = try itemsDatabase("rpbefore", on: cluster)
+        let (cluster, repository, database, connection) = try archivingCluster("rpbefore", baseBackup: false)
         try connection.execute(script: "INSERT INTO items (batch) SELECT 'A' FROM generate_series(1, 10)")
         let pointEnd = try connection.query("SELECT pg_create_restore_point('before_every_backup')::text").scalar ?? ""
         try waitForArchive(connection)
@@ -121,14 +118,8 @@ final class PointInTimeRestorePointChoiceTests: XCTestCase {
                       olderPlan.standardOutput)
 
         // Recovery stops where each plan said.
-        let (fromNewest, newestDirectory, newestPort) = try recover(["--target-name", "twice"], repository: repository, cluster: cluster)
-        defer { stopServer(newestDirectory) }
-        XCTAssertEqual(fromNewest.status, 0, fromNewest.standardError)
-        XCTAssertEqual(try counts(port: newestPort, database: database, cluster: cluster), ["A": "10", "B": "5", "C": "3"])
-        let (fromOlder, olderDirectory, olderPort) = try recover(["--target-name", "twice", "--base-backup", older], repository: repository, cluster: cluster)
-        defer { stopServer(olderDirectory) }
-        XCTAssertEqual(fromOlder.status, 0, fromOlder.standardError)
-        XCTAssertEqual(try counts(port: olderPort, database: database, cluster: cluster), ["A": "10"])
+        try assertRecovers(["--target-name", "twice"], repository: repository, cluster: cluster, database: database, holding: ["A": "10", "B": "5", "C": "3"])
+        try assertRecovers(["--target-name", "twice", "--base-backup", older], repository: repository, cluster: cluster, database: database, holding: ["A": "10"])
     }
 
     /// A restore point made while a base backup was taken (between its start and end LSN): recovery
@@ -179,10 +170,7 @@ final class PointInTimeRestorePointChoiceTests: XCTestCase {
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: nowhere))
 
-        let (reached, directory, port) = try recover(["--target-name", name], repository: repository, cluster: cluster)
-        defer { stopServer(directory) }
-        XCTAssertEqual(reached.status, 0, reached.standardError)
-        XCTAssertEqual(try counts(port: port, database: database, cluster: cluster), ["A": "10"])
+        try assertRecovers(["--target-name", name], repository: repository, cluster: cluster, database: database, holding: ["A": "10"])
     }
 
     /// A restore point made on timeline 1 after the point timeline 2 branched off (a PITR copy promoted

@@ -41,10 +41,7 @@ final class PointInTimeRestorePointTests: XCTestCase {
         XCTAssertNotNil(beforePlan["restore_point_lsn"] as? String, before.standardOutput)
         let reason = (beforePlan["skipped"] as? [[String: Any]] ?? []).first { $0["id"] as? String == newest }?["reason"] as? String ?? ""
         XCTAssertTrue(reason.contains("restore point 'before_nightly'") && reason.contains("was made before it started"), before.standardOutput)
-        let (reached, reachedDirectory, reachedPort) = try recover(["--target-name", "before_nightly"], repository: repository, cluster: cluster)
-        defer { stopServer(reachedDirectory) }
-        XCTAssertEqual(reached.status, 0, reached.standardError)
-        XCTAssertEqual(try counts(port: reachedPort, database: database, cluster: cluster), ["A": "10"])
+        try assertRecovers(["--target-name", "before_nightly"], repository: repository, cluster: cluster, database: database, holding: ["A": "10"])
 
         // The point after it: the newest base backup, as before.
         let (after, afterPlan) = try plan(["--target-name", "after_nightly", "--json"])

@@ -154,10 +154,7 @@ final class PointInTimeSafetyTests: XCTestCase {
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: nowhere))
 
-        let (result, directory, port) = try recover(["--target-lsn", beforeGap], repository: repository, cluster: cluster)
-        defer { stopServer(directory) }
-        XCTAssertEqual(result.status, 0, result.standardError)
-        XCTAssertEqual(try counts(port: port, database: database, cluster: cluster), ["A": "10"])
+        try assertRecovers(["--target-lsn", beforeGap], repository: repository, cluster: cluster, database: database, holding: ["A": "10"])
     }
 
     /// Issue 4: a target time keeps its microseconds (typed, or as psql prints a timestamptz):

@@ -210,51 +210,44 @@ final class RestoreSafetyTests: IntegrationTestCase {
         return false
     }
 
-    /// Reproduction: with the swap's rename waiting for another session's lock, SIGTERM was held off
-    /// until that session ended (~20 s later), then the swap completed and dbrestore exited 0 saying
-    /// "SIGTERM arrived as the swap committed" — the target was replaced after the operator stopped it.
-    func testSIGTERMWhileTheSwapWaitsForALockAbandonsItAtOnce() throws {
+    /// SIGTERM while the swap waits for the lock another session took with `statement` (see
+    /// `holdDatabaseLock`): exit 130 within seconds, the target unchanged and open, no scratch left.
+    /// Returns dbrestore's stderr.
+    @discardableResult
+    private func assertSIGTERMAbandonsTheSwap(whileWaitingFor statement: String, file: StaticString = #filePath, line: UInt = #line) throws -> String {
         try backup()
         try cluster.connect(database: database).execute(script: "INSERT INTO t SELECT g FROM generate_series(501, 507) g")
-        let (holder, _) = try holdDatabaseLock(on: database)
+        let (holder, _) = try holdDatabaseLock(on: database, with: statement)
         defer { holder.close() }
         let process = try TestProcess.start("dbrestore", common + ["latest", "--yes", "--swap-timeout", "120", "--lock-wait", "60s"], cluster: cluster)
         let errors = OutputCollector(descriptor: process.standardError, limit: 64 * 1024)
-        XCTAssertTrue(try waitForBlockedRestore(), "the swap waits for the lock")
+        XCTAssertTrue(try waitForBlockedRestore(), "the swap waits for the lock", file: file, line: line)
         let signalled = Date()
         process.send(SIGTERM)
         let termination = process.waitForExit(within: 30, orFail: "dbrestore still waits for the lock 30 s after SIGTERM")
         let elapsed = Date().timeIntervalSince(signalled)
         let stderr = errors.finish()
-        XCTAssertEqual(termination.exitCode, ExitStatus.interrupted.rawValue, stderr)
-        XCTAssertLessThan(elapsed, 15, "the signal ends the lock wait, not the other session: \(stderr)")
+        XCTAssertEqual(termination.exitCode, ExitStatus.interrupted.rawValue, stderr, file: file, line: line)
+        XCTAssertLessThan(elapsed, 15, "the signal ends the lock wait, not the other session: \(stderr)", file: file, line: line)
+        XCTAssertEqual(try count(database), "507", "the target is unchanged", file: file, line: line)
+        XCTAssertEqual(try allowsConnections(database), "true", "the target accepts connections", file: file, line: line)
+        XCTAssertEqual(try databases(like: "\(database!)_%"), [], "the scratch database was dropped", file: file, line: line)
+        return stderr
+    }
+
+    /// Reproduction: with the swap's rename waiting for another session's lock, SIGTERM was held off
+    /// until that session ended (~20 s later), then the swap completed and dbrestore exited 0 saying
+    /// "SIGTERM arrived as the swap committed" — the target was replaced after the operator stopped it.
+    func testSIGTERMWhileTheSwapWaitsForALockAbandonsItAtOnce() throws {
+        let stderr = try assertSIGTERMAbandonsTheSwap(whileWaitingFor: "COMMENT ON DATABASE %@ IS 'being edited'")
         XCTAssertTrue(stderr.contains("interrupted by SIGTERM"), stderr)
         XCTAssertFalse(stderr.contains("arrived as the swap committed"), stderr)
-        XCTAssertEqual(try count(database), "507", "the target is unchanged")
-        XCTAssertEqual(try allowsConnections(database), "true", "the target accepts connections")
-        XCTAssertEqual(try databases(like: "\(database!)_%"), [], "the scratch database was dropped")
     }
 
     /// The variant: another session's open transaction after `ALTER DATABASE <target> SET …` holds
     /// the target's settings row, which the swap's closing of the target (its marker) waits for.
     func testSIGTERMWhileClosingTheTargetWaitsForASettingsChangeAbandonsTheSwap() throws {
-        try backup()
-        try cluster.connect(database: database).execute(script: "INSERT INTO t SELECT g FROM generate_series(501, 507) g")
-        let (holder, _) = try holdDatabaseLock(on: database, with: "ALTER DATABASE %@ SET work_mem = '5MB'")
-        defer { holder.close() }
-        let process = try TestProcess.start("dbrestore", common + ["latest", "--yes", "--swap-timeout", "120", "--lock-wait", "60s"], cluster: cluster)
-        let errors = OutputCollector(descriptor: process.standardError, limit: 64 * 1024)
-        XCTAssertTrue(try waitForBlockedRestore(), "the swap waits for the lock")
-        let signalled = Date()
-        process.send(SIGTERM)
-        let termination = process.waitForExit(within: 30, orFail: "dbrestore still waits for the lock 30 s after SIGTERM")
-        let elapsed = Date().timeIntervalSince(signalled)
-        let stderr = errors.finish()
-        XCTAssertEqual(termination.exitCode, ExitStatus.interrupted.rawValue, stderr)
-        XCTAssertLessThan(elapsed, 15, "the signal ends the lock wait, not the other session: \(stderr)")
-        XCTAssertEqual(try count(database), "507", "the target is unchanged")
-        XCTAssertEqual(try allowsConnections(database), "true", "the target accepts connections")
-        XCTAssertEqual(try databases(like: "\(database!)_%"), [], "the scratch database was dropped")
+        try assertSIGTERMAbandonsTheSwap(whileWaitingFor: "ALTER DATABASE %@ SET work_mem = '5MB'")
     }
 
     /// Found with the variant above: when that session commits instead, the closing of the target hit

@@ -192,11 +192,15 @@ final class CaptureSession {
     let startedAt: Date
     let id: String
     let connection: PostgresConnection
+    private let tools: PostgresTools
 
-    /// Checks the configuration, then locks every repository and connects.
+    /// Checks the configuration, then locks every repository, connects, and checks that the role may
+    /// take the backup (`BackupPrivileges`).
     ///
-    /// - Parameter command: what the repository lock names as its holder (`dbbackup --physical`).
-    init(_ configuration: CaptureConfiguration, command: String) throws {
+    /// - Parameters:
+    ///   - command: what the repository lock names as its holder (`dbbackup --physical`).
+    ///   - physical: a base backup (it needs REPLICATION as well).
+    init(_ configuration: CaptureConfiguration, command: String, physical: Bool) throws {
         try configuration.validate()
         targets = try CaptureTargets(addresses: configuration.repositories, command: command, environment: configuration.environment,
                                      lockWait: configuration.repositoryLockWaitSeconds)
@@ -208,6 +212,19 @@ final class CaptureSession {
             targets.releaseLocks()
             throw error
         }
+        tools = configuration.tools
+        do {
+            try BackupPrivileges.require(on: connection, physical: physical)
+        } catch {
+            close()
+            throw error
+        }
+    }
+
+    /// The client program `name` for the server's major, as `fit` asks (pg_dump: that major or newer;
+    /// pg_basebackup: that very major).
+    func program(_ name: String, fit: PostgresMajor.Fit) throws -> PostgresProgram {
+        try tools.program(name, for: PostgresMajor(serverVersionNumber: connection.serverVersionNumber), fit: fit)
     }
 
     /// Closes the session, then releases the locks (saying so after a signal, where the clean-up log

@@ -64,13 +64,12 @@ public enum LogicalCapture {
     /// - Throws: `RecoveryError`, `PostgresError` or `StorageError`; classify with `RecoveryError.classify`.
     public static func run(_ logical: LogicalCaptureConfiguration, progress: ProgressObserver? = nil) throws -> CaptureResult {
         let configuration = logical.capture
-        let session = try CaptureSession(configuration, command: "dbbackup")
+        let session = try CaptureSession(configuration, command: "dbbackup", physical: false)
         defer { session.close() }
         let (targets, startedAt, id, connection) = (session.targets, session.startedAt, session.id, session.connection)
         // pg_dump of the server's major or newer (an older one refuses the server).
-        let dumper = try configuration.tools.program("pg_dump", for: PostgresMajor(serverVersionNumber: connection.serverVersionNumber), fit: .sameOrNewer)
+        let dumper = try session.program("pg_dump", fit: .sameOrNewer)
         let pgDump = dumper.path
-        try BackupPrivileges.require(on: connection, physical: false)
         try connection.execute(script: "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         let snapshot = try connection.query("SELECT pg_catalog.pg_export_snapshot()").scalar ?? ""
         let facts = try connection.query("""

@@ -18,13 +18,12 @@ public enum PhysicalCapture {
     ///   backup needs, which `wal-push` must have archived for a restore.
     /// - Throws: `RecoveryError`, `PostgresError` or `StorageError`.
     public static func run(_ configuration: CaptureConfiguration, progress: ProgressObserver? = nil) throws -> CaptureResult {
-        let session = try CaptureSession(configuration, command: "dbbackup --physical")
+        let session = try CaptureSession(configuration, command: "dbbackup --physical", physical: true)
         defer { session.close() }
         let (targets, startedAt, id, connection) = (session.targets, session.startedAt, session.id, session.connection)
         // pg_basebackup of the server's own major: another one refuses it or writes what a restore cannot start.
-        let basebackup = try configuration.tools.program("pg_basebackup", for: PostgresMajor(serverVersionNumber: connection.serverVersionNumber), fit: .same)
+        let basebackup = try session.program("pg_basebackup", fit: .same)
         let pgBasebackup = basebackup.path
-        try BackupPrivileges.require(on: connection, physical: true)
         let facts = try connection.query("""
             SELECT current_database(), current_setting('server_version'),
                    (SELECT system_identifier::text FROM pg_catalog.pg_control_system()),

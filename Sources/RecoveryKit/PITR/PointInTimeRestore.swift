@@ -91,46 +91,46 @@ public struct PITRPlan: Codable, Sendable {
     public var moveAsideTo: String?
     /// The run (gone) whose partial extraction the data directory holds (`ExtractionMarker`): its
     /// contents are removed before extracting, nil when the directory is new or empty.
-    public var partialExtraction: String? = nil
+    public var partialExtraction: String?
     /// Staging directories of chains (`<pgdata>.dbrestore-chain-*`) left by killed runs: removed first.
-    public var abandonedStaging: [String]? = nil
+    public var abandonedStaging: [String]?
     public var skipped: [Skipped]
     /// For an incremental base backup: the chain pg_combinebackup rebuilds it from, full backup first.
-    public var chain: [String]? = nil
+    public var chain: [String]?
     /// For a chain: about how many bytes the data directory and its staging take at the peak.
-    public var peakDiskBytes: UInt64? = nil
+    public var peakDiskBytes: UInt64?
     /// The major of the server the base backup came from: only its own programs can start the data directory.
     public var serverMajor: Int?
     /// That major's pg_ctl (with `postgres` beside it), when found.
     public var pgCtl: String?
     /// The timelines recovery follows from the base backup's on: with the base backup (and its
     /// chain) and its first segment, what the run's hold (`RecoveryHold`) keeps from dbprune.
-    public var timelines: [UInt32]? = nil
+    public var timelines: [UInt32]?
     /// Why no pg_ctl of that major was found (only without `--start`, which refuses instead).
     public var pgCtlProblem: String?
     /// The server recovered and why, when the repository holds several servers' base backups or
     /// `--system-identifier` named one (`ServerChoice`).
-    public var system: String? = nil
+    public var system: String?
     /// When the base backup began: a restore point made before then cannot be reached from it.
-    public var backupStartedAt: Date? = nil
-    public var backupStartLsn: String? = nil
+    public var backupStartedAt: Date?
+    public var backupStartLsn: String?
     /// With `--target-name`: the same server's base backups older than the chosen one, newest first
     /// (`--base-backup` chooses one), for the warning and for the error when recovery ends short.
-    public var olderBaseBackups: [Older]? = nil
+    public var olderBaseBackups: [Older]?
     /// With `--target-name`: that the restore point must follow this base backup's start (the WAL
     /// before it is not replayed), naming the older base backups.
-    public var restorePointWarning: String? = nil
+    public var restorePointWarning: String?
     /// With `--target-name`: where the restore point was found in the archived WAL, after this base backup's start.
-    public var restorePointLsn: String? = nil
+    public var restorePointLsn: String?
     /// Where the WAL run stopped at another server's segments under this server's names (`WALRangeOwnership`).
-    public var walWarning: String? = nil
+    public var walWarning: String?
     /// When that restore point was made (its record's time).
-    public var restorePointTime: Date? = nil
+    public var restorePointTime: Date?
     /// With `--target-name`: every restore point of the name on the timeline path recovery follows,
     /// oldest first, with the base backup that reaches each (a name can be made several times).
-    public var restorePoints: [RestorePointOccurrence]? = nil
+    public var restorePoints: [RestorePointOccurrence]?
     /// What the run will hold from dbprune until recovery ends (`RecoveryHold`, written as the run starts).
-    public var hold: Hold? = nil
+    public var hold: Hold?
 
     /// The hold a run of this plan writes: the same fields as `RecoveryHold`, less the id and time it gets when written.
     public struct Hold: Codable, Sendable {
