@@ -162,12 +162,16 @@ public struct StoredObject: Sendable, Equatable {
     public let modified: Date?
     /// Storage class (S3); nil for local files.
     public let storageClass: String?
+    /// A local file reached through a symbolic link below the repository's root (the link, or a
+    /// folder on the way, points elsewhere): what it is, dbbackup did not make it so.
+    public let throughLink: Bool
 
-    public init(key: String, size: UInt64, modified: Date?, storageClass: String? = nil) {
+    public init(key: String, size: UInt64, modified: Date?, storageClass: String? = nil, throughLink: Bool = false) {
         self.key = key
         self.size = size
         self.modified = modified
         self.storageClass = storageClass
+        self.throughLink = throughLink
     }
 }
 

@@ -90,6 +90,36 @@ final class OnlyWhatWeMadeTests: IntegrationTestCase {
         XCTAssertTrue(FileManager.default.fileExists(atPath: "\(repository!)/backups/\(id)/manifest.json"))
     }
 
+    /// A folder named like a backup id that is a symbolic link to files elsewhere, and a killed run's
+    /// folder holding a link: an outside attack found `dbprune --yes` deleting the files the links
+    /// reached (outside the repository) as garbage. Left alone, the files kept.
+    func testPruneNeverDeletesThroughASymbolicLink() throws {
+        try backup()
+        let outside = TestPaths.temporaryDirectory(prefix: "outside")
+        let inner = TestPaths.temporaryDirectory(prefix: "outside-inner")
+        for directory in [outside, inner] {
+            XCTAssertTrue(FileManager.default.createFile(atPath: directory + "/precious.txt", contents: Data("precious".utf8)))
+            makeOld(directory + "/precious.txt")
+        }
+        let linkedFolder = "\(repository!)/backups/20200101T000000Z-bbbb"
+        XCTAssertEqual(symlink(outside, linkedFolder), 0)
+        let holding = "\(repository!)/backups/20200101T000000Z-aaaa"
+        try FileManager.default.createDirectory(atPath: holding, withIntermediateDirectories: true)
+        XCTAssertEqual(symlink(inner, holding + "/sub"), 0)
+        makeOld(holding)
+
+        let dryRun = try tool("dbprune", ["--repo", repository, "--dry-run", "--json"])
+        XCTAssertEqual(dryRun.status, 0, dryRun.standardError)
+        let garbage = (try JSONSerialization.jsonObject(with: Data(dryRun.standardOutput.utf8)) as? [String: Any])?["garbage"] as? [[String: Any]] ?? []
+        let actions = Dictionary(garbage.compactMap { item in (item["folder"] as? String).map { ($0, item["action"] as? String ?? "") } }) { first, _ in first }
+        XCTAssertEqual(actions, ["backups/20200101T000000Z-bbbb": "not ours, left alone", "backups/20200101T000000Z-aaaa": "not ours, left alone"],
+                       dryRun.standardOutput)
+        let prune = try tool("dbprune", ["--repo", repository, "--yes"])
+        XCTAssertEqual(prune.status, 0, prune.standardError)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: outside + "/precious.txt"), "deleted through the link")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: inner + "/precious.txt"), "deleted through the link inside the folder")
+    }
+
     func testRestoreSaysHowManyPreRestoreCopiesExistAndTheCommandThatDropsThem() throws {
         try backup()
         var kept: [String] = []

@@ -395,6 +395,7 @@ public enum Pruner {
     static func findGarbage(objects: [StoredObject], withManifest: Set<String>, policy: RetentionPolicy, now: Date,
                             writer: LockHolder? = nil) -> [PruneReport.Garbage] {
         var newestChange: [String: Date] = [:]
+        var linked: Set<String> = []
         for object in objects {
             let parts = object.key.split(separator: "/")
             guard parts.count >= 3 else { continue }
@@ -402,6 +403,7 @@ public enum Pruner {
             guard !withManifest.contains(String(parts[1])) else { continue }
             let modified = object.modified ?? now
             newestChange[folder] = max(newestChange[folder] ?? .distantPast, modified)
+            if object.throughLink { linked.insert(folder) }
         }
         return newestChange.keys.sorted().map { folder in
             let changed = newestChange[folder] ?? now
@@ -413,6 +415,12 @@ public enum Pruner {
             guard BackupID.isValid(String(folder.dropFirst("backups/".count))) else {
                 return PruneReport.Garbage(folder: folder, ageHours: hours, action: notOurs,
                                            reason: "not a backup: its name is no backup id, so dbbackup did not make it; left alone")
+            }
+            // dbbackup writes no symbolic links: what a link reaches lies outside the repository, and
+            // deleting through it deleted an operator's files there.
+            guard !linked.contains(folder) else {
+                return PruneReport.Garbage(folder: folder, ageHours: hours, action: notOurs,
+                                           reason: "not a backup: it is (or holds) a symbolic link to files outside the repository, which dbbackup does not make; left alone")
             }
             if let writer, changed >= writer.since {
                 return PruneReport.Garbage(folder: folder, ageHours: hours, action: "in progress", reason: "no manifest yet; \(writer) is writing")
