@@ -523,16 +523,19 @@ public struct ListCommand: ToolCommand {
             if let hint = store.flatMap(MisplacedRepository.hint(for:)) { output.note(hint) }
             return
         }
-        var table = TextTable("ID", "TAKEN (UTC)", "DATABASE", "KIND", "SIZE", "ROWS", "SCHEMA", "RELEASE", "PINNED", "TAGS")
+        // RELEASE is the label (`dbbackup --release`; a pre-deploy snapshot's names the release about to be
+        // deployed); STATE OF, the releases whose state it holds by dbmigrate's log, which --release chooses by.
+        var table = TextTable("ID", "TAKEN (UTC)", "DATABASE", "KIND", "SIZE", "ROWS", "SCHEMA", "RELEASE", "STATE OF", "PINNED", "TAGS")
         for item in listing {
             if let problem = item.problem {
-                table.add(item.id, "-", "-", "-", "-", "-", "-", "-", "-", "\(item.archived == true ? "ARCHIVED" : "UNREADABLE"): \(problem)")
+                table.add(item.id, "-", "-", "-", "-", "-", "-", "-", "-", "-", "\(item.archived == true ? "ARCHIVED" : "UNREADABLE"): \(problem)")
                 continue
             }
             // A base backup holds every database of its server: "all", not the one it connected to.
             table.add(item.id, item.takenAt.map { String(Timestamp.format($0).prefix(19)).replacingOccurrences(of: "T", with: " ") } ?? "-",
                       item.kind == "physical" ? BackupManifest.wholeServer : item.database ?? "-", item.kind ?? "-", ByteCount.format(item.storedBytes ?? 0), item.rows.map(String.init) ?? "-",
-                      item.schemaVersion ?? "-", item.release ?? "-", item.pinned == true ? "yes" : "no",
+                      item.schemaVersion ?? "-", item.release ?? "-", item.runningReleases.map { $0.isEmpty ? "none" : $0.joined(separator: "=") } ?? "-",
+                      item.pinned == true ? "yes" : "no",
                       item.tags.joined(separator: ","))
         }
         print(table.rendered)

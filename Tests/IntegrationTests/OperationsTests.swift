@@ -146,7 +146,7 @@ final class OperationsTests: IntegrationTestCase {
         XCTAssertEqual(chosen.status, 0, chosen.standardError)
         let choice = (try? JSONSerialization.jsonObject(with: Data(chosen.standardOutput.utf8))) as? [String: Any] ?? [:]
         XCTAssertEqual(choice["backup_id"] as? String, ofV123, chosen.standardOutput)
-        XCTAssertEqual(choice["backup_running_release"] as? String, "v1.2.3", chosen.standardOutput)
+        XCTAssertEqual(choice["backup_running_releases"] as? [String], ["v1.2.3"], chosen.standardOutput)
         XCTAssertEqual(choice["backup_release"] as? String, "v1.3.0", chosen.standardOutput)
 
         let plan = try script("rollback/database-rollback.sh", ["--version", "v1.2.3", "--dry-run"], environment: ["MIGRATIONS_DIR": migrations])

@@ -82,22 +82,29 @@ final class MigrationPlannerTests: XCTestCase {
         XCTAssertThrowsError(try MigrationPlanner.versions(atRelease: "v9", log: log))
     }
 
-    /// The release a backup records as the database's state: the newest release whose versions are
-    /// the ones applied now (after a downgrade, the release it went back to; none after a hand-run one).
-    func testRunningReleaseIsTheNewestReleaseWhoseVersionsAreAppliedNow() {
+    /// The releases a backup records as the database's state: every release whose versions are the
+    /// ones applied now (several share a schema; after a downgrade, the release it went back to is
+    /// among them; none after a hand-run one no release had), never one whose deploy failed midway.
+    func testRunningReleasesAreEveryReleaseWhoseVersionsAreAppliedNow() {
         var log = [
-            MigrationLogEntry(id: 1, version: 1, action: "up", release: "v1.2.3"),
-            MigrationLogEntry(id: 2, version: 2, action: "up", release: "v1.3.0"),
+            MigrationLogEntry(id: 1, version: 1, action: "up", release: "v1.1.0"),
+            MigrationLogEntry(id: 2, version: 1, action: "release", release: "v1.2.0"),   // nothing to migrate
+            MigrationLogEntry(id: 3, version: 2, action: "up", release: "v1.3.0"),
         ]
-        XCTAssertEqual(MigrationPlanner.runningRelease(log: log), "v1.3.0")
-        XCTAssertEqual(MigrationPlanner.runningRelease(log: Array(log.prefix(1))), "v1.2.3")
-        XCTAssertNil(MigrationPlanner.runningRelease(log: []))
-        log.append(MigrationLogEntry(id: 3, version: 2, action: "down", release: nil))
-        XCTAssertEqual(MigrationPlanner.runningRelease(log: log), "v1.2.3", "down --to-release v1.2.3")
-        log.append(MigrationLogEntry(id: 4, version: 1, action: "release", release: "v1.2.4"))
-        XCTAssertEqual(MigrationPlanner.runningRelease(log: log), "v1.2.4", "a release with nothing to migrate")
+        XCTAssertEqual(MigrationPlanner.runningReleases(log: log), ["v1.3.0"])
+        XCTAssertEqual(MigrationPlanner.runningReleases(log: Array(log.prefix(2))), ["v1.2.0", "v1.1.0"], "v1.2.0 shares v1.1.0's schema")
+        XCTAssertEqual(MigrationPlanner.runningReleases(log: []), [])
+        log.append(MigrationLogEntry(id: 4, version: 2, action: "down", release: nil))
+        XCTAssertEqual(MigrationPlanner.runningReleases(log: log), ["v1.2.0", "v1.1.0"], "down --to-release v1.1.0: its state again")
         log.append(MigrationLogEntry(id: 5, version: 1, action: "down", release: nil))
-        XCTAssertNil(MigrationPlanner.runningRelease(log: log), "no release had no versions")
+        XCTAssertEqual(MigrationPlanner.runningReleases(log: log), [], "no release had no versions")
+        // A --per-step deploy that stopped after its first step: not a state v2.0.0 ever ran with.
+        let stopped = [
+            MigrationLogEntry(id: 1, version: 1, action: "up", release: "v1.0.0"),
+            MigrationLogEntry(id: 2, version: 2, action: "up", release: "v2.0.0"),
+            MigrationLogEntry(id: 3, version: 3, action: "failed", release: "v2.0.0"),
+        ]
+        XCTAssertEqual(MigrationPlanner.runningReleases(log: stopped), [])
     }
 
     func testDriftNamesTheFileWhenItWasAppliedBothChecksumsAndTheCommands() throws {

@@ -108,7 +108,7 @@ public enum LogicalCapture {
         // in, so a failed count leaves nothing behind.
         let countCheck = logical.countCheck
         let counting = Background {
-            try exporter.use { (try countCheck ? TableCounter.countRows(on: $0) : nil, try TableCounter.schemaVersion(on: $0), try TableCounter.runningRelease(on: $0)) }
+            try exporter.use { (try countCheck ? TableCounter.countRows(on: $0) : nil, try TableCounter.schemaVersion(on: $0), try TableCounter.runningReleases(on: $0)) }
         }
         defer { counting.join() }
         // The schema fingerprint, from a schema-only pg_dump in the same snapshot (Verify/SchemaDump.swift).
@@ -139,11 +139,11 @@ public enum LogicalCapture {
             }
             throw error
         }
-        let (tables, schemaVersion, runningRelease): ([BackupManifest.TableRowCount], String?, String?)
+        let (tables, schemaVersion, runningReleases): ([BackupManifest.TableRowCount], String?, [String]?)
         var files = [file]
         do {
             let counted: [BackupManifest.TableRowCount]?
-            (counted, schemaVersion, runningRelease) = try counting.wait()
+            (counted, schemaVersion, runningReleases) = try counting.wait()
             let toc = contents.finish()
             if let plan { try verifyCopied(plan, rows: copiedRows, in: contents.copyRowCounts, backupID: id) }
             // Still in the snapshot: the table list the COPY blocks are matched to is the dump's.
@@ -177,7 +177,7 @@ public enum LogicalCapture {
             startedAt: startedAt, finishedAt: Date(), tags: configuration.tags, release: configuration.release,
             pinned: configuration.pinned, schemaVersion: schemaVersion, snapshot: snapshot, tables: tables, files: files)
         try manifest.record(properties, key: configuration.key)
-        manifest.runningRelease = runningRelease
+        manifest.runningReleases = runningReleases
         manifest.fromStandby = role.inRecovery
         manifest.timeline = role.timeline
         manifest.clientPrograms = [dumper]

@@ -163,7 +163,7 @@ public enum PhysicalCapture {
             startedAt: startedAt, finishedAt: Date(), tags: configuration.tags, release: configuration.release,
             pinned: configuration.pinned, schemaVersion: try TableCounter.schemaVersion(on: connection), snapshot: nil, tables: [], files: files)
         manifest.physical = physical
-        manifest.runningRelease = try TableCounter.runningRelease(on: connection)
+        manifest.runningReleases = try TableCounter.runningReleases(on: connection)
         manifest.fromStandby = role.inRecovery
         manifest.timeline = timeline
         manifest.incremental = chain

@@ -223,10 +223,10 @@ public enum TableCounter {
         return try connection.query("SELECT max(version)::text FROM schema_version").scalar
     }
 
-    /// The application release the database is at by dbmigrate's log (`schema_version_log`), if that
+    /// The application releases the database's state is by dbmigrate's log (`schema_version_log`), if that
     /// table exists with dbmigrate's columns; read in the dump's snapshot, so checked first (a failed
     /// statement would end the snapshot's transaction).
-    public static func runningRelease(on connection: PostgresConnection) throws -> String? {
+    public static func runningReleases(on connection: PostgresConnection) throws -> [String]? {
         let columns = try connection.query("""
             SELECT a.attname FROM pg_catalog.pg_attribute a
             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
@@ -235,6 +235,6 @@ public enum TableCounter {
         let log = try connection.query("SELECT id, version::text, action, release FROM \(MigrationRunner.logTable) ORDER BY id").rows.map { row in
             MigrationLogEntry(id: try row.int64(0), version: row[1].flatMap { Int64($0) }, action: try row.string(2), release: row[3])
         }
-        return MigrationPlanner.runningRelease(log: log)
+        return MigrationPlanner.runningReleases(log: log)
     }
 }

@@ -13,6 +13,8 @@ public struct BackupListing: Codable, Sendable {
     public var rows: Int64?
     public var schemaVersion: String?
     public var release: String?
+    /// The releases whose state it holds, by dbmigrate's log (`--release` chooses by these).
+    public var runningReleases: [String]?
     public var pinned: Bool?
     public var tags: [String]
     /// Why the manifest cannot be read, for a damaged or archived backup.
@@ -35,7 +37,7 @@ public struct BackupListing: Codable, Sendable {
             return BackupListing(id: manifest.id, takenAt: manifest.startedAt, kind: manifest.kind.rawValue, database: manifest.database.name,
                                  systemIdentifier: manifest.database.systemIdentifier,
                                  storedBytes: manifest.storedBytes, rows: manifest.totalRows, schemaVersion: manifest.schemaVersion,
-                                 release: manifest.release, pinned: manifest.pinned, tags: manifest.tags, problem: nil)
+                                 release: manifest.release, runningReleases: manifest.runningReleases, pinned: manifest.pinned, tags: manifest.tags, problem: nil)
         }
     }
 }

@@ -102,11 +102,11 @@ public struct BackupManifest: Codable, Equatable, Sendable {
 
     /// Whether this backup holds the state application release `release` ran with (`dbrestore
     /// --release`, the rollback's "restore the newest good backup of v1.2.3"): the release dbmigrate's
-    /// log had the database at (`runningRelease`). Without that log, a backup's label (`dbbackup
+    /// log had the database at (`runningReleases`). Without that log, a backup's label (`dbbackup
     /// --release`), except a pre-deploy snapshot's: that names the release about to be deployed, and
     /// the state it holds is the release before, which nothing recorded.
     public func holdsState(ofRelease release: String) -> Bool {
-        if let runningRelease { return runningRelease == release }
+        if let runningReleases { return runningReleases.contains(release) }
         return !isPreDeploySnapshot && self.release == release
     }
 
@@ -115,11 +115,11 @@ public struct BackupManifest: Codable, Equatable, Sendable {
     public var isPreDeploySnapshot: Bool { tags.contains("pre-deploy") }
     /// `schema_version` at capture, if the table exists.
     public var schemaVersion: String?
-    /// The application release the database was at when this backup was taken, by dbmigrate's log
-    /// (`MigrationPlanner.runningRelease`); nil without that log. Not the `--release` label: a
-    /// pre-deploy snapshot is labelled with the release about to be deployed and holds the state of
-    /// the one before it.
-    public var runningRelease: String? = nil
+    /// The application releases whose state the database was in when this backup was taken, by
+    /// dbmigrate's log (`MigrationPlanner.runningReleases`; several when releases share a schema, none
+    /// when no release had it); nil without that log. Not the `--release` label: a pre-deploy
+    /// snapshot is labelled with the release about to be deployed and holds the state of the one before it.
+    public var runningReleases: [String]? = nil
     /// The exported snapshot pg_dump ran in.
     public var snapshot: String?
     public var tables: [TableRowCount]

@@ -205,19 +205,23 @@ public enum MigrationPlanner {
     ///
     /// Replays the log: up and resolve-applied add a version, down and resolve-reverted remove it.
     /// - Throws: `RecoveryError(.migrationRefused)` when the release never ran dbmigrate.
-    /// The release the database is at by `log`: the newest release recorded (`up --release`, or a
-    /// release with nothing to migrate) whose versions are the ones applied now. After `down
-    /// --to-release v1.2.3` that is v1.2.3 again; nil without a recorded release or when the versions
-    /// applied now are no release's (a hand-run `down --to 7`).
-    public static func runningRelease(log: [MigrationLogEntry]) -> String? {
+    /// The releases the database's state is by `log`, newest first: every release recorded (`up
+    /// --release`, or a release with nothing to migrate) whose versions are the ones applied now. Several
+    /// when releases share a schema (one with nothing to migrate); after `down --to-release v1.2.3`,
+    /// v1.2.3 among them; none after a hand-run `down --to 7` that no release had. A release whose
+    /// deploy failed after its last step (`failed` logged after it: a `--per-step` run stopped
+    /// midway) is not one the database ran with.
+    public static func runningReleases(log: [MigrationLogEntry]) -> [String] {
         let ordered = log.sorted { $0.id < $1.id }
         let current = appliedVersions(after: ordered[...])
         var seen = Set<String>()
-        for entry in ordered.reversed() where ["up", "release"].contains(entry.action) {
+        var releases: [String] = []
+        for (index, entry) in ordered.enumerated().reversed() where ["up", "release"].contains(entry.action) {
             guard let release = entry.release, seen.insert(release).inserted else { continue }
-            if (try? versions(atRelease: release, log: log)) == current { return release }
+            let failedAfter = ordered[(index + 1)...].contains { $0.action == "failed" && $0.release == release }
+            if !failedAfter, (try? versions(atRelease: release, log: log)) == current { releases.append(release) }
         }
-        return nil
+        return releases
     }
 
     public static func versions(atRelease release: String, log: [MigrationLogEntry]) throws -> Set<Int64> {

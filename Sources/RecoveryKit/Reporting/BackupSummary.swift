@@ -16,8 +16,8 @@ public struct BackupSummary: Codable, Sendable {
     public var schemaVersion: String?
     public var tags: [String]
     public var release: String?
-    /// The release dbmigrate's log had the database at (`BackupManifest.runningRelease`).
-    public var runningRelease: String?
+    /// The releases whose state the database was in, by dbmigrate's log (`BackupManifest.runningReleases`).
+    public var runningReleases: [String]?
     public var pinned: Bool
     public var files: [BackupManifest.File]
     public var otherRepositories: [String]?
@@ -42,7 +42,7 @@ public struct BackupSummary: Codable, Sendable {
         schemaVersion = manifest.schemaVersion
         tags = manifest.tags
         release = manifest.release
-        runningRelease = manifest.runningRelease
+        runningReleases = manifest.runningReleases
         pinned = manifest.pinned
         files = manifest.files
         otherRepositories = manifest.otherRepositories

@@ -149,10 +149,10 @@ enum CandidateSelection {
                     continue
                 }
                 if let release = configuration.release, !manifest.holdsState(ofRelease: release) {
-                    if manifest.runningRelease == nil, manifest.isPreDeploySnapshot {
+                    if manifest.runningReleases == nil, manifest.isPreDeploySnapshot {
                         unknownState.append("\(id) labelled \(manifest.release ?? "none")")
                     }
-                    logger.debug("skipped backup \(label): of release \(manifest.runningRelease ?? manifest.release ?? "none"), not \(release)")
+                    logger.debug("skipped backup \(label): of release \(manifest.runningReleases?.joined(separator: " = ") ?? manifest.release ?? "none"), not \(release)")
                     continue
                 }
                 if configuration.mode != .normal, let target = serverMajor, let source = manifest.serverMajor, source > target {
@@ -302,7 +302,7 @@ enum CandidateSelection {
                 + "restore one by its id: dbrestore \(newest) --yes; " + hint
         }
         return RecoveryError(configuration.mode == .normal ? .backupCorrupt : .backupNotFound,
-                             "no backup\(scope) in \(stores.joined(separator: ", ")) restores and verifies (\(skipped.count) skipped: \(listed)\(more))",
+                             "no backup\(scope) in \(stores.joined(separator: ", ")) restores and verifies" + (skipped.isEmpty ? "" : " (\(skipped.count) skipped: \(listed)\(more))"),
                              hint: hint)
     }
 }

@@ -98,7 +98,9 @@ public struct RestorePlan: Encodable, Sendable {
         var lines: [String] = []
         for skip in skipped { lines.append("skip backup \(skip.id): \(skip.reason)") }
         var facts = ["taken \(Timestamp.format(backup.startedAt))"]
-        if let running = backup.runningRelease { facts.append("database at release \(running)") }
+        if let running = backup.runningReleases {
+            facts.append(running.isEmpty ? "database at no recorded release" : "database at release \(running.joined(separator: " = "))")
+        }
         if let release = backup.release { facts.append("labelled release \(release)") }
         if let version = backup.schemaVersion { facts.append("schema version \(version)") }
         facts.append("\(backup.totalRows) rows")
@@ -141,7 +143,7 @@ extension RestorePlan {
     /// backup's fields stand flat beside the plan's own, under the names they had before the plan
     /// held a `BackupSummary`, which scripts read.
     private enum Key: String, CodingKey {
-        case mode, repository, backupID, backupTakenAt, backupRelease, backupRunningRelease, backupSchemaVersion, backupRows, backupDatabase, backupStoredBytes
+        case mode, repository, backupID, backupTakenAt, backupRelease, backupRunningReleases, backupSchemaVersion, backupRows, backupDatabase, backupStoredBytes
         case server, targetDatabase, targetExists, scratchDatabase, keptAs, skipped, databaseProperties, warnings, filesChecked
         case preRestoreCopies, preRestoreBytes, backupServerMajor, targetServerMajor, versionNote
     }
@@ -153,7 +155,7 @@ extension RestorePlan {
         try json.encode(backup.id, forKey: .backupID)
         try json.encode(backup.startedAt, forKey: .backupTakenAt)
         try json.encodeIfPresent(backup.release, forKey: .backupRelease)
-        try json.encodeIfPresent(backup.runningRelease, forKey: .backupRunningRelease)
+        try json.encodeIfPresent(backup.runningReleases, forKey: .backupRunningReleases)
         try json.encodeIfPresent(backup.schemaVersion, forKey: .backupSchemaVersion)
         try json.encode(backup.totalRows, forKey: .backupRows)
         try json.encode(backup.database, forKey: .backupDatabase)
