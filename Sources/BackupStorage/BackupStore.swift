@@ -162,16 +162,17 @@ public struct StoredObject: Sendable, Equatable {
     public let modified: Date?
     /// Storage class (S3); nil for local files.
     public let storageClass: String?
-    /// A local file reached through a symbolic link below the repository's root (the link, or a
-    /// folder on the way, points elsewhere): what it is, dbbackup did not make it so.
-    public let throughLink: Bool
+    /// For a local file reached through a symbolic link below the repository's root: the key of that
+    /// link (the first on the way). dbbackup makes no links: an operator's (`backups/` moved to
+    /// another disk) or someone else's.
+    public let linkedAt: String?
 
-    public init(key: String, size: UInt64, modified: Date?, storageClass: String? = nil, throughLink: Bool = false) {
+    public init(key: String, size: UInt64, modified: Date?, storageClass: String? = nil, linkedAt: String? = nil) {
         self.key = key
         self.size = size
         self.modified = modified
         self.storageClass = storageClass
-        self.throughLink = throughLink
+        self.linkedAt = linkedAt
     }
 }
 

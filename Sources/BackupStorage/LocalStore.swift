@@ -45,7 +45,7 @@ public final class LocalStore: BackupStore {
     public func list(prefix: String) throws -> [StoredObject] {
         var objects: [StoredObject] = []
         var visited: Set<[UInt64]> = []
-        try walk(directory: root, relative: "", prefix: prefix, throughLink: false, into: &objects, visited: &visited)
+        try walk(directory: root, relative: "", prefix: prefix, linkedAt: nil, into: &objects, visited: &visited)
         return objects.sorted { $0.key < $1.key }
     }
 
@@ -234,7 +234,7 @@ public final class LocalStore: BackupStore {
     /// Symlinks inside the repository are followed (a symlinked `backups/` is common when it lives
     /// on another disk), for every command alike, since every command lists through here; a
     /// directory reached twice (a symlink loop) is listed once.
-    private func walk(directory: String, relative: String, prefix: String, throughLink: Bool, into objects: inout [StoredObject],
+    private func walk(directory: String, relative: String, prefix: String, linkedAt: String?, into objects: inout [StoredObject],
                       visited: inout Set<[UInt64]>) throws {
         var directoryInfo = stat()
         if stat(directory, &directoryInfo) == 0 {
@@ -255,14 +255,15 @@ public final class LocalStore: BackupStore {
             guard key.hasPrefix(prefix) || prefix.hasPrefix(key + "/") else { continue }
             var info = stat()
             guard stat(directory + "/" + name, &info) == 0 else { continue }   // a dangling symlink lists as nothing
-            // Followed (a wal/ on another disk lists as before), but marked: garbage collection never deletes through it.
+            // Followed (a backups/ or wal/ moved to another disk lists as before), but marked where: garbage
+            // collection never deletes through a link inside a backup's folder.
             var link = stat()
-            let linked = throughLink || (lstat(directory + "/" + name, &link) == 0 && link.st_mode & S_IFMT == S_IFLNK)
+            let linked = linkedAt ?? (lstat(directory + "/" + name, &link) == 0 && link.st_mode & S_IFMT == S_IFLNK ? key : nil)
             if info.st_mode & S_IFMT == S_IFDIR {
-                try walk(directory: directory + "/" + name, relative: key, prefix: prefix, throughLink: linked, into: &objects, visited: &visited)
+                try walk(directory: directory + "/" + name, relative: key, prefix: prefix, linkedAt: linked, into: &objects, visited: &visited)
             } else if info.st_mode & S_IFMT == S_IFREG, key.hasPrefix(prefix) {
                 let modified = Date(timeIntervalSince1970: Double(info.st_mtim.tv_sec) + Double(info.st_mtim.tv_nsec) / 1e9)
-                objects.append(StoredObject(key: key, size: UInt64(info.st_size), modified: modified, throughLink: linked))
+                objects.append(StoredObject(key: key, size: UInt64(info.st_size), modified: modified, linkedAt: linked))
             }
         }
     }

@@ -125,10 +125,18 @@ final class StorageRepairTests: IntegrationTestCase {
         let first = try backup(repository)
         XCTAssertEqual(first.status, 0, first.standardError)
         let id = first.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+        // A copy under a name that is no backup id (`cp -a ID ID-copy`) is not a backup: left alone, the run
+        // succeeds (it failed every night with exit 23). One under another backup's id names the wrong folder: refused.
         XCTAssertEqual(try TestProcess.run("/bin/cp", ["-a", "\(repository)/backups/\(id)", "\(repository)/backups/\(id)-copy"]).status, 0)
+        let copied = try TestProcess.tool("dbprune", ["--yes", "--repo", repository])
+        XCTAssertEqual(copied.status, 0, copied.standardError)
+        XCTAssertTrue(copied.standardOutput.contains("not ours, left alone"), copied.standardOutput)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "\(repository)/backups/\(id)-copy/manifest.json"), "the copy is not ours to delete")
+        let other = "20200101T000000Z-beef"
+        XCTAssertEqual(try TestProcess.run("/bin/cp", ["-a", "\(repository)/backups/\(id)", "\(repository)/backups/\(other)"]).status, 0)
         let duplicated = try TestProcess.tool("dbprune", ["--yes", "--repo", repository])
         XCTAssertEqual(duplicated.status, ExitStatus.backupCorrupt.rawValue, duplicated.standardError)
-        XCTAssertTrue(duplicated.standardError.contains("lies in folder backups/\(id)-copy"), duplicated.standardError)
+        XCTAssertTrue(duplicated.standardError.contains("lies in folder backups/\(other)"), duplicated.standardError)
         XCTAssertTrue(FileManager.default.fileExists(atPath: "\(repository)/backups/\(id)/manifest.json"), "nothing deleted")
 
         let policy = TestPaths.temporaryDirectory(prefix: "crash") + "/policy.toml"

@@ -31,6 +31,9 @@ public struct Catalog {
             let parts = object.key.split(separator: "/")
             guard parts.count == 3, parts[2] == Substring(BackupManifest.fileName) else { continue }
             let id = String(parts[1])
+            // Only what dbbackup made: a folder whose name is no backup id (`cp -r ID ID.bak`, an
+            // operator's notes) is not a backup, whatever it holds; dbprune lists it "not ours, left alone".
+            guard BackupID.isValid(id) else { continue }
             do {
                 let manifest = try BackupManifest.decode(try store.read(object.key), source: object.key)
                 entries.append(Entry(id: id, manifest: manifest, problem: nil))

@@ -403,7 +403,8 @@ public enum Pruner {
             guard !withManifest.contains(String(parts[1])) else { continue }
             let modified = object.modified ?? now
             newestChange[folder] = max(newestChange[folder] ?? .distantPast, modified)
-            if object.throughLink { linked.insert(folder) }
+            // A link that is the folder or lies inside it (not one above it: backups/ itself moved to another disk).
+            if let link = object.linkedAt, link == folder || link.hasPrefix(folder + "/") { linked.insert(folder) }
         }
         return newestChange.keys.sorted().map { folder in
             let changed = newestChange[folder] ?? now
