@@ -201,7 +201,7 @@ public final class LocalStore: BackupStore {
                   let pid = Int32(object.key[marker.upperBound...].prefix { $0 != "-" }), pid > 0,
                   (object.modified ?? cutoff) < cutoff else { continue }
             // Only a writer whose process is gone: a live wal-push (which takes no lock) keeps its file.
-            guard kill(pid, 0) != 0 && errno == ESRCH else { continue }
+            guard (kill(pid, 0) != 0 && errno == ESRCH) || ProcessLiveness.hasExited(pid) else { continue }
             let path = root + "/" + object.key
             if unlink(path) == 0 || errno == ENOENT {
                 lines.append("removed \(object.key) (\(object.size) bytes), left by killed process \(pid)")

@@ -128,3 +128,23 @@ final class LocalStoreTests: XCTestCase {
         }
     }
 }
+
+/// A lock holder killed while its parent does not collect it (a supervisor, a container entrypoint)
+/// stays a zombie: `kill(pid, 0)` succeeds, yet it holds nothing. An outside attack found such a
+/// holder's lock kept until `--lock-wait` ran out, "reclaimed once that process is gone".
+final class ProcessLivenessTests: XCTestCase {
+    func testAZombieHolderIsGone() throws {
+        var pid: pid_t = 0
+        let arguments = ["/bin/true"]
+        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        XCTAssertEqual(posix_spawn(&pid, "/bin/true", nil, nil, &argv, environ), 0)
+        defer { var status: Int32 = 0; waitpid(pid, &status, 0) }   // collected at the end, not before
+        let deadline = Date().addingTimeInterval(10)
+        while !ProcessLiveness.hasExited(pid), Date() < deadline { usleep(10_000) }
+        XCTAssertTrue(ProcessLiveness.hasExited(pid), "the child never became a zombie")
+        XCTAssertEqual(kill(pid, 0), 0, "a zombie still answers kill(pid, 0)")
+        XCTAssertTrue(ProcessLiveness.isGone(LockHolder(command: "dbbackup", pid: pid)))
+        XCTAssertFalse(ProcessLiveness.isGone(LockHolder(command: "dbbackup")), "this process runs")
+    }
+}
