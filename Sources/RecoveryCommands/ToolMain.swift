@@ -32,7 +32,22 @@ extension ParsableCommand {
         // Before the command starts any thread or child; after mallopt, so the signal thread's arena counts.
         Interruption.installSignalHandlers(tool: configuration.commandName ?? "dbrecovery")
         let code = runReturningCode(arguments, standardError: FileHandle.standardError, bootstrapLogging: true)
-        Glibc.exit(code)
+        Glibc.exit(checkedStandardOutput(code))
+    }
+
+    /// `code`, or 1 when what the run printed on stdout (the backup id, the JSON a pipeline reads)
+    /// could not be written — a full disk behind `> file` — which stdio would otherwise let pass as
+    /// success, the result lost. A reader that closed its pipe early (`| head -1`) took what it wanted: not a failure.
+    private static func checkedStandardOutput(_ code: Int32) -> Int32 {
+        // fflush(nil): every output stream (Swift 6 does not let `stdout`, a C global, be named here).
+        guard fflush(nil) != 0 else { return code }
+        let problem = errno
+        if problem == EPIPE { return code }
+        let tool = configuration.commandName ?? "dbrecovery"
+        let reason = String(cString: strerror(problem))
+        TextSink.standardError.write("\(tool): error: could not write the result to stdout: \(reason)\n"
+            + "HINT: free space where stdout goes (or send it elsewhere); \(code == 0 ? "the run itself succeeded" : "the run failed too, with exit \(code)")\n")
+        return code == 0 ? ExitStatus.failure.rawValue : code
     }
 
     /// Runs the command in-process and returns its exit code (used by tests).

@@ -28,4 +28,18 @@ final class ClosedStderrTests: IntegrationTestCase {
         let listed = backup.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
         XCTAssertEqual(try tool("dbverify", ["--files", listed, "--repo", repository!]).status, 0, "the backup is not whole: \(listed)")
     }
+
+    /// The other side: stdout on a full disk (`dbbackup > /dev/full` stands for `id=$(…) ` into a file
+    /// that cannot grow). The backup id a pipeline reads is lost, so the run must not say success;
+    /// a reader that stops early (`| head -1`) is no failure.
+    func testAResultThatCannotBeWrittenToStdoutIsAFailureThatSaysSo() throws {
+        let full = try TestProcess.run("/bin/bash", ["-c", "\"$0\" \"$@\" > /dev/full", TestPaths.executable("dbbackup")] + common,
+                                       environment: cluster.environment)
+        XCTAssertEqual(full.status, ExitStatus.failure.rawValue, full.standardError)
+        XCTAssertTrue(full.standardError.contains("could not write the result to stdout") && full.standardError.contains("the run itself succeeded"),
+                      full.standardError)
+        let early = try TestProcess.run("/bin/bash", ["-c", "set -o pipefail; \"$0\" list --repo \"$1\" | head -c 1 > /dev/null",
+                                                      TestPaths.executable("dbrestore"), repository!])
+        XCTAssertEqual(early.status, 0, early.standardError)
+    }
 }
