@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import ProcessSignals
+import PostgresClient
 import RecoveryKit
 
 /// `dbrestore`: verified restores, emergency restores, drills, point-in-time recovery, the backup listing.
@@ -101,8 +102,8 @@ public struct RestoreRunOptions: ParsableArguments {
     @Option(name: .customLong("jobs"), help: ArgumentHelp("Connections that load rows and build indexes at once (default: cores).", valueName: "n"))
     public var jobs: Int?
 
-    @Option(name: .customLong("swap-timeout"), help: ArgumentHelp("Seconds the swap may take, lock waits included: for sessions on the target to end and for other sessions' locks on it (--lock-wait does not apply).", valueName: "seconds"))
-    public var swapTimeout = 30
+    @Option(name: .customLong("swap-timeout"), help: ArgumentHelp("How long the swap may take, lock waits included: for sessions on the target to end and for other sessions' locks on it (--lock-wait does not apply), e.g. 30s, 2m (default: 30s; bare seconds too).", valueName: "duration"))
+    public var swapTimeout = "30s"
 
     @Option(name: .customLong("from-database"), help: ArgumentHelp("Choose among this database's backups instead of the target's ('latest', --emergency, --drill, --table/--schema); a backup named by its id needs none.", valueName: "name"))
     public var fromDatabase: String?
@@ -112,7 +113,9 @@ public struct RestoreRunOptions: ParsableArguments {
     public func validate() throws {
         try FromDatabaseOption.validate(fromDatabase)
         if let jobs, !(1...64).contains(jobs) { throw ValidationError("--jobs \(jobs) must be between 1 and 64") }
-        guard (1...3600).contains(swapTimeout) else { throw ValidationError("--swap-timeout \(swapTimeout) must be between 1 and 3600 seconds") }
+        guard let seconds = SessionLimits.parseDuration(swapTimeout), seconds <= 3600 else {
+            throw ValidationError("--swap-timeout '\(swapTimeout)' is not a duration from 1s to 1h: write e.g. 30s or 2m")
+        }
     }
 }
 
@@ -159,7 +162,7 @@ extension LogicalRestoreInputs {
             incidentFile: incidentFile)
         configuration.key = try repository.cipherKey(settings)
         configuration.fromDatabase = options.fromDatabase
-        configuration.swapTimeout = TimeInterval(options.swapTimeout)
+        configuration.swapTimeout = TimeInterval(SessionLimits.parseDuration(options.swapTimeout) ?? 30)
         configuration.tools = connection.tools(settings)   // --pg-bin / PG_BIN: the pg_dump that fingerprints the restored schema
         configuration.environment = repository.storageEnvironment(settings)
         let timeline = output.timeline()
