@@ -25,7 +25,9 @@
 # pg_dump | pigz -6 -p 2), including `dbbackup --count-check` (the count(*) pass beside pg_dump
 # that backups ran before row counts came from the dump's COPY blocks); results in
 # bench/results-logical.md. BENCH_BASELINE_DBBACKUP=/path/to/dbbackup adds that build (another
-# commit's release binary) as "dbbackup (baseline build)", alternating with the rest.
+# commit's release binary) as "dbbackup (baseline build)", alternating with the rest. The dump's
+# layout before issue 21's libdeflate members (one zlib member, DBRECOVERY_DUMP_LAYOUT=single-member)
+# runs beside it, and the stored sizes are shown against `pg_dump | gzip -6`.
 # `--only restore` (issue 21 item 1) makes the dataset, one `dbbackup` and one `pg_dump -Fc -Z6`,
 # then restores each N times into an empty database, alternating which goes first so that both see
 # the same load, and prints the medians, the ratio and the median seconds of each step dbrestore
@@ -329,6 +331,9 @@ if [ "$only" = logical ]; then
       measure "dbbackup --compression-level 1 (baseline build)" "'$BENCH_BASELINE_DBBACKUP' -q --compression-level 1 --database-url '$base/bench' --repo '$work/out/repo'"
     fi
     measure "dbbackup --compression-level 1" "'$bin/dbbackup' -q --compression-level 1 --database-url '$base/bench' --repo '$work/out/repo'"
+    # Issue 21: the dump's layout before libdeflate members (one zlib member), in the same build.
+    measure "dbbackup (one zlib member, as before)" "DBRECOVERY_DUMP_LAYOUT=single-member '$bin/dbbackup' -q --database-url '$base/bench' --repo '$work/out/repo'"
+    measure "dbbackup --compression-level 1 (one zlib member, as before)" "DBRECOVERY_DUMP_LAYOUT=single-member '$bin/dbbackup' -q --compression-level 1 --database-url '$base/bench' --repo '$work/out/repo'"
     measure "dbbackup --compression-level 1 --count-check" "'$bin/dbbackup' -q --compression-level 1 --count-check --database-url '$base/bench' --repo '$work/out/repo'"
     # Issue 21 item 5: the tables read over one connection (and compressed on one core) against two.
     measure "dbbackup --data-by copy --jobs 1" "'$bin/dbbackup' -q --data-by copy --jobs 1 --database-url '$base/bench' --repo '$work/out/repo'"
@@ -336,25 +341,32 @@ if [ "$only" = logical ]; then
     measure "dbbackup --data-by copy --compression-level 1 --jobs 1" "'$bin/dbbackup' -q --data-by copy --compression-level 1 --jobs 1 --database-url '$base/bench' --repo '$work/out/repo'"
     measure "dbbackup --data-by copy --compression-level 1 --jobs 2" "'$bin/dbbackup' -q --data-by copy --compression-level 1 --jobs 2 --database-url '$base/bench' --repo '$work/out/repo'"
   done
-  LOAD_AT_START=$load_at_start python3 - "$results" "$scale" "$reps" "$db_size" "$dump_size" > "$work/results-logical.md" <<'PY'
+  # The sizes' reference: the same dump through gzip -6 (once: its size does not vary).
+  gzip6_size=$("$pg_bin/pg_dump" "$base/bench" | gzip -6 | wc -c)
+  LOAD_AT_START=$load_at_start GZIP6_SIZE=$gzip6_size python3 - "$results" "$scale" "$reps" "$db_size" "$dump_size" > "$work/results-logical.md" <<'PY'
 import statistics, sys, os
 path, scale, reps, db_size, dump_size = sys.argv[1:6]
 rows = {}
 for line in open(path):
     name, wall, cpu, rss, size = line.rstrip("\n").split("\t")
-    rows.setdefault(name, []).append((float(wall), float(cpu), int(rss)))
-med = {name: tuple(statistics.median(v[i] for v in values) for i in range(3)) for name, values in rows.items()}
+    rows.setdefault(name, []).append((float(wall), float(cpu), int(rss), int(size)))
+med = {name: tuple(statistics.median(v[i] for v in values) for i in range(4)) for name, values in rows.items()}
+gzip6 = int(os.environ["GZIP6_SIZE"])
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 print(f"# dbrecovery logical backup benchmark\n\nMachine: {os.cpu_count()} cores ({cpu})  ")
 print(f"Dataset: scale {scale}, database {db_size}, plain dump {int(dump_size)/1e6:.0f} MB; {reps} repetitions, alternating, medians.  ")
 print(f"Load average (1 min): {os.environ.get('LOAD_AT_START', '?')} at the start, {open('/proc/loadavg').read().split()[0]} at the end (the machine is shared).\n")
-print("| contender | wall s | CPU s | peak RSS MiB |\n| --- | ---: | ---: | ---: |")
-for name, (wall, cpu_s, rss) in med.items():
-    print(f"| {name.replace('|', chr(92) + '|')} | {wall:.2f} | {cpu_s:.2f} | {rss/1024:.1f} |")
+print(f"Sizes: what the run stored (the repository: dump, table of contents, manifest), against `pg_dump | gzip -6` ({gzip6/1e6:.1f} MB).\n")
+print("| contender | wall s | CPU s | peak RSS MiB | stored MB | / gzip -6 |\n| --- | ---: | ---: | ---: | ---: | ---: |")
+for name, (wall, cpu_s, rss, size) in med.items():
+    stored = f"{size/1e6:.1f} | {size/gzip6:.3f}" if "dbbackup" in name or "pigz" in name else " | "
+    print(f"| {name.replace('|', chr(92) + '|')} | {wall:.2f} | {cpu_s:.2f} | {rss/1024:.1f} | {stored} |")
 print("\n| ratio | measured |\n| --- | ---: |")
 for a, b in [("dbbackup", "pg_dump | pigz -6 -p 2"), ("dbbackup --count-check", "pg_dump | pigz -6 -p 2"),
              ("dbbackup --compression-level 1", "pg_dump > /dev/null (floor)"),
              ("dbbackup --compression-level 1 --count-check", "pg_dump > /dev/null (floor)"),
+             ("dbbackup (one zlib member, as before)", "pg_dump | pigz -6 -p 2"),
+             ("dbbackup --compression-level 1 (one zlib member, as before)", "pg_dump > /dev/null (floor)"),
              ("dbbackup (baseline build)", "pg_dump | pigz -6 -p 2"),
              ("dbbackup --compression-level 1 (baseline build)", "pg_dump > /dev/null (floor)"),
              ("dbbackup --data-by copy --jobs 1", "pg_dump | pigz -6 -p 2"), ("dbbackup --data-by copy --jobs 2", "pg_dump | pigz -6 -p 2"),

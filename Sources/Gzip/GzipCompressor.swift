@@ -23,6 +23,12 @@ public final class GzipCompressor {
         case memberPerBlock
     }
 
+    /// The layout a compressor at `level` writes when asked for `layout`: level 0 (store) is always
+    /// one member (what an index of the file records must say so).
+    public static func effectiveLayout(_ layout: Layout, level: Int) -> Layout {
+        level == 0 ? .singleMember : layout
+    }
+
     /// Total bytes given to `write(_:)`.
     public private(set) var bytesIn: UInt64 = 0
     /// Total compressed bytes handed to the sink.
@@ -62,7 +68,7 @@ public final class GzipCompressor {
         self.accessPointInterval = accessPointInterval
         nextAccessPoint = accessPointInterval
         self.onAccessPoint = onAccessPoint
-        let layout = level == 0 ? Layout.singleMember : layout
+        let layout = Self.effectiveLayout(layout, level: level)
         if jobs > 1 || layout == .memberPerBlock {
             zstream = nil
             parallel = ParallelDeflate(level: level, jobs: max(1, jobs), blockSize: max(blockSize, 64 * 1024), layout: layout,

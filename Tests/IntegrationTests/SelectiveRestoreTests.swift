@@ -962,29 +962,89 @@ extension SelectiveRestoreTests {
                        ["one row per id", "by customer"], "the backup's comments, on the restored indexes")
     }
 
-    /// A table of contents of an older format (before statistics were tied to their table) is passed
-    /// over quietly: the stream is scanned, as for a backup taken before tables of contents existed.
-    func testAnOlderTableOfContentsIsPassedOverForAScan() throws {
-        let id = try backup()
-        let folder = "\(repository!)/backups/\(id)"
-        let rewrite = try TestProcess.shell("""
-            cd '\(folder)' && gunzip -c toc.json.gz | sed 's/"format_version" *: *[0-9]*/"format_version" : 1/' | gzip > toc.old \
-              && mv toc.old toc.json.gz && gunzip -c toc.json.gz | grep -c '"format_version" : 1' >/dev/null \
-              && echo "$(stat -c %s toc.json.gz) $(sha256sum toc.json.gz | cut -c1-64) $(gunzip -c toc.json.gz | wc -c)"
-            """)
-        XCTAssertEqual(rewrite.status, 0, rewrite.standardError)
-        let fields = rewrite.standardOutput.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
-        XCTAssertEqual(fields.count, 3, rewrite.standardOutput)
-        try editManifest(id) { manifest in
-            manifest["files"] = (manifest["files"] as? [[String: Any]] ?? []).map { file in
-                guard file["name"] as? String == "toc.json.gz" else { return file }
-                return file.merging(["stored_bytes": Int(fields[0]) ?? 0, "sha256": fields[1], "raw_bytes": Int(fields[2]) ?? 0]) { _, new in new }
+    /// A table of contents of an older format (before statistics were tied to their table) or of a
+    /// newer one than this dbrecovery knows (another gzip layout, say) is passed over quietly: the
+    /// stream is scanned, as for a backup taken before tables of contents existed.
+    func testAnOlderOrNewerTableOfContentsIsPassedOverForAScan() throws {
+        for version in [1, DumpTableOfContents.currentFormatVersion + 1] {
+            let id = try backup()
+            let folder = "\(repository!)/backups/\(id)"
+            let rewrite = try TestProcess.shell("""
+                cd '\(folder)' && gunzip -c toc.json.gz | sed 's/"format_version" *: *[0-9]*/"format_version" : \(version)/' | gzip > toc.old \
+                  && mv toc.old toc.json.gz && gunzip -c toc.json.gz | grep -c '"format_version" : \(version)' >/dev/null \
+                  && echo "$(stat -c %s toc.json.gz) $(sha256sum toc.json.gz | cut -c1-64) $(gunzip -c toc.json.gz | wc -c)"
+                """)
+            XCTAssertEqual(rewrite.status, 0, rewrite.standardError)
+            let fields = rewrite.standardOutput.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+            XCTAssertEqual(fields.count, 3, rewrite.standardOutput)
+            try editManifest(id) { manifest in
+                manifest["files"] = (manifest["files"] as? [[String: Any]] ?? []).map { file in
+                    guard file["name"] as? String == "toc.json.gz" else { return file }
+                    return file.merging(["stored_bytes": Int(fields[0]) ?? 0, "sha256": fields[1], "raw_bytes": Int(fields[2]) ?? 0]) { _, new in new }
+                }
+            }
+            let schema = "rescue_toc_v\(version)"
+            let selective = try restore([id, "--table", "crm.customers", "--into-schema", schema])
+            XCTAssertEqual(selective.status, 0, "format \(version): \(selective.standardError)")
+            XCTAssertFalse(selective.standardError.contains("does not describe its dump"), "format \(version) is not damage: \(selective.standardError)")
+            XCTAssertEqual(try query("SELECT count(*)::text FROM \(schema).customers")[0][0], "500", "format \(version)")
+        }
+    }
+
+    /// Issue 21: dumps are one libdeflate gzip member per 1 MiB block, their table of contents format
+    /// 3 (each access point a member's start); backups already in repositories are one zlib member
+    /// with a format-2 table of contents (`DBRECOVERY_DUMP_LAYOUT=single-member` still writes them).
+    /// Both are read from their access points: a whole restore over two connections and a one-table
+    /// restore (ranged reads) bring back the source's rows, and stock `gzip -t` / `gunzip | psql` read both.
+    func testDumpsOfBothGzipLayoutsRestoreWholeAndSelectivelyFromTheirAccessPoints() throws {
+        let older = try tool("dbbackup", common, environment: ["DBRECOVERY_DUMP_LAYOUT": "single-member"])
+        XCTAssertEqual(older.status, 0, older.standardError)
+        let newer = try backup()
+        // Level 0 (stored) is one zlib member whatever the layout asked for: its table of contents says 2.
+        let stored = try backup(["--compression-level", "0"])
+        let tables = ["crm.customers", "sales.orders", "sales.order_lines", "audit.events"]
+        func digests(_ database: String, schema: (String) -> String = { $0 }) throws -> [String] {
+            let connection = try cluster.connect(database: database)
+            defer { connection.close() }
+            return try tables.map { table in
+                try connection.query("SELECT count(*) || ' ' || md5(string_agg(t::text, ',' ORDER BY t::text)) FROM \(schema(table)) t").scalar ?? ""
             }
         }
-        let selective = try restore([id, "--table", "crm.customers", "--into-schema", "rescue_old_toc"])
-        XCTAssertEqual(selective.status, 0, selective.standardError)
-        XCTAssertFalse(selective.standardError.contains("does not describe its dump"), "an older format is not damage: \(selective.standardError)")
-        XCTAssertEqual(try query("SELECT count(*)::text FROM rescue_old_toc.customers")[0][0], "500")
+        let source = try digests(database)
+
+        for (label, id, version, members) in [("single member", older.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines), 2, 1...1),
+                                              ("member per block", newer, 3, 3...Int.max), ("level 0, stored", stored, 2, 1...1)] {
+            let folder = "\(repository!)/backups/\(id)"
+            let bytes = Array(try Data(contentsOf: URL(fileURLWithPath: folder + "/dump.sql.gz")))
+            let counter = try GzipDecompressor { _ in }
+            try counter.write(bytes)
+            try counter.finish()
+            XCTAssertTrue(members.contains(counter.membersCompleted), "\(label): \(counter.membersCompleted) members")
+            let toc = try JSONOutput.decoder().decode(DumpTableOfContents.self, from: Data(try gunzip(folder + "/toc.json.gz")))
+            XCTAssertEqual(toc.formatVersion, version, label)
+            XCTAssertGreaterThan(toc.accessPoints.count, 2, label)
+            for point in toc.accessPoints.dropFirst() {
+                XCTAssertEqual(bytes[Int(point.compressedOffset)] == 0x1f, version == 3, "\(label): a member starts at each access point in the new layout only")
+            }
+
+            let restored = "layout_\(UInt32.random(in: 0...UInt32.max))"
+            let whole = try tool("dbrestore", [id, "--yes", "--json", "--jobs", "2", "--repo", repository, "--database-url", cluster.url(database: restored)])
+            XCTAssertEqual(whole.status, 0, "\(label): \(whole.standardError)")
+            XCTAssertEqual(try digests(restored), source, "\(label): the whole restore")
+
+            let schema = "rescue_" + label.replacingOccurrences(of: " ", with: "_").filter { $0.isLetter || $0 == "_" }
+            let selective = try restore([id, "--table", "sales.orders", "--into-schema", schema, "--json"])
+            XCTAssertEqual(selective.status, 0, "\(label): \(selective.standardError)")
+            let report = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(selective.standardOutput.utf8)) as? [String: Any], selective.standardOutput)
+            XCTAssertEqual((report["read"] as? [String: Any])?["method"] as? String, "ranged", label)
+            XCTAssertEqual(try digests(database) { $0 == "sales.orders" ? "\(schema).orders" : $0 }, source, "\(label): the one-table restore")
+
+            let replayed = try cluster.createDatabase(prefix: "replayed")
+            let stock = try TestProcess.shell("set -o pipefail; gzip -t '\(folder)/dump.sql.gz' && gunzip -c '\(folder)/dump.sql.gz' | psql -v ON_ERROR_STOP=1 -q -X '\(cluster.url(database: replayed))' >/dev/null",
+                                              environment: cluster.environment)
+            XCTAssertEqual(stock.status, 0, "\(label): gzip -t / gunzip | psql: \(stock.standardError)")
+            XCTAssertEqual(try digests(replayed), source, "\(label): gunzip | psql")
+        }
     }
 }
 

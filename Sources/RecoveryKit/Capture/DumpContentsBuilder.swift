@@ -1,4 +1,5 @@
 import Foundation
+import Gzip
 
 /// Builds a dump's table of contents (`DumpTableOfContents`) while the dump streams past: at
 /// backup time from pg_dump's output and the compressor's access points, or by a full scan of
@@ -30,6 +31,8 @@ final class DumpContentsBuilder {
     private static let viaRootPrefix = Array("-- load via partition root ".utf8)
     /// Uncompressed distance between the access points the compressor is asked for.
     var accessPointInterval: UInt64 { segments.interval }
+    /// The gzip layout the compressor writes: it sets the table of contents' format version.
+    private let layout: GzipCompressor.Layout
 
     private static let namePrefix = Array("-- Name: ".utf8)
     private static let dataPrefix = Array("-- Data for Name: ".utf8)
@@ -37,7 +40,9 @@ final class DumpContentsBuilder {
     /// - Parameters:
     ///   - backupID: the backup the dump belongs to, for messages.
     ///   - accessPointInterval: see `DumpTableOfContents.accessPointInterval(in:)`.
-    init(backupID: String, accessPointInterval: UInt64 = DumpTableOfContents.defaultAccessPointInterval) {
+    ///   - layout: the dump's gzip layout, as the compressor writes it (`GzipCompressor.effectiveLayout`).
+    init(backupID: String, accessPointInterval: UInt64 = DumpTableOfContents.defaultAccessPointInterval, layout: GzipCompressor.Layout = .memberPerBlock) {
+        self.layout = layout
         segments = SegmentDigests(interval: accessPointInterval)
         let statements = StatementBox()
         scanner = DumpScanner(backupID: backupID) { event in
@@ -200,7 +205,7 @@ final class DumpContentsBuilder {
         for index in entries.indices {
             entries[index].end = index + 1 < entries.count ? entries[index + 1].start : dumpBytes
         }
-        return DumpTableOfContents(formatVersion: DumpTableOfContents.currentFormatVersion, dumpBytes: dumpBytes, compressedBytes: segments.compressedBytes,
+        return DumpTableOfContents(formatVersion: DumpTableOfContents.formatVersion(for: layout), dumpBytes: dumpBytes, compressedBytes: segments.compressedBytes,
                                    entries: entries, settings: settings, accessPoints: accessPoints)
     }
 

@@ -117,7 +117,8 @@ public enum LogicalCapture {
 
         let dumpKey = "backups/\(id)/\(dumpFileName)"
         let tocKey = "backups/\(id)/\(DumpTableOfContents.fileName)"
-        let contents = DumpContentsBuilder(backupID: id, accessPointInterval: DumpTableOfContents.accessPointInterval(in: configuration.environment))
+        let layout = GzipCompressor.effectiveLayout(DumpTableOfContents.layout(in: configuration.environment), level: configuration.compressionLevel)
+        let contents = DumpContentsBuilder(backupID: id, accessPointInterval: DumpTableOfContents.accessPointInterval(in: configuration.environment), layout: layout)
         let file: BackupManifest.File
         do {
             (file, _) = try StreamCapture.run(
@@ -125,7 +126,8 @@ public enum LogicalCapture {
                 arguments: ["--snapshot=\(snapshot)", "--format=plain", "--no-password", "--lock-wait-timeout=\(logical.lockWaitSeconds * 1000)"]
                     + (plan.map { ["--encoding=\($0.encoding)"] + $0.pgDumpExclusions } ?? []),
                 environment: configuration.target.childEnvironment, targets: targets, key: dumpKey,
-                level: configuration.compressionLevel, jobs: configuration.jobs, key: configuration.key, progress: progress, phase: "dump \(id)", estimate: estimate,
+                level: configuration.compressionLevel, jobs: configuration.jobs, layout: layout, key: configuration.key, progress: progress, phase: "dump \(id)",
+                estimate: estimate,
                 lockWait: (configuration.target, logical.lockWaitSeconds), contents: contents, splice: splice, beforeCommit: { _ = try counting.wait(); _ = try schemaDump.finish() })
         } catch {
             // A count that failed first (no SELECT privilege, a lock timeout) aborts the snapshot, and
