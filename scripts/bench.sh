@@ -343,14 +343,12 @@ if [ "$only" = logical ]; then
   done
   # The sizes' reference: the same dump through gzip -6 (once: its size does not vary).
   gzip6_size=$("$pg_bin/pg_dump" "$base/bench" | gzip -6 | wc -c)
-  LOAD_AT_START=$load_at_start GZIP6_SIZE=$gzip6_size python3 - "$results" "$scale" "$reps" "$db_size" "$dump_size" > "$work/results-logical.md" <<'PY'
+  SCRIPTS_DIR=$PWD/scripts LOAD_AT_START=$load_at_start GZIP6_SIZE=$gzip6_size python3 - "$results" "$scale" "$reps" "$db_size" "$dump_size" > "$work/results-logical.md" <<'PY'
 import statistics, sys, os
 path, scale, reps, db_size, dump_size = sys.argv[1:6]
-rows = {}
-for line in open(path):
-    name, wall, cpu, rss, size = line.rstrip("\n").split("\t")
-    rows.setdefault(name, []).append((float(wall), float(cpu), int(rss), int(size)))
-med = {name: tuple(statistics.median(v[i] for v in values) for i in range(4)) for name, values in rows.items()}
+sys.path.insert(0, os.environ["SCRIPTS_DIR"])
+from bench_medians import medians
+med = medians(path)
 gzip6 = int(os.environ["GZIP6_SIZE"])
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 print(f"# dbrecovery logical backup benchmark\n\nMachine: {os.cpu_count()} cores ({cpu})  ")
@@ -747,14 +745,12 @@ fi
 fi
 
 default_level=$("$bin/dbbackup" capture --help | tr -s ' \n' ' ' | sed 's/.*--compression-level <n>//' | grep -o '(default: [0-9])' | head -1 | tr -dc '0-9')
-LOAD_AT_START=$load_at_start DEFAULT_LEVEL=$default_level python3 - "$results" "$scale" "$reps" "$db_size" "$dump_size" > "$work/results.md" <<'PY'
+SCRIPTS_DIR=$PWD/scripts LOAD_AT_START=$load_at_start DEFAULT_LEVEL=$default_level python3 - "$results" "$scale" "$reps" "$db_size" "$dump_size" > "$work/results.md" <<'PY'
 import statistics, sys, platform, subprocess, os
 path, scale, reps, db_size, dump_size = sys.argv[1:6]
-rows = {}
-for line in open(path):
-    name, wall, cpu, rss, size = line.rstrip("\n").split("\t")
-    rows.setdefault(name, []).append((float(wall), float(cpu), int(rss), int(size)))
-med = {name: tuple(statistics.median(v[i] for v in values) for i in range(4)) for name, values in rows.items()}
+sys.path.insert(0, os.environ["SCRIPTS_DIR"])
+from bench_medians import medians
+med = medians(path)
 def ratio(a, b): return med[a][0] / med[b][0]
 def size_ratio(a, b): return med[a][3] / med[b][3]
 def md(text): return text.replace("|", "\\|")

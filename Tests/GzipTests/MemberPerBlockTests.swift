@@ -30,27 +30,27 @@ final class MemberPerBlockTests: XCTestCase {
                                                 XCTAssertEqual(point.compressedOffset, UInt64(output.count), "reported before its first byte")
                                                 points.append(point)
                                             }) { output.append(contentsOf: $0) }
-        var offset = 0
-        while offset < input.count {
-            let end = min(offset + 100_003, input.count)
-            try input[offset..<end].withUnsafeBytes { try compressor.write($0) }
-            offset = end
-        }
+        try feed(input, inPiecesOf: 100_003, to: compressor.write)
         try compressor.finish()
         XCTAssertEqual(compressor.bytesIn, UInt64(input.count))
         XCTAssertEqual(compressor.bytesOut, UInt64(output.count))
         return (output, points)
     }
 
+    /// Writes `bytes` in pieces of `size` (odd sizes, so that no piece lines up with a block or member).
+    private func feed(_ bytes: [UInt8], inPiecesOf size: Int, to write: (UnsafeRawBufferPointer) throws -> Void) throws {
+        var offset = 0
+        while offset < bytes.count {
+            let end = min(offset + size, bytes.count)
+            try bytes[offset..<end].withUnsafeBytes { try write($0) }
+            offset = end
+        }
+    }
+
     private func decompress(_ compressed: [UInt8]) throws -> (bytes: [UInt8], members: Int) {
         var output: [UInt8] = []
         let decompressor = try GzipDecompressor { output.append(contentsOf: $0) }
-        var offset = 0
-        while offset < compressed.count {
-            let end = min(offset + 7_919, compressed.count)
-            try compressed[offset..<end].withUnsafeBytes { try decompressor.write($0) }
-            offset = end
-        }
+        try feed(compressed, inPiecesOf: 7_919, to: decompressor.write)
         try decompressor.finish()
         return (output, decompressor.membersCompleted)
     }
