@@ -57,7 +57,7 @@ public enum LockBlockers {
     /// database object, a catalogue row, a relation), the server knows who holds or queues it.
     ///
     /// - Returns: nil when the server cannot be asked; an empty list when `pid` waits for nobody.
-    public static func waitedFor(by pid: Int32, target: ConnectionTarget) -> [String]? {
+    public static func waitedFor(by pid: Int32, target: ConnectionTarget) -> [Blocker]? {
         guard let connection = try? PostgresConnection(target: target.with("options", "-c lock_timeout=2000 -c statement_timeout=5000"),
                                                        applicationName: "dbrecovery-diagnosis", connectTimeoutSeconds: 5) else { return nil }
         defer { connection.close() }
@@ -70,12 +70,23 @@ public enum LockBlockers {
             ORDER BY b.pid LIMIT 5
             """, [String(pid)]).rows else { return nil }
         return rows.map { row in
-            let blocker = row[0] ?? "?"
-            guard blocker != "0" else { return "a prepared transaction (pg_prepared_xacts names it; COMMIT PREPARED or ROLLBACK PREPARED ends it)" }
+            let blocker = Int32(row[0] ?? "") ?? 0
+            guard blocker != 0 else {
+                return Blocker(pid: 0, description: "a prepared transaction (pg_prepared_xacts names it; COMMIT PREPARED or ROLLBACK PREPARED ends it)")
+            }
             let statement = statementHead(row[6] ?? "")
-            return "pid \(blocker) (user \(row[1] ?? "?"), application \(row[2] ?? "?"), \(row[3] ?? "?"), connected to \(row[4] ?? "?"), "
-                + "query started \(row[5] ?? "?")\(statement.isEmpty ? "" : ": \(statement)"))"
+            return Blocker(pid: blocker, description: "pid \(blocker) (user \(row[1] ?? "?"), application \(row[2] ?? "?"), \(row[3] ?? "?"), "
+                           + "connected to \(row[4] ?? "?"), query started \(row[5] ?? "?")\(statement.isEmpty ? "" : ": \(statement)"))")
         }
+    }
+
+    /// A session another one waits for (`waitedFor`): its pid (0 for a prepared transaction) and how it is named.
+    public struct Blocker: Sendable, Equatable {
+        public let pid: Int32
+        public let description: String
+
+        /// What an operator runs to end it; nil for a prepared transaction (the description says how).
+        public var endingQuery: String? { pid == 0 ? nil : "SELECT pg_terminate_backend(\(pid))" }
     }
 
     /// `probably blocked by the oldest transactions holding table locks: pid 4100 (user app, application psql, idle in

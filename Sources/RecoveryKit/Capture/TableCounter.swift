@@ -210,10 +210,7 @@ public enum TableCounter {
     /// Uses `ORDER BY applied_at DESC` when the table has that column (dbmigrate's and the
     /// runbooks' shape), else the highest version.
     public static func schemaVersion(on connection: PostgresConnection) throws -> String? {
-        let columns = try connection.query("""
-            SELECT a.attname FROM pg_catalog.pg_attribute a
-            WHERE a.attrelid = to_regclass('schema_version') AND a.attnum > 0 AND NOT a.attisdropped
-            """).rows.compactMap { $0[0] }
+        let columns = try self.columns(of: "schema_version", on: connection)
         guard columns.contains("version") else { return nil }
         if columns.contains("applied_at") {
             var sql = "SELECT version::text FROM schema_version"
@@ -227,14 +224,17 @@ public enum TableCounter {
     /// table exists with dbmigrate's columns; read in the dump's snapshot, so checked first (a failed
     /// statement would end the snapshot's transaction).
     public static func runningReleases(on connection: PostgresConnection) throws -> [String]? {
-        let columns = try connection.query("""
+        let columns = try self.columns(of: MigrationRunner.logTable, on: connection)
+        guard ["id", "version", "action", "release"].allSatisfy(columns.contains) else { return nil }
+        return MigrationPlanner.runningReleases(log: try MigrationLogEntry.all(in: MigrationRunner.logTable, on: connection))
+    }
+
+    /// The columns of `table` (found by the search path), none when there is no such table: checked
+    /// before reading it in the dump's snapshot, where a failed statement would end the transaction.
+    private static func columns(of table: String, on connection: PostgresConnection) throws -> [String] {
+        try connection.query("""
             SELECT a.attname FROM pg_catalog.pg_attribute a
             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
-            """, [MigrationRunner.logTable]).rows.compactMap { $0[0] }
-        guard ["id", "version", "action", "release"].allSatisfy(columns.contains) else { return nil }
-        let log = try connection.query("SELECT id, version::text, action, release FROM \(MigrationRunner.logTable) ORDER BY id").rows.map { row in
-            MigrationLogEntry(id: try row.int64(0), version: row[1].flatMap { Int64($0) }, action: try row.string(2), release: row[3])
-        }
-        return MigrationPlanner.runningReleases(log: log)
+            """, [table]).rows.compactMap { $0[0] }
     }
 }

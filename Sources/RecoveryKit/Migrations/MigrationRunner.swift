@@ -220,9 +220,7 @@ public final class MigrationRunner {
     /// The append-only log, oldest first.
     public func log() throws -> [MigrationLogEntry] {
         guard try exists(names.log) else { return [] }
-        return try connection.query("SELECT id, version, action, release FROM \(names.log) ORDER BY id").rows.map { row in
-            MigrationLogEntry(id: try row.int64(0), version: row[1].flatMap { Int64($0) }, action: try row.string(2), release: row[3])
-        }
+        return try MigrationLogEntry.all(in: names.log, on: connection)
     }
 
     /// What the first recording will add to the bookkeeping, for the plan: tables it creates and
@@ -928,4 +926,13 @@ public final class MigrationRunner {
 
     /// `1, 2, 5` for messages.
     static func list(_ versions: [Int64]) -> String { versions.map(String.init).joined(separator: ", ") }
+}
+
+extension MigrationLogEntry {
+    /// Every row of dbmigrate's log `table` (already qualified or found by the search path), in order.
+    static func all(in table: String, on connection: PostgresConnection) throws -> [MigrationLogEntry] {
+        try connection.query("SELECT id, version::text, action, release FROM \(table) ORDER BY id").rows.map { row in
+            MigrationLogEntry(id: try row.int64(0), version: row[1].flatMap { Int64($0) }, action: try row.string(2), release: row[3])
+        }
+    }
 }

@@ -915,8 +915,7 @@ public enum PointInTimeRestore {
     /// - Throws: `RecoveryError(.backupNotFound)` naming the timeline, its first segment and the fix.
     static func refuseTimelineWithoutHistory(above timeline: UInt32, archive: [StoredObject]) throws {
         let higher = archive.compactMap { object -> (UInt32, String)? in
-            let name = String(object.key.split(separator: "/").last ?? "").replacingOccurrences(of: ".gz", with: "")
-            guard WALSegmentName.isSegment(name), let number = WALSegmentName.timelineNumber(of: name), number > timeline else { return nil }
+            guard let name = WALArchive.fileName(ofKey: object.key), WALSegmentName.isSegment(name), let number = WALSegmentName.timelineNumber(of: name), number > timeline else { return nil }
             return (number, name)
         }.min { $0 < $1 }
         guard let (number, first) = higher else { return }

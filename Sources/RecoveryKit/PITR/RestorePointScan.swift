@@ -19,7 +19,6 @@ struct RestorePointScan {
     static let recordLength: UInt32 = 98
     static let nameOffset = 24 + 2 + 8
     static let restorePointInfo: UInt8 = 0x70
-    static let longHeaderFlag: UInt16 = 0x0002
 
     let name: [UInt8]
     /// Bytes of the record stream not yet searched past, and the LSN each page's run of them starts at.
@@ -52,7 +51,7 @@ struct RestorePointScan {
         var page = 0
         while page < bytes.count {
             let info = bytes.count >= page + 4 ? UInt16(bytes[page + 2]) | UInt16(bytes[page + 3]) << 8 : 0
-            let header = info & Self.longHeaderFlag != 0 ? 40 : 24
+            let header = info & WALServer.longHeaderFlag != 0 ? 40 : 24
             let end = min(page + pageSize, bytes.count)
             if page + header < end {
                 runs.append((stream.count, base + UInt64(page + header)))

@@ -83,7 +83,7 @@ public enum WALSegmentName {
         }
         let info = integer(2, UInt16.self), pageAddress = integer(8, UInt64.self), segmentSize = UInt64(integer(32, UInt32.self))
         // A power of two from 1 MB to 1 GB, as initdb --wal-segsize allows.
-        guard info & 0x0002 != 0, segmentSize >= 1 << 20, segmentSize <= 1 << 30, segmentSize & (segmentSize - 1) == 0,
+        guard info & WALServer.longHeaderFlag != 0, segmentSize >= 1 << 20, segmentSize <= 1 << 30, segmentSize & (segmentSize - 1) == 0,
               size == segmentSize else { return false }
         let perLogID = 0x1_0000_0000 / segmentSize
         guard segment < perLogID else { return false }

@@ -9,7 +9,7 @@ import Gzip
 /// extraction ("WAL file is from different database system").
 enum WALServer {
     /// `XLP_LONG_HEADER` in `xlp_info`: the page starts with the long header (every segment's first page).
-    private static let longHeaderFlag: UInt16 = 0x0002
+    static let longHeaderFlag: UInt16 = 0x0002
     /// `xlp_sysid`'s offset: the short header (magic 2, info 2, timeline 4, page address 8,
     /// remaining length 4) padded to 8 bytes.
     private static let systemIdentifierOffset = 24

@@ -75,8 +75,8 @@ final class SwapWatch: Sendable {
             throw RecoveryError(.interrupted, "interrupted by \(Interruption.name(of: number)) during the swap; \(target) is unchanged and open",
                                 hint: "run dbrestore again to restore")
         case (.failure(let error as PostgresError), .deadline?) where error.sqlState == PostgresError.queryCanceled:
-            let named = blockers.map { $0.isEmpty ? "" : ": waited for " + $0.joined(separator: "; ") } ?? ""
-            let ending = (blockers ?? []).compactMap(Self.endingQuery).joined(separator: "; ")
+            let named = blockers.map { $0.isEmpty ? "" : ": waited for " + $0.map(\.description).joined(separator: "; ") } ?? ""
+            let ending = (blockers ?? []).compactMap(\.endingQuery).joined(separator: "; ")
             throw RecoveryError(.lockTimeout,
                                 "the swap of \(target) waited longer than --swap-timeout (\(Int(timeout)) s) for a lock\(named); \(target) is unchanged and open",
                                 hint: (ending.isEmpty ? "end that transaction" : "end it (\(ending)) or let it finish")
@@ -84,12 +84,6 @@ final class SwapWatch: Sendable {
         case (.failure(let error), _):
             throw error
         }
-    }
-
-    /// `SELECT pg_terminate_backend(4242)` for a session named `pid 4242 (…)`.
-    private static func endingQuery(_ blocker: String) -> String? {
-        guard blocker.hasPrefix("pid "), let pid = blocker.dropFirst(4).split(separator: " ").first else { return nil }
-        return "SELECT pg_terminate_backend(\(pid))"
     }
 
     /// Until the statement is over: cancel it at a signal, or at the deadline if it waits for a lock
@@ -114,7 +108,7 @@ final class SwapWatch: Sendable {
                     reported = true
                     if let blockers = LockBlockers.waitedFor(by: watcher.pid, target: watcher.server), !blockers.isEmpty {
                         report("the swap of \(target) has waited \(Int(reportAfter)) s for a lock held by "
-                               + blockers.joined(separator: "; ") + "; it gives up at --swap-timeout (\(Int(timeout)) s)")
+                               + blockers.map(\.description).joined(separator: "; ") + "; it gives up at --swap-timeout (\(Int(timeout)) s)")
                     }
                 }
             }
@@ -143,7 +137,7 @@ private final class Watcher: @unchecked Sendable {
     private var finished = false
     private var exited = false
     private var reason: SwapWatch.Stop?
-    private var blockers: [String]?
+    private var blockers: [LockBlockers.Blocker]?
 
     init(connection: Cancellable, pid: Int32, server: ConnectionTarget) {
         self.connection = connection
@@ -164,7 +158,7 @@ private final class Watcher: @unchecked Sendable {
         return reason != nil
     }
 
-    func stop(_ why: SwapWatch.Stop, blockers: [String]?) {
+    func stop(_ why: SwapWatch.Stop, blockers: [LockBlockers.Blocker]?) {
         condition.lock()
         defer { condition.unlock() }
         reason = why
@@ -179,7 +173,7 @@ private final class Watcher: @unchecked Sendable {
     }
 
     /// Ends the watch and waits until the watching thread has left its loop (no cancel after this).
-    func finish() -> (SwapWatch.Stop?, [String]?) {
+    func finish() -> (SwapWatch.Stop?, [LockBlockers.Blocker]?) {
         condition.lock()
         defer { condition.unlock() }
         finished = true
