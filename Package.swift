@@ -21,7 +21,7 @@ let package = Package(
     targets: [
         .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
-        // libdeflate: whole-buffer gzip for WAL segments (WholeBufferGzip), faster than zlib at the same level.
+        // libdeflate: whole-buffer gzip for WAL segments (WholeBufferGzip) and the one-member-per-block layout of dumps and base backups (ParallelDeflate), faster than zlib at the same level.
         .systemLibrary(name: "CDeflate", pkgConfig: "libdeflate", providers: [.apt(["libdeflate-dev"])]),
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         // Typed wrappers of libcurl's variadic calls (curl_easy_setopt, curl_easy_getinfo), which Swift cannot call.
