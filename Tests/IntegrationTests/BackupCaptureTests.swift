@@ -143,8 +143,9 @@ final class BackupCaptureTests: IntegrationTestCase {
             CREATE TABLE events (id bigserial PRIMARY KEY, payload text);
             INSERT INTO events (payload) SELECT repeat(md5(g::text), 8) FROM generate_series(1, 400000) g;
             """)
+        // zlib's one member: libdeflate's members would finish before the test catches the run midway.
         return try TestProcess.start("dbbackup", ["--database-url", cluster.url(database: database), "--repo", repository, "--compression-level", "9"],
-                                     cluster: cluster)
+                                     cluster: cluster, environment: ["DBRECOVERY_DUMP_LAYOUT": "single-member"])
     }
 
     func testKilledBackupLeavesNoManifestAndTheNextRunSucceeds() throws {
@@ -284,7 +285,7 @@ final class BackupCaptureTests: IntegrationTestCase {
                 let arguments = (try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8)) ?? ""
                 if arguments == parentArguments { continue }
                 if arguments.contains("pg_dump") { sawDump = true }
-                XCTAssertFalse(arguments.contains(cluster.password), "password on argv of child \(pid)")
+                XCTAssertFalse(arguments.contains(cluster.password), "password on argv of child \(pid): \(arguments.replacingOccurrences(of: "\0", with: " "))")
             }
             usleep(10_000)
         }
