@@ -117,6 +117,24 @@ public struct VersionedObject: Sendable {
 }
 
 extension BackupStore {
+    /// The first `count` bytes of `object` (all of it when shorter): one ranged read, not the whole object.
+    ///
+    /// - Throws: `StorageError`.
+    public func readFirst(_ count: Int, of object: StoredObject) throws -> Data {
+        let end = min(object.size, UInt64(count))
+        guard end > 0 else { return Data() }
+        let reader = try makeReader(object.key, range: 0..<end)
+        defer { reader.close() }
+        var head = Data(count: Int(end))
+        var filled = 0
+        while filled < head.count {
+            let read = try head.withUnsafeMutableBytes { try reader.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[filled...])) }
+            if read == 0 { break }
+            filled += read
+        }
+        return head.prefix(filled)
+    }
+
     /// Reads the object back and compares.
     public func holds(_ key: String, contents: Data) -> Bool {
         (try? read(key)) == contents

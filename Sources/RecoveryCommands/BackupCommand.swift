@@ -229,7 +229,10 @@ public struct WALPushCommand: ToolCommand {
             let environment = repository.storageEnvironment(settings)
             let asyncSettings = WALSpoolSettings(spool: directory, repository: addresses[0], jobs: jobs, environment: environment)
             if pusher {
-                return try WALAsyncPush.drain(settings: asyncSettings, key: try encryption.key(from: repository, writingTo: addresses, settings))
+                let key = try repository.cipherKey(settings)
+                return try WALAsyncPush.drain(settings: asyncSettings, key: key) {
+                    try encryption.check(addresses, writtenWith: key, repository: repository, settings)
+                }
             }
             guard let path else { return }   // validate() refused this already
             // The pusher gets the same repository and key options; secrets stay in the environment it is given.

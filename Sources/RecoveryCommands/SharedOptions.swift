@@ -180,6 +180,13 @@ public struct EncryptionWriteOptions: ParsableArguments {
     /// - Throws: `RecoveryError(.usage)` naming the repository and the mismatch.
     public func key(from repository: RepositoryOptions, writingTo addresses: [String], _ settings: Settings, database: String? = nil) throws -> RepositoryKey? {
         let key = try repository.cipherKey(settings)
+        try check(addresses, writtenWith: key, repository: repository, settings, database: database)
+        return key
+    }
+
+    /// The check of `key(from:…)` alone, for a writer that has the key already.
+    public func check(_ addresses: [String], writtenWith key: RepositoryKey?, repository: RepositoryOptions, _ settings: Settings,
+                      database: String? = nil) throws {
         for address in addresses {
             do {
                 try RepositoryEncryption.checkWrite(to: try Repository.open(address, create: true, environment: repository.storageEnvironment(settings)),
@@ -189,7 +196,6 @@ public struct EncryptionWriteOptions: ParsableArguments {
                 // repository (the others still get the backup, exit 50), so it is not decided here.
             }
         }
-        return key
     }
 
     /// After a write: records each repository's encryption from what it now holds (the check

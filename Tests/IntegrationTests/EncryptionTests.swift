@@ -117,6 +117,32 @@ final class EncryptionTests: XCTestCase {
         XCTAssertEqual(withoutKey.status, ExitStatus.walFetchFailed.rawValue, "a missing key must stop recovery, not end it")
     }
 
+    /// `wal-push --async`: the background pusher's check of the repository's encryption runs while
+    /// it compresses; when it fails, the call reports the check's own error (not a timeout naming
+    /// the pusher's log), nothing is stored, and the pusher exits so that the next call, with
+    /// `--allow-mixed-encryption` added, starts one with its options.
+    func testAsyncPushIntoAnEncryptedRepositoryWithoutTheKeyFailsWithTheReason() throws {
+        let work = TestPaths.temporaryDirectory(prefix: "cipherasync")
+        let keyFile = work + "/k"
+        try "async-key-material-0123456789".write(toFile: keyFile, atomically: true, encoding: .utf8)
+        let repository = work + "/repo", spool = work + "/spool"
+        try FileManager.default.createDirectory(atPath: work + "/pg_wal/archive_status", withIntermediateDirectories: true)
+        for index in 1...2 {
+            try Data((0..<100_000).map { UInt8(truncatingIfNeeded: $0 &* index) }).write(to: URL(fileURLWithPath: work + "/pg_wal/00000001000000000000000\(index)"))
+        }
+        XCTAssertEqual(try TestProcess.tool("dbbackup", ["wal-push", work + "/pg_wal/000000010000000000000001", "--repo", repository,
+                                                         "--encryption-key-file", keyFile]).status, 0)
+        let plaintext = ["wal-push", work + "/pg_wal/000000010000000000000002", "--async", "--spool", spool, "--repo", repository, "--timeout", "60"]
+        let refused = try TestProcess.tool("dbbackup", plaintext)
+        XCTAssertEqual(refused.status, ExitStatus.repositoryError.rawValue, refused.standardError)
+        XCTAssertTrue(refused.standardError.contains("holds encrypted backups; refusing to store plaintext"), refused.standardError)
+        XCTAssertFalse(refused.standardError.contains("within 60 s"), "the reason, not a timeout: \(refused.standardError)")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: repository + "/wal/00000001/000000010000000000000002.gz"), "nothing stored")
+        let allowed = try TestProcess.tool("dbbackup", plaintext + ["--allow-mixed-encryption"])
+        XCTAssertEqual(allowed.status, 0, allowed.standardError)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: repository + "/wal/00000001/000000010000000000000002.gz"))
+    }
+
     /// Issue 16 E8: a repository that holds encrypted backups refuses plaintext (backup and
     /// wal-push) without --allow-mixed-encryption, and a plaintext one refuses encrypted data.
     func testEncryptedRepositoryRefusesPlaintextAndTheReverse() throws {

@@ -47,8 +47,15 @@ public enum WALAsyncPush {
         let name = (path as NSString).lastPathComponent
         _ = try WALArchive.key(for: name)
         let spool = try WALSpool(settings.spool, repository: settings.repository, resetOnMismatch: false)
-        // Hashed where it lies (no 16 MiB copy in the call PostgreSQL waits on); read when it cannot be mapped.
-        let digest = try MappedFile.read(path, MappedFile.sha256) ?? sha256(WALArchive.readSegment(path))
+        // Hashed where it lies (no 16 MiB copy in the call PostgreSQL waits on; read when it cannot be
+        // mapped), and only once the pusher has been asked: it works while this call hashes.
+        var hashed: String?
+        func digest() throws -> String {
+            if let hashed { return hashed }
+            let value = try MappedFile.read(path, MappedFile.sha256) ?? sha256(WALArchive.readSegment(path))
+            hashed = value
+            return value
+        }
         /// The spool says other bytes were stored under this name: only the repository can judge this file.
         func pushSynchronously() throws {
             _ = try WALArchive.push(path: path, repository: settings.repository, key: try key(), environment: settings.environment)
@@ -68,16 +75,17 @@ public enum WALAsyncPush {
         let deadline = Date().addingTimeInterval(timeout)
         var lastCheck = Date.distantPast
         while Date() < deadline {
+            if Date().timeIntervalSince(lastCheck) >= 1 {
+                // A pusher that exited (idle, killed) is replaced.
+                if try !spool.isLocked(lockName) { try spool.startDetached(pusherArguments, environment: settings.environment, log: "pusher.log") }
+                lastCheck = Date()
+            }
+            _ = try digest()
             try Interruption.check()
             switch try takeVerdict(name, digest: digest, spool: spool, reportingErrors: true) {
             case .stored: return
             case .otherContent: return try pushSynchronously()
             case .none: break
-            }
-            if Date().timeIntervalSince(lastCheck) >= 1 {
-                // A pusher that exited (idle, killed) is replaced.
-                if try !spool.isLocked(lockName) { try spool.startDetached(pusherArguments, environment: settings.environment, log: "pusher.log") }
-                lastCheck = Date()
             }
             usleep(5_000)
         }
@@ -98,10 +106,10 @@ public enum WALAsyncPush {
     /// `.stored` (and the `.ok` removed) when `name` is stored with this `digest`; throws the
     /// pusher's error (removed, so that the retry queues the segment again), or with
     /// `reportingErrors` false only removes it.
-    private static func takeVerdict(_ name: String, digest: String, spool: WALSpool, reportingErrors: Bool) throws -> Verdict {
+    private static func takeVerdict(_ name: String, digest: () throws -> String, spool: WALSpool, reportingErrors: Bool) throws -> Verdict {
         if let ok = try? spool.files.read("status/\(name).ok") {
             spool.remove(["status/\(name).ok"])
-            return okDigest(ok) == digest ? .stored : .otherContent
+            return try okDigest(ok) == digest() ? .stored : .otherContent
         }
         if let error = try? spool.files.read("status/\(name).error") {
             spool.remove(["status/\(name).error"])
@@ -144,28 +152,37 @@ public enum WALAsyncPush {
     /// The background pusher: uploads queued and ready segments, `jobs` at once, oldest first,
     /// writing each one's verdict, until there has been nothing to do for `idleExit`. Returns at
     /// once when another pusher holds the spool.
-    public static func drain(settings: WALSpoolSettings, key: RepositoryKey?) throws {
+    ///
+    /// - Parameter checkRepository: whether the repository may take what `key` writes (its
+    ///   encryption, `RepositoryEncryption.checkWrite`): round trips, run while the first segments
+    ///   are compressed; nothing is stored before it passes. When it throws, the segments taken
+    ///   meanwhile are answered with its error (their calls report it at once, PostgreSQL keeps the
+    ///   files) and the pusher exits, so that the next call starts one with its own options.
+    public static func drain(settings: WALSpoolSettings, key: RepositoryKey?, checkRepository: () throws -> Void) throws {
         let spool = try WALSpool(settings.spool, repository: settings.repository, resetOnMismatch: false)
         guard let lock = try spool.tryLock(lockName) else { return }
         defer { lock.release() }
         try spool.put("pusher.pid", Data(String(ProcessInfo.processInfo.processIdentifier).utf8))
         removeLeftovers(in: spool, now: Date())
-        let work = PushWork(), turns = CPUTurns()
+        let work = PushWork(), turns = CPUTurns(), check = RepositoryCheck()
         let directory = spool.directory
         let repository = settings.repository
         let idleExit = settings.idleExit
         let environment = settings.environment
-        WorkerThreads.run(settings.jobs) { index in
+        WorkerThreads.run(settings.jobs, meanwhile: { check.decide(checkRepository) }) { index in
             guard let spool = try? WALSpool(directory, repository: repository, resetOnMismatch: false) else { return }
             var store: BackupStore?
             var idleSince = Date()
-            while !Interruption.isRequested {
+            // A failed check answers what was taken while it ran, then takes nothing more: the call
+            // for the next segment starts a pusher with its own options.
+            while !Interruption.isRequested && !check.failed {
                 guard let segment = work.claim(in: spool) else {
                     if Date().timeIntervalSince(idleSince) > idleExit { return }
                     usleep(WorkerThreads.idlePause(index))
                     continue
                 }
                 do {
+                    if check.failed { try check.wait() }
                     let opened = try store ?? Repository.open(repository, create: true, environment: environment)
                     store = opened
                     // Read, digest and compress in turns, oldest first (the call PostgreSQL waits on is
@@ -174,6 +191,7 @@ public enum WALAsyncPush {
                         let data = try WALArchive.readSegment(segment.path)
                         return (data, try WALArchive.compress(data, objectKey: try WALArchive.key(for: segment.name), cipherKey: key), sha256(data))
                     }
+                    try check.wait()
                     // No look-up first: a segment already stored (by a pusher killed before its verdict)
                     // is found by the create-if-absent and compared there.
                     _ = try WALArchive.store(compressed: compressed, of: data, name: segment.name, in: opened, key: key)
@@ -186,6 +204,52 @@ public enum WALAsyncPush {
                 spool.remove(["queue/\(segment.name)"])
                 work.finish(segment.name)
                 idleSince = Date()
+            }
+        }
+    }
+}
+
+/// The pusher's check of the repository, decided once while the workers compress: they wait for
+/// it before storing anything.
+final class RepositoryCheck: Sendable {
+    private enum State {
+        case pending
+        case passed
+        case failed(RecoveryError)
+    }
+
+    private let state = Mutex(State.pending)
+    private let decided = NSCondition()
+
+    /// Runs the check and tells the waiting workers.
+    func decide(_ check: () throws -> Void) {
+        let outcome: State
+        do {
+            try check()
+            outcome = .passed
+        } catch {
+            outcome = .failed(RecoveryError.classify(error))
+        }
+        decided.lock()
+        state.withLock { $0 = outcome }
+        decided.broadcast()
+        decided.unlock()
+    }
+
+    /// True once the check has failed.
+    var failed: Bool {
+        state.withLock { if case .failed = $0 { return true } else { return false } }
+    }
+
+    /// Returns once the check has passed; throws its error when it failed.
+    func wait() throws {
+        decided.lock()
+        defer { decided.unlock() }
+        while true {
+            switch state.withLock({ $0 }) {
+            case .passed: return
+            case .failed(let error): throw error
+            case .pending: decided.wait()
             }
         }
     }

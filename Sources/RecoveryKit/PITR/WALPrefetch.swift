@@ -47,6 +47,13 @@ public enum WALPrefetch {
         }
         var size = serveFromSpool(name, spool: spool, destination: destination)
         if size == nil {
+            // Not prefetched (the first call of a recovery, or one ahead of the prefetcher): a prefetcher
+            // is started before this call's own download, so that it is ready by the time the call says
+            // which segments come next; its first worker then takes the next one at once, the rest a
+            // moment later (`WorkerThreads.idlePause`), and the one asked for next arrives first.
+            if WALSegmentName.isSegment(name), try !spool.isLocked(lockName) {
+                try spool.startDetached(prefetcherArguments, environment: settings.environment, log: "prefetch.log")
+            }
             let store = try Repository.open(settings.repository, create: false, environment: settings.environment)
             let data: Data
             do {

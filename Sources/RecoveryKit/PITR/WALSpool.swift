@@ -269,7 +269,8 @@ enum WorkerThreads {
     /// `idleExit` does not take CPU from the processes PostgreSQL is waiting for.
     static func idlePause(_ index: Int) -> useconds_t { index == 0 ? 10_000 : 100_000 }
 
-    static func run(_ jobs: Int, _ work: @escaping @Sendable (Int) -> Void) {
+    /// Runs `work` on `jobs` threads, and `meanwhile` on this one, until all have returned.
+    static func run(_ jobs: Int, meanwhile: () -> Void = {}, _ work: @escaping @Sendable (Int) -> Void) {
         let group = DispatchGroup()
         for index in 0..<max(1, jobs) {
             group.enter()
@@ -278,6 +279,7 @@ enum WorkerThreads {
                 group.leave()
             }
         }
+        meanwhile()
         group.wait()
     }
 }

@@ -137,7 +137,7 @@ public struct RepositoryEncryption: Codable, Sendable, Equatable {
             }
             holdings.newestBaseBackup = manifests.first { $0.kind == .physical }.flatMap(mode)
             if let wal = try store.list(prefix: "wal/").first(where: { $0.key.hasSuffix(".gz") }) {
-                let head = try store.read(wal.key).prefix(RepositoryKey.magic.count)
+                let head = try store.readFirst(RepositoryKey.magic.count, of: wal)
                 holdings.wal = RepositoryEncryption(encrypted: Array(head) == RepositoryKey.magic, keyFingerprint: nil)
             }
             return holdings
