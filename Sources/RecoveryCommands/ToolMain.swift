@@ -62,8 +62,9 @@ extension ParsableCommand {
         var command: ParsableCommand
         // The help screen a usage error points at: the subcommand's when one was named.
         var helpTopic = Self.helpTopic(tool: tool, arguments: argv)
+        var spelled = argv
         do {
-            let spelled = try (Self.self as? ArgumentRewriting.Type)?.rewrite(argv) ?? argv
+            spelled = try (Self.self as? ArgumentRewriting.Type)?.rewrite(argv) ?? argv
             helpTopic = Self.helpTopic(tool: tool, arguments: spelled)
             if let name = misplacedSubcommand(spelled) {
                 // Not run in the order that parses: the token might have been an option's value. The
@@ -73,7 +74,12 @@ extension ParsableCommand {
             }
             command = try parseAsRoot(spelled)
         } catch {
-            let code = reportParserError(error, tool: tool, helpTopic: helpTopic, standardError: standardError)
+            // A subcommand's own checks can run before the parser has looked at every option: a misspelt
+            // option is the cause to name ("--pitr needs a target" for `--target-tme` would mislead).
+            let unknown = exitCode(for: error) != ArgumentParser.ExitCode.validationFailure || message(for: error).contains("Unknown option")
+                ? nil : unknownOption(in: spelled, helpTopic: helpTopic)
+            let code = reportParserError(unknown.map { ValidationError("Unknown option '\($0)'") } ?? error, tool: tool, helpTopic: helpTopic,
+                                         standardError: standardError)
             // `dbrestore wal-fetch` runs as PostgreSQL's restore_command, which reads any exit below 126
             // as "not in the archive" and may end recovery early: a usage error must stop recovery.
             if code == ExitStatus.usage.rawValue, tool == "dbrestore", argv.first == "wal-fetch" {
@@ -183,14 +189,30 @@ extension ParsableCommand {
         // The parser sometimes suggests one itself.
         guard !message.contains("Did you mean"), let match = message.firstMatch(of: /Unknown option '(--[^'=]+)/) else { return nil }
         let typed = String(match.1)
+        let ranked = optionSpellings(helpTopic: helpTopic).map { ($0, Catalog.distance($0, typed)) }.filter { $0.1 <= 2 }.sorted { ($0.1, $0.0) < ($1.1, $1.0) }
+        return ranked.first?.0
+    }
+
+    /// The first `--option` before `--` in `arguments` that the command (or the subcommand the help
+    /// topic names) does not take.
+    static func unknownOption(in arguments: [String], helpTopic: String) -> String? {
+        // And the hidden ones (the background workers' flags; --yes, which emergency and drill ignore).
+        let known = optionSpellings(helpTopic: helpTopic).union(["--help", "--version", "--pusher", "--prefetcher", "--yes"])
+        return arguments.prefix { $0 != "--" }.lazy
+            .filter { $0.hasPrefix("--") }
+            .map { String($0.split(separator: "=", maxSplits: 1).first ?? "") }
+            .first { !known.contains($0) }
+    }
+
+    /// Every `--option` the help of the command (and of the subcommand the help topic names) shows;
+    /// the hidden ones are not there.
+    private static func optionSpellings(helpTopic: String) -> Set<String> {
         var help = teachingHelp()
         if let name = helpTopic.split(separator: " ").dropFirst().first,
-           let command = configuration.subcommands.first(where: { $0.configuration.commandName == String(name) }) {
+           let command = configuration.subcommands.first(where: { $0._commandName == String(name) }) {
             help += "\n" + helpMessage(for: command)
         }
-        let spellings = Set(help.matches(of: /--[a-z][a-z0-9-]*/).map { String($0.0) })
-        let ranked = spellings.map { ($0, Catalog.distance($0, typed)) }.filter { $0.1 <= 2 }.sorted { ($0.1, $0.0) < ($1.1, $1.0) }
-        return ranked.first?.0
+        return Set(help.matches(of: /--[a-z][a-z0-9-]*/).map { String($0.0) })
     }
 }
 

@@ -278,9 +278,11 @@ final class BackupCaptureTests: IntegrationTestCase {
         let output = OutputCollector(descriptor: process.standardOutput, limit: 1 << 20)
         let errors = OutputCollector(descriptor: process.standardError)
         var sawDump = false
-        // A child between fork and exec still shows dbbackup's own argv (which this test gives the password).
-        let parentArguments = (try? String(contentsOfFile: "/proc/\(process.pid)/cmdline", encoding: .utf8)) ?? ""
         while kill(process.pid, 0) == 0 && !waitpidNoHang(process.pid) {
+            // A child between fork and exec still shows dbbackup's own argv (which this test gives the
+            // password). Read each time: read once at the start, it could be this test runner's argv,
+            // from before dbbackup's exec (the one failure this test had, once in many runs).
+            let parentArguments = (try? String(contentsOfFile: "/proc/\(process.pid)/cmdline", encoding: .utf8)) ?? ""
             for pid in childPIDs(of: process.pid) {
                 let arguments = (try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8)) ?? ""
                 if arguments == parentArguments { continue }

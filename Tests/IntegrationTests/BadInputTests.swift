@@ -31,6 +31,9 @@ final class BadInputTests: XCTestCase {
             ("dbbackup", ["--repo", "   "], usage, "empty"),
             ("dbbackup", ["--no-such-flag"], usage, "no-such-flag"),
             ("dbrestore", ["--emrgency"], usage, "did you mean --emergency?"),
+            // The misspelt option is named even where the subcommand's own check would fail first.
+            ("dbrestore", ["pitr", "--pgdata", "/nonexistent", "--target-tme", "2024-01-15 10:00:00"], usage, "Unknown option '--target-tme'"),
+            ("dbrestore", ["--pitr", "--pgdata", "/nonexistent", "--target-tme", "2024-01-15 10:00:00"], usage, "did you mean --target-time?"),
             // The server is up and names what it lacks: the hint says so, not "check the server is running".
             ("dbbackup", ["--database-url", cluster.url(database: "no_such_db_here")], ExitStatus.databaseUnavailable.rawValue, "has no database \"no_such_db_here\""),
             ("dbverify", ["latest", "--database-url", cluster.url(database: "no_such_db_here"), "--repo", repository], ExitStatus.databaseUnavailable.rawValue, "check the database name"),
