@@ -299,6 +299,10 @@ class Handler(socketserver.BaseRequestHandler):
 class Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default listen backlog is 5: eight workers connecting at once (wal-fetch
+    # --prefetch 8, wal-push --async) overflowed it, and the dropped SYN came back after the
+    # kernel's 1 s retransmission, a stall of the proxy's making that S3 does not have.
+    request_queue_size = 128
 
 server = Server(("127.0.0.1", 0), Handler)
 print(f"PORT={server.server_address[1]}", flush=True)
