@@ -22,6 +22,8 @@ import Synchronization
 public enum WALPrefetch {
     static let lockName = "prefetch.lock"
     private static let wantedKey = "wanted"
+    /// The cluster's WAL segment size, as the calls found it (for the list a call writes before its own segment is in hand).
+    private static let segmentSizeKey = "segment-size"
 
     /// The default spool: next to where PostgreSQL wants the files (`pg_wal/dbrecovery-prefetch`
     /// under the restored data directory; PostgreSQL ignores directories there).
@@ -45,15 +47,21 @@ public enum WALPrefetch {
             try Interruption.check()
             usleep(5_000)
         }
+        let recordedSize = (try? spool.files.read(segmentSizeKey)).flatMap { UInt64(String(decoding: $0, as: UTF8.self)) }
         var size = serveFromSpool(name, spool: spool, destination: destination)
-        if size == nil {
+        if size == nil && WALSegmentName.isSegment(name) {
             // Not prefetched (the first call of a recovery, or one ahead of the prefetcher): a prefetcher
-            // is started before this call's own download, so that it is ready by the time the call says
-            // which segments come next; its first worker then takes the next one at once, the rest a
-            // moment later (`WorkerThreads.idlePause`), and the one asked for next arrives first.
-            if WALSegmentName.isSegment(name), try !spool.isLocked(lockName) {
+            // is started and told what comes next before this call's own download, so that the next
+            // segment downloads while this one does. Its first worker takes the next one at once, the
+            // rest a moment later (`WorkerThreads.idlePause`), so it arrives first. The segment size is
+            // the one recorded by an earlier call, else PostgreSQL's default; a wrong guess costs a few
+            // downloads not asked for, and the list is written again below with this segment's size.
+            if try !spool.isLocked(lockName) {
                 try spool.startDetached(prefetcherArguments, environment: settings.environment, log: "prefetch.log")
             }
+            try spool.put(wantedKey, wanted(after: name, segmentSize: recordedSize ?? WALSegmentName.defaultSegmentSize, count: settings.jobs))
+        }
+        if size == nil {
             let store = try Repository.open(settings.repository, create: false, environment: settings.environment)
             let data: Data
             do {
@@ -65,19 +73,25 @@ public enum WALPrefetch {
             size = data.count
         }
         guard WALSegmentName.isSegment(name), let size else { return true }
+        if recordedSize != UInt64(size) { try spool.put(segmentSizeKey, Data(String(size).utf8)) }
         // Ask for the segments after this one (same timeline, this segment's size) and drop what is behind.
-        var wanted: [String] = []
-        var current = name
-        for _ in 0..<settings.jobs {
-            guard let next = WALSegmentName.next(after: current, segmentSize: UInt64(size)) else { break }
-            wanted.append(next)
-            current = next
-        }
-        try spool.put(wantedKey, Data(wanted.joined(separator: "\n").utf8))
+        try spool.put(wantedKey, wanted(after: name, segmentSize: UInt64(size), count: settings.jobs))
         let behind = try spool.files.list(prefix: "segments/").map(\.key).filter { String($0.dropFirst("segments/".count).prefix(24)) < name }
         spool.remove(behind)
         if try !spool.isLocked(lockName) { try spool.startDetached(prefetcherArguments, environment: settings.environment, log: "prefetch.log") }
         return true
+    }
+
+    /// The `count` segment names after `name` on its timeline, one per line.
+    private static func wanted(after name: String, segmentSize: UInt64, count: Int) -> Data {
+        var wanted: [String] = []
+        var current = name
+        for _ in 0..<count {
+            guard let next = WALSegmentName.next(after: current, segmentSize: segmentSize) else { break }
+            wanted.append(next)
+            current = next
+        }
+        return Data(wanted.joined(separator: "\n").utf8)
     }
 
     /// Moves the prefetched `name` to `destination` when it is whole and is that segment: its
