@@ -47,6 +47,10 @@ public enum WALPrefetch {
             try Interruption.check()
             usleep(5_000)
         }
+        /// A prefetcher for this spool, started unless one runs (a second one started meanwhile exits at once).
+        func ensurePrefetcher() throws {
+            if try !spool.isLocked(lockName) { try spool.startDetached(prefetcherArguments, environment: settings.environment, log: "prefetch.log") }
+        }
         let recordedSize = (try? spool.files.read(segmentSizeKey)).flatMap { UInt64(String(decoding: $0, as: UTF8.self)) }
         var size = serveFromSpool(name, spool: spool, destination: destination)
         if size == nil && WALSegmentName.isSegment(name) {
@@ -56,9 +60,7 @@ public enum WALPrefetch {
             // rest a moment later (`WorkerThreads.idlePause`), so it arrives first. The segment size is
             // the one recorded by an earlier call, else PostgreSQL's default; a wrong guess costs a few
             // downloads not asked for, and the list is written again below with this segment's size.
-            if try !spool.isLocked(lockName) {
-                try spool.startDetached(prefetcherArguments, environment: settings.environment, log: "prefetch.log")
-            }
+            try ensurePrefetcher()
             try spool.put(wantedKey, wanted(after: name, segmentSize: recordedSize ?? WALSegmentName.defaultSegmentSize, count: settings.jobs))
         }
         if size == nil {
@@ -78,7 +80,7 @@ public enum WALPrefetch {
         try spool.put(wantedKey, wanted(after: name, segmentSize: UInt64(size), count: settings.jobs))
         let behind = try spool.files.list(prefix: "segments/").map(\.key).filter { String($0.dropFirst("segments/".count).prefix(24)) < name }
         spool.remove(behind)
-        if try !spool.isLocked(lockName) { try spool.startDetached(prefetcherArguments, environment: settings.environment, log: "prefetch.log") }
+        try ensurePrefetcher()
         return true
     }
 
