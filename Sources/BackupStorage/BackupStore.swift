@@ -84,6 +84,14 @@ public protocol BackupStore: AnyObject {
     /// - Returns: false when the object is missing, differs, or cannot be read.
     func holds(_ key: String, contents: Data) -> Bool
 
+    /// `create`, then `holds` when it stored: true only when this call stored `contents` and the
+    /// name holds exactly them now. One call, so that a store can share the work of the two (S3
+    /// hashes the body once for Content-MD5 and the ETag check).
+    ///
+    /// - Returns: false when an object was already there, or another writer replaced this one.
+    /// - Throws: `StorageError` from the create.
+    func createConfirmed(_ key: String, contents: Data) throws -> Bool
+
     /// Reads a small object whole with its version (S3 ETag, a digest locally), for `delete(_:ifVersion:)`.
     ///
     /// - Throws: `StorageError.notFound` if it does not exist.
@@ -138,6 +146,10 @@ extension BackupStore {
     /// Reads the object back and compares.
     public func holds(_ key: String, contents: Data) -> Bool {
         (try? read(key)) == contents
+    }
+
+    public func createConfirmed(_ key: String, contents: Data) throws -> Bool {
+        try create(key, contents: contents) && holds(key, contents: contents)
     }
 
     /// `objectInfo` from a listing, for stores without a cheaper way (one LIST request).

@@ -158,6 +158,12 @@ public final class LocalStore: BackupStore {
         }
     }
 
+    /// No read-back: link() is the create-if-absent and never replaces a file, so a name this call
+    /// linked holds what it wrote.
+    public func createConfirmed(_ key: String, contents: Data) throws -> Bool {
+        try create(key, contents: contents)
+    }
+
     public func readVersioned(_ key: String) throws -> VersionedObject {
         let contents = try read(key)
         return VersionedObject(contents: contents, version: Self.version(of: contents))

@@ -165,6 +165,45 @@ final class WALAsyncTests: IntegrationTestCase {
         XCTAssertEqual(try push("A", second).status, 0)
     }
 
+    /// A verdict is for the file the pusher read, unchanged. A segment read ahead and stored, then
+    /// rewritten in place before its call (same inode, same size, its modification time put back):
+    /// the call is not acknowledged from the spool, and its synchronous push refuses the DIFFERENT
+    /// content. A segment replaced by a copy of the same bytes (another inode) is not that file
+    /// either, and the synchronous push acknowledges it: the archive holds exactly those bytes.
+    func testAVerdictIsForTheFileReadUnchanged() throws {
+        let spool = work + "/spool"
+        let names = try makeSegments(3)
+        func push(_ name: String) throws -> TestProcess.Result {
+            try TestProcess.tool("dbbackup", ["wal-push", "\(work!)/pg_wal/\(name)", "--async", "--spool", spool, "--repo", repository, "--timeout", "20"],
+                                 environment: s3.environment())
+        }
+        XCTAssertEqual(try push(names[0]).status, 0)
+        let deadline = Date().addingTimeInterval(20)
+        for name in names.dropFirst() {
+            while !FileManager.default.fileExists(atPath: "\(spool)/status/\(name).ok"), Date() < deadline { usleep(50_000) }
+            XCTAssertTrue(FileManager.default.fileExists(atPath: "\(spool)/status/\(name).ok"), "\(name) was read ahead and stored")
+        }
+        let rewritten = "\(work!)/pg_wal/\(names[1])"
+        let original = try XCTUnwrap(FileManager.default.contents(atPath: rewritten))
+        var before = stat()
+        XCTAssertEqual(stat(rewritten, &before), 0)
+        let handle = try XCTUnwrap(FileHandle(forWritingAtPath: rewritten))
+        try handle.write(contentsOf: Data(original.map { $0 ^ 0xFF }))
+        try handle.close()
+        var times = [before.st_atim, before.st_mtim]
+        XCTAssertEqual(utimensat(AT_FDCWD, rewritten, &times, 0), 0)
+        let refused = try push(names[1])
+        XCTAssertEqual(refused.status, ExitStatus.repositoryError.rawValue, "a file changed since it was stored is not acknowledged: \(refused.standardError)")
+        XCTAssertTrue(refused.standardError.contains("DIFFERENT content"), refused.standardError)
+
+        let copied = "\(work!)/pg_wal/\(names[2])"
+        let bytes = try XCTUnwrap(FileManager.default.contents(atPath: copied))
+        try bytes.write(to: URL(fileURLWithPath: copied), options: .atomic)
+        let copy = try push(names[2])
+        XCTAssertEqual(copy.status, 0, "the same bytes in another file are acknowledged by the synchronous push: \(copy.standardError)")
+        XCTAssertEqual(try archived(names[2]), bytes)
+    }
+
     /// A WAL segment as PostgreSQL writes it, as far as its first page goes: the long page header
     /// (XLP_LONG_HEADER, timeline 1, `xlp_pageaddr` = the segment's start LSN, `xlp_seg_size`).
     private func walSegment(_ name: String, size: Int = 1 << 20) -> Data {
@@ -199,7 +238,7 @@ final class WALAsyncTests: IntegrationTestCase {
         // The other segment, whole and with its own correct sha256: only its page header gives it away.
         let planted = try Data(contentsOf: URL(fileURLWithPath: "\(pgWAL)/\(first)"))
         try planted.write(to: URL(fileURLWithPath: "\(spool)/segments/\(second)"))
-        try Data(WALAsyncPush.sha256(planted).utf8).write(to: URL(fileURLWithPath: "\(spool)/segments/\(second).sha256"))
+        try Data(planted.withUnsafeBytes { MappedFile.sha256($0) }.utf8).write(to: URL(fileURLWithPath: "\(spool)/segments/\(second).sha256"))
 
         let fetched = try TestProcess.tool("dbrestore", ["wal-fetch", second, restore + "/RECOVERYXLOG", "--prefetch", "2", "--repo", repository])
         XCTAssertEqual(fetched.status, 0, fetched.standardError)
@@ -222,7 +261,7 @@ final class WALAsyncTests: IntegrationTestCase {
         try FileManager.default.createDirectory(atPath: spool + "/segments", withIntermediateDirectories: true)
         try Data(repository.utf8).write(to: URL(fileURLWithPath: spool + "/repository"))
         try FileManager.default.createSymbolicLink(atPath: "\(spool)/segments/\(name)", withDestinationPath: "\(pgWAL)/\(name)")
-        try Data(WALAsyncPush.sha256(segment).utf8).write(to: URL(fileURLWithPath: "\(spool)/segments/\(name).sha256"))
+        try Data(segment.withUnsafeBytes { MappedFile.sha256($0) }.utf8).write(to: URL(fileURLWithPath: "\(spool)/segments/\(name).sha256"))
 
         let destination = restore + "/RECOVERYXLOG"
         let fetched = try TestProcess.tool("dbrestore", ["wal-fetch", name, destination, "--prefetch", "2", "--repo", repository])

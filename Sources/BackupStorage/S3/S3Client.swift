@@ -249,7 +249,7 @@ func contentMD5(_ body: Data) -> String {
     Data(Insecure.MD5.hash(data: body)).base64EncodedString()
 }
 
-/// Lower-case hex of the MD5 of a body: what S3 answers as the ETag of a single-part, unencrypted or SSE-S3 object.
-func md5Hex(_ body: Data) -> String {
-    Data(Insecure.MD5.hash(data: body)).map { String(format: "%02x", $0) }.joined()
+/// Lower-case hex of an MD5: what S3 answers as the ETag of a single-part, unencrypted or SSE-S3 object.
+func md5Hex(_ digest: Insecure.MD5Digest) -> String {
+    digest.map { String(format: "%02x", $0) }.joined()
 }

@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import UTCTime
 #if canImport(Glibc)
@@ -224,11 +225,25 @@ public final class S3Store: BackupStore {
     }
 
     public func create(_ key: String, contents: Data) throws -> Bool {
+        try create(key, contents: contents, md5: Insecure.MD5.hash(data: contents))
+    }
+
+    public func holds(_ key: String, contents: Data) -> Bool {
+        holds(key, contents: contents, md5: Insecure.MD5.hash(data: contents))
+    }
+
+    public func createConfirmed(_ key: String, contents: Data) throws -> Bool {
+        let md5 = Insecure.MD5.hash(data: contents)
+        return try create(key, contents: contents, md5: md5) && holds(key, contents: contents, md5: md5)
+    }
+
+    /// `create` with the MD5 of `contents` already computed.
+    private func create(_ key: String, contents: Data, md5: Insecure.MD5Digest) throws -> Bool {
         var headers = sseHeaders
         headers["content-type"] = "application/octet-stream"
         headers["if-none-match"] = "*"
         // S3 refuses a body that arrived other than it was sent.
-        headers["content-md5"] = contentMD5(contents)
+        headers["content-md5"] = Data(md5).base64EncodedString()
         // 409 ConditionalRequestConflict: another conditional write to the key is in flight; ask again.
         for _ in 0..<5 {
             let response = try client.send("PUT", key: fullKey(key), headers: headers, body: contents, acceptable: [409, 412], interruptible: true)
@@ -240,17 +255,17 @@ public final class S3Store: BackupStore {
                            hint: "another process is writing the same object; run again")
     }
 
-    public func holds(_ key: String, contents: Data) -> Bool {
+    /// `holds` with the MD5 of `contents` already computed.
+    private func holds(_ key: String, contents: Data, md5: Insecure.MD5Digest) -> Bool {
         guard let head = try? client.send("HEAD", key: fullKey(key), acceptable: [404], interruptible: false), head.status != 404 else { return false }
         // A single-part object's ETag is the MD5 of its bytes, unless SSE-KMS or SSE-C encrypted it;
         // then (as for a multipart ETag, "…-N") only reading it back can tell.
         let etag = (head.header("ETag") ?? "").trimmingCharacters(in: CharacterSet(charactersIn: "\""))
-        let md5 = md5Hex(contents)
         let kms = head.header("x-amz-server-side-encryption").map { $0 != "AES256" } ?? false
         // A HEAD without a readable Content-Length (a gateway dropping it) proves nothing either way: read.
         if etag.count == 32 && !kms && head.header("x-amz-server-side-encryption-customer-algorithm") == nil,
            let length = (try? contentLength(of: head, key: fullKey(key))) {
-            return etag.lowercased() == md5 && length == UInt64(contents.count)
+            return etag.lowercased() == md5Hex(md5) && length == UInt64(contents.count)
         }
         return (try? read(key)) == contents
     }

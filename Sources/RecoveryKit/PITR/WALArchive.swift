@@ -37,19 +37,21 @@ public enum WALArchive {
                             environment: [String: String] = ProcessInfo.processInfo.environment) throws -> PushOutcome {
         let name = (path as NSString).lastPathComponent
         _ = try key(for: name)
-        let data = try readSegment(path)
+        let data = try readSegment(path).data
         let store = try Repository.open(repository, create: true, environment: environment)
         // A retry of an archived segment is common (PostgreSQL retries after any failure): answer it
         // without compressing and uploading the file again.
         return try self.store(data, name: name, in: store, key: cipherKey)
     }
 
-    /// The bytes of the WAL file at `path` (archive_command's %p).
-    static func readSegment(_ path: String) throws -> Data {
+    /// The bytes of the WAL file at `path` (archive_command's %p): mapped, not copied, when it can
+    /// be, and then with the identity of the file mapped.
+    static func readSegment(_ path: String) throws -> (data: Data, identity: FileIdentity?) {
+        if let mapped = MappedFile.data(path) { return (mapped.bytes, mapped.identity) }
         guard let data = FileManager.default.contents(atPath: path) else {
             throw RecoveryError(.failure, "cannot read WAL file \(path)", hint: "archive_command must pass %p, relative to the data directory")
         }
-        return data
+        return (data, nil)
     }
 
     /// Stores the WAL file `name` holding `data` in `store` and confirms it there (the
@@ -87,14 +89,12 @@ public enum WALArchive {
         let key = try key(for: name)
         // Created only if absent (link() locally, If-None-Match on S3): of two concurrent pushes of one
         // name exactly one stores its copy; the other compares with what won.
-        if try store.create(key, contents: compressed) {
-            // Confirm what the name now holds: an S3-compatible server whose If-None-Match check and
-            // store are not one step (moto) can let a concurrent push of the same name overwrite ours.
-            // The push whose bytes are not the ones stored did not win, and compares like any other.
-            // (AWS S3 makes the conditional PUT atomic; there this only confirms it.) A check that fails
-            // here is not an answer: the comparison below reads again and reports its own error.
-            if store.holds(key, contents: compressed) { return .stored }
-        }
+        // And confirmed: an S3-compatible server whose If-None-Match check and store are not one step
+        // (moto) can let a concurrent push of the same name overwrite ours. The push whose bytes are
+        // not the ones stored did not win, and compares like any other. (AWS S3 makes the conditional
+        // PUT atomic; there this only confirms it.) A confirmation that fails is not an answer: the
+        // comparison below reads again and reports its own error.
+        if try store.createConfirmed(key, contents: compressed) { return .stored }
         guard let outcome = try compareWithArchived(data, name: name, objectKey: key, store: store, cipherKey: cipherKey) else {
             throw RecoveryError(.repositoryError, "WAL file \(name) was archived and removed again while we stored it",
                                 hint: "something deletes from \(store.location)/wal while archiving runs; PostgreSQL will retry")

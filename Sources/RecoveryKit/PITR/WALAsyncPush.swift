@@ -1,5 +1,6 @@
 import BackupStorage
 import Foundation
+import Gzip
 import ProcessSignals
 import Synchronization
 
@@ -19,11 +20,16 @@ import Synchronization
 /// PostgreSQL retries). By the time PostgreSQL asks for the next segment it is usually stored
 /// already and the call returns at once.
 ///
-/// A verdict is for content, not for a name: `.ok` holds the sha256 of what was stored, and a call
-/// is acknowledged only when its own file has that digest. A call whose file differs from what was
-/// stored under its name (a read-ahead of another cluster's segment, a rebuilt cluster sharing the
-/// spool) is not acknowledged from the spool: it pushes its file the synchronous way, which
-/// refuses a segment archived with DIFFERENT content, and reports that.
+/// A verdict is for a file, not for a name: `.ok` names the file the pusher read (device, inode,
+/// size, modification and change times, unchanged from before the read to after it) and the CRC-32
+/// of its bytes, and a call is acknowledged only when its own file is that file, unchanged, with
+/// those bytes. A stat and a CRC-32 (about a millisecond, where a SHA-256 of the segment in the call
+/// and again in the pusher took an eighth of all the CPU a segment costs): any write moves the file's
+/// times, a file put in its place has another inode, and the CRC catches a write within the clock
+/// tick of the pusher's stat. A call whose file is not that one (a read-ahead of another cluster's
+/// segment, a rebuilt cluster sharing the spool, a copy) is not acknowledged from the spool: it
+/// pushes its file the synchronous way, which compares it with the archived copy byte for byte:
+/// the same bytes are acknowledged, DIFFERENT content is refused and reported.
 ///
 /// Nothing is acknowledged that is not stored: a pusher killed mid-way leaves no `.ok` for what it
 /// had not stored; the calls waiting for those time out (non-zero, PostgreSQL keeps the files)
@@ -47,24 +53,15 @@ public enum WALAsyncPush {
         let name = (path as NSString).lastPathComponent
         _ = try WALArchive.key(for: name)
         let spool = try WALSpool(settings.spool, repository: settings.repository, resetOnMismatch: false)
-        // Hashed where it lies (no 16 MiB copy in the call PostgreSQL waits on; read when it cannot be
-        // mapped), and only once the pusher has been asked: it works while this call hashes.
-        var hashed: String?
-        func digest() throws -> String {
-            if let hashed { return hashed }
-            let value = try MappedFile.read(path, MappedFile.sha256) ?? sha256(WALArchive.readSegment(path))
-            hashed = value
-            return value
-        }
-        /// The spool says other bytes were stored under this name: only the repository can judge this file.
+        /// The spool's verdict is not for this file: only the repository can judge it.
         func pushSynchronously() throws {
             _ = try WALArchive.push(path: path, repository: settings.repository, key: try key(), environment: settings.environment)
         }
         // An error found now was not produced for this call (a read-ahead's, an earlier call's): this
         // call's own attempt is the retry, and its verdict is the one reported.
-        switch try takeVerdict(name, digest: digest, spool: spool, reportingErrors: false) {
+        switch try takeVerdict(name, path: path, spool: spool, reportingErrors: false) {
         case .stored: return
-        case .otherContent: return try pushSynchronously()
+        case .otherFile: return try pushSynchronously()
         case .none: break
         }
         // Where the pusher reads it (PostgreSQL runs archive_command in the data directory, %p relative to it).
@@ -72,6 +69,8 @@ public enum WALAsyncPush {
         if !spool.exists("queue/\(name)") { try spool.put("queue/\(name)", Data(absolute.utf8)) }
         // Answered or given up: this call's entry is not work any more (a retry queues it again).
         defer { spool.remove(["queue/\(name)"]) }
+        // Watched from before the first look, so that a verdict written after it wakes the wait at once.
+        let arrivals = Arrivals(spool.path("status"))
         let deadline = Date().addingTimeInterval(timeout)
         var lastCheck = Date.distantPast
         while Date() < deadline {
@@ -80,36 +79,37 @@ public enum WALAsyncPush {
                 if try !spool.isLocked(lockName) { try spool.startDetached(pusherArguments, environment: settings.environment, log: "pusher.log") }
                 lastCheck = Date()
             }
-            _ = try digest()
             try Interruption.check()
-            switch try takeVerdict(name, digest: digest, spool: spool, reportingErrors: true) {
+            switch try takeVerdict(name, path: path, spool: spool, reportingErrors: true) {
             case .stored: return
-            case .otherContent: return try pushSynchronously()
+            case .otherFile: return try pushSynchronously()
             case .none: break
             }
-            usleep(5_000)
+            // Woken by a verdict (this call's or another's), else at most 50 ms to look at the pusher and the signals.
+            if let arrivals { arrivals.wait(0.05) } else { usleep(5_000) }
         }
         throw RecoveryError(.repositoryError, "WAL file \(name) was not archived within \(Int(timeout)) s (queued in \(spool.directory))",
                             hint: "PostgreSQL keeps the file and retries; \(spool.path("pusher.log")) tells what the background pusher did")
     }
 
-    /// A pusher's verdict on a name, as it applies to one caller's content.
+    /// A pusher's verdict on a name, as it applies to one caller's file.
     enum Verdict: Equatable {
         /// No verdict yet.
         case none
-        /// This content is stored (the `.ok` was taken).
+        /// This file is stored (the `.ok` was taken).
         case stored
-        /// What was stored under the name has another sha256 (or the `.ok` names none): not this file's verdict.
-        case otherContent
+        /// What was stored under the name was read from another file, or from this one before it
+        /// changed (or the `.ok` does not say): not this file's verdict.
+        case otherFile
     }
 
-    /// `.stored` (and the `.ok` removed) when `name` is stored with this `digest`; throws the
-    /// pusher's error (removed, so that the retry queues the segment again), or with
+    /// `.stored` (and the `.ok` removed) when `name` is stored from the file at `path` as it is now;
+    /// throws the pusher's error (removed, so that the retry queues the segment again), or with
     /// `reportingErrors` false only removes it.
-    private static func takeVerdict(_ name: String, digest: () throws -> String, spool: WALSpool, reportingErrors: Bool) throws -> Verdict {
+    private static func takeVerdict(_ name: String, path: String, spool: WALSpool, reportingErrors: Bool) throws -> Verdict {
         if let ok = try? spool.files.read("status/\(name).ok") {
             spool.remove(["status/\(name).ok"])
-            return try okDigest(ok) == digest() ? .stored : .otherContent
+            return StoredFile(ok)?.matches(path) == true ? .stored : .otherFile
         }
         if let error = try? spool.files.read("status/\(name).error") {
             spool.remove(["status/\(name).error"])
@@ -120,18 +120,38 @@ public enum WALAsyncPush {
         return .none
     }
 
-    /// The `.ok` file's content: the sha256 of what was stored, and where.
-    static func okContents(digest: String, repository: String) -> Data {
-        Data("sha256 \(digest)\nstored in \(repository)\n".utf8)
-    }
+    /// What an `.ok` says was stored: the file read (when it did not change while it was read) and
+    /// the CRC-32 of its bytes.
+    struct StoredFile: Equatable {
+        let file: FileIdentity
+        let crc: UInt32
 
-    /// The sha256 an `.ok` file names, if any.
-    static func okDigest(_ contents: Data) -> String? {
-        String(decoding: contents, as: UTF8.self).split(separator: "\n").first { $0.hasPrefix("sha256 ") }.map { String($0.dropFirst(7)) }
-    }
+        init(file: FileIdentity, crc: UInt32) {
+            (self.file, self.crc) = (file, crc)
+        }
 
-    static func sha256(_ data: Data) -> String {
-        data.withUnsafeBytes { MappedFile.sha256($0) }
+        /// An `.ok` file's content read back; nil when it names no file (one read while it changed,
+        /// or written by another version).
+        init?(_ contents: Data) {
+            var file: FileIdentity?, crc: UInt32?
+            for line in String(decoding: contents, as: UTF8.self).split(separator: "\n") {
+                if line.hasPrefix("file ") { file = FileIdentity(line.dropFirst(5)) }
+                if line.hasPrefix("crc32 ") { crc = UInt32(line.dropFirst(6), radix: 16) }
+            }
+            guard let file, let crc else { return nil }
+            (self.file, self.crc) = (file, crc)
+        }
+
+        /// The `.ok` file's content: this, and where it was stored.
+        func contents(repository: String) -> Data {
+            Data("file \(file)\ncrc32 \(String(crc, radix: 16))\nstored in \(repository)\n".utf8)
+        }
+
+        /// Whether the file at `path` is this one, unchanged: its identity first (a stat), then its bytes' CRC-32.
+        func matches(_ path: String) -> Bool {
+            guard FileIdentity(path: path) == file else { return false }
+            return MappedFile.read(path, WholeBufferGzip.crc32) == crc
+        }
     }
 
     /// How old a verdict no call took (a read-ahead of a segment PostgreSQL never asked for, a
@@ -185,17 +205,20 @@ public enum WALAsyncPush {
                     if check.failed { try check.wait() }
                     let opened = try store ?? Repository.open(repository, create: true, environment: environment)
                     store = opened
-                    // Read, digest and compress in turns, oldest first (the call PostgreSQL waits on is
+                    // Read, checksum and compress in turns, oldest first (the call PostgreSQL waits on is
                     // for the oldest); the uploads overlap.
-                    let (data, compressed, digest) = try turns.run(segment.name) {
-                        let data = try WALArchive.readSegment(segment.path)
-                        return (data, try WALArchive.compress(data, objectKey: try WALArchive.key(for: segment.name), cipherKey: key), sha256(data))
+                    let (data, compressed, stored) = try turns.run(segment.name) {
+                        let (data, identity) = try WALArchive.readSegment(segment.path)
+                        let crc = data.withUnsafeBytes { WholeBufferGzip.crc32($0) }
+                        let compressed = try WALArchive.compress(data, objectKey: try WALArchive.key(for: segment.name), cipherKey: key)
+                        // The file as it was opened, if it still is: else no call is acknowledged from the spool.
+                        return (data, compressed, identity.flatMap { FileIdentity(path: segment.path) == $0 ? StoredFile(file: $0, crc: crc) : nil })
                     }
                     try check.wait()
                     // No look-up first: a segment already stored (by a pusher killed before its verdict)
                     // is found by the create-if-absent and compared there.
                     _ = try WALArchive.store(compressed: compressed, of: data, name: segment.name, in: opened, key: key)
-                    try spool.put("status/\(segment.name).ok", okContents(digest: digest, repository: repository))
+                    try spool.put("status/\(segment.name).ok", stored.map { $0.contents(repository: repository) } ?? Data("stored in \(repository)\n".utf8))
                 } catch {
                     let failure = RecoveryError.classify(error)
                     try? spool.put("status/\(segment.name).error", Data((failure.message + (failure.hint.map { " (\($0))" } ?? "")).utf8))

@@ -235,6 +235,78 @@ struct WALSpool {
 /// - Important: only for files nobody cuts short in place (a WAL segment PostgreSQL is archiving,
 ///   a committed spool file): touching a page past a new end kills the process by SIGBUS, which
 ///   archive_command and restore_command report as a failure, never as success.
+/// Files arriving in one folder of a spool (a `put` renames each one in), watched with inotify: how a
+/// call learns of its verdict the moment the pusher writes it, instead of looking every few
+/// milliseconds (each look a few file operations; each wait up to a look's interval more in the
+/// path PostgreSQL waits on, one segment after another).
+final class Arrivals {
+    private let descriptor: Int32
+
+    /// Watches `folder` (created if missing); nil where inotify cannot (the caller then sleeps between looks).
+    init?(_ folder: String) {
+        try? FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        descriptor = inotify_init1(Int32(IN_CLOEXEC | IN_NONBLOCK))
+        guard descriptor >= 0 else { return nil }
+        guard inotify_add_watch(descriptor, folder, UInt32(IN_MOVED_TO | IN_CREATE)) >= 0 else {
+            close(descriptor)
+            return nil
+        }
+    }
+
+    deinit { close(descriptor) }
+
+    /// Returns when a file has arrived since the last call (at once if one already has), or after
+    /// `seconds`. A file that arrives between a look and this wait is not missed: its event waits
+    /// in the queue.
+    func wait(_ seconds: Double) {
+        var watched = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+        guard poll(&watched, 1, Int32(seconds * 1000)) > 0 else { return }
+        var events = [UInt8](repeating: 0, count: 4096)
+        while read(descriptor, &events, events.count) > 0 {}
+    }
+}
+
+/// Which file a path names, and when it last changed: device, inode, size, and the modification and
+/// status-change times to the nanosecond. A write changes the times, a file renamed into the path
+/// has another inode; only a write within the clock tick of a stat taken before it goes unseen, and
+/// `WALAsyncPush` checks content beside it for that.
+struct FileIdentity: Equatable, CustomStringConvertible {
+    let device: UInt64
+    let inode: UInt64
+    let size: Int64
+    let modified: [Int]
+    let changed: [Int]
+
+    init(_ status: stat) {
+        device = UInt64(status.st_dev)
+        inode = UInt64(status.st_ino)
+        size = Int64(status.st_size)
+        modified = [Int(status.st_mtim.tv_sec), Int(status.st_mtim.tv_nsec)]
+        changed = [Int(status.st_ctim.tv_sec), Int(status.st_ctim.tv_nsec)]
+    }
+
+    /// The file at `path` now (links followed, as open does); nil when there is none.
+    init?(path: String) {
+        var status = stat()
+        guard stat(path, &status) == 0 else { return nil }
+        self.init(status)
+    }
+
+    /// `description` read back.
+    init?(_ text: Substring) {
+        let fields = text.split(separator: ":").map { Int($0) }
+        guard fields.count == 7, fields.allSatisfy({ $0 != nil }) else { return nil }
+        let values = fields.compactMap { $0 }
+        (device, inode, size) = (UInt64(truncatingIfNeeded: values[0]), UInt64(truncatingIfNeeded: values[1]), Int64(values[2]))
+        (modified, changed) = (Array(values[3...4]), Array(values[5...6]))
+    }
+
+    /// `device:inode:size:mtime-s:mtime-ns:ctime-s:ctime-ns`.
+    var description: String {
+        ([Int(truncatingIfNeeded: device), Int(truncatingIfNeeded: inode), Int(size)] + modified + changed).map(String.init).joined(separator: ":")
+    }
+}
+
 enum MappedFile {
     /// `body` over the file's bytes; nil when the file cannot be opened or mapped (or is empty),
     /// for the caller to fall back to reading it.
@@ -252,6 +324,24 @@ enum MappedFile {
         }
         defer { munmap(mapping, size) }
         return try body(UnsafeRawBufferPointer(start: mapping, count: size))
+    }
+
+    /// The file's bytes as `Data` backed by the mapping (unmapped when the last copy goes): no copy
+    /// into fresh memory; and the identity of the file mapped. Nil as for `read`.
+    ///
+    /// - Important: only for files nobody shortens while they are read (a mapped page past a new
+    ///   end faults): WAL segments, which PostgreSQL leaves alone until archive_command succeeds.
+    static func data(_ path: String) -> (bytes: Data, identity: FileIdentity)? {
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { return nil }
+        defer { close(descriptor) }
+        var status = stat()
+        guard fstat(descriptor, &status) == 0, status.st_mode & S_IFMT == S_IFREG, status.st_size > 0 else { return nil }
+        let size = Int(status.st_size)
+        // MAP_POPULATE: the pages are mapped in one go, not one fault at a time as they are read.
+        guard let mapping = mmap(nil, size, PROT_READ, MAP_SHARED | MAP_POPULATE, descriptor, 0),
+              mapping != UnsafeMutableRawPointer(bitPattern: -1) else { return nil }
+        return (Data(bytesNoCopy: mapping, count: size, deallocator: .custom { pointer, count in munmap(pointer, count) }), FileIdentity(status))
     }
 
     /// The sha256 of `bytes`, as the spool's verdicts and records name it.

@@ -127,6 +127,15 @@ public struct RepositoryEncryption: Codable, Sendable, Equatable {
 
         static func read(from store: BackupStore) throws -> Holdings {
             var holdings = Holdings()
+            // The WAL is looked at while the backups are listed: a round trip less on S3, where the
+            // first write to a new repository (an async WAL pusher's start) waits for this.
+            let walMode = Background {
+                try store.list(prefix: "wal/").first(where: { $0.key.hasSuffix(".gz") }).map { wal in
+                    RepositoryEncryption(encrypted: Array(try store.readFirst(RepositoryKey.magic.count, of: wal)) == RepositoryKey.magic,
+                                         keyFingerprint: nil)
+                }
+            }
+            defer { walMode.join() }
             let manifests = try Catalog(store: store).manifests()
             for (group, members) in RetentionGroup.split(manifests) {
                 guard let newest = members.first.flatMap(mode) else { continue }
@@ -136,10 +145,7 @@ public struct RepositoryEncryption: Codable, Sendable, Equatable {
                 holdings.databases[DatabaseNameKey(manifest.database.name)] = mode(manifest)
             }
             holdings.newestBaseBackup = manifests.first { $0.kind == .physical }.flatMap(mode)
-            if let wal = try store.list(prefix: "wal/").first(where: { $0.key.hasSuffix(".gz") }) {
-                let head = try store.readFirst(RepositoryKey.magic.count, of: wal)
-                holdings.wal = RepositoryEncryption(encrypted: Array(head) == RepositoryKey.magic, keyFingerprint: nil)
-            }
+            holdings.wal = try walMode.wait()
             return holdings
         }
 
