@@ -10,12 +10,13 @@ import XCTest
 /// waiting), a signal ends it, and an archiver that recovers lets the backup finish.
 /// Also: a role refused a control-data function gets one line with the GRANT that fixes it.
 final class ArchiveWaitTests: XCTestCase {
-    /// A cluster whose archive_command (`dbbackup wal-push`) fails while `flag` exists, and takes
-    /// 2 s more per segment while `flag.slow` exists.
+    /// A cluster whose archive_command (`dbbackup wal-push`) fails while `flag` exists, takes 2 s
+    /// more per segment while `flag.slow` exists, and hangs for 20 s while `flag.hang` exists.
     private func flakyArchiver(_ prefix: String) throws -> (cluster: PostgresCluster, repository: String, database: String, flag: String) {
         let directory = ownedDirectory(prefix)
         let repository = directory + "/repo", flag = directory + "/archive-fails"
-        let cluster = try PostgresCluster(archiveCommand: "if [ -e \(flag).slow ]; then sleep 2; fi; test ! -e \(flag) && \(walPush(into: repository))")
+        let cluster = try PostgresCluster(archiveCommand: "if [ -e \(flag).slow ]; then sleep 2; fi; if [ -e \(flag).hang ]; then sleep 20; fi; "
+                                                          + "test ! -e \(flag) && \(walPush(into: repository))")
         addTeardownBlock { cluster.stop() }
         let (database, _) = try itemsDatabase(prefix.replacingOccurrences(of: "-", with: "_"), on: cluster)
         return (cluster, repository, database, flag)
@@ -101,6 +102,35 @@ final class ArchiveWaitTests: XCTestCase {
         XCTAssertTrue(second.serverLogTail(400).contains("DIFFERENT content"), "the refusal is in the server log the message points at")
         XCTAssertEqual(backupEntries(repository), before, stderr)
         try assertNoWalsenderLeft(second)
+    }
+
+    /// archive_command failed on a segment before the backup (the server's statistics still say so),
+    /// then its retry hangs: the wait is given up calling the command hung, not failing (PostgreSQL
+    /// 15's ArchiveCommand wait event on the archiver), and leaves nothing behind.
+    func testAHungArchiveCommandAfterAnEarlierFailureIsReportedAsHung() throws {
+        let (cluster, repository, database, flag) = try flakyArchiver("archive-hung")
+        _ = FileManager.default.createFile(atPath: flag, contents: Data())
+        let connection = try cluster.connect(database: database)
+        _ = try connection.query("SELECT pg_logical_emit_message(false, 'dbrecovery-tests', 'fail')")
+        _ = try connection.query("SELECT pg_switch_wal()")
+        let deadline = Date().addingTimeInterval(30)
+        while try connection.query("SELECT failed_count::text FROM pg_stat_archiver").scalar == "0", Date() < deadline { usleep(100_000) }
+        XCTAssertNotEqual(try connection.query("SELECT failed_count::text FROM pg_stat_archiver").scalar, "0", "archive_command never failed")
+        try FileManager.default.removeItem(atPath: flag)
+        _ = FileManager.default.createFile(atPath: flag + ".hang", contents: Data())
+        let (process, output) = try startBackup(["--physical", "--database-url", cluster.url(database: database), "--repo", repository,
+                                                 "--archive-timeout", "8s"], cluster: cluster)
+        let termination = process.waitForExit(within: 90, orFail: "dbbackup --physical still waits on a hung archive_command: \(output.soFar)")
+        let stderr = output.finish()
+        XCTAssertEqual(termination.exitCode, ExitStatus.archiveTimeout.rawValue, stderr)
+        XCTAssertTrue(stderr.contains("archive_command has been running for"), stderr)
+        let errors = stderr.split(separator: "\n").filter { $0.contains(": error: ") }
+        XCTAssertEqual(errors.count, 1, stderr)
+        XCTAssertTrue(errors.first?.contains("without returning") == true, stderr)
+        XCTAssertTrue(errors.first?.contains("hung, not failing") == true, stderr)
+        XCTAssertFalse(errors.first?.contains("archive_command failed on") == true, stderr)
+        XCTAssertEqual(backupEntries(repository), [], stderr)
+        try assertNoWalsenderLeft(cluster)
     }
 
     func testArchiverThatRecoversDuringTheWaitLetsTheBackupFinishAfterTheWarning() throws {

@@ -8,9 +8,9 @@ final class ArchiveWaitRulesTests: XCTestCase {
     private let start = Date(timeIntervalSince1970: 1_800_000_000)
 
     private func sample(_ phase: String?, failed: Int = 0, failedWAL: String? = nil, archived: String? = "000000010000000000000003",
-                        failingNow: Bool = false) -> ArchiveWait.Sample {
+                        failingNow: Bool = false, running: Bool = false) -> ArchiveWait.Sample {
         ArchiveWait.Sample(walsender: 42, phase: phase, failedCount: failed, lastFailedWAL: failedWAL, lastFailedTime: failedWAL == nil ? nil : "2027-01-15T02:00:01Z",
-                           lastArchivedWAL: archived, failingNow: failingNow)
+                           lastArchivedWAL: archived, failingNow: failingNow, commandRunning: running)
     }
 
     private func lines(_ actions: [ArchiveWait.Action]) -> [String] {
@@ -71,6 +71,52 @@ final class ArchiveWaitRulesTests: XCTestCase {
         XCTAssertNil(given?.failingSegment)
         XCTAssertTrue(ArchiveWait.error(given ?? ArchiveWait.GaveUp(failingSegment: nil, failures: 0, lastFailureTime: nil, lastArchived: nil, waitedSeconds: 0), timeoutSeconds: 10)
             .message.contains("though archive_command reported no failure"))
+    }
+
+    /// archive_command failed on 04, then its retry hangs (PostgreSQL 15's ArchiveCommand wait event
+    /// at every look, no attempt ending): the wait says it is hung, not failing, and gives up saying so.
+    func testAHungCallAfterAnEarlierFailureIsCalledHungNotFailing() {
+        var wait = ArchiveWait(backup: "B", timeoutSeconds: 60, reportSeconds: 30)
+        let failed = "000000010000000000000004"
+        let first = lines(wait.observe(sample(ArchiveWait.archivePhase, failed: 3, failedWAL: failed, failingNow: true), at: start))
+        XCTAssertTrue(first.first?.contains("archive_command is failing on \(failed)") == true, "\(first)")
+        var said: [String] = []
+        var given: ArchiveWait.GaveUp?
+        for second in 1...60 {
+            let actions = wait.observe(sample(ArchiveWait.archivePhase, failed: 3, failedWAL: failed, failingNow: true, running: true),
+                                       at: start.addingTimeInterval(Double(second)))
+            said += lines(actions)
+            given = given ?? gaveUp(actions)
+        }
+        XCTAssertEqual(said.filter { $0.contains("warning") }.count, 1, said.joined(separator: "\n"))
+        XCTAssertTrue(said.first?.contains("archive_command has been running for 10 s without returning (it failed earlier on \(failed))") == true,
+                      said.joined(separator: "\n"))
+        XCTAssertTrue(said.contains { $0.contains("archive_command running for 40 s without returning") }, said.joined(separator: "\n"))
+        let hung = try? XCTUnwrap(given)
+        XCTAssertNil(hung?.failingSegment)
+        XCTAssertEqual(hung?.commandRunningSeconds, 59)
+        let error = ArchiveWait.error(hung ?? ArchiveWait.GaveUp(failingSegment: nil, failures: 0, lastFailureTime: nil, lastArchived: nil, waitedSeconds: 0),
+                                      timeoutSeconds: 60)
+        XCTAssertTrue(error.message.contains("archive_command has been running for 59 s without returning"), error.message)
+        XCTAssertTrue(error.message.contains("the call running now is hung, not failing"), error.message)
+        XCTAssertTrue(error.hint?.contains("hung or slow") == true)
+    }
+
+    /// A command that keeps failing is seen running at many looks (each retry), but every attempt
+    /// ends with a failure counted: never called hung.
+    func testRetriesThatKeepFailingAreNeverCalledHung() {
+        var wait = ArchiveWait(backup: "B", timeoutSeconds: 20, reportSeconds: 30)
+        var said: [String] = []
+        var given: ArchiveWait.GaveUp?
+        for second in 0...20 {
+            let actions = wait.observe(sample(ArchiveWait.archivePhase, failed: second / 2, failedWAL: "000000010000000000000004", failingNow: true, running: true),
+                                       at: start.addingTimeInterval(Double(second)))
+            said += lines(actions)
+            given = given ?? gaveUp(actions)
+        }
+        XCTAssertFalse(said.contains { $0.contains("without returning") }, said.joined(separator: "\n"))
+        XCTAssertEqual(given?.failingSegment, "000000010000000000000004")
+        XCTAssertNil(given?.commandRunningSeconds)
     }
 
     func testALongCheckpointIsTalkedAboutButNotBounded() {

@@ -25,6 +25,10 @@ struct ArchiveWait {
     static let defaultTimeoutSeconds = 60
     /// How often a wait that makes no news gets a line (`DBRECOVERY_ARCHIVE_WAIT_REPORT` in seconds overrides it).
     static let defaultReportSeconds: Double = 30
+    /// How long one archive_command call may run before the wait calls it hung or slow (at most half
+    /// the timeout, so that it is said before the wait is given up). A failing command returns within
+    /// moments and is counted; a working one archives a segment.
+    static let hungSeconds: Double = 10
 
     /// One look at the server.
     struct Sample: Equatable {
@@ -38,6 +42,9 @@ struct ArchiveWait {
         /// The archiver's latest attempt failed (`last_failed_time` after `last_archived_time`): it is
         /// stuck on that file, since it archives oldest first and moves on only after a success.
         var failingNow: Bool
+        /// The archiver is running archive_command right now (PostgreSQL 15's `ArchiveCommand` wait
+        /// event; always false before 15).
+        var commandRunning: Bool = false
     }
 
     /// Why the wait was given up, for the error.
@@ -47,6 +54,11 @@ struct ArchiveWait {
         var lastFailureTime: String?
         var lastArchived: String?
         var waitedSeconds: Int
+        /// How long one archive_command call had been running without returning (hung or slow), when
+        /// that is what held the wait; an earlier failure (`failingSegment` nil then) is not the cause.
+        var commandRunningSeconds: Int?
+        /// The segment of the last failure before the hang, when there was one.
+        var earlierFailure: String?
     }
 
     /// What the watcher should do after a sample.
@@ -66,6 +78,10 @@ struct ArchiveWait {
     private var lastReport: Date?
     private var checkpointStart: Date?
     private var checkpointReport: Date?
+    /// Since when archive_command has been seen running at every look, with no attempt ending in
+    /// between (no failure counted, no segment archived): one call, not returning.
+    private var running: (since: Date, failures: Int, archived: String?)?
+    private var warnedHang = false
 
     init(backup: String, timeoutSeconds: Int, reportSeconds: Double = ArchiveWait.defaultReportSeconds) {
         self.backup = backup
@@ -104,11 +120,29 @@ struct ArchiveWait {
             lastProgress = now
         }
         var actions: [Action] = []
+        // One call of archive_command that has not returned for a while is hung or slow: what holds the
+        // wait now, whatever an earlier failure says (the archiver tries again after failing, and this
+        // attempt is that try). Every look must have seen it running, with no attempt ended between.
+        let sameCall = sample.commandRunning && running.map { $0.failures == sample.failedCount && $0.archived == sample.lastArchivedWAL } == true
+        if !sameCall {
+            running = sample.commandRunning ? (now, sample.failedCount, sample.lastArchivedWAL) : nil
+            warnedHang = false
+        }
+        let runningFor = running.map { now.timeIntervalSince($0.since) } ?? 0
+        let hung = running != nil && runningFor >= min(Self.hungSeconds, Double(timeoutSeconds) / 2)
+        let earlierFailure = sample.failingNow ? sample.lastFailedWAL : nil
         // The archiver's latest attempt failed: it is stuck on that file, ours (or one before it) —
         // whether it broke during the backup or before (then failures stays 0 until its next retry).
-        let failing = sample.failingNow
+        let failing = sample.failingNow && !hung
         let failures = max(0, sample.failedCount - baseline)
-        if failing, let segment = sample.lastFailedWAL, warnedSegment != segment {
+        if hung && !warnedHang {
+            warnedHang = true
+            lastReport = now
+            actions.append(.say("warning: base backup \(backup) waits for its last WAL segment to be archived, but archive_command has been running for "
+                                + "\(Int(runningFor.rounded())) s without returning\(earlierFailure.map { " (it failed earlier on \($0))" } ?? ""): "
+                                + "hung or slow (ps shows it under the server's archiver process; e.g. a repository that does not answer); "
+                                + "it fails after --archive-timeout \(timeoutSeconds) s without a segment archived"))
+        } else if failing, let segment = sample.lastFailedWAL, warnedSegment != segment {
             warnedSegment = segment
             lastReport = now
             actions.append(.say("warning: base backup \(backup) waits for its last WAL segment to be archived, but archive_command is failing on \(segment) "
@@ -117,13 +151,15 @@ struct ArchiveWait {
                                 + "else it fails after --archive-timeout \(timeoutSeconds) s without a segment archived"))
         } else if due(now, since: lastReport ?? start) {
             lastReport = now
-            let stuck = failing ? ", archive_command still failing on \(sample.lastFailedWAL ?? "?")" : ""
+            let stuck = hung ? ", archive_command running for \(Int(runningFor.rounded())) s without returning"
+                : failing ? ", archive_command still failing on \(sample.lastFailedWAL ?? "?")" : ""
             actions.append(.say("base backup \(backup): waiting \(seconds(now, start)) s for the server to archive its last WAL segment "
                                 + "(last archived: \(sample.lastArchivedWAL ?? "none")\(stuck)); it gives up after --archive-timeout \(timeoutSeconds) s without a segment archived"))
         }
         if now.timeIntervalSince(lastProgress ?? start) >= Double(timeoutSeconds) {
             actions.append(.giveUp(GaveUp(failingSegment: failing ? sample.lastFailedWAL : nil, failures: failures, lastFailureTime: sample.lastFailedTime,
-                                          lastArchived: sample.lastArchivedWAL, waitedSeconds: seconds(now, start))))
+                                          lastArchived: sample.lastArchivedWAL, waitedSeconds: seconds(now, start),
+                                          commandRunningSeconds: hung ? Int(runningFor.rounded()) : nil, earlierFailure: hung ? earlierFailure : nil)))
         }
         return actions
     }
@@ -140,6 +176,14 @@ struct ArchiveWait {
 
     /// The error of a wait given up: exit 14, naming the segment and the fix; nothing was stored.
     static func error(_ gaveUp: GaveUp, timeoutSeconds: Int) -> RecoveryError {
+        if let running = gaveUp.commandRunningSeconds {
+            return RecoveryError(.archiveTimeout,
+                                 "the base backup's WAL never reached the archive: archive_command has been running for \(running) s without returning "
+                                    + "and no segment was archived for --archive-timeout \(timeoutSeconds) s"
+                                    + (gaveUp.earlierFailure.map { " (it had failed earlier on \($0); the call running now is hung, not failing)" } ?? ""),
+                                 hint: "archive_command is hung or slow (ps shows it under the server's archiver process; e.g. a repository that does not answer): "
+                                    + "fix it or raise --archive-timeout, then run dbbackup --physical again; nothing was stored")
+        }
         if let segment = gaveUp.failingSegment {
             return RecoveryError(.archiveTimeout,
                                  "the base backup's WAL never reached the archive: archive_command failed on WAL segment \(segment) "
@@ -213,7 +257,8 @@ final class BaseBackupWatch: @unchecked Sendable {
     private static let sampleQuery = """
         SELECT b.pid::text, b.phase, s.failed_count::text, s.last_failed_wal,
                to_char(s.last_failed_time AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), s.last_archived_wal,
-               (s.last_failed_time IS NOT NULL AND s.last_failed_time > coalesce(s.last_archived_time, '-infinity'))::text
+               (s.last_failed_time IS NOT NULL AND s.last_failed_time > coalesce(s.last_archived_time, '-infinity'))::text,
+               EXISTS (SELECT FROM pg_catalog.pg_stat_activity WHERE backend_type = 'archiver' AND wait_event = 'ArchiveCommand')::text
           FROM pg_catalog.pg_stat_archiver s
           LEFT JOIN (SELECT p.pid, p.phase FROM pg_catalog.pg_stat_progress_basebackup p
                        JOIN pg_catalog.pg_stat_activity a ON a.pid = p.pid
@@ -269,7 +314,8 @@ final class BaseBackupWatch: @unchecked Sendable {
     private func sample(on connection: PostgresConnection, applicationName: String) throws -> ArchiveWait.Sample {
         let row = try connection.query(Self.sampleQuery, [applicationName]).rows[0]
         return ArchiveWait.Sample(walsender: row[0].flatMap { Int32($0) }, phase: row[1], failedCount: Int(row[2] ?? "") ?? 0,
-                                  lastFailedWAL: row[3], lastFailedTime: row[4], lastArchivedWAL: row[5], failingNow: row[6] == "true")
+                                  lastFailedWAL: row[3], lastFailedTime: row[4], lastArchivedWAL: row[5], failingNow: row[6] == "true",
+                                  commandRunning: row[7] == "true")
     }
 
     /// Ends our walsender, checking it is still ours (a pid is reused).
