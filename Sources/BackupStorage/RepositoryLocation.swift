@@ -63,6 +63,15 @@ public enum RepositoryLocation: Equatable, Sendable, CustomStringConvertible {
         return kept.joined(separator: "/")
     }
 
+    /// A local path made absolute (against the working directory) with its `.` and `..` segments and
+    /// trailing slashes removed; links are not followed. What a process started elsewhere (the async
+    /// pusher) must be given, and how a spool records which repository it serves.
+    public var absolute: RepositoryLocation {
+        guard case .local(let path) = self else { return self }
+        let full = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+        return .local(path: URL(fileURLWithPath: full).standardized.path)
+    }
+
     public var description: String {
         switch self {
         case .local(let path): return path

@@ -236,7 +236,7 @@ public struct WALPushCommand: ToolCommand {
             }
             guard let path else { return }   // validate() refused this already
             // The pusher gets the same repository and key options; secrets stay in the environment it is given.
-            var arguments = ["wal-push", "--pusher", "--spool", directory, "--repo", addresses[0], "--jobs", String(jobs)]
+            var arguments = ["wal-push", "--pusher", "--spool", directory, "--repo", asyncSettings.repository, "--jobs", String(jobs)]
             if let keyFile = repository.encryptionKeyFile { arguments += ["--encryption-key-file", keyFile] }
             if encryption.allowMixedEncryption { arguments.append("--allow-mixed-encryption") }
             return try WALAsyncPush.push(path: path, settings: asyncSettings, timeout: TimeInterval(timeout), pusherArguments: arguments,

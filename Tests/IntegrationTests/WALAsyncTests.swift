@@ -204,6 +204,49 @@ final class WALAsyncTests: IntegrationTestCase {
         XCTAssertEqual(try archived(names[2]), bytes)
     }
 
+    /// Two calls for one segment at once (an operator's manual push beside the archiver's): the first
+    /// takes the verdict, and the second gets one of its own instead of waiting out its timeout.
+    func testTwoCallsForOneSegmentAtOnceAreBothAnswered() throws {
+        let spool = work + "/spool", repository = work + "/repo"
+        let names = try makeSegments(6)
+        for name in names {
+            let calls = (0..<2).map { _ in
+                Background { try TestProcess.tool("dbbackup", ["wal-push", "\(self.work!)/pg_wal/\(name)", "--async", "--spool", spool,
+                                                              "--repo", repository, "--timeout", "20"]) }
+            }
+            for call in calls {
+                let result = try call.wait()
+                XCTAssertEqual(result.status, 0, "\(name): \(result.standardError)")
+            }
+        }
+    }
+
+    /// A relative --repo is the repository in the directory of the call (PostgreSQL runs
+    /// archive_command in the data directory), whichever call started the pusher: one spool given
+    /// `--repo repo` from two data directories is refused for the second, which is another repository.
+    /// And a %p that is not there is said as such (exit 1), not as a repository's timeout.
+    func testARelativeRepositoryIsTheCallersAndAMissingFileIsSaid() throws {
+        let spool = work + "/spool"
+        /// archive_command as PostgreSQL runs it: in the data directory, %p relative to it.
+        func push(_ name: String, from cluster: String) throws -> TestProcess.Result {
+            try TestProcess.run("/bin/sh", ["-c", "cd \"$1\" && exec \"$2\" wal-push \"pg_wal/$3\" --async --spool \"$4\" --repo repo --timeout 20", "sh",
+                                            "\(work!)/\(cluster)", TestPaths.executable("dbbackup"), name, spool])
+        }
+        for cluster in ["a", "b"] {
+            try FileManager.default.createDirectory(atPath: "\(work!)/\(cluster)/pg_wal", withIntermediateDirectories: true)
+            try Data(repeating: 7, count: 65_536).write(to: URL(fileURLWithPath: "\(work!)/\(cluster)/pg_wal/000000010000000000000001"))
+        }
+        let first = try push("000000010000000000000001", from: "a")
+        XCTAssertEqual(first.status, 0, first.standardError)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "\(work!)/a/repo/wal/00000001/000000010000000000000001.gz"), "stored where the call named it")
+        let second = try push("000000010000000000000001", from: "b")
+        XCTAssertEqual(second.status, ExitStatus.usage.rawValue, second.standardError)
+        XCTAssertTrue(second.standardError.contains("belongs to repository \(work!)/a/repo, not \(work!)/b/repo"), second.standardError)
+        let missing = try push("000000010000000000000002", from: "a")
+        XCTAssertEqual(missing.status, ExitStatus.failure.rawValue, missing.standardError)
+        XCTAssertTrue(missing.standardError.contains("cannot read WAL file pg_wal/000000010000000000000002: No such file or directory"), missing.standardError)
+    }
+
     /// A WAL segment as PostgreSQL writes it, as far as its first page goes: the long page header
     /// (XLP_LONG_HEADER, timeline 1, `xlp_pageaddr` = the segment's start LSN, `xlp_seg_size`).
     private func walSegment(_ name: String, size: Int = 1 << 20) -> Data {
@@ -235,10 +278,10 @@ final class WALAsyncTests: IntegrationTestCase {
         let restore = work + "/restore/pg_wal", spool = work + "/restore/pg_wal/dbrecovery-prefetch"
         try FileManager.default.createDirectory(atPath: spool + "/segments", withIntermediateDirectories: true)
         try Data(repository.utf8).write(to: URL(fileURLWithPath: spool + "/repository"))
-        // The other segment, whole and with its own correct sha256: only its page header gives it away.
+        // The other segment, whole and with its own correct CRC-32: only its page header gives it away.
         let planted = try Data(contentsOf: URL(fileURLWithPath: "\(pgWAL)/\(first)"))
         try planted.write(to: URL(fileURLWithPath: "\(spool)/segments/\(second)"))
-        try Data(planted.withUnsafeBytes { MappedFile.sha256($0) }.utf8).write(to: URL(fileURLWithPath: "\(spool)/segments/\(second).sha256"))
+        try planted.withUnsafeBytes(WALPrefetch.spoolRecord).write(to: URL(fileURLWithPath: "\(spool)/\(WALPrefetch.record(of: second))"))
 
         let fetched = try TestProcess.tool("dbrestore", ["wal-fetch", second, restore + "/RECOVERYXLOG", "--prefetch", "2", "--repo", repository])
         XCTAssertEqual(fetched.status, 0, fetched.standardError)
@@ -247,7 +290,7 @@ final class WALAsyncTests: IntegrationTestCase {
     }
 
     /// A link planted in the prefetch spool under a segment's name (pointing at a file with the
-    /// right bytes and sha256 today) is not handed to PostgreSQL: what lands at %p is a regular
+    /// right bytes and CRC-32 today) is not handed to PostgreSQL: what lands at %p is a regular
     /// file fetched from the repository, not a link whose target can change under recovery.
     func testALinkInThePrefetchSpoolIsNeverServed() throws {
         let repository = work + "/repo", pgWAL = work + "/pg_wal"
@@ -261,7 +304,7 @@ final class WALAsyncTests: IntegrationTestCase {
         try FileManager.default.createDirectory(atPath: spool + "/segments", withIntermediateDirectories: true)
         try Data(repository.utf8).write(to: URL(fileURLWithPath: spool + "/repository"))
         try FileManager.default.createSymbolicLink(atPath: "\(spool)/segments/\(name)", withDestinationPath: "\(pgWAL)/\(name)")
-        try Data(segment.withUnsafeBytes { MappedFile.sha256($0) }.utf8).write(to: URL(fileURLWithPath: "\(spool)/segments/\(name).sha256"))
+        try segment.withUnsafeBytes(WALPrefetch.spoolRecord).write(to: URL(fileURLWithPath: "\(spool)/\(WALPrefetch.record(of: name))"))
 
         let destination = restore + "/RECOVERYXLOG"
         let fetched = try TestProcess.tool("dbrestore", ["wal-fetch", name, destination, "--prefetch", "2", "--repo", repository])
@@ -358,7 +401,7 @@ final class WALAsyncTests: IntegrationTestCase {
                 // not served as it is, the segment is fetched again.
                 let spooled = "\(spool)/segments/\(names[4])"
                 let deadline = Date().addingTimeInterval(20)
-                while !FileManager.default.fileExists(atPath: spooled + ".sha256") && Date() < deadline { usleep(50_000) }
+                while !FileManager.default.fileExists(atPath: spooled + ".crc32") && Date() < deadline { usleep(50_000) }
                 var data = try Data(contentsOf: URL(fileURLWithPath: spooled))
                 data[data.count / 2] ^= 0x20
                 try data.write(to: URL(fileURLWithPath: spooled))
@@ -441,11 +484,11 @@ final class WALAsyncTests: IntegrationTestCase {
         }))
     }
 
-    /// Waits until the prefetcher has spooled `name` whole (its sha256 written last).
+    /// Waits until the prefetcher has spooled `name` whole (its CRC-32 written last).
     private func waitForSpooled(_ name: String, in spool: String) {
         let deadline = Date().addingTimeInterval(20)
-        while !FileManager.default.fileExists(atPath: "\(spool)/segments/\(name).sha256") && Date() < deadline { usleep(20_000) }
-        XCTAssertTrue(FileManager.default.fileExists(atPath: "\(spool)/segments/\(name).sha256"), "\(name) was prefetched")
+        while !FileManager.default.fileExists(atPath: "\(spool)/\(WALPrefetch.record(of: name))") && Date() < deadline { usleep(20_000) }
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "\(spool)/\(WALPrefetch.record(of: name))"), "\(name) was prefetched")
     }
 
     /// A spooled segment damaged (one byte) or cut short after the prefetcher checked it is not
@@ -480,7 +523,7 @@ final class WALAsyncTests: IntegrationTestCase {
             XCTAssertEqual(result.status, 0, result.standardError)
         }
         let beyond = try XCTUnwrap(WALSegmentName.next(after: names[2], segmentSize: 1 << 20))
-        // What a killed download leaves: a partial file of the next name, without its sha256.
+        // What a killed download leaves: a partial file of the next name, without its CRC-32.
         try FileManager.default.createDirectory(atPath: spool + "/segments", withIntermediateDirectories: true)
         try Data(walSegment(beyond).prefix(1000)).write(to: URL(fileURLWithPath: "\(spool)/segments/\(beyond)"))
         try FileManager.default.removeItem(atPath: destination)

@@ -37,21 +37,33 @@ public enum WALArchive {
                             environment: [String: String] = ProcessInfo.processInfo.environment) throws -> PushOutcome {
         let name = (path as NSString).lastPathComponent
         _ = try key(for: name)
-        let data = try readSegment(path).data
+        let data = try readSegment(path)
         let store = try Repository.open(repository, create: true, environment: environment)
         // A retry of an archived segment is common (PostgreSQL retries after any failure): answer it
         // without compressing and uploading the file again.
         return try self.store(data, name: name, in: store, key: cipherKey)
     }
 
-    /// The bytes of the WAL file at `path` (archive_command's %p): mapped, not copied, when it can
-    /// be, and then with the identity of the file mapped.
-    static func readSegment(_ path: String) throws -> (data: Data, identity: FileIdentity?) {
-        if let mapped = MappedFile.data(path) { return (mapped.bytes, mapped.identity) }
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw RecoveryError(.failure, "cannot read WAL file \(path)", hint: "archive_command must pass %p, relative to the data directory")
+    /// The bytes of the WAL file at `path` (archive_command's %p), read into memory of our own: what
+    /// is compressed and stored is one snapshot of the file, even if something writes to it meanwhile
+    /// (a mapping would let the gzip's CRC and its data see different bytes).
+    static func readSegment(_ path: String) throws -> Data {
+        var status = stat()
+        guard stat(path, &status) == 0, status.st_mode & S_IFMT == S_IFREG, let data = FileManager.default.contents(atPath: path) else {
+            throw unreadable(path)
         }
-        return (data, nil)
+        return data
+    }
+
+    /// The error for a WAL file that cannot be read, saying why (no such file, a directory, no permission).
+    static func unreadable(_ path: String) -> RecoveryError {
+        var status = stat()
+        let reason = stat(path, &status) != 0 ? String(cString: strerror(errno))
+            : status.st_mode & S_IFMT == S_IFDIR ? "it is a directory"
+            : status.st_mode & S_IFMT != S_IFREG ? "it is not a regular file"
+            : access(path, R_OK) != 0 ? String(cString: strerror(errno)) : "read failed"
+        return RecoveryError(.failure, "cannot read WAL file \(path): \(reason)",
+                             hint: "archive_command must pass %p (relative to the data directory, where PostgreSQL runs it) of a segment that is still there")
     }
 
     /// Stores the WAL file `name` holding `data` in `store` and confirms it there (the
@@ -65,7 +77,7 @@ public enum WALArchive {
         if let outcome = try compareWithArchived(data, name: name, objectKey: key, store: store, cipherKey: cipherKey) {
             return outcome
         }
-        return try self.store(compressed: compress(data, objectKey: key, cipherKey: cipherKey), of: data, name: name, in: store, key: cipherKey)
+        return try self.store(compressed: compress(data, objectKey: key, cipherKey: cipherKey), of: { data }, name: name, in: store, key: cipherKey)
     }
 
     /// What is stored for the WAL bytes `data` under `objectKey`: gzip level 1 (WAL is written
@@ -73,7 +85,12 @@ public enum WALArchive {
     /// busy server), then encrypted when the repository is. The segment is in memory whole, so
     /// libdeflate compresses it (`WholeBufferGzip`): the same gzip, for less CPU than zlib's stream.
     static func compress(_ data: Data, objectKey: String, cipherKey: RepositoryKey?) throws -> Data {
-        let compressed = try data.withUnsafeBytes { try WholeBufferGzip.compress($0, level: 1) }
+        try data.withUnsafeBytes { try compress($0, objectKey: objectKey, cipherKey: cipherKey) }
+    }
+
+    /// `compress` of bytes in memory the caller owns.
+    static func compress(_ bytes: UnsafeRawBufferPointer, objectKey: String, cipherKey: RepositoryKey?) throws -> Data {
+        let compressed = try WholeBufferGzip.compress(bytes, level: 1)
         guard let cipherKey else { return compressed }
         var encrypted = Data()
         let encryptor = try StreamEncryptor(key: cipherKey, object: objectKey) { encrypted.append(contentsOf: $0) }
@@ -82,10 +99,12 @@ public enum WALArchive {
         return encrypted
     }
 
-    /// The second half of `store`: stores `compressed` (what `compress` made of `data`) and
-    /// confirms it, or compares `data` with what the name already holds. The background pusher
-    /// compresses first, in its turn at the CPU, and uploads with the others at once.
-    static func store(compressed: Data, of data: Data, name: String, in store: BackupStore, key cipherKey: RepositoryKey?) throws -> PushOutcome {
+    /// The second half of `store`: stores `compressed` (what `compress` made of the segment) and
+    /// confirms it, or compares the segment (`original`, asked for only then) with what the name
+    /// already holds. The background pusher compresses first, in its turn at the CPU, and uploads
+    /// with the others at once.
+    static func store(compressed: Data, of original: () throws -> Data, name: String, in store: BackupStore,
+                      key cipherKey: RepositoryKey?) throws -> PushOutcome {
         let key = try key(for: name)
         // Created only if absent (link() locally, If-None-Match on S3): of two concurrent pushes of one
         // name exactly one stores its copy; the other compares with what won.
@@ -95,7 +114,7 @@ public enum WALArchive {
         // PUT atomic; there this only confirms it.) A confirmation that fails is not an answer: the
         // comparison below reads again and reports its own error.
         if try store.createConfirmed(key, contents: compressed) { return .stored }
-        guard let outcome = try compareWithArchived(data, name: name, objectKey: key, store: store, cipherKey: cipherKey) else {
+        guard let outcome = try compareWithArchived(original(), name: name, objectKey: key, store: store, cipherKey: cipherKey) else {
             throw RecoveryError(.repositoryError, "WAL file \(name) was archived and removed again while we stored it",
                                 hint: "something deletes from \(store.location)/wal while archiving runs; PostgreSQL will retry")
         }

@@ -52,6 +52,9 @@ public enum WALAsyncPush {
                             key: () throws -> RepositoryKey?) throws {
         let name = (path as NSString).lastPathComponent
         _ = try WALArchive.key(for: name)
+        // A file that cannot be read is this call's problem, said now (not a timeout, not the repository's).
+        var status = stat()
+        guard stat(path, &status) == 0, status.st_mode & S_IFMT == S_IFREG, access(path, R_OK) == 0 else { throw WALArchive.unreadable(path) }
         let spool = try WALSpool(settings.spool, repository: settings.repository, resetOnMismatch: false)
         /// The spool's verdict is not for this file: only the repository can judge it.
         func pushSynchronously() throws {
@@ -85,6 +88,10 @@ public enum WALAsyncPush {
             case .otherFile: return try pushSynchronously()
             case .none: break
             }
+            // Another call for the same segment took the verdict, and the pusher's answer removed the
+            // entry: queued again, so that this call gets a verdict of its own (the store finds the
+            // segment archived and compares) instead of waiting out its timeout.
+            if !spool.exists("queue/\(name)") { try spool.put("queue/\(name)", Data(absolute.utf8)) }
             // Woken by a verdict (this call's or another's), else at most 50 ms to look at the pusher and the signals.
             if let arrivals { arrivals.wait(0.05) } else { usleep(5_000) }
         }
@@ -184,7 +191,7 @@ public enum WALAsyncPush {
         defer { lock.release() }
         try spool.put("pusher.pid", Data(String(ProcessInfo.processInfo.processIdentifier).utf8))
         removeLeftovers(in: spool, now: Date())
-        let work = PushWork(), turns = CPUTurns(), check = RepositoryCheck()
+        let work = PushWork(), turns = CPUTurns(), check = RepositoryCheck(), buffers = SegmentBuffers()
         let directory = spool.directory
         let repository = settings.repository
         let idleExit = settings.idleExit
@@ -207,17 +214,18 @@ public enum WALAsyncPush {
                     store = opened
                     // Read, checksum and compress in turns, oldest first (the call PostgreSQL waits on is
                     // for the oldest); the uploads overlap.
-                    let (data, compressed, stored) = try turns.run(segment.name) {
-                        let (data, identity) = try WALArchive.readSegment(segment.path)
-                        let crc = data.withUnsafeBytes { WholeBufferGzip.crc32($0) }
-                        let compressed = try WALArchive.compress(data, objectKey: try WALArchive.key(for: segment.name), cipherKey: key)
-                        // The file as it was opened, if it still is: else no call is acknowledged from the spool.
-                        return (data, compressed, identity.flatMap { FileIdentity(path: segment.path) == $0 ? StoredFile(file: $0, crc: crc) : nil })
+                    let (compressed, stored) = try turns.run(segment.name) {
+                        try buffers.withSegment(segment.path) { bytes, identity in
+                            let crc = WholeBufferGzip.crc32(bytes)
+                            let compressed = try WALArchive.compress(bytes, objectKey: try WALArchive.key(for: segment.name), cipherKey: key)
+                            // The file as it was opened, if it still is: else no call is acknowledged from the spool.
+                            return (compressed, FileIdentity(path: segment.path) == identity ? StoredFile(file: identity, crc: crc) : nil)
+                        }
                     }
                     try check.wait()
                     // No look-up first: a segment already stored (by a pusher killed before its verdict)
-                    // is found by the create-if-absent and compared there.
-                    _ = try WALArchive.store(compressed: compressed, of: data, name: segment.name, in: opened, key: key)
+                    // is found by the create-if-absent and compared there (the file read again for that).
+                    _ = try WALArchive.store(compressed: compressed, of: { try WALArchive.readSegment(segment.path) }, name: segment.name, in: opened, key: key)
                     try spool.put("status/\(segment.name).ok", stored.map { $0.contents(repository: repository) } ?? Data("stored in \(repository)\n".utf8))
                 } catch {
                     let failure = RecoveryError.classify(error)

@@ -1,5 +1,6 @@
 import BackupStorage
 import Foundation
+import Gzip
 import ProcessSignals
 import Synchronization
 
@@ -9,9 +10,9 @@ import Synchronization
 /// once and decompresses them in turns, oldest first (`CPUTurns`), each whole in memory; it
 /// checks each as a direct fetch would (gzip CRC and length, the cipher's authentication) and by
 /// its first page's long header (`WALSegmentName.headerMatches`) before writing it to
-/// `segments/<name>` (a temporary file renamed), then writes its sha256 under `segments/<name>.sha256`.
+/// `segments/<name>` (a temporary file renamed), then writes its CRC-32 under `segments/<name>.crc32`.
 ///
-/// A later call for that segment only maps it once (the sha256 and the page header again: a
+/// A later call for that segment only maps it once (the CRC-32 and the page header again: a
 /// spool file damaged, truncated or planted since is never served) and renames it into place;
 /// anything that does not verify is deleted and the segment fetched from the repository, as is a
 /// segment the prefetcher does not have. So the answer is always the repository's: "not found"
@@ -43,7 +44,7 @@ public enum WALPrefetch {
         let spool = try WALSpool(settings.spool, repository: settings.repository, resetOnMismatch: true)
         // The prefetcher is downloading it right now: wait for that copy instead of downloading it twice.
         let deadline = Date().addingTimeInterval(30)
-        while spool.exists("claims/\(name)") && !spool.exists("segments/\(name).sha256") && Date() < deadline, try spool.isLocked(lockName) {
+        while spool.exists("claims/\(name)") && !spool.exists(record(of: name)) && Date() < deadline, try spool.isLocked(lockName) {
             try Interruption.check()
             usleep(5_000)
         }
@@ -84,6 +85,14 @@ public enum WALPrefetch {
         return true
     }
 
+    /// Where the spool keeps the check of the segment `name`, written once the segment is whole.
+    static func record(of name: String) -> String { "segments/\(name).crc32" }
+
+    /// The check of a spooled segment's bytes: their CRC-32 in hex.
+    static func spoolRecord(_ bytes: UnsafeRawBufferPointer) -> Data {
+        Data(String(WholeBufferGzip.crc32(bytes), radix: 16).utf8)
+    }
+
     /// The `count` segment names after `name` on its timeline, one per line.
     private static func wanted(after name: String, segmentSize: UInt64, count: Int) -> Data {
         var wanted: [String] = []
@@ -97,18 +106,21 @@ public enum WALPrefetch {
     }
 
     /// Moves the prefetched `name` to `destination` when it is whole and is that segment: its
-    /// sha256 is the one the prefetcher recorded after checking the download, and its page header
+    /// CRC-32 is the one the prefetcher recorded after checking the download, and its page header
     /// names it. Whatever does not verify is deleted. The file is mapped, not read (`MappedFile`):
-    /// besides hashing it, this call only renames it.
+    /// besides its CRC (a millisecond), this call only renames it. A CRC-32, not a SHA-256 (a tenth
+    /// of the CPU): the record lies beside the file in the same spool, so it guards against damage
+    /// (a torn or cut-short file, a flipped bit), which a CRC-32 is made to catch, and not against
+    /// whoever could write both; the page header catches a whole other segment put there.
     ///
     /// - Returns: the segment's size, or nil when the spool had no good copy.
     private static func serveFromSpool(_ name: String, spool: WALSpool, destination: String) -> Int? {
-        let segment = "segments/\(name)", digest = "segments/\(name).sha256"
+        let segment = "segments/\(name)", digest = record(of: name)
         defer { spool.remove([segment, digest]) }   // served or bad: either way not needed again
         guard let recorded = try? spool.files.read(digest) else { return nil }
         let path = spool.path(segment)
         return MappedFile.read(path, followingLinks: false) { bytes -> Int? in
-            guard MappedFile.sha256(bytes) == String(decoding: recorded, as: UTF8.self),
+            guard spoolRecord(bytes) == recorded,
                   WALSegmentName.headerMatches(firstBytes: bytes, size: UInt64(bytes.count), name: name) else { return nil }
             if rename(path, destination) != 0 {
                 // A --spool on another file system than pg_wal: write the verified bytes instead.
@@ -139,7 +151,7 @@ public enum WALPrefetch {
             while !Interruption.isRequested {
                 let wanted = (try? spool.files.read(wantedKey)).map { String(decoding: $0, as: UTF8.self).split(separator: "\n").map(String.init) } ?? []
                 // Each name once per prefetcher: one served already is not downloaded again because an older `wanted` still names it.
-                guard let name = claims.claim(from: end.before(wanted).filter { !spool.exists("segments/\($0).sha256") }) else {
+                guard let name = claims.claim(from: end.before(wanted).filter { !spool.exists(record(of: $0)) }) else {
                     if Date().timeIntervalSince(idleSince) > idleExit { return }
                     usleep(WorkerThreads.idlePause(index))
                     continue
@@ -166,20 +178,19 @@ public enum WALPrefetch {
                             throw RecoveryError(.backupCorrupt, "archived WAL file \(name) does not start with its own page header")
                         }
                         let file = try spool.create("segments/\(name)")
-                        var digest = StreamingDigest()
+                        // Through a small buffer: one write() of the whole 16 MiB cost as much kernel copy time
+                        // as libdeflate saves (docs/design-notes.md).
                         let piece = UnsafeMutableRawBufferPointer.allocate(byteCount: 256 * 1024, alignment: 4096)
                         defer { piece.deallocate() }
                         try data.withUnsafeBytes { bytes in
                             for start in stride(from: 0, to: bytes.count, by: piece.count) {
                                 let count = min(piece.count, bytes.count - start)
                                 piece.copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[start..<start + count]))
-                                let filled = UnsafeRawBufferPointer(rebasing: piece[0..<count])
-                                digest.update(filled)
-                                try file.append(filled)
+                                try file.append(UnsafeRawBufferPointer(rebasing: piece[0..<count]))
                             }
                         }
                         try file.commit()
-                        try spool.put("segments/\(name).sha256", Data(digest.hexDigest().utf8))
+                        try spool.put(record(of: name), data.withUnsafeBytes(spoolRecord))
                     }
                 } catch let error as StorageError where error.kind == .notFound {
                     // Not archived (yet): the call for it asks the repository itself.

@@ -10,7 +10,10 @@ import Glibc
 /// `wal-fetch --prefetch`) and the calls that start it are given.
 public struct WALSpoolSettings: Sendable {
     public var spool: String
-    public var repository: String
+    /// Absolute when local (`RepositoryLocation.absolute`): the worker runs with the working directory
+    /// of whichever call started it, and the spool records the repository it serves (a relative
+    /// `--repo` given in another data directory is another repository).
+    public let repository: String
     /// Segments in flight at once: the pusher's uploads, the prefetcher's downloads ahead.
     public var jobs: Int
     /// The worker exits after this long without work.
@@ -21,7 +24,7 @@ public struct WALSpoolSettings: Sendable {
     public init(spool: String, repository: String, jobs: Int, idleExit: TimeInterval = 10,
                 environment: [String: String] = ProcessInfo.processInfo.environment) {
         self.spool = spool
-        self.repository = repository
+        self.repository = (try? RepositoryLocation(parsing: repository).absolute.description) ?? repository
         self.jobs = max(1, jobs)
         self.idleExit = idleExit
         self.environment = environment
@@ -78,7 +81,7 @@ struct WALSpool {
     /// Writes `key` whole or not at all (a `*.partial-<pid>-<random>` file renamed, as `LocalStore`
     /// names them, so that `removeLeftovers` knows them) but without fsync: nothing in a spool has
     /// to survive a crash (a lost or torn verdict is answered again by the retry's push, a lost or
-    /// damaged segment is caught by its sha256), while an fsync costs a trip to a busy disk for every
+    /// damaged segment is caught by its CRC-32), while an fsync costs a trip to a busy disk for every
     /// file of every segment, in the path PostgreSQL waits on. Durability is the repository's.
     func put(_ key: String, _ contents: Data) throws {
         let file = try create(key)
@@ -266,10 +269,58 @@ final class Arrivals {
     }
 }
 
+/// Reads WAL segments for the pusher into buffers kept from one segment to the next: memory of our
+/// own (what is checksummed, compressed and stored is one snapshot of the file, whatever writes to
+/// it meanwhile: a mapping let a writer give the CRC, the gzip's CRC and its data different bytes),
+/// without fresh pages to fault in for every 16 MiB. Used inside a turn at the CPU (`CPUTurns`), so
+/// it holds at most one buffer per core.
+final class SegmentBuffers: Sendable {
+    private struct Buffer: @unchecked Sendable {
+        let memory: UnsafeMutableRawBufferPointer
+    }
+
+    private let free = Mutex<[Buffer]>([])
+
+    deinit {
+        free.withLock { buffers in buffers.forEach { $0.memory.deallocate() } }
+    }
+
+    /// `body` over the bytes of the file at `path`, and the file's identity when it was opened.
+    ///
+    /// - Throws: `RecoveryError` when it cannot be read (`WALArchive.unreadable`), or what `body` throws.
+    func withSegment<T>(_ path: String, _ body: (UnsafeRawBufferPointer, FileIdentity) throws -> T) throws -> T {
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { throw WALArchive.unreadable(path) }
+        defer { close(descriptor) }
+        var status = stat()
+        guard fstat(descriptor, &status) == 0, status.st_mode & S_IFMT == S_IFREG else { throw WALArchive.unreadable(path) }
+        let size = Int(status.st_size)
+        var buffer = free.withLock { $0.popLast() }
+        if let small = buffer, small.memory.count < size {
+            small.memory.deallocate()
+            buffer = nil
+        }
+        let memory = buffer?.memory ?? UnsafeMutableRawBufferPointer.allocate(byteCount: max(size, 1), alignment: 4096)
+        defer { free.withLock { $0.append(Buffer(memory: memory)) } }
+        var filled = 0
+        while filled < size {
+            let count = pread(descriptor, memory.baseAddress.map { $0 + filled }, size - filled, off_t(filled))
+            if count < 0 && errno == EINTR { continue }
+            guard count > 0 else {
+                if count < 0 { throw WALArchive.unreadable(path) }
+                break   // cut short meanwhile: its identity differs now, and no call is acknowledged from the spool
+            }
+            filled += count
+        }
+        return try body(UnsafeRawBufferPointer(rebasing: memory[0..<filled]), FileIdentity(status))
+    }
+}
+
 /// Which file a path names, and when it last changed: device, inode, size, and the modification and
 /// status-change times to the nanosecond. A write changes the times, a file renamed into the path
-/// has another inode; only a write within the clock tick of a stat taken before it goes unseen, and
-/// `WALAsyncPush` checks content beside it for that.
+/// has another inode; only a write within the clock tick of a stat taken before it (or through a
+/// mapping whose pages were already written) goes unseen, and `WALAsyncPush` checks content beside
+/// it for that.
 struct FileIdentity: Equatable, CustomStringConvertible {
     let device: UInt64
     let inode: UInt64
@@ -324,31 +375,6 @@ enum MappedFile {
         }
         defer { munmap(mapping, size) }
         return try body(UnsafeRawBufferPointer(start: mapping, count: size))
-    }
-
-    /// The file's bytes as `Data` backed by the mapping (unmapped when the last copy goes): no copy
-    /// into fresh memory; and the identity of the file mapped. Nil as for `read`.
-    ///
-    /// - Important: only for files nobody shortens while they are read (a mapped page past a new
-    ///   end faults): WAL segments, which PostgreSQL leaves alone until archive_command succeeds.
-    static func data(_ path: String) -> (bytes: Data, identity: FileIdentity)? {
-        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
-        guard descriptor >= 0 else { return nil }
-        defer { close(descriptor) }
-        var status = stat()
-        guard fstat(descriptor, &status) == 0, status.st_mode & S_IFMT == S_IFREG, status.st_size > 0 else { return nil }
-        let size = Int(status.st_size)
-        // MAP_POPULATE: the pages are mapped in one go, not one fault at a time as they are read.
-        guard let mapping = mmap(nil, size, PROT_READ, MAP_SHARED | MAP_POPULATE, descriptor, 0),
-              mapping != UnsafeMutableRawPointer(bitPattern: -1) else { return nil }
-        return (Data(bytesNoCopy: mapping, count: size, deallocator: .custom { pointer, count in munmap(pointer, count) }), FileIdentity(status))
-    }
-
-    /// The sha256 of `bytes`, as the spool's verdicts and records name it.
-    static func sha256(_ bytes: UnsafeRawBufferPointer) -> String {
-        var digest = StreamingDigest()
-        digest.update(bytes)
-        return digest.hexDigest()
     }
 }
 
