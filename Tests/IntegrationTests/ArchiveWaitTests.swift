@@ -39,6 +39,18 @@ final class ArchiveWaitTests: XCTestCase {
         XCTAssertTrue(output.soFar.contains(text), "never printed '\(text)': \(output.soFar)")
     }
 
+    /// `dbbackup --physical` expected to give up the wait after `--archive-timeout timeout`: exit 14.
+    /// Returns its stderr.
+    private func backupGivingUp(_ cluster: PostgresCluster, database: String, repository: String, timeout: String, file: StaticString = #filePath,
+                                line: UInt = #line) throws -> String {
+        let (process, output) = try startBackup(["--physical", "--database-url", cluster.url(database: database), "--repo", repository,
+                                                 "--archive-timeout", timeout], cluster: cluster)
+        let termination = process.waitForExit(within: 90, orFail: "dbbackup --physical still waits for the archiver: \(output.soFar)")
+        let stderr = output.finish()
+        XCTAssertEqual(termination.exitCode, ExitStatus.archiveTimeout.rawValue, stderr, file: file, line: line)
+        return stderr
+    }
+
     /// The backups the repository lists (`backups/<id>/manifest.json`), and any files under backups/.
     private func backupEntries(_ repository: String) -> [String] {
         (FileManager.default.enumerator(atPath: repository + "/backups")?.allObjects as? [String] ?? []).sorted()
@@ -61,11 +73,7 @@ final class ArchiveWaitTests: XCTestCase {
         let (cluster, repository, database, flag) = try flakyArchiver("archive-fails")
         _ = FileManager.default.createFile(atPath: flag, contents: Data())
         let started = Date()
-        let (process, output) = try startBackup(["--physical", "--database-url", cluster.url(database: database), "--repo", repository,
-                                                 "--archive-timeout", "5s"], cluster: cluster)
-        let termination = process.waitForExit(within: 90, orFail: "dbbackup --physical still waits on a failing archive_command: \(output.soFar)")
-        let stderr = output.finish()
-        XCTAssertEqual(termination.exitCode, ExitStatus.archiveTimeout.rawValue, stderr)
+        let stderr = try backupGivingUp(cluster, database: database, repository: repository, timeout: "5s")
         XCTAssertLessThan(Date().timeIntervalSince(started), 60, "the wait was not bounded by --archive-timeout 5s: \(stderr)")
         // Said at once, while waiting: which segment, that archive_command fails, where to look.
         XCTAssertTrue(stderr.contains("archive_command is failing on 0000"), stderr)
@@ -92,11 +100,7 @@ final class ArchiveWaitTests: XCTestCase {
         addTeardownBlock { second.stop() }
         let (database, _) = try itemsDatabase("archive_shared_b", on: second)
         let before = backupEntries(repository)
-        let (process, output) = try startBackup(["--physical", "--database-url", second.url(database: database), "--repo", repository,
-                                                 "--archive-timeout", "5s"], cluster: second)
-        let termination = process.waitForExit(within: 90, orFail: "dbbackup --physical of the second server still waits: \(output.soFar)")
-        let stderr = output.finish()
-        XCTAssertEqual(termination.exitCode, ExitStatus.archiveTimeout.rawValue, stderr)
+        let stderr = try backupGivingUp(second, database: database, repository: repository, timeout: "5s")
         XCTAssertTrue(stderr.contains("archive_command is failing on 0000"), stderr)
         XCTAssertTrue(stderr.contains("error: the base backup's WAL never reached the archive: archive_command failed on WAL segment 0000"), stderr)
         XCTAssertTrue(second.serverLogTail(400).contains("DIFFERENT content"), "the refusal is in the server log the message points at")
@@ -118,11 +122,7 @@ final class ArchiveWaitTests: XCTestCase {
         XCTAssertNotEqual(try connection.query("SELECT failed_count::text FROM pg_stat_archiver").scalar, "0", "archive_command never failed")
         try FileManager.default.removeItem(atPath: flag)
         _ = FileManager.default.createFile(atPath: flag + ".hang", contents: Data())
-        let (process, output) = try startBackup(["--physical", "--database-url", cluster.url(database: database), "--repo", repository,
-                                                 "--archive-timeout", "8s"], cluster: cluster)
-        let termination = process.waitForExit(within: 90, orFail: "dbbackup --physical still waits on a hung archive_command: \(output.soFar)")
-        let stderr = output.finish()
-        XCTAssertEqual(termination.exitCode, ExitStatus.archiveTimeout.rawValue, stderr)
+        let stderr = try backupGivingUp(cluster, database: database, repository: repository, timeout: "8s")
         XCTAssertTrue(stderr.contains("archive_command has been running for"), stderr)
         let errors = stderr.split(separator: "\n").filter { $0.contains(": error: ") }
         XCTAssertEqual(errors.count, 1, stderr)
