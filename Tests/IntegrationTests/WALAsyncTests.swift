@@ -247,6 +247,24 @@ final class WALAsyncTests: IntegrationTestCase {
         XCTAssertTrue(missing.standardError.contains("cannot read WAL file pg_wal/000000010000000000000002: No such file or directory"), missing.standardError)
     }
 
+    /// A pusher that holds the spool but answers nothing (stopped, stuck): the call gives up after
+    /// `--timeout` (exit 20, PostgreSQL keeps the file) naming that pusher's pid, not only its log.
+    func testATimeoutNamesThePusherThatHoldsTheSpool() throws {
+        let spool = work + "/spool", repository = work + "/repo"
+        let names = try makeSegments(1)
+        try FileManager.default.createDirectory(atPath: spool, withIntermediateDirectories: true)
+        try Data(repository.utf8).write(to: URL(fileURLWithPath: spool + "/repository"))
+        try Data("424242".utf8).write(to: URL(fileURLWithPath: spool + "/pusher.pid"))
+        let lock = open(spool + "/pusher.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        XCTAssertEqual(flock(lock, LOCK_EX | LOCK_NB), 0)
+        defer { close(lock) }
+        let result = try TestProcess.tool("dbbackup", ["wal-push", "\(work!)/pg_wal/\(names[0])", "--async", "--spool", spool, "--repo", repository,
+                                                       "--timeout", "2"])
+        XCTAssertEqual(result.status, ExitStatus.repositoryError.rawValue, result.standardError)
+        XCTAssertTrue(result.standardError.contains("was not archived within 2 s"), result.standardError)
+        XCTAssertTrue(result.standardError.contains("the background pusher (pid 424242 in pusher.pid) holds the spool but gave no verdict"), result.standardError)
+    }
+
     /// A WAL segment as PostgreSQL writes it, as far as its first page goes: the long page header
     /// (XLP_LONG_HEADER, timeline 1, `xlp_pageaddr` = the segment's start LSN, `xlp_seg_size`).
     private func walSegment(_ name: String, size: Int = 1 << 20) -> Data {

@@ -95,8 +95,12 @@ public enum WALAsyncPush {
             // Woken by a verdict (this call's or another's), else at most 50 ms to look at the pusher and the signals.
             if let arrivals { arrivals.wait(0.05) } else { usleep(5_000) }
         }
+        // Which pusher held the spool (a stopped or stuck one logs nothing), or that none ran at all.
+        let pusher = (try? spool.isLocked(lockName)) == true
+            ? "the background pusher (pid \((try? spool.files.read("pusher.pid")).map { String(decoding: $0, as: UTF8.self) } ?? "?") in pusher.pid) holds the spool but gave no verdict: look at it (stopped? stuck?) and at \(spool.path("pusher.log"))"
+            : "no background pusher runs now: \(spool.path("pusher.log")) tells what the last one did (empty: it never started, e.g. dbbackup cannot run as the PostgreSQL user)"
         throw RecoveryError(.repositoryError, "WAL file \(name) was not archived within \(Int(timeout)) s (queued in \(spool.directory))",
-                            hint: "PostgreSQL keeps the file and retries; \(spool.path("pusher.log")) tells what the background pusher did")
+                            hint: "PostgreSQL keeps the file and retries; \(pusher)")
     }
 
     /// A pusher's verdict on a name, as it applies to one caller's file.
