@@ -68,7 +68,8 @@ public enum RepositoryLocation: Equatable, Sendable, CustomStringConvertible {
     /// pusher) must be given, and how a spool records which repository it serves.
     public var absolute: RepositoryLocation {
         guard case .local(let path) = self else { return self }
-        let full = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+        var full = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+        while full.contains("//") { full = full.replacingOccurrences(of: "//", with: "/") }
         return .local(path: URL(fileURLWithPath: full).standardized.path)
     }
 

@@ -650,7 +650,7 @@ public struct WALFetchCommand: ToolCommand {
 
         --prefetch N: a background prefetcher downloads the next N segments into the spool \
         directory (default: dbrecovery-prefetch next to %p, inside pg_wal), verifies and \
-        decompresses them there, and later calls check each one's sha256 and page header again \
+        decompresses them there, and later calls check each one's CRC-32 and page header again \
         and rename it into place.
         """)
 

@@ -265,6 +265,72 @@ final class WALAsyncTests: IntegrationTestCase {
         XCTAssertTrue(result.standardError.contains("the background pusher (pid 424242 in pusher.pid) holds the spool but gave no verdict"), result.standardError)
     }
 
+    /// The spool deleted and made again for another repository while the first one's pusher still
+    /// runs (second attack, F1): what the old pusher stored in its repository never acknowledges a
+    /// call for the new one; the segment ends up in the repository its call named.
+    func testAPusherOfAReplacedSpoolAcknowledgesNothingForTheNewOne() throws {
+        let spool = work + "/spool", first = work + "/repoA", second = work + "/repoB"
+        let names = try makeSegments(2)
+        func push(_ name: String, into repository: String) throws -> TestProcess.Result {
+            try TestProcess.tool("dbbackup", ["wal-push", "\(work!)/pg_wal/\(name)", "--async", "--spool", spool, "--repo", repository, "--timeout", "20"])
+        }
+        try FileManager.default.removeItem(atPath: "\(work!)/pg_wal/archive_status/\(names[1]).ready")
+        XCTAssertEqual(try push(names[0], into: first).status, 0)
+        try FileManager.default.removeItem(atPath: spool)
+        let result = try push(names[1], into: second)
+        XCTAssertEqual(result.status, 0, result.standardError)
+        let fetched = work + "/fetched"
+        let fetch = try TestProcess.tool("dbrestore", ["wal-fetch", names[1], fetched, "--repo", second])
+        XCTAssertEqual(fetch.status, 0, "acknowledged, so in the repository the call named: \(fetch.standardError)")
+        XCTAssertEqual(FileManager.default.contents(atPath: fetched), FileManager.default.contents(atPath: "\(work!)/pg_wal/\(names[1])"))
+    }
+
+    /// A FIFO in pg_wal marked ready (second attack, F2) is refused, not opened for reading: the
+    /// pusher goes on with the other segments, and the call for it says at once what it is.
+    func testAFIFOAmongTheReadySegmentsDoesNotHangThePusher() throws {
+        let spool = work + "/spool"
+        let names = try makeSegments(3)
+        try FileManager.default.removeItem(atPath: "\(work!)/pg_wal/\(names[1])")
+        XCTAssertEqual(mkfifo("\(work!)/pg_wal/\(names[1])", 0o600), 0)
+        func push(_ name: String) throws -> TestProcess.Result {
+            try TestProcess.tool("dbbackup", ["wal-push", "\(work!)/pg_wal/\(name)", "--async", "--spool", spool, "--repo", repository, "--timeout", "20"],
+                                 environment: s3.environment())
+        }
+        XCTAssertEqual(try push(names[0]).status, 0)
+        let started = Date()
+        let fifo = try push(names[1])
+        XCTAssertEqual(fifo.status, ExitStatus.failure.rawValue, fifo.standardError)
+        XCTAssertTrue(fifo.standardError.contains("it is not a regular file"), fifo.standardError)
+        XCTAssertLessThan(Date().timeIntervalSince(started), 10)
+        XCTAssertEqual(try push(names[2]).status, 0, "the pusher goes on after the FIFO")
+        XCTAssertEqual(try archived(names[2]), FileManager.default.contents(atPath: "\(work!)/pg_wal/\(names[2])"))
+    }
+
+    /// A FIFO or a hard link planted in the prefetch spool under a segment's name, with its CRC-32
+    /// beside it (second attack, F3): neither blocks the call nor is handed to PostgreSQL; the
+    /// segment is fetched from the repository, and what lands at %p has one name.
+    func testAFIFOOrAHardLinkInThePrefetchSpoolIsNeverServed() throws {
+        let (names, restore) = try archivedForReplay(4)
+        let spool = restore.spool, destination = restore.destination
+        XCTAssertEqual(try restore.fetch(names[0]).status, 0)
+        waitForSpooled(names[1], in: spool)
+        waitForSpooled(names[2], in: spool)
+        try FileManager.default.removeItem(atPath: "\(spool)/segments/\(names[1])")
+        XCTAssertEqual(mkfifo("\(spool)/segments/\(names[1])", 0o600), 0)
+        let outside = work + "/outside"
+        XCTAssertEqual(link("\(spool)/segments/\(names[2])", outside), 0)
+        for name in names.dropFirst().prefix(2) {
+            let started = Date()
+            let result = try restore.fetch(name)
+            XCTAssertEqual(result.status, 0, result.standardError)
+            XCTAssertLessThan(Date().timeIntervalSince(started), 10, "\(name): the call did not block")
+            XCTAssertEqual(FileManager.default.contents(atPath: destination), FileManager.default.contents(atPath: "\(work!)/pg_wal/\(name)"))
+            var status = stat()
+            XCTAssertEqual(stat(destination, &status), 0)
+            XCTAssertEqual(status.st_nlink, 1, "\(name) at %p shares its inode with another name")
+        }
+    }
+
     /// A WAL segment as PostgreSQL writes it, as far as its first page goes: the long page header
     /// (XLP_LONG_HEADER, timeline 1, `xlp_pageaddr` = the segment's start LSN, `xlp_seg_size`).
     private func walSegment(_ name: String, size: Int = 1 << 20) -> Data {

@@ -119,6 +119,39 @@ final class ArchiveWaitRulesTests: XCTestCase {
         XCTAssertNil(given?.commandRunningSeconds)
     }
 
+    /// A command that fails slowly (each call ~20 s, a connect timeout): its calls run past the 10 s
+    /// mark, but once one has ended in a failure the next is not called hung within that time, and
+    /// the give-up names the failing segment.
+    func testACommandThatFailsSlowlyIsFailingNotHung() {
+        var wait = ArchiveWait(backup: "B", timeoutSeconds: 60, reportSeconds: 300)
+        var said: [String] = []
+        var given: ArchiveWait.GaveUp?
+        for second in 0...60 {
+            let failed = second / 21   // a call starts every 21 s and fails after 20
+            let running = second % 21 != 20
+            let actions = wait.observe(sample(ArchiveWait.archivePhase, failed: failed, failedWAL: failed > 0 ? "000000010000000000000004" : nil,
+                                              failingNow: failed > 0, running: running), at: start.addingTimeInterval(Double(second)))
+            said += lines(actions)
+            given = given ?? gaveUp(actions)
+        }
+        XCTAssertEqual(said.filter { $0.contains("without returning") }.count, 1, "only the first slow call, before any failed: \(said)")
+        XCTAssertEqual(given?.failingSegment, "000000010000000000000004", "\(String(describing: given))")
+        XCTAssertNil(given?.commandRunningSeconds)
+    }
+
+    /// A role that cannot see the archiver (no pg_read_all_stats) cannot tell a hang from the last
+    /// failure: the error says so and how to fix it.
+    func testARoleThatCannotSeeTheArchiverIsToldWhy() {
+        var wait = ArchiveWait(backup: "B", timeoutSeconds: 10, reportSeconds: 300)
+        var hidden = sample(ArchiveWait.archivePhase, failed: 2, failedWAL: "000000010000000000000004", failingNow: true)
+        hidden.archiverVisible = false
+        _ = wait.observe(hidden, at: start)
+        let given = gaveUp(wait.observe(hidden, at: start.addingTimeInterval(10)))
+        let error = ArchiveWait.error(given ?? ArchiveWait.GaveUp(failingSegment: nil, failures: 0, lastFailureTime: nil, lastArchived: nil, waitedSeconds: 0),
+                                      timeoutSeconds: 10)
+        XCTAssertTrue(error.hint?.contains("GRANT pg_read_all_stats") == true, error.hint ?? "")
+    }
+
     func testALongCheckpointIsTalkedAboutButNotBounded() {
         var wait = ArchiveWait(backup: "B", timeoutSeconds: 5, reportSeconds: 30)
         XCTAssertEqual(wait.observe(sample(ArchiveWait.checkpointPhase), at: start), [])

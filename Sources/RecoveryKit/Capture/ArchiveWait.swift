@@ -45,6 +45,9 @@ struct ArchiveWait {
         /// The archiver is running archive_command right now (PostgreSQL 15's `ArchiveCommand` wait
         /// event; always false before 15).
         var commandRunning: Bool = false
+        /// This role sees the archiver's row of `pg_stat_activity` (superuser or `pg_read_all_stats`):
+        /// without it `commandRunning` is always false, and a hang cannot be told from a failure.
+        var archiverVisible: Bool = true
     }
 
     /// Why the wait was given up, for the error.
@@ -59,6 +62,8 @@ struct ArchiveWait {
         var commandRunningSeconds: Int?
         /// The segment of the last failure before the hang, when there was one.
         var earlierFailure: String?
+        /// Whether this role could see the archiver at all (else a hang looks like the last failure).
+        var archiverVisible = true
     }
 
     /// What the watcher should do after a sample.
@@ -82,6 +87,12 @@ struct ArchiveWait {
     /// between (no failure counted, no segment archived): one call, not returning.
     private var running: (since: Date, failures: Int, archived: String?)?
     private var warnedHang = false
+    /// The longest a call that ended in a failure had been seen running: a command that fails
+    /// slowly (a connect timeout) is not hung while its current call is within that.
+    private var longestFailingCall: TimeInterval = 0
+    /// The last call seen to end: how long it ran, and the failure count while it ran (a failure
+    /// counted at its end or a moment later is its own).
+    private var endedCall: (ran: TimeInterval, failures: Int, archived: String?)?
 
     init(backup: String, timeoutSeconds: Int, reportSeconds: Double = ArchiveWait.defaultReportSeconds) {
         self.backup = backup
@@ -125,11 +136,20 @@ struct ArchiveWait {
         // attempt is that try). Every look must have seen it running, with no attempt ended between.
         let sameCall = sample.commandRunning && running.map { $0.failures == sample.failedCount && $0.archived == sample.lastArchivedWAL } == true
         if !sameCall {
+            if let ended = running {
+                endedCall = (now.timeIntervalSince(ended.since), ended.failures, ended.archived)
+                // Said once per segment archived, not once per attempt.
+                if sample.lastArchivedWAL != ended.archived { warnedHang = false }
+            }
             running = sample.commandRunning ? (now, sample.failedCount, sample.lastArchivedWAL) : nil
-            warnedHang = false
+        }
+        if let ended = endedCall, ended.archived == sample.lastArchivedWAL, sample.failedCount > ended.failures {
+            longestFailingCall = max(longestFailingCall, ended.ran)
+            endedCall = nil
         }
         let runningFor = running.map { now.timeIntervalSince($0.since) } ?? 0
         let hung = running != nil && runningFor >= min(Self.hungSeconds, Double(timeoutSeconds) / 2)
+            && (longestFailingCall == 0 || runningFor > longestFailingCall * 1.5 + 5)
         let earlierFailure = sample.failingNow ? sample.lastFailedWAL : nil
         // The archiver's latest attempt failed: it is stuck on that file, ours (or one before it) —
         // whether it broke during the backup or before (then failures stays 0 until its next retry).
@@ -159,7 +179,8 @@ struct ArchiveWait {
         if now.timeIntervalSince(lastProgress ?? start) >= Double(timeoutSeconds) {
             actions.append(.giveUp(GaveUp(failingSegment: failing ? sample.lastFailedWAL : nil, failures: failures, lastFailureTime: sample.lastFailedTime,
                                           lastArchived: sample.lastArchivedWAL, waitedSeconds: seconds(now, start),
-                                          commandRunningSeconds: hung ? Int(runningFor.rounded()) : nil, earlierFailure: hung ? earlierFailure : nil)))
+                                          commandRunningSeconds: hung ? Int(runningFor.rounded()) : nil, earlierFailure: hung ? earlierFailure : nil,
+                                          archiverVisible: sample.archiverVisible)))
         }
         return actions
     }
@@ -190,7 +211,9 @@ struct ArchiveWait {
                                     + "(\(Self.failureCount(gaveUp.failures, last: gaveUp.lastFailureTime))) "
                                     + "and no segment was archived for --archive-timeout \(timeoutSeconds) s",
                                  hint: "the server log says why archive_command fails (for dbbackup wal-push, e.g. a segment of that name archived with other "
-                                    + "content by another server: give each server its own repository); fix it, then run dbbackup --physical again; nothing was stored")
+                                    + "content by another server: give each server its own repository); fix it, then run dbbackup --physical again; nothing was stored"
+                                    + (gaveUp.archiverVisible ? "" : " (this role cannot see the archiver in pg_stat_activity, so a hung archive_command looks like "
+                                        + "its last failure here: GRANT pg_read_all_stats to it to tell them apart)"))
         }
         return RecoveryError(.archiveTimeout,
                              "the base backup's WAL never reached the archive: the server archived no WAL segment for --archive-timeout \(timeoutSeconds) s "
@@ -258,7 +281,8 @@ final class BaseBackupWatch: @unchecked Sendable {
         SELECT b.pid::text, b.phase, s.failed_count::text, s.last_failed_wal,
                to_char(s.last_failed_time AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), s.last_archived_wal,
                (s.last_failed_time IS NOT NULL AND s.last_failed_time > coalesce(s.last_archived_time, '-infinity'))::text,
-               EXISTS (SELECT FROM pg_catalog.pg_stat_activity WHERE backend_type = 'archiver' AND wait_event = 'ArchiveCommand')::text
+               EXISTS (SELECT FROM pg_catalog.pg_stat_activity WHERE backend_type = 'archiver' AND wait_event = 'ArchiveCommand')::text,
+               EXISTS (SELECT FROM pg_catalog.pg_stat_activity WHERE backend_type = 'archiver')::text
           FROM pg_catalog.pg_stat_archiver s
           LEFT JOIN (SELECT p.pid, p.phase FROM pg_catalog.pg_stat_progress_basebackup p
                        JOIN pg_catalog.pg_stat_activity a ON a.pid = p.pid
@@ -315,7 +339,7 @@ final class BaseBackupWatch: @unchecked Sendable {
         let row = try connection.query(Self.sampleQuery, [applicationName]).rows[0]
         return ArchiveWait.Sample(walsender: row[0].flatMap { Int32($0) }, phase: row[1], failedCount: Int(row[2] ?? "") ?? 0,
                                   lastFailedWAL: row[3], lastFailedTime: row[4], lastArchivedWAL: row[5], failingNow: row[6] == "true",
-                                  commandRunning: row[7] == "true")
+                                  commandRunning: row[7] == "true", archiverVisible: row[8] == "true")
     }
 
     /// Ends our walsender, checking it is still ours (a pid is reused).

@@ -58,12 +58,24 @@ public enum WALArchive {
     /// The error for a WAL file that cannot be read, saying why (no such file, a directory, no permission).
     static func unreadable(_ path: String) -> RecoveryError {
         var status = stat()
-        let reason = stat(path, &status) != 0 ? String(cString: strerror(errno))
-            : status.st_mode & S_IFMT == S_IFDIR ? "it is a directory"
-            : status.st_mode & S_IFMT != S_IFREG ? "it is not a regular file"
-            : access(path, R_OK) != 0 ? String(cString: strerror(errno)) : "read failed"
+        var denied = false
+        let reason: String
+        if stat(path, &status) != 0 {
+            denied = errno == EACCES
+            reason = String(cString: strerror(errno))
+        } else if status.st_mode & S_IFMT == S_IFDIR {
+            reason = "it is a directory"
+        } else if status.st_mode & S_IFMT != S_IFREG {
+            reason = "it is not a regular file"
+        } else if access(path, R_OK) != 0 {
+            denied = errno == EACCES
+            reason = String(cString: strerror(errno))
+        } else {
+            reason = "read failed"
+        }
         return RecoveryError(.failure, "cannot read WAL file \(path): \(reason)",
-                             hint: "archive_command must pass %p (relative to the data directory, where PostgreSQL runs it) of a segment that is still there")
+                             hint: denied ? "let the user running archive_command (PostgreSQL's) read it and its directory, as PostgreSQL made them"
+                                : "archive_command must pass %p (relative to the data directory, where PostgreSQL runs it) of a segment that is still there")
     }
 
     /// Stores the WAL file `name` holding `data` in `store` and confirms it there (the

@@ -120,7 +120,7 @@ public enum WALAsyncPush {
     private static func takeVerdict(_ name: String, path: String, spool: WALSpool, reportingErrors: Bool) throws -> Verdict {
         if let ok = try? spool.files.read("status/\(name).ok") {
             spool.remove(["status/\(name).ok"])
-            return StoredFile(ok)?.matches(path) == true ? .stored : .otherFile
+            return StoredFile(ok)?.matches(path, repository: spool.repository) == true ? .stored : .otherFile
         }
         if let error = try? spool.files.read("status/\(name).error") {
             spool.remove(["status/\(name).error"])
@@ -131,11 +131,14 @@ public enum WALAsyncPush {
         return .none
     }
 
-    /// What an `.ok` says was stored: the file read (when it did not change while it was read) and
-    /// the CRC-32 of its bytes.
+    /// What an `.ok` says was stored: the file read (when it did not change while it was read), the
+    /// CRC-32 of its bytes, and the repository it was stored in.
     struct StoredFile: Equatable {
         let file: FileIdentity
         let crc: UInt32
+        /// Where: a pusher of a spool that was deleted and made again for another repository may still
+        /// write into the new one what it stored in the old.
+        var repository = ""
 
         init(file: FileIdentity, crc: UInt32) {
             (self.file, self.crc) = (file, crc)
@@ -148,6 +151,7 @@ public enum WALAsyncPush {
             for line in String(decoding: contents, as: UTF8.self).split(separator: "\n") {
                 if line.hasPrefix("file ") { file = FileIdentity(line.dropFirst(5)) }
                 if line.hasPrefix("crc32 ") { crc = UInt32(line.dropFirst(6), radix: 16) }
+                if line.hasPrefix("stored in ") { repository = String(line.dropFirst(10)) }
             }
             guard let file, let crc else { return nil }
             (self.file, self.crc) = (file, crc)
@@ -158,9 +162,10 @@ public enum WALAsyncPush {
             Data("file \(file)\ncrc32 \(String(crc, radix: 16))\nstored in \(repository)\n".utf8)
         }
 
-        /// Whether the file at `path` is this one, unchanged: its identity first (a stat), then its bytes' CRC-32.
-        func matches(_ path: String) -> Bool {
-            guard FileIdentity(path: path) == file else { return false }
+        /// Whether the file at `path` is this one, unchanged, stored in `repository`: its identity first
+        /// (a stat), then its bytes' CRC-32.
+        func matches(_ path: String, repository: String) -> Bool {
+            guard self.repository == repository, FileIdentity(path: path) == file else { return false }
             return MappedFile.read(path, WholeBufferGzip.crc32) == crc
         }
     }
@@ -206,7 +211,8 @@ public enum WALAsyncPush {
             var idleSince = Date()
             // A failed check answers what was taken while it ran, then takes nothing more: the call
             // for the next segment starts a pusher with its own options.
-            while !Interruption.isRequested && !check.failed {
+            // A spool deleted and made again (or a link moved) is another spool: its work is not ours.
+            while !Interruption.isRequested && !check.failed && lock.isCurrent {
                 guard let segment = work.claim(in: spool) else {
                     if Date().timeIntervalSince(idleSince) > idleExit { return }
                     usleep(WorkerThreads.idlePause(index))
@@ -233,7 +239,13 @@ public enum WALAsyncPush {
                     try spool.put("status/\(segment.name).ok", stored.map { $0.contents(repository: repository) } ?? Data("stored in \(repository)\n".utf8))
                 } catch {
                     let failure = RecoveryError.classify(error)
-                    try? spool.put("status/\(segment.name).error", Data((failure.message + (failure.hint.map { " (\($0))" } ?? "")).utf8))
+                    let text = failure.message + (failure.hint.map { " (\($0))" } ?? "")
+                    do {
+                        try spool.put("status/\(segment.name).error", Data(text.utf8))
+                    } catch {
+                        // The call will time out; the log says why (with the verdict it could not get).
+                        TextSink.standardError.write("\(segment.name): \(text); and its verdict could not be written: \(RecoveryError.classify(error).message)\n")
+                    }
                 }
                 // Answered: a call killed while waiting must not leave its entry to be pushed again and again.
                 spool.remove(["queue/\(segment.name)"])

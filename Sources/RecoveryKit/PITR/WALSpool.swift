@@ -41,6 +41,8 @@ public struct WALSpoolSettings: Sendable {
 struct WALSpool {
     let directory: String
     let files: LocalStore
+    /// The repository this spool serves (as recorded in it).
+    let repository: String
 
     /// Opens (creating) the spool and checks it serves `repository`.
     ///
@@ -56,6 +58,7 @@ struct WALSpool {
                                 hint: "give --spool a local directory the PostgreSQL user may write")
         }
         self.directory = files.root
+        self.repository = repository
         // An existing directory this user cannot write is the spool's problem, not the repository's.
         guard access(files.root, W_OK | X_OK) == 0 else {
             throw RecoveryError(.usage, "spool directory \(files.root) is not writable: \(String(cString: strerror(errno)))",
@@ -168,10 +171,21 @@ struct WALSpool {
 
     /// An exclusive `flock` on `name` held until `release()` (or the process ends, however it ends):
     /// one background worker per spool.
-    final class Lock {
+    // @unchecked Sendable: `descriptor` changes only in release() (the drain's end, after its workers
+    // have joined, or deinit); the workers only read it, in `isCurrent`.
+    final class Lock: @unchecked Sendable {
         private var descriptor: Int32
+        private let path: String
 
-        fileprivate init(descriptor: Int32) { self.descriptor = descriptor }
+        fileprivate init(descriptor: Int32, path: String) { (self.descriptor, self.path) = (descriptor, path) }
+
+        /// Whether the lock file this holds is still the one at its path: a spool deleted and made
+        /// again (or a spool link pointed elsewhere) has a new lock file, and a worker holding the
+        /// old one must stop taking work, which is now another spool's (maybe another repository's).
+        var isCurrent: Bool {
+            var held = stat(), now = stat()
+            return descriptor >= 0 && fstat(descriptor, &held) == 0 && stat(path, &now) == 0 && held.st_dev == now.st_dev && held.st_ino == now.st_ino
+        }
 
         func release() {
             if descriptor >= 0 { close(descriptor) }
@@ -191,7 +205,7 @@ struct WALSpool {
             close(descriptor)
             return nil
         }
-        return Lock(descriptor: descriptor)
+        return Lock(descriptor: descriptor, path: path(name))
     }
 
     /// Whether a worker holds `name` now.
@@ -289,7 +303,8 @@ final class SegmentBuffers: Sendable {
     ///
     /// - Throws: `RecoveryError` when it cannot be read (`WALArchive.unreadable`), or what `body` throws.
     func withSegment<T>(_ path: String, _ body: (UnsafeRawBufferPointer, FileIdentity) throws -> T) throws -> T {
-        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        // O_NONBLOCK: a FIFO in pg_wal under a segment's name must not hang the pusher in open (refused below).
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard descriptor >= 0 else { throw WALArchive.unreadable(path) }
         defer { close(descriptor) }
         var status = stat()
@@ -364,11 +379,15 @@ enum MappedFile {
     ///
     /// - Parameter followingLinks: false for files the spool made itself, which are never links.
     static func read<T>(_ path: String, followingLinks: Bool = true, _ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T? {
-        let descriptor = open(path, O_RDONLY | O_CLOEXEC | (followingLinks ? 0 : O_NOFOLLOW))
+        // O_NONBLOCK: a FIFO where a file should be must not block the open (it is refused below).
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | (followingLinks ? 0 : O_NOFOLLOW))
         guard descriptor >= 0 else { return nil }
         defer { close(descriptor) }
         var status = stat()
-        guard fstat(descriptor, &status) == 0, status.st_mode & S_IFMT == S_IFREG, status.st_size > 0 else { return nil }
+        // A spool's own file (not following links) has one name: a hard link would hand PostgreSQL a
+        // file shared with whatever else it names.
+        guard fstat(descriptor, &status) == 0, status.st_mode & S_IFMT == S_IFREG, status.st_size > 0,
+              followingLinks || status.st_nlink == 1 else { return nil }
         let size = Int(status.st_size)
         guard let mapping = mmap(nil, size, PROT_READ, MAP_SHARED, descriptor, 0), mapping != UnsafeMutableRawPointer(bitPattern: -1) else {
             return nil
