@@ -48,11 +48,15 @@ public enum WALArchive {
     /// is compressed and stored is one snapshot of the file, even if something writes to it meanwhile
     /// (a mapping would let the gzip's CRC and its data see different bytes).
     static func readSegment(_ path: String) throws -> Data {
-        var status = stat()
-        guard stat(path, &status) == 0, status.st_mode & S_IFMT == S_IFREG, let data = FileManager.default.contents(atPath: path) else {
-            throw unreadable(path)
-        }
+        try requireReadable(path)
+        guard let data = FileManager.default.contents(atPath: path) else { throw unreadable(path) }
         return data
+    }
+
+    /// Throws `unreadable` unless `path` is a regular file this process may read.
+    static func requireReadable(_ path: String) throws {
+        var status = stat()
+        guard stat(path, &status) == 0, status.st_mode & S_IFMT == S_IFREG, access(path, R_OK) == 0 else { throw unreadable(path) }
     }
 
     /// The error for a WAL file that cannot be read, saying why (no such file, a directory, no permission).

@@ -53,8 +53,7 @@ public enum WALAsyncPush {
         let name = (path as NSString).lastPathComponent
         _ = try WALArchive.key(for: name)
         // A file that cannot be read is this call's problem, said now (not a timeout, not the repository's).
-        var status = stat()
-        guard stat(path, &status) == 0, status.st_mode & S_IFMT == S_IFREG, access(path, R_OK) == 0 else { throw WALArchive.unreadable(path) }
+        try WALArchive.requireReadable(path)
         let spool = try WALSpool(settings.spool, repository: settings.repository, resetOnMismatch: false)
         /// The spool's verdict is not for this file: only the repository can judge it.
         func pushSynchronously() throws {
@@ -138,27 +137,27 @@ public enum WALAsyncPush {
         let crc: UInt32
         /// Where: a pusher of a spool that was deleted and made again for another repository may still
         /// write into the new one what it stored in the old.
-        var repository = ""
+        let repository: String
 
-        init(file: FileIdentity, crc: UInt32) {
-            (self.file, self.crc) = (file, crc)
+        init(file: FileIdentity, crc: UInt32, repository: String) {
+            (self.file, self.crc, self.repository) = (file, crc, repository)
         }
 
         /// An `.ok` file's content read back; nil when it names no file (one read while it changed,
         /// or written by another version).
         init?(_ contents: Data) {
-            var file: FileIdentity?, crc: UInt32?
+            var file: FileIdentity?, crc: UInt32?, repository: String?
             for line in String(decoding: contents, as: UTF8.self).split(separator: "\n") {
                 if line.hasPrefix("file ") { file = FileIdentity(line.dropFirst(5)) }
                 if line.hasPrefix("crc32 ") { crc = UInt32(line.dropFirst(6), radix: 16) }
                 if line.hasPrefix("stored in ") { repository = String(line.dropFirst(10)) }
             }
-            guard let file, let crc else { return nil }
-            (self.file, self.crc) = (file, crc)
+            guard let file, let crc, let repository else { return nil }
+            self.init(file: file, crc: crc, repository: repository)
         }
 
-        /// The `.ok` file's content: this, and where it was stored.
-        func contents(repository: String) -> Data {
+        /// The `.ok` file's content.
+        var contents: Data {
             Data("file \(file)\ncrc32 \(String(crc, radix: 16))\nstored in \(repository)\n".utf8)
         }
 
@@ -229,14 +228,14 @@ public enum WALAsyncPush {
                             let crc = WholeBufferGzip.crc32(bytes)
                             let compressed = try WALArchive.compress(bytes, objectKey: try WALArchive.key(for: segment.name), cipherKey: key)
                             // The file as it was opened, if it still is: else no call is acknowledged from the spool.
-                            return (compressed, FileIdentity(path: segment.path) == identity ? StoredFile(file: identity, crc: crc) : nil)
+                            return (compressed, FileIdentity(path: segment.path) == identity ? StoredFile(file: identity, crc: crc, repository: repository) : nil)
                         }
                     }
                     try check.wait()
                     // No look-up first: a segment already stored (by a pusher killed before its verdict)
                     // is found by the create-if-absent and compared there (the file read again for that).
                     _ = try WALArchive.store(compressed: compressed, of: { try WALArchive.readSegment(segment.path) }, name: segment.name, in: opened, key: key)
-                    try spool.put("status/\(segment.name).ok", stored.map { $0.contents(repository: repository) } ?? Data("stored in \(repository)\n".utf8))
+                    try spool.put("status/\(segment.name).ok", stored?.contents ?? Data("stored in \(repository)\n".utf8))
                 } catch {
                     let failure = RecoveryError.classify(error)
                     let text = failure.message + (failure.hint.map { " (\($0))" } ?? "")
