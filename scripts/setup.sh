@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Installs everything dbrecovery needs on Debian 12 (PostgreSQL 15, libpq, zlib, libdeflate, libcurl, the S3 test server)
+# Installs everything dbrecovery needs on Debian 12 (PostgreSQL 15, libpq, zlib, libdeflate, ISA-L, libcurl, the S3 test server)
 # and builds the five executables. Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # prometheus (promtool), shellcheck, systemd (systemd-analyze) and man-db check what scripts/install.sh ships;
 # libcurl carries S3 and --notify-url (ca-certificates: the CAs it trusts; openssl: a test certificate).
-packages=(postgresql-15 postgresql-client-15 libpq-dev zlib1g-dev libdeflate-dev libcurl4-openssl-dev ca-certificates openssl pkg-config pigz pgbackrest time util-linux gzip
+packages=(postgresql-15 postgresql-client-15 libpq-dev zlib1g-dev libdeflate-dev libisal-dev libcurl4-openssl-dev ca-certificates openssl pkg-config pigz pgbackrest time util-linux gzip
           prometheus shellcheck systemd man-db)
 missing=()
 for package in "${packages[@]}"; do

@@ -96,17 +96,17 @@ public enum WALArchive {
         return try self.store(compressed: compress(data, objectKey: key, cipherKey: cipherKey), of: { data }, name: name, in: store, key: cipherKey)
     }
 
-    /// What is stored for the WAL bytes `data` under `objectKey`: gzip level 1 (WAL is written
-    /// once and read back only in a recovery; the fastest level keeps archive_command ahead of a
-    /// busy server), then encrypted when the repository is. The segment is in memory whole, so
-    /// libdeflate compresses it (`WholeBufferGzip`): the same gzip, for less CPU than zlib's stream.
+    /// What is stored for the WAL bytes `data` under `objectKey`: gzip at igzip's level 1 (WAL is
+    /// written once and read back only in a recovery; the fastest level keeps archive_command ahead
+    /// of a busy server and off its CPU), then encrypted when the repository is. The segment is in
+    /// memory whole, so it is compressed at once (`WholeBufferGzip`): the same gzip as a stream's.
     static func compress(_ data: Data, objectKey: String, cipherKey: RepositoryKey?) throws -> Data {
         try data.withUnsafeBytes { try compress($0, objectKey: objectKey, cipherKey: cipherKey) }
     }
 
     /// `compress` of bytes in memory the caller owns.
     static func compress(_ bytes: UnsafeRawBufferPointer, objectKey: String, cipherKey: RepositoryKey?) throws -> Data {
-        let compressed = try WholeBufferGzip.compress(bytes, level: 1)
+        let compressed = try WholeBufferGzip.compress(bytes)
         guard let cipherKey else { return compressed }
         var encrypted = Data()
         let encryptor = try StreamEncryptor(key: cipherKey, object: objectKey) { encrypted.append(contentsOf: $0) }
