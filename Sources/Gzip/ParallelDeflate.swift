@@ -3,6 +3,7 @@ import Foundation
 import Synchronization
 internal import CZlib
 internal import CDeflate
+internal import CIsal
 
 /// Compresses a stream on several cores, in one of two layouts (`GzipCompressor.Layout`):
 ///
@@ -11,8 +12,9 @@ internal import CDeflate
 ///   stays that of plain gzip) and ended with a sync flush; blocks are written in order between
 ///   one gzip header and one trailer whose CRC-32 is combined from the blocks' CRCs;
 /// - one gzip member per block, each made whole by libdeflate (about 2.4× less CPU than zlib at
-///   level 6, for about 1 % more bytes at 1 MiB blocks: no block sees the one before). Every
-///   block then decodes on its own from its first byte.
+///   level 6, for about 1 % more bytes at 1 MiB blocks: no block sees the one before), or at
+///   level 1 by ISA-L's igzip (`IgzipLevel1`: a fifth of libdeflate level 1's CPU). Every block
+///   then decodes on its own from its first byte.
 ///
 /// Memory is allocated once: a fixed set of slots (2 × jobs), each with its input and output
 /// buffers and its own zlib stream, is reused block after block. (A profile of the first version,
@@ -39,8 +41,14 @@ final class ParallelDeflate {
         let done = DispatchSemaphore(value: 0)
         private let stream: UnsafeMutablePointer<z_stream>
         private let ready: Bool
-        /// Set in the member-per-block layout: libdeflate makes each block a whole gzip member.
-        private let memberCompressor: OpaquePointer?
+        /// Set in the member-per-block layout: what makes each block a whole gzip member.
+        private let memberCompressor: MemberCompressor?
+
+        private enum MemberCompressor {
+            case libdeflate(OpaquePointer)
+            /// Level 1, with igzip's working memory.
+            case igzip(UnsafeMutableRawBufferPointer)
+        }
 
         init(blockSize: Int, level: Int32, layout: GzipCompressor.Layout) {
             input = .allocate(capacity: blockSize)
@@ -48,10 +56,15 @@ final class ParallelDeflate {
             stream = .allocate(capacity: 1)
             stream.initialize(to: z_stream())
             switch layout {
+            case .memberPerBlock where level == 1:
+                memberCompressor = .igzip(IgzipLevel1.allocateLevelBuffer())
+                ready = true
+                output = .allocate(capacity: IgzipLevel1.bound(blockSize))
             case .memberPerBlock:
-                memberCompressor = libdeflate_alloc_compressor(level)
-                ready = memberCompressor != nil
-                output = .allocate(capacity: memberCompressor.map { libdeflate_gzip_compress_bound($0, blockSize) } ?? 64)
+                let compressor = libdeflate_alloc_compressor(level)
+                memberCompressor = compressor.map { .libdeflate($0) }
+                ready = compressor != nil
+                output = .allocate(capacity: compressor.map { libdeflate_gzip_compress_bound($0, blockSize) } ?? 64)
             case .singleMember:
                 memberCompressor = nil
                 ready = CZlib_deflateInit2(stream, level, -15) == Z_OK
@@ -61,10 +74,10 @@ final class ParallelDeflate {
         }
 
         deinit {
-            if let memberCompressor {
-                libdeflate_free_compressor(memberCompressor)
-            } else if ready {
-                deflateEnd(stream)
+            switch memberCompressor {
+            case .libdeflate(let compressor): libdeflate_free_compressor(compressor)
+            case .igzip(let levelBuffer): levelBuffer.deallocate()
+            case nil: if ready { deflateEnd(stream) }
             }
             stream.deallocate()
             input.deallocate()
@@ -98,11 +111,21 @@ final class ParallelDeflate {
         }
 
         /// The block as one whole gzip member (header, deflate stream, CRC-32 and length).
-        private func compressMember(_ compressor: OpaquePointer) {
-            outputCount = libdeflate_gzip_compress(compressor, input.baseAddress, inputCount, output.baseAddress, output.count)
-            // The output holds the bound, so 0 (did not fit) cannot happen; checked all the same.
-            if outputCount == 0 {
-                error = GzipError(kind: .compression, operation: "libdeflate_gzip_compress", message: "a block did not fit its bound of \(output.count) bytes")
+        private func compressMember(_ compressor: MemberCompressor) {
+            switch compressor {
+            case .libdeflate(let compressor):
+                outputCount = libdeflate_gzip_compress(compressor, input.baseAddress, inputCount, output.baseAddress, output.count)
+                // The output holds the bound, so 0 (did not fit) cannot happen; checked all the same.
+                if outputCount == 0 {
+                    error = GzipError(kind: .compression, operation: "libdeflate_gzip_compress", message: "a block did not fit its bound of \(output.count) bytes")
+                }
+            case .igzip(let levelBuffer):
+                do {
+                    outputCount = try IgzipLevel1.member(of: UnsafeRawBufferPointer(start: input.baseAddress, count: inputCount),
+                                                         into: UnsafeMutableRawBufferPointer(output), levelBuffer: levelBuffer)
+                } catch {
+                    self.error = error
+                }
             }
         }
     }

@@ -16,10 +16,9 @@ public enum WholeBufferGzip {
         libdeflate_crc32(0, bytes.baseAddress, bytes.count)
     }
 
-    /// Compresses `bytes` by ISA-L's igzip at its level 1: a 16 MiB WAL segment in 7–14 ms where
-    /// libdeflate's level 1 takes 60 ms, within 1–4 % of its size (measured on pgbench WAL and on
-    /// the benchmark's segments; docs/design-notes.md). Incompressible input is stored, so the
-    /// output is at most a little larger than the input.
+    /// Compresses `bytes` by ISA-L's igzip at its level 1 (`IgzipLevel1`): a 16 MiB WAL segment in
+    /// 7–14 ms where libdeflate's level 1 takes 60 ms, within 1–4 % of its size (measured on pgbench
+    /// WAL and on the benchmark's segments; docs/design-notes.md).
     ///
     /// - Throws: `GzipError(.compression)` when the input is larger than igzip takes at once (2 GiB),
     ///   or igzip refuses it (which its documentation says cannot happen with this output bound).
@@ -27,32 +26,56 @@ public enum WholeBufferGzip {
         guard bytes.count < Int(Int32.max) else {
             throw GzipError(kind: .compression, operation: "isal_deflate_stateless", message: "\(bytes.count) bytes is more than one call takes")
         }
-        // Stored blocks at worst: 5 bytes per 64 KiB block, gzip's header and trailer, igzip's largest block header.
-        let bound = bytes.count + (bytes.count >> 12) + Int(ISAL_DEF_MAX_HDR_SIZE) + 1024
+        let bound = IgzipLevel1.bound(bytes.count)
         var output = Data(count: bound)
-        let levelBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(dbrecovery_isal_level1_buffer_size), alignment: 64)
+        let levelBuffer = IgzipLevel1.allocateLevelBuffer()
         defer { levelBuffer.deallocate() }
-        var stream = isal_zstream()
-        let result = output.withUnsafeMutableBytes { out -> Int32 in
-            isal_deflate_stateless_init(&stream)
-            stream.level = 1
-            stream.level_buf = levelBuffer.baseAddress?.assumingMemoryBound(to: UInt8.self)
-            stream.level_buf_size = dbrecovery_isal_level1_buffer_size
-            stream.gzip_flag = UInt16(IGZIP_GZIP)
-            stream.end_of_stream = 1
-            stream.flush = UInt16(NO_FLUSH)
-            // igzip only reads its input; its API has no const.
-            stream.next_in = UnsafeMutablePointer(mutating: bytes.baseAddress?.assumingMemoryBound(to: UInt8.self))
-            stream.avail_in = UInt32(bytes.count)
-            stream.next_out = out.baseAddress?.assumingMemoryBound(to: UInt8.self)
-            stream.avail_out = UInt32(bound)
-            return isal_deflate_stateless(&stream)
-        }
-        guard result == COMP_OK, stream.avail_in == 0 else {
-            throw GzipError(kind: .compression, operation: "isal_deflate_stateless", message: "igzip failed with \(result) (output bound \(bound) bytes)")
-        }
-        output.count = Int(stream.total_out)
+        let size = try output.withUnsafeMutableBytes { try IgzipLevel1.member(of: bytes, into: $0, levelBuffer: levelBuffer) }
+        output.count = size
         return output
+    }
+}
+
+/// One gzip member by ISA-L's igzip at its level 1, the fastest deflate at hand: five to nine
+/// times libdeflate's level 1 for 1–4 % more bytes on WAL, so what "level 1" (fastest) means for
+/// WAL segments and for the blocks of dumps and base backups (`ParallelDeflate`). Incompressible
+/// input is stored, so a member is at most a little larger than its input.
+enum IgzipLevel1 {
+    /// Output room that always suffices: stored blocks at worst (5 bytes per 64 KiB block), gzip's
+    /// header and trailer, igzip's largest block header.
+    static func bound(_ count: Int) -> Int {
+        count + (count >> 12) + Int(ISAL_DEF_MAX_HDR_SIZE) + 1024
+    }
+
+    /// The working memory a compression needs (about 300 KiB); one per thread, reusable.
+    static func allocateLevelBuffer() -> UnsafeMutableRawBufferPointer {
+        .allocate(byteCount: Int(dbrecovery_isal_level1_buffer_size), alignment: 64)
+    }
+
+    /// Writes `input` as one gzip member into `output` (at least `bound(input.count)` bytes).
+    ///
+    /// - Returns: the member's size.
+    /// - Throws: `GzipError(.compression)` when igzip refuses (its documentation says it cannot with this bound).
+    static func member(of input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer,
+                       levelBuffer: UnsafeMutableRawBufferPointer) throws(GzipError) -> Int {
+        var stream = isal_zstream()
+        isal_deflate_stateless_init(&stream)
+        stream.level = 1
+        stream.level_buf = levelBuffer.baseAddress?.assumingMemoryBound(to: UInt8.self)
+        stream.level_buf_size = UInt32(levelBuffer.count)
+        stream.gzip_flag = UInt16(IGZIP_GZIP)
+        stream.end_of_stream = 1
+        stream.flush = UInt16(NO_FLUSH)
+        // igzip only reads its input; its API has no const.
+        stream.next_in = UnsafeMutablePointer(mutating: input.baseAddress?.assumingMemoryBound(to: UInt8.self))
+        stream.avail_in = UInt32(input.count)
+        stream.next_out = output.baseAddress?.assumingMemoryBound(to: UInt8.self)
+        stream.avail_out = UInt32(min(output.count, Int(UInt32.max)))
+        let result = isal_deflate_stateless(&stream)
+        guard result == COMP_OK, stream.avail_in == 0 else {
+            throw GzipError(kind: .compression, operation: "isal_deflate_stateless", message: "igzip failed with \(result) (output room \(output.count) bytes)")
+        }
+        return Int(stream.total_out)
     }
 }
 

@@ -2,7 +2,8 @@
 import Foundation
 import XCTest
 
-/// The member-per-block layout (issue 21 item 3: physical base backups compressed by libdeflate):
+/// The member-per-block layout (issue 21 item 3: physical base backups compressed by libdeflate,
+/// at level 1 by igzip; every test runs both):
 /// standard multi-member gzip that stock gzip, `tar -xz` and our decompressor read whole; every
 /// access point is a member's start that `GzipDecompressor(resumingAt:)` decodes from, as it still
 /// decodes the single-member layout's points inside the member (backups already in repositories).
@@ -57,24 +58,32 @@ final class MemberPerBlockTests: XCTestCase {
 
     /// One member per block, at one job and two; an empty input is still one (valid) member.
     func testEveryBlockIsOneMemberAndTheWholeRoundTrips() throws {
+        for level in [6, 1] { try everyBlockIsOneMemberAndTheWholeRoundTrips(level: level) }
+    }
+
+    private func everyBlockIsOneMemberAndTheWholeRoundTrips(level: Int) throws {
         let cases: [(String, [UInt8], Int)] = [
             ("empty", [], 1), ("one byte", [9], 1), ("exactly one block", sampleInput(bytes: 65_536), 1),
             ("one block and a byte", sampleInput(bytes: 65_537), 2), ("1.5 MiB", sampleInput(bytes: 1_572_864 + 5), 25),
         ]
         for (name, input, members) in cases {
             for jobs in [1, 2] {
-                let (compressed, _) = try compress(input, layout: .memberPerBlock, jobs: jobs)
+                let (compressed, _) = try compress(input, layout: .memberPerBlock, jobs: jobs, level: level)
                 let (output, seen) = try decompress(compressed)
-                XCTAssertTrue(output == input, "\(name), \(jobs) jobs: decodes to other bytes")
-                XCTAssertEqual(seen, members, "\(name), \(jobs) jobs")
+                XCTAssertTrue(output == input, "\(name), \(jobs) jobs, level \(level): decodes to other bytes")
+                XCTAssertEqual(seen, members, "\(name), \(jobs) jobs, level \(level)")
             }
         }
     }
 
     /// Stock gzip reads it (`gzip -t`, `gzip -dc`), so `gunzip | psql` and `tar -xzf` keep working.
     func testStockGzipReadsTheMembers() throws {
+        for level in [6, 1] { try stockGzipReadsTheMembers(level: level) }
+    }
+
+    private func stockGzipReadsTheMembers(level: Int) throws {
         let input = sampleInput(bytes: 3 << 20)
-        let (compressed, _) = try compress(input, layout: .memberPerBlock, jobs: 2, blockSize: 1 << 20)
+        let (compressed, _) = try compress(input, layout: .memberPerBlock, jobs: 2, level: level, blockSize: 1 << 20)
         let directory = NSTemporaryDirectory() + "members-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -85,16 +94,16 @@ final class MemberPerBlockTests: XCTestCase {
         process.arguments = ["-c", "gzip -t \"$1/data.gz\" && gzip -dc \"$1/data.gz\" | cmp -s - \"$1/data\"", "sh", directory]
         try process.run()
         process.waitUntilExit()
-        XCTAssertEqual(process.terminationStatus, 0, "gzip -t / gzip -dc disagree with the member-per-block output")
+        XCTAssertEqual(process.terminationStatus, 0, "gzip -t / gzip -dc disagree with the member-per-block output at level \(level)")
     }
 
     /// Access points of both layouts decode, from their offset, exactly the rest of the input: a
     /// member's start (new) and a place inside the one member (backups already stored).
     func testAccessPointsOfBothLayoutsDecodeTheRest() throws {
         let input = sampleInput(bytes: 3 << 20)
-        for layout in [GzipCompressor.Layout.memberPerBlock, .singleMember] {
+        for (layout, level) in [(GzipCompressor.Layout.memberPerBlock, 6), (.memberPerBlock, 1), (.singleMember, 6)] {
             for jobs in [1, 2] {
-                let (compressed, points) = try compress(input, layout: layout, jobs: jobs, interval: 256 * 1024)
+                let (compressed, points) = try compress(input, layout: layout, jobs: jobs, level: level, interval: 256 * 1024)
                 XCTAssertGreaterThanOrEqual(points.count, 10, "\(layout), \(jobs) jobs: one point per 256 KiB of 3 MiB")
                 XCTAssertLessThanOrEqual(points.count, 12, "\(layout), \(jobs) jobs: no more points than the interval asks for")
                 for point in points {
