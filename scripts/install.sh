@@ -72,6 +72,14 @@ else
 fi
 for tool in "${tools[@]}"; do
   [ -x "$build_dir/$tool" ] || [ "$dry_run" = 1 ] || { echo "install: $build_dir/$tool is missing" >&2; echo "HINT: build first (swift build -c release) or pass --bin-dir" >&2; exit 12; }
+  # A binary that cannot start here (a shared library missing on this machine) would fail every
+  # archive_command call once installed: refuse before anything is copied.
+  if [ -x "$build_dir/$tool" ] && ! "$build_dir/$tool" --version >/dev/null 2>&1; then
+    missing_libraries=$( (ldd "$build_dir/$tool" 2>/dev/null || true) | awk '/not found/ {print $1}' | tr '\n' ' ')
+    echo "install: $build_dir/$tool does not start on this machine${missing_libraries:+ (missing: ${missing_libraries% })}" >&2
+    echo "HINT: install its shared libraries (Debian 12: apt-get install libpq5 zlib1g libdeflate0 libisal2 libcurl4), or build here with scripts/setup.sh" >&2
+    exit 12
+  fi
 done
 
 installed=()

@@ -84,6 +84,28 @@ final class PackagingTests: XCTestCase {
         XCTAssertTrue(again.standardError.contains("nothing to uninstall"), again.standardError)
     }
 
+    /// Binaries copied from another machine that cannot start here (a shared library missing, as
+    /// libisal2 would be) are refused before anything is installed: once installed, every
+    /// archive_command call would fail and WAL would pile up.
+    func testBinariesThatCannotStartHereAreRefusedBeforeAnythingIsInstalled() throws {
+        let directory = temporary("copied-binaries")
+        // A program linked against a library that is then removed: the dynamic loader refuses it.
+        let build = try bash("""
+            compiler=$(command -v cc || command -v clang) || { echo "no C compiler (cc or clang)" >&2; exit 1; }
+            cd "$1" && echo 'int dbrecovery_gone(void){return 0;}' > gone.c && "$compiler" -shared -fPIC -o libdbrecoverygone.so gone.c &&
+            echo 'int dbrecovery_gone(void); int main(void){return dbrecovery_gone();}' > main.c &&
+            for tool in dbbackup dbrestore dbverify dbprune dbmigrate; do "$compiler" -o "$tool" main.c -L. -ldbrecoverygone || exit 1; done &&
+            rm libdbrecoverygone.so
+            """, [directory])
+        XCTAssertEqual(build.status, 0, build.standardError)
+        let prefix = temporary("refused-prefix")
+        let install = try TestProcess.run("/bin/bash", [TestPaths.repositoryRoot + "/scripts/install.sh", "--prefix", prefix, "--bin-dir", directory])
+        XCTAssertEqual(install.status, 12, install.standardError)
+        XCTAssertTrue(install.standardError.contains("\(directory)/dbbackup does not start on this machine (missing: libdbrecoverygone.so)"), install.standardError)
+        XCTAssertTrue(install.standardError.contains("HINT: install its shared libraries"), install.standardError)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: prefix + "/bin"), "something was installed")
+    }
+
     func testHelpMatchesTheReviewedSnapshotsBehindTheManualPages() throws {
         for tool in ["dbbackup", "dbrestore", "dbverify", "dbprune", "dbmigrate"] {
             let live = try TestProcess.tool(tool, ["--experimental-dump-help"])
