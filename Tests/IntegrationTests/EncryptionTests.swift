@@ -101,7 +101,7 @@ final class EncryptionTests: XCTestCase {
         let keyFile = work + "/k"
         try "wal-key-material-0123456789".write(toFile: keyFile, atomically: true, encoding: .utf8)
         let segment = work + "/000000010000000000000007"
-        let bytes = Data((0..<200_000).map { UInt8(truncatingIfNeeded: $0 &* 31) })
+        let bytes = Data((0..<1_048_576).map { UInt8(truncatingIfNeeded: $0 &* 31) })
         try bytes.write(to: URL(fileURLWithPath: segment))
         let repository = work + "/repo"
         XCTAssertEqual(try TestProcess.tool("dbbackup", ["wal-push", segment, "--repo", repository, "--encryption-key-file", keyFile]).status, 0)
@@ -128,7 +128,7 @@ final class EncryptionTests: XCTestCase {
         let repository = work + "/repo", spool = work + "/spool"
         try FileManager.default.createDirectory(atPath: work + "/pg_wal/archive_status", withIntermediateDirectories: true)
         for index in 1...2 {
-            try Data((0..<100_000).map { UInt8(truncatingIfNeeded: $0 &* index) }).write(to: URL(fileURLWithPath: work + "/pg_wal/00000001000000000000000\(index)"))
+            try Data((0..<1_048_576).map { UInt8(truncatingIfNeeded: $0 &* index) }).write(to: URL(fileURLWithPath: work + "/pg_wal/00000001000000000000000\(index)"))
         }
         XCTAssertEqual(try TestProcess.tool("dbbackup", ["wal-push", work + "/pg_wal/000000010000000000000001", "--repo", repository,
                                                          "--encryption-key-file", keyFile]).status, 0)
@@ -154,7 +154,7 @@ final class EncryptionTests: XCTestCase {
         let otherKey = work + "/other"
         try "another-key-material-987654321".write(toFile: otherKey, atomically: true, encoding: .utf8)
         let segment = work + "/000000010000000000000003"
-        try Data((0..<50_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }).write(to: URL(fileURLWithPath: segment))
+        try Data((0..<1_048_576).map { UInt8(truncatingIfNeeded: $0 &* 7) }).write(to: URL(fileURLWithPath: segment))
         let url = cluster.url(database: database)
 
         let encrypted = work + "/encrypted"

@@ -66,9 +66,10 @@ final class S3StallTests: IntegrationTestCase {
     func testABodyTrickledBelowTheSpeedFloorFailsWithinTheBoundInsteadOfHanging() throws {
         let work = TestPaths.temporaryDirectory(prefix: "trickle")
         let name = "000000010000000000000003"
-        // Random bytes: the stored (gzipped) segment stays about 64 KiB, hours at 50 bytes a second.
-        var bytes = [UInt8](repeating: 0, count: 65_536)
-        for index in bytes.indices { bytes[index] = UInt8.random(in: 0...255) }
+        // Random bytes at the front (zeros after, a segment's size): the stored (gzipped) segment is
+        // about 64 KiB, hours at 50 bytes a second.
+        var bytes = [UInt8](repeating: 0, count: 1_048_576)
+        for index in 0..<65_536 { bytes[index] = UInt8.random(in: 0...255) }
         try Data(bytes).write(to: URL(fileURLWithPath: "\(work)/\(name)"))
         let pushed = try tool("dbbackup", ["wal-push", "\(work)/\(name)", "--repo", repository])
         XCTAssertEqual(pushed.status, 0, pushed.standardError)

@@ -16,7 +16,7 @@ final class WALArchiveTests: XCTestCase {
             for side in 0..<2 {
                 try FileManager.default.createDirectory(atPath: "\(work)/\(side)", withIntermediateDirectories: true)
                 let path = "\(work)/\(side)/\(name)"
-                try Data((0..<65_536).map { UInt8(truncatingIfNeeded: $0 &* (side + 3) &+ round) }).write(to: URL(fileURLWithPath: path))
+                try Data((0..<1_048_576).map { UInt8(truncatingIfNeeded: $0 &* (side + 3) &+ round) }).write(to: URL(fileURLWithPath: path))
                 paths.append(path)
             }
             let pushes = try paths.map { try TestProcess.start("dbbackup", ["wal-push", $0, "--repo", repository], environment: environment) }
@@ -44,6 +44,36 @@ final class WALArchiveTests: XCTestCase {
     func testConcurrentPushesOfDifferentContentToS3() throws {
         let s3 = try S3Server.shared()
         try race(repository: "s3://\(try s3.createBucket())/wal", environment: s3.environment(), rounds: 10)
+    }
+
+    /// A file named like a segment (or a `.partial` one) that is not a segment's size — cut short,
+    /// empty, or someone else's — is refused at once (exit 1, its size named), synchronously and
+    /// with `--async`, and nothing is stored under the segment's name; `.history` files, which are
+    /// small, and whole segments of every size PostgreSQL allows are archived.
+    func testAFileNamedLikeASegmentButNotOfASegmentsSizeIsRefused() throws {
+        let work = TestPaths.temporaryDirectory(prefix: "walsize")
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        let repository = TestPaths.repositoryPath(prefix: "walsize")
+        let refused: [(String, Int)] = [("000000010000000000000001", 0), ("000000010000000000000002", 65_536),
+                                        ("000000010000000000000003", (1 << 20) - 1), ("000000010000000000000004", 3 << 20),
+                                        ("000000010000000000000005.partial", 8192)]
+        for (name, size) in refused {
+            try Data(repeating: 5, count: size).write(to: URL(fileURLWithPath: "\(work)/\(name)"))
+            for extra in [[], ["--async", "--spool", work + "/spool"]] {
+                let push = try TestProcess.tool("dbbackup", ["wal-push", "\(work)/\(name)", "--repo", repository] + extra)
+                XCTAssertEqual(push.status, 1, "\(name) \(extra): \(push.standardError)")
+                XCTAssertTrue(push.standardError.contains("WAL file \(work)/\(name) is \(size) bytes, not a segment's size"), push.standardError)
+                XCTAssertTrue(push.standardError.contains("PostgreSQL archives whole segments only"), push.standardError)
+            }
+            XCTAssertFalse(FileManager.default.fileExists(atPath: "\(repository)/wal/00000001/\(name).gz"), "\(name) was stored")
+        }
+        let accepted: [(String, Int)] = [("00000002.history", 42), ("000000010000000000000006", 1 << 20), ("000000010000000000000007", 2 << 20),
+                                         ("000000010000000000000008.partial", 1 << 20)]
+        for (name, size) in accepted {
+            try Data(repeating: 6, count: size).write(to: URL(fileURLWithPath: "\(work)/\(name)"))
+            let push = try TestProcess.tool("dbbackup", ["wal-push", "\(work)/\(name)", "--repo", repository])
+            XCTAssertEqual(push.status, 0, "\(name): \(push.standardError)")
+        }
     }
 
     /// wal-push stores a segment as one gzip member, which wal-fetch (and the prefetcher) inflate

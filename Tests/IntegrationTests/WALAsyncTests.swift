@@ -28,7 +28,7 @@ final class WALAsyncTests: IntegrationTestCase {
         return try (1...count).map { index in
             let name = String(format: "00000001000000000000%04X", index)
             var generator = SystemRandomNumberGenerator()
-            let bytes = (0..<262_144).map { offset in offset % 4 == 0 ? UInt8.random(in: 0...255, using: &generator) : UInt8(truncatingIfNeeded: index) }
+            let bytes = (0..<1_048_576).map { offset in offset % 4 == 0 ? UInt8.random(in: 0...255, using: &generator) : UInt8(truncatingIfNeeded: index) }
             try Data(bytes).write(to: URL(fileURLWithPath: "\(directory)/\(name)"))
             _ = FileManager.default.createFile(atPath: "\(directory)/archive_status/\(name).ready", contents: nil)
             return name
@@ -135,7 +135,7 @@ final class WALAsyncTests: IntegrationTestCase {
         let first = "000000010000000000000001", second = "000000010000000000000002"
         func segment(_ directory: String, _ name: String, ready: Bool) throws -> Data {
             try FileManager.default.createDirectory(atPath: "\(work!)/\(directory)/pg_wal/archive_status", withIntermediateDirectories: true)
-            let data = Data((0..<65_536).map { _ in UInt8.random(in: 0...255) })
+            let data = Data((0..<1_048_576).map { _ in UInt8.random(in: 0...255) })
             try data.write(to: URL(fileURLWithPath: "\(work!)/\(directory)/pg_wal/\(name)"))
             if ready { _ = FileManager.default.createFile(atPath: "\(work!)/\(directory)/pg_wal/archive_status/\(name).ready", contents: nil) }
             return data
@@ -234,7 +234,7 @@ final class WALAsyncTests: IntegrationTestCase {
         }
         for cluster in ["a", "b"] {
             try FileManager.default.createDirectory(atPath: "\(work!)/\(cluster)/pg_wal", withIntermediateDirectories: true)
-            try Data(repeating: 7, count: 65_536).write(to: URL(fileURLWithPath: "\(work!)/\(cluster)/pg_wal/000000010000000000000001"))
+            try Data(repeating: 7, count: 1_048_576).write(to: URL(fileURLWithPath: "\(work!)/\(cluster)/pg_wal/000000010000000000000001"))
         }
         let first = try push("000000010000000000000001", from: "a")
         XCTAssertEqual(first.status, 0, first.standardError)
@@ -405,7 +405,7 @@ final class WALAsyncTests: IntegrationTestCase {
         try FileManager.default.createDirectory(atPath: pgWAL + "/archive_status", withIntermediateDirectories: true)
         let first = "000000010000000000000001", second = "000000010000000000000002"
         for name in [first, second] {
-            try walSegment(name, size: 1 << 18).write(to: URL(fileURLWithPath: "\(pgWAL)/\(name)"))
+            try walSegment(name).write(to: URL(fileURLWithPath: "\(pgWAL)/\(name)"))
             _ = FileManager.default.createFile(atPath: "\(pgWAL)/archive_status/\(name).ready", contents: nil)
         }
         // The repository cannot take WAL (a file where its wal/ folder goes), even for root.
@@ -442,7 +442,7 @@ final class WALAsyncTests: IntegrationTestCase {
             chown(path, postgres.pointee.pw_uid, postgres.pointee.pw_gid)
         }
         let name = "000000010000000000000001"
-        try walSegment(name, size: 1 << 18).write(to: URL(fileURLWithPath: "\(pgWAL)/\(name)"))
+        try walSegment(name).write(to: URL(fileURLWithPath: "\(pgWAL)/\(name)"))
         chown("\(pgWAL)/\(name)", postgres.pointee.pw_uid, postgres.pointee.pw_gid)
         chmod(spool, 0o500)
         let result = try TestProcess.run("/usr/sbin/runuser", ["-u", "postgres", "--", TestPaths.executable("dbbackup"), "wal-push",

@@ -53,10 +53,20 @@ public enum WALArchive {
         return data
     }
 
-    /// Throws `unreadable` unless `path` is a regular file this process may read.
+    /// Throws `unreadable` unless `path` is a regular file this process may read, and an error
+    /// naming its size when it is named like a segment but is not a segment's size: PostgreSQL
+    /// archives whole segments only (a `.partial` one too), so a file cut short or of another size
+    /// is not what it claims to be, and archiving it would put a wrong segment under a real name.
     static func requireReadable(_ path: String) throws {
         var status = stat()
         guard stat(path, &status) == 0, status.st_mode & S_IFMT == S_IFREG, access(path, R_OK) == 0 else { throw unreadable(path) }
+        let name = (path as NSString).lastPathComponent
+        let size = Int64(status.st_size)
+        if WALSegmentName.isSegment(String(name.prefix(24))) && (name.count == 24 || name.dropFirst(24) == ".partial"),
+           !(size >= 1 << 20 && size <= 1 << 30 && size & (size - 1) == 0) {
+            throw RecoveryError(.failure, "WAL file \(path) is \(size) bytes, not a segment's size (a power of two from 1 MB to 1 GB); it was not archived",
+                                hint: "PostgreSQL archives whole segments only: this copy was cut short or is not PostgreSQL's; the archive was left as it was")
+        }
     }
 
     /// The error for a WAL file that cannot be read, saying why (no such file, a directory, no permission).
