@@ -3,7 +3,6 @@ import Foundation
 import Synchronization
 internal import CZlib
 internal import CDeflate
-internal import CIsal
 
 /// Compresses a stream on several cores, in one of two layouts (`GzipCompressor.Layout`):
 ///

@@ -61,9 +61,9 @@ public enum WALArchive {
         var status = stat()
         guard stat(path, &status) == 0, status.st_mode & S_IFMT == S_IFREG, access(path, R_OK) == 0 else { throw unreadable(path) }
         let name = (path as NSString).lastPathComponent
-        let size = Int64(status.st_size)
+        let size = status.st_size
         if WALSegmentName.isSegment(String(name.prefix(24))) && (name.count == 24 || name.dropFirst(24) == ".partial"),
-           !(size >= 1 << 20 && size <= 1 << 30 && size & (size - 1) == 0) {
+           !WALSegmentName.isSegmentSize(UInt64(max(size, 0))) {
             throw RecoveryError(.failure, "WAL file \(path) is \(size) bytes, not a segment's size (a power of two from 1 MB to 1 GB); it was not archived",
                                 hint: "PostgreSQL archives whole segments only: this copy was cut short or is not PostgreSQL's; the archive was left as it was")
         }

@@ -23,6 +23,11 @@ public enum WALSegmentName {
         return hex8(UInt64(timeline)) + hex8(number / perLogID) + hex8(number % perLogID)
     }
 
+    /// Whether `size` is one initdb `--wal-segsize` allows: a power of two from 1 MB to 1 GB.
+    public static func isSegmentSize(_ size: UInt64) -> Bool {
+        size >= 1 << 20 && size <= 1 << 30 && size & (size - 1) == 0
+    }
+
     /// True for a plain segment name (24 hex digits).
     public static func isSegment(_ name: String) -> Bool {
         name.count == 24 && name.allSatisfy(\.isHexDigit)
@@ -82,9 +87,7 @@ public enum WALSegmentName {
             T(littleEndian: firstBytes.loadUnaligned(fromByteOffset: offset, as: T.self))
         }
         let info = integer(2, UInt16.self), pageAddress = integer(8, UInt64.self), segmentSize = UInt64(integer(32, UInt32.self))
-        // A power of two from 1 MB to 1 GB, as initdb --wal-segsize allows.
-        guard info & WALServer.longHeaderFlag != 0, segmentSize >= 1 << 20, segmentSize <= 1 << 30, segmentSize & (segmentSize - 1) == 0,
-              size == segmentSize else { return false }
+        guard info & WALServer.longHeaderFlag != 0, isSegmentSize(segmentSize), size == segmentSize else { return false }
         let perLogID = 0x1_0000_0000 / segmentSize
         guard segment < perLogID else { return false }
         return pageAddress == (log * perLogID + segment) * segmentSize
