@@ -23,9 +23,6 @@ public enum WholeBufferGzip {
     /// - Throws: `GzipError(.compression)` when the input is larger than igzip takes at once (2 GiB),
     ///   or igzip refuses it (which its documentation says cannot happen with this output bound).
     public static func compress(_ bytes: UnsafeRawBufferPointer) throws -> Data {
-        guard bytes.count < Int(Int32.max) else {
-            throw GzipError(kind: .compression, operation: "isal_deflate_stateless", message: "\(bytes.count) bytes is more than one call takes")
-        }
         let bound = IgzipLevel1.bound(bytes.count)
         var output = Data(count: bound)
         let levelBuffer = IgzipLevel1.allocateLevelBuffer()
@@ -55,9 +52,13 @@ enum IgzipLevel1 {
     /// Writes `input` as one gzip member into `output` (at least `bound(input.count)` bytes).
     ///
     /// - Returns: the member's size.
-    /// - Throws: `GzipError(.compression)` when igzip refuses (its documentation says it cannot with this bound).
+    /// - Throws: `GzipError(.compression)` when the input is larger than igzip takes at once (2 GiB),
+    ///   or igzip refuses it (its documentation says it cannot with this bound).
     static func member(of input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer,
                        levelBuffer: UnsafeMutableRawBufferPointer) throws(GzipError) -> Int {
+        guard input.count < Int(Int32.max) else {
+            throw GzipError(kind: .compression, operation: "isal_deflate_stateless", message: "\(input.count) bytes is more than one call takes")
+        }
         var stream = isal_zstream()
         isal_deflate_stateless_init(&stream)
         stream.level = 1
